@@ -1,0 +1,114 @@
+"""Scalar helpers shared by every kernel: fp16/bf16 bit conversion and ggml's rounding.
+
+numba cannot use float16 inside @njit, so half precision is handled as raw uint16 bits with
+integer code. `fp32_to_fp16` rounds to nearest even exactly like ggml's scalar
+`ggml_compute_fp32_to_fp16` (ggml-impl.h, the FP16 library) and F16C's `_cvtss_sh(x, 0)`;
+`fp16_to_fp32` is exact. Both are checked on all 65,536 codes in tests/test_fp16.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# ggml-quants.c `GROUP_MAX_EPS` and friends
+GROUP_MAX_EPS = np.float32(1e-15)
+
+
+@njit(cache=True, inline="always")
+def f32_bits(f):
+    return np.float32(f).view(np.uint32)
+
+
+@njit(cache=True, inline="always")
+def bits_f32(b):
+    return np.uint32(b).view(np.float32)
+
+
+@njit(cache=True)
+def fp32_to_fp16(f):
+    """float32 -> IEEE half bits (uint16), round to nearest even; NaN -> sign|0x7E00 as ggml's scalar path."""
+    x = np.uint32(np.float32(f).view(np.uint32))
+    sign = np.uint32((x >> np.uint32(16)) & np.uint32(0x8000))
+    a = x & np.uint32(0x7FFFFFFF)
+    if a > np.uint32(0x7F800000):
+        return np.uint16(sign | np.uint32(0x7E00))
+    if a >= np.uint32(0x47800000):  # >= 65536 (and inf): overflow to inf
+        return np.uint16(sign | np.uint32(0x7C00))
+    if a < np.uint32(0x38800000):  # below 2^-14: half subnormal or zero
+        if a <= np.uint32(0x33000000):  # <= 2^-25 rounds to (even) zero
+            return np.uint16(sign)
+        e = np.int64(a >> np.uint32(23))
+        m = np.int64((a & np.uint32(0x7FFFFF)) | np.uint32(0x800000))
+        shift = 126 - e
+        r = m >> shift
+        rem = m & ((np.int64(1) << shift) - 1)
+        half = np.int64(1) << (shift - 1)
+        if rem > half or (rem == half and (r & 1) == 1):
+            r += 1
+        return np.uint16(sign | np.uint32(r))
+    e = np.int64(a >> np.uint32(23)) - 127 + 15
+    m = np.int64(a & np.uint32(0x7FFFFF))
+    r = (e << 10) | (m >> 13)
+    rem = m & 0x1FFF
+    if rem > 0x1000 or (rem == 0x1000 and (r & 1) == 1):
+        r += 1  # a carry into the exponent is correct, up to 0x7C00 = inf
+    return np.uint16(sign | np.uint32(r))
+
+
+@njit(cache=True)
+def fp16_to_fp32(h):
+    """IEEE half bits (any integer type) -> float32, exact."""
+    h = np.uint32(h) & np.uint32(0xFFFF)
+    sign = (h & np.uint32(0x8000)) << np.uint32(16)
+    e = (h >> np.uint32(10)) & np.uint32(0x1F)
+    m = h & np.uint32(0x3FF)
+    if e == 0:
+        v = np.float32(m) * np.float32(5.960464477539063e-08)  # m * 2^-24, exact
+        return -v if sign else v
+    if e == 31:
+        return np.uint32(sign | np.uint32(0x7F800000) | (m << np.uint32(13))).view(np.float32)
+    return np.uint32(sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))).view(np.float32)
+
+
+@njit(cache=True, inline="always")
+def fp16_round(f):
+    """float32 value after a round trip through fp16 (what a kernel reads back from a stored scale)."""
+    return fp16_to_fp32(fp32_to_fp16(f))
+
+
+@njit(cache=True)
+def fp32_to_bf16(f):
+    """float32 -> bf16 bits, ggml's `ggml_compute_fp32_to_bf16` (round to nearest even, NaN quieted)."""
+    u = np.uint32(np.float32(f).view(np.uint32))
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(64))
+    return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
+
+
+@njit(cache=True, inline="always")
+def bf16_to_fp32(h):
+    return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
+
+
+@njit(cache=True, inline="always")
+def nearest_int(fval):
+    """ggml-quants.c `nearest_int`, bit for bit: the 1.5*2^23 trick (round half to even for
+    |fval| <= 4194303; outside that range the same wrapped value the C code computes)."""
+    val = np.float32(np.float32(fval) + np.float32(12582912.0))
+    i = np.int32(val.view(np.int32))
+    return np.int32((i & np.int32(0x007FFFFF)) - np.int32(0x00400000))
+
+
+@njit(cache=True, inline="always")
+def put_f16(out, pos, f):
+    """Store float32 `f` as little-endian fp16 at out[pos:pos+2] (out is uint8)."""
+    h = fp32_to_fp16(f)
+    out[pos] = np.uint8(h & np.uint16(0xFF))
+    out[pos + 1] = np.uint8(h >> np.uint16(8))
+
+
+@njit(cache=True, inline="always")
+def get_f16(buf, pos):
+    """Read little-endian fp16 at buf[pos:pos+2] as float32."""
+    return fp16_to_fp32(np.uint32(buf[pos]) | (np.uint32(buf[pos + 1]) << np.uint32(8)))

@@ -1,0 +1,145 @@
+"""Public quantize / dequantize: validation, allocation, dispatch through the kernel registry.
+
+The registry is keyed by QType and filled from every family module in kquant.kernels
+(`KERNELS` dicts); a type without kernels raises NotImplementedError naming it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, prange
+
+from .kernels import FAMILIES, Kernel
+from .types import BLOCK_DTYPES, QType, parse_qtype
+
+_EMPTY = np.empty(0, dtype=np.float32)
+
+
+@lru_cache(maxsize=None)
+def registry() -> dict[QType, Kernel]:
+    """QType -> Kernel, merged from every kernel family module."""
+    reg: dict[QType, Kernel] = {}
+    for fam in FAMILIES:
+        mod = importlib.import_module(f"kquant.kernels.{fam}")
+        for t, k in mod.KERNELS.items():
+            assert t not in reg, f"{t.name} registered twice"
+            reg[t] = k
+    return reg
+
+
+def kernel(qtype) -> Kernel:
+    t = parse_qtype(qtype)
+    try:
+        return registry()[t]
+    except KeyError:
+        raise NotImplementedError(f"no kernels for type {t.name}") from None
+
+
+def supported_types() -> list[QType]:
+    return sorted(registry(), key=int)
+
+
+@njit(parallel=True, cache=True)
+def count_nonfinite(x):
+    """Number of NaN/Inf values in a 2-D float32 array (parallel over rows)."""
+    rows = x.shape[0]
+    counts = np.zeros(rows, dtype=np.int64)
+    for r in prange(rows):
+        c = 0
+        for v in x[r]:
+            if not np.isfinite(v):
+                c += 1
+        counts[r] = c
+    return counts.sum()
+
+
+def _as_rows(x, name: str = "x") -> np.ndarray:
+    if not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a numpy array, got {type(x).__name__}")
+    if x.dtype != np.float32:
+        raise ValueError(f"{name} must be float32, got {x.dtype}")
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows x columns), got shape {x.shape}")
+    return np.ascontiguousarray(x)
+
+
+def _check_scales(q: np.ndarray, t: QType) -> None:
+    """Raise if a stored fp16 scale (or an F16 value) overflowed: the input was out of fp16 range."""
+    dt = BLOCK_DTYPES[t]
+    fields = [f for f in ("d", "dmin", "v") if f in dt.names] if t != QType.F32 and t != QType.BF16 else []
+    if not fields or q.size == 0:
+        return
+    blocks = q.reshape(-1).view(dt)
+    for f in fields:
+        bits = blocks[f].astype(np.uint16, copy=False)
+        bad = int(np.count_nonzero((bits & 0x7C00) == 0x7C00))
+        if bad:
+            raise ValueError(
+                f"values too large for {t.name}: {bad} fp16 {'value' if f == 'v' else 'scale'}(s) overflow (fp16 max 65504)"
+            )
+
+
+def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np.ndarray | None = None,
+             check_finite: bool = True) -> np.ndarray:
+    """Quantize a 2-D float32 array row by row -> uint8 array (rows, bytes_per_row).
+
+    Identical to ggml_quantize_chunk(type, x, ..., imatrix). `imatrix` is one importance weight
+    per column (float32), used by the types whose ggml quantizer takes weights.
+    """
+    t = parse_qtype(qtype)
+    k = kernel(t)
+    x = _as_rows(x)
+    rows, cols = x.shape
+    if cols == 0:
+        raise ValueError("x has no columns")
+    if cols % t.block_size:
+        raise ValueError(f"{t.name} needs a row length that is a multiple of {t.block_size}, got {cols}")
+    if check_finite:
+        bad = int(count_nonfinite(x))
+        if bad:
+            raise ValueError(f"x has {bad} non-finite value(s) (NaN or Inf)")
+    qw = _EMPTY
+    if imatrix is not None:
+        qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
+        if qw.shape[0] != cols:
+            raise ValueError(f"imatrix has {qw.shape[0]} weights, x has {cols} columns")
+        if not np.isfinite(qw).all():
+            raise ValueError("imatrix has non-finite weights")
+    row_bytes = t.row_size(cols)
+    if out is None:
+        out = np.empty((rows, row_bytes), dtype=np.uint8)
+    elif out.shape != (rows, row_bytes) or out.dtype != np.uint8 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous uint8 array of shape {(rows, row_bytes)}")
+    if rows:
+        k.quantize(x, qw, out)
+        _check_scales(out, t)
+    return out
+
+
+def dequantize(q: np.ndarray, qtype, shape) -> np.ndarray:
+    """Dequantize a tensor of `shape` (numpy order, last axis = row) from its raw bytes -> float32."""
+    t = parse_qtype(qtype)
+    k = kernel(t)
+    shape = tuple(int(d) for d in (shape if isinstance(shape, (tuple, list)) else (shape,)))
+    if not shape or any(d < 0 for d in shape):
+        raise ValueError(f"bad shape {shape}")
+    cols = shape[-1]
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    if cols % t.block_size:
+        raise ValueError(f"{t.name} needs a row length that is a multiple of {t.block_size}, got {cols}")
+    q = np.asarray(q)
+    if q.dtype != np.uint8:
+        raise ValueError(f"q must be uint8, got {q.dtype}")
+    row_bytes = t.row_size(cols)
+    if q.size != rows * row_bytes:
+        raise ValueError(f"{t.name} tensor of shape {shape} needs {rows * row_bytes} bytes, got {q.size}")
+    q2 = np.ascontiguousarray(q).reshape(rows, row_bytes)
+    out = np.empty((rows, cols), dtype=np.float32)
+    if rows and cols:
+        k.dequantize(q2, out)
+    return out.reshape(shape)

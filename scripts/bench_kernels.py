@@ -1,0 +1,102 @@
+#!/usr/bin/env python3
+"""Kernel throughput: kquant vs libggml (ggml_quantize_chunk), measured in the same run.
+
+Prints, per type, MB/s of float32 input for kquant and for the reference, with one thread and
+with all threads (the reference run on N Python threads over disjoint row ranges, as
+llama-quantize splits rows), the ratio, and whether the bytes matched. Also times the first
+call (compile or cache load) of each kernel.
+
+    .venv/bin/python scripts/bench_kernels.py [--rows 2048] [--cols 4096] [--types Q4_K,Q8_0] [--imatrix]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import numba  # noqa: E402
+
+from kquant import quants, reference  # noqa: E402
+from kquant.types import QType, parse_qtype  # noqa: E402
+
+ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16"
+
+
+def best_time(fn, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def ref_threaded(x, t, qw, n_threads):
+    rows = x.shape[0]
+    out = np.empty((rows, t.row_size(x.shape[1])), dtype=np.uint8)
+    bounds = np.linspace(0, rows, n_threads + 1).astype(int)
+
+    def work(a, b):
+        out[a:b] = reference.quantize(x[a:b], t, qw)
+
+    ths = [threading.Thread(target=work, args=(bounds[i], bounds[i + 1])) for i in range(n_threads)]
+    for th in ths:
+        th.start()
+    for th in ths:
+        th.join()
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1024)
+    ap.add_argument("--cols", type=int, default=4096)
+    ap.add_argument("--types", default=ALL)
+    ap.add_argument("--imatrix", action="store_true", help="use importance weights (ggml's weighted path)")
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args(argv)
+
+    if not reference.available():
+        print("the reference (llama-cpp-python) is not installed: pip install -e '.[test]'", file=sys.stderr)
+        return 1
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(5, size=(args.rows, args.cols)) * 0.02).astype(np.float32)
+    qw = rng.random(args.cols).astype(np.float32) + 0.1 if args.imatrix else None
+    mb = x.nbytes / 1e6
+    n_all = numba.config.NUMBA_NUM_THREADS
+    print(f"input {args.rows}x{args.cols} float32 = {mb:.1f} MB, imatrix={'yes' if args.imatrix else 'no'}, "
+          f"threads: 1 and {n_all}")
+    hdr = f"{'type':6} {'first call s':>12} {'kq 1t MB/s':>11} {'ref 1t':>8} {'ratio':>6} " \
+          f"{'kq {0}t'.format(n_all):>8} {'ref {0}t'.format(n_all):>8} {'ratio':>6}  bytes"
+    print(hdr)
+    print("-" * len(hdr))
+    for name in args.types.split(","):
+        t = parse_qtype(name)
+        w = qw if t.is_quantized else None
+        tc = time.perf_counter()
+        quants.quantize(x[:1], t, None if w is None else w)
+        first = time.perf_counter() - tc
+        row = [f"{t.name:6}", f"{first:12.2f}"]
+        same = True
+        for n in (1, n_all):
+            numba.set_num_threads(n)
+            got = quants.quantize(x, t, w)
+            tk = best_time(lambda: quants.quantize(x, t, w, check_finite=False), args.repeat)
+            want = ref_threaded(x, t, w, n)
+            tr = best_time(lambda: ref_threaded(x, t, w, n), args.repeat)
+            same &= bool(np.array_equal(got, want))
+            row += [f"{mb / tk:11.0f}" if n == 1 else f"{mb / tk:8.0f}", f"{mb / tr:8.0f}", f"{tr / tk:6.2f}"]
+        numba.set_num_threads(n_all)
+        print(" ".join(row), " identical" if same else " DIFFERENT")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""fp16 / bf16 bit conversion, checked exhaustively against numpy (IEEE round to nearest even)."""
+
+import numpy as np
+from numba import njit
+
+from kquant.kernels._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16, nearest_int
+
+
+@njit(cache=True)
+def _all_fp16_to_fp32(codes):
+    out = np.empty(codes.shape[0], dtype=np.float32)
+    for i in range(codes.shape[0]):
+        out[i] = fp16_to_fp32(codes[i])
+    return out
+
+
+@njit(cache=True)
+def _many_fp32_to_fp16(x):
+    out = np.empty(x.shape[0], dtype=np.uint16)
+    for i in range(x.shape[0]):
+        out[i] = fp32_to_fp16(x[i])
+    return out
+
+
+@njit(cache=True)
+def _many_bf16(x):
+    out = np.empty(x.shape[0], dtype=np.uint16)
+    for i in range(x.shape[0]):
+        out[i] = fp32_to_bf16(x[i])
+    return out
+
+
+@njit(cache=True)
+def _many_nearest(x):
+    out = np.empty(x.shape[0], dtype=np.int32)
+    for i in range(x.shape[0]):
+        out[i] = nearest_int(x[i])
+    return out
+
+
+def test_fp16_to_fp32_all_codes():
+    codes = np.arange(65536, dtype=np.uint16)
+    got = _all_fp16_to_fp32(codes)
+    want = codes.view(np.float16).astype(np.float32)
+    nan = np.isnan(want)
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_fp32_to_fp16_round_trips_every_finite_code():
+    codes = np.arange(65536, dtype=np.uint16)
+    f = codes.view(np.float16)
+    keep = np.isfinite(f)
+    np.testing.assert_array_equal(_many_fp32_to_fp16(f[keep].astype(np.float32)), codes[keep])
+
+
+def test_fp32_to_fp16_midpoints_and_neighbours():
+    # every midpoint between consecutive halves, and the floats just around it: ties go to even
+    codes = np.arange(0, 0x7C00, dtype=np.uint32)
+    lo = codes.astype(np.uint16).view(np.float16).astype(np.float64)
+    hi = (codes + 1).astype(np.uint16).view(np.float16).astype(np.float64)
+    mid = ((lo + hi) / 2).astype(np.float32)
+    bits = mid.view(np.uint32)
+    cand = np.concatenate([mid, (bits - 1).view(np.float32), (bits + 1).view(np.float32)])
+    cand = np.concatenate([cand, -cand, np.float32([65504, 65519.99, 65520, 65536, 1e10, np.inf, -np.inf])])
+    cand = cand[~np.isnan(cand)]
+    with np.errstate(over="ignore"):
+        want = cand.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_many_fp32_to_fp16(cand), want)
+
+
+def test_fp32_to_fp16_random_bits():
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2**32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    x = x[np.isfinite(x)]
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16).view(np.uint16)
+    np.testing.assert_array_equal(_many_fp32_to_fp16(x), want)
+
+
+def test_fp32_to_fp16_nan_is_quiet_with_sign():
+    x = np.array([np.nan, -np.nan], dtype=np.float32)
+    got = _many_fp32_to_fp16(x)
+    assert got[0] == 0x7E00 and got[1] == 0xFE00
+
+
+def test_bf16_round_to_nearest_even():
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2**32, size=1_000_000, dtype=np.uint64).astype(np.uint32)
+    x = x[((x & 0x7FFFFFFF) <= 0x7F800000)]
+    want = ((x + (0x7FFF + ((x >> 16) & 1))) >> 16).astype(np.uint16)
+    np.testing.assert_array_equal(_many_bf16(x.view(np.float32)), want)
+    assert _many_bf16(np.array([np.nan], dtype=np.float32))[0] & 0x7FC0 == 0x7FC0
+    assert bf16_to_fp32(np.uint16(0x3F80)) == 1.0
+
+
+def test_nearest_int_ties_to_even_and_wraps_like_c():
+    x = np.array([0.5, 1.5, 2.5, -0.5, -1.5, 3.49999, 4194303.0, -4194303.0], dtype=np.float32)
+    np.testing.assert_array_equal(_many_nearest(x), [0, 2, 2, 0, -2, 3, 4194303, -4194303])
+
+    # outside the documented range: the C trick's value, computed here with numpy float32
+    big = np.array([1e7, -3e7, 5e9, np.inf], dtype=np.float32)
+    val = (big + np.float32(12582912.0)).astype(np.float32).view(np.int32)
+    np.testing.assert_array_equal(_many_nearest(big), (val & 0x007FFFFF) - 0x00400000)

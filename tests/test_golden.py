@@ -1,0 +1,36 @@
+"""kquant against committed golden bytes from libggml (scripts/make_fixtures.py)."""
+
+import os
+
+import numpy as np
+import pytest
+
+from kquant import quants
+from kquant.types import QType
+
+GOLDEN = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden")
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    with np.load(os.path.join(GOLDEN, "inputs.npz")) as z:
+        return {k: z[k] for k in z.files}
+
+
+@pytest.mark.parametrize("qtype", list(QType), ids=lambda t: t.name)
+def test_golden(qtype, inputs):
+    imatrix = inputs["imatrix"]
+    with np.load(os.path.join(GOLDEN, f"{qtype.name}.npz")) as z:
+        want = {k: z[k] for k in z.files}
+    checked = 0
+    for name, x in inputs.items():
+        if name == "imatrix":
+            continue
+        np.testing.assert_array_equal(quants.quantize(x, qtype), want[name], err_msg=f"{qtype.name} {name}")
+        deq = quants.dequantize(want[name], qtype, x.shape)
+        np.testing.assert_array_equal(deq.view(np.uint32), want[name + "__deq"].view(np.uint32))
+        if qtype.is_quantized:
+            got = quants.quantize(x, qtype, imatrix)
+            np.testing.assert_array_equal(got, want[name + "__imatrix"], err_msg=f"{qtype.name} {name} imatrix")
+        checked += 1
+    assert checked == 7 + 1
