@@ -1,0 +1,26 @@
+"""kquant: Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.
+
+Public API: quantize, dequantize (kernels), convert, convert_many (pipeline), QType, FileType.
+"""
+
+__version__ = "0.1.0"
+
+from .quants import dequantize, quantize  # noqa: E402
+from .types import FileType, QType  # noqa: E402
+
+
+def convert(model, out, ftype="Q4_K_M", options=None):
+    """Convert a HF folder / .safetensors file to a GGUF file of llama.cpp file type `ftype`."""
+    from .pipeline import convert as _convert
+
+    return _convert(model, out, ftype, options)
+
+
+def convert_many(model, targets, options=None):
+    """Convert one checkpoint to several (output, file type) targets in one read."""
+    from .pipeline import convert_many as _convert_many
+
+    return _convert_many(model, targets, options)
+
+
+__all__ = ["quantize", "dequantize", "convert", "convert_many", "QType", "FileType", "__version__"]

@@ -1,0 +1,433 @@
+"""Command line: thin wrappers that parse, call the library and print.
+
+Results go to stdout (`--json` for scripts), progress and logs to stderr. A known error is one
+line on stderr and a non-zero exit; KQUANT_DEBUG=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+
+from .errors import InputError, KquantError
+
+PROG = "kquant"
+
+
+def _err(msg: str) -> None:
+    print(f"{PROG}: error: {msg}", file=sys.stderr)
+
+
+def _qtype_arg(s: str):
+    from .types import parse_qtype
+
+    try:
+        return parse_qtype(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _ftype_arg(s: str):
+    from .types import parse_ftype
+
+    try:
+        return parse_ftype(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _threads_arg(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--threads takes a whole number, got {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {n}")
+    return n
+
+
+def _tensor_type_arg(s: str):
+    from .recipe import parse_tensor_type
+
+    try:
+        return parse_tensor_type(s)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _overrides(args):
+    from .recipe import Overrides
+
+    return Overrides(
+        tensor_types=tuple(args.tensor_type or ()),
+        output_tensor_type=args.output_tensor_type,
+        token_embedding_type=args.token_embedding_type,
+        pure=args.pure,
+        leave_output_tensor=args.leave_output_tensor,
+    )
+
+
+def _progress(quiet: bool):
+    if quiet:
+        return None
+    from .pipeline import print_progress
+
+    return print_progress
+
+
+def cmd_convert(args) -> int:
+    from . import pipeline as cv
+
+    opts = cv.Options(
+        overrides=_overrides(args),
+        threads=args.threads,
+        config=args.config,
+        tokenizer_pre=args.tokenizer_pre,
+        allow_nonfinite=args.allow_nonfinite,
+        force=args.force,
+        progress=_progress(args.quiet or args.dry_run),
+    )
+    if args.imatrix:
+        from .imatrix import load_imatrix
+
+        opts.imatrix = load_imatrix(args.imatrix)
+    if args.dry_run:
+        plan = cv.dry_run(args.model, args.type, opts)
+        if args.json:
+            print(json.dumps(plan.as_json()))
+        else:
+            for t in plan.tensors:
+                shape = "x".join(str(d) for d in reversed(t.shape))
+                print(f"{t.name:48s} {shape:>18s} {t.qtype.ggml_name:6s} {t.nbytes:>12d}")
+            print(f"{len(plan.tensors)} tensors, {plan.total_bytes / 2**20:.2f} MiB, {plan.bpw:.4f} bits per weight")
+        return 0
+    if not args.output:
+        raise InputError("convert: -o/--output is required (or use --dry-run)")
+    res = cv.convert(args.model, args.output, args.type, opts)
+    if args.json:
+        print(json.dumps(res.as_json()))
+    else:
+        print(
+            f"wrote {res.path}: {res.n_tensors} tensors, {res.file_bytes / 2**20:.2f} MiB, "
+            f"{res.bpw:.4f} bits per weight, {res.seconds:.1f} s"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    p = argparse.ArgumentParser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True
+
+    c = sub.add_parser("convert", help="convert a HF folder / safetensors file to a quantized GGUF")
+    c.add_argument("model", help="HF model folder, or a .safetensors file (with --config)")
+    c.add_argument("-o", "--output", help="output .gguf path")
+    c.add_argument("-t", "--type", default="Q4_K_M", type=_ftype_arg, help="file type, as llama-quantize: Q4_K_M (default), Q8_0, F16, ...")
+    c.add_argument("--tensor-type", action="append", type=_tensor_type_arg, metavar="REGEX=TYPE", help="override the type of tensors whose name matches (repeatable)")
+    c.add_argument("--output-tensor-type", type=_qtype_arg, metavar="TYPE")
+    c.add_argument("--token-embedding-type", type=_qtype_arg, metavar="TYPE")
+    c.add_argument("--pure", action="store_true", help="no k-quant mixture: every tensor gets the default type")
+    c.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight unquantized (as llama-quantize)")
+    c.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (GGUF or .dat)")
+    c.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors input")
+    c.add_argument("--tokenizer-pre", metavar="NAME", help="BPE pre-tokenizer name, when the tokenizer is not recognised")
+    c.add_argument("--threads", type=_threads_arg, help="quantization threads (default: all cores)")
+    c.add_argument("--dry-run", action="store_true", help="print the plan from headers only; write nothing")
+    c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    c.add_argument("--allow-nonfinite", action="store_true", help="do not refuse NaN/Inf weights")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    c.set_defaults(func=cmd_convert)
+
+    d = sub.add_parser("demo", help="convert the tiny checkpoint in fixtures/ and print the error report")
+    d.add_argument("-o", "--output", help="where to write the demo GGUF (default: a temporary folder)")
+    d.add_argument("--type", default="Q4_K_M", type=_ftype_arg)
+    d.set_defaults(func=cmd_demo)
+    _add_file_tool_parsers(sub)
+    return p
+
+
+def fixture_model() -> Path:
+    """The tiny checkpoint shipped in the repository's fixtures/."""
+    here = Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama"
+    if not here.is_dir():
+        raise InputError(f"{here}: the demo checkpoint is missing (run from a clone of the repository)")
+    return here
+
+
+def cmd_demo(args) -> int:
+    import tempfile
+
+    from . import pipeline as cv
+
+    model = fixture_model()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(args.output) if args.output else Path(tmp) / f"tiny-llama-{args.type.short_name}.gguf"
+        print(f"converting {model} -> {out} ({args.type.short_name})", file=sys.stderr)
+        res = cv.convert(model, out, args.type, cv.Options(progress=cv.print_progress, force=bool(args.output) is False))
+        print(
+            f"wrote {res.path}: {res.n_tensors} tensors, {res.file_bytes / 2**10:.1f} KiB, "
+            f"{res.bpw:.3f} bits per weight, {res.seconds:.1f} s"
+        )
+        try:
+            from .validate import validate_file, print_report
+        except ImportError:
+            return 0
+        report = validate_file(out, model)
+        print_report(report, sys.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------- validate / inspect / dequantize
+def _float_arg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {s!r}") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {s!r}")
+    return v
+
+
+def _types_list_arg(s: str):
+    from .types import parse_qtype
+
+    out = []
+    for part in s.split(","):
+        if not part.strip():
+            continue
+        try:
+            out.append(parse_qtype(part))
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    if not out:
+        raise argparse.ArgumentTypeError(f"no type in {s!r} (e.g. Q4_K,Q5_K,Q6_K,Q8_0)")
+    return out
+
+
+def _positive_int_arg(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
+    return n
+
+
+def _set_threads(n) -> None:
+    if n is None:
+        return
+    import numba
+
+    if n > numba.config.NUMBA_NUM_THREADS:
+        raise InputError(f"--threads {n}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
+    numba.set_num_threads(n)
+
+
+def _check_report_outputs(args, inputs) -> None:
+    """Refuse report outputs (--csv, --plot) that exist (without --force) or are inputs, before any work."""
+    from .errors import OutputError
+    from .fsutil import check_not_input
+
+    outs = [o for o in (args.csv, args.plot) if o and o != "-"]
+    if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
+        raise OutputError(f"{outs[0]}: given to both --csv and --plot")
+    for o in outs:
+        check_not_input(o, inputs)
+        if os.path.lexists(o) and not args.force:
+            raise OutputError(f"{o}: already exists (use --force to overwrite)")
+
+
+def _write_text_output(path: str, text: str, force: bool) -> None:
+    from .fsutil import atomic_output
+
+    if path == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    with atomic_output(path, force=force) as f:
+        f.write(text.encode("utf-8"))
+
+
+def _write_plot(path: str, draw, force: bool) -> None:
+    from .fsutil import atomic_output
+    from .validate import _matplotlib
+
+    _matplotlib()  # a missing matplotlib is reported before the output file is created
+    with atomic_output(path, force=force) as f:
+        draw(f)
+
+
+def _validate_progress(quiet: bool):
+    if quiet:
+        return None
+
+    def show(i, n, t):
+        m = t.metrics
+        print(f"[{i:4d}/{n}] {t.name:40s} {t.type:6s} rel_rmse {m.rel_rmse:.5f}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _what_if_progress(quiet: bool):
+    if quiet:
+        return None
+
+    def show(i, n, row):
+        cells = " ".join(f"{k} {'n/a' if m is None else format(m.rel_rmse, '.5f')}" for k, m in row["errors"].items())
+        print(f"[{i:4d}/{n}] {row['name']:40s} {cells}", file=sys.stderr, flush=True)
+
+    return show
+
+
+def cmd_validate(args) -> int:
+    from . import validate as va
+
+    if args.file and args.types:
+        raise InputError("validate: give either a GGUF FILE to check or --types for a what-if table, not both")
+    if not args.file and not args.types:
+        raise InputError("validate: give a GGUF FILE to check, or --types Q4_K,Q6_K,... for a what-if table")
+    if args.types and args.fail_above is not None:
+        raise InputError("validate: --fail-above applies to a GGUF FILE, not to --types")
+    inputs = [args.source] + ([args.file] if args.file else [])
+    _check_report_outputs(args, inputs)
+    if args.plot:
+        va._matplotlib()
+    _set_threads(args.threads)
+    if args.types:
+        res = va.what_if(args.source, args.types, config=args.config, progress=_what_if_progress(args.quiet))
+        if args.csv:
+            _write_text_output(args.csv, va.what_if_csv(res), args.force)
+        if args.plot:
+            _write_plot(args.plot, lambda f: va.plot_what_if(res, f), args.force)
+        if args.json:
+            print(va.report_json(res))
+        elif args.csv != "-":
+            va.print_what_if(res, sys.stdout)
+        return 0
+    rep = va.validate_file(args.file, args.source, config=args.config, progress=_validate_progress(args.quiet))
+    if args.csv:
+        _write_text_output(args.csv, va.report_csv(rep), args.force)
+    if args.plot:
+        _write_plot(args.plot, lambda f: va.plot_report(rep, f), args.force)
+    if args.json:
+        print(va.report_json(rep))
+    elif args.csv != "-":
+        va.print_report(rep, sys.stdout, worst=args.worst)
+    if args.fail_above is not None:
+        bad = rep.over(args.fail_above)
+        if bad:
+            worst = sorted(bad, key=lambda t: -t.metrics.rel_rmse if t.metrics.rel_rmse == t.metrics.rel_rmse else float("-inf"))
+            names = ", ".join(f"{t.name} ({t.metrics.rel_rmse:.4f})" for t in worst[:5])
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            _err(f"{len(bad)} tensor(s) above rel_rmse {args.fail_above:g}: {names}{more}")
+            return 1
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    from .inspect import inspect_json, inspect_path, print_inspect
+
+    info = inspect_path(args.file, config=args.config, full=args.full)
+    if args.json:
+        print(inspect_json(info))
+    else:
+        print_inspect(info, sys.stdout)
+    return 0
+
+
+def cmd_dequantize(args) -> int:
+    from .inspect import dequantize_file
+
+    def show(i, n, name, tname, seconds):
+        print(f"[{i:4d}/{n}] {name:48s} {tname:6s} -> {args.dtype}", file=sys.stderr, flush=True)
+
+    res = dequantize_file(args.file, args.output, dtype=args.dtype, hf_names=args.hf_names, force=args.force,
+                          progress=None if args.quiet else show)
+    if args.json:
+        print(json.dumps(res))
+    else:
+        skipped = f" (not written, no HF tensor: {', '.join(res['skipped'])})" if res["skipped"] else ""
+        print(f"wrote {res['output']}: {res['n_tensors']} tensors, {res['bytes'] / 2**20:.2f} MiB {res['dtype']}, "
+              f"{'Hugging Face' if res['hf_names'] else 'GGUF'} names, {res['seconds']:.1f} s{skipped}")
+    return 0
+
+
+def _add_file_tool_parsers(sub) -> None:
+    v = sub.add_parser(
+        "validate",
+        help="per-tensor round-trip error of a GGUF against its source, or a what-if table (--types)",
+        description="Dequantize every tensor of FILE and compare it with the source checkpoint; or, with --types "
+        "and no FILE, quantize each source tensor to each type in memory and report the errors.",
+    )
+    v.add_argument("file", nargs="?", help="GGUF file to check (written by kquant or llama.cpp)")
+    v.add_argument("--source", required=True, metavar="MODEL", help="HF model folder or .safetensors file it came from")
+    v.add_argument("--types", type=_types_list_arg, metavar="T1,T2,...", help="what-if: quantize to these types in memory (no FILE)")
+    v.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    v.add_argument("--csv", metavar="FILE", help="also write one CSV row per tensor ('-' for stdout)")
+    v.add_argument("--plot", metavar="FILE.png", help="also draw the error by layer and tensor kind (needs matplotlib)")
+    v.add_argument("--fail-above", type=_float_arg, metavar="REL_RMSE", help="exit 1 when any tensor's rel_rmse exceeds this")
+    v.add_argument("--worst", type=_positive_int_arg, default=5, metavar="N", help="worst tensors listed (default 5)")
+    v.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors source")
+    v.add_argument("--threads", type=_threads_arg, help="threads (default: all cores)")
+    v.add_argument("--force", action="store_true", help="overwrite existing --csv / --plot files")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    v.set_defaults(func=cmd_validate)
+
+    i = sub.add_parser("inspect", help="metadata and tensor list of a GGUF, a .safetensors file or a HF folder")
+    i.add_argument("file", help="GGUF file, .safetensors file or HF model folder")
+    i.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    i.add_argument("--full", action="store_true", help="GGUF: show long metadata arrays (vocabulary) in full")
+    i.add_argument("--config", metavar="FILE", help="config.json to show with a single .safetensors file")
+    i.set_defaults(func=cmd_inspect)
+
+    q = sub.add_parser("dequantize", help="GGUF back to float safetensors")
+    q.add_argument("file", help="GGUF file")
+    q.add_argument("-o", "--output", required=True, help="output .safetensors path")
+    q.add_argument("--dtype", default="F32", type=str.upper, choices=("F32", "F16", "BF16"), help="output float type (default F32)")
+    q.add_argument("--hf-names", action="store_true", help="Hugging Face tensor names and row order (llama, mistral, qwen2, qwen3)")
+    q.add_argument("--json", action="store_true", help="machine-readable result on stdout")
+    q.add_argument("--force", action="store_true", help="overwrite an existing output file")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    q.set_defaults(func=cmd_dequantize)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = os.environ.get("KQUANT_DEBUG", "") not in ("", "0")
+    try:
+        return int(args.func(args) or 0)
+    except KquantError as e:
+        if debug:
+            traceback.print_exc()
+        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return e.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        _err("interrupted; no output was written")
+        return 130
+    except BrokenPipeError:
+        return 141
+    except MemoryError:
+        _err("out of memory")
+        return 3
+    except Exception as e:  # a bug: say so in one line, traceback with KQUANT_DEBUG=1
+        if debug:
+            traceback.print_exc()
+        else:
+            _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")
+        return 70
+
+
+if __name__ == "__main__":
+    sys.exit(main())

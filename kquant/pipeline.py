@@ -1,0 +1,413 @@
+"""The pipeline: read -> plan -> quantize -> write, in one streaming pass.
+
+What it reproduces: llama.cpp's `convert_hf_to_gguf.py --outtype bf16` followed by
+`llama-quantize` (tensor order, per-tensor types, bytes, metadata), without the intermediate
+file. Every tensor is read once, in row slabs, rounded through the type the intermediate BF16
+file would have held it in, and quantized to each requested target (`convert_many`: several
+file types from one read, for `kquant batch`). Peak memory is a few slabs, not the model.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import quants
+from .errors import InputError, OutputError
+from .types import FileType, QType, parse_ftype
+
+GGML_QNT_VERSION = 2
+SLAB_BYTES = 32 << 20  # float32 bytes of source rows handled at once
+QUANT_VERSION_KEY = "general.quantization_version"
+FILE_TYPE_KEY = "general.file_type"
+
+
+@dataclass
+class PlannedTensor:
+    spec: object  # arch.TensorSpec
+    qtype: QType
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.shape)
+
+    @property
+    def n_elements(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.qtype.nbytes(self.shape)
+
+
+@dataclass
+class Plan:
+    ftype: FileType
+    arch: str
+    kv: list
+    tensors: list[PlannedTensor]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_elements(self) -> int:
+        return sum(t.n_elements for t in self.tensors)
+
+    @property
+    def bpw(self) -> float:
+        return self.total_bytes * 8.0 / max(self.n_elements, 1)
+
+    def as_json(self) -> dict:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.qtype.ggml_name] = counts.get(t.qtype.ggml_name, 0) + 1
+        return {
+            "architecture": self.arch,
+            "file_type": self.ftype.short_name,
+            "tensors": [
+                {"name": t.name, "shape": list(reversed(t.shape)), "type": t.qtype.ggml_name, "bytes": t.nbytes}
+                for t in self.tensors
+            ],
+            "type_counts": counts,
+            "n_tensors": len(self.tensors),
+            "n_elements": self.n_elements,
+            "total_bytes": self.total_bytes,
+            "bits_per_weight": round(self.bpw, 4),
+        }
+
+
+@dataclass
+class Options:
+    """Everything `kquant convert` takes besides the model and the output."""
+
+    overrides: object = None  # recipe.Overrides
+    imatrix: dict | None = None  # GGUF tensor name -> float32 weights (n_per_row * n_expert)
+    threads: int | None = None
+    config: str | None = None
+    tokenizer_pre: str | None = None
+    allow_nonfinite: bool = False
+    force: bool = False
+    progress: Callable | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def open_model(path: str | Path, config: str | None = None):
+    """A source checkpoint (HF folder or single .safetensors) and its ModelSpec builder inputs."""
+    from .safetensors_io import Checkpoint
+
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: no such file or folder")
+    return Checkpoint.open(p, config=config)
+
+
+def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None):
+    from . import arch
+
+    shapes = {name: (tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()}
+    folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
+    return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)
+
+
+def plan_from_spec(spec, ftype: FileType, overrides=None, has_imatrix: bool = False) -> Plan:
+    from . import recipe
+
+    # llama-quantize processes and writes tensors in llama_model_loader's order
+    specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]
+    facts = recipe.ModelFacts(
+        arch=spec.arch,
+        n_layer=spec.n_layer,
+        n_head=spec.n_head,
+        n_head_kv=spec.n_head_kv or spec.n_head,  # llama.cpp: head_count_kv defaults to head_count
+        n_expert=spec.n_expert,
+    )
+    tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
+    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=has_imatrix)
+    return Plan(ftype, spec.arch, list(spec.kv), [PlannedTensor(s, q) for s, q in zip(specs, types)])
+
+
+def output_kv(plan: Plan) -> list:
+    """Metadata as llama-quantize writes it: the input's keys, then quantization_version and file_type."""
+    from gguf import GGUFValueType
+
+    kv = []
+    for key, vtype, value in plan.kv:
+        if key in (QUANT_VERSION_KEY, FILE_TYPE_KEY):
+            continue
+        if vtype == GGUFValueType.ARRAY and getattr(value, "sub_type", None) is None:
+            # element type as gguf-py's GGUFWriter.add_array infers it (str, float32, int32, bool)
+            sub = GGUFValueType.get_type(value[0]) if len(value) else GGUFValueType.UINT8
+            kv.append((key, sub, value))
+        else:
+            kv.append((key, vtype, value))
+    kv.append((QUANT_VERSION_KEY, GGUFValueType.UINT32, GGML_QNT_VERSION))
+    kv.append((FILE_TYPE_KEY, GGUFValueType.UINT32, int(plan.ftype)))
+    return kv
+
+
+def _round_through(x: np.ndarray, t: QType) -> np.ndarray:
+    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
+    if t == QType.F32:
+        return x
+    if t == QType.BF16:
+        u = x.view(np.uint32)
+        r = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)).astype(np.uint32)
+        return r.view(np.float32)
+    if t == QType.F16:
+        return x.astype(np.float16).astype(np.float32)
+    raise ValueError(f"unexpected intermediate type {t.name}")
+
+
+def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
+    """Yield (row_start, float32 2-D slab) of a tensor in output row order."""
+    shape = tuple(spec.shape)
+    cols = shape[-1] if shape else 1
+    rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    if spec.generated is not None:
+        data = np.ascontiguousarray(spec.generated, dtype=np.float32).reshape(rows, cols)
+        yield 0, data
+        return
+    if spec.transform is not None or len(spec.sources) != 1:
+        arrays = [ckpt.read(s) for s in spec.sources]
+        data = spec.transform(arrays) if spec.transform is not None else arrays[0]
+        data = np.ascontiguousarray(data, dtype=np.float32).reshape(rows, cols)
+        if spec.row_perm is not None:
+            data = data[np.asarray(spec.row_perm)]
+        yield 0, data
+        return
+    src = spec.sources[0]
+    if len(ckpt.tensors[src].shape) != 2:  # 1-D, or a 3-D stack: small or whole-tensor anyway
+        data = np.ascontiguousarray(ckpt.read(src), dtype=np.float32).reshape(rows, cols)
+        if spec.row_perm is not None:
+            data = data[np.asarray(spec.row_perm)]
+        yield 0, data
+        return
+    step = max(1, slab_bytes // max(cols * 4, 1))
+    perm = None if spec.row_perm is None else np.asarray(spec.row_perm, dtype=np.int64)
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        if perm is None:
+            chunk = ckpt.read_rows(src, a, b)
+        else:
+            idx = perm[a:b]
+            lo, hi = int(idx.min()), int(idx.max()) + 1
+            chunk = ckpt.read_rows(src, lo, hi).reshape(hi - lo, cols)[idx - lo]
+        yield a, np.ascontiguousarray(chunk, dtype=np.float32).reshape(b - a, cols)
+
+
+@dataclass
+class TensorResult:
+    name: str
+    qtype: QType
+    shape: tuple
+    nbytes: int
+    seconds: float
+
+
+@dataclass
+class Result:
+    path: str
+    ftype: FileType
+    n_tensors: int
+    total_bytes: int
+    n_elements: int
+    seconds: float
+    file_bytes: int = 0
+
+    @property
+    def bpw(self) -> float:
+        return self.total_bytes * 8.0 / max(self.n_elements, 1)
+
+    def as_json(self) -> dict:
+        return {
+            "output": self.path,
+            "file_type": self.ftype.short_name,
+            "n_tensors": self.n_tensors,
+            "tensor_bytes": self.total_bytes,
+            "file_bytes": self.file_bytes,
+            "n_elements": self.n_elements,
+            "bits_per_weight": round(self.bpw, 4),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _imatrix_for(imatrix: dict | None, pt: PlannedTensor):
+    """Importance row(s) for a tensor, checked as llama-quantize checks them (None if absent)."""
+    if not imatrix or not pt.qtype.is_quantized:
+        return None
+    w = imatrix.get(pt.name)
+    if w is None:
+        return None
+    shape = pt.shape
+    n_per_row = shape[-1]
+    n_expert = shape[0] if len(shape) == 3 else 1
+    w = np.asarray(w, dtype=np.float32).reshape(-1)
+    if w.size != n_per_row * n_expert:
+        if pt.name.startswith("token_embd."):
+            return None
+        raise InputError(
+            f"imatrix: {w.size} weights for {pt.name}, the tensor needs {n_per_row * n_expert} (row {n_per_row} x {n_expert} expert(s))"
+        )
+    return w.reshape(n_expert, n_per_row)
+
+
+def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options: Options | None = None) -> list[Result]:
+    """Convert one checkpoint to several file types in one read of the source.
+
+    `model` is a path (HF folder / .safetensors). Each target gets its own atomic output file.
+    """
+    from .fsutil import atomic_output, check_not_input, handle_termination
+    from .gguf_io import GGUFStreamWriter
+
+    opts = options or Options()
+    if opts.threads is not None:
+        import numba
+
+        if not 1 <= opts.threads <= numba.config.NUMBA_NUM_THREADS:
+            raise InputError(f"--threads {opts.threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
+        numba.set_num_threads(opts.threads)
+    t0 = time.perf_counter()
+    with open_model(model, opts.config) as ckpt:
+        spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
+        inputs = [Path(model)] + [Path(ti.path) for ti in ckpt.tensors.values()]
+        plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, has_imatrix=bool(opts.imatrix)) for _, ft in targets]
+        outs = [Path(o) for o, _ in targets]
+        if len(set(map(str, outs))) != len(outs):
+            raise OutputError("the same output path is given twice")
+        for o in outs:
+            check_not_input(o, inputs)
+        names = [t.name for t in plans[0].tensors]
+        for p in plans[1:]:
+            assert [t.name for t in p.tensors] == names
+        results: list[Result] = []
+        with handle_termination(), _ExitStack() as stack:
+            writers = []
+            for out, plan in zip(outs, plans):
+                f = stack.enter(atomic_output(out, force=opts.force))
+                w = GGUFStreamWriter(f, ggml_n_dims=True, name=str(out))  # llama-quantize's n_dims
+                for key, vtype, value in output_kv(plan):
+                    w.add_kv(key, vtype, value)
+                for t in plan.tensors:
+                    w.add_tensor(t.name, t.shape, t.qtype)
+                w.write_header()
+                writers.append(w)
+            n = len(names)
+            for i in range(n):
+                spec_t = plans[0].tensors[i].spec
+                ts = time.perf_counter()
+                for row0, slab in iter_source_slabs(ckpt, spec_t):
+                    if not opts.allow_nonfinite:
+                        bad = int(quants.count_nonfinite(slab))
+                        if bad:
+                            raise InputError(
+                                f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
+                            )
+                    slab = _round_through(slab, spec_t.ref_type)
+                    for w, plan in zip(writers, plans):
+                        pt = plan.tensors[i]
+                        w.write_data(pt.name, _encode(slab, pt, row0, opts.imatrix))
+                dt = time.perf_counter() - ts
+                if opts.progress:
+                    opts.progress(i + 1, n, [p.tensors[i] for p in plans], dt)
+            for w in writers:
+                w.finish()
+            stack.commit()
+        elapsed = time.perf_counter() - t0
+        for out, plan in zip(outs, plans):
+            results.append(
+                Result(str(out), plan.ftype, len(plan.tensors), plan.total_bytes, plan.n_elements, elapsed,
+                       out.stat().st_size)
+            )
+    return results
+
+
+def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int, imatrix: dict | None) -> np.ndarray:
+    """Bytes of rows [row0, row0 + len(slab)) of a tensor in its planned type."""
+    t = pt.qtype
+    if t == QType.F32:
+        return slab.reshape(-1).view(np.uint8)
+    w = _imatrix_for(imatrix, pt)
+    if w is None or w.shape[0] == 1:
+        return quants.quantize(slab, t, None if w is None else w[0], check_finite=False)
+    # 3-D expert tensor: each expert's rows use that expert's weights
+    rows_per_expert = pt.shape[1]
+    out = np.empty((slab.shape[0], t.row_size(slab.shape[1])), dtype=np.uint8)
+    r = 0
+    while r < slab.shape[0]:
+        g = row0 + r
+        e = g // rows_per_expert
+        n = min(slab.shape[0] - r, rows_per_expert - g % rows_per_expert)
+        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False)
+        r += n
+    return out
+
+
+class _ExitStack:
+    """Enter several atomic outputs; on success commit them all, else abort them all."""
+
+    def __init__(self):
+        self._cms = []
+        self._ok = False
+
+    def enter(self, cm):
+        v = cm.__enter__()
+        self._cms.append(cm)
+        return v
+
+    def commit(self):
+        self._ok = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        exc = (et, ev, tb) if not self._ok or et is not None else (None, None, None)
+        if exc[0] is None and not self._ok:
+            exc = (RuntimeError, RuntimeError("aborted"), None)
+        pending = None
+        for cm in reversed(self._cms):
+            try:
+                cm.__exit__(*exc)
+            except BaseException as e:  # keep aborting the others
+                pending = pending or e
+        if pending is not None and et is None:
+            raise pending
+        return False
+
+
+def convert(model, out, ftype="Q4_K_M", options: Options | None = None) -> Result:
+    """Convert one checkpoint to one GGUF file."""
+    return convert_many(model, [(out, ftype)], options)[0]
+
+
+def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
+    """The plan from config.json and the safetensors headers only: no tensor data, no tokenizer."""
+    opts = options or Options()
+    with open_model(model, opts.config) as ckpt:
+        spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
+        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, has_imatrix=bool(opts.imatrix))
+
+
+def print_progress(i: int, n: int, tensors, seconds: float, stream=sys.stderr) -> None:
+    t = tensors[0]
+    mb = t.n_elements * 4 / 1e6
+    rate = mb / seconds if seconds > 0 else float("inf")
+    types = ",".join(x.qtype.ggml_name for x in tensors)
+    shape = "x".join(str(d) for d in reversed(t.shape))
+    print(f"[{i:4d}/{n}] {t.name:40s} {shape:>16s} -> {types:8s} {rate:8.0f} MB/s", file=stream, flush=True)
+
+
+def plan_summary_json(plan: Plan) -> str:
+    return json.dumps(plan.as_json(), indent=1)

@@ -1,0 +1,107 @@
+"""llama.cpp's own two-step pipeline, for tests and benchmarks (never used by kquant itself).
+
+Step 1: `convert_hf_to_gguf.py --outtype bf16`, run by a separate Python that has torch and
+transformers (KQUANT_REFCONV_PYTHON, made by scripts/setup_refconv.sh) from the llama.cpp sources
+in the llama-cpp-python sdist (KQUANT_LLAMA_CPP, default: the copy scripts/setup_refconv.sh unpacks).
+Step 2: `llama_model_quantize` from llama-cpp-python (the whole of llama-quantize).
+`compare_gguf` then says tensor by tensor and key by key where two GGUF files differ.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .types import FileType, parse_ftype
+
+DEFAULT_LLAMA_CPP = Path(os.environ.get("KQUANT_REFCONV_DIR", "/tmp/kquant-refconv")) / "llama.cpp"
+
+
+def refconv_python() -> str | None:
+    p = os.environ.get("KQUANT_REFCONV_PYTHON")
+    if p and Path(p).exists():
+        return p
+    default = Path(os.environ.get("KQUANT_REFCONV_DIR", "/tmp/kquant-refconv")) / "venv" / "bin" / "python"
+    return str(default) if default.exists() else None
+
+
+def llama_cpp_dir() -> Path | None:
+    p = Path(os.environ.get("KQUANT_LLAMA_CPP", DEFAULT_LLAMA_CPP))
+    return p if (p / "convert_hf_to_gguf.py").exists() else None
+
+
+def available() -> bool:
+    return refconv_python() is not None and llama_cpp_dir() is not None
+
+
+def convert_hf_bf16(model: str | Path, out: str | Path, extra_args=()) -> Path:
+    """Run llama.cpp's convert_hf_to_gguf.py --outtype bf16."""
+    py, src = refconv_python(), llama_cpp_dir()
+    if py is None or src is None:
+        raise RuntimeError("reference converter not set up: bash scripts/setup_refconv.sh")
+    cmd = [py, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile", str(out), *extra_args]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{r.stderr[-4000:]}")
+    return Path(out)
+
+
+def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, **params) -> Path:
+    """llama_model_quantize(src, out) with `ftype` and any llama_model_quantize_params fields."""
+    import llama_cpp
+
+    ft = parse_ftype(ftype) if not isinstance(ftype, FileType) else ftype
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = int(ft)
+    p.nthread = threads
+    for k, v in params.items():
+        setattr(p, k, v)
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc})")
+    return Path(out)
+
+
+def compare_gguf(a: str | Path, b: str | Path, ignore_keys=("general.name",)) -> list[str]:
+    """Differences between two GGUF files: metadata keys/types/values, tensor order/types/shapes/bytes."""
+    from .gguf_io import GGUFFile
+
+    diffs: list[str] = []
+    with GGUFFile(a) as fa, GGUFFile(b) as fb:
+        ka = {k: v for k, v in fa.metadata.items() if k not in ignore_keys}
+        kb = {k: v for k, v in fb.metadata.items() if k not in ignore_keys}
+        for k in sorted(set(ka) | set(kb)):
+            if k not in ka or k not in kb:
+                diffs.append(f"key {k}: only in {'b' if k not in ka else 'a'}")
+                continue
+            (ta, va), (tb, vb) = ka[k], kb[k]
+            if ta != tb or getattr(va, "sub_type", None) != getattr(vb, "sub_type", None):
+                diffs.append(f"key {k}: type {ta}/{getattr(va, 'sub_type', '')} vs {tb}/{getattr(vb, 'sub_type', '')}")
+            elif list(va) != list(vb) if isinstance(va, list) else va != vb:
+                diffs.append(f"key {k}: value {str(va)[:60]} vs {str(vb)[:60]}")
+        na = [t.name for t in fa.tensors]
+        nb = [t.name for t in fb.tensors]
+        if na != nb:
+            diffs.append(f"tensor order/names differ: {na[:5]}... vs {nb[:5]}...")
+        tb = {t.name: t for t in fb.tensors}
+        for t in fa.tensors:
+            u = tb.get(t.name)
+            if u is None:
+                continue
+            if t.qtype != u.qtype or tuple(t.shape) != tuple(u.shape):
+                diffs.append(f"tensor {t.name}: {t.qtype.name}{list(t.shape)} vs {u.qtype.name}{list(u.shape)}")
+            elif not np.array_equal(fa.data(t.name), fb.data(u.name)):
+                n = int(np.count_nonzero(fa.data(t.name) != fb.data(u.name)))
+                diffs.append(f"tensor {t.name} ({t.qtype.name}): {n} bytes differ")
+    return diffs
+
+
+if __name__ == "__main__":  # python -m kquant.refpipeline A.gguf B.gguf
+    d = compare_gguf(sys.argv[1], sys.argv[2])
+    print("\n".join(d) if d else "identical")
+    sys.exit(1 if d else 0)
