@@ -94,7 +94,9 @@ def cmd_convert(args) -> int:
     if args.imatrix:
         from .imatrix import load_imatrix
 
-        opts.imatrix = load_imatrix(args.imatrix)
+        opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
+    elif args.include_weights or args.exclude_weights:
+        raise InputError("--include-weights / --exclude-weights need --imatrix")
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
         if args.json:
@@ -136,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pure", action="store_true", help="no k-quant mixture: every tensor gets the default type")
     c.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight unquantized (as llama-quantize)")
     c.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (GGUF or .dat)")
+    c.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for tensors whose name contains NAME (repeatable)")
+    c.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for tensors whose name contains NAME (repeatable)")
     c.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors input")
     c.add_argument("--tokenizer-pre", metavar="NAME", help="BPE pre-tokenizer name, when the tokenizer is not recognised")
     c.add_argument("--threads", type=_threads_arg, help="quantization threads (default: all cores)")

@@ -32,6 +32,7 @@ FILE_TYPE_KEY = "general.file_type"
 class PlannedTensor:
     spec: object  # arch.TensorSpec
     qtype: QType
+    imatrix: np.ndarray | None = None  # (n_expert, n_per_row) importance rows, as llama-quantize looks them up
 
     @property
     def name(self) -> str:
@@ -56,6 +57,7 @@ class Plan:
     arch: str
     kv: list
     tensors: list[PlannedTensor]
+    imatrix_kv: list = field(default_factory=list)  # quantize.imatrix.* keys, written after general.file_type
 
     @property
     def total_bytes(self) -> int:
@@ -93,7 +95,7 @@ class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
     overrides: object = None  # recipe.Overrides
-    imatrix: dict | None = None  # GGUF tensor name -> float32 weights (n_per_row * n_expert)
+    imatrix: object = None  # kquant.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
     tokenizer_pre: str | None = None
@@ -121,8 +123,10 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
     return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)
 
 
-def plan_from_spec(spec, ftype: FileType, overrides=None, has_imatrix: bool = False) -> Plan:
+def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None) -> Plan:
+    """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
     from . import recipe
+    from .imatrix import weights_for
 
     # llama-quantize processes and writes tensors in llama_model_loader's order
     specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]
@@ -133,13 +137,19 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, has_imatrix: bool = Fa
         n_head_kv=spec.n_head_kv or spec.n_head,  # llama.cpp: head_count_kv defaults to head_count
         n_expert=spec.n_expert,
     )
+    weights = imatrix.weights if imatrix is not None else {}
     tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
-    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=has_imatrix)
-    return Plan(ftype, spec.arch, list(spec.kv), [PlannedTensor(s, q) for s, q in zip(specs, types)])
+    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=bool(weights))
+    tensors = []
+    for s_, q in zip(specs, types):
+        w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
+        tensors.append(PlannedTensor(s_, q, w))
+    kv = list(spec.kv)
+    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [])
 
 
 def output_kv(plan: Plan) -> list:
-    """Metadata as llama-quantize writes it: the input's keys, then quantization_version and file_type."""
+    """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys."""
     from gguf import GGUFValueType
 
     kv = []
@@ -154,6 +164,9 @@ def output_kv(plan: Plan) -> list:
             kv.append((key, vtype, value))
     kv.append((QUANT_VERSION_KEY, GGUFValueType.UINT32, GGML_QNT_VERSION))
     kv.append((FILE_TYPE_KEY, GGUFValueType.UINT32, int(plan.ftype)))
+    if plan.imatrix_kv:  # llama-quantize's kv_overrides: set (moved to the end) after file_type
+        keys = {k for k, _, _ in plan.imatrix_kv}
+        kv = [e for e in kv if e[0] not in keys] + list(plan.imatrix_kv)
     return kv
 
 
@@ -243,26 +256,6 @@ class Result:
         }
 
 
-def _imatrix_for(imatrix: dict | None, pt: PlannedTensor):
-    """Importance row(s) for a tensor, checked as llama-quantize checks them (None if absent)."""
-    if not imatrix or not pt.qtype.is_quantized:
-        return None
-    w = imatrix.get(pt.name)
-    if w is None:
-        return None
-    shape = pt.shape
-    n_per_row = shape[-1]
-    n_expert = shape[0] if len(shape) == 3 else 1
-    w = np.asarray(w, dtype=np.float32).reshape(-1)
-    if w.size != n_per_row * n_expert:
-        if pt.name.startswith("token_embd."):
-            return None
-        raise InputError(
-            f"imatrix: {w.size} weights for {pt.name}, the tensor needs {n_per_row * n_expert} (row {n_per_row} x {n_expert} expert(s))"
-        )
-    return w.reshape(n_expert, n_per_row)
-
-
 def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options: Options | None = None) -> list[Result]:
     """Convert one checkpoint to several file types in one read of the source.
 
@@ -282,7 +275,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
         inputs = [Path(model)] + [Path(ti.path) for ti in ckpt.tensors.values()]
-        plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, has_imatrix=bool(opts.imatrix)) for _, ft in targets]
+        plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
             raise OutputError("the same output path is given twice")
@@ -317,7 +310,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                     slab = _round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
-                        w.write_data(pt.name, _encode(slab, pt, row0, opts.imatrix))
+                        w.write_data(pt.name, _encode(slab, pt, row0))
                 dt = time.perf_counter() - ts
                 if opts.progress:
                     opts.progress(i + 1, n, [p.tensors[i] for p in plans], dt)
@@ -333,16 +326,16 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     return results
 
 
-def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int, imatrix: dict | None) -> np.ndarray:
+def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int) -> np.ndarray:
     """Bytes of rows [row0, row0 + len(slab)) of a tensor in its planned type."""
     t = pt.qtype
     if t == QType.F32:
         return slab.reshape(-1).view(np.uint8)
-    w = _imatrix_for(imatrix, pt)
+    w = pt.imatrix
     if w is None or w.shape[0] == 1:
         return quants.quantize(slab, t, None if w is None else w[0], check_finite=False)
-    # 3-D expert tensor: each expert's rows use that expert's weights
-    rows_per_expert = pt.shape[1]
+    # 3-D expert tensor: each expert's rows use that expert's weights (llama_tensor_quantize_impl)
+    rows_per_expert = pt.shape[-2]
     out = np.empty((slab.shape[0], t.row_size(slab.shape[1])), dtype=np.uint8)
     r = 0
     while r < slab.shape[0]:
@@ -397,7 +390,7 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     opts = options or Options()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
-        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, has_imatrix=bool(opts.imatrix))
+        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix)
 
 
 def print_progress(i: int, n: int, tensors, seconds: float, stream=sys.stderr) -> None:

@@ -1,0 +1,137 @@
+#!/usr/bin/env python3
+"""HF folder -> Q4_K_M: kquant vs llama.cpp's two steps, wall time and peak RSS, in one run.
+
+Builds (once, cached in --work) a ~0.5B-parameter BF16 Llama checkpoint with 256-divisible
+shapes and heavy-tailed random weights, then times, each in its own process (peak RSS from
+wait4's ru_maxrss):
+  1. llama.cpp convert_hf_to_gguf.py --outtype bf16   (needs scripts/setup_refconv.sh)
+  2. llama.cpp llama_model_quantize Q4_K_M, 2 threads (llama-cpp-python)
+  3. kquant convert --type Q4_K_M --threads 2
+and checks that both Q4_K_M files are identical.
+
+    .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def _hwm_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return 0.0
+
+
+def run(cmd: list[str], env=None) -> tuple[float, float]:
+    """Run a command; return (wall seconds, peak RSS MB of that process).
+
+    Peak RSS is the process's own VmHWM, polled until it exits (ru_maxrss would start from the
+    parent's RSS at fork time, which survives execve)."""
+    t = time.perf_counter()
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    peak = 0.0
+    while True:
+        peak = max(peak, _hwm_mb(p.pid))
+        try:
+            p.wait(timeout=0.02)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+    wall = time.perf_counter() - t
+    err = p.stderr.read().decode(errors="replace")
+    if p.returncode != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{err[-3000:]}")
+    return wall, peak
+
+
+def warm(folder: Path) -> None:
+    for f in folder.iterdir():
+        with open(f, "rb") as fh:
+            while fh.read(1 << 24):
+                pass
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--work", type=Path, default=Path("/tmp/kquant-bench"))
+    ap.add_argument("--layers", type=int, default=28)
+    ap.add_argument("--hidden", type=int, default=1024)
+    ap.add_argument("--ffn", type=int, default=4096)
+    ap.add_argument("--type", default="Q4_K_M")
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args(argv)
+
+    from kquant import refpipeline  # light: numpy only until a comparison runs
+
+    if not refpipeline.available():
+        print("reference converter missing: bash scripts/setup_refconv.sh", file=sys.stderr)
+        return 1
+    model = a.work / f"llama-{a.layers}L-{a.hidden}"
+    if not (model / "model.safetensors").exists():
+        # built in a child process: this one must stay small, since a child's ru_maxrss starts
+        # from its parent's RSS at fork time (it survives execve)
+        print(f"building {model} ...", file=sys.stderr)
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "make_tiny_model.py"), "--out", str(model),
+                        "--layers", str(a.layers), "--hidden", str(a.hidden), "--heads", str(a.hidden // 64),
+                        "--kv-heads", str(a.hidden // 256), "--ffn", str(a.ffn), "--vocab", "32000", "--seed", "7"],
+                       check=True)
+    import json
+
+    cfg = json.loads((model / "config.json").read_text())
+    h, f, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
+    n_params = 2 * v * h + h + L * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
+    src_mb = sum(f.stat().st_size for f in model.iterdir()) / 1e6
+    print(f"model: {model} ({n_params / 1e9:.3f} B parameters, {src_mb:.0f} MB on disk), type {a.type}, "
+          f"{a.threads} threads")
+
+    bf16 = a.work / "ref-bf16.gguf"
+    ref_q = a.work / f"ref-{a.type}.gguf"
+    kq_q = a.work / f"kquant-{a.type}.gguf"
+    for f in (bf16, ref_q, kq_q):
+        f.unlink(missing_ok=True)
+    py = refpipeline.refconv_python()
+    conv = str(refpipeline.llama_cpp_dir() / "convert_hf_to_gguf.py")
+    env = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads))
+
+    # numba's on-disk cache is warm after one small call: first-call compile is not what we time here
+    run([sys.executable, "-m", "kquant.cli", "convert", str(ROOT / "fixtures" / "tiny-llama"), "-o",
+         str(a.work / "warm.gguf"), "--force", "-q", "--type", a.type], env)
+
+    warm(model)
+    t1, m1 = run([py, conv, str(model), "--outtype", "bf16", "--outfile", str(bf16)])
+    q = (f"from kquant import refpipeline as r; r.llama_quantize({str(bf16)!r}, {str(ref_q)!r}, {a.type!r}, "
+         f"threads={a.threads})")
+    t2, m2 = run([sys.executable, "-c", q])
+    warm(model)
+    t3, m3 = run([sys.executable, "-m", "kquant.cli", "convert", str(model), "-o", str(kq_q), "--type", a.type,
+                  "--threads", str(a.threads), "-q"], env)
+    diffs = refpipeline.compare_gguf(kq_q, ref_q, ignore_keys=())
+    same = "identical" if not diffs else f"DIFFERENT ({len(diffs)}: {diffs[:3]})"
+    print(f"{'step':44s} {'wall s':>8s} {'peak RSS MB':>12s}")
+    print(f"{'llama.cpp convert_hf_to_gguf.py --outtype bf16':44s} {t1:8.1f} {m1:12.0f}")
+    print(f"{'llama.cpp llama-quantize ' + a.type:44s} {t2:8.1f} {m2:12.0f}")
+    print(f"{'llama.cpp total':44s} {t1 + t2:8.1f} {max(m1, m2):12.0f}")
+    print(f"{'kquant convert ' + a.type:44s} {t3:8.1f} {m3:12.0f}")
+    print(f"speed-up vs llama.cpp: {(t1 + t2) / t3:.2f}x   peak RSS: {m3:.0f} MB vs {max(m1, m2):.0f} MB   "
+          f"output: {same}")
+    return 0 if not diffs else 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
