@@ -105,3 +105,28 @@ if __name__ == "__main__":  # python -m kquant.refpipeline A.gguf B.gguf
     d = compare_gguf(sys.argv[1], sys.argv[2])
     print("\n".join(d) if d else "identical")
     sys.exit(1 if d else 0)
+
+
+def eval_logits(path: str | Path, text: bytes = b"The quick brown fox jumps over the lazy dog.", n_threads: int = 2):
+    """Load a GGUF with llama.cpp (CPU weight repacking off: it crashes on these CPUs) and return
+    (tokens, logits of every position)."""
+    import llama_cpp
+    import llama_cpp.llama as high
+
+    orig = llama_cpp.llama_model_default_params
+
+    def no_repack():
+        p = orig()
+        p.use_extra_bufts = False
+        return p
+
+    high.llama_cpp.llama_model_default_params = no_repack
+    try:
+        m = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=n_threads)
+        toks = m.tokenize(text)
+        m.eval(toks)
+        logits = np.array(m.scores[: len(toks)], dtype=np.float32)
+        m.close()
+    finally:
+        high.llama_cpp.llama_model_default_params = orig
+    return toks, logits
