@@ -155,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--type", default="Q4_K_M", type=_ftype_arg)
     d.set_defaults(func=cmd_demo)
     _add_file_tool_parsers(sub)
+    _add_batch_parser(sub)
     return p
 
 
@@ -301,6 +302,8 @@ def cmd_validate(args) -> int:
         raise InputError("validate: give a GGUF FILE to check, or --types Q4_K,Q6_K,... for a what-if table")
     if args.types and args.fail_above is not None:
         raise InputError("validate: --fail-above applies to a GGUF FILE, not to --types")
+    if args.json and args.csv == "-":
+        raise InputError("validate: --json and --csv - would both write to stdout; give --csv a file name")
     inputs = [args.source] + ([args.file] if args.file else [])
     _check_report_outputs(args, inputs)
     if args.plot:
@@ -404,6 +407,70 @@ def _add_file_tool_parsers(sub) -> None:
     q.set_defaults(func=cmd_dequantize)
 
 
+# ---------------------------------------------------------------- batch
+def _jobs_arg(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--jobs takes a whole number, got {s!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"--jobs must be at least 1, got {n}")
+    return n
+
+
+def _add_batch_parser(sub) -> None:
+    b = sub.add_parser(
+        "batch",
+        help="convert every model folder under ROOT to several types (resumable; local processes or Ray)",
+        description="Convert every model folder under ROOT (config.json + safetensors; symlinks followed, hidden "
+        "folders ignored) to each --type, reading each checkpoint once, into OUTDIR/<folder>-<TYPE>.gguf. "
+        "Complete outputs recorded in OUTDIR/.kquant-batch.json are skipped on a re-run; an interrupted run "
+        "leaves only complete files and the next run finishes the job. Exit 0: all done; 1: a model failed; "
+        "130: interrupted.",
+    )
+    b.add_argument("root", help="folder holding the model folders (or one model folder)")
+    b.add_argument("-o", "--outdir", required=True, help="output folder (created if missing; with Ray: shared by every node)")
+    b.add_argument("-t", "--type", action="append", required=True, type=_ftype_arg, help="file type (repeatable): Q4_K_M, Q8_0, ...")
+    b.add_argument("--jobs", type=_jobs_arg, help="models converted at once (local: worker processes, capped by cores "
+                   "and memory; default 1. ray: tasks in flight, default unlimited)")
+    b.add_argument("--threads", type=_threads_arg, help="quantization threads per model (local default: cores // jobs; ray default 1, "
+                   "also the CPUs each Ray task requests)")
+    b.add_argument("--imatrix-dir", metavar="DIR", help="use DIR/<folder>.gguf or DIR/<folder>.dat as the importance matrix when present")
+    b.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray (pip install 'kquant[ray]')")
+    b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
+    b.add_argument("--force", action="store_true", help="redo every output, even complete ones")
+    b.add_argument("--allow-nonfinite", action="store_true", help="do not refuse NaN/Inf weights")
+    b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
+    b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
+    b.set_defaults(func=cmd_batch)
+
+
+def cmd_batch(args) -> int:
+    from .batch import run_batch
+
+    def log(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    try:
+        rep = run_batch(args.root, args.outdir, args.type, jobs=args.jobs, threads=args.threads,
+                        imatrix_dir=args.imatrix_dir, executor=args.executor, address=args.address, force=args.force,
+                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log)
+    except KeyboardInterrupt:  # a second interrupt during clean-up
+        _err("interrupted; outputs under their final names are complete, run the same command again to finish")
+        return 130
+    if args.json:
+        print(json.dumps(rep.as_json()))
+    else:
+        rep.print_table(sys.stdout)
+    if rep.interrupted:
+        _err(f"interrupted: {rep.count('done') + rep.count('skipped')} of {len(rep.rows)} outputs complete; "
+             "run the same command again to finish")
+    elif rep.failed:
+        names = ", ".join(f"{m} ({e})" for m, e in rep.failed.items())
+        _err(f"{len(rep.failed)} model(s) failed: {names}")
+    return rep.exit_code
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -415,11 +482,12 @@ def main(argv=None) -> int:
             traceback.print_exc()
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return e.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (fsutil.Terminated carries signum)
         if debug:
             traceback.print_exc()
-        _err("interrupted; no output was written")
-        return 130
+        signum = getattr(e, "signum", 2)
+        _err(f"interrupted by signal {signum}; no output was left behind")
+        return 128 + signum
     except BrokenPipeError:
         return 141
     except MemoryError:

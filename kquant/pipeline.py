@@ -310,7 +310,11 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                     slab = _round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
-                        w.write_data(pt.name, _encode(slab, pt, row0))
+                        try:
+                            data = _encode(slab, pt, row0)
+                        except ValueError as e:  # e.g. values beyond the fp16 range of the type's scales
+                            raise InputError(f"{model}: tensor {pt.name} ({', '.join(spec_t.sources)}): {e}") from None
+                        w.write_data(pt.name, data)
                 dt = time.perf_counter() - ts
                 if opts.progress:
                     opts.progress(i + 1, n, [p.tensors[i] for p in plans], dt)
