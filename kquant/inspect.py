@@ -1,0 +1,428 @@
+"""`kquant inspect` (GGUF / safetensors / HF folder listing) and `kquant dequantize` (GGUF -> safetensors).
+
+GGUF files are read with kquant.gguf_io.GGUFFile, which validates every field before use (ports
+ggml/src/gguf.cpp gguf_init_from_reader's checks); safetensors files and folders with
+kquant.safetensors_io (ports safetensors/src/tensor.rs's header checks). `dequantize_file`
+streams: rows of one tensor at a time, written through kquant.fsutil.atomic_output into a
+safetensors file whose header is the one kquant.safetensors_io.write_safetensors writes.
+`--hf-names` inverts kquant.arch's name tables and conversion/llama.py LlamaModel.permute
+(the Q/K row permutation) for the architectures listed in HF_NAME_ARCHES.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, OutputError, UnsupportedError
+
+GGUF_MAGIC = b"GGUF"
+ARRAY_HEAD = 8  # elements of a long array shown without --full
+ARRAY_FULL_MAX = 16  # arrays up to this length are shown whole
+MAX_CONFIG_BYTES = 10 << 20
+VALUE_WIDTH = 72  # characters of a metadata value in the table
+OUT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # --dtype -> bytes per value
+F16_MAX = 65504.0
+SLAB_BYTES = 32 << 20  # float32 bytes of rows dequantized at once
+# GGUF architecture -> the HF class whose kquant.arch table names its tensors (--hf-names)
+HF_NAME_ARCHES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+GENERATED_TENSORS = ("rope_freqs.weight",)  # made by the converter, no HF tensor to go back to
+SAFETENSORS_METADATA = {"format": "pt"}  # what transformers' save_pretrained writes
+
+
+def _p(path) -> str:
+    s = os.fspath(path)
+    s = s if isinstance(s, str) else os.fsdecode(s)
+    return s if s.isprintable() else repr(s)
+
+
+def _num(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return "nan" if math.isnan(v) else ("inf" if v > 0 else "-inf")
+    return v
+
+
+def _show(v, width: int = VALUE_WIDTH) -> str:
+    """A value on one printable line, shortened to `width` characters."""
+    s = v if isinstance(v, str) else repr(v)
+    if not s.isprintable():
+        s = repr(s)[1:-1]
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates from invalid UTF-8 in the file
+        s = s.encode("utf-8", "backslashreplace").decode("utf-8")
+    return s if len(s) <= width else s[: width - 3] + "..."
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.2f} MiB"
+
+
+def detect_format(path) -> str:
+    """'folder', 'gguf' (magic 'GGUF' or a .gguf name) or 'safetensors' (anything else is tried as safetensors)."""
+    p = Path(os.fspath(path))
+    if p.is_dir():
+        return "folder"
+    if not p.exists():
+        raise InputError(f"{_p(p)}: no such file or folder")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise InputError(f"{_p(p)}: cannot open ({e.strerror or e})") from None
+    return "gguf" if head == GGUF_MAGIC or p.suffix.lower() == ".gguf" else "safetensors"
+
+
+# ====================================================================== inspect
+def _meta_value(vtype, value, full: bool):
+    """A metadata value for JSON: scalars as they are, long arrays summarised unless `full`."""
+    from gguf import GGUFValueType
+
+    if vtype == GGUFValueType.ARRAY:
+        items = [_num(x) for x in value]
+        if full or len(items) <= ARRAY_FULL_MAX:
+            return items
+        return {"type": "array", "element_type": value.sub_type.name, "length": len(items), "head": items[:ARRAY_HEAD]}
+    return _num(value)
+
+
+def _type_label(vtype, value) -> str:
+    from gguf import GGUFValueType
+
+    if vtype == GGUFValueType.ARRAY:
+        return f"ARRAY[{value.sub_type.name}]"
+    return vtype.name
+
+
+def inspect_gguf(path, *, full: bool = False) -> dict:
+    """Header, metadata and tensor table of a GGUF file (shapes in ggml order, ne[0] first)."""
+    from .gguf_io import GGUFFile
+    from .types import FileType
+    from .validate import type_name
+
+    with GGUFFile(path) as gf:
+        meta = {k: _meta_value(t, v, full) for k, (t, v) in gf.metadata.items()}
+        types = {k: _type_label(t, v) for k, (t, v) in gf.metadata.items()}
+        tensors = []
+        by_type: dict[str, dict] = {}
+        n_el_total = bytes_total = 0
+        for ti in gf.tensors:
+            n_el = int(np.prod(ti.shape, dtype=np.int64)) if ti.shape else 1
+            tn = type_name(ti.qtype)
+            tensors.append({"name": ti.name, "type": tn, "shape": list(reversed(ti.shape)), "n_elements": n_el,
+                            "bytes": ti.nbytes, "bits_per_weight": round(ti.nbytes * 8.0 / n_el, 4) if n_el else 0.0,
+                            "offset": ti.offset_abs})
+            e = by_type.setdefault(tn, {"count": 0, "n_elements": 0, "bytes": 0})
+            e["count"] += 1
+            e["n_elements"] += n_el
+            e["bytes"] += ti.nbytes
+            n_el_total += n_el
+            bytes_total += ti.nbytes
+        ft = gf.value("general.file_type")
+        try:
+            ft_name = FileType(ft).short_name if isinstance(ft, int) and not isinstance(ft, bool) else None
+        except ValueError:
+            ft_name = None
+        arch = gf.value("general.architecture")
+        return {
+            "format": "gguf",
+            "path": os.fspath(path),
+            "shape_order": "ggml",
+            "version": gf.version,
+            "file_size": gf.file_size,
+            "alignment": gf.alignment,
+            "data_offset": gf.data_offset,
+            "architecture": arch if isinstance(arch, str) else None,
+            "file_type": ft_name if ft_name is not None else ft,
+            "n_kv": len(gf.metadata),
+            "metadata": meta,
+            "metadata_types": types,
+            "tensors": tensors,
+            "summary": {"n_tensors": len(tensors), "n_elements": n_el_total, "tensor_bytes": bytes_total,
+                        "bits_per_weight": round(bytes_total * 8.0 / n_el_total, 4) if n_el_total else 0.0,
+                        "types": by_type},
+        }
+
+
+def _read_config(path: Path) -> tuple[dict | None, str | None]:
+    """(config.json as a dict, None) or (None, why it could not be read)."""
+    try:
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            return None, f"{_p(path)}: larger than {MAX_CONFIG_BYTES} bytes"
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        return None, f"{_p(path)}: {e}"
+    if not isinstance(doc, dict):
+        return None, f"{_p(path)}: top level is not an object"
+    return doc, None
+
+
+def inspect_checkpoint(path, *, config=None) -> dict:
+    """Files, config.json and tensor table of a HF folder or a .safetensors file (stored shape order)."""
+    from .safetensors_io import DTYPE_BITS, Checkpoint
+
+    p = Path(os.fspath(path))
+    cfg_path = Path(config) if config else (p / "config.json" if p.is_dir() else None)
+    with Checkpoint.open(p) as ck:
+        files = [{"path": f.path, "bytes": f.file_size, "n_tensors": len(f.tensors), "metadata": f.metadata} for f in ck.files]
+        tensors = []
+        by_dtype: dict[str, dict] = {}
+        n_el_total = bytes_total = 0
+        for name, ti in ck.tensors.items():
+            n_el = ti.numel
+            tensors.append({"name": name, "dtype": ti.dtype, "shape": list(ti.shape), "n_elements": n_el,
+                            "bytes": ti.nbytes, "bits_per_weight": DTYPE_BITS[ti.dtype], "file": os.path.basename(ti.path)})
+            e = by_dtype.setdefault(ti.dtype, {"count": 0, "n_elements": 0, "bytes": 0})
+            e["count"] += 1
+            e["n_elements"] += n_el
+            e["bytes"] += ti.nbytes
+            n_el_total += n_el
+            bytes_total += ti.nbytes
+    cfg, cfg_err = (None, None)
+    if cfg_path is not None and cfg_path.is_file():
+        cfg, cfg_err = _read_config(cfg_path)
+    elif config:
+        cfg_err = f"{_p(cfg_path)}: no such file"
+    out = {
+        "format": "safetensors",
+        "path": os.fspath(path),
+        "shape_order": "numpy",
+        "files": files,
+        "config": cfg,
+        "tensors": tensors,
+        "summary": {"n_tensors": len(tensors), "n_elements": n_el_total, "tensor_bytes": bytes_total,
+                    "bits_per_weight": round(bytes_total * 8.0 / n_el_total, 4) if n_el_total else 0.0,
+                    "dtypes": by_dtype},
+    }
+    if cfg_err:
+        out["config_error"] = cfg_err
+    return out
+
+
+def inspect_path(path, *, config=None, full: bool = False) -> dict:
+    """`kquant inspect`: a GGUF file, a .safetensors file or a HF folder."""
+    fmt = detect_format(path)
+    if fmt == "gguf":
+        return inspect_gguf(path, full=full)
+    return inspect_checkpoint(path, config=config)
+
+
+def inspect_json(info: dict) -> str:
+    return json.dumps(info, allow_nan=False)
+
+
+def print_inspect(info: dict, out=None) -> None:
+    """The human-readable listing of inspect_path's result."""
+    out = out or sys.stdout
+    s = info["summary"]
+    if info["format"] == "gguf":
+        print(f"{_show(info['path'], 200)}: GGUF v{info['version']}, {_mib(info['file_size'])}, {s['n_tensors']} tensors, "
+              f"{info['n_kv']} metadata keys, alignment {info['alignment']}", file=out)
+        print(f"architecture {_show(info['architecture'])}, file type {_show(info['file_type'])}, "
+              f"{s['n_elements']:,} weights, {s['bits_per_weight']:.4f} bits per weight", file=out)
+        print("\nmetadata:", file=out)
+        kw = max([len(k) for k in info["metadata"]] + [3])
+        tw = max([len(t) for t in info["metadata_types"].values()] + [4])
+        for k, v in info["metadata"].items():
+            if isinstance(v, dict):
+                v = f"[{v['length']} elements] " + ", ".join(_show(x, 24) for x in v["head"]) + ", ..."
+            elif info["metadata_types"][k] == "FLOAT32" and isinstance(v, float):
+                v = str(np.float32(v))  # the shortest text that reads back as the stored float32
+            print(f"  {_show(k, 200):{kw}s} {info['metadata_types'][k]:{tw}s} {_show(v)}", file=out)
+        cols = ("type", "type")
+    else:
+        nf = len(info["files"])
+        print(f"{_show(info['path'], 200)}: safetensors, {nf} file{'s' if nf != 1 else ''}, {s['n_tensors']} tensors, "
+              f"{_mib(s['tensor_bytes'])}, {s['n_elements']:,} weights", file=out)
+        for f in info["files"]:
+            md = f" metadata {_show(f['metadata'], 60)}" if f["metadata"] else ""
+            print(f"  {_show(f['path'], 200)}: {_mib(f['bytes'])}, {f['n_tensors']} tensors{md}", file=out)
+        cfg = info.get("config")
+        if cfg:
+            keys = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                    "num_key_value_heads", "intermediate_size", "vocab_size", "torch_dtype")
+            print("config: " + ", ".join(f"{k} {_show(cfg[k], 40)}" for k in keys if k in cfg), file=out)
+        if info.get("config_error"):
+            print(f"config: not readable ({_show(info['config_error'], 120)})", file=out)
+        cols = ("dtype", "dtype")
+    print("\ntensors:", file=out)
+    nw = max([len(t["name"]) for t in info["tensors"]] + [6])
+    shapes = ["x".join(str(d) for d in t["shape"]) or "scalar" for t in info["tensors"]]
+    sw = max([len(x) for x in shapes] + [5])
+    print(f"  {'name':{nw}s} {'shape':>{sw}s} {cols[0]:>6s} {'bytes':>12s} {'bpw':>7s}", file=out)
+    for t, shp in zip(info["tensors"], shapes):
+        print(f"  {_show(t['name'], 200):{nw}s} {shp:>{sw}s} {t[cols[1]]:>6s} {t['bytes']:>12d} {t['bits_per_weight']:7.3f}",
+              file=out)
+    groups = s.get("types") or s.get("dtypes") or {}
+    parts = [f"{k} {v['count']} ({_mib(v['bytes'])})" for k, v in groups.items()]
+    print(f"\n{s['n_tensors']} tensors, {_mib(s['tensor_bytes'])}, {s['bits_per_weight']:.4f} bits per weight: "
+          + ", ".join(parts), file=out)
+
+
+# ====================================================================== --hf-names
+def _head_count(gf, key: str, default=None) -> int:
+    v = gf.value(key, default)
+    if isinstance(v, list) and v and all(isinstance(x, int) and not isinstance(x, bool) for x in v) and len(set(v)) == 1:
+        v = v[0]  # per-layer array with one value
+    if isinstance(v, list):
+        raise UnsupportedError(f"{_p(gf.path)}: key {key!r} varies by layer; --hf-names cannot undo the Q/K permutation")
+    if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+        raise InputError(f"{_p(gf.path)}: key {key!r} is {v!r}, expected a positive integer")
+    return v
+
+
+def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]]:
+    """GGUF name -> (HF name, HF-row -> GGUF-row gather or None), and the GGUF tensors with no HF name.
+
+    Inverts kquant.arch's tables for HF_NAME_ARCHES; for llama the Q/K rows are put back in HF
+    order (conversion/llama.py LlamaModel.permute, inverted) using the file's head counts.
+    """
+    from .arch.tables import BY_HF_NAME
+    from .arch.tensors import qk_permutation
+
+    arch = gf.value("general.architecture")
+    if arch not in HF_NAME_ARCHES:
+        raise UnsupportedError(
+            f"{_p(gf.path)}: --hf-names supports architectures {', '.join(sorted(HF_NAME_ARCHES))}; this file is {arch!r}")
+    table = BY_HF_NAME[HF_NAME_ARCHES[arch]]
+    glob = {g: hf for hf, g in table.globals_.items()}
+    layer = {g: hf for hf, g in table.layer.items()}
+    n_head = n_kv = None
+    if table.permute_qk:
+        n_head = _head_count(gf, f"{arch}.attention.head_count")
+        n_kv = _head_count(gf, f"{arch}.attention.head_count_kv", n_head)
+    out: dict[str, tuple[str, np.ndarray | None]] = {}
+    skipped: list[str] = []
+    from .validate import layer_and_kind
+
+    for ti in gf.tensors:
+        name = ti.name
+        if name in GENERATED_TENSORS:
+            skipped.append(name)
+            continue
+        bid, kind = layer_and_kind(name)
+        is_bias = kind.endswith(".bias") or (bid is None and name.endswith(".bias"))
+        base = kind[: -len(".bias")] if kind.endswith(".bias") else kind
+        if bid is None:
+            base = name.rsplit(".", 1)[0]
+            hf = glob.get(base) if name.endswith(".weight") else None
+            hf = None if hf is None else hf + ".weight"
+        else:
+            mod = layer.get(base)
+            if mod is not None and is_bias and mod not in table.bias_ok:
+                mod = None
+            hf = None if mod is None else f"model.layers.{bid}.{mod}" + (".bias" if is_bias else ".weight")
+            if not name.endswith((".weight", ".bias")):
+                hf = None
+        if hf is None:
+            raise UnsupportedError(f"{_p(gf.path)}: --hf-names: tensor {name!r} has no Hugging Face name for {arch}")
+        gather = None
+        if table.permute_qk and base in ("attn_q", "attn_k") and bid is not None:
+            n_rows = int(ti.shape[0])
+            perm = qk_permutation(n_rows, n_head if base == "attn_q" else n_kv)
+            gather = np.argsort(perm)  # HF row j = GGUF row gather[j]
+        out[name] = (hf, gather)
+    return out, skipped
+
+
+# ====================================================================== dequantize
+class _SafetensorsStream:
+    """Write a safetensors file whose tensors are declared first and streamed in order."""
+
+    def __init__(self, f, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None):
+        from .safetensors_io import HEADER_LEN_BYTES, HEADER_PAD, METADATA_KEY
+
+        header: dict = {}
+        if metadata is not None:
+            header[METADATA_KEY] = dict(metadata)
+        pos = 0
+        self.sizes = []
+        for name, dtype, shape in entries:
+            n = OUT_DTYPES[dtype] * int(np.prod(shape, dtype=np.int64))
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
+            self.sizes.append(n)
+            pos += n
+        hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        hb += b" " * (-len(hb) % HEADER_PAD)
+        self.f = f
+        self.total = HEADER_LEN_BYTES + len(hb) + pos
+        f.write(len(hb).to_bytes(HEADER_LEN_BYTES, "little"))
+        f.write(hb)
+        self.written = 0
+
+    def write(self, a: np.ndarray) -> None:
+        self.f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
+        self.written += a.nbytes
+
+
+def _encode_rows(x: np.ndarray, dtype: str, name: str) -> np.ndarray:
+    """float32 rows -> little-endian output values (F32 / F16 / BF16, round to nearest even)."""
+    if dtype == "F32":
+        return np.ascontiguousarray(x, dtype="<f4")
+    if dtype == "F16":
+        with np.errstate(over="ignore"):
+            h = x.astype("<f2")
+        bad = int(np.count_nonzero(np.isinf(h) & np.isfinite(x)))
+        if bad:
+            raise InputError(f"tensor {name}: {bad} value(s) beyond the F16 range (+-{F16_MAX:g}); use --dtype F32 or BF16")
+        return h
+    from .safetensors_io import fp32_to_bf16_bits
+
+    return fp32_to_bf16_bits(x).astype("<u2")
+
+
+def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, force: bool = False,
+                    progress=None) -> dict:
+    """Dequantize every tensor of a GGUF file into a safetensors file, one slab at a time.
+
+    Names are the GGUF ones, or the Hugging Face ones with `hf_names` (Q/K rows back in HF
+    order; generated tensors such as rope_freqs dropped). `progress(i, n, name, type, seconds)`.
+    """
+    from .fsutil import atomic_output, check_not_input, handle_termination
+    from .gguf_io import GGUFFile
+    from .validate import TensorRows, type_name
+
+    dtype = str(dtype).upper()
+    if dtype not in OUT_DTYPES:
+        raise InputError(f"--dtype {dtype}: must be one of {', '.join(OUT_DTYPES)}")
+    t0 = time.perf_counter()
+    check_not_input(out, [path])
+    with GGUFFile(path) as gf:
+        if hf_names:
+            names, skipped = hf_name_map(gf)
+        else:
+            names, skipped = {t.name: (t.name, None) for t in gf.tensors}, []
+        todo = [t for t in gf.tensors if t.name in names]
+        readers = {}
+        for ti in todo:  # fail on an unsupported type before writing anything
+            readers[ti.name] = TensorRows(gf, ti)
+        entries = [(names[t.name][0], dtype, tuple(int(d) for d in t.shape)) for t in todo]
+        with handle_termination(), atomic_output(out, force=force) as f:
+            w = _SafetensorsStream(f, entries, SAFETENSORS_METADATA)
+            for i, ti in enumerate(todo):
+                ts = time.perf_counter()
+                rd = readers[ti.name]
+                gather = names[ti.name][1]
+                if gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
+                    w.write(_encode_rows(rd.read(0, 1).reshape(-1)[gather], dtype, ti.name))
+                elif gather is not None:
+                    step = max(1, SLAB_BYTES // max(rd.cols * 4, 1))
+                    for a in range(0, rd.rows, step):
+                        w.write(_encode_rows(rd.take(gather[a : a + step]), dtype, ti.name))
+                else:
+                    for _, rows in rd.slabs(SLAB_BYTES):
+                        w.write(_encode_rows(rows, dtype, ti.name))
+                rd.release()
+                if progress:
+                    progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
+            if w.written != sum(w.sizes):
+                raise OutputError(f"{_p(out)}: wrote {w.written} data bytes, expected {sum(w.sizes)}")
+    return {"input": os.fspath(path), "output": os.fspath(out), "dtype": dtype, "n_tensors": len(todo),
+            "hf_names": bool(hf_names), "skipped": skipped, "bytes": w.total,
+            "seconds": round(time.perf_counter() - t0, 3)}
