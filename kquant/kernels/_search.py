@@ -251,7 +251,7 @@ def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad)
 def make_qp_quants(n, nmax, x, L, quant_weights):
     fmax = F0
     for i in range(n):
-        fmax = max(fmax, x[i])  # MAX(max, x[i]): NaN-free input, same result
+        fmax = fmax if fmax > x[i] else x[i]  # C's MAX(max, x[i]), NaN included
     if fmax < GROUP_MAX_EPS:  # all zero
         for i in range(n):
             L[i] = 0
