@@ -1,0 +1,664 @@
+"""ggml's legacy 32-wide block types Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0, ported to Numba.
+
+Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.3.36):
+  quantize_row_q{4_0,4_1,5_0,5_1,8_0}_ref   the unweighted path (ggml_quantize_chunk with NULL weights)
+  quantize_row_q{4_0,4_1,5_0,5_1}_impl      the importance-weighted path (quantize_q8_0 ignores weights)
+  dequantize_row_q{4_0,4_1,5_0,5_1,8_0}
+byte for byte. Every float expression is evaluated in float32, op by op, in C's order.
+
+Exactness notes:
+- C's float -> (u)int8 casts (`(int8_t)(x0 + 8.5f)`) are what gcc emits on x86-64: a truncating
+  cvttss2si to int32 (INT_MIN when the value is NaN or out of range), keep the low byte.
+  `_trunc_i8` reproduces that, so overflowing scales (1/d = inf for subnormal d) still match.
+- The block max/min searches run as order-free integer reductions on the float bits, and fall
+  back to ggml's sequential loop where the order could matter (NaN, signed zeros).
+
+Speed notes (numba leaves LLVM's SLP vectorizer off, so only loops vectorize):
+- Block loops get their trip count QK from the row shapes at run time (`_blocks`): a constant 32
+  would be fully unrolled before the loop vectorizer sees it.
+- All indices are uint64: numba's negative-index wraparound on signed indices turns contiguous
+  loads into gathers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..types import QType
+from . import Kernel
+from ._common import fp16_to_fp32, fp32_to_fp16
+from ._search import make_qkx3_quants, make_qx_quants
+
+QK = 32  # QK4_0 == QK4_1 == QK5_0 == QK5_1 == QK8_0
+
+U = np.uint64
+_U0 = U(0)
+_U1 = U(1)
+_U2 = U(2)
+_U3 = U(3)
+_U4 = U(4)
+_U6 = U(6)
+_U8 = U(8)
+
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_HALF = np.float32(0.5)
+_TWO31 = np.float32(2147483648.0)
+_FLT_MAX = np.float32(3.4028234663852886e38)
+
+# bytes per block (ggml-common.h block_q*: fields in order)
+TS_Q4_0 = U(2 + QK // 2)  # d, qs[16]
+TS_Q4_1 = U(4 + QK // 2)  # d, m, qs[16]
+TS_Q5_0 = U(2 + 4 + QK // 2)  # d, qh[4], qs[16]
+TS_Q5_1 = U(4 + 4 + QK // 2)  # d, m, qh[4], qs[16]
+TS_Q8_0 = U(2 + QK)  # d, qs[32]
+
+# float32 bit patterns, viewed as int32
+_ABS = np.int32(0x7FFFFFFF)  # clears the sign bit
+_INF_BITS = np.int32(0x7F800000)  # |x| bits above this are NaN
+_NEG_INF_KEY = np.int32(-2139095041)  # _order_key(-inf); keys below it are negative NaNs
+_I32_MAX = np.int32(0x7FFFFFFF)
+_I32_MIN = np.int32(-0x80000000)
+
+
+# ---------------------------------------------------------------- scalar helpers
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _trunc_i8(f):
+    """C `(int8_t)f` / `(uint8_t)f` as gcc x86-64 emits it: cvttss2si (INT_MIN if NaN/out of range), low byte, sign-extended."""
+    t = np.int32(f if np.abs(f) < _TWO31 else _F0)
+    return np.int32(np.int8(t))
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _roundf(f):
+    """C `roundf`: round half away from zero, in float32."""
+    t = np.trunc(f)
+    r = f - t  # exact
+    if r >= _HALF:
+        t += _F1
+    elif r <= -_HALF:
+        t -= _F1
+    return t
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _order_key(b):
+    """float32 bits (int32) -> int32 key whose integer order is the float order (-0 sorts just below +0); self-inverse."""
+    return np.int32(b ^ ((b >> 31) & _ABS))
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _put_h(y, pos, f):
+    """Store float32 f as little-endian fp16 at y[pos], pos uint64."""
+    h = fp32_to_fp16(f)
+    y[pos] = np.uint8(h & np.uint16(0xFF))
+    y[pos + _U1] = np.uint8(h >> np.uint16(8))
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _get_h(q, pos):
+    """Little-endian fp16 at q[pos] as float32, pos uint64."""
+    return fp16_to_fp32(np.uint32(q[pos]) | (np.uint32(q[pos + _U1]) << np.uint32(8)))
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _put_u32(y, pos, v):
+    """memcpy of a little-endian uint32 to y[pos:pos+4]."""
+    y[pos] = np.uint8(v & np.uint32(0xFF))
+    y[pos + _U1] = np.uint8((v >> np.uint32(8)) & np.uint32(0xFF))
+    y[pos + _U2] = np.uint8((v >> np.uint32(16)) & np.uint32(0xFF))
+    y[pos + _U3] = np.uint8(v >> np.uint32(24))
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _get_u32(q, pos):
+    return (
+        np.uint32(q[pos])
+        | (np.uint32(q[pos + _U1]) << np.uint32(8))
+        | (np.uint32(q[pos + _U2]) << np.uint32(16))
+        | (np.uint32(q[pos + _U3]) << np.uint32(24))
+    )
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _blocks(n, nbytes, ts):
+    """(blocks in the row, QK) as uint64, with QK (= 32) taken from the row shapes at run time.
+
+    An opaque trip count keeps each per-block loop a loop that LLVM vectorizes; indexing stays
+    within both rows whatever the shapes.
+    """
+    nb = U(nbytes) // ts
+    return nb, (U(n) // nb if nb > _U0 else _U0)
+
+
+# ---------------------------------------------------------------- block searches
+# ggml's sequential loops over one block x[o:o+qk]. The kernels below run order-free integer
+# reductions on the float bits instead (they vectorize) and call these only where the order
+# matters. The fast searches are written out in each kernel: an inlined helper taking arrays
+# costs NRT reference-count calls per block.
+
+
+@njit(error_model="numpy", cache=True)
+def _argmax_abs_seq(x, o, qk):
+    """ggml: `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from amax = max = 0."""
+    amax = _F0
+    mx = _F0
+    for j in range(qk):
+        v = x[o + j]
+        if amax < np.abs(v):
+            amax = np.abs(v)
+            mx = v
+    return mx
+
+
+@njit(error_model="numpy", cache=True)
+def _absmax_seq(x, o, qk):
+    """ggml: `amax = MAX(amax, fabsf(v))` from 0, with MAX(a, b) = a > b ? a : b."""
+    amax = _F0
+    for j in range(qk):
+        a = np.abs(x[o + j])
+        amax = amax if amax > a else a
+    return amax
+
+
+@njit(error_model="numpy", cache=True)
+def _minmax_seq(x, o, qk):
+    """ggml: `if (v < min) min = v; if (v > max) max = v;` from FLT_MAX / -FLT_MAX."""
+    mn = _FLT_MAX
+    mx = -_FLT_MAX
+    for j in range(qk):
+        v = x[o + j]
+        if v < mn:
+            mn = v
+        if v > mx:
+            mx = v
+    return mn, mx
+
+
+# ---------------------------------------------------------------- reference (unweighted) quantizers
+
+
+# ggml-quants.c quantize_row_q4_0_ref
+@njit(error_model="numpy", cache=True)
+def quantize_row_q4_0_ref(x, y):
+    """One row: x float32[n], y uint8[n/32*18]."""
+    xb = x.view(np.int32)
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_0)
+    half = qk // _U2
+    for i in range(nb):
+        o = i * qk
+        p = i * TS_Q4_0
+        # amax/max search (ggml: first v of largest |v|, NaNs skipped, 0 if none)
+        m = np.int32(0)
+        for j in range(qk):
+            m = max(m, np.int32(xb[o + j] & _ABS))
+        if m > _INF_BITS:  # a NaN: the sequential loop
+            mx = _argmax_abs_seq(x, o, qk)
+        elif m == 0:
+            mx = _F0
+        else:
+            first = np.uint32(qk)
+            for j in range(qk):
+                first = min(first, np.uint32(j) if np.int32(xb[o + j] & _ABS) == m else np.uint32(qk))
+            mx = x[o + U(first)]
+        d = mx / np.float32(-8.0)
+        id_ = _F1 / d if d != _F0 else _F0
+        _put_h(y, p, d)
+        q = p + _U2
+        for j in range(half):
+            x0 = x[o + j] * id_
+            x1 = x[o + half + j] * id_
+            xi0 = min(np.int32(15), _trunc_i8(x0 + np.float32(8.5)))
+            xi1 = min(np.int32(15), _trunc_i8(x1 + np.float32(8.5)))
+            y[q + j] = np.uint8(xi0 | (xi1 << 4))
+
+
+# ggml-quants.c quantize_row_q4_1_ref
+@njit(error_model="numpy", cache=True)
+def quantize_row_q4_1_ref(x, y):
+    """One row: x float32[n], y uint8[n/32*20]."""
+    xb = x.view(np.int32)
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_1)
+    half = qk // _U2
+    for i in range(nb):
+        o = i * qk
+        p = i * TS_Q4_1
+        # min/max search via order keys; sequential on NaN, or when an extreme is a zero
+        # (ggml keeps the first zero's sign; keys would prefer -0 for min and +0 for max)
+        kmin = _I32_MAX
+        kmax = _I32_MIN
+        for j in range(qk):
+            k = _order_key(xb[o + j])
+            kmin = min(kmin, k)
+            kmax = max(kmax, k)
+        if kmax > _INF_BITS or kmin < _NEG_INF_KEY or kmin == 0 or kmin == -1 or kmax == 0 or kmax == -1:
+            mn, mx = _minmax_seq(x, o, qk)
+        else:
+            mn = _order_key(kmin).view(np.float32)
+            mx = _order_key(kmax).view(np.float32)
+        d = (mx - mn) / np.float32(15.0)
+        id_ = _F1 / d if d != _F0 else _F0
+        _put_h(y, p, d)
+        _put_h(y, p + _U2, mn)
+        q = p + _U4
+        for j in range(half):
+            x0 = (x[o + j] - mn) * id_
+            x1 = (x[o + half + j] - mn) * id_
+            xi0 = min(np.int32(15), _trunc_i8(x0 + _HALF))
+            xi1 = min(np.int32(15), _trunc_i8(x1 + _HALF))
+            y[q + j] = np.uint8(xi0 | (xi1 << 4))
+
+
+# ggml-quants.c quantize_row_q5_0_ref
+@njit(error_model="numpy", cache=True)
+def quantize_row_q5_0_ref(x, y):
+    """One row: x float32[n], y uint8[n/32*22]."""
+    xb = x.view(np.int32)
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_0)
+    half = qk // _U2
+    for i in range(nb):
+        o = i * qk
+        p = i * TS_Q5_0
+        # amax/max search (ggml: first v of largest |v|, NaNs skipped, 0 if none)
+        m = np.int32(0)
+        for j in range(qk):
+            m = max(m, np.int32(xb[o + j] & _ABS))
+        if m > _INF_BITS:  # a NaN: the sequential loop
+            mx = _argmax_abs_seq(x, o, qk)
+        elif m == 0:
+            mx = _F0
+        else:
+            first = np.uint32(qk)
+            for j in range(qk):
+                first = min(first, np.uint32(j) if np.int32(xb[o + j] & _ABS) == m else np.uint32(qk))
+            mx = x[o + U(first)]
+        d = mx / np.float32(-16.0)
+        id_ = _F1 / d if d != _F0 else _F0
+        _put_h(y, p, d)
+        q = p + _U6
+        qh = np.uint32(0)
+        for j in range(half):
+            x0 = x[o + j] * id_
+            x1 = x[o + half + j] * id_
+            xi0 = np.uint32(np.uint8(min(np.int32(31), _trunc_i8(x0 + np.float32(16.5)))))
+            xi1 = np.uint32(np.uint8(min(np.int32(31), _trunc_i8(x1 + np.float32(16.5)))))
+            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+            # the 5th bits go to qh, bit j and bit j + 16
+            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
+        _put_u32(y, p + _U2, qh)
+
+
+# ggml-quants.c quantize_row_q5_1_ref
+@njit(error_model="numpy", cache=True)
+def quantize_row_q5_1_ref(x, y):
+    """One row: x float32[n], y uint8[n/32*24]."""
+    xb = x.view(np.int32)
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_1)
+    half = qk // _U2
+    for i in range(nb):
+        o = i * qk
+        p = i * TS_Q5_1
+        # min/max search via order keys; sequential on NaN, or when an extreme is a zero
+        # (ggml keeps the first zero's sign; keys would prefer -0 for min and +0 for max)
+        kmin = _I32_MAX
+        kmax = _I32_MIN
+        for j in range(qk):
+            k = _order_key(xb[o + j])
+            kmin = min(kmin, k)
+            kmax = max(kmax, k)
+        if kmax > _INF_BITS or kmin < _NEG_INF_KEY or kmin == 0 or kmin == -1 or kmax == 0 or kmax == -1:
+            mn, mx = _minmax_seq(x, o, qk)
+        else:
+            mn = _order_key(kmin).view(np.float32)
+            mx = _order_key(kmax).view(np.float32)
+        d = (mx - mn) / np.float32(31.0)
+        id_ = _F1 / d if d != _F0 else _F0
+        _put_h(y, p, d)
+        _put_h(y, p + _U2, mn)
+        q = p + _U8
+        qh = np.uint32(0)
+        for j in range(half):
+            x0 = (x[o + j] - mn) * id_
+            x1 = (x[o + half + j] - mn) * id_
+            xi0 = np.uint32(np.uint8(_trunc_i8(x0 + _HALF)))
+            xi1 = np.uint32(np.uint8(_trunc_i8(x1 + _HALF)))
+            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
+        _put_u32(y, p + _U4, qh)
+
+
+# ggml-quants.c quantize_row_q8_0_ref
+@njit(error_model="numpy", cache=True)
+def quantize_row_q8_0_ref(x, y):
+    """One row: x float32[n], y uint8[n/32*34]."""
+    xb = x.view(np.int32)
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q8_0)
+    for i in range(nb):
+        o = i * qk
+        p = i * TS_Q8_0
+        # amax search (ggml: MAX over |v|; the order only matters when a NaN is present)
+        m = np.int32(0)
+        for j in range(qk):
+            m = max(m, np.int32(xb[o + j] & _ABS))
+        if m > _INF_BITS:
+            amax = _absmax_seq(x, o, qk)
+        else:
+            amax = np.int32(m).view(np.float32)
+        d = amax / np.float32(127.0)
+        id_ = _F1 / d if d != _F0 else _F0
+        _put_h(y, p, d)
+        q = p + _U2
+        for j in range(qk):
+            y[q + j] = np.uint8(_trunc_i8(_roundf(x[o + j] * id_)))
+
+
+# ---------------------------------------------------------------- weighted quantizers (quant_weights != NULL)
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _row_sigma2(x):
+    """`sum_x2 += x[j]*x[j]` in order, then `sum_x2/n_per_row` (prologue of the _impl quantizers)."""
+    s = _F0
+    for j in range(U(x.shape[0])):
+        s += x[j] * x[j]
+    return s / np.float32(x.shape[0])
+
+
+@njit(error_model="numpy", cache=True, inline="always")
+def _block_weights(x, qw, o, qk, sigma2, weight):
+    """weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]) for the block x[o:o+qk]."""
+    for j in range(qk):
+        v = x[o + j]
+        weight[j] = qw[o + j] * np.sqrt(sigma2 + v * v)
+
+
+# ggml-quants.c quantize_row_q4_0_impl
+@njit(error_model="numpy", cache=True)
+def quantize_row_q4_0_impl(x, qw, y):
+    """One row with importance weights qw float32[n]: y uint8[n/32*18]."""
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_0)
+    half = qk // _U2
+    weight = np.empty(QK, dtype=np.float32)
+    L = np.empty(QK, dtype=np.int8)
+    sigma2 = _row_sigma2(x)
+    for ib in range(nb):
+        o = ib * qk
+        p = ib * TS_Q4_0
+        _block_weights(x, qw, o, qk, sigma2, weight)
+        d = make_qx_quants(QK, 8, x[o : o + qk], L, 1, weight)
+        _put_h(y, p, d)
+        q = p + _U2
+        for j in range(half):
+            y[q + j] = np.uint8(np.uint8(L[j]) | (np.uint8(L[j + half]) << np.uint8(4)))
+
+
+# ggml-quants.c quantize_row_q4_1_impl
+@njit(error_model="numpy", cache=True)
+def quantize_row_q4_1_impl(x, qw, y):
+    """One row with importance weights qw float32[n]: y uint8[n/32*20]."""
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_1)
+    half = qk // _U2
+    weight = np.empty(QK, dtype=np.float32)
+    L = np.empty(QK, dtype=np.uint8)
+    Laux = np.empty(QK, dtype=np.uint8)
+    sigma2 = _row_sigma2(x)
+    for ib in range(nb):
+        o = ib * qk
+        p = ib * TS_Q4_1
+        _block_weights(x, qw, o, qk, sigma2, weight)
+        d, the_min = make_qkx3_quants(QK, 15, x[o : o + qk], weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
+        _put_h(y, p, d)
+        _put_h(y, p + _U2, -the_min)
+        q = p + _U4
+        for j in range(half):
+            y[q + j] = np.uint8(L[j] | (L[j + half] << np.uint8(4)))
+
+
+# ggml-quants.c quantize_row_q5_0_impl
+@njit(error_model="numpy", cache=True)
+def quantize_row_q5_0_impl(x, qw, y):
+    """One row with importance weights qw float32[n]: y uint8[n/32*22]."""
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_0)
+    half = qk // _U2
+    weight = np.empty(QK, dtype=np.float32)
+    L = np.empty(QK, dtype=np.int8)
+    sigma2 = _row_sigma2(x)
+    for ib in range(nb):
+        o = ib * qk
+        p = ib * TS_Q5_0
+        _block_weights(x, qw, o, qk, sigma2, weight)
+        d = make_qx_quants(QK, 16, x[o : o + qk], L, 1, weight)
+        _put_h(y, p, d)
+        q = p + _U6
+        qh = np.uint32(0)
+        for j in range(half):
+            xi0 = np.uint32(np.uint8(L[j]))
+            xi1 = np.uint32(np.uint8(L[j + half]))
+            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
+        _put_u32(y, p + _U2, qh)
+
+
+# ggml-quants.c quantize_row_q5_1_impl
+@njit(error_model="numpy", cache=True)
+def quantize_row_q5_1_impl(x, qw, y):
+    """One row with importance weights qw float32[n]: y uint8[n/32*24]."""
+    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_1)
+    half = qk // _U2
+    weight = np.empty(QK, dtype=np.float32)
+    L = np.empty(QK, dtype=np.uint8)
+    Laux = np.empty(QK, dtype=np.uint8)
+    sigma2 = _row_sigma2(x)
+    for ib in range(nb):
+        o = ib * qk
+        p = ib * TS_Q5_1
+        _block_weights(x, qw, o, qk, sigma2, weight)
+        d, the_min = make_qkx3_quants(QK, 31, x[o : o + qk], weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
+        _put_h(y, p, d)
+        _put_h(y, p + _U2, -the_min)
+        q = p + _U8
+        qh = np.uint32(0)
+        for j in range(half):
+            xi0 = np.uint32(L[j])
+            xi1 = np.uint32(L[j + half])
+            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
+            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
+        _put_u32(y, p + _U4, qh)
+
+
+# ---------------------------------------------------------------- dequantizers
+
+
+# ggml-quants.c dequantize_row_q4_0
+@njit(error_model="numpy", cache=True)
+def dequantize_row_q4_0(q, y):
+    """One row: q uint8[n/32*18] -> y float32[n]."""
+    nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q4_0)
+    half = qk // _U2
+    for i in range(nb):
+        p = i * TS_Q4_0
+        o = i * qk
+        d = _get_h(q, p)
+        s = p + _U2
+        for j in range(half):
+            b = np.int32(q[s + j])
+            y[o + j] = np.float32((b & 0x0F) - 8) * d
+            y[o + half + j] = np.float32((b >> 4) - 8) * d
+
+
+# ggml-quants.c dequantize_row_q4_1
+@njit(error_model="numpy", cache=True)
+def dequantize_row_q4_1(q, y):
+    """One row: q uint8[n/32*20] -> y float32[n]."""
+    nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q4_1)
+    half = qk // _U2
+    for i in range(nb):
+        p = i * TS_Q4_1
+        o = i * qk
+        d = _get_h(q, p)
+        m = _get_h(q, p + _U2)
+        s = p + _U4
+        for j in range(half):
+            b = np.int32(q[s + j])
+            y[o + j] = np.float32(b & 0x0F) * d + m
+            y[o + half + j] = np.float32(b >> 4) * d + m
+
+
+# ggml-quants.c dequantize_row_q5_0
+@njit(error_model="numpy", cache=True)
+def dequantize_row_q5_0(q, y):
+    """One row: q uint8[n/32*22] -> y float32[n]."""
+    nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q5_0)
+    half = qk // _U2
+    for i in range(nb):
+        p = i * TS_Q5_0
+        o = i * qk
+        d = _get_h(q, p)
+        qh = _get_u32(q, p + _U2)
+        s = p + _U6
+        for j in range(half):
+            xh0 = np.int32(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
+            xh1 = np.int32((qh >> np.uint32(j) + np.uint32(12)) & np.uint32(0x10))
+            b = np.int32(q[s + j])
+            y[o + j] = np.float32(((b & 0x0F) | xh0) - 16) * d
+            y[o + half + j] = np.float32(((b >> 4) | xh1) - 16) * d
+
+
+# ggml-quants.c dequantize_row_q5_1
+@njit(error_model="numpy", cache=True)
+def dequantize_row_q5_1(q, y):
+    """One row: q uint8[n/32*24] -> y float32[n]."""
+    nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q5_1)
+    half = qk // _U2
+    for i in range(nb):
+        p = i * TS_Q5_1
+        o = i * qk
+        d = _get_h(q, p)
+        m = _get_h(q, p + _U2)
+        qh = _get_u32(q, p + _U4)
+        s = p + _U8
+        for j in range(half):
+            xh0 = np.int32(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
+            xh1 = np.int32((qh >> np.uint32(j) + np.uint32(12)) & np.uint32(0x10))
+            b = np.int32(q[s + j])
+            y[o + j] = np.float32((b & 0x0F) | xh0) * d + m
+            y[o + half + j] = np.float32((b >> 4) | xh1) * d + m
+
+
+# ggml-quants.c dequantize_row_q8_0
+@njit(error_model="numpy", cache=True)
+def dequantize_row_q8_0(q, y):
+    """One row: q uint8[n/32*34] -> y float32[n]."""
+    nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q8_0)
+    for i in range(nb):
+        p = i * TS_Q8_0
+        o = i * qk
+        d = _get_h(q, p)
+        s = p + _U2
+        for j in range(qk):
+            y[o + j] = np.float32(np.int8(q[s + j])) * d
+
+
+# ---------------------------------------------------------------- drivers (ggml_quantize_chunk / to_float)
+
+
+# ggml-quants.c quantize_q4_0
+@njit(error_model="numpy", parallel=True, cache=True)
+def quantize_q4_0(x, qw, out):
+    """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*18]."""
+    weighted = qw.shape[0] > 0
+    for r in prange(x.shape[0]):
+        if weighted:
+            quantize_row_q4_0_impl(x[r], qw, out[r])
+        else:
+            quantize_row_q4_0_ref(x[r], out[r])
+
+
+# ggml-quants.c quantize_q4_1
+@njit(error_model="numpy", parallel=True, cache=True)
+def quantize_q4_1(x, qw, out):
+    """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*20]."""
+    weighted = qw.shape[0] > 0
+    for r in prange(x.shape[0]):
+        if weighted:
+            quantize_row_q4_1_impl(x[r], qw, out[r])
+        else:
+            quantize_row_q4_1_ref(x[r], out[r])
+
+
+# ggml-quants.c quantize_q5_0
+@njit(error_model="numpy", parallel=True, cache=True)
+def quantize_q5_0(x, qw, out):
+    """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*22]."""
+    weighted = qw.shape[0] > 0
+    for r in prange(x.shape[0]):
+        if weighted:
+            quantize_row_q5_0_impl(x[r], qw, out[r])
+        else:
+            quantize_row_q5_0_ref(x[r], out[r])
+
+
+# ggml-quants.c quantize_q5_1
+@njit(error_model="numpy", parallel=True, cache=True)
+def quantize_q5_1(x, qw, out):
+    """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*24]."""
+    weighted = qw.shape[0] > 0
+    for r in prange(x.shape[0]):
+        if weighted:
+            quantize_row_q5_1_impl(x[r], qw, out[r])
+        else:
+            quantize_row_q5_1_ref(x[r], out[r])
+
+
+# ggml-quants.c quantize_q8_0 (importance weights are ignored)
+@njit(error_model="numpy", parallel=True, cache=True)
+def quantize_q8_0(x, qw, out):
+    """x float32[rows, n], qw ignored, out uint8[rows, n/32*34]."""
+    for r in prange(x.shape[0]):
+        quantize_row_q8_0_ref(x[r], out[r])
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def dequantize_q4_0(q, out):
+    for r in prange(q.shape[0]):
+        dequantize_row_q4_0(q[r], out[r])
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def dequantize_q4_1(q, out):
+    for r in prange(q.shape[0]):
+        dequantize_row_q4_1(q[r], out[r])
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def dequantize_q5_0(q, out):
+    for r in prange(q.shape[0]):
+        dequantize_row_q5_0(q[r], out[r])
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def dequantize_q5_1(q, out):
+    for r in prange(q.shape[0]):
+        dequantize_row_q5_1(q[r], out[r])
+
+
+@njit(error_model="numpy", parallel=True, cache=True)
+def dequantize_q8_0(q, out):
+    for r in prange(q.shape[0]):
+        dequantize_row_q8_0(q[r], out[r])
+
+
+KERNELS = {
+    QType.Q4_0: Kernel(quantize_q4_0, dequantize_q4_0),
+    QType.Q4_1: Kernel(quantize_q4_1, dequantize_q4_1),
+    QType.Q5_0: Kernel(quantize_q5_0, dequantize_q5_0),
+    QType.Q5_1: Kernel(quantize_q5_1, dequantize_q5_1),
+    QType.Q8_0: Kernel(quantize_q8_0, dequantize_q8_0),
+}
