@@ -79,6 +79,25 @@ def _progress(quiet: bool):
     return print_progress
 
 
+def _target_bpw_arg(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--target-bpw takes a number of bits per weight, got {s!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"--target-bpw must be a positive number, got {s!r}")
+    return v
+
+
+def _target_size_arg(s: str) -> int:
+    from .automix import parse_size
+
+    try:
+        return parse_size(s)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from . import pipeline as cv
 
@@ -97,26 +116,44 @@ def cmd_convert(args) -> int:
         opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
     elif args.include_weights or args.exclude_weights:
         raise InputError("--include-weights / --exclude-weights need --imatrix")
+    mix = None
+    if args.target_bpw is not None or args.target_size is not None:  # automatic mix: measure, then choose
+        from . import automix
+        from .errors import OutputError
+
+        if args.target_bpw is not None and args.target_size is not None:
+            raise InputError("give either --target-bpw or --target-size, not both")
+        if not args.dry_run and not args.output:
+            raise InputError("convert: -o/--output is required (or use --dry-run)")
+        if not args.dry_run and os.path.lexists(args.output) and not args.force:
+            raise OutputError(f"{args.output}: already exists (use --force to overwrite)")
+        mix = automix.choose_mix(args.model, args.type, opts, target_bpw=args.target_bpw, target_size=args.target_size,
+                                 progress=None if args.quiet else automix.print_measure_progress)
+        opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
         if args.json:
-            print(json.dumps(plan.as_json()))
+            print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
         else:
             for t in plan.tensors:
                 shape = "x".join(str(d) for d in reversed(t.shape))
                 print(f"{t.name:48s} {shape:>18s} {t.qtype.ggml_name:6s} {t.nbytes:>12d}")
             print(f"{len(plan.tensors)} tensors, {plan.total_bytes / 2**20:.2f} MiB, {plan.bpw:.4f} bits per weight")
+            if mix:
+                print(mix.summary())
         return 0
     if not args.output:
         raise InputError("convert: -o/--output is required (or use --dry-run)")
     res = cv.convert(args.model, args.output, args.type, opts)
     if args.json:
-        print(json.dumps(res.as_json()))
+        print(json.dumps(dict(res.as_json(), **({"automix": mix.as_json()} if mix else {}))))
     else:
         print(
             f"wrote {res.path}: {res.n_tensors} tensors, {res.file_bytes / 2**20:.2f} MiB, "
             f"{res.bpw:.4f} bits per weight, {res.seconds:.1f} s"
         )
+        if mix:
+            print(mix.summary())
     return 0
 
 
@@ -147,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--allow-nonfinite", action="store_true", help="do not refuse NaN/Inf weights")
+    c.add_argument("--target-bpw", type=_target_bpw_arg, metavar="BPW", help="automatic mix: choose each tensor's type to "
+                   "minimize the predicted damage within BPW bits per weight (all tensors, as llama.cpp reports it); "
+                   "reads every tensor once to measure (also with --dry-run, which still writes nothing)")
+    c.add_argument("--target-size", type=_target_size_arg, metavar="SIZE", help="automatic mix for a whole-file size: "
+                   "350MB, 1.2GiB or bytes (the written file is never larger)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(func=cmd_convert)
 
