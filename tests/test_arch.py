@@ -1,0 +1,738 @@
+"""kquant.arch: HF folder -> ModelSpec, checked against llama.cpp's convert_hf_to_gguf.py itself.
+
+The fast tests build tiny checkpoints (random heavy-tailed weights) and check names, shapes,
+order, transforms and the strict input validation. `test_matches_convert_hf_to_gguf` runs the
+vendored convert_hf_to_gguf.py --outtype bf16 (in the venv named by KQUANT_REFCONV_PYTHON, made
+by scripts/setup_refconv.sh) on the same checkpoints and requires equal metadata (keys, order,
+types, values), equal tensor names/shapes/order/types and byte-equal tensor data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kquant.arch import load_spec, supported_architectures
+from kquant.arch.tensors import qk_permutation
+from kquant.errors import InputError, UnsupportedError
+from kquant.types import QType
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures" / "tokenizers"
+LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+REFCONV_PYTHON = os.environ.get("KQUANT_REFCONV_PYTHON")
+
+
+# ---------------------------------------------------------------------------------------------
+# tiny checkpoints
+
+
+def f32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """Round-to-nearest-even float32 -> bf16 bits (gguf-py quants.py __quantize_bf16_array)."""
+    n = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    if np.any((n & 0x7FFFFFFF) > 0x7F800000):
+        n = np.where((n & 0x7FFFFFFF) > 0x7F800000, (n & np.uint32(0xFFFF0000)) | np.uint32(64 << 16), n)
+    big = (n & 0x7FFFFFFF) >= 0x7F7F8000  # rounding could carry past uint32 only near +-inf
+    if np.any(big):
+        return ((n.astype(np.uint64) + (0x7FFF + ((n >> 16) & 1))) >> 16).astype(np.uint16)
+    return ((n + (np.uint32(0x7FFF) + ((n >> 16) & np.uint32(1)))) >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
+    return (b.astype(np.uint32) << 16).view(np.float32)
+
+
+def write_safetensors(path: Path, tensors: dict[str, tuple[np.ndarray, str]]) -> None:
+    """Write {name: (float32 values, "BF16"|"F16"|"F32")} as a safetensors file."""
+    header, blobs, off = {}, [], 0
+    for name, (x, dt) in tensors.items():
+        if dt == "BF16":
+            raw = f32_to_bf16_bits(x).tobytes()
+        elif dt == "F16":
+            raw = x.astype(np.float16).tobytes()
+        else:
+            raw = x.astype(np.float32).tobytes()
+        header[name] = {"dtype": dt, "shape": list(x.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little"))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    """float32 values of every tensor (as torch upcasts them)."""
+    data = path.read_bytes()
+    n = int.from_bytes(data[:8], "little")
+    hdr = json.loads(data[8:8 + n])
+    base = 8 + n
+    out = {}
+    for name, m in hdr.items():
+        if name == "__metadata__":
+            continue
+        a, b = m["data_offsets"]
+        raw = data[base + a: base + b]
+        if m["dtype"] == "BF16":
+            x = bf16_bits_to_f32(np.frombuffer(raw, dtype=np.uint16))
+        elif m["dtype"] == "F16":
+            x = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
+        else:
+            x = np.frombuffer(raw, dtype=np.float32).copy()
+        out[name] = x.reshape(m["shape"])
+    return out
+
+
+def install_tokenizer(name: str, dst: Path) -> None:
+    for p in (FIXTURES / name).iterdir():
+        if p.suffix == ".gz":
+            (dst / p.stem).write_bytes(gzip.decompress(p.read_bytes()))
+        else:
+            shutil.copy(p, dst / p.name)
+
+
+_POOL_SIZE = 1 << 20
+_POOL: list[np.ndarray] = []
+
+
+def heavy(rng, shape, scale=0.02) -> np.ndarray:
+    """Heavy-tailed weights (log-normal scale mixture of normals) so bf16 rounding and outliers are exercised.
+
+    Large tensors tile a random rotation of a 1M-value pool (fast; rows still differ)."""
+    n = int(np.prod(shape))
+    if n <= _POOL_SIZE // 4:
+        z = rng.standard_normal(n, dtype=np.float32)
+        z *= np.exp(rng.standard_normal(n, dtype=np.float32) * np.float32(0.8))
+    else:
+        if not _POOL:
+            g = np.random.default_rng(1234)
+            _POOL.append(g.standard_normal(_POOL_SIZE, dtype=np.float32)
+                         * np.exp(g.standard_normal(_POOL_SIZE, dtype=np.float32) * np.float32(0.8)))
+        z = np.resize(np.roll(_POOL[0], -int(rng.integers(_POOL_SIZE))), n)
+    return (z * np.float32(scale)).reshape(shape)
+
+
+def dense_tensors(rng, c: dict, *, qk_norm=False, qkv_bias=False, o_bias=False, mlp_bias=False, gemma2_norms=False,
+                  lm_head=True, dt="BF16", norm_dt=None, layer_range=None) -> dict[str, tuple[np.ndarray, str]]:
+    """Tensors of a llama-like decoder with config `c`."""
+    e, ff, v = c["hidden_size"], c["intermediate_size"], c["vocab_size"]
+    nh, nkv = c["num_attention_heads"], c.get("num_key_value_heads") or c["num_attention_heads"]
+    hd = c.get("head_dim") or e // nh
+    nd = norm_dt or dt
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), dt), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), nd)}
+    if lm_head:
+        t["lm_head.weight"] = (heavy(rng, (v, e)), dt)
+    for i in layer_range if layer_range is not None else range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), nd)
+        t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), nd)
+        if gemma2_norms:
+            t[p + "pre_feedforward_layernorm.weight"] = (heavy(rng, (e,), 0.1), nd)
+            t[p + "post_feedforward_layernorm.weight"] = (heavy(rng, (e,), 0.1), nd)
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * hd, e)), dt)
+        t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), dt)
+        t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), dt)
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), dt)
+        if qkv_bias:
+            t[p + "self_attn.q_proj.bias"] = (heavy(rng, (nh * hd,)), dt)
+            t[p + "self_attn.k_proj.bias"] = (heavy(rng, (nkv * hd,)), dt)
+            t[p + "self_attn.v_proj.bias"] = (heavy(rng, (nkv * hd,)), dt)
+        if o_bias:
+            t[p + "self_attn.o_proj.bias"] = (heavy(rng, (e,)), dt)
+        if qk_norm:
+            t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), nd)
+            t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), nd)
+        if "moe" not in c:
+            t[p + "mlp.gate_proj.weight"] = (heavy(rng, (ff, e)), dt)
+            t[p + "mlp.up_proj.weight"] = (heavy(rng, (ff, e)), dt)
+            t[p + "mlp.down_proj.weight"] = (heavy(rng, (e, ff)), dt)
+            if mlp_bias:
+                t[p + "mlp.gate_proj.bias"] = (heavy(rng, (ff,)), dt)
+                t[p + "mlp.up_proj.bias"] = (heavy(rng, (ff,)), dt)
+                t[p + "mlp.down_proj.bias"] = (heavy(rng, (e,)), dt)
+        t[p + "self_attn.rotary_emb.inv_freq"] = (np.arange(hd // 2, dtype=np.float32), "F32")  # dropped upstream
+    return t
+
+
+def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
+    c = {"architectures": [arch], "model_type": model_type, "hidden_size": 128, "intermediate_size": 160,
+         "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": vocab,
+         "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "torch_dtype": "bfloat16"}
+    c.update(kw)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def case_llama3(rng):
+    c = base_config("LlamaForCausalLM", "llama", 128256, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
+                    rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
+                    rope_scaling={"factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                    bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
+    files = {"README.md": "---\nlicense: llama3.2\nbase_model: meta-llama/Llama-3.2-1B\ntags:\n- facebook\n- meta\n"
+                          "language:\n- en\n- de\n---\n# Tiny\n",
+             "generation_config.json": json.dumps({"bos_token_id": 128000, "do_sample": True, "temperature": 0.6,
+                                                   "top_p": 0.9, "eos_token_id": [128001, 128009]})}
+    return c, dense_tensors(rng, c, lm_head=False), "llama-bpe", files
+
+
+def case_llama2(rng):
+    c = base_config("LlamaForCausalLM", "llama", 32000, attention_bias=True, mlp_bias=True, rope_scaling={"type": "linear", "factor": 2.0},
+                    bos_token_id=1, eos_token_id=2, max_position_embeddings=4096, num_key_value_heads=None)
+    c["num_key_value_heads"] = 4
+    return c, dense_tensors(rng, c, qkv_bias=True, o_bias=True, mlp_bias=True), "llama-spm", {}
+
+
+def case_mistral(rng):
+    # no head_dim / num_key_value_heads: MistralConfig defaults apply (head_dim None, 8 kv heads)
+    c = base_config("MistralForCausalLM", "mistral", 32000, num_attention_heads=8, num_key_value_heads=None,
+                    sliding_window=None, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, {**c, "num_key_value_heads": 8}, dt="F16", norm_dt="F32")
+    return c, t, "llama-spm", {}
+
+
+def case_mixtral(rng):
+    c = base_config("MixtralForCausalLM", "mixtral", 32000, num_local_experts=3, num_experts_per_tok=2,
+                    rope_theta=1e6, bos_token_id=1, eos_token_id=2)
+    c2 = {**c, "moe": True}
+    t = dense_tensors(rng, c2)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.block_sparse_moe."
+        t[p + "gate.weight"] = (heavy(rng, (3, 128)), "BF16")
+        for x in range(3):
+            t[p + f"experts.{x}.w1.weight"] = (heavy(rng, (160, 128)), "BF16")
+            t[p + f"experts.{x}.w2.weight"] = (heavy(rng, (128, 160)), "BF16")
+            t[p + f"experts.{x}.w3.weight"] = (heavy(rng, (160, 128)), "BF16")
+    return c, t, "llama-spm", {}
+
+
+def case_qwen2(rng):
+    c = base_config("Qwen2ForCausalLM", "qwen2", 151936, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                    max_position_embeddings=32768, use_sliding_window=False, sliding_window=32768, max_window_layers=2,
+                    bos_token_id=151643, eos_token_id=151645)
+    return c, dense_tensors(rng, c, qkv_bias=True, lm_head=False), "qwen2", {}
+
+
+def case_qwen3(rng):
+    c = base_config("Qwen3ForCausalLM", "qwen3", 151936, head_dim=48, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645,
+                    rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
+    files = {"README.md": "---\nlicense: apache-2.0\nlicense_link: https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/LICENSE\n"
+                          "pipeline_tag: text-generation\nbase_model:\n- Qwen/Qwen3-0.6B-Base\n---\n"}
+    return c, dense_tensors(rng, c, qk_norm=True, dt="F32"), "qwen2", files
+
+
+def case_qwen2moe(rng):
+    c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 151936, num_experts=4, num_experts_per_tok=2,
+                    moe_intermediate_size=48, shared_expert_intermediate_size=96, rope_theta=1000000.0, max_position_embeddings=8192)
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp."
+        t[p + "gate.weight"] = (heavy(rng, (4, 128)), "BF16")
+        t[p + "shared_expert_gate.weight"] = (heavy(rng, (1, 128)), "BF16")
+        for w, shp in (("gate_proj", (96, 128)), ("up_proj", (96, 128)), ("down_proj", (128, 96))):
+            t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+        for x in range(4):
+            for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
+                t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "qwen2", {}
+
+
+def case_qwen3moe(rng):
+    c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 151936, head_dim=32, num_experts=4, num_experts_per_tok=2,
+                    moe_intermediate_size=48, rope_theta=1000000.0, max_position_embeddings=8192, norm_topk_prob=True)
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.mlp."
+        t[p + "gate.weight"] = (heavy(rng, (4, 128)), "BF16")
+        for x in range(4):
+            for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
+                t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "qwen2", {}
+
+
+def case_gemma(rng):
+    c = base_config("GemmaForCausalLM", "gemma", 32000, head_dim=32, num_key_value_heads=1, hidden_act="gelu",
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=8192)
+    return c, dense_tensors(rng, c, lm_head=True, norm_dt="F16"), "llama-spm", {}
+
+
+def case_gemma2(rng):
+    c = base_config("Gemma2ForCausalLM", "gemma2", 32000, head_dim=32, attn_logit_softcapping=50.0,
+                    final_logit_softcapping=30.0, sliding_window=4096, query_pre_attn_scalar=32, max_position_embeddings=8192)
+    return c, dense_tensors(rng, c, gemma2_norms=True, lm_head=False), "llama-spm", {}
+
+
+def case_gemma3(rng):
+    c = base_config("Gemma3ForCausalLM", "gemma3_text", 32000, head_dim=32, num_hidden_layers=3, sliding_window=512,
+                    rope_scaling={"rope_type": "linear", "factor": 8.0}, rope_local_base_freq=10000.0,
+                    rope_theta=1000000.0, max_position_embeddings=32768, query_pre_attn_scalar=32,
+                    final_logit_softcapping=None, attn_logit_softcapping=None)
+    return c, dense_tensors(rng, c, gemma2_norms=True, qk_norm=True, lm_head=False), "llama-spm", {}
+
+
+def case_gemma3_bpe(rng):
+    # tokenizer.json only: gpt2 vocabulary, token_embd trimmed to the real vocabulary (151646 of 151936 rows)
+    c = base_config("Gemma3ForCausalLM", "gemma3_text", 151936, head_dim=32, sliding_window=512,
+                    max_position_embeddings=32768, query_pre_attn_scalar=32, sliding_window_pattern=2)
+    return c, dense_tensors(rng, c, gemma2_norms=True, qk_norm=True, lm_head=False), "qwen2", {}
+
+
+def case_phi3(rng):
+    hd = 128 // 4
+    c = base_config("Phi3ForCausalLM", "phi3", 32064, num_key_value_heads=4, max_position_embeddings=131072,
+                    original_max_position_embeddings=4096, sliding_window=262144, bos_token_id=1, eos_token_id=32000,
+                    rope_scaling={"type": "longrope", "long_factor": [1.0 + 0.37 * i for i in range(hd // 2)],
+                                  "short_factor": [1.0 + 0.01 * i for i in range(hd // 2)]})
+    e, ff = 128, 160
+    t = {"model.embed_tokens.weight": (heavy(rng, (32064, e)), "BF16"), "model.norm.weight": (heavy(rng, (e,)), "BF16"),
+         "lm_head.weight": (heavy(rng, (32064, e)), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (heavy(rng, (e,)), "BF16")
+        t[p + "post_attention_layernorm.weight"] = (heavy(rng, (e,)), "BF16")
+        t[p + "self_attn.qkv_proj.weight"] = (heavy(rng, (3 * e, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        t[p + "mlp.gate_up_proj.weight"] = (heavy(rng, (2 * ff, e)), "BF16")
+        t[p + "mlp.down_proj.weight"] = (heavy(rng, (e, ff)), "BF16")
+    return c, t, "phi-3", {}
+
+
+CASES = {
+    "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
+    "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
+    "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
+    "phi3": case_phi3,
+}
+SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
+
+
+_BUILT: dict[tuple[str, bool], Path] = {}
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory):
+    """models(case, tokenizer=True) -> a fresh copy of the (cached) tiny checkpoint folder."""
+    cache = tmp_path_factory.mktemp("models")
+    work = tmp_path_factory.mktemp("work")
+    counter = iter(range(10**6))
+
+    def get(case: str, tokenizer: bool = True, copy: bool = True) -> Path:
+        key = (case, tokenizer)
+        if key not in _BUILT:
+            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}", case, tokenizer=tokenizer)
+        if not copy:
+            return _BUILT[key]
+        dst = work / str(next(counter)) / _BUILT[key].name
+        shutil.copytree(_BUILT[key], dst)
+        return dst
+
+    return get
+
+
+def make_model(root: Path, case: str, *, tokenizer: bool = True) -> Path:
+    """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics)."""
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    cfg, tensors, tok, files = CASES[case](rng)
+    d = root / f"Tiny-{case}-v0.1"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps(cfg, indent=2))
+    for name, text in files.items():
+        (d / name).write_text(text)
+    if case in SHARDED:
+        names = list(tensors)
+        halves = [names[: len(names) // 2], names[len(names) // 2:]]
+        wm = {}
+        for k, part in enumerate(halves):
+            fn = f"model-{k + 1:05d}-of-00002.safetensors"
+            write_safetensors(d / fn, {n: tensors[n] for n in part})
+            wm.update({n: fn for n in part})
+        (d / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": wm}))
+    else:
+        write_safetensors(d / "model.safetensors", tensors)
+    if tokenizer:
+        install_tokenizer(tok, d)
+    return d
+
+
+def build_tensor(t, src: dict[str, np.ndarray]) -> np.ndarray:
+    """What a converter makes of one TensorSpec: float32 data, before storage rounding."""
+    assert t.row_perm is None or t.transform is None
+    return t.materialize(src.__getitem__)
+
+
+def stored_bytes(t, x: np.ndarray) -> bytes:
+    if t.ref_type == QType.BF16:
+        return f32_to_bf16_bits(x).tobytes()
+    assert t.ref_type == QType.F32
+    return np.ascontiguousarray(x, dtype=np.float32).tobytes()
+
+
+def all_sources(folder: Path) -> dict[str, np.ndarray]:
+    src = {}
+    for p in sorted(folder.glob("*.safetensors")):
+        src.update(read_safetensors(p))
+    return src
+
+
+# ---------------------------------------------------------------------------------------------
+# fast tests (no reference converter)
+
+
+def test_supported_architectures():
+    archs = supported_architectures()
+    for a in ("LlamaForCausalLM", "MistralForCausalLM", "Qwen2ForCausalLM", "Qwen3ForCausalLM", "GemmaForCausalLM",
+              "Gemma2ForCausalLM", "Gemma3ForCausalLM", "Phi3ForCausalLM", "MixtralForCausalLM"):
+        assert a in archs
+
+
+def llama_permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
+    """conversion/llama.py LlamaModel.permute, in numpy."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+@pytest.mark.parametrize("rows,heads", [(64, 4), (128, 2), (96, 3), (32, 16)])
+def test_qk_permutation_matches_llama_permute(rows, heads):
+    w = np.arange(rows * 5, dtype=np.float32).reshape(rows, 5)
+    assert np.array_equal(w[qk_permutation(rows, heads)], llama_permute(w, heads, heads))
+    b = np.arange(rows, dtype=np.float32)
+    assert np.array_equal(b[qk_permutation(rows, heads)], llama_permute(b, heads, heads))
+
+
+def test_llama3_spec(models):
+    d = models("llama3", copy=False)
+    spec = load_spec(d)
+    assert spec.arch == "llama" and spec.tied_embeddings and spec.n_layer == 2 and spec.n_head == 2 and spec.n_head_kv == 1
+    names = [t.name for t in spec.tensors]
+    assert names[0] == "rope_freqs.weight" and "output.weight" not in names
+    assert names[1:4] == ["token_embd.weight", "blk.0.attn_norm.weight", "blk.0.ffn_down.weight"]  # name-sorted file order
+    by = {t.name: t for t in spec.tensors}
+    assert by["blk.0.attn_q.weight"].ref_type == QType.BF16 and by["blk.0.attn_norm.weight"].ref_type == QType.F32
+    assert by["blk.0.attn_q.weight"].row_perm is not None and by["blk.0.attn_v.weight"].row_perm is None
+    assert by["token_embd.weight"].shape == (128256, 128)
+    rf = by["rope_freqs.weight"].generated
+    assert rf.dtype == np.float32 and rf.shape == (32,) and rf[0] == 1.0 and rf[-1] == 32.0
+    kv = {k: v for k, _, v in spec.kv}
+    assert [k for k, _, _ in spec.kv][:2] == ["general.architecture", "general.type"]
+    assert kv["llama.rope.dimension_count"] == 64 and kv["llama.attention.key_length"] == 64
+    assert kv["tokenizer.ggml.pre"] == "llama-bpe" and kv["tokenizer.ggml.bos_token_id"] == 128000
+    assert kv["general.name"] == "Tiny Llama3 v0.1" and kv["general.version"] == "v0.1" and kv["general.license"] == "llama3.2"
+    assert kv["general.sampling.temp"] == 0.6
+    assert "general.file_type" not in kv and spec.file_type_index > 0 and spec.quantization_version_index == spec.file_type_index + 3  # vocab_size, rope dims follow
+    dry = load_spec(d, vocab=False)
+    assert not any(k.startswith("tokenizer.") for k, _, _ in dry.kv)
+
+
+def test_dry_run_reads_no_tokenizer(models):
+    d = models("qwen2", tokenizer=False)
+    spec = load_spec(d, vocab=False)
+    assert not any(k.startswith("tokenizer.") for k, _, _ in spec.kv)
+    with pytest.raises(UnsupportedError, match="tokenizer.json"):
+        load_spec(d)
+
+
+def test_tensor_shapes_argument(models):
+    d = models("qwen2", tokenizer=False)
+    from kquant.arch.tensors import _read_header
+
+    shapes = {n: (s, dt) for n, s, dt in _read_header(d / "model.safetensors")}
+    a = load_spec(d, shapes, vocab=False)
+    assert [t.name for t in a.tensors] == [t.name for t in load_spec(d, vocab=False).tensors]
+    shapes.pop("model.norm.weight")
+    with pytest.raises(InputError, match="disagrees"):
+        load_spec(d, shapes, vocab=False)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_case_builds(models, case):
+    d = models(case, copy=False)
+    spec = load_spec(d, vocab=False)  # vocabularies: test_vocab.py and the reference comparison
+    src = all_sources(d)
+    for t in spec.tensors:
+        x = build_tensor(t, src)
+        assert tuple(x.shape) == t.shape, t.name
+        assert t.ref_type in (QType.BF16, QType.F32)
+        if len(t.shape) == 1 or t.name.endswith("_norm.weight"):
+            assert t.ref_type == QType.F32, t.name
+    assert len({t.name for t in spec.tensors}) == len(spec.tensors)
+
+
+def test_gemma_norm_plus_one_in_f16(models):
+    d = models("gemma", copy=False)
+    spec = load_spec(d)
+    src = all_sources(d)
+    t = next(t for t in spec.tensors if t.name == "blk.0.attn_norm.weight")
+    x = src["model.layers.0.input_layernorm.weight"]
+    assert np.array_equal(build_tensor(t, src), (x.astype(np.float16) + np.float16(1)).astype(np.float32))
+    assert not any(t.name == "output.weight" for t in spec.tensors)  # Gemma drops lm_head
+
+
+def _edit_config(d: Path, **kw) -> None:
+    c = json.loads((d / "config.json").read_text())
+    for k, v in kw.items():
+        if v is ...:
+            c.pop(k, None)
+        else:
+            c[k] = v
+    (d / "config.json").write_text(json.dumps(c))
+
+
+@pytest.mark.parametrize("edit,err,match", [
+    (dict(architectures=["FalconForCausalLM"]), UnsupportedError, "supported: .*LlamaForCausalLM"),
+    (dict(hidden_size=...), InputError, "missing key 'hidden_size'"),
+    (dict(hidden_size="128"), InputError, "'hidden_size' must be a positive integer"),
+    (dict(num_attention_heads=3, num_key_value_heads=3), InputError, "hidden_size 128 is not divisible"),
+    (dict(num_key_value_heads=3), InputError, "not a multiple of num_key_value_heads"),
+    (dict(num_hidden_layers=1), InputError, "layer 1 but num_hidden_layers is 1"),
+    (dict(num_hidden_layers=3), InputError, "missing tensor.*model.layers.2"),
+    (dict(vocab_size=32001), InputError, "expected \\[32001, 128\\]"),
+    (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
+    (dict(rope_scaling={"rope_type": "dynamic-ntk-foo", "factor": 2.0}), UnsupportedError, "rope_scaling type"),
+])
+def test_config_errors(models, edit, err, match):
+    d = models("llama2", tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value) or "Tiny-llama2" in str(e.value)
+
+
+def test_config_json_syntax(models):
+    d = models("llama2", tokenizer=False)
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "rope_theta": NaN}')
+    with pytest.raises(InputError, match="config.json: not valid JSON \\(NaN"):
+        load_spec(d, vocab=False)
+    (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], ')
+    with pytest.raises(InputError, match="config.json: not valid JSON"):
+        load_spec(d, vocab=False)
+    (d / "config.json").write_text('[1, 2]')
+    with pytest.raises(InputError, match="expected a JSON object"):
+        load_spec(d, vocab=False)
+
+
+def test_unexpected_and_missing_tensors(models):
+    d = models("llama2", tokenizer=False)
+    t = read_safetensors(d / "model.safetensors")
+    t2 = {k: (v, "F32") for k, v in t.items()}
+    t2["model.layers.0.self_attn.foo.weight"] = (np.zeros((4, 4), np.float32), "F32")
+    write_safetensors(d / "model.safetensors", t2)
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.0.self_attn.foo.weight'"):
+        load_spec(d, vocab=False)
+    del t2["model.layers.0.self_attn.foo.weight"]
+    del t2["model.layers.1.mlp.up_proj.weight"]
+    write_safetensors(d / "model.safetensors", t2)
+    with pytest.raises(InputError, match="missing tensor\\(s\\) model.layers.1.mlp.up_proj.weight"):
+        load_spec(d, vocab=False)
+    del t2["lm_head.weight"]  # untied model without lm_head
+    t2["model.layers.1.mlp.up_proj.weight"] = (np.zeros((160, 128), np.float32), "F32")
+    write_safetensors(d / "model.safetensors", t2)
+    with pytest.raises(InputError, match="missing tensor\\(s\\) lm_head.weight"):
+        load_spec(d, vocab=False)
+
+
+def test_sharded_order_follows_index(models):
+    d = models("mixtral", tokenizer=False)
+    spec = load_spec(d, vocab=False)
+    names = [t.name for t in spec.tensors]
+    assert "blk.0.ffn_gate_exps.weight" in names and spec.n_expert == 3
+    t = next(t for t in spec.tensors if t.name == "blk.1.ffn_down_exps.weight")
+    assert t.shape == (3, 128, 160) and len(t.sources) == 3
+    wm = json.loads((d / "model.safetensors.index.json").read_text())["weight_map"]
+    wm.pop("model.norm.weight")
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    with pytest.raises(InputError, match="weight_map does not match"):
+        load_spec(d, vocab=False)
+
+
+# torch's own output of conversion/llama.py generate_extra_tensors for the official Llama 3.x settings
+LLAMA32_1B_ROPE = [1.0] * 15 + [1.6513292789459229, 3.2922627925872803, 9.666730880737305] + [32.0] * 14
+LLAMA31_8B_ROPE = [1.0] * 29 + [1.2074838876724243, 1.5534145832061768, 2.026313066482544, 2.6945300102233887,
+                                3.684253215789795, 5.257327079772949] + [8.0] * 29
+
+
+@pytest.mark.parametrize("head_dim,factor,expected", [(64, 32.0, LLAMA32_1B_ROPE), (128, 8.0, LLAMA31_8B_ROPE)])
+def test_llama3_rope_freqs_known_values(head_dim, factor, expected):
+    from kquant.arch.hparams import rope_parameters
+    from kquant.arch.kv import KVRecorder
+    from kquant.arch.tables import ParamCtx, llama3_rope_freqs
+
+    hp = {"hidden_size": 32 * head_dim, "num_attention_heads": 32, "head_dim": head_dim, "rope_theta": 500000.0,
+          "rope_scaling": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
+    ctx = ParamCtx(kv=KVRecorder("llama"), hp=hp, rp=rope_parameters(hp), block_count=1, config_path="", folder=None)
+    [(name, rf)] = llama3_rope_freqs(ctx)
+    assert name == "rope_freqs.weight" and rf.dtype == np.float32
+    assert rf.tolist() == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# against convert_hf_to_gguf.py
+
+
+_SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_TENSOR_ITEMSIZE = {0: 4, 1: 2, 30: 2}  # F32, F16, BF16
+
+
+def read_gguf(path: Path):
+    """(kv [(key, type, subtype, value)], tensors [(name, numpy shape, ggml type, raw bytes)]) of a GGUF file.
+
+    A plain struct reader: gguf-py's GGUFReader takes minutes on 100k-token vocabularies."""
+    import struct
+
+    buf = Path(path).read_bytes()
+    pos = 0
+
+    def take(fmt):
+        nonlocal pos
+        v = struct.unpack_from(fmt, buf, pos)[0]
+        pos += struct.calcsize(fmt)
+        return v
+
+    def string():
+        nonlocal pos
+        n = take("<Q")
+        s = buf[pos:pos + n].decode("utf-8")
+        pos += n
+        return s
+
+    def value(t):
+        if t == 8:
+            return string()
+        if t == 9:
+            sub, n = take("<I"), take("<Q")
+            return sub, [value(sub) for _ in range(n)]
+        return take(_SCALAR[t])
+
+    assert buf[:4] == b"GGUF"
+    pos = 4
+    take("<I")
+    n_tensors, n_kv = take("<Q"), take("<Q")
+    kv = []
+    for _ in range(n_kv):
+        key, t = string(), take("<I")
+        v = value(t)
+        sub = None
+        if t == 9:
+            sub, v = v
+        kv.append((key, t, sub, v))
+    infos = []
+    for _ in range(n_tensors):
+        name, nd = string(), take("<I")
+        ne = [take("<Q") for _ in range(nd)]
+        infos.append((name, tuple(reversed(ne)), take("<I"), take("<Q")))
+    align = next((v for k, _, _, v in kv if k == "general.alignment"), 32)
+    base = pos + (-pos % align)
+    tensors = [(n, shp, t, buf[base + off: base + off + int(np.prod(shp)) * _TENSOR_ITEMSIZE[t]]) for n, shp, t, off in infos]
+    return kv, tensors
+
+
+def kv_equal(t, ref_value, ours) -> bool:
+    """Compare one metadata value as stored (FLOAT32 values compared after float32 rounding)."""
+    from gguf import GGUFValueType
+
+    if t == GGUFValueType.FLOAT32:
+        return float(np.float32(ours)) == ref_value
+    if isinstance(ours, list) and ours and isinstance(ours[0], float):
+        return np.array_equal(np.array(ours, dtype=np.float32), np.array(ref_value, dtype=np.float32))
+    return ours == ref_value
+
+
+def _reference_convert(folder: Path, out: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [REFCONV_PYTHON, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(folder), "--outtype", "bf16", "--outfile", str(out)],
+        capture_output=True, text=True, timeout=900)
+
+
+def compare_with_reference(folder: Path, gguf_path: Path) -> None:
+    from gguf import GGUFValueType
+
+    spec = load_spec(folder)
+    ref_kv, ref_tensors = read_gguf(gguf_path)
+    ref_keys = [k for k, _, _, _ in ref_kv]
+    assert ref_keys.index("general.file_type") == spec.file_type_index
+    assert ref_keys.index("general.quantization_version") == spec.quantization_version_index
+    ref_kv = [e for e in ref_kv if e[0] not in ("general.file_type", "general.quantization_version")]
+    assert [e[0] for e in ref_kv] == [k for k, _, _ in spec.kv]
+    sub = {str: GGUFValueType.STRING, bool: GGUFValueType.BOOL, int: GGUFValueType.INT32, float: GGUFValueType.FLOAT32}
+    for (k, t_ref, sub_ref, v_ref), (_, t, v) in zip(ref_kv, spec.kv):
+        assert t_ref == t, (k, t_ref, t)
+        if t == GGUFValueType.ARRAY:
+            assert len(set(map(type, v))) == 1 and sub_ref == sub[type(v[0])], (k, sub_ref)
+        assert kv_equal(t, v_ref, v), k
+
+    assert [n for n, _, _, _ in ref_tensors] == [t.name for t in spec.tensors]
+    src = all_sources(folder)
+    for (name, shape, ttype, raw), t in zip(ref_tensors, spec.tensors):
+        assert shape == t.shape, name
+        assert ttype == int(t.ref_type), (name, ttype, t.ref_type)
+        assert raw == stored_bytes(t, build_tensor(t, src)), f"{name}: data differs"
+
+
+def _selected(request, test_name: str, cases) -> list[str]:
+    """The parametrized cases of `test_name` this session will run (convert only those)."""
+    sel = [i.callspec.params["case"] for i in request.session.items
+           if getattr(i, "originalname", "") == test_name and hasattr(i, "callspec")]
+    return [c for c in cases if c in sel]
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(request, tmp_path_factory):
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    root = tmp_path_factory.mktemp("refconv")
+    todo = _selected(request, "test_matches_convert_hf_to_gguf", CASES)
+    folders = {c: make_model(root / "models", c) for c in todo}
+
+    def run(case):
+        out = root / f"{case}.gguf"
+        return case, _reference_convert(folders[case], out), out
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        results = {case: (proc, out) for case, proc, out in ex.map(run, todo)}
+    return folders, results
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_convert_hf_to_gguf(reference_outputs, case):
+    folders, results = reference_outputs
+    proc, out = results[case]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_with_reference(folders[case], out)
+
+
+if __name__ == "__main__":  # convert one case by hand: python tests/test_arch.py CASE OUTDIR
+    make_model(Path(sys.argv[2]), sys.argv[1])
+
+
+def test_separate_config_and_tokenizer_folders(models, tmp_path):
+    d = models("qwen2")
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    for n in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.move(str(d / n), tok / n)
+    cfg = tmp_path / "cfg.json"
+    shutil.move(str(d / "config.json"), cfg)
+    spec = load_spec(d, config_path=cfg, tokenizer_folder=tok)
+    kv = {k: v for k, _, v in spec.kv}
+    assert kv["tokenizer.ggml.pre"] == "qwen2" and spec.arch == "qwen2" and spec.tied_embeddings
+
+
+def test_bad_model_card(models):
+    d = models("qwen2", tokenizer=False)
+    (d / "README.md").write_text("---\nlicense: [unclosed\n---\n")
+    with pytest.raises(InputError, match="README.md: malformed YAML front matter"):
+        load_spec(d, vocab=False)
