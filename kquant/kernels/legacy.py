@@ -18,6 +18,10 @@ Speed notes (numba leaves LLVM's SLP vectorizer off, so only loops vectorize):
   would be fully unrolled before the loop vectorizer sees it.
 - All indices are uint64: numba's negative-index wraparound on signed indices turns contiguous
   loads into gathers.
+- The weighted paths search up to LANES blocks of a row at once, one block per vector lane
+  (see "weighted quantizers" below): make_qx_quants for Q4_0/Q5_0 here, make_qkx3_quants for
+  Q4_1/Q5_1 through q4_k.search_qkx. The scalar ports in _search.py are their reference
+  (tests/test_search.py).
 """
 
 from __future__ import annotations
@@ -26,9 +30,9 @@ import numpy as np
 from numba import njit, prange
 
 from ..types import QType
-from . import Kernel
-from ._common import fp16_to_fp32, fp32_to_fp16
-from ._search import make_qkx3_quants, make_qx_quants
+from . import Kernel, q4_k
+from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16
+from ._search import level, sel
 
 QK = 32  # QK4_0 == QK4_1 == QK5_0 == QK5_1 == QK8_0
 
@@ -358,6 +362,41 @@ def quantize_row_q8_0_ref(x, y):
 
 
 # ---------------------------------------------------------------- weighted quantizers (quant_weights != NULL)
+#
+# ggml runs make_qx_quants (Q4_0, Q5_0) or make_qkx3_quants (Q4_1, Q5_1) on one 32-value block
+# after the other. Blocks are independent, so here up to LANES blocks of a row are searched
+# together, one block per vector lane: a chunk of the row is transposed into one float32 scratch
+# array (s[S_X + i*LANES + j] = x[32*j + i], j = block of the chunk), and each step over the
+# lanes is a contiguous load. Every lane runs ggml's exact sequence for its block (the same
+# candidate scales in the same order, every sum accumulated over i = 0..31 in order, the same
+# float32 operations); only the lanes advance together, which LLVM turns into SIMD.
+#
+# make_qx_quants' 19 candidate scales are independent (each sums over the block with its own
+# fixed iscale), and its "better than the best so far" test is replayed per lane with selects
+# in C's order (is = 0 first, then -9..9). make_qkx3_quants' candidates are not independent (an
+# accepted one replaces `min`, which the next ones use): Q4_1/Q5_1 run q4_k.py's lane search,
+# which is exactly make_qkx3_quants(32, nmax, x, weights, L, &min, Laux, -0.9f, 0.05f, 36, false)
+# per lane, the call these types make too. The scalar ports in _search.py stay the reference.
+
+LANES = 32  # blocks per chunk (vector lanes)
+_PLANE = QK * LANES
+# make_qx_quants scratch (float32 offsets): planes (i*LANES + j), then one vector per lane quantity
+S_X = 0  # x
+S_W = S_X + _PLANE  # weight[i] = qw[i] * sqrtf(sigma2 + x[i]*x[i])
+S_WX = S_W + _PLANE  # weight[i] * x[i] (C's `w*x[i]*l` evaluates w*x[i] first)
+S_L = S_WX + _PLANE  # final L (as floats)
+_V = S_L + _PLANE
+S_AMAX = _V + 0 * LANES  # amax
+S_MX = _V + 1 * LANES  # max (the x of largest |x|)
+S_SC = _V + 2 * LANES  # scale (best so far)
+S_BEST = _V + 3 * LANES  # best
+S_BISC = _V + 4 * LANES  # iscale that produced the current L
+QX_SCRATCH = _V + 5 * LANES
+SCRATCH = max(QX_SCRATCH, q4_k.SCRATCH)
+assert q4_k.LANES == LANES and q4_k.SUB == QK  # q4_k's planes hold LANES blocks of QK values
+
+NCAND = 19  # make_qx_quants: the first pass (is = 0), then is = -9..9 without 0
+_F01 = np.float32(0.1)
 
 
 @njit(error_model="numpy", cache=True, inline="always")
@@ -369,108 +408,182 @@ def _row_sigma2(x):
     return s / np.float32(x.shape[0])
 
 
+@njit(error_model="numpy", cache=True)
+def _load_weighted(s, sx, sw, x, qw, xo, n, sigma2, wx):
+    """Transposes the n blocks at x[xo:] into s[sx], and their weights
+    qw[i] * sqrtf(sigma2 + x[i]*x[i]) into s[sw] (and weight*x into s[S_WX] if wx)."""
+    for j in range(n):
+        for i in range(QK):
+            k = U(i * LANES + j)
+            s[U(sx) + k] = x[U(xo + QK * j + i)]
+            s[U(sw) + k] = qw[U(xo + QK * j + i)]
+    for i in range(QK):
+        for j in range(n):
+            k = U(i * LANES + j)
+            v = s[U(sx) + k]
+            w = s[U(sw) + k] * np.sqrt(sigma2 + v * v)
+            s[U(sw) + k] = w
+            if wx:
+                s[U(S_WX) + k] = w * v
+
+
 @njit(error_model="numpy", cache=True, inline="always")
-def _block_weights(x, qw, o, qk, sigma2, weight):
-    """weight[j] = qw[j] * sqrtf(sigma2 + xb[j]*xb[j]) for the block x[o:o+qk]."""
-    for j in range(qk):
-        v = x[o + j]
-        weight[j] = qw[o + j] * np.sqrt(sigma2 + v * v)
+def _qx_step(s, k, iv, a, b, lo, hi):
+    """One element of make_qx_quants' sums: l = clamp(nearest_int(iscale*x)); sumlx += w*x*l; suml2 += w*l*l."""
+    fl = level(iv * s[k + U(S_X)], lo, hi)
+    return a + s[k + U(S_WX)] * fl, b + s[k + U(S_W)] * fl * fl
 
 
-# ggml-quants.c quantize_row_q4_0_impl
+@njit(error_model="numpy", cache=True, inline="always")
+def _qx_sums(s, j, iv, lo, hi):
+    """make_qx_quants' (sumlx, suml2) of lane j for inverse scale iv, i = 0..31 in order."""
+    o = U(j)
+    a = _F0
+    b = _F0
+    a, b = _qx_step(s, o + U(0 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(1 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(2 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(3 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(4 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(5 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(6 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(7 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(8 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(9 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(10 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(11 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(12 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(13 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(14 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(15 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(16 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(17 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(18 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(19 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(20 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(21 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(22 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(23 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(24 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(25 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(26 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(27 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(28 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(29 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(30 * LANES), iv, a, b, lo, hi)
+    a, b = _qx_step(s, o + U(31 * LANES), iv, a, b, lo, hi)
+    return a, b
+
+
+# ggml-quants.c: make_qx_quants(32, nmax, x, L, rmse_type=1, weight) for the n blocks in
+# s[S_X], s[S_W], s[S_WX] at once. Leaves scale in s[S_SC + j] and the iscale that produced L in
+# s[S_BISC + j]; s[S_AMAX + j] < GROUP_MAX_EPS marks an all-zero block (scale 0, L 0).
 @njit(error_model="numpy", cache=True)
-def quantize_row_q4_0_impl(x, qw, y):
-    """One row with importance weights qw float32[n]: y uint8[n/32*18]."""
-    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_0)
-    half = qk // _U2
-    weight = np.empty(QK, dtype=np.float32)
-    L = np.empty(QK, dtype=np.int8)
-    sigma2 = _row_sigma2(x)
-    for ib in range(nb):
-        o = ib * qk
-        p = ib * TS_Q4_0
-        _block_weights(x, qw, o, qk, sigma2, weight)
-        d = make_qx_quants(QK, 8, x[o : o + qk], L, 1, weight)
-        _put_h(y, p, d)
-        q = p + _U2
-        for j in range(half):
-            y[q + j] = np.uint8(np.uint8(L[j]) | (np.uint8(L[j + half]) << np.uint8(4)))
+def _qx_search_lanes(s, n, nmax):
+    lo = np.int32(-nmax)
+    hi = np.int32(nmax - 1)
+    fnmax = np.float32(nmax)
+    # max, amax: `if (ax > amax) { amax = ax; max = x[i]; }` from 0, 0
+    for j in range(n):
+        s[U(S_AMAX + j)] = _F0
+        s[U(S_MX + j)] = _F0
+    for i in range(QK):
+        for j in range(n):
+            v = s[U(S_X + i * LANES + j)]
+            av = np.float32(abs(v))
+            take = av > s[U(S_AMAX + j)]
+            s[U(S_AMAX + j)] = sel(take, av, s[U(S_AMAX + j)])
+            s[U(S_MX + j)] = sel(take, v, s[U(S_MX + j)])
+    # candidate 0 is the first pass: iscale = -nmax/max, scale = suml2 ? sumlx/suml2 : 0,
+    # best = scale*sumlx. Then is = -9..9 (not 0): iscale = -(nmax + 0.1f*is)/max, taken if
+    # suml2 > 0 && sumlx*sumlx > best*suml2 (and then suml2 != 0: the same scale expression).
+    for c in range(NCAND):
+        is_ = 0 if c == 0 else (c - 10 if c < 10 else c - 9)
+        num = np.float32(-(fnmax + _F01 * np.float32(is_)))
+        first = c == 0
+        for j in range(n):
+            iv = np.float32(num / s[U(S_MX + j)])
+            a, b = _qx_sums(s, j, iv, lo, hi)
+            take = first | ((b > _F0) & (a * a > s[U(S_BEST + j)] * b))
+            sc = sel(b != _F0, np.float32(a / b), _F0)
+            s[U(S_SC + j)] = sel(take, sc, s[U(S_SC + j)])
+            s[U(S_BEST + j)] = sel(take, np.float32(sc * a), s[U(S_BEST + j)])
+            s[U(S_BISC + j)] = sel(take, iv, s[U(S_BISC + j)])
+    # L[i] = nmax + MAX(-nmax, MIN(nmax-1, nearest_int(iscale*x[i]))), 0 for an all-zero block
+    for i in range(QK):
+        for j in range(n):
+            zero = s[U(S_AMAX + j)] < GROUP_MAX_EPS
+            l = level(s[U(S_BISC + j)] * s[U(S_X + i * LANES + j)], lo, hi) + fnmax
+            s[U(S_L + i * LANES + j)] = sel(zero, _F0, l)
 
 
-# ggml-quants.c quantize_row_q4_1_impl
+# ggml-quants.c quantize_row_q4_0_impl (q5 = False) / quantize_row_q5_0_impl (q5 = True)
 @njit(error_model="numpy", cache=True)
-def quantize_row_q4_1_impl(x, qw, y):
-    """One row with importance weights qw float32[n]: y uint8[n/32*20]."""
-    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q4_1)
-    half = qk // _U2
-    weight = np.empty(QK, dtype=np.float32)
-    L = np.empty(QK, dtype=np.uint8)
-    Laux = np.empty(QK, dtype=np.uint8)
+def _quantize_row_x0_impl(x, qw, y, s, q5):
+    """One row with importance weights qw float32[n]: y uint8[n/32*18] (Q4_0) or [n/32*22] (Q5_0)."""
+    ts = TS_Q5_0 if q5 else TS_Q4_0
+    nb = np.int64(U(y.shape[0]) // ts)
+    nmax = np.int64(16 if q5 else 8)
     sigma2 = _row_sigma2(x)
-    for ib in range(nb):
-        o = ib * qk
-        p = ib * TS_Q4_1
-        _block_weights(x, qw, o, qk, sigma2, weight)
-        d, the_min = make_qkx3_quants(QK, 15, x[o : o + qk], weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-        _put_h(y, p, d)
-        _put_h(y, p + _U2, -the_min)
-        q = p + _U4
-        for j in range(half):
-            y[q + j] = np.uint8(L[j] | (L[j + half] << np.uint8(4)))
+    for c0 in range(0, nb, LANES):
+        n = min(LANES, nb - c0)
+        _load_weighted(s, S_X, S_W, x, qw, c0 * QK, n, sigma2, True)
+        _qx_search_lanes(s, n, nmax)
+        for j in range(n):
+            p = U(c0 + j) * ts
+            d = sel(s[U(S_AMAX + j)] < GROUP_MAX_EPS, _F0, s[U(S_SC + j)])
+            _put_h(y, p, d)
+            q = p + (_U6 if q5 else _U2)
+            qh = np.uint32(0)
+            for t in range(QK // 2):
+                xi0 = np.uint32(s[U(S_L + t * LANES + j)])
+                xi1 = np.uint32(s[U(S_L + (t + QK // 2) * LANES + j)])
+                y[q + U(t)] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+                # Q5_0: the 5th bits go to qh, bit t and bit t + 16
+                qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t)
+                qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t + QK // 2)
+            if q5:
+                _put_u32(y, p + _U2, qh)
 
 
-# ggml-quants.c quantize_row_q5_0_impl
+# ggml-quants.c quantize_row_q4_1_impl (q5 = False) / quantize_row_q5_1_impl (q5 = True):
+# make_qkx3_quants(32, nmax, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false) per block,
+# as q4_k.search_qkx lanes (its scratch layout: q4_k.S_X, q4_k.S_W, ...).
 @njit(error_model="numpy", cache=True)
-def quantize_row_q5_0_impl(x, qw, y):
-    """One row with importance weights qw float32[n]: y uint8[n/32*22]."""
-    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_0)
-    half = qk // _U2
-    weight = np.empty(QK, dtype=np.float32)
-    L = np.empty(QK, dtype=np.int8)
+def _quantize_row_x1_impl(x, qw, y, s, q5):
+    """One row with importance weights qw float32[n]: y uint8[n/32*20] (Q4_1) or [n/32*24] (Q5_1)."""
+    ts = TS_Q5_1 if q5 else TS_Q4_1
+    nb = np.int64(U(y.shape[0]) // ts)
+    nmax = np.int64(31 if q5 else 15)
     sigma2 = _row_sigma2(x)
-    for ib in range(nb):
-        o = ib * qk
-        p = ib * TS_Q5_0
-        _block_weights(x, qw, o, qk, sigma2, weight)
-        d = make_qx_quants(QK, 16, x[o : o + qk], L, 1, weight)
-        _put_h(y, p, d)
-        q = p + _U6
-        qh = np.uint32(0)
-        for j in range(half):
-            xi0 = np.uint32(np.uint8(L[j]))
-            xi1 = np.uint32(np.uint8(L[j + half]))
-            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
-            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
-            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
-        _put_u32(y, p + _U2, qh)
-
-
-# ggml-quants.c quantize_row_q5_1_impl
-@njit(error_model="numpy", cache=True)
-def quantize_row_q5_1_impl(x, qw, y):
-    """One row with importance weights qw float32[n]: y uint8[n/32*24]."""
-    nb, qk = _blocks(x.shape[0], y.shape[0], TS_Q5_1)
-    half = qk // _U2
-    weight = np.empty(QK, dtype=np.float32)
-    L = np.empty(QK, dtype=np.uint8)
-    Laux = np.empty(QK, dtype=np.uint8)
-    sigma2 = _row_sigma2(x)
-    for ib in range(nb):
-        o = ib * qk
-        p = ib * TS_Q5_1
-        _block_weights(x, qw, o, qk, sigma2, weight)
-        d, the_min = make_qkx3_quants(QK, 31, x[o : o + qk], weight, L, Laux, np.float32(-0.9), np.float32(0.05), 36, False)
-        _put_h(y, p, d)
-        _put_h(y, p + _U2, -the_min)
-        q = p + _U8
-        qh = np.uint32(0)
-        for j in range(half):
-            xi0 = np.uint32(L[j])
-            xi1 = np.uint32(L[j + half])
-            y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
-            qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
-            qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
-        _put_u32(y, p + _U4, qh)
+    for c0 in range(0, nb, LANES):
+        n = min(LANES, nb - c0)
+        _load_weighted(s, q4_k.S_X, q4_k.S_W, x, qw, c0 * QK, n, sigma2, False)
+        q4_k.search_qkx(s, n, nmax, q4_k.IMPL_RMIN, q4_k.IMPL_RDELTA, np.int64(q4_k.IMPL_NSTEP), True)
+        # L: the first pass's or the accepted candidate's nearest_int(iscale*(x[i] - min)), clamped
+        # to 0..nmax; 0 for a block make_qkx3_quants returns early on (max <= min)
+        for i in range(QK):
+            for j in range(n):
+                k = i * LANES + j
+                degenerate = s[U(q4_k.S_MAX + j)] <= s[U(q4_k.S_MIN0 + j)]
+                xi = s[U(q4_k.S_X + k)]
+                l = level(s[U(q4_k.S_BISC + j)] * (xi - s[U(q4_k.S_BXMIN + j)]), 0, nmax)
+                s[U(q4_k.S_L + k)] = sel(degenerate, _F0, l)
+        for j in range(n):
+            p = U(c0 + j) * ts
+            _put_h(y, p, s[U(q4_k.S_SCALES + j)])
+            _put_h(y, p + _U2, -s[U(q4_k.S_MINS + j)])
+            q = p + (_U8 if q5 else _U4)
+            qh = np.uint32(0)
+            for t in range(QK // 2):
+                xi0 = np.uint32(s[U(q4_k.S_L + t * LANES + j)])
+                xi1 = np.uint32(s[U(q4_k.S_L + (t + QK // 2) * LANES + j)])
+                y[q + U(t)] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
+                # Q5_1: the 5th bits go to qh, bit t and bit t + 16
+                qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t)
+                qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t + QK // 2)
+            if q5:
+                _put_u32(y, p + _U4, qh)
 
 
 # ---------------------------------------------------------------- dequantizers
@@ -576,7 +689,7 @@ def quantize_q4_0(x, qw, out):
     weighted = qw.shape[0] > 0
     for r in prange(x.shape[0]):
         if weighted:
-            quantize_row_q4_0_impl(x[r], qw, out[r])
+            _quantize_row_x0_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), False)
         else:
             quantize_row_q4_0_ref(x[r], out[r])
 
@@ -588,7 +701,7 @@ def quantize_q4_1(x, qw, out):
     weighted = qw.shape[0] > 0
     for r in prange(x.shape[0]):
         if weighted:
-            quantize_row_q4_1_impl(x[r], qw, out[r])
+            _quantize_row_x1_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), False)
         else:
             quantize_row_q4_1_ref(x[r], out[r])
 
@@ -600,7 +713,7 @@ def quantize_q5_0(x, qw, out):
     weighted = qw.shape[0] > 0
     for r in prange(x.shape[0]):
         if weighted:
-            quantize_row_q5_0_impl(x[r], qw, out[r])
+            _quantize_row_x0_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), True)
         else:
             quantize_row_q5_0_ref(x[r], out[r])
 
@@ -612,7 +725,7 @@ def quantize_q5_1(x, qw, out):
     weighted = qw.shape[0] > 0
     for r in prange(x.shape[0]):
         if weighted:
-            quantize_row_q5_1_impl(x[r], qw, out[r])
+            _quantize_row_x1_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), True)
         else:
             quantize_row_q5_1_ref(x[r], out[r])
 
