@@ -325,7 +325,9 @@ def quantize_block_q2_k_ref(x, base, y, yo, wk):
     load_block(x, base, wk, W_XT, W_X)
     for k in range(QK_K):
         wk[W_WT + k] = np.float32(abs(wk[W_XT + k]))
-    qkx_search16(wk, REF_RMIN, REF_RDELTA, REF_NSTEP, True, True)
+    # np.int64 / np.bool_: plain (not literal) argument types, so that the ref and impl paths
+    # share one compiled qkx_search16 instead of one specialization each
+    qkx_search16(wk, REF_RMIN, REF_RDELTA, np.int64(REF_NSTEP), np.bool_(True), np.bool_(True))
     max_scale = _F0
     max_min = _F0
     for j in range(NSUB):
@@ -368,7 +370,7 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
         wk[W_WT + k] = wk[W_WT + k] * np.float32(np.sqrt(np.float32(sigma2 + v * v)))
     for s in range(NSUB):  # vectorized over s
         wk[W_SW + s] = sum16(wk, W_WT + s)
-    qkx_search16(wk, IMPL_RMIN, IMPL_RDELTA, IMPL_NSTEP, False, False)
+    qkx_search16(wk, IMPL_RMIN, IMPL_RDELTA, np.int64(IMPL_NSTEP), np.bool_(False), np.bool_(False))
 
     dm = qp_quants(wk, W_SCALES, NMAX_SC, Ls)
     mm = qp_quants(wk, W_MINS, NMAX_SC, Lm)

@@ -150,29 +150,51 @@ def q3_search16(wk):
     for _ in range(NTRY):
         # Each step waits on the previous one (a division and ~50 cycles of latency), so lanes
         # s and s + 8 run as two interleaved chains: vector width 8, twice the parallelism.
-        for s in range(NSUB):  # vectorized over s
+        for s in range(NSUB // 2):  # vectorized over s
             a0 = wk[W_SLX + s]
             b0 = wk[W_SL2 + s]
+            a1 = wk[W_SLX + s + 8]
+            b1 = wk[W_SL2 + s + 8]
             c0 = _F0
+            c1 = _F0
             a0, b0, c0, wk[W_LT + s + 0] = _q3_try(a0, b0, c0, wk[W_XT + s + 0], wk[W_LT + s + 0], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 8] = _q3_try(a1, b1, c1, wk[W_XT + s + 8], wk[W_LT + s + 8], lo, hi)
             a0, b0, c0, wk[W_LT + s + 16] = _q3_try(a0, b0, c0, wk[W_XT + s + 16], wk[W_LT + s + 16], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 24] = _q3_try(a1, b1, c1, wk[W_XT + s + 24], wk[W_LT + s + 24], lo, hi)
             a0, b0, c0, wk[W_LT + s + 32] = _q3_try(a0, b0, c0, wk[W_XT + s + 32], wk[W_LT + s + 32], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 40] = _q3_try(a1, b1, c1, wk[W_XT + s + 40], wk[W_LT + s + 40], lo, hi)
             a0, b0, c0, wk[W_LT + s + 48] = _q3_try(a0, b0, c0, wk[W_XT + s + 48], wk[W_LT + s + 48], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 56] = _q3_try(a1, b1, c1, wk[W_XT + s + 56], wk[W_LT + s + 56], lo, hi)
             a0, b0, c0, wk[W_LT + s + 64] = _q3_try(a0, b0, c0, wk[W_XT + s + 64], wk[W_LT + s + 64], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 72] = _q3_try(a1, b1, c1, wk[W_XT + s + 72], wk[W_LT + s + 72], lo, hi)
             a0, b0, c0, wk[W_LT + s + 80] = _q3_try(a0, b0, c0, wk[W_XT + s + 80], wk[W_LT + s + 80], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 88] = _q3_try(a1, b1, c1, wk[W_XT + s + 88], wk[W_LT + s + 88], lo, hi)
             a0, b0, c0, wk[W_LT + s + 96] = _q3_try(a0, b0, c0, wk[W_XT + s + 96], wk[W_LT + s + 96], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 104] = _q3_try(a1, b1, c1, wk[W_XT + s + 104], wk[W_LT + s + 104], lo, hi)
             a0, b0, c0, wk[W_LT + s + 112] = _q3_try(a0, b0, c0, wk[W_XT + s + 112], wk[W_LT + s + 112], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 120] = _q3_try(a1, b1, c1, wk[W_XT + s + 120], wk[W_LT + s + 120], lo, hi)
             a0, b0, c0, wk[W_LT + s + 128] = _q3_try(a0, b0, c0, wk[W_XT + s + 128], wk[W_LT + s + 128], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 136] = _q3_try(a1, b1, c1, wk[W_XT + s + 136], wk[W_LT + s + 136], lo, hi)
             a0, b0, c0, wk[W_LT + s + 144] = _q3_try(a0, b0, c0, wk[W_XT + s + 144], wk[W_LT + s + 144], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 152] = _q3_try(a1, b1, c1, wk[W_XT + s + 152], wk[W_LT + s + 152], lo, hi)
             a0, b0, c0, wk[W_LT + s + 160] = _q3_try(a0, b0, c0, wk[W_XT + s + 160], wk[W_LT + s + 160], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 168] = _q3_try(a1, b1, c1, wk[W_XT + s + 168], wk[W_LT + s + 168], lo, hi)
             a0, b0, c0, wk[W_LT + s + 176] = _q3_try(a0, b0, c0, wk[W_XT + s + 176], wk[W_LT + s + 176], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 184] = _q3_try(a1, b1, c1, wk[W_XT + s + 184], wk[W_LT + s + 184], lo, hi)
             a0, b0, c0, wk[W_LT + s + 192] = _q3_try(a0, b0, c0, wk[W_XT + s + 192], wk[W_LT + s + 192], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 200] = _q3_try(a1, b1, c1, wk[W_XT + s + 200], wk[W_LT + s + 200], lo, hi)
             a0, b0, c0, wk[W_LT + s + 208] = _q3_try(a0, b0, c0, wk[W_XT + s + 208], wk[W_LT + s + 208], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 216] = _q3_try(a1, b1, c1, wk[W_XT + s + 216], wk[W_LT + s + 216], lo, hi)
             a0, b0, c0, wk[W_LT + s + 224] = _q3_try(a0, b0, c0, wk[W_XT + s + 224], wk[W_LT + s + 224], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 232] = _q3_try(a1, b1, c1, wk[W_XT + s + 232], wk[W_LT + s + 232], lo, hi)
             a0, b0, c0, wk[W_LT + s + 240] = _q3_try(a0, b0, c0, wk[W_XT + s + 240], wk[W_LT + s + 240], lo, hi)
+            a1, b1, c1, wk[W_LT + s + 248] = _q3_try(a1, b1, c1, wk[W_XT + s + 248], wk[W_LT + s + 248], lo, hi)
             wk[W_SLX + s] = a0
             wk[W_SL2 + s] = b0
             wk[W_CH + s] = c0
+            wk[W_SLX + s + 8] = a1
+            wk[W_SL2 + s + 8] = b1
+            wk[W_CH + s + 8] = c1
         changed = _F0
         for s in range(NSUB):
             changed += wk[W_CH + s]
@@ -267,12 +289,13 @@ def quantize_block_q3_k_impl(x, base, qw, y, yo, wk, Ls):
         wk[W_WT + k] = wk[W_WT + k] * np.float32(np.sqrt(np.float32(sigma2 + v * v)))
     for s in range(NSUB):  # vectorized over s
         wk[W_SW + s] = sum16(wk, W_WT + s)
-    qx_search16(wk, NMAX)
-    qx_levels16(wk, NMAX)
+    nmax = np.int64(NMAX)  # not a literal: Q3_K and Q6_K share one compiled search
+    qx_search16(wk, nmax)
+    qx_levels16(wk, nmax)
 
     for k in range(12):
         y[yo + OFF_SC + k] = 0
-    d_block = qx_search1(wk, NMAX_SC, Ls)  # over the scales wk[W_SCALES], weights wk[W_SW]
+    d_block = qx_search1(wk, np.int64(NMAX_SC), Ls)  # over the scales wk[W_SCALES], weights wk[W_SW]
     for j in range(NSUB):
         _put_scale6(y, yo + OFF_SC, j, np.int32(Ls[j]))
     dh = fp32_to_fp16(d_block)

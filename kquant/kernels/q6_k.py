@@ -408,8 +408,9 @@ def quantize_block_q6_k(x, base, qw, y, yo, wk):
             wk[W_WT + k] = wk[W_XT + k] * wk[W_XT + k]
     else:
         load_transposed(qw, base, wk, W_WT)
-    qx_search16(wk, NMAX)
-    qx_levels16(wk, NMAX)
+    nmax = np.int64(NMAX)  # not a literal: Q3_K and Q6_K share one compiled search
+    qx_search16(wk, nmax)
+    qx_levels16(wk, nmax)
 
     max_scale = _F0
     max_abs_scale = _F0
