@@ -9,7 +9,9 @@ integer code. `fp32_to_fp16` rounds to nearest even exactly like ggml's scalar
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 # ggml-quants.c `GROUP_MAX_EPS` and friends
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -91,13 +93,61 @@ def bf16_to_fp32(h):
     return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
 
 
-@njit(cache=True, inline="always")
-def nearest_int(fval):
-    """ggml-quants.c `nearest_int`, bit for bit: the 1.5*2^23 trick (round half to even for
-    |fval| <= 4194303; outside that range the same wrapped value the C code computes)."""
-    val = np.float32(np.float32(fval) + np.float32(12582912.0))
-    i = np.int32(val.view(np.int32))
-    return np.int32((i & np.int32(0x007FFFFF)) - np.int32(0x00400000))
+# Lane tools, as LLVM intrinsics. A Python conditional expression splits numba's IR into basic
+# blocks (slow to compile, and it defeats refcount pruning of inlined array helpers), and an @njit
+# helper left as a call blocks vectorization; these are single instructions or short straight-line
+# code, so lane loops that use them stay one block that LLVM's loop vectorizer takes.
+_I32 = llvm_ir.IntType(32)
+_FLT = llvm_ir.FloatType()
+_MAGIC = 12582912.0  # 1.5 * 2^23: ggml's nearest_int adds it and reads the low mantissa bits
+
+
+def _nearest_int_ir(builder, f):
+    v = builder.fadd(f, _FLT(_MAGIC))
+    i = builder.and_(builder.bitcast(v, _I32), _I32(0x007FFFFF))
+    return builder.sub(i, _I32(0x00400000))
+
+
+@intrinsic
+def nearest_int(typingctx, f):
+    """ggml-quants.c `nearest_int` bit for bit, as int32, for a float32 argument: round half to even
+    for |f| <= 4194303; outside that range (and for NaN/inf) the same wrapped value as the C trick."""
+    if f != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _nearest_int_ir(builder, args[0])
+
+    return types.int32(types.float32), codegen
+
+
+@intrinsic
+def sel(typingctx, c, a, b):
+    """`c ? a : b` as one LLVM select."""
+    if not isinstance(c, types.Boolean) or a != b:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.select(args[0], args[1], args[2])
+
+    return a(c, a, b), codegen
+
+
+@intrinsic
+def level(typingctx, f, lo, hi):
+    """(float)MAX(lo, MIN(hi, nearest_int(f))) for float32 f: ggml's clamped rounding, bit for bit."""
+    if f != types.float32 or not isinstance(lo, types.Integer) or not isinstance(hi, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        q = _nearest_int_ir(builder, args[0])
+        lo32 = context.cast(builder, args[1], signature.args[1], types.int32)
+        hi32 = context.cast(builder, args[2], signature.args[2], types.int32)
+        q = builder.select(builder.icmp_signed(">", q, hi32), hi32, q)
+        q = builder.select(builder.icmp_signed("<", q, lo32), lo32, q)
+        return builder.sitofp(q, _FLT)
+
+    return types.float32(f, lo, hi), codegen
 
 
 @njit(cache=True, inline="always")

@@ -13,16 +13,13 @@ as in C, not an exception.
 The kernels run lane-vectorized specialisations of these (many blocks searched at once, each in
 ggml's exact order): legacy._qx_search_lanes, q4_k.search_qkx / qp_quants and those of q2_k,
 q3_k, q6_k. These ports stay the readable reference; tests/test_search.py checks them against
-the weighted legacy kernels. Also here: `sel` and `level`, the intrinsics the lane variants build
-their straight-line chains from.
+the weighted legacy kernels.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
 from ._common import GROUP_MAX_EPS, nearest_int
 
@@ -30,46 +27,6 @@ F0 = np.float32(0.0)
 F1 = np.float32(1.0)
 F01 = np.float32(0.1)
 F05 = np.float32(0.5)
-
-_I32 = llvm_ir.IntType(32)
-_FLT = llvm_ir.FloatType()
-_MAGIC = 12582912.0  # 1.5 * 2^23: ggml's nearest_int adds it and reads the low mantissa bits
-
-
-# Lane tools. A Python conditional expression splits numba's IR into basic blocks (slow to
-# compile, and it defeats refcount pruning of inlined array helpers); these are single LLVM
-# instructions, so a lane loop whose body uses them stays one straight-line block that LLVM's
-# loop vectorizer takes.
-@intrinsic
-def sel(typingctx, c, a, b):
-    """`c ? a : b` as one LLVM select."""
-    if not isinstance(c, types.Boolean) or a != b:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.select(args[0], args[1], args[2])
-
-    return a(c, a, b), codegen
-
-
-@intrinsic
-def level(typingctx, f, lo, hi):
-    """(float)MAX(lo, MIN(hi, nearest_int(f))) for float32 f: ggml's clamped rounding, bit for bit
-    (the 1.5*2^23 trick, so NaN/inf/huge f give the integer the C code computes)."""
-    if f != types.float32 or not isinstance(lo, types.Integer) or not isinstance(hi, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        v = builder.fadd(args[0], _FLT(_MAGIC))
-        q = builder.sub(builder.and_(builder.bitcast(v, _I32), _I32(0x007FFFFF)), _I32(0x00400000))
-        lo32 = context.cast(builder, args[1], signature.args[1], types.int32)
-        hi32 = context.cast(builder, args[2], signature.args[2], types.int32)
-        q = builder.select(builder.icmp_signed(">", q, hi32), hi32, q)
-        q = builder.select(builder.icmp_signed("<", q, lo32), lo32, q)
-        return builder.sitofp(q, _FLT)
-
-    return types.float32(f, lo, hi), codegen
-
 
 @njit(cache=True, inline="always", error_model="numpy")
 def _qx_weight(x, qw, i, rmse_type):

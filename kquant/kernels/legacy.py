@@ -31,8 +31,7 @@ from numba import njit, prange
 
 from ..types import QType
 from . import Kernel, q4_k
-from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16
-from ._search import level, sel
+from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, level, sel
 
 QK = 32  # QK4_0 == QK4_1 == QK5_0 == QK5_1 == QK8_0
 

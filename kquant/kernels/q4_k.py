@@ -30,7 +30,7 @@ from numba import njit, prange
 
 from ..types import K_SCALE_SIZE, QK_K, QType
 from . import Kernel
-from ._common import GROUP_MAX_EPS, fp16_round, get_f16, put_f16
+from ._common import GROUP_MAX_EPS, fp16_round, get_f16, nearest_int, put_f16
 
 NSUB = QK_K // 32  # sub-blocks per super-block
 SUB = 32  # values per sub-block
@@ -56,7 +56,6 @@ F2 = np.float32(2.0)
 F32 = np.float32(32.0)
 F63 = np.float32(63.0)
 FQK_K = np.float32(QK_K)
-MAGIC = np.float32(12582912.0)  # 1.5 * 2^23, nearest_int's rounding constant
 
 # make_qkx2_quants / make_qkx3_quants arguments used by Q4_K and Q5_K
 Q4K_REF_RMIN, Q4K_REF_RDELTA, Q4K_REF_NSTEP = np.float32(-1.0), np.float32(0.1), 20
@@ -113,15 +112,6 @@ JIT = dict(cache=True, error_model="numpy")  # numpy error model: float x/0 give
 U = np.uint64  # scratch indices are cast to unsigned: no wraparound code, affine addresses
 # Integer arguments of the shared routines are passed as np.int64(...) values, not literals:
 # numba compiles a routine once per argument types, and a literal is a type of its own.
-
-
-# ggml-quants.c: nearest_int. The C bit trick rather than np.rint: identical for
-# |f| <= 4194303, and defined like C for NaN/inf/huge values (degenerate sub-blocks reach it).
-# int32 result of int32 ops (numba would widen `&`/`-` to int64 and slow the SIMD lanes).
-@njit(**JIT)
-def nearest_int_c(f):
-    v = np.float32(np.float32(f) + MAGIC)
-    return np.int32((v.view(np.int32) & np.int32(0x007FFFFF)) - np.int32(0x00400000))
 
 
 @njit(**JIT)
@@ -215,7 +205,7 @@ def search_qkx(s, n, nmax, rmin, rdelta, nstep, strict):
         for j in range(n):
             xi = s[U(S_X + i * LANES + j)]
             mn = s[U(S_MIN + j)]
-            fl = np.float32(clamp_q(nearest_int_c(s[U(S_BISC + j)] * (xi - mn)), nmax))
+            fl = np.float32(clamp_q(nearest_int(s[U(S_BISC + j)] * (xi - mn)), nmax))
             diff = np.float32(s[U(S_BSC + j)] * fl + mn - xi)
             s[U(S_BERR + j)] += s[U(S_W + i * LANES + j)] * (diff * diff)
     for is_ in range(nstep + 1):
@@ -228,7 +218,7 @@ def search_qkx(s, n, nmax, rmin, rdelta, nstep, strict):
         for i in range(SUB):
             for j in range(n):
                 xi = s[U(S_X + i * LANES + j)]
-                fl = np.float32(clamp_q(nearest_int_c(s[U(S_ISC + j)] * (xi - s[U(S_MIN + j)])), nmax))
+                fl = np.float32(clamp_q(nearest_int(s[U(S_ISC + j)] * (xi - s[U(S_MIN + j)])), nmax))
                 s[U(S_LA + i * LANES + j)] = fl
                 wl = s[U(S_W + i * LANES + j)] * fl
                 s[U(S_SL + j)] += wl
@@ -328,8 +318,8 @@ def ref_pack_scales(s, l0, out, off):
     inv_scale = np.float32(F63 / max_scale) if max_scale > F0 else F0
     inv_min = np.float32(F63 / max_min) if max_min > F0 else F0
     for j in range(NSUB):
-        ls = min(63, nearest_int_c(inv_scale * s[U(S_SCALES + l0 + j)]) & 0xFF)
-        lm = min(63, nearest_int_c(inv_min * s[U(S_MINS + l0 + j)]) & 0xFF)
+        ls = min(63, nearest_int(inv_scale * s[U(S_SCALES + l0 + j)]) & 0xFF)
+        lm = min(63, nearest_int(inv_min * s[U(S_MINS + l0 + j)]) & 0xFF)
         put_scale_min_k4(j, out, off, ls, lm)
     return np.float32(max_scale / F63), np.float32(max_min / F63)
 
@@ -360,7 +350,7 @@ def qp_quants(s, P, nv, ntry):
         for p in range(P):
             xi = s[U(S_QX + i * LANES + p)]
             iscale = s[U(S_QISC + p)]
-            fl = np.float32(nearest_int_c(iscale * xi) & 0xFF)  # L[i] = nearest_int(...), uint8_t
+            fl = np.float32(nearest_int(iscale * xi) & 0xFF)  # L[i] = nearest_int(...), uint8_t
             diff = np.float32(xi - np.float32(F1 / iscale) * fl)
             s[U(S_QBEST + p)] += s[U(S_QW + i * LANES + p)] * diff * diff
     for is_ in range(-4, 5):
@@ -373,7 +363,7 @@ def qp_quants(s, P, nv, ntry):
             for p in range(P):
                 xi = s[U(S_QX + i * LANES + p)]
                 iscale_is = np.float32(num / s[U(S_QMAX + p)])
-                fl = np.float32(min(np.int32(nmax), nearest_int_c(iscale_is * xi)))
+                fl = np.float32(min(np.int32(nmax), nearest_int(iscale_is * xi)))
                 diff = np.float32(xi - np.float32(F1 / iscale_is) * fl)
                 s[U(S_QMSE + p)] += s[U(S_QW + i * LANES + p)] * diff * diff
         for p in range(P):
@@ -387,7 +377,7 @@ def qp_quants(s, P, nv, ntry):
         for p in range(P):
             xi = s[U(S_QX + i * LANES + p)]
             w = s[U(S_QW + i * LANES + p)]
-            l = min(np.int32(nmax), nearest_int_c(s[U(S_QISC + p)] * xi))
+            l = min(np.int32(nmax), nearest_int(s[U(S_QISC + p)] * xi))
             fl = np.float32(l)
             s[U(S_QL + i * LANES + p)] = np.float32(l & 0xFF)
             s[U(S_QSLX + p)] += w * xi * fl
@@ -402,7 +392,7 @@ def qp_quants(s, P, nv, ntry):
                 suml2 = s[U(S_QSL2 + p)]
                 slx = np.float32(sumlx - w * xi * fLi)
                 sl2 = np.float32(suml2 - w * fLi * fLi)
-                new_l = min(np.int32(nmax), nearest_int_c(xi * sl2 / slx))
+                new_l = min(np.int32(nmax), nearest_int(xi * sl2 / slx))
                 fnl = np.float32(new_l)
                 slx = np.float32(slx + w * xi * fnl)
                 sl2 = np.float32(sl2 + w * fnl * fnl)
@@ -481,8 +471,8 @@ def final_quants(s, n, nmax):
         for j in range(n):
             xi = s[U(S_X + i * LANES + j)]
             d = s[U(S_DQ + j)]
-            lq = clamp_q(nearest_int_c(np.float32(xi + s[U(S_DMQ + j)]) / d), nmax)
-            lf = clamp_q(nearest_int_c(s[U(S_BISC + j)] * (xi - s[U(S_BXMIN + j)])), nmax)
+            lq = clamp_q(nearest_int(np.float32(xi + s[U(S_DMQ + j)]) / d), nmax)
+            lf = clamp_q(nearest_int(s[U(S_BISC + j)] * (xi - s[U(S_BXMIN + j)])), nmax)
             s[U(S_L + i * LANES + j)] = np.float32(lq if d != F0 else lf)
 
 

@@ -37,13 +37,11 @@ scales[j] is signed: d * scales[j] may be negative (ggml picks the sign of the l
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir as llvm_ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from numba import njit, prange
 
 from ..types import QK_K, QType
 from . import Kernel
-from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16
+from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, level, nearest_int, sel  # noqa: F401 (re-exported to q2_k/q3_k)
 
 SUB = 16  # values per sub-block
 NSUB = QK_K // SUB  # sub-blocks per super-block: the lanes of the searches
@@ -56,10 +54,7 @@ _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F01 = np.float32(0.1)
 _M128 = np.float32(-128.0)
-_MAGIC = 12582912.0  # 1.5 * 2^23: ggml's nearest_int adds it and reads the low mantissa bits
 
-_I32 = llvm_ir.IntType(32)
-_FLT = llvm_ir.FloatType()
 
 # ---------------------------------------------------------------- lane machinery
 #
@@ -69,57 +64,9 @@ _FLT = llvm_ir.FloatType()
 #    (W_* below), so LLVM proves the accesses independent without runtime alias checks;
 #  * each lane's sequential sum over its 16 values is written out as a straight-line chain
 #    (LLVM only vectorizes innermost loops, and does not unroll these early enough);
-#  * chains use only arithmetic and the intrinsics below: a Python conditional expression
+#  * chains use only arithmetic and the intrinsics of _common (sel, nearest_int, level): a Python conditional expression
 #    splits numba's IR into basic blocks (slow to compile) and an @njit helper left as a call
 #    blocks vectorization.
-
-
-@intrinsic
-def sel(typingctx, c, a, b):
-    """`c ? a : b` as one LLVM select."""
-    if not isinstance(c, types.Boolean) or a != b:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.select(args[0], args[1], args[2])
-
-    return a(c, a, b), codegen
-
-
-def _nearest_int_ir(builder, f):
-    v = builder.fadd(f, _FLT(_MAGIC))
-    i = builder.and_(builder.bitcast(v, _I32), _I32(0x007FFFFF))
-    return builder.sub(i, _I32(0x00400000))
-
-
-@intrinsic
-def nearest_int(typingctx, f):
-    """ggml-quants.c `nearest_int` bit for bit, as int32 (np.rint differs outside +-4194303,
-    where ggml returns mantissa garbage, and on NaN, where ggml returns 0)."""
-    if f != types.float32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return _nearest_int_ir(builder, args[0])
-
-    return types.int32(types.float32), codegen
-
-
-@intrinsic
-def level(typingctx, f, lo, hi):
-    """(float)MAX(lo, MIN(hi, nearest_int(f))): ggml's clamped rounding, as a float32."""
-    if f != types.float32 or not isinstance(lo, types.Integer) or not isinstance(hi, types.Integer):
-        return None
-
-    def codegen(context, builder, signature, args):
-        q = _nearest_int_ir(builder, args[0])
-        lo32 = context.cast(builder, args[1], signature.args[1], types.int32)
-        hi32 = context.cast(builder, args[2], signature.args[2], types.int32)
-        q = builder.select(builder.icmp_signed(">", q, hi32), hi32, q)
-        q = builder.select(builder.icmp_signed("<", q, lo32), lo32, q)
-        return builder.sitofp(q, _FLT)
-
-    return types.float32(f, lo, hi), codegen
 
 
 @njit(cache=True, inline="always")
