@@ -103,6 +103,7 @@ class Options:
     force: bool = False
     progress: Callable | None = None
     extra: dict = field(default_factory=dict)
+    type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
 
 
 def open_model(path: str | Path, config: str | None = None):
@@ -123,7 +124,7 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
     return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)
 
 
-def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None) -> Plan:
+def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None) -> Plan:
     """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
     from . import recipe
     from .imatrix import weights_for
@@ -140,6 +141,8 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None) -> Plan:
     weights = imatrix.weights if imatrix is not None else {}
     tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
     types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=bool(weights))
+    if type_map:  # kquant.automix's choice (block sizes already checked there)
+        types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
     tensors = []
     for s_, q in zip(specs, types):
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
@@ -184,39 +187,30 @@ def _round_through(x: np.ndarray, t: QType) -> np.ndarray:
 
 
 def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
-    """Yield (row_start, float32 2-D slab) of a tensor in output row order."""
+    """Yield (row_start, float32 2-D slab) of a tensor in output row order.
+
+    A 2-D tensor that is a plain copy or a row gather of one source is streamed in slabs of
+    about `slab_bytes`; anything else (generated, transformed, stacked, 1-D, 3-D) is built whole
+    by TensorSpec.materialize."""
     shape = tuple(spec.shape)
     cols = shape[-1] if shape else 1
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
-    if spec.generated is not None:
-        data = np.ascontiguousarray(spec.generated, dtype=np.float32).reshape(rows, cols)
-        yield 0, data
-        return
-    if spec.transform is not None or len(spec.sources) != 1:
-        arrays = [ckpt.read(s) for s in spec.sources]
-        data = spec.transform(arrays) if spec.transform is not None else arrays[0]
-        data = np.ascontiguousarray(data, dtype=np.float32).reshape(rows, cols)
-        if spec.row_perm is not None:
-            data = data[np.asarray(spec.row_perm)]
-        yield 0, data
+    streamable = (spec.generated is None and spec.transform is None and len(spec.sources) == 1
+                  and len(shape) == 2 and len(ckpt.tensors[spec.sources[0]].shape) == 2)
+    if not streamable:
+        yield 0, np.ascontiguousarray(spec.materialize(ckpt.read), dtype=np.float32).reshape(rows, cols)
         return
     src = spec.sources[0]
-    if len(ckpt.tensors[src].shape) != 2:  # 1-D, or a 3-D stack: small or whole-tensor anyway
-        data = np.ascontiguousarray(ckpt.read(src), dtype=np.float32).reshape(rows, cols)
-        if spec.row_perm is not None:
-            data = data[np.asarray(spec.row_perm)]
-        yield 0, data
-        return
     step = max(1, slab_bytes // max(cols * 4, 1))
     perm = None if spec.row_perm is None else np.asarray(spec.row_perm, dtype=np.int64)
     for a in range(0, rows, step):
         b = min(rows, a + step)
         if perm is None:
             chunk = ckpt.read_rows(src, a, b)
-        else:
+        else:  # Q/K permutation (within heads) or a trim: read the covering row range, gather
             idx = perm[a:b]
             lo, hi = int(idx.min()), int(idx.max()) + 1
-            chunk = ckpt.read_rows(src, lo, hi).reshape(hi - lo, cols)[idx - lo]
+            chunk = ckpt.read_rows(src, lo, hi)[idx - lo]
         yield a, np.ascontiguousarray(chunk, dtype=np.float32).reshape(b - a, cols)
 
 
@@ -275,7 +269,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
         inputs = [Path(model)] + [Path(ti.path) for ti in ckpt.tensors.values()]
-        plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix) for _, ft in targets]
+        plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
             raise OutputError("the same output path is given twice")
@@ -394,7 +388,7 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     opts = options or Options()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
-        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix)
+        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map)
 
 
 def print_progress(i: int, n: int, tensors, seconds: float, stream=sys.stderr) -> None:
