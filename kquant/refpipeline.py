@@ -2,7 +2,7 @@
 
 Step 1: `convert_hf_to_gguf.py --outtype bf16`, run by a separate Python that has torch and
 transformers (KQUANT_REFCONV_PYTHON, made by scripts/setup_refconv.sh) from the llama.cpp sources
-in the llama-cpp-python sdist (KQUANT_LLAMA_CPP, default: the copy scripts/setup_refconv.sh unpacks).
+in the llama-cpp-python sdist (KQUANT_LLAMA_CPP; default: where scripts/setup_refconv.sh puts both).
 Step 2: `llama_model_quantize` from llama-cpp-python (the whole of llama-quantize).
 `compare_gguf` then says tensor by tensor and key by key where two GGUF files differ.
 """
@@ -19,19 +19,18 @@ import numpy as np
 
 from .types import FileType, parse_ftype
 
-DEFAULT_LLAMA_CPP = Path(os.environ.get("KQUANT_REFCONV_DIR", "/tmp/kquant-refconv")) / "llama.cpp"
+REFCONV_DIR = Path(os.environ.get("KQUANT_REFCONV_DIR", Path.home() / ".cache" / "kquant" / "refconv"))
 
 
 def refconv_python() -> str | None:
-    p = os.environ.get("KQUANT_REFCONV_PYTHON")
-    if p and Path(p).exists():
-        return p
-    default = Path(os.environ.get("KQUANT_REFCONV_DIR", "/tmp/kquant-refconv")) / "venv" / "bin" / "python"
-    return str(default) if default.exists() else None
+    """The Python of scripts/setup_refconv.sh's venv (KQUANT_REFCONV_PYTHON overrides)."""
+    p = os.environ.get("KQUANT_REFCONV_PYTHON") or str(REFCONV_DIR / "venv" / "bin" / "python")
+    return p if Path(p).exists() else None
 
 
 def llama_cpp_dir() -> Path | None:
-    p = Path(os.environ.get("KQUANT_LLAMA_CPP", DEFAULT_LLAMA_CPP))
+    """llama.cpp sources holding convert_hf_to_gguf.py (KQUANT_LLAMA_CPP overrides)."""
+    p = Path(os.environ.get("KQUANT_LLAMA_CPP") or REFCONV_DIR / "llama.cpp")
     return p if (p / "convert_hf_to_gguf.py").exists() else None
 
 

@@ -1,22 +1,40 @@
 #!/usr/bin/env bash
-# Create the reference-converter venv the arch/vocab comparison tests use:
-#   KQUANT_REFCONV_PYTHON=<venv>/bin/python pytest tests/test_arch.py tests/test_vocab.py
-# It holds what llama.cpp's convert_hf_to_gguf.py needs (versions from llama.cpp's
-# requirements/requirements-convert_legacy_llama.txt, torch from the local wheel) plus the vendored
-# gguf-py; it lives outside the project and is never imported by kquant.
+# Set up llama.cpp's own converter (convert_hf_to_gguf.py), the reference the end-to-end tests
+# and scripts/bench_convert.py compare against. It needs torch and transformers, which kquant
+# never imports, so it lives in its own venv outside the project:
+#   $KQUANT_REFCONV_DIR (default ~/.cache/kquant/refconv)/venv      torch 2.13.0 (the machine's local
+#                                                                    wheel), transformers, sentencepiece, gguf-py
+#   $KQUANT_REFCONV_DIR/llama.cpp                                    the llama.cpp sources vendored in the
+#                                                                    llama-cpp-python 0.3.36 sdist (PyPI),
+#                                                                    with its models/ggml-vocab-* test vocabularies
+# Idempotent: does nothing when both are there. Prints the two variables the tests read.
 set -euo pipefail
-VENV="${1:-/tmp/refconv}"
-LLAMA_CPP="${KQUANT_LLAMA_CPP:-/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp}"
+DIR="${KQUANT_REFCONV_DIR:-$HOME/.cache/kquant/refconv}"
 PY="${PYTHON:-python3}"
-
-if [ ! -f "$LLAMA_CPP/convert_hf_to_gguf.py" ]; then
-    echo "setup_refconv: $LLAMA_CPP/convert_hf_to_gguf.py not found (set KQUANT_LLAMA_CPP)" >&2
-    exit 2
-fi
+VENV="$DIR/venv"
+SRC="$DIR/llama.cpp"
+mkdir -p "$DIR"
 start=$(date +%s)
-"$PY" -m venv "$VENV"
-"$VENV/bin/pip" install --quiet torch==2.13.0 "transformers==4.57.6" "sentencepiece>=0.1.98,<0.3.0" numpy safetensors \
-    "protobuf>=4.21.0,<5.0.0"
-"$VENV/bin/pip" install --quiet "$LLAMA_CPP/gguf-py"
-"$VENV/bin/python" -c "import torch, transformers, sentencepiece, gguf; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-echo "setup_refconv: $VENV ready in $(( $(date +%s) - start ))s; export KQUANT_REFCONV_PYTHON=$VENV/bin/python"
+
+if [ ! -f "$SRC/convert_hf_to_gguf.py" ]; then
+    tmp=$(mktemp -d "$DIR/dl.XXXXXX")
+    trap 'rm -rf "$tmp"' EXIT
+    "$PY" -m pip download --quiet --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$tmp" >&2
+    tar -xzf "$tmp"/llama_cpp_python-0.3.36.tar.gz -C "$tmp" \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/convert_hf_to_gguf.py \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/conversion \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/gguf-py \
+        llama_cpp_python-0.3.36/vendor/llama.cpp/models
+    rm -rf "$SRC"
+    mv "$tmp/llama_cpp_python-0.3.36/vendor/llama.cpp" "$SRC"
+fi
+
+if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transformers, sentencepiece, gguf" 2>/dev/null; then
+    "$PY" -m venv "$VENV"
+    # versions from llama.cpp's requirements-convert_legacy_llama.txt; torch from the local wheel
+    "$VENV/bin/pip" install --quiet torch==2.13.0 "transformers==4.57.6" "sentencepiece>=0.1.98,<0.3.0" numpy \
+        safetensors "protobuf>=4.21.0,<5.0.0" >&2
+    "$VENV/bin/pip" install --quiet "$SRC/gguf-py" >&2
+fi
+echo "setup_refconv: ready in $(( $(date +%s) - start ))s" >&2
+echo "export KQUANT_REFCONV_PYTHON=$VENV/bin/python KQUANT_LLAMA_CPP=$SRC"

@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from kquant import refpipeline
 import pytest
 
 from kquant.arch import load_spec, supported_architectures
@@ -28,8 +30,8 @@ from kquant.types import QType
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"
-LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
-REFCONV_PYTHON = os.environ.get("KQUANT_REFCONV_PYTHON")
+LLAMA_CPP = refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp"  # scripts/setup_refconv.sh
+REFCONV_PYTHON = refpipeline.refconv_python()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,8 @@ import time
 
 import gguf
 import numpy as np
+
+from kquant import refpipeline
 import pytest
 from gguf import GGMLQuantizationType as GT
 from gguf import GGUFValueType as VT
@@ -692,7 +694,7 @@ def test_fuzz_reader_only_raises_kquant_errors(muts):
 
 
 # --------------------------------------------------------------------- real files
-VOCAB_DIR = "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp/models"
+VOCAB_DIR = str((refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp") / "models")  # scripts/setup_refconv.sh
 VOCABS = ["ggml-vocab-aquila.gguf", "ggml-vocab-bert-bge.gguf", "ggml-vocab-llama-spm.gguf", "ggml-vocab-phi-3.gguf"]
 
 

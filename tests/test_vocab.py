@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from kquant import refpipeline
 from kquant.arch.hparams import to_hparams
 from kquant.arch.kv import KVRecorder
 from kquant.errors import InputError, UnsupportedError
@@ -30,9 +31,9 @@ from kquant.vocab import (
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"
-LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+LLAMA_CPP = refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp"  # scripts/setup_refconv.sh
 VOCABS = LLAMA_CPP / "models"
-REFCONV_PYTHON = os.environ.get("KQUANT_REFCONV_PYTHON")
+REFCONV_PYTHON = refpipeline.refconv_python()
 LLAMA_BPE_HASH = "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5"
 QWEN2_HASH = "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea"
 _UNPACKED: dict[str, Path] = {}
