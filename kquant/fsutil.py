@@ -1,4 +1,5 @@
-"""Atomic output files, output-is-not-an-input checks, and SIGTERM/SIGHUP as KeyboardInterrupt.
+"""Atomic output files, output-is-not-an-input checks, SIGTERM/SIGHUP as KeyboardInterrupt, and
+releasing pages of read-only mappings that a streaming reader has consumed.
 
 An output is written to a hidden temporary file next to it (`.NAME.kquant-tmp-<pid>-<rand>`),
 fsynced, then renamed over the final name and the directory fsynced: a reader sees either
@@ -9,6 +10,7 @@ temporary file; only SIGKILL or a crash can leave one behind, never a partial fi
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import signal
@@ -215,3 +217,20 @@ def handle_termination():
     finally:
         for s, h in old.items():
             signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def release_pages(mm, offset: int, nbytes: int) -> None:
+    """Drop a consumed byte range of a read-only shared mapping from this process's resident set.
+
+    Streaming through a mapping would otherwise leave every page read resident, so peak RSS would
+    grow with the file; the page cache keeps the data and a later access faults it back in."""
+    if mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    page = mmap.PAGESIZE
+    a = offset // page * page
+    b = min(len(mm), -(-(offset + nbytes) // page) * page)
+    if b > a:
+        try:
+            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
+        except (OSError, ValueError):
+            pass

@@ -26,6 +26,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from .errors import InputError, OutputError, UnsupportedError
+from .fsutil import release_pages
 from .types import QType
 
 GGUF_MAGIC = b"GGUF"
@@ -727,6 +728,10 @@ class GGUFFile:
         """The value of a metadata key (without its type), or default."""
         v = self.metadata.get(key)
         return default if v is None else v[1]
+
+    def release(self, offset: int, nbytes: int) -> None:
+        """Drop a consumed data range from the resident set (see fsutil.release_pages)."""
+        release_pages(self._mm, offset, nbytes)
 
     def close(self) -> None:
         mm, self._mm = self._mm, None

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsupportedError
+from .fsutil import release_pages
 
 HEADER_LEN_BYTES = 8  # u64 little-endian header length prefix
 MAX_HEADER_SIZE = 100_000_000  # safetensors/src/tensor.rs MAX_HEADER_SIZE
@@ -358,22 +359,7 @@ class SafetensorsFile:
         return out.reshape((stop - start, *info.shape[1:]))
 
     def _release(self, offset: int, nbytes: int) -> None:
-        """Drop a consumed byte range from this process's resident set (the page cache keeps it).
-
-        Streaming reads through a mapping would otherwise leave every page read resident, and
-        peak RSS would grow with the model. The mapping is read-only and shared, so a later
-        access simply faults the page back in."""
-        mm = self._mm
-        if mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        page = mmap.PAGESIZE
-        a = offset // page * page
-        b = min(len(mm), -(-(offset + nbytes) // page) * page)
-        if b > a:
-            try:
-                mm.madvise(mmap.MADV_DONTNEED, a, b - a)
-            except (OSError, ValueError):
-                pass
+        release_pages(self._mm, offset, nbytes)
 
     def close(self) -> None:
         mm, self._mm = self._mm, None

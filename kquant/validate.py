@@ -21,7 +21,6 @@ import csv
 import io
 import json
 import math
-import mmap
 import re
 import sys
 import time
@@ -143,7 +142,7 @@ class TensorRows:
         """Rows [start, stop) as float32 (stop - start, cols)."""
         q = self.raw[start * self.row_bytes : stop * self.row_bytes]
         out = self._decode(q, stop - start)
-        _release(self.gf, self.ti.offset_abs + start * self.row_bytes, (stop - start) * self.row_bytes)
+        self.gf.release(self.ti.offset_abs + start * self.row_bytes, (stop - start) * self.row_bytes)
         return out
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -153,7 +152,7 @@ class TensorRows:
 
     def release(self) -> None:
         """Drop the whole tensor's pages from the resident set (after a gather or a whole read)."""
-        _release(self.gf, self.ti.offset_abs, self.ti.nbytes)
+        self.gf.release(self.ti.offset_abs, self.ti.nbytes)
 
     def slabs(self, slab_bytes: int = SLAB_BYTES):
         """Yield (row_start, float32 rows) over the whole tensor."""
@@ -161,21 +160,6 @@ class TensorRows:
         for a in range(0, self.rows, step):
             b = min(self.rows, a + step)
             yield a, self.read(a, b)
-
-
-def _release(gf, offset: int, nbytes: int) -> None:
-    """Drop consumed pages of the GGUF mapping from the resident set (the page cache keeps them)."""
-    mm = getattr(gf, "_mm", None)
-    if mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    a = offset // page * page
-    b = min(len(mm), -(-(offset + nbytes) // page) * page)
-    if b > a:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
-        except (OSError, ValueError):
-            pass
 
 
 # ====================================================================== results
