@@ -272,11 +272,9 @@ def _positive_int_arg(s: str) -> int:
 def _set_threads(n) -> None:
     if n is None:
         return
-    import numba
+    from .quants import set_threads
 
-    if n > numba.config.NUMBA_NUM_THREADS:
-        raise InputError(f"--threads {n}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
-    numba.set_num_threads(n)
+    set_threads(n)
 
 
 def _check_report_outputs(args, inputs) -> None:

@@ -15,15 +15,15 @@ import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _sums(src, deq):
     # src, deq: float32 (rows, cols) -> per-row float64 sums, reduced in row order by the caller
     rows, cols = src.shape
     out = np.zeros((rows, 5), dtype=np.float64)
-    for r in prange(rows):
+    for r in range(rows):
         se = 0.0
         ss = 0.0
         sd = 0.0

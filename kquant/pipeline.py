@@ -260,11 +260,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
 
     opts = options or Options()
     if opts.threads is not None:
-        import numba
-
-        if not 1 <= opts.threads <= numba.config.NUMBA_NUM_THREADS:
-            raise InputError(f"--threads {opts.threads}: must be between 1 and {numba.config.NUMBA_NUM_THREADS}")
-        numba.set_num_threads(opts.threads)
+        quants.set_threads(opts.threads)
     t0 = time.perf_counter()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)

@@ -7,15 +7,55 @@ The registry is keyed by QType and filled from every family module in kquant.ker
 from __future__ import annotations
 
 import importlib
+from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
+import numba
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
+from .errors import InputError
 from .kernels import FAMILIES, Kernel
 from .types import BLOCK_DTYPES, QType, parse_qtype
 
 _EMPTY = np.empty(0, dtype=np.float32)
+MAX_THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))  # cores, or the NUMBA_NUM_THREADS variable
+MIN_VALUES_PER_THREAD = 1 << 16  # below this a tensor is not worth splitting across threads
+_threads = MAX_THREADS
+_pool: ThreadPoolExecutor | None = None
+
+
+def set_threads(n: int) -> None:
+    """Threads used by quantize/dequantize (1 .. MAX_THREADS)."""
+    global _threads
+    if not 1 <= int(n) <= MAX_THREADS:
+        raise InputError(f"--threads {n}: must be between 1 and {MAX_THREADS}")
+    _threads = int(n)
+
+
+def get_threads() -> int:
+    return _threads
+
+
+def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
+    """fn(*args) on disjoint row ranges of the leading 2-D arrays, on up to `_threads` threads
+    (the kernels are nogil, so the ranges run in parallel)."""
+    global _pool
+    n = min(_threads, rows, max(1, rows * cols // MIN_VALUES_PER_THREAD))
+    if n <= 1:
+        fn(*arrays_and_args)
+        return
+    if _pool is None or _pool._max_workers < MAX_THREADS:
+        _pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="kquant")
+    bounds = [rows * i // n for i in range(n + 1)]
+
+    def part(a, b):
+        return [v[a:b] if isinstance(v, np.ndarray) and v.ndim == 2 else v for v in arrays_and_args]
+
+    futs = [_pool.submit(fn, *part(bounds[i], bounds[i + 1])) for i in range(1, n)]
+    fn(*part(bounds[0], bounds[1]))
+    for f in futs:
+        f.result()
 
 
 @lru_cache(maxsize=None)
@@ -42,18 +82,15 @@ def supported_types() -> list[QType]:
     return sorted(registry(), key=int)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def count_nonfinite(x):
-    """Number of NaN/Inf values in a 2-D float32 array (parallel over rows)."""
-    rows = x.shape[0]
-    counts = np.zeros(rows, dtype=np.int64)
-    for r in prange(rows):
-        c = 0
+    """Number of NaN/Inf values in a 2-D float32 array."""
+    c = 0
+    for r in range(x.shape[0]):
         for v in x[r]:
             if not np.isfinite(v):
                 c += 1
-        counts[r] = c
-    return counts.sum()
+    return c
 
 
 def _as_rows(x, name: str = "x") -> np.ndarray:
@@ -68,18 +105,13 @@ def _as_rows(x, name: str = "x") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def count_fp16_overflow(bits):
     """Number of fp16 codes (1-D uint16, any stride) with an all-ones exponent (inf or NaN)."""
-    n = bits.shape[0]
-    chunks = max(1, min(n // 65536, 64))
-    counts = np.zeros(chunks, dtype=np.int64)
-    for c in prange(chunks):
-        k = 0
-        for i in range(c * n // chunks, (c + 1) * n // chunks):
-            k += (bits[i] & np.uint16(0x7C00)) == np.uint16(0x7C00)
-        counts[c] = k
-    return counts.sum()
+    k = 0
+    for i in range(bits.shape[0]):
+        k += (bits[i] & np.uint16(0x7C00)) == np.uint16(0x7C00)
+    return k
 
 
 def _check_scales(q: np.ndarray, t: QType) -> None:
@@ -129,7 +161,7 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     elif out.shape != (rows, row_bytes) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous uint8 array of shape {(rows, row_bytes)}")
     if rows:
-        k.quantize(x, qw, out)
+        _run_rows(k.quantize, rows, cols, x, qw, out)
         _check_scales(out, t)
     return out
 
@@ -154,5 +186,5 @@ def dequantize(q: np.ndarray, qtype, shape) -> np.ndarray:
     q2 = np.ascontiguousarray(q).reshape(rows, row_bytes)
     out = np.empty((rows, cols), dtype=np.float32)
     if rows and cols:
-        k.dequantize(q2, out)
+        _run_rows(k.dequantize, rows, cols, q2, out)
     return out.reshape(shape)

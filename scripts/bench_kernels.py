@@ -21,8 +21,6 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-import numba  # noqa: E402
-
 from kquant import quants, reference  # noqa: E402
 from kquant.types import QType, parse_qtype  # noqa: E402
 
@@ -70,7 +68,7 @@ def main(argv=None) -> int:
     x = (rng.standard_t(5, size=(args.rows, args.cols)) * 0.02).astype(np.float32)
     qw = rng.random(args.cols).astype(np.float32) + 0.1 if args.imatrix else None
     mb = x.nbytes / 1e6
-    n_all = numba.config.NUMBA_NUM_THREADS
+    n_all = quants.MAX_THREADS
     print(f"input {args.rows}x{args.cols} float32 = {mb:.1f} MB, imatrix={'yes' if args.imatrix else 'no'}, "
           f"threads: 1 and {n_all}")
     hdr = f"{'type':6} {'first call s':>12} {'kq 1t MB/s':>11} {'ref 1t':>8} {'ratio':>6} " \
@@ -86,14 +84,14 @@ def main(argv=None) -> int:
         row = [f"{t.name:6}", f"{first:12.2f}"]
         same = True
         for n in (1, n_all):
-            numba.set_num_threads(n)
+            quants.set_threads(n)
             got = quants.quantize(x, t, w)
             tk = best_time(lambda: quants.quantize(x, t, w, check_finite=False), args.repeat)
             want = ref_threaded(x, t, w, n)
             tr = best_time(lambda: ref_threaded(x, t, w, n), args.repeat)
             same &= bool(np.array_equal(got, want))
             row += [f"{mb / tk:11.0f}" if n == 1 else f"{mb / tk:8.0f}", f"{mb / tr:8.0f}", f"{tr / tk:6.2f}"]
-        numba.set_num_threads(n_all)
+        quants.set_threads(n_all)
         print(" ".join(row), " identical" if same else " DIFFERENT")
     return 0
 

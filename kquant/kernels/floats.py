@@ -6,24 +6,24 @@ Importance weights do not apply to these types; ggml ignores them too.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QType
 from . import Kernel
 from ._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, sel
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def quantize_f32(x, qw, out):
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         out[r, :] = x[r].view(np.uint8)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def dequantize_f32(q, out):
     rows = q.shape[0]
-    for r in prange(rows):
+    for r in range(rows):
         out[r, :] = q[r].view(np.float32)
 
 
@@ -53,35 +53,35 @@ def _row_to_f16(a, o):
         o[i] = np.uint16(sign | v)
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def quantize_f16(x, qw, out):
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         _row_to_f16(x[r].view(np.uint32), out[r].view(np.uint16))
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def dequantize_f16(q, out):
     rows, cols = out.shape
-    for r in prange(rows):
+    for r in range(rows):
         h = q[r].view(np.uint16)
         for i in range(cols):
             out[r, i] = fp16_to_fp32(h[i])
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def quantize_bf16(x, qw, out):
     rows, cols = x.shape
-    for r in prange(rows):
+    for r in range(rows):
         o = out[r].view(np.uint16)
         for i in range(cols):
             o[i] = fp32_to_bf16(x[r, i])
 
 
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def dequantize_bf16(q, out):
     rows, cols = out.shape
-    for r in prange(rows):
+    for r in range(rows):
         h = q[r].view(np.uint16)
         for i in range(cols):
             out[r, i] = bf16_to_fp32(h[i])

@@ -27,7 +27,7 @@ Speed notes (numba leaves LLVM's SLP vectorizer off, so only loops vectorize):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QType
 from . import Kernel, q4_k
@@ -682,11 +682,11 @@ def dequantize_row_q8_0(q, y):
 
 
 # ggml-quants.c quantize_q4_0
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def quantize_q4_0(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*18]."""
     weighted = qw.shape[0] > 0
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         if weighted:
             _quantize_row_x0_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), False)
         else:
@@ -694,11 +694,11 @@ def quantize_q4_0(x, qw, out):
 
 
 # ggml-quants.c quantize_q4_1
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def quantize_q4_1(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*20]."""
     weighted = qw.shape[0] > 0
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         if weighted:
             _quantize_row_x1_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), False)
         else:
@@ -706,11 +706,11 @@ def quantize_q4_1(x, qw, out):
 
 
 # ggml-quants.c quantize_q5_0
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def quantize_q5_0(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*22]."""
     weighted = qw.shape[0] > 0
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         if weighted:
             _quantize_row_x0_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), True)
         else:
@@ -718,11 +718,11 @@ def quantize_q5_0(x, qw, out):
 
 
 # ggml-quants.c quantize_q5_1
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def quantize_q5_1(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*24]."""
     weighted = qw.shape[0] > 0
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         if weighted:
             _quantize_row_x1_impl(x[r], qw, out[r], np.empty(SCRATCH, dtype=np.float32), True)
         else:
@@ -730,40 +730,40 @@ def quantize_q5_1(x, qw, out):
 
 
 # ggml-quants.c quantize_q8_0 (importance weights are ignored)
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def quantize_q8_0(x, qw, out):
     """x float32[rows, n], qw ignored, out uint8[rows, n/32*34]."""
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         quantize_row_q8_0_ref(x[r], out[r])
 
 
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def dequantize_q4_0(q, out):
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q4_0(q[r], out[r])
 
 
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def dequantize_q4_1(q, out):
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q4_1(q[r], out[r])
 
 
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def dequantize_q5_0(q, out):
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q5_0(q[r], out[r])
 
 
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def dequantize_q5_1(q, out):
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q5_1(q[r], out[r])
 
 
-@njit(error_model="numpy", parallel=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True)
 def dequantize_q8_0(q, out):
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q8_0(q[r], out[r])
 
 

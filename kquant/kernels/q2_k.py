@@ -27,7 +27,7 @@ k = 128*h + 32*t + l (h = 0, 1; t = 0..3; l = 0..31):
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
@@ -394,10 +394,10 @@ def quantize_row_q2_k(x, qw, y):
             quantize_block_q2_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls, Lm)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def quantize(x, qw, out):
     """ggml_quantize_chunk(GGML_TYPE_Q2_K, x, out, 0, rows, cols, qw or NULL)."""
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         quantize_row_q2_k(x[r], qw, out[r])
 
 
@@ -420,10 +420,10 @@ def dequantize_row_q2_k(q, y):
                 y[yo + k] = dl * np.float32(l) - ml
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q2_K over every row."""
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q2_k(q[r], out[r])
 
 

@@ -40,7 +40,7 @@ aux[0..2] = the 12 bytes as little-endian uint32, tmp = aux[2], then
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
@@ -316,10 +316,10 @@ def quantize_row_q3_k(x, qw, y):
             quantize_block_q3_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def quantize(x, qw, out):
     """ggml_quantize_chunk(GGML_TYPE_Q3_K, x, out, 0, rows, cols, qw or NULL)."""
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         quantize_row_q3_k(x[r], qw, out[r])
 
 
@@ -340,10 +340,10 @@ def dequantize_row_q3_k(q, y):
                 y[yo + k] = dl * np.float32(q2 - (0 if hb else 4))
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q3_K over every row."""
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q3_k(q[r], out[r])
 
 

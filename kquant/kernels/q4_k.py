@@ -26,7 +26,7 @@ and vectorizes the lane loops.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import K_SCALE_SIZE, QK_K, QType
 from . import Kernel
@@ -543,11 +543,11 @@ def k45_chunk(x, qw, out, s, c0, nsb, q5):
 # quant_weights is NULL, else quantize_row_q*_K_impl per row). One driver serves both types
 # (the type follows from the row size: 144 or 176 bytes per super-block) so numba compiles
 # the parallel driver once (its compile cost is most of the kernels' first-call time).
-@njit(parallel=True, **JIT)
+@njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k(x, qw, out):
     nb = x.shape[1] // QK_K
     q5 = np.int64(1 if nb > 0 and out.shape[1] == nb * Q5K_BYTES else 0)
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         s = np.empty(SCRATCH, dtype=np.float32)
         for c0 in range(0, nb, SB_PER_CHUNK):
             k45_chunk(x[r], qw, out[r], s, c0, min(SB_PER_CHUNK, nb - c0), q5)
@@ -578,11 +578,11 @@ def q4_k_dequant_block(q, off, y, yo, sub):
             y[U(o + SUB + l)] = d2 * np.float32(np.int32(q[U(qo + l)]) >> np.int32(4)) - m2
 
 
-@njit(parallel=True, **JIT)
+@njit(nogil=True, **JIT)
 def dequantize_q4_k(q, out):
     nb = out.shape[1] // QK_K
     sub = out.shape[1] // max(nb, 1) // NSUB  # == SUB
-    for r in prange(out.shape[0]):
+    for r in range(out.shape[0]):
         qr = q[r]
         yr = out[r]
         for b in range(nb):

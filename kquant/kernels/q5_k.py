@@ -10,7 +10,7 @@ and the qh/qs packing of Q5_K); this module adds the dequantizer.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
@@ -57,10 +57,10 @@ def q5_k_dequant_block(q, off, y, yo):
             y[U(o + SUB + l)] = d2 * np.float32(np.int32(q[U(qo + l)] >> 4) + (16 if h & u2 else 0)) - m2
 
 
-@njit(parallel=True, **JIT)
+@njit(nogil=True, **JIT)
 def dequantize_q5_k(q, out):
     nb = out.shape[1] // QK_K
-    for r in prange(out.shape[0]):
+    for r in range(out.shape[0]):
         qr = q[r]
         yr = out[r]
         for b in range(nb):

@@ -37,7 +37,7 @@ scales[j] is signed: d * scales[j] may be negative (ggml picks the sign of the l
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
@@ -405,10 +405,10 @@ def quantize_row_q6_k(x, qw, y):
         quantize_block_q6_k(x, b * QK_K, qw, y, b * TS, wk)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def quantize(x, qw, out):
     """ggml_quantize_chunk(GGML_TYPE_Q6_K, x, out, 0, rows, cols, qw or NULL)."""
-    for r in prange(x.shape[0]):
+    for r in range(x.shape[0]):
         quantize_row_q6_k(x[r], qw, out[r])
 
 
@@ -439,10 +439,10 @@ def dequantize_row_q6_k(q, y):
                 y[yo + 128 * h + l + 96] = d * np.float32(np.int8(q[sc + is_ + 6])) * np.float32(q4)
 
 
-@njit(parallel=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q6_K over every row."""
-    for r in prange(q.shape[0]):
+    for r in range(q.shape[0]):
         dequantize_row_q6_k(q[r], out[r])
 
 
