@@ -1,0 +1,343 @@
+#!/usr/bin/env python3
+"""Benchmark kquant's automatic mix against llama.cpp's Q4_K_M at the same file size, by perplexity.
+
+The model: a tiny Llama trained on local text by scripts/train_tiny_lm.py (cached in
+/tmp/kquant-tinylm; rebuilt when missing, ~15 min on 2 cores), its held-out text and an
+importance matrix computed the way llama-imatrix does from separate calibration text.
+
+For each of (no imatrix, with the imatrix):
+  reference  llama.cpp's own pipeline: convert_hf_to_gguf.py --outtype bf16, then
+             llama_model_quantize Q4_K_M (with the imatrix given as llama-quantize gives it)
+  kquant     kquant convert --target-size <that Q4_K_M file's size> (same imatrix)
+and perplexity of every file, BF16 included, measured by llama.cpp itself (llama-cpp-python,
+repacking off) on the held-out text: chunks of N_CTX tokens, BOS first, the second half of each
+chunk scored, as llama-perplexity does.
+
+    .venv/bin/python scripts/bench_mix.py [--model DIR] [--eval-tokens 65536] [--json]
+
+`--fit` instead measures, for each quantizable tensor alone quantized to Q3_K (all others Q8_0),
+the KL divergence of llama.cpp's next-token distribution from the all-Q8_0 model's on the
+calibration text, divided by automix's relative output error: the per-kind sensitivities
+behind kquant.automix.SENSITIVITY (run it on a model other than the benchmark one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from kquant import automix, refpipeline  # noqa: E402
+from kquant import pipeline as cv  # noqa: E402
+from kquant.imatrix import load_imatrix  # noqa: E402
+from kquant.types import QType  # noqa: E402
+
+CACHE = Path(os.environ.get("KQUANT_TINYLM", "/tmp/kquant-tinylm"))
+LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
+DEFAULT_REFCONV = "/tmp/refconv/bin/python"  # scripts/setup_refconv.sh's default venv
+N_CTX = 128  # the tiny model's training context
+FIT_TYPES = (QType.Q3_K,)
+FIT_TOKENS = 4096
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_model(cache: Path, train_args=()) -> Path:
+    """The trained model folder (training it first when missing)."""
+    model = cache / "model"
+    if (model / "model.safetensors").exists() and (cache / "imatrix.gguf").exists():
+        return model
+    py = refpipeline.refconv_python() or "/tmp/refconv/bin/python"
+    if not Path(py).exists():
+        raise SystemExit("no Python with torch: run scripts/setup_refconv.sh (or set KQUANT_REFCONV_PYTHON)")
+    log(f"training the tiny LM into {cache} (takes ~15 min) ...")
+    subprocess.run([py, str(ROOT / "scripts" / "train_tiny_lm.py"), "--out", str(cache), *train_args], check=True)
+    return model
+
+
+# ---------------------------------------------------------------- llama.cpp side
+def llama_bf16(model: Path, out: Path) -> Path:
+    """convert_hf_to_gguf.py --outtype bf16 (the reference venv), or kquant's byte-identical BF16."""
+    if out.exists():
+        return out
+    os.environ.setdefault("KQUANT_LLAMA_CPP", str(LLAMA_CPP))
+    if Path(DEFAULT_REFCONV).exists():
+        os.environ.setdefault("KQUANT_REFCONV_PYTHON", DEFAULT_REFCONV)
+    if refpipeline.available():
+        refpipeline.convert_hf_bf16(model, out)
+    else:
+        log("reference converter not set up: BF16 file from kquant (byte-identical by the project's tests)")
+        cv.convert(model, out, "BF16", cv.Options())
+    return out
+
+
+def llama_quantize(src: Path, dst: Path, ftype: str, im=None) -> Path:
+    """llama_model_quantize with params.imatrix and the quantize.imatrix.* kv_overrides as llama-quantize sets them."""
+    import llama_cpp
+
+    from kquant.types import parse_ftype
+
+    p = llama_cpp.llama_model_quantize_default_params()
+    p.ftype = int(parse_ftype(ftype))
+    p.nthread = 2
+    keep = []
+    if im is not None and im.weights:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(im.weights) + 1))()
+        for i, (name, values) in enumerate(im.weights.items()):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(values)
+            arr[i].name = name.encode()
+            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = values.size
+        arr[len(im.weights)].name = None
+        p.imatrix = arr
+        ovs = []
+        INT, STR = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+        ovs.append((b"quantize.imatrix.file", STR, os.fsencode(im.path)[:127]))
+        if im.datasets:
+            ovs.append((b"quantize.imatrix.dataset", STR, im.datasets[0].encode()[:127]))
+        ovs.append((b"quantize.imatrix.entries_count", INT, len(im.weights)))
+        if im.chunk_count > 0:
+            ovs.append((b"quantize.imatrix.chunks_count", INT, im.chunk_count))
+        kvo = (llama_cpp.llama_model_kv_override * (len(ovs) + 1))()
+        for i, (key, tag, val) in enumerate(ovs):
+            kvo[i].key = key
+            kvo[i].tag = tag
+            if tag == STR:
+                kvo[i].value.val_str = val
+            else:
+                kvo[i].value.val_i64 = val
+        kvo[len(ovs)].key = b""
+        p.kv_overrides = kvo
+        keep += [arr, kvo]
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize failed ({rc})")
+    return dst
+
+
+class LlamaEval:
+    """A GGUF loaded in llama.cpp (CPU repacking off, as refpipeline.eval_logits), scoring chunks."""
+
+    def __init__(self, path: Path, n_ctx: int = N_CTX, threads: int = 2):
+        import llama_cpp
+        import llama_cpp.llama as high
+
+        orig = llama_cpp.llama_model_default_params
+
+        def no_repack():
+            p = orig()
+            p.use_extra_bufts = False
+            return p
+
+        high.llama_cpp.llama_model_default_params = no_repack
+        try:
+            self.m = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
+                                     verbose=False, n_threads=threads, n_threads_batch=threads)
+        finally:
+            high.llama_cpp.llama_model_default_params = orig
+        self.n_ctx = n_ctx
+
+    def tokenize(self, text: str) -> list[int]:
+        return self.m.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+
+    def chunk_logprobs(self, chunk: list[int]) -> np.ndarray:
+        """log-softmax of the scored positions (second half) of one chunk (BOS first, as llama-perplexity)."""
+        toks = [self.m.token_bos()] + list(chunk[1:])
+        self.m.reset()
+        self.m.eval(toks)
+        lg = np.array(self.m.scores[: len(toks)], dtype=np.float64)
+        first = len(toks) // 2
+        z = lg[first : len(toks) - 1]
+        z = z - z.max(axis=1, keepdims=True)
+        return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+    def close(self):
+        self.m.close()
+
+
+def chunks_of(tokens: list[int], n_ctx: int, n_tokens: int) -> list[list[int]]:
+    n = min(len(tokens), n_tokens) // n_ctx
+    return [tokens[i * n_ctx : (i + 1) * n_ctx] for i in range(n)]
+
+
+def perplexity(path: Path, chunks: list[list[int]]) -> float:
+    ev = LlamaEval(path)
+    nll, cnt = 0.0, 0
+    try:
+        for ch in chunks:
+            lp = ev.chunk_logprobs(ch)
+            first = len(ch) // 2
+            tgt = np.array(ch[first + 1 :])
+            nll -= float(lp[np.arange(len(tgt)), tgt].sum())
+            cnt += len(tgt)
+    finally:
+        ev.close()
+    return math.exp(nll / cnt)
+
+
+def read_text(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- benchmark
+def bench(a) -> dict:
+    model = ensure_model(a.cache) if a.model is None else Path(a.model)
+    cache = a.cache if a.model is None else Path(a.model).parent
+    work = cache / "bench"
+    work.mkdir(exist_ok=True)
+    imatrix_path = cache / "imatrix.gguf"
+    bf16 = llama_bf16(model, work / "bf16.gguf")
+    ev = LlamaEval(bf16)
+    tokens = ev.tokenize(read_text(cache / "heldout.txt"))
+    ev.close()
+    chunks = chunks_of(tokens, N_CTX, a.eval_tokens)
+    log(f"held-out: {len(chunks)} chunks of {N_CTX} tokens ({len(chunks) * (N_CTX // 2 - 1)} scored)")
+    res = {"model": str(model), "eval_chunks": len(chunks), "n_ctx": N_CTX, "scored_tokens": len(chunks) * (N_CTX // 2 - 1)}
+    t = time.perf_counter()
+    res["bf16"] = {"file_bytes": bf16.stat().st_size, "ppl": perplexity(bf16, chunks)}
+    log(f"BF16 ppl {res['bf16']['ppl']:.4f} ({time.perf_counter() - t:.0f} s)")
+    for label, use_im in (("no_imatrix", False), ("imatrix", True)):
+        if a.only and a.only != label:
+            continue
+        im = load_imatrix(imatrix_path) if use_im else None
+        res[label] = {}
+        for recipe in a.recipes.split(","):
+            t = time.perf_counter()
+            measured = automix.measure_model(model, recipe, cv.Options(imatrix=im))
+            res[label]["measure_seconds"] = round(time.perf_counter() - t, 2)
+            ref = work / f"llama-{recipe}-{label}.gguf"
+            if not ref.exists():
+                llama_quantize(bf16, ref, recipe, im)
+            size = ref.stat().st_size
+            # sanity: kquant's own recipe file is byte-identical to llama.cpp's
+            mine = work / f"kquant-{recipe}-{label}.gguf"
+            cv.convert(model, mine, recipe, cv.Options(imatrix=im, force=True))
+            identical = mine.read_bytes() == ref.read_bytes()
+            mine.unlink()
+            auto = work / f"kquant-auto-{recipe}-{label}.gguf"
+            mix = automix.mix_for_budget(measured, target_size=size)
+            cv.convert(model, auto, recipe, cv.Options(imatrix=im, type_map=mix.type_map, force=True))
+            log(mix.summary())
+            row = {"target_size": size, "kquant_recipe_identical": identical}
+            for name, path in (("llama", ref), ("kquant_auto", auto)):
+                t = time.perf_counter()
+                ppl = perplexity(path, chunks)
+                row[name] = {"file_bytes": path.stat().st_size, "ppl": ppl}
+                log(f"[{label} {recipe}] {name}: {path.stat().st_size} bytes, ppl {ppl:.4f} ({time.perf_counter() - t:.0f} s)")
+            base = res["bf16"]["ppl"]
+            gap_ref = row["llama"]["ppl"] - base
+            gap_auto = row["kquant_auto"]["ppl"] - base
+            row["gap_closed"] = (1 - gap_auto / gap_ref) if gap_ref > 0 else None
+            row["within_budget"] = row["kquant_auto"]["file_bytes"] <= size
+            row["mix"] = {k: v for k, v in mix.as_json().items() if k != "tensors"}
+            res[label][recipe] = row
+    return res
+
+
+# ---------------------------------------------------------------- sensitivity fit
+def fit(a) -> dict:
+    """KL of each single-tensor quantization vs automix's relative error (see module docstring).
+
+    The reference is the model with every quantizable tensor in Q8_0 (not BF16): llama.cpp's
+    quantized matmuls also quantize the activations, and against an all-Q8_0 reference that part
+    cancels, leaving the effect of the tensor's own weight error (Q3_K's minus Q8_0's, which is
+    two orders of magnitude smaller)."""
+    model = Path(a.model) if a.model else ensure_model(a.cache)
+    cache = model.parent
+    work = cache / "fit"
+    work.mkdir(exist_ok=True)
+    modes = [("no_imatrix", None)]
+    if (cache / "imatrix.gguf").exists() and not a.no_imatrix:
+        modes.append(("imatrix", load_imatrix(cache / "imatrix.gguf")))
+    out = {"model": str(model), "tokens": 0, "types": [q.ggml_name for q in FIT_TYPES], "modes": {}}
+    for label, im in modes:
+        base = work / f"q8-{label}.gguf"
+        cv.convert(model, base, "Q8_0", cv.Options(imatrix=im, force=True))
+        ev = LlamaEval(base)
+        chunks = chunks_of(ev.tokenize(read_text(cache / "calib.txt")), N_CTX, FIT_TOKENS)
+        ref_lp = [ev.chunk_logprobs(c) for c in chunks]
+        ev.close()
+        out["tokens"] = len(chunks) * N_CTX
+        with cv.open_model(model) as ckpt:
+            spec = cv.build_spec(ckpt, model, vocab=False)
+            plan = cv.plan_from_spec(spec, automix.parse_ftype("Q8_0"), None, im)
+            curves = automix.measure(ckpt, spec, plan, None, im)
+        rows = []
+        for c in curves:
+            if c.fixed:
+                continue
+            for q in FIT_TYPES:
+                if q not in c.types:
+                    continue
+                path = work / "one.gguf"
+                cv.convert(model, path, "Q8_0", cv.Options(imatrix=im, type_map={c.name: q}, force=True))
+                ev = LlamaEval(path)
+                kl = 0.0
+                n = 0
+                for ch, lp0 in zip(chunks, ref_lp):
+                    lp = ev.chunk_logprobs(ch)
+                    kl += float((np.exp(lp0) * (lp0 - lp)).sum())
+                    n += lp0.shape[0]
+                ev.close()
+                rel = c.rel[c.index(q)] - c.rel[c.index(QType.Q8_0)]
+                rows.append({"name": c.name, "kind": c.kind, "type": q.ggml_name, "kl": kl / n, "rel": rel,
+                             "sens": (kl / n) / rel if rel > 0 else None, "n": int(np.prod(c.shape))})
+                log(f"[{label}] {c.name:28s} {q.ggml_name}: KL {kl / n:.3e} rel {rel:.3e} KL/rel {rows[-1]['sens']:.3g}")
+        kinds = sorted({r["kind"] for r in rows})
+        med = {k: float(np.median([r["sens"] for r in rows if r["kind"] == k])) for k in kinds}
+        norm = float(np.median([med[k] for k in ("attn_output", "ffn_down") if k in med])) if med else 1.0
+        out["modes"][label] = {"rows": rows, "median_kl_per_rel": med,
+                               "relative": {k: v / norm for k, v in med.items()}}
+        log(f"[{label}] sensitivity relative to attn_output/ffn_down: "
+            + ", ".join(f"{k} {v / norm:.2f}" for k, v in med.items()))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cache", type=Path, default=CACHE, help="where the trained model lives (default /tmp/kquant-tinylm)")
+    ap.add_argument("--model", help="use this HF model folder instead (its parent holds heldout.txt, calib.txt, imatrix.gguf)")
+    ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens evaluated (in chunks of 128)")
+    ap.add_argument("--only", choices=("no_imatrix", "imatrix"), help="run one of the two comparisons")
+    ap.add_argument("--recipes", default="Q4_K_M", help="llama.cpp file types whose sizes are matched (default Q4_K_M)")
+    ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
+    ap.add_argument("--no-imatrix", action="store_true", help="--fit: skip the imatrix mode")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    a = ap.parse_args(argv)
+    res = fit(a) if a.fit else bench(a)
+    text = json.dumps(res, indent=1, default=str)
+    if a.json:
+        a.json.write_text(text + "\n")
+    if not a.fit:
+        b = res["bf16"]["ppl"]
+        print(f"\nBF16 perplexity {b:.4f} ({res['scored_tokens']} held-out tokens scored, n_ctx {N_CTX})")
+        for label in ("no_imatrix", "imatrix"):
+            if label not in res:
+                continue
+            for recipe, r in res[label].items():
+                if not isinstance(r, dict):
+                    continue
+                q, k = r["llama"], r["kquant_auto"]
+                print(f"{label:10s} {recipe}: llama.cpp {q['ppl']:.4f} ({q['file_bytes']} B) | kquant auto {k['ppl']:.4f} "
+                      f"({k['file_bytes']} B, within budget: {r['within_budget']}) | gap closed "
+                      f"{100 * r['gap_closed']:.1f}% | kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")
+            print(f"{label:10s} measuring pass {res[label]['measure_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""kquant.automix: budgets are never exceeded, more budget never predicts more damage, the knapsack is
+exact, block sizes and 1-D tensors are respected, and the written file is what the plan says."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from kquant import automix, cli
+from kquant import pipeline as cv
+from kquant.errors import InputError
+from kquant.gguf_io import GGUFFile
+from kquant.imatrix import ImatrixData
+from kquant.recipe import Overrides
+from kquant.types import QType
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = ROOT / "fixtures" / "tiny-llama"
+N_BUDGETS = 60
+
+
+@pytest.fixture(scope="module")
+def measured():
+    return automix.measure_model(TINY, "Q4_K_M")
+
+
+def _span(m):
+    lo = sum(min(c.nbytes) for c in m.curves)
+    hi = sum(max(c.nbytes) for c in m.curves)
+    return lo, hi
+
+
+def test_budget_never_exceeded_and_monotone(measured):
+    lo, hi = _span(measured)
+    rng = np.random.default_rng(0)
+    budgets = sorted(set(int(b) for b in rng.integers(lo, hi + 2, size=N_BUDGETS)) | {lo, hi})
+    n_el = measured.n_elements
+    prev = None
+    for b in budgets:
+        bpw = b * 8 / n_el
+        if b == lo:
+            bpw = (b + 0.5) * 8 / n_el  # float rounding must not lose the cheapest mix's last byte
+        mix = automix.mix_for_budget(measured, target_bpw=bpw)
+        assert mix.tensor_bytes <= mix.budget <= bpw * n_el / 8 and mix.bpw <= bpw
+        if prev is not None:
+            assert mix.damage <= prev, (b, mix.damage, prev)
+        prev = mix.damage
+    # everything exact at the top: zero predicted damage
+    assert automix.mix_for_budget(measured, target_bpw=hi * 8 / n_el + 1).damage == 0.0
+
+
+def test_recipe_is_never_beaten_by_the_recipe(measured):
+    """At the recipe's own size the mix predicts at most the recipe's damage (the recipe is a candidate)."""
+    recipe_bytes = sum(c.nbytes[c.index(c.recipe)] for c in measured.curves)
+    mix = automix.mix_for_budget(measured, target_bpw=recipe_bytes * 8 / measured.n_elements)
+    assert mix.tensor_bytes <= recipe_bytes
+    assert mix.damage <= mix.recipe_damage
+
+
+def test_too_small_budget(measured):
+    with pytest.raises(InputError, match="too small"):
+        automix.mix_for_budget(measured, target_bpw=1.0)
+
+
+def test_knapsack_is_exact_on_small_instances():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        n = int(rng.integers(1, 5))
+        costs, dmg = [], []
+        for _ in range(n):
+            k = int(rng.integers(1, 4))
+            c = sorted(int(x) for x in rng.integers(1, 40, size=k))
+            costs.append(c)
+            dmg.append([float(x) for x in rng.random(k)])
+        budget = int(rng.integers(0, sum(max(c) for c in costs) + 5))
+        got = automix.solve(costs, dmg, budget)
+        best = None
+        for pick in itertools.product(*[range(len(c)) for c in costs]):
+            if sum(costs[i][k] for i, k in enumerate(pick)) <= budget:
+                d = sum(dmg[i][k] for i, k in enumerate(pick))
+                best = d if best is None else min(best, d)
+        if best is None:
+            assert got is None
+        else:
+            assert sum(costs[i][k] for i, k in enumerate(got)) <= budget
+            assert sum(dmg[i][k] for i, k in enumerate(got)) == pytest.approx(best, rel=1e-12, abs=1e-15)
+
+
+def test_coarse_grid_rounds_costs_up(monkeypatch):
+    """When the gcd grid is too fine, the coarser unit still never exceeds the budget."""
+    monkeypatch.setattr(automix, "MAX_UNITS", 7)
+    rng = np.random.default_rng(2)
+    for _ in range(100):
+        costs = [sorted(int(x) for x in rng.integers(1, 1000, size=3)) for _ in range(4)]
+        dmg = [[3.0, 2.0, 1.0] for _ in range(4)]
+        budget = int(rng.integers(sum(c[0] for c in costs), sum(c[-1] for c in costs) + 1))
+        got = automix.solve(costs, dmg, budget)
+        assert sum(costs[i][k] for i, k in enumerate(got)) <= budget
+
+
+def test_candidates_respect_block_sizes():
+    for cols, ref in ((4096, QType.BF16), (96, QType.BF16), (200, QType.F16), (768, QType.F32)):
+        cands = automix.candidates_for(cols, ref)
+        assert cands[-1] == ref
+        assert all(cols % t.block_size == 0 for t in cands), (cols, cands)
+    assert automix.candidates_for(96, QType.BF16)[:-1] == list(automix.LEGACY_CANDIDATES)
+    assert automix.candidates_for(200, QType.BF16)[:-1] == [QType.F16]
+
+
+def _make(path, **kw):
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from make_tiny_model import make
+
+    return make(path, **kw)
+
+
+@pytest.fixture(scope="module")
+def odd_model(tmp_path_factory):
+    """Rows of 96 (32-multiples only) and 200 (no 32-block type fits)."""
+    return _make(tmp_path_factory.mktemp("odd") / "m", layers=1, hidden=96, heads=2, kv_heads=1, ffn=200, vocab=300, seed=3)
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """One layer of 256-wide rows: cheap to measure, for the CLI and imatrix tests."""
+    return _make(tmp_path_factory.mktemp("small") / "m", layers=1, hidden=256, heads=2, kv_heads=1, ffn=256, vocab=300,
+                 seed=5)
+
+
+@pytest.fixture(scope="module")
+def small_measured(small_model):
+    return automix.measure_model(small_model, "Q4_K_M")
+
+
+def test_odd_rows_and_1d_tensors(odd_model, tmp_path):
+    m = automix.measure_model(odd_model, "Q4_K_M")
+    lo, hi = _span(m)
+    mix = automix.mix_for_budget(m, target_size=m.header_bytes + (lo + hi) // 2 + 64 * len(m.curves))
+    for c, k in zip(mix.curves, mix.choice):
+        t = c.types[k]
+        assert c.shape[-1] % t.block_size == 0
+        if len(c.shape) == 1 or c.shape[0] == 1:
+            assert c.fixed and t == QType.F32, c.name
+    out = tmp_path / "odd.gguf"
+    cv.convert(odd_model, out, "Q4_K_M", cv.Options(type_map=mix.type_map))
+    assert out.stat().st_size == mix.file_bytes
+    with GGUFFile(out) as g:
+        got = {t.name: t.qtype for t in g.tensors}
+    for c, k in zip(mix.curves, mix.choice):
+        assert got[c.name] == c.types[k]
+
+
+def test_parse_size():
+    assert automix.parse_size("123456789") == 123456789
+    assert automix.parse_size("350MB") == 350_000_000
+    assert automix.parse_size("1.2GiB") == int(1.2 * 2**30)
+    assert automix.parse_size("1.5 kib") == 1536
+    assert automix.parse_size("2b") == 2
+    for bad in ("", "MB", "12XB", "-3MB", "0", "1e6", "12 M B"):
+        with pytest.raises(InputError):
+            automix.parse_size(bad)
+
+
+def test_cli_target_size_parse_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["convert", str(TINY), "--dry-run", "--target-size", "12XB"])
+    assert e.value.code == 2
+    assert "--target-size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["convert", str(TINY), "--dry-run", "--target-bpw", "-1"])
+    assert cli.main(["convert", str(TINY), "--dry-run", "--target-bpw", "5", "--target-size", "1MB"]) == 2
+
+
+def test_cli_dry_run_and_written_file(tmp_path, capsys, small_model, small_measured):
+    m = small_measured
+    size = m.header_bytes + sum(c.nbytes[c.index(c.recipe)] for c in m.curves) + 4096
+    # dry run: the plan carries the chosen types, the predicted size and the report; nothing is written
+    assert cli.main(["convert", str(small_model), "--dry-run", "-q", "--target-size", str(size)]) == 0
+    text = capsys.readouterr().out
+    assert "automix: target" in text and "predicted damage" in text and "more bits than the recipe" in text
+    assert not list(tmp_path.iterdir())
+    # a written file: its size is the plan's prediction and within --target-size
+    out = tmp_path / "auto.gguf"
+    assert cli.main(["convert", str(small_model), "-o", str(out), "--json", "-q", "--target-size", str(size)]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert out.stat().st_size == r["file_bytes"] == r["automix"]["predicted_file_bytes"] <= size
+    assert r["tensor_bytes"] == r["automix"]["predicted_tensor_bytes"]
+    with GGUFFile(out) as g:
+        got = {t.name: t.qtype.ggml_name for t in g.tensors}
+    assert got == {t["name"]: t["chosen"] for t in r["automix"]["tensors"]}
+    mix = automix.mix_for_budget(m, target_size=size)
+    assert got == {c.name: c.types[k].ggml_name for c, k in zip(mix.curves, mix.choice)}
+
+
+def test_cli_dry_run_json(capsys, small_model):
+    assert cli.main(["convert", str(small_model), "--dry-run", "--json", "-q", "--target-bpw", "5.25"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["bits_per_weight"] <= 5.25 and d["automix"]["predicted_tensor_bytes"] == d["total_bytes"]
+    assert d["automix"]["budget_kind"] == "bpw"
+    assert {t["name"]: t["type"] for t in d["tensors"]} == {t["name"]: t["chosen"] for t in d["automix"]["tensors"]}
+
+
+def test_existing_output_refused_before_measuring(tmp_path):
+    out = tmp_path / "x.gguf"
+    out.write_bytes(b"keep")
+    assert cli.main(["convert", str(TINY), "-o", str(out), "-q", "--target-bpw", "5"]) != 0
+    assert out.read_bytes() == b"keep"
+
+
+def test_imatrix_weights_and_pins(small_model, small_measured):
+    rng = np.random.default_rng(4)
+    weights = {c.name: rng.random(c.shape[-1]).astype(np.float32) + 0.01 for c in small_measured.curves
+               if not c.fixed and c.name != "token_embd.weight"}
+    im = ImatrixData(weights=weights, datasets=["x"], chunk_count=1, path="im.gguf")
+    ov = Overrides(tensor_types=(("attn_v", QType.Q8_0),))
+    m = automix.measure_model(small_model, "Q4_K_M", cv.Options(imatrix=im, overrides=ov))
+    by = {c.name: c for c in m.curves}
+    assert by["blk.0.attn_v.weight"].fixed and by["blk.0.attn_v.weight"].recipe == QType.Q8_0
+    assert by["blk.0.ffn_up.weight"].weighted and not by["token_embd.weight"].weighted
+    plain = {c.name: c for c in small_measured.curves}
+    assert by["blk.0.ffn_up.weight"].rel != plain["blk.0.ffn_up.weight"].rel  # the weights change the errors
+    mix = automix.mix_for_budget(m, target_bpw=5.0)
+    assert "blk.0.attn_v.weight" not in mix.type_map
+    plan = cv.dry_run(small_model, "Q4_K_M", cv.Options(imatrix=im, overrides=ov, type_map=mix.type_map))
+    assert plan.total_bytes == mix.tensor_bytes and plan.bpw <= 5.0
+    assert {t.name: t.qtype for t in plan.tensors}["blk.0.attn_v.weight"] == QType.Q8_0
+
+
+def test_sampling_is_deterministic_and_partial():
+    rows = list(automix._sample_chunks(0, 1000, True))
+    again = list(automix._sample_chunks(0, 1000, True))
+    assert rows == again
+    n = sum(b - a for a, b in rows)
+    assert 0 < n <= 1000 // automix.SAMPLE_STRIDE_CHUNKS + automix.SAMPLE_CHUNK_ROWS
+    # slab-independent: the same global rows whatever the slab boundaries
+    split = [(a + 300, b + 300) for a, b in automix._sample_chunks(300, 700, True)]
+    head = list(automix._sample_chunks(0, 300, True))
+    assert head + split == rows
+
+
+def test_sensitivity_rules():
+    s = automix.sensitivity_of
+    mid = s("blk.2.attn_output.weight", 6)
+    assert mid == automix.SENSITIVITY["attn_output"]
+    assert s("blk.0.attn_output.weight", 6) == mid * automix.FIRST_LAYER_FACTOR
+    assert s("blk.5.attn_output.weight", 6) == mid * automix.LAST_LAYER_FACTOR
+    assert s("blk.2.attn_output.weight", 12) == mid * automix.REF_LAYERS / 12  # deeper: each block matters less
+    assert s("output.weight", 12) == s("output.weight", 6) == automix.SENSITIVITY["output"]
+    assert s("blk.2.ffn_down_exps.weight", 6) == automix.SENSITIVITY["ffn_down"]  # by llama.cpp's category
+    assert s("token_embd.weight", 6, tied=True) == max(automix.SENSITIVITY["token_embd"], automix.SENSITIVITY["output"])
+    assert s("blk.2.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY
