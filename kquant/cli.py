@@ -40,14 +40,22 @@ def _ftype_arg(s: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _threads_arg(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--threads takes a whole number, got {s!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--threads must be at least 1, got {n}")
-    return n
+def _positive_int(flag: str):
+    """argparse type for a whole number >= 1, with messages naming the flag."""
+
+    def parse(s: str) -> int:
+        try:
+            n = int(s)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, got {s!r}") from None
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be at least 1, got {n}")
+        return n
+
+    return parse
+
+
+_threads_arg = _positive_int("--threads")
 
 
 def _tensor_type_arg(s: str):
@@ -259,16 +267,6 @@ def _types_list_arg(s: str):
     return out
 
 
-def _positive_int_arg(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {s!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {n}")
-    return n
-
-
 def _set_threads(n) -> None:
     if n is None:
         return
@@ -422,7 +420,7 @@ def _add_file_tool_parsers(sub) -> None:
     v.add_argument("--csv", metavar="FILE", help="also write one CSV row per tensor ('-' for stdout)")
     v.add_argument("--plot", metavar="FILE.png", help="also draw the error by layer and tensor kind (needs matplotlib)")
     v.add_argument("--fail-above", type=_float_arg, metavar="REL_RMSE", help="exit 1 when any tensor's rel_rmse exceeds this")
-    v.add_argument("--worst", type=_positive_int_arg, default=5, metavar="N", help="worst tensors listed (default 5)")
+    v.add_argument("--worst", type=_positive_int("--worst"), default=5, metavar="N", help="worst tensors listed (default 5)")
     v.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors source")
     v.add_argument("--threads", type=_threads_arg, help="threads (default: all cores)")
     v.add_argument("--force", action="store_true", help="overwrite existing --csv / --plot files")
@@ -448,16 +446,6 @@ def _add_file_tool_parsers(sub) -> None:
 
 
 # ---------------------------------------------------------------- batch
-def _jobs_arg(s: str) -> int:
-    try:
-        n = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--jobs takes a whole number, got {s!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"--jobs must be at least 1, got {n}")
-    return n
-
-
 def _add_batch_parser(sub) -> None:
     b = sub.add_parser(
         "batch",
@@ -471,7 +459,7 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("root", help="folder holding the model folders (or one model folder)")
     b.add_argument("-o", "--outdir", required=True, help="output folder (created if missing; with Ray: shared by every node)")
     b.add_argument("-t", "--type", action="append", required=True, type=_ftype_arg, help="file type (repeatable): Q4_K_M, Q8_0, ...")
-    b.add_argument("--jobs", type=_jobs_arg, help="models converted at once (local: worker processes, capped by cores "
+    b.add_argument("--jobs", type=_positive_int("--jobs"), help="models converted at once (local: worker processes, capped by cores "
                    "and memory; default 1. ray: tasks in flight, default unlimited)")
     b.add_argument("--threads", type=_threads_arg, help="quantization threads per model (local default: cores // jobs; ray default 1, "
                    "also the CPUs each Ray task requests)")
