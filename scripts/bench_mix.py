@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""Benchmark kquant's automatic mix against llama.cpp's Q4_K_M at the same file size, by perplexity.
+"""Benchmark kquant's automatic mix against llama.cpp's mixes at the same file size, by perplexity.
 
 The model: a tiny Llama trained on local text by scripts/train_tiny_lm.py (cached in
 /tmp/kquant-tinylm; rebuilt when missing, ~15 min on 2 cores), its held-out text and an
 importance matrix computed the way llama-imatrix does from separate calibration text.
 
-For each of (no imatrix, with the imatrix):
-  reference  llama.cpp's own pipeline: convert_hf_to_gguf.py --outtype bf16, then
-             llama_model_quantize Q4_K_M (with the imatrix given as llama-quantize gives it)
-  kquant     kquant convert --target-size <that Q4_K_M file's size> (same imatrix)
-and perplexity of every file, BF16 included, measured by llama.cpp itself (llama-cpp-python,
-repacking off) on the held-out text: chunks of N_CTX tokens, BOS first, the second half of each
-chunk scored, as llama-perplexity does.
+For each of (no imatrix, with the imatrix) and each --recipes file type (default Q4_K_M):
+  reference  llama.cpp's own pipeline: convert_hf_to_gguf.py --outtype bf16 (the reference venv
+             of scripts/setup_refconv.sh), then llama_model_quantize (the imatrix given as
+             llama-quantize gives it: params.imatrix and the quantize.imatrix.* kv overrides)
+  kquant     kquant convert --target-size <that file's size> (same imatrix)
+then every file is evaluated by llama.cpp itself (llama-cpp-python, CPU repacking off) on the
+held-out text: chunks of N_CTX tokens, BOS first, the second half of each chunk scored, as
+llama-perplexity does; perplexity, and the mean KL divergence of each file's next-token
+distribution from the BF16 model's over the same positions.
 
-    .venv/bin/python scripts/bench_mix.py [--model DIR] [--eval-tokens 65536] [--json]
+    .venv/bin/python scripts/bench_mix.py [--recipes Q4_K_M,Q3_K_M] [--cache DIR] [--json OUT]
 
 `--fit` instead measures, for each quantizable tensor alone quantized to Q3_K (all others Q8_0),
 the KL divergence of llama.cpp's next-token distribution from the all-Q8_0 model's on the
@@ -174,19 +176,35 @@ def chunks_of(tokens: list[int], n_ctx: int, n_tokens: int) -> list[list[int]]:
     return [tokens[i * n_ctx : (i + 1) * n_ctx] for i in range(n)]
 
 
-def perplexity(path: Path, chunks: list[list[int]]) -> float:
-    ev = LlamaEval(path)
-    nll, cnt = 0.0, 0
+def evaluate(ref: Path, paths: dict[str, Path], chunks: list[list[int]]) -> dict[str, dict]:
+    """Perplexity of `ref` and of every file in `paths`, and each file's mean KL(ref || file) over
+    the scored positions, in one pass over the chunks (all models loaded at once)."""
+    ev0 = LlamaEval(ref)
+    evs = {k: LlamaEval(p) for k, p in paths.items()}
+    nll = {k: 0.0 for k in ["ref", *paths]}
+    kl = {k: 0.0 for k in paths}
+    cnt = 0
     try:
         for ch in chunks:
-            lp = ev.chunk_logprobs(ch)
+            lp0 = ev0.chunk_logprobs(ch)
             first = len(ch) // 2
             tgt = np.array(ch[first + 1 :])
-            nll -= float(lp[np.arange(len(tgt)), tgt].sum())
+            idx = np.arange(len(tgt))
+            nll["ref"] -= float(lp0[idx, tgt].sum())
+            p0 = np.exp(lp0)
+            for k, ev in evs.items():
+                lp = ev.chunk_logprobs(ch)
+                nll[k] -= float(lp[idx, tgt].sum())
+                kl[k] += float((p0 * (lp0 - lp)).sum())
             cnt += len(tgt)
     finally:
-        ev.close()
-    return math.exp(nll / cnt)
+        ev0.close()
+        for ev in evs.values():
+            ev.close()
+    out = {"ref": {"ppl": math.exp(nll["ref"] / cnt)}}
+    for k in paths:
+        out[k] = {"ppl": math.exp(nll[k] / cnt), "kl": kl[k] / cnt}
+    return out
 
 
 def read_text(path: Path) -> str:
@@ -206,10 +224,9 @@ def bench(a) -> dict:
     ev.close()
     chunks = chunks_of(tokens, N_CTX, a.eval_tokens)
     log(f"held-out: {len(chunks)} chunks of {N_CTX} tokens ({len(chunks) * (N_CTX // 2 - 1)} scored)")
-    res = {"model": str(model), "eval_chunks": len(chunks), "n_ctx": N_CTX, "scored_tokens": len(chunks) * (N_CTX // 2 - 1)}
-    t = time.perf_counter()
-    res["bf16"] = {"file_bytes": bf16.stat().st_size, "ppl": perplexity(bf16, chunks)}
-    log(f"BF16 ppl {res['bf16']['ppl']:.4f} ({time.perf_counter() - t:.0f} s)")
+    res = {"model": str(model), "eval_chunks": len(chunks), "n_ctx": N_CTX, "scored_tokens": len(chunks) * (N_CTX // 2 - 1),
+           "bf16": {"file_bytes": bf16.stat().st_size}}
+    files: dict[str, Path] = {}
     for label, use_im in (("no_imatrix", False), ("imatrix", True)):
         if a.only and a.only != label:
             continue
@@ -231,20 +248,30 @@ def bench(a) -> dict:
             auto = work / f"kquant-auto-{recipe}-{label}.gguf"
             mix = automix.mix_for_budget(measured, target_size=size)
             cv.convert(model, auto, recipe, cv.Options(imatrix=im, type_map=mix.type_map, force=True))
-            log(mix.summary())
-            row = {"target_size": size, "kquant_recipe_identical": identical}
-            for name, path in (("llama", ref), ("kquant_auto", auto)):
-                t = time.perf_counter()
-                ppl = perplexity(path, chunks)
-                row[name] = {"file_bytes": path.stat().st_size, "ppl": ppl}
-                log(f"[{label} {recipe}] {name}: {path.stat().st_size} bytes, ppl {ppl:.4f} ({time.perf_counter() - t:.0f} s)")
-            base = res["bf16"]["ppl"]
+            log(f"[{label} {recipe}] " + mix.summary())
+            res[label][recipe] = {"target_size": size, "kquant_recipe_identical": identical,
+                                  "within_budget": auto.stat().st_size <= size,
+                                  "llama": {"file_bytes": size}, "kquant_auto": {"file_bytes": auto.stat().st_size},
+                                  "mix": {k: v for k, v in mix.as_json().items() if k != "tensors"}}
+            files[f"{label}/{recipe}/llama"] = ref
+            files[f"{label}/{recipe}/kquant_auto"] = auto
+    t = time.perf_counter()
+    ev = evaluate(bf16, files, chunks)
+    log(f"evaluated {len(files) + 1} files in {time.perf_counter() - t:.0f} s")
+    res["bf16"]["ppl"] = base = ev["ref"]["ppl"]
+    for key, r in ev.items():
+        if key == "ref":
+            continue
+        label, recipe, name = key.split("/")
+        res[label][recipe][name].update(r)
+    for label in ("no_imatrix", "imatrix"):
+        for recipe, row in res.get(label, {}).items():
+            if not isinstance(row, dict):
+                continue
             gap_ref = row["llama"]["ppl"] - base
             gap_auto = row["kquant_auto"]["ppl"] - base
             row["gap_closed"] = (1 - gap_auto / gap_ref) if gap_ref > 0 else None
-            row["within_budget"] = row["kquant_auto"]["file_bytes"] <= size
-            row["mix"] = {k: v for k, v in mix.as_json().items() if k != "tensors"}
-            res[label][recipe] = row
+            row["kl_reduction"] = 1 - row["kquant_auto"]["kl"] / row["llama"]["kl"]
     return res
 
 
@@ -311,7 +338,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cache", type=Path, default=CACHE, help="where the trained model lives (default /tmp/kquant-tinylm)")
     ap.add_argument("--model", help="use this HF model folder instead (its parent holds heldout.txt, calib.txt, imatrix.gguf)")
-    ap.add_argument("--eval-tokens", type=int, default=65536, help="held-out tokens evaluated (in chunks of 128)")
+    ap.add_argument("--eval-tokens", type=int, default=1 << 20, help="held-out tokens evaluated, in chunks of 128 (default: all)")
     ap.add_argument("--only", choices=("no_imatrix", "imatrix"), help="run one of the two comparisons")
     ap.add_argument("--recipes", default="Q4_K_M", help="llama.cpp file types whose sizes are matched (default Q4_K_M)")
     ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
@@ -332,9 +359,10 @@ def main(argv=None) -> int:
                 if not isinstance(r, dict):
                     continue
                 q, k = r["llama"], r["kquant_auto"]
-                print(f"{label:10s} {recipe}: llama.cpp {q['ppl']:.4f} ({q['file_bytes']} B) | kquant auto {k['ppl']:.4f} "
-                      f"({k['file_bytes']} B, within budget: {r['within_budget']}) | gap closed "
-                      f"{100 * r['gap_closed']:.1f}% | kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")
+                print(f"{label:10s} {recipe}: llama.cpp ppl {q['ppl']:.4f} KL {q['kl']:.3e} ({q['file_bytes']} B) | "
+                      f"kquant auto ppl {k['ppl']:.4f} KL {k['kl']:.3e} ({k['file_bytes']} B, within budget: "
+                      f"{r['within_budget']}) | ppl gap closed {100 * r['gap_closed']:.1f}%, KL {100 * r['kl_reduction']:.1f}% "
+                      f"lower | kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")
             print(f"{label:10s} measuring pass {res[label]['measure_seconds']} s")
     return 0
 
