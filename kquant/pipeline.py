@@ -107,18 +107,92 @@ class Options:
 
 
 def open_model(path: str | Path, config: str | None = None):
-    """A source checkpoint (HF folder or single .safetensors) and its ModelSpec builder inputs."""
+    """A source checkpoint: HF folder, single .safetensors, or an F32/F16/BF16 GGUF file."""
     from .safetensors_io import Checkpoint
 
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return GGUFSource(p)
     return Checkpoint.open(p, config=config)
+
+
+@dataclass
+class _GGUFTensor:
+    name: str
+    shape: tuple
+    dtype: str
+    path: str
+
+
+class GGUFSource:
+    """An F32/F16/BF16 GGUF file read like a checkpoint (`kquant convert model-bf16.gguf`, as
+    llama-quantize does): same reading interface as safetensors_io.Checkpoint."""
+
+    FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
+
+    def __init__(self, path: Path):
+        from .gguf_io import GGUFFile
+
+        self.path = path
+        self.gguf = GGUFFile(path)
+        self._info = {t.name: t for t in self.gguf.tensors}
+        for t in self.gguf.tensors:
+            if t.require_qtype() not in self.FLOAT_TYPES:
+                self.gguf.close()
+                raise InputError(f"{path}: tensor {t.name} is {t.qtype.name}; only F32, F16 and BF16 GGUF files "
+                                 "are re-quantized (as llama-quantize without --allow-requantize)")
+        self.tensors = {t.name: _GGUFTensor(t.name, tuple(t.shape), t.qtype.name, str(path)) for t in self.gguf.tensors}
+
+    def read(self, name: str) -> np.ndarray:
+        t = self._info[name]
+        return quants.dequantize(self.gguf.data(name), t.qtype, t.shape)
+
+    def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        t = self._info[name]
+        row = t.qtype.row_size(int(t.shape[-1])) * int(np.prod(t.shape[1:-1], dtype=np.int64))
+        raw = self.gguf.data(name)[start * row : stop * row]
+        out = quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
+        self.gguf.release(t.offset_abs + start * row, (stop - start) * row)
+        return out
+
+    def close(self) -> None:
+        self.gguf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _gguf_spec(src: GGUFSource):
+    """A ModelSpec for a float GGUF: its metadata and tensors as they are (llama-quantize's view)."""
+    from .arch.spec import ModelSpec, TensorSpec
+
+    g = src.gguf
+    arch = g.value("general.architecture")
+    if not isinstance(arch, str):
+        raise InputError(f"{src.path}: no general.architecture key")
+
+    def first(key, default=0):
+        v = g.value(f"{arch}.{key}", default)
+        return int(v[0] if isinstance(v, list) and v else v or default)
+
+    n_head = first("attention.head_count")
+    kv = [(k, vt, v) for k, (vt, v) in g.metadata.items()]
+    tensors = [TensorSpec(t.name, tuple(t.shape), (t.name,), t.qtype) for t in g.tensors]
+    return ModelSpec(arch=arch, kv=kv, tensors=tensors, n_layer=first("block_count"), n_head=n_head,
+                     n_head_kv=first("attention.head_count_kv", n_head), n_expert=first("expert_count"),
+                     n_embd=first("embedding_length"), tied_embeddings="output.weight" not in src.tensors)
 
 
 def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None):
     from . import arch
 
+    if isinstance(ckpt, GGUFSource):
+        return _gguf_spec(ckpt)
     shapes = {name: (tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()}
     folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
     return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)

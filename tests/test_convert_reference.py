@@ -102,3 +102,19 @@ def test_cli_dry_run_matches_written_file(tmp_path):
         assert [(t["name"], t["type"]) for t in plan["tensors"]] == [(t.name, t.qtype.ggml_name) for t in g.tensors]
         assert plan["total_bytes"] == sum(t.nbytes for t in g.tensors)
     assert not list(tmp_path.glob(".*kquant-tmp*"))
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q8_0", "Q3_K_S", "F16"])
+def test_requantize_bf16_gguf_like_llama_quantize(ftype, ref_bf16, tmp_path):
+    """A BF16 GGUF as input: the same file llama-quantize writes from it."""
+    ref = refpipeline.llama_quantize(ref_bf16, tmp_path / "ref.gguf", ftype)
+    out = tmp_path / "ours.gguf"
+    pipeline.convert(ref_bf16, out, ftype)
+    assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == []
+
+
+def test_quantized_gguf_input_refused(ours, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "kquant.cli", "convert", str(ours["Q4_K_M"]), "-o", str(tmp_path / "x.gguf")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "only F32, F16 and BF16" in r.stderr
+    assert not (tmp_path / "x.gguf").exists()
