@@ -53,7 +53,6 @@ import re
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 from numba import njit, prange
@@ -218,35 +217,29 @@ def _sample_chunks(row0: int, n: int, sample: bool):
         g = base + period
 
 
-def _measure_tensor(ckpt, pt, types: list[QType], sample: bool, rows_per_expert: int) -> tuple[list[float], int]:
-    """Relative output error of tensor `pt` (a PlannedTensor carrying its importance rows) per type."""
-    from .pipeline import PlannedTensor, _encode, _round_through, iter_source_slabs
+def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample: bool,
+                    rows_per_expert: int) -> tuple[list[float], int]:
+    """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or None."""
+    from .pipeline import _round_through, iter_source_slabs
 
-    spec = pt.spec
     se = {t: 0.0 for t in types}
     ss = 0.0
     measured = 0
-    w = pt.imatrix  # (n_expert, cols) or None
-    probes = {t: PlannedTensor(spec, t, w) for t in types if t != spec.ref_type}
+    probes = [t for t in types if t != spec.ref_type]
     for row0, slab in iter_source_slabs(ckpt, spec):
         inter = _round_through(slab, spec.ref_type)
-        for a, b in _sample_chunks(row0, slab.shape[0], sample):
-            x = np.ascontiguousarray(inter[a:b])
-            g0 = row0 + a
-            # expert segments: each expert's rows use that expert's importance row
-            segs = []
-            r = 0
-            while r < x.shape[0]:
-                e = (g0 + r) // rows_per_expert
-                n = min(x.shape[0] - r, rows_per_expert - (g0 + r) % rows_per_expert)
-                segs.append((r, r + n, _NO_W if w is None else w[min(e, w.shape[0] - 1)]))
-                r += n
-            for r0, r1, wv in segs:
-                ss += _wsums(x[r0:r1], x[r0:r1], wv)[1]
-            for t, probe in probes.items():
-                deq = quants.dequantize(_encode(x, probe, g0), t, x.shape)
-                for r0, r1, wv in segs:
-                    se[t] += _wsums(x[r0:r1], deq[r0:r1], wv)[0]
+        # the rows measured, grouped by expert (each expert's rows use that expert's importance row);
+        # rows are quantized independently, so a gathered block quantizes exactly as in the file
+        idx = np.concatenate([np.arange(a, b) for a, b in _sample_chunks(row0, slab.shape[0], sample)])
+        expert = (row0 + idx) // rows_per_expert
+        for e in np.unique(expert):
+            x = np.ascontiguousarray(inter[idx[expert == e]])
+            wv = None if w is None else w[min(int(e), w.shape[0] - 1)]
+            wk = _NO_W if wv is None else np.ascontiguousarray(wv, dtype=np.float32)
+            ss += _wsums(x, x, wk)[1]
+            for t in probes:
+                deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False), t, x.shape)
+                se[t] += _wsums(x, deq, wk)[0]
             measured += x.shape[0]
     rel = [0.0 if t == spec.ref_type else (se[t] / ss if ss > 0 else (0.0 if se[t] == 0 else math.inf)) for t in types]
     return rel, measured
@@ -303,7 +296,6 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
             sensitivity: dict[str, float] | None = None, progress=None) -> list[Curve]:
     """One Curve per tensor of `plan` (the -t recipe plan), measuring every quantizable tensor."""
     from .imatrix import weights_for
-    from .pipeline import PlannedTensor
     from .recipe import should_quantize
 
     facts = _facts(spec)
@@ -334,7 +326,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
         # the importance rows the writer would use for a quantized type (None when absent)
         w = weights_for(weights, pt.name, pt.shape, ref, Q.Q8_0, plan.ftype) if weights else None
         rows_per_expert = pt.shape[-2] if len(pt.shape) >= 3 else int(np.prod(pt.shape[:-1], dtype=np.int64))
-        rel, measured = _measure_tensor(ckpt, PlannedTensor(pt.spec, pt.qtype, w), types, sample, max(rows_per_expert, 1))
+        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1))
         rows = int(np.prod(pt.shape[:-1], dtype=np.int64)) if len(pt.shape) > 1 else 1
         c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rel,
                   sensitivity_of(pt.name, spec.n_layer, sensitivity, tied), w is not None, measured, rows)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +255,17 @@ def test_sensitivity_rules():
     assert s("blk.2.ffn_down_exps.weight", 6) == automix.SENSITIVITY["ffn_down"]  # by llama.cpp's category
     assert s("token_embd.weight", 6, tied=True) == max(automix.SENSITIVITY["token_embd"], automix.SENSITIVITY["output"])
     assert s("blk.2.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY
+
+
+def test_measured_errors_match_the_written_file(tmp_path, small_model, small_measured):
+    """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no rounding)."""
+    from kquant.validate import validate_file
+
+    mix = automix.mix_for_budget(small_measured, target_bpw=4.0)
+    out = tmp_path / "m.gguf"
+    cv.convert(small_model, out, "Q4_K_M", cv.Options(type_map=mix.type_map))
+    rep = {t.name: t for t in validate_file(out, small_model).tensors}
+    for c, k in zip(mix.curves, mix.choice):
+        if not c.fixed:
+            assert rep[c.name].type == c.types[k].ggml_name
+            assert rep[c.name].metrics.rel_rmse ** 2 == pytest.approx(c.rel[k], rel=1e-9), c.name
