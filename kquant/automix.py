@@ -509,8 +509,9 @@ class Mix:
         def fmt(c: Curve, k: int) -> str:
             r = c.index(c.recipe)
             db = c.nbytes[k] - c.nbytes[r]
-            dd = c.damage[r] - c.damage[k]
-            per = f", {dd / abs(db) * 1024:.3g} damage per KiB" if db else ""
+            dd = abs(c.damage[r] - c.damage[k])
+            per = (f", {dd / db * 1024:.3g} less damage per KiB spent" if db > 0
+                   else f", {dd / -db * 1024:.3g} more damage per KiB saved" if db < 0 else "")
             return (f"  {c.name} {c.recipe.ggml_name}->{c.types[k].ggml_name}: sensitivity {c.sensitivity:g} x "
                     f"rel.err {c.rel[r]:.3g} -> {c.rel[k]:.3g} ({db:+d} bytes{per})")
 
