@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 
 from kquant import reference
-from kquant.kernels.legacy import KERNELS
 from kquant.types import QType
+
+from kernel_data import KERNELS, check, make_w, make_x, ours
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
 TYPES = [QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0]
-EMPTY = np.zeros(0, dtype=np.float32)
 
 FINITE_KINDS = [
     "normal",
@@ -37,103 +37,6 @@ FINITE_KINDS = [
     "mixed_scale",
 ]
 NONFINITE_KINDS = ["nan_inf", "random_bits", "signed_zeros"]
-
-
-def make_x(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """A float32 (rows, cols) test matrix of the named distribution."""
-    shape = (rows, cols)
-    if kind == "normal":
-        x = rng.standard_normal(shape)
-    elif kind == "student_t":
-        x = rng.standard_t(2.5, shape) * 0.02
-    elif kind == "laplace":
-        x = rng.laplace(0.0, 0.05, shape)
-    elif kind == "outlier_cols":
-        x = rng.standard_normal(shape) * 0.02
-        cols_out = rng.choice(cols, size=max(1, cols // 64), replace=False)
-        x[:, cols_out] *= rng.uniform(20, 200, size=cols_out.size)
-    elif kind == "zero_rows":
-        x = rng.standard_normal(shape)
-        x[:: 2] = 0.0
-        x[1::4, : cols // 2] = -0.0
-    elif kind == "constant_rows":
-        x = np.repeat(rng.standard_normal((rows, 1)), cols, axis=1)
-        x[::3] = 1.0
-    elif kind == "tiny":
-        x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-30, -8, (rows, 1))
-    elif kind == "huge":
-        x = rng.uniform(-1, 1, shape) * rng.uniform(1e4, 6e4, (rows, 1))
-    elif kind == "single_nonzero":
-        x = np.zeros(shape)
-        x[np.arange(rows), rng.integers(0, cols, rows)] = rng.standard_normal(rows) * 3
-    elif kind == "pm_max":
-        x = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.1, 10, (rows, 1))
-        x[:, 1::7] *= rng.uniform(0, 1, (rows, len(range(1, cols, 7))))
-    elif kind == "ties":
-        # equal |max| with both signs, rounding boundaries x*id + 0.5 exactly on .5
-        x = rng.integers(-8, 9, shape) * 0.25
-    elif kind == "few_levels":
-        x = rng.integers(-2, 3, shape).astype(np.float64) * rng.uniform(0.001, 1, (rows, 1))
-    elif kind == "subnormal":
-        # float32 subnormals: 1/d overflows to inf inside ggml's ref quantizers
-        x = rng.standard_normal(shape) * 1e-40
-    elif kind == "near_flt_min":
-        x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-38.5, -36, (rows, 1))
-    elif kind == "mixed_scale":
-        x = rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 5, shape)
-    elif kind == "nan_inf":
-        x = rng.standard_normal(shape)
-        m = rng.random(shape)
-        x[m < 0.01] = np.nan
-        x[(m >= 0.01) & (m < 0.02)] = np.inf
-        x[(m >= 0.02) & (m < 0.03)] = -np.inf
-    elif kind == "random_bits":
-        # any float32 bit pattern: NaNs with payloads, infinities, subnormals, huge values
-        return rng.integers(0, 2**32, shape, dtype=np.uint64).astype(np.uint32).view(np.float32)
-    elif kind == "signed_zeros":
-        # ggml keeps the sign of the first zero that sets its min/max; NaNs mixed in
-        x = rng.choice([0.0, -0.0, 0.0, -0.0, 1.0, -1.0, np.nan], shape) * rng.choice([1.0, 0.0], (rows, 1), p=[0.5, 0.5])
-        x[rng.random(shape) < 0.5] = rng.choice([0.0, -0.0])
-    else:  # pragma: no cover
-        raise ValueError(kind)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def make_w(kind: str, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """An importance row (imatrix column weights) of the named kind."""
-    if kind == "uniform":
-        w = rng.uniform(0.01, 2.0, cols)
-    elif kind == "zeros":
-        w = rng.uniform(0.0, 1.0, cols)
-        w[rng.random(cols) < 0.3] = 0.0
-    elif kind == "heavy":
-        w = np.abs(rng.standard_t(1.5, cols)) * 10.0
-    elif kind == "all_zero":
-        w = np.zeros(cols)
-    else:  # pragma: no cover
-        raise ValueError(kind)
-    return w.astype(np.float32)
-
-
-def ours(t: QType, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    out = np.zeros((x.shape[0], t.row_size(x.shape[1])), dtype=np.uint8)
-    KERNELS[t].quantize(x, EMPTY if w is None else w, out)
-    return out
-
-
-def check(t: QType, x: np.ndarray, w: np.ndarray | None, what: str) -> None:
-    got = ours(t, x, w)
-    want = reference.quantize(x, t, w)
-    if not np.array_equal(got, want):
-        bad = np.argwhere(got != want)
-        r, c = bad[0]
-        b = c // t.type_size
-        raise AssertionError(
-            f"{t.name} {what}: {len(bad)} bytes differ; first row {r} block {b}: "
-            f"got {got[r, b * t.type_size:(b + 1) * t.type_size].tolist()} "
-            f"want {want[r, b * t.type_size:(b + 1) * t.type_size].tolist()} "
-            f"x={x[r, b * 32:(b + 1) * 32].tolist()}"
-        )
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)

@@ -2,8 +2,9 @@
 
 Quantize: kquant.kernels.q2_k / q3_k / q6_k vs ggml_quantize_chunk (kquant.reference), with and
 without importance weights (the _ref and _impl paths), over many value distributions and
-shapes, with fresh random seeds each run (the seed is in every failure message). Dequantize: vs
-ggml's to_float (bitwise) and gguf-py's numpy dequantizer, on real and on raw random blocks.
+shapes, with fresh random seeds each run (the seed is in every failure message; set
+KQUANT_TEST_SEED to replay one). Dequantize: vs ggml's to_float (bitwise) and gguf-py's numpy
+dequantizer, on real and on raw random blocks.
 """
 
 from __future__ import annotations
@@ -12,14 +13,13 @@ import numpy as np
 import pytest
 
 from kquant import reference
-from kquant.kernels import q2_k, q3_k, q6_k
 from kquant.types import QK_K, QType
+
+from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
-KERNELS = {**q2_k.KERNELS, **q3_k.KERNELS, **q6_k.KERNELS}
 TYPES = [QType.Q2_K, QType.Q3_K, QType.Q6_K]
-EMPTY = np.zeros(0, dtype=np.float32)
 
 KINDS = [
     "normal",
@@ -27,8 +27,8 @@ KINDS = [
     "laplace",
     "outlier_cols",
     "zero_rows",
-    "zero_subblocks",
-    "constant_rows",
+    "zero_subblocks16",
+    "constant_rows_signed",
     "tiny",
     "huge",
     "single_nonzero",
@@ -38,117 +38,10 @@ KINDS = [
     "subnormal",
     "near_flt_min",
     "mixed_scale",
-    "positive",
-    "negative",
+    "positive_unit",
+    "negative_unit",
     "nan_inf",
 ]
-
-
-def make_x(kind: str, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """A float32 (rows, cols) test matrix of the named distribution."""
-    shape = (rows, cols)
-    if kind == "normal":
-        x = rng.standard_normal(shape)
-    elif kind == "student_t":
-        x = rng.standard_t(2.5, shape) * 0.02
-    elif kind == "laplace":
-        x = rng.laplace(0.0, 0.05, shape)
-    elif kind == "outlier_cols":
-        x = rng.standard_normal(shape) * 0.02
-        cols_out = rng.choice(cols, size=max(1, cols // 64), replace=False)
-        x[:, cols_out] *= rng.uniform(20, 200, size=cols_out.size)
-    elif kind == "zero_rows":
-        x = rng.standard_normal(shape)
-        x[::2] = 0.0
-        x[1::4, : cols // 2] = -0.0
-    elif kind == "zero_subblocks":  # some 16-value sub-blocks all zero, others tiny or normal
-        x = rng.standard_normal(shape).reshape(rows, -1, 16)
-        m = rng.random(x.shape[:2])
-        x[m < 0.3] = 0.0
-        x[(m >= 0.3) & (m < 0.4)] *= 1e-20
-        x = x.reshape(shape)
-    elif kind == "constant_rows":
-        x = np.repeat(rng.standard_normal((rows, 1)), cols, axis=1)
-        x[::3] = 1.0
-        x[1::3] = -0.5
-    elif kind == "tiny":
-        x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-30, -8, (rows, 1))
-    elif kind == "huge":
-        x = rng.uniform(-1, 1, shape) * rng.uniform(1e4, 6e4, (rows, 1))
-    elif kind == "single_nonzero":
-        x = np.zeros(shape)
-        x[np.arange(rows), rng.integers(0, cols, rows)] = rng.standard_normal(rows) * 3
-    elif kind == "pm_max":
-        x = rng.choice([-1.0, 1.0], shape) * rng.uniform(0.1, 10, (rows, 1))
-        x[:, 1::7] *= rng.uniform(0, 1, (rows, len(range(1, cols, 7))))
-    elif kind == "ties":  # equal |max| with both signs; many exact rounding midpoints
-        x = rng.integers(-8, 9, shape) * 0.25
-    elif kind == "few_levels":
-        x = rng.integers(-2, 3, shape).astype(np.float64) * rng.uniform(0.001, 1, (rows, 1))
-    elif kind == "subnormal":
-        x = rng.standard_normal(shape) * 1e-40
-    elif kind == "near_flt_min":
-        x = rng.standard_normal(shape) * 10.0 ** rng.uniform(-38.5, -36, (rows, 1))
-    elif kind == "mixed_scale":  # per-value magnitudes 1e-6..1e4: fp16 sub-block scales underflow
-        x = rng.standard_normal(shape) * 10.0 ** rng.integers(-6, 5, shape)
-    elif kind == "nan_inf":
-        x = rng.standard_normal(shape)
-        m = rng.random(shape)
-        x[m < 0.01] = np.nan
-        x[(m >= 0.01) & (m < 0.02)] = np.inf
-        x[(m >= 0.02) & (m < 0.03)] = -np.inf
-    elif kind == "positive":  # min > 0 (clamped to 0 by the qkx searches)
-        x = rng.uniform(0.5, 2.0, shape)
-    elif kind == "negative":  # max < 0
-        x = -rng.uniform(0.5, 2.0, shape)
-    else:  # pragma: no cover
-        raise ValueError(kind)
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def make_w(kind: str, cols: int, rng: np.random.Generator) -> np.ndarray:
-    """An importance row (imatrix column weights) of the named kind."""
-    if kind == "uniform":
-        w = rng.uniform(0.01, 2.0, cols)
-    elif kind == "zeros":
-        w = rng.uniform(0.0, 1.0, cols)
-        w[rng.random(cols) < 0.3] = 0.0
-    elif kind == "zero_subblocks":
-        w = rng.uniform(0.0, 1.0, cols).reshape(-1, 16)
-        w[rng.random(w.shape[0]) < 0.3] = 0.0
-        w = w.reshape(-1)
-    elif kind == "heavy":
-        w = np.abs(rng.standard_t(1.5, cols)) * 10.0
-    elif kind == "all_zero":
-        w = np.zeros(cols)
-    else:  # pragma: no cover
-        raise ValueError(kind)
-    return w.astype(np.float32)
-
-
-def ours(t: QType, x: np.ndarray, w: np.ndarray | None) -> np.ndarray:
-    out = np.zeros((x.shape[0], t.row_size(x.shape[1])), dtype=np.uint8)
-    KERNELS[t].quantize(x, EMPTY if w is None else w, out)
-    return out
-
-
-def check(t: QType, x: np.ndarray, w: np.ndarray | None, what: str) -> None:
-    got = ours(t, x, w)
-    want = reference.quantize(x, t, w)
-    if not np.array_equal(got, want):
-        bad = np.argwhere(got != want)
-        r, c = bad[0]
-        b = c // t.type_size
-        raise AssertionError(
-            f"{t.name} {what}: {len(bad)} bytes differ; first row {r} block {b}: "
-            f"got {got[r, b * t.type_size:(b + 1) * t.type_size].tolist()} "
-            f"want {want[r, b * t.type_size:(b + 1) * t.type_size].tolist()}"
-        )
-
-
-def fresh_rng():
-    seed = int(np.random.SeedSequence().entropy % 2**63)
-    return seed, np.random.default_rng(seed)
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
