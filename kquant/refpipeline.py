@@ -50,8 +50,12 @@ def convert_hf_bf16(model: str | Path, out: str | Path, extra_args=()) -> Path:
     return Path(out)
 
 
-def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, **params) -> Path:
-    """llama_model_quantize(src, out) with `ftype` and any llama_model_quantize_params fields."""
+def llama_quantize_rc(src: str | Path, out: str | Path, ftype, threads: int = 2, imatrix=None,
+                      weights: dict | None = None, **params) -> int:
+    """llama_model_quantize(src, out) with `ftype` and any llama_model_quantize_params fields -> its
+    return code. `imatrix` (a kquant ImatrixData) is given as llama-quantize gives it: its weights
+    in params.imatrix and the quantize.imatrix.* keys as kv_overrides (quantize.cpp). `weights`
+    ({name: float32 values}) replaces the weights given (with imatrix=None: raw entries, no keys)."""
     import llama_cpp
 
     ft = parse_ftype(ftype) if not isinstance(ftype, FileType) else ftype
@@ -60,7 +64,45 @@ def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, **
     p.nthread = threads
     for k, v in params.items():
         setattr(p, k, v)
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p))
+    keep = []  # ctypes arrays that must outlive the call
+    if weights is None and imatrix is not None:
+        weights = imatrix.weights
+    if weights:
+        arr = (llama_cpp.llama_model_imatrix_data * (len(weights) + 1))()
+        for i, (name, values) in enumerate(weights.items()):
+            values = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(values)
+            arr[i].name = name.encode()
+            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            arr[i].size = values.size
+        arr[len(weights)].name = None
+        p.imatrix = arr
+        keep.append(arr)
+    if weights and imatrix is not None:
+        INT, STR = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
+        ovs = [(b"quantize.imatrix.file", STR, os.fsencode(imatrix.path)[:127])]
+        if imatrix.datasets:
+            ovs.append((b"quantize.imatrix.dataset", STR, imatrix.datasets[0].encode("utf-8", "surrogateescape")[:127]))
+        ovs.append((b"quantize.imatrix.entries_count", INT, len(weights)))
+        if imatrix.chunk_count > 0:
+            ovs.append((b"quantize.imatrix.chunks_count", INT, imatrix.chunk_count))
+        kvo = (llama_cpp.llama_model_kv_override * (len(ovs) + 1))()
+        for i, (key, tag, val) in enumerate(ovs):
+            kvo[i].key = key
+            kvo[i].tag = tag
+            if tag == STR:
+                kvo[i].value.val_str = val
+            else:
+                kvo[i].value.val_i64 = val
+        kvo[len(ovs)].key = b""
+        p.kv_overrides = kvo
+        keep.append(kvo)
+    return llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(p))
+
+
+def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, imatrix=None, **params) -> Path:
+    """llama_model_quantize_rc, raising when it fails."""
+    rc = llama_quantize_rc(src, out, ftype, threads, imatrix, **params)
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize failed ({rc})")
     return Path(out)
@@ -100,15 +142,8 @@ def compare_gguf(a: str | Path, b: str | Path, ignore_keys=("general.name",)) ->
     return diffs
 
 
-if __name__ == "__main__":  # python -m kquant.refpipeline A.gguf B.gguf
-    d = compare_gguf(sys.argv[1], sys.argv[2])
-    print("\n".join(d) if d else "identical")
-    sys.exit(1 if d else 0)
-
-
-def eval_logits(path: str | Path, text: bytes = b"The quick brown fox jumps over the lazy dog.", n_threads: int = 2):
-    """Load a GGUF with llama.cpp (CPU weight repacking off: it crashes on these CPUs) and return
-    (tokens, logits of every position)."""
+def load_llama(path: str | Path, n_ctx: int = 128, n_threads: int = 2, **kw):
+    """A GGUF loaded by llama.cpp (llama_cpp.Llama) with CPU weight repacking off (it crashes on these CPUs)."""
     import llama_cpp
     import llama_cpp.llama as high
 
@@ -121,11 +156,24 @@ def eval_logits(path: str | Path, text: bytes = b"The quick brown fox jumps over
 
     high.llama_cpp.llama_model_default_params = no_repack
     try:
-        m = llama_cpp.Llama(str(path), n_ctx=128, logits_all=True, verbose=False, n_threads=n_threads)
+        return llama_cpp.Llama(str(path), n_ctx=n_ctx, verbose=False, n_threads=n_threads, **kw)
+    finally:
+        high.llama_cpp.llama_model_default_params = orig
+
+
+def eval_logits(path: str | Path, text: bytes = b"The quick brown fox jumps over the lazy dog.", n_threads: int = 2):
+    """Load a GGUF with llama.cpp and return (tokens, logits of every position)."""
+    m = load_llama(path, n_threads=n_threads, logits_all=True)
+    try:
         toks = m.tokenize(text)
         m.eval(toks)
         logits = np.array(m.scores[: len(toks)], dtype=np.float32)
-        m.close()
     finally:
-        high.llama_cpp.llama_model_default_params = orig
+        m.close()
     return toks, logits
+
+
+if __name__ == "__main__":  # python -m kquant.refpipeline A.gguf B.gguf
+    d = compare_gguf(sys.argv[1], sys.argv[2])
+    print("\n".join(d) if d else "identical")
+    sys.exit(1 if d else 0)

@@ -31,7 +31,6 @@ behind kquant.automix.SENSITIVITY (run it on a model other than the benchmark on
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import math
 import os
@@ -92,70 +91,16 @@ def llama_bf16(model: Path, out: Path) -> Path:
 
 
 def llama_quantize(src: Path, dst: Path, ftype: str, im=None) -> Path:
-    """llama_model_quantize with params.imatrix and the quantize.imatrix.* kv_overrides as llama-quantize sets them."""
-    import llama_cpp
-
-    from kquant.types import parse_ftype
-
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = int(parse_ftype(ftype))
-    p.nthread = 2
-    keep = []
-    if im is not None and im.weights:
-        arr = (llama_cpp.llama_model_imatrix_data * (len(im.weights) + 1))()
-        for i, (name, values) in enumerate(im.weights.items()):
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            keep.append(values)
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        arr[len(im.weights)].name = None
-        p.imatrix = arr
-        ovs = []
-        INT, STR = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-        ovs.append((b"quantize.imatrix.file", STR, os.fsencode(im.path)[:127]))
-        if im.datasets:
-            ovs.append((b"quantize.imatrix.dataset", STR, im.datasets[0].encode()[:127]))
-        ovs.append((b"quantize.imatrix.entries_count", INT, len(im.weights)))
-        if im.chunk_count > 0:
-            ovs.append((b"quantize.imatrix.chunks_count", INT, im.chunk_count))
-        kvo = (llama_cpp.llama_model_kv_override * (len(ovs) + 1))()
-        for i, (key, tag, val) in enumerate(ovs):
-            kvo[i].key = key
-            kvo[i].tag = tag
-            if tag == STR:
-                kvo[i].value.val_str = val
-            else:
-                kvo[i].value.val_i64 = val
-        kvo[len(ovs)].key = b""
-        p.kv_overrides = kvo
-        keep += [arr, kvo]
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-    if rc != 0:
-        raise RuntimeError(f"llama_model_quantize failed ({rc})")
-    return dst
+    """llama_model_quantize, the imatrix given as llama-quantize gives it (refpipeline)."""
+    return refpipeline.llama_quantize(src, dst, ftype, imatrix=im)
 
 
 class LlamaEval:
     """A GGUF loaded in llama.cpp (CPU repacking off, as refpipeline.eval_logits), scoring chunks."""
 
     def __init__(self, path: Path, n_ctx: int = N_CTX, threads: int = 2):
-        import llama_cpp
-        import llama_cpp.llama as high
-
-        orig = llama_cpp.llama_model_default_params
-
-        def no_repack():
-            p = orig()
-            p.use_extra_bufts = False
-            return p
-
-        high.llama_cpp.llama_model_default_params = no_repack
-        try:
-            self.m = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                                     verbose=False, n_threads=threads, n_threads_batch=threads)
-        finally:
-            high.llama_cpp.llama_model_default_params = orig
+        self.m = refpipeline.load_llama(path, n_ctx=n_ctx, n_threads=threads, n_batch=n_ctx, n_ubatch=n_ctx,
+                                        logits_all=True, n_threads_batch=threads)
         self.n_ctx = n_ctx
 
     def tokenize(self, text: str) -> list[int]:
@@ -187,6 +132,7 @@ def evaluate(ref: Path, paths: dict[str, Path], chunks: list[list[int]]) -> dict
     ev0 = LlamaEval(ref)
     evs = {k: LlamaEval(p) for k, p in paths.items()}
     nll = {k: 0.0 for k in ["ref", *paths]}
+    per_chunk = {k: [] for k in ["ref", *paths]}  # summed NLL of each chunk's scored tokens
     kl = {k: 0.0 for k in paths}
     cnt = 0
     try:
@@ -195,21 +141,30 @@ def evaluate(ref: Path, paths: dict[str, Path], chunks: list[list[int]]) -> dict
             first = len(ch) // 2
             tgt = np.array(ch[first + 1 :])
             idx = np.arange(len(tgt))
-            nll["ref"] -= float(lp0[idx, tgt].sum())
+            per_chunk["ref"].append(-float(lp0[idx, tgt].sum()))
+            nll["ref"] += per_chunk["ref"][-1]
             p0 = np.exp(lp0)
             for k, ev in evs.items():
                 lp = ev.chunk_logprobs(ch)
-                nll[k] -= float(lp[idx, tgt].sum())
+                per_chunk[k].append(-float(lp[idx, tgt].sum()))
+                nll[k] += per_chunk[k][-1]
                 kl[k] += float((p0 * (lp0 - lp)).sum())
             cnt += len(tgt)
     finally:
         ev0.close()
         for ev in evs.values():
             ev.close()
-    out = {"ref": {"ppl": math.exp(nll["ref"] / cnt)}}
+    out = {"ref": {"ppl": math.exp(nll["ref"] / cnt), "chunk_nll": per_chunk["ref"]}}
     for k in paths:
-        out[k] = {"ppl": math.exp(nll[k] / cnt), "kl": kl[k] / cnt}
+        out[k] = {"ppl": math.exp(nll[k] / cnt), "kl": kl[k] / cnt, "chunk_nll": per_chunk[k]}
     return out
+
+
+def paired_se(a: list[float], b: list[float], n_tokens: int) -> float:
+    """Standard error of the difference of two files' mean NLL per token over the same chunks
+    (chunks as the independent units: the paired difference's spread across chunks)."""
+    d = np.asarray(b) - np.asarray(a)
+    return float(d.std(ddof=1) * math.sqrt(len(d)) / n_tokens) if len(d) > 1 else math.nan
 
 
 def read_text(path: Path) -> str:
@@ -277,6 +232,11 @@ def bench(a) -> dict:
             gap_auto = row["kquant_auto"]["ppl"] - base
             row["gap_closed"] = (1 - gap_auto / gap_ref) if gap_ref > 0 else None
             row["kl_reduction"] = 1 - row["kquant_auto"]["kl"] / row["llama"]["kl"]
+            # kquant minus llama.cpp in mean NLL per scored token, with its paired standard error
+            a_nll, b_nll = row["llama"].pop("chunk_nll"), row["kquant_auto"].pop("chunk_nll")
+            n_tok = res["scored_tokens"]
+            row["nll_diff"] = (sum(b_nll) - sum(a_nll)) / n_tok
+            row["nll_diff_se"] = paired_se(a_nll, b_nll, n_tok)
     return res
 
 
@@ -367,7 +327,8 @@ def main(argv=None) -> int:
                 print(f"{label:10s} {recipe}: llama.cpp ppl {q['ppl']:.4f} KL {q['kl']:.3e} ({q['file_bytes']} B) | "
                       f"kquant auto ppl {k['ppl']:.4f} KL {k['kl']:.3e} ({k['file_bytes']} B, within budget: "
                       f"{r['within_budget']}) | ppl gap closed {100 * r['gap_closed']:.1f}%, KL {100 * r['kl_reduction']:.1f}% "
-                      f"lower | kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")
+                      f"lower | NLL/token kquant - llama.cpp {r['nll_diff']:+.2e} (paired s.e. {r['nll_diff_se']:.1e}) | "
+                      f"kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")
             print(f"{label:10s} measuring pass {res[label]['measure_seconds']} s")
     return 0
 

@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import struct
 import subprocess
@@ -28,6 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from kquant import refpipeline
 from kquant.errors import InputError
 from kquant.imatrix import (
     KV_DATASET,
@@ -589,46 +589,6 @@ def live(tmp_path_factory):
     return out
 
 
-def quantize_live(llama_cpp, src: Path, dst: Path, ftype: FileType, weights: dict, im: ImatrixData | None) -> int:
-    """llama_model_quantize with params.imatrix and kv_overrides built as quantize.cpp llama_quantize builds them."""
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = int(ftype)
-    p.nthread = 2
-    keep = []
-    if weights:
-        arr = (llama_cpp.llama_model_imatrix_data * (len(weights) + 1))()
-        for i, (name, values) in enumerate(weights.items()):
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            keep.append(values)
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        arr[len(weights)].name = None
-        p.imatrix = arr
-        keep.append(arr)
-    if weights and im is not None:
-        ovs = []
-        INT, STR = llama_cpp.LLAMA_KV_OVERRIDE_TYPE_INT, llama_cpp.LLAMA_KV_OVERRIDE_TYPE_STR
-        ovs.append((b"quantize.imatrix.file", STR, os.fsencode(im.path)[:127]))
-        if im.datasets:
-            ovs.append((b"quantize.imatrix.dataset", STR, im.datasets[0].encode("utf-8", "surrogateescape")[:127]))
-        ovs.append((b"quantize.imatrix.entries_count", INT, len(weights)))
-        if im.chunk_count > 0:
-            ovs.append((b"quantize.imatrix.chunks_count", INT, im.chunk_count))
-        kvo = (llama_cpp.llama_model_kv_override * (len(ovs) + 1))()
-        for i, (key, tag, val) in enumerate(ovs):
-            kvo[i].key = key
-            kvo[i].tag = tag
-            if tag == STR:
-                kvo[i].value.val_str = val
-            else:
-                kvo[i].value.val_i64 = val
-        kvo[len(ovs)].key = b""
-        p.kv_overrides = kvo
-        keep.append(kvo)
-    return llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-
-
 def _kq(x: np.ndarray, t: QType, w) -> np.ndarray:
     """kquant's bytes for rows x in type t with importance row w (or None)."""
     from kquant import quants
@@ -650,8 +610,6 @@ def _expected_weights(weights: dict, name: str, shape: tuple) -> np.ndarray | No
 
 def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     """llama_model_quantize with `im`: every output tensor's type and bytes equal kquant's; metadata ends with im.kv()."""
-    import llama_cpp
-
     from kquant.gguf_io import GGUFFile
     from kquant.imatrix import weights_for
     from kquant.recipe import TensorIn, plan_types
@@ -664,7 +622,7 @@ def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     missing = sorted({t.name for t in types if t.is_quantized and t not in table})
     if missing:
         pytest.skip(f"kquant kernels not there yet for {', '.join(missing)}")
-    assert quantize_live(llama_cpp, m.src, dst, ftype, im.weights, im) == 0
+    assert refpipeline.llama_quantize_rc(m.src, dst, ftype, imatrix=im) == 0
     planned = {t.name: q for t, q in zip(ins, types)}
     used = changed = 0
     with GGUFFile(dst) as g:
@@ -713,15 +671,13 @@ def test_live_quantize(live, model, ftype, tmp_path):
 
 def test_live_q2_k_s(live, tmp_path):
     """Q2_K_S needs an entry for every Q2_K tensor: both refuse a matrix without one, both agree with a full one."""
-    import llama_cpp
-
     from kquant.imatrix import weights_for
 
     m = live["dense"]
     ftype = FileType.MOSTLY_Q2_K_S
     im = m.imatrix
     assert "blk.3.attn_k.weight" not in im.weights
-    assert quantize_live(llama_cpp, m.src, tmp_path / "a.gguf", ftype, im.weights, im) != 0
+    assert refpipeline.llama_quantize_rc(m.src, tmp_path / "a.gguf", ftype, imatrix=im) != 0
     x = m.data["blk.3.attn_k.weight"][0]
     with pytest.raises(InputError, match="Missing importance matrix for tensor blk.3.attn_k.weight"):
         weights_for(im.weights, "blk.3.attn_k.weight", x.shape, BF16, QType.Q2_K, ftype)
@@ -734,8 +690,6 @@ def test_live_q2_k_s(live, tmp_path):
 
 def test_live_converter_slabs(live, tmp_path):
     """pipeline._encode in slabs that cut across experts gives llama.cpp's bytes for a 3-D tensor."""
-    import llama_cpp
-
     from kquant import pipeline
     from kquant.gguf_io import GGUFFile
     from kquant.imatrix import weights_for
@@ -743,7 +697,7 @@ def test_live_converter_slabs(live, tmp_path):
     m = live["moe"]
     ftype = FileType.MOSTLY_Q4_K_M
     dst = tmp_path / "out.gguf"
-    assert quantize_live(llama_cpp, m.src, dst, ftype, m.imatrix.weights, m.imatrix) == 0
+    assert refpipeline.llama_quantize_rc(m.src, dst, ftype, imatrix=m.imatrix) == 0
     with GGUFFile(dst) as g:
         for name in ("blk.0.ffn_down_exps.weight", "blk.0.ffn_gate_exps.weight"):
             x, _ = m.data[name]
@@ -757,15 +711,13 @@ def test_live_converter_slabs(live, tmp_path):
 
 def test_live_size_mismatch_and_nonfinite(live, tmp_path):
     """A wrong-size entry (not token_embd) and a non-finite value: llama_model_quantize fails, kquant raises."""
-    import llama_cpp
-
     from kquant import pipeline
     from kquant.imatrix import weights_for
 
     m = live["dense"]
     bad = dict(m.imatrix.weights)
     bad["blk.0.attn_q.weight"] = np.ones(128, np.float32)
-    assert quantize_live(llama_cpp, m.src, tmp_path / "a.gguf", FileType.MOSTLY_Q4_K_M, bad, None) != 0
+    assert refpipeline.llama_quantize_rc(m.src, tmp_path / "a.gguf", FileType.MOSTLY_Q4_K_M, weights=bad) != 0
     with pytest.raises(InputError, match="imatrix size 128 is different from tensor size 256 for blk.0.attn_q.weight"):
         weights_for(bad, "blk.0.attn_q.weight", (ROWS, 256), BF16, QType.Q4_K, FileType.MOSTLY_Q4_K_M)
     spec = SimpleNamespace(arch="llama", n_layer=1, n_head=4, n_head_kv=4, n_expert=0, kv=[],
@@ -776,13 +728,13 @@ def test_live_size_mismatch_and_nonfinite(live, tmp_path):
     # F16 (a shape fallback) ignores the weights, but llama-quantize still looks them up and checks the size
     odd = dict(m.imatrix.weights)
     odd["blk.0.odd.weight"] = np.ones(32, np.float32)
-    assert quantize_live(llama_cpp, m.src, tmp_path / "c.gguf", FileType.MOSTLY_Q4_K_M, odd, None) != 0
+    assert refpipeline.llama_quantize_rc(m.src, tmp_path / "c.gguf", FileType.MOSTLY_Q4_K_M, weights=odd) != 0
     with pytest.raises(InputError, match="imatrix size 32 is different from tensor size 40"):
         weights_for(odd, "blk.0.odd.weight", (ROWS, 40), BF16, QType.F16, FileType.MOSTLY_Q4_K_M)
 
     nan = dict(m.imatrix.weights)
     nan["blk.99.attn_q.weight"] = np.where(np.arange(256) == 7, np.nan, 1).astype(np.float32)  # even unused
-    assert quantize_live(llama_cpp, m.src, tmp_path / "b.gguf", FileType.MOSTLY_Q4_K_M, nan, None) != 0
+    assert refpipeline.llama_quantize_rc(m.src, tmp_path / "b.gguf", FileType.MOSTLY_Q4_K_M, weights=nan) != 0
     ents = {k: (v.reshape(1, -1), _f32(1)) for k, v in nan.items()}
     with pytest.raises(InputError, match="blk.99.attn_q.weight.*non-finite"):
         load_imatrix(gguf_imatrix(tmp_path / "nan.gguf", ents))
