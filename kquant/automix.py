@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from . import quants
 from .errors import InputError
@@ -149,13 +149,14 @@ def candidates_for(cols: int, ref_type: QType) -> list[QType]:
 
 
 # ====================================================================== error sums
-@njit(parallel=True, cache=True)
+@njit(nogil=True, cache=True)
 def _wsums(x, d, w):
     # x, d: float32 (rows, cols); w: float32 (cols,) or empty -> (sum w e^2, sum w x^2) in float64
+    # (serial: cheap next to the quantization it follows; parallel=True would add seconds of compile)
     rows, cols = x.shape
     out = np.zeros((rows, 2), dtype=np.float64)
     weighted = w.shape[0] == cols
-    for r in prange(rows):
+    for r in range(rows):
         se = 0.0
         ss = 0.0
         for c in range(cols):
@@ -293,7 +294,7 @@ def _facts(spec):
 
 
 def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | None = None,
-            sensitivity: dict[str, float] | None = None, progress=None) -> list[Curve]:
+            sensitivity: dict[str, float] | None = None, progress=None, on_compile=None) -> list[Curve]:
     """One Curve per tensor of `plan` (the -t recipe plan), measuring every quantizable tensor."""
     from .imatrix import weights_for
     from .recipe import should_quantize
@@ -307,6 +308,9 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     if sample is None:
         sample = sum(t.n_elements for t in todo) > FULL_MEASURE_ELEMENTS
     todo_names = {t.name for t in todo}
+    # a cold numba cache: compile every candidate's kernels at once, in parallel processes
+    quants.warm({q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type)} | {t.qtype for t in todo},
+                on_start=on_compile)
     tied = not any(t.name == "output.weight" for t in plan.tensors)
     curves = []
     n_todo = len(todo)
@@ -580,7 +584,7 @@ def measure_model(model, ftype="Q4_K_M", options=None, *, sample: bool | None = 
         plan = plan_from_spec(spec, ft, opts.overrides, opts.imatrix)
         hdr, align = header_bytes(plan) if header else (0, 1)
         curves = measure(ckpt, spec, plan, opts.overrides, opts.imatrix, sample=sample, sensitivity=sensitivity,
-                         progress=progress)
+                         progress=progress, on_compile=opts.on_compile)
     return Measured(curves, ft, hdr, align, plan.n_elements, time.perf_counter() - t0,
                     bool(opts.imatrix is not None and opts.imatrix.weights))
 

@@ -117,6 +117,7 @@ def cmd_convert(args) -> int:
         allow_nonfinite=args.allow_nonfinite,
         force=args.force,
         progress=_progress(args.quiet or args.dry_run),
+        on_compile=None if args.quiet else cv.print_compile_notice,
     )
     if args.imatrix:
         from .imatrix import load_imatrix
@@ -226,7 +227,8 @@ def cmd_demo(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(args.output) if args.output else Path(tmp) / f"tiny-llama-{args.type.short_name}.gguf"
         print(f"converting {model} -> {out} ({args.type.short_name})", file=sys.stderr)
-        res = cv.convert(model, out, args.type, cv.Options(progress=cv.print_progress, force=bool(args.output) is False))
+        res = cv.convert(model, out, args.type, cv.Options(progress=cv.print_progress, on_compile=cv.print_compile_notice,
+                                                       force=bool(args.output) is False))
         print(
             f"wrote {res.path}: {res.n_tensors} tensors, {res.file_bytes / 2**10:.1f} KiB, "
             f"{res.bpw:.3f} bits per weight, {res.seconds:.1f} s"

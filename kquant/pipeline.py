@@ -104,6 +104,7 @@ class Options:
     progress: Callable | None = None
     extra: dict = field(default_factory=dict)
     type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
+    on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
 
 
 def open_model(path: str | Path, config: str | None = None):
@@ -348,6 +349,9 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
         names = [t.name for t in plans[0].tensors]
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
+        # a cold numba cache: compile every kernel needed at once, in parallel processes
+        quants.warm({t.qtype for p in plans for t in p.tensors} | {t.spec.ref_type for t in plans[0].tensors},
+                    on_start=opts.on_compile)
         results: list[Result] = []
         with handle_termination(), _ExitStack() as stack:
             writers = []
@@ -459,6 +463,11 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
         return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map)
+
+
+def print_compile_notice(types, stream=sys.stderr) -> None:
+    print(f"compiling the {', '.join(t.ggml_name for t in types)} kernels (first run only: numba caches them) ...",
+          file=stream, flush=True)
 
 
 def print_progress(i: int, n: int, tensors, seconds: float, stream=sys.stderr) -> None:

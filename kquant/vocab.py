@@ -14,7 +14,6 @@ sentencepiece, we read the tokenizer.model protobuf ourselves (`read_spm_model`)
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from hashlib import sha256
 from pathlib import Path

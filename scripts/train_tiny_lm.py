@@ -278,7 +278,7 @@ def main(argv=None) -> int:
     sp = spmlib.SentencePieceProcessor(model_file=str(model_dir / "tokenizer.model"))
     bos = sp.bos_id()
     ids = {k: np.array(sp.encode(v), dtype=np.int32) for k, v in texts.items()}
-    print(f"tokens: " + ", ".join(f"{k} {len(v)}" for k, v in ids.items()) + f" ({time.time() - t0:.0f}s)", flush=True)
+    print("tokens: " + ", ".join(f"{k} {len(v)}" for k, v in ids.items()) + f" ({time.time() - t0:.0f}s)", flush=True)
 
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": a.hidden,

@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 from kquant import pipeline, refpipeline
-from kquant.types import FileType
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "fixtures" / "tiny-llama"

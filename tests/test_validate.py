@@ -493,7 +493,7 @@ def test_memory_is_streamed(case, monkeypatch):
 
 # ============================================================================= output formats
 def test_table_json_csv(case):
-    from kquant.validate import print_report, report_csv, report_json, validate_file
+    from kquant.validate import print_report, report_csv, report_json
 
     rep = report_of(case, "Q4_K_M")
     buf = io.StringIO()

@@ -1,0 +1,76 @@
+"""First-run compilation: quants.cold_types / quants.warm on an empty numba cache (fresh processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = r"""
+import json, sys
+import numpy as np
+from kquant import quants
+from kquant.types import QType
+
+ts = [QType.Q8_0, QType.F16]
+out = {"cold_before": [t.name for t in quants.cold_types(ts)]}
+started = []
+out["warmed"] = [t.name for t in quants.warm(ts, jobs=int(sys.argv[1]), on_start=started.extend)]
+out["started"] = [t.name for t in started]
+out["cold_after"] = [t.name for t in quants.cold_types(ts)]
+out["compiled_here"] = any(quants.kernel(t).quantize.overloads for t in ts)
+x = np.linspace(-3, 3, 4 * 256, dtype=np.float32).reshape(4, 256)
+misses = 0
+for t in ts:
+    k = quants.kernel(t)
+    quants.dequantize(quants.quantize(x, t), t, x.shape)
+    misses += sum(k.quantize.stats.cache_misses.values()) + sum(k.dequantize.stats.cache_misses.values())
+out["misses"] = misses
+out["again"] = [t.name for t in quants.warm(ts)]
+print(json.dumps(out))
+"""
+
+
+def _run(cache: Path, jobs: int) -> dict:
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(cache), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", CHILD, str(jobs)], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return json.loads(p.stdout)
+
+
+def test_warm_compiles_in_other_processes_then_loads_from_cache(tmp_path):
+    r = _run(tmp_path / "cache", jobs=2)
+    assert r["cold_before"] == ["Q8_0", "F16"]
+    assert r["warmed"] == r["started"] == ["Q8_0", "F16"]
+    assert r["cold_after"] == []
+    assert not r["compiled_here"]  # the warm-up ran elsewhere ...
+    assert r["misses"] == 0  # ... and the first calls here loaded it from the cache
+    assert r["again"] == []
+    # a second process finds everything cached: nothing to warm
+    r2 = _run(tmp_path / "cache", jobs=2)
+    assert r2["cold_before"] == [] and r2["warmed"] == [] and r2["started"] == []
+
+
+def test_warm_in_process(tmp_path):
+    r = _run(tmp_path / "cache", jobs=1)
+    assert r["warmed"] == ["Q8_0", "F16"] and r["cold_after"] == [] and r["compiled_here"]
+
+
+def test_convert_on_a_cold_cache_says_it_compiles_once(tmp_path):
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+
+    def convert(out):
+        return subprocess.run([sys.executable, "-m", "kquant.cli", "convert", str(ROOT / "fixtures" / "tiny-llama"),
+                               "-o", str(out), "--type", "F16"], env=env, capture_output=True, text=True, timeout=600)
+
+    first = convert(tmp_path / "a.gguf")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert re.search(r"^compiling the .*\bf16\b.* kernels \(first run only", first.stderr, re.M)
+    second = convert(tmp_path / "b.gguf")
+    assert second.returncode == 0 and "compiling" not in second.stderr
+    assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
