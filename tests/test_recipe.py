@@ -605,21 +605,15 @@ def live_files(tmp_path_factory):
 
 def quantize_live(llama_cpp, src: Path, ftype: FileType, ov: Overrides = Overrides(), imatrix=None, raw_patterns=None):
     """Run llama_model_quantize; {tensor name: QType} of the output, or None when it fails."""
-    import ctypes
-
     import gguf
-    import numpy as np
 
-    p = llama_cpp.llama_model_quantize_default_params()
-    p.ftype = int(ftype)
-    p.nthread = 1
+    from kquant import refpipeline
+
+    params = {"pure": ov.pure, "quantize_output_tensor": not ov.leave_output_tensor}
     if ov.output_tensor_type is not None:
-        p.output_tensor_type = int(ov.output_tensor_type)
+        params["output_tensor_type"] = int(ov.output_tensor_type)
     if ov.token_embedding_type is not None:
-        p.token_embedding_type = int(ov.token_embedding_type)
-    p.pure = ov.pure
-    p.quantize_output_tensor = not ov.leave_output_tensor
-    keep = []
+        params["token_embedding_type"] = int(ov.token_embedding_type)
     patterns = raw_patterns if raw_patterns is not None else [(rx, int(q)) for rx, q in ov.tensor_types]
     if patterns:
         arr = (llama_cpp.llama_model_tensor_override * (len(patterns) + 1))()
@@ -628,22 +622,10 @@ def quantize_live(llama_cpp, src: Path, ftype: FileType, ov: Overrides = Overrid
             arr[i].type = q
         arr[len(patterns)].pattern = None
         arr[len(patterns)].type = 43  # GGML_TYPE_COUNT
-        p.tt_overrides = arr
-        keep.append(arr)
-    if imatrix is not None:  # {name: float32 values}
-        arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
-        for i, (name, values) in enumerate(imatrix.items()):
-            values = np.ascontiguousarray(values, dtype=np.float32)
-            keep.append(values)
-            arr[i].name = name.encode()
-            arr[i].data = values.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-            arr[i].size = values.size
-        arr[len(imatrix)].name = None
-        p.imatrix = arr
-        keep.append(arr)
+        params["tt_overrides"] = arr
     dst = src.with_name(f"{src.stem}.out.gguf")
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(p))
-    if rc != 0:
+    # imatrix: {name: float32 values}, given as raw entries (no quantize.imatrix.* keys)
+    if refpipeline.llama_quantize_rc(src, dst, ftype, threads=1, weights=imatrix, **params) != 0:
         dst.unlink(missing_ok=True)
         return None
     reader = gguf.GGUFReader(str(dst))
