@@ -296,7 +296,48 @@ def fit(a) -> dict:
                                "relative": {k: v / norm for k, v in med.items()}}
         log(f"[{label}] sensitivity relative to attn_output/ffn_down: "
             + ", ".join(f"{k} {v / norm:.2f}" for k, v in med.items()))
+    out["table"] = fit_table([out])
     return out
+
+
+BLOCK_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def fit_table(fits: list[dict]) -> dict:
+    """automix's constants from --fit runs (one or more models, both modes pooled): least squares
+    log KL/rel = kind + first/last-layer class + one offset per (model, mode) over the per-layer
+    tensors, the layer-count scaling (REF_LAYERS / n_layer) taken out first; the output matrix and
+    token embeddings as their mean log ratio to that model's middle-layer attn_output."""
+    import re
+
+    X, y, groups_of, extra = [], [], [], []
+    groups: list[tuple] = []
+    for fi, f in enumerate(fits):
+        for mode, v in f["modes"].items():
+            g = (fi, mode)
+            groups.append(g)
+            rows = v["rows"]
+            n_layer = 1 + max(int(m.group(1)) for r in rows if (m := re.match(r"blk\.(\d+)\.", r["name"])))
+            for r in rows:
+                m = re.match(r"blk\.(\d+)\.", r["name"])
+                if not m:  # sensitivity_of scales all but the output matrix by REF_LAYERS / n_layer
+                    scale = 1.0 if r["kind"] == "output" else automix.REF_LAYERS / n_layer
+                    extra.append((g, r["kind"], math.log(r["sens"] / scale)))
+                    continue
+                layer = int(m.group(1))
+                X.append([float(r["kind"] == k) for k in BLOCK_KINDS] + [float(layer == 0), float(layer == n_layer - 1)])
+                y.append(math.log(r["sens"]) - math.log(automix.REF_LAYERS / n_layer))
+                groups_of.append(g)
+    A = np.array([row + [float(g == h) for h in groups[1:]] for row, g in zip(X, groups_of)])
+    coef, *_ = np.linalg.lstsq(A, np.array(y), rcond=None)
+    resid = np.array(y) - A @ coef
+    offset = {groups[0]: 0.0, **{h: coef[len(BLOCK_KINDS) + 2 + i] for i, h in enumerate(groups[1:])}}
+    ref = coef[BLOCK_KINDS.index("attn_output")]
+    table = {k: float(math.exp(coef[i] - ref)) for i, k in enumerate(BLOCK_KINDS)}
+    for kind in sorted({k for _, k, _ in extra}):
+        table[kind] = float(math.exp(np.mean([v - offset[g] - ref for g, k, v in extra if k == kind])))
+    return {"sensitivity": table, "first_layer_factor": float(math.exp(coef[len(BLOCK_KINDS)])),
+            "last_layer_factor": float(math.exp(coef[len(BLOCK_KINDS) + 1])), "residual_sd": float(resid.std())}
 
 
 def main(argv=None) -> int:
@@ -309,7 +350,12 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
     ap.add_argument("--no-imatrix", action="store_true", help="--fit: skip the imatrix mode")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--fit-table", nargs="+", type=Path, metavar="FIT_JSON",
+                    help="print automix's constants fitted to saved --fit --json results (pooled) and exit")
     a = ap.parse_args(argv)
+    if a.fit_table:
+        print(json.dumps(fit_table([json.loads(p.read_text()) for p in a.fit_table]), indent=1))
+        return 0
     res = fit(a) if a.fit else bench(a)
     text = json.dumps(res, indent=1, default=str)
     if a.json:
