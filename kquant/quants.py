@@ -261,7 +261,12 @@ def _warm_lock():
         yield
         return
     path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
-    with open(path, "a") as f:
+    try:
+        f = open(path, "a")
+    except OSError:  # no writable temp directory: warm up unserialised
+        yield
+        return
+    with f:
         fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
