@@ -18,9 +18,11 @@ distribution from the BF16 model's over the same positions.
     .venv/bin/python scripts/bench_mix.py [--recipes Q4_K_M,Q3_K_M] [--cache DIR] [--json OUT]
 
 Models used so far (scripts/train_tiny_lm.py, `--out DIR` then `--cache DIR` here):
-  A /tmp/kquant-tinylm       defaults: 4 layers, hidden 256, ffn 768, GQA 4/2, vocab 4096 (the benchmark)
-  C /tmp/kquant-tinylm-c     --init-std 0.006 --seed 2 --lr 3e-3 --steps 1000 (a second benchmark)
+  A /tmp/kquant-tinylm       defaults: 4 layers, hidden 256, ffn 768, GQA 4/2, vocab 4096, 900 steps
+  C /tmp/kquant-tinylm-c     --init-std 0.006 --seed 2 --lr 3e-3 --steps 1000
+  D /tmp/kquant-tinylm-d     --steps 5000 --seed 3 --threads 2 (trained 5.5x longer than A: the main benchmark)
   B /tmp/kquant-tinylm-fit   --layers 6 --ffn 512 --kv-heads 4 --seed 1 --steps 600 (only for --fit)
+  E /tmp/kquant-tinylm-e     --layers 6 --steps 4000 --seed 5 (only for --fit: automix's constants)
 
 `--fit` instead measures, for each quantizable tensor alone quantized to Q3_K (all others Q8_0),
 the KL divergence of llama.cpp's next-token distribution from the all-Q8_0 model's on the
