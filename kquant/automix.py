@@ -80,14 +80,14 @@ MAX_CELLS = 1 << 26  # tensors x grid cells of the choice table (64 MiB of uint8
 # (model E there: 4000 steps, not a benchmark model): each tensor alone quantized to Q3_K, the
 # rest Q8_0, KL of llama.cpp's next-token distribution on calibration text divided by `rel`; a
 # log-additive fit kind x first/middle/last layer (residual sd 0.57), with and without an
-# imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, attn_q/attn_k
-# least, as llama.cpp's mixes also say); the first layer ~1.7x and the last ~2.7x the middle
+# imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, as llama.cpp's
+# mixes also say; attn_q/attn_k least); the first layer ~1.7x and the last ~2.7x the middle
 # ones; the output matrix (logits directly) ~110x and the token embeddings ~11x a middle tensor.
 # These depend on how well trained a model is: an under-trained model (600 steps, model B) gave
 # FFN ~ attention, first layer 8x, token embeddings 70x, and mixes chosen with its constants
 # barely beat llama.cpp's on a well-trained model (D) while E's come close to what D's own
-# measured sensitivities give (bench_mix.py; numbers in the README). We take the well-trained
-# model's, released checkpoints being trained far longer than either.
+# measured sensitivities would give (an offline comparison; D's perplexities are in the README).
+# We take the well-trained model's, released checkpoints being trained far longer than either.
 REF_LAYERS = 6
 SENSITIVITY: dict[str, float] = {
     "attn_q": 0.7,
