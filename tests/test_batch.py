@@ -21,6 +21,7 @@ from kquant import batch, pipeline
 from kquant.cli import main
 from kquant.errors import InputError, OutputError
 from kquant.gguf_io import GGUFFile
+from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -280,7 +281,7 @@ def test_interrupt_and_resume(tree, reference, tmp_path, sig, jobs):
     err_path = tmp_path / "stderr"
     cmd = [sys.executable, str(script), "batch", str(tree), "-o", str(out), "-t", "Q4_K_M", "-t", "Q8_0", "--jobs", str(jobs)]
     with open(err_path, "w") as err:
-        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT)
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=ROOT, preexec_fn=default_sigint)
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT
         while ": wrote " not in err_path.read_text() and p.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)

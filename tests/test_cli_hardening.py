@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from kquant.safetensors_io import Checkpoint, write_safetensors
+from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "fixtures" / "tiny-llama"
@@ -186,7 +187,8 @@ def test_signal_mid_write_leaves_nothing(tmp_path, sig):
     out = tmp_path / "o.gguf"
     e = dict(os.environ, NUMBA_NUM_THREADS="1")
     p = subprocess.Popen([sys.executable, "-m", "kquant.cli", "convert", str(m), "-o", str(out), "--type", "Q3_K_M",
-                          "--threads", "1", "-q"], stderr=subprocess.PIPE, text=True, env=e)
+                          "--threads", "1", "-q"], stderr=subprocess.PIPE, text=True, env=e,
+                         preexec_fn=default_sigint)
     deadline = time.time() + 120
     while time.time() < deadline and not any(".kquant-tmp-" in x.name for x in tmp_path.iterdir()):
         if p.poll() is not None:

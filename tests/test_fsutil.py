@@ -18,6 +18,7 @@ import pytest
 from kquant import fsutil
 from kquant.errors import OutputError
 from kquant.fsutil import TMP_MARK, Terminated, atomic_output, check_not_input, handle_termination
+from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,7 +31,7 @@ def run_script(code: str, *args, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **kw,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_sigint, **kw,
     )
 
 
