@@ -11,7 +11,8 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
        rel(t, q) = sum_i sum_j w_j (deq_ij - x_ij)^2 / sum_i sum_j w_j x_ij^2
 
    with w_j = the importance (mean squared input activation of column j) when an imatrix is
-   given, else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
+   given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see _NORM_OF),
+   else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
    relative error of the tensor's OUTPUT, which is what the rest of the network sees.
    Candidates: Q2_K..Q6_K and Q8_0 where the row is a multiple of 256; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
    where it is only a multiple of 32; F16 otherwise; plus the intermediate type itself (exact)
@@ -224,9 +225,44 @@ def _sample_chunks(row0: int, n: int, sample: bool):
         g = base + period
 
 
+# Without an imatrix, a matrix that reads a normalised hidden state sees inputs n_j * g_j (the
+# norm's gain g times a normalised value): its columns' mean squared input is ~ g_j^2, which the
+# error sums then use as column weights (the quantization itself stays unweighted, as ggml's).
+# In trained models g^2 correlates with llama-imatrix's column means (r 0.5-0.9 on a 4000-step one).
+_NORM_OF = {  # GGUF kind -> the norm whose output it reads (same block)
+    "attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "attn_qkv": "attn_norm",
+    "ffn_gate": "ffn_norm", "ffn_up": "ffn_norm", "ffn_gate_exps": "ffn_norm", "ffn_up_exps": "ffn_norm",
+    "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
+}
+
+
+def _norm_gains(ckpt, plan) -> dict[str, np.ndarray]:
+    """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output."""
+    from .pipeline import iter_source_slabs
+
+    by_name = {t.name: t for t in plan.tensors}
+    out: dict[str, np.ndarray] = {}
+    cache: dict[str, np.ndarray | None] = {}
+    for t in plan.tensors:
+        m = re.match(r"^(blk\.\d+\.)(.+?)\.weight$", t.name)
+        norm = (m.group(1) + _NORM_OF[m.group(2)] + ".weight") if m and m.group(2) in _NORM_OF else \
+            ("output_norm.weight" if t.name == "output.weight" else None)
+        if norm is None or norm not in by_name:
+            continue
+        if norm not in cache:
+            ns = by_name[norm]
+            g = np.concatenate([slab.reshape(-1) for _, slab in iter_source_slabs(ckpt, ns.spec)]).astype(np.float64)
+            cache[norm] = (g * g).astype(np.float32) if np.isfinite(g).all() and (g * g).sum() > 0 else None
+        g2 = cache[norm]
+        if g2 is not None and g2.shape[0] == t.shape[-1]:
+            out[t.name] = g2
+    return out
+
+
 def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample: bool,
-                    rows_per_expert: int) -> tuple[list[float], int]:
-    """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or None."""
+                    rows_per_expert: int, err_w: np.ndarray | None = None) -> tuple[list[float], int]:
+    """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
+    None; `err_w`: column weights for the error sums where `w` is None (else unweighted)."""
     from .pipeline import _round_through, iter_source_slabs
 
     se = {t: 0.0 for t in types}
@@ -242,7 +278,8 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
         for e in np.unique(expert):
             x = np.ascontiguousarray(inter[idx[expert == e]])
             wv = None if w is None else w[min(int(e), w.shape[0] - 1)]
-            wk = _NO_W if wv is None else np.ascontiguousarray(wv, dtype=np.float32)
+            ew = wv if wv is not None else err_w
+            wk = _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
             ss += _wsums(x, x, wk)[1]
             for t in probes:
                 deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False), t, x.shape)
@@ -309,6 +346,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     leave_out = bool(overrides is not None and overrides.leave_output_tensor)
     pinned = _pinned_names(plan, overrides)
     weights = imatrix.weights if imatrix is not None else {}
+    gains = {} if weights else _norm_gains(ckpt, plan)
     todo = [t for t in plan.tensors
             if t.name not in pinned and should_quantize(t.name, t.shape, facts, leave_output_tensor=leave_out)]
     if sample is None:
@@ -336,7 +374,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
         # the importance rows the writer would use for a quantized type (None when absent)
         w = weights_for(weights, pt.name, pt.shape, ref, Q.Q8_0, plan.ftype) if weights else None
         rows_per_expert = pt.shape[-2] if len(pt.shape) >= 3 else int(np.prod(pt.shape[:-1], dtype=np.int64))
-        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1))
+        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name))
         rows = int(np.prod(pt.shape[:-1], dtype=np.int64)) if len(pt.shape) > 1 else 1
         c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rel,
                   sensitivity_of(pt.name, spec.n_layer, sensitivity, tied), w is not None, measured, rows)
@@ -531,7 +569,7 @@ class Mix:
         if down:
             lines.append(f"fewer bits than the recipe ({len(down)} tensors; bits there saved the least damage per byte):")
             lines += [fmt(c, k) for c, k in down[:top]] + ([f"  ... {len(down) - top} more"] if len(down) > top else [])
-        how = "importance-weighted" if self.imatrix else "unweighted (no imatrix)"
+        how = "importance-weighted" if self.imatrix else "without an imatrix (norm-gain weighted where a norm feeds the matrix)"
         samp = "a 1/8 row sample" if self.sampled else "every row"
         lines.append(f"measured {how} on {samp} in {self.measure_seconds:.1f} s")
         lines += self.notes

@@ -261,11 +261,29 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
     """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no rounding)."""
     from kquant.validate import validate_file
 
+    from kquant import quants
+    from kquant.gguf_io import GGUFFile
+
     mix = automix.mix_for_budget(small_measured, target_bpw=4.0)
     out = tmp_path / "m.gguf"
     cv.convert(small_model, out, "Q4_K_M", cv.Options(type_map=mix.type_map))
     rep = {t.name: t for t in validate_file(out, small_model).tensors}
-    for c, k in zip(mix.curves, mix.choice):
-        if not c.fixed:
+    weighted = 0
+    with GGUFFile(out) as gf, cv.open_model(small_model) as ckpt:
+        specs = {t.name: t for t in cv.build_spec(ckpt, small_model, vocab=False).tensors}
+        for c, k in zip(mix.curves, mix.choice):
+            if c.fixed:
+                continue
             assert rep[c.name].type == c.types[k].ggml_name
-            assert rep[c.name].metrics.rel_rmse ** 2 == pytest.approx(c.rel[k], rel=1e-9), c.name
+            norm = automix._NORM_OF.get(c.kind)
+            if norm is None and c.name != "output.weight":  # unweighted: validate's relative error
+                assert rep[c.name].metrics.rel_rmse ** 2 == pytest.approx(c.rel[k], rel=1e-9), c.name
+                continue
+            # weighted by the feeding norm's gain squared, recomputed here from the file
+            g = gf.data(c.name.replace(c.kind, norm) if norm else "output_norm.weight").view(np.float32).astype(np.float64)
+            x = np.concatenate([s for _, s in cv.iter_source_slabs(ckpt, specs[c.name])]).astype(np.float64)
+            d = quants.dequantize(gf.data(c.name), gf.tensor(c.name).qtype, c.shape).astype(np.float64)
+            want = float((g * g * (d - x) ** 2).sum() / (g * g * x * x).sum())
+            assert c.rel[k] == pytest.approx(want, rel=1e-9), c.name
+            weighted += 1
+    assert weighted > 0
