@@ -196,7 +196,7 @@ def _load_gguf(fname: str, where: str) -> _Loaded:
             ts, tc = pairs[name]
             if ts is None or tc is None:
                 have, lack = (SUMS_SUFFIX, COUNTS_SUFFIX) if tc is None else (COUNTS_SUFFIX, SUMS_SUFFIX)
-                raise InputError(f"{where}: mismatched sums and counts for {name!r} (has {name}{have}, no {name}{lack})")
+                raise InputError(f"{where}: mismatched sums and counts for {name!r} (has its {have}, no {lack})")
             for t in (ts, tc):
                 if int(t.qtype) != 0:
                     raise InputError(f"{where}: sums and counts for {name!r} must be F32, {t.name} is {t.qtype.name}")

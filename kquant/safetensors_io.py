@@ -220,7 +220,7 @@ class SafetensorsFile:
                 raise InputError(f"{where}: field '{METADATA_KEY}' is {_s(md)}, expected an object of strings")
             for k, v in md.items():
                 if not isinstance(v, str):
-                    raise InputError(f"{where}: field '{METADATA_KEY}.{k}' is {_s(v)}, expected a string")
+                    raise InputError(f"{where}: field {METADATA_KEY}.{_s(k)} is {_s(v)}, expected a string")
             metadata = md
 
         data_start = HEADER_LEN_BYTES + n

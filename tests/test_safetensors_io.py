@@ -240,7 +240,8 @@ def test_duplicate_names(tmp_path):
 
 
 def test_metadata_field(tmp_path):
-    for md, word in (([1], "__metadata__"), ({"k": 1}, "__metadata__.k"), ("x", "__metadata__"), ({"k": None}, "__metadata__.k")):
+    for md, word in (([1], "__metadata__"), ({"k": 1}, "__metadata__.'k'"), ("x", "__metadata__"), ({"k": None}, "__metadata__.'k'"),
+                     ({"a\nb": None}, "__metadata__.'a\\nb'")):  # a key with a newline: still one line
         h = {"__metadata__": md}
         expect(tmp_path, st_bytes(h), InputError, word)
 
