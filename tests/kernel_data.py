@@ -10,10 +10,10 @@ import os
 import numpy as np
 
 from kquant import reference
-from kquant.kernels import legacy, q2_k, q3_k, q4_k, q5_k, q6_k
+from kquant.quants import registry
 from kquant.types import QType
 
-KERNELS = {**legacy.KERNELS, **q2_k.KERNELS, **q3_k.KERNELS, **q4_k.KERNELS, **q5_k.KERNELS, **q6_k.KERNELS}
+KERNELS = registry()  # QType -> kernels, as kquant.quants dispatches
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
