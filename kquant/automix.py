@@ -352,9 +352,12 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     if sample is None:
         sample = sum(t.n_elements for t in todo) > FULL_MEASURE_ELEMENTS
     todo_names = {t.name for t in todo}
-    # a cold numba cache: compile every candidate's kernels at once, in parallel processes
-    quants.warm({q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type)} | {t.qtype for t in todo},
-                on_start=on_compile)
+    # a cold numba cache: compile every probed type's kernels at once, in parallel processes (the
+    # intermediate type itself is never quantized: its error is 0)
+    from .pipeline import source_kernel_types
+
+    probed = {q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type) if q != t.spec.ref_type}
+    quants.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
     tied = not any(t.name == "output.weight" for t in plan.tensors)
     curves = []
     n_todo = len(todo)

@@ -168,6 +168,12 @@ class GGUFSource:
         self.close()
 
 
+def source_kernel_types(ckpt) -> set[QType]:
+    """Types whose dequantize kernels reading `ckpt` calls: a GGUF input's tensor types (none for
+    safetensors, which are decoded without kernels)."""
+    return {t.qtype for t in ckpt._info.values()} if isinstance(ckpt, GGUFSource) else set()
+
+
 def _gguf_spec(src: GGUFSource):
     """A ModelSpec for a float GGUF: its metadata and tensors as they are (llama-quantize's view)."""
     from .arch.spec import ModelSpec, TensorSpec
@@ -350,7 +356,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
         # a cold numba cache: compile every kernel needed at once, in parallel processes
-        quants.warm({t.qtype for p in plans for t in p.tensors} | {t.spec.ref_type for t in plans[0].tensors},
+        quants.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32} | source_kernel_types(ckpt),
                     on_start=opts.on_compile)
         results: list[Result] = []
         with handle_termination(), _ExitStack() as stack:

@@ -230,8 +230,7 @@ def _first_calls(types) -> None:
     x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
     for t in types:
         t = parse_qtype(t)
-        dequantize(quantize(x, t), t, x.shape)
-    count_nonfinite(x)
+        dequantize(quantize(x, t), t, x.shape)  # quantize also runs count_nonfinite and the scale check
 
 
 def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
