@@ -38,10 +38,6 @@ def set_threads(n: int) -> None:
     _threads = int(n)
 
 
-def get_threads() -> int:
-    return _threads
-
-
 def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
     """fn(*args) on disjoint row ranges of the leading 2-D arrays, on up to `_threads` threads
     (the kernels are nogil, so the ranges run in parallel)."""
