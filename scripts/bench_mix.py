@@ -242,6 +242,176 @@ def bench(a) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- realizations
+# One file's perplexity on held-out text carries, besides the chunk-to-chunk noise the paired
+# standard error covers, a term FIXED for that file: to first order the NLL moves by
+# -<onehot(y) - p, d logits>, linear in the particular rounding errors, and unless the model is
+# perfectly calibrated on the held-out text its mean over the text is not zero. Two files of equal
+# quality can differ by several paired standard errors that way. `--realizations K` measures it:
+# the model is rewritten K times under random permutations that leave its function unchanged
+# (hidden channels everywhere, FFN neurons, value dims within a KV head, query heads within a
+# group) but move values between quantization blocks, so each copy's files are independent
+# rounding draws of the same mix; the means over copies compare the methods, not one draw.
+def _write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """float32 arrays holding BF16 values -> a BF16 .safetensors (exact: the low 16 bits are zero)."""
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = (np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    header["__metadata__"] = {"format": "pt"}
+    h = json.dumps(header, separators=(",", ":")).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        for b in blobs:
+            f.write(b)
+
+
+def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", "ffn", "heads")):
+    """A function-identical copy of a Llama HF folder (see above), and `im` permuted to match."""
+    import shutil
+
+    from kquant.imatrix import ImatrixData
+    from kquant.safetensors_io import Checkpoint
+
+    cfg = json.loads((model / "config.json").read_text())
+    L, H = cfg["num_hidden_layers"], cfg["hidden_size"]
+    nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
+    hd = cfg.get("head_dim", H // nh)
+    rng = np.random.default_rng(seed)
+
+    def perm(n, part):
+        return rng.permutation(n) if part in parts else np.arange(n)
+
+    ck = Checkpoint.open(model / "model.safetensors")
+    t = {n: np.array(ck.read(n)) for n in ck.tensors}
+    ck.close()
+    pi = perm(H, "hidden")  # hidden channels
+    w = dict(im.weights) if im is not None else {}
+
+    def perm_im(name, p):
+        if name in w:
+            w[name] = np.asarray(w[name]).reshape(-1)[p]
+
+    t["model.embed_tokens.weight"] = t["model.embed_tokens.weight"][:, pi]
+    t["model.norm.weight"] = t["model.norm.weight"][pi]
+    if "lm_head.weight" in t:
+        t["lm_head.weight"] = t["lm_head.weight"][:, pi]
+        perm_im("output.weight", pi)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = t[p + n + ".weight"][pi]
+        for n, g in (("self_attn.q_proj", "attn_q"), ("self_attn.k_proj", "attn_k"), ("self_attn.v_proj", "attn_v"),
+                     ("mlp.gate_proj", "ffn_gate"), ("mlp.up_proj", "ffn_up")):
+            t[p + n + ".weight"] = t[p + n + ".weight"][:, pi]
+            perm_im(f"blk.{i}.{g}.weight", pi)
+        t[p + "self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"][pi, :]
+        t[p + "mlp.down_proj.weight"] = t[p + "mlp.down_proj.weight"][pi, :]
+        sg = perm(t[p + "mlp.gate_proj.weight"].shape[0], "ffn")  # FFN neurons
+        t[p + "mlp.gate_proj.weight"] = t[p + "mlp.gate_proj.weight"][sg]
+        t[p + "mlp.up_proj.weight"] = t[p + "mlp.up_proj.weight"][sg]
+        t[p + "mlp.down_proj.weight"] = t[p + "mlp.down_proj.weight"][:, sg]
+        perm_im(f"blk.{i}.ffn_down.weight", sg)
+        # attention: KV heads (with their query groups), query heads within a group, value dims
+        # within a KV head (not rotated by RoPE, unlike query/key dims)
+        kv_order = perm(nkv, "heads")
+        rep = nh // nkv
+        q_heads = np.concatenate([g * rep + perm(rep, "heads") for g in kv_order])
+        vdim = [perm(hd, "heads") for _ in range(nkv)]
+        v_rows = np.concatenate([g * hd + vdim[g] for g in kv_order])
+        o_cols = np.concatenate([h * hd + vdim[h // rep] for h in q_heads])
+        k_rows = np.concatenate([np.arange(g * hd, (g + 1) * hd) for g in kv_order])
+        q_rows = np.concatenate([np.arange(h * hd, (h + 1) * hd) for h in q_heads])
+        t[p + "self_attn.q_proj.weight"] = t[p + "self_attn.q_proj.weight"][q_rows]
+        t[p + "self_attn.k_proj.weight"] = t[p + "self_attn.k_proj.weight"][k_rows]
+        t[p + "self_attn.v_proj.weight"] = t[p + "self_attn.v_proj.weight"][v_rows]
+        t[p + "self_attn.o_proj.weight"] = t[p + "self_attn.o_proj.weight"][:, o_cols]
+        perm_im(f"blk.{i}.attn_output.weight", o_cols)
+    out.mkdir(parents=True, exist_ok=True)
+    for f in model.iterdir():
+        if f.name != "model.safetensors" and f.is_file():
+            shutil.copy2(f, out / f.name)
+    _write_bf16_safetensors(out / "model.safetensors", t)
+    pim = None if im is None else ImatrixData(weights=w, datasets=im.datasets, chunk_count=im.chunk_count, path=im.path)
+    return out, pim
+
+
+def realizations(a) -> dict:
+    """--realizations K: llama.cpp's mix and kquant's automatic mix of K+1 function-identical copies."""
+    model = ensure_model(a.cache) if a.model is None else Path(a.model)
+    cache = a.cache if a.model is None else Path(a.model).parent
+    work = cache / "realizations"
+    work.mkdir(exist_ok=True)
+    bf16 = llama_bf16(model, cache / "bench" / "bf16.gguf") if (cache / "bench").exists() else \
+        llama_bf16(model, work / "bf16.gguf")
+    ev = LlamaEval(bf16)
+    chunks = chunks_of(ev.tokenize(read_text(cache / "heldout.txt")), N_CTX, a.eval_tokens)
+    ev.close()
+    n_tok = len(chunks) * (N_CTX // 2 - 1)
+    files: dict[str, Path] = {}
+    res: dict = {"model": str(model), "copies": a.realizations + 1, "scored_tokens": n_tok}
+    for label, use_im in (("no_imatrix", False), ("imatrix", True)):
+        if a.only and a.only != label:
+            continue
+        im0 = load_imatrix(cache / "imatrix.gguf") if use_im else None
+        for recipe in a.recipes.split(","):
+            for k in range(a.realizations + 1):
+                if k == 0:
+                    src, im = model, im0
+                else:
+                    src, im = permuted_model(model, work / f"copy{k}", seed=1000 + k, im=im0)
+                tag = f"{label}/{recipe}/{k}"
+                cbf = work / f"copy{k}-bf16.gguf"
+                if k == 0:
+                    cbf = bf16
+                elif not cbf.exists():
+                    cv.convert(src, cbf, "BF16", cv.Options())
+                ref = work / f"llama-{recipe}-{label}-{k}.gguf"
+                if not ref.exists():
+                    llama_quantize(cbf, ref, recipe, im)
+                auto = work / f"kquant-auto-{recipe}-{label}-{k}.gguf"
+                measured = automix.measure_model(src, recipe, cv.Options(imatrix=im))
+                mix = automix.mix_for_budget(measured, target_size=ref.stat().st_size)
+                cv.convert(src, auto, recipe, cv.Options(imatrix=im, type_map=mix.type_map, force=True))
+                assert auto.stat().st_size <= ref.stat().st_size
+                files[f"{tag}/llama"] = ref
+                files[f"{tag}/kquant_auto"] = auto
+                log(f"[{tag}] files ready")
+    t = time.perf_counter()
+    ev = evaluate(bf16, files, chunks)
+    log(f"evaluated {len(files) + 1} files in {time.perf_counter() - t:.0f} s")
+    base = ev["ref"]["ppl"]
+    res["bf16_ppl"] = base
+    for label in ("no_imatrix", "imatrix"):
+        for recipe in a.recipes.split(","):
+            keys = [k for k in files if k.startswith(f"{label}/{recipe}/") and k.endswith("/llama")]
+            if not keys:
+                continue
+            rows = []
+            for key in keys:
+                pre = key[: -len("llama")]
+                r0, r1 = ev[pre + "llama"], ev[pre + "kquant_auto"]
+                rows.append({"llama_ppl": r0["ppl"], "kquant_ppl": r1["ppl"], "llama_kl": r0["kl"], "kquant_kl": r1["kl"],
+                             "nll_diff": (sum(r1["chunk_nll"]) - sum(r0["chunk_nll"])) / n_tok,
+                             "nll_diff_se": paired_se(r0["chunk_nll"], r1["chunk_nll"], n_tok)})
+            d = np.array([r["nll_diff"] for r in rows])
+            lg = np.log([r["llama_ppl"] for r in rows]) - math.log(base)
+            kq = np.log([r["kquant_ppl"] for r in rows]) - math.log(base)
+            res.setdefault(label, {})[recipe] = {
+                "copies": rows,
+                "mean_nll_diff": float(d.mean()),
+                "mean_nll_diff_se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
+                "llama_nll_gap_mean": float(lg.mean()), "llama_nll_gap_sd": float(lg.std(ddof=1)) if len(lg) > 1 else math.nan,
+                "kquant_nll_gap_mean": float(kq.mean()), "kquant_nll_gap_sd": float(kq.std(ddof=1)) if len(kq) > 1 else math.nan,
+                "gap_closed_mean": float(1 - kq.mean() / lg.mean()),
+                "kl_reduction_mean": float(1 - np.mean([r["kquant_kl"] for r in rows]) / np.mean([r["llama_kl"] for r in rows])),
+            }
+    return res
+
+
 # ---------------------------------------------------------------- sensitivity fit
 def fit(a) -> dict:
     """KL of each single-tensor quantization vs automix's relative error (see module docstring).
@@ -352,11 +522,29 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
     ap.add_argument("--no-imatrix", action="store_true", help="--fit: skip the imatrix mode")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--realizations", type=int, metavar="K",
+                    help="also K function-identical permuted copies of the model: mean over K+1 rounding draws")
     ap.add_argument("--fit-table", nargs="+", type=Path, metavar="FIT_JSON",
                     help="print automix's constants fitted to saved --fit --json results (pooled) and exit")
     a = ap.parse_args(argv)
     if a.fit_table:
         print(json.dumps(fit_table([json.loads(p.read_text()) for p in a.fit_table]), indent=1))
+        return 0
+    if a.realizations:
+        res = realizations(a)
+        if a.json:
+            a.json.write_text(json.dumps(res, indent=1) + "\n")
+        print(f"\nBF16 perplexity {res['bf16_ppl']:.4f}; {res['copies']} copies, {res['scored_tokens']} tokens scored each")
+        for label in ("no_imatrix", "imatrix"):
+            for recipe, r in res.get(label, {}).items():
+                for i, c in enumerate(r["copies"]):
+                    print(f"{label:10s} {recipe} copy {i}: llama.cpp ppl {c['llama_ppl']:.4f} KL {c['llama_kl']:.3e} | "
+                          f"kquant auto ppl {c['kquant_ppl']:.4f} KL {c['kquant_kl']:.3e} | NLL diff {c['nll_diff']:+.2e} "
+                          f"(paired s.e. {c['nll_diff_se']:.1e})")
+                print(f"{label:10s} {recipe} MEAN: NLL/token kquant - llama.cpp {r['mean_nll_diff']:+.2e} (s.e. over copies "
+                      f"{r['mean_nll_diff_se']:.1e}); NLL gap to BF16 llama.cpp {r['llama_nll_gap_mean']:.3e} "
+                      f"(sd {r['llama_nll_gap_sd']:.1e}), kquant {r['kquant_nll_gap_mean']:.3e} (sd {r['kquant_nll_gap_sd']:.1e}); "
+                      f"gap closed {100 * r['gap_closed_mean']:.1f}%, KL {100 * r['kl_reduction_mean']:.1f}% lower")
         return 0
     res = fit(a) if a.fit else bench(a)
     text = json.dumps(res, indent=1, default=str)

@@ -287,3 +287,45 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
             assert c.rel[k] == pytest.approx(want, rel=1e-9), c.name
             weighted += 1
     assert weighted > 0
+
+
+def test_bench_permuted_copy_is_the_same_model(tmp_path):
+    """scripts/bench_mix.py --realizations: the permuted copy computes the same function in
+    llama.cpp (so its quantized files are other rounding draws of the same model), every 2-D weight
+    moved, and the imatrix moved with its columns."""
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    from kquant import refpipeline
+    from kquant.safetensors_io import Checkpoint
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_mix
+
+    src = ROOT / "fixtures" / "tiny-llama"
+    with Checkpoint.open(src / "model.safetensors") as ck:
+        orig = {n: np.array(ck.read(n)) for n in ck.tensors}
+    names = {"output.weight": "lm_head.weight", "blk.1.ffn_down.weight": "model.layers.1.mlp.down_proj.weight",
+             "blk.0.attn_output.weight": "model.layers.0.self_attn.o_proj.weight",
+             "blk.0.attn_q.weight": "model.layers.0.self_attn.q_proj.weight"}
+    rng = np.random.default_rng(0)
+    im = ImatrixData(weights={g: rng.uniform(0.1, 2, orig[h].shape[1]).astype(np.float32) for g, h in names.items()},
+                     datasets=[], chunk_count=1, path="x")
+    out, pim = bench_mix.permuted_model(src, tmp_path / "perm", seed=3, im=im)
+    with Checkpoint.open(out / "model.safetensors") as ck:
+        perm = {n: np.array(ck.read(n)) for n in ck.tensors}
+    assert perm.keys() == orig.keys()
+    for n, a in orig.items():
+        assert np.array_equal(np.sort(a, axis=None), np.sort(perm[n], axis=None)), n  # same values ...
+        if a.ndim == 2:
+            assert not np.array_equal(a, perm[n]), n  # ... elsewhere
+    for g, h in names.items():  # each row's importance-weighted energy is kept: w moved with the columns
+        e0 = np.sort((orig[h] ** 2 * im.weights[g]).sum(axis=1))
+        e1 = np.sort((perm[h] ** 2 * pim.weights[g]).sum(axis=1))
+        assert np.allclose(e0, e1, rtol=1e-5), g
+    a = cv.convert(src, tmp_path / "a.gguf", "F32", cv.Options()).path
+    b = cv.convert(out, tmp_path / "b.gguf", "F32", cv.Options()).path
+    toks_a, la = refpipeline.eval_logits(a)
+    toks_b, lb = refpipeline.eval_logits(b)
+    assert toks_a == toks_b
+    assert np.abs(la - lb).max() < 1e-3 * max(1.0, np.abs(la).max())
