@@ -252,29 +252,12 @@ def bench(a) -> dict:
 # (hidden channels everywhere, FFN neurons, value dims within a KV head, query heads within a
 # group) but move values between quantization blocks, so each copy's files are independent
 # rounding draws of the same mix; the means over copies compare the methods, not one draw.
-def _write_bf16_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """float32 arrays holding BF16 values -> a BF16 .safetensors (exact: the low 16 bits are zero)."""
-    header, blobs, off = {}, [], 0
-    for name, a in tensors.items():
-        b = (np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
-        header[name] = {"dtype": "BF16", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = {"format": "pt"}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * (-len(h) % 8)
-    with open(path, "wb") as f:
-        f.write(len(h).to_bytes(8, "little") + h)
-        for b in blobs:
-            f.write(b)
-
-
 def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", "ffn", "heads")):
     """A function-identical copy of a Llama HF folder (see above), and `im` permuted to match."""
     import shutil
 
     from kquant.imatrix import ImatrixData
-    from kquant.safetensors_io import Checkpoint
+    from kquant.safetensors_io import Checkpoint, write_safetensors
 
     cfg = json.loads((model / "config.json").read_text())
     L, H = cfg["num_hidden_layers"], cfg["hidden_size"]
@@ -334,7 +317,7 @@ def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", 
     for f in model.iterdir():
         if f.name != "model.safetensors" and f.is_file():
             shutil.copy2(f, out / f.name)
-    _write_bf16_safetensors(out / "model.safetensors", t)
+    write_safetensors(out / "model.safetensors", t, metadata={"format": "pt"}, dtype="BF16")  # exact: BF16 values
     pim = None if im is None else ImatrixData(weights=w, datasets=im.datasets, chunk_count=im.chunk_count, path=im.path)
     return out, pim
 
