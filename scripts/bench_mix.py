@@ -24,6 +24,10 @@ Models used so far (scripts/train_tiny_lm.py, `--out DIR` then `--cache DIR` her
   B /tmp/kquant-tinylm-fit   --layers 6 --ffn 512 --kv-heads 4 --seed 1 --steps 600 (only for --fit)
   E /tmp/kquant-tinylm-e     --layers 6 --steps 4000 --seed 5 (only for --fit: automix's constants)
 
+`--realizations K` also rewrites the model K times under random function-preserving permutations
+(see realizations()) and compares the two mixes on every copy: one file's perplexity carries a
+rounding-draw term several paired standard errors wide, the mean over copies does not.
+
 `--fit` instead measures, for each quantizable tensor alone quantized to Q3_K (all others Q8_0),
 the KL divergence of llama.cpp's next-token distribution from the all-Q8_0 model's on the
 calibration text, divided by automix's relative output error: the per-kind sensitivities
