@@ -253,8 +253,8 @@ def bench(a) -> dict:
 # perfectly calibrated on the held-out text its mean over the text is not zero. Two files of equal
 # quality can differ by several paired standard errors that way. `--realizations K` measures it:
 # the model is rewritten K times under random permutations that leave its function unchanged
-# (hidden channels everywhere, FFN neurons, value dims within a KV head, query heads within a
-# group) but move values between quantization blocks, so each copy's files are independent
+# (hidden channels everywhere, FFN neurons, KV heads with their query groups, query heads within
+# a group, value dims within a KV head) but move values between quantization blocks, so each copy's files are independent
 # rounding draws of the same mix; the means over copies compare the methods, not one draw.
 def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", "ffn", "heads")):
     """A function-identical copy of a Llama HF folder (see above), and `im` permuted to match."""
@@ -332,30 +332,28 @@ def realizations(a) -> dict:
     cache = a.cache if a.model is None else Path(a.model).parent
     work = cache / "realizations"
     work.mkdir(exist_ok=True)
-    bf16 = llama_bf16(model, cache / "bench" / "bf16.gguf") if (cache / "bench").exists() else \
-        llama_bf16(model, work / "bf16.gguf")
+    bf16 = llama_bf16(model, (cache / "bench" if (cache / "bench").exists() else work) / "bf16.gguf")
     ev = LlamaEval(bf16)
     chunks = chunks_of(ev.tokenize(read_text(cache / "heldout.txt")), N_CTX, a.eval_tokens)
     ev.close()
     n_tok = len(chunks) * (N_CTX // 2 - 1)
     files: dict[str, Path] = {}
     res: dict = {"model": str(model), "copies": a.realizations + 1, "scored_tokens": n_tok}
-    for label, use_im in (("no_imatrix", False), ("imatrix", True)):
-        if a.only and a.only != label:
-            continue
-        im0 = load_imatrix(cache / "imatrix.gguf") if use_im else None
-        for recipe in a.recipes.split(","):
-            for k in range(a.realizations + 1):
-                if k == 0:
-                    src, im = model, im0
-                else:
-                    src, im = permuted_model(model, work / f"copy{k}", seed=1000 + k, im=im0)
+    labels = [lb for lb in ("no_imatrix", "imatrix") if not a.only or a.only == lb]
+    im0 = load_imatrix(cache / "imatrix.gguf") if "imatrix" in labels else None
+    for k in range(a.realizations + 1):
+        # copy 0 is the model itself; each other copy (and its BF16 file) is made once for all modes
+        if k == 0:
+            src, pim, cbf = model, im0, bf16
+        else:
+            src, pim = permuted_model(model, work / f"copy{k}", seed=1000 + k, im=im0)
+            cbf = work / f"copy{k}-bf16.gguf"
+            if not cbf.exists():
+                cv.convert(src, cbf, "BF16", cv.Options())
+        for label in labels:
+            im = pim if label == "imatrix" else None
+            for recipe in a.recipes.split(","):
                 tag = f"{label}/{recipe}/{k}"
-                cbf = work / f"copy{k}-bf16.gguf"
-                if k == 0:
-                    cbf = bf16
-                elif not cbf.exists():
-                    cv.convert(src, cbf, "BF16", cv.Options())
                 ref = work / f"llama-{recipe}-{label}-{k}.gguf"
                 if not ref.exists():
                     llama_quantize(cbf, ref, recipe, im)
@@ -387,12 +385,13 @@ def realizations(a) -> dict:
             d = np.array([r["nll_diff"] for r in rows])
             lg = np.log([r["llama_ppl"] for r in rows]) - math.log(base)
             kq = np.log([r["kquant_ppl"] for r in rows]) - math.log(base)
+            sd = lambda x: float(x.std(ddof=1)) if len(x) > 1 else math.nan  # noqa: E731
             res.setdefault(label, {})[recipe] = {
                 "copies": rows,
                 "mean_nll_diff": float(d.mean()),
-                "mean_nll_diff_se": float(d.std(ddof=1) / math.sqrt(len(d))) if len(d) > 1 else math.nan,
-                "llama_nll_gap_mean": float(lg.mean()), "llama_nll_gap_sd": float(lg.std(ddof=1)) if len(lg) > 1 else math.nan,
-                "kquant_nll_gap_mean": float(kq.mean()), "kquant_nll_gap_sd": float(kq.std(ddof=1)) if len(kq) > 1 else math.nan,
+                "mean_nll_diff_se": sd(d) / math.sqrt(len(d)),
+                "llama_nll_gap_mean": float(lg.mean()), "llama_nll_gap_sd": sd(lg),
+                "kquant_nll_gap_mean": float(kq.mean()), "kquant_nll_gap_sd": sd(kq),
                 "gap_closed_mean": float(1 - kq.mean() / lg.mean()),
                 "kl_reduction_mean": float(1 - np.mean([r["kquant_kl"] for r in rows]) / np.mean([r["llama_kl"] for r in rows])),
             }
