@@ -195,7 +195,7 @@ def dequantize(q: np.ndarray, qtype, shape) -> np.ndarray:
 # Single-core seconds to compile each kernel family from an empty cache (scripts/bench_compile.py):
 # only used to spread the cold families evenly over warm-up processes. A family's types share
 # compiled helpers (Q4_K and Q5_K one driver), so they are compiled in the same process.
-_FAMILY_COMPILE_S = {"legacy": 22.0, "q3_k": 14.0, "q4_k": 10.5, "q2_k": 8.5, "floats": 6.0, "q6_k": 3.0}
+_FAMILY_COMPILE_S = {"legacy": 22.0, "q3_k": 14.0, "q4_k": 10.5, "q2_k": 8.5, "floats": 6.0, "iq4": 5.0, "q6_k": 3.0}
 
 
 def _is_cached(disp) -> bool:

@@ -1,7 +1,7 @@
 """Which ggml type llama-quantize gives each tensor: recipes as data plus one pure function.
 
 Port of llama.cpp `src/llama-quant.cpp` as vendored in llama-cpp-python 0.3.36, restricted to the
-file types of `FileType` (IQ*, TQ*, MXFP4, Q1_0/Q2_0 branches can not fire for them and are left out):
+file types of `FileType` (branches only other IQ*, TQ*, MXFP4, Q1_0/Q2_0 file types reach are left out):
   tensor_get_category (L119-161), tensor_allows_quantization (L287-383), tensor_type_fallback
   (L390-443), llama_tensor_get_type_impl (L446-714), llama_tensor_get_type (L717-773),
   tensor_requires_imatrix (L856-875), llama_ftype_get_default_type (L881-924),
@@ -69,6 +69,8 @@ DEFAULT_TYPE: dict[FileType, QType] = {
     F.MOSTLY_Q5_K_S: Q.Q5_K,
     F.MOSTLY_Q5_K_M: Q.Q5_K,
     F.MOSTLY_Q6_K: Q.Q6_K,
+    F.MOSTLY_IQ4_NL: Q.IQ4_NL,
+    F.MOSTLY_IQ4_XS: Q.IQ4_XS,
 }
 
 # llama-quant.cpp tensor_type_fallback: 256-block type -> 32-block type when ne[0] % 256 != 0.
@@ -79,6 +81,7 @@ FALLBACK: dict[QType, QType] = {
     Q.Q4_K: Q.Q5_0,
     Q.Q5_K: Q.Q5_1,
     Q.Q6_K: Q.Q8_0,
+    Q.IQ4_XS: Q.IQ4_NL,
 }
 
 # (arch, n_layer) -> LLM_TYPE_70B, from each arch's load_arch_hparams (src/models/*.cpp);
@@ -96,6 +99,7 @@ ARCH_FALCON = "falcon"
 ARCH_GLM5_NEXT = "glm5-next"
 N_EXPERT_8 = 8  # the Mixtral-8x rules: `hparams.n_expert == 8`
 GQA_MORE_BITS = 4  # attn_v gets more bits from n_gqa() >= 4
+_IQ4_FTYPES = (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
 
 # tensor_allows_quantization: substrings that keep a tensor in its source type.
 _KEEP_SUBSTRINGS: tuple[str, ...] = (
@@ -392,6 +396,8 @@ def _impl(
             new_type = Q.Q5_K if qs.i_attention_wv < 2 else Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_L:
             new_type = Q.Q5_K
+        elif ftype in _IQ4_FTYPES and n_gqa >= GQA_MORE_BITS:
+            new_type = Q.Q5_K
         elif ftype in (F.MOSTLY_Q4_K_M, F.MOSTLY_Q5_K_M) and _use_more_bits(qs.i_attention_wv, qs.n_attention_wv):
             new_type = Q.Q6_K
         elif ftype is F.MOSTLY_Q4_K_S and qs.i_attention_wv < 4:
@@ -431,6 +437,8 @@ def _impl(
                     new_type = Q.Q5_K if _use_more_bits(i_layer, n_layer) else Q.Q4_K
             elif _use_more_bits(i_layer, n_layer):
                 new_type = Q.Q6_K
+        elif i_layer < n8 and ftype in _IQ4_FTYPES and not qs.has_imatrix:
+            new_type = Q.Q5_K
         elif ftype is F.MOSTLY_Q5_K_M and _use_more_bits(i_layer, n_layer):
             new_type = Q.Q6_K
         elif ftype is F.MOSTLY_Q4_K_S and not falcon and i_layer < n8:
@@ -441,7 +449,8 @@ def _impl(
     elif cat is C.ATTENTION_OUTPUT:
         if not falcon:
             if n_expert == N_EXPERT_8:
-                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M):
+                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M,
+                             F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS):
                     new_type = Q.Q5_K
             elif ftype is F.MOSTLY_Q2_K:
                 new_type = Q.Q3_K

@@ -32,6 +32,8 @@ class QType(IntEnum):
     Q4_K = 12
     Q5_K = 13
     Q6_K = 14
+    IQ4_NL = 20
+    IQ4_XS = 23
     BF16 = 30
 
     @property
@@ -86,6 +88,8 @@ BLOCK_DTYPES: dict[QType, np.dtype] = {
         [("d", _f16), ("dmin", _f16), ("scales", "u1", K_SCALE_SIZE), ("qh", "u1", QK_K // 8), ("qs", "u1", QK_K // 2)]
     ),
     QType.Q6_K: np.dtype([("ql", "u1", QK_K // 2), ("qh", "u1", QK_K // 4), ("scales", "i1", QK_K // 16), ("d", _f16)]),
+    QType.IQ4_NL: np.dtype([("d", _f16), ("qs", "u1", QK // 2)]),
+    QType.IQ4_XS: np.dtype([("d", _f16), ("scales_h", "<u2"), ("scales_l", "u1", QK_K // 64), ("qs", "u1", QK_K // 2)]),
 }
 
 # (block_size, type_size) as ggml's type_traits state them.
@@ -103,6 +107,8 @@ _SIZES: dict[QType, tuple[int, int]] = {
     QType.Q4_K: (256, 144),
     QType.Q5_K: (256, 176),
     QType.Q6_K: (256, 210),
+    QType.IQ4_NL: (32, 18),
+    QType.IQ4_XS: (256, 136),
 }
 
 for _t, (_bs, _ts) in _SIZES.items():
@@ -147,6 +153,8 @@ class FileType(IntEnum):
     MOSTLY_Q5_K_M = 17
     MOSTLY_Q6_K = 18
     MOSTLY_Q2_K_S = 21
+    MOSTLY_IQ4_NL = 25
+    MOSTLY_IQ4_XS = 30
     MOSTLY_BF16 = 32
 
     @property

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 from kquant import quants, reference  # noqa: E402
 from kquant.types import parse_qtype  # noqa: E402
 
-ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16"
+ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16,IQ4_NL,IQ4_XS"
 
 
 def best_time(fn, repeat: int) -> float:

@@ -464,7 +464,8 @@ def test_oracle_legacy(tmp_path, oracle):
 # 3. live: llama_model_quantize with the importance matrix
 # ---------------------------------------------------------------------------------------------
 
-LIVE_FTYPES = [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q5_K_M, FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_Q4_0, FileType.MOSTLY_Q2_K]
+LIVE_FTYPES = [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q5_K_M, FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_Q4_0, FileType.MOSTLY_Q2_K,
+               FileType.MOSTLY_IQ4_XS, FileType.MOSTLY_IQ4_NL]
 ROWS = 32
 BF16, F32 = QType.BF16, QType.F32
 

@@ -263,6 +263,8 @@ MIXED = {
     r"blk\.1\.attn_v\.": QType.Q5_K,
     r"blk\.1\.attn_output\.": QType.Q6_K,
     r"blk\.1\.ffn_gate\.": QType.BF16,
+    r"blk\.1\.ffn_up\.": QType.IQ4_NL,
+    r"blk\.1\.ffn_down\.": QType.IQ4_XS,
 }
 FILES = ("BF16", "Q4_K_M", "mixed")
 
@@ -420,15 +422,15 @@ def test_f32_source_is_compared_with_original_values(tmp_path):
 
 
 def test_gguf_py_fallback_for_types_without_kernels(case, tmp_path):
-    """IQ4_NL (no kquant kernels): dequantized with gguf-py from the strictly read bytes."""
+    """IQ3_S (no kquant kernels): dequantized with gguf-py from the strictly read bytes."""
     from kquant.validate import report_json, validate_file
 
-    path = llama_quantize(case["files"]["BF16"], tmp_path / "iq4nl.gguf", 25)  # LLAMA_FTYPE_MOSTLY_IQ4_NL
+    path = llama_quantize(case["files"]["BF16"], tmp_path / "iq3s.gguf", 26)  # LLAMA_FTYPE_MOSTLY_IQ3_S
     rep = validate_file(path, case["hf"])
     src = gguf_layout(read_safetensors(case["hf"] / "model.safetensors"))
     ref = gguf_py_tensors(path)
     fallback = [t for t in rep.tensors if t.dequantizer == "gguf-py"]
-    assert fallback and all(t.type == "iq4_nl" for t in fallback)
+    assert fallback and all(t.type == "iq3_s" for t in fallback)
     for t in fallback:
         o = oracle_metrics(src[t.name], ref[t.name][1])
         assert close(t.metrics.rel_rmse, o["rel_rmse"]) and t.metrics.max_abs == o["max_abs"]

@@ -1,0 +1,105 @@
+"""IQ4_NL and IQ4_XS kernels against libggml, byte for byte.
+
+Quantize: kquant.kernels.iq4 vs ggml_quantize_chunk (kquant.reference), without importance
+weights and with them (both quantize_row_iq4_nl_impl with ntry = 7, as llama-quantize runs it),
+over many value distributions and shapes. Dequantize: vs ggml's to_float (bitwise) and gguf-py.
+Seeds are fresh on every run (set KQUANT_TEST_SEED to replay one; failures print it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kquant import quants, reference
+from kquant.types import QK_K, QType
+
+from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+
+pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
+
+TYPES = [QType.IQ4_NL, QType.IQ4_XS]
+
+KINDS = [
+    "normal",
+    "student_t",
+    "laplace",
+    "outlier_cols",
+    "zero_rows",
+    "constant_rows_signed",
+    "tiny",
+    "huge",
+    "single_nonzero",
+    "pm_max",
+    "positive",
+    "negative",
+    "ties",
+    "few_levels",
+    "subblock_scales",
+    "zero_subblocks",
+    "mixed_scale",
+    "subnormal",
+    "near_flt_min",
+    "nan_inf",
+    "random_bits",
+    "signed_zeros",
+]
+WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]
+SHAPES = [(1, QK_K), (7, 2 * QK_K), (3, 4096 + QK_K)]
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantize_unweighted(t, kind):
+    s, rng = fresh_rng()
+    for rows, cols in SHAPES:
+        check(t, make_x(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("wkind", WKINDS)
+def test_quantize_weighted(t, wkind):
+    s, rng = fresh_rng()
+    for kind in KINDS:
+        for rows, cols in SHAPES:
+            x = make_x(kind, rows, cols, rng)
+            check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+
+
+def test_iq4_nl_short_rows():
+    """IQ4_NL needs only a multiple of 32 per row."""
+    s, rng = fresh_rng()
+    for cols in (32, 96, 32 * 37):
+        x = make_x("student_t", 5, cols, rng)
+        check(QType.IQ4_NL, x, None, f"5x{cols} seed={s}")
+        check(QType.IQ4_NL, x, make_w("heavy", cols, rng), f"5x{cols} weighted seed={s}")
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_quantize_many_rows_threads(t):
+    """Through kquant.quantize (row ranges on threads), a larger matrix with several row scales."""
+    s, rng = fresh_rng()
+    x = (rng.standard_normal((256, 2048)) * rng.uniform(1e-3, 10, (256, 1))).astype(np.float32)
+    for w in (None, make_w("uniform", 2048, rng)):
+        got = quants.quantize(x, t, w)
+        np.testing.assert_array_equal(got, reference.quantize(x, t, w), err_msg=f"seed={s}")
+
+
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize(t):
+    import gguf
+
+    s, rng = fresh_rng()
+    rows, cols = 17, 1024
+    # quantized real data, plus raw random blocks (any code and sub-block scale, any finite fp16 d)
+    q1 = ours(t, make_x("normal", rows, cols, rng), None)
+    q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)
+    q2.reshape(rows, -1, t.type_size)[:, :, 1] &= 0xBB  # fp16 exponent < 31: finite d
+    for q in (q1, q2):
+        got = np.empty((rows, cols), dtype=np.float32)
+        KERNELS[t].dequantize(q, got)
+        want = reference.dequantize(q, t, (rows, cols))
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
+        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
+        np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")
+        np.testing.assert_array_equal(quants.dequantize(q, t, (rows, cols)), got)
