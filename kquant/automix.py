@@ -14,8 +14,9 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
    given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see _NORM_OF),
    else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
    relative error of the tensor's OUTPUT, which is what the rest of the network sees.
-   Candidates: Q2_K..Q6_K and Q8_0 where the row is a multiple of 256; Q4_0/Q4_1/Q5_0/Q5_1/Q8_0
-   where it is only a multiple of 32; F16 otherwise; plus the intermediate type itself (exact)
+   Candidates: Q2_K, Q3_K, IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 where the row is a multiple of 256;
+   Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1 and Q8_0 where it is only a multiple of 32; F16 otherwise
+   (IQ4_XS: 4.25 bits per weight at ~1.15x Q4_K's error, so the mix can pay for more Q5_K/Q6_K); plus the intermediate type itself (exact)
    and always the type the -t recipe gives the tensor. 1-D tensors, norms and everything else
    llama-quantize keeps as is (recipe.should_quantize), and tensors named by --tensor-type,
    --output-tensor-type or --token-embedding-type, keep their recipe type.
@@ -29,8 +30,8 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
    how much the loss cares about a relative perturbation of that tensor's output (the
    sensitivity), which depends on where the output goes (the residual stream, through a gate,
    through softmax, straight into the logits) and on the layer's position, not on the tensor's
-   size. sensitivity(t) = SENSITIVITY[kind] x (FIRST_LAYER_FACTOR for blk.0, LAST_LAYER_FACTOR
-   for the last block) x REF_LAYERS / n_layer (except for the output matrix). The constants were
+   size. sensitivity(t) = SENSITIVITY[kind] x (FIRST_LAYER_FACTORS[kind] for blk.0,
+   LAST_LAYER_FACTOR for the last block) x REF_LAYERS / n_layer (except for the output matrix). The constants were
    measured once on a model that is not the benchmark model (see SENSITIVITY) and are the same
    for every model: no per-model tuning.
 
@@ -64,8 +65,8 @@ from .types import FileType, QType, parse_ftype
 
 Q = QType
 
-K_CANDIDATES: tuple[QType, ...] = (Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0)  # row % 256 == 0
-LEGACY_CANDIDATES: tuple[QType, ...] = (Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)  # row % 32 == 0 only
+K_CANDIDATES: tuple[QType, ...] = (Q.Q2_K, Q.Q3_K, Q.IQ4_XS, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0)  # row % 256 == 0
+LEGACY_CANDIDATES: tuple[QType, ...] = (Q.Q4_0, Q.IQ4_NL, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)  # row % 32 == 0 only
 ODD_CANDIDATES: tuple[QType, ...] = (Q.F16,)  # any row length (llama.cpp's last fallback)
 
 FULL_MEASURE_ELEMENTS = 500_000_000  # quantizable weights up to which every row is measured
@@ -80,31 +81,46 @@ MAX_CELLS = 1 << 26  # tensors x grid cells of the choice table (64 MiB of uint8
 # `scripts/bench_mix.py --fit` (constants: `--fit-table`) on a separately trained 6-layer Llama
 # (model E there: 4000 steps, not a benchmark model): each tensor alone quantized to Q3_K, the
 # rest Q8_0, KL of llama.cpp's next-token distribution on calibration text divided by `rel`; a
-# log-additive fit kind x first/middle/last layer (residual sd 0.57), with and without an
-# imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, as llama.cpp's
-# mixes also say; attn_q/attn_k least); the first layer ~1.7x and the last ~2.7x the middle
-# ones; the output matrix (logits directly) ~110x and the token embeddings ~11x a middle tensor.
+# log-additive fit kind + first layer x kind + last layer (residual sd 0.42), with and without
+# an imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, as llama.cpp's
+# mixes also say; attn_q/attn_k least); the last layer ~2.7x the middle ones; the output matrix
+# (logits directly) ~100x and the token embeddings ~10x a middle tensor. The first layer is its
+# own case: its FFN matrices matter 3x (gate, up) to 12x (ffn_down) more than in the middle
+# layers, its attention matrices slightly less (one factor for the whole first layer fitted
+# 0.57 residual sd instead of 0.42). Models B and D show the same pattern (first ffn_down 8-20x),
+# and so does llama.cpp's own attention to the first ffn_down layers.
 # These depend on how well trained a model is: an under-trained model (600 steps, model B) gave
-# FFN ~ attention, first layer 8x, token embeddings 70x, and mixes chosen with its constants
+# FFN ~ attention, first layer 3-20x, token embeddings 70x, and mixes chosen with its constants
 # barely beat llama.cpp's on a well-trained model (D) while E's come close to what D's own
 # measured sensitivities would give (an offline comparison; D's perplexities are in the README).
 # We take the well-trained model's, released checkpoints being trained far longer than either.
 REF_LAYERS = 6
 SENSITIVITY: dict[str, float] = {
-    "attn_q": 0.7,
-    "attn_k": 0.75,
-    "attn_v": 0.95,
-    "attn_qkv": 0.8,  # fused q, k, v: their mean
-    "attn_kv_b": 0.95,
+    "attn_q": 0.75,
+    "attn_k": 0.8,
+    "attn_v": 1.0,
+    "attn_qkv": 0.85,  # fused q, k, v: their mean
+    "attn_kv_b": 1.0,
     "attn_output": 1.0,
-    "ffn_gate": 1.4,
-    "ffn_up": 1.2,
-    "ffn_down": 2.4,
-    "token_embd": 11.0,
-    "output": 110.0,
+    "ffn_gate": 1.2,
+    "ffn_up": 1.0,
+    "ffn_down": 1.55,
+    "token_embd": 9.5,
+    "output": 100.0,
 }
 DEFAULT_SENSITIVITY = 1.0  # kinds and categories not listed (other architectures' tensors)
-FIRST_LAYER_FACTOR = 1.7  # blk.0.*
+FIRST_LAYER_FACTORS: dict[str, float] = {  # blk.0.*, by kind (else category)
+    "attn_q": 0.7,
+    "attn_k": 0.65,
+    "attn_v": 0.75,
+    "attn_qkv": 0.7,
+    "attn_kv_b": 0.75,
+    "attn_output": 0.9,
+    "ffn_gate": 3.0,
+    "ffn_up": 3.2,
+    "ffn_down": 12.0,
+}
+FIRST_LAYER_FACTOR = 1.7  # blk.0.* of kinds not listed (the geometric mean of those that are)
 LAST_LAYER_FACTOR = 2.7  # blk.<n_layer - 1>.*
 # Everything but the output matrix adds to the residual stream; with n layers each addition is
 # ~1/sqrt(n) of the stream, so its relative error reaches the logits scaled by ~1/n: the measured
@@ -291,7 +307,8 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
 
 def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = None, tied: bool = False) -> float:
     """A tensor's sensitivity: by its kind, else by llama.cpp's category of it (ffn_down_exps -> ffn_down);
-    times the first/last-layer factor; residual-stream tensors times REF_LAYERS / n_layer. A tied
+    times the first-layer factor of its kind or the last-layer factor; residual-stream tensors times
+    REF_LAYERS / n_layer. A tied
     token_embd is also the output matrix and takes the larger of the two."""
     from .recipe import category_of
 
@@ -302,7 +319,10 @@ def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = Non
     m = re.match(r"^blk\.(\d+)\.", name)
     if m:
         layer = int(m.group(1))
-        s *= FIRST_LAYER_FACTOR if layer == 0 else LAST_LAYER_FACTOR if layer == n_layer - 1 else 1.0
+        if layer == 0:
+            s *= FIRST_LAYER_FACTORS.get(kind, FIRST_LAYER_FACTORS.get(cat, FIRST_LAYER_FACTOR))
+        elif layer == n_layer - 1:
+            s *= LAST_LAYER_FACTOR
     if cat != "output":
         s *= REF_LAYERS / max(n_layer, 1)
     if tied and cat == "token_embd":

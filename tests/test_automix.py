@@ -248,7 +248,11 @@ def test_sensitivity_rules():
     s = automix.sensitivity_of
     mid = s("blk.2.attn_output.weight", 6)
     assert mid == automix.SENSITIVITY["attn_output"]
-    assert s("blk.0.attn_output.weight", 6) == mid * automix.FIRST_LAYER_FACTOR
+    assert s("blk.0.attn_output.weight", 6) == mid * automix.FIRST_LAYER_FACTORS["attn_output"]
+    down = s("blk.2.ffn_down.weight", 6)
+    assert s("blk.0.ffn_down.weight", 6) == down * automix.FIRST_LAYER_FACTORS["ffn_down"] > 5 * down
+    assert s("blk.0.ffn_down_exps.weight", 6) == s("blk.0.ffn_down.weight", 6)  # by llama.cpp's category
+    assert s("blk.0.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY * automix.FIRST_LAYER_FACTOR
     assert s("blk.5.attn_output.weight", 6) == mid * automix.LAST_LAYER_FACTOR
     assert s("blk.2.attn_output.weight", 12) == mid * automix.REF_LAYERS / 12  # deeper: each block matters less
     assert s("output.weight", 12) == s("output.weight", 6) == automix.SENSITIVITY["output"]
