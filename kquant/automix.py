@@ -84,7 +84,7 @@ MAX_CELLS = 1 << 26  # tensors x grid cells of the choice table (64 MiB of uint8
 # log-additive fit kind + first layer x kind + last layer (residual sd 0.42), with and without
 # an imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, as llama.cpp's
 # mixes also say; attn_q/attn_k least); the last layer ~2.7x the middle ones; the output matrix
-# (logits directly) ~100x and the token embeddings ~10x a middle tensor. The first layer is its
+# (logits directly) ~65x (160x, see SENSITIVITY_WEIGHTED) and the token embeddings ~10x a middle tensor. The first layer is its
 # own case: its FFN matrices matter 3x (gate, up) to 12x (ffn_down) more than in the middle
 # layers, its attention matrices slightly less (one factor for the whole first layer fitted
 # 0.57 residual sd instead of 0.42). Models B and D show the same pattern (first ffn_down 8-20x),
@@ -106,8 +106,14 @@ SENSITIVITY: dict[str, float] = {
     "ffn_up": 1.0,
     "ffn_down": 1.55,
     "token_embd": 9.5,
-    "output": 100.0,
+    "output": 65.0,
 }
+# With an imatrix, the error sums weigh each column by its measured mean squared input, which
+# for the output matrix (the final norm's output, a few channels of which dominate) gives a
+# different measure of the same damage: per unit of that `rel` the output matrix costs 2.5x more
+# (fits of one mode at a time: E 158 vs 63.5, D 198 vs 82; E pooled: 154 vs 65). The other kinds' constants differ by less
+# than their fit's residuals between the two measures, and are pooled.
+SENSITIVITY_WEIGHTED: dict[str, float] = {"output": 155.0}  # overrides when the error is imatrix-weighted
 DEFAULT_SENSITIVITY = 1.0  # kinds and categories not listed (other architectures' tensors)
 FIRST_LAYER_FACTORS: dict[str, float] = {  # blk.0.*, by kind (else category)
     "attn_q": 0.7,
@@ -305,14 +311,17 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
     return rel, measured
 
 
-def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = None, tied: bool = False) -> float:
+def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = None, tied: bool = False,
+                   weighted: bool = False) -> float:
     """A tensor's sensitivity: by its kind, else by llama.cpp's category of it (ffn_down_exps -> ffn_down);
     times the first-layer factor of its kind or the last-layer factor; residual-stream tensors times
-    REF_LAYERS / n_layer. A tied
+    REF_LAYERS / n_layer. `weighted`: its error is imatrix-weighted (SENSITIVITY_WEIGHTED). A tied
     token_embd is also the output matrix and takes the larger of the two."""
     from .recipe import category_of
 
     t = SENSITIVITY if table is None else table
+    if weighted and table is None:
+        t = {**t, **SENSITIVITY_WEIGHTED}
     kind = kind_of(name)
     cat = category_of(name).value
     s = float(t.get(kind, t.get(cat, DEFAULT_SENSITIVITY)))
@@ -400,7 +409,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
         rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name))
         rows = int(np.prod(pt.shape[:-1], dtype=np.int64)) if len(pt.shape) > 1 else 1
         c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rel,
-                  sensitivity_of(pt.name, spec.n_layer, sensitivity, tied), w is not None, measured, rows)
+                  sensitivity_of(pt.name, spec.n_layer, sensitivity, tied, w is not None), w is not None, measured, rows)
         curves.append(c)
         done += 1
         if progress:

@@ -465,7 +465,8 @@ def fit_table(fits: list[dict]) -> dict:
     """automix's constants from --fit runs (one or more models, both modes pooled): least squares
     log KL/rel = kind + first layer x kind + last layer + one offset per (model, mode) over the
     per-layer tensors, the layer-count scaling (REF_LAYERS / n_layer) taken out first; the output
-    matrix and token embeddings as their mean log ratio to that model's middle-layer attn_output.
+    matrix and token embeddings as their mean log ratio to that model's middle-layer attn_output,
+    pooled and per mode (automix.SENSITIVITY_WEIGHTED: the imatrix mode's output matrix).
     The first layer gets a factor per kind: in every model fitted so far its FFN matrices (ffn_down
     most) matter several times more than in the middle layers and its attention matrices less."""
     import re
@@ -499,7 +500,10 @@ def fit_table(fits: list[dict]) -> dict:
     for kind in sorted({k for _, k, _ in extra}):
         table[kind] = float(math.exp(np.mean([v - offset[g] - ref for g, k, v in extra if k == kind])))
     first = {k: float(math.exp(coef[nk + i])) for i, k in enumerate(BLOCK_KINDS)}
-    return {"sensitivity": table, "first_layer_factors": first,
+    by_mode = {mode: {kind: float(math.exp(np.mean(vals))) for kind in sorted({k for _, k, _ in extra})
+                      if (vals := [v - offset[g] - ref for g, k, v in extra if k == kind and g[1] == mode])}
+               for mode in sorted({g[1] for g in groups})}
+    return {"sensitivity": table, "sensitivity_by_mode": by_mode, "first_layer_factors": first,
             "first_layer_factor_default": float(math.exp(np.mean(coef[nk:2 * nk]))),
             "last_layer_factor": float(math.exp(coef[2 * nk])), "residual_sd": float(resid.std())}
 

@@ -256,6 +256,8 @@ def test_sensitivity_rules():
     assert s("blk.5.attn_output.weight", 6) == mid * automix.LAST_LAYER_FACTOR
     assert s("blk.2.attn_output.weight", 12) == mid * automix.REF_LAYERS / 12  # deeper: each block matters less
     assert s("output.weight", 12) == s("output.weight", 6) == automix.SENSITIVITY["output"]
+    assert s("output.weight", 6, weighted=True) == automix.SENSITIVITY_WEIGHTED["output"] > s("output.weight", 6)
+    assert s("blk.2.ffn_up.weight", 6, weighted=True) == s("blk.2.ffn_up.weight", 6)  # pooled over both measures
     assert s("blk.2.ffn_down_exps.weight", 6) == automix.SENSITIVITY["ffn_down"]  # by llama.cpp's category
     assert s("token_embd.weight", 6, tied=True) == max(automix.SENSITIVITY["token_embd"], automix.SENSITIVITY["output"])
     assert s("blk.2.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY
