@@ -110,9 +110,10 @@ SENSITIVITY: dict[str, float] = {
 }
 # With an imatrix, the error sums weigh each column by its measured mean squared input, which
 # for the output matrix (the final norm's output, a few channels of which dominate) gives a
-# different measure of the same damage: per unit of that `rel` the output matrix costs 2.5x more
-# (fits of one mode at a time: E 158 vs 63.5, D 198 vs 82; E pooled: 154 vs 65). The other kinds' constants differ by less
-# than their fit's residuals between the two measures, and are pooled.
+# different measure of the same damage: per unit of that `rel` the output matrix costs ~2.4x more
+# (model E, both modes fitted together: 154 vs 65; each mode alone: E 158 vs 63.5, and the
+# benchmark model D 198 vs 82). The other kinds' constants differ between the two measures by
+# less than the fit's residuals, and are pooled.
 SENSITIVITY_WEIGHTED: dict[str, float] = {"output": 155.0}  # overrides when the error is imatrix-weighted
 DEFAULT_SENSITIVITY = 1.0  # kinds and categories not listed (other architectures' tensors)
 FIRST_LAYER_FACTORS: dict[str, float] = {  # blk.0.*, by kind (else category)
