@@ -16,8 +16,9 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
    relative error of the tensor's OUTPUT, which is what the rest of the network sees.
    Candidates: Q2_K, Q3_K, IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 where the row is a multiple of 256;
    Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1 and Q8_0 where it is only a multiple of 32; F16 otherwise
-   (IQ4_XS: 4.25 bits per weight at ~1.15x Q4_K's error, so the mix can pay for more Q5_K/Q6_K); plus the intermediate type itself (exact)
-   and always the type the -t recipe gives the tensor. 1-D tensors, norms and everything else
+   (IQ4_XS: 4.25 bits per weight at ~1.15x Q4_K's error, so the mix can pay for more Q5_K and
+   Q6_K elsewhere); plus the intermediate type itself (exact) and always the type the -t recipe
+   gives the tensor. 1-D tensors, norms and everything else
    llama-quantize keeps as is (recipe.should_quantize), and tensors named by --tensor-type,
    --output-tensor-type or --token-embedding-type, keep their recipe type.
    Models above FULL_MEASURE_ELEMENTS quantizable weights are measured on a fixed,
@@ -31,8 +32,8 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
    sensitivity), which depends on where the output goes (the residual stream, through a gate,
    through softmax, straight into the logits) and on the layer's position, not on the tensor's
    size. sensitivity(t) = SENSITIVITY[kind] x (FIRST_LAYER_FACTORS[kind] for blk.0,
-   LAST_LAYER_FACTOR for the last block) x REF_LAYERS / n_layer (except for the output matrix). The constants were
-   measured once on a model that is not the benchmark model (see SENSITIVITY) and are the same
+   LAST_LAYER_FACTOR for the last block) x REF_LAYERS / n_layer (except for the output matrix).
+   The constants were measured once on a model that is not the benchmark model (see SENSITIVITY) and are the same
    for every model: no per-model tuning.
 
 3. Allocation (`solve`): choose one candidate per tensor minimizing total damage subject to
@@ -84,13 +85,14 @@ MAX_CELLS = 1 << 26  # tensors x grid cells of the choice table (64 MiB of uint8
 # log-additive fit kind + first layer x kind + last layer (residual sd 0.42), with and without
 # an imatrix, rounded. The FFN matrices weigh more than attention (ffn_down most, as llama.cpp's
 # mixes also say; attn_q/attn_k least); the last layer ~2.7x the middle ones; the output matrix
-# (logits directly) ~65x (160x, see SENSITIVITY_WEIGHTED) and the token embeddings ~10x a middle tensor. The first layer is its
-# own case: its FFN matrices matter 3x (gate, up) to 12x (ffn_down) more than in the middle
-# layers, its attention matrices slightly less (one factor for the whole first layer fitted
-# 0.57 residual sd instead of 0.42). Models B and D show the same pattern (first ffn_down 8-20x),
-# and so does llama.cpp's own attention to the first ffn_down layers.
+# (logits directly) ~65x (155x, see SENSITIVITY_WEIGHTED) and the token embeddings ~10x a
+# middle tensor. The first layer is its own case: its FFN matrices matter 3x (gate, up) to 12x
+# (ffn_down) more than in the middle layers, its attention matrices slightly less (one factor
+# for the whole first layer left residual sd 0.57 instead of 0.42). Model D's fit shows the same
+# pattern (first ffn_down 8x, attention 0.7-1.1x); llama.cpp's mixes also single out the first
+# ffn_down layers.
 # These depend on how well trained a model is: an under-trained model (600 steps, model B) gave
-# FFN ~ attention, first layer 3-20x, token embeddings 70x, and mixes chosen with its constants
+# FFN ~ attention, every first-layer matrix 3-20x, token embeddings 70x, and mixes chosen with its constants
 # barely beat llama.cpp's on a well-trained model (D) while E's come close to what D's own
 # measured sensitivities would give (an offline comparison; D's perplexities are in the README).
 # We take the well-trained model's, released checkpoints being trained far longer than either.
