@@ -28,7 +28,7 @@ from numba import njit
 
 from ..types import QK, QK_K, QType
 from . import Kernel
-from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, nearest_int, sel
+from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
@@ -132,9 +132,7 @@ def impl_block(x, xo, sbs, qw, weighted, out, off, L, scales, weight, ids, sqx, 
             max_scale = d
     if nb > 1:
         d = -max_scale / np.float32(32.0)
-        h = fp32_to_fp16(d)
-        out[off] = np.uint8(h & np.uint16(0xFF))
-        out[off + 1] = np.uint8(h >> np.uint16(8))
+        put_f16(out, off, d)
         iid = _F1 / d if d != _F0 else _F0
         sh = 0
         for ib in range(nb):
@@ -155,9 +153,7 @@ def impl_block(x, xo, sbs, qw, weighted, out, off, L, scales, weight, ids, sqx, 
         out[off + XS_SCALES_H + 1] = np.uint8((sh >> 8) & 0xFF)
         qo = off + XS_QS
     else:
-        h = fp32_to_fp16(scales[0])
-        out[off] = np.uint8(h & np.uint16(0xFF))
-        out[off + 1] = np.uint8(h >> np.uint16(8))
+        put_f16(out, off, scales[0])
         iid = _F1 / scales[0] if scales[0] != _F0 else _F0
         for j in range(32):
             L[j] = best_index(iid * x[xo + j])
@@ -194,43 +190,35 @@ def quantize_iq4_xs(x, qw, out):
     _quantize_rows(x, qw, out, QK_K, XS_BYTES)
 
 
+@njit(**JIT)
+def dequant32(qr, qo, dl, yr, yo):
+    """32 values from the 16 bytes at qr[qo:]: dl * table[nibble] (low nibbles first)."""
+    kv = KVALUES
+    for j in range(16):
+        c = qr[qo + j]
+        yr[yo + j] = dl * kv[c & 0xF]
+        yr[yo + 16 + j] = dl * kv[c >> 4]
+
+
 @njit(nogil=True, **JIT)
 def dequantize_iq4_nl(q, out):
-    kv = KVALUES
-    nb = out.shape[1] // QK
     for r in range(out.shape[0]):
-        qr = q[r]
-        yr = out[r]
-        for b in range(nb):
+        for b in range(out.shape[1] // QK):
             off = b * NL_BYTES
-            d = fp16_to_fp32(np.uint32(qr[off]) | (np.uint32(qr[off + 1]) << np.uint32(8)))
-            yo = b * QK
-            for j in range(16):
-                c = qr[off + 2 + j]
-                yr[yo + j] = d * kv[c & 0xF]
-                yr[yo + 16 + j] = d * kv[c >> 4]
+            dequant32(q[r], off + 2, get_f16(q[r], off), out[r], b * QK)
 
 
 @njit(nogil=True, **JIT)
 def dequantize_iq4_xs(q, out):
-    kv = KVALUES
-    nb = out.shape[1] // QK_K
     for r in range(out.shape[0]):
         qr = q[r]
-        yr = out[r]
-        for b in range(nb):
+        for b in range(out.shape[1] // QK_K):
             off = b * XS_BYTES
-            d = fp16_to_fp32(np.uint32(qr[off]) | (np.uint32(qr[off + 1]) << np.uint32(8)))
+            d = get_f16(qr, off)
             sh = np.int64(qr[off + XS_SCALES_H]) | (np.int64(qr[off + XS_SCALES_H + 1]) << 8)
             for ib in range(QK_K // 32):
                 ls = ((np.int64(qr[off + XS_SCALES_L + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
-                dl = d * np.float32(ls - 32)
-                qo = off + XS_QS + 16 * ib
-                yo = b * QK_K + 32 * ib
-                for j in range(16):
-                    c = qr[qo + j]
-                    yr[yo + j] = dl * kv[c & 0xF]
-                    yr[yo + 16 + j] = dl * kv[c >> 4]
+                dequant32(qr, off + XS_QS + 16 * ib, d * np.float32(ls - 32), out[r], b * QK_K + 32 * ib)
 
 
 KERNELS = {
