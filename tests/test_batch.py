@@ -301,7 +301,9 @@ def test_interrupt_and_resume(tree, reference, tmp_path, sig, jobs):
     rep = batch.run_batch(tree, out, TYPES)
     assert rep.exit_code == 1 and list(rep.failed) == ["broken"]
     skipped = {Path(r.output).name for r in rep.rows if r.status == "skipped"}
-    assert skipped == set(done)
+    # the manifest records what the driver saw finish: an output a worker renamed into place just
+    # as the signal arrived is not in it and is converted again (same bytes), never trusted unseen
+    assert skipped and skipped <= set(done), (skipped, done)
     for name, data in reference.items():
         assert (out / name).read_bytes() == data, name
 
