@@ -258,7 +258,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the initial weight matrices")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-minutes", type=float, default=25, help="stop early after this long (0: no limit)")
+    ap.add_argument("--max-minutes", type=float, default=0,
+                    help="stop early after this long (default 0: no limit, so a command line always gives the same number of steps)")
     a = ap.parse_args(argv)
 
     import sentencepiece as spmlib
