@@ -155,6 +155,8 @@ def build_model(cfg: dict):
                     std0 = cfg.get("_init_std", 0.02)
                     std = std0 / math.sqrt(2 * L) if n.endswith(("o_proj.weight", "down_proj.weight")) else std0
                     nn.init.normal_(p, 0.0, std)
+            if cfg["tie_word_embeddings"]:  # one matrix for both (HF: no lm_head.weight in the checkpoint)
+                self.lm_head.weight = self.embed_tokens.weight
 
         def forward(self, ids):
             T = ids.shape[1]
@@ -169,11 +171,12 @@ def build_model(cfg: dict):
     return LM()
 
 
-def hf_state(model, L: int) -> dict:
+def hf_state(model, L: int, tied: bool = False) -> dict:
     """Parameters under Hugging Face LlamaForCausalLM names."""
     sd = model.state_dict()
-    out = {"model.embed_tokens.weight": sd["embed_tokens.weight"], "model.norm.weight": sd["norm.weight"],
-           "lm_head.weight": sd["lm_head.weight"]}
+    out = {"model.embed_tokens.weight": sd["embed_tokens.weight"], "model.norm.weight": sd["norm.weight"]}
+    if not tied:
+        out["lm_head.weight"] = sd["lm_head.weight"]
     for i in range(L):
         p = f"layers.{i}."
         h = f"model.layers.{i}."
@@ -187,9 +190,9 @@ def hf_state(model, L: int) -> dict:
 
 
 # GGUF names of the matrices llama-imatrix sees (mul_mat src0), by module path
-def gguf_name(path: str) -> str | None:
-    if path == "lm_head":
-        return "output.weight"
+def gguf_name(path: str, tied: bool = False) -> str | None:
+    if path == "lm_head":  # a tied model's output matrix is token_embd in llama.cpp
+        return "token_embd.weight" if tied else "output.weight"
     parts = path.split(".")
     if parts[0] != "layers":
         return None
@@ -199,7 +202,7 @@ def gguf_name(path: str) -> str | None:
     return f"blk.{i}.{m[n]}.weight"
 
 
-def compute_imatrix(model, ids: np.ndarray, chunk: int, bos: int, out: Path, dataset: str) -> None:
+def compute_imatrix(model, ids: np.ndarray, chunk: int, bos: int, out: Path, dataset: str, tied: bool = False) -> None:
     """llama-imatrix: per matrix, sum over tokens of x_j^2 (in_sum2) and the token count, over chunks."""
     import torch
 
@@ -207,7 +210,7 @@ def compute_imatrix(model, ids: np.ndarray, chunk: int, bos: int, out: Path, dat
     counts: dict[str, int] = {}
     hooks = []
     for path, mod in model.named_modules():
-        name = gguf_name(path) if isinstance(mod, torch.nn.Linear) else None
+        name = gguf_name(path, tied) if isinstance(mod, torch.nn.Linear) else None
         if name is None:
             continue
 
@@ -258,6 +261,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init-std", type=float, default=0.02, help="std of the initial weight matrices")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--tie", action="store_true", help="tie the output matrix to the token embeddings (as Qwen2.5-0.5B, Gemma)")
     ap.add_argument("--max-minutes", type=float, default=0,
                     help="stop early after this long (default 0: no limit, so a command line always gives the same number of steps)")
     a = ap.parse_args(argv)
@@ -286,7 +290,7 @@ def main(argv=None) -> int:
         "intermediate_size": a.ffn, "num_hidden_layers": a.layers, "num_attention_heads": a.heads,
         "num_key_value_heads": a.kv_heads, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
         "rope_theta": 10000.0, "vocab_size": a.vocab, "bos_token_id": 1, "eos_token_id": 2,
-        "tie_word_embeddings": False, "torch_dtype": "bfloat16", "hidden_act": "silu",
+        "tie_word_embeddings": a.tie, "torch_dtype": "bfloat16", "hidden_act": "silu",
     }
     model = build_model(dict(cfg, _init_std=a.init_std))
     opt = torch.optim.AdamW(model.parameters(), lr=a.lr, betas=(0.9, 0.95), weight_decay=0.1)
@@ -321,14 +325,14 @@ def main(argv=None) -> int:
         lg = model(torch.from_numpy(h.astype(np.int64)))
         nll = torch.nn.functional.cross_entropy(lg[:, 128:-1].reshape(-1, a.vocab), torch.from_numpy(h[:, 129:].astype(np.int64)).reshape(-1))
     print(f"held-out ppl (torch, fp32, 2nd half of 256-token chunks): {math.exp(nll.item()):.3f}", flush=True)
-    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in hf_state(model, a.layers).items()}
+    sd = {k: v.detach().to(torch.bfloat16).contiguous() for k, v in hf_state(model, a.layers, a.tie).items()}
     save_file(sd, str(model_dir / "model.safetensors"), metadata={"format": "pt"})
     (model_dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     # the imatrix from the BF16 weights the GGUF will hold
     with torch.no_grad():
         for n, p in model.named_parameters():
             p.copy_(p.to(torch.bfloat16).float())
-    compute_imatrix(model, ids["calib"], IMATRIX_CHUNK, bos, a.out / "imatrix.gguf", "calib.txt")
+    compute_imatrix(model, ids["calib"], IMATRIX_CHUNK, bos, a.out / "imatrix.gguf", "calib.txt", a.tie)
     info = {"steps": len(hist), "final_loss": float(np.mean(hist[-50:])), "seconds": time.time() - t0,
             "heldout_ppl_torch": math.exp(nll.item()), "config": cfg, "args": {k: str(v) for k, v in vars(a).items()}}
     (a.out / "train_info.json").write_text(json.dumps(info, indent=2) + "\n")
