@@ -266,12 +266,15 @@ def _norm_gains(ckpt, plan) -> dict[str, np.ndarray]:
     from .pipeline import iter_source_slabs
 
     by_name = {t.name: t for t in plan.tensors}
+    # the output matrix reads the final norm; a tied model's is token_embd, measured in that role
+    # (its sensitivity is the output matrix's, sensitivity_of)
+    output = "output.weight" if "output.weight" in by_name else "token_embd.weight"
     out: dict[str, np.ndarray] = {}
     cache: dict[str, np.ndarray | None] = {}
     for t in plan.tensors:
         m = re.match(r"^(blk\.\d+\.)(.+?)\.weight$", t.name)
         norm = (m.group(1) + _NORM_OF[m.group(2)] + ".weight") if m and m.group(2) in _NORM_OF else \
-            ("output_norm.weight" if t.name == "output.weight" else None)
+            ("output_norm.weight" if t.name == output else None)
         if norm is None or norm not in by_name:
             continue
         if norm not in cache:

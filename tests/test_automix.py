@@ -295,6 +295,30 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
     assert weighted > 0
 
 
+def test_tied_output_matrix_is_measured_as_the_output(tmp_path):
+    """A tied model's token_embd is also its output matrix: its error is weighted by the final
+    norm's gain squared (the output matrix's measure, whose sensitivity it takes)."""
+    from kquant import quants
+
+    model = _make(tmp_path / "t", layers=1, hidden=256, heads=2, kv_heads=1, ffn=256, vocab=300, seed=6, tied=True)
+    curves = automix.measure_model(model, "Q4_K_M").curves
+    c = next(c for c in curves if c.name == "token_embd.weight")
+    assert not any(c.name == "output.weight" for c in curves)
+    assert c.sensitivity == automix.sensitivity_of("output.weight", 1)
+    with cv.open_model(model) as ckpt:
+        specs = {t.name: t for t in cv.build_spec(ckpt, model, vocab=False).tensors}
+
+        def source(name):
+            return np.concatenate([s for _, s in cv.iter_source_slabs(ckpt, specs[name])]).astype(np.float64)
+
+        g2 = source("output_norm.weight") ** 2
+        x = source(c.name)
+    assert g2.std() > 0  # the weighting is not a no-op
+    d = quants.dequantize(quants.quantize(x.astype(np.float32), QType.Q4_K, None), QType.Q4_K, x.shape).astype(np.float64)
+    want = float((g2 * (d - x) ** 2).sum() / (g2 * x * x).sum())
+    assert c.rel[c.index(QType.Q4_K)] == pytest.approx(want, rel=1e-9)
+
+
 def test_bench_permuted_copy_is_the_same_model(tmp_path):
     """scripts/bench_mix.py --realizations: the permuted copy computes the same function in
     llama.cpp (so its quantized files are other rounding draws of the same model), every 2-D weight
