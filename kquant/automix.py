@@ -261,14 +261,14 @@ _NORM_OF = {  # GGUF kind -> the norm whose output it reads (same block)
 }
 
 
-def _norm_gains(ckpt, plan) -> dict[str, np.ndarray]:
+def _norm_gains(ckpt, plan, tied: bool) -> dict[str, np.ndarray]:
     """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output."""
     from .pipeline import iter_source_slabs
 
     by_name = {t.name: t for t in plan.tensors}
     # the output matrix reads the final norm; a tied model's is token_embd, measured in that role
     # (its sensitivity is the output matrix's, sensitivity_of)
-    output = "output.weight" if "output.weight" in by_name else "token_embd.weight"
+    output = "token_embd.weight" if tied else "output.weight"
     out: dict[str, np.ndarray] = {}
     cache: dict[str, np.ndarray | None] = {}
     for t in plan.tensors:
@@ -381,7 +381,8 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     leave_out = bool(overrides is not None and overrides.leave_output_tensor)
     pinned = _pinned_names(plan, overrides)
     weights = imatrix.weights if imatrix is not None else {}
-    gains = {} if weights else _norm_gains(ckpt, plan)
+    tied = not any(t.name == "output.weight" for t in plan.tensors)
+    gains = {} if weights else _norm_gains(ckpt, plan, tied)
     todo = [t for t in plan.tensors
             if t.name not in pinned and should_quantize(t.name, t.shape, facts, leave_output_tensor=leave_out)]
     if sample is None:
@@ -393,7 +394,6 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
 
     probed = {q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type) if q != t.spec.ref_type}
     quants.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
-    tied = not any(t.name == "output.weight" for t in plan.tensors)
     curves = []
     n_todo = len(todo)
     done = 0

@@ -263,6 +263,16 @@ def test_sensitivity_rules():
     assert s("blk.2.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY
 
 
+def _source(ckpt, spec) -> np.ndarray:
+    """A tensor's source values (as the converter reads them), float64."""
+    return np.concatenate([s for _, s in cv.iter_source_slabs(ckpt, spec)]).astype(np.float64)
+
+
+def _gain_weighted_rel(x: np.ndarray, d: np.ndarray, g2: np.ndarray) -> float:
+    """automix's relative output error of dequantized `d` against `x`, columns weighted by g2."""
+    return float((g2 * (d - x) ** 2).sum() / (g2 * x * x).sum())
+
+
 def test_measured_errors_match_the_written_file(tmp_path, small_model, small_measured):
     """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no rounding)."""
     from kquant.validate import validate_file
@@ -287,9 +297,8 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
                 continue
             # weighted by the feeding norm's gain squared, recomputed here from the file
             g = gf.data(c.name.replace(c.kind, norm) if norm else "output_norm.weight").view(np.float32).astype(np.float64)
-            x = np.concatenate([s for _, s in cv.iter_source_slabs(ckpt, specs[c.name])]).astype(np.float64)
             d = quants.dequantize(gf.data(c.name), gf.tensor(c.name).qtype, c.shape).astype(np.float64)
-            want = float((g * g * (d - x) ** 2).sum() / (g * g * x * x).sum())
+            want = _gain_weighted_rel(_source(ckpt, specs[c.name]), d, g * g)
             assert c.rel[k] == pytest.approx(want, rel=1e-9), c.name
             weighted += 1
     assert weighted > 0
@@ -307,16 +316,11 @@ def test_tied_output_matrix_is_measured_as_the_output(tmp_path):
     assert c.sensitivity == automix.sensitivity_of("output.weight", 1)
     with cv.open_model(model) as ckpt:
         specs = {t.name: t for t in cv.build_spec(ckpt, model, vocab=False).tensors}
-
-        def source(name):
-            return np.concatenate([s for _, s in cv.iter_source_slabs(ckpt, specs[name])]).astype(np.float64)
-
-        g2 = source("output_norm.weight") ** 2
-        x = source(c.name)
+        g2 = _source(ckpt, specs["output_norm.weight"]) ** 2
+        x = _source(ckpt, specs[c.name])
     assert g2.std() > 0  # the weighting is not a no-op
     d = quants.dequantize(quants.quantize(x.astype(np.float32), QType.Q4_K, None), QType.Q4_K, x.shape).astype(np.float64)
-    want = float((g2 * (d - x) ** 2).sum() / (g2 * x * x).sum())
-    assert c.rel[c.index(QType.Q4_K)] == pytest.approx(want, rel=1e-9)
+    assert c.rel[c.index(QType.Q4_K)] == pytest.approx(_gain_weighted_rel(x, d, g2), rel=1e-9)
 
 
 def test_bench_permuted_copy_is_the_same_model(tmp_path):
