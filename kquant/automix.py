@@ -11,7 +11,7 @@ llama_tensor_get_type_impl); this module chooses each tensor's type from measure
        rel(t, q) = sum_i sum_j w_j (deq_ij - x_ij)^2 / sum_i sum_j w_j x_ij^2
 
    with w_j = the importance (mean squared input activation of column j) when an imatrix is
-   given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see _NORM_OF),
+   given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see the family's norm_of),
    else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
    relative error of the tensor's OUTPUT, which is what the rest of the network sees.
    Candidates: Q2_K, Q3_K, IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 where the row is a multiple of 256;
@@ -60,7 +60,7 @@ from fractions import Fraction
 import numpy as np
 from numba import njit
 
-from . import quants
+from . import models, quants
 from .errors import InputError
 from .types import FileType, QType, parse_ftype
 
@@ -254,15 +254,9 @@ def _sample_chunks(row0: int, n: int, sample: bool):
 # norm's gain g times a normalised value): its columns' mean squared input is ~ g_j^2, which the
 # error sums then use as column weights (the quantization itself stays unweighted, as ggml's).
 # In trained models g^2 correlates with llama-imatrix's column means (r 0.5-0.9 on a 4000-step one).
-_NORM_OF = {  # GGUF kind -> the norm whose output it reads (same block)
-    "attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "attn_qkv": "attn_norm",
-    "ffn_gate": "ffn_norm", "ffn_up": "ffn_norm", "ffn_gate_exps": "ffn_norm", "ffn_up_exps": "ffn_norm",
-    "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
-}
-
-
-def _norm_gains(ckpt, plan, tied: bool) -> dict[str, np.ndarray]:
-    """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output."""
+def _norm_gains(ckpt, plan, tied: bool, norm_of: dict[str, str]) -> dict[str, np.ndarray]:
+    """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output
+    (`norm_of`: matrix kind -> norm kind, the model family's `norm_of`)."""
     from .pipeline import iter_source_slabs
 
     by_name = {t.name: t for t in plan.tensors}
@@ -273,7 +267,7 @@ def _norm_gains(ckpt, plan, tied: bool) -> dict[str, np.ndarray]:
     cache: dict[str, np.ndarray | None] = {}
     for t in plan.tensors:
         m = re.match(r"^(blk\.\d+\.)(.+?)\.weight$", t.name)
-        norm = (m.group(1) + _NORM_OF[m.group(2)] + ".weight") if m and m.group(2) in _NORM_OF else \
+        norm = (m.group(1) + norm_of[m.group(2)] + ".weight") if m and m.group(2) in norm_of else \
             ("output_norm.weight" if t.name == output else None)
         if norm is None or norm not in by_name:
             continue
@@ -382,7 +376,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     pinned = _pinned_names(plan, overrides)
     weights = imatrix.weights if imatrix is not None else {}
     tied = not any(t.name == "output.weight" for t in plan.tensors)
-    gains = {} if weights else _norm_gains(ckpt, plan, tied)
+    gains = {} if weights else _norm_gains(ckpt, plan, tied, models.norm_inputs(spec.arch))
     todo = [t for t in plan.tensors
             if t.name not in pinned and should_quantize(t.name, t.shape, facts, leave_output_tensor=leave_out)]
     if sample is None:

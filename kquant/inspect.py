@@ -5,8 +5,9 @@ ggml/src/gguf.cpp gguf_init_from_reader's checks); safetensors files and folders
 kquant.safetensors_io (ports safetensors/src/tensor.rs's header checks). `dequantize_file`
 streams: rows of one tensor at a time, written through kquant.fsutil.atomic_output into a
 safetensors file whose header is the one kquant.safetensors_io.write_safetensors writes.
-`--hf-names` inverts kquant.arch's name tables and conversion/llama.py LlamaModel.permute
-(the Q/K row permutation) for the architectures listed in HF_NAME_ARCHES.
+`--hf-names` asks the model family (kquant.models, families with `inverse_names`) for the HF name
+of every tensor and, where the conversion reordered rows (conversion/llama.py LlamaModel.permute),
+the inverse row order.
 """
 
 from __future__ import annotations
@@ -30,8 +31,6 @@ VALUE_WIDTH = 72  # characters of a metadata value in the table
 OUT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # --dtype -> bytes per value
 F16_MAX = 65504.0
 SLAB_BYTES = 32 << 20  # float32 bytes of rows dequantized at once
-# GGUF architecture -> the HF class whose kquant.arch table names its tensors (--hf-names)
-HF_NAME_ARCHES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 GENERATED_TENSORS = ("rope_freqs.weight",)  # made by the converter, no HF tensor to go back to
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers' save_pretrained writes
 
@@ -280,27 +279,23 @@ def _head_count(gf, key: str, default=None) -> int:
 def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]]:
     """GGUF name -> (HF name, HF-row -> GGUF-row gather or None), and the GGUF tensors with no HF name.
 
-    Inverts kquant.arch's tables for HF_NAME_ARCHES; for llama the Q/K rows are put back in HF
-    order (conversion/llama.py LlamaModel.permute, inverted) using the file's head counts.
+    The family of the file's architecture gives the names and, for llama, the Q/K rows back in
+    HF order (conversion/llama.py LlamaModel.permute, inverted) from the file's head counts.
     """
-    from .arch.tables import BY_HF_NAME
-    from .arch.tensors import qk_permutation
+    from . import models  # imported here: validate imports numba, which `kquant inspect` does not need
+    from .validate import layer_and_kind
 
     arch = gf.value("general.architecture")
-    if arch not in HF_NAME_ARCHES:
+    fam = models.inverse_family(arch) if isinstance(arch, str) else None
+    if fam is None:
         raise UnsupportedError(
-            f"{_p(gf.path)}: --hf-names supports architectures {', '.join(sorted(HF_NAME_ARCHES))}; this file is {arch!r}")
-    table = BY_HF_NAME[HF_NAME_ARCHES[arch]]
-    glob = {g: hf for hf, g in table.globals_.items()}
-    layer = {g: hf for hf, g in table.layer.items()}
+            f"{_p(gf.path)}: --hf-names supports architectures {', '.join(models.inverse_architectures())}; this file is {arch!r}")
     n_head = n_kv = None
-    if table.permute_qk:
+    if fam.undo_permute:
         n_head = _head_count(gf, f"{arch}.attention.head_count")
         n_kv = _head_count(gf, f"{arch}.attention.head_count_kv", n_head)
     out: dict[str, tuple[str, np.ndarray | None]] = {}
     skipped: list[str] = []
-    from .validate import layer_and_kind
-
     for ti in gf.tensors:
         name = ti.name
         if name in GENERATED_TENSORS:
@@ -311,22 +306,14 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         base = kind[: -len(".bias")] if kind.endswith(".bias") else kind
         if bid is None:
             base = name.rsplit(".", 1)[0]
-            hf = glob.get(base) if name.endswith(".weight") else None
-            hf = None if hf is None else hf + ".weight"
+            hf = fam.hf_tensor_name(None, base, False) if name.endswith(".weight") else None
         else:
-            mod = layer.get(base)
-            if mod is not None and is_bias and mod not in table.bias_ok:
-                mod = None
-            hf = None if mod is None else f"model.layers.{bid}.{mod}" + (".bias" if is_bias else ".weight")
-            if not name.endswith((".weight", ".bias")):
-                hf = None
+            hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
         if hf is None:
             raise UnsupportedError(f"{_p(gf.path)}: --hf-names: tensor {name!r} has no Hugging Face name for {arch}")
         gather = None
-        if table.permute_qk and base in ("attn_q", "attn_k") and bid is not None:
-            n_rows = int(ti.shape[0])
-            perm = qk_permutation(n_rows, n_head if base == "attn_q" else n_kv)
-            gather = np.argsort(perm)  # HF row j = GGUF row gather[j]
+        if n_head is not None and bid is not None:
+            gather = fam.hf_row_order(base, int(ti.shape[0]), n_head, n_kv)
         out[name] = (hf, gather)
     return out, skipped
 

@@ -30,7 +30,7 @@ FILE_TYPE_KEY = "general.file_type"
 
 @dataclass
 class PlannedTensor:
-    spec: object  # arch.TensorSpec
+    spec: object  # models.TensorSpec
     qtype: QType
     imatrix: np.ndarray | None = None  # (n_expert, n_per_row) importance rows, as llama-quantize looks them up
 
@@ -176,7 +176,7 @@ def source_kernel_types(ckpt) -> set[QType]:
 
 def _gguf_spec(src: GGUFSource):
     """A ModelSpec for a float GGUF: its metadata and tensors as they are (llama-quantize's view)."""
-    from .arch.spec import ModelSpec, TensorSpec
+    from .models.spec import ModelSpec, TensorSpec
 
     g = src.gguf
     arch = g.value("general.architecture")
@@ -196,13 +196,15 @@ def _gguf_spec(src: GGUFSource):
 
 
 def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None):
-    from . import arch
+    from . import models
 
     if isinstance(ckpt, GGUFSource):
         return _gguf_spec(ckpt)
     shapes = {name: (tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()}
+    headers = {f.path: [(t.name, t.shape, t.dtype) for t in f.tensors.values()] for f in ckpt.files}
     folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
-    return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)
+    return models.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre,
+                            headers=headers)
 
 
 def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None) -> Plan:

@@ -2,7 +2,7 @@
 
 `validate_file` dequantizes every tensor of a GGUF file (written by kquant or by llama.cpp's
 convert_hf_to_gguf.py + llama-quantize) and compares it, slab by slab, with the source tensor
-brought into GGUF layout by the same transforms the converter applies (kquant.arch: name map,
+brought into GGUF layout by the same transforms the converter applies (kquant.models: name map,
 Q/K row permutation, expert stacking, norm shift, ...): the error metrics do not depend on which
 side's layout they are computed in. `what_if` quantizes each source tensor to several types in
 memory, without writing anything. The GGUF file is read with kquant.gguf_io.GGUFFile (every

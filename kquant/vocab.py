@@ -19,12 +19,12 @@ from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
-from .arch.hparams import read_json
-from .arch.kv import (
-    TOK_ADD_PREFIX, TOK_LIST, TOK_MERGES, TOK_MODEL, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS,
+from .io.gguf_kv import (
+    TOK_LIST, TOK_MERGES, TOK_MODEL, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS,
     TOK_PRE, TOK_SCORES, TOK_TYPE, KVRecorder,
 )
 from .errors import InputError, UnsupportedError
+from .io.json import read_json
 
 # gguf-py constants.py TokenType (== SentencePiece's ModelProto.SentencePiece.Type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
@@ -311,7 +311,7 @@ class SpecialVocab:
         self.merges = merges
         return True
 
-    def _set_special_token(self, typ: str, tid: Any) -> None:
+    def set_special_token(self, typ: str, tid: Any) -> None:
         if not isinstance(tid, int) or isinstance(tid, bool):
             return
         if tid < 0:
@@ -340,7 +340,7 @@ class SpecialVocab:
         tokenizer = None
         tokenizer_file = path / "tokenizer.json"
         if tokenizer_file.is_file():
-            tokenizer = _read_tokenizer_json(tokenizer_file)
+            tokenizer = read_tokenizer_json(tokenizer_file)
             if self.load_merges:
                 merges = tokenizer.get("model", {}).get("merges")
                 if isinstance(merges, list) and merges:
@@ -365,7 +365,7 @@ class SpecialVocab:
         tokenizer_config = None
         tokenizer_config_file = path / "tokenizer_config.json"
         if tokenizer_config_file.is_file():
-            tokenizer_config = _read_object(tokenizer_config_file)
+            tokenizer_config = read_object(tokenizer_config_file)
         if tokenizer:
             special_bos = (tokenizer_config or {}).get("bos_token")
             special_cls = (tokenizer_config or {}).get("cls_token")
@@ -450,7 +450,7 @@ class SpecialVocab:
                 for template_path in additional_templates:
                     chat_template_alt.append({"name": template_path.stem, "template": _read_text(template_path)})
         elif chat_template_json.is_file():
-            chat_template_alt = _read_object(chat_template_json).get("chat_template")
+            chat_template_alt = read_object(chat_template_json).get("chat_template")
         chat_template = tokenizer_config.get("chat_template", chat_template_alt)
         if chat_template is None or isinstance(chat_template, (str, list)):
             self.chat_template = chat_template
@@ -473,36 +473,36 @@ class SpecialVocab:
                 (atok.get("id") for atok in added_tokens if atok.get("content") == tc_content),
                 None,
             )
-            self._set_special_token(typ, maybe_token_id)
+            self.set_special_token(typ, maybe_token_id)
         return True
 
     def _try_load_from_config_json(self, path: Path) -> bool:
         config_file = path / "config.json"
         if not config_file.is_file():
             return False
-        config = _read_object(config_file)
+        config = read_object(config_file)
         for typ in self.special_token_types:
             token_id = config.get(f"{typ}_token_id")
             if token_id is None and "text_config" in config:
                 token_id = config["text_config"].get(f"{typ}_token_id")
-            self._set_special_token(typ, token_id)
+            self.set_special_token(typ, token_id)
         return True
 
 
 _JSON_CACHE: dict[tuple[str, int, int], dict] = {}
 
 
-def _read_tokenizer_json(path: Path) -> dict:
+def read_tokenizer_json(path: Path) -> dict:
     """tokenizer.json, parsed once per file version (several readers here; none mutate it)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _JSON_CACHE:
         _JSON_CACHE.clear()
-        _JSON_CACHE[key] = _read_object(path)
+        _JSON_CACHE[key] = read_object(path)
     return _JSON_CACHE[key]
 
 
-def _read_object(path: Path) -> dict:
+def read_object(path: Path) -> dict:
     data = read_json(path)
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
@@ -536,7 +536,7 @@ def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[
     if not tokenizer_path.is_file():
         raise FileNotFoundError(f"File not found: {tokenizer_path}")
     spm = read_spm_model(tokenizer_path)
-    vocab_size = _find(hp, ["vocab_size_per_layer_input", "vocab_size"]) or len(spm.pieces)
+    vocab_size = next((hp[k] for k in ("vocab_size_per_layer_input", "vocab_size") if k in hp), None) or len(spm.pieces)
     tokens = [f"[PAD{i}]" for i in range(vocab_size)]
     scores = [SPM_PAD_SCORE] * vocab_size
     toktypes = [UNUSED] * vocab_size
@@ -558,8 +558,8 @@ def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[
 
     added_tokens_file = folder / "added_tokens.json"
     if added_tokens_file.is_file():
-        for key, token_id in _read_object(added_tokens_file).items():
-            token_id = _token_id(added_tokens_file, key, token_id)
+        for key, token_id in read_object(added_tokens_file).items():
+            token_id = check_token_id(added_tokens_file, key, token_id)
             if token_id >= vocab_size:
                 continue
             tokens[token_id] = key
@@ -568,8 +568,8 @@ def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[
 
     tokenizer_config_file = folder / "tokenizer_config.json"
     if tokenizer_config_file.is_file():
-        tc = _read_object(tokenizer_config_file)
-        for token_id, token_data in _added_tokens_decoder(tokenizer_config_file, tc).items():
+        tc = read_object(tokenizer_config_file)
+        for token_id, token_data in added_tokens_decoder(tokenizer_config_file, tc).items():
             token: str = token_data["content"]
             if token_id >= vocab_size:
                 continue
@@ -583,17 +583,13 @@ def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[
     return tokens, scores, toktypes
 
 
-def _find(hp: dict, keys: list[str]):
-    return next((hp[k] for k in keys if k in hp), None)
-
-
-def _token_id(path: Path, what: str, v) -> int:
+def check_token_id(path: Path, what: str, v) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v < 0:
         raise InputError(f"{path}: token id of {what!r} must be a non-negative integer, got {v!r}")
     return v
 
 
-def _added_tokens_decoder(path: Path, tc: dict) -> dict[int, dict]:
+def added_tokens_decoder(path: Path, tc: dict) -> dict[int, dict]:
     """tokenizer_config.json added_tokens_decoder with checked ids and contents."""
     atd = tc.get("added_tokens_decoder", {})
     if not isinstance(atd, dict):
@@ -614,71 +610,11 @@ def _added_tokens_decoder(path: Path, tc: dict) -> dict[int, dict]:
 def set_vocab_sentencepiece(rec: KVRecorder, folder: Path, hp: dict) -> int:
     """SentencePiece vocabulary keys; returns the token count."""
     tokens, scores, toktypes = create_vocab_sentencepiece(folder, hp)
-    rec.add_string(TOK_MODEL, "llama")
-    rec.add_string(TOK_PRE, "default")
-    rec.add_array(TOK_LIST, tokens)
-    rec.add_array(TOK_SCORES, scores)
-    rec.add_array(TOK_TYPE, toktypes)
-    SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(rec)
-    return len(tokens)
+    return write_spm_vocab(rec, folder, tokens, scores, toktypes)
 
 
-# conversion/phi.py Phi3MiniModel.set_vocab
-def set_vocab_phi3(rec: KVRecorder, folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> int:
-    tc_file = folder / "tokenizer_config.json"
-    if tc_file.is_file():
-        tc = _read_object(tc_file)
-        if "tokenizer_class" not in tc:
-            raise InputError(f"{tc_file}: missing key 'tokenizer_class'")
-        if tc["tokenizer_class"] == "GPT2Tokenizer":
-            return set_vocab_gpt2(rec, folder, hp, model_type, tokenizer_pre)
-    tokenizer_path = folder / "tokenizer.model"
-    if not tokenizer_path.is_file():
-        raise InputError(f"{tokenizer_path}: file not found (Phi-3 needs a SentencePiece tokenizer.model)")
-    spm = read_spm_model(tokenizer_path)
-    vocab_size = hp.get("vocab_size", len(spm.pieces))
-    if len(spm.pieces) > vocab_size:
-        raise InputError(f"{tokenizer_path}: {len(spm.pieces)} pieces but config.json vocab_size is {vocab_size}")
-    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
-    scores = [SPM_PAD_SCORE] * vocab_size
-    toktypes = [UNUSED] * vocab_size
-    for token_id, (piece, score, typ) in enumerate(spm.pieces):
-        toktype = NORMAL
-        if typ == UNKNOWN:
-            toktype = UNKNOWN
-        elif typ == CONTROL:
-            toktype = CONTROL
-        elif typ == UNUSED:
-            toktype = UNUSED
-        elif typ == BYTE:
-            toktype = BYTE
-        tokens[token_id] = piece
-        scores[token_id] = score
-        toktypes[token_id] = toktype
-
-    def put(path: Path, token_id: int, token: str, special) -> None:
-        if token_id >= vocab_size:
-            raise InputError(f"{path}: token id {token_id} ({token!r}) is outside vocab_size {vocab_size}")
-        tokens[token_id] = token
-        scores[token_id] = SPM_ADDED_SCORE
-        toktypes[token_id] = CONTROL if special else USER_DEFINED
-
-    added_tokens_file = folder / "added_tokens.json"
-    if added_tokens_file.is_file():
-        for key, token_id in _read_object(added_tokens_file).items():
-            token_id = _token_id(added_tokens_file, key, token_id)
-            if token_id >= vocab_size:
-                continue
-            put(added_tokens_file, token_id, key, False)
-    if tc_file.is_file():
-        for token_id, data in _added_tokens_decoder(tc_file, tc).items():
-            put(tc_file, token_id, data["content"], data.get("special"))
-    tj_file = folder / "tokenizer.json"
-    if tj_file.is_file():
-        for data in _read_tokenizer_json(tj_file).get("added_tokens", []):
-            if not isinstance(data, dict) or not isinstance(data.get("content"), str):
-                raise InputError(f"{tj_file}: malformed entry in 'added_tokens'")
-            put(tj_file, _token_id(tj_file, data["content"], data.get("id")), data["content"], data.get("special"))
+def write_spm_vocab(rec: KVRecorder, folder: Path, tokens: list[str], scores: list[float], toktypes: list[int]) -> int:
+    """The keys _set_vocab_sentencepiece writes for a built SentencePiece vocabulary; the token count."""
     rec.add_string(TOK_MODEL, "llama")
     rec.add_string(TOK_PRE, "default")
     rec.add_array(TOK_LIST, tokens)
@@ -697,14 +633,14 @@ class HFTokenizer:
         self.path = folder / "tokenizer.json"
         if not self.path.is_file():
             raise UnsupportedError(f"{folder}: no tokenizer.json (slow-only tokenizers are not supported)")
-        tj = _read_tokenizer_json(self.path)  # also rejects non-JSON before the Rust parser sees it
+        tj = read_tokenizer_json(self.path)  # also rejects non-JSON before the Rust parser sees it
         try:
             self.tok = Tokenizer.from_file(str(self.path))
         except Exception as e:  # tokenizers raises plain Exception subclasses
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise InputError(f"{self.path}: not a valid tokenizer.json ({msg})") from None
         tc_file = folder / "tokenizer_config.json"
-        self.tc = _read_object(tc_file) if tc_file.is_file() else {}
+        self.tc = read_object(tc_file) if tc_file.is_file() else {}
         self.cls = self.tc.get("tokenizer_class") or _DEFAULT_TOKENIZER_CLASS.get(model_type, "PreTrainedTokenizerFast")
         if not isinstance(self.cls, str):
             raise InputError(f"{tc_file}: 'tokenizer_class' must be a string, got {self.cls!r}")
@@ -718,7 +654,7 @@ class HFTokenizer:
         self.added: dict[int, list] = {
             i: [t.content, t.special, t.normalized] for i, t in self.tok.get_added_tokens_decoder().items()
         }
-        for tid, data in _added_tokens_decoder(tc_file, self.tc).items():
+        for tid, data in added_tokens_decoder(tc_file, self.tc).items():
             if tid not in self.added or self.added[tid][0] != data["content"]:
                 raise UnsupportedError(
                     f"{tc_file}: added token {tid} {data['content']!r} is not the same token in tokenizer.json")
@@ -826,12 +762,12 @@ def set_vocab_gpt2(rec: KVRecorder, folder: Path, hp: dict, model_type: str, tok
 
 
 # gguf-py vocab.py LlamaHfVocab.__init__ pre-check: which path LlamaModel.set_vocab takes without tokenizer.model
-def _llama_hf_kind(folder: Path) -> str:
+def llama_hf_kind(folder: Path) -> str:
     """'missing' (no tokenizer.json), 'llama3' (TypeError upstream), 'spm-bpe' (LlamaHfVocab), 'other'."""
     path = folder / "tokenizer.json"
     if not path.is_file():
         return "missing"
-    tj = _read_tokenizer_json(path)
+    tj = read_tokenizer_json(path)
     model = tj.get("model")
     if not isinstance(model, dict) or "type" not in model:
         raise InputError(f"{path}: missing key 'model.type'")
@@ -841,86 +777,3 @@ def _llama_hf_kind(folder: Path) -> str:
     if model["type"] != "BPE" or not model.get("byte_fallback", False) or decoder.get("type") != "Sequence":
         return "other"
     return "spm-bpe"
-
-
-def set_vocab(recipe: str, rec: KVRecorder, folder: Path, hp: dict, model_type: str,
-              tokenizer_pre: str | None = None) -> None:
-    """The architecture's set_vocab: tokenizer keys appended to `rec`."""
-    if recipe == "llama":  # conversion/llama.py LlamaModel.set_vocab
-        if (folder / "tekken.json").is_file() and not (folder / "tokenizer.json").is_file():
-            raise UnsupportedError(f"{folder}: Mistral tekken.json tokenizers are not supported")
-        tc_file = folder / "tokenizer_config.json"
-        if tc_file.is_file():
-            tc = _read_object(tc_file)
-            if (add_prefix_space := tc.get("add_prefix_space")) is not None:
-                rec.add_bool(TOK_ADD_PREFIX, add_prefix_space)
-            if tc.get("tokenizer_class") == "HybridDNATokenizer":
-                raise UnsupportedError(f"{tc_file}: HybridDNATokenizer is not supported")
-        try:
-            set_vocab_sentencepiece(rec, folder, hp)
-        except FileNotFoundError:
-            kind = _llama_hf_kind(folder)
-            if kind == "spm-bpe":
-                raise UnsupportedError(
-                    f"{folder}: SentencePiece-style tokenizer.json without tokenizer.model is not supported") from None
-            set_vocab_gpt2(rec, folder, hp, model_type, tokenizer_pre)
-        if hp.get("vocab_size", 32000) == 32016:  # CodeLlama
-            sv = SpecialVocab(folder, load_merges=False, special_token_types=["prefix", "suffix", "middle", "eot"])
-            sv._set_special_token("prefix", 32007)
-            sv._set_special_token("suffix", 32008)
-            sv._set_special_token("middle", 32009)
-            sv._set_special_token("eot", 32010)
-            sv.add_to_gguf(rec)
-        if hp.get("vocab_size", 32000) == 49152:  # granite small models
-            rec.add_bool("tokenizer.ggml.add_bos_token", False)
-    elif recipe == "qwen2":  # conversion/qwen.py Qwen2Model.set_vocab
-        try:
-            set_vocab_sentencepiece(rec, folder, hp)
-        except FileNotFoundError:
-            set_vocab_gpt2(rec, folder, hp, model_type, tokenizer_pre)
-    elif recipe == "default":  # TextModel.set_vocab
-        set_vocab_gpt2(rec, folder, hp, model_type, tokenizer_pre)
-    elif recipe == "gemma":  # conversion/gemma.py GemmaModel.set_vocab
-        _need_spm(folder)
-        set_vocab_sentencepiece(rec, folder, hp)
-        sv = SpecialVocab(folder, load_merges=False, special_token_types=["prefix", "suffix", "middle", "fsep", "eot"])
-        sv._set_special_token("prefix", 67)
-        sv._set_special_token("suffix", 69)
-        sv._set_special_token("middle", 68)
-        sv._set_special_token("fsep", 70)
-        sv._set_special_token("eot", 107)
-        sv.chat_template = None  # do not add it twice
-        sv.add_to_gguf(rec)
-        rec.add_bool(TOK_ADD_PREFIX, False)
-    elif recipe == "gemma2":  # Gemma2Model.set_vocab
-        _need_spm(folder)
-        set_vocab_sentencepiece(rec, folder, hp)
-        rec.add_bool(TOK_ADD_PREFIX, False)
-    elif recipe == "gemma3":  # Gemma3Model.set_vocab
-        if (folder / "tokenizer.model").is_file():
-            set_vocab_sentencepiece(rec, folder, hp)
-            rec.add_bool(TOK_ADD_PREFIX, False)
-        else:
-            set_vocab_gpt2(rec, folder, hp, model_type, tokenizer_pre)
-    elif recipe == "phi3":
-        set_vocab_phi3(rec, folder, hp, model_type, tokenizer_pre)
-    else:
-        raise ValueError(f"unknown vocab recipe {recipe!r}")
-
-
-def _need_spm(folder: Path) -> None:
-    if not (folder / "tokenizer.model").is_file():
-        raise InputError(f"{folder / 'tokenizer.model'}: file not found (this architecture needs a SentencePiece model)")
-
-
-# conversion/gemma.py Gemma3Model.modify_tensors: rows of token_embd kept
-def gemma3_real_vocab(folder: Path, hp: dict) -> int:
-    """n_vocab_real: the SentencePiece token count, else tokenizer.json vocab + added tokens."""
-    if (folder / "tokenizer.model").is_file():
-        return _find(hp, ["vocab_size_per_layer_input", "vocab_size"]) or len(read_spm_model(folder / "tokenizer.model").pieces)
-    path = folder / "tokenizer.json"
-    tj = _read_tokenizer_json(path)
-    model = tj.get("model")
-    if not isinstance(model, dict) or not isinstance(model.get("vocab"), dict):
-        raise InputError(f"{path}: missing key 'model.vocab'")
-    return len(model["vocab"]) + len(tj.get("added_tokens", []))

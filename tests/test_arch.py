@@ -1,4 +1,4 @@
-"""kquant.arch: HF folder -> ModelSpec, checked against llama.cpp's convert_hf_to_gguf.py itself.
+"""kquant.models: HF folder -> ModelSpec, checked against llama.cpp's convert_hf_to_gguf.py itself.
 
 The fast tests build tiny checkpoints (random heavy-tailed weights) and check names, shapes,
 order, transforms and the strict input validation. `test_matches_convert_hf_to_gguf` runs the
@@ -22,8 +22,8 @@ import numpy as np
 from kquant import refpipeline
 import pytest
 
-from kquant.arch import load_spec, supported_architectures
-from kquant.arch.tensors import qk_permutation
+from kquant.models import load_spec, supported_architectures
+from kquant.models.llama import qk_permutation
 from kquant.errors import InputError, UnsupportedError
 from kquant.types import QType
 
@@ -399,6 +399,16 @@ def test_supported_architectures():
         assert a in archs
 
 
+def test_every_family_has_a_case(models):
+    """Each registered family is exercised by a CASES checkpoint (add one with a new family module)."""
+    from kquant.models import family
+    from kquant.models.base import FAMILIES
+
+    cfgs = [json.loads((models(c, copy=False) / "config.json").read_text()) for c in CASES]
+    covered = {family(cfg["architectures"][0]) for cfg in cfgs}
+    assert set(FAMILIES.values()) <= covered, sorted(c.__name__ for c in set(FAMILIES.values()) - covered)
+
+
 def llama_permute(w: np.ndarray, n_head: int, n_head_kv: int | None) -> np.ndarray:
     """conversion/llama.py LlamaModel.permute, in numpy."""
     if n_head_kv is not None and n_head != n_head_kv:
@@ -448,9 +458,9 @@ def test_dry_run_reads_no_tokenizer(models):
 
 def test_tensor_shapes_argument(models):
     d = models("qwen2", tokenizer=False)
-    from kquant.arch.tensors import _read_header
+    from kquant.models.base import header_entries
 
-    shapes = {n: (s, dt) for n, s, dt in _read_header(d / "model.safetensors")}
+    shapes = {n: (s, dt) for n, s, dt in header_entries(d / "model.safetensors")}
     a = load_spec(d, shapes, vocab=False)
     assert [t.name for t in a.tensors] == [t.name for t in load_spec(d, vocab=False).tensors]
     shapes.pop("model.norm.weight")
@@ -567,15 +577,13 @@ LLAMA31_8B_ROPE = [1.0] * 29 + [1.2074838876724243, 1.5534145832061768, 2.026313
 
 @pytest.mark.parametrize("head_dim,factor,expected", [(64, 32.0, LLAMA32_1B_ROPE), (128, 8.0, LLAMA31_8B_ROPE)])
 def test_llama3_rope_freqs_known_values(head_dim, factor, expected):
-    from kquant.arch.hparams import rope_parameters
-    from kquant.arch.kv import KVRecorder
-    from kquant.arch.tables import ParamCtx, llama3_rope_freqs
+    from kquant.models.llama import LlamaModel
 
     hp = {"hidden_size": 32 * head_dim, "num_attention_heads": 32, "head_dim": head_dim, "rope_theta": 500000.0,
           "rope_scaling": {"factor": factor, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                            "original_max_position_embeddings": 8192, "rope_type": "llama3"}}
-    ctx = ParamCtx(kv=KVRecorder("llama"), hp=hp, rp=rope_parameters(hp), block_count=1, config_path="", folder=None)
-    [(name, rf)] = llama3_rope_freqs(ctx)
+    hp["num_hidden_layers"] = 1
+    [(name, rf)] = LlamaModel(hp).generate_extra_tensors()
     assert name == "rope_freqs.weight" and rf.dtype == np.float32
     assert rf.tolist() == expected
 

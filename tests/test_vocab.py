@@ -19,13 +19,14 @@ from pathlib import Path
 import pytest
 
 from kquant import refpipeline
-from kquant.arch.hparams import to_hparams
-from kquant.arch.kv import KVRecorder
+from kquant.io.gguf_kv import KVRecorder
+from kquant.models import family
+from kquant.models.hparams import to_hparams
 from kquant.errors import InputError, UnsupportedError
 from test_arch import kv_equal, read_gguf  # noqa: E402  (tests/ is on sys.path under pytest)
 
 from kquant.vocab import (
-    HFTokenizer, SpecialVocab, create_vocab_sentencepiece, read_spm_model, set_vocab, vocab_base_pre,
+    HFTokenizer, SpecialVocab, create_vocab_sentencepiece, read_spm_model, vocab_base_pre,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,9 +90,20 @@ def hp_for(model_type: str, vocab_size: int, **kw) -> dict:
     return to_hparams(cfg, Path("config.json"))
 
 
+# the vocabulary recipes exercised here -> a family that uses it
+RECIPE_FAMILY = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "default": "Qwen3MoeForCausalLM",
+                 "gemma": "GemmaForCausalLM", "gemma2": "Gemma2ForCausalLM", "gemma3": "Gemma3ForCausalLM",
+                 "phi3": "Phi3ForCausalLM"}
+
+
+def set_vocab(recipe: str, rec: KVRecorder, folder: Path, hp: dict, tokenizer_pre=None) -> None:
+    """The family's set_vocab hook, writing into `rec`."""
+    family(RECIPE_FAMILY[recipe])(hp, kv=rec, tok_folder=folder).set_vocab(tokenizer_pre)
+
+
 def vocab_kv(folder: Path, recipe: str, model_type: str, vocab_size: int, tokenizer_pre=None, arch="llama") -> dict:
     rec = KVRecorder(arch)
-    set_vocab(recipe, rec, folder, hp_for(model_type, vocab_size), model_type, tokenizer_pre)
+    set_vocab(recipe, rec, folder, hp_for(model_type, vocab_size), tokenizer_pre)
     return {k: v for k, _, v in rec.entries()}
 
 
@@ -309,7 +321,7 @@ VOCAB_CASES = {
 
 def _ours(folder: Path, cfg: dict, recipe: str) -> list:
     rec = KVRecorder("x")
-    set_vocab(recipe, rec, folder, to_hparams(cfg, folder / "config.json"), cfg["model_type"])
+    set_vocab(recipe, rec, folder, to_hparams(cfg, folder / "config.json"))
     return rec.entries()
 
 

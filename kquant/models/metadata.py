@@ -23,7 +23,7 @@ import yaml
 from gguf.constants import Keys
 
 from ..errors import InputError
-from .kv import KVRecorder
+from ..io.gguf_kv import KVRecorder
 
 
 # gguf-py utility.py model_weight_count_rounded_notation

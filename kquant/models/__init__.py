@@ -6,7 +6,9 @@ HF sources, the row gather / transform that builds it and the type the reference
 it as (BF16, or F32 for 1-D tensors, norms and router gates). It mirrors
 conversion/base.py ModelBase.write(): prepare_tensors (tensor order and content), then
 prepare_metadata (general.*, set_gguf_parameters, set_vocab), from llama.cpp as vendored in
-llama-cpp-python 0.3.36. Architecture specifics live in `tables.py`; tokenizers in kquant.vocab.
+llama-cpp-python 0.3.36. Each family is one module here (llama.py, qwen.py, gemma.py, phi.py:
+a `TextModel` subclass registered under its HF `architectures` names, see base.py); tokenizers
+are read by kquant.vocab.
 """
 
 from __future__ import annotations
@@ -14,23 +16,44 @@ from __future__ import annotations
 from math import prod
 from pathlib import Path
 
+from gguf import Keys
+
 from ..errors import InputError, UnsupportedError
-from . import kv as K
-from .hparams import read_config, rope_parameters, to_hparams
-from .kv import KVRecorder
+from ..io.gguf_kv import KVRecorder
+from . import gemma, llama, phi, qwen  # noqa: F401  (each registers its families)
+from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
+from .hparams import read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
-from .tables import BY_HF_NAME, ParamCtx
-from .tensors import build_tensors, safetensors_order
 
-__all__ = ["ModelSpec", "TensorSpec", "load_spec", "supported_architectures"]
+__all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "supported_architectures"]
 
 GGML_QUANT_VERSION = 2  # gguf-py constants.py GGML_QUANT_VERSION
 
 
 def supported_architectures() -> list[str]:
     """HF `architectures` names kquant converts."""
-    return sorted(BY_HF_NAME)
+    return sorted(FAMILIES)
+
+
+def family(hf_arch: str) -> type[TextModel] | None:
+    """The family class serving an HF `architectures` name, or None."""
+    return FAMILIES.get(hf_arch)
+
+
+def inverse_family(gguf_arch: str) -> type[TextModel] | None:
+    """The family whose HF names `dequantize --hf-names` restores for a GGUF architecture, or None."""
+    return next((c for c in FAMILIES.values() if c.inverse_names and c.arch_name() == gguf_arch), None)
+
+
+def inverse_architectures() -> list[str]:
+    """GGUF architectures `dequantize --hf-names` supports."""
+    return sorted({c.arch_name() for c in FAMILIES.values() if c.inverse_names})
+
+
+def norm_inputs(gguf_arch: str) -> dict[str, str]:
+    """Matrix kind -> the norm whose output it reads, for a GGUF architecture (automix)."""
+    return next((c.norm_of for c in FAMILIES.values() if c.arch_name() == gguf_arch), NORM_OF)
 
 
 def load_spec(
@@ -41,8 +64,12 @@ def load_spec(
     tokenizer_folder: str | Path | None = None,
     vocab: bool = True,
     tokenizer_pre: str | None = None,
+    headers: dict[str, list[HFTensor]] | None = None,
 ) -> ModelSpec:
-    """Build the ModelSpec of the HF model in `folder` (see module docstring)."""
+    """Build the ModelSpec of the HF model in `folder` (see module docstring).
+
+    `headers` ({file path: [(name, shape, dtype)]}, from an open checkpoint) spares parsing the
+    safetensors headers of those files a second time."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a directory")
@@ -50,51 +77,46 @@ def load_spec(
     tok_folder = Path(tokenizer_folder) if tokenizer_folder is not None else folder
     cfg = read_config(cfg_path)
     hf_arch = cfg["architectures"][0]
-    table = BY_HF_NAME.get(hf_arch)
-    if table is None:
+    cls = FAMILIES.get(hf_arch)
+    if cls is None:
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
     _check_hparams(cfg, hp, cfg_path)
-    rp = rope_parameters(hp)
-    block_count = hp["num_hidden_layers"]
+    arch = cls.arch_name()
+    model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
+    block_count = model.block_count
 
-    hf = _hf_tensors(folder, tensor_shapes)
-    rec = KVRecorder(table.arch)
-    rec.add_string(K.GENERAL_ARCHITECTURE, table.arch)  # GGUFWriter.__init__ add_architecture
-    ctx = ParamCtx(kv=KVRecorder(table.arch), hp=hp, rp=rp, block_count=block_count, config_path=cfg_path, folder=folder)
+    hf = _hf_tensors(folder, tensor_shapes, headers)
+    rec = KVRecorder(arch)
+    rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
 
     # prepare_tensors: generate_extra_tensors may record keys (phi3 attn_factor) before the metadata
-    extra = table.extra(ctx) if table.extra is not None else []
-    pre_kv = ctx.kv
-    n_vocab_real = None
-    if table.embd_trim:
-        from ..vocab import gemma3_real_vocab
-
-        n_vocab_real = gemma3_real_vocab(tok_folder, hp)  # reads tokenizer.json even for --dry-run
-    tensors = build_tensors(table, hp, block_count, hf, extra, n_vocab_real, str(folder))
+    extra = model.generate_extra_tensors()
+    pre_kv = model.kv
+    model.prepare()
+    tensors = model.prepare_tensors(hf, extra, str(folder))
 
     # prepare_metadata: general.type + Metadata, set_gguf_parameters, quantization version, set_vocab
     for k, t, v in pre_kv.entries():
         rec.add_key_value(k, v, t)
     meta_kv(rec, folder, *_param_counts(tensors))
-    ctx.kv = rec
-    table.params(ctx)
-    rec.add_uint32(K.GENERAL_QUANTIZATION_VERSION, GGML_QUANT_VERSION)
+    model.kv = rec
+    model.set_gguf_parameters()
+    rec.add_uint32(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION)
     if vocab:
-        from ..vocab import set_vocab
-
-        set_vocab(table.vocab, rec, tok_folder, hp, cfg["model_type"], tokenizer_pre)
+        model.set_vocab(tokenizer_pre)
 
     keys = rec.keys()
-    ft_idx = keys.index(K.GENERAL_FILE_TYPE) if K.GENERAL_FILE_TYPE in keys else -1
-    qv_idx = keys.index(K.GENERAL_QUANTIZATION_VERSION)
-    kv = [e for e in rec.entries() if e[0] not in (K.GENERAL_FILE_TYPE, K.GENERAL_QUANTIZATION_VERSION)]
+    ft, qv = Keys.General.FILE_TYPE, Keys.General.QUANTIZATION_VERSION
+    ft_idx = keys.index(ft) if ft in keys else -1
+    qv_idx = keys.index(qv)
+    kv = [e for e in rec.entries() if e[0] not in (ft, qv)]
     n_expert = 0
-    if table.experts is not None:
-        n_expert = next(hp[k] for k in table.experts.count_keys if hp.get(k) is not None)
+    if cls.experts is not None:
+        n_expert = next(hp[k] for k in cls.experts.count_keys if hp.get(k) is not None)
     return ModelSpec(
-        arch=table.arch,
+        arch=arch,
         kv=kv,
         tensors=tensors,
         n_layer=block_count,
@@ -124,9 +146,9 @@ def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:
         raise UnsupportedError(f"{path}: MoE models with dense layers (mlp_only_layers / decoder_sparse_step) are not supported")
 
 
-def _hf_tensors(folder: Path, tensor_shapes) -> list[tuple[str, tuple[int, ...], str]]:
+def _hf_tensors(folder: Path, tensor_shapes, headers) -> list[HFTensor]:
     """(name, shape, dtype) of every HF tensor in the order index_tensors yields them."""
-    parts = safetensors_order(folder)
+    parts = safetensors_order(folder, headers)
     if parts is None:
         if tensor_shapes is None:
             if any(p.name.startswith("pytorch_model") for p in folder.iterdir()):

@@ -1,0 +1,1 @@
+"""File formats kquant reads and writes: strict readers, streaming writers, atomic files."""

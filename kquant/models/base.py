@@ -1,0 +1,511 @@
+"""The shared decoder every family module extends, and the registry of families.
+
+Ports, from llama.cpp's conversion/base.py (vendored in llama-cpp-python 0.3.36):
+  ModelBase.register                                   -> `register` (keyed by the HF `architectures` name)
+  ModelBase.index_tensors / get_model_part_names      -> `safetensors_order` (part files sorted, names sorted per file)
+  ModelBase/TextModel.filter_tensors                   -> `TextModel.filter_name`
+  ModelBase.prepare_tensors                           -> `TextModel.prepare_tensors` (skip list, block id, F32 forcing)
+  TextModel.set_gguf_parameters                        -> `TextModel.set_gguf_parameters`
+  TextModel.set_vocab                                  -> `TextModel.set_vocab`
+  Qwen2MoeModel/LlamaModel.modify_tensors expert merge -> `TextModel.merge_experts`
+A family is a subclass that says which HF names it serves (`@register(...)`), its GGUF
+architecture, its per-layer module map and its config classes, and overrides the hooks that
+differ: `set_gguf_parameters`, `generate_extra_tensors`, `set_vocab`, `filter_name`,
+`modify_tensors`, `layer_modules` / `layer_experts` (layers may differ), `tensor_shapes`.
+Nothing here reads tensor data: a `TensorSpec` says how each GGUF tensor is built from HF tensors
+(row gather, transform, stacking), the pipeline builds it.
+
+Shapes are numpy order (last axis = ggml ne[0]); every HF tensor must map, be filtered as
+upstream filters it, or be one of the tensors upstream drops; missing tensors are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys
+
+from ..errors import InputError, UnsupportedError
+from ..io.gguf_kv import KVRecorder
+from ..io.json import read_json
+from ..safetensors_io import SafetensorsFile
+from ..types import QType
+from .. import vocab as V
+from .hparams import CONFIG_CLASSES, HFConfig, find_hparam, rope_parameters
+from .spec import TensorSpec
+
+# ModelBase.prepare_tensors: "we don't need these"
+DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
+# ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp")
+SOURCE_DTYPES = ("BF16", "F16", "F32")
+LAYER_PREFIX = "model.layers."
+
+# per-layer HF module paths (under "model.layers.{bid}.") -> GGUF names (under "blk.{bid}.")
+LLAMA_LAYER = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "post_attention_layernorm": "ffn_norm",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+}
+QK_NORM_LAYER = {"self_attn.q_norm": "attn_q_norm", "self_attn.k_norm": "attn_k_norm"}
+GLOBAL_NAMES = {"model.embed_tokens": "token_embd", "model.norm": "output_norm", "lm_head": "output"}
+ATTN_BIASES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+MLP_BIASES = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+# GGUF kind -> the norm whose output it reads (same block); automix weighs errors by that norm's gain
+NORM_OF = {
+    "attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "attn_qkv": "attn_norm",
+    "ffn_gate": "ffn_norm", "ffn_up": "ffn_norm", "ffn_gate_exps": "ffn_norm", "ffn_up_exps": "ffn_norm",
+    "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
+}
+
+HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safetensors header
+
+
+@dataclass(frozen=True)
+class Experts:
+    """Per-expert HF tensors merged into one 3-D GGUF tensor per projection (modify_tensors)."""
+
+    source: str  # HF name of one expert: "model.layers.{bid}.<...>.{xid}.{w}.weight"
+    order: tuple[tuple[str, str], ...]  # (HF projection, GGUF base) in the order upstream yields them
+    count_keys: tuple[str, ...]  # hparams giving the expert count
+
+
+FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
+
+
+def register(*hf_names: str):
+    """Class decorator (conversion/base.py ModelBase.register): the family serves these HF names."""
+
+    def wrap(cls: type[TextModel]) -> type[TextModel]:
+        cls.hf_names = hf_names
+        for n in hf_names:
+            if n in FAMILIES:
+                raise ValueError(f"{n} is registered twice ({FAMILIES[n].__name__}, {cls.__name__})")
+            FAMILIES[n] = cls
+        for c in cls.configs:
+            CONFIG_CLASSES.setdefault(c.model_type, c)
+        return cls
+
+    return wrap
+
+
+def ref_type(gguf_name: str, n_dims: int) -> QType:
+    """The type prepare_tensors picks for --outtype bf16."""
+    if n_dims <= 1 or gguf_name.endswith("_norm.weight"):
+        return QType.F32
+    base = gguf_name.rsplit(".", 1)[0].split(".")[-1]
+    if base in F32_BASES or gguf_name[-7:] not in (".weight", ".lora_a", ".lora_b"):
+        return QType.F32
+    return QType.BF16
+
+
+def header_entries(path: Path) -> list[HFTensor]:
+    """(name, shape, dtype) of every tensor of a safetensors file, from its validated header."""
+    with SafetensorsFile(path) as f:
+        return [(t.name, t.shape, t.dtype) for t in f.tensors.values()]
+
+
+def safetensors_order(folder: Path, headers: dict[str, list[HFTensor]] | None = None) -> list[tuple[str, list[HFTensor]]] | None:
+    """[(part file, [(name, shape, dtype), ...] sorted by name)] in index_tensors order, or None if no parts.
+
+    `headers` ({path: entries}) gives the entries of files already parsed (an open Checkpoint)."""
+    headers = headers or {}
+    parts = sorted(p.name for p in folder.iterdir() if p.name.startswith("model") and p.name.endswith(".safetensors"))
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        data = read_json(index)
+        wm = data.get("weight_map") if isinstance(data, dict) else None
+        if not isinstance(wm, dict) or not all(isinstance(v, str) for v in wm.values()):
+            raise InputError(f"{index}: missing or malformed 'weight_map'")
+        parts = sorted(dict.fromkeys(wm.values()))
+    if not parts:
+        return None
+    out = []
+    for part in parts:
+        path = folder / part
+        entries = headers.get(str(path))
+        out.append((part, sorted(entries if entries is not None else header_entries(path), key=lambda t: t[0])))
+    if index.is_file():
+        in_parts = {n for _, ts in out for n, _, _ in ts}
+        if in_parts != set(wm):
+            missing = sorted(set(wm) - in_parts)[:3]
+            extra = sorted(in_parts - set(wm))[:3]
+            raise InputError(f"{index}: weight_map does not match the part files (missing {missing}, extra {extra})")
+    return out
+
+
+# conversion/base.py TextModel.filter_tensors (multimodal skip)
+def is_multimodal(name: str) -> bool:
+    return (
+        name.startswith(("mlp", "vit.", "vpm.", "siglip2.", "conformer.", "merger.", "resampler.", "sound_encoder.",
+                         "sound_projection.", "speech_embeddings."))
+        or "visual." in name or "vision." in name or "audio." in name or "talker." in name
+        or "vision_" in name or "audio_" in name
+        or "token2wav." in name or "code2wav." in name
+        or "projector." in name or "pre_mm_projector_norm" in name
+        or "image_newline" in name or "view_seperator" in name
+        or "patch_embed" in name or "patch_embedding" in name
+        or "patch_merger." in name or "patch_merge_mlp." in name or "model.connector." in name
+    )
+
+
+def rows(start: int, stop: int) -> np.ndarray:
+    """A row gather taking rows [start, stop) of a source: one HF tensor split into several GGUF ones."""
+    return np.arange(start, stop, dtype=np.int64)
+
+
+def stack(arrs: list[np.ndarray]) -> np.ndarray:
+    """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
+    return np.stack(arrs, axis=0)
+
+
+class TextModel:
+    """A decoder-only text model as conversion/base.py TextModel converts it.
+
+    One instance per conversion: `hp` is the emulated AutoConfig dict (models.hparams), `kv` the
+    metadata recorder the parameter and vocabulary hooks write into."""
+
+    hf_names: ClassVar[tuple[str, ...]] = ()  # set by @register; the first names the family in messages
+    model_arch: ClassVar[MODEL_ARCH]
+    configs: ClassVar[tuple[HFConfig, ...]] = ()  # the transformers config classes (model_type) it reads
+    layer: ClassVar[dict[str, str]] = LLAMA_LAYER  # HF per-layer module -> GGUF per-layer base name
+    globals_: ClassVar[dict[str, str]] = GLOBAL_NAMES  # HF module -> GGUF name, outside the layers
+    bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
+    bias_required: ClassVar[tuple[str, ...]] = ()
+    skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
+    experts: ClassVar[Experts | None] = None
+    norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
+    inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
+    undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
+
+    def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
+                 folder: Path | None = None, tok_folder: Path | None = None):
+        self.hp = hp
+        self.rp = rope_parameters(hp)
+        self.block_count = hp["num_hidden_layers"]
+        self.config_path = config_path
+        self.folder = folder
+        self.tok_folder = tok_folder if tok_folder is not None else folder
+        self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+
+    @classmethod
+    def arch_name(cls) -> str:
+        """The GGUF architecture name (general.architecture)."""
+        return MODEL_ARCH_NAMES[cls.model_arch]
+
+    # ---------------------------------------------------------------- metadata
+    def key(self, name: str) -> str:
+        return f"{self.kv.arch}.{name}"
+
+    def u32(self, name: str, v, what: str) -> None:
+        """`{arch}.name` as UINT32; InputError naming the config key `what` unless an integer."""
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise InputError(f"{self.config_path}: {what} must be an integer, got {v!r}")
+        self.kv.add_uint32(self.key(name), v)
+
+    def f32(self, name: str, v, what: str) -> None:
+        """`{arch}.name` as FLOAT32; InputError naming the config key `what` unless a number."""
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise InputError(f"{self.config_path}: {what} must be a number, got {v!r}")
+        self.kv.add_float32(self.key(name), v)
+
+    def file_type_placeholder(self) -> None:
+        # GGUFWriter.add_file_type position marker; load_spec removes it and reports its index
+        self.kv.add_uint32(Keys.General.FILE_TYPE, 32)
+
+    def find_hparam(self, keys, optional: bool = False):
+        return find_hparam(self.hp, keys, optional)
+
+    # conversion/base.py TextModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        hp, rp = self.hp, self.rp
+        self.kv.add_uint32(self.key("block_count"), self.block_count)
+        n_ctx = self.find_hparam(["max_position_embeddings", "n_ctx", "n_positions", "max_length", "max_sequence_length", "model_max_length"], True)
+        if n_ctx is not None:
+            self.u32("context_length", n_ctx, "max_position_embeddings")
+        if (n_embd := self.find_hparam(["hidden_size", "n_embd", "dim"], True)) is not None:
+            self.u32("embedding_length", n_embd, "hidden_size")
+        n_ff = self.find_hparam(["prefix_dense_intermediate_size", "dense_intermediate_size", "intermediate_size", "n_inner", "hidden_dim"], True)
+        if n_ff is not None:
+            self.u32("feed_forward_length", n_ff, "intermediate_size")
+        if (n_head := self.find_hparam(["num_attention_heads", "n_head", "n_heads"], True)) is not None:
+            self.u32("attention.head_count", n_head, "num_attention_heads")
+        if (n_head_kv := self.find_hparam(["num_key_value_heads", "n_kv_heads"], True)) is not None:
+            self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
+        if hp.get("is_causal") is False:
+            self.kv.add_bool(self.key("attention.causal"), False)
+
+        rope_params = rp.get("full_attention", rp)
+        if (rope_type := rope_params.get("rope_type")) is not None:
+            rope_factor = rope_params.get("factor")
+            if rope_type == "linear" and rope_factor is not None:
+                self.kv.add_string(self.key("rope.scaling.type"), "linear")  # RopeScalingType.LINEAR
+                self.f32("rope.scaling.factor", rope_factor, "rope_scaling.factor")
+            elif rope_type == "yarn" and rope_factor is not None:
+                self.kv.add_string(self.key("rope.scaling.type"), "yarn")  # RopeScalingType.YARN
+                self.f32("rope.scaling.factor", rope_factor, "rope_scaling.factor")
+                if "original_max_position_embeddings" not in rope_params:
+                    raise InputError(f"{self.config_path}: rope_scaling of type yarn needs 'original_max_position_embeddings'")
+                self.u32("rope.scaling.original_context_length", rope_params["original_max_position_embeddings"], "original_max_position_embeddings")
+                if (v := rope_params.get("extrapolation_factor")) is not None:
+                    self.f32("rope.scaling.yarn_ext_factor", v, "rope_scaling.extrapolation_factor")
+                if (v := rope_params.get("attention_factor", rope_params.get("attn_factor"))) is not None:
+                    self.f32("rope.scaling.yarn_attn_factor", v, "rope_scaling.attention_factor")
+                if (v := rope_params.get("beta_fast")) is not None:
+                    self.f32("rope.scaling.yarn_beta_fast", v, "rope_scaling.beta_fast")
+                if (v := rope_params.get("beta_slow")) is not None:
+                    self.f32("rope.scaling.yarn_beta_slow", v, "rope_scaling.beta_slow")
+            elif rope_type == "su" or rope_type == "longrope":
+                self.kv.add_string(self.key("rope.scaling.type"), "longrope")  # RopeScalingType.LONGROPE
+            elif rope_type == "dynamic" or (isinstance(rope_type, str) and rope_type.lower() == "llama3"):
+                pass  # dynamic: model-specific; llama3: handled by generate_extra_tensors
+            elif rope_type != "default":
+                raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
+        if "mrope_section" in rp:
+            raise UnsupportedError(f"{self.config_path}: mrope_section (multimodal rope) is not supported")
+        if (rope_theta := rope_params.get("rope_theta")) is not None:
+            self.f32("rope.freq_base", rope_theta, "rope_theta")
+        if (local_theta := rp.get("sliding_attention", {}).get("rope_theta")) is not None:
+            self.f32("rope.freq_base_swa", local_theta, "rope_local_base_freq")
+        if (f_rms_eps := self.find_hparam(["rms_norm_eps", "norm_eps"], True)) is not None:
+            self.f32("attention.layer_norm_rms_epsilon", f_rms_eps, "rms_norm_eps")
+        if (f_norm_eps := self.find_hparam(["layer_norm_eps", "layer_norm_epsilon", "norm_epsilon"], True)) is not None:
+            self.f32("attention.layer_norm_epsilon", f_norm_eps, "layer_norm_eps")
+        if (n_experts := self.find_hparam(["num_local_experts", "num_experts", "n_routed_experts"], True)) is not None:
+            self.u32("expert_count", n_experts, "num_experts")
+        if (n_used := self.find_hparam(["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], True)) is not None:
+            self.u32("expert_used_count", n_used, "num_experts_per_tok")
+        for k in ("n_group", "topk_group", "score_function", "scoring_func", "score_func"):
+            if hp.get(k) is not None:
+                raise UnsupportedError(f"{self.config_path}: {k!r} (grouped/scored expert routing) is not supported")
+        if (head_dim := hp.get("head_dim")) is not None:
+            self.u32("attention.key_length", head_dim, "head_dim")
+            self.u32("attention.value_length", head_dim, "head_dim")
+        self.file_type_placeholder()
+
+    # conversion/base.py TextModel._try_set_pooling_type (only the "no pooling" outcome is supported)
+    def no_pooling(self) -> None:
+        if (self.folder / "modules.json").is_file():
+            raise UnsupportedError(f"{self.folder / 'modules.json'}: sentence-transformers (embedding) models are not supported")
+        if self.hp.get("classifier_pooling") is not None:
+            raise UnsupportedError(f"{self.config_path}: classifier_pooling (classification heads) is not supported")
+
+    def generate_extra_tensors(self) -> list[tuple[str, np.ndarray]]:
+        """Tensors without an HF source (rope factors), written first; may record metadata keys."""
+        return []
+
+    # conversion/base.py TextModel.set_vocab
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        V.set_vocab_gpt2(self.kv, self.tok_folder, self.hp, self.hp["model_type"], tokenizer_pre)
+
+    def prepare(self) -> None:
+        """Anything the tensor hooks need beyond the config, read before the tensors are mapped."""
+
+    # ---------------------------------------------------------------- tensors
+    def filter_name(self, name: str) -> str | None:
+        """The name upstream indexes a tensor under, or None when a filter_tensors drops it."""
+        if name in self.skip_names:  # GemmaModel / Gemma2Model: lm_head
+            return None
+        if is_multimodal(name):
+            return None
+        if name.endswith("e_score_correction_bias"):
+            name = name.replace("e_score_correction_bias", "e_score_correction.bias")
+        if "language_model." in name:
+            name = name.replace("language_model.", "")
+        return name
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        """HF module -> GGUF base name of layer `bid` (override where layers differ, e.g. dense then MoE)."""
+        return self.layer
+
+    def layer_experts(self, bid: int) -> Experts | None:
+        """The routed experts of layer `bid`, or None for a dense layer."""
+        return self.experts
+
+    def n_expert(self) -> int:
+        """The expert count from the config (0 for a dense model); InputError unless a positive integer."""
+        if self.experts is None:
+            return 0
+        x = self.experts
+        n = next((self.hp[k] for k in x.count_keys if k in self.hp and self.hp[k] is not None), 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise InputError(f"{self.folder}: expert count ({'/'.join(x.count_keys)}) must be a positive integer")
+        return n
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        """GGUF base name -> expected (weight) shape from the hyperparameters."""
+        hp = self.hp
+        e = hp["hidden_size"]
+        n_head = hp["num_attention_heads"]
+        n_kv = hp.get("num_key_value_heads") or n_head
+        hd = hp.get("head_dim") or e // n_head
+        f, n_vocab = hp["intermediate_size"], hp["vocab_size"]
+        n_ff_exp = hp.get("moe_intermediate_size") or f
+        n_ff_shexp = hp.get("shared_expert_intermediate_size") or f
+        q, kv = n_head * hd, n_kv * hd
+        return {
+            "token_embd": (n_vocab, e), "output": (n_vocab, e), "output_norm": (e,),
+            "attn_norm": (e,), "ffn_norm": (e,), "post_attention_norm": (e,), "post_ffw_norm": (e,),
+            "attn_q": (q, e), "attn_k": (kv, e), "attn_v": (kv, e), "attn_output": (e, q),
+            "attn_q_norm": (hd,), "attn_k_norm": (hd,), "attn_qkv": (q + 2 * kv, e),
+            "ffn_gate": (f, e), "ffn_down": (e, f), "ffn_up": (f, e),
+            "ffn_gate_inp": (self._n_expert, e), "ffn_gate_inp_shexp": (1, e),
+            "ffn_gate_shexp": (n_ff_shexp, e), "ffn_up_shexp": (n_ff_shexp, e), "ffn_down_shexp": (e, n_ff_shexp),
+            "ffn_gate_exps": (n_ff_exp, e), "ffn_up_exps": (n_ff_exp, e), "ffn_down_exps": (e, n_ff_exp),
+        }
+
+    def expected_shape(self, base: str, bias: bool) -> tuple[int, ...] | None:
+        w = self._shapes.get(base)
+        if w is None:
+            return None
+        return (w[0],) if bias else w
+
+    def modify_tensors(self, t: HFTensor, name: str, gname: str, base: str, bid: int | None) -> list[TensorSpec]:
+        """GGUF tensors made from one HF tensor (after filter_name); default: the tensor as it is.
+
+        Families return a row gather (`row_perm`: permutation, `rows(a, b)` to split one tensor into
+        several), a `transform`, or several TensorSpecs sharing the source."""
+        return [self.spec(gname, t)]
+
+    def spec(self, gname: str, t: HFTensor, *, shape=None, row_perm=None, transform=None) -> TensorSpec:
+        shape = tuple(t[1]) if shape is None else tuple(shape)
+        return TensorSpec(name=gname, shape=shape, sources=(t[0],), ref_type=ref_type(gname, len(shape)),
+                          row_perm=row_perm, transform=transform)
+
+    # Qwen2MoeModel / LlamaModel.modify_tensors: stack the experts of one layer, one tensor per projection
+    def merge_experts(self, x: Experts, bid: int, buf: dict, where: str) -> list[TensorSpec]:
+        specs = []
+        for w, gbase in x.order:
+            names = [x.source.format(bid=bid, xid=xid, w=w) for xid in range(self._n_expert)]
+            exp = self.expected_shape(gbase, False)
+            for n in names:
+                if buf[n][0] != exp:
+                    raise InputError(f"{where}: tensor {n!r} has shape {list(buf[n][0])}, expected {list(exp)} from config.json")
+            gname = f"blk.{bid}.{gbase}.weight"
+            shape = (self._n_expert,) + exp
+            specs.append(TensorSpec(name=gname, shape=shape, sources=tuple(names), ref_type=ref_type(gname, 3), transform=stack))
+        return specs
+
+    def map_name(self, name: str, where: str) -> tuple[str, int | None, bool]:
+        """(GGUF base, block id, is_bias) for an HF tensor name; InputError when it maps to nothing."""
+        for suffix, is_bias in ((".weight", False), (".bias", True)):
+            if not name.endswith(suffix):
+                continue
+            base = name[: -len(suffix)]
+            if base in self.globals_ and not is_bias:
+                return self.globals_[base], None, False
+            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
+            if m:
+                bid, module = int(m.group(1)), m.group(2)
+                layer = self.layer_modules(bid) if bid < self.block_count else self.layer
+                if module in layer and (not is_bias or module in self.bias_ok):
+                    if bid >= self.block_count:
+                        raise InputError(f"{where}: tensor {name!r} is for layer {bid} but num_hidden_layers is {self.block_count}")
+                    return layer[module], bid, is_bias
+        raise InputError(f"{where}: unexpected tensor {name!r} for {self.hf_names[0]}")
+
+    # conversion/base.py ModelBase.prepare_tensors
+    def prepare_tensors(self, hf: list[HFTensor], extra: list[tuple[str, np.ndarray]], where: str) -> list[TensorSpec]:
+        """TensorSpecs in write order for HF tensors `hf` [(name, shape, dtype)] in index order."""
+        self._n_expert = self.n_expert()
+        self._shapes = self.tensor_shapes()
+        out: list[TensorSpec] = []
+        for name, data in extra:  # generate_extra_tensors come first
+            out.append(TensorSpec(name=name, shape=tuple(data.shape), sources=(), ref_type=ref_type(name, data.ndim),
+                                  generated=data))
+
+        seen: dict[str, str] = {}
+        expert_buf: dict[int, dict[str, tuple[tuple[int, ...], str]]] = {}
+        expert_names: dict[str, int] = {}  # HF name of one expert's projection -> layer
+        for bid in range(self.block_count):
+            if (x := self.layer_experts(bid)) is not None:
+                for xid in range(self._n_expert):
+                    for w, _ in x.order:
+                        expert_names[x.source.format(bid=bid, xid=xid, w=w)] = bid
+
+        for orig, shape, dtype in hf:
+            name = self.filter_name(orig)
+            if name is None or name.endswith(DROPPED_SUFFIXES):
+                continue
+            if name in seen:
+                raise InputError(f"{where}: tensors {seen[name]!r} and {orig!r} both map to {name!r}")
+            seen[name] = orig
+            if dtype not in SOURCE_DTYPES:
+                raise UnsupportedError(f"{where}: tensor {orig!r} has dtype {dtype}; supported: {', '.join(SOURCE_DTYPES)}")
+
+            if name in expert_names:
+                bid = expert_names[name]
+                x = self.layer_experts(bid)
+                buf = expert_buf.setdefault(bid, {})
+                buf[name] = (shape, dtype)
+                if len(buf) >= self._n_expert * len(x.order):
+                    out.extend(self.merge_experts(x, bid, buf, where))
+                    del expert_buf[bid]
+                continue
+
+            base, bid, is_bias = self.map_name(name, where)
+            suffix = ".bias" if is_bias else ".weight"
+            gname = (f"blk.{bid}.{base}" if bid is not None else base) + suffix
+            exp = self.expected_shape(base, is_bias)
+            if exp is not None and tuple(shape) != exp:
+                raise InputError(f"{where}: tensor {orig!r} has shape {list(shape)}, expected {list(exp)} from config.json")
+            out.extend(self.modify_tensors((orig, tuple(shape), dtype), name, gname, base, bid))
+
+        if expert_buf:
+            bid = min(expert_buf)
+            have = len(expert_buf[bid])
+            need = self._n_expert * len(self.layer_experts(bid).order)
+            raise InputError(f"{where}: layer {bid} has {have} expert tensors, expected {need}")
+        self.check_complete(out)
+        return out
+
+    def check_complete(self, out: list[TensorSpec]) -> None:
+        """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""
+        names = {t.name for t in out}
+        need: list[tuple[str, str]] = []  # (GGUF name, HF name)
+        for hf_base, g in self.globals_.items():
+            if g == "output" and self.hp.get("tie_word_embeddings", False):
+                continue  # tied: no lm_head, llama.cpp reuses token_embd
+            need.append((g + ".weight", hf_base + ".weight"))
+        for bid in range(self.block_count):
+            pre = f"{LAYER_PREFIX}{bid}."
+            layer = self.layer_modules(bid)
+            for module, g in layer.items():
+                need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
+            for module in self.bias_required:
+                need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
+            if (x := self.layer_experts(bid)) is not None:
+                for w, g in x.order:
+                    need.append((f"blk.{bid}.{g}.weight", x.source.format(bid=bid, xid=0, w=w)))
+        missing = [hf for g, hf in need if g not in names]
+        if missing:
+            more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+            raise InputError(f"{self.folder}: missing tensor(s) {', '.join(missing[:3])}{more}")
+
+    # ---------------------------------------------------------------- GGUF -> HF (dequantize --hf-names)
+    @classmethod
+    def hf_tensor_name(cls, bid: int | None, base: str, is_bias: bool) -> str | None:
+        """The HF name of a GGUF tensor (`base`: its name without block prefix and suffix), or None."""
+        if bid is None:
+            hf = {g: h for h, g in cls.globals_.items()}.get(base)
+            return None if hf is None or is_bias else hf + ".weight"
+        mod = {g: h for h, g in cls.layer.items()}.get(base)
+        if mod is None or (is_bias and mod not in cls.bias_ok):
+            return None
+        return f"{LAYER_PREFIX}{bid}.{mod}" + (".bias" if is_bias else ".weight")
+
+    @classmethod
+    def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:
+        """HF row j = GGUF row gather[j] for tensors whose rows the conversion reordered, else None."""
+        return None

@@ -1,0 +1,177 @@
+"""Llama, Mistral and Mixtral: conversion/llama.py LlamaModel (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from gguf import MODEL_ARCH
+
+from ..errors import InputError, UnsupportedError
+from .. import vocab as V
+from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, Experts, TextModel, register
+from .hparams import HFConfig
+
+
+def _llama_head_dim(hp: dict) -> None:
+    # transformers configuration_llama.py LlamaConfig.__init__
+    if hp.get("head_dim") is None:
+        hp["head_dim"] = hp["hidden_size"] // hp["num_attention_heads"]
+
+
+# transformers 4.57.6 configuration_<model>.py __init__ defaults, for the keys llama.cpp reads
+LLAMA_CONFIG = HFConfig("llama", dict(
+    vocab_size=32000, max_position_embeddings=2048, hidden_size=4096, intermediate_size=11008,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=None, rms_norm_eps=1e-6,
+    rope_theta=10000.0, rope_scaling=None, attention_bias=False, mlp_bias=False, head_dim=None,
+    tie_word_embeddings=False,
+), rope_type_alias=True, kv_heads_fallback=True, post_init=_llama_head_dim)
+MISTRAL_CONFIG = HFConfig("mistral", dict(
+    vocab_size=32000, max_position_embeddings=4096 * 32, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, sliding_window=4096,
+    head_dim=None, rms_norm_eps=1e-6, rope_theta=10000.0, tie_word_embeddings=False,
+), kv_heads_fallback=True)
+MIXTRAL_CONFIG = HFConfig("mixtral", dict(
+    vocab_size=32000, max_position_embeddings=4096 * 32, hidden_size=4096, intermediate_size=14336,
+    num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, sliding_window=None,
+    head_dim=None, rms_norm_eps=1e-5, rope_theta=1e6, num_experts_per_tok=2, num_local_experts=8,
+    tie_word_embeddings=False,
+), kv_heads_fallback=True)
+
+
+# conversion/llama.py LlamaModel.permute as a row gather
+def qk_permutation(n_rows: int, n_head: int) -> np.ndarray:
+    """Row order of permute(W, n_head): out row (h, j, t) = source row (h, t, j), j < hd/2, t < 2."""
+    if n_rows % (2 * n_head):
+        raise InputError(f"cannot permute {n_rows} rows into {n_head} rotary heads (needs a multiple of {2 * n_head})")
+    return np.arange(n_rows, dtype=np.int64).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
+
+
+def torch_pow_f32(base: np.float32, expo: np.ndarray) -> np.ndarray:
+    """float32 `base ** expo`, rounded from float64.
+
+    torch evaluates this with SLEEF's powf (1-ulp, not correctly rounded) on AVX2/AVX-512 CPUs,
+    so a few (base, head_dim) pairs can differ in the last bit; every official Llama 3.x rope
+    configuration (theta 500000, head_dim 64/128) matches exactly.
+    """
+    return np.power(np.float64(base), expo.astype(np.float64)).astype(np.float32)
+
+
+@register("LlamaForCausalLM", "LLaMAForCausalLM")
+class LlamaModel(TextModel):
+    model_arch = MODEL_ARCH.LLAMA
+    configs = (LLAMA_CONFIG, MISTRAL_CONFIG, MIXTRAL_CONFIG)
+    bias_ok = ATTN_BIASES + MLP_BIASES
+    undo_permute = True
+    inverse_names = True
+
+    # LlamaModel.set_vocab
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        folder, rec, hp = self.tok_folder, self.kv, self.hp
+        if (folder / "tekken.json").is_file() and not (folder / "tokenizer.json").is_file():
+            raise UnsupportedError(f"{folder}: Mistral tekken.json tokenizers are not supported")
+        tc_file = folder / "tokenizer_config.json"
+        if tc_file.is_file():
+            tc = V.read_object(tc_file)
+            if (add_prefix_space := tc.get("add_prefix_space")) is not None:
+                rec.add_bool(V.TOK_ADD_PREFIX, add_prefix_space)
+            if tc.get("tokenizer_class") == "HybridDNATokenizer":
+                raise UnsupportedError(f"{tc_file}: HybridDNATokenizer is not supported")
+        try:
+            V.set_vocab_sentencepiece(rec, folder, hp)
+        except FileNotFoundError:
+            if V.llama_hf_kind(folder) == "spm-bpe":
+                raise UnsupportedError(
+                    f"{folder}: SentencePiece-style tokenizer.json without tokenizer.model is not supported") from None
+            V.set_vocab_gpt2(rec, folder, hp, hp["model_type"], tokenizer_pre)
+        if hp.get("vocab_size", 32000) == 32016:  # CodeLlama
+            sv = V.SpecialVocab(folder, load_merges=False, special_token_types=["prefix", "suffix", "middle", "eot"])
+            sv.set_special_token("prefix", 32007)
+            sv.set_special_token("suffix", 32008)
+            sv.set_special_token("middle", 32009)
+            sv.set_special_token("eot", 32010)
+            sv.add_to_gguf(rec)
+        if hp.get("vocab_size", 32000) == 49152:  # granite small models
+            rec.add_bool("tokenizer.ggml.add_bos_token", False)
+
+    # LlamaModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        hp = self.hp
+        self.u32("vocab_size", hp["vocab_size"], "vocab_size")
+        if (rope_dim := hp.get("head_dim")) is None:
+            rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
+        self.u32("rope.dimension_count", rope_dim, "head_dim")
+
+    # LlamaModel.filter_tensors
+    def filter_name(self, name: str) -> str | None:
+        if "text_model." in name:
+            name = name.replace("text_model.", "")
+        return super().filter_name(name)
+
+    # LlamaModel.modify_tensors: undo the HF Q/K permutation
+    def modify_tensors(self, t, name, gname, base, bid):
+        n_head = self.hp["num_attention_heads"]
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
+        if name.endswith(("k_proj.weight", "k_proj.bias")):
+            n_kv = self.hp.get("num_key_value_heads") or n_head
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        if base in ("attn_q", "attn_k"):
+            return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
+        return None
+
+    # LlamaModel.generate_extra_tensors, in torch's float32 arithmetic: a Python number divided by a
+    # 0-d tensor is `tensor.reciprocal() * number` (torch/_tensor.py __rdiv__), tensor-scalar ops
+    # round to float32 after each step.
+    def generate_extra_tensors(self) -> list[tuple[str, np.ndarray]]:
+        rope_params = self.rp.get("full_attention", self.rp)
+        if not rope_params or str(rope_params.get("rope_type", "")).lower() != "llama3":
+            return []
+        f32 = np.float32
+        base = rope_params.get("rope_theta", 10000.0)
+        if (dim := self.hp.get("head_dim")) is None:
+            dim = self.hp["hidden_size"] // self.hp["num_attention_heads"]
+        # 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        expo = np.arange(0, dim, 2, dtype=f32) / f32(dim)  # (dim/2,)
+        freqs = (f32(1) / torch_pow_f32(f32(base), expo)) * f32(1.0)
+        factor = rope_params.get("factor", 8.0)
+        low_freq_factor = rope_params.get("low_freq_factor", 1.0)
+        high_freq_factor = rope_params.get("high_freq_factor", 4.0)
+        old_context_len = rope_params.get("original_max_position_embeddings", 8192)
+        low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
+        high_freq_wavelen = old_context_len / high_freq_factor
+        out = np.empty(len(freqs), dtype=f32)  # (dim/2,)
+        for i, freq in enumerate(freqs):
+            wavelen = (f32(1) / freq) * f32(2 * math.pi)  # 2 * math.pi / freq
+            if wavelen < f32(high_freq_wavelen):
+                out[i] = 1
+            elif wavelen > f32(low_freq_wavelen):
+                out[i] = factor
+            else:
+                # (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+                smooth = ((f32(1) / wavelen) * f32(old_context_len) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
+                # 1 / ((1 - smooth) / factor + smooth)
+                out[i] = (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)) * f32(1)
+        return [("rope_freqs.weight", out)]
+
+
+@register("MistralForCausalLM")
+class MistralModel(LlamaModel):
+    inverse_names = False  # GGUF arch "llama" maps back to LlamaForCausalLM names
+
+
+@register("MixtralForCausalLM")
+class MixtralModel(LlamaModel):
+    layer = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("mlp.")} | {"block_sparse_moe.gate": "ffn_gate_inp"}
+    bias_ok = ATTN_BIASES
+    inverse_names = False
+    experts = Experts(
+        source="model.layers.{bid}.block_sparse_moe.experts.{xid}.{w}.weight",
+        order=(("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")),
+        count_keys=("num_local_experts",),
+    )
