@@ -33,7 +33,7 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
 from ..io.json import read_json
 from ..safetensors_io import SafetensorsFile
-from ..types import QType
+from ..ggml.types import QType
 from .. import vocab as V
 from .hparams import CONFIG_CLASSES, HFConfig, find_hparam, rope_parameters
 from .spec import TensorSpec

@@ -7,7 +7,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..types import QType
+from ..ggml.types import QType
 
 
 @dataclass
