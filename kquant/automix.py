@@ -613,7 +613,7 @@ class Mix:
 
 def header_bytes(plan) -> tuple[int, int]:
     """(bytes before the tensor data, alignment) of the GGUF kquant writes for `plan`; independent of types."""
-    from .gguf_io import GGUFStreamWriter
+    from .io.gguf import GGUFStreamWriter
     from .pipeline import output_kv
 
     w = GGUFStreamWriter(io.BytesIO(), ggml_n_dims=True, name="<size>")

@@ -3,11 +3,11 @@
 Not a port: llama.cpp has no batch mode. Each model is one `pipeline.convert_many` call (every
 source tensor read once and quantized to all requested types in that pass), so each output has
 exactly the bytes `kquant convert` writes. Outputs are only renamed into place when complete
-(`fsutil.atomic_output`). A manifest in OUTDIR (`.kquant-batch.json`, written by the driver only)
+(`io.fsutil.atomic_output`). A manifest in OUTDIR (`.kquant-batch.json`, written by the driver only)
 records per output a fingerprint of its sources (names, sizes and mtimes of the model folder's
 files and of the imatrix, kquant version, type, options) and the size and mtime of the file
 written. A re-run skips an output only when the file is still the one recorded, its header parses
-(`gguf_io.GGUFFile`: tensor data inside the file, no trailing bytes) and its general.file_type is
+(`io.gguf.GGUFFile`: tensor data inside the file, no trailing bytes) and its general.file_type is
 the type asked for; anything else is redone. Temporary files of a killed run are removed.
 
 Executors: in-process (`--jobs 1`), worker processes (`--jobs N`, spawn, numba threads = cores // N)
@@ -238,7 +238,7 @@ class Manifest:
 
     def save(self) -> None:
         from . import __version__
-        from .fsutil import atomic_output
+        from .io.fsutil import atomic_output
 
         doc = {"version": MANIFEST_VERSION, "kquant": __version__, "outputs": dict(sorted(self.outputs.items()))}
         with atomic_output(self.path, force=True) as f:
@@ -247,7 +247,7 @@ class Manifest:
 
 def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
     """(complete, why not, facts) for an existing output: recorded, unchanged, header valid, right type."""
-    from .gguf_io import GGUFFile
+    from .io.gguf import GGUFFile
     from .pipeline import FILE_TYPE_KEY
 
     if not out.is_file():
@@ -286,7 +286,7 @@ def _first_line(e: BaseException) -> str:
 
 def sweep_temp_files(outdir: Path, names: Sequence[str]) -> list[Path]:
     """Remove `.NAME.kquant-tmp-*` files of these outputs (left by a killed run); returns them."""
-    from .fsutil import MAX_TMP_BASE, TMP_MARK
+    from .io.fsutil import MAX_TMP_BASE, TMP_MARK
 
     prefixes = tuple(f".{n[:MAX_TMP_BASE]}{TMP_MARK}" for n in names)
     gone = []
@@ -595,7 +595,7 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
     Returns the report; an interrupt (SIGINT/SIGTERM/SIGHUP) stops the workers, removes temporary
     files and returns a report with `interrupted` set (the next run finishes the job).
     """
-    from .fsutil import handle_termination
+    from .io.fsutil import handle_termination
 
     t0 = time.perf_counter()
     if executor not in ("local", "ray"):

@@ -280,7 +280,7 @@ def _set_threads(n) -> None:
 def _check_report_outputs(args, inputs) -> None:
     """Refuse report outputs (--csv, --plot) that exist (without --force) or are inputs, before any work."""
     from .errors import OutputError
-    from .fsutil import check_not_input
+    from .io.fsutil import check_not_input
 
     outs = [o for o in (args.csv, args.plot) if o and o != "-"]
     if len(outs) == 2 and os.path.abspath(outs[0]) == os.path.abspath(outs[1]):
@@ -292,7 +292,7 @@ def _check_report_outputs(args, inputs) -> None:
 
 
 def _write_text_output(path: str, text: str, force: bool) -> None:
-    from .fsutil import atomic_output
+    from .io.fsutil import atomic_output
 
     if path == "-":
         sys.stdout.write(text)
@@ -303,7 +303,7 @@ def _write_text_output(path: str, text: str, force: bool) -> None:
 
 
 def _write_plot(path: str, draw, force: bool) -> None:
-    from .fsutil import atomic_output
+    from .io.fsutil import atomic_output
     from .validate import _matplotlib
 
     _matplotlib()  # a missing matplotlib is reported before the output file is created

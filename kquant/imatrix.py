@@ -152,7 +152,7 @@ def load_imatrix(path, include: Sequence[str] = (), exclude: Sequence[str] = ())
 
 # common/imatrix-loader.cpp common_imatrix_load (GGUF part)
 def _load_gguf(fname: str, where: str) -> _Loaded:
-    from .gguf_io import GGUFFile
+    from .io.gguf import GGUFFile
 
     with GGUFFile(fname) as g:
         if len(g.tensors) < 1:

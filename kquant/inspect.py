@@ -1,10 +1,10 @@
 """`kquant inspect` (GGUF / safetensors / HF folder listing) and `kquant dequantize` (GGUF -> safetensors).
 
-GGUF files are read with kquant.gguf_io.GGUFFile, which validates every field before use (ports
+GGUF files are read with kquant.io.gguf.GGUFFile, which validates every field before use (ports
 ggml/src/gguf.cpp gguf_init_from_reader's checks); safetensors files and folders with
-kquant.safetensors_io (ports safetensors/src/tensor.rs's header checks). `dequantize_file`
-streams: rows of one tensor at a time, written through kquant.fsutil.atomic_output into a
-safetensors file whose header is the one kquant.safetensors_io.write_safetensors writes.
+kquant.io.safetensors (ports safetensors/src/tensor.rs's header checks). `dequantize_file`
+streams: rows of one tensor at a time, written through kquant.io.fsutil.atomic_output into a
+safetensors file whose header is the one kquant.io.safetensors.write_safetensors writes.
 `--hf-names` asks the model family (kquant.models, families with `inverse_names`) for the HF name
 of every tensor and, where the conversion reordered rows (conversion/llama.py LlamaModel.permute),
 the inverse row order.
@@ -101,7 +101,7 @@ def _type_label(vtype, value) -> str:
 
 def inspect_gguf(path, *, full: bool = False) -> dict:
     """Header, metadata and tensor table of a GGUF file (shapes in ggml order, ne[0] first)."""
-    from .gguf_io import GGUFFile
+    from .io.gguf import GGUFFile
     from .types import FileType
     from .validate import type_name
 
@@ -164,7 +164,7 @@ def _read_config(path: Path) -> tuple[dict | None, str | None]:
 
 def inspect_checkpoint(path, *, config=None) -> dict:
     """Files, config.json and tensor table of a HF folder or a .safetensors file (stored shape order)."""
-    from .safetensors_io import DTYPE_BITS, Checkpoint
+    from .io.safetensors import DTYPE_BITS, Checkpoint
 
     p = Path(os.fspath(path))
     cfg_path = Path(config) if config else (p / "config.json" if p.is_dir() else None)
@@ -319,35 +319,6 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
 
 
 # ====================================================================== dequantize
-class _SafetensorsStream:
-    """Write a safetensors file whose tensors are declared first and streamed in order."""
-
-    def __init__(self, f, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None):
-        from .safetensors_io import HEADER_LEN_BYTES, HEADER_PAD, METADATA_KEY
-
-        header: dict = {}
-        if metadata is not None:
-            header[METADATA_KEY] = dict(metadata)
-        pos = 0
-        self.sizes = []
-        for name, dtype, shape in entries:
-            n = OUT_DTYPES[dtype] * int(np.prod(shape, dtype=np.int64))
-            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
-            self.sizes.append(n)
-            pos += n
-        hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        hb += b" " * (-len(hb) % HEADER_PAD)
-        self.f = f
-        self.total = HEADER_LEN_BYTES + len(hb) + pos
-        f.write(len(hb).to_bytes(HEADER_LEN_BYTES, "little"))
-        f.write(hb)
-        self.written = 0
-
-    def write(self, a: np.ndarray) -> None:
-        self.f.write(memoryview(np.ascontiguousarray(a)).cast("B"))
-        self.written += a.nbytes
-
-
 def _encode_rows(x: np.ndarray, dtype: str, name: str) -> np.ndarray:
     """float32 rows -> little-endian output values (F32 / F16 / BF16, round to nearest even)."""
     if dtype == "F32":
@@ -359,7 +330,7 @@ def _encode_rows(x: np.ndarray, dtype: str, name: str) -> np.ndarray:
         if bad:
             raise InputError(f"tensor {name}: {bad} value(s) beyond the F16 range (+-{F16_MAX:g}); use --dtype F32 or BF16")
         return h
-    from .safetensors_io import fp32_to_bf16_bits
+    from .io.safetensors import fp32_to_bf16_bits
 
     return fp32_to_bf16_bits(x).astype("<u2")
 
@@ -371,8 +342,9 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
     Names are the GGUF ones, or the Hugging Face ones with `hf_names` (Q/K rows back in HF
     order; generated tensors such as rope_freqs dropped). `progress(i, n, name, type, seconds)`.
     """
-    from .fsutil import atomic_output, check_not_input, handle_termination
-    from .gguf_io import GGUFFile
+    from .io.fsutil import atomic_output, check_not_input, handle_termination
+    from .io.gguf import GGUFFile
+    from .io.safetensors import SafetensorsStreamWriter
     from .validate import TensorRows, type_name
 
     dtype = str(dtype).upper()
@@ -391,7 +363,7 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
             readers[ti.name] = TensorRows(gf, ti)
         entries = [(names[t.name][0], dtype, tuple(int(d) for d in t.shape)) for t in todo]
         with handle_termination(), atomic_output(out, force=force) as f:
-            w = _SafetensorsStream(f, entries, SAFETENSORS_METADATA)
+            w = SafetensorsStreamWriter(f, entries, SAFETENSORS_METADATA)
             for i, ti in enumerate(todo):
                 ts = time.perf_counter()
                 rd = readers[ti.name]

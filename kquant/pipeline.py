@@ -109,7 +109,7 @@ class Options:
 
 def open_model(path: str | Path, config: str | None = None):
     """A source checkpoint: HF folder, single .safetensors, or an F32/F16/BF16 GGUF file."""
-    from .safetensors_io import Checkpoint
+    from .io.safetensors import Checkpoint
 
     p = Path(path)
     if not p.exists():
@@ -129,12 +129,12 @@ class _GGUFTensor:
 
 class GGUFSource:
     """An F32/F16/BF16 GGUF file read like a checkpoint (`kquant convert model-bf16.gguf`, as
-    llama-quantize does): same reading interface as safetensors_io.Checkpoint."""
+    llama-quantize does): same reading interface as io.safetensors.Checkpoint."""
 
     FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
 
     def __init__(self, path: Path):
-        from .gguf_io import GGUFFile
+        from .io.gguf import GGUFFile
 
         self.path = path
         self.gguf = GGUFFile(path)
@@ -350,8 +350,8 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
 
     `model` is a path (HF folder / .safetensors). Each target gets its own atomic output file.
     """
-    from .fsutil import atomic_output, check_not_input, handle_termination
-    from .gguf_io import GGUFStreamWriter
+    from .io.fsutil import atomic_output, check_not_input, handle_termination
+    from .io.gguf import GGUFStreamWriter
 
     opts = options or Options()
     if opts.threads is not None:

@@ -110,7 +110,7 @@ def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, im
 
 def compare_gguf(a: str | Path, b: str | Path, ignore_keys=("general.name",)) -> list[str]:
     """Differences between two GGUF files: metadata keys/types/values, tensor order/types/shapes/bytes."""
-    from .gguf_io import GGUFFile
+    from .io.gguf import GGUFFile
 
     diffs: list[str] = []
     with GGUFFile(a) as fa, GGUFFile(b) as fb:

@@ -5,7 +5,7 @@ convert_hf_to_gguf.py + llama-quantize) and compares it, slab by slab, with the 
 brought into GGUF layout by the same transforms the converter applies (kquant.models: name map,
 Q/K row permutation, expert stacking, norm shift, ...): the error metrics do not depend on which
 side's layout they are computed in. `what_if` quantizes each source tensor to several types in
-memory, without writing anything. The GGUF file is read with kquant.gguf_io.GGUFFile (every
+memory, without writing anything. The GGUF file is read with kquant.io.gguf.GGUFFile (every
 field validated before use), never with gguf-py's reader; tensors of ggml types kquant has no
 kernels for are dequantized with gguf-py's numpy dequantizers (gguf.quants) from those bytes.
 
@@ -245,7 +245,7 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     `progress(i, n, TensorError)` is called after each tensor. Memory: one source slab and its
     dequantized copy at a time (plus whole tensors the converter itself builds whole).
     """
-    from .gguf_io import GGUFFile
+    from .io.gguf import GGUFFile
     from .pipeline import build_spec, open_model
     from .recipe import llama_order
 

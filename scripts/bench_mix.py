@@ -263,7 +263,7 @@ def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", 
     import shutil
 
     from kquant.imatrix import ImatrixData
-    from kquant.safetensors_io import Checkpoint, write_safetensors
+    from kquant.io.safetensors import Checkpoint, write_safetensors
 
     cfg = json.loads((model / "config.json").read_text())
     L, H = cfg["num_hidden_layers"], cfg["hidden_size"]

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from kquant.safetensors_io import write_safetensors  # noqa: E402
+from kquant.io.safetensors import write_safetensors  # noqa: E402
 from kquant.vocab import read_spm_model  # noqa: E402
 from make_tokenizer_fixtures import spm_model  # noqa: E402
 

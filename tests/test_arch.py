@@ -753,7 +753,7 @@ def test_automix_on_every_architecture(models, case, tmp_path):
     Gemma norms): the written file keeps to the budget, has the chosen types, and llama.cpp runs it."""
     pytest.importorskip("llama_cpp")
     from kquant import automix, cli, refpipeline
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
 
     src = models(case, copy=False)
     m = automix.measure_model(src, "Q4_K_M")

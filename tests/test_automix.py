@@ -13,7 +13,7 @@ import pytest
 from kquant import automix, cli, models
 from kquant import pipeline as cv
 from kquant.errors import InputError
-from kquant.gguf_io import GGUFFile
+from kquant.io.gguf import GGUFFile
 from kquant.imatrix import ImatrixData
 from kquant.recipe import Overrides
 from kquant.types import QType
@@ -278,7 +278,7 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
     from kquant.validate import validate_file
 
     from kquant.ggml import quants
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
 
     mix = automix.mix_for_budget(small_measured, target_bpw=4.0)
     out = tmp_path / "m.gguf"
@@ -333,7 +333,7 @@ def test_bench_permuted_copy_is_the_same_model(tmp_path):
 
     pytest.importorskip("llama_cpp")
     from kquant import refpipeline
-    from kquant.safetensors_io import Checkpoint
+    from kquant.io.safetensors import Checkpoint
 
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench_mix

@@ -20,7 +20,7 @@ import pytest
 from kquant import batch, pipeline
 from kquant.cli import main
 from kquant.errors import InputError, OutputError
-from kquant.gguf_io import GGUFFile
+from kquant.io.gguf import GGUFFile
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent

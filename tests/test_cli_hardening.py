@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kquant.safetensors_io import Checkpoint, write_safetensors
+from kquant.io.safetensors import Checkpoint, write_safetensors
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -95,7 +95,7 @@ def test_cli_dry_run_matches_written_file(tmp_path):
     plan = json.loads(r.stdout)
     out = tmp_path / "o.gguf"
     pipeline.convert(TINY, out, "Q4_K_M")
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
 
     with GGUFFile(out) as g:
         assert [(t["name"], t["type"]) for t in plan["tensors"]] == [(t.name, t.qtype.ggml_name) for t in g.tensors]

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from kquant import fsutil
+from kquant.io import fsutil
 from kquant.errors import OutputError
-from kquant.fsutil import TMP_MARK, Terminated, atomic_output, check_not_input, handle_termination
+from kquant.io.fsutil import TMP_MARK, Terminated, atomic_output, check_not_input, handle_termination
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -144,7 +144,7 @@ def test_read_only_directory_as_unprivileged_user():
         os.chmod(ro, 0o555)
         code = """
             import os, sys
-            from kquant.fsutil import atomic_output
+            from kquant.io.fsutil import atomic_output
             from kquant.errors import OutputError
             os.setgroups([]); os.setgid(65534); os.setuid(65534)
             try:
@@ -182,7 +182,7 @@ def test_long_final_name(tmp_path):
 # --------------------------------------------------------------------- subprocess: limits and signals
 WRITER = """
     import os, sys, time, signal
-    from kquant.fsutil import atomic_output, handle_termination
+    from kquant.io.fsutil import atomic_output, handle_termination
     from kquant.errors import OutputError
     with handle_termination():
         with atomic_output(sys.argv[1]) as f:
@@ -225,7 +225,7 @@ def test_sigkill_never_leaves_the_final_name(tmp_path):
 def test_rlimit_fsize_becomes_output_error(tmp_path):
     code = """
         import resource, signal, sys
-        from kquant.fsutil import atomic_output
+        from kquant.io.fsutil import atomic_output
         from kquant.errors import OutputError
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))

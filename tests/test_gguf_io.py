@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kquant.errors import InputError, OutputError, UnsupportedError
-from kquant.gguf_io import GGUFFile, GGUFStreamWriter, TypedArray
+from kquant.io.gguf import GGUFFile, GGUFStreamWriter, TypedArray
 from kquant.types import QType
 
 
@@ -757,7 +757,7 @@ def test_numpy_array_values_are_flattened():
 
 
 def test_writer_inside_atomic_output(tmp_path):
-    from kquant.fsutil import atomic_output
+    from kquant.io.fsutil import atomic_output
 
     final = tmp_path / "model.gguf"
     with atomic_output(final) as fh:

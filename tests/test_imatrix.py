@@ -80,7 +80,7 @@ def gguf_imatrix(
             tensors.append((name + ".in_sum2", sums.reshape(-1, sums.shape[-1])))
             tensors.append((name + ".counts", np.asarray(counts, np.float32).reshape(-1, 1)))
     if ggml:
-        from kquant.gguf_io import GGUFStreamWriter
+        from kquant.io.gguf import GGUFStreamWriter
 
         VTy = gguf.GGUFValueType
         with GGUFStreamWriter(path, ggml_n_dims=True) as w:
@@ -611,7 +611,7 @@ def _expected_weights(weights: dict, name: str, shape: tuple) -> np.ndarray | No
 
 def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     """llama_model_quantize with `im`: every output tensor's type and bytes equal kquant's; metadata ends with im.kv()."""
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
     from kquant.imatrix import weights_for
     from kquant.recipe import TensorIn, plan_types
 
@@ -692,7 +692,7 @@ def test_live_q2_k_s(live, tmp_path):
 def test_live_converter_slabs(live, tmp_path):
     """pipeline._encode in slabs that cut across experts gives llama.cpp's bytes for a 3-D tensor."""
     from kquant import pipeline
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
     from kquant.imatrix import weights_for
 
     m = live["moe"]

@@ -154,7 +154,7 @@ def test_dequantize_matches_gguf_py(files, tmp_path, dtype):
         assert got[name].shape == x.shape and np.array_equal(got[name], want), name
     header = json.loads(out.read_bytes()[8 : 8 + int.from_bytes(out.read_bytes()[:8], "little")])
     assert header["__metadata__"] == {"format": "pt"}
-    from kquant.safetensors_io import Checkpoint
+    from kquant.io.safetensors import Checkpoint
 
     with Checkpoint.open(out) as ck:  # the strict reader accepts it
         assert set(ck.tensors) == set(ref)

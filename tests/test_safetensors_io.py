@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kquant.errors import InputError, UnsupportedError
-from kquant.safetensors_io import Checkpoint, SafetensorsFile, fp32_to_bf16_bits, write_safetensors
+from kquant.io.safetensors import Checkpoint, SafetensorsFile, fp32_to_bf16_bits, write_safetensors
 
 
 # --------------------------------------------------------------------- builders

@@ -31,7 +31,7 @@ import pytest
 
 from kquant.errors import InputError, UnsupportedError
 from kquant.metrics import ErrorStats, compare
-from kquant.safetensors_io import write_safetensors
+from kquant.io.safetensors import write_safetensors
 from kquant.types import FileType, QType
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -32,7 +32,7 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
 from ..io.json import read_json
-from ..safetensors_io import SafetensorsFile
+from ..io.safetensors import SafetensorsFile
 from ..ggml.types import QType
 from .. import vocab as V
 from .hparams import CONFIG_CLASSES, HFConfig, find_hparam, rope_parameters

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from gguf import MODEL_ARCH
+from gguf import MODEL_ARCH, Keys
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
@@ -74,7 +74,7 @@ class LlamaModel(TextModel):
         if tc_file.is_file():
             tc = V.read_object(tc_file)
             if (add_prefix_space := tc.get("add_prefix_space")) is not None:
-                rec.add_bool(V.TOK_ADD_PREFIX, add_prefix_space)
+                rec.add_bool(Keys.Tokenizer.ADD_PREFIX, add_prefix_space)
             if tc.get("tokenizer_class") == "HybridDNATokenizer":
                 raise UnsupportedError(f"{tc_file}: HybridDNATokenizer is not supported")
         try:

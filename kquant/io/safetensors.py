@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, UnsupportedError
+from ..errors import InputError, UnsupportedError
 from .fsutil import release_pages
 
 HEADER_LEN_BYTES = 8  # u64 little-endian header length prefix
@@ -623,6 +623,37 @@ def _encode(name: str, arr, dtype: str | None) -> tuple[str, np.ndarray]:
     raise ValueError(f"tensor {name!r}: cannot write safetensors dtype {dtype!r}")
 
 
+class SafetensorsStreamWriter:
+    """A safetensors file whose tensors are declared first and streamed in order (the one writer).
+
+    `entries`: (name, safetensors dtype, numpy-order shape); the header is written at once, then
+    `write` appends each tensor's little-endian bytes, in the declared order."""
+
+    def __init__(self, f, entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict | None = None):
+        header: dict = {}
+        if metadata is not None:
+            header[METADATA_KEY] = dict(metadata)
+        pos = 0
+        self.sizes = []
+        for name, dtype, shape in entries:
+            n = DTYPE_BITS[dtype] * int(np.prod(shape, dtype=np.int64)) // 8
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [pos, pos + n]}
+            self.sizes.append(n)
+            pos += n
+        hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        hb += b" " * (-len(hb) % HEADER_PAD)
+        self.f = f
+        self.total = HEADER_LEN_BYTES + len(hb) + pos  # bytes of the whole file
+        f.write(len(hb).to_bytes(HEADER_LEN_BYTES, "little"))
+        f.write(hb)
+        self.written = 0  # data bytes so far
+
+    def write(self, a: np.ndarray) -> None:
+        if a.nbytes:
+            self.f.write(np.ascontiguousarray(a).reshape(-1).view(np.uint8).data)
+        self.written += a.nbytes
+
+
 def write_safetensors(path_or_fileobj, tensors: dict, metadata: dict | None = None, dtype=None) -> int:
     """Write tensors (dict name -> array) as safetensors; dtype: None (from numpy), a name, or a dict.
 
@@ -630,31 +661,20 @@ def write_safetensors(path_or_fileobj, tensors: dict, metadata: dict | None = No
     """
     if metadata is not None and not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
         raise ValueError("safetensors metadata must map str -> str")
-    header: dict = {}
-    if metadata is not None:
-        header[METADATA_KEY] = dict(metadata)
     enc = []
-    pos = 0
     for name, arr in tensors.items():
         if not isinstance(name, str) or name == METADATA_KEY:
             raise ValueError(f"invalid tensor name {name!r}")
         dt = dtype.get(name) if isinstance(dtype, dict) else dtype
-        dt, a = _encode(name, arr, dt)
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [pos, pos + a.nbytes]}
-        pos += a.nbytes
-        enc.append(a)
-    hb = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    hb += b" " * (-len(hb) % HEADER_PAD)
+        enc.append((name, *_encode(name, arr, dt)))
     own = not hasattr(path_or_fileobj, "write")
     f = open(path_or_fileobj, "wb") if own else path_or_fileobj
     try:
-        f.write(len(hb).to_bytes(HEADER_LEN_BYTES, "little"))
-        f.write(hb)
-        for a in enc:
-            if a.nbytes:
-                f.write(a.reshape(-1).view(np.uint8).data)
+        w = SafetensorsStreamWriter(f, [(name, dt, a.shape) for name, dt, a in enc], metadata)
+        for _, _, a in enc:
+            w.write(a.reshape(-1))
         f.flush()
     finally:
         if own:
             f.close()
-    return HEADER_LEN_BYTES + len(hb) + pos
+    return w.total

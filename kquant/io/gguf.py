@@ -25,9 +25,9 @@ from dataclasses import dataclass
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
-from .errors import InputError, OutputError, UnsupportedError
+from ..errors import InputError, OutputError, UnsupportedError
 from .fsutil import release_pages
-from .types import QType
+from ..ggml.types import QType
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3  # what the writer emits

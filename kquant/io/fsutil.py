@@ -18,7 +18,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import OutputError
+from ..errors import OutputError
 
 TMP_MARK = ".kquant-tmp-"
 MAX_TMP_BASE = 160  # keep the temp name under NAME_MAX (255) for long final names

@@ -1,0 +1,319 @@
+"""Special tokens and the tokenizer side files: gguf-py vocab.py SpecialVocab, token types, strict readers.
+
+Ports, from llama.cpp as vendored in llama-cpp-python 0.3.36: gguf-py/gguf/vocab.py SpecialVocab
+(special token ids, add_*_token flags, merges, chat template), conversion/base.py
+TextModel.does_token_look_special.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..errors import InputError
+from ..io.gguf_kv import TOK_MERGES, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS, KVRecorder
+from ..io.json import read_json
+
+# gguf-py constants.py TokenType (== SentencePiece's ModelProto.SentencePiece.Type)
+NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
+SPIECE_UNDERLINE = "\u2581"
+
+
+# ---------------------------------------------------------------------------------------------
+# gguf-py vocab.py SpecialVocab
+
+
+class SpecialVocab:
+    """Special token ids, add_*_token flags, merges and chat template, found as gguf-py finds them."""
+
+    def __init__(self, path: Path, load_merges: bool = False, special_token_types=None, n_vocab: int | None = None):
+        self.special_token_ids: dict[str, int] = {}
+        self.add_special_token: dict[str, bool] = {}
+        self.n_vocab = n_vocab
+        self.load_merges = load_merges
+        self.merges: list[str] = []
+        self.chat_template = None
+        self.normalizer_lowercase = None
+        self.normalizer_strip_accents = None
+        if special_token_types is not None:
+            self.special_token_types = special_token_types
+        else:
+            self.special_token_types = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+        self._load(Path(path))
+
+    def add_to_gguf(self, gw: KVRecorder) -> None:
+        if self.merges:
+            gw.add_array(TOK_MERGES, self.merges)
+        for typ, tokid in self.special_token_ids.items():
+            gw.add_special_token_id(typ, tokid)  # no handler (cls, prefix, ...): skipped upstream too
+        for typ, value in self.add_special_token.items():
+            gw.add_add_special_token(typ, value)
+        if self.chat_template is not None:
+            gw.add_chat_template(self.chat_template)
+        if self.normalizer_lowercase is not None:
+            gw.add_bool(TOK_NORMALIZER_LOWERCASE, self.normalizer_lowercase)
+        if self.normalizer_strip_accents is not None:
+            gw.add_bool(TOK_NORMALIZER_STRIP_ACCENTS, self.normalizer_strip_accents)
+
+    def _load(self, path: Path) -> None:
+        self._try_load_from_tokenizer_json(path)
+        self._try_load_from_config_json(path)
+        if self.load_merges and not self.merges:
+            self._try_load_merges_txt(path)
+
+    def _try_load_merges_txt(self, path: Path) -> bool:
+        merges_file = path / "merges.txt"
+        if not merges_file.is_file():
+            return False
+        with open(merges_file, "r", encoding="utf-8") as fp:
+            first_line = next(fp, "").strip()
+            if not first_line.startswith("#"):
+                fp.seek(0)
+            merges = []
+            for line in fp:
+                line = line.strip()
+                if not line:
+                    continue
+                parts = line.split(None, 3)
+                if len(parts) != 2:
+                    continue  # upstream: "Entry malformed, ignoring"
+                merges.append(f"{parts[0]} {parts[1]}")
+        self.merges = merges
+        return True
+
+    def set_special_token(self, typ: str, tid: Any) -> None:
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            return
+        if tid < 0:
+            raise InputError(f"invalid value for special token type {typ}: {tid}")
+        if self.n_vocab is None or tid < self.n_vocab:
+            if typ in self.special_token_ids:
+                return
+            self.special_token_ids[typ] = tid
+
+    def _parse_normalizer(self, normalizer: dict) -> None:
+        normalizer_type = normalizer.get("type")
+        if normalizer_type == "Lowercase":
+            self.normalizer_lowercase = True
+        elif normalizer_type == "StripAccents":
+            self.normalizer_strip_accents = True
+        elif normalizer_type == "BertNormalizer":
+            if "lowercase" in normalizer:
+                self.normalizer_lowercase = normalizer["lowercase"]
+            if "strip_accents" in normalizer:
+                self.normalizer_strip_accents = normalizer["strip_accents"]
+        elif normalizer_type == "Sequence":
+            for norm in normalizer.get("normalizers", []):
+                self._parse_normalizer(norm)
+
+    def _try_load_from_tokenizer_json(self, path: Path) -> bool:
+        tokenizer = None
+        tokenizer_file = path / "tokenizer.json"
+        if tokenizer_file.is_file():
+            tokenizer = read_tokenizer_json(tokenizer_file)
+            if self.load_merges:
+                merges = tokenizer.get("model", {}).get("merges")
+                if isinstance(merges, list) and merges:
+                    if isinstance(merges[0], str):
+                        self.merges = merges
+                    elif isinstance(merges[0], list) and len(merges[0]) == 2 and isinstance(merges[0][0], str):
+                        # transformers >= 4.45 pairs; spaces inside a part are encoded as U+0120
+                        if not any(" " in a or " " in b for a, b in merges):
+                            self.merges = [a + " " + b for a, b in merges]
+                        else:
+                            self.merges = [
+                                " ".join(["".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair])
+                                for pair in merges
+                            ]
+                    else:
+                        raise InputError(f"{tokenizer_file}: unknown format of model.merges")
+            if normalizer := tokenizer.get("normalizer"):
+                self._parse_normalizer(normalizer)
+            added_tokens = tokenizer.get("added_tokens", {})
+        else:
+            added_tokens = {}
+        tokenizer_config = None
+        tokenizer_config_file = path / "tokenizer_config.json"
+        if tokenizer_config_file.is_file():
+            tokenizer_config = read_object(tokenizer_config_file)
+        if tokenizer:
+            special_bos = (tokenizer_config or {}).get("bos_token")
+            special_cls = (tokenizer_config or {}).get("cls_token")
+            special_eos = (tokenizer_config or {}).get("eos_token")
+            special_sep = (tokenizer_config or {}).get("sep_token")
+            if not special_bos and special_cls and tokenizer_config:
+                tokenizer_config["bos_token"] = special_bos = special_cls
+            if not special_eos and special_sep and tokenizer_config:
+                tokenizer_config["eos_token"] = special_eos = special_sep
+            if post_processor := tokenizer.get("post_processor"):
+                for processor in post_processor.get("processors", [post_processor]):
+                    processor_type = processor.get("type")
+                    if processor_type == "ByteLevel":
+                        self.add_special_token.setdefault("bos", False)
+                        self.add_special_token.setdefault("eos", False)
+                    elif processor_type == "RobertaProcessing":
+                        self.add_special_token["bos"] = True
+                        self.add_special_token["eos"] = True
+                        self.add_special_token["sep"] = True
+                        if not special_cls and tokenizer_config:
+                            special_cls = processor.get("cls", [special_bos])[0]
+                            tokenizer_config["cls_token"] = special_cls
+                        if not special_sep and tokenizer_config:
+                            special_sep = processor.get("sep", [special_eos])[0]
+                            tokenizer_config["sep_token"] = special_sep
+                        continue
+                    elif processor_type == "TemplateProcessing":
+                        tmpl_single = processor.get("single", [])
+                        tmpl_pair = processor.get("pair", [])
+                        special_first = None
+                        special_last = None
+                        if len(tmpl_single) > 1:
+                            if special_first := tmpl_single[0].get("SpecialToken", {}).get("id"):
+                                if not tokenizer_config:
+                                    special_bos = special_first
+                                elif special_first not in (special_bos, special_cls):
+                                    if not special_bos:
+                                        tokenizer_config["bos_token"] = special_bos = special_first
+                                    if not special_cls:
+                                        tokenizer_config["cls_token"] = special_cls = special_first
+                                self.add_special_token["bos"] = True if special_first in (special_bos, special_cls) else False
+                            if special_last := tmpl_single[-1].get("SpecialToken", {}).get("id"):
+                                if not tokenizer_config:
+                                    special_eos = special_last
+                                elif special_last != special_eos:
+                                    if "eot" not in self.special_token_types:
+                                        self.special_token_types = tuple(self.special_token_types) + ("eot",)
+                                        tokenizer_config["eot_token"] = special_eos
+                                    elif "eom" not in self.special_token_types:
+                                        self.special_token_types = tuple(self.special_token_types) + ("eom",)
+                                        tokenizer_config["eom_token"] = special_eos
+                                    tokenizer_config["eos_token"] = special_eos = special_last
+                                self.add_special_token["eos"] = True if special_last == special_eos else False
+                        if tmpl_pair:
+                            seq_start = 1 if special_first and tmpl_pair[0].get("SpecialToken", {}).get("id") == special_first else 0
+                            seq_stop = -1 if special_last and tmpl_pair[-1].get("SpecialToken", {}).get("id") == special_last else None
+                            if tmpl_pair := tmpl_pair[slice(seq_start, seq_stop)]:
+                                tmpl_a = tmpl_pair[0].get("Sequence", {}).get("id")
+                                tmpl_b = tmpl_pair[-1].get("Sequence", {}).get("id")
+                                if tmpl_a == "A" and tmpl_b == "B" and (tmpl_pair := tmpl_pair[1:-1]):
+                                    add_sep = False
+                                    if special_entry := tmpl_pair[0].get("SpecialToken", {}).get("id"):
+                                        if special_entry in (special_sep, special_eos) and not special_last:
+                                            add_sep = True
+                                    if len(tmpl_pair) == 2:
+                                        if special_entry := tmpl_pair[1].get("SpecialToken", {}).get("id"):
+                                            if special_entry in (special_sep, special_eos):
+                                                add_sep = True
+                                    self.add_special_token["sep"] = add_sep
+                                    if add_sep and not special_sep and tokenizer_config:
+                                        tokenizer_config["sep_token"] = special_eos
+                        continue
+        if not tokenizer_config:
+            return True
+        chat_template_alt = None
+        chat_template_json = path / "chat_template.json"
+        chat_template_jinja = path / "chat_template.jinja"
+        if chat_template_jinja.is_file():
+            chat_template_alt = _read_text(chat_template_jinja)
+            if additional_templates := sorted((path / "additional_chat_templates").glob("*.jinja")):
+                chat_template_alt = [{"name": "default", "template": chat_template_alt}]
+                for template_path in additional_templates:
+                    chat_template_alt.append({"name": template_path.stem, "template": _read_text(template_path)})
+        elif chat_template_json.is_file():
+            chat_template_alt = read_object(chat_template_json).get("chat_template")
+        chat_template = tokenizer_config.get("chat_template", chat_template_alt)
+        if chat_template is None or isinstance(chat_template, (str, list)):
+            self.chat_template = chat_template
+        for typ in self.special_token_types:
+            add_entry = tokenizer_config.get(f"add_{typ}_token")
+            if isinstance(add_entry, bool):
+                if typ not in self.add_special_token:
+                    self.add_special_token[typ] = add_entry
+            entry = tokenizer_config.get(f"{typ}_token")
+            if isinstance(entry, str):
+                tc_content = entry
+            elif isinstance(entry, dict):
+                entry_content = entry.get("content")
+                if not isinstance(entry_content, str):
+                    continue
+                tc_content = entry_content
+            else:
+                continue
+            maybe_token_id = next(
+                (atok.get("id") for atok in added_tokens if atok.get("content") == tc_content),
+                None,
+            )
+            self.set_special_token(typ, maybe_token_id)
+        return True
+
+    def _try_load_from_config_json(self, path: Path) -> bool:
+        config_file = path / "config.json"
+        if not config_file.is_file():
+            return False
+        config = read_object(config_file)
+        for typ in self.special_token_types:
+            token_id = config.get(f"{typ}_token_id")
+            if token_id is None and "text_config" in config:
+                token_id = config["text_config"].get(f"{typ}_token_id")
+            self.set_special_token(typ, token_id)
+        return True
+
+
+_JSON_CACHE: dict[tuple[str, int, int], dict] = {}
+
+
+def read_tokenizer_json(path: Path) -> dict:
+    """tokenizer.json, parsed once per file version (several readers here; none mutate it)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _JSON_CACHE:
+        _JSON_CACHE.clear()
+        _JSON_CACHE[key] = read_object(path)
+    return _JSON_CACHE[key]
+
+
+def read_object(path: Path) -> dict:
+    data = read_json(path)
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+# conversion/base.py TextModel.does_token_look_special
+def does_token_look_special(token_text: str) -> bool:
+    seems_special = token_text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+    seems_special = seems_special or (token_text.startswith("<|") and token_text.endswith("|>"))
+    seems_special = seems_special or (token_text.startswith("<\uff5c") and token_text.endswith("\uff5c>"))
+    seems_special = seems_special or (token_text.startswith("<unused") and token_text.endswith(">"))
+    return seems_special
+
+def check_token_id(path: Path, what: str, v) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise InputError(f"{path}: token id of {what!r} must be a non-negative integer, got {v!r}")
+    return v
+
+
+def added_tokens_decoder(path: Path, tc: dict) -> dict[int, dict]:
+    """tokenizer_config.json added_tokens_decoder with checked ids and contents."""
+    atd = tc.get("added_tokens_decoder", {})
+    if not isinstance(atd, dict):
+        raise InputError(f"{path}: 'added_tokens_decoder' must be an object")
+    out = {}
+    for k, v in atd.items():
+        try:
+            tid = int(k)
+        except ValueError:
+            raise InputError(f"{path}: added_tokens_decoder key {k!r} is not a token id") from None
+        if tid < 0 or not isinstance(v, dict) or not isinstance(v.get("content"), str):
+            raise InputError(f"{path}: added_tokens_decoder[{k!r}] must be an object with a string 'content'")
+        out[tid] = v
+    return out
+
+
