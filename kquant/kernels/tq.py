@@ -165,6 +165,15 @@ def _untrit(b, n, d):
     return np.float32(((qq * np.int32(3)) >> np.int32(8)) - np.int32(1)) * d
 
 
+@njit(**JIT)
+def _unpack_trits(q, qo, count, ntrits, d, y, yo):
+    """y[yo + count n + m] = trit n of byte q[qo + m], times d (dequantize_row_tq1_0's inner loops)."""
+    for n in range(ntrits):
+        yn = yo + count * U(n)
+        for m in range(count):
+            y[yn + m] = _untrit(q[qo + m], n, d)
+
+
 # ggml-quants.c dequantize_row_tq1_0
 @njit(**JIT)
 def dequantize_row_tq1_0(q, y):
@@ -177,17 +186,9 @@ def dequantize_row_tq1_0(q, y):
         p = i * TS_TQ1_0
         o = i * qk
         d = get_f16(q, p + TQ1_D)
-        for n in range(5):
-            for m in range(w):
-                y[o + U(n) * w + m] = _untrit(q[p + TQ1_QS + m], n, d)
-        yo = o + _U5 * w
-        for n in range(5):
-            for m in range(h):
-                y[yo + U(n) * h + m] = _untrit(q[p + TQ1_QS + w + m], n, d)
-        yo = yo + _U5 * h
-        for n in range(4):
-            for j in range(nh):
-                y[yo + U(n) * nh + j] = _untrit(q[p + TQ1_QH + j], n, d)
+        _unpack_trits(q, p + TQ1_QS, w, 5, d, y, o)
+        _unpack_trits(q, p + TQ1_QS + w, h, 5, d, y, o + _U5 * w)
+        _unpack_trits(q, p + TQ1_QH, nh, 4, d, y, o + _U5 * (w + h))
 
 
 # ggml-quants.c dequantize_row_tq2_0
