@@ -50,7 +50,6 @@ _ABS = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
 _TWO31 = np.float32(2147483648.0)
 _HALF = np.float32(0.5)
-POW3 = np.array([1, 3, 9, 27, 81, 243], dtype=np.int32)
 
 
 @njit(**JIT, inline="always")
@@ -159,9 +158,9 @@ def quantize_row_tq2_0_ref(x, y):
 
 
 @njit(**JIT, inline="always")
-def _untrit(b, n, d):
-    """(float)(xi - 1) * d, xi = ((uint16_t)(uint8_t)(b * 3^n) * 3) >> 8."""
-    qq = (np.int32(b) * POW3[n]) & np.int32(0xFF)
+def _untrit(b, p3, d):
+    """(float)(xi - 1) * d, xi = ((uint16_t)(uint8_t)(b * p3) * 3) >> 8, p3 = pow3[n] for trit n."""
+    qq = (np.int32(b) * p3) & np.int32(0xFF)
     return np.float32(((qq * np.int32(3)) >> np.int32(8)) - np.int32(1)) * d
 
 
@@ -186,9 +185,18 @@ def dequantize_row_tq1_0(q, y):
         p = i * TS_TQ1_0
         o = i * qk
         d = get_f16(q, p + TQ1_D)
-        _unpack_trits(q, p + TQ1_QS, w, 5, d, y, o)
-        _unpack_trits(q, p + TQ1_QS + w, h, 5, d, y, o + _U5 * w)
-        _unpack_trits(q, p + TQ1_QH, nh, 4, d, y, o + _U5 * (w + h))
+        # three runs of bytes: qs[0:32] (5 trits each), qs[32:48] (5), qh[0:4] (4); the values
+        # of a run go out trit by trit: y[count n + m] = trit n of byte m
+        for run in range(3):
+            count = w if run == 0 else (h if run == 1 else nh)
+            qo = p + (TQ1_QS if run == 0 else (TQ1_QS + w if run == 1 else TQ1_QH))
+            yo = o + (_U0 if run == 0 else (_U5 * w if run == 1 else _U5 * (w + h)))
+            p3 = np.int32(1)
+            for n in range(5 if run < 2 else 4):
+                yn = yo + count * U(n)
+                for m in range(count):
+                    y[yn + m] = _untrit(q[qo + m], p3, d)
+                p3 = np.int32(p3 * np.int32(3))
 
 
 # ggml-quants.c dequantize_row_tq2_0
@@ -201,12 +209,13 @@ def dequantize_row_tq2_0(q, y):
         p = i * TS_TQ2_0
         o = i * qk
         d = get_f16(q, p + TQ2_D)
-        for k in range(2):
-            for n in range(4):
-                yo = o + (U(k) * _U4 + U(n)) * w
-                for m in range(w):
-                    c = (np.int32(q[p + TQ2_QS + U(k) * w + m]) >> np.int32(2 * n)) & np.int32(3)
-                    y[yo + m] = np.float32(c - np.int32(1)) * d
+        for kn in range(8):  # 32 bytes k = kn // 4, bits 2n.., n = kn % 4
+            qo = p + TQ2_QS + U(kn // 4) * w
+            sh = np.int32(2 * (kn % 4))
+            yo = o + U(kn) * w
+            for m in range(w):
+                c = (np.int32(q[qo + m]) >> sh) & np.int32(3)
+                y[yo + m] = np.float32(c - np.int32(1)) * d
 
 
 # ggml-quants.c quantize_tq1_0 / quantize_tq2_0 (importance weights unused)
