@@ -72,6 +72,7 @@ def _absmax_seq(x, o, qk):
 
 @njit(**JIT, inline="always")
 def _amax(x, xb, o, qk):
+    """ggml's amax of x[o:o+qk] (xb: the same values as int32 bits)."""
     m = np.int32(0)
     for j in range(qk):
         m = max(m, np.int32(xb[o + j] & _ABS))
