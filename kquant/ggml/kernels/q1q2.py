@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QType
+from ..types import QK1_0, QType, field_offsets
 from . import Kernel
 from ._common import get_f16, put_f16, sel
 
@@ -31,17 +31,10 @@ _U0, _U1, _U2, _U4, _U8 = U(0), U(1), U(2), U(4), U(8)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 
-QK1_0 = 128
-QK2_0 = 64
-# ggml-common.h block_q1_0 / block_q2_0, field by field
-BLOCK_Q1_0 = np.dtype([("d", "<u2"), ("qs", "u1", QK1_0 // 8)])
-BLOCK_Q2_0 = np.dtype([("d", "<u2"), ("qs", "u1", QK2_0 // 4)])
-TS_Q1_0 = U(BLOCK_Q1_0.itemsize)
-TS_Q2_0 = U(BLOCK_Q2_0.itemsize)
-Q1_D = U(BLOCK_Q1_0.fields["d"][1])
-Q1_QS = U(BLOCK_Q1_0.fields["qs"][1])
-Q2_D = U(BLOCK_Q2_0.fields["d"][1])
-Q2_QS = U(BLOCK_Q2_0.fields["qs"][1])
+TS_Q1_0 = U(QType.Q1_0.type_size)  # 18
+TS_Q2_0 = U(QType.Q2_0.type_size)  # 18
+Q1_D, Q1_QS = map(U, field_offsets(QType.Q1_0, "d", "qs"))
+Q2_D, Q2_QS = map(U, field_offsets(QType.Q2_0, "d", "qs"))
 
 SUM_LANES = 8  # Q1_0 blocks whose |x| sums run side by side
 
@@ -227,7 +220,7 @@ def dequantize_q2_0(q, out):
         dequantize_row_q2_0(q[r], out[r])
 
 
-KERNELS = {}
-if hasattr(QType, "Q1_0"):
-    KERNELS[QType.Q1_0] = Kernel(quantize_q1_0, dequantize_q1_0)
-    KERNELS[QType.Q2_0] = Kernel(quantize_q2_0, dequantize_q2_0)
+KERNELS = {
+    QType.Q1_0: Kernel(quantize_q1_0, dequantize_q1_0),
+    QType.Q2_0: Kernel(quantize_q2_0, dequantize_q2_0),
+}

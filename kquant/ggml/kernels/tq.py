@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QType, field_offsets
 from . import Kernel
 from ._common import get_f16, put_f16, sel
 
@@ -35,16 +35,10 @@ _U0, _U1, _U2, _U3, _U4, _U5 = U(0), U(1), U(2), U(3), U(4), U(5)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 
-# ggml-common.h block_tq1_0 / block_tq2_0, field by field
-BLOCK_TQ1_0 = np.dtype([("qs", "u1", (QK_K - 4 * QK_K // 64) // 5), ("qh", "u1", QK_K // 64), ("d", "<u2")])
-BLOCK_TQ2_0 = np.dtype([("qs", "u1", QK_K // 4), ("d", "<u2")])
-TS_TQ1_0 = U(BLOCK_TQ1_0.itemsize)
-TS_TQ2_0 = U(BLOCK_TQ2_0.itemsize)
-TQ1_QS = U(BLOCK_TQ1_0.fields["qs"][1])
-TQ1_QH = U(BLOCK_TQ1_0.fields["qh"][1])
-TQ1_D = U(BLOCK_TQ1_0.fields["d"][1])
-TQ2_QS = U(BLOCK_TQ2_0.fields["qs"][1])
-TQ2_D = U(BLOCK_TQ2_0.fields["d"][1])
+TS_TQ1_0 = U(QType.TQ1_0.type_size)  # 54
+TS_TQ2_0 = U(QType.TQ2_0.type_size)  # 66
+TQ1_QS, TQ1_QH, TQ1_D = map(U, field_offsets(QType.TQ1_0, "qs", "qh", "d"))
+TQ2_QS, TQ2_D = map(U, field_offsets(QType.TQ2_0, "qs", "d"))
 
 _ABS = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
@@ -246,7 +240,7 @@ def dequantize_tq2_0(q, out):
         dequantize_row_tq2_0(q[r], out[r])
 
 
-KERNELS = {}
-if hasattr(QType, "TQ1_0"):
-    KERNELS[QType.TQ1_0] = Kernel(quantize_tq1_0, dequantize_tq1_0)
-    KERNELS[QType.TQ2_0] = Kernel(quantize_tq2_0, dequantize_tq2_0)
+KERNELS = {
+    QType.TQ1_0: Kernel(quantize_tq1_0, dequantize_tq1_0),
+    QType.TQ2_0: Kernel(quantize_tq2_0, dequantize_tq2_0),
+}

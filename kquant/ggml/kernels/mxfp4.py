@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QType
+from ..types import QType, field_offsets
 from . import Kernel
 from ._common import sel
 
@@ -29,12 +29,8 @@ U = np.uint64
 _U0, _U1, _U2 = U(0), U(1), U(2)
 _F0 = np.float32(0.0)
 
-QK_MXFP4 = 32
-# ggml-common.h block_mxfp4, field by field
-BLOCK_MXFP4 = np.dtype([("e", "u1"), ("qs", "u1", QK_MXFP4 // 2)])
-TS_MXFP4 = U(BLOCK_MXFP4.itemsize)
-OFF_E = U(BLOCK_MXFP4.fields["e"][1])
-OFF_QS = U(BLOCK_MXFP4.fields["qs"][1])
+TS_MXFP4 = U(QType.MXFP4.type_size)  # 17
+OFF_E, OFF_QS = map(U, field_offsets(QType.MXFP4, "e", "qs"))
 
 # ggml-common.h kvalues_fp4 (int8), as float32 (exact)
 KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dtype=np.float32)
@@ -136,6 +132,4 @@ def dequantize_mxfp4(q, out):
         dequantize_row_mxfp4(q[r], out[r])
 
 
-KERNELS = {}
-if hasattr(QType, "MXFP4"):
-    KERNELS[QType.MXFP4] = Kernel(quantize_mxfp4, dequantize_mxfp4)
+KERNELS = {QType.MXFP4: Kernel(quantize_mxfp4, dequantize_mxfp4)}
