@@ -26,7 +26,7 @@ from ._common import sel
 
 JIT = dict(cache=True, error_model="numpy")
 U = np.uint64
-_U0, _U1, _U2 = U(0), U(1), U(2)
+_U0, _U2 = U(0), U(2)
 _F0 = np.float32(0.0)
 
 TS_MXFP4 = U(QType.MXFP4.type_size)  # 17

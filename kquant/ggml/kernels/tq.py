@@ -31,7 +31,7 @@ from ._common import get_f16, put_f16, sel
 
 JIT = dict(cache=True, error_model="numpy")
 U = np.uint64
-_U0, _U1, _U2, _U3, _U4, _U5 = U(0), U(1), U(2), U(3), U(4), U(5)
+_U0, _U2, _U4, _U5 = U(0), U(2), U(4), U(5)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 
