@@ -288,14 +288,14 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
                     rows_per_expert: int, err_w: np.ndarray | None = None) -> tuple[list[float], int]:
     """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
     None; `err_w`: column weights for the error sums where `w` is None (else unweighted)."""
-    from .pipeline import _round_through, iter_source_slabs
+    from .pipeline import round_through, iter_source_slabs
 
     se = {t: 0.0 for t in types}
     ss = 0.0
     measured = 0
     probes = [t for t in types if t != spec.ref_type]
     for row0, slab in iter_source_slabs(ckpt, spec):
-        inter = _round_through(slab, spec.ref_type)
+        inter = round_through(slab, spec.ref_type)
         # the rows measured, grouped by expert (each expert's rows use that expert's importance row);
         # rows are quantized independently, so a gathered block quantizes exactly as in the file
         idx = np.concatenate([np.arange(a, b) for a, b in _sample_chunks(row0, slab.shape[0], sample)])

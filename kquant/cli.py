@@ -304,9 +304,9 @@ def _write_text_output(path: str, text: str, force: bool) -> None:
 
 def _write_plot(path: str, draw, force: bool) -> None:
     from .io.fsutil import atomic_output
-    from .validate import _matplotlib
+    from .validate import load_matplotlib
 
-    _matplotlib()  # a missing matplotlib is reported before the output file is created
+    load_matplotlib()  # a missing matplotlib is reported before the output file is created
     with atomic_output(path, force=force) as f:
         draw(f)
 
@@ -347,7 +347,7 @@ def cmd_validate(args) -> int:
     inputs = [args.source] + ([args.file] if args.file else [])
     _check_report_outputs(args, inputs)
     if args.plot:
-        va._matplotlib()
+        va.load_matplotlib()
     _set_threads(args.threads)
     if args.types:
         res = va.what_if(args.source, args.types, config=args.config, progress=_what_if_progress(args.quiet))

@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UnsupportedError
+from .io.safetensors import fp32_to_bf16_bits
 from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 
@@ -268,14 +269,12 @@ def output_kv(plan: Plan) -> list:
     return kv
 
 
-def _round_through(x: np.ndarray, t: QType) -> np.ndarray:
+def round_through(x: np.ndarray, t: QType) -> np.ndarray:
     """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
     if t == QType.F32:
         return x
     if t == QType.BF16:
-        u = x.view(np.uint32)
-        r = ((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) & np.uint32(0xFFFF0000)).astype(np.uint32)
-        return r.view(np.float32)
+        return (fp32_to_bf16_bits(x).astype(np.uint32) << np.uint32(16)).view(np.float32)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
     raise ValueError(f"unexpected intermediate type {t.name}")
@@ -396,7 +395,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
-                    slab = _round_through(slab, spec_t.ref_type)
+                    slab = round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:

@@ -331,7 +331,7 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
     Each slab is first rounded through the type the intermediate BF16 GGUF would hold it in, as
     the converter does, and the error is measured against the source values. No importance matrix.
     """
-    from .pipeline import _round_through, build_spec, open_model
+    from .pipeline import round_through, build_spec, open_model
     from .recipe import llama_order
 
     tlist = []
@@ -357,7 +357,7 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
             _, cols = _rows_cols(ts.shape)
             stats = {t: (ErrorStats() if cols % t.block_size == 0 else None) for t in tlist}
             for _, slab in _source_rows(ckpt, ts):
-                inter = _round_through(slab, ts.ref_type)
+                inter = round_through(slab, ts.ref_type)
                 for t, st in stats.items():
                     if st is None:
                         continue
@@ -461,7 +461,7 @@ def report_json(rep) -> str:
 
 
 # ====================================================================== plot
-def _matplotlib():
+def load_matplotlib():
     """pyplot with the Agg backend, or a one-line UnsupportedError when matplotlib is missing."""
     try:
         import matplotlib
@@ -480,7 +480,7 @@ def plot_series(series: dict[str, list[tuple[str, float, str]]], fileobj, title:
     (token_embd, output, ...) go to a bar chart below. Exact tensors (rel_rmse 0, e.g. F32 norms)
     are not drawn; the title says how many. One log colour scale for every panel.
     """
-    matplotlib, plt = _matplotlib()
+    matplotlib, plt = load_matplotlib()
     from matplotlib.colors import LogNorm
 
     kinds: list[str] = []

@@ -589,11 +589,15 @@ class Checkpoint:
 
 # -------------------------------------------------------------------- writer
 def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
-    """float32 -> bf16 bits, round to nearest even, NaN kept quiet (ggml_compute_fp32_to_bf16)."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
-    nan = (u & 0x7FFFFFFF) > 0x7F800000
-    r = (u + (0x7FFF + ((u >> 16) & 1))) >> 16
-    r = np.where(nan, (u >> 16) | 64, r)
+    """float32 -> bf16 bits, round to nearest even, NaN kept quiet (ggml_compute_fp32_to_bf16).
+
+    The one BF16 rounding: the pipeline's intermediate BF16 values are these bits shifted back."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    one, bias = np.uint32(1), np.uint32(0x7FFF)
+    r = (u + (bias + ((u >> np.uint32(16)) & one))) >> np.uint32(16)  # no wrap below 0xFFFF8000: NaNs only
+    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    if nan.any():
+        r = np.where(nan, (u >> np.uint32(16)) | np.uint32(64), r)
     return r.astype(np.uint16)
 
 
