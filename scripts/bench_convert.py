@@ -23,6 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # oracle/
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
 
-    from kquant import refpipeline  # light: numpy only until a comparison runs
+    from oracle import refpipeline  # light: numpy only until a comparison runs
 
     if not refpipeline.available():
         print("reference converter missing: bash scripts/setup_refconv.sh", file=sys.stderr)
@@ -115,7 +116,7 @@ def main(argv=None) -> int:
 
     warm(model)
     t1, m1 = run([py, conv, str(model), "--outtype", "bf16", "--outfile", str(bf16)])
-    q = (f"from kquant import refpipeline as r; r.llama_quantize({str(bf16)!r}, {str(ref_q)!r}, {a.type!r}, "
+    q = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from oracle import refpipeline as r; r.llama_quantize({str(bf16)!r}, {str(ref_q)!r}, {a.type!r}, "
          f"threads={a.threads})")
     t2, m2 = run([sys.executable, "-c", q])
     warm(model)

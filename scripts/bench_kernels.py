@@ -20,8 +20,9 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))  # oracle/
 
-from kquant import reference  # noqa: E402
+from oracle import reference  # noqa: E402
 from kquant.ggml import quants  # noqa: E402
 from kquant.types import parse_qtype  # noqa: E402
 

@@ -51,8 +51,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))  # oracle/
 
-from kquant import automix, refpipeline  # noqa: E402
+from kquant import automix  # noqa: E402
+from oracle import refpipeline  # noqa: E402
 from kquant import pipeline as cv  # noqa: E402
 from kquant.imatrix import load_imatrix  # noqa: E402
 from kquant.types import QType  # noqa: E402

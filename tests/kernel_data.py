@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from kquant import reference
+from oracle import reference
 from kquant.ggml.quants import registry
 from kquant.types import QType
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kquant import refpipeline
+from oracle import refpipeline
 import pytest
 
 from kquant.models import load_spec, supported_architectures
@@ -752,7 +752,8 @@ def test_automix_on_every_architecture(models, case, tmp_path):
     """--target-bpw on each architecture (MoE experts, fused QKV/gate-up, biases, tied outputs,
     Gemma norms): the written file keeps to the budget, has the chosen types, and llama.cpp runs it."""
     pytest.importorskip("llama_cpp")
-    from kquant import automix, cli, refpipeline
+    from kquant import automix, cli
+    from oracle import refpipeline
     from kquant.io.gguf import GGUFFile
 
     src = models(case, copy=False)

@@ -332,7 +332,7 @@ def test_bench_permuted_copy_is_the_same_model(tmp_path):
     import sys
 
     pytest.importorskip("llama_cpp")
-    from kquant import refpipeline
+    from oracle import refpipeline
     from kquant.io.safetensors import Checkpoint
 
     sys.path.insert(0, str(ROOT / "scripts"))

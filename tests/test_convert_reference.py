@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kquant import pipeline, refpipeline
+from kquant import pipeline
+from oracle import refpipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "fixtures" / "tiny-llama"

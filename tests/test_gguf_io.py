@@ -16,7 +16,7 @@ import time
 import gguf
 import numpy as np
 
-from kquant import refpipeline
+from oracle import refpipeline
 import pytest
 from gguf import GGMLQuantizationType as GT
 from gguf import GGUFValueType as VT
@@ -105,7 +105,7 @@ _silent = _LOG_CB(lambda level, text, ud: None)
 
 def _ggml():
     try:
-        from kquant import reference
+        from oracle import reference
 
         lib = reference._lib()
     except Exception:

@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from kquant import refpipeline
+from oracle import refpipeline
 from kquant.errors import InputError
 from kquant.imatrix import (
     KV_DATASET,
@@ -350,7 +350,7 @@ def oracle(tmp_path_factory):
     try:
         import llama_cpp  # noqa: F401
 
-        from kquant import reference
+        from oracle import reference
 
         lib = reference.lib_dir()
     except Exception:

@@ -1,6 +1,6 @@
 """TQ1_0, TQ2_0, MXFP4, Q1_0 and Q2_0 kernels against libggml, byte for byte.
 
-Quantize: kquant.ggml.kernels.{tq,mxfp4,q1q2} vs ggml_quantize_chunk (kquant.reference), without
+Quantize: kquant.ggml.kernels.{tq,mxfp4,q1q2} vs ggml_quantize_chunk (oracle.reference), without
 importance weights and with them (all five ignore them in ggml: quantize_tq*_0 and
 quantize_mxfp4 never read them, quantize_q1_0 / quantize_q2_0 call the same _ref function row
 by row), over many value distributions and shapes, plus hand-built blocks. Dequantize: vs ggml's
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import kquant
-from kquant import reference
+from oracle import reference
 from kquant.types import QK_K, QType
 
 from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours

@@ -607,7 +607,7 @@ def quantize_live(llama_cpp, src: Path, ftype: FileType, ov: Overrides = Overrid
     """Run llama_model_quantize; {tensor name: QType} of the output, or None when it fails."""
     import gguf
 
-    from kquant import refpipeline
+    from oracle import refpipeline
 
     params = {"pure": ov.pure, "quantize_output_tensor": not ov.leave_output_tensor}
     if ov.output_tensor_type is not None:

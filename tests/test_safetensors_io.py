@@ -136,7 +136,7 @@ def test_bf16_rounding_matches_ggml():
     nan = np.array([0x7F800001, 0xFFC00000], np.uint32).view(np.float32)
     assert fp32_to_bf16_bits(nan).tolist() == [0x7FC0, 0xFFC0]
     try:
-        from kquant import reference
+        from oracle import reference
 
         lib = reference._lib()
     except Exception:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kquant import reference
+from oracle import reference
 from kquant.ggml import quants
 from kquant.ggml.types import BLOCK_DTYPES, DECLS, FALLBACK, TYPES, QType, automix_candidates, field_offsets
 

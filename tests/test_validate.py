@@ -6,7 +6,7 @@ rows permuted with conversion/llama.py's `permute`, copied here), then quantized
 llama_model_quantize (llama-cpp-python 0.3.36) to file types covering every type kquant has
 kernels for. The oracle reads the output with gguf-py's GGUFReader, dequantizes with gguf-py,
 undoes nothing through kquant, and computes every metric in float64 numpy; kquant's report must
-match it. What-if numbers are checked against libggml's quantizer (kquant.reference) + gguf-py.
+match it. What-if numbers are checked against libggml's quantizer (oracle.reference) + gguf-py.
 Files from kquant's own converter are checked the same way when `kquant convert` works.
 
 The helpers here (make_hf_llama, llama_cpp_gguf, ...) are imported by test_inspect.py and
@@ -559,7 +559,7 @@ def test_plot_without_matplotlib(monkeypatch):
 # ============================================================================= what-if
 def test_what_if_matches_libggml(case):
     """Each tensor x type: libggml quantizes the BF16-rounded source, gguf-py dequantizes, float64 compare."""
-    from kquant import reference
+    from oracle import reference
     from kquant.validate import print_what_if, what_if_csv
 
     if not reference.available():

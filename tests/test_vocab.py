@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from kquant import refpipeline
+from oracle import refpipeline
 from kquant.io.gguf_kv import KVRecorder
 from kquant.models import family
 from kquant.models.hparams import to_hparams

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from .types import QType, parse_qtype
+from kquant.types import QType, parse_qtype
 
 
 class ReferenceUnavailable(RuntimeError):

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .types import FileType, parse_ftype
+from kquant.types import FileType, parse_ftype
 
 REFCONV_DIR = Path(os.environ.get("KQUANT_REFCONV_DIR", Path.home() / ".cache" / "kquant" / "refconv"))
 
@@ -110,7 +110,7 @@ def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, im
 
 def compare_gguf(a: str | Path, b: str | Path, ignore_keys=("general.name",)) -> list[str]:
     """Differences between two GGUF files: metadata keys/types/values, tensor order/types/shapes/bytes."""
-    from .io.gguf import GGUFFile
+    from kquant.io.gguf import GGUFFile
 
     diffs: list[str] = []
     with GGUFFile(a) as fa, GGUFFile(b) as fb:
@@ -173,7 +173,7 @@ def eval_logits(path: str | Path, text: bytes = b"The quick brown fox jumps over
     return toks, logits
 
 
-if __name__ == "__main__":  # python -m kquant.refpipeline A.gguf B.gguf
+if __name__ == "__main__":  # python tests/oracle/refpipeline.py A.gguf B.gguf
     d = compare_gguf(sys.argv[1], sys.argv[2])
     print("\n".join(d) if d else "identical")
     sys.exit(1 if d else 0)
