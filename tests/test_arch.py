@@ -181,6 +181,10 @@ def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
 # __post_init__ / convert_rope_params_to_dict / attribute_map)
 _T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6}
 _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"num_experts": "num_local_experts"}}
+# (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
+# from config.json itself (the same defaults as transformers 4.57.6's classes)
+_T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
+                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -228,8 +232,8 @@ def as_transformers5(cfg: dict) -> dict:
         c.setdefault("use_bidirectional_attention", None)
     if mt == "gemma3_text":
         c["_sliding_window_pattern"] = c.get("sliding_window_pattern", 6)
-    if mt == "phi3":
-        c.setdefault("pad_token_id", 32000)
+    for k, v in zip(("bos_token_id", "eos_token_id", "pad_token_id"), _T5_TOKEN_IDS.get(mt, (None, None, None))):
+        c.setdefault(k, v)
     c["transformers_version"] = "5.25.0"
     return c
 
