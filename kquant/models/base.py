@@ -256,7 +256,7 @@ class TextModel:
                 self.kv.add_string(self.key("rope.scaling.type"), "yarn")  # RopeScalingType.YARN
                 self.f32("rope.scaling.factor", rope_factor, "rope_scaling.factor")
                 if "original_max_position_embeddings" not in rope_params:
-                    raise InputError(f"{self.config_path}: rope_scaling of type yarn needs 'original_max_position_embeddings'")
+                    raise InputError(f"{self.config_path}: rope type yarn needs 'original_max_position_embeddings' (in rope_parameters or rope_scaling, or at the top level)")
                 self.u32("rope.scaling.original_context_length", rope_params["original_max_position_embeddings"], "original_max_position_embeddings")
                 if (v := rope_params.get("extrapolation_factor")) is not None:
                     self.f32("rope.scaling.yarn_ext_factor", v, "rope_scaling.extrapolation_factor")
