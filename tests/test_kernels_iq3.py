@@ -1,0 +1,270 @@
+"""IQ3_XXS and IQ3_S kernels against libggml, byte for byte.
+
+Tables: the grids, kmap and neighbour lists (iq3xs_init_impl) against gguf-py's dequantizer grids
+and a literal port of ggml's loops. Quantize: kquant.kernels.iq3 vs ggml_quantize_chunk without
+and with importance weights, over many value distributions. Inputs on which ggml aborts (NaN, Inf,
+overflow to Inf inside the search) are checked to abort ggml (in a child process) and to be
+flagged by kquant. Dequantize: vs ggml's to_float (bitwise) and gguf-py.
+Seeds are fresh on every run (set KQUANT_TEST_SEED to replay one; failures print it).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from kquant import reference
+from kquant.kernels import iq3
+from kquant.types import QK_K
+
+from kernel_data import EMPTY, fresh_rng, make_w, make_x
+
+pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
+
+# name -> (ggml type id, bytes per block, grid size, kernels)
+TYPES = {
+    "IQ3_XXS": (18, iq3.XXS_BYTES, 256, iq3.BY_NAME["IQ3_XXS"]),
+    "IQ3_S": (21, iq3.S_BYTES, 512, iq3.BY_NAME["IQ3_S"]),
+}
+
+KINDS = [
+    "normal",
+    "student_t",
+    "laplace",
+    "outlier_cols",
+    "zero_rows",
+    "constant_rows_signed",
+    "tiny",
+    "huge",
+    "single_nonzero",
+    "pm_max",
+    "positive",
+    "negative",
+    "ties",
+    "few_levels",
+    "subblock_scales",
+    "zero_subblocks",
+    "zero_subblocks16",
+    "mixed_scale",
+    "subnormal",
+    "near_flt_min",
+    "signed_zeros",  # NaNs replaced (ggml aborts on NaN: see test_abort)
+]
+WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]
+SHAPES = [(1, QK_K), (5, 2 * QK_K)]
+
+
+def x_of(kind, rows, cols, rng):
+    x = make_x(kind, rows, cols, rng)
+    x[np.isnan(x)] = 1.0
+    return x
+
+
+def ref_quantize(name, x, w):
+    """ggml_quantize_chunk for type `name` over all rows of x."""
+    tid, ts, _, _ = TYPES[name]
+    lib = reference._lib()
+    rows, cols = x.shape
+    out = np.zeros((rows, cols // QK_K * ts), dtype=np.uint8)
+    lib.ggml_quantize_init(tid)
+    n = lib.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0, rows, cols, None if w is None else w.ctypes.data)
+    assert n == out.nbytes
+    return out
+
+
+def ref_dequantize(name, q, rows, cols):
+    tid = TYPES[name][0]
+    out = np.empty(rows * cols, dtype=np.float32)
+    traits = reference._lib().ggml_get_type_traits(tid).contents
+    reference._TO_FLOAT(traits.to_float)(np.ascontiguousarray(q).ctypes.data, out.ctypes.data, rows * cols)
+    return out.reshape(rows, cols)
+
+
+def ours(name, x, w):
+    _, ts, _, k = TYPES[name]
+    out = np.zeros((x.shape[0], x.shape[1] // QK_K * ts), dtype=np.uint8)
+    k.quantize(x, EMPTY if w is None else w, out)
+    return out
+
+
+def check(name, x, w, what):
+    got, want = ours(name, x, w), ref_quantize(name, x, w)
+    if not np.array_equal(got, want):
+        ts = TYPES[name][1]
+        r, c = np.argwhere(got != want)[0]
+        b = c // ts
+        raise AssertionError(f"{name} {what}: first difference row {r} block {b}: got {got[r, b * ts:(b + 1) * ts].tolist()} "
+                             f"want {want[r, b * ts:(b + 1) * ts].tolist()} x={x[r, b * QK_K:(b + 1) * QK_K].tolist()}")
+
+
+# ------------------------------------------------------------------------------------------- tables
+def _ggml_init(grid_size):
+    """iq3xs_init_impl's loops, literally: (kmap, kneighbors)."""
+    kgrid = iq3.KGRID_256 if grid_size == 256 else iq3.KGRID_512
+    nwant = 2 if grid_size == 256 else 3
+    grid = [[2 * ((int(g) >> 3 * i) & 7) + 1 for i in range(4)] for g in kgrid]
+    kmap = [-1] * 4096
+    for i, p in enumerate(grid):
+        kmap[sum(((q - 1) // 2) << 3 * k for k, q in enumerate(p))] = i
+    gridarr = np.array(grid)
+    neighbours = []
+    for i in range(4096):
+        if kmap[i] >= 0:
+            continue
+        pos = np.array([2 * ((i >> 3 * k) & 7) + 1 for k in range(4)])
+        d2 = ((gridarr - pos) ** 2).sum(axis=1).tolist()
+        dist2 = sorted((d2[j], j) for j in range(grid_size))  # qsort with iq3_compare_func
+        kmap[i] = -(len(neighbours) + 1)
+        start = len(neighbours)
+        neighbours.append(0)
+        d, nhave = dist2[0][0], 1
+        for dj, j in dist2:
+            if dj > d:
+                if nhave == nwant:
+                    break
+                d, nhave = dj, nhave + 1
+            neighbours.append(j)
+        neighbours[start] = len(neighbours) - start - 1
+    return np.array(kmap), np.array(neighbours)
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_tables(name):
+    import gguf
+
+    _, _, gs, _ = TYPES[name]
+    levels, kmap, nb, nbl = iq3.grid_tables(gs)
+    assert iq3.grid_tables(gs)[1] is kmap  # built once
+    want_kmap, want_nb = _ggml_init(gs)
+    np.testing.assert_array_equal(kmap, want_kmap)
+    np.testing.assert_array_equal(nb, want_nb)
+    starts = -kmap[kmap < 0] - 1
+    for s in starts:  # neighbour levels match their grid points
+        idx = nb[s + 1 : s + 1 + nb[s]]
+        np.testing.assert_array_equal(nbl[s + 1 : s + 1 + nb[s]], levels[idx])
+    cls = getattr(gguf.quants, name)
+    cls.init_grid()
+    np.testing.assert_array_equal(iq3.dequant_grid(gs).view(np.uint8).reshape(-1, 4),
+                                  cls.grid.reshape(-1, 4).astype(np.uint8))
+    np.testing.assert_array_equal(iq3.KSIGNS, np.frombuffer(gguf.quants.IQ2_XXS.ksigns, dtype=np.uint8))
+
+
+# ----------------------------------------------------------------------------------------- quantize
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("kind", KINDS)
+def test_quantize_unweighted(name, kind):
+    s, rng = fresh_rng()
+    for rows, cols in SHAPES:
+        check(name, x_of(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+
+
+@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("wkind", WKINDS)
+def test_quantize_weighted(name, wkind):
+    s, rng = fresh_rng()
+    for kind in KINDS:
+        rows, cols = SHAPES[len(kind) % 2]
+        check(name, x_of(kind, rows, cols, rng), make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_quantize_hand_built(name):
+    """One-block cases: zeros, a constant, one outlier, +-max, one zero sub-block among others
+    (IQ3_S then shifts the later sub-blocks' qs/signs down, as ggml's writer does)."""
+    s, rng = fresh_rng()
+    cases = np.zeros((8, QK_K), dtype=np.float32)
+    cases[1] = 0.3
+    cases[2, 77] = -5.0
+    cases[3] = np.where(np.arange(QK_K) % 2, 1.0, -1.0)
+    cases[4] = rng.standard_normal(QK_K)
+    cases[4, 32:64] = 0.0
+    cases[5] = rng.standard_normal(QK_K)
+    cases[5, :32] = 0.0
+    cases[5, 200:232] = -0.0
+    cases[6] = rng.standard_normal(QK_K) * 1e-9  # IQ3_XXS: below GROUP_MAX_EPS_IQ3_XXS
+    cases[7, ::8] = -1.0  # one negative per 8: an odd flip count in every group
+    for w in (None, make_w("heavy", QK_K, rng)):
+        check(name, cases, w, f"hand-built seed={s}")
+
+
+# --------------------------------------------------------------------------------- ggml's aborts
+_CHILD = """
+import ctypes, glob, sys
+import numpy as np
+d = sys.argv[1]
+lib = ctypes.CDLL(sorted(glob.glob(d + "/libggml-base.so*"))[0])
+lib.ggml_quantize_chunk.restype = ctypes.c_size_t
+lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+z = np.load(sys.argv[2])
+x, w, tid = z["x"], z["w"], int(z["tid"])
+out = np.zeros(4096, np.uint8)
+lib.ggml_quantize_init(tid)
+lib.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0, 1, x.size, w.ctypes.data if w.size else None)
+sys.stdout.write("survived")
+"""
+
+
+def _ggml_aborts(name, x, w, tmp_path) -> bool:
+    p = tmp_path / "in.npz"
+    np.savez(p, x=x.reshape(-1), w=np.zeros(0, np.float32) if w is None else w, tid=TYPES[name][0])
+    env = dict(os.environ, GGML_NO_BACKTRACE="1")
+    r = subprocess.run([sys.executable, "-c", _CHILD, reference.lib_dir(), str(p)], capture_output=True, text=True,
+                       timeout=60, env=env)
+    return r.stdout != "survived"
+
+
+def _flagged(name, q) -> bool:
+    """kquant's abort mark: a NaN fp16 scale (d at offset 0 of each block)."""
+    ts = TYPES[name][1]
+    d = q.reshape(-1, ts)[:, :2].copy().view("<u2").reshape(-1)
+    return bool((((d & 0x7C00) == 0x7C00) & ((d & 0x3FF) != 0)).any())
+
+
+@pytest.mark.parametrize("name", TYPES)
+def test_abort(name, tmp_path):
+    """Where ggml aborts (run in a child process), kquant marks the block (kquant.quants then refuses
+    the tensor); where ggml does not, kquant matches its bytes."""
+    s, rng = fresh_rng()
+    x = rng.standard_normal(QK_K).astype(np.float32)
+    nan = x.copy()
+    nan[rng.integers(QK_K)] = np.nan
+    inf = x.copy()
+    inf[rng.integers(QK_K)] = -np.inf
+    w_max = np.full(QK_K, 3e38, dtype=np.float32)  # finite weights that overflow the search
+    cases = {"nan": (nan, None), "inf": (inf, None), "1e20": (x * np.float32(1e20), None), "w=3e38": (x, w_max),
+             "1e12": (x * np.float32(1e12), None), "1e6": (x * np.float32(1e6), None)}
+    aborted = []
+    for what, (xi, w) in cases.items():
+        got = ours(name, xi.reshape(1, -1), w)
+        aborts = _ggml_aborts(name, xi, w, tmp_path)
+        assert _flagged(name, got) == aborts, f"{what}: ggml aborts={aborts} seed={s}"
+        if aborts:
+            aborted.append(what)
+        else:
+            np.testing.assert_array_equal(got, ref_quantize(name, xi.reshape(1, -1), w), err_msg=f"{what} seed={s}")
+    assert {"nan", "1e20", "w=3e38"} <= set(aborted) and "1e6" not in aborted
+
+
+# --------------------------------------------------------------------------------------- dequantize
+@pytest.mark.parametrize("name", TYPES)
+def test_dequantize(name):
+    import gguf
+
+    s, rng = fresh_rng()
+    _, ts, _, k = TYPES[name]
+    rows, cols = 9, 1024
+    # quantized real data, plus raw random blocks (any grid index, sign and scale; finite d)
+    q1 = ours(name, make_x("normal", rows, cols, rng), None)
+    q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)
+    q2.reshape(rows, -1, ts)[:, :, 1] &= 0xBB  # fp16 exponent < 31: finite d
+    for q in (q1, q2):
+        got = np.empty((rows, cols), dtype=np.float32)
+        k.dequantize(q, got)
+        want = ref_dequantize(name, q, rows, cols)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
+        g = gguf.quants.dequantize(q, getattr(gguf.GGMLQuantizationType, name))
+        np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")
