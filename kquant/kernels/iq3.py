@@ -51,7 +51,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
-from ._common import get_f16, nearest_int, put_f16
+from ._common import get_f16, nearest_int, put_f16, sel
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 KMAXQ = 8
@@ -175,6 +175,41 @@ def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     return levels, kmap, neighbours, nlev
 
 
+PAD = 8  # candidate lists padded to a multiple of this (one vector of float32 lanes)
+
+
+@lru_cache(maxsize=None)
+def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The neighbour lists of grid_tables(grid_size) laid out for the search, once per size:
+    (start, count, nq, nidx).
+
+    start, count  int32 (4096,): where vector u's candidates begin in nq/nidx and how many there
+                  are (0 for a vector on the grid)
+    nq            uint8 (4, P): coordinate i of each candidate as its grid byte 2 l + 1 (columns:
+                  candidates, in ggml's order; each list padded to a multiple of PAD with copies
+                  of its last candidate, which can never be chosen over the first)
+    nidx          uint16 (P,): each candidate's grid index
+    """
+    levels, kmap, nb, _ = grid_tables(grid_size)
+    start = np.zeros(KMAP_SIZE, dtype=np.int32)
+    count = np.zeros(KMAP_SIZE, dtype=np.int32)
+    idx = []
+    p = 0
+    for u in np.flatnonzero(kmap < 0):
+        o = -kmap[u] - 1
+        n = int(nb[o])
+        lst = list(nb[o + 1 : o + 1 + n])
+        lst += lst[-1:] * (-n % PAD)
+        start[u], count[u] = p, n
+        idx += lst
+        p += len(lst)
+    nidx = np.array(idx, dtype=np.uint16)
+    nq = np.ascontiguousarray((2 * levels[nidx] + 1).T.astype(np.uint8))
+    for a in (start, count, nq, nidx):
+        a.setflags(write=False)
+    return start, count, nq, nidx
+
+
 def dequant_grid(grid_size: int) -> np.ndarray:
     """The dequantizer's grid (ggml-common.h iq3xxs_grid for 256, iq3s_grid for 512) as uint32,
     built from kgrid."""
@@ -190,8 +225,10 @@ def ksigns() -> np.ndarray:
     return (i | (par << 7)).astype(np.uint8)
 
 
-G256, KMAP256, NB256, NBL256 = grid_tables(256)
-G512, KMAP512, NB512, NBL512 = grid_tables(512)
+G256, KMAP256 = grid_tables(256)[:2]
+G512, KMAP512 = grid_tables(512)[:2]
+ST256, NC256, NQ256, NI256 = search_tables(256)
+ST512, NC512, NQ512, NI512 = search_tables(512)
 XXS_DQ = XXS_DQ_VALUES[G256]  # (256, 4) dequantizer bytes
 S_DQ = (2 * G512 + 1).astype(np.uint8)  # (512, 4)
 KSIGNS = ksigns()
@@ -204,36 +241,38 @@ NT_XXS, NT_S = 31, 19  # trial scales: is = -15..15 / -9..9
 NT_MAX = 32
 
 
-@njit(**JIT)
-def best_neighbour(nb, nbl, off, xval, waux, xo, scale, tab, L, lo):
-    """iq3_find_best_neighbour(kneighbors - kmap[u] - 1, ..., xval + xo, waux + xo, scale, L + lo)
-    with nb/nbl the neighbour lists and levels, `off` = -kmap[u] - 1. Returns the grid index, or -1
-    where ggml aborts (no candidate with d2 < FLT_MAX). tab: scratch (32,).
+FLT_MAX_BITS = np.uint64(0x7F7FFFFF)
 
-    d2 of a candidate = ((0 + t0) + t1 + t2) + t3 with t_i = (w_i diff) diff, diff = scale q - x_i,
-    as ggml sums it; the 4 x 8 terms t_i(level) are computed once per call."""
-    for i in range(4):
-        xv = xval[xo + i]
-        w = waux[xo + i]
-        for lv in range(8):
-            diff = scale * np.float32(2 * lv + 1) - xv
-            tab[8 * i + lv] = w * diff * diff
-    n = np.int64(nb[off])
-    best = FLT_MAX
-    be = -1
-    for e in range(off + 1, off + 1 + n):
-        d2 = _F0 + tab[nbl[e, 0]]
-        d2 += tab[8 + nbl[e, 1]]
-        d2 += tab[16 + nbl[e, 2]]
-        d2 += tab[24 + nbl[e, 3]]
-        if d2 < best:
-            best = d2
-            be = e
-    if be < 0:
+
+@njit(inline="always", **JIT)
+def best_neighbour(st, nc, nq, nidx, u, xval, waux, xo, scale):
+    """iq3_find_best_neighbour for the off-grid vector u, x = xval[xo:xo+4], weights waux[xo:xo+4]:
+    the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1 where ggml aborts.
+
+    d2 = (((0 + t0) + t1) + t2) + t3, t_i = (w_i diff) diff, diff = scale q_i - x_i, as ggml sums
+    it, with the candidates as lanes. d2 is never -0 (0 + t0 is +0 for t0 = +-0), so its bits
+    as an unsigned integer order it as ggml's `<` does, with every NaN above FLT_MAX; the key
+    bits << 8 | candidate then has its minimum at ggml's choice (the first smallest d2), and that
+    minimum is an integer reduction, which vectorizes without reordering any float sum. The
+    padding copies of the last candidate have the same d2 and a larger position: never chosen."""
+    p0 = st[u]
+    npad = (nc[u] + PAD - 1) // PAD * PAD
+    x0, x1, x2, x3 = xval[xo], xval[xo + 1], xval[xo + 2], xval[xo + 3]
+    w0, w1, w2, w3 = waux[xo], waux[xo + 1], waux[xo + 2], waux[xo + 3]
+    # slices indexed from 0: LLVM sees non-negative indices (no wraparound), so contiguous loads
+    q0, q1, q2, q3 = nq[0, p0 : p0 + npad], nq[1, p0 : p0 + npad], nq[2, p0 : p0 + npad], nq[3, p0 : p0 + npad]
+    kmin = np.uint64(0xFFFFFFFFFFFFFFFF)
+    for c in range(npad):
+        f0 = scale * np.float32(q0[c]) - x0
+        f1 = scale * np.float32(q1[c]) - x1
+        f2 = scale * np.float32(q2[c]) - x2
+        f3 = scale * np.float32(q3[c]) - x3
+        d2 = (((_F0 + w0 * f0 * f0) + w1 * f1 * f1) + w2 * f2 * f2) + w3 * f3 * f3
+        key = (np.uint64(np.float32(d2).view(np.uint32)) << np.uint64(8)) | np.uint64(c)
+        kmin = min(kmin, key)
+    if (kmin >> np.uint64(8)) >= FLT_MAX_BITS:
         return -1
-    for i in range(4):
-        L[lo + i] = nbl[be, i]
-    return np.int64(nb[be])
+    return np.int64(nidx[p0 + np.int64(kmin & np.uint64(0xFF))])
 
 
 @njit(**JIT)
@@ -243,7 +282,7 @@ def _round_levels(idv, xv):
 
 
 @njit(**JIT)
-def search32(x, xo, qw, weighted, sigma2, xxs, kmap, nb, nbl, w, waux, xval, wx, bsigns, L, laux, onaux, ong,
+def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, nc, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux, onaux, ong,
              ids, scs, sqx, sq2, tab):
     """The per-sub-block part of quantize_row_iq3_xxs_impl (xxs=True, grid 256) or of
     quantize_row_iq3_s_impl (xxs=False, grid 512, block_size 32) for x[xo:xo+32].
@@ -317,9 +356,12 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, nb, nbl, w, waux, xval, wx,
             g = kmap[u]
             onaux[t, k] = g >= 0
             if g < 0:
-                gi = best_neighbour(nb, nbl, -g - 1, xval, waux, 4 * k, scs[t], tab, laux[:, t], 4 * k)
-                if gi < 0:
+                g = best_neighbour(st, nc, nq, nidx, u, xval, waux, 4 * k, scs[t])
+                if g < 0:
                     abort = True
+                else:
+                    for i in range(4):
+                        laux[4 * k + i, t] = lv[g, i]
     # the two sums of every trial, each in ggml's element order, lanes over t
     for t in range(nt):
         sqx[t] = _F0
@@ -361,11 +403,12 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, nb, nbl, w, waux, xval, wx,
                 u |= _round_levels(idv, xval[4 * k + i]) << (3 * i)
             g = kmap[u]
             if g < 0:
-                if best_neighbour(nb, nbl, -g - 1, xval, waux, 4 * k, scale, tab, L, 4 * k) < 0:
-                    abort = True
+                g = best_neighbour(st, nc, nq, nidx, u, xval, waux, 4 * k, scale)
+            if g < 0:
+                abort = True
             else:
                 for i in range(4):
-                    L[4 * k + i] = (u >> (3 * i)) & 7
+                    L[4 * k + i] = lv[g, i]
         sumqx = _F0
         sumq2 = _F0
         for i in range(32):
@@ -397,7 +440,7 @@ def _scratch():
             np.zeros(4, np.int64), np.zeros(32, np.int64), np.zeros((32, NT_MAX), np.int64),
             np.zeros((NT_MAX, 8), np.bool_), np.zeros(8, np.bool_), np.zeros(NT_MAX, np.float32),
             np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32),
-            np.zeros(32, np.float32), np.zeros(QK_K // 32, np.float32))
+            np.zeros(64, np.float32), np.zeros(QK_K // 32, np.float32))
 
 
 @njit(**JIT)
@@ -428,7 +471,7 @@ def quantize_iq3_xxs(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, NB256, NBL256, w, waux,
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NC256, NQ256, NI256, G256, w, waux,
                                      xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab)
                 if st == 1:
                     scales[ib] = _F0
@@ -480,7 +523,7 @@ def quantize_iq3_s(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, NB512, NBL512, w, waux,
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NC512, NQ512, NI512, G512, w, waux,
                                      xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab)
                 if st == 1:
                     scales[ib] = _F0
