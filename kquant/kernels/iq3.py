@@ -181,18 +181,18 @@ PAD = 8  # candidate lists padded to a multiple of this (one vector of float32 l
 @lru_cache(maxsize=None)
 def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The neighbour lists of grid_tables(grid_size) laid out for the search, once per size:
-    (start, count, nq, nidx).
+    (start, npad, nq, nidx).
 
-    start, count  int32 (4096,): where vector u's candidates begin in nq/nidx and how many there
-                  are (0 for a vector on the grid)
+    start, npad   uint32 (4096,): where vector u's candidates begin in nq/nidx and how many there
+                  are, padded (0 for a vector on the grid)
     nq            uint8 (4, P): coordinate i of each candidate as its grid byte 2 l + 1 (columns:
                   candidates, in ggml's order; each list padded to a multiple of PAD with copies
                   of its last candidate, which can never be chosen over the first)
     nidx          uint16 (P,): each candidate's grid index
     """
     levels, kmap, nb, _ = grid_tables(grid_size)
-    start = np.zeros(KMAP_SIZE, dtype=np.int32)
-    count = np.zeros(KMAP_SIZE, dtype=np.int32)
+    start = np.zeros(KMAP_SIZE, dtype=np.uint32)
+    npad = np.zeros(KMAP_SIZE, dtype=np.uint32)
     idx = []
     p = 0
     for u in np.flatnonzero(kmap < 0):
@@ -200,14 +200,14 @@ def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
         n = int(nb[o])
         lst = list(nb[o + 1 : o + 1 + n])
         lst += lst[-1:] * (-n % PAD)
-        start[u], count[u] = p, n
+        start[u], npad[u] = p, len(lst)
         idx += lst
         p += len(lst)
     nidx = np.array(idx, dtype=np.uint16)
     nq = np.ascontiguousarray((2 * levels[nidx] + 1).T.astype(np.uint8))
-    for a in (start, count, nq, nidx):
+    for a in (start, npad, nq, nidx):
         a.setflags(write=False)
-    return start, count, nq, nidx
+    return start, npad, nq, nidx
 
 
 def dequant_grid(grid_size: int) -> np.ndarray:
@@ -245,8 +245,8 @@ FLT_MAX_BITS = np.uint64(0x7F7FFFFF)
 
 
 @njit(inline="always", **JIT)
-def best_neighbour(st, nc, nq, nidx, u, xval, waux, xo, scale):
-    """iq3_find_best_neighbour for the off-grid vector u, x = xval[xo:xo+4], weights waux[xo:xo+4]:
+def best_neighbour(st, npad, nq, nidx, u, x0, x1, x2, x3, w0, w1, w2, w3, scale):
+    """iq3_find_best_neighbour for the off-grid vector u, values x0..x3, weights w0..w3 (waux):
     the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1 where ggml aborts.
 
     d2 = (((0 + t0) + t1) + t2) + t3, t_i = (w_i diff) diff, diff = scale q_i - x_i, as ggml sums
@@ -255,24 +255,20 @@ def best_neighbour(st, nc, nq, nidx, u, xval, waux, xo, scale):
     bits << 8 | candidate then has its minimum at ggml's choice (the first smallest d2), and that
     minimum is an integer reduction, which vectorizes without reordering any float sum. The
     padding copies of the last candidate have the same d2 and a larger position: never chosen."""
-    p0 = st[u]
-    npad = (nc[u] + PAD - 1) // PAD * PAD
-    x0, x1, x2, x3 = xval[xo], xval[xo + 1], xval[xo + 2], xval[xo + 3]
-    w0, w1, w2, w3 = waux[xo], waux[xo + 1], waux[xo + 2], waux[xo + 3]
-    # slices indexed from 0: LLVM sees non-negative indices (no wraparound), so contiguous loads
-    q0, q1, q2, q3 = nq[0, p0 : p0 + npad], nq[1, p0 : p0 + npad], nq[2, p0 : p0 + npad], nq[3, p0 : p0 + npad]
+    p0 = np.uint64(st[u])  # unsigned indices: no wraparound code, so contiguous vector loads
     kmin = np.uint64(0xFFFFFFFFFFFFFFFF)
-    for c in range(npad):
-        f0 = scale * np.float32(q0[c]) - x0
-        f1 = scale * np.float32(q1[c]) - x1
-        f2 = scale * np.float32(q2[c]) - x2
-        f3 = scale * np.float32(q3[c]) - x3
+    for c in range(npad[u]):
+        e = p0 + np.uint64(c)
+        f0 = scale * np.float32(nq[0, e]) - x0
+        f1 = scale * np.float32(nq[1, e]) - x1
+        f2 = scale * np.float32(nq[2, e]) - x2
+        f3 = scale * np.float32(nq[3, e]) - x3
         d2 = (((_F0 + w0 * f0 * f0) + w1 * f1 * f1) + w2 * f2 * f2) + w3 * f3 * f3
         key = (np.uint64(np.float32(d2).view(np.uint32)) << np.uint64(8)) | np.uint64(c)
         kmin = min(kmin, key)
     if (kmin >> np.uint64(8)) >= FLT_MAX_BITS:
         return -1
-    return np.int64(nidx[p0 + np.int64(kmin & np.uint64(0xFF))])
+    return np.int64(nidx[p0 + (kmin & np.uint64(0xFF))])
 
 
 @njit(**JIT)
@@ -282,15 +278,15 @@ def _round_levels(idv, xv):
 
 
 @njit(**JIT)
-def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, nc, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux, onaux, ong,
-             ids, scs, sqx, sq2, tab):
+def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux, onaux, ong,
+             ids, scs, sqx, sq2, uk):
     """The per-sub-block part of quantize_row_iq3_xxs_impl (xxs=True, grid 256) or of
     quantize_row_iq3_s_impl (xxs=False, grid 512, block_size 32) for x[xo:xo+32].
 
     Returns (scale, status): status 0 = L (levels, (32,)) and bsigns (4 sign masks) hold the
     result; 1 = the sub-block is skipped (max below ggml's threshold: scale 0, nothing written);
     2 = ggml aborts here. The other arrays are scratch: laux (32, NT_MAX) trial levels, onaux
-    (NT_MAX, 8) trial on-grid flags, ong (8,), ids/scs/sqx/sq2 (NT_MAX,), tab (32,)."""
+    (NT_MAX, 8) trial on-grid flags, ong (8,), ids/scs/sqx/sq2/uk (NT_MAX,)."""
     for i in range(32):
         xv = x[xo + i]
         if weighted:
@@ -350,13 +346,17 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, nc, nq, nidx, lv, w, wa
         for t in range(nt):
             laux[i, t] = _round_levels(ids[t], xv)
     abort = False
-    for t in range(nt):
-        for k in range(8):
-            u = laux[4 * k, t] | (laux[4 * k + 1, t] << 3) | (laux[4 * k + 2, t] << 6) | (laux[4 * k + 3, t] << 9)
+    for k in range(8):
+        for t in range(nt):
+            uk[t] = laux[4 * k, t] | (laux[4 * k + 1, t] << 3) | (laux[4 * k + 2, t] << 6) | (laux[4 * k + 3, t] << 9)
+        x0, x1, x2, x3 = xval[4 * k], xval[4 * k + 1], xval[4 * k + 2], xval[4 * k + 3]
+        w0, w1, w2, w3 = waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3]
+        for t in range(nt):
+            u = uk[t]
             g = kmap[u]
             onaux[t, k] = g >= 0
             if g < 0:
-                g = best_neighbour(st, nc, nq, nidx, u, xval, waux, 4 * k, scs[t])
+                g = best_neighbour(st, npad, nq, nidx, u, x0, x1, x2, x3, w0, w1, w2, w3, scs[t])
                 if g < 0:
                     abort = True
                 else:
@@ -403,7 +403,8 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, nc, nq, nidx, lv, w, wa
                 u |= _round_levels(idv, xval[4 * k + i]) << (3 * i)
             g = kmap[u]
             if g < 0:
-                g = best_neighbour(st, nc, nq, nidx, u, xval, waux, 4 * k, scale)
+                g = best_neighbour(st, npad, nq, nidx, u, xval[4 * k], xval[4 * k + 1], xval[4 * k + 2],
+                                   xval[4 * k + 3], waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3], scale)
             if g < 0:
                 abort = True
             else:
@@ -440,7 +441,7 @@ def _scratch():
             np.zeros(4, np.int64), np.zeros(32, np.int64), np.zeros((32, NT_MAX), np.int64),
             np.zeros((NT_MAX, 8), np.bool_), np.zeros(8, np.bool_), np.zeros(NT_MAX, np.float32),
             np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32),
-            np.zeros(64, np.float32), np.zeros(QK_K // 32, np.float32))
+            np.zeros(NT_MAX, np.int64), np.zeros(QK_K // 32, np.float32))
 
 
 @njit(**JIT)
@@ -455,7 +456,7 @@ def _sigma2(x, xo):
 def quantize_iq3_xxs(x, qw, out):
     """quantize_iq3_xxs (quantize_row_iq3_xxs_impl(256, ...) per row)."""
     weighted = qw.shape[0] == x.shape[1]
-    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab, scales = _scratch()
+    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk, scales = _scratch()
     q3 = np.zeros(3 * QK_K // 8, np.uint8)
     sas = np.zeros(QK_K // 32, np.uint32)
     nbl = x.shape[1] // QK_K
@@ -472,7 +473,7 @@ def quantize_iq3_xxs(x, qw, out):
             abort = False
             for ib in range(QK_K // 32):
                 scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NC256, NQ256, NI256, G256, w, waux,
-                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab)
+                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
                 if st == 1:
                     scales[ib] = _F0
                     continue
@@ -508,7 +509,7 @@ def quantize_iq3_xxs(x, qw, out):
 def quantize_iq3_s(x, qw, out):
     """quantize_iq3_s (quantize_row_iq3_s_impl(32, ...) per row)."""
     weighted = qw.shape[0] == x.shape[1]
-    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab, scales = _scratch()
+    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk, scales = _scratch()
     nbl = x.shape[1] // QK_K
     for r in range(x.shape[0]):
         xr = x[r]
@@ -524,7 +525,7 @@ def quantize_iq3_s(x, qw, out):
             abort = False
             for ib in range(QK_K // 32):
                 scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NC512, NQ512, NI512, G512, w, waux,
-                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, tab)
+                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
                 if st == 1:
                     scales[ib] = _F0
                     continue
