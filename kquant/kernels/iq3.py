@@ -340,10 +340,12 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
         idv = (np.float32(2 * KMAXQ - 1) + np.float32(t - half) * np.float32(0.2)) / mx
         ids[t] = idv
         scs[t] = _F1 / idv
+    for t in range(nt, NT_MAX):  # padding lanes, never used: whole vectors in the lane loops
+        ids[t] = ids[nt - 1]
     # the trials' levels, lanes over t
     for i in range(32):
         xv = xval[i]
-        for t in range(nt):
+        for t in range(NT_MAX):
             laux[i, t] = _round_levels(ids[t], xv)
     abort = False
     for k in range(8):
@@ -363,13 +365,13 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
                     for i in range(4):
                         laux[4 * k + i, t] = lv[g, i]
     # the two sums of every trial, each in ggml's element order, lanes over t
-    for t in range(nt):
+    for t in range(NT_MAX):
         sqx[t] = _F0
         sq2[t] = _F0
     for i in range(32):
         wi = w[i]
         a = wx[i]
-        for t in range(nt):
+        for t in range(NT_MAX):
             q = np.float32(2 * laux[i, t] + 1)
             sqx[t] += a * q
             sq2[t] += wi * q * q
