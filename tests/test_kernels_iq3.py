@@ -137,15 +137,21 @@ def test_tables(name):
     import gguf
 
     _, _, gs, _ = TYPES[name]
-    levels, kmap, nb, nbl = iq3.grid_tables(gs)
+    levels, kmap, nb = iq3.grid_tables(gs)
     assert iq3.grid_tables(gs)[1] is kmap  # built once
     want_kmap, want_nb = _ggml_init(gs)
     np.testing.assert_array_equal(kmap, want_kmap)
     np.testing.assert_array_equal(nb, want_nb)
-    starts = -kmap[kmap < 0] - 1
-    for s in starts:  # neighbour levels match their grid points
-        idx = nb[s + 1 : s + 1 + nb[s]]
-        np.testing.assert_array_equal(nbl[s + 1 : s + 1 + nb[s]], levels[idx])
+    # the search's layout: each list in ggml's order, padded with copies of its last candidate
+    start, npad, nq, nidx = iq3.search_tables(gs)
+    for u in np.flatnonzero(kmap < 0):
+        o = -kmap[u] - 1
+        lst = list(nb[o + 1 : o + 1 + nb[o]])
+        assert npad[u] % iq3.PAD == 0 and 0 <= npad[u] - len(lst) < iq3.PAD
+        got = nidx[start[u] : start[u] + npad[u]]
+        assert list(got) == lst + lst[-1:] * (int(npad[u]) - len(lst))
+        np.testing.assert_array_equal(nq[:, start[u] : start[u] + npad[u]], 2 * levels[got].T + 1)
+    assert not npad[kmap >= 0].any()
     cls = getattr(gguf.quants, name)
     cls.init_grid()
     np.testing.assert_array_equal(iq3.dequant_grid(gs).view(np.uint8).reshape(-1, 4),

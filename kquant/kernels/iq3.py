@@ -133,9 +133,12 @@ KGRID_512 = np.array([
 XXS_DQ_VALUES = np.array([4, 12, 20, 28, 36, 44, 52, 62], dtype=np.uint8)
 
 
+NEAREST = 48  # longer than any neighbour list (38 at most), checked
+
+
 @lru_cache(maxsize=None)
-def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """iq3xs_init_impl(grid_size), once per size: (levels, kmap, neighbours, neighbour_levels).
+def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """iq3xs_init_impl(grid_size), once per size: (levels, kmap, neighbours).
 
     levels      uint8 (grid_size, 4): level l of each coordinate (the_grid byte = 2 l + 1)
     kmap        int32 (4096,): grid index of a level vector u = l0 | l1 << 3 | l2 << 6 | l3 << 9,
@@ -143,7 +146,6 @@ def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     neighbours  uint16: ggml's kneighbors_q3xs; at each offset the count n, then n grid indices:
                 every grid point among the `nwant` smallest squared distances (2 for 256, 3 for
                 512), by (distance, index) as ggml's qsort orders them
-    neighbour_levels  uint8 (len(neighbours), 4): levels of each entry's grid point (count rows 0)
     """
     kgrid = {256: KGRID_256, 512: KGRID_512}[grid_size]
     nwant = 2 if grid_size == 256 else 3
@@ -153,26 +155,27 @@ def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
     kmap[(levels.astype(np.int32) << shifts).sum(axis=1)] = np.arange(grid_size, dtype=np.int32)
     off = np.flatnonzero(kmap < 0)  # ascending, as ggml assigns offsets
     pos = 2 * ((off[:, None] >> shifts) & 7) + 1  # (n_off, 4)
-    gpos = 2 * levels.astype(np.int64) + 1  # (grid_size, 4)
-    d2 = ((gpos[None, :, :] - pos[:, None, :]) ** 2).sum(axis=2)  # (n_off, grid_size)
-    order = np.argsort(d2, axis=1, kind="stable")  # ties by index: ggml's (d2, j) comparison
-    sd2 = np.take_along_axis(d2, order, axis=1)
+    gpos = 2 * levels.astype(np.int32) + 1  # (grid_size, 4)
+    d2 = np.zeros((off.size, grid_size), dtype=np.int32)
+    for i in range(4):
+        d2 += (gpos[None, :, i] - pos[:, None, i].astype(np.int32)) ** 2
+    # ggml's qsort by (d2, j): the keys d2 * grid_size + j are distinct and sort in that order
+    # (only the NEAREST smallest are needed: partition, then sort those)
+    key = d2 * grid_size + np.arange(grid_size, dtype=np.int32)
+    key = np.sort(np.partition(key, NEAREST - 1, axis=1)[:, :NEAREST], axis=1)
+    sd2, order = key // grid_size, key % grid_size
     rank = 1 + np.cumsum(sd2[:, 1:] != sd2[:, :-1], axis=1)  # distinct distances so far
     n = 1 + (rank <= nwant).sum(axis=1)
-    total = int((n + 1).sum())
-    neighbours = np.zeros(total, dtype=np.uint16)
-    nlev = np.zeros((total, 4), dtype=np.uint8)
-    counter = 0
-    for r, u in enumerate(off):
-        kmap[u] = -(counter + 1)
-        neighbours[counter] = n[r]
-        idx = order[r, : n[r]]
-        neighbours[counter + 1 : counter + 1 + n[r]] = idx
-        nlev[counter + 1 : counter + 1 + n[r]] = levels[idx]
-        counter += 1 + n[r]
-    for a in (levels, kmap, neighbours, nlev):
+    assert n.max() < NEAREST, "a neighbour list longer than NEAREST"
+    offsets = np.concatenate(([0], np.cumsum(n + 1)[:-1]))
+    kmap[off] = -(offsets + 1)
+    neighbours = np.zeros(int((n + 1).sum()), dtype=np.uint16)
+    neighbours[offsets] = n
+    take = np.arange(NEAREST)[None, :] < n[:, None]
+    neighbours[(offsets[:, None] + 1 + np.arange(NEAREST)[None, :])[take]] = order[take]
+    for a in (levels, kmap, neighbours):
         a.setflags(write=False)
-    return levels, kmap, neighbours, nlev
+    return levels, kmap, neighbours
 
 
 PAD = 8  # candidate lists padded to a multiple of this (one vector of float32 lanes)
@@ -190,20 +193,17 @@ def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
                   of its last candidate, which can never be chosen over the first)
     nidx          uint16 (P,): each candidate's grid index
     """
-    levels, kmap, nb, _ = grid_tables(grid_size)
+    levels, kmap, nb = grid_tables(grid_size)
+    off = np.flatnonzero(kmap < 0)
+    o = -kmap[off] - 1  # offsets of the lists in nb
+    n = nb[o].astype(np.int64)
+    padded = (n + PAD - 1) // PAD * PAD
     start = np.zeros(KMAP_SIZE, dtype=np.uint32)
     npad = np.zeros(KMAP_SIZE, dtype=np.uint32)
-    idx = []
-    p = 0
-    for u in np.flatnonzero(kmap < 0):
-        o = -kmap[u] - 1
-        n = int(nb[o])
-        lst = list(nb[o + 1 : o + 1 + n])
-        lst += lst[-1:] * (-n % PAD)
-        start[u], npad[u] = p, len(lst)
-        idx += lst
-        p += len(lst)
-    nidx = np.array(idx, dtype=np.uint16)
+    start[off] = np.concatenate(([0], np.cumsum(padded)[:-1]))
+    npad[off] = padded
+    j = np.arange(int(padded.max()))[None, :]
+    nidx = nb[o[:, None] + 1 + np.minimum(j, n[:, None] - 1)][j < padded[:, None]]
     nq = np.ascontiguousarray((2 * levels[nidx] + 1).T.astype(np.uint8))
     for a in (start, npad, nq, nidx):
         a.setflags(write=False)
@@ -225,8 +225,8 @@ def ksigns() -> np.ndarray:
     return (i | (par << 7)).astype(np.uint8)
 
 
-G256, KMAP256 = grid_tables(256)[:2]
-G512, KMAP512 = grid_tables(512)[:2]
+G256, KMAP256, _ = grid_tables(256)
+G512, KMAP512, _ = grid_tables(512)
 ST256, NC256, NQ256, NI256 = search_tables(256)
 ST512, NC512, NQ512, NI512 = search_tables(512)
 XXS_DQ = XXS_DQ_VALUES[G256]  # (256, 4) dequantizer bytes
