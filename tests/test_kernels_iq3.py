@@ -18,18 +18,16 @@ import numpy as np
 import pytest
 
 from kquant import reference
-from kquant.kernels import iq3
-from kquant.types import QK_K
+from kquant.ggml import quants
+from kquant.ggml.kernels import iq3
+from kquant.types import BLOCK_DTYPES, QK_K, QType
 
-from kernel_data import EMPTY, fresh_rng, make_w, make_x
+from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
-# name -> (ggml type id, bytes per block, grid size, kernels)
-TYPES = {
-    "IQ3_XXS": (18, iq3.XXS_BYTES, 256, iq3.BY_NAME["IQ3_XXS"]),
-    "IQ3_S": (21, iq3.S_BYTES, 512, iq3.BY_NAME["IQ3_S"]),
-}
+TYPES = [QType.IQ3_XXS, QType.IQ3_S]
+GRID = {QType.IQ3_XXS: 256, QType.IQ3_S: 512}
 
 KINDS = [
     "normal",
@@ -64,43 +62,6 @@ def x_of(kind, rows, cols, rng):
     return x
 
 
-def ref_quantize(name, x, w):
-    """ggml_quantize_chunk for type `name` over all rows of x."""
-    tid, ts, _, _ = TYPES[name]
-    lib = reference._lib()
-    rows, cols = x.shape
-    out = np.zeros((rows, cols // QK_K * ts), dtype=np.uint8)
-    lib.ggml_quantize_init(tid)
-    n = lib.ggml_quantize_chunk(tid, x.ctypes.data, out.ctypes.data, 0, rows, cols, None if w is None else w.ctypes.data)
-    assert n == out.nbytes
-    return out
-
-
-def ref_dequantize(name, q, rows, cols):
-    tid = TYPES[name][0]
-    out = np.empty(rows * cols, dtype=np.float32)
-    traits = reference._lib().ggml_get_type_traits(tid).contents
-    reference._TO_FLOAT(traits.to_float)(np.ascontiguousarray(q).ctypes.data, out.ctypes.data, rows * cols)
-    return out.reshape(rows, cols)
-
-
-def ours(name, x, w):
-    _, ts, _, k = TYPES[name]
-    out = np.zeros((x.shape[0], x.shape[1] // QK_K * ts), dtype=np.uint8)
-    k.quantize(x, EMPTY if w is None else w, out)
-    return out
-
-
-def check(name, x, w, what):
-    got, want = ours(name, x, w), ref_quantize(name, x, w)
-    if not np.array_equal(got, want):
-        ts = TYPES[name][1]
-        r, c = np.argwhere(got != want)[0]
-        b = c // ts
-        raise AssertionError(f"{name} {what}: first difference row {r} block {b}: got {got[r, b * ts:(b + 1) * ts].tolist()} "
-                             f"want {want[r, b * ts:(b + 1) * ts].tolist()} x={x[r, b * QK_K:(b + 1) * QK_K].tolist()}")
-
-
 # ------------------------------------------------------------------------------------------- tables
 def _ggml_init(grid_size):
     """iq3xs_init_impl's loops, literally: (kmap, kneighbors)."""
@@ -132,11 +93,11 @@ def _ggml_init(grid_size):
     return np.array(kmap), np.array(neighbours)
 
 
-@pytest.mark.parametrize("name", TYPES)
-def test_tables(name):
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_tables(t):
     import gguf
 
-    _, _, gs, _ = TYPES[name]
+    gs = GRID[t]
     levels, kmap, nb = iq3.grid_tables(gs)
     assert iq3.grid_tables(gs)[1] is kmap  # built once
     want_kmap, want_nb = _ggml_init(gs)
@@ -152,7 +113,7 @@ def test_tables(name):
         assert list(got) == lst + lst[-1:] * (int(npad[u]) - len(lst))
         np.testing.assert_array_equal(nq[:, start[u] : start[u] + npad[u]], 2 * levels[got].T + 1)
     assert not npad[kmap >= 0].any()
-    cls = getattr(gguf.quants, name)
+    cls = getattr(gguf.quants, t.name)
     cls.init_grid()
     np.testing.assert_array_equal(iq3.dequant_grid(gs).view(np.uint8).reshape(-1, 4),
                                   cls.grid.reshape(-1, 4).astype(np.uint8))
@@ -160,25 +121,25 @@ def test_tables(name):
 
 
 # ----------------------------------------------------------------------------------------- quantize
-@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("kind", KINDS)
-def test_quantize_unweighted(name, kind):
+def test_quantize_unweighted(t, kind):
     s, rng = fresh_rng()
     for rows, cols in SHAPES:
-        check(name, x_of(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+        check(t, x_of(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
 
 
-@pytest.mark.parametrize("name", TYPES)
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("wkind", WKINDS)
-def test_quantize_weighted(name, wkind):
+def test_quantize_weighted(t, wkind):
     s, rng = fresh_rng()
     for kind in KINDS:
         rows, cols = SHAPES[len(kind) % 2]
-        check(name, x_of(kind, rows, cols, rng), make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+        check(t, x_of(kind, rows, cols, rng), make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
 
 
-@pytest.mark.parametrize("name", TYPES)
-def test_quantize_hand_built(name):
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_quantize_hand_built(t):
     """One-block cases: zeros, a constant, one outlier, +-max, one zero sub-block among others
     (IQ3_S then shifts the later sub-blocks' qs/signs down, as ggml's writer does)."""
     s, rng = fresh_rng()
@@ -194,7 +155,7 @@ def test_quantize_hand_built(name):
     cases[6] = rng.standard_normal(QK_K) * 1e-9  # IQ3_XXS: below GROUP_MAX_EPS_IQ3_XXS
     cases[7, ::8] = -1.0  # one negative per 8: an odd flip count in every group
     for w in (None, make_w("heavy", QK_K, rng)):
-        check(name, cases, w, f"hand-built seed={s}")
+        check(t, cases, w, f"hand-built seed={s}")
 
 
 # --------------------------------------------------------------------------------- ggml's aborts
@@ -214,24 +175,23 @@ sys.stdout.write("survived")
 """
 
 
-def _ggml_aborts(name, x, w, tmp_path) -> bool:
+def _ggml_aborts(t, x, w, tmp_path) -> bool:
     p = tmp_path / "in.npz"
-    np.savez(p, x=x.reshape(-1), w=np.zeros(0, np.float32) if w is None else w, tid=TYPES[name][0])
+    np.savez(p, x=x.reshape(-1), w=np.zeros(0, np.float32) if w is None else w, tid=int(t))
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
     r = subprocess.run([sys.executable, "-c", _CHILD, reference.lib_dir(), str(p)], capture_output=True, text=True,
                        timeout=60, env=env)
     return r.stdout != "survived"
 
 
-def _flagged(name, q) -> bool:
-    """kquant's abort mark: a NaN fp16 scale (d at offset 0 of each block)."""
-    ts = TYPES[name][1]
-    d = q.reshape(-1, ts)[:, :2].copy().view("<u2").reshape(-1)
+def _flagged(t, q) -> bool:
+    """kquant's abort mark: a NaN fp16 scale d."""
+    d = q.reshape(-1).view(BLOCK_DTYPES[t])["d"]
     return bool((((d & 0x7C00) == 0x7C00) & ((d & 0x3FF) != 0)).any())
 
 
-@pytest.mark.parametrize("name", TYPES)
-def test_abort(name, tmp_path):
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_abort(t, tmp_path):
     """Where ggml aborts (run in a child process), kquant marks the block (kquant.quants then refuses
     the tensor); where ggml does not, kquant matches its bytes."""
     s, rng = fresh_rng()
@@ -245,32 +205,49 @@ def test_abort(name, tmp_path):
              "1e12": (x * np.float32(1e12), None), "1e6": (x * np.float32(1e6), None)}
     aborted = []
     for what, (xi, w) in cases.items():
-        got = ours(name, xi.reshape(1, -1), w)
-        aborts = _ggml_aborts(name, xi, w, tmp_path)
-        assert _flagged(name, got) == aborts, f"{what}: ggml aborts={aborts} seed={s}"
+        got = ours(t, xi.reshape(1, -1), w)
+        aborts = _ggml_aborts(t, xi, w, tmp_path)
+        assert _flagged(t, got) == aborts, f"{what}: ggml aborts={aborts} seed={s}"
         if aborts:
             aborted.append(what)
+            with pytest.raises(ValueError, match=f"values too large for {t.name}"):
+                quants.quantize(xi.reshape(1, -1), t, w, check_finite=False)
         else:
-            np.testing.assert_array_equal(got, ref_quantize(name, xi.reshape(1, -1), w), err_msg=f"{what} seed={s}")
+            np.testing.assert_array_equal(got, reference.quantize(xi.reshape(1, -1), t, w), err_msg=f"{what} seed={s}")
     assert {"1e20", "w=3e38"} <= set(aborted) and "1e6" not in aborted  # (a NaN aborts depending on where it is)
 
 
+# ------------------------------------------------------------------------------- kquant.quantize
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_quantize_api_threads(t):
+    """Through kquant.quantize (row ranges on threads), with and without weights; a non-finite input
+    is refused (ggml aborts on it)."""
+    s, rng = fresh_rng()
+    x = (rng.standard_normal((48, 1024)) * rng.uniform(1e-3, 10, (48, 1))).astype(np.float32)
+    for w in (None, make_w("uniform", 1024, rng)):
+        got = quants.quantize(x, t, w)
+        np.testing.assert_array_equal(got, reference.quantize(x, t, w), err_msg=f"seed={s}")
+        np.testing.assert_array_equal(quants.dequantize(got, t, x.shape), reference.dequantize(got, t, x.shape))
+    x[3, 5] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        quants.quantize(x, t)
+
+
 # --------------------------------------------------------------------------------------- dequantize
-@pytest.mark.parametrize("name", TYPES)
-def test_dequantize(name):
+@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+def test_dequantize(t):
     import gguf
 
     s, rng = fresh_rng()
-    _, ts, _, k = TYPES[name]
     rows, cols = 9, 1024
     # quantized real data, plus raw random blocks (any grid index, sign and scale; finite d)
-    q1 = ours(name, make_x("normal", rows, cols, rng), None)
+    q1 = ours(t, make_x("normal", rows, cols, rng), None)
     q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)
-    q2.reshape(rows, -1, ts)[:, :, 1] &= 0xBB  # fp16 exponent < 31: finite d
+    q2.reshape(rows, -1, t.type_size)[:, :, iq3.XXS_D + 1 if t == QType.IQ3_XXS else iq3.S_D + 1] &= 0xBB  # finite d
     for q in (q1, q2):
         got = np.empty((rows, cols), dtype=np.float32)
-        k.dequantize(q, got)
-        want = ref_dequantize(name, q, rows, cols)
+        KERNELS[t].dequantize(q, got)
+        want = reference.dequantize(q, t, (rows, cols))
         np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
-        g = gguf.quants.dequantize(q, getattr(gguf.GGMLQuantizationType, name))
+        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
         np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")

@@ -34,7 +34,7 @@ so after an all-zero sub-block the later ones shift down; mirrored here.)
 Where ggml aborts (GGML_ASSERT / GGML_ABORT: iq3_find_best_neighbour with no finite candidate,
 a NaN scale; reachable only when float32 intermediates overflow or turn NaN: NaN/Inf input,
 |x| around 1e12 and above, weights near FLT_MAX), the kernel stores a NaN fp16 scale in that
-block, so kquant.quants' scale check refuses the tensor with a one-line error.
+block, so kquant.ggml.quants' scale check refuses the tensor with a one-line error.
 
 Speed: the 31 (IQ3_XXS) or 19 (IQ3_S) trial scales of a sub-block are lanes: their roundings and
 their two weighted sums (each in ggml's element order) run side by side; the neighbour search
@@ -49,7 +49,7 @@ from functools import lru_cache
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import get_f16, nearest_int, put_f16, sel
 
@@ -60,17 +60,11 @@ FLT_MAX = np.float32(3.4028234663852886e38)
 GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 NAN_F16 = 0x7E00  # the stored scale of a block where ggml aborts
 
-# ---------------------------------------------------------------------------------- block layouts
-# ggml-common.h block_iq3_xxs / block_iq3_s, field by field (offsets derived below)
-_HALF = "<u2"
-XXS_DTYPE = np.dtype([("d", _HALF), ("qs", "u1", 3 * QK_K // 8)])
-S_DTYPE = np.dtype([("d", _HALF), ("qs", "u1", QK_K // 4), ("qh", "u1", QK_K // 32), ("signs", "u1", QK_K // 8),
-                    ("scales", "u1", QK_K // 64)])
-XXS_BYTES, S_BYTES = XXS_DTYPE.itemsize, S_DTYPE.itemsize
-assert (XXS_BYTES, S_BYTES) == (98, 110)
-XXS_D, XXS_QS = (XXS_DTYPE.fields[n][1] for n in ("d", "qs"))
+# block layouts: offsets from the declared fields (kquant.ggml.types)
+XXS_BYTES, S_BYTES = QType.IQ3_XXS.type_size, QType.IQ3_S.type_size
+XXS_D, XXS_QS = field_offsets(QType.IQ3_XXS, "d", "qs")
 XXS_SAS = XXS_QS + QK_K // 4  # scales_and_signs = qs + QK_K/4
-S_D, S_QS, S_QH, S_SIGNS, S_SCALES = (S_DTYPE.fields[n][1] for n in ("d", "qs", "qh", "signs", "scales"))
+S_D, S_QS, S_QH, S_SIGNS, S_SCALES = field_offsets(QType.IQ3_S, "d", "qs", "qh", "signs", "scales")
 
 # ----------------------------------------------------------------------------------------- tables
 # ggml-quants.c iq3xs_init_impl: kgrid_256 / kgrid_512, each point 4 x 3 bits (level of coordinate
@@ -612,8 +606,7 @@ def dequantize_iq3_s(q, out):
                         yr[yo + 4 + j] = -v2 if signs & (1 << (j + 4)) else v2
 
 
-BY_NAME = {
-    "IQ3_XXS": Kernel(quantize_iq3_xxs, dequantize_iq3_xxs),
-    "IQ3_S": Kernel(quantize_iq3_s, dequantize_iq3_s),
+KERNELS = {
+    QType.IQ3_XXS: Kernel(quantize_iq3_xxs, dequantize_iq3_xxs),
+    QType.IQ3_S: Kernel(quantize_iq3_s, dequantize_iq3_s),
 }
-KERNELS = {QType[n]: k for n, k in BY_NAME.items() if n in QType.__members__}
