@@ -182,7 +182,7 @@ def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
 
     start, npad   uint32 (4096,): where vector u's candidates begin in nq/nidx and how many there
                   are, padded (0 for a vector on the grid)
-    nq            uint8 (4, P): coordinate i of each candidate as its grid byte 2 l + 1 (columns:
+    nq            float32 (4, P): coordinate i of each candidate, its grid byte 2 l + 1 (columns:
                   candidates, in ggml's order; each list padded to a multiple of PAD with copies
                   of its last candidate, which can never be chosen over the first)
     nidx          uint16 (P,): each candidate's grid index
@@ -198,7 +198,7 @@ def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, n
     npad[off] = padded
     j = np.arange(int(padded.max()))[None, :]
     nidx = nb[o[:, None] + 1 + np.minimum(j, n[:, None] - 1)][j < padded[:, None]]
-    nq = np.ascontiguousarray((2 * levels[nidx] + 1).T.astype(np.uint8))
+    nq = np.ascontiguousarray((2 * levels[nidx] + 1).T.astype(np.float32))
     for a in (start, npad, nq, nidx):
         a.setflags(write=False)
     return start, npad, nq, nidx
@@ -253,10 +253,10 @@ def best_neighbour(st, npad, nq, nidx, u, x0, x1, x2, x3, w0, w1, w2, w3, scale)
     kmin = np.uint64(0xFFFFFFFFFFFFFFFF)
     for c in range(npad[u]):
         e = p0 + np.uint64(c)
-        f0 = scale * np.float32(nq[0, e]) - x0
-        f1 = scale * np.float32(nq[1, e]) - x1
-        f2 = scale * np.float32(nq[2, e]) - x2
-        f3 = scale * np.float32(nq[3, e]) - x3
+        f0 = scale * nq[0, e] - x0
+        f1 = scale * nq[1, e] - x1
+        f2 = scale * nq[2, e] - x2
+        f3 = scale * nq[3, e] - x3
         d2 = (((_F0 + w0 * f0 * f0) + w1 * f1 * f1) + w2 * f2 * f2) + w3 * f3 * f3
         key = (np.uint64(np.float32(d2).view(np.uint32)) << np.uint64(8)) | np.uint64(c)
         kmin = min(kmin, key)
