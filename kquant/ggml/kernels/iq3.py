@@ -33,13 +33,14 @@ so after an all-zero sub-block the later ones shift down; mirrored here.)
 
 Where ggml aborts (GGML_ASSERT / GGML_ABORT: iq3_find_best_neighbour with no finite candidate,
 a NaN scale; reachable only when float32 intermediates overflow or turn NaN: NaN/Inf input,
-|x| around 1e12 and above, weights near FLT_MAX), the kernel stores a NaN fp16 scale in that
-block, so kquant.ggml.quants' scale check refuses the tensor with a one-line error.
+|x| far past the fp16 range of the scales, weights near FLT_MAX), the kernel stores a NaN fp16
+scale in that block, so kquant.ggml.quants' scale check refuses the tensor with a one-line error.
 
-Speed: the 31 (IQ3_XXS) or 19 (IQ3_S) trial scales of a sub-block are lanes: their roundings and
-their two weighted sums (each in ggml's element order) run side by side; the neighbour search
-evaluates each candidate from a per-group table of the 4 x 8 per-coordinate terms, added in
-ggml's order.
+Speed (same bytes): the 31 (IQ3_XXS) or 19 (IQ3_S) trial scales of a sub-block are lanes (padded
+to 32): their roundings and their two weighted sums, each in ggml's element order, run side by
+side. The neighbour search runs over each candidate list as lanes (lists padded to whole
+vectors, coordinates stored as floats, unsigned indices for contiguous loads) and picks ggml's
+first smallest d2 as an integer minimum (`best_neighbour`).
 """
 
 from __future__ import annotations
