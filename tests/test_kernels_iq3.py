@@ -11,6 +11,7 @@ Seeds are fresh on every run (set KQUANT_TEST_SEED to replay one; failures print
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 
@@ -135,7 +136,8 @@ def test_quantize_weighted(t, wkind):
     s, rng = fresh_rng()
     for kind in KINDS:
         rows, cols = SHAPES[len(kind) % 2]
-        check(t, x_of(kind, rows, cols, rng), make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+        x, w = x_of(kind, rows, cols, rng), make_w(wkind, cols, rng)
+        check(t, x, w, f"{kind} {rows}x{cols} weights={wkind} seed={s}")
 
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
@@ -165,7 +167,8 @@ import numpy as np
 d = sys.argv[1]
 lib = ctypes.CDLL(sorted(glob.glob(d + "/libggml-base.so*"))[0])
 lib.ggml_quantize_chunk.restype = ctypes.c_size_t
-lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p] + [ctypes.c_int64] * 3 + [ctypes.c_void_p]
+i64, ptr = ctypes.c_int64, ctypes.c_void_p
+lib.ggml_quantize_chunk.argtypes = [ctypes.c_int, ptr, ptr, i64, i64, i64, ptr]
 z = np.load(sys.argv[2])
 x, w, tid = z["x"], z["w"], int(z["tid"])
 out = np.zeros(4096, np.uint8)
@@ -176,12 +179,14 @@ sys.stdout.write("survived")
 
 
 def _ggml_aborts(t, x, w, tmp_path) -> bool:
+    """Whether ggml_quantize_chunk aborts (SIGABRT) on one row x with weights w, in a child process."""
     p = tmp_path / "in.npz"
     np.savez(p, x=x.reshape(-1), w=np.zeros(0, np.float32) if w is None else w, tid=int(t))
     env = dict(os.environ, GGML_NO_BACKTRACE="1")
     r = subprocess.run([sys.executable, "-c", _CHILD, reference.lib_dir(), str(p)], capture_output=True, text=True,
                        timeout=60, env=env)
-    return r.stdout != "survived"
+    assert (r.returncode, r.stdout) in ((0, "survived"), (-signal.SIGABRT, "")), (r.returncode, r.stderr[-2000:])
+    return r.returncode != 0
 
 
 def _flagged(t, q) -> bool:

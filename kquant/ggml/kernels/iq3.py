@@ -57,7 +57,6 @@ from ._common import get_f16, nearest_int, put_f16, sel
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 KMAXQ = 8
 KMAP_SIZE = 4096
-FLT_MAX = np.float32(3.4028234663852886e38)
 GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
 NAN_F16 = 0x7E00  # the stored scale of a block where ggml aborts
 
@@ -222,8 +221,8 @@ def ksigns() -> np.ndarray:
 
 G256, KMAP256, _ = grid_tables(256)
 G512, KMAP512, _ = grid_tables(512)
-ST256, NC256, NQ256, NI256 = search_tables(256)
-ST512, NC512, NQ512, NI512 = search_tables(512)
+ST256, NP256, NQ256, NI256 = search_tables(256)
+ST512, NP512, NQ512, NI512 = search_tables(512)
 XXS_DQ = XXS_DQ_VALUES[G256]  # (256, 4) dequantizer bytes
 S_DQ = (2 * G512 + 1).astype(np.uint8)  # (512, 4)
 KSIGNS = ksigns()
@@ -233,10 +232,8 @@ _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF_F = np.float32(0.5)
 NT_XXS, NT_S = 31, 19  # trial scales: is = -15..15 / -9..9
-NT_MAX = 32
-
-
-FLT_MAX_BITS = np.uint64(0x7F7FFFFF)
+NT_MAX = 32  # trial lanes
+FLT_MAX_BITS = np.uint64(0x7F7FFFFF)  # float32 FLT_MAX as bits
 
 
 @njit(inline="always", **JIT)
@@ -273,7 +270,8 @@ def _round_levels(idv, xv):
 
 
 @njit(**JIT)
-def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux, onaux, ong,
+def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux,
+             onaux, ong,
              ids, scs, sqx, sq2, uk):
     """The per-sub-block part of quantize_row_iq3_xxs_impl (xxs=True, grid 256) or of
     quantize_row_iq3_s_impl (xxs=False, grid 512, block_size 32) for x[xo:xo+32].
@@ -401,7 +399,8 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
             g = kmap[u]
             if g < 0:
                 g = best_neighbour(st, npad, nq, nidx, u, xval[4 * k], xval[4 * k + 1], xval[4 * k + 2],
-                                   xval[4 * k + 3], waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3], scale)
+                                   xval[4 * k + 3], waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3],
+                                   scale)
             if g < 0:
                 abort = True
             else:
@@ -469,8 +468,8 @@ def quantize_iq3_xxs(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NC256, NQ256, NI256, G256, w, waux,
-                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NP256, NQ256, NI256,
+                                     G256, w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
                 if st == 1:
                     scales[ib] = _F0
                     continue
@@ -521,8 +520,8 @@ def quantize_iq3_s(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NC512, NQ512, NI512, G512, w, waux,
-                                     xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NP512, NQ512, NI512,
+                                     G512, w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
                 if st == 1:
                     scales[ib] = _F0
                     continue
@@ -565,8 +564,8 @@ def dequantize_iq3_xxs(q, out):
             d = get_f16(qr, off + XXS_D)
             for ib in range(QK_K // 32):
                 so = off + XXS_SAS + 4 * ib
-                aux = (np.uint32(qr[so]) | (np.uint32(qr[so + 1]) << np.uint32(8)) | (np.uint32(qr[so + 2]) << np.uint32(16))
-                       | (np.uint32(qr[so + 3]) << np.uint32(24)))
+                aux = (np.uint32(qr[so]) | (np.uint32(qr[so + 1]) << np.uint32(8))
+                       | (np.uint32(qr[so + 2]) << np.uint32(16)) | (np.uint32(qr[so + 3]) << np.uint32(24)))
                 db = d * (np.float32(0.5) + np.float32(aux >> np.uint32(28))) * np.float32(0.5)
                 for l in range(4):
                     signs = ks[(aux >> np.uint32(7 * l)) & np.uint32(127)]
