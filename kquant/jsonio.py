@@ -54,7 +54,7 @@ def depth(doc: Any, limit: int = MAX_DEPTH) -> int:
                 return best
         vals = x.values() if isinstance(x, dict) else x
         for v in vals:
-            if isinstance(v, (dict, list)) and v:
+            if isinstance(v, (dict, list)):
                 stack.append((v, d + 1))
     return best if isinstance(doc, (dict, list)) else 0
 

@@ -11,7 +11,6 @@ llama-cpp-python 0.3.36. Architecture specifics live in `tables.py`; tokenizers 
 
 from __future__ import annotations
 
-import math
 import re
 from math import prod
 from pathlib import Path
@@ -133,6 +132,7 @@ def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:
 _ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "attn_factor", "beta_fast",
                  "beta_slow", "extrapolation_factor", "rope_theta", "partial_rotary_factor", "mscale", "mscale_all_dim")
 _ROPE_INTS = ("original_max_position_embeddings",)
+_F32_MAX = 3.4028234663852886e38
 
 
 def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
@@ -147,12 +147,14 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
             _check_rope(v, path, key)
         elif k in ("type", "rope_type") and not isinstance(v, str):
             raise InputError(f"{path}: {key!r} must be a string, got {v!r}"[:200])
-        elif k in _ROPE_NUMBERS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)):
-            raise InputError(f"{path}: {key!r} must be a finite number, got {v!r}"[:200])
+        elif k in _ROPE_NUMBERS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= _F32_MAX):
+            raise InputError(f"{path}: {key!r} must be a finite number (float32 range), got {v!r}"[:200])
+        elif k in ("rope_theta", "factor") and v <= 0:
+            raise InputError(f"{path}: {key!r} must be positive, got {v!r}")
         elif k in _ROPE_INTS and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**32):
             raise InputError(f"{path}: {key!r} must be a positive 32-bit integer, got {v!r}"[:200])
         elif k in ("long_factor", "short_factor") and not (isinstance(v, list) and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F32_MAX for x in v)):
             raise InputError(f"{path}: {key!r} must be a list of numbers"[:200])
 
 

@@ -140,15 +140,22 @@ def _file_type_placeholder(ctx: ParamCtx) -> None:
     ctx.kv.add_uint32(K.GENERAL_FILE_TYPE, 32)
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
 def _u32(ctx: ParamCtx, name: str, v, what: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise InputError(f"{ctx.config_path}: {what} must be an integer, got {v!r}")
+    if not 0 <= v < 2**32:  # GGUF UINT32 (gguf-py's struct.pack would raise)
+        raise InputError(f"{ctx.config_path}: {what} must be a 32-bit unsigned integer, got {v!r}")
     ctx.kv.add_uint32(_key(ctx, name), v)
 
 
 def _f32(ctx: ParamCtx, name: str, v, what: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InputError(f"{ctx.config_path}: {what} must be a number, got {v!r}")
+    if not abs(v) <= _F32_MAX:  # GGUF FLOAT32 (gguf-py's struct.pack would raise)
+        raise InputError(f"{ctx.config_path}: {what} must be within float32 range, got {v!r}")
     ctx.kv.add_float32(_key(ctx, name), v)
 
 
