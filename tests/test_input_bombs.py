@@ -108,6 +108,13 @@ CLI_CASES = {
 }
 
 
+def _limit_memory() -> None:
+    """Popen preexec_fn: the 3 GiB address-space limit the issue's bombs ran under."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+
+
 @pytest.mark.parametrize("case", list(CLI_CASES))
 def test_cli_one_line_error(tmp_path, case):
     make, args, needles = CLI_CASES[case]
@@ -118,7 +125,7 @@ def test_cli_one_line_error(tmp_path, case):
     before = snapshot(m)
     out = tmp_path / "out" / "o.gguf"
     out.parent.mkdir()
-    r = kq("convert", m, "-o", out, *args)
+    r = kq("convert", m, "-o", out, *args, preexec_fn=_limit_memory)
     one_line_error(r, *needles, code=InputError.exit_code)
     assert not out.exists()
     no_leftovers(out.parent)
@@ -154,6 +161,17 @@ def _error(m, **kw) -> str:
 def test_count_bombs(model, key, value, needle):
     edit_json(model / "config.json", **{key: value})
     assert needle in _error(model)
+
+
+def test_real_tokenizers_within_bounds():
+    # the largest real tokenizer.json files fit the bound their vocab_size gives (Gemma 3: 33 MB for 262,208
+    # ids; Qwen2.5: 7 MB for 151,936; Llama 3: 9 MB, 280k merges for 128,256); tests/test_vocab.py converts
+    # the Qwen2 and Llama 3 ones
+    def limit(n):
+        return vocab.TOKENIZER_BASE_BYTES + vocab.TOKENIZER_BYTES_PER_TOKEN * n
+
+    assert limit(262_208) > 2 * 33_400_000 and limit(151_936) > 4 * 7_000_000 and limit(128_256) > 3 * 9_100_000
+    assert vocab.MERGES_PER_TOKEN * 128_256 > 2 * 280_147
 
 
 def test_merge_count_bomb(model):
