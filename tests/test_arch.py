@@ -509,7 +509,7 @@ def _edit_config(d: Path, **kw) -> None:
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0}), InputError,
      "'rope_scaling.low_freq_factor' must be a positive number, got 0"),
     (dict(rope_scaling={"rope_type": "linear", "factor": "hot"}), InputError,
-     "'rope_scaling.factor' must be a finite number (float32 range), got 'hot'"),
+     "'rope_scaling.factor' must be a finite number \\(float32 range\\), got 'hot'"),
     (dict(rope_scaling={"rope_type": 3}), InputError, "'rope_scaling.rope_type' must be a string"),
     (dict(vocab_size=31999), InputError, "expected \\[31999, 128\\]"),
     (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
