@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +44,22 @@ def _no_duplicates(pairs):
 
 
 def depth(doc: Any, limit: int = MAX_DEPTH) -> int:
-    """Nesting depth of a parsed document (iterative), stopping once it exceeds `limit`."""
-    best = 0
-    stack = [(doc, 1)]
-    while stack:
-        x, d = stack.pop()
-        if d > best:
-            best = d
-            if best > limit:
-                return best
-        vals = x.values() if isinstance(x, dict) else x
-        for v in vals:
-            if isinstance(v, (dict, list)):
-                stack.append((v, d + 1))
-    return best if isinstance(doc, (dict, list)) else 0
+    """Nesting depth of a parsed document (breadth first, C-level scans), stopping past `limit`."""
+    if type(doc) is not dict and type(doc) is not list:
+        return 0
+    level, d = [doc], 1
+    while d <= limit:
+        nxt: list = []
+        for x in level:
+            vals = x.values() if type(x) is dict else x
+            nxt.extend(compress(vals, map(_CONTAINERS.__contains__, map(type, vals))))  # json makes exact types
+        if not nxt:
+            return d
+        level, d = nxt, d + 1
+    return d
+
+
+_CONTAINERS = frozenset((dict, list))
 
 
 def loads(text: str | bytes, where, max_depth: int = MAX_DEPTH) -> Any:

@@ -321,11 +321,11 @@ class SpecialVocab:
         self.merges = merges
         return True
 
-    def _set_special_token(self, typ: str, tid: Any) -> None:
+    def _set_special_token(self, typ: str, tid: Any, where: str = "") -> None:
         if not isinstance(tid, int) or isinstance(tid, bool):
             return
         if tid < 0:
-            raise InputError(f"invalid value for special token type {typ}: {tid}")
+            raise InputError(f"{where or 'tokenizer'}: invalid value for special token type {typ}: {tid}")
         if self.n_vocab is None or tid < self.n_vocab:
             if typ in self.special_token_ids:
                 return
@@ -496,7 +496,7 @@ class SpecialVocab:
             token_id = config.get(f"{typ}_token_id")
             if token_id is None and isinstance(config.get("text_config"), dict):
                 token_id = config["text_config"].get(f"{typ}_token_id")
-            self._set_special_token(typ, token_id)
+            self._set_special_token(typ, token_id, f"{config_file}: '{typ}_token_id'")
         return True
 
 

@@ -405,3 +405,8 @@ def test_fuzz_tokenizer_values(fuzz_models, fname):
         _fuzz_file(bpe, fname, base, muts, tokenizer_pre="gpt-2")
 
     run()
+
+
+def test_negative_special_token_id(model):
+    edit_json(model / "config.json", bos_token_id=-1)
+    assert "config.json: 'bos_token_id': invalid value for special token type bos: -1" in _error(model)
