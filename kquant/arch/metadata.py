@@ -13,7 +13,6 @@ Only the port's header, `MetaWriter` and `meta_kv` are kquant's own.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
