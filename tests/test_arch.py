@@ -523,6 +523,14 @@ def test_config_errors(models, edit, err, match):
     assert "\n" not in str(e.value) and "config.json" in str(e.value) or "Tiny-llama2" in str(e.value)
 
 
+@pytest.mark.parametrize("case,key,n", [("mixtral", "num_local_experts", 3), ("qwen2moe", "num_experts", 4)])
+def test_expert_count_bomb(models, case, key, n):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **{key: 10**9})
+    with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
+        load_spec(d, vocab=False)
+
+
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "rope_theta": NaN}')
