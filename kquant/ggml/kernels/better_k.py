@@ -1,0 +1,280 @@
+"""`rounding="best"` for the affine k-quants Q4_K and Q5_K: a stronger search in ggml's format.
+
+Not a port: ggml's bytes come first (kquant.ggml.kernels.q4_k's exact port), then each
+super-block is improved by a coordinate descent on the discrete block parameters, for the same
+weighted squared error ggml's search minimises:
+
+    E = sum_i w_i (y_i - x_i)^2,   y = fp16(d)*sc_j * q_i - fp16(dmin)*m_j   (sub-block j of i)
+
+with ggml's weights for the path it takes (quantize_row_q4_K_ref / q5_K_ref: w = av_x + |x|,
+av_x = rms of the 32-value sub-block; quantize_row_q4_K_impl / q5_K_impl with an imatrix:
+w = qw * sqrt(sigma2 + x^2), sigma2 = 2*sum(x^2)/256 over the super-block).
+
+One pass of the descent, repeated N_PASSES times:
+1. with fp16(d), fp16(dmin) fixed, each sub-block tries every 6-bit scale within SC_RADIUS of
+   its own; for each, the weighted least-squares min given the levels, rounded to the 6-bit
+   grid (and its two neighbours), levels re-rounded to the nearest, error exact;
+2. with the 6-bit scales, mins and levels fixed, (d, dmin) are the 2x2 weighted least-squares
+   solution, stored as fp16; levels re-rounded against the fp16 values; kept only if E drops.
+
+The candidate block is packed with the ggml packers, decoded with kquant's dequantizer (which is
+what llama.cpp decodes, tests/test_rounding.py), and replaces ggml's block only when its E is
+lower by more than ACCEPT_MARGIN (relative): no block gets worse. Rows are independent, so the
+result does not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK_K, QType
+from ._common import fp16_round, get_f16, put_f16
+from .q4_k import (
+    JIT,
+    NSUB,
+    Q4K_BYTES,
+    Q4K_D,
+    Q4K_DMIN,
+    Q4K_QS,
+    Q4K_SCALES,
+    Q5K_BYTES,
+    S_L,
+    SCRATCH,
+    LANES,
+    SUB,
+    get_scale_min_k4,
+    pack_q4,
+    pack_q5,
+    put_scale_min_k4,
+    q4_k_dequant_block,
+    quantize_q4_k_q5_k,
+)
+from .q5_k import q5_k_dequant_block
+
+N_PASSES = 2  # descent passes per super-block
+SC_RADIUS = 2  # 6-bit scales tried around the current one
+ACCEPT_MARGIN = 1e-9  # a candidate must lower E by this fraction to replace ggml's block
+
+
+@njit(**JIT)
+def k45_weights(x, o, qw, w):
+    """ggml's weights of the super-block at x[o:o+256] -> w (float64)."""
+    if qw.shape[0] > 0:  # quantize_row_q4_K_impl / q5_K_impl
+        s2 = 0.0
+        for i in range(QK_K):
+            s2 += np.float64(x[o + i]) * x[o + i]
+        sigma2 = 2.0 * s2 / QK_K
+        for i in range(QK_K):
+            xi = np.float64(x[o + i])
+            w[i] = qw[o + i] * np.sqrt(sigma2 + xi * xi)
+    else:  # quantize_row_q4_K_ref / q5_K_ref
+        for j in range(NSUB):
+            s2 = 0.0
+            for i in range(SUB):
+                s2 += np.float64(x[o + SUB * j + i]) ** 2
+            av = np.sqrt(s2 / SUB)
+            for i in range(SUB):
+                w[SUB * j + i] = av + abs(np.float64(x[o + SUB * j + i]))
+
+
+@njit(**JIT)
+def werr(x, o, w, y, n):
+    """sum w (y - x)^2 over n values (float64)."""
+    e = 0.0
+    for i in range(n):
+        d = np.float64(y[i]) - np.float64(x[o + i])
+        e += w[i] * d * d
+    return e
+
+
+@njit(**JIT)
+def _sub_levels(x, o, ds, dm, nmax, ql):
+    """Nearest levels of one sub-block for step ds, offset dm: ql[i] = clamp(round((x + dm)/ds))."""
+    if not ds > 0:
+        for i in range(SUB):
+            ql[i] = 0
+        return
+    inv = 1.0 / ds
+    hi = np.float64(nmax)
+    for i in range(SUB):
+        v = np.rint((np.float64(x[o + i]) + dm) * inv)
+        ql[i] = np.int32(min(hi, max(0.0, v)))
+
+
+@njit(**JIT)
+def _sub_err(x, o, w, ds, dm, ql):
+    e = 0.0
+    for i in range(SUB):
+        d = ds * ql[i] - dm - np.float64(x[o + i])
+        e += w[i] * d * d
+    return e
+
+
+@njit(**JIT)
+def _descent(x, o, w, nmax, D, M, sc, mn, q, ql, bq):
+    """Coordinate descent on (d, dmin, sc[8], m[8], q[256]) of one super-block (in place).
+    D, M are fp16-exact float32 values; returns the final (D, M)."""
+    for _ in range(N_PASSES):
+        # 1. sub-block scales and mins for fixed D, M
+        for j in range(NSUB):
+            xo = o + SUB * j
+            wj = w[SUB * j:SUB * (j + 1)]
+            ds = np.float64(np.float32(D * np.float32(sc[j])))
+            dm = np.float64(np.float32(M * np.float32(mn[j])))
+            _sub_levels(x, xo, ds, dm, nmax, ql)
+            best = _sub_err(x, xo, wj, ds, dm, ql)
+            bsc = sc[j]
+            bm = mn[j]
+            for i in range(SUB):
+                bq[i] = ql[i]
+            for c in range(max(0, sc[j] - SC_RADIUS), min(63, sc[j] + SC_RADIUS) + 1):
+                ds = np.float64(np.float32(D * np.float32(c)))
+                _sub_levels(x, xo, ds, dm, nmax, ql)
+                # least-squares offset for these levels: M*m = sum w (ds*q - x) / sum w
+                sw = 0.0
+                sr = 0.0
+                for i in range(SUB):
+                    sw += wj[i]
+                    sr += wj[i] * (ds * ql[i] - np.float64(x[xo + i]))
+                mc = mn[j]
+                if M != 0 and sw > 0:
+                    mc = int(np.rint(sr / sw / M)) if abs(sr / sw / M) < 1e6 else mn[j]
+                for m in range(mc - 1, mc + 2):
+                    if m < 0 or m > 63:
+                        continue
+                    dmc = np.float64(np.float32(M * np.float32(m)))
+                    _sub_levels(x, xo, ds, dmc, nmax, ql)
+                    e = _sub_err(x, xo, wj, ds, dmc, ql)
+                    if e < best:
+                        best = e
+                        bsc = c
+                        bm = m
+                        for i in range(SUB):
+                            bq[i] = ql[i]
+            sc[j] = bsc
+            mn[j] = bm
+            for i in range(SUB):
+                q[SUB * j + i] = bq[i]
+        # 2. joint (d, dmin) for fixed sc, m, q: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m
+        saa = 0.0
+        sab = 0.0
+        sbb = 0.0
+        sax = 0.0
+        sbx = 0.0
+        for j in range(NSUB):
+            for i in range(SUB):
+                k = SUB * j + i
+                a = np.float64(sc[j] * q[k])
+                b = np.float64(mn[j])
+                xi = np.float64(x[o + k])
+                wk = w[k]
+                saa += wk * a * a
+                sab += wk * a * b
+                sbb += wk * b * b
+                sax += wk * a * xi
+                sbx += wk * b * xi
+        det = saa * sbb - sab * sab
+        if det > 1e-12 * saa * sbb and saa > 0:
+            nD = (sax * sbb - sab * sbx) / det
+            nM = (sax * sab - saa * sbx) / det
+        elif saa > 0:
+            nD = sax / saa
+            nM = np.float64(M)
+        else:
+            break
+        if not (np.isfinite(nD) and np.isfinite(nM)) or abs(nD) > 6e4 or abs(nM) > 6e4 or nD <= 0:
+            break
+        nD32 = fp16_round(np.float32(nD))
+        nM32 = fp16_round(np.float32(nM))
+        # accept the new (D, M) if the requantized super-block is better
+        e_old = 0.0
+        e_new = 0.0
+        for j in range(NSUB):
+            xo = o + SUB * j
+            wj = w[SUB * j:SUB * (j + 1)]
+            for i in range(SUB):
+                ql[i] = q[SUB * j + i]
+            e_old += _sub_err(x, xo, wj, np.float64(np.float32(D * np.float32(sc[j]))),
+                              np.float64(np.float32(M * np.float32(mn[j]))), ql)
+            ds = np.float64(np.float32(nD32 * np.float32(sc[j])))
+            dm = np.float64(np.float32(nM32 * np.float32(mn[j])))
+            _sub_levels(x, xo, ds, dm, nmax, ql)
+            e_new += _sub_err(x, xo, wj, ds, dm, ql)
+        if e_new < e_old:
+            D = nD32
+            M = nM32
+            for j in range(NSUB):
+                ds = np.float64(np.float32(D * np.float32(sc[j])))
+                dm = np.float64(np.float32(M * np.float32(mn[j])))
+                _sub_levels(x, o + SUB * j, ds, dm, nmax, ql)
+                for i in range(SUB):
+                    q[SUB * j + i] = ql[i]
+    return D, M
+
+
+@njit(**JIT)
+def _pack_k45(out, off, q5, D, M, sc, mn, q, s):
+    """Packs a Q4_K / Q5_K super-block with ggml's packers (q in s[S_L] lanes 0..7)."""
+    put_f16(out, off + Q4K_D, D)
+    put_f16(out, off + Q4K_DMIN, M)
+    for j in range(NSUB):
+        put_scale_min_k4(j, out, off + Q4K_SCALES, sc[j], mn[j])
+    for j in range(NSUB):
+        for i in range(SUB):
+            s[np.uint64(S_L + i * LANES + j)] = np.float32(q[SUB * j + i])
+    if q5:
+        pack_q5(s, 0, out, off)
+    else:
+        pack_q4(s, 0, out, off + Q4K_QS)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q4_k_q5_k_best(x, qw, out):
+    """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E drops."""
+    quantize_q4_k_q5_k(x, qw, out)
+    nb = x.shape[1] // QK_K
+    q5 = nb > 0 and out.shape[1] == nb * Q5K_BYTES
+    bs = Q5K_BYTES if q5 else Q4K_BYTES
+    nmax = 31 if q5 else 15
+    s = np.zeros(SCRATCH, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sc = np.empty(NSUB, dtype=np.int32)
+    mn = np.empty(NSUB, dtype=np.int32)
+    q = np.empty(QK_K, dtype=np.int32)
+    ql = np.empty(SUB, dtype=np.int32)
+    bq = np.empty(SUB, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            k45_weights(xr, o, qw, w)
+            if q5:
+                q5_k_dequant_block(orow, off, y, 0)
+            else:
+                q4_k_dequant_block(orow, off, y, 0, SUB)
+            e_g = werr(xr, o, w, y, QK_K)
+            if e_g == 0.0:
+                continue
+            D = get_f16(orow, off + Q4K_D)
+            M = get_f16(orow, off + Q4K_DMIN)
+            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+                continue
+            for j in range(NSUB):
+                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
+            D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq)
+            _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+            if q5:
+                q5_k_dequant_block(tmp, 0, y, 0)
+            else:
+                q4_k_dequant_block(tmp, 0, y, 0, SUB)
+            e_b = werr(xr, o, w, y, QK_K)
+            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+BEST = {QType.Q4_K: quantize_q4_k_q5_k_best, QType.Q5_K: quantize_q4_k_q5_k_best}
