@@ -290,7 +290,8 @@ def _norm_gains(ckpt, plan, tied: bool) -> dict[str, np.ndarray]:
 
 
 def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample: bool,
-                    rows_per_expert: int, err_w: np.ndarray | None = None) -> tuple[list[float], int]:
+                    rows_per_expert: int, err_w: np.ndarray | None = None,
+                    rounding: str = "ggml") -> tuple[list[float], int]:
     """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
     None; `err_w`: column weights for the error sums where `w` is None (else unweighted)."""
     from .pipeline import _round_through, iter_source_slabs
@@ -312,7 +313,7 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
             wk = _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
             ss += _wsums(x, x, wk)[1]
             for t in probes:
-                deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False), t, x.shape)
+                deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False, rounding=rounding), t, x.shape)
                 se[t] += _wsums(x, deq, wk)[0]
             measured += x.shape[0]
     rel = [0.0 if t == spec.ref_type else (se[t] / ss if ss > 0 else (0.0 if se[t] == 0 else math.inf)) for t in types]
@@ -374,7 +375,8 @@ def _facts(spec):
 
 
 def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | None = None,
-            sensitivity: dict[str, float] | None = None, progress=None, on_compile=None) -> list[Curve]:
+            sensitivity: dict[str, float] | None = None, progress=None, on_compile=None,
+            rounding: str = "ggml") -> list[Curve]:
     """One Curve per tensor of `plan` (the -t recipe plan), measuring every quantizable tensor."""
     from .imatrix import weights_for
     from .recipe import should_quantize
@@ -414,7 +416,8 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
         # the importance rows the writer would use for a quantized type (None when absent)
         w = weights_for(weights, pt.name, pt.shape, ref, Q.Q8_0, plan.ftype) if weights else None
         rows_per_expert = pt.shape[-2] if len(pt.shape) >= 3 else int(np.prod(pt.shape[:-1], dtype=np.int64))
-        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name))
+        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name),
+                                        rounding)
         rows = int(np.prod(pt.shape[:-1], dtype=np.int64)) if len(pt.shape) > 1 else 1
         c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rel,
                   sensitivity_of(pt.name, spec.n_layer, sensitivity, tied, w is not None), w is not None, measured, rows)
@@ -668,7 +671,7 @@ def measure_model(model, ftype="Q4_K_M", options=None, *, sample: bool | None = 
         plan = plan_from_spec(spec, ft, opts.overrides, opts.imatrix)
         hdr, align = header_bytes(plan) if header else (0, 1)
         curves = measure(ckpt, spec, plan, opts.overrides, opts.imatrix, sample=sample, sensitivity=sensitivity,
-                         progress=progress, on_compile=opts.on_compile)
+                         progress=progress, on_compile=opts.on_compile, rounding=opts.rounding)
     return Measured(curves, ft, hdr, align, plan.n_elements, time.perf_counter() - t0,
                     bool(opts.imatrix is not None and opts.imatrix.weights))
 

@@ -25,6 +25,7 @@ from .types import FileType, QType, parse_ftype
 GGML_QNT_VERSION = 2
 SLAB_BYTES = 32 << 20  # float32 bytes of source rows handled at once
 QUANT_VERSION_KEY = "general.quantization_version"
+ROUNDING_KEY = "quantize.rounding"  # written only for a rounding other than ggml's
 FILE_TYPE_KEY = "general.file_type"
 
 
@@ -105,6 +106,7 @@ class Options:
     extra: dict = field(default_factory=dict)
     type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
     on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
+    rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes) or "best"
 
 
 def open_model(path: str | Path, config: str | None = None):
@@ -244,8 +246,9 @@ def require_kernels(plans: Sequence[Plan]) -> None:
                 )
 
 
-def output_kv(plan: Plan) -> list:
-    """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys."""
+def output_kv(plan: Plan, rounding: str = "ggml") -> list:
+    """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys;
+    then `quantize.rounding` when the rounding is not ggml's (ggml mode stays byte-identical)."""
     from gguf import GGUFValueType
 
     kv = []
@@ -263,6 +266,8 @@ def output_kv(plan: Plan) -> list:
     if plan.imatrix_kv:  # llama-quantize's kv_overrides: set (moved to the end) after file_type
         keys = {k for k, _, _ in plan.imatrix_kv}
         kv = [e for e in kv if e[0] not in keys] + list(plan.imatrix_kv)
+    if rounding != "ggml":
+        kv = [e for e in kv if e[0] != ROUNDING_KEY] + [(ROUNDING_KEY, GGUFValueType.STRING, rounding)]
     return kv
 
 
@@ -354,6 +359,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     opts = options or Options()
     if opts.threads is not None:
         quants.set_threads(opts.threads)
+    rounding = quants.parse_rounding(opts.rounding)
     t0 = time.perf_counter()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
@@ -377,7 +383,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
             for out, plan in zip(outs, plans):
                 f = stack.enter(atomic_output(out, force=opts.force))
                 w = GGUFStreamWriter(f, ggml_n_dims=True, name=str(out))  # llama-quantize's n_dims
-                for key, vtype, value in output_kv(plan):
+                for key, vtype, value in output_kv(plan, rounding):
                     w.add_kv(key, vtype, value)
                 for t in plan.tensors:
                     w.add_tensor(t.name, t.shape, t.qtype)
@@ -398,7 +404,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
-                            data = _encode(slab, pt, row0)
+                            data = _encode(slab, pt, row0, rounding)
                         except ValueError as e:  # e.g. values beyond the fp16 range of the type's scales
                             raise InputError(f"{model}: tensor {pt.name} ({', '.join(spec_t.sources)}): {e}") from None
                         w.write_data(pt.name, data)
@@ -417,14 +423,14 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     return results
 
 
-def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int) -> np.ndarray:
+def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int, rounding: str = "ggml") -> np.ndarray:
     """Bytes of rows [row0, row0 + len(slab)) of a tensor in its planned type."""
     t = pt.qtype
     if t == QType.F32:
         return slab.reshape(-1).view(np.uint8)
     w = pt.imatrix
     if w is None or w.shape[0] == 1:
-        return quants.quantize(slab, t, None if w is None else w[0], check_finite=False)
+        return quants.quantize(slab, t, None if w is None else w[0], check_finite=False, rounding=rounding)
     # 3-D expert tensor: each expert's rows use that expert's weights (llama_tensor_quantize_impl)
     rows_per_expert = pt.shape[-2]
     out = np.empty((slab.shape[0], t.row_size(slab.shape[1])), dtype=np.uint8)
@@ -433,7 +439,7 @@ def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int) -> np.ndarray:
         g = row0 + r
         e = g // rows_per_expert
         n = min(slab.shape[0] - r, rows_per_expert - g % rows_per_expert)
-        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False)
+        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False, rounding=rounding)
         r += n
     return out
 
