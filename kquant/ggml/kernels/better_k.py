@@ -29,6 +29,7 @@ import numpy as np
 from numba import njit
 
 from ..types import QK_K, QType
+from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from .q4_k import (
     JIT,
@@ -89,82 +90,83 @@ def werr(x, o, w, y, n):
 
 
 @njit(**JIT)
-def _sub_levels(x, o, ds, dm, nmax, ql):
+def _sub_levels(x, o, ds, dm, nmax, ql, sub):
     """Nearest levels of one sub-block for step ds, offset dm: ql[i] = clamp(round((x + dm)/ds))."""
     if not ds > 0:
-        for i in range(SUB):
+        for i in range(sub):
             ql[i] = 0
         return
     inv = 1.0 / ds
     hi = np.float64(nmax)
-    for i in range(SUB):
+    for i in range(sub):
         v = np.rint((np.float64(x[o + i]) + dm) * inv)
         ql[i] = np.int32(min(hi, max(0.0, v)))
 
 
 @njit(**JIT)
-def _sub_err(x, o, w, ds, dm, ql):
+def _sub_err(x, o, w, ds, dm, ql, sub):
     e = 0.0
-    for i in range(SUB):
+    for i in range(sub):
         d = ds * ql[i] - dm - np.float64(x[o + i])
         e += w[i] * d * d
     return e
 
 
 @njit(**JIT)
-def _descent(x, o, w, nmax, D, M, sc, mn, q, ql, bq):
-    """Coordinate descent on (d, dmin, sc[8], m[8], q[256]) of one super-block (in place).
+def _descent(x, o, w, nmax, D, M, sc, mn, q, ql, bq, nsub, sub, smax):
+    """Coordinate descent on (d, dmin, sc[nsub], m[nsub], q[nsub*sub]) of one super-block (in place),
+    scales and mins in 0..smax.
     D, M are fp16-exact float32 values; returns the final (D, M)."""
     for _ in range(N_PASSES):
         # 1. sub-block scales and mins for fixed D, M
-        for j in range(NSUB):
-            xo = o + SUB * j
-            wj = w[SUB * j:SUB * (j + 1)]
+        for j in range(nsub):
+            xo = o + sub * j
+            wj = w[sub * j:sub * (j + 1)]
             ds = np.float64(np.float32(D * np.float32(sc[j])))
             dm = np.float64(np.float32(M * np.float32(mn[j])))
-            _sub_levels(x, xo, ds, dm, nmax, ql)
-            best = _sub_err(x, xo, wj, ds, dm, ql)
+            _sub_levels(x, xo, ds, dm, nmax, ql, sub)
+            best = _sub_err(x, xo, wj, ds, dm, ql, sub)
             bsc = sc[j]
             bm = mn[j]
-            for i in range(SUB):
+            for i in range(sub):
                 bq[i] = ql[i]
-            for c in range(max(0, sc[j] - SC_RADIUS), min(63, sc[j] + SC_RADIUS) + 1):
+            for c in range(max(0, sc[j] - SC_RADIUS), min(smax, sc[j] + SC_RADIUS) + 1):
                 ds = np.float64(np.float32(D * np.float32(c)))
-                _sub_levels(x, xo, ds, dm, nmax, ql)
+                _sub_levels(x, xo, ds, dm, nmax, ql, sub)
                 # least-squares offset for these levels: M*m = sum w (ds*q - x) / sum w
                 sw = 0.0
                 sr = 0.0
-                for i in range(SUB):
+                for i in range(sub):
                     sw += wj[i]
                     sr += wj[i] * (ds * ql[i] - np.float64(x[xo + i]))
                 mc = mn[j]
                 if M != 0 and sw > 0:
                     mc = int(np.rint(sr / sw / M)) if abs(sr / sw / M) < 1e6 else mn[j]
                 for m in range(mc - 1, mc + 2):
-                    if m < 0 or m > 63:
+                    if m < 0 or m > smax:
                         continue
                     dmc = np.float64(np.float32(M * np.float32(m)))
-                    _sub_levels(x, xo, ds, dmc, nmax, ql)
-                    e = _sub_err(x, xo, wj, ds, dmc, ql)
+                    _sub_levels(x, xo, ds, dmc, nmax, ql, sub)
+                    e = _sub_err(x, xo, wj, ds, dmc, ql, sub)
                     if e < best:
                         best = e
                         bsc = c
                         bm = m
-                        for i in range(SUB):
+                        for i in range(sub):
                             bq[i] = ql[i]
             sc[j] = bsc
             mn[j] = bm
-            for i in range(SUB):
-                q[SUB * j + i] = bq[i]
+            for i in range(sub):
+                q[sub * j + i] = bq[i]
         # 2. joint (d, dmin) for fixed sc, m, q: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m
         saa = 0.0
         sab = 0.0
         sbb = 0.0
         sax = 0.0
         sbx = 0.0
-        for j in range(NSUB):
-            for i in range(SUB):
-                k = SUB * j + i
+        for j in range(nsub):
+            for i in range(sub):
+                k = sub * j + i
                 a = np.float64(sc[j] * q[k])
                 b = np.float64(mn[j])
                 xi = np.float64(x[o + k])
@@ -190,26 +192,26 @@ def _descent(x, o, w, nmax, D, M, sc, mn, q, ql, bq):
         # accept the new (D, M) if the requantized super-block is better
         e_old = 0.0
         e_new = 0.0
-        for j in range(NSUB):
-            xo = o + SUB * j
-            wj = w[SUB * j:SUB * (j + 1)]
-            for i in range(SUB):
-                ql[i] = q[SUB * j + i]
+        for j in range(nsub):
+            xo = o + sub * j
+            wj = w[sub * j:sub * (j + 1)]
+            for i in range(sub):
+                ql[i] = q[sub * j + i]
             e_old += _sub_err(x, xo, wj, np.float64(np.float32(D * np.float32(sc[j]))),
-                              np.float64(np.float32(M * np.float32(mn[j]))), ql)
+                              np.float64(np.float32(M * np.float32(mn[j]))), ql, sub)
             ds = np.float64(np.float32(nD32 * np.float32(sc[j])))
             dm = np.float64(np.float32(nM32 * np.float32(mn[j])))
-            _sub_levels(x, xo, ds, dm, nmax, ql)
-            e_new += _sub_err(x, xo, wj, ds, dm, ql)
+            _sub_levels(x, xo, ds, dm, nmax, ql, sub)
+            e_new += _sub_err(x, xo, wj, ds, dm, ql, sub)
         if e_new < e_old:
             D = nD32
             M = nM32
-            for j in range(NSUB):
+            for j in range(nsub):
                 ds = np.float64(np.float32(D * np.float32(sc[j])))
                 dm = np.float64(np.float32(M * np.float32(mn[j])))
-                _sub_levels(x, o + SUB * j, ds, dm, nmax, ql)
-                for i in range(SUB):
-                    q[SUB * j + i] = ql[i]
+                _sub_levels(x, o + sub * j, ds, dm, nmax, ql, sub)
+                for i in range(sub):
+                    q[sub * j + i] = ql[i]
     return D, M
 
 
@@ -266,7 +268,7 @@ def quantize_q4_k_q5_k_best(x, qw, out):
                 continue
             for j in range(NSUB):
                 sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
-            D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq)
+            D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
             _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
             if q5:
                 q5_k_dequant_block(tmp, 0, y, 0)
@@ -277,4 +279,71 @@ def quantize_q4_k_q5_k_best(x, qw, out):
                 orow[off:off + bs] = tmp
 
 
-BEST = {QType.Q4_K: quantize_q4_k_q5_k_best, QType.Q5_K: quantize_q4_k_q5_k_best}
+# ---------------------------------------------------------------- Q2_K: 16 sub-blocks of 16, 4-bit scales and mins
+
+
+@njit(**JIT)
+def q2_k_weights(x, o, qw, w):
+    """ggml's weights of a Q2_K super-block (quantize_row_q2_K_ref: |x|; _impl: qw*sqrt(sum(x^2)/256 + x^2))."""
+    if qw.shape[0] > 0:
+        s2 = 0.0
+        for i in range(QK_K):
+            s2 += np.float64(x[o + i]) * x[o + i]
+        for i in range(QK_K):
+            xi = np.float64(x[o + i])
+            w[i] = qw[o + i] * np.sqrt(s2 / QK_K + xi * xi)
+    else:
+        for i in range(QK_K):
+            w[i] = abs(np.float64(x[o + i]))
+
+
+@njit(nogil=True, **JIT)
+def quantize_q2_k_best(x, qw, out):
+    """ggml's blocks (q2_k.quantize), then each super-block improved where E drops."""
+    q2_k.quantize(x, qw, out)
+    nb = x.shape[1] // QK_K
+    bs = q2_k.TS
+    wk = np.zeros(q2_k.WORK, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sc = np.empty(16, dtype=np.int32)
+    mn = np.empty(16, dtype=np.int32)
+    q = np.empty(QK_K, dtype=np.int32)
+    ql = np.empty(16, dtype=np.int32)
+    bq = np.empty(16, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            q2_k_weights(xr, o, qw, w)
+            q2_k.dequantize_row_q2_k(orow[off:off + bs], y)
+            e_g = werr(xr, o, w, y, QK_K)
+            if e_g == 0.0:
+                continue
+            D = get_f16(orow, off + q2_k.OFF_D)
+            M = get_f16(orow, off + q2_k.OFF_DMIN)
+            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+                continue
+            for j in range(16):
+                v = np.int32(orow[off + q2_k.OFF_SC + j])
+                sc[j] = v & 0xF
+                mn[j] = v >> 4
+            D, M = _descent(xr, o, w, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
+            # pack with ggml's tail: d, dmin, scales, then the requantization and qs packing
+            put_f16(tmp, q2_k.OFF_D, D)
+            put_f16(tmp, q2_k.OFF_DMIN, M)
+            for j in range(16):
+                tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
+            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+            q2_k._requantize_pack(wk, tmp, 0)
+            q2_k.dequantize_row_q2_k(tmp, y)
+            e_b = werr(xr, o, w, y, QK_K)
+            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+BEST = {QType.Q4_K: quantize_q4_k_q5_k_best, QType.Q5_K: quantize_q4_k_q5_k_best, QType.Q2_K: quantize_q2_k_best}
