@@ -181,7 +181,7 @@ def text_model_params(ctx: ParamCtx) -> None:
             ctx.kv.add_string(_key(ctx, "rope.scaling.type"), K.ROPE_SCALING_YARN)
             _f32(ctx, "rope.scaling.factor", rope_factor, "rope_scaling.factor")
             if "original_max_position_embeddings" not in rope_params:
-                raise InputError(f"{ctx.config_path}: rope_scaling of type yarn needs 'original_max_position_embeddings'")
+                raise InputError(f"{ctx.config_path}: rope type yarn needs 'original_max_position_embeddings' (in rope_parameters or rope_scaling, or at the top level)")
             _u32(ctx, "rope.scaling.original_context_length", rope_params["original_max_position_embeddings"], "original_max_position_embeddings")
             if (v := rope_params.get("extrapolation_factor")) is not None:
                 _f32(ctx, "rope.scaling.yarn_ext_factor", v, "rope_scaling.extrapolation_factor")
