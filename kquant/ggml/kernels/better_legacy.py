@@ -9,7 +9,7 @@ scale from the max or the min/max); the objective is then the plain squared erro
 also for Q8_0, whose ggml quantizer ignores the imatrix (with one, w = qw).
 
 The search, per block: N_CAND inverse scales spread over a range around ggml's (for y = d*l: the
-largest |x| mapped to levels near either end of the signed range; for y = d*q + m: (max - min)
+largest |x| mapped to levels near either end of the signed range, see SPAN; for y = d*q + m: (max - min)
 mapped to nmax - 2 .. nmax + 1 levels); for each, the levels by nearest rounding, then the
 weighted least-squares d (and m) for those levels, stored as fp16, the levels rounded again
 against the stored values, E exact. The best candidate is decoded with kquant's dequantizer and
@@ -51,7 +51,8 @@ from .legacy import (
 )
 
 TS_Q4_0, TS_Q4_1, TS_Q5_0, TS_Q5_1, TS_Q8_0 = (int(t.type_size) for t in (QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0))
-N_CAND = 24  # inverse scales tried per block (per sign for y = d*l)
+N_CAND = 12  # inverse scales tried per block (per sign for y = d*l)
+SPAN = 3.0  # y = d*l: the largest |x| is mapped to levels top + 0.5 down to top - min(SPAN, 0.4*top)
 ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, error_model="numpy")
 
@@ -145,7 +146,7 @@ def _search_sym(x, o, w, lo, hi, L, bL):
         top = np.float64(-lo) if side == 0 else np.float64(hi)  # |levels| the max maps to
         sgn = -1.0 if side == 0 else 1.0
         for k in range(N_CAND):
-            c = top + 0.5 - (top * 0.4 + 0.5) * k / N_CAND  # top + 0.5 .. 0.6 * top
+            c = top + 0.5 - (min(SPAN, top * 0.4) + 0.5) * k / N_CAND
             d0 = sgn * mx / c
             if d0 == 0.0:
                 continue
