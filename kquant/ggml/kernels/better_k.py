@@ -31,6 +31,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
+from .better_legacy import _search_aff
 from .q4_k import (
     JIT,
     NSUB,
@@ -216,6 +217,28 @@ def _descent(x, o, w, nmax, D, M, sc, mn, q, ql, bq, nsub, sub, smax):
 
 
 @njit(**JIT)
+def _real_start(x, o, w, nmax, sc, mn, L, bL, nsub, sub, smax):
+    """A start for the descent from each sub-block's own best (scale, min) (the Q4_1/Q5_1 search of
+    better_legacy, y = s*q - m): d, dmin put the largest of each on code smax. -> (D, M), sc, mn."""
+    sr = np.empty(nsub, dtype=np.float64)
+    mr = np.empty(nsub, dtype=np.float64)
+    smx = 0.0
+    mmx = 0.0
+    for j in range(nsub):
+        e, d, m = _search_aff(x, o + sub * j, w[sub * j:sub * (j + 1)], nmax, L, bL, sub)
+        sr[j] = np.float64(d) if e < np.inf else 0.0
+        mr[j] = -np.float64(m) if e < np.inf else 0.0
+        smx = max(smx, sr[j])
+        mmx = max(mmx, mr[j])
+    D = fp16_round(np.float32(smx / smax))
+    M = fp16_round(np.float32(mmx / smax))
+    for j in range(nsub):
+        sc[j] = min(smax, max(0, int(np.rint(sr[j] / D)))) if D > 0 else 0
+        mn[j] = min(smax, max(0, int(np.rint(mr[j] / M)))) if M > 0 else 0
+    return D, M
+
+
+@njit(**JIT)
 def _pack_k45(out, off, q5, D, M, sc, mn, q, s):
     """Packs a Q4_K / Q5_K super-block with ggml's packers (q in s[S_L] lanes 0..7)."""
     put_f16(out, off + Q4K_D, D)
@@ -248,6 +271,8 @@ def quantize_q4_k_q5_k_best(x, qw, out):
     q = np.empty(QK_K, dtype=np.int32)
     ql = np.empty(SUB, dtype=np.int32)
     bq = np.empty(SUB, dtype=np.int32)
+    L = np.empty(SUB, dtype=np.int32)
+    bL = np.empty(SUB, dtype=np.int32)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -268,15 +293,22 @@ def quantize_q4_k_q5_k_best(x, qw, out):
                 continue
             for j in range(NSUB):
                 sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
-            D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
-            _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
-            if q5:
-                q5_k_dequant_block(tmp, 0, y, 0)
-            else:
-                q4_k_dequant_block(tmp, 0, y, 0, SUB)
-            e_b = werr(xr, o, w, y, QK_K)
-            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
-                orow[off:off + bs] = tmp
+            best = e_g * (1.0 - ACCEPT_MARGIN)
+            for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
+                if start == 1:
+                    D, M = _real_start(xr, o, w, nmax, sc, mn, L, bL, NSUB, SUB, 63)
+                    if not D > 0:
+                        continue
+                D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
+                _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+                if q5:
+                    q5_k_dequant_block(tmp, 0, y, 0)
+                else:
+                    q4_k_dequant_block(tmp, 0, y, 0, SUB)
+                e_b = werr(xr, o, w, y, QK_K)
+                if e_b < best:
+                    best = e_b
+                    orow[off:off + bs] = tmp
 
 
 # ---------------------------------------------------------------- Q2_K: 16 sub-blocks of 16, 4-bit scales and mins
@@ -331,19 +363,26 @@ def quantize_q2_k_best(x, qw, out):
                 v = np.int32(orow[off + q2_k.OFF_SC + j])
                 sc[j] = v & 0xF
                 mn[j] = v >> 4
-            D, M = _descent(xr, o, w, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
-            # pack with ggml's tail: d, dmin, scales, then the requantization and qs packing
-            put_f16(tmp, q2_k.OFF_D, D)
-            put_f16(tmp, q2_k.OFF_DMIN, M)
-            for j in range(16):
-                tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
-            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-            q2_k._requantize_pack(wk, tmp, 0)
-            q2_k.dequantize_row_q2_k(tmp, y)
-            e_b = werr(xr, o, w, y, QK_K)
-            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
-                orow[off:off + bs] = tmp
+            best = e_g * (1.0 - ACCEPT_MARGIN)
+            for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
+                if start == 1:
+                    D, M = _real_start(xr, o, w, 3, sc, mn, ql, bq, 16, 16, 15)
+                    if not D > 0:
+                        continue
+                D, M = _descent(xr, o, w, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
+                # pack with ggml's tail: d, dmin, scales, then the requantization and qs packing
+                put_f16(tmp, q2_k.OFF_D, D)
+                put_f16(tmp, q2_k.OFF_DMIN, M)
+                for j in range(16):
+                    tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
+                q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+                wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+                q2_k._requantize_pack(wk, tmp, 0)
+                q2_k.dequantize_row_q2_k(tmp, y)
+                e_b = werr(xr, o, w, y, QK_K)
+                if e_b < best:
+                    best = e_b
+                    orow[off:off + bs] = tmp
 
 
 BEST = {QType.Q4_K: quantize_q4_k_q5_k_best, QType.Q5_K: quantize_q4_k_q5_k_best, QType.Q2_K: quantize_q2_k_best}

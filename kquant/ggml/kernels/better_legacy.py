@@ -172,28 +172,28 @@ def _search_sym(x, o, w, lo, hi, L, bL):
 
 
 @njit(**JIT)
-def _levels_aff(x, o, d, m, nmax, L):
+def _levels_aff(x, o, d, m, nmax, L, n):
     inv = 1.0 / np.float64(d)
-    for j in range(QK):
+    for j in range(n):
         v = np.rint((np.float64(x[o + j]) - m) * inv)
         L[j] = np.int32(min(np.float64(nmax), max(0.0, v)))
 
 
 @njit(**JIT)
-def _err_aff(x, o, w, d, m, L):
+def _err_aff(x, o, w, d, m, L, n):
     e = 0.0
-    for j in range(QK):
+    for j in range(n):
         r = np.float64(np.float32(np.float32(L[j]) * d + m)) - np.float64(x[o + j])
         e += w[j] * r * r
     return e
 
 
 @njit(**JIT)
-def _search_aff(x, o, w, nmax, L, bL):
-    """Best fp16 (d, m) for y = d*q + m, q in [0, nmax]; levels -> bL, returns (E, d, m)."""
+def _search_aff(x, o, w, nmax, L, bL, n):
+    """Best fp16 (d, m) for y = d*q + m, q in [0, nmax], over n values; levels -> bL, returns (E, d, m)."""
     mn = np.float64(x[o])
     mx = mn
-    for j in range(1, QK):
+    for j in range(1, n):
         v = np.float64(x[o + j])
         mn = min(mn, v)
         mx = max(mx, v)
@@ -204,7 +204,7 @@ def _search_aff(x, o, w, nmax, L, bL):
         return best, bd, bm
     sw = 0.0
     sx = 0.0
-    for j in range(QK):
+    for j in range(n):
         sw += w[j]
         sx += w[j] * np.float64(x[o + j])
     for k in range(N_CAND):
@@ -212,11 +212,11 @@ def _search_aff(x, o, w, nmax, L, bL):
         d0 = (mx - mn) / c
         m0 = mn
         for it in range(2):
-            _levels_aff(x, o, d0, m0, nmax, L)
+            _levels_aff(x, o, d0, m0, nmax, L, n)
             sl = 0.0
             sll = 0.0
             sxl = 0.0
-            for j in range(QK):
+            for j in range(n):
                 fl = np.float64(L[j])
                 sl += w[j] * fl
                 sll += w[j] * fl * fl
@@ -234,13 +234,13 @@ def _search_aff(x, o, w, nmax, L, bL):
                 break
             d0 = np.float64(d)
             m0 = np.float64(m)
-            _levels_aff(x, o, d, m, nmax, L)
-            e = _err_aff(x, o, w, d, m, L)
+            _levels_aff(x, o, d, m, nmax, L, n)
+            e = _err_aff(x, o, w, d, m, L, n)
             if e < best:
                 best = e
                 bd = d
                 bm = m
-                for j in range(QK):
+                for j in range(n):
                     bL[j] = L[j]
     return best, bd, bm
 
@@ -294,7 +294,7 @@ def quantize_legacy_best(kind, x, qw, out):
             if not e_g > 0:
                 continue
             if affine:
-                e, d, m = _search_aff(xr, o, w, hi, L, bL)
+                e, d, m = _search_aff(xr, o, w, hi, L, bL, QK)
                 codes = bL
             else:
                 e, d = _search_sym(xr, o, w, lo, hi, L, bL)
