@@ -9,7 +9,7 @@ Written from ggml-quants.c independently of the kernels (tests/test_rounding.py 
   Q6_K        ref: x^2                                                   impl: qw
   Q4_0 Q4_1 Q5_0 Q5_1  ref: 1 (no search)                                impl: qw*sqrt(sum_row(x^2)/n + x^2)
   Q8_0        1 (ggml ignores the imatrix; with one, qw)
-  IQ4_NL, IQ4_XS  ref: x^2                                               impl: qw*sqrt(sigma2 + x^2), sigma2 = 2*sum_block32(x^2)/32  (IQ4_NL per 32; IQ4_XS per 256)
+  IQ4_NL, IQ4_XS  ref: x^2    impl: qw*sqrt(2*sum(x^2)/n + x^2) over the block (n = 32 for IQ4_NL, 256 for IQ4_XS)
 """
 
 from __future__ import annotations
@@ -46,6 +46,12 @@ def weights(t: QType, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
     if t == QType.Q8_0:
         return np.ones_like(x) if qw is None else np.array(np.broadcast_to(np.asarray(qw, np.float64), x.shape))
+    if t in (QType.IQ4_NL, QType.IQ4_XS):
+        if qw is None:
+            return x2
+        n = 32 if t == QType.IQ4_NL else 256
+        sigma2 = np.repeat(2 * x2.reshape(rows, cols // n, n).sum(-1, keepdims=True) / n, n, axis=-1).reshape(rows, cols)
+        return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
     raise NotImplementedError(f"no objective for {t.name}")
 
 

@@ -34,7 +34,7 @@ ROWS, COLS = 4, 512
 
 
 def test_registry():
-    assert {QType.Q2_K, QType.Q3_K, QType.Q6_K, QType.Q4_K, QType.Q5_K, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0} <= set(BETTER)
+    assert {QType.IQ4_NL, QType.IQ4_XS, QType.Q2_K, QType.Q3_K, QType.Q6_K, QType.Q4_K, QType.Q5_K, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0} <= set(BETTER)
     with pytest.raises(InputError, match="unknown rounding"):
         quants.parse_rounding("nearest")
 
