@@ -116,3 +116,26 @@ def test_llama_cpp_runs_best_files(tiny_files, ftype):
     _, full = refpipeline.eval_logits(tiny_files["F32"])
     assert len(toks) > 5 and np.isfinite(q).all()
     assert np.corrcoef(q.ravel(), full.ravel())[0, 1] > 0.9
+
+
+def test_cli_rejects_unknown_rounding(capsys):
+    from kquant.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["convert", str(TINY), "-o", "/nonexistent/x.gguf", "--rounding", "nearest"])
+    assert e.value.code != 0
+    assert "unknown rounding 'nearest'" in capsys.readouterr().err
+
+
+def test_automix_measures_with_the_rounding():
+    """The automix's per-type errors come from the chosen rounding: lower with best in total (its
+    error weights are not ggml's objective, so single tensors may differ either way)."""
+    from kquant.automix import measure_model
+
+    errs = {}
+    for r in ("ggml", "best"):
+        m = measure_model(TINY, "Q4_0", pipeline.Options(rounding=r), header=False)
+        errs[r] = {c.name: dict(zip(c.types, c.rel)) for c in m.curves if not c.fixed}
+    some = [(n, t) for n, d in errs["ggml"].items() for t in d if t in BETTER and d[t] > 0]
+    assert some
+    assert sum(errs["best"][n][t] for n, t in some) < sum(errs["ggml"][n][t] for n, t in some)
