@@ -5,7 +5,7 @@ Written from ggml-quants.c independently of the kernels (tests/test_rounding.py 
 
   Q4_K, Q5_K  ref: av_x + |x| (av_x = rms of the 32-value sub-block)  impl: qw*sqrt(2*sum(x^2)/256 + x^2)
   Q3_K        ref: x^2                                                   impl: qw*sqrt(2*sum(x^2)/256 + x^2)
-  Q2_K        ref: |x|                                                   impl: qw*sqrt(sum(x^2)/256 + x^2)
+  Q2_K        ref: |x| (ggml ranks by weighted |error|; squared here)   impl: qw*sqrt(sum(x^2)/256 + x^2)
   Q6_K        ref: x^2                                                   impl: qw
   Q4_0 Q4_1 Q5_0 Q5_1  ref: 1 (no search)                                impl: qw*sqrt(sum_row(x^2)/n + x^2)
   Q8_0        1 (ggml ignores the imatrix; with one, qw)

@@ -1,26 +1,32 @@
-"""`rounding="best"` for the affine k-quants Q4_K and Q5_K: a stronger search in ggml's format.
+"""`rounding="best"` for the affine k-quants Q4_K, Q5_K and Q2_K: a stronger search in ggml's format.
 
-Not a port: ggml's bytes come first (kquant.ggml.kernels.q4_k's exact port), then each
-super-block is improved by a coordinate descent on the discrete block parameters, for the same
-weighted squared error ggml's search minimises:
+Not a port: ggml's bytes come first (the exact ports in q4_k.py / q2_k.py), then each
+super-block is searched again for the weighted squared error ggml's search minimises:
 
     E = sum_i w_i (y_i - x_i)^2,   y = fp16(d)*sc_j * q_i - fp16(dmin)*m_j   (sub-block j of i)
 
-with ggml's weights for the path it takes (quantize_row_q4_K_ref / q5_K_ref: w = av_x + |x|,
-av_x = rms of the 32-value sub-block; quantize_row_q4_K_impl / q5_K_impl with an imatrix:
-w = qw * sqrt(sigma2 + x^2), sigma2 = 2*sum(x^2)/256 over the super-block).
+with ggml's weights for the path it takes: Q4_K/Q5_K quantize_row_q*_K_ref w = av_x + |x|
+(av_x = rms of the 32-value sub-block), _impl w = qw * sqrt(2*sum(x^2)/256 + x^2); Q2_K
+quantize_row_q2_K_ref w = |x| (ggml's ref search compares candidates by weighted absolute error
+with these weights; the squared error is used here, as in its _impl), _impl
+w = qw * sqrt(sum(x^2)/256 + x^2).
 
-One pass of the descent, repeated N_PASSES times:
-1. with fp16(d), fp16(dmin) fixed, each sub-block tries every 6-bit scale within SC_RADIUS of
-   its own; for each, the weighted least-squares min given the levels, rounded to the 6-bit
-   grid (and its two neighbours), levels re-rounded to the nearest, error exact;
-2. with the 6-bit scales, mins and levels fixed, (d, dmin) are the 2x2 weighted least-squares
-   solution, stored as fp16; levels re-rounded against the fp16 values; kept only if E drops.
+Two starts, each followed by a coordinate descent (N_PASSES passes); the better result is kept:
+0. ggml's block;
+1. each sub-block's own best real (scale, min) (better_legacy's affine search), with d, dmin
+   putting the largest of each on the top code.
+One pass of the descent:
+1. with fp16(d), fp16(dmin) fixed, each sub-block tries every scale code within SC_RADIUS of
+   its own; for each, the weighted least-squares min given the levels, rounded to the code grid
+   (and its two neighbours), levels re-rounded to the nearest, error exact;
+2. with the codes and levels fixed, (d, dmin) are the 2x2 weighted least-squares solution,
+   stored as fp16; levels re-rounded against the fp16 values; kept only if E drops.
 
-The candidate block is packed with the ggml packers, decoded with kquant's dequantizer (which is
-what llama.cpp decodes, tests/test_rounding.py), and replaces ggml's block only when its E is
-lower by more than ACCEPT_MARGIN (relative): no block gets worse. Rows are independent, so the
-result does not depend on the thread count.
+The candidate is packed with ggml's packers (Q4_K/Q5_K: put_scale_min_k4, pack_q4/pack_q5;
+Q2_K: q2_k._requantize_pack, which also re-rounds the levels), decoded with kquant's
+dequantizer (what llama.cpp decodes, tests/test_rounding.py), and replaces ggml's block only when
+its E is lower by more than ACCEPT_MARGIN (relative): no block gets worse. Rows are independent,
+so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
