@@ -291,7 +291,7 @@ def quantize_q4_k_q5_k_best(x, qw, out):
             else:
                 q4_k_dequant_block(orow, off, y, 0, SUB)
             e_g = werr(xr, o, w, y, QK_K)
-            if e_g == 0.0:
+            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
                 continue
             D = get_f16(orow, off + Q4K_D)
             M = get_f16(orow, off + Q4K_DMIN)
@@ -359,7 +359,7 @@ def quantize_q2_k_best(x, qw, out):
             q2_k_weights(xr, o, qw, w)
             q2_k.dequantize_row_q2_k(orow[off:off + bs], y)
             e_g = werr(xr, o, w, y, QK_K)
-            if e_g == 0.0:
+            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
                 continue
             D = get_f16(orow, off + q2_k.OFF_D)
             M = get_f16(orow, off + q2_k.OFF_DMIN)
