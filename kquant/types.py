@@ -32,8 +32,13 @@ class QType(IntEnum):
     Q4_K = 12
     Q5_K = 13
     Q6_K = 14
+    IQ2_XXS = 16
+    IQ2_XS = 17
+    IQ1_S = 19
     IQ4_NL = 20
+    IQ2_S = 22
     IQ4_XS = 23
+    IQ1_M = 29
     BF16 = 30
 
     @property
@@ -89,6 +94,11 @@ BLOCK_DTYPES: dict[QType, np.dtype] = {
     ),
     QType.Q6_K: np.dtype([("ql", "u1", QK_K // 2), ("qh", "u1", QK_K // 4), ("scales", "i1", QK_K // 16), ("d", _f16)]),
     QType.IQ4_NL: np.dtype([("d", _f16), ("qs", "u1", QK // 2)]),
+    QType.IQ2_XXS: np.dtype([("d", _f16), ("qs", "<u2", QK_K // 8)]),
+    QType.IQ2_XS: np.dtype([("d", _f16), ("qs", "<u2", QK_K // 8), ("scales", "u1", QK_K // 32)]),
+    QType.IQ2_S: np.dtype([("d", _f16), ("qs", "u1", QK_K // 4), ("qh", "u1", QK_K // 32), ("scales", "u1", QK_K // 32)]),
+    QType.IQ1_S: np.dtype([("d", _f16), ("qs", "u1", QK_K // 8), ("qh", "<u2", QK_K // 32)]),
+    QType.IQ1_M: np.dtype([("qs", "u1", QK_K // 8), ("qh", "u1", QK_K // 16), ("scales", "u1", QK_K // 32)]),
     QType.IQ4_XS: np.dtype([("d", _f16), ("scales_h", "<u2"), ("scales_l", "u1", QK_K // 64), ("qs", "u1", QK_K // 2)]),
 }
 
@@ -108,6 +118,11 @@ _SIZES: dict[QType, tuple[int, int]] = {
     QType.Q5_K: (256, 176),
     QType.Q6_K: (256, 210),
     QType.IQ4_NL: (32, 18),
+    QType.IQ2_XXS: (256, 66),
+    QType.IQ2_XS: (256, 74),
+    QType.IQ2_S: (256, 82),
+    QType.IQ1_S: (256, 50),
+    QType.IQ1_M: (256, 56),
     QType.IQ4_XS: (256, 136),
 }
 
