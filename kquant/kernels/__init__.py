@@ -20,4 +20,4 @@ class Kernel(NamedTuple):
     dequantize: Callable
 
 
-FAMILIES = ("floats", "legacy", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4", "iq2")
+FAMILIES = ("floats", "legacy", "q2_k", "q3_k", "q4_k", "q5_k", "q6_k", "iq4", "iq2", "iq1")
