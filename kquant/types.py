@@ -54,6 +54,11 @@ class QType(IntEnum):
         return self not in (QType.F32, QType.F16, QType.BF16)
 
     @property
+    def requires_imatrix(self) -> bool:
+        """ggml_quantize_requires_imatrix: ggml_quantize_chunk aborts without importance weights."""
+        return self in (QType.IQ2_XXS, QType.IQ2_XS, QType.IQ1_S)
+
+    @property
     def ggml_name(self) -> str:
         """The name ggml prints (`q4_K`, `f16`, ...)."""
         n = self.name.lower()
