@@ -125,7 +125,7 @@ def test_grid_matches_gguf(t):
     g = getattr(gguf.quants, t.name)
     g.init_grid()
     want = np.asarray(g.grid, dtype=np.float32).reshape(g.grid_shape)
-    grid, kmap, _ = _iqgrid.search_tables(GRIDS[t])
+    grid, kmap, _, _ = _iqgrid.search_tables(GRIDS[t])
     levels = (grid.astype(np.int64) - 1) // 2
     got = np.asarray(g.grid_map, dtype=np.float32)[levels]
     np.testing.assert_array_equal(got, want)
@@ -147,7 +147,7 @@ def test_ksigns_match_gguf():
 def test_neighbours_by_definition(which):
     """For sampled off-grid points u: the neighbour list is every grid point within the nwant
     smallest squared distances, ordered by (distance, index), as iq2xs_init_impl's qsort gives."""
-    grid, kmap, nb = _iqgrid.search_tables(which)
+    grid, kmap, nb, coords = _iqgrid.search_tables(which)
     s, rng = fresh_rng()
     off = np.flatnonzero(kmap < 0)
     assert len(off) == _iqgrid.KMAP_SIZE - grid.shape[0]

@@ -9,6 +9,12 @@ laid out exactly as ggml's `iq2_data[gindex]`:
     neighbours  uint16        at `offset`: n, then the n grid indices nearest to u (squared
                               distance, then index, ascending) over the `nwant` smallest distances
 
+and, for the kernels' searches, the neighbours' coordinates transposed list by list (the search
+runs over the neighbours as SIMD lanes, each summing its 8 terms in ggml's order):
+
+    coords      int8 (8 len(neighbours))  for the list at `offset` with n entries:
+                              coords[8 (offset + 1) + i n + j] = grid[neighbours[offset + 1 + j], i]
+
 The tables are built once per process (lru_cache) by a compiled builder, and handed to the
 compiled kernels through `tables()` (one object-mode call per kernel call).
 """
@@ -94,16 +100,31 @@ def _build(grid, nwant):
 _lock = threading.Lock()
 
 
+@njit(cache=True)
+def _transpose(grid, kmap, nb):
+    coords = np.zeros(8 * nb.shape[0], dtype=np.int8)
+    for u in range(KMAP_SIZE):
+        if kmap[u] >= 0:
+            continue
+        st = -kmap[u] - 1
+        n = np.int64(nb[st])
+        for j in range(n):
+            g = np.int64(nb[st + 1 + j])
+            for i in range(8):
+                coords[8 * (st + 1) + i * n + j] = grid[g, i]
+    return coords
+
+
 @lru_cache(maxsize=None)
 def _tables(which: int):
     kgrid, nwant = _KGRIDS[which]
     grid = grid_points(kgrid)
     kmap, nb = _build(grid, nwant)
-    return grid, kmap, nb
+    return grid, kmap, nb, _transpose(grid, kmap, nb)
 
 
 def search_tables(which: int):
-    """(grid, kmap, neighbours) of iq2_data[which], built on first use."""
+    """(grid, kmap, neighbours, coords) of iq2_data[which], built on first use."""
     with _lock:
         return _tables(which)
 
@@ -111,6 +132,6 @@ def search_tables(which: int):
 @njit(cache=True)
 def tables(which):
     """search_tables(which) from compiled code."""
-    with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]"):
-        grid, kmap, nb = search_tables(which)
-    return grid, kmap, nb
+    with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]", coords="int8[::1]"):
+        grid, kmap, nb, coords = search_tables(which)
+    return grid, kmap, nb, coords

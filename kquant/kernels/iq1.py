@@ -30,7 +30,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
-from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16
+from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
 from ._iqgrid import GRID_1S, KMAP_SIZE, tables
 
@@ -100,31 +100,48 @@ def merge_sort(v, idx, tmpv, tmpi, n):
         w *= 2
 
 
-@njit(**JIT)
-def find_best_neighbour2(nb, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
+@njit(inline="always", **JIT)
+def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
     """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
-    fall back to its whole-grid loop (which reads outside the block) or assert."""
-    n = np.int64(nb[start])
+    fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
+    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
+    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
+    base = np.uint64(8 * (start + 1))
+    x0 = xx[0]
+    x1 = xx[1]
+    x2 = xx[2]
+    for j in range(n):
+        d2[j] = _F0
+    for i in range(8):
+        # the term w (s q - x)^2 of coordinate i takes 3 values (q = xx[0..2]): computed once
+        # each, with C's operations, then picked per lane
+        xi = xb[xo + i]
+        wi = weight[wo + i]
+        e0 = scale * x0 - xi
+        e1 = scale * x1 - xi
+        e2 = scale * x2 - xi
+        t0 = wi * e0 * e0
+        t1 = wi * e1 * e1
+        t2 = wi * e2 * e2
+        row = base + np.uint64(i) * n
+        for j in range(n):
+            c = coords[row + j]
+            d2[j] += sel(c == 1, t0, sel(c == 3, t1, t2))
     best = _FLT_MAX
-    gi = -1
-    for j in range(1, n + 1):
-        g = np.int64(nb[start + j])
-        d2 = _F0
-        for i in range(8):
-            q = xx[(grid[g, i] - 1) // 2]
-            w = weight[wo + i]
-            diff = scale * q - xb[xo + i]
-            d2 += w * diff * diff
-        if d2 < best:
-            best = d2
-            gi = g
-    if gi >= 0:
-        for i in range(8):
-            L[lo + i] = (grid[gi, i] - 1) // 2
+    jb = -1
+    for j in range(n):
+        if d2[j] < best:
+            best = d2[j]
+            jb = np.int64(j)
+    if jb < 0:
+        return -1
+    gi = np.int64(nb[start + 1 + jb])
+    for i in range(8):
+        L[lo + i] = (grid[gi, i] - 1) // 2
     return gi
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     for j in range(n):
         pv[j] = x[bo + j]
@@ -132,7 +149,7 @@ def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     merge_sort(pv, pidx, tv, ti, n)
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _grid_u(L, lo):
     u = 0
     for j in range(8):
@@ -141,7 +158,7 @@ def _grid_u(L, lo):
 
 
 @njit(**JIT)
-def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti):
+def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
         out[off + j] = 0
@@ -212,7 +229,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, L, index, sh
                 if u >= KMAP_SIZE:
                     return 1
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -252,7 +269,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, L, index, sh
     return 0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _half_shift(best_k, k):
     """Row of XPM_M for group k of a 16-value block: k == 0: best_k < 2 ? x_p : x_m; else best_k % 2 == 0 ? x_p : x_m."""
     if k == 0:
@@ -260,7 +277,7 @@ def _half_shift(best_k, k):
     return best_k % 2
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
     if weighted:
         for i in range(16):
@@ -271,7 +288,7 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 
 @njit(**JIT)
-def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti):
+def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -374,7 +391,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, scales, weight, L,
             gi = np.int64(kmap[u])
             if gi < 0:
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -441,7 +458,7 @@ def _quantize_iq1(x, qw, out, is_m):
     weighted = qw.shape[0] == x.shape[1]
     if not is_m and not weighted:
         return x.shape[0] * nblk
-    grid, kmap, nb = tables(GRID_1S)
+    grid, kmap, nb, coords = tables(GRID_1S)
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
@@ -456,14 +473,15 @@ def _quantize_iq1(x, qw, out, is_m):
     tv = np.zeros(bs, dtype=np.float32)
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, scales, weight,
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf, scales, weight,
                                      L, index, shifts, px, pw, pv, pidx, tv, ti)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, scales, weight, L, index,
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales, weight, L, index,
                                      shifts, sumx, sumw, pv, pidx, tv, ti)
     return failed
 

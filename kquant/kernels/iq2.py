@@ -33,7 +33,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from . import Kernel
-from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16
+from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, tables
 from ._search import make_qp_quants
@@ -67,30 +67,45 @@ DEQ_XS = KGRID_2BIT_512.astype(np.int64)
 DEQ_S = KGRID_2BIT_1024.astype(np.int64)
 
 
-@njit(**JIT)
-def find_best_neighbour(nb, start, grid, xval, xo, weight, scale, L, lo):
+@njit(inline="always", **JIT)
+def find_best_neighbour(nb, coords, d2, start, grid, xval, xo, weight, scale, L, lo):
     """iq2_find_best_neighbour(kneighbors + start, grid, xval + xo, weight + xo, scale, L + lo):
-    the grid index, or -1 where ggml asserts (no candidate with d2 < FLT_MAX)."""
-    n = np.int64(nb[start])
+    the grid index, or -1 where ggml asserts (no candidate with d2 < FLT_MAX). The neighbours
+    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
+    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
+    base = np.uint64(8 * (start + 1))
+    for j in range(n):
+        d2[j] = _F0
+    for i in range(8):
+        # the term w (s q - x)^2 of coordinate i takes 3 values (q = 1, 3, 5): computed once each,
+        # with C's operations, then picked per lane
+        xi = xval[xo + i]
+        wi = weight[xo + i]
+        e1 = scale * np.float32(1.0) - xi
+        e3 = scale * np.float32(3.0) - xi
+        e5 = scale * np.float32(5.0) - xi
+        t1 = wi * e1 * e1
+        t3 = wi * e3 * e3
+        t5 = wi * e5 * e5
+        row = base + np.uint64(i) * n
+        for j in range(n):
+            c = coords[row + j]
+            d2[j] += sel(c == 1, t1, sel(c == 3, t3, t5))
     best_d2 = _FLT_MAX
-    gi = -1
-    for j in range(1, n + 1):
-        g = np.int64(nb[start + j])
-        d2 = _F0
-        for i in range(8):
-            q = np.float32(grid[g, i])
-            diff = scale * q - xval[xo + i]
-            d2 += weight[xo + i] * diff * diff
-        if d2 < best_d2:
-            best_d2 = d2
-            gi = g
-    if gi >= 0:
-        for i in range(8):
-            L[lo + i] = (grid[gi, i] - 1) // 2
+    jb = -1
+    for j in range(n):
+        if d2[j] < best_d2:
+            best_d2 = d2[j]
+            jb = np.int64(j)
+    if jb < 0:
+        return -1
+    gi = np.int64(nb[start + 1 + jb])
+    for i in range(8):
+        L[lo + i] = (grid[gi, i] - 1) // 2
     return gi
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def group_levels(xval, xo, idv, L, lo):
     """L[lo:lo+8] = MAX(0, MIN(2, nearest_int(0.5f*(id*xval-1)))); returns the packed u."""
     u = 0
@@ -102,7 +117,7 @@ def group_levels(xval, xo, idv, L, lo):
     return u
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def packed(L, lo):
     """uint16 u |= (L[i] << 2i) over int8 L (C's int promotion, then truncation)."""
     u = 0
@@ -111,7 +126,7 @@ def packed(L, lo):
     return u & 0xFFFF
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def weighted_sums(weight, xval, L, n):
     sumqx = _F0
     sumq2 = _F0
@@ -123,7 +138,7 @@ def weighted_sums(weight, xval, L, n):
     return sumqx, sumq2
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def signs_parity(xb, xo, weight, xval, k):
     """Signs of group k with an even count (IQ2_XXS, IQ2_XS): the smallest w x^2 keeps its sign
     flipped if needed. Fills xval[8k:8k+8], returns the 7 stored sign bits."""
@@ -153,7 +168,7 @@ def signs_parity(xb, xo, weight, xval, k):
 
 
 @njit(**JIT)
-def xxs_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, xval, L, Laux, waux, Lqp, q2):
+def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, Lqp, q2):
     """quantize_row_iq2_xxs_impl for the super-block x[xo:xo+256] -> out[off:off+66]; returns 1
     where ggml aborts, else 0."""
     for j in range(16):
@@ -192,7 +207,7 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, xval, L, Laux
             for k in range(4):
                 u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
                 if kmap[u] < 0:
-                    if find_best_neighbour(nb, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, Laux, 32)
             if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
@@ -206,7 +221,7 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, xval, L, Laux
                 u = group_levels(xval, 8 * k, idv, L, 8 * k)
                 gi = kmap[u]
                 if gi < 0:
-                    gi = find_best_neighbour(nb, -gi - 1, grid, xval, 8 * k, waux, scale, L, 8 * k)
+                    gi = find_best_neighbour(nb, coords, d2buf, -gi - 1, grid, xval, 8 * k, waux, scale, L, 8 * k)
                     if gi < 0:
                         return 1
                 for i in range(8):
@@ -248,7 +263,7 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, scales, weight, xval, L, Laux
 
 
 @njit(**JIT)
-def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, scales, weight, xval, L, Laux, waux, q2):
+def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, q2):
     """quantize_row_iq2_xs_impl (is_s False) or quantize_row_iq2_s_impl (is_s True) for the
     super-block x[xo:xo+256] -> out[off:]; returns 1 where ggml aborts, else 0."""
     max_scale = _F0
@@ -313,7 +328,7 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, scales, weig
                 on_grid_aux[k] = True
                 if kmap[u] < 0:
                     on_grid_aux[k] = False
-                    if find_best_neighbour(nb, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, Laux, 16)
             if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
@@ -331,7 +346,7 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, scales, weig
                     continue
                 u = group_levels(xval, 8 * k, idv, L, 8 * k)
                 if kmap[u] < 0:
-                    if find_best_neighbour(nb, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L, 8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, L, 16)
             if sumq2 > _F0:
@@ -387,7 +402,7 @@ def quantize_iq2_xxs(x, qw, out):
     nblk = x.shape[1] // QK_K
     if qw.shape[0] != x.shape[1]:
         return x.shape[0] * nblk
-    grid, kmap, nb = tables(GRID_XXS)
+    grid, kmap, nb, coords = tables(GRID_XXS)
     scales = np.zeros(QK_K // 32, dtype=np.float32)
     weight = np.zeros(32, dtype=np.float32)
     xval = np.zeros(32, dtype=np.float32)
@@ -396,10 +411,11 @@ def quantize_iq2_xxs(x, qw, out):
     Laux = np.zeros(32, dtype=np.int8)
     Lqp = np.zeros(32, dtype=np.uint8)
     q2 = np.zeros(16, dtype=np.uint32)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, scales, weight,
+            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, coords, d2buf, scales, weight,
                                 xval, L, Laux, waux, Lqp, q2)
     return failed
 
@@ -408,7 +424,7 @@ def quantize_iq2_xxs(x, qw, out):
 def _quantize_xs_s(x, qw, out, is_s, which, nbytes):
     nblk = x.shape[1] // QK_K
     weighted = qw.shape[0] == x.shape[1]
-    grid, kmap, nb = tables(which)
+    grid, kmap, nb, coords = tables(which)
     scales = np.zeros(QK_K // 16, dtype=np.float32)
     weight = np.zeros(16, dtype=np.float32)
     xval = np.zeros(16, dtype=np.float32)
@@ -416,11 +432,12 @@ def _quantize_xs_s(x, qw, out, is_s, which, nbytes):
     L = np.zeros(16, dtype=np.int8)
     Laux = np.zeros(16, dtype=np.int8)
     q2 = np.zeros(QK_K // 8, dtype=np.uint16)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             failed += xs_s_block(x[r], b * QK_K, qw, weighted, is_s, out[r], b * nbytes,
-                                 grid, kmap, nb, scales, weight, xval, L, Laux, waux, q2)
+                                 grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, q2)
     return failed
 
 
