@@ -5,7 +5,7 @@ Public API: quantize, dequantize (kernels), convert, convert_many (pipeline), QT
 
 __version__ = "0.1.0"
 
-from .quants import dequantize, quantize  # noqa: E402
+from .ggml.quants import dequantize, quantize  # noqa: E402
 from .types import FileType, QType  # noqa: E402
 
 

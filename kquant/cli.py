@@ -272,7 +272,7 @@ def _types_list_arg(s: str):
 def _set_threads(n) -> None:
     if n is None:
         return
-    from .quants import set_threads
+    from .ggml.quants import set_threads
 
     set_threads(n)
 

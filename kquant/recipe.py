@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from enum import Enum
 
 from .errors import InputError, UnsupportedError
+from .ggml.types import FALLBACK  # llama-quant.cpp tensor_type_fallback, from the type declarations
 from .types import FileType, QType, parse_qtype
 
 __all__ = [
@@ -71,17 +72,6 @@ DEFAULT_TYPE: dict[FileType, QType] = {
     F.MOSTLY_Q6_K: Q.Q6_K,
     F.MOSTLY_IQ4_NL: Q.IQ4_NL,
     F.MOSTLY_IQ4_XS: Q.IQ4_XS,
-}
-
-# llama-quant.cpp tensor_type_fallback: 256-block type -> 32-block type when ne[0] % 256 != 0.
-# 32-block types map to themselves; a type still incompatible after this becomes F16.
-FALLBACK: dict[QType, QType] = {
-    Q.Q2_K: Q.Q4_0,
-    Q.Q3_K: Q.Q4_0,
-    Q.Q4_K: Q.Q5_0,
-    Q.Q5_K: Q.Q5_1,
-    Q.Q6_K: Q.Q8_0,
-    Q.IQ4_XS: Q.IQ4_NL,
 }
 
 # (arch, n_layer) -> LLM_TYPE_70B, from each arch's load_arch_hparams (src/models/*.cpp);

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate fixtures/golden/: inputs (fixed seed) and libggml's bytes for every type.
 
-    .venv/bin/python scripts/make_fixtures.py [--types IQ2_XXS,IQ1_S]   (default: every type)
+    .venv/bin/python scripts/make_fixtures.py [--types TQ1_0,MXFP4]   (default: every type with kernels)
 
 Never edit the outputs by hand: they are ggml's answers (ggml_quantize_chunk and to_float from
 llama-cpp-python 0.3.36), used by tests/test_golden.py to check kquant byte for byte.
@@ -18,7 +18,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from kquant import reference  # noqa: E402
-from kquant.types import QType, parse_qtype  # noqa: E402
+from kquant.ggml import quants  # noqa: E402
+from kquant.types import parse_qtype  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden")
 ROWS, COLS = 4, 512
@@ -51,9 +52,10 @@ def inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--types", help="comma-separated types to write (inputs.npz is always written, identically)")
+    ap.add_argument("--types", help="comma-separated types to write (the inputs are the same whichever)")
     args = ap.parse_args(argv)
-    types = [parse_qtype(n) for n in args.types.split(",")] if args.types else list(QType)
+    # default: every type kquant has kernels for
+    types = [parse_qtype(n) for n in args.types.split(",")] if args.types else quants.supported_types()
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(SEED)
     xs = inputs(rng)
@@ -63,12 +65,11 @@ def main(argv=None) -> int:
     for t in types:
         out = {}
         for name, x in xs.items():
-            if not t.requires_imatrix:  # else ggml aborts: no unweighted bytes
-                out[name] = reference.quantize(x, t)
+            q = reference.quantize(x, t)
+            out[name] = q
+            out[name + "__deq"] = reference.dequantize(q, t, x.shape)
             if t.is_quantized:
                 out[name + "__imatrix"] = reference.quantize(x, t, imatrix)
-            q = out[name + "__imatrix"] if t.requires_imatrix else out[name]
-            out[name + "__deq"] = reference.dequantize(q, t, x.shape)
         np.savez_compressed(os.path.join(OUT, f"{t.name}.npz"), **out)
         print(f"{t.name}: {len(out)} arrays")
     return 0

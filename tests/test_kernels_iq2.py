@@ -1,6 +1,6 @@
 """IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M kernels against libggml, byte for byte.
 
-Quantize: kquant.kernels.iq2 / iq1 vs ggml_quantize_chunk (kquant.reference), with importance
+Quantize: kquant.ggml.kernels.iq2 / iq1 vs ggml_quantize_chunk (kquant.reference), with importance
 weights (every type) and without (IQ2_S, IQ1_M: ggml aborts without them for the other three,
 and kquant.quantize refuses), over many value distributions. The search tables (iq2xs_init_impl's
 grid, kmap and neighbour lists) are checked against gguf-py's dequantization grids and against
@@ -14,8 +14,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kquant import quants, reference
-from kquant.kernels import _iqgrid
+from kquant import reference
+from kquant.ggml import quants
+from kquant.ggml.kernels import _iqgrid
 from kquant.types import QK_K, QType
 
 from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
@@ -137,7 +138,7 @@ def test_grid_matches_gguf(t):
 def test_ksigns_match_gguf():
     import gguf
 
-    from kquant.kernels.iq2 import _ksigns
+    from kquant.ggml.kernels.iq2 import _ksigns
 
     want = np.frombuffer(gguf.quants.IQ2_XXS.ksigns, dtype=np.uint8)
     assert [_ksigns(v) for v in range(128)] == want.tolist()

@@ -2,10 +2,10 @@
 
 Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.3.36):
   quantize_row_iq2_xxs_impl, quantize_row_iq2_xs_impl, quantize_row_iq2_s_impl,
-  iq2_find_best_neighbour (and make_qp_quants, kquant.kernels._search),
+  iq2_find_best_neighbour (and make_qp_quants, kquant.ggml.kernels._search),
   dequantize_row_iq2_xxs, dequantize_row_iq2_xs, dequantize_row_iq2_s
 byte for byte. Every float expression is evaluated in float32, op by op, in C's order. The
-search tables (grid, kmap, neighbours) are iq2xs_init_impl's (kquant.kernels._iqgrid).
+search tables (grid, kmap, neighbours) are iq2xs_init_impl's (kquant.ggml.kernels._iqgrid).
 
 Groups of 8 values are coded as a point of an E8-like grid (levels 2l+1, l = 0..2, magnitudes
 after the signs are taken out) plus sign bits; 32 (XXS) or 16 (XS, S) values share a 4-bit
@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
@@ -48,17 +48,13 @@ _FLT_MAX = np.float32(3.4028234663852886e38)
 KMAXQ = 3
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 
-# block layouts (ggml-common.h), field by field
-_F16 = np.dtype("<u2")
-BLOCK_IQ2_XXS = np.dtype([("d", _F16), ("qs", "<u2", QK_K // 8)])
-BLOCK_IQ2_XS = np.dtype([("d", _F16), ("qs", "<u2", QK_K // 8), ("scales", "u1", QK_K // 32)])
-BLOCK_IQ2_S = np.dtype([("d", _F16), ("qs", "u1", QK_K // 4), ("qh", "u1", QK_K // 32), ("scales", "u1", QK_K // 32)])
-assert (BLOCK_IQ2_XXS.itemsize, BLOCK_IQ2_XS.itemsize, BLOCK_IQ2_S.itemsize) == (66, 74, 82)
-XXS_BYTES, XXS_D, XXS_QS = BLOCK_IQ2_XXS.itemsize, BLOCK_IQ2_XXS.fields["d"][1], BLOCK_IQ2_XXS.fields["qs"][1]
-XS_BYTES, XS_D, XS_QS, XS_SCALES = (BLOCK_IQ2_XS.itemsize, BLOCK_IQ2_XS.fields["d"][1], BLOCK_IQ2_XS.fields["qs"][1],
-                                    BLOCK_IQ2_XS.fields["scales"][1])
-S_BYTES, S_D, S_QS, S_QH, S_SCALES = (BLOCK_IQ2_S.itemsize, BLOCK_IQ2_S.fields["d"][1], BLOCK_IQ2_S.fields["qs"][1],
-                                      BLOCK_IQ2_S.fields["qh"][1], BLOCK_IQ2_S.fields["scales"][1])
+# block layouts: offsets from the declarations (kquant.ggml.types)
+XXS_BYTES = QType.IQ2_XXS.type_size
+XXS_D, XXS_QS = field_offsets(QType.IQ2_XXS, "d", "qs")
+XS_BYTES = QType.IQ2_XS.type_size
+XS_D, XS_QS, XS_SCALES = field_offsets(QType.IQ2_XS, "d", "qs", "scales")
+S_BYTES = QType.IQ2_S.type_size
+S_D, S_QS, S_QH, S_SCALES = field_offsets(QType.IQ2_S, "d", "qs", "qh", "scales")
 
 # the dequantization grids (ggml-common.h iq2xxs_grid, iq2xs_grid, iq2s_grid): levels 0, 1, 2 -> 8, 25, 43
 DEQ_LEVELS = np.array([8.0, 25.0, 43.0, 0.0], dtype=np.float32)

@@ -4,7 +4,7 @@ Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.
   quantize_row_iq1_s_impl, quantize_row_iq1_m_impl, iq1_find_best_neighbour2,
   dequantize_row_iq1_s, dequantize_row_iq1_m
 byte for byte. Every float expression is evaluated in float32, op by op, in C's order. The
-search tables are iq2xs_init_impl's 2048-point grid (kquant.kernels._iqgrid, GRID_1S).
+search tables are iq2xs_init_impl's 2048-point grid (kquant.ggml.kernels._iqgrid, GRID_1S).
 
 Values are coded as -1, 0, 1 plus a shift of +-IQ1S_DELTA per group, 8 values per grid point.
 The exhaustive split search sorts each block with C's qsort: glibc's (2.36) qsort is a stable
@@ -20,7 +20,7 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
 does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no finite candidate: only
 input far outside fp16 range or non-finite weights) are counted and the count returned, as in
-kquant.kernels.iq2.
+kquant.ggml.kernels.iq2.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
@@ -50,14 +50,11 @@ XPM_M = np.array([[-_F1 + IQ1M_DELTA, IQ1M_DELTA, _F1 + IQ1M_DELTA], [-_F1 - IQ1
                  dtype=np.float32)
 IQ1M_MASKS = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
 
-_F16 = np.dtype("<u2")
-BLOCK_IQ1_S = np.dtype([("d", _F16), ("qs", "u1", QK_K // 8), ("qh", "<u2", QK_K // 32)])
-BLOCK_IQ1_M = np.dtype([("qs", "u1", QK_K // 8), ("qh", "u1", QK_K // 16), ("scales", "u1", QK_K // 32)])
-assert (BLOCK_IQ1_S.itemsize, BLOCK_IQ1_M.itemsize) == (50, 56)
-S_BYTES, S_D, S_QS, S_QH = (BLOCK_IQ1_S.itemsize, BLOCK_IQ1_S.fields["d"][1], BLOCK_IQ1_S.fields["qs"][1],
-                            BLOCK_IQ1_S.fields["qh"][1])
-M_BYTES, M_QS, M_QH, M_SC = (BLOCK_IQ1_M.itemsize, BLOCK_IQ1_M.fields["qs"][1], BLOCK_IQ1_M.fields["qh"][1],
-                             BLOCK_IQ1_M.fields["scales"][1])
+# block layouts: offsets from the declarations (kquant.ggml.types)
+S_BYTES = QType.IQ1_S.type_size
+S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
+M_BYTES = QType.IQ1_M.type_size
+M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
 
 
