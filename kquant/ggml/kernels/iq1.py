@@ -165,6 +165,8 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
         sumx2 += x[xo + i] * x[xo + i]
     sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
     bs = 32
+    p0, p1, p2 = XPM_S[0, 0], XPM_S[0, 1], XPM_S[0, 2]
+    m0, m1, m2 = XPM_S[1, 0], XPM_S[1, 1], XPM_S[1, 2]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
         for i in range(bs):
@@ -189,19 +191,41 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
         besti1 = -1
         besti2 = -1
         best_shift = 0
+        # C's expressions, with the terms that depend on i1 only hoisted (the same operations)
+        sx0 = sumx[0]
+        sw0 = sumw[0]
+        sxn = sumx[bs]
+        swn = sumw[bs]
         for i1 in range(bs + 1):
+            a = sumx[i1] - sx0
+            aw = sumw[i1] - sw0
+            ap = a * p0
+            am = a * m0
+            awp = aw * p0 * p0
+            awm = aw * m0 * m0
+            sx1 = sumx[i1]
+            sw1 = sumw[i1]
             for i2 in range(i1, bs + 1):
-                for sh in range(2):
-                    xp = XPM_S[sh]
-                    sumqx = (sumx[i1] - sumx[0]) * xp[0] + (sumx[i2] - sumx[i1]) * xp[1] + (sumx[bs] - sumx[i2]) * xp[2]
-                    sumq2 = ((sumw[i1] - sumw[0]) * xp[0] * xp[0] + (sumw[i2] - sumw[i1]) * xp[1] * xp[1]
-                             + (sumw[bs] - sumw[i2]) * xp[2] * xp[2])
-                    if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
-                        scale = sumqx / sumq2
-                        best_score = scale * sumqx
-                        besti1 = i1
-                        besti2 = i2
-                        best_shift = 1 - 2 * sh
+                b = sumx[i2] - sx1
+                c = sxn - sumx[i2]
+                bw = sumw[i2] - sw1
+                cw = swn - sumw[i2]
+                sumqx = ap + b * p1 + c * p2
+                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
+                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = 1
+                sumqx = am + b * m1 + c * m2
+                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
+                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = -1
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
