@@ -97,7 +97,7 @@ def merge_sort(v, idx, tmpv, tmpi, n):
         w *= 2
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
     """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
     fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
@@ -138,7 +138,7 @@ def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale,
     return gi
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     for j in range(n):
         pv[j] = x[bo + j]
@@ -146,7 +146,7 @@ def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     merge_sort(pv, pidx, tv, ti, n)
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _grid_u(L, lo):
     u = 0
     for j in range(8):
@@ -290,7 +290,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
     return 0
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _half_shift(best_k, k):
     """Row of XPM_M for group k of a 16-value block: k == 0: best_k < 2 ? x_p : x_m; else best_k % 2 == 0 ? x_p : x_m."""
     if k == 0:
@@ -298,7 +298,7 @@ def _half_shift(best_k, k):
     return best_k % 2
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
     if weighted:
         for i in range(16):

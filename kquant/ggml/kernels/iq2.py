@@ -63,7 +63,7 @@ DEQ_XS = KGRID_2BIT_512.astype(np.int64)
 DEQ_S = KGRID_2BIT_1024.astype(np.int64)
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def find_best_neighbour(nb, coords, d2, start, grid, xval, xo, weight, scale, L, lo):
     """iq2_find_best_neighbour(kneighbors + start, grid, xval + xo, weight + xo, scale, L + lo):
     the grid index, or -1 where ggml asserts (no candidate with d2 < FLT_MAX). The neighbours
@@ -101,7 +101,7 @@ def find_best_neighbour(nb, coords, d2, start, grid, xval, xo, weight, scale, L,
     return gi
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def group_levels(xval, xo, idv, L, lo):
     """L[lo:lo+8] = MAX(0, MIN(2, nearest_int(0.5f*(id*xval-1)))); returns the packed u."""
     u = 0
@@ -113,7 +113,7 @@ def group_levels(xval, xo, idv, L, lo):
     return u
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def packed(L, lo):
     """uint16 u |= (L[i] << 2i) over int8 L (C's int promotion, then truncation)."""
     u = 0
@@ -122,7 +122,7 @@ def packed(L, lo):
     return u & 0xFFFF
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def weighted_sums(weight, xval, L, n):
     sumqx = _F0
     sumq2 = _F0
@@ -134,7 +134,7 @@ def weighted_sums(weight, xval, L, n):
     return sumqx, sumq2
 
 
-@njit(inline="always", **JIT)
+@njit(**JIT)
 def signs_parity(xb, xo, weight, xval, k):
     """Signs of group k with an even count (IQ2_XXS, IQ2_XS): the smallest w x^2 keeps its sign
     flipped if needed. Fills xval[8k:8k+8], returns the 7 stored sign bits."""
