@@ -181,4 +181,5 @@ def test_dequantize(t):
         np.testing.assert_array_equal(quants.dequantize(q, t, (rows, cols)).view(np.uint32), got.view(np.uint32))
     got = np.empty((rows, cols), dtype=np.float32)
     KERNELS[t].dequantize(q1, got)
-    np.testing.assert_array_equal(got, gguf.quants.dequantize(q1, gguf.GGMLQuantizationType(int(t))), err_msg=f"seed={s}")
+    want = gguf.quants.dequantize(q1, gguf.GGMLQuantizationType(int(t)))
+    np.testing.assert_array_equal(got, want, err_msg=f"seed={s}")

@@ -44,10 +44,10 @@ IQ1M_DELTA = np.float32(0.125)
 GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
 GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
 # x_p = {-1 + delta, delta, 1 + delta}, x_m = {-1 - delta, -delta, 1 - delta}; rows 0 (+) and 1 (-)
-XPM_S = np.array([[-_F1 + IQ1S_DELTA, IQ1S_DELTA, _F1 + IQ1S_DELTA], [-_F1 - IQ1S_DELTA, -IQ1S_DELTA, _F1 - IQ1S_DELTA]],
-                 dtype=np.float32)
-XPM_M = np.array([[-_F1 + IQ1M_DELTA, IQ1M_DELTA, _F1 + IQ1M_DELTA], [-_F1 - IQ1M_DELTA, -IQ1M_DELTA, _F1 - IQ1M_DELTA]],
-                 dtype=np.float32)
+XPM_S = np.array([[-_F1 + IQ1S_DELTA, IQ1S_DELTA, _F1 + IQ1S_DELTA],
+                  [-_F1 - IQ1S_DELTA, -IQ1S_DELTA, _F1 - IQ1S_DELTA]], dtype=np.float32)
+XPM_M = np.array([[-_F1 + IQ1M_DELTA, IQ1M_DELTA, _F1 + IQ1M_DELTA],
+                  [-_F1 - IQ1M_DELTA, -IQ1M_DELTA, _F1 - IQ1M_DELTA]], dtype=np.float32)
 IQ1M_MASKS = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
 
 # block layouts: offsets from the declarations (kquant.ggml.types)
@@ -155,7 +155,8 @@ def _grid_u(L, lo):
 
 
 @njit(**JIT)
-def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti):
+def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw,
+               pv, pidx, tv, ti):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
         out[off + j] = 0
@@ -250,7 +251,8 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
                 if u >= KMAP_SIZE:
                     return 1
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
+                                          L, 8 * k)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -292,7 +294,8 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
 
 @njit(**JIT)
 def _half_shift(best_k, k):
-    """Row of XPM_M for group k of a 16-value block: k == 0: best_k < 2 ? x_p : x_m; else best_k % 2 == 0 ? x_p : x_m."""
+    """Row of XPM_M for group k of a 16-value block (k == 0: best_k < 2 ? x_p : x_m;
+    k == 1: best_k % 2 == 0 ? x_p : x_m)."""
     if k == 0:
         return 0 if best_k < 2 else 1
     return best_k % 2
@@ -309,7 +312,8 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 
 @njit(**JIT)
-def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti):
+def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw,
+               pv, pidx, tv, ti):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -412,7 +416,8 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             gi = np.int64(kmap[u])
             if gi < 0:
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx, L, 8 * k)
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
+                                          L, 8 * k)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -499,11 +504,11 @@ def _quantize_iq1(x, qw, out, is_m):
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf, scales, weight,
-                                     L, index, shifts, px, pw, pv, pidx, tv, ti)
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf,
+                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales, weight, L, index,
-                                     shifts, sumx, sumw, pv, pidx, tv, ti)
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales,
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)
     return failed
 
 

@@ -203,7 +203,8 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
             for k in range(4):
                 u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
                 if kmap[u] < 0:
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
+                                           8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, Laux, 32)
             if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
@@ -259,7 +260,8 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
 
 
 @njit(**JIT)
-def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, q2):
+def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux,
+               q2):
     """quantize_row_iq2_xs_impl (is_s False) or quantize_row_iq2_s_impl (is_s True) for the
     super-block x[xo:xo+256] -> out[off:]; returns 1 where ggml aborts, else 0."""
     max_scale = _F0
@@ -324,7 +326,8 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2bu
                 on_grid_aux[k] = True
                 if kmap[u] < 0:
                     on_grid_aux[k] = False
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
+                                           8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, Laux, 16)
             if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
@@ -342,7 +345,8 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2bu
                     continue
                 u = group_levels(xval, 8 * k, idv, L, 8 * k)
                 if kmap[u] < 0:
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L, 8 * k) < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L,
+                                           8 * k) < 0:
                         return 1
             sumqx, sumq2 = weighted_sums(weight, xval, L, 16)
             if sumq2 > _F0:
@@ -411,8 +415,8 @@ def quantize_iq2_xxs(x, qw, out):
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, coords, d2buf, scales, weight,
-                                xval, L, Laux, waux, Lqp, q2)
+            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, coords, d2buf, scales,
+                                weight, xval, L, Laux, waux, Lqp, q2)
     return failed
 
 
@@ -479,7 +483,8 @@ def dequantize_iq2_xxs(q, out):
             d = get_f16(qr, off + XXS_D)
             for ib in range(QK_K // 32):
                 o = off + XXS_QS + 8 * ib
-                a1 = np.int64(qr[o + 4]) | (np.int64(qr[o + 5]) << 8) | (np.int64(qr[o + 6]) << 16) | (np.int64(qr[o + 7]) << 24)
+                a1 = (np.int64(qr[o + 4]) | (np.int64(qr[o + 5]) << 8) | (np.int64(qr[o + 6]) << 16)
+                      | (np.int64(qr[o + 7]) << 24))
                 db = d * (_F05 + np.float32(a1 >> 28)) * np.float32(0.25)
                 for l in range(4):
                     _put8(yr, b * QK_K + 32 * ib + 8 * l, db, grid[qr[o + l]], _ksigns((a1 >> (7 * l)) & 127))
