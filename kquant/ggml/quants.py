@@ -169,7 +169,7 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
         failed = _run_rows(k.quantize, rows, cols, x, qw, out)
         if failed:
             raise ValueError(f"{t.name}: ggml's search aborts on {failed} block(s) of this input "
-                             "(values far outside fp16 range, or non-finite weights)")
+                             "(non-finite values in its search)")
         _check_scales(out, t)
     return out
 

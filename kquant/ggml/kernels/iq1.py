@@ -18,9 +18,9 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
                  scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
 
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
-does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no finite candidate: only
-input far outside fp16 range or non-finite weights) are counted and the count returned, as in
-kquant.ggml.kernels.iq2.
+does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
+scale, from NaN input; or its whole-grid fallback, which reads outside the block) are counted and
+the count returned, as in kquant.ggml.kernels.iq2.
 """
 
 from __future__ import annotations

@@ -21,9 +21,10 @@ scale, a super-block of 256 shares an fp16 scale. Block layouts (ggml-common.h):
 IQ2_XXS and IQ2_XS have a weighted path only: ggml_quantize_chunk aborts without importance
 weights (ggml_quantize_requires_imatrix), and so does kquant.quantize. IQ2_S has both.
 
-ggml also aborts (GGML_ASSERT) when a search finds no finite candidate, which only input far
-outside fp16 range or non-finite weights can cause; the kernels count such blocks and return
-the count (kquant.quantize raises), leaving the block as far as ggml got.
+ggml also aborts (GGML_ASSERT) when a search finds no candidate or a scale is NaN, which NaN
+input can cause (kquant.quantize refuses non-finite input before that); the kernels count such
+blocks and return the count (kquant.quantize raises), leaving the block as far as ggml got.
+Elsewhere they follow ggml through NaN and overflow, bytes included.
 """
 
 from __future__ import annotations
