@@ -6,14 +6,22 @@ line on stderr and a non-zero exit; KQUANT_DEBUG=1 shows the traceback.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import traceback
-from pathlib import Path
+# Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
+# second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
+# kquant.fsutil import nothing heavy.
+from . import fsutil as _fsutil
 
-from .errors import InputError, KquantError
+if __name__ == "__main__":
+    _fsutil.install_interrupt_handlers()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .errors import InputError, KquantError  # noqa: E402
 
 PROG = "kquant"
 
@@ -166,10 +174,45 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A command-line error: printed as one line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and single-valued options that refuse conflicting repeats."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+    def add_argument(self, *args, **kw):
+        if args and args[0].startswith("-") and "action" not in kw and kw.get("nargs") is None:
+            kw["action"] = _StoreOnce
+        return super().add_argument(*args, **kw)
+
+
+class _StoreOnce(argparse.Action):
+    """Store a single value; the same option again with a different value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given", {})
+        if self.dest in seen and seen[self.dest][1] != values:
+            first, _ = seen[self.dest]
+            parser.error(f"{option_string or self.dest} given twice with different values ({first} and {values_str(values)}); give it once")
+        seen[self.dest] = (values_str(values), values)
+        setattr(namespace, self.dest, values)
+
+
+def values_str(v) -> str:
+    for a in ("short_name", "ggml_name"):
+        if hasattr(v, a):
+            return str(getattr(v, a))
+    return str(v)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
+    p = _Parser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
@@ -502,27 +545,71 @@ def cmd_batch(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    """The command line. Called without `argv` (the `kquant` script, `python -m kquant.cli`) it
+    owns the process: SIGINT/SIGTERM/SIGHUP interrupt once (later ones are ignored while the first
+    is cleaned up) and are ignored after it returns, so no signal can end in a traceback."""
+    owner = argv is None
+    old = _fsutil.install_interrupt_handlers()  # again: `kquant` imports this module, not __main__
+    code = None
+    try:  # interrupt_once raises at most one KeyboardInterrupt, wherever it lands
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt as e:  # before _main's own handler was entered
+            code = _interrupted(e)
+        finally:
+            _leave(owner, old)
+    except KeyboardInterrupt as e:  # it landed in between
+        _leave(owner, old)
+        if code is None:
+            code = _interrupted(e)
+    return code
+
+
+def _leave(owner: bool, old: dict) -> None:
+    if owner:
+        _fsutil.ignore_interrupts()  # the process is exiting: nothing left to interrupt
+    else:
+        _fsutil.restore_handlers(old)
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exc()
+    signum = getattr(e, "signum", 2)  # fsutil.Terminated carries SIGTERM/SIGHUP
+    _err(f"interrupted by signal {signum}; no output was left behind")
+    return 128 + signum
+
+
+def _main(argv) -> int:
     debug = os.environ.get("KQUANT_DEBUG", "") not in ("", "0")
     try:
-        return int(args.func(args) or 0)
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except _UsageError as e:
+            _err(str(e))
+            return 2
+        args.__dict__.pop("_given", None)
+        with _fsutil.track_inputs():
+            return int(args.func(args) or 0)
     except KquantError as e:
         if debug:
             traceback.print_exc()
         _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
         return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (fsutil.Terminated carries signum)
-        if debug:
-            traceback.print_exc()
-        signum = getattr(e, "signum", 2)
-        _err(f"interrupted by signal {signum}; no output was left behind")
-        return 128 + signum
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP
+        return _interrupted(e)
     except BrokenPipeError:
         return 141
     except MemoryError:
         _err("out of memory")
         return 3
+    except OSError as e:  # the system refused (too many open files, I/O error, ...): not a bug
+        if debug:
+            traceback.print_exc()
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"{where}{e.strerror or e}")
+        return 74  # EX_IOERR
     except Exception as e:  # a bug: say so in one line, traceback with KQUANT_DEBUG=1
         if debug:
             traceback.print_exc()
