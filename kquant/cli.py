@@ -8,11 +8,13 @@ from __future__ import annotations
 
 # Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
 # second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
-# kquant.fsutil import nothing heavy.
+# kquant.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
+# Python's: a signal there gets its default behaviour.)
 from . import fsutil as _fsutil
 
 if __name__ == "__main__":
-    _fsutil.install_interrupt_handlers()
+    _fsutil.defer_interrupts()  # main() arms them inside the code that reports an interrupt
+    _fsutil.announce("started")
 
 import argparse  # noqa: E402
 import json  # noqa: E402
@@ -549,7 +551,8 @@ def main(argv=None) -> int:
     owns the process: SIGINT/SIGTERM/SIGHUP interrupt once (later ones are ignored while the first
     is cleaned up) and are ignored after it returns, so no signal can end in a traceback."""
     owner = argv is None
-    old = _fsutil.install_interrupt_handlers()  # again: `kquant` imports this module, not __main__
+    old = _fsutil.defer_interrupts()  # (already so since start-up under `python -m kquant.cli`)
+    old_hook, sys.unraisablehook = sys.unraisablehook, _fsutil.unraisable_hook(sys.unraisablehook)
     code = None
     try:  # interrupt_once raises at most one KeyboardInterrupt, wherever it lands
         try:
@@ -557,31 +560,31 @@ def main(argv=None) -> int:
         except KeyboardInterrupt as e:  # before _main's own handler was entered
             code = _interrupted(e)
         finally:
-            _leave(owner, old)
+            _leave(owner, old, old_hook)
     except KeyboardInterrupt as e:  # it landed in between
-        _leave(owner, old)
+        _leave(owner, old, old_hook)
         if code is None:
             code = _interrupted(e)
     return code
 
 
-def _leave(owner: bool, old: dict) -> None:
+def _leave(owner: bool, old: dict, old_hook) -> None:
     if owner:
         _fsutil.ignore_interrupts()  # the process is exiting: nothing left to interrupt
     else:
         _fsutil.restore_handlers(old)
+        sys.unraisablehook = old_hook
 
 
-def _interrupted(e: KeyboardInterrupt) -> int:
+def _interrupted(e: BaseException, signum: int | None = None) -> int:
     if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
-        traceback.print_exc()
-    signum = getattr(e, "signum", 2)  # fsutil.Terminated carries SIGTERM/SIGHUP
-    _err(f"interrupted by signal {signum}; no output was left behind")
+        traceback.print_exception(e)
+    signum = signum or getattr(e, "signum", 2)  # fsutil.Terminated carries SIGTERM/SIGHUP
+    _err(f"interrupted by signal {signum}; no partial output was left behind")
     return 128 + signum
 
 
 def _main(argv) -> int:
-    debug = os.environ.get("KQUANT_DEBUG", "") not in ("", "0")
     try:
         parser = build_parser()
         try:
@@ -590,32 +593,38 @@ def _main(argv) -> int:
             _err(str(e))
             return 2
         args.__dict__.pop("_given", None)
+        if args.func is not cmd_inspect:  # the kernels' imports, with signals still only recorded
+            from . import quants  # noqa: F401
+        _fsutil.arm_interrupts()
         with _fsutil.track_inputs():
             return int(args.func(args) or 0)
-    except KquantError as e:
-        if debug:
-            traceback.print_exc()
-        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return e.exit_code
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP
         return _interrupted(e)
     except BrokenPipeError:
         return 141
-    except MemoryError:
+    except Exception as e:
+        signum = _fsutil.interrupt_signal()
+        if signum is not None:  # the interrupt surfaced as another error (numpy's import wraps it in ImportError)
+            return _interrupted(e, signum)
+        return _report(e)
+
+
+def _report(e: Exception) -> int:
+    """One line for an exception that ended a command; its exit code."""
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    if isinstance(e, KquantError):
+        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return e.exit_code
+    if isinstance(e, MemoryError):
         _err("out of memory")
         return 3
-    except OSError as e:  # the system refused (too many open files, I/O error, ...): not a bug
-        if debug:
-            traceback.print_exc()
+    if isinstance(e, OSError):  # the system refused (too many open files, I/O error, ...): not a bug
         where = f"{e.filename}: " if e.filename else ""
         _err(f"{where}{e.strerror or e}")
         return 74  # EX_IOERR
-    except Exception as e:  # a bug: say so in one line, traceback with KQUANT_DEBUG=1
-        if debug:
-            traceback.print_exc()
-        else:
-            _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")
-        return 70
+    _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")  # a bug
+    return 70
 
 
 if __name__ == "__main__":

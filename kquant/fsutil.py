@@ -44,6 +44,7 @@ INTERRUPT_SIGNALS = (signal.SIGINT, *TERMINATION_SIGNALS)
 # contains SUBSTRING, after printing "kquant-test: created PATH" on stderr, so a test can send a
 # signal inside the create-and-register window every time.
 TEST_PAUSE_ENV = "KQUANT_TEST_PAUSE_AFTER_CREATE"
+TEST_ANNOUNCE_ENV = "KQUANT_TEST_ANNOUNCE"  # "kquant-test: started" once the CLI's handlers are in
 
 
 def _p(path) -> str:
@@ -284,29 +285,87 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-_interrupted: list[int] = []  # signals received since `interrupt_once` handlers were armed
+_interrupted: list[int] = []  # signals received since `interrupt_once` handlers were installed
+_armed = True  # False from `defer_interrupts` until `arm_interrupts`
 
 
 def interrupt_once(signum, frame):
     """Signal handler: the first SIGINT/SIGTERM/SIGHUP raises KeyboardInterrupt (`Terminated` for
     the last two); later ones are ignored, so the clean-up the first one started runs to its end
-    and cannot be interrupted into a traceback."""
+    and cannot be interrupted into a traceback. Before the handlers are armed it only records."""
     _interrupted.append(signum)
-    if len(_interrupted) == 1:
-        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+    if _armed and len(_interrupted) == 1:
+        _raise_for(signum)
 
 
-def install_interrupt_handlers(sigint: bool = True) -> dict:
-    """Arm `interrupt_once` for SIGTERM/SIGHUP (and SIGINT unless told not to) in the main
-    thread; returns the handlers it replaced. A signal already ignored stays ignored."""
-    _interrupted.clear()
+def _raise_for(signum: int):
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _install(signals) -> dict:
     old = {}
-    for s in INTERRUPT_SIGNALS if sigint else TERMINATION_SIGNALS:
+    for s in signals:
         h = signal.getsignal(s)
         if h == signal.SIG_IGN and s == signal.SIGINT:  # a background job: SIGINT is not meant for us
             continue
         old[s] = signal.signal(s, interrupt_once)
     return old
+
+
+def defer_interrupts() -> dict:
+    """Install `interrupt_once` for SIGINT/SIGTERM/SIGHUP, recording only: start-up (imports of
+    numpy and numba, whose machinery can swallow or rewrap an exception raised inside it) runs to a
+    point where `arm_interrupts` acts on what was recorded. Returns the handlers replaced; a second
+    call keeps what the first recorded."""
+    global _armed
+    if signal.getsignal(signal.SIGTERM) is not interrupt_once:
+        _interrupted.clear()
+    _armed = False
+    return _install(INTERRUPT_SIGNALS)
+
+
+def arm_interrupts() -> None:
+    """From here a signal raises at once; one recorded before is raised now."""
+    global _armed
+    _armed = True
+    if _interrupted:
+        _raise_for(_interrupted[0])
+
+
+def install_interrupt_handlers(sigint: bool = True) -> dict:
+    """Arm `interrupt_once` for SIGTERM/SIGHUP (and SIGINT unless told not to) in the main
+    thread; returns the handlers it replaced. A SIGINT already ignored stays ignored."""
+    global _armed
+    _interrupted.clear()
+    old = _install(INTERRUPT_SIGNALS if sigint else TERMINATION_SIGNALS)
+    _armed = True
+    return old
+
+
+def unraisable_hook(previous):
+    """A sys.unraisablehook: a KeyboardInterrupt of ours raised where Python can only report it
+    ("Exception ignored in" a weakref callback or __del__) is not lost: it is raised again from
+    the next bytecode of the main program, and nothing is printed."""
+
+    def hook(u):
+        if isinstance(u.exc_value, KeyboardInterrupt) and len(_interrupted) == 1:
+            signum = _interrupted.pop()
+            signal.raise_signal(signum)  # interrupt_once runs again as the first signal
+            return
+        previous(u)
+
+    return hook
+
+
+def interrupt_signal() -> int | None:
+    """The first signal `interrupt_once` received since it was installed, or None."""
+    return _interrupted[0] if _interrupted else None
+
+
+def announce(event: str) -> None:
+    """Test hook: "kquant-test: EVENT" on stderr when KQUANT_TEST_ANNOUNCE is set."""
+    if os.environ.get(TEST_ANNOUNCE_ENV):
+        print(f"kquant-test: {event}", file=sys.stderr, flush=True)
 
 
 def restore_handlers(old: dict) -> None:
