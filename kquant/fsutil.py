@@ -1,6 +1,6 @@
 """Atomic output files, output-is-not-an-input checks, signals (SIGINT/SIGTERM/SIGHUP as
-KeyboardInterrupt, regions where they are held), file locks, and releasing pages of read-only
-mappings that a streaming reader has consumed.
+KeyboardInterrupt, regions where they are held), file locks, and reads that notice a file
+changing under them.
 
 An output is written to a hidden temporary file next to it (`.NAME.kquant-tmp-<pid>-<rand>`),
 fsynced, then renamed over the final name and the directory fsynced: a reader sees either
@@ -16,7 +16,6 @@ replace any of them, however the path is spelled (symlink, hard link, `..`).
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 import signal
 import sys
@@ -444,18 +443,31 @@ def inputs_read() -> list[str]:
     return list(_inputs_read)
 
 
-def release_pages(mm, offset: int, nbytes: int) -> None:
-    """Drop a consumed byte range of a read-only shared mapping from this process's resident set.
+def file_stamp(fd: int) -> tuple[int, int]:
+    """(size, mtime_ns) of an open file: what `pread_array` compares after every read."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
 
-    Streaming through a mapping would otherwise leave every page read resident, so peak RSS would
-    grow with the file; the page cache keeps the data and a later access faults it back in."""
-    if mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
-        return
-    page = mmap.PAGESIZE
-    a = offset // page * page
-    b = min(len(mm), -(-(offset + nbytes) // page) * page)
-    if b > a:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
-        except (OSError, ValueError):
-            pass
+
+def pread_array(fd: int, offset: int, nbytes: int, stamp: tuple[int, int], path):
+    """`nbytes` bytes at `offset` as a new read-only uint8 array; InputError "PATH changed while
+    reading" if the file came up short or its size or mtime is no longer `stamp`.
+
+    Readers use this instead of a mapping: a mapped file truncated by another process turns the
+    next access into SIGBUS, which Python cannot handle; a read just comes up short."""
+    import numpy as np
+
+    from .errors import InputError
+
+    buf = np.empty(nbytes, np.uint8)
+    view = memoryview(buf)
+    got = 0
+    while got < nbytes:
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    if got < nbytes or file_stamp(fd) != stamp:
+        raise InputError(f"{_p(path)} changed while reading")
+    buf.flags.writeable = False  # as a view of the file would be
+    return buf

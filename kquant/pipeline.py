@@ -153,10 +153,8 @@ class GGUFSource:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         t = self._info[name]
         row = t.qtype.row_size(int(t.shape[-1])) * int(np.prod(t.shape[1:-1], dtype=np.int64))
-        raw = self.gguf.data(name)[start * row : stop * row]
-        out = quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
-        self.gguf.release(t.offset_abs + start * row, (stop - start) * row)
-        return out
+        raw = self.gguf.read_bytes(name, start * row, stop * row)
+        return quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
 
     def close(self) -> None:
         self.gguf.close()

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, UnsupportedError
+from .fsutil import file_stamp, pread_array
 
 HEADER_LEN_BYTES = 8  # u64 little-endian header length prefix
 MAX_HEADER_SIZE = 100_000_000  # safetensors/src/tensor.rs MAX_HEADER_SIZE
@@ -192,7 +193,7 @@ class SafetensorsFile:
                 raise InputError(f"{where}: not a regular file")
             size = st.st_size
             self.file_size = size
-            self._stamp = (st.st_size, st.st_mtime_ns)
+            self._stamp = file_stamp(fd)
             self.metadata, self.tensors, self.header_len = self._parse_header(fd, size, where)
         except BaseException:
             os.close(fd)
@@ -309,19 +310,7 @@ class SafetensorsFile:
         """`nbytes` bytes at `offset` in a new array; InputError if the file changed meanwhile."""
         if self._fd is None:
             raise ValueError(f"{_p(self.path)}: file is closed")
-        buf = np.empty(nbytes, np.uint8)
-        view = memoryview(buf)
-        got = 0
-        while got < nbytes:
-            n = os.preadv(self._fd, [view[got:]], offset + got)
-            if n <= 0:
-                break
-            got += n
-        st = os.fstat(self._fd)
-        if got < nbytes or (st.st_size, st.st_mtime_ns) != self._stamp:
-            raise InputError(f"{_p(self.path)} changed while reading")
-        buf.flags.writeable = False  # as a view of the file would be
-        return buf
+        return pread_array(self._fd, offset, nbytes, self._stamp, self.path)
 
     def _float_dtype(self, info: TensorInfo) -> str:
         if info.dtype not in FLOAT_DTYPES:

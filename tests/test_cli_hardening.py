@@ -391,19 +391,24 @@ def test_repeated_interrupts_are_one_line(q8, tmp_path, where):
     assert os.listdir(tmp_path) == []
 
 
-def test_shard_truncated_while_reading(q8, tmp_path):
-    """Another process truncates the shard once the output exists (data is read after): one line
-    naming the file, not SIGBUS; no temporary file."""
+@pytest.mark.parametrize("what", ["shard", "gguf"])
+def test_input_truncated_while_reading(q8, tmp_path, what):
+    """Another process truncates the input once the output exists (its data is read after): one
+    line naming the file, not SIGBUS (the readers use pread, not a mapping); no temporary file."""
     m = tmp_path / "model"
     shutil.copytree(q8[0], m)
+    shutil.copy(q8[1], tmp_path / "in.gguf")
     out = tmp_path / "out"
     out.mkdir()
-    p = kq_start("convert", m, "-o", out / "o.gguf", "--type", "Q8_0", "-q", env=pause_after_create(0.5, "o.gguf"))
+    if what == "shard":
+        victim, argv, name = m / "model.safetensors", ["convert", m, "-o", out / "o.gguf", "--type", "Q8_0"], "o.gguf"
+    else:
+        victim, argv, name = tmp_path / "in.gguf", ["dequantize", tmp_path / "in.gguf", "-o", out / "d.safetensors"], "d."
+    p = kq_start(*argv, "-q", env=pause_after_create(0.5, name))
     wait_created(p)
-    shard = m / "model.safetensors"
-    os.truncate(shard, shard.stat().st_size // 2)
+    os.truncate(victim, victim.stat().st_size // 2)
     r = finish(p)
-    assert f"{shard} changed while reading" in one_line_error(r, code=2)
+    assert f"{victim} changed while reading" in one_line_error(r, code=2)
     assert os.listdir(out) == []
 
 
