@@ -405,6 +405,8 @@ def _audit(event, args):
     if event != "open" or not _tracking:
         return
     path, mode, flags = args
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
     if not isinstance(path, (str, bytes)):  # a file descriptor
         return
     if mode is not None and any(c in mode for c in "wax+"):
