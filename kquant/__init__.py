@@ -7,7 +7,7 @@ signal handlers before any heavy import.
 
 __version__ = "0.1.0"
 
-_LAZY = {"quantize": "quants", "dequantize": "quants", "FileType": "types", "QType": "types"}
+_LAZY = {"quantize": "ggml.quants", "dequantize": "ggml.quants", "FileType": "types", "QType": "types"}
 
 
 def __getattr__(name):

@@ -60,15 +60,17 @@ from fractions import Fraction
 import numpy as np
 from numba import njit
 
-from . import quants
+from .ggml import quants, warm
+from .ggml.types import automix_candidates
 from .errors import InputError
 from .types import FileType, QType, parse_ftype
 
 Q = QType
 
-K_CANDIDATES: tuple[QType, ...] = (Q.Q2_K, Q.Q3_K, Q.IQ4_XS, Q.Q4_K, Q.Q5_K, Q.Q6_K, Q.Q8_0)  # row % 256 == 0
-LEGACY_CANDIDATES: tuple[QType, ...] = (Q.Q4_0, Q.IQ4_NL, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0)  # row % 32 == 0 only
-ODD_CANDIDATES: tuple[QType, ...] = (Q.F16,)  # any row length (llama.cpp's last fallback)
+# the types declared eligible (kquant.ggml.types TypeDecl.automix) per row class, fewest bits first
+K_CANDIDATES: tuple[QType, ...] = automix_candidates(256)  # row % 256 == 0: Q2_K Q3_K IQ4_XS Q4_K Q5_K Q6_K Q8_0
+LEGACY_CANDIDATES: tuple[QType, ...] = automix_candidates(32)  # row % 32 == 0 only: Q4_0 IQ4_NL Q4_1 Q5_0 Q5_1 Q8_0
+ODD_CANDIDATES: tuple[QType, ...] = automix_candidates(1)  # any row length (llama.cpp's last fallback): F16
 
 FULL_MEASURE_ELEMENTS = 500_000_000  # quantizable weights up to which every row is measured
 SAMPLE_CHUNK_ROWS = 32  # rows per sampled chunk above that
@@ -347,11 +349,11 @@ def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = Non
 
 def _pinned_names(plan, overrides) -> set[str]:
     """Tensors an explicit override names: they keep the recipe's type."""
-    from .recipe import C, category_of, ecma_to_python
+    from .recipe import C, category_of, match_names
 
     if overrides is None:
         return set()
-    pats = [re.compile(ecma_to_python(p), re.ASCII) for p, _ in overrides.tensor_types]
+    pats = [p for p, _ in match_names(overrides.tensor_types, [t.name for t in plan.tensors])]
     out = set()
     for t in plan.tensors:
         cat = category_of(t.name)
@@ -393,7 +395,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     from .pipeline import source_kernel_types
 
     probed = {q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type) if q != t.spec.ref_type}
-    quants.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
+    warm.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
     curves = []
     n_todo = len(todo)
     done = 0

@@ -317,7 +317,7 @@ def _types_list_arg(s: str):
 def _set_threads(n) -> None:
     if n is None:
         return
-    from .quants import set_threads
+    from .ggml.quants import set_threads
 
     set_threads(n)
 
@@ -594,7 +594,7 @@ def _main(argv) -> int:
             return 2
         args.__dict__.pop("_given", None)
         if args.func is not cmd_inspect:  # the kernels' imports, with signals still only recorded
-            from . import quants  # noqa: F401
+            from .ggml import quants  # noqa: F401
         _fsutil.arm_interrupts()
         with _fsutil.track_inputs():
             return int(args.func(args) or 0)

@@ -18,8 +18,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from . import quants
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, UnsupportedError
+from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 
 GGML_QNT_VERSION = 2
@@ -230,6 +230,18 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [])
 
 
+def require_kernels(plans: Sequence[Plan]) -> None:
+    """UnsupportedError (one line, before any output is opened) when a planned type has no kernels yet."""
+    have = quants.registry()
+    for p in plans:
+        for t in p.tensors:
+            if t.qtype not in have:
+                raise UnsupportedError(
+                    f"{p.ftype.short_name}: tensor {t.name} would be {t.qtype.name}, which kquant has no kernels "
+                    f"for yet (--dry-run shows the plan)"
+                )
+
+
 def output_kv(plan: Plan) -> list:
     """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys."""
     from gguf import GGUFValueType
@@ -364,8 +376,9 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
         names = [t.name for t in plans[0].tensors]
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
+        require_kernels(plans)
         # a cold numba cache: compile every kernel needed at once, in parallel processes
-        quants.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32} | source_kernel_types(ckpt),
+        warm.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32} | source_kernel_types(ckpt),
                     on_start=opts.on_compile)
         results: list[Result] = []
         with handle_termination(), _ExitStack() as stack:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import quants
+from .ggml import quants, warm
 from .errors import InputError, UnsupportedError
 from .metrics import ErrorStats, Metrics
 from .types import QType, parse_qtype
@@ -256,7 +256,7 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
         total = ErrorStats()
         unmatched: list[str] = []
         infos = list(gf.tensors)
-        quants.warm({ti.qtype for ti in infos if _has_kernels(ti.qtype)})  # a cold cache: compile in parallel
+        warm.warm({ti.qtype for ti in infos if _has_kernels(ti.qtype)})  # a cold cache: compile in parallel
         for i, ti in enumerate(infos):
             ts = by_name.get(ti.name)
             if ts is None:
@@ -341,7 +341,7 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
             quants.kernel(q)
         except NotImplementedError:
             raise UnsupportedError(f"--types: no kernels for {q.name} yet") from None
-    quants.warm(tlist)  # a cold cache: compile in parallel
+    warm.warm(tlist)  # a cold cache: compile in parallel
     t0 = time.perf_counter()
     rows = []
     with open_model(source, config) as ckpt:

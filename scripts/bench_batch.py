@@ -64,7 +64,7 @@ def _figures(a_name: str, a: tuple, b_name: str, b: tuple) -> dict:
 
 def read_pass(model: Path) -> None:
     """The work convert_many shares between types: every slab read, checked and rounded."""
-    from kquant import quants
+    from kquant.ggml import quants
 
     with pipeline.open_model(model) as ckpt:
         spec = pipeline.build_spec(ckpt, model, vocab=False)

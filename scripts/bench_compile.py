@@ -10,7 +10,7 @@ issue's "all types together" figure, printed against its 30 s target.
     .venv/bin/python scripts/bench_compile.py [--types Q4_K,Q6_K] [--opt 3] [--jobs N]
 
 --jobs N: the cold run warms the cache the way `kquant` does before a conversion
-(kquant.quants.warm: the cold types spread over N processes), then times the first calls.
+(kquant.ggml.warm.warm: the cold types spread over N processes), then times the first calls.
 """
 
 from __future__ import annotations
@@ -34,14 +34,14 @@ def child(types: list[str], jobs: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import numpy as np
 
-    from kquant import quants
+    from kquant.ggml import quants, warm
     from kquant.types import parse_qtype
 
     out = {"import": time.perf_counter() - t0, "types": {}}
     qts = [parse_qtype(n) for n in types]
     if jobs:
         t = time.perf_counter()
-        quants.warm(qts, jobs=jobs)
+        warm.warm(qts, jobs=jobs)
         out["warm"] = time.perf_counter() - t
     x = np.linspace(-1, 1, 2 * 256, dtype=np.float32).reshape(2, 256)
     w = np.linspace(0.5, 2, 256, dtype=np.float32)
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--types", default=ALL)
     ap.add_argument("--opt", type=int, help="NUMBA_OPT for the child processes (numba's default: 3)")
-    ap.add_argument("--jobs", type=int, default=0, help="warm the cache with kquant.quants.warm over N processes first")
+    ap.add_argument("--jobs", type=int, default=0, help="warm the cache with kquant.ggml.warm.warm over N processes first")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.child:

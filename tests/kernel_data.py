@@ -10,10 +10,10 @@ import os
 import numpy as np
 
 from kquant import reference
-from kquant.quants import registry
+from kquant.ggml.quants import registry
 from kquant.types import QType
 
-KERNELS = registry()  # QType -> kernels, as kquant.quants dispatches
+KERNELS = registry()  # QType -> kernels, as kquant.ggml.quants dispatches
 EMPTY = np.zeros(0, dtype=np.float32)
 
 

@@ -275,7 +275,7 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
     """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no rounding)."""
     from kquant.validate import validate_file
 
-    from kquant import quants
+    from kquant.ggml import quants
     from kquant.gguf_io import GGUFFile
 
     mix = automix.mix_for_budget(small_measured, target_bpw=4.0)
@@ -305,7 +305,7 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
 def test_tied_output_matrix_is_measured_as_the_output(tmp_path):
     """A tied model's token_embd is also its output matrix: its error is weighted by the final
     norm's gain squared (the output matrix's measure, whose sensitivity it takes)."""
-    from kquant import quants
+    from kquant.ggml import quants
 
     model = _make(tmp_path / "t", layers=1, hidden=256, heads=2, kv_heads=1, ffn=256, vocab=300, seed=6, tied=True)
     curves = automix.measure_model(model, "Q4_K_M").curves

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kquant.kernels._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16, nearest_int
+from kquant.ggml.kernels._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16, nearest_int
 
 
 @njit(cache=True)
@@ -108,7 +108,7 @@ def test_nearest_int_ties_to_even_and_wraps_like_c():
 def test_f16_kernel_equals_scalar_and_numpy():
     """The branch-free F16 row kernel against numpy's IEEE conversion on random bit patterns,
     every fp16 midpoint and the special values."""
-    from kquant import quants
+    from kquant.ggml import quants
 
     rng = np.random.default_rng(3)
     bits = rng.integers(0, 2**32, size=1 << 21, dtype=np.uint64).astype(np.uint32)
@@ -120,7 +120,7 @@ def test_f16_kernel_equals_scalar_and_numpy():
     x = np.concatenate([x, np.float32([0.0, -0.0, 65504, 65519.99, 65520, 65536, 1e-8, 6e-8, 3e-8, 2.98e-8])])
     x = x[np.isfinite(x)]
     x = x[: x.size // 256 * 256].reshape(-1, 256)
-    from kquant.kernels.floats import quantize_f16
+    from kquant.ggml.kernels.floats import quantize_f16
 
     got = np.empty((x.shape[0], 512), np.uint8)
     quantize_f16(x, np.empty(0, np.float32), got)  # the kernel itself: quants.quantize refuses overflow

@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from kquant import quants
-from kquant.types import QType
+from kquant.ggml import quants
 
 GOLDEN = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden")
 
@@ -17,7 +16,7 @@ def inputs():
         return {k: z[k] for k in z.files}
 
 
-@pytest.mark.parametrize("qtype", list(QType), ids=lambda t: t.name)
+@pytest.mark.parametrize("qtype", quants.supported_types(), ids=lambda t: t.name)  # every type with kernels
 def test_golden(qtype, inputs):
     imatrix = inputs["imatrix"]
     with np.load(os.path.join(GOLDEN, f"{qtype.name}.npz")) as z:

@@ -592,7 +592,7 @@ def live(tmp_path_factory):
 
 def _kq(x: np.ndarray, t: QType, w) -> np.ndarray:
     """kquant's bytes for rows x in type t with importance row w (or None)."""
-    from kquant import quants
+    from kquant.ggml import quants
 
     return quants.quantize(np.ascontiguousarray(x), t, w, check_finite=False)
 
@@ -615,7 +615,7 @@ def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     from kquant.imatrix import weights_for
     from kquant.recipe import TensorIn, plan_types
 
-    from kquant import quants
+    from kquant.ggml import quants
 
     table = quants.supported_types()
     ins = [TensorIn(n, m.data[n][0].shape, m.data[n][1]) for n in m.names]

@@ -1,6 +1,6 @@
 """IQ4_NL and IQ4_XS kernels against libggml, byte for byte.
 
-Quantize: kquant.kernels.iq4 vs ggml_quantize_chunk (kquant.reference), without importance
+Quantize: kquant.ggml.kernels.iq4 vs ggml_quantize_chunk (kquant.reference), without importance
 weights and with them (both quantize_row_iq4_nl_impl with ntry = 7, as llama-quantize runs it),
 over many value distributions and shapes. Dequantize: vs ggml's to_float (bitwise) and gguf-py.
 Seeds are fresh on every run (set KQUANT_TEST_SEED to replay one; failures print it).
@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kquant import quants, reference
+from kquant import reference
+from kquant.ggml import quants
 from kquant.types import QK_K, QType
 
 from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours

@@ -1,6 +1,6 @@
 """Legacy block kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) against libggml, byte for byte.
 
-Quantize: kquant.kernels.legacy vs ggml_quantize_chunk (kquant.reference), with and without
+Quantize: kquant.ggml.kernels.legacy vs ggml_quantize_chunk (kquant.reference), with and without
 importance weights, over many value distributions and shapes. Dequantize: vs ggml's to_float
 (bitwise) and gguf-py's numpy dequantizer.
 """

@@ -1,6 +1,6 @@
 """Q2_K, Q3_K and Q6_K kernels against libggml, byte for byte.
 
-Quantize: kquant.kernels.q2_k / q3_k / q6_k vs ggml_quantize_chunk (kquant.reference), with and
+Quantize: kquant.ggml.kernels.q2_k / q3_k / q6_k vs ggml_quantize_chunk (kquant.reference), with and
 without importance weights (the _ref and _impl paths), over many value distributions and
 shapes, with fresh random seeds each run (the seed is in every failure message; set
 KQUANT_TEST_SEED to replay one). Dequantize: vs ggml's to_float (bitwise) and gguf-py's numpy

@@ -1,6 +1,6 @@
 """Q4_K and Q5_K kernels against libggml, byte for byte.
 
-Quantize: kquant.kernels.q4_k / q5_k vs ggml_quantize_chunk (kquant.reference), without
+Quantize: kquant.ggml.kernels.q4_k / q5_k vs ggml_quantize_chunk (kquant.reference), without
 importance weights (quantize_row_q*_K_ref) and with them (quantize_row_q*_K_impl), over many
 value distributions and shapes, including rows whose super-block count is not a multiple of
 the kernels' lane chunk. Dequantize: vs ggml's to_float (bitwise) and gguf-py's dequantizer.
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from kquant import reference
-from kquant.kernels.q4_k import SB_PER_CHUNK
+from kquant.ggml.kernels.q4_k import SB_PER_CHUNK
 from kquant.types import QK_K, QType
 
 from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours

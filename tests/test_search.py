@@ -1,5 +1,5 @@
-"""Scale searches: the scalar ports in kquant.kernels._search against the lane-vectorized
-weighted legacy paths (kquant.kernels.legacy), and those paths against libggml on inputs the
+"""Scale searches: the scalar ports in kquant.ggml.kernels._search against the lane-vectorized
+weighted legacy paths (kquant.ggml.kernels.legacy), and those paths against libggml on inputs the
 per-family tests do not cover (squares that overflow, infinities, weights at the float32
 extremes, chunk boundaries of the lane layout).
 
@@ -15,9 +15,9 @@ import pytest
 from numba import njit
 
 from kquant import reference
-from kquant.kernels import legacy
-from kquant.kernels._common import fp32_to_fp16
-from kquant.kernels._search import make_qkx3_quants, make_qx_quants
+from kquant.ggml.kernels import legacy
+from kquant.ggml.kernels._common import fp32_to_fp16
+from kquant.ggml.kernels._search import make_qkx3_quants, make_qx_quants
 from kquant.types import QType
 
 QK = 32
@@ -153,7 +153,7 @@ def test_weighted_edges_against_libggml(t):
 
     NaN is only tested with one payload (np.nan): ggml's vectorized sums add in an operand order
     gcc chooses, so which of two different NaNs survives is not portable C semantics (and
-    kquant.quants.quantize rejects non-finite input before a kernel runs)."""
+    kquant.ggml.quants.quantize rejects non-finite input before a kernel runs)."""
     rng = np.random.default_rng()
     with np.errstate(all="ignore"):
         for rows, cols in SHAPES:

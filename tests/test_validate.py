@@ -392,7 +392,7 @@ def report_of(case, name):
 
 @pytest.mark.parametrize("name", FILES)
 def test_llama_cpp_files_match_independent_computation(case, name):
-    from kquant import quants
+    from kquant.ggml import quants
     from kquant.validate import validate_file
 
     path = case["files"][name]

@@ -1,4 +1,4 @@
-"""First-run compilation: quants.cold_types / quants.warm on an empty numba cache (fresh processes)."""
+"""First-run compilation: warm.cold_types / warm.warm on an empty numba cache (fresh processes)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = r"""
 import json, sys
 import numpy as np
-from kquant import quants
+from kquant.ggml import quants, warm
 from kquant.types import QType
 
 ts = [QType.Q8_0, QType.F16]
-out = {"cold_before": [t.name for t in quants.cold_types(ts)]}
+out = {"cold_before": [t.name for t in warm.cold_types(ts)]}
 started = []
-out["warmed"] = [t.name for t in quants.warm(ts, jobs=int(sys.argv[1]), on_start=started.extend)]
+out["warmed"] = [t.name for t in warm.warm(ts, jobs=int(sys.argv[1]), on_start=started.extend)]
 out["started"] = [t.name for t in started]
-out["cold_after"] = [t.name for t in quants.cold_types(ts)]
+out["cold_after"] = [t.name for t in warm.cold_types(ts)]
 out["compiled_here"] = any(quants.kernel(t).quantize.overloads for t in ts)
 x = np.linspace(-3, 3, 4 * 256, dtype=np.float32).reshape(4, 256)
 misses = 0
@@ -31,7 +31,7 @@ for t in ts:
     quants.dequantize(quants.quantize(x, t), t, x.shape)
     misses += sum(k.quantize.stats.cache_misses.values()) + sum(k.dequantize.stats.cache_misses.values())
 out["misses"] = misses
-out["again"] = [t.name for t in quants.warm(ts)]
+out["again"] = [t.name for t in warm.warm(ts)]
 print(json.dumps(out))
 """
 

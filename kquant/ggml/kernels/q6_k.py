@@ -39,15 +39,15 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, level, nearest_int, sel  # noqa: F401 (re-exported to q2_k/q3_k)
 
 SUB = 16  # values per sub-block
 NSUB = QK_K // SUB  # sub-blocks per super-block: the lanes of the searches
 NCAND = 19  # make_qx_quants tries is = -9..9 (is = 0 is its first pass)
-TS = 210  # bytes per block
-OFF_QL, OFF_QH, OFF_SC, OFF_D = 0, 128, 192, 208
+TS = QType.Q6_K.type_size  # 210 bytes per block
+OFF_QL, OFF_QH, OFF_SC, OFF_D = field_offsets(QType.Q6_K, "ql", "qh", "scales", "d")  # 0, 128, 192, 208
 NMAX = 32  # make_qx_quants(16, 32, ...)
 
 _F0 = np.float32(0.0)
@@ -203,7 +203,7 @@ def qx_sums16(iv, wk, xo, wo, stride, lo, hi):
 
 
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw), for the 16 sub-blocks at once.
-# Specialised from kquant/kernels/_search.py for speed: lanes = sub-blocks, n fixed at 16. The
+# Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n fixed at 16. The
 # 19 candidate scales (is = -9..9) are summed first, then each lane replays ggml's sequential
 # "is this candidate better" chain over them, so the chosen scale and quants are ggml's.
 @njit(cache=True, error_model="numpy")

@@ -29,20 +29,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QType
+from ..types import QK, QType, field_offsets
 from . import Kernel, q4_k
 from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16, level, sel
 
-QK = 32  # QK4_0 == QK4_1 == QK5_0 == QK5_1 == QK8_0
 
 U = np.uint64
 _U0 = U(0)
 _U1 = U(1)
 _U2 = U(2)
 _U3 = U(3)
-_U4 = U(4)
-_U6 = U(6)
-_U8 = U(8)
 
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -51,11 +47,16 @@ _TWO31 = np.float32(2147483648.0)
 _FLT_MAX = np.float32(3.4028234663852886e38)
 
 # bytes per block (ggml-common.h block_q*: fields in order)
-TS_Q4_0 = U(2 + QK // 2)  # d, qs[16]
-TS_Q4_1 = U(4 + QK // 2)  # d, m, qs[16]
-TS_Q5_0 = U(2 + 4 + QK // 2)  # d, qh[4], qs[16]
-TS_Q5_1 = U(4 + 4 + QK // 2)  # d, m, qh[4], qs[16]
-TS_Q8_0 = U(2 + QK)  # d, qs[32]
+TS_Q4_0 = U(QType.Q4_0.type_size)  # d, qs[16]
+TS_Q4_1 = U(QType.Q4_1.type_size)  # d, m, qs[16]
+TS_Q5_0 = U(QType.Q5_0.type_size)  # d, qh[4], qs[16]
+TS_Q5_1 = U(QType.Q5_1.type_size)  # d, m, qh[4], qs[16]
+TS_Q8_0 = U(QType.Q8_0.type_size)  # d, qs[32]
+Q4_0_D, Q4_0_QS = map(U, field_offsets(QType.Q4_0, "d", "qs"))
+Q4_1_D, Q4_1_M, Q4_1_QS = map(U, field_offsets(QType.Q4_1, "d", "m", "qs"))
+Q5_0_D, Q5_0_QH, Q5_0_QS = map(U, field_offsets(QType.Q5_0, "d", "qh", "qs"))
+Q5_1_D, Q5_1_M, Q5_1_QH, Q5_1_QS = map(U, field_offsets(QType.Q5_1, "d", "m", "qh", "qs"))
+Q8_0_D, Q8_0_QS = map(U, field_offsets(QType.Q8_0, "d", "qs"))
 
 # float32 bit patterns, viewed as int32
 _ABS = np.int32(0x7FFFFFFF)  # clears the sign bit
@@ -209,8 +210,8 @@ def quantize_row_q4_0_ref(x, y):
             mx = x[o + U(first)]
         d = mx / np.float32(-8.0)
         id_ = _F1 / d if d != _F0 else _F0
-        _put_h(y, p, d)
-        q = p + _U2
+        _put_h(y, p + Q4_0_D, d)
+        q = p + Q4_0_QS
         for j in range(half):
             x0 = x[o + j] * id_
             x1 = x[o + half + j] * id_
@@ -244,9 +245,9 @@ def quantize_row_q4_1_ref(x, y):
             mx = _order_key(kmax).view(np.float32)
         d = (mx - mn) / np.float32(15.0)
         id_ = _F1 / d if d != _F0 else _F0
-        _put_h(y, p, d)
-        _put_h(y, p + _U2, mn)
-        q = p + _U4
+        _put_h(y, p + Q4_1_D, d)
+        _put_h(y, p + Q4_1_M, mn)
+        q = p + Q4_1_QS
         for j in range(half):
             x0 = (x[o + j] - mn) * id_
             x1 = (x[o + half + j] - mn) * id_
@@ -280,8 +281,8 @@ def quantize_row_q5_0_ref(x, y):
             mx = x[o + U(first)]
         d = mx / np.float32(-16.0)
         id_ = _F1 / d if d != _F0 else _F0
-        _put_h(y, p, d)
-        q = p + _U6
+        _put_h(y, p + Q5_0_D, d)
+        q = p + Q5_0_QS
         qh = np.uint32(0)
         for j in range(half):
             x0 = x[o + j] * id_
@@ -292,7 +293,7 @@ def quantize_row_q5_0_ref(x, y):
             # the 5th bits go to qh, bit j and bit j + 16
             qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
             qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
-        _put_u32(y, p + _U2, qh)
+        _put_u32(y, p + Q5_0_QH, qh)
 
 
 # ggml-quants.c quantize_row_q5_1_ref
@@ -320,9 +321,9 @@ def quantize_row_q5_1_ref(x, y):
             mx = _order_key(kmax).view(np.float32)
         d = (mx - mn) / np.float32(31.0)
         id_ = _F1 / d if d != _F0 else _F0
-        _put_h(y, p, d)
-        _put_h(y, p + _U2, mn)
-        q = p + _U8
+        _put_h(y, p + Q5_1_D, d)
+        _put_h(y, p + Q5_1_M, mn)
+        q = p + Q5_1_QS
         qh = np.uint32(0)
         for j in range(half):
             x0 = (x[o + j] - mn) * id_
@@ -332,7 +333,7 @@ def quantize_row_q5_1_ref(x, y):
             y[q + j] = np.uint8((xi0 & np.uint32(0x0F)) | ((xi1 & np.uint32(0x0F)) << np.uint32(4)))
             qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j)
             qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(j + half)
-        _put_u32(y, p + _U4, qh)
+        _put_u32(y, p + Q5_1_QH, qh)
 
 
 # ggml-quants.c quantize_row_q8_0_ref
@@ -354,8 +355,8 @@ def quantize_row_q8_0_ref(x, y):
             amax = np.int32(m).view(np.float32)
         d = amax / np.float32(127.0)
         id_ = _F1 / d if d != _F0 else _F0
-        _put_h(y, p, d)
-        q = p + _U2
+        _put_h(y, p + Q8_0_D, d)
+        q = p + Q8_0_QS
         for j in range(qk):
             y[q + j] = np.uint8(_trunc_i8(_roundf(x[o + j] * id_)))
 
@@ -531,8 +532,8 @@ def _quantize_row_x0_impl(x, qw, y, s, q5):
         for j in range(n):
             p = U(c0 + j) * ts
             d = sel(s[U(S_AMAX + j)] < GROUP_MAX_EPS, _F0, s[U(S_SC + j)])
-            _put_h(y, p, d)
-            q = p + (_U6 if q5 else _U2)
+            _put_h(y, p + (Q5_0_D if q5 else Q4_0_D), d)
+            q = p + (Q5_0_QS if q5 else Q4_0_QS)
             qh = np.uint32(0)
             for t in range(QK // 2):
                 xi0 = np.uint32(s[U(S_L + t * LANES + j)])
@@ -542,7 +543,7 @@ def _quantize_row_x0_impl(x, qw, y, s, q5):
                 qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t)
                 qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t + QK // 2)
             if q5:
-                _put_u32(y, p + _U2, qh)
+                _put_u32(y, p + Q5_0_QH, qh)
 
 
 # ggml-quants.c quantize_row_q4_1_impl (q5 = False) / quantize_row_q5_1_impl (q5 = True):
@@ -570,9 +571,9 @@ def _quantize_row_x1_impl(x, qw, y, s, q5):
                 s[U(q4_k.S_L + k)] = sel(degenerate, _F0, l)
         for j in range(n):
             p = U(c0 + j) * ts
-            _put_h(y, p, s[U(q4_k.S_SCALES + j)])
-            _put_h(y, p + _U2, -s[U(q4_k.S_MINS + j)])
-            q = p + (_U8 if q5 else _U4)
+            _put_h(y, p + (Q5_1_D if q5 else Q4_1_D), s[U(q4_k.S_SCALES + j)])
+            _put_h(y, p + (Q5_1_M if q5 else Q4_1_M), -s[U(q4_k.S_MINS + j)])
+            q = p + (Q5_1_QS if q5 else Q4_1_QS)
             qh = np.uint32(0)
             for t in range(QK // 2):
                 xi0 = np.uint32(s[U(q4_k.S_L + t * LANES + j)])
@@ -582,7 +583,7 @@ def _quantize_row_x1_impl(x, qw, y, s, q5):
                 qh |= ((xi0 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t)
                 qh |= ((xi1 & np.uint32(0x10)) >> np.uint32(4)) << np.uint32(t + QK // 2)
             if q5:
-                _put_u32(y, p + _U4, qh)
+                _put_u32(y, p + Q5_1_QH, qh)
 
 
 # ---------------------------------------------------------------- dequantizers
@@ -597,8 +598,8 @@ def dequantize_row_q4_0(q, y):
     for i in range(nb):
         p = i * TS_Q4_0
         o = i * qk
-        d = _get_h(q, p)
-        s = p + _U2
+        d = _get_h(q, p + Q4_0_D)
+        s = p + Q4_0_QS
         for j in range(half):
             b = np.int32(q[s + j])
             y[o + j] = np.float32((b & 0x0F) - 8) * d
@@ -614,9 +615,9 @@ def dequantize_row_q4_1(q, y):
     for i in range(nb):
         p = i * TS_Q4_1
         o = i * qk
-        d = _get_h(q, p)
-        m = _get_h(q, p + _U2)
-        s = p + _U4
+        d = _get_h(q, p + Q4_1_D)
+        m = _get_h(q, p + Q4_1_M)
+        s = p + Q4_1_QS
         for j in range(half):
             b = np.int32(q[s + j])
             y[o + j] = np.float32(b & 0x0F) * d + m
@@ -632,9 +633,9 @@ def dequantize_row_q5_0(q, y):
     for i in range(nb):
         p = i * TS_Q5_0
         o = i * qk
-        d = _get_h(q, p)
-        qh = _get_u32(q, p + _U2)
-        s = p + _U6
+        d = _get_h(q, p + Q5_0_D)
+        qh = _get_u32(q, p + Q5_0_QH)
+        s = p + Q5_0_QS
         for j in range(half):
             xh0 = np.int32(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
             xh1 = np.int32((qh >> np.uint32(j) + np.uint32(12)) & np.uint32(0x10))
@@ -652,10 +653,10 @@ def dequantize_row_q5_1(q, y):
     for i in range(nb):
         p = i * TS_Q5_1
         o = i * qk
-        d = _get_h(q, p)
-        m = _get_h(q, p + _U2)
-        qh = _get_u32(q, p + _U4)
-        s = p + _U8
+        d = _get_h(q, p + Q5_1_D)
+        m = _get_h(q, p + Q5_1_M)
+        qh = _get_u32(q, p + Q5_1_QH)
+        s = p + Q5_1_QS
         for j in range(half):
             xh0 = np.int32(((qh >> np.uint32(j)) << np.uint32(4)) & np.uint32(0x10))
             xh1 = np.int32((qh >> np.uint32(j) + np.uint32(12)) & np.uint32(0x10))
@@ -672,8 +673,8 @@ def dequantize_row_q8_0(q, y):
     for i in range(nb):
         p = i * TS_Q8_0
         o = i * qk
-        d = _get_h(q, p)
-        s = p + _U2
+        d = _get_h(q, p + Q8_0_D)
+        s = p + Q8_0_QS
         for j in range(qk):
             y[o + j] = np.float32(np.int8(q[s + j])) * d
 

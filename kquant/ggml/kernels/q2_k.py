@@ -6,7 +6,7 @@ Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.
   dequantize_row_q2_K
 byte for byte. Every float expression is evaluated in float32, op by op, in C's order.
 
-Speed: the 16 sub-blocks of a super-block are lanes (see kquant/kernels/q6_k.py):
+Speed: the 16 sub-blocks of a super-block are lanes (see kquant/ggml/kernels/q6_k.py):
 make_qkx2_quants / make_qkx3_quants run for all of them at once (`qkx_search16`), each lane
 following ggml's sequence of candidate scales exactly.
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16
 from .q6_k import (
@@ -51,8 +51,8 @@ from .q6_k import (
     sum16,
 )
 
-TS = 84  # bytes per block
-OFF_SC, OFF_QS, OFF_D, OFF_DMIN = 0, 16, 80, 82
+TS = QType.Q2_K.type_size  # 84 bytes per block
+OFF_SC, OFF_QS, OFF_D, OFF_DMIN = field_offsets(QType.Q2_K, "scales", "qs", "d", "dmin")  # 0, 16, 80, 82
 NMAX = 3  # make_qkx{2,3}_quants(16, 3, ...)
 NMAX_SC = 15  # 4-bit scales and mins
 NTRY = 5  # make_qp_quants' refinement passes
@@ -166,7 +166,7 @@ def _candidate16(iv, mn, first, wk, s, use_mad):
 
 # ggml-quants.c: make_qkx2_quants (strict_degen=True: `max == min`) and make_qkx3_quants with
 # weights (`max <= min`), n = 16, nmax = 3, for the 16 sub-blocks at once. Specialised from
-# kquant/kernels/_search.py for speed: lanes = sub-blocks. Each candidate `is` is tried in order
+# kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks. Each candidate `is` is tried in order
 # in every lane; ggml's "keep it if the error is smaller" becomes selects. Laux is not stored:
 # the quants of a lane are re-derived at the end from the (iscale, min) that produced them.
 @njit(cache=True, error_model="numpy")

@@ -7,7 +7,7 @@ parts of quantize_row_q5_K_ref / _impl that differ from Q4_K (nmax 31, the qh/qs
 Q4_K and Q5_K quantize through one compiled driver, `quantize_q4_k_q5_k` (q5_k.py adds the
 Q5_K dequantizer). make_qkx2_quants / make_qkx3_quants / make_qp_quants are specialised here.
 
-Why specialised searches instead of kquant.kernels._search: make_qkx2/3 run once per 32-value
+Why specialised searches instead of kquant.ggml.kernels._search: make_qkx2/3 run once per 32-value
 sub-block, and their candidate scales are NOT independent (an accepted candidate replaces
 `min`, which the following candidates' iscale and `x - min` use), so candidates cannot be
 vector lanes. Sub-blocks are independent, though: here up to LANES of them (whole super-blocks
@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import K_SCALE_SIZE, QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, fp16_round, get_f16, nearest_int, put_f16
 
@@ -38,15 +38,12 @@ LANES = 32  # sub-blocks searched together (4 super-blocks); stride of the trans
 SB_PER_CHUNK = LANES // NSUB
 
 # block_q4_K (ggml-common.h): d, dmin (fp16), scales[12], qs[128]
-Q4K_D = 0
-Q4K_DMIN = 2
-Q4K_SCALES = 4
-Q4K_QS = Q4K_SCALES + K_SCALE_SIZE
-Q4K_BYTES = Q4K_QS + QK_K // 2  # 144
+Q4K_D, Q4K_DMIN, Q4K_SCALES, Q4K_QS = field_offsets(QType.Q4_K, "d", "dmin", "scales", "qs")
+Q4K_BYTES = QType.Q4_K.type_size  # 144
 # block_q5_K: d, dmin (fp16), scales[12] as in block_q4_K, then qh[32], qs[128]
-Q5K_QH = Q4K_QS
-Q5K_QS = Q5K_QH + QK_K // 8
-Q5K_BYTES = Q5K_QS + QK_K // 2  # 176
+Q5K_QH, Q5K_QS = field_offsets(QType.Q5_K, "qh", "qs")
+Q5K_BYTES = QType.Q5_K.type_size  # 176
+assert field_offsets(QType.Q5_K, "d", "dmin", "scales") == (Q4K_D, Q4K_DMIN, Q4K_SCALES)  # Q5_K shares Q4_K's head
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)
@@ -327,7 +324,7 @@ def ref_pack_scales(s, l0, out, off):
 # ggml-quants.c: make_qp_quants(8, 63, x, L, quant_weights), for P = 2*nsb problems at once:
 # lane p = 2*sb solves the scales, lane 2*sb + 1 the mins of the chunk's super-block sb (x in
 # s[S_QX + i*LANES + p], weights in s[S_QW + ...]); L -> s[S_QL + ...], result -> s[S_QRES + p].
-# Specialised rather than kquant.kernels._search.make_qp_quants: the 2 calls per super-block
+# Specialised rather than kquant.ggml.kernels._search.make_qp_quants: the 2 calls per super-block
 # become SIMD lanes (~4x less time), and `max = MAX(max, x[i])` keeps C's NaN behaviour
 # (MAX(a, b) = a > b ? a : b, so a NaN x[i] is taken; _search uses max(), which skips it).
 # The refinement loop runs all 5 passes: a pass that changes nothing leaves the state as it
@@ -452,9 +449,9 @@ def impl_pack_scales(s, sb, out, off, clamp63):
 # ggml-quants.c: stores d, dmin and reads back each sub-block's d = fp16(d)*sc, dm = fp16(dmin)*m
 # for the final pass (lanes l0..l0+7).
 @njit(**JIT)
-def put_d_dmin(s, l0, out, off, scales_off, d, dmin):
-    put_f16(out, off, d)
-    put_f16(out, off + 2, dmin)
+def put_d_dmin(s, l0, out, d_off, dmin_off, scales_off, d, dmin):
+    put_f16(out, d_off, d)
+    put_f16(out, dmin_off, dmin)
     d = fp16_round(d)
     dmin = fp16_round(dmin)
     for j in range(NSUB):
@@ -530,7 +527,7 @@ def k45_chunk(x, qw, out, s, c0, nsb, q5):
             d, dmin = impl_pack_scales(s, sb, out, off + Q4K_SCALES, q5)  # q5_K_impl clamps Ls/Lm to 63
         else:
             d, dmin = ref_pack_scales(s, sb * NSUB, out, off + Q4K_SCALES)
-        put_d_dmin(s, sb * NSUB, out, off + Q4K_D, off + Q4K_SCALES, d, dmin)
+        put_d_dmin(s, sb * NSUB, out, off + Q4K_D, off + Q4K_DMIN, off + Q4K_SCALES, d, dmin)
     final_quants(s, n, nmax)
     for sb in range(nsb):
         if q5:

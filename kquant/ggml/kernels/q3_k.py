@@ -6,7 +6,7 @@ Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.
   dequantize_row_q3_K
 byte for byte. Every float expression is evaluated in float32, op by op, in C's order.
 
-Speed: the 16 sub-blocks of a super-block are lanes (see kquant/kernels/q6_k.py): make_q3_quants
+Speed: the 16 sub-blocks of a super-block are lanes (see kquant/ggml/kernels/q6_k.py): make_q3_quants
 runs for all of them at once (`q3_search16`), each lane following ggml's sequence exactly; the
 weighted path uses q6_k's make_qx_quants lanes.
 
@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK_K, QType
+from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, fp16_to_fp32, fp32_to_fp16
 from .q6_k import (
@@ -76,8 +76,8 @@ from .q6_k import (
     wrap_i8,
 )
 
-TS = 110  # bytes per block
-OFF_HM, OFF_QS, OFF_SC, OFF_D = 0, 32, 96, 108
+TS = QType.Q3_K.type_size  # 110 bytes per block
+OFF_HM, OFF_QS, OFF_SC, OFF_D = field_offsets(QType.Q3_K, "hmask", "qs", "scales", "d")  # 0, 32, 96, 108
 NMAX = 4  # make_q3_quants(16, 4, ...) / make_qx_quants(16, 4, ...)
 NMAX_SC = 32  # make_qx_quants(16, 32, scales, ...) in the weighted path
 NTRY = 5  # make_q3_quants' refinement passes
@@ -115,7 +115,7 @@ def _q3_try(sumlx, suml2, ch, v, li, lo, hi):
 
 
 # ggml-quants.c: make_q3_quants(16, 4, x, L, do_rmse=true), for the 16 sub-blocks at once.
-# Specialised from kquant/kernels/_search.py for speed: lanes = sub-blocks, n = 16 written out.
+# Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n = 16 written out.
 # A pass that changes nothing leaves the state as it was, so running further passes in a lane
 # that ggml would have stopped is a no-op; we stop when no lane changed.
 @njit(cache=True, error_model="numpy")

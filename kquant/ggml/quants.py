@@ -1,27 +1,25 @@
-"""Public quantize / dequantize: validation, allocation, dispatch through the kernel registry.
+"""Public quantize / dequantize: validation, allocation, dispatch through the kernel registry, threads.
 
-The registry is keyed by QType and filled from every family module in kquant.kernels
-(`KERNELS` dicts); a type without kernels raises NotImplementedError naming it.
+The registry is keyed by QType and filled from the kernel modules the type declarations name
+(kquant.ggml.types TYPES, `kernels`): each module's `KERNELS` dict. A declared type without
+kernels (its module not written yet) raises NotImplementedError naming it. First-run
+compilation (the cold-cache warm-up) lives in kquant.ggml.warm.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
-import subprocess
-import sys
-import tempfile
+import importlib.util
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from functools import lru_cache
 
 import numba
 import numpy as np
 from numba import njit
 
-from .errors import InputError
-from .kernels import FAMILIES, Kernel
-from .types import BLOCK_DTYPES, QType, parse_qtype
+from ..errors import InputError
+from .kernels import Kernel
+from .types import BLOCK_DTYPES, DECLS, TYPES, QType, parse_qtype
 
 _EMPTY = np.empty(0, dtype=np.float32)
 MAX_THREADS = max(1, int(numba.config.NUMBA_NUM_THREADS))  # cores, or the NUMBA_NUM_THREADS variable
@@ -61,11 +59,14 @@ def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
 
 @lru_cache(maxsize=None)
 def registry() -> dict[QType, Kernel]:
-    """QType -> Kernel, merged from every kernel family module."""
+    """QType -> Kernel, merged from the `KERNELS` of every kernel module a type declares."""
     reg: dict[QType, Kernel] = {}
-    for fam in FAMILIES:
-        mod = importlib.import_module(f"kquant.kernels.{fam}")
-        for t, k in mod.KERNELS.items():
+    for name in dict.fromkeys(d.kernels for d in TYPES if d.kernels):
+        path = f"{__package__}.kernels.{name}"
+        if importlib.util.find_spec(path) is None:
+            continue  # declared, not written yet: its types have no kernels
+        for t, k in importlib.import_module(path).KERNELS.items():
+            assert DECLS[t].kernels == name, f"{t.name} is declared in kernels module {DECLS[t].kernels!r}, registered by {name!r}"
             assert t not in reg, f"{t.name} registered twice"
             reg[t] = k
     return reg
@@ -189,118 +190,3 @@ def dequantize(q: np.ndarray, qtype, shape) -> np.ndarray:
     if rows and cols:
         _run_rows(k.dequantize, rows, cols, q2, out)
     return out.reshape(shape)
-
-
-# ====================================================================== first-run compilation
-# Single-core seconds to compile each kernel family from an empty cache (scripts/bench_compile.py):
-# only used to spread the cold families evenly over warm-up processes. A family's types share
-# compiled helpers (Q4_K and Q5_K one driver), so they are compiled in the same process.
-_FAMILY_COMPILE_S = {"legacy": 22.0, "q3_k": 14.0, "q4_k": 10.5, "q2_k": 8.5, "floats": 6.0, "iq4": 5.0, "q6_k": 3.0}
-
-
-def _is_cached(disp) -> bool:
-    """True when numba's on-disk cache holds a compiled overload of `disp` for this CPU (or the
-    function is compiled in this process already); False when its first call would compile."""
-    if disp.overloads:
-        return True
-    try:
-        magic = disp.targetctx.codegen().magic_tuple()
-        index = disp._cache._cache_file._load_index()  # {} when absent or stale (source changed)
-        return any(key[1] == magic for key in index)
-    except Exception:  # caching off (NullCache), or numba's internals moved: don't second-guess
-        return True
-
-
-def cold_types(types) -> list[QType]:
-    """The types among `types` whose kernels would be compiled on their first call."""
-    out = []
-    for t in dict.fromkeys(parse_qtype(q) for q in types):
-        k = registry().get(t)
-        if k is not None and not (_is_cached(k.quantize) and _is_cached(k.dequantize)):
-            out.append(t)
-    return out
-
-
-def _first_calls(types) -> None:
-    """Call each type's kernels once on a tiny input, with the argument types real calls use."""
-    x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
-    for t in types:
-        t = parse_qtype(t)
-        dequantize(quantize(x, t), t, x.shape)  # quantize also runs count_nonfinite and the scale check
-
-
-def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
-    """Compile the kernels of the cold `types` in up to `jobs` (default: cores) separate processes
-    at once, so that this process then loads them from numba's on-disk cache instead of compiling
-    them one after the other. Returns the types that were cold. A warm-up process that fails
-    changes nothing: the first call then compiles in this process, as it would have anyway."""
-    types = list(types)
-    if not cold_types(types):
-        return []
-    # one warm-up at a time on this machine (batch workers start together): the others wait, then
-    # find the kernels cached
-    with _warm_lock():
-        cold = cold_types(types)
-        if cold:
-            if on_start is not None:
-                on_start(cold)
-            _compile(cold, max(1, int(jobs or MAX_THREADS)))
-    return cold
-
-
-@contextmanager
-def _warm_lock():
-    from .fsutil import file_lock
-
-    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
-    try:
-        lock = file_lock(path)
-        lock.__enter__()
-    except OSError:  # no writable temp directory: warm up unserialised
-        yield
-        return
-    try:
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
-def _family(t: QType) -> str:
-    """The kquant.kernels module that implements `t`."""
-    return registry()[t].quantize.py_func.__module__.rsplit(".", 1)[-1]
-
-
-def _compile(cold: list[QType], jobs: int) -> None:
-    """First calls of `cold`, spread over `jobs` processes (in this one when jobs == 1)."""
-    families: dict[str, list[QType]] = {}
-    for t in cold:
-        families.setdefault(_family(t), []).append(t)
-    jobs = min(jobs, len(families))
-    if jobs == 1:
-        _first_calls(cold)
-        return
-    groups: list[list[QType]] = [[] for _ in range(jobs)]
-    load = [0.0] * jobs
-    for fam in sorted(families, key=lambda f: -_FAMILY_COMPILE_S.get(f, 2.0)):  # longest first, to the least loaded
-        i = load.index(min(load))
-        groups[i] += families[fam]
-        load[i] += _FAMILY_COMPILE_S.get(fam, 2.0)
-    from .fsutil import signals_held
-
-    code = "import sys; from kquant.quants import _first_calls; _first_calls(sys.argv[1:])"
-    env = dict(os.environ)  # the same numba settings and cache directory; this very kquant first
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    procs: list[subprocess.Popen] = []
-    try:
-        for g in groups:
-            with signals_held():  # started and registered for the kill below with no interrupt in between
-                procs.append(subprocess.Popen([sys.executable, "-c", code, *(t.name for t in g)], env=env,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        for p in procs:
-            p.wait()
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from ..types import QK, QK_K, QType
+from ..types import QK, QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 
@@ -34,8 +34,9 @@ JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 NLANES = 2 * NTRY + 2  # the first pass and the 2 NTRY + 1 trial scales
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
-NL_BYTES, XS_BYTES = 18, 136
-XS_SCALES_H, XS_SCALES_L, XS_QS = 2, 4, 8
+NL_BYTES, XS_BYTES = QType.IQ4_NL.type_size, QType.IQ4_XS.type_size  # 18, 136
+NL_D, NL_QS = field_offsets(QType.IQ4_NL, "d", "qs")
+XS_D, XS_SCALES_H, XS_SCALES_L, XS_QS = field_offsets(QType.IQ4_XS, "d", "scales_h", "scales_l", "qs")
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 
@@ -132,7 +133,7 @@ def impl_block(x, xo, sbs, qw, weighted, out, off, L, scales, weight, ids, sqx, 
             max_scale = d
     if nb > 1:
         d = -max_scale / np.float32(32.0)
-        put_f16(out, off, d)
+        put_f16(out, off + XS_D, d)
         iid = _F1 / d if d != _F0 else _F0
         sh = 0
         for ib in range(nb):
@@ -153,11 +154,11 @@ def impl_block(x, xo, sbs, qw, weighted, out, off, L, scales, weight, ids, sqx, 
         out[off + XS_SCALES_H + 1] = np.uint8((sh >> 8) & 0xFF)
         qo = off + XS_QS
     else:
-        put_f16(out, off, scales[0])
+        put_f16(out, off + NL_D, scales[0])
         iid = _F1 / scales[0] if scales[0] != _F0 else _F0
         for j in range(32):
             L[j] = best_index(iid * x[xo + j])
-        qo = off + 2
+        qo = off + NL_QS
     for i in range(nb):
         for j in range(16):
             out[qo + 16 * i + j] = np.uint8(L[32 * i + j] | (L[32 * i + 16 + j] << 4))
@@ -205,7 +206,7 @@ def dequantize_iq4_nl(q, out):
     for r in range(out.shape[0]):
         for b in range(out.shape[1] // QK):
             off = b * NL_BYTES
-            dequant32(q[r], off + 2, get_f16(q[r], off), out[r], b * QK)
+            dequant32(q[r], off + NL_QS, get_f16(q[r], off + NL_D), out[r], b * QK)
 
 
 @njit(nogil=True, **JIT)
@@ -214,7 +215,7 @@ def dequantize_iq4_xs(q, out):
         qr = q[r]
         for b in range(out.shape[1] // QK_K):
             off = b * XS_BYTES
-            d = get_f16(qr, off)
+            d = get_f16(qr, off + XS_D)
             sh = np.int64(qr[off + XS_SCALES_H]) | (np.int64(qr[off + XS_SCALES_H + 1]) << 8)
             for ib in range(QK_K // 32):
                 ls = ((np.int64(qr[off + XS_SCALES_L + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)

@@ -1,0 +1,133 @@
+"""First-run compilation: compile the cold kernels a job needs in parallel processes.
+
+Numba compiles a kernel on its first call and caches it on disk beside the source. On an empty
+cache `warm` compiles the cold types' kernels in up to one process per core at once, grouped by
+the module that defines their quantizer (types sharing a compiled driver, Q4_K and Q5_K, go to
+the same process), so that this process then loads them from the cache.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+
+import numpy as np
+
+from .quants import MAX_THREADS, dequantize, quantize, registry
+from .types import DECLS, QType, parse_qtype
+
+
+def _is_cached(disp) -> bool:
+    """True when numba's on-disk cache holds a compiled overload of `disp` for this CPU (or the
+    function is compiled in this process already); False when its first call would compile."""
+    if disp.overloads:
+        return True
+    try:
+        magic = disp.targetctx.codegen().magic_tuple()
+        index = disp._cache._cache_file._load_index()  # {} when absent or stale (source changed)
+        return any(key[1] == magic for key in index)
+    except Exception:  # caching off (NullCache), or numba's internals moved: don't second-guess
+        return True
+
+
+def cold_types(types) -> list[QType]:
+    """The types among `types` whose kernels would be compiled on their first call."""
+    out = []
+    for t in dict.fromkeys(parse_qtype(q) for q in types):
+        k = registry().get(t)
+        if k is not None and not (_is_cached(k.quantize) and _is_cached(k.dequantize)):
+            out.append(t)
+    return out
+
+
+def first_calls(types) -> None:
+    """Call each type's kernels once on a tiny input, with the argument types real calls use."""
+    x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
+    for t in types:
+        t = parse_qtype(t)
+        dequantize(quantize(x, t), t, x.shape)  # quantize also runs count_nonfinite and the scale check
+
+
+def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
+    """Compile the kernels of the cold `types` in up to `jobs` (default: cores) separate processes
+    at once, so that this process then loads them from numba's on-disk cache instead of compiling
+    them one after the other. Returns the types that were cold. A warm-up process that fails
+    changes nothing: the first call then compiles in this process, as it would have anyway."""
+    types = list(types)
+    if not cold_types(types):
+        return []
+    # one warm-up at a time on this machine (batch workers start together): the others wait, then
+    # find the kernels cached
+    with _warm_lock():
+        cold = cold_types(types)
+        if cold:
+            if on_start is not None:
+                on_start(cold)
+            _compile(cold, max(1, int(jobs or MAX_THREADS)))
+    return cold
+
+
+@contextmanager
+def _warm_lock():
+    from ..fsutil import file_lock
+
+    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
+    try:
+        lock = file_lock(path)
+        lock.__enter__()
+    except OSError:  # no writable temp directory: warm up unserialised
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+def _family(t: QType) -> str:
+    """The kernel module that defines `t`'s quantizer (Q5_K: q4_k, whose driver it shares)."""
+    return registry()[t].quantize.py_func.__module__.rsplit(".", 1)[-1]
+
+
+def _family_compile_s(fam: str) -> float:
+    """Declared single-core compile seconds of every type whose quantizer `fam` defines."""
+    return sum(DECLS[t].compile_s for t in registry() if _family(t) == fam)
+
+
+def _compile(cold: list[QType], jobs: int) -> None:
+    """First calls of `cold`, spread over `jobs` processes (in this one when jobs == 1)."""
+    families: dict[str, list[QType]] = {}
+    for t in cold:
+        families.setdefault(_family(t), []).append(t)
+    jobs = min(jobs, len(families))
+    if jobs == 1:
+        first_calls(cold)
+        return
+    groups: list[list[QType]] = [[] for _ in range(jobs)]
+    load = [0.0] * jobs
+    for fam in sorted(families, key=lambda f: -_family_compile_s(f)):  # longest first, to the least loaded
+        i = load.index(min(load))
+        groups[i] += families[fam]
+        load[i] += _family_compile_s(fam)
+    from ..fsutil import signals_held
+
+    code = f"import sys; from {__name__} import first_calls; first_calls(sys.argv[1:])"
+    env = dict(os.environ)  # the same numba settings and cache directory; this very kquant first
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+    procs: list[subprocess.Popen] = []
+    try:
+        for g in groups:
+            with signals_held():  # started and registered for the kill below with no interrupt in between
+                procs.append(subprocess.Popen([sys.executable, "-c", code, *(t.name for t in g)], env=env,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        for p in procs:
+            p.wait()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
