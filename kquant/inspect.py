@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputError, UnsupportedError
+from . import jsonio
+from .errors import InputError, KquantError, OutputError, UnsupportedError
 
 GGUF_MAGIC = b"GGUF"
 ARRAY_HEAD = 8  # elements of a long array shown without --full
@@ -155,9 +156,11 @@ def _read_config(path: Path) -> tuple[dict | None, str | None]:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             return None, f"{_p(path)}: larger than {MAX_CONFIG_BYTES} bytes"
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        doc = jsonio.read_json(path, MAX_CONFIG_BYTES)
+    except OSError as e:
         return None, f"{_p(path)}: {e}"
+    except KquantError as e:
+        return None, str(e)
     if not isinstance(doc, dict):
         return None, f"{_p(path)}: top level is not an object"
     return doc, None
@@ -418,7 +421,6 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                 else:
                     for _, rows in rd.slabs(SLAB_BYTES):
                         w.write(_encode_rows(rows, dtype, ti.name))
-                rd.release()
                 if progress:
                     progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
             if w.written != sum(w.sizes):

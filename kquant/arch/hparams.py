@@ -25,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..errors import InputError, UnsupportedError
 
 # PretrainedConfig defaults that conversion code can reach through find_hparam fallbacks.
@@ -140,25 +141,9 @@ ROPE_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def read_json(path: Path, what: str = "JSON") -> Any:
-    """Parse a JSON file strictly (no NaN/Infinity); InputError naming the file on failure."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:
-        msg = str(e).splitlines()[0]
-        raise InputError(f"{path}: not valid {what} ({msg})") from None
+    """Parse a JSON file strictly (kquant.jsonio); InputError naming the file on failure."""
+    return jsonio.read_json(path)
 
 
 def _is_int(v) -> bool:
