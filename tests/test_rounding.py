@@ -34,7 +34,8 @@ ROWS, COLS = 4, 512
 
 
 def test_registry():
-    assert {QType.IQ4_NL, QType.IQ4_XS, QType.Q2_K, QType.Q3_K, QType.Q6_K, QType.Q4_K, QType.Q5_K, QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0} <= set(BETTER)
+    want = "Q2_K Q3_K Q4_K Q5_K Q6_K Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS".split()
+    assert {QType[n] for n in want} <= set(BETTER)
     with pytest.raises(InputError, match="unknown rounding"):
         quants.parse_rounding("nearest")
 
