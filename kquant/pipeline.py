@@ -94,7 +94,7 @@ class Plan:
 class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
-    overrides: object = None  # recipe.Overrides
+    overrides: object = None  # kquant.quantize.overrides.Overrides
     imatrix: object = None  # kquant.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
@@ -207,8 +207,9 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
 
 def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None) -> Plan:
     """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
-    from . import recipe
-    from .imatrix import weights_for
+    from .quantize import recipe
+    from .quantize.imatrix import weights_for
+    from .quantize.overrides import Overrides
 
     # llama-quantize processes and writes tensors in llama_model_loader's order
     specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]
@@ -221,7 +222,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     )
     weights = imatrix.weights if imatrix is not None else {}
     tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
-    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=bool(weights))
+    types = recipe.plan_types(tin, ftype, facts, overrides or Overrides(), has_imatrix=bool(weights))
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
     tensors = []
@@ -266,7 +267,7 @@ def output_kv(plan: Plan) -> list:
     return kv
 
 
-def _round_through(x: np.ndarray, t: QType) -> np.ndarray:
+def round_through(x: np.ndarray, t: QType) -> np.ndarray:
     """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
     if t == QType.F32:
         return x
@@ -394,7 +395,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
-                    slab = _round_through(slab, spec_t.ref_type)
+                    slab = round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:

@@ -20,13 +20,12 @@ from pathlib import Path
 import pytest
 
 from kquant.errors import InputError
-from kquant.recipe import (
+from kquant.quantize.overrides import Overrides, parse_tensor_type
+from kquant.quantize.recipe import (
     ModelFacts,
-    Overrides,
     TensorIn,
     compute_types,
     llama_order,
-    parse_tensor_type,
     plan_types,
     should_quantize,
 )
