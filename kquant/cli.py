@@ -141,6 +141,10 @@ def cmd_convert(args) -> int:
         opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
+        if plan.needs_imatrix:  # llama-quantize --dry-run's warning
+            name, qt = plan.needs_imatrix
+            print(f"kquant: warning: dry run complete, but converting needs an importance matrix (--imatrix): "
+                  f"tensor {name} would be {qt.ggml_name}", file=sys.stderr)
         if args.json:
             print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
         else:

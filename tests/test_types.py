@@ -80,3 +80,14 @@ def test_automix_candidates_have_kernels_and_fit_their_row_class():
 
 def test_names_and_ids_are_unique():
     assert len({d.name for d in TYPES}) == len({d.id for d in TYPES}) == len(TYPES) == len(QType)
+
+
+def test_file_types_match_gguf_py():
+    """FileType ids (llama.h enum llama_ftype) as gguf-py's LlamaFileType states them, where it knows the name."""
+    from gguf import LlamaFileType
+
+    from kquant.types import FileType
+
+    for ft in FileType:
+        if ft.name in LlamaFileType.__members__:
+            assert int(LlamaFileType[ft.name]) == int(ft), ft.name

@@ -1,7 +1,7 @@
 """Which ggml type llama-quantize gives each tensor: recipes as data plus one pure function.
 
-Port of llama.cpp `src/llama-quant.cpp` as vendored in llama-cpp-python 0.3.36, restricted to the
-file types of `FileType` (branches only other IQ*, TQ*, MXFP4, Q1_0/Q2_0 file types reach are left out):
+Port of llama.cpp `src/llama-quant.cpp` as vendored in llama-cpp-python 0.3.36, for every file
+type llama-quantize offers (`FileType`):
   tensor_get_category (L119-161), tensor_allows_quantization (L287-383), tensor_type_fallback
   (L390-443), llama_tensor_get_type_impl (L446-714), llama_tensor_get_type (L717-773),
   tensor_requires_imatrix (L856-875), llama_ftype_get_default_type (L881-924),
@@ -25,6 +25,7 @@ from enum import Enum
 
 from ..errors import InputError, UnsupportedError
 from ..ggml.types import FALLBACK  # llama-quant.cpp tensor_type_fallback, from the type declarations
+from ..types import DEFAULT_TYPE as FTYPE_DEFAULT_TYPE
 from ..types import FileType, QType
 from .overrides import Overrides, compile_patterns, first_match, normalized
 
@@ -39,6 +40,7 @@ __all__ = [
     "ggml_n_dims",
     "llama_order",
     "plan_types",
+    "needs_imatrix",
     "requires_imatrix",
     "should_quantize",
 ]
@@ -46,29 +48,8 @@ __all__ = [
 F = FileType
 Q = QType
 
-# llama-quant.cpp llama_ftype_get_default_type
-DEFAULT_TYPE: dict[FileType, QType] = {
-    F.ALL_F32: Q.F32,
-    F.MOSTLY_F16: Q.F16,
-    F.MOSTLY_BF16: Q.BF16,
-    F.MOSTLY_Q4_0: Q.Q4_0,
-    F.MOSTLY_Q4_1: Q.Q4_1,
-    F.MOSTLY_Q5_0: Q.Q5_0,
-    F.MOSTLY_Q5_1: Q.Q5_1,
-    F.MOSTLY_Q8_0: Q.Q8_0,
-    F.MOSTLY_Q2_K: Q.Q2_K,
-    F.MOSTLY_Q2_K_S: Q.Q2_K,
-    F.MOSTLY_Q3_K_S: Q.Q3_K,
-    F.MOSTLY_Q3_K_M: Q.Q3_K,
-    F.MOSTLY_Q3_K_L: Q.Q3_K,
-    F.MOSTLY_Q4_K_S: Q.Q4_K,
-    F.MOSTLY_Q4_K_M: Q.Q4_K,
-    F.MOSTLY_Q5_K_S: Q.Q5_K,
-    F.MOSTLY_Q5_K_M: Q.Q5_K,
-    F.MOSTLY_Q6_K: Q.Q6_K,
-    F.MOSTLY_IQ4_NL: Q.IQ4_NL,
-    F.MOSTLY_IQ4_XS: Q.IQ4_XS,
-}
+# llama-quant.cpp llama_ftype_get_default_type: declared with the file types (kquant.types FILE_TYPES)
+DEFAULT_TYPE: dict[FileType, QType] = FTYPE_DEFAULT_TYPE
 
 # (arch, n_layer) -> LLM_TYPE_70B, from each arch's load_arch_hparams (src/models/*.cpp);
 # "llama"/"llama-embed" also need n_head != n_head_kv and n_expert != 8 (src/models/llama.cpp).
@@ -83,9 +64,26 @@ _TYPE_70B_LAYERS: dict[str, int] = {
 
 ARCH_FALCON = "falcon"
 ARCH_GLM5_NEXT = "glm5-next"
+ARCH_BAILINGMOE3 = "bailingmoe3"
 N_EXPERT_8 = 8  # the Mixtral-8x rules: `hparams.n_expert == 8`
-GQA_MORE_BITS = 4  # attn_v gets more bits from n_gqa() >= 4
+GQA_MORE_BITS = 4  # attn_v gets more bits from n_gqa() >= 4 (the IQ1/IQ2 mixes also from n_expert >= 4)
 _IQ4_FTYPES = (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
+# the IQ1/IQ2 mixes (their own branch of llama_tensor_get_type_impl), and those of them whose
+# small tensors get IQ3_S rather than Q2_K
+_IQ12_FTYPES = frozenset({F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M})
+_IQ2_SM_FTYPES = (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M)
+# output (and tied token_embd): Q5_K instead of Q6_K
+_OUTPUT_Q5K_FTYPES = _IQ12_FTYPES | {F.MOSTLY_IQ3_XXS}
+# token_embd (untied)
+_TOKEN_EMBD_Q2K_FTYPES = (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M)
+_TOKEN_EMBD_IQ3S_FTYPES = (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS)
+_TOKEN_EMBD_Q4K_FTYPES = (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, F.MOSTLY_Q2_0)
+# attn_output of an 8-expert model: Q5_K
+_ATTN_OUT_Q5K_8X_FTYPES = (F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M,
+                           F.MOSTLY_IQ4_NL, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M,
+                           F.MOSTLY_IQ4_XS)
+# tensor_requires_imatrix: target types llama-quantize refuses without an importance matrix
+_NEEDS_IMATRIX = frozenset({Q.IQ3_XXS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_M, Q.IQ1_S})
 
 # tensor_allows_quantization: substrings that keep a tensor in its source type.
 _KEEP_SUBSTRINGS: tuple[str, ...] = (
@@ -209,6 +207,7 @@ class Category(Enum):
 
 C = Category
 _ATTN_V_LIKE = frozenset({C.ATTENTION_V, C.ATTENTION_QKV, C.ATTENTION_KV_B})  # category_is_attn_v
+_MOE_EXPERT_CATEGORIES = frozenset({C.FFN_UP, C.FFN_GATE, C.FFN_DOWN})
 
 # tensor_get_category: first substring found wins, in this order
 _CATEGORY_SUBSTRINGS: tuple[tuple[str, Category], ...] = (
@@ -270,7 +269,9 @@ def requires_imatrix(name: str, qtype: QType, ftype: FileType) -> bool:
     """Whether llama-quantize refuses this target type without an importance matrix."""
     if name in TOKEN_EMBD_NAMES or name == OUTPUT_NAME:
         return False
-    # of the QType members only Q2_K, and only inside a Q2_K_S file (the IQ1/IQ2/IQ3_XXS types always do)
+    if qtype in _NEEDS_IMATRIX:
+        return True
+    # as a general rule the k-quants do not; Q2_K does inside a Q2_K_S file
     return qtype is Q.Q2_K and ftype is F.MOSTLY_Q2_K_S
 
 
@@ -339,7 +340,7 @@ def _layer_info(i_layer: int, n_layer: int, name: str, facts: ModelFacts) -> tup
     return i_layer, n_layer
 
 
-# llama-quant.cpp llama_tensor_get_type_impl (branches reachable from the FileType members)
+# llama-quant.cpp llama_tensor_get_type_impl
 def _impl(
     qs: _State, new_type: QType, t: TensorIn, ftype: FileType, cat: Category, facts: ModelFacts, ov: Overrides
 ) -> QType:
@@ -356,16 +357,59 @@ def _impl(
         # tied embeddings: token_embd is quantized like the output tensor
         if ov.output_tensor_type is not None:
             new_type = ov.output_tensor_type
+        elif ftype is F.MOSTLY_MXFP4_MOE:
+            new_type = Q.Q8_0
         elif falcon or t.shape[-1] % new_type.block_size != 0:
             new_type = Q.Q8_0
+        elif ftype in _OUTPUT_Q5K_FTYPES:
+            new_type = Q.Q5_K
         elif new_type is not Q.Q8_0:
             new_type = Q.Q6_K
+    elif ftype is F.MOSTLY_MXFP4_MOE:
+        # expert tensors (ne[2] > 1) -> MXFP4, everything else -> Q8_0; bailingmoe3's MLA
+        # projections are 3-D too, so there only the FFN roles count
+        n_mat = t.shape[-3] if len(t.shape) >= 3 else 1
+        if n_mat > 1 and (arch != ARCH_BAILINGMOE3 or cat in _MOE_EXPERT_CATEGORIES):
+            new_type = Q.MXFP4
+        else:
+            new_type = Q.Q8_0
     elif cat is C.TOKEN_EMBD:
-        pass  # only IQ*/TQ*/Q2_0 ftypes and token_embedding_type (handled by the caller) act here
+        if ov.token_embedding_type is not None:
+            new_type = ov.token_embedding_type  # (the caller already returned it unless a pattern named the tensor)
+        elif ftype in _TOKEN_EMBD_Q2K_FTYPES:
+            new_type = Q.Q2_K
+        elif ftype in _TOKEN_EMBD_IQ3S_FTYPES:
+            new_type = Q.IQ3_S
+        elif ftype in _TOKEN_EMBD_Q4K_FTYPES:
+            new_type = Q.Q4_K
+    elif ftype in _IQ12_FTYPES:
+        small = Q.IQ3_S if ftype in _IQ2_SM_FTYPES else Q.Q2_K
+        if cat in _ATTN_V_LIKE:
+            new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS or n_expert >= GQA_MORE_BITS else small
+            qs.i_attention_wv += 1
+        elif n_expert == N_EXPERT_8 and cat is C.ATTENTION_K:
+            new_type = Q.Q4_K
+        elif cat is C.FFN_DOWN:
+            if qs.i_ffn_down < _c_div(qs.n_ffn_down, 8):  # the counter, not the layer from the name
+                new_type = small
+            qs.i_ffn_down += 1
+        elif cat is C.ATTENTION_OUTPUT:
+            if n_expert == N_EXPERT_8:
+                new_type = Q.Q5_K
+            elif ftype in (F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
+                new_type = Q.IQ2_XXS
+            elif ftype in _IQ2_SM_FTYPES:
+                new_type = Q.IQ3_S
     elif cat in _ATTN_V_LIKE:
         if ftype is F.MOSTLY_Q2_K:
             new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS else Q.Q3_K
         elif ftype is F.MOSTLY_Q2_K_S and n_gqa >= GQA_MORE_BITS:
+            new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS else Q.IQ3_S if not qs.has_imatrix else Q.IQ3_XXS
+        elif ftype in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and n_gqa >= GQA_MORE_BITS:
+            new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_M:
             new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_M:
             new_type = Q.Q5_K if qs.i_attention_wv < 2 else Q.Q4_K
@@ -385,8 +429,15 @@ def _impl(
     elif cat is C.ATTENTION_K:
         if n_expert == N_EXPERT_8:
             new_type = Q.Q8_0
+        elif ftype is F.MOSTLY_IQ3_XS:
+            new_type = Q.IQ3_XXS
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.IQ2_S
     elif cat is C.ATTENTION_Q:
-        pass  # IQ3_XS / IQ3_XXS only
+        if ftype is F.MOSTLY_IQ3_XS:
+            new_type = Q.IQ3_XXS
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.IQ2_S
     elif cat is C.FFN_DOWN:
         i_layer, n_layer = _layer_info(qs.i_ffn_down, qs.n_ffn_down, name, facts)
         n8, n16 = _c_div(n_layer, 8), _c_div(n_layer, 16)
@@ -395,6 +446,8 @@ def _impl(
         elif ftype is F.MOSTLY_Q2_K_S:
             if i_layer < n8:
                 new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_XXS and not qs.has_imatrix:
+            new_type = Q.Q4_K if i_layer < n8 else Q.Q3_K
         elif ftype is F.MOSTLY_Q3_K_M:
             if i_layer < n16:
                 new_type = Q.Q5_K
@@ -402,6 +455,8 @@ def _impl(
                 new_type = Q.Q4_K
             else:
                 new_type = Q.Q3_K
+        elif ftype is F.MOSTLY_IQ3_M and (i_layer < n8 or (n_expert == N_EXPERT_8 and _use_more_bits(i_layer, n_layer))):
+            new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_L:
             new_type = Q.Q4_K if falcon else Q.Q5_K
         elif ftype is F.MOSTLY_Q4_K_M:
@@ -424,24 +479,31 @@ def _impl(
     elif cat is C.ATTENTION_OUTPUT:
         if not falcon:
             if n_expert == N_EXPERT_8:
-                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M,
-                             F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS):
+                if ftype in _ATTN_OUT_Q5K_8X_FTYPES:
                     new_type = Q.Q5_K
             elif ftype is F.MOSTLY_Q2_K:
                 new_type = Q.Q3_K
+            elif ftype is F.MOSTLY_IQ3_XXS:
+                new_type = Q.IQ3_S
             elif ftype is F.MOSTLY_Q3_K_M:
                 new_type = Q.Q4_K
             elif ftype is F.MOSTLY_Q3_K_L:
                 new_type = Q.Q5_K
+            elif ftype is F.MOSTLY_IQ3_M:
+                new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_L:
             new_type = Q.Q4_K
     # (the C++ `else if (category == ATTENTION_QKV)` branch is unreachable: attn_qkv is attn_v-like)
-    elif cat is C.FFN_GATE:
-        _layer_info(qs.i_ffn_gate, qs.n_ffn_gate, name, facts)  # IQ3_XS only; may still raise for MoE
-        qs.i_ffn_gate += 1
-    elif cat is C.FFN_UP:
-        _layer_info(qs.i_ffn_up, qs.n_ffn_up, name, facts)  # IQ3_XS only; may still raise for MoE
-        qs.i_ffn_up += 1
+    elif cat in (C.FFN_GATE, C.FFN_UP):
+        gate = cat is C.FFN_GATE
+        i_layer, n_layer = _layer_info(qs.i_ffn_gate if gate else qs.i_ffn_up, qs.n_ffn_gate if gate else qs.n_ffn_up,
+                                       name, facts)
+        if ftype is F.MOSTLY_IQ3_XS and _c_div(n_layer, 8) <= i_layer < _c_div(7 * n_layer, 8):
+            new_type = Q.IQ3_XXS
+        if gate:
+            qs.i_ffn_gate += 1
+        else:
+            qs.i_ffn_up += 1
     return new_type
 
 
@@ -450,7 +512,12 @@ def _fallback(t: TensorIn, target: QType) -> QType:
     ncols = t.shape[-1]
     if ncols % target.block_size == 0:
         return target
-    new_type = FALLBACK.get(target, target)  # 32-block types stay, then the check below makes them F16
+    new_type = FALLBACK.get(target)
+    if new_type is None:
+        if target.block_size > 32:  # Q1_0 (128): llama-quantize throws
+            raise InputError(f"tensor {t.name}: no tensor type fallback is defined for type {target.ggml_name} "
+                             f"(row length {ncols} is not a multiple of {target.block_size})")
+        new_type = target  # 32-block types stay, then the check below makes them F16
     if ncols % new_type.block_size != 0:
         new_type = Q.F16  # "must use F16 due to unusual shape"
     return new_type
@@ -522,22 +589,35 @@ def compute_types(
     return out  # type: ignore[return-value]
 
 
+# llama-quant.cpp llama_model_quantize_impl, the preliminary loop's imatrix check
+def needs_imatrix(tensors: Sequence[TensorIn], types: Sequence[QType], ftype: FileType) -> tuple[str, QType] | None:
+    """(name, type) of the first tensor, in llama's order, that llama-quantize refuses to quantize without
+    an importance matrix; None when there is none."""
+    for i in llama_order([t.name for t in tensors]):
+        t, new = tensors[i], types[i]
+        if new is not t.src_type and requires_imatrix(t.name, new, FileType(ftype)):
+            return t.name, new
+    return None
+
+
 def plan_types(
     tensors: Sequence[TensorIn],
     ftype: FileType,
     facts: ModelFacts,
     overrides: Overrides = Overrides(),
     has_imatrix: bool = False,
+    dry_run: bool = False,
 ) -> list[QType]:
-    """The ggml type llama-quantize gives each tensor (caller's order); raises where llama-quantize fails."""
+    """The ggml type llama-quantize gives each tensor (caller's order); raises where llama-quantize fails.
+    `dry_run`: as llama-quantize --dry-run, a missing importance matrix is not an error (see needs_imatrix)."""
     ftype = FileType(ftype)
     types = compute_types(tensors, ftype, facts, overrides, has_imatrix)
-    for t, new in zip(tensors, types):
-        if not has_imatrix and new is not t.src_type and requires_imatrix(t.name, new, ftype):
-            raise InputError(
-                f"{ftype.short_name} requires an importance matrix (llama-quantize: 'this quantization requires "
-                f"an imatrix!'): tensor {t.name} would be {new.ggml_name}"
-            )
+    need = None if has_imatrix or dry_run else needs_imatrix(tensors, types, ftype)
+    if need is not None:
+        raise InputError(
+            f"{ftype.short_name} requires an importance matrix (llama-quantize: 'this quantization requires "
+            f"an imatrix!'): tensor {need[0]} would be {need[1].ggml_name}"
+        )
     for t, new in zip(tensors, types):
         if new is t.src_type:
             continue  # copied as is
