@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Regenerate fixtures/golden/: inputs (fixed seed) and libggml's bytes for every type.
 
-    .venv/bin/python scripts/make_fixtures.py
+    .venv/bin/python scripts/make_fixtures.py [--types TQ1_0,MXFP4]   (default: every type with kernels)
 
 Never edit the outputs by hand: they are ggml's answers (ggml_quantize_chunk and to_float from
 llama-cpp-python 0.3.36), used by tests/test_golden.py to check kquant byte for byte.
@@ -9,6 +9,7 @@ llama-cpp-python 0.3.36), used by tests/test_golden.py to check kquant byte for 
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 
@@ -18,6 +19,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from kquant import reference  # noqa: E402
 from kquant.ggml import quants  # noqa: E402
+from kquant.types import parse_qtype  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "fixtures", "golden")
 ROWS, COLS = 4, 512
@@ -48,14 +50,19 @@ def inputs(rng: np.random.Generator) -> dict[str, np.ndarray]:
     return {k: v.astype(np.float32) for k, v in d.items()}
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--types", help="comma-separated types to write (the inputs are the same whichever)")
+    args = ap.parse_args(argv)
+    # default: every type kquant has kernels for
+    types = [parse_qtype(n) for n in args.types.split(",")] if args.types else quants.supported_types()
     os.makedirs(OUT, exist_ok=True)
     rng = np.random.default_rng(SEED)
     xs = inputs(rng)
     imatrix = (rng.standard_t(3, size=COLS) ** 2).astype(np.float32)
     imatrix[rng.choice(COLS, 20, replace=False)] = 0.0
     np.savez_compressed(os.path.join(OUT, "inputs.npz"), imatrix=imatrix, **xs)
-    for t in quants.supported_types():  # every type kquant has kernels for
+    for t in types:
         out = {}
         for name, x in xs.items():
             q = reference.quantize(x, t)
