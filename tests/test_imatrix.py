@@ -465,7 +465,9 @@ def test_oracle_legacy(tmp_path, oracle):
 # ---------------------------------------------------------------------------------------------
 
 LIVE_FTYPES = [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q5_K_M, FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_Q4_0, FileType.MOSTLY_Q2_K,
-               FileType.MOSTLY_IQ4_XS, FileType.MOSTLY_IQ4_NL]
+               FileType.MOSTLY_IQ4_XS, FileType.MOSTLY_IQ4_NL, FileType.MOSTLY_TQ1_0, FileType.MOSTLY_TQ2_0,
+               FileType.MOSTLY_MXFP4_MOE, FileType.MOSTLY_Q1_0, FileType.MOSTLY_Q2_0, FileType.MOSTLY_IQ2_M,
+               FileType.MOSTLY_IQ3_M]
 ROWS = 32
 BF16, F32 = QType.BF16, QType.F32
 
@@ -619,7 +621,11 @@ def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
 
     table = quants.supported_types()
     ins = [TensorIn(n, m.data[n][0].shape, m.data[n][1]) for n in m.names]
-    types = plan_types(ins, ftype, m.facts, has_imatrix=True)
+    try:
+        types = plan_types(ins, ftype, m.facts, has_imatrix=True)
+    except InputError:  # e.g. Q1_0 (no fallback type) on a row that is not a multiple of 128
+        assert refpipeline.llama_quantize_rc(m.src, dst, ftype, imatrix=im) != 0  # llama-quantize refuses too
+        return
     missing = sorted({t.name for t in types if t.is_quantized and t not in table})
     if missing:
         pytest.skip(f"kquant kernels not there yet for {', '.join(missing)}")
@@ -660,7 +666,10 @@ def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
         keys = list(g.metadata)
         tail = keys[keys.index("general.file_type") + 1 :]
         assert [(k, *g.metadata[k]) for k in tail] == im.kv()
-    assert changed > 0 and used >= changed
+    if ftype is FileType.MOSTLY_MXFP4_MOE:  # Q8_0 and MXFP4: ggml ignores importance weights
+        assert changed == 0
+    else:
+        assert changed > 0 and used >= changed
 
 
 @pytest.mark.parametrize("ftype", LIVE_FTYPES, ids=lambda f: f.short_name)
