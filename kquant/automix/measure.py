@@ -38,6 +38,17 @@ from numba import njit
 
 from ..ggml import quants, warm
 from ..ggml.types import automix_candidates
+from ..gguf_io import GGUFStreamWriter
+from ..pipeline import (
+    Options,
+    build_spec,
+    iter_source_slabs,
+    open_model,
+    output_kv,
+    plan_from_spec,
+    round_through,
+    source_kernel_types,
+)
 from ..quantize.imatrix import weights_for
 from ..quantize.overrides import ecma_to_python
 from ..quantize.recipe import C, ModelFacts, category_of, should_quantize
@@ -153,8 +164,6 @@ NORM_OF = {  # GGUF kind -> the norm whose output it reads (same block)
 
 def _norm_gains(ckpt, plan, tied: bool) -> dict[str, np.ndarray]:
     """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output."""
-    from ..pipeline import iter_source_slabs
-
     by_name = {t.name: t for t in plan.tensors}
     # the output matrix reads the final norm; a tied model's is token_embd, measured in that role
     # (its sensitivity is the output matrix's, sensitivity_of)
@@ -181,8 +190,6 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
                     rows_per_expert: int, err_w: np.ndarray | None = None) -> tuple[list[float], int]:
     """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
     None; `err_w`: column weights for the error sums where `w` is None (else unweighted)."""
-    from ..pipeline import iter_source_slabs, round_through
-
     se = {t: 0.0 for t in types}
     ss = 0.0
     measured = 0
@@ -245,8 +252,6 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     todo_names = {t.name for t in todo}
     # a cold numba cache: compile every probed type's kernels at once, in parallel processes (the
     # intermediate type itself is never quantized: its error is 0)
-    from ..pipeline import source_kernel_types
-
     probed = {q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type) if q != t.spec.ref_type}
     warm.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
     curves = []
@@ -280,9 +285,6 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
 
 def header_bytes(plan) -> tuple[int, int]:
     """(bytes before the tensor data, alignment) of the GGUF kquant writes for `plan`; independent of types."""
-    from ..gguf_io import GGUFStreamWriter
-    from ..pipeline import output_kv
-
     w = GGUFStreamWriter(io.BytesIO(), ggml_n_dims=True, name="<size>")
     for key, vtype, value in output_kv(plan):
         w.add_kv(key, vtype, value)
@@ -314,8 +316,6 @@ def measure_model(model, ftype="Q4_K_M", options=None, *, sample: bool | None = 
     """Read `model` once and measure every quantizable tensor at every candidate type. The recipe
     `ftype` gives the metadata, the tensors kept as they are and the comparison; `options` the
     pipeline's overrides, imatrix, config. `header`: also size the GGUF header (reads the vocabulary)."""
-    from ..pipeline import Options, build_spec, open_model, plan_from_spec
-
     opts = options or Options()
     ft = parse_ftype(ftype)
     if opts.threads is not None:
