@@ -96,7 +96,7 @@ class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
     overrides: object = None  # kquant.quantize.overrides.Overrides
-    imatrix: object = None  # kquant.imatrix.ImatrixData
+    imatrix: object = None  # kquant.quantize.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
     tokenizer_pre: str | None = None

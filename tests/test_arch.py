@@ -176,6 +176,71 @@ def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
     return {k: v for k, v in c.items() if v is not None}
 
 
+# transformers 5.x save_pretrained, as far as the converter can see it (transformers 5.25
+# configuration_utils.py / modeling_rope_utils.py RotaryEmbeddingConfigMixin, and the config classes'
+# __post_init__ / convert_rope_params_to_dict / attribute_map)
+_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6}
+_T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"num_experts": "num_local_experts"}}
+# (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
+# from config.json itself (the same defaults as transformers 4.57.6's classes)
+_T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
+                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000)}
+
+
+def as_transformers5(cfg: dict) -> dict:
+    """The config.json transformers 5 writes for a model whose transformers 4 config.json is `cfg`."""
+    c = json.loads(json.dumps(cfg))
+    mt = c["model_type"]
+    if "torch_dtype" in c:
+        c.setdefault("dtype", c.pop("torch_dtype"))
+    for old, new in _T5_RENAMED.get(mt, {}).items():
+        if old in c:
+            c[new] = c.pop(old)
+    theta = c.pop("rope_theta", _T5_DEFAULT_THETA.get(mt, 10000.0))
+    rp = c.pop("rope_scaling", None) or c.pop("rope_parameters", None) or {}
+    if mt == "gemma3_text":  # Gemma3TextConfig.convert_rope_params_to_dict: one dict per layer type
+        full = {"rope_type": "default", **rp}
+        full.setdefault("rope_theta", theta)
+        rp = {"full_attention": full,
+              "sliding_attention": {"rope_type": "default", "rope_theta": c.pop("rope_local_base_freq", 10000.0)}}
+        layers = list(rp.values())
+    else:
+        rp.setdefault("rope_theta", theta)
+        if mt == "phi3":  # Phi3Config.convert_rope_params_to_dict
+            rp.setdefault("partial_rotary_factor", c.get("partial_rotary_factor", 1.0))
+            if rp.get("rope_type", rp.get("type")) in ("su", "yarn"):
+                rp["rope_type"] = "longrope"
+        elif "partial_rotary_factor" in c:
+            rp.setdefault("partial_rotary_factor", c.pop("partial_rotary_factor"))
+        layers = [rp]
+    for d in layers:  # standardize_rope_params
+        d.setdefault("rope_type", d.get("type", "default"))
+        if d["rope_type"] in ("llama3", "yarn", "longrope"):
+            if "original_max_position_embeddings" in c or mt == "phi3":
+                d["original_max_position_embeddings"] = c.get("original_max_position_embeddings", 4096)
+            else:
+                d.setdefault("original_max_position_embeddings", c["max_position_embeddings"])
+    c["rope_parameters"] = rp
+    # __post_init__ rewrites written back by save_pretrained
+    if mt in ("llama", "mistral") and c.get("head_dim") is None:
+        c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
+    if mt == "mixtral":
+        c.setdefault("head_dim", None)
+    if mt in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe") and not c.get("use_sliding_window", False):
+        c["sliding_window"] = 0 if mt == "qwen2_moe" else None
+    if mt in ("gemma", "gemma2"):
+        c.setdefault("use_bidirectional_attention", None)
+    if mt == "gemma3_text":
+        c["_sliding_window_pattern"] = c.get("sliding_window_pattern", 6)
+    for k, v in zip(("bos_token_id", "eos_token_id", "pad_token_id"), _T5_TOKEN_IDS.get(mt, (None, None, None))):
+        c.setdefault(k, v)
+    c["transformers_version"] = "5.25.0"
+    return c
+
+
+WRITERS = {"t4": lambda c: c, "t5": as_transformers5}  # config.json as transformers 4.x / 5.x writes it
+
+
 def case_llama3(rng):
     c = base_config("LlamaForCausalLM", "llama", 128256, hidden_size=128, num_attention_heads=2, num_key_value_heads=1,
                     rope_theta=500000.0, max_position_embeddings=131072, tie_word_embeddings=True,
@@ -237,7 +302,8 @@ def case_qwen3(rng):
 
 def case_qwen2moe(rng):
     c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 151936, num_experts=4, num_experts_per_tok=2,
-                    moe_intermediate_size=48, shared_expert_intermediate_size=96, rope_theta=1000000.0, max_position_embeddings=8192)
+                    moe_intermediate_size=48, shared_expert_intermediate_size=96, rope_theta=1000000.0, max_position_embeddings=8192,
+                    rope_scaling={"type": "dynamic", "factor": 2.0})
     t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}.mlp."
@@ -253,7 +319,9 @@ def case_qwen2moe(rng):
 
 def case_qwen3moe(rng):
     c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 151936, head_dim=32, num_experts=4, num_experts_per_tok=2,
-                    moe_intermediate_size=48, rope_theta=1000000.0, max_position_embeddings=8192, norm_topk_prob=True)
+                    moe_intermediate_size=48, rope_theta=1000000.0, max_position_embeddings=8192, norm_topk_prob=True,
+                    rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096,
+                                  "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25})
     t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}.mlp."
@@ -320,20 +388,20 @@ CASES = {
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
 
-_BUILT: dict[tuple[str, bool], Path] = {}
+_BUILT: dict[tuple[str, bool, str], Path] = {}
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """models(case, tokenizer=True) -> a fresh copy of the (cached) tiny checkpoint folder."""
+    """models(case, tokenizer=True, writer="t4") -> a fresh copy of the (cached) tiny checkpoint folder."""
     cache = tmp_path_factory.mktemp("models")
     work = tmp_path_factory.mktemp("work")
     counter = iter(range(10**6))
 
-    def get(case: str, tokenizer: bool = True, copy: bool = True) -> Path:
-        key = (case, tokenizer)
+    def get(case: str, tokenizer: bool = True, copy: bool = True, writer: str = "t4") -> Path:
+        key = (case, tokenizer, writer)
         if key not in _BUILT:
-            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}", case, tokenizer=tokenizer)
+            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer)
         if not copy:
             return _BUILT[key]
         dst = work / str(next(counter)) / _BUILT[key].name
@@ -343,10 +411,12 @@ def models(tmp_path_factory):
     return get
 
 
-def make_model(root: Path, case: str, *, tokenizer: bool = True) -> Path:
-    """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics)."""
+def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4") -> Path:
+    """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics),
+    its config.json as transformers `writer` ("t4" / "t5") saves it."""
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     cfg, tensors, tok, files = CASES[case](rng)
+    cfg = WRITERS[writer](cfg)
     d = root / f"Tiny-{case}-v0.1"
     d.mkdir(parents=True)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
@@ -458,9 +528,10 @@ def test_tensor_shapes_argument(models):
         load_spec(d, shapes, vocab=False)
 
 
+@pytest.mark.parametrize("writer", sorted(WRITERS))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_every_case_builds(models, case):
-    d = models(case, copy=False)
+def test_every_case_builds(models, case, writer):
+    d = models(case, copy=False, writer=writer)
     spec = load_spec(d, vocab=False)  # vocabularies: test_vocab.py and the reference comparison
     src = all_sources(d)
     for t in spec.tensors:
@@ -499,8 +570,19 @@ def _edit_config(d: Path, **kw) -> None:
     (dict(num_attention_heads=3, num_key_value_heads=3), InputError, "hidden_size 128 is not divisible"),
     (dict(num_key_value_heads=3), InputError, "not a multiple of num_key_value_heads"),
     (dict(num_hidden_layers=1), InputError, "layer 1 but num_hidden_layers is 1"),
-    (dict(num_hidden_layers=3), InputError, "missing tensor.*model.layers.2"),
-    (dict(vocab_size=32001), InputError, "expected \\[32001, 128\\]"),
+    (dict(num_hidden_layers=3), InputError, "'num_hidden_layers' is 3 but the checkpoint has tensors for 2 layers"),
+    (dict(num_hidden_layers=10**9), InputError, "'num_hidden_layers' is 1000000000 but"),
+    (dict(vocab_size=10**12), InputError, "'vocab_size' is 1000000000000, larger than any tensor dimension"),
+    (dict(head_dim=10**9), InputError, "'head_dim' is 1000000000, larger than any tensor dimension"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0,
+                        "original_max_position_embeddings": 8192}), InputError,
+     "'rope_scaling.high_freq_factor' \\(2.0\\) must be greater than 'rope_scaling.low_freq_factor'"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0}), InputError,
+     "'rope_scaling.low_freq_factor' must be a positive number, got 0"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": "hot"}), InputError,
+     "'rope_scaling.factor' must be a (finite )?number.*got 'hot'"),
+    (dict(rope_scaling={"rope_type": 3}), InputError, "'rope_scaling.rope_type' must be a string"),
+    (dict(vocab_size=31999), InputError, "expected \\[31999, 128\\]"),
     (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
     (dict(rope_scaling={"rope_type": "dynamic-ntk-foo", "factor": 2.0}), UnsupportedError, "rope_scaling type"),
 ])
@@ -512,13 +594,59 @@ def test_config_errors(models, edit, err, match):
     assert "\n" not in str(e.value) and "config.json" in str(e.value) or "Tiny-llama2" in str(e.value)
 
 
+@pytest.mark.parametrize("rope,match", [
+    ("linear", "'rope_parameters' must be an object or null"),
+    ({"rope_type": "linear", "rope_theta": 10000.0}, "'rope_parameters.factor' is missing \\(rope_type 'linear'"),
+    ({"type": "yarn", "original_max_position_embeddings": 4096}, "'rope_parameters.factor' is missing"),
+    ({"rope_type": "yarn", "factor": "4"}, "'rope_parameters.factor' must be a number"),
+    ({"rope_type": 3}, "'rope_parameters.rope_type' must be a string"),
+    ({"rope_theta": [10000.0]}, "'rope_parameters.rope_theta' must be a number"),
+    ({"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192.5},
+     "'rope_parameters.original_max_position_embeddings' must be a positive integer"),
+    ({"rope_type": "longrope", "long_factor": [1.0, "x"], "short_factor": [1.0]}, "'rope_parameters.long_factor' must be a list"),
+    ({"full_attention": [1.0], "sliding_attention": {"rope_theta": 1e4}}, "'rope_parameters.full_attention' must be an object"),
+    ({"full_attention": {"rope_type": "linear"}}, "'rope_parameters.full_attention.factor' is missing"),
+    ({"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": True}},
+     "'rope_parameters.sliding_attention.rope_theta' must be a number"),
+    ({"rope_type": "yarn", "factor": 4.0}, "yarn needs 'original_max_position_embeddings'"),
+    ({"rope_type": "proportional", "factor": 4.0}, "type 'proportional' is not supported"),
+])
+def test_rope_parameters_errors(models, rope, match):
+    """Malformed transformers-5 rope_parameters: one line naming config.json and the key, no traceback."""
+    d = models("llama2", tokenizer=False, writer="t5")
+    _edit_config(d, rope_parameters=rope)
+    with pytest.raises((InputError, UnsupportedError), match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+def test_rope_parameters_take_precedence(models):
+    """rope_parameters (even null) hides rope_scaling / rope_theta, as TextModel.__init__ reads it first."""
+    d = models("llama2", tokenizer=False, writer="t5")
+    _edit_config(d, rope_scaling={"rope_type": "linear", "factor": 4.0}, rope_theta=5.0,
+                  rope_parameters={"rope_type": "yarn", "factor": 3.0, "original_max_position_embeddings": 1024, "rope_theta": 7.0})
+    kv = {k: v for k, _, v in load_spec(d, vocab=False).kv}
+    assert (kv["llama.rope.scaling.type"], kv["llama.rope.scaling.factor"], kv["llama.rope.freq_base"]) == ("yarn", 3.0, 7.0)
+    _edit_config(d, rope_parameters=None)
+    kv = {k: v for k, _, v in load_spec(d, vocab=False).kv}
+    assert "llama.rope.scaling.type" not in kv and kv["llama.rope.freq_base"] == 5.0  # mirrored from rope_theta
+
+
+@pytest.mark.parametrize("case,key,n", [("mixtral", "num_local_experts", 3), ("qwen2moe", "num_experts", 4)])
+def test_expert_count_bomb(models, case, key, n):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **{key: 10**9})
+    with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
+        load_spec(d, vocab=False)
+
+
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "rope_theta": NaN}')
-    with pytest.raises(InputError, match="config.json: not valid JSON \\(NaN"):
+    with pytest.raises(InputError, match="config.json: invalid JSON \\(non-standard JSON literal NaN"):
         load_spec(d, vocab=False)
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], ')
-    with pytest.raises(InputError, match="config.json: not valid JSON"):
+    with pytest.raises(InputError, match="config.json: invalid JSON"):
         load_spec(d, vocab=False)
     (d / "config.json").write_text('[1, 2]')
     with pytest.raises(InputError, match="expected a JSON object"):
@@ -683,11 +811,11 @@ def compare_with_reference(folder: Path, gguf_path: Path) -> None:
         assert raw == stored_bytes(t, build_tensor(t, src)), f"{name}: data differs"
 
 
-def _selected(request, test_name: str, cases) -> list[str]:
-    """The parametrized cases of `test_name` this session will run (convert only those)."""
-    sel = [i.callspec.params["case"] for i in request.session.items
-           if getattr(i, "originalname", "") == test_name and hasattr(i, "callspec")]
-    return [c for c in cases if c in sel]
+def _selected(request, test_name: str, cases) -> list[tuple[str, str]]:
+    """The parametrized (case, writer) pairs of `test_name` this session will run (convert only those)."""
+    sel = {(i.callspec.params["case"], i.callspec.params["writer"]) for i in request.session.items
+           if getattr(i, "originalname", "") == test_name and hasattr(i, "callspec")}
+    return [(c, w) for c in cases for w in WRITERS if (c, w) in sel]
 
 
 @pytest.fixture(scope="module")
@@ -696,23 +824,25 @@ def reference_outputs(request, tmp_path_factory):
         pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
     root = tmp_path_factory.mktemp("refconv")
     todo = _selected(request, "test_matches_convert_hf_to_gguf", CASES)
-    folders = {c: make_model(root / "models", c) for c in todo}
+    folders = {(c, w): make_model(root / f"models-{w}", c, writer=w) for c, w in todo}
 
-    def run(case):
-        out = root / f"{case}.gguf"
-        return case, _reference_convert(folders[case], out), out
+    def run(key):
+        out = root / f"{key[0]}-{key[1]}.gguf"
+        return key, _reference_convert(folders[key], out), out
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        results = {case: (proc, out) for case, proc, out in ex.map(run, todo)}
+        results = {key: (proc, out) for key, proc, out in ex.map(run, todo)}
     return folders, results
 
 
+@pytest.mark.parametrize("writer", sorted(WRITERS))
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_matches_convert_hf_to_gguf(reference_outputs, case):
+def test_matches_convert_hf_to_gguf(reference_outputs, case, writer):
+    """Each fixture with config.json as transformers 4.x and 5.x write it (rope_parameters, dtype, ...)."""
     folders, results = reference_outputs
-    proc, out = results[case]
+    proc, out = results[case, writer]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    compare_with_reference(folders[case], out)
+    compare_with_reference(folders[case, writer], out)
 
 
 if __name__ == "__main__":  # convert one case by hand: python tests/test_arch.py CASE OUTDIR

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not refpipeline.available(), reason="reference c
 
 FTYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
           "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0", "Q2_0",
-          "MXFP4_MOE"]  # MXFP4_MOE of a dense model: every matrix Q8_0
+          "IQ3_S", "IQ3_M", "MXFP4_MOE"]  # MXFP4_MOE of a dense model: every matrix Q8_0
 
 
 def make_model(out: Path, **kw) -> Path:

@@ -1,4 +1,4 @@
-"""kquant.imatrix against llama.cpp's own imatrix reading and llama_model_quantize.
+"""kquant.quantize.imatrix against llama.cpp's own imatrix reading and llama_model_quantize.
 
 1. Files: GGUF importance matrices written with gguf-py exactly as tools/imatrix/imatrix.cpp
    save_imatrix writes them (general.type, imatrix.datasets / chunk_count / chunk_size, per entry
@@ -466,7 +466,7 @@ def test_oracle_legacy(tmp_path, oracle):
 
 LIVE_FTYPES = [FileType.MOSTLY_Q4_K_M, FileType.MOSTLY_Q5_K_M, FileType.MOSTLY_Q3_K_M, FileType.MOSTLY_Q4_0, FileType.MOSTLY_Q2_K,
                FileType.MOSTLY_IQ4_XS, FileType.MOSTLY_IQ4_NL, FileType.MOSTLY_TQ1_0, FileType.MOSTLY_TQ2_0,
-               FileType.MOSTLY_MXFP4_MOE, FileType.MOSTLY_Q1_0, FileType.MOSTLY_Q2_0, FileType.MOSTLY_IQ2_M,
+               FileType.MOSTLY_MXFP4_MOE, FileType.MOSTLY_Q1_0, FileType.MOSTLY_Q2_0, FileType.MOSTLY_IQ2_M, FileType.MOSTLY_IQ3_XS,
                FileType.MOSTLY_IQ3_M]
 ROWS = 32
 BF16, F32 = QType.BF16, QType.F32
@@ -623,7 +623,9 @@ def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     ins = [TensorIn(n, m.data[n][0].shape, m.data[n][1]) for n in m.names]
     try:
         types = plan_types(ins, ftype, m.facts, has_imatrix=True)
-    except InputError:  # e.g. Q1_0 (no fallback type) on a row that is not a multiple of 128
+        for t, q in zip(ins, types):  # a tensor left out of the matrix that needs one (IQ3_XS's IQ3_XXS)
+            weights_for(im.weights, t.name, t.shape, t.src_type, q, ftype)
+    except InputError:  # or Q1_0 (no fallback type) on a row that is not a multiple of 128
         assert refpipeline.llama_quantize_rc(m.src, dst, ftype, imatrix=im) != 0  # llama-quantize refuses too
         return
     missing = sorted({t.name for t in types if t.is_quantized and t not in table})

@@ -211,7 +211,7 @@ def test_special_vocab_sources(tokdir):
 
 
 @pytest.mark.parametrize("fname,content,err,match", [
-    ("tokenizer.json", "{not json", InputError, "tokenizer.json: not valid JSON"),
+    ("tokenizer.json", "{not json", InputError, "tokenizer.json: invalid JSON"),
     ("tokenizer.json", '{"model": {"type": "BPE"}, "added_tokens": []}', InputError, "tokenizer.json: not a valid tokenizer.json"),
     ("tokenizer_config.json", "[]", InputError, "tokenizer_config.json: expected a JSON object"),
     ("tokenizer_config.json", '{"added_tokens_decoder": {"x": {}}}', InputError, "added_tokens_decoder key 'x'"),

@@ -7,6 +7,15 @@ it, and a few are rewritten by the class's __init__. This module reproduces that
 classes kquant supports (transformers 4.57.6, the version llama.cpp's requirements pin): a table
 of the defaults of every key the converter may read, plus the __init__ rewrites. It also
 mirrors `TextModel.__init__`'s `rope_parameters` derivation.
+
+Configs saved by transformers 5 hold `rope_parameters` (rope_theta, rope_type and the scaling
+fields in one dict, or one dict per layer type under `full_attention` / `sliding_attention`)
+instead of `rope_theta` / `rope_scaling`, and `dtype` instead of `torch_dtype`. transformers
+4.57.6's config classes know none of these keys: `PretrainedConfig.__init__` stores them as
+plain attributes, so `to_dict()` returns them verbatim next to the class defaults of the old keys
+(rope_theta, rope_scaling=None), and TextModel reads `rope_parameters` first. Nothing needs
+rewriting: `to_hparams` keeps them as they are, as AutoConfig does; `read_config` checks their
+shape and types so a malformed one is a one-line error.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .. import jsonio
 from ..errors import InputError, UnsupportedError
 
 # PretrainedConfig defaults that conversion code can reach through find_hparam fallbacks.
@@ -111,28 +121,29 @@ OPTIONAL_NUMBER_KEYS = (
     "rms_norm_eps", "rope_theta", "rope_local_base_freq", "partial_rotary_factor", "final_logit_softcapping",
     "attn_logit_softcapping",
 )
-OPTIONAL_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias", "use_bidirectional_attention")
+OPTIONAL_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
+# booleans transformers 5 may write as null (GemmaConfig / Gemma2Config: use_bidirectional_attention=None)
+OPTIONAL_BOOL_OR_NULL_KEYS = ("use_bidirectional_attention",)
 
+# fields of a rope_scaling / rope_parameters dict (transformers 5 modeling_rope_utils.RopeParameters,
+# plus the keys conversion/base.py reads) and their JSON types
+ROPE_STR_KEYS = ("rope_type", "type")
+ROPE_NUMBER_KEYS = (
+    "rope_theta", "factor", "partial_rotary_factor", "attention_factor", "attn_factor", "extrapolation_factor",
+    "beta_fast", "beta_slow", "low_freq_factor", "high_freq_factor", "mscale", "mscale_all_dim",
+)
+ROPE_INT_KEYS = ("original_max_position_embeddings",)
+ROPE_LIST_KEYS = ("long_factor", "short_factor")
+# rope types whose scaling conversion/base.py TextModel.set_gguf_parameters writes only when `factor`
+# is present (without it the converter drops the scaling with a warning; kquant refuses)
+ROPE_NEEDS_FACTOR = ("linear", "yarn")
+ROPE_LAYER_TYPES = ("full_attention", "sliding_attention")
 
-def _reject_constant(name: str):
-    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_json(path: Path, what: str = "JSON") -> Any:
-    """Parse a JSON file strictly (no NaN/Infinity); InputError naming the file on failure."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    try:
-        return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as e:
-        msg = str(e).splitlines()[0]
-        raise InputError(f"{path}: not valid {what} ({msg})") from None
+    """Parse a JSON file strictly (kquant.jsonio); InputError naming the file on failure."""
+    return jsonio.read_json(path)
 
 
 def _is_int(v) -> bool:
@@ -172,12 +183,45 @@ def read_config(path: Path) -> dict[str, Any]:
     for k in OPTIONAL_BOOL_KEYS:
         if k in cfg and not isinstance(cfg[k], bool):
             raise InputError(f"{path}: {k!r} must be true or false, got {cfg[k]!r}")
-    rs = cfg.get("rope_scaling")
-    if rs is not None and not isinstance(rs, dict):
-        raise InputError(f"{path}: 'rope_scaling' must be an object or null, got {rs!r}")
-    if "rope_parameters" in cfg:
-        raise UnsupportedError(f"{path}: 'rope_parameters' (transformers 5 configs) is not supported")
+    for k in OPTIONAL_BOOL_OR_NULL_KEYS:
+        if k in cfg and cfg[k] is not None and not isinstance(cfg[k], bool):
+            raise InputError(f"{path}: {k!r} must be true, false or null, got {cfg[k]!r}")
+    for key in ("rope_scaling", "rope_parameters"):
+        rd = cfg.get(key)
+        if rd is not None and not isinstance(rd, dict):
+            raise InputError(f"{path}: {key!r} must be an object or null, got {rd!r}")
+    # the dict TextModel takes: rope_parameters when the key is present (even null), else rope_scaling
+    key = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
+    rd = cfg.get(key) or {}
+    nested = [k for k in ROPE_LAYER_TYPES if k in rd]
+    if nested:
+        for k in nested:
+            if not isinstance(rd[k], dict):
+                raise InputError(f"{path}: '{key}.{k}' must be an object, got {rd[k]!r}")
+            _check_rope_dict(path, f"{key}.{k}", rd[k])
+    else:
+        _check_rope_dict(path, key, rd)
     return cfg
+
+
+def _check_rope_dict(path: Path, name: str, rd: dict[str, Any]) -> None:
+    """Types of one rope_scaling / rope_parameters dict, and the factor its rope type needs."""
+    for k in ROPE_STR_KEYS:
+        if rd.get(k) is not None and not isinstance(rd[k], str):
+            raise InputError(f"{path}: '{name}.{k}' must be a string, got {rd[k]!r}")
+    for k in ROPE_NUMBER_KEYS:
+        if rd.get(k) is not None and not _is_number(rd[k]):
+            raise InputError(f"{path}: '{name}.{k}' must be a number, got {rd[k]!r}")
+    for k in ROPE_INT_KEYS:
+        if rd.get(k) is not None and (not _is_int(rd[k]) or rd[k] <= 0):
+            raise InputError(f"{path}: '{name}.{k}' must be a positive integer, got {rd[k]!r}")
+    for k in ROPE_LIST_KEYS:
+        v = rd.get(k)
+        if v is not None and (not isinstance(v, list) or not all(_is_number(x) for x in v)):
+            raise InputError(f"{path}: '{name}.{k}' must be a list of numbers, got {v!r}")
+    rope_type = rd.get("rope_type", rd.get("type"))
+    if rope_type in ROPE_NEEDS_FACTOR and rd.get("factor") is None:
+        raise InputError(f"{path}: '{name}.factor' is missing (rope_type {rope_type!r} needs it)")
 
 
 def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:

@@ -140,15 +140,22 @@ def _file_type_placeholder(ctx: ParamCtx) -> None:
     ctx.kv.add_uint32(K.GENERAL_FILE_TYPE, 32)
 
 
+_F32_MAX = 3.4028234663852886e38
+
+
 def _u32(ctx: ParamCtx, name: str, v, what: str) -> None:
     if isinstance(v, bool) or not isinstance(v, int):
         raise InputError(f"{ctx.config_path}: {what} must be an integer, got {v!r}")
+    if not 0 <= v < 2**32:  # GGUF UINT32 (gguf-py's struct.pack would raise)
+        raise InputError(f"{ctx.config_path}: {what} must be a 32-bit unsigned integer, got {v!r}")
     ctx.kv.add_uint32(_key(ctx, name), v)
 
 
 def _f32(ctx: ParamCtx, name: str, v, what: str) -> None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise InputError(f"{ctx.config_path}: {what} must be a number, got {v!r}")
+    if not abs(v) <= _F32_MAX:  # GGUF FLOAT32 (gguf-py's struct.pack would raise)
+        raise InputError(f"{ctx.config_path}: {what} must be within float32 range, got {v!r}")
     ctx.kv.add_float32(_key(ctx, name), v)
 
 
@@ -181,7 +188,7 @@ def text_model_params(ctx: ParamCtx) -> None:
             ctx.kv.add_string(_key(ctx, "rope.scaling.type"), K.ROPE_SCALING_YARN)
             _f32(ctx, "rope.scaling.factor", rope_factor, "rope_scaling.factor")
             if "original_max_position_embeddings" not in rope_params:
-                raise InputError(f"{ctx.config_path}: rope_scaling of type yarn needs 'original_max_position_embeddings'")
+                raise InputError(f"{ctx.config_path}: rope type yarn needs 'original_max_position_embeddings' (in rope_parameters or rope_scaling, or at the top level)")
             _u32(ctx, "rope.scaling.original_context_length", rope_params["original_max_position_embeddings"], "original_max_position_embeddings")
             if (v := rope_params.get("extrapolation_factor")) is not None:
                 _f32(ctx, "rope.scaling.yarn_ext_factor", v, "rope_scaling.extrapolation_factor")
@@ -356,8 +363,11 @@ def phi3_rope_factors(ctx: ParamCtx) -> list[tuple[str, np.ndarray]]:
     short_factors = rp.get("short_factor")
     if not long_factors:
         return []
+    if not isinstance(max_pos, int) or not isinstance(orig_max_pos, int) or max_pos <= 0 or orig_max_pos <= 1:
+        raise InputError(f"{ctx.config_path}: 'max_position_embeddings' ({max_pos!r}) and "
+                         f"'original_max_position_embeddings' ({orig_max_pos!r}) must be positive integers, the latter > 1")
     scale = max_pos / orig_max_pos
-    rope_scaling_type = rp.get("rope_type", "").lower()
+    rope_scaling_type = (rp.get("rope_type") or "").lower()
     if len(rope_scaling_type) == 0:
         raise InputError(f"{ctx.config_path}: missing key 'rope_scaling.type'")
     if rope_scaling_type == "su" or rope_scaling_type == "longrope":
@@ -395,6 +405,14 @@ def llama3_rope_freqs(ctx: ParamCtx) -> list[tuple[str, np.ndarray]]:
     low_freq_factor = rope_params.get("low_freq_factor", 1.0)
     high_freq_factor = rope_params.get("high_freq_factor", 4.0)
     old_context_len = rope_params.get("original_max_position_embeddings", 8192)
+    # kquant: transformers' _validate_llama3_parameters rules, as errors (upstream divides by zero)
+    for k, v in (("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor),
+                 ("original_max_position_embeddings", old_context_len)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise InputError(f"{ctx.config_path}: 'rope_scaling.{k}' must be a positive number, got {v!r}")
+    if not low_freq_factor < high_freq_factor:
+        raise InputError(f"{ctx.config_path}: 'rope_scaling.high_freq_factor' ({high_freq_factor}) must be greater "
+                         f"than 'rope_scaling.low_freq_factor' ({low_freq_factor})")
     low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
     high_freq_wavelen = old_context_len / high_freq_factor
     out = np.empty(len(freqs), dtype=f32)  # (dim/2,)

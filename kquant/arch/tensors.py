@@ -12,14 +12,15 @@ upstream filters it, or be one of the tensors upstream drops; missing tensors ar
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from .. import jsonio
 from ..errors import InputError, UnsupportedError
+from ..safetensors_io import MAX_HEADER_SIZE
 from ..types import QType
 from .spec import TensorSpec
 from .tables import ArchTable
@@ -67,11 +68,14 @@ def _read_header(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
             size = path.stat().st_size
             if n <= 0 or 8 + n > size:
                 raise InputError(f"{path}: not a safetensors file (header length {n}, file size {size})")
-            hdr = json.loads(f.read(n).decode("utf-8"))
+            if n > MAX_HEADER_SIZE:
+                raise InputError(f"{path}: header length {n} exceeds the safetensors limit {MAX_HEADER_SIZE}")
+            raw = f.read(n)
     except FileNotFoundError:
         raise InputError(f"{path}: file not found") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: malformed safetensors header ({e})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror})") from None
+    hdr = jsonio.loads(raw, f"{path}: header")
     if not isinstance(hdr, dict):
         raise InputError(f"{path}: malformed safetensors header (not an object)")
     out = []
@@ -80,7 +84,11 @@ def _read_header(path: Path) -> list[tuple[str, tuple[int, ...], str]]:
             continue
         if not isinstance(meta, dict) or "dtype" not in meta or "shape" not in meta:
             raise InputError(f"{path}: malformed header entry for tensor {name!r}")
-        out.append((name, tuple(int(d) for d in meta["shape"]), str(meta["dtype"])))
+        shape, dtype = meta["shape"], meta["dtype"]
+        if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape) \
+                or not isinstance(dtype, str):
+            raise InputError(f"{path}: malformed shape or dtype for tensor {name!r}")
+        out.append((name, tuple(shape), dtype))
     return out
 
 

@@ -50,7 +50,7 @@ from ..pipeline import (
     source_kernel_types,
 )
 from ..quantize.imatrix import weights_for
-from ..quantize.overrides import ecma_to_python
+from ..quantize.overrides import match_names
 from ..quantize.recipe import C, ModelFacts, category_of, should_quantize
 from ..types import FileType, QType, parse_ftype
 from .damage import kind_of, sensitivity_of
@@ -218,7 +218,7 @@ def _pinned_names(plan, overrides) -> set[str]:
     """Tensors an explicit override names: they keep the recipe's type."""
     if overrides is None:
         return set()
-    pats = [re.compile(ecma_to_python(p), re.ASCII) for p, _ in overrides.tensor_types]
+    pats = [p for p, _ in match_names(overrides.tensor_types, [t.name for t in plan.tensors])]
     out = set()
     for t in plan.tensors:
         cat = category_of(t.name)

@@ -27,7 +27,7 @@ from ..errors import InputError, UnsupportedError
 from ..ggml.types import FALLBACK  # llama-quant.cpp tensor_type_fallback, from the type declarations
 from ..types import DEFAULT_TYPE as FTYPE_DEFAULT_TYPE
 from ..types import FileType, QType
-from .overrides import Overrides, compile_patterns, first_match, normalized
+from .overrides import Overrides, first_match, match_names, normalized
 
 __all__ = [
     "DEFAULT_TYPE",
@@ -582,7 +582,7 @@ def compute_types(
         has_tied_embeddings=not any(c is C.OUTPUT for c in cats),
         has_imatrix=has_imatrix,
     )
-    patterns = compile_patterns(overrides.tensor_types)
+    patterns = match_names(overrides.tensor_types, names)
     out: list[QType | None] = [None] * len(tensors)
     for i in llama_order(names):
         out[i] = _get_type(qs, tensors[i], default_type, ftype, cats[i], facts, overrides, patterns)
