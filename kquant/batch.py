@@ -449,7 +449,7 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
                        progress=progress)
         if job.get("imatrix"):
-            from .quantize.imatrix import load_imatrix
+            from .plan.imatrix import load_imatrix
 
             opts.imatrix = load_imatrix(job["imatrix"])
             # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would

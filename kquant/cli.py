@@ -59,7 +59,7 @@ _threads_arg = _positive_int("--threads")
 
 
 def _tensor_type_arg(s: str):
-    from .quantize.overrides import parse_tensor_type
+    from .plan.overrides import parse_tensor_type
 
     try:
         return parse_tensor_type(s)
@@ -68,7 +68,7 @@ def _tensor_type_arg(s: str):
 
 
 def _overrides(args):
-    from .quantize.overrides import Overrides
+    from .plan.overrides import Overrides
 
     return Overrides(
         tensor_types=tuple(args.tensor_type or ()),
@@ -120,7 +120,7 @@ def cmd_convert(args) -> int:
         on_compile=None if args.quiet else cv.print_compile_notice,
     )
     if args.imatrix:
-        from .quantize.imatrix import load_imatrix
+        from .plan.imatrix import load_imatrix
 
         opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
     elif args.include_weights or args.exclude_weights:

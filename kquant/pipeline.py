@@ -95,8 +95,8 @@ class Plan:
 class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
-    overrides: object = None  # kquant.quantize.overrides.Overrides
-    imatrix: object = None  # kquant.quantize.imatrix.ImatrixData
+    overrides: object = None  # kquant.plan.overrides.Overrides
+    imatrix: object = None  # kquant.plan.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
     tokenizer_pre: str | None = None
@@ -208,9 +208,9 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
 
 def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None, dry_run: bool = False) -> Plan:
     """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
-    from .quantize import recipe
-    from .quantize.imatrix import weights_for
-    from .quantize.overrides import Overrides
+    from .plan import recipe
+    from .plan.imatrix import weights_for
+    from .plan.overrides import Overrides
 
     # llama-quantize processes and writes tensors in llama_model_loader's order
     specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]

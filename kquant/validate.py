@@ -247,7 +247,7 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     """
     from .gguf_io import GGUFFile
     from .pipeline import build_spec, open_model
-    from .quantize.recipe import llama_order
+    from .plan.recipe import llama_order
 
     t0 = time.perf_counter()
     with GGUFFile(gguf_path) as gf, open_model(source, config) as ckpt:
@@ -332,7 +332,7 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
     the converter does, and the error is measured against the source values. No importance matrix.
     """
     from .pipeline import build_spec, open_model, round_through
-    from .quantize.recipe import llama_order
+    from .plan.recipe import llama_order
 
     tlist = []
     for t in types:

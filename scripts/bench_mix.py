@@ -54,7 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 from kquant import automix, refpipeline  # noqa: E402
 from kquant import pipeline as cv  # noqa: E402
-from kquant.quantize.imatrix import load_imatrix  # noqa: E402
+from kquant.plan.imatrix import load_imatrix  # noqa: E402
 from kquant.types import QType, parse_ftype  # noqa: E402
 
 CACHE = Path(os.environ.get("KQUANT_TINYLM", "/tmp/kquant-tinylm"))
@@ -262,7 +262,7 @@ def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", 
     """A function-identical copy of a Llama HF folder (see above), and `im` permuted to match."""
     import shutil
 
-    from kquant.quantize.imatrix import ImatrixData
+    from kquant.plan.imatrix import ImatrixData
     from kquant.safetensors_io import Checkpoint, write_safetensors
 
     cfg = json.loads((model / "config.json").read_text())

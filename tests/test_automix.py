@@ -14,8 +14,8 @@ from kquant import automix, cli
 from kquant import pipeline as cv
 from kquant.errors import InputError
 from kquant.gguf_io import GGUFFile
-from kquant.quantize.imatrix import ImatrixData
-from kquant.quantize.overrides import Overrides
+from kquant.plan.imatrix import ImatrixData
+from kquant.plan.overrides import Overrides
 from kquant.types import QType
 
 ROOT = Path(__file__).resolve().parent.parent

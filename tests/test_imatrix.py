@@ -1,4 +1,4 @@
-"""kquant.quantize.imatrix against llama.cpp's own imatrix reading and llama_model_quantize.
+"""kquant.plan.imatrix against llama.cpp's own imatrix reading and llama_model_quantize.
 
 1. Files: GGUF importance matrices written with gguf-py exactly as tools/imatrix/imatrix.cpp
    save_imatrix writes them (general.type, imatrix.datasets / chunk_count / chunk_size, per entry
@@ -29,7 +29,7 @@ import pytest
 
 from kquant import refpipeline
 from kquant.errors import InputError
-from kquant.quantize.imatrix import (
+from kquant.plan.imatrix import (
     KV_DATASET,
     KV_FILE,
     KV_N_CHUNKS,
@@ -218,7 +218,7 @@ def test_kv(tmp_path):
 
 
 def test_weights_for():
-    from kquant.quantize.imatrix import weights_for
+    from kquant.plan.imatrix import weights_for
 
     F = FileType.MOSTLY_Q4_K_M
     w = {"a.weight": np.arange(8 * 32, dtype=np.float32), "token_embd.weight": _f32(1), "per_layer_token_embd.weight": _f32(1)}
@@ -545,7 +545,7 @@ def live(tmp_path_factory):
     """Per model: GGUF path, source arrays (float32, as llama.cpp sees them), facts, imatrix."""
     import gguf
 
-    from kquant.quantize.recipe import ModelFacts
+    from kquant.plan.recipe import ModelFacts
 
     llama_cpp = pytest.importorskip("llama_cpp")
     _quiet(llama_cpp)
@@ -614,8 +614,8 @@ def _expected_weights(weights: dict, name: str, shape: tuple) -> np.ndarray | No
 def _check_live(m, ftype: FileType, im: ImatrixData, dst: Path) -> None:
     """llama_model_quantize with `im`: every output tensor's type and bytes equal kquant's; metadata ends with im.kv()."""
     from kquant.gguf_io import GGUFFile
-    from kquant.quantize.imatrix import weights_for
-    from kquant.quantize.recipe import TensorIn, plan_types
+    from kquant.plan.imatrix import weights_for
+    from kquant.plan.recipe import TensorIn, plan_types
 
     from kquant.ggml import quants
 
@@ -683,7 +683,7 @@ def test_live_quantize(live, model, ftype, tmp_path):
 
 def test_live_q2_k_s(live, tmp_path):
     """Q2_K_S needs an entry for every Q2_K tensor: both refuse a matrix without one, both agree with a full one."""
-    from kquant.quantize.imatrix import weights_for
+    from kquant.plan.imatrix import weights_for
 
     m = live["dense"]
     ftype = FileType.MOSTLY_Q2_K_S
@@ -704,7 +704,7 @@ def test_live_converter_slabs(live, tmp_path):
     """pipeline._encode in slabs that cut across experts gives llama.cpp's bytes for a 3-D tensor."""
     from kquant import pipeline
     from kquant.gguf_io import GGUFFile
-    from kquant.quantize.imatrix import weights_for
+    from kquant.plan.imatrix import weights_for
 
     m = live["moe"]
     ftype = FileType.MOSTLY_Q4_K_M
@@ -724,7 +724,7 @@ def test_live_converter_slabs(live, tmp_path):
 def test_live_size_mismatch_and_nonfinite(live, tmp_path):
     """A wrong-size entry (not token_embd) and a non-finite value: llama_model_quantize fails, kquant raises."""
     from kquant import pipeline
-    from kquant.quantize.imatrix import weights_for
+    from kquant.plan.imatrix import weights_for
 
     m = live["dense"]
     bad = dict(m.imatrix.weights)

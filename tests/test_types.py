@@ -91,3 +91,16 @@ def test_file_types_match_gguf_py():
     for ft in FileType:
         if ft.name in LlamaFileType.__members__:
             assert int(LlamaFileType[ft.name]) == int(ft), ft.name
+
+
+def test_public_api_survives_importing_every_module():
+    """No subpackage shadows the public functions (importing `kquant.x` sets attribute `x` on kquant)."""
+    import importlib
+    import pkgutil
+
+    import kquant
+
+    for m in pkgutil.walk_packages(kquant.__path__, "kquant."):
+        importlib.import_module(m.name)
+    assert callable(kquant.quantize) and callable(kquant.dequantize) and callable(kquant.convert)
+    assert kquant.quantize.__module__ == "kquant.ggml.quants"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 
-from ..quantize.recipe import category_of
+from ..plan.recipe import category_of
 
 
 # Sensitivity of the loss (nats of KL per unit of relative output error) of each kind of tensor,

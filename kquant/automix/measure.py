@@ -49,9 +49,9 @@ from ..pipeline import (
     round_through,
     source_kernel_types,
 )
-from ..quantize.imatrix import weights_for
-from ..quantize.overrides import match_names
-from ..quantize.recipe import C, ModelFacts, category_of, should_quantize
+from ..plan.imatrix import weights_for
+from ..plan.overrides import match_names
+from ..plan.recipe import C, ModelFacts, category_of, should_quantize
 from ..types import FileType, QType, parse_ftype
 from .damage import kind_of, sensitivity_of
 

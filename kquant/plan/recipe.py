@@ -9,7 +9,7 @@ type llama-quantize offers (`FileType`):
   (L1104-1145: imatrix check) and llama_quant_compute_types (L1482-1520);
   the tensor order of `llama_model_loader::weights_map` (src/llama-model-loader.h L54-65,
   `weight_name_comparer`); LLM_TYPE_70B from src/models/{llama,qwen2,deci,olmo,jais2}.cpp.
-The overrides (--tensor-type and friends) are in kquant.quantize.overrides.
+The overrides (--tensor-type and friends) are in kquant.plan.overrides.
 
 llama-quantize walks the tensors sorted by (layer of `blk.N.`, name), not in file order; the
 per-tensor counters (attn_v, ffn_down, ...) follow that order, so `plan_types` sorts internally
