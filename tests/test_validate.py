@@ -273,9 +273,16 @@ MIXED2 = {  # the types beyond those 14 (a second file: one type per matrix)
     r"blk\.0\.attn_output\.": QType.IQ3_S,
     r"^output\.": QType.IQ3_XXS,  # output and token_embd need no importance matrix for it
 }
-# gguf-py 0.19, this test's oracle, cannot dequantize these (test_kernels_tq_mxfp4 checks them against libggml)
-NO_ORACLE = {QType.Q1_0, QType.Q2_0}
-FILES = ("BF16", "Q4_K_M", "mixed", "mixed2")
+MIXED3 = {  # only output and token_embd may take these without an importance matrix (llama-quantize)
+    r"^output\.": QType.IQ1_M,
+    r"^token_embd\.": QType.IQ2_S,
+}
+MIXED_FILES = ("mixed", "mixed2", "mixed3")
+# not in the mixed files: gguf-py 0.19, this test's oracle, cannot dequantize Q1_0 and Q2_0
+# (test_kernels_tq_mxfp4 checks them against libggml); ggml quantizes IQ2_XXS, IQ2_XS and IQ1_S only
+# with an importance matrix, which these files are made without (test_kernels_iq2 checks them)
+NO_ORACLE = {QType.Q1_0, QType.Q2_0, QType.IQ2_XXS, QType.IQ2_XS, QType.IQ1_S}
+FILES = ("BF16", "Q4_K_M", *MIXED_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +293,8 @@ def case(tmp_path_factory):
     bf16 = write_bf16_gguf(hf, d / "bf16.gguf")
     files = {"BF16": bf16, "Q4_K_M": llama_quantize(bf16, d / "Q4_K_M.gguf", FileType.MOSTLY_Q4_K_M),
              "mixed": llama_quantize(bf16, d / "mixed.gguf", FileType.MOSTLY_Q8_0, MIXED),
-             "mixed2": llama_quantize(bf16, d / "mixed2.gguf", FileType.MOSTLY_Q8_0, MIXED2)}
+             "mixed2": llama_quantize(bf16, d / "mixed2.gguf", FileType.MOSTLY_Q8_0, MIXED2),
+             "mixed3": llama_quantize(bf16, d / "mixed3.gguf", FileType.MOSTLY_Q8_0, MIXED3)}
     return {"hf": hf, "files": files, "dir": d, "reports": {}, "types": {}}
 
 
@@ -414,11 +422,12 @@ def test_llama_cpp_files_match_independent_computation(case, name):
     assert not rep.unmatched and not rep.missing
     assert len(seen) == len(rep.tensors) and seen[-1][0] == seen[-1][1]
     case["types"][name] = types
-    if name == "mixed2":  # every type kquant has kernels for, from llama.cpp's quantizer, in the two mixed files
-        if "mixed" not in case["types"]:
-            case["types"]["mixed"] = check_against_oracle(report_of(case, "mixed"), case["files"]["mixed"], src)
-        both = types | case["types"]["mixed"]
-        assert set(quants.supported_types()) - NO_ORACLE <= both, set(quants.supported_types()) - NO_ORACLE - both
+    if name == MIXED_FILES[-1]:  # every type kquant has kernels for, from llama.cpp's quantizer, in the mixed files
+        for other in MIXED_FILES:
+            if other not in case["types"]:
+                case["types"][other] = check_against_oracle(report_of(case, other), case["files"][other], src)
+        seen_types = set().union(*(case["types"][n] for n in MIXED_FILES))
+        assert set(quants.supported_types()) - NO_ORACLE <= seen_types, set(quants.supported_types()) - NO_ORACLE - seen_types
 
 
 def test_f32_source_is_compared_with_original_values(tmp_path):
