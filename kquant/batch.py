@@ -450,7 +450,7 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
                        progress=progress, rounding=job.get("rounding") or "ggml")
         if job.get("imatrix"):
-            from .imatrix import load_imatrix
+            from .plan.imatrix import load_imatrix
 
             opts.imatrix = load_imatrix(job["imatrix"])
             # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would

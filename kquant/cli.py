@@ -69,7 +69,7 @@ _threads_arg = _positive_int("--threads")
 
 
 def _tensor_type_arg(s: str):
-    from .recipe import parse_tensor_type
+    from .plan.overrides import parse_tensor_type
 
     try:
         return parse_tensor_type(s)
@@ -78,7 +78,7 @@ def _tensor_type_arg(s: str):
 
 
 def _overrides(args):
-    from .recipe import Overrides
+    from .plan.overrides import Overrides
 
     return Overrides(
         tensor_types=tuple(args.tensor_type or ()),
@@ -144,7 +144,7 @@ def cmd_convert(args) -> int:
         rounding=args.rounding,
     )
     if args.imatrix:
-        from .imatrix import load_imatrix
+        from .plan.imatrix import load_imatrix
 
         opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
     elif args.include_weights or args.exclude_weights:
@@ -165,6 +165,10 @@ def cmd_convert(args) -> int:
         opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
+        if plan.needs_imatrix:  # llama-quantize --dry-run's warning
+            name, qt = plan.needs_imatrix
+            print(f"kquant: warning: dry run complete, but converting needs an importance matrix (--imatrix): "
+                  f"tensor {name} would be {qt.ggml_name}", file=sys.stderr)
         if args.json:
             print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
         else:

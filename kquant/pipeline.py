@@ -59,6 +59,7 @@ class Plan:
     kv: list
     tensors: list[PlannedTensor]
     imatrix_kv: list = field(default_factory=list)  # quantize.imatrix.* keys, written after general.file_type
+    needs_imatrix: tuple | None = None  # dry run without one: (tensor, type) llama-quantize would refuse
 
     @property
     def total_bytes(self) -> int:
@@ -95,8 +96,8 @@ class Plan:
 class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
-    overrides: object = None  # recipe.Overrides
-    imatrix: object = None  # kquant.imatrix.ImatrixData
+    overrides: object = None  # kquant.plan.overrides.Overrides
+    imatrix: object = None  # kquant.plan.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
     tokenizer_pre: str | None = None
@@ -205,10 +206,11 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
     return arch.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre)
 
 
-def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None) -> Plan:
+def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None, dry_run: bool = False) -> Plan:
     """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
-    from . import recipe
-    from .imatrix import weights_for
+    from .plan import recipe
+    from .plan.imatrix import weights_for
+    from .plan.overrides import Overrides
 
     # llama-quantize processes and writes tensors in llama_model_loader's order
     specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]
@@ -221,7 +223,8 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     )
     weights = imatrix.weights if imatrix is not None else {}
     tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
-    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=bool(weights))
+    types = recipe.plan_types(tin, ftype, facts, overrides or Overrides(), has_imatrix=bool(weights), dry_run=dry_run)
+    need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
     tensors = []
@@ -229,7 +232,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
         tensors.append(PlannedTensor(s_, q, w))
     kv = list(spec.kv)
-    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [])
+    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need)
 
 
 def require_kernels(plans: Sequence[Plan]) -> None:
@@ -269,7 +272,7 @@ def output_kv(plan: Plan, rounding: str = "ggml") -> list:
     return kv
 
 
-def _round_through(x: np.ndarray, t: QType) -> np.ndarray:
+def round_through(x: np.ndarray, t: QType) -> np.ndarray:
     """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
     if t == QType.F32:
         return x
@@ -409,7 +412,7 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
-                    slab = _round_through(slab, spec_t.ref_type)
+                    slab = round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
@@ -498,7 +501,7 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     opts = options or Options()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
-        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map)
+        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
 
 
 def print_compile_notice(types, stream=sys.stderr) -> None:

@@ -71,7 +71,7 @@ def read_pass(model: Path) -> None:
         for t in spec.tensors:
             for _, slab in pipeline.iter_source_slabs(ckpt, t):
                 quants.count_nonfinite(slab)
-                pipeline._round_through(slab, t.ref_type)
+                pipeline.round_through(slab, t.ref_type)
 
 
 def run(cmd: list[str]) -> None:

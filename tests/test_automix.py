@@ -14,8 +14,8 @@ from kquant import automix, cli
 from kquant import pipeline as cv
 from kquant.errors import InputError
 from kquant.gguf_io import GGUFFile
-from kquant.imatrix import ImatrixData
-from kquant.recipe import Overrides
+from kquant.plan.imatrix import ImatrixData
+from kquant.plan.overrides import Overrides
 from kquant.types import QType
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -231,14 +231,14 @@ def test_imatrix_weights_and_pins(small_model, small_measured):
 
 
 def test_sampling_is_deterministic_and_partial():
-    rows = list(automix._sample_chunks(0, 1000, True))
-    again = list(automix._sample_chunks(0, 1000, True))
+    rows = list(automix.sample_chunks(0, 1000, True))
+    again = list(automix.sample_chunks(0, 1000, True))
     assert rows == again
     n = sum(b - a for a, b in rows)
     assert 0 < n <= 1000 // automix.SAMPLE_STRIDE_CHUNKS + automix.SAMPLE_CHUNK_ROWS
     # slab-independent: the same global rows whatever the slab boundaries
-    split = [(a + 300, b + 300) for a, b in automix._sample_chunks(300, 700, True)]
-    head = list(automix._sample_chunks(0, 300, True))
+    split = [(a + 300, b + 300) for a, b in automix.sample_chunks(300, 700, True)]
+    head = list(automix.sample_chunks(0, 300, True))
     assert head + split == rows
 
 
@@ -289,7 +289,7 @@ def test_measured_errors_match_the_written_file(tmp_path, small_model, small_mea
             if c.fixed:
                 continue
             assert rep[c.name].type == c.types[k].ggml_name
-            norm = automix._NORM_OF.get(c.kind)
+            norm = automix.NORM_OF.get(c.kind)
             if norm is None and c.name != "output.weight":  # unweighted: validate's relative error
                 assert rep[c.name].metrics.rel_rmse ** 2 == pytest.approx(c.rel[k], rel=1e-9), c.name
                 continue
