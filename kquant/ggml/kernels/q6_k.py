@@ -376,10 +376,19 @@ def quantize_block_q6_k(x, base, qw, y, yo, wk):
     dh = fp32_to_fp16(np.float32(_F1 / iscale))
     y[yo + OFF_D] = np.uint8(dh & np.uint16(0xFF))
     y[yo + OFF_D + 1] = np.uint8(dh >> np.uint16(8))
-    dd = fp16_to_fp32(dh)
     for ib in range(NSUB):
         q = wrap_i8(min(np.int32(127), nearest_int(iscale * wk[W_SCALES + ib])))
         y[yo + OFF_SC + ib] = np.uint8(q & 0xFF)
+    requantize_pack_q6(wk, y, yo)
+
+
+# ggml-quants.c: the tail of quantize_row_q6_K_ref / _impl: re-round every value with the stored
+# d and int8 scales (x in wk[W_X]), then write ql and qh.
+@njit(cache=True, error_model="numpy")
+def requantize_pack_q6(wk, y, yo):
+    dd = fp16_to_fp32(np.uint32(y[yo + OFF_D]) | (np.uint32(y[yo + OFF_D + 1]) << np.uint32(8)))
+    for ib in range(NSUB):
+        q = np.int32(np.int8(y[yo + OFF_SC + ib]))
         set_requant(wk, ib, np.float32(dd * np.float32(q)), _F0)
     requantize(wk, -32, 31, np.float32(32.0), False)
 
