@@ -203,7 +203,7 @@ def qx_sums16(iv, wk, xo, wo, stride, lo, hi):
 
 
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw), for the 16 sub-blocks at once.
-# Specialised from tests/oracle/search.py for speed: lanes = sub-blocks, n fixed at 16. The
+# Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n fixed at 16. The
 # 19 candidate scales (is = -9..9) are summed first, then each lane replays ggml's sequential
 # "is this candidate better" chain over them, so the chosen scale and quants are ggml's.
 @njit(cache=True, error_model="numpy")
@@ -263,7 +263,7 @@ def qx_levels16(wk, nmax):
 
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw) for one group of 16 values: Q3_K
 # searches its 16 sub-block scales wk[W_SCALES] with weights wk[W_SW]. Specialised from
-# tests/oracle/search.py: lanes = the 19 candidates.
+# _search.py: lanes = the 19 candidates.
 @njit(cache=True, error_model="numpy")
 def qx_search1(wk, nmax, L):
     """Writes L[0:16] (int8, nmax + l) and returns the scale."""
