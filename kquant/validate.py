@@ -142,7 +142,7 @@ class TensorRows:
         """Rows [start, stop) as float32 (stop - start, cols)."""
         q = self.raw[start * self.row_bytes : stop * self.row_bytes]
         out = self._decode(q, stop - start)
-        self.gf.release(self.ti.offset_abs + start * self.row_bytes, (stop - start) * self.row_bytes)
+        self.gf.release_tensor(self.ti.name, start * self.row_bytes, (stop - start) * self.row_bytes)
         return out
 
     def take(self, rows: np.ndarray) -> np.ndarray:
@@ -152,7 +152,7 @@ class TensorRows:
 
     def release(self) -> None:
         """Drop the whole tensor's pages from the resident set (after a gather or a whole read)."""
-        self.gf.release(self.ti.offset_abs, self.ti.nbytes)
+        self.gf.release_tensor(self.ti.name, 0, self.ti.nbytes)
 
     def slabs(self, slab_bytes: int = SLAB_BYTES):
         """Yield (row_start, float32 rows) over the whole tensor."""
@@ -245,12 +245,12 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     `progress(i, n, TensorError)` is called after each tensor. Memory: one source slab and its
     dequantized copy at a time (plus whole tensors the converter itself builds whole).
     """
-    from .io.gguf import GGUFFile
+    from .io.gguf_split import open_gguf
     from .pipeline import build_spec, open_model
     from .recipe import llama_order
 
     t0 = time.perf_counter()
-    with GGUFFile(gguf_path) as gf, open_model(source, config) as ckpt:
+    with open_gguf(gguf_path) as gf, open_model(source, config) as ckpt:
         spec = build_spec(ckpt, source, config=config, vocab=False)
         arch = gf.value(GGUF_ARCH_KEY)
         if isinstance(arch, str) and arch != spec.arch:

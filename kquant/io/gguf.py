@@ -733,6 +733,10 @@ class GGUFFile:
         """Drop a consumed data range from the resident set (see fsutil.release_pages)."""
         release_pages(self._mm, offset, nbytes)
 
+    def release_tensor(self, name: str, start: int, nbytes: int) -> None:
+        """Drop bytes [start, start + nbytes) of a tensor's data from the resident set."""
+        self.release(self.tensor(name).offset_abs + start, nbytes)
+
     def close(self) -> None:
         mm, self._mm = self._mm, None
         if mm is not None:
