@@ -8,7 +8,10 @@ records per output a fingerprint of its sources (names, sizes and mtimes of the 
 files and of the imatrix, kquant version, type, options) and the size and mtime of the file
 written. A re-run skips an output only when the file is still the one recorded, its header parses
 (`io.gguf.GGUFFile`: tensor data inside the file, no trailing bytes) and its general.file_type is
-the type asked for; anything else is redone. Temporary files of a killed run are removed.
+the type asked for; anything else is redone. Temporary files of a killed run are removed. A split
+output (`--split-max-size` / `--split-max-tensors`) is one unit: its shards are recorded together,
+and it is skipped only when the shards present are exactly those recorded, unchanged, and open as a
+set (io.gguf_split.GGUFSplit); otherwise it is redone whole and stale shards are removed.
 
 Executors: in-process (`--jobs 1`), worker processes (`--jobs N`, spawn, numba threads = cores // N)
 or Ray tasks (`--executor ray`: one task per model; OUTDIR must be on a filesystem every node sees,

@@ -165,13 +165,21 @@ def cmd_convert(args) -> int:
         opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
+        extra = {"automix": mix.as_json()} if mix else {}
+        if opts.split is not None:  # the cut llama-gguf-split would make of the file
+            from .io.gguf_split import plan_shards
+
+            extra["split_tensors_per_shard"] = plan_shards([(t.name, t.nbytes) for t in plan.tensors], opts.split)
         if args.json:
-            print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
+            print(json.dumps(dict(plan.as_json(), **extra)))
         else:
             for t in plan.tensors:
                 shape = "x".join(str(d) for d in reversed(t.shape))
                 print(f"{t.name:48s} {shape:>18s} {t.qtype.ggml_name:6s} {t.nbytes:>12d}")
             print(f"{len(plan.tensors)} tensors, {plan.total_bytes / 2**20:.2f} MiB, {plan.bpw:.4f} bits per weight")
+            if "split_tensors_per_shard" in extra:
+                n = extra["split_tensors_per_shard"]
+                print(f"{len(n)} shards of {', '.join(map(str, n))} tensors")
             if mix:
                 print(mix.summary())
         return 0

@@ -129,6 +129,15 @@ def test_shards_identical_to_llama_gguf_split(single, flag, value, tmp_path):
     for a, b in zip(theirs, ours):
         assert a.read_bytes() == b.read_bytes(), b.name
     assert not (tmp_path / "ours.gguf").exists() and no_temp_files(tmp_path)
+    # --dry-run announces the same cut
+    import json
+
+    r = kq("convert", TINY, "-t", "Q4_K_M", flag, value, "--dry-run", "--json")
+    counts = []
+    for p in theirs:
+        with GGUFFile(p) as g:
+            counts.append(len(g.tensors))
+    assert json.loads(r.stdout)["split_tensors_per_shard"] == counts
 
 
 @needs_ref
