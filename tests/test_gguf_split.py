@@ -97,6 +97,18 @@ def test_plan_shards_table():
         SplitOptions(1, 1)
 
 
+def test_split_writer_refuses_another_alignment(tmp_path):
+    from kquant.errors import UnsupportedError
+    from kquant.io.gguf_split import SplitWriter
+
+    w = SplitWriter(tmp_path / "o.gguf", SplitOptions(max_tensors=1), lambda paths: fsutil.AtomicFileSet(paths))
+    w.add_kv("general.alignment", GGUFValueType.UINT32, 64)
+    w.add_tensor("a", (2, 32), QType.F32)
+    with pytest.raises(UnsupportedError, match="general.alignment is 64"):
+        w.write_header()
+    assert list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- output against llama-gguf-split
 @pytest.fixture(scope="module")
 def single(tmp_path_factory):
@@ -380,8 +392,7 @@ def test_malformed_set_one_line_error(tmp_path, case, needle):
         tmp.rename(p[2])
     elif case == "name":
         write_set(tmp_path, "m", shards, names=["m.gguf", "m-00002-of-00003.gguf", "m-00003-of-00003.gguf"])
-    first = next(tmp_path.glob("m*.gguf")) if case == "name" else tmp_path / "m-00001-of-00003.gguf"
-    first = tmp_path / "m.gguf" if case == "name" else first
+    first = tmp_path / ("m.gguf" if case == "name" else "m-00001-of-00003.gguf")
     with pytest.raises(InputError, match=re.escape(needle)):
         open_gguf(first).close()
     for cmd in (["inspect", first], ["validate", first, "--source", TINY],

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from gguf import GGUFValueType
 
-from ..errors import InputError, OutputError
-from .gguf import DEFAULT_ALIGNMENT, GGUFFile, GGUFStreamWriter, _p, _pad
+from ..errors import InputError, OutputError, UnsupportedError
+from .gguf import ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUFFile, GGUFStreamWriter, _p, _pad
 
 SPLIT_NO = "split.no"  # common.h LLM_KV_SPLIT_NO
 SPLIT_COUNT = "split.count"  # LLM_KV_SPLIT_COUNT
@@ -203,6 +203,10 @@ class SplitWriter:
         return nbytes
 
     def write_header(self) -> None:
+        al = self._probe.metadata.get(ALIGNMENT_KEY)
+        if al is not None and al[1] != DEFAULT_ALIGNMENT:  # gguf-split pads tensor data to 32 whatever the key says
+            raise UnsupportedError(f"{_p(self.out)}: {ALIGNMENT_KEY} is {al[1]}; split output needs the default "
+                                   f"{DEFAULT_ALIGNMENT} (llama-gguf-split pads tensor data to {DEFAULT_ALIGNMENT} bytes)")
         counts = plan_shards([(t[0], t[3]) for t in self._tensors], self.opts)
         n = len(counts)
         self.paths = shard_paths(self.out, n)
