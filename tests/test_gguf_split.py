@@ -395,8 +395,11 @@ def test_malformed_set_one_line_error(tmp_path, case, needle):
     first = tmp_path / ("m.gguf" if case == "name" else "m-00001-of-00003.gguf")
     with pytest.raises(InputError, match=re.escape(needle)):
         open_gguf(first).close()
-    for cmd in (["inspect", first], ["validate", first, "--source", TINY],
-                ["dequantize", first, "-o", tmp_path / "x.safetensors"], ["convert", first, "-o", tmp_path / "y.gguf"]):
+    cmds = [["inspect", first]]
+    if case == "missing":  # every reader goes through the same check (one case is enough for the others)
+        cmds += [["validate", first, "--source", TINY], ["dequantize", first, "-o", tmp_path / "x.safetensors"],
+                 ["convert", first, "-o", tmp_path / "y.gguf"]]
+    for cmd in cmds:
         one_line_error(kq(*cmd), needle)
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "y.gguf").exists()
 
