@@ -360,8 +360,8 @@ class GGUFSplit:
         v = self.metadata.get(key)
         return default if v is None else v[1]
 
-    def release_tensor(self, name: str, start: int, nbytes: int) -> None:
-        self.shards[self.shard_index(name)].release_tensor(name, start, nbytes)
+    def read_bytes(self, name: str, start: int, stop: int):
+        return self.shards[self.shard_index(name)].read_bytes(name, start, stop)
 
     def close(self) -> None:
         for s in self.shards:
