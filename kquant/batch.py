@@ -374,7 +374,7 @@ class OutdirLock:
         self._cm = None
 
     def __enter__(self):
-        from .fsutil import file_lock
+        from .io.fsutil import file_lock
 
         cm = file_lock(self.path, blocking=False)
         try:
@@ -409,7 +409,7 @@ def prepare_outdir(outdir) -> Path:
 
 
 def _writable(d: Path) -> str | None:
-    from .fsutil import created, signals_held
+    from .io.fsutil import created, signals_held
 
     probe = d / f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}"
     try:

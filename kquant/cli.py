@@ -8,9 +8,9 @@ from __future__ import annotations
 
 # Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
 # second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
-# kquant.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
+# kquant.io.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
 # Python's: a signal there gets its default behaviour.)
-from . import fsutil as _fsutil
+from .io import fsutil as _fsutil
 
 if __name__ == "__main__":
     _fsutil.defer_interrupts()  # main() arms them inside the code that reports an interrupt

@@ -338,7 +338,7 @@ def test_file_lock(tmp_path):
     with file_lock(path) as a:
         assert a is True
         code = f"""
-            from kquant.fsutil import file_lock
+            from kquant.io.fsutil import file_lock
             with file_lock({str(path)!r}, blocking=False) as got:
                 print(got)
         """
