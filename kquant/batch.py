@@ -8,7 +8,10 @@ records per output a fingerprint of its sources (names, sizes and mtimes of the 
 files and of the imatrix, kquant version, type, options) and the size and mtime of the file
 written. A re-run skips an output only when the file is still the one recorded, its header parses
 (`io.gguf.GGUFFile`: tensor data inside the file, no trailing bytes) and its general.file_type is
-the type asked for; anything else is redone. Temporary files of a killed run are removed.
+the type asked for; anything else is redone. Temporary files of a killed run are removed. A split
+output (`--split-max-size` / `--split-max-tensors`) is one unit: its shards are recorded together,
+and it is skipped only when the shards present are exactly those recorded, unchanged, and open as a
+set (io.gguf_split.GGUFSplit); otherwise it is redone whole and stale shards are removed.
 
 Executors: in-process (`--jobs 1`), worker processes (`--jobs N`, spawn, numba threads = cores // N)
 or Ray tasks (`--executor ray`: one task per model; OUTDIR must be on a filesystem every node sees,
@@ -238,7 +241,9 @@ class Manifest:
             self.note = f"{self.path}: not a version {MANIFEST_VERSION} manifest; every output is checked again"
 
     def record(self, out: Path, fp: str, model: str, ftype: FileType, res: dict) -> None:
-        st = out.stat()
+        """`out`: the output as named (a split output: OUT.gguf, its shards listed in res["shards"])."""
+        shards = [Path(x) for x in res.get("shards") or ()]
+        st = (shards[0] if shards else out).stat()
         self.outputs[out.name] = {
             "model": model,
             "type": ftype.short_name,
@@ -248,6 +253,7 @@ class Manifest:
             "tensor_bytes": res["tensor_bytes"],
             "n_elements": res["n_elements"],
             "seconds": res["seconds"],
+            **({"shards": [_stat_entry(x) for x in shards]} if shards else {}),
         }
 
     def save(self) -> None:
@@ -259,11 +265,17 @@ class Manifest:
             f.write((json.dumps(doc, indent=1) + "\n").encode("utf-8"))
 
 
-def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
-    """(complete, why not, facts) for an existing output: recorded, unchanged, header valid, right type."""
+def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
+                   split: bool = False) -> tuple[bool, str, dict]:
+    """(complete, why not, facts) for an existing output: recorded, unchanged, header valid, right type.
+
+    A split output (`split`) is checked as one unit: the shards recorded are the shards present,
+    each unchanged, and the set opens (io.gguf_split.open_gguf checks every shard)."""
     from .io.gguf import GGUFFile
     from .pipeline import FILE_TYPE_KEY
 
+    if split:
+        return _check_split_complete(out, ftype, fp, record)
     if not out.is_file():
         return False, "missing", {}
     if record is None:
@@ -286,6 +298,36 @@ def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> 
                       "seconds": record.get("seconds")}
 
 
+def _check_split_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
+    from .io.gguf_split import GGUFSplit, existing_shards
+    from .pipeline import FILE_TYPE_KEY
+
+    present = existing_shards(out)
+    if not present:
+        return False, "missing", {}
+    if record is None or not record.get("shards"):
+        return False, "not recorded in the manifest", {}
+    if record.get("fingerprint") != fp:
+        return False, "source, imatrix or options changed", {}
+    try:
+        now = [_stat_entry(x) for x in present]
+    except OSError:
+        return False, "shards changed while checking", {}
+    if now != record["shards"]:
+        return False, "shards changed since they were written (or a set is incomplete)", {}
+    try:
+        with GGUFSplit(present[0]) as g:
+            ft = g.value(FILE_TYPE_KEY)
+            tensor_bytes = sum(t.nbytes for t in g.tensors)
+            n_elements = sum(_prod(t.shape) for t in g.tensors)
+    except KquantError as e:
+        return False, f"unreadable ({_first_line(e)})", {}
+    if ft != int(ftype):
+        return False, f"general.file_type is {ft}, not {int(ftype)} ({ftype.short_name})", {}
+    return True, "", {"file_bytes": sum(e[1] for e in now), "tensor_bytes": tensor_bytes, "n_elements": n_elements,
+                      "seconds": record.get("seconds"), "first": str(present[0])}
+
+
 def _prod(shape) -> int:
     n = 1
     for d in shape:
@@ -299,13 +341,23 @@ def _first_line(e: BaseException) -> str:
 
 
 def sweep_temp_files(outdir: Path, names: Sequence[str]) -> list[Path]:
-    """Remove `.NAME.kquant-tmp-*` files of these outputs (left by a killed run); returns them."""
+    """Remove `.NAME.kquant-tmp-*` files of these outputs (left by a killed run), and those of
+    their shards (`.NAME-00001-of-00004.gguf.kquant-tmp-*` for NAME.gguf); returns them."""
     from .io.fsutil import MAX_TMP_BASE, TMP_MARK
+    from .io.gguf_split import SHARD_RE
 
     prefixes = tuple(f".{n[:MAX_TMP_BASE]}{TMP_MARK}" for n in names)
+    split_prefixes = {n[: -len(".gguf")] for n in names if n.endswith(".gguf")}
+
+    def is_shard_tmp(name: str) -> bool:
+        if not name.startswith(".") or TMP_MARK not in name:
+            return False
+        m = SHARD_RE.match(name[1:].split(TMP_MARK)[0])
+        return bool(m) and m.group("prefix") in split_prefixes
+
     gone = []
     for e in _entries(outdir):
-        if e.name.startswith(prefixes):
+        if e.name.startswith(prefixes) or is_shard_tmp(e.name):
             try:
                 os.unlink(outdir / e.name)
                 gone.append(outdir / e.name)
@@ -447,8 +499,13 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
     out = {"index": job["index"], "model": job["model"], "error": None, "outputs": [],
            "host": socket.gethostname(), "pid": os.getpid()}
     try:
+        split = None
+        if job.get("split"):
+            from .io.gguf_split import SplitOptions
+
+            split = SplitOptions(job["split"]["max_bytes"], job["split"]["max_tensors"])
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
-                       progress=progress, rounding=job.get("rounding") or "ggml")
+                       progress=progress, rounding=job.get("rounding") or "ggml", split=split)
         if job.get("imatrix"):
             from .plan.imatrix import load_imatrix
 
@@ -458,7 +515,7 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
         results = convert_many(job["path"], [(o, t) for o, t in job["targets"]], opts)
         for (o, t), r in zip(job["targets"], results):
             out["outputs"].append({"output": o, "type": t, "file_bytes": r.file_bytes, "tensor_bytes": r.total_bytes,
-                                   "n_elements": r.n_elements, "seconds": round(r.seconds, 3)})
+                                   "n_elements": r.n_elements, "seconds": round(r.seconds, 3), "shards": r.shards})
     except KquantError as e:
         out["error"] = _first_line(e)
     except MemoryError:
@@ -580,12 +637,14 @@ class _Ctx:
                 r = by_out[o]
                 p = Path(o)
                 row = self.rows[(job["model"], t)]
-                if not p.is_file() or p.stat().st_size != r["file_bytes"]:
+                files = [Path(x) for x in r.get("shards") or [o]]
+                if not all(x.is_file() for x in files) or sum(x.stat().st_size for x in files) != r["file_bytes"]:
                     res["error"] = (f"{o}: written on {res['host']} but not visible here: OUTDIR must be a folder "
                                     "every worker and the driver share")
                     break
                 self.manifest.record(p, self.fps[p.name], job["model"], self.ftypes[p.name], r)
                 row.status, row.file_bytes, row.seconds = DONE, r["file_bytes"], r["seconds"]
+                row.output = str(files[0])
                 row.bpw = r["tensor_bytes"] * 8.0 / max(r["n_elements"], 1)
             self.manifest.save()
         if res["error"] is not None:
@@ -602,7 +661,7 @@ class _Ctx:
 
 def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads: int | None = None,
               imatrix_dir=None, executor: str = "local", address: str | None = None, force: bool = False,
-              allow_nonfinite: bool = False, log: Callable[[str], None] | None = None,
+              allow_nonfinite: bool = False, split=None, log: Callable[[str], None] | None = None,
               ray_num_cpus: int | None = None, rounding: str = "ggml") -> BatchReport:
     """Convert every model folder under `root` to each of `types` into `outdir`; see the module docstring.
 
@@ -644,6 +703,8 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
     options = {"allow_nonfinite": bool(allow_nonfinite)}
     if rounding != "ggml":  # (absent for ggml: existing manifests stay valid)
         options["rounding"] = rounding
+    if split is not None:  # io.gguf_split.SplitOptions: each output is a set of shards, resumed as one unit
+        options["split"] = split.as_json()
 
     with OutdirLock(out):
         all_names = [output_name(m.name, f) for m in found.models for f in ftypes]
@@ -677,9 +738,10 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
                 fp = fingerprint(files, f, imatrix, options)
                 ctx.fps[name], ctx.ftypes[name] = fp, f
                 if not force:
-                    ok, why, facts = check_complete(p, f, fp, manifest.outputs.get(name))
+                    ok, why, facts = check_complete(p, f, fp, manifest.outputs.get(name), split=split is not None)
                     if ok:
                         row.status, row.file_bytes, row.seconds = SKIPPED, facts["file_bytes"], facts["seconds"]
+                        row.output = facts.get("first", row.output)
                         row.bpw = facts["tensor_bytes"] * 8.0 / max(facts["n_elements"], 1)
                         continue
                     if why != "missing":
@@ -691,6 +753,7 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
                 ctx.jobs.append({"index": len(ctx.jobs), "model": m.name, "path": os.path.abspath(m.path),
                                  "targets": targets, "threads": threads, "allow_nonfinite": bool(allow_nonfinite),
                                  "rounding": rounding,
+                                 "split": options.get("split"),
                                  "imatrix": None if imatrix is None else os.path.abspath(imatrix),
                                  "imatrix_name": None if imatrix is None else str(imatrix)})
         ctx.total_outputs = sum(len(j["targets"]) for j in ctx.jobs)

@@ -129,10 +129,34 @@ def _rounding_arg(s: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _split_size_arg(s: str) -> int:
+    from .io.gguf_split import parse_split_size
+
+    try:
+        return parse_split_size(s)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _split_options(args):
+    """SplitOptions from --split-max-size / --split-max-tensors, or None."""
+    from .io.gguf_split import SplitOptions
+
+    return SplitOptions.from_args(args.split_max_size, args.split_max_tensors)
+
+
+def _add_split_args(p) -> None:
+    p.add_argument("--split-max-size", type=_split_size_arg, metavar="SIZE",
+                   help="write llama-gguf-split shards of at most SIZE of tensor data each (500M, 2G: decimal units)")
+    p.add_argument("--split-max-tensors", type=_positive_int("--split-max-tensors"), metavar="N",
+                   help="write llama-gguf-split shards of at most N tensors each")
+
+
 def cmd_convert(args) -> int:
     from . import pipeline as cv
 
     opts = cv.Options(
+        split=_split_options(args),
         overrides=_overrides(args),
         threads=args.threads,
         config=args.config,
@@ -169,13 +193,21 @@ def cmd_convert(args) -> int:
             name, qt = plan.needs_imatrix
             print(f"kquant: warning: dry run complete, but converting needs an importance matrix (--imatrix): "
                   f"tensor {name} would be {qt.ggml_name}", file=sys.stderr)
+        extra = {"automix": mix.as_json()} if mix else {}
+        if opts.split is not None:  # the cut llama-gguf-split would make of the file
+            from .io.gguf_split import plan_shards
+
+            extra["split_tensors_per_shard"] = plan_shards([(t.name, t.nbytes) for t in plan.tensors], opts.split)
         if args.json:
-            print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
+            print(json.dumps(dict(plan.as_json(), **extra)))
         else:
             for t in plan.tensors:
                 shape = "x".join(str(d) for d in reversed(t.shape))
                 print(f"{t.name:48s} {shape:>18s} {t.qtype.ggml_name:6s} {t.nbytes:>12d}")
             print(f"{len(plan.tensors)} tensors, {plan.total_bytes / 2**20:.2f} MiB, {plan.bpw:.4f} bits per weight")
+            if "split_tensors_per_shard" in extra:
+                n = extra["split_tensors_per_shard"]
+                print(f"{len(n)} shards of {', '.join(map(str, n))} tensors")
             if mix:
                 print(mix.summary())
         return 0
@@ -186,7 +218,8 @@ def cmd_convert(args) -> int:
         print(json.dumps(dict(res.as_json(), **({"automix": mix.as_json()} if mix else {}))))
     else:
         print(
-            f"wrote {res.path}: {res.n_tensors} tensors, {res.file_bytes / 2**20:.2f} MiB, "
+            f"wrote {res.path}{f' (first of {len(res.shards)} shards)' if res.shards else ''}: "
+            f"{res.n_tensors} tensors, {res.file_bytes / 2**20:.2f} MiB, "
             f"{res.bpw:.4f} bits per weight, {res.seconds:.1f} s"
         )
         if mix:
@@ -262,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "reads every tensor once to measure (also with --dry-run, which still writes nothing)")
     c.add_argument("--target-size", type=_target_size_arg, metavar="SIZE", help="automatic mix for a whole-file size: "
                    "350MB, 1.2GiB or bytes (the written file is never larger)")
+    _add_split_args(c)
     c.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     c.set_defaults(func=cmd_convert)
 
@@ -535,6 +569,7 @@ def _add_batch_parser(sub) -> None:
     b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
     b.add_argument("--force", action="store_true", help="redo every output, even complete ones")
     b.add_argument("--allow-nonfinite", action="store_true", help="do not refuse NaN/Inf weights")
+    _add_split_args(b)
     b.add_argument("--json", action="store_true", help="one JSON object on stdout instead of the table")
     b.add_argument("-q", "--quiet", action="store_true", help="no progress on stderr")
     b.set_defaults(func=cmd_batch)
@@ -549,7 +584,8 @@ def cmd_batch(args) -> int:
     try:
         rep = run_batch(args.root, args.outdir, args.type, jobs=args.jobs, threads=args.threads,
                         imatrix_dir=args.imatrix_dir, executor=args.executor, address=args.address, force=args.force,
-                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log, rounding=args.rounding)
+                        allow_nonfinite=args.allow_nonfinite, split=_split_options(args),
+                        log=None if args.quiet else log, rounding=args.rounding)
     except KeyboardInterrupt:  # a second interrupt during clean-up
         _err("interrupted; outputs under their final names are complete, run the same command again to finish")
         return 130

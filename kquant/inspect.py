@@ -102,11 +102,12 @@ def _type_label(vtype, value) -> str:
 
 def inspect_gguf(path, *, full: bool = False) -> dict:
     """Header, metadata and tensor table of a GGUF file (shapes in ggml order, ne[0] first)."""
-    from .io.gguf import GGUFFile
+    from .io.gguf_split import open_gguf
     from .types import FileType
     from .validate import type_name
 
-    with GGUFFile(path) as gf:
+    with open_gguf(path) as gf:
+        shards = getattr(gf, "shards", None)  # a split set (io.gguf_split.GGUFSplit): the merged view
         meta = {k: _meta_value(t, v, full) for k, (t, v) in gf.metadata.items()}
         types = {k: _type_label(t, v) for k, (t, v) in gf.metadata.items()}
         tensors = []
@@ -117,7 +118,7 @@ def inspect_gguf(path, *, full: bool = False) -> dict:
             tn = type_name(ti.qtype)
             tensors.append({"name": ti.name, "type": tn, "shape": list(reversed(ti.shape)), "n_elements": n_el,
                             "bytes": ti.nbytes, "bits_per_weight": round(ti.nbytes * 8.0 / n_el, 4) if n_el else 0.0,
-                            "offset": ti.offset_abs})
+                            "offset": ti.offset_abs, **({"shard": gf.shard_index(ti.name) + 1} if shards else {})})
             e = by_type.setdefault(tn, {"count": 0, "n_elements": 0, "bytes": 0})
             e["count"] += 1
             e["n_elements"] += n_el
@@ -141,6 +142,8 @@ def inspect_gguf(path, *, full: bool = False) -> dict:
             "architecture": arch if isinstance(arch, str) else None,
             "file_type": ft_name if ft_name is not None else ft,
             "n_kv": len(gf.metadata),
+            **({"shards": [{"path": s.path, "file_size": s.file_size, "n_tensors": len(s.tensors)} for s in shards]}
+               if shards else {}),
             "metadata": meta,
             "metadata_types": types,
             "tensors": tensors,
@@ -228,6 +231,9 @@ def print_inspect(info: dict, out=None) -> None:
               f"{info['n_kv']} metadata keys, alignment {info['alignment']}", file=out)
         print(f"architecture {_show(info['architecture'])}, file type {_show(info['file_type'])}, "
               f"{s['n_elements']:,} weights, {s['bits_per_weight']:.4f} bits per weight", file=out)
+        for i, sh in enumerate(info.get("shards", ())):
+            print(f"shard {i + 1} of {len(info['shards'])}: {_show(sh['path'], 200)}, {_mib(sh['file_size'])}, "
+                  f"{sh['n_tensors']} tensors", file=out)
         print("\nmetadata:", file=out)
         kw = max([len(k) for k in info["metadata"]] + [3])
         tw = max([len(t) for t in info["metadata_types"].values()] + [4])
@@ -346,7 +352,7 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
     order; generated tensors such as rope_freqs dropped). `progress(i, n, name, type, seconds)`.
     """
     from .io.fsutil import atomic_output, check_not_input, handle_termination
-    from .io.gguf import GGUFFile
+    from .io.gguf_split import open_gguf
     from .io.safetensors import SafetensorsStreamWriter
     from .validate import TensorRows, type_name
 
@@ -354,8 +360,8 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
     if dtype not in OUT_DTYPES:
         raise InputError(f"--dtype {dtype}: must be one of {', '.join(OUT_DTYPES)}")
     t0 = time.perf_counter()
-    check_not_input(out, [path])
-    with GGUFFile(path) as gf:
+    with open_gguf(path) as gf:
+        check_not_input(out, getattr(gf, "shard_paths", [path]))
         if hf_names:
             names, skipped = hf_name_map(gf)
         else:

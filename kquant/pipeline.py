@@ -109,6 +109,7 @@ class Options:
     type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
     on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
     rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes) or "best"
+    split: object = None  # io.gguf_split.SplitOptions: write llama-gguf-split's shards instead of one file
 
 
 def open_model(path: str | Path, config: str | None = None):
@@ -119,7 +120,7 @@ def open_model(path: str | Path, config: str | None = None):
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_file() and p.suffix.lower() == ".gguf":
-        return GGUFSource(p)
+        return GGUFSource(p)  # a split set by its first shard too
     return Checkpoint.open(p, config=config)
 
 
@@ -132,23 +133,27 @@ class _GGUFTensor:
 
 
 class GGUFSource:
-    """An F32/F16/BF16 GGUF file read like a checkpoint (`kquant convert model-bf16.gguf`, as
-    llama-quantize does): same reading interface as io.safetensors.Checkpoint."""
+    """An F32/F16/BF16 GGUF file (or split set, by its first shard) read like a checkpoint
+    (`kquant convert model-bf16.gguf`, as llama-quantize does): same reading interface as
+    io.safetensors.Checkpoint."""
 
     FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
 
     def __init__(self, path: Path):
-        from .io.gguf import GGUFFile
+        from .io.gguf_split import open_gguf
 
         self.path = path
-        self.gguf = GGUFFile(path)
+        self.gguf = open_gguf(path)
         self._info = {t.name: t for t in self.gguf.tensors}
         for t in self.gguf.tensors:
             if t.require_qtype() not in self.FLOAT_TYPES:
                 self.gguf.close()
                 raise InputError(f"{path}: tensor {t.name} is {t.qtype.name}; only F32, F16 and BF16 GGUF files "
                                  "are re-quantized (as llama-quantize without --allow-requantize)")
-        self.tensors = {t.name: _GGUFTensor(t.name, tuple(t.shape), t.qtype.name, str(path)) for t in self.gguf.tensors}
+        shard = getattr(self.gguf, "shard_index", None)
+        paths = getattr(self.gguf, "shard_paths", [str(path)])
+        self.tensors = {t.name: _GGUFTensor(t.name, tuple(t.shape), t.qtype.name, paths[shard(t.name) if shard else 0])
+                        for t in self.gguf.tensors}
 
     def read(self, name: str) -> np.ndarray:
         t = self._info[name]
@@ -190,7 +195,10 @@ def _gguf_spec(src: GGUFSource):
         return int(v[0] if isinstance(v, list) and v else v or default)
 
     n_head = first("attention.head_count")
-    kv = [(k, vt, v) for k, (vt, v) in g.metadata.items()]
+    from .io.gguf_split import SPLIT_KEYS
+
+    # llama-quantize drops the split.* keys of a split (or merged) input (llama_model_quantize_impl)
+    kv = [(k, vt, v) for k, (vt, v) in g.metadata.items() if k not in SPLIT_KEYS]
     tensors = [TensorSpec(t.name, tuple(t.shape), (t.name,), t.qtype) for t in g.tensors]
     return ModelSpec(arch=arch, kv=kv, tensors=tensors, n_layer=first("block_count"), n_head=n_head,
                      n_head_kv=first("attention.head_count_kv", n_head), n_expert=first("expert_count"),
@@ -331,7 +339,8 @@ class Result:
     total_bytes: int
     n_elements: int
     seconds: float
-    file_bytes: int = 0
+    file_bytes: int = 0  # all shards of a split output
+    shards: list = field(default_factory=list)  # a split output's files, first shard first (else empty)
 
     @property
     def bpw(self) -> float:
@@ -347,6 +356,7 @@ class Result:
             "n_elements": self.n_elements,
             "bits_per_weight": round(self.bpw, 4),
             "seconds": round(self.seconds, 3),
+            **({"shards": self.shards} if self.shards else {}),
         }
 
 
@@ -362,8 +372,10 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
 
 
 def _convert_many(model, targets, options: Options | None) -> list[Result]:
-    from .io.fsutil import atomic_output, check_not_input, check_output, handle_termination, inputs_read, note_input
+    from .io.fsutil import (AtomicFileSet, atomic_output, check_not_input, check_output, handle_termination,
+                            inputs_read, note_input)
     from .io.gguf import GGUFStreamWriter
+    from .io.gguf_split import SplitWriter, describe_existing, existing_shards, split_prefix
 
     opts = options or Options()
     if opts.threads is not None:
@@ -382,7 +394,14 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
             raise OutputError("the same output path is given twice")
         for o in outs:
             check_not_input(o, inputs)
-            check_output(o, opts.force)  # exists, unwritable folder: before a kernel compiles
+            if opts.split is not None:  # OUT.gguf names the shards OUT-00001-of-0000N.gguf
+                split_prefix(o)  # refuses an output already named like a shard
+                check_output(o, True)  # the folder: exists, writable
+                problem = None if opts.force else describe_existing(o)
+                if problem:
+                    raise OutputError(f"{problem} (use --force to overwrite)")
+            else:
+                check_output(o, opts.force)  # exists, unwritable folder: before a kernel compiles
         names = [t.name for t in plans[0].tensors]
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
@@ -394,8 +413,17 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
         with handle_termination(), _ExitStack() as stack:
             writers = []
             for out, plan in zip(outs, plans):
-                f = stack.enter(atomic_output(out, force=opts.force))
-                w = GGUFStreamWriter(f, ggml_n_dims=True, name=str(out))  # llama-quantize's n_dims
+                if opts.split is not None:  # llama-gguf-split's shards of the same single file
+
+                    def files(paths, out=out):
+                        for sp in paths:
+                            check_not_input(sp, inputs)
+                        return stack.enter(AtomicFileSet(paths, opts.force, stale=existing_shards(out)))
+
+                    w = SplitWriter(out, opts.split, files)
+                else:
+                    f = stack.enter(atomic_output(out, force=opts.force))
+                    w = GGUFStreamWriter(f, ggml_n_dims=True, name=str(out))  # llama-quantize's n_dims
                 for key, vtype, value in output_kv(plan, rounding):
                     w.add_kv(key, vtype, value)
                 for t in plan.tensors:
@@ -428,11 +456,12 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                 w.finish()
             stack.commit()
         elapsed = time.perf_counter() - t0
-        for out, plan in zip(outs, plans):
-            results.append(
-                Result(str(out), plan.ftype, len(plan.tensors), plan.total_bytes, plan.n_elements, elapsed,
-                       out.stat().st_size)
-            )
+        for out, plan, w in zip(outs, plans, writers):
+            shards = [str(p) for p in getattr(w, "paths", ())]
+            first = Path(shards[0]) if shards else out
+            size = sum(Path(p).stat().st_size for p in shards) if shards else out.stat().st_size
+            results.append(Result(str(first), plan.ftype, len(plan.tensors), plan.total_bytes, plan.n_elements,
+                                  elapsed, size, shards))
     return results
 
 

@@ -241,12 +241,12 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     `progress(i, n, TensorError)` is called after each tensor. Memory: one source slab and its
     dequantized copy at a time (plus whole tensors the converter itself builds whole).
     """
-    from .io.gguf import GGUFFile
+    from .io.gguf_split import open_gguf
     from .pipeline import build_spec, open_model
     from .plan.recipe import llama_order
 
     t0 = time.perf_counter()
-    with GGUFFile(gguf_path) as gf, open_model(source, config) as ckpt:
+    with open_gguf(gguf_path) as gf, open_model(source, config) as ckpt:
         spec = build_spec(ckpt, source, config=config, vocab=False)
         arch = gf.value(GGUF_ARCH_KEY)
         if isinstance(arch, str) and arch != spec.arch:

@@ -18,7 +18,7 @@ import pytest
 from kquant.io import fsutil
 from kquant.errors import OutputError
 from kquant.io.fsutil import (TMP_MARK, Terminated, atomic_output, check_not_input, file_lock, handle_termination,
-                           inputs_read, signals_held, track_inputs)
+                              inputs_read, signals_held, track_inputs)
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]

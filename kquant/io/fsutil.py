@@ -473,3 +473,112 @@ def pread_array(fd: int, offset: int, nbytes: int, stamp: tuple[int, int], path)
         raise InputError(f"{_p(path)} changed while reading")
     buf.flags.writeable = False  # as a view of the file would be
     return buf
+
+
+class AtomicFileSet:
+    """Several files (the shards of a split GGUF) that appear together or not at all.
+
+    Each member is written under a temporary name (`open(i)`, then `close(i)`: flushed, fsynced,
+    still hidden). `commit()` checks the targets again, renames the members last to first and
+    fsyncs the folder before renaming the first one, with SIGINT/SIGTERM/SIGHUP held: whoever
+    opens a set by its first file (llama.cpp, kquant) finds it only once every other member is in
+    place. A crash between renames can leave members 2..n but never the first one; `abort()` (any
+    exception inside the `with` block) removes every temporary file and every member already
+    renamed. `stale`: other files of the same output (shards of another count) removed after a
+    forced commit.
+    """
+
+    def __init__(self, finals, force: bool = False, stale=()):
+        self.finals = [Path(os.path.abspath(os.fspath(p))) for p in finals]
+        self.force = force
+        self.stale = [Path(p) for p in stale]
+        for f in self.finals:
+            check_output(f, force)
+        self._tmps: list[Path | None] = [None] * len(self.finals)
+        self._files: dict[int, object] = {}
+        self._renamed: list[Path] = []
+        self._done = False
+
+    def open(self, i: int):
+        final = self.finals[i]
+        tmp = tmp_name(final)
+        with signals_held():  # the file and what removes it (abort) come into being together
+            try:
+                f = open(tmp, "xb")
+            except OSError as e:
+                reason = WRITE_ERRORS.get(e.errno) or e.strerror or str(e)
+                raise OutputError(f"{_p(final)}: cannot create a file in {_p(final.parent)} ({reason})") from None
+            self._tmps[i] = tmp
+            self._files[i] = f
+            created(tmp)
+        return f
+
+    def close(self, i: int) -> None:
+        f = self._files.pop(i)
+        try:
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            f.close()
+            raise _as_output_error(self.finals[i], e) from e
+        f.close()
+
+    def commit(self) -> None:
+        if any(t is None for t in self._tmps) or self._files:
+            raise ValueError("AtomicFileSet.commit(): a member was not written and closed")
+        with signals_held():  # no interrupt between the renames; one arriving is acted on after
+            try:
+                for f in self.finals:  # inputs opened while writing count too
+                    check_not_input(f, inputs_read())
+                if not self.force:
+                    for f in self.finals:  # a file that appeared meanwhile
+                        if os.path.lexists(f):
+                            raise OutputError(f"{_p(f)}: already exists (appeared while writing; use --force to overwrite)")
+                for i in range(len(self.finals) - 1, -1, -1):
+                    if i == 0:
+                        _fsync_dir(self.finals[0].parent)  # members 2..n are durable before the first appears
+                    os.replace(self._tmps[i], self.finals[i])
+                    self._renamed.append(self.finals[i])
+                    self._tmps[i] = None
+                _fsync_dir(self.finals[0].parent)
+            except OSError as e:
+                self._abort()
+                raise _as_output_error(self.finals[0], e) from e
+            except BaseException:
+                self._abort()
+                raise
+            self._done = True
+            for s in self.stale:
+                if s not in self.finals:
+                    _unlink_quietly(s)
+
+    def _abort(self) -> None:
+        for f in self._files.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._files.clear()
+        for t in self._tmps:
+            if t is not None:
+                _unlink_quietly(t)
+        # first member first: the set stops being visible before its other members go
+        for f in sorted(self._renamed, key=lambda p: p != self.finals[0]):
+            _unlink_quietly(f)
+        self._renamed.clear()
+
+    def abort(self) -> None:
+        with signals_held():
+            self._abort()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, et, ev, tb):
+        if et is None:
+            self.commit()
+        else:
+            self.abort()
+            if isinstance(ev, OSError) and ev.errno in BODY_WRITE_ERRNOS:
+                raise _as_output_error(self.finals[0], ev) from ev
+        return False
