@@ -242,11 +242,11 @@ def test_error_mid_stream_removes_every_shard(tmp_path, monkeypatch):
     n = {"i": 0}
     real = pipeline._encode
 
-    def boom(slab, pt, row0):
+    def boom(slab, pt, row0, *rest):
         n["i"] += 1
         if n["i"] == 12:  # several shards already written and closed
             raise KeyboardInterrupt
-        return real(slab, pt, row0)
+        return real(slab, pt, row0, *rest)
 
     monkeypatch.setattr(pipeline, "_encode", boom)
     with pytest.raises(KeyboardInterrupt):
