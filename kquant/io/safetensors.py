@@ -576,6 +576,11 @@ class Checkpoint:
         """The tensor's bytes (uint8 mmap view)."""
         return self._file(name).read_raw(name)
 
+    def release(self, name: str, offset: int, nbytes: int) -> None:
+        """Drop the mapped pages of bytes [offset, offset + nbytes) of a tensor (already used)."""
+        f = self._file(name)
+        f._release(self.tensors[name].offset + offset, nbytes)
+
     def close(self) -> None:
         for f in self.files:
             f.close()

@@ -65,11 +65,13 @@ def load_spec(
     vocab: bool = True,
     tokenizer_pre: str | None = None,
     headers: dict[str, list[HFTensor]] | None = None,
+    hf_tensors: list[HFTensor] | None = None,
 ) -> ModelSpec:
     """Build the ModelSpec of the HF model in `folder` (see module docstring).
 
     `headers` ({file path: [(name, shape, dtype)]}, from an open checkpoint) spares parsing the
-    safetensors headers of those files a second time."""
+    safetensors headers of those files a second time. `hf_tensors` gives the HF tensors outright, in
+    the converter's order (a quantized checkpoint after dequant_model: kquant.io.quantized)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a directory")
@@ -87,7 +89,7 @@ def load_spec(
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
     block_count = model.block_count
 
-    hf = _hf_tensors(folder, tensor_shapes, headers)
+    hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
     rec = KVRecorder(arch)
     rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
 
