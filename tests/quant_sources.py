@@ -166,8 +166,10 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
             g_idx = np.arange(n_in) // group
             if kind.endswith("act"):  # desc_act: rows belong to groups in a permuted order
                 g_idx = np.random.default_rng(0).permutation(g_idx)
-            _, s, zt = _int_quant(base[n], bits, group)  # scales / zeros per (out row, group)
-            s, zt = s.T, zt.T  # (groups, out)
+            n_groups = n_in // group
+            amax = np.stack([np.abs(w[g_idx == g]).max(axis=0) for g in range(n_groups)])  # (groups, out)
+            s = (np.maximum(amax, 1e-8) / ((1 << (bits - 1)) - 1)).astype(np.float32)
+            zt = np.full(s.shape, 1 << (bits - 1), np.int64)  # symmetric
             q = np.clip(np.round(w / s[g_idx]) + zt[g_idx], 0, (1 << bits) - 1).astype(np.int64)  # (in, out)
             z = zt - 1 if fmt == "gptq" else zt  # gptq (v1) stores zero - 1
             b = n[: -len(".weight")]

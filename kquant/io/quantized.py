@@ -67,19 +67,26 @@ def _fp8_table(exp_bits: int, man_bits: int, fn: bool) -> np.ndarray:
 FP8_TO_F32 = {"F8_E4M3": _fp8_table(4, 3, True), "F8_E5M2": _fp8_table(5, 2, False)}
 
 
+STORAGE = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E4M3": "<u1", "F8_E5M2": "<u1", **INT_NUMPY}
+CHUNK_ELEMS = 1 << 20  # elements dequantized at once: bounds every temporary to a few MB
+
+
+def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values (numpy storage type of `dtype`, any shape) -> float32 (a new array)."""
+    if dtype == "BF16":
+        return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
+    if dtype in FP8_TO_F32:
+        return FP8_TO_F32[dtype][a]
+    if dtype in STORAGE:
+        return a.astype(np.float32)
+    raise UnsupportedError(f"dtype {dtype} cannot be read as numbers")
+
+
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
     """1-D uint8 bytes of `dtype` -> float32 values (floats, FP8 via the tables, ints exactly)."""
-    if dtype == "F32":
-        return raw.view("<f4").astype(np.float32)
-    if dtype == "F16":
-        return raw.view("<f2").astype(np.float32)
-    if dtype == "BF16":
-        return (raw.view("<u2").astype(np.uint32) << np.uint32(16)).view(np.float32)
-    if dtype in FP8_TO_F32:
-        return FP8_TO_F32[dtype][raw]
-    if dtype in INT_NUMPY:
-        return raw.view(INT_NUMPY[dtype]).astype(np.float32)
-    raise UnsupportedError(f"dtype {dtype} cannot be read as numbers")
+    if dtype not in STORAGE:
+        raise UnsupportedError(f"dtype {dtype} cannot be read as numbers")
+    return to_f32(raw.view(STORAGE[dtype]), dtype)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -107,6 +114,10 @@ class _Ctx:
         out = decode(raw, ti.dtype).reshape((b - a, *ti.shape[1:]))
         self.ckpt.release(ti.name, a * row * item, (b - a) * row * item)
         return out
+
+    def view(self, ti: TensorInfo) -> np.ndarray:
+        """The stored values (numpy storage type), shaped: a read-only view of the mapping."""
+        return self.ckpt.read_raw(ti.name).view(STORAGE[ti.dtype]).reshape(ti.shape)
 
     def ints(self, ti: TensorInfo, dtypes=("I32",)) -> np.ndarray:
         """A whole integer tensor as its numpy integer type (a read-only view of the mapping)."""
@@ -172,17 +183,22 @@ def simple(ctx: _Ctx, wname: str, sname: str, block_size, method: str, fp8_flag:
         desc = "per-tensor" if all(p == 1 for p in padded) else "per-channel" if padded[1:] == (1,) * (len(wsh) - 1) else "scaled"
 
     def read_rows(a: int, b: int) -> np.ndarray:
-        x = ctx.rows(w, a, b)
+        x = ctx.rows(w, a, b)  # weight.float()
         if blocks is None:
             sc = ctx.whole(s).reshape(padded)
             if padded[0] != 1:
                 sc = sc[a:b]
         else:  # repeat_interleave then unpad, restricted to rows [a, b)
             r0, r1 = a // blocks[0], _ceil(b, blocks[0])
-            sc = ctx.rows(s, r0, r1)
-            idx = [np.arange(a, b) // blocks[0] - r0] + [np.arange(d) // k for d, k in zip(wsh[1:], blocks[1:])]
+            sc = ctx.rows(s, r0, r1)[np.arange(a, b) // blocks[0] - r0]  # (b - a, *scale dims)
+            if len(wsh) == 2 and wsh[1] % blocks[1] == 0:  # whole column blocks: broadcast, no repeat
+                xv = x.reshape(b - a, wsh[1] // blocks[1], blocks[1])
+                np.multiply(xv, sc[:, :, None], out=xv)
+                return x
+            idx = [np.arange(b - a)] + [np.arange(d) // k for d, k in zip(wsh[1:], blocks[1:])]
             sc = sc[np.ix_(*idx)]
-        return x * sc
+        np.multiply(x, sc, out=x)  # one float32 multiply per element, as torch's
+        return x
 
     is_fp8 = w.dtype in FP8_DTYPES if fp8_flag is None else fp8_flag
     return Dequantized(wname, wsh, f"{method} {w.dtype} {desc}", (wname, sname), read_rows, is_fp8)
@@ -221,14 +237,19 @@ def gptq(ctx: _Ctx, base: str, bits, checkpoint_format) -> Dequantized:
     shifts = np.arange(0, pack_bits, bits)
     zero_off = 1 if checkpoint_format == "gptq" else 0  # gptq_v2 does not offset the zeros
 
+    wide = np.int64 if pack_bits == 64 else np.int32
+    sh = shifts.astype(wide)
+
     def read_rows(a: int, b: int) -> np.ndarray:
-        q = ctx.ints(qw, int_types)[:, a:b].astype(np.int64)  # (n_in / pack, b - a)
-        w = ((q[:, None, :] >> shifts[None, :, None]) & maxq).reshape(n_in, b - a)
-        z = ctx.ints(qz, int_types).astype(np.int64)[:, a // pack: _ceil(b, pack)]
-        z = ((z[:, :, None] >> shifts[None, None, :]) & maxq).reshape(n_groups, -1)
+        q = ctx.ints(qw, int_types)[:, a:b].astype(wide)  # (n_in / pack, b - a)
+        w = ((q[:, None, :] >> sh[None, :, None]) & maxq).reshape(n_in, b - a)
+        z = ctx.ints(qz, int_types)[:, a // pack: _ceil(b, pack)].astype(wide)
+        z = ((z[:, :, None] >> sh[None, None, :]) & maxq).reshape(n_groups, -1)
         z = z[:, a - (a // pack) * pack:][:, : b - a] + zero_off
-        s = ctx.whole(sc)[:, a:b]
-        out = s[g_idx] * (w - z[g_idx]).astype(np.float32)  # (n_in, b - a)
+        s = to_f32(ctx.view(sc)[:, a:b], sc.dtype)
+        w -= z[g_idx]
+        out = s[g_idx]
+        out *= w.astype(np.float32)  # scales[g_idx].float() * (weight - zeros[g_idx]).float()
         return np.ascontiguousarray(out.T)
 
     return Dequantized(base + ".weight", (n_out, n_in), f"gptq int{bits} {n_groups} groups",
@@ -429,19 +450,29 @@ class QuantizedSource:
         self.dropped = sorted(dropped - {p for d in self._deq.values() for p in d.parts})
 
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start:stop of the first axis as float32, dequantized CHUNK_ELEMS at a time."""
         d = self._deq.get(name)
         if d is None:
             return self.ckpt.read_rows(name, start, stop)
-        n = self.tensors[name].shape[0]
+        n = d.shape[0]
         if not (0 <= start <= stop <= n):
             raise ValueError(f"tensor {name!r} rows [{start}, {stop}) outside [0, {n}]")
-        return d.read_rows(start, stop)
+        row = int(np.prod(d.shape[1:], dtype=np.int64))
+        out = np.empty((stop - start, *d.shape[1:]), np.float32)
+        step = max(1, CHUNK_ELEMS // max(row, 1))
+        for r in range(start, stop, step):
+            e = min(stop, r + step)
+            out[r - start: e - start] = d.read_rows(r, e)
+        if stop == n:  # the tensor is done: its parts' pages leave the resident set
+            for p in d.parts:
+                self.ckpt.release(p, 0, self.ckpt.tensors[p].nbytes)
+        return out
 
     def read(self, name: str) -> np.ndarray:
         d = self._deq.get(name)
         if d is None:
             return self.ckpt.read(name)
-        return d.read_rows(0, d.shape[0])
+        return self.read_rows(name, 0, d.shape[0])
 
     def read_raw(self, name: str) -> np.ndarray:
         return self.ckpt.read_raw(name)
