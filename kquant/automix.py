@@ -344,11 +344,11 @@ def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = Non
 
 def _pinned_names(plan, overrides) -> set[str]:
     """Tensors an explicit override names: they keep the recipe's type."""
-    from .recipe import C, category_of, ecma_to_python
+    from .recipe import C, category_of, match_names
 
     if overrides is None:
         return set()
-    pats = [re.compile(ecma_to_python(p), re.ASCII) for p, _ in overrides.tensor_types]
+    pats = [p for p, _ in match_names(overrides.tensor_types, [t.name for t in plan.tensors])]
     out = set()
     for t in plan.tensors:
         cat = category_of(t.name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import queue as queue_mod
 import signal
@@ -29,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .io import jsonio
 from .errors import InputError, KquantError, OutputError, UnsupportedError
 from .types import FileType, parse_ftype
 
@@ -205,6 +207,17 @@ def fingerprint(files: list, ftype: FileType, imatrix: Path | None, options: dic
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _valid_record(v) -> bool:
+    """A manifest record with the field types check_complete and the report use (others are re-checked)."""
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    return (isinstance(v, dict) and isinstance(v.get("fingerprint"), str) and is_int(v.get("size"))
+            and is_int(v.get("mtime_ns"))
+            and (v.get("seconds") is None or (isinstance(v["seconds"], (int, float)) and not isinstance(v["seconds"], bool)
+                                              and math.isfinite(v["seconds"]))))
+
+
 class Manifest:
     """OUTDIR/.kquant-batch.json: output file name -> record of how and when it was written."""
 
@@ -212,16 +225,17 @@ class Manifest:
         self.path = outdir / MANIFEST_NAME
         self.outputs: dict[str, dict] = {}
         self.note = None
+        if not self.path.exists() and not self.path.is_symlink():
+            return
         try:
-            doc = json.loads(self.path.read_text("utf-8"))
-            if isinstance(doc, dict) and doc.get("version") == MANIFEST_VERSION and isinstance(doc.get("outputs"), dict):
-                self.outputs = {k: v for k, v in doc["outputs"].items() if isinstance(v, dict)}
-            else:
-                self.note = f"{self.path}: not a version {MANIFEST_VERSION} manifest; every output is checked again"
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError) as e:
-            self.note = f"{self.path}: unreadable ({e}); every output is checked again"
+            doc = jsonio.read_json(self.path)
+        except InputError as e:  # kquant's own state: a damaged manifest only costs a re-check
+            self.note = f"{_first_line(e)}; every output is checked again"
+            return
+        if isinstance(doc, dict) and doc.get("version") == MANIFEST_VERSION and isinstance(doc.get("outputs"), dict):
+            self.outputs = {k: v for k, v in doc["outputs"].items() if _valid_record(v)}
+        else:
+            self.note = f"{self.path}: not a version {MANIFEST_VERSION} manifest; every output is checked again"
 
     def record(self, out: Path, fp: str, model: str, ftype: FileType, res: dict) -> None:
         st = out.stat()

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, OutputError, UnsupportedError
+from .io import jsonio
+from .errors import InputError, KquantError, OutputError, UnsupportedError
 
 GGUF_MAGIC = b"GGUF"
 ARRAY_HEAD = 8  # elements of a long array shown without --full
@@ -154,9 +155,11 @@ def _read_config(path: Path) -> tuple[dict | None, str | None]:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             return None, f"{_p(path)}: larger than {MAX_CONFIG_BYTES} bytes"
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        doc = jsonio.read_json(path, MAX_CONFIG_BYTES)
+    except OSError as e:
         return None, f"{_p(path)}: {e}"
+    except KquantError as e:
+        return None, str(e)
     if not isinstance(doc, dict):
         return None, f"{_p(path)}: top level is not an object"
     return doc, None

@@ -116,7 +116,7 @@ def open_model(path: str | Path, config: str | None = None):
     from .io.safetensors import Checkpoint
 
     from .io import quantized
-    from .io.json import read_json
+    from .io.jsonio import read_json
 
     p = Path(path)
     if not p.exists():

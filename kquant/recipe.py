@@ -561,16 +561,26 @@ def ecma_to_python(p: str) -> str:
 
     libstdc++ also takes stacked quantifiers (`a**`, `a++` = (a+)+): they become `(?:a+)+` here.
     """
+    return _translate(p)[0]
+
+
+def _translate(p: str) -> tuple[str, bool]:
+    """(Python pattern, may backtrack exponentially): the flag is set for a repeated group holding a
+    quantifier or an alternation, a stacked quantifier, or a back-reference (see `match_names`)."""
     out: list[str] = []
     groups: list[int] = []  # out index of each open group
+    inner: list[bool] = []  # per open group: it holds a quantifier or an alternation
     atom = -1  # out index where the last atom starts (-1: nothing to repeat)
+    atom_inner = False  # the last atom is a group holding a quantifier or an alternation
     quantified = False  # the last token was a quantifier (or its lazy `?`)
+    risky = False
     i = 0
     while i < len(p):
         ch = p[i]
         quant = None
         if ch == "\\":
             i, piece = _ecma_escape(p, i)
+            risky = risky or piece[1:2].isdigit()  # a back-reference
         elif ch == "[":
             i, piece = _ecma_bracket(p, i)
         elif ch == "(":
@@ -581,6 +591,7 @@ def ecma_to_python(p: str) -> str:
             else:
                 i, piece = i + 1, ch
             groups.append(len(out))
+            inner.append(False)
             out.append(piece)
             atom, quantified = -1, False
             continue
@@ -589,11 +600,15 @@ def ecma_to_python(p: str) -> str:
                 raise _EcmaError("unbalanced )")
             out.append(ch)
             i += 1
-            atom, quantified = groups.pop(), False
+            atom, quantified, atom_inner = groups.pop(), False, inner.pop()
+            if inner and atom_inner:
+                inner[-1] = True
             continue
         elif ch == "|":
             i, piece = i + 1, ch
             out.append(piece)
+            if inner:
+                inner[-1] = True
             atom, quantified = -1, False
             continue
         elif ch in "*+?":
@@ -606,11 +621,15 @@ def ecma_to_python(p: str) -> str:
         else:
             i, piece = i + 1, ch
         if quant is None:
-            atom, quantified = len(out), False
+            atom, quantified, atom_inner = len(out), False, False
             out.append(piece)
             continue
         if atom < 0:
             raise _EcmaError("nothing to repeat")
+        if inner:
+            inner[-1] = True
+        if quant != "?" and (atom_inner or quantified):
+            risky = True
         if quantified:
             if quant == "?" and out[-1] != "?":
                 out.append("?")  # the lazy modifier of the quantifier before
@@ -620,7 +639,7 @@ def ecma_to_python(p: str) -> str:
         quantified = True
     if groups:
         raise _EcmaError("unbalanced (")
-    return "".join(out)
+    return "".join(out), risky
 
 
 def _compile(tensor_types: Sequence[tuple[str, QType]]) -> list[tuple[re.Pattern, QType]]:
@@ -632,6 +651,55 @@ def _compile(tensor_types: Sequence[tuple[str, QType]]) -> list[tuple[re.Pattern
             raise InputError(
                 f"--tensor-type: invalid regular expression {pattern!r} for llama.cpp's std::regex: {e}"
             ) from None
+    return out
+
+
+MATCH_SECONDS = 5.0  # bound on matching the --tensor-type patterns that may backtrack exponentially
+_MATCH_CHILD = (
+    "import json, re, sys\n"
+    "d = json.load(sys.stdin)\n"
+    "json.dump([[i for i, n in enumerate(d['names']) if re.compile(p, re.ASCII).search(n)] for p in d['patterns']],"
+    " sys.stdout)\n"
+)
+
+
+class _Hits:
+    """A pattern's precomputed regex_search results over the tensor names (re.Pattern.search's role)."""
+
+    def __init__(self, rx: re.Pattern, hits: set[str], names: set[str]):
+        self.rx, self.hits, self.names = rx, hits, names
+
+    def search(self, name: str):
+        return (name in self.hits) if name in self.names else self.rx.search(name)
+
+
+def match_names(tensor_types: Sequence[tuple[str, QType]], names: Sequence[str]) -> list[tuple[object, QType]]:
+    """`_compile`, with patterns that may backtrack exponentially (nested quantifiers such as
+    `((.+)+)+`) matched against `names` in a child process killed after MATCH_SECONDS: the same
+    Python `re` results, or a one-line InputError instead of a hang."""
+    patterns = _compile(tensor_types)
+    risky = [i for i, (p, _) in enumerate(tensor_types) if _translate(p)[1]]
+    if not risky:
+        return patterns
+    import json
+    import subprocess
+    import sys
+
+    doc = {"names": list(names), "patterns": [patterns[i][0].pattern for i in risky]}
+    try:
+        r = subprocess.run([sys.executable, "-I", "-S", "-c", _MATCH_CHILD], input=json.dumps(doc), text=True,
+                           capture_output=True, timeout=MATCH_SECONDS)
+    except subprocess.TimeoutExpired:
+        pats = ", ".join(repr(tensor_types[i][0]) for i in risky)
+        raise InputError(
+            f"--tensor-type: regular expression {pats} did not finish matching the tensor names in "
+            f"{MATCH_SECONDS:g} s (nested quantifiers backtrack exponentially); simplify it") from None
+    if r.returncode != 0:
+        raise RuntimeError(f"regex matcher failed: {r.stderr.strip().splitlines()[-1:]}")
+    all_names = set(names)
+    out = list(patterns)
+    for i, hits in zip(risky, json.loads(r.stdout)):
+        out[i] = (_Hits(patterns[i][0], {names[j] for j in hits}, all_names), patterns[i][1])
     return out
 
 
@@ -713,7 +781,7 @@ def compute_types(
         has_tied_embeddings=not any(c is C.OUTPUT for c in cats),
         has_imatrix=has_imatrix,
     )
-    patterns = _compile(overrides.tensor_types)
+    patterns = match_names(overrides.tensor_types, names)
     out: list[QType | None] = [None] * len(tensors)
     for i in llama_order(names):
         out[i] = _get_type(qs, tensors[i], default_type, ftype, cats[i], facts, overrides, patterns)

@@ -26,7 +26,7 @@ from oracle import reference  # noqa: E402
 from kquant.ggml import quants  # noqa: E402
 from kquant.types import parse_qtype  # noqa: E402
 
-ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16,IQ4_NL,IQ4_XS,TQ1_0,TQ2_0,MXFP4,Q1_0,Q2_0"
+ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16,IQ4_NL,IQ4_XS,TQ1_0,TQ2_0,MXFP4,Q1_0,Q2_0,IQ3_XXS,IQ3_S"
 
 
 def best_time(fn, repeat: int) -> float:

@@ -580,8 +580,19 @@ def _edit_config(d: Path, **kw) -> None:
     (dict(num_attention_heads=3, num_key_value_heads=3), InputError, "hidden_size 128 is not divisible"),
     (dict(num_key_value_heads=3), InputError, "not a multiple of num_key_value_heads"),
     (dict(num_hidden_layers=1), InputError, "layer 1 but num_hidden_layers is 1"),
-    (dict(num_hidden_layers=3), InputError, "missing tensor.*model.layers.2"),
-    (dict(vocab_size=32001), InputError, "expected \\[32001, 128\\]"),
+    (dict(num_hidden_layers=3), InputError, "'num_hidden_layers' is 3 but the checkpoint has tensors for 2 layers"),
+    (dict(num_hidden_layers=10**9), InputError, "'num_hidden_layers' is 1000000000 but"),
+    (dict(vocab_size=10**12), InputError, "'vocab_size' is 1000000000000, larger than any tensor dimension"),
+    (dict(head_dim=10**9), InputError, "'head_dim' is 1000000000, larger than any tensor dimension"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 2.0, "high_freq_factor": 2.0,
+                        "original_max_position_embeddings": 8192}), InputError,
+     "'rope_scaling.high_freq_factor' \\(2.0\\) must be greater than 'rope_scaling.low_freq_factor'"),
+    (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 0}), InputError,
+     "'rope_scaling.low_freq_factor' must be a positive number, got 0"),
+    (dict(rope_scaling={"rope_type": "linear", "factor": "hot"}), InputError,
+     "'rope_scaling.factor' must be a (finite )?number.*got 'hot'"),
+    (dict(rope_scaling={"rope_type": 3}), InputError, "'rope_scaling.rope_type' must be a string"),
+    (dict(vocab_size=31999), InputError, "expected \\[31999, 128\\]"),
     (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
     (dict(rope_scaling={"rope_type": "dynamic-ntk-foo", "factor": 2.0}), UnsupportedError, "rope_scaling type"),
 ])
@@ -631,13 +642,21 @@ def test_rope_parameters_take_precedence(models):
     assert "llama.rope.scaling.type" not in kv and kv["llama.rope.freq_base"] == 5.0  # mirrored from rope_theta
 
 
+@pytest.mark.parametrize("case,key,n", [("mixtral", "num_local_experts", 3), ("qwen2moe", "num_experts", 4)])
+def test_expert_count_bomb(models, case, key, n):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **{key: 10**9})
+    with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
+        load_spec(d, vocab=False)
+
+
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], "rope_theta": NaN}')
-    with pytest.raises(InputError, match="config.json: not valid JSON \\(NaN"):
+    with pytest.raises(InputError, match="config.json: invalid JSON \\(non-standard JSON literal NaN"):
         load_spec(d, vocab=False)
     (d / "config.json").write_text('{"architectures": ["LlamaForCausalLM"], ')
-    with pytest.raises(InputError, match="config.json: not valid JSON"):
+    with pytest.raises(InputError, match="config.json: invalid JSON"):
         load_spec(d, vocab=False)
     (d / "config.json").write_text('[1, 2]')
     with pytest.raises(InputError, match="expected a JSON object"):

@@ -98,7 +98,7 @@ RECIPE_FAMILY = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "defa
 
 def set_vocab(recipe: str, rec: KVRecorder, folder: Path, hp: dict, tokenizer_pre=None) -> None:
     """The family's set_vocab hook, writing into `rec`."""
-    family(RECIPE_FAMILY[recipe])(hp, kv=rec, tok_folder=folder).set_vocab(tokenizer_pre)
+    family(RECIPE_FAMILY[recipe])(hp, kv=rec, tok_folder=folder).write_vocab(tokenizer_pre)
 
 
 def vocab_kv(folder: Path, recipe: str, model_type: str, vocab_size: int, tokenizer_pre=None, arch="llama") -> dict:
@@ -223,7 +223,7 @@ def test_special_vocab_sources(tokdir):
 
 
 @pytest.mark.parametrize("fname,content,err,match", [
-    ("tokenizer.json", "{not json", InputError, "tokenizer.json: not valid JSON"),
+    ("tokenizer.json", "{not json", InputError, "tokenizer.json: invalid JSON"),
     ("tokenizer.json", '{"model": {"type": "BPE"}, "added_tokens": []}', InputError, "tokenizer.json: not a valid tokenizer.json"),
     ("tokenizer_config.json", "[]", InputError, "tokenizer_config.json: expected a JSON object"),
     ("tokenizer_config.json", '{"added_tokens_decoder": {"x": {}}}', InputError, "added_tokens_decoder key 'x'"),

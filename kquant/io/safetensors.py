@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import jsonio
 from ..errors import InputError, UnsupportedError
 from .fsutil import release_pages
 
@@ -109,29 +110,9 @@ def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _reject_constant(name: str):
-    raise ValueError(f"non-standard JSON literal {name}")
-
-
-def _no_duplicates(pairs):
-    """json object_pairs_hook: a dict, refusing duplicate keys."""
-    d = {}
-    for k, v in pairs:
-        if k in d:
-            raise ValueError(f"duplicate key {_s(k)}")
-        d[k] = v
-    return d
-
-
 def _strict_json(text: str, where: str):
-    """Parse JSON refusing NaN/Infinity, duplicate keys and pathological nesting."""
-    try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
-    except RecursionError:
-        raise InputError(f"{where}: JSON nested too deeply") from None
-    except ValueError as e:  # JSONDecodeError, duplicates, literals, int digit limit
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"{where}: invalid JSON ({msg})") from None
+    """Parse JSON refusing NaN/Infinity, duplicate keys and pathological nesting (kquant.jsonio)."""
+    return jsonio.loads(text, where)
 
 
 def _pread_exact(fd: int, n: int, offset: int, where: str) -> bytes:

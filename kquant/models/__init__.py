@@ -13,6 +13,7 @@ are read by kquant.vocab.
 
 from __future__ import annotations
 
+import re
 from math import prod
 from pathlib import Path
 
@@ -87,9 +88,11 @@ def load_spec(
     _check_hparams(cfg, hp, cfg_path)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
+    _check_rope(model.rp, cfg_path)
     block_count = model.block_count
 
     hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
+    _check_counts(cls, hp, hf, cfg_path)  # before anything proportional to a count is built
     rec = KVRecorder(arch)
     rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
 
@@ -107,7 +110,7 @@ def load_spec(
     model.set_gguf_parameters()
     rec.add_uint32(Keys.General.QUANTIZATION_VERSION, GGML_QUANT_VERSION)
     if vocab:
-        model.set_vocab(tokenizer_pre)
+        model.write_vocab(tokenizer_pre)
 
     keys = rec.keys()
     ft, qv = Keys.General.FILE_TYPE, Keys.General.QUANTIZATION_VERSION
@@ -146,6 +149,64 @@ def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:
         raise InputError(f"{path}: hidden_size {n_embd} is not divisible by num_attention_heads {n_head}")
     if hp.get("mlp_only_layers") or hp.get("decoder_sparse_step", 1) != 1:
         raise UnsupportedError(f"{path}: MoE models with dense layers (mlp_only_layers / decoder_sparse_step) are not supported")
+
+
+# rope_scaling (transformers 4) / rope_parameters (5) values set_gguf_parameters and the rope
+# tensors compute with; the names the message gives are the config keys
+_ROPE_NUMBERS = ("factor", "low_freq_factor", "high_freq_factor", "attention_factor", "attn_factor", "beta_fast",
+                 "beta_slow", "extrapolation_factor", "rope_theta", "partial_rotary_factor", "mscale", "mscale_all_dim")
+_ROPE_INTS = ("original_max_position_embeddings",)
+_F32_MAX = 3.4028234663852886e38
+
+
+def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
+    """rope parameters have the types the converter computes with (one-line InputError naming the key)."""
+    if not isinstance(rp, dict):
+        raise InputError(f"{path}: {where!r} must be an object, got {rp!r}"[:200])
+    for k, v in rp.items():
+        if v is None:
+            continue
+        key = f"{where}.{k}"
+        if k in ("full_attention", "sliding_attention"):
+            _check_rope(v, path, key)
+        elif k in ("type", "rope_type") and not isinstance(v, str):
+            raise InputError(f"{path}: {key!r} must be a string, got {v!r}"[:200])
+        elif k in _ROPE_NUMBERS and (isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= _F32_MAX):
+            raise InputError(f"{path}: {key!r} must be a finite number (float32 range), got {v!r}"[:200])
+        elif k in ("rope_theta", "factor") and v <= 0:
+            raise InputError(f"{path}: {key!r} must be positive, got {v!r}")
+        elif k in _ROPE_INTS and (isinstance(v, bool) or not isinstance(v, int) or not 0 < v < 2**32):
+            raise InputError(f"{path}: {key!r} must be a positive 32-bit integer, got {v!r}"[:200])
+        elif k in ("long_factor", "short_factor") and not (isinstance(v, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and abs(x) <= _F32_MAX for x in v)):
+            raise InputError(f"{path}: {key!r} must be a list of numbers"[:200])
+
+
+# config counts that size what load_spec builds (per-layer and per-expert name lists, rope tables,
+# the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
+_DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
+             "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
+_LAYER_ID = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
+
+
+def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: Path) -> None:
+    """Refuse config counts larger than the checkpoint can hold (a layer-count bomb, a 10^9 vocab)."""
+    layers = {m.group(1) for n, _, _ in hf if (m := _LAYER_ID.search(n))}
+    n_layer = hp["num_hidden_layers"]
+    if n_layer > len(layers):
+        raise InputError(f"{path}: 'num_hidden_layers' is {n_layer} but the checkpoint has tensors for {len(layers)} layers")
+    if family.experts is not None:
+        experts = {m.group(1) for n, _, _ in hf if (m := _EXPERT_ID.search(n))}
+        k = next((k for k in family.experts.count_keys if hp.get(k) is not None), None)  # as build_tensors picks it
+        v = hp.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > len(experts):
+            raise InputError(f"{path}: {k!r} is {v} but the checkpoint has tensors for {len(experts)} experts")
+    max_dim = max((d for _, shape, _ in hf for d in shape), default=0)
+    for k in _DIM_KEYS:
+        v = hp.get(k)
+        if isinstance(v, int) and not isinstance(v, bool) and v > max_dim:
+            raise InputError(f"{path}: {k!r} is {v}, larger than any tensor dimension in the checkpoint ({max_dim})")
 
 
 def _hf_tensors(folder: Path, tensor_shapes, headers) -> list[HFTensor]:

@@ -31,7 +31,7 @@ from gguf import MODEL_ARCH, MODEL_ARCH_NAMES, Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from ..io.json import read_json
+from ..io.jsonio import read_json
 from ..io.safetensors import SafetensorsFile
 from ..ggml.types import QType
 from .. import vocab as V
@@ -43,6 +43,7 @@ DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.in
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
 F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp")
 SOURCE_DTYPES = ("BF16", "F16", "F32")
+F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."
 
 # per-layer HF module paths (under "model.layers.{bid}.") -> GGUF names (under "blk.{bid}.")
@@ -212,12 +213,16 @@ class TextModel:
         """`{arch}.name` as UINT32; InputError naming the config key `what` unless an integer."""
         if isinstance(v, bool) or not isinstance(v, int):
             raise InputError(f"{self.config_path}: {what} must be an integer, got {v!r}")
+        if not 0 <= v < 2**32:  # GGUF UINT32 (gguf-py's struct.pack would raise)
+            raise InputError(f"{self.config_path}: {what} must be a 32-bit unsigned integer, got {v!r}")
         self.kv.add_uint32(self.key(name), v)
 
     def f32(self, name: str, v, what: str) -> None:
         """`{arch}.name` as FLOAT32; InputError naming the config key `what` unless a number."""
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             raise InputError(f"{self.config_path}: {what} must be a number, got {v!r}")
+        if not abs(v) <= F32_MAX:  # GGUF FLOAT32 (gguf-py's struct.pack would raise)
+            raise InputError(f"{self.config_path}: {what} must be within float32 range, got {v!r}")
         self.kv.add_float32(self.key(name), v)
 
     def file_type_placeholder(self) -> None:
@@ -304,6 +309,11 @@ class TextModel:
     def generate_extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         """Tensors without an HF source (rope factors), written first; may record metadata keys."""
         return []
+
+    def write_vocab(self, tokenizer_pre: str | None = None) -> None:
+        """set_vocab, after refusing tokenizer files out of proportion to the config's vocabulary."""
+        V.check_tokenizer_files(self.tok_folder, self.hp)
+        self.set_vocab(tokenizer_pre)
 
     # conversion/base.py TextModel.set_vocab
     def set_vocab(self, tokenizer_pre: str | None = None) -> None:

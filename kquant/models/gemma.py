@@ -163,6 +163,7 @@ class Gemma3Model(GemmaModel):
     # Gemma3Model.modify_tensors: rows of token_embd kept (reads tokenizer.json even for --dry-run)
     def prepare(self) -> None:
         folder = self.tok_folder
+        V.check_tokenizer_files(folder, self.hp)
         if (folder / "tokenizer.model").is_file():
             n = find_hparam(self.hp, ["vocab_size_per_layer_input", "vocab_size"], True)
             self.n_vocab_real = n or len(V.read_spm_model(folder / "tokenizer.model").pieces)

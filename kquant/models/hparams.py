@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import InputError, UnsupportedError
-from ..io.json import read_json
+from ..io.jsonio import read_json
 
 # PretrainedConfig defaults that conversion code can reach through find_hparam fallbacks.
 _GENERIC = {"max_length": 20}

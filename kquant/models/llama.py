@@ -143,6 +143,14 @@ class LlamaModel(TextModel):
         low_freq_factor = rope_params.get("low_freq_factor", 1.0)
         high_freq_factor = rope_params.get("high_freq_factor", 4.0)
         old_context_len = rope_params.get("original_max_position_embeddings", 8192)
+        # kquant: transformers' _validate_llama3_parameters rules, as errors (upstream divides by zero)
+        for k, v in (("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor),
+                     ("original_max_position_embeddings", old_context_len)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+                raise InputError(f"{self.config_path}: 'rope_scaling.{k}' must be a positive number, got {v!r}")
+        if not low_freq_factor < high_freq_factor:
+            raise InputError(f"{self.config_path}: 'rope_scaling.high_freq_factor' ({high_freq_factor}) must be greater "
+                             f"than 'rope_scaling.low_freq_factor' ({low_freq_factor})")
         low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
         high_freq_wavelen = old_context_len / high_freq_factor
         out = np.empty(len(freqs), dtype=f32)  # (dim/2,)

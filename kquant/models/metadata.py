@@ -12,7 +12,6 @@ Only the port's header, `MetaWriter` and `meta_kv` are kquant's own.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -22,7 +21,8 @@ from typing import Any, Literal, Optional
 import yaml
 from gguf.constants import Keys
 
-from ..errors import InputError
+from ..errors import InputError, KquantError
+from ..io import jsonio
 from ..io.gguf_kv import KVRecorder
 
 
@@ -63,6 +63,87 @@ def size_label(total_params: int, shared_params: int, expert_params: int, expert
 
 
 logger = logging.getLogger("metadata")
+
+# ---- kquant's own checks of the values the port reads (the port assumes well-typed files) ----
+MAX_MODEL_CARD_BYTES = 16 << 20
+_F32_MAX = 3.4028234663852886e38
+# generation_config.json keys Metadata.load reads, and the GGUF type each is written as
+_GEN_INT = ("top_k", "penalty_last_n", "mirostat")
+_GEN_FLOAT = ("top_p", "min_p", "xtc_probability", "xtc_threshold", "temperature", "penalty_repeat",
+              "repetition_penalty", "mirostat_tau", "mirostat_eta")
+# model card keys the heuristics copy into string keys / string arrays / base model and dataset entries
+_CARD_STR = (
+    "name", "author", "version", "organization", "description", "finetune", "basename", "size_label", "url", "doi",
+    "uuid", "repo_url", "model_name", "model_author", "model_version", "model_organization", "model_description",
+    "model_finetune", "model_basename", "model_size_label", "model_url", "model_doi", "model_uuid", "model_repo_url",
+    "model_creator", "model_type", "license_name", "license_link",
+)
+_CARD_STR_LIST = ("license", "tags", "pipeline_tag", "languages", "language")
+_CARD_ENTRIES = ("base_model", "base_models", "base_model_sources", "datasets", "dataset", "dataset_sources")
+
+
+def _check_generation_config(gen: dict, path: Path) -> None:
+    """The sampling values Metadata.load copies must have the type GGUF stores them as."""
+    for k in _GEN_INT:
+        v = gen.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not -2**31 <= v < 2**31):
+            raise InputError(f"{path}: {k!r} must be a 32-bit integer, got {_short(v)}")
+    for k in _GEN_FLOAT:
+        v = gen.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not abs(v) <= _F32_MAX):
+            raise InputError(f"{path}: {k!r} must be a number within float32 range, got {_short(v)}")
+    v = gen.get("sequence")
+    if v is not None and not isinstance(v, str):
+        raise InputError(f"{path}: 'sequence' must be a string, got {_short(v)}")
+
+
+def _short(v, n: int = 60) -> str:
+    r = repr(v)
+    return r if len(r) <= n else r[: n - 3] + "..."
+
+
+class _FrontMatterLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without aliases (an alias bomb expands exponentially in the heuristics)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a model card", mark)
+        return super().compose_node(parent, index)
+
+
+def _safe_load_front_matter(text: str, path: Path):
+    try:
+        data = yaml.load(text, Loader=_FrontMatterLoader)  # noqa: S506 (a SafeLoader subclass)
+    except RecursionError:
+        raise InputError(f"{path}: YAML front matter nested too deeply") from None
+    if isinstance(data, (dict, list)) and jsonio.depth(data) > jsonio.MAX_DEPTH:
+        raise InputError(f"{path}: YAML front matter nested too deeply (limit {jsonio.MAX_DEPTH} levels)")
+    if isinstance(data, dict):
+        _check_model_card(data, path)
+    return data
+
+
+def _check_model_card(card: dict, path: Path) -> None:
+    """The front matter values the heuristics use must be strings / lists of strings / entries."""
+    def is_str_list(v):
+        return isinstance(v, str) or (isinstance(v, list) and all(isinstance(x, str) for x in v))
+
+    for k in _CARD_STR:
+        if card.get(k) is not None and not isinstance(card[k], str):
+            raise InputError(f"{path}: front matter {k!r} must be a string, got {_short(card[k])}")
+    for k in _CARD_STR_LIST:
+        if card.get(k) is not None and not is_str_list(card[k]):
+            raise InputError(f"{path}: front matter {k!r} must be a string or a list of strings, got {_short(card[k])}")
+    for k in _CARD_ENTRIES:
+        v = card.get(k)
+        if v is None or isinstance(v, str):
+            continue
+        ok = isinstance(v, list) and all(
+            isinstance(e, str) or (isinstance(e, dict) and all(isinstance(x, str) for x in e.values())) for e in v)
+        if not ok:
+            raise InputError(f"{path}: front matter {k!r} must be a name or a list of names / objects of strings, "
+                             f"got {_short(v)}")
 
 
 @dataclass
@@ -200,8 +281,7 @@ class Metadata:
         if metadata_override_path is None or not metadata_override_path.is_file():
             return {}
 
-        with open(metadata_override_path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        return jsonio.read_object(metadata_override_path)  # kquant: the strict reader
 
     @staticmethod
     def load_model_card(model_path: Optional[Path] = None) -> dict[str, Any]:
@@ -216,22 +296,22 @@ class Metadata:
         # The model card metadata is assumed to always be in YAML (frontmatter)
         # ref: https://github.com/huggingface/transformers/blob/a5c642fe7a1f25d3bdcd76991443ba6ff7ee34b2/src/transformers/modelcard.py#L468-L473
         yaml_content: str = ""
-        with open(model_card_path, "r", encoding="utf-8") as f:
-            content = f.read()
-            lines = content.splitlines()
-            lines_yaml = []
-            if len(lines) == 0:
-                # Empty file
-                return {}
-            if len(lines) > 0 and lines[0] != "---":
-                # No frontmatter
-                return {}
-            for line in lines[1:]:
-                if line == "---":
-                    break # End of frontmatter
-                else:
-                    lines_yaml.append(line)
-            yaml_content = "\n".join(lines_yaml) + "\n"
+        # kquant: a size-bounded strict read instead of open().read()
+        content = jsonio.read_text(model_card_path, MAX_MODEL_CARD_BYTES, "model card")
+        lines = content.splitlines()
+        lines_yaml = []
+        if len(lines) == 0:
+            # Empty file
+            return {}
+        if len(lines) > 0 and lines[0] != "---":
+            # No frontmatter
+            return {}
+        for line in lines[1:]:
+            if line == "---":
+                break # End of frontmatter
+            else:
+                lines_yaml.append(line)
+        yaml_content = "\n".join(lines_yaml) + "\n"
 
         # Quick hack to fix the Norway problem
         # https://hitchdev.com/strictyaml/why/implicit-typing-removed/
@@ -242,7 +322,7 @@ class Metadata:
         yaml_content = yaml_content.replace("\t", "  ")
 
         if yaml_content:
-            data = yaml.safe_load(yaml_content)
+            data = _safe_load_front_matter(yaml_content, model_card_path)  # kquant: no aliases, bounded depth
             if isinstance(data, dict):
                 return data
             else:
@@ -261,8 +341,10 @@ class Metadata:
         if not config_path.is_file():
             return {}
 
-        with open(config_path, "r", encoding="utf-8") as f:
-            return json.load(f)
+        hf_params = jsonio.read_object(config_path)  # kquant: the strict reader, '_name_or_path' checked
+        if hf_params.get("_name_or_path") is not None and not isinstance(hf_params["_name_or_path"], str):
+            raise InputError(f"{config_path}: '_name_or_path' must be a string, got {_short(hf_params['_name_or_path'])}")
+        return hf_params
 
     @staticmethod
     def load_generation_config(model_path: Optional[Path] = None) -> dict[str, Any]:
@@ -274,12 +356,12 @@ class Metadata:
         if not generation_config_path.is_file():
             return {}
 
-        try:
-            with open(generation_config_path, "r", encoding="utf-8") as f:
-                return json.load(f)
-        except (json.JSONDecodeError, IOError):
-            # not all models have valid generation_config.json
-            return {}
+        # kquant: a malformed generation_config.json is an error (upstream skips invalid JSON)
+        gen = jsonio.read_json(generation_config_path)
+        if not isinstance(gen, dict):
+            raise InputError(f"{generation_config_path}: expected a JSON object, got {type(gen).__name__}")
+        _check_generation_config(gen, generation_config_path)
+        return gen
 
     @staticmethod
     def id_to_title(string):
@@ -846,16 +928,23 @@ def meta_kv(rec: KVRecorder, dir_model: Path, total_params: int, shared_params: 
     """Record general.type and the Metadata keys into `rec`, as prepare_metadata does."""
     try:
         metadata = Metadata.load(None, dir_model, None, total_params)
+        if metadata.name is None:
+            metadata.name = dir_model.name
+        if metadata.size_label is None and total_params > 0:
+            metadata.size_label = size_label(total_params, shared_params, expert_params, expert_count)
+        rec.add_string("general.type", "model")
+        w = MetaWriter(rec.arch)
+        w._kv = rec._kv  # record into the same ordered dict
+        metadata.set_gguf_meta_model(w)
     except yaml.YAMLError as e:
         msg = str(e).replace("\n", " ")
         raise InputError(f"{dir_model / 'README.md'}: malformed YAML front matter ({msg})") from None
     except UnicodeDecodeError as e:
         raise InputError(f"{dir_model}: README.md or config.json is not UTF-8 ({e.reason})") from None
-    if metadata.name is None:
-        metadata.name = dir_model.name
-    if metadata.size_label is None and total_params > 0:
-        metadata.size_label = size_label(total_params, shared_params, expert_params, expert_count)
-    rec.add_string("general.type", "model")
-    w = MetaWriter(rec.arch)
-    w._kv = rec._kv  # record into the same ordered dict
-    metadata.set_gguf_meta_model(w)
+    except KquantError:
+        raise
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, OverflowError, RecursionError) as e:
+        # the port assumes well-typed files: a value of another type that the checks above let through
+        msg = str(e).splitlines()[0] if str(e) else ""
+        raise InputError(f"{dir_model}: unexpected value in README.md front matter, config.json or "
+                         f"generation_config.json ({type(e).__name__}: {msg})") from None

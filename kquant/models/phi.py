@@ -84,8 +84,11 @@ class Phi3MiniModel(TextModel):
         short_factors = rp.get("short_factor")
         if not long_factors:
             return []
+        if not isinstance(max_pos, int) or not isinstance(orig_max_pos, int) or max_pos <= 0 or orig_max_pos <= 1:
+            raise InputError(f"{self.config_path}: 'max_position_embeddings' ({max_pos!r}) and "
+                             f"'original_max_position_embeddings' ({orig_max_pos!r}) must be positive integers, the latter > 1")
         scale = max_pos / orig_max_pos
-        rope_scaling_type = rp.get("rope_type", "").lower()
+        rope_scaling_type = (rp.get("rope_type") or "").lower()
         if len(rope_scaling_type) == 0:
             raise InputError(f"{self.config_path}: missing key 'rope_scaling.type'")
         if rope_scaling_type == "su" or rope_scaling_type == "longrope":

@@ -141,7 +141,6 @@ _DEFAULT_TOKENIZER_CLASS = {
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
-
 class HFTokenizer:
     """tokenizer.json through the `tokenizers` library, behaving like transformers' AutoTokenizer."""
 
@@ -152,7 +151,9 @@ class HFTokenizer:
         tj = read_tokenizer_json(self.path)  # also rejects non-JSON before the Rust parser sees it
         try:
             self.tok = Tokenizer.from_file(str(self.path))
-        except Exception as e:  # tokenizers raises plain Exception subclasses
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # tokenizers raises plain Exceptions, and pyo3 PanicException (a BaseException)
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise InputError(f"{self.path}: not a valid tokenizer.json ({msg})") from None
         tc_file = folder / "tokenizer_config.json"
@@ -293,4 +294,3 @@ def llama_hf_kind(folder: Path) -> str:
     if model["type"] != "BPE" or not model.get("byte_fallback", False) or decoder.get("type") != "Sequence":
         return "other"
     return "spm-bpe"
-

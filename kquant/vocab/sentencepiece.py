@@ -14,7 +14,7 @@ from ..errors import InputError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_SCORES, TOK_TYPE, KVRecorder
 from .special import (
     BYTE, CONTROL, NORMAL, SPIECE_UNDERLINE, UNKNOWN, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder,
-    check_token_id, does_token_look_special, read_object,
+    TOKENIZER_MAX_BYTES, check_token_id, does_token_look_special, read_object,
 )
 
 SPM_PAD_SCORE = -10000.0  # _create_vocab_sentencepiece: score of [PADn] filler
@@ -75,6 +75,8 @@ def read_spm_model(path: Path) -> SpmModel:
     import struct
 
     try:
+        if (size := path.stat().st_size) > TOKENIZER_MAX_BYTES:
+            raise InputError(f"{path}: {size} bytes, more than any SentencePiece model ({TOKENIZER_MAX_BYTES})")
         buf = path.read_bytes()
     except OSError as e:
         raise InputError(f"{path}: cannot read ({e.strerror})") from None
@@ -115,7 +117,6 @@ def read_spm_model(path: Path) -> SpmModel:
     if n_unk != 1:
         raise InputError(f"{path}: a SentencePiece model needs exactly one unknown piece, found {n_unk}")
     return SpmModel(pieces, model_type)
-
 
 # conversion/base.py TextModel._create_vocab_sentencepiece
 def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[float], list[int]]:
@@ -170,8 +171,6 @@ def create_vocab_sentencepiece(folder: Path, hp: dict) -> tuple[list[str], list[
             tokens[token_id] = token
     return tokens, scores, toktypes
 
-
-
 # conversion/base.py TextModel._set_vocab_sentencepiece
 def set_vocab_sentencepiece(rec: KVRecorder, folder: Path, hp: dict) -> int:
     """SentencePiece vocabulary keys; returns the token count."""
@@ -188,5 +187,3 @@ def write_spm_vocab(rec: KVRecorder, folder: Path, tokens: list[str], scores: li
     rec.add_array(TOK_TYPE, toktypes)
     SpecialVocab(folder, n_vocab=len(tokens)).add_to_gguf(rec)
     return len(tokens)
-
-

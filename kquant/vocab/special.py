@@ -12,12 +12,20 @@ from typing import Any
 
 from ..errors import InputError
 from ..io.gguf_kv import TOK_MERGES, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS, KVRecorder
-from ..io.json import read_json
+from ..io import jsonio
 
 # gguf-py constants.py TokenType (== SentencePiece's ModelProto.SentencePiece.Type)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 SPIECE_UNDERLINE = "\u2581"
 
+# Tokenizer files are bounded by the vocabulary config.json declares (itself checked against the
+# embedding tensor) before they are parsed, so tokenizer memory stays proportional to the real
+# vocabulary. Real ones are far inside: Qwen2.5 151k tokens in 7 MB, Gemma 3 262k in 33 MB (126
+# bytes a token), Llama 3 280k merges for 128k tokens.
+TOKENIZER_BASE_BYTES = 16 << 20
+TOKENIZER_BYTES_PER_TOKEN = 256
+MERGES_PER_TOKEN = 8
+TOKENIZER_MAX_BYTES = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * (1 << 20)  # with no vocab size known
 
 # ---------------------------------------------------------------------------------------------
 # gguf-py vocab.py SpecialVocab
@@ -65,27 +73,26 @@ class SpecialVocab:
         merges_file = path / "merges.txt"
         if not merges_file.is_file():
             return False
-        with open(merges_file, "r", encoding="utf-8") as fp:
-            first_line = next(fp, "").strip()
-            if not first_line.startswith("#"):
-                fp.seek(0)
-            merges = []
-            for line in fp:
-                line = line.strip()
-                if not line:
-                    continue
-                parts = line.split(None, 3)
-                if len(parts) != 2:
-                    continue  # upstream: "Entry malformed, ignoring"
-                merges.append(f"{parts[0]} {parts[1]}")
+        lines = jsonio.read_text(merges_file, TOKENIZER_MAX_BYTES, "merges file").splitlines()  # bounded in check_tokenizer_files
+        if lines and lines[0].strip().startswith("#"):
+            lines = lines[1:]
+        merges = []
+        for line in lines:
+            line = line.strip()
+            if not line:
+                continue
+            parts = line.split(None, 3)
+            if len(parts) != 2:
+                continue  # upstream: "Entry malformed, ignoring"
+            merges.append(f"{parts[0]} {parts[1]}")
         self.merges = merges
         return True
 
-    def set_special_token(self, typ: str, tid: Any) -> None:
+    def set_special_token(self, typ: str, tid: Any, where: str = "") -> None:
         if not isinstance(tid, int) or isinstance(tid, bool):
             return
         if tid < 0:
-            raise InputError(f"invalid value for special token type {typ}: {tid}")
+            raise InputError(f"{where or 'tokenizer'}: invalid value for special token type {typ}: {tid}")
         if self.n_vocab is None or tid < self.n_vocab:
             if typ in self.special_token_ids:
                 return
@@ -222,6 +229,7 @@ class SpecialVocab:
         elif chat_template_json.is_file():
             chat_template_alt = read_object(chat_template_json).get("chat_template")
         chat_template = tokenizer_config.get("chat_template", chat_template_alt)
+        _check_chat_template(chat_template, tokenizer_config_file if "chat_template" in tokenizer_config else chat_template_json)
         if chat_template is None or isinstance(chat_template, (str, list)):
             self.chat_template = chat_template
         for typ in self.special_token_types:
@@ -253,37 +261,146 @@ class SpecialVocab:
         config = read_object(config_file)
         for typ in self.special_token_types:
             token_id = config.get(f"{typ}_token_id")
-            if token_id is None and "text_config" in config:
+            if token_id is None and isinstance(config.get("text_config"), dict):
                 token_id = config["text_config"].get(f"{typ}_token_id")
-            self.set_special_token(typ, token_id)
+            self.set_special_token(typ, token_id, f"{config_file}: '{typ}_token_id'")
         return True
 
 
 _JSON_CACHE: dict[tuple[str, int, int], dict] = {}
 
 
-def read_tokenizer_json(path: Path) -> dict:
-    """tokenizer.json, parsed once per file version (several readers here; none mutate it)."""
+def clear_tokenizer_cache() -> None:
+    """Forget the parsed tokenizer.json files (read_tokenizer_json keeps the last one)."""
+    _JSON_CACHE.clear()
+
+
+def read_tokenizer_json(path: Path, max_bytes: int = TOKENIZER_MAX_BYTES) -> dict:
+    """tokenizer.json, parsed and shape-checked once per file version (several readers here; none mutate it)."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _JSON_CACHE:
         _JSON_CACHE.clear()
-        _JSON_CACHE[key] = read_object(path)
+        tj = read_object(path, max_bytes)
+        _check_tokenizer_shape(tj, path)
+        _JSON_CACHE[key] = tj
     return _JSON_CACHE[key]
 
 
-def read_object(path: Path) -> dict:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data
+def read_object(path: Path, max_bytes: int = jsonio.MAX_BYTES) -> dict:
+    return jsonio.read_object(path, max_bytes)
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return jsonio.read_text(path, jsonio.MAX_BYTES, "template")
+
+
+def _is_id(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _check_tokenizer_shape(tj: dict, path: Path) -> None:
+    """The parts of tokenizer.json the converter reads have the types it assumes (names the key)."""
+    def bad(key: str, want: str):
+        raise InputError(f"{path}: {key!r} must be {want}")
+
+    model = tj.get("model")
+    if model is not None:
+        if not isinstance(model, dict):
+            bad("model", "an object")
+        if "type" in model and not isinstance(model["type"], str):
+            bad("model.type", "a string")
+        vocab = model.get("vocab")
+        if vocab is not None and not (isinstance(vocab, dict) and all(_is_id(v) for v in vocab.values())
+                                      or isinstance(vocab, list)):
+            bad("model.vocab", "an object of token -> id (or a Unigram list)")
+        merges = model.get("merges")
+        if merges is not None and not (isinstance(merges, list) and (
+                all(isinstance(m, str) for m in merges)
+                or all(isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)
+                       for m in merges))):
+            bad("model.merges", "a list of strings or a list of [string, string] pairs")
+    added = tj.get("added_tokens")
+    if added is not None and not (isinstance(added, list) and all(
+            isinstance(a, dict) and _is_id(a.get("id")) and isinstance(a.get("content"), str) for a in added)):
+        bad("added_tokens", "a list of objects with an integer 'id' and a string 'content'")
+    for key in ("normalizer", "post_processor", "decoder", "pre_tokenizer"):
+        if tj.get(key) is not None and not isinstance(tj[key], dict):
+            bad(key, "an object or null")
+    stack = [("normalizer", tj.get("normalizer"))]
+    while stack:
+        key, norm = stack.pop()
+        if norm is None:
+            continue
+        if not isinstance(norm, dict):
+            bad(key, "an object")
+        if norm.get("type") == "Sequence":
+            subs = norm.get("normalizers", [])
+            if not isinstance(subs, list):
+                bad(f"{key}.normalizers", "a list")
+            stack.extend((f"{key}.normalizers[{i}]", n) for i, n in enumerate(subs))
+    pp = tj.get("post_processor")
+    if pp:
+        procs = pp.get("processors", [pp])
+        if not isinstance(procs, list) or not all(isinstance(p, dict) for p in procs):
+            bad("post_processor.processors", "a list of objects")
+        for i, proc in enumerate(procs):
+            where = f"post_processor.processors[{i}]" if "processors" in pp else "post_processor"
+            for k in ("single", "pair"):
+                seq = proc.get(k, [])
+                if not isinstance(seq, list) or not all(isinstance(e, dict) for e in seq):
+                    bad(f"{where}.{k}", "a list of objects")
+                for e in seq:
+                    for kind in ("SpecialToken", "Sequence"):
+                        if kind in e and not (isinstance(e[kind], dict) and isinstance(e[kind].get("id", ""), str)):
+                            bad(f"{where}.{k}[].{kind}", "an object with a string 'id'")
+            for k in ("cls", "sep"):
+                if k in proc and not (isinstance(proc[k], list) and proc[k]):
+                    bad(f"{where}.{k}", "a non-empty list")
+
+
+def _check_chat_template(tmpl, path: Path) -> None:
+    """A chat template is a string, null, or a list of {"name": string, "template": string}."""
+    if tmpl is None or isinstance(tmpl, str):
+        return
+    if not isinstance(tmpl, list):
+        return  # ignored, as upstream ignores other types
+    for i, c in enumerate(tmpl):
+        if not (isinstance(c, dict) and isinstance(c.get("name", ""), str)
+                and (c.get("template") is None or isinstance(c["template"], str))):
+            raise InputError(f"{path}: 'chat_template'[{i}] must be an object with a string 'name' and 'template'")
+
+
+def _n_vocab(hp: dict) -> int:
+    """The largest vocabulary config.json declares (already bounded by the checkpoint's tensors)."""
+    ns = [hp[k] for k in ("vocab_size", "vocab_size_per_layer_input")
+          if isinstance(hp.get(k), int) and not isinstance(hp.get(k), bool)]
+    return max(ns, default=0)
+
+
+def check_tokenizer_files(folder: Path, hp: dict) -> None:
+    """Refuse tokenizer files out of proportion to config.json's vocabulary, before parsing them."""
+    n_vocab = _n_vocab(hp)
+    limit = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * n_vocab
+    for name in ("tokenizer.json", "tokenizer.model", "merges.txt", "vocab.json"):
+        p = folder / name
+        try:
+            size = p.stat().st_size if p.is_file() else 0
+        except OSError:
+            continue
+        if size > limit:
+            raise InputError(f"{p}: {size} bytes, more than a tokenizer for vocab_size {n_vocab} may have ({limit})")
+    tj_path = folder / "tokenizer.json"
+    if not tj_path.is_file():
+        return
+    tj = read_tokenizer_json(tj_path, limit)
+    model = tj.get("model") or {}
+    n_tok = len(model.get("vocab") or ()) + len(tj.get("added_tokens") or ())
+    if n_tok > 2 * n_vocab + 65536:
+        raise InputError(f"{tj_path}: {n_tok} tokens, far more than config.json vocab_size {n_vocab}")
+    n_merges = len(model.get("merges") or ())
+    if n_merges > MERGES_PER_TOKEN * n_vocab + 65536:
+        raise InputError(f"{tj_path}: {n_merges} merges, more than {MERGES_PER_TOKEN} per token of vocab_size {n_vocab}")
 
 
 # conversion/base.py TextModel.does_token_look_special
@@ -315,5 +432,3 @@ def added_tokens_decoder(path: Path, tc: dict) -> dict[int, dict]:
             raise InputError(f"{path}: added_tokens_decoder[{k!r}] must be an object with a string 'content'")
         out[tid] = v
     return out
-
-
