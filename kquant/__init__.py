@@ -1,12 +1,23 @@
 """kquant: Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.
 
 Public API: quantize, dequantize (kernels), convert, convert_many (pipeline), QType, FileType.
+The kernels (numba) are imported on first use, so that `python -m kquant.cli` can install its
+signal handlers before any heavy import.
 """
 
 __version__ = "0.1.0"
 
-from .ggml.quants import dequantize, quantize  # noqa: E402
-from .types import FileType, QType  # noqa: E402
+_LAZY = {"quantize": "ggml.quants", "dequantize": "ggml.quants", "FileType": "types", "QType": "types"}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def convert(model, out, ftype="Q4_K_M", options=None):

@@ -6,14 +6,24 @@ line on stderr and a non-zero exit; KQUANT_DEBUG=1 shows the traceback.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import traceback
-from pathlib import Path
+# Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
+# second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
+# kquant.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
+# Python's: a signal there gets its default behaviour.)
+from .io import fsutil as _fsutil
 
-from .errors import InputError, KquantError
+if __name__ == "__main__":
+    _fsutil.defer_interrupts()  # main() arms them inside the code that reports an interrupt
+    _fsutil.announce("started")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .errors import InputError, KquantError  # noqa: E402
 
 PROG = "kquant"
 
@@ -167,10 +177,45 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A command-line error: printed as one line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and single-valued options that refuse conflicting repeats."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+    def add_argument(self, *args, **kw):
+        if args and args[0].startswith("-") and "action" not in kw and kw.get("nargs") is None:
+            kw["action"] = _StoreOnce
+        return super().add_argument(*args, **kw)
+
+
+class _StoreOnce(argparse.Action):
+    """Store a single value; the same option again with a different value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given", {})
+        if self.dest in seen and seen[self.dest][1] != values:
+            first, _ = seen[self.dest]
+            parser.error(f"{option_string or self.dest} given twice with different values ({first} and {values_str(values)}); give it once")
+        seen[self.dest] = (values_str(values), values)
+        setattr(namespace, self.dest, values)
+
+
+def values_str(v) -> str:
+    for a in ("short_name", "ggml_name"):
+        if hasattr(v, a):
+            return str(getattr(v, a))
+    return str(v)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
+    p = _Parser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
@@ -505,33 +550,84 @@ def cmd_batch(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = os.environ.get("KQUANT_DEBUG", "") not in ("", "0")
+    """The command line. Called without `argv` (the `kquant` script, `python -m kquant.cli`) it
+    owns the process: SIGINT/SIGTERM/SIGHUP interrupt once (later ones are ignored while the first
+    is cleaned up) and are ignored after it returns, so no signal can end in a traceback."""
+    owner = argv is None
+    old = _fsutil.defer_interrupts()  # (already so since start-up under `python -m kquant.cli`)
+    old_hook, sys.unraisablehook = sys.unraisablehook, _fsutil.unraisable_hook(sys.unraisablehook)
+    code = None
+    try:  # interrupt_once raises at most one KeyboardInterrupt, wherever it lands
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt as e:  # before _main's own handler was entered
+            code = _interrupted(e)
+        finally:
+            _leave(owner, old, old_hook)
+    except KeyboardInterrupt as e:  # it landed in between
+        _leave(owner, old, old_hook)
+        if code is None:
+            code = _interrupted(e)
+    return code
+
+
+def _leave(owner: bool, old: dict, old_hook) -> None:
+    if owner:
+        _fsutil.ignore_interrupts()  # the process is exiting: nothing left to interrupt
+    else:
+        _fsutil.restore_handlers(old)
+        sys.unraisablehook = old_hook
+
+
+def _interrupted(e: BaseException, signum: int | None = None) -> int:
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    signum = signum or getattr(e, "signum", 2)  # fsutil.Terminated carries SIGTERM/SIGHUP
+    _err(f"interrupted by signal {signum}; no partial output was left behind")
+    return 128 + signum
+
+
+def _main(argv) -> int:
     try:
-        return int(args.func(args) or 0)
-    except KquantError as e:
-        if debug:
-            traceback.print_exc()
-        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (fsutil.Terminated carries signum)
-        if debug:
-            traceback.print_exc()
-        signum = getattr(e, "signum", 2)
-        _err(f"interrupted by signal {signum}; no output was left behind")
-        return 128 + signum
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except _UsageError as e:
+            _err(str(e))
+            return 2
+        args.__dict__.pop("_given", None)
+        if args.func is not cmd_inspect:  # the kernels' imports, with signals still only recorded
+            from .ggml import quants  # noqa: F401
+        _fsutil.arm_interrupts()
+        with _fsutil.track_inputs():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP
+        return _interrupted(e)
     except BrokenPipeError:
         return 141
-    except MemoryError:
+    except Exception as e:
+        signum = _fsutil.interrupt_signal()
+        if signum is not None:  # the interrupt surfaced as another error (numpy's import wraps it in ImportError)
+            return _interrupted(e, signum)
+        return _report(e)
+
+
+def _report(e: Exception) -> int:
+    """One line for an exception that ended a command; its exit code."""
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    if isinstance(e, KquantError):
+        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return e.exit_code
+    if isinstance(e, MemoryError):
         _err("out of memory")
         return 3
-    except Exception as e:  # a bug: say so in one line, traceback with KQUANT_DEBUG=1
-        if debug:
-            traceback.print_exc()
-        else:
-            _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")
-        return 70
+    if isinstance(e, OSError):  # the system refused (too many open files, I/O error, ...): not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"{where}{e.strerror or e}")
+        return 74  # EX_IOERR
+    _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")  # a bug
+    return 70
 
 
 if __name__ == "__main__":

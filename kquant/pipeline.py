@@ -167,10 +167,8 @@ class GGUFSource:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         t = self._info[name]
         row = t.qtype.row_size(int(t.shape[-1])) * int(np.prod(t.shape[1:-1], dtype=np.int64))
-        raw = self.gguf.data(name)[start * row : stop * row]
-        out = quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
-        self.gguf.release(t.offset_abs + start * row, (stop - start) * row)
-        return out
+        raw = self.gguf.read_bytes(name, start * row, stop * row)
+        return quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
 
     def close(self) -> None:
         self.gguf.close()
@@ -404,23 +402,34 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
 
     `model` is a path (HF folder / .safetensors). Each target gets its own atomic output file.
     """
-    from .io.fsutil import atomic_output, check_not_input, handle_termination
+    from .io.fsutil import track_inputs
+
+    with track_inputs():
+        return _convert_many(model, targets, options)
+
+
+def _convert_many(model, targets, options: Options | None) -> list[Result]:
+    from .io.fsutil import atomic_output, check_not_input, check_output, handle_termination, inputs_read, note_input
     from .io.gguf import GGUFStreamWriter
 
     opts = options or Options()
     if opts.threads is not None:
         quants.set_threads(opts.threads)
     t0 = time.perf_counter()
+    note_input(model)
+    if opts.config is not None:
+        note_input(opts.config)
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre,
                           fp8_as_q8=opts.fp8_as_q8)
-        inputs = [Path(model)] + [Path(ti.path) for ti in ckpt.tensors.values()]
+        inputs = inputs_read()  # config, tokenizer files, index, shards, imatrix: all read by now
         plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
             raise OutputError("the same output path is given twice")
         for o in outs:
             check_not_input(o, inputs)
+            check_output(o, opts.force)  # exists, unwritable folder: before a kernel compiles
         names = [t.name for t in plans[0].tensors]
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
@@ -524,7 +533,9 @@ class _ExitStack:
                 cm.__exit__(*exc)
             except BaseException as e:  # keep aborting the others
                 pending = pending or e
-        if pending is not None and et is None:
+        # an exit that raised something new (an OSError rewritten as "cannot write (file too
+        # large)") replaces the exception it was given, as in a nested `with`
+        if pending is not None and pending is not ev:
             raise pending
         return False
 

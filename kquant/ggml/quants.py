@@ -36,14 +36,14 @@ def set_threads(n: int) -> None:
     _threads = int(n)
 
 
-def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
+def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> int:
     """fn(*args) on disjoint row ranges of the leading 2-D arrays, on up to `_threads` threads
-    (the kernels are nogil, so the ranges run in parallel)."""
+    (the kernels are nogil, so the ranges run in parallel). Returns the sum of what the calls
+    return (a kernel's count of blocks ggml aborts on; None counts 0)."""
     global _pool
     n = min(_threads, rows, max(1, rows * cols // MIN_VALUES_PER_THREAD))
     if n <= 1:
-        fn(*arrays_and_args)
-        return
+        return int(fn(*arrays_and_args) or 0)
     if _pool is None or _pool._max_workers < MAX_THREADS:
         _pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="kquant")
     bounds = [rows * i // n for i in range(n + 1)]
@@ -52,9 +52,10 @@ def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
         return [v[a:b] if isinstance(v, np.ndarray) and v.ndim == 2 else v for v in arrays_and_args]
 
     futs = [_pool.submit(fn, *part(bounds[i], bounds[i + 1])) for i in range(1, n)]
-    fn(*part(bounds[0], bounds[1]))
+    failed = int(fn(*part(bounds[0], bounds[1])) or 0)
     for f in futs:
-        f.result()
+        failed += int(f.result() or 0)
+    return failed
 
 
 @lru_cache(maxsize=None)
@@ -151,6 +152,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
         if bad:
             raise ValueError(f"x has {bad} non-finite value(s) (NaN or Inf)")
     qw = _EMPTY
+    if imatrix is None and t.requires_imatrix:
+        raise ValueError(f"{t.name} needs an importance matrix (imatrix): ggml_quantize_chunk aborts without one")
     if imatrix is not None:
         qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
         if qw.shape[0] != cols:
@@ -163,7 +166,10 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     elif out.shape != (rows, row_bytes) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous uint8 array of shape {(rows, row_bytes)}")
     if rows:
-        _run_rows(k.quantize, rows, cols, x, qw, out)
+        failed = _run_rows(k.quantize, rows, cols, x, qw, out)
+        if failed:
+            raise ValueError(f"{t.name}: ggml's search aborts on {failed} block(s) of this input "
+                             "(non-finite values in its search)")
         _check_scales(out, t)
     return out
 

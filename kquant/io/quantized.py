@@ -95,10 +95,12 @@ def _ceil(a: int, b: int) -> int:
 
 @dataclass
 class _Ctx:
-    """What every dequantizer needs: the checkpoint and where to say a problem is."""
+    """What every dequantizer needs: the checkpoint, where to say a problem is, and the whole
+    aux tensors (scales, packed GPTQ words) of the tensor being read, kept until it is done."""
 
     ckpt: object  # io.safetensors.Checkpoint
     where: str
+    cache: dict = field(default_factory=dict)
 
     def info(self, name: str, what: str) -> TensorInfo:
         ti = self.ckpt.tensors.get(name)
@@ -107,26 +109,31 @@ class _Ctx:
         return ti
 
     def rows(self, ti: TensorInfo, a: int, b: int) -> np.ndarray:
-        """Rows [a, b) of the first axis as float32, in the tensor's own dtype's values."""
-        row = int(np.prod(ti.shape[1:], dtype=np.int64))
-        item = DTYPE_BITS[ti.dtype] // 8
-        raw = self.ckpt.read_raw(ti.name)[a * row * item: b * row * item]
-        out = decode(raw, ti.dtype).reshape((b - a, *ti.shape[1:]))
-        self.ckpt.release(ti.name, a * row * item, (b - a) * row * item)
-        return out
+        """Rows [a, b) of the first axis as float32, reading only those bytes."""
+        row = int(np.prod(ti.shape[1:], dtype=np.int64)) * (DTYPE_BITS[ti.dtype] // 8)
+        raw = self.ckpt.read_raw_range(ti.name, a * row, (b - a) * row)
+        return decode(raw, ti.dtype).reshape((b - a, *ti.shape[1:]))
 
     def view(self, ti: TensorInfo) -> np.ndarray:
-        """The stored values (numpy storage type), shaped: a read-only view of the mapping."""
-        return self.ckpt.read_raw(ti.name).view(STORAGE[ti.dtype]).reshape(ti.shape)
+        """The whole tensor's stored values (numpy storage type), shaped; read once per use."""
+        a = self.cache.get(ti.name)
+        if a is None:
+            a = self.cache[ti.name] = self.ckpt.read_raw(ti.name).view(STORAGE[ti.dtype]).reshape(ti.shape)
+        return a
 
     def ints(self, ti: TensorInfo, dtypes=("I32",)) -> np.ndarray:
-        """A whole integer tensor as its numpy integer type (a read-only view of the mapping)."""
+        """A whole integer tensor as its numpy integer type (see view)."""
         if ti.dtype not in dtypes:
             raise InputError(f"{self.where}: tensor {ti.name!r} has dtype {ti.dtype}, expected {' or '.join(dtypes)}")
-        return self.ckpt.read_raw(ti.name).view(INT_NUMPY[ti.dtype]).reshape(ti.shape)
+        return self.view(ti)
 
     def whole(self, ti: TensorInfo) -> np.ndarray:
-        return self.rows(ti, 0, ti.shape[0]) if ti.shape else decode(self.ckpt.read_raw(ti.name), ti.dtype).reshape(())
+        """A whole (small) tensor as float32 (see view)."""
+        return to_f32(self.view(ti), ti.dtype)
+
+    def done(self, names) -> None:
+        for n in names:
+            self.cache.pop(n, None)
 
 
 @dataclass
@@ -325,6 +332,7 @@ class Plan:
     replaced: dict[str, Dequantized] = field(default_factory=dict)  # weight name -> its dequantizer (in place)
     appended: dict[str, Dequantized] = field(default_factory=dict)  # new name -> dequantizer (at the end)
     removed: set[str] = field(default_factory=set)
+    ctx: _Ctx | None = None  # shared by the dequantizers (their cache of aux tensors)
 
 
 # conversion/base.py ModelBase.dequant_model (and prepare_tensors' NVFP4 / MXFP4 detection)
@@ -334,7 +342,7 @@ def plan(ckpt, qc: dict | None, where: str) -> Plan:
         return Plan(None)
     method = qc.get("quant_method")
     ctx = _Ctx(ckpt, where)
-    p = Plan(method)
+    p = Plan(method, ctx=ctx)
     names = list(ckpt.tensors)
     if method is None:
         return p
@@ -423,6 +431,7 @@ class QuantizedSource:
         self.files = ckpt.files
         self.config = ckpt.config
         self.method = qplan.method
+        self._ctx = qplan.ctx
         self._deq: dict[str, Dequantized] = {}
         self.tensors: dict[str, TensorInfo] = {}
         self.source_types: dict[str, str] = {}
@@ -463,9 +472,8 @@ class QuantizedSource:
         for r in range(start, stop, step):
             e = min(stop, r + step)
             out[r - start: e - start] = d.read_rows(r, e)
-        if stop == n:  # the tensor is done: its parts' pages leave the resident set
-            for p in d.parts:
-                self.ckpt.release(p, 0, self.ckpt.tensors[p].nbytes)
+        if stop == n:  # the tensor is done: its cached aux tensors go
+            self._ctx.done(d.parts)
         return out
 
     def read(self, name: str) -> np.ndarray:
@@ -476,9 +484,6 @@ class QuantizedSource:
 
     def read_raw(self, name: str) -> np.ndarray:
         return self.ckpt.read_raw(name)
-
-    def release(self, name: str, offset: int, nbytes: int) -> None:
-        self.ckpt.release(name, offset, nbytes)
 
     def close(self) -> None:
         self.ckpt.close()
