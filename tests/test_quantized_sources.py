@@ -134,6 +134,9 @@ def test_hidden_and_shown_tensors(built):
         assert not any(n.endswith("_scale_inv") for n in names)
         assert names == [n for n in src.ckpt.tensors if not n.endswith("_scale_inv")]  # replaced in place
         assert src.fp8_dequantized == set(src.consumed)
+    with pipeline.open_model(built("fp8-qscale")) as src:
+        assert not any("scale" in n for n in src.tensors)
+        assert len(src.dropped) == 28 and all(n.endswith(("qscale_act", ".activation_scale")) for n in src.dropped)
     with pipeline.open_model(built("gptq4")) as src:
         names = list(src.tensors)
         assert not any(n.endswith((".qweight", ".qzeros", ".scales", ".g_idx")) for n in names)
@@ -277,7 +280,7 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- reference
 
-REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "ct-fp8-block", "ct-int8-channel",
+REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "ct-fp8-block", "ct-int8-channel",
              "ct-pack4-asym", "ct-pack8", "gptq4act", "gptq2", "gptq8", "gptq4v2")
 Q8_KINDS = ("fp8-block", "ct-fp8-channel")  # --fp8-as-q8
 REFUSED = {  # what convert_hf_to_gguf.py refuses, and kquant's message for it

@@ -76,7 +76,7 @@ def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
     if dtype == "BF16":
         return (a.astype(np.uint32) << np.uint32(16)).view(np.float32)
     if dtype in FP8_TO_F32:
-        return FP8_TO_F32[dtype][a]
+        return FP8_TO_F32[dtype].take(a)
     if dtype in STORAGE:
         return a.astype(np.float32)
     raise UnsupportedError(f"dtype {dtype} cannot be read as numbers")
