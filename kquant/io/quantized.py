@@ -114,18 +114,27 @@ class _Ctx:
         raw = self.ckpt.read_raw_range(ti.name, a * row, (b - a) * row)
         return decode(raw, ti.dtype).reshape((b - a, *ti.shape[1:]))
 
-    def view(self, ti: TensorInfo) -> np.ndarray:
-        """The whole tensor's stored values (numpy storage type), shaped; read once per use."""
+    def int_rows(self, ti: TensorInfo, a: int, b: int) -> np.ndarray:
+        """Rows [a, b) of an integer tensor, reading only those bytes."""
+        row = int(np.prod(ti.shape[1:], dtype=np.int64)) * (DTYPE_BITS[ti.dtype] // 8)
+        raw = self.ckpt.read_raw_range(ti.name, a * row, (b - a) * row)
+        return raw.view(INT_NUMPY[ti.dtype]).reshape((b - a, *ti.shape[1:]))
+
+    def view(self, ti: TensorInfo, keep: bool = True) -> np.ndarray:
+        """The whole tensor's stored values (numpy storage type), shaped; with `keep`, read once
+        and kept until `done` (the aux tensors of the tensor being read)."""
         a = self.cache.get(ti.name)
         if a is None:
-            a = self.cache[ti.name] = self.ckpt.read_raw(ti.name).view(STORAGE[ti.dtype]).reshape(ti.shape)
+            a = self.ckpt.read_raw(ti.name).view(STORAGE[ti.dtype]).reshape(ti.shape)
+            if keep:
+                self.cache[ti.name] = a
         return a
 
-    def ints(self, ti: TensorInfo, dtypes=("I32",)) -> np.ndarray:
+    def ints(self, ti: TensorInfo, dtypes=("I32",), keep: bool = True) -> np.ndarray:
         """A whole integer tensor as its numpy integer type (see view)."""
         if ti.dtype not in dtypes:
             raise InputError(f"{self.where}: tensor {ti.name!r} has dtype {ti.dtype}, expected {' or '.join(dtypes)}")
-        return self.view(ti)
+        return self.view(ti, keep)
 
     def whole(self, ti: TensorInfo) -> np.ndarray:
         """A whole (small) tensor as float32 (see view)."""
@@ -237,7 +246,7 @@ def gptq(ctx: _Ctx, base: str, bits, checkpoint_format) -> Dequantized:
     if sc.shape[1] != n_out or qz.shape != (n_groups, n_out // pack) or n_out % pack or gi.shape[0] != n_in:
         raise InputError(f"{ctx.where}: GPTQ shapes of {base!r} do not fit: qweight {list(qw.shape)}, qzeros {list(qz.shape)}, "
                          f"scales {list(sc.shape)}, g_idx {list(gi.shape)} at {bits} bits")
-    g_idx = ctx.ints(gi, ("I32", "I64")).astype(np.int64)
+    g_idx = ctx.ints(gi, ("I32", "I64"), keep=False).astype(np.int64)
     if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= n_groups):
         raise InputError(f"{ctx.where}: {gi.name!r} has group indices outside [0, {n_groups})")
     maxq = (1 << bits) - 1
@@ -275,7 +284,7 @@ def packed(ctx: _Ctx, base: str, num_bits: int, group_size: int) -> Dequantized:
         raise InputError(f"{ctx.where}: {wp.name!r} has dtype {wp.dtype}, expected I32")
     if sc.dtype not in SCALE_DTYPES:
         raise UnsupportedError(f"{ctx.where}: scale {sc.name!r} has dtype {sc.dtype}; supported: {', '.join(SCALE_DTYPES)}")
-    shape = tuple(int(v) for v in ctx.ints(sh, ("I32", "I64")).reshape(-1))
+    shape = tuple(int(v) for v in ctx.ints(sh, ("I32", "I64"), keep=False).reshape(-1))
     if len(shape) != 2 or min(shape) <= 0:
         raise InputError(f"{ctx.where}: {sh.name!r} holds {list(shape)}, expected two positive sizes")
     rows, cols = shape
@@ -295,13 +304,13 @@ def packed(ctx: _Ctx, base: str, num_bits: int, group_size: int) -> Dequantized:
                              f"which does not fit {[rows, n_groups]} at {num_bits} bits")
 
     def read_rows(a: int, b: int) -> np.ndarray:
-        w = ctx.ints(wp)[a:b].astype(np.int32)
+        w = ctx.int_rows(wp, a, b)
         q = ((w[:, :, None] >> shifts[None, None, :].astype(np.int32)) & mask).reshape(b - a, -1)[:, :cols]
         q = q.reshape(b - a, n_groups, group_size)
         if zp is None:
             q = q - (1 << (num_bits - 1))
         else:
-            z = ctx.ints(zp)[a // per_word: _ceil(b, per_word)].astype(np.int32)
+            z = ctx.int_rows(zp, a // per_word, _ceil(b, per_word))
             z = ((z[:, None, :] >> shifts[None, :, None].astype(np.int32)) & mask).reshape(-1, n_groups)
             z = z[a - (a // per_word) * per_word:][: b - a]
             q = q - z[:, :, None]
