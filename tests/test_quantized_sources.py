@@ -100,6 +100,7 @@ def test_row_slabs_equal_whole_reads(built, kind, monkeypatch):
     """read_rows over any range (inside and across blocks, groups and packed words, in chunks
     smaller than a block) equals the matching rows of one whole read."""
     folder = built(kind)
+    monkeypatch.setattr(quantized, "BAND_BYTES", 64 * 4 * 3)  # GPTQ: bands of a few columns, refreshed often
     with pipeline.open_model(folder) as src:
         assert isinstance(src, quantized.QuantizedSource)
         deq = sorted(src.consumed)

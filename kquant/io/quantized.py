@@ -69,6 +69,7 @@ FP8_TO_F32 = {"F8_E4M3": _fp8_table(4, 3, True), "F8_E5M2": _fp8_table(5, 2, Fal
 
 STORAGE = {"F32": "<f4", "F16": "<f2", "BF16": "<u2", "F8_E4M3": "<u1", "F8_E5M2": "<u1", **INT_NUMPY}
 CHUNK_ELEMS = 1 << 20  # elements dequantized at once: bounds every temporary to a few MB
+BAND_BYTES = 16 << 20  # GPTQ qweight columns (output rows) read at once, one pread per qweight row
 
 
 def to_f32(a: np.ndarray, dtype: str) -> np.ndarray:
@@ -256,8 +257,25 @@ def gptq(ctx: _Ctx, base: str, bits, checkpoint_format) -> Dequantized:
     wide = np.int64 if pack_bits == 64 else np.int32
     sh = shifts.astype(wide)
 
+    item = DTYPE_BITS[qw.dtype] // 8
+    band_cols = max(1, BAND_BYTES // max(qw.shape[0] * item, 1))
+    band = {"lo": 0, "hi": 0, "q": None}  # qweight columns [lo, hi), read row segment by row segment
+
+    def qcols(a: int, b: int) -> np.ndarray:
+        if not (band["lo"] <= a and b <= band["hi"]):
+            lo, hi = a, min(n_out, max(b, a + band_cols))
+            row = n_out * item
+            q = np.empty((qw.shape[0], hi - lo), INT_NUMPY[qw.dtype])
+            for r in range(qw.shape[0]):
+                q[r] = ctx.ckpt.read_raw_range(qw.name, r * row + lo * item, (hi - lo) * item).view(INT_NUMPY[qw.dtype])
+            band.update(lo=lo, hi=hi, q=q)
+        out = band["q"][:, a - band["lo"]: b - band["lo"]]
+        if b == n_out:  # the tensor is done
+            band.update(lo=0, hi=0, q=None)
+        return out
+
     def read_rows(a: int, b: int) -> np.ndarray:
-        q = ctx.ints(qw, int_types)[:, a:b].astype(wide)  # (n_in / pack, b - a)
+        q = qcols(a, b).astype(wide)  # (n_in / pack, b - a)
         w = ((q[:, None, :] >> sh[None, :, None]) & maxq).reshape(n_in, b - a)
         z = ctx.ints(qz, int_types)[:, a // pack: _ceil(b, pack)].astype(wide)
         z = ((z[:, :, None] >> sh[None, None, :]) & maxq).reshape(n_groups, -1)
