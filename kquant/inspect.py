@@ -226,7 +226,11 @@ def _source_format(ck, cfg: dict | None, where: str) -> dict:
     except KquantError as e:
         return {"name": method or "float", "quant_method": method, "status": "refused", "error": str(e)}
     if src is None:
-        return {"name": "float", "quant_method": None, "status": "read as is"}
+        odd = {n: f"refused ({ti.dtype} is read only as part of a quantization_config scheme)"
+               for n, ti in ck.tensors.items() if ti.dtype not in ("F32", "F16", "BF16")}
+        return {"name": "float", "quant_method": None, "status": "refused" if odd else "read as is",
+                **({"error": f"{len(odd)} tensor(s) are not float and config.json has no quantization_config",
+                    "_actions": odd} if odd else {})}
     actions = {}
     for out, parts in src.consumed.items():
         actions[parts[0]] = f"dequantized -> {out} ({src.source_types[out]})"

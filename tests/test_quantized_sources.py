@@ -230,6 +230,18 @@ def test_inspect_reports_refusal(built, tmp_path, capsys):
     assert sf["status"] == "refused" and "3-bit gptq" in sf["error"]
 
 
+def test_inspect_fp8_without_quantization_config(built, tmp_path, capsys):
+    d = _rewrite(_copy(built, "fp8-block", tmp_path), edit_qc=lambda c: c.pop("quantization_config"))
+    assert cli.main(["inspect", str(d), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["source_format"]["status"] == "refused"
+    act = {t["name"]: t["action"] for t in out["tensors"]}
+    assert act["model.layers.0.mlp.up_proj.weight"].startswith("refused (F8_E4M3")
+    assert act["model.layers.0.mlp.up_proj.weight_scale_inv"] == "passed through"
+    rc = cli.main(["convert", str(d), "-o", str(tmp_path / "x.gguf"), "-q"])
+    assert rc != 0 and "F8_E4M3" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------- malformed
 
 
