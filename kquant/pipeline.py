@@ -232,7 +232,8 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None,
 # conversion/base.py ModelBase.tensor_force_quant (--fp8-as-q8) and prepare_tensors' F32 rule after it
 def force_fp8_q8(spec, fp8_names: set[str]) -> None:
     """--fp8-as-q8: tensors dequantized from FP8 are stored as Q8_0 (of their float32 values, no BF16
-    rounding) in the intermediate, unless 1-D or a norm (F32)."""
+    rounding) in the intermediate, unless 1-D or a norm (F32); a row that is not a whole number
+    of Q8_0 blocks makes gguf-py raise QuantError, and prepare_tensors falls back to F16."""
     for t in spec.tensors:
         hit = [s in fp8_names for s in t.sources]
         if not any(hit):
@@ -240,7 +241,7 @@ def force_fp8_q8(spec, fp8_names: set[str]) -> None:
         if not all(hit):
             raise UnsupportedError(f"tensor {t.name} merges FP8 and non-FP8 sources; --fp8-as-q8 cannot type it")
         if len(t.shape) >= 2 and not t.name.endswith("_norm.weight"):
-            t.ref_type = QType.Q8_0
+            t.ref_type = QType.Q8_0 if t.shape[-1] % QType.Q8_0.block_size == 0 else QType.F16
 
 
 def source_type(ckpt, spec_t) -> str:

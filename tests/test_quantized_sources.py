@@ -33,8 +33,16 @@ def built(tmp_path_factory):
     root = tmp_path_factory.mktemp("qsrc")
 
     def get(kind: str) -> Path:
+        """`kind` of quant_sources.KINDS made from the tiny Llama, or "moe-<kind>" from test_arch's
+        Qwen3-MoE fixture (experts merged into 3-D tensors, 48-wide FFN rows)."""
         if kind not in _CACHE or not _CACHE[kind].exists():
-            _CACHE[kind] = build(kind, root / kind)
+            src = None
+            if kind.startswith("moe-"):
+                from test_arch import make_model
+
+                src = make_model(root / "moe-src", "qwen3moe") if not (root / "moe-src").exists() \
+                    else next((root / "moe-src").iterdir())
+            _CACHE[kind] = build(kind.removeprefix("moe-"), root / kind, **({"src": src} if src else {}))
         return _CACHE[kind]
 
     return get
@@ -330,9 +338,9 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- reference
 
-REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "ct-fp8-block", "ct-int8-channel",
+REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "moe-fp8-block-partial", "ct-fp8-block", "ct-int8-channel",
              "ct-pack4-asym", "ct-pack8", "gptq4act", "gptq2", "gptq8", "gptq4v2")
-Q8_KINDS = ("fp8-block", "ct-fp8-channel")  # --fp8-as-q8
+Q8_KINDS = ("fp8-block", "ct-fp8-channel", "moe-fp8-channel")  # --fp8-as-q8 (MoE: 48-wide rows fall back to F16)
 REFUSED = {  # what convert_hf_to_gguf.py refuses, and kquant's message for it
     "gptq 3-bit": ("gptq4", lambda c: c["quantization_config"].update(bits=3), "3-bit gptq"),
     "ct several groups": ("ct-fp8-channel",
