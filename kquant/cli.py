@@ -143,6 +143,8 @@ def cmd_convert(args) -> int:
 
         if args.target_bpw is not None and args.target_size is not None:
             raise InputError("give either --target-bpw or --target-size, not both")
+        if args.fp8_as_q8:
+            raise InputError("--fp8-as-q8 fixes the FP8 tensors at Q8_0: it cannot be combined with --target-bpw / --target-size")
         if not args.dry_run and not args.output:
             raise InputError("convert: -o/--output is required (or use --dry-run)")
         if not args.dry_run and os.path.lexists(args.output) and not args.force:

@@ -334,6 +334,8 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
     out = tmp_path / "x.gguf"
     rc = cli.main(["convert", str(built("fp8-block")), "-o", str(out), "--type", "Q4_K_M", "--fp8-as-q8", "-q"])
     assert rc != 0 and "requantizing from type q8_0 is disabled" in capsys.readouterr().err and not out.exists()
+    rc = cli.main(["convert", str(built("fp8-block")), "-o", str(out), "--target-bpw", "5", "--fp8-as-q8", "-q"])
+    assert rc != 0 and "cannot be combined with --target-bpw" in capsys.readouterr().err and not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- reference
