@@ -114,7 +114,7 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
     for n, w in base.items():
         out[n], dt[n] = w, "BF16"
     lin = [n for n in base if _is_linear(n)]
-    if kind.startswith("fp8-") and kind != "fp8-qscale":
+    if kind.startswith("fp8-") and kind not in ("fp8-qscale", "fp8-e5m2"):
         scheme, block = {"fp8-block": ("block", [128, 128]), "fp8-block-partial": ("block", [96, 80]),
                          "fp8-channel": ("channel", None), "fp8-channel1d": ("channel1d", None),
                          "fp8-tensor": ("tensor", None), "fp8-tensor1": ("tensor1", None)}[kind]
@@ -123,6 +123,15 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
             out[n], dt[n] = codes, "F8_E4M3"
             out[n + "_scale_inv"], dt[n + "_scale_inv"] = s, "F32"
         qc = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": block}
+    elif kind == "fp8-e5m2":  # F8_E5M2 codes (any byte but inf/NaN), F32 scales per 128x128 block
+        rng = np.random.default_rng(5)
+        for n in lin:
+            codes = rng.integers(0, 256, base[n].shape, dtype=np.uint8)
+            codes[(codes & 0x7C) == 0x7C] &= 0x83  # exponent 31 (inf / NaN) -> exponent 0
+            s = rng.random((-(-base[n].shape[0] // 128), -(-base[n].shape[1] // 128)), dtype=np.float32) * 1e-4
+            out[n], dt[n] = codes, "F8_E5M2"
+            out[n + "_scale_inv"], dt[n + "_scale_inv"] = s, "F32"
+        qc = {"activation_scheme": "dynamic", "quant_method": "fp8", "weight_block_size": [128, 128]}
     elif kind == "fp8-qscale":  # Mistral's names: per-tensor qscale_weight, unused qscale_act / activation scales
         for n in lin:
             codes, s = fp8(base[n], "tensor1")
@@ -194,6 +203,6 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
     return _write(dst, out, dt, qc, src)
 
 
-KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel", "fp8-channel1d", "fp8-tensor", "fp8-tensor1", "fp8-qscale",
+KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel", "fp8-channel1d", "fp8-tensor", "fp8-tensor1", "fp8-qscale", "fp8-e5m2",
          "ct-fp8-channel", "ct-fp8-block", "ct-int8-channel", "ct-pack4", "ct-pack4-asym", "ct-pack8",
          "gptq4", "gptq8", "gptq2", "gptq4v2", "gptq4act")

@@ -340,7 +340,7 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------------------------- reference
 
-REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "moe-fp8-block-partial", "ct-fp8-block", "ct-int8-channel",
+REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "fp8-e5m2", "moe-fp8-block-partial", "ct-fp8-block", "ct-int8-channel",
              "ct-pack4-asym", "ct-pack8", "gptq4act", "gptq2", "gptq8", "gptq4v2")
 Q8_KINDS = ("fp8-block", "ct-fp8-channel", "moe-fp8-channel")  # --fp8-as-q8 (MoE: 48-wide rows fall back to F16)
 REFUSED = {  # what convert_hf_to_gguf.py refuses, and kquant's message for it
