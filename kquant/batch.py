@@ -448,9 +448,9 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
            "host": socket.gethostname(), "pid": os.getpid()}
     try:
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
-                       progress=progress)
+                       progress=progress, rounding=job.get("rounding") or "ggml")
         if job.get("imatrix"):
-            from .imatrix import load_imatrix
+            from .plan.imatrix import load_imatrix
 
             opts.imatrix = load_imatrix(job["imatrix"])
             # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would
@@ -603,7 +603,7 @@ class _Ctx:
 def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads: int | None = None,
               imatrix_dir=None, executor: str = "local", address: str | None = None, force: bool = False,
               allow_nonfinite: bool = False, log: Callable[[str], None] | None = None,
-              ray_num_cpus: int | None = None) -> BatchReport:
+              ray_num_cpus: int | None = None, rounding: str = "ggml") -> BatchReport:
     """Convert every model folder under `root` to each of `types` into `outdir`; see the module docstring.
 
     `ray_num_cpus`: CPUs of the local Ray instance started when no `address` is given (default: all).
@@ -642,6 +642,8 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
     out = prepare_outdir(outdir)
     report = BatchReport(str(root), str(out), [f.short_name for f in ftypes], executor, skipped_folders=found.skipped)
     options = {"allow_nonfinite": bool(allow_nonfinite)}
+    if rounding != "ggml":  # (absent for ggml: existing manifests stay valid)
+        options["rounding"] = rounding
 
     with OutdirLock(out):
         all_names = [output_name(m.name, f) for m in found.models for f in ftypes]
@@ -688,6 +690,7 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
                 # absolute paths: a worker's current folder is not the driver's (Ray)
                 ctx.jobs.append({"index": len(ctx.jobs), "model": m.name, "path": os.path.abspath(m.path),
                                  "targets": targets, "threads": threads, "allow_nonfinite": bool(allow_nonfinite),
+                                 "rounding": rounding,
                                  "imatrix": None if imatrix is None else os.path.abspath(imatrix),
                                  "imatrix_name": None if imatrix is None else str(imatrix)})
         ctx.total_outputs = sum(len(j["targets"]) for j in ctx.jobs)

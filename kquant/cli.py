@@ -8,7 +8,7 @@ from __future__ import annotations
 
 # Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
 # second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
-# kquant.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
+# kquant.io.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
 # Python's: a signal there gets its default behaviour.)
 from .io import fsutil as _fsutil
 
@@ -69,7 +69,7 @@ _threads_arg = _positive_int("--threads")
 
 
 def _tensor_type_arg(s: str):
-    from .recipe import parse_tensor_type
+    from .plan.overrides import parse_tensor_type
 
     try:
         return parse_tensor_type(s)
@@ -78,7 +78,7 @@ def _tensor_type_arg(s: str):
 
 
 def _overrides(args):
-    from .recipe import Overrides
+    from .plan.overrides import Overrides
 
     return Overrides(
         tensor_types=tuple(args.tensor_type or ()),
@@ -116,6 +116,19 @@ def _target_size_arg(s: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block for a lower weighted "
+                 "error, same types, loads in any llama.cpp (recorded as quantize.rounding)")
+
+
+def _rounding_arg(s: str) -> str:
+    from .ggml.quants import parse_rounding
+
+    try:
+        return parse_rounding(s)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from . import pipeline as cv
 
@@ -129,9 +142,10 @@ def cmd_convert(args) -> int:
         fp8_as_q8=args.fp8_as_q8,
         progress=_progress(args.quiet or args.dry_run),
         on_compile=None if args.quiet else cv.print_compile_notice,
+        rounding=args.rounding,
     )
     if args.imatrix:
-        from .imatrix import load_imatrix
+        from .plan.imatrix import load_imatrix
 
         opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
     elif args.include_weights or args.exclude_weights:
@@ -154,6 +168,10 @@ def cmd_convert(args) -> int:
         opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
+        if plan.needs_imatrix:  # llama-quantize --dry-run's warning
+            name, qt = plan.needs_imatrix
+            print(f"kquant: warning: dry run complete, but converting needs an importance matrix (--imatrix): "
+                  f"tensor {name} would be {qt.ggml_name}", file=sys.stderr)
         if args.json:
             print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
         else:
@@ -232,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pure", action="store_true", help="no k-quant mixture: every tensor gets the default type")
     c.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight unquantized (as llama-quantize)")
     c.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (GGUF or .dat)")
+    c.add_argument("--rounding", type=_rounding_arg, default="ggml", help=ROUNDING_HELP)
     c.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for tensors whose name contains NAME (repeatable)")
     c.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for tensors whose name contains NAME (repeatable)")
     c.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors input")
@@ -515,6 +534,7 @@ def _add_batch_parser(sub) -> None:
                    "and memory; default 1. ray: tasks in flight, default unlimited)")
     b.add_argument("--threads", type=_threads_arg, help="quantization threads per model (local default: cores // jobs; ray default 1, "
                    "also the CPUs each Ray task requests)")
+    b.add_argument("--rounding", type=_rounding_arg, default="ggml", help=ROUNDING_HELP)
     b.add_argument("--imatrix-dir", metavar="DIR", help="use DIR/<folder>.gguf or DIR/<folder>.dat as the importance matrix when present")
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray (pip install 'kquant[ray]')")
     b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -534,7 +554,7 @@ def cmd_batch(args) -> int:
     try:
         rep = run_batch(args.root, args.outdir, args.type, jobs=args.jobs, threads=args.threads,
                         imatrix_dir=args.imatrix_dir, executor=args.executor, address=args.address, force=args.force,
-                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log)
+                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log, rounding=args.rounding)
     except KeyboardInterrupt:  # a second interrupt during clean-up
         _err("interrupted; outputs under their final names are complete, run the same command again to finish")
         return 130

@@ -243,7 +243,7 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     """
     from .io.gguf import GGUFFile
     from .pipeline import build_spec, open_model
-    from .recipe import llama_order
+    from .plan.recipe import llama_order
 
     t0 = time.perf_counter()
     with GGUFFile(gguf_path) as gf, open_model(source, config) as ckpt:
@@ -326,8 +326,8 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
     Each slab is first rounded through the type the intermediate BF16 GGUF would hold it in, as
     the converter does, and the error is measured against the source values. No importance matrix.
     """
-    from .pipeline import round_through, build_spec, open_model
-    from .recipe import llama_order
+    from .pipeline import build_spec, open_model, round_through
+    from .plan.recipe import llama_order
 
     tlist = []
     for t in types:

@@ -222,7 +222,7 @@ def _legacy_imatrix(path: Path, names_cols, seed: int) -> Path:
 
 
 def test_imatrix_dir(tree, tmp_path, monkeypatch):
-    from kquant.imatrix import load_imatrix
+    from kquant.plan.imatrix import load_imatrix
 
     monkeypatch.chdir(tmp_path)  # a relative --imatrix-dir is written as given, like `convert --imatrix`
     root = tmp_path / "root"

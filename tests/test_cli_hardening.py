@@ -219,7 +219,7 @@ def kq_start(*args, env=None, **kw):
 
 def pause_after_create(seconds: float, name_part: str) -> dict:
     """Env for fsutil's test hook: pause, signals held, right after creating a file named *name_part*."""
-    from kquant.fsutil import TEST_PAUSE_ENV
+    from kquant.io.fsutil import TEST_PAUSE_ENV
 
     return {TEST_PAUSE_ENV: f"{seconds}:{name_part}"}
 
@@ -323,7 +323,7 @@ def test_random_interrupts_over_a_whole_conversion(tmp_path):
     (or 0 when it came too late), one line, no traceback, no temporary file, nothing partial."""
     import random
 
-    from kquant.gguf_io import GGUFFile
+    from kquant.io.gguf import GGUFFile
 
     seed = random.randrange(2**32)
     rng = random.Random(seed)

@@ -18,7 +18,7 @@ import pytest
 from kquant.io import fsutil
 from kquant.errors import OutputError
 from kquant.io.fsutil import (TMP_MARK, Terminated, atomic_output, check_not_input, file_lock, handle_termination,
-                              inputs_read, signals_held, track_inputs)
+                            inputs_read, signals_held, track_inputs)
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -338,7 +338,7 @@ def test_file_lock(tmp_path):
     with file_lock(path) as a:
         assert a is True
         code = f"""
-            from kquant.fsutil import file_lock
+            from kquant.io.fsutil import file_lock
             with file_lock({str(path)!r}, blocking=False) as got:
                 print(got)
         """

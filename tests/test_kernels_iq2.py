@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kquant import reference
+from oracle import reference
 from kquant.ggml import quants
 from kquant.ggml.kernels import _iqgrid
 from kquant.types import QK_K, QType

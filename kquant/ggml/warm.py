@@ -73,7 +73,7 @@ def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
 
 @contextmanager
 def _warm_lock():
-    from ..fsutil import file_lock
+    from ..io.fsutil import file_lock
 
     path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
     try:
@@ -113,7 +113,7 @@ def _compile(cold: list[QType], jobs: int) -> None:
         i = load.index(min(load))
         groups[i] += families[fam]
         load[i] += _family_compile_s(fam)
-    from ..fsutil import signals_held
+    from ..io.fsutil import signals_held
 
     code = f"import sys; from {__name__} import first_calls; first_calls(sys.argv[1:])"
     env = dict(os.environ)  # the same numba settings and cache directory; this very kquant first
