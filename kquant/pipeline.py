@@ -337,8 +337,6 @@ def round_through(x: np.ndarray, t: QType) -> np.ndarray:
         return (fp32_to_bf16_bits(x).astype(np.uint32) << np.uint32(16)).view(np.float32)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
-    if t == QType.Q8_0:  # --fp8-as-q8: the intermediate holds the converter's Q8_0 (gguf-py = ggml's reference)
-        return quants.dequantize(quants.quantize(x, t), t, x.shape)
     raise ValueError(f"unexpected intermediate type {t.name}")
 
 
