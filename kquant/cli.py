@@ -163,6 +163,7 @@ def cmd_convert(args) -> int:
         tokenizer_pre=args.tokenizer_pre,
         allow_nonfinite=args.allow_nonfinite,
         force=args.force,
+        fp8_as_q8=args.fp8_as_q8,
         progress=_progress(args.quiet or args.dry_run),
         on_compile=None if args.quiet else cv.print_compile_notice,
         rounding=args.rounding,
@@ -180,6 +181,8 @@ def cmd_convert(args) -> int:
 
         if args.target_bpw is not None and args.target_size is not None:
             raise InputError("give either --target-bpw or --target-size, not both")
+        if args.fp8_as_q8:
+            raise InputError("--fp8-as-q8 fixes the FP8 tensors at Q8_0: it cannot be combined with --target-bpw / --target-size")
         if not args.dry_run and not args.output:
             raise InputError("convert: -o/--output is required (or use --dry-run)")
         if not args.dry_run and os.path.lexists(args.output) and not args.force:
@@ -290,6 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", action="store_true", help="machine-readable output on stdout")
     c.add_argument("--force", action="store_true", help="overwrite an existing output file")
     c.add_argument("--allow-nonfinite", action="store_true", help="do not refuse NaN/Inf weights")
+    c.add_argument("--fp8-as-q8", action="store_true", help="as convert_hf_to_gguf.py --fp8-as-q8: tensors dequantized "
+                   "from FP8 are Q8_0 in the intermediate (so only --type Q8_0 keeps them without requantizing)")
     c.add_argument("--target-bpw", type=_target_bpw_arg, metavar="BPW", help="automatic mix: choose each tensor's type to "
                    "minimize the predicted damage within BPW bits per weight (all tensors, as llama.cpp reports it); "
                    "reads every tensor once to measure (also with --dry-run, which still writes nothing)")

@@ -194,12 +194,18 @@ def inspect_checkpoint(path, *, config=None) -> dict:
         cfg, cfg_err = _read_config(cfg_path)
     elif config:
         cfg_err = f"{_p(cfg_path)}: no such file"
+    with Checkpoint.open(p) as ck:
+        source = _source_format(ck, cfg, _p(cfg_path) if cfg_path is not None else _p(p))
+    actions = source.pop("_actions", {})
+    for t in tensors:
+        t["action"] = actions.get(t["name"], "passed through")
     out = {
         "format": "safetensors",
         "path": os.fspath(path),
         "shape_order": "numpy",
         "files": files,
         "config": cfg,
+        "source_format": source,
         "tensors": tensors,
         "summary": {"n_tensors": len(tensors), "n_elements": n_el_total, "tensor_bytes": bytes_total,
                     "bits_per_weight": round(bytes_total * 8.0 / n_el_total, 4) if n_el_total else 0.0,
@@ -208,6 +214,36 @@ def inspect_checkpoint(path, *, config=None) -> dict:
     if cfg_err:
         out["config_error"] = cfg_err
     return out
+
+
+def _source_format(ck, cfg: dict | None, where: str) -> dict:
+    """Which source format the checkpoint is and what conversion does to each tensor (io.quantized)."""
+    from .errors import KquantError
+    from .io import quantized
+
+    qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
+    method = qc.get("quant_method") if isinstance(qc, dict) else None
+    try:
+        qplan = quantized.plan(ck, quantized._qconfig(ck.folder, cfg, where), where)
+        src = quantized.QuantizedSource(ck, qplan, where) if qplan.method is not None else None
+    except KquantError as e:
+        return {"name": method or "float", "quant_method": method, "status": "refused", "error": str(e)}
+    if src is None:
+        odd = {n: f"refused ({ti.dtype} is read only as part of a quantization_config scheme)"
+               for n, ti in ck.tensors.items() if ti.dtype not in ("F32", "F16", "BF16")}
+        return {"name": "float", "quant_method": None, "status": "refused" if odd else "read as is",
+                **({"error": f"{len(odd)} tensor(s) are not float and config.json has no quantization_config",
+                    "_actions": odd} if odd else {})}
+    actions = {}
+    for out, parts in src.consumed.items():
+        actions[parts[0]] = f"dequantized -> {out} ({src.source_types[out]})"
+        for q in parts[1:]:
+            actions[q] = f"consumed by {out}"
+    for n in src.dropped:
+        actions[n] = "dropped (unused by the converter)"
+    fmt = qc.get("format") if method == "compressed-tensors" else None
+    return {"name": method + (f" {fmt}" if fmt else ""), "quant_method": method, "status": "dequantized",
+            "n_dequantized": len(src.consumed), "n_dropped": len(src.dropped), "_actions": actions}
 
 
 def inspect_path(path, *, config=None, full: bool = False) -> dict:
@@ -258,6 +294,15 @@ def print_inspect(info: dict, out=None) -> None:
             print("config: " + ", ".join(f"{k} {_show(cfg[k], 40)}" for k in keys if k in cfg), file=out)
         if info.get("config_error"):
             print(f"config: not readable ({_show(info['config_error'], 120)})", file=out)
+        sf = info["source_format"]
+        if sf["status"] == "refused":
+            print(f"source format: {_show(sf['name'])}, refused: {_show(sf['error'], 300)}", file=out)
+        elif sf["status"] == "dequantized":
+            print(f"source format: {_show(sf['name'])}: {sf['n_dequantized']} tensors dequantized to float32 as "
+                  f"llama.cpp's converter does, their scales consumed, {sf['n_dropped']} dropped, the rest passed through",
+                  file=out)
+        else:
+            print("source format: float tensors, read as they are", file=out)
         cols = ("dtype", "dtype")
     print("\ntensors:", file=out)
     nw = max([len(t["name"]) for t in info["tensors"]] + [6])
@@ -265,7 +310,8 @@ def print_inspect(info: dict, out=None) -> None:
     sw = max([len(x) for x in shapes] + [5])
     print(f"  {'name':{nw}s} {'shape':>{sw}s} {cols[0]:>6s} {'bytes':>12s} {'bpw':>7s}", file=out)
     for t, shp in zip(info["tensors"], shapes):
-        print(f"  {_show(t['name'], 200):{nw}s} {shp:>{sw}s} {t[cols[1]]:>6s} {t['bytes']:>12d} {t['bits_per_weight']:7.3f}",
+        act = f"  {_show(t['action'], 200)}" if t.get("action", "passed through") != "passed through" else ""
+        print(f"  {_show(t['name'], 200):{nw}s} {shp:>{sw}s} {t[cols[1]]:>6s} {t['bytes']:>12d} {t['bits_per_weight']:7.3f}{act}",
               file=out)
     groups = s.get("types") or s.get("dtypes") or {}
     parts = [f"{k} {v['count']} ({_mib(v['bytes'])})" for k, v in groups.items()]

@@ -35,6 +35,7 @@ class PlannedTensor:
     spec: object  # models.TensorSpec
     qtype: QType
     imatrix: np.ndarray | None = None  # (n_expert, n_per_row) importance rows, as llama-quantize looks them up
+    source_type: str | None = None  # what it is built from (annotate_sources): dtype or quantization scheme
 
     @property
     def name(self) -> str:
@@ -82,7 +83,8 @@ class Plan:
             "architecture": self.arch,
             "file_type": self.ftype.short_name,
             "tensors": [
-                {"name": t.name, "shape": list(reversed(t.shape)), "type": t.qtype.ggml_name, "bytes": t.nbytes}
+                {"name": t.name, "shape": list(reversed(t.shape)), "type": t.qtype.ggml_name, "bytes": t.nbytes,
+                 **({"source_type": t.source_type} if t.source_type is not None else {})}
                 for t in self.tensors
             ],
             "type_counts": counts,
@@ -110,18 +112,29 @@ class Options:
     on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
     rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes) or "best"
     split: object = None  # io.gguf_split.SplitOptions: write llama-gguf-split's shards instead of one file
+    fp8_as_q8: bool = False  # convert_hf_to_gguf.py --fp8-as-q8: FP8-dequantized tensors are Q8_0 in the intermediate
 
 
 def open_model(path: str | Path, config: str | None = None):
     """A source checkpoint: HF folder, single .safetensors, or an F32/F16/BF16 GGUF file."""
     from .io.safetensors import Checkpoint
 
+    from .io import quantized
+    from .io.jsonio import read_json
+
     p = Path(path)
     if not p.exists():
         raise InputError(f"{p}: no such file or folder")
     if p.is_file() and p.suffix.lower() == ".gguf":
         return GGUFSource(p)  # a split set by its first shard too
-    return Checkpoint.open(p, config=config)
+    ck = Checkpoint.open(p, config=config)
+    try:  # a quantized checkpoint (quantization_config) is read through its dequantizers
+        cfg_path = Path(config) if config is not None else (p if p.is_dir() else p.parent) / "config.json"
+        cfg = read_json(cfg_path) if cfg_path.is_file() else None
+        return quantized.wrap(ck, cfg if isinstance(cfg, dict) else None, str(cfg_path))
+    except BaseException:
+        ck.close()
+        raise
 
 
 @dataclass
@@ -205,16 +218,57 @@ def _gguf_spec(src: GGUFSource):
                      n_embd=first("embedding_length"), tied_embeddings="output.weight" not in src.tensors)
 
 
-def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None):
+def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None, fp8_as_q8=False):
     from . import models
+    from .io.quantized import QuantizedSource
 
     if isinstance(ckpt, GGUFSource):
+        if fp8_as_q8:
+            raise InputError(f"{ckpt.path}: --fp8-as-q8 applies to FP8 safetensors checkpoints, not to a GGUF input")
         return _gguf_spec(ckpt)
-    shapes = {name: (tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()}
-    headers = {f.path: [(t.name, t.shape, t.dtype) for t in f.tensors.values()] for f in ckpt.files}
     folder = Path(model_path) if Path(model_path).is_dir() else Path(model_path).parent
-    return models.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre,
-                            headers=headers)
+    if isinstance(ckpt, QuantizedSource):  # the tensors dequant_model leaves, in its order
+        hf = [(name, tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()]
+        spec = models.load_spec(folder, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre, hf_tensors=hf)
+    else:
+        shapes = {name: (tuple(ti.shape), ti.dtype) for name, ti in ckpt.tensors.items()}
+        headers = {f.path: [(t.name, t.shape, t.dtype) for t in f.tensors.values()] for f in ckpt.files}
+        spec = models.load_spec(folder, shapes, config_path=config, vocab=vocab, tokenizer_pre=tokenizer_pre,
+                                headers=headers)
+    if fp8_as_q8:
+        force_fp8_q8(spec, getattr(ckpt, "fp8_dequantized", set()))
+    return spec
+
+
+# conversion/base.py ModelBase.tensor_force_quant (--fp8-as-q8) and prepare_tensors' F32 rule after it
+def force_fp8_q8(spec, fp8_names: set[str]) -> None:
+    """--fp8-as-q8: tensors dequantized from FP8 are stored as Q8_0 (of their float32 values, no BF16
+    rounding) in the intermediate, unless 1-D or a norm (F32); a row that is not a whole number
+    of Q8_0 blocks makes gguf-py raise QuantError, and prepare_tensors falls back to F16."""
+    for t in spec.tensors:
+        hit = [s in fp8_names for s in t.sources]
+        if not any(hit):
+            continue
+        if not all(hit):
+            raise UnsupportedError(f"tensor {t.name} merges FP8 and non-FP8 sources; --fp8-as-q8 cannot type it")
+        if len(t.shape) >= 2 and not t.name.endswith("_norm.weight"):
+            t.ref_type = QType.Q8_0 if t.shape[-1] % QType.Q8_0.block_size == 0 else QType.F16
+
+
+def source_type(ckpt, spec_t) -> str:
+    """What a GGUF tensor is built from: the source dtype or quantization scheme ("generated" if none)."""
+    if not spec_t.sources:
+        return "generated"
+    types = getattr(ckpt, "source_types", None)
+    kinds = [types[s] if types is not None else ckpt.tensors[s].dtype for s in spec_t.sources]
+    return kinds[0] if len(set(kinds)) == 1 else ", ".join(dict.fromkeys(kinds))
+
+
+def annotate_sources(plan: "Plan", ckpt) -> "Plan":
+    """Fill each planned tensor's source_type (for --dry-run --json)."""
+    for t in plan.tensors:
+        t.source_type = source_type(ckpt, t.spec)
+    return plan
 
 
 def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None, dry_run: bool = False) -> Plan:
@@ -386,7 +440,8 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
     if opts.config is not None:
         note_input(opts.config)
     with open_model(model, opts.config) as ckpt:
-        spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
+        spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre,
+                          fp8_as_q8=opts.fp8_as_q8)
         inputs = inputs_read()  # config, tokenizer files, index, shards, imatrix: all read by now
         plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
@@ -441,7 +496,8 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
-                    slab = round_through(slab, spec_t.ref_type)
+                    if not spec_t.ref_type.is_quantized:  # a quantized intermediate (Q8_0) is copied: encode the floats
+                        slab = round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
@@ -530,8 +586,10 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     """The plan from config.json and the safetensors headers only: no tensor data, no tokenizer."""
     opts = options or Options()
     with open_model(model, opts.config) as ckpt:
-        spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
-        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
+        spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre,
+                          fp8_as_q8=opts.fp8_as_q8)
+        plan = plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
+        return annotate_sources(plan, ckpt)
 
 
 def print_compile_notice(types, stream=sys.stderr) -> None:

@@ -9,7 +9,11 @@ wait4's ru_maxrss):
   3. kquant convert --type Q4_K_M --threads 2
 and checks that both Q4_K_M files are identical.
 
-    .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M]
+`--source fp8` re-writes that checkpoint as DeepSeek-V3 / Qwen3-FP8 publish theirs (linear
+weights F8_E4M3 with float32 `weight_scale_inv` per 128x128 block, `quant_method: fp8`) and
+converts that instead: the dequantizing source layer, measured the same way.
+
+    .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M] [--source bf16|fp8]
 """
 
 from __future__ import annotations
@@ -67,6 +71,48 @@ def warm(folder: Path) -> None:
                 pass
 
 
+def make_fp8(src: Path, dst: Path) -> None:
+    """`src` (BF16 Llama) with every linear weight as FP8 e4m3 + 128x128 block scales, one tensor
+    at a time (tests/quant_sources.py's quantizer)."""
+    import json
+    import shutil
+
+    import numpy as np
+
+    from kquant.io.safetensors import Checkpoint, SafetensorsStreamWriter
+    from quant_sources import _is_linear, fp8
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.suffix != ".safetensors" and f.name != "config.json":
+            shutil.copy(f, dst / f.name)
+    cfg = json.loads((src / "config.json").read_text())
+    cfg["quantization_config"] = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                                  "weight_block_size": [128, 128]}
+    (dst / "config.json").write_text(json.dumps(cfg, indent=2))
+    with Checkpoint.open(src) as ck:
+        entries = []
+        for n, ti in ck.tensors.items():
+            if _is_linear(n):
+                r, c = ti.shape
+                entries += [(n, "F8_E4M3", ti.shape), (n + "_scale_inv", "F32", (-(-r // 128), -(-c // 128)))]
+            else:
+                entries.append((n, ti.dtype, ti.shape))
+        tmp = dst / "model.safetensors.tmp"
+        with open(tmp, "wb") as fh:
+            w = SafetensorsStreamWriter(fh, sorted(entries))
+            for n, dt, _ in sorted(entries):
+                if n.endswith("_scale_inv"):
+                    continue
+                if _is_linear(n):
+                    codes, scale = fp8(np.asarray(ck.read(n), np.float32), "block", (128, 128))
+                    w.write(codes)  # "x.weight" sorts just before "x.weight_scale_inv"
+                    w.write(scale)
+                else:
+                    w.write(np.asarray(ck.read_raw(n)))
+        tmp.rename(dst / "model.safetensors")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/kquant-bench"))
@@ -75,6 +121,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ffn", type=int, default=4096)
     ap.add_argument("--type", default="Q4_K_M")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--source", choices=("bf16", "fp8"), default="bf16",
+                    help="checkpoint format converted: the BF16 model, or it as FP8 with 128x128 block scales")
     a = ap.parse_args(argv)
 
     from oracle import refpipeline  # light: numpy only until a comparison runs
@@ -91,6 +139,12 @@ def main(argv=None) -> int:
                         "--layers", str(a.layers), "--hidden", str(a.hidden), "--heads", str(a.hidden // 64),
                         "--kv-heads", str(a.hidden // 256), "--ffn", str(a.ffn), "--vocab", "32000", "--seed", "7"],
                        check=True)
+    if a.source == "fp8":
+        fp8_model = a.work / f"{model.name}-fp8"
+        if not (fp8_model / "model.safetensors").exists():
+            print(f"building {fp8_model} ...", file=sys.stderr)
+            subprocess.run([sys.executable, str(Path(__file__)), "--make-fp8", str(model), str(fp8_model)], check=True)
+        model = fp8_model
     import json
 
     cfg = json.loads((model / "config.json").read_text())
@@ -98,7 +152,7 @@ def main(argv=None) -> int:
     kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
     n_params = 2 * v * h + h + L * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
     src_mb = sum(f.stat().st_size for f in model.iterdir()) / 1e6
-    print(f"model: {model} ({n_params / 1e9:.3f} B parameters, {src_mb:.0f} MB on disk), type {a.type}, "
+    print(f"model: {model} ({a.source}, {n_params / 1e9:.3f} B parameters, {src_mb:.0f} MB on disk), type {a.type}, "
           f"{a.threads} threads")
 
     bf16 = a.work / "ref-bf16.gguf"
@@ -135,4 +189,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--make-fp8":  # the child process building the FP8 checkpoint
+        make_fp8(Path(sys.argv[2]), Path(sys.argv[3]))
+        sys.exit(0)
     sys.exit(main())

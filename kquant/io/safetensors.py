@@ -551,6 +551,15 @@ class Checkpoint:
         """The tensor's bytes (uint8)."""
         return self._file(name).read_raw(name)
 
+    def read_raw_range(self, name: str, offset: int, nbytes: int) -> np.ndarray:
+        """Bytes [offset, offset + nbytes) of a tensor's data (uint8), reading only those."""
+        info = self.tensors[name]
+        if not (0 <= offset and nbytes >= 0 and offset + nbytes <= info.nbytes):
+            raise ValueError(f"tensor {name!r}: bytes [{offset}, {offset + nbytes}) outside [0, {info.nbytes}]")
+        if nbytes == 0:
+            return np.zeros(0, np.uint8)
+        return self._file(name)._read_bytes(info.offset + offset, nbytes)
+
     def close(self) -> None:
         for f in self.files:
             f.close()

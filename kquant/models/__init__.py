@@ -66,11 +66,13 @@ def load_spec(
     vocab: bool = True,
     tokenizer_pre: str | None = None,
     headers: dict[str, list[HFTensor]] | None = None,
+    hf_tensors: list[HFTensor] | None = None,
 ) -> ModelSpec:
     """Build the ModelSpec of the HF model in `folder` (see module docstring).
 
     `headers` ({file path: [(name, shape, dtype)]}, from an open checkpoint) spares parsing the
-    safetensors headers of those files a second time."""
+    safetensors headers of those files a second time. `hf_tensors` gives the HF tensors outright, in
+    the converter's order (a quantized checkpoint after dequant_model: kquant.io.quantized)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise InputError(f"{folder}: not a directory")
@@ -89,7 +91,7 @@ def load_spec(
     _check_rope(model.rp, cfg_path)
     block_count = model.block_count
 
-    hf = _hf_tensors(folder, tensor_shapes, headers)
+    hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
     _check_counts(cls, hp, hf, cfg_path)  # before anything proportional to a count is built
     rec = KVRecorder(arch)
     rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
