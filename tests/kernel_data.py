@@ -17,6 +17,39 @@ KERNELS = registry()  # QType -> kernels, as kquant.ggml.quants dispatches
 EMPTY = np.zeros(0, dtype=np.float32)
 
 
+def qtype_id(t: QType) -> str:
+    """pytest id for a QType parameter."""
+    return t.name
+
+
+# make_x kinds with no NaN or Inf (ggml's IQ searches assert on NaN: the whole process aborts)
+FINITE_KINDS = [
+    "normal",
+    "student_t",
+    "laplace",
+    "outlier_cols",
+    "zero_rows",
+    "constant_rows_signed",
+    "tiny",
+    "huge",
+    "single_nonzero",
+    "pm_max",
+    "positive",
+    "negative",
+    "ties",
+    "few_levels",
+    "subblock_scales",
+    "zero_subblocks",
+    "zero_subblocks16",
+    "mixed_scale",
+    "subnormal",
+    "near_flt_min",
+]
+# any bits (NaN, Inf), then signed zeros: for the types ggml quantizes whatever it is given
+RAW_KINDS = ["nan_inf", "random_bits", "signed_zeros"]
+WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]  # make_w kinds
+
+
 def fresh_rng() -> tuple[int, np.random.Generator]:
     """A seed (KQUANT_TEST_SEED if set, else fresh entropy) and a generator seeded with it."""
     seed = int(os.environ.get("KQUANT_TEST_SEED") or np.random.SeedSequence().entropy % 2**63)
@@ -147,3 +180,17 @@ def check(t: QType, x: np.ndarray, w: np.ndarray | None, what: str) -> None:
             f"got {got[r, b * ts:(b + 1) * ts].tolist()} want {want[r, b * ts:(b + 1) * ts].tolist()} "
             f"x={x[r, b * bs:(b + 1) * bs].tolist()}"
         )
+
+
+def check_grid(t: QType, kinds, shapes, wkind: str | None = None, make=None) -> None:
+    """`check` every kind at every (rows, cols) shape, on one fresh seed: unweighted, or with
+    make_w(wkind) importance weights. `make` replaces make_x (same signature)."""
+    make = make or make_x
+    s, rng = fresh_rng()
+    for kind in kinds:
+        for rows, cols in shapes:
+            x = make(kind, rows, cols, rng)
+            if wkind is None:
+                check(t, x, None, f"{kind} {rows}x{cols} seed={s}")
+            else:
+                check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from kquant.io.safetensors import Checkpoint, write_safetensors
-from proc import default_sigint
+from proc import default_sigint, signal_mid_convert
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "fixtures" / "tiny-llama"
@@ -181,26 +181,7 @@ def test_debug_shows_traceback(model, tmp_path):
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_write_leaves_nothing(tmp_path, sig):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from make_tiny_model import make
-
-    m = make(tmp_path / "big", layers=4, hidden=512, heads=8, kv_heads=2, ffn=2048, vocab=4096, seed=3)
-    out = tmp_path / "o.gguf"
-    e = dict(os.environ, NUMBA_NUM_THREADS="1")
-    p = subprocess.Popen([sys.executable, "-m", "kquant.cli", "convert", str(m), "-o", str(out), "--type", "Q3_K_M",
-                          "--threads", "1", "-q"], stderr=subprocess.PIPE, text=True, env=e,
-                         preexec_fn=default_sigint)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(".kquant-tmp-" in x.name for x in tmp_path.iterdir()):
-        if p.poll() is not None:
-            break
-        time.sleep(0.005)
-    p.send_signal(sig)
-    _, err = p.communicate(timeout=60)
-    if p.returncode == 0:
-        pytest.skip("conversion finished before the signal arrived")
-    assert p.returncode == 128 + sig, err
-    assert "Traceback" not in err
+    out = signal_mid_convert(tmp_path, sig, lambda d: any(".kquant-tmp-" in x.name for x in d.iterdir()))
     assert not out.exists()
     no_leftovers(tmp_path)
 

@@ -19,7 +19,7 @@ from kquant.ggml import quants
 from kquant.ggml.kernels import _iqgrid
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import FINITE_KINDS, KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -29,34 +29,11 @@ GRIDS = {QType.IQ2_XXS: _iqgrid.GRID_XXS, QType.IQ2_XS: _iqgrid.GRID_XS, QType.I
          QType.IQ1_S: _iqgrid.GRID_1S}
 NWANT = {_iqgrid.GRID_XXS: 2, _iqgrid.GRID_XS: 2, _iqgrid.GRID_S: 1, _iqgrid.GRID_1S: 3}
 
-# NaN-free kinds: ggml asserts (aborts the process) on NaN input in these searches
-KINDS = [
-    "normal",
-    "student_t",
-    "laplace",
-    "outlier_cols",
-    "zero_rows",
-    "constant_rows_signed",
-    "tiny",
-    "huge",
-    "single_nonzero",
-    "pm_max",
-    "positive",
-    "negative",
-    "ties",
-    "few_levels",
-    "subblock_scales",
-    "zero_subblocks",
-    "zero_subblocks16",
-    "mixed_scale",
-    "subnormal",
-    "near_flt_min",
-]
-WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]
+KINDS = FINITE_KINDS  # ggml asserts (aborts the process) on NaN input in these searches
 SHAPES = [(1, QK_K), (2, 2 * QK_K)]
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_weighted(t):
     s, rng = fresh_rng()
     for kind in KINDS:
@@ -66,15 +43,12 @@ def test_quantize_weighted(t):
             check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
 
 
-@pytest.mark.parametrize("t", UNWEIGHTED, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", UNWEIGHTED, ids=qtype_id)
 def test_quantize_unweighted(t):
-    s, rng = fresh_rng()
-    for kind in KINDS:
-        for rows, cols in SHAPES:
-            check(t, make_x(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+    check_grid(t, KINDS, SHAPES)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_public_api(t):
     """kquant.quantize (row ranges on threads) equals ggml; refuses where ggml aborts."""
     s, rng = fresh_rng()
@@ -93,7 +67,7 @@ def test_public_api(t):
 GGML_ABORTS = {(QType.IQ2_XS, "all_nan"), (QType.IQ2_S, "one_nan"), (QType.IQ2_S, "all_nan")}
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("case", ["one_nan", "all_nan", "nan_weight"])
 def test_nan_blocks(t, case):
     """Where ggml asserts, the kernel counts the block and kquant.quantize refuses the input;
@@ -117,7 +91,7 @@ def test_nan_blocks(t, case):
         np.testing.assert_array_equal(out, reference.quantize(x, t, w))
 
 
-@pytest.mark.parametrize("t", [QType.IQ2_XXS, QType.IQ2_XS, QType.IQ2_S, QType.IQ1_S], ids=lambda t: t.name)
+@pytest.mark.parametrize("t", [QType.IQ2_XXS, QType.IQ2_XS, QType.IQ2_S, QType.IQ1_S], ids=qtype_id)
 def test_grid_matches_gguf(t):
     """iq2xs_init_impl's grid (ggml-quants.c kgrid_*) decodes to the grid ggml dequantizes with
     (ggml-common.h iq2xxs_grid ..., as gguf-py carries them)."""
@@ -164,7 +138,7 @@ def test_neighbours_by_definition(which):
         assert nb[st + 1:st + 1 + nb[st]].tolist() == [j for _, j in want], f"u={u} seed={s}"
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
     import gguf
 

@@ -23,37 +23,14 @@ from kquant.ggml import quants
 from kquant.ggml.kernels import iq3
 from kquant.types import BLOCK_DTYPES, QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import FINITE_KINDS, KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
 TYPES = [QType.IQ3_XXS, QType.IQ3_S]
 GRID = {QType.IQ3_XXS: 256, QType.IQ3_S: 512}
 
-KINDS = [
-    "normal",
-    "student_t",
-    "laplace",
-    "outlier_cols",
-    "zero_rows",
-    "constant_rows_signed",
-    "tiny",
-    "huge",
-    "single_nonzero",
-    "pm_max",
-    "positive",
-    "negative",
-    "ties",
-    "few_levels",
-    "subblock_scales",
-    "zero_subblocks",
-    "zero_subblocks16",
-    "mixed_scale",
-    "subnormal",
-    "near_flt_min",
-    "signed_zeros",  # NaNs replaced (ggml aborts on NaN: see test_abort)
-]
-WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]
+KINDS = FINITE_KINDS + ["signed_zeros"]  # NaNs replaced (ggml aborts on NaN: see test_abort)
 SHAPES = [(1, QK_K), (5, 2 * QK_K)]
 
 
@@ -94,7 +71,7 @@ def _ggml_init(grid_size):
     return np.array(kmap), np.array(neighbours)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_tables(t):
     import gguf
 
@@ -122,15 +99,13 @@ def test_tables(t):
 
 
 # ----------------------------------------------------------------------------------------- quantize
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantize_unweighted(t, kind):
-    s, rng = fresh_rng()
-    for rows, cols in SHAPES:
-        check(t, x_of(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+    check_grid(t, [kind], SHAPES, make=x_of)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("wkind", WKINDS)
 def test_quantize_weighted(t, wkind):
     s, rng = fresh_rng()
@@ -140,7 +115,7 @@ def test_quantize_weighted(t, wkind):
         check(t, x, w, f"{kind} {rows}x{cols} weights={wkind} seed={s}")
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_hand_built(t):
     """One-block cases: zeros, a constant, one outlier, +-max, one zero sub-block among others
     (IQ3_S then shifts the later sub-blocks' qs/signs down, as ggml's writer does)."""
@@ -195,7 +170,7 @@ def _flagged(t, q) -> bool:
     return bool((((d & 0x7C00) == 0x7C00) & ((d & 0x3FF) != 0)).any())
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_abort(t, tmp_path):
     """Where ggml aborts (run in a child process), kquant marks the block (kquant.ggml.quants then refuses
     the tensor); where ggml does not, kquant matches its bytes."""
@@ -223,7 +198,7 @@ def test_abort(t, tmp_path):
 
 
 # ------------------------------------------------------------------------------- kquant.quantize
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_api_threads(t):
     """Through kquant.quantize (row ranges on threads), with and without weights; a non-finite input
     is refused (ggml aborts on it)."""
@@ -239,7 +214,7 @@ def test_quantize_api_threads(t):
 
 
 # --------------------------------------------------------------------------------------- dequantize
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
     import gguf
 

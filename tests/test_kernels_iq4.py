@@ -15,56 +15,26 @@ from oracle import reference
 from kquant.ggml import quants
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import FINITE_KINDS, KERNELS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
 TYPES = [QType.IQ4_NL, QType.IQ4_XS]
 
-KINDS = [
-    "normal",
-    "student_t",
-    "laplace",
-    "outlier_cols",
-    "zero_rows",
-    "constant_rows_signed",
-    "tiny",
-    "huge",
-    "single_nonzero",
-    "pm_max",
-    "positive",
-    "negative",
-    "ties",
-    "few_levels",
-    "subblock_scales",
-    "zero_subblocks",
-    "mixed_scale",
-    "subnormal",
-    "near_flt_min",
-    "nan_inf",
-    "random_bits",
-    "signed_zeros",
-]
-WKINDS = ["uniform", "zeros", "zero_subblocks", "heavy", "all_zero"]
+KINDS = [k for k in FINITE_KINDS if k != "zero_subblocks16"] + RAW_KINDS
 SHAPES = [(1, QK_K), (7, 2 * QK_K), (3, 4096 + QK_K)]
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantize_unweighted(t, kind):
-    s, rng = fresh_rng()
-    for rows, cols in SHAPES:
-        check(t, make_x(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+    check_grid(t, [kind], SHAPES)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("wkind", WKINDS)
 def test_quantize_weighted(t, wkind):
-    s, rng = fresh_rng()
-    for kind in KINDS:
-        for rows, cols in SHAPES:
-            x = make_x(kind, rows, cols, rng)
-            check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+    check_grid(t, KINDS, SHAPES, wkind)
 
 
 def test_iq4_nl_short_rows():
@@ -76,7 +46,7 @@ def test_iq4_nl_short_rows():
         check(QType.IQ4_NL, x, make_w("heavy", cols, rng), f"5x{cols} weighted seed={s}")
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_many_rows_threads(t):
     """Through kquant.quantize (row ranges on threads), a larger matrix with several row scales."""
     s, rng = fresh_rng()
@@ -86,7 +56,7 @@ def test_quantize_many_rows_threads(t):
         np.testing.assert_array_equal(got, reference.quantize(x, t, w), err_msg=f"seed={s}")
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
     import gguf
 

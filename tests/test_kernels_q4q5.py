@@ -16,7 +16,7 @@ from oracle import reference
 from kquant.ggml.kernels.q4_k import SB_PER_CHUNK
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -42,30 +42,24 @@ KINDS = [
     "subnormal",
     "nan_inf",
 ]
-WKINDS = ["uniform", "zeros", "heavy", "all_zero"]
+WKINDS = [k for k in WKINDS if k != "zero_subblocks"]
 # 1 super-block; 2; one full lane chunk + 1 (partial last chunk); 4096 + 256
 SHAPES = [(1, QK_K), (7, 2 * QK_K), (5, (SB_PER_CHUNK + 1) * QK_K), (3, 4096 + QK_K)]
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantize_unweighted(t, kind):
-    s, rng = fresh_rng()
-    for rows, cols in SHAPES:
-        check(t, make_x(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+    check_grid(t, [kind], SHAPES)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 @pytest.mark.parametrize("wkind", WKINDS)
 def test_quantize_weighted(t, wkind):
-    s, rng = fresh_rng()
-    for kind in KINDS:
-        for rows, cols in SHAPES:
-            x = make_x(kind, rows, cols, rng)
-            check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+    check_grid(t, KINDS, SHAPES, wkind)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_many_rows(t):
     """A larger matrix with several row scales: the parallel driver and many search outcomes."""
     s, rng = fresh_rng()
@@ -74,7 +68,7 @@ def test_quantize_many_rows(t):
     check(t, x, make_w("uniform", 2048, rng), f"256x2048 weighted seed={s}")
 
 
-@pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
     import gguf
 

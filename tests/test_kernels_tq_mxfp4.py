@@ -17,49 +17,23 @@ import kquant
 from oracle import reference
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import FINITE_KINDS, KERNELS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
 TYPES = [QType.TQ1_0, QType.TQ2_0, QType.MXFP4, QType.Q1_0, QType.Q2_0]
-IDS = lambda t: t.name  # noqa: E731
 
-KINDS = [
-    "normal",
-    "student_t",
-    "laplace",
-    "outlier_cols",
-    "zero_rows",
-    "constant_rows_signed",
-    "tiny",
-    "huge",
-    "single_nonzero",
-    "pm_max",
-    "positive",
-    "negative",
-    "ties",
-    "few_levels",
-    "zero_subblocks",
-    "mixed_scale",
-    "subnormal",
-    "near_flt_min",
-    "nan_inf",
-    "random_bits",
-    "signed_zeros",
-]
-WKINDS = ["uniform", "zeros", "heavy", "all_zero"]
+KINDS = [k for k in FINITE_KINDS if k not in ("subblock_scales", "zero_subblocks16")] + RAW_KINDS
+WKINDS = [k for k in WKINDS if k != "zero_subblocks"]
 SHAPES = [(1, QK_K), (7, 2 * QK_K), (3, 4096 + QK_K)]
 
 
-@pytest.mark.parametrize("t", TYPES, ids=IDS)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_unweighted(t):
-    s, rng = fresh_rng()
-    for kind in KINDS:
-        for rows, cols in SHAPES:
-            check(t, make_x(kind, rows, cols, rng), None, f"{kind} {rows}x{cols} seed={s}")
+    check_grid(t, KINDS, SHAPES)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=IDS)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_weighted(t):
     """ggml ignores the weights for these types; the bytes must still be what it writes with them."""
     s, rng = fresh_rng()
@@ -76,7 +50,7 @@ def _blocks_of(t: QType, rows: list[np.ndarray]) -> np.ndarray:
     return np.stack([np.resize(np.float32(r), bs) for r in rows]).astype(np.float32)
 
 
-@pytest.mark.parametrize("t", TYPES, ids=IDS)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_hand_built_blocks(t):
     """Zeros (both signs), a constant, one outlier, +-max, a NaN that resets TQ's running max
     (values before it may exceed the final amax), infinities, FLT_MAX, subnormals."""
@@ -115,7 +89,7 @@ def test_mxfp4_exponent_at_every_binade():
     check(t, x, None, f"binades seed={s}")
 
 
-@pytest.mark.parametrize("t", TYPES, ids=IDS)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_quantize_api_threads(t):
     """Through the public kquant.quantize / dequantize (type by name, row ranges on threads), a
     larger matrix with several row scales."""
@@ -136,7 +110,7 @@ def _random_blocks(t: QType, rng: np.random.Generator, n_blocks: int) -> np.ndar
     return q
 
 
-@pytest.mark.parametrize("t", TYPES, ids=IDS)
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
     """Bitwise equal to ggml's to_float: on quantized data, and on random blocks (any code, any
     fp16 scale including inf and NaN; for MXFP4 every exponent)."""
