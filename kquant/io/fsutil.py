@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -443,6 +444,32 @@ def note_input(path) -> None:
 
 def inputs_read() -> list[str]:
     return list(_inputs_read)
+
+
+def open_regular(path: str, where: str) -> tuple[int, os.stat_result]:
+    """Open an input file read-only: (fd, its fstat). InputError "WHERE: cannot open (reason)" or
+    "WHERE: not a regular file", checked before the open (O_NONBLOCK: a FIFO swapped in after the
+    stat must not block the open) and again on the open file, which is closed on any error."""
+    from ..errors import InputError
+
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{where}: not a regular file")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(f"{where}: not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
 
 
 def file_stamp(fd: int) -> tuple[int, int]:

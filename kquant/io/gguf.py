@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import stat
 import struct
 from dataclasses import dataclass
 
@@ -27,7 +26,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import InputError, OutputError, UnsupportedError
-from .fsutil import file_stamp, pread_array
+from .fsutil import file_stamp, open_regular, pread_array
 from ..ggml.types import QType
 
 GGUF_MAGIC = b"GGUF"
@@ -520,20 +519,8 @@ class GGUFFile:
         where = _p(self.path)
         self._mm = None
         self._fd = None
+        fd, st = open_regular(self.path, where)
         try:
-            st = os.stat(self.path)
-        except OSError as e:
-            raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{where}: not a regular file")
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as e:
-            raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputError(f"{where}: not a regular file")
             self.file_size = st.st_size
             if self.file_size < HEADER_BYTES:
                 raise InputError(f"{where}: file is {self.file_size} bytes, a GGUF header needs {HEADER_BYTES}")

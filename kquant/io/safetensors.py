@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,7 @@ import numpy as np
 
 from . import jsonio
 from ..errors import InputError, UnsupportedError
-from .fsutil import file_stamp, pread_array
+from .fsutil import file_stamp, open_regular, pread_array
 
 HEADER_LEN_BYTES = 8  # u64 little-endian header length prefix
 MAX_HEADER_SIZE = 100_000_000  # safetensors/src/tensor.rs MAX_HEADER_SIZE
@@ -158,20 +157,8 @@ class SafetensorsFile:
         self.path = os.fspath(path)
         where = _p(self.path)
         self._fd: int | None = None
+        fd, st = open_regular(self.path, where)
         try:
-            st = os.stat(self.path)
-        except OSError as e:
-            raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{where}: not a regular file")
-        try:  # O_NONBLOCK: a FIFO swapped in after the stat must not block the open
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-        except OSError as e:
-            raise InputError(f"{where}: cannot open ({e.strerror or e})") from None
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputError(f"{where}: not a regular file")
             size = st.st_size
             self.file_size = size
             self._stamp = file_stamp(fd)
