@@ -140,6 +140,18 @@ def get_scale_min_k4(j, q, off):
     return np.int32(d), np.int32(m)
 
 
+# dequantize_row_q4_K / _q5_K: the scales and mins of sub-blocks 2g and 2g + 1 of the block at off
+@njit(**JIT)
+def pair_scales(q, off, g, d, dmin):
+    sc, m = get_scale_min_k4(2 * g, q, off + Q4K_SCALES)
+    d1 = d * np.float32(sc)
+    m1 = dmin * np.float32(m)
+    sc, m = get_scale_min_k4(2 * g + 1, q, off + Q4K_SCALES)
+    d2 = d * np.float32(sc)
+    m2 = dmin * np.float32(m)
+    return d1, m1, d2, m2
+
+
 # ggml-quants.c: the packing loop of quantize_row_q4_K_ref/_impl (inverse of get_scale_min_k4).
 # One step, for sub-block j; must run for j = 0..7 in order. ls, lm are C uint8_t values.
 @njit(**JIT)
@@ -561,12 +573,7 @@ def q4_k_dequant_block(q, off, y, yo, sub):
     d = get_f16(q, off + Q4K_D)
     dmin = get_f16(q, off + Q4K_DMIN)
     for g in range(NSUB // 2):
-        sc, m = get_scale_min_k4(2 * g, q, off + Q4K_SCALES)
-        d1 = d * np.float32(sc)
-        m1 = dmin * np.float32(m)
-        sc, m = get_scale_min_k4(2 * g + 1, q, off + Q4K_SCALES)
-        d2 = d * np.float32(sc)
-        m2 = dmin * np.float32(m)
+        d1, m1, d2, m2 = pair_scales(q, off, g, d, dmin)
         qo = off + Q4K_QS + SUB * g
         o = yo + 2 * SUB * g
         for l in range(sub):

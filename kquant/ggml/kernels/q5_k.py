@@ -20,13 +20,12 @@ from .q4_k import (
     NSUB,
     Q4K_D,
     Q4K_DMIN,
-    Q4K_SCALES,
     Q5K_BYTES,
     Q5K_QH,
     Q5K_QS,
     SUB,
     U,
-    get_scale_min_k4,
+    pair_scales,
     quantize_q4_k_q5_k,
 )
 
@@ -39,12 +38,7 @@ def q5_k_dequant_block(q, off, y, yo):
     d = get_f16(q, off + Q4K_D)
     dmin = get_f16(q, off + Q4K_DMIN)
     for g in range(NSUB // 2):
-        sc, m = get_scale_min_k4(2 * g, q, off + Q4K_SCALES)
-        d1 = d * np.float32(sc)
-        m1 = dmin * np.float32(m)
-        sc, m = get_scale_min_k4(2 * g + 1, q, off + Q4K_SCALES)
-        d2 = d * np.float32(sc)
-        m2 = dmin * np.float32(m)
+        d1, m1, d2, m2 = pair_scales(q, off, g, d, dmin)
         u1 = np.int32(1) << (2 * g)
         u2 = np.int32(2) << (2 * g)
         qo = off + Q5K_QS + SUB * g
