@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .io import jsonio
-from .errors import InputError, KquantError, OutputError, UnsupportedError
-from .types import FileType, parse_ftype
+from ..io import jsonio
+from ..errors import InputError, KquantError, OutputError, UnsupportedError
+from ..types import FileType, parse_ftype
 
 MANIFEST_NAME = ".kquant-batch.json"
 LOCK_NAME = ".kquant-batch.lock"
@@ -198,7 +198,7 @@ def source_files(model_dir: Path) -> list[list]:
 
 def fingerprint(files: list, ftype: FileType, imatrix: Path | None, options: dict) -> str:
     """sha256 of what an output depends on: sources, imatrix, type, options, kquant version."""
-    from . import __version__
+    from .. import __version__
 
     doc = {
         "kquant": __version__,
@@ -257,8 +257,8 @@ class Manifest:
         }
 
     def save(self) -> None:
-        from . import __version__
-        from .io.fsutil import atomic_output
+        from .. import __version__
+        from ..io.fsutil import atomic_output
 
         doc = {"version": MANIFEST_VERSION, "kquant": __version__, "outputs": dict(sorted(self.outputs.items()))}
         with atomic_output(self.path, force=True, replaces_input=True) as f:  # read, then rewritten
@@ -271,8 +271,8 @@ def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
 
     A split output (`split`) is checked as one unit: the shards recorded are the shards present,
     each unchanged, and the set opens (io.gguf_split.open_gguf checks every shard)."""
-    from .io.gguf import GGUFFile
-    from .pipeline import FILE_TYPE_KEY
+    from ..io.gguf import GGUFFile
+    from ..pipeline import FILE_TYPE_KEY
 
     if split:
         return _check_split_complete(out, ftype, fp, record)
@@ -299,8 +299,8 @@ def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
 
 
 def _check_split_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
-    from .io.gguf_split import GGUFSplit, existing_shards
-    from .pipeline import FILE_TYPE_KEY
+    from ..io.gguf_split import GGUFSplit, existing_shards
+    from ..pipeline import FILE_TYPE_KEY
 
     present = existing_shards(out)
     if not present:
@@ -343,8 +343,8 @@ def _first_line(e: BaseException) -> str:
 def sweep_temp_files(outdir: Path, names: Sequence[str]) -> list[Path]:
     """Remove `.NAME.kquant-tmp-*` files of these outputs (left by a killed run), and those of
     their shards (`.NAME-00001-of-00004.gguf.kquant-tmp-*` for NAME.gguf); returns them."""
-    from .io.fsutil import MAX_TMP_BASE, TMP_MARK
-    from .io.gguf_split import SHARD_RE
+    from ..io.fsutil import MAX_TMP_BASE, TMP_MARK
+    from ..io.gguf_split import SHARD_RE
 
     prefixes = tuple(f".{n[:MAX_TMP_BASE]}{TMP_MARK}" for n in names)
     split_prefixes = {n[: -len(".gguf")] for n in names if n.endswith(".gguf")}
@@ -374,7 +374,7 @@ class OutdirLock:
         self._cm = None
 
     def __enter__(self):
-        from .io.fsutil import file_lock
+        from ..io.fsutil import file_lock
 
         cm = file_lock(self.path, blocking=False)
         try:
@@ -409,7 +409,7 @@ def prepare_outdir(outdir) -> Path:
 
 
 def _writable(d: Path) -> str | None:
-    from .io.fsutil import created, signals_held
+    from ..io.fsutil import created, signals_held
 
     probe = d / f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}"
     try:
@@ -449,7 +449,7 @@ def estimate_job_bytes(model_path: Path, n_types: int) -> int:
     A tensor is read in SLAB_BYTES float32 slabs, held as read, rounded and once per type encoded;
     a tensor that is not a 2-D matrix (or that a transform combines) is read whole.
     """
-    from .pipeline import SLAB_BYTES, open_model
+    from ..pipeline import SLAB_BYTES, open_model
 
     try:
         with open_model(model_path) as ckpt:
@@ -494,20 +494,20 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
     Returns {"index", "model", "error" (None or one line), "outputs": [...], "host", "pid"}.
     KeyboardInterrupt (SIGINT, SIGTERM through handle_termination, ray.cancel) propagates.
     """
-    from .pipeline import Options, convert_many
+    from ..pipeline import Options, convert_many
 
     out = {"index": job["index"], "model": job["model"], "error": None, "outputs": [],
            "host": socket.gethostname(), "pid": os.getpid()}
     try:
         split = None
         if job.get("split"):
-            from .io.gguf_split import SplitOptions
+            from ..io.gguf_split import SplitOptions
 
             split = SplitOptions(job["split"]["max_bytes"], job["split"]["max_tensors"])
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
                        progress=progress, rounding=job.get("rounding") or "ggml", split=split)
         if job.get("imatrix"):
-            from .plan.imatrix import load_imatrix
+            from ..plan.imatrix import load_imatrix
 
             opts.imatrix = load_imatrix(job["imatrix"])
             # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would
@@ -669,7 +669,7 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
     Returns the report; an interrupt (SIGINT/SIGTERM/SIGHUP) stops the workers, removes temporary
     files and returns a report with `interrupted` set (the next run finishes the job).
     """
-    from .io.fsutil import handle_termination, signals_held
+    from ..io.fsutil import handle_termination, signals_held
 
     t0 = time.perf_counter()
     if executor not in ("local", "ray"):
