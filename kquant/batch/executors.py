@@ -1,28 +1,8 @@
-"""`kquant batch`: every model folder under a root to several file types; resumable; local or Ray.
-
-Not a port: llama.cpp has no batch mode. Each model is one `pipeline.convert_many` call (every
-source tensor read once and quantized to all requested types in that pass), so each output has
-exactly the bytes `kquant convert` writes. Outputs are only renamed into place when complete
-(`io.fsutil.atomic_output`). A manifest in OUTDIR (`.kquant-batch.json`, written by the driver only)
-records per output a fingerprint of its sources (names, sizes and mtimes of the model folder's
-files and of the imatrix, kquant version, type, options) and the size and mtime of the file
-written. A re-run skips an output only when the file is still the one recorded, its header parses
-(`io.gguf.GGUFFile`: tensor data inside the file, no trailing bytes) and its general.file_type is
-the type asked for; anything else is redone. Temporary files of a killed run are removed. A split
-output (`--split-max-size` / `--split-max-tensors`) is one unit: its shards are recorded together,
-and it is skipped only when the shards present are exactly those recorded, unchanged, and open as a
-set (io.gguf_split.GGUFSplit); otherwise it is redone whole and stale shards are removed.
-
-Executors: in-process (`--jobs 1`), worker processes (`--jobs N`, spawn, numba threads = cores // N)
-or Ray tasks (`--executor ray`: one task per model; OUTDIR must be on a filesystem every node sees,
-which is probed on each node before any work).
-"""
+"""`kquant batch` executors: one job (one model's pass, in any executor), in-process, worker processes
+(spawn) and Ray tasks, all feeding results to the driver's state (Ctx: rows, manifest, log)."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
 import queue as queue_mod
 import signal
@@ -33,578 +13,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..io import jsonio
 from ..errors import InputError, KquantError, OutputError, UnsupportedError
-from ..types import FileType, parse_ftype
+from .manifest import PROBE_PREFIX, Manifest, writable
+from .plan import available_memory, cpu_count, estimate_job_bytes, plan_parallelism
+from .report import DONE, FAILED, BatchReport, first_line
 
-MANIFEST_NAME = ".kquant-batch.json"
-LOCK_NAME = ".kquant-batch.lock"
-PROBE_PREFIX = ".kquant-batch-probe-"
-MANIFEST_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_SUFFIX = ".safetensors"
-INDEX_NAME = "model.safetensors.index.json"
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
-IMATRIX_SUFFIXES = (".gguf", ".dat")  # looked up in this order: DIR/<folder name><suffix>
-HF_CACHE_PREFIX = "models--"  # Hugging Face cache: models--ORG--NAME/snapshots/<rev>/
-MAX_DEPTH = 8  # folder levels searched below ROOT
-JOB_BASE_BYTES = 384 << 20  # a worker process: Python, numpy, numba, compiled kernels
 WORKER_STOP_SECONDS = 20.0  # wait for interrupted workers to remove their temp files
 RAY_CANCEL_SECONDS = 30.0
 POLL_SECONDS = 0.2
-MAX_ERROR_CHARS = 300
-
-DONE, SKIPPED, FAILED, INTERRUPTED = "done", "skipped", "failed", "interrupted"
 
 
-# ------------------------------------------------------------------ discovery
+# ------------------------------------------------------------------ the driver's state (results recorded here)
 @dataclass
-class ModelDir:
-    name: str  # output prefix: the folder name (HF cache snapshot: ORG--NAME)
-    path: Path  # as found under ROOT (a symlink stays a symlink)
-
-
-@dataclass
-class SkippedDir:
-    path: Path
-    reason: str
-
-
-@dataclass
-class Discovery:
-    models: list[ModelDir]
-    skipped: list[SkippedDir]
-
-
-def _entries(d: Path) -> list[os.DirEntry]:
-    try:
-        with os.scandir(d) as it:
-            return sorted(it, key=lambda e: e.name)
-    except OSError:
-        return []
-
-
-def classify(d: Path) -> str | None:
-    """None if `d` is a model folder (config.json + safetensors weights), else why it is not."""
-    files = {e.name for e in _entries(d) if _is_file(e)}
-    has_config = CONFIG_NAME in files
-    has_weights = INDEX_NAME in files or any(n.endswith(WEIGHTS_SUFFIX) for n in files)
-    if has_config and has_weights:
-        return None
-    if has_config:
-        if any(n.lower().endswith(PICKLE_SUFFIXES) for n in files):
-            return "config.json but only PyTorch pickle weights (convert them to safetensors)"
-        return "config.json but no .safetensors weights"
-    if has_weights:
-        return "safetensors weights but no config.json"
-    return "no config.json or .safetensors weights"
-
-
-def _is_file(e: os.DirEntry) -> bool:
-    try:
-        return e.is_file()  # follows symlinks
-    except OSError:
-        return False
-
-
-def _is_dir(e: os.DirEntry) -> bool:
-    try:
-        return e.is_dir()  # follows symlinks: symlinked model folders count
-    except OSError:
-        return False
-
-
-def model_name(d: Path) -> str:
-    """The output prefix of a model folder: its name, or ORG--NAME for a Hugging Face cache snapshot."""
-    if d.parent.name == "snapshots" and d.parent.parent.name.startswith(HF_CACHE_PREFIX):
-        return d.parent.parent.name[len(HF_CACHE_PREFIX):]
-    return d.name
-
-
-def discover(root, exclude: Sequence = ()) -> Discovery:
-    """Model folders under `root` (or `root` itself), and the top-most folders holding none.
-
-    Hidden folders (.git, .cache, ...) and the `exclude` folders (OUTDIR) are not searched.
-    """
-    root = Path(os.fspath(root))
-    if not root.is_dir():
-        raise InputError(f"{root}: not a folder" if root.exists() else f"{root}: no such folder")
-    excluded = {os.path.realpath(p) for p in exclude}
-    seen: set[str] = set()
-    models: list[ModelDir] = []
-
-    def visit(d: Path, depth: int) -> tuple[int, list[SkippedDir]]:
-        real = os.path.realpath(d)
-        if real in seen or real in excluded:  # a symlink loop, or a folder reached twice
-            return -1, []
-        seen.add(real)
-        reason = classify(d)
-        if reason is None:
-            models.append(ModelDir(model_name(d), d))
-            return 1, []
-        found, skipped = 0, []
-        if depth < MAX_DEPTH:
-            for e in _entries(d):
-                if e.name.startswith(".") or not _is_dir(e):
-                    continue
-                sub = d / e.name
-                n, s = visit(sub, depth + 1)
-                if n == 0:
-                    skipped.append(SkippedDir(sub, classify(sub) or "no model folder inside"))
-                elif n > 0:
-                    found += n
-                    skipped += s
-        return found, skipped
-
-    _, skipped = visit(root, 0)
-    models.sort(key=lambda m: (m.name, str(m.path)))
-    by_name: dict[str, ModelDir] = {}
-    for m in models:
-        if m.name in by_name:
-            raise InputError(
-                f"two model folders are named {m.name!r} ({by_name[m.name].path} and {m.path}): "
-                "their outputs would collide; rename one or run them as separate batches"
-            )
-        by_name[m.name] = m
-    return Discovery(models, skipped)
-
-
-def output_name(model: str, ftype: FileType) -> str:
-    """`<folder name>-<TYPE>.gguf`."""
-    return f"{model}-{ftype.short_name}.gguf"
-
-
-def find_imatrix(imatrix_dir, model: str) -> Path | None:
-    """DIR/<model>.gguf, else DIR/<model>.dat, else None."""
-    if imatrix_dir is None:
-        return None
-    for suffix in IMATRIX_SUFFIXES:
-        p = Path(os.fspath(imatrix_dir)) / f"{model}{suffix}"
-        if p.is_file():
-            return p
-    return None
-
-
-# ------------------------------------------------------------------ fingerprints and the manifest
-def _stat_entry(p: Path) -> list:
-    st = os.stat(p)  # follows symlinks (HF cache blobs)
-    return [p.name, st.st_size, st.st_mtime_ns]
-
-
-def source_files(model_dir: Path) -> list[list]:
-    """[name, size, mtime_ns] of every visible regular file in the model folder, sorted."""
-    return [_stat_entry(model_dir / e.name) for e in _entries(model_dir) if not e.name.startswith(".") and _is_file(e)]
-
-
-def fingerprint(files: list, ftype: FileType, imatrix: Path | None, options: dict) -> str:
-    """sha256 of what an output depends on: sources, imatrix, type, options, kquant version."""
-    from .. import __version__
-
-    doc = {
-        "kquant": __version__,
-        "type": ftype.short_name,
-        "files": files,
-        "imatrix": None if imatrix is None else [str(imatrix)] + _stat_entry(imatrix)[1:],
-        "options": options,
-    }
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
-
-
-def _valid_record(v) -> bool:
-    """A manifest record with the field types check_complete and the report use (others are re-checked)."""
-    def is_int(x):
-        return isinstance(x, int) and not isinstance(x, bool)
-
-    return (isinstance(v, dict) and isinstance(v.get("fingerprint"), str) and is_int(v.get("size"))
-            and is_int(v.get("mtime_ns"))
-            and (v.get("seconds") is None or (isinstance(v["seconds"], (int, float)) and not isinstance(v["seconds"], bool)
-                                              and math.isfinite(v["seconds"]))))
-
-
-class Manifest:
-    """OUTDIR/.kquant-batch.json: output file name -> record of how and when it was written."""
-
-    def __init__(self, outdir: Path):
-        self.path = outdir / MANIFEST_NAME
-        self.outputs: dict[str, dict] = {}
-        self.note = None
-        if not self.path.exists() and not self.path.is_symlink():
-            return
-        try:
-            doc = jsonio.read_json(self.path)
-        except InputError as e:  # kquant's own state: a damaged manifest only costs a re-check
-            self.note = f"{_first_line(e)}; every output is checked again"
-            return
-        if isinstance(doc, dict) and doc.get("version") == MANIFEST_VERSION and isinstance(doc.get("outputs"), dict):
-            self.outputs = {k: v for k, v in doc["outputs"].items() if _valid_record(v)}
-        else:
-            self.note = f"{self.path}: not a version {MANIFEST_VERSION} manifest; every output is checked again"
-
-    def record(self, out: Path, fp: str, model: str, ftype: FileType, res: dict) -> None:
-        """`out`: the output as named (a split output: OUT.gguf, its shards listed in res["shards"])."""
-        shards = [Path(x) for x in res.get("shards") or ()]
-        st = (shards[0] if shards else out).stat()
-        self.outputs[out.name] = {
-            "model": model,
-            "type": ftype.short_name,
-            "fingerprint": fp,
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "tensor_bytes": res["tensor_bytes"],
-            "n_elements": res["n_elements"],
-            "seconds": res["seconds"],
-            **({"shards": [_stat_entry(x) for x in shards]} if shards else {}),
-        }
-
-    def save(self) -> None:
-        from .. import __version__
-        from ..io.fsutil import atomic_output
-
-        doc = {"version": MANIFEST_VERSION, "kquant": __version__, "outputs": dict(sorted(self.outputs.items()))}
-        with atomic_output(self.path, force=True, replaces_input=True) as f:  # read, then rewritten
-            f.write((json.dumps(doc, indent=1) + "\n").encode("utf-8"))
-
-
-def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
-                   split: bool = False) -> tuple[bool, str, dict]:
-    """(complete, why not, facts) for an existing output: recorded, unchanged, header valid, right type.
-
-    A split output (`split`) is checked as one unit: the shards recorded are the shards present,
-    each unchanged, and the set opens (io.gguf_split.open_gguf checks every shard)."""
-    from ..io.gguf import GGUFFile
-    from ..pipeline import FILE_TYPE_KEY
-
-    if split:
-        return _check_split_complete(out, ftype, fp, record)
-    if not out.is_file():
-        return False, "missing", {}
-    if record is None:
-        return False, "not recorded in the manifest", {}
-    if record.get("fingerprint") != fp:
-        return False, "source, imatrix or options changed", {}
-    st = out.stat()
-    if st.st_size != record.get("size") or st.st_mtime_ns != record.get("mtime_ns"):
-        return False, "file changed since it was written", {}
-    try:
-        with GGUFFile(out) as g:
-            ft = g.value(FILE_TYPE_KEY)
-            tensor_bytes = sum(t.nbytes for t in g.tensors)
-            n_elements = sum(_prod(t.shape) for t in g.tensors)
-    except KquantError as e:
-        return False, f"unreadable ({_first_line(e)})", {}
-    if ft != int(ftype):
-        return False, f"general.file_type is {ft}, not {int(ftype)} ({ftype.short_name})", {}
-    return True, "", {"file_bytes": st.st_size, "tensor_bytes": tensor_bytes, "n_elements": n_elements,
-                      "seconds": record.get("seconds")}
-
-
-def _check_split_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
-    from ..io.gguf_split import GGUFSplit, existing_shards
-    from ..pipeline import FILE_TYPE_KEY
-
-    present = existing_shards(out)
-    if not present:
-        return False, "missing", {}
-    if record is None or not record.get("shards"):
-        return False, "not recorded in the manifest", {}
-    if record.get("fingerprint") != fp:
-        return False, "source, imatrix or options changed", {}
-    try:
-        now = [_stat_entry(x) for x in present]
-    except OSError:
-        return False, "shards changed while checking", {}
-    if now != record["shards"]:
-        return False, "shards changed since they were written (or a set is incomplete)", {}
-    try:
-        with GGUFSplit(present[0]) as g:
-            ft = g.value(FILE_TYPE_KEY)
-            tensor_bytes = sum(t.nbytes for t in g.tensors)
-            n_elements = sum(_prod(t.shape) for t in g.tensors)
-    except KquantError as e:
-        return False, f"unreadable ({_first_line(e)})", {}
-    if ft != int(ftype):
-        return False, f"general.file_type is {ft}, not {int(ftype)} ({ftype.short_name})", {}
-    return True, "", {"file_bytes": sum(e[1] for e in now), "tensor_bytes": tensor_bytes, "n_elements": n_elements,
-                      "seconds": record.get("seconds"), "first": str(present[0])}
-
-
-def _prod(shape) -> int:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return n
-
-
-def _first_line(e: BaseException) -> str:
-    s = str(e).splitlines()[0] if str(e) else type(e).__name__
-    return s if len(s) <= MAX_ERROR_CHARS else s[: MAX_ERROR_CHARS - 3] + "..."
-
-
-def sweep_temp_files(outdir: Path, names: Sequence[str]) -> list[Path]:
-    """Remove `.NAME.kquant-tmp-*` files of these outputs (left by a killed run), and those of
-    their shards (`.NAME-00001-of-00004.gguf.kquant-tmp-*` for NAME.gguf); returns them."""
-    from ..io.fsutil import MAX_TMP_BASE, TMP_MARK
-    from ..io.gguf_split import SHARD_RE
-
-    prefixes = tuple(f".{n[:MAX_TMP_BASE]}{TMP_MARK}" for n in names)
-    split_prefixes = {n[: -len(".gguf")] for n in names if n.endswith(".gguf")}
-
-    def is_shard_tmp(name: str) -> bool:
-        if not name.startswith(".") or TMP_MARK not in name:
-            return False
-        m = SHARD_RE.match(name[1:].split(TMP_MARK)[0])
-        return bool(m) and m.group("prefix") in split_prefixes
-
-    gone = []
-    for e in _entries(outdir):
-        if e.name.startswith(prefixes) or is_shard_tmp(e.name):
-            try:
-                os.unlink(outdir / e.name)
-                gone.append(outdir / e.name)
-            except FileNotFoundError:
-                pass
-    return gone
-
-
-class OutdirLock:
-    """An exclusive flock on OUTDIR/.kquant-batch.lock: one batch per output folder at a time."""
-
-    def __init__(self, outdir: Path):
-        self.path = outdir / LOCK_NAME
-        self._cm = None
-
-    def __enter__(self):
-        from ..io.fsutil import file_lock
-
-        cm = file_lock(self.path, blocking=False)
-        try:
-            locked = cm.__enter__()
-        except OSError as e:
-            raise OutputError(f"{self.path}: cannot create the batch lock ({e.strerror or e})") from None
-        if not locked:
-            cm.__exit__(None, None, None)
-            raise OutputError(f"{self.path.parent}: another kquant batch is writing to this folder")
-        self._cm = cm
-        return self
-
-    def __exit__(self, *exc):
-        cm, self._cm = self._cm, None
-        if cm is not None:
-            cm.__exit__(None, None, None)
-
-
-def prepare_outdir(outdir) -> Path:
-    """Create OUTDIR if needed and check a file can be created in it."""
-    p = Path(os.path.abspath(os.fspath(outdir)))
-    if p.exists() and not p.is_dir():
-        raise OutputError(f"{p}: exists and is not a folder")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"{p}: cannot create the output folder ({e.strerror or e})") from None
-    problem = _writable(p)
-    if problem:
-        raise OutputError(f"{p}: {problem}")
-    return p
-
-
-def _writable(d: Path) -> str | None:
-    from ..io.fsutil import created, signals_held
-
-    probe = d / f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}"
-    try:
-        with signals_held():  # created and removed with no interrupt in between
-            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-            os.close(fd)
-            created(probe)
-            os.unlink(probe)
-    except OSError as e:
-        return f"cannot create a file in it ({e.strerror or e})"
-    return None
-
-
-# ------------------------------------------------------------------ parallelism
-def cpu_count() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def available_memory() -> int | None:
-    """MemAvailable in bytes (Linux), else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def estimate_job_bytes(model_path: Path, n_types: int) -> int:
-    """Peak memory of one model's pass, from the safetensors headers (a rough upper estimate).
-
-    A tensor is read in SLAB_BYTES float32 slabs, held as read, rounded and once per type encoded;
-    a tensor that is not a 2-D matrix (or that a transform combines) is read whole.
-    """
-    from ..pipeline import SLAB_BYTES, open_model
-
-    try:
-        with open_model(model_path) as ckpt:
-            infos = list(ckpt.tensors.values())
-    except (KquantError, OSError):
-        return JOB_BASE_BYTES
-    if not infos:
-        return JOB_BASE_BYTES
-    largest = max(ti.numel for ti in infos) * 4
-    largest_whole = max((ti.numel * 4 for ti in infos if len(ti.shape) != 2), default=0)
-    return JOB_BASE_BYTES + (3 + n_types) * min(largest, SLAB_BYTES) + 2 * largest_whole
-
-
-def plan_parallelism(requested: int, n_jobs: int, cpus: int, mem_available: int | None, job_bytes: int,
-                     threads: int | None = None) -> tuple[int, int, list[str]]:
-    """(worker processes, numba threads each, notes): requested capped by cores, memory and job count."""
-    if requested < 1:
-        raise InputError(f"--jobs {requested}: must be at least 1")
-    notes = []
-    jobs = requested
-    if jobs > cpus:
-        notes.append(f"--jobs {requested} capped to {cpus} (the cores of this machine)")
-        jobs = cpus
-    if mem_available is not None and job_bytes > 0:
-        fit = max(1, mem_available // job_bytes)
-        if jobs > fit:
-            notes.append(
-                f"--jobs capped to {fit}: about {job_bytes / 2**30:.1f} GiB per model, "
-                f"{mem_available / 2**30:.1f} GiB available"
-            )
-            jobs = fit
-    jobs = max(1, min(jobs, n_jobs))
-    return jobs, threads if threads is not None else max(1, cpus // jobs), notes
-
-
-# ------------------------------------------------------------------ one job (runs in any executor)
-def run_job(job: dict, progress: Callable | None = None) -> dict:
-    """Convert one model to its pending outputs; never raises for a model's own problems.
-
-    job: {"index", "model", "path", "targets": [[output, TYPE], ...], "imatrix", "imatrix_name", "threads",
-    "allow_nonfinite"}.
-    Returns {"index", "model", "error" (None or one line), "outputs": [...], "host", "pid"}.
-    KeyboardInterrupt (SIGINT, SIGTERM through handle_termination, ray.cancel) propagates.
-    """
-    from ..pipeline import Options, convert_many
-
-    out = {"index": job["index"], "model": job["model"], "error": None, "outputs": [],
-           "host": socket.gethostname(), "pid": os.getpid()}
-    try:
-        split = None
-        if job.get("split"):
-            from ..io.gguf_split import SplitOptions
-
-            split = SplitOptions(job["split"]["max_bytes"], job["split"]["max_tensors"])
-        opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
-                       progress=progress, rounding=job.get("rounding") or "ggml", split=split)
-        if job.get("imatrix"):
-            from ..plan.imatrix import load_imatrix
-
-            opts.imatrix = load_imatrix(job["imatrix"])
-            # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would
-            opts.imatrix.path = job.get("imatrix_name") or job["imatrix"]
-        results = convert_many(job["path"], [(o, t) for o, t in job["targets"]], opts)
-        for (o, t), r in zip(job["targets"], results):
-            out["outputs"].append({"output": o, "type": t, "file_bytes": r.file_bytes, "tensor_bytes": r.total_bytes,
-                                   "n_elements": r.n_elements, "seconds": round(r.seconds, 3), "shards": r.shards})
-    except KquantError as e:
-        out["error"] = _first_line(e)
-    except MemoryError:
-        out["error"] = "out of memory"
-    except Exception as e:  # a bug: keep going with the other models, say what it was
-        out["error"] = _first_line(RuntimeError(f"internal error: {type(e).__name__}: {e}"))
-    return out
-
-
-# ------------------------------------------------------------------ report
-@dataclass
-class OutputRow:
-    model: str
-    type: str
-    output: str
-    status: str = INTERRUPTED
-    file_bytes: int | None = None
-    bpw: float | None = None
-    seconds: float | None = None
-    error: str | None = None
-    note: str | None = None  # why an existing file was redone
-
-    def as_json(self) -> dict:
-        return {
-            "model": self.model, "type": self.type, "output": self.output, "status": self.status,
-            "file_bytes": self.file_bytes, "bits_per_weight": None if self.bpw is None else round(self.bpw, 4),
-            "seconds": self.seconds, "error": self.error, "redone_because": self.note,
-        }
-
-
-@dataclass
-class BatchReport:
-    root: str
-    outdir: str
-    types: list[str]
-    executor: str
-    rows: list[OutputRow] = field(default_factory=list)
-    skipped_folders: list[SkippedDir] = field(default_factory=list)
-    failed: dict = field(default_factory=dict)  # model -> error
-    interrupted: bool = False
-    jobs: int = 1
-    threads: int | None = None
-    seconds: float = 0.0
-    removed_temp_files: int = 0
-
-    @property
-    def exit_code(self) -> int:
-        """0 all done, 1 a model failed, 130 interrupted."""
-        if self.interrupted:
-            return 130
-        return 1 if self.failed else 0
-
-    def count(self, status: str) -> int:
-        return sum(r.status == status for r in self.rows)
-
-    def as_json(self) -> dict:
-        return {
-            "root": self.root, "outdir": self.outdir, "types": self.types, "executor": self.executor,
-            "jobs": self.jobs, "threads_per_job": self.threads, "seconds": round(self.seconds, 3),
-            "outputs": [r.as_json() for r in self.rows],
-            "skipped_folders": [{"path": str(s.path), "reason": s.reason} for s in self.skipped_folders],
-            "failed_models": [{"model": m, "error": e} for m, e in self.failed.items()],
-            "counts": {s: self.count(s) for s in (DONE, SKIPPED, FAILED, INTERRUPTED)},
-            "interrupted": self.interrupted, "ok": self.exit_code == 0,
-        }
-
-    def print_table(self, stream=sys.stdout) -> None:
-        w = max([len("model")] + [len(r.model) for r in self.rows])
-        print(f"{'model':{w}s}  {'type':7s} {'size':>10s} {'bpw':>7s} {'time':>8s}  status", file=stream)
-        for r in self.rows:
-            size = "-" if r.file_bytes is None else f"{r.file_bytes / 2**20:.2f} MiB"
-            bpw = "-" if r.bpw is None else f"{r.bpw:.3f}"
-            sec = "-" if r.seconds is None else f"{r.seconds:.1f} s"
-            status = r.status
-            if r.status == SKIPPED:
-                status = "skipped (complete)"
-            elif r.status == FAILED and r.error:
-                status = f"failed: {r.error[:80]}"
-            print(f"{r.model:{w}s}  {r.type:7s} {size:>10s} {bpw:>7s} {sec:>8s}  {status}", file=stream)
-        for s in self.skipped_folders:
-            print(f"not a model: {s.path} ({s.reason})", file=stream)
-        print(f"{self.count(DONE)} written, {self.count(SKIPPED)} already complete, {self.count(FAILED)} failed, "
-              f"{self.count(INTERRUPTED)} not done; {len(self.skipped_folders)} folder(s) skipped; "
-              f"{self.seconds:.1f} s ({self.executor}, {self.jobs} job(s))", file=stream)
-
-
-# ------------------------------------------------------------------ the driver
-@dataclass
-class _Ctx:
+class Ctx:
     report: BatchReport
     manifest: Manifest
     outdir: Path
@@ -659,128 +80,50 @@ class _Ctx:
                      + ", ".join(Path(o).name for o, _ in job["targets"]))
 
 
-def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads: int | None = None,
-              imatrix_dir=None, executor: str = "local", address: str | None = None, force: bool = False,
-              allow_nonfinite: bool = False, split=None, log: Callable[[str], None] | None = None,
-              ray_num_cpus: int | None = None, rounding: str = "ggml") -> BatchReport:
-    """Convert every model folder under `root` to each of `types` into `outdir`; see the module docstring.
+# ------------------------------------------------------------------ one job (runs in any executor)
+def run_job(job: dict, progress: Callable | None = None) -> dict:
+    """Convert one model to its pending outputs; never raises for a model's own problems.
 
-    `ray_num_cpus`: CPUs of the local Ray instance started when no `address` is given (default: all).
-    Returns the report; an interrupt (SIGINT/SIGTERM/SIGHUP) stops the workers, removes temporary
-    files and returns a report with `interrupted` set (the next run finishes the job).
+    job: {"index", "model", "path", "targets": [[output, TYPE], ...], "imatrix", "imatrix_name", "threads",
+    "allow_nonfinite"}.
+    Returns {"index", "model", "error" (None or one line), "outputs": [...], "host", "pid"}.
+    KeyboardInterrupt (SIGINT, SIGTERM through handle_termination, ray.cancel) propagates.
     """
-    from ..io.fsutil import handle_termination, signals_held
+    from ..pipeline import Options, convert_many
 
-    t0 = time.perf_counter()
-    if executor not in ("local", "ray"):
-        raise InputError(f"--executor {executor!r}: must be local or ray")
-    if address is not None and executor != "ray":
-        raise InputError("--address is for --executor ray")
-    if jobs is not None and jobs < 1:
-        raise InputError(f"--jobs {jobs}: must be at least 1")
-    if threads is not None and threads < 1:
-        raise InputError(f"--threads {threads}: must be at least 1")
-    ftypes: list[FileType] = []
-    for t in types:
-        try:
-            ft = parse_ftype(t)
-        except ValueError as e:
-            raise InputError(str(e)) from None
-        if ft not in ftypes:
-            ftypes.append(ft)
-    if not ftypes:
-        raise InputError("batch: give at least one --type")
-    if imatrix_dir is not None and not Path(imatrix_dir).is_dir():
-        raise InputError(f"--imatrix-dir {imatrix_dir}: no such folder")
-    if executor == "ray":
-        _import_ray()  # a missing extra is reported before anything is written
-    found = discover(root, exclude=[os.path.abspath(os.fspath(outdir))])
-    if not found.models:
-        listed = "; ".join(f"{s.path.name}: {s.reason}" for s in found.skipped[:5])
-        raise InputError(f"{root}: no model folder (config.json + .safetensors) found" + (f" ({listed})" if listed else ""))
-    out = prepare_outdir(outdir)
-    report = BatchReport(str(root), str(out), [f.short_name for f in ftypes], executor, skipped_folders=found.skipped)
-    options = {"allow_nonfinite": bool(allow_nonfinite)}
-    if rounding != "ggml":  # (absent for ggml: existing manifests stay valid)
-        options["rounding"] = rounding
-    if split is not None:  # io.gguf_split.SplitOptions: each output is a set of shards, resumed as one unit
-        options["split"] = split.as_json()
+    out = {"index": job["index"], "model": job["model"], "error": None, "outputs": [],
+           "host": socket.gethostname(), "pid": os.getpid()}
+    try:
+        split = None
+        if job.get("split"):
+            from ..io.gguf_split import SplitOptions
 
-    with OutdirLock(out):
-        all_names = [output_name(m.name, f) for m in found.models for f in ftypes]
-        report.removed_temp_files = len(sweep_temp_files(out, all_names + [MANIFEST_NAME]))
-        manifest = Manifest(out)
-        ctx = _Ctx(report, manifest, out, {}, {}, {}, [], log)
-        if manifest.note:
-            ctx.say(manifest.note)
-        if report.removed_temp_files:
-            ctx.say(f"removed {report.removed_temp_files} temporary file(s) left by an interrupted run")
-        for m in found.models:
-            imatrix = find_imatrix(imatrix_dir, m.name)
-            if imatrix_dir is not None and imatrix is None:
-                ctx.say(f"{m.name}: no {m.name}.gguf or {m.name}.dat in {imatrix_dir}: converted without an imatrix")
-            try:
-                files = source_files(m.path)
-            except OSError as e:
-                files = None
-                err = f"{m.path}: cannot read the folder ({e.strerror or e})"
-            targets = []
-            for f in ftypes:
-                name = output_name(m.name, f)
-                p = out / name
-                row = OutputRow(m.name, f.short_name, str(p))
-                report.rows.append(row)
-                ctx.rows[(m.name, f.short_name)] = row
-                if files is None:
-                    row.status, row.error = FAILED, err
-                    report.failed[m.name] = err
-                    continue
-                fp = fingerprint(files, f, imatrix, options)
-                ctx.fps[name], ctx.ftypes[name] = fp, f
-                if not force:
-                    ok, why, facts = check_complete(p, f, fp, manifest.outputs.get(name), split=split is not None)
-                    if ok:
-                        row.status, row.file_bytes, row.seconds = SKIPPED, facts["file_bytes"], facts["seconds"]
-                        row.output = facts.get("first", row.output)
-                        row.bpw = facts["tensor_bytes"] * 8.0 / max(facts["n_elements"], 1)
-                        continue
-                    if why != "missing":
-                        row.note = why
-                        ctx.say(f"{name}: redoing ({why})")
-                targets.append([str(p), f.short_name])
-            if targets:
-                # absolute paths: a worker's current folder is not the driver's (Ray)
-                ctx.jobs.append({"index": len(ctx.jobs), "model": m.name, "path": os.path.abspath(m.path),
-                                 "targets": targets, "threads": threads, "allow_nonfinite": bool(allow_nonfinite),
-                                 "rounding": rounding,
-                                 "split": options.get("split"),
-                                 "imatrix": None if imatrix is None else os.path.abspath(imatrix),
-                                 "imatrix_name": None if imatrix is None else str(imatrix)})
-        ctx.total_outputs = sum(len(j["targets"]) for j in ctx.jobs)
-        try:
-            with handle_termination():
-                if ctx.jobs:
-                    if executor == "ray":
-                        _run_ray(ctx, address, jobs, threads, ray_num_cpus)
-                    else:
-                        _run_local(ctx, jobs or 1, threads)
-        except KeyboardInterrupt:
-            report.interrupted = True
-            ctx.say("interrupted: stopping; complete outputs are kept, the next run finishes the job")
-        finally:
-            with signals_held():
-                sweep_temp_files(out, all_names + [MANIFEST_NAME])
-                if ctx.finished:
-                    try:
-                        manifest.save()
-                    except KquantError as e:
-                        ctx.say(f"cannot save the manifest: {_first_line(e)}")
-    report.seconds = time.perf_counter() - t0
-    return report
+            split = SplitOptions(job["split"]["max_bytes"], job["split"]["max_tensors"])
+        opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
+                       progress=progress, rounding=job.get("rounding") or "ggml", split=split)
+        if job.get("imatrix"):
+            from ..plan.imatrix import load_imatrix
+
+            opts.imatrix = load_imatrix(job["imatrix"])
+            # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would
+            opts.imatrix.path = job.get("imatrix_name") or job["imatrix"]
+        results = convert_many(job["path"], [(o, t) for o, t in job["targets"]], opts)
+        for (o, t), r in zip(job["targets"], results):
+            out["outputs"].append({"output": o, "type": t, "file_bytes": r.file_bytes, "tensor_bytes": r.total_bytes,
+                                   "n_elements": r.n_elements, "seconds": round(r.seconds, 3), "shards": r.shards})
+    except KquantError as e:
+        out["error"] = first_line(e)
+    except MemoryError:
+        out["error"] = "out of memory"
+    except Exception as e:  # a bug: keep going with the other models, say what it was
+        out["error"] = first_line(RuntimeError(f"internal error: {type(e).__name__}: {e}"))
+    return out
+
+
 
 
 # ------------------------------------------------------------------ local executor
-def _run_local(ctx: _Ctx, requested: int, threads: int | None) -> None:
+def run_local(ctx: Ctx, requested: int, threads: int | None) -> None:
     cpus = cpu_count()
     if requested == 1:
         ctx.report.jobs, ctx.report.threads = 1, threads
@@ -806,7 +149,7 @@ def _run_local(ctx: _Ctx, requested: int, threads: int | None) -> None:
     _run_pool(ctx, n)
 
 
-def _run_inline(ctx: _Ctx, threads: int | None) -> None:
+def _run_inline(ctx: Ctx, threads: int | None) -> None:
     for job in ctx.jobs:
         job["threads"] = threads
 
@@ -835,7 +178,7 @@ def _worker_main(task_q, result_q, verbose: bool) -> None:
         result_q.put(("result", item["index"], res))
 
 
-def _run_pool(ctx: _Ctx, n: int) -> None:
+def _run_pool(ctx: Ctx, n: int) -> None:
     import multiprocessing as mp
 
     mpc = mp.get_context("spawn")  # no fork of a process that may have started numba threads
@@ -926,7 +269,7 @@ def _stop_workers(procs) -> None:
             p.join()
 
 
-def _drain(result_q, ctx: _Ctx) -> None:
+def _drain(result_q, ctx: Ctx) -> None:
     """Record results that arrived before the workers stopped (so the next run skips them)."""
     while True:
         try:
@@ -938,7 +281,7 @@ def _drain(result_q, ctx: _Ctx) -> None:
 
 
 # ------------------------------------------------------------------ Ray executor
-def _import_ray():
+def import_ray():
     try:
         import ray
     except ImportError:
@@ -955,7 +298,7 @@ def probe_worker(outdir: str, token: str, model_paths: Sequence[str]) -> dict:
     else:
         if not (d / token).is_file():
             problems.append(f"OUTDIR {outdir} is not the driver's folder (a shared filesystem is needed)")
-        w = _writable(d)
+        w = writable(d)
         if w:
             problems.append(f"OUTDIR {outdir}: {w}")
     missing = [p for p in model_paths if not os.path.isdir(p)]
@@ -974,12 +317,12 @@ def _ray_job(job: dict, verbose: bool) -> dict:
     return run_job(job, progress if verbose else None)
 
 
-def _run_ray(ctx: _Ctx, address: str | None, max_in_flight: int | None, threads: int | None,
+def run_ray(ctx: Ctx, address: str | None, max_in_flight: int | None, threads: int | None,
              num_cpus: int | None = None) -> None:
     import logging
     import secrets
 
-    ray = _import_ray()
+    ray = import_ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     own = not ray.is_initialized()
@@ -992,7 +335,7 @@ def _run_ray(ctx: _Ctx, address: str | None, max_in_flight: int | None, threads:
                 ray.init(address="local", num_cpus=num_cpus or cpu_count(), **kw)
         except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
             where = f"--address {address}: cannot connect to the Ray cluster" if address else "cannot start a local Ray instance"
-            raise UnsupportedError(f"{where} ({_first_line(e)})") from None
+            raise UnsupportedError(f"{where} ({first_line(e)})") from None
     per_task = threads or 1
     ctx.report.threads = per_task
     ctx.report.jobs = max_in_flight or len(ctx.jobs)
@@ -1050,5 +393,5 @@ def _ray_result(ray, ref, job: dict) -> dict:
     except ray.exceptions.TaskCancelledError:
         err = "cancelled"
     except ray.exceptions.RayError as e:
-        err = f"Ray task failed: {type(e).__name__}: {_first_line(e)}"
+        err = f"Ray task failed: {type(e).__name__}: {first_line(e)}"
     return {"index": job["index"], "model": job["model"], "outputs": [], "host": "?", "pid": None, "error": err}
