@@ -530,15 +530,11 @@ def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int, rounding: str = "ggm
     if w is None or w.shape[0] == 1:
         return quants.quantize(slab, t, None if w is None else w[0], check_finite=False, rounding=rounding)
     # 3-D expert tensor: each expert's rows use that expert's weights (llama_tensor_quantize_impl)
-    rows_per_expert = pt.shape[-2]
+    from .plan.imatrix import expert_runs
+
     out = np.empty((slab.shape[0], t.row_size(slab.shape[1])), dtype=np.uint8)
-    r = 0
-    while r < slab.shape[0]:
-        g = row0 + r
-        e = g // rows_per_expert
-        n = min(slab.shape[0] - r, rows_per_expert - g % rows_per_expert)
-        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False, rounding=rounding)
-        r += n
+    for e, a, b in expert_runs(row0, slab.shape[0], pt.shape[-2]):
+        quants.quantize(slab[a:b], t, w[e], out=out[a:b], check_finite=False, rounding=rounding)
     return out
 
 

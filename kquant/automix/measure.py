@@ -50,7 +50,7 @@ from ..pipeline import (
     round_through,
     source_kernel_types,
 )
-from ..plan.imatrix import weights_for
+from ..plan.imatrix import expert_runs, weights_for
 from ..plan.overrides import match_names
 from ..plan.recipe import C, ModelFacts, category_of, should_quantize
 from ..types import FileType, QType, parse_ftype
@@ -194,10 +194,12 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
         # the rows measured, grouped by expert (each expert's rows use that expert's importance row);
         # rows are quantized independently, so a gathered block quantizes exactly as in the file
         idx = np.concatenate([np.arange(a, b) for a, b in sample_chunks(row0, slab.shape[0], sample)])
-        expert = (row0 + idx) // rows_per_expert
-        for e in np.unique(expert):
-            x = np.ascontiguousarray(inter[idx[expert == e]])
-            wv = None if w is None else w[min(int(e), w.shape[0] - 1)]
+        for e, a, b in expert_runs(row0, slab.shape[0], rows_per_expert):
+            rows = idx[(idx >= a) & (idx < b)]
+            if not rows.size:
+                continue
+            x = np.ascontiguousarray(inter[rows])
+            wv = None if w is None else w[min(e, w.shape[0] - 1)]
             ew = wv if wv is not None else err_w
             wk = _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
             ss += _wsums(x, x, wk)[1]

@@ -105,6 +105,22 @@ def weights_for(weights: dict[str, np.ndarray], name: str, shape, src_type, new_
     return None if w is None else np.asarray(w, dtype=np.float32).reshape(n_expert, n_per_row)
 
 
+# src/llama-quant.cpp llama_tensor_quantize_impl: rows cut where the expert changes
+# (`this_nrow = min(nrows - row, nrows_per_expert - row_global % nrows_per_expert)`), each run with
+# its expert's importance row (`imatrix_for_row`: imatrix + (row_global / nrows_per_expert) * n_per_row)
+def expert_runs(row0: int, n_rows: int, rows_per_expert: int) -> list[tuple[int, int, int]]:
+    """(expert, start, stop) runs of rows [row0, row0 + n_rows) of an expert stack with
+    `rows_per_expert` rows each; start and stop are relative to row0."""
+    runs = []
+    r = 0
+    while r < n_rows:
+        g = row0 + r
+        n = min(n_rows - r, rows_per_expert - g % rows_per_expert)
+        runs.append((g // rows_per_expert, r, r + n))
+        r += n
+    return runs
+
+
 def _c_str(b: bytes) -> str:
     """strncpy(val_str, s, 127); val_str[127] = 0 -> the string as Python str (bytes kept via surrogateescape)."""
     return b.split(b"\0", 1)[0][:KV_STR_MAX].decode("utf-8", "surrogateescape")
