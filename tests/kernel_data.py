@@ -194,3 +194,18 @@ def check_grid(t: QType, kinds, shapes, wkind: str | None = None, make=None) -> 
                 check(t, x, None, f"{kind} {rows}x{cols} seed={s}")
             else:
                 check(t, x, make_w(wkind, cols, rng), f"{kind} {rows}x{cols} weights={wkind} seed={s}")
+
+
+def check_dequantize(t: QType, q: np.ndarray, rows: int, cols: int, what: str = "", gguf_py: bool = True) -> np.ndarray:
+    """Assert kquant's dequantization of `q` equals ggml's to_float bit for bit, and (gguf_py)
+    gguf-py's numpy dequantizer; returns kquant's (rows, cols) float32 result."""
+    got = np.empty((rows, cols), dtype=np.float32)
+    KERNELS[t].dequantize(q, got)
+    want = reference.dequantize(q, t, (rows, cols))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=what)
+    if gguf_py:
+        import gguf
+
+        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
+        np.testing.assert_array_equal(got, g, err_msg=what)
+    return got

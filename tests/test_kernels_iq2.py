@@ -19,7 +19,7 @@ from kquant.ggml import quants
 from kquant.ggml.kernels import _iqgrid
 from kquant.types import QK_K, QType
 
-from kernel_data import FINITE_KINDS, KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
+from kernel_data import check_dequantize, FINITE_KINDS, KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -148,10 +148,7 @@ def test_dequantize(t):
     q1 = ours(t, x, make_w("uniform", cols, rng))
     q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)  # any codes, any scale bits (NaN/inf included)
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
+        got = check_dequantize(t, q, rows, cols, f"seed={s}", gguf_py=False)
         np.testing.assert_array_equal(quants.dequantize(q, t, (rows, cols)).view(np.uint32), got.view(np.uint32))
     got = np.empty((rows, cols), dtype=np.float32)
     KERNELS[t].dequantize(q1, got)

@@ -23,7 +23,7 @@ from kquant.ggml import quants
 from kquant.ggml.kernels import iq3
 from kquant.types import BLOCK_DTYPES, QK_K, QType
 
-from kernel_data import FINITE_KINDS, KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
+from kernel_data import check_dequantize, FINITE_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -216,8 +216,6 @@ def test_quantize_api_threads(t):
 # --------------------------------------------------------------------------------------- dequantize
 @pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
-    import gguf
-
     s, rng = fresh_rng()
     rows, cols = 9, 1024
     # quantized real data, plus raw random blocks (any grid index, sign and scale; finite d)
@@ -225,9 +223,4 @@ def test_dequantize(t):
     q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)
     q2.reshape(rows, -1, t.type_size)[:, :, iq3.XXS_D + 1 if t == QType.IQ3_XXS else iq3.S_D + 1] &= 0xBB  # finite d
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
-        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
-        np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")
+        check_dequantize(t, q, rows, cols, f"seed={s}")

@@ -15,7 +15,7 @@ from oracle import reference
 from kquant.ggml import quants
 from kquant.types import QK_K, QType
 
-from kernel_data import FINITE_KINDS, KERNELS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
+from kernel_data import check_dequantize, FINITE_KINDS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -58,8 +58,6 @@ def test_quantize_many_rows_threads(t):
 
 @pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
-    import gguf
-
     s, rng = fresh_rng()
     rows, cols = 17, 1024
     # quantized real data, plus raw random blocks (any code and sub-block scale, any finite fp16 d)
@@ -67,10 +65,5 @@ def test_dequantize(t):
     q2 = rng.integers(0, 256, q1.shape, dtype=np.uint8)
     q2.reshape(rows, -1, t.type_size)[:, :, 1] &= 0xBB  # fp16 exponent < 31: finite d
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
-        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
-        np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")
+        got = check_dequantize(t, q, rows, cols, f"seed={s}")
         np.testing.assert_array_equal(quants.dequantize(q, t, (rows, cols)), got)

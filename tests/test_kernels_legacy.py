@@ -13,7 +13,7 @@ import pytest
 from oracle import reference
 from kquant.types import QType
 
-from kernel_data import KERNELS, check, make_w, make_x, ours
+from kernel_data import check_dequantize, check, make_w, make_x, ours
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -74,8 +74,6 @@ def test_quantize_rounding_boundaries(t):
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dequantize(t):
-    import gguf
-
     rng = np.random.default_rng()
     rows, cols = 17, 512
     # quantized real data, plus raw random blocks (any code, any finite fp16 scale)
@@ -86,12 +84,7 @@ def test_dequantize(t):
     for s in range(nscale):  # keep fp16 exponent < 31 (finite scales)
         blocks[:, :, 2 * s + 1] &= 0xBB
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
-        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
-        np.testing.assert_array_equal(got, g)
+        check_dequantize(t, q, rows, cols)
 
 
 @pytest.mark.parametrize("t", [QType.Q4_1, QType.Q5_1], ids=lambda t: t.name)

@@ -15,7 +15,7 @@ import pytest
 from oracle import reference
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, check, fresh_rng, make_w, make_x, ours
+from kernel_data import check_dequantize, check, fresh_rng, make_w, make_x, ours
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -104,8 +104,6 @@ def test_quantize_rounding_boundaries(t):
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_dequantize(t):
-    import gguf
-
     _, rng = fresh_rng()
     rows, cols = 17, 4 * QK_K
     # quantized real data, plus raw random blocks (any code, any finite fp16 scale)
@@ -115,9 +113,4 @@ def test_dequantize(t):
     for pos in {QType.Q2_K: (81, 83), QType.Q3_K: (109,), QType.Q6_K: (209,)}[t]:
         blocks[:, :, pos] &= 0xBB  # keep the fp16 exponent < 31 (finite scales)
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
-        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
-        np.testing.assert_array_equal(got, g)
+        check_dequantize(t, q, rows, cols)

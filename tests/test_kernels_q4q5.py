@@ -16,7 +16,7 @@ from oracle import reference
 from kquant.ggml.kernels.q4_k import SB_PER_CHUNK
 from kquant.types import QK_K, QType
 
-from kernel_data import KERNELS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
+from kernel_data import check_dequantize, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -70,8 +70,6 @@ def test_quantize_many_rows(t):
 
 @pytest.mark.parametrize("t", TYPES, ids=qtype_id)
 def test_dequantize(t):
-    import gguf
-
     s, rng = fresh_rng()
     rows, cols = 17, 1024
     # quantized real data, plus raw random blocks (any code, any finite fp16 d / dmin)
@@ -81,9 +79,4 @@ def test_dequantize(t):
     blocks[:, :, 1] &= 0xBB  # fp16 exponent < 31: finite d
     blocks[:, :, 3] &= 0xBB  # and dmin
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"seed={s}")
-        g = gguf.quants.dequantize(q, gguf.GGMLQuantizationType(int(t)))
-        np.testing.assert_array_equal(got, g, err_msg=f"seed={s}")
+        check_dequantize(t, q, rows, cols, f"seed={s}")

@@ -17,7 +17,7 @@ import kquant
 from oracle import reference
 from kquant.types import QK_K, QType
 
-from kernel_data import FINITE_KINDS, KERNELS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
+from kernel_data import check_dequantize, FINITE_KINDS, RAW_KINDS, WKINDS, check, check_grid, fresh_rng, make_w, make_x, ours, qtype_id
 
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
@@ -119,10 +119,7 @@ def test_dequantize(t):
     q1 = ours(t, make_x("normal", rows, cols, rng), None)
     q2 = _random_blocks(t, rng, rows * cols // t.block_size).reshape(rows, -1)
     for q in (q1, q2):
-        got = np.empty((rows, cols), dtype=np.float32)
-        KERNELS[t].dequantize(q, got)
-        want = reference.dequantize(q, t, (rows, cols))
-        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=f"{t.name} seed={s}")
+        check_dequantize(t, q, rows, cols, f"{t.name} seed={s}", gguf_py=False)
 
 
 def test_weights_are_ignored():
