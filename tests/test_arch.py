@@ -184,7 +184,9 @@ _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"n
 # (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
 # from config.json itself (the same defaults as transformers 4.57.6's classes)
 _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
-                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000)}
+                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
+                 "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
+                 "granite": (1, 2, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -379,12 +381,24 @@ def case_phi3(rng):
     return c, t, "phi-3", {}
 
 
+def case_smollm3(rng):
+    # SmolLM3-3B's config.json: explicit no_rope_layers (4 layers so the NoPE layer exists), Llama 3 tokenizer
+    c = base_config("SmolLM3ForCausalLM", "smollm3", 128256, num_hidden_layers=4, rope_theta=5000000.0,
+                    max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                    no_rope_layers=[1, 1, 1, 0], no_rope_layer_interval=4, use_sliding_window=False,
+                    bos_token_id=128000, eos_token_id=128012, pad_token_id=128004)
+    return c, dense_tensors(rng, c, lm_head=False), "llama-bpe", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
-    "phi3": case_phi3,
+    "phi3": case_phi3, "smollm3": case_smollm3,
 }
+# cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
+QUANT_CASES = ("smollm3",)
+QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
 
@@ -904,3 +918,40 @@ def test_automix_on_every_architecture(models, case, tmp_path):
         return
     _, logits = refpipeline.eval_logits(out)
     assert np.isfinite(logits).all()
+
+
+@pytest.fixture(scope="module")
+def quant_reference(request, tmp_path_factory):
+    """{case: (checkpoint, reference bf16 GGUF)} for the QUANT_CASES this session runs."""
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    root = tmp_path_factory.mktemp("refquant")
+    todo = sorted({i.callspec.params["case"] for i in request.session.items
+                   if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp" and hasattr(i, "callspec")})
+
+    def run(case):
+        d = make_model(root / "models", case)
+        out = root / f"{case}.gguf"
+        return case, d, _reference_convert(d, out), out
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        return {case: (d, proc, out) for case, d, proc, out in ex.map(run, todo)}
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
+    """kquant convert == convert_hf_to_gguf.py --outtype bf16 + llama_model_quantize, byte for byte,
+    for Q4_K_M, Q8_0 and Q5_K_S; llama.cpp loads and runs the Q4_K_M file."""
+    pytest.importorskip("llama_cpp")
+    from kquant import pipeline
+
+    d, proc, ref_bf16 = quant_reference[case]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    targets = [(tmp_path / f"{ft}.gguf", ft) for ft in QUANT_FTYPES]
+    pipeline.convert_many(d, targets)
+    for out, ft in targets:
+        ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft)
+        assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
+        assert out.read_bytes() == ref.read_bytes(), ft
+    toks, logits = refpipeline.eval_logits(targets[0][0])
+    assert len(toks) > 5 and np.isfinite(logits).all()

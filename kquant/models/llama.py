@@ -183,3 +183,40 @@ class MixtralModel(LlamaModel):
         order=(("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")),
         count_keys=("num_local_experts",),
     )
+
+
+def _smollm3_no_rope(hp: dict) -> None:
+    # transformers configuration_smollm3.py SmolLM3Config.__init__
+    if hp.get("num_key_value_heads") is None:
+        hp["num_key_value_heads"] = hp["num_attention_heads"]
+    if hp.get("no_rope_layers") is None:
+        step = hp.get("no_rope_layer_interval", 4)
+        hp["no_rope_layers"] = [int((i + 1) % step != 0) for i in range(hp["num_hidden_layers"])]
+
+
+SMOLLM3_CONFIG = HFConfig("smollm3", dict(
+    vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=2000000.0,
+    rope_scaling=None, use_sliding_window=False, sliding_window=None, no_rope_layer_interval=4,
+    attention_bias=False, mlp_bias=False, tie_word_embeddings=True,
+), rope_type_alias=True, post_init=_smollm3_no_rope)
+
+
+# conversion/llama.py SmolLM3Model: LlamaModel under the smollm3 architecture. The converter writes
+# nothing about the NoPE layers: llama.cpp's smollm3 graph (src/models/smollm3.cpp) skips rope on
+# every 4th layer, whatever the config says.
+@register("SmolLM3ForCausalLM")
+class SmolLM3Model(LlamaModel):
+    model_arch = MODEL_ARCH.SMOLLM3
+    configs = (SMOLLM3_CONFIG,)
+    inverse_names = True
+
+    def set_gguf_parameters(self) -> None:
+        # kquant: a NoPE pattern other than llama.cpp's fixed one would convert but run wrongly
+        hp = self.hp
+        nope = hp["no_rope_layers"]
+        fixed = [int((i + 1) % 4 != 0) for i in range(self.block_count)]
+        if not isinstance(nope, list) or [bool(x) for x in nope[: self.block_count]] != [bool(x) for x in fixed]:
+            raise UnsupportedError(f"{self.config_path}: 'no_rope_layers' {str(nope)[:80]} differs from the pattern llama.cpp's "
+                                   "smollm3 runtime assumes (no rope on every 4th layer)")
+        super().set_gguf_parameters()
