@@ -955,3 +955,35 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
         assert out.read_bytes() == ref.read_bytes(), ft
     toks, logits = refpipeline.eval_logits(targets[0][0])
     assert len(toks) > 5 and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_tools_on_new_families(models, case, tmp_path, capsys):
+    """convert --dry-run --json plans the file convert writes; validate reads it back against the
+    checkpoint; dequantize --hf-names restores the checkpoint's own tensor names and rows."""
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    d = models(case, copy=False)
+    out = tmp_path / "q.gguf"
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists()
+    assert cli.main(["convert", str(d), "-o", str(out), "--type", "Q8_0", "-q"]) == 0
+    capsys.readouterr()
+    with GGUFFile(out) as g:
+        assert [(t["name"], t["type"]) for t in plan["tensors"]] == [(t.name, t.qtype.ggml_name) for t in g.tensors]
+        assert plan["total_bytes"] == sum(t.nbytes for t in g.tensors)
+
+    assert cli.main(["validate", str(out), "--source", str(d), "--json", "-q", "--fail-above", "0.05"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["summary"]["n_tensors"] == len(plan["tensors"])
+
+    hf = tmp_path / "hf.safetensors"
+    assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
+    capsys.readouterr()
+    got, src = read_safetensors(hf), all_sources(d)
+    assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
+    for name, x in got.items():
+        rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
+        assert x.shape == src[name].shape and rel < 0.05, (name, rel)
