@@ -186,7 +186,7 @@ _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"n
 _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
-                 "granite": (1, 2, None)}
+                 "granite": (1, 2, None), "seed_oss": (0, 2, 1)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -390,14 +390,52 @@ def case_smollm3(rng):
     return c, dense_tensors(rng, c, lm_head=False), "llama-bpe", {}
 
 
+def olmo2_tensors(rng, c: dict, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """OLMo 2/3 layers: no input norms, post-attention and post-MLP norms, q/k norms over all heads."""
+    t = dense_tensors(rng, c, lm_head=not c.get("tie_word_embeddings"), dt=dt)
+    hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        del t[p + "input_layernorm.weight"]
+        t[p + "post_feedforward_layernorm.weight"] = (1 + heavy(rng, (c["hidden_size"],), 0.1), dt)
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (c["num_attention_heads"] * hd,), 0.1), dt)
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (c["num_key_value_heads"] * hd,), 0.1), dt)
+    return t
+
+
+def case_olmo2(rng):
+    # no real OLMo 2 tokenizer among the fixtures: the Qwen2 one (a GPT-2 style BPE the converter hashes)
+    c = base_config("Olmo2ForCausalLM", "olmo2", 151936, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=151643, pad_token_id=151643)
+    return c, olmo2_tensors(rng, c, dt="F32"), "qwen2", {}
+
+
+def case_olmo3(rng):
+    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (Llama 3 tokenizer as a stand-in)
+    c = base_config("Olmo3ForCausalLM", "olmo3", 128256, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=65536, sliding_window=4096, layer_types=["sliding_attention", "full_attention"],
+                    rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                  "attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1},
+                    bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+    return c, olmo2_tensors(rng, c), "llama-bpe", {}
+
+
+def case_seed_oss(rng):
+    # no real Seed-OSS tokenizer among the fixtures: the Qwen2 one
+    c = base_config("SeedOssForCausalLM", "seed_oss", 151936, head_dim=48, attention_bias=True, attention_out_bias=False,
+                    rope_theta=10000000.0, max_position_embeddings=524288, rms_norm_eps=1e-6, bos_token_id=0,
+                    eos_token_id=2, pad_token_id=1)
+    return c, dense_tensors(rng, c, qkv_bias=True), "qwen2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
-    "phi3": case_phi3, "smollm3": case_smollm3,
+    "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3",)
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
