@@ -428,14 +428,24 @@ def case_seed_oss(rng):
     return c, dense_tensors(rng, c, qkv_bias=True), "qwen2", {}
 
 
+def case_granite(rng):
+    # dimensions multiples of 256 (K-quant blocks, no fallback); the multipliers granite-3.x configs carry
+    c = base_config("GraniteForCausalLM", "granite", 32000, hidden_size=256, intermediate_size=512,
+                    rope_theta=10000000.0, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    attention_multiplier=0.015625, embedding_multiplier=12.0, residual_multiplier=0.22,
+                    logits_scaling=8.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, dense_tensors(rng, c, lm_head=False), "llama-spm", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
+    "granite": case_granite,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
