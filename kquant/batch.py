@@ -255,7 +255,7 @@ class Manifest:
         from .io.fsutil import atomic_output
 
         doc = {"version": MANIFEST_VERSION, "kquant": __version__, "outputs": dict(sorted(self.outputs.items()))}
-        with atomic_output(self.path, force=True) as f:
+        with atomic_output(self.path, force=True, replaces_input=True) as f:  # read, then rewritten
             f.write((json.dumps(doc, indent=1) + "\n").encode("utf-8"))
 
 
@@ -319,29 +319,26 @@ class OutdirLock:
 
     def __init__(self, outdir: Path):
         self.path = outdir / LOCK_NAME
-        self.fd = None
+        self._cm = None
 
     def __enter__(self):
+        from .io.fsutil import file_lock
+
+        cm = file_lock(self.path, blocking=False)
         try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            return self
-        try:
-            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            locked = cm.__enter__()
         except OSError as e:
             raise OutputError(f"{self.path}: cannot create the batch lock ({e.strerror or e})") from None
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            raise OutputError(f"{self.path.parent}: another kquant batch is writing to this folder") from None
+        if not locked:
+            cm.__exit__(None, None, None)
+            raise OutputError(f"{self.path.parent}: another kquant batch is writing to this folder")
+        self._cm = cm
         return self
 
     def __exit__(self, *exc):
-        if self.fd is not None:
-            os.close(self.fd)  # releases the flock
-            self.fd = None
+        cm, self._cm = self._cm, None
+        if cm is not None:
+            cm.__exit__(None, None, None)
 
 
 def prepare_outdir(outdir) -> Path:
@@ -360,11 +357,15 @@ def prepare_outdir(outdir) -> Path:
 
 
 def _writable(d: Path) -> str | None:
+    from .io.fsutil import created, signals_held
+
     probe = d / f"{PROBE_PREFIX}{socket.gethostname()}-{os.getpid()}"
     try:
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
-        os.close(fd)
-        os.unlink(probe)
+        with signals_held():  # created and removed with no interrupt in between
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            os.close(fd)
+            created(probe)
+            os.unlink(probe)
     except OSError as e:
         return f"cannot create a file in it ({e.strerror or e})"
     return None
@@ -447,9 +448,9 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
            "host": socket.gethostname(), "pid": os.getpid()}
     try:
         opts = Options(threads=job.get("threads"), allow_nonfinite=bool(job.get("allow_nonfinite")), force=True,
-                       progress=progress)
+                       progress=progress, rounding=job.get("rounding") or "ggml")
         if job.get("imatrix"):
-            from .imatrix import load_imatrix
+            from .plan.imatrix import load_imatrix
 
             opts.imatrix = load_imatrix(job["imatrix"])
             # quantize.imatrix.file holds the path as `kquant convert --imatrix DIR/<name>.dat` would
@@ -602,14 +603,14 @@ class _Ctx:
 def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads: int | None = None,
               imatrix_dir=None, executor: str = "local", address: str | None = None, force: bool = False,
               allow_nonfinite: bool = False, log: Callable[[str], None] | None = None,
-              ray_num_cpus: int | None = None) -> BatchReport:
+              ray_num_cpus: int | None = None, rounding: str = "ggml") -> BatchReport:
     """Convert every model folder under `root` to each of `types` into `outdir`; see the module docstring.
 
     `ray_num_cpus`: CPUs of the local Ray instance started when no `address` is given (default: all).
     Returns the report; an interrupt (SIGINT/SIGTERM/SIGHUP) stops the workers, removes temporary
     files and returns a report with `interrupted` set (the next run finishes the job).
     """
-    from .io.fsutil import handle_termination
+    from .io.fsutil import handle_termination, signals_held
 
     t0 = time.perf_counter()
     if executor not in ("local", "ray"):
@@ -641,6 +642,8 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
     out = prepare_outdir(outdir)
     report = BatchReport(str(root), str(out), [f.short_name for f in ftypes], executor, skipped_folders=found.skipped)
     options = {"allow_nonfinite": bool(allow_nonfinite)}
+    if rounding != "ggml":  # (absent for ggml: existing manifests stay valid)
+        options["rounding"] = rounding
 
     with OutdirLock(out):
         all_names = [output_name(m.name, f) for m in found.models for f in ftypes]
@@ -687,6 +690,7 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
                 # absolute paths: a worker's current folder is not the driver's (Ray)
                 ctx.jobs.append({"index": len(ctx.jobs), "model": m.name, "path": os.path.abspath(m.path),
                                  "targets": targets, "threads": threads, "allow_nonfinite": bool(allow_nonfinite),
+                                 "rounding": rounding,
                                  "imatrix": None if imatrix is None else os.path.abspath(imatrix),
                                  "imatrix_name": None if imatrix is None else str(imatrix)})
         ctx.total_outputs = sum(len(j["targets"]) for j in ctx.jobs)
@@ -701,34 +705,15 @@ def run_batch(root, outdir, types: Sequence, *, jobs: int | None = None, threads
             report.interrupted = True
             ctx.say("interrupted: stopping; complete outputs are kept, the next run finishes the job")
         finally:
-            old = _block_signals()
-            try:
+            with signals_held():
                 sweep_temp_files(out, all_names + [MANIFEST_NAME])
                 if ctx.finished:
                     try:
                         manifest.save()
                     except KquantError as e:
                         ctx.say(f"cannot save the manifest: {_first_line(e)}")
-            finally:
-                _restore_signals(old)
     report.seconds = time.perf_counter() - t0
     return report
-
-
-def _block_signals():
-    """Block SIGINT/SIGTERM/SIGHUP during the final clean-up; returns the old mask (or None)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    sigs = {signal.SIGINT} | {getattr(signal, n) for n in ("SIGTERM", "SIGHUP") if hasattr(signal, n)}
-    try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
-    except (OSError, ValueError):
-        return None
-
-
-def _restore_signals(old) -> None:
-    if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # ------------------------------------------------------------------ local executor

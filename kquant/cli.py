@@ -6,14 +6,24 @@ line on stderr and a non-zero exit; KQUANT_DEBUG=1 shows the traceback.
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import sys
-import traceback
-from pathlib import Path
+# Signals first: an interrupt at any moment of start-up (numba and its cached kernels load for a
+# second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
+# kquant.io.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
+# Python's: a signal there gets its default behaviour.)
+from . import fsutil as _fsutil
 
-from .errors import InputError, KquantError
+if __name__ == "__main__":
+    _fsutil.defer_interrupts()  # main() arms them inside the code that reports an interrupt
+    _fsutil.announce("started")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .errors import InputError, KquantError  # noqa: E402
 
 PROG = "kquant"
 
@@ -59,7 +69,7 @@ _threads_arg = _positive_int("--threads")
 
 
 def _tensor_type_arg(s: str):
-    from .recipe import parse_tensor_type
+    from .plan.overrides import parse_tensor_type
 
     try:
         return parse_tensor_type(s)
@@ -68,7 +78,7 @@ def _tensor_type_arg(s: str):
 
 
 def _overrides(args):
-    from .recipe import Overrides
+    from .plan.overrides import Overrides
 
     return Overrides(
         tensor_types=tuple(args.tensor_type or ()),
@@ -106,6 +116,19 @@ def _target_size_arg(s: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block for a lower weighted "
+                 "error, same types, loads in any llama.cpp (recorded as quantize.rounding)")
+
+
+def _rounding_arg(s: str) -> str:
+    from .ggml.quants import parse_rounding
+
+    try:
+        return parse_rounding(s)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def cmd_convert(args) -> int:
     from . import pipeline as cv
 
@@ -118,9 +141,10 @@ def cmd_convert(args) -> int:
         force=args.force,
         progress=_progress(args.quiet or args.dry_run),
         on_compile=None if args.quiet else cv.print_compile_notice,
+        rounding=args.rounding,
     )
     if args.imatrix:
-        from .imatrix import load_imatrix
+        from .plan.imatrix import load_imatrix
 
         opts.imatrix = load_imatrix(args.imatrix, include=args.include_weights or (), exclude=args.exclude_weights or ())
     elif args.include_weights or args.exclude_weights:
@@ -141,6 +165,10 @@ def cmd_convert(args) -> int:
         opts.type_map = mix.type_map
     if args.dry_run:
         plan = cv.dry_run(args.model, args.type, opts)
+        if plan.needs_imatrix:  # llama-quantize --dry-run's warning
+            name, qt = plan.needs_imatrix
+            print(f"kquant: warning: dry run complete, but converting needs an importance matrix (--imatrix): "
+                  f"tensor {name} would be {qt.ggml_name}", file=sys.stderr)
         if args.json:
             print(json.dumps(dict(plan.as_json(), **({"automix": mix.as_json()} if mix else {}))))
         else:
@@ -166,10 +194,45 @@ def cmd_convert(args) -> int:
     return 0
 
 
+class _UsageError(Exception):
+    """A command-line error: printed as one line (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors, and single-valued options that refuse conflicting repeats."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+    def add_argument(self, *args, **kw):
+        if args and args[0].startswith("-") and "action" not in kw and kw.get("nargs") is None:
+            kw["action"] = _StoreOnce
+        return super().add_argument(*args, **kw)
+
+
+class _StoreOnce(argparse.Action):
+    """Store a single value; the same option again with a different value is an error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        seen = namespace.__dict__.setdefault("_given", {})
+        if self.dest in seen and seen[self.dest][1] != values:
+            first, _ = seen[self.dest]
+            parser.error(f"{option_string or self.dest} given twice with different values ({first} and {values_str(values)}); give it once")
+        seen[self.dest] = (values_str(values), values)
+        setattr(namespace, self.dest, values)
+
+
+def values_str(v) -> str:
+    for a in ("short_name", "ggml_name"):
+        if hasattr(v, a):
+            return str(getattr(v, a))
+    return str(v)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    p = argparse.ArgumentParser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
+    p = _Parser(prog=PROG, description="Hugging Face checkpoints to quantized GGUF, byte-identical to llama.cpp.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND")
     sub.required = True
@@ -184,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--pure", action="store_true", help="no k-quant mixture: every tensor gets the default type")
     c.add_argument("--leave-output-tensor", action="store_true", help="keep output.weight unquantized (as llama-quantize)")
     c.add_argument("--imatrix", metavar="FILE", help="importance matrix from llama-imatrix (GGUF or .dat)")
+    c.add_argument("--rounding", type=_rounding_arg, default="ggml", help=ROUNDING_HELP)
     c.add_argument("--include-weights", action="append", metavar="NAME", help="use the importance matrix only for tensors whose name contains NAME (repeatable)")
     c.add_argument("--exclude-weights", action="append", metavar="NAME", help="do not use the importance matrix for tensors whose name contains NAME (repeatable)")
     c.add_argument("--config", metavar="FILE", help="config.json for a single .safetensors input")
@@ -465,6 +529,7 @@ def _add_batch_parser(sub) -> None:
                    "and memory; default 1. ray: tasks in flight, default unlimited)")
     b.add_argument("--threads", type=_threads_arg, help="quantization threads per model (local default: cores // jobs; ray default 1, "
                    "also the CPUs each Ray task requests)")
+    b.add_argument("--rounding", type=_rounding_arg, default="ggml", help=ROUNDING_HELP)
     b.add_argument("--imatrix-dir", metavar="DIR", help="use DIR/<folder>.gguf or DIR/<folder>.dat as the importance matrix when present")
     b.add_argument("--executor", choices=("local", "ray"), default="local", help="local (default) or ray (pip install 'kquant[ray]')")
     b.add_argument("--address", help="Ray cluster address (default: start a local Ray instance)")
@@ -484,7 +549,7 @@ def cmd_batch(args) -> int:
     try:
         rep = run_batch(args.root, args.outdir, args.type, jobs=args.jobs, threads=args.threads,
                         imatrix_dir=args.imatrix_dir, executor=args.executor, address=args.address, force=args.force,
-                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log)
+                        allow_nonfinite=args.allow_nonfinite, log=None if args.quiet else log, rounding=args.rounding)
     except KeyboardInterrupt:  # a second interrupt during clean-up
         _err("interrupted; outputs under their final names are complete, run the same command again to finish")
         return 130
@@ -502,33 +567,84 @@ def cmd_batch(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    debug = os.environ.get("KQUANT_DEBUG", "") not in ("", "0")
+    """The command line. Called without `argv` (the `kquant` script, `python -m kquant.cli`) it
+    owns the process: SIGINT/SIGTERM/SIGHUP interrupt once (later ones are ignored while the first
+    is cleaned up) and are ignored after it returns, so no signal can end in a traceback."""
+    owner = argv is None
+    old = _fsutil.defer_interrupts()  # (already so since start-up under `python -m kquant.cli`)
+    old_hook, sys.unraisablehook = sys.unraisablehook, _fsutil.unraisable_hook(sys.unraisablehook)
+    code = None
+    try:  # interrupt_once raises at most one KeyboardInterrupt, wherever it lands
+        try:
+            code = _main(argv)
+        except KeyboardInterrupt as e:  # before _main's own handler was entered
+            code = _interrupted(e)
+        finally:
+            _leave(owner, old, old_hook)
+    except KeyboardInterrupt as e:  # it landed in between
+        _leave(owner, old, old_hook)
+        if code is None:
+            code = _interrupted(e)
+    return code
+
+
+def _leave(owner: bool, old: dict, old_hook) -> None:
+    if owner:
+        _fsutil.ignore_interrupts()  # the process is exiting: nothing left to interrupt
+    else:
+        _fsutil.restore_handlers(old)
+        sys.unraisablehook = old_hook
+
+
+def _interrupted(e: BaseException, signum: int | None = None) -> int:
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    signum = signum or getattr(e, "signum", 2)  # fsutil.Terminated carries SIGTERM/SIGHUP
+    _err(f"interrupted by signal {signum}; no partial output was left behind")
+    return 128 + signum
+
+
+def _main(argv) -> int:
     try:
-        return int(args.func(args) or 0)
-    except KquantError as e:
-        if debug:
-            traceback.print_exc()
-        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
-        return e.exit_code
-    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP (fsutil.Terminated carries signum)
-        if debug:
-            traceback.print_exc()
-        signum = getattr(e, "signum", 2)
-        _err(f"interrupted by signal {signum}; no output was left behind")
-        return 128 + signum
+        parser = build_parser()
+        try:
+            args = parser.parse_args(argv)
+        except _UsageError as e:
+            _err(str(e))
+            return 2
+        args.__dict__.pop("_given", None)
+        if args.func is not cmd_inspect:  # the kernels' imports, with signals still only recorded
+            from .ggml import quants  # noqa: F401
+        _fsutil.arm_interrupts()
+        with _fsutil.track_inputs():
+            return int(args.func(args) or 0)
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM/SIGHUP
+        return _interrupted(e)
     except BrokenPipeError:
         return 141
-    except MemoryError:
+    except Exception as e:
+        signum = _fsutil.interrupt_signal()
+        if signum is not None:  # the interrupt surfaced as another error (numpy's import wraps it in ImportError)
+            return _interrupted(e, signum)
+        return _report(e)
+
+
+def _report(e: Exception) -> int:
+    """One line for an exception that ended a command; its exit code."""
+    if os.environ.get("KQUANT_DEBUG", "") not in ("", "0"):
+        traceback.print_exception(e)
+    if isinstance(e, KquantError):
+        _err(str(e).splitlines()[0] if str(e) else type(e).__name__)
+        return e.exit_code
+    if isinstance(e, MemoryError):
         _err("out of memory")
         return 3
-    except Exception as e:  # a bug: say so in one line, traceback with KQUANT_DEBUG=1
-        if debug:
-            traceback.print_exc()
-        else:
-            _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")
-        return 70
+    if isinstance(e, OSError):  # the system refused (too many open files, I/O error, ...): not a bug
+        where = f"{e.filename}: " if e.filename else ""
+        _err(f"{where}{e.strerror or e}")
+        return 74  # EX_IOERR
+    _err(f"internal error: {type(e).__name__}: {e} (set KQUANT_DEBUG=1 for the traceback)")  # a bug
+    return 70
 
 
 if __name__ == "__main__":

@@ -380,7 +380,6 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                 else:
                     for _, rows in rd.slabs(SLAB_BYTES):
                         w.write(_encode_rows(rows, dtype, ti.name))
-                rd.release()
                 if progress:
                     progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
             if w.written != sum(w.sizes):

@@ -26,6 +26,7 @@ from .types import FileType, QType, parse_ftype
 GGML_QNT_VERSION = 2
 SLAB_BYTES = 32 << 20  # float32 bytes of source rows handled at once
 QUANT_VERSION_KEY = "general.quantization_version"
+ROUNDING_KEY = "quantize.rounding"  # written only for a rounding other than ggml's
 FILE_TYPE_KEY = "general.file_type"
 
 
@@ -59,6 +60,7 @@ class Plan:
     kv: list
     tensors: list[PlannedTensor]
     imatrix_kv: list = field(default_factory=list)  # quantize.imatrix.* keys, written after general.file_type
+    needs_imatrix: tuple | None = None  # dry run without one: (tensor, type) llama-quantize would refuse
 
     @property
     def total_bytes(self) -> int:
@@ -95,8 +97,8 @@ class Plan:
 class Options:
     """Everything `kquant convert` takes besides the model and the output."""
 
-    overrides: object = None  # recipe.Overrides
-    imatrix: object = None  # kquant.imatrix.ImatrixData
+    overrides: object = None  # kquant.plan.overrides.Overrides
+    imatrix: object = None  # kquant.plan.imatrix.ImatrixData
     threads: int | None = None
     config: str | None = None
     tokenizer_pre: str | None = None
@@ -106,6 +108,7 @@ class Options:
     extra: dict = field(default_factory=dict)
     type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
     on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
+    rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes) or "best"
 
 
 def open_model(path: str | Path, config: str | None = None):
@@ -154,10 +157,8 @@ class GGUFSource:
     def read_rows(self, name: str, start: int, stop: int) -> np.ndarray:
         t = self._info[name]
         row = t.qtype.row_size(int(t.shape[-1])) * int(np.prod(t.shape[1:-1], dtype=np.int64))
-        raw = self.gguf.data(name)[start * row : stop * row]
-        out = quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
-        self.gguf.release(t.offset_abs + start * row, (stop - start) * row)
-        return out
+        raw = self.gguf.read_bytes(name, start * row, stop * row)
+        return quants.dequantize(raw, t.qtype, (stop - start, *t.shape[1:]))
 
     def close(self) -> None:
         self.gguf.close()
@@ -208,10 +209,11 @@ def build_spec(ckpt, model_path, *, config=None, vocab=True, tokenizer_pre=None)
                             headers=headers)
 
 
-def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None) -> Plan:
+def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map=None, dry_run: bool = False) -> Plan:
     """Per-tensor types (and importance rows) exactly as llama-quantize would choose them."""
-    from . import recipe
-    from .imatrix import weights_for
+    from .plan import recipe
+    from .plan.imatrix import weights_for
+    from .plan.overrides import Overrides
 
     # llama-quantize processes and writes tensors in llama_model_loader's order
     specs = [spec.tensors[i] for i in recipe.llama_order([t.name for t in spec.tensors])]
@@ -224,7 +226,8 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     )
     weights = imatrix.weights if imatrix is not None else {}
     tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
-    types = recipe.plan_types(tin, ftype, facts, overrides or recipe.Overrides(), has_imatrix=bool(weights))
+    types = recipe.plan_types(tin, ftype, facts, overrides or Overrides(), has_imatrix=bool(weights), dry_run=dry_run)
+    need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
     tensors = []
@@ -232,7 +235,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
         tensors.append(PlannedTensor(s_, q, w))
     kv = list(spec.kv)
-    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [])
+    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need)
 
 
 def require_kernels(plans: Sequence[Plan]) -> None:
@@ -247,8 +250,9 @@ def require_kernels(plans: Sequence[Plan]) -> None:
                 )
 
 
-def output_kv(plan: Plan) -> list:
-    """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys."""
+def output_kv(plan: Plan, rounding: str = "ggml") -> list:
+    """Metadata as llama-quantize writes it: the input's keys, quantization_version, file_type, imatrix keys;
+    then `quantize.rounding` when the rounding is not ggml's (ggml mode stays byte-identical)."""
     from gguf import GGUFValueType
 
     kv = []
@@ -266,6 +270,8 @@ def output_kv(plan: Plan) -> list:
     if plan.imatrix_kv:  # llama-quantize's kv_overrides: set (moved to the end) after file_type
         keys = {k for k, _, _ in plan.imatrix_kv}
         kv = [e for e in kv if e[0] not in keys] + list(plan.imatrix_kv)
+    if rounding != "ggml":
+        kv = [e for e in kv if e[0] != ROUNDING_KEY] + [(ROUNDING_KEY, GGUFValueType.STRING, rounding)]
     return kv
 
 
@@ -349,22 +355,34 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
 
     `model` is a path (HF folder / .safetensors). Each target gets its own atomic output file.
     """
-    from .io.fsutil import atomic_output, check_not_input, handle_termination
+    from .io.fsutil import track_inputs
+
+    with track_inputs():
+        return _convert_many(model, targets, options)
+
+
+def _convert_many(model, targets, options: Options | None) -> list[Result]:
+    from .io.fsutil import atomic_output, check_not_input, check_output, handle_termination, inputs_read, note_input
     from .io.gguf import GGUFStreamWriter
 
     opts = options or Options()
     if opts.threads is not None:
         quants.set_threads(opts.threads)
+    rounding = quants.parse_rounding(opts.rounding)
     t0 = time.perf_counter()
+    note_input(model)
+    if opts.config is not None:
+        note_input(opts.config)
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre)
-        inputs = [Path(model)] + [Path(ti.path) for ti in ckpt.tensors.values()]
+        inputs = inputs_read()  # config, tokenizer files, index, shards, imatrix: all read by now
         plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
             raise OutputError("the same output path is given twice")
         for o in outs:
             check_not_input(o, inputs)
+            check_output(o, opts.force)  # exists, unwritable folder: before a kernel compiles
         names = [t.name for t in plans[0].tensors]
         for p in plans[1:]:
             assert [t.name for t in p.tensors] == names
@@ -378,7 +396,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
             for out, plan in zip(outs, plans):
                 f = stack.enter(atomic_output(out, force=opts.force))
                 w = GGUFStreamWriter(f, ggml_n_dims=True, name=str(out))  # llama-quantize's n_dims
-                for key, vtype, value in output_kv(plan):
+                for key, vtype, value in output_kv(plan, rounding):
                     w.add_kv(key, vtype, value)
                 for t in plan.tensors:
                     w.add_tensor(t.name, t.shape, t.qtype)
@@ -399,7 +417,7 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
-                            data = _encode(slab, pt, row0)
+                            data = _encode(slab, pt, row0, rounding)
                         except ValueError as e:  # e.g. values beyond the fp16 range of the type's scales
                             raise InputError(f"{model}: tensor {pt.name} ({', '.join(spec_t.sources)}): {e}") from None
                         w.write_data(pt.name, data)
@@ -418,14 +436,14 @@ def convert_many(model, targets: Sequence[tuple[str | Path, FileType]], options:
     return results
 
 
-def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int) -> np.ndarray:
+def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int, rounding: str = "ggml") -> np.ndarray:
     """Bytes of rows [row0, row0 + len(slab)) of a tensor in its planned type."""
     t = pt.qtype
     if t == QType.F32:
         return slab.reshape(-1).view(np.uint8)
     w = pt.imatrix
     if w is None or w.shape[0] == 1:
-        return quants.quantize(slab, t, None if w is None else w[0], check_finite=False)
+        return quants.quantize(slab, t, None if w is None else w[0], check_finite=False, rounding=rounding)
     # 3-D expert tensor: each expert's rows use that expert's weights (llama_tensor_quantize_impl)
     rows_per_expert = pt.shape[-2]
     out = np.empty((slab.shape[0], t.row_size(slab.shape[1])), dtype=np.uint8)
@@ -434,7 +452,7 @@ def _encode(slab: np.ndarray, pt: PlannedTensor, row0: int) -> np.ndarray:
         g = row0 + r
         e = g // rows_per_expert
         n = min(slab.shape[0] - r, rows_per_expert - g % rows_per_expert)
-        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False)
+        quants.quantize(slab[r : r + n], t, w[e], out=out[r : r + n], check_finite=False, rounding=rounding)
         r += n
     return out
 
@@ -467,7 +485,9 @@ class _ExitStack:
                 cm.__exit__(*exc)
             except BaseException as e:  # keep aborting the others
                 pending = pending or e
-        if pending is not None and et is None:
+        # an exit that raised something new (an OSError rewritten as "cannot write (file too
+        # large)") replaces the exception it was given, as in a nested `with`
+        if pending is not None and pending is not ev:
             raise pending
         return False
 
@@ -482,7 +502,7 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
     opts = options or Options()
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=False, tokenizer_pre=opts.tokenizer_pre)
-        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map)
+        return plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
 
 
 def print_compile_notice(types, stream=sys.stderr) -> None:

@@ -104,14 +104,13 @@ def _has_kernels(qtype) -> bool:
 
 
 class TensorRows:
-    """Dequantized rows of one GGUF tensor, from the validated file's mmap (kquant kernels first)."""
+    """Dequantized rows of one GGUF tensor, read from the validated file (kquant kernels first)."""
 
     def __init__(self, gf, ti):
         self.gf = gf
         self.ti = ti
         self.rows, self.cols = _rows_cols(ti.shape) if ti.shape else (1, 1)
         self.row_bytes = ti.nbytes // max(self.rows, 1)
-        self.raw = gf.data(ti.name)
         self.kernels = _has_kernels(ti.qtype)
         if not self.kernels:  # gguf-py's numpy dequantizer, on bytes GGUFFile has bounds-checked
             from gguf import GGMLQuantizationType
@@ -121,7 +120,7 @@ class TensorRows:
             self._gt = GGMLQuantizationType(int(ti.qtype))
             try:  # probe one row: NotImplementedError for a type gguf-py cannot decode either
                 if self.rows and self.cols:
-                    self._gq(np.array(self.raw[: self.row_bytes]).reshape(1, -1), self._gt)
+                    self._gq(np.array(gf.read_bytes(ti.name, 0, self.row_bytes)).reshape(1, -1), self._gt)
             except NotImplementedError:
                 raise UnsupportedError(
                     f"tensor {ti.name}: no dequantizer for ggml type {type_name(ti.qtype)} (id {int(ti.qtype)})"
@@ -140,19 +139,16 @@ class TensorRows:
 
     def read(self, start: int, stop: int) -> np.ndarray:
         """Rows [start, stop) as float32 (stop - start, cols)."""
-        q = self.raw[start * self.row_bytes : stop * self.row_bytes]
-        out = self._decode(q, stop - start)
-        self.gf.release(self.ti.offset_abs + start * self.row_bytes, (stop - start) * self.row_bytes)
-        return out
+        return self._decode(self.gf.read_bytes(self.ti.name, start * self.row_bytes, stop * self.row_bytes), stop - start)
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         """The given rows (any order) as float32 (len(rows), cols)."""
-        q = self.raw.reshape(self.rows, self.row_bytes)[np.asarray(rows, dtype=np.int64)]
-        return self._decode(q, len(rows))
-
-    def release(self) -> None:
-        """Drop the whole tensor's pages from the resident set (after a gather or a whole read)."""
-        self.gf.release(self.ti.offset_abs, self.ti.nbytes)
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return self._decode(np.zeros((0, self.row_bytes), np.uint8), 0)
+        lo, hi = int(rows.min()), int(rows.max()) + 1  # the covering row range, then the gather
+        q = self.gf.read_bytes(self.ti.name, lo * self.row_bytes, hi * self.row_bytes).reshape(hi - lo, self.row_bytes)
+        return self._decode(q[rows - lo], len(rows))
 
     def slabs(self, slab_bytes: int = SLAB_BYTES):
         """Yield (row_start, float32 rows) over the whole tensor."""
@@ -247,7 +243,7 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
     """
     from .io.gguf import GGUFFile
     from .pipeline import build_spec, open_model
-    from .recipe import llama_order
+    from .plan.recipe import llama_order
 
     t0 = time.perf_counter()
     with GGUFFile(gguf_path) as gf, open_model(source, config) as ckpt:
@@ -275,7 +271,6 @@ def validate_file(gguf_path, source, *, config=None, progress=None) -> Report:
             st = ErrorStats()
             for row0, slab in _source_rows(ckpt, ts):
                 st.update(slab, reader.read(row0, row0 + slab.shape[0]))
-            reader.release()
             total.merge(st)
             n_el = int(np.prod(ts.shape, dtype=np.int64))
             results.append(TensorError(ti.name, type_name(ti.qtype), tuple(ts.shape), ti.nbytes * 8.0 / max(n_el, 1),
@@ -331,8 +326,8 @@ def what_if(source, types, *, config=None, progress=None) -> WhatIf:
     Each slab is first rounded through the type the intermediate BF16 GGUF would hold it in, as
     the converter does, and the error is measured against the source values. No importance matrix.
     """
-    from .pipeline import round_through, build_spec, open_model
-    from .recipe import llama_order
+    from .pipeline import build_spec, open_model, round_through
+    from .plan.recipe import llama_order
 
     tlist = []
     for t in types:

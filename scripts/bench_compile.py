@@ -48,7 +48,7 @@ def child(types: list[str], jobs: int) -> dict:
     for q in qts:
         r = {}
         t = time.perf_counter()
-        b = quants.quantize(x, q)
+        b = quants.quantize(x, q, w if q.requires_imatrix else None)
         r["quantize"] = time.perf_counter() - t
         if q.is_quantized:
             t = time.perf_counter()

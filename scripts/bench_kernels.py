@@ -26,7 +26,8 @@ from oracle import reference  # noqa: E402
 from kquant.ggml import quants  # noqa: E402
 from kquant.types import parse_qtype  # noqa: E402
 
-ALL = "Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16,IQ4_NL,IQ4_XS,TQ1_0,TQ2_0,MXFP4,Q1_0,Q2_0,IQ3_XXS,IQ3_S"
+ALL = ("Q4_0,Q4_1,Q5_0,Q5_1,Q8_0,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,F16,BF16,IQ4_NL,IQ4_XS,TQ1_0,TQ2_0,MXFP4,Q1_0,Q2_0,"
+       "IQ3_XXS,IQ3_S,IQ2_XXS,IQ2_XS,IQ2_S,IQ1_S,IQ1_M")
 
 
 def best_time(fn, repeat: int) -> float:
@@ -80,6 +81,8 @@ def main(argv=None) -> int:
     for name in args.types.split(","):
         t = parse_qtype(name)
         w = qw if t.is_quantized else None
+        if w is None and t.requires_imatrix:  # ggml aborts without weights: these always get them
+            w = rng.random(args.cols).astype(np.float32) + 0.1
         tc = time.perf_counter()
         quants.quantize(x[:1], t, None if w is None else w)
         first = time.perf_counter() - tc
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
             want = ref_threaded(x, t, w, n)
             tr = best_time(lambda: ref_threaded(x, t, w, n), args.repeat)
             same &= bool(np.array_equal(got, want))
-            row += [f"{mb / tk:11.0f}" if n == 1 else f"{mb / tk:8.0f}", f"{mb / tr:8.0f}", f"{tr / tk:6.2f}"]
+            row += [f"{mb / tk:11.3g}" if n == 1 else f"{mb / tk:8.3g}", f"{mb / tr:8.3g}", f"{tr / tk:6.2f}"]
         quants.set_threads(n_all)
         print(" ".join(row), " identical" if same else " DIFFERENT")
     return 0

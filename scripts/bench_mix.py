@@ -56,8 +56,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # oracle/
 from kquant import automix  # noqa: E402
 from oracle import refpipeline  # noqa: E402
 from kquant import pipeline as cv  # noqa: E402
-from kquant.imatrix import load_imatrix  # noqa: E402
-from kquant.types import QType  # noqa: E402
+from kquant.plan.imatrix import load_imatrix  # noqa: E402
+from kquant.types import QType, parse_ftype  # noqa: E402
 
 CACHE = Path(os.environ.get("KQUANT_TINYLM", "/tmp/kquant-tinylm"))
 LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
@@ -264,7 +264,7 @@ def permuted_model(model: Path, out: Path, seed: int, im=None, parts=("hidden", 
     """A function-identical copy of a Llama HF folder (see above), and `im` permuted to match."""
     import shutil
 
-    from kquant.imatrix import ImatrixData
+    from kquant.plan.imatrix import ImatrixData
     from kquant.io.safetensors import Checkpoint, write_safetensors
 
     cfg = json.loads((model / "config.json").read_text())
@@ -428,7 +428,7 @@ def fit(a) -> dict:
         out["tokens"] = len(chunks) * N_CTX
         with cv.open_model(model) as ckpt:
             spec = cv.build_spec(ckpt, model, vocab=False)
-            plan = cv.plan_from_spec(spec, automix.parse_ftype("Q8_0"), None, im)
+            plan = cv.plan_from_spec(spec, parse_ftype("Q8_0"), None, im)
             curves = automix.measure(ckpt, spec, plan, None, im)
         rows = []
         for c in curves:

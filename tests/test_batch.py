@@ -132,10 +132,9 @@ def test_plan_parallelism():
 
 
 def test_arguments(tree, tmp_path, capsys):
-    with pytest.raises(SystemExit) as e:
-        main(["batch", str(tree), "-o", str(tmp_path / "o"), "-t", "Q8_0", "--jobs", "0"])
-    assert e.value.code == 2
-    assert "--jobs must be at least 1" in capsys.readouterr().err
+    assert main(["batch", str(tree), "-o", str(tmp_path / "o"), "-t", "Q8_0", "--jobs", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--jobs must be at least 1" in err and len(err.splitlines()) == 1
     assert main(["batch", str(tree), "-o", str(tmp_path / "o"), "-t", "Q8_0", "--address", "x:1"]) == 2
     assert "--address is for --executor ray" in capsys.readouterr().err
     (tmp_path / "file").write_text("")
@@ -223,7 +222,7 @@ def _legacy_imatrix(path: Path, names_cols, seed: int) -> Path:
 
 
 def test_imatrix_dir(tree, tmp_path, monkeypatch):
-    from kquant.imatrix import load_imatrix
+    from kquant.plan.imatrix import load_imatrix
 
     monkeypatch.chdir(tmp_path)  # a relative --imatrix-dir is written as given, like `convert --imatrix`
     root = tmp_path / "root"

@@ -23,7 +23,8 @@ TINY = ROOT / "fixtures" / "tiny-llama"
 pytestmark = pytest.mark.skipif(not refpipeline.available(), reason="reference converter not set up (scripts/setup_refconv.sh)")
 
 FTYPES = ["F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_S", "Q3_K_M", "Q3_K_L",
-          "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS"]
+          "Q4_K_S", "Q4_K_M", "Q5_K_S", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ1_0", "TQ2_0", "Q1_0", "Q2_0",
+          "IQ3_S", "IQ3_M", "MXFP4_MOE"]  # MXFP4_MOE of a dense model: every matrix Q8_0
 
 
 def make_model(out: Path, **kw) -> Path:
@@ -67,7 +68,7 @@ SHAPES = {
     "fallbacks-gqa": dict(layers=3, hidden=320, heads=5, kv_heads=1, ffn=640, vocab=600, seed=5),  # rows not multiples of 256
     "tied-mha": dict(layers=2, hidden=256, heads=4, kv_heads=4, ffn=512, vocab=512, seed=6, tied=True),
 }
-SHAPE_FTYPES = ["Q4_K_M", "Q3_K_M", "Q5_K_S", "Q2_K", "Q6_K", "IQ4_XS"]
+SHAPE_FTYPES = ["Q4_K_M", "Q3_K_M", "Q5_K_S", "Q2_K", "Q6_K", "IQ4_XS", "TQ1_0", "Q2_0"]
 
 
 @pytest.fixture(scope="module", params=list(SHAPES))

@@ -17,7 +17,8 @@ import pytest
 
 from kquant.io import fsutil
 from kquant.errors import OutputError
-from kquant.io.fsutil import TMP_MARK, Terminated, atomic_output, check_not_input, handle_termination
+from kquant.io.fsutil import (TMP_MARK, Terminated, atomic_output, check_not_input, file_lock, handle_termination,
+                           inputs_read, signals_held, track_inputs)
 from proc import default_sigint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -299,3 +300,87 @@ def test_check_not_input(tmp_path):
         check_not_input(hard, [other, src])
     with pytest.raises(OutputError):
         check_not_input(tmp_path / "x" / ".." / "in.safetensors", [src])
+
+
+# --------------------------------------------------------------------- signals_held, file_lock, track_inputs
+def test_signals_held_delivers_at_the_end():
+    got = []
+    with pytest.raises(KeyboardInterrupt):  # delivered on leaving the block
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(1000):  # a handler would run here, at a bytecode boundary
+                pass
+            got.append("inside")
+    assert got == ["inside"]
+    with pytest.raises(KeyboardInterrupt):
+        with signals_held():
+            with signals_held():  # nested: handed to the outer region, delivered at its end
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(1000):
+                    pass
+            got.append("outer")
+    assert got == ["inside", "outer"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_signals_held_keeps_ignored_signals_ignored():
+    old = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with signals_held():
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def test_file_lock(tmp_path):
+    path = tmp_path / "x.lock"
+    with file_lock(path) as a:
+        assert a is True
+        code = f"""
+            from kquant.io.fsutil import file_lock
+            with file_lock({str(path)!r}, blocking=False) as got:
+                print(got)
+        """
+        p = run_script(code)
+        out, err = p.communicate(timeout=60)
+        assert out.strip() == "False", err  # held by this process
+    p = run_script(code)
+    assert p.communicate(timeout=60)[0].strip() == "True"
+    assert path.exists()  # a lock file stays: removing it would race with a waiter
+
+
+def test_track_inputs_records_reads_not_writes(tmp_path):
+    src, out = tmp_path / "in.json", tmp_path / "out.bin"
+    src.write_text("{}")
+    with track_inputs():
+        src.read_text()
+        with open(out, "wb") as f:
+            f.write(b"x")
+        fd = os.open(src, os.O_RDONLY)
+        os.close(fd)
+        assert str(src) in inputs_read() and str(out) not in inputs_read()
+        with pytest.raises(OutputError) as ei:
+            with atomic_output(src, force=True) as f:
+                f.write(b"overwritten")
+        assert "same file as input" in str(ei.value)
+        link = tmp_path / "link"
+        os.link(src, link)
+        with pytest.raises(OutputError):
+            with atomic_output(link, force=True) as f:
+                f.write(b"overwritten")
+        with atomic_output(src, force=True, replaces_input=True) as f:  # a state file, by design
+            f.write(b"{}")
+    assert inputs_read() == []  # the record ends with the outermost block
+    assert leftovers(tmp_path) == []
+
+
+def test_input_read_after_creation_is_refused_at_commit(tmp_path):
+    src = tmp_path / "in.bin"
+    src.write_bytes(b"data")
+    with track_inputs():
+        with pytest.raises(OutputError):
+            with atomic_output(src, force=True) as f:
+                src.read_bytes()  # read while writing (a shard is read after the output exists)
+                f.write(b"x")
+    assert src.read_bytes() == b"data" and leftovers(tmp_path) == []

@@ -22,7 +22,7 @@ from kquant.io import jsonio
 from kquant.vocab import special as vocab_special
 from kquant.models import load_spec
 from kquant.errors import InputError, KquantError
-from kquant.recipe import match_names
+from kquant.plan.overrides import match_names
 from kquant.types import QType
 from test_cli_hardening import TINY, kq, no_leftovers, one_line_error
 
@@ -248,7 +248,7 @@ def test_guarded_patterns_match_as_before(pattern):
     # flagged or not, the matches are Python re's, as they were before the guard
     import re
 
-    from kquant.recipe import ecma_to_python
+    from kquant.plan.overrides import ecma_to_python
 
     rx = re.compile(ecma_to_python(pattern), re.ASCII)
     (got, _), = match_names([(pattern, QType.Q4_0)], NAMES)
@@ -256,9 +256,9 @@ def test_guarded_patterns_match_as_before(pattern):
 
 
 def test_pathological_pattern_bounded(monkeypatch):
-    import kquant.recipe as recipe
+    import kquant.plan.overrides as overrides
 
-    monkeypatch.setattr(recipe, "MATCH_SECONDS", 1.0)
+    monkeypatch.setattr(overrides, "MATCH_SECONDS", 1.0)
     with pytest.raises(InputError, match=r"'\(\(\.\+\)\+\)\+#' did not finish matching the tensor names in 1 s"):
         match_names([("((.+)+)+#", QType.Q4_0)], ["blk.10.attn_q.weight_and_a_long_tail"] * 3)
 

@@ -1,7 +1,7 @@
 """IQ3_XXS and IQ3_S kernels against libggml, byte for byte.
 
 Tables: the grids, kmap and neighbour lists (iq3xs_init_impl) against gguf-py's dequantizer grids
-and a literal port of ggml's loops. Quantize: kquant.kernels.iq3 vs ggml_quantize_chunk without
+and a literal port of ggml's loops. Quantize: kquant.ggml.kernels.iq3 vs ggml_quantize_chunk without
 and with importance weights, over many value distributions. Inputs on which ggml aborts (NaN, Inf,
 overflow to Inf inside the search) are checked to abort ggml (in a child process) and to be
 flagged by kquant. Dequantize: vs ggml's to_float (bitwise) and gguf-py.
@@ -197,7 +197,7 @@ def _flagged(t, q) -> bool:
 
 @pytest.mark.parametrize("t", TYPES, ids=lambda t: t.name)
 def test_abort(t, tmp_path):
-    """Where ggml aborts (run in a child process), kquant marks the block (kquant.quants then refuses
+    """Where ggml aborts (run in a child process), kquant marks the block (kquant.ggml.quants then refuses
     the tensor); where ggml does not, kquant matches its bytes."""
     s, rng = fresh_rng()
     x = rng.standard_normal(QK_K).astype(np.float32)

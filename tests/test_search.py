@@ -1,11 +1,11 @@
-"""Scale searches: the scalar ports in tests/oracle/search.py against the lane-vectorized
+"""Scale searches: the scalar ports in kquant.ggml.kernels._search against the lane-vectorized
 weighted legacy paths (kquant.ggml.kernels.legacy), and those paths against libggml on inputs the
 per-family tests do not cover (squares that overflow, infinities, weights at the float32
 extremes, chunk boundaries of the lane layout).
 
 The scalar ports are no longer called by any kernel; the first group of tests keeps them
 checked: a row quantizer written the way ggml writes quantize_row_q{4,5}_{0,1}_impl, calling
-search.make_qx_quants / make_qkx3_quants per block, must give the kernels' bytes.
+_search.make_qx_quants / make_qkx3_quants per block, must give the kernels' bytes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from numba import njit
 from oracle import reference
 from kquant.ggml.kernels import legacy
 from kquant.ggml.kernels._common import fp32_to_fp16
-from oracle.search import make_qkx3_quants, make_qx_quants
+from kquant.ggml.kernels._search import make_qkx3_quants, make_qx_quants
 from kquant.types import QType
 
 QK = 32
@@ -31,7 +31,7 @@ SPEC = {
 }
 
 
-# ggml-quants.c quantize_row_q{4_0,5_0,4_1,5_1}_impl, one row, with the scalar oracle.search ports
+# ggml-quants.c quantize_row_q{4_0,5_0,4_1,5_1}_impl, one row, with the scalar _search ports
 @njit(cache=True, error_model="numpy")
 def _scalar_row(x, qw, y, nmax, qkx, ts, qs):
     n = x.shape[0]
@@ -135,7 +135,7 @@ def _assert_same(t, x, w, got, want, what):
 
 @pytest.mark.parametrize("t", WEIGHTED, ids=lambda t: t.name)
 def test_scalar_ports_match_lane_kernels(t):
-    """search.make_qx_quants / make_qkx3_quants, block by block, give the lane kernels' bytes."""
+    """_search.make_qx_quants / make_qkx3_quants, block by block, give the lane kernels' bytes."""
     rng = np.random.default_rng()
     with np.errstate(all="ignore"):
         for rows, cols in SHAPES:

@@ -80,3 +80,27 @@ def test_automix_candidates_have_kernels_and_fit_their_row_class():
 
 def test_names_and_ids_are_unique():
     assert len({d.name for d in TYPES}) == len({d.id for d in TYPES}) == len(TYPES) == len(QType)
+
+
+def test_file_types_match_gguf_py():
+    """FileType ids (llama.h enum llama_ftype) as gguf-py's LlamaFileType states them, where it knows the name."""
+    from gguf import LlamaFileType
+
+    from kquant.types import FileType
+
+    for ft in FileType:
+        if ft.name in LlamaFileType.__members__:
+            assert int(LlamaFileType[ft.name]) == int(ft), ft.name
+
+
+def test_public_api_survives_importing_every_module():
+    """No subpackage shadows the public functions (importing `kquant.x` sets attribute `x` on kquant)."""
+    import importlib
+    import pkgutil
+
+    import kquant
+
+    for m in pkgutil.walk_packages(kquant.__path__, "kquant."):
+        importlib.import_module(m.name)
+    assert callable(kquant.quantize) and callable(kquant.dequantize) and callable(kquant.convert)
+    assert kquant.quantize.__module__ == "kquant.ggml.quants"

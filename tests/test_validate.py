@@ -266,7 +266,23 @@ MIXED = {
     r"blk\.1\.ffn_up\.": QType.IQ4_NL,
     r"blk\.1\.ffn_down\.": QType.IQ4_XS,
 }
-FILES = ("BF16", "Q4_K_M", "mixed")
+MIXED2 = {  # the types beyond those 14 (a second file: one type per matrix)
+    r"blk\.0\.attn_q\.": QType.TQ1_0,
+    r"blk\.0\.attn_k\.": QType.TQ2_0,
+    r"blk\.0\.attn_v\.": QType.MXFP4,
+    r"blk\.0\.attn_output\.": QType.IQ3_S,
+    r"^output\.": QType.IQ3_XXS,  # output and token_embd need no importance matrix for it
+}
+MIXED3 = {  # only output and token_embd may take these without an importance matrix (llama-quantize)
+    r"^output\.": QType.IQ1_M,
+    r"^token_embd\.": QType.IQ2_S,
+}
+MIXED_FILES = ("mixed", "mixed2", "mixed3")
+# not in the mixed files: gguf-py 0.19, this test's oracle, cannot dequantize Q1_0 and Q2_0
+# (test_kernels_tq_mxfp4 checks them against libggml); ggml quantizes IQ2_XXS, IQ2_XS and IQ1_S only
+# with an importance matrix, which these files are made without (test_kernels_iq2 checks them)
+NO_ORACLE = {QType.Q1_0, QType.Q2_0, QType.IQ2_XXS, QType.IQ2_XS, QType.IQ1_S}
+FILES = ("BF16", "Q4_K_M", *MIXED_FILES)
 
 
 @pytest.fixture(scope="module")
@@ -276,8 +292,10 @@ def case(tmp_path_factory):
     hf = make_hf_llama(d / "hf")
     bf16 = write_bf16_gguf(hf, d / "bf16.gguf")
     files = {"BF16": bf16, "Q4_K_M": llama_quantize(bf16, d / "Q4_K_M.gguf", FileType.MOSTLY_Q4_K_M),
-             "mixed": llama_quantize(bf16, d / "mixed.gguf", FileType.MOSTLY_Q8_0, MIXED)}
-    return {"hf": hf, "files": files, "dir": d, "reports": {}, "types": set()}
+             "mixed": llama_quantize(bf16, d / "mixed.gguf", FileType.MOSTLY_Q8_0, MIXED),
+             "mixed2": llama_quantize(bf16, d / "mixed2.gguf", FileType.MOSTLY_Q8_0, MIXED2),
+             "mixed3": llama_quantize(bf16, d / "mixed3.gguf", FileType.MOSTLY_Q8_0, MIXED3)}
+    return {"hf": hf, "files": files, "dir": d, "reports": {}, "types": {}}
 
 
 WHAT_IF_TYPES = ["Q4_K", "Q5_K", "Q6_K", "Q8_0"]
@@ -403,8 +421,13 @@ def test_llama_cpp_files_match_independent_computation(case, name):
     types = check_against_oracle(rep, path, src)
     assert not rep.unmatched and not rep.missing
     assert len(seen) == len(rep.tensors) and seen[-1][0] == seen[-1][1]
-    if name == "mixed":  # every type kquant has kernels for, from llama.cpp's quantizer
-        assert set(quants.supported_types()) <= types, set(quants.supported_types()) - types
+    case["types"][name] = types
+    if name == MIXED_FILES[-1]:  # every type kquant has kernels for, from llama.cpp's quantizer, in the mixed files
+        for other in MIXED_FILES:
+            if other not in case["types"]:
+                case["types"][other] = check_against_oracle(report_of(case, other), case["files"][other], src)
+        seen_types = set().union(*(case["types"][n] for n in MIXED_FILES))
+        assert set(quants.supported_types()) - NO_ORACLE <= seen_types, set(quants.supported_types()) - NO_ORACLE - seen_types
 
 
 def test_f32_source_is_compared_with_original_values(tmp_path):
@@ -421,16 +444,27 @@ def test_f32_source_is_compared_with_original_values(tmp_path):
     assert by["output_norm.weight"].metrics.rel_rmse == 0  # 1-D tensors stay F32
 
 
-def test_gguf_py_fallback_for_types_without_kernels(case, tmp_path):
-    """IQ3_S (no kquant kernels): dequantized with gguf-py from the strictly read bytes."""
+def test_gguf_py_fallback_for_types_without_kernels(case, tmp_path, monkeypatch):
+    """A type without kquant kernels (IQ2_S, its kernels hidden here: every type has them now):
+    dequantized with gguf-py from the strictly read bytes."""
+    from kquant.ggml import quants
     from kquant.validate import report_json, validate_file
 
-    path = llama_quantize(case["files"]["BF16"], tmp_path / "iq3s.gguf", 26)  # LLAMA_FTYPE_MOSTLY_IQ3_S
+    kernel = quants.kernel
+
+    def no_iq2_s(q):
+        if q is QType.IQ2_S:
+            raise NotImplementedError("no kernels for type IQ2_S")
+        return kernel(q)
+
+    monkeypatch.setattr(quants, "kernel", no_iq2_s)
+    path = llama_quantize(case["files"]["BF16"], tmp_path / "iq2s.gguf", FileType.MOSTLY_Q8_0,
+                          {r"^output\.": QType.IQ2_S})  # no importance matrix needed for the output
     rep = validate_file(path, case["hf"])
     src = gguf_layout(read_safetensors(case["hf"] / "model.safetensors"))
     ref = gguf_py_tensors(path)
     fallback = [t for t in rep.tensors if t.dequantizer == "gguf-py"]
-    assert fallback and all(t.type == "iq3_s" for t in fallback)
+    assert fallback and all(t.type == "iq2_s" for t in fallback)
     for t in fallback:
         o = oracle_metrics(src[t.name], ref[t.name][1])
         assert close(t.metrics.rel_rmse, o["rel_rmse"]) and t.metrics.max_abs == o["max_abs"]
@@ -549,11 +583,11 @@ def test_plot_renders(case, tmp_path):
 def test_plot_without_matplotlib(monkeypatch):
     import sys
 
-    from kquant.validate import _matplotlib
+    from kquant.validate import load_matplotlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(UnsupportedError, match="matplotlib"):
-        _matplotlib()
+        load_matplotlib()
 
 
 # ============================================================================= what-if

@@ -36,14 +36,14 @@ def set_threads(n: int) -> None:
     _threads = int(n)
 
 
-def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
+def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> int:
     """fn(*args) on disjoint row ranges of the leading 2-D arrays, on up to `_threads` threads
-    (the kernels are nogil, so the ranges run in parallel)."""
+    (the kernels are nogil, so the ranges run in parallel). Returns the sum of what the calls
+    return (a kernel's count of blocks ggml aborts on; None counts 0)."""
     global _pool
     n = min(_threads, rows, max(1, rows * cols // MIN_VALUES_PER_THREAD))
     if n <= 1:
-        fn(*arrays_and_args)
-        return
+        return int(fn(*arrays_and_args) or 0)
     if _pool is None or _pool._max_workers < MAX_THREADS:
         _pool = ThreadPoolExecutor(max_workers=MAX_THREADS, thread_name_prefix="kquant")
     bounds = [rows * i // n for i in range(n + 1)]
@@ -52,9 +52,10 @@ def _run_rows(fn, rows: int, cols: int, *arrays_and_args) -> None:
         return [v[a:b] if isinstance(v, np.ndarray) and v.ndim == 2 else v for v in arrays_and_args]
 
     futs = [_pool.submit(fn, *part(bounds[i], bounds[i + 1])) for i in range(1, n)]
-    fn(*part(bounds[0], bounds[1]))
+    failed = int(fn(*part(bounds[0], bounds[1])) or 0)
     for f in futs:
-        f.result()
+        failed += int(f.result() or 0)
+    return failed
 
 
 @lru_cache(maxsize=None)
@@ -82,6 +83,36 @@ def kernel(qtype) -> Kernel:
 
 def supported_types() -> list[QType]:
     return sorted(registry(), key=int)
+
+
+ROUNDINGS = ("ggml", "best")  # rounding modes; "ggml" is ggml's own bytes
+BETTER_MODULES = ("better_k", "better_sym", "better_legacy", "better_iq4")  # kernel modules exporting BEST: {QType: quantize}
+
+
+def parse_rounding(rounding) -> str:
+    r = str(rounding).lower()
+    if r not in ROUNDINGS:
+        raise InputError(f"unknown rounding {rounding!r}: choose one of {', '.join(ROUNDINGS)}")
+    return r
+
+
+@lru_cache(maxsize=None)
+def better_registry() -> dict[QType, object]:
+    """QType -> quantize kernel of rounding="best" (same signature as Kernel.quantize)."""
+    reg: dict = {}
+    for name in BETTER_MODULES:
+        path = f"{__package__}.kernels.{name}"
+        if importlib.util.find_spec(path) is None:
+            continue
+        for t, fn in importlib.import_module(path).BEST.items():
+            assert t not in reg, f"{t.name} has two better kernels"
+            reg[t] = fn
+    return reg
+
+
+def better_types() -> list[QType]:
+    """Types whose rounding="best" runs a search of its own (the others write ggml's blocks)."""
+    return sorted(better_registry(), key=int)
 
 
 @njit(nogil=True, cache=True)
@@ -132,14 +163,19 @@ def _check_scales(q: np.ndarray, t: QType) -> None:
 
 
 def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np.ndarray | None = None,
-             check_finite: bool = True) -> np.ndarray:
+             check_finite: bool = True, rounding: str = "ggml") -> np.ndarray:
     """Quantize a 2-D float32 array row by row -> uint8 array (rows, bytes_per_row).
 
-    Identical to ggml_quantize_chunk(type, x, ..., imatrix). `imatrix` is one importance weight
-    per column (float32), used by the types whose ggml quantizer takes weights.
+    rounding="ggml": identical to ggml_quantize_chunk(type, x, ..., imatrix). `imatrix` is one
+    importance weight per column (float32), used by the types whose ggml quantizer takes weights.
+    rounding="best": same type and layout, each block searched harder for a lower weighted error
+    than ggml's (and ggml's block kept where it is not beaten); see kernels/better_*.py.
     """
     t = parse_qtype(qtype)
     k = kernel(t)
+    qfn = k.quantize
+    if parse_rounding(rounding) == "best":
+        qfn = better_registry().get(t, qfn)
     x = _as_rows(x)
     rows, cols = x.shape
     if cols == 0:
@@ -151,6 +187,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
         if bad:
             raise ValueError(f"x has {bad} non-finite value(s) (NaN or Inf)")
     qw = _EMPTY
+    if imatrix is None and t.requires_imatrix:
+        raise ValueError(f"{t.name} needs an importance matrix (imatrix): ggml_quantize_chunk aborts without one")
     if imatrix is not None:
         qw = np.ascontiguousarray(imatrix, dtype=np.float32).reshape(-1)
         if qw.shape[0] != cols:
@@ -163,7 +201,10 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     elif out.shape != (rows, row_bytes) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous uint8 array of shape {(rows, row_bytes)}")
     if rows:
-        _run_rows(k.quantize, rows, cols, x, qw, out)
+        failed = _run_rows(qfn, rows, cols, x, qw, out)
+        if failed:
+            raise ValueError(f"{t.name}: ggml's search aborts on {failed} block(s) of this input "
+                             "(non-finite values in its search)")
         _check_scales(out, t)
     return out
 

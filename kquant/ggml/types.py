@@ -77,18 +77,18 @@ TYPES: tuple[TypeDecl, ...] = (
                                   ("qs", U8, QK_K // 2)),                                                  "q5_k",  "Q5_1", 2.0, (256,)),
     D("Q6_K",   14,  QK_K,  210, (("ql", U8, QK_K // 2), ("qh", U8, QK_K // 4), ("scales", I8, QK_K // 16), ("d", HALF)),
                                                                                                            "q6_k",  "Q8_0", 3.0, (256,)),
-    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL"),
-    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL"),
+    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL", 8.5),
+    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL", 4.0),
     D("IQ3_XXS", 18, QK_K,   98, (("d", HALF), ("qs", U8, 3 * QK_K // 8)),                               "iq3", "IQ4_NL", 5.5),
-    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL"),
+    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL", 11.5),
     D("IQ4_NL", 20,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "iq4",    None, 2.5, (32,)),
     D("IQ3_S",  21,  QK_K,  110, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("signs", U8, QK_K // 8),
                                   ("scales", U8, QK_K // 64)),                                            "iq3", "IQ4_NL", 3.3),
     D("IQ2_S",  22,  QK_K,   82, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("scales", U8, QK_K // 32)),
-                                                                                                           "iq2", "IQ4_NL"),
+                                                                                                           "iq2", "IQ4_NL", 3.5),
     D("IQ4_XS", 23,  QK_K,  136, (("d", HALF), ("scales_h", U16), ("scales_l", U8, QK_K // 64), ("qs", U8, QK_K // 2)),
                                                                                                            "iq4", "IQ4_NL", 2.5, (256,)),
-    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL"),
+    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL", 2.0),
     D("BF16",   30,     1,    2, (("v", U16),),                                                          "floats",  None, 2.0),
     D("TQ1_0",  34,  QK_K,   54, (("qs", U8, (QK_K - 4 * QK_K // 64) // 5), ("qh", U8, QK_K // 64), ("d", HALF)),
                                                                                                            "tq",    "Q4_0"),
@@ -99,6 +99,9 @@ TYPES: tuple[TypeDecl, ...] = (
 )
 # fmt: on
 del D
+
+# ggml.c ggml_quantize_requires_imatrix: ggml_quantize_chunk asserts imatrix != NULL for these
+REQUIRES_IMATRIX = frozenset({"IQ2_XXS", "IQ2_XS", "IQ1_S"})
 
 
 class _QTypeBase(IntEnum):
@@ -119,6 +122,11 @@ class _QTypeBase(IntEnum):
     @property
     def is_quantized(self) -> bool:
         return DECLS[self].block_size > 1
+
+    @property
+    def requires_imatrix(self) -> bool:
+        """ggml.c ggml_quantize_requires_imatrix: ggml_quantize_chunk aborts without importance weights."""
+        return self.name in REQUIRES_IMATRIX
 
     @property
     def ggml_name(self) -> str:

@@ -48,7 +48,8 @@ def first_calls(types) -> None:
     x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
     for t in types:
         t = parse_qtype(t)
-        dequantize(quantize(x, t), t, x.shape)  # quantize also runs count_nonfinite and the scale check
+        w = np.ones(x.shape[1], dtype=np.float32) if t.requires_imatrix else None
+        dequantize(quantize(x, t, w), t, x.shape)  # quantize also runs count_nonfinite and the scale check
 
 
 def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
@@ -72,23 +73,19 @@ def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
 
 @contextmanager
 def _warm_lock():
-    try:
-        import fcntl
-    except ImportError:  # not POSIX: no lock
-        yield
-        return
+    from ..io.fsutil import file_lock
+
     path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
     try:
-        f = open(path, "a")
+        lock = file_lock(path)
+        lock.__enter__()
     except OSError:  # no writable temp directory: warm up unserialised
         yield
         return
-    with f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.__exit__(None, None, None)
 
 
 def _family(t: QType) -> str:
@@ -116,14 +113,18 @@ def _compile(cold: list[QType], jobs: int) -> None:
         i = load.index(min(load))
         groups[i] += families[fam]
         load[i] += _family_compile_s(fam)
+    from ..io.fsutil import signals_held
+
     code = f"import sys; from {__name__} import first_calls; first_calls(sys.argv[1:])"
     env = dict(os.environ)  # the same numba settings and cache directory; this very kquant first
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    procs = [subprocess.Popen([sys.executable, "-c", code, *(t.name for t in g)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-             for g in groups]
+    procs: list[subprocess.Popen] = []
     try:
+        for g in groups:
+            with signals_held():  # started and registered for the kill below with no interrupt in between
+                procs.append(subprocess.Popen([sys.executable, "-c", code, *(t.name for t in g)], env=env,
+                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for p in procs:
             p.wait()
     finally:

@@ -1,20 +1,26 @@
-"""Atomic output files, output-is-not-an-input checks, SIGTERM/SIGHUP as KeyboardInterrupt, and
-releasing pages of read-only mappings that a streaming reader has consumed.
+"""Atomic output files, output-is-not-an-input checks, signals (SIGINT/SIGTERM/SIGHUP as
+KeyboardInterrupt, regions where they are held), file locks, and reads that notice a file
+changing under them.
 
 An output is written to a hidden temporary file next to it (`.NAME.kquant-tmp-<pid>-<rand>`),
 fsynced, then renamed over the final name and the directory fsynced: a reader sees either
 nothing or the whole file. Any exception (KeyboardInterrupt and SystemExit included) removes the
 temporary file; only SIGKILL or a crash can leave one behind, never a partial final file.
+
+Every file kquant creates is created inside `signals_held()` together with what removes it, so
+an interrupt cannot fall between the two. Every file a command opens for reading is recorded
+(an audit hook on "open", active inside `track_inputs()`), and `atomic_output` refuses to
+replace any of them, however the path is spelled (symlink, hard link, `..`).
 """
 
 from __future__ import annotations
 
 import errno
-import mmap
 import os
-import secrets
 import signal
+import sys
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +38,12 @@ WRITE_ERRORS = {
 }
 BODY_WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)  # errors only a write can cause
 TERMINATION_SIGNALS = tuple(s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s is not None)
+INTERRUPT_SIGNALS = (signal.SIGINT, *TERMINATION_SIGNALS)
+# Test hook: "SECONDS:SUBSTRING" pauses (signals held) right after creating a file whose name
+# contains SUBSTRING, after printing "kquant-test: created PATH" on stderr, so a test can send a
+# signal inside the create-and-register window every time.
+TEST_PAUSE_ENV = "KQUANT_TEST_PAUSE_AFTER_CREATE"
+TEST_ANNOUNCE_ENV = "KQUANT_TEST_ANNOUNCE"  # "kquant-test: started" once the CLI's handlers are in
 
 
 def _p(path) -> str:
@@ -42,7 +54,7 @@ def _p(path) -> str:
 
 def tmp_name(final: Path) -> Path:
     """A hidden temp name beside `final` that cannot be mistaken for it."""
-    return final.with_name(f".{final.name[:MAX_TMP_BASE]}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+    return final.with_name(f".{final.name[:MAX_TMP_BASE]}{TMP_MARK}{os.getpid()}-{os.urandom(4).hex()}")
 
 
 def _fsync_dir(d: Path) -> None:
@@ -74,19 +86,70 @@ def _unlink_quietly(p: Path) -> None:
         pass
 
 
-def _block_signals():
-    """Block SIGINT/SIGTERM/SIGHUP during cleanup; returns the old mask (or None)."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
+@contextmanager
+def signals_held():
+    """Hold SIGINT/SIGTERM/SIGHUP: one arriving inside the block is acted on when it ends.
+
+    Python runs signal handlers in the main thread only, between bytecodes; inside the block the
+    handlers are swapped for one that records the signal, and on exit the original handlers are
+    put back and called for what was recorded. Off the main thread no KeyboardInterrupt can be
+    raised, so the block is a no-op there."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+    old = {}
     try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, *TERMINATION_SIGNALS})
-    except (OSError, ValueError):
-        return None
+        for s in INTERRUPT_SIGNALS:
+            h = signal.getsignal(s)
+            if h is None or h == signal.SIG_IGN:  # not Python's, or ignored: leave it
+                continue
+            old[s] = signal.signal(s, lambda signum, frame: pending.append(signum))
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        for s in dict.fromkeys(pending):
+            h = old[s]
+            if callable(h):
+                h(s, None)
+            elif h == signal.SIG_DFL:
+                signal.raise_signal(s)
 
 
-def _restore_signals(old) -> None:
-    if old is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+def created(path) -> None:
+    """Called right after creating a file, signals held (see TEST_PAUSE_ENV)."""
+    spec = os.environ.get(TEST_PAUSE_ENV)
+    if not spec:
+        return
+    seconds, _, part = spec.partition(":")
+    if part in os.path.basename(os.fspath(path)):
+        print(f"kquant-test: created {os.fspath(path)}", file=sys.stderr, flush=True)
+        time.sleep(float(seconds))
+
+
+@contextmanager
+def file_lock(path, blocking: bool = True):
+    """An exclusive flock on `path` (created if missing, kept afterwards) for the block.
+
+    Yields True when locked; False when `blocking` is off and another process holds it.
+    OSError if the lock file cannot be opened. Not POSIX: no lock, yields True."""
+    try:
+        import fcntl
+    except ImportError:
+        yield True
+        return
+    with signals_held():  # the descriptor is closed by the finally below, whatever arrives
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)  # releases the flock
 
 
 def _check_target(final: Path, force: bool) -> None:
@@ -102,28 +165,44 @@ def _check_target(final: Path, force: bool) -> None:
         raise OutputError(f"{_p(final)}: output directory {_p(parent)} is not writable")
 
 
+def check_output(final_path, force: bool = False) -> None:
+    """The checks atomic_output makes before creating anything, for refusing before long work:
+    exists (without force), a folder, no such folder, not writable, or a file this command read."""
+    final = Path(os.path.abspath(os.fspath(final_path)))
+    _check_target(final, force)
+    check_not_input(final, inputs_read())
+
+
 def _as_output_error(final: Path, e: OSError) -> OutputError:
     reason = WRITE_ERRORS.get(e.errno) or e.strerror or str(e)
     return OutputError(f"{_p(final)}: cannot write ({reason})")
 
 
 @contextmanager
-def atomic_output(final_path, force: bool = False):
+def atomic_output(final_path, force: bool = False, replaces_input: bool = False):
     """Yield a binary file that becomes `final_path` only if the block completes.
 
-    Refuses an existing final path unless force; removes the temp file on any exception.
-    OSErrors (disk full, file too large, ...) become a one-line OutputError naming the path.
+    Refuses an existing final path unless force, and a file read by this command (see
+    track_inputs) unless `replaces_input` (a state file read and rewritten by design); removes the
+    temp file on any exception. OSErrors (disk full, file too large, ...) become a one-line
+    OutputError naming the path.
     """
     final = Path(os.path.abspath(os.fspath(final_path)))
-    _check_target(final, force)
+    if replaces_input:
+        _check_target(final, force)
+    else:
+        check_output(final, force)
     tmp = tmp_name(final)
-    try:
-        f = open(tmp, "xb")  # O_CREAT | O_EXCL, close-on-exec, mode 0o666 & ~umask
-    except OSError as e:
-        reason = WRITE_ERRORS.get(e.errno) or e.strerror or str(e)
-        raise OutputError(f"{_p(final)}: cannot create a file in {_p(final.parent)} ({reason})") from None
+    f = None
     finishing = False
     try:
+        with signals_held():  # the file and the handler that removes it come into being together
+            try:
+                f = open(tmp, "xb")  # O_CREAT | O_EXCL, close-on-exec, mode 0o666 & ~umask
+            except OSError as e:
+                reason = WRITE_ERRORS.get(e.errno) or e.strerror or str(e)
+                raise _NotCreated(f"{_p(final)}: cannot create a file in {_p(final.parent)} ({reason})") from None
+            created(tmp)
         yield f
         finishing = True  # from here on every OSError is about the output
         if f.closed:  # the block closed it: its data is flushed, make it durable
@@ -132,22 +211,28 @@ def atomic_output(final_path, force: bool = False):
             f.flush()
             os.fsync(f.fileno())
             f.close()
+        if not replaces_input:  # inputs opened while writing (shards, sources) count too
+            check_not_input(final, inputs_read())
         _commit(tmp, final, force)
         _fsync_dir(final.parent)
+    except _NotCreated as e:
+        raise OutputError(str(e)) from None
     except BaseException as exc:
-        old = _block_signals()
-        try:
-            try:
-                f.close()
-            except OSError:
-                pass
+        with signals_held():
+            if f is not None:
+                try:
+                    f.close()
+                except OSError:
+                    pass
             _unlink_quietly(tmp)
-        finally:
-            _restore_signals(old)
         # An OSError from the block may concern an input; only write-side errors are rewritten.
         if isinstance(exc, OSError) and (finishing or exc.errno in BODY_WRITE_ERRNOS):
             raise _as_output_error(final, exc) from exc
         raise
+
+
+class _NotCreated(Exception):
+    """atomic_output could not create its temporary file (nothing to remove)."""
 
 
 def _commit(tmp: Path, final: Path, force: bool) -> None:
@@ -199,38 +284,192 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated(signum)
+_interrupted: list[int] = []  # signals received since `interrupt_once` handlers were installed
+_armed = True  # False from `defer_interrupts` until `arm_interrupts`
+
+
+def interrupt_once(signum, frame):
+    """Signal handler: the first SIGINT/SIGTERM/SIGHUP raises KeyboardInterrupt (`Terminated` for
+    the last two); later ones are ignored, so the clean-up the first one started runs to its end
+    and cannot be interrupted into a traceback. Before the handlers are armed it only records."""
+    _interrupted.append(signum)
+    if _armed and len(_interrupted) == 1:
+        _raise_for(signum)
+
+
+def _raise_for(signum: int):
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
+
+
+def _install(signals) -> dict:
+    old = {}
+    for s in signals:
+        h = signal.getsignal(s)
+        if h == signal.SIG_IGN and s == signal.SIGINT:  # a background job: SIGINT is not meant for us
+            continue
+        old[s] = signal.signal(s, interrupt_once)
+    return old
+
+
+def defer_interrupts() -> dict:
+    """Install `interrupt_once` for SIGINT/SIGTERM/SIGHUP, recording only: start-up (imports of
+    numpy and numba, whose machinery can swallow or rewrap an exception raised inside it) runs to a
+    point where `arm_interrupts` acts on what was recorded. Returns the handlers replaced; a second
+    call keeps what the first recorded."""
+    global _armed
+    if signal.getsignal(signal.SIGTERM) is not interrupt_once:
+        _interrupted.clear()
+    _armed = False
+    return _install(INTERRUPT_SIGNALS)
+
+
+def arm_interrupts() -> None:
+    """From here a signal raises at once; one recorded before is raised now."""
+    global _armed
+    _armed = True
+    if _interrupted:
+        _raise_for(_interrupted[0])
+
+
+def install_interrupt_handlers(sigint: bool = True) -> dict:
+    """Arm `interrupt_once` for SIGTERM/SIGHUP (and SIGINT unless told not to) in the main
+    thread; returns the handlers it replaced. A SIGINT already ignored stays ignored."""
+    global _armed
+    _interrupted.clear()
+    old = _install(INTERRUPT_SIGNALS if sigint else TERMINATION_SIGNALS)
+    _armed = True
+    return old
+
+
+def unraisable_hook(previous):
+    """A sys.unraisablehook: a KeyboardInterrupt of ours raised where Python can only report it
+    ("Exception ignored in" a weakref callback or __del__) is not lost: it is raised again from
+    the next bytecode of the main program, and nothing is printed."""
+
+    def hook(u):
+        if isinstance(u.exc_value, KeyboardInterrupt) and len(_interrupted) == 1:
+            signum = _interrupted.pop()
+            signal.raise_signal(signum)  # interrupt_once runs again as the first signal
+            return
+        previous(u)
+
+    return hook
+
+
+def interrupt_signal() -> int | None:
+    """The first signal `interrupt_once` received since it was installed, or None."""
+    return _interrupted[0] if _interrupted else None
+
+
+def announce(event: str) -> None:
+    """Test hook: "kquant-test: EVENT" on stderr when KQUANT_TEST_ANNOUNCE is set."""
+    if os.environ.get(TEST_ANNOUNCE_ENV):
+        print(f"kquant-test: {event}", file=sys.stderr, flush=True)
+
+
+def restore_handlers(old: dict) -> None:
+    for s, h in old.items():
+        signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+def ignore_interrupts() -> None:
+    """From here to exit, SIGINT/SIGTERM/SIGHUP are ignored (the process is finishing)."""
+    for s in INTERRUPT_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
 
 
 @contextmanager
 def handle_termination():
-    """Turn SIGTERM and SIGHUP into `Terminated` (a KeyboardInterrupt) in the main thread."""
-    if threading.current_thread() is not threading.main_thread():
+    """Turn SIGTERM and SIGHUP into `Terminated` (a KeyboardInterrupt) in the main thread; a
+    no-op where `interrupt_once` already handles them (the command line)."""
+    if threading.current_thread() is not threading.main_thread() or all(
+            signal.getsignal(s) is interrupt_once for s in TERMINATION_SIGNALS):
         yield
         return
     old = {}
     try:
-        for s in TERMINATION_SIGNALS:
-            old[s] = signal.signal(s, _raise_terminated)
+        old = install_interrupt_handlers(sigint=False)
         yield
     finally:
-        for s, h in old.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
+        restore_handlers(old)
 
 
-def release_pages(mm, offset: int, nbytes: int) -> None:
-    """Drop a consumed byte range of a read-only shared mapping from this process's resident set.
+# ---------------------------------------------------------------- files read by this command
+_tracking = 0
+_inputs_read: dict[str, None] = {}  # absolute paths, in the order they were first opened
+_hook_installed = False
+_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 
-    Streaming through a mapping would otherwise leave every page read resident, so peak RSS would
-    grow with the file; the page cache keeps the data and a later access faults it back in."""
-    if mm is None or nbytes <= 0 or not hasattr(mmap, "MADV_DONTNEED"):
+
+def _audit(event, args):
+    if event != "open" or not _tracking:
         return
-    page = mmap.PAGESIZE
-    a = offset // page * page
-    b = min(len(mm), -(-(offset + nbytes) // page) * page)
-    if b > a:
-        try:
-            mm.madvise(mmap.MADV_DONTNEED, a, b - a)
-        except (OSError, ValueError):
-            pass
+    path, mode, flags = args
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, (str, bytes)):  # a file descriptor
+        return
+    if mode is not None and any(c in mode for c in "wax+"):
+        return
+    if mode is None and flags is not None and flags & _WRITE_FLAGS:
+        return
+    _inputs_read.setdefault(os.path.abspath(os.fsdecode(path)), None)
+
+
+@contextmanager
+def track_inputs():
+    """Record every file opened for reading inside the block (nestable; the record is cleared
+    when the outermost block ends). atomic_output refuses to replace any of them."""
+    global _tracking, _hook_installed
+    if not _hook_installed:
+        sys.addaudithook(_audit)
+        _hook_installed = True
+    if not _tracking:
+        _inputs_read.clear()
+    _tracking += 1
+    try:
+        yield
+    finally:
+        _tracking -= 1
+        if not _tracking:
+            _inputs_read.clear()
+
+
+def note_input(path) -> None:
+    """Record `path` as an input of the current command (for inputs named before they are read)."""
+    if _tracking:
+        _inputs_read.setdefault(os.path.abspath(os.fspath(path)), None)
+
+
+def inputs_read() -> list[str]:
+    return list(_inputs_read)
+
+
+def file_stamp(fd: int) -> tuple[int, int]:
+    """(size, mtime_ns) of an open file: what `pread_array` compares after every read."""
+    st = os.fstat(fd)
+    return st.st_size, st.st_mtime_ns
+
+
+def pread_array(fd: int, offset: int, nbytes: int, stamp: tuple[int, int], path):
+    """`nbytes` bytes at `offset` as a new read-only uint8 array; InputError "PATH changed while
+    reading" if the file came up short or its size or mtime is no longer `stamp`.
+
+    Readers use this instead of a mapping: a mapped file truncated by another process turns the
+    next access into SIGBUS, which Python cannot handle; a read just comes up short."""
+    import numpy as np
+
+    from ..errors import InputError
+
+    buf = np.empty(nbytes, np.uint8)
+    view = memoryview(buf)
+    got = 0
+    while got < nbytes:
+        n = os.preadv(fd, [view[got:]], offset + got)
+        if n <= 0:
+            break
+        got += n
+    if got < nbytes or file_stamp(fd) != stamp:
+        raise InputError(f"{_p(path)} changed while reading")
+    buf.flags.writeable = False  # as a view of the file would be
+    return buf

@@ -11,7 +11,8 @@ added after the gguf.cpp CVEs: every count and length checked against the bytes 
 anything is allocated or looped over, known types only, no arrays of arrays, n_dims <= 4,
 non-negative dims, element and byte counts without overflow, a power-of-two u32 alignment,
 tensor offsets equal to the running padded size — and adds: data inside the file, no trailing
-bytes, strict UTF-8 keys and tensor names, bools 0 or 1. Tensor data is served from an mmap.
+bytes, strict UTF-8 keys and tensor names, bools 0 or 1. The header is parsed through an mmap;
+tensor data is read with pread (fsutil.pread_array): a file truncated meanwhile is an error, not SIGBUS.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 
 from ..errors import InputError, OutputError, UnsupportedError
-from .fsutil import release_pages
+from .fsutil import file_stamp, pread_array
 from ..ggml.types import QType
 
 GGUF_MAGIC = b"GGUF"
@@ -511,12 +512,14 @@ class _Cursor:
 
 
 class GGUFFile:
-    """A GGUF file validated before use; `data(name)` is a zero-copy uint8 view of the mmap."""
+    """A GGUF file validated before use: the header parsed through a mapping, tensor data read
+    with pread (`data`, `read_bytes`), so that a file truncated meanwhile is an InputError, not SIGBUS."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         where = _p(self.path)
         self._mm = None
+        self._fd = None
         try:
             st = os.stat(self.path)
         except OSError as e:
@@ -534,9 +537,12 @@ class GGUFFile:
             self.file_size = st.st_size
             if self.file_size < HEADER_BYTES:
                 raise InputError(f"{where}: file is {self.file_size} bytes, a GGUF header needs {HEADER_BYTES}")
-            self._mm = mmap.mmap(fd, self.file_size, access=mmap.ACCESS_READ)
-        finally:
+            self._stamp = file_stamp(fd)
+            self._mm = mmap.mmap(fd, self.file_size, access=mmap.ACCESS_READ)  # the header only
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd  # tensor data: pread (see fsutil.pread_array)
         try:
             self._parse(_Cursor(self._mm, where))
         except BaseException:
@@ -716,24 +722,28 @@ class GGUFFile:
             raise InputError(f"{_p(self.path)}: no tensor named {_s(name)}") from None
 
     def data(self, name: str) -> np.ndarray:
-        """The tensor's bytes as a read-only uint8 view of the mmap (no copy)."""
+        """The tensor's bytes as a read-only uint8 array."""
+        return self.read_bytes(name, 0, self.tensor(name).nbytes)
+
+    def read_bytes(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Bytes [start, stop) of the tensor's data (read-only uint8); InputError if the file
+        changed since it was opened."""
         t = self.tensor(name)
-        if t.nbytes == 0:
-            return np.zeros(0, np.uint8)
-        if self._mm is None:
+        if not 0 <= start <= stop <= t.nbytes:
+            raise ValueError(f"{_p(self.path)}: tensor {_s(name)} bytes [{start}, {stop}) outside [0, {t.nbytes}]")
+        if self._fd is None:
             raise ValueError(f"{_p(self.path)}: file is closed")
-        return np.frombuffer(self._mm, np.uint8, count=t.nbytes, offset=t.offset_abs)
+        return pread_array(self._fd, t.offset_abs + start, stop - start, self._stamp, self.path)
 
     def value(self, key: str, default=None):
         """The value of a metadata key (without its type), or default."""
         v = self.metadata.get(key)
         return default if v is None else v[1]
 
-    def release(self, offset: int, nbytes: int) -> None:
-        """Drop a consumed data range from the resident set (see fsutil.release_pages)."""
-        release_pages(self._mm, offset, nbytes)
-
     def close(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
         mm, self._mm = self._mm, None
         if mm is not None:
             try:

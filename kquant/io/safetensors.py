@@ -1,4 +1,4 @@
-"""Strict safetensors reader (mmap, one tensor or a few rows at a time) and a small writer.
+"""Strict safetensors reader (pread, one tensor or a few rows at a time) and a small writer.
 
 The header checks port huggingface/safetensors `SafeTensors::read_metadata` and
 `Metadata::validate` (safetensors/src/tensor.rs) and add the ones a hostile file needs: every
@@ -20,12 +20,16 @@ Folder rules (`Checkpoint.open`), modelled on llama.cpp's convert_hf_to_gguf.py
     `*.bin`/`*.pt`/`*.pth`/`*.ckpt` pickles are refused, anything else is "no weights".
 `Checkpoint.tensors` lists tensors in convert_hf_to_gguf.py's order: shard files sorted by
 name, and within each shard tensors sorted by name (gguf-py `SafetensorsLocal`).
+
+Data is read with pread into fresh arrays, not through a mapping: a file truncated by another
+process while it is read would turn an access to a mapping into SIGBUS; a read instead comes up
+short, and the file's size and mtime are compared with those at opening after every read, so
+any change is the one-line error "PATH changed while reading".
 """
 
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 import stat
@@ -36,7 +40,7 @@ import numpy as np
 
 from . import jsonio
 from ..errors import InputError, UnsupportedError
-from .fsutil import release_pages
+from .fsutil import file_stamp, pread_array
 
 HEADER_LEN_BYTES = 8  # u64 little-endian header length prefix
 MAX_HEADER_SIZE = 100_000_000  # safetensors/src/tensor.rs MAX_HEADER_SIZE
@@ -148,12 +152,12 @@ class TensorInfo:
 
 
 class SafetensorsFile:
-    """One .safetensors file, validated before anything in it is trusted; data is mmapped."""
+    """One .safetensors file, validated before anything in it is trusted; data is read with pread."""
 
     def __init__(self, path):
         self.path = os.fspath(path)
         where = _p(self.path)
-        self._mm: mmap.mmap | None = None
+        self._fd: int | None = None
         try:
             st = os.stat(self.path)
         except OSError as e:
@@ -170,11 +174,12 @@ class SafetensorsFile:
                 raise InputError(f"{where}: not a regular file")
             size = st.st_size
             self.file_size = size
+            self._stamp = file_stamp(fd)
             self.metadata, self.tensors, self.header_len = self._parse_header(fd, size, where)
-            if size:
-                self._mm = mmap.mmap(fd, size, access=mmap.ACCESS_READ)
-        finally:
+        except BaseException:
             os.close(fd)
+            raise
+        self._fd = fd
 
     # ---------------------------------------------------------------- header validation
     def _parse_header(self, fd: int, size: int, where: str):
@@ -282,10 +287,11 @@ class SafetensorsFile:
         except KeyError:
             raise InputError(f"{_p(self.path)}: no tensor named {_s(name)}") from None
 
-    def _buf(self) -> mmap.mmap:
-        if self._mm is None:
+    def _read_bytes(self, offset: int, nbytes: int) -> np.ndarray:
+        """`nbytes` bytes at `offset` in a new array; InputError if the file changed meanwhile."""
+        if self._fd is None:
             raise ValueError(f"{_p(self.path)}: file is closed")
-        return self._mm
+        return pread_array(self._fd, offset, nbytes, self._stamp, self.path)
 
     def _float_dtype(self, info: TensorInfo) -> str:
         if info.dtype not in FLOAT_DTYPES:
@@ -295,26 +301,24 @@ class SafetensorsFile:
         return info.dtype
 
     def read_raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes as a read-only uint8 view of the mmap (no copy)."""
+        """The tensor's bytes as a uint8 array."""
         info = self._info(name)
-        if info.nbytes == 0:
-            return np.zeros(0, np.uint8)
-        return np.frombuffer(self._buf(), np.uint8, count=info.nbytes, offset=info.offset)
+        return self._read_bytes(info.offset, info.nbytes)
 
     def _decode(self, dtype: str, offset: int, count: int) -> np.ndarray:
         """float32 values of `count` elements at `offset` (1-D)."""
         if count == 0:
             return np.zeros(0, np.float32)
-        buf = self._buf()
+        raw = self._read_bytes(offset, count * (DTYPE_BITS[dtype] // 8))
         if dtype == "F32":
-            return np.frombuffer(buf, "<f4", count=count, offset=offset)  # read-only view
+            return raw.view("<f4")
         if dtype == "F16":
-            return np.frombuffer(buf, "<f2", count=count, offset=offset).astype(np.float32)
-        u = np.frombuffer(buf, "<u2", count=count, offset=offset)  # BF16: top half of an f32
+            return raw.view("<f2").astype(np.float32)
+        u = raw.view("<u2")  # BF16: top half of an f32
         return (u.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
     def read(self, name: str) -> np.ndarray:
-        """Whole tensor as float32 (F32: read-only mmap view; F16/BF16: widened copy)."""
+        """Whole tensor as float32."""
         info = self._info(name)
         dtype = self._float_dtype(info)
         return self._decode(dtype, info.offset, info.numel).reshape(info.shape)
@@ -333,22 +337,12 @@ class SafetensorsFile:
             row_elems *= d
         item = DTYPE_BITS[dtype] // 8
         offset, count = info.offset + start * row_elems * item, (stop - start) * row_elems
-        out = self._decode(dtype, offset, count)
-        if dtype == "F32":
-            out = out.copy()  # detach from the mapping so its pages can be released
-        self._release(offset, count * item)
-        return out.reshape((stop - start, *info.shape[1:]))
-
-    def _release(self, offset: int, nbytes: int) -> None:
-        release_pages(self._mm, offset, nbytes)
+        return self._decode(dtype, offset, count).reshape((stop - start, *info.shape[1:]))
 
     def close(self) -> None:
-        mm, self._mm = self._mm, None
-        if mm is not None:
-            try:
-                mm.close()
-            except BufferError:  # arrays still view it: it is unmapped when they go
-                pass
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)
 
     def __enter__(self):
         return self
@@ -554,7 +548,7 @@ class Checkpoint:
         return self._file(name).read_rows(name, start, stop)
 
     def read_raw(self, name: str) -> np.ndarray:
-        """The tensor's bytes (uint8 mmap view)."""
+        """The tensor's bytes (uint8)."""
         return self._file(name).read_raw(name)
 
     def close(self) -> None:

@@ -20,7 +20,7 @@ Speed notes (numba leaves LLVM's SLP vectorizer off, so only loops vectorize):
   loads into gathers.
 - The weighted paths search up to LANES blocks of a row at once, one block per vector lane
   (see "weighted quantizers" below): make_qx_quants for Q4_0/Q5_0 here, make_qkx3_quants for
-  Q4_1/Q5_1 through q4_k.search_qkx. The scalar ports in tests/oracle/search.py are their reference
+  Q4_1/Q5_1 through q4_k.search_qkx. The scalar ports in _search.py are their reference
   (tests/test_search.py).
 """
 
@@ -376,7 +376,7 @@ def quantize_row_q8_0_ref(x, y):
 # in C's order (is = 0 first, then -9..9). make_qkx3_quants' candidates are not independent (an
 # accepted one replaces `min`, which the next ones use): Q4_1/Q5_1 run q4_k.py's lane search,
 # which is exactly make_qkx3_quants(32, nmax, x, weights, L, &min, Laux, -0.9f, 0.05f, 36, false)
-# per lane, the call these types make too. The scalar ports in tests/oracle/search.py stay the reference.
+# per lane, the call these types make too. The scalar ports in _search.py stay the reference.
 
 LANES = 32  # blocks per chunk (vector lanes)
 _PLANE = QK * LANES

@@ -166,7 +166,7 @@ def _candidate16(iv, mn, first, wk, s, use_mad):
 
 # ggml-quants.c: make_qkx2_quants (strict_degen=True: `max == min`) and make_qkx3_quants with
 # weights (`max <= min`), n = 16, nmax = 3, for the 16 sub-blocks at once. Specialised from
-# tests/oracle/search.py for speed: lanes = sub-blocks. Each candidate `is` is tried in order
+# kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks. Each candidate `is` is tried in order
 # in every lane; ggml's "keep it if the error is smaller" becomes selects. Laux is not stored:
 # the quants of a lane are re-derived at the end from the (iscale, min) that produced them.
 @njit(cache=True, error_model="numpy")

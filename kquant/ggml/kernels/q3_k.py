@@ -115,7 +115,7 @@ def _q3_try(sumlx, suml2, ch, v, li, lo, hi):
 
 
 # ggml-quants.c: make_q3_quants(16, 4, x, L, do_rmse=true), for the 16 sub-blocks at once.
-# Specialised from tests/oracle/search.py for speed: lanes = sub-blocks, n = 16 written out.
+# Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n = 16 written out.
 # A pass that changes nothing leaves the state as it was, so running further passes in a lane
 # that ggml would have stopped is a no-op; we stop when no lane changed.
 @njit(cache=True, error_model="numpy")

@@ -7,7 +7,7 @@ parts of quantize_row_q5_K_ref / _impl that differ from Q4_K (nmax 31, the qh/qs
 Q4_K and Q5_K quantize through one compiled driver, `quantize_q4_k_q5_k` (q5_k.py adds the
 Q5_K dequantizer). make_qkx2_quants / make_qkx3_quants / make_qp_quants are specialised here.
 
-Why specialised searches instead of tests/oracle/search.py: make_qkx2/3 run once per 32-value
+Why specialised searches instead of kquant.ggml.kernels._search: make_qkx2/3 run once per 32-value
 sub-block, and their candidate scales are NOT independent (an accepted candidate replaces
 `min`, which the following candidates' iscale and `x - min` use), so candidates cannot be
 vector lanes. Sub-blocks are independent, though: here up to LANES of them (whole super-blocks
@@ -324,7 +324,7 @@ def ref_pack_scales(s, l0, out, off):
 # ggml-quants.c: make_qp_quants(8, 63, x, L, quant_weights), for P = 2*nsb problems at once:
 # lane p = 2*sb solves the scales, lane 2*sb + 1 the mins of the chunk's super-block sb (x in
 # s[S_QX + i*LANES + p], weights in s[S_QW + ...]); L -> s[S_QL + ...], result -> s[S_QRES + p].
-# Specialised rather than tests/oracle/search.py make_qp_quants: the 2 calls per super-block
+# Specialised rather than kquant.ggml.kernels._search.make_qp_quants: the 2 calls per super-block
 # become SIMD lanes (~4x less time), and `max = MAX(max, x[i])` keeps C's NaN behaviour
 # (MAX(a, b) = a > b ? a : b, so a NaN x[i] is taken; _search uses max(), which skips it).
 # The refinement loop runs all 5 passes: a pass that changes nothing leaves the state as it

@@ -203,7 +203,7 @@ def qx_sums16(iv, wk, xo, wo, stride, lo, hi):
 
 
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw), for the 16 sub-blocks at once.
-# Specialised from tests/oracle/search.py for speed: lanes = sub-blocks, n fixed at 16. The
+# Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n fixed at 16. The
 # 19 candidate scales (is = -9..9) are summed first, then each lane replays ggml's sequential
 # "is this candidate better" chain over them, so the chosen scale and quants are ggml's.
 @njit(cache=True, error_model="numpy")
@@ -263,7 +263,7 @@ def qx_levels16(wk, nmax):
 
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw) for one group of 16 values: Q3_K
 # searches its 16 sub-block scales wk[W_SCALES] with weights wk[W_SW]. Specialised from
-# tests/oracle/search.py: lanes = the 19 candidates.
+# _search.py: lanes = the 19 candidates.
 @njit(cache=True, error_model="numpy")
 def qx_search1(wk, nmax, L):
     """Writes L[0:16] (int8, nmax + l) and returns the scale."""
@@ -376,10 +376,19 @@ def quantize_block_q6_k(x, base, qw, y, yo, wk):
     dh = fp32_to_fp16(np.float32(_F1 / iscale))
     y[yo + OFF_D] = np.uint8(dh & np.uint16(0xFF))
     y[yo + OFF_D + 1] = np.uint8(dh >> np.uint16(8))
-    dd = fp16_to_fp32(dh)
     for ib in range(NSUB):
         q = wrap_i8(min(np.int32(127), nearest_int(iscale * wk[W_SCALES + ib])))
         y[yo + OFF_SC + ib] = np.uint8(q & 0xFF)
+    requantize_pack_q6(wk, y, yo)
+
+
+# ggml-quants.c: the tail of quantize_row_q6_K_ref / _impl: re-round every value with the stored
+# d and int8 scales (x in wk[W_X]), then write ql and qh.
+@njit(cache=True, error_model="numpy")
+def requantize_pack_q6(wk, y, yo):
+    dd = fp16_to_fp32(np.uint32(y[yo + OFF_D]) | (np.uint32(y[yo + OFF_D + 1]) << np.uint32(8)))
+    for ib in range(NSUB):
+        q = np.int32(np.int8(y[yo + OFF_SC + ib]))
         set_requant(wk, ib, np.float32(dd * np.float32(q)), _F0)
     requantize(wk, -32, 31, np.float32(32.0), False)
 

@@ -1,21 +1,19 @@
 """Which ggml type llama-quantize gives each tensor: recipes as data plus one pure function.
 
-Port of llama.cpp `src/llama-quant.cpp` as vendored in llama-cpp-python 0.3.36, restricted to the
-file types of `FileType` (branches only other IQ*, TQ*, MXFP4, Q1_0/Q2_0 file types reach are left out):
+Port of llama.cpp `src/llama-quant.cpp` as vendored in llama-cpp-python 0.3.36, for every file
+type llama-quantize offers (`FileType`):
   tensor_get_category (L119-161), tensor_allows_quantization (L287-383), tensor_type_fallback
   (L390-443), llama_tensor_get_type_impl (L446-714), llama_tensor_get_type (L717-773),
   tensor_requires_imatrix (L856-875), llama_ftype_get_default_type (L881-924),
   init_quantize_state_counters (L927-941), the preliminary loop of llama_model_quantize_impl
   (L1104-1145: imatrix check) and llama_quant_compute_types (L1482-1520);
   the tensor order of `llama_model_loader::weights_map` (src/llama-model-loader.h L54-65,
-  `weight_name_comparer`); LLM_TYPE_70B from src/models/{llama,qwen2,deci,olmo,jais2}.cpp;
-  `parse_tensor_type` from tools/quantize/quantize.cpp L317-347.
+  `weight_name_comparer`); LLM_TYPE_70B from src/models/{llama,qwen2,deci,olmo,jais2}.cpp.
+The overrides (--tensor-type and friends) are in kquant.plan.overrides.
 
 llama-quantize walks the tensors sorted by (layer of `blk.N.`, name), not in file order; the
 per-tensor counters (attn_v, ffn_down, ...) follow that order, so `plan_types` sorts internally
 and answers in the caller's order. llama-quantize also WRITES the tensors in that sorted order.
---tensor-type patterns are ECMAScript regexes (libstdc++ std::regex) matched with regex_search, first
-match wins; `ecma_to_python` translates them for Python `re` and rejects what std::regex rejects.
 """
 
 from __future__ import annotations
@@ -25,24 +23,24 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 
-from .errors import InputError, UnsupportedError
-from .ggml.types import FALLBACK  # llama-quant.cpp tensor_type_fallback, from the type declarations
-from .types import FileType, QType, parse_qtype
+from ..errors import InputError, UnsupportedError
+from ..ggml.types import FALLBACK  # llama-quant.cpp tensor_type_fallback, from the type declarations
+from ..types import DEFAULT_TYPE as FTYPE_DEFAULT_TYPE
+from ..types import FileType, QType
+from .overrides import Overrides, first_match, match_names, normalized
 
 __all__ = [
     "DEFAULT_TYPE",
     "FALLBACK",
     "ModelFacts",
-    "Overrides",
     "TensorIn",
     "Category",
     "category_of",
     "compute_types",
-    "ecma_to_python",
     "ggml_n_dims",
     "llama_order",
-    "parse_tensor_type",
     "plan_types",
+    "needs_imatrix",
     "requires_imatrix",
     "should_quantize",
 ]
@@ -50,29 +48,8 @@ __all__ = [
 F = FileType
 Q = QType
 
-# llama-quant.cpp llama_ftype_get_default_type
-DEFAULT_TYPE: dict[FileType, QType] = {
-    F.ALL_F32: Q.F32,
-    F.MOSTLY_F16: Q.F16,
-    F.MOSTLY_BF16: Q.BF16,
-    F.MOSTLY_Q4_0: Q.Q4_0,
-    F.MOSTLY_Q4_1: Q.Q4_1,
-    F.MOSTLY_Q5_0: Q.Q5_0,
-    F.MOSTLY_Q5_1: Q.Q5_1,
-    F.MOSTLY_Q8_0: Q.Q8_0,
-    F.MOSTLY_Q2_K: Q.Q2_K,
-    F.MOSTLY_Q2_K_S: Q.Q2_K,
-    F.MOSTLY_Q3_K_S: Q.Q3_K,
-    F.MOSTLY_Q3_K_M: Q.Q3_K,
-    F.MOSTLY_Q3_K_L: Q.Q3_K,
-    F.MOSTLY_Q4_K_S: Q.Q4_K,
-    F.MOSTLY_Q4_K_M: Q.Q4_K,
-    F.MOSTLY_Q5_K_S: Q.Q5_K,
-    F.MOSTLY_Q5_K_M: Q.Q5_K,
-    F.MOSTLY_Q6_K: Q.Q6_K,
-    F.MOSTLY_IQ4_NL: Q.IQ4_NL,
-    F.MOSTLY_IQ4_XS: Q.IQ4_XS,
-}
+# llama-quant.cpp llama_ftype_get_default_type: declared with the file types (kquant.types FILE_TYPES)
+DEFAULT_TYPE: dict[FileType, QType] = FTYPE_DEFAULT_TYPE
 
 # (arch, n_layer) -> LLM_TYPE_70B, from each arch's load_arch_hparams (src/models/*.cpp);
 # "llama"/"llama-embed" also need n_head != n_head_kv and n_expert != 8 (src/models/llama.cpp).
@@ -87,9 +64,26 @@ _TYPE_70B_LAYERS: dict[str, int] = {
 
 ARCH_FALCON = "falcon"
 ARCH_GLM5_NEXT = "glm5-next"
+ARCH_BAILINGMOE3 = "bailingmoe3"
 N_EXPERT_8 = 8  # the Mixtral-8x rules: `hparams.n_expert == 8`
-GQA_MORE_BITS = 4  # attn_v gets more bits from n_gqa() >= 4
+GQA_MORE_BITS = 4  # attn_v gets more bits from n_gqa() >= 4 (the IQ1/IQ2 mixes also from n_expert >= 4)
 _IQ4_FTYPES = (F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS)
+# the IQ1/IQ2 mixes (their own branch of llama_tensor_get_type_impl), and those of them whose
+# small tensors get IQ3_S rather than Q2_K
+_IQ12_FTYPES = frozenset({F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ1_M})
+_IQ2_SM_FTYPES = (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M)
+# output (and tied token_embd): Q5_K instead of Q6_K
+_OUTPUT_Q5K_FTYPES = _IQ12_FTYPES | {F.MOSTLY_IQ3_XXS}
+# token_embd (untied)
+_TOKEN_EMBD_Q2K_FTYPES = (F.MOSTLY_IQ2_XXS, F.MOSTLY_IQ2_XS, F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M)
+_TOKEN_EMBD_IQ3S_FTYPES = (F.MOSTLY_IQ2_S, F.MOSTLY_IQ2_M, F.MOSTLY_IQ3_XXS)
+_TOKEN_EMBD_Q4K_FTYPES = (F.MOSTLY_TQ1_0, F.MOSTLY_TQ2_0, F.MOSTLY_Q2_0)
+# attn_output of an 8-expert model: Q5_K
+_ATTN_OUT_Q5K_8X_FTYPES = (F.MOSTLY_Q2_K, F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_XXS, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M,
+                           F.MOSTLY_IQ4_NL, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M, F.MOSTLY_IQ3_S, F.MOSTLY_IQ3_M,
+                           F.MOSTLY_IQ4_XS)
+# tensor_requires_imatrix: target types llama-quantize refuses without an importance matrix
+_NEEDS_IMATRIX = frozenset({Q.IQ3_XXS, Q.IQ2_XXS, Q.IQ2_XS, Q.IQ2_S, Q.IQ1_M, Q.IQ1_S})
 
 # tensor_allows_quantization: substrings that keep a tensor in its source type.
 _KEEP_SUBSTRINGS: tuple[str, ...] = (
@@ -186,17 +180,6 @@ class ModelFacts:
 
 
 @dataclass(frozen=True)
-class Overrides:
-    """llama-quantize options that change tensor types (llama_model_quantize_params)."""
-
-    tensor_types: tuple[tuple[str, QType], ...] = ()  # --tensor-type (regex, type), in the order given
-    output_tensor_type: QType | None = None  # --output-tensor-type
-    token_embedding_type: QType | None = None  # --token-embedding-type
-    pure: bool = False  # --pure
-    leave_output_tensor: bool = False  # --leave-output-tensor (quantize_output_tensor = false)
-
-
-@dataclass(frozen=True)
 class TensorIn:
     """One tensor of the input GGUF."""
 
@@ -224,6 +207,7 @@ class Category(Enum):
 
 C = Category
 _ATTN_V_LIKE = frozenset({C.ATTENTION_V, C.ATTENTION_QKV, C.ATTENTION_KV_B})  # category_is_attn_v
+_MOE_EXPERT_CATEGORIES = frozenset({C.FFN_UP, C.FFN_GATE, C.FFN_DOWN})
 
 # tensor_get_category: first substring found wins, in this order
 _CATEGORY_SUBSTRINGS: tuple[tuple[str, Category], ...] = (
@@ -285,7 +269,9 @@ def requires_imatrix(name: str, qtype: QType, ftype: FileType) -> bool:
     """Whether llama-quantize refuses this target type without an importance matrix."""
     if name in TOKEN_EMBD_NAMES or name == OUTPUT_NAME:
         return False
-    # of the QType members only Q2_K, and only inside a Q2_K_S file (the IQ1/IQ2/IQ3_XXS types always do)
+    if qtype in _NEEDS_IMATRIX:
+        return True
+    # as a general rule the k-quants do not; Q2_K does inside a Q2_K_S file
     return qtype is Q.Q2_K and ftype is F.MOSTLY_Q2_K_S
 
 
@@ -354,7 +340,7 @@ def _layer_info(i_layer: int, n_layer: int, name: str, facts: ModelFacts) -> tup
     return i_layer, n_layer
 
 
-# llama-quant.cpp llama_tensor_get_type_impl (branches reachable from the FileType members)
+# llama-quant.cpp llama_tensor_get_type_impl
 def _impl(
     qs: _State, new_type: QType, t: TensorIn, ftype: FileType, cat: Category, facts: ModelFacts, ov: Overrides
 ) -> QType:
@@ -371,16 +357,59 @@ def _impl(
         # tied embeddings: token_embd is quantized like the output tensor
         if ov.output_tensor_type is not None:
             new_type = ov.output_tensor_type
+        elif ftype is F.MOSTLY_MXFP4_MOE:
+            new_type = Q.Q8_0
         elif falcon or t.shape[-1] % new_type.block_size != 0:
             new_type = Q.Q8_0
+        elif ftype in _OUTPUT_Q5K_FTYPES:
+            new_type = Q.Q5_K
         elif new_type is not Q.Q8_0:
             new_type = Q.Q6_K
+    elif ftype is F.MOSTLY_MXFP4_MOE:
+        # expert tensors (ne[2] > 1) -> MXFP4, everything else -> Q8_0; bailingmoe3's MLA
+        # projections are 3-D too, so there only the FFN roles count
+        n_mat = t.shape[-3] if len(t.shape) >= 3 else 1
+        if n_mat > 1 and (arch != ARCH_BAILINGMOE3 or cat in _MOE_EXPERT_CATEGORIES):
+            new_type = Q.MXFP4
+        else:
+            new_type = Q.Q8_0
     elif cat is C.TOKEN_EMBD:
-        pass  # only IQ*/TQ*/Q2_0 ftypes and token_embedding_type (handled by the caller) act here
+        if ov.token_embedding_type is not None:
+            new_type = ov.token_embedding_type  # (the caller already returned it unless a pattern named the tensor)
+        elif ftype in _TOKEN_EMBD_Q2K_FTYPES:
+            new_type = Q.Q2_K
+        elif ftype in _TOKEN_EMBD_IQ3S_FTYPES:
+            new_type = Q.IQ3_S
+        elif ftype in _TOKEN_EMBD_Q4K_FTYPES:
+            new_type = Q.Q4_K
+    elif ftype in _IQ12_FTYPES:
+        small = Q.IQ3_S if ftype in _IQ2_SM_FTYPES else Q.Q2_K
+        if cat in _ATTN_V_LIKE:
+            new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS or n_expert >= GQA_MORE_BITS else small
+            qs.i_attention_wv += 1
+        elif n_expert == N_EXPERT_8 and cat is C.ATTENTION_K:
+            new_type = Q.Q4_K
+        elif cat is C.FFN_DOWN:
+            if qs.i_ffn_down < _c_div(qs.n_ffn_down, 8):  # the counter, not the layer from the name
+                new_type = small
+            qs.i_ffn_down += 1
+        elif cat is C.ATTENTION_OUTPUT:
+            if n_expert == N_EXPERT_8:
+                new_type = Q.Q5_K
+            elif ftype in (F.MOSTLY_IQ1_S, F.MOSTLY_IQ1_M):
+                new_type = Q.IQ2_XXS
+            elif ftype in _IQ2_SM_FTYPES:
+                new_type = Q.IQ3_S
     elif cat in _ATTN_V_LIKE:
         if ftype is F.MOSTLY_Q2_K:
             new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS else Q.Q3_K
         elif ftype is F.MOSTLY_Q2_K_S and n_gqa >= GQA_MORE_BITS:
+            new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.Q4_K if n_gqa >= GQA_MORE_BITS else Q.IQ3_S if not qs.has_imatrix else Q.IQ3_XXS
+        elif ftype in (F.MOSTLY_IQ3_XS, F.MOSTLY_IQ3_S) and n_gqa >= GQA_MORE_BITS:
+            new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_M:
             new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_M:
             new_type = Q.Q5_K if qs.i_attention_wv < 2 else Q.Q4_K
@@ -400,8 +429,15 @@ def _impl(
     elif cat is C.ATTENTION_K:
         if n_expert == N_EXPERT_8:
             new_type = Q.Q8_0
+        elif ftype is F.MOSTLY_IQ3_XS:
+            new_type = Q.IQ3_XXS
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.IQ2_S
     elif cat is C.ATTENTION_Q:
-        pass  # IQ3_XS / IQ3_XXS only
+        if ftype is F.MOSTLY_IQ3_XS:
+            new_type = Q.IQ3_XXS
+        elif ftype is F.MOSTLY_IQ3_XXS:
+            new_type = Q.IQ2_S
     elif cat is C.FFN_DOWN:
         i_layer, n_layer = _layer_info(qs.i_ffn_down, qs.n_ffn_down, name, facts)
         n8, n16 = _c_div(n_layer, 8), _c_div(n_layer, 16)
@@ -410,6 +446,8 @@ def _impl(
         elif ftype is F.MOSTLY_Q2_K_S:
             if i_layer < n8:
                 new_type = Q.Q4_K
+        elif ftype is F.MOSTLY_IQ3_XXS and not qs.has_imatrix:
+            new_type = Q.Q4_K if i_layer < n8 else Q.Q3_K
         elif ftype is F.MOSTLY_Q3_K_M:
             if i_layer < n16:
                 new_type = Q.Q5_K
@@ -417,6 +455,8 @@ def _impl(
                 new_type = Q.Q4_K
             else:
                 new_type = Q.Q3_K
+        elif ftype is F.MOSTLY_IQ3_M and (i_layer < n8 or (n_expert == N_EXPERT_8 and _use_more_bits(i_layer, n_layer))):
+            new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_L:
             new_type = Q.Q4_K if falcon else Q.Q5_K
         elif ftype is F.MOSTLY_Q4_K_M:
@@ -439,24 +479,31 @@ def _impl(
     elif cat is C.ATTENTION_OUTPUT:
         if not falcon:
             if n_expert == N_EXPERT_8:
-                if ftype in (F.MOSTLY_Q2_K, F.MOSTLY_Q3_K_S, F.MOSTLY_Q3_K_M, F.MOSTLY_Q4_K_S, F.MOSTLY_Q4_K_M,
-                             F.MOSTLY_IQ4_NL, F.MOSTLY_IQ4_XS):
+                if ftype in _ATTN_OUT_Q5K_8X_FTYPES:
                     new_type = Q.Q5_K
             elif ftype is F.MOSTLY_Q2_K:
                 new_type = Q.Q3_K
+            elif ftype is F.MOSTLY_IQ3_XXS:
+                new_type = Q.IQ3_S
             elif ftype is F.MOSTLY_Q3_K_M:
                 new_type = Q.Q4_K
             elif ftype is F.MOSTLY_Q3_K_L:
                 new_type = Q.Q5_K
+            elif ftype is F.MOSTLY_IQ3_M:
+                new_type = Q.Q4_K
         elif ftype is F.MOSTLY_Q3_K_L:
             new_type = Q.Q4_K
     # (the C++ `else if (category == ATTENTION_QKV)` branch is unreachable: attn_qkv is attn_v-like)
-    elif cat is C.FFN_GATE:
-        _layer_info(qs.i_ffn_gate, qs.n_ffn_gate, name, facts)  # IQ3_XS only; may still raise for MoE
-        qs.i_ffn_gate += 1
-    elif cat is C.FFN_UP:
-        _layer_info(qs.i_ffn_up, qs.n_ffn_up, name, facts)  # IQ3_XS only; may still raise for MoE
-        qs.i_ffn_up += 1
+    elif cat in (C.FFN_GATE, C.FFN_UP):
+        gate = cat is C.FFN_GATE
+        i_layer, n_layer = _layer_info(qs.i_ffn_gate if gate else qs.i_ffn_up, qs.n_ffn_gate if gate else qs.n_ffn_up,
+                                       name, facts)
+        if ftype is F.MOSTLY_IQ3_XS and _c_div(n_layer, 8) <= i_layer < _c_div(7 * n_layer, 8):
+            new_type = Q.IQ3_XXS
+        if gate:
+            qs.i_ffn_gate += 1
+        else:
+            qs.i_ffn_up += 1
     return new_type
 
 
@@ -465,261 +512,15 @@ def _fallback(t: TensorIn, target: QType) -> QType:
     ncols = t.shape[-1]
     if ncols % target.block_size == 0:
         return target
-    new_type = FALLBACK.get(target, target)  # 32-block types stay, then the check below makes them F16
+    new_type = FALLBACK.get(target)
+    if new_type is None:
+        if target.block_size > 32:  # Q1_0 (128): llama-quantize throws
+            raise InputError(f"tensor {t.name}: no tensor type fallback is defined for type {target.ggml_name} "
+                             f"(row length {ncols} is not a multiple of {target.block_size})")
+        new_type = target  # 32-block types stay, then the check below makes them F16
     if ncols % new_type.block_size != 0:
         new_type = Q.F16  # "must use F16 due to unusual shape"
     return new_type
-
-
-# libstdc++ regex_traits::lookup_classname (C locale) as Python class contents
-_POSIX_CLASSES: dict[str, str] = {
-    "alnum": "0-9A-Za-z",
-    "alpha": "A-Za-z",
-    "blank": " \\t",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "d": "0-9",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "s": " \\t\\n\\r\\f\\v",
-    "space": " \\t\\n\\r\\f\\v",
-    "upper": "A-Z",
-    "w": "0-9A-Za-z_",
-    "xdigit": "0-9A-Fa-f",
-}
-_BRACE_RE = re.compile(r"\{\d+(?:,\d*)?\}")
-_HEX2_RE = re.compile(r"[0-9A-Fa-f]{2}")
-_HEX4_RE = re.compile(r"[0-9A-Fa-f]{4}")
-
-
-class _EcmaError(ValueError):
-    pass
-
-
-def _ecma_escape(p: str, i: int) -> tuple[int, str]:
-    """One `\\x` escape at p[i] -> (next index, Python text)."""
-    if i + 1 >= len(p):
-        raise _EcmaError("trailing backslash")
-    ch = p[i + 1]
-    if ch in "dDsSwWbBfnrtv":
-        return i + 2, "\\" + ch
-    if ch == "0":
-        return i + 2, "\\x00"  # Python would read octal digits after it
-    if ch.isdigit():  # back-reference
-        j = i + 1
-        while j < len(p) and p[j].isdigit():
-            j += 1
-        return j, "\\" + p[i + 1 : j]
-    if ch in "xu":
-        m = (_HEX2_RE if ch == "x" else _HEX4_RE).match(p, i + 2)
-        if not m:
-            raise _EcmaError(f"bad \\{ch} escape")
-        return m.end(), "\\" + ch + m.group()
-    if ch == "c":
-        if i + 2 >= len(p) or not p[i + 2].isascii() or not p[i + 2].isalpha():
-            raise _EcmaError("bad \\c escape")
-        return i + 3, "\\x%02x" % (ord(p[i + 2]) % 32)
-    if ch.isascii() and ch.isalpha():
-        return i + 2, ch  # an unknown letter escape is the letter itself
-    return i + 2, re.escape(ch)
-
-
-def _ecma_bracket(p: str, i: int) -> tuple[int, str]:
-    """A bracket expression starting at p[i] == '[' -> (next index, Python text)."""
-    j = i + 1
-    negate = p.startswith("^", j)
-    j += negate
-    if p.startswith("]", j):  # ECMAScript: `[]` matches nothing, `[^]` any character
-        return j + 1, "[\\s\\S]" if negate else "(?!)"
-    out = ["[^" if negate else "["]
-    while True:
-        if j >= len(p):
-            raise _EcmaError("unterminated [")
-        ch = p[j]
-        if ch == "]":
-            return j + 1, "".join(out) + "]"
-        if ch == "[" and p[j + 1 : j + 2] in (":", ".", "="):
-            kind = p[j + 1]
-            end = p.find(kind + "]", j + 2)
-            if kind != ":" or end < 0 or p[j + 2 : end] not in _POSIX_CLASSES:
-                raise _EcmaError(f"unsupported bracket item {p[j:j + 10]!r}")
-            out.append(_POSIX_CLASSES[p[j + 2 : end]])
-            j = end + 2
-        elif ch == "\\":
-            j, piece = _ecma_escape(p, j)
-            out.append(piece)
-        else:
-            out.append("\\" + ch if ch in "[^&~|" else ch)
-            j += 1
-
-
-# std::regex(pattern) (ECMAScript grammar, libstdc++) rendered as a Python pattern
-def ecma_to_python(p: str) -> str:
-    """Translate a std::regex ECMAScript pattern into an equivalent Python `re` one; ValueError where C++ throws.
-
-    libstdc++ also takes stacked quantifiers (`a**`, `a++` = (a+)+): they become `(?:a+)+` here.
-    """
-    return _translate(p)[0]
-
-
-def _translate(p: str) -> tuple[str, bool]:
-    """(Python pattern, may backtrack exponentially): the flag is set for a repeated group holding a
-    quantifier or an alternation, a stacked quantifier, or a back-reference (see `match_names`)."""
-    out: list[str] = []
-    groups: list[int] = []  # out index of each open group
-    inner: list[bool] = []  # per open group: it holds a quantifier or an alternation
-    atom = -1  # out index where the last atom starts (-1: nothing to repeat)
-    atom_inner = False  # the last atom is a group holding a quantifier or an alternation
-    quantified = False  # the last token was a quantifier (or its lazy `?`)
-    risky = False
-    i = 0
-    while i < len(p):
-        ch = p[i]
-        quant = None
-        if ch == "\\":
-            i, piece = _ecma_escape(p, i)
-            risky = risky or piece[1:2].isdigit()  # a back-reference
-        elif ch == "[":
-            i, piece = _ecma_bracket(p, i)
-        elif ch == "(":
-            if p.startswith("(?", i):
-                if p[i + 2 : i + 3] not in (":", "=", "!"):
-                    raise _EcmaError(f"group syntax {p[i:i + 4]!r} is not ECMAScript")
-                i, piece = i + 3, p[i : i + 3]
-            else:
-                i, piece = i + 1, ch
-            groups.append(len(out))
-            inner.append(False)
-            out.append(piece)
-            atom, quantified = -1, False
-            continue
-        elif ch == ")":
-            if not groups:
-                raise _EcmaError("unbalanced )")
-            out.append(ch)
-            i += 1
-            atom, quantified, atom_inner = groups.pop(), False, inner.pop()
-            if inner and atom_inner:
-                inner[-1] = True
-            continue
-        elif ch == "|":
-            i, piece = i + 1, ch
-            out.append(piece)
-            if inner:
-                inner[-1] = True
-            atom, quantified = -1, False
-            continue
-        elif ch in "*+?":
-            i, quant = i + 1, ch
-        elif ch == "{":
-            m = _BRACE_RE.match(p, i)
-            if not m:
-                raise _EcmaError("bad {} quantifier")
-            i, quant = m.end(), m.group()
-        else:
-            i, piece = i + 1, ch
-        if quant is None:
-            atom, quantified, atom_inner = len(out), False, False
-            out.append(piece)
-            continue
-        if atom < 0:
-            raise _EcmaError("nothing to repeat")
-        if inner:
-            inner[-1] = True
-        if quant != "?" and (atom_inner or quantified):
-            risky = True
-        if quantified:
-            if quant == "?" and out[-1] != "?":
-                out.append("?")  # the lazy modifier of the quantifier before
-                continue
-            out[atom:] = ["(?:", *out[atom:], ")"]  # a quantifier of a quantified atom
-        out.append(quant)
-        quantified = True
-    if groups:
-        raise _EcmaError("unbalanced (")
-    return "".join(out), risky
-
-
-def _compile(tensor_types: Sequence[tuple[str, QType]]) -> list[tuple[re.Pattern, QType]]:
-    out = []
-    for pattern, qtype in tensor_types:
-        try:
-            out.append((re.compile(ecma_to_python(pattern), re.ASCII), qtype))
-        except (re.error, _EcmaError) as e:
-            raise InputError(
-                f"--tensor-type: invalid regular expression {pattern!r} for llama.cpp's std::regex: {e}"
-            ) from None
-    return out
-
-
-MATCH_SECONDS = 5.0  # bound on matching the --tensor-type patterns that may backtrack exponentially
-_MATCH_CHILD = (
-    "import json, re, sys\n"
-    "d = json.load(sys.stdin)\n"
-    "json.dump([[i for i, n in enumerate(d['names']) if re.compile(p, re.ASCII).search(n)] for p in d['patterns']],"
-    " sys.stdout)\n"
-)
-
-
-class _Hits:
-    """A pattern's precomputed regex_search results over the tensor names (re.Pattern.search's role)."""
-
-    def __init__(self, rx: re.Pattern, hits: set[str], names: set[str]):
-        self.rx, self.hits, self.names = rx, hits, names
-
-    def search(self, name: str):
-        return (name in self.hits) if name in self.names else self.rx.search(name)
-
-
-def match_names(tensor_types: Sequence[tuple[str, QType]], names: Sequence[str]) -> list[tuple[object, QType]]:
-    """`_compile`, with patterns that may backtrack exponentially (nested quantifiers such as
-    `((.+)+)+`) matched against `names` in a child process killed after MATCH_SECONDS: the same
-    Python `re` results, or a one-line InputError instead of a hang."""
-    patterns = _compile(tensor_types)
-    risky = [i for i, (p, _) in enumerate(tensor_types) if _translate(p)[1]]
-    if not risky:
-        return patterns
-    import json
-    import subprocess
-    import sys
-
-    doc = {"names": list(names), "patterns": [patterns[i][0].pattern for i in risky]}
-    try:
-        r = subprocess.run([sys.executable, "-I", "-S", "-c", _MATCH_CHILD], input=json.dumps(doc), text=True,
-                           capture_output=True, timeout=MATCH_SECONDS)
-    except subprocess.TimeoutExpired:
-        pats = ", ".join(repr(tensor_types[i][0]) for i in risky)
-        raise InputError(
-            f"--tensor-type: regular expression {pats} did not finish matching the tensor names in "
-            f"{MATCH_SECONDS:g} s (nested quantifiers backtrack exponentially); simplify it") from None
-    if r.returncode != 0:
-        raise RuntimeError(f"regex matcher failed: {r.stderr.strip().splitlines()[-1:]}")
-    all_names = set(names)
-    out = list(patterns)
-    for i, hits in zip(risky, json.loads(r.stdout)):
-        out[i] = (_Hits(patterns[i][0], {names[j] for j in hits}, all_names), patterns[i][1])
-    return out
-
-
-def _normalized(ov: Overrides) -> Overrides:
-    """Accept type names ('q8_0') as well as QType members in the overrides."""
-    return Overrides(
-        tensor_types=tuple((p, parse_qtype(q)) for p, q in ov.tensor_types),
-        output_tensor_type=None if ov.output_tensor_type is None else parse_qtype(ov.output_tensor_type),
-        token_embedding_type=None if ov.token_embedding_type is None else parse_qtype(ov.token_embedding_type),
-        pure=ov.pure,
-        leave_output_tensor=ov.leave_output_tensor,
-    )
-
-
-def _first_match(patterns: list[tuple[re.Pattern, QType]], name: str) -> QType | None:
-    """std::regex_search over the patterns in order; the first hit wins."""
-    for rx, qtype in patterns:
-        if rx.search(name):
-            return qtype
-    return None
 
 
 # llama-quant.cpp llama_tensor_get_type (outer wrapper)
@@ -737,7 +538,7 @@ def _get_type(
         return t.src_type
     if ov.token_embedding_type is not None and cat is C.TOKEN_EMBD:
         # per_layer_token_embd follows --token-embedding-type unless a --tensor-type pattern names it
-        named = t.name == PER_LAYER_TOKEN_EMBD and _first_match(patterns, t.name) is not None
+        named = t.name == PER_LAYER_TOKEN_EMBD and first_match(patterns, t.name) is not None
         if not named:
             return ov.token_embedding_type
     if ov.output_tensor_type is not None and cat is C.OUTPUT:
@@ -745,7 +546,7 @@ def _get_type(
 
     new_type = default_type
     if default_type.is_quantized:
-        manual = _first_match(patterns, t.name)
+        manual = first_match(patterns, t.name)
         if manual is not None:
             new_type = manual
         elif not ov.pure:
@@ -768,7 +569,7 @@ def compute_types(
     """
     ftype = FileType(ftype)
     default_type = DEFAULT_TYPE[ftype]
-    overrides = _normalized(overrides)
+    overrides = normalized(overrides)
     names = [t.name for t in tensors]
     if len(set(names)) != len(names):
         dup = next(n for n in names if names.count(n) > 1)
@@ -788,22 +589,35 @@ def compute_types(
     return out  # type: ignore[return-value]
 
 
+# llama-quant.cpp llama_model_quantize_impl, the preliminary loop's imatrix check
+def needs_imatrix(tensors: Sequence[TensorIn], types: Sequence[QType], ftype: FileType) -> tuple[str, QType] | None:
+    """(name, type) of the first tensor, in llama's order, that llama-quantize refuses to quantize without
+    an importance matrix; None when there is none."""
+    for i in llama_order([t.name for t in tensors]):
+        t, new = tensors[i], types[i]
+        if new is not t.src_type and requires_imatrix(t.name, new, FileType(ftype)):
+            return t.name, new
+    return None
+
+
 def plan_types(
     tensors: Sequence[TensorIn],
     ftype: FileType,
     facts: ModelFacts,
     overrides: Overrides = Overrides(),
     has_imatrix: bool = False,
+    dry_run: bool = False,
 ) -> list[QType]:
-    """The ggml type llama-quantize gives each tensor (caller's order); raises where llama-quantize fails."""
+    """The ggml type llama-quantize gives each tensor (caller's order); raises where llama-quantize fails.
+    `dry_run`: as llama-quantize --dry-run, a missing importance matrix is not an error (see needs_imatrix)."""
     ftype = FileType(ftype)
     types = compute_types(tensors, ftype, facts, overrides, has_imatrix)
-    for t, new in zip(tensors, types):
-        if not has_imatrix and new is not t.src_type and requires_imatrix(t.name, new, ftype):
-            raise InputError(
-                f"{ftype.short_name} requires an importance matrix (llama-quantize: 'this quantization requires "
-                f"an imatrix!'): tensor {t.name} would be {new.ggml_name}"
-            )
+    need = None if has_imatrix or dry_run else needs_imatrix(tensors, types, ftype)
+    if need is not None:
+        raise InputError(
+            f"{ftype.short_name} requires an importance matrix (llama-quantize: 'this quantization requires "
+            f"an imatrix!'): tensor {need[0]} would be {need[1].ggml_name}"
+        )
     for t, new in zip(tensors, types):
         if new is t.src_type:
             continue  # copied as is
@@ -819,21 +633,3 @@ def plan_types(
                 f"required for type {new.ggml_name} (llama-quantize aborts here)"
             )
     return types
-
-
-# tools/quantize/quantize.cpp parse_tensor_type
-def parse_tensor_type(arg: str) -> tuple[str, QType]:
-    """Parse one `--tensor-type NAME=TYPE` as llama-quantize does: the NAME regex is lower-cased."""
-    name, sep, qtype = arg.partition("=")
-    if not sep:
-        raise InputError(f"--tensor-type: malformed tensor type {arg!r} (expected NAME=TYPE)")
-    if not name:
-        raise InputError(f"--tensor-type {arg!r}: missing tensor name")
-    if not qtype:
-        raise InputError(f"--tensor-type {arg!r}: missing quantization type")
-    name = "".join(chr(ord(c) + 32) if "A" <= c <= "Z" else c for c in name)  # C tolower, ASCII only
-    try:
-        return name, parse_qtype(qtype)
-    except ValueError as e:
-        raise InputError(f"--tensor-type {arg!r}: {e}") from None
-

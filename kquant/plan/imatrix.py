@@ -27,9 +27,9 @@ from typing import Sequence
 import numpy as np
 from gguf import GGUFValueType
 
-from .errors import InputError
+from ..errors import InputError
+from ..types import FileType, parse_qtype
 from .recipe import requires_imatrix
-from .types import FileType, parse_qtype
 
 GGUF_MAGIC = b"GGUF"
 
@@ -152,7 +152,7 @@ def load_imatrix(path, include: Sequence[str] = (), exclude: Sequence[str] = ())
 
 # common/imatrix-loader.cpp common_imatrix_load (GGUF part)
 def _load_gguf(fname: str, where: str) -> _Loaded:
-    from .io.gguf import GGUFFile
+    from ..io.gguf import GGUFFile
 
     with GGUFFile(fname) as g:
         if len(g.tensors) < 1:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from kquant.ggml.kernels._common import GROUP_MAX_EPS, nearest_int
+from ._common import GROUP_MAX_EPS, nearest_int
 
 F0 = np.float32(0.0)
 F1 = np.float32(1.0)

@@ -1,0 +1,137 @@
+"""The search tables of ggml's 2-bit and 1-bit i-quants: a port of ggml-quants.c `iq2xs_init_impl`.
+
+For each grid (IQ2_XXS: 256 points, IQ2_XS: 512, IQ2_S: 1024, IQ1_S and IQ1_M: 2048) three arrays,
+laid out exactly as ggml's `iq2_data[gindex]`:
+
+    grid        int8 (n, 8)   grid point k: 2 l_i + 1 for the 8 two-bit levels of kgrid[k]
+    kmap        int32 (43692) kmap[u] for a packed level vector u (u = sum l_i << 2i): the grid
+                              index when u is on the grid, else -(offset + 1)
+    neighbours  uint16        at `offset`: n, then the n grid indices nearest to u (squared
+                              distance, then index, ascending) over the `nwant` smallest distances
+
+and, for the kernels' searches, the neighbours' coordinates transposed list by list (the search
+runs over the neighbours as SIMD lanes, each summing its 8 terms in ggml's order):
+
+    coords      int8 (8 len(neighbours))  for the list at `offset` with n entries:
+                              coords[8 (offset + 1) + i n + j] = grid[neighbours[offset + 1 + j], i]
+
+The tables are built once per process (lru_cache) by a compiled builder, and handed to the
+compiled kernels through `tables()` (one object-mode call per kernel call).
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import lru_cache
+
+import numpy as np
+from numba import njit, objmode
+
+from ._iq_grids import KGRID_1BIT_2048, KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
+
+KMAP_SIZE = 43692  # iq2xs_init_impl `kmap_size`
+# iq2_data_index: 0 IQ2_XXS, 1 IQ2_XS, 2 IQ1_S and IQ1_M, 3 IQ2_S; with the grid and `nwant`
+GRID_XXS, GRID_XS, GRID_1S, GRID_S = 0, 1, 2, 3
+_KGRIDS = {GRID_XXS: (KGRID_2BIT_256, 2), GRID_XS: (KGRID_2BIT_512, 2), GRID_1S: (KGRID_1BIT_2048, 3),
+           GRID_S: (KGRID_2BIT_1024, 1)}
+_MAX_D2 = 8 * 6 * 6  # largest squared distance between two points of {1, 3, 5, 7}^8
+
+
+def grid_points(kgrid: np.ndarray) -> np.ndarray:
+    """int8 (n, 8): 2 l_i + 1 with l_i = (kgrid[k] >> 2i) & 3 (iq2xs_init_impl's `the_grid`)."""
+    shifts = 2 * np.arange(8, dtype=np.uint16)
+    return (2 * ((kgrid[:, None] >> shifts) & 3) + 1).astype(np.int8)
+
+
+@njit(cache=True)
+def _build(grid, nwant):
+    """kmap and neighbours as iq2xs_init_impl builds them. The qsort of (d2, j) pairs with a total
+    order is replaced by a counting pass over the distances (at most _MAX_D2): the same order."""
+    n = grid.shape[0]
+    kmap = np.full(KMAP_SIZE, -1, dtype=np.int32)
+    for k in range(n):
+        u = 0
+        for i in range(8):
+            u |= ((grid[k, i] - 1) // 2) << (2 * i)
+        kmap[u] = k
+    d2 = np.empty(n, dtype=np.int32)
+    count = np.zeros(_MAX_D2 + 1, dtype=np.int32)
+    pos = np.empty(8, dtype=np.int32)
+    nb = np.empty(1 << 16, dtype=np.uint16)  # grows by doubling
+    total = 0
+    levels = np.empty(nwant, dtype=np.int32)
+    for u in range(KMAP_SIZE):
+        if kmap[u] >= 0:
+            continue
+        for i in range(8):
+            pos[i] = 2 * ((u >> (2 * i)) & 3) + 1
+        count[:] = 0
+        for j in range(n):
+            s = 0
+            for i in range(8):
+                t = grid[j, i] - pos[i]
+                s += t * t
+            d2[j] = s
+            count[s] += 1
+        m = 0  # the nwant smallest distances present
+        for s in range(_MAX_D2 + 1):
+            if count[s] and m < nwant:
+                levels[m] = s
+                m += 1
+        nn = 0
+        for t in range(m):
+            nn += count[levels[t]]
+        while total + nn + 1 > nb.shape[0]:
+            grown = np.empty(2 * nb.shape[0], dtype=np.uint16)
+            grown[:total] = nb[:total]
+            nb = grown
+        kmap[u] = -(total + 1)
+        nb[total] = nn
+        total += 1
+        for t in range(m):
+            for j in range(n):
+                if d2[j] == levels[t]:
+                    nb[total] = j
+                    total += 1
+    nb = nb[:total].copy()
+    return kmap, nb
+
+
+_lock = threading.Lock()
+
+
+@njit(cache=True)
+def _transpose(grid, kmap, nb):
+    coords = np.zeros(8 * nb.shape[0], dtype=np.int8)
+    for u in range(KMAP_SIZE):
+        if kmap[u] >= 0:
+            continue
+        st = -kmap[u] - 1
+        n = np.int64(nb[st])
+        for j in range(n):
+            g = np.int64(nb[st + 1 + j])
+            for i in range(8):
+                coords[8 * (st + 1) + i * n + j] = grid[g, i]
+    return coords
+
+
+@lru_cache(maxsize=None)
+def _tables(which: int):
+    kgrid, nwant = _KGRIDS[which]
+    grid = grid_points(kgrid)
+    kmap, nb = _build(grid, nwant)
+    return grid, kmap, nb, _transpose(grid, kmap, nb)
+
+
+def search_tables(which: int):
+    """(grid, kmap, neighbours, coords) of iq2_data[which], built on first use."""
+    with _lock:
+        return _tables(which)
+
+
+@njit(cache=True)
+def tables(which):
+    """search_tables(which) from compiled code."""
+    with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]", coords="int8[::1]"):
+        grid, kmap, nb, coords = search_tables(which)
+    return grid, kmap, nb, coords

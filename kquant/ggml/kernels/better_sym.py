@@ -1,0 +1,289 @@
+"""`rounding="best"` for the symmetric k-quants Q3_K and Q6_K (y = d * sc_j * l, 16 sub-blocks of
+16 values): a stronger search for d and the sub-block scales in ggml's format.
+
+Not a port: ggml's bytes come first (kquant.ggml.kernels.q3_k / q6_k), then each super-block is
+searched again for the weighted squared error E = sum w (y - x)^2 that ggml's search targets:
+  Q3_K  quantize_row_q3_K_ref: w = x^2 (make_q3_quants)    _impl: w = qw * sqrt(2*sum(x^2)/256 + x^2)
+  Q6_K  quantize_row_q6_K_ref: w = x^2 (make_qx_quants)    _impl: w = qw
+
+1. each sub-block's best real scale s_j: N_CAND inverse scales per sign (the largest |x| mapped
+   near either end of the level range), nearest levels, the weighted least-squares scale;
+2. candidate d: ggml's, and fp16(s_big / c) for the largest |s_j| mapped onto scale codes c
+   near either end of the scale range (D_STEPS of them per end);
+3. for each d: each sub-block takes the best of round(s_j/d) - 1 .. + 1 and ggml's own code
+   (levels always the nearest), then d is refitted by weighted least squares (fp16) and kept if
+   E drops.
+The best (d, scales) are packed by ggml's own tail (q3_k._requantize_pack,
+q6_k.requantize_pack_q6: nearest levels against the stored values, then the bit packing), decoded
+with kquant's dequantizer, and replace ggml's block only if E is lower by more than ACCEPT_MARGIN.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK_K, QType
+from . import q3_k, q6_k
+from ._common import fp16_round, get_f16, put_f16
+
+N_CAND = 12  # inverse scales tried per sign, per sub-block
+D_STEPS = 4  # super-block scales tried per end of the scale range
+ACCEPT_MARGIN = 1e-9
+NSUB = 16
+SUB = 16
+JIT = dict(cache=True, error_model="numpy")
+
+
+@njit(**JIT)
+def _levels(x, o, s, lo, hi, L):
+    """Nearest levels of 16 values for the step s (0 -> all 0)."""
+    if s == 0.0 or not np.isfinite(s):
+        for i in range(SUB):
+            L[i] = 0
+        return
+    inv = 1.0 / s
+    for i in range(SUB):
+        v = np.rint(np.float64(x[o + i]) * inv)
+        L[i] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
+
+
+@njit(**JIT)
+def _err(x, o, w, s32, L):
+    """E of one sub-block for the float32 step s32 (as the dequantizer multiplies it)."""
+    e = 0.0
+    for i in range(SUB):
+        r = np.float64(np.float32(s32 * np.float32(L[i]))) - np.float64(x[o + i])
+        e += w[i] * r * r
+    return e
+
+
+@njit(**JIT)
+def _best_real_scale(x, o, w, lo, hi, L):
+    """The best real step of one sub-block (see the module docstring, step 1)."""
+    amax = 0.0
+    mx = 0.0
+    for i in range(SUB):
+        a = abs(np.float64(x[o + i]))
+        if a > amax:
+            amax = a
+            mx = np.float64(x[o + i])
+    if amax == 0.0:
+        return 0.0
+    best = np.inf
+    bs = 0.0
+    for side in range(2):
+        top = np.float64(-lo) if side == 0 else np.float64(hi)
+        sgn = -1.0 if side == 0 else 1.0
+        for k in range(N_CAND):
+            c = top + 0.5 - (top * 0.5 + 0.5) * k / N_CAND
+            _levels(x, o, sgn * mx / c, lo, hi, L)
+            sxl = 0.0
+            sll = 0.0
+            for i in range(SUB):
+                sxl += w[i] * np.float64(x[o + i]) * L[i]
+                sll += w[i] * np.float64(L[i]) * L[i]
+            if not sll > 0:
+                continue
+            s = sxl / sll
+            _levels(x, o, s, lo, hi, L)
+            e = 0.0
+            for i in range(SUB):
+                r = s * L[i] - np.float64(x[o + i])
+                e += w[i] * r * r
+            if e < best:
+                best = e
+                bs = s
+    return bs
+
+
+@njit(**JIT)
+def _assign(x, o, w, D, sreal, sc0, sclo, schi, lo, hi, sc, L):
+    """Best scale code per sub-block for the super-block scale D; returns the total E."""
+    total = 0.0
+    for j in range(NSUB):
+        xo = o + SUB * j
+        wj = w[SUB * j:SUB * (j + 1)]
+        c0 = int(np.rint(sreal[j] / D)) if abs(sreal[j] / D) < 1e6 else 0
+        best = np.inf
+        bc = sc0[j]
+        for t in range(4):
+            c = sc0[j] if t == 3 else c0 - 1 + t
+            c = min(schi, max(sclo, c))
+            s32 = np.float32(D * np.float32(c))
+            _levels(x, xo, np.float64(s32), lo, hi, L)
+            e = _err(x, xo, wj, s32, L)
+            if e < best:
+                best = e
+                bc = c
+        sc[j] = bc
+        total += best
+    return total
+
+
+@njit(**JIT)
+def _refit(x, o, w, D, sc, lo, hi, L):
+    """Weighted least-squares d for the scale codes sc and their nearest levels -> (fp16 d, E)."""
+    sax = 0.0
+    saa = 0.0
+    for j in range(NSUB):
+        xo = o + SUB * j
+        s32 = np.float32(D * np.float32(sc[j]))
+        _levels(x, xo, np.float64(s32), lo, hi, L)
+        for i in range(SUB):
+            a = np.float64(sc[j] * L[i])
+            sax += w[SUB * j + i] * a * np.float64(x[xo + i])
+            saa += w[SUB * j + i] * a * a
+    if not saa > 0:
+        return D, np.inf
+    nD = fp16_round(np.float32(sax / saa))
+    if nD == 0 or not np.isfinite(nD):
+        return D, np.inf
+    e = 0.0
+    for j in range(NSUB):
+        xo = o + SUB * j
+        s32 = np.float32(nD * np.float32(sc[j]))
+        _levels(x, xo, np.float64(s32), lo, hi, L)
+        e += _err(x, xo, w[SUB * j:SUB * (j + 1)], s32, L)
+    return nD, e
+
+
+@njit(**JIT)
+def _search(x, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L):
+    """Best (d, scale codes) of one super-block -> bsc; returns d (fp16-exact)."""
+    smax = 0.0
+    sbig = 0.0
+    for j in range(NSUB):
+        sreal[j] = _best_real_scale(x, o + SUB * j, w[SUB * j:SUB * (j + 1)], lo, hi, L)
+        if abs(sreal[j]) > smax:
+            smax = abs(sreal[j])
+            sbig = sreal[j]
+    best = _assign(x, o, w, D0, sreal, sc0, sclo, schi, lo, hi, bsc, L)
+    bD = D0
+    if smax == 0.0:
+        return bD
+    for k in range(2 * D_STEPS + 1):
+        if k == 2 * D_STEPS:
+            D = D0
+        else:
+            end = np.float64(sclo) if k < D_STEPS else np.float64(schi)
+            c = end + (0.5 if end < 0 else -0.5) * (k % D_STEPS)
+            D = fp16_round(np.float32(sbig / c))
+        if D == 0 or not np.isfinite(D):
+            continue
+        e = _assign(x, o, w, D, sreal, sc0, sclo, schi, lo, hi, sc, L)
+        if e < best:
+            best = e
+            bD = D
+            for j in range(NSUB):
+                bsc[j] = sc[j]
+        nD, e2 = _refit(x, o, w, D, sc, lo, hi, L)
+        if e2 < best:
+            best = e2
+            bD = nD
+            for j in range(NSUB):
+                bsc[j] = sc[j]
+    return bD
+
+
+@njit(**JIT)
+def _weights(x, o, qw, w, q6):
+    if qw.shape[0] == 0:
+        for i in range(QK_K):
+            w[i] = np.float64(x[o + i]) * x[o + i]
+    elif q6:
+        for i in range(QK_K):
+            w[i] = qw[o + i]
+    else:
+        s2 = 0.0
+        for i in range(QK_K):
+            s2 += np.float64(x[o + i]) * x[o + i]
+        for i in range(QK_K):
+            xi = np.float64(x[o + i])
+            w[i] = qw[o + i] * np.sqrt(2.0 * s2 / QK_K + xi * xi)
+
+
+@njit(**JIT)
+def _werr(x, o, w, y):
+    e = 0.0
+    for i in range(QK_K):
+        d = np.float64(y[i]) - np.float64(x[o + i])
+        e += w[i] * d * d
+    return e
+
+
+@njit(nogil=True, **JIT)
+def quantize_sym_best(x, qw, out, q6):
+    """ggml's blocks, then each super-block replaced where the searched one has a lower E."""
+    if q6:
+        q6_k.quantize(x, qw, out)
+        bs, lo, hi, sclo, schi = q6_k.TS, -32, 31, -128, 127
+    else:
+        q3_k.quantize(x, qw, out)
+        bs, lo, hi, sclo, schi = q3_k.TS, -4, 3, -32, 31
+    nb = x.shape[1] // QK_K
+    wk = np.zeros(q6_k.WORK, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sreal = np.empty(NSUB, dtype=np.float64)
+    sc0 = np.empty(NSUB, dtype=np.int32)
+    sc = np.empty(NSUB, dtype=np.int32)
+    bsc = np.empty(NSUB, dtype=np.int32)
+    L = np.empty(SUB, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            _weights(xr, o, qw, w, q6)
+            blk = orow[off:off + bs]
+            if q6:
+                q6_k.dequantize_row_q6_k(blk, y)
+                D0 = get_f16(blk, q6_k.OFF_D)
+                for j in range(NSUB):
+                    sc0[j] = np.int32(np.int8(blk[q6_k.OFF_SC + j]))
+            else:
+                q3_k.dequantize_row_q3_k(blk, y)
+                D0 = get_f16(blk, q3_k.OFF_D)
+                for j in range(NSUB):
+                    sc0[j] = q3_k._scale6(blk, q3_k.OFF_SC, j)
+            e_g = _werr(xr, o, w, y)
+            if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
+                continue
+            for j in range(NSUB):
+                bsc[j] = sc0[j]
+            D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L)
+            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+            if q6:
+                put_f16(tmp, q6_k.OFF_D, D)
+                for j in range(NSUB):
+                    tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
+                q6_k.requantize_pack_q6(wk, tmp, 0)
+                q6_k.dequantize_row_q6_k(tmp, y)
+            else:
+                put_f16(tmp, q3_k.OFF_D, D)
+                for k in range(12):
+                    tmp[q3_k.OFF_SC + k] = 0
+                for j in range(NSUB):
+                    q3_k._put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
+                q3_k._requantize_pack(wk, tmp, 0)
+                q3_k.dequantize_row_q3_k(tmp, y)
+            e_b = _werr(xr, o, w, y)
+            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+@njit(nogil=True, **JIT)
+def quantize_q3_k_best(x, qw, out):
+    quantize_sym_best(x, qw, out, False)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q6_k_best(x, qw, out):
+    quantize_sym_best(x, qw, out, True)
+
+
+BEST = {QType.Q3_K: quantize_q3_k_best, QType.Q6_K: quantize_q6_k_best}

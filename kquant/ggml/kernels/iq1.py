@@ -1,0 +1,583 @@
+"""ggml's 1-bit i-quants IQ1_S and IQ1_M, ported to Numba.
+
+Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.3.36):
+  quantize_row_iq1_s_impl, quantize_row_iq1_m_impl, iq1_find_best_neighbour2,
+  dequantize_row_iq1_s, dequantize_row_iq1_m
+byte for byte. Every float expression is evaluated in float32, op by op, in C's order. The
+search tables are iq2xs_init_impl's 2048-point grid (kquant.ggml.kernels._iqgrid, GRID_1S).
+
+Values are coded as -1, 0, 1 plus a shift of +-IQ1S_DELTA per group, 8 values per grid point.
+The exhaustive split search sorts each block with C's qsort: glibc's (2.36) qsort is a stable
+top-down merge sort for these sizes, which `merge_sort` reproduces step for step (equal values
+keep their order; that order reaches the prefix sums, so it matters for ties).
+
+    block_iq1_s  d (fp16), qs uint8[32]: low 8 bits of the grid indices, qh uint16[8]: per 32
+                 values 4 x 3 high index bits, the 3-bit scale in bits 12..14, shift sign bit 15
+    block_iq1_m  qs uint8[32], qh uint8[16]: per group of 8 the 3 high index bits and a shift
+                 sign bit (0x08 / 0x80), scales uint8[8] as 4 uint16: per 16 values two 3-bit
+                 scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
+
+IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
+does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
+scale, from NaN input; or its whole-grid fallback, which reads outside the block) are counted and
+the count returned, as in kquant.ggml.kernels.iq2.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK_K, QType, field_offsets
+from . import Kernel
+from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
+from ._iq_grids import KGRID_1BIT_2048
+from ._iqgrid import GRID_1S, KMAP_SIZE, tables
+
+JIT = dict(cache=True, error_model="numpy")
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_F05 = np.float32(0.5)
+_FLT_MAX = np.float32(3.4028234663852886e38)
+IQ1S_DELTA = np.float32(0.125)
+IQ1M_DELTA = np.float32(0.125)
+GROUP_MAX_EPS_IQ1_S = np.float32(1e-12)
+GROUP_MAX_EPS_IQ1_M = np.float32(1e-7)
+# x_p = {-1 + delta, delta, 1 + delta}, x_m = {-1 - delta, -delta, 1 - delta}; rows 0 (+) and 1 (-)
+XPM_S = np.array([[-_F1 + IQ1S_DELTA, IQ1S_DELTA, _F1 + IQ1S_DELTA],
+                  [-_F1 - IQ1S_DELTA, -IQ1S_DELTA, _F1 - IQ1S_DELTA]], dtype=np.float32)
+XPM_M = np.array([[-_F1 + IQ1M_DELTA, IQ1M_DELTA, _F1 + IQ1M_DELTA],
+                  [-_F1 - IQ1M_DELTA, -IQ1M_DELTA, _F1 - IQ1M_DELTA]], dtype=np.float32)
+IQ1M_MASKS = np.array([0x00, 0x80, 0x08, 0x88], dtype=np.int64)
+
+# block layouts: offsets from the declarations (kquant.ggml.types)
+S_BYTES = QType.IQ1_S.type_size
+S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
+M_BYTES = QType.IQ1_M.type_size
+M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
+DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+
+
+@njit(**JIT)
+def merge_sort(v, idx, tmpv, tmpi, n):
+    """glibc 2.36 qsort (msort_with_tmp) of the pairs (v[j], idx[j]), j < n, by v with
+    iq1_sort_helper's comparison, for n a power of two: bottom-up merges of the same runs in
+    the same order as the top-down recursion, taking the left element unless left > right."""
+    w = 1
+    while w < n:
+        for a in range(0, n, 2 * w):
+            i = a
+            j = a + w
+            e1 = a + w
+            e2 = a + 2 * w
+            o = a
+            while i < e1 and j < e2:
+                if not v[i] > v[j]:
+                    tmpv[o] = v[i]
+                    tmpi[o] = idx[i]
+                    i += 1
+                else:
+                    tmpv[o] = v[j]
+                    tmpi[o] = idx[j]
+                    j += 1
+                o += 1
+            while i < e1:
+                tmpv[o] = v[i]
+                tmpi[o] = idx[i]
+                i += 1
+                o += 1
+            while j < e2:
+                tmpv[o] = v[j]
+                tmpi[o] = idx[j]
+                j += 1
+                o += 1
+        for a in range(n):
+            v[a] = tmpv[a]
+            idx[a] = tmpi[a]
+        w *= 2
+
+
+@njit(**JIT)
+def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
+    """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
+    fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
+    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
+    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
+    base = np.uint64(8 * (start + 1))
+    x0 = xx[0]
+    x1 = xx[1]
+    x2 = xx[2]
+    for j in range(n):
+        d2[j] = _F0
+    for i in range(8):
+        # the term w (s q - x)^2 of coordinate i takes 3 values (q = xx[0..2]): computed once
+        # each, with C's operations, then picked per lane
+        xi = xb[xo + i]
+        wi = weight[wo + i]
+        e0 = scale * x0 - xi
+        e1 = scale * x1 - xi
+        e2 = scale * x2 - xi
+        t0 = wi * e0 * e0
+        t1 = wi * e1 * e1
+        t2 = wi * e2 * e2
+        row = base + np.uint64(i) * n
+        for j in range(n):
+            c = coords[row + j]
+            d2[j] += sel(c == 1, t0, sel(c == 3, t1, t2))
+    best = _FLT_MAX
+    jb = -1
+    for j in range(n):
+        if d2[j] < best:
+            best = d2[j]
+            jb = np.int64(j)
+    if jb < 0:
+        return -1
+    gi = np.int64(nb[start + 1 + jb])
+    for i in range(8):
+        L[lo + i] = (grid[gi, i] - 1) // 2
+    return gi
+
+
+@njit(**JIT)
+def _sorted_block(x, bo, n, pv, pidx, tv, ti):
+    for j in range(n):
+        pv[j] = x[bo + j]
+        pidx[j] = j
+    merge_sort(pv, pidx, tv, ti, n)
+
+
+@njit(**JIT)
+def _grid_u(L, lo):
+    u = 0
+    for j in range(8):
+        u |= np.int64(L[lo + j]) << (2 * j)
+    return u & 0xFFFF
+
+
+@njit(**JIT)
+def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw,
+               pv, pidx, tv, ti):
+    """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
+    for j in range(S_BYTES):
+        out[off + j] = 0
+    max_scale = _F0
+    sumx2 = _F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
+    bs = 32
+    p0, p1, p2 = XPM_S[0, 0], XPM_S[0, 1], XPM_S[0, 2]
+    m0, m1, m2 = XPM_S[1, 0], XPM_S[1, 1], XPM_S[1, 2]
+    for ib in range(QK_K // bs):
+        bo = xo + bs * ib
+        for i in range(bs):
+            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+        mx = abs(x[bo])
+        for i in range(1, bs):
+            a = abs(x[bo + i])
+            mx = mx if mx > a else a
+        if mx < GROUP_MAX_EPS_IQ1_S:
+            scales[ib] = _F0
+            shifts[ib] = 1
+            continue
+        _sorted_block(x, bo, bs, pv, pidx, tv, ti)
+        sumx[0] = _F0
+        sumw[0] = _F0
+        for j in range(bs):
+            i = pidx[j]
+            sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
+            sumw[j + 1] = sumw[j] + weight[i]
+        best_score = -_FLT_MAX
+        scale = mx
+        besti1 = -1
+        besti2 = -1
+        best_shift = 0
+        # C's expressions, with the terms that depend on i1 only hoisted (the same operations)
+        sx0 = sumx[0]
+        sw0 = sumw[0]
+        sxn = sumx[bs]
+        swn = sumw[bs]
+        for i1 in range(bs + 1):
+            a = sumx[i1] - sx0
+            aw = sumw[i1] - sw0
+            ap = a * p0
+            am = a * m0
+            awp = aw * p0 * p0
+            awm = aw * m0 * m0
+            sx1 = sumx[i1]
+            sw1 = sumw[i1]
+            for i2 in range(i1, bs + 1):
+                b = sumx[i2] - sx1
+                c = sxn - sumx[i2]
+                bw = sumw[i2] - sw1
+                cw = swn - sumw[i2]
+                sumqx = ap + b * p1 + c * p2
+                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
+                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = 1
+                sumqx = am + b * m1 + c * m2
+                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
+                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
+                    scale = sumqx / sumq2
+                    best_score = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = -1
+        if besti1 < 0 or besti2 < 0 or best_shift == 0:
+            scales[ib] = _F0
+            shifts[ib] = 1
+            continue
+        for j in range(besti1):
+            L[pidx[j]] = 0
+        for j in range(besti1, besti2):
+            L[pidx[j]] = 1
+        for j in range(besti2, bs):
+            L[pidx[j]] = 2
+        if scale < _F0:
+            for j in range(bs):
+                L[j] = 2 - L[j]
+            scale = -scale
+            best_shift = -best_shift
+        xx = XPM_S[0] if best_shift == 1 else XPM_S[1]
+        all_on_grid = True
+        for k in range(bs // 8):
+            u = _grid_u(L, 8 * k)
+            gi = np.int64(kmap[u]) if u < KMAP_SIZE else np.int64(-1)
+            if gi < 0:
+                if u >= KMAP_SIZE:
+                    return 1
+                all_on_grid = False
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
+                                          L, 8 * k)
+                if gi < 0:
+                    return 1
+            index[k] = gi
+        if not all_on_grid:
+            sumqx = _F0
+            sumq2 = _F0
+            for k in range(bs // 8):
+                for j in range(8):
+                    w = weight[8 * k + j]
+                    q = xx[(grid[index[k], j] - 1) // 2]
+                    sumqx += w * q * x[bo + 8 * k + j]
+                    sumq2 += w * q * q
+            if sumqx > _F0 and sumq2 > _F0:
+                scale = sumqx / sumq2
+        h = 0
+        for k in range(bs // 8):
+            out[off + S_QS + (bs // 8) * ib + k] = np.uint8(index[k] & 255)
+            h |= (index[k] >> 8) << (3 * k)
+        out[off + S_QH + 2 * ib] = np.uint8(h & 0xFF)
+        out[off + S_QH + 2 * ib + 1] = np.uint8((h >> 8) & 0xFF)
+        if not scale >= _F0:
+            return 1
+        scales[ib] = scale
+        shifts[ib] = best_shift
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == _F0:
+        return 0
+    d = max_scale / np.float32(15.0)
+    put_f16(out, off + S_D, d * np.float32(1.125))
+    idv = _F1 / d
+    for ib in range(QK_K // bs):
+        l = nearest_int(_F05 * (idv * scales[ib] - _F1))
+        l = max(0, min(7, l))
+        if shifts[ib] == -1:
+            l |= 8
+        out[off + S_QH + 2 * ib + 1] |= np.uint8((l << 4) & 0xFF)
+    return 0
+
+
+@njit(**JIT)
+def _half_shift(best_k, k):
+    """Row of XPM_M for group k of a 16-value block (k == 0: best_k < 2 ? x_p : x_m;
+    k == 1: best_k % 2 == 0 ? x_p : x_m)."""
+    if k == 0:
+        return 0 if best_k < 2 else 1
+    return best_k % 2
+
+
+@njit(**JIT)
+def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
+    if weighted:
+        for i in range(16):
+            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+    else:
+        for i in range(16):
+            weight[i] = x[bo + i] * x[bo + i]
+
+
+@njit(**JIT)
+def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw,
+               pv, pidx, tv, ti):
+    """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
+    for j in range(M_BYTES):
+        out[off + j] = 0
+    max_scale = _F0
+    sumx2 = _F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
+    bs = 16
+    xp = XPM_M[0]
+    xm = XPM_M[1]
+    p2 = xp[2]
+    m2 = xm[2]
+    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
+    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
+    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
+    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
+    sumqx = np.zeros(4, dtype=np.float32)
+    sumq2 = np.zeros(4, dtype=np.float32)
+    for ib in range(QK_K // bs):
+        bo = xo + bs * ib
+        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
+        mx = abs(x[bo])
+        for i in range(1, bs):
+            a = abs(x[bo + i])
+            mx = mx if mx > a else a
+        if mx < GROUP_MAX_EPS_IQ1_M:
+            scales[ib] = _F0
+            shifts[ib] = 0
+            continue
+        _sorted_block(x, bo, bs, pv, pidx, tv, ti)
+        best_score = -_FLT_MAX
+        scale = mx
+        besti1 = -1
+        besti2 = -1
+        best_k = -1
+        px[0, 0] = _F0
+        px[1, 0] = _F0
+        pw[0, 0] = _F0
+        pw[1, 0] = _F0
+        for j in range(bs):
+            i = pidx[j]
+            h = 0 if i < bs // 2 else 1
+            px[h, j + 1] = px[h, j] + weight[i] * x[bo + i]
+            px[1 - h, j + 1] = px[1 - h, j]
+            pw[h, j + 1] = pw[h, j] + weight[i]
+            pw[1 - h, j + 1] = pw[1 - h, j]
+        tx0 = px[0, bs]
+        tx1 = px[1, bs]
+        tw0 = pw[0, bs]
+        tw1 = pw[1, bs]
+        for i1 in range(bs + 1):
+            for i2 in range(i1, bs + 1):
+                sx0 = px[0, i1] + px[0, i2]
+                sx1 = px[1, i1] + px[1, i2]
+                qxp0 = tx0 * p2 - sx0
+                qxm0 = tx0 * m2 - sx0
+                qxp1 = tx1 * p2 - sx1
+                qxm1 = tx1 * m2 - sx1
+                q2p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
+                q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
+                q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
+                q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
+                sumqx[0] = qxp0 + qxp1
+                sumqx[1] = qxp0 + qxm1
+                sumqx[2] = qxm0 + qxp1
+                sumqx[3] = qxm0 + qxm1
+                sumq2[0] = q2p0 + q2p1
+                sumq2[1] = q2p0 + q2m1
+                sumq2[2] = q2m0 + q2p1
+                sumq2[3] = q2m0 + q2m1
+                for k in range(4):
+                    if sumq2[k] > _F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
+                        scale = sumqx[k] / sumq2[k]
+                        best_score = scale * sumqx[k]
+                        besti1 = i1
+                        besti2 = i2
+                        best_k = k
+        if besti1 < 0 or besti2 < 0 or best_k < 0:
+            scales[ib] = _F0
+            shifts[ib] = 0
+            continue
+        for j in range(besti1):
+            L[pidx[j]] = 0
+        for j in range(besti1, besti2):
+            L[pidx[j]] = 1
+        for j in range(besti2, bs):
+            L[pidx[j]] = 2
+        if scale < _F0:
+            for j in range(bs):
+                L[j] = 2 - L[j]
+            scale = -scale
+            best_k = 3 - best_k
+        all_on_grid = True
+        for k in range(bs // 8):
+            xx = XPM_M[_half_shift(best_k, k)]
+            u = _grid_u(L, 8 * k)
+            if u >= KMAP_SIZE:
+                return 1
+            gi = np.int64(kmap[u])
+            if gi < 0:
+                all_on_grid = False
+                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
+                                          L, 8 * k)
+                if gi < 0:
+                    return 1
+            index[k] = gi
+        if not all_on_grid:
+            sqx = _F0
+            sq2 = _F0
+            for k in range(bs // 8):
+                xx = XPM_M[_half_shift(best_k, k)]
+                for j in range(8):
+                    w = weight[8 * k + j]
+                    q = xx[(grid[index[k], j] - 1) // 2]
+                    sqx += w * q * x[bo + 8 * k + j]
+                    sq2 += w * q * q
+            if sqx > _F0 and sq2 > _F0:
+                scale = sqx / sq2
+        out[off + M_QS + 2 * ib] = np.uint8(index[0] & 255)
+        out[off + M_QS + 2 * ib + 1] = np.uint8(index[1] & 255)
+        out[off + M_QH + ib] = np.uint8((index[0] >> 8) | ((index[1] >> 8) << 4))
+        if not scale >= _F0:
+            return 1
+        scales[ib] = scale
+        shifts[ib] = best_k
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == _F0:
+        return 0
+    sc = np.zeros(4, dtype=np.int64)
+    d = max_scale / np.float32(15.0)
+    idv = _F1 / d
+    sqx = _F0
+    sq2 = _F0
+    for ib in range(QK_K // bs):
+        l = nearest_int(_F05 * (idv * scales[ib] - _F1))
+        l = max(0, min(7, l))
+        sc[ib // 4] |= l << (3 * (ib % 4))
+        qh = np.int64(out[off + M_QH + ib]) | IQ1M_MASKS[shifts[ib]]
+        out[off + M_QH + ib] = np.uint8(qh)
+        bo = xo + bs * ib
+        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
+        fl = np.float32(2 * l + 1)
+        for k in range(bs // 8):
+            xx = XPM_M[_half_shift(shifts[ib], k)]
+            g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
+            for j in range(8):
+                w = weight[8 * k + j]
+                q = xx[(grid[g, j] - 1) // 2] * fl
+                sqx += w * q * x[bo + 8 * k + j]
+                sq2 += w * q * q
+    if sq2 > _F0:
+        d = sqx / sq2
+    s = np.int64(fp32_to_fp16(d * np.float32(1.1125)))
+    sc[0] |= (s & 0x000F) << 12
+    sc[1] |= (s & 0x00F0) << 8
+    sc[2] |= (s & 0x0F00) << 4
+    sc[3] |= s & 0xF000
+    for t in range(4):
+        out[off + M_SC + 2 * t] = np.uint8(sc[t] & 0xFF)
+        out[off + M_SC + 2 * t + 1] = np.uint8((sc[t] >> 8) & 0xFF)
+    return 0
+
+
+@njit(**JIT)
+def _quantize_iq1(x, qw, out, is_m):
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    if not is_m and not weighted:
+        return x.shape[0] * nblk
+    grid, kmap, nb, coords = tables(GRID_1S)
+    bs = 16 if is_m else 32
+    scales = np.zeros(QK_K // bs, dtype=np.float32)
+    shifts = np.zeros(QK_K // bs, dtype=np.int64)
+    weight = np.zeros(bs, dtype=np.float32)
+    L = np.zeros(bs, dtype=np.int8)
+    index = np.zeros(bs // 8, dtype=np.int64)
+    sumx = np.zeros(bs + 1, dtype=np.float32)
+    sumw = np.zeros(bs + 1, dtype=np.float32)
+    px = np.zeros((2, bs + 1), dtype=np.float32)
+    pw = np.zeros((2, bs + 1), dtype=np.float32)
+    pv = np.zeros(bs, dtype=np.float32)
+    tv = np.zeros(bs, dtype=np.float32)
+    pidx = np.zeros(bs, dtype=np.int64)
+    ti = np.zeros(bs, dtype=np.int64)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            if is_m:
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf,
+                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti)
+            else:
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales,
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)
+    return failed
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq1_s(x, qw, out):
+    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
+    failed). Returns the number of blocks where ggml aborts."""
+    return _quantize_iq1(x, qw, out, False)
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq1_m(x, qw, out):
+    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
+    return _quantize_iq1(x, qw, out, True)
+
+
+@njit(**JIT)
+def _put8(yr, yo, dl, g, delta):
+    for j in range(8):
+        yr[yo + j] = dl * (np.float32(((g >> (2 * j)) & 3) - 1) + delta)
+
+
+@njit(nogil=True, **JIT)
+def dequantize_iq1_s(q, out):
+    for r in range(out.shape[0]):
+        qr = q[r]
+        yr = out[r]
+        for b in range(out.shape[1] // QK_K):
+            off = b * S_BYTES
+            d = get_f16(qr, off + S_D)
+            for ib in range(QK_K // 32):
+                qh = np.int64(qr[off + S_QH + 2 * ib]) | (np.int64(qr[off + S_QH + 2 * ib + 1]) << 8)
+                dl = d * np.float32(2 * ((qh >> 12) & 7) + 1)
+                delta = -IQ1S_DELTA if qh & 0x8000 else IQ1S_DELTA
+                for l in range(4):
+                    gi = np.int64(qr[off + S_QS + 4 * ib + l]) | (((qh >> (3 * l)) & 7) << 8)
+                    _put8(yr, b * QK_K + 32 * ib + 8 * l, dl, DEQ_GRID[gi], delta)
+
+
+@njit(nogil=True, **JIT)
+def dequantize_iq1_m(q, out):
+    sc = np.zeros(4, dtype=np.int64)
+    for r in range(out.shape[0]):
+        qr = q[r]
+        yr = out[r]
+        for b in range(out.shape[1] // QK_K):
+            off = b * M_BYTES
+            for t in range(4):
+                sc[t] = np.int64(qr[off + M_SC + 2 * t]) | (np.int64(qr[off + M_SC + 2 * t + 1]) << 8)
+            s = (sc[0] >> 12) | ((sc[1] >> 8) & 0x00F0) | ((sc[2] >> 4) & 0x0F00) | (sc[3] & 0xF000)
+            d = fp16_to_fp32(s)
+            for ib in range(QK_K // 32):
+                dl1 = d * np.float32(2 * ((sc[ib // 2] >> (6 * (ib % 2))) & 7) + 1)
+                dl2 = d * np.float32(2 * ((sc[ib // 2] >> (6 * (ib % 2) + 3)) & 7) + 1)
+                qh0 = np.int64(qr[off + M_QH + 2 * ib])
+                qh1 = np.int64(qr[off + M_QH + 2 * ib + 1])
+                qs = off + M_QS + 4 * ib
+                yo = b * QK_K + 32 * ib
+                _put8(yr, yo, dl1, DEQ_GRID[np.int64(qr[qs]) | ((qh0 << 8) & 0x700)],
+                      -IQ1M_DELTA if qh0 & 0x08 else IQ1M_DELTA)
+                _put8(yr, yo + 8, dl1, DEQ_GRID[np.int64(qr[qs + 1]) | ((qh0 << 4) & 0x700)],
+                      -IQ1M_DELTA if qh0 & 0x80 else IQ1M_DELTA)
+                _put8(yr, yo + 16, dl2, DEQ_GRID[np.int64(qr[qs + 2]) | ((qh1 << 8) & 0x700)],
+                      -IQ1M_DELTA if qh1 & 0x08 else IQ1M_DELTA)
+                _put8(yr, yo + 24, dl2, DEQ_GRID[np.int64(qr[qs + 3]) | ((qh1 << 4) & 0x700)],
+                      -IQ1M_DELTA if qh1 & 0x80 else IQ1M_DELTA)
+
+
+KERNELS = {
+    QType.IQ1_S: Kernel(quantize_iq1_s, dequantize_iq1_s),
+    QType.IQ1_M: Kernel(quantize_iq1_m, dequantize_iq1_m),
+}

@@ -1,0 +1,537 @@
+"""ggml's 2-bit i-quants IQ2_XXS, IQ2_XS and IQ2_S, ported to Numba.
+
+Ports, from ggml/src/ggml-quants.c (llama.cpp as vendored in llama-cpp-python 0.3.36):
+  quantize_row_iq2_xxs_impl, quantize_row_iq2_xs_impl, quantize_row_iq2_s_impl,
+  iq2_find_best_neighbour (and make_qp_quants, kquant.ggml.kernels._search),
+  dequantize_row_iq2_xxs, dequantize_row_iq2_xs, dequantize_row_iq2_s
+byte for byte. Every float expression is evaluated in float32, op by op, in C's order. The
+search tables (grid, kmap, neighbours) are iq2xs_init_impl's (kquant.ggml.kernels._iqgrid).
+
+Groups of 8 values are coded as a point of an E8-like grid (levels 2l+1, l = 0..2, magnitudes
+after the signs are taken out) plus sign bits; 32 (XXS) or 16 (XS, S) values share a 4-bit
+scale, a super-block of 256 shares an fp16 scale. Block layouts (ggml-common.h):
+
+    block_iq2_xxs  d (fp16), qs uint16[32]: per 32 values two uint32: grid indices (8 bits
+                   each, 4 groups), then 4 x 7 sign bits and the 4-bit scale in bits 28..31
+    block_iq2_xs   d (fp16), qs uint16[32]: per group of 8: grid index (9 bits) | 7 sign bits
+                   << 9; scales uint8[8]: per 16 values a 4-bit scale
+    block_iq2_s    d (fp16), qs uint8[64]: 32 low bytes of the grid indices, then 32 sign
+                   bytes; qh uint8[8]: 2 high index bits per group; scales uint8[8]
+
+IQ2_XXS and IQ2_XS have a weighted path only: ggml_quantize_chunk aborts without importance
+weights (ggml_quantize_requires_imatrix), and so does kquant.quantize. IQ2_S has both.
+
+ggml also aborts (GGML_ASSERT) when a search finds no candidate or a scale is NaN, which NaN
+input can cause (kquant.quantize refuses non-finite input before that); the kernels count such
+blocks and return the count (kquant.quantize raises), leaving the block as far as ggml got.
+Elsewhere they follow ggml through NaN and overflow, bytes included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK_K, QType, field_offsets
+from . import Kernel
+from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
+from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
+from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, tables
+from ._search import make_qp_quants
+
+JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+_F05 = np.float32(0.5)
+_F01 = np.float32(0.1)
+_FM1 = np.float32(-1.0)
+_FLT_MAX = np.float32(3.4028234663852886e38)
+KMAXQ = 3
+GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
+
+# block layouts: offsets from the declarations (kquant.ggml.types)
+XXS_BYTES = QType.IQ2_XXS.type_size
+XXS_D, XXS_QS = field_offsets(QType.IQ2_XXS, "d", "qs")
+XS_BYTES = QType.IQ2_XS.type_size
+XS_D, XS_QS, XS_SCALES = field_offsets(QType.IQ2_XS, "d", "qs", "scales")
+S_BYTES = QType.IQ2_S.type_size
+S_D, S_QS, S_QH, S_SCALES = field_offsets(QType.IQ2_S, "d", "qs", "qh", "scales")
+
+# the dequantization grids (ggml-common.h iq2xxs_grid, iq2xs_grid, iq2s_grid): levels 0, 1, 2 -> 8, 25, 43
+DEQ_LEVELS = np.array([8.0, 25.0, 43.0, 0.0], dtype=np.float32)
+DEQ_XXS = KGRID_2BIT_256.astype(np.int64)  # the grids as packed levels
+DEQ_XS = KGRID_2BIT_512.astype(np.int64)
+DEQ_S = KGRID_2BIT_1024.astype(np.int64)
+
+
+@njit(**JIT)
+def find_best_neighbour(nb, coords, d2, start, grid, xval, xo, weight, scale, L, lo):
+    """iq2_find_best_neighbour(kneighbors + start, grid, xval + xo, weight + xo, scale, L + lo):
+    the grid index, or -1 where ggml asserts (no candidate with d2 < FLT_MAX). The neighbours
+    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
+    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
+    base = np.uint64(8 * (start + 1))
+    for j in range(n):
+        d2[j] = _F0
+    for i in range(8):
+        # the term w (s q - x)^2 of coordinate i takes 3 values (q = 1, 3, 5): computed once each,
+        # with C's operations, then picked per lane
+        xi = xval[xo + i]
+        wi = weight[xo + i]
+        e1 = scale * np.float32(1.0) - xi
+        e3 = scale * np.float32(3.0) - xi
+        e5 = scale * np.float32(5.0) - xi
+        t1 = wi * e1 * e1
+        t3 = wi * e3 * e3
+        t5 = wi * e5 * e5
+        row = base + np.uint64(i) * n
+        for j in range(n):
+            c = coords[row + j]
+            d2[j] += sel(c == 1, t1, sel(c == 3, t3, t5))
+    best_d2 = _FLT_MAX
+    jb = -1
+    for j in range(n):
+        if d2[j] < best_d2:
+            best_d2 = d2[j]
+            jb = np.int64(j)
+    if jb < 0:
+        return -1
+    gi = np.int64(nb[start + 1 + jb])
+    for i in range(8):
+        L[lo + i] = (grid[gi, i] - 1) // 2
+    return gi
+
+
+@njit(**JIT)
+def group_levels(xval, xo, idv, L, lo):
+    """L[lo:lo+8] = MAX(0, MIN(2, nearest_int(0.5f*(id*xval-1)))); returns the packed u."""
+    u = 0
+    for i in range(8):
+        l = nearest_int(_F05 * (idv * xval[xo + i] - _F1))
+        l = max(0, min(KMAXQ - 1, l))
+        L[lo + i] = l
+        u |= l << (2 * i)
+    return u
+
+
+@njit(**JIT)
+def packed(L, lo):
+    """uint16 u |= (L[i] << 2i) over int8 L (C's int promotion, then truncation)."""
+    u = 0
+    for i in range(8):
+        u |= np.int64(L[lo + i]) << (2 * i)
+    return u & 0xFFFF
+
+
+@njit(**JIT)
+def weighted_sums(weight, xval, L, n):
+    sumqx = _F0
+    sumq2 = _F0
+    for i in range(n):
+        w = weight[i]
+        q = np.float32(2 * L[i] + 1)
+        sumqx += w * xval[i] * q
+        sumq2 += w * q * q
+    return sumqx, sumq2
+
+
+@njit(**JIT)
+def signs_parity(xb, xo, weight, xval, k):
+    """Signs of group k with an even count (IQ2_XXS, IQ2_XS): the smallest w x^2 keeps its sign
+    flipped if needed. Fills xval[8k:8k+8], returns the 7 stored sign bits."""
+    nflip = 0
+    s = 0
+    for i in range(8):
+        v = xb[xo + 8 * k + i]
+        if v >= _F0:
+            xval[8 * k + i] = v
+        else:
+            xval[8 * k + i] = -v
+            nflip += 1
+            s |= 1 << i
+    if nflip % 2:
+        imin = 0
+        v0 = xb[xo + 8 * k]
+        mn = weight[8 * k] * v0 * v0
+        for i in range(1, 8):
+            v = xb[xo + 8 * k + i]
+            ax = weight[8 * k + i] * v * v
+            if ax < mn:
+                mn = ax
+                imin = i
+        xval[8 * k + imin] = -xval[8 * k + imin]
+        s ^= 1 << imin
+    return s & 127
+
+
+@njit(**JIT)
+def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, Lqp, q2):
+    """quantize_row_iq2_xxs_impl for the super-block x[xo:xo+256] -> out[off:off+66]; returns 1
+    where ggml aborts, else 0."""
+    for j in range(16):
+        q2[j] = 0
+    max_scale = _F0
+    sumx2 = _F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    sigma2 = sumx2 / np.float32(QK_K)
+    signs = np.zeros(4, dtype=np.int64)
+    for ib in range(QK_K // 32):
+        bo = xo + 32 * ib
+        for i in range(32):
+            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+        for i in range(32):
+            waux[i] = np.sqrt(weight[i])
+        for k in range(4):
+            signs[k] = signs_parity(x, bo, weight, xval, k)
+        mx = xval[0]
+        for i in range(1, 32):
+            mx = mx if mx > xval[i] else xval[i]
+        if mx < GROUP_MAX_EPS:
+            scales[ib] = _F0
+            continue
+        scale = make_qp_quants(32, KMAXQ + 1, xval, Lqp, weight)
+        for i in range(32):
+            L[i] = np.int8(Lqp[i])
+        eff_max = scale * np.float32(KMAXQ)
+        if eff_max <= _F0:
+            scales[ib] = _F0
+            continue
+        best = _F0
+        for is_ in range(-6, 7):
+            idv = (np.float32(2 * KMAXQ - 1) + np.float32(is_) * _F01) / eff_max
+            this_scale = _F1 / idv
+            for k in range(4):
+                u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
+                if kmap[u] < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
+                                           8 * k) < 0:
+                        return 1
+            sumqx, sumq2 = weighted_sums(weight, xval, Laux, 32)
+            if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
+                scale = sumqx / sumq2
+                best = scale * sumqx
+                for i in range(32):
+                    L[i] = Laux[i]
+        if scale > _F0:
+            idv = _F1 / scale
+            for k in range(4):
+                u = group_levels(xval, 8 * k, idv, L, 8 * k)
+                gi = kmap[u]
+                if gi < 0:
+                    gi = find_best_neighbour(nb, coords, d2buf, -gi - 1, grid, xval, 8 * k, waux, scale, L, 8 * k)
+                    if gi < 0:
+                        return 1
+                for i in range(8):
+                    L[8 * k + i] = (grid[gi, i] - 1) // 2
+            sumqx, sumq2 = weighted_sums(weight, xval, L, 32)
+            if sumq2 > _F0:
+                scale = sumqx / sumq2
+        if scale < _F0:
+            scale = -scale
+            for k in range(4):
+                signs[k] = (~signs[k]) & 127
+        for k in range(4):
+            u = packed(L, 8 * k)
+            if u >= KMAP_SIZE or kmap[u] < 0:
+                return 1
+            q2[2 * ib] |= np.uint32(kmap[u]) << np.uint32(8 * k)
+            q2[2 * ib + 1] |= np.uint32(signs[k]) << np.uint32(7 * k)
+        if not scale >= _F0:
+            return 1
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == _F0:
+        put_f16(out, off + XXS_D, _F0)
+        for j in range(QK_K // 4):
+            out[off + XXS_QS + j] = 0
+        return 0
+    d = max_scale / np.float32(31.0)
+    put_f16(out, off + XXS_D, d)
+    idv = _F1 / d
+    for ib in range(QK_K // 32):
+        l = nearest_int(_F05 * (idv * scales[ib] - _F1))
+        l = max(0, min(15, l))
+        q2[2 * ib + 1] |= np.uint32(l) << np.uint32(28)
+    for j in range(16):
+        v = q2[j]
+        for b in range(4):
+            out[off + XXS_QS + 4 * j + b] = np.uint8((v >> np.uint32(8 * b)) & np.uint32(0xFF))
+    return 0
+
+
+@njit(**JIT)
+def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux,
+               q2):
+    """quantize_row_iq2_xs_impl (is_s False) or quantize_row_iq2_s_impl (is_s True) for the
+    super-block x[xo:xo+256] -> out[off:]; returns 1 where ggml aborts, else 0."""
+    max_scale = _F0
+    sumx2 = _F0
+    for i in range(QK_K):
+        sumx2 += x[xo + i] * x[xo + i]
+    if is_s:
+        sigma2 = np.float32(2.0) * sumx2 / np.float32(QK_K)
+        eps = GROUP_MAX_EPS_IQ2_S
+        nbytes = S_BYTES
+    else:
+        sigma2 = sumx2 / np.float32(QK_K)
+        eps = GROUP_MAX_EPS
+        nbytes = XS_BYTES
+    for j in range(nbytes):
+        out[off + j] = 0
+    for j in range(QK_K // 8):
+        q2[j] = 0
+    signs = np.zeros(2, dtype=np.int64)
+    on_grid = np.zeros(2, dtype=np.bool_)
+    on_grid_aux = np.zeros(2, dtype=np.bool_)
+    for ib in range(QK_K // 16):
+        bo = xo + 16 * ib
+        if weighted:
+            for i in range(16):
+                weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+        else:
+            for i in range(16):
+                weight[i] = np.float32(0.25) * sigma2 + x[bo + i] * x[bo + i]
+        for i in range(16):
+            waux[i] = np.sqrt(weight[i])
+        for k in range(2):
+            if is_s:
+                s = 0
+                for i in range(8):
+                    v = x[bo + 8 * k + i]
+                    if v >= _F0:
+                        xval[8 * k + i] = v
+                    else:
+                        xval[8 * k + i] = -v
+                        s |= 1 << i
+                signs[k] = s
+            else:
+                signs[k] = signs_parity(x, bo, weight, xval, k)
+        mx = xval[0]
+        for i in range(1, 16):
+            mx = mx if mx > xval[i] else xval[i]
+        for i in range(16):
+            L[i] = 0
+        if mx < eps:
+            scales[ib] = _F0
+            continue
+        best = _F0
+        scale = mx / np.float32(2 * KMAXQ - 1)
+        on_grid[0] = True
+        on_grid[1] = True
+        for is_ in range(-9, 10):
+            idv = (np.float32(2 * KMAXQ - 1) + np.float32(is_) * _F01) / mx
+            this_scale = _F1 / idv
+            for k in range(2):
+                u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
+                on_grid_aux[k] = True
+                if kmap[u] < 0:
+                    on_grid_aux[k] = False
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
+                                           8 * k) < 0:
+                        return 1
+            sumqx, sumq2 = weighted_sums(weight, xval, Laux, 16)
+            if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
+                scale = sumqx / sumq2
+                best = scale * sumqx
+                for i in range(16):
+                    L[i] = Laux[i]
+                on_grid[0] = on_grid_aux[0]
+                on_grid[1] = on_grid_aux[1]
+        n_not_ongrid = (not on_grid[0]) + (not on_grid[1])
+        if n_not_ongrid > 0 and scale > _F0:
+            idv = _F1 / scale
+            for k in range(2):
+                if on_grid[k]:
+                    continue
+                u = group_levels(xval, 8 * k, idv, L, 8 * k)
+                if kmap[u] < 0:
+                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L,
+                                           8 * k) < 0:
+                        return 1
+            sumqx, sumq2 = weighted_sums(weight, xval, L, 16)
+            if sumq2 > _F0:
+                scale = sumqx / sumq2
+        if scale < _F0:
+            scale = -scale
+            for k in range(2):
+                signs[k] = (~signs[k]) & (255 if is_s else 127)
+        for k in range(2):
+            u = packed(L, 8 * k)
+            if u >= KMAP_SIZE or kmap[u] < 0:
+                return 1
+            gi = np.int64(kmap[u])
+            if is_s:
+                i8 = 2 * ib + k
+                out[off + S_QS + i8] = np.uint8(gi & 255)
+                out[off + S_QH + i8 // 4] |= np.uint8(((gi >> 8) << (2 * (i8 % 4))) & 0xFF)
+                out[off + S_QS + QK_K // 8 + i8] = np.uint8(signs[k])
+            else:
+                q2[2 * ib + k] = np.uint16(gi | (signs[k] << 9))
+        if not scale >= _F0:
+            return 1
+        scales[ib] = scale
+        max_scale = max_scale if max_scale > scale else scale
+    if max_scale == _F0:
+        return 0  # all zero (and d = fp16 0) already
+    d = max_scale / np.float32(31.0)
+    if is_s:
+        put_f16(out, off + S_D, d * np.float32(0.9875))
+        sco = S_SCALES
+    else:
+        put_f16(out, off + XS_D, d)
+        sco = XS_SCALES
+    idv = _F1 / d
+    for ib in range(QK_K // 16):
+        l = nearest_int(_F05 * (idv * scales[ib] - _F1))
+        l = max(0, min(15, l))
+        if ib % 2 == 0:
+            out[off + sco + ib // 2] = np.uint8(l)
+        else:
+            out[off + sco + ib // 2] |= np.uint8(l << 4)
+    if not is_s:
+        for j in range(QK_K // 8):
+            out[off + XS_QS + 2 * j] = np.uint8(q2[j] & np.uint16(0xFF))
+            out[off + XS_QS + 2 * j + 1] = np.uint8(q2[j] >> np.uint16(8))
+    return 0
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq2_xxs(x, qw, out):
+    """Rows of x -> IQ2_XXS. Needs weights (qw empty: nothing written, every block counted as
+    failed). Returns the number of blocks where ggml aborts."""
+    nblk = x.shape[1] // QK_K
+    if qw.shape[0] != x.shape[1]:
+        return x.shape[0] * nblk
+    grid, kmap, nb, coords = tables(GRID_XXS)
+    scales = np.zeros(QK_K // 32, dtype=np.float32)
+    weight = np.zeros(32, dtype=np.float32)
+    xval = np.zeros(32, dtype=np.float32)
+    waux = np.zeros(32, dtype=np.float32)
+    L = np.zeros(32, dtype=np.int8)
+    Laux = np.zeros(32, dtype=np.int8)
+    Lqp = np.zeros(32, dtype=np.uint8)
+    q2 = np.zeros(16, dtype=np.uint32)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, coords, d2buf, scales,
+                                weight, xval, L, Laux, waux, Lqp, q2)
+    return failed
+
+
+@njit(**JIT)
+def _quantize_xs_s(x, qw, out, is_s, which, nbytes):
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    grid, kmap, nb, coords = tables(which)
+    scales = np.zeros(QK_K // 16, dtype=np.float32)
+    weight = np.zeros(16, dtype=np.float32)
+    xval = np.zeros(16, dtype=np.float32)
+    waux = np.zeros(16, dtype=np.float32)
+    L = np.zeros(16, dtype=np.int8)
+    Laux = np.zeros(16, dtype=np.int8)
+    q2 = np.zeros(QK_K // 8, dtype=np.uint16)
+    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += xs_s_block(x[r], b * QK_K, qw, weighted, is_s, out[r], b * nbytes,
+                                 grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, q2)
+    return failed
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq2_xs(x, qw, out):
+    """Rows of x -> IQ2_XS. Needs weights (as quantize_iq2_xxs). Returns the failed block count."""
+    if qw.shape[0] != x.shape[1]:
+        return x.shape[0] * (x.shape[1] // QK_K)
+    return _quantize_xs_s(x, qw, out, False, GRID_XS, XS_BYTES)
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq2_s(x, qw, out):
+    """Rows of x -> IQ2_S, weighted or not. Returns the failed block count."""
+    return _quantize_xs_s(x, qw, out, True, GRID_S, S_BYTES)
+
+
+@njit(**JIT)
+def _put8(yr, yo, dl, g, signs):
+    """8 values dl * DEQ_LEVELS[level] * (sign bit j of `signs` ? -1 : 1) of grid point g."""
+    for j in range(8):
+        v = dl * DEQ_LEVELS[(g >> (2 * j)) & 3]
+        yr[yo + j] = v * (_FM1 if (signs >> j) & 1 else _F1)  # a multiplication, as C (NaN keeps its sign)
+
+
+@njit(**JIT)
+def _ksigns(v):
+    """ggml-common.h ksigns_iq2xs[v]: the 7 bits plus an 8th that makes the count even."""
+    p = v ^ (v >> 4)
+    p ^= p >> 2
+    p ^= p >> 1
+    return v | ((p & 1) << 7)
+
+
+@njit(nogil=True, **JIT)
+def dequantize_iq2_xxs(q, out):
+    grid = DEQ_XXS
+    for r in range(out.shape[0]):
+        qr = q[r]
+        yr = out[r]
+        for b in range(out.shape[1] // QK_K):
+            off = b * XXS_BYTES
+            d = get_f16(qr, off + XXS_D)
+            for ib in range(QK_K // 32):
+                o = off + XXS_QS + 8 * ib
+                a1 = (np.int64(qr[o + 4]) | (np.int64(qr[o + 5]) << 8) | (np.int64(qr[o + 6]) << 16)
+                      | (np.int64(qr[o + 7]) << 24))
+                db = d * (_F05 + np.float32(a1 >> 28)) * np.float32(0.25)
+                for l in range(4):
+                    _put8(yr, b * QK_K + 32 * ib + 8 * l, db, grid[qr[o + l]], _ksigns((a1 >> (7 * l)) & 127))
+
+
+@njit(nogil=True, **JIT)
+def dequantize_iq2_xs(q, out):
+    grid = DEQ_XS
+    for r in range(out.shape[0]):
+        qr = q[r]
+        yr = out[r]
+        for b in range(out.shape[1] // QK_K):
+            off = b * XS_BYTES
+            d = get_f16(qr, off + XS_D)
+            for ib in range(QK_K // 32):
+                sc = np.int64(qr[off + XS_SCALES + ib])
+                db0 = d * (_F05 + np.float32(sc & 0xF)) * np.float32(0.25)
+                db1 = d * (_F05 + np.float32(sc >> 4)) * np.float32(0.25)
+                for l in range(4):
+                    o = off + XS_QS + 2 * (4 * ib + l)
+                    v = np.int64(qr[o]) | (np.int64(qr[o + 1]) << 8)
+                    _put8(yr, b * QK_K + 32 * ib + 8 * l, db0 if l < 2 else db1, grid[v & 511], _ksigns(v >> 9))
+
+
+@njit(nogil=True, **JIT)
+def dequantize_iq2_s(q, out):
+    grid = DEQ_S
+    for r in range(out.shape[0]):
+        qr = q[r]
+        yr = out[r]
+        for b in range(out.shape[1] // QK_K):
+            off = b * S_BYTES
+            d = get_f16(qr, off + S_D)
+            for ib in range(QK_K // 32):
+                sc = np.int64(qr[off + S_SCALES + ib])
+                db0 = d * (_F05 + np.float32(sc & 0xF)) * np.float32(0.25)
+                db1 = d * (_F05 + np.float32(sc >> 4)) * np.float32(0.25)
+                qh = np.int64(qr[off + S_QH + ib])
+                for l in range(4):
+                    gi = np.int64(qr[off + S_QS + 4 * ib + l]) | ((qh << (8 - 2 * l)) & 0x300)
+                    sg = np.int64(qr[off + S_QS + QK_K // 8 + 4 * ib + l])
+                    _put8(yr, b * QK_K + 32 * ib + 8 * l, db0 if l < 2 else db1, grid[gi], sg)
+
+
+KERNELS = {
+    QType.IQ2_XXS: Kernel(quantize_iq2_xxs, dequantize_iq2_xxs),
+    QType.IQ2_XS: Kernel(quantize_iq2_xs, dequantize_iq2_xs),
+    QType.IQ2_S: Kernel(quantize_iq2_s, dequantize_iq2_s),
+}

@@ -1,0 +1,141 @@
+"""rounding="best": valid blocks that ggml decodes as kquant does, never a worse block than ggml's.
+
+For every type with a search of its own (kquant.ggml.quants.better_types()), on fuzzed data of
+many distributions, with and without importance weights:
+- libggml's to_float (kquant.reference, ctypes) decodes every block exactly as kquant.dequantize;
+- every block's weighted squared error (tests/objective.py: ggml's objective, written
+  independently in numpy) is <= ggml's block's, and on plain data the total is strictly lower;
+- the bytes do not depend on the thread count;
+and llama.cpp loads and evaluates best-rounded files of fixtures/tiny-llama.
+The default (rounding="ggml") is ggml's bytes: the identity suites cover it untouched.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import kquant
+from kquant import pipeline, reference
+from kquant.errors import InputError
+from kquant.ggml import quants
+from kquant.types import QType
+from objective import block_errors, weights
+
+from kernel_data import fresh_rng, make_w, make_x
+
+pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
+
+BETTER = quants.better_types()
+KINDS = ["normal", "student_t", "laplace", "outlier_cols", "zero_rows", "constant_rows", "tiny", "huge",
+         "single_nonzero", "pm_max", "positive", "negative", "subblock_scales", "mixed_scale"]
+WKINDS = [None, "uniform", "zeros", "heavy"]
+ROWS, COLS = 4, 512
+
+
+def test_registry():
+    want = "Q2_K Q3_K Q4_K Q5_K Q6_K Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS".split()
+    assert {QType[n] for n in want} <= set(BETTER)
+    with pytest.raises(InputError, match="unknown rounding"):
+        quants.parse_rounding("nearest")
+
+
+@pytest.mark.parametrize("t", BETTER, ids=lambda t: t.name)
+@pytest.mark.parametrize("wkind", WKINDS, ids=lambda w: w or "unweighted")
+def test_valid_and_never_worse(t, wkind):
+    seed, rng = fresh_rng()
+    total_g = total_b = 0.0
+    for kind in KINDS:
+        x = make_x(kind, ROWS, COLS, rng)
+        qw = None if wkind is None else make_w(wkind, COLS, rng)
+        what = f"{t.name} {kind} w={wkind} seed={seed}"
+        g = kquant.quantize(x, t, qw)
+        b = kquant.quantize(x, t, qw, rounding="best")
+        yb = kquant.dequantize(b, t, x.shape)
+        # (1) ggml decodes the best blocks exactly as kquant does
+        assert np.array_equal(reference.dequantize(b, t, x.shape).view(np.uint32), yb.view(np.uint32)), what
+        # (2) no block is worse than ggml's under ggml's objective
+        w = weights(t, x, qw)
+        eg = block_errors(t, x, kquant.dequantize(g, t, x.shape), w)
+        eb = block_errors(t, x, yb, w)
+        worse = np.argwhere(eb > eg)
+        assert worse.size == 0, f"{what}: {len(worse)} blocks worse, first {worse[0].tolist()}: {eb[tuple(worse[0])]} > {eg[tuple(worse[0])]}"
+        if kind in ("normal", "laplace", "student_t"):
+            total_g += eg.sum()
+            total_b += eb.sum()
+    assert total_b < total_g, f"{t.name} w={wkind} seed={seed}: no gain on plain data"
+
+
+@pytest.mark.parametrize("t", BETTER, ids=lambda t: t.name)
+def test_thread_count_independent(t, monkeypatch):
+    if quants.MAX_THREADS < 2:
+        pytest.skip("one core")
+    _, rng = fresh_rng()
+    x = make_x("normal", 16, 1024, rng)
+    qw = make_w("uniform", 1024, rng)
+    monkeypatch.setattr(quants, "MIN_VALUES_PER_THREAD", 256)
+    try:
+        quants.set_threads(1)
+        one = [kquant.quantize(x, t, w, rounding="best") for w in (None, qw)]
+        quants.set_threads(quants.MAX_THREADS)
+        many = [kquant.quantize(x, t, w, rounding="best") for w in (None, qw)]
+    finally:
+        quants.set_threads(quants.MAX_THREADS)
+    assert all(np.array_equal(a, b) for a, b in zip(one, many))
+
+
+def test_metadata_only_when_not_ggml():
+    from gguf import GGUFValueType
+
+    plan = pipeline.Plan(pipeline.parse_ftype("Q4_K_M"), "llama", [], [], [])
+    assert not any(k == pipeline.ROUNDING_KEY for k, _, _ in pipeline.output_kv(plan))
+    assert pipeline.output_kv(plan, "best")[-1] == (pipeline.ROUNDING_KEY, GGUFValueType.STRING, "best")
+
+
+TINY = pipeline.Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llama"
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    pytest.importorskip("llama_cpp")
+    d = tmp_path_factory.mktemp("rounding")
+    targets = [(d / f"{ft}.gguf", ft) for ft in ("F32", "Q4_K_M", "Q4_0", "Q5_1")]
+    pipeline.convert_many(TINY, targets[:1])
+    pipeline.convert_many(TINY, targets[1:], pipeline.Options(rounding="best"))
+    return {ft: p for p, ft in targets}
+
+
+@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q4_0", "Q5_1"])
+def test_llama_cpp_runs_best_files(tiny_files, ftype):
+    from oracle import refpipeline
+    from kquant.io.gguf import GGUFFile
+
+    path = tiny_files[ftype]
+    assert GGUFFile(path).value(pipeline.ROUNDING_KEY) == "best"
+    assert GGUFFile(tiny_files["F32"]).value(pipeline.ROUNDING_KEY) is None
+    toks, q = refpipeline.eval_logits(path)
+    _, full = refpipeline.eval_logits(tiny_files["F32"])
+    assert len(toks) > 5 and np.isfinite(q).all()
+    assert np.corrcoef(q.ravel(), full.ravel())[0, 1] > 0.9
+
+
+def test_cli_rejects_unknown_rounding(capsys):
+    from kquant.cli import main
+
+    assert main(["convert", str(TINY), "-o", "/nonexistent/x.gguf", "--rounding", "nearest"]) != 0
+    err = capsys.readouterr().err
+    assert "unknown rounding 'nearest'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_automix_measures_with_the_rounding():
+    """The automix's per-type errors come from the chosen rounding: lower with best in total (its
+    error weights are not ggml's objective, so single tensors may differ either way)."""
+    from kquant.automix import measure_model
+
+    errs = {}
+    for r in ("ggml", "best"):
+        m = measure_model(TINY, "Q4_0", pipeline.Options(rounding=r), header=False)
+        errs[r] = {c.name: dict(zip(c.types, c.rel)) for c in m.curves if not c.fixed}
+    some = [(n, t) for n, d in errs["ggml"].items() for t in d if t in BETTER and d[t] > 0]
+    assert some
+    assert sum(errs["best"][n][t] for n, t in some) < sum(errs["ggml"][n][t] for n, t in some)
