@@ -186,7 +186,7 @@ _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"n
 _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
-                 "granite": (1, 2, None), "seed_oss": (0, 2, 1)}
+                 "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -437,15 +437,29 @@ def case_granite(rng):
     return c, dense_tensors(rng, c, lm_head=False), "llama-spm", {}
 
 
+def case_exaone4(rng):
+    # the 320-wide case (K-quant rows fall back to other types); EXAONE 4.0's llama3 rope, LLLG window pattern;
+    # no real EXAONE tokenizer among the fixtures: the Llama 3 one
+    c = base_config("Exaone4ForCausalLM", "exaone4", 128256, hidden_size=320, intermediate_size=512, head_dim=80,
+                    num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=131072,
+                    rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 8192},
+                    sliding_window=4096, sliding_window_pattern="LLLG", layer_types=["sliding_attention", "full_attention"],
+                    tie_word_embeddings=True, bos_token_id=1, eos_token_id=361, pad_token_id=0)
+    return c, olmo2_tensors(rng, c) | {
+        f"model.layers.{i}.self_attn.{n}_norm.weight": (1 + heavy(rng, (80,), 0.1), "BF16") for i in range(2) for n in "qk"
+    }, "llama-bpe", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
-    "granite": case_granite,
+    "granite": case_granite, "exaone4": case_exaone4,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
