@@ -10,7 +10,7 @@ from __future__ import annotations
 # second or more) is the one-line message and exit 130, never a traceback. kquant/__init__.py and
 # kquant.io.fsutil import nothing heavy. (The interpreter's own start-up, before this line, is
 # Python's: a signal there gets its default behaviour.)
-from . import fsutil as _fsutil
+from .io import fsutil as _fsutil
 
 if __name__ == "__main__":
     _fsutil.defer_interrupts()  # main() arms them inside the code that reports an interrupt

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 import kquant
-from kquant import pipeline, reference
+from kquant import pipeline
+from oracle import reference
 from kquant.errors import InputError
 from kquant.ggml import quants
 from kquant.types import QType
