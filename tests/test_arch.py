@@ -186,7 +186,8 @@ _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"n
 _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
-                 "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None)}
+                 "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
+                 "stablelm": (0, 0, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -469,16 +470,31 @@ def case_starcoder2(rng):
     return c, t, "qwen2", {}
 
 
+def case_stablelm(rng):
+    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; the Qwen2 tokenizer stands in
+    c = base_config("StableLmForCausalLM", "stablelm", 151936, rms_norm_eps=None, layer_norm_eps=1e-5,
+                    num_key_value_heads=4, use_qkv_bias=True, qk_layernorm=False, use_parallel_residual=False,
+                    partial_rotary_factor=0.25, max_position_embeddings=4096, tie_word_embeddings=False,
+                    bos_token_id=100257, eos_token_id=100257)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, c, qkv_bias=True)
+    t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    return c, t, "qwen2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
-    "starcoder2": case_starcoder2,
+    "starcoder2": case_starcoder2, "stablelm": case_stablelm,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
