@@ -457,7 +457,7 @@ def case_starcoder2(rng):
     c = base_config("Starcoder2ForCausalLM", "starcoder2", 151936, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
                     rope_theta=999999.4420358813, max_position_embeddings=16384, sliding_window=4096,
                     hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
-    e, ff = c["hidden_size"], c["intermediate_size"]
+    e = c["hidden_size"]
     t = dense_tensors(rng, c, qkv_bias=True, o_bias=True, mlp_bias=True, lm_head=False)
     t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
     for i in range(c["num_hidden_layers"]):
