@@ -361,7 +361,7 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         base = kind[: -len(".bias")] if kind.endswith(".bias") else kind
         if bid is None:
             base = name.rsplit(".", 1)[0]
-            hf = fam.hf_tensor_name(None, base, False) if name.endswith(".weight") else None
+            hf = fam.hf_tensor_name(None, base, is_bias) if name.endswith((".weight", ".bias")) else None
         else:
             hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
         if hf is None:

@@ -184,7 +184,10 @@ _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"n
 # (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
 # from config.json itself (the same defaults as transformers 4.57.6's classes)
 _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 2, None), "gemma": (2, 1, 0),
-                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000)}
+                 "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
+                 "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
+                 "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
+                 "stablelm": (0, 0, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -379,12 +382,120 @@ def case_phi3(rng):
     return c, t, "phi-3", {}
 
 
+def case_smollm3(rng):
+    # SmolLM3-3B's config.json: explicit no_rope_layers (4 layers so the NoPE layer exists), Llama 3 tokenizer
+    c = base_config("SmolLM3ForCausalLM", "smollm3", 128256, num_hidden_layers=4, rope_theta=5000000.0,
+                    max_position_embeddings=65536, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                    no_rope_layers=[1, 1, 1, 0], no_rope_layer_interval=4, use_sliding_window=False,
+                    bos_token_id=128000, eos_token_id=128012, pad_token_id=128004)
+    return c, dense_tensors(rng, c, lm_head=False), "llama-bpe", {}
+
+
+def olmo2_tensors(rng, c: dict, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """OLMo 2/3 layers: no input norms, post-attention and post-MLP norms, q/k norms over all heads."""
+    t = dense_tensors(rng, c, lm_head=not c.get("tie_word_embeddings"), dt=dt)
+    hd = c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"]
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        del t[p + "input_layernorm.weight"]
+        t[p + "post_feedforward_layernorm.weight"] = (1 + heavy(rng, (c["hidden_size"],), 0.1), dt)
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (c["num_attention_heads"] * hd,), 0.1), dt)
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (c["num_key_value_heads"] * hd,), 0.1), dt)
+    return t
+
+
+def case_olmo2(rng):
+    # no real OLMo 2 tokenizer among the fixtures: the Qwen2 one (a GPT-2 style BPE the converter hashes)
+    c = base_config("Olmo2ForCausalLM", "olmo2", 151936, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=151643, pad_token_id=151643)
+    return c, olmo2_tensors(rng, c, dt="F32"), "qwen2", {}
+
+
+def case_olmo3(rng):
+    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (Llama 3 tokenizer as a stand-in)
+    c = base_config("Olmo3ForCausalLM", "olmo3", 128256, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=65536, sliding_window=4096, layer_types=["sliding_attention", "full_attention"],
+                    rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                  "attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1},
+                    bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+    return c, olmo2_tensors(rng, c), "llama-bpe", {}
+
+
+def case_seed_oss(rng):
+    # no real Seed-OSS tokenizer among the fixtures: the Qwen2 one
+    c = base_config("SeedOssForCausalLM", "seed_oss", 151936, head_dim=48, attention_bias=True, attention_out_bias=False,
+                    rope_theta=10000000.0, max_position_embeddings=524288, rms_norm_eps=1e-6, bos_token_id=0,
+                    eos_token_id=2, pad_token_id=1)
+    return c, dense_tensors(rng, c, qkv_bias=True), "qwen2", {}
+
+
+def case_granite(rng):
+    # dimensions multiples of 256 (K-quant blocks, no fallback); the multipliers granite-3.x configs carry
+    c = base_config("GraniteForCausalLM", "granite", 32000, hidden_size=256, intermediate_size=512,
+                    rope_theta=10000000.0, max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    attention_multiplier=0.015625, embedding_multiplier=12.0, residual_multiplier=0.22,
+                    logits_scaling=8.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, dense_tensors(rng, c, lm_head=False), "llama-spm", {}
+
+
+def case_exaone4(rng):
+    # the 320-wide case (K-quant rows fall back to other types); EXAONE 4.0's llama3 rope, LLLG window pattern;
+    # no real EXAONE tokenizer among the fixtures: the Llama 3 one
+    c = base_config("Exaone4ForCausalLM", "exaone4", 128256, hidden_size=320, intermediate_size=512, head_dim=80,
+                    num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=131072,
+                    rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                  "original_max_position_embeddings": 8192},
+                    sliding_window=4096, sliding_window_pattern="LLLG", layer_types=["sliding_attention", "full_attention"],
+                    tie_word_embeddings=True, bos_token_id=1, eos_token_id=361, pad_token_id=0)
+    return c, olmo2_tensors(rng, c) | {
+        f"model.layers.{i}.self_attn.{n}_norm.weight": (1 + heavy(rng, (80,), 0.1), "BF16") for i in range(2) for n in "qk"
+    }, "llama-bpe", {}
+
+
+def case_starcoder2(rng):
+    # biases everywhere (use_bias), LayerNorms, GELU c_fc/c_proj MLP, tied embeddings; the Qwen2 tokenizer stands in
+    c = base_config("Starcoder2ForCausalLM", "starcoder2", 151936, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
+                    rope_theta=999999.4420358813, max_position_embeddings=16384, sliding_window=4096,
+                    hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, c, qkv_bias=True, o_bias=True, mlp_bias=True, lm_head=False)
+    t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+        del t[p + "mlp.gate_proj.weight"], t[p + "mlp.gate_proj.bias"]
+        t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"] = t.pop(p + "mlp.up_proj.weight"), t.pop(p + "mlp.up_proj.bias")
+        t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"] = t.pop(p + "mlp.down_proj.weight"), t.pop(p + "mlp.down_proj.bias")
+    return c, t, "qwen2", {}
+
+
+def case_stablelm(rng):
+    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; the Qwen2 tokenizer stands in
+    c = base_config("StableLmForCausalLM", "stablelm", 151936, rms_norm_eps=None, layer_norm_eps=1e-5,
+                    num_key_value_heads=4, use_qkv_bias=True, qk_layernorm=False, use_parallel_residual=False,
+                    partial_rotary_factor=0.25, max_position_embeddings=4096, tie_word_embeddings=False,
+                    bos_token_id=100257, eos_token_id=100257)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, c, qkv_bias=True)
+    t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    return c, t, "qwen2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
-    "phi3": case_phi3,
+    "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
+    "granite": case_granite, "exaone4": case_exaone4,
+    "starcoder2": case_starcoder2, "stablelm": case_stablelm,
 }
+# cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
+QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
 
@@ -904,3 +1015,72 @@ def test_automix_on_every_architecture(models, case, tmp_path):
         return
     _, logits = refpipeline.eval_logits(out)
     assert np.isfinite(logits).all()
+
+
+@pytest.fixture(scope="module")
+def quant_reference(request, tmp_path_factory):
+    """{case: (checkpoint, reference bf16 GGUF)} for the QUANT_CASES this session runs."""
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    root = tmp_path_factory.mktemp("refquant")
+    todo = sorted({i.callspec.params["case"] for i in request.session.items
+                   if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp" and hasattr(i, "callspec")})
+
+    def run(case):
+        d = make_model(root / "models", case)
+        out = root / f"{case}.gguf"
+        return case, d, _reference_convert(d, out), out
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        return {case: (d, proc, out) for case, d, proc, out in ex.map(run, todo)}
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
+    """kquant convert == convert_hf_to_gguf.py --outtype bf16 + llama_model_quantize, byte for byte,
+    for Q4_K_M, Q8_0 and Q5_K_S; llama.cpp loads and runs the Q4_K_M file."""
+    pytest.importorskip("llama_cpp")
+    from kquant import pipeline
+
+    d, proc, ref_bf16 = quant_reference[case]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    targets = [(tmp_path / f"{ft}.gguf", ft) for ft in QUANT_FTYPES]
+    pipeline.convert_many(d, targets)
+    for out, ft in targets:
+        ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft)
+        assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
+        assert out.read_bytes() == ref.read_bytes(), ft
+    toks, logits = refpipeline.eval_logits(targets[0][0])
+    assert len(toks) > 5 and np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_tools_on_new_families(models, case, tmp_path, capsys):
+    """convert --dry-run --json plans the file convert writes; validate reads it back against the
+    checkpoint; dequantize --hf-names restores the checkpoint's own tensor names and rows."""
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    d = models(case, copy=False)
+    out = tmp_path / "q.gguf"
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert not out.exists()
+    assert cli.main(["convert", str(d), "-o", str(out), "--type", "Q8_0", "-q"]) == 0
+    capsys.readouterr()
+    with GGUFFile(out) as g:
+        assert [(t["name"], t["type"]) for t in plan["tensors"]] == [(t.name, t.qtype.ggml_name) for t in g.tensors]
+        assert plan["total_bytes"] == sum(t.nbytes for t in g.tensors)
+
+    assert cli.main(["validate", str(out), "--source", str(d), "--json", "-q", "--fail-above", "0.05"]) == 0
+    js = json.loads(capsys.readouterr().out)
+    assert js["summary"]["n_tensors"] == len(plan["tensors"])
+
+    hf = tmp_path / "hf.safetensors"
+    assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
+    capsys.readouterr()
+    got, src = read_safetensors(hf), all_sources(d)
+    assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
+    for name, x in got.items():
+        rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
+        assert x.shape == src[name].shape and rel < 0.05, (name, rel)

@@ -182,6 +182,7 @@ class TextModel:
     configs: ClassVar[tuple[HFConfig, ...]] = ()  # the transformers config classes (model_type) it reads
     layer: ClassVar[dict[str, str]] = LLAMA_LAYER  # HF per-layer module -> GGUF per-layer base name
     globals_: ClassVar[dict[str, str]] = GLOBAL_NAMES  # HF module -> GGUF name, outside the layers
+    globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
@@ -413,8 +414,8 @@ class TextModel:
             if not name.endswith(suffix):
                 continue
             base = name[: -len(suffix)]
-            if base in self.globals_ and not is_bias:
-                return self.globals_[base], None, False
+            if base in self.globals_ and (not is_bias or base in self.globals_bias_ok):
+                return self.globals_[base], None, is_bias
             m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
             if m:
                 bid, module = int(m.group(1)), m.group(2)
@@ -509,7 +510,9 @@ class TextModel:
         """The HF name of a GGUF tensor (`base`: its name without block prefix and suffix), or None."""
         if bid is None:
             hf = {g: h for h, g in cls.globals_.items()}.get(base)
-            return None if hf is None or is_bias else hf + ".weight"
+            if hf is None or (is_bias and hf not in cls.globals_bias_ok):
+                return None
+            return hf + (".bias" if is_bias else ".weight")
         mod = {g: h for h, g in cls.layer.items()}.get(base)
         if mod is None or (is_bias and mod not in cls.bias_ok):
             return None

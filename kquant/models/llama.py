@@ -57,6 +57,50 @@ def torch_pow_f32(base: np.float32, expo: np.ndarray) -> np.ndarray:
     return np.power(np.float64(base), expo.astype(np.float64)).astype(np.float32)
 
 
+# conversion/llama.py LlamaModel.generate_extra_tensors (exaone.py Exaone4Model has a copy), in
+# torch's float32 arithmetic: a Python number divided by a 0-d tensor is `tensor.reciprocal() * number` (torch/_tensor.py __rdiv__), tensor-scalar ops
+# round to float32 after each step.
+def llama3_rope_freqs(self: TextModel, default_factor: float) -> list[tuple[str, np.ndarray]]:
+    """rope_freqs.weight for a llama3 rope (none otherwise); `default_factor` when the config has no factor."""
+    rope_params = self.rp.get("full_attention", self.rp)
+    if not rope_params or str(rope_params.get("rope_type", "")).lower() != "llama3":
+        return []
+    f32 = np.float32
+    base = rope_params.get("rope_theta", 10000.0)
+    if (dim := self.hp.get("head_dim")) is None:
+        dim = self.hp["hidden_size"] // self.hp["num_attention_heads"]
+    # 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    expo = np.arange(0, dim, 2, dtype=f32) / f32(dim)  # (dim/2,)
+    freqs = (f32(1) / torch_pow_f32(f32(base), expo)) * f32(1.0)
+    factor = rope_params.get("factor", default_factor)
+    low_freq_factor = rope_params.get("low_freq_factor", 1.0)
+    high_freq_factor = rope_params.get("high_freq_factor", 4.0)
+    old_context_len = rope_params.get("original_max_position_embeddings", 8192)
+    # kquant: transformers' _validate_llama3_parameters rules, as errors (upstream divides by zero)
+    for k, v in (("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor),
+                 ("original_max_position_embeddings", old_context_len)):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
+            raise InputError(f"{self.config_path}: 'rope_scaling.{k}' must be a positive number, got {v!r}")
+    if not low_freq_factor < high_freq_factor:
+        raise InputError(f"{self.config_path}: 'rope_scaling.high_freq_factor' ({high_freq_factor}) must be greater "
+                         f"than 'rope_scaling.low_freq_factor' ({low_freq_factor})")
+    low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
+    high_freq_wavelen = old_context_len / high_freq_factor
+    out = np.empty(len(freqs), dtype=f32)  # (dim/2,)
+    for i, freq in enumerate(freqs):
+        wavelen = (f32(1) / freq) * f32(2 * math.pi)  # 2 * math.pi / freq
+        if wavelen < f32(high_freq_wavelen):
+            out[i] = 1
+        elif wavelen > f32(low_freq_wavelen):
+            out[i] = factor
+        else:
+            # (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            smooth = ((f32(1) / wavelen) * f32(old_context_len) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
+            # 1 / ((1 - smooth) / factor + smooth)
+            out[i] = (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)) * f32(1)
+    return [("rope_freqs.weight", out)]
+
+
 @register("LlamaForCausalLM", "LLaMAForCausalLM")
 class LlamaModel(TextModel):
     model_arch = MODEL_ARCH.LLAMA
@@ -125,47 +169,9 @@ class LlamaModel(TextModel):
             return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
         return None
 
-    # LlamaModel.generate_extra_tensors, in torch's float32 arithmetic: a Python number divided by a
-    # 0-d tensor is `tensor.reciprocal() * number` (torch/_tensor.py __rdiv__), tensor-scalar ops
-    # round to float32 after each step.
+    # LlamaModel.generate_extra_tensors
     def generate_extra_tensors(self) -> list[tuple[str, np.ndarray]]:
-        rope_params = self.rp.get("full_attention", self.rp)
-        if not rope_params or str(rope_params.get("rope_type", "")).lower() != "llama3":
-            return []
-        f32 = np.float32
-        base = rope_params.get("rope_theta", 10000.0)
-        if (dim := self.hp.get("head_dim")) is None:
-            dim = self.hp["hidden_size"] // self.hp["num_attention_heads"]
-        # 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        expo = np.arange(0, dim, 2, dtype=f32) / f32(dim)  # (dim/2,)
-        freqs = (f32(1) / torch_pow_f32(f32(base), expo)) * f32(1.0)
-        factor = rope_params.get("factor", 8.0)
-        low_freq_factor = rope_params.get("low_freq_factor", 1.0)
-        high_freq_factor = rope_params.get("high_freq_factor", 4.0)
-        old_context_len = rope_params.get("original_max_position_embeddings", 8192)
-        # kquant: transformers' _validate_llama3_parameters rules, as errors (upstream divides by zero)
-        for k, v in (("factor", factor), ("low_freq_factor", low_freq_factor), ("high_freq_factor", high_freq_factor),
-                     ("original_max_position_embeddings", old_context_len)):
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
-                raise InputError(f"{self.config_path}: 'rope_scaling.{k}' must be a positive number, got {v!r}")
-        if not low_freq_factor < high_freq_factor:
-            raise InputError(f"{self.config_path}: 'rope_scaling.high_freq_factor' ({high_freq_factor}) must be greater "
-                             f"than 'rope_scaling.low_freq_factor' ({low_freq_factor})")
-        low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
-        high_freq_wavelen = old_context_len / high_freq_factor
-        out = np.empty(len(freqs), dtype=f32)  # (dim/2,)
-        for i, freq in enumerate(freqs):
-            wavelen = (f32(1) / freq) * f32(2 * math.pi)  # 2 * math.pi / freq
-            if wavelen < f32(high_freq_wavelen):
-                out[i] = 1
-            elif wavelen > f32(low_freq_wavelen):
-                out[i] = factor
-            else:
-                # (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-                smooth = ((f32(1) / wavelen) * f32(old_context_len) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
-                # 1 / ((1 - smooth) / factor + smooth)
-                out[i] = (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)) * f32(1)
-        return [("rope_freqs.weight", out)]
+        return llama3_rope_freqs(self, default_factor=8.0)
 
 
 @register("MistralForCausalLM")
@@ -183,3 +189,40 @@ class MixtralModel(LlamaModel):
         order=(("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")),
         count_keys=("num_local_experts",),
     )
+
+
+def _smollm3_no_rope(hp: dict) -> None:
+    # transformers configuration_smollm3.py SmolLM3Config.__init__
+    if hp.get("num_key_value_heads") is None:
+        hp["num_key_value_heads"] = hp["num_attention_heads"]
+    if hp.get("no_rope_layers") is None:
+        step = hp.get("no_rope_layer_interval", 4)
+        hp["no_rope_layers"] = [int((i + 1) % step != 0) for i in range(hp["num_hidden_layers"])]
+
+
+SMOLLM3_CONFIG = HFConfig("smollm3", dict(
+    vocab_size=128256, hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
+    num_key_value_heads=4, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=2000000.0,
+    rope_scaling=None, use_sliding_window=False, sliding_window=None, no_rope_layer_interval=4,
+    attention_bias=False, mlp_bias=False, tie_word_embeddings=True,
+), rope_type_alias=True, post_init=_smollm3_no_rope)
+
+
+# conversion/llama.py SmolLM3Model: LlamaModel under the smollm3 architecture. The converter writes
+# nothing about the NoPE layers: llama.cpp's smollm3 graph (src/models/smollm3.cpp) skips rope on
+# every 4th layer, whatever the config says.
+@register("SmolLM3ForCausalLM")
+class SmolLM3Model(LlamaModel):
+    model_arch = MODEL_ARCH.SMOLLM3
+    configs = (SMOLLM3_CONFIG,)
+    inverse_names = True
+
+    def set_gguf_parameters(self) -> None:
+        # kquant: a NoPE pattern other than llama.cpp's fixed one would convert but run wrongly
+        hp = self.hp
+        nope = hp["no_rope_layers"]
+        fixed = [int((i + 1) % 4 != 0) for i in range(self.block_count)]
+        if not isinstance(nope, list) or [bool(x) for x in nope[: self.block_count]] != [bool(x) for x in fixed]:
+            raise UnsupportedError(f"{self.config_path}: 'no_rope_layers' {str(nope)[:80]} differs from the pattern llama.cpp's "
+                                   "smollm3 runtime assumes (no rope on every 4th layer)")
+        super().set_gguf_parameters()
