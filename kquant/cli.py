@@ -185,8 +185,17 @@ def cmd_convert(args) -> int:
             raise InputError("--fp8-as-q8 fixes the FP8 tensors at Q8_0: it cannot be combined with --target-bpw / --target-size")
         if not args.dry_run and not args.output:
             raise InputError("convert: -o/--output is required (or use --dry-run)")
-        if not args.dry_run and os.path.lexists(args.output) and not args.force:
-            raise OutputError(f"{args.output}: already exists (use --force to overwrite)")
+        if args.target_size is not None and opts.split is not None:
+            raise InputError("--target-size budgets one file: it cannot be combined with --split-max-size / --split-max-tensors")
+        if not args.dry_run and not args.force:  # before the measuring pass, as the pipeline would refuse after it
+            if opts.split is not None:
+                from .io.gguf_split import describe_existing
+
+                problem = describe_existing(args.output)
+                if problem:
+                    raise OutputError(f"{problem} (use --force to overwrite)")
+            elif os.path.lexists(args.output):
+                raise OutputError(f"{args.output}: already exists (use --force to overwrite)")
         mix = automix.choose_mix(args.model, args.type, opts, target_bpw=args.target_bpw, target_size=args.target_size,
                                  progress=None if args.quiet else automix.print_measure_progress)
         opts.type_map = mix.type_map

@@ -414,3 +414,10 @@ def test_batch_resumes_a_split_output_as_one_unit(tmp_path):
     assert rep.count("done") == 1
     assert [p.name for p in shards_in(out, "tiny-Q8_0")] == ["tiny-Q8_0-00001-of-00002.gguf", "tiny-Q8_0-00002-of-00002.gguf"]
     assert no_temp_files(out)
+
+
+def test_target_size_with_split_is_refused(tmp_path):
+    """--target-size budgets one file; shards add headers: refused in one line before measuring."""
+    r = kq("convert", TINY, "-o", tmp_path / "o.gguf", "--target-size", "10MB", "--split-max-tensors", "5")
+    one_line_error(r, "--target-size", "--split-max")
+    assert not list(tmp_path.iterdir())

@@ -140,3 +140,16 @@ def test_automix_measures_with_the_rounding():
     some = [(n, t) for n, d in errs["ggml"].items() for t in d if t in BETTER and d[t] > 0]
     assert some
     assert sum(errs["best"][n][t] for n, t in some) < sum(errs["ggml"][n][t] for n, t in some)
+
+
+
+def test_target_size_counts_the_rounding_key(tmp_path):
+    """The automix's file-size model includes the quantize.rounding key a best-mode file carries:
+    header + padded tensor bytes is exactly the size of the file written (so --target-size holds)."""
+    from kquant.automix import measure_model
+
+    m = measure_model(TINY, "Q4_K_M", pipeline.Options(rounding="best"))
+    pad = lambda n: -(-n // m.alignment) * m.alignment  # noqa: E731
+    out = tmp_path / "o.gguf"
+    pipeline.convert(TINY, out, "Q4_K_M", pipeline.Options(rounding="best"))
+    assert out.stat().st_size == m.header_bytes + sum(pad(c.nbytes[c.index(c.recipe)]) for c in m.curves)

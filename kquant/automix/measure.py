@@ -282,10 +282,11 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     return curves
 
 
-def header_bytes(plan) -> tuple[int, int]:
-    """(bytes before the tensor data, alignment) of the GGUF kquant writes for `plan`; independent of types."""
+def header_bytes(plan, rounding: str = "ggml") -> tuple[int, int]:
+    """(bytes before the tensor data, alignment) of the GGUF kquant writes for `plan` with `rounding`
+    (a non-ggml rounding adds its key); independent of types."""
     w = GGUFStreamWriter(io.BytesIO(), ggml_n_dims=True, name="<size>")
-    for key, vtype, value in output_kv(plan):
+    for key, vtype, value in output_kv(plan, rounding):
         w.add_kv(key, vtype, value)
     for t in plan.tensors:
         w.add_tensor(t.name, t.shape, t.qtype)
@@ -323,7 +324,7 @@ def measure_model(model, ftype="Q4_K_M", options=None, *, sample: bool | None = 
     with open_model(model, opts.config) as ckpt:
         spec = build_spec(ckpt, model, config=opts.config, vocab=header, tokenizer_pre=opts.tokenizer_pre)
         plan = plan_from_spec(spec, ft, opts.overrides, opts.imatrix)
-        hdr, align = header_bytes(plan) if header else (0, 1)
+        hdr, align = header_bytes(plan, opts.rounding) if header else (0, 1)
         curves = measure(ckpt, spec, plan, opts.overrides, opts.imatrix, sample=sample, sensitivity=sensitivity,
                          progress=progress, on_compile=opts.on_compile, rounding=opts.rounding)
     return Measured(curves, ft, hdr, align, plan.n_elements, time.perf_counter() - t0,
