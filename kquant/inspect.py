@@ -224,7 +224,7 @@ def _source_format(ck, cfg: dict | None, where: str) -> dict:
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     method = qc.get("quant_method") if isinstance(qc, dict) else None
     try:
-        qplan = quantized.plan(ck, quantized._qconfig(ck.folder, cfg, where), where)
+        qplan = quantized.plan(ck, quantized.qconfig(ck.folder, cfg, where), where)
         src = quantized.QuantizedSource(ck, qplan, where) if qplan.method is not None else None
     except KquantError as e:
         return {"name": method or "float", "quant_method": method, "status": "refused", "error": str(e)}

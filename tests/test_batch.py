@@ -1,4 +1,4 @@
-"""`kquant batch` (kquant/batch.py): discovery, same bytes as `kquant convert`, failures, skipping,
+"""`kquant batch` (kquant/batch/): discovery, same bytes as `kquant convert`, failures, skipping,
 resuming after SIGINT/SIGTERM, --jobs worker processes, --imatrix-dir, and the Ray executor on a
 local 2-CPU Ray instance. Models are tiny Llamas from scripts/make_tiny_model.py (hidden 256,
 1 layer, vocab 512)."""

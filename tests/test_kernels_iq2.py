@@ -1,6 +1,6 @@
 """IQ2_XXS, IQ2_XS, IQ2_S, IQ1_S, IQ1_M kernels against libggml, byte for byte.
 
-Quantize: kquant.ggml.kernels.iq2 / iq1 vs ggml_quantize_chunk (kquant.reference), with importance
+Quantize: kquant.ggml.kernels.iq2 / iq1 vs ggml_quantize_chunk (tests/oracle/reference.py), with importance
 weights (every type) and without (IQ2_S, IQ1_M: ggml aborts without them for the other three,
 and kquant.quantize refuses), over many value distributions. The search tables (iq2xs_init_impl's
 grid, kmap and neighbour lists) are checked against gguf-py's dequantization grids and against

@@ -2,7 +2,7 @@
 
 For every type with a search of its own (kquant.ggml.quants.better_types()), on fuzzed data of
 many distributions, with and without importance weights:
-- libggml's to_float (kquant.reference, ctypes) decodes every block exactly as kquant.dequantize;
+- libggml's to_float (tests/oracle/reference.py, ctypes) decodes every block exactly as kquant.dequantize;
 - every block's weighted squared error (tests/objective.py: ggml's objective, written
   independently in numpy) is <= ggml's block's, and on plain data the total is strictly lower;
 - the bytes do not depend on the thread count;

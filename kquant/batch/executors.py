@@ -85,7 +85,7 @@ def run_job(job: dict, progress: Callable | None = None) -> dict:
     """Convert one model to its pending outputs; never raises for a model's own problems.
 
     job: {"index", "model", "path", "targets": [[output, TYPE], ...], "imatrix", "imatrix_name", "threads",
-    "allow_nonfinite"}.
+    "allow_nonfinite", "rounding", "split" (SplitOptions.as_json() or None)}.
     Returns {"index", "model", "error" (None or one line), "outputs": [...], "host", "pid"}.
     KeyboardInterrupt (SIGINT, SIGTERM through handle_termination, ray.cancel) propagates.
     """

@@ -174,11 +174,6 @@ def field_offsets(t: QType, *names: str) -> tuple[int, ...]:
     return tuple(int(dt.fields[n][1]) for n in names)
 
 
-def kernel_module(t: QType) -> str | None:
-    """The kquant.ggml.kernels module declared for `t`."""
-    return DECLS[t].kernels
-
-
 def automix_candidates(row_class: int) -> tuple[QType, ...]:
     """Types `--target-bpw` may choose for rows of `row_class` (256, 32, 1), fewest bits first."""
     ts = [t for t, d in DECLS.items() if row_class in d.automix]

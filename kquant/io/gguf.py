@@ -92,7 +92,7 @@ def _s(value, limit: int = 80) -> str:
     return r if len(r) <= limit else r[: limit - 3] + "..."
 
 
-def _p(path) -> str:
+def display_path(path) -> str:
     """A path for a one-line message (control characters escaped)."""
     if path is None:
         return "<stream>"
@@ -100,7 +100,7 @@ def _p(path) -> str:
     return s if s.isprintable() else repr(s)
 
 
-def _pad(n: int, align: int) -> int:
+def pad_to(n: int, align: int) -> int:
     """GGML_PAD: n rounded up to a multiple of align."""
     return (n + align - 1) // align * align
 
@@ -156,9 +156,9 @@ class GGUFStreamWriter:
             try:
                 self._f = open(self.path, "xb")
             except FileExistsError:
-                raise OutputError(f"{_p(self.path)}: already exists") from None
+                raise OutputError(f"{display_path(self.path)}: already exists") from None
             except OSError as e:
-                raise OutputError(f"{_p(self.path)}: cannot create ({e.strerror or e})") from None
+                raise OutputError(f"{display_path(self.path)}: cannot create ({e.strerror or e})") from None
         else:
             self._f = path_or_fileobj
         self.ggml_n_dims = ggml_n_dims
@@ -172,7 +172,7 @@ class GGUFStreamWriter:
 
     # ------------------------------------------------------------ metadata
     def _err(self, what: str) -> OutputError:
-        return OutputError(f"{_p(self.path)}: {what}")
+        return OutputError(f"{display_path(self.path)}: {what}")
 
     def _encode_value(self, key: str, vtype, value, sub_type=None) -> tuple[GGUFValueType, object, bytes]:
         """Validate and encode one KV value (without the key): type id, [sub type, count,] payload."""
@@ -376,7 +376,7 @@ class GGUFStreamWriter:
             ne = self._ne(shape)
             out += self._encode_str(name, name) + struct.pack("<I", len(ne))
             out += struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gt, offset)
-            offset += _pad(nbytes, self.alignment)
+            offset += pad_to(nbytes, self.alignment)
         self._write(bytes(out))
         self._write_padding()
         self.data_offset = self._pos
@@ -516,7 +516,7 @@ class GGUFFile:
 
     def __init__(self, path):
         self.path = os.fspath(path)
-        where = _p(self.path)
+        where = display_path(self.path)
         self._mm = None
         self._fd = None
         fd, st = open_regular(self.path, where)
@@ -618,7 +618,7 @@ class GGUFFile:
             offset = c.u64(f"{tn} offset")
             infos.append((name, tuple(reversed(ne)), _type_enum(gt), offset, nbytes))
 
-        self.data_offset = _pad(c.pos, self.alignment)
+        self.data_offset = pad_to(c.pos, self.alignment)
         pos = 0
         self.tensors: list[GGUFTensorInfo] = []
         for name, shape, qt, offset, nbytes in infos:
@@ -629,7 +629,7 @@ class GGUFFile:
                 begin = self.data_offset + offset
                 raise InputError(f"{w}: tensor {_s(name)} data [{begin}, {end}) runs past the {self.file_size}-byte file")
             self.tensors.append(GGUFTensorInfo(name, shape, qt, self.data_offset + offset, nbytes))
-            pos += _pad(nbytes, self.alignment)
+            pos += pad_to(nbytes, self.alignment)
         limit = self.data_offset + pos
         if self.file_size > limit:
             raise InputError(f"{w}: {self.file_size - limit} trailing bytes after the tensor data (which ends at {limit})")
@@ -706,7 +706,7 @@ class GGUFFile:
         try:
             return self._by_name[name]
         except KeyError:
-            raise InputError(f"{_p(self.path)}: no tensor named {_s(name)}") from None
+            raise InputError(f"{display_path(self.path)}: no tensor named {_s(name)}") from None
 
     def data(self, name: str) -> np.ndarray:
         """The tensor's bytes as a read-only uint8 array."""
@@ -717,9 +717,9 @@ class GGUFFile:
         changed since it was opened."""
         t = self.tensor(name)
         if not 0 <= start <= stop <= t.nbytes:
-            raise ValueError(f"{_p(self.path)}: tensor {_s(name)} bytes [{start}, {stop}) outside [0, {t.nbytes}]")
+            raise ValueError(f"{display_path(self.path)}: tensor {_s(name)} bytes [{start}, {stop}) outside [0, {t.nbytes}]")
         if self._fd is None:
-            raise ValueError(f"{_p(self.path)}: file is closed")
+            raise ValueError(f"{display_path(self.path)}: file is closed")
         return pread_array(self._fd, t.offset_abs + start, stop - start, self._stamp, self.path)
 
     def value(self, key: str, default=None):

@@ -26,7 +26,7 @@ from pathlib import Path
 from gguf import GGUFValueType
 
 from ..errors import InputError, OutputError, UnsupportedError
-from .gguf import ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUFFile, GGUFStreamWriter, _p, _pad
+from .gguf import ALIGNMENT_KEY, DEFAULT_ALIGNMENT, GGUFFile, GGUFStreamWriter, display_path, pad_to
 
 SPLIT_NO = "split.no"  # common.h LLM_KV_SPLIT_NO
 SPLIT_COUNT = "split.count"  # LLM_KV_SPLIT_COUNT
@@ -87,7 +87,7 @@ def plan_shards(tensors, opts: SplitOptions) -> list[int]:
     cur = 0
     n_tensors = len(tensors)
     for i, (name, nbytes) in enumerate(tensors):
-        n = _pad(nbytes, DEFAULT_ALIGNMENT)  # GGML_PAD(ggml_nbytes(t), GGUF_DEFAULT_ALIGNMENT)
+        n = pad_to(nbytes, DEFAULT_ALIGNMENT)  # GGML_PAD(ggml_nbytes(t), GGUF_DEFAULT_ALIGNMENT)
         nxt = cur + n
         if opts.max_bytes is not None:
             cut = nxt > opts.max_bytes
@@ -114,7 +114,7 @@ def split_prefix(out) -> Path:
     if name.lower().endswith(GGUF_SUFFIX) and len(name) > len(GGUF_SUFFIX):
         name = name[: -len(GGUF_SUFFIX)]
     if SHARD_RE.match(name + GGUF_SUFFIX):
-        raise OutputError(f"{_p(out)}: give the output without a shard suffix (e.g. model.gguf); "
+        raise OutputError(f"{display_path(out)}: give the output without a shard suffix (e.g. model.gguf); "
                           "the shards are named model-00001-of-00004.gguf, ...")
     return p.with_name(name)
 
@@ -157,9 +157,9 @@ def describe_existing(out) -> str | None:
     for count, nos in sorted(sets.items()):
         if sorted(nos) != list(range(1, count + 1)):
             missing = sorted(set(range(1, count + 1)) - set(nos))
-            return (f"{_p(found[0])}: an incomplete split set ({len(nos)} of {count} shards, "
+            return (f"{display_path(found[0])}: an incomplete split set ({len(nos)} of {count} shards, "
                     f"{'shard ' + str(missing[0]) if missing else 'extra shards'} missing: an interrupted run?)")
-    return f"{_p(found[0])}: already exists ({len(found)} shard file(s) of this output)"
+    return f"{display_path(found[0])}: already exists ({len(found)} shard file(s) of this output)"
 
 
 def split_kv(i: int, n: int, n_tensors: int) -> list:
@@ -205,7 +205,7 @@ class SplitWriter:
     def write_header(self) -> None:
         al = self._probe.metadata.get(ALIGNMENT_KEY)
         if al is not None and al[1] != DEFAULT_ALIGNMENT:  # gguf-split pads tensor data to 32 whatever the key says
-            raise UnsupportedError(f"{_p(self.out)}: {ALIGNMENT_KEY} is {al[1]}; split output needs the default "
+            raise UnsupportedError(f"{display_path(self.out)}: {ALIGNMENT_KEY} is {al[1]}; split output needs the default "
                                    f"{DEFAULT_ALIGNMENT} (llama-gguf-split pads tensor data to {DEFAULT_ALIGNMENT} bytes)")
         counts = plan_shards([(t[0], t[3]) for t in self._tensors], self.opts)
         n = len(counts)
@@ -289,7 +289,7 @@ class GGUFSplit:
 
     def __init__(self, path, first: GGUFFile | None = None):
         self.path = os.fspath(path)
-        where = _p(self.path)
+        where = display_path(self.path)
         self.shards: list[GGUFFile] = []
         try:
             g = first if first is not None else GGUFFile(path)
@@ -313,10 +313,10 @@ class GGUFSplit:
             for i in range(1, count):
                 sp = shard_path(prefix, i, count)
                 if not sp.exists():
-                    raise InputError(f"{where}: shard {i + 1} of {count} ({_p(sp)}) is missing")
+                    raise InputError(f"{where}: shard {i + 1} of {count} ({display_path(sp)}) is missing")
                 s = GGUFFile(sp)
                 self.shards.append(s)
-                sw = _p(sp)
+                sw = display_path(sp)
                 c = _key(s, SPLIT_COUNT, GGUFValueType.UINT16, sw)
                 if c != count:
                     raise InputError(f"{sw}: split.count is {c}, the first shard says {count}")
@@ -348,7 +348,7 @@ class GGUFSplit:
         try:
             return self._shard_of[name]
         except KeyError:
-            raise InputError(f"{_p(self.path)}: no tensor named {name!r}") from None
+            raise InputError(f"{display_path(self.path)}: no tensor named {name!r}") from None
 
     def tensor(self, name: str):
         return self.shards[self.shard_index(name)].tensor(name)

@@ -340,7 +340,7 @@ def packed(ctx: _Ctx, base: str, num_bits: int, group_size: int) -> Dequantized:
     return Dequantized(base, shape, kind, parts, read_rows)
 
 
-def _qconfig(folder: Path, cfg: dict | None, where: str) -> dict | None:
+def qconfig(folder: Path, cfg: dict | None, where: str) -> dict | None:
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     if (folder / "hf_quant_config.json").is_file():
         raise UnsupportedError(f"{folder}: hf_quant_config.json (NVIDIA ModelOpt: NVFP4 / FP8) checkpoints are not supported")
@@ -524,7 +524,7 @@ class QuantizedSource:
 
 def wrap(ckpt, cfg: dict | None, where: str):
     """`ckpt` itself when config.json has no quantization_config, else its QuantizedSource."""
-    qc = _qconfig(Path(ckpt.folder), cfg, where)
+    qc = qconfig(Path(ckpt.folder), cfg, where)
     if not qc or qc.get("quant_method") is None:
         return ckpt
     return QuantizedSource(ckpt, plan(ckpt, qc, where), where)

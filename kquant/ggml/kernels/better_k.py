@@ -23,7 +23,7 @@ One pass of the descent:
    stored as fp16; levels re-rounded against the fp16 values; kept only if E drops.
 
 The candidate is packed with ggml's packers (Q4_K/Q5_K: put_scale_min_k4, pack_q4/pack_q5;
-Q2_K: q2_k._requantize_pack, which also re-rounds the levels), decoded with kquant's
+Q2_K: q2_k.requantize_pack, which also re-rounds the levels), decoded with kquant's
 dequantizer (what llama.cpp decodes, tests/test_rounding.py), and replaces ggml's block only when
 its E is lower by more than ACCEPT_MARGIN (relative): no block gets worse. Rows are independent,
 so the result does not depend on the thread count.
@@ -37,7 +37,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
-from .better_legacy import _search_aff
+from .better_legacy import search_aff
 from .q4_k import (
     JIT,
     NSUB,
@@ -231,7 +231,7 @@ def _real_start(x, o, w, nmax, sc, mn, L, bL, nsub, sub, smax):
     smx = 0.0
     mmx = 0.0
     for j in range(nsub):
-        e, d, m = _search_aff(x, o + sub * j, w[sub * j:sub * (j + 1)], nmax, L, bL, sub)
+        e, d, m = search_aff(x, o + sub * j, w[sub * j:sub * (j + 1)], nmax, L, bL, sub)
         sr[j] = np.float64(d) if e < np.inf else 0.0
         mr[j] = -np.float64(m) if e < np.inf else 0.0
         smx = max(smx, sr[j])
@@ -383,7 +383,7 @@ def quantize_q2_k_best(x, qw, out):
                     tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
                 q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
                 wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-                q2_k._requantize_pack(wk, tmp, 0)
+                q2_k.requantize_pack(wk, tmp, 0)
                 q2_k.dequantize_row_q2_k(tmp, y)
                 e_b = werr(xr, o, w, y, QK_K)
                 if e_b < best:

@@ -189,7 +189,7 @@ def _err_aff(x, o, w, d, m, L, n):
 
 
 @njit(**JIT)
-def _search_aff(x, o, w, nmax, L, bL, n):
+def search_aff(x, o, w, nmax, L, bL, n):
     """Best fp16 (d, m) for y = d*q + m, q in [0, nmax], over n values; levels -> bL, returns (E, d, m)."""
     mn = np.float64(x[o])
     mx = mn
@@ -294,7 +294,7 @@ def quantize_legacy_best(kind, x, qw, out):
             if not e_g > 0:
                 continue
             if affine:
-                e, d, m = _search_aff(xr, o, w, hi, L, bL, QK)
+                e, d, m = search_aff(xr, o, w, hi, L, bL, QK)
                 codes = bL
             else:
                 e, d = _search_sym(xr, o, w, lo, hi, L, bL)

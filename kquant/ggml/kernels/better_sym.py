@@ -13,7 +13,7 @@ searched again for the weighted squared error E = sum w (y - x)^2 that ggml's se
 3. for each d: each sub-block takes the best of round(s_j/d) - 1 .. + 1 and ggml's own code
    (levels always the nearest), then d is refitted by weighted least squares (fp16) and kept if
    E drops.
-The best (d, scales) are packed by ggml's own tail (q3_k._requantize_pack,
+The best (d, scales) are packed by ggml's own tail (q3_k.requantize_pack,
 q6_k.requantize_pack_q6: nearest levels against the stored values, then the bit packing), decoded
 with kquant's dequantizer, and replace ggml's block only if E is lower by more than ACCEPT_MARGIN.
 """
@@ -248,7 +248,7 @@ def quantize_sym_best(x, qw, out, q6):
                 q3_k.dequantize_row_q3_k(blk, y)
                 D0 = get_f16(blk, q3_k.OFF_D)
                 for j in range(NSUB):
-                    sc0[j] = q3_k._scale6(blk, q3_k.OFF_SC, j)
+                    sc0[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
             e_g = _werr(xr, o, w, y)
             if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
                 continue
@@ -268,8 +268,8 @@ def quantize_sym_best(x, qw, out, q6):
                 for k in range(12):
                     tmp[q3_k.OFF_SC + k] = 0
                 for j in range(NSUB):
-                    q3_k._put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
-                q3_k._requantize_pack(wk, tmp, 0)
+                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
+                q3_k.requantize_pack(wk, tmp, 0)
                 q3_k.dequantize_row_q3_k(tmp, y)
             e_b = _werr(xr, o, w, y)
             if e_b < e_g * (1.0 - ACCEPT_MARGIN):

@@ -308,7 +308,7 @@ def _put_h(y, pos, h):
 
 # ggml-quants.c: the tail shared by quantize_row_q2_K_ref and quantize_row_q2_K_impl
 @njit(cache=True, error_model="numpy")
-def _requantize_pack(wk, y, yo):
+def requantize_pack(wk, y, yo):
     """Re-round each sub-block with its stored scale and min (l = (x + m)/d), then write qs."""
     dd = _get_h(y, yo + OFF_D)
     dm = _get_h(y, yo + OFF_DMIN)
@@ -353,7 +353,7 @@ def quantize_block_q2_k_ref(x, base, y, yo, wk):
         _put_h(y, yo + OFF_DMIN, fp32_to_fp16(np.float32(max_min / _Q4SCALE)))
     else:
         _put_h(y, yo + OFF_DMIN, fp32_to_fp16(_F0))
-    _requantize_pack(wk, y, yo)
+    requantize_pack(wk, y, yo)
 
 
 # ggml-quants.c: quantize_row_q2_K_impl, one super-block
@@ -378,7 +378,7 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
     _put_h(y, yo + OFF_DMIN, fp32_to_fp16(mm))
     for j in range(NSUB):
         y[yo + OFF_SC + j] = Ls[j] | (Lm[j] << np.uint8(4))
-    _requantize_pack(wk, y, yo)
+    requantize_pack(wk, y, yo)
 
 
 @njit(cache=True, error_model="numpy")

@@ -34,7 +34,7 @@ aux[0..2] = the 12 bytes as little-endian uint32, tmp = aux[2], then
     aux[1] = (aux[1] & 0x0f0f0f0f)        | ((tmp >> 2 & 0x03030303) << 4)   -> s[4..7]
     aux[2] = ((aux[0] >> 4) & 0x0f0f0f0f) | ((tmp >> 4 & 0x03030303) << 4)   -> s[8..11]
     aux[3] = ((aux[1] >> 4) & 0x0f0f0f0f) | ((tmp >> 6 & 0x03030303) << 4)   -> s[12..15]
-(aux[0], aux[1] on the right are the original words); byte for byte that is `_scale6` here.
+(aux[0], aux[1] on the right are the original words); byte for byte that is `scale6` here.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def q3_search16(wk):
 
 
 @njit(cache=True, inline="always")
-def _scale6(y, sco, j):
+def scale6(y, sco, j):
     """The 6-bit scale of sub-block j as ggml reads it back, minus 32."""
     lo4 = np.int32(y[sco + j] & 0xF) if j < 8 else np.int32(y[sco + j - 8] >> 4)
     hi2 = np.int32((y[sco + 8 + j % 4] >> (2 * (j // 4))) & 3)
@@ -217,7 +217,7 @@ def _scale6(y, sco, j):
 
 
 @njit(cache=True, inline="always")
-def _put_scale6(y, sco, j, l):
+def put_scale6(y, sco, j, l):
     """ggml's packing of the 6-bit value l (0..63) of sub-block j into scales[12] (zeroed first)."""
     if j < 8:
         y[sco + j] = np.uint8(l & 0xF)
@@ -229,11 +229,11 @@ def _put_scale6(y, sco, j, l):
 
 # ggml-quants.c: the tail shared by quantize_row_q3_K_ref and quantize_row_q3_K_impl
 @njit(cache=True, error_model="numpy")
-def _requantize_pack(wk, y, yo):
+def requantize_pack(wk, y, yo):
     """Re-round every sub-block with the stored scales, then write hmask and qs."""
     dd = fp16_to_fp32(np.uint32(y[yo + OFF_D]) | (np.uint32(y[yo + OFF_D + 1]) << np.uint32(8)))
     for j in range(NSUB):
-        set_requant(wk, j, np.float32(dd * np.float32(_scale6(y, yo + OFF_SC, j))), _F0)
+        set_requant(wk, j, np.float32(dd * np.float32(scale6(y, yo + OFF_SC, j))), _F0)
     requantize(wk, -4, 3, _F4, False)
     # hmask[k % 32] bit k/32 = L[k] > 3, and L[k] keeps its 2 low bits
     for m in range(32):
@@ -266,13 +266,13 @@ def quantize_block_q3_k_ref(x, base, y, yo, wk):
         for j in range(NSUB):
             l = wrap_i8(nearest_int(iscale * wk[W_SCALES + j]))
             l = max(np.int32(-32), min(np.int32(31), l)) + 32
-            _put_scale6(y, yo + OFF_SC, j, l)
+            put_scale6(y, yo + OFF_SC, j, l)
         dh = fp32_to_fp16(np.float32(_F1 / iscale))
     else:
         dh = fp32_to_fp16(_F0)
     y[yo + OFF_D] = np.uint8(dh & np.uint16(0xFF))
     y[yo + OFF_D + 1] = np.uint8(dh >> np.uint16(8))
-    _requantize_pack(wk, y, yo)
+    requantize_pack(wk, y, yo)
 
 
 # ggml-quants.c: quantize_row_q3_K_impl, one super-block (quant_weights != NULL)
@@ -297,11 +297,11 @@ def quantize_block_q3_k_impl(x, base, qw, y, yo, wk, Ls):
         y[yo + OFF_SC + k] = 0
     d_block = qx_search1(wk, np.int64(NMAX_SC), Ls)  # over the scales wk[W_SCALES], weights wk[W_SW]
     for j in range(NSUB):
-        _put_scale6(y, yo + OFF_SC, j, np.int32(Ls[j]))
+        put_scale6(y, yo + OFF_SC, j, np.int32(Ls[j]))
     dh = fp32_to_fp16(d_block)
     y[yo + OFF_D] = np.uint8(dh & np.uint16(0xFF))
     y[yo + OFF_D + 1] = np.uint8(dh >> np.uint16(8))
-    _requantize_pack(wk, y, yo)
+    requantize_pack(wk, y, yo)
 
 
 @njit(cache=True, error_model="numpy")
@@ -332,7 +332,7 @@ def dequantize_row_q3_k(q, y):
         yo = b * QK_K
         d_all = fp16_to_fp32(np.uint32(q[qo + OFF_D]) | (np.uint32(q[qo + OFF_D + 1]) << np.uint32(8)))
         for j in range(NSUB):
-            dl = np.float32(d_all * np.float32(_scale6(q, qo + OFF_SC, j)))
+            dl = np.float32(d_all * np.float32(scale6(q, qo + OFF_SC, j)))
             for i in range(SUB):
                 k = SUB * j + i
                 q2 = np.int32((q[qo + OFF_QS + 32 * (k // 128) + k % 32] >> (2 * ((k % 128) // 32))) & 3)

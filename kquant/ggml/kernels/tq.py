@@ -159,15 +159,6 @@ def _untrit(b, p3, d):
     return np.float32(((qq * np.int32(3)) >> np.int32(8)) - np.int32(1)) * d
 
 
-@njit(**JIT)
-def _unpack_trits(q, qo, count, ntrits, d, y, yo):
-    """y[yo + count n + m] = trit n of byte q[qo + m], times d (dequantize_row_tq1_0's inner loops)."""
-    for n in range(ntrits):
-        yn = yo + count * U(n)
-        for m in range(count):
-            y[yn + m] = _untrit(q[qo + m], n, d)
-
-
 # ggml-quants.c dequantize_row_tq1_0
 @njit(**JIT)
 def dequantize_row_tq1_0(q, y):
