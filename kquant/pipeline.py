@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UnsupportedError
-from .io.safetensors import fp32_to_bf16_bits
+from .io.safetensors import bf16_round_fp32
 from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 
@@ -341,19 +341,8 @@ def round_through(x: np.ndarray, t: QType) -> np.ndarray:
     """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
     if t == QType.F32:
         return x
-    if t == QType.BF16:  # fp32_to_bf16_bits shifted back, computed in place: one slab-sized temporary
-        src = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-        u = src.copy()
-        nan = (src & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
-        tmp = u >> np.uint32(16)
-        tmp &= np.uint32(1)
-        tmp += np.uint32(0x7FFF)
-        u += tmp  # wraps only for NaNs, replaced below
-        del tmp
-        u &= np.uint32(0xFFFF0000)
-        if nan.any():
-            u[nan] = ((src[nan] >> np.uint32(16)) | np.uint32(64)) << np.uint32(16)
-        return u.view(np.float32)
+    if t == QType.BF16:
+        return bf16_round_fp32(x)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
     raise ValueError(f"unexpected intermediate type {t.name}")

@@ -562,14 +562,27 @@ class Checkpoint:
 def fp32_to_bf16_bits(x: np.ndarray) -> np.ndarray:
     """float32 -> bf16 bits, round to nearest even, NaN kept quiet (ggml_compute_fp32_to_bf16).
 
-    The one BF16 rounding: the pipeline's intermediate BF16 values are these bits shifted back."""
-    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    one, bias = np.uint32(1), np.uint32(0x7FFF)
-    r = (u + (bias + ((u >> np.uint32(16)) & one))) >> np.uint32(16)  # no wrap below 0xFFFF8000: NaNs only
-    nan = (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    The one BF16 rounding; the pipeline's intermediate BF16 values are `bf16_round_fp32`."""
+    return (bf16_round_fp32(x).view(np.uint32) >> np.uint32(16)).astype(np.uint16)
+
+
+def bf16_round_fp32(x: np.ndarray) -> np.ndarray:
+    """float32 values rounded to BF16 (ggml_compute_fp32_to_bf16, as float32), a new array.
+
+    Computed in place on one copy: a single slab-sized temporary, since the pipeline runs this
+    on every 32 MB slab."""
+    src = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    u = src.copy()
+    nan = (src & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000)
+    tmp = u >> np.uint32(16)
+    tmp &= np.uint32(1)
+    tmp += np.uint32(0x7FFF)
+    u += tmp  # wraps only for NaNs, replaced below
+    del tmp
+    u &= np.uint32(0xFFFF0000)
     if nan.any():
-        r = np.where(nan, (u >> np.uint32(16)) | np.uint32(64), r)
-    return r.astype(np.uint16)
+        u[nan] = ((src[nan] >> np.uint32(16)) | np.uint32(64)) << np.uint32(16)
+    return u.view(np.float32)
 
 
 def _encode(name: str, arr, dtype: str | None) -> tuple[str, np.ndarray]:
