@@ -287,7 +287,9 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         n_expert=spec.n_expert,
     )
     weights = imatrix.weights if imatrix is not None else {}
-    tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type) for t in specs]
+    # a raw_type tensor is requantized as llama-quantize --allow-requantize does it (its source holds
+    # that type; llama.cpp's converter passes it through, so that is the only way to another type)
+    tin = [recipe.TensorIn(t.name, tuple(t.shape), t.ref_type, t.raw_type is not None) for t in specs]
     types = recipe.plan_types(tin, ftype, facts, overrides or Overrides(), has_imatrix=bool(weights), dry_run=dry_run)
     need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
@@ -338,8 +340,9 @@ def output_kv(plan: Plan, rounding: str = "ggml") -> list:
 
 
 def round_through(x: np.ndarray, t: QType) -> np.ndarray:
-    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
-    if t == QType.F32:
+    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged; a quantized
+    intermediate unchanged: its slabs are read dequantized from it, see iter_source_slabs)."""
+    if t == QType.F32 or t.is_quantized:
         return x
     if t == QType.BF16:
         return bf16_round_fp32(x)
@@ -348,17 +351,86 @@ def round_through(x: np.ndarray, t: QType) -> np.ndarray:
     raise ValueError(f"unexpected intermediate type {t.name}")
 
 
+def read_flat_rows(ckpt, name: str, a: int, b: int) -> np.ndarray:
+    """Rows [a, b) of a source seen as 2-D (all axes but the last flattened: a pre-stacked expert
+    tensor [n_expert, rows, cols] has n_expert * rows rows), as float32, reading only those bytes."""
+    from .io.quantized import STORAGE, decode
+
+    ti = ckpt.tensors[name]
+    shape = tuple(ti.shape)
+    cols = shape[-1]
+    if len(shape) <= 2:
+        return ckpt.read_rows(name, a, b).reshape(b - a, cols)
+    if ti.dtype in ("F32", "F16", "BF16") and ti.dtype in STORAGE and hasattr(ckpt, "read_raw_range"):
+        item = np.dtype(STORAGE[ti.dtype]).itemsize
+        raw = ckpt.read_raw_range(name, a * cols * item, (b - a) * cols * item)
+        return decode(raw, ti.dtype).reshape(b - a, cols)
+    inner = int(np.prod(shape[1:-1], dtype=np.int64))  # a dequantized source: whole leading rows
+    r0, r1 = a // inner, -(-b // inner)
+    return ckpt.read_rows(name, r0, r1).reshape(-1, cols)[a - r0 * inner: b - r0 * inner]
+
+
+def _transposed_rows(ckpt, spec, idx: np.ndarray, slab_bytes: int) -> np.ndarray:
+    """Output rows `idx` (flattened [expert, out] rows) of a source stored [n_expert, in, out]: each
+    is a column of its expert's matrix, read `slab_bytes` of source rows at a time."""
+    src = spec.sources[0]
+    n_in, n_out = ckpt.tensors[src].shape[-2:]
+    out = np.empty((len(idx), n_in), dtype=np.float32)
+    step = max(1, slab_bytes // max(n_out * 4, 1))
+    experts = idx // n_out
+    cuts = np.flatnonzero(np.diff(experts)) + 1
+    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
+        e, cs = int(experts[lo]), idx[lo:hi] % n_out
+        for h0 in range(0, n_in, step):
+            h1 = min(n_in, h0 + step)
+            out[lo:hi, h0:h1] = read_flat_rows(ckpt, src, e * n_in + h0, e * n_in + h1)[:, cs].T
+    return out
+
+
+def iter_raw_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
+    """Yield (row_start, uint8 2-D slab) of a raw_type tensor: its rows' bytes in that ggml type.
+
+    MXFP4 sources (`sources` = (codes, scales)) are [..., rows, cols / 32, 16] uint8 codes, two per
+    byte (element 2i in the low nibble), and [..., rows, cols / 32] E8M0 exponents: repacked into
+    block_mxfp4 rows (io.quantized.repack_mxfp4), which only moves bits."""
+    from .io.quantized import repack_mxfp4
+
+    if spec.raw_type != QType.MXFP4:
+        raise UnsupportedError(f"{spec.name}: pre-quantized {spec.raw_type.name} sources are not supported")
+    packed, scales = spec.sources
+    cols = spec.shape[-1]
+    nb = cols // QType.MXFP4.block_size
+    pb, sb = nb * QType.MXFP4.block_size // 2, nb  # source bytes per row: codes, scales
+    rows = int(np.prod(spec.shape[:-1], dtype=np.int64))
+    step = max(1, slab_bytes // max(cols * 4, 1))
+    perm = None if spec.row_perm is None else np.asarray(spec.row_perm, dtype=np.int64)
+    for a in range(0, rows, step):
+        b = min(rows, a + step)
+        idx = np.arange(a, b, dtype=np.int64) if perm is None else perm[a:b]
+        lo, hi = int(idx.min()), int(idx.max()) + 1
+        p = ckpt.read_raw_range(packed, lo * pb, (hi - lo) * pb).reshape(hi - lo, pb)[idx - lo]
+        s_ = ckpt.read_raw_range(scales, lo * sb, (hi - lo) * sb).reshape(hi - lo, sb)[idx - lo]
+        yield a, repack_mxfp4(p, s_)
+
+
 def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
     """Yield (row_start, float32 2-D slab) of a tensor in output row order.
 
-    A 2-D tensor that is a plain copy or a row gather of one source is streamed in slabs of
-    about `slab_bytes`; anything else (generated, transformed, stacked, 1-D, 3-D) is built whole
+    A tensor that is a plain copy or a row gather of one source (2-D, or pre-stacked experts,
+    transposed or not) is streamed in slabs of about `slab_bytes`; a raw_type tensor yields its
+    bytes dequantized; anything else (generated, transformed, merged experts, 1-D) is built whole
     by TensorSpec.materialize."""
     shape = tuple(spec.shape)
     cols = shape[-1] if shape else 1
     rows = int(np.prod(shape[:-1], dtype=np.int64)) if len(shape) > 1 else 1
+    if spec.raw_type is not None:
+        for a, raw in iter_raw_slabs(ckpt, spec, slab_bytes):
+            yield a, quants.dequantize(raw, spec.raw_type, (raw.shape[0], cols))
+        return
+    stacked = (len(spec.sources) == 1 and len(shape) >= 3 and len(ckpt.tensors[spec.sources[0]].shape) == len(shape)
+               and (spec.row_perm is not None or spec.transpose))
     streamable = (spec.generated is None and spec.transform is None and len(spec.sources) == 1
-                  and len(shape) == 2 and len(ckpt.tensors[spec.sources[0]].shape) == 2)
+                  and ((len(shape) == 2 and len(ckpt.tensors[spec.sources[0]].shape) == 2) or stacked))
     if not streamable:
         yield 0, np.ascontiguousarray(spec.materialize(ckpt.read), dtype=np.float32).reshape(rows, cols)
         return
@@ -367,12 +439,14 @@ def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
     perm = None if spec.row_perm is None else np.asarray(spec.row_perm, dtype=np.int64)
     for a in range(0, rows, step):
         b = min(rows, a + step)
-        if perm is None:
-            chunk = ckpt.read_rows(src, a, b)
-        else:  # Q/K permutation (within heads) or a trim: read the covering row range, gather
+        if spec.transpose:
+            chunk = _transposed_rows(ckpt, spec, np.arange(a, b, dtype=np.int64) if perm is None else perm[a:b], slab_bytes)
+        elif perm is None:
+            chunk = read_flat_rows(ckpt, src, a, b)
+        else:  # Q/K permutation (within heads), a trim, a split: read the covering row range, gather
             idx = perm[a:b]
             lo, hi = int(idx.min()), int(idx.max()) + 1
-            chunk = ckpt.read_rows(src, lo, hi)[idx - lo]
+            chunk = read_flat_rows(ckpt, src, lo, hi)[idx - lo]
         yield a, np.ascontiguousarray(chunk, dtype=np.float32).reshape(b - a, cols)
 
 
@@ -489,22 +563,43 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
             for i in range(n):
                 spec_t = plans[0].tensors[i].spec
                 ts = time.perf_counter()
-                for row0, slab in iter_source_slabs(ckpt, spec_t):
+
+                def checked(slab, spec_t=spec_t):
                     if not opts.allow_nonfinite:
                         bad = int(quants.count_nonfinite(slab))
                         if bad:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
+                    return slab
+
+                def encode(slab, pt, row0, spec_t=spec_t):
+                    try:
+                        return _encode(slab, pt, row0, rounding)
+                    except ValueError as e:  # e.g. values beyond the fp16 range of the type's scales
+                        raise InputError(f"{model}: tensor {pt.name} ({', '.join(spec_t.sources)}): {e}") from None
+
+                if spec_t.raw_type is not None:  # already quantized: copied, or dequantized and requantized
+                    for row0, raw in iter_raw_slabs(ckpt, spec_t):
+                        floats = None
+                        for w, plan in zip(writers, plans):
+                            pt = plan.tensors[i]
+                            if pt.qtype == spec_t.raw_type:
+                                w.write_data(pt.name, raw)
+                                continue
+                            if floats is None:
+                                floats = checked(quants.dequantize(raw, spec_t.raw_type, (raw.shape[0], spec_t.shape[-1])))
+                            w.write_data(pt.name, encode(floats, pt, row0))
+                    slabs = ()
+                else:
+                    slabs = iter_source_slabs(ckpt, spec_t)
+                for row0, slab in slabs:
+                    checked(slab)
                     if not spec_t.ref_type.is_quantized:  # a quantized intermediate (Q8_0) is copied: encode the floats
                         slab = round_through(slab, spec_t.ref_type)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
-                        try:
-                            data = _encode(slab, pt, row0, rounding)
-                        except ValueError as e:  # e.g. values beyond the fp16 range of the type's scales
-                            raise InputError(f"{model}: tensor {pt.name} ({', '.join(spec_t.sources)}): {e}") from None
-                        w.write_data(pt.name, data)
+                        w.write_data(pt.name, encode(slab, pt, row0))
                 dt = time.perf_counter() - ts
                 if opts.progress:
                     opts.progress(i + 1, n, [p.tensors[i] for p in plans], dt)

@@ -53,10 +53,12 @@ def bf16_bits_to_f32(b: np.ndarray) -> np.ndarray:
 
 
 def write_safetensors(path: Path, tensors: dict[str, tuple[np.ndarray, str]]) -> None:
-    """Write {name: (float32 values, "BF16"|"F16"|"F32")} as a safetensors file."""
+    """Write {name: (float32 values, "BF16"|"F16"|"F32"), or (uint8 values, "U8")} as a safetensors file."""
     header, blobs, off = {}, [], 0
     for name, (x, dt) in tensors.items():
-        if dt == "BF16":
+        if dt == "U8":
+            raw = np.ascontiguousarray(x, dtype=np.uint8).tobytes()
+        elif dt == "BF16":
             raw = f32_to_bf16_bits(x).tobytes()
         elif dt == "F16":
             raw = x.astype(np.float16).tobytes()
@@ -87,7 +89,9 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
             continue
         a, b = m["data_offsets"]
         raw = data[base + a: base + b]
-        if m["dtype"] == "BF16":
+        if m["dtype"] == "U8":
+            x = np.frombuffer(raw, dtype=np.uint8).copy()
+        elif m["dtype"] == "BF16":
             x = bf16_bits_to_f32(np.frombuffer(raw, dtype=np.uint16))
         elif m["dtype"] == "F16":
             x = np.frombuffer(raw, dtype=np.float16).astype(np.float32)
@@ -485,6 +489,57 @@ def case_stablelm(rng):
     return c, t, "qwen2", {}
 
 
+def gpt_oss_tensors(rng, c: dict, mxfp4: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """gpt-oss layers: attention with biases and sinks, a router with a bias, experts stacked per
+    projection (gate and up interleaved in gate_up_proj); the BF16 release stores them [expert, in, out],
+    the original release as MXFP4 `_blocks` [expert, out, in / 32, 16] and E8M0 `_scales` [expert, out, in / 32]."""
+    e, ff, n_x = c["hidden_size"], c["intermediate_size"], c["num_local_experts"]
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, o_bias=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        del t[p + "self_attn.rotary_emb.inv_freq"]
+        t[p + "self_attn.sinks"] = (heavy(rng, (c["num_attention_heads"],), 1.0), "BF16")
+        t[p + "mlp.router.weight"] = (heavy(rng, (n_x, e)), "BF16")
+        t[p + "mlp.router.bias"] = (heavy(rng, (n_x,)), "BF16")
+        t[p + "mlp.experts.gate_up_proj_bias"] = (heavy(rng, (n_x, 2 * ff)), "BF16")
+        t[p + "mlp.experts.down_proj_bias"] = (heavy(rng, (n_x, e)), "BF16")
+        for w, rows, cols in (("gate_up_proj", 2 * ff, e), ("down_proj", e, ff)):
+            if mxfp4:  # random codes; exponents around 2^-7 (E8M0 bias 127), a few extreme ones
+                t[p + f"mlp.experts.{w}_blocks"] = (rng.integers(0, 256, (n_x, rows, cols // 32, 16)), "U8")
+                sc = rng.integers(118, 124, (n_x, rows, cols // 32))
+                sc.reshape(-1)[:3] = (0, 1, 135)
+                t[p + f"mlp.experts.{w}_scales"] = (sc, "U8")
+            else:
+                t[p + f"mlp.experts.{w}"] = (heavy(rng, (n_x, cols, rows)), "BF16")
+    return t
+
+
+def gpt_oss_config(**kw) -> dict:
+    # gpt-oss-20b's config.json, narrowed: gate/up rows 128 wide (K-quant fallback), down rows 256
+    return base_config("GptOssForCausalLM", "gpt_oss", 201088, hidden_size=128, intermediate_size=256, head_dim=64,
+                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
+                       experts_per_token=2, sliding_window=128, rope_theta=150000, max_position_embeddings=131072,
+                       initial_context_length=4096, layer_types=["sliding_attention", "full_attention"],
+                       rope_scaling={"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                                     "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
+                       attention_bias=True, hidden_act="silu", swiglu_limit=7.0, tie_word_embeddings=False,
+                       eos_token_id=200002, pad_token_id=199999, **kw)
+
+
+def case_gpt_oss(rng):
+    # the BF16 release (unsloth/gpt-oss-20b-BF16's layout)
+    c = gpt_oss_config()
+    return c, gpt_oss_tensors(rng, c, mxfp4=False), "gpt-oss", {}
+
+
+def case_gpt_oss_mxfp4(rng):
+    # the original release: experts in MXFP4, everything else BF16
+    c = gpt_oss_config(quantization_config={"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                                                      "model.embed_tokens", "lm_head"],
+                                            "quant_method": "mxfp4"})
+    return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-oss", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -492,6 +547,7 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
+    "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
@@ -550,12 +606,34 @@ def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "
 
 
 def build_tensor(t, src: dict[str, np.ndarray]) -> np.ndarray:
-    """What a converter makes of one TensorSpec: float32 data, before storage rounding."""
+    """What a converter makes of one TensorSpec: float32 data, before storage rounding
+    (a raw MXFP4 tensor: its ggml bytes, uint8 [n_expert, rows, blocks * 17])."""
     assert t.row_perm is None or t.transform is None
+    if t.raw_type is not None:
+        return mxfp4_expected(t, src)
     return t.materialize(src.__getitem__)
 
 
+def mxfp4_expected(t, src: dict[str, np.ndarray]) -> np.ndarray:
+    """The block_mxfp4 bytes of a raw spec from the checkpoint's `_blocks` / `_scales`, as
+    conversion/gpt_oss.py GptOssModel.repack_mxfp4 builds them (its nibble shuffle, in numpy)."""
+    blocks, scales = (src[n].astype(np.uint8) for n in t.sources)
+    n_x, rows = blocks.shape[:2]
+    if t.row_perm is not None:  # gate (even rows) / up (odd rows) of gate_up_proj
+        e, r = np.divmod(t.row_perm, rows)
+        blocks, scales = blocks[e, r].reshape(n_x, -1, *blocks.shape[2:]), scales[e, r].reshape(n_x, -1, scales.shape[-1])
+    x = ((blocks & 0x0F) << 4) | ((blocks & 0xF0) >> 4)  # transform_nibble_layout: swap nibbles
+    a, b = x[..., :8], x[..., 8:]
+    a = np.stack((a & 0xF0, (a << 4) & 0xFF), axis=-1).reshape(x.shape)
+    b = np.stack((b >> 4, b & 0x0F), axis=-1).reshape(x.shape)
+    out = a | b
+    out = ((out & 0xF0) >> 4) | ((out & 0x0F) << 4)
+    return np.concatenate((scales[..., None], out), axis=-1).reshape(*scales.shape[:2], -1).astype(np.uint8)
+
+
 def stored_bytes(t, x: np.ndarray) -> bytes:
+    if t.raw_type is not None:
+        return x.tobytes()
     if t.ref_type == QType.BF16:
         return f32_to_bf16_bits(x).tobytes()
     assert t.ref_type == QType.F32
@@ -657,6 +735,9 @@ def test_every_case_builds(models, case, writer):
     src = all_sources(d)
     for t in spec.tensors:
         x = build_tensor(t, src)
+        if t.raw_type is not None:
+            assert t.ref_type == t.raw_type and x.shape == t.shape[:-1] + (t.raw_type.row_size(t.shape[-1]),)
+            continue
         assert tuple(x.shape) == t.shape, t.name
         assert t.ref_type in (QType.BF16, QType.F32)
         if len(t.shape) == 1 or t.name.endswith("_norm.weight"):
@@ -832,7 +913,6 @@ def test_llama3_rope_freqs_known_values(head_dim, factor, expected):
 
 
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
-_TENSOR_ITEMSIZE = {0: 4, 1: 2, 30: 2}  # F32, F16, BF16
 
 
 def read_gguf(path: Path):
@@ -884,7 +964,7 @@ def read_gguf(path: Path):
         infos.append((name, tuple(reversed(ne)), take("<I"), take("<Q")))
     align = next((v for k, _, _, v in kv if k == "general.alignment"), 32)
     base = pos + (-pos % align)
-    tensors = [(n, shp, t, buf[base + off: base + off + int(np.prod(shp)) * _TENSOR_ITEMSIZE[t]]) for n, shp, t, off in infos]
+    tensors = [(n, shp, t, buf[base + off: base + off + QType(t).nbytes(shp)]) for n, shp, t, off in infos]
     return kv, tensors
 
 

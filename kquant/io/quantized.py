@@ -18,6 +18,8 @@ it or because kquant lacks the family it belongs to):
     `naive-quantized` (`*.weight_scale`, strategy channel or block) and `pack-quantized` (int
     groups: `weight_packed`, `weight_scale`, `weight_shape`, optional `weight_zero_point`).
   * `gptq` 2/4/8 bits (`qweight`, `qzeros`, `scales`, `g_idx`); 3 bits refused as upstream does.
+  * `mxfp4` (gpt-oss only): nothing is dequantized; the `*_blocks` / `*_scales` tensors are shown
+    as they are and the family passes them through as MXFP4 tensors (models/gpt_oss.py).
 
 Stricter than the converter (one-line InputError where it would crash or silently misread):
 a scale whose shape is not exactly the one its weight needs (block scales: ceil(dim / block)
@@ -40,6 +42,7 @@ FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 INT_NUMPY = {"I8": "<i1", "U8": "<u1", "I16": "<i2", "I32": "<i4", "I64": "<i8"}
 SCALE_DTYPES = FLOAT_DTYPES  # torch's .float() of these is exact
 GPTQ_PARTS = (".g_idx", ".qzeros", ".qweight", ".scales")  # dequant_model's removal order
+MXFP4_ARCHS = ("GptOssForCausalLM",)  # families whose modules repack MXFP4 sources (the others' dequant_model refuses them)
 
 
 def _fp8_table(exp_bits: int, man_bits: int, fn: bool) -> np.ndarray:
@@ -340,6 +343,24 @@ def packed(ctx: _Ctx, base: str, num_bits: int, group_size: int) -> Dequantized:
     return Dequantized(base, shape, kind, parts, read_rows)
 
 
+# conversion/base.py ModelBase.repack_mxfp4_blocks (= conversion/gpt_oss.py GptOssModel.transform_nibble_layout
+# + repack_mxfp4: both give ggml's block_mxfp4)
+def repack_mxfp4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """OCP MX FP4 rows -> ggml block_mxfp4 rows, lossless (only bits move).
+
+    packed (rows, cols / 2) uint8: element 2i in the low nibble, 2i + 1 in the high one;
+    scales (rows, cols / 32) uint8 E8M0. Each output block is the scale byte, then 16 bytes where
+    byte j holds element j in the low nibble and element j + 16 in the high one (the 4-bit codes
+    index the same E2M1 table on both sides)."""
+    rows, nb = scales.shape
+    src = packed.reshape(rows, nb, 16)
+    vals = np.stack((src & 0x0F, src >> 4), axis=-1).reshape(rows, nb, 32)
+    out = np.empty((rows, nb, 17), dtype=np.uint8)
+    out[:, :, 0] = scales
+    out[:, :, 1:] = vals[:, :, :16] | (vals[:, :, 16:] << 4)
+    return out.reshape(rows, nb * 17)
+
+
 def qconfig(folder: Path, cfg: dict | None, where: str) -> dict | None:
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     if (folder / "hf_quant_config.json").is_file():
@@ -360,6 +381,7 @@ class Plan:
     appended: dict[str, Dequantized] = field(default_factory=dict)  # new name -> dequantizer (at the end)
     removed: set[str] = field(default_factory=set)
     ctx: _Ctx | None = None  # shared by the dequantizers (their cache of aux tensors)
+    raw: dict[str, str] = field(default_factory=dict)  # tensors kept quantized for the family -> their scheme
 
 
 # conversion/base.py ModelBase.dequant_model (and prepare_tensors' NVFP4 / MXFP4 detection)
@@ -440,7 +462,11 @@ def plan(ckpt, qc: dict | None, where: str) -> Plan:
         else:
             raise UnsupportedError(f"{where}: quant format {fmt!r} for method 'compressed-tensors' is not supported")
     elif method == "mxfp4":
-        raise UnsupportedError(f"{where}: MXFP4 checkpoints (gpt-oss) are not supported: kquant has no gpt-oss family yet")
+        # GptOssModel.dequant_model skips dequantization: its `*_blocks` / `*_scales` pairs are
+        # repacked into MXFP4 tensors by the family (models/gpt_oss.py), nothing is dequantized here
+        for n in names:
+            if n.endswith(("_blocks", "_scales")):
+                p.raw[n] = "mxfp4"
     elif method in ("bitnet", "modelopt"):
         raise UnsupportedError(f"{where}: quant method {method!r} is not supported by kquant")
     else:
@@ -475,7 +501,7 @@ class QuantizedSource:
                 if ti.dtype in FP8_DTYPES:
                     raise InputError(f"{where}: tensor {n!r} is {ti.dtype} but has no scale tensor")
                 self.tensors[n] = ti
-                self.source_types[n] = ti.dtype
+                self.source_types[n] = qplan.raw.get(n, ti.dtype)
         for n, d in qplan.appended.items():
             # a dict assignment: an existing key keeps its place, a new one goes last (new_tensors)
             self._deq[n] = d
@@ -512,6 +538,11 @@ class QuantizedSource:
     def read_raw(self, name: str) -> np.ndarray:
         return self.ckpt.read_raw(name)
 
+    def read_raw_range(self, name: str, offset: int, nbytes: int) -> np.ndarray:
+        if name in self._deq:
+            raise ValueError(f"tensor {name!r} is dequantized: it has no raw bytes")
+        return self.ckpt.read_raw_range(name, offset, nbytes)
+
     def close(self) -> None:
         self.ckpt.close()
 
@@ -527,4 +558,9 @@ def wrap(ckpt, cfg: dict | None, where: str):
     qc = qconfig(Path(ckpt.folder), cfg, where)
     if not qc or qc.get("quant_method") is None:
         return ckpt
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if qc.get("quant_method") == "mxfp4" and arch not in MXFP4_ARCHS:
+        raise UnsupportedError(f"{where}: MXFP4 checkpoints are supported for {', '.join(MXFP4_ARCHS)} only, not {arch!r} "
+                               "(llama.cpp's converter: \"Quant method is not yet supported\")")
     return QuantizedSource(ckpt, plan(ckpt, qc, where), where)

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import exaone, gemma, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import exaone, gemma, gpt_oss, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
@@ -197,11 +197,14 @@ def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: P
     if n_layer > len(layers):
         raise InputError(f"{path}: 'num_hidden_layers' is {n_layer} but the checkpoint has tensors for {len(layers)} layers")
     if family.experts is not None:
-        experts = {m.group(1) for n, _, _ in hf if (m := _EXPERT_ID.search(n))}
+        if family.experts.stacked:  # one [n_expert, ...] tensor per projection
+            n_x = max((shape[0] for n, shape, _ in hf if ".experts." in n and shape), default=0)
+        else:
+            n_x = len({m.group(1) for n, _, _ in hf if (m := _EXPERT_ID.search(n))})
         k = next((k for k in family.experts.count_keys if hp.get(k) is not None), None)  # as build_tensors picks it
         v = hp.get(k)
-        if isinstance(v, int) and not isinstance(v, bool) and v > len(experts):
-            raise InputError(f"{path}: {k!r} is {v} but the checkpoint has tensors for {len(experts)} experts")
+        if isinstance(v, int) and not isinstance(v, bool) and v > n_x:
+            raise InputError(f"{path}: {k!r} is {v} but the checkpoint has tensors for {n_x} experts")
     max_dim = max((d for _, shape, _ in hf for d in shape), default=0)
     for k in _DIM_KEYS:
         v = hp.get(k)

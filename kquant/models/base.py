@@ -75,11 +75,16 @@ HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safet
 
 @dataclass(frozen=True)
 class Experts:
-    """Per-expert HF tensors merged into one 3-D GGUF tensor per projection (modify_tensors)."""
+    """Per-expert HF tensors merged into one 3-D GGUF tensor per projection (modify_tensors).
+
+    `stacked`: the checkpoint holds the experts already stacked, one HF tensor [n_expert, ...] per
+    projection (gpt-oss); `source` / `order` are then empty and the family's modify_tensors maps
+    them (`TextModel.stacked_experts`)."""
 
     source: str  # HF name of one expert: "model.layers.{bid}.<...>.{xid}.{w}.weight"
     order: tuple[tuple[str, str], ...]  # (HF projection, GGUF base) in the order upstream yields them
     count_keys: tuple[str, ...]  # hparams giving the expert count
+    stacked: bool = False
 
 
 FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
@@ -169,6 +174,17 @@ def rows(start: int, stop: int) -> np.ndarray:
 def stack(arrs: list[np.ndarray]) -> np.ndarray:
     """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
     return np.stack(arrs, axis=0)
+
+
+def last_axis(arrs: list[np.ndarray], start: int, step: int) -> np.ndarray:
+    """Every `step`-th element of the last axis from `start` (a fused, interleaved bias split)."""
+    return np.ascontiguousarray(arrs[0][..., start::step])
+
+
+def expert_rows(n_expert: int, rows: int, pick: np.ndarray) -> np.ndarray:
+    """row_perm of a pre-stacked [n_expert, rows, cols] source keeping rows `pick` of every expert."""
+    pick = np.asarray(pick, dtype=np.int64)
+    return (np.arange(n_expert, dtype=np.int64)[:, None] * rows + pick[None, :]).reshape(-1)
 
 
 class TextModel:
@@ -394,6 +410,54 @@ class TextModel:
         return TensorSpec(name=gname, shape=shape, sources=(t[0],), ref_type=ref_type(gname, len(shape)),
                           row_perm=row_perm, transform=transform)
 
+    def stacked_experts(self, t: HFTensor, parts: list[tuple[str, np.ndarray | None]], *,
+                        transpose: bool = False) -> list[TensorSpec]:
+        """One pre-stacked HF expert tensor [n_expert, rows, cols] ([n_expert, in, out] with
+        `transpose`, as `x @ W` stores it) -> 3-D GGUF tensors [n_expert, out, in]: one per
+        (GGUF name, rows of each expert's (transposed) matrix to keep, or None for all), e.g. a fused
+        gate_up split into gate and up. Streamed in row slabs by the pipeline, never whole."""
+        n_x, a, b = t[1]
+        rows, cols = (b, a) if transpose else (a, b)
+        out = []
+        for gname, pick in parts:
+            n = rows if pick is None else len(pick)
+            perm = None if pick is None else expert_rows(n_x, rows, pick)
+            out.append(TensorSpec(name=gname, shape=(n_x, n, cols), sources=(t[0],), ref_type=ref_type(gname, 3),
+                                  row_perm=perm, transpose=transpose))
+        return out
+
+    def raw_expert_tensors(self, packed: HFTensor, scales: HFTensor, qtype: QType,
+                           parts: list[tuple[str, np.ndarray | None]], where: str) -> list[TensorSpec]:
+        """Pre-stacked experts already in a ggml block type (MXFP4: `packed` [n_expert, rows, cols / 32,
+        16] uint8 codes, `scales` [n_expert, rows, cols / 32] E8M0) -> 3-D GGUF tensors of that type,
+        one per (GGUF name, rows of each expert to keep or None), passed through byte for byte.
+        Strict: dtypes, the scales' shape and the block size must fit exactly (one-line InputError)."""
+        if qtype != QType.MXFP4:
+            raise UnsupportedError(f"{where}: pre-quantized {qtype.name} sources are not supported")
+        (pn, psh, pdt), (sn, ssh, sdt) = packed, scales
+        if pdt != "U8" or sdt != "U8":
+            raise InputError(f"{where}: MXFP4 tensors {pn!r} / {sn!r} have dtypes {pdt} / {sdt}, expected U8")
+        if len(psh) != 4 or psh[-1] != qtype.block_size // 2 or min(psh) <= 0:
+            raise InputError(f"{where}: MXFP4 blocks {pn!r} have shape {list(psh)}, expected "
+                             f"[experts, rows, blocks, {qtype.block_size // 2}]")
+        if tuple(ssh) != tuple(psh[:3]):
+            raise InputError(f"{where}: MXFP4 scales {sn!r} have shape {list(ssh)}, expected {list(psh[:3])} "
+                             f"for blocks {pn!r} of shape {list(psh)}")
+        n_x, rows, nb = psh[:3]
+        out = []
+        for gname, pick in parts:
+            n = rows if pick is None else len(pick)
+            perm = None if pick is None else expert_rows(n_x, rows, pick)
+            out.append(TensorSpec(name=gname, shape=(n_x, n, nb * qtype.block_size), sources=(pn, sn),
+                                  ref_type=qtype, row_perm=perm, raw_type=qtype))
+        return out
+
+    def raw_tensors(self, hf: list[HFTensor], where: str) -> tuple[list[TensorSpec], set[str]]:
+        """GGUF tensors a family writes before all others straight from already-quantized HF tensors
+        (gpt-oss's MXFP4 experts: written in its generate_extra_tensors), and the HF names they use
+        (skipped by prepare_tensors). Default: none."""
+        return [], set()
+
     # Qwen2MoeModel / LlamaModel.modify_tensors: stack the experts of one layer, one tensor per projection
     def merge_experts(self, x: Experts, bid: int, buf: dict, where: str) -> list[TensorSpec]:
         specs = []
@@ -431,7 +495,7 @@ class TextModel:
         """TensorSpecs in write order for HF tensors `hf` [(name, shape, dtype)] in index order."""
         self._n_expert = self.n_expert()
         self._shapes = self.tensor_shapes()
-        out: list[TensorSpec] = []
+        out, raw_names = self.raw_tensors(hf, where)
         for name, data in extra:  # generate_extra_tensors come first
             out.append(TensorSpec(name=name, shape=tuple(data.shape), sources=(), ref_type=ref_type(name, data.ndim),
                                   generated=data))
@@ -446,6 +510,8 @@ class TextModel:
                         expert_names[x.source.format(bid=bid, xid=xid, w=w)] = bid
 
         for orig, shape, dtype in hf:
+            if orig in raw_names:
+                continue
             name = self.filter_name(orig)
             if name is None or name.endswith(DROPPED_SUFFIXES):
                 continue

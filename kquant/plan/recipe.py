@@ -186,6 +186,7 @@ class TensorIn:
     name: str  # GGUF name, e.g. "blk.3.attn_v.weight"
     shape: tuple[int, ...]  # numpy order: last axis is the row (ggml ne[0])
     src_type: QType  # type in the input GGUF
+    requantize: bool = False  # a quantized src_type may be requantized (llama-quantize --allow-requantize)
 
 
 class Category(Enum):
@@ -621,7 +622,7 @@ def plan_types(
     for t, new in zip(tensors, types):
         if new is t.src_type:
             continue  # copied as is
-        if t.src_type.is_quantized:
+        if t.src_type.is_quantized and not t.requantize:
             raise UnsupportedError(
                 f"tensor {t.name}: requantizing from type {t.src_type.ggml_name} is disabled (llama-quantize "
                 f"without --allow-requantize); the input must hold F32, F16 or BF16 tensors"
