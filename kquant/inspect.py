@@ -224,7 +224,10 @@ def _source_format(ck, cfg: dict | None, where: str) -> dict:
     qc = cfg.get("quantization_config") if isinstance(cfg, dict) else None
     method = qc.get("quant_method") if isinstance(qc, dict) else None
     try:
-        qplan = quantized.plan(ck, quantized.qconfig(ck.folder, cfg, where), where)
+        qc = quantized.qconfig(ck.folder, cfg, where)
+        if qc:
+            quantized.check_mxfp4_arch(qc, cfg, where)
+        qplan = quantized.plan(ck, qc, where)
         src = quantized.QuantizedSource(ck, qplan, where) if qplan.method is not None else None
     except KquantError as e:
         return {"name": method or "float", "quant_method": method, "status": "refused", "error": str(e)}
@@ -241,6 +244,11 @@ def _source_format(ck, cfg: dict | None, where: str) -> dict:
             actions[q] = f"consumed by {out}"
     for n in src.dropped:
         actions[n] = "dropped (unused by the converter)"
+    for n, kind in qplan.raw.items():
+        actions[n] = f"repacked into a {kind.upper()} tensor, its bytes passed through"
+    if qplan.raw:
+        return {"name": method, "quant_method": method, "status": "passed through", "n_raw": len(qplan.raw),
+                "_actions": actions}
     fmt = qc.get("format") if method == "compressed-tensors" else None
     return {"name": method + (f" {fmt}" if fmt else ""), "quant_method": method, "status": "dequantized",
             "n_dequantized": len(src.consumed), "n_dropped": len(src.dropped), "_actions": actions}
@@ -301,6 +309,9 @@ def print_inspect(info: dict, out=None) -> None:
             print(f"source format: {_show(sf['name'])}: {sf['n_dequantized']} tensors dequantized to float32 as "
                   f"llama.cpp's converter does, their scales consumed, {sf['n_dropped']} dropped, the rest passed through",
                   file=out)
+        elif sf["status"] == "passed through":
+            print(f"source format: {_show(sf['name'])}: {sf['n_raw']} tensors (codes and scales) repacked into ggml's "
+                  f"{_show(sf['name']).upper()} blocks as llama.cpp's converter does, kept as they are", file=out)
         else:
             print("source format: float tensors, read as they are", file=out)
         cols = ("dtype", "dtype")

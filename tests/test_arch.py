@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -550,8 +551,14 @@ CASES = {
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
+               "gpt-oss", "gpt-oss-mxfp4")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
+QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
+# cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
+# --allow-requantize to give them another type, and kquant requantizes them as it then does
+REQUANTIZED_CASES = {"gpt-oss-mxfp4"}
+NO_HF_NAMES = {"gpt-oss", "gpt-oss-mxfp4"}  # dequantize --hf-names: refused (fused gate_up is not rebuilt)
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
 
@@ -1118,16 +1125,17 @@ def quant_reference(request, tmp_path_factory):
 @pytest.mark.parametrize("case", QUANT_CASES)
 def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
     """kquant convert == convert_hf_to_gguf.py --outtype bf16 + llama_model_quantize, byte for byte,
-    for Q4_K_M, Q8_0 and Q5_K_S; llama.cpp loads and runs the Q4_K_M file."""
+    for Q4_K_M, Q8_0, Q5_K_S and the case's QUANT_EXTRA_FTYPES; llama.cpp loads and runs the Q4_K_M file."""
     pytest.importorskip("llama_cpp")
     from kquant import pipeline
 
     d, proc, ref_bf16 = quant_reference[case]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    targets = [(tmp_path / f"{ft}.gguf", ft) for ft in QUANT_FTYPES]
+    targets = [(tmp_path / f"{ft}.gguf", ft) for ft in QUANT_FTYPES + QUANT_EXTRA_FTYPES.get(case, ())]
     pipeline.convert_many(d, targets)
+    params = {"allow_requantize": True} if case in REQUANTIZED_CASES else {}
     for out, ft in targets:
-        ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft)
+        ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft, **params)
         assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
         assert out.read_bytes() == ref.read_bytes(), ft
     toks, logits = refpipeline.eval_logits(targets[0][0])
@@ -1157,6 +1165,11 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
+    if case in NO_HF_NAMES:
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
+        err = capsys.readouterr().err
+        assert "--hf-names supports architectures" in err and len(err.strip().splitlines()) == 1 and not hf.exists()
+        return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
     got, src = read_safetensors(hf), all_sources(d)
@@ -1164,3 +1177,97 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
         assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+
+
+# ---------------------------------------------------------------------------------------------
+# gpt-oss: stacked experts, MXFP4 sources
+
+E2M1 = np.array([0, 0.5, 1, 1.5, 2, 3, 4, 6, -0.0, -0.5, -1, -1.5, -2, -3, -4, -6])  # OCP MX FP4 codes
+
+
+def test_mxfp4_experts_pass_through(models, tmp_path):
+    """--type MXFP4_MOE on the MXFP4 release: every expert tensor holds the checkpoint's bytes
+    repacked (GptOssModel.repack_mxfp4), and they decode to the OCP MX values of its codes."""
+    from kquant import dequantize, pipeline
+    from kquant.io.gguf import GGUFFile
+
+    d = models("gpt-oss-mxfp4", copy=False)
+    out = tmp_path / "m.gguf"
+    pipeline.convert(d, out, "MXFP4_MOE")
+    spec = {t.name: t for t in load_spec(d, vocab=False).tensors}
+    src = all_sources(d)
+    n = 0
+    with GGUFFile(out) as g:
+        assert g.value("general.file_type") == 38
+        for ti in g.tensors:
+            if not ti.name.endswith("_exps.weight"):
+                assert ti.qtype != QType.MXFP4
+                continue
+            n += 1
+            t = spec[ti.name]
+            assert ti.qtype == QType.MXFP4 and t.raw_type == QType.MXFP4 and tuple(ti.shape) == t.shape
+            raw = np.asarray(g.data(ti.name))
+            assert raw.tobytes() == mxfp4_expected(t, src).tobytes(), ti.name
+            blocks, scales = (src[s].astype(np.int64) for s in t.sources)
+            codes = np.stack((blocks & 15, blocks >> 4), axis=-1).reshape(*blocks.shape[:3], 32)
+            vals = (E2M1[codes] * np.exp2(scales - 127.0)[..., None]).reshape(*blocks.shape[:2], -1)
+            if ".ffn_gate_exps." in ti.name or ".ffn_up_exps." in ti.name:
+                vals = vals[:, (".ffn_up_exps." in ti.name)::2]
+            assert np.array_equal(dequantize(raw, "MXFP4", t.shape), vals.astype(np.float32)), ti.name
+    assert n == 6
+
+
+def _rewrite(d: Path, edit) -> None:
+    t = read_safetensors(d / "model.safetensors")
+    dt = {n: ("U8" if x.dtype == np.uint8 else "F32") for n, x in t.items()}
+    t = {n: (x, dt[n]) for n, x in t.items()}
+    edit(t)
+    write_safetensors(d / "model.safetensors", t)
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.pop("model.layers.1.mlp.experts.down_proj_scales"),
+     "MXFP4 tensor 'model.layers.1.mlp.experts.down_proj_blocks' has no scales tensor"),
+    (lambda t: t.pop("model.layers.0.mlp.experts.gate_up_proj_blocks"),
+     "MXFP4 tensor 'model.layers.0.mlp.experts.gate_up_proj_scales' has no blocks tensor"),
+    (lambda t: t.update({"model.layers.0.mlp.experts.down_proj_scales": (np.zeros((4, 128, 4), np.uint8), "U8")}),
+     r"MXFP4 scales 'model.layers.0.mlp.experts.down_proj_scales' have shape \[4, 128, 4\], expected \[4, 128, 8\]"),
+    (lambda t: t.update({"model.layers.0.mlp.experts.down_proj_scales": (np.zeros((4, 128, 8)), "F32")}),
+     "have dtypes U8 / F32, expected U8"),
+    (lambda t: t.update({"model.layers.1.mlp.experts.gate_up_proj_blocks": (np.zeros((4, 512, 2, 32), np.uint8), "U8"),
+                         "model.layers.1.mlp.experts.gate_up_proj_scales": (np.zeros((4, 512, 2), np.uint8), "U8")}),
+     r"has shape \[4, 512, 2, 32\], expected \[4, 512, 4, 16\] from config.json"),
+])
+def test_mxfp4_source_errors(models, tmp_path, capsys, edit, match):
+    """Broken MXFP4 sources: one-line error, non-zero exit, nothing written."""
+    from kquant import cli
+
+    d = models("gpt-oss-mxfp4", tokenizer=False)
+    _rewrite(d, edit)
+    out = tmp_path / "x.gguf"
+    assert cli.main(["convert", str(d), "-o", str(out), "--type", "MXFP4_MOE", "-q"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(match, err), err
+    assert not out.exists() and not list(tmp_path.glob(".x.gguf*"))
+
+
+def test_gpt_oss_stacked_experts_stream(models):
+    """The transposed, interleaved gate_up split read in small slabs equals the whole-tensor gather."""
+    from kquant import pipeline
+    from kquant.io.safetensors import Checkpoint
+
+    d = models("gpt-oss", copy=False)
+    spec = load_spec(d, vocab=False)
+    src = all_sources(d)
+    with Checkpoint.open(d) as ck:
+        for t in spec.tensors:
+            if "_exps.weight" not in t.name:
+                continue
+            assert t.transpose and t.shape[0] == 4
+            whole = build_tensor(t, src).reshape(-1, t.shape[-1])
+            slabs = list(pipeline.iter_source_slabs(ck, t, slab_bytes=16 << 10))  # a few source rows per read
+            assert len(slabs) >= 16
+            assert np.array_equal(np.concatenate([s for _, s in slabs]), whole), t.name
+    gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
+    gu = src["model.layers.0.mlp.experts.gate_up_proj"]
+    assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])

@@ -553,14 +553,19 @@ class QuantizedSource:
         self.close()
 
 
-def wrap(ckpt, cfg: dict | None, where: str):
-    """`ckpt` itself when config.json has no quantization_config, else its QuantizedSource."""
-    qc = qconfig(Path(ckpt.folder), cfg, where)
-    if not qc or qc.get("quant_method") is None:
-        return ckpt
+def check_mxfp4_arch(qc: dict, cfg: dict | None, where: str) -> None:
+    """UnsupportedError for an MXFP4 checkpoint of a family that does not repack MXFP4 sources."""
     archs = cfg.get("architectures") if isinstance(cfg, dict) else None
     arch = archs[0] if isinstance(archs, list) and archs else None
     if qc.get("quant_method") == "mxfp4" and arch not in MXFP4_ARCHS:
         raise UnsupportedError(f"{where}: MXFP4 checkpoints are supported for {', '.join(MXFP4_ARCHS)} only, not {arch!r} "
                                "(llama.cpp's converter: \"Quant method is not yet supported\")")
+
+
+def wrap(ckpt, cfg: dict | None, where: str):
+    """`ckpt` itself when config.json has no quantization_config, else its QuantizedSource."""
+    qc = qconfig(Path(ckpt.folder), cfg, where)
+    if not qc or qc.get("quant_method") is None:
+        return ckpt
+    check_mxfp4_arch(qc, cfg, where)
     return QuantizedSource(ckpt, plan(ckpt, qc, where), where)
