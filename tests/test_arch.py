@@ -517,14 +517,14 @@ def gpt_oss_tensors(rng, c: dict, mxfp4: bool) -> dict[str, tuple[np.ndarray, st
 
 def gpt_oss_config(**kw) -> dict:
     # gpt-oss-20b's config.json, narrowed: gate/up rows 128 wide (K-quant fallback), down rows 256
-    return base_config("GptOssForCausalLM", "gpt_oss", 201088, hidden_size=128, intermediate_size=256, head_dim=64,
-                       num_attention_heads=4, num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2,
-                       experts_per_token=2, sliding_window=128, rope_theta=150000, max_position_embeddings=131072,
-                       initial_context_length=4096, layer_types=["sliding_attention", "full_attention"],
-                       rope_scaling={"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
-                                     "original_max_position_embeddings": 4096, "rope_type": "yarn", "truncate": False},
-                       attention_bias=True, hidden_act="silu", swiglu_limit=7.0, tie_word_embeddings=False,
-                       eos_token_id=200002, pad_token_id=199999, **kw)
+    return base_config("GptOssForCausalLM", "gpt_oss", 201088, **{**dict(
+        hidden_size=128, intermediate_size=256, head_dim=64, num_attention_heads=4, num_key_value_heads=2,
+        num_local_experts=4, num_experts_per_tok=2, experts_per_token=2, sliding_window=128, rope_theta=150000,
+        max_position_embeddings=131072, initial_context_length=4096, layer_types=["sliding_attention", "full_attention"],
+        rope_scaling={"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                      "rope_type": "yarn", "truncate": False},
+        attention_bias=True, hidden_act="silu", swiglu_limit=7.0, tie_word_embeddings=False, eos_token_id=200002,
+        pad_token_id=199999), **kw})
 
 
 def case_gpt_oss(rng):
