@@ -375,11 +375,11 @@ def read_flat_rows(ckpt, name: str, a: int, b: int) -> np.ndarray:
 
 def _transposed_rows(ckpt, spec, idx: np.ndarray, slab_bytes: int) -> np.ndarray:
     """Output rows `idx` (flattened [expert, out] rows) of a source stored [n_expert, in, out]: each
-    is a column of its expert's matrix, read `slab_bytes` of source rows at a time."""
+    is a column of its expert's matrix, read a quarter of `slab_bytes` of source rows at a time."""
     src = spec.sources[0]
     n_in, n_out = ckpt.tensors[src].shape[-2:]
     out = np.empty((len(idx), n_in), dtype=np.float32)
-    step = max(1, slab_bytes // max(n_out * 4, 1))
+    step = max(1, slab_bytes // 4 // max(n_out * 4, 1))
     experts = idx // n_out
     cuts = np.flatnonzero(np.diff(experts)) + 1
     for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, len(idx)]):
@@ -439,6 +439,11 @@ def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
         return
     src = spec.sources[0]
     step = max(1, slab_bytes // max(cols * 4, 1))
+    per = shape[-2] if len(shape) >= 3 else rows
+    if spec.transpose and per * cols * 4 <= 4 * slab_bytes:
+        # whole experts per slab: every slab reads its experts' source matrices once (a slab that
+        # cut an expert would read all of that expert's rows for a part of its columns)
+        step = per * max(1, slab_bytes // (per * cols * 4))
     perm = None if spec.row_perm is None else np.asarray(spec.row_perm, dtype=np.int64)
     for a in range(0, rows, step):
         b = min(rows, a + step)
