@@ -13,7 +13,8 @@ architecture, its per-layer module map and its config classes, and overrides the
 differ: `set_gguf_parameters`, `generate_extra_tensors`, `set_vocab`, `filter_name`,
 `modify_tensors`, `layer_modules` / `layer_experts` (layers may differ), `tensor_shapes`.
 Nothing here reads tensor data: a `TensorSpec` says how each GGUF tensor is built from HF tensors
-(row gather, transform, stacking), the pipeline builds it.
+(row gather, transform, stacking; experts that arrive stacked, `stacked_experts`; tensors already
+in a ggml type, `raw_tensors` / `raw_expert_tensors`, passed through), the pipeline builds it.
 
 Shapes are numpy order (last axis = ggml ne[0]); every HF tensor must map, be filtered as
 upstream filters it, or be one of the tensors upstream drops; missing tensors are errors.
