@@ -1210,3 +1210,44 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
         assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+
+
+def test_moe_tail_specs(models):
+    """Stacked/fused experts split as GraniteMoeModel does; dots1's dense lead layer and exp_probs_b; the expert
+    count llama-quantize sees is {arch}.expert_count."""
+    spec = load_spec(models("granitemoeshared", copy=False), vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.n_expert == 4 and by["blk.0.ffn_gate_exps.weight"].shape == (4, 256, 256)
+    assert by["blk.1.ffn_up_shexp.weight"].shape == (320, 256) and by["blk.1.ffn_down_shexp.weight"].shape == (256, 320)
+    src = all_sources(models("granitemoeshared", copy=False))
+    fused = src["model.layers.0.block_sparse_moe.input_linear.weight"]
+    assert np.array_equal(build_tensor(by["blk.0.ffn_up_exps.weight"], src), fused[:, 256:, :])
+    spec = load_spec(models("dots1", copy=False), vocab=False)
+    names = {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate.weight" in names and "blk.0.ffn_gate_exps.weight" not in names
+    assert {"blk.1.exp_probs_b.bias", "blk.1.ffn_gate_exps.weight", "blk.1.ffn_down_shexp.weight"} <= names
+    kv = {k: v for k, _, v in spec.kv}
+    assert (kv["dots1.expert_count"], kv["dots1.leading_dense_block_count"], kv["dots1.expert_group_count"]) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("case,edit,match", [
+    ("granitemoe", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling without 'rope_type'"),
+    ("phimoe", dict(rope_scaling={"type": "longrope", "long_factor": [1.0] * 32, "short_factor": [1.0] * 32}),
+     "rope_scaling.short_mscale must be a number"),
+    ("dots1", dict(n_shared_experts=None), "'n_shared_experts' must be a positive integer"),
+    ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
+    ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+])
+def test_moe_tail_config_errors(models, case, edit, match):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises((InputError, UnsupportedError), match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+def test_hunyuan_needs_tokenizer_json(models):
+    d = models("hunyuan-dense")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)
