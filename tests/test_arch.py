@@ -588,6 +588,7 @@ def case_dots1(rng):
     c = base_config("Dots1ForCausalLM", "dots1", 151936, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
                     num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
                     first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1,
+                    scoring_func="sigmoid",
                     rope_theta=10000000.0, max_position_embeddings=32768, sliding_window=None, rms_norm_eps=1e-5,
                     bos_token_id=None, eos_token_id=151649)
     t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
@@ -1236,6 +1237,7 @@ def test_moe_tail_specs(models):
      "rope_scaling.short_mscale must be a number"),
     ("dots1", dict(n_shared_experts=None), "'n_shared_experts' must be a positive integer"),
     ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
+    ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
     ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
 ])
 def test_moe_tail_config_errors(models, case, edit, match):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from gguf import MODEL_ARCH
 
-from ..errors import InputError
+from ..errors import InputError, UnsupportedError
 from .base import ATTN_BIASES, LLAMA_LAYER, QK_NORM_LAYER, Experts, register
 from .hparams import HFConfig
 from .qwen import MOE_LAYER, Qwen2MoeModel
@@ -84,6 +84,10 @@ class Dots1Model(Qwen2MoeModel):
     def set_gguf_parameters(self) -> None:
         super().set_gguf_parameters()
         hp = self.hp
+        if self.key("expert_gating_func") not in self.kv:
+            # kquant: upstream writes the file, llama.cpp's build_moe_ffn aborts on it (gating function NONE)
+            raise UnsupportedError(f"{self.config_path}: llama.cpp's dots1 runtime needs an expert gating function "
+                                   "(config.json 'scoring_func', e.g. \"sigmoid\")")
         self.u32("leading_dense_block_count", hp["first_k_dense_replace"], "first_k_dense_replace")
         self.u32("expert_shared_count", hp["n_shared_experts"], "n_shared_experts")
         self.f32("expert_weights_scale", hp["routed_scaling_factor"], "routed_scaling_factor")
