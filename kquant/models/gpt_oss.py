@@ -75,6 +75,7 @@ class GptOssModel(TextModel):
     bias_required = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.router",
                      "mlp.experts.down_proj", "mlp.experts.gate_up_proj")
     experts = Experts(source="", order=(), count_keys=("num_local_experts",), stacked=True)
+    split_modules = {"ffn_gate_exps": ("ffn_gate_exps", "ffn_up_exps")}  # gate_up_proj
     norm_of = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm",
                "ffn_gate_exps": "post_attention_norm", "ffn_up_exps": "post_attention_norm",
                "ffn_gate_inp": "post_attention_norm"}
