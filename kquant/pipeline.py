@@ -430,8 +430,7 @@ def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
         for a, raw in iter_raw_slabs(ckpt, spec, slab_bytes):
             yield a, quants.dequantize(raw, spec.raw_type, (raw.shape[0], cols))
         return
-    stacked = (len(spec.sources) == 1 and len(shape) >= 3 and len(ckpt.tensors[spec.sources[0]].shape) == len(shape)
-               and (spec.row_perm is not None or spec.transpose))
+    stacked = len(spec.sources) == 1 and len(shape) >= 3 and len(ckpt.tensors[spec.sources[0]].shape) == len(shape)
     streamable = (spec.generated is None and spec.transform is None and len(spec.sources) == 1
                   and ((len(shape) == 2 and len(ckpt.tensors[spec.sources[0]].shape) == 2) or stacked))
     if not streamable:

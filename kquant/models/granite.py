@@ -9,10 +9,9 @@ from __future__ import annotations
 from gguf import MODEL_ARCH
 
 from ..errors import UnsupportedError
-from .base import ATTN_BIASES, LLAMA_LAYER, ref_type, register, middle_rows, rows
+from .base import ATTN_BIASES, LLAMA_LAYER, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel
-from .spec import TensorSpec
 
 
 def _kv_heads(hp: dict) -> None:
@@ -118,11 +117,9 @@ class GraniteMoeModel(GraniteModel):
     # GraniteMoeModel.modify_tensors: input_linear (gate and up fused) split in two
     def modify_tensors(self, t, name, gname, base, bid):
         if base == "ffn_gate_up_exps":
-            n, f2, e = t[1]
-            f = f2 // 2
-            return [TensorSpec(name=f"blk.{bid}.{g}.weight", shape=(n, f, e), sources=(t[0],),
-                               ref_type=ref_type(g + ".weight", 3), transform=middle_rows(a, a + f))
-                    for g, a in (("ffn_gate_exps", 0), ("ffn_up_exps", f))]
+            f = t[1][1] // 2  # streamed in row slabs (TextModel.stacked_experts), never read whole
+            return self.stacked_experts(t, [(f"blk.{bid}.ffn_gate_exps.weight", rows(0, f)),
+                                            (f"blk.{bid}.ffn_up_exps.weight", rows(f, 2 * f))])
         if base == "ffn_gate_up_shexp":
             f = t[1][0] // 2
             return [self.spec(f"blk.{bid}.{g}.weight", t, shape=(f, t[1][1]), row_perm=rows(a, a + f))
