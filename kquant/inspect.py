@@ -331,8 +331,9 @@ def _head_count(gf, key: str, default=None) -> int:
     return v
 
 
-def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]]:
-    """GGUF name -> (HF name, HF-row -> GGUF-row gather or None), and the GGUF tensors with no HF name.
+def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]], list[str]]:
+    """GGUF name -> (HF name, or one per expert for stacked experts; HF-row -> GGUF-row gather or None;
+    the HF shape where it differs from the GGUF one, else None), and the GGUF tensors with no HF name.
 
     The family of the file's architecture gives the names and, for llama, the Q/K rows back in
     HF order (conversion/llama.py LlamaModel.permute, inverted) from the file's head counts.
@@ -362,6 +363,9 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         if bid is None:
             base = name.rsplit(".", 1)[0]
             hf = fam.hf_tensor_name(None, base, is_bias) if name.endswith((".weight", ".bias")) else None
+        elif not is_bias and len(ti.shape) == 3 and (hf := fam.hf_expert_names(bid, base, int(ti.shape[0]))) is not None:
+            out[name] = (hf, None, None)  # stacked experts: one HF tensor per expert (Experts.source)
+            continue
         else:
             hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
         if hf is None:
@@ -369,7 +373,9 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         gather = None
         if n_head is not None and bid is not None:
             gather = fam.hf_row_order(base, int(ti.shape[0]), n_head, n_kv)
-        out[name] = (hf, gather)
+        shape = tuple(int(d) for d in ti.shape)
+        hf_shape = fam.hf_tensor_shape(base, is_bias, shape) if bid is not None else shape
+        out[name] = (hf, gather, hf_shape if hf_shape != shape else None)
     return out, skipped
 
 
@@ -411,19 +417,27 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
         if hf_names:
             names, skipped = hf_name_map(gf)
         else:
-            names, skipped = {t.name: (t.name, None) for t in gf.tensors}, []
+            names, skipped = {t.name: (t.name, None, None) for t in gf.tensors}, []
         todo = [t for t in gf.tensors if t.name in names]
         readers = {}
         for ti in todo:  # fail on an unsupported type before writing anything
             readers[ti.name] = TensorRows(gf, ti)
-        entries = [(names[t.name][0], dtype, tuple(int(d) for d in t.shape)) for t in todo]
+        entries = []
+        for t in todo:
+            (hf, _, hf_shape), shape = names[t.name], tuple(int(d) for d in t.shape)
+            entries += [(h, dtype, shape[1:]) for h in hf] if isinstance(hf, list) else [(hf, dtype, hf_shape or shape)]
         with handle_termination(), atomic_output(out, force=force) as f:
             w = SafetensorsStreamWriter(f, entries, SAFETENSORS_METADATA)
             for i, ti in enumerate(todo):
                 ts = time.perf_counter()
                 rd = readers[ti.name]
-                gather = names[ti.name][1]
-                if gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
+                hf, gather, _ = names[ti.name]
+                if isinstance(hf, list):  # stacked experts: expert x is rows [x * r, (x + 1) * r)
+                    r, step = rd.rows // len(hf), max(1, SLAB_BYTES // max(rd.cols * 4, 1))
+                    for x in range(len(hf)):
+                        for a in range(x * r, (x + 1) * r, step):
+                            w.write(_encode_rows(rd.read(a, min(a + step, (x + 1) * r)), dtype, ti.name))
+                elif gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
                     w.write(_encode_rows(rd.read(0, 1).reshape(-1)[gather], dtype, ti.name))
                 elif gather is not None:
                     step = max(1, SLAB_BYTES // max(rd.cols * 4, 1))
@@ -433,7 +447,8 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                     for _, rows in rd.slabs(SLAB_BYTES):
                         w.write(_encode_rows(rows, dtype, ti.name))
                 if progress:
-                    progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
+                    progress(i + 1, len(todo), hf if isinstance(hf, str) else ti.name, type_name(ti.qtype),
+                             time.perf_counter() - ts)
             if w.written != sum(w.sizes):
                 raise OutputError(f"{_p(out)}: wrote {w.written} data bytes, expected {sum(w.sizes)}")
     return {"input": os.fspath(path), "output": os.fspath(out), "dtype": dtype, "n_tensors": len(todo),
