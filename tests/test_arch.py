@@ -642,7 +642,7 @@ CASES = {
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "glm4moe",
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "glm4", "glm4moe",
                "ernie4_5moe")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
@@ -909,6 +909,48 @@ def test_expert_count_bomb(models, case, key, n):
     with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
         load_spec(d, vocab=False)
 
+
+
+def _spec_view(spec):
+    return [(t.name, t.shape, t.sources) for t in spec.tensors], [(k, v) for k, _, v in spec.kv]
+
+
+def test_ernie_moe_config_aliases(models):
+    """Ernie4_5_MoeConfig: num_experts / num_experts_per_tok are attribute_map aliases (they win over
+    moe_num_experts / moe_k), moe_layer_end_index -1 is the last layer; the sparse layers follow
+    transformers' pattern, so a config that makes layer 1 dense refuses its experts."""
+    d = models("ernie4_5moe", tokenizer=False)
+    want = _spec_view(load_spec(d, vocab=False))
+    _edit_config(d, moe_num_experts=64, moe_k=6, num_experts=4, num_experts_per_tok=2, moe_layer_end_index=-1)
+    assert _spec_view(load_spec(d, vocab=False)) == want
+    _edit_config(d, moe_layer_start_index=2)
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.1.mlp.experts"):
+        load_spec(d, vocab=False)
+    _edit_config(d, moe_layer_start_index=1, moe_layer_interval=2)  # (i + 1) % 2 == 0: layer 1 sparse, layer 2 dense
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.2.mlp.experts"):
+        load_spec(d, vocab=False)
+
+
+def test_glm4moe_nextn_blocks(models):
+    """The NextN layer is block num_hidden_layers (block_count counts it); without
+    num_nextn_predict_layers its tensors belong to no block."""
+    d = models("glm4moe", tokenizer=False)
+    spec = load_spec(d, vocab=False)
+    kv = {k: v for k, _, v in spec.kv}
+    assert spec.n_layer == 3 and kv["glm4moe.block_count"] == 3 and kv["glm4moe.nextn_predict_layers"] == 1
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.exp_probs_b.bias"} <= {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate_inp.weight" not in {t.name for t in spec.tensors}  # first_k_dense_replace = 1
+    _edit_config(d, num_nextn_predict_layers=...)
+    with pytest.raises(InputError, match="is for layer 2 but num_hidden_layers is 2"):
+        load_spec(d, vocab=False)
+
+
+def test_glm_vocab_needs_glm_special_tokens(models):
+    d = models("glm4moe")
+    (d / "tokenizer.json").write_bytes(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
+    shutil.copy(FIXTURES / "qwen2" / "tokenizer_config.json", d / "tokenizer_config.json")
+    with pytest.raises(UnsupportedError, match="GLM vocabulary without the added token '\\[gMASK\\]'"):
+        load_spec(d)
 
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
