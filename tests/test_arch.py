@@ -570,10 +570,10 @@ def case_glm4moe(rng):
 
 
 def case_glm4moe_mtp(rng):
-    # narrow (64): the NextN layer's own embed_tokens and shared_head.head, an untied lm_head, no q/k norms,
-    # config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
-    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=64, intermediate_size=128, head_dim=32,
-                    num_attention_heads=2, num_key_value_heads=1, attention_bias=True, moe_intermediate_size=64,
+    # narrow (32: four vocabulary-sized tensors): the NextN layer's own embed_tokens and shared_head.head, an
+    # untied lm_head, no q/k norms, config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
+    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=32, intermediate_size=64, head_dim=16,
+                    num_attention_heads=2, num_key_value_heads=1, attention_bias=True, moe_intermediate_size=32,
                     n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
                     num_nextn_predict_layers=1, tie_word_embeddings=False, rope_theta=1000000.0)
     return c, glm4moe_tensors(rng, c, nextn_full=True, dt="F16"), "glm4", {"tokenizer.json": glm_tokenizer_json()}
