@@ -18,6 +18,7 @@ from __future__ import annotations
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
+from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE
 from .. import vocab as V
 from .base import LLAMA_LAYER, NORM_OF, QK_NORM_LAYER, Experts, TextModel, register
 from .hparams import HFConfig
@@ -78,13 +79,14 @@ def added_vocab(folder, model_type: str) -> dict[str, int]:
     return {content: i for i, (content, _, _) in sorted(tok.added.items())}
 
 
+# TextModel._set_vocab_glm / Glm4Model.set_vocab
 def set_glm_special(rec, folder, model_type: str, ids: dict[str, str], hp: dict, tokenizer_pre: str | None) -> None:
     """The gpt2 vocabulary, then SpecialVocab with `ids` ({type: added token}) set where the files leave them unset."""
     tokens, toktypes, tokpre = V.get_vocab_base(folder, hp, model_type, tokenizer_pre)
-    rec.add_string("tokenizer.ggml.model", "gpt2")
-    rec.add_string("tokenizer.ggml.pre", tokpre)
-    rec.add_array("tokenizer.ggml.tokens", tokens)
-    rec.add_array("tokenizer.ggml.token_type", toktypes)
+    rec.add_string(TOK_MODEL, "gpt2")
+    rec.add_string(TOK_PRE, tokpre)
+    rec.add_array(TOK_LIST, tokens)
+    rec.add_array(TOK_TYPE, toktypes)
     added = added_vocab(folder, model_type)
     sv = V.SpecialVocab(folder, load_merges=True)
     for typ, content in ids.items():
