@@ -188,7 +188,7 @@ class TextModel:
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
     bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that carry a .bias and no .weight (exp_probs_b)
-    optional_modules: ClassVar[tuple[str, ...]] = ()  # per-layer modules mapped when present, not required
+    optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
@@ -509,7 +509,7 @@ class TextModel:
             pre = f"{LAYER_PREFIX}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
-                if module in self.optional_modules:
+                if module in self.optional:
                     continue
                 sfx = ".bias" if module in self.bias_only else ".weight"
                 need.append((f"blk.{bid}.{g}{sfx}", pre + module + sfx))

@@ -77,7 +77,7 @@ class Ernie4_5Model(TextModel):
     model_arch = MODEL_ARCH.ERNIE4_5
     configs = (ERNIE4_5_CONFIG,)
     layer = LLAMA_LAYER | FUSED
-    optional_modules = tuple(FUSED)  # either fused or split: the split GGUF names are required
+    optional = tuple(FUSED)  # either fused or split: the split GGUF names are required
 
     # Ernie4_5Model.set_vocab
     def set_vocab(self, tokenizer_pre: str | None = None) -> None:
@@ -127,7 +127,7 @@ class Ernie4_5MoeModel(Ernie4_5Model):
     configs = (ERNIE4_5_MOE_CONFIG,)
     layer = LLAMA_LAYER | ROUTER | SHARED  # any layer's modules
     bias_only = ("mlp.moe_statics.e_score_correction",)
-    optional_modules = ("mlp.moe_statics.e_score_correction",)  # llama.cpp's loader does not require it
+    optional = ("mlp.moe_statics.e_score_correction",)  # llama.cpp's loader does not require it
     experts = ERNIE_EXPERTS
     inverse_names = True  # the dense class is not: its fused / "ernie." names cannot be told from the GGUF file
 

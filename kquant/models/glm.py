@@ -139,7 +139,7 @@ class Glm4MoeModel(TextModel):
     layer = MOE_ATTENTION | QK_NORM_LAYER | DENSE_MLP | ROUTER | SHARED | NEXTN  # any layer's modules
     bias_ok = QKV_BIASES
     bias_only = ("mlp.gate.e_score_correction",)
-    optional_modules = NEXTN_OPTIONAL
+    optional = NEXTN_OPTIONAL
     experts = GLM4_MOE_EXPERTS
     inverse_names = True
     norm_of = {k: ("post_attention_norm" if v == "ffn_norm" else v) for k, v in NORM_OF.items()}
