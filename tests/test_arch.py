@@ -191,7 +191,16 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
 
 
 def as_transformers5(cfg: dict) -> dict:
-    """The config.json transformers 5 writes for a model whose transformers 4 config.json is `cfg`."""
+    """The config.json transformers 5 writes for a model whose transformers 4 config.json is `cfg`
+    (a multimodal config: its text_config rewritten as the text class writes it)."""
+    if "text_config" in cfg:
+        c = json.loads(json.dumps(cfg))
+        if "torch_dtype" in c:
+            c.setdefault("dtype", c.pop("torch_dtype"))
+        c["text_config"] = as_transformers5(c["text_config"])
+        del c["text_config"]["transformers_version"]
+        c["transformers_version"] = "5.25.0"
+        return c
     c = json.loads(json.dumps(cfg))
     mt = c["model_type"]
     if "torch_dtype" in c:
@@ -485,6 +494,74 @@ def case_stablelm(rng):
     return c, t, "qwen2", {}
 
 
+def language_model(t: dict, prefix: str) -> dict:
+    """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
+    `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
+    out = {}
+    for n, v in t.items():
+        if n.startswith("model."):
+            out[prefix + n[len("model."):]] = v
+        elif n == "lm_head.weight" and prefix.startswith("language_model."):
+            out["language_model.lm_head.weight"] = v
+        else:
+            out[n] = v
+    return out
+
+
+def vision_parts(rng, names: dict[str, tuple[int, ...]]) -> dict[str, tuple[np.ndarray, str]]:
+    """A few vision tower / projector tensors (the converter drops them without --mmproj)."""
+    return {n: (heavy(rng, shp), "BF16") for n, shp in names.items()}
+
+
+def case_gemma3_mm(rng):
+    # Gemma3ForConditionalGeneration as google/gemma-3-4b-it lays it out (legacy language_model.model.* names,
+    # tied output, SigLIP tower + projector); the text_config leaves most keys to Gemma3TextConfig's defaults
+    text = dict(model_type="gemma3_text", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=32000, sliding_window=512,
+                rope_scaling={"rope_type": "linear", "factor": 8.0}, query_pre_attn_scalar=64)
+    c = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": text,
+         "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16, "patch_size": 8},
+         "mm_tokens_per_image": 4, "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144,
+         "eos_token_id": [1, 106], "torch_dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, {**text, "num_hidden_layers": 2}, gemma2_norms=True, qk_norm=True, lm_head=False),
+                       "language_model.model.")
+    t |= vision_parts(rng, {
+        "vision_tower.vision_model.embeddings.patch_embedding.weight": (32, 3, 8, 8),
+        "vision_tower.vision_model.embeddings.position_embedding.weight": (4, 32),
+        "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight": (32, 32),
+        "vision_tower.vision_model.post_layernorm.weight": (32,),
+        "multi_modal_projector.mm_input_projection_weight": (32, 256),
+        "multi_modal_projector.mm_soft_emb_norm.weight": (32,),
+    })
+    return c, t, "llama-spm", {}
+
+
+def case_mistral3(rng):
+    # Mistral3ForConditionalGeneration (Mistral Small 3.1's layout, as transformers >= 4.52 saves it:
+    # model.language_model.*, lm_head, model.vision_tower.*, model.multi_modal_projector.*); Pixtral tower
+    text = dict(model_type="mistral", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256, rope_theta=1e9,
+                max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None,
+                tie_word_embeddings=True)
+    c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
+         "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "head_dim": 16, "image_size": 32, "patch_size": 8},
+         "image_token_index": 10, "spatial_merge_size": 2, "multimodal_projector_bias": False,
+         "vision_feature_layer": -1, "projector_hidden_act": "gelu", "torch_dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, text, lm_head=False), "model.language_model.")
+    t |= vision_parts(rng, {
+        "model.vision_tower.patch_conv.weight": (32, 3, 8, 8),
+        "model.vision_tower.ln_pre.weight": (32,),
+        "model.vision_tower.transformer.layers.0.attention.q_proj.weight": (32, 32),
+        "model.multi_modal_projector.norm.weight": (32,),
+        "model.multi_modal_projector.patch_merger.merging_layer.weight": (32, 128),
+        "model.multi_modal_projector.linear_1.weight": (256, 32),
+        "model.multi_modal_projector.linear_2.weight": (256, 256),
+    })
+    return c, t, "llama-bpe", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -492,6 +569,7 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
+    "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
@@ -1084,3 +1162,26 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
         assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+
+
+@pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
+                                        ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])
+def test_multimodal_parts_not_converted(models, case, parts, capsys):
+    """The vision tower and projector of a multimodal checkpoint are left out, and the user is told so
+    (ModelSpec.not_converted, the --dry-run --json plan, one line on stderr)."""
+    from kquant import cli
+
+    d = models(case, copy=False)
+    spec = load_spec(d, vocab=False)
+    src = all_sources(d)
+    mm = sorted(n for n in src if "vision_tower" in n or "multi_modal_projector" in n)
+    assert sorted(spec.not_converted) == mm and len(mm) > 3
+    assert not any(s in mm for t in spec.tensors for s in t.sources)
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run", "--json"]) == 0
+    nc = json.loads(capsys.readouterr().out)["not_converted"]
+    assert nc["n_tensors"] == len(mm) and sorted(nc["tensors"]) == mm
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(mm)} vision/audio tensors" in err and all(p in err for p in parts) and "--mmproj" in err
+    text_only = load_spec(models("gemma3", copy=False), vocab=False)
+    assert text_only.not_converted == ()

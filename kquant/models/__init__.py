@@ -21,15 +21,22 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import exaone, gemma, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import exaone, gemma, granite, llama, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
-from .hparams import read_config, to_hparams
+from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
 
-__all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "supported_architectures"]
+__all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "not_converted_note", "supported_architectures"]
 
 GGML_QUANT_VERSION = 2  # gguf-py constants.py GGML_QUANT_VERSION
+
+
+def not_converted_note(names) -> str:
+    """The one line telling a user that a checkpoint's vision/audio tensors are not in the output."""
+    roots = ", ".join(dict.fromkeys(".".join(n.split(".")[: 2 if n.startswith("model.") else 1]) + ".*" for n in names))
+    return (f"{len(names)} vision/audio tensors ({roots}) not converted: the file holds the language model only, "
+            "as convert_hf_to_gguf.py writes it without --mmproj (kquant has no --mmproj)")
 
 
 def supported_architectures() -> list[str]:
@@ -79,13 +86,13 @@ def load_spec(
     cfg_path = Path(config_path) if config_path is not None else folder / "config.json"
     tok_folder = Path(tokenizer_folder) if tokenizer_folder is not None else folder
     cfg = read_config(cfg_path)
-    hf_arch = cfg["architectures"][0]
+    hf_arch = hf_architecture(cfg)
     cls = FAMILIES.get(hf_arch)
     if cls is None:
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
-    _check_hparams(cfg, hp, cfg_path)
+    _check_hparams({**cfg, **cfg.get("text_config", {})}, hp, cfg_path)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
     _check_rope(model.rp, cfg_path)
@@ -134,6 +141,7 @@ def load_spec(
         quantization_version_index=qv_idx,
         hf_arch=hf_arch,
         hparams=hp,
+        not_converted=tuple(model.not_converted),
     )
 
 

@@ -200,6 +200,7 @@ class TextModel:
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+        self.not_converted: list[str] = []  # vision/audio tensors filtered out (prepare_tensors)
 
     @classmethod
     def arch_name(cls) -> str:
@@ -336,6 +337,10 @@ class TextModel:
             name = name.replace("language_model.", "")
         return name
 
+    def is_multimodal(self, name: str) -> bool:
+        """Whether a tensor `filter_name` dropped belongs to a vision/audio part (reported as not converted)."""
+        return is_multimodal(name)
+
     def layer_modules(self, bid: int) -> dict[str, str]:
         """HF module -> GGUF base name of layer `bid` (override where layers differ, e.g. dense then MoE)."""
         return self.layer
@@ -447,6 +452,8 @@ class TextModel:
 
         for orig, shape, dtype in hf:
             name = self.filter_name(orig)
+            if name is None and self.is_multimodal(orig):
+                self.not_converted.append(orig)
             if name is None or name.endswith(DROPPED_SUFFIXES):
                 continue
             if name in seen:
