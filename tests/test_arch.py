@@ -562,6 +562,49 @@ def case_mistral3(rng):
     return c, t, "llama-bpe", {}
 
 
+def case_llama4(rng):
+    # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
+    # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
+    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: the Llama 3 one
+    # (the same _set_vocab_gpt2 path and pre-tokenizer hash table)
+    n_x, e, f_moe, f_mlp = 4, 256, 256, 512
+    text = dict(model_type="llama4_text", hidden_size=e, intermediate_size=f_moe, intermediate_size_mlp=f_mlp,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256,
+                num_local_experts=n_x, num_experts_per_tok=1, interleave_moe_layer_step=2, rope_theta=500000.0,
+                max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=True, attention_chunk_size=8192,
+                rope_scaling={"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=128004)
+    c = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
+         "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                           "vision_output_dim": 64, "projector_input_dim": 64, "projector_output_dim": 64},
+         "boi_token_index": 200080, "eoi_token_index": 200081, "image_token_index": 200092,
+         "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, "intermediate_size": f_mlp, "moe": True}, lm_head=False)
+    for i in range(4):
+        p = f"model.layers.{i}.feed_forward."
+        if i % 2 == 0:
+            t[p + "gate_proj.weight"] = (heavy(rng, (f_mlp, e)), "BF16")
+            t[p + "up_proj.weight"] = (heavy(rng, (f_mlp, e)), "BF16")
+            t[p + "down_proj.weight"] = (heavy(rng, (e, f_mlp)), "BF16")
+            continue
+        t[p + "router.weight"] = (heavy(rng, (n_x, e)), "BF16")
+        t[p + "experts.gate_up_proj"] = (heavy(rng, (n_x, e, 2 * f_moe)), "BF16")
+        t[p + "experts.down_proj"] = (heavy(rng, (n_x, f_moe, e)), "BF16")
+        for w, shp in (("gate_proj", (f_moe, e)), ("up_proj", (f_moe, e)), ("down_proj", (e, f_moe))):
+            t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    t = language_model(t, "language_model.model.")
+    t |= vision_parts(rng, {
+        "vision_model.patch_embedding.linear.weight": (32, 192),
+        "vision_model.class_embedding": (32,),
+        "vision_model.model.layers.0.self_attn.q_proj.weight": (32, 32),
+        "vision_model.model.layers.0.self_attn.q_proj.bias": (32,),
+        "multi_modal_projector.linear_1.weight": (256, 64),
+    })
+    return c, t, "llama-bpe", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -569,10 +612,10 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
-    "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3,
+    "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "llama4")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
@@ -1155,6 +1198,12 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
+    from kquant.models import inverse_family
+
+    if inverse_family(plan["architecture"]) is None:  # e.g. llama4: refused in one line, nothing written
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 2
+        assert f"this file is '{plan['architecture']}'" in capsys.readouterr().err and not hf.exists()
+        return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
     got, src = read_safetensors(hf), all_sources(d)
@@ -1185,3 +1234,42 @@ def test_multimodal_parts_not_converted(models, case, parts, capsys):
     assert f"{len(mm)} vision/audio tensors" in err and all(p in err for p in parts) and "--mmproj" in err
     text_only = load_spec(models("gemma3", copy=False), vocab=False)
     assert text_only.not_converted == ()
+
+
+@pytest.mark.parametrize("case,text_edit,top_edit,err,match", [
+    ("llama4", dict(moe_layers=[0, 2]), {}, UnsupportedError, "'moe_layers' \\[0, 2\\] differs from every 2th layer"),
+    ("llama4", dict(no_rope_layers=[1, 1, 1, 1]), {}, UnsupportedError, "'no_rope_layers' / 'layer_types' differ"),
+    ("llama4", dict(attention_chunk_size=4096), {}, UnsupportedError, "'attention_chunk_size' 4096 is not 8192"),
+    ("llama4", dict(num_local_experts=10**9), {}, InputError, "experts.down_proj. has shape \\[4, 256, 256\\], expected \\[1000000000, 256, 256\\]"),
+    ("llama4", dict(interleave_moe_layer_step="2"), {}, InputError, "'interleave_moe_layer_step' must be a positive integer"),
+    ("gemma3-mm", dict(hidden_size="256"), {}, InputError, "'text_config.hidden_size' must be a positive integer"),
+    ("gemma3-mm", dict(rope_scaling={"rope_type": "linear"}), {}, InputError, "'text_config.rope_scaling.factor' is missing"),
+    ("gemma3-mm", {}, dict(text_config=...), InputError, "missing key 'text_config'"),
+    ("gemma3-mm", {}, dict(text_config=[1]), InputError, "'text_config' must be an object"),
+    ("mistral3", dict(model_type="qwen9"), {}, UnsupportedError, "'text_config.model_type' 'qwen9' is not supported"),
+    ("mistral3", {}, dict(llm_config={}), UnsupportedError, "multimodal configs with 'llm_config' are not supported"),
+])
+def test_multimodal_config_errors(models, case, text_edit, top_edit, err, match):
+    """Bad text_config values, and Llama 4 layouts llama.cpp's runtime would run wrongly: one line, no traceback."""
+    d = models(case, tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["text_config"].update(text_edit)
+    (d / "config.json").write_text(json.dumps(c))
+    _edit_config(d, **top_edit)
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value) or "Tiny-" in str(e.value)
+
+
+def test_llama4_all_full_attention(models):
+    """layer_types all full_attention (MobileLLM-R1): sliding_window 0 tells llama.cpp to use no chunking
+    and rope everywhere (Llama4Model.set_gguf_parameters); the NoPE pattern is then free."""
+    d = models("llama4", tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["text_config"].update(layer_types=["full_attention"] * 4, no_rope_layers=[1, 1, 1, 1], attention_chunk_size=None)
+    (d / "config.json").write_text(json.dumps(c))
+    spec = load_spec(d, vocab=False)
+    kv = {k: v for k, _, v in spec.kv}
+    assert kv["llama4.attention.sliding_window"] == 0 and kv["llama4.interleave_moe_layer_step"] == 2
+    assert kv["llama4.expert_feed_forward_length"] == 256 and kv["llama4.feed_forward_length"] == 512
+    assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1

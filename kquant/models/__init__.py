@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import exaone, gemma, granite, llama, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import exaone, gemma, granite, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
@@ -124,9 +124,7 @@ def load_spec(
     ft_idx = keys.index(ft) if ft in keys else -1
     qv_idx = keys.index(qv)
     kv = [e for e in rec.entries() if e[0] not in (ft, qv)]
-    n_expert = 0
-    if cls.experts is not None:
-        n_expert = next(hp[k] for k in cls.experts.count_keys if hp.get(k) is not None)
+    n_expert = model.n_expert()  # what prepare_tensors used (0 for a dense model)
     return ModelSpec(
         arch=arch,
         kv=kv,

@@ -124,6 +124,9 @@ def read_config(path: Path) -> dict[str, Any]:
     if not isinstance(mt, str):
         raise InputError(f"{path}: missing or non-string key 'model_type' (got {mt!r})")
     if tc is None:
+        cc = CONFIG_CLASSES.get(mt)
+        if cc is not None and cc.text_config is not None:  # the composite class would build its default (full-size) text config
+            raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
         _check_keys(path, cfg, "", required=True)
         return cfg
     tarchs = tc.get("architectures")
@@ -227,9 +230,7 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         if "text_config" in cfg:
             raise UnsupportedError(f"{path}: model_type {mt!r} with a 'text_config' is not supported")
         return _apply(cc, cfg)
-    tc = cfg.get("text_config")
-    if tc is None:  # the composite class would build its default (full-size) text config
-        raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
+    tc = cfg["text_config"]  # read_config requires it
     tmt = cc.text_config if cc.text_fixed else tc.get("model_type", cc.text_config)
     tcc = CONFIG_CLASSES.get(tmt)
     if tcc is None or tcc.text_config is not None:
