@@ -1273,3 +1273,22 @@ def test_llama4_all_full_attention(models):
     assert kv["llama4.attention.sliding_window"] == 0 and kv["llama4.interleave_moe_layer_step"] == 2
     assert kv["llama4.expert_feed_forward_length"] == 256 and kv["llama4.feed_forward_length"] == 512
     assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1
+
+
+@pytest.mark.parametrize("arch,model_type,why", [
+    ("Gemma3nForConditionalGeneration", "gemma3n", "Gemma 3n's language model .*AltUp"),
+    ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
+    ("Gemma4ForConditionalGeneration", "gemma4", "Gemma 4 is not ported"),
+    ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
+])
+def test_refused_families_say_why(models, arch, model_type, why):
+    """Families the converter handles and kquant does not: one line naming the family and the reason."""
+    d = models("gemma3-mm", tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["architectures"], c["model_type"] = [arch], model_type
+    if arch.endswith("ForCausalLM"):
+        c = {**c.pop("text_config"), "architectures": [arch], "model_type": model_type}
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(UnsupportedError, match=f"{arch} is not supported: {why}") as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)

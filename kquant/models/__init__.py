@@ -32,6 +32,17 @@ __all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "not_c
 GGML_QUANT_VERSION = 2  # gguf-py constants.py GGML_QUANT_VERSION
 
 
+# families llama.cpp's converter handles that kquant refuses, and why (issue 16: a refusal names the family)
+_GEMMA3N = ("Gemma 3n's language model (AltUp, LAuReL, per-layer embeddings, activation sparsity written through "
+            "torch's normal icdf) is not ported to kquant yet")
+_GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llama.cpp's converter is pinned to, "
+           "has no Gemma 4 config class)")
+NOT_PORTED = {
+    "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
+    "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
+}
+
+
 def not_converted_note(names) -> str:
     """The one line telling a user that a checkpoint's vision/audio tensors are not in the output."""
     roots = ", ".join(dict.fromkeys(".".join(n.split(".")[: 2 if n.startswith("model.") else 1]) + ".*" for n in names))
@@ -88,6 +99,8 @@ def load_spec(
     cfg = read_config(cfg_path)
     hf_arch = hf_architecture(cfg)
     cls = FAMILIES.get(hf_arch)
+    if cls is None and hf_arch in NOT_PORTED:
+        raise UnsupportedError(f"{cfg_path}: {hf_arch} is not supported: {NOT_PORTED[hf_arch]}")
     if cls is None:
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
