@@ -295,6 +295,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
+        recipe.check_storable(tin, types)  # e.g. --fp8-as-q8's Q8_0 tensors are not requantized
     tensors = []
     for s_, q in zip(specs, types):
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
