@@ -189,6 +189,9 @@ class TextModel:
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
+    # --hf-names for experts that arrive stacked: GGUF base -> (HF module under model.layers.{bid}., part, parts);
+    # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
+    hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,

@@ -101,7 +101,10 @@ class Llama4Model(LlamaModel):
     layer = MOE_LAYER
     bias_ok = ()
     undo_permute = False
-    inverse_names = False  # --hf-names would have to join ffn_gate_exps and ffn_up_exps back into gate_up_proj
+    inverse_names = True  # --hf-names: Llama4ForCausalLM's names (model.layers.*)
+    hf_expert_join = {"ffn_gate_exps": ("feed_forward.experts.gate_up_proj", 0, 2),
+                      "ffn_up_exps": ("feed_forward.experts.gate_up_proj", 1, 2),
+                      "ffn_down_exps": ("feed_forward.experts.down_proj", 0, 1)}
 
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)
@@ -185,6 +188,12 @@ class Llama4Model(LlamaModel):
     @classmethod
     def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
         return None
+
+    @classmethod
+    def hf_tensor_name(cls, bid, base, is_bias):
+        if bid is not None and base in {"ffn_gate", "ffn_up", "ffn_down"}:  # a dense layer's MLP
+            return None if is_bias else f"model.layers.{bid}.{ {v: k for k, v in DENSE_LAYER.items()}[base]}.weight"
+        return super().hf_tensor_name(bid, base, is_bias)
 
     def generate_extra_tensors(self):
         return llama3_rope_freqs(self, default_factor=8.0, equal_factors_ok=True)
