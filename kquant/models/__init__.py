@@ -33,8 +33,9 @@ GGML_QUANT_VERSION = 2  # gguf-py constants.py GGML_QUANT_VERSION
 
 
 # families llama.cpp's converter handles that kquant refuses, and why (issue 16: a refusal names the family)
-_GEMMA3N = ("Gemma 3n's language model (AltUp, LAuReL, per-layer embeddings, activation sparsity written through "
-            "torch's normal icdf) is not ported to kquant yet")
+_GEMMA3N = ("Gemma 3n's language model is not ported to kquant: the converter writes its activation sparsity "
+            "through torch's float32 erfinv, which kquant cannot reproduce bit for bit without torch (it is not "
+            "correctly rounded), besides AltUp, LAuReL and per-layer embeddings")
 _GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llama.cpp's converter is pinned to, "
            "has no Gemma 4 config class)")
 NOT_PORTED = {
