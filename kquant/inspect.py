@@ -292,6 +292,9 @@ def print_inspect(info: dict, out=None) -> None:
             keys = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "intermediate_size", "vocab_size", "torch_dtype")
             print("config: " + ", ".join(f"{k} {_show(cfg[k], 40)}" for k in keys if k in cfg), file=out)
+            if isinstance(cfg.get("text_config"), dict):  # a multimodal config: its language model
+                tc = cfg["text_config"]
+                print("text_config: " + ", ".join(f"{k} {_show(tc[k], 40)}" for k in keys if k in tc), file=out)
         if info.get("config_error"):
             print(f"config: not readable ({_show(info['config_error'], 120)})", file=out)
         sf = info["source_format"]
