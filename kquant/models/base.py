@@ -70,6 +70,9 @@ NORM_OF = {
     "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
 }
 
+# gguf-py constants.py ExpertGatingFuncType (the values TextModel.set_gguf_parameters writes)
+GATING_FUNCS = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
+
 HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safetensors header
 
 
@@ -185,6 +188,7 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
+    optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
@@ -292,9 +296,16 @@ class TextModel:
             self.u32("expert_count", n_experts, "num_experts")
         if (n_used := self.find_hparam(["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], True)) is not None:
             self.u32("expert_used_count", n_used, "num_experts_per_tok")
-        for k in ("n_group", "topk_group", "score_function", "scoring_func", "score_func"):
-            if hp.get(k) is not None:
-                raise UnsupportedError(f"{self.config_path}: {k!r} (grouped/scored expert routing) is not supported")
+        if (n_groups := hp.get("n_group")) is not None:
+            self.u32("expert_group_count", n_groups, "n_group")
+        if (n_groups_used := hp.get("topk_group")) is not None:
+            self.u32("expert_group_used_count", n_groups_used, "topk_group")
+        score_func = self.find_hparam(["score_function", "scoring_func", "score_func", "moe_router_activation",
+                                       "moe_router_activation_func", "expert_selection_fn"], True)
+        if score_func is not None:
+            if score_func not in GATING_FUNCS:
+                raise UnsupportedError(f"{self.config_path}: expert score function {score_func!r} is not supported ({', '.join(GATING_FUNCS)})")
+            self.kv.add_uint32(self.key("expert_gating_func"), GATING_FUNCS[score_func])
         if (head_dim := hp.get("head_dim")) is not None:
             self.u32("attention.key_length", head_dim, "head_dim")
             self.u32("attention.value_length", head_dim, "head_dim")
@@ -493,13 +504,16 @@ class TextModel:
             pre = f"{LAYER_PREFIX}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
+                if module in self.optional:
+                    continue
                 need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:
                 for w, g in x.order:
                     need.append((f"blk.{bid}.{g}.weight", x.source.format(bid=bid, xid=0, w=w)))
-        missing = [hf for g, hf in need if g not in names]
+        used = {s for t in out for s in t.sources}  # an HF tensor modify_tensors turned into others (kv_b_proj)
+        missing = [hf for g, hf in need if g not in names and hf not in used]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise InputError(f"{self.folder}: missing tensor(s) {', '.join(missing[:3])}{more}")
