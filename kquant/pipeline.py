@@ -21,13 +21,12 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UnsupportedError
-from .io.safetensors import bf16_round_fp32
 from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 from .models.base import stack
 
 GGML_QNT_VERSION = 2
-SLAB_BYTES = 16 << 20  # float32 bytes of source rows handled at once
+SLAB_BYTES = 16 << 20  # float32 bytes of source rows handled at once (a slab, its raw read and its gather: < 60 MB)
 QUANT_VERSION_KEY = "general.quantization_version"
 ROUNDING_KEY = "quantize.rounding"  # written only for a rounding other than ggml's
 FILE_TYPE_KEY = "general.file_type"
@@ -295,6 +294,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
+        recipe.check_storable(tin, types)  # e.g. --fp8-as-q8's Q8_0 tensors are not requantized
     tensors = []
     for s_, q in zip(specs, types):
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
@@ -340,12 +340,15 @@ def output_kv(plan: Plan, rounding: str = "ggml") -> list:
     return kv
 
 
-def round_through(x: np.ndarray, t: QType) -> np.ndarray:
-    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
+def round_through(x: np.ndarray, t: QType, inplace: bool = False) -> np.ndarray:
+    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged).
+    `inplace`: x is the caller's own array (a fresh slab) and BF16 rounding may overwrite it."""
     if t == QType.F32:
         return x
     if t == QType.BF16:
-        return bf16_round_fp32(x)
+        if not (inplace and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
+            x = np.array(x, dtype=np.float32, order="C")  # one copy, rounded in place below
+        return quants.round_bf16_inplace(x)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
     raise ValueError(f"unexpected intermediate type {t.name}")
@@ -546,10 +549,7 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
             for i in range(n):
                 spec_t = plans[0].tensors[i].spec
                 ts = time.perf_counter()
-                # BF16 sources copied or stacked (no NaN: refused above) are already what the BF16
-                # intermediate stores: rounding them again is the identity, and costs two slab copies
-                exact = (spec_t.ref_type == QType.BF16 and not opts.allow_nonfinite and spec_t.row_perm is None
-                         and spec_t.transform in (None, stack) and source_type(ckpt, spec_t) == "BF16")
+                fresh = spec_t.generated is None and spec_t.transform in (None, stack)  # slabs the loop may overwrite
                 for row0, slab in iter_source_slabs(ckpt, spec_t):
                     if not opts.allow_nonfinite:
                         bad = int(quants.count_nonfinite(slab))
@@ -557,8 +557,8 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                             raise InputError(
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
-                    if not spec_t.ref_type.is_quantized and not exact:  # a quantized intermediate (Q8_0) is copied
-                        slab = round_through(slab, spec_t.ref_type)
+                    if not spec_t.ref_type.is_quantized:  # a quantized intermediate (Q8_0) is copied: encode the floats
+                        slab = round_through(slab, spec_t.ref_type, inplace=fresh)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
