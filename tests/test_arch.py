@@ -566,6 +566,26 @@ def case_deepseek3(rng):
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
 
 
+def case_deepseek(rng):
+    # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
+    # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
+    c = base_config("DeepseekForCausalLM", "deepseek", 129280, num_attention_heads=4, num_key_value_heads=4,
+                    intermediate_size=256, first_k_dense_replace=1, moe_layer_freq=1, n_routed_experts=4,
+                    n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=False,
+                    scoring_func="softmax", bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, {**c, "moe": True}, layer_range=range(1, 2))
+    t.update(dense_tensors(rng, c, layer_range=range(1)))
+    p = "model.layers.1.mlp."
+    t[p + "gate.weight"] = (heavy(rng, (4, e)), "BF16")
+    for w, shp in (("gate_proj", (128, e)), ("up_proj", (128, e)), ("down_proj", (e, 128))):
+        t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    for x in range(4):
+        for w, shp in (("gate_proj", (64, e)), ("up_proj", (64, e)), ("down_proj", (e, 64))):
+            t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "deepseek-v3", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -573,7 +593,7 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
-    "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
+    "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",

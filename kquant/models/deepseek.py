@@ -1,5 +1,5 @@
-"""DeepSeek V2 / V3 (and Kimi K2, which ships as DeepseekV3ForCausalLM): conversion/deepseek.py
-DeepseekV2Model (llama.cpp as vendored in llama-cpp-python 0.3.36).
+"""DeepSeek V2 / V3 (and Kimi K2, which ships as DeepseekV3ForCausalLM), and DeepSeek-MoE (V1):
+conversion/deepseek.py DeepseekV2Model and DeepseekModel (llama.cpp as vendored in llama-cpp-python 0.3.36).
 
 MLA attention (q_a/q_b with a norm, or a plain q_proj when q_lora_rank is null; kv_a_proj_with_mqa
 and its norm; kv_b_proj split into the 3-D attn_k_b (transposed) and attn_v_b), dense first
@@ -20,8 +20,9 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
-from .base import LAYER_PREFIX, Experts, HFTensor, TextModel, register
+from .base import LAYER_PREFIX, LLAMA_LAYER, Experts, HFTensor, TextModel, register
 from .hparams import HFConfig
+from .llama import qk_permutation
 from .spec import TensorSpec
 
 
@@ -236,3 +237,83 @@ class DeepseekV2Model(TextModel):
             if isinstance(m, bool) or not isinstance(m, (int, float)):
                 raise InputError(f"{self.config_path}: rope_scaling.mscale_all_dim must be a number, got {m!r}")
             self.f32("rope.scaling.yarn_log_multiplier", 0.1 * m, "rope_scaling.mscale_all_dim")
+
+
+# DeepSeek-MoE (V1) has no config class in transformers 4.57.6: the converter reads config.json as it is
+DEEPSEEK_CONFIG = HFConfig("deepseek", {}, raw=True)
+
+
+@register("DeepseekForCausalLM")
+class DeepseekModel(TextModel):
+    """conversion/deepseek.py DeepseekModel: Llama attention (Q/K permuted), dense first layers, then
+    routed + shared experts."""
+
+    model_arch = MODEL_ARCH.DEEPSEEK
+    configs = (DEEPSEEK_CONFIG,)
+    layer = LLAMA_LAYER | {"mlp.gate": "ffn_gate_inp"} | _SHARED
+    experts = DEEPSEEK_EXPERTS
+
+    def __init__(self, hp: dict[str, Any], **kw):
+        super().__init__(hp, **kw)
+        where = self.config_path
+        for k in ("first_k_dense_replace", "moe_intermediate_size", "n_routed_experts", "n_shared_experts"):
+            if k not in hp:
+                raise InputError(f"{where}: missing key {k!r}")
+        _positive_int(hp, "moe_intermediate_size", where)
+        for k in ("first_k_dense_replace", "n_shared_experts"):
+            v = hp[k]
+            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                raise InputError(f"{where}: {k!r} must be a non-negative integer, got {v!r}")
+        if hp.get("moe_layer_freq", 1) != 1:
+            raise UnsupportedError(f"{where}: 'moe_layer_freq' other than 1 is not supported (llama.cpp's deepseek has none)")
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        attn = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("mlp.")}
+        if bid < self.hp["first_k_dense_replace"]:
+            return LLAMA_LAYER
+        return attn | {"mlp.gate": "ffn_gate_inp"} | (_SHARED if self.hp["n_shared_experts"] else {})
+
+    def layer_experts(self, bid: int) -> Experts | None:
+        return None if bid < self.hp["first_k_dense_replace"] else self.experts
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        e, ff_x = hp["hidden_size"], hp["moe_intermediate_size"]
+        ff_sh = ff_x * hp["n_shared_experts"]
+        s = super().tensor_shapes()
+        s.update({"ffn_gate_shexp": (ff_sh, e), "ffn_up_shexp": (ff_sh, e), "ffn_down_shexp": (e, ff_sh),
+                  "ffn_gate_exps": (ff_x, e), "ffn_up_exps": (ff_x, e), "ffn_down_exps": (e, ff_x)})
+        return s
+
+    # DeepseekModel.set_vocab
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        try:
+            V.set_vocab_sentencepiece(self.kv, self.tok_folder, self.hp)
+        except FileNotFoundError:
+            V.set_vocab_gpt2(self.kv, self.tok_folder, self.hp, self.hp["model_type"], tokenizer_pre)
+
+    # DeepseekModel.modify_tensors: q/k permuted as LlamaModel.permute (k with num_key_value_heads)
+    def modify_tensors(self, t: HFTensor, name: str, gname: str, base: str, bid: int | None) -> list[TensorSpec]:
+        n_head = self.hp["num_attention_heads"]
+        if name.endswith(("q_proj.weight", "q_proj.bias")):
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
+        if name.endswith(("k_proj.weight", "k_proj.bias")):
+            n_kv = self.hp.get("num_key_value_heads") or n_head
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    # DeepseekModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        hp = self.hp
+        rope_dim = hp.get("head_dim")
+        if rope_dim is None:
+            rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
+        self.u32("rope.dimension_count", rope_dim, "head_dim")
+        self.kv.add_string(self.key("rope.scaling.type"), "none")  # RopeScalingType.NONE
+        self.u32("leading_dense_block_count", hp["first_k_dense_replace"], "first_k_dense_replace")
+        self.u32("vocab_size", hp["vocab_size"], "vocab_size")
+        self.u32("expert_feed_forward_length", hp["moe_intermediate_size"], "moe_intermediate_size")
+        self.f32("expert_weights_scale", 1.0, "expert_weights_scale")
+        self.u32("expert_count", hp["n_routed_experts"], "n_routed_experts")
+        self.u32("expert_shared_count", hp["n_shared_experts"], "n_shared_experts")

@@ -43,6 +43,7 @@ class HFConfig:
     rope_type_alias: bool = False  # copies rope_scaling["type"] into rope_scaling["rope_type"]
     kv_heads_fallback: bool = False  # replaces num_key_value_heads=None by num_attention_heads
     post_init: Callable[[dict[str, Any]], None] | None = None  # any other __init__ rewrite, in place
+    raw: bool = False  # no such class in transformers 4.57.6: AutoConfig fails and the converter reads config.json as is
 
 
 CONFIG_CLASSES: dict[str, HFConfig] = {}  # model_type -> HFConfig, filled by kquant.models.base.register
@@ -164,7 +165,7 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc is None:
         known = ", ".join(sorted(CONFIG_CLASSES))
         raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
-    hp: dict[str, Any] = {**_GENERIC, **cc.defaults}
+    hp: dict[str, Any] = {} if cc.raw else {**_GENERIC, **cc.defaults}
     hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
     if cc.kv_heads_fallback and hp.get("num_key_value_heads") is None:
         hp["num_key_value_heads"] = hp["num_attention_heads"]
