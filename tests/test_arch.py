@@ -20,7 +20,7 @@ import numpy as np
 from oracle import refpipeline
 import pytest
 
-from kquant.models import family, load_spec, supported_architectures
+from kquant.models import load_spec, supported_architectures
 from kquant.models.llama import qk_permutation
 from kquant.errors import InputError, UnsupportedError
 from kquant.types import QType
@@ -185,7 +185,8 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
                  "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
-                 "stablelm": (0, 0, None)}
+                 "stablelm": (0, 0, None), "granitemoe": (1, 2, None), "granitemoeshared": (1, 2, None),
+                 "olmoe": (None, 50279, 1), "phimoe": (1, 2, None), "hunyuan_v1_dense": (1, 2, 0), "dots1": (None, None, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -486,6 +487,121 @@ def case_stablelm(rng):
     return c, t, "qwen2", {}
 
 
+def case_granitemoe(rng):
+    # granite-3.1-3b-a800m's layout: stacked experts, input_linear = gate and up fused (4 experts, widths 256)
+    c = base_config("GraniteMoeForCausalLM", "granitemoe", 32000, hidden_size=256, intermediate_size=256,
+                    num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0, max_position_embeddings=4096,
+                    rms_norm_eps=1e-6, tie_word_embeddings=True, attention_multiplier=0.015625, embedding_multiplier=12.0,
+                    residual_multiplier=0.22, logits_scaling=6.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, granite_moe_tensors(rng, c), "llama-spm", {}
+
+
+def case_granitemoeshared(rng):
+    # a shared MLP 320 wide (K-quant rows fall back) beside the routed experts; config defaults for the multipliers
+    c = base_config("GraniteMoeSharedForCausalLM", "granitemoeshared", 32000, hidden_size=256, intermediate_size=256,
+                    shared_intermediate_size=320, num_local_experts=4, num_experts_per_tok=2,
+                    rope_scaling={"rope_type": "linear", "factor": 2.0}, bos_token_id=1, eos_token_id=2)
+    return c, granite_moe_tensors(rng, c), "llama-spm", {}
+
+
+def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
+    """GraniteMoe(Shared) layers: router, stacked input_linear (n_expert, 2 * n_ff, n_embd) / output_linear."""
+    t = dense_tensors(rng, {**c, "moe": True}, lm_head=not c.get("tie_word_embeddings"))
+    e, f, n, sf = c["hidden_size"], c["intermediate_size"], c["num_local_experts"], c.get("shared_intermediate_size")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "block_sparse_moe.router.layer.weight"] = (heavy(rng, (n, e)), "BF16")
+        t[p + "block_sparse_moe.input_linear.weight"] = (heavy(rng, (n, 2 * f, e)), "BF16")
+        t[p + "block_sparse_moe.output_linear.weight"] = (heavy(rng, (n, e, f)), "BF16")
+        if sf:
+            t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * sf, e)), "BF16")
+            t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, sf)), "BF16")
+    return t
+
+
+def case_olmoe(rng):
+    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); the Llama 3 tokenizer stands in
+    c = base_config("OlmoeForCausalLM", "olmoe", 128256, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
+                    num_experts=4, num_experts_per_tok=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
+                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "mlp.", 4, 256, 256))
+    return c, t, "llama-bpe", {}
+
+
+def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj", "up_proj", "down_proj"),
+                   gate="gate") -> dict[str, tuple[np.ndarray, str]]:
+    """A router `{prefix}{gate}.weight` and n experts `{prefix}experts.{x}.{w}.weight` (gate, up: (f, e); down: (e, f))."""
+    t = {f"{prefix}{gate}.weight": (heavy(rng, (n, e)), "BF16")}
+    for x in range(n):
+        for w, shp in zip(names, ((f, e), (f, e), (e, f))):
+            t[f"{prefix}experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return t
+
+
+def case_phimoe(rng):
+    # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
+    hd = 64
+    c = base_config("PhiMoEForCausalLM", "phimoe", 32064, hidden_size=256, intermediate_size=256, num_key_value_heads=2,
+                    num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=131072,
+                    original_max_position_embeddings=4096, attention_bias=True, lm_head_bias=True, rope_theta=10000.0,
+                    sliding_window=131072, bos_token_id=1, eos_token_id=32000,
+                    rope_scaling={"type": "longrope", "short_mscale": 1.243, "long_mscale": 1.243,
+                                  "long_factor": [1.0 + 0.3 * i for i in range(hd // 2)],
+                                  "short_factor": [1.0 + 0.02 * i for i in range(hd // 2)],
+                                  "original_max_position_embeddings": 4096})
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, o_bias=True)
+    e = c["hidden_size"]
+    t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    t["lm_head.bias"] = (heavy(rng, (32064,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, e, 256, names=("w1", "w3", "w2")))
+    return c, t, "phi-3", {}
+
+
+def case_hunyuan_dense(rng):
+    # Hunyuan-4B's config: q/k layernorms, NTK-alpha ("dynamic") rope, eod_token_id as eos, tied embeddings;
+    # no real Hunyuan tokenizer.json in a package registry: the Qwen2 one takes the same path (get_vocab_base)
+    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 151936, hidden_size=256, intermediate_size=256,
+                    head_dim=64, max_position_embeddings=32768, tie_word_embeddings=True, use_qk_norm=True,
+                    rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
+                                  "mscale_all_dim": 1.0, "type": "dynamic"},
+                    bos_token_id=151643, eos_token_id=151643, eod_token_id=151645, pad_token_id=151643)
+    t = dense_tensors(rng, c, lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.self_attn."
+        t[p + "query_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
+        t[p + "key_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
+    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [151645, 151643], "top_k": 20})}
+    return c, t, "qwen2", files
+
+
+def case_dots1(rng):
+    # dots.llm1's layout: one dense layer first, then routed + shared experts, router score-correction bias,
+    # q/k norms; the Qwen2 tokenizer (the one dots.llm1 extends)
+    c = base_config("Dots1ForCausalLM", "dots1", 151936, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+                    num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                    first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1,
+                    scoring_func="sigmoid",
+                    rope_theta=10000000.0, max_position_embeddings=32768, sliding_window=None, rms_norm_eps=1e-5,
+                    bos_token_id=None, eos_token_id=151649)
+    t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
+    t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 2))
+    p = "model.layers.1.mlp."
+    t.update(expert_tensors(rng, p, 4, 256, 256))
+    t[p + "gate.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
+    for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
+        t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "qwen2", {}
+
+
 def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
     """Tensors of a DeepSeek V2/V3 decoder with config `c`: MLA attention (q_a/q_b or q_proj), dense
     first layers, then a router (+ e_score_correction_bias with topk_method noaux_tc), routed and
@@ -593,11 +709,13 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
+    "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "deepseek2-lite", "deepseek3")
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "deepseek2-lite", "deepseek3")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.safetensors.index.json
 
@@ -1192,10 +1310,13 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
-    if not family(json.loads((d / "config.json").read_text())["architectures"][0]).inverse_names:
-        # no GGUF -> HF name map (stacked experts, kv_b_proj split in two): refused in one line, nothing written
-        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "-q"]) != 0
-        assert "--hf-names supports architectures" in capsys.readouterr().err and not hf.exists()
+    from kquant.models import family, inverse_architectures
+
+    fam = family(json.loads((d / "config.json").read_text())["architectures"][0])
+    if fam.arch_name() not in inverse_architectures():  # stacked / fused experts: refused in one line, nothing written
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "--hf-names supports architectures" in err and "\n" not in err and not hf.exists()
         return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
@@ -1204,3 +1325,45 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
         assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+
+
+def test_moe_tail_specs(models):
+    """Stacked/fused experts split as GraniteMoeModel does; dots1's dense lead layer and exp_probs_b; the expert
+    count llama-quantize sees is {arch}.expert_count."""
+    spec = load_spec(models("granitemoeshared", copy=False), vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.n_expert == 4 and by["blk.0.ffn_gate_exps.weight"].shape == (4, 256, 256)
+    assert by["blk.1.ffn_up_shexp.weight"].shape == (320, 256) and by["blk.1.ffn_down_shexp.weight"].shape == (256, 320)
+    src = all_sources(models("granitemoeshared", copy=False))
+    fused = src["model.layers.0.block_sparse_moe.input_linear.weight"]
+    assert np.array_equal(build_tensor(by["blk.0.ffn_up_exps.weight"], src), fused[:, 256:, :])
+    spec = load_spec(models("dots1", copy=False), vocab=False)
+    names = {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate.weight" in names and "blk.0.ffn_gate_exps.weight" not in names
+    assert {"blk.1.exp_probs_b.bias", "blk.1.ffn_gate_exps.weight", "blk.1.ffn_down_shexp.weight"} <= names
+    kv = {k: v for k, _, v in spec.kv}
+    assert (kv["dots1.expert_count"], kv["dots1.leading_dense_block_count"], kv["dots1.expert_group_count"]) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("case,edit,match", [
+    ("granitemoe", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling without 'rope_type'"),
+    ("phimoe", dict(rope_scaling={"type": "longrope", "long_factor": [1.0] * 32, "short_factor": [1.0] * 32}),
+     "rope_scaling.short_mscale must be a number"),
+    ("dots1", dict(n_shared_experts=None), "'n_shared_experts' must be a positive integer"),
+    ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
+    ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
+    ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+])
+def test_moe_tail_config_errors(models, case, edit, match):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises((InputError, UnsupportedError), match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+def test_hunyuan_needs_tokenizer_json(models):
+    d = models("hunyuan-dense")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import deepseek, exaone, gemma, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import deepseek, dots1, exaone, gemma, granite, hunyuan, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
@@ -117,9 +117,8 @@ def load_spec(
     ft_idx = keys.index(ft) if ft in keys else -1
     qv_idx = keys.index(qv)
     kv = [e for e in rec.entries() if e[0] not in (ft, qv)]
-    n_expert = 0
-    if cls.experts is not None:
-        n_expert = next(hp[k] for k in cls.experts.count_keys if hp.get(k) is not None)
+    # llama-quant.cpp reads the expert count from {arch}.expert_count (absent: 0)
+    n_expert = next((v for k, _, v in kv if k == f"{arch}.expert_count"), 0)
     return ModelSpec(
         arch=arch,
         kv=kv,

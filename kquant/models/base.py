@@ -70,7 +70,7 @@ NORM_OF = {
     "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
 }
 
-# gguf-py constants.py ExpertGatingFuncType (the values TextModel.set_gguf_parameters writes)
+# conversion/base.py TextModel.set_gguf_parameters: score function -> gguf ExpertGatingFuncType
 GATING_FUNCS = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
 
 HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safetensors header
@@ -169,6 +169,15 @@ def rows(start: int, stop: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64)
 
 
+def middle_rows(start: int, stop: int):
+    """A transform taking rows [start, stop) of every matrix of a stacked 3-D source (fused expert tensors)."""
+
+    def take(arrs: list[np.ndarray]) -> np.ndarray:
+        return arrs[0][..., start:stop, :]
+
+    return take
+
+
 def stack(arrs: list[np.ndarray]) -> np.ndarray:
     """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
     return np.stack(arrs, axis=0)
@@ -188,6 +197,9 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
+    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b)
+    # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
+    split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
@@ -296,15 +308,16 @@ class TextModel:
             self.u32("expert_count", n_experts, "num_experts")
         if (n_used := self.find_hparam(["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], True)) is not None:
             self.u32("expert_used_count", n_used, "num_experts_per_tok")
-        if (n_groups := hp.get("n_group")) is not None:
-            self.u32("expert_group_count", n_groups, "n_group")
-        if (n_groups_used := hp.get("topk_group")) is not None:
-            self.u32("expert_group_used_count", n_groups_used, "topk_group")
-        score_func = self.find_hparam(["score_function", "scoring_func", "score_func", "moe_router_activation",
-                                       "moe_router_activation_func", "expert_selection_fn"], True)
-        if score_func is not None:
+        if (n_expert_groups := hp.get("n_group")) is not None:
+            self.u32("expert_group_count", n_expert_groups, "n_group")
+        if (n_group_used := hp.get("topk_group")) is not None:
+            self.u32("expert_group_used_count", n_group_used, "topk_group")
+        score_keys = ["score_function", "scoring_func", "score_func", "moe_router_activation",
+                      "moe_router_activation_func", "expert_selection_fn"]
+        if (score_func := self.find_hparam(score_keys, True)) is not None:
             if score_func not in GATING_FUNCS:
-                raise UnsupportedError(f"{self.config_path}: expert score function {score_func!r} is not supported ({', '.join(GATING_FUNCS)})")
+                raise UnsupportedError(f"{self.config_path}: expert score gating function {score_func!r} is not supported "
+                                       f"({', '.join(GATING_FUNCS)})")
             self.kv.add_uint32(self.key("expert_gating_func"), GATING_FUNCS[score_func])
         if (head_dim := hp.get("head_dim")) is not None:
             self.u32("attention.key_length", head_dim, "head_dim")
@@ -506,14 +519,15 @@ class TextModel:
             for module, g in layer.items():
                 if module in self.optional:
                     continue
-                need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
+                suffix = ".bias" if module in self.bias_only else ".weight"
+                for g2 in self.split_modules.get(g, (g,)):
+                    need.append((f"blk.{bid}.{g2}{suffix}", pre + module + suffix))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:
                 for w, g in x.order:
                     need.append((f"blk.{bid}.{g}.weight", x.source.format(bid=bid, xid=0, w=w)))
-        used = {s for t in out for s in t.sources}  # an HF tensor modify_tensors turned into others (kv_b_proj)
-        missing = [hf for g, hf in need if g not in names and hf not in used]
+        missing = [hf for g, hf in need if g not in names]
         if missing:
             more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
             raise InputError(f"{self.folder}: missing tensor(s) {', '.join(missing[:3])}{more}")

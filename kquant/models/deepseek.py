@@ -110,7 +110,9 @@ class DeepseekV2Model(TextModel):
     configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG)
     layer = _ATTN | _Q_PLAIN | _Q_LORA | _DENSE | _MOE | _SHARED  # every module any layer may have
     bias_ok = ("mlp.gate.e_score_correction",)
+    bias_only = ("mlp.gate.e_score_correction",)
     optional = ("mlp.gate.e_score_correction",)  # V3's noaux_tc router only
+    split_modules = {"attn_kv_b": ("attn_k_b", "attn_v_b")}  # modify_tensors
     experts = DEEPSEEK_EXPERTS
     norm_of = {
         "attn_q": "attn_norm", "attn_q_a": "attn_norm", "attn_q_b": "attn_q_a_norm", "attn_kv_a_mqa": "attn_norm",

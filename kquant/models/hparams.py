@@ -173,7 +173,10 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc.rope_type_alias and isinstance(rs, dict) and "type" in rs:
         rs["rope_type"] = rs["type"]
     if cc.post_init is not None:
-        cc.post_init(hp)
+        try:
+            cc.post_init(hp)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{path}: {e}") from None
     return hp
 
 
