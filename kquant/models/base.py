@@ -205,6 +205,9 @@ class TextModel:
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
+    # --hf-names for experts that arrive stacked: GGUF base -> (HF module under model.layers.{bid}., part, parts);
+    # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
+    hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
@@ -216,6 +219,7 @@ class TextModel:
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+        self.not_converted: list[str] = []  # vision/audio tensors filtered out (prepare_tensors)
 
     @classmethod
     def arch_name(cls) -> str:
@@ -360,6 +364,10 @@ class TextModel:
             name = name.replace("language_model.", "")
         return name
 
+    def is_multimodal(self, name: str) -> bool:
+        """Whether a tensor `filter_name` dropped belongs to a vision/audio part (reported as not converted)."""
+        return is_multimodal(name)
+
     def layer_modules(self, bid: int) -> dict[str, str]:
         """HF module -> GGUF base name of layer `bid` (override where layers differ, e.g. dense then MoE)."""
         return self.layer
@@ -471,6 +479,8 @@ class TextModel:
 
         for orig, shape, dtype in hf:
             name = self.filter_name(orig)
+            if name is None and self.is_multimodal(orig):
+                self.not_converted.append(orig)
             if name is None or name.endswith(DROPPED_SUFFIXES):
                 continue
             if name in seen:

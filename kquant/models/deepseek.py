@@ -6,9 +6,9 @@ and its norm; kv_b_proj split into the 3-D attn_k_b (transposed) and attn_v_b), 
 layers (`first_k_dense_replace`), then routed experts stacked into ffn_*_exps plus shared experts
 (ffn_*_shexp) and the router's e_score_correction_bias (exp_probs_b). MTP/NextN layers (past
 num_hidden_layers) are dropped, as the converter does by default (skip_mtp). The other names the
-converter registers on the same class are multimodal (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu-VL:
-refused with the text_config check) or Youtu (no transformers config class); Kimi K2's tiktoken
-vocabulary (the converter's AutoTokenizer fallback with remote code) is refused.
+converter registers on the same class (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
+registered here, so they are refused as unsupported architectures; Kimi K2's tiktoken vocabulary
+(the converter's AutoTokenizer fallback with remote code) is refused.
 """
 
 from __future__ import annotations
