@@ -19,12 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UnsupportedError
-from .io.safetensors import bf16_round_fp32
 from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 
 GGML_QNT_VERSION = 2
-SLAB_BYTES = 32 << 20  # float32 bytes of source rows handled at once
+SLAB_BYTES = 16 << 20  # float32 bytes of source rows handled at once (a slab, its raw read and its gather: < 60 MB)
 QUANT_VERSION_KEY = "general.quantization_version"
 ROUNDING_KEY = "quantize.rounding"  # written only for a rounding other than ggml's
 FILE_TYPE_KEY = "general.file_type"
@@ -62,6 +61,7 @@ class Plan:
     tensors: list[PlannedTensor]
     imatrix_kv: list = field(default_factory=list)  # quantize.imatrix.* keys, written after general.file_type
     needs_imatrix: tuple | None = None  # dry run without one: (tensor, type) llama-quantize would refuse
+    not_converted: tuple = ()  # HF vision/audio tensors of a multimodal checkpoint, left out (ModelSpec)
 
     @property
     def total_bytes(self) -> int:
@@ -92,6 +92,8 @@ class Plan:
             "n_elements": self.n_elements,
             "total_bytes": self.total_bytes,
             "bits_per_weight": round(self.bpw, 4),
+            **({"not_converted": {"n_tensors": len(self.not_converted), "tensors": list(self.not_converted),
+                                  "note": models_note(self.not_converted)}} if self.not_converted else {}),
         }
 
 
@@ -298,7 +300,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
         tensors.append(PlannedTensor(s_, q, w))
     kv = list(spec.kv)
-    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need)
+    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need, spec.not_converted)
 
 
 def require_kernels(plans: Sequence[Plan]) -> None:
@@ -338,12 +340,15 @@ def output_kv(plan: Plan, rounding: str = "ggml") -> list:
     return kv
 
 
-def round_through(x: np.ndarray, t: QType) -> np.ndarray:
-    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
+def round_through(x: np.ndarray, t: QType, inplace: bool = False) -> np.ndarray:
+    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged).
+    `inplace`: x is the caller's own array (a fresh slab) and BF16 rounding may overwrite it."""
     if t == QType.F32:
         return x
     if t == QType.BF16:
-        return bf16_round_fp32(x)
+        if not (inplace and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
+            x = np.array(x, dtype=np.float32, order="C")  # one copy, rounded in place below
+        return quants.round_bf16_inplace(x)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
     raise ValueError(f"unexpected intermediate type {t.name}")
@@ -444,6 +449,8 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre,
                           fp8_as_q8=opts.fp8_as_q8)
         inputs = inputs_read()  # config, tokenizer files, index, shards, imatrix: all read by now
+        if spec.not_converted and opts.progress:
+            print(f"kquant: note: {models_note(spec.not_converted)}", file=sys.stderr, flush=True)
         plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
@@ -498,7 +505,7 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
                     if not spec_t.ref_type.is_quantized:  # a quantized intermediate (Q8_0) is copied: encode the floats
-                        slab = round_through(slab, spec_t.ref_type)
+                        slab = round_through(slab, spec_t.ref_type, inplace=spec_t.generated is None and spec_t.transform is None)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:
@@ -587,6 +594,12 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
                           fp8_as_q8=opts.fp8_as_q8)
         plan = plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
         return annotate_sources(plan, ckpt)
+
+
+def models_note(names) -> str:
+    from .models import not_converted_note
+
+    return not_converted_note(names)
 
 
 def print_compile_notice(types, stream=sys.stderr) -> None:
