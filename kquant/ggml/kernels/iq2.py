@@ -25,6 +25,11 @@ ggml also aborts (GGML_ASSERT) when a search finds no candidate or a scale is Na
 input can cause (kquant.quantize refuses non-finite input before that); the kernels count such
 blocks and return the count (kquant.quantize raises), leaving the block as far as ggml got.
 Elsewhere they follow ggml through NaN and overflow, bytes included.
+
+Speed (same bytes): a sub-block's trial scales are lanes for the roundings and the two weighted
+sums (ggml's element order per lane); each neighbour search runs over its candidate list as
+lanes, stored in one piece (_iqgrid.lists), and takes ggml's first smallest d2 as an integer
+minimum; helpers that allocate nothing are compiled without reference counting (KJIT).
 """
 
 from __future__ import annotations
