@@ -485,6 +485,66 @@ def case_stablelm(rng):
     return c, t, "qwen2", {}
 
 
+def moe_tensors(rng, p: str, e: int, n_exp: int, ff: int, *, shared: int = 0, gate_name="gate") -> dict:
+    """Qwen-style routed experts (and a shared expert with its gate) under module prefix `p` ("...mlp.")."""
+    t = {p + f"{gate_name}.weight": (heavy(rng, (n_exp, e)), "BF16")}
+    if shared:
+        t[p + "shared_expert_gate.weight"] = (heavy(rng, (1, e)), "BF16")
+        for w, shp in (("gate_proj", (shared, e)), ("up_proj", (shared, e)), ("down_proj", (e, shared))):
+            t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    for x in range(n_exp):
+        for w, shp in (("gate_proj", (ff, e)), ("up_proj", (ff, e)), ("down_proj", (e, ff))):
+            t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return t
+
+
+def case_qwen3next(rng):
+    # Qwen3-Next-80B-A3B's layout scaled down: layer 0 gated delta-net, layer 1 full attention (interval 2),
+    # routed + shared experts everywhere, one MTP layer under mtp.* (the converter needs it), zero-centred norms
+    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 151936, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.25,
+                    rope_theta=10000000.0, max_position_embeddings=262144, rms_norm_eps=1e-6, full_attention_interval=2,
+                    linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
+                    linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                    shared_expert_intermediate_size=256, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
+    e, v, hd = 256, 151936, 128
+    nk, nv, hk, hv = 2, 4, 64, 64
+    zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")  # Qwen3NextRMSNorm weights: 1 + w at run time
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+
+    def attention(p):
+        return {p + "self_attn.q_proj.weight": (heavy(rng, (2 * 2 * hd, e)), "BF16"),  # query and its gate
+                p + "self_attn.k_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                p + "self_attn.v_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                p + "self_attn.o_proj.weight": (heavy(rng, (e, 2 * hd)), "BF16"),
+                p + "self_attn.q_norm.weight": zc((hd,)), p + "self_attn.k_norm.weight": zc((hd,))}
+
+    for i, kind in enumerate(("linear", "full")):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = zc((e,))
+        t[p + "post_attention_layernorm.weight"] = zc((e,))
+        if kind == "full":
+            t.update(attention(p))
+        else:
+            a = p + "linear_attn."
+            t[a + "in_proj_qkvz.weight"] = (heavy(rng, (2 * nk * hk + 2 * nv * hv, e)), "BF16")
+            t[a + "in_proj_ba.weight"] = (heavy(rng, (2 * nv, e)), "BF16")
+            t[a + "conv1d.weight"] = (heavy(rng, (2 * nk * hk + nv * hv, 1, 4), 0.3), "BF16")
+            t[a + "dt_bias"] = (1 + heavy(rng, (nv,), 0.1), "BF16")
+            t[a + "A_log"] = (heavy(rng, (nv,), 0.5), "F32")
+            t[a + "norm.weight"] = (1 + heavy(rng, (hv,), 0.1), "F32")
+            t[a + "out_proj.weight"] = (heavy(rng, (e, nv * hv)), "BF16")
+        t.update(moe_tensors(rng, p + "mlp.", e, 4, 256, shared=256))
+    t.update({"mtp.fc.weight": (heavy(rng, (e, 2 * e)), "BF16"), "mtp.norm.weight": zc((e,)),
+              "mtp.pre_fc_norm_embedding.weight": zc((e,)), "mtp.pre_fc_norm_hidden.weight": zc((e,)),
+              "mtp.layers.0.input_layernorm.weight": zc((e,)), "mtp.layers.0.post_attention_layernorm.weight": zc((e,))})
+    t.update(attention("mtp.layers.0."))
+    t.update(moe_tensors(rng, "mtp.layers.0.mlp.", e, 4, 256, shared=256))
+    return c, t, "qwen2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -492,9 +552,10 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
+    "qwen3next": case_qwen3next,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "qwen3next")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
@@ -1059,7 +1120,12 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     """convert --dry-run --json plans the file convert writes; validate reads it back against the
     checkpoint; dequantize --hf-names restores the checkpoint's own tensor names and rows."""
     from kquant import cli
+    from kquant import models as models_pkg
     from kquant.io.gguf import GGUFFile
+
+    def plan_arch(path):
+        with GGUFFile(path) as g:
+            return g.value("general.architecture")
 
     d = models(case, copy=False)
     out = tmp_path / "q.gguf"
@@ -1077,6 +1143,10 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
+    if models_pkg.inverse_family(plan_arch(out)) is None:  # value transforms (A_log -> -exp, splits): no way back
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
+        assert "--hf-names supports architectures" in capsys.readouterr().err and not hf.exists()
+        return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
     got, src = read_safetensors(hf), all_sources(d)

@@ -89,7 +89,6 @@ def load_spec(
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
     _check_rope(model.rp, cfg_path)
-    block_count = model.block_count
 
     hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
     _check_counts(cls, hp, hf, cfg_path)  # before anything proportional to a count is built
@@ -124,7 +123,7 @@ def load_spec(
         arch=arch,
         kv=kv,
         tensors=tensors,
-        n_layer=block_count,
+        n_layer=model.block_count,  # after prepare_tensors (Qwen3-Next adds its MTP layers)
         n_head=hp["num_attention_heads"],
         n_head_kv=hp.get("num_key_value_heads") or hp["num_attention_heads"],
         n_expert=n_expert,

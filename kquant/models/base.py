@@ -41,7 +41,7 @@ from .spec import TensorSpec
 # ModelBase.prepare_tensors: "we don't need these"
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
-F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp")
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "ssm_conv1d", "shortconv.conv")
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."
@@ -105,7 +105,7 @@ def ref_type(gguf_name: str, n_dims: int) -> QType:
     """The type prepare_tensors picks for --outtype bf16."""
     if n_dims <= 1 or gguf_name.endswith("_norm.weight"):
         return QType.F32
-    base = gguf_name.rsplit(".", 1)[0].split(".")[-1]
+    base = re.sub(r"^blk\.\d+\.", "", gguf_name.rsplit(".", 1)[0])
     if base in F32_BASES or gguf_name[-7:] not in (".weight", ".lora_a", ".lora_b"):
         return QType.F32
     return QType.BF16
@@ -185,6 +185,8 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
+    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules with a .bias and no .weight (Mamba dt_bias)
+    bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
@@ -405,11 +407,18 @@ class TextModel:
                     raise InputError(f"{where}: tensor {n!r} has shape {list(buf[n][0])}, expected {list(exp)} from config.json")
             gname = f"blk.{bid}.{gbase}.weight"
             shape = (self._n_expert,) + exp
-            specs.append(TensorSpec(name=gname, shape=shape, sources=tuple(names), ref_type=ref_type(gname, 3), transform=stack))
+            sources = tuple(self._hf_names.get(n, n) for n in names)  # as stored (filter_name may rename)
+            specs.append(TensorSpec(name=gname, shape=shape, sources=sources, ref_type=ref_type(gname, 3), transform=stack))
         return specs
 
-    def map_name(self, name: str, where: str) -> tuple[str, int | None, bool]:
-        """(GGUF base, block id, is_bias) for an HF tensor name; InputError when it maps to nothing."""
+    def map_name(self, name: str, where: str) -> tuple[str, int | None, bool | None]:
+        """(GGUF base, block id, is_bias) for an HF tensor name (is_bias None: a bare parameter, no
+        suffix either side); InputError when it maps to nothing."""
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        if m and m.group(2) in self.bare_params and int(m.group(1)) < self.block_count:
+            bid = int(m.group(1))
+            if m.group(2) in (layer := self.layer_modules(bid)):
+                return layer[m.group(2)], bid, None
         for suffix, is_bias in ((".weight", False), (".bias", True)):
             if not name.endswith(suffix):
                 continue
@@ -436,7 +445,8 @@ class TextModel:
             out.append(TensorSpec(name=name, shape=tuple(data.shape), sources=(), ref_type=ref_type(name, data.ndim),
                                   generated=data))
 
-        seen: dict[str, str] = {}
+        seen: dict[str, str] = {}  # name after filter_name -> HF name
+        self._hf_names = seen
         expert_buf: dict[int, dict[str, tuple[tuple[int, ...], str]]] = {}
         expert_names: dict[str, int] = {}  # HF name of one expert's projection -> layer
         for bid in range(self.block_count):
@@ -466,7 +476,7 @@ class TextModel:
                 continue
 
             base, bid, is_bias = self.map_name(name, where)
-            suffix = ".bias" if is_bias else ".weight"
+            suffix = "" if is_bias is None else ".bias" if is_bias else ".weight"
             gname = (f"blk.{bid}.{base}" if bid is not None else base) + suffix
             exp = self.expected_shape(base, is_bias)
             if exp is not None and tuple(shape) != exp:
@@ -493,7 +503,8 @@ class TextModel:
             pre = f"{LAYER_PREFIX}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
-                need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
+                sfx = "" if module in self.bare_params else ".bias" if module in self.bias_only else ".weight"
+                need.append((f"blk.{bid}.{g}{sfx}", pre + module + sfx))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:
