@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import exaone, gemma, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import exaone, falcon_h1, gemma, granite, lfm2, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
@@ -116,16 +116,14 @@ def load_spec(
     ft_idx = keys.index(ft) if ft in keys else -1
     qv_idx = keys.index(qv)
     kv = [e for e in rec.entries() if e[0] not in (ft, qv)]
-    n_expert = 0
-    if cls.experts is not None:
-        n_expert = next(hp[k] for k in cls.experts.count_keys if hp.get(k) is not None)
+    n_expert = rec.get(f"{arch}.expert_count", 0)  # what llama.cpp reads (llama_hparams.n_expert)
     return ModelSpec(
         arch=arch,
         kv=kv,
         tensors=tensors,
         n_layer=model.block_count,  # after prepare_tensors (Qwen3-Next adds its MTP layers)
         n_head=hp["num_attention_heads"],
-        n_head_kv=hp.get("num_key_value_heads") or hp["num_attention_heads"],
+        n_head_kv=_head_count_kv(rec, arch, hp["num_attention_heads"]),
         n_expert=n_expert,
         n_embd=hp["hidden_size"],
         tied_embeddings=not any(t.name == "output.weight" for t in tensors),
@@ -134,6 +132,15 @@ def load_spec(
         hf_arch=hf_arch,
         hparams=hp,
     )
+
+
+def _head_count_kv(rec: KVRecorder, arch: str, n_head: int) -> int:
+    """llama_hparams n_head_kv(0) as llama.cpp loads it: head_count when the key is absent, layer 0's
+    entry of a per-layer array (0 for a recurrent first layer)."""
+    v = rec.get(f"{arch}.attention.head_count_kv")
+    if v is None:
+        return n_head
+    return v[0] if isinstance(v, list) else v
 
 
 def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:

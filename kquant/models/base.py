@@ -250,7 +250,13 @@ class TextModel:
         if (n_head := self.find_hparam(["num_attention_heads", "n_head", "n_heads"], True)) is not None:
             self.u32("attention.head_count", n_head, "num_attention_heads")
         if (n_head_kv := self.find_hparam(["num_key_value_heads", "n_kv_heads"], True)) is not None:
-            self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
+            if isinstance(n_head_kv, list):  # per layer (hybrids: 0 for recurrent layers)
+                for v in n_head_kv:
+                    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                        raise InputError(f"{self.config_path}: num_key_value_heads entries must be integers, got {v!r}")
+                self.kv.add_array(self.key("attention.head_count_kv"), n_head_kv)
+            else:
+                self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
         if hp.get("is_causal") is False:
             self.kv.add_bool(self.key("attention.causal"), False)
 
@@ -281,7 +287,12 @@ class TextModel:
             elif rope_type != "default":
                 raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
         if "mrope_section" in rp:
-            raise UnsupportedError(f"{self.config_path}: mrope_section (multimodal rope) is not supported")
+            sections = rp["mrope_section"]
+            if not isinstance(sections, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sections):
+                raise InputError(f"{self.config_path}: 'mrope_section' must be a list of integers, got {sections!r}")
+            while len(sections) < 4:  # [time, height, width, extra], padded in place as upstream
+                sections.append(0)
+            self.kv.add_array(self.key("rope.dimension_sections"), sections[:4])
         if (rope_theta := rope_params.get("rope_theta")) is not None:
             self.f32("rope.freq_base", rope_theta, "rope_theta")
         if (local_theta := rp.get("sliding_attention", {}).get("rope_theta")) is not None:
@@ -491,12 +502,16 @@ class TextModel:
         self.check_complete(out)
         return out
 
+    def tied(self) -> bool:
+        """The config says lm_head is the embedding (no output.weight needed)."""
+        return bool(self.hp.get("tie_word_embeddings", False))
+
     def check_complete(self, out: list[TensorSpec]) -> None:
         """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""
         names = {t.name for t in out}
         need: list[tuple[str, str]] = []  # (GGUF name, HF name)
         for hf_base, g in self.globals_.items():
-            if g == "output" and self.hp.get("tie_word_embeddings", False):
+            if g == "output" and self.tied():
                 continue  # tied: no lm_head, llama.cpp reuses token_embd
             need.append((g + ".weight", hf_base + ".weight"))
         for bid in range(self.block_count):

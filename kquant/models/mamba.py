@@ -61,3 +61,52 @@ def reshaped(shape: tuple[int, ...], then: Callable[[list[np.ndarray]], np.ndarr
         x = then(arrs) if then is not None else arrs[0]
         return x.reshape(shape)
     return f
+
+
+MAMBA2_LAYER = {
+    "mamba.in_proj": "ssm_in",
+    "mamba.conv1d": "ssm_conv1d",
+    "mamba.dt_proj": "ssm_dt",  # dt_bias, renamed (Mamba2Model.filter_tensors)
+    "mamba.A_log": "ssm_a",
+    "mamba.D": "ssm_d",
+    "mamba.norm": "ssm_norm",
+    "mamba.out_proj": "ssm_out",
+}
+MAMBA2_BIAS_OK = ("mamba.in_proj", "mamba.conv1d", "mamba.out_proj", "mamba.dt_proj")
+MAMBA2_BARE = ("mamba.A_log", "mamba.D")
+
+
+def find_prefixed(hp: dict, keys, prefixes, optional: bool = False):
+    """GraniteHybridModel / FalconH1Model.find_hparam: the keys, then each with a `prefix_` in front."""
+    from .hparams import find_hparam
+
+    keys = list(keys)
+    return find_hparam(hp, keys + [f"{p}_{k}" for p in prefixes for k in keys], optional)
+
+
+def mamba2_spec(model, t, name: str, gname: str, n_group: int, d_inner: int, then=None):
+    """Mamba2Model.modify_tensors for one SSM-layer tensor: conv1d squeezed, A and D as (n, 1), the
+    norm as (n_group, d_inner / n_group), A_log -> -exp(A_log); `then` applies a further transform."""
+    shape, fns = tuple(t[1]), []
+    if gname.endswith("ssm_conv1d.weight"):
+        shape = tuple(d for d in shape if d != 1)
+    elif gname.endswith(("ssm_a", "ssm_d")):
+        shape = shape + (1,)
+    elif gname.endswith("ssm_norm.weight"):
+        if n_group <= 0 or d_inner % n_group or t[1] != (d_inner,):
+            from ..errors import InputError
+            raise InputError(f"{model.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected [{d_inner}] in {n_group} groups")
+        shape = (n_group, d_inner // n_group)
+    if name.endswith(".A_log"):
+        fns.append(neg_exp(t[2]))
+    if then is not None:
+        fns.append(then)
+    if not fns and shape == tuple(t[1]):
+        return model.spec(gname, t)
+
+    def f(arrs):
+        x = arrs[0]
+        for fn in fns:
+            x = fn([x])
+        return x.reshape(shape)
+    return model.spec(gname, t, shape=shape, transform=f)

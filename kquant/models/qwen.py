@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from gguf import MODEL_ARCH
 
@@ -11,6 +13,7 @@ from .gemma import norm_plus_one
 from .mamba import neg_exp, reshaped
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, Experts, TextModel, register
 from .hparams import HFConfig
+from .spec import TensorSpec
 
 _Q = dict(rope_type_alias=True, kv_heads_fallback=True)
 QWEN2_CONFIG = HFConfig("qwen2", dict(
@@ -166,6 +169,7 @@ QWEN3_NEXT_MTP = QWEN3_NEXT_FULL | {
     "eh_proj": "nextn.eh_proj", "enorm": "nextn.enorm", "hnorm": "nextn.hnorm",
     "shared_head.norm": "nextn.shared_head_norm",
 }
+QWEN3_NEXT_BARE = ("linear_attn.A_log",)
 MTP_REMAP = {"fc": "eh_proj", "pre_fc_norm_embedding": "enorm", "pre_fc_norm_hidden": "hnorm", "norm": "shared_head.norm"}
 
 
@@ -195,7 +199,7 @@ class Qwen3NextModel(Qwen2MoeModel):
     bias_ok = ("linear_attn.dt_proj",)
     bias_required = ()
     bias_only = ("linear_attn.dt_proj",)
-    bare_params = ("linear_attn.A_log",)
+    bare_params = QWEN3_NEXT_BARE
     n_mtp = 0
 
     def layer_types(self) -> list[str]:
@@ -294,3 +298,174 @@ class Qwen3NextModel(Qwen2MoeModel):
         if rope_dim is None:
             rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
         self.u32("rope.dimension_count", int(rope_dim * self.rp.get("partial_rotary_factor", 0.25)), "head_dim")
+
+
+# transformers 4.57.6 has no Qwen3.5 config classes: the converter reads config.json as it is
+QWEN35_CONFIGS = (HFConfig("qwen3_5_text", {}), HFConfig("qwen3_5", {}))
+QWEN35_COMMON = {
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "post_attention_norm",
+    "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+}
+QWEN35_FULL = QWEN35_COMMON | {k: v for k, v in QWEN3_NEXT_FULL.items() if k.startswith("self_attn.")}
+QWEN35_LINEAR = QWEN35_COMMON | {
+    "linear_attn.in_proj_qkv": "attn_qkv",
+    "linear_attn.in_proj_z": "attn_gate",
+    "linear_attn.in_proj_b": "ssm_beta",
+    "linear_attn.in_proj_a": "ssm_alpha",
+    "linear_attn.conv1d": "ssm_conv1d",
+    "linear_attn.dt_proj": "ssm_dt",
+    "linear_attn.A_log": "ssm_a",
+    "linear_attn.norm": "ssm_norm",
+    "linear_attn.out_proj": "ssm_out",
+}
+QWEN35_MTP = QWEN35_FULL | {k: v for k, v in QWEN3_NEXT_MTP.items() if k not in QWEN3_NEXT_FULL}
+QWEN35_DEFAULT_MROPE_SECTION = [11, 11, 10, 0]  # _Qwen35MRopeMixin
+
+
+def v_tiled(nk: int, r: int, hd: int) -> np.ndarray:
+    """_LinearAttentionVReorderBase._reorder_v_heads as a gather: V heads grouped by K head
+    [K0: v0..v(r-1), K1: ...] -> tiled [v0 of every K head, v1 of every K head, ...]."""
+    return np.arange(nk * r * hd, dtype=np.int64).reshape(nk, r, hd).transpose(1, 0, 2).reshape(-1)
+
+
+@register("Qwen3_5ForCausalLM")
+class Qwen35Model(Qwen3NextModel):
+    """conversion/qwen.py Qwen3_5TextModel (_Qwen35MRopeMixin, _LinearAttentionVReorderBase on
+    Qwen3NextModel): the text-only checkpoint with a flat config.json (dense MLP)."""
+
+    model_arch = MODEL_ARCH.QWEN35
+    configs = QWEN35_CONFIGS
+    layer = QWEN35_FULL
+    experts = None
+
+    def layer_types(self) -> list[str]:
+        hp, n = self.hp, self.hp["num_hidden_layers"]
+        lt = hp.get("layer_types")
+        if lt is None:  # no config class fills it in; the runtime uses full_attention_interval
+            interval = hp.get("full_attention_interval", 4)
+            lt = ["linear_attention" if (i + 1) % interval else "full_attention" for i in range(n)]
+        if not isinstance(lt, list) or len(lt) != n:
+            raise InputError(f"{self.config_path}: layer_types must be a list of num_hidden_layers ({n}) entries")
+        return lt
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        if bid >= self.hp["num_hidden_layers"]:
+            return QWEN35_MTP
+        return QWEN35_LINEAR if self.layer_types()[bid] == "linear_attention" else QWEN35_FULL
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        s = super().tensor_shapes()
+        e, hk, hv = hp["hidden_size"], hp["linear_key_head_dim"], hp["linear_value_head_dim"]
+        nk, nv = hp["linear_num_key_heads"], hp["linear_num_value_heads"]
+        return s | {"attn_qkv": (2 * nk * hk + nv * hv, e), "attn_gate": (nv * hv, e), "ssm_beta": (nv, e),
+                    "ssm_alpha": (nv, e)}
+
+    # _LinearAttentionVReorderBase.modify_tensors, then Qwen3NextModel.modify_tensors
+    def modify_tensors(self, t, name, gname, base, bid):
+        hp = self.hp
+        nk, nv = hp.get("linear_num_key_heads", 0), hp.get("linear_num_value_heads", 0)
+        if not (nk > 0 and nv > 0 and nk != nv and "linear_attn." in name):
+            return super().modify_tensors(t, name, gname, base, bid)
+        hk, hv, r = hp["linear_key_head_dim"], hp["linear_value_head_dim"], nv // nk
+        qk = 2 * nk * hk
+        if ".in_proj_qkv." in name:
+            perm = np.concatenate([np.arange(qk, dtype=np.int64), qk + v_tiled(nk, r, hv)])
+            return [self.spec(gname, t, row_perm=perm)]
+        if ".in_proj_z." in name:
+            return [self.spec(gname, t, row_perm=v_tiled(nk, r, hv))]
+        if ".in_proj_b." in name or ".in_proj_a." in name:
+            return [self.spec(gname, t, row_perm=v_tiled(nk, r, 1))]
+        if ".A_log" in name or ".dt_bias" in name or ".dt_proj" in name:
+            perm = v_tiled(nk, r, 1)
+            if name.endswith(".A_log"):
+                exp = neg_exp(t[2])
+                return [self.spec(gname, t, transform=lambda a: exp([a[0][perm]]))]
+            return [self.spec(gname, t, row_perm=perm)]
+        if ".conv1d" in name:
+            shape = tuple(d for d in t[1] if d != 1)  # squeeze
+            perm = np.concatenate([np.arange(qk, dtype=np.int64), qk + v_tiled(nk, r, hv)])
+            return [self.spec(gname, t, shape=shape, transform=lambda a: a[0].reshape(shape)[perm])]
+        if ".out_proj." in name:
+            cols = v_tiled(nk, r, hv)
+            return [self.spec(gname, t, transform=lambda a: a[0][:, cols])]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        if "mrope_section" not in self.rp:
+            self.kv.add_array(self.key("rope.dimension_sections"), list(QWEN35_DEFAULT_MROPE_SECTION))
+
+
+QWEN35_MOE_CONFIGS = (HFConfig("qwen3_5_moe_text", {}), HFConfig("qwen3_5_moe", {}))
+QWEN35_MOE_FFN = {
+    "mlp.gate": "ffn_gate_inp",
+    "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
+    "mlp.shared_expert.down_proj": "ffn_down_shexp", "mlp.shared_expert_gate": "ffn_gate_inp_shexp",
+}
+# transformers 5 stores the experts of a layer fused: (n_expert, 2 * n_ff, n_embd) and (n_expert, n_embd, n_ff)
+FUSED_EXPERTS = {"mlp.experts.gate_up_proj": "ffn_gate_exps", "mlp.experts.down_proj": "ffn_down_exps"}
+
+
+@register("Qwen3_5MoeForCausalLM")
+class Qwen35MoeModel(Qwen35Model):
+    """conversion/qwen.py Qwen3_5MoeTextModel: Qwen35Model with routed + shared experts, per expert or
+    fused (Qwen2MoeModel.modify_tensors splits gate_up_proj)."""
+
+    model_arch = MODEL_ARCH.QWEN35MOE
+    configs = QWEN35_MOE_CONFIGS
+    experts = None  # per layer: QWEN_EXPERTS unless the checkpoint's experts are fused
+    fused: bool | str = False  # False, or the suffix of the fused tensors ("" or ".weight")
+
+    def n_expert(self) -> int:
+        n = next((self.hp[k] for k in QWEN_EXPERTS.count_keys if self.hp.get(k) is not None), 0)
+        if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+            raise InputError(f"{self.folder}: expert count (num_experts) must be a positive integer")
+        return n
+
+    def layer_experts(self, bid: int):
+        return None if self.fused is not False else QWEN_EXPERTS
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        m = {k: v for k, v in super().layer_modules(bid).items() if not k.startswith("mlp.")} | QWEN35_MOE_FFN
+        return m | FUSED_EXPERTS if self.fused is not False else m
+
+    def prepare_tensors(self, hf, extra, where):
+        fused = [n for n, _, _ in hf if n.removesuffix(".weight").endswith(tuple(FUSED_EXPERTS))]
+        self.fused = (".weight" if fused[0].endswith(".weight") else "") if fused else False
+        self.bare_params = QWEN3_NEXT_BARE + (tuple(FUSED_EXPERTS) if self.fused == "" else ())
+        if self.fused is False:  # per-expert tensors: the count is bounded by what the checkpoint holds
+            found = {m.group(1) for n, _, _ in hf if (m := re.search(r"\.experts\.(\d+)\.", n))}
+            if self.n_expert() > len(found):
+                raise InputError(f"{where}: num_experts is {self.n_expert()} but the checkpoint has tensors for {len(found)} experts")
+        return super().prepare_tensors(hf, extra, where)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        s = super().tensor_shapes()
+        if self.fused is not False:
+            for k in ("ffn_gate_exps", "ffn_down_exps"):
+                s.pop(k)  # checked in modify_tensors
+        return s
+
+    # Qwen2MoeModel.modify_tensors: fused expert tensors
+    def modify_tensors(self, t, name, gname, base, bid):
+        n_exp, e = self._n_expert, self.hp["hidden_size"]
+        ff = self.hp["moe_intermediate_size"]
+        if name.removesuffix(".weight").endswith("mlp.experts.down_proj"):
+            if tuple(t[1]) != (n_exp, e, ff):
+                raise InputError(f"{self.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected {[n_exp, e, ff]}")
+            return [self.spec(f"blk.{bid}.ffn_down_exps.weight", t)]
+        if name.removesuffix(".weight").endswith("mlp.experts.gate_up_proj"):
+            if tuple(t[1]) != (n_exp, 2 * ff, e):
+                raise InputError(f"{self.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected {[n_exp, 2 * ff, e]}")
+            shape = (n_exp, ff, e)
+            return [self.spec(f"blk.{bid}.ffn_gate_exps.weight", t, shape=shape, transform=lambda a: a[0][:, :ff]),
+                    self.spec(f"blk.{bid}.ffn_up_exps.weight", t, shape=shape, transform=lambda a: a[0][:, ff:])]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    def check_complete(self, out) -> None:
+        if self.fused == "":  # bare HF names, GGUF names with .weight
+            out = out + [TensorSpec(name=re.sub(r"\.weight$", "", t.name), shape=t.shape, sources=t.sources,
+                                    ref_type=t.ref_type) for t in out if t.name.endswith(("ffn_gate_exps.weight", "ffn_down_exps.weight"))]
+        super().check_complete(out)
