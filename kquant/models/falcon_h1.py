@@ -69,7 +69,6 @@ class FalconH1Model(TextModel):
         return find_prefixed(self.hp, keys, self.prefixes, optional)
 
     def prepare(self) -> None:
-        hp = self.hp
         try:
             self.d_model = self.find_hparam(["hidden_size", "d_model", "dim"])
             self.n_group = self.find_hparam(["n_groups"])

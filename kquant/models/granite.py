@@ -148,7 +148,6 @@ class GraniteHybridModel(GraniteModel):
 
     # GraniteHybridModel.modify_tensors -> GraniteMoeModel / Mamba2Model / LlamaModel.modify_tensors
     def modify_tensors(self, t, name, gname, base, bid):
-        hp = self.hp
         if name.endswith("block_sparse_moe.input_linear.weight") or "shared_mlp" in name:
             return self.granite_moe_tensors(t, name, gname, bid)
         if bid in self._ssm:

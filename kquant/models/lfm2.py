@@ -65,9 +65,9 @@ class LFM2Model(TextModel):
     layer = LFM2_NORMS | LFM2_FFN | LFM2_ATTN
     bias_ok = ("conv.conv", "conv.in_proj", "conv.out_proj")
     norm_of = NORM_OF
-    conv_type = "conv"  # LFM2Model: every layer type but "conv" counts as attention
 
     def is_conv(self, bid: int) -> bool:
+        """LFM2Model: every layer type but "conv" is attention."""
         lt = self.hp.get("layer_types")
         if not isinstance(lt, list) or len(lt) != self.block_count:
             raise InputError(f"{self.config_path}: layer_types must be a list of num_hidden_layers ({self.block_count}) entries")

@@ -15,6 +15,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..errors import InputError
 from . import torch_exp
 
 _F32_IN = np.array(sorted(torch_exp.F32), dtype=np.uint32)
@@ -94,7 +95,6 @@ def mamba2_spec(model, t, name: str, gname: str, n_group: int, d_inner: int, the
         shape = shape + (1,)
     elif gname.endswith("ssm_norm.weight"):
         if n_group <= 0 or d_inner % n_group or t[1] != (d_inner,):
-            from ..errors import InputError
             raise InputError(f"{model.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected [{d_inner}] in {n_group} groups")
         shape = (n_group, d_inner // n_group)
     if name.endswith(".A_log"):
