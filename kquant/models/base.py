@@ -70,6 +70,9 @@ NORM_OF = {
     "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
 }
 
+# conversion/base.py TextModel.set_gguf_parameters: score function -> gguf ExpertGatingFuncType
+GATING_FUNCS = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
+
 HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safetensors header
 
 
@@ -166,6 +169,15 @@ def rows(start: int, stop: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64)
 
 
+def middle_rows(start: int, stop: int):
+    """A transform taking rows [start, stop) of every matrix of a stacked 3-D source (fused expert tensors)."""
+
+    def take(arrs: list[np.ndarray]) -> np.ndarray:
+        return arrs[0][..., start:stop, :]
+
+    return take
+
+
 def stack(arrs: list[np.ndarray]) -> np.ndarray:
     """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
     return np.stack(arrs, axis=0)
@@ -185,12 +197,17 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
-    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules with a .bias and no .weight (Mamba dt_bias)
+    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
     bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
+    # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
+    split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
+    # --hf-names for experts that arrive stacked: GGUF base -> (HF module under model.layers.{bid}., part, parts);
+    # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
+    hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
@@ -202,6 +219,7 @@ class TextModel:
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+        self.not_converted: list[str] = []  # vision/audio tensors filtered out (prepare_tensors)
 
     @classmethod
     def arch_name(cls) -> str:
@@ -305,9 +323,17 @@ class TextModel:
             self.u32("expert_count", n_experts, "num_experts")
         if (n_used := self.find_hparam(["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], True)) is not None:
             self.u32("expert_used_count", n_used, "num_experts_per_tok")
-        for k in ("n_group", "topk_group", "score_function", "scoring_func", "score_func"):
-            if hp.get(k) is not None:
-                raise UnsupportedError(f"{self.config_path}: {k!r} (grouped/scored expert routing) is not supported")
+        if (n_expert_groups := hp.get("n_group")) is not None:
+            self.u32("expert_group_count", n_expert_groups, "n_group")
+        if (n_group_used := hp.get("topk_group")) is not None:
+            self.u32("expert_group_used_count", n_group_used, "topk_group")
+        score_keys = ["score_function", "scoring_func", "score_func", "moe_router_activation",
+                      "moe_router_activation_func", "expert_selection_fn"]
+        if (score_func := self.find_hparam(score_keys, True)) is not None:
+            if score_func not in GATING_FUNCS:
+                raise UnsupportedError(f"{self.config_path}: expert score gating function {score_func!r} is not supported "
+                                       f"({', '.join(GATING_FUNCS)})")
+            self.kv.add_uint32(self.key("expert_gating_func"), GATING_FUNCS[score_func])
         if (head_dim := hp.get("head_dim")) is not None:
             self.u32("attention.key_length", head_dim, "head_dim")
             self.u32("attention.value_length", head_dim, "head_dim")
@@ -348,6 +374,10 @@ class TextModel:
         if "language_model." in name:
             name = name.replace("language_model.", "")
         return name
+
+    def is_multimodal(self, name: str) -> bool:
+        """Whether a tensor `filter_name` dropped belongs to a vision/audio part (reported as not converted)."""
+        return is_multimodal(name)
 
     def layer_modules(self, bid: int) -> dict[str, str]:
         """HF module -> GGUF base name of layer `bid` (override where layers differ, e.g. dense then MoE)."""
@@ -468,6 +498,8 @@ class TextModel:
 
         for orig, shape, dtype in hf:
             name = self.filter_name(orig)
+            if name is None and self.is_multimodal(orig):
+                self.not_converted.append(orig)
             if name is None or name.endswith(DROPPED_SUFFIXES):
                 continue
             if name in seen:
@@ -519,7 +551,8 @@ class TextModel:
             layer = self.layer_modules(bid)
             for module, g in layer.items():
                 sfx = "" if module in self.bare_params else ".bias" if module in self.bias_only else ".weight"
-                need.append((f"blk.{bid}.{g}{sfx}", pre + module + sfx))
+                for g2 in self.split_modules.get(g, (g,)):
+                    need.append((f"blk.{bid}.{g2}{sfx}", pre + module + sfx))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:
