@@ -334,8 +334,10 @@ def _head_count(gf, key: str, default=None) -> int:
     return v
 
 
-def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str], dict[str, list[str]]]:
-    """GGUF name -> (HF name, HF-row -> GGUF-row gather or None), the GGUF tensors with no HF name,
+def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]], list[str],
+                             dict[str, list[str]]]:
+    """GGUF name -> (HF name, or one per expert for stacked experts; HF-row -> GGUF-row gather or None;
+    the HF shape where it differs from the GGUF one, else None), the GGUF tensors with no HF name,
     and the stacked-expert HF tensors made of several GGUF ones ({HF name: [GGUF names, in part order]}).
 
     The family of the file's architecture gives the names and, for llama, the Q/K rows back in
@@ -355,7 +357,7 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
     if fam.undo_permute:
         n_head = _head_count(gf, f"{arch}.attention.head_count")
         n_kv = _head_count(gf, f"{arch}.attention.head_count_kv", n_head)
-    out: dict[str, tuple[str, np.ndarray | None]] = {}
+    out: dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]] = {}
     skipped: list[str] = []
     joins: dict[str, tuple[int, dict[int, str]]] = {}  # HF name -> (parts, {part: GGUF name})
     for ti in gf.tensors:
@@ -373,11 +375,14 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
                 raise InputError(f"{_p(gf.path)}: tensor {name!r} has shape {list(ti.shape)}, expected 3 dimensions")
             hf = f"model.layers.{bid}.{module}"
             joins.setdefault(hf, (n_parts, {}))[1][part] = name
-            out[name] = (hf, None)
+            out[name] = (hf, None, None)
             continue
         if bid is None:
             base = name.rsplit(".", 1)[0]
             hf = fam.hf_tensor_name(None, base, is_bias) if name.endswith((".weight", ".bias")) else None
+        elif not is_bias and len(ti.shape) == 3 and (hf := fam.hf_expert_names(bid, base, int(ti.shape[0]))) is not None:
+            out[name] = (hf, None, None)  # stacked experts: one HF tensor per expert (Experts.source)
+            continue
         else:
             hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
         if hf is None:
@@ -385,7 +390,9 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         gather = None
         if n_head is not None and bid is not None:
             gather = fam.hf_row_order(base, int(ti.shape[0]), n_head, n_kv)
-        out[name] = (hf, gather)
+        shape = tuple(int(d) for d in ti.shape)
+        hf_shape = fam.hf_tensor_shape(base, is_bias, shape) if bid is not None else shape
+        out[name] = (hf, gather, hf_shape if hf_shape != shape else None)
     joined: dict[str, list[str]] = {}
     shape_of = {t.name: tuple(t.shape) for t in gf.tensors}
     for hf, (n_parts, parts) in joins.items():
@@ -437,7 +444,7 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
         if hf_names:
             names, skipped, joined = hf_name_map(gf)
         else:
-            names, skipped, joined = {t.name: (t.name, None) for t in gf.tensors}, [], {}
+            names, skipped, joined = {t.name: (t.name, None, None) for t in gf.tensors}, [], {}
         todo = [t for t in gf.tensors if t.name in names]
         readers = {}
         for ti in todo:  # fail on an unsupported type before writing anything
@@ -446,22 +453,27 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
         todo = [t for t in todo if t.name not in part_of or joined[part_of[t.name]][0] == t.name]  # a join once
         entries = []
         for t in todo:
-            shape = tuple(int(d) for d in t.shape)
+            (hf, _, hf_shape), shape = names[t.name], tuple(int(d) for d in t.shape)
             if t.name in part_of:  # (n_expert, rows, cols) parts -> (n_expert, cols, n_parts * rows)
                 shape = (shape[0], shape[2], shape[1] * len(joined[part_of[t.name]]))
-            entries.append((names[t.name][0], dtype, shape))
+            entries += [(h, dtype, shape[1:]) for h in hf] if isinstance(hf, list) else [(hf, dtype, hf_shape or shape)]
         with handle_termination(), atomic_output(out, force=force) as f:
             w = SafetensorsStreamWriter(f, entries, SAFETENSORS_METADATA)
             for i, ti in enumerate(todo):
                 ts = time.perf_counter()
                 rd = readers[ti.name]
-                gather = names[ti.name][1]
+                hf, gather, _ = names[ti.name]
                 if ti.name in part_of:  # one expert at a time: each part transposed, side by side
                     parts = [readers[n] for n in joined[part_of[ti.name]]]
                     n_x, per = int(ti.shape[0]), int(ti.shape[1])
                     for x in range(n_x):
                         w.write(_encode_rows(np.concatenate([r.read(x * per, (x + 1) * per).T for r in parts], axis=1),
                                              dtype, ti.name))
+                elif isinstance(hf, list):  # stacked experts: expert x is rows [x * r, (x + 1) * r)
+                    r, step = rd.rows // len(hf), max(1, SLAB_BYTES // max(rd.cols * 4, 1))
+                    for x in range(len(hf)):
+                        for a in range(x * r, (x + 1) * r, step):
+                            w.write(_encode_rows(rd.read(a, min(a + step, (x + 1) * r)), dtype, ti.name))
                 elif gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
                     w.write(_encode_rows(rd.read(0, 1).reshape(-1)[gather], dtype, ti.name))
                 elif gather is not None:
@@ -472,7 +484,8 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                     for _, rows in rd.slabs(SLAB_BYTES):
                         w.write(_encode_rows(rows, dtype, ti.name))
                 if progress:
-                    progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
+                    progress(i + 1, len(todo), hf if isinstance(hf, str) else ti.name, type_name(ti.qtype),
+                             time.perf_counter() - ts)
             if w.written != sum(w.sizes):
                 raise OutputError(f"{_p(out)}: wrote {w.written} data bytes, expected {sum(w.sizes)}")
     return {"input": os.fspath(path), "output": os.fspath(out), "dtype": dtype, "n_tensors": len(todo),

@@ -774,6 +774,150 @@ def case_qwen35(rng, moe: bool = False):
     return c, t, "qwen2", {}
 
 
+
+_GLM_TOKENIZER: list[str] = []
+
+
+def glm_tokenizer_json() -> str:
+    """A GLM-style tokenizer.json: the qwen2 fixture's BPE plus GLM-4's special tokens as added tokens
+    (no registry ships a real GLM tokenizer.json; the converter's GLM vocabulary code needs those
+    tokens, and the qwen2 pre-tokenizer hash keeps it on the same get_vocab_base path)."""
+    if not _GLM_TOKENIZER:
+        tj = json.loads(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
+        tc = json.loads((FIXTURES / "glm4" / "tokenizer_config.json").read_text())
+        have = {a["content"] for a in tj["added_tokens"]}
+        for i, d in sorted(tc["added_tokens_decoder"].items(), key=lambda kv: int(kv[0])):
+            if d["content"] not in have:
+                tj["added_tokens"].append({"id": int(i), "content": d["content"], "single_word": False, "lstrip": False,
+                                           "rstrip": False, "normalized": False, "special": True})
+        _GLM_TOKENIZER.append(json.dumps(tj, ensure_ascii=False))
+    return _GLM_TOKENIZER[0]
+
+
+def glm4_layer_tensors(rng, c: dict, i: int, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """GLM-4 (0414) MLP and extra norms of layer i: fused gate_up_proj, post-attention and post-MLP norms."""
+    e, ff, p = c["hidden_size"], c["intermediate_size"], f"model.layers.{i}."
+    return {p + "mlp.gate_up_proj.weight": (heavy(rng, (2 * ff, e)), dt), p + "mlp.down_proj.weight": (heavy(rng, (e, ff)), dt),
+            p + "post_self_attn_layernorm.weight": (1 + heavy(rng, (e,), 0.1), dt),
+            p + "post_mlp_layernorm.weight": (1 + heavy(rng, (e,), 0.1), dt)}
+
+
+def case_glm4(rng):
+    # GLM-4-0414's layout (q/k/v biases, fused gate/up, four norms a layer, half rotary); widths 256
+    c = base_config("Glm4ForCausalLM", "glm4", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5, attention_bias=True,
+                    max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    pad_token_id=151643, eos_token_id=[151643, 151652, 151654])
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        t |= glm4_layer_tensors(rng, c, i)
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def glm4moe_tensors(rng, c: dict, *, nextn_full: bool, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """GLM-4.5 layers: first_k_dense_replace dense MLPs, then router + e_score_correction_bias + routed and
+    shared experts; then num_nextn_predict_layers NextN layers (MoE layers plus eh_proj, enorm, hnorm,
+    shared_head.norm and, with `nextn_full`, their own embed_tokens and shared_head.head)."""
+    e, v, n_exp, f_exp = c["hidden_size"], c["vocab_size"], c["n_routed_experts"], c["moe_intermediate_size"]
+    n_main, n_all = c["num_hidden_layers"], c["num_hidden_layers"] + c.get("num_nextn_predict_layers", 0)
+    t = dense_tensors(rng, {**c, "moe": True, "num_hidden_layers": n_all}, qkv_bias=True, qk_norm=c.get("use_qk_norm", False),
+                      lm_head=not c.get("tie_word_embeddings"), dt=dt)
+    f_sh = f_exp * c["n_shared_experts"]
+    for i in range(n_all):
+        p = f"model.layers.{i}."
+        if i < c["first_k_dense_replace"]:
+            for w, shp in (("gate_proj", (c["intermediate_size"], e)), ("up_proj", (c["intermediate_size"], e)),
+                           ("down_proj", (e, c["intermediate_size"]))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), dt)
+        else:
+            t[p + "mlp.gate.weight"] = (heavy(rng, (n_exp, e)), "F32")
+            t[p + "mlp.gate.e_score_correction_bias"] = (heavy(rng, (n_exp,), 0.5), "F32")
+            for w, shp in (("gate_proj", (f_sh, e)), ("up_proj", (f_sh, e)), ("down_proj", (e, f_sh))):
+                t[p + f"mlp.shared_experts.{w}.weight"] = (heavy(rng, shp), dt)
+            for x in range(n_exp):
+                for w, shp in (("gate_proj", (f_exp, e)), ("up_proj", (f_exp, e)), ("down_proj", (e, f_exp))):
+                    t[p + f"mlp.experts.{x}.{w}.weight"] = (heavy(rng, shp), dt)
+        if i >= n_main:
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), dt)
+            for n in ("enorm", "hnorm", "shared_head.norm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), dt)
+            if nextn_full:
+                t[p + "embed_tokens.weight"] = (heavy(rng, (v, e)), dt)
+                t[p + "shared_head.head.weight"] = (heavy(rng, (v, e)), dt)
+    return t
+
+
+def case_glm4moe(rng):
+    # GLM-4.5's layout, widths 256: one dense layer, one MoE layer (4 routed experts + 1 shared, sigmoid
+    # routing with correction bias, n_group/topk_group), q/k norms, and the NextN layer the converter
+    # keeps as block 2 (without its optional embed_tokens / shared_head.head, to keep the fixture small)
+    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5, attention_bias=True,
+                    moe_intermediate_size=256, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                    first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                    use_qk_norm=True, num_nextn_predict_layers=1, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    tie_word_embeddings=True, pad_token_id=151643, eos_token_id=[151643, 151652, 151654])
+    return c, glm4moe_tensors(rng, c, nextn_full=False), "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def case_glm4moe_mtp(rng):
+    # narrow (32: four vocabulary-sized tensors): the NextN layer's own embed_tokens and shared_head.head, an
+    # untied lm_head, no q/k norms, config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
+    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=32, intermediate_size=64, head_dim=16,
+                    num_attention_heads=2, num_key_value_heads=1, attention_bias=True, moe_intermediate_size=32,
+                    n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                    num_nextn_predict_layers=1, tie_word_embeddings=False, rope_theta=1000000.0)
+    return c, glm4moe_tensors(rng, c, nextn_full=True, dt="F16"), "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def case_ernie4_5(rng):
+    # ERNIE-4.5-0.3B's layout (tied embeddings, head_dim set); layer 1 as the remote-code checkpoints write it
+    # ("ernie." prefix, fused qkv_proj and up_gate_proj). No real ERNIE tokenizer.model in the registries:
+    # the Llama SentencePiece one, with ERNIE's add_prefix_space in tokenizer_config.json
+    c = base_config("Ernie4_5_ForCausalLM", "ernie4_5", 32000, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072, rope_theta=500000.0,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True, use_bias=False, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=0)
+    t = dense_tensors(rng, c, lm_head=False)
+    p, q = "model.layers.1.", "ernie.layers.1."
+    qkv = [t.pop(p + f"self_attn.{n}_proj.weight")[0] for n in "qkv"]
+    t[q + "self_attn.qkv_proj.weight"] = (np.concatenate(qkv), "BF16")
+    gate, up = t.pop(p + "mlp.gate_proj.weight")[0], t.pop(p + "mlp.up_proj.weight")[0]
+    t[q + "mlp.up_gate_proj.weight"] = (np.concatenate([gate, up]), "BF16")
+    for n in [n for n in t if n.startswith(p)]:
+        t[q + n[len(p):]] = t.pop(n)
+    return c, t, "ernie-spm", {}
+
+
+def case_ernie4_5moe(rng):
+    # ERNIE-4.5-21B-A3B's layout, widths 256: layer 0 dense (moe_layer_start_index 1), layers 1-2 MoE with
+    # 4 experts, one shared expert (intermediate_size // num_key_value_heads = 256 as llama.cpp reads it),
+    # moe_statics correction bias, and the MTP tensors the converter drops
+    c = base_config("Ernie4_5_MoeForCausalLM", "ernie4_5_moe", 32000, hidden_size=256, intermediate_size=512,
+                    head_dim=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
+                    moe_intermediate_size=256, moe_k=2, moe_num_experts=4, moe_num_shared_experts=1,
+                    moe_layer_start_index=1, moe_layer_end_index=2, moe_layer_interval=1, max_position_embeddings=131072,
+                    rope_theta=500000.0, tie_word_embeddings=True, use_bias=False, bos_token_id=1, eos_token_id=2)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, {**c, "moe": True}, lm_head=False)
+    for i in range(3):
+        p = f"model.layers.{i}.mlp."
+        if i == 0:
+            for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+                t[p + f"{w}.weight"] = (heavy(rng, shp), "BF16")
+            continue
+        t[p + "gate.weight"] = (heavy(rng, (4, e)), "F32")
+        t[p + "moe_statics.e_score_correction_bias"] = (heavy(rng, (1, 4), 0.5), "F32")
+        for w, shp in (("gate_proj", (256, e)), ("up_proj", (256, e)), ("down_proj", (e, 256))):
+            t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+            for x in range(4):
+                t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    t["model.mtp_block.0.input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_block.0.self_attn.q_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+    t["model.mtp_emb_norm.0.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_hidden_norm.0.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_linear_proj.0.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return c, t, "ernie-spm", {}
 def case_granitemoe(rng):
     # granite-3.1-3b-a800m's layout: stacked experts, input_linear = gate and up fused (4 experts, widths 256)
     c = base_config("GraniteMoeForCausalLM", "granitemoe", 32000, hidden_size=256, intermediate_size=256,
@@ -1008,14 +1152,17 @@ CASES = {
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
     "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
+    "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
+    "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe")
+TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
@@ -1281,6 +1428,48 @@ def test_expert_count_bomb(models, case, key, n):
     with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
         load_spec(d, vocab=False)
 
+
+
+def _spec_view(spec):
+    return [(t.name, t.shape, t.sources) for t in spec.tensors], [(k, v) for k, _, v in spec.kv]
+
+
+def test_ernie_moe_config_aliases(models):
+    """Ernie4_5_MoeConfig: num_experts / num_experts_per_tok are attribute_map aliases (they win over
+    moe_num_experts / moe_k), moe_layer_end_index -1 is the last layer; the sparse layers follow
+    transformers' pattern, so a config that makes layer 1 dense refuses its experts."""
+    d = models("ernie4_5moe", tokenizer=False)
+    want = _spec_view(load_spec(d, vocab=False))
+    _edit_config(d, moe_num_experts=64, moe_k=6, num_experts=4, num_experts_per_tok=2, moe_layer_end_index=-1)
+    assert _spec_view(load_spec(d, vocab=False)) == want
+    _edit_config(d, moe_layer_start_index=2)
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.1.mlp.experts"):
+        load_spec(d, vocab=False)
+    _edit_config(d, moe_layer_start_index=1, moe_layer_interval=2)  # (i + 1) % 2 == 0: layer 1 sparse, layer 2 dense
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.2.mlp.experts"):
+        load_spec(d, vocab=False)
+
+
+def test_glm4moe_nextn_blocks(models):
+    """The NextN layer is block num_hidden_layers (block_count counts it); without
+    num_nextn_predict_layers its tensors belong to no block."""
+    d = models("glm4moe", tokenizer=False)
+    spec = load_spec(d, vocab=False)
+    kv = {k: v for k, _, v in spec.kv}
+    assert spec.n_layer == 3 and kv["glm4moe.block_count"] == 3 and kv["glm4moe.nextn_predict_layers"] == 1
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.exp_probs_b.bias"} <= {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate_inp.weight" not in {t.name for t in spec.tensors}  # first_k_dense_replace = 1
+    _edit_config(d, num_nextn_predict_layers=...)
+    with pytest.raises(InputError, match="is for layer 2 but num_hidden_layers is 2"):
+        load_spec(d, vocab=False)
+
+
+def test_glm_vocab_needs_glm_special_tokens(models):
+    d = models("glm4moe")
+    (d / "tokenizer.json").write_bytes(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
+    shutil.copy(FIXTURES / "qwen2" / "tokenizer_config.json", d / "tokenizer_config.json")
+    with pytest.raises(UnsupportedError, match="GLM vocabulary without the added token '\\[gMASK\\]'"):
+        load_spec(d)
 
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
@@ -1566,7 +1755,7 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
     assert len(toks) > 5 and np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("case", QUANT_CASES)
+@pytest.mark.parametrize("case", TOOLS_CASES)
 def test_tools_on_new_families(models, case, tmp_path, capsys):
     """convert --dry-run --json plans the file convert writes; validate reads it back against the
     checkpoint; dequantize --hf-names restores the checkpoint's own tensor names and rows."""
@@ -1606,8 +1795,10 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     capsys.readouterr()
     got, src = read_safetensors(hf), all_sources(d)
     # a multimodal checkpoint: its language model, under the text model's names (language_model. dropped)
-    dropped = set(load_spec(d, vocab=False).not_converted)
-    src = {n.replace("language_model.", ""): x for n, x in src.items() if n not in dropped}
+    spec = load_spec(d, vocab=False)
+    dropped = set(spec.not_converted)
+    used = {s for t in spec.tensors for s in t.sources}  # not the tensors the converter filters out (ERNIE's MTP)
+    src = {n.replace("language_model.", ""): x for n, x in src.items() if n not in dropped and n in used}
     assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import dots1, exaone, falcon_h1, gemma, granite, hunyuan, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import dots1, ernie, exaone, falcon_h1, gemma, glm, granite, hunyuan, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv

@@ -199,6 +199,7 @@ class TextModel:
     bias_required: ClassVar[tuple[str, ...]] = ()
     bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
     bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
+    optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
     split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
@@ -330,9 +331,9 @@ class TextModel:
         score_keys = ["score_function", "scoring_func", "score_func", "moe_router_activation",
                       "moe_router_activation_func", "expert_selection_fn"]
         if (score_func := self.find_hparam(score_keys, True)) is not None:
-            if score_func not in GATING_FUNCS:
+            if not isinstance(score_func, str) or score_func not in GATING_FUNCS:
                 raise UnsupportedError(f"{self.config_path}: expert score gating function {score_func!r} is not supported "
-                                       f"({', '.join(GATING_FUNCS)})")
+                                       f"({', '.join(GATING_FUNCS)})"[:300])
             self.kv.add_uint32(self.key("expert_gating_func"), GATING_FUNCS[score_func])
         if (head_dim := hp.get("head_dim")) is not None:
             self.u32("attention.key_length", head_dim, "head_dim")
@@ -470,7 +471,8 @@ class TextModel:
             if m:
                 bid, module = int(m.group(1)), m.group(2)
                 layer = self.layer_modules(bid) if bid < self.block_count else self.layer
-                if module in layer and (not is_bias or module in self.bias_ok):
+                allowed = (module in self.bias_ok or module in self.bias_only) if is_bias else module not in self.bias_only
+                if module in layer and allowed:
                     if bid >= self.block_count:
                         raise InputError(f"{where}: tensor {name!r} is for layer {bid} but num_hidden_layers is {self.block_count}")
                     return layer[module], bid, is_bias
@@ -541,6 +543,9 @@ class TextModel:
     def check_complete(self, out: list[TensorSpec]) -> None:
         """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""
         names = {t.name for t in out}
+        if len(names) != len(out):
+            dup = next(t.name for i, t in enumerate(out) if any(u.name == t.name for u in out[:i]))
+            raise InputError(f"{self.folder}: two source tensors make GGUF tensor {dup!r}")
         need: list[tuple[str, str]] = []  # (GGUF name, HF name)
         for hf_base, g in self.globals_.items():
             if g == "output" and self.tied():
@@ -550,6 +555,8 @@ class TextModel:
             pre = f"{LAYER_PREFIX}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
+                if module in self.optional:
+                    continue
                 sfx = "" if module in self.bare_params else ".bias" if module in self.bias_only else ".weight"
                 for g2 in self.split_modules.get(g, (g,)):
                     need.append((f"blk.{bid}.{g2}{sfx}", pre + module + sfx))
@@ -573,9 +580,26 @@ class TextModel:
                 return None
             return hf + (".bias" if is_bias else ".weight")
         mod = {g: h for h, g in cls.layer.items()}.get(base)
-        if mod is None or (is_bias and mod not in cls.bias_ok):
+        if mod is None or (is_bias and mod not in cls.bias_ok and mod not in cls.bias_only) or (
+                not is_bias and mod in cls.bias_only):
             return None
+        if mod.endswith("e_score_correction") and is_bias:  # filter_name's rename, undone
+            return f"{LAYER_PREFIX}{bid}.{mod}_bias"
         return f"{LAYER_PREFIX}{bid}.{mod}" + (".bias" if is_bias else ".weight")
+
+    @classmethod
+    def hf_tensor_shape(cls, base: str, is_bias: bool, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The HF shape of a per-layer GGUF tensor (llama-quantize drops trailing ggml dims of size 1)."""
+        return shape
+
+    @classmethod
+    def hf_expert_names(cls, bid: int, base: str, n_expert: int) -> list[str] | None:
+        """The per-expert HF names of a stacked expert tensor (`base`: e.g. ffn_down_exps), or None."""
+        x = cls.experts
+        w = next((w for w, g in x.order if g == base), None) if x is not None else None
+        if w is None:
+            return None
+        return [x.source.format(bid=bid, xid=i, w=w) for i in range(n_expert)]
 
     @classmethod
     def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:

@@ -204,7 +204,7 @@ def hf_architecture(cfg: dict[str, Any]) -> str:
     return cfg["architectures"][0]
 
 
-def _apply(cc: HFConfig, cfg: dict[str, Any]) -> dict[str, Any]:
+def _apply(cc: HFConfig, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     """One config class: PretrainedConfig's and the class's defaults, config.json's keys, the __init__ rewrites."""
     hp: dict[str, Any] = {**_GENERIC, **cc.defaults}
     hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
@@ -232,16 +232,16 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc.text_config is None:
         if "text_config" in cfg:
             raise UnsupportedError(f"{path}: model_type {mt!r} with a 'text_config' is not supported")
-        return _apply(cc, cfg)
+        return _apply(cc, cfg, path)
     tc = cfg["text_config"]  # read_config requires it
     tmt = cc.text_config if cc.text_fixed else tc.get("model_type", cc.text_config)
     tcc = CONFIG_CLASSES.get(tmt)
     if tcc is None or tcc.text_config is not None:
         raise UnsupportedError(f"{path}: 'text_config.model_type' {tmt!r} is not supported for model_type {mt!r}")
-    text = _apply(tcc, tc)
+    text = _apply(tcc, tc, path)
     text["model_type"] = tcc.model_type  # the text class's own
     text.setdefault("architectures", None)  # PretrainedConfig's default
-    top = _apply(cc, {k: v for k, v in cfg.items() if k != "text_config"})
+    top = _apply(cc, {k: v for k, v in cfg.items() if k != "text_config"}, path)
     top["text_config"] = text
     hp = {**top, **text}
     for k in REQUIRED_INT_KEYS:  # now with the text class's defaults
