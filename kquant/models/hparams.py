@@ -53,6 +53,7 @@ class HFConfig:
     rope_type_alias: bool = False  # copies rope_scaling["type"] into rope_scaling["rope_type"]
     kv_heads_fallback: bool = False  # replaces num_key_value_heads=None by num_attention_heads
     post_init: Callable[[dict[str, Any]], None] | None = None  # any other __init__ rewrite, in place
+    raw: bool = False  # no such class in transformers 4.57.6: AutoConfig fails and the converter reads config.json as is
     # a composite (multimodal) config: the model_type of the text config class it builds from
     # `text_config`; `text_fixed` when that class does not depend on text_config["model_type"]
     text_config: str | None = None
@@ -206,7 +207,7 @@ def hf_architecture(cfg: dict[str, Any]) -> str:
 
 def _apply(cc: HFConfig, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     """One config class: PretrainedConfig's and the class's defaults, config.json's keys, the __init__ rewrites."""
-    hp: dict[str, Any] = {**_GENERIC, **cc.defaults}
+    hp: dict[str, Any] = {} if cc.raw else {**_GENERIC, **cc.defaults}
     hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
     if cc.kv_heads_fallback and hp.get("num_key_value_heads") is None:
         hp["num_key_value_heads"] = hp["num_attention_heads"]
