@@ -187,7 +187,7 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
                  "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
-                 "stablelm": (0, 0, None)}
+                 "stablelm": (0, 0, None), "cohere": (5, 255001, 0), "cohere2": (5, 255001, 0)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -485,6 +485,30 @@ def case_stablelm(rng):
     return c, t, "qwen2", {}
 
 
+def case_command_r(rng):
+    # c4ai-command-r-v01's layout: parallel block (one LayerNorm, weights only), tied embeddings, the trained
+    # context in model_max_length; no real Cohere tokenizer among the fixtures: GPT-2's (same BPE code path)
+    c = base_config("CohereForCausalLM", "cohere", 50257, hidden_size=256, intermediate_size=512, rms_norm_eps=None,
+                    layer_norm_eps=1e-5, use_qk_norm=False, logit_scale=0.0625, rope_theta=8000000.0,
+                    max_position_embeddings=8192, model_max_length=131072, bos_token_id=5, eos_token_id=255001)
+    t = dense_tensors(rng, c, lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        del t[f"model.layers.{i}.post_attention_layernorm.weight"]
+    return c, t, "gpt-2", {}
+
+
+def case_cohere2(rng):
+    # Command R7B's layout: 4 layers (3 sliding, 1 global), F16 source; GPT-2's tokenizer stands in
+    c = base_config("Cohere2ForCausalLM", "cohere2", 50257, num_hidden_layers=4, rms_norm_eps=None,
+                    layer_norm_eps=1e-5, logit_scale=0.25, rope_theta=50000.0, rotary_pct=1.0, sliding_window=4096,
+                    sliding_window_pattern=4, max_position_embeddings=8192, bos_token_id=5, eos_token_id=255001,
+                    torch_dtype="float16")
+    t = dense_tensors(rng, c, lm_head=False, dt="F16")
+    for i in range(c["num_hidden_layers"]):
+        del t[f"model.layers.{i}.post_attention_layernorm.weight"]
+    return c, t, "gpt-2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -492,6 +516,7 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
+    "command-r": case_command_r, "cohere2": case_cohere2,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")

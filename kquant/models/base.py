@@ -323,6 +323,16 @@ class TextModel:
     def prepare(self) -> None:
         """Anything the tensor hooks need beyond the config, read before the tensors are mapped."""
 
+    def read_source(self, name: str) -> np.ndarray:
+        """One HF tensor's values as float32, for the few hooks upstream that read data while mapping
+        (small tensors only: Cohere2's zero biases, Apertus' xIELU scalars)."""
+        from ..io.safetensors import Checkpoint
+
+        if self.folder is None:
+            raise InputError(f"{self.hf_names[0]}: tensor {name!r} must be read, but no model folder was given")
+        with Checkpoint.open(self.folder) as ck:
+            return ck.read(name)
+
     # ---------------------------------------------------------------- tensors
     def filter_name(self, name: str) -> str | None:
         """The name upstream indexes a tensor under, or None when a filter_tensors drops it."""

@@ -164,7 +164,7 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc is None:
         known = ", ".join(sorted(CONFIG_CLASSES))
         raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
-    hp: dict[str, Any] = {**_GENERIC, **cc.defaults}
+    hp: dict[str, Any] = json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts (mutated below)
     hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
     if cc.kv_heads_fallback and hp.get("num_key_value_heads") is None:
         hp["num_key_value_heads"] = hp["num_attention_heads"]
