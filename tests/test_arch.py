@@ -187,7 +187,8 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
                  "gemma2": (2, 1, 0), "gemma3_text": (2, 1, 0), "phi3": (1, 32000, 32000),
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
                  "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
-                 "stablelm": (0, 0, None), "cohere": (5, 255001, 0), "cohere2": (5, 255001, 0)}
+                 "stablelm": (0, 0, None), "cohere": (5, 255001, 0), "cohere2": (5, 255001, 0),
+                 "apertus": (1, 2, 3)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -509,6 +510,24 @@ def case_cohere2(rng):
     return c, t, "gpt-2", {}
 
 
+def case_apertus(rng):
+    # Apertus-8B's layout at 320 wide (K-quant fallbacks): q/k RMS norms, up/down xIELU MLP whose per-layer scalars
+    # become metadata, the llama3 rope default of ApertusConfig (no rope_scaling in config.json); GPT-2's tokenizer
+    c = base_config("ApertusForCausalLM", "apertus", 50257, hidden_size=320, intermediate_size=512,
+                    rope_theta=12000000.0, max_position_embeddings=65536, bos_token_id=1, eos_token_id=68, pad_token_id=3)
+    t = dense_tensors(rng, c, qk_norm=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "attention_layernorm.weight"] = t.pop(p + "input_layernorm.weight")
+        t[p + "feedforward_layernorm.weight"] = t.pop(p + "post_attention_layernorm.weight")
+        del t[p + "mlp.gate_proj.weight"]
+        t[p + "mlp.act_fn.alpha_p"] = (np.array([0.55 + 0.1 * i], np.float32), "BF16")
+        t[p + "mlp.act_fn.alpha_n"] = (np.array([0.31 - 0.07 * i], np.float32), "BF16")
+        t[p + "mlp.act_fn.beta"] = (np.array(0.5, np.float32), "F32")
+        t[p + "mlp.act_fn.eps"] = (np.array(-1e-6, np.float32), "F32")
+    return c, t, "gpt-2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -516,7 +535,7 @@ CASES = {
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
-    "command-r": case_command_r, "cohere2": case_cohere2,
+    "command-r": case_command_r, "cohere2": case_cohere2, "apertus": case_apertus,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
