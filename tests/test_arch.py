@@ -188,7 +188,7 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
                  "smollm3": (128000, 128001, 128004), "olmo2": (None, 50279, 1), "olmo3": (None, 50279, 1),
                  "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
                  "stablelm": (0, 0, None), "cohere": (5, 255001, 0), "cohere2": (5, 255001, 0),
-                 "apertus": (1, 2, 3)}
+                 "apertus": (1, 2, 3), "olmo": (None, 50279, 1)}
 
 
 def as_transformers5(cfg: dict) -> dict:
@@ -528,6 +528,17 @@ def case_apertus(rng):
     return c, t, "gpt-2", {}
 
 
+def case_olmo(rng):
+    # OLMo-1.7-7B-hf's layout: no norm tensors (parameter-free LayerNorms), clip_qkv, untied output; GPT-2's tokenizer
+    c = base_config("OlmoForCausalLM", "olmo", 50304, hidden_size=256, intermediate_size=512, num_key_value_heads=None,
+                    rms_norm_eps=None, clip_qkv=8.0, max_position_embeddings=4096, bos_token_id=None,
+                    eos_token_id=50256, pad_token_id=1)
+    t = dense_tensors(rng, {**c, "num_key_value_heads": 4})
+    for n in [n for n in t if "layernorm" in n or n == "model.norm.weight"]:
+        del t[n]
+    return c, t, "gpt-2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -536,6 +547,7 @@ CASES = {
     "granite": case_granite, "exaone4": case_exaone4,
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
     "command-r": case_command_r, "cohere2": case_cohere2, "apertus": case_apertus,
+    "olmo": case_olmo,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm")
