@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, exaone, gemma, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import command_r, exaone, falcon, gemma, gpt2, gptneox, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
@@ -85,14 +85,14 @@ def load_spec(
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
-    _check_hparams(cfg, hp, cfg_path)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
+    _check_hparams(cfg, model, cfg_path)
     _check_rope(model.rp, cfg_path)
     block_count = model.block_count
 
     hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
-    _check_counts(cls, hp, hf, cfg_path)  # before anything proportional to a count is built
+    _check_counts(model, hf, cfg_path)  # before anything proportional to a count is built
     rec = KVRecorder(arch)
     rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
 
@@ -125,10 +125,10 @@ def load_spec(
         kv=kv,
         tensors=tensors,
         n_layer=block_count,
-        n_head=hp["num_attention_heads"],
-        n_head_kv=hp.get("num_key_value_heads") or hp["num_attention_heads"],
+        n_head=model.dim("num_attention_heads"),
+        n_head_kv=model.dim("num_key_value_heads") or model.dim("num_attention_heads"),
         n_expert=n_expert,
-        n_embd=hp["hidden_size"],
+        n_embd=model.dim("hidden_size"),
         tied_embeddings=not any(t.name == "output.weight" for t in tensors),
         file_type_index=ft_idx,
         quantization_version_index=qv_idx,
@@ -137,10 +137,11 @@ def load_spec(
     )
 
 
-def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:
+def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:
     """Consistency checks the converter does not do but the runtime depends on."""
-    n_head, n_embd = hp["num_attention_heads"], hp["hidden_size"]
-    n_kv = hp.get("num_key_value_heads")
+    hp = model.hp
+    n_head, n_embd = model.dim("num_attention_heads"), model.dim("hidden_size")
+    n_kv = model.dim("num_key_value_heads")
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv <= 0:
         raise InputError(f"{path}: 'num_key_value_heads' must be a positive integer, got {n_kv!r}")
     if n_head % n_kv:
@@ -186,14 +187,17 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 
-def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: Path) -> None:
+def _check_counts(model: TextModel, hf: list[HFTensor], path: Path) -> None:
     """Refuse config counts larger than the checkpoint can hold (a layer-count bomb, a 10^9 vocab)."""
+    family, hp = type(model), model.hp
     layers = {m.group(1) for n, _, _ in hf if (m := _LAYER_ID.search(n))}
-    n_layer = hp["num_hidden_layers"]
+    n_layer = model.block_count
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer <= 0:
+        raise InputError(f"{path}: the layer count (num_hidden_layers) must be a positive integer, got {n_layer!r}")
     if n_layer > len(layers):
         raise InputError(f"{path}: 'num_hidden_layers' is {n_layer} but the checkpoint has tensors for {len(layers)} layers")
     if family.experts is not None:
@@ -204,7 +208,7 @@ def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: P
             raise InputError(f"{path}: {k!r} is {v} but the checkpoint has tensors for {len(experts)} experts")
     max_dim = max((d for _, shape, _ in hf for d in shape), default=0)
     for k in _DIM_KEYS:
-        v = hp.get(k)
+        v = model.dim(k)
         if isinstance(v, int) and not isinstance(v, bool) and v > max_dim:
             raise InputError(f"{path}: {k!r} is {v}, larger than any tensor dimension in the checkpoint ({max_dim})")
 

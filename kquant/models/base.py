@@ -41,7 +41,7 @@ from .spec import TensorSpec
 # ModelBase.prepare_tensors: "we don't need these"
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
-F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp")
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd")
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."
@@ -190,16 +190,28 @@ class TextModel:
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
+    layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
+    # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)
+    aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
                  folder: Path | None = None, tok_folder: Path | None = None):
         self.hp = hp
         self.rp = rope_parameters(hp)
-        self.block_count = hp["num_hidden_layers"]
+        # conversion/base.py TextModel.__init__
+        self.block_count = find_hparam(hp, ["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
         self.config_path = config_path
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+
+    def dim(self, key: str):
+        """A canonical dimension (hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
+        vocab_size, head_dim) from the config, through the family's `aliases`; None when absent."""
+        for k in (key,) + self.aliases.get(key, ()):
+            if self.hp.get(k) is not None:
+                return self.hp[k]
+        return None
 
     @classmethod
     def arch_name(cls) -> str:
@@ -367,11 +379,11 @@ class TextModel:
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF base name -> expected (weight) shape from the hyperparameters."""
         hp = self.hp
-        e = hp["hidden_size"]
-        n_head = hp["num_attention_heads"]
-        n_kv = hp.get("num_key_value_heads") or n_head
+        e = self.dim("hidden_size")
+        n_head = self.dim("num_attention_heads")
+        n_kv = self.dim("num_key_value_heads") or n_head
         hd = hp.get("head_dim") or e // n_head
-        f, n_vocab = hp["intermediate_size"], hp["vocab_size"]
+        f, n_vocab = self.dim("intermediate_size") or 4 * e, self.dim("vocab_size")
         n_ff_exp = hp.get("moe_intermediate_size") or f
         n_ff_shexp = hp.get("shared_expert_intermediate_size") or f
         q, kv = n_head * hd, n_kv * hd
@@ -426,7 +438,7 @@ class TextModel:
             base = name[: -len(suffix)]
             if base in self.globals_ and (not is_bias or base in self.globals_bias_ok):
                 return self.globals_[base], None, is_bias
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
+            m = re.fullmatch(re.escape(self.layer_prefix) + r"(\d+)\.(.+)", base)
             if m:
                 bid, module = int(m.group(1)), m.group(2)
                 layer = self.layer_modules(bid) if bid < self.block_count else self.layer
@@ -500,7 +512,7 @@ class TextModel:
                 continue  # tied: no lm_head, llama.cpp reuses token_embd
             need.append((g + ".weight", hf_base + ".weight"))
         for bid in range(self.block_count):
-            pre = f"{LAYER_PREFIX}{bid}."
+            pre = f"{self.layer_prefix}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
                 need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
@@ -526,7 +538,7 @@ class TextModel:
         mod = {g: h for h, g in cls.layer.items()}.get(base)
         if mod is None or (is_bias and mod not in cls.bias_ok):
             return None
-        return f"{LAYER_PREFIX}{bid}.{mod}" + (".bias" if is_bias else ".weight")
+        return f"{cls.layer_prefix}{bid}.{mod}" + (".bias" if is_bias else ".weight")
 
     @classmethod
     def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:

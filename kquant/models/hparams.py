@@ -43,6 +43,10 @@ class HFConfig:
     rope_type_alias: bool = False  # copies rope_scaling["type"] into rope_scaling["rope_type"]
     kv_heads_fallback: bool = False  # replaces num_key_value_heads=None by num_attention_heads
     post_init: Callable[[dict[str, Any]], None] | None = None  # any other __init__ rewrite, in place
+    # PretrainedConfig.attribute_map: a config.json key stored under another name (GPT-2: hidden_size -> n_embd)
+    attribute_map: dict[str, str] | None = None
+    # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
+    required_as: dict[str, tuple[str, ...]] | None = None
 
 
 CONFIG_CLASSES: dict[str, HFConfig] = {}  # model_type -> HFConfig, filled by kquant.models.base.register
@@ -102,9 +106,18 @@ def read_config(path: Path) -> dict[str, Any]:
     mt = cfg.get("model_type")
     if not isinstance(mt, str):
         raise InputError(f"{path}: missing or non-string key 'model_type' (got {mt!r})")
-    for k in REQUIRED_INT_KEYS:
-        if k not in cfg:
-            raise InputError(f"{path}: missing key {k!r}")
+    cc = CONFIG_CLASSES.get(mt)
+    required_as = (cc.required_as or {}) if cc is not None else {}
+    amap = (cc.attribute_map or {}) if cc is not None else {}
+    for req in REQUIRED_INT_KEYS:
+        names = required_as.get(req, (req,))
+        if not names:
+            continue
+        k = next((n for n in names if n in cfg), None)
+        if k is None:
+            k = next((a for a, n in amap.items() if n in names and a in cfg), None)
+        if k is None:
+            raise InputError(f"{path}: missing key {names[0]!r}")
         if not _is_int(cfg[k]) or cfg[k] <= 0:
             raise InputError(f"{path}: {k!r} must be a positive integer, got {cfg[k]!r}")
     for k in OPTIONAL_INT_KEYS:
@@ -165,7 +178,11 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         known = ", ".join(sorted(CONFIG_CLASSES))
         raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
     hp: dict[str, Any] = json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts (mutated below)
-    hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
+    cfg = json.loads(json.dumps(cfg))  # deep copy: rope_scaling is mutated below, as upstream does
+    for alias, real in (cc.attribute_map or {}).items():  # PretrainedConfig.__setattr__ / __init__ kwargs
+        if alias in cfg:
+            cfg[real] = cfg.pop(alias)
+    hp.update(cfg)
     if cc.kv_heads_fallback and hp.get("num_key_value_heads") is None:
         hp["num_key_value_heads"] = hp["num_attention_heads"]
     rs = hp.get("rope_scaling")
