@@ -623,6 +623,38 @@ def case_falcon(rng):
     return c, t, "gpt-2", {}
 
 
+def case_exaone(rng):
+    # EXAONE-3.5's config.json as it is (no transformers class: num_layers, layer_norm_epsilon, auto_map; plus the
+    # rms_norm_eps llama.cpp's runtime needs) and its GPT-2 style module names; llama3 rope factors, untied lm_head; GPT-2's tokenizer stands in
+    c = {"architectures": ["ExaoneForCausalLM"], "model_type": "exaone", "activation_function": "silu",
+         "auto_map": {"AutoConfig": "configuration_exaone.ExaoneConfig",
+                      "AutoModelForCausalLM": "modeling_exaone.ExaoneForCausalLM"},
+         "hidden_size": 256, "intermediate_size": 512, "num_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "head_dim": 64, "vocab_size": 50257, "layer_norm_epsilon": 1e-5, "rms_norm_eps": 1e-5, "max_position_embeddings": 32768,
+         "rope_theta": 1000000.0, "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 50256, "pad_token_id": 0,
+         "torch_dtype": "bfloat16"}
+    d = {**c, "num_hidden_layers": 2}
+    t = dense_tensors(rng, d)
+    names = {"model.embed_tokens": "transformer.wte", "model.norm": "transformer.ln_f", "lm_head": "lm_head"}
+    mods = {"input_layernorm": "ln_1", "post_attention_layernorm": "ln_2", "self_attn.q_proj": "attn.attention.q_proj",
+            "self_attn.k_proj": "attn.attention.k_proj", "self_attn.v_proj": "attn.attention.v_proj",
+            "self_attn.o_proj": "attn.attention.out_proj", "mlp.gate_proj": "mlp.c_fc_0", "mlp.up_proj": "mlp.c_fc_1",
+            "mlp.down_proj": "mlp.c_proj"}
+    out = {}
+    for n, v in t.items():
+        if n.endswith("rotary_emb.inv_freq"):
+            continue
+        base, suffix = n.rsplit(".", 1)
+        if base in names:
+            out[names[base] + "." + suffix] = v
+        else:
+            _, _, i, mod = base.split(".", 3)
+            out[f"transformer.h.{i}.{mods[mod]}.{suffix}"] = v
+    return c, out, "gpt-2", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -632,7 +664,7 @@ CASES = {
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
     "command-r": case_command_r, "cohere2": case_cohere2, "apertus": case_apertus,
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
-    "falcon": case_falcon,
+    "falcon": case_falcon, "exaone": case_exaone,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "gpt2", "gptneox",

@@ -47,6 +47,9 @@ class HFConfig:
     attribute_map: dict[str, str] | None = None
     # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
     required_as: dict[str, tuple[str, ...]] | None = None
+    # no transformers 4.57.6 class (remote code only): AutoConfig fails, ModelBase.load_hparams falls back to
+    # config.json as it is (no defaults, not even PretrainedConfig's)
+    raw: bool = False
 
 
 CONFIG_CLASSES: dict[str, HFConfig] = {}  # model_type -> HFConfig, filled by kquant.models.base.register
@@ -177,7 +180,7 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc is None:
         known = ", ".join(sorted(CONFIG_CLASSES))
         raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
-    hp: dict[str, Any] = json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts (mutated below)
+    hp: dict[str, Any] = {} if cc.raw else json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts
     cfg = json.loads(json.dumps(cfg))  # deep copy: rope_scaling is mutated below, as upstream does
     for alias, real in (cc.attribute_map or {}).items():  # PretrainedConfig.__setattr__ / __init__ kwargs
         if alias in cfg:
