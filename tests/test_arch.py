@@ -655,6 +655,18 @@ def case_exaone(rng):
     return c, out, "gpt-2", {}
 
 
+def case_internlm3(rng):
+    # internlm3-8b-instruct's config.json as it is (no transformers class: auto_map, qkv_bias, dynamic rope, head_dim);
+    # the Llama 2 SentencePiece tokenizer stands in (the same tokenizer.model code path)
+    c = base_config("InternLM3ForCausalLM", "internlm3", 32000, hidden_size=256, intermediate_size=512, head_dim=64,
+                    rms_norm_eps=1e-5, rope_theta=50000000, rope_scaling={"factor": 6.0, "rope_type": "dynamic"},
+                    max_position_embeddings=32768, bias=False, qkv_bias=True, tie_word_embeddings=False,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=2,
+                    auto_map={"AutoConfig": "configuration_internlm3.InternLM3Config",
+                              "AutoModelForCausalLM": "modeling_internlm3.InternLM3ForCausalLM"})
+    return c, dense_tensors(rng, c, qkv_bias=True), "llama-spm", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -664,7 +676,7 @@ CASES = {
     "starcoder2": case_starcoder2, "stablelm": case_stablelm,
     "command-r": case_command_r, "cohere2": case_cohere2, "apertus": case_apertus,
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
-    "falcon": case_falcon, "exaone": case_exaone,
+    "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "gpt2", "gptneox",

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, exaone, falcon, gemma, gpt2, gptneox, granite, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import command_r, exaone, falcon, gemma, gpt2, gptneox, granite, internlm, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
