@@ -19,12 +19,11 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import InputError, OutputError, UnsupportedError
-from .io.safetensors import bf16_round_fp32
 from .ggml import quants, warm
 from .types import FileType, QType, parse_ftype
 
 GGML_QNT_VERSION = 2
-SLAB_BYTES = 32 << 20  # float32 bytes of source rows handled at once
+SLAB_BYTES = 16 << 20  # float32 bytes of source rows handled at once (a slab, its raw read and its gather: < 60 MB)
 QUANT_VERSION_KEY = "general.quantization_version"
 ROUNDING_KEY = "quantize.rounding"  # written only for a rounding other than ggml's
 FILE_TYPE_KEY = "general.file_type"
@@ -292,6 +291,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     need = recipe.needs_imatrix(tin, types, ftype) if dry_run and not weights else None
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
+        recipe.check_storable(tin, types)  # e.g. --fp8-as-q8's Q8_0 tensors are not requantized
     tensors = []
     for s_, q in zip(specs, types):
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
@@ -337,12 +337,15 @@ def output_kv(plan: Plan, rounding: str = "ggml") -> list:
     return kv
 
 
-def round_through(x: np.ndarray, t: QType) -> np.ndarray:
-    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged)."""
+def round_through(x: np.ndarray, t: QType, inplace: bool = False) -> np.ndarray:
+    """Values as the intermediate GGUF stores them (BF16 / F16 rounding; F32 unchanged).
+    `inplace`: x is the caller's own array (a fresh slab) and BF16 rounding may overwrite it."""
     if t == QType.F32:
         return x
     if t == QType.BF16:
-        return bf16_round_fp32(x)
+        if not (inplace and x.dtype == np.float32 and x.flags.c_contiguous and x.flags.writeable):
+            x = np.array(x, dtype=np.float32, order="C")  # one copy, rounded in place below
+        return quants.round_bf16_inplace(x)
     if t == QType.F16:
         return x.astype(np.float16).astype(np.float32)
     raise ValueError(f"unexpected intermediate type {t.name}")
@@ -497,7 +500,7 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
                                 f"{model}: tensor {', '.join(spec_t.sources) or spec_t.name} has {bad} non-finite value(s) (NaN/Inf)"
                             )
                     if not spec_t.ref_type.is_quantized:  # a quantized intermediate (Q8_0) is copied: encode the floats
-                        slab = round_through(slab, spec_t.ref_type)
+                        slab = round_through(slab, spec_t.ref_type, inplace=spec_t.generated is None and spec_t.transform is None)
                     for w, plan in zip(writers, plans):
                         pt = plan.tensors[i]
                         try:

@@ -13,6 +13,10 @@ and checks that both Q4_K_M files are identical.
 weights F8_E4M3 with float32 `weight_scale_inv` per 128x128 block, `quant_method: fp8`) and
 converts that instead: the dequantizing source layer, measured the same way.
 
+`--imatrix` gives both sides the same synthetic importance matrix (one entry per matmul weight,
+log-normal values, legacy .dat format as llama-imatrix writes it), which the i-quant file types
+below IQ3_S need (IQ2_M, IQ2_XS, IQ1_S, ...): both quantize with it.
+
     .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M] [--source bf16|fp8]
 """
 
@@ -113,6 +117,27 @@ def make_fp8(src: Path, dst: Path) -> None:
         tmp.rename(dst / "model.safetensors")
 
 
+def make_imatrix(model: Path, out: Path) -> None:
+    """A legacy llama-imatrix .dat for `model`: an entry (log-normal values, 100 calls) per 2-D weight
+    but token_embd, under its GGUF name (kquant's spec names them)."""
+    import struct
+
+    import numpy as np
+
+    from kquant import models
+
+    spec = models.load_spec(model, vocab=False)
+    rng = np.random.default_rng(11)
+    ents = [(t.name, t.shape) for t in spec.tensors if len(t.shape) >= 2 and t.name != "token_embd.weight"]
+    with open(out, "wb") as f:
+        f.write(struct.pack("<i", len(ents)))
+        for name, shape in ents:
+            n = shape[-1] * (shape[0] if len(shape) == 3 else 1)
+            f.write(struct.pack("<i", len(name)) + name.encode() + struct.pack("<ii", 100, n))
+            f.write((np.exp(rng.normal(0, 1.0, n)) * 100).astype("<f4").tobytes())
+        f.write(struct.pack("<ii", 100, len(b"synthetic")) + b"synthetic")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--work", type=Path, default=Path("/tmp/kquant-bench"))
@@ -123,6 +148,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--source", choices=("bf16", "fp8"), default="bf16",
                     help="checkpoint format converted: the BF16 model, or it as FP8 with 128x128 block scales")
+    ap.add_argument("--imatrix", action="store_true",
+                    help="quantize both sides with the same synthetic importance matrix (IQ2_M, IQ1_S, ... need one)")
     a = ap.parse_args(argv)
 
     from oracle import refpipeline  # light: numpy only until a comparison runs
@@ -163,19 +190,25 @@ def main(argv=None) -> int:
     py = refpipeline.refconv_python()
     conv = str(refpipeline.llama_cpp_dir() / "convert_hf_to_gguf.py")
     env = dict(os.environ, NUMBA_NUM_THREADS=str(a.threads))
+    im_args, im_py = [], ""
+    if a.imatrix:
+        im = a.work / f"{model.name}.imatrix.dat"
+        if not im.exists():
+            make_imatrix(model, im)
+        im_args = ["--imatrix", str(im)]
+        im_py = f"from kquant.plan.imatrix import load_imatrix; im = load_imatrix({str(im)!r}); "
 
     # numba's on-disk cache is warm after one small call: first-call compile is not what we time here
-    run([sys.executable, "-m", "kquant.cli", "convert", str(ROOT / "fixtures" / "tiny-llama"), "-o",
-         str(a.work / "warm.gguf"), "--force", "-q", "--type", a.type], env)
+    run([sys.executable, "-c", "from kquant.ggml import quants, warm; warm.warm(list(quants.registry()))"], env)
 
     warm(model)
     t1, m1 = run([py, conv, str(model), "--outtype", "bf16", "--outfile", str(bf16)])
-    q = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from oracle import refpipeline as r; r.llama_quantize({str(bf16)!r}, {str(ref_q)!r}, {a.type!r}, "
-         f"threads={a.threads})")
+    q = (f"import sys; sys.path.insert(0, {str(ROOT / 'tests')!r}); from oracle import refpipeline as r; {im_py}"
+         f"r.llama_quantize({str(bf16)!r}, {str(ref_q)!r}, {a.type!r}, threads={a.threads}{', imatrix=im' if im_py else ''})")
     t2, m2 = run([sys.executable, "-c", q])
     warm(model)
     t3, m3 = run([sys.executable, "-m", "kquant.cli", "convert", str(model), "-o", str(kq_q), "--type", a.type,
-                  "--threads", str(a.threads), "-q"], env)
+                  "--threads", str(a.threads), "-q", *im_args], env)
     diffs = refpipeline.compare_gguf(kq_q, ref_q, ignore_keys=())
     same = "identical" if not diffs else f"DIFFERENT ({len(diffs)}: {diffs[:3]})"
     print(f"{'step':44s} {'wall s':>8s} {'peak RSS MB':>12s}")

@@ -12,9 +12,7 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -1085,10 +1083,9 @@ def kv_equal(t, ref_value, ours) -> bool:
     return ours == ref_value
 
 
-def _reference_convert(folder: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [REFCONV_PYTHON, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(folder), "--outtype", "bf16", "--outfile", str(out)],
-        capture_output=True, text=True, timeout=900)
+def _reference_convert(pairs: list[tuple[Path, Path]]) -> list:
+    """convert_hf_to_gguf.py --outtype bf16 of each (folder, out), in two long-lived reference processes."""
+    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs])
 
 
 def compare_with_reference(folder: Path, gguf_path: Path) -> None:
@@ -1131,14 +1128,9 @@ def reference_outputs(request, tmp_path_factory):
     root = tmp_path_factory.mktemp("refconv")
     todo = _selected(request, "test_matches_convert_hf_to_gguf", CASES)
     folders = {(c, w): make_model(root / f"models-{w}", c, writer=w) for c, w in todo}
-
-    def run(key):
-        out = root / f"{key[0]}-{key[1]}.gguf"
-        return key, _reference_convert(folders[key], out), out
-
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        results = {key: (proc, out) for key, proc, out in ex.map(run, todo)}
-    return folders, results
+    outs = {key: root / f"{key[0]}-{key[1]}.gguf" for key in todo}
+    procs = _reference_convert([(folders[key], outs[key]) for key in todo])
+    return folders, {key: (proc, outs[key]) for key, proc in zip(todo, procs)}
 
 
 @pytest.mark.parametrize("writer", sorted(WRITERS))
@@ -1213,13 +1205,10 @@ def quant_reference(request, tmp_path_factory):
     todo = sorted({i.callspec.params["case"] for i in request.session.items
                    if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp" and hasattr(i, "callspec")})
 
-    def run(case):
-        d = make_model(root / "models", case)
-        out = root / f"{case}.gguf"
-        return case, d, _reference_convert(d, out), out
-
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        return {case: (d, proc, out) for case, d, proc, out in ex.map(run, todo)}
+    folders = {case: make_model(root / "models", case) for case in todo}
+    outs = {case: root / f"{case}.gguf" for case in todo}
+    procs = _reference_convert([(folders[case], outs[case]) for case in todo])
+    return {case: (folders[case], proc, outs[case]) for case, proc in zip(todo, procs)}
 
 
 @pytest.mark.parametrize("case", QUANT_CASES)

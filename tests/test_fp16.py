@@ -137,3 +137,28 @@ def test_f16_kernel_equals_scalar_and_numpy():
     out = np.empty((1, 64), np.uint8)
     quantize_f16(nan, np.empty(0, np.float32), out)
     assert (out.view(np.uint16) == 0x7E00).all()
+
+
+def test_round_bf16_inplace_equals_numpy_rounding_and_the_bf16_kernel():
+    """The pipeline's in-place BF16 rounding of its slabs == io.safetensors' numpy rounding ==
+    quantize(BF16) then dequantize, bit for bit: every exponent at and around the tie points, NaNs
+    (quieted, sign kept), infinities, subnormals, random bits; on threads and on strided rows."""
+    from kquant.ggml import quants
+    from kquant.ggml.types import QType
+    from kquant.io.safetensors import bf16_round_fp32
+
+    rng = np.random.default_rng(4)
+    e = np.arange(256, dtype=np.uint32) << np.uint32(23)
+    lo = np.array([0, 1, 0x7FFF, 0x8000, 0x8001, 0x18000, 0xFFFF, 0x7FFFFF, 0x7F0000, 0x400001], dtype=np.uint32)
+    pats = (e[:, None] | lo[None, :]).reshape(-1)
+    pats = np.concatenate([pats, pats | np.uint32(0x80000000), rng.integers(0, 2**32, 200_000, dtype=np.uint32)])
+    pats = pats[: pats.size // 256 * 256]
+    x = pats.view(np.float32).reshape(-1, 256)
+    want = bf16_round_fp32(x).view(np.uint32)
+    via_kernel = quants.dequantize(quants.quantize(x, QType.BF16, check_finite=False), QType.BF16, x.shape)
+    assert np.array_equal(via_kernel.view(np.uint32), want)
+    got = x.copy()
+    assert quants.round_bf16_inplace(got) is got
+    assert np.array_equal(got.view(np.uint32), want)
+    with pytest.raises(ValueError, match="writable C-contiguous"):
+        quants.round_bf16_inplace(x[:, ::2])

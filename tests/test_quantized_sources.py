@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -336,6 +335,17 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
     assert rc != 0 and "requantizing from type q8_0 is disabled" in capsys.readouterr().err and not out.exists()
     rc = cli.main(["convert", str(built("fp8-block")), "-o", str(out), "--target-bpw", "5", "--fp8-as-q8", "-q"])
     assert rc != 0 and "cannot be combined with --target-bpw" in capsys.readouterr().err and not out.exists()
+    # the library's own type_map (what automix passes) cannot requantize them either
+    from kquant import pipeline
+    from kquant.ggml.types import QType
+
+    folder = built("fp8-block")
+    spec = pipeline.build_spec(pipeline.open_model(folder), folder, vocab=False, fp8_as_q8=True)
+    q8 = next(t.name for t in spec.tensors if t.ref_type == QType.Q8_0)
+    opts = pipeline.Options(fp8_as_q8=True, type_map={q8: QType.Q4_K})
+    with pytest.raises(UnsupportedError, match=f"tensor {q8}: requantizing from type q8_0 is disabled"):
+        pipeline.convert(folder, out, "Q8_0", opts)
+    assert not out.exists()
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -353,13 +363,6 @@ REFUSED = {  # what convert_hf_to_gguf.py refuses, and kquant's message for it
 needs_ref = pytest.mark.skipif(not refpipeline.available(), reason="reference converter not set up (scripts/setup_refconv.sh)")
 
 
-def _ref_convert(folder: Path, out: Path, extra=()) -> tuple[Path, str | None]:
-    try:
-        return refpipeline.convert_hf_bf16(folder, out, extra), None
-    except RuntimeError as e:
-        return out, str(e)
-
-
 @pytest.fixture(scope="module")
 def ref_runs(built, tmp_path_factory):
     """Every reference conversion this module needs, two at a time."""
@@ -373,9 +376,11 @@ def ref_runs(built, tmp_path_factory):
 
         shutil.copytree(built(kind), d)
         jobs.append((("refused", case), _rewrite(d, None, eq), ()))
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        res = list(ex.map(lambda j: (j[0], j[1], _ref_convert(j[1], root / f"{'-'.join(j[0])}.gguf".replace(" ", "_"), j[2])), jobs))
-    return {key: (folder, out, err) for key, folder, (out, err) in res}
+    outs = [root / f"{'-'.join(key)}.gguf".replace(" ", "_") for key, _, _ in jobs]
+    procs = refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out, *extra]
+                                      for (_, folder, extra), out in zip(jobs, outs)])
+    return {key: (folder, out, None if p.returncode == 0 else f"convert_hf_to_gguf.py failed:\n{p.stderr[-4000:]}")
+            for (key, folder, _), out, p in zip(jobs, outs, procs)}
 
 
 @needs_ref

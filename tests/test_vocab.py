@@ -12,8 +12,6 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -348,14 +346,9 @@ def vocab_reference(request, tmp_path_factory, tokdir):
             variant(d)
         folders[name] = d
 
-    def run(name):
-        out = root / f"{name}.gguf"
-        p = subprocess.run([REFCONV_PYTHON, str(LLAMA_CPP / "convert_hf_to_gguf.py"), str(folders[name]), "--vocab-only",
-                            "--outfile", str(out)], capture_output=True, text=True, timeout=900)
-        return name, p, out
-
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        return folders, {n: (p, o) for n, p, o in ex.map(run, todo)}
+    outs = {name: root / f"{name}.gguf" for name in todo}
+    procs = refpipeline.convert_many([[folders[n], "--vocab-only", "--outfile", outs[n]] for n in todo])
+    return folders, {n: (p, outs[n]) for n, p in zip(todo, procs)}
 
 
 @pytest.mark.parametrize("name", sorted(VOCAB_CASES))

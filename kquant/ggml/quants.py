@@ -209,6 +209,19 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     return out
 
 
+def round_bf16_inplace(x: np.ndarray) -> np.ndarray:
+    """x (a writable C-contiguous float32 array) rounded to BF16 values in place, as the BF16
+    kernel then its dequantizer would give them (no temporaries: the pipeline's 32 MB slabs)."""
+    from .kernels.floats import round_bf16_inplace as kern
+
+    if x.dtype != np.float32 or not x.flags.c_contiguous or not x.flags.writeable:
+        raise ValueError("x must be a writable C-contiguous float32 array")
+    if x.size:
+        x2 = x.reshape(-1, x.shape[-1]) if x.ndim else x.reshape(1, 1)
+        _run_rows(kern, x2.shape[0], x2.shape[1], x2)
+    return x
+
+
 def dequantize(q: np.ndarray, qtype, shape) -> np.ndarray:
     """Dequantize a tensor of `shape` (numpy order, last axis = row) from its raw bytes -> float32."""
     t = parse_qtype(qtype)

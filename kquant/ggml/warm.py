@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .quants import MAX_THREADS, dequantize, quantize, registry
+from .quants import MAX_THREADS, dequantize, quantize, registry, round_bf16_inplace
 from .types import DECLS, QType, parse_qtype
 
 
@@ -50,6 +50,8 @@ def first_calls(types) -> None:
         t = parse_qtype(t)
         w = np.ones(x.shape[1], dtype=np.float32) if t.requires_imatrix else None
         dequantize(quantize(x, t, w), t, x.shape)  # quantize also runs count_nonfinite and the scale check
+    if types:
+        round_bf16_inplace(x.copy())  # the pipeline rounds every BF16 slab with it
 
 
 def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:

@@ -301,8 +301,9 @@ class SafetensorsFile:
             return raw.view("<f4")
         if dtype == "F16":
             return raw.view("<f2").astype(np.float32)
-        u = raw.view("<u2")  # BF16: top half of an f32
-        return (u.astype(np.uint32) << np.uint32(16)).view(np.float32)
+        out = np.empty(count, np.float32)  # BF16: the top half of an f32, widened in one pass
+        np.left_shift(raw.view("<u2"), 16, out=out.view(np.uint32), dtype=np.uint32)
+        return out
 
     def read(self, name: str) -> np.ndarray:
         """Whole tensor as float32."""

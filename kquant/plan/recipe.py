@@ -618,6 +618,13 @@ def plan_types(
             f"{ftype.short_name} requires an importance matrix (llama-quantize: 'this quantization requires "
             f"an imatrix!'): tensor {need[0]} would be {need[1].ggml_name}"
         )
+    check_storable(tensors, types)
+    return types
+
+
+def check_storable(tensors: Sequence[TensorIn], types: Sequence[QType]) -> None:
+    """Raise where llama-quantize would refuse to store a tensor as its chosen type: requantizing a
+    quantized input, or a row that is not a whole number of blocks. Also run on automix's types."""
     for t, new in zip(tensors, types):
         if new is t.src_type:
             continue  # copied as is
@@ -632,4 +639,3 @@ def plan_types(
                 f"tensor {t.name}: row length {t.shape[-1]} is not a multiple of {new.block_size}, "
                 f"required for type {new.ggml_name} (llama-quantize aborts here)"
             )
-    return types

@@ -10,9 +10,13 @@ Step 2: `llama_model_quantize` from llama-cpp-python (the whole of llama-quantiz
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +52,72 @@ def convert_hf_bf16(model: str | Path, out: str | Path, extra_args=()) -> Path:
     if r.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{r.stderr[-4000:]}")
     return Path(out)
+
+
+@dataclass
+class RefResult:
+    """One convert_hf_to_gguf.py run, as subprocess.CompletedProcess reports it."""
+
+    returncode: int
+    stderr: str
+
+
+def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900) -> list[RefResult]:
+    """Run `convert_hf_to_gguf.py ARGS` for each ARGS in `jobs`, in `workers` long-lived reference
+    processes (refconv_server.py: the converter's imports are paid once per worker, not per job).
+    Results in job order. A job that kills or hangs its process fails alone; the next job gets a
+    fresh process."""
+    py, src = refconv_python(), llama_cpp_dir()
+    if py is None or src is None:
+        raise RuntimeError("reference converter not set up: bash scripts/setup_refconv.sh")
+    server = Path(__file__).with_name("refconv_server.py")
+    results: list[RefResult | None] = [None] * len(jobs)
+    todo = iter(range(len(jobs)))
+    lock = threading.Lock()
+
+    def work() -> None:
+        proc = None
+        try:
+            while True:
+                with lock:
+                    i = next(todo, None)
+                if i is None:
+                    return
+                if proc is None or proc.poll() is not None:
+                    errf = tempfile.TemporaryFile(mode="w+")
+                    proc = subprocess.Popen([py, str(server), str(src)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=errf, text=True, bufsize=1)
+                    proc.errf = errf
+                timer = threading.Timer(timeout, proc.kill)
+                timer.start()
+                try:
+                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]]}) + "\n")
+                    proc.stdin.flush()
+                    line = proc.stdout.readline()
+                except (BrokenPipeError, OSError):
+                    line = ""
+                finally:
+                    timer.cancel()
+                if line:
+                    r = json.loads(line)
+                    results[i] = RefResult(r["rc"], r["log"])
+                else:  # the process died (or was killed by the timer) on this job
+                    proc.kill()
+                    proc.wait()
+                    proc.errf.seek(0)
+                    results[i] = RefResult(proc.returncode or 1, "reference process died:\n" + proc.errf.read()[-4000:])
+                    proc = None
+        finally:
+            if proc is not None:
+                proc.stdin.close()
+                proc.wait()
+
+    threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(jobs))))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
 
 
 def llama_quantize_rc(src: str | Path, out: str | Path, ftype, threads: int = 2, imatrix=None,

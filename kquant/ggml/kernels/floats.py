@@ -87,6 +87,16 @@ def dequantize_bf16(q, out):
             out[r, i] = bf16_to_fp32(h[i])
 
 
+@njit(nogil=True, cache=True)
+def round_bf16_inplace(x):
+    """x (2-D float32) := its values rounded to BF16 (fp32 -> bf16 -> fp32, ggml's rounding), in place."""
+    rows, cols = x.shape
+    for r in range(rows):
+        u = x[r].view(np.uint32)
+        for i in range(cols):
+            u[i] = np.uint32(fp32_to_bf16(x[r, i])) << np.uint32(16)
+
+
 KERNELS = {
     QType.F32: Kernel(quantize_f32, dequantize_f32),
     QType.F16: Kernel(quantize_f16, dequantize_f16),
