@@ -764,6 +764,14 @@ def test_supported_architectures():
         assert a in archs
 
 
+def test_refused_family_says_why(models):
+    d = models("llama2")
+    cfg = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2"}))
+    with pytest.raises(UnsupportedError, match="'InternLM2ForCausalLM' is not supported: .*protobuf"):
+        load_spec(d)
+
+
 def test_every_family_has_a_case(models):
     """Each registered family is exercised by a CASES checkpoint (add one with a new family module)."""
     from kquant.models import family

@@ -22,7 +22,7 @@ from gguf import Keys
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
 from . import command_r, exaone, falcon, gemma, gpt2, gptneox, granite, internlm, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
-from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
+from .base import FAMILIES, REFUSED, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
@@ -81,6 +81,8 @@ def load_spec(
     cfg = read_config(cfg_path)
     hf_arch = cfg["architectures"][0]
     cls = FAMILIES.get(hf_arch)
+    if cls is None and hf_arch in REFUSED:
+        raise UnsupportedError(f"{cfg_path}: architecture {hf_arch!r} is not supported: {REFUSED[hf_arch]}")
     if cls is None:
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")

@@ -83,6 +83,7 @@ class Experts:
 
 
 FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
+REFUSED: dict[str, str] = {}  # HF architectures name -> why kquant does not convert it (family modules fill it)
 
 
 def register(*hf_names: str):

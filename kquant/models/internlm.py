@@ -4,10 +4,10 @@ InternLM 3 has no transformers 4.57.6 config class (remote code only), so the co
 config.json as it is. It is written as a Llama (GGUF arch "llama"): Llama layer names, Q/K rows
 permuted (weights and biases), the SentencePiece vocabulary with `<|im_end|>` as end of sequence.
 
-InternLM 2 (InternLM2ForCausalLM) is not ported: its converter path also runs without remote code
-(config.json as it is, tokenizer.model read by sentencepiece), but it needs its own SentencePiece
-vocabulary port (the \\x00 piece renamed, chat eos from the added tokens) and the fused `wqkv`
-split into Q/K/V; it is refused with the list of supported architectures."""
+InternLM 2 (InternLM2ForCausalLM) is refused: its config and weights need no remote code, but
+conversion/internlm.py InternLM2Model.set_vocab imports sentencepiece's sentencepiece_model_pb2,
+which needs protobuf >= 5 while llama.cpp's requirements pin protobuf < 5: the converter fails in
+its own environment, so there is no reference output to be identical to."""
 
 from __future__ import annotations
 
@@ -16,9 +16,14 @@ from gguf import MODEL_ARCH, Keys
 
 from ..errors import InputError
 from .. import vocab as V
-from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, TextModel, register
+from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, REFUSED, TextModel, register
 from .hparams import HFConfig
 from .llama import qk_permutation
+
+REFUSED["InternLM2ForCausalLM"] = (
+    "InternLM 2's vocabulary cannot be converted by llama.cpp's converter in its own environment (InternLM2Model.set_vocab "
+    "imports sentencepiece_model_pb2, which needs protobuf >= 5; llama.cpp pins protobuf < 5), so there is no reference "
+    "file to be identical to")
 
 # no transformers 4.57.6 class: config.json as it is (ModelBase.load_hparams' fallback)
 INTERNLM3_CONFIG = HFConfig("internlm3", {}, raw=True)
