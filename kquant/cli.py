@@ -217,6 +217,8 @@ def cmd_convert(args) -> int:
                 shape = "x".join(str(d) for d in reversed(t.shape))
                 print(f"{t.name:48s} {shape:>18s} {t.qtype.ggml_name:6s} {t.nbytes:>12d}")
             print(f"{len(plan.tensors)} tensors, {plan.total_bytes / 2**20:.2f} MiB, {plan.bpw:.4f} bits per weight")
+            if plan.not_converted:
+                print(f"kquant: note: {cv.models_note(plan.not_converted)}", file=sys.stderr)
             if "split_tensors_per_shard" in extra:
                 n = extra["split_tensors_per_shard"]
                 print(f"{len(n)} shards of {', '.join(map(str, n))} tensors")

@@ -292,6 +292,9 @@ def print_inspect(info: dict, out=None) -> None:
             keys = ("architectures", "model_type", "hidden_size", "num_hidden_layers", "num_attention_heads",
                     "num_key_value_heads", "intermediate_size", "vocab_size", "torch_dtype")
             print("config: " + ", ".join(f"{k} {_show(cfg[k], 40)}" for k in keys if k in cfg), file=out)
+            if isinstance(cfg.get("text_config"), dict):  # a multimodal config: its language model
+                tc = cfg["text_config"]
+                print("text_config: " + ", ".join(f"{k} {_show(tc[k], 40)}" for k in keys if k in tc), file=out)
         if info.get("config_error"):
             print(f"config: not readable ({_show(info['config_error'], 120)})", file=out)
         sf = info["source_format"]
@@ -331,11 +334,16 @@ def _head_count(gf, key: str, default=None) -> int:
     return v
 
 
-def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]]:
-    """GGUF name -> (HF name, HF-row -> GGUF-row gather or None), and the GGUF tensors with no HF name.
+def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]], list[str],
+                             dict[str, list[str]]]:
+    """GGUF name -> (HF name, or one per expert for stacked experts; HF-row -> GGUF-row gather or None;
+    the HF shape where it differs from the GGUF one, else None), the GGUF tensors with no HF name,
+    and the stacked-expert HF tensors made of several GGUF ones ({HF name: [GGUF names, in part order]}).
 
     The family of the file's architecture gives the names and, for llama, the Q/K rows back in
     HF order (conversion/llama.py LlamaModel.permute, inverted) from the file's head counts.
+    A joined tensor (TextModel.hf_expert_join) is the concatenation, along its last axis, of its
+    parts with their last two axes swapped (Llama 4's gate_up_proj from ffn_gate_exps and ffn_up_exps).
     """
     from . import models  # imported here: validate imports numba, which `kquant inspect` does not need
     from .validate import layer_and_kind
@@ -349,8 +357,9 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
     if fam.undo_permute:
         n_head = _head_count(gf, f"{arch}.attention.head_count")
         n_kv = _head_count(gf, f"{arch}.attention.head_count_kv", n_head)
-    out: dict[str, tuple[str, np.ndarray | None]] = {}
+    out: dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]] = {}
     skipped: list[str] = []
+    joins: dict[str, tuple[int, dict[int, str]]] = {}  # HF name -> (parts, {part: GGUF name})
     for ti in gf.tensors:
         name = ti.name
         if name in GENERATED_TENSORS:
@@ -359,9 +368,21 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         bid, kind = layer_and_kind(name)
         is_bias = kind.endswith(".bias") or (bid is None and name.endswith(".bias"))
         base = kind[: -len(".bias")] if kind.endswith(".bias") else kind
+        join = fam.hf_expert_join.get(base) if bid is not None and not is_bias else None
+        if join is not None:
+            module, part, n_parts = join
+            if len(ti.shape) != 3:
+                raise InputError(f"{_p(gf.path)}: tensor {name!r} has shape {list(ti.shape)}, expected 3 dimensions")
+            hf = f"model.layers.{bid}.{module}"
+            joins.setdefault(hf, (n_parts, {}))[1][part] = name
+            out[name] = (hf, None, None)
+            continue
         if bid is None:
             base = name.rsplit(".", 1)[0]
             hf = fam.hf_tensor_name(None, base, is_bias) if name.endswith((".weight", ".bias")) else None
+        elif not is_bias and len(ti.shape) == 3 and (hf := fam.hf_expert_names(bid, base, int(ti.shape[0]))) is not None:
+            out[name] = (hf, None, None)  # stacked experts: one HF tensor per expert (Experts.source)
+            continue
         else:
             hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
         if hf is None:
@@ -369,8 +390,20 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str, np.ndarray | None]], list[str]
         gather = None
         if n_head is not None and bid is not None:
             gather = fam.hf_row_order(base, int(ti.shape[0]), n_head, n_kv)
-        out[name] = (hf, gather)
-    return out, skipped
+        shape = tuple(int(d) for d in ti.shape)
+        hf_shape = fam.hf_tensor_shape(base, is_bias, shape) if bid is not None else shape
+        out[name] = (hf, gather, hf_shape if hf_shape != shape else None)
+    joined: dict[str, list[str]] = {}
+    shape_of = {t.name: tuple(t.shape) for t in gf.tensors}
+    for hf, (n_parts, parts) in joins.items():
+        if sorted(parts) != list(range(n_parts)):
+            raise InputError(f"{_p(gf.path)}: --hf-names: {hf} needs {n_parts} tensors, the file has {sorted(parts.values())}")
+        names = [parts[i] for i in range(n_parts)]
+        shapes = {shape_of[n] for n in names}
+        if len(shapes) != 1:
+            raise InputError(f"{_p(gf.path)}: --hf-names: {', '.join(names)} differ in shape, cannot form {hf}")
+        joined[hf] = names
+    return out, skipped, joined
 
 
 # ====================================================================== dequantize
@@ -409,21 +442,39 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
     with open_gguf(path) as gf:
         check_not_input(out, getattr(gf, "shard_paths", [path]))
         if hf_names:
-            names, skipped = hf_name_map(gf)
+            names, skipped, joined = hf_name_map(gf)
         else:
-            names, skipped = {t.name: (t.name, None) for t in gf.tensors}, []
+            names, skipped, joined = {t.name: (t.name, None, None) for t in gf.tensors}, [], {}
         todo = [t for t in gf.tensors if t.name in names]
         readers = {}
         for ti in todo:  # fail on an unsupported type before writing anything
             readers[ti.name] = TensorRows(gf, ti)
-        entries = [(names[t.name][0], dtype, tuple(int(d) for d in t.shape)) for t in todo]
+        part_of = {n: hf for hf, parts in joined.items() for n in parts}
+        todo = [t for t in todo if t.name not in part_of or joined[part_of[t.name]][0] == t.name]  # a join once
+        entries = []
+        for t in todo:
+            (hf, _, hf_shape), shape = names[t.name], tuple(int(d) for d in t.shape)
+            if t.name in part_of:  # (n_expert, rows, cols) parts -> (n_expert, cols, n_parts * rows)
+                shape = (shape[0], shape[2], shape[1] * len(joined[part_of[t.name]]))
+            entries += [(h, dtype, shape[1:]) for h in hf] if isinstance(hf, list) else [(hf, dtype, hf_shape or shape)]
         with handle_termination(), atomic_output(out, force=force) as f:
             w = SafetensorsStreamWriter(f, entries, SAFETENSORS_METADATA)
             for i, ti in enumerate(todo):
                 ts = time.perf_counter()
                 rd = readers[ti.name]
-                gather = names[ti.name][1]
-                if gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
+                hf, gather, _ = names[ti.name]
+                if ti.name in part_of:  # one expert at a time: each part transposed, side by side
+                    parts = [readers[n] for n in joined[part_of[ti.name]]]
+                    n_x, per = int(ti.shape[0]), int(ti.shape[1])
+                    for x in range(n_x):
+                        w.write(_encode_rows(np.concatenate([r.read(x * per, (x + 1) * per).T for r in parts], axis=1),
+                                             dtype, ti.name))
+                elif isinstance(hf, list):  # stacked experts: expert x is rows [x * r, (x + 1) * r)
+                    r, step = rd.rows // len(hf), max(1, SLAB_BYTES // max(rd.cols * 4, 1))
+                    for x in range(len(hf)):
+                        for a in range(x * r, (x + 1) * r, step):
+                            w.write(_encode_rows(rd.read(a, min(a + step, (x + 1) * r)), dtype, ti.name))
+                elif gather is not None and len(ti.shape) == 1:  # a permuted bias: elements are the rows
                     w.write(_encode_rows(rd.read(0, 1).reshape(-1)[gather], dtype, ti.name))
                 elif gather is not None:
                     step = max(1, SLAB_BYTES // max(rd.cols * 4, 1))
@@ -433,7 +484,8 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                     for _, rows in rd.slabs(SLAB_BYTES):
                         w.write(_encode_rows(rows, dtype, ti.name))
                 if progress:
-                    progress(i + 1, len(todo), names[ti.name][0], type_name(ti.qtype), time.perf_counter() - ts)
+                    progress(i + 1, len(todo), hf if isinstance(hf, str) else ti.name, type_name(ti.qtype),
+                             time.perf_counter() - ts)
             if w.written != sum(w.sizes):
                 raise OutputError(f"{_p(out)}: wrote {w.written} data bytes, expected {sum(w.sizes)}")
     return {"input": os.fspath(path), "output": os.fspath(out), "dtype": dtype, "n_tensors": len(todo),

@@ -61,6 +61,7 @@ class Plan:
     tensors: list[PlannedTensor]
     imatrix_kv: list = field(default_factory=list)  # quantize.imatrix.* keys, written after general.file_type
     needs_imatrix: tuple | None = None  # dry run without one: (tensor, type) llama-quantize would refuse
+    not_converted: tuple = ()  # HF vision/audio tensors of a multimodal checkpoint, left out (ModelSpec)
 
     @property
     def total_bytes(self) -> int:
@@ -91,6 +92,8 @@ class Plan:
             "n_elements": self.n_elements,
             "total_bytes": self.total_bytes,
             "bits_per_weight": round(self.bpw, 4),
+            **({"not_converted": {"n_tensors": len(self.not_converted), "tensors": list(self.not_converted),
+                                  "note": models_note(self.not_converted)}} if self.not_converted else {}),
         }
 
 
@@ -297,7 +300,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
         tensors.append(PlannedTensor(s_, q, w))
     kv = list(spec.kv)
-    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need)
+    return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need, spec.not_converted)
 
 
 def require_kernels(plans: Sequence[Plan]) -> None:
@@ -446,6 +449,8 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
         spec = build_spec(ckpt, model, config=opts.config, vocab=True, tokenizer_pre=opts.tokenizer_pre,
                           fp8_as_q8=opts.fp8_as_q8)
         inputs = inputs_read()  # config, tokenizer files, index, shards, imatrix: all read by now
+        if spec.not_converted and opts.progress:
+            print(f"kquant: note: {models_note(spec.not_converted)}", file=sys.stderr, flush=True)
         plans = [plan_from_spec(spec, parse_ftype(ft), opts.overrides, opts.imatrix, opts.type_map) for _, ft in targets]
         outs = [Path(o) for o, _ in targets]
         if len(set(map(str, outs))) != len(outs):
@@ -589,6 +594,12 @@ def dry_run(model, ftype="Q4_K_M", options: Options | None = None) -> Plan:
                           fp8_as_q8=opts.fp8_as_q8)
         plan = plan_from_spec(spec, parse_ftype(ftype), opts.overrides, opts.imatrix, opts.type_map, dry_run=True)
         return annotate_sources(plan, ckpt)
+
+
+def models_note(names) -> str:
+    from .models import not_converted_note
+
+    return not_converted_note(names)
 
 
 def print_compile_notice(types, stream=sys.stderr) -> None:

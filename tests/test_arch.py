@@ -187,11 +187,22 @@ _T5_TOKEN_IDS = {"llama": (1, 2, None), "mistral": (1, 2, None), "mixtral": (1, 
                  "granite": (1, 2, None), "seed_oss": (0, 2, 1), "exaone4": (0, 2, None), "starcoder2": (50256, 50256, None),
                  "stablelm": (0, 0, None), "cohere": (5, 255001, 0), "cohere2": (5, 255001, 0),
                  "apertus": (1, 2, 3), "olmo": (None, 50279, 1), "gpt2": (50256, 50256, None),
-                 "gpt_bigcode": (50256, 50256, None), "gpt_neox": (0, 2, None), "falcon": (11, 11, None)}
+                 "gpt_bigcode": (50256, 50256, None), "gpt_neox": (0, 2, None), "falcon": (11, 11, None),
+                 "granitemoe": (1, 2, None), "granitemoeshared": (1, 2, None),
+                 "olmoe": (None, 50279, 1), "phimoe": (1, 2, None), "hunyuan_v1_dense": (1, 2, 0), "dots1": (None, None, None)}
 
 
 def as_transformers5(cfg: dict) -> dict:
-    """The config.json transformers 5 writes for a model whose transformers 4 config.json is `cfg`."""
+    """The config.json transformers 5 writes for a model whose transformers 4 config.json is `cfg`
+    (a multimodal config: its text_config rewritten as the text class writes it)."""
+    if "text_config" in cfg:
+        c = json.loads(json.dumps(cfg))
+        if "torch_dtype" in c:
+            c.setdefault("dtype", c.pop("torch_dtype"))
+        c["text_config"] = as_transformers5(c["text_config"])
+        del c["text_config"]["transformers_version"]
+        c["transformers_version"] = "5.25.0"
+        return c
     c = json.loads(json.dumps(cfg))
     mt = c["model_type"]
     if "torch_dtype" in c:
@@ -665,6 +676,373 @@ def case_internlm3(rng):
     return c, dense_tensors(rng, c, qkv_bias=True), "llama-spm", {}
 
 
+_GLM_TOKENIZER: list[str] = []
+
+
+def glm_tokenizer_json() -> str:
+    """A GLM-style tokenizer.json: the qwen2 fixture's BPE plus GLM-4's special tokens as added tokens
+    (no registry ships a real GLM tokenizer.json; the converter's GLM vocabulary code needs those
+    tokens, and the qwen2 pre-tokenizer hash keeps it on the same get_vocab_base path)."""
+    if not _GLM_TOKENIZER:
+        tj = json.loads(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
+        tc = json.loads((FIXTURES / "glm4" / "tokenizer_config.json").read_text())
+        have = {a["content"] for a in tj["added_tokens"]}
+        for i, d in sorted(tc["added_tokens_decoder"].items(), key=lambda kv: int(kv[0])):
+            if d["content"] not in have:
+                tj["added_tokens"].append({"id": int(i), "content": d["content"], "single_word": False, "lstrip": False,
+                                           "rstrip": False, "normalized": False, "special": True})
+        _GLM_TOKENIZER.append(json.dumps(tj, ensure_ascii=False))
+    return _GLM_TOKENIZER[0]
+
+
+def glm4_layer_tensors(rng, c: dict, i: int, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """GLM-4 (0414) MLP and extra norms of layer i: fused gate_up_proj, post-attention and post-MLP norms."""
+    e, ff, p = c["hidden_size"], c["intermediate_size"], f"model.layers.{i}."
+    return {p + "mlp.gate_up_proj.weight": (heavy(rng, (2 * ff, e)), dt), p + "mlp.down_proj.weight": (heavy(rng, (e, ff)), dt),
+            p + "post_self_attn_layernorm.weight": (1 + heavy(rng, (e,), 0.1), dt),
+            p + "post_mlp_layernorm.weight": (1 + heavy(rng, (e,), 0.1), dt)}
+
+
+def case_glm4(rng):
+    # GLM-4-0414's layout (q/k/v biases, fused gate/up, four norms a layer, half rotary); widths 256
+    c = base_config("Glm4ForCausalLM", "glm4", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5, attention_bias=True,
+                    max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                    pad_token_id=151643, eos_token_id=[151643, 151652, 151654])
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        t |= glm4_layer_tensors(rng, c, i)
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def glm4moe_tensors(rng, c: dict, *, nextn_full: bool, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
+    """GLM-4.5 layers: first_k_dense_replace dense MLPs, then router + e_score_correction_bias + routed and
+    shared experts; then num_nextn_predict_layers NextN layers (MoE layers plus eh_proj, enorm, hnorm,
+    shared_head.norm and, with `nextn_full`, their own embed_tokens and shared_head.head)."""
+    e, v, n_exp, f_exp = c["hidden_size"], c["vocab_size"], c["n_routed_experts"], c["moe_intermediate_size"]
+    n_main, n_all = c["num_hidden_layers"], c["num_hidden_layers"] + c.get("num_nextn_predict_layers", 0)
+    t = dense_tensors(rng, {**c, "moe": True, "num_hidden_layers": n_all}, qkv_bias=True, qk_norm=c.get("use_qk_norm", False),
+                      lm_head=not c.get("tie_word_embeddings"), dt=dt)
+    f_sh = f_exp * c["n_shared_experts"]
+    for i in range(n_all):
+        p = f"model.layers.{i}."
+        if i < c["first_k_dense_replace"]:
+            for w, shp in (("gate_proj", (c["intermediate_size"], e)), ("up_proj", (c["intermediate_size"], e)),
+                           ("down_proj", (e, c["intermediate_size"]))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), dt)
+        else:
+            t[p + "mlp.gate.weight"] = (heavy(rng, (n_exp, e)), "F32")
+            t[p + "mlp.gate.e_score_correction_bias"] = (heavy(rng, (n_exp,), 0.5), "F32")
+            for w, shp in (("gate_proj", (f_sh, e)), ("up_proj", (f_sh, e)), ("down_proj", (e, f_sh))):
+                t[p + f"mlp.shared_experts.{w}.weight"] = (heavy(rng, shp), dt)
+            for x in range(n_exp):
+                for w, shp in (("gate_proj", (f_exp, e)), ("up_proj", (f_exp, e)), ("down_proj", (e, f_exp))):
+                    t[p + f"mlp.experts.{x}.{w}.weight"] = (heavy(rng, shp), dt)
+        if i >= n_main:
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), dt)
+            for n in ("enorm", "hnorm", "shared_head.norm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), dt)
+            if nextn_full:
+                t[p + "embed_tokens.weight"] = (heavy(rng, (v, e)), dt)
+                t[p + "shared_head.head.weight"] = (heavy(rng, (v, e)), dt)
+    return t
+
+
+def case_glm4moe(rng):
+    # GLM-4.5's layout, widths 256: one dense layer, one MoE layer (4 routed experts + 1 shared, sigmoid
+    # routing with correction bias, n_group/topk_group), q/k norms, and the NextN layer the converter
+    # keeps as block 2 (without its optional embed_tokens / shared_head.head, to keep the fixture small)
+    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=0.5, attention_bias=True,
+                    moe_intermediate_size=256, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                    first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=2.5, norm_topk_prob=True,
+                    use_qk_norm=True, num_nextn_predict_layers=1, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    tie_word_embeddings=True, pad_token_id=151643, eos_token_id=[151643, 151652, 151654])
+    return c, glm4moe_tensors(rng, c, nextn_full=False), "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def case_glm4moe_mtp(rng):
+    # narrow (32: four vocabulary-sized tensors): the NextN layer's own embed_tokens and shared_head.head, an
+    # untied lm_head, no q/k norms, config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
+    c = base_config("Glm4MoeForCausalLM", "glm4_moe", 151936, hidden_size=32, intermediate_size=64, head_dim=16,
+                    num_attention_heads=2, num_key_value_heads=1, attention_bias=True, moe_intermediate_size=32,
+                    n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1, first_k_dense_replace=1,
+                    num_nextn_predict_layers=1, tie_word_embeddings=False, rope_theta=1000000.0)
+    return c, glm4moe_tensors(rng, c, nextn_full=True, dt="F16"), "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def case_ernie4_5(rng):
+    # ERNIE-4.5-0.3B's layout (tied embeddings, head_dim set); layer 1 as the remote-code checkpoints write it
+    # ("ernie." prefix, fused qkv_proj and up_gate_proj). No real ERNIE tokenizer.model in the registries:
+    # the Llama SentencePiece one, with ERNIE's add_prefix_space in tokenizer_config.json
+    c = base_config("Ernie4_5_ForCausalLM", "ernie4_5", 32000, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072, rope_theta=500000.0,
+                    rms_norm_eps=1e-5, tie_word_embeddings=True, use_bias=False, bos_token_id=1, eos_token_id=2,
+                    pad_token_id=0)
+    t = dense_tensors(rng, c, lm_head=False)
+    p, q = "model.layers.1.", "ernie.layers.1."
+    qkv = [t.pop(p + f"self_attn.{n}_proj.weight")[0] for n in "qkv"]
+    t[q + "self_attn.qkv_proj.weight"] = (np.concatenate(qkv), "BF16")
+    gate, up = t.pop(p + "mlp.gate_proj.weight")[0], t.pop(p + "mlp.up_proj.weight")[0]
+    t[q + "mlp.up_gate_proj.weight"] = (np.concatenate([gate, up]), "BF16")
+    for n in [n for n in t if n.startswith(p)]:
+        t[q + n[len(p):]] = t.pop(n)
+    return c, t, "ernie-spm", {}
+
+
+def case_ernie4_5moe(rng):
+    # ERNIE-4.5-21B-A3B's layout, widths 256: layer 0 dense (moe_layer_start_index 1), layers 1-2 MoE with
+    # 4 experts, one shared expert (intermediate_size // num_key_value_heads = 256 as llama.cpp reads it),
+    # moe_statics correction bias, and the MTP tensors the converter drops
+    c = base_config("Ernie4_5_MoeForCausalLM", "ernie4_5_moe", 32000, hidden_size=256, intermediate_size=512,
+                    head_dim=64, num_attention_heads=4, num_key_value_heads=2, num_hidden_layers=3,
+                    moe_intermediate_size=256, moe_k=2, moe_num_experts=4, moe_num_shared_experts=1,
+                    moe_layer_start_index=1, moe_layer_end_index=2, moe_layer_interval=1, max_position_embeddings=131072,
+                    rope_theta=500000.0, tie_word_embeddings=True, use_bias=False, bos_token_id=1, eos_token_id=2)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, {**c, "moe": True}, lm_head=False)
+    for i in range(3):
+        p = f"model.layers.{i}.mlp."
+        if i == 0:
+            for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+                t[p + f"{w}.weight"] = (heavy(rng, shp), "BF16")
+            continue
+        t[p + "gate.weight"] = (heavy(rng, (4, e)), "F32")
+        t[p + "moe_statics.e_score_correction_bias"] = (heavy(rng, (1, 4), 0.5), "F32")
+        for w, shp in (("gate_proj", (256, e)), ("up_proj", (256, e)), ("down_proj", (e, 256))):
+            t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+            for x in range(4):
+                t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    t["model.mtp_block.0.input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_block.0.self_attn.q_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+    t["model.mtp_emb_norm.0.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_hidden_norm.0.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+    t["model.mtp_linear_proj.0.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return c, t, "ernie-spm", {}
+def case_granitemoe(rng):
+    # granite-3.1-3b-a800m's layout: stacked experts, input_linear = gate and up fused (4 experts, widths 256)
+    c = base_config("GraniteMoeForCausalLM", "granitemoe", 32000, hidden_size=256, intermediate_size=256,
+                    num_local_experts=4, num_experts_per_tok=2, rope_theta=10000.0, max_position_embeddings=4096,
+                    rms_norm_eps=1e-6, tie_word_embeddings=True, attention_multiplier=0.015625, embedding_multiplier=12.0,
+                    residual_multiplier=0.22, logits_scaling=6.0, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, granite_moe_tensors(rng, c), "llama-spm", {}
+
+
+def case_granitemoeshared(rng):
+    # a shared MLP 320 wide (K-quant rows fall back) beside the routed experts; config defaults for the multipliers
+    c = base_config("GraniteMoeSharedForCausalLM", "granitemoeshared", 32000, hidden_size=256, intermediate_size=256,
+                    shared_intermediate_size=320, num_local_experts=4, num_experts_per_tok=2,
+                    rope_scaling={"rope_type": "linear", "factor": 2.0}, bos_token_id=1, eos_token_id=2)
+    return c, granite_moe_tensors(rng, c), "llama-spm", {}
+
+
+def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
+    """GraniteMoe(Shared) layers: router, stacked input_linear (n_expert, 2 * n_ff, n_embd) / output_linear."""
+    t = dense_tensors(rng, {**c, "moe": True}, lm_head=not c.get("tie_word_embeddings"))
+    e, f, n, sf = c["hidden_size"], c["intermediate_size"], c["num_local_experts"], c.get("shared_intermediate_size")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "block_sparse_moe.router.layer.weight"] = (heavy(rng, (n, e)), "BF16")
+        t[p + "block_sparse_moe.input_linear.weight"] = (heavy(rng, (n, 2 * f, e)), "BF16")
+        t[p + "block_sparse_moe.output_linear.weight"] = (heavy(rng, (n, e, f)), "BF16")
+        if sf:
+            t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * sf, e)), "BF16")
+            t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, sf)), "BF16")
+    return t
+
+
+def case_olmoe(rng):
+    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); the Llama 3 tokenizer stands in
+    c = base_config("OlmoeForCausalLM", "olmoe", 128256, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
+                    num_experts=4, num_experts_per_tok=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
+                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "mlp.", 4, 256, 256))
+    return c, t, "llama-bpe", {}
+
+
+def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj", "up_proj", "down_proj"),
+                   gate="gate") -> dict[str, tuple[np.ndarray, str]]:
+    """A router `{prefix}{gate}.weight` and n experts `{prefix}experts.{x}.{w}.weight` (gate, up: (f, e); down: (e, f))."""
+    t = {f"{prefix}{gate}.weight": (heavy(rng, (n, e)), "BF16")}
+    for x in range(n):
+        for w, shp in zip(names, ((f, e), (f, e), (e, f))):
+            t[f"{prefix}experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return t
+
+
+def case_phimoe(rng):
+    # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
+    hd = 64
+    c = base_config("PhiMoEForCausalLM", "phimoe", 32064, hidden_size=256, intermediate_size=256, num_key_value_heads=2,
+                    num_local_experts=4, num_experts_per_tok=2, max_position_embeddings=131072,
+                    original_max_position_embeddings=4096, attention_bias=True, lm_head_bias=True, rope_theta=10000.0,
+                    sliding_window=131072, bos_token_id=1, eos_token_id=32000,
+                    rope_scaling={"type": "longrope", "short_mscale": 1.243, "long_mscale": 1.243,
+                                  "long_factor": [1.0 + 0.3 * i for i in range(hd // 2)],
+                                  "short_factor": [1.0 + 0.02 * i for i in range(hd // 2)],
+                                  "original_max_position_embeddings": 4096})
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, o_bias=True)
+    e = c["hidden_size"]
+    t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    t["lm_head.bias"] = (heavy(rng, (32064,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, e, 256, names=("w1", "w3", "w2")))
+    return c, t, "phi-3", {}
+
+
+def case_hunyuan_dense(rng):
+    # Hunyuan-4B's config: q/k layernorms, NTK-alpha ("dynamic") rope, eod_token_id as eos, tied embeddings;
+    # no real Hunyuan tokenizer.json in a package registry: the Qwen2 one takes the same path (get_vocab_base)
+    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 151936, hidden_size=256, intermediate_size=256,
+                    head_dim=64, max_position_embeddings=32768, tie_word_embeddings=True, use_qk_norm=True,
+                    rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
+                                  "mscale_all_dim": 1.0, "type": "dynamic"},
+                    bos_token_id=151643, eos_token_id=151643, eod_token_id=151645, pad_token_id=151643)
+    t = dense_tensors(rng, c, lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}.self_attn."
+        t[p + "query_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
+        t[p + "key_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
+    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [151645, 151643], "top_k": 20})}
+    return c, t, "qwen2", files
+
+
+def case_dots1(rng):
+    # dots.llm1's layout: one dense layer first, then routed + shared experts, router score-correction bias,
+    # q/k norms; the Qwen2 tokenizer (the one dots.llm1 extends)
+    c = base_config("Dots1ForCausalLM", "dots1", 151936, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+                    num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
+                    first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1,
+                    scoring_func="sigmoid",
+                    rope_theta=10000000.0, max_position_embeddings=32768, sliding_window=None, rms_norm_eps=1e-5,
+                    bos_token_id=None, eos_token_id=151649)
+    t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
+    t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 2))
+    p = "model.layers.1.mlp."
+    t.update(expert_tensors(rng, p, 4, 256, 256))
+    t[p + "gate.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
+    for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
+        t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "qwen2", {}
+def language_model(t: dict, prefix: str) -> dict:
+    """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
+    `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
+    out = {}
+    for n, v in t.items():
+        if n.startswith("model."):
+            out[prefix + n[len("model."):]] = v
+        elif n == "lm_head.weight" and prefix.startswith("language_model."):
+            out["language_model.lm_head.weight"] = v
+        else:
+            out[n] = v
+    return out
+
+
+def vision_parts(rng, names: dict[str, tuple[int, ...]]) -> dict[str, tuple[np.ndarray, str]]:
+    """A few vision tower / projector tensors (the converter drops them without --mmproj)."""
+    return {n: (heavy(rng, shp), "BF16") for n, shp in names.items()}
+
+
+def case_gemma3_mm(rng):
+    # Gemma3ForConditionalGeneration as google/gemma-3-4b-it lays it out (legacy language_model.model.* names,
+    # tied output, SigLIP tower + projector); the text_config leaves most keys to Gemma3TextConfig's defaults
+    text = dict(model_type="gemma3_text", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=32000, sliding_window=512,
+                rope_scaling={"rope_type": "linear", "factor": 8.0}, query_pre_attn_scalar=64)
+    c = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "text_config": text,
+         "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 16, "patch_size": 8},
+         "mm_tokens_per_image": 4, "boi_token_index": 255999, "eoi_token_index": 256000, "image_token_index": 262144,
+         "eos_token_id": [1, 106], "torch_dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, {**text, "num_hidden_layers": 2}, gemma2_norms=True, qk_norm=True, lm_head=False),
+                       "language_model.model.")
+    t |= vision_parts(rng, {
+        "vision_tower.vision_model.embeddings.patch_embedding.weight": (32, 3, 8, 8),
+        "vision_tower.vision_model.embeddings.position_embedding.weight": (4, 32),
+        "vision_tower.vision_model.encoder.layers.0.self_attn.q_proj.weight": (32, 32),
+        "vision_tower.vision_model.post_layernorm.weight": (32,),
+        "multi_modal_projector.mm_input_projection_weight": (32, 256),
+        "multi_modal_projector.mm_soft_emb_norm.weight": (32,),
+    })
+    return c, t, "llama-spm", {}
+
+
+def case_mistral3(rng):
+    # Mistral3ForConditionalGeneration (Mistral Small 3.1's layout, as transformers >= 4.52 saves it:
+    # model.language_model.*, lm_head, model.vision_tower.*, model.multi_modal_projector.*); Pixtral tower
+    text = dict(model_type="mistral", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256, rope_theta=1e9,
+                max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None,
+                tie_word_embeddings=True)
+    c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
+         "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "head_dim": 16, "image_size": 32, "patch_size": 8},
+         "image_token_index": 10, "spatial_merge_size": 2, "multimodal_projector_bias": False,
+         "vision_feature_layer": -1, "projector_hidden_act": "gelu", "torch_dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, text, lm_head=False), "model.language_model.")
+    t |= vision_parts(rng, {
+        "model.vision_tower.patch_conv.weight": (32, 3, 8, 8),
+        "model.vision_tower.ln_pre.weight": (32,),
+        "model.vision_tower.transformer.layers.0.attention.q_proj.weight": (32, 32),
+        "model.multi_modal_projector.norm.weight": (32,),
+        "model.multi_modal_projector.patch_merger.merging_layer.weight": (32, 128),
+        "model.multi_modal_projector.linear_1.weight": (256, 32),
+        "model.multi_modal_projector.linear_2.weight": (256, 256),
+    })
+    return c, t, "llama-bpe", {}
+
+
+def case_llama4(rng):
+    # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
+    # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
+    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: the Llama 3 one
+    # (the same _set_vocab_gpt2 path and pre-tokenizer hash table)
+    n_x, e, f_moe, f_mlp = 4, 256, 256, 512
+    text = dict(model_type="llama4_text", hidden_size=e, intermediate_size=f_moe, intermediate_size_mlp=f_mlp,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256,
+                num_local_experts=n_x, num_experts_per_tok=1, interleave_moe_layer_step=2, rope_theta=500000.0,
+                max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=True, attention_chunk_size=8192,
+                rope_scaling={"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
+                              "original_max_position_embeddings": 8192, "rope_type": "llama3"},
+                bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=128004)
+    c = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
+         "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
+                           "vision_output_dim": 64, "projector_input_dim": 64, "projector_output_dim": 64},
+         "boi_token_index": 200080, "eoi_token_index": 200081, "image_token_index": 200092,
+         "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, "intermediate_size": f_mlp, "moe": True}, lm_head=False)
+    for i in range(4):
+        p = f"model.layers.{i}.feed_forward."
+        if i % 2 == 0:
+            t[p + "gate_proj.weight"] = (heavy(rng, (f_mlp, e)), "BF16")
+            t[p + "up_proj.weight"] = (heavy(rng, (f_mlp, e)), "BF16")
+            t[p + "down_proj.weight"] = (heavy(rng, (e, f_mlp)), "BF16")
+            continue
+        t[p + "router.weight"] = (heavy(rng, (n_x, e)), "BF16")
+        t[p + "experts.gate_up_proj"] = (heavy(rng, (n_x, e, 2 * f_moe)), "BF16")
+        t[p + "experts.down_proj"] = (heavy(rng, (n_x, f_moe, e)), "BF16")
+        for w, shp in (("gate_proj", (f_moe, e)), ("up_proj", (f_moe, e)), ("down_proj", (e, f_moe))):
+            t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    t = language_model(t, "language_model.model.")
+    t |= vision_parts(rng, {
+        "vision_model.patch_embedding.linear.weight": (32, 192),
+        "vision_model.class_embedding": (32,),
+        "vision_model.model.layers.0.self_attn.q_proj.weight": (32, 32),
+        "vision_model.model.layers.0.self_attn.q_proj.bias": (32,),
+        "multi_modal_projector.linear_1.weight": (256, 64),
+    })
+    return c, t, "llama-bpe", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -675,10 +1053,17 @@ CASES = {
     "command-r": case_command_r, "cohere2": case_cohere2, "apertus": case_apertus,
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
+    "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
+    "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
+    "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
+    "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
-QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm", "gpt2", "gptneox",
-               "falcon")
+QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
+               "gpt2", "gptneox", "falcon")
+TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
 
@@ -768,7 +1153,7 @@ def test_refused_family_says_why(models):
     d = models("llama2")
     cfg = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**cfg, "architectures": ["InternLM2ForCausalLM"], "model_type": "internlm2"}))
-    with pytest.raises(UnsupportedError, match="'InternLM2ForCausalLM' is not supported: .*protobuf"):
+    with pytest.raises(UnsupportedError, match="InternLM2ForCausalLM is not supported: .*protobuf"):
         load_spec(d)
 
 
@@ -952,6 +1337,48 @@ def test_expert_count_bomb(models, case, key, n):
     with pytest.raises(InputError, match=f"'{key}' is 1000000000 but the checkpoint has tensors for {n} experts"):
         load_spec(d, vocab=False)
 
+
+
+def _spec_view(spec):
+    return [(t.name, t.shape, t.sources) for t in spec.tensors], [(k, v) for k, _, v in spec.kv]
+
+
+def test_ernie_moe_config_aliases(models):
+    """Ernie4_5_MoeConfig: num_experts / num_experts_per_tok are attribute_map aliases (they win over
+    moe_num_experts / moe_k), moe_layer_end_index -1 is the last layer; the sparse layers follow
+    transformers' pattern, so a config that makes layer 1 dense refuses its experts."""
+    d = models("ernie4_5moe", tokenizer=False)
+    want = _spec_view(load_spec(d, vocab=False))
+    _edit_config(d, moe_num_experts=64, moe_k=6, num_experts=4, num_experts_per_tok=2, moe_layer_end_index=-1)
+    assert _spec_view(load_spec(d, vocab=False)) == want
+    _edit_config(d, moe_layer_start_index=2)
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.1.mlp.experts"):
+        load_spec(d, vocab=False)
+    _edit_config(d, moe_layer_start_index=1, moe_layer_interval=2)  # (i + 1) % 2 == 0: layer 1 sparse, layer 2 dense
+    with pytest.raises(InputError, match="unexpected tensor 'model.layers.2.mlp.experts"):
+        load_spec(d, vocab=False)
+
+
+def test_glm4moe_nextn_blocks(models):
+    """The NextN layer is block num_hidden_layers (block_count counts it); without
+    num_nextn_predict_layers its tensors belong to no block."""
+    d = models("glm4moe", tokenizer=False)
+    spec = load_spec(d, vocab=False)
+    kv = {k: v for k, _, v in spec.kv}
+    assert spec.n_layer == 3 and kv["glm4moe.block_count"] == 3 and kv["glm4moe.nextn_predict_layers"] == 1
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.exp_probs_b.bias"} <= {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate_inp.weight" not in {t.name for t in spec.tensors}  # first_k_dense_replace = 1
+    _edit_config(d, num_nextn_predict_layers=...)
+    with pytest.raises(InputError, match="is for layer 2 but num_hidden_layers is 2"):
+        load_spec(d, vocab=False)
+
+
+def test_glm_vocab_needs_glm_special_tokens(models):
+    d = models("glm4moe")
+    (d / "tokenizer.json").write_bytes(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
+    shutil.copy(FIXTURES / "qwen2" / "tokenizer_config.json", d / "tokenizer_config.json")
+    with pytest.raises(UnsupportedError, match="GLM vocabulary without the added token '\\[gMASK\\]'"):
+        load_spec(d)
 
 def test_config_json_syntax(models):
     d = models("llama2", tokenizer=False)
@@ -1238,7 +1665,7 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
     assert len(toks) > 5 and np.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("case", QUANT_CASES)
+@pytest.mark.parametrize("case", TOOLS_CASES)
 def test_tools_on_new_families(models, case, tmp_path, capsys):
     """convert --dry-run --json plans the file convert writes; validate reads it back against the
     checkpoint; dequantize --hf-names restores the checkpoint's own tensor names and rows."""
@@ -1260,14 +1687,150 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     js = json.loads(capsys.readouterr().out)
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
-    from kquant.models import family
-    if not family(json.loads((d / "config.json").read_text())["architectures"][0]).inverse_names:
-        return  # GPT-2, Falcon: --hf-names is not offered (Conv1D weights; per-variant norm names)
     hf = tmp_path / "hf.safetensors"
+    from kquant.models import family, inverse_architectures
+
+    fam = family(json.loads((d / "config.json").read_text())["architectures"][0])
+    if fam.arch_name() not in inverse_architectures():  # stacked / fused experts: refused in one line, nothing written
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
+        err = capsys.readouterr().err.strip()
+        assert "--hf-names supports architectures" in err and "\n" not in err and not hf.exists()
+    from kquant.models import inverse_family
+
+    if inverse_family(plan["architecture"]) is None:  # e.g. llama4: refused in one line, nothing written
+        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 2
+        assert f"this file is '{plan['architecture']}'" in capsys.readouterr().err and not hf.exists()
+        return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
     got, src = read_safetensors(hf), all_sources(d)
+    # a multimodal checkpoint: its language model, under the text model's names (language_model. dropped)
+    spec = load_spec(d, vocab=False)
+    dropped = set(spec.not_converted)
+    used = {s for t in spec.tensors for s in t.sources}  # not the tensors the converter filters out (ERNIE's MTP)
+    src = {n.replace("language_model.", ""): x for n, x in src.items() if n not in dropped and n in used}
     assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
     for name, x in got.items():
         rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
         assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+
+
+def test_moe_tail_specs(models):
+    """Stacked/fused experts split as GraniteMoeModel does; dots1's dense lead layer and exp_probs_b; the expert
+    count llama-quantize sees is {arch}.expert_count."""
+    spec = load_spec(models("granitemoeshared", copy=False), vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.n_expert == 4 and by["blk.0.ffn_gate_exps.weight"].shape == (4, 256, 256)
+    assert by["blk.1.ffn_up_shexp.weight"].shape == (320, 256) and by["blk.1.ffn_down_shexp.weight"].shape == (256, 320)
+    src = all_sources(models("granitemoeshared", copy=False))
+    fused = src["model.layers.0.block_sparse_moe.input_linear.weight"]
+    assert np.array_equal(build_tensor(by["blk.0.ffn_up_exps.weight"], src), fused[:, 256:, :])
+    spec = load_spec(models("dots1", copy=False), vocab=False)
+    names = {t.name for t in spec.tensors}
+    assert "blk.0.ffn_gate.weight" in names and "blk.0.ffn_gate_exps.weight" not in names
+    assert {"blk.1.exp_probs_b.bias", "blk.1.ffn_gate_exps.weight", "blk.1.ffn_down_shexp.weight"} <= names
+    kv = {k: v for k, _, v in spec.kv}
+    assert (kv["dots1.expert_count"], kv["dots1.leading_dense_block_count"], kv["dots1.expert_group_count"]) == (4, 1, 1)
+
+
+@pytest.mark.parametrize("case,edit,match", [
+    ("granitemoe", dict(rope_scaling={"type": "linear", "factor": 2.0}), "rope_scaling without 'rope_type'"),
+    ("phimoe", dict(rope_scaling={"type": "longrope", "long_factor": [1.0] * 32, "short_factor": [1.0] * 32}),
+     "rope_scaling.short_mscale must be a number"),
+    ("dots1", dict(n_shared_experts=None), "'n_shared_experts' must be a positive integer"),
+    ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
+    ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
+    ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+])
+def test_moe_tail_config_errors(models, case, edit, match):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises((InputError, UnsupportedError), match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
+def test_hunyuan_needs_tokenizer_json(models):
+    d = models("hunyuan-dense")
+    (d / "tokenizer.json").unlink()
+    with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)
+@pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
+                                        ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])
+def test_multimodal_parts_not_converted(models, case, parts, capsys):
+    """The vision tower and projector of a multimodal checkpoint are left out, and the user is told so
+    (ModelSpec.not_converted, the --dry-run --json plan, one line on stderr)."""
+    from kquant import cli
+
+    d = models(case, copy=False)
+    spec = load_spec(d, vocab=False)
+    src = all_sources(d)
+    mm = sorted(n for n in src if "vision_tower" in n or "multi_modal_projector" in n)
+    assert sorted(spec.not_converted) == mm and len(mm) > 3
+    assert not any(s in mm for t in spec.tensors for s in t.sources)
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run", "--json"]) == 0
+    nc = json.loads(capsys.readouterr().out)["not_converted"]
+    assert nc["n_tensors"] == len(mm) and sorted(nc["tensors"]) == mm
+    assert cli.main(["convert", str(d), "--type", "Q8_0", "--dry-run"]) == 0
+    err = capsys.readouterr().err
+    assert f"{len(mm)} vision/audio tensors" in err and all(p in err for p in parts) and "--mmproj" in err
+    text_only = load_spec(models("gemma3", copy=False), vocab=False)
+    assert text_only.not_converted == ()
+
+
+@pytest.mark.parametrize("case,text_edit,top_edit,err,match", [
+    ("llama4", dict(moe_layers=[0, 2]), {}, UnsupportedError, "'moe_layers' \\[0, 2\\] differs from every 2th layer"),
+    ("llama4", dict(no_rope_layers=[1, 1, 1, 1]), {}, UnsupportedError, "'no_rope_layers' / 'layer_types' differ"),
+    ("llama4", dict(attention_chunk_size=4096), {}, UnsupportedError, "'attention_chunk_size' 4096 is not 8192"),
+    ("llama4", dict(num_local_experts=10**9), {}, InputError, "experts.down_proj. has shape \\[4, 256, 256\\], expected \\[1000000000, 256, 256\\]"),
+    ("llama4", dict(interleave_moe_layer_step="2"), {}, InputError, "'interleave_moe_layer_step' must be a positive integer"),
+    ("gemma3-mm", dict(hidden_size="256"), {}, InputError, "'text_config.hidden_size' must be a positive integer"),
+    ("gemma3-mm", dict(rope_scaling={"rope_type": "linear"}), {}, InputError, "'text_config.rope_scaling.factor' is missing"),
+    ("gemma3-mm", {}, dict(text_config=...), InputError, "missing key 'text_config'"),
+    ("gemma3-mm", {}, dict(text_config=[1]), InputError, "'text_config' must be an object"),
+    ("mistral3", dict(model_type="qwen9"), {}, UnsupportedError, "'text_config.model_type' 'qwen9' is not supported"),
+    ("mistral3", {}, dict(llm_config={}), UnsupportedError, "multimodal configs with 'llm_config' are not supported"),
+])
+def test_multimodal_config_errors(models, case, text_edit, top_edit, err, match):
+    """Bad text_config values, and Llama 4 layouts llama.cpp's runtime would run wrongly: one line, no traceback."""
+    d = models(case, tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["text_config"].update(text_edit)
+    (d / "config.json").write_text(json.dumps(c))
+    _edit_config(d, **top_edit)
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value) or "Tiny-" in str(e.value)
+
+
+def test_llama4_all_full_attention(models):
+    """layer_types all full_attention (MobileLLM-R1): sliding_window 0 tells llama.cpp to use no chunking
+    and rope everywhere (Llama4Model.set_gguf_parameters); the NoPE pattern is then free."""
+    d = models("llama4", tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["text_config"].update(layer_types=["full_attention"] * 4, no_rope_layers=[1, 1, 1, 1], attention_chunk_size=None)
+    (d / "config.json").write_text(json.dumps(c))
+    spec = load_spec(d, vocab=False)
+    kv = {k: v for k, _, v in spec.kv}
+    assert kv["llama4.attention.sliding_window"] == 0 and kv["llama4.interleave_moe_layer_step"] == 2
+    assert kv["llama4.expert_feed_forward_length"] == 256 and kv["llama4.feed_forward_length"] == 512
+    assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1
+
+
+@pytest.mark.parametrize("arch,model_type,why", [
+    ("Gemma3nForConditionalGeneration", "gemma3n", "Gemma 3n's language model is not ported.*erfinv.*AltUp"),
+    ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
+    ("Gemma4ForConditionalGeneration", "gemma4", "Gemma 4 is not ported"),
+    ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
+])
+def test_refused_families_say_why(models, arch, model_type, why):
+    """Families the converter handles and kquant does not: one line naming the family and the reason."""
+    d = models("gemma3-mm", tokenizer=False)
+    c = json.loads((d / "config.json").read_text())
+    c["architectures"], c["model_type"] = [arch], model_type
+    if arch.endswith("ForCausalLM"):
+        c = {**c.pop("text_config"), "architectures": [arch], "model_type": model_type}
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(UnsupportedError, match=f"{arch} is not supported: {why}") as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)

@@ -21,15 +21,35 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, exaone, falcon, gemma, gpt2, gptneox, granite, internlm, llama, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
-from .base import FAMILIES, REFUSED, HFTensor, NORM_OF, TextModel, safetensors_order
-from .hparams import read_config, to_hparams
+from . import command_r, dots1, ernie, exaone, falcon, gemma, glm, gpt2, gptneox, granite, hunyuan, internlm, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
+from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
 
-__all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "supported_architectures"]
+__all__ = ["ModelSpec", "TensorSpec", "TextModel", "family", "load_spec", "not_converted_note", "supported_architectures"]
 
 GGML_QUANT_VERSION = 2  # gguf-py constants.py GGML_QUANT_VERSION
+
+
+# families llama.cpp's converter handles that kquant refuses, and why (issue 16: a refusal names the family)
+_GEMMA3N = ("Gemma 3n's language model is not ported to kquant: the converter writes its activation sparsity "
+            "through torch's float32 erfinv, which kquant cannot reproduce bit for bit without torch (it is not "
+            "correctly rounded), besides AltUp, LAuReL and per-layer embeddings")
+_GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llama.cpp's converter is pinned to, "
+           "has no Gemma 4 config class)")
+NOT_PORTED = {
+    "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
+    "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
+    "InternLM2ForCausalLM": internlm.INTERNLM2_REFUSED,
+}
+
+
+def not_converted_note(names) -> str:
+    """The one line telling a user that a checkpoint's vision/audio tensors are not in the output."""
+    roots = ", ".join(dict.fromkeys(".".join(n.split(".")[: 2 if n.startswith("model.") else 1]) + ".*" for n in names))
+    return (f"{len(names)} vision/audio tensors ({roots}) not converted: the file holds the language model only, "
+            "as convert_hf_to_gguf.py writes it without --mmproj (kquant has no --mmproj)")
 
 
 def supported_architectures() -> list[str]:
@@ -79,17 +99,17 @@ def load_spec(
     cfg_path = Path(config_path) if config_path is not None else folder / "config.json"
     tok_folder = Path(tokenizer_folder) if tokenizer_folder is not None else folder
     cfg = read_config(cfg_path)
-    hf_arch = cfg["architectures"][0]
+    hf_arch = hf_architecture(cfg)
     cls = FAMILIES.get(hf_arch)
-    if cls is None and hf_arch in REFUSED:
-        raise UnsupportedError(f"{cfg_path}: architecture {hf_arch!r} is not supported: {REFUSED[hf_arch]}")
+    if cls is None and hf_arch in NOT_PORTED:
+        raise UnsupportedError(f"{cfg_path}: {hf_arch} is not supported: {NOT_PORTED[hf_arch]}")
     if cls is None:
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
-    _check_hparams(cfg, model, cfg_path)
+    _check_hparams({**cfg, **cfg.get("text_config", {})}, model, cfg_path)
     _check_rope(model.rp, cfg_path)
     block_count = model.block_count
 
@@ -119,9 +139,8 @@ def load_spec(
     ft_idx = keys.index(ft) if ft in keys else -1
     qv_idx = keys.index(qv)
     kv = [e for e in rec.entries() if e[0] not in (ft, qv)]
-    n_expert = 0
-    if cls.experts is not None:
-        n_expert = next(hp[k] for k in cls.experts.count_keys if hp.get(k) is not None)
+    # llama-quant.cpp reads the expert count from {arch}.expert_count (absent: 0)
+    n_expert = next((v for k, _, v in kv if k == f"{arch}.expert_count"), 0)
     return ModelSpec(
         arch=arch,
         kv=kv,
@@ -136,6 +155,7 @@ def load_spec(
         quantization_version_index=qv_idx,
         hf_arch=hf_arch,
         hparams=hp,
+        not_converted=tuple(model.not_converted),
     )
 
 

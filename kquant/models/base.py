@@ -70,6 +70,9 @@ NORM_OF = {
     "ffn_gate_inp": "ffn_norm", "ffn_gate_shexp": "ffn_norm", "ffn_up_shexp": "ffn_norm",
 }
 
+# conversion/base.py TextModel.set_gguf_parameters: score function -> gguf ExpertGatingFuncType
+GATING_FUNCS = {"softmax": 1, "sigmoid": 2, "sqrtsoftplus": 4}
+
 HFTensor = tuple[str, tuple[int, ...], str]  # (name, shape, dtype) from a safetensors header
 
 
@@ -83,7 +86,6 @@ class Experts:
 
 
 FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
-REFUSED: dict[str, str] = {}  # HF architectures name -> why kquant does not convert it (family modules fill it)
 
 
 def register(*hf_names: str):
@@ -167,6 +169,15 @@ def rows(start: int, stop: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64)
 
 
+def middle_rows(start: int, stop: int):
+    """A transform taking rows [start, stop) of every matrix of a stacked 3-D source (fused expert tensors)."""
+
+    def take(arrs: list[np.ndarray]) -> np.ndarray:
+        return arrs[0][..., start:stop, :]
+
+    return take
+
+
 def stack(arrs: list[np.ndarray]) -> np.ndarray:
     """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
     return np.stack(arrs, axis=0)
@@ -186,10 +197,17 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
+    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b)
+    optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
+    # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
+    split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
+    # --hf-names for experts that arrive stacked: GGUF base -> (HF module under model.layers.{bid}., part, parts);
+    # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
+    hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
     layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
     # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)
@@ -205,6 +223,7 @@ class TextModel:
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
+        self.not_converted: list[str] = []  # vision/audio tensors filtered out (prepare_tensors)
 
     def dim(self, key: str):
         """A canonical dimension (hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
@@ -305,9 +324,17 @@ class TextModel:
             self.u32("expert_count", n_experts, "num_experts")
         if (n_used := self.find_hparam(["num_experts_per_tok", "num_experts_per_token", "top_k_experts"], True)) is not None:
             self.u32("expert_used_count", n_used, "num_experts_per_tok")
-        for k in ("n_group", "topk_group", "score_function", "scoring_func", "score_func"):
-            if hp.get(k) is not None:
-                raise UnsupportedError(f"{self.config_path}: {k!r} (grouped/scored expert routing) is not supported")
+        if (n_expert_groups := hp.get("n_group")) is not None:
+            self.u32("expert_group_count", n_expert_groups, "n_group")
+        if (n_group_used := hp.get("topk_group")) is not None:
+            self.u32("expert_group_used_count", n_group_used, "topk_group")
+        score_keys = ["score_function", "scoring_func", "score_func", "moe_router_activation",
+                      "moe_router_activation_func", "expert_selection_fn"]
+        if (score_func := self.find_hparam(score_keys, True)) is not None:
+            if not isinstance(score_func, str) or score_func not in GATING_FUNCS:
+                raise UnsupportedError(f"{self.config_path}: expert score gating function {score_func!r} is not supported "
+                                       f"({', '.join(GATING_FUNCS)})"[:300])
+            self.kv.add_uint32(self.key("expert_gating_func"), GATING_FUNCS[score_func])
         if (head_dim := hp.get("head_dim")) is not None:
             self.u32("attention.key_length", head_dim, "head_dim")
             self.u32("attention.value_length", head_dim, "head_dim")
@@ -358,6 +385,10 @@ class TextModel:
         if "language_model." in name:
             name = name.replace("language_model.", "")
         return name
+
+    def is_multimodal(self, name: str) -> bool:
+        """Whether a tensor `filter_name` dropped belongs to a vision/audio part (reported as not converted)."""
+        return is_multimodal(name)
 
     def layer_modules(self, bid: int) -> dict[str, str]:
         """HF module -> GGUF base name of layer `bid` (override where layers differ, e.g. dense then MoE)."""
@@ -443,7 +474,8 @@ class TextModel:
             if m:
                 bid, module = int(m.group(1)), m.group(2)
                 layer = self.layer_modules(bid) if bid < self.block_count else self.layer
-                if module in layer and (not is_bias or module in self.bias_ok):
+                allowed = (module in self.bias_ok or module in self.bias_only) if is_bias else module not in self.bias_only
+                if module in layer and allowed:
                     if bid >= self.block_count:
                         raise InputError(f"{where}: tensor {name!r} is for layer {bid} but num_hidden_layers is {self.block_count}")
                     return layer[module], bid, is_bias
@@ -470,6 +502,8 @@ class TextModel:
 
         for orig, shape, dtype in hf:
             name = self.filter_name(orig)
+            if name is None and self.is_multimodal(orig):
+                self.not_converted.append(orig)
             if name is None or name.endswith(DROPPED_SUFFIXES):
                 continue
             if name in seen:
@@ -507,6 +541,9 @@ class TextModel:
     def check_complete(self, out: list[TensorSpec]) -> None:
         """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""
         names = {t.name for t in out}
+        if len(names) != len(out):
+            dup = next(t.name for i, t in enumerate(out) if any(u.name == t.name for u in out[:i]))
+            raise InputError(f"{self.folder}: two source tensors make GGUF tensor {dup!r}")
         need: list[tuple[str, str]] = []  # (GGUF name, HF name)
         for hf_base, g in self.globals_.items():
             if g == "output" and self.hp.get("tie_word_embeddings", False):
@@ -516,7 +553,11 @@ class TextModel:
             pre = f"{self.layer_prefix}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
-                need.append((f"blk.{bid}.{g}.weight", pre + module + ".weight"))
+                if module in self.optional:
+                    continue
+                suffix = ".bias" if module in self.bias_only else ".weight"
+                for g2 in self.split_modules.get(g, (g,)):
+                    need.append((f"blk.{bid}.{g2}{suffix}", pre + module + suffix))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:
@@ -537,9 +578,26 @@ class TextModel:
                 return None
             return hf + (".bias" if is_bias else ".weight")
         mod = {g: h for h, g in cls.layer.items()}.get(base)
-        if mod is None or (is_bias and mod not in cls.bias_ok):
+        if mod is None or (is_bias and mod not in cls.bias_ok and mod not in cls.bias_only) or (
+                not is_bias and mod in cls.bias_only):
             return None
+        if mod.endswith("e_score_correction") and is_bias:  # filter_name's rename, undone
+            return f"{cls.layer_prefix}{bid}.{mod}_bias"
         return f"{cls.layer_prefix}{bid}.{mod}" + (".bias" if is_bias else ".weight")
+
+    @classmethod
+    def hf_tensor_shape(cls, base: str, is_bias: bool, shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The HF shape of a per-layer GGUF tensor (llama-quantize drops trailing ggml dims of size 1)."""
+        return shape
+
+    @classmethod
+    def hf_expert_names(cls, bid: int, base: str, n_expert: int) -> list[str] | None:
+        """The per-expert HF names of a stacked expert tensor (`base`: e.g. ffn_down_exps), or None."""
+        x = cls.experts
+        w = next((w for w, g in x.order if g == base), None) if x is not None else None
+        if w is None:
+            return None
+        return [x.source.format(bid=bid, xid=i, w=w) for i in range(n_expert)]
 
     @classmethod
     def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:

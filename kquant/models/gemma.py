@@ -1,4 +1,5 @@
-"""Gemma, Gemma 2 and Gemma 3 (text): conversion/gemma.py (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
+"""Gemma, Gemma 2 and Gemma 3 (text, and the language model of Gemma3ForConditionalGeneration):
+conversion/gemma.py (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,11 @@ GEMMA3_CONFIG = HFConfig("gemma3_text", dict(
     use_bidirectional_attention=False, rope_local_base_freq=10_000.0, rope_scaling=None,
     tie_word_embeddings=True,
 ), post_init=_gemma3_bidirectional)
+# transformers configuration_gemma3.py Gemma3Config: builds a Gemma3TextConfig from text_config
+GEMMA3_MM_CONFIG = HFConfig("gemma3", dict(
+    mm_tokens_per_image=256, boi_token_index=255_999, eoi_token_index=256_000, image_token_index=262_144,
+    initializer_range=0.02,
+), text_config="gemma3_text")
 
 GEMMA2_LAYER = {
     "input_layernorm": "attn_norm",
@@ -128,10 +134,12 @@ class Gemma2Model(GemmaModel):
         self.u32("attention.sliding_window", hp["sliding_window"], "sliding_window")
 
 
-@register("Gemma3ForCausalLM")
+# Gemma3ForConditionalGeneration: the language model only (language_model.* prefix dropped by
+# filter_name, the vision tower and projector by is_multimodal), as the converter writes it without --mmproj
+@register("Gemma3ForCausalLM", "Gemma3ForConditionalGeneration")
 class Gemma3Model(GemmaModel):
     model_arch = MODEL_ARCH.GEMMA3
-    configs = (GEMMA3_CONFIG,)
+    configs = (GEMMA3_CONFIG, GEMMA3_MM_CONFIG)
     layer = GEMMA2_LAYER | QK_NORM_LAYER
     globals_ = TextModel.globals_
     skip_names = ()

@@ -16,6 +16,13 @@ plain attributes, so `to_dict()` returns them verbatim next to the class default
 (rope_theta, rope_scaling=None), and TextModel reads `rope_parameters` first. Nothing needs
 rewriting: `to_hparams` keeps them as they are, as AutoConfig does; `read_config` checks their
 shape and types so a malformed one is a one-line error.
+
+Multimodal releases (Gemma3ForConditionalGeneration, Mistral3ForConditionalGeneration,
+Llama4ForConditionalGeneration) nest the language model's config under `text_config`: the
+composite config class builds a text config class from it, `to_dict()` returns both, and
+conversion/base.py TextModel.__init__ merges them (`{**hparams, **hparams["text_config"]}`), so
+every key of the text class (its defaults, PretrainedConfig's own such as tie_word_embeddings and
+architectures=None) overrides the top level. `to_hparams` does the same with the two HFConfigs.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ from ..io.jsonio import read_json
 
 # PretrainedConfig defaults that conversion code can reach through find_hparam fallbacks.
 _GENERIC = {"max_length": 20}
+# conversion/base.py ModelBase.load_hparams: nested language-model configs it renames to text_config
+# (InternVL, GlmASR, Qwen2.5-Omni, DeepSeekOCR, LFM2-Audio: none of them a kquant family)
+OTHER_TEXT_CONFIGS = ("llm_config", "lm_config", "thinker_config", "language_config", "lfm")
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,10 @@ class HFConfig:
     rope_type_alias: bool = False  # copies rope_scaling["type"] into rope_scaling["rope_type"]
     kv_heads_fallback: bool = False  # replaces num_key_value_heads=None by num_attention_heads
     post_init: Callable[[dict[str, Any]], None] | None = None  # any other __init__ rewrite, in place
+    # a composite (multimodal) config: the model_type of the text config class it builds from
+    # `text_config`; `text_fixed` when that class does not depend on text_config["model_type"]
+    text_config: str | None = None
+    text_fixed: bool = True
     # PretrainedConfig.attribute_map: a config.json key stored under another name (GPT-2: hidden_size -> n_embd)
     attribute_map: dict[str, str] | None = None
     # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
@@ -95,12 +109,19 @@ def _is_number(v) -> bool:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    """Read config.json and check the keys kquant relies on (one-line InputError per problem)."""
+    """Read config.json and check the keys kquant relies on (one-line InputError per problem).
+
+    A multimodal config's `text_config` is checked as the language model's keys; the keys its
+    config class defaults may be missing there (to_hparams checks them after the defaults)."""
     cfg = read_json(path)
     if not isinstance(cfg, dict):
         raise InputError(f"{path}: expected a JSON object, got {type(cfg).__name__}")
-    if "text_config" in cfg or "llm_config" in cfg:
-        raise UnsupportedError(f"{path}: multimodal configs (text_config) are not supported; use a text-only checkpoint")
+    if any(k in cfg for k in OTHER_TEXT_CONFIGS):
+        key = next(k for k in OTHER_TEXT_CONFIGS if k in cfg)
+        raise UnsupportedError(f"{path}: multimodal configs with {key!r} are not supported")
+    tc = cfg.get("text_config")
+    if "text_config" in cfg and not isinstance(tc, dict):
+        raise InputError(f"{path}: 'text_config' must be an object, got {tc!r}"[:200])
     archs = cfg.get("architectures")
     if archs is None:
         raise InputError(f"{path}: missing key 'architectures'")
@@ -109,7 +130,24 @@ def read_config(path: Path) -> dict[str, Any]:
     mt = cfg.get("model_type")
     if not isinstance(mt, str):
         raise InputError(f"{path}: missing or non-string key 'model_type' (got {mt!r})")
-    cc = CONFIG_CLASSES.get(mt)
+    if tc is None:
+        cc = CONFIG_CLASSES.get(mt)
+        if cc is not None and cc.text_config is not None:  # the composite class would build its default (full-size) text config
+            raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
+        _check_keys(path, cfg, "", required=True, cc=cc)
+        return cfg
+    tarchs = tc.get("architectures")
+    if tarchs is not None and (not isinstance(tarchs, list) or not tarchs or not all(isinstance(a, str) for a in tarchs)):
+        raise InputError(f"{path}: 'text_config.architectures' must be a non-empty list of strings, got {tarchs!r}"[:200])
+    if tc.get("model_type") is not None and not isinstance(tc["model_type"], str):
+        raise InputError(f"{path}: 'text_config.model_type' must be a string, got {tc['model_type']!r}"[:200])
+    _check_keys(path, tc, "text_config.", required=False)
+    return cfg
+
+
+def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool, cc: HFConfig | None = None) -> None:
+    """Types of the keys kquant reads from one (text) config dict; `required`: REQUIRED_INT_KEYS must be there
+    (under the names the config class `cc` gives them, or its attribute_map aliases)."""
     required_as = (cc.required_as or {}) if cc is not None else {}
     amap = (cc.attribute_map or {}) if cc is not None else {}
     for req in REQUIRED_INT_KEYS:
@@ -120,25 +158,27 @@ def read_config(path: Path) -> dict[str, Any]:
         if k is None:
             k = next((a for a, n in amap.items() if n in names and a in cfg), None)
         if k is None:
-            raise InputError(f"{path}: missing key {names[0]!r}")
+            if required:
+                raise InputError(f"{path}: missing key {where + names[0]!r}")
+            continue
         if not _is_int(cfg[k]) or cfg[k] <= 0:
-            raise InputError(f"{path}: {k!r} must be a positive integer, got {cfg[k]!r}")
+            raise InputError(f"{path}: {where + k!r} must be a positive integer, got {cfg[k]!r}")
     for k in OPTIONAL_INT_KEYS:
         if k in cfg and cfg[k] is not None and (not _is_int(cfg[k]) or cfg[k] < 0):
-            raise InputError(f"{path}: {k!r} must be a non-negative integer or null, got {cfg[k]!r}")
+            raise InputError(f"{path}: {where + k!r} must be a non-negative integer or null, got {cfg[k]!r}")
     for k in OPTIONAL_NUMBER_KEYS:
         if k in cfg and cfg[k] is not None and not _is_number(cfg[k]):
-            raise InputError(f"{path}: {k!r} must be a number, got {cfg[k]!r}")
+            raise InputError(f"{path}: {where + k!r} must be a number, got {cfg[k]!r}")
     for k in OPTIONAL_BOOL_KEYS:
         if k in cfg and not isinstance(cfg[k], bool):
-            raise InputError(f"{path}: {k!r} must be true or false, got {cfg[k]!r}")
+            raise InputError(f"{path}: {where + k!r} must be true or false, got {cfg[k]!r}")
     for k in OPTIONAL_BOOL_OR_NULL_KEYS:
         if k in cfg and cfg[k] is not None and not isinstance(cfg[k], bool):
-            raise InputError(f"{path}: {k!r} must be true, false or null, got {cfg[k]!r}")
+            raise InputError(f"{path}: {where + k!r} must be true, false or null, got {cfg[k]!r}")
     for key in ("rope_scaling", "rope_parameters"):
         rd = cfg.get(key)
         if rd is not None and not isinstance(rd, dict):
-            raise InputError(f"{path}: {key!r} must be an object or null, got {rd!r}")
+            raise InputError(f"{path}: {where + key!r} must be an object or null, got {rd!r}")
     # the dict TextModel takes: rope_parameters when the key is present (even null), else rope_scaling
     key = "rope_parameters" if "rope_parameters" in cfg else "rope_scaling"
     rd = cfg.get(key) or {}
@@ -146,11 +186,10 @@ def read_config(path: Path) -> dict[str, Any]:
     if nested:
         for k in nested:
             if not isinstance(rd[k], dict):
-                raise InputError(f"{path}: '{key}.{k}' must be an object, got {rd[k]!r}")
-            _check_rope_dict(path, f"{key}.{k}", rd[k])
+                raise InputError(f"{path}: '{where}{key}.{k}' must be an object, got {rd[k]!r}")
+            _check_rope_dict(path, f"{where}{key}.{k}", rd[k])
     else:
-        _check_rope_dict(path, key, rd)
-    return cfg
+        _check_rope_dict(path, where + key, rd)
 
 
 def _check_rope_dict(path: Path, name: str, rd: dict[str, Any]) -> None:
@@ -173,13 +212,16 @@ def _check_rope_dict(path: Path, name: str, rd: dict[str, Any]) -> None:
         raise InputError(f"{path}: '{name}.factor' is missing (rope_type {rope_type!r} needs it)")
 
 
-def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
-    """Emulate `AutoConfig.from_pretrained(dir).to_dict()` for the keys the converter reads."""
-    mt = cfg["model_type"]
-    cc = CONFIG_CLASSES.get(mt)
-    if cc is None:
-        known = ", ".join(sorted(CONFIG_CLASSES))
-        raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
+def hf_architecture(cfg: dict[str, Any]) -> str:
+    """conversion/base.py get_model_architecture (text models): text_config's architectures when it names one."""
+    tc = cfg.get("text_config")
+    if isinstance(tc, dict) and tc.get("architectures") is not None:
+        return tc["architectures"][0]
+    return cfg["architectures"][0]
+
+
+def _apply(cc: HFConfig, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """One config class: PretrainedConfig's and the class's defaults, config.json's keys, the __init__ rewrites."""
     hp: dict[str, Any] = {} if cc.raw else json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts
     cfg = json.loads(json.dumps(cfg))  # deep copy: rope_scaling is mutated below, as upstream does
     for alias, real in (cc.attribute_map or {}).items():  # PretrainedConfig.__setattr__ / __init__ kwargs
@@ -192,7 +234,39 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc.rope_type_alias and isinstance(rs, dict) and "type" in rs:
         rs["rope_type"] = rs["type"]
     if cc.post_init is not None:
-        cc.post_init(hp)
+        try:
+            cc.post_init(hp)
+        except UnsupportedError as e:
+            raise UnsupportedError(f"{path}: {e}") from None
+    return hp
+
+
+def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
+    """Emulate `AutoConfig.from_pretrained(dir).to_dict()` for the keys the converter reads, with a
+    multimodal config's text_config merged into the top level as TextModel.__init__ merges it."""
+    mt = cfg["model_type"]
+    cc = CONFIG_CLASSES.get(mt)
+    if cc is None:
+        known = ", ".join(sorted(CONFIG_CLASSES))
+        raise UnsupportedError(f"{path}: model_type {mt!r} is not supported (supported: {known})")
+    if cc.text_config is None:
+        if "text_config" in cfg:
+            raise UnsupportedError(f"{path}: model_type {mt!r} with a 'text_config' is not supported")
+        return _apply(cc, cfg, path)
+    tc = cfg["text_config"]  # read_config requires it
+    tmt = cc.text_config if cc.text_fixed else tc.get("model_type", cc.text_config)
+    tcc = CONFIG_CLASSES.get(tmt)
+    if tcc is None or tcc.text_config is not None:
+        raise UnsupportedError(f"{path}: 'text_config.model_type' {tmt!r} is not supported for model_type {mt!r}")
+    text = _apply(tcc, tc, path)
+    text["model_type"] = tcc.model_type  # the text class's own
+    text.setdefault("architectures", None)  # PretrainedConfig's default
+    top = _apply(cc, {k: v for k, v in cfg.items() if k != "text_config"}, path)
+    top["text_config"] = text
+    hp = {**top, **text}
+    for k in REQUIRED_INT_KEYS:  # now with the text class's defaults
+        if not _is_int(hp.get(k)) or hp[k] <= 0:
+            raise InputError(f"{path}: 'text_config.{k}' must be a positive integer, got {hp.get(k)!r}")
     return hp
 
 

@@ -16,11 +16,11 @@ from gguf import MODEL_ARCH, Keys
 
 from ..errors import InputError
 from .. import vocab as V
-from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, REFUSED, TextModel, register
+from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, TextModel, register
 from .hparams import HFConfig
 from .llama import qk_permutation
 
-REFUSED["InternLM2ForCausalLM"] = (
+INTERNLM2_REFUSED = (  # models.NOT_PORTED
     "InternLM 2's vocabulary cannot be converted by llama.cpp's converter in its own environment (InternLM2Model.set_vocab "
     "imports sentencepiece_model_pb2, which needs protobuf >= 5; llama.cpp pins protobuf < 5), so there is no reference "
     "file to be identical to")

@@ -61,8 +61,11 @@ def torch_pow_f32(base: np.float32, expo: np.ndarray) -> np.ndarray:
 # conversion/llama.py LlamaModel.generate_extra_tensors (exaone.py Exaone4Model has a copy), in
 # torch's float32 arithmetic: a Python number divided by a 0-d tensor is `tensor.reciprocal() * number` (torch/_tensor.py __rdiv__), tensor-scalar ops
 # round to float32 after each step.
-def llama3_rope_freqs(self: TextModel, default_factor: float) -> list[tuple[str, np.ndarray]]:
-    """rope_freqs.weight for a llama3 rope (none otherwise); `default_factor` when the config has no factor."""
+def llama3_rope_freqs(self: TextModel, default_factor: float, equal_factors_ok: bool = False) -> list[tuple[str, np.ndarray]]:
+    """rope_freqs.weight for a llama3 rope (none otherwise); `default_factor` when the config has no factor.
+
+    `equal_factors_ok`: low_freq_factor == high_freq_factor is allowed (Llama 4 Scout's config; its
+    config class does not validate rope): no frequency then falls between the two wavelengths."""
     rope_params = self.rp.get("full_attention", self.rp)
     if not rope_params or str(rope_params.get("rope_type", "")).lower() != "llama3":
         return []
@@ -82,7 +85,7 @@ def llama3_rope_freqs(self: TextModel, default_factor: float) -> list[tuple[str,
                  ("original_max_position_embeddings", old_context_len)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf"):
             raise InputError(f"{self.config_path}: 'rope_scaling.{k}' must be a positive number, got {v!r}")
-    if not low_freq_factor < high_freq_factor:
+    if not (low_freq_factor < high_freq_factor or equal_factors_ok and low_freq_factor == high_freq_factor):
         raise InputError(f"{self.config_path}: 'rope_scaling.high_freq_factor' ({high_freq_factor}) must be greater "
                          f"than 'rope_scaling.low_freq_factor' ({low_freq_factor})")
     low_freq_wavelen = old_context_len / low_freq_factor  # Python floats, as upstream
@@ -96,9 +99,10 @@ def llama3_rope_freqs(self: TextModel, default_factor: float) -> list[tuple[str,
             out[i] = factor
         else:
             # (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
-            smooth = ((f32(1) / wavelen) * f32(old_context_len) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
-            # 1 / ((1 - smooth) / factor + smooth)
-            out[i] = (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)) * f32(1)
+            with np.errstate(divide="ignore", invalid="ignore"):  # equal factors: a wavelength exactly on the edge (torch: inf/nan too)
+                smooth = ((f32(1) / wavelen) * f32(old_context_len) - f32(low_freq_factor)) / f32(high_freq_factor - low_freq_factor)
+                # 1 / ((1 - smooth) / factor + smooth)
+                out[i] = (f32(1) / ((f32(1) - smooth) / f32(factor) + smooth)) * f32(1)
     return [("rope_freqs.weight", out)]
 
 

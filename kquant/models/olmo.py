@@ -1,7 +1,7 @@
-"""OLMo, OLMo 2, OLMo 3 and Seed-OSS: conversion/olmo.py OlmoModel, Olmo2Model, SeedOssModel (llama.cpp as
-vendored in llama-cpp-python 0.3.36). OLMo 2/3 and Seed-OSS are plain TextModels (no Q/K permutation);
-OLMo (1) has LlamaModel's Q/K permutation and parameter-free LayerNorms (no norm tensors at all). All
-use the GPT-2 style vocabulary."""
+"""OLMo, OLMo 2, OLMo 3, OLMoE and Seed-OSS: conversion/olmo.py OlmoModel, Olmo2Model, OlmoeModel, SeedOssModel
+(llama.cpp as vendored in llama-cpp-python 0.3.36). OLMo 2/3, OLMoE and Seed-OSS are plain TextModels
+(no Q/K permutation); OLMo (1) has LlamaModel's Q/K permutation and parameter-free LayerNorms (no norm
+tensors at all). All use the GPT-2 style vocabulary."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from ..errors import InputError
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, TextModel, register
 from .hparams import HFConfig
 from .llama import qk_permutation
+from .qwen import MOE_LAYER, QWEN_EXPERTS
 
 
 def _kv_heads(hp: dict) -> None:
@@ -117,3 +118,32 @@ class OlmoModel(TextModel):
         if base in ("attn_q", "attn_k"):
             return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
         return None
+
+
+# transformers 4.57.6 configuration_olmoe.py OlmoeConfig.__init__ defaults, for the keys llama.cpp reads
+OLMOE_CONFIG = HFConfig("olmoe", dict(
+    vocab_size=50304, hidden_size=2048, intermediate_size=2048, num_hidden_layers=16, num_attention_heads=16,
+    num_key_value_heads=None, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    rope_theta=10000.0, rope_scaling=None, attention_bias=False, clip_qkv=None, num_experts_per_tok=8,
+    num_experts=64, norm_topk_prob=False,
+), rope_type_alias=True, post_init=_kv_heads)
+
+
+# conversion/olmo.py OlmoeModel: Llama-placed norms, q/k norms over all heads (as OLMo 2), experts merged
+# per layer as Qwen2MoeModel does
+@register("OlmoeForCausalLM")
+class OlmoeModel(TextModel):
+    model_arch = MODEL_ARCH.OLMOE
+    configs = (OLMOE_CONFIG,)
+    layer = MOE_LAYER | QK_NORM_LAYER
+    bias_ok = ATTN_BIASES
+    experts = QWEN_EXPERTS
+
+    # OlmoeModel.set_gguf_parameters: the RMS epsilon is overwritten with 1e-5 whatever the config says
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        self.kv.add_float32(self.key("attention.layer_norm_rms_epsilon"), 1e-5)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        s = super().tensor_shapes()
+        return s | {"attn_q_norm": s["attn_q"][:1], "attn_k_norm": s["attn_k"][:1]}

@@ -1,4 +1,4 @@
-"""Phi-3: conversion/phi.py Phi3MiniModel (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
+"""Phi-3 and Phi-3.5-MoE: conversion/phi.py Phi3MiniModel, PhiMoeModel (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
-from .base import TextModel, register
+from .base import LLAMA_LAYER, Experts, TextModel, register
 from .hparams import HFConfig
 
 
@@ -160,3 +160,56 @@ class Phi3MiniModel(TextModel):
                     raise InputError(f"{tj_file}: malformed entry in 'added_tokens'")
                 put(tj_file, V.check_token_id(tj_file, data["content"], data.get("id")), data["content"], data.get("special"))
         V.write_spm_vocab(rec, folder, tokens, scores, toktypes)
+
+
+def _phimoe_rope(hp: dict) -> None:
+    # transformers configuration_phimoe.py PhimoeConfig.__init__
+    if hp.get("num_key_value_heads") is None:
+        hp["num_key_value_heads"] = hp["num_attention_heads"]
+    rs = hp.get("rope_scaling")
+    if isinstance(rs, dict):
+        if "rope_type" not in rs:
+            rs["rope_type"] = rs.get("type", None)
+        if "original_max_position_embeddings" in rs:
+            hp["original_max_position_embeddings"] = rs["original_max_position_embeddings"]
+        for k in ("short_mscale", "long_mscale"):
+            if isinstance(rs.get(k), bool) or not isinstance(rs.get(k), (int, float)):
+                # __init__ raises TypeError: AutoConfig fails and the converter reads config.json raw
+                raise UnsupportedError(f"rope_scaling.{k} must be a number (transformers 4.57.6 rejects the config and "
+                                       "llama.cpp's converter then reads config.json without the class defaults; not emulated)")
+
+
+PHIMOE_CONFIG = HFConfig("phimoe", dict(
+    vocab_size=32064, hidden_size=4096, intermediate_size=6400, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=8, max_position_embeddings=4096 * 32, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    rope_theta=1e6, rope_scaling=None, sliding_window=None, num_experts_per_tok=2, num_local_experts=16,
+    attention_bias=False, lm_head_bias=False,
+), post_init=_phimoe_rope)
+
+_PHIMOE_ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj")
+
+
+# conversion/phi.py PhiMoeModel: Phi3MiniModel's parameters, rope factors and vocabulary; LayerNorms with biases,
+# separate q/k/v projections, Mixtral-style experts
+@register("PhiMoEForCausalLM")
+class PhiMoeModel(Phi3MiniModel):
+    model_arch = MODEL_ARCH.PHIMOE
+    configs = (PHIMOE_CONFIG,)
+    layer = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("mlp.")} | {"block_sparse_moe.gate": "ffn_gate_inp"}
+    bias_ok = ("input_layernorm", "post_attention_layernorm") + _PHIMOE_ATTN
+    bias_required = ("input_layernorm", "post_attention_layernorm")
+    globals_bias_ok = ("model.norm", "lm_head")
+    experts = Experts(
+        source="model.layers.{bid}.block_sparse_moe.experts.{xid}.{w}.weight",
+        order=(("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")),
+        count_keys=("num_local_experts", "num_experts"),
+    )
+
+    def tensor_shapes(self):
+        return TextModel.tensor_shapes(self)
+
+    # PhiMoeModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        self.u32("expert_used_count", self.find_hparam(["num_experts_per_tok", "num_experts_per_token"]), "num_experts_per_tok")
+        self.u32("expert_count", self.find_hparam(["num_local_experts", "num_experts"]), "num_local_experts")

@@ -53,3 +53,4 @@ class ModelSpec:
     quantization_version_index: int = -1
     hf_arch: str = ""  # config.json architectures[0]
     hparams: dict[str, Any] = field(default_factory=dict, repr=False)  # the emulated AutoConfig dict
+    not_converted: tuple[str, ...] = ()  # HF tensors of a multimodal checkpoint's vision/audio parts (dropped)

@@ -136,6 +136,8 @@ _DEFAULT_TOKENIZER_CLASS = {
     "phi3": "LlamaTokenizerFast", "gemma": "GemmaTokenizerFast", "gemma2": "GemmaTokenizerFast",
     "gemma3_text": "GemmaTokenizerFast", "qwen2": "Qwen2TokenizerFast", "qwen3": "Qwen2TokenizerFast",
     "qwen2_moe": "Qwen2TokenizerFast", "qwen3_moe": "Qwen2TokenizerFast",
+    "gemma3": "GemmaTokenizerFast", "llama4": "LlamaTokenizerFast", "llama4_text": "LlamaTokenizerFast",
+    "mistral3": "LlamaTokenizerFast",  # without mistral_common, which llama.cpp's requirements do not install
 }
 # PreTrainedTokenizerBase.clean_up_tokenization replacements
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),

@@ -1,0 +1,218 @@
+"""GLM-4 and GLM-4.5/4.6/4.7 (MoE): conversion/glm.py Glm4Model and Glm4MoeModel (llama.cpp as
+vendored in llama-cpp-python 0.3.36).
+
+GLM-4 (0414) is a dense decoder with fused gate/up projections (`ffn_up`, 2 * n_ff rows), q/k/v
+biases, post-attention and post-MLP norms and partial rotary embeddings. GLM-4.5 and later
+(`Glm4MoeForCausalLM`) have `first_k_dense_replace` dense layers, then a sigmoid-routed MoE
+(routed experts stacked into `*_exps`, shared experts, `e_score_correction_bias`), and
+`num_nextn_predict_layers` NextN/MTP layers after the main ones, which the converter keeps by
+default (without --no-mtp) as extra blocks: block_count includes them and their eh_proj / enorm /
+hnorm / embed_tokens / shared_head tensors become `blk.N.nextn.*`.
+
+Not registered: `Glm4vForConditionalGeneration` / `Glm4vMoeForConditionalGeneration` (their text
+model uses M-RoPE: Q/K rows permuted to NeoX order and rope sections, which kquant does not
+write) and `Glm4MoeLiteForCausalLM` (a DeepSeek-2 MLA model)."""
+
+from __future__ import annotations
+
+from gguf import MODEL_ARCH
+
+from ..errors import InputError, UnsupportedError
+from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE
+from .. import vocab as V
+from .base import LLAMA_LAYER, NORM_OF, QK_NORM_LAYER, Experts, TextModel, register
+from .hparams import HFConfig
+
+# transformers 4.57.6 configuration_glm4.py Glm4Config.__init__ defaults, for the keys llama.cpp reads
+GLM4_CONFIG = HFConfig("glm4", dict(
+    vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40, num_attention_heads=32,
+    num_key_value_heads=2, partial_rotary_factor=0.5, head_dim=128, max_position_embeddings=131072,
+    rms_norm_eps=0.00000015625, tie_word_embeddings=False, rope_theta=10000.0, attention_bias=True,
+))
+# configuration_glm4_moe.py Glm4MoeConfig.__init__ (no head_dim default; rope_scaling "type" copied to "rope_type")
+GLM4_MOE_CONFIG = HFConfig("glm4_moe", dict(
+    vocab_size=151552, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46, num_attention_heads=96,
+    partial_rotary_factor=0.5, num_key_value_heads=8, max_position_embeddings=131072, rms_norm_eps=1e-5,
+    tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, attention_bias=False,
+    moe_intermediate_size=1408, num_experts_per_tok=8, n_shared_experts=1, n_routed_experts=128,
+    routed_scaling_factor=1.0, n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True,
+    use_qk_norm=False,
+), rope_type_alias=True)
+
+QKV_BIASES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
+ATTENTION = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("mlp.") and k != "post_attention_layernorm"}
+GLM4_LAYER = ATTENTION | {
+    "post_attention_layernorm": "ffn_norm",
+    "post_self_attn_layernorm": "post_attention_norm",
+    "post_mlp_layernorm": "post_ffw_norm",
+    "mlp.gate_up_proj": "ffn_up",  # gate and up fused: (2 * n_ff, n_embd)
+    "mlp.down_proj": "ffn_down",
+}
+# GLM4_MOE has no ffn_norm: gguf-py maps post_attention_layernorm to post_attention_norm for it
+MOE_ATTENTION = ATTENTION | {"post_attention_layernorm": "post_attention_norm"}
+DENSE_MLP = {"mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+ROUTER = {"mlp.gate": "ffn_gate_inp", "mlp.gate.e_score_correction": "exp_probs_b"}
+SHARED = {
+    "mlp.shared_experts.gate_proj": "ffn_gate_shexp",
+    "mlp.shared_experts.up_proj": "ffn_up_shexp",
+    "mlp.shared_experts.down_proj": "ffn_down_shexp",
+}
+NEXTN = {
+    "eh_proj": "nextn.eh_proj", "enorm": "nextn.enorm", "hnorm": "nextn.hnorm",
+    "embed_tokens": "nextn.embed_tokens", "shared_head.head": "nextn.shared_head_head",
+    "shared_head.norm": "nextn.shared_head_norm",
+}
+# llama.cpp's glm4-moe loader: the NextN block's own embeddings and head are optional (it falls back
+# to token_embd / output)
+NEXTN_OPTIONAL = ("embed_tokens", "shared_head.head", "shared_head.norm")
+GLM4_MOE_EXPERTS = Experts(
+    source="model.layers.{bid}.mlp.experts.{xid}.{w}.weight",
+    order=(("down_proj", "ffn_down_exps"), ("gate_proj", "ffn_gate_exps"), ("up_proj", "ffn_up_exps")),
+    count_keys=("n_routed_experts",),
+)
+EXPERT_GATING_SIGMOID = 2  # gguf-py constants.py ExpertGatingFuncType.SIGMOID
+
+
+def added_vocab(folder, model_type: str) -> dict[str, int]:
+    """transformers' tokenizer.get_added_vocab(): added token content -> id (the higher id wins)."""
+    tok = V.HFTokenizer(folder, model_type)
+    return {content: i for i, (content, _, _) in sorted(tok.added.items())}
+
+
+# TextModel._set_vocab_glm / Glm4Model.set_vocab
+def set_glm_special(rec, folder, model_type: str, ids: dict[str, str], hp: dict, tokenizer_pre: str | None) -> None:
+    """The gpt2 vocabulary, then SpecialVocab with `ids` ({type: added token}) set where the files leave them unset."""
+    tokens, toktypes, tokpre = V.get_vocab_base(folder, hp, model_type, tokenizer_pre)
+    rec.add_string(TOK_MODEL, "gpt2")
+    rec.add_string(TOK_PRE, tokpre)
+    rec.add_array(TOK_LIST, tokens)
+    rec.add_array(TOK_TYPE, toktypes)
+    added = added_vocab(folder, model_type)
+    sv = V.SpecialVocab(folder, load_merges=True)
+    for typ, content in ids.items():
+        if content not in added:
+            raise UnsupportedError(f"{folder / 'tokenizer.json'}: GLM vocabulary without the added token {content!r}")
+        sv.set_special_token(typ, added[content])
+    sv.add_to_gguf(rec)
+
+
+def rope_dimension(model: TextModel, default_factor: float) -> int:
+    """int(head_dim * partial_rotary_factor) (Glm4Model / Glm4MoeModel.set_gguf_parameters)."""
+    hp = model.hp
+    rope_dim = hp.get("head_dim")
+    if rope_dim is None:
+        rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
+    factor = model.rp.get("partial_rotary_factor", default_factor)
+    if isinstance(factor, bool) or not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise InputError(f"{model.config_path}: 'partial_rotary_factor' must be a number in (0, 1], got {factor!r}")
+    return int(rope_dim * factor)
+
+
+@register("Glm4ForCausalLM")
+class Glm4Model(TextModel):
+    model_arch = MODEL_ARCH.GLM4
+    configs = (GLM4_CONFIG,)
+    layer = GLM4_LAYER
+    bias_ok = QKV_BIASES
+    inverse_names = True
+
+    def tensor_shapes(self):
+        shapes = super().tensor_shapes()
+        f, e = shapes["ffn_up"]
+        return shapes | {"ffn_up": (2 * f, e)}
+
+    # Glm4Model.set_vocab
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        ids = {"eos": "<|endoftext|>", "eot": "<|user|>", "unk": "<|endoftext|>", "bos": "<|endoftext|>"}
+        set_glm_special(self.kv, self.tok_folder, self.hp["model_type"], ids, self.hp, tokenizer_pre)
+
+    # Glm4Model.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        self.u32("rope.dimension_count", rope_dimension(self, 0.5), "partial_rotary_factor")
+
+
+@register("Glm4MoeForCausalLM")
+class Glm4MoeModel(TextModel):
+    model_arch = MODEL_ARCH.GLM4_MOE
+    configs = (GLM4_MOE_CONFIG,)
+    layer = MOE_ATTENTION | QK_NORM_LAYER | DENSE_MLP | ROUTER | SHARED | NEXTN  # any layer's modules
+    bias_ok = QKV_BIASES
+    bias_only = ("mlp.gate.e_score_correction",)
+    optional = NEXTN_OPTIONAL
+    experts = GLM4_MOE_EXPERTS
+    inverse_names = True
+    norm_of = {k: ("post_attention_norm" if v == "ffn_norm" else v) for k, v in NORM_OF.items()}
+
+    # Glm4MoeModel.__init__: the NextN/MTP layers are extra blocks (the converter's default, no --no-mtp)
+    def __init__(self, hp, **kw):
+        super().__init__(hp, **kw)
+        n_nextn = hp.get("num_nextn_predict_layers", 0)
+        if isinstance(n_nextn, bool) or not isinstance(n_nextn, int) or not 0 <= n_nextn <= 64:
+            raise InputError(f"{self.config_path}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n_nextn!r}")
+        self.n_main = hp["num_hidden_layers"]
+        self.block_count = self.n_main + n_nextn
+
+    def prepare(self) -> None:
+        hp = self.hp
+        for k in ("first_k_dense_replace", "n_shared_experts"):
+            v = hp.get(k)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise InputError(f"{self.config_path}: {k!r} must be a non-negative integer, got {v!r}")
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        hp = self.hp
+        mods = dict(MOE_ATTENTION)
+        if hp.get("use_qk_norm"):
+            mods |= QK_NORM_LAYER
+        if bid < hp["first_k_dense_replace"]:
+            mods |= DENSE_MLP
+        else:
+            mods |= ROUTER
+            if hp["n_shared_experts"] > 0:
+                mods |= SHARED
+        if bid >= self.n_main:
+            mods |= NEXTN
+        return mods
+
+    def layer_experts(self, bid: int) -> Experts | None:
+        return None if bid < self.hp["first_k_dense_replace"] else self.experts
+
+    def tensor_shapes(self):
+        shapes = super().tensor_shapes()
+        e, n_vocab, n_exp = self.hp["hidden_size"], self.hp["vocab_size"], self._n_expert
+        f_sh = (self.hp.get("moe_intermediate_size") or 0) * (self.hp.get("n_shared_experts") or 0)
+        return shapes | {
+            "exp_probs_b": (n_exp,),
+            "ffn_gate_shexp": (f_sh, e), "ffn_up_shexp": (f_sh, e), "ffn_down_shexp": (e, f_sh),
+            "nextn.eh_proj": (e, 2 * e), "nextn.enorm": (e,), "nextn.hnorm": (e,), "nextn.embed_tokens": (n_vocab, e),
+            "nextn.shared_head_head": (n_vocab, e), "nextn.shared_head_norm": (e,),
+        }
+
+    # TextModel._set_vocab_glm
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        ids = {"bos": "[gMASK]", "eot": "<|user|>", "unk": "<|endoftext|>", "eom": "<|observation|>"}
+        set_glm_special(self.kv, self.tok_folder, self.hp["model_type"], ids, self.hp, tokenizer_pre)
+
+    # Glm4MoeModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        hp = self.hp
+        self.u32("rope.dimension_count", rope_dimension(self, 0.5), "partial_rotary_factor")
+        if (v := hp.get("n_routed_experts")) is not None:
+            self.u32("expert_count", v, "n_routed_experts")
+        if (v := hp.get("moe_intermediate_size")) is not None:
+            self.u32("expert_feed_forward_length", v, "moe_intermediate_size")
+        if (v := hp.get("n_shared_experts")) is not None:
+            self.u32("expert_shared_count", v, "n_shared_experts")
+        if (v := hp.get("first_k_dense_replace")) is not None:
+            self.u32("leading_dense_block_count", v, "first_k_dense_replace")
+        self.kv.add_uint32(self.key("expert_gating_func"), EXPERT_GATING_SIGMOID)
+        if (v := hp.get("routed_scaling_factor")) is not None:
+            self.f32("expert_weights_scale", v, "routed_scaling_factor")
+        if (v := hp.get("norm_topk_prob")) is not None:
+            if not isinstance(v, bool):
+                raise InputError(f"{self.config_path}: 'norm_topk_prob' must be true or false, got {v!r}")
+            self.kv.add_bool(self.key("expert_weights_norm"), v)
+        if (v := hp.get("num_nextn_predict_layers")) is not None:
+            self.u32("nextn_predict_layers", v, "num_nextn_predict_layers")
