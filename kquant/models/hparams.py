@@ -53,6 +53,7 @@ class HFConfig:
     rope_type_alias: bool = False  # copies rope_scaling["type"] into rope_scaling["rope_type"]
     kv_heads_fallback: bool = False  # replaces num_key_value_heads=None by num_attention_heads
     post_init: Callable[[dict[str, Any]], None] | None = None  # any other __init__ rewrite, in place
+    raw: bool = False  # no such class in transformers 4.57.6: AutoConfig fails and the converter reads config.json as is
     # a composite (multimodal) config: the model_type of the text config class it builds from
     # `text_config`; `text_fixed` when that class does not depend on text_config["model_type"]
     text_config: str | None = None
@@ -61,9 +62,6 @@ class HFConfig:
     attribute_map: dict[str, str] | None = None
     # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
     required_as: dict[str, tuple[str, ...]] | None = None
-    # no transformers 4.57.6 class (remote code only): AutoConfig fails, ModelBase.load_hparams falls back to
-    # config.json as it is (no defaults, not even PretrainedConfig's)
-    raw: bool = False
 
 
 CONFIG_CLASSES: dict[str, HFConfig] = {}  # model_type -> HFConfig, filled by kquant.models.base.register

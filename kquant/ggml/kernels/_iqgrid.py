@@ -9,14 +9,18 @@ laid out exactly as ggml's `iq2_data[gindex]`:
     neighbours  uint16        at `offset`: n, then the n grid indices nearest to u (squared
                               distance, then index, ascending) over the `nwant` smallest distances
 
-and, for the kernels' searches, the neighbours' coordinates transposed list by list (the search
-runs over the neighbours as SIMD lanes, each summing its 8 terms in ggml's order):
+and, for the kernels' searches, the neighbour lists laid out as SIMD lanes (`lists()`):
 
-    coords      int8 (8 len(neighbours))  for the list at `offset` with n entries:
-                              coords[8 (offset + 1) + i n + j] = grid[neighbours[offset + 1 + j], i]
+    kx          int32 (43692) kmap[u] for u on the grid, else -1 - (start / PAD << 8 | npad / PAD):
+                              u's candidates, padded to npad (a multiple of PAD) with copies of
+                              the last (never chosen over the first), are nidx[start:start+npad]
+    codes       int8 (8 P)    their coordinates (grid bytes 2 l + 1), one list in one piece:
+                              coordinate i of candidate c at codes[8 start + i npad + c]
+    nidx        uint16 (P,)   each candidate's grid index, in ggml's order
+    levels      int64 (n, 8)  l_i of grid point k
 
 The tables are built once per process (lru_cache) by a compiled builder, and handed to the
-compiled kernels through `tables()` (one object-mode call per kernel call).
+compiled kernels through `tables()` / `lists()` (one object-mode call per kernel call).
 """
 
 from __future__ import annotations
@@ -123,10 +127,44 @@ def _tables(which: int):
     return grid, kmap, nb, _transpose(grid, kmap, nb)
 
 
+PAD = 8  # candidate lists padded to a multiple of this (whole vectors of search lanes)
+
+
+@lru_cache(maxsize=None)
+def _lists(which: int):
+    grid, kmap, nb, _ = _tables(which)
+    off = np.flatnonzero(kmap < 0)
+    o = -kmap[off] - 1  # offsets of the lists in nb
+    n = nb[o].astype(np.int64)
+    padded = (n + PAD - 1) // PAD * PAD
+    start = np.concatenate(([0], np.cumsum(padded)[:-1]))
+    assert padded.max() // PAD < 256 and start[-1] // PAD < 1 << 22
+    kx = kmap.copy()
+    kx[off] = -1 - ((start // PAD) << 8 | padded // PAD)
+    j = np.arange(int(padded.max()))[None, :]
+    nidx = np.ascontiguousarray(nb[o[:, None] + 1 + np.minimum(j, n[:, None] - 1)][j < padded[:, None]])
+    # codes: list by list, coordinate-major within a list: 8 rows of npad bytes
+    cand = np.arange(nidx.size) - np.repeat(start, padded)  # position within its list
+    base = 8 * np.repeat(start, padded) + cand
+    codes = np.empty(8 * nidx.size, dtype=np.int8)
+    pts = grid[nidx]  # (P, 8)
+    rowlen = np.repeat(padded, padded)
+    for i in range(8):
+        codes[base + i * rowlen] = pts[:, i]
+    levels = ((grid.astype(np.int64) - 1) // 2).copy()
+    return kx, codes, nidx, levels
+
+
 def search_tables(which: int):
     """(grid, kmap, neighbours, coords) of iq2_data[which], built on first use."""
     with _lock:
         return _tables(which)
+
+
+def search_lists(which: int):
+    """(kx, codes, nidx, levels) of iq2_data[which] for the lane searches."""
+    with _lock:
+        return _lists(which)
 
 
 @njit(cache=True)
@@ -135,3 +173,11 @@ def tables(which):
     with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]", coords="int8[::1]"):
         grid, kmap, nb, coords = search_tables(which)
     return grid, kmap, nb, coords
+
+
+@njit(cache=True)
+def lists(which):
+    """search_lists(which) from compiled code."""
+    with objmode(kx="int32[::1]", codes="int8[::1]", nidx="uint16[::1]", levels="int64[:, ::1]"):
+        kx, codes, nidx, levels = search_lists(which)
+    return kx, codes, nidx, levels

@@ -35,6 +35,7 @@ from ._iq_grids import KGRID_1BIT_2048
 from ._iqgrid import GRID_1S, KMAP_SIZE, tables
 
 JIT = dict(cache=True, error_model="numpy")
+KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F05 = np.float32(0.5)
@@ -58,7 +59,7 @@ M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def merge_sort(v, idx, tmpv, tmpi, n):
     """glibc 2.36 qsort (msort_with_tmp) of the pairs (v[j], idx[j]), j < n, by v with
     iq1_sort_helper's comparison, for n a power of two: bottom-up merges of the same runs in
@@ -97,7 +98,7 @@ def merge_sort(v, idx, tmpv, tmpi, n):
         w *= 2
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
     """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
     fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
@@ -138,15 +139,33 @@ def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale,
     return gi
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
+    """pv, pidx = the pairs (x[bo + j], j) in glibc qsort's order. Without NaN that order is the
+    stable sort by value (-0 == +0, as iq1_sort_helper compares), i.e. by the distinct integer
+    keys order(value) << 32 | j: each pair goes straight to its rank (counted without branches).
+    With a NaN (no strict order), merge_sort replays glibc's merges step by step."""
     for j in range(n):
-        pv[j] = x[bo + j]
-        pidx[j] = j
-    merge_sort(pv, pidx, tv, ti, n)
+        v = x[bo + j]
+        if v != v:
+            for i in range(n):
+                pv[i] = x[bo + i]
+                pidx[i] = i
+            merge_sort(pv, pidx, tv, ti, n)
+            return
+        b = np.int64(np.float32(v + _F0).view(np.uint32))  # v + 0: -0 -> +0
+        o = (b ^ 0xFFFFFFFF) if b & 0x80000000 else (b | 0x80000000)  # monotone in v
+        ti[j] = ((o - 0x80000000) << 32) | j
+    for j in range(n):
+        kj = ti[j]
+        r = 0
+        for i in range(n):
+            r += ti[i] < kj
+        pv[r] = x[bo + j]
+        pidx[r] = j
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def _grid_u(L, lo):
     u = 0
     for j in range(8):
@@ -154,7 +173,7 @@ def _grid_u(L, lo):
     return u & 0xFFFF
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw,
                pv, pidx, tv, ti):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
@@ -292,7 +311,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
     return 0
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def _half_shift(best_k, k):
     """Row of XPM_M for group k of a 16-value block (k == 0: best_k < 2 ? x_p : x_m;
     k == 1: best_k % 2 == 0 ? x_p : x_m)."""
@@ -301,7 +320,7 @@ def _half_shift(best_k, k):
     return best_k % 2
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
     if weighted:
         for i in range(16):
@@ -311,9 +330,9 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
             weight[i] = x[bo + i] * x[bo + i]
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw,
-               pv, pidx, tv, ti):
+               pv, pidx, tv, ti, sumqx, sumq2, sc):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -331,8 +350,6 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
     cp2 = xp[1] * xp[1] - xp[2] * xp[2]
     cm1 = xm[0] * xm[0] - xm[1] * xm[1]
     cm2 = xm[1] * xm[1] - xm[2] * xm[2]
-    sumqx = np.zeros(4, dtype=np.float32)
-    sumq2 = np.zeros(4, dtype=np.float32)
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
         _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
@@ -443,7 +460,8 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == _F0:
         return 0
-    sc = np.zeros(4, dtype=np.int64)
+    for t in range(4):
+        sc[t] = 0
     d = max_scale / np.float32(15.0)
     idv = _F1 / d
     sqx = _F0
@@ -500,12 +518,15 @@ def _quantize_iq1(x, qw, out, is_m):
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
     d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
+    sumqx = np.zeros(4, dtype=np.float32)
+    sumq2 = np.zeros(4, dtype=np.float32)
+    sc = np.zeros(4, dtype=np.int64)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
                 failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf,
-                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti)
+                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti, sumqx, sumq2, sc)
             else:
                 failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales,
                                      weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)

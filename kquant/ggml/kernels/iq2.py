@@ -25,6 +25,11 @@ ggml also aborts (GGML_ASSERT) when a search finds no candidate or a scale is Na
 input can cause (kquant.quantize refuses non-finite input before that); the kernels count such
 blocks and return the count (kquant.quantize raises), leaving the block as far as ggml got.
 Elsewhere they follow ggml through NaN and overflow, bytes included.
+
+Speed (same bytes): a sub-block's trial scales are lanes for the roundings and the two weighted
+sums (ggml's element order per lane); each neighbour search runs over its candidate list as
+lanes, stored in one piece (_iqgrid.lists), and takes ggml's first smallest d2 as an integer
+minimum; helpers that allocate nothing are compiled without reference counting (KJIT).
 """
 
 from __future__ import annotations
@@ -36,18 +41,23 @@ from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
-from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, tables
+from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
 from ._search import make_qp_quants
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+# helpers that allocate nothing: no reference counting of the arrays they are handed (atomic
+# increments and decrements on every call were a sixth of the time)
+KJIT = dict(JIT, _nrt=False)
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _F05 = np.float32(0.5)
 _F01 = np.float32(0.1)
 _FM1 = np.float32(-1.0)
-_FLT_MAX = np.float32(3.4028234663852886e38)
 KMAXQ = 3
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
+NT = 24  # trial lanes: 19 trials (IQ2_XS, IQ2_S) or 13 (IQ2_XXS), padded to whole vectors
+FLT_MAX_BITS = np.uint64(0x7F7FFFFF)  # float32 FLT_MAX as bits
+KEY_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 # block layouts: offsets from the declarations (kquant.ggml.types)
 XXS_BYTES = QType.IQ2_XXS.type_size
@@ -64,57 +74,79 @@ DEQ_XS = KGRID_2BIT_512.astype(np.int64)
 DEQ_S = KGRID_2BIT_1024.astype(np.int64)
 
 
-@njit(**JIT)
-def find_best_neighbour(nb, coords, d2, start, grid, xval, xo, weight, scale, L, lo):
-    """iq2_find_best_neighbour(kneighbors + start, grid, xval + xo, weight + xo, scale, L + lo):
-    the grid index, or -1 where ggml asserts (no candidate with d2 < FLT_MAX). The neighbours
-    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
-    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
-    base = np.uint64(8 * (start + 1))
-    for j in range(n):
-        d2[j] = _F0
-    for i in range(8):
-        # the term w (s q - x)^2 of coordinate i takes 3 values (q = 1, 3, 5): computed once each,
-        # with C's operations, then picked per lane
-        xi = xval[xo + i]
-        wi = weight[xo + i]
-        e1 = scale * np.float32(1.0) - xi
-        e3 = scale * np.float32(3.0) - xi
-        e5 = scale * np.float32(5.0) - xi
-        t1 = wi * e1 * e1
-        t3 = wi * e3 * e3
-        t5 = wi * e5 * e5
-        row = base + np.uint64(i) * n
-        for j in range(n):
-            c = coords[row + j]
-            d2[j] += sel(c == 1, t1, sel(c == 3, t3, t5))
-    best_d2 = _FLT_MAX
-    jb = -1
-    for j in range(n):
-        if d2[j] < best_d2:
-            best_d2 = d2[j]
-            jb = np.int64(j)
-    if jb < 0:
+@njit(inline="always", **JIT)
+def _terms(scale, xi, wi):
+    """weight*diff*diff with diff = scale*q - xval, for q = 1, 3, 5, as iq2_find_best_neighbour
+    computes each term (C's operations and order)."""
+    e1 = scale * _F1 - xi
+    e3 = scale * np.float32(3.0) - xi
+    e5 = scale * np.float32(5.0) - xi
+    return wi * e1 * e1, wi * e3 * e3, wi * e5 * e5
+
+
+@njit(inline="always", **JIT)
+def _pick(c, t):
+    """t[0], t[1] or t[2] for the grid byte c = 1, 3 or 5."""
+    return sel(c == 1, t[0], sel(c == 3, t[1], t[2]))
+
+
+@njit(**KJIT)
+def best_neighbour(desc, codes, nidx, xval, xo, waux, scale):
+    """iq2_find_best_neighbour for the off-grid point whose list descriptor is desc (-1 - kx[u],
+    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
+    where ggml asserts.
+
+    d2 = ((0 + t0) + t1) + ... + t7 with t_i = (waux_i diff_i) diff_i, as ggml sums it, the
+    candidates as lanes; each t_i takes one of 3 values (q = 1, 3, 5), computed once. d2 is never
+    -0 (0 + t0 is +0 for t0 = +-0), so its bits as an unsigned integer order it as ggml's `<`
+    does, with NaN above FLT_MAX; the key bits << 16 | position has its minimum at ggml's choice
+    (the first smallest d2), and that minimum is an integer reduction, which vectorizes without
+    reordering any float sum. Padding copies of the last candidate have a larger position."""
+    t0 = _terms(scale, xval[xo], waux[xo])
+    t1 = _terms(scale, xval[xo + 1], waux[xo + 1])
+    t2 = _terms(scale, xval[xo + 2], waux[xo + 2])
+    t3 = _terms(scale, xval[xo + 3], waux[xo + 3])
+    t4 = _terms(scale, xval[xo + 4], waux[xo + 4])
+    t5 = _terms(scale, xval[xo + 5], waux[xo + 5])
+    t6 = _terms(scale, xval[xo + 6], waux[xo + 6])
+    t7 = _terms(scale, xval[xo + 7], waux[xo + 7])
+    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code, so vector loads
+    n = np.uint64(PAD * (desc & 255))
+    r0 = np.uint64(8) * p0
+    r1 = r0 + n
+    r2 = r1 + n
+    r3 = r2 + n
+    r4 = r3 + n
+    r5 = r4 + n
+    r6 = r5 + n
+    r7 = r6 + n
+    kmin = KEY_NONE
+    for c in range(n):
+        d2 = _F0 + _pick(codes[r0 + c], t0)
+        d2 = d2 + _pick(codes[r1 + c], t1)
+        d2 = d2 + _pick(codes[r2 + c], t2)
+        d2 = d2 + _pick(codes[r3 + c], t3)
+        d2 = d2 + _pick(codes[r4 + c], t4)
+        d2 = d2 + _pick(codes[r5 + c], t5)
+        d2 = d2 + _pick(codes[r6 + c], t6)
+        d2 = d2 + _pick(codes[r7 + c], t7)
+        kmin = min(kmin, (np.uint64(np.float32(d2).view(np.uint32)) << np.uint64(16)) | c)
+    if (kmin >> np.uint64(16)) >= FLT_MAX_BITS:
         return -1
-    gi = np.int64(nb[start + 1 + jb])
-    for i in range(8):
-        L[lo + i] = (grid[gi, i] - 1) // 2
-    return gi
+    return np.int64(nidx[p0 + (kmin & np.uint64(0xFFFF))])
 
 
-@njit(**JIT)
-def group_levels(xval, xo, idv, L, lo):
-    """L[lo:lo+8] = MAX(0, MIN(2, nearest_int(0.5f*(id*xval-1)))); returns the packed u."""
+@njit(**KJIT)
+def group_u(xval, xo, idv):
+    """u = sum MAX(0, MIN(2, nearest_int(0.5f*(id*xval-1)))) << 2i over the group at xo."""
     u = 0
     for i in range(8):
         l = nearest_int(_F05 * (idv * xval[xo + i] - _F1))
-        l = max(0, min(KMAXQ - 1, l))
-        L[lo + i] = l
-        u |= l << (2 * i)
+        u |= max(0, min(KMAXQ - 1, l)) << (2 * i)
     return u
 
 
-@njit(**JIT)
+@njit(**KJIT)
 def packed(L, lo):
     """uint16 u |= (L[i] << 2i) over int8 L (C's int promotion, then truncation)."""
     u = 0
@@ -123,19 +155,7 @@ def packed(L, lo):
     return u & 0xFFFF
 
 
-@njit(**JIT)
-def weighted_sums(weight, xval, L, n):
-    sumqx = _F0
-    sumq2 = _F0
-    for i in range(n):
-        w = weight[i]
-        q = np.float32(2 * L[i] + 1)
-        sumqx += w * xval[i] * q
-        sumq2 += w * q * q
-    return sumqx, sumq2
-
-
-@njit(**JIT)
+@njit(**KJIT)
 def signs_parity(xb, xo, weight, xval, k):
     """Signs of group k with an even count (IQ2_XXS, IQ2_XS): the smallest w x^2 keeps its sign
     flipped if needed. Fills xval[8k:8k+8], returns the 7 stored sign bits."""
@@ -164,10 +184,106 @@ def signs_parity(xb, xo, weight, xval, k):
     return s & 127
 
 
+@njit(**KJIT)
+def trials(nv, nt, scl, xval, weight, waux, wx, kx, codes, nidx, lv, ids, laux, uk, onaux, sqx, sq2):
+    """Every trial of ggml's loop `for is: id = (2*kMaxQ-1 + is*0.1f)/scl` (is = -(nt/2)..nt/2)
+    over the nv values xval, the trials as lanes: laux (nv, NT) gets each trial's levels (after
+    the neighbour searches), onaux (NT, 4) its groups' on-grid flags, sqx/sq2 its two sums, each
+    in ggml's element order. Returns True where a search asserts (ggml reaches every search of
+    the loop, so one is enough)."""
+    half = nt // 2
+    ntl = (nt + 7) // 8 * 8  # lanes: whole vectors (nt is a compile-time constant)
+    for t in range(nt):
+        ids[t] = (np.float32(2 * KMAXQ - 1) + np.float32(t - half) * _F01) / scl
+    for t in range(nt, ntl):  # padding lanes, never used
+        ids[t] = ids[nt - 1]
+    for i in range(nv):
+        xv = xval[i]
+        for t in range(ntl):
+            laux[i, t] = max(np.int32(0), min(np.int32(KMAXQ - 1), nearest_int(_F05 * (ids[t] * xv - _F1))))
+    abort = False
+    for k in range(nv // 8):
+        for t in range(ntl):
+            uk[t] = (laux[8 * k, t] | (laux[8 * k + 1, t] << 2) | (laux[8 * k + 2, t] << 4) | (laux[8 * k + 3, t] << 6)
+                     | (laux[8 * k + 4, t] << 8) | (laux[8 * k + 5, t] << 10) | (laux[8 * k + 6, t] << 12)
+                     | (laux[8 * k + 7, t] << 14))
+        for t in range(nt):
+            g = kx[uk[t]]
+            onaux[t, k] = g >= 0
+            if g < 0:
+                g = best_neighbour(-1 - g, codes, nidx, xval, 8 * k, waux, _F1 / ids[t])  # this_scale
+                if g < 0:
+                    abort = True
+                    continue
+                for i in range(8):
+                    laux[8 * k + i, t] = lv[g, i]
+    for t in range(ntl):
+        sqx[t] = _F0
+        sq2[t] = _F0
+    for i in range(nv):
+        wi = weight[i]
+        a = wx[i]
+        for t in range(ntl):
+            q = np.float32(2 * laux[i, t] + 1)
+            sqx[t] += a * q  # w*xval[i]*q
+            sq2[t] += wi * q * q
+    return abort
+
+
+@njit(**KJIT)
+def choose(nt, sqx, sq2, scale):
+    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best*sumq2) {scale = sumqx/sumq2; best = scale*sumqx; ...}`
+    over the trials in order: (the last trial taken or -1, scale)."""
+    best = _F0
+    chosen = -1
+    for t in range(nt):
+        if sq2[t] > _F0 and sqx[t] * sqx[t] > best * sq2[t]:
+            scale = sqx[t] / sq2[t]
+            best = scale * sqx[t]
+            chosen = t
+    return chosen, scale
+
+
+@njit(**KJIT)
+def refit(k, scale, xval, waux, kx, codes, nidx, lv, L):
+    """Group k re-rounded with id = 1/scale, moved to its best neighbour if off the grid: L's
+    levels (False where the search asserts)."""
+    g = kx[group_u(xval, 8 * k, _F1 / scale)]
+    if g < 0:
+        g = best_neighbour(-1 - g, codes, nidx, xval, 8 * k, waux, scale)
+        if g < 0:
+            return False
+    for i in range(8):
+        L[8 * k + i] = lv[g, i]
+    return True
+
+
+@njit(**KJIT)
+def sums(nv, weight, wx, L):
+    sumqx = _F0
+    sumq2 = _F0
+    for i in range(nv):
+        q = np.float32(2 * L[i] + 1)
+        sumqx += wx[i] * q
+        sumq2 += weight[i] * q * q
+    return sumqx, sumq2
+
+
 @njit(**JIT)
-def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, Lqp, q2):
+def _scratch(nv):
+    """weight, waux, xval, wx (nv,), L (nv,) int8, laux (nv, NT), uk (NT,), onaux (NT, 4), ongrid (4,),
+    ids, sqx, sq2 (NT,), signs (4,)"""
+    return (np.zeros(nv, np.float32), np.zeros(nv, np.float32), np.zeros(nv, np.float32), np.zeros(nv, np.float32),
+            np.zeros(nv, np.int8), np.zeros((nv, NT), np.int32), np.zeros(NT, np.int32), np.zeros((NT, 4), np.bool_),
+            np.zeros(4, np.bool_),
+            np.zeros(NT, np.float32), np.zeros(NT, np.float32), np.zeros(NT, np.float32), np.zeros(4, np.int64))
+
+
+@njit(**KJIT)
+def xxs_block(x, xo, qw, out, off, kx, codes, nidx, lv, scales, q2, Lqp, sc):
     """quantize_row_iq2_xxs_impl for the super-block x[xo:xo+256] -> out[off:off+66]; returns 1
     where ggml aborts, else 0."""
+    weight, waux, xval, wx, L, laux, uk, onaux, ong, ids, sqx, sq2, signs = sc
     for j in range(16):
         q2[j] = 0
     max_scale = _F0
@@ -175,7 +291,6 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
     for i in range(QK_K):
         sumx2 += x[xo + i] * x[xo + i]
     sigma2 = sumx2 / np.float32(QK_K)
-    signs = np.zeros(4, dtype=np.int64)
     for ib in range(QK_K // 32):
         bo = xo + 32 * ib
         for i in range(32):
@@ -197,34 +312,19 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
         if eff_max <= _F0:
             scales[ib] = _F0
             continue
-        best = _F0
-        for is_ in range(-6, 7):
-            idv = (np.float32(2 * KMAXQ - 1) + np.float32(is_) * _F01) / eff_max
-            this_scale = _F1 / idv
-            for k in range(4):
-                u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
-                if kmap[u] < 0:
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
-                                           8 * k) < 0:
-                        return 1
-            sumqx, sumq2 = weighted_sums(weight, xval, Laux, 32)
-            if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
-                scale = sumqx / sumq2
-                best = scale * sumqx
-                for i in range(32):
-                    L[i] = Laux[i]
+        for i in range(32):
+            wx[i] = weight[i] * xval[i]
+        if trials(32, 13, eff_max, xval, weight, waux, wx, kx, codes, nidx, lv, ids, laux, uk, onaux, sqx, sq2):
+            return 1
+        chosen, scale = choose(13, sqx, sq2, scale)
+        if chosen >= 0:
+            for i in range(32):
+                L[i] = laux[i, chosen]
         if scale > _F0:
-            idv = _F1 / scale
             for k in range(4):
-                u = group_levels(xval, 8 * k, idv, L, 8 * k)
-                gi = kmap[u]
-                if gi < 0:
-                    gi = find_best_neighbour(nb, coords, d2buf, -gi - 1, grid, xval, 8 * k, waux, scale, L, 8 * k)
-                    if gi < 0:
-                        return 1
-                for i in range(8):
-                    L[8 * k + i] = (grid[gi, i] - 1) // 2
-            sumqx, sumq2 = weighted_sums(weight, xval, L, 32)
+                if not refit(k, scale, xval, waux, kx, codes, nidx, lv, L):
+                    return 1
+            sumqx, sumq2 = sums(32, weight, wx, L)
             if sumq2 > _F0:
                 scale = sumqx / sumq2
         if scale < _F0:
@@ -233,9 +333,9 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
                 signs[k] = (~signs[k]) & 127
         for k in range(4):
             u = packed(L, 8 * k)
-            if u >= KMAP_SIZE or kmap[u] < 0:
+            if u >= KMAP_SIZE or kx[u] < 0:
                 return 1
-            q2[2 * ib] |= np.uint32(kmap[u]) << np.uint32(8 * k)
+            q2[2 * ib] |= np.uint32(kx[u]) << np.uint32(8 * k)
             q2[2 * ib + 1] |= np.uint32(signs[k]) << np.uint32(7 * k)
         if not scale >= _F0:
             return 1
@@ -260,11 +360,11 @@ def xxs_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight
     return 0
 
 
-@njit(**JIT)
-def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux,
-               q2):
+@njit(**KJIT)
+def xs_s_block(x, xo, qw, weighted, is_s, out, off, kx, codes, nidx, lv, scales, q2, sc):
     """quantize_row_iq2_xs_impl (is_s False) or quantize_row_iq2_s_impl (is_s True) for the
     super-block x[xo:xo+256] -> out[off:]; returns 1 where ggml aborts, else 0."""
+    weight, waux, xval, wx, L, laux, uk, onaux, ong, ids, sqx, sq2, signs = sc
     max_scale = _F0
     sumx2 = _F0
     for i in range(QK_K):
@@ -281,9 +381,6 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2bu
         out[off + j] = 0
     for j in range(QK_K // 8):
         q2[j] = 0
-    signs = np.zeros(2, dtype=np.int64)
-    on_grid = np.zeros(2, dtype=np.bool_)
-    on_grid_aux = np.zeros(2, dtype=np.bool_)
     for ib in range(QK_K // 16):
         bo = xo + 16 * ib
         if weighted:
@@ -315,41 +412,23 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2bu
         if mx < eps:
             scales[ib] = _F0
             continue
-        best = _F0
-        scale = mx / np.float32(2 * KMAXQ - 1)
-        on_grid[0] = True
-        on_grid[1] = True
-        for is_ in range(-9, 10):
-            idv = (np.float32(2 * KMAXQ - 1) + np.float32(is_) * _F01) / mx
-            this_scale = _F1 / idv
+        for i in range(16):
+            wx[i] = weight[i] * xval[i]
+        if trials(16, 19, mx, xval, weight, waux, wx, kx, codes, nidx, lv, ids, laux, uk, onaux, sqx, sq2):
+            return 1
+        chosen, scale = choose(19, sqx, sq2, mx / np.float32(2 * KMAXQ - 1))
+        ong[0] = True
+        ong[1] = True
+        if chosen >= 0:
+            for i in range(16):
+                L[i] = laux[i, chosen]
+            ong[0] = onaux[chosen, 0]
+            ong[1] = onaux[chosen, 1]
+        if (not ong[0] or not ong[1]) and scale > _F0:
             for k in range(2):
-                u = group_levels(xval, 8 * k, idv, Laux, 8 * k)
-                on_grid_aux[k] = True
-                if kmap[u] < 0:
-                    on_grid_aux[k] = False
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, this_scale, Laux,
-                                           8 * k) < 0:
-                        return 1
-            sumqx, sumq2 = weighted_sums(weight, xval, Laux, 16)
-            if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
-                scale = sumqx / sumq2
-                best = scale * sumqx
-                for i in range(16):
-                    L[i] = Laux[i]
-                on_grid[0] = on_grid_aux[0]
-                on_grid[1] = on_grid_aux[1]
-        n_not_ongrid = (not on_grid[0]) + (not on_grid[1])
-        if n_not_ongrid > 0 and scale > _F0:
-            idv = _F1 / scale
-            for k in range(2):
-                if on_grid[k]:
-                    continue
-                u = group_levels(xval, 8 * k, idv, L, 8 * k)
-                if kmap[u] < 0:
-                    if find_best_neighbour(nb, coords, d2buf, -kmap[u] - 1, grid, xval, 8 * k, waux, scale, L,
-                                           8 * k) < 0:
-                        return 1
-            sumqx, sumq2 = weighted_sums(weight, xval, L, 16)
+                if not ong[k] and not refit(k, scale, xval, waux, kx, codes, nidx, lv, L):
+                    return 1
+            sumqx, sumq2 = sums(16, weight, wx, L)
             if sumq2 > _F0:
                 scale = sumqx / sumq2
         if scale < _F0:
@@ -358,9 +437,9 @@ def xs_s_block(x, xo, qw, weighted, is_s, out, off, grid, kmap, nb, coords, d2bu
                 signs[k] = (~signs[k]) & (255 if is_s else 127)
         for k in range(2):
             u = packed(L, 8 * k)
-            if u >= KMAP_SIZE or kmap[u] < 0:
+            if u >= KMAP_SIZE or kx[u] < 0:
                 return 1
-            gi = np.int64(kmap[u])
+            gi = kx[u]
             if is_s:
                 i8 = 2 * ib + k
                 out[off + S_QS + i8] = np.uint8(gi & 255)
@@ -403,21 +482,15 @@ def quantize_iq2_xxs(x, qw, out):
     nblk = x.shape[1] // QK_K
     if qw.shape[0] != x.shape[1]:
         return x.shape[0] * nblk
-    grid, kmap, nb, coords = tables(GRID_XXS)
+    kx, codes, nidx, lv = lists(GRID_XXS)
+    sc = _scratch(32)
     scales = np.zeros(QK_K // 32, dtype=np.float32)
-    weight = np.zeros(32, dtype=np.float32)
-    xval = np.zeros(32, dtype=np.float32)
-    waux = np.zeros(32, dtype=np.float32)
-    L = np.zeros(32, dtype=np.int8)
-    Laux = np.zeros(32, dtype=np.int8)
     Lqp = np.zeros(32, dtype=np.uint8)
     q2 = np.zeros(16, dtype=np.uint32)
-    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, grid, kmap, nb, coords, d2buf, scales,
-                                weight, xval, L, Laux, waux, Lqp, q2)
+            failed += xxs_block(x[r], b * QK_K, qw, out[r], b * XXS_BYTES, kx, codes, nidx, lv, scales, q2, Lqp, sc)
     return failed
 
 
@@ -425,20 +498,15 @@ def quantize_iq2_xxs(x, qw, out):
 def _quantize_xs_s(x, qw, out, is_s, which, nbytes):
     nblk = x.shape[1] // QK_K
     weighted = qw.shape[0] == x.shape[1]
-    grid, kmap, nb, coords = tables(which)
+    kx, codes, nidx, lv = lists(which)
+    sc = _scratch(16)
     scales = np.zeros(QK_K // 16, dtype=np.float32)
-    weight = np.zeros(16, dtype=np.float32)
-    xval = np.zeros(16, dtype=np.float32)
-    waux = np.zeros(16, dtype=np.float32)
-    L = np.zeros(16, dtype=np.int8)
-    Laux = np.zeros(16, dtype=np.int8)
     q2 = np.zeros(QK_K // 8, dtype=np.uint16)
-    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            failed += xs_s_block(x[r], b * QK_K, qw, weighted, is_s, out[r], b * nbytes,
-                                 grid, kmap, nb, coords, d2buf, scales, weight, xval, L, Laux, waux, q2)
+            failed += xs_s_block(x[r], b * QK_K, qw, weighted, is_s, out[r], b * nbytes, kx, codes, nidx, lv, scales,
+                                 q2, sc)
     return failed
 
 
