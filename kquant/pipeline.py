@@ -213,13 +213,17 @@ def _gguf_spec(src: GGUFSource):
         return int(v[0] if isinstance(v, list) and v else v or default)
 
     n_head = first("attention.head_count")
+
+    def head_count_kv():  # llama.cpp: head_count when absent, layer 0's entry of a per-layer array (may be 0)
+        v = g.value(f"{arch}.attention.head_count_kv", None)
+        return n_head if v is None else int(v[0] if isinstance(v, list) and v else v)
     from .io.gguf_split import SPLIT_KEYS
 
     # llama-quantize drops the split.* keys of a split (or merged) input (llama_model_quantize_impl)
     kv = [(k, vt, v) for k, (vt, v) in g.metadata.items() if k not in SPLIT_KEYS]
     tensors = [TensorSpec(t.name, tuple(t.shape), (t.name,), t.qtype) for t in g.tensors]
     return ModelSpec(arch=arch, kv=kv, tensors=tensors, n_layer=first("block_count"), n_head=n_head,
-                     n_head_kv=first("attention.head_count_kv", n_head), n_expert=first("expert_count"),
+                     n_head_kv=head_count_kv(), n_expert=first("expert_count"),
                      n_embd=first("embedding_length"), tied_embeddings="output.weight" not in src.tensors)
 
 
@@ -288,7 +292,7 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
         arch=spec.arch,
         n_layer=spec.n_layer,
         n_head=spec.n_head,
-        n_head_kv=spec.n_head_kv or spec.n_head,  # llama.cpp: head_count_kv defaults to head_count
+        n_head_kv=spec.n_head_kv,  # layer 0's (0 for a recurrent layer); head_count when the key is absent
         n_expert=spec.n_expert,
     )
     weights = imatrix.weights if imatrix is not None else {}

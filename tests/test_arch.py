@@ -679,6 +679,288 @@ def case_internlm3(rng):
     return c, dense_tensors(rng, c, qkv_bias=True), "llama-spm", {}
 
 
+def moe_tensors(rng, p: str, e: int, n_exp: int, ff: int, *, shared: int = 0, gate_name="gate") -> dict:
+    """Qwen-style routed experts (and a shared expert with its gate) under module prefix `p` ("...mlp.")."""
+    t = {p + f"{gate_name}.weight": (heavy(rng, (n_exp, e)), "BF16")}
+    if shared:
+        t[p + "shared_expert_gate.weight"] = (heavy(rng, (1, e)), "BF16")
+        for w, shp in (("gate_proj", (shared, e)), ("up_proj", (shared, e)), ("down_proj", (e, shared))):
+            t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    for x in range(n_exp):
+        for w, shp in (("gate_proj", (ff, e)), ("up_proj", (ff, e)), ("down_proj", (e, ff))):
+            t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return t
+
+
+def case_qwen3next(rng):
+    # Qwen3-Next-80B-A3B's layout scaled down: layer 0 gated delta-net, layer 1 full attention (interval 2),
+    # routed + shared experts everywhere, one MTP layer under mtp.* (the converter needs it), zero-centred norms
+    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 151936, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.25,
+                    rope_theta=10000000.0, max_position_embeddings=262144, rms_norm_eps=1e-6, full_attention_interval=2,
+                    linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
+                    linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
+                    shared_expert_intermediate_size=256, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
+    e, v, hd = 256, 151936, 128
+    nk, nv, hk, hv = 2, 4, 64, 64
+    zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")  # Qwen3NextRMSNorm weights: 1 + w at run time
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+
+    def attention(p):
+        return {p + "self_attn.q_proj.weight": (heavy(rng, (2 * 2 * hd, e)), "BF16"),  # query and its gate
+                p + "self_attn.k_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                p + "self_attn.v_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                p + "self_attn.o_proj.weight": (heavy(rng, (e, 2 * hd)), "BF16"),
+                p + "self_attn.q_norm.weight": zc((hd,)), p + "self_attn.k_norm.weight": zc((hd,))}
+
+    for i, kind in enumerate(("linear", "full")):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = zc((e,))
+        t[p + "post_attention_layernorm.weight"] = zc((e,))
+        if kind == "full":
+            t.update(attention(p))
+        else:
+            a = p + "linear_attn."
+            t[a + "in_proj_qkvz.weight"] = (heavy(rng, (2 * nk * hk + 2 * nv * hv, e)), "BF16")
+            t[a + "in_proj_ba.weight"] = (heavy(rng, (2 * nv, e)), "BF16")
+            t[a + "conv1d.weight"] = (heavy(rng, (2 * nk * hk + nv * hv, 1, 4), 0.3), "BF16")
+            t[a + "dt_bias"] = (1 + heavy(rng, (nv,), 0.1), "BF16")
+            t[a + "A_log"] = (heavy(rng, (nv,), 0.5), "F32")
+            t[a + "norm.weight"] = (1 + heavy(rng, (hv,), 0.1), "F32")
+            t[a + "out_proj.weight"] = (heavy(rng, (e, nv * hv)), "BF16")
+        t.update(moe_tensors(rng, p + "mlp.", e, 4, 256, shared=256))
+    t.update({"mtp.fc.weight": (heavy(rng, (e, 2 * e)), "BF16"), "mtp.norm.weight": zc((e,)),
+              "mtp.pre_fc_norm_embedding.weight": zc((e,)), "mtp.pre_fc_norm_hidden.weight": zc((e,)),
+              "mtp.layers.0.input_layernorm.weight": zc((e,)), "mtp.layers.0.post_attention_layernorm.weight": zc((e,))})
+    t.update(attention("mtp.layers.0."))
+    t.update(moe_tensors(rng, "mtp.layers.0.mlp.", e, 4, 256, shared=256))
+    return c, t, "qwen2", {}
+
+
+def lfm2_tensors(rng, c: dict, ff: int, *, n_dense: int | None = None) -> dict:
+    """LFM2 layers (short conv or attention per layer_types; dense, or routed experts after n_dense)."""
+    e, v, nh, nkv = c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = e // nh
+    norm = lambda shape: (1 + heavy(rng, shape, 0.1), "BF16")
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.embedding_norm.weight": norm((e,))}
+    for i, kind in enumerate(c["layer_types"]):
+        p = f"model.layers.{i}."
+        t[p + "operator_norm.weight"] = norm((e,))
+        t[p + "ffn_norm.weight"] = norm((e,))
+        if kind == "conv":
+            t[p + "conv.conv.weight"] = (heavy(rng, (e, 1, c["conv_L_cache"]), 0.3), "BF16")
+            t[p + "conv.in_proj.weight"] = (heavy(rng, (3 * e, e)), "BF16")
+            t[p + "conv.out_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        else:
+            t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * hd, e)), "BF16")
+            t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.out_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+            t[p + "self_attn.q_layernorm.weight"] = norm((hd,))
+            t[p + "self_attn.k_layernorm.weight"] = norm((hd,))
+        if n_dense is None or i < n_dense:
+            for w, shp in (("w1", (ff, e)), ("w3", (ff, e)), ("w2", (e, ff))):
+                t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
+        else:
+            n, fe = c["num_experts"], c["moe_intermediate_size"]
+            t[p + "feed_forward.gate.weight"] = (heavy(rng, (n, e)), "BF16")
+            t[p + "feed_forward.expert_bias"] = (heavy(rng, (n,), 0.1), "F32")
+            for x in range(n):
+                for w, shp in (("w1", (fe, e)), ("w3", (fe, e)), ("w2", (e, fe))):
+                    t[p + f"feed_forward.experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return t
+
+
+def case_lfm2(rng):
+    # LFM2-1.2B's config.json keys (block_ff_dim auto-adjusted: 2/3 * 768 -> 512; full_attn_idxs, tied embedding),
+    # layer 0 short conv, layer 1 attention; no LFM2 tokenizer among the fixtures: the Llama 3 one (same BPE path)
+    c = base_config("Lfm2ForCausalLM", "lfm2", 128256, hidden_size=256, intermediate_size=None, block_ff_dim=768,
+                    block_auto_adjust_ff_dim=True, block_ffn_dim_multiplier=1.0, block_multiple_of=256,
+                    num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
+                    full_attn_idxs=[1], max_position_embeddings=128000, rms_norm_eps=None, norm_eps=1e-5,
+                    rope_theta=None, theta=1000000.0, tie_embedding=True, bos_token_id=128000, eos_token_id=128001)
+    c["intermediate_size"] = 768  # required by kquant's config reader; Lfm2Config takes block_ff_dim first
+    tensors = lfm2_tensors(rng, {**c, "layer_types": ["conv", "full_attention"]}, 512)
+    return c, tensors, "llama-bpe", {}
+
+
+def case_lfm2moe(rng):
+    # LFM2-8B-A1B's layout (no transformers 4.57.6 config class: read raw): one dense conv layer, then an
+    # attention layer with 4 routed experts and expert_bias; the Llama 3 tokenizer stands in
+    c = base_config("Lfm2MoeForCausalLM", "lfm2_moe", 128256, hidden_size=256, intermediate_size=512,
+                    moe_intermediate_size=256, num_experts=4, num_experts_per_tok=2, num_dense_layers=1,
+                    num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
+                    layer_types=["conv", "full_attention"], max_position_embeddings=128000, rms_norm_eps=None,
+                    norm_eps=1e-5, rope_theta=1000000.0, tie_embedding=True, norm_topk_prob=True,
+                    use_expert_bias=True, routed_scaling_factor=1.0, bos_token_id=128000, eos_token_id=128001)
+    return c, lfm2_tensors(rng, c, 512, n_dense=1), "llama-bpe", {}
+
+
+def mamba2_tensors(rng, p: str, e: int, d_inner: int, n_heads: int, n_group: int, d_state: int, d_conv: int) -> dict:
+    """One Mamba-2 mixer under `p` ("model.layers.0.mamba."): fused in_proj, conv1d with bias, dt_bias, A_log, D, norm."""
+    conv = d_inner + 2 * n_group * d_state
+    return {p + "in_proj.weight": (heavy(rng, (2 * d_inner + 2 * n_group * d_state + n_heads, e)), "BF16"),
+            p + "conv1d.weight": (heavy(rng, (conv, 1, d_conv), 0.3), "BF16"),
+            p + "conv1d.bias": (heavy(rng, (conv,), 0.1), "BF16"),
+            p + "dt_bias": (heavy(rng, (n_heads,), 1.0), "BF16"),
+            p + "A_log": (np.log(np.arange(1, n_heads + 1, dtype=np.float32)) + heavy(rng, (n_heads,), 0.1), "BF16"),
+            p + "D": (1 + heavy(rng, (n_heads,), 0.1), "BF16"),
+            p + "norm.weight": (1 + heavy(rng, (d_inner,), 0.1), "BF16"),
+            p + "out_proj.weight": (heavy(rng, (e, d_inner)), "BF16")}
+
+
+def case_granitehybrid(rng):
+    # granite-4.0-h-tiny's config.json keys (raw: no config class): layer 0 Mamba-2, layer 1 attention (GQA 4,
+    # so llama.cpp's n_gqa of layer 0 is 0), 4 experts + shared MLP, NoPE; the Llama 3 tokenizer stands in
+    e, nh, nkv = 256, 8, 2
+    c = base_config("GraniteMoeHybridForCausalLM", "granitemoehybrid", 128256, hidden_size=e, intermediate_size=256,
+                    shared_intermediate_size=256, num_local_experts=4, num_experts_per_tok=2, num_attention_heads=nh,
+                    num_key_value_heads=nkv, layer_types=["mamba", "attention"], mamba_chunk_size=256,
+                    mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
+                    mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, attention_multiplier=0.0078125,
+                    embedding_multiplier=12, residual_multiplier=0.22, logits_scaling=6, hidden_act="silu",
+                    position_embedding_type="nope", max_position_embeddings=131072, rope_scaling=None,
+                    tie_word_embeddings=True, normalization_function="rmsnorm", bos_token_id=128000, eos_token_id=128001)
+    hd = e // nh
+    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i, kind in enumerate(c["layer_types"]):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if kind == "mamba":
+            t.update(mamba2_tensors(rng, p + "mamba.", e, 512, 8, 1, 64, 4))
+        else:
+            t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * hd, e)), "BF16")
+            t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        t[p + "block_sparse_moe.router.layer.weight"] = (heavy(rng, (4, e)), "BF16")
+        t[p + "block_sparse_moe.input_linear.weight"] = (heavy(rng, (4, 2 * 256, e)), "BF16")
+        t[p + "block_sparse_moe.output_linear.weight"] = (heavy(rng, (4, e, 256)), "BF16")
+        t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * 256, e)), "BF16")
+        t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, 256)), "BF16")
+    return c, t, "llama-bpe", {}
+
+
+def case_bamba(rng):
+    # Bamba-9B's layout: attn_layer_indices, rope on a part of the head (attn_rotary_emb), dense feed_forward
+    # with pre_ff_layernorm, untied head; the Llama 3 tokenizer (Bamba's own is a Llama 3 one too)
+    e, nh, nkv = 256, 4, 2
+    c = base_config("BambaForCausalLM", "bamba", 128256, hidden_size=e, intermediate_size=512, num_attention_heads=nh,
+                    num_key_value_heads=nkv, attn_layer_indices=[1], attn_rotary_emb=32, mamba_chunk_size=256,
+                    mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
+                    mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, hidden_act="silu",
+                    max_position_embeddings=262144, rope_theta=10000.0, tie_word_embeddings=False,
+                    bos_token_id=128000, eos_token_id=128001, pad_token_id=128002)
+    hd = e // nh
+    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+         "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "pre_ff_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if i == 0:
+            t.update(mamba2_tensors(rng, p + "mamba.", e, 512, 8, 1, 64, 4))
+        else:
+            t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * hd, e)), "BF16")
+            t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+            t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+            t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-bpe", {}
+
+
+def case_falconh1(rng):
+    # Falcon-H1-0.5B's config.json (raw: no config class) with its multipliers, but the gated SSM norm on and
+    # two groups (its reshape); attention and Mamba-2 in every layer; the Llama 3 tokenizer stands in
+    e, nh, nkv, hd = 256, 4, 2, 64
+    c = base_config("FalconH1ForCausalLM", "falcon_h1", 128256, hidden_size=e, intermediate_size=512, head_dim=hd,
+                    num_attention_heads=nh, num_key_value_heads=nkv, attention_in_multiplier=1.0,
+                    attention_out_multiplier=0.9375, embedding_multiplier=5.656854249492381, key_multiplier=0.390625,
+                    lm_head_multiplier=0.0390625, mlp_multipliers=[0.8838834764831844, 0.5859375],
+                    ssm_in_multiplier=1.25, ssm_out_multiplier=0.23570226039551587,
+                    ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+                    mamba_chunk_size=128, mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_ssm=512,
+                    mamba_d_state=64, mamba_expand=2, mamba_n_groups=2, mamba_n_heads=8, mamba_norm_before_gate=False,
+                    mamba_proj_bias=False, mamba_rms_norm=True, mamba_use_mlp=True, attn_layer_indices=None,
+                    hidden_act="silu", max_position_embeddings=16384, rope_theta=100000000000.0, rope_scaling=None,
+                    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
+    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+         "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "pre_ff_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * hd, e)), "BF16")
+        t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        t.update(mamba2_tensors(rng, p + "mamba.", e, 512, 8, 2, 64, 4))
+        for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+            t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-bpe", {}
+
+
+def case_qwen35(rng, moe: bool = False):
+    # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
+    # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
+    # one MTP layer, interleaved mrope; the Qwen2 tokenizer stands in for Qwen3.5's own
+    c = base_config("Qwen3_5ForCausalLM", "qwen3_5_text", 151936, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=None, rms_norm_eps=1e-6,
+                    max_position_embeddings=262144, layer_types=["linear_attention", "full_attention"],
+                    full_attention_interval=2, linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64,
+                    linear_num_key_heads=2, linear_num_value_heads=4, mtp_num_hidden_layers=1, attn_output_gate=True,
+                    rope_parameters={"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
+                                     "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
+                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
+    if moe:  # Qwen3.5-35B-A3B's MoE keys; experts fused as transformers 5 stores them (no .weight suffix)
+        c.update(architectures=["Qwen3_5MoeForCausalLM"], model_type="qwen3_5_moe_text", num_experts=4,
+                 num_experts_per_tok=2, moe_intermediate_size=256, shared_expert_intermediate_size=256)
+    e, v, hd, ff = 256, 151936, 128, 512
+    nk, nv, hk, hv = 2, 4, 64, 64
+    zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+
+    def block(p, kind):
+        t[p + "input_layernorm.weight"] = zc((e,))
+        t[p + "post_attention_layernorm.weight"] = zc((e,))
+        if moe:
+            t.update({k: x for k, x in moe_tensors(rng, p + "mlp.", e, 4, 256, shared=256).items() if ".experts." not in k})
+            t[p + "mlp.experts.gate_up_proj"] = (heavy(rng, (4, 2 * 256, e)), "BF16")
+            t[p + "mlp.experts.down_proj"] = (heavy(rng, (4, e, 256)), "BF16")
+        else:
+            for w, shp in (("gate_proj", (ff, e)), ("up_proj", (ff, e)), ("down_proj", (e, ff))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+        if kind == "full":
+            t.update({p + "self_attn.q_proj.weight": (heavy(rng, (2 * 2 * hd, e)), "BF16"),
+                      p + "self_attn.k_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                      p + "self_attn.v_proj.weight": (heavy(rng, (hd, e)), "BF16"),
+                      p + "self_attn.o_proj.weight": (heavy(rng, (e, 2 * hd)), "BF16"),
+                      p + "self_attn.q_norm.weight": zc((hd,)), p + "self_attn.k_norm.weight": zc((hd,))})
+            return
+        a = p + "linear_attn."
+        t.update({a + "in_proj_qkv.weight": (heavy(rng, (2 * nk * hk + nv * hv, e)), "BF16"),
+                  a + "in_proj_z.weight": (heavy(rng, (nv * hv, e)), "BF16"),
+                  a + "in_proj_b.weight": (heavy(rng, (nv, e)), "BF16"),
+                  a + "in_proj_a.weight": (heavy(rng, (nv, e)), "BF16"),
+                  a + "conv1d.weight": (heavy(rng, (2 * nk * hk + nv * hv, 1, 4), 0.3), "BF16"),
+                  a + "dt_bias": (1 + heavy(rng, (nv,), 0.1), "BF16"), a + "A_log": (heavy(rng, (nv,), 0.5), "BF16"),
+                  a + "norm.weight": (1 + heavy(rng, (hv,), 0.1), "F32"),
+                  a + "out_proj.weight": (heavy(rng, (e, nv * hv)), "BF16")})
+
+    block("model.layers.0.", "linear")
+    block("model.layers.1.", "full")
+    t.update({"mtp.fc.weight": (heavy(rng, (e, 2 * e)), "BF16"), "mtp.norm.weight": zc((e,)),
+              "mtp.pre_fc_norm_embedding.weight": zc((e,)), "mtp.pre_fc_norm_hidden.weight": zc((e,))})
+    block("mtp.layers.0.", "full")
+    return c, t, "qwen2", {}
+
+
+
 _GLM_TOKENIZER: list[str] = []
 
 
@@ -1162,11 +1444,16 @@ CASES = {
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
+    "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
+    "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
+    "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "gpt2", "gptneox", "falcon")
+               "deepseek2-lite", "deepseek3",
+               "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
+               "gpt2", "gptneox", "falcon")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.safetensors.index.json

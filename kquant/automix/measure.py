@@ -230,7 +230,7 @@ def _pinned_names(plan, overrides) -> set[str]:
 
 def _facts(spec):
     return ModelFacts(arch=spec.arch, n_layer=spec.n_layer, n_head=spec.n_head,
-                             n_head_kv=spec.n_head_kv or spec.n_head, n_expert=spec.n_expert)
+                             n_head_kv=spec.n_head_kv, n_expert=spec.n_expert)
 
 
 def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | None = None,

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, deepseek, dots1, ernie, exaone, falcon, gemma, glm, gpt2, gptneox, granite, hunyuan, internlm, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import command_r, deepseek, dots1, ernie, exaone, falcon, falcon_h1, gemma, glm, gpt2, gptneox, granite, hunyuan, internlm, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
@@ -111,7 +111,6 @@ def load_spec(
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
     _check_hparams({**cfg, **cfg.get("text_config", {})}, model, cfg_path)
     _check_rope(model.rp, cfg_path)
-    block_count = model.block_count
 
     hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
     _check_counts(model, hf, cfg_path)  # before anything proportional to a count is built
@@ -145,9 +144,9 @@ def load_spec(
         arch=arch,
         kv=kv,
         tensors=tensors,
-        n_layer=block_count,
+        n_layer=model.block_count,  # after prepare_tensors (Qwen3-Next adds its MTP layers)
         n_head=model.dim("num_attention_heads"),
-        n_head_kv=model.dim("num_key_value_heads") or model.dim("num_attention_heads"),
+        n_head_kv=_head_count_kv(rec, arch, model.dim("num_attention_heads")),
         n_expert=n_expert,
         n_embd=model.dim("hidden_size"),
         tied_embeddings=not any(t.name == "output.weight" for t in tensors),
@@ -157,6 +156,15 @@ def load_spec(
         hparams=hp,
         not_converted=tuple(model.not_converted),
     )
+
+
+def _head_count_kv(rec: KVRecorder, arch: str, n_head: int) -> int:
+    """llama_hparams n_head_kv(0) as llama.cpp loads it: head_count when the key is absent, layer 0's
+    entry of a per-layer array (0 for a recurrent first layer)."""
+    v = rec.get(f"{arch}.attention.head_count_kv")
+    if v is None:
+        return n_head
+    return v[0] if isinstance(v, list) else v
 
 
 def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:

@@ -41,7 +41,7 @@ from .spec import TensorSpec
 # ModelBase.prepare_tensors: "we don't need these"
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
-F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd")
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "ssm_conv1d", "shortconv.conv")
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."
@@ -108,7 +108,7 @@ def ref_type(gguf_name: str, n_dims: int) -> QType:
     """The type prepare_tensors picks for --outtype bf16."""
     if n_dims <= 1 or gguf_name.endswith("_norm.weight"):
         return QType.F32
-    base = gguf_name.rsplit(".", 1)[0].split(".")[-1]
+    base = re.sub(r"^blk\.\d+\.", "", gguf_name.rsplit(".", 1)[0])
     if base in F32_BASES or gguf_name[-7:] not in (".weight", ".lora_a", ".lora_b"):
         return QType.F32
     return QType.BF16
@@ -197,7 +197,8 @@ class TextModel:
     globals_bias_ok: ClassVar[tuple[str, ...]] = ()  # HF modules outside the layers that may carry a .bias
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
-    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b)
+    bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
+    bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
     split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
@@ -281,7 +282,13 @@ class TextModel:
         if (n_head := self.find_hparam(["num_attention_heads", "n_head", "n_heads"], True)) is not None:
             self.u32("attention.head_count", n_head, "num_attention_heads")
         if (n_head_kv := self.find_hparam(["num_key_value_heads", "n_kv_heads"], True)) is not None:
-            self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
+            if isinstance(n_head_kv, list):  # per layer (hybrids: 0 for recurrent layers)
+                for v in n_head_kv:
+                    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                        raise InputError(f"{self.config_path}: num_key_value_heads entries must be integers, got {v!r}")
+                self.kv.add_array(self.key("attention.head_count_kv"), n_head_kv)
+            else:
+                self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
         if hp.get("is_causal") is False:
             self.kv.add_bool(self.key("attention.causal"), False)
 
@@ -312,7 +319,12 @@ class TextModel:
             elif rope_type != "default":
                 raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
         if "mrope_section" in rp:
-            raise UnsupportedError(f"{self.config_path}: mrope_section (multimodal rope) is not supported")
+            sections = rp["mrope_section"]
+            if not isinstance(sections, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in sections):
+                raise InputError(f"{self.config_path}: 'mrope_section' must be a list of integers, got {sections!r}")
+            while len(sections) < 4:  # [time, height, width, extra], padded in place as upstream
+                sections.append(0)
+            self.kv.add_array(self.key("rope.dimension_sections"), sections[:4])
         if (rope_theta := rope_params.get("rope_theta")) is not None:
             self.f32("rope.freq_base", rope_theta, "rope_theta")
         if (local_theta := rp.get("sliding_attention", {}).get("rope_theta")) is not None:
@@ -460,11 +472,18 @@ class TextModel:
                     raise InputError(f"{where}: tensor {n!r} has shape {list(buf[n][0])}, expected {list(exp)} from config.json")
             gname = f"blk.{bid}.{gbase}.weight"
             shape = (self._n_expert,) + exp
-            specs.append(TensorSpec(name=gname, shape=shape, sources=tuple(names), ref_type=ref_type(gname, 3), transform=stack))
+            sources = tuple(self._hf_names.get(n, n) for n in names)  # as stored (filter_name may rename)
+            specs.append(TensorSpec(name=gname, shape=shape, sources=sources, ref_type=ref_type(gname, 3), transform=stack))
         return specs
 
-    def map_name(self, name: str, where: str) -> tuple[str, int | None, bool]:
-        """(GGUF base, block id, is_bias) for an HF tensor name; InputError when it maps to nothing."""
+    def map_name(self, name: str, where: str) -> tuple[str, int | None, bool | None]:
+        """(GGUF base, block id, is_bias) for an HF tensor name (is_bias None: a bare parameter, no
+        suffix either side); InputError when it maps to nothing."""
+        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        if m and m.group(2) in self.bare_params and int(m.group(1)) < self.block_count:
+            bid = int(m.group(1))
+            if m.group(2) in (layer := self.layer_modules(bid)):
+                return layer[m.group(2)], bid, None
         for suffix, is_bias in ((".weight", False), (".bias", True)):
             if not name.endswith(suffix):
                 continue
@@ -492,7 +511,8 @@ class TextModel:
             out.append(TensorSpec(name=name, shape=tuple(data.shape), sources=(), ref_type=ref_type(name, data.ndim),
                                   generated=data))
 
-        seen: dict[str, str] = {}
+        seen: dict[str, str] = {}  # name after filter_name -> HF name
+        self._hf_names = seen
         expert_buf: dict[int, dict[str, tuple[tuple[int, ...], str]]] = {}
         expert_names: dict[str, int] = {}  # HF name of one expert's projection -> layer
         for bid in range(self.block_count):
@@ -524,7 +544,7 @@ class TextModel:
                 continue
 
             base, bid, is_bias = self.map_name(name, where)
-            suffix = ".bias" if is_bias else ".weight"
+            suffix = "" if is_bias is None else ".bias" if is_bias else ".weight"
             gname = (f"blk.{bid}.{base}" if bid is not None else base) + suffix
             exp = self.expected_shape(base, is_bias)
             if exp is not None and tuple(shape) != exp:
@@ -539,6 +559,10 @@ class TextModel:
         self.check_complete(out)
         return out
 
+    def tied(self) -> bool:
+        """The config says lm_head is the embedding (no output.weight needed)."""
+        return bool(self.hp.get("tie_word_embeddings", False))
+
     def check_complete(self, out: list[TensorSpec]) -> None:
         """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""
         names = {t.name for t in out}
@@ -547,7 +571,7 @@ class TextModel:
             raise InputError(f"{self.folder}: two source tensors make GGUF tensor {dup!r}")
         need: list[tuple[str, str]] = []  # (GGUF name, HF name)
         for hf_base, g in self.globals_.items():
-            if g == "output" and self.hp.get("tie_word_embeddings", False):
+            if g == "output" and self.tied():
                 continue  # tied: no lm_head, llama.cpp reuses token_embd
             need.append((g + ".weight", hf_base + ".weight"))
         for bid in range(self.block_count):
@@ -556,9 +580,9 @@ class TextModel:
             for module, g in layer.items():
                 if module in self.optional:
                     continue
-                suffix = ".bias" if module in self.bias_only else ".weight"
+                sfx = "" if module in self.bare_params else ".bias" if module in self.bias_only else ".weight"
                 for g2 in self.split_modules.get(g, (g,)):
-                    need.append((f"blk.{bid}.{g2}{suffix}", pre + module + suffix))
+                    need.append((f"blk.{bid}.{g2}{sfx}", pre + module + sfx))
             for module in self.bias_required:
                 need.append((f"blk.{bid}.{layer[module]}.bias", pre + module + ".bias"))
             if (x := self.layer_experts(bid)) is not None:

@@ -1,17 +1,20 @@
 """IBM Granite (dense): conversion/granite.py GraniteModel (llama.cpp as vendored in llama-cpp-python 0.3.36).
 
 A LlamaModel whose config's *_multiplier / logits_scaling keys become the GGUF scale keys; GraniteMoeModel
-(GraniteMoe, GraniteMoeShared) adds stacked experts whose fused gate/up tensor is split in two. The hybrid
-(Mamba-2), SWA, switch and vision variants are not ported."""
+(GraniteMoe, GraniteMoeShared) adds stacked experts whose fused gate/up tensor is split in two; the hybrid
+GraniteHybridModel (Granite 4.0-H, Bamba: Mamba-2 layers from conversion/mamba.py Mamba2Model, attention
+layers as GraniteMoeModel). The SWA, switch and vision variants are not ported."""
 
 from __future__ import annotations
 
 from gguf import MODEL_ARCH
 
-from ..errors import UnsupportedError
+from ..errors import InputError, UnsupportedError
+from .. import vocab as V
 from .base import ATTN_BIASES, LLAMA_LAYER, ref_type, register, middle_rows, rows
 from .hparams import HFConfig
 from .llama import LlamaModel
+from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_spec
 from .spec import TensorSpec
 
 
@@ -128,3 +131,157 @@ class GraniteMoeModel(GraniteModel):
             return [self.spec(f"blk.{bid}.{g}.weight", t, shape=(f, t[1][1]), row_perm=rows(a, a + f))
                     for g, a in (("ffn_gate_shexp", 0), ("ffn_up_shexp", f))]
         return super().modify_tensors(t, name, gname, base, bid)
+
+
+# conversion/granite.py GraniteHybridModel (Mamba2Model + GraniteMoeModel): Granite 4.0-H and Bamba.
+# Mamba2Model reads config.json as it is (no transformers config class, no defaults).
+GRANITE_HYBRID_CONFIG = HFConfig("granitemoehybrid", {})
+BAMBA_CONFIG = HFConfig("bamba", {})
+ATTN = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output"}
+
+
+@register("GraniteMoeHybridForCausalLM", "BambaForCausalLM")
+class GraniteHybridModel(GraniteModel):
+    model_arch = MODEL_ARCH.GRANITE_HYBRID
+    configs = (GRANITE_HYBRID_CONFIG, BAMBA_CONFIG)
+    bias_ok = MAMBA2_BIAS_OK + tuple(ATTN)
+    bias_only = ("mamba.dt_proj",)
+    bare_params = MAMBA2_BARE
+    inverse_names = False
+    prefixes = ("mamba",)
+
+    def find(self, keys, optional: bool = False):
+        return find_prefixed(self.hp, keys, self.prefixes, optional)
+
+    def find_hparam(self, keys, optional: bool = False):  # the one TextModel.set_gguf_parameters calls
+        return self.find(keys, optional)
+
+    # GraniteHybridModel.get_attn_layers
+    def attn_layers(self) -> list[int]:
+        hp = self.hp
+        if layer_types := hp.get("layer_types"):
+            return [i for i, typ in enumerate(layer_types) if typ == "attention"]
+        attn = hp.get("attn_layer_indices", [])
+        if not attn:
+            period, offset = hp.get("attn_layer_period"), hp.get("attn_layer_offset")
+            if not period or offset is None:
+                raise InputError(f"{self.config_path}: needs layer_types, attn_layer_indices or attn_layer_period/offset")
+            attn = [i for i in range(self.block_count) if i % period == offset]
+        return attn
+
+    def prepare(self) -> None:
+        self._attn = set(self.attn_layers())
+        self._ssm = [i for i in range(self.block_count) if i not in self._attn]
+        if not self._ssm:
+            raise UnsupportedError(f"{self.config_path}: a {self.hf_names[0]} without Mamba layers (converted as "
+                                   "granite / granitemoe by llama.cpp) is not supported")
+        hp = self.hp
+        self.d_model = self.find(["mamba_head_dim", "hidden_size", "d_model"])
+        self.n_group = self.find(["n_groups", "num_groups"])
+        self.d_inner = self.find(["expand", "num_heads"]) * self.d_model
+        self.has_experts = bool(hp.get("num_local_experts"))
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        m = {"input_layernorm": "attn_norm"}
+        m |= ATTN if bid in self._attn else MAMBA2_LAYER
+        if self._bamba_ffn:
+            m |= {"pre_ff_layernorm": "ffn_norm", "feed_forward.gate_proj": "ffn_gate",
+                  "feed_forward.up_proj": "ffn_up", "feed_forward.down_proj": "ffn_down"}
+        elif self.has_experts:
+            m |= {"post_attention_layernorm": "ffn_norm", "block_sparse_moe.router.layer": "ffn_gate_inp",
+                  "block_sparse_moe.input_linear": "ffn_gate_exps", "block_sparse_moe.output_linear": "ffn_down_exps",
+                  "shared_mlp.input_linear": "ffn_gate_shexp", "shared_mlp.output_linear": "ffn_down_shexp"}
+        else:
+            m |= {"post_attention_layernorm": "ffn_norm", "shared_mlp.input_linear": "ffn_gate",
+                  "shared_mlp.output_linear": "ffn_down"}
+        return m
+
+    def prepare_tensors(self, hf, extra, where):
+        # which FFN layout the checkpoint has (Bamba: feed_forward.*, Granite 4.0-H: shared_mlp / block_sparse_moe)
+        self._bamba_ffn = any(".feed_forward." in n for n, _, _ in hf)
+        if any(n == "model.final_layernorm.weight" for n, _, _ in hf):  # Bamba's output norm
+            self.globals_ = {"model.embed_tokens": "token_embd", "model.final_layernorm": "output_norm", "lm_head": "output"}
+        return super().prepare_tensors(hf, extra, where)
+
+    # Mamba2Model.filter_tensors
+    def filter_name(self, name: str) -> str | None:
+        if name.startswith(("model.backbone", "model.lm_head")):
+            name = name.removeprefix("model.")
+        if name.endswith(".dt_bias"):
+            name = name.rpartition(".dt_bias")[0] + ".dt_proj.bias"
+        return super().filter_name(name)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        s = super().tensor_shapes()
+        for k in ("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps", "ffn_gate_shexp", "ffn_up_shexp",
+                  "ffn_down_shexp", "ffn_gate", "ffn_up", "ffn_down", "ffn_gate_inp"):
+            s.pop(k, None)  # split from fused tensors, checked in modify_tensors
+        return s
+
+    def expected_shape(self, base: str, bias: bool):
+        return None if base.startswith("ssm_") else super().expected_shape(base, bias)
+
+    # GraniteHybridModel.modify_tensors -> GraniteMoeModel / Mamba2Model / LlamaModel.modify_tensors
+    def modify_tensors(self, t, name, gname, base, bid):
+        if name.endswith("block_sparse_moe.input_linear.weight") or "shared_mlp" in name:
+            return self.granite_moe_tensors(t, name, gname, bid)
+        if bid in self._ssm:
+            return [mamba2_spec(self, t, name, gname, self.n_group, self.d_inner)]
+        return super().modify_tensors(t, name, gname, base, bid)  # attention layers: Q/K permuted
+
+    # GraniteMoeModel.modify_tensors: fused gate/up split
+    def granite_moe_tensors(self, t, name, gname, bid):
+        hp = self.hp
+        if name.endswith("block_sparse_moe.input_linear.weight"):
+            ff = hp["intermediate_size"]
+            if len(t[1]) != 3 or t[1][-2] != 2 * ff:
+                raise InputError(f"{self.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected [n_expert, {2 * ff}, n_embd]")
+            shape = (t[1][0], ff, t[1][2])
+            return [self.spec(f"blk.{bid}.ffn_gate_exps.weight", t, shape=shape, transform=lambda a: a[0][:, :ff]),
+                    self.spec(f"blk.{bid}.ffn_up_exps.weight", t, shape=shape, transform=lambda a: a[0][:, ff:])]
+        if name.endswith("shared_mlp.input_linear.weight"):
+            ff = hp["shared_intermediate_size"]
+            if len(t[1]) != 2 or t[1][0] != 2 * ff:
+                raise InputError(f"{self.folder}: tensor {t[0]!r} has shape {list(t[1])}, expected [{2 * ff}, n_embd]")
+            g, u = ("ffn_gate_shexp", "ffn_up_shexp") if self.has_experts else ("ffn_gate", "ffn_up")
+            return [self.spec(f"blk.{bid}.{g}.weight", t, shape=(ff, t[1][1]), row_perm=rows(0, ff)),
+                    self.spec(f"blk.{bid}.{u}.weight", t, shape=(ff, t[1][1]), row_perm=rows(ff, 2 * ff))]
+        return [self.spec(gname, t)]  # shared_mlp.output_linear
+
+    def set_gguf_parameters(self) -> None:
+        hp = self.hp
+        super().set_gguf_parameters()  # GraniteMoeModel -> GraniteModel -> LlamaModel -> TextModel
+        if (v := hp.get("shared_intermediate_size")):
+            self.u32("expert_shared_feed_forward_length", v, "shared_intermediate_size")
+        self.u32("ssm.conv_kernel", self.find(["conv_kernel", "d_conv"]), "mamba_d_conv")
+        self.u32("ssm.state_size", self.find(["state_size", "d_state", "state_dim", "ssm_state_size"]), "mamba_d_state")
+        self.u32("ssm.group_count", self.n_group, "mamba_n_groups")
+        self.u32("ssm.inner_size", self.d_inner, "mamba_expand")
+        self.u32("ssm.time_step_rank", self.find(["n_heads", "num_heads"]), "mamba_n_heads")
+        n_kv = self.find(["num_key_value_heads", "n_head_kv"])
+        if (rope_dim := hp.get("attn_rotary_emb")):
+            self.u32("rope.dimension_count", rope_dim, "attn_rotary_emb")
+        self.kv.add_array(self.key("attention.head_count_kv"),
+                          [n_kv if i in self._attn else 0 for i in range(self.block_count)])
+        use_rope = "BambaForCausalLM" in hp["architectures"]
+        self.kv.add_bool(self.key("rope.scaling.finetuned"), use_rope)
+        if not use_rope:
+            self.kv.add_uint32(self.key("context_length"), 2**20)
+        d_head = self.find(["d_head"], True) or 64
+        if hp.get("hidden_act") not in (None, "silu"):
+            raise UnsupportedError(f"{self.config_path}: hidden_act {hp.get('hidden_act')!r}: only silu is supported")
+        if self.d_inner % d_head:
+            raise InputError(f"{self.config_path}: SSM inner size {self.d_inner} is not a multiple of head dim {d_head}")
+
+    # GraniteHybridModel.set_vocab -> Mamba2Model.set_vocab: vocabulary padded to a multiple of 8
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        hp = self.hp
+        pad = 8
+        hp["vocab_size"] = -(hp["vocab_size"] // -pad) * pad
+        if (self.tok_folder / "tokenizer.model").is_file():
+            V.set_vocab_sentencepiece(self.kv, self.tok_folder, hp)
+        elif (self.tok_folder / "tokenizer.json").is_file():
+            V.set_vocab_gpt2(self.kv, self.tok_folder, hp, hp["model_type"], tokenizer_pre)
+        else:
+            raise UnsupportedError(f"{self.tok_folder}: no tokenizer.model or tokenizer.json (the converter's built-in "
+                                   "GPT-NeoX vocabulary is not supported)")
