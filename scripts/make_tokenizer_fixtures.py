@@ -6,6 +6,7 @@ Real tokenizers cannot be downloaded here, but llama.cpp ships the vocabularies 
 transformers' AutoTokenizer produced for the original tokenizer). This script turns four of them
 back into HF files under fixtures/tokenizers/<name>/ (large files gzip-compressed):
 
+  gpt-2      GPT-2 BPE:   tokenizer.json (byte-level, 50257 tokens) + tokenizer_config.json
   llama-bpe  Llama 3 BPE: tokenizer.json (merges as "a b" strings) + tokenizer_config.json
   qwen2      Qwen2 BPE:   tokenizer.json (merges as [a, b] pairs)  + tokenizer_config.json
   llama-spm  Llama 2 SentencePiece: tokenizer.model (+ tokenizer.json converted by transformers)
@@ -34,7 +35,8 @@ LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python
 VOCABS = LLAMA_CPP / "models"
 OUT = ROOT / "fixtures" / "tokenizers"
 GZIP_ABOVE = 200_000  # bytes: files larger than this are committed as .gz
-EXPECTED_PRE = {"llama-bpe": "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5",
+EXPECTED_PRE = {"gpt-2": "3ce83efda5659b07b1ad37ca97ca5797ea4285d9b9ab0dc679e4a720c9da7454",
+                "llama-bpe": "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5",
                 "qwen2": "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea"}
 
 sys.path.insert(0, str(LLAMA_CPP / "gguf-py"))
@@ -103,6 +105,26 @@ def llama_bpe() -> dict[str, object]:
         "eos_token": eos, "model_input_names": ["input_ids", "attention_mask"],
         "model_max_length": 1000000000000000019884624838656, "tokenizer_class": "PreTrainedTokenizerFast",
     }
+    return {"tokenizer.json": tj, "tokenizer_config.json": tc}
+
+
+def gpt2() -> dict[str, object]:
+    """openai-community/gpt2: byte-level BPE, <|endoftext|> the last vocabulary entry and its one added token."""
+    v = gguf_vocab("gpt-2")
+    toks = v["tokens"]
+    eot = len(toks) - 1  # 50256
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    tj = {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [added_token(eot, toks[eot], True)],
+        "normalizer": None, "pre_tokenizer": dict(byte_level), "post_processor": dict(byte_level),
+        "decoder": dict(byte_level),
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {t: i for i, t in enumerate(toks)}, "merges": list(v["merges"])},
+    }
+    tc = {"add_prefix_space": False, "bos_token": toks[eot], "eos_token": toks[eot], "unk_token": toks[eot],
+          "model_max_length": 1024, "tokenizer_class": "GPT2Tokenizer"}
     return {"tokenizer.json": tj, "tokenizer_config.json": tc}
 
 
@@ -304,7 +326,7 @@ def verify(name: str, folder: Path) -> None:
 
 
 def main() -> None:
-    builders = {"llama-bpe": llama_bpe, "qwen2": qwen2, "llama-spm": lambda: spm_folder("llama-spm"),
+    builders = {"gpt-2": gpt2, "llama-bpe": llama_bpe, "qwen2": qwen2, "llama-spm": lambda: spm_folder("llama-spm"),
                 "phi-3": lambda: spm_folder("phi-3")}
     for name in sys.argv[1:] or builders:
         out = write_folder(name, builders[name]())

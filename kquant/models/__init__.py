@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import deepseek, dots1, ernie, exaone, falcon_h1, gemma, glm, gpt_oss, granite, hunyuan, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import command_r, deepseek, dots1, ernie, exaone, falcon, falcon_h1, gemma, glm, gpt2, gpt_oss, gptneox, granite, hunyuan, internlm, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
@@ -41,6 +41,7 @@ _GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llam
 NOT_PORTED = {
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
     "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
+    "InternLM2ForCausalLM": internlm.INTERNLM2_REFUSED,
 }
 
 
@@ -106,13 +107,13 @@ def load_spec(
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
-    _check_hparams({**cfg, **cfg.get("text_config", {})}, hp, cfg_path)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
+    _check_hparams({**cfg, **cfg.get("text_config", {})}, model, cfg_path)
     _check_rope(model.rp, cfg_path)
 
     hf = _hf_tensors(folder, tensor_shapes, headers) if hf_tensors is None else list(hf_tensors)
-    _check_counts(cls, hp, hf, cfg_path)  # before anything proportional to a count is built
+    _check_counts(model, hf, cfg_path)  # before anything proportional to a count is built
     rec = KVRecorder(arch)
     rec.add_string(Keys.General.ARCHITECTURE, arch)  # GGUFWriter.__init__ add_architecture
 
@@ -144,10 +145,10 @@ def load_spec(
         kv=kv,
         tensors=tensors,
         n_layer=model.block_count,  # after prepare_tensors (Qwen3-Next adds its MTP layers)
-        n_head=hp["num_attention_heads"],
-        n_head_kv=_head_count_kv(rec, arch, hp["num_attention_heads"]),
+        n_head=model.dim("num_attention_heads"),
+        n_head_kv=_head_count_kv(rec, arch, model.dim("num_attention_heads")),
         n_expert=n_expert,
-        n_embd=hp["hidden_size"],
+        n_embd=model.dim("hidden_size"),
         tied_embeddings=not any(t.name == "output.weight" for t in tensors),
         file_type_index=ft_idx,
         quantization_version_index=qv_idx,
@@ -166,10 +167,11 @@ def _head_count_kv(rec: KVRecorder, arch: str, n_head: int) -> int:
     return v[0] if isinstance(v, list) else v
 
 
-def _check_hparams(cfg: dict, hp: dict, path: Path) -> None:
+def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:
     """Consistency checks the converter does not do but the runtime depends on."""
-    n_head, n_embd = hp["num_attention_heads"], hp["hidden_size"]
-    n_kv = hp.get("num_key_value_heads")
+    hp = model.hp
+    n_head, n_embd = model.dim("num_attention_heads"), model.dim("hidden_size")
+    n_kv = model.dim("num_key_value_heads")
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv <= 0:
         raise InputError(f"{path}: 'num_key_value_heads' must be a positive integer, got {n_kv!r}")
     if n_head % n_kv:
@@ -215,14 +217,17 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 
-def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: Path) -> None:
+def _check_counts(model: TextModel, hf: list[HFTensor], path: Path) -> None:
     """Refuse config counts larger than the checkpoint can hold (a layer-count bomb, a 10^9 vocab)."""
+    family, hp = type(model), model.hp
     layers = {m.group(1) for n, _, _ in hf if (m := _LAYER_ID.search(n))}
-    n_layer = hp["num_hidden_layers"]
+    n_layer = model.block_count
+    if isinstance(n_layer, bool) or not isinstance(n_layer, int) or n_layer <= 0:
+        raise InputError(f"{path}: the layer count (num_hidden_layers) must be a positive integer, got {n_layer!r}")
     if n_layer > len(layers):
         raise InputError(f"{path}: 'num_hidden_layers' is {n_layer} but the checkpoint has tensors for {len(layers)} layers")
     if family.experts is not None:
@@ -236,7 +241,7 @@ def _check_counts(family: type[TextModel], hp: dict, hf: list[HFTensor], path: P
             raise InputError(f"{path}: {k!r} is {v} but the checkpoint has tensors for {n_x} experts")
     max_dim = max((d for _, shape, _ in hf for d in shape), default=0)
     for k in _DIM_KEYS:
-        v = hp.get(k)
+        v = model.dim(k)
         if isinstance(v, int) and not isinstance(v, bool) and v > max_dim:
             raise InputError(f"{path}: {k!r} is {v}, larger than any tensor dimension in the checkpoint ({max_dim})")
 

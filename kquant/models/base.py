@@ -42,7 +42,7 @@ from .spec import TensorSpec
 # ModelBase.prepare_tensors: "we don't need these"
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
-F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "ssm_conv1d", "shortconv.conv")
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "ssm_conv1d", "shortconv.conv")
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."
@@ -228,17 +228,29 @@ class TextModel:
     # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
     hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
+    layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
+    # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)
+    aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
                  folder: Path | None = None, tok_folder: Path | None = None):
         self.hp = hp
         self.rp = rope_parameters(hp)
-        self.block_count = hp["num_hidden_layers"]
+        # conversion/base.py TextModel.__init__
+        self.block_count = find_hparam(hp, ["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
         self.config_path = config_path
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder
         self.kv = kv if kv is not None else KVRecorder(self.arch_name())
         self.not_converted: list[str] = []  # vision/audio tensors filtered out (prepare_tensors)
+
+    def dim(self, key: str):
+        """A canonical dimension (hidden_size, num_attention_heads, num_key_value_heads, intermediate_size,
+        vocab_size, head_dim) from the config, through the family's `aliases`; None when absent."""
+        for k in (key,) + self.aliases.get(key, ()):
+            if self.hp.get(k) is not None:
+                return self.hp[k]
+        return None
 
     @classmethod
     def arch_name(cls) -> str:
@@ -381,6 +393,16 @@ class TextModel:
     def prepare(self) -> None:
         """Anything the tensor hooks need beyond the config, read before the tensors are mapped."""
 
+    def read_source(self, name: str) -> np.ndarray:
+        """One HF tensor's values as float32, for the few hooks upstream that read data while mapping
+        (small tensors only: Cohere2's zero biases, Apertus' xIELU scalars)."""
+        from ..io.safetensors import Checkpoint
+
+        if self.folder is None:
+            raise InputError(f"{self.hf_names[0]}: tensor {name!r} must be read, but no model folder was given")
+        with Checkpoint.open(self.folder) as ck:
+            return ck.read(name)
+
     # ---------------------------------------------------------------- tensors
     def filter_name(self, name: str) -> str | None:
         """The name upstream indexes a tensor under, or None when a filter_tensors drops it."""
@@ -419,11 +441,11 @@ class TextModel:
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         """GGUF base name -> expected (weight) shape from the hyperparameters."""
         hp = self.hp
-        e = hp["hidden_size"]
-        n_head = hp["num_attention_heads"]
-        n_kv = hp.get("num_key_value_heads") or n_head
+        e = self.dim("hidden_size")
+        n_head = self.dim("num_attention_heads")
+        n_kv = self.dim("num_key_value_heads") or n_head
         hd = hp.get("head_dim") or e // n_head
-        f, n_vocab = hp["intermediate_size"], hp["vocab_size"]
+        f, n_vocab = self.dim("intermediate_size") or 4 * e, self.dim("vocab_size")
         n_ff_exp = hp.get("moe_intermediate_size") or f
         n_ff_shexp = hp.get("shared_expert_intermediate_size") or f
         q, kv = n_head * hd, n_kv * hd
@@ -533,7 +555,7 @@ class TextModel:
             base = name[: -len(suffix)]
             if base in self.globals_ and (not is_bias or base in self.globals_bias_ok):
                 return self.globals_[base], None, is_bias
-            m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", base)
+            m = re.fullmatch(re.escape(self.layer_prefix) + r"(\d+)\.(.+)", base)
             if m:
                 bid, module = int(m.group(1)), m.group(2)
                 layer = self.layer_modules(bid) if bid < self.block_count else self.layer
@@ -620,7 +642,7 @@ class TextModel:
                 continue  # tied: no lm_head, llama.cpp reuses token_embd
             need.append((g + ".weight", hf_base + ".weight"))
         for bid in range(self.block_count):
-            pre = f"{LAYER_PREFIX}{bid}."
+            pre = f"{self.layer_prefix}{bid}."
             layer = self.layer_modules(bid)
             for module, g in layer.items():
                 if module in self.optional:
@@ -652,8 +674,8 @@ class TextModel:
                 not is_bias and mod in cls.bias_only):
             return None
         if mod.endswith("e_score_correction") and is_bias:  # filter_name's rename, undone
-            return f"{LAYER_PREFIX}{bid}.{mod}_bias"
-        return f"{LAYER_PREFIX}{bid}.{mod}" + (".bias" if is_bias else ".weight")
+            return f"{cls.layer_prefix}{bid}.{mod}_bias"
+        return f"{cls.layer_prefix}{bid}.{mod}" + (".bias" if is_bias else ".weight")
 
     @classmethod
     def hf_tensor_shape(cls, base: str, is_bias: bool, shape: tuple[int, ...]) -> tuple[int, ...]:

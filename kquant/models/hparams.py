@@ -58,6 +58,10 @@ class HFConfig:
     # `text_config`; `text_fixed` when that class does not depend on text_config["model_type"]
     text_config: str | None = None
     text_fixed: bool = True
+    # PretrainedConfig.attribute_map: a config.json key stored under another name (GPT-2: hidden_size -> n_embd)
+    attribute_map: dict[str, str] | None = None
+    # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
+    required_as: dict[str, tuple[str, ...]] | None = None
 
 
 CONFIG_CLASSES: dict[str, HFConfig] = {}  # model_type -> HFConfig, filled by kquant.models.base.register
@@ -128,7 +132,7 @@ def read_config(path: Path) -> dict[str, Any]:
         cc = CONFIG_CLASSES.get(mt)
         if cc is not None and cc.text_config is not None:  # the composite class would build its default (full-size) text config
             raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
-        _check_keys(path, cfg, "", required=True)
+        _check_keys(path, cfg, "", required=True, cc=cc)
         return cfg
     tarchs = tc.get("architectures")
     if tarchs is not None and (not isinstance(tarchs, list) or not tarchs or not all(isinstance(a, str) for a in tarchs)):
@@ -139,12 +143,21 @@ def read_config(path: Path) -> dict[str, Any]:
     return cfg
 
 
-def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool) -> None:
-    """Types of the keys kquant reads from one (text) config dict; `required`: REQUIRED_INT_KEYS must be there."""
-    for k in REQUIRED_INT_KEYS:
-        if k not in cfg:
+def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool, cc: HFConfig | None = None) -> None:
+    """Types of the keys kquant reads from one (text) config dict; `required`: REQUIRED_INT_KEYS must be there
+    (under the names the config class `cc` gives them, or its attribute_map aliases)."""
+    required_as = (cc.required_as or {}) if cc is not None else {}
+    amap = (cc.attribute_map or {}) if cc is not None else {}
+    for req in REQUIRED_INT_KEYS:
+        names = required_as.get(req, (req,))
+        if not names:
+            continue
+        k = next((n for n in names if n in cfg), None)
+        if k is None:
+            k = next((a for a, n in amap.items() if n in names and a in cfg), None)
+        if k is None:
             if required:
-                raise InputError(f"{path}: missing key {where + k!r}")
+                raise InputError(f"{path}: missing key {where + names[0]!r}")
             continue
         if not _is_int(cfg[k]) or cfg[k] <= 0:
             raise InputError(f"{path}: {where + k!r} must be a positive integer, got {cfg[k]!r}")
@@ -207,8 +220,12 @@ def hf_architecture(cfg: dict[str, Any]) -> str:
 
 def _apply(cc: HFConfig, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     """One config class: PretrainedConfig's and the class's defaults, config.json's keys, the __init__ rewrites."""
-    hp: dict[str, Any] = {} if cc.raw else {**_GENERIC, **cc.defaults}
-    hp.update(json.loads(json.dumps(cfg)))  # deep copy: rope_scaling is mutated below, as upstream does
+    hp: dict[str, Any] = {} if cc.raw else json.loads(json.dumps({**_GENERIC, **cc.defaults}))  # defaults may hold dicts
+    cfg = json.loads(json.dumps(cfg))  # deep copy: rope_scaling is mutated below, as upstream does
+    for alias, real in (cc.attribute_map or {}).items():  # PretrainedConfig.__setattr__ / __init__ kwargs
+        if alias in cfg:
+            cfg[real] = cfg.pop(alias)
+    hp.update(cfg)
     if cc.kv_heads_fallback and hp.get("num_key_value_heads") is None:
         hp["num_key_value_heads"] = hp["num_attention_heads"]
     rs = hp.get("rope_scaling")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 from gguf import MODEL_ARCH, Keys
@@ -230,3 +231,80 @@ class SmolLM3Model(LlamaModel):
             raise UnsupportedError(f"{self.config_path}: 'no_rope_layers' {str(nope)[:80]} differs from the pattern llama.cpp's "
                                    "smollm3 runtime assumes (no rope on every 4th layer)")
         super().set_gguf_parameters()
+
+
+def _apertus_kv_heads(hp: dict) -> None:
+    # transformers configuration_apertus.py ApertusConfig.__init__
+    if hp.get("num_key_value_heads") is None:
+        hp["num_key_value_heads"] = hp["num_attention_heads"]
+
+
+APERTUS_CONFIG = HFConfig("apertus", dict(
+    vocab_size=131072, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=None, max_position_embeddings=65536, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    rope_theta=12000000.0, rope_scaling={"rope_type": "llama3", "factor": 8.0, "original_max_position_embeddings": 8192,
+                                         "low_freq_factor": 1.0, "high_freq_factor": 4.0},
+    attention_bias=False,
+), rope_type_alias=True, post_init=_apertus_kv_heads)
+
+# xIELU activation parameters per layer (model.layers.{bid}.mlp.act_fn.<param>) -> GGUF metadata key
+XIELU_KEYS = {"alpha_n": "xielu.alpha_n", "alpha_p": "xielu.alpha_p", "beta": "xielu.beta", "eps": "xielu.eps"}
+
+
+# conversion/llama.py ApertusModel: LlamaModel without the Q/K permutation, RMS-normed q/k, an
+# up/down MLP with the xIELU activation, whose per-layer scalars become metadata arrays
+@register("ApertusForCausalLM")
+class ApertusModel(LlamaModel):
+    model_arch = MODEL_ARCH.APERTUS
+    configs = (APERTUS_CONFIG,)
+    layer = {
+        "attention_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "self_attn.q_norm": "attn_q_norm",
+        "self_attn.k_norm": "attn_k_norm",
+        "feedforward_layernorm": "ffn_norm",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
+    }
+    bias_ok = ()
+    undo_permute = False
+    inverse_names = True
+
+    # ApertusModel.modify_tensors (xIELU part): each array is written when its last layer's scalar is seen
+    def prepare_tensors(self, hf, extra, where):
+        n_layers = self.hp["num_hidden_layers"]
+        seen: dict[str, dict[int, str]] = {k: {} for k in XIELU_KEYS}
+        rest, done = [], []
+        for t in hf:
+            m = re.fullmatch(r"model\.layers\.(\d+)\.mlp\.act_fn\.(alpha_n|alpha_p|beta|eps)", t[0])
+            if m is None:
+                rest.append(t)
+                continue
+            bid, param = int(m.group(1)), m.group(2)
+            if bid >= n_layers:
+                raise InputError(f"{where}: tensor {t[0]!r} is for layer {bid} but num_hidden_layers is {n_layers}")
+            if int(np.prod(t[1])) != 1:
+                raise InputError(f"{where}: tensor {t[0]!r} has shape {list(t[1])}, expected one value")
+            seen[param][bid] = t[0]
+            if len(seen[param]) == n_layers:
+                done.append(param)
+        missing = [p for p in XIELU_KEYS if p not in done]
+        if missing:  # upstream writes no key then, and llama.cpp's apertus runtime cannot load the file
+            raise InputError(f"{where}: xIELU parameter mlp.act_fn.{missing[0]} is missing for some layers")
+        from ..io.safetensors import Checkpoint
+
+        with Checkpoint.open(self.folder) as ck:
+            for param in done:
+                self.kv.add_array(XIELU_KEYS[param], [float(ck.read(seen[param][b]).reshape(-1)[0]) for b in sorted(seen[param])])
+        return super().prepare_tensors(rest, extra, where)
+
+    # LlamaModel.modify_tensors with undo_permute False
+    def modify_tensors(self, t, name, gname, base, bid):
+        return TextModel.modify_tensors(self, t, name, gname, base, bid)
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        return None

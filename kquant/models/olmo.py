@@ -1,13 +1,17 @@
-"""OLMo 2, OLMo 3, OLMoE and Seed-OSS: conversion/olmo.py Olmo2Model, OlmoeModel, SeedOssModel (llama.cpp as
-vendored in llama-cpp-python 0.3.36). All are plain TextModels: no Q/K permutation, the GPT-2 style vocabulary."""
+"""OLMo, OLMo 2, OLMo 3, OLMoE and Seed-OSS: conversion/olmo.py OlmoModel, Olmo2Model, OlmoeModel, SeedOssModel
+(llama.cpp as vendored in llama-cpp-python 0.3.36). OLMo 2/3, OLMoE and Seed-OSS are plain TextModels
+(no Q/K permutation); OLMo (1) has LlamaModel's Q/K permutation and parameter-free LayerNorms (no norm
+tensors at all). All use the GPT-2 style vocabulary."""
 
 from __future__ import annotations
 
+import numpy as np
 from gguf import MODEL_ARCH
 
 from ..errors import InputError
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, TextModel, register
 from .hparams import HFConfig
+from .llama import qk_permutation
 from .qwen import MOE_LAYER, QWEN_EXPERTS
 
 
@@ -31,6 +35,7 @@ _OLMO = dict(
     num_key_value_heads=None, max_position_embeddings=2048, tie_word_embeddings=False, rope_theta=10000.0,
     rope_scaling=None, attention_bias=False, rms_norm_eps=1e-5,
 )
+OLMO_CONFIG = HFConfig("olmo", {k: v for k, v in _OLMO.items() if k != "rms_norm_eps"} | dict(clip_qkv=None), post_init=_kv_heads)
 OLMO2_CONFIG = HFConfig("olmo2", _OLMO, rope_type_alias=True, post_init=_kv_heads)
 OLMO3_CONFIG = HFConfig("olmo3", _OLMO | dict(sliding_window=4096), rope_type_alias=True, post_init=_olmo3_layer_types)
 SEED_OSS_CONFIG = HFConfig("seed_oss", dict(
@@ -81,6 +86,38 @@ class SeedOssModel(TextModel):
     layer = LLAMA_LAYER | {"post_attention_layernorm": "post_attention_norm"}
     bias_ok = ATTN_BIASES + MLP_BIASES
     inverse_names = True
+
+
+@register("OlmoForCausalLM", "OLMoForCausalLM")
+class OlmoModel(TextModel):
+    model_arch = MODEL_ARCH.OLMO
+    configs = (OLMO_CONFIG,)
+    layer = {k: v for k, v in LLAMA_LAYER.items() if "layernorm" not in k}  # OlmoLayerNorm has no parameters
+    globals_ = {"model.embed_tokens": "token_embd", "lm_head": "output"}
+    inverse_names = True
+
+    # OlmoModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        self.kv.add_float32(self.key("attention.layer_norm_epsilon"), 1e-5)
+        if (clip_qkv := self.hp.get("clip_qkv")) is not None:
+            self.f32("attention.clamp_kqv", clip_qkv, "clip_qkv")
+
+    # OlmoModel.modify_tensors: LlamaModel's Q/K permutation (weights only)
+    def modify_tensors(self, t, name, gname, base, bid):
+        n_head = self.hp["num_attention_heads"]
+        if name.endswith("q_proj.weight"):
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
+        if name.endswith("k_proj.weight"):
+            n_kv = self.hp.get("num_key_value_heads") or n_head
+            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        if base in ("attn_q", "attn_k"):
+            return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
+        return None
 
 
 # transformers 4.57.6 configuration_olmoe.py OlmoeConfig.__init__ defaults, for the keys llama.cpp reads
