@@ -14,7 +14,6 @@ the mean change of the plain rel-RMSE, and the time ratio best/ggml (one thread,
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path

@@ -175,15 +175,6 @@ def rows(start: int, stop: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64)
 
 
-def middle_rows(start: int, stop: int):
-    """A transform taking rows [start, stop) of every matrix of a stacked 3-D source (fused expert tensors)."""
-
-    def take(arrs: list[np.ndarray]) -> np.ndarray:
-        return arrs[0][..., start:stop, :]
-
-    return take
-
-
 def stack(arrs: list[np.ndarray]) -> np.ndarray:
     """Per-expert 2-D sources -> one 3-D tensor, expert index first."""
     return np.stack(arrs, axis=0)

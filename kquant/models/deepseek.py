@@ -22,7 +22,7 @@ from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from .base import LAYER_PREFIX, LLAMA_LAYER, Experts, HFTensor, TextModel, register
 from .hparams import HFConfig
-from .llama import qk_permutation
+from .llama import permute_qk
 from .spec import TensorSpec
 
 
@@ -296,13 +296,7 @@ class DeepseekModel(TextModel):
 
     # DeepseekModel.modify_tensors: q/k permuted as LlamaModel.permute (k with num_key_value_heads)
     def modify_tensors(self, t: HFTensor, name: str, gname: str, base: str, bid: int | None) -> list[TensorSpec]:
-        n_head = self.hp["num_attention_heads"]
-        if name.endswith(("q_proj.weight", "q_proj.bias")):
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
-        if name.endswith(("k_proj.weight", "k_proj.bias")):
-            n_kv = self.hp.get("num_key_value_heads") or n_head
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
-        return super().modify_tensors(t, name, gname, base, bid)
+        return permute_qk(self, t, name, gname) or super().modify_tensors(t, name, gname, base, bid)
 
     # DeepseekModel.set_gguf_parameters
     def set_gguf_parameters(self) -> None:

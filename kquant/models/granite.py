@@ -11,11 +11,10 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
-from .base import ATTN_BIASES, LLAMA_LAYER, ref_type, register, middle_rows, rows
+from .base import ATTN_BIASES, LLAMA_LAYER, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel
 from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_spec
-from .spec import TensorSpec
 
 
 def _kv_heads(hp: dict) -> None:

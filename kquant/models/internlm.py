@@ -11,14 +11,13 @@ its own environment, so there is no reference output to be identical to."""
 
 from __future__ import annotations
 
-import numpy as np
 from gguf import MODEL_ARCH, Keys
 
 from ..errors import InputError
 from .. import vocab as V
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, TextModel, register
 from .hparams import HFConfig
-from .llama import qk_permutation
+from .llama import permute_qk
 
 INTERNLM2_REFUSED = (  # models.NOT_PORTED
     "InternLM 2's vocabulary cannot be converted by llama.cpp's converter in its own environment (InternLM2Model.set_vocab "
@@ -80,10 +79,4 @@ class InternLM3Model(TextModel):
 
     # InternLM3Model.modify_tensors: LlamaModel's Q/K permutation (weights and biases)
     def modify_tensors(self, t, name, gname, base, bid):
-        n_head = self.hp["num_attention_heads"]
-        if name.endswith(("q_proj.weight", "q_proj.bias")):
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
-        if name.endswith(("k_proj.weight", "k_proj.bias")):
-            n_kv = self.hp.get("num_key_value_heads") or n_head
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
-        return super().modify_tensors(t, name, gname, base, bid)
+        return permute_qk(self, t, name, gname) or super().modify_tensors(t, name, gname, base, bid)

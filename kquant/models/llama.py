@@ -48,6 +48,20 @@ def qk_permutation(n_rows: int, n_head: int) -> np.ndarray:
     return np.arange(n_rows, dtype=np.int64).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
 
 
+def permute_qk(model, t, name: str, gname: str, biases: bool = True):
+    """LlamaModel.modify_tensors' undo of the HF Q/K permutation (q with num_attention_heads, k with
+    num_key_value_heads), for the weights and, with `biases`, the biases: [TensorSpec], or None when
+    `name` is neither (the caller falls through to its default)."""
+    n_head = model.hp["num_attention_heads"]
+    suffixes = (".weight", ".bias") if biases else (".weight",)
+    if name.endswith(tuple("q_proj" + s for s in suffixes)):
+        return [model.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
+    if name.endswith(tuple("k_proj" + s for s in suffixes)):
+        n_kv = model.hp.get("num_key_value_heads") or n_head
+        return [model.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
+    return None
+
+
 def torch_pow_f32(base: np.float32, expo: np.ndarray) -> np.ndarray:
     """float32 `base ** expo`, rounded from float64.
 
@@ -160,13 +174,7 @@ class LlamaModel(TextModel):
 
     # LlamaModel.modify_tensors: undo the HF Q/K permutation
     def modify_tensors(self, t, name, gname, base, bid):
-        n_head = self.hp["num_attention_heads"]
-        if name.endswith(("q_proj.weight", "q_proj.bias")):
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
-        if name.endswith(("k_proj.weight", "k_proj.bias")):
-            n_kv = self.hp.get("num_key_value_heads") or n_head
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
-        return super().modify_tensors(t, name, gname, base, bid)
+        return permute_qk(self, t, name, gname) or super().modify_tensors(t, name, gname, base, bid)
 
     @classmethod
     def hf_row_order(cls, base, n_rows, n_head, n_head_kv):

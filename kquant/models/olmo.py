@@ -11,7 +11,7 @@ from gguf import MODEL_ARCH
 from ..errors import InputError
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, TextModel, register
 from .hparams import HFConfig
-from .llama import qk_permutation
+from .llama import permute_qk, qk_permutation
 from .qwen import MOE_LAYER, QWEN_EXPERTS
 
 
@@ -105,13 +105,7 @@ class OlmoModel(TextModel):
 
     # OlmoModel.modify_tensors: LlamaModel's Q/K permutation (weights only)
     def modify_tensors(self, t, name, gname, base, bid):
-        n_head = self.hp["num_attention_heads"]
-        if name.endswith("q_proj.weight"):
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_head))]
-        if name.endswith("k_proj.weight"):
-            n_kv = self.hp.get("num_key_value_heads") or n_head
-            return [self.spec(gname, t, row_perm=qk_permutation(t[1][0], n_kv))]
-        return super().modify_tensors(t, name, gname, base, bid)
+        return permute_qk(self, t, name, gname, biases=False) or super().modify_tensors(t, name, gname, base, bid)
 
     @classmethod
     def hf_row_order(cls, base, n_rows, n_head, n_head_kv):

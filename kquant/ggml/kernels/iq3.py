@@ -52,7 +52,7 @@ from numba import njit
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
-from ._common import get_f16, nearest_int, put_f16, sel
+from ._common import get_f16, nearest_int, put_f16
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 KMAXQ = 8
