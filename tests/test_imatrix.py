@@ -756,7 +756,7 @@ def test_live_size_mismatch_and_nonfinite(live, tmp_path):
     with pytest.raises(InputError, match="imatrix size 128 is different from tensor size 256 for blk.0.attn_q.weight"):
         weights_for(bad, "blk.0.attn_q.weight", (ROWS, 256), BF16, QType.Q4_K, FileType.MOSTLY_Q4_K_M)
     spec = SimpleNamespace(arch="llama", n_layer=1, n_head=4, n_head_kv=4, n_expert=0, kv=[],
-                           tensors=[SimpleNamespace(name="blk.0.attn_q.weight", shape=(ROWS, 256), ref_type=BF16)])
+                           tensors=[SimpleNamespace(name="blk.0.attn_q.weight", shape=(ROWS, 256), ref_type=BF16, raw_type=None)])
     with pytest.raises(InputError, match="blk.0.attn_q.weight"):  # the converter's own lookup, at plan time
         pipeline.plan_from_spec(spec, FileType.MOSTLY_Q4_K_M, None, ImatrixData(bad, [], 1, "bad.gguf"))
 
