@@ -17,7 +17,7 @@ from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from .base import TextModel, register
 from .hparams import HFConfig
-from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_spec
+from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_name, mamba2_spec
 
 # Mamba2Model reads config.json as it is (no transformers config class, no defaults)
 FALCON_H1_CONFIG = HFConfig("falcon_h1", {})
@@ -91,11 +91,7 @@ class FalconH1Model(TextModel):
 
     # Mamba2Model.filter_tensors
     def filter_name(self, name: str) -> str | None:
-        if name.startswith(("model.backbone", "model.lm_head")):
-            name = name.removeprefix("model.")
-        if name.endswith(".dt_bias"):
-            name = name.rpartition(".dt_bias")[0] + ".dt_proj.bias"
-        return super().filter_name(name)
+        return super().filter_name(mamba2_name(name))
 
     def expected_shape(self, base: str, bias: bool):
         return None if base.startswith("ssm_") else super().expected_shape(base, bias)

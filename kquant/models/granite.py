@@ -14,7 +14,7 @@ from .. import vocab as V
 from .base import ATTN_BIASES, LLAMA_LAYER, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel
-from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_spec
+from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_name, mamba2_spec
 
 
 def _kv_heads(hp: dict) -> None:
@@ -202,11 +202,7 @@ class GraniteHybridModel(GraniteModel):
 
     # Mamba2Model.filter_tensors
     def filter_name(self, name: str) -> str | None:
-        if name.startswith(("model.backbone", "model.lm_head")):
-            name = name.removeprefix("model.")
-        if name.endswith(".dt_bias"):
-            name = name.rpartition(".dt_bias")[0] + ".dt_proj.bias"
-        return super().filter_name(name)
+        return super().filter_name(mamba2_name(name))
 
     def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
         s = super().tensor_shapes()

@@ -17,7 +17,7 @@ from ..errors import InputError
 from .. import vocab as V
 from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, TextModel, register
 from .hparams import HFConfig
-from .llama import permute_qk
+from .llama import llama_vocab_and_rope_dim, permute_qk
 
 INTERNLM2_REFUSED = (  # models.NOT_PORTED
     "InternLM 2's vocabulary cannot be converted by llama.cpp's converter in its own environment (InternLM2Model.set_vocab "
@@ -65,11 +65,7 @@ class InternLM3Model(TextModel):
     # InternLM3Model.set_gguf_parameters
     def set_gguf_parameters(self) -> None:
         super().set_gguf_parameters()
-        hp = self.hp
-        self.u32("vocab_size", hp["vocab_size"], "vocab_size")
-        if (rope_dim := hp.get("head_dim")) is None:
-            rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
-        self.u32("rope.dimension_count", rope_dim, "head_dim")
+        llama_vocab_and_rope_dim(self)
 
     # InternLM3Model.filter_tensors: visual tensors skipped
     def filter_name(self, name: str) -> str | None:

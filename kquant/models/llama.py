@@ -48,6 +48,16 @@ def qk_permutation(n_rows: int, n_head: int) -> np.ndarray:
     return np.arange(n_rows, dtype=np.int64).reshape(n_head, 2, n_rows // n_head // 2).swapaxes(1, 2).reshape(-1)
 
 
+def llama_vocab_and_rope_dim(model) -> None:
+    """LlamaModel.set_gguf_parameters' own keys: vocab_size, and the rope dimension (head_dim, else
+    hidden_size / num_attention_heads)."""
+    hp = model.hp
+    model.u32("vocab_size", hp["vocab_size"], "vocab_size")
+    if (rope_dim := hp.get("head_dim")) is None:
+        rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
+    model.u32("rope.dimension_count", rope_dim, "head_dim")
+
+
 def permute_qk(model, t, name: str, gname: str, biases: bool = True):
     """LlamaModel.modify_tensors' undo of the HF Q/K permutation (q with num_attention_heads, k with
     num_key_value_heads), for the weights and, with `biases`, the biases: [TensorSpec], or None when
@@ -160,11 +170,7 @@ class LlamaModel(TextModel):
     # LlamaModel.set_gguf_parameters
     def set_gguf_parameters(self) -> None:
         super().set_gguf_parameters()
-        hp = self.hp
-        self.u32("vocab_size", hp["vocab_size"], "vocab_size")
-        if (rope_dim := hp.get("head_dim")) is None:
-            rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
-        self.u32("rope.dimension_count", rope_dim, "head_dim")
+        llama_vocab_and_rope_dim(self)
 
     # LlamaModel.filter_tensors
     def filter_name(self, name: str) -> str | None:

@@ -77,6 +77,17 @@ MAMBA2_BIAS_OK = ("mamba.in_proj", "mamba.conv1d", "mamba.out_proj", "mamba.dt_p
 MAMBA2_BARE = ("mamba.A_log", "mamba.D")
 
 
+# Mamba2Model.filter_tensors
+def mamba2_name(name: str) -> str:
+    """An HF tensor name as Mamba2Model indexes it: `model.backbone.*` / `model.lm_head.*` without
+    `model.`, `*.dt_bias` as `*.dt_proj.bias`."""
+    if name.startswith(("model.backbone", "model.lm_head")):
+        name = name.removeprefix("model.")
+    if name.endswith(".dt_bias"):
+        name = name.rpartition(".dt_bias")[0] + ".dt_proj.bias"
+    return name
+
+
 def find_prefixed(hp: dict, keys, prefixes, optional: bool = False):
     """GraniteHybridModel / FalconH1Model.find_hparam: the keys, then each with a `prefix_` in front."""
     from .hparams import find_hparam
