@@ -348,13 +348,27 @@ def unraisable_hook(previous):
     the next bytecode of the main program, and nothing is printed."""
 
     def hook(u):
-        if isinstance(u.exc_value, KeyboardInterrupt) and len(_interrupted) == 1:
-            signum = _interrupted.pop()
-            signal.raise_signal(signum)  # interrupt_once runs again as the first signal
-            return
-        previous(u)
+        try:
+            if isinstance(u.exc_value, KeyboardInterrupt) and len(_interrupted) == 1:
+                _redeliver(_interrupted.pop())
+                return
+            previous(u)
+        except KeyboardInterrupt:  # a redelivered signal handled inside this hook: deliver it again
+            if len(_interrupted) == 1:
+                _redeliver(_interrupted.pop())
 
     return hook
+
+
+def _redeliver(signum: int) -> None:
+    """Deliver `signum` to the main thread again, from another thread: interrupt_once then runs as
+    the first signal at one of the main program's next bytecodes, normally after the hook calling
+    this has returned (signal.raise_signal here could run it inside the hook, where Python would
+    only print it as "Exception ignored in sys.unraisablehook")."""
+    import _thread
+    import threading
+
+    threading.Thread(target=_thread.interrupt_main, args=(signum,), daemon=True).start()
 
 
 def interrupt_signal() -> int | None:
