@@ -110,7 +110,6 @@ def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
     A split output (`split`) is checked as one unit: the shards recorded are the shards present,
     each unchanged, and the set opens (io.gguf_split.open_gguf checks every shard)."""
     from ..io.gguf import GGUFFile
-    from ..pipeline import FILE_TYPE_KEY
 
     if split:
         return _check_split_complete(out, ftype, fp, record)
@@ -123,22 +122,14 @@ def check_complete(out: Path, ftype: FileType, fp: str, record: dict | None,
     st = out.stat()
     if st.st_size != record.get("size") or st.st_mtime_ns != record.get("mtime_ns"):
         return False, "file changed since it was written", {}
-    try:
-        with GGUFFile(out) as g:
-            ft = g.value(FILE_TYPE_KEY)
-            tensor_bytes = sum(t.nbytes for t in g.tensors)
-            n_elements = sum(_prod(t.shape) for t in g.tensors)
-    except KquantError as e:
-        return False, f"unreadable ({first_line(e)})", {}
-    if ft != int(ftype):
-        return False, f"general.file_type is {ft}, not {int(ftype)} ({ftype.short_name})", {}
-    return True, "", {"file_bytes": st.st_size, "tensor_bytes": tensor_bytes, "n_elements": n_elements,
-                      "seconds": record.get("seconds")}
+    ok, why, totals = _file_totals(GGUFFile, out, ftype)
+    if not ok:
+        return False, why, {}
+    return True, "", {"file_bytes": st.st_size, **totals, "seconds": record.get("seconds")}
 
 
 def _check_split_complete(out: Path, ftype: FileType, fp: str, record: dict | None) -> tuple[bool, str, dict]:
     from ..io.gguf_split import GGUFSplit, existing_shards
-    from ..pipeline import FILE_TYPE_KEY
 
     present = existing_shards(out)
     if not present:
@@ -153,17 +144,27 @@ def _check_split_complete(out: Path, ftype: FileType, fp: str, record: dict | No
         return False, "shards changed while checking", {}
     if now != record["shards"]:
         return False, "shards changed since they were written (or a set is incomplete)", {}
+    ok, why, totals = _file_totals(GGUFSplit, present[0], ftype)
+    if not ok:
+        return False, why, {}
+    return True, "", {"file_bytes": sum(e[1] for e in now), **totals, "seconds": record.get("seconds"),
+                      "first": str(present[0])}
+
+
+def _file_totals(opener, path: Path, ftype: FileType) -> tuple[bool, str, dict]:
+    """(ok, why not, {tensor_bytes, n_elements}) of a written GGUF (or split set, by `opener`) whose
+    general.file_type must be `ftype`."""
+    from ..pipeline import FILE_TYPE_KEY
+
     try:
-        with GGUFSplit(present[0]) as g:
+        with opener(path) as g:
             ft = g.value(FILE_TYPE_KEY)
-            tensor_bytes = sum(t.nbytes for t in g.tensors)
-            n_elements = sum(_prod(t.shape) for t in g.tensors)
+            totals = {"tensor_bytes": sum(t.nbytes for t in g.tensors), "n_elements": sum(_prod(t.shape) for t in g.tensors)}
     except KquantError as e:
         return False, f"unreadable ({first_line(e)})", {}
     if ft != int(ftype):
         return False, f"general.file_type is {ft}, not {int(ftype)} ({ftype.short_name})", {}
-    return True, "", {"file_bytes": sum(e[1] for e in now), "tensor_bytes": tensor_bytes, "n_elements": n_elements,
-                      "seconds": record.get("seconds"), "first": str(present[0])}
+    return True, "", totals
 
 
 def _prod(shape) -> int:
