@@ -75,7 +75,7 @@ EXPERT_GATING_SIGMOID = 2  # gguf-py constants.py ExpertGatingFuncType.SIGMOID
 
 def added_vocab(folder, model_type: str) -> dict[str, int]:
     """transformers' tokenizer.get_added_vocab(): added token content -> id (the higher id wins)."""
-    tok = V.HFTokenizer(folder, model_type)
+    tok = V.HFTokenizer(folder, model_type, only=())
     return {content: i for i, (content, _, _) in sorted(tok.added.items())}
 
 

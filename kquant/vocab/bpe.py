@@ -8,6 +8,8 @@ tokenizer.json (plus the post-processor rewrite transformers' Llama/Gemma fast t
 
 from __future__ import annotations
 
+import json
+from collections.abc import Iterable
 from hashlib import sha256
 from pathlib import Path
 
@@ -144,20 +146,29 @@ _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), ("
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
 
 class HFTokenizer:
-    """tokenizer.json through the `tokenizers` library, behaving like transformers' AutoTokenizer."""
+    """tokenizer.json through the `tokenizers` library, behaving like transformers' AutoTokenizer.
 
-    def __init__(self, folder: Path, model_type: str):
+    `only`: the texts this tokenizer will encode besides its added tokens' contents (None: any text).
+    Given, the BPE model is built with just the merges that can apply to those texts (see
+    `_usable_merges`): the same ids for them, at a fraction of the memory (o200k's 446k merges take
+    ~250 MB in `tokenizers`, its vocabulary ~60 MB)."""
+
+    def __init__(self, folder: Path, model_type: str, only: Iterable[str] | None = None):
         self.path = folder / "tokenizer.json"
         if not self.path.is_file():
             raise UnsupportedError(f"{folder}: no tokenizer.json (slow-only tokenizers are not supported)")
         tj = read_tokenizer_json(self.path)  # also rejects non-JSON before the Rust parser sees it
-        try:
-            self.tok = Tokenizer.from_file(str(self.path))
-        except (KeyboardInterrupt, SystemExit):
-            raise
-        except BaseException as e:  # tokenizers raises plain Exceptions, and pyo3 PanicException (a BaseException)
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise InputError(f"{self.path}: not a valid tokenizer.json ({msg})") from None
+        merges = _merge_list(tj)
+        self._only = None if only is None or merges is None else set(only)
+        if self._only is None:
+            self.tok = self._build(tj, None)
+        else:
+            _check_merges(self.path, tj["model"], merges)  # what building the whole model would refuse
+            bare = self._build(tj, [])
+            self._only.update(t.content for t in bare.get_added_tokens_decoder().values())
+            usable = _usable_merges(merges, _bpe_words(bare, self._only))
+            del bare
+            self.tok = self._build(tj, usable)
         tc_file = folder / "tokenizer_config.json"
         self.tc = read_object(tc_file) if tc_file.is_file() else {}
         self.cls = self.tc.get("tokenizer_class") or _DEFAULT_TOKENIZER_CLASS.get(model_type, "PreTrainedTokenizerFast")
@@ -183,7 +194,18 @@ class HFTokenizer:
             content = self.special_content(typ)
             if content is not None and content not in self.vocab:
                 raise UnsupportedError(f"{tc_file}: {typ}_token {content!r} is not in tokenizer.json")
-        _ = tj
+
+    def _build(self, tj: dict, merges: list | None) -> Tokenizer:
+        """The `tokenizers` object of tokenizer.json, with model.merges replaced by `merges` unless None."""
+        try:
+            if merges is None:
+                return Tokenizer.from_file(str(self.path))
+            return Tokenizer.from_str(json.dumps({**tj, "model": {**tj["model"], "merges": merges}}))
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # tokenizers raises plain Exceptions, and pyo3 PanicException (a BaseException)
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise InputError(f"{self.path}: not a valid tokenizer.json ({msg})") from None
 
     def special_content(self, typ: str) -> str | None:
         entry = self.tc.get(f"{typ}_token")
@@ -193,6 +215,8 @@ class HFTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """AutoTokenizer.encode(text, add_special_tokens=...)."""
+        if self._only is not None and text not in self._only:
+            raise ValueError(f"{self.path}: this tokenizer was built to encode only {len(self._only)} given texts")
         rebuilt = _REBUILT_POSTPROC.get(self.cls)
         if rebuilt is None or not add_special_tokens:
             return list(self.tok.encode(text, add_special_tokens=add_special_tokens).ids)
@@ -217,6 +241,74 @@ class HFTokenizer:
         return text
 
 
+def _merge_list(tj: dict) -> list | None:
+    """model.merges when the merges that can apply to a text are the ones whose two parts joined occur
+    in the text's BPE words (no subword prefix/suffix, no dropout, one token per id); else None."""
+    model = tj.get("model")
+    if not isinstance(model, dict) or model.get("type", "BPE") != "BPE" or model.get("dropout") is not None:
+        return None
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
+        return None
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list) or len(set(vocab.values())) != len(vocab):
+        return None
+    return merges
+
+
+def _merge_parts(m) -> tuple[str, str] | None:
+    """(left, right) of a merge as tokenizers reads it ("a b" legacy strings split on the one space)."""
+    if isinstance(m, str):
+        parts = m.split(" ")
+        return (parts[0], parts[1]) if len(parts) == 2 else None
+    return m[0], m[1]
+
+
+def _check_merges(path: Path, model: dict, merges: list) -> None:
+    """Refuse the merges the BPE model builder refuses (tokenizers models/bpe/model.rs BpeBuilder::build,
+    serialization.rs: a legacy merge not of two parts, a part or the merged token not in the vocabulary)."""
+    vocab = model["vocab"]
+    for rank, m in enumerate(merges):
+        parts = _merge_parts(m)
+        if parts is None:
+            raise InputError(f"{path}: not a valid tokenizer.json (merge {rank + 1} is not two tokens)")
+        for t in (parts[0], parts[1], parts[0] + parts[1]):
+            if t not in vocab:
+                raise InputError(f"{path}: not a valid tokenizer.json (merge token {t!r} is not in the vocabulary)")
+
+
+def _bpe_words(bare: Tokenizer, texts) -> list[str]:
+    """The words the BPE model sees in `texts` (after added-token splitting, normalizer and
+    pre-tokenizer), each as its initial symbols joined: the tokens of `bare`, built without merges."""
+    words = []
+    for text in texts:
+        enc = bare.encode(text, add_special_tokens=False)
+        cur, parts = None, []
+        for tok, w in zip(enc.tokens, enc.word_ids):
+            if w != cur and parts:
+                words.append("".join(parts))
+                parts = []
+            cur = w
+            if w is not None:
+                parts.append(tok)
+        if parts:
+            words.append("".join(parts))
+    return words
+
+
+def _usable_merges(merges: list, words: list[str]) -> list:
+    """The merges, in rank order, that BPE can apply within `words`: a merge joins two adjacent
+    symbols of a word, each the join of a run of its initial symbols, so its two parts joined occur
+    in the word. BPE picks the lowest-ranked applicable merge each step, so dropping merges that can
+    never apply leaves every result unchanged."""
+    joined = "\x00".join(words)
+    out = []
+    for m in merges:
+        a, b = _merge_parts(m)
+        if a + b in joined:
+            out.append(m)
+    return out
+
+
 # conversion/base.py TextModel.get_vocab_base_pre
 def vocab_base_pre(tok: HFTokenizer) -> tuple[str | None, str]:
     """(tokenizer.ggml.pre name or None if unknown, chkhsh)."""
@@ -231,7 +323,7 @@ def known_pre_tokenizers() -> list[str]:
 
 # conversion/base.py TextModel.get_vocab_base
 def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[list[str], list[int], str]:
-    tok = HFTokenizer(folder, model_type)
+    tok = HFTokenizer(folder, model_type, only=(CHKTXT,))
     vocab_size = hp.get("vocab_size", len(tok.vocab))
     if tok.vocab and max(tok.vocab.values()) >= vocab_size:
         raise InputError(f"{tok.path}: token id {max(tok.vocab.values())} is outside config.json vocab_size {vocab_size}")
@@ -243,12 +335,14 @@ def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str |
             raise UnsupportedError(
                 f"{tok.path}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
                 f"one of: {', '.join(known_pre_tokenizers())}")
-    reverse_vocab = {id_: t for t, id_ in tok.vocab.items()}
+    reverse_vocab: list[str | None] = [None] * vocab_size
+    for t, id_ in tok.vocab.items():
+        reverse_vocab[id_] = t
     added_vocab = {content: i for i, (content, _, _) in sorted(tok.added.items())}
     tokens: list[str] = []
     toktypes: list[int] = []
     for i in range(vocab_size):
-        if i not in reverse_vocab:
+        if reverse_vocab[i] is None:
             tokens.append(f"[PAD{i}]")
             toktypes.append(UNUSED)
             continue
