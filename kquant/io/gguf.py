@@ -28,6 +28,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFValueType
 from ..errors import InputError, OutputError, UnsupportedError
 from .fsutil import file_stamp, open_regular, pread_array
 from ..ggml.types import QType
+from .gguf_kv import StringArray
 
 GGUF_MAGIC = b"GGUF"
 GGUF_VERSION = 3  # what the writer emits
@@ -180,7 +181,7 @@ class GGUFStreamWriter:
             vtype = GGUFValueType(vtype)
         except ValueError:
             raise self._err(f"metadata key {_s(key)} has unknown value type {_s(vtype)}") from None
-        is_seq = isinstance(value, (list, tuple, np.ndarray))
+        is_seq = isinstance(value, (list, tuple, np.ndarray, StringArray))
         if vtype == VT.ARRAY:
             if sub_type is None:
                 sub_type = getattr(value, "sub_type", None)
@@ -197,6 +198,10 @@ class GGUFStreamWriter:
             raise self._err(f"metadata key {_s(key)} has unknown element type {_s(sub_type)}") from None
         if sub_type == VT.ARRAY:
             raise self._err(f"metadata key {_s(key)} is an array of arrays, which ggml cannot read")
+        if isinstance(items, StringArray):  # already encoded: kept as it is
+            if sub_type != VT.STRING:
+                raise ValueError(f"metadata key {key!r}: a StringArray is an array of STRING, not {sub_type.name}")
+            return VT.ARRAY, items, struct.pack("<IIQ", VT.ARRAY, sub_type, len(items)) + items.payload
         if isinstance(items, np.ndarray):
             items = items.reshape(-1)
         payload = self._encode_array(key, sub_type, items)
@@ -377,7 +382,8 @@ class GGUFStreamWriter:
             out += self._encode_str(name, name) + struct.pack("<I", len(ne))
             out += struct.pack(f"<{len(ne)}Q", *ne) + struct.pack("<IQ", gt, offset)
             offset += pad_to(nbytes, self.alignment)
-        self._write(bytes(out))
+        self._write(out)
+        del out
         self._write_padding()
         self.data_offset = self._pos
         self._state = "data"

@@ -13,6 +13,8 @@ value is a list of one plain Python type whose GGUF element type follows gguf-py
 
 from __future__ import annotations
 
+import struct
+from collections.abc import Iterable, Sequence
 from string import ascii_letters, digits
 from typing import Any
 
@@ -63,6 +65,55 @@ ADD_SPECIAL_TOKEN_KEYS = {
 }
 
 
+class StringArray(Sequence):
+    """A GGUF array of strings held as its encoded payload (each a u64 length and UTF-8 bytes, as
+    GGUFWriter writes it): o200k's 200k tokens and 446k merges in ~12 MB, not ~60 MB of Python
+    strings. The writer copies the payload as it is; iterating decodes."""
+
+    sub_type = GGUFValueType.STRING
+
+    def __init__(self, items: Iterable[str]):
+        buf, n, pack = bytearray(), 0, struct.Struct("<Q").pack
+        for v in items:
+            try:
+                b = v.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                raise ValueError(f"string {v!r} is not encodable as UTF-8") from None
+            buf += pack(len(b))
+            buf += b
+            n += 1
+        self.payload, self._n = bytes(buf), n
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __iter__(self):
+        p, mv, unpack = self.payload, memoryview(self.payload), struct.Struct("<Q").unpack_from
+        pos = 0
+        for _ in range(self._n):
+            (k,) = unpack(p, pos)
+            yield str(mv[pos + 8 : pos + 8 + k], "utf-8", "surrogateescape")
+            pos += 8 + k
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return list(self)[i]
+        if not -self._n <= i < self._n:
+            raise IndexError(i)
+        i %= self._n
+        for k, v in enumerate(self):
+            if k == i:
+                return v
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, StringArray):
+            return self.payload == other.payload and self._n == other._n
+        return isinstance(other, Sequence) and not isinstance(other, str) and list(self) == list(other)
+
+    def __repr__(self) -> str:
+        return f"StringArray({self._n} strings, {len(self.payload)} bytes)"
+
+
 class KVRecorder:
     """Ordered GGUF metadata with GGUFWriter.add_key_value semantics (first position, last value)."""
 
@@ -111,7 +162,7 @@ class KVRecorder:
     def add_array(self, key: str, val: list) -> None:
         if len(val) == 0:
             return
-        self.add_key_value(key, list(val), GGUFValueType.ARRAY)
+        self.add_key_value(key, val if isinstance(val, StringArray) else list(val), GGUFValueType.ARRAY)
 
     def a(self, key: str) -> str:
         """`key` with `{arch}` filled in."""

@@ -16,7 +16,8 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from ..errors import InputError, UnsupportedError
-from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE, KVRecorder
+from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE, KVRecorder, StringArray
+from ..io.jsonio import LazyArray
 from .special import (
     CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, does_token_look_special,
     read_object,
@@ -241,7 +242,7 @@ class HFTokenizer:
         return text
 
 
-def _merge_list(tj: dict) -> list | None:
+def _merge_list(tj: dict) -> list | LazyArray | None:
     """model.merges when the merges that can apply to a text are the ones whose two parts joined occur
     in the text's BPE words (no subword prefix/suffix, no dropout, one token per id); else None."""
     model = tj.get("model")
@@ -250,7 +251,7 @@ def _merge_list(tj: dict) -> list | None:
     if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix"):
         return None
     vocab, merges = model.get("vocab"), model.get("merges")
-    if not isinstance(vocab, dict) or not isinstance(merges, list) or len(set(vocab.values())) != len(vocab):
+    if not isinstance(vocab, dict) or not isinstance(merges, (list, LazyArray)) or len(set(vocab.values())) != len(vocab):
         return None
     return merges
 
@@ -368,10 +369,12 @@ def set_vocab_gpt2(rec: KVRecorder, folder: Path, hp: dict, model_type: str, tok
     tokens, toktypes, tokpre = get_vocab_base(folder, hp, model_type, tokenizer_pre)
     rec.add_string(TOK_MODEL, "gpt2")
     rec.add_string(TOK_PRE, tokpre)
-    rec.add_array(TOK_LIST, tokens)
+    n = len(tokens)
+    rec.add_array(TOK_LIST, StringArray(tokens))  # tokenizers' strings are always valid UTF-8
+    del tokens
     rec.add_array(TOK_TYPE, toktypes)
     SpecialVocab(folder, load_merges=True).add_to_gguf(rec)
-    return len(tokens)
+    return n
 
 
 # gguf-py vocab.py LlamaHfVocab.__init__ pre-check: which path LlamaModel.set_vocab takes without tokenizer.model

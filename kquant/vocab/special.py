@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..io.gguf_kv import TOK_MERGES, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS, KVRecorder
+from ..io.gguf_kv import TOK_MERGES, TOK_NORMALIZER_LOWERCASE, TOK_NORMALIZER_STRIP_ACCENTS, KVRecorder, StringArray
 from ..io import jsonio
 
 # gguf-py constants.py TokenType (== SentencePiece's ModelProto.SentencePiece.Type)
@@ -39,7 +39,7 @@ class SpecialVocab:
         self.add_special_token: dict[str, bool] = {}
         self.n_vocab = n_vocab
         self.load_merges = load_merges
-        self.merges: list[str] = []
+        self.merges: list[str] | StringArray = []
         self.chat_template = None
         self.normalizer_lowercase = None
         self.normalizer_strip_accents = None
@@ -51,7 +51,13 @@ class SpecialVocab:
 
     def add_to_gguf(self, gw: KVRecorder) -> None:
         if self.merges:
-            gw.add_array(TOK_MERGES, self.merges)
+            merges = self.merges
+            if not isinstance(merges, StringArray):
+                try:
+                    merges = StringArray(merges)
+                except ValueError as e:
+                    raise InputError(f"merges: {e}") from None
+            gw.add_array(TOK_MERGES, merges)
         for typ, tokid in self.special_token_ids.items():
             gw.add_special_token_id(typ, tokid)  # no handler (cls, prefix, ...): skipped upstream too
         for typ, value in self.add_special_token.items():
@@ -120,20 +126,26 @@ class SpecialVocab:
             tokenizer = read_tokenizer_json(tokenizer_file)
             if self.load_merges:
                 merges = tokenizer.get("model", {}).get("merges")
-                if isinstance(merges, list) and merges:
-                    if isinstance(merges[0], str):
-                        self.merges = merges
-                    elif isinstance(merges[0], list) and len(merges[0]) == 2 and isinstance(merges[0][0], str):
+                if isinstance(merges, (list, jsonio.LazyArray)) and len(merges):
+                    # kept encoded (StringArray): o200k's 446k merges as Python strings take ~40 MB
+                    first = merges[0]
+                    if isinstance(first, str):
+                        merges_out = merges
+                    elif isinstance(first, list) and len(first) == 2 and isinstance(first[0], str):
                         # transformers >= 4.45 pairs; spaces inside a part are encoded as U+0120
                         if not any(" " in a or " " in b for a, b in merges):
-                            self.merges = [a + " " + b for a, b in merges]
+                            merges_out = (a + " " + b for a, b in merges)
                         else:
-                            self.merges = [
+                            merges_out = (
                                 " ".join(["".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair])
                                 for pair in merges
-                            ]
+                            )
                     else:
                         raise InputError(f"{tokenizer_file}: unknown format of model.merges")
+                    try:
+                        self.merges = StringArray(merges_out)
+                    except ValueError as e:
+                        raise InputError(f"{tokenizer_file}: model.merges: {e}") from None
             if normalizer := tokenizer.get("normalizer"):
                 self._parse_normalizer(normalizer)
             added_tokens = tokenizer.get("added_tokens", {})
@@ -276,15 +288,32 @@ def clear_tokenizer_cache() -> None:
 
 
 def read_tokenizer_json(path: Path, max_bytes: int = TOKENIZER_MAX_BYTES) -> dict:
-    """tokenizer.json, parsed and shape-checked once per file version (several readers here; none mutate it)."""
+    """tokenizer.json, parsed and shape-checked once per file version (several readers here; none mutate it).
+    model.merges is a jsonio.LazyArray (a sequence parsed again on each pass) unless malformed."""
     st = path.stat()
     key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
     if key not in _JSON_CACHE:
         _JSON_CACHE.clear()
-        tj = read_object(path, max_bytes)
+        tj = jsonio.read_object_lazy(path, max_bytes, ("model", "merges"), _merge_checker())
         _check_tokenizer_shape(tj, path)
         _JSON_CACHE[key] = tj
     return _JSON_CACHE[key]
+
+
+def _merge_checker():
+    """model.merges elements read_tokenizer_json may keep as text: all strings, or all [string, string]
+    pairs (the rest takes the whole-tree path, whose _check_tokenizer_shape names the problem)."""
+    kind = None
+
+    def ok(m) -> bool:
+        nonlocal kind
+        k = str if type(m) is str else list if (type(m) is list and len(m) == 2 and type(m[0]) is str
+                                                 and type(m[1]) is str) else None
+        if kind is None:
+            kind = k
+        return k is not None and k is kind
+
+    return ok
 
 
 def read_object(path: Path, max_bytes: int = jsonio.MAX_BYTES) -> dict:
@@ -315,7 +344,7 @@ def _check_tokenizer_shape(tj: dict, path: Path) -> None:
                                       or isinstance(vocab, list)):
             bad("model.vocab", "an object of token -> id (or a Unigram list)")
         merges = model.get("merges")
-        if merges is not None and not (isinstance(merges, list) and (
+        if merges is not None and not isinstance(merges, jsonio.LazyArray) and not (isinstance(merges, list) and (
                 all(isinstance(m, str) for m in merges)
                 or all(isinstance(m, list) and len(m) == 2 and isinstance(m[0], str) and isinstance(m[1], str)
                        for m in merges))):
