@@ -9,9 +9,11 @@ variants and requires the same tokenizer.* keys, in the same order, with equal t
 
 from __future__ import annotations
 
+import gc
 import gzip
 import json
 import shutil
+import weakref
 from pathlib import Path
 
 import pytest
@@ -23,8 +25,10 @@ from kquant.models.hparams import to_hparams
 from kquant.errors import InputError, UnsupportedError
 from test_arch import kv_equal, read_gguf  # noqa: E402  (tests/ is on sys.path under pytest)
 
+from kquant.io import jsonio
+from kquant.io.gguf_kv import StringArray
 from kquant.vocab import (
-    HFTokenizer, SpecialVocab, create_vocab_sentencepiece, read_spm_model, vocab_base_pre,
+    CHKTXT, HFTokenizer, SpecialVocab, bpe, create_vocab_sentencepiece, read_spm_model, special, vocab_base_pre,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,6 +167,101 @@ def test_bpe_vocab_equals_gguf(tokdir, name, model_type, n_vocab):
     # the old converter that made ggml-vocab-qwen2.gguf typed [PADn] as USER_DEFINED; now UNUSED
     assert [5 if t == 4 else t for t in ref["tokenizer.ggml.token_type"]] == kv["tokenizer.ggml.token_type"]
     assert kv["tokenizer.ggml.eos_token_id"] == ref["tokenizer.ggml.eos_token_id"]
+
+
+@needs_vocabs
+@pytest.mark.parametrize("name,model_type", [("llama-bpe", "llama"), ("qwen2", "qwen2"), ("gpt-2", "gpt2")])
+def test_lean_tokenizer_encodes_like_the_whole_one(tokdir, name, model_type):
+    """HFTokenizer(only=texts) keeps just the merges those texts can use, and encodes them as the
+    tokenizer with every merge does (llama.cpp's test vectors: emoji, CJK, digits, whitespace runs)."""
+    d = tokdir(name, copy=False)
+    texts = [t for t, _ in vectors(name)] + [CHKTXT]
+    whole, lean = HFTokenizer(d, model_type), HFTokenizer(d, model_type, only=texts)
+    assert [lean.encode(t) for t in texts] == [whole.encode(t) for t in texts]
+    assert [lean.encode(t, add_special_tokens=False) for t in texts] == [whole.encode(t, add_special_tokens=False) for t in texts]
+    n_whole, n_lean = (len(json.loads(t.tok.to_str())["model"]["merges"]) for t in (whole, lean))
+    assert 0 < n_lean < n_whole // 20
+    with pytest.raises(ValueError, match="only"):
+        lean.encode("a text it was not built for")
+
+
+@pytest.mark.parametrize("name,model_type,pre", [("gpt-oss", "gpt_oss", "gpt-4o"), ("deepseek-v3", "deepseek_v3", "deepseek-v3")])
+def test_lean_tokenizer_hash(tokdir, name, model_type, pre):
+    d = tokdir(name, copy=False)
+    lean = vocab_base_pre(HFTokenizer(d, model_type, only=(CHKTXT,)))
+    assert lean[0] == pre and lean == vocab_base_pre(HFTokenizer(d, model_type))
+
+
+def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
+    """set_vocab of o200k (446k merges): every `tokenizers` object it builds is gone when it returns,
+    none holds more than a few merges, the parsed tokenizer.json is forgotten, and the token and
+    merge arrays are kept encoded (memory, not time: ~250 MB of merges in `tokenizers` otherwise)."""
+    real, built = bpe.Tokenizer, []
+
+    class Spy:
+        @staticmethod
+        def from_file(path):
+            t = real.from_file(path)
+            built.append((weakref.ref(t), len(special.read_tokenizer_json(Path(path))["model"]["merges"])))
+            return t
+
+        @staticmethod
+        def from_str(text):
+            t = real.from_str(text)
+            built.append((weakref.ref(t), len(json.loads(text)["model"]["merges"])))
+            return t
+
+    monkeypatch.setattr(bpe, "Tokenizer", Spy)
+    rec = KVRecorder("x")
+    set_vocab("default", rec, tokdir("gpt-oss", copy=False), hp_for("qwen3_moe", 201088))
+    gc.collect()
+    assert built and all(ref() is None for ref, _ in built)
+    assert max(n for _, n in built) < 5000
+    assert not special._JSON_CACHE
+    tokens, merges = rec.get("tokenizer.ggml.tokens"), rec.get("tokenizer.ggml.merges")
+    assert isinstance(tokens, StringArray) and len(tokens) == 201088
+    assert isinstance(merges, StringArray) and len(merges) == 446189
+
+
+@pytest.mark.parametrize("merges,lazy", [
+    (["a b", "ab c"], True), ([["a", "b"], ["ab", "c"]], True), ([], False),
+    (["a b", ["ab", "c"]], False), ([["a", "b", "c"]], False), ([1], False),
+])
+def test_merges_read_lazily(tmp_path, merges, lazy):
+    """model.merges stays text (a LazyArray equal to the parsed list) when it has one of the two
+    shapes; anything else takes the whole-tree path and its error."""
+    p = tmp_path / "tokenizer.json"
+    doc = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3}, "merges": merges}, "x": [1]}
+    p.write_text(json.dumps(doc, indent=1))
+    special.clear_tokenizer_cache()
+    if not lazy and merges:
+        with pytest.raises(InputError, match="model.merges"):
+            special.read_tokenizer_json(p)
+        return
+    tj = special.read_tokenizer_json(p)
+    special.clear_tokenizer_cache()
+    got = tj["model"]["merges"]
+    assert isinstance(got, jsonio.LazyArray) == lazy
+    assert list(got) == merges and len(got) == len(merges) and {**tj, "model": {**tj["model"], "merges": merges}} == doc
+    if merges:
+        assert got[0] == merges[0] and got[-1] == merges[-1]
+
+
+def test_string_array_encodes_as_a_list():
+    from kquant.io.gguf import GGUFStreamWriter
+    import io
+    items = ["a", "", "Ġthe", "🦙", "\udcff"]
+    out = []
+    for value in (items, StringArray(items)):
+        f = io.BytesIO()
+        w = GGUFStreamWriter(f)
+        w.add_kv("k", 9, value, 8)  # ARRAY of STRING
+        w.write_header()
+        w.finish()
+        out.append(f.getvalue())
+    assert out[0] == out[1] and list(StringArray(items)) == items and StringArray(items) == items
+    with pytest.raises(ValueError, match="not encodable"):
+        StringArray(["\ud800"])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,10 +164,9 @@ class HFTokenizer:
         if self._only is None:
             self.tok = self._build(tj, None)
         else:
-            _check_merges(self.path, tj["model"], merges)  # what building the whole model would refuse
             bare = self._build(tj, [])
             self._only.update(t.content for t in bare.get_added_tokens_decoder().values())
-            usable = _usable_merges(merges, _bpe_words(bare, self._only))
+            usable = _usable_merges(self.path, tj["model"]["vocab"], merges, _bpe_words(bare, self._only))
             del bare
             self.tok = self._build(tj, usable)
         tc_file = folder / "tokenizer_config.json"
@@ -256,27 +255,6 @@ def _merge_list(tj: dict) -> list | LazyArray | None:
     return merges
 
 
-def _merge_parts(m) -> tuple[str, str] | None:
-    """(left, right) of a merge as tokenizers reads it ("a b" legacy strings split on the one space)."""
-    if isinstance(m, str):
-        parts = m.split(" ")
-        return (parts[0], parts[1]) if len(parts) == 2 else None
-    return m[0], m[1]
-
-
-def _check_merges(path: Path, model: dict, merges: list) -> None:
-    """Refuse the merges the BPE model builder refuses (tokenizers models/bpe/model.rs BpeBuilder::build,
-    serialization.rs: a legacy merge not of two parts, a part or the merged token not in the vocabulary)."""
-    vocab = model["vocab"]
-    for rank, m in enumerate(merges):
-        parts = _merge_parts(m)
-        if parts is None:
-            raise InputError(f"{path}: not a valid tokenizer.json (merge {rank + 1} is not two tokens)")
-        for t in (parts[0], parts[1], parts[0] + parts[1]):
-            if t not in vocab:
-                raise InputError(f"{path}: not a valid tokenizer.json (merge token {t!r} is not in the vocabulary)")
-
-
 def _bpe_words(bare: Tokenizer, texts) -> list[str]:
     """The words the BPE model sees in `texts` (after added-token splitting, normalizer and
     pre-tokenizer), each as its initial symbols joined: the tokens of `bare`, built without merges."""
@@ -296,17 +274,29 @@ def _bpe_words(bare: Tokenizer, texts) -> list[str]:
     return words
 
 
-def _usable_merges(merges: list, words: list[str]) -> list:
+def _usable_merges(path: Path, vocab: dict, merges, words: list[str]) -> list:
     """The merges, in rank order, that BPE can apply within `words`: a merge joins two adjacent
     symbols of a word, each the join of a run of its initial symbols, so its two parts joined occur
-    in the word. BPE picks the lowest-ranked applicable merge each step, so dropping merges that can
-    never apply leaves every result unchanged."""
+    in the word. BPE applies the lowest-ranked applicable merge at each step, so dropping merges that
+    can never apply changes no result. Refuses, naming the merge, what building the whole model would
+    (tokenizers serialization.rs / models/bpe/model.rs BpeBuilder::build: a legacy merge not of
+    two parts, a part or the merged token not in the vocabulary)."""
     joined = "\x00".join(words)
     out = []
-    for m in merges:
-        a, b = _merge_parts(m)
-        if a + b in joined:
+    for rank, m in enumerate(merges):
+        if type(m) is str:
+            parts = m.split(" ")
+            if len(parts) != 2:
+                raise InputError(f"{path}: not a valid tokenizer.json (merge {rank + 1} is not two tokens)")
+            a, b = parts
+        else:
+            a, b = m
+        ab = a + b
+        if ab in joined:
             out.append(m)
+        if ab not in vocab or a not in vocab or b not in vocab:
+            bad = next(t for t in (a, b, ab) if t not in vocab)
+            raise InputError(f"{path}: not a valid tokenizer.json (merge token {bad!r} is not in the vocabulary)")
     return out
 
 
