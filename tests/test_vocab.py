@@ -192,6 +192,23 @@ def test_lean_tokenizer_hash(tokdir, name, model_type, pre):
     assert lean[0] == pre and lean == vocab_base_pre(HFTokenizer(d, model_type))
 
 
+@pytest.mark.parametrize("merges", [["#version: 0.2", "a b", "ab c"], [["a", "b"], ["b", "c"]], ["a b c"], ["a b", "a  b"],
+                                    [["a", "x"]], [["a", "c"]]])
+def test_lean_tokenizer_refuses_what_the_whole_one_refuses(tmp_path, merges):
+    doc = {"version": "1.0", "model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2, "c": 3, "bc": 4, "abc": 5},
+                                       "merges": merges}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc))
+    outcomes = []
+    for only in (None, ["abc", "cab"]):
+        special.clear_tokenizer_cache()
+        try:
+            tok = HFTokenizer(tmp_path, "x", only=only)
+            outcomes.append([tok.encode(t) for t in ("abc", "cab")])
+        except InputError as e:
+            outcomes.append("not a valid tokenizer.json" in str(e))
+    assert outcomes[0] == outcomes[1]
+
+
 def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
     """set_vocab of o200k (446k merges): every `tokenizers` object it builds is gone when it returns,
     none holds more than a few merges, the parsed tokenizer.json is forgotten, and the token and

@@ -283,8 +283,11 @@ def _usable_merges(path: Path, vocab: dict, merges, words: list[str]) -> list:
     two parts, a part or the merged token not in the vocabulary)."""
     joined = "\x00".join(words)
     out = []
-    for rank, m in enumerate(merges):
+    rank = 0
+    for m in merges:
         if type(m) is str:
+            if m.startswith("#version"):
+                continue  # skipped by tokenizers (convert_merges_to_hashmap), not counted
             parts = m.split(" ")
             if len(parts) != 2:
                 raise InputError(f"{path}: not a valid tokenizer.json (merge {rank + 1} is not two tokens)")
@@ -297,6 +300,7 @@ def _usable_merges(path: Path, vocab: dict, merges, words: list[str]) -> list:
         if ab not in vocab or a not in vocab or b not in vocab:
             bad = next(t for t in (a, b, ab) if t not in vocab)
             raise InputError(f"{path}: not a valid tokenizer.json (merge token {bad!r} is not in the vocabulary)")
+        rank += 1
     return out
 
 
