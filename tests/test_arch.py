@@ -245,7 +245,7 @@ def as_transformers5(cfg: dict) -> dict:
         c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
     if mt == "mixtral":
         c.setdefault("head_dim", None)
-    if mt in ("deepseek_v2", "deepseek_v3"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
+    if mt in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
         c["qk_head_dim"] = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
         c["head_dim"] = c["qk_rope_head_dim"]
     if mt in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe") and not c.get("use_sliding_window", False):
@@ -1333,10 +1333,11 @@ def case_llama4(rng):
     return c, t, "llama-bpe", {}
 
 
-def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
+def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0, dsa=False) -> dict[str, tuple[np.ndarray, str]]:
     """Tensors of a DeepSeek V2/V3 decoder with config `c`: MLA attention (q_a/q_b or q_proj), dense
     first layers, then a router (+ e_score_correction_bias with topk_method noaux_tc), routed and
-    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them)."""
+    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them).
+    `dsa` (DeepSeek V3.2): every layer has the DSA indexer, and the NextN layers are whole layers (kept)."""
     e, v, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
     nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     kv_lora, q_lora = c["kv_lora_rank"], c.get("q_lora_rank")
@@ -1349,10 +1350,21 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         return {p + "gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "up_proj.weight": (heavy(rng, (f, e)), "BF16"),
                 p + "down_proj.weight": (heavy(rng, (e, f)), "BF16")}
 
-    for i in range(c["num_hidden_layers"]):
+    for i in range(c["num_hidden_layers"] + (mtp_layers if dsa else 0)):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
         t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if dsa:  # the lightning indexer: wq_b from q_a's output, wk, a LayerNorm on k, per-head weights
+            n_ix, d_ix = c["index_n_heads"], c["index_head_dim"]
+            t[p + "self_attn.indexer.wq_b.weight"] = (heavy(rng, (n_ix * d_ix, q_lora)), "BF16")
+            t[p + "self_attn.indexer.wk.weight"] = (heavy(rng, (d_ix, e)), "BF16")
+            t[p + "self_attn.indexer.k_norm.weight"] = (1 + heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.k_norm.bias"] = (heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.weights_proj.weight"] = (heavy(rng, (n_ix, e)), "BF16")
+        if i >= c["num_hidden_layers"]:  # DeepSeek V3.2's NextN layer (its own embed_tokens / shared_head.head left out)
+            for n in ("enorm", "hnorm", "shared_head.norm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
         if q_lora is None:
             t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * (nope + rope), e)), "BF16")
         else:
@@ -1372,7 +1384,7 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         t.update(mlp(p + "mlp.shared_experts.", ff_x * n_sh))
         for x in range(n_x):
             t.update(mlp(p + f"mlp.experts.{x}.", ff_x))
-    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + mtp_layers):  # DeepSeek-V3's NextN layer
+    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + (0 if dsa else mtp_layers)):  # DeepSeek-V3's NextN layer
         p = f"model.layers.{i}."
         for n in ("enorm", "hnorm", "shared_head.norm", "input_layernorm"):
             t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
@@ -1411,6 +1423,19 @@ def case_deepseek3(rng):
                     n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
                     norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, **_DEEPSEEK)
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
+
+
+def case_deepseek32(rng):
+    # DeepSeek-V3.2-Exp's layout at width 256 (DeepseekV32ForCausalLM, no transformers 4.57.6 config class: config.json
+    # read as it is): V3's MLA + MoE, the DSA indexer in every layer, and an MTP layer the converter keeps
+    c = base_config("DeepseekV32ForCausalLM", "deepseek_v32", 129280, hidden_size=256, intermediate_size=512,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
+                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, moe_layer_freq=1,
+                    index_n_heads=4, index_head_dim=64, index_topk=16, ep_size=1, **_DEEPSEEK)
+    return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
 
 def case_deepseek(rng):
@@ -1500,6 +1525,7 @@ CASES = {
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
+    "deepseek32": case_deepseek32,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
@@ -1508,7 +1534,7 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3",
+               "deepseek2-lite", "deepseek3", "deepseek32",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4")
@@ -2281,6 +2307,21 @@ def test_hunyuan_needs_tokenizer_json(models):
     d = models("hunyuan-dense")
     (d / "tokenizer.json").unlink()
     with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)
+
+
+def test_deepseek32_spec(models):
+    """DeepSeek V3.2: the indexer in every layer (proj kept F32 as the converter keeps it), the MTP layer kept as
+    block 2 with its nextn tensors; a tokenizer without add_bos_token is refused as the converter's assert refuses it."""
+    d = models("deepseek32")
+    spec = load_spec(d, vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.arch == "deepseek32" and spec.n_layer == 3
+    assert by["blk.1.indexer.proj.weight"].ref_type == QType.F32 and by["blk.2.indexer.k_norm.bias"].shape == (64,)
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.attn_k_b.weight"} <= set(by)
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": False}))
+    with pytest.raises(UnsupportedError, match="add_bos_token"):
         load_spec(d)
 @pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
                                         ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])
