@@ -182,7 +182,7 @@ def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
 # transformers 5.x save_pretrained, as far as the converter can see it (transformers 5.25
 # configuration_utils.py / modeling_rope_utils.py RotaryEmbeddingConfigMixin, and the config classes'
 # __post_init__ / convert_rope_params_to_dict / attribute_map)
-_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6}
+_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6, "minimax_m2": 5e6}
 _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"num_experts": "num_local_experts"}}
 # (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
 # from config.json itself (the same defaults as transformers 4.57.6's classes)
@@ -1165,6 +1165,26 @@ def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj",
     return t
 
 
+def case_minimax_m2(rng):
+    # MiniMax-M2's layout at width 256 (no transformers 4.57.6 config class: config.json read as it is): head_dim 128
+    # with rotary_dim 64, Q/K norms over the whole projection, 4 sigmoid-routed experts with e_score_correction_bias.
+    # GPT-2's tokenizer stands in for MiniMax's (no package ships it; the family code does not depend on it).
+    c = base_config("MiniMaxM2ForCausalLM", "minimax_m2", 50257, hidden_size=256, intermediate_size=256,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=128, rotary_dim=64, num_local_experts=4,
+                    num_experts_per_tok=2, scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True,
+                    qk_norm_type="per_layer", shared_intermediate_size=0, attn_type_list=[1, 1], use_mtp=True,
+                    num_mtp_modules=3, mtp_transformer_layers=1, rope_theta=5000000, max_position_embeddings=196608,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (4 * 128,), 0.1), "BF16")
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (2 * 128,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, 256, 256, names=("w1", "w3", "w2")))
+        t[p + "block_sparse_moe.e_score_correction_bias"] = (heavy(rng, (4,), 1.0), "F32")
+    return c, t, "gpt-2", {}
+
+
 def case_phimoe(rng):
     # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
     hd = 64
@@ -1520,7 +1540,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -1534,7 +1554,7 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "deepseek32",
+               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4")
