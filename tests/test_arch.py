@@ -1185,6 +1185,68 @@ def case_minimax_m2(rng):
     return c, t, "gpt-2", {}
 
 
+def bailing_tensors(rng, c: dict, *, v2: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """Ling (Bailing MoE) layers: fused query_key_value, attention.dense, (v2) Q/K norms, dense first layers,
+    then a router (+ expert_bias), routed and shared experts; (v2) whole NextN layers past num_hidden_layers."""
+    e, v, nh, nkv = c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or e // nh
+    ff_x, n_x = c["moe_intermediate_size"], c["num_experts"]
+    ff_sh = c.get("moe_shared_expert_intermediate_size") or ff_x * c["num_shared_experts"]
+    t = {"model.word_embeddings.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    n_main = c["num_hidden_layers"]
+    for i in range(n_main + c.get("num_nextn_predict_layers", 0)):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "attention.query_key_value.weight"] = (heavy(rng, ((nh + 2 * nkv) * hd, e)), "BF16")
+        t[p + "attention.dense.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        if v2:
+            t[p + "attention.query_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+            t[p + "attention.key_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+        if i < c["first_k_dense_replace"]:
+            t.update({p + f"mlp.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (c["intermediate_size"], e)), ("up_proj", (c["intermediate_size"], e)),
+                ("down_proj", (e, c["intermediate_size"])))})
+        else:
+            t.update(expert_tensors(rng, p + "mlp.", n_x, e, ff_x))
+            if c.get("moe_router_enable_expert_bias"):
+                t[p + "mlp.gate.expert_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+            t.update({p + f"mlp.shared_experts.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (ff_sh, e)), ("up_proj", (ff_sh, e)), ("down_proj", (e, ff_sh)))})
+        if i >= n_main:  # NextN layer
+            for n in ("enorm", "hnorm", "final_layernorm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return t
+
+
+def case_bailingmoe2(rng):
+    # Ling-mini-2.0's layout at width 256 (model_type bailing_moe, no transformers 4.57.6 class: config.json read as it is):
+    # one dense layer, then sigmoid group routing with expert_bias and a shared expert; an MTP layer the converter keeps.
+    # GPT-2's tokenizer stands in for Ling's (no package ships it; the family code does not depend on it).
+    c = base_config("BailingMoeV2ForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.5, rotary_dim=64,
+                    first_k_dense_replace=1, num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                    moe_intermediate_size=256, moe_shared_expert_intermediate_size=256, n_group=2, topk_group=1,
+                    routed_scaling_factor=2.5, score_function="sigmoid", norm_topk_prob=True, router_dtype="fp32",
+                    moe_router_enable_expert_bias=True, num_nextn_predict_layers=1, use_qk_norm=True, use_qkv_bias=False,
+                    use_bias=False, rope_theta=600000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=True), "gpt-2", {}
+
+
+def case_bailingmoe(rng):
+    # Ling-lite-1.5's layout at width 256: every layer MoE, 2 shared experts, fused QKV split and Q/K permuted
+    c = base_config("BailingMoeForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=128,
+                    num_attention_heads=4, num_key_value_heads=2, first_k_dense_replace=0, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=2, moe_intermediate_size=128, norm_topk_prob=True,
+                    norm_head=False, norm_softmax=False, use_bias=False, use_qkv_bias=False, rope_theta=600000,
+                    max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=50256,
+                    pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=False), "gpt-2", {}
+
+
 def case_phimoe(rng):
     # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
     hd = 64
@@ -1541,6 +1603,7 @@ CASES = {
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
     "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
+    "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -1554,7 +1617,7 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2",
+               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4")
@@ -2314,6 +2377,11 @@ def test_moe_tail_specs(models):
     ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
     ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
     ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+    ("bailingmoe", dict(norm_head=True), "'norm_head' is not supported"),
+    ("bailingmoe", dict(first_k_dense_replace=1), "first_k_dense_replace > 0\\) is not supported"),
+    ("bailingmoe2", dict(routed_scaling_factor=...), "routed_scaling_factor must be a number"),
+    ("minimax-m2", dict(rotary_dim=...), "'rotary_dim' must be a positive integer"),
+    ("deepseek32", dict(index_topk=...), "'index_topk' must be a positive integer"),
 ])
 def test_moe_tail_config_errors(models, case, edit, match):
     d = models(case, tokenizer=False)
