@@ -1247,6 +1247,45 @@ def case_bailingmoe(rng):
     return c, bailing_tensors(rng, c, v2=False), "gpt-2", {}
 
 
+def case_afmoe(rng):
+    # Arcee Trinity's layout at width 256 (model_type afmoe, no transformers 4.57.6 class: config.json read as it is):
+    # gated attention with Q/K norms, four norms per layer, one dense layer, then sigmoid-routed experts with
+    # expert_bias and a shared expert. GPT-2's tokenizer stands in for Trinity's (no package ships it).
+    c = base_config("AfmoeForCausalLM", "afmoe", 50257, hidden_size=256, intermediate_size=512, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=128, moe_intermediate_size=256, num_dense_layers=1, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=1, score_func="sigmoid", route_norm=True, route_scale=2.826,
+                    n_group=1, topk_group=1, sliding_window=128, global_attn_every_n_layers=4, mup_enabled=True,
+                    layer_types=["sliding_attention", "full_attention"], rope_theta=10000.0, max_position_embeddings=8192,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    e, hd = 256, 128
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("pre_mlp_layernorm", "post_mlp_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "self_attn.gate_proj.weight"] = (heavy(rng, (2 * hd, e)), "BF16")
+        if i < c["num_dense_layers"]:
+            for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+            continue
+        t.update(expert_tensors(rng, p + "mlp.", 4, e, 256, gate="router.gate"))
+        t[p + "mlp.expert_bias"] = (heavy(rng, (4,), 1.0), "F32")
+        for w, shp in (("gate_proj", (256, e)), ("up_proj", (256, e)), ("down_proj", (e, 256))):
+            t[p + f"mlp.shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_arcee(rng):
+    # AFM-4.5B's layout (ArceeForCausalLM): Llama attention, an up/down ReLU^2 MLP without gate, YaRN
+    c = base_config("ArceeForCausalLM", "arcee", 32000, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=65536, hidden_act="relu2", bos_token_id=1, eos_token_id=2,
+                    rope_scaling={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096})
+    t = dense_tensors(rng, c)
+    for i in range(c["num_hidden_layers"]):
+        del t[f"model.layers.{i}.mlp.gate_proj.weight"]
+    return c, t, "llama-spm", {}
+
+
 def case_phimoe(rng):
     # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
     hd = 64
@@ -1603,7 +1642,7 @@ CASES = {
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
     "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
-    "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe,
+    "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -1617,11 +1656,11 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe",
+               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4")
-TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
@@ -2382,6 +2421,8 @@ def test_moe_tail_specs(models):
     ("bailingmoe2", dict(routed_scaling_factor=...), "routed_scaling_factor must be a number"),
     ("minimax-m2", dict(rotary_dim=...), "'rotary_dim' must be a positive integer"),
     ("deepseek32", dict(index_topk=...), "'index_topk' must be a positive integer"),
+    ("afmoe", dict(num_dense_layers=-1), "'num_dense_layers' must be a non-negative integer"),
+    ("afmoe", dict(route_norm="yes"), "'route_norm' must be true or false"),
 ])
 def test_moe_tail_config_errors(models, case, edit, match):
     d = models(case, tokenizer=False)
