@@ -183,7 +183,7 @@ def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
 # transformers 5.x save_pretrained, as far as the converter can see it (transformers 5.25
 # configuration_utils.py / modeling_rope_utils.py RotaryEmbeddingConfigMixin, and the config classes'
 # __post_init__ / convert_rope_params_to_dict / attribute_map)
-_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6}
+_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6, "minimax_m2": 5e6}
 _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"num_experts": "num_local_experts"}}
 # (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
 # from config.json itself (the same defaults as transformers 4.57.6's classes)
@@ -246,7 +246,7 @@ def as_transformers5(cfg: dict) -> dict:
         c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
     if mt == "mixtral":
         c.setdefault("head_dim", None)
-    if mt in ("deepseek_v2", "deepseek_v3"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
+    if mt in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
         c["qk_head_dim"] = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
         c["head_dim"] = c["qk_rope_head_dim"]
     if mt in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe") and not c.get("use_sliding_window", False):
@@ -1166,6 +1166,127 @@ def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj",
     return t
 
 
+def case_minimax_m2(rng):
+    # MiniMax-M2's layout at width 256 (no transformers 4.57.6 config class: config.json read as it is): head_dim 128
+    # with rotary_dim 64, Q/K norms over the whole projection, 4 sigmoid-routed experts with e_score_correction_bias.
+    # GPT-2's tokenizer stands in for MiniMax's (no package ships it; the family code does not depend on it).
+    c = base_config("MiniMaxM2ForCausalLM", "minimax_m2", 50257, hidden_size=256, intermediate_size=256,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=128, rotary_dim=64, num_local_experts=4,
+                    num_experts_per_tok=2, scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True,
+                    qk_norm_type="per_layer", shared_intermediate_size=0, attn_type_list=[1, 1], use_mtp=True,
+                    num_mtp_modules=3, mtp_transformer_layers=1, rope_theta=5000000, max_position_embeddings=196608,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (4 * 128,), 0.1), "BF16")
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (2 * 128,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, 256, 256, names=("w1", "w3", "w2")))
+        t[p + "block_sparse_moe.e_score_correction_bias"] = (heavy(rng, (4,), 1.0), "F32")
+    return c, t, "gpt-2", {}
+
+
+def bailing_tensors(rng, c: dict, *, v2: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """Ling (Bailing MoE) layers: fused query_key_value, attention.dense, (v2) Q/K norms, dense first layers,
+    then a router (+ expert_bias), routed and shared experts; (v2) whole NextN layers past num_hidden_layers."""
+    e, v, nh, nkv = c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or e // nh
+    ff_x, n_x = c["moe_intermediate_size"], c["num_experts"]
+    ff_sh = c.get("moe_shared_expert_intermediate_size") or ff_x * c["num_shared_experts"]
+    t = {"model.word_embeddings.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    n_main = c["num_hidden_layers"]
+    for i in range(n_main + c.get("num_nextn_predict_layers", 0)):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "attention.query_key_value.weight"] = (heavy(rng, ((nh + 2 * nkv) * hd, e)), "BF16")
+        t[p + "attention.dense.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        if v2:
+            t[p + "attention.query_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+            t[p + "attention.key_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+        if i < c["first_k_dense_replace"]:
+            t.update({p + f"mlp.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (c["intermediate_size"], e)), ("up_proj", (c["intermediate_size"], e)),
+                ("down_proj", (e, c["intermediate_size"])))})
+        else:
+            t.update(expert_tensors(rng, p + "mlp.", n_x, e, ff_x))
+            if c.get("moe_router_enable_expert_bias"):
+                t[p + "mlp.gate.expert_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+            t.update({p + f"mlp.shared_experts.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (ff_sh, e)), ("up_proj", (ff_sh, e)), ("down_proj", (e, ff_sh)))})
+        if i >= n_main:  # NextN layer
+            for n in ("enorm", "hnorm", "final_layernorm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return t
+
+
+def case_bailingmoe2(rng):
+    # Ling-mini-2.0's layout at width 256 (model_type bailing_moe, no transformers 4.57.6 class: config.json read as it is):
+    # one dense layer, then sigmoid group routing with expert_bias and a shared expert; an MTP layer the converter keeps.
+    # GPT-2's tokenizer stands in for Ling's (no package ships it; the family code does not depend on it).
+    c = base_config("BailingMoeV2ForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.5, rotary_dim=64,
+                    first_k_dense_replace=1, num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                    moe_intermediate_size=256, moe_shared_expert_intermediate_size=256, n_group=2, topk_group=1,
+                    routed_scaling_factor=2.5, score_function="sigmoid", norm_topk_prob=True, router_dtype="fp32",
+                    moe_router_enable_expert_bias=True, num_nextn_predict_layers=1, use_qk_norm=True, use_qkv_bias=False,
+                    use_bias=False, rope_theta=600000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=True), "gpt-2", {}
+
+
+def case_bailingmoe(rng):
+    # Ling-lite-1.5's layout at width 256: every layer MoE, 2 shared experts, fused QKV split and Q/K permuted
+    c = base_config("BailingMoeForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=128,
+                    num_attention_heads=4, num_key_value_heads=2, first_k_dense_replace=0, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=2, moe_intermediate_size=128, norm_topk_prob=True,
+                    norm_head=False, norm_softmax=False, use_bias=False, use_qkv_bias=False, rope_theta=600000,
+                    max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=50256,
+                    pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=False), "gpt-2", {}
+
+
+def case_afmoe(rng):
+    # Arcee Trinity's layout at width 256 (model_type afmoe, no transformers 4.57.6 class: config.json read as it is):
+    # gated attention with Q/K norms, four norms per layer, one dense layer, then sigmoid-routed experts with
+    # expert_bias and a shared expert. GPT-2's tokenizer stands in for Trinity's (no package ships it).
+    c = base_config("AfmoeForCausalLM", "afmoe", 50257, hidden_size=256, intermediate_size=512, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=128, moe_intermediate_size=256, num_dense_layers=1, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=1, score_func="sigmoid", route_norm=True, route_scale=2.826,
+                    n_group=1, topk_group=1, sliding_window=128, global_attn_every_n_layers=4, mup_enabled=True,
+                    layer_types=["sliding_attention", "full_attention"], rope_theta=10000.0, max_position_embeddings=8192,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    e, hd = 256, 128
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("pre_mlp_layernorm", "post_mlp_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "self_attn.gate_proj.weight"] = (heavy(rng, (2 * hd, e)), "BF16")
+        if i < c["num_dense_layers"]:
+            for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+            continue
+        t.update(expert_tensors(rng, p + "mlp.", 4, e, 256, gate="router.gate"))
+        t[p + "mlp.expert_bias"] = (heavy(rng, (4,), 1.0), "F32")
+        for w, shp in (("gate_proj", (256, e)), ("up_proj", (256, e)), ("down_proj", (e, 256))):
+            t[p + f"mlp.shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_arcee(rng):
+    # AFM-4.5B's layout (ArceeForCausalLM): Llama attention, an up/down ReLU^2 MLP without gate, YaRN
+    c = base_config("ArceeForCausalLM", "arcee", 32000, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=65536, hidden_act="relu2", bos_token_id=1, eos_token_id=2,
+                    rope_scaling={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096})
+    t = dense_tensors(rng, c)
+    for i in range(c["num_hidden_layers"]):
+        del t[f"model.layers.{i}.mlp.gate_proj.weight"]
+    return c, t, "llama-spm", {}
+
+
 def case_phimoe(rng):
     # Phi-3.5-MoE's layout: LayerNorms and projections with biases, lm_head bias, longrope with mscales
     hd = 64
@@ -1334,10 +1455,11 @@ def case_llama4(rng):
     return c, t, "gpt-2", {}
 
 
-def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
+def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0, dsa=False) -> dict[str, tuple[np.ndarray, str]]:
     """Tensors of a DeepSeek V2/V3 decoder with config `c`: MLA attention (q_a/q_b or q_proj), dense
     first layers, then a router (+ e_score_correction_bias with topk_method noaux_tc), routed and
-    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them)."""
+    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them).
+    `dsa` (DeepSeek V3.2): every layer has the DSA indexer, and the NextN layers are whole layers (kept)."""
     e, v, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
     nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     kv_lora, q_lora = c["kv_lora_rank"], c.get("q_lora_rank")
@@ -1350,10 +1472,21 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         return {p + "gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "up_proj.weight": (heavy(rng, (f, e)), "BF16"),
                 p + "down_proj.weight": (heavy(rng, (e, f)), "BF16")}
 
-    for i in range(c["num_hidden_layers"]):
+    for i in range(c["num_hidden_layers"] + (mtp_layers if dsa else 0)):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
         t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if dsa:  # the lightning indexer: wq_b from q_a's output, wk, a LayerNorm on k, per-head weights
+            n_ix, d_ix = c["index_n_heads"], c["index_head_dim"]
+            t[p + "self_attn.indexer.wq_b.weight"] = (heavy(rng, (n_ix * d_ix, q_lora)), "BF16")
+            t[p + "self_attn.indexer.wk.weight"] = (heavy(rng, (d_ix, e)), "BF16")
+            t[p + "self_attn.indexer.k_norm.weight"] = (1 + heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.k_norm.bias"] = (heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.weights_proj.weight"] = (heavy(rng, (n_ix, e)), "BF16")
+        if i >= c["num_hidden_layers"]:  # DeepSeek V3.2's NextN layer (its own embed_tokens / shared_head.head left out)
+            for n in ("enorm", "hnorm", "shared_head.norm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
         if q_lora is None:
             t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * (nope + rope), e)), "BF16")
         else:
@@ -1373,7 +1506,7 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         t.update(mlp(p + "mlp.shared_experts.", ff_x * n_sh))
         for x in range(n_x):
             t.update(mlp(p + f"mlp.experts.{x}.", ff_x))
-    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + mtp_layers):  # DeepSeek-V3's NextN layer
+    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + (0 if dsa else mtp_layers)):  # DeepSeek-V3's NextN layer
         p = f"model.layers.{i}."
         for n in ("enorm", "hnorm", "shared_head.norm", "input_layernorm"):
             t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
@@ -1412,6 +1545,19 @@ def case_deepseek3(rng):
                     n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
                     norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, **_DEEPSEEK)
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
+
+
+def case_deepseek32(rng):
+    # DeepSeek-V3.2-Exp's layout at width 256 (DeepseekV32ForCausalLM, no transformers 4.57.6 config class: config.json
+    # read as it is): V3's MLA + MoE, the DSA indexer in every layer, and an MTP layer the converter keeps
+    c = base_config("DeepseekV32ForCausalLM", "deepseek_v32", 129280, hidden_size=256, intermediate_size=512,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
+                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, moe_layer_freq=1,
+                    index_n_heads=4, index_head_dim=64, index_topk=16, ep_size=1, **_DEEPSEEK)
+    return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
 
 def case_deepseek(rng):
@@ -1498,11 +1644,13 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
+    "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
+    "deepseek32": case_deepseek32,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
@@ -1511,11 +1659,11 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3",
+               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4")
-TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
@@ -2282,6 +2430,13 @@ def test_moe_tail_specs(models):
     ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
     ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
     ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+    ("bailingmoe", dict(norm_head=True), "'norm_head' is not supported"),
+    ("bailingmoe", dict(first_k_dense_replace=1), "first_k_dense_replace > 0\\) is not supported"),
+    ("bailingmoe2", dict(routed_scaling_factor=...), "routed_scaling_factor must be a number"),
+    ("minimax-m2", dict(rotary_dim=...), "'rotary_dim' must be a positive integer"),
+    ("deepseek32", dict(index_topk=...), "'index_topk' must be a positive integer"),
+    ("afmoe", dict(num_dense_layers=-1), "'num_dense_layers' must be a non-negative integer"),
+    ("afmoe", dict(route_norm="yes"), "'route_norm' must be true or false"),
 ])
 def test_moe_tail_config_errors(models, case, edit, match):
     d = models(case, tokenizer=False)
@@ -2295,6 +2450,21 @@ def test_hunyuan_needs_tokenizer_json(models):
     d = models("hunyuan-dense")
     (d / "tokenizer.json").unlink()
     with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)
+
+
+def test_deepseek32_spec(models):
+    """DeepSeek V3.2: the indexer in every layer (proj kept F32 as the converter keeps it), the MTP layer kept as
+    block 2 with its nextn tensors; a tokenizer without add_bos_token is refused as the converter's assert refuses it."""
+    d = models("deepseek32")
+    spec = load_spec(d, vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.arch == "deepseek32" and spec.n_layer == 3
+    assert by["blk.1.indexer.proj.weight"].ref_type == QType.F32 and by["blk.2.indexer.k_norm.bias"].shape == (64,)
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.attn_k_b.weight"} <= set(by)
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": False}))
+    with pytest.raises(UnsupportedError, match="add_bos_token"):
         load_spec(d)
 @pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
                                         ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])
