@@ -1484,6 +1484,30 @@ def case_gpt_oss_mxfp4(rng):
     return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-oss", {}
 
 
+def case_bitnet(rng):
+    # 1bitLLM/bitnet_b1_58-large's layout (model_type llama, inner_attn_ln / ffn_layernorm sub-norms);
+    # widths over 32768 elements so torch's mean runs its two-pass (threaded) reduction
+    c = base_config("BitnetForCausalLM", "llama", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=4, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, lm_head=False)  # BITNET has no output tensor: the converter cannot map lm_head
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "BF16")
+    t["model.layers.1.mlp.down_proj.weight"] = (heavy(rng, (256, 320)), "F16")  # weight_quant casts back to F16
+    return c, t, "llama-spm", {}
+
+
+def case_bitnet_b(rng):
+    # the BitNetForCausalLM name with transformers' bitnet config class (its defaults) and F32 weights
+    c = base_config("BitNetForCausalLM", "bitnet", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=500000.0, rms_norm_eps=None, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, dt="F32", lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "F32")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "F32")
+    return c, t, "llama-spm", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -1504,6 +1528,7 @@ CASES = {
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
+    "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1511,10 +1536,10 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4")
+               "gpt-oss", "gpt-oss-mxfp4", "bitnet")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
-QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
+QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
 # --allow-requantize to give them another type, and kquant requantizes them as it then does
 REQUANTIZED_CASES = {"gpt-oss-mxfp4"}
