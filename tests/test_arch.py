@@ -2083,6 +2083,8 @@ def reference_bf16(request, models, tmp_path_factory) -> dict:
     keys = {(i.callspec.params["case"], i.callspec.params["writer"]) for i in items
             if getattr(i, "originalname", "") == "test_matches_convert_hf_to_gguf"}
     keys |= {(i.callspec.params["case"], "t4") for i in items if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp"}
+    if any(getattr(i, "originalname", "") == "test_mxfp4_gguf_input_like_llama_quantize" for i in request.session.items):
+        keys.add(("gpt-oss-mxfp4", "t4"))
     todo = sorted(k for k in keys if k not in _REF)
     if todo:
         root = tmp_path_factory.mktemp("refconv")
@@ -2215,6 +2217,40 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
         assert out.read_bytes() == ref.read_bytes(), ft
     toks, logits = refpipeline.eval_logits(targets[0][0])
     assert len(toks) > 5 and np.isfinite(logits).all()
+
+
+def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys):
+    """The converter's MXFP4_MOE file (MXFP4 experts, the rest BF16 / F32) as kquant's input:
+    == llama_model_quantize --allow-requantize on it, MXFP4 copied unchanged for MXFP4_MOE;
+    inspect / --dry-run --json name the MXFP4 source tensors; validate and dequantize read it."""
+    pytest.importorskip("llama_cpp")
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    _, proc, src = quant_reference["gpt-oss-mxfp4"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with GGUFFile(src) as g:
+        raw = {t.name: bytes(g.data(t.name)) for t in g.tensors if t.qtype == QType.MXFP4}
+    assert raw
+    for ft in ("MXFP4_MOE", "Q4_K_M", "Q8_0"):
+        ours, ref = tmp_path / f"{ft}.gguf", tmp_path / f"ref-{ft}.gguf"
+        assert cli.main(["convert", str(src), "-o", str(ours), "--type", ft, "-q"]) == 0
+        refpipeline.llama_quantize(src, ref, ft, allow_requantize=True)
+        assert refpipeline.compare_gguf(ours, ref, ignore_keys=()) == [], ft
+        assert ours.read_bytes() == ref.read_bytes(), ft
+        if ft == "MXFP4_MOE":
+            with GGUFFile(ours) as g:
+                assert all(bytes(g.data(n)) == b for n, b in raw.items())
+    capsys.readouterr()
+    assert cli.main(["convert", str(src), "--type", "Q4_K_M", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    st = {t["name"]: t["source_type"] for t in plan["tensors"]}
+    assert {n for n, v in st.items() if v == "MXFP4"} == set(raw)
+    assert cli.main(["validate", str(tmp_path / "Q4_K_M.gguf"), "--source", str(src), "--json", "-q"]) == 0
+    capsys.readouterr()
+    deq = tmp_path / "deq.safetensors"
+    assert cli.main(["dequantize", str(src), "-o", str(deq), "-q"]) == 0
+    assert deq.exists()
 
 
 @pytest.mark.parametrize("case", TOOLS_CASES)
