@@ -310,6 +310,11 @@ MALFORMED = {
     "ct pack shape tensor": ("ct-pack4", lambda t: t.update({L0 + "mlp.down_proj.weight_shape": (np.array([256, 9984]), "I64")}),
                              None, InputError, "does not hold"),
     "ct pack scale missing": ("ct-pack4", _drop(L0 + "mlp.down_proj.weight_scale"), None, InputError, "weight_scale' is missing"),
+    "bitnet scale not one value": ("bitnet-packed", _reshape(L0 + "mlp.up_proj.weight_scale", (2,)), None,
+                                   InputError, r"BitNet scale .* has shape \[2\], expected one value"),
+    "bitnet weight not U8": ("bitnet-packed", lambda t: t.update({L0 + "mlp.up_proj.weight": (np.zeros((192, 256), np.int8), "I8")}),
+                             None, InputError, "has dtype I8, expected U8"),
+    "bitnet weight missing": ("bitnet-packed", _drop(L0 + "mlp.up_proj.weight"), None, InputError, "weight of scale .* is missing"),
 }
 
 
