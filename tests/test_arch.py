@@ -1633,6 +1633,30 @@ def case_gpt_oss_mxfp4(rng):
     return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-2", {}
 
 
+def case_bitnet(rng):
+    # 1bitLLM/bitnet_b1_58-large's layout (model_type llama, inner_attn_ln / ffn_layernorm sub-norms);
+    # widths over 32768 elements so torch's mean runs its two-pass (threaded) reduction
+    c = base_config("BitnetForCausalLM", "llama", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=4, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, lm_head=False)  # BITNET has no output tensor: the converter cannot map lm_head
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "BF16")
+    t["model.layers.1.mlp.down_proj.weight"] = (heavy(rng, (256, 320)), "F16")  # weight_quant casts back to F16
+    return c, t, "llama-spm", {}
+
+
+def case_bitnet_b(rng):
+    # the BitNetForCausalLM name with transformers' bitnet config class (its defaults) and F32 weights
+    c = base_config("BitNetForCausalLM", "bitnet", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=500000.0, rms_norm_eps=None, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, dt="F32", lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "F32")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "F32")
+    return c, t, "llama-spm", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -1655,6 +1679,7 @@ CASES = {
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
+    "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1662,10 +1687,10 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4")
+               "gpt-oss", "gpt-oss-mxfp4", "bitnet")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
-QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
+QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
 # --allow-requantize to give them another type, and kquant requantizes them as it then does
 REQUANTIZED_CASES = {"gpt-oss-mxfp4"}
@@ -2220,6 +2245,8 @@ def reference_bf16(request, models, tmp_path_factory) -> dict:
     keys = {(i.callspec.params["case"], i.callspec.params["writer"]) for i in items
             if getattr(i, "originalname", "") == "test_matches_convert_hf_to_gguf"}
     keys |= {(i.callspec.params["case"], "t4") for i in items if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp"}
+    if any(getattr(i, "originalname", "") == "test_mxfp4_gguf_input_like_llama_quantize" for i in request.session.items):
+        keys.add(("gpt-oss-mxfp4", "t4"))
     todo = sorted(k for k in keys if k not in _REF)
     if todo:
         root = tmp_path_factory.mktemp("refconv")
@@ -2352,6 +2379,40 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
         assert out.read_bytes() == ref.read_bytes(), ft
     toks, logits = refpipeline.eval_logits(targets[0][0])
     assert len(toks) > 5 and np.isfinite(logits).all()
+
+
+def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys):
+    """The converter's MXFP4_MOE file (MXFP4 experts, the rest BF16 / F32) as kquant's input:
+    == llama_model_quantize --allow-requantize on it, MXFP4 copied unchanged for MXFP4_MOE;
+    inspect / --dry-run --json name the MXFP4 source tensors; validate and dequantize read it."""
+    pytest.importorskip("llama_cpp")
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    _, proc, src = quant_reference["gpt-oss-mxfp4"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with GGUFFile(src) as g:
+        raw = {t.name: bytes(g.data(t.name)) for t in g.tensors if t.qtype == QType.MXFP4}
+    assert raw
+    for ft in ("MXFP4_MOE", "Q4_K_M", "Q8_0"):
+        ours, ref = tmp_path / f"{ft}.gguf", tmp_path / f"ref-{ft}.gguf"
+        assert cli.main(["convert", str(src), "-o", str(ours), "--type", ft, "-q"]) == 0
+        refpipeline.llama_quantize(src, ref, ft, allow_requantize=True)
+        assert refpipeline.compare_gguf(ours, ref, ignore_keys=()) == [], ft
+        assert ours.read_bytes() == ref.read_bytes(), ft
+        if ft == "MXFP4_MOE":
+            with GGUFFile(ours) as g:
+                assert all(bytes(g.data(n)) == b for n, b in raw.items())
+    capsys.readouterr()
+    assert cli.main(["convert", str(src), "--type", "Q4_K_M", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    st = {t["name"]: t["source_type"] for t in plan["tensors"]}
+    assert {n for n, v in st.items() if v == "MXFP4"} == set(raw)
+    assert cli.main(["validate", str(tmp_path / "Q4_K_M.gguf"), "--source", str(src), "--json", "-q"]) == 0
+    capsys.readouterr()
+    deq = tmp_path / "deq.safetensors"
+    assert cli.main(["dequantize", str(src), "-o", str(deq), "-q"]) == 0
+    assert deq.exists()
 
 
 @pytest.mark.parametrize("case", TOOLS_CASES)
