@@ -909,6 +909,62 @@ def case_falconh1(rng):
     return c, t, "llama-bpe", {}
 
 
+def mamba_tensors(rng, p: str, e: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> dict:
+    """One Mamba (v1) mixer under `p` ("backbone.layers.0.mixer."): in_proj, conv1d with bias, x_proj, dt_proj
+    with bias, A_log [d_inner, d_state] (S4D-real init plus noise), D, out_proj."""
+    a_log = np.log(np.arange(1, d_state + 1, dtype=np.float32))[None, :] + heavy(rng, (d_inner, d_state), 0.1)
+    return {p + "in_proj.weight": (heavy(rng, (2 * d_inner, e)), "BF16"),
+            p + "conv1d.weight": (heavy(rng, (d_inner, 1, d_conv), 0.3), "BF16"),
+            p + "conv1d.bias": (heavy(rng, (d_inner,), 0.1), "BF16"),
+            p + "x_proj.weight": (heavy(rng, (dt_rank + 2 * d_state, d_inner)), "BF16"),
+            p + "dt_proj.weight": (heavy(rng, (d_inner, dt_rank), 0.1), "BF16"),
+            p + "dt_proj.bias": (heavy(rng, (d_inner,), 1.0), "BF16"),
+            p + "A_log": (a_log, "BF16"),
+            p + "D": (1 + heavy(rng, (d_inner,), 0.1), "BF16"),
+            p + "out_proj.weight": (heavy(rng, (e, d_inner)), "BF16")}
+
+
+def case_mamba(rng, falcon: bool = False):
+    # state-spaces/mamba-130m-hf's config.json keys (raw: no config class), GPT-NeoX-sized vocabulary padded to a
+    # multiple of 8 over the GPT-2 tokenizer. Mamba: lm_head stored and equal to the embedding (the converter
+    # compares the data and omits it); Falcon-Mamba (B/C/dt RMS norms in llama.cpp): its own lm_head, 3 layers
+    e, v, n = 256, 50280, 3 if falcon else 2
+    c = {"architectures": ["FalconMambaForCausalLM" if falcon else "MambaForCausalLM"],
+         "model_type": "falcon_mamba" if falcon else "mamba", "hidden_size": e, "intermediate_size": 2 * e,
+         "num_hidden_layers": n, "n_layer": n, "state_size": 16, "conv_kernel": 4, "expand": 2,
+         "time_step_rank": 16, "layer_norm_epsilon": 1e-5, "vocab_size": v, "pad_vocab_size_multiple": 8,
+         "use_bias": False, "use_conv_bias": True, "rms_norm": True, "residual_in_fp32": True,
+         "tie_word_embeddings": not falcon, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+         "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    emb = heavy(rng, (v, e))
+    t = {"backbone.embeddings.weight": (emb, "BF16"), "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)) if falcon else emb, "BF16")}
+    for i in range(n):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t.update(mamba_tensors(rng, p + "mixer.", e, 2 * e, 16, 16, 4))
+    return c, t, "gpt-2", {}
+
+
+def case_mamba2(rng):
+    # mistralai/Mamba-Codestral-7B-v0.1's config.json keys (raw), 2 groups, the gated norm, untied lm_head, the
+    # Llama 2 SentencePiece tokenizer (Codestral's is SentencePiece too: tokenizer.model first)
+    e = 256
+    c = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "hidden_size": e, "num_hidden_layers": 2,
+         "state_size": 64, "conv_kernel": 4, "expand": 2, "head_dim": 64, "num_heads": 8, "n_groups": 2,
+         "chunk_size": 256, "layer_norm_epsilon": 1e-5, "vocab_size": 32000, "pad_vocab_size_multiple": 16,
+         "use_bias": False, "use_conv_bias": True, "rms_norm": True, "residual_in_fp32": True,
+         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+         "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (32000, e)), "BF16"), "lm_head.weight": (heavy(rng, (32000, e)), "BF16"),
+         "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+    return c, t, "llama-spm", {}
+
+
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
@@ -1504,6 +1560,7 @@ CASES = {
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
+    "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1511,7 +1568,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4")
+               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types

@@ -21,7 +21,7 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, deepseek, dots1, ernie, exaone, falcon, falcon_h1, gemma, glm, gpt2, gpt_oss, gptneox, granite, hunyuan, internlm, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import command_r, deepseek, dots1, ernie, exaone, falcon, falcon_h1, gemma, glm, gpt2, gpt_oss, gptneox, granite, hunyuan, internlm, lfm2, llama, llama4, mamba, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
@@ -170,6 +170,8 @@ def _head_count_kv(rec: KVRecorder, arch: str, n_head: int) -> int:
 def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:
     """Consistency checks the converter does not do but the runtime depends on."""
     hp = model.hp
+    if model.attention_free:
+        return
     n_head, n_embd = model.dim("num_attention_heads"), model.dim("hidden_size")
     n_kv = model.dim("num_key_value_heads")
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv <= 0:

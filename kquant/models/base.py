@@ -206,6 +206,7 @@ class TextModel:
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
     bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
+    attention_free: ClassVar[bool] = False  # no attention heads at all (Mamba): head counts 0, not checked
     bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
@@ -535,7 +536,7 @@ class TextModel:
     def map_name(self, name: str, where: str) -> tuple[str, int | None, bool | None]:
         """(GGUF base, block id, is_bias) for an HF tensor name (is_bias None: a bare parameter, no
         suffix either side); InputError when it maps to nothing."""
-        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        m = re.fullmatch(re.escape(self.layer_prefix) + r"(\d+)\.(.+)", name)
         if m and m.group(2) in self.bare_params and int(m.group(1)) < self.block_count:
             bid = int(m.group(1))
             if m.group(2) in (layer := self.layer_modules(bid)):
