@@ -965,6 +965,56 @@ def case_mamba2(rng):
     return c, t, "llama-spm", {}
 
 
+def case_nemotron(rng):
+    # nvidia/Minitron-4B-Base's layout: LayerNorm1P norms with biases (stored as weight - 1), relu^2 MLP without a
+    # gate, partial rotary, GQA, untied lm_head, F16 weights (the +1 in float16); Llama 2's SentencePiece tokenizer
+    e, f, nh, nkv, hd, v = 256, 512, 4, 2, 64, 32000
+    c = {"architectures": ["NemotronForCausalLM"], "model_type": "nemotron", "hidden_size": e, "intermediate_size": f,
+         "num_hidden_layers": 2, "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": hd,
+         "vocab_size": v, "max_position_embeddings": 4096, "norm_eps": 1e-5, "partial_rotary_factor": 0.5,
+         "rope_theta": 10000, "hidden_act": "relu2", "tie_word_embeddings": False, "bos_token_id": 2,
+         "eos_token_id": 3, "torch_dtype": "float16"}
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "F16"), "lm_head.weight": (heavy(rng, (v, e)), "F16"),
+         "model.norm.weight": (heavy(rng, (e,), 0.1), "F16"), "model.norm.bias": (heavy(rng, (e,), 0.1), "F16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (heavy(rng, (e,), 0.1), "F16")
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "F16")
+        for n, shp in (("self_attn.q_proj", (nh * hd, e)), ("self_attn.k_proj", (nkv * hd, e)),
+                       ("self_attn.v_proj", (nkv * hd, e)), ("self_attn.o_proj", (e, nh * hd)),
+                       ("mlp.up_proj", (f, e)), ("mlp.down_proj", (e, f))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "F16")
+    return c, t, "llama-spm", {}
+
+
+def case_nemotron_h(rng):
+    # nvidia/Nemotron-H-8B-Base-8K's config.json keys (raw: transformers 4.57.6 has no class), one layer of each
+    # kind (pattern "M*-"): Mamba-2 with 2 groups, attention (GQA, no rope), relu^2 MLP; the Llama 3 tokenizer
+    e, nh, nkv, hd, f = 256, 4, 2, 64, 512
+    c = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": e,
+         "intermediate_size": f, "num_hidden_layers": 3, "hybrid_override_pattern": "M*-", "num_attention_heads": nh,
+         "num_key_value_heads": nkv, "head_dim": hd, "attention_head_dim": hd, "mamba_num_heads": 8,
+         "mamba_head_dim": 64, "n_groups": 2, "ssm_state_size": 64, "conv_kernel": 4, "expand": 2, "chunk_size": 128,
+         "mamba_hidden_act": "silu", "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "vocab_size": 128256,
+         "max_position_embeddings": 8192, "tie_word_embeddings": False, "use_bias": False, "use_conv_bias": True,
+         "residual_in_fp32": False, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+         "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i, kind in enumerate(c["hybrid_override_pattern"]):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if kind == "M":
+            t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+        elif kind == "*":
+            for n, shp in (("q_proj", (nh * hd, e)), ("k_proj", (nkv * hd, e)), ("v_proj", (nkv * hd, e)), ("o_proj", (e, nh * hd))):
+                t[p + f"mixer.{n}.weight"] = (heavy(rng, shp), "BF16")
+        else:
+            t[p + "mixer.up_proj.weight"] = (heavy(rng, (f, e)), "BF16")
+            t[p + "mixer.down_proj.weight"] = (heavy(rng, (e, f)), "BF16")
+    return c, t, "llama-bpe", {}
+
+
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
@@ -1561,6 +1611,7 @@ CASES = {
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
+    "nemotron": case_nemotron, "nemotron-h": case_nemotron_h,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1568,7 +1619,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2")
+               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2", "nemotron-h")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
