@@ -1015,6 +1015,38 @@ def case_nemotron_h(rng):
     return c, t, "llama-bpe", {}
 
 
+def case_jamba(rng):
+    # ai21labs/Jamba-v0.1's layout scaled down: layer 0 Mamba + dense MLP, layer 1 attention + 4 experts (periods 2,
+    # offsets 1), the Mamba mixer with dt/B/C RMS norms, untied lm_head; Llama 2's SentencePiece tokenizer
+    e, f, nh, nkv, v, di, ds, r = 256, 512, 4, 2, 32000, 512, 16, 16
+    c = base_config("JambaForCausalLM", "jamba", v, hidden_size=e, intermediate_size=f, num_attention_heads=nh,
+                    num_key_value_heads=nkv, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                    expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=ds, mamba_d_conv=4,
+                    mamba_expand=2, mamba_dt_rank="auto", mamba_conv_bias=True, mamba_proj_bias=False,
+                    rms_norm_eps=1e-6, max_position_embeddings=262144, tie_word_embeddings=False,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0, rope_theta=None)
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "lm_head.weight": (heavy(rng, (v, e)), "BF16"),
+         "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "pre_ff_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if i == 0:
+            t.update(mamba_tensors(rng, p + "mamba.", e, di, ds, r, 4))
+            for n, dim in (("dt_layernorm", r), ("b_layernorm", ds), ("c_layernorm", ds)):
+                t[p + f"mamba.{n}.weight"] = (1 + heavy(rng, (dim,), 0.1), "BF16")
+            for w, shp in (("gate_proj", (f, e)), ("up_proj", (f, e)), ("down_proj", (e, f))):
+                t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
+        else:
+            for n, shp in (("q_proj", (nh * 64, e)), ("k_proj", (nkv * 64, e)), ("v_proj", (nkv * 64, e)), ("o_proj", (e, nh * 64))):
+                t[p + f"self_attn.{n}.weight"] = (heavy(rng, shp), "BF16")
+            t[p + "feed_forward.router.weight"] = (heavy(rng, (4, e)), "BF16")
+            for x in range(4):
+                for w, shp in (("gate_proj", (f, e)), ("up_proj", (f, e)), ("down_proj", (e, f))):
+                    t[p + f"feed_forward.experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-spm", {}
+
+
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
@@ -1611,7 +1643,7 @@ CASES = {
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
-    "nemotron": case_nemotron, "nemotron-h": case_nemotron_h,
+    "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1619,7 +1651,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2", "nemotron-h")
+               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2", "nemotron-h", "jamba")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
