@@ -1047,6 +1047,28 @@ def case_jamba(rng):
     return c, t, "llama-spm", {}
 
 
+def case_phi2(rng):
+    # microsoft/phi-2's layout (transformers names): one LayerNorm per layer (parallel attention and MLP), biases on
+    # every projection and on lm_head, partial rotary, a vocabulary padded past the tokenizer (GPT-2's stands in)
+    e, f, nh, v = 256, 1024, 4, 51200
+    c = base_config("PhiForCausalLM", "phi", v, hidden_size=e, intermediate_size=f, num_attention_heads=nh,
+                    num_key_value_heads=nh, partial_rotary_factor=0.5, layer_norm_eps=1e-5, rms_norm_eps=None,
+                    hidden_act="gelu_new", max_position_embeddings=2048, tie_word_embeddings=False, qk_layernorm=False,
+                    bos_token_id=50256, eos_token_id=50256, torch_dtype="float16")
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "F16"), "lm_head.weight": (heavy(rng, (v, e)), "F16"),
+         "lm_head.bias": (heavy(rng, (v,)), "F16"), "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "F16"),
+         "model.final_layernorm.bias": (heavy(rng, (e,), 0.1), "F16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "F16")
+        t[p + "input_layernorm.bias"] = (heavy(rng, (e,), 0.1), "F16")
+        for n, shp in (("self_attn.q_proj", (e, e)), ("self_attn.k_proj", (e, e)), ("self_attn.v_proj", (e, e)),
+                       ("self_attn.dense", (e, e)), ("mlp.fc1", (f, e)), ("mlp.fc2", (e, f))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "F16")
+            t[p + n + ".bias"] = (heavy(rng, shp[:1]), "F16")
+    return c, t, "gpt-2", {}
+
+
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
@@ -1644,6 +1666,7 @@ CASES = {
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
     "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
+    "phi2": case_phi2,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
