@@ -2620,3 +2620,45 @@ def test_gpt_oss_stacked_experts_stream(models, slab_bytes, n_slabs):
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Mamba, Nemotron, Jamba, Phi-2
+
+
+def test_mamba_lm_head_dropped_only_when_equal(models):
+    """MambaModel.modify_tensors: lm_head equal to the embedding (torch.equal on the data) is omitted;
+    one differing value keeps it (and the spec reads it)."""
+    d = models("mamba")
+    assert load_spec(d, vocab=False).tied_embeddings
+    src = {n: (x, "BF16") for n, x in read_safetensors(d / "model.safetensors").items()}
+    x = src["lm_head.weight"][0].copy()
+    x[-1, -1] += 1.0
+    src["lm_head.weight"] = (x, "BF16")
+    write_safetensors(d / "model.safetensors", src)
+    spec = load_spec(d, vocab=False)
+    assert not spec.tied_embeddings and spec.tensors[-1].sources == ("lm_head.weight",)
+    assert not load_spec(models("falcon-mamba", copy=False), vocab=False).tied_embeddings
+
+
+@pytest.mark.parametrize("case,edit,err,match", [
+    ("nemotron-h", dict(num_experts_per_tok=2), UnsupportedError, "Nemotron-H MoE .* is not ported"),
+    ("nemotron-h", dict(hybrid_override_pattern="M*"), InputError, "layer pattern has 2 entries for 3 layers"),
+    ("nemotron-h", dict(hybrid_override_pattern="**-"), UnsupportedError, "needs Mamba layers"),
+    ("mamba", dict(intermediate_size=768), UnsupportedError, "block expansion factor of 2 only"),
+    ("phi2", dict(partial_rotary_factor=0.4), UnsupportedError, "odd rotary dimension count \\(25\\)"),
+    ("jamba", dict(attn_layer_offset=2), InputError, "'attn_layer_offset' must be an integer in \\[0, 2\\)"),
+])
+def test_ssm_and_phi2_config_errors(models, case, edit, err, match):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["mamba", "mamba2"])
+def test_mamba_builtin_vocab_refused(models, case):
+    """A folder without tokenizer files: the converter's built-in GPT-NeoX vocabulary is not ported."""
+    with pytest.raises(UnsupportedError, match="built-in GPT-NeoX vocabulary is not supported"):
+        load_spec(models(case, tokenizer=False))
