@@ -1450,6 +1450,36 @@ def case_mistral3(rng):
     return c, t, "llama-bpe", {}
 
 
+def case_qwen2vl(rng, flat: bool = False):
+    # Qwen2VLForConditionalGeneration as transformers 4.57 saves it (text_config; model.language_model.*, lm_head,
+    # model.visual.*), tied output; flat: Qwen2.5-VL as released (every text key at the top level, rope_scaling
+    # type "mrope", model.layers.* and visual.*), untied. M-RoPE sections summing to head_dim / 2 = 32
+    arch = "Qwen2_5_VLForConditionalGeneration" if flat else "Qwen2VLForConditionalGeneration"
+    mt = "qwen2_5_vl" if flat else "qwen2_vl"
+    text = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                use_sliding_window=False, sliding_window=32768, max_window_layers=2, tie_word_embeddings=not flat,
+                bos_token_id=151643, eos_token_id=151645)
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 256, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "in_chans": 3}
+    if flat:
+        c = {"architectures": [arch], "model_type": mt, **text, "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
+             "vision_config": vision, "vision_start_token_id": 151652, "torch_dtype": "bfloat16"}
+    else:
+        text |= {"model_type": "qwen2_vl_text",
+                 "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [8, 12, 12]}}
+        c = {"architectures": [arch], "model_type": mt, "text_config": text, "vision_config": vision,
+             "image_token_id": 151655, "video_token_id": 151656, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, "model_type": "qwen2"}, qkv_bias=True, lm_head=flat)
+    vis = "visual." if flat else "model.visual."
+    if not flat:
+        t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {vis + "patch_embed.proj.weight": (32, 3, 2, 14, 14), vis + "blocks.0.norm1.weight": (32,),
+                            vis + "blocks.0.attn.qkv.weight": (96, 32), vis + "merger.ln_q.weight": (32,),
+                            vis + "merger.mlp.0.weight": (128, 128), vis + "merger.mlp.2.weight": (256, 128)})
+    return c, t, "qwen2", {}
+
+
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
@@ -1666,7 +1696,7 @@ CASES = {
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
     "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
-    "phi2": case_phi2,
+    "phi2": case_phi2, "qwen2vl": case_qwen2vl, "qwen2.5vl": lambda rng: case_qwen2vl(rng, flat=True),
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -2662,3 +2692,19 @@ def test_mamba_builtin_vocab_refused(models, case):
     """A folder without tokenizer files: the converter's built-in GPT-NeoX vocabulary is not ported."""
     with pytest.raises(UnsupportedError, match="built-in GPT-NeoX vocabulary is not supported"):
         load_spec(models(case, tokenizer=False))
+
+
+@pytest.mark.parametrize("case,root", [("qwen2vl", "model.visual.*"), ("qwen2.5vl", "visual.*")])
+def test_qwen2vl_vision_not_converted(models, case, root):
+    """Qwen2-VL's vision tower is left out and reported (ModelSpec.not_converted, the one-line note); the flat
+    release config and the text_config one give the same language model keys."""
+    from kquant.models import not_converted_note
+
+    d = models(case, copy=False)
+    spec = load_spec(d, vocab=False)
+    vis = sorted(n for n in all_sources(d) if "visual." in n)
+    assert sorted(spec.not_converted) == vis and len(vis) == 6
+    assert root in not_converted_note(spec.not_converted)
+    kv = {k: v for k, _, v in spec.kv}
+    assert spec.arch == "qwen2vl" and kv["qwen2vl.rope.dimension_sections"] == [8, 12, 12, 0]
+    assert kv["qwen2vl.rope.freq_base"] == 1000000.0 and spec.tied_embeddings == (case == "qwen2vl")

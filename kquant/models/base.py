@@ -325,7 +325,7 @@ class TextModel:
                 self.kv.add_string(self.key("rope.scaling.type"), "longrope")  # RopeScalingType.LONGROPE
             elif rope_type == "dynamic" or (isinstance(rope_type, str) and rope_type.lower() == "llama3"):
                 pass  # dynamic: model-specific; llama3: handled by generate_extra_tensors
-            elif rope_type != "default":
+            elif rope_type not in ("default", "mrope"):  # mrope: "Unknown RoPE type" warning upstream, nothing written
                 raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
         if "mrope_section" in rp:
             sections = rp["mrope_section"]
