@@ -1480,6 +1480,42 @@ def case_qwen2vl(rng, flat: bool = False):
     return c, t, "qwen2", {}
 
 
+def case_qwen3vl(rng, moe: bool = False):
+    # Qwen3VLForConditionalGeneration / Qwen3VLMoeForConditionalGeneration as saved (text_config with interleaved
+    # M-RoPE sections, model.language_model.*, model.visual.*, deepstack mergers); dense: tied, the vision config
+    # without deepstack_visual_indexes (its class default [8, 16, 24] counts); MoE: 4 experts stacked and
+    # transposed (gate_up_proj [n_expert, n_embd, 2 * n_ff], down_proj [n_expert, n_ff, n_embd]), untied
+    e, nh, nkv, hd, f, n_x, v = 256, 4, 2, 64, 512, 4, 151936
+    text = dict(model_type="qwen3_vl_moe_text" if moe else "qwen3_vl_text", hidden_size=e, intermediate_size=f,
+                num_hidden_layers=2, num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, vocab_size=v,
+                max_position_embeddings=262144, rms_norm_eps=1e-6, rope_theta=5000000.0, tie_word_embeddings=not moe,
+                rope_scaling={"rope_type": "default", "mrope_section": [12, 10, 10], "mrope_interleaved": True},
+                bos_token_id=151643, eos_token_id=151645)
+    if moe:
+        text |= dict(moe_intermediate_size=256, num_experts=n_x, num_experts_per_tok=2, decoder_sparse_step=1,
+                     norm_topk_prob=True, mlp_only_layers=[])
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+              "spatial_merge_size": 2, "out_hidden_size": e, "model_type": "qwen3_vl_moe" if moe else "qwen3_vl"}
+    if moe:
+        vision["deepstack_visual_indexes"] = [0, 1]
+    c = {"architectures": ["Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"],
+         "model_type": "qwen3_vl_moe" if moe else "qwen3_vl", "text_config": text, "vision_config": vision,
+         "image_token_id": 151655, "video_token_id": 151656, "tie_word_embeddings": not moe, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, **({"moe": True} if moe else {})}, qk_norm=True, lm_head=moe)
+    if moe:
+        for i in range(2):
+            p = f"model.layers.{i}.mlp."
+            t[p + "gate.weight"] = (heavy(rng, (n_x, e)), "BF16")
+            t[p + "experts.gate_up_proj"] = (heavy(rng, (n_x, e, 2 * 256)), "BF16")
+            t[p + "experts.down_proj"] = (heavy(rng, (n_x, 256, e)), "BF16")
+    t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {"model.visual.patch_embed.proj.weight": (32, 3, 2, 16, 16),
+                            "model.visual.blocks.0.attn.qkv.weight": (96, 32), "model.visual.merger.norm.weight": (32,),
+                            "model.visual.deepstack_merger_list.0.linear_fc1.weight": (128, 128),
+                            "model.visual.merger.linear_fc2.weight": (e, 128)})
+    return c, t, "qwen2", {}
+
+
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
@@ -1697,6 +1733,7 @@ CASES = {
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
     "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
     "phi2": case_phi2, "qwen2vl": case_qwen2vl, "qwen2.5vl": lambda rng: case_qwen2vl(rng, flat=True),
+    "qwen3vl": case_qwen3vl, "qwen3vlmoe": lambda rng: case_qwen3vl(rng, moe=True),
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -1704,7 +1741,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2", "nemotron-h", "jamba")
+               "gpt-oss", "gpt-oss-mxfp4", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe")
 TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
