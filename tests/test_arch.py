@@ -910,6 +910,166 @@ def case_falconh1(rng):
     return c, t, "gpt-2", {}
 
 
+def mamba_tensors(rng, p: str, e: int, d_inner: int, d_state: int, dt_rank: int, d_conv: int) -> dict:
+    """One Mamba (v1) mixer under `p` ("backbone.layers.0.mixer."): in_proj, conv1d with bias, x_proj, dt_proj
+    with bias, A_log [d_inner, d_state] (S4D-real init plus noise), D, out_proj."""
+    a_log = np.log(np.arange(1, d_state + 1, dtype=np.float32))[None, :] + heavy(rng, (d_inner, d_state), 0.1)
+    return {p + "in_proj.weight": (heavy(rng, (2 * d_inner, e)), "BF16"),
+            p + "conv1d.weight": (heavy(rng, (d_inner, 1, d_conv), 0.3), "BF16"),
+            p + "conv1d.bias": (heavy(rng, (d_inner,), 0.1), "BF16"),
+            p + "x_proj.weight": (heavy(rng, (dt_rank + 2 * d_state, d_inner)), "BF16"),
+            p + "dt_proj.weight": (heavy(rng, (d_inner, dt_rank), 0.1), "BF16"),
+            p + "dt_proj.bias": (heavy(rng, (d_inner,), 1.0), "BF16"),
+            p + "A_log": (a_log, "BF16"),
+            p + "D": (1 + heavy(rng, (d_inner,), 0.1), "BF16"),
+            p + "out_proj.weight": (heavy(rng, (e, d_inner)), "BF16")}
+
+
+def case_mamba(rng, falcon: bool = False):
+    # state-spaces/mamba-130m-hf's config.json keys (raw: no config class), GPT-NeoX-sized vocabulary padded to a
+    # multiple of 8 over the GPT-2 tokenizer. Mamba: lm_head stored and equal to the embedding (the converter
+    # compares the data and omits it); Falcon-Mamba (B/C/dt RMS norms in llama.cpp): its own lm_head, 3 layers
+    e, v, n = 256, 50280, 3 if falcon else 2
+    c = {"architectures": ["FalconMambaForCausalLM" if falcon else "MambaForCausalLM"],
+         "model_type": "falcon_mamba" if falcon else "mamba", "hidden_size": e, "intermediate_size": 2 * e,
+         "num_hidden_layers": n, "n_layer": n, "state_size": 16, "conv_kernel": 4, "expand": 2,
+         "time_step_rank": 16, "layer_norm_epsilon": 1e-5, "vocab_size": v, "pad_vocab_size_multiple": 8,
+         "use_bias": False, "use_conv_bias": True, "rms_norm": True, "residual_in_fp32": True,
+         "tie_word_embeddings": not falcon, "bos_token_id": 0, "eos_token_id": 0, "pad_token_id": 0,
+         "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    emb = heavy(rng, (v, e))
+    t = {"backbone.embeddings.weight": (emb, "BF16"), "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)) if falcon else emb, "BF16")}
+    for i in range(n):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t.update(mamba_tensors(rng, p + "mixer.", e, 2 * e, 16, 16, 4))
+    return c, t, "gpt-2", {}
+
+
+def case_mamba2(rng):
+    # mistralai/Mamba-Codestral-7B-v0.1's config.json keys (raw), 2 groups, the gated norm, untied lm_head, the
+    # Llama 2 SentencePiece tokenizer (Codestral's is SentencePiece too: tokenizer.model first)
+    e = 256
+    c = {"architectures": ["Mamba2ForCausalLM"], "model_type": "mamba2", "hidden_size": e, "num_hidden_layers": 2,
+         "state_size": 64, "conv_kernel": 4, "expand": 2, "head_dim": 64, "num_heads": 8, "n_groups": 2,
+         "chunk_size": 256, "layer_norm_epsilon": 1e-5, "vocab_size": 32000, "pad_vocab_size_multiple": 16,
+         "use_bias": False, "use_conv_bias": True, "rms_norm": True, "residual_in_fp32": True,
+         "tie_word_embeddings": False, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+         "hidden_act": "silu", "torch_dtype": "bfloat16"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (32000, e)), "BF16"), "lm_head.weight": (heavy(rng, (32000, e)), "BF16"),
+         "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+    return c, t, "llama-spm", {}
+
+
+def case_nemotron(rng):
+    # nvidia/Minitron-4B-Base's layout: LayerNorm1P norms with biases (stored as weight - 1), relu^2 MLP without a
+    # gate, partial rotary, GQA, untied lm_head, F16 weights (the +1 in float16); Llama 2's SentencePiece tokenizer
+    e, f, nh, nkv, hd, v = 256, 512, 4, 2, 64, 32000
+    c = {"architectures": ["NemotronForCausalLM"], "model_type": "nemotron", "hidden_size": e, "intermediate_size": f,
+         "num_hidden_layers": 2, "num_attention_heads": nh, "num_key_value_heads": nkv, "head_dim": hd,
+         "vocab_size": v, "max_position_embeddings": 4096, "norm_eps": 1e-5, "partial_rotary_factor": 0.5,
+         "rope_theta": 10000, "hidden_act": "relu2", "tie_word_embeddings": False, "bos_token_id": 2,
+         "eos_token_id": 3, "torch_dtype": "float16"}
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "F16"), "lm_head.weight": (heavy(rng, (v, e)), "F16"),
+         "model.norm.weight": (heavy(rng, (e,), 0.1), "F16"), "model.norm.bias": (heavy(rng, (e,), 0.1), "F16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (heavy(rng, (e,), 0.1), "F16")
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "F16")
+        for n, shp in (("self_attn.q_proj", (nh * hd, e)), ("self_attn.k_proj", (nkv * hd, e)),
+                       ("self_attn.v_proj", (nkv * hd, e)), ("self_attn.o_proj", (e, nh * hd)),
+                       ("mlp.up_proj", (f, e)), ("mlp.down_proj", (e, f))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "F16")
+    return c, t, "llama-spm", {}
+
+
+def case_nemotron_h(rng):
+    # nvidia/Nemotron-H-8B-Base-8K's config.json keys (raw: transformers 4.57.6 has no class), one layer of each
+    # kind (pattern "M*-"): Mamba-2 with 2 groups, attention (GQA, no rope), relu^2 MLP; the Llama 3 tokenizer
+    e, nh, nkv, hd, f = 256, 4, 2, 64, 512
+    c = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": e,
+         "intermediate_size": f, "num_hidden_layers": 3, "hybrid_override_pattern": "M*-", "num_attention_heads": nh,
+         "num_key_value_heads": nkv, "head_dim": hd, "attention_head_dim": hd, "mamba_num_heads": 8,
+         "mamba_head_dim": 64, "n_groups": 2, "ssm_state_size": 64, "conv_kernel": 4, "expand": 2, "chunk_size": 128,
+         "mamba_hidden_act": "silu", "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "vocab_size": 128256,
+         "max_position_embeddings": 8192, "tie_word_embeddings": False, "use_bias": False, "use_conv_bias": True,
+         "residual_in_fp32": False, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+         "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i, kind in enumerate(c["hybrid_override_pattern"]):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if kind == "M":
+            t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+        elif kind == "*":
+            for n, shp in (("q_proj", (nh * hd, e)), ("k_proj", (nkv * hd, e)), ("v_proj", (nkv * hd, e)), ("o_proj", (e, nh * hd))):
+                t[p + f"mixer.{n}.weight"] = (heavy(rng, shp), "BF16")
+        else:
+            t[p + "mixer.up_proj.weight"] = (heavy(rng, (f, e)), "BF16")
+            t[p + "mixer.down_proj.weight"] = (heavy(rng, (e, f)), "BF16")
+    return c, t, "llama-bpe", {}
+
+
+def case_jamba(rng):
+    # ai21labs/Jamba-v0.1's layout scaled down: layer 0 Mamba + dense MLP, layer 1 attention + 4 experts (periods 2,
+    # offsets 1), the Mamba mixer with dt/B/C RMS norms, untied lm_head; Llama 2's SentencePiece tokenizer
+    e, f, nh, nkv, v, di, ds, r = 256, 512, 4, 2, 32000, 512, 16, 16
+    c = base_config("JambaForCausalLM", "jamba", v, hidden_size=e, intermediate_size=f, num_attention_heads=nh,
+                    num_key_value_heads=nkv, num_experts=4, num_experts_per_tok=2, expert_layer_period=2,
+                    expert_layer_offset=1, attn_layer_period=2, attn_layer_offset=1, mamba_d_state=ds, mamba_d_conv=4,
+                    mamba_expand=2, mamba_dt_rank="auto", mamba_conv_bias=True, mamba_proj_bias=False,
+                    rms_norm_eps=1e-6, max_position_embeddings=262144, tie_word_embeddings=False,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=0, rope_theta=None)
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "lm_head.weight": (heavy(rng, (v, e)), "BF16"),
+         "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "pre_ff_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if i == 0:
+            t.update(mamba_tensors(rng, p + "mamba.", e, di, ds, r, 4))
+            for n, dim in (("dt_layernorm", r), ("b_layernorm", ds), ("c_layernorm", ds)):
+                t[p + f"mamba.{n}.weight"] = (1 + heavy(rng, (dim,), 0.1), "BF16")
+            for w, shp in (("gate_proj", (f, e)), ("up_proj", (f, e)), ("down_proj", (e, f))):
+                t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
+        else:
+            for n, shp in (("q_proj", (nh * 64, e)), ("k_proj", (nkv * 64, e)), ("v_proj", (nkv * 64, e)), ("o_proj", (e, nh * 64))):
+                t[p + f"self_attn.{n}.weight"] = (heavy(rng, shp), "BF16")
+            t[p + "feed_forward.router.weight"] = (heavy(rng, (4, e)), "BF16")
+            for x in range(4):
+                for w, shp in (("gate_proj", (f, e)), ("up_proj", (f, e)), ("down_proj", (e, f))):
+                    t[p + f"feed_forward.experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-spm", {}
+
+
+def case_phi2(rng):
+    # microsoft/phi-2's layout (transformers names): one LayerNorm per layer (parallel attention and MLP), biases on
+    # every projection and on lm_head, partial rotary, a vocabulary padded past the tokenizer (GPT-2's stands in)
+    e, f, nh, v = 256, 1024, 4, 51200
+    c = base_config("PhiForCausalLM", "phi", v, hidden_size=e, intermediate_size=f, num_attention_heads=nh,
+                    num_key_value_heads=nh, partial_rotary_factor=0.5, layer_norm_eps=1e-5, rms_norm_eps=None,
+                    hidden_act="gelu_new", max_position_embeddings=2048, tie_word_embeddings=False, qk_layernorm=False,
+                    bos_token_id=50256, eos_token_id=50256, torch_dtype="float16")
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "F16"), "lm_head.weight": (heavy(rng, (v, e)), "F16"),
+         "lm_head.bias": (heavy(rng, (v,)), "F16"), "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "F16"),
+         "model.final_layernorm.bias": (heavy(rng, (e,), 0.1), "F16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "F16")
+        t[p + "input_layernorm.bias"] = (heavy(rng, (e,), 0.1), "F16")
+        for n, shp in (("self_attn.q_proj", (e, e)), ("self_attn.k_proj", (e, e)), ("self_attn.v_proj", (e, e)),
+                       ("self_attn.dense", (e, e)), ("mlp.fc1", (f, e)), ("mlp.fc2", (e, f))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "F16")
+            t[p + n + ".bias"] = (heavy(rng, shp[:1]), "F16")
+    return c, t, "gpt-2", {}
+
+
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
@@ -1412,6 +1572,72 @@ def case_mistral3(rng):
     return c, t, "gpt-2", {}
 
 
+def case_qwen2vl(rng, flat: bool = False):
+    # Qwen2VLForConditionalGeneration as transformers 4.57 saves it (text_config; model.language_model.*, lm_head,
+    # model.visual.*), tied output; flat: Qwen2.5-VL as released (every text key at the top level, rope_scaling
+    # type "mrope", model.layers.* and visual.*), untied. M-RoPE sections summing to head_dim / 2 = 32
+    arch = "Qwen2_5_VLForConditionalGeneration" if flat else "Qwen2VLForConditionalGeneration"
+    mt = "qwen2_5_vl" if flat else "qwen2_vl"
+    text = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                use_sliding_window=False, sliding_window=32768, max_window_layers=2, tie_word_embeddings=not flat,
+                bos_token_id=151643, eos_token_id=151645)
+    vision = {"depth": 1, "embed_dim": 32, "hidden_size": 256, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "in_chans": 3}
+    if flat:
+        c = {"architectures": [arch], "model_type": mt, **text, "rope_scaling": {"type": "mrope", "mrope_section": [8, 12, 12]},
+             "vision_config": vision, "vision_start_token_id": 151652, "torch_dtype": "bfloat16"}
+    else:
+        text |= {"model_type": "qwen2_vl_text",
+                 "rope_scaling": {"type": "default", "rope_type": "default", "mrope_section": [8, 12, 12]}}
+        c = {"architectures": [arch], "model_type": mt, "text_config": text, "vision_config": vision,
+             "image_token_id": 151655, "video_token_id": 151656, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, "model_type": "qwen2"}, qkv_bias=True, lm_head=flat)
+    vis = "visual." if flat else "model.visual."
+    if not flat:
+        t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {vis + "patch_embed.proj.weight": (32, 3, 2, 14, 14), vis + "blocks.0.norm1.weight": (32,),
+                            vis + "blocks.0.attn.qkv.weight": (96, 32), vis + "merger.ln_q.weight": (32,),
+                            vis + "merger.mlp.0.weight": (128, 128), vis + "merger.mlp.2.weight": (256, 128)})
+    return c, t, "qwen2", {}
+
+
+def case_qwen3vl(rng, moe: bool = False):
+    # Qwen3VLForConditionalGeneration / Qwen3VLMoeForConditionalGeneration as saved (text_config with interleaved
+    # M-RoPE sections, model.language_model.*, model.visual.*, deepstack mergers); dense: tied, the vision config
+    # without deepstack_visual_indexes (its class default [8, 16, 24] counts); MoE: 4 experts stacked and
+    # transposed (gate_up_proj [n_expert, n_embd, 2 * n_ff], down_proj [n_expert, n_ff, n_embd]), untied
+    e, nh, nkv, hd, f, n_x, v = 256, 4, 2, 64, 512, 4, 151936
+    text = dict(model_type="qwen3_vl_moe_text" if moe else "qwen3_vl_text", hidden_size=e, intermediate_size=f,
+                num_hidden_layers=2, num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, vocab_size=v,
+                max_position_embeddings=262144, rms_norm_eps=1e-6, rope_theta=5000000.0, tie_word_embeddings=not moe,
+                rope_scaling={"rope_type": "default", "mrope_section": [12, 10, 10], "mrope_interleaved": True},
+                bos_token_id=151643, eos_token_id=151645)
+    if moe:
+        text |= dict(moe_intermediate_size=256, num_experts=n_x, num_experts_per_tok=2, decoder_sparse_step=1,
+                     norm_topk_prob=True, mlp_only_layers=[])
+    vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 16,
+              "spatial_merge_size": 2, "out_hidden_size": e, "model_type": "qwen3_vl_moe" if moe else "qwen3_vl"}
+    if moe:
+        vision["deepstack_visual_indexes"] = [0, 1]
+    c = {"architectures": ["Qwen3VLMoeForConditionalGeneration" if moe else "Qwen3VLForConditionalGeneration"],
+         "model_type": "qwen3_vl_moe" if moe else "qwen3_vl", "text_config": text, "vision_config": vision,
+         "image_token_id": 151655, "video_token_id": 151656, "tie_word_embeddings": not moe, "torch_dtype": "bfloat16"}
+    t = dense_tensors(rng, {**text, **({"moe": True} if moe else {})}, qk_norm=True, lm_head=moe)
+    if moe:
+        for i in range(2):
+            p = f"model.layers.{i}.mlp."
+            t[p + "gate.weight"] = (heavy(rng, (n_x, e)), "BF16")
+            t[p + "experts.gate_up_proj"] = (heavy(rng, (n_x, e, 2 * 256)), "BF16")
+            t[p + "experts.down_proj"] = (heavy(rng, (n_x, 256, e)), "BF16")
+    t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {"model.visual.patch_embed.proj.weight": (32, 3, 2, 16, 16),
+                            "model.visual.blocks.0.attn.qkv.weight": (96, 32), "model.visual.merger.norm.weight": (32,),
+                            "model.visual.deepstack_merger_list.0.linear_fc1.weight": (128, 128),
+                            "model.visual.merger.linear_fc2.weight": (e, 128)})
+    return c, t, "qwen2", {}
+
+
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
@@ -1679,6 +1905,10 @@ CASES = {
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
+    "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
+    "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
+    "phi2": case_phi2, "qwen2vl": case_qwen2vl, "qwen2.5vl": lambda rng: case_qwen2vl(rng, flat=True),
+    "qwen3vl": case_qwen3vl, "qwen3vlmoe": lambda rng: case_qwen3vl(rng, moe=True),
     "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
@@ -1687,8 +1917,8 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4", "bitnet")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee")  # also checked with --dry-run, validate and dequantize --hf-names
+               "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe")
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
@@ -2702,3 +2932,61 @@ def test_gpt_oss_stacked_experts_stream(models, slab_bytes, n_slabs):
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])
+
+
+# ---------------------------------------------------------------------------------------------
+# Mamba, Nemotron, Jamba, Phi-2
+
+
+def test_mamba_lm_head_dropped_only_when_equal(models):
+    """MambaModel.modify_tensors: lm_head equal to the embedding (torch.equal on the data) is omitted;
+    one differing value keeps it (and the spec reads it)."""
+    d = models("mamba")
+    assert load_spec(d, vocab=False).tied_embeddings
+    src = {n: (x, "BF16") for n, x in read_safetensors(d / "model.safetensors").items()}
+    x = src["lm_head.weight"][0].copy()
+    x[-1, -1] += 1.0
+    src["lm_head.weight"] = (x, "BF16")
+    write_safetensors(d / "model.safetensors", src)
+    spec = load_spec(d, vocab=False)
+    assert not spec.tied_embeddings and spec.tensors[-1].sources == ("lm_head.weight",)
+    assert not load_spec(models("falcon-mamba", copy=False), vocab=False).tied_embeddings
+
+
+@pytest.mark.parametrize("case,edit,err,match", [
+    ("nemotron-h", dict(num_experts_per_tok=2), UnsupportedError, "Nemotron-H MoE .* is not ported"),
+    ("nemotron-h", dict(hybrid_override_pattern="M*"), InputError, "layer pattern has 2 entries for 3 layers"),
+    ("nemotron-h", dict(hybrid_override_pattern="**-"), UnsupportedError, "needs Mamba layers"),
+    ("mamba", dict(intermediate_size=768), UnsupportedError, "block expansion factor of 2 only"),
+    ("phi2", dict(partial_rotary_factor=0.4), UnsupportedError, "odd rotary dimension count \\(25\\)"),
+    ("jamba", dict(attn_layer_offset=2), InputError, "'attn_layer_offset' must be an integer in \\[0, 2\\)"),
+])
+def test_ssm_and_phi2_config_errors(models, case, edit, err, match):
+    d = models(case, tokenizer=False)
+    _edit_config(d, **edit)
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("case", ["mamba", "mamba2"])
+def test_mamba_builtin_vocab_refused(models, case):
+    """A folder without tokenizer files: the converter's built-in GPT-NeoX vocabulary is not ported."""
+    with pytest.raises(UnsupportedError, match="built-in GPT-NeoX vocabulary is not supported"):
+        load_spec(models(case, tokenizer=False))
+
+
+@pytest.mark.parametrize("case,root", [("qwen2vl", "model.visual.*"), ("qwen2.5vl", "visual.*")])
+def test_qwen2vl_vision_not_converted(models, case, root):
+    """Qwen2-VL's vision tower is left out and reported (ModelSpec.not_converted, the one-line note); the flat
+    release config and the text_config one give the same language model keys."""
+    from kquant.models import not_converted_note
+
+    d = models(case, copy=False)
+    spec = load_spec(d, vocab=False)
+    vis = sorted(n for n in all_sources(d) if "visual." in n)
+    assert sorted(spec.not_converted) == vis and len(vis) == 6
+    assert root in not_converted_note(spec.not_converted)
+    kv = {k: v for k, _, v in spec.kv}
+    assert spec.arch == "qwen2vl" and kv["qwen2vl.rope.dimension_sections"] == [8, 12, 12, 0]
+    assert kv["qwen2vl.rope.freq_base"] == 1000000.0 and spec.tied_embeddings == (case == "qwen2vl")

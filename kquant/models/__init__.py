@@ -40,14 +40,18 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     granite,
     hunyuan,
     internlm,
+    jamba,
     lfm2,
     llama,
     llama4,
+    mamba,
     minimax,
     mistral3,
+    nemotron,
     olmo,
     phi,
     qwen,
+    qwenvl,
     stablelm,
     starcoder,
 )
@@ -199,6 +203,8 @@ def _head_count_kv(rec: KVRecorder, arch: str, n_head: int) -> int:
 def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:
     """Consistency checks the converter does not do but the runtime depends on."""
     hp = model.hp
+    if model.attention_free:
+        return
     n_head, n_embd = model.dim("num_attention_heads"), model.dim("hidden_size")
     n_kv = model.dim("num_key_value_heads")
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv <= 0:

@@ -207,6 +207,7 @@ class TextModel:
     bias_ok: ClassVar[tuple[str, ...]] = ()  # per-layer modules that may carry a .bias
     bias_required: ClassVar[tuple[str, ...]] = ()
     bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
+    attention_free: ClassVar[bool] = False  # no attention heads at all (Mamba): head counts 0, not checked
     bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
@@ -325,7 +326,7 @@ class TextModel:
                 self.kv.add_string(self.key("rope.scaling.type"), "longrope")  # RopeScalingType.LONGROPE
             elif rope_type == "dynamic" or (isinstance(rope_type, str) and rope_type.lower() == "llama3"):
                 pass  # dynamic: model-specific; llama3: handled by generate_extra_tensors
-            elif rope_type != "default":
+            elif rope_type not in ("default", "mrope"):  # mrope: "Unknown RoPE type" warning upstream, nothing written
                 raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
         if "mrope_section" in rp:
             sections = rp["mrope_section"]
@@ -539,7 +540,7 @@ class TextModel:
     def map_name(self, name: str, where: str) -> tuple[str, int | None, bool | None]:
         """(GGUF base, block id, is_bias) for an HF tensor name (is_bias None: a bare parameter, no
         suffix either side); InputError when it maps to nothing."""
-        m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+        m = re.fullmatch(re.escape(self.layer_prefix) + r"(\d+)\.(.+)", name)
         if m and m.group(2) in self.bare_params and int(m.group(1)) < self.block_count:
             bid = int(m.group(1))
             if m.group(2) in (layer := self.layer_modules(bid)):

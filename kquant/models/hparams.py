@@ -58,6 +58,9 @@ class HFConfig:
     # `text_config`; `text_fixed` when that class does not depend on text_config["model_type"]
     text_config: str | None = None
     text_fixed: bool = True
+    # a composite class that builds its text config from all its other keys when config.json has no
+    # `text_config` (Qwen2VLConfig: "For BC use all kwargs to init `TextConfig`"); the keys it takes itself
+    flat_text_keys: tuple[str, ...] | None = None
     # PretrainedConfig.attribute_map: a config.json key stored under another name (GPT-2: hidden_size -> n_embd)
     attribute_map: dict[str, str] | None = None
     # REQUIRED_INT_KEYS this class names otherwise (canonical key -> its own keys) or lacks (empty tuple)
@@ -130,7 +133,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: missing or non-string key 'model_type' (got {mt!r})")
     if tc is None:
         cc = CONFIG_CLASSES.get(mt)
-        if cc is not None and cc.text_config is not None:  # the composite class would build its default (full-size) text config
+        if cc is not None and cc.text_config is not None and cc.flat_text_keys is None:  # the composite class would build its default (full-size) text config
             raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
         _check_keys(path, cfg, "", required=True, cc=cc)
         return cfg
@@ -251,7 +254,10 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         if "text_config" in cfg:
             raise UnsupportedError(f"{path}: model_type {mt!r} with a 'text_config' is not supported")
         return _apply(cc, cfg, path)
-    tc = cfg["text_config"]  # read_config requires it
+    if "text_config" in cfg:
+        tc = cfg["text_config"]
+    else:  # read_config allows it only for these classes: the text class takes the other keys
+        tc = {k: v for k, v in cfg.items() if k not in cc.flat_text_keys}
     tmt = cc.text_config if cc.text_fixed else tc.get("model_type", cc.text_config)
     tcc = CONFIG_CLASSES.get(tmt)
     if tcc is None or tcc.text_config is not None:

@@ -1,6 +1,12 @@
-"""State-space pieces shared by the hybrid families: conversion/mamba.py (llama.cpp as vendored in
-llama-cpp-python 0.3.36) Mamba2Model's tensor transforms, and torch's `exp` as the converters apply it
-to `A_log`.
+"""Mamba and Mamba-2: conversion/mamba.py MambaModel (MambaForCausalLM, MambaLMHeadModel,
+FalconMambaForCausalLM) and Mamba2Model (Mamba2ForCausalLM), llama.cpp as vendored in
+llama-cpp-python 0.3.36; and the state-space pieces the hybrid families share: Mamba2Model's tensor
+transforms, and torch's `exp` as the converters apply it to `A_log`.
+
+Both classes read config.json as it is (no transformers config class) and pad the vocabulary to a
+multiple of `pad_vocab_size_multiple` (8 / 16). MambaModel drops `lm_head` when its values equal the
+embedding's (`torch.equal`, read from the checkpoint). The converter's built-in GPT-NeoX vocabulary (a
+folder without tokenizer files) is refused.
 
 `-torch.exp(A_log)`: torch's float32 exp on CPU (MKL VML, HA mode, on x86) is not correctly rounded.
 kquant computes exp in float64, rounds it to float32 and patches the inputs where torch differs
@@ -15,8 +21,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import InputError
+from gguf import MODEL_ARCH
+
+from ..errors import InputError, UnsupportedError
+from .. import vocab as V
 from . import torch_exp
+from .base import TextModel, register
+from .hparams import HFConfig
 
 _F32_IN = np.array(sorted(torch_exp.F32), dtype=np.uint32)
 _F32_OUT = np.array([torch_exp.F32[k] for k in sorted(torch_exp.F32)], dtype=np.uint32)
@@ -121,3 +132,228 @@ def mamba2_spec(model, t, name: str, gname: str, n_group: int, d_inner: int, the
             x = fn([x])
         return x.reshape(shape)
     return model.spec(gname, t, shape=shape, transform=f)
+
+
+# MambaModel / Mamba2Model.__init__: config.json read as it is ("Avoid using AutoConfig for hparams")
+_LAYER_KEYS = ("n_layers", "num_hidden_layers", "n_layer", "num_layers")  # TextModel.__init__ block_count
+_REQUIRED = {"hidden_size": ("hidden_size", "d_model"), "intermediate_size": (), "num_hidden_layers": _LAYER_KEYS,
+             "num_attention_heads": ()}
+MAMBA_CONFIGS = (HFConfig("mamba", {}, raw=True, required_as=_REQUIRED),
+                 HFConfig("falcon_mamba", {}, raw=True, required_as=_REQUIRED))
+MAMBA2_CONFIG = HFConfig("mamba2", {}, raw=True, required_as={**_REQUIRED, "hidden_size": ("hidden_size", "d_model", "dim")})
+
+MAMBA_LAYER = {
+    "norm": "attn_norm",
+    "mixer.in_proj": "ssm_in",
+    "mixer.conv1d": "ssm_conv1d",
+    "mixer.x_proj": "ssm_x",
+    "mixer.dt_proj": "ssm_dt",
+    "mixer.A_log": "ssm_a",
+    "mixer.D": "ssm_d",
+    "mixer.out_proj": "ssm_out",
+}
+MAMBA2_BACKBONE_LAYER = {"norm": "attn_norm"} | {k.replace("mamba.", "mixer."): v for k, v in MAMBA2_LAYER.items()}
+BACKBONE_GLOBALS = {"backbone.embeddings": "token_embd", "backbone.embedding": "token_embd",
+                    "backbone.norm_f": "output_norm", "lm_head": "output"}
+
+
+def _positive(model: TextModel, v, what: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        raise InputError(f"{model.config_path}: {what} must be a positive integer, got {v!r}")
+    return v
+
+
+def _padded_vocab(model: TextModel, default_multiple: int) -> None:
+    """MambaModel / Mamba2Model.set_vocab: vocab_size rounded up to a multiple of pad_vocab_size_multiple."""
+    hp = model.hp
+    pad = _positive(model, hp.get("pad_vocab_size_multiple", default_multiple), "'pad_vocab_size_multiple'")
+    hp["vocab_size"] = -(hp["vocab_size"] // -pad) * pad
+
+
+class _Backbone(TextModel):
+    """What MambaModel and Mamba2Model share: `backbone.*` names, no attention, raw config.json."""
+
+    attention_free = True
+    layer_prefix = "backbone.layers."
+    globals_ = BACKBONE_GLOBALS
+    aliases = {"hidden_size": ("d_model", "dim")}
+
+    def dim(self, key: str):
+        if key in ("num_attention_heads", "num_key_value_heads"):
+            return 0  # head_count 0 (set_gguf_parameters), as llama.cpp loads it
+        return super().dim(key)
+
+    def check_complete(self, out) -> None:
+        globals_ = self.globals_
+        emb = next((h for h in ("backbone.embeddings", "backbone.embedding") if any(t.name == "token_embd.weight" and
+                                                                                 t.sources[0] == h + ".weight" for t in out)),
+                   "backbone.embeddings")
+        # one of the two embedding names; lm_head optional (llama.cpp falls back to token_embd)
+        self.globals_ = {emb: "token_embd", "backbone.norm_f": "output_norm"}
+        try:
+            super().check_complete(out)
+        finally:
+            self.globals_ = globals_
+
+    def set_vocab_files(self, default_multiple: int, spm_first: bool) -> None:
+        _padded_vocab(self, default_multiple)
+        hp, folder = self.hp, self.tok_folder
+        order = ("tokenizer.model", "tokenizer.json") if spm_first else ("tokenizer.json", "tokenizer.model")
+        for f in order:
+            if (folder / f).is_file():
+                if f == "tokenizer.model":
+                    V.set_vocab_sentencepiece(self.kv, folder, hp)
+                else:
+                    V.set_vocab_gpt2(self.kv, folder, hp, hp["model_type"], self._tokenizer_pre)
+                return
+        raise UnsupportedError(f"{folder}: no tokenizer.json or tokenizer.model (the converter's built-in GPT-NeoX "
+                               "vocabulary is not supported)")
+
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        self._tokenizer_pre = tokenizer_pre
+        self.vocab_files()
+
+
+def _arrays_equal(model: TextModel, a: str, b: str, rows: int) -> bool:
+    """torch.equal of two HF tensors of equal shape, read in slabs of rows (NaN differs from itself)."""
+    from ..io.safetensors import Checkpoint
+
+    if model.folder is None:
+        raise InputError(f"{model.hf_names[0]}: tensors {a!r} and {b!r} must be compared, but no model folder was given")
+    step = max(1, (8 << 20) // max(1, model.dim("hidden_size") or 1))
+    with Checkpoint.open(model.folder) as ck:
+        for i in range(0, rows, step):
+            if not np.array_equal(ck.read_rows(a, i, min(rows, i + step)), ck.read_rows(b, i, min(rows, i + step))):
+                return False
+    return True
+
+
+@register("MambaForCausalLM", "MambaLMHeadModel", "FalconMambaForCausalLM")
+class MambaModel(_Backbone):
+    model_arch = MODEL_ARCH.MAMBA
+    configs = MAMBA_CONFIGS
+    layer = MAMBA_LAYER
+    bias_ok = ("mixer.in_proj", "mixer.conv1d", "mixer.dt_proj", "mixer.out_proj")
+    bias_required = ("mixer.conv1d", "mixer.dt_proj")  # llama.cpp's Mamba graph reads both
+    bare_params = ("mixer.A_log", "mixer.D")
+
+    def prepare(self) -> None:
+        try:
+            d_model = self.find_hparam(["hidden_size", "d_model"])
+        except KeyError as e:
+            raise InputError(f"{self.config_path}: {e.args[0]}") from None
+        self.d_model = _positive(self, d_model, "hidden_size")
+        self.d_conv = self.find_hparam(["conv_kernel", "d_conv"], True) or 4
+        self.d_inner = self.find_hparam(["intermediate_size", "d_inner"], True) or 2 * self.d_model
+        self.d_state = self.find_hparam(["state_size", "d_state"], True) or 16
+        self.dt_rank = self.find_hparam(["time_step_rank", "dt_rank"], True) or -(self.d_model // -16)
+        for k in ("d_conv", "d_inner", "d_state", "dt_rank"):
+            _positive(self, getattr(self, k), k)
+        if self.d_inner != 2 * self.d_model:  # MambaModel.set_gguf_parameters: "Fail early"
+            raise UnsupportedError(f"{self.config_path}: intermediate_size {self.d_inner} is not 2 * hidden_size "
+                                   f"{self.d_model} (the converter supports a block expansion factor of 2 only)")
+        self._tok_embd = None
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        e, di, ds, r = self.d_model, self.d_inner, self.d_state, self.dt_rank
+        v = self.hp["vocab_size"]
+        return {"token_embd": (v, e), "output": (v, e), "output_norm": (e,), "attn_norm": (e,),
+                "ssm_in": (2 * di, e), "ssm_conv1d": (di, 1, self.d_conv), "ssm_x": (r + 2 * ds, di),
+                "ssm_dt": (di, r), "ssm_a": (di, ds), "ssm_d": (di,), "ssm_out": (e, di)}
+
+    def expected_shape(self, base: str, bias: bool):
+        if base == "ssm_in" and bias:
+            return (2 * self.d_inner,)
+        return super().expected_shape(base, bias)
+
+    # MambaModel.modify_tensors
+    def modify_tensors(self, t, name, gname, base, bid):
+        if gname == "output.weight" and self._tok_embd is not None:
+            if self._tok_embd[1] == t[1] and _arrays_equal(self, self._tok_embd[0], t[0], t[1][0]):
+                return []  # "output.weight is equivalent to token_embd.weight, omitting"
+        elif gname == "token_embd.weight":
+            self._tok_embd = t
+        if name.endswith(".A_log"):
+            return [self.spec(gname, t, transform=neg_exp(t[2]))]
+        if base == "ssm_conv1d" and gname.endswith(".weight"):  # squeeze: [d_inner, 1, d_conv] -> [d_inner, d_conv]
+            shape = tuple(d for d in t[1] if d != 1)
+            return [self.spec(gname, t, shape=shape, transform=reshaped(shape))]
+        return [self.spec(gname, t)]
+
+    # MambaModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        rms_eps = self.find_hparam(["layer_norm_epsilon", "rms_norm_eps"], True) or 1e-5
+        self.kv.add_uint32(self.key("context_length"), 2**20)
+        self.u32("embedding_length", self.d_model, "hidden_size")
+        self.kv.add_uint32(self.key("feed_forward_length"), 0)
+        self.kv.add_uint32(self.key("attention.head_count"), 0)
+        self.kv.add_uint32(self.key("block_count"), self.block_count)
+        self.u32("ssm.conv_kernel", self.d_conv, "conv_kernel")
+        self.u32("ssm.inner_size", self.d_inner, "intermediate_size")
+        self.u32("ssm.state_size", self.d_state, "state_size")
+        self.u32("ssm.time_step_rank", self.dt_rank, "time_step_rank")
+        self.f32("attention.layer_norm_rms_epsilon", rms_eps, "layer_norm_epsilon")
+        self.kv.add_bool(self.key("ssm.dt_b_c_rms"), self.find_hparam(["model_type"], True) in ("falcon_mamba",))
+        self.file_type_placeholder()
+
+    def vocab_files(self) -> None:  # MambaModel.set_vocab: tokenizer.json first
+        self.set_vocab_files(8, spm_first=False)
+
+
+@register("Mamba2ForCausalLM")
+class Mamba2Model(_Backbone):
+    model_arch = MODEL_ARCH.MAMBA2
+    configs = (MAMBA2_CONFIG,)
+    layer = MAMBA2_BACKBONE_LAYER
+    bias_ok = tuple(k.replace("mamba.", "mixer.") for k in MAMBA2_BIAS_OK)
+    bias_only = ("mixer.dt_proj",)
+    bare_params = tuple(k.replace("mamba.", "mixer.") for k in MAMBA2_BARE)
+
+    def prepare(self) -> None:  # Mamba2Model.__init__
+        try:
+            d_model = self.find_hparam(["hidden_size", "d_model", "dim"])
+        except KeyError as e:
+            raise InputError(f"{self.config_path}: {e.args[0]}") from None
+        self.d_model = _positive(self, d_model, "hidden_size")
+        self.expand = self.find_hparam(["mamba_expand", "expand"], True) or 2
+        self.d_inner = self.find_hparam(["mamba_d_ssm", "intermediate_size", "d_inner"], True) or self.expand * self.d_model
+        self.n_group = self.find_hparam(["n_groups"], True) or 1
+        for k in ("expand", "d_inner", "n_group"):
+            _positive(self, getattr(self, k), k)
+
+    # Mamba2Model.filter_tensors
+    def filter_name(self, name: str) -> str | None:
+        return super().filter_name(mamba2_name(name))
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        e, v = self.d_model, self.hp["vocab_size"]
+        return {"token_embd": (v, e), "output": (v, e), "output_norm": (e,), "attn_norm": (e,),
+                "ssm_out": (e, self.d_inner)}
+
+    def modify_tensors(self, t, name, gname, base, bid):
+        return [mamba2_spec(self, t, name, gname, self.n_group, self.d_inner)]
+
+    # Mamba2Model.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        d_conv = self.find_hparam(["conv_kernel", "d_conv"], True) or 4
+        d_state = self.find_hparam(["state_size", "d_state"], True) or 128
+        head_dim = _positive(self, self.find_hparam(["mamba_d_head", "head_dim"], True) or 64, "head_dim")
+        rms_eps = self.find_hparam(["layer_norm_epsilon", "rms_norm_eps"], True) or 1e-5
+        if self.d_inner != self.expand * self.d_model or self.d_inner % head_dim:
+            raise UnsupportedError(f"{self.config_path}: SSM inner size {self.d_inner} must be expand ({self.expand}) * "
+                                   f"hidden_size ({self.d_model}) and a multiple of head_dim {head_dim}")
+        self.kv.add_uint32(self.key("context_length"), 2**20)
+        self.u32("embedding_length", self.d_model, "hidden_size")
+        self.kv.add_uint32(self.key("feed_forward_length"), 0)
+        self.kv.add_uint32(self.key("attention.head_count"), 0)
+        self.kv.add_uint32(self.key("block_count"), self.block_count)
+        self.u32("ssm.conv_kernel", d_conv, "conv_kernel")
+        self.u32("ssm.inner_size", self.d_inner, "intermediate_size")
+        self.u32("ssm.state_size", d_state, "state_size")
+        self.u32("ssm.time_step_rank", self.d_inner // head_dim, "head_dim")
+        self.u32("ssm.group_count", self.n_group, "n_groups")
+        self.f32("attention.layer_norm_rms_epsilon", rms_eps, "layer_norm_epsilon")
+        self.file_type_placeholder()
+
+    def vocab_files(self) -> None:  # Mamba2Model.set_vocab: tokenizer.model first
+        self.set_vocab_files(16, spm_first=True)

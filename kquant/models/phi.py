@@ -1,4 +1,5 @@
-"""Phi-3 and Phi-3.5-MoE: conversion/phi.py Phi3MiniModel, PhiMoeModel (llama.cpp as vendored in llama-cpp-python 0.3.36)."""
+"""Phi-2, Phi-3 and Phi-3.5-MoE: conversion/phi.py Phi2Model, Phi3MiniModel, PhiMoeModel (llama.cpp as vendored
+in llama-cpp-python 0.3.36)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,72 @@ from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from .base import LLAMA_LAYER, Experts, TextModel, register
 from .hparams import HFConfig
+
+
+# transformers 4.57.6 configuration_phi.py __init__ defaults, for the keys llama.cpp reads
+PHI_CONFIG = HFConfig("phi", dict(
+    vocab_size=51200, hidden_size=2048, intermediate_size=8192, num_hidden_layers=24, num_attention_heads=32,
+    num_key_value_heads=None, hidden_act="gelu_new", max_position_embeddings=2048, layer_norm_eps=1e-5,
+    tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, partial_rotary_factor=0.5,
+    qk_layernorm=False, bos_token_id=1, eos_token_id=2,
+), kv_heads_fallback=True, rope_type_alias=True)
+PHI2_LAYER = {
+    "input_layernorm": "attn_norm",
+    "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
+    "self_attn.dense": "attn_output",
+    "mlp.fc1": "ffn_up", "mlp.fc2": "ffn_down",
+}
+
+
+@register("PhiForCausalLM")
+class Phi2Model(TextModel):
+    """Phi-2 (and Phi-1 / 1.5): parallel attention and MLP after one LayerNorm, biases everywhere
+    (lm_head too), partial rotary, the GPT-2 style vocabulary."""
+
+    model_arch = MODEL_ARCH.PHI2
+    configs = (PHI_CONFIG,)
+    layer = PHI2_LAYER
+    globals_ = {"model.embed_tokens": "token_embd", "model.final_layernorm": "output_norm", "lm_head": "output"}
+    globals_bias_ok = ("model.final_layernorm", "lm_head")
+    bias_ok = tuple(PHI2_LAYER)
+    inverse_names = True
+
+    def prepare(self) -> None:
+        if self.hp.get("qk_layernorm"):
+            raise UnsupportedError(f"{self.config_path}: qk_layernorm (Q/K LayerNorms) is not supported: "
+                                   "llama.cpp's phi2 architecture has no such tensors")
+
+    def tensor_shapes(self):
+        s = super().tensor_shapes()
+        e = self.hp["hidden_size"]
+        return s | {"attn_output": (e, e)}
+
+    # Phi2Model.set_gguf_parameters (replaces TextModel's)
+    def set_gguf_parameters(self) -> None:
+        rot = self.rp.get("partial_rotary_factor")
+        if isinstance(rot, bool) or not isinstance(rot, (int, float)) or not 0 <= rot <= 1:
+            raise InputError(f"{self.config_path}: 'partial_rotary_factor' must be a number in [0, 1], got {rot!r}")
+        try:
+            n_embd = self.find_hparam(["hidden_size", "n_embd"])
+            n_head = self.find_hparam(["num_attention_heads", "n_head"])
+            n_ctx = self.find_hparam(["n_positions", "max_position_embeddings"])
+            eps = self.find_hparam(["layer_norm_epsilon", "layer_norm_eps"])
+        except KeyError as e:
+            raise InputError(f"{self.config_path}: {e.args[0]}") from None
+        self.u32("context_length", n_ctx, "max_position_embeddings")
+        self.u32("embedding_length", n_embd, "hidden_size")
+        self.u32("feed_forward_length", 4 * n_embd, "hidden_size")
+        self.kv.add_uint32(self.key("block_count"), self.block_count)
+        self.u32("attention.head_count", n_head, "num_attention_heads")
+        self.u32("attention.head_count_kv", n_head, "num_attention_heads")
+        self.f32("attention.layer_norm_epsilon", eps, "layer_norm_eps")
+        n_rot = int(rot * n_embd) // n_head
+        if n_rot % 2:  # the converter writes it; llama.cpp's rope aborts on an odd dimension count
+            raise UnsupportedError(f"{self.config_path}: partial_rotary_factor {rot} gives an odd rotary dimension "
+                                   f"count ({n_rot}), which llama.cpp cannot run")
+        self.u32("rope.dimension_count", n_rot, "partial_rotary_factor")
+        self.file_type_placeholder()
+        self.kv.add_add_special_token("bos", False)
 
 
 def _phi3_rope_type(hp: dict) -> None:

@@ -84,9 +84,9 @@ class Qwen3Model(Qwen2Model):
         text = readme.read_text(encoding="utf-8", errors="replace").lower() if readme.is_file() else ""
         hp = self.hp
         hints = [str(self.folder.name), str(hp.get("_name_or_path", "")), str(hp.get("model_type", "")),
-                 str(hp.get("architectures", [""])[0] or "")]
+                 str((hp.get("architectures") or [""])[0] or "")]  # None: a text class merged over a composite
         hints = [h.lower() for h in hints if h]
-        origin = str(hp.get("architectures", [""])[0] or "").lower()
+        origin = str((hp.get("architectures") or [""])[0] or "").lower()
         if ("# qwen3-reranker" in text or "# qwen3-vl-reranker" in text
                 or any("qwen3-reranker" in h or "qwen3-vl-reranker" in h for h in hints)
                 or "sequenceclassification" in origin):
