@@ -26,13 +26,15 @@ the count returned, as in kquant.ggml.kernels.iq2.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, tables
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists
 
 JIT = dict(cache=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -98,45 +100,77 @@ def merge_sort(v, idx, tmpv, tmpi, n):
         w *= 2
 
 
+@njit(inline="always", **JIT)
+def _terms(scale, xx, xi, wi):
+    """w*diff*diff with diff = scale*q - xval, for q = xx[0], xx[1], xx[2], as
+    iq1_find_best_neighbour2 computes each term (C's operations and order)."""
+    e0 = scale * xx[0] - xi
+    e1 = scale * xx[1] - xi
+    e2 = scale * xx[2] - xi
+    return wi * e0 * e0, wi * e1 * e1, wi * e2 * e2
+
+
+@njit(inline="always", **JIT)
+def _pick(c, t):
+    """t[0], t[1] or t[2] for the grid byte c = 1, 3 or 5."""
+    return sel(c == 1, t[0], sel(c == 3, t[1], t[2]))
+
+
+@njit(inline="always", **JIT)
+def _key(d2):
+    """A uint64 ordered as ggml's `d2 < best` orders d2 (d2 is never -0: it starts at +0), NaN
+    above every number (never taken)."""
+    b = np.uint64(np.float32(d2).view(np.uint32))
+    k = sel(b >= np.uint64(0x80000000), b ^ np.uint64(0xFFFFFFFF), b | np.uint64(0x80000000))
+    return sel(d2 != d2, np.uint64(0xFFFFFFFF), k)
+
+
+KEY_FLT_MAX = np.uint64(0x7F7FFFFF | 0x80000000)  # _key(FLT_MAX)
+KEY_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 @njit(**KJIT)
-def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
-    """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
-    fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
-    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
-    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
-    base = np.uint64(8 * (start + 1))
-    x0 = xx[0]
-    x1 = xx[1]
-    x2 = xx[2]
-    for j in range(n):
-        d2[j] = _F0
-    for i in range(8):
-        # the term w (s q - x)^2 of coordinate i takes 3 values (q = xx[0..2]): computed once
-        # each, with C's operations, then picked per lane
-        xi = xb[xo + i]
-        wi = weight[wo + i]
-        e0 = scale * x0 - xi
-        e1 = scale * x1 - xi
-        e2 = scale * x2 - xi
-        t0 = wi * e0 * e0
-        t1 = wi * e1 * e1
-        t2 = wi * e2 * e2
-        row = base + np.uint64(i) * n
-        for j in range(n):
-            c = coords[row + j]
-            d2[j] += sel(c == 1, t0, sel(c == 3, t1, t2))
-    best = _FLT_MAX
-    jb = -1
-    for j in range(n):
-        if d2[j] < best:
-            best = d2[j]
-            jb = np.int64(j)
-    if jb < 0:
+def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
+    """iq1_find_best_neighbour2 for the off-grid point whose list descriptor is desc (-1 - kx[u],
+    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
+    where ggml would fall back to its whole-grid loop (which reads outside the block) or assert.
+
+    d2 = ((0 + t0) + t1) + ... + t7, t_i = (w_i diff_i) diff_i as ggml sums it, the candidates
+    as lanes; each t_i takes one of 3 values, computed once. Its key (_key) << 16 | position has
+    its minimum at ggml's choice, and that minimum is an integer reduction, which vectorizes
+    without reordering any float sum. Padding copies of the last candidate come later."""
+    t0 = _terms(scale, xx, xb[xo], weight[wo])
+    t1 = _terms(scale, xx, xb[xo + 1], weight[wo + 1])
+    t2 = _terms(scale, xx, xb[xo + 2], weight[wo + 2])
+    t3 = _terms(scale, xx, xb[xo + 3], weight[wo + 3])
+    t4 = _terms(scale, xx, xb[xo + 4], weight[wo + 4])
+    t5 = _terms(scale, xx, xb[xo + 5], weight[wo + 5])
+    t6 = _terms(scale, xx, xb[xo + 6], weight[wo + 6])
+    t7 = _terms(scale, xx, xb[xo + 7], weight[wo + 7])
+    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code, so vector loads
+    n = np.uint64(PAD * (desc & 255))
+    r0 = np.uint64(8) * p0
+    r1 = r0 + n
+    r2 = r1 + n
+    r3 = r2 + n
+    r4 = r3 + n
+    r5 = r4 + n
+    r6 = r5 + n
+    r7 = r6 + n
+    kmin = KEY_NONE
+    for c in range(n):
+        d2 = _F0 + _pick(codes[r0 + c], t0)
+        d2 = d2 + _pick(codes[r1 + c], t1)
+        d2 = d2 + _pick(codes[r2 + c], t2)
+        d2 = d2 + _pick(codes[r3 + c], t3)
+        d2 = d2 + _pick(codes[r4 + c], t4)
+        d2 = d2 + _pick(codes[r5 + c], t5)
+        d2 = d2 + _pick(codes[r6 + c], t6)
+        d2 = d2 + _pick(codes[r7 + c], t7)
+        kmin = min(kmin, (_key(d2) << np.uint64(16)) | c)
+    if (kmin >> np.uint64(16)) >= KEY_FLT_MAX:
         return -1
-    gi = np.int64(nb[start + 1 + jb])
-    for i in range(8):
-        L[lo + i] = (grid[gi, i] - 1) // 2
-    return gi
+    return np.int64(nidx[p0 + (kmin & np.uint64(0xFFFF))])
 
 
 @njit(**KJIT)
@@ -173,8 +207,249 @@ def _grid_u(L, lo):
     return u & 0xFFFF
 
 
+LANES = 8  # splits tested at once: one AVX2 vector of float32
+_LU = np.uint64(LANES)
+_V8 = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
+_I32 = llvm_ir.IntType(32)
+
+# The lane tests below are LLVM intrinsics: numba leaves LLVM's SLP vectorizer off and fully
+# unrolls 8-lane loops before its loop vectorizer sees them, so written as Python loops they run
+# scalar. Each is straight-line vector code with C's float operations (fsub, fmul, fadd, fcmp ogt
+# in the same order, no fast-math flags, no contraction), returning the bit mask of the lanes
+# where `sumq2 > 0 && sumqx*sumqx > best_score*sumq2` holds for some kind.
+
+
+def _splat(builder, v):
+    u = builder.insert_element(llvm_ir.Constant(_V8, llvm_ir.Undefined), v, _I32(0))
+    return builder.shuffle_vector(u, llvm_ir.Constant(_V8, llvm_ir.Undefined),
+                                  llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _load8(context, builder, aryty, ary, idx):
+    """ary[idx:idx+8] as a vector (unaligned)."""
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.load(builder.bitcast(builder.gep(data, [idx]), _V8.as_pointer()), align=4)
+
+
+def _passes(builder, ok, sumqx, sumq2, best):
+    """ok & (sumq2 > 0) & (sumqx*sumqx > best*sumq2), lane by lane."""
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    t = builder.fcmp_ordered(">", builder.fmul(sumqx, sumqx), builder.fmul(best, sumq2))
+    return builder.and_(ok, builder.and_(builder.fcmp_ordered(">", sumq2, zero), t))
+
+
+def _valid(builder, n):
+    """lanes 0..n-1 (n an int64)."""
+    lane = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(64), LANES), list(range(LANES)))
+    nv = builder.insert_element(llvm_ir.Constant(lane.type, llvm_ir.Undefined), n, _I32(0))
+    nv = builder.shuffle_vector(nv, llvm_ir.Constant(lane.type, llvm_ir.Undefined),
+                                llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.icmp_unsigned("<", lane, nv)
+
+
+def _mask(builder, m):
+    return builder.zext(builder.bitcast(m, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
+
+
+@intrinsic
+def _lanes_s(typingctx, sumx, sumw, i0, n, h, q, best):
+    """IQ1_S: the 2 candidates (x_p, x_m) of the splits (i1, i0 + lane), lane < n, from the
+    prefix sums and h = UniTuple(float32 x 8) (sx1, sw1, sxn, swn, ap, awp, am, awm) of row i1,
+    q = (p1, p2, m1, m2): the mask of lanes where one passes against best."""
+    sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, types.float32)
+
+    def codegen(context, builder, signature, args):
+        vx = _load8(context, builder, signature.args[0], args[0], args[2])
+        vw = _load8(context, builder, signature.args[1], args[1], args[2])
+        hs = [_splat(builder, builder.extract_value(args[4], k)) for k in range(8)]
+        qs = [_splat(builder, builder.extract_value(args[5], k)) for k in range(4)]
+        sx1, sw1, sxn, swn, ap, awp, am, awm = hs
+        p1, p2, m1, m2 = qs
+        best = _splat(builder, args[6])
+        b = builder.fsub(vx, sx1)
+        c = builder.fsub(sxn, vx)
+        bw = builder.fsub(vw, sw1)
+        cw = builder.fsub(swn, vw)
+        ok = _valid(builder, args[3])
+        f = builder
+        qxp = f.fadd(f.fadd(ap, f.fmul(b, p1)), f.fmul(c, p2))
+        q2p = f.fadd(f.fadd(awp, f.fmul(f.fmul(bw, p1), p1)), f.fmul(f.fmul(cw, p2), p2))
+        qxm = f.fadd(f.fadd(am, f.fmul(b, m1)), f.fmul(c, m2))
+        q2m = f.fadd(f.fadd(awm, f.fmul(f.fmul(bw, m1), m1)), f.fmul(f.fmul(cw, m2), m2))
+        return _mask(f, f.or_(_passes(f, ok, qxp, q2p, best), _passes(f, ok, qxm, q2m, best)))
+
+    return sig, codegen
+
+
+@intrinsic
+def _lanes_m(typingctx, pp, i0, n, h, best):
+    """IQ1_M: the 4 candidates of the splits (i1, i0 + lane), lane < n, from the per-half prefix
+    sums pp = px0 | px1 | pw0 | pw1 (M_ROW floats each) and h = (x0, x1, txp0, txm0, txp1, txm1,
+    ap0, am0, ap1, am1, cp2, cm2) of row i1: the mask of lanes where one passes against best."""
+    sig = types.uint64(pp, types.uint64, types.int64, h, types.float32)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        i0 = args[1]
+        rows = [_load8(context, f, signature.args[0], args[0], f.add(i0, i0.type(r * M_ROW))) for r in range(4)]
+        a0, a1, w0, w1 = rows
+        x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2 = [
+            _splat(f, f.extract_value(args[3], k)) for k in range(12)]
+        best = _splat(f, args[4])
+        sx0 = f.fadd(x0, a0)
+        sx1 = f.fadd(x1, a1)
+        qxp0 = f.fsub(txp0, sx0)
+        qxm0 = f.fsub(txm0, sx0)
+        qxp1 = f.fsub(txp1, sx1)
+        qxm1 = f.fsub(txm1, sx1)
+        q2p0 = f.fadd(ap0, f.fmul(w0, cp2))
+        q2m0 = f.fadd(am0, f.fmul(w0, cm2))
+        q2p1 = f.fadd(ap1, f.fmul(w1, cp2))
+        q2m1 = f.fadd(am1, f.fmul(w1, cm2))
+        ok = _valid(f, args[2])
+        m = _passes(f, ok, f.fadd(qxp0, qxp1), f.fadd(q2p0, q2p1), best)
+        m = f.or_(m, _passes(f, ok, f.fadd(qxp0, qxm1), f.fadd(q2p0, q2m1), best))
+        m = f.or_(m, _passes(f, ok, f.fadd(qxm0, qxp1), f.fadd(q2m0, q2p1), best))
+        m = f.or_(m, _passes(f, ok, f.fadd(qxm0, qxm1), f.fadd(q2m0, q2m1), best))
+        return _mask(f, m)
+
+    return sig, codegen
+
+
+M_ROW = 32  # floats per prefix-sum row of IQ1_M (bs + 1 + LANES = 25, rounded up)
+
+
 @njit(**KJIT)
-def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw,
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale):
+    """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
+    to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
+
+    Every split (i1, i2) gives one candidate per shift (x_p, then x_m), C's expressions with
+    the terms of i1 alone hoisted (the same operations). ggml updates `if (sumq2 > 0 &&
+    sumqx*sumqx > best_score*sumq2)`, and best_score changes only there, so LANES consecutive
+    i2 of a row are tested at once against the current best_score (_lanes_s, the same float
+    operations) and replayed in C's order only where one passes."""
+    best = -_FLT_MAX
+    besti1 = -1
+    besti2 = -1
+    best_shift = 0
+    sx0 = sumx[0]
+    sw0 = sumw[0]
+    sxn = sumx[bs]
+    swn = sumw[bs]
+    q = (p1, p2, m1, m2)
+    for i1 in range(bs + 1):
+        a = sumx[i1] - sx0
+        aw = sumw[i1] - sw0
+        ap = a * p0
+        am = a * m0
+        awp = aw * p0 * p0
+        awm = aw * m0 * m0
+        sx1 = sumx[i1]
+        sw1 = sumw[i1]
+        h = (sx1, sw1, sxn, swn, ap, awp, am, awm)
+        for i0 in range(i1, bs + 1, LANES):
+            if _lanes_s(sumx, sumw, np.uint64(i0), np.int64(bs + 1 - i0), h, q, best) == 0:
+                continue
+            for i2 in range(i0, min(i0 + LANES, bs + 1)):
+                b = sumx[i2] - sx1
+                c = sxn - sumx[i2]
+                bw = sumw[i2] - sw1
+                cw = swn - sumw[i2]
+                sumqx = ap + b * p1 + c * p2
+                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
+                if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = 1
+                sumqx = am + b * m1 + c * m2
+                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
+                if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
+                    scale = sumqx / sumq2
+                    best = scale * sumqx
+                    besti1 = i1
+                    besti2 = i2
+                    best_shift = -1
+    return besti1, besti2, best_shift, scale
+
+
+@njit(**KJIT)
+def _split_m(pp, bs, xp, xm, scale):
+    """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
+    pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
+    best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
+    two halves; C's expressions with the terms of i1 alone hoisted (the same operations), tested
+    LANES splits at once as in _split_s (_lanes_m)."""
+    p2 = xp[2]
+    m2 = xm[2]
+    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
+    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
+    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
+    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
+    X0 = 0
+    X1 = M_ROW
+    W0 = 2 * M_ROW
+    W1 = 3 * M_ROW
+    txp0 = pp[X0 + bs] * p2
+    txm0 = pp[X0 + bs] * m2
+    txp1 = pp[X1 + bs] * p2
+    txm1 = pp[X1 + bs] * m2
+    twp0 = pp[W0 + bs] * p2 * p2
+    twm0 = pp[W0 + bs] * m2 * m2
+    twp1 = pp[W1 + bs] * p2 * p2
+    twm1 = pp[W1 + bs] * m2 * m2
+    best = -_FLT_MAX
+    besti1 = -1
+    besti2 = -1
+    best_k = -1
+    for i1 in range(bs + 1):
+        x0 = pp[X0 + i1]
+        x1 = pp[X1 + i1]
+        ap0 = twp0 + pp[W0 + i1] * cp1
+        am0 = twm0 + pp[W0 + i1] * cm1
+        ap1 = twp1 + pp[W1 + i1] * cp1
+        am1 = twm1 + pp[W1 + i1] * cm1
+        h = (x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        for i0 in range(i1, bs + 1, LANES):
+            if _lanes_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, best) == 0:
+                continue
+            for i2 in range(i0, min(i0 + LANES, bs + 1)):
+                sx0 = x0 + pp[X0 + i2]
+                sx1 = x1 + pp[X1 + i2]
+                qxp0 = txp0 - sx0
+                qxm0 = txm0 - sx0
+                qxp1 = txp1 - sx1
+                qxm1 = txm1 - sx1
+                q2p0 = ap0 + pp[W0 + i2] * cp2
+                q2m0 = am0 + pp[W0 + i2] * cm2
+                q2p1 = ap1 + pp[W1 + i2] * cp2
+                q2m1 = am1 + pp[W1 + i2] * cm2
+                for k in range(4):
+                    if k == 0:
+                        sumqx = qxp0 + qxp1
+                        sumq2 = q2p0 + q2p1
+                    elif k == 1:
+                        sumqx = qxp0 + qxm1
+                        sumq2 = q2p0 + q2m1
+                    elif k == 2:
+                        sumqx = qxm0 + qxp1
+                        sumq2 = q2m0 + q2p1
+                    else:
+                        sumqx = qxm0 + qxm1
+                        sumq2 = q2m0 + q2m1
+                    if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
+                        scale = sumqx / sumq2
+                        best = scale * sumqx
+                        besti1 = i1
+                        besti2 = i2
+                        best_k = k
+    return besti1, besti2, best_k, scale
+
+
+@njit(**KJIT)
+def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
                pv, pidx, tv, ti):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
@@ -206,46 +481,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
             i = pidx[j]
             sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
             sumw[j + 1] = sumw[j] + weight[i]
-        best_score = -_FLT_MAX
-        scale = mx
-        besti1 = -1
-        besti2 = -1
-        best_shift = 0
-        # C's expressions, with the terms that depend on i1 only hoisted (the same operations)
-        sx0 = sumx[0]
-        sw0 = sumw[0]
-        sxn = sumx[bs]
-        swn = sumw[bs]
-        for i1 in range(bs + 1):
-            a = sumx[i1] - sx0
-            aw = sumw[i1] - sw0
-            ap = a * p0
-            am = a * m0
-            awp = aw * p0 * p0
-            awm = aw * m0 * m0
-            sx1 = sumx[i1]
-            sw1 = sumw[i1]
-            for i2 in range(i1, bs + 1):
-                b = sumx[i2] - sx1
-                c = sxn - sumx[i2]
-                bw = sumw[i2] - sw1
-                cw = swn - sumw[i2]
-                sumqx = ap + b * p1 + c * p2
-                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
-                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
-                    scale = sumqx / sumq2
-                    best_score = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = 1
-                sumqx = am + b * m1 + c * m2
-                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
-                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
-                    scale = sumqx / sumq2
-                    best_score = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = -1
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -265,13 +501,12 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
         all_on_grid = True
         for k in range(bs // 8):
             u = _grid_u(L, 8 * k)
-            gi = np.int64(kmap[u]) if u < KMAP_SIZE else np.int64(-1)
+            if u >= KMAP_SIZE:
+                return 1
+            gi = np.int64(kx[u])
             if gi < 0:
-                if u >= KMAP_SIZE:
-                    return 1
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
-                                          L, 8 * k)
+                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -281,7 +516,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
             for k in range(bs // 8):
                 for j in range(8):
                     w = weight[8 * k + j]
-                    q = xx[(grid[index[k], j] - 1) // 2]
+                    q = xx[levels[index[k], j]]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
@@ -331,8 +566,8 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 
 @njit(**KJIT)
-def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw,
-               pv, pidx, tv, ti, sumqx, sumq2, sc):
+def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, pp, pv,
+               pidx, tv, ti, sc):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -344,12 +579,6 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
     bs = 16
     xp = XPM_M[0]
     xm = XPM_M[1]
-    p2 = xp[2]
-    m2 = xm[2]
-    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
-    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
-    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
-    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
         _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
@@ -362,53 +591,19 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             shifts[ib] = 0
             continue
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
-        best_score = -_FLT_MAX
-        scale = mx
-        besti1 = -1
-        besti2 = -1
-        best_k = -1
-        px[0, 0] = _F0
-        px[1, 0] = _F0
-        pw[0, 0] = _F0
-        pw[1, 0] = _F0
+        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each)
+        pp[0] = _F0
+        pp[M_ROW] = _F0
+        pp[2 * M_ROW] = _F0
+        pp[3 * M_ROW] = _F0
         for j in range(bs):
             i = pidx[j]
             h = 0 if i < bs // 2 else 1
-            px[h, j + 1] = px[h, j] + weight[i] * x[bo + i]
-            px[1 - h, j + 1] = px[1 - h, j]
-            pw[h, j + 1] = pw[h, j] + weight[i]
-            pw[1 - h, j + 1] = pw[1 - h, j]
-        tx0 = px[0, bs]
-        tx1 = px[1, bs]
-        tw0 = pw[0, bs]
-        tw1 = pw[1, bs]
-        for i1 in range(bs + 1):
-            for i2 in range(i1, bs + 1):
-                sx0 = px[0, i1] + px[0, i2]
-                sx1 = px[1, i1] + px[1, i2]
-                qxp0 = tx0 * p2 - sx0
-                qxm0 = tx0 * m2 - sx0
-                qxp1 = tx1 * p2 - sx1
-                qxm1 = tx1 * m2 - sx1
-                q2p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
-                q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
-                q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
-                q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                sumqx[0] = qxp0 + qxp1
-                sumqx[1] = qxp0 + qxm1
-                sumqx[2] = qxm0 + qxp1
-                sumqx[3] = qxm0 + qxm1
-                sumq2[0] = q2p0 + q2p1
-                sumq2[1] = q2p0 + q2m1
-                sumq2[2] = q2m0 + q2p1
-                sumq2[3] = q2m0 + q2m1
-                for k in range(4):
-                    if sumq2[k] > _F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                        scale = sumqx[k] / sumq2[k]
-                        best_score = scale * sumqx[k]
-                        besti1 = i1
-                        besti2 = i2
-                        best_k = k
+            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[i] * x[bo + i]
+            pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
+            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
+            pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -430,11 +625,10 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kmap[u])
+            gi = np.int64(kx[u])
             if gi < 0:
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
-                                          L, 8 * k)
+                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -445,7 +639,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
                     w = weight[8 * k + j]
-                    q = xx[(grid[index[k], j] - 1) // 2]
+                    q = xx[levels[index[k], j]]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
@@ -480,7 +674,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[8 * k + j]
-                q = xx[(grid[g, j] - 1) // 2] * fl
+                q = xx[levels[g, j]] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
     if sq2 > _F0:
@@ -502,33 +696,29 @@ def _quantize_iq1(x, qw, out, is_m):
     weighted = qw.shape[0] == x.shape[1]
     if not is_m and not weighted:
         return x.shape[0] * nblk
-    grid, kmap, nb, coords = tables(GRID_1S)
+    kx, codes, nidx, levels = lists(GRID_1S)
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
     weight = np.zeros(bs, dtype=np.float32)
     L = np.zeros(bs, dtype=np.int8)
     index = np.zeros(bs // 8, dtype=np.int64)
-    sumx = np.zeros(bs + 1, dtype=np.float32)
-    sumw = np.zeros(bs + 1, dtype=np.float32)
-    px = np.zeros((2, bs + 1), dtype=np.float32)
-    pw = np.zeros((2, bs + 1), dtype=np.float32)
+    sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
+    sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
+    pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
     pv = np.zeros(bs, dtype=np.float32)
     tv = np.zeros(bs, dtype=np.float32)
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
-    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
-    sumqx = np.zeros(4, dtype=np.float32)
-    sumq2 = np.zeros(4, dtype=np.float32)
     sc = np.zeros(4, dtype=np.int64)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf,
-                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti, sumqx, sumq2, sc)
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, codes, nidx, levels,
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales,
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, codes, nidx, levels, scales,
                                      weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)
     return failed
 
