@@ -208,15 +208,16 @@ def _grid_u(L, lo):
 
 
 LANES = 8  # splits tested at once: one AVX2 vector of float32
-_LU = np.uint64(LANES)
 _V8 = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
 _I32 = llvm_ir.IntType(32)
+_NINF = np.float32(-np.inf)
+M_ROW = 32  # floats per prefix-sum row of IQ1_M (bs + 1 + LANES = 25, rounded up)
 
-# The lane tests below are LLVM intrinsics: numba leaves LLVM's SLP vectorizer off and fully
-# unrolls 8-lane loops before its loop vectorizer sees them, so written as Python loops they run
-# scalar. Each is straight-line vector code with C's float operations (fsub, fmul, fadd, fcmp ogt
-# in the same order, no fast-math flags, no contraction), returning the bit mask of the lanes
-# where `sumq2 > 0 && sumqx*sumqx > best_score*sumq2` holds for some kind.
+# The split searches test LANES splits at once with LLVM intrinsics: numba leaves LLVM's SLP
+# vectorizer off and fully unrolls 8-lane loops before its loop vectorizer sees them, so written
+# as Python loops they run scalar. The intrinsics are straight-line vector code with C's float
+# operations (fsub, fmul, fadd, fdiv, fcmp ogt in the same order; no fast-math flags, so no
+# contraction or reassociation).
 
 
 def _splat(builder, v):
@@ -225,17 +226,17 @@ def _splat(builder, v):
                                   llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
 
 
-def _load8(context, builder, aryty, ary, idx):
-    """ary[idx:idx+8] as a vector (unaligned)."""
-    data = context.make_array(aryty)(context, builder, ary).data
+def _data(context, builder, aryty, ary):
+    return context.make_array(aryty)(context, builder, ary).data
+
+
+def _load8(builder, data, idx):
+    """data[idx:idx+8] as a vector (unaligned)."""
     return builder.load(builder.bitcast(builder.gep(data, [idx]), _V8.as_pointer()), align=4)
 
 
-def _passes(builder, ok, sumqx, sumq2, best):
-    """ok & (sumq2 > 0) & (sumqx*sumqx > best*sumq2), lane by lane."""
-    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
-    t = builder.fcmp_ordered(">", builder.fmul(sumqx, sumqx), builder.fmul(best, sumq2))
-    return builder.and_(ok, builder.and_(builder.fcmp_ordered(">", sumq2, zero), t))
+def _store8(builder, v, data, idx):
+    builder.store(v, builder.bitcast(builder.gep(data, [idx]), _V8.as_pointer()), align=4)
 
 
 def _valid(builder, n):
@@ -247,88 +248,183 @@ def _valid(builder, n):
     return builder.icmp_unsigned("<", lane, nv)
 
 
-def _mask(builder, m):
-    return builder.zext(builder.bitcast(m, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
+def _cands_s_ir(f, context, sig, args):
+    """IQ1_S's candidates [(sumqx, sumq2) of x_p, of x_m] of the splits (i1, i0 + lane):
+    (sumx, sumw, i0, n, h, q) as in _split_s; sumq2 = 0 in the lanes >= n."""
+    sumx = _data(context, f, sig.args[0], args[0])
+    sumw = _data(context, f, sig.args[1], args[1])
+    vx = _load8(f, sumx, args[2])
+    vw = _load8(f, sumw, args[2])
+    sx1, sw1, sxn, swn, ap, awp, am, awm = [_splat(f, f.extract_value(args[4], k)) for k in range(8)]
+    p1, p2, m1, m2 = [_splat(f, f.extract_value(args[5], k)) for k in range(4)]
+    b = f.fsub(vx, sx1)
+    c = f.fsub(sxn, vx)
+    bw = f.fsub(vw, sw1)
+    cw = f.fsub(swn, vw)
+    ok = _valid(f, args[3])
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    qxp = f.fadd(f.fadd(ap, f.fmul(b, p1)), f.fmul(c, p2))
+    q2p = f.fadd(f.fadd(awp, f.fmul(f.fmul(bw, p1), p1)), f.fmul(f.fmul(cw, p2), p2))
+    qxm = f.fadd(f.fadd(am, f.fmul(b, m1)), f.fmul(c, m2))
+    q2m = f.fadd(f.fadd(awm, f.fmul(f.fmul(bw, m1), m1)), f.fmul(f.fmul(cw, m2), m2))
+    return [(qxp, f.select(ok, q2p, zero)), (qxm, f.select(ok, q2m, zero))]
+
+
+def _cands_m_ir(f, context, sig, args):
+    """IQ1_M's candidates [(sumqx, sumq2) of kinds 0..3] of the splits (i1, i0 + lane):
+    (pp, i0, n, h) as in _split_m; sumq2 = 0 in the lanes >= n."""
+    pp = _data(context, f, sig.args[0], args[0])
+    i0 = args[1]
+    a0, a1, w0, w1 = [_load8(f, pp, f.add(i0, i0.type(r * M_ROW))) for r in range(4)]
+    x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2 = [
+        _splat(f, f.extract_value(args[3], k)) for k in range(12)]
+    sx0 = f.fadd(x0, a0)
+    sx1 = f.fadd(x1, a1)
+    qxp0 = f.fsub(txp0, sx0)
+    qxm0 = f.fsub(txm0, sx0)
+    qxp1 = f.fsub(txp1, sx1)
+    qxm1 = f.fsub(txm1, sx1)
+    q2p0 = f.fadd(ap0, f.fmul(w0, cp2))
+    q2m0 = f.fadd(am0, f.fmul(w0, cm2))
+    q2p1 = f.fadd(ap1, f.fmul(w1, cp2))
+    q2m1 = f.fadd(am1, f.fmul(w1, cm2))
+    ok = _valid(f, args[2])
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    return [(f.fadd(qxp0, qxp1), f.select(ok, f.fadd(q2p0, q2p1), zero)),
+            (f.fadd(qxp0, qxm1), f.select(ok, f.fadd(q2p0, q2m1), zero)),
+            (f.fadd(qxm0, qxp1), f.select(ok, f.fadd(q2m0, q2p1), zero)),
+            (f.fadd(qxm0, qxm1), f.select(ok, f.fadd(q2m0, q2m1), zero))]
+
+
+def _test_ir(f, cands, best):
+    """The bit mask of the lanes where `sumq2 > 0 && sumqx*sumqx > best*sumq2` holds for a kind."""
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    vb = _splat(f, best)
+    m = None
+    for qx, q2 in cands:
+        t = f.and_(f.fcmp_ordered(">", q2, zero), f.fcmp_ordered(">", f.fmul(qx, qx), f.fmul(vb, q2)))
+        m = t if m is None else f.or_(m, t)
+    return f.zext(f.bitcast(m, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
+
+
+def _store_ir(f, context, aryty, ary, cands):
+    """cb[8k:8k+8] = sumqx of kind k, cb[8(nk+k):] = its sumq2, cb[8(2nk+k):] = V = (sumqx/sumq2)*sumqx
+    (the best_score an update to it sets), or -inf where it cannot pass (sumq2 <= 0 or NaN sumqx)."""
+    cb = _data(context, f, aryty, ary)
+    nk = len(cands)
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
+    i64 = llvm_ir.IntType(64)
+    for k, (qx, q2) in enumerate(cands):
+        v = f.fmul(f.fdiv(qx, q2), qx)
+        can = f.and_(f.fcmp_ordered(">", q2, zero), f.fcmp_ordered("==", qx, qx))
+        _store8(f, qx, cb, i64(LANES * k))
+        _store8(f, q2, cb, i64(LANES * (nk + k)))
+        _store8(f, f.select(can, v, ninf), cb, i64(LANES * (2 * nk + k)))
 
 
 @intrinsic
-def _lanes_s(typingctx, sumx, sumw, i0, n, h, q, best):
-    """IQ1_S: the 2 candidates (x_p, x_m) of the splits (i1, i0 + lane), lane < n, from the
-    prefix sums and h = UniTuple(float32 x 8) (sx1, sw1, sxn, swn, ap, awp, am, awm) of row i1,
-    q = (p1, p2, m1, m2): the mask of lanes where one passes against best."""
+def _test_s(typingctx, sumx, sumw, i0, n, h, q, best):
+    """IQ1_S: the mask of the lanes i0 + lane (< i0 + n) where a candidate passes against best."""
     sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, types.float32)
 
     def codegen(context, builder, signature, args):
-        vx = _load8(context, builder, signature.args[0], args[0], args[2])
-        vw = _load8(context, builder, signature.args[1], args[1], args[2])
-        hs = [_splat(builder, builder.extract_value(args[4], k)) for k in range(8)]
-        qs = [_splat(builder, builder.extract_value(args[5], k)) for k in range(4)]
-        sx1, sw1, sxn, swn, ap, awp, am, awm = hs
-        p1, p2, m1, m2 = qs
-        best = _splat(builder, args[6])
-        b = builder.fsub(vx, sx1)
-        c = builder.fsub(sxn, vx)
-        bw = builder.fsub(vw, sw1)
-        cw = builder.fsub(swn, vw)
-        ok = _valid(builder, args[3])
-        f = builder
-        qxp = f.fadd(f.fadd(ap, f.fmul(b, p1)), f.fmul(c, p2))
-        q2p = f.fadd(f.fadd(awp, f.fmul(f.fmul(bw, p1), p1)), f.fmul(f.fmul(cw, p2), p2))
-        qxm = f.fadd(f.fadd(am, f.fmul(b, m1)), f.fmul(c, m2))
-        q2m = f.fadd(f.fadd(awm, f.fmul(f.fmul(bw, m1), m1)), f.fmul(f.fmul(cw, m2), m2))
-        return _mask(f, f.or_(_passes(f, ok, qxp, q2p, best), _passes(f, ok, qxm, q2m, best)))
+        return _test_ir(builder, _cands_s_ir(builder, context, signature, args), args[6])
 
     return sig, codegen
 
 
 @intrinsic
-def _lanes_m(typingctx, pp, i0, n, h, best):
-    """IQ1_M: the 4 candidates of the splits (i1, i0 + lane), lane < n, from the per-half prefix
-    sums pp = px0 | px1 | pw0 | pw1 (M_ROW floats each) and h = (x0, x1, txp0, txm0, txp1, txm1,
-    ap0, am0, ap1, am1, cp2, cm2) of row i1: the mask of lanes where one passes against best."""
-    sig = types.uint64(pp, types.uint64, types.int64, h, types.float32)
+def _store_s(typingctx, sumx, sumw, i0, n, h, q, cb):
+    """IQ1_S: the candidates of the lanes into cb (_store_ir)."""
+    sig = types.void(sumx, sumw, types.uint64, types.int64, h, q, cb)
 
     def codegen(context, builder, signature, args):
-        f = builder
-        i0 = args[1]
-        rows = [_load8(context, f, signature.args[0], args[0], f.add(i0, i0.type(r * M_ROW))) for r in range(4)]
-        a0, a1, w0, w1 = rows
-        x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2 = [
-            _splat(f, f.extract_value(args[3], k)) for k in range(12)]
-        best = _splat(f, args[4])
-        sx0 = f.fadd(x0, a0)
-        sx1 = f.fadd(x1, a1)
-        qxp0 = f.fsub(txp0, sx0)
-        qxm0 = f.fsub(txm0, sx0)
-        qxp1 = f.fsub(txp1, sx1)
-        qxm1 = f.fsub(txm1, sx1)
-        q2p0 = f.fadd(ap0, f.fmul(w0, cp2))
-        q2m0 = f.fadd(am0, f.fmul(w0, cm2))
-        q2p1 = f.fadd(ap1, f.fmul(w1, cp2))
-        q2m1 = f.fadd(am1, f.fmul(w1, cm2))
-        ok = _valid(f, args[2])
-        m = _passes(f, ok, f.fadd(qxp0, qxp1), f.fadd(q2p0, q2p1), best)
-        m = f.or_(m, _passes(f, ok, f.fadd(qxp0, qxm1), f.fadd(q2p0, q2m1), best))
-        m = f.or_(m, _passes(f, ok, f.fadd(qxm0, qxp1), f.fadd(q2m0, q2p1), best))
-        m = f.or_(m, _passes(f, ok, f.fadd(qxm0, qxm1), f.fadd(q2m0, q2m1), best))
-        return _mask(f, m)
+        _store_ir(builder, context, signature.args[6], args[6], _cands_s_ir(builder, context, signature, args))
+        return context.get_dummy_value()
 
     return sig, codegen
 
 
-M_ROW = 32  # floats per prefix-sum row of IQ1_M (bs + 1 + LANES = 25, rounded up)
+@intrinsic
+def _test_m(typingctx, pp, i0, n, h, best):
+    """IQ1_M: the mask of the lanes i0 + lane (< i0 + n) where a candidate passes against best."""
+    sig = types.uint64(pp, types.uint64, types.int64, h, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return _test_ir(builder, _cands_m_ir(builder, context, signature, args), args[4])
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_m(typingctx, pp, i0, n, h, cb):
+    """IQ1_M: the candidates of the lanes into cb (_store_ir)."""
+    sig = types.void(pp, types.uint64, types.int64, h, cb)
+
+    def codegen(context, builder, signature, args):
+        _store_ir(builder, context, signature.args[4], args[4], _cands_m_ir(builder, context, signature, args))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(**KJIT)
-def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale):
+def _replay(cb, nk, e0, best, scale, last):
+    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
+    best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of a
+    chunk (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
+    for e in range(e0, LANES * nk):
+        t = e // nk
+        k = e % nk
+        a = cb[LANES * k + t]
+        b = cb[LANES * (nk + k) + t]
+        if b > _F0 and a * a > best * b:
+            scale = a / b
+            best = scale * a
+            last = e
+    return best, scale, last
+
+
+@njit(**KJIT)
+def _resolve(cb, nk, best, scale):
+    """The split loop over a chunk with a passing candidate (_store_ir): (best, scale, e of the
+    last update). An update to candidate g sets best_score = V(g) whatever came before, so with
+    g = the first candidate of largest V: if g passes against the largest of best and the V before
+    it (ggml's test is monotone in best_score, which before g is one of those), the loop's state
+    after g is V(g), and only the candidates after g are replayed; otherwise (or with a NaN V,
+    inf/inf) the whole chunk is."""
+    vb = _NINF
+    mb = _NINF
+    g = -1
+    nan = False
+    for e in range(LANES * nk):
+        v = cb[LANES * (2 * nk + e % nk) + e // nk]
+        nan |= v != v
+        take = v > vb
+        mb = sel(take, vb, mb)
+        g = sel(take, e, g)
+        vb = sel(take, v, vb)
+    if not nan and g >= 0:
+        a = cb[LANES * (g % nk) + g // nk]
+        b = cb[LANES * (nk + g % nk) + g // nk]
+        m = best if best > mb else mb
+        if a * a > m * b:
+            sc = a / b
+            return _replay(cb, nk, g + 1, sc * a, sc, g)
+    return _replay(cb, nk, 0, best, scale, -1)
+
+
+@njit(**KJIT)
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
     """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
     to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
 
     Every split (i1, i2) gives one candidate per shift (x_p, then x_m), C's expressions with
     the terms of i1 alone hoisted (the same operations). ggml updates `if (sumq2 > 0 &&
     sumqx*sumqx > best_score*sumq2)`, and best_score changes only there, so LANES consecutive
-    i2 of a row are tested at once against the current best_score (_lanes_s, the same float
-    operations) and replayed in C's order only where one passes."""
+    i2 of a row are tested at once against the current best_score (_test_s, the same float
+    operations), and only a chunk where one passes is resolved (_resolve)."""
     best = -_FLT_MAX
     besti1 = -1
     besti2 = -1
@@ -345,43 +441,27 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale):
         am = a * m0
         awp = aw * p0 * p0
         awm = aw * m0 * m0
-        sx1 = sumx[i1]
-        sw1 = sumw[i1]
-        h = (sx1, sw1, sxn, swn, ap, awp, am, awm)
+        h = (sumx[i1], sumw[i1], sxn, swn, ap, awp, am, awm)
         for i0 in range(i1, bs + 1, LANES):
-            if _lanes_s(sumx, sumw, np.uint64(i0), np.int64(bs + 1 - i0), h, q, best) == 0:
+            n = np.int64(bs + 1 - i0)
+            if _test_s(sumx, sumw, np.uint64(i0), n, h, q, best) == 0:
                 continue
-            for i2 in range(i0, min(i0 + LANES, bs + 1)):
-                b = sumx[i2] - sx1
-                c = sxn - sumx[i2]
-                bw = sumw[i2] - sw1
-                cw = swn - sumw[i2]
-                sumqx = ap + b * p1 + c * p2
-                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
-                if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = 1
-                sumqx = am + b * m1 + c * m2
-                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
-                if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
-                    scale = sumqx / sumq2
-                    best = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = -1
+            _store_s(sumx, sumw, np.uint64(i0), n, h, q, cb)
+            best, scale, e = _resolve(cb, 2, best, scale)
+            if e >= 0:
+                besti1 = i1
+                besti2 = i0 + e // 2
+                best_shift = 1 if e % 2 == 0 else -1
     return besti1, besti2, best_shift, scale
 
 
 @njit(**KJIT)
-def _split_m(pp, bs, xp, xm, scale):
+def _split_m(pp, bs, xp, xm, scale, cb):
     """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
     pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
     best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
     two halves; C's expressions with the terms of i1 alone hoisted (the same operations), tested
-    LANES splits at once as in _split_s (_lanes_m)."""
+    LANES splits at once as in _split_s (_test_m)."""
     p2 = xp[2]
     m2 = xm[2]
     cp1 = xp[0] * xp[0] - xp[1] * xp[1]
@@ -405,52 +485,27 @@ def _split_m(pp, bs, xp, xm, scale):
     besti2 = -1
     best_k = -1
     for i1 in range(bs + 1):
-        x0 = pp[X0 + i1]
-        x1 = pp[X1 + i1]
         ap0 = twp0 + pp[W0 + i1] * cp1
         am0 = twm0 + pp[W0 + i1] * cm1
         ap1 = twp1 + pp[W1 + i1] * cp1
         am1 = twm1 + pp[W1 + i1] * cm1
-        h = (x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
         for i0 in range(i1, bs + 1, LANES):
-            if _lanes_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, best) == 0:
+            n = np.int64(bs + 1 - i0)
+            if _test_m(pp, np.uint64(i0), n, h, best) == 0:
                 continue
-            for i2 in range(i0, min(i0 + LANES, bs + 1)):
-                sx0 = x0 + pp[X0 + i2]
-                sx1 = x1 + pp[X1 + i2]
-                qxp0 = txp0 - sx0
-                qxm0 = txm0 - sx0
-                qxp1 = txp1 - sx1
-                qxm1 = txm1 - sx1
-                q2p0 = ap0 + pp[W0 + i2] * cp2
-                q2m0 = am0 + pp[W0 + i2] * cm2
-                q2p1 = ap1 + pp[W1 + i2] * cp2
-                q2m1 = am1 + pp[W1 + i2] * cm2
-                for k in range(4):
-                    if k == 0:
-                        sumqx = qxp0 + qxp1
-                        sumq2 = q2p0 + q2p1
-                    elif k == 1:
-                        sumqx = qxp0 + qxm1
-                        sumq2 = q2p0 + q2m1
-                    elif k == 2:
-                        sumqx = qxm0 + qxp1
-                        sumq2 = q2m0 + q2p1
-                    else:
-                        sumqx = qxm0 + qxm1
-                        sumq2 = q2m0 + q2m1
-                    if sumq2 > _F0 and sumqx * sumqx > best * sumq2:
-                        scale = sumqx / sumq2
-                        best = scale * sumqx
-                        besti1 = i1
-                        besti2 = i2
-                        best_k = k
+            _store_m(pp, np.uint64(i0), n, h, cb)
+            best, scale, e = _resolve(cb, 4, best, scale)
+            if e >= 0:
+                besti1 = i1
+                besti2 = i0 + e // 4
+                best_k = e % 4
     return besti1, besti2, best_k, scale
 
 
 @njit(**KJIT)
 def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
-               pv, pidx, tv, ti):
+               pv, pidx, tv, ti, cb):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
         out[off + j] = 0
@@ -481,7 +536,7 @@ def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, 
             i = pidx[j]
             sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
             sumw[j + 1] = sumw[j] + weight[i]
-        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx)
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -567,7 +622,7 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 @njit(**KJIT)
 def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, pp, pv,
-               pidx, tv, ti, sc):
+               pidx, tv, ti, sc, cb):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -603,7 +658,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
             pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
             pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
             pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
-        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx)
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -711,15 +766,16 @@ def _quantize_iq1(x, qw, out, is_m):
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
     sc = np.zeros(4, dtype=np.int64)
+    cb = np.zeros(3 * 4 * LANES, dtype=np.float32)  # a chunk of split candidates (_store_ir)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
                 failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, codes, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc)
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb)
             else:
                 failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, codes, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb)
     return failed
 
 
