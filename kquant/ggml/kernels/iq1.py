@@ -17,6 +17,12 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
                  sign bit (0x08 / 0x80), scales uint8[8] as 4 uint16: per 16 values two 3-bit
                  scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
 
+Speed (same bytes): the split search tests 8 splits at once against the current best_score
+with LLVM vector intrinsics (C's float operations) and resolves only the chunks where one passes
+(_resolve: an update sets best_score from its own candidate alone); each neighbour search runs
+over its candidate list as lanes (_iqgrid.lists, as kquant.ggml.kernels.iq2) with an integer
+key minimum.
+
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
 does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
 scale, from NaN input; or its whole-grid fallback, which reads outside the block) are counted and
