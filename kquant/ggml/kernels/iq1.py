@@ -17,6 +17,12 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
                  sign bit (0x08 / 0x80), scales uint8[8] as 4 uint16: per 16 values two 3-bit
                  scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
 
+Speed (same bytes): the split search tests 8 splits at once against the current best_score
+with LLVM vector intrinsics (C's float operations) and resolves only the chunks where one passes
+(_resolve: an update sets best_score from its own candidate alone); each neighbour search runs
+over its candidate list as lanes (_iqgrid.lists, as kquant.ggml.kernels.iq2) with an integer
+key minimum.
+
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
 does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
 scale, from NaN input; or its whole-grid fallback, which reads outside the block) are counted and
@@ -26,13 +32,15 @@ the count returned, as in kquant.ggml.kernels.iq2.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, tables
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists
 
 JIT = dict(cache=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -98,45 +106,77 @@ def merge_sort(v, idx, tmpv, tmpi, n):
         w *= 2
 
 
+@njit(inline="always", **JIT)
+def _terms(scale, xx, xi, wi):
+    """w*diff*diff with diff = scale*q - xval, for q = xx[0], xx[1], xx[2], as
+    iq1_find_best_neighbour2 computes each term (C's operations and order)."""
+    e0 = scale * xx[0] - xi
+    e1 = scale * xx[1] - xi
+    e2 = scale * xx[2] - xi
+    return wi * e0 * e0, wi * e1 * e1, wi * e2 * e2
+
+
+@njit(inline="always", **JIT)
+def _pick(c, t):
+    """t[0], t[1] or t[2] for the grid byte c = 1, 3 or 5."""
+    return sel(c == 1, t[0], sel(c == 3, t[1], t[2]))
+
+
+@njit(inline="always", **JIT)
+def _key(d2):
+    """A uint64 ordered as ggml's `d2 < best` orders d2 (d2 is never -0: it starts at +0), NaN
+    above every number (never taken)."""
+    b = np.uint64(np.float32(d2).view(np.uint32))
+    k = sel(b >= np.uint64(0x80000000), b ^ np.uint64(0xFFFFFFFF), b | np.uint64(0x80000000))
+    return sel(d2 != d2, np.uint64(0xFFFFFFFF), k)
+
+
+KEY_FLT_MAX = np.uint64(0x7F7FFFFF | 0x80000000)  # _key(FLT_MAX)
+KEY_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
 @njit(**KJIT)
-def find_best_neighbour2(nb, coords, d2, start, grid, xb, xo, weight, wo, scale, xx, L, lo):
-    """iq1_find_best_neighbour2 over the neighbour list: the grid index, or -1 where ggml would
-    fall back to its whole-grid loop (which reads outside the block) or assert. The neighbours
-    are SIMD lanes (coords transposed, _iqgrid), each summing its 8 terms in ggml's order."""
-    n = np.uint64(nb[start])  # unsigned indices: no wraparound checks, so LLVM vectorizes the lanes
-    base = np.uint64(8 * (start + 1))
-    x0 = xx[0]
-    x1 = xx[1]
-    x2 = xx[2]
-    for j in range(n):
-        d2[j] = _F0
-    for i in range(8):
-        # the term w (s q - x)^2 of coordinate i takes 3 values (q = xx[0..2]): computed once
-        # each, with C's operations, then picked per lane
-        xi = xb[xo + i]
-        wi = weight[wo + i]
-        e0 = scale * x0 - xi
-        e1 = scale * x1 - xi
-        e2 = scale * x2 - xi
-        t0 = wi * e0 * e0
-        t1 = wi * e1 * e1
-        t2 = wi * e2 * e2
-        row = base + np.uint64(i) * n
-        for j in range(n):
-            c = coords[row + j]
-            d2[j] += sel(c == 1, t0, sel(c == 3, t1, t2))
-    best = _FLT_MAX
-    jb = -1
-    for j in range(n):
-        if d2[j] < best:
-            best = d2[j]
-            jb = np.int64(j)
-    if jb < 0:
+def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
+    """iq1_find_best_neighbour2 for the off-grid point whose list descriptor is desc (-1 - kx[u],
+    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
+    where ggml would fall back to its whole-grid loop (which reads outside the block) or assert.
+
+    d2 = ((0 + t0) + t1) + ... + t7, t_i = (w_i diff_i) diff_i as ggml sums it, the candidates
+    as lanes; each t_i takes one of 3 values, computed once. Its key (_key) << 16 | position has
+    its minimum at ggml's choice, and that minimum is an integer reduction, which vectorizes
+    without reordering any float sum. Padding copies of the last candidate come later."""
+    t0 = _terms(scale, xx, xb[xo], weight[wo])
+    t1 = _terms(scale, xx, xb[xo + 1], weight[wo + 1])
+    t2 = _terms(scale, xx, xb[xo + 2], weight[wo + 2])
+    t3 = _terms(scale, xx, xb[xo + 3], weight[wo + 3])
+    t4 = _terms(scale, xx, xb[xo + 4], weight[wo + 4])
+    t5 = _terms(scale, xx, xb[xo + 5], weight[wo + 5])
+    t6 = _terms(scale, xx, xb[xo + 6], weight[wo + 6])
+    t7 = _terms(scale, xx, xb[xo + 7], weight[wo + 7])
+    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code, so vector loads
+    n = np.uint64(PAD * (desc & 255))
+    r0 = np.uint64(8) * p0
+    r1 = r0 + n
+    r2 = r1 + n
+    r3 = r2 + n
+    r4 = r3 + n
+    r5 = r4 + n
+    r6 = r5 + n
+    r7 = r6 + n
+    kmin = KEY_NONE
+    for c in range(n):
+        d2 = _F0 + _pick(codes[r0 + c], t0)
+        d2 = d2 + _pick(codes[r1 + c], t1)
+        d2 = d2 + _pick(codes[r2 + c], t2)
+        d2 = d2 + _pick(codes[r3 + c], t3)
+        d2 = d2 + _pick(codes[r4 + c], t4)
+        d2 = d2 + _pick(codes[r5 + c], t5)
+        d2 = d2 + _pick(codes[r6 + c], t6)
+        d2 = d2 + _pick(codes[r7 + c], t7)
+        kmin = min(kmin, (_key(d2) << np.uint64(16)) | c)
+    if (kmin >> np.uint64(16)) >= KEY_FLT_MAX:
         return -1
-    gi = np.int64(nb[start + 1 + jb])
-    for i in range(8):
-        L[lo + i] = (grid[gi, i] - 1) // 2
-    return gi
+    return np.int64(nidx[p0 + (kmin & np.uint64(0xFFFF))])
 
 
 @njit(**KJIT)
@@ -173,9 +213,305 @@ def _grid_u(L, lo):
     return u & 0xFFFF
 
 
+LANES = 8  # splits tested at once: one AVX2 vector of float32
+_V8 = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
+_I32 = llvm_ir.IntType(32)
+_NINF = np.float32(-np.inf)
+M_ROW = 32  # floats per prefix-sum row of IQ1_M (bs + 1 + LANES = 25, rounded up)
+
+# The split searches test LANES splits at once with LLVM intrinsics: numba leaves LLVM's SLP
+# vectorizer off and fully unrolls 8-lane loops before its loop vectorizer sees them, so written
+# as Python loops they run scalar. The intrinsics are straight-line vector code with C's float
+# operations (fsub, fmul, fadd, fdiv, fcmp ogt in the same order; no fast-math flags, so no
+# contraction or reassociation).
+
+
+def _splat(builder, v):
+    u = builder.insert_element(llvm_ir.Constant(_V8, llvm_ir.Undefined), v, _I32(0))
+    return builder.shuffle_vector(u, llvm_ir.Constant(_V8, llvm_ir.Undefined),
+                                  llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
+
+
+def _data(context, builder, aryty, ary):
+    return context.make_array(aryty)(context, builder, ary).data
+
+
+def _load8(builder, data, idx):
+    """data[idx:idx+8] as a vector (unaligned)."""
+    return builder.load(builder.bitcast(builder.gep(data, [idx]), _V8.as_pointer()), align=4)
+
+
+def _store8(builder, v, data, idx):
+    builder.store(v, builder.bitcast(builder.gep(data, [idx]), _V8.as_pointer()), align=4)
+
+
+def _valid(builder, n):
+    """lanes 0..n-1 (n an int64)."""
+    lane = llvm_ir.Constant(llvm_ir.VectorType(llvm_ir.IntType(64), LANES), list(range(LANES)))
+    nv = builder.insert_element(llvm_ir.Constant(lane.type, llvm_ir.Undefined), n, _I32(0))
+    nv = builder.shuffle_vector(nv, llvm_ir.Constant(lane.type, llvm_ir.Undefined),
+                                llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
+    return builder.icmp_unsigned("<", lane, nv)
+
+
+def _cands_s_ir(f, context, sig, args):
+    """IQ1_S's candidates [(sumqx, sumq2) of x_p, of x_m] of the splits (i1, i0 + lane):
+    (sumx, sumw, i0, n, h, q) as in _split_s; sumq2 = 0 in the lanes >= n."""
+    sumx = _data(context, f, sig.args[0], args[0])
+    sumw = _data(context, f, sig.args[1], args[1])
+    vx = _load8(f, sumx, args[2])
+    vw = _load8(f, sumw, args[2])
+    sx1, sw1, sxn, swn, ap, awp, am, awm = [_splat(f, f.extract_value(args[4], k)) for k in range(8)]
+    p1, p2, m1, m2 = [_splat(f, f.extract_value(args[5], k)) for k in range(4)]
+    b = f.fsub(vx, sx1)
+    c = f.fsub(sxn, vx)
+    bw = f.fsub(vw, sw1)
+    cw = f.fsub(swn, vw)
+    ok = _valid(f, args[3])
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    qxp = f.fadd(f.fadd(ap, f.fmul(b, p1)), f.fmul(c, p2))
+    q2p = f.fadd(f.fadd(awp, f.fmul(f.fmul(bw, p1), p1)), f.fmul(f.fmul(cw, p2), p2))
+    qxm = f.fadd(f.fadd(am, f.fmul(b, m1)), f.fmul(c, m2))
+    q2m = f.fadd(f.fadd(awm, f.fmul(f.fmul(bw, m1), m1)), f.fmul(f.fmul(cw, m2), m2))
+    return [(qxp, f.select(ok, q2p, zero)), (qxm, f.select(ok, q2m, zero))]
+
+
+def _cands_m_ir(f, context, sig, args):
+    """IQ1_M's candidates [(sumqx, sumq2) of kinds 0..3] of the splits (i1, i0 + lane):
+    (pp, i0, n, h) as in _split_m; sumq2 = 0 in the lanes >= n."""
+    pp = _data(context, f, sig.args[0], args[0])
+    i0 = args[1]
+    a0, a1, w0, w1 = [_load8(f, pp, f.add(i0, i0.type(r * M_ROW))) for r in range(4)]
+    x0, x1, txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2 = [
+        _splat(f, f.extract_value(args[3], k)) for k in range(12)]
+    sx0 = f.fadd(x0, a0)
+    sx1 = f.fadd(x1, a1)
+    qxp0 = f.fsub(txp0, sx0)
+    qxm0 = f.fsub(txm0, sx0)
+    qxp1 = f.fsub(txp1, sx1)
+    qxm1 = f.fsub(txm1, sx1)
+    q2p0 = f.fadd(ap0, f.fmul(w0, cp2))
+    q2m0 = f.fadd(am0, f.fmul(w0, cm2))
+    q2p1 = f.fadd(ap1, f.fmul(w1, cp2))
+    q2m1 = f.fadd(am1, f.fmul(w1, cm2))
+    ok = _valid(f, args[2])
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    return [(f.fadd(qxp0, qxp1), f.select(ok, f.fadd(q2p0, q2p1), zero)),
+            (f.fadd(qxp0, qxm1), f.select(ok, f.fadd(q2p0, q2m1), zero)),
+            (f.fadd(qxm0, qxp1), f.select(ok, f.fadd(q2m0, q2p1), zero)),
+            (f.fadd(qxm0, qxm1), f.select(ok, f.fadd(q2m0, q2m1), zero))]
+
+
+def _test_ir(f, cands, best):
+    """The bit mask of the lanes where `sumq2 > 0 && sumqx*sumqx > best*sumq2` holds for a kind."""
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    vb = _splat(f, best)
+    m = None
+    for qx, q2 in cands:
+        t = f.and_(f.fcmp_ordered(">", q2, zero), f.fcmp_ordered(">", f.fmul(qx, qx), f.fmul(vb, q2)))
+        m = t if m is None else f.or_(m, t)
+    return f.zext(f.bitcast(m, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
+
+
+def _store_ir(f, context, aryty, ary, cands):
+    """cb[8k:8k+8] = sumqx of kind k, cb[8(nk+k):] = its sumq2, cb[8(2nk+k):] = V = (sumqx/sumq2)*sumqx
+    (the best_score an update to it sets), or -inf where it cannot pass (sumq2 <= 0 or NaN sumqx)."""
+    cb = _data(context, f, aryty, ary)
+    nk = len(cands)
+    zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+    ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
+    i64 = llvm_ir.IntType(64)
+    for k, (qx, q2) in enumerate(cands):
+        v = f.fmul(f.fdiv(qx, q2), qx)
+        can = f.and_(f.fcmp_ordered(">", q2, zero), f.fcmp_ordered("==", qx, qx))
+        _store8(f, qx, cb, i64(LANES * k))
+        _store8(f, q2, cb, i64(LANES * (nk + k)))
+        _store8(f, f.select(can, v, ninf), cb, i64(LANES * (2 * nk + k)))
+
+
+@intrinsic
+def _test_s(typingctx, sumx, sumw, i0, n, h, q, best):
+    """IQ1_S: the mask of the lanes i0 + lane (< i0 + n) where a candidate passes against best."""
+    sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return _test_ir(builder, _cands_s_ir(builder, context, signature, args), args[6])
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_s(typingctx, sumx, sumw, i0, n, h, q, cb):
+    """IQ1_S: the candidates of the lanes into cb (_store_ir)."""
+    sig = types.void(sumx, sumw, types.uint64, types.int64, h, q, cb)
+
+    def codegen(context, builder, signature, args):
+        _store_ir(builder, context, signature.args[6], args[6], _cands_s_ir(builder, context, signature, args))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _test_m(typingctx, pp, i0, n, h, best):
+    """IQ1_M: the mask of the lanes i0 + lane (< i0 + n) where a candidate passes against best."""
+    sig = types.uint64(pp, types.uint64, types.int64, h, types.float32)
+
+    def codegen(context, builder, signature, args):
+        return _test_ir(builder, _cands_m_ir(builder, context, signature, args), args[4])
+
+    return sig, codegen
+
+
+@intrinsic
+def _store_m(typingctx, pp, i0, n, h, cb):
+    """IQ1_M: the candidates of the lanes into cb (_store_ir)."""
+    sig = types.void(pp, types.uint64, types.int64, h, cb)
+
+    def codegen(context, builder, signature, args):
+        _store_ir(builder, context, signature.args[4], args[4], _cands_m_ir(builder, context, signature, args))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(**KJIT)
-def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, sumx, sumw,
-               pv, pidx, tv, ti):
+def _replay(cb, nk, e0, best, scale, last):
+    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
+    best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of a
+    chunk (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
+    for e in range(e0, LANES * nk):
+        t = e // nk
+        k = e % nk
+        a = cb[LANES * k + t]
+        b = cb[LANES * (nk + k) + t]
+        if b > _F0 and a * a > best * b:
+            scale = a / b
+            best = scale * a
+            last = e
+    return best, scale, last
+
+
+@njit(**KJIT)
+def _resolve(cb, nk, best, scale):
+    """The split loop over a chunk with a passing candidate (_store_ir): (best, scale, e of the
+    last update). An update to candidate g sets best_score = V(g) whatever came before, so with
+    g = the first candidate of largest V: if g passes against the largest of best and the V before
+    it (ggml's test is monotone in best_score, which before g is one of those), the loop's state
+    after g is V(g), and only the candidates after g are replayed; otherwise (or with a NaN V,
+    inf/inf) the whole chunk is."""
+    vb = _NINF
+    mb = _NINF
+    g = -1
+    nan = False
+    for e in range(LANES * nk):
+        v = cb[LANES * (2 * nk + e % nk) + e // nk]
+        nan |= v != v
+        take = v > vb
+        mb = sel(take, vb, mb)
+        g = sel(take, e, g)
+        vb = sel(take, v, vb)
+    if not nan and g >= 0:
+        a = cb[LANES * (g % nk) + g // nk]
+        b = cb[LANES * (nk + g % nk) + g // nk]
+        m = best if best > mb else mb
+        if a * a > m * b:
+            sc = a / b
+            return _replay(cb, nk, g + 1, sc * a, sc, g)
+    return _replay(cb, nk, 0, best, scale, -1)
+
+
+@njit(**KJIT)
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
+    """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
+    to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
+
+    Every split (i1, i2) gives one candidate per shift (x_p, then x_m), C's expressions with
+    the terms of i1 alone hoisted (the same operations). ggml updates `if (sumq2 > 0 &&
+    sumqx*sumqx > best_score*sumq2)`, and best_score changes only there, so LANES consecutive
+    i2 of a row are tested at once against the current best_score (_test_s, the same float
+    operations), and only a chunk where one passes is resolved (_resolve)."""
+    best = -_FLT_MAX
+    besti1 = -1
+    besti2 = -1
+    best_shift = 0
+    sx0 = sumx[0]
+    sw0 = sumw[0]
+    sxn = sumx[bs]
+    swn = sumw[bs]
+    q = (p1, p2, m1, m2)
+    for i1 in range(bs + 1):
+        a = sumx[i1] - sx0
+        aw = sumw[i1] - sw0
+        ap = a * p0
+        am = a * m0
+        awp = aw * p0 * p0
+        awm = aw * m0 * m0
+        h = (sumx[i1], sumw[i1], sxn, swn, ap, awp, am, awm)
+        for i0 in range(i1, bs + 1, LANES):
+            n = np.int64(bs + 1 - i0)
+            if _test_s(sumx, sumw, np.uint64(i0), n, h, q, best) == 0:
+                continue
+            _store_s(sumx, sumw, np.uint64(i0), n, h, q, cb)
+            best, scale, e = _resolve(cb, 2, best, scale)
+            if e >= 0:
+                besti1 = i1
+                besti2 = i0 + e // 2
+                best_shift = 1 if e % 2 == 0 else -1
+    return besti1, besti2, best_shift, scale
+
+
+@njit(**KJIT)
+def _split_m(pp, bs, xp, xm, scale, cb):
+    """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
+    pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
+    best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
+    two halves; C's expressions with the terms of i1 alone hoisted (the same operations), tested
+    LANES splits at once as in _split_s (_test_m)."""
+    p2 = xp[2]
+    m2 = xm[2]
+    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
+    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
+    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
+    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
+    X0 = 0
+    X1 = M_ROW
+    W0 = 2 * M_ROW
+    W1 = 3 * M_ROW
+    txp0 = pp[X0 + bs] * p2
+    txm0 = pp[X0 + bs] * m2
+    txp1 = pp[X1 + bs] * p2
+    txm1 = pp[X1 + bs] * m2
+    twp0 = pp[W0 + bs] * p2 * p2
+    twm0 = pp[W0 + bs] * m2 * m2
+    twp1 = pp[W1 + bs] * p2 * p2
+    twm1 = pp[W1 + bs] * m2 * m2
+    best = -_FLT_MAX
+    besti1 = -1
+    besti2 = -1
+    best_k = -1
+    for i1 in range(bs + 1):
+        ap0 = twp0 + pp[W0 + i1] * cp1
+        am0 = twm0 + pp[W0 + i1] * cm1
+        ap1 = twp1 + pp[W1 + i1] * cp1
+        am1 = twm1 + pp[W1 + i1] * cm1
+        h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        for i0 in range(i1, bs + 1, LANES):
+            n = np.int64(bs + 1 - i0)
+            if _test_m(pp, np.uint64(i0), n, h, best) == 0:
+                continue
+            _store_m(pp, np.uint64(i0), n, h, cb)
+            best, scale, e = _resolve(cb, 4, best, scale)
+            if e >= 0:
+                besti1 = i1
+                besti2 = i0 + e // 4
+                best_k = e % 4
+    return besti1, besti2, best_k, scale
+
+
+@njit(**KJIT)
+def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
+               pv, pidx, tv, ti, cb):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
         out[off + j] = 0
@@ -206,46 +542,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
             i = pidx[j]
             sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
             sumw[j + 1] = sumw[j] + weight[i]
-        best_score = -_FLT_MAX
-        scale = mx
-        besti1 = -1
-        besti2 = -1
-        best_shift = 0
-        # C's expressions, with the terms that depend on i1 only hoisted (the same operations)
-        sx0 = sumx[0]
-        sw0 = sumw[0]
-        sxn = sumx[bs]
-        swn = sumw[bs]
-        for i1 in range(bs + 1):
-            a = sumx[i1] - sx0
-            aw = sumw[i1] - sw0
-            ap = a * p0
-            am = a * m0
-            awp = aw * p0 * p0
-            awm = aw * m0 * m0
-            sx1 = sumx[i1]
-            sw1 = sumw[i1]
-            for i2 in range(i1, bs + 1):
-                b = sumx[i2] - sx1
-                c = sxn - sumx[i2]
-                bw = sumw[i2] - sw1
-                cw = swn - sumw[i2]
-                sumqx = ap + b * p1 + c * p2
-                sumq2 = awp + bw * p1 * p1 + cw * p2 * p2
-                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
-                    scale = sumqx / sumq2
-                    best_score = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = 1
-                sumqx = am + b * m1 + c * m2
-                sumq2 = awm + bw * m1 * m1 + cw * m2 * m2
-                if sumq2 > _F0 and sumqx * sumqx > best_score * sumq2:
-                    scale = sumqx / sumq2
-                    best_score = scale * sumqx
-                    besti1 = i1
-                    besti2 = i2
-                    best_shift = -1
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -265,13 +562,12 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
         all_on_grid = True
         for k in range(bs // 8):
             u = _grid_u(L, 8 * k)
-            gi = np.int64(kmap[u]) if u < KMAP_SIZE else np.int64(-1)
+            if u >= KMAP_SIZE:
+                return 1
+            gi = np.int64(kx[u])
             if gi < 0:
-                if u >= KMAP_SIZE:
-                    return 1
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
-                                          L, 8 * k)
+                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -281,7 +577,7 @@ def iq1s_block(x, xo, qw, out, off, grid, kmap, nb, coords, d2buf, scales, weigh
             for k in range(bs // 8):
                 for j in range(8):
                     w = weight[8 * k + j]
-                    q = xx[(grid[index[k], j] - 1) // 2]
+                    q = xx[levels[index[k], j]]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
@@ -331,8 +627,8 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 
 @njit(**KJIT)
-def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, scales, weight, L, index, shifts, px, pw,
-               pv, pidx, tv, ti, sumqx, sumq2, sc):
+def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, pp, pv,
+               pidx, tv, ti, sc, cb):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -344,12 +640,6 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
     bs = 16
     xp = XPM_M[0]
     xm = XPM_M[1]
-    p2 = xp[2]
-    m2 = xm[2]
-    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
-    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
-    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
-    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
         _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
@@ -362,53 +652,19 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             shifts[ib] = 0
             continue
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
-        best_score = -_FLT_MAX
-        scale = mx
-        besti1 = -1
-        besti2 = -1
-        best_k = -1
-        px[0, 0] = _F0
-        px[1, 0] = _F0
-        pw[0, 0] = _F0
-        pw[1, 0] = _F0
+        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each)
+        pp[0] = _F0
+        pp[M_ROW] = _F0
+        pp[2 * M_ROW] = _F0
+        pp[3 * M_ROW] = _F0
         for j in range(bs):
             i = pidx[j]
             h = 0 if i < bs // 2 else 1
-            px[h, j + 1] = px[h, j] + weight[i] * x[bo + i]
-            px[1 - h, j + 1] = px[1 - h, j]
-            pw[h, j + 1] = pw[h, j] + weight[i]
-            pw[1 - h, j + 1] = pw[1 - h, j]
-        tx0 = px[0, bs]
-        tx1 = px[1, bs]
-        tw0 = pw[0, bs]
-        tw1 = pw[1, bs]
-        for i1 in range(bs + 1):
-            for i2 in range(i1, bs + 1):
-                sx0 = px[0, i1] + px[0, i2]
-                sx1 = px[1, i1] + px[1, i2]
-                qxp0 = tx0 * p2 - sx0
-                qxm0 = tx0 * m2 - sx0
-                qxp1 = tx1 * p2 - sx1
-                qxm1 = tx1 * m2 - sx1
-                q2p0 = tw0 * p2 * p2 + pw[0, i1] * cp1 + pw[0, i2] * cp2
-                q2m0 = tw0 * m2 * m2 + pw[0, i1] * cm1 + pw[0, i2] * cm2
-                q2p1 = tw1 * p2 * p2 + pw[1, i1] * cp1 + pw[1, i2] * cp2
-                q2m1 = tw1 * m2 * m2 + pw[1, i1] * cm1 + pw[1, i2] * cm2
-                sumqx[0] = qxp0 + qxp1
-                sumqx[1] = qxp0 + qxm1
-                sumqx[2] = qxm0 + qxp1
-                sumqx[3] = qxm0 + qxm1
-                sumq2[0] = q2p0 + q2p1
-                sumq2[1] = q2p0 + q2m1
-                sumq2[2] = q2m0 + q2p1
-                sumq2[3] = q2m0 + q2m1
-                for k in range(4):
-                    if sumq2[k] > _F0 and sumqx[k] * sumqx[k] > best_score * sumq2[k]:
-                        scale = sumqx[k] / sumq2[k]
-                        best_score = scale * sumqx[k]
-                        besti1 = i1
-                        besti2 = i2
-                        best_k = k
+            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[i] * x[bo + i]
+            pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
+            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
+            pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -430,11 +686,10 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kmap[u])
+            gi = np.int64(kx[u])
             if gi < 0:
                 all_on_grid = False
-                gi = find_best_neighbour2(nb, coords, d2buf, -gi - 1, grid, x, bo + 8 * k, weight, 8 * k, scale, xx,
-                                          L, 8 * k)
+                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
             index[k] = gi
@@ -445,7 +700,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
                     w = weight[8 * k + j]
-                    q = xx[(grid[index[k], j] - 1) // 2]
+                    q = xx[levels[index[k], j]]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
@@ -480,7 +735,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, grid, kmap, nb, coords, d2buf, sca
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[8 * k + j]
-                q = xx[(grid[g, j] - 1) // 2] * fl
+                q = xx[levels[g, j]] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
     if sq2 > _F0:
@@ -502,34 +757,31 @@ def _quantize_iq1(x, qw, out, is_m):
     weighted = qw.shape[0] == x.shape[1]
     if not is_m and not weighted:
         return x.shape[0] * nblk
-    grid, kmap, nb, coords = tables(GRID_1S)
+    kx, codes, nidx, levels = lists(GRID_1S)
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
     weight = np.zeros(bs, dtype=np.float32)
     L = np.zeros(bs, dtype=np.int8)
     index = np.zeros(bs // 8, dtype=np.int64)
-    sumx = np.zeros(bs + 1, dtype=np.float32)
-    sumw = np.zeros(bs + 1, dtype=np.float32)
-    px = np.zeros((2, bs + 1), dtype=np.float32)
-    pw = np.zeros((2, bs + 1), dtype=np.float32)
+    sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
+    sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
+    pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
     pv = np.zeros(bs, dtype=np.float32)
     tv = np.zeros(bs, dtype=np.float32)
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
-    d2buf = np.zeros(2048, dtype=np.float32)  # longest neighbour list: < the grid size
-    sumqx = np.zeros(4, dtype=np.float32)
-    sumq2 = np.zeros(4, dtype=np.float32)
     sc = np.zeros(4, dtype=np.int64)
+    cb = np.zeros(3 * 4 * LANES, dtype=np.float32)  # a chunk of split candidates (_store_ir)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, grid, kmap, nb, coords, d2buf,
-                                     scales, weight, L, index, shifts, px, pw, pv, pidx, tv, ti, sumqx, sumq2, sc)
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, codes, nidx, levels,
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, grid, kmap, nb, coords, d2buf, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti)
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, codes, nidx, levels, scales,
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb)
     return failed
 
 
