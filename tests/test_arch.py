@@ -2215,31 +2215,83 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
-    from kquant.models import family, inverse_architectures
-
-    fam = family(json.loads((d / "config.json").read_text())["architectures"][0])
-    if fam.arch_name() not in inverse_architectures():  # stacked / fused experts: refused in one line, nothing written
-        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
-        err = capsys.readouterr().err.strip()
-        assert "--hf-names supports architectures" in err and "\n" not in err and not hf.exists()
     from kquant.models import inverse_family
 
-    if inverse_family(plan["architecture"]) is None:  # e.g. llama4: refused in one line, nothing written
+    if inverse_family(plan["architecture"]) is None:  # an inverse that cannot be exact: refused in one line, nothing written
         assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 2
-        assert f"this file is '{plan['architecture']}'" in capsys.readouterr().err and not hf.exists()
+        err = capsys.readouterr().err.strip()
+        assert f"--hf-names is not offered for '{plan['architecture']}'" in err and "\n" not in err and not hf.exists()
         return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
-    got, src = read_safetensors(hf), all_sources(d)
-    # a multimodal checkpoint: its language model, under the text model's names (language_model. dropped)
+    got = read_safetensors(hf)
+    src, extra = hf_names_source(case, d, got)
+    assert sorted(set(got) - extra) == sorted(src)
+    for name, x in src.items():
+        rel = np.sqrt(np.mean((got[name] - x) ** 2) / np.mean(x ** 2))
+        assert got[name].shape == x.shape and rel < 0.05, (name, rel)
+
+
+def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The checkpoint's tensors as `dequantize --hf-names` gives them back: {HF name: the values the converter
+    stored (rounded to BF16 where it stores BF16)}, and the names in `got` with no source tensor (the MXFP4
+    release's experts, under the BF16 release's names). Not the tensors the converter drops (MTP layers, a
+    multimodal checkpoint's vision tower); a multimodal checkpoint's language model under the text model's
+    names (language_model. dropped); GPT-2 saved without the "transformer." prefix under the prefixed names
+    (save_pretrained's: the GGUF file does not record which)."""
+    src = all_sources(d)
     spec = load_spec(d, vocab=False)
-    dropped = set(spec.not_converted)
-    used = {s for t in spec.tensors for s in t.sources}  # not the tensors the converter filters out (ERNIE's MTP)
-    src = {n.replace("language_model.", ""): x for n, x in src.items() if n not in dropped and n in used}
-    assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
-    for name, x in got.items():
-        rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
-        assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+    stored = {s: t.ref_type for t in spec.tensors for s in t.sources}
+    want = {n.replace("language_model.", ""): x if stored[n] == QType.F32 else bf16_bits_to_f32(f32_to_bf16_bits(x))
+            for n, x in src.items() if n in stored and not n.endswith(("_blocks", "_scales"))}
+    if case == "gpt2":
+        want = {n if n.startswith(("transformer.", "lm_head")) else "transformer." + n: x for n, x in want.items()}
+    extra = set()
+    if any(n.endswith("_blocks") for n in src):
+        extra = {n for n in got if n not in want and n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+        assert len(extra) == 2 * spec.n_layer
+    return want, extra
+
+
+# one case per kind of inverse --hf-names undoes: stacked experts split and transposed (llama4), interleaved
+# with biases (gpt-oss), fused and stacked (granitemoeshared), per-expert merges in MoE layers after dense
+# ones (dots1, olmoe, phimoe, qwen2moe), MLA's kv_b_proj split (deepseek2-lite), Q/K permutation (deepseek),
+# Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
+# reshaped (lfm2), a "llama" file with experts (mixtral)
+HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
+                  "mixtral", "phi3", "deepseek2-lite", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe")
+
+
+@pytest.mark.parametrize("case", HF_NAMES_CASES)
+def test_hf_names_round_trip_exact(models, case, tmp_path, capsys):
+    """convert --type BF16, then dequantize --hf-names --dtype F32 gives back the checkpoint's tensors: the
+    same names and shapes, and the values the converter stored exactly (BF16 sources and the tensors it keeps
+    in F32 bit for bit; other sources as the BF16 intermediate rounds them). The MXFP4 release comes back
+    under the BF16 release's names (gate_up_proj, down_proj: what transformers dequantizes it into)."""
+    from kquant import cli
+
+    d = models(case, copy=False)
+    out, hf = tmp_path / "bf16.gguf", tmp_path / "hf.safetensors"
+    assert cli.main(["convert", str(d), "-o", str(out), "--type", "BF16", "-q"]) == 0
+    assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--dtype", "F32", "-q"]) == 0
+    capsys.readouterr()
+    got = read_safetensors(hf)
+    want, extra = hf_names_source(case, d, got)
+    assert sorted(set(got) - extra) == sorted(want)
+    for name, x in want.items():
+        assert got[name].shape == x.shape and np.array_equal(got[name], x), name
+
+
+def test_hf_names_refusals_say_why():
+    """Every family either maps back (inverse_names) or says in one line why --hf-names is not offered."""
+    from kquant.models import FAMILIES, inverse_architectures
+
+    archs = set(inverse_architectures())
+    for c in set(FAMILIES.values()):
+        if c.arch_name() not in archs:
+            assert c.inverse_refused and "\n" not in c.inverse_refused, c.__name__
+        else:
+            assert not c.inverse_refused or not c.inverse_names, c.__name__
 
 
 def test_moe_tail_specs(models):

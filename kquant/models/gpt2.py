@@ -4,8 +4,8 @@ Learned position embeddings, LayerNorms with biases, a fused QKV and biases on e
 all Conv1D layers (weights stored (in, out)) transposed to (out, in); the GPT-2 vocabulary. The
 config uses GPT-2's own key names (n_embd, n_layer, n_head, n_positions; transformers'
 attribute_map maps hidden_size & co. onto them). Checkpoints saved without the `transformer.`
-prefix (openai-community/gpt2) convert the same. `dequantize --hf-names` would have to transpose
-the Conv1D weights back: not offered for this architecture.
+prefix (openai-community/gpt2) convert the same; `dequantize --hf-names` writes the names
+transformers' save_pretrained gives them (with the prefix) and transposes the Conv1D weights back.
 RuGPT3XLForCausalLM (separate Q/K/V fused by the converter) is not ported."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from gguf import MODEL_ARCH
 
 from ..errors import InputError
-from .base import TextModel, register
+from .base import HFJoin, TextModel, register
 from .hparams import HFConfig
 
 # transformers 4.57.6 configuration_gpt2.py GPT2Config: __init__ defaults and attribute_map
@@ -57,6 +57,8 @@ class GPT2Model(TextModel):
     bias_required = tuple(GPT2_LAYER)
     layer_prefix = "transformer.h."
     aliases = GPT2_ALIASES
+    inverse_names = True
+    hf_joins = {g: HFJoin(f"{m}.weight", transpose=True) for m, g in GPT2_LAYER.items() if g in CONV1D}  # (in, out) again
 
     def filter_name(self, name: str) -> str | None:
         # tensor_mapping.py lists GPT-2's names with and without the "transformer." prefix

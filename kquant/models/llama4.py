@@ -16,7 +16,7 @@ from __future__ import annotations
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
-from .base import LLAMA_LAYER, TextModel, register
+from .base import LLAMA_LAYER, HFJoin, TextModel, register
 from .hparams import HFConfig
 from .llama import LlamaModel, llama3_rope_freqs
 
@@ -102,9 +102,10 @@ class Llama4Model(LlamaModel):
     bias_ok = ()
     undo_permute = False
     inverse_names = True  # --hf-names: Llama4ForCausalLM's names (model.layers.*)
-    hf_expert_join = {"ffn_gate_exps": ("feed_forward.experts.gate_up_proj", 0, 2),
-                      "ffn_up_exps": ("feed_forward.experts.gate_up_proj", 1, 2),
-                      "ffn_down_exps": ("feed_forward.experts.down_proj", 0, 1)}
+    # gate_up_proj (E, n_embd, 2 n_ff) is ffn_gate_exps and ffn_up_exps transposed, side by side
+    hf_joins = {"ffn_gate_exps": HFJoin("feed_forward.experts.gate_up_proj", 0, 2, transpose=True, axis=1),
+                "ffn_up_exps": HFJoin("feed_forward.experts.gate_up_proj", 1, 2, transpose=True, axis=1),
+                "ffn_down_exps": HFJoin("feed_forward.experts.down_proj", transpose=True)}
 
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)
@@ -190,10 +191,8 @@ class Llama4Model(LlamaModel):
         return None
 
     @classmethod
-    def hf_tensor_name(cls, bid, base, is_bias):
-        if bid is not None and base in {"ffn_gate", "ffn_up", "ffn_down"}:  # a dense layer's MLP
-            return None if is_bias else f"model.layers.{bid}.{ {v: k for k, v in DENSE_LAYER.items()}[base]}.weight"
-        return super().hf_tensor_name(bid, base, is_bias)
+    def hf_layer(cls, kinds):
+        return DENSE_LAYER | MOE_LAYER
 
     def generate_extra_tensors(self):
         return llama3_rope_freqs(self, default_factor=8.0, equal_factors_ok=True)

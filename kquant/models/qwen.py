@@ -107,6 +107,11 @@ class Qwen2MoeModel(TextModel):
     bias_ok = ATTN_BIASES
     bias_required = QKV_BIASES
     experts = QWEN_EXPERTS
+    inverse_names = True
+
+    @classmethod
+    def hf_tensor_shape(cls, base, is_bias, shape):
+        return (1,) + tuple(shape) if base == "ffn_gate_inp_shexp" and len(shape) == 1 else shape  # shared_expert_gate (1, e)
 
     def set_gguf_parameters(self) -> None:
         super().set_gguf_parameters()
@@ -194,6 +199,8 @@ class Qwen3NextModel(Qwen2MoeModel):
     routed + shared experts, the MTP layers appended as nextn blocks."""
 
     model_arch = MODEL_ARCH.QWEN3NEXT
+    inverse_names = False
+    inverse_refused = "the converter writes A as -exp(A_log) and the norm weights plus one: not undone exactly"
     configs = (QWEN3_NEXT_CONFIG,)
     layer = QWEN3_NEXT_FULL
     bias_ok = ("linear_attn.dt_proj",)
