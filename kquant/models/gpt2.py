@@ -46,10 +46,11 @@ def transpose(arrs: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(arrs[0].T)
 
 
-@register("GPT2LMHeadModel")
-class GPT2Model(TextModel):
-    model_arch = MODEL_ARCH.GPT2
-    configs = (GPT2_CONFIG,)
+class GPT2LayoutModel(TextModel):
+    """GPT-2's module layout, shared by GPT-2 and GPTBigCode (starcoder.py): `transformer.h.*` layers,
+    learned positions, LayerNorms and every projection with biases, a fused QKV, a 4 n_embd MLP, GPT-2's
+    config key names. Not registered: the transposes are GPT-2's own (Conv1D), GPTBigCode's layers are Linear."""
+
     layer = GPT2_LAYER
     globals_ = GPT2_GLOBALS
     globals_bias_ok = ("transformer.ln_f",)
@@ -58,6 +59,24 @@ class GPT2Model(TextModel):
     layer_prefix = "transformer.h."
     aliases = GPT2_ALIASES
     inverse_names = True
+
+    def qkv_rows(self) -> int:
+        """Rows of the fused QKV: n_embd each for Q, K and V (GPT-2)."""
+        return 3 * self.hp["n_embd"]
+
+    def tensor_shapes(self):
+        e, n_vocab = self.hp["n_embd"], self.hp["vocab_size"]
+        return {
+            "token_embd": (n_vocab, e), "output": (n_vocab, e), "position_embd": (self.hp["n_positions"], e),
+            "output_norm": (e,), "attn_norm": (e,), "ffn_norm": (e,),
+            "attn_qkv": (self.qkv_rows(), e), "attn_output": (e, e), "ffn_up": (4 * e, e), "ffn_down": (e, 4 * e),
+        }
+
+
+@register("GPT2LMHeadModel")
+class GPT2Model(GPT2LayoutModel):
+    model_arch = MODEL_ARCH.GPT2
+    configs = (GPT2_CONFIG,)
     hf_joins = {g: HFJoin(f"{m}.weight", transpose=True) for m, g in GPT2_LAYER.items() if g in CONV1D}  # (in, out) again
 
     def filter_name(self, name: str) -> str | None:
@@ -65,14 +84,6 @@ class GPT2Model(TextModel):
         if name.startswith(("h.", "wte.", "wpe.", "ln_f.")):
             name = "transformer." + name
         return super().filter_name(name)
-
-    def tensor_shapes(self):
-        e, n_vocab = self.hp["n_embd"], self.hp["vocab_size"]
-        return {
-            "token_embd": (n_vocab, e), "output": (n_vocab, e), "position_embd": (self.hp["n_positions"], e),
-            "output_norm": (e,), "attn_norm": (e,), "ffn_norm": (e,),
-            "attn_qkv": (3 * e, e), "attn_output": (e, e), "ffn_up": (4 * e, e), "ffn_down": (e, 4 * e),
-        }
 
     def expected_shape(self, base: str, bias: bool):
         w = super().expected_shape(base, bias)
