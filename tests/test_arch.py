@@ -2487,25 +2487,32 @@ def test_mxfp4_source_errors(models, tmp_path, capsys, edit, match):
     assert not out.exists() and not list(tmp_path.glob(".x.gguf*"))
 
 
-@pytest.mark.parametrize("slab_bytes,n_slabs", [(16 << 10, 32), (64 << 10, 4)])
-def test_gpt_oss_stacked_experts_stream(models, slab_bytes, n_slabs):
-    """The transposed, interleaved gate_up split read in slabs (smaller than an expert, or one
-    expert each) equals the whole-tensor gather."""
+@pytest.mark.parametrize("case,slab_bytes,n_slabs", [("gpt-oss", 16 << 10, 32), ("gpt-oss", 64 << 10, 4),
+                                                     ("llama4", 16 << 10, 64), ("llama4", 256 << 10, 4)])
+def test_stacked_transposed_experts_stream(models, case, slab_bytes, n_slabs):
+    """Experts stored stacked and [in, out] (gpt-oss's interleaved gate_up, Llama 4's gate_up halves and
+    down_proj) are split and transposed in slabs (smaller than an expert, or one expert each) equal to the
+    whole-tensor gather: the pipeline never holds a whole stacked tensor."""
     from kquant import pipeline
     from kquant.io.safetensors import Checkpoint
 
-    d = models("gpt-oss", copy=False)
+    d = models(case, copy=False)
     spec = load_spec(d, vocab=False)
     src = all_sources(d)
     with Checkpoint.open(d) as ck:
         for t in spec.tensors:
             if "_exps.weight" not in t.name:
                 continue
-            assert t.transpose and t.shape[0] == 4
+            assert t.transpose and t.transform is None and t.shape[0] == 4
             whole = build_tensor(t, src).reshape(-1, t.shape[-1])
             slabs = list(pipeline.iter_source_slabs(ck, t, slab_bytes=slab_bytes))  # a few source rows per read
             assert len(slabs) == n_slabs
             assert np.array_equal(np.concatenate([s for _, s in slabs]), whole), t.name
+    if case == "llama4":
+        gu = src["language_model.model.layers.1.feed_forward.experts.gate_up_proj"]  # (E, n_embd, 2 n_ff)
+        up = next(t for t in spec.tensors if t.name == "blk.1.ffn_up_exps.weight")
+        assert np.array_equal(build_tensor(up, src), np.swapaxes(gu, 1, 2)[:, gu.shape[2] // 2:])
+        return
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])

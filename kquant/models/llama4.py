@@ -16,7 +16,7 @@ from __future__ import annotations
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
-from .base import LLAMA_LAYER, HFJoin, TextModel, register
+from .base import LLAMA_LAYER, HFJoin, TextModel, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel, llama3_rope_freqs
 
@@ -74,23 +74,6 @@ MOE_LAYER = ATTN | {
     "feed_forward.experts.down_proj": "ffn_down_exps",
 }
 STACKED = ("feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj")  # parameters without ".weight"
-
-
-def gate_half(arrs):
-    """gate_up_proj (E, n_embd, 2 n_ff) -> gate (E, n_ff, n_embd): transpose(-1, -2).split(n_ff, dim=-2)[0]."""
-    x = arrs[0]
-    return x.transpose(0, 2, 1)[:, : x.shape[-1] // 2, :]
-
-
-def up_half(arrs):
-    """gate_up_proj (E, n_embd, 2 n_ff) -> up (E, n_ff, n_embd): transpose(-1, -2).split(n_ff, dim=-2)[1]."""
-    x = arrs[0]
-    return x.transpose(0, 2, 1)[:, x.shape[-1] // 2:, :]
-
-
-def transposed(arrs):
-    """down_proj (E, n_ff, n_embd) -> (E, n_embd, n_ff): transpose(-1, -2)."""
-    return arrs[0].transpose(0, 2, 1)
 
 
 # conversion/llama.py Llama4Model
@@ -174,16 +157,16 @@ class Llama4Model(LlamaModel):
         return shapes | {"ffn_gate_exps": (n_x, e, 2 * f), "ffn_down_exps": (n_x, f, e),
                          "ffn_gate_shexp": (f, e), "ffn_up_shexp": (f, e), "ffn_down_shexp": (e, f)}
 
-    # Llama4Model.modify_tensors (LlamaModel's with undo_permute off)
+    # Llama4Model.modify_tensors (LlamaModel's with undo_permute off): gate_up_proj (E, n_embd, 2 n_ff)
+    # transpose(-1, -2).split(n_ff, dim=-2) into gate and up, down_proj (E, n_ff, n_embd) transposed; streamed
+    # in row slabs of whole experts by the pipeline (TextModel.stacked_experts), never read whole
     def modify_tensors(self, t, name, gname, base, bid):
         if name.endswith("experts.gate_up_proj.weight"):
-            n_x, e, f2 = t[1]
-            shape = (n_x, f2 // 2, e)
-            return [self.spec(gname, t, shape=shape, transform=gate_half),
-                    self.spec(gname.replace("ffn_gate_exps", "ffn_up_exps"), t, shape=shape, transform=up_half)]
+            f = t[1][2] // 2
+            up = gname.replace("ffn_gate_exps", "ffn_up_exps")
+            return self.stacked_experts(t, [(gname, rows(0, f)), (up, rows(f, 2 * f))], transpose=True)
         if name.endswith("experts.down_proj.weight"):
-            n_x, f, e = t[1]
-            return [self.spec(gname, t, shape=(n_x, e, f), transform=transposed)]
+            return self.stacked_experts(t, [(gname, None)], transpose=True)
         return TextModel.modify_tensors(self, t, name, gname, base, bid)
 
     @classmethod
