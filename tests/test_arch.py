@@ -1290,6 +1290,30 @@ def case_mistral3(rng):
     return c, t, "llama-bpe", {}
 
 
+def case_qwen35_mm(rng, moe: bool = False):
+    # Qwen3.5's multimodal release as Qwen/Qwen3.5-9B (-35B-A3B) ships it: Qwen3_5(Moe)ForConditionalGeneration,
+    # the text config nested under text_config, the language model under model.language_model., lm_head and the
+    # MTP tensors at the top level, a vision tower (model.visual.*: not converted without --mmproj)
+    text, t, tok, files = case_qwen35(rng, moe)
+    del text["architectures"]
+    mt = "qwen3_5_moe" if moe else "qwen3_5"
+    c = {"architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
+         "model_type": mt, "text_config": text, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+         "vision_config": {"model_type": mt, "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                           "out_hidden_size": 256, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2},
+         "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053, "vision_end_token_id": 248054}
+    t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {
+        "model.visual.patch_embed.proj.weight": (32, 3, 2, 16, 16),
+        "model.visual.pos_embed.weight": (64, 32),
+        "model.visual.blocks.0.norm1.weight": (32,),
+        "model.visual.blocks.0.attn.qkv.weight": (96, 32),
+        "model.visual.merger.linear_fc1.weight": (128, 128),
+        "model.visual.merger.linear_fc2.weight": (256, 128),
+    })
+    return c, t, tok, files
+
+
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
@@ -1503,6 +1527,7 @@ CASES = {
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
+    "qwen35-mm": case_qwen35_mm, "qwen35moe-mm": lambda rng: case_qwen35_mm(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
