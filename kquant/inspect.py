@@ -32,7 +32,7 @@ VALUE_WIDTH = 72  # characters of a metadata value in the table
 OUT_DTYPES = {"F32": 4, "F16": 2, "BF16": 2}  # --dtype -> bytes per value
 F16_MAX = 65504.0
 SLAB_BYTES = 32 << 20  # float32 bytes of rows dequantized at once
-GENERATED_TENSORS = ("rope_freqs.weight",)  # made by the converter, no HF tensor to go back to
+GENERATED_TENSORS = ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight")  # made by the converter, no HF tensor to go back to
 SAFETENSORS_METADATA = {"format": "pt"}  # what transformers' save_pretrained writes
 
 
@@ -364,15 +364,15 @@ def _head_count(gf, key: str, default=None) -> int:
 
 
 def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]], list[str],
-                             dict[str, list[str]]]:
+                             dict[str, tuple[list[str], list, tuple[int, ...]]]]:
     """GGUF name -> (HF name, or one per expert for stacked experts; HF-row -> GGUF-row gather or None;
     the HF shape where it differs from the GGUF one, else None), the GGUF tensors with no HF name,
-    and the stacked-expert HF tensors made of several GGUF ones ({HF name: [GGUF names, in part order]}).
+    and the HF tensors rebuilt from GGUF parts ({HF name: ([GGUF names, in part order], [their HFJoin], HF shape)}).
 
     The family of the file's architecture gives the names and, for llama, the Q/K rows back in
     HF order (conversion/llama.py LlamaModel.permute, inverted) from the file's head counts.
-    A joined tensor (TextModel.hf_expert_join) is the concatenation, along its last axis, of its
-    parts with their last two axes swapped (Llama 4's gate_up_proj from ffn_gate_exps and ffn_up_exps).
+    A joined tensor (TextModel.hf_joins, models.base.HFJoin) is the inverse of a split, transpose or
+    unstacking: Llama 4's and gpt-oss's stacked experts, DeepSeek's kv_b_proj, GPT-2's Conv1D weights.
     """
     from . import models  # imported here: validate imports numba, which `kquant inspect` does not need
     from .validate import layer_and_kind
@@ -380,15 +380,19 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
     arch = gf.value("general.architecture")
     fam = models.inverse_family(arch) if isinstance(arch, str) else None
     if fam is None:
+        why = models.inverse_refusal(arch) if isinstance(arch, str) else None
+        if why:
+            raise UnsupportedError(f"{_p(gf.path)}: --hf-names is not offered for {arch!r}: {why}")
         raise UnsupportedError(
             f"{_p(gf.path)}: --hf-names supports architectures {', '.join(models.inverse_architectures())}; this file is {arch!r}")
     n_head = n_kv = None
     if fam.undo_permute:
         n_head = _head_count(gf, f"{arch}.attention.head_count")
         n_kv = _head_count(gf, f"{arch}.attention.head_count_kv", n_head)
+    kinds = frozenset(layer_and_kind(t.name)[1] for t in gf.tensors)
     out: dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]] = {}
     skipped: list[str] = []
-    joins: dict[str, tuple[int, dict[int, str]]] = {}  # HF name -> (parts, {part: GGUF name})
+    joins: dict[str, dict[int, tuple[str, object]]] = {}  # HF name -> {part: (GGUF name, HFJoin)}
     for ti in gf.tensors:
         name = ti.name
         if name in GENERATED_TENSORS:
@@ -397,13 +401,12 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
         bid, kind = layer_and_kind(name)
         is_bias = kind.endswith(".bias") or (bid is None and name.endswith(".bias"))
         base = kind[: -len(".bias")] if kind.endswith(".bias") else kind
-        join = fam.hf_expert_join.get(base) if bid is not None and not is_bias else None
+        join = fam.hf_joins.get(base + (".bias" if is_bias else "")) if bid is not None else None
         if join is not None:
-            module, part, n_parts = join
-            if len(ti.shape) != 3:
-                raise InputError(f"{_p(gf.path)}: tensor {name!r} has shape {list(ti.shape)}, expected 3 dimensions")
-            hf = f"model.layers.{bid}.{module}"
-            joins.setdefault(hf, (n_parts, {}))[1][part] = name
+            if len(ti.shape) not in (2, 3):
+                raise InputError(f"{_p(gf.path)}: tensor {name!r} has shape {list(ti.shape)}, expected 2 or 3 dimensions")
+            hf = f"{fam.layer_prefix}{bid}.{join.module}"
+            joins.setdefault(hf, {})[join.part] = (name, join)
             out[name] = (hf, None, None)
             continue
         if bid is None:
@@ -413,7 +416,7 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
             out[name] = (hf, None, None)  # stacked experts: one HF tensor per expert (Experts.source)
             continue
         else:
-            hf = fam.hf_tensor_name(bid, base, is_bias) if name.endswith((".weight", ".bias")) else None
+            hf = fam.hf_tensor_name(bid, base, is_bias, kinds) if name.endswith((".weight", ".bias")) else None
         if hf is None:
             raise UnsupportedError(f"{_p(gf.path)}: --hf-names: tensor {name!r} has no Hugging Face name for {arch}")
         gather = None
@@ -422,17 +425,51 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
         shape = tuple(int(d) for d in ti.shape)
         hf_shape = fam.hf_tensor_shape(base, is_bias, shape) if bid is not None else shape
         out[name] = (hf, gather, hf_shape if hf_shape != shape else None)
-    joined: dict[str, list[str]] = {}
-    shape_of = {t.name: tuple(t.shape) for t in gf.tensors}
-    for hf, (n_parts, parts) in joins.items():
-        if sorted(parts) != list(range(n_parts)):
-            raise InputError(f"{_p(gf.path)}: --hf-names: {hf} needs {n_parts} tensors, the file has {sorted(parts.values())}")
-        names = [parts[i] for i in range(n_parts)]
-        shapes = {shape_of[n] for n in names}
-        if len(shapes) != 1:
-            raise InputError(f"{_p(gf.path)}: --hf-names: {', '.join(names)} differ in shape, cannot form {hf}")
-        joined[hf] = names
+    joined: dict[str, tuple[list[str], list, tuple[int, ...]]] = {}
+    by_name = {t.name: t for t in gf.tensors}
+    for hf, parts in joins.items():
+        need = next(iter(parts.values()))[1].parts
+        if sorted(parts) != list(range(need)):
+            raise InputError(f"{_p(gf.path)}: --hf-names: {hf} needs {need} tensors, the file has "
+                             f"{sorted(n for n, _ in parts.values())}")
+        names, js = [parts[i][0] for i in range(need)], [parts[i][1] for i in range(need)]
+        joined[hf] = (names, js, _joined_shape(gf, hf, [by_name[n] for n in names], js))
     return out, skipped, joined
+
+
+def _joined_shape(gf, hf: str, parts: list, joins: list) -> tuple[int, ...]:
+    """The HF shape of a joined tensor (models.base.HFJoin) from its GGUF parts; InputError when they do not fit."""
+    dims = {len(t.shape) for t in parts}
+    slices = {int(t.shape[0]) if len(t.shape) == 3 else 1 for t in parts}
+    shapes = [tuple(int(d) for d in t.shape[-2:]) for t in parts]
+    shapes = [s[::-1] if j.transpose else s for s, j in zip(shapes, joins)]  # each slice as it goes in
+    j = joins[0]
+    keep = 1 - j.axis  # the axis the parts must agree on
+    if len(dims) != 1 or len(slices) != 1 or len({s[keep] for s in shapes}) != 1 or (
+            j.interleave and len({s[j.axis] for s in shapes}) != 1):
+        raise InputError(f"{_p(gf.path)}: --hf-names: {', '.join(t.name for t in parts)} do not fit together into {hf}")
+    n = slices.pop()
+    rows = sum(s[0] for s in shapes) if j.axis == 0 else shapes[0][0]
+    cols = sum(s[1] for s in shapes) if j.axis == 1 else shapes[0][1]
+    return (n * rows, cols) if j.flat or dims.pop() == 2 else (n, rows, cols)
+
+
+def _joined_slices(readers: list, joins: list, n: int):
+    """Slice by slice (one expert, one head, or the whole matrix) the rows of a joined HF tensor."""
+    for x in range(n):
+        pieces = []
+        for rd, j in zip(readers, joins):
+            per = rd.rows // n
+            a = rd.read(x * per, (x + 1) * per)
+            pieces.append(a.T if j.transpose else a)
+        j = joins[0]
+        if j.interleave:
+            y = np.empty(pieces[0].shape[:1] + (pieces[0].shape[1] * len(pieces),), dtype=np.float32)
+            for k, p in enumerate(pieces):
+                y[:, k::len(pieces)] = p
+        else:
+            y = np.concatenate(pieces, axis=j.axis)
+        yield y
 
 
 # ====================================================================== dequantize
@@ -478,13 +515,13 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
         readers = {}
         for ti in todo:  # fail on an unsupported type before writing anything
             readers[ti.name] = TensorRows(gf, ti)
-        part_of = {n: hf for hf, parts in joined.items() for n in parts}
-        todo = [t for t in todo if t.name not in part_of or joined[part_of[t.name]][0] == t.name]  # a join once
+        part_of = {n: hf for hf, (parts, _, _) in joined.items() for n in parts}
+        todo = [t for t in todo if t.name not in part_of or joined[part_of[t.name]][0][0] == t.name]  # a join once
         entries = []
         for t in todo:
             (hf, _, hf_shape), shape = names[t.name], tuple(int(d) for d in t.shape)
-            if t.name in part_of:  # (n_expert, rows, cols) parts -> (n_expert, cols, n_parts * rows)
-                shape = (shape[0], shape[2], shape[1] * len(joined[part_of[t.name]]))
+            if t.name in part_of:
+                shape = joined[part_of[t.name]][2]
             entries += [(h, dtype, shape[1:]) for h in hf] if isinstance(hf, list) else [(hf, dtype, hf_shape or shape)]
         with handle_termination(), atomic_output(out, force=force) as f:
             w = SafetensorsStreamWriter(f, entries, SAFETENSORS_METADATA)
@@ -492,12 +529,11 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                 ts = time.perf_counter()
                 rd = readers[ti.name]
                 hf, gather, _ = names[ti.name]
-                if ti.name in part_of:  # one expert at a time: each part transposed, side by side
-                    parts = [readers[n] for n in joined[part_of[ti.name]]]
-                    n_x, per = int(ti.shape[0]), int(ti.shape[1])
-                    for x in range(n_x):
-                        w.write(_encode_rows(np.concatenate([r.read(x * per, (x + 1) * per).T for r in parts], axis=1),
-                                             dtype, ti.name))
+                if ti.name in part_of:  # one slice (expert, head) at a time
+                    parts, js, _ = joined[part_of[ti.name]]
+                    n = int(ti.shape[0]) if len(ti.shape) == 3 else 1
+                    for y in _joined_slices([readers[p] for p in parts], js, n):
+                        w.write(_encode_rows(y, dtype, ti.name))
                 elif isinstance(hf, list):  # stacked experts: expert x is rows [x * r, (x + 1) * r)
                     r, step = rd.rows // len(hf), max(1, SLAB_BYTES // max(rd.cols * 4, 1))
                     for x in range(len(hf)):

@@ -1636,6 +1636,28 @@ def case_qwen3vl(rng, moe: bool = False):
                             "model.visual.deepstack_merger_list.0.linear_fc1.weight": (128, 128),
                             "model.visual.merger.linear_fc2.weight": (e, 128)})
     return c, t, "qwen2", {}
+def case_qwen35_mm(rng, moe: bool = False):
+    # Qwen3.5's multimodal release as Qwen/Qwen3.5-9B (-35B-A3B) ships it: Qwen3_5(Moe)ForConditionalGeneration,
+    # the text config nested under text_config, the language model under model.language_model., lm_head and the
+    # MTP tensors at the top level, a vision tower (model.visual.*: not converted without --mmproj)
+    text, t, tok, files = case_qwen35(rng, moe)
+    del text["architectures"]
+    mt = "qwen3_5_moe" if moe else "qwen3_5"
+    c = {"architectures": ["Qwen3_5MoeForConditionalGeneration" if moe else "Qwen3_5ForConditionalGeneration"],
+         "model_type": mt, "text_config": text, "tie_word_embeddings": False, "torch_dtype": "bfloat16",
+         "vision_config": {"model_type": mt, "depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
+                           "out_hidden_size": 256, "patch_size": 16, "spatial_merge_size": 2, "temporal_patch_size": 2},
+         "image_token_id": 248056, "video_token_id": 248057, "vision_start_token_id": 248053, "vision_end_token_id": 248054}
+    t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {
+        "model.visual.patch_embed.proj.weight": (32, 3, 2, 16, 16),
+        "model.visual.pos_embed.weight": (64, 32),
+        "model.visual.blocks.0.norm1.weight": (32,),
+        "model.visual.blocks.0.attn.qkv.weight": (96, 32),
+        "model.visual.merger.linear_fc1.weight": (128, 128),
+        "model.visual.merger.linear_fc2.weight": (256, 128),
+    })
+    return c, t, tok, files
 
 
 def case_llama4(rng):
@@ -1904,6 +1926,7 @@ CASES = {
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
+    "qwen35-mm": case_qwen35_mm, "qwen35moe-mm": lambda rng: case_qwen35_mm(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
     "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
@@ -2668,31 +2691,83 @@ def test_tools_on_new_families(models, case, tmp_path, capsys):
     assert js["summary"]["n_tensors"] == len(plan["tensors"])
 
     hf = tmp_path / "hf.safetensors"
-    from kquant.models import family, inverse_architectures
-
-    fam = family(json.loads((d / "config.json").read_text())["architectures"][0])
-    if fam.arch_name() not in inverse_architectures():  # stacked / fused experts: refused in one line, nothing written
-        assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) != 0
-        err = capsys.readouterr().err.strip()
-        assert "--hf-names supports architectures" in err and "\n" not in err and not hf.exists()
     from kquant.models import inverse_family
 
-    if inverse_family(plan["architecture"]) is None:  # e.g. llama4: refused in one line, nothing written
+    if inverse_family(plan["architecture"]) is None:  # an inverse that cannot be exact: refused in one line, nothing written
         assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 2
-        assert f"this file is '{plan['architecture']}'" in capsys.readouterr().err and not hf.exists()
+        err = capsys.readouterr().err.strip()
+        assert f"--hf-names is not offered for '{plan['architecture']}'" in err and "\n" not in err and not hf.exists()
         return
     assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--json", "-q"]) == 0
     capsys.readouterr()
-    got, src = read_safetensors(hf), all_sources(d)
-    # a multimodal checkpoint: its language model, under the text model's names (language_model. dropped)
+    got = read_safetensors(hf)
+    src, extra = hf_names_source(case, d, got)
+    assert sorted(set(got) - extra) == sorted(src)
+    for name, x in src.items():
+        rel = np.sqrt(np.mean((got[name] - x) ** 2) / np.mean(x ** 2))
+        assert got[name].shape == x.shape and rel < 0.05, (name, rel)
+
+
+def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set[str]]:
+    """The checkpoint's tensors as `dequantize --hf-names` gives them back: {HF name: the values the converter
+    stored (rounded to BF16 where it stores BF16)}, and the names in `got` with no source tensor (the MXFP4
+    release's experts, under the BF16 release's names). Not the tensors the converter drops (MTP layers, a
+    multimodal checkpoint's vision tower); a multimodal checkpoint's language model under the text model's
+    names (language_model. dropped); GPT-2 saved without the "transformer." prefix under the prefixed names
+    (save_pretrained's: the GGUF file does not record which)."""
+    src = all_sources(d)
     spec = load_spec(d, vocab=False)
-    dropped = set(spec.not_converted)
-    used = {s for t in spec.tensors for s in t.sources}  # not the tensors the converter filters out (ERNIE's MTP)
-    src = {n.replace("language_model.", ""): x for n, x in src.items() if n not in dropped and n in used}
-    assert set(got) == {n for n in src if not n.endswith("rotary_emb.inv_freq")}
-    for name, x in got.items():
-        rel = np.sqrt(np.mean((x - src[name]) ** 2) / np.mean(src[name] ** 2))
-        assert x.shape == src[name].shape and rel < 0.05, (name, rel)
+    stored = {s: t.ref_type for t in spec.tensors for s in t.sources}
+    want = {n.replace("language_model.", ""): x if stored[n] == QType.F32 else bf16_bits_to_f32(f32_to_bf16_bits(x))
+            for n, x in src.items() if n in stored and not n.endswith(("_blocks", "_scales"))}
+    if case == "gpt2":
+        want = {n if n.startswith(("transformer.", "lm_head")) else "transformer." + n: x for n, x in want.items()}
+    extra = set()
+    if any(n.endswith("_blocks") for n in src):
+        extra = {n for n in got if n not in want and n.endswith(("experts.gate_up_proj", "experts.down_proj"))}
+        assert len(extra) == 2 * spec.n_layer
+    return want, extra
+
+
+# one case per kind of inverse --hf-names undoes: stacked experts split and transposed (llama4), interleaved
+# with biases (gpt-oss), fused and stacked (granitemoeshared), per-expert merges in MoE layers after dense
+# ones (dots1, olmoe, phimoe, qwen2moe), MLA's kv_b_proj split (deepseek2-lite), Q/K permutation (deepseek),
+# Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
+# reshaped (lfm2), a "llama" file with experts (mixtral)
+HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
+                  "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe")
+
+
+@pytest.mark.parametrize("case", HF_NAMES_CASES)
+def test_hf_names_round_trip_exact(models, case, tmp_path, capsys):
+    """convert --type BF16, then dequantize --hf-names --dtype F32 gives back the checkpoint's tensors: the
+    same names and shapes, and the values the converter stored exactly (BF16 sources and the tensors it keeps
+    in F32 bit for bit; other sources as the BF16 intermediate rounds them). The MXFP4 release comes back
+    under the BF16 release's names (gate_up_proj, down_proj: what transformers dequantizes it into)."""
+    from kquant import cli
+
+    d = models(case, copy=False)
+    out, hf = tmp_path / "bf16.gguf", tmp_path / "hf.safetensors"
+    assert cli.main(["convert", str(d), "-o", str(out), "--type", "BF16", "-q"]) == 0
+    assert cli.main(["dequantize", str(out), "-o", str(hf), "--hf-names", "--dtype", "F32", "-q"]) == 0
+    capsys.readouterr()
+    got = read_safetensors(hf)
+    want, extra = hf_names_source(case, d, got)
+    assert sorted(set(got) - extra) == sorted(want)
+    for name, x in want.items():
+        assert got[name].shape == x.shape and np.array_equal(got[name], x), name
+
+
+def test_hf_names_refusals_say_why():
+    """Every family either maps back (inverse_names) or says in one line why --hf-names is not offered."""
+    from kquant.models import FAMILIES, inverse_architectures
+
+    archs = set(inverse_architectures())
+    for c in set(FAMILIES.values()):
+        if c.arch_name() not in archs:
+            assert c.inverse_refused and "\n" not in c.inverse_refused, c.__name__
+        else:
+            assert not c.inverse_refused or not c.inverse_names, c.__name__
 
 
 def test_moe_tail_specs(models):
@@ -2910,25 +2985,32 @@ def test_mxfp4_source_errors(models, tmp_path, capsys, edit, match):
     assert not out.exists() and not list(tmp_path.glob(".x.gguf*"))
 
 
-@pytest.mark.parametrize("slab_bytes,n_slabs", [(16 << 10, 32), (64 << 10, 4)])
-def test_gpt_oss_stacked_experts_stream(models, slab_bytes, n_slabs):
-    """The transposed, interleaved gate_up split read in slabs (smaller than an expert, or one
-    expert each) equals the whole-tensor gather."""
+@pytest.mark.parametrize("case,slab_bytes,n_slabs", [("gpt-oss", 16 << 10, 32), ("gpt-oss", 64 << 10, 4),
+                                                     ("llama4", 16 << 10, 64), ("llama4", 256 << 10, 4)])
+def test_stacked_transposed_experts_stream(models, case, slab_bytes, n_slabs):
+    """Experts stored stacked and [in, out] (gpt-oss's interleaved gate_up, Llama 4's gate_up halves and
+    down_proj) are split and transposed in slabs (smaller than an expert, or one expert each) equal to the
+    whole-tensor gather: the pipeline never holds a whole stacked tensor."""
     from kquant import pipeline
     from kquant.io.safetensors import Checkpoint
 
-    d = models("gpt-oss", copy=False)
+    d = models(case, copy=False)
     spec = load_spec(d, vocab=False)
     src = all_sources(d)
     with Checkpoint.open(d) as ck:
         for t in spec.tensors:
             if "_exps.weight" not in t.name:
                 continue
-            assert t.transpose and t.shape[0] == 4
+            assert t.transpose and t.transform is None and t.shape[0] == 4
             whole = build_tensor(t, src).reshape(-1, t.shape[-1])
             slabs = list(pipeline.iter_source_slabs(ck, t, slab_bytes=slab_bytes))  # a few source rows per read
             assert len(slabs) == n_slabs
             assert np.array_equal(np.concatenate([s for _, s in slabs]), whole), t.name
+    if case == "llama4":
+        gu = src["language_model.model.layers.1.feed_forward.experts.gate_up_proj"]  # (E, n_embd, 2 n_ff)
+        up = next(t for t in spec.tensors if t.name == "blk.1.ffn_up_exps.weight")
+        assert np.array_equal(build_tensor(up, src), np.swapaxes(gu, 1, 2)[:, gu.shape[2] // 2:])
+        return
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])

@@ -211,12 +211,23 @@ def test_dequantize_hf_names_biases_and_other_architectures(tmp_path):
 
 def test_dequantize_hf_names_unsupported(tmp_path):
     path = write_gguf(tmp_path / "g.gguf", "gemma", {"token_embd.weight": np.zeros((2, 32))})
-    with pytest.raises(UnsupportedError, match="supports architectures"):
+    with pytest.raises(UnsupportedError, match="--hf-names is not offered for 'gemma': the converter writes the norm"):
         dequantize_file(path, tmp_path / "g.safetensors", hf_names=True)
-    path = write_gguf(tmp_path / "m.gguf", "llama", {"blk.0.ffn_gate_exps.weight": np.zeros((2, 2, 32))},
+    path = write_gguf(tmp_path / "b.gguf", "bert", {"token_embd.weight": np.zeros((2, 32))})
+    with pytest.raises(UnsupportedError, match="supports architectures .*this file is 'bert'"):
+        dequantize_file(path, tmp_path / "b.safetensors", hf_names=True)
+    path = write_gguf(tmp_path / "m.gguf", "llama", {"blk.0.attn_kv_b.weight": np.zeros((2, 32))},
                       {"llama.attention.head_count": (gguf.GGUFValueType.UINT32, 4)})
-    with pytest.raises(UnsupportedError, match="ffn_gate_exps"):
+    with pytest.raises(UnsupportedError, match="attn_kv_b"):
         dequantize_file(path, tmp_path / "m.safetensors", hf_names=True)
+    # a split HF tensor needs all its parts, fitting together (DeepSeek's kv_b_proj: attn_k_b and attn_v_b)
+    path = write_gguf(tmp_path / "d.gguf", "deepseek2", {"blk.0.attn_k_b.weight": np.zeros((2, 32, 32))})
+    with pytest.raises(InputError, match="kv_b_proj.weight needs 2 tensors"):
+        dequantize_file(path, tmp_path / "d.safetensors", hf_names=True)
+    path = write_gguf(tmp_path / "e.gguf", "deepseek2", {"blk.0.attn_k_b.weight": np.zeros((2, 32, 32)),
+                                                         "blk.0.attn_v_b.weight": np.zeros((2, 32, 64))})
+    with pytest.raises(InputError, match="do not fit together"):
+        dequantize_file(path, tmp_path / "e.safetensors", hf_names=True)
     path = write_gguf(tmp_path / "n.gguf", "llama", {"blk.0.attn_q.weight": np.zeros((8, 32))})
     with pytest.raises(InputError, match="head_count"):  # permutation needs the head count
         dequantize_file(path, tmp_path / "n.safetensors", hf_names=True)

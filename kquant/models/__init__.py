@@ -55,7 +55,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     stablelm,
     starcoder,
 )
-from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
+from .base import FAMILIES, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
@@ -98,6 +98,11 @@ def family(hf_arch: str) -> type[TextModel] | None:
 def inverse_family(gguf_arch: str) -> type[TextModel] | None:
     """The family whose HF names `dequantize --hf-names` restores for a GGUF architecture, or None."""
     return next((c for c in FAMILIES.values() if c.inverse_names and c.arch_name() == gguf_arch), None)
+
+
+def inverse_refusal(gguf_arch: str) -> str | None:
+    """Why `dequantize --hf-names` is not offered for a GGUF architecture kquant writes (one line), or None."""
+    return next((c.inverse_refused for c in FAMILIES.values() if c.arch_name() == gguf_arch and c.inverse_refused), None)
 
 
 def inverse_architectures() -> list[str]:

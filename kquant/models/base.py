@@ -92,6 +92,25 @@ class Experts:
     stacked: bool = False
 
 
+@dataclass(frozen=True)
+class HFJoin:
+    """One GGUF tensor as a part of the HF tensor it was made from (`dequantize --hf-names`).
+
+    A 3-D GGUF part [n, rows, cols] is n slices, a 2-D one a single slice. Slice x of the HF tensor
+    is slice x of each of its `parts` GGUF tensors (transposed when `transpose`), put side by side
+    along `axis` (0: rows, 1: columns; `interleave`: element by element, gate/up as gpt-oss fuses
+    them); the HF tensor is the slices stacked ([n, ...]), or concatenated along rows when `flat`.
+    The inverse of the conversion's split, transpose and unstacking, exact value for value."""
+
+    module: str  # HF name under the layer prefix and block id, suffix included ("attn.c_attn.weight")
+    part: int = 0
+    parts: int = 1
+    transpose: bool = False
+    axis: int = 0
+    interleave: bool = False
+    flat: bool = False
+
+
 FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
 
 
@@ -217,9 +236,10 @@ class TextModel:
     experts: ClassVar[Experts | None] = None
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
-    # --hf-names for experts that arrive stacked: GGUF base -> (HF module under model.layers.{bid}., part, parts);
-    # the HF tensor is the parts, each with its last two axes swapped, side by side (inspect.hf_name_map)
-    hf_expert_join: ClassVar[dict[str, tuple[str, int, int]]] = {}
+    inverse_refused: ClassVar[str] = ""  # why it does not (one line, said when asked), for families without it
+    # --hf-names for HF tensors the conversion split, transposed or unstacked: GGUF kind (base, or
+    # base + ".bias") -> how it goes back into its HF tensor (HFJoin, rebuilt by inspect.dequantize_file)
+    hf_joins: ClassVar[dict[str, "HFJoin"]] = {}
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
     layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
     # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)
@@ -658,14 +678,20 @@ class TextModel:
 
     # ---------------------------------------------------------------- GGUF -> HF (dequantize --hf-names)
     @classmethod
-    def hf_tensor_name(cls, bid: int | None, base: str, is_bias: bool) -> str | None:
+    def hf_layer(cls, kinds: frozenset[str]) -> dict[str, str]:
+        """HF per-layer module -> GGUF base for the inverse map, given the GGUF per-layer kinds of the
+        file (a family whose layers differ returns every module any layer may have)."""
+        return cls.layer
+
+    @classmethod
+    def hf_tensor_name(cls, bid: int | None, base: str, is_bias: bool, kinds: frozenset[str] = frozenset()) -> str | None:
         """The HF name of a GGUF tensor (`base`: its name without block prefix and suffix), or None."""
         if bid is None:
             hf = {g: h for h, g in cls.globals_.items()}.get(base)
             if hf is None or (is_bias and hf not in cls.globals_bias_ok):
                 return None
             return hf + (".bias" if is_bias else ".weight")
-        mod = {g: h for h, g in cls.layer.items()}.get(base)
+        mod = {g: h for h, g in cls.hf_layer(kinds).items()}.get(base)
         if mod is None or (is_bias and mod not in cls.bias_ok and mod not in cls.bias_only) or (
                 not is_bias and mod in cls.bias_only):
             return None

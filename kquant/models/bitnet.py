@@ -61,6 +61,7 @@ def weight_quant(w: np.ndarray, dtype: str, threads: int | None = None) -> np.nd
 @register("BitnetForCausalLM", "BitNetForCausalLM")
 class BitnetModel(TextModel):
     model_arch = MODEL_ARCH.BITNET
+    inverse_refused = "the converter makes the attention and FFN matrices ternary (weight_quant): the source values are gone"
     configs = (BITNET_CONFIG,)
     layer = BITNET_LAYER
     globals_ = BITNET_GLOBALS

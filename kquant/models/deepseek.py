@@ -26,9 +26,9 @@ from gguf import MODEL_ARCH
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from ..io.jsonio import read_json
-from .base import LAYER_PREFIX, LLAMA_LAYER, Experts, HFTensor, TextModel, register
+from .base import LAYER_PREFIX, LLAMA_LAYER, Experts, HFJoin, HFTensor, TextModel, register
 from .hparams import HFConfig
-from .llama import permute_qk
+from .llama import LlamaModel, permute_qk
 from .spec import TensorSpec
 
 
@@ -121,6 +121,10 @@ class DeepseekV2Model(TextModel):
     optional = ("mlp.gate.e_score_correction",)  # V3's noaux_tc router only
     split_modules = {"attn_kv_b": ("attn_k_b", "attn_v_b")}  # modify_tensors
     experts = DEEPSEEK_EXPERTS
+    inverse_names = True
+    # --hf-names: head by head, kv_b_proj is attn_k_b transposed back over attn_v_b (rows nope, then v)
+    hf_joins = {"attn_k_b": HFJoin("self_attn.kv_b_proj.weight", 0, 2, transpose=True, flat=True),
+                "attn_v_b": HFJoin("self_attn.kv_b_proj.weight", 1, 2, flat=True)}
     norm_of = {
         "attn_q": "attn_norm", "attn_q_a": "attn_norm", "attn_q_b": "attn_q_a_norm", "attn_kv_a_mqa": "attn_norm",
         "ffn_gate": "ffn_norm", "ffn_up": "ffn_norm", "ffn_gate_exps": "ffn_norm", "ffn_up_exps": "ffn_norm",
@@ -344,6 +348,12 @@ class DeepseekModel(TextModel):
     configs = (DEEPSEEK_CONFIG,)
     layer = LLAMA_LAYER | {"mlp.gate": "ffn_gate_inp"} | _SHARED
     experts = DEEPSEEK_EXPERTS
+    inverse_names = True
+    undo_permute = True
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        return LlamaModel.hf_row_order(base, n_rows, n_head, n_head_kv)
 
     def __init__(self, hp: dict[str, Any], **kw):
         super().__init__(hp, **kw)

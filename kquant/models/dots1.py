@@ -55,6 +55,7 @@ class Dots1Model(Qwen2MoeModel):
     bias_required = ()
     bias_only = ("mlp.gate.e_score_correction",)
     experts = DOTS1_EXPERTS
+    inverse_names = True
 
     # Dots1Model.__init__
     def __init__(self, hp, **kw):
@@ -66,6 +67,10 @@ class Dots1Model(Qwen2MoeModel):
 
     def layer_modules(self, bid: int) -> dict[str, str]:
         return DOTS1_DENSE_LAYER if bid < self.hp["first_k_dense_replace"] else DOTS1_MOE_LAYER
+
+    @classmethod
+    def hf_layer(cls, kinds):
+        return DOTS1_DENSE_LAYER | DOTS1_MOE_LAYER
 
     def layer_experts(self, bid: int) -> Experts | None:
         return None if bid < self.hp["first_k_dense_replace"] else DOTS1_EXPERTS

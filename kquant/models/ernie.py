@@ -75,6 +75,7 @@ MTP = tuple(re.compile(p) for p in (r"model.mtp_block.(\d+)", r"model.mtp_emb_no
 @register("Ernie4_5_ForCausalLM", "Ernie4_5ForCausalLM")
 class Ernie4_5Model(TextModel):
     model_arch = MODEL_ARCH.ERNIE4_5
+    inverse_refused = "the checkpoint's names (\"ernie.\" or \"model.\", fused qkv_proj / up_gate_proj or not) cannot be told from the GGUF file"
     configs = (ERNIE4_5_CONFIG,)
     layer = LLAMA_LAYER | FUSED
     optional = tuple(FUSED)  # either fused or split: the split GGUF names are required
@@ -124,6 +125,7 @@ class Ernie4_5Model(TextModel):
 @register("Ernie4_5_MoeForCausalLM")
 class Ernie4_5MoeModel(Ernie4_5Model):
     model_arch = MODEL_ARCH.ERNIE4_5_MOE
+    inverse_refused = ""
     configs = (ERNIE4_5_MOE_CONFIG,)
     layer = LLAMA_LAYER | ROUTER | SHARED  # any layer's modules
     bias_only = ("mlp.moe_statics.e_score_correction",)

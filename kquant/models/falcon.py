@@ -67,9 +67,22 @@ class FalconModel(TextModel):
     layer_prefix = "transformer.h."
     aliases = {"num_key_value_heads": ("num_kv_heads", "n_head_kv"), "num_attention_heads": ("n_head",),
                "intermediate_size": ("ffn_hidden_size",)}
-    # dequantize --hf-names: attn_norm is input_layernorm (falcon-7b) or ln_mlp (falcon-40b); the name map
-    # is per architecture, so Falcon is not offered
-    inverse_names = False
+    # dequantize --hf-names: attn_norm is ln_mlp when the file has attn_norm_2 (falcon-40b's ln_attn), else
+    # input_layernorm (falcon-7b); the QKV rows go back into their groups (the file's head counts)
+    inverse_names = True
+    undo_permute = True
+
+    @classmethod
+    def hf_layer(cls, kinds):
+        return FALCON_LAYER | (FALCON40B_NORMS if "attn_norm_2" in kinds else FALCON7B_NORMS)
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        if base != "attn_qkv":
+            return None
+        if n_rows % (n_head + 2 * n_head_kv):
+            raise InputError(f"attn_qkv has {n_rows} rows, not a multiple of {n_head + 2 * n_head_kv} heads")
+        return np.argsort(falcon_qkv_rows(n_head, n_head_kv, n_rows // (n_head + 2 * n_head_kv)))
 
     def prepare(self) -> None:
         hp = self.hp

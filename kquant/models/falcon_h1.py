@@ -57,6 +57,7 @@ def scaled_in_proj(m_in, chunks: list[tuple[int, int, float]], f16: bool):
 @register("FalconH1ForCausalLM")
 class FalconH1Model(TextModel):
     model_arch = MODEL_ARCH.FALCON_H1
+    inverse_refused = "the converter writes A as -exp(A_log) and folds the config's multipliers into the weights: not undone exactly"
     configs = (FALCON_H1_CONFIG,)
     globals_ = FALCON_H1_GLOBALS
     bias_ok = MAMBA2_BIAS_OK + ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

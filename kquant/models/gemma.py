@@ -77,6 +77,7 @@ def need_spm(folder) -> None:
 @register("GemmaForCausalLM")
 class GemmaModel(TextModel):
     model_arch = MODEL_ARCH.GEMMA
+    inverse_refused = "the converter writes the norm weights plus one, rounded to the source's float type: not undone exactly"
     configs = (GEMMA_CONFIG,)
     globals_ = UNTIED
     skip_names = ("lm_head.weight",)

@@ -4,8 +4,8 @@ Learned position embeddings, LayerNorms with biases, a fused QKV and biases on e
 all Conv1D layers (weights stored (in, out)) transposed to (out, in); the GPT-2 vocabulary. The
 config uses GPT-2's own key names (n_embd, n_layer, n_head, n_positions; transformers'
 attribute_map maps hidden_size & co. onto them). Checkpoints saved without the `transformer.`
-prefix (openai-community/gpt2) convert the same. `dequantize --hf-names` would have to transpose
-the Conv1D weights back: not offered for this architecture.
+prefix (openai-community/gpt2) convert the same; `dequantize --hf-names` writes the names
+transformers' save_pretrained gives them (with the prefix) and transposes the Conv1D weights back.
 RuGPT3XLForCausalLM (separate Q/K/V fused by the converter) is not ported."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 from gguf import MODEL_ARCH
 
 from ..errors import InputError
-from .base import TextModel, register
+from .base import HFJoin, TextModel, register
 from .hparams import HFConfig
 
 # transformers 4.57.6 configuration_gpt2.py GPT2Config: __init__ defaults and attribute_map
@@ -46,10 +46,11 @@ def transpose(arrs: list[np.ndarray]) -> np.ndarray:
     return np.ascontiguousarray(arrs[0].T)
 
 
-@register("GPT2LMHeadModel")
-class GPT2Model(TextModel):
-    model_arch = MODEL_ARCH.GPT2
-    configs = (GPT2_CONFIG,)
+class GPT2LayoutModel(TextModel):
+    """GPT-2's module layout, shared by GPT-2 and GPTBigCode (starcoder.py): `transformer.h.*` layers,
+    learned positions, LayerNorms and every projection with biases, a fused QKV, a 4 n_embd MLP, GPT-2's
+    config key names. Not registered: the transposes are GPT-2's own (Conv1D), GPTBigCode's layers are Linear."""
+
     layer = GPT2_LAYER
     globals_ = GPT2_GLOBALS
     globals_bias_ok = ("transformer.ln_f",)
@@ -57,20 +58,32 @@ class GPT2Model(TextModel):
     bias_required = tuple(GPT2_LAYER)
     layer_prefix = "transformer.h."
     aliases = GPT2_ALIASES
+    inverse_names = True
 
-    def filter_name(self, name: str) -> str | None:
-        # tensor_mapping.py lists GPT-2's names with and without the "transformer." prefix
-        if name.startswith(("h.", "wte.", "wpe.", "ln_f.")):
-            name = "transformer." + name
-        return super().filter_name(name)
+    def qkv_rows(self) -> int:
+        """Rows of the fused QKV: n_embd each for Q, K and V (GPT-2)."""
+        return 3 * self.hp["n_embd"]
 
     def tensor_shapes(self):
         e, n_vocab = self.hp["n_embd"], self.hp["vocab_size"]
         return {
             "token_embd": (n_vocab, e), "output": (n_vocab, e), "position_embd": (self.hp["n_positions"], e),
             "output_norm": (e,), "attn_norm": (e,), "ffn_norm": (e,),
-            "attn_qkv": (3 * e, e), "attn_output": (e, e), "ffn_up": (4 * e, e), "ffn_down": (e, 4 * e),
+            "attn_qkv": (self.qkv_rows(), e), "attn_output": (e, e), "ffn_up": (4 * e, e), "ffn_down": (e, 4 * e),
         }
+
+
+@register("GPT2LMHeadModel")
+class GPT2Model(GPT2LayoutModel):
+    model_arch = MODEL_ARCH.GPT2
+    configs = (GPT2_CONFIG,)
+    hf_joins = {g: HFJoin(f"{m}.weight", transpose=True) for m, g in GPT2_LAYER.items() if g in CONV1D}  # (in, out) again
+
+    def filter_name(self, name: str) -> str | None:
+        # tensor_mapping.py lists GPT-2's names with and without the "transformer." prefix
+        if name.startswith(("h.", "wte.", "wpe.", "ln_f.")):
+            name = "transformer." + name
+        return super().filter_name(name)
 
     def expected_shape(self, base: str, bias: bool):
         w = super().expected_shape(base, bias)

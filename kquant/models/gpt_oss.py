@@ -22,7 +22,7 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError
 from ..ggml.types import QType
-from .base import HFTensor, LLAMA_LAYER, ATTN_BIASES, Experts, TextModel, last_axis, register
+from .base import HFJoin, HFTensor, LLAMA_LAYER, ATTN_BIASES, Experts, TextModel, last_axis, register
 from .hparams import HFConfig
 from .spec import TensorSpec
 
@@ -76,6 +76,20 @@ class GptOssModel(TextModel):
                      "mlp.experts.down_proj", "mlp.experts.gate_up_proj")
     experts = Experts(source="", order=(), count_keys=("num_local_experts",), stacked=True)
     split_modules = {"ffn_gate_exps": ("ffn_gate_exps", "ffn_up_exps")}  # gate_up_proj
+    # --hf-names: the BF16 release's tensors (what transformers dequantizes the MXFP4 release into):
+    # gate_up_proj [n_expert, hidden, 2 ff] is each expert's gate and up transposed, interleaved; its bias too
+    inverse_names = True
+    hf_joins = {"ffn_gate_exps": HFJoin("mlp.experts.gate_up_proj", 0, 2, transpose=True, axis=1, interleave=True),
+                "ffn_up_exps": HFJoin("mlp.experts.gate_up_proj", 1, 2, transpose=True, axis=1, interleave=True),
+                "ffn_down_exps": HFJoin("mlp.experts.down_proj", transpose=True),
+                "ffn_gate_exps.bias": HFJoin("mlp.experts.gate_up_proj_bias", 0, 2, axis=1, interleave=True),
+                "ffn_up_exps.bias": HFJoin("mlp.experts.gate_up_proj_bias", 1, 2, axis=1, interleave=True),
+                "ffn_down_exps.bias": HFJoin("mlp.experts.down_proj_bias")}
+
+    @classmethod
+    def hf_tensor_name(cls, bid, base, is_bias, kinds=frozenset()):
+        name = super().hf_tensor_name(bid, base, is_bias, kinds)
+        return name[: -len(".weight")] if base == "attn_sinks" and name else name  # filter_name's ".weight", undone
     norm_of = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm",
                "ffn_gate_exps": "post_attention_norm", "ffn_up_exps": "post_attention_norm",
                "ffn_gate_inp": "post_attention_norm"}

@@ -11,7 +11,7 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
-from .base import ATTN_BIASES, LLAMA_LAYER, register, rows
+from .base import ATTN_BIASES, HFJoin, LLAMA_LAYER, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel
 from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_name, mamba2_spec
@@ -90,7 +90,17 @@ class GraniteMoeModel(GraniteModel):
     model_arch = MODEL_ARCH.GRANITE_MOE
     configs = (GRANITE_MOE_CONFIG, GRANITE_MOE_SHARED_CONFIG)
     bias_ok = ATTN_BIASES
-    inverse_names = False  # stacked and fused experts have no per-tensor HF name
+    inverse_names = True
+    # --hf-names: input_linear is each expert's gate rows over its up rows; the shared MLP's likewise
+    hf_joins = {"ffn_gate_exps": HFJoin("block_sparse_moe.input_linear.weight", 0, 2),
+                "ffn_up_exps": HFJoin("block_sparse_moe.input_linear.weight", 1, 2),
+                "ffn_down_exps": HFJoin("block_sparse_moe.output_linear.weight"),
+                "ffn_gate_shexp": HFJoin("shared_mlp.input_linear.weight", 0, 2, flat=True),
+                "ffn_up_shexp": HFJoin("shared_mlp.input_linear.weight", 1, 2, flat=True)}
+
+    @classmethod
+    def hf_layer(cls, kinds):
+        return GRANITE_MOE_LAYER | GRANITE_SHARED_MLP
     split_modules = {"ffn_gate_up_exps": ("ffn_gate_exps", "ffn_up_exps"),
                      "ffn_gate_up_shexp": ("ffn_gate_shexp", "ffn_up_shexp")}
 
@@ -140,6 +150,7 @@ ATTN = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k", "self_attn.v
 @register("GraniteMoeHybridForCausalLM", "BambaForCausalLM")
 class GraniteHybridModel(GraniteModel):
     model_arch = MODEL_ARCH.GRANITE_HYBRID
+    inverse_refused = "the converter writes the Mamba-2 A as -exp(A_log): not undone exactly"
     configs = (GRANITE_HYBRID_CONFIG, BAMBA_CONFIG)
     bias_ok = MAMBA2_BIAS_OK + tuple(ATTN)
     bias_only = ("mamba.dt_proj",)

@@ -133,7 +133,7 @@ def read_config(path: Path) -> dict[str, Any]:
         raise InputError(f"{path}: missing or non-string key 'model_type' (got {mt!r})")
     if tc is None:
         cc = CONFIG_CLASSES.get(mt)
-        if cc is not None and cc.text_config is not None and cc.flat_text_keys is None:  # the composite class would build its default (full-size) text config
+        if cc is not None and cc.text_config is not None and cc.flat_text_keys is None and not cc.raw:  # the composite class would build its default (full-size) text config
             raise InputError(f"{path}: missing key 'text_config' (the language model's config)")
         _check_keys(path, cfg, "", required=True, cc=cc)
         return cfg
@@ -254,6 +254,13 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
         if "text_config" in cfg:
             raise UnsupportedError(f"{path}: model_type {mt!r} with a 'text_config' is not supported")
         return _apply(cc, cfg, path)
+    if cc.raw:  # no config class: the converter reads config.json as it is and merges text_config over it
+        hp = _apply(cc, cfg, path)
+        hp = {**hp, **hp.get("text_config", {})}
+        for k in REQUIRED_INT_KEYS:
+            if not _is_int(hp.get(k)) or hp[k] <= 0:
+                raise InputError(f"{path}: 'text_config.{k}' must be a positive integer, got {hp.get(k)!r}")
+        return hp
     if "text_config" in cfg:
         tc = cfg["text_config"]
     else:  # read_config allows it only for these classes: the text class takes the other keys

@@ -60,6 +60,7 @@ NORM_OF = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", 
 @register("Lfm2ForCausalLM", "LFM2ForCausalLM")
 class LFM2Model(TextModel):
     model_arch = MODEL_ARCH.LFM2
+    inverse_names = True  # --hf-names: "model." names (not "lfm."), the short convolutions (e, 1, L) again
     configs = (LFM2_CONFIG,)
     globals_ = LFM2_GLOBALS
     layer = LFM2_NORMS | LFM2_FFN | LFM2_ATTN
@@ -103,6 +104,14 @@ class LFM2Model(TextModel):
                     "shortconv.conv": (e, 1, hp["conv_L_cache"]), "shortconv.in_proj": (3 * e, e),
                     "shortconv.out_proj": (e, e)}
 
+    @classmethod
+    def hf_layer(cls, kinds):
+        return LFM2_NORMS | LFM2_FFN | LFM2_ATTN | LFM2_CONV
+
+    @classmethod
+    def hf_tensor_shape(cls, base, is_bias, shape):
+        return (shape[0], 1, shape[1]) if base == "shortconv.conv" and not is_bias and len(shape) == 2 else shape
+
     # LFM2Model.modify_tensors: the conv op needs a 2-D tensor
     def modify_tensors(self, t, name, gname, base, bid):
         if "conv.conv" in name and len(t[1]) == 3 and t[1][1] == 1:
@@ -135,6 +144,15 @@ class LFM2MoeModel(LFM2Model):
     bias_ok = LFM2Model.bias_ok + ("feed_forward.expert_bias",)
     bias_only = ("feed_forward.expert_bias",)
     experts = LFM2_EXPERTS
+
+    @classmethod
+    def hf_layer(cls, kinds):
+        return super().hf_layer(kinds) | LFM2_MOE
+
+    @classmethod
+    def hf_tensor_name(cls, bid, base, is_bias, kinds=frozenset()):
+        name = super().hf_tensor_name(bid, base, is_bias, kinds)
+        return name[: -len(".bias")] if base == "exp_probs_b" and name else name  # filter_name's ".bias", undone
 
     def is_conv(self, bid: int) -> bool:
         super().is_conv(bid)  # checks layer_types

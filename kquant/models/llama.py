@@ -188,6 +188,17 @@ class LlamaModel(TextModel):
             return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
         return None
 
+    # --hf-names: a "llama" file with experts has Mixtral's layout (block_sparse_moe)
+    @classmethod
+    def hf_layer(cls, kinds):
+        return cls.layer | MixtralModel.layer if cls.experts is None and "ffn_gate_exps" in kinds else cls.layer
+
+    @classmethod
+    def hf_expert_names(cls, bid, base, n_expert):
+        if cls.experts is None and cls.model_arch == MODEL_ARCH.LLAMA:
+            return MixtralModel.hf_expert_names(bid, base, n_expert)
+        return super().hf_expert_names(bid, base, n_expert)
+
     # LlamaModel.generate_extra_tensors
     def generate_extra_tensors(self) -> list[tuple[str, np.ndarray]]:
         return llama3_rope_freqs(self, default_factor=8.0)

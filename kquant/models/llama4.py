@@ -16,7 +16,7 @@ from __future__ import annotations
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
-from .base import LLAMA_LAYER, TextModel, register
+from .base import LLAMA_LAYER, HFJoin, TextModel, register, rows
 from .hparams import HFConfig
 from .llama import LlamaModel, llama3_rope_freqs
 
@@ -76,23 +76,6 @@ MOE_LAYER = ATTN | {
 STACKED = ("feed_forward.experts.gate_up_proj", "feed_forward.experts.down_proj")  # parameters without ".weight"
 
 
-def gate_half(arrs):
-    """gate_up_proj (E, n_embd, 2 n_ff) -> gate (E, n_ff, n_embd): transpose(-1, -2).split(n_ff, dim=-2)[0]."""
-    x = arrs[0]
-    return x.transpose(0, 2, 1)[:, : x.shape[-1] // 2, :]
-
-
-def up_half(arrs):
-    """gate_up_proj (E, n_embd, 2 n_ff) -> up (E, n_ff, n_embd): transpose(-1, -2).split(n_ff, dim=-2)[1]."""
-    x = arrs[0]
-    return x.transpose(0, 2, 1)[:, x.shape[-1] // 2:, :]
-
-
-def transposed(arrs):
-    """down_proj (E, n_ff, n_embd) -> (E, n_embd, n_ff): transpose(-1, -2)."""
-    return arrs[0].transpose(0, 2, 1)
-
-
 # conversion/llama.py Llama4Model
 @register("Llama4ForConditionalGeneration", "Llama4ForCausalLM")
 class Llama4Model(LlamaModel):
@@ -102,9 +85,10 @@ class Llama4Model(LlamaModel):
     bias_ok = ()
     undo_permute = False
     inverse_names = True  # --hf-names: Llama4ForCausalLM's names (model.layers.*)
-    hf_expert_join = {"ffn_gate_exps": ("feed_forward.experts.gate_up_proj", 0, 2),
-                      "ffn_up_exps": ("feed_forward.experts.gate_up_proj", 1, 2),
-                      "ffn_down_exps": ("feed_forward.experts.down_proj", 0, 1)}
+    # gate_up_proj (E, n_embd, 2 n_ff) is ffn_gate_exps and ffn_up_exps transposed, side by side
+    hf_joins = {"ffn_gate_exps": HFJoin("feed_forward.experts.gate_up_proj", 0, 2, transpose=True, axis=1),
+                "ffn_up_exps": HFJoin("feed_forward.experts.gate_up_proj", 1, 2, transpose=True, axis=1),
+                "ffn_down_exps": HFJoin("feed_forward.experts.down_proj", transpose=True)}
 
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)
@@ -173,16 +157,16 @@ class Llama4Model(LlamaModel):
         return shapes | {"ffn_gate_exps": (n_x, e, 2 * f), "ffn_down_exps": (n_x, f, e),
                          "ffn_gate_shexp": (f, e), "ffn_up_shexp": (f, e), "ffn_down_shexp": (e, f)}
 
-    # Llama4Model.modify_tensors (LlamaModel's with undo_permute off)
+    # Llama4Model.modify_tensors (LlamaModel's with undo_permute off): gate_up_proj (E, n_embd, 2 n_ff)
+    # transpose(-1, -2).split(n_ff, dim=-2) into gate and up, down_proj (E, n_ff, n_embd) transposed; streamed
+    # in row slabs of whole experts by the pipeline (TextModel.stacked_experts), never read whole
     def modify_tensors(self, t, name, gname, base, bid):
         if name.endswith("experts.gate_up_proj.weight"):
-            n_x, e, f2 = t[1]
-            shape = (n_x, f2 // 2, e)
-            return [self.spec(gname, t, shape=shape, transform=gate_half),
-                    self.spec(gname.replace("ffn_gate_exps", "ffn_up_exps"), t, shape=shape, transform=up_half)]
+            f = t[1][2] // 2
+            up = gname.replace("ffn_gate_exps", "ffn_up_exps")
+            return self.stacked_experts(t, [(gname, rows(0, f)), (up, rows(f, 2 * f))], transpose=True)
         if name.endswith("experts.down_proj.weight"):
-            n_x, f, e = t[1]
-            return [self.spec(gname, t, shape=(n_x, e, f), transform=transposed)]
+            return self.stacked_experts(t, [(gname, None)], transpose=True)
         return TextModel.modify_tensors(self, t, name, gname, base, bid)
 
     @classmethod
@@ -190,10 +174,8 @@ class Llama4Model(LlamaModel):
         return None
 
     @classmethod
-    def hf_tensor_name(cls, bid, base, is_bias):
-        if bid is not None and base in {"ffn_gate", "ffn_up", "ffn_down"}:  # a dense layer's MLP
-            return None if is_bias else f"model.layers.{bid}.{ {v: k for k, v in DENSE_LAYER.items()}[base]}.weight"
-        return super().hf_tensor_name(bid, base, is_bias)
+    def hf_layer(cls, kinds):
+        return DENSE_LAYER | MOE_LAYER
 
     def generate_extra_tensors(self):
         return llama3_rope_freqs(self, default_factor=8.0, equal_factors_ok=True)

@@ -132,6 +132,7 @@ class OlmoeModel(TextModel):
     layer = MOE_LAYER | QK_NORM_LAYER
     bias_ok = ATTN_BIASES
     experts = QWEN_EXPERTS
+    inverse_names = True
 
     # OlmoeModel.set_gguf_parameters: the RMS epsilon is overwritten with 1e-5 whatever the config says
     def set_gguf_parameters(self) -> None:

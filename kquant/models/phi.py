@@ -98,6 +98,7 @@ PHI3_CONFIG = HFConfig("phi3", dict(
 @register("Phi3ForCausalLM")
 class Phi3MiniModel(TextModel):
     model_arch = MODEL_ARCH.PHI3
+    inverse_names = True
     configs = (PHI3_CONFIG,)
     layer = {
         "input_layernorm": "attn_norm",
@@ -266,6 +267,7 @@ class PhiMoeModel(Phi3MiniModel):
     bias_ok = ("input_layernorm", "post_attention_layernorm") + _PHIMOE_ATTN
     bias_required = ("input_layernorm", "post_attention_layernorm")
     globals_bias_ok = ("model.norm", "lm_head")
+    inverse_names = True
     experts = Experts(
         source="model.layers.{bid}.block_sparse_moe.experts.{xid}.{w}.weight",
         order=(("w1", "ffn_gate_exps"), ("w2", "ffn_down_exps"), ("w3", "ffn_up_exps")),

@@ -107,6 +107,11 @@ class Qwen2MoeModel(TextModel):
     bias_ok = ATTN_BIASES
     bias_required = QKV_BIASES
     experts = QWEN_EXPERTS
+    inverse_names = True
+
+    @classmethod
+    def hf_tensor_shape(cls, base, is_bias, shape):
+        return (1,) + tuple(shape) if base == "ffn_gate_inp_shexp" and len(shape) == 1 else shape  # shared_expert_gate (1, e)
 
     def set_gguf_parameters(self) -> None:
         super().set_gguf_parameters()
@@ -194,6 +199,8 @@ class Qwen3NextModel(Qwen2MoeModel):
     routed + shared experts, the MTP layers appended as nextn blocks."""
 
     model_arch = MODEL_ARCH.QWEN3NEXT
+    inverse_names = False
+    inverse_refused = "the converter writes A as -exp(A_log) and the norm weights plus one: not undone exactly"
     configs = (QWEN3_NEXT_CONFIG,)
     layer = QWEN3_NEXT_FULL
     bias_ok = ("linear_attn.dt_proj",)
@@ -301,7 +308,9 @@ class Qwen3NextModel(Qwen2MoeModel):
 
 
 # transformers 4.57.6 has no Qwen3.5 config classes: the converter reads config.json as it is
-QWEN35_CONFIGS = (HFConfig("qwen3_5_text", {}), HFConfig("qwen3_5", {}))
+# Qwen3_5ForConditionalGeneration's config (model_type qwen3_5) nests the text config (qwen3_5_text) under
+# text_config; transformers 4.57.6 has neither class, so the converter reads config.json as it is
+QWEN35_CONFIGS = (HFConfig("qwen3_5_text", {}), HFConfig("qwen3_5", {}, raw=True, text_config="qwen3_5_text"))
 QWEN35_COMMON = {
     "input_layernorm": "attn_norm",
     "post_attention_layernorm": "post_attention_norm",
@@ -329,10 +338,11 @@ def v_tiled(nk: int, r: int, hd: int) -> np.ndarray:
     return np.arange(nk * r * hd, dtype=np.int64).reshape(nk, r, hd).transpose(1, 0, 2).reshape(-1)
 
 
-@register("Qwen3_5ForCausalLM")
+@register("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration")
 class Qwen35Model(Qwen3NextModel):
     """conversion/qwen.py Qwen3_5TextModel (_Qwen35MRopeMixin, _LinearAttentionVReorderBase on
-    Qwen3NextModel): the text-only checkpoint with a flat config.json (dense MLP)."""
+    Qwen3NextModel): the text-only checkpoint with a flat config.json (dense MLP), and the language model of
+    Qwen3_5ForConditionalGeneration (model.language_model.*; model.visual.* not converted, as without --mmproj)."""
 
     model_arch = MODEL_ARCH.QWEN35
     configs = QWEN35_CONFIGS
@@ -398,7 +408,7 @@ class Qwen35Model(Qwen3NextModel):
             self.kv.add_array(self.key("rope.dimension_sections"), list(QWEN35_DEFAULT_MROPE_SECTION))
 
 
-QWEN35_MOE_CONFIGS = (HFConfig("qwen3_5_moe_text", {}), HFConfig("qwen3_5_moe", {}))
+QWEN35_MOE_CONFIGS = (HFConfig("qwen3_5_moe_text", {}), HFConfig("qwen3_5_moe", {}, raw=True, text_config="qwen3_5_moe_text"))
 QWEN35_MOE_FFN = {
     "mlp.gate": "ffn_gate_inp",
     "mlp.shared_expert.gate_proj": "ffn_gate_shexp", "mlp.shared_expert.up_proj": "ffn_up_shexp",
@@ -408,7 +418,7 @@ QWEN35_MOE_FFN = {
 FUSED_EXPERTS = {"mlp.experts.gate_up_proj": "ffn_gate_exps", "mlp.experts.down_proj": "ffn_down_exps"}
 
 
-@register("Qwen3_5MoeForCausalLM")
+@register("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration")
 class Qwen35MoeModel(Qwen35Model):
     """conversion/qwen.py Qwen3_5MoeTextModel: Qwen35Model with routed + shared experts, per expert or
     fused (Qwen2MoeModel.modify_tensors splits gate_up_proj)."""

@@ -13,7 +13,7 @@ from gguf import MODEL_ARCH
 
 from ..errors import UnsupportedError
 from .base import ATTN_BIASES, GLOBAL_NAMES, TextModel, register
-from .gpt2 import GPT2_ALIASES, GPT2_ATTRIBUTE_MAP, GPT2_GLOBALS, GPT2_LAYER, GPT2_REQUIRED
+from .gpt2 import GPT2_ALIASES, GPT2_ATTRIBUTE_MAP, GPT2_REQUIRED, GPT2LayoutModel
 from .hparams import HFConfig
 
 # transformers 4.57.6 configuration_starcoder2.py __init__ defaults, for the keys llama.cpp reads
@@ -60,31 +60,19 @@ GPT_BIGCODE_CONFIG = HFConfig("gpt_bigcode", dict(
 
 
 @register("GPTBigCodeForCausalLM")
-class StarCoderModel(TextModel):
+class StarCoderModel(GPT2LayoutModel):
     model_arch = MODEL_ARCH.STARCODER
     configs = (GPT_BIGCODE_CONFIG,)
-    layer = GPT2_LAYER
-    globals_ = GPT2_GLOBALS
-    globals_bias_ok = ("transformer.ln_f",)
-    bias_ok = tuple(GPT2_LAYER)
-    bias_required = tuple(GPT2_LAYER)
-    layer_prefix = "transformer.h."
     aliases = GPT2_ALIASES | {"num_key_value_heads": ("num_key_value_heads",)}
-    inverse_names = True
 
     def prepare(self) -> None:
         if not self.hp["multi_query"]:
             raise UnsupportedError(f"{self.config_path}: GPTBigCode without multi-query attention ('multi_query': false) is "
                                    "not supported (llama.cpp's converter writes one KV head whatever the config says)")
 
-    def tensor_shapes(self):
-        e, n_vocab = self.hp["n_embd"], self.hp["vocab_size"]
-        hd = e // self.hp["n_head"]
-        return {
-            "token_embd": (n_vocab, e), "output": (n_vocab, e), "position_embd": (self.hp["n_positions"], e),
-            "output_norm": (e,), "attn_norm": (e,), "ffn_norm": (e,),
-            "attn_qkv": (e + 2 * hd, e), "attn_output": (e, e), "ffn_up": (4 * e, e), "ffn_down": (e, 4 * e),
-        }
+    def qkv_rows(self) -> int:
+        e = self.hp["n_embd"]
+        return e + 2 * (e // self.hp["n_head"])  # multi-query: all queries, one key head, one value head
 
     # StarCoderModel.set_gguf_parameters (replaces TextModel's)
     def set_gguf_parameters(self) -> None:
