@@ -991,16 +991,16 @@ def case_nemotron(rng):
 
 def case_nemotron_h(rng):
     # nvidia/Nemotron-H-8B-Base-8K's config.json keys (raw: transformers 4.57.6 has no class), one layer of each
-    # kind (pattern "M*-"): Mamba-2 with 2 groups, attention (GQA, no rope), relu^2 MLP; the Llama 3 tokenizer
+    # kind (pattern "M*-"): Mamba-2 with 2 groups, attention (GQA, no rope), relu^2 MLP; GPT-2's tokenizer stands in
     e, nh, nkv, hd, f = 256, 4, 2, 64, 512
     c = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": e,
          "intermediate_size": f, "num_hidden_layers": 3, "hybrid_override_pattern": "M*-", "num_attention_heads": nh,
          "num_key_value_heads": nkv, "head_dim": hd, "attention_head_dim": hd, "mamba_num_heads": 8,
          "mamba_head_dim": 64, "n_groups": 2, "ssm_state_size": 64, "conv_kernel": 4, "expand": 2, "chunk_size": 128,
-         "mamba_hidden_act": "silu", "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "vocab_size": 128256,
+         "mamba_hidden_act": "silu", "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "vocab_size": 50264,
          "max_position_embeddings": 8192, "tie_word_embeddings": False, "use_bias": False, "use_conv_bias": True,
-         "residual_in_fp32": False, "bos_token_id": 128000, "eos_token_id": 128001, "torch_dtype": "bfloat16"}
-    t = {"backbone.embeddings.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+         "residual_in_fp32": False, "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "bfloat16"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
          "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i, kind in enumerate(c["hybrid_override_pattern"]):
         p = f"backbone.layers.{i}."
@@ -1013,7 +1013,7 @@ def case_nemotron_h(rng):
         else:
             t[p + "mixer.up_proj.weight"] = (heavy(rng, (f, e)), "BF16")
             t[p + "mixer.down_proj.weight"] = (heavy(rng, (e, f)), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_jamba(rng):
@@ -1575,13 +1575,14 @@ def case_mistral3(rng):
 def case_qwen2vl(rng, flat: bool = False):
     # Qwen2VLForConditionalGeneration as transformers 4.57 saves it (text_config; model.language_model.*, lm_head,
     # model.visual.*), tied output; flat: Qwen2.5-VL as released (every text key at the top level, rope_scaling
-    # type "mrope", model.layers.* and visual.*), untied. M-RoPE sections summing to head_dim / 2 = 32
+    # type "mrope", model.layers.* and visual.*), untied. M-RoPE sections summing to head_dim / 2 = 32;
+    # GPT-2's tokenizer stands in for Qwen2's (the qwen2 case carries it)
     arch = "Qwen2_5_VLForConditionalGeneration" if flat else "Qwen2VLForConditionalGeneration"
     mt = "qwen2_5_vl" if flat else "qwen2_vl"
     text = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                vocab_size=50257, max_position_embeddings=32768, rms_norm_eps=1e-6, rope_theta=1000000.0,
                 use_sliding_window=False, sliding_window=32768, max_window_layers=2, tie_word_embeddings=not flat,
-                bos_token_id=151643, eos_token_id=151645)
+                bos_token_id=50256, eos_token_id=50256)
     vision = {"depth": 1, "embed_dim": 32, "hidden_size": 256, "num_heads": 2, "patch_size": 14,
               "spatial_merge_size": 2, "in_chans": 3}
     if flat:
@@ -1599,20 +1600,21 @@ def case_qwen2vl(rng, flat: bool = False):
     t |= vision_parts(rng, {vis + "patch_embed.proj.weight": (32, 3, 2, 14, 14), vis + "blocks.0.norm1.weight": (32,),
                             vis + "blocks.0.attn.qkv.weight": (96, 32), vis + "merger.ln_q.weight": (32,),
                             vis + "merger.mlp.0.weight": (128, 128), vis + "merger.mlp.2.weight": (256, 128)})
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_qwen3vl(rng, moe: bool = False):
     # Qwen3VLForConditionalGeneration / Qwen3VLMoeForConditionalGeneration as saved (text_config with interleaved
     # M-RoPE sections, model.language_model.*, model.visual.*, deepstack mergers); dense: tied, the vision config
     # without deepstack_visual_indexes (its class default [8, 16, 24] counts); MoE: 4 experts stacked and
-    # transposed (gate_up_proj [n_expert, n_embd, 2 * n_ff], down_proj [n_expert, n_ff, n_embd]), untied
-    e, nh, nkv, hd, f, n_x, v = 256, 4, 2, 64, 512, 4, 151936
+    # transposed (gate_up_proj [n_expert, n_embd, 2 * n_ff], down_proj [n_expert, n_ff, n_embd]), untied;
+    # GPT-2's tokenizer stands in
+    e, nh, nkv, hd, f, n_x, v = 256, 4, 2, 64, 512, 4, 50257
     text = dict(model_type="qwen3_vl_moe_text" if moe else "qwen3_vl_text", hidden_size=e, intermediate_size=f,
                 num_hidden_layers=2, num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, vocab_size=v,
                 max_position_embeddings=262144, rms_norm_eps=1e-6, rope_theta=5000000.0, tie_word_embeddings=not moe,
                 rope_scaling={"rope_type": "default", "mrope_section": [12, 10, 10], "mrope_interleaved": True},
-                bos_token_id=151643, eos_token_id=151645)
+                bos_token_id=50256, eos_token_id=50256)
     if moe:
         text |= dict(moe_intermediate_size=256, num_experts=n_x, num_experts_per_tok=2, decoder_sparse_step=1,
                      norm_topk_prob=True, mlp_only_layers=[])
@@ -1635,7 +1637,7 @@ def case_qwen3vl(rng, moe: bool = False):
                             "model.visual.blocks.0.attn.qkv.weight": (96, 32), "model.visual.merger.norm.weight": (32,),
                             "model.visual.deepstack_merger_list.0.linear_fc1.weight": (128, 128),
                             "model.visual.merger.linear_fc2.weight": (e, 128)})
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 def case_qwen35_mm(rng, moe: bool = False):
     # Qwen3.5's multimodal release as Qwen/Qwen3.5-9B (-35B-A3B) ships it: Qwen3_5(Moe)ForConditionalGeneration,
     # the text config nested under text_config, the language model under model.language_model., lm_head and the

@@ -53,6 +53,7 @@ JAMBA_EXPERTS = Experts(
 @register("JambaForCausalLM")
 class JambaModel(TextModel):
     model_arch = MODEL_ARCH.JAMBA
+    inverse_refused = 'the converter writes the Mamba A as -exp(A_log): not undone exactly'
     configs = (JAMBA_CONFIG,)
     layer = {"input_layernorm": "attn_norm", "pre_ff_layernorm": "ffn_norm", "feed_forward.router": "ffn_gate_inp"} \
         | JAMBA_MAMBA | JAMBA_ATTN | JAMBA_DENSE

@@ -231,6 +231,7 @@ def _arrays_equal(model: TextModel, a: str, b: str, rows: int) -> bool:
 @register("MambaForCausalLM", "MambaLMHeadModel", "FalconMambaForCausalLM")
 class MambaModel(_Backbone):
     model_arch = MODEL_ARCH.MAMBA
+    inverse_refused = 'the converter writes the Mamba A as -exp(A_log): not undone exactly'
     configs = MAMBA_CONFIGS
     layer = MAMBA_LAYER
     bias_ok = ("mixer.in_proj", "mixer.conv1d", "mixer.dt_proj", "mixer.out_proj")
@@ -303,6 +304,7 @@ class MambaModel(_Backbone):
 @register("Mamba2ForCausalLM")
 class Mamba2Model(_Backbone):
     model_arch = MODEL_ARCH.MAMBA2
+    inverse_refused = 'the converter writes the Mamba A as -exp(A_log): not undone exactly'
     configs = (MAMBA2_CONFIG,)
     layer = MAMBA2_BACKBONE_LAYER
     bias_ok = tuple(k.replace("mamba.", "mixer.") for k in MAMBA2_BIAS_OK)

@@ -47,6 +47,7 @@ NEMOTRON_LAYER = {
 @register("NemotronForCausalLM")
 class NemotronModel(TextModel):
     model_arch = MODEL_ARCH.NEMOTRON
+    inverse_refused = "the converter writes the LayerNorm weights plus one (layernorm1p), rounded to the source's float type: not undone exactly"
     configs = (NEMOTRON_CONFIG,)
     layer = NEMOTRON_LAYER
     globals_bias_ok = ("model.norm",)
