@@ -160,7 +160,7 @@ def kquant_file(src: Path, out: Path, recipe: str, im, ref: Path, a):
 def tensor_types(path: Path) -> dict[str, int]:
     from kquant.io.gguf import GGUFFile
 
-    return {t.name: int(t.ggml_type) for t in GGUFFile(path).tensors}
+    return {t.name: int(t.qtype) for t in GGUFFile(path).tensors}
 
 
 def chunks_of(tokens: list[int], n_ctx: int, n_tokens: int) -> list[list[int]]:
