@@ -22,7 +22,8 @@ Models used so far (scripts/train_tiny_lm.py, `--out DIR` then `--cache DIR` her
   C /tmp/kquant-tinylm-c     --init-std 0.006 --seed 2 --lr 3e-3 --steps 1000
   D /tmp/kquant-tinylm-d     --steps 5000 --seed 3 --threads 2 (trained 5.5x longer than A: the main benchmark)
   D2 /tmp/kquant-tinylm-d2   --steps 5000 --seed 7 --threads 2 (D's recipe, another seed)
-  T /tmp/kquant-tinylm-t     --tie --steps 5000 --seed 11 --threads 2 (output matrix tied to the embeddings)
+  T /tmp/kquant-tinylm-t     --tie --steps 5000 --seed 11 --threads 2 (output matrix tied to the embeddings;
+                             the rounding benchmark used --tie --steps 450 --seed 11: a loaded machine)
   B /tmp/kquant-tinylm-fit   --layers 6 --ffn 512 --kv-heads 4 --seed 1 --steps 600 (only for --fit)
   E /tmp/kquant-tinylm-e     --layers 6 --steps 4000 --seed 5 (only for --fit: automix's constants)
 
