@@ -22,13 +22,22 @@ Models used so far (scripts/train_tiny_lm.py, `--out DIR` then `--cache DIR` her
   C /tmp/kquant-tinylm-c     --init-std 0.006 --seed 2 --lr 3e-3 --steps 1000
   D /tmp/kquant-tinylm-d     --steps 5000 --seed 3 --threads 2 (trained 5.5x longer than A: the main benchmark)
   D2 /tmp/kquant-tinylm-d2   --steps 5000 --seed 7 --threads 2 (D's recipe, another seed)
-  T /tmp/kquant-tinylm-t     --tie --steps 5000 --seed 11 --threads 2 (output matrix tied to the embeddings)
+  T /tmp/kquant-tinylm-t     --tie --steps 5000 --seed 11 --threads 2 (output matrix tied to the embeddings;
+                             the rounding benchmark used --tie --steps 450 --seed 11: a loaded machine)
   B /tmp/kquant-tinylm-fit   --layers 6 --ffn 512 --kv-heads 4 --seed 1 --steps 600 (only for --fit)
   E /tmp/kquant-tinylm-e     --layers 6 --steps 4000 --seed 5 (only for --fit: automix's constants)
 
 `--realizations K` also rewrites the model K times under random function-preserving permutations
 (see realizations()) and compares the two mixes on every copy: one file's perplexity carries a
 rounding-draw term several paired standard errors wide, the mean over copies does not.
+
+What kquant writes: `--kquant auto` (default) its automatic mix at the llama.cpp file's size;
+`--kquant recipe` the same recipe as llama.cpp (same tensor types, checked), so with
+`--rounding best` the two files differ only in rounding. `--rounding best|ggml` (default ggml)
+is kquant's rounding. `--work DIR` puts every file written elsewhere (the model folder is then
+only read), e.g. the rounding benchmark of the README (tied model T, untied model A):
+    scripts/bench_mix.py --cache /tmp/kquant-tinylm-t --work /tmp/bench-t --realizations 3 \
+        --recipes Q4_K_M,Q3_K_M,Q2_K,Q4_0 --kquant recipe --rounding best --eval-tokens 32768
 
 `--fit` instead measures, for each quantizable tensor alone quantized to Q3_K (all others Q8_0),
 the KL divergence of llama.cpp's next-token distribution from the all-Q8_0 model's on the
@@ -131,6 +140,30 @@ class LlamaEval:
         self.m.close()
 
 
+def kquant_file(src: Path, out: Path, recipe: str, im, ref: Path, a):
+    """kquant's file to compare with llama.cpp's `ref` (see --kquant / --rounding) -> (path, the
+    automatic mix or None, seconds of its measuring pass)."""
+    opts = dict(imatrix=im, rounding=a.rounding, force=True)
+    if a.kquant == "recipe":
+        cv.convert(src, out, recipe, cv.Options(**opts))
+        assert tensor_types(out) == tensor_types(ref), f"{out}: tensor types differ from llama.cpp's {recipe}"
+        return out, None, 0.0
+    t = time.perf_counter()
+    measured = automix.measure_model(src, recipe, cv.Options(imatrix=im, rounding=a.rounding))
+    seconds = time.perf_counter() - t
+    mix = automix.mix_for_budget(measured, target_size=ref.stat().st_size)
+    cv.convert(src, out, recipe, cv.Options(type_map=mix.type_map, **opts))
+    assert out.stat().st_size <= ref.stat().st_size
+    log(f"[{out.name}] " + mix.summary())
+    return out, mix, seconds
+
+
+def tensor_types(path: Path) -> dict[str, int]:
+    from kquant.io.gguf import GGUFFile
+
+    return {t.name: int(t.qtype) for t in GGUFFile(path).tensors}
+
+
 def chunks_of(tokens: list[int], n_ctx: int, n_tokens: int) -> list[list[int]]:
     n = min(len(tokens), n_tokens) // n_ctx
     return [tokens[i * n_ctx : (i + 1) * n_ctx] for i in range(n)]
@@ -185,8 +218,8 @@ def read_text(path: Path) -> str:
 def bench(a) -> dict:
     model = ensure_model(a.cache) if a.model is None else Path(a.model)
     cache = a.cache if a.model is None else Path(a.model).parent
-    work = cache / "bench"
-    work.mkdir(exist_ok=True)
+    work = a.work or cache / "bench"
+    work.mkdir(parents=True, exist_ok=True)
     imatrix_path = cache / "imatrix.gguf"
     bf16 = llama_bf16(model, work / "bf16.gguf")
     ev = LlamaEval(bf16)
@@ -203,9 +236,6 @@ def bench(a) -> dict:
         im = load_imatrix(imatrix_path) if use_im else None
         res[label] = {}
         for recipe in a.recipes.split(","):
-            t = time.perf_counter()
-            measured = automix.measure_model(model, recipe, cv.Options(imatrix=im))
-            res[label]["measure_seconds"] = round(time.perf_counter() - t, 2)
             ref = work / f"llama-{recipe}-{label}.gguf"
             if not ref.exists():
                 llama_quantize(bf16, ref, recipe, im)
@@ -215,14 +245,13 @@ def bench(a) -> dict:
             cv.convert(model, mine, recipe, cv.Options(imatrix=im, force=True))
             identical = mine.read_bytes() == ref.read_bytes()
             mine.unlink()
-            auto = work / f"kquant-auto-{recipe}-{label}.gguf"
-            mix = automix.mix_for_budget(measured, target_size=size)
-            cv.convert(model, auto, recipe, cv.Options(imatrix=im, type_map=mix.type_map, force=True))
-            log(f"[{label} {recipe}] " + mix.summary())
+            auto, mix, seconds = kquant_file(model, work / f"kquant-{a.kquant}-{a.rounding}-{recipe}-{label}.gguf",
+                                             recipe, im, ref, a)
+            res[label]["measure_seconds"] = round(seconds, 2)
             res[label][recipe] = {"target_size": size, "kquant_recipe_identical": identical,
                                   "within_budget": auto.stat().st_size <= size,
                                   "llama": {"file_bytes": size}, "kquant_auto": {"file_bytes": auto.stat().st_size},
-                                  "mix": {k: v for k, v in mix.as_json().items() if k != "tensors"}}
+                                  "mix": mix and {k: v for k, v in mix.as_json().items() if k != "tensors"}}
             files[f"{label}/{recipe}/llama"] = ref
             files[f"{label}/{recipe}/kquant_auto"] = auto
     t = time.perf_counter()
@@ -334,15 +363,16 @@ def realizations(a) -> dict:
     """--realizations K: llama.cpp's mix and kquant's automatic mix of K+1 function-identical copies."""
     model = ensure_model(a.cache) if a.model is None else Path(a.model)
     cache = a.cache if a.model is None else Path(a.model).parent
-    work = cache / "realizations"
-    work.mkdir(exist_ok=True)
-    bf16 = llama_bf16(model, (cache / "bench" if (cache / "bench").exists() else work) / "bf16.gguf")
+    work = a.work or cache / "realizations"
+    work.mkdir(parents=True, exist_ok=True)
+    bf16 = llama_bf16(model, (cache / "bench" if not a.work and (cache / "bench").exists() else work) / "bf16.gguf")
     ev = LlamaEval(bf16)
     chunks = chunks_of(ev.tokenize(read_text(cache / "heldout.txt")), N_CTX, a.eval_tokens)
     ev.close()
     n_tok = len(chunks) * (N_CTX // 2 - 1)
     files: dict[str, Path] = {}
-    res: dict = {"model": str(model), "copies": a.realizations + 1, "scored_tokens": n_tok}
+    res: dict = {"model": str(model), "copies": a.realizations + 1, "scored_tokens": n_tok,
+                 "kquant": a.kquant, "rounding": a.rounding}
     labels = [lb for lb in ("no_imatrix", "imatrix") if not a.only or a.only == lb]
     im0 = load_imatrix(cache / "imatrix.gguf") if "imatrix" in labels else None
     for k in range(a.realizations + 1):
@@ -361,11 +391,8 @@ def realizations(a) -> dict:
                 ref = work / f"llama-{recipe}-{label}-{k}.gguf"
                 if not ref.exists():
                     llama_quantize(cbf, ref, recipe, im)
-                auto = work / f"kquant-auto-{recipe}-{label}-{k}.gguf"
-                measured = automix.measure_model(src, recipe, cv.Options(imatrix=im))
-                mix = automix.mix_for_budget(measured, target_size=ref.stat().st_size)
-                cv.convert(src, auto, recipe, cv.Options(imatrix=im, type_map=mix.type_map, force=True))
-                assert auto.stat().st_size <= ref.stat().st_size
+                auto, _, _ = kquant_file(src, work / f"kquant-{a.kquant}-{a.rounding}-{recipe}-{label}-{k}.gguf",
+                                         recipe, im, ref, a)
                 files[f"{tag}/llama"] = ref
                 files[f"{tag}/kquant_auto"] = auto
                 log(f"[{tag}] files ready")
@@ -398,8 +425,24 @@ def realizations(a) -> dict:
                 "kquant_nll_gap_mean": float(kq.mean()), "kquant_nll_gap_sd": sd(kq),
                 "gap_closed_mean": float(1 - kq.mean() / lg.mean()),
                 "kl_reduction_mean": float(1 - np.mean([r["kquant_kl"] for r in rows]) / np.mean([r["llama_kl"] for r in rows])),
+                "kl_lower_in_copies": sum(r["kquant_kl"] < r["llama_kl"] for r in rows),
+                **{f"{who}_{m}_mean": float(np.mean([r[f"{who}_{m}"] for r in rows]))
+                   for who in ("llama", "kquant") for m in ("ppl", "kl")},
             }
     return res
+
+
+def markdown_rows(res: dict) -> list[str]:
+    """One README table row per (recipe, imatrix): means over the copies."""
+    out = []
+    for recipe in dict.fromkeys(r for lb in ("no_imatrix", "imatrix") for r in res.get(lb, {})):
+        for label in ("no_imatrix", "imatrix"):
+            r = res.get(label, {}).get(recipe)
+            if r:
+                out.append(f"| {recipe} | {'yes' if label == 'imatrix' else 'no'} | {r['llama_kl_mean']:.4f} | "
+                           f"{r['kquant_kl_mean']:.4f} | {-100 * r['kl_reduction_mean']:+.1f}% "
+                           f"({r['kl_lower_in_copies']}/{len(r['copies'])}) | {r['llama_ppl_mean']:.3f} | {r['kquant_ppl_mean']:.3f} |")
+    return out
 
 
 # ---------------------------------------------------------------- sensitivity fit
@@ -522,6 +565,10 @@ def main(argv=None) -> int:
     ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
     ap.add_argument("--no-imatrix", action="store_true", help="--fit: skip the imatrix mode")
     ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--kquant", choices=("auto", "recipe"), default="auto",
+                    help="kquant's file: its automatic mix at llama.cpp's file size (default), or the same recipe")
+    ap.add_argument("--rounding", choices=("ggml", "best"), default="ggml", help="kquant's rounding (default ggml)")
+    ap.add_argument("--work", type=Path, help="write every file here (default: beside the model)")
     ap.add_argument("--realizations", type=int, metavar="K",
                     help="also K function-identical permuted copies of the model: mean over K+1 rounding draws")
     ap.add_argument("--fit-table", nargs="+", type=Path, metavar="FIT_JSON",
@@ -530,6 +577,7 @@ def main(argv=None) -> int:
     if a.fit_table:
         print(json.dumps(fit_table([json.loads(p.read_text()) for p in a.fit_table]), indent=1))
         return 0
+    what = f"{a.kquant} ({a.rounding} rounding)"
     if a.realizations:
         res = realizations(a)
         if a.json:
@@ -539,12 +587,15 @@ def main(argv=None) -> int:
             for recipe, r in res.get(label, {}).items():
                 for i, c in enumerate(r["copies"]):
                     print(f"{label:10s} {recipe} copy {i}: llama.cpp ppl {c['llama_ppl']:.4f} KL {c['llama_kl']:.3e} | "
-                          f"kquant auto ppl {c['kquant_ppl']:.4f} KL {c['kquant_kl']:.3e} | NLL diff {c['nll_diff']:+.2e} "
+                          f"kquant {what} ppl {c['kquant_ppl']:.4f} KL {c['kquant_kl']:.3e} | NLL diff {c['nll_diff']:+.2e} "
                           f"(paired s.e. {c['nll_diff_se']:.1e})")
                 print(f"{label:10s} {recipe} MEAN: NLL/token kquant - llama.cpp {r['mean_nll_diff']:+.2e} (s.e. over copies "
                       f"{r['mean_nll_diff_se']:.1e}); NLL gap to BF16 llama.cpp {r['llama_nll_gap_mean']:.3e} "
                       f"(sd {r['llama_nll_gap_sd']:.1e}), kquant {r['kquant_nll_gap_mean']:.3e} (sd {r['kquant_nll_gap_sd']:.1e}); "
                       f"gap closed {100 * r['gap_closed_mean']:.1f}%, KL {100 * r['kl_reduction_mean']:.1f}% lower")
+        print("\n| recipe | imatrix | KL llama.cpp | KL kquant | KL change (copies lower) | PPL llama.cpp | PPL kquant |")
+        print("|---|---|---|---|---|---|---|")
+        print("\n".join(markdown_rows(res)))
         return 0
     res = fit(a) if a.fit else bench(a)
     text = json.dumps(res, indent=1, default=str)
@@ -561,7 +612,7 @@ def main(argv=None) -> int:
                     continue
                 q, k = r["llama"], r["kquant_auto"]
                 print(f"{label:10s} {recipe}: llama.cpp ppl {q['ppl']:.4f} KL {q['kl']:.3e} ({q['file_bytes']} B) | "
-                      f"kquant auto ppl {k['ppl']:.4f} KL {k['kl']:.3e} ({k['file_bytes']} B, within budget: "
+                      f"kquant {what} ppl {k['ppl']:.4f} KL {k['kl']:.3e} ({k['file_bytes']} B, within budget: "
                       f"{r['within_budget']}) | ppl gap closed {100 * r['gap_closed']:.1f}%, KL {100 * r['kl_reduction']:.1f}% "
                       f"lower | NLL/token kquant - llama.cpp {r['nll_diff']:+.2e} (paired s.e. {r['nll_diff_se']:.1e}) | "
                       f"kquant {recipe} byte-identical: {r['kquant_recipe_identical']}")

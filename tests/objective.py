@@ -9,6 +9,7 @@ Written from ggml-quants.c independently of the kernels (tests/test_rounding.py 
   Q6_K        ref: x^2                                                   impl: qw
   Q4_0 Q4_1 Q5_0 Q5_1  ref: 1 (no search)                                impl: qw*sqrt(sum_row(x^2)/n + x^2)
   Q8_0        1 (ggml ignores the imatrix; with one, qw)
+  IQ3_S           ref: x^2    impl: qw*sqrt(2*sum(x^2)/256 + x^2)
   IQ4_NL, IQ4_XS  ref: x^2    impl: qw*sqrt(2*sum(x^2)/n + x^2) over the block (n = 32 for IQ4_NL, 256 for IQ4_XS)
 """
 
@@ -46,6 +47,11 @@ def weights(t: QType, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
         return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
     if t == QType.Q8_0:
         return np.ones_like(x) if qw is None else np.array(np.broadcast_to(np.asarray(qw, np.float64), x.shape))
+    if t == QType.IQ3_S:  # quantize_row_iq3_s_impl: sigma2 over the 256-value super-block
+        if qw is None:
+            return x2
+        sigma2 = np.repeat(2 * x2.reshape(rows, cols // 256, 256).sum(-1, keepdims=True) / 256, 256, axis=-1).reshape(rows, cols)
+        return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
     if t in (QType.IQ4_NL, QType.IQ4_XS):
         if qw is None:
             return x2

@@ -23,6 +23,7 @@ from numba import njit
 
 from ..types import QK, QType
 from ._common import fp16_round, put_f16
+from ._sweep import fp16_near, sym_sweep
 from .legacy import (
     Q4_0_D,
     Q4_0_QS,
@@ -53,6 +54,7 @@ from .legacy import (
 TS_Q4_0, TS_Q4_1, TS_Q5_0, TS_Q5_1, TS_Q8_0 = (int(t.type_size) for t in (QType.Q4_0, QType.Q4_1, QType.Q5_0, QType.Q5_1, QType.Q8_0))
 N_CAND = 12  # inverse scales tried per block (per sign for y = d*l)
 SPAN = 3.0  # y = d*l: the largest |x| is mapped to levels top + 0.5 down to top - min(SPAN, 0.4*top)
+K_EXACT = 4  # steps of the exact sweep tried in fp16 (Q4_0, Q5_0)
 ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, error_model="numpy")
 
@@ -172,6 +174,44 @@ def _search_sym(x, o, w, lo, hi, L, bL):
 
 
 @njit(**JIT)
+def _search_exact(x, o, w, lo, hi, L, bL, ts, idx, Lf, cs, cv):
+    """y = d*l: the K_EXACT best real steps of the exact sweep (_sweep.sym_sweep), each stored as
+    fp16 and its two fp16 neighbours, nearest levels, then a weighted least-squares refit of the
+    best; levels -> bL, returns (E, d)."""
+    best = np.inf
+    bd = np.float32(0.0)
+    k = sym_sweep(x, o, w, 0, QK, lo, hi, K_EXACT, ts, idx, Lf, cs, cv)
+    for c in range(k):
+        for j in range(3):
+            d = fp16_near(cs[c], j)
+            if d == 0:
+                continue
+            _levels_sym(x, o, d, lo, hi, L)
+            e = _err_sym(x, o, w, d, L)
+            if e < best:
+                best = e
+                bd = d
+                for i in range(QK):
+                    bL[i] = L[i]
+    if best < np.inf:
+        sxl = 0.0
+        sll = 0.0
+        for i in range(QK):
+            sxl += w[i] * np.float64(x[o + i]) * bL[i]
+            sll += w[i] * np.float64(bL[i]) * bL[i]
+        d = fp16_round(np.float32(sxl / sll)) if sll > 0 else np.float32(0.0)
+        if d != 0 and np.isfinite(d):
+            _levels_sym(x, o, d, lo, hi, L)
+            e = _err_sym(x, o, w, d, L)
+            if e < best:
+                best = e
+                bd = d
+                for i in range(QK):
+                    bL[i] = L[i]
+    return best, bd
+
+
+@njit(**JIT)
 def _levels_aff(x, o, d, m, nmax, L, n):
     inv = 1.0 / np.float64(d)
     for j in range(n):
@@ -271,6 +311,12 @@ def quantize_legacy_best(kind, x, qw, out):
     tmp = np.zeros(bs, dtype=np.uint8)
     L = np.empty(QK, dtype=np.int32)
     bL = np.empty(QK, dtype=np.int32)
+    bL2 = np.empty(QK, dtype=np.int32)
+    ts = np.empty(QK * 16, dtype=np.float64)
+    idx = np.empty(QK * 16, dtype=np.int64)
+    Lf = np.empty(QK, dtype=np.float64)
+    cs = np.empty(K_EXACT, dtype=np.float64)
+    cv = np.empty(K_EXACT, dtype=np.float64)
     weighted = qw.shape[0] > 0
     for r in range(x.shape[0]):
         xr = x[r]
@@ -298,6 +344,13 @@ def quantize_legacy_best(kind, x, qw, out):
                 codes = bL
             else:
                 e, d = _search_sym(xr, o, w, lo, hi, L, bL)
+                if kind != K_Q8_0:
+                    e2, d2 = _search_exact(xr, o, w, lo, hi, L, bL2, ts, idx, Lf, cs, cv)
+                    if e2 < e:
+                        e = e2
+                        d = d2
+                        for j in range(QK):
+                            bL[j] = bL2[j]
                 m = np.float32(0.0)
                 for j in range(QK):
                     L[j] = bL[j] - lo if kind != K_Q8_0 else bL[j]

@@ -20,14 +20,22 @@ with kquant's dequantizer, and replace ggml's block only if E is lower by more t
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
+from ._sweep import fp16_near, sym_sweep
 
-N_CAND = 12  # inverse scales tried per sign, per sub-block
+# scratch of the exact searches (_sweep.sym_sweep): breakpoints, their elements, levels, the
+# sweep's top steps and scores, the sub-block curvatures, the d candidates and their scores
+Scratch = namedtuple("Scratch", "ts idx Lf cs cv hcurv dcs dcv")
+
+N_CAND = 12  # Q6_K: inverse scales tried per sign, per sub-block
+K_D = 4  # Q3_K: d candidates of the exact sweep over the sub-block steps (each with 2 fp16 neighbours)
 D_STEPS = 4  # super-block scales tried per end of the scale range
 ACCEPT_MARGIN = 1e-9
 NSUB = 16
@@ -149,12 +157,30 @@ def _refit(x, o, w, D, sc, lo, hi, L):
 
 
 @njit(**JIT)
-def _search(x, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L):
+def _exact_real_scale(x, o, w, lo, hi, L, sw):
+    """The exact best real step of one sub-block (_sweep.sym_sweep) and, through hcurv, the
+    curvature sum w l^2 of its error there (0 for an all-zero sub-block)."""
+    k = sym_sweep(x, o, w, 0, SUB, lo, hi, 1, sw.ts, sw.idx, sw.Lf, sw.cs, sw.cv)
+    if k == 0:
+        return 0.0, 0.0
+    s = sw.cs[0]
+    _levels(x, o, s, lo, hi, L)
+    h = 0.0
+    for i in range(SUB):
+        h += w[i] * np.float64(L[i]) * L[i]
+    return s, h
+
+
+@njit(**JIT)
+def _search(x, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, exact, sw):
     """Best (d, scale codes) of one super-block -> bsc; returns d (fp16-exact)."""
     smax = 0.0
     sbig = 0.0
     for j in range(NSUB):
-        sreal[j] = _best_real_scale(x, o + SUB * j, w[SUB * j:SUB * (j + 1)], lo, hi, L)
+        if exact:
+            sreal[j], sw.hcurv[j] = _exact_real_scale(x, o + SUB * j, w[SUB * j:SUB * (j + 1)], lo, hi, L, sw)
+        else:
+            sreal[j] = _best_real_scale(x, o + SUB * j, w[SUB * j:SUB * (j + 1)], lo, hi, L)
         if abs(sreal[j]) > smax:
             smax = abs(sreal[j])
             sbig = sreal[j]
@@ -162,9 +188,16 @@ def _search(x, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L):
     bD = D0
     if smax == 0.0:
         return bD
-    for k in range(2 * D_STEPS + 1):
+    nexact = 0
+    if exact:
+        # d for the scale codes: the same exact sweep on the sub-block steps, each weighted by
+        # its error's curvature (E_j(s) ~ E_j(s_j) + h_j (s - s_j)^2), K_D best steps x 3 fp16
+        nexact = 3 * sym_sweep(sreal, 0, sw.hcurv, 0, NSUB, sclo, schi, K_D, sw.ts, sw.idx, sw.Lf, sw.dcs, sw.dcv)
+    for k in range(2 * D_STEPS + 1 + nexact):
         if k == 2 * D_STEPS:
             D = D0
+        elif k > 2 * D_STEPS:
+            D = fp16_near(sw.dcs[(k - 2 * D_STEPS - 1) // 3], (k - 2 * D_STEPS - 1) % 3)
         else:
             end = np.float64(sclo) if k < D_STEPS else np.float64(schi)
             c = end + (0.5 if end < 0 else -0.5) * (k % D_STEPS)
@@ -231,6 +264,9 @@ def quantize_sym_best(x, qw, out, q6):
     sc = np.empty(NSUB, dtype=np.int32)
     bsc = np.empty(NSUB, dtype=np.int32)
     L = np.empty(SUB, dtype=np.int32)
+    sw = Scratch(np.empty(NSUB * 32, dtype=np.float64), np.empty(NSUB * 32, dtype=np.int64),
+                 np.empty(NSUB, dtype=np.float64), np.empty(1, dtype=np.float64), np.empty(1, dtype=np.float64),
+                 np.empty(NSUB, dtype=np.float64), np.empty(K_D, dtype=np.float64), np.empty(K_D, dtype=np.float64))
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -254,7 +290,7 @@ def quantize_sym_best(x, qw, out, q6):
                 continue
             for j in range(NSUB):
                 bsc[j] = sc0[j]
-            D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L)
+            D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
             q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
             wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
             if q6:
