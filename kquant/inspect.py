@@ -197,6 +197,7 @@ def inspect_checkpoint(path, *, config=None) -> dict:
     with Checkpoint.open(p) as ck:
         source = _source_format(ck, cfg, _p(cfg_path) if cfg_path is not None else _p(p))
     actions = source.pop("_actions", {})
+    _bitnet_actions(cfg, source, actions, [t["name"] for t in tensors])
     for t in tensors:
         t["action"] = actions.get(t["name"], "passed through")
     out = {
@@ -214,6 +215,20 @@ def inspect_checkpoint(path, *, config=None) -> dict:
     if cfg_err:
         out["config_error"] = cfg_err
     return out
+
+
+def _bitnet_actions(cfg: dict | None, source: dict, actions: dict, names: list[str]) -> None:
+    """BitNet (models/bitnet.py): its attention / FFN matrices are made ternary before storage."""
+    from .models.bitnet import BitnetModel
+
+    archs = cfg.get("architectures") if isinstance(cfg, dict) else None
+    if source.get("status") == "refused" or not (isinstance(archs, list) and archs and archs[0] in BitnetModel.hf_names):
+        return
+    mods = [m for m, g in BitnetModel.layer.items() if g in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_up", "ffn_down", "ffn_gate")]
+    hit = [n for n in names if any(n.endswith(f".{m}.weight") for m in mods)]
+    for n in hit:
+        actions[n] = (actions[n] + ", then " if n in actions else "") + "made ternary (BitNet weight_quant)"
+    source["ternary"] = len(hit)
 
 
 def _source_format(ck, cfg: dict | None, where: str) -> dict:
@@ -317,6 +332,9 @@ def print_inspect(info: dict, out=None) -> None:
                   f"{_show(sf['name']).upper()} blocks as llama.cpp's converter does, kept as they are", file=out)
         else:
             print("source format: float tensors, read as they are", file=out)
+        if sf.get("ternary"):
+            print(f"BitNet: {sf['ternary']} attention / FFN matrices made ternary (weight_quant) as llama.cpp's converter does",
+                  file=out)
         cols = ("dtype", "dtype")
     print("\ntensors:", file=out)
     nw = max([len(t["name"]) for t in info["tensors"]] + [6])

@@ -153,9 +153,12 @@ class _GGUFTensor:
 class GGUFSource:
     """An F32/F16/BF16 GGUF file (or split set, by its first shard) read like a checkpoint
     (`kquant convert model-bf16.gguf`, as llama-quantize does): same reading interface as
-    io.safetensors.Checkpoint."""
+    io.safetensors.Checkpoint. MXFP4 tensors (gpt-oss's experts in an MXFP4_MOE file) are raw
+    tensors (TensorSpec.raw_type): copied to MXFP4 unchanged, dequantized and quantized again to
+    any other type, as `llama-quantize --allow-requantize` does; other quantized types are refused."""
 
     FLOAT_TYPES = (QType.F32, QType.F16, QType.BF16)
+    RAW_TYPES = (QType.MXFP4,)
 
     def __init__(self, path: Path):
         from .io.gguf_split import open_gguf
@@ -164,10 +167,10 @@ class GGUFSource:
         self.gguf = open_gguf(path)
         self._info = {t.name: t for t in self.gguf.tensors}
         for t in self.gguf.tensors:
-            if t.require_qtype() not in self.FLOAT_TYPES:
+            if t.require_qtype() not in self.FLOAT_TYPES + self.RAW_TYPES:
                 self.gguf.close()
-                raise InputError(f"{path}: tensor {t.name} is {t.qtype.name}; only F32, F16 and BF16 GGUF files "
-                                 "are re-quantized (as llama-quantize without --allow-requantize)")
+                raise InputError(f"{path}: tensor {t.name} is {t.qtype.name}; only GGUF files of F32, F16, BF16 "
+                                 "(and MXFP4) tensors are re-quantized")
         shard = getattr(self.gguf, "shard_index", None)
         paths = getattr(self.gguf, "shard_paths", [str(path)])
         self.tensors = {t.name: _GGUFTensor(t.name, tuple(t.shape), t.qtype.name, paths[shard(t.name) if shard else 0])
@@ -221,7 +224,8 @@ def _gguf_spec(src: GGUFSource):
 
     # llama-quantize drops the split.* keys of a split (or merged) input (llama_model_quantize_impl)
     kv = [(k, vt, v) for k, (vt, v) in g.metadata.items() if k not in SPLIT_KEYS]
-    tensors = [TensorSpec(t.name, tuple(t.shape), (t.name,), t.qtype) for t in g.tensors]
+    tensors = [TensorSpec(t.name, tuple(t.shape), (t.name,), t.qtype,
+                          raw_type=t.qtype if t.qtype in GGUFSource.RAW_TYPES else None) for t in g.tensors]
     return ModelSpec(arch=arch, kv=kv, tensors=tensors, n_layer=first("block_count"), n_head=n_head,
                      n_head_kv=head_count_kv(), n_expert=first("expert_count"),
                      n_embd=first("embedding_length"), tied_embeddings="output.weight" not in src.tensors)
@@ -416,6 +420,15 @@ def iter_raw_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
     block_mxfp4 rows (io.quantized.repack_mxfp4), which only moves bits."""
     from .io.quantized import repack_mxfp4
 
+    if isinstance(ckpt, GGUFSource):  # already ggml blocks: the rows' bytes as stored
+        t = ckpt._info[spec.sources[0]]
+        row = t.qtype.row_size(int(t.shape[-1]))
+        rows = int(np.prod(t.shape[:-1], dtype=np.int64))
+        step = max(1, slab_bytes // max(int(t.shape[-1]) * 4, 1))
+        for a in range(0, rows, step):
+            b = min(rows, a + step)
+            yield a, ckpt.gguf.read_bytes(t.name, a * row, b * row).reshape(b - a, row)
+        return
     if spec.raw_type != QType.MXFP4:
         raise UnsupportedError(f"{spec.name}: pre-quantized {spec.raw_type.name} sources are not supported")
     packed, scales = spec.sources

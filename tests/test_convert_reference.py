@@ -117,5 +117,5 @@ def test_requantize_bf16_gguf_like_llama_quantize(ftype, ref_bf16, tmp_path):
 def test_quantized_gguf_input_refused(ours, tmp_path):
     r = subprocess.run([sys.executable, "-m", "kquant.cli", "convert", str(ours["Q4_K_M"]), "-o", str(tmp_path / "x.gguf")],
                        capture_output=True, text=True)
-    assert r.returncode == 2 and "only F32, F16 and BF16" in r.stderr
+    assert r.returncode == 2 and "only GGUF files of F32, F16, BF16" in r.stderr
     assert not (tmp_path / "x.gguf").exists()

@@ -310,6 +310,11 @@ MALFORMED = {
     "ct pack shape tensor": ("ct-pack4", lambda t: t.update({L0 + "mlp.down_proj.weight_shape": (np.array([256, 9984]), "I64")}),
                              None, InputError, "does not hold"),
     "ct pack scale missing": ("ct-pack4", _drop(L0 + "mlp.down_proj.weight_scale"), None, InputError, "weight_scale' is missing"),
+    "bitnet scale not one value": ("bitnet-packed", _reshape(L0 + "mlp.up_proj.weight_scale", (2,)), None,
+                                   InputError, r"BitNet scale .* has shape \[2\], expected one value"),
+    "bitnet weight not U8": ("bitnet-packed", lambda t: t.update({L0 + "mlp.up_proj.weight": (np.zeros((192, 256), np.int8), "I8")}),
+                             None, InputError, "has dtype I8, expected U8"),
+    "bitnet weight missing": ("bitnet-packed", _drop(L0 + "mlp.up_proj.weight"), None, InputError, "weight of scale .* is missing"),
 }
 
 
@@ -351,7 +356,10 @@ def test_fp8_as_q8_needs_q8_0(built, tmp_path, capsys):
 # ---------------------------------------------------------------------------------------------- reference
 
 REF_KINDS = ("fp8-block", "fp8-block-partial", "fp8-channel1d", "fp8-tensor", "fp8-qscale", "fp8-e5m2", "moe-fp8-block-partial", "ct-fp8-block", "ct-int8-channel",
-             "ct-pack4-asym", "ct-pack8", "gptq4act", "gptq2", "gptq8", "gptq4v2")
+             "ct-pack4-asym", "ct-pack8", "gptq4act", "gptq2", "gptq8", "gptq4v2", "bitnet-packed")
+# the converter's default lazy mode fails on packed BitNet (dequant_bitnet shifts meta tensors by an
+# eager CPU tensor: "Tensor on device cpu is not on the expected device meta"); --no-lazy converts it
+REF_EXTRA = {"bitnet-packed": ("--no-lazy",)}
 Q8_KINDS = ("fp8-block", "ct-fp8-channel", "moe-fp8-channel")  # --fp8-as-q8 (MoE: 48-wide rows fall back to F16)
 REFUSED = {  # what convert_hf_to_gguf.py refuses, and kquant's message for it
     "gptq 3-bit": ("gptq4", lambda c: c["quantization_config"].update(bits=3), "3-bit gptq"),
@@ -369,7 +377,7 @@ def ref_runs(built, tmp_path_factory):
     if not refpipeline.available():
         pytest.skip("reference converter not set up")
     root = tmp_path_factory.mktemp("qref")
-    jobs = [(("bf16", k), built(k), ()) for k in REF_KINDS] + [(("q8", k), built(k), ("--fp8-as-q8",)) for k in Q8_KINDS]
+    jobs = [(("bf16", k), built(k), REF_EXTRA.get(k, ())) for k in REF_KINDS] + [(("q8", k), built(k), ("--fp8-as-q8",)) for k in Q8_KINDS]
     for case, (kind, eq, _) in REFUSED.items():
         d = root / ("refused-" + case.replace(" ", "_"))
         import shutil

@@ -1,4 +1,4 @@
-"""Quantized checkpoints read as float32: FP8, compressed-tensors and GPTQ sources.
+"""Quantized checkpoints read as float32: FP8, compressed-tensors, GPTQ and packed BitNet sources.
 
 A port of llama.cpp's converter (conversion/base.py `ModelBase.dequant_model`, as vendored in
 llama-cpp-python 0.3.36), run at the source level as the converter runs it before the family
@@ -18,6 +18,7 @@ it or because kquant lacks the family it belongs to):
     `naive-quantized` (`*.weight_scale`, strategy channel or block) and `pack-quantized` (int
     groups: `weight_packed`, `weight_scale`, `weight_shape`, optional `weight_zero_point`).
   * `gptq` 2/4/8 bits (`qweight`, `qzeros`, `scales`, `g_idx`); 3 bits refused as upstream does.
+  * `bitnet`: `*.weight` packed ternary (uint8, 4 codes per byte) with `*.weight_scale` (inverted).
   * `mxfp4` (gpt-oss only): nothing is dequantized; the `*_blocks` / `*_scales` tensors are shown
     as they are and the family passes them through as MXFP4 tensors (models/gpt_oss.py).
 
@@ -343,6 +344,39 @@ def packed(ctx: _Ctx, base: str, num_bits: int, group_size: int) -> Dequantized:
     return Dequantized(base, shape, kind, parts, read_rows)
 
 
+# conversion/base.py ModelBase.dequant_model.dequant_bitnet
+def bitnet(ctx: _Ctx, wname: str, sname: str) -> Dequantized:
+    """Packed ternary weights: uint8 [rows / 4, cols], code (byte >> 2k) & 3 of plane k, value
+    (code - 1) / scale (the scale is stored inverted); planes stacked along rows (output row
+    r = plane r // (rows / 4), packed row r % (rows / 4)); one float32 division per element."""
+    w = ctx.info(wname, f"weight of scale {sname!r}")
+    s = ctx.info(sname, "scale")
+    if w.dtype != "U8":
+        raise InputError(f"{ctx.where}: packed BitNet weight {wname!r} has dtype {w.dtype}, expected U8")
+    if s.dtype not in SCALE_DTYPES:
+        raise UnsupportedError(f"{ctx.where}: scale {sname!r} has dtype {s.dtype}; supported: {', '.join(SCALE_DTYPES)}")
+    if len(w.shape) != 2 or min(w.shape) <= 0:
+        raise InputError(f"{ctx.where}: packed BitNet weight {wname!r} has shape {list(w.shape)}, expected 2-D")
+    if int(np.prod(s.shape, dtype=np.int64)) != 1:
+        raise InputError(f"{ctx.where}: BitNet scale {sname!r} has shape {list(s.shape)}, expected one value")
+    r4, cols = w.shape
+
+    def read_rows(a: int, b: int) -> np.ndarray:
+        inv = ctx.whole(s).reshape(())
+        out = np.empty((b - a, cols), np.float32)
+        r = a
+        while r < b:  # runs of rows within one plane
+            plane, pr = divmod(r, r4)
+            e = min(b, (plane + 1) * r4)
+            codes = (ctx.int_rows(w, pr, pr + e - r) >> np.uint8(2 * plane)) & np.uint8(3)
+            np.subtract(codes, np.float32(1), out=out[r - a: e - a], dtype=np.float32)
+            r = e
+        out /= inv
+        return out
+
+    return Dequantized(wname, (4 * r4, cols), "bitnet ternary U8 (4 per byte)", (wname, sname), read_rows)
+
+
 # conversion/base.py ModelBase.repack_mxfp4_blocks (= conversion/gpt_oss.py GptOssModel.transform_nibble_layout
 # + repack_mxfp4: both give ggml's block_mxfp4)
 def repack_mxfp4(packed: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -467,7 +501,13 @@ def plan(ckpt, qc: dict | None, where: str) -> Plan:
         for n in names:
             if n.endswith(("_blocks", "_scales")):
                 p.raw[n] = "mxfp4"
-    elif method in ("bitnet", "modelopt"):
+    elif method == "bitnet":
+        for n in names:
+            if n.endswith(".weight_scale"):
+                wn = n.removesuffix("_scale")
+                p.replaced[wn] = bitnet(ctx, wn, n)
+                p.removed.add(n)
+    elif method == "modelopt":
         raise UnsupportedError(f"{where}: quant method {method!r} is not supported by kquant")
     else:
         raise UnsupportedError(f"{where}: quant method {method!r} is not supported (llama.cpp's converter: "

@@ -21,7 +21,36 @@ from gguf import Keys
 
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
-from . import command_r, deepseek, dots1, ernie, exaone, falcon, falcon_h1, gemma, glm, gpt2, gpt_oss, gptneox, granite, hunyuan, internlm, lfm2, llama, llama4, mistral3, olmo, phi, qwen, stablelm, starcoder  # noqa: F401  (each registers its families)
+from . import (  # noqa: F401  (each registers its families; one per line)
+    afmoe,
+    bailingmoe,
+    bitnet,
+    command_r,
+    deepseek,
+    dots1,
+    ernie,
+    exaone,
+    falcon,
+    falcon_h1,
+    gemma,
+    glm,
+    gpt2,
+    gpt_oss,
+    gptneox,
+    granite,
+    hunyuan,
+    internlm,
+    lfm2,
+    llama,
+    llama4,
+    minimax,
+    mistral3,
+    olmo,
+    phi,
+    qwen,
+    stablelm,
+    starcoder,
+)
 from .base import FAMILIES, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv

@@ -42,7 +42,8 @@ from .spec import TensorSpec
 # ModelBase.prepare_tensors: "we don't need these"
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
-F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "ssm_conv1d", "shortconv.conv")
+F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "ssm_conv1d", "shortconv.conv",
+             "indexer.proj")  # INDEXER_PROJ: "DSA indexer weights should be F32"
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38
 LAYER_PREFIX = "model.layers."

@@ -5,8 +5,13 @@ MLA attention (q_a/q_b with a norm, or a plain q_proj when q_lora_rank is null; 
 and its norm; kv_b_proj split into the 3-D attn_k_b (transposed) and attn_v_b), dense first
 layers (`first_k_dense_replace`), then routed experts stacked into ffn_*_exps plus shared experts
 (ffn_*_shexp) and the router's e_score_correction_bias (exp_probs_b). MTP/NextN layers (past
-num_hidden_layers) are dropped, as the converter does by default (skip_mtp). The other names the
-converter registers on the same class (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
+num_hidden_layers) are dropped, as the converter does by default (skip_mtp).
+
+DeepSeek V3.2 (`DeepseekV32ForCausalLM`, DeepseekV32Model, GGUF architecture deepseek32): the same
+layers plus the DSA lightning indexer of every layer (wq_b, wk, a LayerNorm k_norm with bias,
+weights_proj); its NextN/MTP layers are kept as extra blocks (the converter's default, without
+--no-mtp), with their nextn.* tensors. transformers 4.57.6 has no config class for it: the
+converter reads config.json as it is. The other names the converter registers on DeepseekV2Model (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
 registered here, so they are refused as unsupported architectures; Kimi K2's tiktoken vocabulary
 (the converter's AutoTokenizer fallback with remote code) is refused.
 """
@@ -20,6 +25,7 @@ from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
+from ..io.jsonio import read_json
 from .base import LAYER_PREFIX, LLAMA_LAYER, Experts, HFTensor, TextModel, register
 from .hparams import HFConfig
 from .llama import permute_qk
@@ -107,6 +113,7 @@ def _positive_int(hp: dict, key: str, where) -> int:
 @register("DeepseekV2ForCausalLM", "DeepseekV3ForCausalLM")
 class DeepseekV2Model(TextModel):
     model_arch = MODEL_ARCH.DEEPSEEK2
+    skip_mtp = True  # DeepseekV2Model.skip_mtp: layers past num_hidden_layers dropped
     configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG)
     layer = _ATTN | _Q_PLAIN | _Q_LORA | _DENSE | _MOE | _SHARED  # every module any layer may have
     bias_ok = ("mlp.gate.e_score_correction",)
@@ -162,7 +169,7 @@ class DeepseekV2Model(TextModel):
         # DeepseekV2Model.modify_tensors: tied lm_head skipped; MTP layers (past num_hidden_layers) skipped
         if self.hp.get("tie_word_embeddings", False) and name in ("lm_head.weight", "model.lm_head.weight"):
             return None
-        if name.startswith(LAYER_PREFIX):
+        if self.skip_mtp and name.startswith(LAYER_PREFIX):
             bid = name[len(LAYER_PREFIX):].split(".", 1)[0]
             if bid.isdecimal() and int(bid) >= self.hp["num_hidden_layers"]:
                 return None
@@ -239,6 +246,89 @@ class DeepseekV2Model(TextModel):
             if isinstance(m, bool) or not isinstance(m, (int, float)):
                 raise InputError(f"{self.config_path}: rope_scaling.mscale_all_dim must be a number, got {m!r}")
             self.f32("rope.scaling.yarn_log_multiplier", 0.1 * m, "rope_scaling.mscale_all_dim")
+
+
+# DeepSeek V3.2 has no config class in transformers 4.57.6: the converter reads config.json as it is
+DEEPSEEK_V32_CONFIG = HFConfig("deepseek_v32", {}, raw=True)
+# gguf-py tensor_mapping.py: the DSA indexer (every layer) and the NextN/MTP block (layers past num_hidden_layers)
+_INDEXER = {
+    "self_attn.indexer.k_norm": "indexer.k_norm", "self_attn.indexer.weights_proj": "indexer.proj",
+    "self_attn.indexer.wk": "indexer.attn_k", "self_attn.indexer.wq_b": "indexer.attn_q_b",
+}
+_NEXTN = {
+    "eh_proj": "nextn.eh_proj", "enorm": "nextn.enorm", "hnorm": "nextn.hnorm", "embed_tokens": "nextn.embed_tokens",
+    "shared_head.head": "nextn.shared_head_head", "shared_head.norm": "nextn.shared_head_norm",
+}
+ARCH_DEEPSEEK32 = "deepseek32"  # gguf-py MODEL_ARCH_NAMES[DEEPSEEK32] (newer than the gguf package kquant uses)
+
+
+@register("DeepseekV32ForCausalLM")
+class DeepseekV32Model(DeepseekV2Model):
+    """conversion/deepseek.py DeepseekV32Model: DeepseekV2Model plus the DSA indexer, MTP layers kept."""
+
+    configs = (DEEPSEEK_V32_CONFIG,)
+    skip_mtp = False
+    layer = DeepseekV2Model.layer | _INDEXER | _NEXTN
+    bias_ok = DeepseekV2Model.bias_ok + ("self_attn.indexer.k_norm",)
+    bias_required = ("self_attn.indexer.k_norm",)  # a LayerNorm: llama.cpp's deepseek32 loader requires its bias
+    # llama.cpp's deepseek32 loader: the NextN block's own embeddings and head are optional
+    optional = DeepseekV2Model.optional + ("embed_tokens", "shared_head.head", "shared_head.norm")
+    norm_of = DeepseekV2Model.norm_of | {"indexer.attn_q_b": "attn_q_a_norm", "indexer.attn_k": "attn_norm",
+                                         "indexer.proj": "attn_norm"}
+
+    @classmethod
+    def arch_name(cls) -> str:
+        return ARCH_DEEPSEEK32
+
+    # DeepseekV32Model.__init__: the NextN/MTP layers are extra blocks (without --no-mtp)
+    def __init__(self, hp: dict[str, Any], **kw):
+        super().__init__(hp, **kw)
+        where = self.config_path
+        for k in ("index_n_heads", "index_head_dim", "index_topk"):
+            _positive_int(hp, k, where)
+        if hp.get("q_lora_rank") is None:
+            raise UnsupportedError(f"{where}: DeepSeek V3.2 without q_lora_rank is not supported (the indexer reads q_a)")
+        n_nextn = hp.get("num_nextn_predict_layers", 0)
+        if isinstance(n_nextn, bool) or not isinstance(n_nextn, int) or not 0 <= n_nextn <= 64:
+            raise InputError(f"{where}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n_nextn!r}")
+        self.n_main = hp["num_hidden_layers"]
+        self.block_count = self.n_main + n_nextn
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        mods = super().layer_modules(bid) | _INDEXER
+        return mods | _NEXTN if bid >= self.n_main else mods
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        e, v = hp["hidden_size"], hp["vocab_size"]
+        n, d = hp["index_n_heads"], hp["index_head_dim"]
+        return super().tensor_shapes() | {
+            "indexer.attn_q_b": (n * d, hp["q_lora_rank"]), "indexer.attn_k": (d, e), "indexer.k_norm": (d,),
+            "indexer.proj": (n, e),
+            "nextn.eh_proj": (e, 2 * e), "nextn.enorm": (e,), "nextn.hnorm": (e,), "nextn.embed_tokens": (v, e),
+            "nextn.shared_head_head": (v, e), "nextn.shared_head_norm": (e,),
+        }
+
+    # DeepseekV32Model.set_vocab: AutoTokenizer must say add_bos_token (an assert), then the GPT-2 vocabulary
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        path = self.tok_folder / "tokenizer_config.json"
+        tc = read_json(path) if path.is_file() else {}
+        cls = tc.get("tokenizer_class") if isinstance(tc, dict) else None
+        # transformers 4.57.6: LlamaTokenizer(Fast) defaults add_bos_token to true; other classes have no such attribute
+        if cls not in ("LlamaTokenizerFast", "LlamaTokenizer") or tc.get("add_bos_token", True) is not True:
+            raise UnsupportedError(f"{path}: DeepSeek V3.2 needs tokenizer_class LlamaTokenizerFast with add_bos_token "
+                                   "true (llama.cpp's converter asserts it)")
+        V.set_vocab_gpt2(self.kv, self.tok_folder, self.hp, self.hp["model_type"], tokenizer_pre)
+
+    # DeepseekV32Model.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        hp = self.hp
+        if (v := hp.get("num_nextn_predict_layers")) is not None:
+            self.u32("nextn_predict_layers", v, "num_nextn_predict_layers")
+        self.u32("attention.indexer.head_count", hp["index_n_heads"], "index_n_heads")
+        self.u32("attention.indexer.key_length", hp["index_head_dim"], "index_head_dim")
+        self.u32("attention.indexer.top_k", hp["index_topk"], "index_topk")
 
 
 # DeepSeek-MoE (V1) has no config class in transformers 4.57.6: the converter reads config.json as it is

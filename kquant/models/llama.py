@@ -322,3 +322,26 @@ class ApertusModel(LlamaModel):
     @classmethod
     def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
         return None
+
+
+# transformers 4.57.6 configuration_arcee.py ArceeConfig.__init__ defaults, for the keys llama.cpp reads
+# (kv heads fallback, head_dim from hidden_size / num_attention_heads, the rope_scaling type alias)
+ARCEE_CONFIG = HFConfig("arcee", dict(
+    vocab_size=32000, hidden_size=2560, intermediate_size=18432, num_hidden_layers=32, num_attention_heads=32,
+    num_key_value_heads=None, max_position_embeddings=4096, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    rope_theta=10000.0, rope_scaling=None, attention_bias=False, mlp_bias=False, head_dim=None,
+), rope_type_alias=True, kv_heads_fallback=True, post_init=_llama_head_dim)
+
+
+# conversion/llama.py ArceeModel: LlamaModel (Q/K permuted) under the arcee architecture, an up/down
+# MLP (ReLU^2, no gate), and TextModel._try_set_pooling_type
+@register("ArceeForCausalLM")
+class ArceeModel(LlamaModel):
+    model_arch = MODEL_ARCH.ARCEE
+    configs = (ARCEE_CONFIG,)
+    layer = {k: v for k, v in LLAMA_LAYER.items() if k != "mlp.gate_proj"}
+    inverse_names = True
+
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        self.no_pooling()
