@@ -308,9 +308,17 @@ def plan_from_spec(spec, ftype: FileType, overrides=None, imatrix=None, type_map
     if type_map:  # kquant.automix's choice (block sizes already checked there)
         types = [type_map.get(t.name, q) for t, q in zip(tin, types)]
         recipe.check_storable(tin, types)  # e.g. --fp8-as-q8's Q8_0 tensors are not requantized
+        # the types llama-quantize refuses without an imatrix (weights_for below checks them when there is one)
+        miss = None if weights else recipe.needs_imatrix(tin, types, ftype)
+        if miss is not None:
+            raise InputError(f"Missing importance matrix for tensor {miss[0]} in a very low-bit quantization "
+                             f"({miss[1].name}): give --imatrix")
     tensors = []
     for s_, q in zip(specs, types):
         w = weights_for(weights, s_.name, tuple(s_.shape), s_.ref_type, q, ftype) if weights else None
+        if type_map and s_.name in type_map and w is None and q.requires_imatrix:  # ggml_quantize_chunk aborts
+            raise InputError(f"tensor {s_.name}: type {q.name} needs importance rows for it (ggml_quantize_chunk "
+                             f"aborts without them)")
         tensors.append(PlannedTensor(s_, q, w))
     kv = list(spec.kv)
     return Plan(ftype, spec.arch, kv, tensors, imatrix.kv() if weights else [], need, spec.not_converted)

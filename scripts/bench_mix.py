@@ -5,7 +5,8 @@ The model: a tiny Llama trained on local text by scripts/train_tiny_lm.py (cache
 /tmp/kquant-tinylm; rebuilt when missing, ~15 min on 2 cores), its held-out text and an
 importance matrix computed the way llama-imatrix does from separate calibration text.
 
-For each of (no imatrix, with the imatrix) and each --recipes file type (default Q4_K_M):
+For each of (no imatrix, with the imatrix) and each --recipes file type (default Q4_K_M; those
+llama-quantize refuses without an imatrix, IQ2_M, IQ3_XXS, ..., with the imatrix only):
   reference  llama.cpp's own pipeline: convert_hf_to_gguf.py --outtype bf16 (the reference venv
              of scripts/setup_refconv.sh), then llama_model_quantize (the imatrix given as
              llama-quantize gives it: params.imatrix and the quantize.imatrix.* kv overrides)
@@ -214,6 +215,19 @@ def read_text(path: Path) -> str:
     return path.read_text(encoding="utf-8")
 
 
+def recipes_for(model: Path, recipes: str, use_im: bool) -> list[str]:
+    """The --recipes llama-quantize makes in this mode: without an imatrix it refuses IQ2_M, IQ1_S, ...
+    (kquant's dry run says which), so those are compared with the imatrix only."""
+    out = []
+    for r in recipes.split(","):
+        need = None if use_im else cv.dry_run(model, r).needs_imatrix
+        if need is None:
+            out.append(r)
+        else:
+            log(f"{r} without an imatrix: skipped (llama-quantize refuses it: {need[0]} would be {need[1].name})")
+    return out
+
+
 # ---------------------------------------------------------------- benchmark
 def bench(a) -> dict:
     model = ensure_model(a.cache) if a.model is None else Path(a.model)
@@ -235,7 +249,7 @@ def bench(a) -> dict:
             continue
         im = load_imatrix(imatrix_path) if use_im else None
         res[label] = {}
-        for recipe in a.recipes.split(","):
+        for recipe in recipes_for(model, a.recipes, use_im):
             ref = work / f"llama-{recipe}-{label}.gguf"
             if not ref.exists():
                 llama_quantize(bf16, ref, recipe, im)
@@ -371,6 +385,7 @@ def realizations(a) -> dict:
     ev.close()
     n_tok = len(chunks) * (N_CTX // 2 - 1)
     files: dict[str, Path] = {}
+    mixes: dict[str, dict] = {}
     res: dict = {"model": str(model), "copies": a.realizations + 1, "scored_tokens": n_tok,
                  "kquant": a.kquant, "rounding": a.rounding}
     labels = [lb for lb in ("no_imatrix", "imatrix") if not a.only or a.only == lb]
@@ -386,16 +401,19 @@ def realizations(a) -> dict:
                 cv.convert(src, cbf, "BF16", cv.Options())
         for label in labels:
             im = pim if label == "imatrix" else None
-            for recipe in a.recipes.split(","):
+            for recipe in recipes_for(model, a.recipes, im is not None):
                 tag = f"{label}/{recipe}/{k}"
                 ref = work / f"llama-{recipe}-{label}-{k}.gguf"
                 if not ref.exists():
                     llama_quantize(cbf, ref, recipe, im)
-                auto, _, _ = kquant_file(src, work / f"kquant-{a.kquant}-{a.rounding}-{recipe}-{label}-{k}.gguf",
-                                         recipe, im, ref, a)
+                auto, mix, seconds = kquant_file(src, work / f"kquant-{a.kquant}-{a.rounding}-{recipe}-{label}-{k}.gguf",
+                                                 recipe, im, ref, a)
                 files[f"{tag}/llama"] = ref
                 files[f"{tag}/kquant_auto"] = auto
-                log(f"[{tag}] files ready")
+                mixes[tag] = {"file_bytes": auto.stat().st_size, "llama_file_bytes": ref.stat().st_size,
+                              "measure_seconds": round(seconds, 1),
+                              "types": mix.as_json()["type_counts"] if mix else "recipe"}
+                log(f"[{tag}] files ready: {mixes[tag]}")
     t = time.perf_counter()
     ev = evaluate(bf16, files, chunks)
     log(f"evaluated {len(files) + 1} files in {time.perf_counter() - t:.0f} s")
@@ -410,7 +428,8 @@ def realizations(a) -> dict:
             for key in keys:
                 pre = key[: -len("llama")]
                 r0, r1 = ev[pre + "llama"], ev[pre + "kquant_auto"]
-                rows.append({"llama_ppl": r0["ppl"], "kquant_ppl": r1["ppl"], "llama_kl": r0["kl"], "kquant_kl": r1["kl"],
+                rows.append({**mixes[pre[:-1]], "llama_ppl": r0["ppl"], "kquant_ppl": r1["ppl"], "llama_kl": r0["kl"],
+                             "kquant_kl": r1["kl"],
                              "nll_diff": (sum(r1["chunk_nll"]) - sum(r0["chunk_nll"])) / n_tok,
                              "nll_diff_se": paired_se(r0["chunk_nll"], r1["chunk_nll"], n_tok)})
             d = np.array([r["nll_diff"] for r in rows])

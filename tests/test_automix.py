@@ -107,7 +107,9 @@ def test_candidates_respect_block_sizes():
         cands = automix.candidates_for(cols, ref)
         assert cands[-1] == ref
         assert all(cols % t.block_size == 0 for t in cands), (cols, cands)
-    assert automix.candidates_for(96, QType.BF16)[:-1] == list(automix.LEGACY_CANDIDATES)
+    assert automix.candidates_for(96, QType.BF16)[:-1] == [t for t in automix.LEGACY_CANDIDATES if t.block_size <= 32]
+    assert QType.Q2_0 in automix.candidates_for(192, QType.BF16) and QType.Q1_0 not in automix.candidates_for(192, QType.BF16)
+    assert {QType.IQ1_S, QType.IQ2_XXS, QType.IQ3_S, QType.Q1_0, QType.TQ1_0} <= set(automix.candidates_for(768, QType.BF16))
     assert automix.candidates_for(200, QType.BF16)[:-1] == [QType.F16]
 
 
@@ -230,6 +232,92 @@ def test_imatrix_weights_and_pins(small_model, small_measured):
     assert {t.name: t.qtype for t in plan.tensors}["blk.0.attn_v.weight"] == QType.Q8_0
 
 
+LOW_BIT_RECIPES = ("IQ2_M", "IQ3_M", "Q2_K")  # the sizes the README's low-bit benchmark matches
+
+
+@pytest.fixture(scope="module")
+def tiny_imatrix(measured):
+    """Importance rows (heavy-tailed, as llama-imatrix's) for every quantized matrix but token_embd (as llama-imatrix)."""
+    rng = np.random.default_rng(7)
+    weights = {c.name: (rng.gamma(0.5, size=c.shape[-1]) + 1e-3).astype(np.float32) for c in measured.curves
+               if not c.fixed and c.name != "token_embd.weight"}
+    return ImatrixData(weights=weights, datasets=["x"], chunk_count=1, path="im.gguf")
+
+
+@pytest.fixture(scope="module")
+def measured_im(tiny_imatrix):
+    return automix.measure_model(TINY, "Q4_K_M", cv.Options(imatrix=tiny_imatrix))
+
+
+def _low_bit_mix(recipe, with_imatrix, measured, measured_im, tiny_imatrix):
+    """The mix at the bits per weight of llama.cpp's `recipe` file (made with the imatrix, which IQ2_M needs)."""
+    plan = cv.dry_run(TINY, recipe, cv.Options(imatrix=tiny_imatrix))
+    m = measured_im if with_imatrix else measured
+    return plan, m, automix.mix_for_budget(m, target_bpw=plan.bpw)
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["no_imatrix", "imatrix"])
+@pytest.mark.parametrize("recipe", LOW_BIT_RECIPES)
+def test_low_bit_sizes(recipe, with_imatrix, measured, measured_im, tiny_imatrix):
+    """At the size of llama.cpp's IQ2_M, IQ3_M and Q2_K files a mix exists and keeps to the budget;
+    without importance rows for a tensor it never gets a type llama-quantize or ggml refuses without
+    them; with them the recipe's own types are candidates, so the mix predicts at most their damage."""
+    plan, m, mix = _low_bit_mix(recipe, with_imatrix, measured, measured_im, tiny_imatrix)
+    assert mix.bpw <= plan.bpw
+    for c, k in zip(mix.curves, mix.choice):
+        assert c.weighted == (with_imatrix and c.name in tiny_imatrix.weights and not c.fixed)
+        if not c.weighted and not c.fixed:
+            assert all(automix.allowed_without_weights(c.name, t, m.ftype) for t in c.types), c.name
+    if with_imatrix:
+        types = {t.name: t.qtype for t in plan.tensors}
+        assert all(types[c.name] in c.types for c in m.curves)
+        assert mix.damage <= sum(c.damage[c.index(types[c.name])] for c in m.curves)
+        assert any(automix.is_search_type(t) for t in mix.type_map.values())  # the i-quants are chosen
+    else:  # the imatrix-only types stay out of the blocks; llama-quantize allows some on token_embd / output
+        assert not any(t.requires_imatrix or (n.startswith("blk.") and t in (QType.IQ2_S, QType.IQ3_XXS, QType.IQ1_M))
+                       for n, t in mix.type_map.items())
+
+
+@pytest.mark.parametrize("with_imatrix", [False, True], ids=["no_imatrix", "imatrix"])
+def test_low_bit_file_runs_in_llama_cpp(with_imatrix, measured, measured_im, tiny_imatrix, tmp_path):
+    """The IQ2_M-sized mix is written as planned (types, size) and llama.cpp runs it."""
+    pytest.importorskip("llama_cpp")
+    from oracle import refpipeline
+
+    plan, m, mix = _low_bit_mix("IQ2_M", with_imatrix, measured, measured_im, tiny_imatrix)
+    out = tmp_path / "low.gguf"
+    cv.convert(TINY, out, "Q4_K_M", cv.Options(imatrix=tiny_imatrix if with_imatrix else None, type_map=mix.type_map))
+    with GGUFFile(out) as g:
+        got = {t.name: t.qtype for t in g.tensors}
+    assert got == {c.name: c.types[k] for c, k in zip(mix.curves, mix.choice)}
+    assert sum(t.nbytes(c.shape) for c, t in zip(mix.curves, got.values())) * 8 / m.n_elements <= plan.bpw
+    _, logits = refpipeline.eval_logits(out)
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize(("name", "qtype", "ok"), [
+    ("blk.0.ffn_up.weight", QType.IQ2_XXS, False),  # llama-quantize and ggml refuse it
+    ("blk.0.ffn_up.weight", QType.IQ2_S, False),  # llama-quantize refuses it (ggml would quantize it)
+    ("blk.0.ffn_up.weight", QType.IQ3_S, True),
+    ("token_embd.weight", QType.IQ2_S, True),  # llama-quantize's exception for token_embd / output
+    ("output.weight", QType.IQ1_M, True),
+    ("token_embd.weight", QType.IQ2_XXS, False),  # ... but ggml_quantize_chunk aborts without weights
+    ("output.weight", QType.IQ1_S, False),
+])
+def test_type_map_without_imatrix(name, qtype, ok):
+    """A chosen type the writer cannot quantize without importance rows is refused before any output,
+    naming the tensor; automix's candidate rule says the same."""
+    from kquant.types import parse_ftype
+
+    assert automix.allowed_without_weights(name, qtype, parse_ftype("Q4_K_M")) == ok
+    opts = cv.Options(type_map={name: qtype})
+    if ok:
+        assert {t.name: t.qtype for t in cv.dry_run(TINY, "Q4_K_M", opts).tensors}[name] == qtype
+    else:
+        with pytest.raises(InputError, match=name.replace(".", r"\.")):
+            cv.dry_run(TINY, "Q4_K_M", opts)
+
+
 def test_sampling_is_deterministic_and_partial():
     rows = list(automix.sample_chunks(0, 1000, True))
     again = list(automix.sample_chunks(0, 1000, True))
@@ -240,6 +328,12 @@ def test_sampling_is_deterministic_and_partial():
     split = [(a + 300, b + 300) for a, b in automix.sample_chunks(300, 700, True)]
     head = list(automix.sample_chunks(0, 300, True))
     assert head + split == rows
+    # the search types' smaller sample: a subset of the chunks the others are measured on, first chunk included
+    for sample in (False, True):
+        fine = {r for a, b in automix.sample_chunks(0, 5000, sample) for r in range(a, b)}
+        coarse = {r for a, b in automix.sample_chunks(0, 5000, sample, automix.SEARCH_STRIDE_CHUNKS) for r in range(a, b)}
+        assert 0 in coarse and coarse < fine
+        assert len(coarse) == pytest.approx(len(fine) / automix.SEARCH_STRIDE_CHUNKS, rel=0.1)
 
 
 def test_sensitivity_rules():
@@ -271,37 +365,51 @@ def _gain_weighted_rel(x: np.ndarray, d: np.ndarray, g2: np.ndarray) -> float:
     return float((g2 * (d - x) ** 2).sum() / (g2 * x * x).sum())
 
 
-def test_measured_errors_match_the_written_file(tmp_path, small_model, small_measured):
-    """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no rounding)."""
+@pytest.mark.parametrize("pick", ["mix", "search"])
+def test_measured_errors_match_the_written_file(pick, tmp_path, small_model, small_measured):
+    """rel(t, chosen type) is the error `kquant validate` finds in the written file (BF16 source: no
+    rounding); `search`: IQ3_S wherever it is a candidate, its error over the rows it was measured on."""
     from kquant.validate import validate_file
 
     from kquant.ggml import quants
     from kquant.io.gguf import GGUFFile
 
-    mix = automix.mix_for_budget(small_measured, target_bpw=4.0)
+    mix = automix.mix_for_budget(small_measured, target_bpw=3.6)
+    choice = mix.choice if pick == "mix" else [c.index(QType.IQ3_S) if QType.IQ3_S in c.types else k
+                                                for c, k in zip(mix.curves, mix.choice)]
+    type_map = {c.name: c.types[k] for c, k in zip(mix.curves, choice) if not c.fixed}
     out = tmp_path / "m.gguf"
-    cv.convert(small_model, out, "Q4_K_M", cv.Options(type_map=mix.type_map))
+    cv.convert(small_model, out, "Q4_K_M", cv.Options(type_map=type_map))
     rep = {t.name: t for t in validate_file(out, small_model).tensors}
-    weighted = 0
+    weighted = searched = 0
     with GGUFFile(out) as gf, cv.open_model(small_model) as ckpt:
         spec = cv.build_spec(ckpt, small_model, vocab=False)
         specs = {t.name: t for t in spec.tensors}
         norm_of = models.norm_inputs(spec.arch)
-        for c, k in zip(mix.curves, mix.choice):
+        for c, k in zip(mix.curves, choice):
             if c.fixed:
                 continue
-            assert rep[c.name].type == c.types[k].ggml_name
+            t = c.types[k]
+            assert rep[c.name].type == t.ggml_name
             norm = norm_of.get(c.kind)
-            if norm is None and c.name != "output.weight":  # unweighted: validate's relative error
+            search = automix.is_search_type(t)  # measured on every SEARCH_STRIDE_CHUNKS-th chunk of rows
+            if norm is None and c.name != "output.weight" and not search:  # unweighted: validate's relative error
                 assert rep[c.name].metrics.rel_rmse ** 2 == pytest.approx(c.rel[k], rel=1e-9), c.name
                 continue
-            # weighted by the feeding norm's gain squared, recomputed here from the file
-            g = gf.data(c.name.replace(c.kind, norm) if norm else "output_norm.weight").view(np.float32).astype(np.float64)
+            # weighted by the feeding norm's gain squared (else 1), recomputed here from the file
+            g = (gf.data(c.name.replace(c.kind, norm) if norm else "output_norm.weight").view(np.float32).astype(np.float64)
+                 if norm or c.name == "output.weight" else np.ones(c.shape[-1]))
             d = quants.dequantize(gf.data(c.name), gf.tensor(c.name).qtype, c.shape).astype(np.float64)
-            want = _gain_weighted_rel(_source(ckpt, specs[c.name]), d, g * g)
+            x = _source(ckpt, specs[c.name])
+            if search:
+                rows = np.concatenate([np.arange(a, b) for a, b in automix.sample_chunks(0, x.shape[0], False,
+                                                                                         automix.SEARCH_STRIDE_CHUNKS)])
+                x, d = x[rows], d[rows]
+                searched += 1
+            want = _gain_weighted_rel(x, d, g * g)
             assert c.rel[k] == pytest.approx(want, rel=1e-9), c.name
             weighted += 1
-    assert weighted > 0
+    assert weighted > 0 and (pick == "mix" or searched > 0)
 
 
 def test_tied_output_matrix_is_measured_as_the_output(tmp_path):

@@ -11,11 +11,19 @@
    given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see the model family's norm_of),
    else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
    relative error of the tensor's OUTPUT, which is what the rest of the network sees.
-   Candidates: Q2_K, Q3_K, IQ4_XS, Q4_K, Q5_K, Q6_K and Q8_0 where the row is a multiple of 256;
-   Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1 and Q8_0 where it is only a multiple of 32; F16 otherwise
-   (IQ4_XS: 4.25 bits per weight at ~1.15x Q4_K's error, so the mix can pay for more Q5_K and
-   Q6_K elsewhere); plus the intermediate type itself (exact) and always the type the -t recipe
-   gives the tensor. 1-D tensors, norms and everything else
+   Candidates: where the row is a multiple of 256, every k-quant and i-quant from 1.125 bits per
+   weight up (Q1_0, IQ1_S, TQ1_0, IQ1_M, IQ2_XXS, TQ2_0, Q2_0, IQ2_XS, IQ2_S, Q2_K, IQ3_XXS, Q3_K,
+   IQ3_S, IQ4_XS, Q4_K, Q5_K, Q6_K) and Q8_0; where it is only a multiple of 32, Q1_0 and Q2_0
+   (where their 128 and 64 blocks divide it), MXFP4, Q4_0, IQ4_NL, Q4_1, Q5_0, Q5_1 and Q8_0; F16
+   otherwise; plus the intermediate type itself (exact) and always the type the -t recipe gives the
+   tensor. The types llama-quantize refuses without an imatrix (IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS,
+   IQ2_S, IQ3_XXS; Q2_K in a Q2_K_S file) are candidates only for tensors with importance rows,
+   except token_embd and output, which llama-quantize exempts, and there not IQ2_XXS, IQ2_XS and
+   IQ1_S either, which ggml cannot quantize without weights (allowed_without_weights). A type
+   both larger and less accurate than another (the ternary TQ1_0 / TQ2_0 on a model not trained
+   ternary) is cheap to measure and left out by the knapsack where it is dominated. The grid-search i-quants (SEARCH_KERNELS) are measured on a quarter of the
+   rows the others are (SEARCH_STRIDE_CHUNKS), each ratio over its own rows.
+   1-D tensors, norms and everything else
    llama-quantize keeps as is (recipe.should_quantize), and tensors named by --tensor-type,
    --output-tensor-type or --token-embedding-type, keep their recipe type.
    Models above FULL_MEASURE_ELEMENTS quantizable weights are measured on a fixed,
@@ -38,7 +46,7 @@ from numba import njit
 
 from .. import models
 from ..ggml import quants, warm
-from ..ggml.types import automix_candidates
+from ..ggml.types import DECLS, automix_candidates
 from ..io.gguf import GGUFStreamWriter
 from ..pipeline import (
     Options,
@@ -52,20 +60,31 @@ from ..pipeline import (
 )
 from ..plan.imatrix import expert_runs, weights_for
 from ..plan.overrides import match_names
-from ..plan.recipe import C, ModelFacts, category_of, should_quantize
+from ..plan.recipe import C, ModelFacts, category_of, requires_imatrix, should_quantize
 from ..types import FileType, QType, parse_ftype
 from .damage import kind_of, sensitivity_of
 
 Q = QType
 
-# the types declared eligible (kquant.ggml.types TypeDecl.automix) per row class, fewest bits first
-K_CANDIDATES: tuple[QType, ...] = automix_candidates(256)  # row % 256 == 0: Q2_K Q3_K IQ4_XS Q4_K Q5_K Q6_K Q8_0
-LEGACY_CANDIDATES: tuple[QType, ...] = automix_candidates(32)  # row % 32 == 0 only: Q4_0 IQ4_NL Q4_1 Q5_0 Q5_1 Q8_0
+# the types declared eligible (kquant.ggml.types TypeDecl.automix) per row class, fewest bits first;
+# a type of a larger block than the class (Q1_0: 128, Q2_0: 64 in the 32 class) only where it divides the row
+K_CANDIDATES: tuple[QType, ...] = automix_candidates(256)  # row % 256 == 0: Q1_0 .. Q8_0, i-quants included
+LEGACY_CANDIDATES: tuple[QType, ...] = automix_candidates(32)  # row % 32 == 0 only: Q1_0 Q2_0 MXFP4 Q4_0 IQ4_NL Q4_1 Q5_0 Q5_1 Q8_0
 ODD_CANDIDATES: tuple[QType, ...] = automix_candidates(1)  # any row length (llama.cpp's last fallback): F16
 
 FULL_MEASURE_ELEMENTS = 500_000_000  # quantizable weights up to which every row is measured
 SAMPLE_CHUNK_ROWS = 32  # rows per sampled chunk above that
 SAMPLE_STRIDE_CHUNKS = 8  # one chunk measured out of every 8 (a 1/8 sample, deterministic)
+# ggml's quantizers of these kernels search grids (IQ1_S .. IQ3_S): one to two orders of magnitude
+# slower than the others, so they are measured on one of every SEARCH_STRIDE_CHUNKS chunks of the
+# rows the others are measured on (at least the first chunk of each tensor)
+SEARCH_KERNELS = frozenset({"iq1", "iq2", "iq3"})
+SEARCH_STRIDE_CHUNKS = 4
+
+
+def is_search_type(t: QType) -> bool:
+    """Measured on the smaller row sample (SEARCH_STRIDE_CHUNKS)."""
+    return DECLS[t].kernels in SEARCH_KERNELS
 
 
 def candidates_for(cols: int, ref_type: QType) -> list[QType]:
@@ -76,10 +95,19 @@ def candidates_for(cols: int, ref_type: QType) -> list[QType]:
         c = list(LEGACY_CANDIDATES)
     else:
         c = list(ODD_CANDIDATES)
+    c = [t for t in c if cols % t.block_size == 0]
     if ref_type not in c:
         c.append(ref_type)
     return c
 
+
+# src/llama-quant.cpp tensor_requires_imatrix (via recipe.requires_imatrix: llama-quantize refuses
+# IQ1_S .. IQ2_S and IQ3_XXS, and Q2_K in a Q2_K_S file, without importance rows, except for
+# token_embd and output) and ggml.c ggml_quantize_requires_imatrix (ggml_quantize_chunk aborts on
+# IQ2_XXS, IQ2_XS and IQ1_S without them, whatever the tensor)
+def allowed_without_weights(name: str, t: QType, ftype: FileType) -> bool:
+    """Whether `t` may be chosen for tensor `name` when it has no importance rows."""
+    return not (t.requires_imatrix or requires_imatrix(name, t, ftype))
 
 
 # ====================================================================== error sums
@@ -136,12 +164,15 @@ class Curve:
         return self.types.index(t)
 
 
-def sample_chunks(row0: int, n: int, sample: bool):
-    """(start, stop) row ranges of a slab [row0, row0 + n) to measure (global rows), deterministic."""
-    if not sample:
+def sample_chunks(row0: int, n: int, sample: bool, every: int = 1):
+    """(start, stop) row ranges of a slab [row0, row0 + n) to measure (global rows), deterministic:
+    one chunk of SAMPLE_CHUNK_ROWS rows out of every SAMPLE_STRIDE_CHUNKS (`sample`) times `every`
+    (every row when neither). The ranges of a larger `every` are a subset of those of a smaller one."""
+    stride = (SAMPLE_STRIDE_CHUNKS if sample else 1) * every
+    if stride == 1:
         yield 0, n
         return
-    period = SAMPLE_CHUNK_ROWS * SAMPLE_STRIDE_CHUNKS
+    period = SAMPLE_CHUNK_ROWS * stride
     g = row0
     end = row0 + n
     while g < end:
@@ -184,31 +215,42 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
                     rows_per_expert: int, err_w: np.ndarray | None = None,
                     rounding: str = "ggml") -> tuple[list[float], int]:
     """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
-    None; `err_w`: column weights for the error sums where `w` is None (else unweighted)."""
+    None; `err_w`: column weights for the error sums where `w` is None (else unweighted). The
+    search types (is_search_type) on the smaller sample, each ratio over its own rows."""
     se = {t: 0.0 for t in types}
-    ss = 0.0
+    ss = [0.0, 0.0]  # sum w x^2 over the rows of the full sample and over the search types' sample
     measured = 0
     probes = [t for t in types if t != spec.ref_type]
     for row0, slab in iter_source_slabs(ckpt, spec):
         inter = round_through(slab, spec.ref_type)
         # the rows measured, grouped by expert (each expert's rows use that expert's importance row);
         # rows are quantized independently, so a gathered block quantizes exactly as in the file
-        idx = np.concatenate([np.arange(a, b) for a, b in sample_chunks(row0, slab.shape[0], sample)])
+        idx = [np.concatenate([np.arange(a, b) for a, b in sample_chunks(row0, slab.shape[0], sample, every)]
+                              or [np.empty(0, np.int64)]) for every in (1, SEARCH_STRIDE_CHUNKS)]
         for e, a, b in expert_runs(row0, slab.shape[0], rows_per_expert):
-            rows = idx[(idx >= a) & (idx < b)]
-            if not rows.size:
-                continue
-            x = np.ascontiguousarray(inter[rows])
             wv = None if w is None else w[min(e, w.shape[0] - 1)]
             ew = wv if wv is not None else err_w
             wk = _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
-            ss += _wsums(x, x, wk)[1]
-            for t in probes:
-                deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False, rounding=rounding), t, x.shape)
-                se[t] += _wsums(x, deq, wk)[0]
-            measured += x.shape[0]
-    rel = [0.0 if t == spec.ref_type else (se[t] / ss if ss > 0 else (0.0 if se[t] == 0 else math.inf)) for t in types]
-    return rel, measured
+            for level, ix in enumerate(idx):
+                rows = ix[(ix >= a) & (ix < b)]
+                if not rows.size:
+                    continue
+                x = np.ascontiguousarray(inter[rows])
+                ss[level] += _wsums(x, x, wk)[1]
+                for t in probes:
+                    if is_search_type(t) == bool(level):
+                        deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False, rounding=rounding), t, x.shape)
+                        se[t] += _wsums(x, deq, wk)[0]
+                if level == 0:
+                    measured += x.shape[0]
+
+    def ratio(t):
+        if t == spec.ref_type:
+            return 0.0
+        d = ss[is_search_type(t)]
+        return se[t] / d if d > 0 else (0.0 if se[t] == 0 else math.inf)
+
+    return [ratio(t) for t in types], measured
 
 
 def _pinned_names(plan, overrides) -> set[str]:
@@ -248,9 +290,21 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     if sample is None:
         sample = sum(t.n_elements for t in todo) > FULL_MEASURE_ELEMENTS
     todo_names = {t.name for t in todo}
+    # each tensor's candidates and the importance rows the writer would use for a quantized type
+    # (None when absent): the types llama-quantize or ggml refuse without them are left out there
+    options: dict[str, tuple[list[QType], np.ndarray | None]] = {}
+    for pt in todo:
+        ref = pt.spec.ref_type
+        w = weights_for(weights, pt.name, pt.shape, ref, Q.Q8_0, plan.ftype) if weights else None
+        types = [q for q in candidates_for(pt.shape[-1], ref)
+                 if w is not None or q == ref or allowed_without_weights(pt.name, q, plan.ftype)]
+        if pt.qtype not in types:
+            types.append(pt.qtype)
+            types.sort(key=lambda q: q.nbytes(pt.shape))
+        options[pt.name] = types, w
     # a cold numba cache: compile every probed type's kernels at once, in parallel processes (the
     # intermediate type itself is never quantized: its error is 0)
-    probed = {q for t in todo for q in candidates_for(t.shape[-1], t.spec.ref_type) if q != t.spec.ref_type}
+    probed = {q for t in todo for q in options[t.name][0] if q != t.spec.ref_type}
     warm.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
     curves = []
     n_todo = len(todo)
@@ -262,13 +316,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
                                 sensitivity_of(pt.name, spec.n_layer, sensitivity, tied)))
             continue
         ts = time.perf_counter()
-        ref = pt.spec.ref_type
-        types = candidates_for(pt.shape[-1], ref)
-        if pt.qtype not in types:
-            types.append(pt.qtype)
-            types.sort(key=lambda q: q.nbytes(pt.shape))
-        # the importance rows the writer would use for a quantized type (None when absent)
-        w = weights_for(weights, pt.name, pt.shape, ref, Q.Q8_0, plan.ftype) if weights else None
+        types, w = options[pt.name]
         rows_per_expert = pt.shape[-2] if len(pt.shape) >= 3 else int(np.prod(pt.shape[:-1], dtype=np.int64))
         rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name),
                                         rounding)

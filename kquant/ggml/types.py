@@ -17,7 +17,8 @@
 - `compile_s`: single-core seconds to compile its kernels from an empty numba cache
   (scripts/bench_compile.py; spreads the cold-cache warm-up over processes);
 - `automix`: the row classes (256: rows that are a multiple of 256, 32: a multiple of 32 only,
-  1: any other length) in which `--target-bpw` may choose it.
+  1: any other length) in which `--target-bpw` may choose it (where the row is also a multiple of
+  its block).
 
 Adding a type is one `TypeDecl` line here plus its kernel module (README "Adding a quant type").
 """
@@ -77,25 +78,25 @@ TYPES: tuple[TypeDecl, ...] = (
                                   ("qs", U8, QK_K // 2)),                                                  "q5_k",  "Q5_1", 2.0, (256,)),
     D("Q6_K",   14,  QK_K,  210, (("ql", U8, QK_K // 2), ("qh", U8, QK_K // 4), ("scales", I8, QK_K // 16), ("d", HALF)),
                                                                                                            "q6_k",  "Q8_0", 3.0, (256,)),
-    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL", 8.5),
-    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL", 4.0),
-    D("IQ3_XXS", 18, QK_K,   98, (("d", HALF), ("qs", U8, 3 * QK_K // 8)),                               "iq3", "IQ4_NL", 5.5),
-    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL", 11.5),
+    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL", 8.5, (256,)),
+    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL", 4.0, (256,)),
+    D("IQ3_XXS", 18, QK_K,   98, (("d", HALF), ("qs", U8, 3 * QK_K // 8)),                               "iq3", "IQ4_NL", 5.5, (256,)),
+    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL", 11.5, (256,)),
     D("IQ4_NL", 20,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "iq4",    None, 2.5, (32,)),
     D("IQ3_S",  21,  QK_K,  110, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("signs", U8, QK_K // 8),
-                                  ("scales", U8, QK_K // 64)),                                            "iq3", "IQ4_NL", 3.3),
+                                  ("scales", U8, QK_K // 64)),                                            "iq3", "IQ4_NL", 3.3, (256,)),
     D("IQ2_S",  22,  QK_K,   82, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("scales", U8, QK_K // 32)),
-                                                                                                           "iq2", "IQ4_NL", 3.5),
+                                                                                                           "iq2", "IQ4_NL", 3.5, (256,)),
     D("IQ4_XS", 23,  QK_K,  136, (("d", HALF), ("scales_h", U16), ("scales_l", U8, QK_K // 64), ("qs", U8, QK_K // 2)),
                                                                                                            "iq4", "IQ4_NL", 2.5, (256,)),
-    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL", 2.0),
+    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL", 2.0, (256,)),
     D("BF16",   30,     1,    2, (("v", U16),),                                                          "floats",  None, 2.0),
     D("TQ1_0",  34,  QK_K,   54, (("qs", U8, (QK_K - 4 * QK_K // 64) // 5), ("qh", U8, QK_K // 64), ("d", HALF)),
-                                                                                                           "tq",    "Q4_0"),
-    D("TQ2_0",  35,  QK_K,   66, (("qs", U8, QK_K // 4), ("d", HALF)),                                   "tq",    "Q4_0"),
-    D("MXFP4",  39,    QK,   17, (("e", U8), ("qs", U8, QK // 2)),                                       "mxfp4",   None),
-    D("Q1_0",   41, QK1_0,   18, (("d", HALF), ("qs", U8, QK1_0 // 8)),                                  "q1q2",    None),
-    D("Q2_0",   42, QK2_0,   18, (("d", HALF), ("qs", U8, QK2_0 // 4)),                                  "q1q2",  "Q4_0"),
+                                                                                                           "tq",    "Q4_0", automix=(256,)),
+    D("TQ2_0",  35,  QK_K,   66, (("qs", U8, QK_K // 4), ("d", HALF)),                                   "tq",    "Q4_0", automix=(256,)),
+    D("MXFP4",  39,    QK,   17, (("e", U8), ("qs", U8, QK // 2)),                                       "mxfp4",   None, automix=(32,)),
+    D("Q1_0",   41, QK1_0,   18, (("d", HALF), ("qs", U8, QK1_0 // 8)),                                  "q1q2",    None, automix=(256, 32)),
+    D("Q2_0",   42, QK2_0,   18, (("d", HALF), ("qs", U8, QK2_0 // 4)),                                  "q1q2",  "Q4_0", automix=(256, 32)),
 )
 # fmt: on
 del D
