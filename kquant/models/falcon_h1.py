@@ -17,7 +17,7 @@ from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from .base import TextModel, register
 from .hparams import HFConfig
-from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_name, mamba2_spec
+from .mamba import MAMBA2_BARE, MAMBA2_BIAS_OK, MAMBA2_LAYER, find_prefixed, mamba2_name, mamba2_parameters, mamba2_spec
 
 # Mamba2Model reads config.json as it is (no transformers config class, no defaults)
 FALCON_H1_CONFIG = HFConfig("falcon_h1", {})
@@ -155,18 +155,8 @@ class FalconH1Model(TextModel):
         d_state = self.find_hparam(["state_size", "d_state"], True) or 128
         head_dim = self.find_hparam(["mamba_d_head", "head_dim"], True) or 64
         rms_eps = self.find_hparam(["layer_norm_epsilon", "rms_norm_eps"], True) or 1e-5
-        self.kv.add_uint32(self.key("context_length"), 2**20)
-        self.u32("embedding_length", self.d_model, "hidden_size")
-        self.kv.add_uint32(self.key("feed_forward_length"), 0)
-        self.kv.add_uint32(self.key("attention.head_count"), 0)
-        self.kv.add_uint32(self.key("block_count"), self.block_count)
-        self.u32("ssm.conv_kernel", d_conv, "mamba_d_conv")
-        self.u32("ssm.inner_size", self.d_inner, "mamba_d_ssm")
-        self.u32("ssm.state_size", d_state, "mamba_d_state")
-        self.u32("ssm.time_step_rank", self.d_inner // head_dim, "mamba_d_head")
-        self.u32("ssm.group_count", self.n_group, "mamba_n_groups")
-        self.f32("attention.layer_norm_rms_epsilon", rms_eps, "rms_norm_eps")
-        self.file_type_placeholder()
+        mamba2_parameters(self, d_conv, d_state, head_dim, rms_eps,
+                          ("mamba_d_conv", "mamba_d_ssm", "mamba_d_state", "mamba_d_head", "mamba_n_groups", "rms_norm_eps"))
         self.u32("vocab_size", hp["vocab_size"], "vocab_size")
         self.kv.add_uint32(self.key("block_count"), self.block_count)
         self.u32("context_length", hp.get("max_position_embeddings", 0), "max_position_embeddings")

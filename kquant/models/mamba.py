@@ -157,6 +157,24 @@ BACKBONE_GLOBALS = {"backbone.embeddings": "token_embd", "backbone.embedding": "
                     "backbone.norm_f": "output_norm", "lm_head": "output"}
 
 
+def mamba2_parameters(model, d_conv: int, d_state: int, head_dim: int, rms_eps: float, keys: tuple[str, ...]) -> None:
+    """The metadata Mamba2Model.set_gguf_parameters writes (Mamba-2, and Falcon-H1 before its own keys);
+    `keys`: the config keys named when conv, inner, state, head, group and eps values are refused."""
+    k_conv, k_inner, k_state, k_head, k_group, k_eps = keys
+    model.kv.add_uint32(model.key("context_length"), 2**20)
+    model.u32("embedding_length", model.d_model, "hidden_size")
+    model.kv.add_uint32(model.key("feed_forward_length"), 0)
+    model.kv.add_uint32(model.key("attention.head_count"), 0)
+    model.kv.add_uint32(model.key("block_count"), model.block_count)
+    model.u32("ssm.conv_kernel", d_conv, k_conv)
+    model.u32("ssm.inner_size", model.d_inner, k_inner)
+    model.u32("ssm.state_size", d_state, k_state)
+    model.u32("ssm.time_step_rank", model.d_inner // head_dim, k_head)
+    model.u32("ssm.group_count", model.n_group, k_group)
+    model.f32("attention.layer_norm_rms_epsilon", rms_eps, k_eps)
+    model.file_type_placeholder()
+
+
 def _positive(model: TextModel, v, what: str) -> int:
     if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
         raise InputError(f"{model.config_path}: {what} must be a positive integer, got {v!r}")
@@ -344,18 +362,8 @@ class Mamba2Model(_Backbone):
         if self.d_inner != self.expand * self.d_model or self.d_inner % head_dim:
             raise UnsupportedError(f"{self.config_path}: SSM inner size {self.d_inner} must be expand ({self.expand}) * "
                                    f"hidden_size ({self.d_model}) and a multiple of head_dim {head_dim}")
-        self.kv.add_uint32(self.key("context_length"), 2**20)
-        self.u32("embedding_length", self.d_model, "hidden_size")
-        self.kv.add_uint32(self.key("feed_forward_length"), 0)
-        self.kv.add_uint32(self.key("attention.head_count"), 0)
-        self.kv.add_uint32(self.key("block_count"), self.block_count)
-        self.u32("ssm.conv_kernel", d_conv, "conv_kernel")
-        self.u32("ssm.inner_size", self.d_inner, "intermediate_size")
-        self.u32("ssm.state_size", d_state, "state_size")
-        self.u32("ssm.time_step_rank", self.d_inner // head_dim, "head_dim")
-        self.u32("ssm.group_count", self.n_group, "n_groups")
-        self.f32("attention.layer_norm_rms_epsilon", rms_eps, "layer_norm_epsilon")
-        self.file_type_placeholder()
+        mamba2_parameters(self, d_conv, d_state, head_dim, rms_eps,
+                          ("conv_kernel", "intermediate_size", "state_size", "head_dim", "n_groups", "layer_norm_epsilon"))
 
     def vocab_files(self) -> None:  # Mamba2Model.set_vocab: tokenizer.model first
         self.set_vocab_files(16, spm_first=True)
