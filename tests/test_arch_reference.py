@@ -1,0 +1,123 @@
+"""The tiny checkpoints of tests/test_arch.py against llama.cpp's own pipeline: kquant's metadata and
+tensors equal convert_hf_to_gguf.py --outtype bf16 (config.json as transformers 4.x and 5.x write it),
+and kquant convert equals it + llama_model_quantize byte for byte for QUANT_CASES. A module of its own
+so that pytest-xdist (scripts/test: --dist loadscope) runs it beside the rest of test_arch.py."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from oracle import refpipeline
+from kquant.types import QType
+from test_arch import (  # noqa: F401  (models: the shared checkpoint fixture)
+    CASES, QUANT_CASES, QUANT_EXTRA_FTYPES, QUANT_FTYPES, REFCONV_PYTHON, REQUANTIZED_CASES, WRITERS,
+    _reference_convert, compare_with_reference, models,
+)
+
+
+_REF: dict[tuple[str, str], tuple[Path, object, Path]] = {}  # (case, writer) -> (checkpoint, process, bf16 GGUF)
+
+
+def reference_bf16(request, models, tmp_path_factory) -> dict:
+    """convert_hf_to_gguf.py --outtype bf16 of every (case, writer) checkpoint this session's
+    reference tests need (the `models` fixture's cached folders), each converted once, all in one
+    batch: {(case, writer): (checkpoint, process, GGUF)}."""
+    items = [i for i in request.session.items if hasattr(i, "callspec")]
+    keys = {(i.callspec.params["case"], i.callspec.params["writer"]) for i in items
+            if getattr(i, "originalname", "") == "test_matches_convert_hf_to_gguf"}
+    keys |= {(i.callspec.params["case"], "t4") for i in items if getattr(i, "originalname", "") == "test_quantized_like_llama_cpp"}
+    if any(getattr(i, "originalname", "") == "test_mxfp4_gguf_input_like_llama_quantize" for i in request.session.items):
+        keys.add(("gpt-oss-mxfp4", "t4"))
+    todo = sorted(k for k in keys if k not in _REF)
+    if todo:
+        root = tmp_path_factory.mktemp("refconv")
+        folders = {k: models(k[0], copy=False, writer=k[1]) for k in todo}
+        outs = {k: root / f"{k[0]}-{k[1]}.gguf" for k in todo}
+        for k, proc in zip(todo, _reference_convert([(folders[k], outs[k]) for k in todo])):
+            _REF[k] = (folders[k], proc, outs[k])
+    return _REF
+
+
+@pytest.fixture(scope="module")
+def reference_outputs(request, models, tmp_path_factory):
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    ref = reference_bf16(request, models, tmp_path_factory)
+    return {k: d for k, (d, _, _) in ref.items()}, {k: (p, o) for k, (_, p, o) in ref.items()}
+
+
+@pytest.mark.parametrize("writer", sorted(WRITERS))
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_matches_convert_hf_to_gguf(reference_outputs, case, writer):
+    """Each fixture with config.json as transformers 4.x and 5.x write it (rope_parameters, dtype, ...)."""
+    folders, results = reference_outputs
+    proc, out = results[case, writer]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_with_reference(folders[case, writer], out)
+
+
+@pytest.fixture(scope="module")
+def quant_reference(request, models, tmp_path_factory):
+    """{case: (checkpoint, reference bf16 GGUF)} for the QUANT_CASES this session runs."""
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    ref = reference_bf16(request, models, tmp_path_factory)
+    return {case: ref[case, w] for case, w in ref if w == "t4"}
+
+
+@pytest.mark.parametrize("case", QUANT_CASES)
+def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
+    """kquant convert == convert_hf_to_gguf.py --outtype bf16 + llama_model_quantize, byte for byte,
+    for Q4_K_M, Q8_0, Q5_K_S and the case's QUANT_EXTRA_FTYPES; llama.cpp loads and runs the Q4_K_M file."""
+    pytest.importorskip("llama_cpp")
+    from kquant import pipeline
+
+    d, proc, ref_bf16 = quant_reference[case]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    targets = [(tmp_path / f"{ft}.gguf", ft) for ft in QUANT_FTYPES + QUANT_EXTRA_FTYPES.get(case, ())]
+    pipeline.convert_many(d, targets)
+    params = {"allow_requantize": True} if case in REQUANTIZED_CASES else {}
+    for out, ft in targets:
+        ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft, **params)
+        assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
+        assert out.read_bytes() == ref.read_bytes(), ft
+    toks, logits = refpipeline.eval_logits(targets[0][0])
+    assert len(toks) > 5 and np.isfinite(logits).all()
+
+
+def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys):
+    """The converter's MXFP4_MOE file (MXFP4 experts, the rest BF16 / F32) as kquant's input:
+    == llama_model_quantize --allow-requantize on it, MXFP4 copied unchanged for MXFP4_MOE;
+    inspect / --dry-run --json name the MXFP4 source tensors; validate and dequantize read it."""
+    pytest.importorskip("llama_cpp")
+    from kquant import cli
+    from kquant.io.gguf import GGUFFile
+
+    _, proc, src = quant_reference["gpt-oss-mxfp4"]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with GGUFFile(src) as g:
+        raw = {t.name: bytes(g.data(t.name)) for t in g.tensors if t.qtype == QType.MXFP4}
+    assert raw
+    for ft in ("MXFP4_MOE", "Q4_K_M", "Q8_0"):
+        ours, ref = tmp_path / f"{ft}.gguf", tmp_path / f"ref-{ft}.gguf"
+        assert cli.main(["convert", str(src), "-o", str(ours), "--type", ft, "-q"]) == 0
+        refpipeline.llama_quantize(src, ref, ft, allow_requantize=True)
+        assert refpipeline.compare_gguf(ours, ref, ignore_keys=()) == [], ft
+        assert ours.read_bytes() == ref.read_bytes(), ft
+        if ft == "MXFP4_MOE":
+            with GGUFFile(ours) as g:
+                assert all(bytes(g.data(n)) == b for n, b in raw.items())
+    capsys.readouterr()
+    assert cli.main(["convert", str(src), "--type", "Q4_K_M", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    st = {t["name"]: t["source_type"] for t in plan["tensors"]}
+    assert {n for n, v in st.items() if v == "MXFP4"} == set(raw)
+    assert cli.main(["validate", str(tmp_path / "Q4_K_M.gguf"), "--source", str(src), "--json", "-q"]) == 0
+    capsys.readouterr()
+    deq = tmp_path / "deq.safetensors"
+    assert cli.main(["dequantize", str(src), "-o", str(deq), "-q"]) == 0
+    assert deq.exists()
