@@ -1770,6 +1770,15 @@ _DEEPSEEK = dict(rope_theta=10000.0, rms_norm_eps=1e-6, bos_token_id=0, eos_toke
                                "beta_slow": 1, "mscale": 1.0, "mscale_all_dim": 1.0})
 
 
+# DeepSeek-V3's layout at width 256 (deepseek3, deepseek32): q_lora, MLA, one dense layer then MoE with a sigmoid
+# noaux_tc router and groups, a shared expert, one MTP layer
+_DEEPSEEK_V3 = dict(hidden_size=256, intermediate_size=512, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
+                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
+                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
+                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
+                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True)
+
+
 def case_deepseek2_lite(rng):
     # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
@@ -1789,24 +1798,14 @@ def case_deepseek3(rng):
     # DeepSeek-V3's layout at width 256: q_lora, one dense layer then MoE with a sigmoid noaux_tc router
     # (e_score_correction_bias, groups), a shared expert, YaRN with mscale, and an MTP layer the converter drops;
     # tied embeddings (unlike the release, to halve the test's work) with the lm_head left in, which the converter drops
-    c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 129280, hidden_size=256, intermediate_size=512,
-                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
-                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
-                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
-                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
-                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, **_DEEPSEEK)
+    c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 129280, num_hidden_layers=3, **_DEEPSEEK_V3, **_DEEPSEEK)
     return c, mla_tensors(rng, c, mtp_layers=1), "deepseek-v3", {}
 
 
 def case_deepseek32(rng):
     # DeepSeek-V3.2-Exp's layout at width 256 (DeepseekV32ForCausalLM, no transformers 4.57.6 config class: config.json
     # read as it is): V3's MLA + MoE, the DSA indexer in every layer, and an MTP layer the converter keeps
-    c = base_config("DeepseekV32ForCausalLM", "deepseek_v32", 129280, hidden_size=256, intermediate_size=512,
-                    num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=256,
-                    kv_lora_rank=256, qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, first_k_dense_replace=1,
-                    n_routed_experts=4, n_shared_experts=1, num_experts_per_tok=2, moe_intermediate_size=256,
-                    n_group=2, topk_group=1, topk_method="noaux_tc", scoring_func="sigmoid", routed_scaling_factor=2.5,
-                    norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True, moe_layer_freq=1,
+    c = base_config("DeepseekV32ForCausalLM", "deepseek_v32", 129280, num_hidden_layers=2, **_DEEPSEEK_V3, moe_layer_freq=1,
                     index_n_heads=4, index_head_dim=64, index_topk=16, ep_size=1, **_DEEPSEEK)
     return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
