@@ -23,6 +23,7 @@ from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, put_f16
 from .iq3 import S_BYTES, S_D, S_SCALES, dequantize_iq3_s, quantize_iq3_s
 
 D_RANGE = (0.8, 1.25)  # fp16 d tried: this factor range around max(B/C)/31
+REFINE_RANGE = (0.9, 1.12)  # rounding="refine": the narrower range (about half the fp16 codes)
 ACCEPT_MARGIN = 1e-9
 NSUB = QK_K // 32
 JIT = dict(cache=True, error_model="numpy")
@@ -40,6 +41,17 @@ def _werr(x, o, w, y):
 @njit(nogil=True, **JIT)
 def quantize_iq3_s_best(x, qw, out):
     """ggml's blocks, then each super-block's scales replaced where that lowers E."""
+    _iq3_s_scales(x, qw, out, D_RANGE[0], D_RANGE[1])
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq3_s_refine(x, qw, out):
+    """rounding="refine": the same search over REFINE_RANGE."""
+    _iq3_s_scales(x, qw, out, REFINE_RANGE[0], REFINE_RANGE[1])
+
+
+@njit(nogil=True, **JIT)
+def _iq3_s_scales(x, qw, out, r0, r1):
     quantize_iq3_s(x, qw, out)
     weighted = qw.shape[0] == x.shape[1]
     nbl = x.shape[1] // QK_K
@@ -89,8 +101,8 @@ def quantize_iq3_s_best(x, qw, out):
                     smax = b / c
             if not smax > 0 or not np.isfinite(smax):
                 continue
-            h0 = np.int64(fp32_to_fp16(np.float32(smax / 31 * D_RANGE[0])))
-            h1 = np.int64(fp32_to_fp16(np.float32(smax / 31 * D_RANGE[1])))
+            h0 = np.int64(fp32_to_fp16(np.float32(smax / 31 * r0)))
+            h1 = np.int64(fp32_to_fp16(np.float32(smax / 31 * r1)))
             best = np.inf
             bD = np.float32(0.0)
             for h in range(max(h0, 1), min(h1, 0x7BFF) + 1):
@@ -120,3 +132,4 @@ def quantize_iq3_s_best(x, qw, out):
 
 
 BEST = {QType.IQ3_S: quantize_iq3_s_best}
+REFINE = {QType.IQ3_S: quantize_iq3_s_refine}
