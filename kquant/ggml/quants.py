@@ -90,7 +90,7 @@ ROUNDINGS = ("ggml", "best", "refine")  # rounding modes; "ggml" is ggml's own b
 # capitals (BEST, REFINE); a type absent from every module writes ggml's blocks in that mode
 MODE_MODULES = {
     "best": ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq3"),
-    "refine": ("refine_legacy", "refine_k", "better_iq3"),
+    "refine": ("refine_legacy", "refine_k", "refine_iq4", "better_iq3"),
 }
 BETTER_MODULES = MODE_MODULES["best"]
 
