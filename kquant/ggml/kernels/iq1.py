@@ -31,16 +31,20 @@ the count returned, as in kquant.ggml.kernels.iq2.
 
 from __future__ import annotations
 
+import threading
+from functools import lru_cache
+
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, types
+from numba import njit, objmode, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
 
 JIT = dict(cache=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -65,6 +69,29 @@ S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
 M_BYTES = QType.IQ1_M.type_size
 M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _packed_lists():
+    return np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+
+
+def packed_lists():
+    """uint16: the packed levels (sum l_i << 2i) of each candidate of _iqgrid.lists(GRID_1S), in
+    its order (kg[p] = kgrid of nidx[p]): a 2-byte load per candidate in the neighbour search
+    instead of 8 code bytes (the lists are larger than L2)."""
+    with _lock:
+        return _packed_lists()
+
+
+@njit(cache=True)
+def _packed():
+    with objmode(kg="uint16[::1]"):
+        kg = packed_lists()
+    return kg
 
 
 @njit(**KJIT)
@@ -116,10 +143,37 @@ def _terms(scale, xx, xi, wi):
     return wi * e0 * e0, wi * e1 * e1, wi * e2 * e2
 
 
+@intrinsic
+def _prefetch(typingctx, ary, i):
+    """Prefetch the cache line of ary[i] (llvm.prefetch: read, high locality; a hint only)."""
+    sig = types.void(ary, types.uint64)
+
+    def codegen(context, builder, signature, args):
+        data = _data(context, builder, signature.args[0], args[0])
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), llvm_ir.IntType(8).as_pointer())
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(**KJIT)
-def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
+def prefetch_list(desc, kg, nidx):
+    """Start loading the candidate list of desc (as best_neighbour reads it): the lists are larger
+    than L2, so the searches of a block's groups otherwise wait for each other's misses."""
+    p0 = np.uint64(PAD * (desc >> 8))
+    n = np.uint64(PAD * (desc & 255))
+    for o in range(0, n, 32):  # 32 uint16 per 64-byte line
+        _prefetch(kg, p0 + np.uint64(o))
+        _prefetch(nidx, p0 + np.uint64(o))
+
+
+@njit(**KJIT)
+def best_neighbour(desc, kg, nidx, xb, xo, weight, wo, scale, xx):
     """iq1_find_best_neighbour2 for the off-grid point whose list descriptor is desc (-1 - kx[u],
-    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
+    _iqgrid.lists; kg: packed_lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
     where ggml would fall back to its whole-grid loop (which reads outside the block) or assert.
 
     d2 = ((0 + t0) + t1) + ... + t7, t_i = (w_i diff_i) diff_i as ggml sums it; each t_i takes
@@ -137,7 +191,7 @@ def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
     n = np.uint64(PAD * (desc & 255))
     t = (t0[0], t0[1], t0[2], t1[0], t1[1], t1[2], t2[0], t2[1], t2[2], t3[0], t3[1], t3[2],
          t4[0], t4[1], t4[2], t5[0], t5[1], t5[2], t6[0], t6[1], t6[2], t7[0], t7[1], t7[2])
-    c = _scan(codes, np.uint64(8) * p0, n, t)
+    c = _scan(kg, p0, n, t)
     if c < 0:
         return -1
     return np.int64(nidx[p0 + np.uint64(c)])
@@ -221,29 +275,26 @@ def _valid(builder, n):
 
 
 @intrinsic
-def _scan(typingctx, codes, r0, n, t):
+def _scan(typingctx, kg, p0, n, t):
     """The position c < n (n a multiple of LANES) of the first candidate with the smallest
-    d2 < FLT_MAX, or -1: d2 = ((0 + t[3*0 + j0]) + t[3*1 + j1]) + ... + t[3*7 + j7] with j_i = 0,
-    1, 2 for the code byte codes[r0 + i n + c] = 1, 3, 5 (_iqgrid.lists' layout). LANES candidates
-    at once, each lane keeping its first strict minimum (ggml's `d2 < best_score`); then the
-    smallest over the lanes, the lowest position among equals."""
-    sig = types.int64(codes, types.uint64, types.uint64, t)
+    d2 < FLT_MAX, or -1: d2 = ((0 + t[3*0 + l0]) + t[3*1 + l1]) + ... + t[3*7 + l7] with the
+    levels l_i = (kg[p0 + c] >> 2i) & 3 of the candidate's grid point. LANES candidates at once,
+    each lane keeping its first strict minimum (ggml's `d2 < best_score`); then the smallest over
+    the lanes, the lowest position among equals."""
+    sig = types.int64(kg, types.uint64, types.uint64, t)
 
     def codegen(context, builder, signature, args):
         f = builder
         data = _data(context, f, signature.args[0], args[0])
-        r0, n = args[1], args[2]
+        p0, n = args[1], args[2]
         i64 = llvm_ir.IntType(64)
-        i8 = llvm_ir.IntType(8)
-        v8i8 = llvm_ir.VectorType(i8, LANES)
+        v8i16 = llvm_ir.VectorType(llvm_ir.IntType(16), LANES)
         v8i32 = llvm_ir.VectorType(_I32, LANES)
         tv = [_splat(f, f.extract_value(args[3], j)) for j in range(24)]
-        one = llvm_ir.Constant(v8i8, [1] * LANES)
-        three = llvm_ir.Constant(v8i8, [3] * LANES)
         zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+        izero = llvm_ir.Constant(v8i32, [0] * LANES)
         fmax = llvm_ir.Constant(_V8, [float(_FLT_MAX)] * LANES)
         lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
-        rows = [f.add(r0, f.mul(n, i64(i))) for i in range(8)]
         entry = f.block
         loop = f.append_basic_block("scan.loop")
         done = f.append_basic_block("scan.done")
@@ -252,12 +303,14 @@ def _scan(typingctx, codes, r0, n, t):
         c = f.phi(i64)
         vmin = f.phi(_V8)
         vidx = f.phi(v8i32)
+        ptr = f.bitcast(f.gep(data, [f.add(p0, c)]), v8i16.as_pointer())
+        g = f.zext(f.load(ptr, align=2), v8i32)
         d2 = zero
         for i in range(8):
-            ptr = f.bitcast(f.gep(data, [f.add(rows[i], c)]), v8i8.as_pointer())
-            code = f.load(ptr, align=1)
-            ti = f.select(f.icmp_signed("==", code, one), tv[3 * i],
-                          f.select(f.icmp_signed("==", code, three), tv[3 * i + 1], tv[3 * i + 2]))
+            li = f.and_(g, llvm_ir.Constant(v8i32, [3 << (2 * i)] * LANES))
+            ti = f.select(f.icmp_unsigned("==", li, izero), tv[3 * i],
+                          f.select(f.icmp_unsigned("==", li, llvm_ir.Constant(v8i32, [1 << (2 * i)] * LANES)),
+                                   tv[3 * i + 1], tv[3 * i + 2]))
             d2 = f.fadd(d2, ti)
         lt = f.fcmp_ordered("<", d2, vmin)
         cv = f.add(_splat(f, f.trunc(c, _I32)), lanes)
@@ -367,24 +420,13 @@ def _store_ir(f, context, aryty, ary, cands, base=None):
     return vs
 
 
-def _pass_ir(f, context, cbty, cb, base, stty, st, cf, vs):
-    """After _store_ir at cb[base:]: the running first maximum of V per (kind, lane) in st
-    (st[8k:8k+8] its value, st[8(nk+k):] its chunk number cf, as float32), updated where V is
-    strictly larger; returns the mask of the lanes with a NaN V (any kind)."""
-    sp = _data(context, f, stty, st)
-    nk = len(vs)
-    i64 = llvm_ir.IntType(64)
-    vc = _splat(f, cf)
+def _nan_ir(f, vs):
+    """The mask of the lanes with a NaN V (any kind)."""
     nan = None
-    for k, v in enumerate(vs):
-        vm = _load8(f, sp, i64(LANES * k))
-        vi = _load8(f, sp, i64(LANES * (nk + k)))
-        gt = f.fcmp_ordered(">", v, vm)
-        _store8(f, f.select(gt, v, vm), sp, i64(LANES * k))
-        _store8(f, f.select(gt, vc, vi), sp, i64(LANES * (nk + k)))
+    for v in vs:
         u = f.fcmp_unordered("uno", v, v)
         nan = u if nan is None else f.or_(nan, u)
-    return f.zext(f.bitcast(nan, llvm_ir.IntType(LANES)), i64)
+    return f.zext(f.bitcast(nan, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
 
 
 @intrinsic
@@ -434,30 +476,26 @@ def _store_m(typingctx, pp, i0, n, h, cb):
 
 
 @intrinsic
-def _pass_s(typingctx, sumx, sumw, i0, n, h, q, cb, base, st, cf):
-    """IQ1_S: the candidates of the lanes into cb[base:] (_store_ir), the running maxima in st
-    (_pass_ir); the mask of the lanes with a NaN V."""
-    sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, cb, types.int64, st, types.float32)
+def _pass_s(typingctx, sumx, sumw, i0, n, h, q, cb, base):
+    """IQ1_S: the candidates of the lanes into cb[base:] (_store_ir); the mask of the lanes with
+    a NaN V."""
+    sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, cb, types.int64)
 
     def codegen(context, builder, signature, args):
-        vs = _store_ir(builder, context, signature.args[6], args[6],
-                       _cands_s_ir(builder, context, signature, args), args[7])
-        return _pass_ir(builder, context, signature.args[6], args[6], args[7], signature.args[8], args[8],
-                        args[9], vs)
+        return _nan_ir(builder, _store_ir(builder, context, signature.args[6], args[6],
+                                          _cands_s_ir(builder, context, signature, args), args[7]))
 
     return sig, codegen
 
 
 @intrinsic
-def _pass_m(typingctx, pp, i0, n, h, cb, base, st, cf):
+def _pass_m(typingctx, pp, i0, n, h, cb, base):
     """IQ1_M: as _pass_s."""
-    sig = types.uint64(pp, types.uint64, types.int64, h, cb, types.int64, st, types.float32)
+    sig = types.uint64(pp, types.uint64, types.int64, h, cb, types.int64)
 
     def codegen(context, builder, signature, args):
-        vs = _store_ir(builder, context, signature.args[4], args[4],
-                       _cands_m_ir(builder, context, signature, args), args[5])
-        return _pass_ir(builder, context, signature.args[4], args[4], args[5], signature.args[6], args[6],
-                        args[7], vs)
+        return _nan_ir(builder, _store_ir(builder, context, signature.args[4], args[4],
+                                          _cands_m_ir(builder, context, signature, args), args[5]))
 
     return sig, codegen
 
@@ -500,11 +538,55 @@ def _buf_intrinsics(nk):
 
         return sig, codegen
 
-    return test, cmax
+    @intrinsic
+    def maxscan(typingctx, cb, nch, st):
+        """The first maximum of V per (kind, lane) over the nch stored chunks into st (st[8k:8k+8]
+        its value, -inf if none; st[8(nk+k):] its chunk, as float32), in registers."""
+        sig = types.void(cb, types.int64, st)
+
+        def codegen(context, builder, signature, args):
+            f = builder
+            data = _data(context, f, signature.args[0], args[0])
+            sp = _data(context, f, signature.args[2], args[2])
+            i64 = llvm_ir.IntType(64)
+            ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
+            entry = f.block
+            loop = f.append_basic_block("maxscan.loop")
+            done = f.append_basic_block("maxscan.done")
+            f.branch(loop)
+            f.position_at_end(loop)
+            c = f.phi(i64)
+            vm = [f.phi(_V8) for _ in range(nk)]
+            vi = [f.phi(_V8) for _ in range(nk)]
+            base = f.mul(c, i64(3 * nk * LANES))
+            vc = _splat(f, f.sitofp(c, llvm_ir.FloatType()))
+            c2 = f.add(c, i64(1))
+            c.add_incoming(i64(0), entry)
+            c.add_incoming(c2, loop)
+            for k in range(nk):
+                v = _load8(f, data, f.add(base, i64(LANES * (2 * nk + k))))
+                gt = f.fcmp_ordered(">", v, vm[k])
+                vm2 = f.select(gt, v, vm[k])
+                vi2 = f.select(gt, vc, vi[k])
+                vm[k].add_incoming(ninf, entry)
+                vm[k].add_incoming(vm2, loop)
+                vi[k].add_incoming(ninf, entry)
+                vi[k].add_incoming(vi2, loop)
+                vm[k], vi[k] = vm2, vi2
+            f.cbranch(f.icmp_signed("<", c2, args[1]), loop, done)
+            f.position_at_end(done)
+            for k in range(nk):
+                _store8(f, vm[k], sp, i64(LANES * k))
+                _store8(f, vi[k], sp, i64(LANES * (nk + k)))
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return test, cmax, maxscan
 
 
-_test2, _cmax2 = _buf_intrinsics(2)
-_test4, _cmax4 = _buf_intrinsics(4)
+_test2, _cmax2, _maxscan2 = _buf_intrinsics(2)
+_test4, _cmax4, _maxscan4 = _buf_intrinsics(4)
 
 
 @njit(**KJIT)
@@ -556,7 +638,7 @@ def _resolve(cb, nk, best, scale):
 @njit(**KJIT)
 def _global(cb, st, nk, nch, scale):
     """The whole split loop from its candidates, stored chunk by chunk (chunk c at cb[3 nk LANES c:],
-    _pass_s / _pass_m, no NaN V) with their running maxima st: (done, chunk, e, scale) of its last
+    _pass_s / _pass_m, no NaN V) with their first maxima st (maxscan): (done, chunk, e, scale) of its last
     update (chunk -1: none), or done = False where the sequential loop must decide.
 
     As in _resolve, over the whole loop: an update sets best_score = V of its own candidate, so
@@ -700,7 +782,7 @@ def _nchunks(bs):
 NCH_S = _nchunks(32)
 NCH_M = _nchunks(16)
 CB_SIZE = max(3 * 2 * LANES * NCH_S, 3 * 4 * LANES * NCH_M)  # stored candidates of a block (_store_ir)
-ST_SIZE = 2 * 4 * LANES  # running maxima (_pass_ir)
+ST_SIZE = 2 * 4 * LANES  # first maxima per (kind, lane) (maxscan)
 CH_SIZE = 2 * max(NCH_S, NCH_M)  # (i1, i0) of each chunk
 
 
@@ -715,8 +797,6 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
     from the first largest V (_global); with a NaN V, or where that cannot decide, the loop runs
     in order (_seq_s)."""
     nk = 2
-    for s in range(2 * nk * LANES):
-        st[s] = _NINF
     sx0 = sumx[0]
     sw0 = sumw[0]
     sxn = sumx[bs]
@@ -729,12 +809,12 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
         aw = sumw[i1] - sw0
         h = (sumx[i1], sumw[i1], sxn, swn, a * p0, aw * p0 * p0, a * m0, aw * m0 * m0)
         for i0 in range(i1, bs + 1, LANES):
-            nan |= _pass_s(sumx, sumw, np.uint64(i0), np.int64(bs + 1 - i0), h, q, cb, c * (3 * nk * LANES), st,
-                           np.float32(c))
+            nan |= _pass_s(sumx, sumw, np.uint64(i0), np.int64(bs + 1 - i0), h, q, cb, c * (3 * nk * LANES))
             ch[2 * c] = i1
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
+        _maxscan2(cb, c, st)
         done, lc, e, sc = _global(cb, st, nk, c, scale)
         if done:
             if lc < 0:
@@ -747,8 +827,6 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
 def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
     """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
     nk = 4
-    for s in range(2 * nk * LANES):
-        st[s] = _NINF
     p2 = xp[2]
     m2 = xm[2]
     cp1 = xp[0] * xp[0] - xp[1] * xp[1]
@@ -776,11 +854,12 @@ def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
         am1 = twm1 + pp[W1 + i1] * cm1
         h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
         for i0 in range(i1, bs + 1, LANES):
-            nan |= _pass_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, cb, c * (3 * nk * LANES), st, np.float32(c))
+            nan |= _pass_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, cb, c * (3 * nk * LANES))
             ch[2 * c] = i1
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
+        _maxscan4(cb, c, st)
         done, lc, e, sc = _global(cb, st, nk, c, scale)
         if done:
             if lc < 0:
@@ -790,7 +869,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
 
 
 @njit(**KJIT)
-def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
+def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
                pv, pidx, tv, ti, cb, st, ch):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
@@ -844,13 +923,16 @@ def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, 
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kx[u])
-            if gi < 0:
+            index[k] = np.int64(kx[u])
+            if index[k] < 0:
                 all_on_grid = False
-                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+                prefetch_list(-1 - index[k], kg, nidx)
+        for k in range(bs // 8):
+            if index[k] < 0:
+                gi = best_neighbour(-1 - index[k], kg, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-            index[k] = gi
+                index[k] = gi
         if not all_on_grid:
             sumqx = _F0
             sumq2 = _F0
@@ -907,7 +989,7 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 
 @njit(**KJIT)
-def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, pp, pv,
+def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, pp, pv,
                pidx, tv, ti, sc, cb, st, ch):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
@@ -962,17 +1044,20 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
             best_k = 3 - best_k
         all_on_grid = True
         for k in range(bs // 8):
-            xx = XPM_M[_half_shift(best_k, k)]
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kx[u])
-            if gi < 0:
+            index[k] = np.int64(kx[u])
+            if index[k] < 0:
                 all_on_grid = False
-                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+                prefetch_list(-1 - index[k], kg, nidx)
+        for k in range(bs // 8):
+            if index[k] < 0:
+                xx = XPM_M[_half_shift(best_k, k)]
+                gi = best_neighbour(-1 - index[k], kg, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-            index[k] = gi
+                index[k] = gi
         if not all_on_grid:
             sqx = _F0
             sq2 = _F0
@@ -1037,7 +1122,8 @@ def _quantize_iq1(x, qw, out, is_m):
     weighted = qw.shape[0] == x.shape[1]
     if not is_m and not weighted:
         return x.shape[0] * nblk
-    kx, codes, nidx, levels = lists(GRID_1S)
+    kx, _, nidx, levels = lists(GRID_1S)
+    kg = _packed()
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
@@ -1059,10 +1145,10 @@ def _quantize_iq1(x, qw, out, is_m):
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, codes, nidx, levels,
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
                                      scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, st, ch)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, codes, nidx, levels, scales,
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
                                      weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, st, ch)
     return failed
 
