@@ -539,16 +539,17 @@ def _buf_intrinsics(nk):
         return sig, codegen
 
     @intrinsic
-    def maxscan(typingctx, cb, nch, st):
-        """The first maximum of V per (kind, lane) over the nch stored chunks into st (st[8k:8k+8]
-        its value, -inf if none; st[8(nk+k):] its chunk, as float32), in registers."""
-        sig = types.void(cb, types.int64, st)
+    def maxscan(typingctx, cb, nch):
+        """The order (chunk LANES + lane) nk + kind of the first candidate of largest V over the nch
+        stored chunks, or -1 if every V is -inf: the first maximum of each (kind, lane) kept in
+        registers, then the largest of those, the lowest order among equals."""
+        sig = types.int64(cb, types.int64)
 
         def codegen(context, builder, signature, args):
             f = builder
             data = _data(context, f, signature.args[0], args[0])
-            sp = _data(context, f, signature.args[2], args[2])
             i64 = llvm_ir.IntType(64)
+            v8i32 = llvm_ir.VectorType(_I32, LANES)
             ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
             entry = f.block
             loop = f.append_basic_block("maxscan.loop")
@@ -557,9 +558,9 @@ def _buf_intrinsics(nk):
             f.position_at_end(loop)
             c = f.phi(i64)
             vm = [f.phi(_V8) for _ in range(nk)]
-            vi = [f.phi(_V8) for _ in range(nk)]
+            vi = [f.phi(v8i32) for _ in range(nk)]
             base = f.mul(c, i64(3 * nk * LANES))
-            vc = _splat(f, f.sitofp(c, llvm_ir.FloatType()))
+            vc = _splat(f, f.trunc(c, _I32))
             c2 = f.add(c, i64(1))
             c.add_incoming(i64(0), entry)
             c.add_incoming(c2, loop)
@@ -570,15 +571,34 @@ def _buf_intrinsics(nk):
                 vi2 = f.select(gt, vc, vi[k])
                 vm[k].add_incoming(ninf, entry)
                 vm[k].add_incoming(vm2, loop)
-                vi[k].add_incoming(ninf, entry)
+                vi[k].add_incoming(llvm_ir.Constant(v8i32, [0] * LANES), entry)
                 vi[k].add_incoming(vi2, loop)
                 vm[k], vi[k] = vm2, vi2
             f.cbranch(f.icmp_signed("<", c2, args[1]), loop, done)
             f.position_at_end(done)
+            m = vm[0]
+            for k in range(1, nk):
+                m = f.select(f.fcmp_ordered(">", vm[k], m), vm[k], m)
+            mx = f.extract_element(m, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(m, _I32(t))
+                mx = f.select(f.fcmp_ordered(">", e, mx), e, mx)
+            vmx = _splat(f, mx)
+            big = llvm_ir.Constant(v8i32, [0x7FFFFFFF] * LANES)
+            lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
+            omin = big
             for k in range(nk):
-                _store8(f, vm[k], sp, i64(LANES * k))
-                _store8(f, vi[k], sp, i64(LANES * (nk + k)))
-            return context.get_dummy_value()
+                eq = f.and_(f.fcmp_ordered("==", vm[k], vmx), f.fcmp_ordered(">", vm[k], ninf))
+                o = f.add(f.mul(f.add(f.mul(vi[k], llvm_ir.Constant(v8i32, [LANES] * LANES)), lanes),
+                                llvm_ir.Constant(v8i32, [nk] * LANES)), llvm_ir.Constant(v8i32, [k] * LANES))
+                o = f.select(eq, o, big)
+                omin = f.select(f.icmp_signed("<", o, omin), o, omin)
+            r = f.extract_element(omin, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(omin, _I32(t))
+                r = f.select(f.icmp_signed("<", e, r), e, r)
+            r = f.select(f.icmp_signed("==", r, _I32(0x7FFFFFFF)), _I32(-1), r)
+            return f.sext(r, i64)
 
         return sig, codegen
 
@@ -636,10 +656,10 @@ def _resolve(cb, nk, best, scale):
 
 
 @njit(**KJIT)
-def _global(cb, st, nk, nch, scale):
+def _global(cb, g, nk, nch, scale):
     """The whole split loop from its candidates, stored chunk by chunk (chunk c at cb[3 nk LANES c:],
-    _pass_s / _pass_m, no NaN V) with their first maxima st (maxscan): (done, chunk, e, scale) of its last
-    update (chunk -1: none), or done = False where the sequential loop must decide.
+    _pass_s / _pass_m, no NaN V), g the first of largest V (maxscan): (done, chunk, e, scale) of its
+    last update (chunk -1: none), or done = False where the sequential loop must decide.
 
     As in _resolve, over the whole loop: an update sets best_score = V of its own candidate, so
     with g the first candidate of largest V, passing against the largest V before it (or against
@@ -647,14 +667,6 @@ def _global(cb, st, nk, nch, scale):
     candidates after g are tested LANES at once against best_score and replayed in C's order
     only in a chunk where one passes (rarely: none has a larger V)."""
     cs = 3 * nk * LANES
-    vb = _NINF
-    g = -1  # order of a candidate: (chunk LANES + lane) nk + kind
-    for s in range(nk * LANES):
-        v = st[s]
-        o = (np.int64(st[nk * LANES + s]) * LANES + s % LANES) * nk + s // LANES
-        if v > vb or (v == vb and v > _NINF and o < g):
-            vb = v
-            g = o
     if g < 0:
         return True, -1, -1, scale
     cg = g // (LANES * nk)
@@ -662,6 +674,7 @@ def _global(cb, st, nk, nch, scale):
     o = cg * cs
     a = cb[o + LANES * (eg % nk) + eg // nk]
     b = cb[o + LANES * (nk + eg % nk) + eg // nk]
+    vb = cb[o + LANES * (2 * nk + eg % nk) + eg // nk]
     if not a * a > vb * b:
         m = -_FLT_MAX
         for c in range(cg):
@@ -782,12 +795,11 @@ def _nchunks(bs):
 NCH_S = _nchunks(32)
 NCH_M = _nchunks(16)
 CB_SIZE = max(3 * 2 * LANES * NCH_S, 3 * 4 * LANES * NCH_M)  # stored candidates of a block (_store_ir)
-ST_SIZE = 2 * 4 * LANES  # first maxima per (kind, lane) (maxscan)
 CH_SIZE = 2 * max(NCH_S, NCH_M)  # (i1, i0) of each chunk
 
 
 @njit(**KJIT)
-def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
     to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
 
@@ -814,8 +826,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        _maxscan2(cb, c, st)
-        done, lc, e, sc = _global(cb, st, nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale)
         if done:
             if lc < 0:
                 return -1, -1, 0, scale
@@ -824,7 +835,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, st, ch):
 
 
 @njit(**KJIT)
-def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
+def _split_m(pp, bs, xp, xm, scale, cb, ch):
     """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
     nk = 4
     p2 = xp[2]
@@ -859,8 +870,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        _maxscan4(cb, c, st)
-        done, lc, e, sc = _global(cb, st, nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale)
         if done:
             if lc < 0:
                 return -1, -1, -1, scale
@@ -870,7 +880,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, st, ch):
 
 @njit(**KJIT)
 def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
-               pv, pidx, tv, ti, cb, st, ch):
+               pv, pidx, tv, ti, cb, ch):
     """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
     for j in range(S_BYTES):
         out[off + j] = 0
@@ -901,7 +911,7 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
             i = pidx[j]
             sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
             sumw[j + 1] = sumw[j] + weight[i]
-        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, st, ch)
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -990,7 +1000,7 @@ def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
 
 @njit(**KJIT)
 def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, pp, pv,
-               pidx, tv, ti, sc, cb, st, ch):
+               pidx, tv, ti, sc, cb, ch):
     """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
     for j in range(M_BYTES):
         out[off + j] = 0
@@ -1026,7 +1036,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
             pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
             pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
-        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, st, ch)
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -1139,17 +1149,16 @@ def _quantize_iq1(x, qw, out, is_m):
     ti = np.zeros(bs, dtype=np.int64)
     sc = np.zeros(4, dtype=np.int64)
     cb = np.zeros(CB_SIZE, dtype=np.float32)  # a block's split candidates (_store_ir)
-    st = np.zeros(ST_SIZE, dtype=np.float32)
     ch = np.zeros(CH_SIZE, dtype=np.int64)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
                 failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, st, ch)
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch)
             else:
                 failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, st, ch)
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch)
     return failed
 
 
