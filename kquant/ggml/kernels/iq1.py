@@ -880,8 +880,13 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
 
 @njit(**KJIT)
 def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
-               pv, pidx, tv, ti, cb, ch):
-    """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
+               pv, pidx, tv, ti, cb, ch, flag):
+    """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts.
+
+    In two passes over the 8 blocks (the same operations per block as ggml's one): the split
+    searches first, prefetching the neighbour lists of the off-grid groups (flag 2; 1: all on the
+    grid, 0: a zero block), then the neighbour searches, so the lists arrive while later blocks
+    are searched. weight holds all 256 weights, index 4 grid indices per block."""
     for j in range(S_BYTES):
         out[off + j] = 0
     max_scale = _F0
@@ -894,8 +899,10 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
     m0, m1, m2 = XPM_S[1, 0], XPM_S[1, 1], XPM_S[1, 2]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
+        wb = bs * ib
+        flag[ib] = 0
         for i in range(bs):
-            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+            weight[wb + i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
         mx = abs(x[bo])
         for i in range(1, bs):
             a = abs(x[bo + i])
@@ -909,8 +916,8 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         sumw[0] = _F0
         for j in range(bs):
             i = pidx[j]
-            sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
-            sumw[j + 1] = sumw[j] + weight[i]
+            sumx[j + 1] = sumx[j] + weight[wb + i] * x[bo + i]
+            sumw[j + 1] = sumw[j] + weight[wb + i]
         besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
@@ -927,43 +934,52 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
                 L[j] = 2 - L[j]
             scale = -scale
             best_shift = -best_shift
-        xx = XPM_S[0] if best_shift == 1 else XPM_S[1]
-        all_on_grid = True
+        flag[ib] = 1
         for k in range(bs // 8):
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            index[k] = np.int64(kx[u])
-            if index[k] < 0:
-                all_on_grid = False
-                prefetch_list(-1 - index[k], kg, nidx)
+            g = np.int64(kx[u])
+            index[(bs // 8) * ib + k] = g
+            if g < 0:
+                flag[ib] = 2
+                prefetch_list(-1 - g, kg, nidx)
+        scales[ib] = scale
+        shifts[ib] = best_shift
+    for ib in range(QK_K // bs):
+        if flag[ib] == 0:
+            continue
+        bo = xo + bs * ib
+        wb = bs * ib
+        ix = (bs // 8) * ib
+        scale = scales[ib]
+        xx = XPM_S[0] if shifts[ib] == 1 else XPM_S[1]
         for k in range(bs // 8):
-            if index[k] < 0:
-                gi = best_neighbour(-1 - index[k], kg, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+            if index[ix + k] < 0:
+                gi = best_neighbour(-1 - index[ix + k], kg, nidx, x, bo + 8 * k, weight, wb + 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-                index[k] = gi
-        if not all_on_grid:
+                index[ix + k] = gi
+        if flag[ib] == 2:
             sumqx = _F0
             sumq2 = _F0
             for k in range(bs // 8):
                 for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[index[k], j]]
+                    w = weight[wb + 8 * k + j]
+                    q = xx[levels[index[ix + k], j]]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
                 scale = sumqx / sumq2
         h = 0
         for k in range(bs // 8):
-            out[off + S_QS + (bs // 8) * ib + k] = np.uint8(index[k] & 255)
-            h |= (index[k] >> 8) << (3 * k)
+            out[off + S_QS + (bs // 8) * ib + k] = np.uint8(index[ix + k] & 255)
+            h |= (index[ix + k] >> 8) << (3 * k)
         out[off + S_QH + 2 * ib] = np.uint8(h & 0xFF)
         out[off + S_QH + 2 * ib + 1] = np.uint8((h >> 8) & 0xFF)
         if not scale >= _F0:
             return 1
         scales[ib] = scale
-        shifts[ib] = best_shift
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == _F0:
         return 0
@@ -989,19 +1005,21 @@ def _half_shift(best_k, k):
 
 
 @njit(**KJIT)
-def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
+def _iq1m_weights(x, bo, qw, weighted, sigma2, weight, wb):
     if weighted:
         for i in range(16):
-            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+            weight[wb + i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
     else:
         for i in range(16):
-            weight[i] = x[bo + i] * x[bo + i]
+            weight[wb + i] = x[bo + i] * x[bo + i]
 
 
 @njit(**KJIT)
 def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, pp, pv,
-               pidx, tv, ti, sc, cb, ch):
-    """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
+               pidx, tv, ti, sc, cb, ch, flag):
+    """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts. Two
+    passes over the 16 blocks as in iq1s_block; ggml's second computation of the weights (for
+    the super-block scale) gives the same values, kept from the first."""
     for j in range(M_BYTES):
         out[off + j] = 0
     max_scale = _F0
@@ -1014,7 +1032,9 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
     xm = XPM_M[1]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
-        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
+        wb = bs * ib
+        flag[ib] = 0
+        _iq1m_weights(x, bo, qw, weighted, sigma2, weight, wb)
         mx = abs(x[bo])
         for i in range(1, bs):
             a = abs(x[bo + i])
@@ -1032,9 +1052,9 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
         for j in range(bs):
             i = pidx[j]
             h = 0 if i < bs // 2 else 1
-            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[i] * x[bo + i]
+            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[wb + i] * x[bo + i]
             pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
-            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
+            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[wb + i]
             pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
         besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
@@ -1052,41 +1072,52 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
                 L[j] = 2 - L[j]
             scale = -scale
             best_k = 3 - best_k
-        all_on_grid = True
+        flag[ib] = 1
         for k in range(bs // 8):
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            index[k] = np.int64(kx[u])
-            if index[k] < 0:
-                all_on_grid = False
-                prefetch_list(-1 - index[k], kg, nidx)
+            g = np.int64(kx[u])
+            index[2 * ib + k] = g
+            if g < 0:
+                flag[ib] = 2
+                prefetch_list(-1 - g, kg, nidx)
+        scales[ib] = scale
+        shifts[ib] = best_k
+    for ib in range(QK_K // bs):
+        if flag[ib] == 0:
+            continue
+        bo = xo + bs * ib
+        wb = bs * ib
+        scale = scales[ib]
+        best_k = shifts[ib]
         for k in range(bs // 8):
-            if index[k] < 0:
+            if index[2 * ib + k] < 0:
                 xx = XPM_M[_half_shift(best_k, k)]
-                gi = best_neighbour(-1 - index[k], kg, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+                gi = best_neighbour(-1 - index[2 * ib + k], kg, nidx, x, bo + 8 * k, weight, wb + 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-                index[k] = gi
-        if not all_on_grid:
+                index[2 * ib + k] = gi
+        if flag[ib] == 2:
             sqx = _F0
             sq2 = _F0
             for k in range(bs // 8):
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[index[k], j]]
+                    w = weight[wb + 8 * k + j]
+                    q = xx[levels[index[2 * ib + k], j]]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
                 scale = sqx / sq2
-        out[off + M_QS + 2 * ib] = np.uint8(index[0] & 255)
-        out[off + M_QS + 2 * ib + 1] = np.uint8(index[1] & 255)
-        out[off + M_QH + ib] = np.uint8((index[0] >> 8) | ((index[1] >> 8) << 4))
+        i0 = index[2 * ib]
+        i1 = index[2 * ib + 1]
+        out[off + M_QS + 2 * ib] = np.uint8(i0 & 255)
+        out[off + M_QS + 2 * ib + 1] = np.uint8(i1 & 255)
+        out[off + M_QH + ib] = np.uint8((i0 >> 8) | ((i1 >> 8) << 4))
         if not scale >= _F0:
             return 1
         scales[ib] = scale
-        shifts[ib] = best_k
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == _F0:
         return 0
@@ -1103,13 +1134,12 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
         qh = np.int64(out[off + M_QH + ib]) | IQ1M_MASKS[shifts[ib]]
         out[off + M_QH + ib] = np.uint8(qh)
         bo = xo + bs * ib
-        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
         fl = np.float32(2 * l + 1)
         for k in range(bs // 8):
             xx = XPM_M[_half_shift(shifts[ib], k)]
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
-                w = weight[8 * k + j]
+                w = weight[bs * ib + 8 * k + j]
                 q = xx[levels[g, j]] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
@@ -1137,9 +1167,10 @@ def _quantize_iq1(x, qw, out, is_m):
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
-    weight = np.zeros(bs, dtype=np.float32)
+    weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
     L = np.zeros(bs, dtype=np.int8)
-    index = np.zeros(bs // 8, dtype=np.int64)
+    index = np.zeros(QK_K // 8, dtype=np.int64)  # per block: its groups' kx entries, then grid indices
+    flag = np.zeros(QK_K // bs, dtype=np.int64)
     sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
     sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
     pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
@@ -1155,10 +1186,10 @@ def _quantize_iq1(x, qw, out, is_m):
         for b in range(nblk):
             if is_m:
                 failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch)
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
             else:
                 failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch)
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
     return failed
 
 
