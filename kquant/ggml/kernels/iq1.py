@@ -17,11 +17,14 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
                  sign bit (0x08 / 0x80), scales uint8[8] as 4 uint16: per 16 values two 3-bit
                  scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
 
-Speed (same bytes): the split search tests 8 splits at once against the current best_score
-with LLVM vector intrinsics (C's float operations) and resolves only the chunks where one passes
-(_resolve: an update sets best_score from its own candidate alone); each neighbour search runs
-over its candidate list as lanes (_iqgrid.lists, as kquant.ggml.kernels.iq2) with an integer
-key minimum.
+Speed (same bytes): the split search computes every candidate of a block, LANES splits at once
+with LLVM vector intrinsics (C's float operations), and stores it with its V = (sumqx/sumq2)*sumqx,
+the best_score an update to it sets; the loop's outcome follows from the first largest V (_global),
+the rest tested against it, replayed in C's order only where one passes (with a NaN V, or where
+that cannot decide, the loop runs in order: _seq_s / _seq_m). Each neighbour search runs over its
+candidate list (_iqgrid.lists) as 8 float lanes of first minima, reading each candidate's packed
+levels (packed_lists, 2 bytes); a super-block runs its split searches first and prefetches the
+lists of its off-grid groups, then searches them (the lists are larger than L2).
 
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
 does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
