@@ -161,6 +161,32 @@ def test_llama_cpp_runs_best_files(tiny_files, ftype):
     assert np.corrcoef(q.ravel(), full.ravel())[0, 1] > (0.8 if ftype == "IQ3_S" else 0.9)
 
 
+LOW_BIT = "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 Q1_0 Q2_0".split()
+
+
+def test_llama_cpp_runs_best_low_bit_file(tmp_path):
+    """One best-rounded file holding each low-bit type on one matrix of tiny-llama (with an imatrix,
+    which the i-quants need): written as mapped, and llama.cpp runs it."""
+    pytest.importorskip("llama_cpp")
+    from oracle import refpipeline
+    from kquant.io.gguf import GGUFFile
+    from kquant.plan.imatrix import ImatrixData
+
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    names = [f"blk.{i}.{k}.weight" for i in (0, 1) for k in kinds]
+    type_map = {n: QType[t] for n, t in zip(names, LOW_BIT)}
+    rng = np.random.default_rng(3)
+    im = ImatrixData(weights={n: (rng.gamma(0.5, size=768 if "ffn_down" in n else 256) + 1e-3).astype(np.float32)
+                              for n in names}, datasets=["x"], chunk_count=1, path="im.gguf")
+    out = tmp_path / "low.gguf"
+    pipeline.convert(TINY, out, "Q4_K_M", pipeline.Options(imatrix=im, type_map=type_map, rounding="best"))
+    with GGUFFile(out) as g:
+        got = {t.name: t.qtype for t in g.tensors}
+    assert all(got[n] == t for n, t in type_map.items())
+    _, logits = refpipeline.eval_logits(out)
+    assert np.isfinite(logits).all()
+
+
 def test_cli_rejects_unknown_rounding(capsys):
     from kquant.cli import main
 
