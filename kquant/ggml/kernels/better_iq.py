@@ -24,6 +24,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from ._common import fp16_to_fp32, fp32_to_fp16, put_f16
+from ._sweep import werr
 from .iq1 import M_BYTES as IQ1M_BYTES, M_SC as IQ1M_SC, S_BYTES as IQ1S_BYTES, S_D as IQ1S_D, S_QH as IQ1S_QH
 from .iq1 import dequantize_iq1_m, dequantize_iq1_s, quantize_iq1_m, quantize_iq1_s
 from .iq2 import S_BYTES as IQ2S_BYTES, S_D as IQ2S_D, S_SCALES as IQ2S_SCALES
@@ -141,15 +142,6 @@ def search_steps(B, C, nsub, smax, sc, bsc):
     return bD
 
 
-@njit(**JIT)
-def _werr(x, o, w, y):
-    e = 0.0
-    for i in range(QK_K):
-        d = np.float64(y[0, i]) - np.float64(x[o + i])
-        e += w[i] * d * d
-    return e
-
-
 @njit(nogil=True, **JIT)
 def improve(kind, x, qw, out):
     """ggml's blocks in `out`: each super-block's d and sub-block scales replaced where that lowers E."""
@@ -186,7 +178,7 @@ def improve(kind, x, qw, out):
                     w[i] = 0.25 * sigma2 + xi * xi if kind == K_IQ2_S else xi * xi
             tmp[0, :] = orow[off:off + nbytes]
             _dequant(kind, tmp, y)
-            e_g = _werr(xr, o, w, y)
+            e_g = werr(xr, o, w, y[0], QK_K)
             if not e_g > 0:
                 continue  # exact, or ggml's block is not finite (where ggml aborts; refused later)
             _put(kind, tmp[0], np.float32(1.0), zeros)
@@ -205,7 +197,7 @@ def improve(kind, x, qw, out):
                 continue
             _put(kind, tmp[0], bD, bsc)
             _dequant(kind, tmp, y)
-            e_b = _werr(xr, o, w, y)
+            e_b = werr(xr, o, w, y[0], QK_K)
             if e_b < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + nbytes] = tmp[0]
 

@@ -23,7 +23,7 @@ from numba import njit
 
 from ..types import QK1_0, QK2_0, QK_K, QType
 from ._common import put_f16
-from ._sweep import fp16_near
+from ._sweep import fp16_near, werr
 from .better_legacy import K_EXACT, search_exact
 from .mxfp4 import KVALUES, OFF_E, OFF_QS, TS_MXFP4, best_index, dequantize_row_mxfp4, e8m0_to_fp32_half, quantize_mxfp4
 from .q1q2 import Q1_D, Q2_D, Q2_QS, TS_Q1_0, TS_Q2_0, dequantize_row_q1_0, dequantize_row_q2_0, quantize_q1_0, quantize_q2_0
@@ -97,15 +97,6 @@ def _search_mxfp4(x, o, w, e_g, b):
     return True
 
 
-@njit(**JIT)
-def _werr(x, o, w, y, n):
-    e = 0.0
-    for j in range(n):
-        r = np.float64(y[j]) - np.float64(x[o + j])
-        e += w[j] * r * r
-    return e
-
-
 @njit(nogil=True, **JIT)
 def improve(kind, x, qw, out):
     """ggml's blocks in `out`: each replaced where the searched one has a lower E."""
@@ -137,7 +128,7 @@ def improve(kind, x, qw, out):
                     w[j] = qw[o + j]
             tmp[:] = orow[off:off + nbytes]
             _dequant(kind, tmp, y)
-            e_g = _werr(xr, o, w, y, n)
+            e_g = werr(xr, o, w, y, n)
             if not e_g > 0:
                 continue
             e_b = np.inf
@@ -155,7 +146,7 @@ def improve(kind, x, qw, out):
                         continue
                     put_f16(tmp, Q1_D, d)
                     _dequant(kind, tmp, y)
-                    e = _werr(xr, o, w, y, n)
+                    e = werr(xr, o, w, y, n)
                     if e < e_b:
                         e_b = e
                         best[:] = tmp
@@ -169,7 +160,7 @@ def improve(kind, x, qw, out):
                         continue
                     _pack_sym(kind, tmp, d, bL, lev)
                 _dequant(kind, tmp, y)
-                e_b = _werr(xr, o, w, y, n)
+                e_b = werr(xr, o, w, y, n)
                 best[:] = tmp
             if e_b < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + nbytes] = best
