@@ -110,13 +110,13 @@ def _put(kind, b, d, sc):
 
 
 @njit(**JIT)
-def search_steps(B, C, nsub, smax, sc, bsc):
+def search_steps(B, C, R, nsub, smax, sc, bsc):
     """The fp16 d and s_j in [0, smax] minimising sum_j C_j t_j^2 - 2 B_j t_j, t_j = d (1 + 2 s_j),
-    over d within D_RANGE of max(B/C) / (2 smax + 1); s -> bsc, returns d (0: no candidate)."""
+    over d within D_RANGE of max(B/C) / (2 smax + 1); s -> bsc, returns d (0: no candidate). R: scratch."""
     tmax = 0.0
     for j in range(nsub):
-        if C[j] > 0 and B[j] / C[j] > tmax:
-            tmax = B[j] / C[j]
+        R[j] = B[j] / C[j] if C[j] > 0 else -1.0  # (-1: s = 0)
+        tmax = max(tmax, R[j])
     if not tmax > 0 or not np.isfinite(tmax):
         return np.float32(0.0)
     top = 2 * smax + 1
@@ -126,13 +126,11 @@ def search_steps(B, C, nsub, smax, sc, bsc):
     bD = np.float32(0.0)
     for h in range(max(h0, 1), min(h1, 0x7BFF) + 1):
         D = np.float64(fp16_to_fp32(np.uint16(h)))
+        half_inv = 0.5 / D
         e = 0.0
-        for j in range(nsub):
-            s = 0
-            if C[j] > 0:
-                s = min(smax, max(0, np.int64(np.rint((B[j] / C[j] / D - 1.0) * 0.5))))
-            sc[j] = s
-            t = D * (1 + 2 * s)
+        for j in range(nsub):  # s nearest to (R / D - 1) / 2: R / D's nearest odd multiplier
+            sc[j] = min(smax, max(0, np.int64(np.rint(R[j] * half_inv - 0.5))))
+            t = D * (1 + 2 * sc[j])
             e += C[j] * t * t - 2.0 * B[j] * t
         if e < best:
             best = e
@@ -157,6 +155,7 @@ def improve(kind, x, qw, out):
     w = np.empty(QK_K, dtype=np.float64)
     B = np.empty(16, dtype=np.float64)
     C = np.empty(16, dtype=np.float64)
+    R = np.empty(16, dtype=np.float64)
     sc = np.zeros(16, dtype=np.int64)
     bsc = np.zeros(16, dtype=np.int64)
     zeros = np.zeros(16, dtype=np.int64)
@@ -192,7 +191,7 @@ def improve(kind, x, qw, out):
                     c += w[i] * uv * uv
                 B[j] = b
                 C[j] = c
-            bD = search_steps(B, C, nsub, smax, sc, bsc)
+            bD = search_steps(B, C, R, nsub, smax, sc, bsc)
             if bD == 0:
                 continue
             _put(kind, tmp[0], bD, bsc)
