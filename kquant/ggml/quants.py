@@ -89,8 +89,8 @@ ROUNDINGS = ("ggml", "best", "refine")  # rounding modes; "ggml" is ggml's own b
 # kernel modules of each other mode; each exports a dict {QType: quantize} under the mode's name in
 # capitals (BEST, REFINE); a type absent from every module writes ggml's blocks in that mode
 MODE_MODULES = {
-    "best": ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq3"),
-    "refine": ("refine_legacy", "refine_k", "refine_iq4", "better_iq3"),
+    "best": ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq", "better_scalar"),
+    "refine": ("refine_legacy", "refine_k", "refine_iq4", "refine_iq"),
 }
 BETTER_MODULES = MODE_MODULES["best"]
 

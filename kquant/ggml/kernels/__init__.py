@@ -20,7 +20,7 @@ job, in kquant.ggml.quants):
     dequantize(q: uint8[:, ::1], out: float32[:, ::1]) -> None
 
 rounding="best" / "refine" (kquant.ggml.quants.MODE_MODULES): the modules better_*.py export
-`BEST: dict[QType, quantize]`, refine_*.py (and better_iq3) `REFINE`, with the same quantize
+`BEST: dict[QType, quantize]`, refine_*.py `REFINE`, with the same quantize
 signature; each runs ggml's kernel first and replaces a block only where its own search lowers
 ggml's weighted error.
 
