@@ -18,7 +18,8 @@ from numba import njit
 
 from ..types import QK, QType
 from ._common import fp16_round, get_f16, put_f16
-from .better_iq4 import _err, _index, _pack_qs, _weights, _werr
+from ._sweep import werr as _werr
+from .better_iq4 import _err, _index, _pack_qs, _weights
 from .iq4 import KVALUES, NL_BYTES, NL_D, NL_QS, dequantize_iq4_nl, quantize_iq4_nl
 
 ACCEPT_MARGIN = 1e-9

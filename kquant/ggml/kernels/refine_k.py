@@ -23,7 +23,8 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q2_k, q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
-from .better_k import _pack_k45, _sub_err, _sub_levels, k45_weights, q2_k_weights, werr
+from ._sweep import werr
+from .better_k import _pack_k45, _sub_err, _sub_levels, k45_weights, q2_k_weights
 from .better_sym import _err as _sym_err
 from .better_sym import _levels as _sym_levels
 from .better_sym import _weights as _sym_weights
