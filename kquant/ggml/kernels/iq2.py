@@ -35,11 +35,14 @@ minimum; helpers that allocate nothing are compiled without reference counting (
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
-from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
+from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
 from ._search import make_qp_quants
@@ -56,8 +59,6 @@ _FM1 = np.float32(-1.0)
 KMAXQ = 3
 GROUP_MAX_EPS_IQ2_S = np.float32(1e-8)
 NT = 24  # trial lanes: 19 trials (IQ2_XS, IQ2_S) or 13 (IQ2_XXS), padded to whole vectors
-FLT_MAX_BITS = np.uint64(0x7F7FFFFF)  # float32 FLT_MAX as bits
-KEY_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)
 
 # block layouts: offsets from the declarations (kquant.ggml.types)
 XXS_BYTES = QType.IQ2_XXS.type_size
@@ -74,66 +75,184 @@ DEQ_XS = KGRID_2BIT_512.astype(np.int64)
 DEQ_S = KGRID_2BIT_1024.astype(np.int64)
 
 
-@njit(inline="always", **JIT)
-def _terms(scale, xi, wi):
-    """weight*diff*diff with diff = scale*q - xval, for q = 1, 3, 5, as iq2_find_best_neighbour
-    computes each term (C's operations and order)."""
-    e1 = scale * _F1 - xi
-    e3 = scale * np.float32(3.0) - xi
-    e5 = scale * np.float32(5.0) - xi
-    return wi * e1 * e1, wi * e3 * e3, wi * e5 * e5
+LANES = 8  # candidates per step of a neighbour search: one AVX2 vector of float32
+_V8 = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
+_I8 = llvm_ir.IntType(8)
+_I32 = llvm_ir.IntType(32)
+_I64 = llvm_ir.IntType(64)
+_V8I8 = llvm_ir.VectorType(_I8, LANES)
+_V8I32 = llvm_ir.VectorType(_I32, LANES)
 
 
-@njit(inline="always", **JIT)
-def _pick(c, t):
-    """t[0], t[1] or t[2] for the grid byte c = 1, 3 or 5."""
-    return sel(c == 1, t[0], sel(c == 3, t[1], t[2]))
+def _bcast(f, v, lane):
+    """lane `lane` of the vector v in every lane (a constant shuffle)."""
+    return f.shuffle_vector(v, llvm_ir.Constant(v.type, llvm_ir.Undefined),
+                            llvm_ir.Constant(_V8I32, [lane] * LANES))
+
+
+def _umin8(f, v):
+    """the smallest lane of a <8 x i32> as unsigned (a reduction of integers: order-free)."""
+    fn = cgutils.get_or_insert_function(f.module, llvm_ir.FunctionType(_I32, [_V8I32]), "llvm.vector.reduce.umin.v8i32")
+    return f.call(fn, [v])
+
+
+@intrinsic
+def _search(typingctx, codes, nidx, desc, xval, waux, xo, scale):
+    """iq2_find_best_neighbour for the off-grid point whose list descriptor is desc (-1 - kx[u],
+    _iqgrid.lists), over the group xval[xo:xo+8] with weights waux[xo:xo+8]: the grid index of
+    the first candidate with the smallest d2 < FLT_MAX, or -1 where ggml asserts.
+
+    LLVM vector IR (numba leaves the SLP vectorizer off, and its loop vectorizer took 4 lanes of
+    int64 keys): the 3 possible terms t_i = (waux_i diff_i) diff_i of each coordinate (q = 1, 3,
+    5) as three vectors over the 8 coordinates, then 8 candidates per step as lanes, each summing
+    d2 = ((0 + t0) + t1) + ... + t7 in ggml's order (C's float operations, no fast-math flags).
+    d2 is never -0 (0 + t0 is +0 for t0 = +-0), so its bits as unsigned integers order it as
+    ggml's `<` does, NaN above FLT_MAX: each lane keeps its smallest bits and the first candidate
+    with them (a strict `<`, candidates in order), and the first lane position with the smallest
+    bits is ggml's choice. Padding copies of the last candidate come later in their list."""
+    sig = types.int64(codes, nidx, types.int64, xval, waux, types.int64, types.float32)
+
+    def codegen(context, f, signature, args):
+        a_codes, a_nidx, a_desc, a_x, a_w, a_xo, a_scale = args
+        cdata = context.make_array(signature.args[0])(context, f, a_codes).data
+        ndata = context.make_array(signature.args[1])(context, f, a_nidx).data
+        xdata = context.make_array(signature.args[3])(context, f, a_x).data
+        wdata = context.make_array(signature.args[4])(context, f, a_w).data
+        vx = f.load(f.bitcast(f.gep(xdata, [a_xo]), _V8.as_pointer()), align=4)
+        vw = f.load(f.bitcast(f.gep(wdata, [a_xo]), _V8.as_pointer()), align=4)
+        vs = _splat8(f, a_scale, _V8)
+        terms = []
+        for q in (1.0, 3.0, 5.0):  # C: diff = scale*grid[i] - xval[i]; w*diff*diff
+            e = f.fsub(f.fmul(vs, llvm_ir.Constant(_V8, [q] * LANES)), vx)
+            terms.append(f.fmul(f.fmul(vw, e), e))
+        b1 = [_bcast(f, terms[0], i) for i in range(8)]
+        b3 = [_bcast(f, terms[1], i) for i in range(8)]
+        b5 = [_bcast(f, terms[2], i) for i in range(8)]
+        p0 = f.mul(f.ashr(a_desc, _I64(8)), _I64(PAD))
+        n = f.mul(f.and_(a_desc, _I64(255)), _I64(PAD))
+        r0 = f.mul(p0, _I64(8))
+        best = cgutils.alloca_once_value(f, llvm_ir.Constant(_V8I32, [0xFFFFFFFF] * LANES))
+        bestc = cgutils.alloca_once_value(f, llvm_ir.Constant(_V8I32, [0] * LANES))
+        one = llvm_ir.Constant(_V8I8, [1] * LANES)
+        three = llvm_ir.Constant(_V8I8, [3] * LANES)
+        zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+        lane = llvm_ir.Constant(_V8I32, list(range(LANES)))
+        with cgutils.for_range_slice(f, _I64(0), n, _I64(LANES), intp=_I64) as (c0, _):
+            d2 = zero
+            for i in range(8):
+                at = f.add(f.add(r0, f.mul(n, _I64(i))), c0)
+                cv = f.load(f.bitcast(f.gep(cdata, [at]), _V8I8.as_pointer()), align=1)
+                t = f.select(f.icmp_signed("==", cv, three), b3[i], b5[i])
+                t = f.select(f.icmp_signed("==", cv, one), b1[i], t)
+                d2 = f.fadd(d2, t)
+            bits = f.bitcast(d2, _V8I32)
+            old = f.load(best)
+            lt = f.icmp_unsigned("<", bits, old)
+            f.store(f.select(lt, bits, old), best)
+            cv32 = f.add(_splat8(f, f.trunc(c0, _I32), _V8I32), lane)
+            f.store(f.select(lt, cv32, f.load(bestc)), bestc)
+        bv = f.load(best)
+        m = _umin8(f, bv)
+        eq = f.icmp_unsigned("==", bv, _splat8(f, m, _V8I32))
+        cmin = _umin8(f, f.select(eq, f.load(bestc), llvm_ir.Constant(_V8I32, [0xFFFFFFFF] * LANES)))
+        found = f.icmp_unsigned("<", m, _I32(0x7F7FFFFF))
+        cmin = f.select(found, cmin, _I32(0))  # (a list is never empty)
+        gi = f.load(f.gep(ndata, [f.add(p0, f.zext(cmin, _I64))]))
+        return f.select(found, f.zext(gi, _I64), _I64(-1))
+
+    return sig, codegen
+
+
+def _splat8(f, v, vty):
+    """the scalar v in all 8 lanes of a vector of type vty."""
+    u = f.insert_element(llvm_ir.Constant(vty, llvm_ir.Undefined), v, _I32(0))
+    return f.shuffle_vector(u, llvm_ir.Constant(vty, llvm_ir.Undefined), llvm_ir.Constant(_V8I32, [0] * LANES))
+
+
+def _vec(f, data, idx, vty):
+    """data[idx:idx+8] as a vector pointer (unaligned)."""
+    return f.bitcast(f.gep(data, [idx]), vty.as_pointer())
+
+
+@intrinsic
+def _round_group(typingctx, ids, xval, xo, laux, uk, nch):
+    """The 8 values xval[xo:xo+8] rounded with every trial's id (lanes t < 8 nch of ids), as
+    ggml's loop: l = MAX(0, MIN(kMaxQ-1, nearest_int(0.5f*(id*xval-1)))) (C's float operations
+    and nearest_int's bit trick), into laux[xo+i, t], and u = sum l_i << 2i into uk[t]."""
+    sig = types.void(ids, xval, types.int64, laux, uk, types.int64)
+
+    def codegen(context, f, signature, args):
+        a_ids, a_x, a_xo, a_laux, a_uk, a_nch = args
+        idd = context.make_array(signature.args[0])(context, f, a_ids).data
+        xd = context.make_array(signature.args[1])(context, f, a_x).data
+        ld = context.make_array(signature.args[3])(context, f, a_laux).data
+        ud = context.make_array(signature.args[4])(context, f, a_uk).data
+        xs = [_splat8(f, f.load(f.gep(xd, [f.add(a_xo, _I64(i))])), _V8) for i in range(8)]
+        half = llvm_ir.Constant(_V8, [0.5] * LANES)
+        one = llvm_ir.Constant(_V8, [1.0] * LANES)
+        magic = llvm_ir.Constant(_V8, [12582912.0] * LANES)
+        mask = llvm_ir.Constant(_V8I32, [0x007FFFFF] * LANES)
+        off = llvm_ir.Constant(_V8I32, [0x00400000] * LANES)
+        lo = llvm_ir.Constant(_V8I32, [0] * LANES)
+        hi = llvm_ir.Constant(_V8I32, [KMAXQ - 1] * LANES)
+        with cgutils.for_range(f, a_nch) as loop:
+            t0 = f.mul(loop.index, _I64(LANES))
+            vid = f.load(_vec(f, idd, t0, _V8), align=4)
+            u = lo
+            for i in range(8):
+                v = f.fadd(f.fmul(half, f.fsub(f.fmul(vid, xs[i]), one)), magic)
+                q = f.sub(f.and_(f.bitcast(v, _V8I32), mask), off)
+                q = f.select(f.icmp_signed("<", q, hi), q, hi)
+                q = f.select(f.icmp_signed(">", q, lo), q, lo)
+                row = f.add(f.mul(f.add(a_xo, _I64(i)), _I64(NT)), t0)
+                f.store(q, _vec(f, ld, row, _V8I32), align=4)
+                u = f.or_(u, f.shl(q, llvm_ir.Constant(_V8I32, [2 * i] * LANES)))
+            f.store(u, _vec(f, ud, t0, _V8I32), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _lane_sums(typingctx, laux, weight, wx, nv, nch, sqx, sq2):
+    """Every trial's (lanes t < 8 nch) sumqx += w*xval[i]*q and sumq2 += w*q*q over i < nv with
+    q = 2 laux[i, t] + 1, in ggml's order (w*xval[i] is wx[i])."""
+    sig = types.void(laux, weight, wx, types.int64, types.int64, sqx, sq2)
+
+    def codegen(context, f, signature, args):
+        a_laux, a_w, a_wx, a_nv, a_nch, a_sqx, a_sq2 = args
+        ld = context.make_array(signature.args[0])(context, f, a_laux).data
+        wd = context.make_array(signature.args[1])(context, f, a_w).data
+        wxd = context.make_array(signature.args[2])(context, f, a_wx).data
+        sxd = context.make_array(signature.args[5])(context, f, a_sqx).data
+        s2d = context.make_array(signature.args[6])(context, f, a_sq2).data
+        zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+        accx = cgutils.alloca_once(f, _V8)
+        acc2 = cgutils.alloca_once(f, _V8)
+        with cgutils.for_range(f, a_nch) as loop:
+            t0 = f.mul(loop.index, _I64(LANES))
+            f.store(zero, accx)
+            f.store(zero, acc2)
+            with cgutils.for_range(f, a_nv) as li:
+                i = li.index
+                lv = f.load(_vec(f, ld, f.add(f.mul(i, _I64(NT)), t0), _V8I32), align=4)
+                q = f.sitofp(f.add(f.shl(lv, llvm_ir.Constant(_V8I32, [1] * LANES)),
+                                   llvm_ir.Constant(_V8I32, [1] * LANES)), _V8)
+                a = _splat8(f, f.load(f.gep(wxd, [i])), _V8)
+                w = _splat8(f, f.load(f.gep(wd, [i])), _V8)
+                f.store(f.fadd(f.load(accx), f.fmul(a, q)), accx)
+                f.store(f.fadd(f.load(acc2), f.fmul(f.fmul(w, q), q)), acc2)
+            f.store(f.load(accx), _vec(f, sxd, t0, _V8), align=4)
+            f.store(f.load(acc2), _vec(f, s2d, t0, _V8), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(**KJIT)
 def best_neighbour(desc, codes, nidx, xval, xo, waux, scale):
-    """iq2_find_best_neighbour for the off-grid point whose list descriptor is desc (-1 - kx[u],
-    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
-    where ggml asserts.
-
-    d2 = ((0 + t0) + t1) + ... + t7 with t_i = (waux_i diff_i) diff_i, as ggml sums it, the
-    candidates as lanes; each t_i takes one of 3 values (q = 1, 3, 5), computed once. d2 is never
-    -0 (0 + t0 is +0 for t0 = +-0), so its bits as an unsigned integer order it as ggml's `<`
-    does, with NaN above FLT_MAX; the key bits << 16 | position has its minimum at ggml's choice
-    (the first smallest d2), and that minimum is an integer reduction, which vectorizes without
-    reordering any float sum. Padding copies of the last candidate have a larger position."""
-    t0 = _terms(scale, xval[xo], waux[xo])
-    t1 = _terms(scale, xval[xo + 1], waux[xo + 1])
-    t2 = _terms(scale, xval[xo + 2], waux[xo + 2])
-    t3 = _terms(scale, xval[xo + 3], waux[xo + 3])
-    t4 = _terms(scale, xval[xo + 4], waux[xo + 4])
-    t5 = _terms(scale, xval[xo + 5], waux[xo + 5])
-    t6 = _terms(scale, xval[xo + 6], waux[xo + 6])
-    t7 = _terms(scale, xval[xo + 7], waux[xo + 7])
-    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code, so vector loads
-    n = np.uint64(PAD * (desc & 255))
-    r0 = np.uint64(8) * p0
-    r1 = r0 + n
-    r2 = r1 + n
-    r3 = r2 + n
-    r4 = r3 + n
-    r5 = r4 + n
-    r6 = r5 + n
-    r7 = r6 + n
-    kmin = KEY_NONE
-    for c in range(n):
-        d2 = _F0 + _pick(codes[r0 + c], t0)
-        d2 = d2 + _pick(codes[r1 + c], t1)
-        d2 = d2 + _pick(codes[r2 + c], t2)
-        d2 = d2 + _pick(codes[r3 + c], t3)
-        d2 = d2 + _pick(codes[r4 + c], t4)
-        d2 = d2 + _pick(codes[r5 + c], t5)
-        d2 = d2 + _pick(codes[r6 + c], t6)
-        d2 = d2 + _pick(codes[r7 + c], t7)
-        kmin = min(kmin, (np.uint64(np.float32(d2).view(np.uint32)) << np.uint64(16)) | c)
-    if (kmin >> np.uint64(16)) >= FLT_MAX_BITS:
-        return -1
-    return np.int64(nidx[p0 + (kmin & np.uint64(0xFFFF))])
+    """iq2_find_best_neighbour (_search): the grid index, or -1 where ggml asserts."""
+    return _search(codes, nidx, desc, xval, waux, xo, scale)
 
 
 @njit(**KJIT)
@@ -192,41 +311,26 @@ def trials(nv, nt, scl, xval, weight, waux, wx, kx, codes, nidx, lv, ids, laux, 
     in ggml's element order. Returns True where a search asserts (ggml reaches every search of
     the loop, so one is enough)."""
     half = nt // 2
-    ntl = (nt + 7) // 8 * 8  # lanes: whole vectors (nt is a compile-time constant)
+    nch = (nt + LANES - 1) // LANES  # lanes: whole vectors (nt is a compile-time constant)
+    ntl = nch * LANES
     for t in range(nt):
         ids[t] = (np.float32(2 * KMAXQ - 1) + np.float32(t - half) * _F01) / scl
     for t in range(nt, ntl):  # padding lanes, never used
         ids[t] = ids[nt - 1]
-    for i in range(nv):
-        xv = xval[i]
-        for t in range(ntl):
-            laux[i, t] = max(np.int32(0), min(np.int32(KMAXQ - 1), nearest_int(_F05 * (ids[t] * xv - _F1))))
     abort = False
     for k in range(nv // 8):
-        for t in range(ntl):
-            uk[t] = (laux[8 * k, t] | (laux[8 * k + 1, t] << 2) | (laux[8 * k + 2, t] << 4) | (laux[8 * k + 3, t] << 6)
-                     | (laux[8 * k + 4, t] << 8) | (laux[8 * k + 5, t] << 10) | (laux[8 * k + 6, t] << 12)
-                     | (laux[8 * k + 7, t] << 14))
+        _round_group(ids, xval, 8 * k, laux, uk, nch)
         for t in range(nt):
             g = kx[uk[t]]
             onaux[t, k] = g >= 0
             if g < 0:
-                g = best_neighbour(-1 - g, codes, nidx, xval, 8 * k, waux, _F1 / ids[t])  # this_scale
+                g = _search(codes, nidx, -1 - g, xval, waux, 8 * k, _F1 / ids[t])  # this_scale
                 if g < 0:
                     abort = True
                     continue
                 for i in range(8):
                     laux[8 * k + i, t] = lv[g, i]
-    for t in range(ntl):
-        sqx[t] = _F0
-        sq2[t] = _F0
-    for i in range(nv):
-        wi = weight[i]
-        a = wx[i]
-        for t in range(ntl):
-            q = np.float32(2 * laux[i, t] + 1)
-            sqx[t] += a * q  # w*xval[i]*q
-            sq2[t] += wi * q * q
+    _lane_sums(laux, weight, wx, nv, nch, sqx, sq2)
     return abort
 
 
