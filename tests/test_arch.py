@@ -2631,9 +2631,11 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # with biases (gpt-oss), fused and stacked (granitemoeshared), per-expert merges in MoE layers after dense
 # ones (dots1, olmoe, phimoe, qwen2moe), MLA's kv_b_proj split (deepseek2-lite), Q/K permutation (deepseek),
 # Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
-# reshaped (lfm2), a "llama" file with experts (mixtral)
+# reshaped (lfm2), a "llama" file with experts (mixtral), renamed expert biases (afmoe, bailingmoe2, minimax-m2),
+# QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
-                  "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe")
+                  "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
+                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)

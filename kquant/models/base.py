@@ -697,6 +697,8 @@ class TextModel:
             return None
         if mod.endswith("e_score_correction") and is_bias:  # filter_name's rename, undone
             return f"{cls.layer_prefix}{bid}.{mod}_bias"
+        if mod.endswith("expert_bias") and is_bias:  # filter_name's ".expert_bias" -> ".expert_bias.bias", undone
+            return f"{cls.layer_prefix}{bid}.{mod}"
         return f"{cls.layer_prefix}{bid}.{mod}" + (".bias" if is_bias else ".weight")
 
     @classmethod
