@@ -1022,6 +1022,19 @@ def case_nemotron_h(rng):
     return c, t, "gpt-2", {}
 
 
+def f32_a_log(rng, n: int) -> np.ndarray:
+    """An F32 A_log (log(1..n) plus noise, not BF16 values) half of whose values are inputs where torch's float32
+    exp is not the correctly rounded one (found with kquant's port of it, models/vml_exp.py): the converter's
+    -torch.exp(A_log) then checks the port end to end."""
+    from kquant.models.vml_exp import vml_exp
+
+    x = (np.log(np.arange(1, 2001, dtype=np.float64) % n + 1) + rng.uniform(-0.5, 0.5, 2000)).astype(np.float32)
+    hard = vml_exp(x) != np.exp(x.astype(np.float64)).astype(np.float32)
+    out = np.concatenate([x[hard][: n // 2], x[~hard][: n - n // 2]])
+    assert len(out) == n
+    return out
+
+
 def case_nemotron_h_moe(rng, mtp: bool = False):
     # Nemotron 3 Nano's config.json keys (raw: transformers 4.57.6 has no class) at width 256, pattern "ME*E": Mamba-2,
     # 4 sigmoid-routed relu^2 experts (up/down) with e_score_correction_bias and a shared expert, attention (GQA);
@@ -1065,6 +1078,7 @@ def case_nemotron_h_moe(rng, mtp: bool = False):
         t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
         if kind == "M":
             t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+            t[p + "mixer.A_log"] = (f32_a_log(rng, 8), "F32")
         elif kind == "*":
             attention(p)
         else:
