@@ -743,40 +743,45 @@ def _seq_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
 
 
 @njit(**KJIT)
-def _seq_m(pp, bs, xp, xm, scale, cb):
-    """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
-    pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
-    best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
-    two halves; C's expressions with the terms of i1 alone hoisted (the same operations), tested
-    LANES splits at once as in _split_s (_test_m)."""
+def _m_terms(pp, bs, xp, xm):
+    """The terms of quantize_row_iq1_m_impl's split loop that no split changes (for _seq_m and
+    _split_m; pp as there): (cp1, cm1, cp2, cm2, txp0, txm0, txp1, txm1, twp0, twm0, twp1, twm1)."""
     p2 = xp[2]
     m2 = xm[2]
     cp1 = xp[0] * xp[0] - xp[1] * xp[1]
     cp2 = xp[1] * xp[1] - xp[2] * xp[2]
     cm1 = xm[0] * xm[0] - xm[1] * xm[1]
     cm2 = xm[1] * xm[1] - xm[2] * xm[2]
-    X0 = 0
-    X1 = M_ROW
-    W0 = 2 * M_ROW
-    W1 = 3 * M_ROW
-    txp0 = pp[X0 + bs] * p2
-    txm0 = pp[X0 + bs] * m2
-    txp1 = pp[X1 + bs] * p2
-    txm1 = pp[X1 + bs] * m2
-    twp0 = pp[W0 + bs] * p2 * p2
-    twm0 = pp[W0 + bs] * m2 * m2
-    twp1 = pp[W1 + bs] * p2 * p2
-    twm1 = pp[W1 + bs] * m2 * m2
+    return (cp1, cm1, cp2, cm2, pp[bs] * p2, pp[bs] * m2, pp[M_ROW + bs] * p2, pp[M_ROW + bs] * m2,
+            pp[2 * M_ROW + bs] * p2 * p2, pp[2 * M_ROW + bs] * m2 * m2,
+            pp[3 * M_ROW + bs] * p2 * p2, pp[3 * M_ROW + bs] * m2 * m2)
+
+
+@njit(**KJIT)
+def _m_row(pp, i1, t):
+    """The terms of the splits (i1, i2 >= i1) that depend on i1 alone, as _test_m / _pass_m take them."""
+    cp1, cm1, cp2, cm2, txp0, txm0, txp1, txm1, twp0, twm0, twp1, twm1 = t
+    ap0 = twp0 + pp[2 * M_ROW + i1] * cp1
+    am0 = twm0 + pp[2 * M_ROW + i1] * cm1
+    ap1 = twp1 + pp[3 * M_ROW + i1] * cp1
+    am1 = twm1 + pp[3 * M_ROW + i1] * cm1
+    return (pp[i1], pp[M_ROW + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+
+
+@njit(**KJIT)
+def _seq_m(pp, bs, xp, xm, scale, cb):
+    """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
+    pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
+    best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
+    two halves; C's expressions with the terms of i1 alone hoisted (the same operations), tested
+    LANES splits at once as in _split_s (_test_m)."""
+    t = _m_terms(pp, bs, xp, xm)
     best = -_FLT_MAX
     besti1 = -1
     besti2 = -1
     best_k = -1
     for i1 in range(bs + 1):
-        ap0 = twp0 + pp[W0 + i1] * cp1
-        am0 = twm0 + pp[W0 + i1] * cm1
-        ap1 = twp1 + pp[W1 + i1] * cp1
-        am1 = twm1 + pp[W1 + i1] * cm1
-        h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        h = _m_row(pp, i1, t)
         for i0 in range(i1, bs + 1, LANES):
             n = np.int64(bs + 1 - i0)
             if _test_m(pp, np.uint64(i0), n, h, best) == 0:
@@ -841,32 +846,11 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
 def _split_m(pp, bs, xp, xm, scale, cb, ch):
     """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
     nk = 4
-    p2 = xp[2]
-    m2 = xm[2]
-    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
-    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
-    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
-    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
-    X0 = 0
-    X1 = M_ROW
-    W0 = 2 * M_ROW
-    W1 = 3 * M_ROW
-    txp0 = pp[X0 + bs] * p2
-    txm0 = pp[X0 + bs] * m2
-    txp1 = pp[X1 + bs] * p2
-    txm1 = pp[X1 + bs] * m2
-    twp0 = pp[W0 + bs] * p2 * p2
-    twm0 = pp[W0 + bs] * m2 * m2
-    twp1 = pp[W1 + bs] * p2 * p2
-    twm1 = pp[W1 + bs] * m2 * m2
+    t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
     c = 0
     for i1 in range(bs + 1):
-        ap0 = twp0 + pp[W0 + i1] * cp1
-        am0 = twm0 + pp[W0 + i1] * cm1
-        ap1 = twp1 + pp[W1 + i1] * cp1
-        am1 = twm1 + pp[W1 + i1] * cm1
-        h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        h = _m_row(pp, i1, t)
         for i0 in range(i1, bs + 1, LANES):
             nan |= _pass_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, cb, c * (3 * nk * LANES))
             ch[2 * c] = i1
