@@ -243,7 +243,8 @@ _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF_F = np.float32(0.5)
 NT_XXS, NT_S = 31, 19  # trial scales: is = -15..15 / -9..9
-NT_MAX = 32  # trial lanes
+NT_MAX = 32  # trial lanes (IQ3_XXS; IQ3_S uses the first NT_S_LANES)
+NT_S_LANES = 24
 FLT_MAX_BITS = np.uint64(0x7F7FFFFF)  # float32 FLT_MAX as bits
 
 
@@ -416,20 +417,21 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nn, nq, nidx, lv,
         idv = (np.float32(2 * KMAXQ - 1) + np.float32(t - half) * np.float32(0.2)) / mx
         ids[t] = idv
         scs[t] = _F1 / idv
-    for t in range(nt, NT_MAX):  # padding lanes, never used: whole vectors in the lane loops
+    ntl = NT_MAX if xxs else NT_S_LANES  # lanes: nt rounded up to whole vectors
+    for t in range(nt, ntl):  # padding lanes, never used: whole vectors in the lane loops
         ids[t] = ids[nt - 1]
     for t in range(nt, NT_MAX + LANES):
         scs[t] = scs[nt - 1]
-    for t in range(NT_MAX):
+    for t in range(ntl):
         sqx[t] = _F0
         sq2[t] = _F0
     abort = False
     for k in range(8):
         x0, x1, x2, x3 = xval[4 * k], xval[4 * k + 1], xval[4 * k + 2], xval[4 * k + 3]
-        for t in range(NT_MAX):
+        for t in range(ntl):
             idv = ids[t]
             uk[k, t] = _level(idv, x0) | (_level(idv, x1) << 3) | (_level(idv, x2) << 6) | (_level(idv, x3) << 9)
-        for t in range(NT_MAX):
+        for t in range(ntl):
             gk[k, t] = kmap[np.uint32(uk[k, t])]
         for i in range(4):
             xw[i] = xval[4 * k + i]
@@ -459,7 +461,7 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nn, nq, nidx, lv,
             gk[k, t] = sel(g < np.int32(0), r, g)
         a0, a1, a2, a3 = wx[4 * k], wx[4 * k + 1], wx[4 * k + 2], wx[4 * k + 3]
         b0, b1, b2, b3 = w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]
-        for t in range(NT_MAX):
+        for t in range(ntl):
             g = gk[k, t]
             g = np.uint32(sel(g < np.int32(0), np.int32(0), g))
             q0, q1, q2, q3 = qf[0, g], qf[1, g], qf[2, g], qf[3, g]
