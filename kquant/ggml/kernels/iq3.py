@@ -37,10 +37,12 @@ a NaN scale; reachable only when float32 intermediates overflow or turn NaN: NaN
 scale in that block, so kquant.ggml.quants' scale check refuses the tensor with a one-line error.
 
 Speed (same bytes): the 31 (IQ3_XXS) or 19 (IQ3_S) trial scales of a sub-block are lanes (padded
-to 32): their roundings and their two weighted sums, each in ggml's element order, run side by
-side. The neighbour search runs over each candidate list as lanes (lists padded to whole
-vectors, coordinates stored as floats, unsigned indices for contiguous loads) and picks ggml's
-first smallest d2 as an integer minimum (`best_neighbour`).
+to 32), group by group: their roundings, kmap lookups and their terms of the two weighted sums
+(each in ggml's element order). The trials that round a group to the same off-grid vector form
+runs (the levels grow with 1/scale: ~3 runs per group instead of ~23 searches); a run's
+neighbour searches share the candidate list and run as 8 trial lanes over its candidates
+(`_run_search`, an LLVM vector intrinsic keeping ggml's `d2 < best_d2` per lane). The final
+re-search at the chosen scale has the candidates as lanes (`best_neighbour`).
 """
 
 from __future__ import annotations
@@ -48,13 +50,18 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from numba import njit
+from llvmlite import ir as llvm_ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.cpython.unsafe.numbers import trailing_zeros
+from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
-from ._common import get_f16, nearest_int, put_f16
+from ._common import get_f16, nearest_int, put_f16, sel
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no reference counting
 KMAXQ = 8
 KMAP_SIZE = 4096
 GROUP_MAX_EPS_IQ3_XXS = np.float32(1e-8)
@@ -223,16 +230,21 @@ G256, KMAP256, _ = grid_tables(256)
 G512, KMAP512, _ = grid_tables(512)
 ST256, NP256, NQ256, NI256 = search_tables(256)
 ST512, NP512, NQ512, NI512 = search_tables(512)
+NN256, NN512 = (np.where(k < 0, nb[np.maximum(-k - 1, 0)], 0).astype(np.uint32)
+                for _, k, nb in (grid_tables(256), grid_tables(512)))  # list lengths (unpadded)
 XXS_DQ = XXS_DQ_VALUES[G256]  # (256, 4) dequantizer bytes
 S_DQ = (2 * G512 + 1).astype(np.uint8)  # (512, 4)
 KSIGNS = ksigns()
+QF256 = np.ascontiguousarray((2 * G256 + 1).T.astype(np.float32))  # (4, 256): grid bytes as floats
+QF512 = np.ascontiguousarray((2 * G512 + 1).T.astype(np.float32))  # (4, 512)
 
 # -------------------------------------------------------------------------------------- quantize
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 _HALF_F = np.float32(0.5)
 NT_XXS, NT_S = 31, 19  # trial scales: is = -15..15 / -9..9
-NT_MAX = 32  # trial lanes
+NT_MAX = 32  # trial lanes (IQ3_XXS; IQ3_S uses the first NT_S_LANES)
+NT_S_LANES = 24
 FLT_MAX_BITS = np.uint64(0x7F7FFFFF)  # float32 FLT_MAX as bits
 
 
@@ -263,49 +275,121 @@ def best_neighbour(st, npad, nq, nidx, u, x0, x1, x2, x3, w0, w1, w2, w3, scale)
     return np.int64(nidx[p0 + (kmin & np.uint64(0xFF))])
 
 
-@njit(**JIT)
-def _round_levels(idv, xv):
-    """MAX(0, MIN(kMaxQ-1, nearest_int(0.5f*(id*x - 1))))"""
-    return max(0, min(KMAXQ - 1, nearest_int(_HALF_F * (idv * xv - _F1))))
+# The trials of a sub-block that round a group to the same off-grid vector u form one run (the
+# levels grow with the trial's 1/scale); a run's searches share u's candidate list, x and weights,
+# and differ only in the scale. `_run_search` does LANES trials of a run at once, the candidates
+# one by one: each lane keeps its smallest d2 and the first candidate that reached it, with
+# ggml's own test `d2 < best_d2` (best_d2 = FLT_MAX at first), so no reduction across lanes.
+# Written as Python loops, 8-lane loops run scalar (numba fully unrolls them before its loop
+# vectorizer and leaves LLVM's SLP vectorizer off), hence an intrinsic: straight-line vector code
+# with C's float operations in C's order (no fast-math flags: no contraction, no reassociation).
+LANES = 8
+_V8 = llvm_ir.VectorType(llvm_ir.FloatType(), LANES)
+_I32 = llvm_ir.IntType(32)
+_I64 = llvm_ir.IntType(64)
+_VI8 = llvm_ir.VectorType(_I32, LANES)
 
 
-@njit(**JIT)
-def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, waux, xval, wx, bsigns, L, laux,
-             onaux, ong,
-             ids, scs, sqx, sq2, uk):
+def _splat(builder, v, vty):
+    u = builder.insert_element(llvm_ir.Constant(vty, llvm_ir.Undefined), v, _I32(0))
+    return builder.shuffle_vector(u, llvm_ir.Constant(vty, llvm_ir.Undefined), llvm_ir.Constant(_VI8, [0] * LANES))
+
+
+@intrinsic
+def _run_search(typingctx, nq, nidx, p0, n, xw, scs, t0, res):
+    """res[t0:t0+LANES] = for each lane (trial t0 + lane, scale scs[t0 + lane]) the grid index
+    (nidx) of the first candidate of u's list (nq columns p0 .. p0+n-1) with the smallest
+    d2 < FLT_MAX, -1 if none: iq3_find_best_neighbour's loop. xw = (x0..x3, w0..w3) of the group
+    (waux weights)."""
+    sig = types.void(nq, nidx, types.uint64, types.int64, xw, scs, types.int64, res)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        nqa = context.make_array(signature.args[0])(context, f, args[0])
+        rows = [f.bitcast(f.gep(f.bitcast(nqa.data, llvm_ir.IntType(8).as_pointer()),
+                                [f.mul(f.extract_value(nqa.strides, 0), _I64(i))]), llvm_ir.FloatType().as_pointer())
+                for i in range(4)]
+        nid = context.make_array(signature.args[1])(context, f, args[1]).data
+        args = [args[0]] + list(args[2:])
+        signature = types.void(signature.args[0], *signature.args[2:])
+        xwd = context.make_array(signature.args[3])(context, f, args[3]).data
+        xs = [_splat(f, f.load(f.gep(xwd, [_I64(i)])), _V8) for i in range(4)]
+        ws = [_splat(f, f.load(f.gep(xwd, [_I64(4 + i)])), _V8) for i in range(4)]
+        scd = context.make_array(signature.args[4])(context, f, args[4]).data
+        sc = f.load(f.bitcast(f.gep(scd, [args[5]]), _V8.as_pointer()), align=4)
+        bestd = cgutils.alloca_once_value(f, llvm_ir.Constant(_V8, [float(np.finfo(np.float32).max)] * LANES))
+        besti = cgutils.alloca_once_value(f, llvm_ir.Constant(_VI8, [-1] * LANES))
+        zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+        with cgutils.for_range(f, args[2]) as loop:
+            c = loop.index
+            e = f.add(args[1], c)
+            d2 = zero
+            for i in range(4):
+                q = _splat(f, f.load(f.gep(rows[i], [e])), _V8)
+                diff = f.fsub(f.fmul(sc, q), xs[i])
+                d2 = f.fadd(d2, f.fmul(f.fmul(ws[i], diff), diff))
+            bd = f.load(bestd)
+            lt = f.fcmp_ordered("<", d2, bd)
+            f.store(f.select(lt, d2, bd), bestd)
+            g = f.zext(f.load(f.gep(nid, [e])), _I32)
+            f.store(f.select(lt, _splat(f, g, _VI8), f.load(besti)), besti)
+        rd = context.make_array(signature.args[6])(context, f, args[6]).data
+        f.store(f.load(besti), f.bitcast(f.gep(rd, [args[5]]), _VI8.as_pointer()), align=4)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(inline="always", **JIT)
+def _level(idv, xv):
+    """MAX(0, MIN(kMaxQ-1, nearest_int(0.5f*(id*x - 1)))) as int32 (one block: vectorizes)."""
+    q = nearest_int(_HALF_F * (idv * xv - _F1))
+    q = sel(q > np.int32(KMAXQ - 1), np.int32(KMAXQ - 1), q)
+    return sel(q < np.int32(0), np.int32(0), q)
+
+
+@njit(**KJIT)
+def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nn, nq, nidx, lv, qf, w, waux, xval, wx, bsigns, L,
+             ong, ids, scs, sqx, sq2, gk, uk, xw, res):
     """The per-sub-block part of quantize_row_iq3_xxs_impl (xxs=True, grid 256) or of
     quantize_row_iq3_s_impl (xxs=False, grid 512, block_size 32) for x[xo:xo+32].
 
     Returns (scale, status): status 0 = L (levels, (32,)) and bsigns (4 sign masks) hold the
     result; 1 = the sub-block is skipped (max below ggml's threshold: scale 0, nothing written);
-    2 = ggml aborts here. The other arrays are scratch: laux (32, NT_MAX) trial levels, onaux
-    (NT_MAX, 8) trial on-grid flags, ong (8,), ids/scs/sqx/sq2/uk (NT_MAX,)."""
-    for i in range(32):
-        xv = x[xo + i]
-        if weighted:
-            w[i] = qw[xo + i] * np.sqrt(sigma2 + xv * xv)
-        else:
+    2 = ggml aborts here. The other arrays are scratch: ong (8,) on-grid flags, ids/scs/sqx/sq2
+    (NT_MAX,) per trial, gk/uk (8, NT_MAX) each group's grid index and level vector per trial.
+
+    Group by group (k = 0..7), the trials are lanes: their levels and kmap lookups, then the
+    neighbour searches of the trials off the grid, then the group's terms of the trials' two sums
+    (ggml adds them in element order 0..31, which group-major order keeps)."""
+    xo = np.uint64(xo)  # unsigned indices: no wraparound code, so contiguous vector loads
+    if weighted:
+        for i in range(32):
+            xv = x[xo + np.uint64(i)]
+            w[i] = qw[xo + np.uint64(i)] * np.sqrt(sigma2 + xv * xv)
+    else:
+        for i in range(32):
+            xv = x[xo + np.uint64(i)]
             w[i] = xv * xv
     for i in range(32):
         waux[i] = np.sqrt(w[i])
+    for i in range(32):
+        xv = x[xo + np.uint64(i)]
+        xval[i] = sel(xv >= _F0, xv, -xv)
     for k in range(4):
         nflip = 0
         s = 0
         for i in range(8):
-            xv = x[xo + 8 * k + i]
-            if xv >= _F0:
-                xval[8 * k + i] = xv
-            else:
-                xval[8 * k + i] = -xv
-                nflip += 1
-                s |= 1 << i
+            neg = not x[xo + np.uint64(8 * k + i)] >= _F0
+            nflip += neg
+            s |= np.int64(neg) << i
         if xxs:
             if nflip % 2:
                 imin = 0
-                xv = x[xo + 8 * k]
+                xv = x[xo + np.uint64(8 * k)]
                 mn = w[8 * k] * xv * xv
                 for i in range(1, 8):
-                    xv = x[xo + 8 * k + i]
+                    xv = x[xo + np.uint64(8 * k + i)]
                     ax = w[8 * k + i] * xv * xv
                     if ax < mn:
                         mn = ax
@@ -333,41 +417,56 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
         idv = (np.float32(2 * KMAXQ - 1) + np.float32(t - half) * np.float32(0.2)) / mx
         ids[t] = idv
         scs[t] = _F1 / idv
-    for t in range(nt, NT_MAX):  # padding lanes, never used: whole vectors in the lane loops
+    ntl = NT_MAX if xxs else NT_S_LANES  # lanes: nt rounded up to whole vectors
+    for t in range(nt, ntl):  # padding lanes, never used: whole vectors in the lane loops
         ids[t] = ids[nt - 1]
-    # the trials' levels, lanes over t
-    for i in range(32):
-        xv = xval[i]
-        for t in range(NT_MAX):
-            laux[i, t] = _round_levels(ids[t], xv)
-    abort = False
-    for k in range(8):
-        for t in range(nt):
-            uk[t] = laux[4 * k, t] | (laux[4 * k + 1, t] << 3) | (laux[4 * k + 2, t] << 6) | (laux[4 * k + 3, t] << 9)
-        x0, x1, x2, x3 = xval[4 * k], xval[4 * k + 1], xval[4 * k + 2], xval[4 * k + 3]
-        w0, w1, w2, w3 = waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3]
-        for t in range(nt):
-            u = uk[t]
-            g = kmap[u]
-            onaux[t, k] = g >= 0
-            if g < 0:
-                g = best_neighbour(st, npad, nq, nidx, u, x0, x1, x2, x3, w0, w1, w2, w3, scs[t])
-                if g < 0:
-                    abort = True
-                else:
-                    for i in range(4):
-                        laux[4 * k + i, t] = lv[g, i]
-    # the two sums of every trial, each in ggml's element order, lanes over t
-    for t in range(NT_MAX):
+    for t in range(nt, NT_MAX + LANES):
+        scs[t] = scs[nt - 1]
+    for t in range(ntl):
         sqx[t] = _F0
         sq2[t] = _F0
-    for i in range(32):
-        wi = w[i]
-        a = wx[i]
-        for t in range(NT_MAX):
-            q = np.float32(2 * laux[i, t] + 1)
-            sqx[t] += a * q
-            sq2[t] += wi * q * q
+    abort = False
+    for k in range(8):
+        x0, x1, x2, x3 = xval[4 * k], xval[4 * k + 1], xval[4 * k + 2], xval[4 * k + 3]
+        for t in range(ntl):
+            idv = ids[t]
+            uk[k, t] = _level(idv, x0) | (_level(idv, x1) << 3) | (_level(idv, x2) << 6) | (_level(idv, x3) << 9)
+        for t in range(ntl):
+            gk[k, t] = kmap[np.uint32(uk[k, t])]
+        for i in range(4):
+            xw[i] = xval[4 * k + i]
+            xw[4 + i] = waux[4 * k + i]
+        # runs of trials with the same off-grid u: bit t of `start` marks a run's first trial,
+        # bit t of `cont` a trial that continues the run of trial t - 1
+        start = np.uint32(0)
+        cont = np.uint32(0)
+        for t in range(nt):
+            off = gk[k, t] < 0
+            same = off and t > 0 and uk[k, t] == uk[k, t - 1]
+            start |= np.uint32(off and not same) << np.uint32(t)
+            cont |= np.uint32(same) << np.uint32(t)
+        while start:
+            t0 = trailing_zeros(start)
+            start &= start - np.uint32(1)
+            t1 = t0 + 1 + trailing_zeros(~(cont >> np.uint32(t0 + 1)))  # the run is t0 .. t1-1
+            u = uk[k, t0]
+            p0 = np.uint64(st[u])
+            n = np.int64(nn[u])
+            for tw in range(t0, t1, LANES):  # lanes past the run are rewritten by the next run
+                _run_search(nq, nidx, p0, n, xw, scs, tw, res)
+        for t in range(nt):
+            g = gk[k, t]
+            r = res[t]
+            abort |= (g < 0) & (r < 0)
+            gk[k, t] = sel(g < np.int32(0), r, g)
+        a0, a1, a2, a3 = wx[4 * k], wx[4 * k + 1], wx[4 * k + 2], wx[4 * k + 3]
+        b0, b1, b2, b3 = w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]
+        for t in range(ntl):
+            g = gk[k, t]
+            g = np.uint32(sel(g < np.int32(0), np.int32(0), g))
+            q0, q1, q2, q3 = qf[0, g], qf[1, g], qf[2, g], qf[3, g]
+            sqx[t] = (((sqx[t] + a0 * q0) + a1 * q1) + a2 * q2) + a3 * q3
+            sq2[t] = (((sq2[t] + b0 * q0 * q0) + b1 * q1 * q1) + b2 * q2 * q2) + b3 * q3 * q3
     best = _F0
     scale = mx / np.float32(2 * KMAXQ - 1)
     chosen = -1
@@ -377,10 +476,11 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
             best = scale * sqx[t]
             chosen = t
     if chosen >= 0:
-        for i in range(32):
-            L[i] = laux[i, chosen]
         for k in range(8):
-            ong[k] = onaux[chosen, k]
+            g = max(gk[k, chosen], 0)
+            for i in range(4):
+                L[4 * k + i] = lv[g, i]
+            ong[k] = kmap[uk[k, chosen]] >= 0
     else:
         for k in range(8):
             ong[k] = xxs  # ggml starts IQ3_XXS's is_on_grid all true, IQ3_S's all false
@@ -393,12 +493,11 @@ def search32(x, xo, qw, weighted, sigma2, xxs, kmap, st, npad, nq, nidx, lv, w, 
         for k in range(8):
             if xxs and ong[k]:
                 continue
-            u = 0
-            for i in range(4):
-                u |= _round_levels(idv, xval[4 * k + i]) << (3 * i)
+            u = _level(idv, xval[4 * k]) | (_level(idv, xval[4 * k + 1]) << 3) | (_level(idv, xval[4 * k + 2]) << 6) \
+                | (_level(idv, xval[4 * k + 3]) << 9)
             g = kmap[u]
             if g < 0:
-                g = best_neighbour(st, npad, nq, nidx, u, xval[4 * k], xval[4 * k + 1], xval[4 * k + 2],
+                g = best_neighbour(st, npad, nq, nidx, np.int64(u), xval[4 * k], xval[4 * k + 1], xval[4 * k + 2],
                                    xval[4 * k + 3], waux[4 * k], waux[4 * k + 1], waux[4 * k + 2], waux[4 * k + 3],
                                    scale)
             if g < 0:
@@ -434,10 +533,10 @@ def _group_index(kmap, L, k):
 @njit(**JIT)
 def _scratch():
     return (np.zeros(32, np.float32), np.zeros(32, np.float32), np.zeros(32, np.float32), np.zeros(32, np.float32),
-            np.zeros(4, np.int64), np.zeros(32, np.int64), np.zeros((32, NT_MAX), np.int64),
-            np.zeros((NT_MAX, 8), np.bool_), np.zeros(8, np.bool_), np.zeros(NT_MAX, np.float32),
-            np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32),
-            np.zeros(NT_MAX, np.int64), np.zeros(QK_K // 32, np.float32))
+            np.zeros(4, np.int64), np.zeros(32, np.int64), np.zeros(8, np.bool_), np.zeros(NT_MAX, np.float32),
+            np.zeros(NT_MAX + LANES, np.float32), np.zeros(NT_MAX, np.float32), np.zeros(NT_MAX, np.float32),
+            np.zeros((8, NT_MAX), np.int32), np.zeros((8, NT_MAX), np.int32), np.zeros(QK_K // 32, np.float32),
+            np.zeros(8, np.float32), np.zeros(NT_MAX + LANES, np.int32))
 
 
 @njit(**JIT)
@@ -452,7 +551,7 @@ def _sigma2(x, xo):
 def quantize_iq3_xxs(x, qw, out):
     """quantize_iq3_xxs (quantize_row_iq3_xxs_impl(256, ...) per row)."""
     weighted = qw.shape[0] == x.shape[1]
-    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk, scales = _scratch()
+    w, waux, xval, wx, bsigns, L, ong, ids, scs, sqx, sq2, gk, uk, scales, xw, res = _scratch()
     q3 = np.zeros(3 * QK_K // 8, np.uint8)
     sas = np.zeros(QK_K // 32, np.uint32)
     nbl = x.shape[1] // QK_K
@@ -468,8 +567,9 @@ def quantize_iq3_xxs(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NP256, NQ256, NI256,
-                                     G256, w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, True, KMAP256, ST256, NP256, NN256,
+                                     NQ256, NI256, G256, QF256, w, waux, xval, wx, bsigns, L, ong, ids, scs, sqx,
+                                     sq2, gk, uk, xw, res)
                 if st == 1:
                     scales[ib] = _F0
                     continue
@@ -505,7 +605,7 @@ def quantize_iq3_xxs(x, qw, out):
 def quantize_iq3_s(x, qw, out):
     """quantize_iq3_s (quantize_row_iq3_s_impl(32, ...) per row)."""
     weighted = qw.shape[0] == x.shape[1]
-    w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk, scales = _scratch()
+    w, waux, xval, wx, bsigns, L, ong, ids, scs, sqx, sq2, gk, uk, scales, xw, res = _scratch()
     nbl = x.shape[1] // QK_K
     for r in range(x.shape[0]):
         xr = x[r]
@@ -520,8 +620,9 @@ def quantize_iq3_s(x, qw, out):
             max_scale = _F0
             abort = False
             for ib in range(QK_K // 32):
-                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NP512, NQ512, NI512,
-                                     G512, w, waux, xval, wx, bsigns, L, laux, onaux, ong, ids, scs, sqx, sq2, uk)
+                scale, st = search32(xr, xo + 32 * ib, qw, weighted, sigma2, False, KMAP512, ST512, NP512, NN512,
+                                     NQ512, NI512, G512, QF512, w, waux, xval, wx, bsigns, L, ong, ids, scs, sqx,
+                                     sq2, gk, uk, xw, res)
                 if st == 1:
                     scales[ib] = _F0
                     continue
