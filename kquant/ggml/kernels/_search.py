@@ -285,6 +285,14 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
         if mse < best_mse:
             best_mse = mse
             iscale = iscale_is
+    return qp_final(n, nmax, x, L, quant_weights, iscale)
+
+
+# ggml-quants.c make_qp_quants, after its scale trials (also iq2.qp_quants')
+@njit(cache=True, error_model="numpy")
+def qp_final(n, nmax, x, L, quant_weights, iscale):
+    """The levels at the chosen iscale, then up to 5 passes that move single levels while that
+    raises sumlx^2 / suml2; the scale sumlx / suml2."""
     sumlx = F0
     suml2 = F0
     for i in range(n):

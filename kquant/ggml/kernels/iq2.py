@@ -51,6 +51,7 @@ from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
+from ._search import qp_final
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 # helpers that allocate nothing: no reference counting of the arrays they are handed (atomic
@@ -330,36 +331,7 @@ def qp_quants(n, nmax, x, L, quant_weights, isc, mse):
         if mse[j] < best_mse:
             best_mse = mse[j]
             iscale = isc[j]
-    sumlx = _F0
-    suml2 = _F0
-    for i in range(n):
-        l = min(nmax, nearest_int(iscale * x[i]))
-        L[i] = l
-        w = quant_weights[i]
-        fl = np.float32(l)
-        sumlx += w * x[i] * fl
-        suml2 += w * fl * fl
-    for itry in range(5):
-        n_changed = 0
-        for i in range(n):
-            w = quant_weights[i]
-            fLi = np.float32(L[i])
-            slx = sumlx - w * x[i] * fLi
-            sl2 = suml2 - w * fLi * fLi
-            if slx > _F0 and sl2 > _F0:
-                new_l = min(nmax, nearest_int(x[i] * sl2 / slx))
-                if new_l != L[i]:
-                    fnl = np.float32(new_l)
-                    slx += w * x[i] * fnl
-                    sl2 += w * fnl * fnl
-                    if slx * slx * suml2 > sumlx * sumlx * sl2:
-                        L[i] = new_l
-                        sumlx = slx
-                        suml2 = sl2
-                        n_changed += 1
-        if n_changed == 0:
-            break
-    return sumlx / suml2 if suml2 > _F0 else _F0
+    return qp_final(n, nmax, x, L, quant_weights, iscale)
 
 
 @intrinsic
