@@ -386,6 +386,10 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
             raise UnsupportedError(f"{_p(gf.path)}: --hf-names is not offered for {arch!r}: {why}")
         raise UnsupportedError(
             f"{_p(gf.path)}: --hf-names supports architectures {', '.join(models.inverse_architectures())}; this file is {arch!r}")
+    try:
+        fam = fam.inverse_for_file(gf.value)
+    except InputError as e:
+        raise InputError(f"{_p(gf.path)}: {e}") from None
     n_head = n_kv = None
     if fam.undo_permute:
         n_head = _head_count(gf, f"{arch}.attention.head_count")

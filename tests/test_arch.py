@@ -1243,6 +1243,37 @@ def case_glm4(rng):
     return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def case_glm4v(rng, moe: bool = False):
+    # GLM-4.1V / GLM-4.5V as transformers 4.57 saves them (Glm4v(Moe)ForConditionalGeneration: text_config with
+    # M-RoPE sections summing to rotary dim / 2 = 16, model.language_model.*, lm_head, model.visual.*): the
+    # GLM-4 layers (dense: Q/K rows permuted to NeoX order by the converter; no head_dim key, as released) or
+    # GLM-4.5's (MoE: one dense layer, one with 4 routed experts + 1 shared, no NextN, no q/k norms), untied
+    text = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                vocab_size=151936, max_position_embeddings=32768, rms_norm_eps=1e-5, partial_rotary_factor=0.5,
+                rope_theta=10000.0, tie_word_embeddings=False, pad_token_id=151643, eos_token_id=[151643, 151652, 151654],
+                rope_scaling={"type": "default", "rope_type": "default", "mrope_section": [4, 6, 6]},
+                model_type="glm4v_moe_text" if moe else "glm4v_text")
+    if moe:
+        text |= dict(attention_bias=True, moe_intermediate_size=256, n_routed_experts=4, num_experts_per_tok=2,
+                     n_shared_experts=1, first_k_dense_replace=1, n_group=1, topk_group=1, routed_scaling_factor=1.0,
+                     norm_topk_prob=True)
+        t = glm4moe_tensors(rng, text, nextn_full=False)
+    else:
+        t = dense_tensors(rng, {**text, "moe": True}, qkv_bias=True, lm_head=True)
+        for i in range(text["num_hidden_layers"]):
+            t |= glm4_layer_tensors(rng, text, i)
+    vision = {"depth": 1, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2, "patch_size": 14,
+              "spatial_merge_size": 2, "out_hidden_size": 256, "model_type": "glm4v_moe" if moe else "glm4v"}
+    c = {"architectures": ["Glm4vMoeForConditionalGeneration" if moe else "Glm4vForConditionalGeneration"],
+         "model_type": "glm4v_moe" if moe else "glm4v", "text_config": text, "vision_config": vision,
+         "image_token_id": 151343, "video_token_id": 151344, "tie_word_embeddings": False, "torch_dtype": "bfloat16"}
+    t = language_model(t, "model.language_model.")
+    t |= vision_parts(rng, {"model.visual.patch_embed.proj.weight": (32, 3, 2, 14, 14),
+                            "model.visual.blocks.0.attn.qkv.weight": (96, 32), "model.visual.post_layernorm.weight": (32,),
+                            "model.visual.merger.proj.weight": (256, 128)})
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
 def glm4moe_tensors(rng, c: dict, *, nextn_full: bool, dt="BF16") -> dict[str, tuple[np.ndarray, str]]:
     """GLM-4.5 layers: first_k_dense_replace dense MLPs, then router + e_score_correction_bias + routed and
     shared experts; then num_nextn_predict_layers NextN layers (MoE layers plus eh_proj, enorm, hnorm,
@@ -1998,6 +2029,7 @@ CASES = {
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
+    "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
     "deepseek32": case_deepseek32,
@@ -2737,10 +2769,11 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # ones (dots1, olmoe, phimoe, qwen2moe), MLA's kv_b_proj split (deepseek2-lite), Q/K permutation (deepseek),
 # Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
 # reshaped (lfm2), a "llama" file with experts (mixtral), renamed expert biases (afmoe, bailingmoe2, minimax-m2),
-# QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe)
+# QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe),
+# Q/K rotary rows to NeoX order for M-RoPE (glm4v: told from the file's rope.dimension_sections)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
                   "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
-                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe")
+                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)

@@ -729,6 +729,12 @@ class TextModel:
         return [x.source.format(bid=bid, xid=i, w=w) for i in range(n_expert)]
 
     @classmethod
+    def inverse_for_file(cls, value) -> type["TextModel"]:
+        """The class whose HF names and row orders `dequantize --hf-names` uses for one file of this
+        architecture (`value(key)`: its metadata, None when absent); default: this class."""
+        return cls
+
+    @classmethod
     def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:
         """HF row j = GGUF row gather[j] for tensors whose rows the conversion reordered, else None."""
         return None

@@ -9,12 +9,21 @@ biases, post-attention and post-MLP norms and partial rotary embeddings. GLM-4.5
 default (without --no-mtp) as extra blocks: block_count includes them and their eh_proj / enorm /
 hnorm / embed_tokens / shared_head tensors become `blk.N.nextn.*`.
 
-Not registered: `Glm4vForConditionalGeneration` / `Glm4vMoeForConditionalGeneration` (their text
-model uses M-RoPE: Q/K rows permuted to NeoX order and rope sections, which kquant does not
-write) and `Glm4MoeLiteForCausalLM` (a DeepSeek-2 MLA model)."""
+GLM-4.1V (`Glm4vForConditionalGeneration`) and GLM-4.5V (`Glm4vMoeForConditionalGeneration`): the
+converter registers them on Glm4Model / Glm4MoeModel; their text model (`text_config`, under
+model.language_model.*) is written as GLM-4 / GLM-4.5 under the glm4 / glm4moe architectures, with
+the M-RoPE sections (`rope_scaling.mrope_section`) as rope.dimension_sections. With M-RoPE,
+Glm4Model permutes the rotary rows of Q/K (weights and biases) to NeoX order (normal_to_neox:
+per head, even rotary rows, then odd ones, then the non-rotary rows); the MoE release needs no
+permutation. The vision tower (model.visual.*) is not converted, as without --mmproj.
+
+Not registered: `Glm4MoeLiteForCausalLM` (a DeepSeek-2 MLA model)."""
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+import numpy as np
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
@@ -38,6 +47,29 @@ GLM4_MOE_CONFIG = HFConfig("glm4_moe", dict(
     routed_scaling_factor=1.0, n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True,
     use_qk_norm=False,
 ), rope_type_alias=True)
+# configuration_glm4v.py Glm4vTextConfig.__init__ (no head_dim, partial_rotary_factor or attention_bias)
+# and Glm4vConfig.__init__ (the composite: text_config, vision_config and the image/video token ids)
+GLM4V_TEXT_CONFIG = HFConfig("glm4v_text", dict(
+    vocab_size=151552, hidden_size=4096, intermediate_size=13696, num_hidden_layers=40, num_attention_heads=32,
+    num_key_value_heads=2, max_position_embeddings=32768, rms_norm_eps=1e-5, tie_word_embeddings=False,
+    rope_theta=10000.0, rope_scaling=None, image_token_id=None, video_token_id=None,
+), rope_type_alias=True, kv_heads_fallback=True)
+GLM4V_CONFIG = HFConfig("glm4v", dict(
+    image_token_id=151343, video_token_id=151344, image_start_token_id=151339, image_end_token_id=151340,
+    video_start_token_id=151341, video_end_token_id=151342,
+), text_config="glm4v_text")
+# configuration_glm4v_moe.py Glm4vMoeTextConfig.__init__ / Glm4vMoeConfig.__init__
+GLM4V_MOE_TEXT_CONFIG = HFConfig("glm4v_moe_text", dict(
+    vocab_size=151424, hidden_size=4096, intermediate_size=10944, num_hidden_layers=46, num_attention_heads=96,
+    partial_rotary_factor=0.5, num_key_value_heads=8, max_position_embeddings=65536, rms_norm_eps=1e-5,
+    tie_word_embeddings=False, rope_theta=10000.0, rope_scaling=None, attention_bias=True,
+    moe_intermediate_size=1408, num_experts_per_tok=8, n_shared_experts=1, n_routed_experts=128,
+    routed_scaling_factor=1.0, n_group=1, topk_group=1, first_k_dense_replace=1, norm_topk_prob=True,
+), rope_type_alias=True)
+GLM4V_MOE_CONFIG = HFConfig("glm4v_moe", dict(
+    image_token_id=151363, video_token_id=151364, image_start_token_id=151339, image_end_token_id=151340,
+    video_start_token_id=151341, video_end_token_id=151342,
+), text_config="glm4v_moe_text")
 
 QKV_BIASES = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
 ATTENTION = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("mlp.") and k != "post_attention_layernorm"}
@@ -108,13 +140,54 @@ def rope_dimension(model: TextModel, default_factor: float) -> int:
     return int(rope_dim * factor)
 
 
-@register("Glm4ForCausalLM")
+# Glm4Model.normal_to_neox, as a row gather: out row (h, i) = source row (h, perm[i])
+def normal_to_neox(n_rows: int, head_dim: int, rot: int) -> np.ndarray:
+    """Row order of normal_to_neox(W): per head of `head_dim` rows, the even rows of the first `rot`
+    (int(head_dim * partial_rotary_factor)), the odd ones, then the non-rotary rows."""
+    if head_dim <= 0 or n_rows % head_dim:
+        raise InputError(f"cannot permute {n_rows} rows into heads of {head_dim} rows (Glm4Model.normal_to_neox)")
+    if rot % 2 or not 0 <= rot <= head_dim:
+        raise InputError(f"rotary dimension {rot} of heads of {head_dim} rows must be even (Glm4Model.normal_to_neox)")
+    one = np.concatenate([np.arange(0, rot, 2), np.arange(1, rot, 2), np.arange(rot, head_dim)]).astype(np.int64)
+    return (np.arange(n_rows // head_dim, dtype=np.int64)[:, None] * head_dim + one[None, :]).reshape(-1)
+
+
+@register("Glm4ForCausalLM", "Glm4vForConditionalGeneration")
 class Glm4Model(TextModel):
     model_arch = MODEL_ARCH.GLM4
-    configs = (GLM4_CONFIG,)
+    configs = (GLM4_CONFIG, GLM4V_CONFIG, GLM4V_TEXT_CONFIG)
     layer = GLM4_LAYER
     bias_ok = QKV_BIASES
     inverse_names = True
+    # --hf-names on a file with M-RoPE sections (inverse_for_file): the rotary dimension of its Q/K rows
+    mrope_rot_dim: ClassVar[int] = 0
+
+    # Glm4Model.modify_tensors: with M-RoPE the Q/K rows (weights and biases) go to NeoX order
+    def modify_tensors(self, t, name, gname, base, bid):
+        if "mrope_section" in self.rp and name.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias")):
+            hp = self.hp
+            head_dim = hp.get("head_dim", hp["hidden_size"] // hp["num_attention_heads"])
+            rot = int(head_dim * self.rp.get("partial_rotary_factor", 0.5))
+            return [self.spec(gname, t, row_perm=normal_to_neox(t[1][0], head_dim, rot))]
+        return super().modify_tensors(t, name, gname, base, bid)
+
+    @classmethod
+    def inverse_for_file(cls, value):
+        """A GLM-4 file with rope.dimension_sections came from M-RoPE (GLM-4.1V): its Q/K rows are permuted."""
+        arch = cls.arch_name()
+        if value(f"{arch}.rope.dimension_sections") is None:
+            return cls
+        rot = value(f"{arch}.rope.dimension_count")
+        if isinstance(rot, bool) or not isinstance(rot, int) or rot <= 0 or rot % 2:
+            raise InputError(f"key '{arch}.rope.dimension_count' is {rot!r}, expected a positive even integer")
+        return type("Glm4vInverse", (cls,), {"undo_permute": True, "mrope_rot_dim": rot})
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        if not cls.mrope_rot_dim or base not in ("attn_q", "attn_k"):
+            return None
+        head_dim = n_rows // (n_head if base == "attn_q" else n_head_kv)
+        return np.argsort(normal_to_neox(n_rows, head_dim, cls.mrope_rot_dim))
 
     def tensor_shapes(self):
         shapes = super().tensor_shapes()
@@ -132,10 +205,12 @@ class Glm4Model(TextModel):
         self.u32("rope.dimension_count", rope_dimension(self, 0.5), "partial_rotary_factor")
 
 
-@register("Glm4MoeForCausalLM")
+# the converter registers both on Glm4MoeModel ("unlike GLM4V non-MoE, we don't need to permute Q/K here
+# since GLM4V_MOE uses Neox ordering already")
+@register("Glm4MoeForCausalLM", "Glm4vMoeForConditionalGeneration")
 class Glm4MoeModel(TextModel):
     model_arch = MODEL_ARCH.GLM4_MOE
-    configs = (GLM4_MOE_CONFIG,)
+    configs = (GLM4_MOE_CONFIG, GLM4V_MOE_CONFIG, GLM4V_MOE_TEXT_CONFIG)
     layer = MOE_ATTENTION | QK_NORM_LAYER | DENSE_MLP | ROUTER | SHARED | NEXTN  # any layer's modules
     bias_ok = QKV_BIASES
     bias_only = ("mlp.gate.e_score_correction",)
