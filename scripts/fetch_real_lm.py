@@ -181,7 +181,7 @@ def compute_imatrix(model_dir: Path, text: str, out: Path) -> None:
     from transformers import LlamaForCausalLM
 
     torch.set_num_threads(2)
-    model = LlamaForCausalLM.from_pretrained(str(model_dir), torch_dtype=torch.float32).eval()
+    model = LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     cfg = json.loads((model_dir / "config.json").read_text())
     ids = np.array(Tokenizer.from_file(str(model_dir / "tokenizer.json")).encode(text).ids, dtype=np.int64)
     n_chunks = min(IMATRIX_CHUNKS, len(ids) // IMATRIX_CHUNK)
