@@ -19,8 +19,11 @@ and, for the kernels' searches, the neighbour lists laid out as SIMD lanes (`lis
     nidx        uint16 (P,)   each candidate's grid index, in ggml's order
     levels      int64 (n, 8)  l_i of grid point k
 
-The tables are built once per process (lru_cache) by a compiled builder, and handed to the
-compiled kernels through `tables()` / `lists()` (one object-mode call per kernel call).
+kmap and neighbours (by a compiled builder) and the lane lists (numpy) are built once, then
+stored in the table cache beside numba's cache (kquant.ggml.kernels._tablecache, keyed by a hash
+of this module's source and the grid): a later process loads them (milliseconds) instead of
+building them (seconds). They are kept per process (lru_cache) and handed to the compiled
+kernels through `lists()` (one object-mode call per kernel call).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import numpy as np
 from numba import njit, objmode
 
 from ._iq_grids import KGRID_1BIT_2048, KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
+from ._tablecache import key_of, load_or_build, module_source
 
 KMAP_SIZE = 43692  # iq2xs_init_impl `kmap_size`
 # iq2_data_index: 0 IQ2_XXS, 1 IQ2_XS, 2 IQ1_S and IQ1_M, 3 IQ2_S; with the grid and `nwant`
@@ -104,35 +108,11 @@ def _build(grid, nwant):
 _lock = threading.Lock()
 
 
-@njit(cache=True)
-def _transpose(grid, kmap, nb):
-    coords = np.zeros(8 * nb.shape[0], dtype=np.int8)
-    for u in range(KMAP_SIZE):
-        if kmap[u] >= 0:
-            continue
-        st = -kmap[u] - 1
-        n = np.int64(nb[st])
-        for j in range(n):
-            g = np.int64(nb[st + 1 + j])
-            for i in range(8):
-                coords[8 * (st + 1) + i * n + j] = grid[g, i]
-    return coords
-
-
-@lru_cache(maxsize=None)
-def _tables(which: int):
-    kgrid, nwant = _KGRIDS[which]
-    grid = grid_points(kgrid)
-    kmap, nb = _build(grid, nwant)
-    return grid, kmap, nb, _transpose(grid, kmap, nb)
-
-
 PAD = 8  # candidate lists padded to a multiple of this (whole vectors of search lanes)
 
 
-@lru_cache(maxsize=None)
-def _lists(which: int):
-    grid, kmap, nb, _ = _tables(which)
+def _lane_lists(grid, kmap, nb):
+    """(kx, codes, nidx) of the neighbour lists (layout in the module docstring)."""
     off = np.flatnonzero(kmap < 0)
     o = -kmap[off] - 1  # offsets of the lists in nb
     n = nb[o].astype(np.int64)
@@ -141,38 +121,47 @@ def _lists(which: int):
     assert padded.max() // PAD < 256 and start[-1] // PAD < 1 << 22
     kx = kmap.copy()
     kx[off] = -1 - ((start // PAD) << 8 | padded // PAD)
-    j = np.arange(int(padded.max()))[None, :]
-    nidx = np.ascontiguousarray(nb[o[:, None] + 1 + np.minimum(j, n[:, None] - 1)][j < padded[:, None]])
+    first = np.repeat(start, padded)  # (P,): the start of each candidate's list
+    cand = np.arange(first.size) - first  # position within its list
+    nidx = nb[np.repeat(o + 1, padded) + np.minimum(cand, np.repeat(n - 1, padded))]  # padding: the last
     # codes: list by list, coordinate-major within a list: 8 rows of npad bytes
-    cand = np.arange(nidx.size) - np.repeat(start, padded)  # position within its list
-    base = 8 * np.repeat(start, padded) + cand
+    base = 8 * first + cand
     codes = np.empty(8 * nidx.size, dtype=np.int8)
     pts = grid[nidx]  # (P, 8)
     rowlen = np.repeat(padded, padded)
     for i in range(8):
         codes[base + i * rowlen] = pts[:, i]
-    levels = ((grid.astype(np.int64) - 1) // 2).copy()
-    return kx, codes, nidx, levels
+    return kx, codes, nidx
+
+
+@lru_cache(maxsize=None)
+def _tables(which: int) -> dict:
+    """iq2_data[which]'s grid, kmap and neighbours and their lane lists: loaded from the table
+    cache beside numba's (kquant.ggml.kernels._tablecache), or built and stored there."""
+    kgrid, nwant = _KGRIDS[which]
+    grid = grid_points(kgrid)
+
+    def build():
+        kmap, nb = _build(grid, nwant)
+        kx, codes, nidx = _lane_lists(grid, kmap, nb)
+        return {"kmap": kmap, "neighbours": nb, "kx": kx, "codes": codes, "nidx": nidx}
+
+    t = load_or_build(f"iq2xs_init_impl-{len(grid)}", key_of(module_source(__name__), grid, nwant), build)
+    return dict(t, grid=grid, levels=(grid.astype(np.int64) - 1) // 2)
 
 
 def search_tables(which: int):
-    """(grid, kmap, neighbours, coords) of iq2_data[which], built on first use."""
+    """(grid, kmap, neighbours) of iq2_data[which], loaded or built on first use."""
     with _lock:
-        return _tables(which)
+        t = _tables(which)
+    return t["grid"], t["kmap"], t["neighbours"]
 
 
 def search_lists(which: int):
     """(kx, codes, nidx, levels) of iq2_data[which] for the lane searches."""
     with _lock:
-        return _lists(which)
-
-
-@njit(cache=True)
-def tables(which):
-    """search_tables(which) from compiled code."""
-    with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]", coords="int8[::1]"):
-        grid, kmap, nb, coords = search_tables(which)
-    return grid, kmap, nb, coords
+        t = _tables(which)
+    return t["kx"], t["codes"], t["nidx"], t["levels"]
 
 
 @njit(cache=True)
