@@ -8,6 +8,7 @@ the same process), so that this process then loads them from the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -62,8 +63,8 @@ def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
     types = list(types)
     if not cold_types(types):
         return []
-    # one warm-up at a time on this machine (batch workers start together): the others wait, then
-    # find the kernels cached
+    # one warm-up at a time per numba cache (batch workers start together): the others wait, then
+    # find the kernels cached; processes on other caches (NUMBA_CACHE_DIR) do not wait for it
     with _warm_lock():
         cold = cold_types(types)
         if cold:
@@ -76,8 +77,11 @@ def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
 @contextmanager
 def _warm_lock():
     from ..io.fsutil import file_lock
+    from .kernels._tablecache import cache_dir
 
-    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
+    d = cache_dir()
+    where = hashlib.sha1(os.path.realpath(d).encode()).hexdigest()[:16] if d else "nocache"
+    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}-{where}.lock")
     try:
         lock = file_lock(path)
         lock.__enter__()
