@@ -107,7 +107,7 @@ def test_stored_decorator(cache):
 
 def test_cache_dir_is_numbas():
     d = _tablecache.cache_dir()
-    assert d is not None and os.path.samefile(d, _iqgrid._build._cache._cache_path)
+    assert d is not None and os.path.samefile(d, _iqgrid.lists._cache._cache_path)
 
 
 def test_iq_tables_load_without_their_builders(monkeypatch):
