@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     for name, x in tensors(args.paths):
         qw = (rng.chisquare(2, x.shape[1]) + 1e-3).astype(np.float32) if args.imatrix else None
         for t in types:
-            if x.shape[1] % t.block_size:
+            if x.shape[1] % t.block_size or (qw is None and t.requires_imatrix):
                 continue
             quants.quantize(x[:1], t, qw, rounding="best")  # compile / load outside the timing
             t0 = time.perf_counter()

@@ -9,7 +9,11 @@ Written from ggml-quants.c independently of the kernels (tests/test_rounding.py 
   Q6_K        ref: x^2                                                   impl: qw
   Q4_0 Q4_1 Q5_0 Q5_1  ref: 1 (no search)                                impl: qw*sqrt(sum_row(x^2)/n + x^2)
   Q8_0        1 (ggml ignores the imatrix; with one, qw)
-  IQ3_S           ref: x^2    impl: qw*sqrt(2*sum(x^2)/256 + x^2)
+  IQ3_S IQ3_XXS IQ1_M  ref: x^2    impl: qw*sqrt(2*sum(x^2)/256 + x^2)
+  IQ1_S               impl only: qw*sqrt(2*sum(x^2)/256 + x^2)
+  IQ2_XXS IQ2_XS      impl only: qw*sqrt(sum(x^2)/256 + x^2)
+  IQ2_S               ref: 0.5*sum(x^2)/256 + x^2    impl: qw*sqrt(2*sum(x^2)/256 + x^2)
+  TQ1_0 TQ2_0 MXFP4 Q1_0 Q2_0  1 (no search; ggml ignores the imatrix; with one, qw)
   IQ4_NL, IQ4_XS  ref: x^2    impl: qw*sqrt(2*sum(x^2)/n + x^2) over the block (n = 32 for IQ4_NL, 256 for IQ4_XS)
 """
 
@@ -45,12 +49,14 @@ def weights(t: QType, x: np.ndarray, qw: np.ndarray | None) -> np.ndarray:
             return np.ones_like(x)
         sigma2 = x2.sum(-1, keepdims=True) / cols
         return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
-    if t == QType.Q8_0:
+    if t in (QType.Q8_0, QType.TQ1_0, QType.TQ2_0, QType.MXFP4, QType.Q1_0, QType.Q2_0):
         return np.ones_like(x) if qw is None else np.array(np.broadcast_to(np.asarray(qw, np.float64), x.shape))
-    if t == QType.IQ3_S:  # quantize_row_iq3_s_impl: sigma2 over the 256-value super-block
+    if t in (QType.IQ3_S, QType.IQ3_XXS, QType.IQ1_S, QType.IQ1_M, QType.IQ2_XXS, QType.IQ2_XS, QType.IQ2_S):
+        # quantize_row_iq*_impl: sigma2 over the 256-value super-block
+        k = 1.0 if t in (QType.IQ2_XXS, QType.IQ2_XS) else 2.0
+        sigma2 = np.repeat(k * x2.reshape(rows, cols // 256, 256).sum(-1, keepdims=True) / 256, 256, axis=-1).reshape(rows, cols)
         if qw is None:
-            return x2
-        sigma2 = np.repeat(2 * x2.reshape(rows, cols // 256, 256).sum(-1, keepdims=True) / 256, 256, axis=-1).reshape(rows, cols)
+            return 0.25 * sigma2 + x2 if t == QType.IQ2_S else x2
         return np.asarray(qw, dtype=np.float64) * np.sqrt(sigma2 + x2)
     if t in (QType.IQ4_NL, QType.IQ4_XS):
         if qw is None:

@@ -1953,22 +1953,49 @@ SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.saf
 
 
 _BUILT: dict[tuple[str, bool, str], Path] = {}
-_CONFIGS: dict[str, dict] = {}  # case -> its config as the builder returned it (before WRITERS)
+SOURCE_CONFIG = "source-config.json"  # the builder's config (before WRITERS), beside make_model's folder
+
+
+def _shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run sees (the run's base temp; each worker's own
+    base temp is a child of it), or this process's base temp without xdist."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def _built_once(cache: Path, case: str, tokenizer: bool, writer: str) -> Path:
+    """The checkpoint folder of (case, tokenizer, writer) in `cache`, built by the first worker that
+    asks for it (under an exclusive lock; a `.done` marker says it is complete) and reused by the
+    others, so test_arch.py and test_arch_reference.py, on different workers, build each fixture once."""
+    import fcntl
+
+    root = cache / f"{case}-{int(tokenizer)}-{writer}"
+    done = cache / f"{case}-{int(tokenizer)}-{writer}.done"
+    with open(cache / f"{case}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            if root.exists():
+                shutil.rmtree(root)  # left half-built by a worker that died
+            other = next((cache / f"{case}-{int(tokenizer)}-{w}" for w in WRITERS
+                          if (cache / f"{case}-{int(tokenizer)}-{w}.done").exists()), None)
+            make_model(root, case, tokenizer=tokenizer, writer=writer,
+                       like=None if other is None else other / f"Tiny-{case}-v0.1")
+            done.touch()
+    return root / f"Tiny-{case}-v0.1"
 
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """models(case, tokenizer=True, writer="t4") -> a fresh copy of the (cached) tiny checkpoint folder."""
-    cache = tmp_path_factory.mktemp("models")
+    cache = _shared_root(tmp_path_factory) / "arch-models"
+    cache.mkdir(exist_ok=True)
     work = tmp_path_factory.mktemp("work")
     counter = iter(range(10**6))
 
     def get(case: str, tokenizer: bool = True, copy: bool = True, writer: str = "t4") -> Path:
         key = (case, tokenizer, writer)
         if key not in _BUILT:
-            like = next((_BUILT[k] for k in _BUILT if k[:2] == (case, tokenizer)), None)  # the same tensors
-            _BUILT[key] = make_model(cache / f"{case}-{int(tokenizer)}-{writer}", case, tokenizer=tokenizer, writer=writer,
-                                     like=like)
+            _BUILT[key] = _built_once(cache, case, tokenizer, writer)
         if not copy:
             return _BUILT[key]
         dst = work / str(next(counter)) / _BUILT[key].name
@@ -1988,11 +2015,11 @@ def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "
         for p in like.iterdir():
             if p.name != "config.json":
                 os.link(p, d / p.name)
-        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads(json.dumps(_CONFIGS[case]))), indent=2))
+        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads((like.parent / SOURCE_CONFIG).read_text())), indent=2))
         return d
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     cfg, tensors, tok, files = CASES[case](rng)
-    _CONFIGS[case] = json.loads(json.dumps(cfg))
+    (root / SOURCE_CONFIG).write_text(json.dumps(cfg))  # beside the folder: for later writers' copies
     cfg = WRITERS[writer](cfg)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():

@@ -86,7 +86,7 @@ def supported_types() -> list[QType]:
 
 
 ROUNDINGS = ("ggml", "best")  # rounding modes; "ggml" is ggml's own bytes
-BETTER_MODULES = ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq3")  # kernel modules exporting BEST: {QType: quantize}
+BETTER_MODULES = ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq", "better_scalar")  # kernel modules exporting BEST: {QType: quantize}
 
 
 def parse_rounding(rounding) -> str:

@@ -97,3 +97,13 @@ def fp16_near(s, j):
     if mag <= 0 or mag >= 0x7C00:
         return np.float32(0.0)
     return fp16_to_fp32(np.uint16((h & 0x8000) | mag))
+
+
+@njit(**JIT)
+def werr(x, o, w, y, n):
+    """sum_j w[j] (y[j] - x[o + j])^2 over j < n, in float64: a block's weighted squared error."""
+    e = 0.0
+    for j in range(n):
+        r = np.float64(y[j]) - np.float64(x[o + j])
+        e += w[j] * r * r
+    return e

@@ -21,6 +21,7 @@ from numba import njit
 
 from ..types import QK, QK_K, QType
 from ._common import fp16_round, get_f16, put_f16
+from ._sweep import werr
 from .iq4 import (
     KVALUES,
     NL_BYTES,
@@ -118,15 +119,6 @@ def _weights(x, o, n, qw, w):
 
 
 @njit(**JIT)
-def _werr(x, o, w, y, n):
-    e = 0.0
-    for j in range(n):
-        r = np.float64(y[j]) - np.float64(x[o + j])
-        e += w[j] * r * r
-    return e
-
-
-@njit(**JIT)
 def _pack_qs(out, qo, L, nb):
     """qs packing of ggml's impl: byte 16 i + j = L[32 i + j] | L[32 i + 16 + j] << 4."""
     for i in range(nb):
@@ -150,7 +142,7 @@ def quantize_iq4_nl_best(x, qw, out):
             off = b * NL_BYTES
             _weights(xr, o, QK, qw, w)
             dequantize_iq4_nl(out[r:r + 1, off:off + NL_BYTES], y)
-            e_g = _werr(xr, o, w, y[0], QK)
+            e_g = werr(xr, o, w, y[0], QK)
             if not e_g > 0:
                 continue
             e, d = _fit32(xr, o, w, L, bL, True)
@@ -159,7 +151,7 @@ def quantize_iq4_nl_best(x, qw, out):
             put_f16(tmp[0], NL_D, np.float32(d))
             _pack_qs(tmp[0], NL_QS, bL, 1)
             dequantize_iq4_nl(tmp, y)
-            if _werr(xr, o, w, y[0], QK) < e_g * (1.0 - ACCEPT_MARGIN):
+            if werr(xr, o, w, y[0], QK) < e_g * (1.0 - ACCEPT_MARGIN):
                 out[r, off:off + NL_BYTES] = tmp[0]
 
 
@@ -233,7 +225,7 @@ def quantize_iq4_xs_best(x, qw, out):
             blk = out[r, off:off + XS_BYTES]
             _weights(xr, o, QK_K, qw, w)
             dequantize_iq4_xs(out[r:r + 1, off:off + XS_BYTES], y)
-            e_g = _werr(xr, o, w, y[0], QK_K)
+            e_g = werr(xr, o, w, y[0], QK_K)
             D0 = get_f16(blk, XS_D)
             if not e_g > 0 or D0 == 0 or not np.isfinite(D0):
                 continue
@@ -291,7 +283,7 @@ def quantize_iq4_xs_best(x, qw, out):
             t[XS_SCALES_H + 1] = np.uint8((shn >> 8) & 0xFF)
             _pack_qs(t, XS_QS, LL, 8)
             dequantize_iq4_xs(tmp, y)
-            if _werr(xr, o, w, y[0], QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+            if werr(xr, o, w, y[0], QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
                 out[r, off:off + XS_BYTES] = t
 
 

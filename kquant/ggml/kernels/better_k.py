@@ -37,6 +37,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
+from ._sweep import werr
 from .better_legacy import search_aff
 from .q4_k import (
     JIT,
@@ -84,16 +85,6 @@ def k45_weights(x, o, qw, w):
             av = np.sqrt(s2 / SUB)
             for i in range(SUB):
                 w[SUB * j + i] = av + abs(np.float64(x[o + SUB * j + i]))
-
-
-@njit(**JIT)
-def werr(x, o, w, y, n):
-    """sum w (y - x)^2 over n values (float64)."""
-    e = 0.0
-    for i in range(n):
-        d = np.float64(y[i]) - np.float64(x[o + i])
-        e += w[i] * d * d
-    return e
 
 
 @njit(**JIT)

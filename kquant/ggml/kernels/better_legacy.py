@@ -113,18 +113,18 @@ def _pack(kind, y, d, m, L):
 
 
 @njit(**JIT)
-def _levels_sym(x, o, d, lo, hi, L):
-    """Codes l - lo of y = d*l for fp16-exact d (nearest level, clamped); returns E-ready flag."""
+def levels_sym(x, o, d, lo, hi, L, n):
+    """Levels l of y = d*l for the n values at x[o:] (nearest, clamped to [lo, hi])."""
     inv = 1.0 / np.float64(d)
-    for j in range(QK):
+    for j in range(n):
         v = np.rint(np.float64(x[o + j]) * inv)
         L[j] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
 
 
 @njit(**JIT)
-def _err_sym(x, o, w, d, L):
+def err_sym(x, o, w, d, L, n):
     e = 0.0
-    for j in range(QK):
+    for j in range(n):
         r = np.float64(np.float32(np.float32(L[j]) * d)) - np.float64(x[o + j])
         e += w[j] * r * r
     return e
@@ -152,7 +152,7 @@ def _search_sym(x, o, w, lo, hi, L, bL):
             d0 = sgn * mx / c
             if d0 == 0.0:
                 continue
-            _levels_sym(x, o, d0, lo, hi, L)
+            levels_sym(x, o, d0, lo, hi, L, QK)
             sxl = 0.0
             sll = 0.0
             for j in range(QK):
@@ -163,8 +163,8 @@ def _search_sym(x, o, w, lo, hi, L, bL):
             d = fp16_round(np.float32(sxl / sll))
             if d == 0 or not np.isfinite(d):
                 continue
-            _levels_sym(x, o, d, lo, hi, L)
-            e = _err_sym(x, o, w, d, L)
+            levels_sym(x, o, d, lo, hi, L, QK)
+            e = err_sym(x, o, w, d, L, QK)
             if e < best:
                 best = e
                 bd = d
@@ -174,39 +174,39 @@ def _search_sym(x, o, w, lo, hi, L, bL):
 
 
 @njit(**JIT)
-def _search_exact(x, o, w, lo, hi, L, bL, ts, idx, Lf, cs, cv):
-    """y = d*l: the K_EXACT best real steps of the exact sweep (_sweep.sym_sweep), each stored as
-    fp16 and its two fp16 neighbours, nearest levels, then a weighted least-squares refit of the
-    best; levels -> bL, returns (E, d)."""
+def search_exact(x, o, w, lo, hi, L, bL, ts, idx, Lf, cs, cv, n):
+    """y = d*l over the n values at x[o:]: the K_EXACT best real steps of the exact sweep
+    (_sweep.sym_sweep), each stored as fp16 and its two fp16 neighbours, nearest levels, then a
+    weighted least-squares refit of the best; levels -> bL, returns (E, d)."""
     best = np.inf
     bd = np.float32(0.0)
-    k = sym_sweep(x, o, w, 0, QK, lo, hi, K_EXACT, ts, idx, Lf, cs, cv)
+    k = sym_sweep(x, o, w, 0, n, lo, hi, K_EXACT, ts, idx, Lf, cs, cv)
     for c in range(k):
         for j in range(3):
             d = fp16_near(cs[c], j)
             if d == 0:
                 continue
-            _levels_sym(x, o, d, lo, hi, L)
-            e = _err_sym(x, o, w, d, L)
+            levels_sym(x, o, d, lo, hi, L, n)
+            e = err_sym(x, o, w, d, L, n)
             if e < best:
                 best = e
                 bd = d
-                for i in range(QK):
+                for i in range(n):
                     bL[i] = L[i]
     if best < np.inf:
         sxl = 0.0
         sll = 0.0
-        for i in range(QK):
+        for i in range(n):
             sxl += w[i] * np.float64(x[o + i]) * bL[i]
             sll += w[i] * np.float64(bL[i]) * bL[i]
         d = fp16_round(np.float32(sxl / sll)) if sll > 0 else np.float32(0.0)
         if d != 0 and np.isfinite(d):
-            _levels_sym(x, o, d, lo, hi, L)
-            e = _err_sym(x, o, w, d, L)
+            levels_sym(x, o, d, lo, hi, L, n)
+            e = err_sym(x, o, w, d, L, n)
             if e < best:
                 best = e
                 bd = d
-                for i in range(QK):
+                for i in range(n):
                     bL[i] = L[i]
     return best, bd
 
@@ -345,7 +345,7 @@ def quantize_legacy_best(kind, x, qw, out):
             else:
                 e, d = _search_sym(xr, o, w, lo, hi, L, bL)
                 if kind != K_Q8_0:
-                    e2, d2 = _search_exact(xr, o, w, lo, hi, L, bL2, ts, idx, Lf, cs, cv)
+                    e2, d2 = search_exact(xr, o, w, lo, hi, L, bL2, ts, idx, Lf, cs, cv, QK)
                     if e2 < e:
                         e = e2
                         d = d2

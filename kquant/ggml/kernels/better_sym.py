@@ -28,7 +28,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
-from ._sweep import fp16_near, sym_sweep
+from ._sweep import fp16_near, sym_sweep, werr
 
 # scratch of the exact searches (_sweep.sym_sweep): breakpoints, their elements, levels, the
 # sweep's top steps and scores, the sub-block curvatures, the d candidates and their scores
@@ -236,15 +236,6 @@ def _weights(x, o, qw, w, q6):
             w[i] = qw[o + i] * np.sqrt(2.0 * s2 / QK_K + xi * xi)
 
 
-@njit(**JIT)
-def _werr(x, o, w, y):
-    e = 0.0
-    for i in range(QK_K):
-        d = np.float64(y[i]) - np.float64(x[o + i])
-        e += w[i] * d * d
-    return e
-
-
 @njit(nogil=True, **JIT)
 def quantize_sym_best(x, qw, out, q6):
     """ggml's blocks, then each super-block replaced where the searched one has a lower E."""
@@ -285,7 +276,7 @@ def quantize_sym_best(x, qw, out, q6):
                 D0 = get_f16(blk, q3_k.OFF_D)
                 for j in range(NSUB):
                     sc0[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
-            e_g = _werr(xr, o, w, y)
+            e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
                 continue
             for j in range(NSUB):
@@ -307,7 +298,7 @@ def quantize_sym_best(x, qw, out, q6):
                     q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
                 q3_k.requantize_pack(wk, tmp, 0)
                 q3_k.dequantize_row_q3_k(tmp, y)
-            e_b = _werr(xr, o, w, y)
+            e_b = werr(xr, o, w, y, QK_K)
             if e_b < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + bs] = tmp
 

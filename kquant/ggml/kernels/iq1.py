@@ -17,11 +17,14 @@ keep their order; that order reaches the prefix sums, so it matters for ties).
                  sign bit (0x08 / 0x80), scales uint8[8] as 4 uint16: per 16 values two 3-bit
                  scales, and the fp16 super-block scale in the top nibbles of the 4 uint16
 
-Speed (same bytes): the split search tests 8 splits at once against the current best_score
-with LLVM vector intrinsics (C's float operations) and resolves only the chunks where one passes
-(_resolve: an update sets best_score from its own candidate alone); each neighbour search runs
-over its candidate list as lanes (_iqgrid.lists, as kquant.ggml.kernels.iq2) with an integer
-key minimum.
+Speed (same bytes): the split search computes every candidate of a block, LANES splits at once
+with LLVM vector intrinsics (C's float operations), and stores it with its V = (sumqx/sumq2)*sumqx,
+the best_score an update to it sets; the loop's outcome follows from the first largest V (_global),
+the rest tested against it, replayed in C's order only where one passes (with a NaN V, or where
+that cannot decide, the loop runs in order: _seq_s / _seq_m). Each neighbour search runs over its
+candidate list (_iqgrid.lists) as 8 float lanes of first minima, reading each candidate's packed
+levels (packed_lists, 2 bytes); a super-block runs its split searches first and prefetches the
+lists of its off-grid groups, then searches them (the lists are larger than L2).
 
 IQ1_S has a weighted path only (ggml_quantize_chunk aborts without importance weights, and so
 does kquant.quantize); IQ1_M has both. Blocks where ggml would abort (no candidate or a NaN
@@ -31,16 +34,20 @@ the count returned, as in kquant.ggml.kernels.iq2.
 
 from __future__ import annotations
 
+import threading
+from functools import lru_cache
+
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, types
+from numba import njit, objmode, types
+from numba.core import cgutils
 from numba.extending import intrinsic
 
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
 
 JIT = dict(cache=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -65,6 +72,29 @@ S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
 M_BYTES = QType.IQ1_M.type_size
 M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+
+
+_lock = threading.Lock()
+
+
+@lru_cache(maxsize=None)
+def _packed_lists():
+    return np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+
+
+def packed_lists():
+    """uint16: the packed levels (sum l_i << 2i) of each candidate of _iqgrid.lists(GRID_1S), in
+    its order (kg[p] = kgrid of nidx[p]): a 2-byte load per candidate in the neighbour search
+    instead of 8 code bytes (the lists are larger than L2)."""
+    with _lock:
+        return _packed_lists()
+
+
+@njit(cache=True)
+def _packed():
+    with objmode(kg="uint16[::1]"):
+        kg = packed_lists()
+    return kg
 
 
 @njit(**KJIT)
@@ -116,35 +146,42 @@ def _terms(scale, xx, xi, wi):
     return wi * e0 * e0, wi * e1 * e1, wi * e2 * e2
 
 
-@njit(inline="always", **JIT)
-def _pick(c, t):
-    """t[0], t[1] or t[2] for the grid byte c = 1, 3 or 5."""
-    return sel(c == 1, t[0], sel(c == 3, t[1], t[2]))
+@intrinsic
+def _prefetch(typingctx, ary, i):
+    """Prefetch the cache line of ary[i] (llvm.prefetch: read, high locality; a hint only)."""
+    sig = types.void(ary, types.uint64)
 
+    def codegen(context, builder, signature, args):
+        data = _data(context, builder, signature.args[0], args[0])
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), llvm_ir.IntType(8).as_pointer())
+        fnty = llvm_ir.FunctionType(llvm_ir.VoidType(), [ptr.type, _I32, _I32, _I32])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, "llvm.prefetch.p0")
+        builder.call(fn, [ptr, _I32(0), _I32(3), _I32(1)])
+        return context.get_dummy_value()
 
-@njit(inline="always", **JIT)
-def _key(d2):
-    """A uint64 ordered as ggml's `d2 < best` orders d2 (d2 is never -0: it starts at +0), NaN
-    above every number (never taken)."""
-    b = np.uint64(np.float32(d2).view(np.uint32))
-    k = sel(b >= np.uint64(0x80000000), b ^ np.uint64(0xFFFFFFFF), b | np.uint64(0x80000000))
-    return sel(d2 != d2, np.uint64(0xFFFFFFFF), k)
-
-
-KEY_FLT_MAX = np.uint64(0x7F7FFFFF | 0x80000000)  # _key(FLT_MAX)
-KEY_NONE = np.uint64(0xFFFFFFFFFFFFFFFF)
+    return sig, codegen
 
 
 @njit(**KJIT)
-def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
+def prefetch_list(desc, kg, nidx):
+    """Start loading the candidate list of desc (as best_neighbour reads it): the lists are larger
+    than L2, so the searches of a block's groups otherwise wait for each other's misses."""
+    p0 = np.uint64(PAD * (desc >> 8))
+    n = np.uint64(PAD * (desc & 255))
+    for o in range(0, n, 32):  # 32 uint16 per 64-byte line
+        _prefetch(kg, p0 + np.uint64(o))
+        _prefetch(nidx, p0 + np.uint64(o))
+
+
+@njit(**KJIT)
+def best_neighbour(desc, kg, nidx, xb, xo, weight, wo, scale, xx):
     """iq1_find_best_neighbour2 for the off-grid point whose list descriptor is desc (-1 - kx[u],
-    _iqgrid.lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
+    _iqgrid.lists; kg: packed_lists): the grid index of the first candidate with the smallest d2 < FLT_MAX, or -1
     where ggml would fall back to its whole-grid loop (which reads outside the block) or assert.
 
-    d2 = ((0 + t0) + t1) + ... + t7, t_i = (w_i diff_i) diff_i as ggml sums it, the candidates
-    as lanes; each t_i takes one of 3 values, computed once. Its key (_key) << 16 | position has
-    its minimum at ggml's choice, and that minimum is an integer reduction, which vectorizes
-    without reordering any float sum. Padding copies of the last candidate come later."""
+    d2 = ((0 + t0) + t1) + ... + t7, t_i = (w_i diff_i) diff_i as ggml sums it; each t_i takes
+    one of 3 values, computed once, and the candidates run as lanes (_scan). Padding copies of
+    the last candidate come later, so are never taken over it."""
     t0 = _terms(scale, xx, xb[xo], weight[wo])
     t1 = _terms(scale, xx, xb[xo + 1], weight[wo + 1])
     t2 = _terms(scale, xx, xb[xo + 2], weight[wo + 2])
@@ -153,30 +190,14 @@ def best_neighbour(desc, codes, nidx, xb, xo, weight, wo, scale, xx):
     t5 = _terms(scale, xx, xb[xo + 5], weight[wo + 5])
     t6 = _terms(scale, xx, xb[xo + 6], weight[wo + 6])
     t7 = _terms(scale, xx, xb[xo + 7], weight[wo + 7])
-    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code, so vector loads
+    p0 = np.uint64(PAD * (desc >> 8))  # unsigned indices: no wraparound code
     n = np.uint64(PAD * (desc & 255))
-    r0 = np.uint64(8) * p0
-    r1 = r0 + n
-    r2 = r1 + n
-    r3 = r2 + n
-    r4 = r3 + n
-    r5 = r4 + n
-    r6 = r5 + n
-    r7 = r6 + n
-    kmin = KEY_NONE
-    for c in range(n):
-        d2 = _F0 + _pick(codes[r0 + c], t0)
-        d2 = d2 + _pick(codes[r1 + c], t1)
-        d2 = d2 + _pick(codes[r2 + c], t2)
-        d2 = d2 + _pick(codes[r3 + c], t3)
-        d2 = d2 + _pick(codes[r4 + c], t4)
-        d2 = d2 + _pick(codes[r5 + c], t5)
-        d2 = d2 + _pick(codes[r6 + c], t6)
-        d2 = d2 + _pick(codes[r7 + c], t7)
-        kmin = min(kmin, (_key(d2) << np.uint64(16)) | c)
-    if (kmin >> np.uint64(16)) >= KEY_FLT_MAX:
+    t = (t0[0], t0[1], t0[2], t1[0], t1[1], t1[2], t2[0], t2[1], t2[2], t3[0], t3[1], t3[2],
+         t4[0], t4[1], t4[2], t5[0], t5[1], t5[2], t6[0], t6[1], t6[2], t7[0], t7[1], t7[2])
+    c = _scan(kg, p0, n, t)
+    if c < 0:
         return -1
-    return np.int64(nidx[p0 + (kmin & np.uint64(0xFFFF))])
+    return np.int64(nidx[p0 + np.uint64(c)])
 
 
 @njit(**KJIT)
@@ -227,8 +248,10 @@ M_ROW = 32  # floats per prefix-sum row of IQ1_M (bs + 1 + LANES = 25, rounded u
 
 
 def _splat(builder, v):
-    u = builder.insert_element(llvm_ir.Constant(_V8, llvm_ir.Undefined), v, _I32(0))
-    return builder.shuffle_vector(u, llvm_ir.Constant(_V8, llvm_ir.Undefined),
+    """v in every lane of a vector of LANES (of v's type)."""
+    vt = llvm_ir.VectorType(v.type, LANES)
+    u = builder.insert_element(llvm_ir.Constant(vt, llvm_ir.Undefined), v, _I32(0))
+    return builder.shuffle_vector(u, llvm_ir.Constant(vt, llvm_ir.Undefined),
                                   llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
 
 
@@ -252,6 +275,71 @@ def _valid(builder, n):
     nv = builder.shuffle_vector(nv, llvm_ir.Constant(lane.type, llvm_ir.Undefined),
                                 llvm_ir.Constant(llvm_ir.VectorType(_I32, LANES), [0] * LANES))
     return builder.icmp_unsigned("<", lane, nv)
+
+
+@intrinsic
+def _scan(typingctx, kg, p0, n, t):
+    """The position c < n (n a multiple of LANES) of the first candidate with the smallest
+    d2 < FLT_MAX, or -1: d2 = ((0 + t[3*0 + l0]) + t[3*1 + l1]) + ... + t[3*7 + l7] with the
+    levels l_i = (kg[p0 + c] >> 2i) & 3 of the candidate's grid point. LANES candidates at once,
+    each lane keeping its first strict minimum (ggml's `d2 < best_score`); then the smallest over
+    the lanes, the lowest position among equals."""
+    sig = types.int64(kg, types.uint64, types.uint64, t)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        data = _data(context, f, signature.args[0], args[0])
+        p0, n = args[1], args[2]
+        i64 = llvm_ir.IntType(64)
+        v8i16 = llvm_ir.VectorType(llvm_ir.IntType(16), LANES)
+        v8i32 = llvm_ir.VectorType(_I32, LANES)
+        tv = [_splat(f, f.extract_value(args[3], j)) for j in range(24)]
+        zero = llvm_ir.Constant(_V8, [0.0] * LANES)
+        izero = llvm_ir.Constant(v8i32, [0] * LANES)
+        fmax = llvm_ir.Constant(_V8, [float(_FLT_MAX)] * LANES)
+        lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
+        entry = f.block
+        loop = f.append_basic_block("scan.loop")
+        done = f.append_basic_block("scan.done")
+        f.branch(loop)
+        f.position_at_end(loop)
+        c = f.phi(i64)
+        vmin = f.phi(_V8)
+        vidx = f.phi(v8i32)
+        ptr = f.bitcast(f.gep(data, [f.add(p0, c)]), v8i16.as_pointer())
+        g = f.zext(f.load(ptr, align=2), v8i32)
+        d2 = zero
+        for i in range(8):
+            li = f.and_(g, llvm_ir.Constant(v8i32, [3 << (2 * i)] * LANES))
+            ti = f.select(f.icmp_unsigned("==", li, izero), tv[3 * i],
+                          f.select(f.icmp_unsigned("==", li, llvm_ir.Constant(v8i32, [1 << (2 * i)] * LANES)),
+                                   tv[3 * i + 1], tv[3 * i + 2]))
+            d2 = f.fadd(d2, ti)
+        lt = f.fcmp_ordered("<", d2, vmin)
+        cv = f.add(_splat(f, f.trunc(c, _I32)), lanes)
+        vmin2 = f.select(lt, d2, vmin)
+        vidx2 = f.select(lt, cv, vidx)
+        c2 = f.add(c, i64(LANES))
+        c.add_incoming(i64(0), entry)
+        c.add_incoming(c2, loop)
+        vmin.add_incoming(fmax, entry)
+        vmin.add_incoming(vmin2, loop)
+        vidx.add_incoming(llvm_ir.Constant(v8i32, [-1] * LANES), entry)
+        vidx.add_incoming(vidx2, loop)
+        f.cbranch(f.icmp_unsigned("<", c2, n), loop, done)
+        f.position_at_end(done)
+        best = f.extract_element(vmin2, _I32(0))
+        bidx = f.extract_element(vidx2, _I32(0))
+        for lane in range(1, LANES):
+            v = f.extract_element(vmin2, _I32(lane))
+            j = f.extract_element(vidx2, _I32(lane))
+            take = f.or_(f.fcmp_ordered("<", v, best),
+                         f.and_(f.fcmp_ordered("==", v, best), f.icmp_signed("<", j, bidx)))
+            best = f.select(take, v, best)
+            bidx = f.select(take, j, bidx)
+        return f.sext(bidx, i64)
+
+    return sig, codegen
 
 
 def _cands_s_ir(f, context, sig, args):
@@ -313,20 +401,35 @@ def _test_ir(f, cands, best):
     return f.zext(f.bitcast(m, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
 
 
-def _store_ir(f, context, aryty, ary, cands):
+def _store_ir(f, context, aryty, ary, cands, base=None):
     """cb[8k:8k+8] = sumqx of kind k, cb[8(nk+k):] = its sumq2, cb[8(2nk+k):] = V = (sumqx/sumq2)*sumqx
-    (the best_score an update to it sets), or -inf where it cannot pass (sumq2 <= 0 or NaN sumqx)."""
+    (the best_score an update to it sets), or -inf where it cannot pass (sumq2 <= 0 or NaN sumqx);
+    all at cb[base:] (an int64 value, default 0). Returns the stored V of each kind."""
     cb = _data(context, f, aryty, ary)
     nk = len(cands)
     zero = llvm_ir.Constant(_V8, [0.0] * LANES)
     ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
     i64 = llvm_ir.IntType(64)
+    b = i64(0) if base is None else base
+    vs = []
     for k, (qx, q2) in enumerate(cands):
         v = f.fmul(f.fdiv(qx, q2), qx)
         can = f.and_(f.fcmp_ordered(">", q2, zero), f.fcmp_ordered("==", qx, qx))
-        _store8(f, qx, cb, i64(LANES * k))
-        _store8(f, q2, cb, i64(LANES * (nk + k)))
-        _store8(f, f.select(can, v, ninf), cb, i64(LANES * (2 * nk + k)))
+        v = f.select(can, v, ninf)
+        _store8(f, qx, cb, f.add(b, i64(LANES * k)))
+        _store8(f, q2, cb, f.add(b, i64(LANES * (nk + k))))
+        _store8(f, v, cb, f.add(b, i64(LANES * (2 * nk + k))))
+        vs.append(v)
+    return vs
+
+
+def _nan_ir(f, vs):
+    """The mask of the lanes with a NaN V (any kind)."""
+    nan = None
+    for v in vs:
+        u = f.fcmp_unordered("uno", v, v)
+        nan = u if nan is None else f.or_(nan, u)
+    return f.zext(f.bitcast(nan, llvm_ir.IntType(LANES)), llvm_ir.IntType(64))
 
 
 @intrinsic
@@ -375,16 +478,150 @@ def _store_m(typingctx, pp, i0, n, h, cb):
     return sig, codegen
 
 
+@intrinsic
+def _pass_s(typingctx, sumx, sumw, i0, n, h, q, cb, base):
+    """IQ1_S: the candidates of the lanes into cb[base:] (_store_ir); the mask of the lanes with
+    a NaN V."""
+    sig = types.uint64(sumx, sumw, types.uint64, types.int64, h, q, cb, types.int64)
+
+    def codegen(context, builder, signature, args):
+        return _nan_ir(builder, _store_ir(builder, context, signature.args[6], args[6],
+                                          _cands_s_ir(builder, context, signature, args), args[7]))
+
+    return sig, codegen
+
+
+@intrinsic
+def _pass_m(typingctx, pp, i0, n, h, cb, base):
+    """IQ1_M: as _pass_s."""
+    sig = types.uint64(pp, types.uint64, types.int64, h, cb, types.int64)
+
+    def codegen(context, builder, signature, args):
+        return _nan_ir(builder, _store_ir(builder, context, signature.args[4], args[4],
+                                          _cands_m_ir(builder, context, signature, args), args[5]))
+
+    return sig, codegen
+
+
+def _buf_intrinsics(nk):
+    """(test, cmax) over a stored chunk of nk kinds at cb[base:] (_store_ir): the mask of the lanes
+    where a candidate passes `sumq2 > 0 && sumqx*sumqx > best*sumq2`, and the largest stored V."""
+
+    @intrinsic
+    def test(typingctx, cb, base, best):
+        sig = types.uint64(cb, types.int64, types.float32)
+
+        def codegen(context, builder, signature, args):
+            f = builder
+            data = _data(context, f, signature.args[0], args[0])
+            i64 = llvm_ir.IntType(64)
+            cands = [(_load8(f, data, f.add(args[1], i64(LANES * k))),
+                      _load8(f, data, f.add(args[1], i64(LANES * (nk + k))))) for k in range(nk)]
+            return _test_ir(f, cands, args[2])
+
+        return sig, codegen
+
+    @intrinsic
+    def cmax(typingctx, cb, base):
+        sig = types.float32(cb, types.int64)
+
+        def codegen(context, builder, signature, args):
+            f = builder
+            data = _data(context, f, signature.args[0], args[0])
+            i64 = llvm_ir.IntType(64)
+            m = None
+            for k in range(nk):
+                v = _load8(f, data, f.add(args[1], i64(LANES * (2 * nk + k))))
+                m = v if m is None else f.select(f.fcmp_ordered(">", v, m), v, m)
+            r = f.extract_element(m, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(m, _I32(t))
+                r = f.select(f.fcmp_ordered(">", e, r), e, r)
+            return r
+
+        return sig, codegen
+
+    @intrinsic
+    def maxscan(typingctx, cb, nch):
+        """The order (chunk LANES + lane) nk + kind of the first candidate of largest V over the nch
+        stored chunks, or -1 if every V is -inf: the first maximum of each (kind, lane) kept in
+        registers, then the largest of those, the lowest order among equals."""
+        sig = types.int64(cb, types.int64)
+
+        def codegen(context, builder, signature, args):
+            f = builder
+            data = _data(context, f, signature.args[0], args[0])
+            i64 = llvm_ir.IntType(64)
+            v8i32 = llvm_ir.VectorType(_I32, LANES)
+            ninf = llvm_ir.Constant(_V8, [float("-inf")] * LANES)
+            entry = f.block
+            loop = f.append_basic_block("maxscan.loop")
+            done = f.append_basic_block("maxscan.done")
+            f.branch(loop)
+            f.position_at_end(loop)
+            c = f.phi(i64)
+            vm = [f.phi(_V8) for _ in range(nk)]
+            vi = [f.phi(v8i32) for _ in range(nk)]
+            base = f.mul(c, i64(3 * nk * LANES))
+            vc = _splat(f, f.trunc(c, _I32))
+            c2 = f.add(c, i64(1))
+            c.add_incoming(i64(0), entry)
+            c.add_incoming(c2, loop)
+            for k in range(nk):
+                v = _load8(f, data, f.add(base, i64(LANES * (2 * nk + k))))
+                gt = f.fcmp_ordered(">", v, vm[k])
+                vm2 = f.select(gt, v, vm[k])
+                vi2 = f.select(gt, vc, vi[k])
+                vm[k].add_incoming(ninf, entry)
+                vm[k].add_incoming(vm2, loop)
+                vi[k].add_incoming(llvm_ir.Constant(v8i32, [0] * LANES), entry)
+                vi[k].add_incoming(vi2, loop)
+                vm[k], vi[k] = vm2, vi2
+            f.cbranch(f.icmp_signed("<", c2, args[1]), loop, done)
+            f.position_at_end(done)
+            m = vm[0]
+            for k in range(1, nk):
+                m = f.select(f.fcmp_ordered(">", vm[k], m), vm[k], m)
+            mx = f.extract_element(m, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(m, _I32(t))
+                mx = f.select(f.fcmp_ordered(">", e, mx), e, mx)
+            vmx = _splat(f, mx)
+            big = llvm_ir.Constant(v8i32, [0x7FFFFFFF] * LANES)
+            lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
+            omin = big
+            for k in range(nk):
+                eq = f.and_(f.fcmp_ordered("==", vm[k], vmx), f.fcmp_ordered(">", vm[k], ninf))
+                o = f.add(f.mul(f.add(f.mul(vi[k], llvm_ir.Constant(v8i32, [LANES] * LANES)), lanes),
+                                llvm_ir.Constant(v8i32, [nk] * LANES)), llvm_ir.Constant(v8i32, [k] * LANES))
+                o = f.select(eq, o, big)
+                omin = f.select(f.icmp_signed("<", o, omin), o, omin)
+            r = f.extract_element(omin, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(omin, _I32(t))
+                r = f.select(f.icmp_signed("<", e, r), e, r)
+            r = f.select(f.icmp_signed("==", r, _I32(0x7FFFFFFF)), _I32(-1), r)
+            return f.sext(r, i64)
+
+        return sig, codegen
+
+    return test, cmax, maxscan
+
+
+_test2, _cmax2, _maxscan2 = _buf_intrinsics(2)
+_test4, _cmax4, _maxscan4 = _buf_intrinsics(4)
+
+
 @njit(**KJIT)
-def _replay(cb, nk, e0, best, scale, last):
+def _replay(cb, o, nk, e0, best, scale, last):
     """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
-    best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of a
-    chunk (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
+    best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of the
+    chunk at cb[o:] (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
     for e in range(e0, LANES * nk):
         t = e // nk
         k = e % nk
-        a = cb[LANES * k + t]
-        b = cb[LANES * (nk + k) + t]
+        a = cb[o + LANES * k + t]
+        b = cb[o + LANES * (nk + k) + t]
         if b > _F0 and a * a > best * b:
             scale = a / b
             best = scale * a
@@ -417,12 +654,56 @@ def _resolve(cb, nk, best, scale):
         m = best if best > mb else mb
         if a * a > m * b:
             sc = a / b
-            return _replay(cb, nk, g + 1, sc * a, sc, g)
-    return _replay(cb, nk, 0, best, scale, -1)
+            return _replay(cb, 0, nk, g + 1, sc * a, sc, g)
+    return _replay(cb, 0, nk, 0, best, scale, -1)
 
 
 @njit(**KJIT)
-def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
+def _global(cb, g, nk, nch, scale):
+    """The whole split loop from its candidates, stored chunk by chunk (chunk c at cb[3 nk LANES c:],
+    _pass_s / _pass_m, no NaN V), g the first of largest V (maxscan): (done, chunk, e, scale) of its
+    last update (chunk -1: none), or done = False where the sequential loop must decide.
+
+    As in _resolve, over the whole loop: an update sets best_score = V of its own candidate, so
+    with g the first candidate of largest V, passing against the largest V before it (or against
+    V(g) itself, which is no smaller), ggml's state after g is V(g) whatever came before; the
+    candidates after g are tested LANES at once against best_score and replayed in C's order
+    only in a chunk where one passes (rarely: none has a larger V)."""
+    cs = 3 * nk * LANES
+    if g < 0:
+        return True, -1, -1, scale
+    cg = g // (LANES * nk)
+    eg = g % (LANES * nk)
+    o = cg * cs
+    a = cb[o + LANES * (eg % nk) + eg // nk]
+    b = cb[o + LANES * (nk + eg % nk) + eg // nk]
+    vb = cb[o + LANES * (2 * nk + eg % nk) + eg // nk]
+    if not a * a > vb * b:
+        m = -_FLT_MAX
+        for c in range(cg):
+            v = _cmax2(cb, c * cs) if nk == 2 else _cmax4(cb, c * cs)
+            m = v if v > m else m
+        for e in range(eg):
+            v = cb[o + LANES * (2 * nk + e % nk) + e // nk]
+            m = v if v > m else m
+        if not a * a > m * b:
+            return False, -1, -1, scale
+    sc = a / b
+    best, scale, e = _replay(cb, o, nk, eg + 1, sc * a, sc, eg)
+    lc = cg
+    for c in range(cg + 1, nch):
+        t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
+        if t == 0:
+            continue
+        best, scale, ec = _replay(cb, c * cs, nk, 0, best, scale, -1)
+        if ec >= 0:
+            lc = c
+            e = ec
+    return True, lc, e, scale
+
+
+@njit(**KJIT)
+def _seq_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
     """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
     to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
 
@@ -462,7 +743,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb):
 
 
 @njit(**KJIT)
-def _split_m(pp, bs, xp, xm, scale, cb):
+def _seq_m(pp, bs, xp, xm, scale, cb):
     """quantize_row_iq1_m_impl's exhaustive split loop over the per-half prefix sums
     pp = px0 | px1 | pw0 | pw1 (M_ROW floats each, read up to bs + LANES): (besti1, besti2,
     best_k, scale) as ggml leaves them. Kinds k = 0..3: shifts (+,+), (+,-), (-,+), (-,-) of the
@@ -509,10 +790,106 @@ def _split_m(pp, bs, xp, xm, scale, cb):
     return besti1, besti2, best_k, scale
 
 
+def _nchunks(bs):
+    """Chunks of LANES splits in the loop over (i1, i2 >= i1) of a block of bs values."""
+    return sum((bs + 1 - i1 + LANES - 1) // LANES for i1 in range(bs + 1))
+
+
+NCH_S = _nchunks(32)
+NCH_M = _nchunks(16)
+CB_SIZE = max(3 * 2 * LANES * NCH_S, 3 * 4 * LANES * NCH_M)  # stored candidates of a block (_store_ir)
+CH_SIZE = 2 * max(NCH_S, NCH_M)  # (i1, i0) of each chunk
+
+
 @njit(**KJIT)
-def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
-               pv, pidx, tv, ti, cb):
-    """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts."""
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
+    """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
+    to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
+
+    Every split (i1, i2) gives one candidate per shift (x_p, then x_m), C's expressions with
+    the terms of i1 alone hoisted (the same operations), LANES consecutive i2 of a row at once
+    (_pass_s). All candidates are computed and stored first, then the loop's outcome is found
+    from the first largest V (_global); with a NaN V, or where that cannot decide, the loop runs
+    in order (_seq_s)."""
+    nk = 2
+    sx0 = sumx[0]
+    sw0 = sumw[0]
+    sxn = sumx[bs]
+    swn = sumw[bs]
+    q = (p1, p2, m1, m2)
+    nan = np.uint64(0)
+    c = 0
+    for i1 in range(bs + 1):
+        a = sumx[i1] - sx0
+        aw = sumw[i1] - sw0
+        h = (sumx[i1], sumw[i1], sxn, swn, a * p0, aw * p0 * p0, a * m0, aw * m0 * m0)
+        for i0 in range(i1, bs + 1, LANES):
+            nan |= _pass_s(sumx, sumw, np.uint64(i0), np.int64(bs + 1 - i0), h, q, cb, c * (3 * nk * LANES))
+            ch[2 * c] = i1
+            ch[2 * c + 1] = i0
+            c += 1
+    if nan == 0:
+        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale)
+        if done:
+            if lc < 0:
+                return -1, -1, 0, scale
+            return ch[2 * lc], ch[2 * lc + 1] + e // nk, 1 if e % nk == 0 else -1, sc
+    return _seq_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb)
+
+
+@njit(**KJIT)
+def _split_m(pp, bs, xp, xm, scale, cb, ch):
+    """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
+    nk = 4
+    p2 = xp[2]
+    m2 = xm[2]
+    cp1 = xp[0] * xp[0] - xp[1] * xp[1]
+    cp2 = xp[1] * xp[1] - xp[2] * xp[2]
+    cm1 = xm[0] * xm[0] - xm[1] * xm[1]
+    cm2 = xm[1] * xm[1] - xm[2] * xm[2]
+    X0 = 0
+    X1 = M_ROW
+    W0 = 2 * M_ROW
+    W1 = 3 * M_ROW
+    txp0 = pp[X0 + bs] * p2
+    txm0 = pp[X0 + bs] * m2
+    txp1 = pp[X1 + bs] * p2
+    txm1 = pp[X1 + bs] * m2
+    twp0 = pp[W0 + bs] * p2 * p2
+    twm0 = pp[W0 + bs] * m2 * m2
+    twp1 = pp[W1 + bs] * p2 * p2
+    twm1 = pp[W1 + bs] * m2 * m2
+    nan = np.uint64(0)
+    c = 0
+    for i1 in range(bs + 1):
+        ap0 = twp0 + pp[W0 + i1] * cp1
+        am0 = twm0 + pp[W0 + i1] * cm1
+        ap1 = twp1 + pp[W1 + i1] * cp1
+        am1 = twm1 + pp[W1 + i1] * cm1
+        h = (pp[X0 + i1], pp[X1 + i1], txp0, txm0, txp1, txm1, ap0, am0, ap1, am1, cp2, cm2)
+        for i0 in range(i1, bs + 1, LANES):
+            nan |= _pass_m(pp, np.uint64(i0), np.int64(bs + 1 - i0), h, cb, c * (3 * nk * LANES))
+            ch[2 * c] = i1
+            ch[2 * c + 1] = i0
+            c += 1
+    if nan == 0:
+        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale)
+        if done:
+            if lc < 0:
+                return -1, -1, -1, scale
+            return ch[2 * lc], ch[2 * lc + 1] + e // nk, e % nk, sc
+    return _seq_m(pp, bs, xp, xm, scale, cb)
+
+
+@njit(**KJIT)
+def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, sumx, sumw,
+               pv, pidx, tv, ti, cb, ch, flag):
+    """quantize_row_iq1_s_impl for x[xo:xo+256] -> out[off:off+50]; 1 where ggml aborts.
+
+    In two passes over the 8 blocks (the same operations per block as ggml's one): the split
+    searches first, prefetching the neighbour lists of the off-grid groups (flag 2; 1: all on the
+    grid, 0: a zero block), then the neighbour searches, so the lists arrive while later blocks
+    are searched. weight holds all 256 weights, index 4 grid indices per block."""
     for j in range(S_BYTES):
         out[off + j] = 0
     max_scale = _F0
@@ -525,8 +902,10 @@ def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, 
     m0, m1, m2 = XPM_S[1, 0], XPM_S[1, 1], XPM_S[1, 2]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
+        wb = bs * ib
+        flag[ib] = 0
         for i in range(bs):
-            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+            weight[wb + i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
         mx = abs(x[bo])
         for i in range(1, bs):
             a = abs(x[bo + i])
@@ -540,9 +919,9 @@ def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, 
         sumw[0] = _F0
         for j in range(bs):
             i = pidx[j]
-            sumx[j + 1] = sumx[j] + weight[i] * x[bo + i]
-            sumw[j + 1] = sumw[j] + weight[i]
-        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb)
+            sumx[j + 1] = sumx[j] + weight[wb + i] * x[bo + i]
+            sumw[j + 1] = sumw[j] + weight[wb + i]
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -558,40 +937,52 @@ def iq1s_block(x, xo, qw, out, off, kx, codes, nidx, levels, scales, weight, L, 
                 L[j] = 2 - L[j]
             scale = -scale
             best_shift = -best_shift
-        xx = XPM_S[0] if best_shift == 1 else XPM_S[1]
-        all_on_grid = True
+        flag[ib] = 1
         for k in range(bs // 8):
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kx[u])
-            if gi < 0:
-                all_on_grid = False
-                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+            g = np.int64(kx[u])
+            index[(bs // 8) * ib + k] = g
+            if g < 0:
+                flag[ib] = 2
+                prefetch_list(-1 - g, kg, nidx)
+        scales[ib] = scale
+        shifts[ib] = best_shift
+    for ib in range(QK_K // bs):
+        if flag[ib] == 0:
+            continue
+        bo = xo + bs * ib
+        wb = bs * ib
+        ix = (bs // 8) * ib
+        scale = scales[ib]
+        xx = XPM_S[0] if shifts[ib] == 1 else XPM_S[1]
+        for k in range(bs // 8):
+            if index[ix + k] < 0:
+                gi = best_neighbour(-1 - index[ix + k], kg, nidx, x, bo + 8 * k, weight, wb + 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-            index[k] = gi
-        if not all_on_grid:
+                index[ix + k] = gi
+        if flag[ib] == 2:
             sumqx = _F0
             sumq2 = _F0
             for k in range(bs // 8):
                 for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[index[k], j]]
+                    w = weight[wb + 8 * k + j]
+                    q = xx[levels[index[ix + k], j]]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
                 scale = sumqx / sumq2
         h = 0
         for k in range(bs // 8):
-            out[off + S_QS + (bs // 8) * ib + k] = np.uint8(index[k] & 255)
-            h |= (index[k] >> 8) << (3 * k)
+            out[off + S_QS + (bs // 8) * ib + k] = np.uint8(index[ix + k] & 255)
+            h |= (index[ix + k] >> 8) << (3 * k)
         out[off + S_QH + 2 * ib] = np.uint8(h & 0xFF)
         out[off + S_QH + 2 * ib + 1] = np.uint8((h >> 8) & 0xFF)
         if not scale >= _F0:
             return 1
         scales[ib] = scale
-        shifts[ib] = best_shift
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == _F0:
         return 0
@@ -617,19 +1008,21 @@ def _half_shift(best_k, k):
 
 
 @njit(**KJIT)
-def _iq1m_weights(x, bo, qw, weighted, sigma2, weight):
+def _iq1m_weights(x, bo, qw, weighted, sigma2, weight, wb):
     if weighted:
         for i in range(16):
-            weight[i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
+            weight[wb + i] = qw[bo + i] * np.sqrt(sigma2 + x[bo + i] * x[bo + i])
     else:
         for i in range(16):
-            weight[i] = x[bo + i] * x[bo + i]
+            weight[wb + i] = x[bo + i] * x[bo + i]
 
 
 @njit(**KJIT)
-def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, weight, L, index, shifts, pp, pv,
-               pidx, tv, ti, sc, cb):
-    """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts."""
+def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weight, L, index, shifts, pp, pv,
+               pidx, tv, ti, sc, cb, ch, flag):
+    """quantize_row_iq1_m_impl for x[xo:xo+256] -> out[off:off+56]; 1 where ggml aborts. Two
+    passes over the 16 blocks as in iq1s_block; ggml's second computation of the weights (for
+    the super-block scale) gives the same values, kept from the first."""
     for j in range(M_BYTES):
         out[off + j] = 0
     max_scale = _F0
@@ -642,7 +1035,9 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
     xm = XPM_M[1]
     for ib in range(QK_K // bs):
         bo = xo + bs * ib
-        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
+        wb = bs * ib
+        flag[ib] = 0
+        _iq1m_weights(x, bo, qw, weighted, sigma2, weight, wb)
         mx = abs(x[bo])
         for i in range(1, bs):
             a = abs(x[bo + i])
@@ -660,11 +1055,11 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
         for j in range(bs):
             i = pidx[j]
             h = 0 if i < bs // 2 else 1
-            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[i] * x[bo + i]
+            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[wb + i] * x[bo + i]
             pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
-            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[i]
+            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[wb + i]
             pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
-        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb)
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -680,38 +1075,52 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
                 L[j] = 2 - L[j]
             scale = -scale
             best_k = 3 - best_k
-        all_on_grid = True
+        flag[ib] = 1
         for k in range(bs // 8):
-            xx = XPM_M[_half_shift(best_k, k)]
             u = _grid_u(L, 8 * k)
             if u >= KMAP_SIZE:
                 return 1
-            gi = np.int64(kx[u])
-            if gi < 0:
-                all_on_grid = False
-                gi = best_neighbour(-1 - gi, codes, nidx, x, bo + 8 * k, weight, 8 * k, scale, xx)
+            g = np.int64(kx[u])
+            index[2 * ib + k] = g
+            if g < 0:
+                flag[ib] = 2
+                prefetch_list(-1 - g, kg, nidx)
+        scales[ib] = scale
+        shifts[ib] = best_k
+    for ib in range(QK_K // bs):
+        if flag[ib] == 0:
+            continue
+        bo = xo + bs * ib
+        wb = bs * ib
+        scale = scales[ib]
+        best_k = shifts[ib]
+        for k in range(bs // 8):
+            if index[2 * ib + k] < 0:
+                xx = XPM_M[_half_shift(best_k, k)]
+                gi = best_neighbour(-1 - index[2 * ib + k], kg, nidx, x, bo + 8 * k, weight, wb + 8 * k, scale, xx)
                 if gi < 0:
                     return 1
-            index[k] = gi
-        if not all_on_grid:
+                index[2 * ib + k] = gi
+        if flag[ib] == 2:
             sqx = _F0
             sq2 = _F0
             for k in range(bs // 8):
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
-                    w = weight[8 * k + j]
-                    q = xx[levels[index[k], j]]
+                    w = weight[wb + 8 * k + j]
+                    q = xx[levels[index[2 * ib + k], j]]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
                 scale = sqx / sq2
-        out[off + M_QS + 2 * ib] = np.uint8(index[0] & 255)
-        out[off + M_QS + 2 * ib + 1] = np.uint8(index[1] & 255)
-        out[off + M_QH + ib] = np.uint8((index[0] >> 8) | ((index[1] >> 8) << 4))
+        i0 = index[2 * ib]
+        i1 = index[2 * ib + 1]
+        out[off + M_QS + 2 * ib] = np.uint8(i0 & 255)
+        out[off + M_QS + 2 * ib + 1] = np.uint8(i1 & 255)
+        out[off + M_QH + ib] = np.uint8((i0 >> 8) | ((i1 >> 8) << 4))
         if not scale >= _F0:
             return 1
         scales[ib] = scale
-        shifts[ib] = best_k
         max_scale = max_scale if max_scale > scale else scale
     if max_scale == _F0:
         return 0
@@ -728,13 +1137,12 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, codes, nidx, levels, scales, w
         qh = np.int64(out[off + M_QH + ib]) | IQ1M_MASKS[shifts[ib]]
         out[off + M_QH + ib] = np.uint8(qh)
         bo = xo + bs * ib
-        _iq1m_weights(x, bo, qw, weighted, sigma2, weight)
         fl = np.float32(2 * l + 1)
         for k in range(bs // 8):
             xx = XPM_M[_half_shift(shifts[ib], k)]
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
-                w = weight[8 * k + j]
+                w = weight[bs * ib + 8 * k + j]
                 q = xx[levels[g, j]] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
@@ -757,13 +1165,15 @@ def _quantize_iq1(x, qw, out, is_m):
     weighted = qw.shape[0] == x.shape[1]
     if not is_m and not weighted:
         return x.shape[0] * nblk
-    kx, codes, nidx, levels = lists(GRID_1S)
+    kx, _, nidx, levels = lists(GRID_1S)
+    kg = _packed()
     bs = 16 if is_m else 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
-    weight = np.zeros(bs, dtype=np.float32)
+    weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
     L = np.zeros(bs, dtype=np.int8)
-    index = np.zeros(bs // 8, dtype=np.int64)
+    index = np.zeros(QK_K // 8, dtype=np.int64)  # per block: its groups' kx entries, then grid indices
+    flag = np.zeros(QK_K // bs, dtype=np.int64)
     sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
     sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
     pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
@@ -772,16 +1182,17 @@ def _quantize_iq1(x, qw, out, is_m):
     pidx = np.zeros(bs, dtype=np.int64)
     ti = np.zeros(bs, dtype=np.int64)
     sc = np.zeros(4, dtype=np.int64)
-    cb = np.zeros(3 * 4 * LANES, dtype=np.float32)  # a chunk of split candidates (_store_ir)
+    cb = np.zeros(CB_SIZE, dtype=np.float32)  # a block's split candidates (_store_ir)
+    ch = np.zeros(CH_SIZE, dtype=np.int64)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
             if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, codes, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb)
+                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
+                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
             else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, codes, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb)
+                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
+                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
     return failed
 
 
