@@ -30,7 +30,7 @@ def _with_rounding(options, rounding):
 
 def convert(model, out, ftype="Q4_K_M", options=None, *, rounding=None):
     """Convert a HF folder / .safetensors file to a GGUF file of llama.cpp file type `ftype`.
-    `rounding`: "ggml" (default, llama-quantize's bytes) or "best" (see kquant.ggml.quants.quantize)."""
+    `rounding`: "ggml" (default, llama-quantize's bytes), "best" or "refine" (see kquant.ggml.quants.quantize)."""
     from .pipeline import convert as _convert
 
     return _convert(model, out, ftype, _with_rounding(options, rounding))

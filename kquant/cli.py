@@ -117,7 +117,8 @@ def _target_size_arg(s: str) -> int:
 
 
 ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block for a lower weighted "
-                 "error, same types, loads in any llama.cpp (recorded as quantize.rounding)")
+                 "error, same types, loads in any llama.cpp (recorded as quantize.rounding); refine: a cheap "
+                 "least-squares refit of ggml's blocks, same guarantees, smaller gain")
 
 
 def _rounding_arg(s: str) -> str:

@@ -364,10 +364,11 @@ def _head_count(gf, key: str, default=None) -> int:
 
 
 def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None, tuple | None]], list[str],
-                             dict[str, tuple[list[str], list, tuple[int, ...]]]]:
+                             dict[str, tuple[list[str], list, tuple[int, ...], list]]]:
     """GGUF name -> (HF name, or one per expert for stacked experts; HF-row -> GGUF-row gather or None;
     the HF shape where it differs from the GGUF one, else None), the GGUF tensors with no HF name,
-    and the HF tensors rebuilt from GGUF parts ({HF name: ([GGUF names, in part order], [their HFJoin], HF shape)}).
+    and the HF tensors rebuilt from GGUF parts ({HF name: ([GGUF names, in part order], [their HFJoin], HF shape,
+    [each part's HF-row -> GGUF-row gather within one slice, or None])}).
 
     The family of the file's architecture gives the names and, for llama, the Q/K rows back in
     HF order (conversion/llama.py LlamaModel.permute, inverted) from the file's head counts.
@@ -406,7 +407,9 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
             if len(ti.shape) not in (2, 3):
                 raise InputError(f"{_p(gf.path)}: tensor {name!r} has shape {list(ti.shape)}, expected 2 or 3 dimensions")
             hf = f"{fam.layer_prefix}{bid}.{join.module}"
-            joins.setdefault(hf, {})[join.part] = (name, join)
+            per = int(ti.shape[1]) if len(ti.shape) == 3 else int(ti.shape[0])  # rows of one slice
+            gather = fam.hf_row_order(base, per, n_head, n_kv) if n_head is not None else None  # Q/K rows permuted
+            joins.setdefault(hf, {})[join.part] = (name, join, gather)
             out[name] = (hf, None, None)
             continue
         if bid is None:
@@ -425,15 +428,15 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
         shape = tuple(int(d) for d in ti.shape)
         hf_shape = fam.hf_tensor_shape(base, is_bias, shape) if bid is not None else shape
         out[name] = (hf, gather, hf_shape if hf_shape != shape else None)
-    joined: dict[str, tuple[list[str], list, tuple[int, ...]]] = {}
+    joined: dict[str, tuple[list[str], list, tuple[int, ...], list]] = {}
     by_name = {t.name: t for t in gf.tensors}
     for hf, parts in joins.items():
         need = next(iter(parts.values()))[1].parts
         if sorted(parts) != list(range(need)):
             raise InputError(f"{_p(gf.path)}: --hf-names: {hf} needs {need} tensors, the file has "
-                             f"{sorted(n for n, _ in parts.values())}")
-        names, js = [parts[i][0] for i in range(need)], [parts[i][1] for i in range(need)]
-        joined[hf] = (names, js, _joined_shape(gf, hf, [by_name[n] for n in names], js))
+                             f"{sorted(p[0] for p in parts.values())}")
+        names, js, gathers = ([parts[i][k] for i in range(need)] for k in range(3))
+        joined[hf] = (names, js, _joined_shape(gf, hf, [by_name[n] for n in names], js), gathers)
     return out, skipped, joined
 
 
@@ -454,13 +457,15 @@ def _joined_shape(gf, hf: str, parts: list, joins: list) -> tuple[int, ...]:
     return (n * rows, cols) if j.flat or dims.pop() == 2 else (n, rows, cols)
 
 
-def _joined_slices(readers: list, joins: list, n: int):
-    """Slice by slice (one expert, one head, or the whole matrix) the rows of a joined HF tensor."""
+def _joined_slices(readers: list, joins: list, gathers: list, n: int):
+    """Slice by slice (one expert, one head, or the whole matrix) the rows of a joined HF tensor; a part's
+    rows back in HF order first where the conversion permuted them (`gathers`: HF row -> GGUF row, or None)."""
     for x in range(n):
         pieces = []
-        for rd, j in zip(readers, joins):
+        for rd, j, g in zip(readers, joins, gathers):
             per = rd.rows // n
             a = rd.read(x * per, (x + 1) * per)
+            a = a if g is None else a[g]
             pieces.append(a.T if j.transpose else a)
         j = joins[0]
         if j.interleave:
@@ -515,7 +520,7 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
         readers = {}
         for ti in todo:  # fail on an unsupported type before writing anything
             readers[ti.name] = TensorRows(gf, ti)
-        part_of = {n: hf for hf, (parts, _, _) in joined.items() for n in parts}
+        part_of = {n: hf for hf, (parts, *_) in joined.items() for n in parts}
         todo = [t for t in todo if t.name not in part_of or joined[part_of[t.name]][0][0] == t.name]  # a join once
         entries = []
         for t in todo:
@@ -530,9 +535,9 @@ def dequantize_file(path, out, *, dtype: str = "F32", hf_names: bool = False, fo
                 rd = readers[ti.name]
                 hf, gather, _ = names[ti.name]
                 if ti.name in part_of:  # one slice (expert, head) at a time
-                    parts, js, _ = joined[part_of[ti.name]]
+                    parts, js, _, gathers = joined[part_of[ti.name]]
                     n = int(ti.shape[0]) if len(ti.shape) == 3 else 1
-                    for y in _joined_slices([readers[p] for p in parts], js, n):
+                    for y in _joined_slices([readers[p] for p in parts], js, gathers, n):
                         w.write(_encode_rows(y, dtype, ti.name))
                 elif isinstance(hf, list):  # stacked experts: expert x is rows [x * r, (x + 1) * r)
                     r, step = rd.rows // len(hf), max(1, SLAB_BYTES // max(rd.cols * 4, 1))

@@ -115,7 +115,7 @@ class Options:
     extra: dict = field(default_factory=dict)
     type_map: dict | None = None  # tensor name -> QType replacing the recipe's type (kquant.automix)
     on_compile: Callable | None = None  # called with the types whose kernels are compiled first (cold cache)
-    rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes) or "best"
+    rounding: str = "ggml"  # kquant.ggml.quants.ROUNDINGS: "ggml" (ggml's bytes), "best" or "refine"
     split: object = None  # io.gguf_split.SplitOptions: write llama-gguf-split's shards instead of one file
     fp8_as_q8: bool = False  # convert_hf_to_gguf.py --fp8-as-q8: FP8-dequantized tensors are Q8_0 in the intermediate
 

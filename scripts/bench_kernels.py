@@ -7,6 +7,9 @@ llama-quantize splits rows), the ratio, and whether the bytes matched. Also time
 call (compile or cache load) of each kernel.
 
     .venv/bin/python scripts/bench_kernels.py [--rows 2048] [--cols 4096] [--types Q4_K,Q8_0] [--imatrix]
+
+With --rounding best|refine: per type, kquant's time in that mode against its ggml mode instead
+(CPU time of one thread, so a loaded machine does not skew the ratio; no reference run).
 """
 
 from __future__ import annotations
@@ -55,6 +58,38 @@ def ref_threaded(x, t, qw, n_threads):
     return out
 
 
+def rounding_ratios(args) -> int:
+    """kquant's time in args.rounding against its ggml mode, one thread, CPU time."""
+    rng = np.random.default_rng(0)
+    x = (rng.standard_t(5, size=(args.rows, args.cols)) * 0.02).astype(np.float32)
+    qw = rng.random(args.cols).astype(np.float32) + 0.1 if args.imatrix else None
+    quants.set_threads(1)
+    mode = quants.parse_rounding(args.rounding)
+    print(f"input {args.rows}x{args.cols} float32, imatrix={'yes' if args.imatrix else 'no'}, one thread, CPU time, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'type':6} {'ggml MB/s':>10} {mode + ' MB/s':>12} {'ratio':>6}")
+    mb = x.nbytes / 1e6
+    for name in args.types.split(","):
+        t = parse_qtype(name)
+        if not t.is_quantized or t not in quants.mode_registry(mode):
+            continue
+        w = qw
+        if w is None and t.requires_imatrix:
+            w = rng.random(args.cols).astype(np.float32) + 0.1
+        times = []
+        for r in ("ggml", mode):
+            quants.quantize(x[:1], t, w, rounding=r)
+            best = float("inf")
+            for _ in range(args.repeat):
+                c = time.thread_time()
+                quants.quantize(x, t, w, rounding=r)
+                best = min(best, time.thread_time() - c)
+            times.append(best)
+        print(f"{t.name:6} {mb / times[0]:10.3g} {mb / times[1]:12.3g} {times[1] / times[0]:6.2f}")
+    quants.set_threads(quants.MAX_THREADS)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1024)
@@ -62,7 +97,10 @@ def main(argv=None) -> int:
     ap.add_argument("--types", default=ALL)
     ap.add_argument("--imatrix", action="store_true", help="use importance weights (ggml's weighted path)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--rounding", default="ggml", help="best or refine: time that mode against ggml mode")
     args = ap.parse_args(argv)
+    if quants.parse_rounding(args.rounding) != "ggml":
+        return rounding_ratios(args)
 
     if not reference.available():
         print("the reference (llama-cpp-python) is not installed: pip install -e '.[test]'", file=sys.stderr)

@@ -1,19 +1,21 @@
 #!/usr/bin/env python3
-"""rounding="best" against rounding="ggml" on real weights: per-tensor weighted rel-RMSE and time.
+"""rounding="best" or "refine" against rounding="ggml" on real weights: per-tensor weighted rel-RMSE and time.
 
 For every 2-D float tensor of the given checkpoints (safetensors files or HF folders) whose row
 length fits the type, and every type: the weighted rel-RMSE sqrt(sum w e^2 / sum w x^2) under
 ggml's own objective for that type (tests/objective.py: ggml's default weights, or the imatrix
 path's weights with a synthetic importance row when --imatrix), for both roundings. Prints per
 type the mean and the worst relative change of that figure over the tensors (worst must be <= 0),
-the mean change of the plain rel-RMSE, and the time ratio best/ggml (one thread, same process).
+the mean change of the plain rel-RMSE, and the time ratio mode/ggml (one thread, same process,
+CPU time of the thread: wall time on a loaded machine charges long runs for other processes' turns).
 
-    .venv/bin/python scripts/bench_rounding.py fixtures/tiny-llama /tmp/minilm/model.safetensors [--imatrix]
+    .venv/bin/python scripts/bench_rounding.py fixtures/tiny-llama /tmp/minilm/model.safetensors [--imatrix] [--rounding refine]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,7 +31,7 @@ from kquant.io.safetensors import SafetensorsFile  # noqa: E402
 from kquant.types import QType  # noqa: E402
 from objective import weights  # noqa: E402
 
-TYPES = "Q4_K,Q5_K,Q3_K,Q2_K,Q6_K,Q4_0,Q5_0,Q4_1,Q5_1,Q8_0"
+TYPES = "Q4_K,Q5_K,Q3_K,Q2_K,Q6_K,Q4_0,Q5_0,Q4_1,Q5_1,Q8_0,IQ4_NL,IQ4_XS,IQ3_S"
 
 
 def tensors(paths):
@@ -50,9 +52,11 @@ def main(argv=None) -> int:
     ap.add_argument("paths", nargs="+")
     ap.add_argument("--types", default=TYPES)
     ap.add_argument("--imatrix", action="store_true", help="synthetic importance rows (chi-square, fixed seed)")
+    ap.add_argument("--rounding", default="best", help="the mode compared with ggml (default best)")
     ap.add_argument("--verbose", action="store_true", help="one line per tensor")
     args = ap.parse_args(argv)
     types = [QType[t.strip().upper()] for t in args.types.split(",")]
+    mode = quants.parse_rounding(args.rounding)
     quants.set_threads(1)
     rng = np.random.default_rng(0)
     rows = {t: [] for t in types}
@@ -61,12 +65,13 @@ def main(argv=None) -> int:
         for t in types:
             if x.shape[1] % t.block_size or (qw is None and t.requires_imatrix):
                 continue
-            quants.quantize(x[:1], t, qw, rounding="best")  # compile / load outside the timing
-            t0 = time.perf_counter()
+            quants.quantize(x[:1], t, qw, rounding=mode)  # compile / load outside the timing
+            quants.quantize(x[:1], t, qw)
+            t0 = time.thread_time()
             g = quants.quantize(x, t, qw)
-            t1 = time.perf_counter()
-            b = quants.quantize(x, t, qw, rounding="best")
-            t2 = time.perf_counter()
+            t1 = time.thread_time()
+            b = quants.quantize(x, t, qw, rounding=mode)
+            t2 = time.thread_time()
             w = weights(t, x, qw)
             xd = x.astype(np.float64)
             sx = float((w * xd * xd).sum())
@@ -79,7 +84,8 @@ def main(argv=None) -> int:
             rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1))
             if args.verbose:
                 print(f"{t.name:6s} {name:60s} {rg:.5f} -> {rb:.5f} ({(rb / rg - 1) * 100:+.2f}%)", file=sys.stderr)
-    print(f"weighted rel-RMSE, rounding=best vs ggml ({'synthetic imatrix' if args.imatrix else 'no imatrix'}), one thread")
+    print(f"weighted rel-RMSE, rounding={mode} vs ggml ({'synthetic imatrix' if args.imatrix else 'no imatrix'}), "
+          f"one thread, CPU time; load average {os.getloadavg()[0]:.1f}")
     print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'plain':>8s} {'time':>6s}")
     for t in types:
         r = rows[t]

@@ -258,6 +258,11 @@ def as_transformers5(cfg: dict) -> dict:
         c["_sliding_window_pattern"] = c.get("sliding_window_pattern", 6)
     for k, v in zip(("bos_token_id", "eos_token_id", "pad_token_id"), _T5_TOKEN_IDS.get(mt, (None, None, None))):
         c.setdefault(k, v)
+    if mt == "nemotron_h" and "num_experts_per_tok" in c:  # NemotronHConfig.__post_init__: the pattern as a list
+        kinds = {"M": "linear_attention", "E": "moe", "*": "full_attention", "-": "mlp"}
+        c["layers_block_type"] = [kinds[k] for k in c.pop("hybrid_override_pattern")]
+        c.pop("num_hidden_layers")  # a property (len(layers_block_type)), not saved
+        c["mtp_layers_block_type"] = [kinds[k] for k in c.pop("mtp_hybrid_override_pattern", "*E")]
     c["transformers_version"] = "5.25.0"
     return c
 
@@ -1014,6 +1019,77 @@ def case_nemotron_h(rng):
         else:
             t[p + "mixer.up_proj.weight"] = (heavy(rng, (f, e)), "BF16")
             t[p + "mixer.down_proj.weight"] = (heavy(rng, (e, f)), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def f32_a_log(rng, n: int) -> np.ndarray:
+    """An F32 A_log (log(1..n) plus noise, not BF16 values) half of whose values are inputs where torch's float32
+    exp is not the correctly rounded one (found with kquant's port of it, models/vml_exp.py): the converter's
+    -torch.exp(A_log) then checks the port end to end."""
+    from kquant.models.vml_exp import vml_exp
+
+    x = (np.log(np.arange(1, 2001, dtype=np.float64) % n + 1) + rng.uniform(-0.5, 0.5, 2000)).astype(np.float32)
+    hard = vml_exp(x) != np.exp(x.astype(np.float64)).astype(np.float32)
+    out = np.concatenate([x[hard][: n // 2], x[~hard][: n - n // 2]])
+    assert len(out) == n
+    return out
+
+
+def case_nemotron_h_moe(rng, mtp: bool = False):
+    # Nemotron 3 Nano's config.json keys (raw: transformers 4.57.6 has no class) at width 256, pattern "ME*E": Mamba-2,
+    # 4 sigmoid-routed relu^2 experts (up/down) with e_score_correction_bias and a shared expert, attention (GQA);
+    # `mtp`: Nemotron 3 Super's latent experts (moe_latent_size, fc1/fc2_latent_proj) and its MTP head
+    # (mtp.layers.0: fusion + attention, mtp.layers.1: MoE + final norm). GPT-2's tokenizer stands in.
+    e, nh, nkv, hd, f, f_sh, n_x = 256, 4, 2, 64, 256, 512, 4
+    m = 128 if mtp else e  # the experts' width
+    c = {"architectures": ["NemotronHForCausalLM"], "model_type": "nemotron_h", "hidden_size": e,
+         "intermediate_size": f, "num_hidden_layers": 4, "hybrid_override_pattern": "ME*E", "num_attention_heads": nh,
+         "num_key_value_heads": nkv, "head_dim": hd, "mamba_num_heads": 8, "mamba_head_dim": 64, "n_groups": 2,
+         "ssm_state_size": 64, "conv_kernel": 4, "expand": 2, "chunk_size": 128, "mamba_hidden_act": "silu",
+         "mlp_hidden_act": "relu2", "layer_norm_epsilon": 1e-5, "vocab_size": 50264, "max_position_embeddings": 8192,
+         "tie_word_embeddings": False, "use_bias": False, "use_conv_bias": True, "residual_in_fp32": False,
+         "n_routed_experts": n_x, "num_experts_per_tok": 2, "moe_intermediate_size": f,
+         "moe_shared_expert_intermediate_size": f_sh, "n_shared_experts": 1, "n_group": 1, "topk_group": 1,
+         "norm_topk_prob": True, "routed_scaling_factor": 2.5, "partial_rotary_factor": 1.0, "rope_theta": 10000,
+         "bos_token_id": 50256, "eos_token_id": 50256, "torch_dtype": "bfloat16"}
+    if mtp:
+        c |= {"moe_latent_size": m, "num_nextn_predict_layers": 1, "mtp_hybrid_override_pattern": "*E"}
+    t = {"backbone.embeddings.weight": (heavy(rng, (50264, e)), "BF16"), "lm_head.weight": (heavy(rng, (50264, e)), "BF16"),
+         "backbone.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+
+    def attention(p):
+        for n, shp in (("q_proj", (nh * hd, e)), ("k_proj", (nkv * hd, e)), ("v_proj", (nkv * hd, e)), ("o_proj", (e, nh * hd))):
+            t[p + f"mixer.{n}.weight"] = (heavy(rng, shp), "BF16")
+
+    def moe(p):
+        t[p + "mixer.gate.weight"] = (heavy(rng, (n_x, e)), "BF16")
+        t[p + "mixer.gate.e_score_correction_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+        for x in range(n_x):
+            t[p + f"mixer.experts.{x}.up_proj.weight"] = (heavy(rng, (f, m)), "BF16")
+            t[p + f"mixer.experts.{x}.down_proj.weight"] = (heavy(rng, (m, f)), "BF16")
+        t[p + "mixer.shared_experts.up_proj.weight"] = (heavy(rng, (f_sh, e)), "BF16")
+        t[p + "mixer.shared_experts.down_proj.weight"] = (heavy(rng, (e, f_sh)), "BF16")
+        if mtp:
+            t[p + "mixer.fc1_latent_proj.weight"] = (heavy(rng, (m, e)), "BF16")
+            t[p + "mixer.fc2_latent_proj.weight"] = (heavy(rng, (e, m)), "BF16")
+
+    for i, kind in enumerate(c["hybrid_override_pattern"]):
+        p = f"backbone.layers.{i}."
+        t[p + "norm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        if kind == "M":
+            t.update(mamba2_tensors(rng, p + "mixer.", e, 512, 8, 2, 64, 4))
+            t[p + "mixer.A_log"] = (f32_a_log(rng, 8), "F32")
+        elif kind == "*":
+            attention(p)
+        else:
+            moe(p)
+    if mtp:
+        for n in ("mtp.layers.0.enorm", "mtp.layers.0.hnorm", "mtp.layers.0.norm", "mtp.layers.1.norm",
+                  "mtp.layers.1.final_layernorm"):
+            t[n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t["mtp.layers.0.eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+        attention("mtp.layers.0.")
+        moe("mtp.layers.1.")
     return c, t, "gpt-2", {}
 
 
@@ -1932,6 +2008,7 @@ CASES = {
     "gpt-oss": case_gpt_oss, "gpt-oss-mxfp4": case_gpt_oss_mxfp4,
     "mamba": case_mamba, "falcon-mamba": lambda rng: case_mamba(rng, falcon=True), "mamba2": case_mamba2,
     "nemotron": case_nemotron, "nemotron-h": case_nemotron_h, "jamba": case_jamba,
+    "nemotron-h-moe": case_nemotron_h_moe, "nemotron-h-moe-mtp": lambda rng: case_nemotron_h_moe(rng, mtp=True),
     "phi2": case_phi2, "qwen2vl": case_qwen2vl, "qwen2.5vl": lambda rng: case_qwen2vl(rng, flat=True),
     "qwen3vl": case_qwen3vl, "qwen3vlmoe": lambda rng: case_qwen3vl(rng, moe=True),
     "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
@@ -1942,7 +2019,8 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
-               "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe")
+               "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
+               "nemotron-h-moe", "nemotron-h-moe-mtp")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
@@ -2658,9 +2736,11 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # with biases (gpt-oss), fused and stacked (granitemoeshared), per-expert merges in MoE layers after dense
 # ones (dots1, olmoe, phimoe, qwen2moe), MLA's kv_b_proj split (deepseek2-lite), Q/K permutation (deepseek),
 # Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
-# reshaped (lfm2), a "llama" file with experts (mixtral)
+# reshaped (lfm2), a "llama" file with experts (mixtral), renamed expert biases (afmoe, bailingmoe2, minimax-m2),
+# QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
-                  "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe")
+                  "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
+                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)
@@ -2961,7 +3041,11 @@ def test_mamba_lm_head_dropped_only_when_equal(models):
 
 
 @pytest.mark.parametrize("case,edit,err,match", [
-    ("nemotron-h", dict(num_experts_per_tok=2), UnsupportedError, "Nemotron-H MoE .* is not ported"),
+    ("nemotron-h", dict(num_experts_per_tok=2), UnsupportedError, "each layer M, \\* or E"),  # the MoE variant
+    ("nemotron-h-moe", dict(moe_shared_expert_intermediate_size=0), InputError,
+     "'moe_shared_expert_intermediate_size' must be a positive integer"),
+    ("nemotron-h-moe-mtp", dict(num_nextn_predict_layers=2), UnsupportedError, "num_nextn_predict_layers 2"),
+    ("nemotron-h-moe", dict(norm_topk_prob=1), InputError, "'norm_topk_prob' must be true or false"),
     ("nemotron-h", dict(hybrid_override_pattern="M*"), InputError, "layer pattern has 2 entries for 3 layers"),
     ("nemotron-h", dict(hybrid_override_pattern="**-"), UnsupportedError, "needs Mamba layers"),
     ("mamba", dict(intermediate_size=768), UnsupportedError, "block expansion factor of 2 only"),

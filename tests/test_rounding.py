@@ -1,14 +1,15 @@
-"""rounding="best": valid blocks that ggml decodes as kquant does, never a worse block than ggml's.
+"""rounding="best" and "refine": valid blocks that ggml decodes as kquant does, never a worse block
+than ggml's.
 
-For every type with a search of its own (kquant.ggml.quants.better_types()), on fuzzed data of
-many distributions, with and without importance weights:
+For every mode and every type with a search of its own in it (kquant.ggml.quants.mode_types), on
+fuzzed data of many distributions, with and without importance weights:
 - libggml's to_float (tests/oracle/reference.py, ctypes) decodes every block exactly as kquant.dequantize;
 - every block's weighted squared error (tests/objective.py: ggml's objective, written
   independently in numpy) is <= that of the block libggml's own quantizer writes, and on plain
   data the total is strictly lower;
 - the exact scale sweep (kernels/_sweep.py) finds the optimum a dense grid of steps finds;
 - the bytes do not depend on the thread count;
-and llama.cpp loads and evaluates best-rounded files of fixtures/tiny-llama.
+and llama.cpp loads and evaluates best- and refine-rounded files of fixtures/tiny-llama.
 The default (rounding="ggml") is ggml's bytes: the identity suites cover it untouched.
 """
 
@@ -30,6 +31,8 @@ from kernel_data import fresh_rng, make_w, make_x
 pytestmark = pytest.mark.skipif(not reference.available(), reason="llama-cpp-python (libggml) not installed")
 
 BETTER = quants.better_types()
+MODES = [m for m in quants.ROUNDINGS if m != "ggml"]
+MODE_TYPES = [(m, t) for m in MODES for t in quants.mode_types(m)]
 KINDS = ["normal", "student_t", "laplace", "outlier_cols", "zero_rows", "constant_rows", "tiny", "huge",
          "single_nonzero", "pm_max", "positive", "negative", "subblock_scales", "mixed_scale"]
 WKINDS = [None, "uniform", "zeros", "heavy"]
@@ -42,13 +45,15 @@ def test_registry():
     want = ("Q2_K Q3_K Q4_K Q5_K Q6_K Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ4_XS IQ3_S IQ3_XXS IQ2_XXS IQ2_XS IQ2_S "
             "IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 Q1_0 Q2_0").split()
     assert {QType[n] for n in want} <= set(BETTER)
+    refine = "Q2_K Q3_K Q4_K Q5_K Q6_K Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL IQ3_S IQ3_XXS IQ2_XXS IQ2_XS IQ2_S IQ1_S IQ1_M"
+    assert {QType[n] for n in refine.split()} <= set(quants.mode_types("refine"))
     with pytest.raises(InputError, match="unknown rounding"):
         quants.parse_rounding("nearest")
 
 
-@pytest.mark.parametrize("t", BETTER, ids=lambda t: t.name)
+@pytest.mark.parametrize("mode,t", MODE_TYPES, ids=lambda v: getattr(v, "name", v))
 @pytest.mark.parametrize("wkind", WKINDS, ids=lambda w: w or "unweighted")
-def test_valid_and_never_worse(t, wkind):
+def test_valid_and_never_worse(mode, t, wkind):
     if wkind is None and t.requires_imatrix:
         pytest.skip(f"{t.name} needs an imatrix")
     seed, rng = fresh_rng()
@@ -56,9 +61,9 @@ def test_valid_and_never_worse(t, wkind):
     for kind in KINDS:
         x = make_x(kind, ROWS, COLS, rng)
         qw = None if wkind is None else make_w(wkind, COLS, rng)
-        what = f"{t.name} {kind} w={wkind} seed={seed}"
+        what = f"{mode} {t.name} {kind} w={wkind} seed={seed}"
         g = reference.quantize(x, t, qw)  # ggml's own blocks (libggml)
-        b = kquant.quantize(x, t, qw, rounding="best")
+        b = kquant.quantize(x, t, qw, rounding=mode)
         yb = kquant.dequantize(b, t, x.shape)
         # (1) ggml decodes the best blocks exactly as kquant does
         assert np.array_equal(reference.dequantize(b, t, x.shape).view(np.uint32), yb.view(np.uint32)), what
@@ -74,7 +79,7 @@ def test_valid_and_never_worse(t, wkind):
     if wkind is None and t in TIE_UNWEIGHTED:
         assert total_b <= total_g
     else:
-        assert total_b < total_g, f"{t.name} w={wkind} seed={seed}: no gain on plain data"
+        assert total_b < total_g, f"{mode} {t.name} w={wkind} seed={seed}: no gain on plain data"
 
 
 @pytest.mark.parametrize("n,lo,hi", [(16, -4, 3), (32, -8, 7), (32, -16, 15), (16, -32, 31)])
@@ -106,8 +111,8 @@ def test_exact_sweep_is_the_optimum(n, lo, hi):
         assert e0 - cv[0] <= err(grid).min() * (1 + 1e-9) + 1e-12, f"seed={seed} trial={trial}"
 
 
-@pytest.mark.parametrize("t", BETTER, ids=lambda t: t.name)
-def test_thread_count_independent(t, monkeypatch):
+@pytest.mark.parametrize("mode,t", MODE_TYPES, ids=lambda v: getattr(v, "name", v))
+def test_thread_count_independent(mode, t, monkeypatch):
     if quants.MAX_THREADS < 2:
         pytest.skip("one core")
     _, rng = fresh_rng()
@@ -117,9 +122,9 @@ def test_thread_count_independent(t, monkeypatch):
     monkeypatch.setattr(quants, "MIN_VALUES_PER_THREAD", 256)
     try:
         quants.set_threads(1)
-        one = [kquant.quantize(x, t, w, rounding="best") for w in ws]
+        one = [kquant.quantize(x, t, w, rounding=mode) for w in ws]
         quants.set_threads(quants.MAX_THREADS)
-        many = [kquant.quantize(x, t, w, rounding="best") for w in ws]
+        many = [kquant.quantize(x, t, w, rounding=mode) for w in ws]
     finally:
         quants.set_threads(quants.MAX_THREADS)
     assert all(np.array_equal(a, b) for a, b in zip(one, many))
@@ -140,25 +145,32 @@ TINY = pipeline.Path(__file__).resolve().parent.parent / "fixtures" / "tiny-llam
 def tiny_files(tmp_path_factory):
     pytest.importorskip("llama_cpp")
     d = tmp_path_factory.mktemp("rounding")
-    targets = [(d / f"{ft}.gguf", ft) for ft in ("F32", "Q4_K_M", "Q4_0", "Q5_1", "IQ3_S")]
-    pipeline.convert_many(TINY, targets[:1])
-    pipeline.convert_many(TINY, targets[1:], pipeline.Options(rounding="best"))
-    return {ft: p for p, ft in targets}
+    files = {("ggml", "F32"): d / "F32.gguf"}
+    pipeline.convert_many(TINY, [(files["ggml", "F32"], "F32")])
+    for mode in MODES:
+        targets = [(d / f"{mode}-{ft}.gguf", ft) for ft, m in TINY_FILES if m == mode]
+        kquant.convert_many(TINY, targets, rounding=mode)  # the public API
+        files.update({(mode, ft): p for p, ft in targets})
+    return files
 
 
-@pytest.mark.parametrize("ftype", ["Q4_K_M", "Q4_0", "Q5_1", "IQ3_S"])
-def test_llama_cpp_runs_best_files(tiny_files, ftype):
+TINY_FILES = [("Q4_K_M", "best"), ("Q4_0", "best"), ("Q5_1", "best"), ("IQ3_S", "best"),
+              ("Q4_K_M", "refine"), ("Q3_K_M", "refine"), ("Q5_0", "refine")]
+
+
+@pytest.mark.parametrize("ftype,mode", TINY_FILES)
+def test_llama_cpp_runs_rounded_files(tiny_files, ftype, mode):
     from oracle import refpipeline
     from kquant.io.gguf import GGUFFile
 
-    path = tiny_files[ftype]
-    assert GGUFFile(path).value(pipeline.ROUNDING_KEY) == "best"
-    assert GGUFFile(tiny_files["F32"]).value(pipeline.ROUNDING_KEY) is None
+    path = tiny_files[mode, ftype]
+    assert GGUFFile(path).value(pipeline.ROUNDING_KEY) == mode
+    assert GGUFFile(tiny_files["ggml", "F32"]).value(pipeline.ROUNDING_KEY) is None
     toks, q = refpipeline.eval_logits(path)
-    _, full = refpipeline.eval_logits(tiny_files["F32"])
+    _, full = refpipeline.eval_logits(tiny_files["ggml", "F32"])
     assert len(toks) > 5 and np.isfinite(q).all()
-    # (3 bits on this tiny model: ggml's own IQ3_S file correlates 0.84)
-    assert np.corrcoef(q.ravel(), full.ravel())[0, 1] > (0.8 if ftype == "IQ3_S" else 0.9)
+    # (2-3 bits on this tiny model: ggml's own IQ3_S file correlates 0.84)
+    assert np.corrcoef(q.ravel(), full.ravel())[0, 1] > (0.8 if ftype in ("IQ3_S", "Q3_K_M") else 0.9)
 
 
 LOW_BIT = "IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ1_S IQ1_M TQ1_0 TQ2_0 MXFP4 Q1_0 Q2_0".split()
@@ -195,18 +207,19 @@ def test_cli_rejects_unknown_rounding(capsys):
     assert "unknown rounding 'nearest'" in err and len(err.strip().splitlines()) == 1
 
 
-def test_automix_measures_with_the_rounding():
-    """The automix's per-type errors come from the chosen rounding: lower with best in total (its
+@pytest.mark.parametrize("mode", MODES)
+def test_automix_measures_with_the_rounding(mode):
+    """The automix's per-type errors come from the chosen rounding: lower than ggml's in total (its
     error weights are not ggml's objective, so single tensors may differ either way)."""
     from kquant.automix import measure_model
 
     errs = {}
-    for r in ("ggml", "best"):
+    for r in ("ggml", mode):
         m = measure_model(TINY, "Q4_0", pipeline.Options(rounding=r), header=False)
         errs[r] = {c.name: dict(zip(c.types, c.rel)) for c in m.curves if not c.fixed}
-    some = [(n, t) for n, d in errs["ggml"].items() for t in d if t in BETTER and d[t] > 0]
+    some = [(n, t) for n, d in errs["ggml"].items() for t in d if t in quants.mode_types(mode) and d[t] > 0]
     assert some
-    assert sum(errs["best"][n][t] for n, t in some) < sum(errs["ggml"][n][t] for n, t in some)
+    assert sum(errs[mode][n][t] for n, t in some) < sum(errs["ggml"][n][t] for n, t in some)
 
 
 

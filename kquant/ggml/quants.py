@@ -85,8 +85,14 @@ def supported_types() -> list[QType]:
     return sorted(registry(), key=int)
 
 
-ROUNDINGS = ("ggml", "best")  # rounding modes; "ggml" is ggml's own bytes
-BETTER_MODULES = ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq", "better_scalar")  # kernel modules exporting BEST: {QType: quantize}
+ROUNDINGS = ("ggml", "best", "refine")  # rounding modes; "ggml" is ggml's own bytes
+# kernel modules of each other mode; each exports a dict {QType: quantize} under the mode's name in
+# capitals (BEST, REFINE); a type absent from every module writes ggml's blocks in that mode
+MODE_MODULES = {
+    "best": ("better_k", "better_sym", "better_legacy", "better_iq4", "better_iq", "better_scalar"),
+    "refine": ("refine_legacy", "refine_k", "refine_iq4", "refine_iq"),
+}
+BETTER_MODULES = MODE_MODULES["best"]
 
 
 def parse_rounding(rounding) -> str:
@@ -97,22 +103,32 @@ def parse_rounding(rounding) -> str:
 
 
 @lru_cache(maxsize=None)
-def better_registry() -> dict[QType, object]:
-    """QType -> quantize kernel of rounding="best" (same signature as Kernel.quantize)."""
+def mode_registry(mode: str) -> dict[QType, object]:
+    """QType -> quantize kernel of a rounding mode other than ggml (same signature as Kernel.quantize)."""
     reg: dict = {}
-    for name in BETTER_MODULES:
+    for name in MODE_MODULES[mode]:
         path = f"{__package__}.kernels.{name}"
         if importlib.util.find_spec(path) is None:
             continue
-        for t, fn in importlib.import_module(path).BEST.items():
-            assert t not in reg, f"{t.name} has two better kernels"
+        for t, fn in getattr(importlib.import_module(path), mode.upper(), {}).items():
+            assert t not in reg, f"{t.name} has two {mode} kernels"
             reg[t] = fn
     return reg
 
 
+def better_registry() -> dict[QType, object]:
+    """QType -> quantize kernel of rounding="best"."""
+    return mode_registry("best")
+
+
+def mode_types(mode: str) -> list[QType]:
+    """Types whose rounding `mode` runs a search of its own (the others write ggml's blocks)."""
+    return sorted(mode_registry(mode), key=int)
+
+
 def better_types() -> list[QType]:
     """Types whose rounding="best" runs a search of its own (the others write ggml's blocks)."""
-    return sorted(better_registry(), key=int)
+    return mode_types("best")
 
 
 @njit(nogil=True, cache=True)
@@ -170,12 +186,15 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     importance weight per column (float32), used by the types whose ggml quantizer takes weights.
     rounding="best": same type and layout, each block searched harder for a lower weighted error
     than ggml's (and ggml's block kept where it is not beaten); see kernels/better_*.py.
+    rounding="refine": the same guarantees from a bounded refit of ggml's block, at most about
+    ggml's own time again; see kernels/refine_*.py.
     """
     t = parse_qtype(qtype)
     k = kernel(t)
     qfn = k.quantize
-    if parse_rounding(rounding) == "best":
-        qfn = better_registry().get(t, qfn)
+    mode = parse_rounding(rounding)
+    if mode != "ggml":
+        qfn = mode_registry(mode).get(t, qfn)
     x = _as_rows(x)
     rows, cols = x.shape
     if cols == 0:

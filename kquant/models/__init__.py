@@ -55,7 +55,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     stablelm,
     starcoder,
 )
-from .base import FAMILIES, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
+from .base import FAMILIES, VARIANTS, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
 from .metadata import meta_kv
 from .spec import ModelSpec, TensorSpec
@@ -95,24 +95,29 @@ def family(hf_arch: str) -> type[TextModel] | None:
     return FAMILIES.get(hf_arch)
 
 
+def _classes() -> list[type[TextModel]]:
+    """Every family class, the registered ones and their variants (TextModel.for_config)."""
+    return list(dict.fromkeys([*FAMILIES.values(), *VARIANTS]))
+
+
 def inverse_family(gguf_arch: str) -> type[TextModel] | None:
     """The family whose HF names `dequantize --hf-names` restores for a GGUF architecture, or None."""
-    return next((c for c in FAMILIES.values() if c.inverse_names and c.arch_name() == gguf_arch), None)
+    return next((c for c in _classes() if c.inverse_names and c.arch_name() == gguf_arch), None)
 
 
 def inverse_refusal(gguf_arch: str) -> str | None:
     """Why `dequantize --hf-names` is not offered for a GGUF architecture kquant writes (one line), or None."""
-    return next((c.inverse_refused for c in FAMILIES.values() if c.arch_name() == gguf_arch and c.inverse_refused), None)
+    return next((c.inverse_refused for c in _classes() if c.arch_name() == gguf_arch and c.inverse_refused), None)
 
 
 def inverse_architectures() -> list[str]:
     """GGUF architectures `dequantize --hf-names` supports."""
-    return sorted({c.arch_name() for c in FAMILIES.values() if c.inverse_names})
+    return sorted({c.arch_name() for c in _classes() if c.inverse_names})
 
 
 def norm_inputs(gguf_arch: str) -> dict[str, str]:
     """Matrix kind -> the norm whose output it reads, for a GGUF architecture (automix)."""
-    return next((c.norm_of for c in FAMILIES.values() if c.arch_name() == gguf_arch), NORM_OF)
+    return next((c.norm_of for c in _classes() if c.arch_name() == gguf_arch), NORM_OF)
 
 
 def load_spec(
@@ -145,6 +150,7 @@ def load_spec(
         raise UnsupportedError(
             f"{cfg_path}: architecture {hf_arch!r} is not supported (supported: {', '.join(supported_architectures())})")
     hp = to_hparams(cfg, cfg_path)
+    cls = cls.for_config(hp)
     arch = cls.arch_name()
     model = cls(hp, kv=KVRecorder(arch), config_path=cfg_path, folder=folder, tok_folder=tok_folder)
     _check_hparams({**cfg, **cfg.get("text_config", {})}, model, cfg_path)

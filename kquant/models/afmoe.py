@@ -35,13 +35,12 @@ _SHARED = {"mlp.shared_experts.gate_proj": "ffn_gate_shexp", "mlp.shared_experts
 @register("AfmoeForCausalLM")
 class AfmoeModel(LlamaModel):
     model_arch = MODEL_ARCH.AFMOE
-    inverse_refused = "not ported yet (its stacked gate/up/down experts have no inverse map)"
     configs = (AFMOE_CONFIG,)
     layer = _ATTN | _DENSE | _MOE | _SHARED  # any layer's modules
     bias_ok = ("mlp.expert_bias",)
     bias_only = ("mlp.expert_bias",)
     undo_permute = False
-    inverse_names = False
+    inverse_names = True  # --hf-names: experts unstacked (Experts.source), expert_bias without the filter's ".bias"
     # AfmoeModel.modify_tensors: experts stacked in the order gate, up, down
     experts = Experts(
         source="model.layers.{bid}.mlp.experts.{xid}.{w}.weight",

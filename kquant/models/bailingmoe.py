@@ -18,10 +18,11 @@ reduction order is not reproduced bit for bit.
 
 from __future__ import annotations
 
+import numpy as np
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
-from .base import Experts, HFTensor, TextModel, register, rows
+from .base import Experts, HFJoin, HFTensor, TextModel, register, rows
 from .hparams import HFConfig
 from .llama import qk_permutation
 from .spec import TensorSpec
@@ -99,7 +100,7 @@ class _BailingBase(TextModel):
 @register("BailingMoeV2ForCausalLM")
 class BailingMoeV2Model(_BailingBase):
     model_arch = MODEL_ARCH.BAILINGMOE2
-    inverse_refused = "not ported yet (its fused QKV and MTP layers have no inverse map)"
+    inverse_names = True  # --hf-names: QKV as stored, NextN blocks under their layer's names, expert_bias renamed back
     layer = _ATTN | _QK_NORM | _DENSE | _ROUTER | _EXPERT_BIAS | _SHARED | _NEXTN  # any layer's modules
     bias_ok = ("mlp.gate.expert_bias",)
     bias_only = ("mlp.gate.expert_bias",)
@@ -168,9 +169,19 @@ class BailingMoeV2Model(_BailingBase):
 @register("BailingMoeForCausalLM")
 class BailingMoeModel(_BailingBase):
     model_arch = MODEL_ARCH.BAILINGMOE
-    inverse_refused = "not ported yet (its QKV split and Q/K permutation have no inverse map)"
     layer = _ATTN | _ROUTER | _SHARED
     split_modules = {"attn_qkv": ("attn_q", "attn_k", "attn_v")}  # modify_tensors
+    # --hf-names: attn_q / attn_k rows un-permuted (LlamaModel.hf_row_order, the file's head counts), then
+    # q, k, v stacked back into query_key_value
+    inverse_names = True
+    undo_permute = True
+    hf_joins = {g: HFJoin("attention.query_key_value.weight", i, 3) for i, g in enumerate(("attn_q", "attn_k", "attn_v"))}
+
+    @classmethod
+    def hf_row_order(cls, base, n_rows, n_head, n_head_kv):
+        if base in ("attn_q", "attn_k"):
+            return np.argsort(qk_permutation(n_rows, n_head if base == "attn_q" else n_head_kv))
+        return None
 
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)

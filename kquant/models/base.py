@@ -112,6 +112,7 @@ class HFJoin:
 
 
 FAMILIES: dict[str, type["TextModel"]] = {}  # HF architectures name -> family class
+VARIANTS: list[type["TextModel"]] = []  # classes a family picks by config (TextModel.for_config), not by HF name
 
 
 def register(*hf_names: str):
@@ -128,6 +129,12 @@ def register(*hf_names: str):
         return cls
 
     return wrap
+
+
+def variant(cls: type["TextModel"]) -> type["TextModel"]:
+    """Class decorator: a variant its family's `for_config` picks (upstream's __init__ switching model_arch)."""
+    VARIANTS.append(cls)
+    return cls
 
 
 def ref_type(gguf_name: str, n_dims: int) -> QType:
@@ -264,6 +271,12 @@ class TextModel:
             if self.hp.get(k) is not None:
                 return self.hp[k]
         return None
+
+    @classmethod
+    def for_config(cls, hp: dict[str, Any]) -> type["TextModel"]:
+        """The class converting a checkpoint of this config: `cls`, or a `variant` with another GGUF
+        architecture (as upstream's __init__ switches model_arch from the config)."""
+        return cls
 
     @classmethod
     def arch_name(cls) -> str:
@@ -697,6 +710,8 @@ class TextModel:
             return None
         if mod.endswith("e_score_correction") and is_bias:  # filter_name's rename, undone
             return f"{cls.layer_prefix}{bid}.{mod}_bias"
+        if mod.endswith("expert_bias") and is_bias:  # filter_name's ".expert_bias" -> ".expert_bias.bias", undone
+            return f"{cls.layer_prefix}{bid}.{mod}"
         return f"{cls.layer_prefix}{bid}.{mod}" + (".bias" if is_bias else ".weight")
 
     @classmethod

@@ -149,11 +149,6 @@ class LFM2MoeModel(LFM2Model):
     def hf_layer(cls, kinds):
         return super().hf_layer(kinds) | LFM2_MOE
 
-    @classmethod
-    def hf_tensor_name(cls, bid, base, is_bias, kinds=frozenset()):
-        name = super().hf_tensor_name(bid, base, is_bias, kinds)
-        return name[: -len(".bias")] if base == "exp_probs_b" and name else name  # filter_name's ".bias", undone
-
     def is_conv(self, bid: int) -> bool:
         super().is_conv(bid)  # checks layer_types
         return self.hp["layer_types"][bid] != "full_attention"  # LFM2MoeModel: only "full_attention" is attention

@@ -8,11 +8,12 @@ multiple of `pad_vocab_size_multiple` (8 / 16). MambaModel drops `lm_head` when 
 embedding's (`torch.equal`, read from the checkpoint). The converter's built-in GPT-NeoX vocabulary (a
 folder without tokenizer files) is refused.
 
-`-torch.exp(A_log)`: torch's float32 exp on CPU (MKL VML, HA mode, on x86) is not correctly rounded.
-kquant computes exp in float64, rounds it to float32 and patches the inputs where torch differs
-(`torch_exp.py`, every BF16 input, made by scripts/make_torch_exp.py from the reference venv): exact
-for BF16 and F16 sources. For F32 sources the values outside that table are correctly rounded, which
-differs from torch by one ulp in about 1% of values (measured on random inputs).
+`-torch.exp(A_log)`: torch's float32 exp on CPU is MKL VML's vsExp in HA mode, not correctly rounded
+(about 1% of inputs 1 ulp off): BF16 and F32 sources (upcast to float32) go through `vml_exp.py`, a
+bit-exact port of MKL's AVX-512 kernel (what the converter runs on AVX-512 machines; MKL's AVX2 kernel
+rounds differently). F16 sources: torch rounds exp to float16; kquant computes exp in float64, rounds it
+and patches the inputs where torch differs (`torch_exp.py`, every F16 input, made by
+scripts/make_torch_exp.py from the reference venv).
 """
 
 from __future__ import annotations
@@ -26,11 +27,10 @@ from gguf import MODEL_ARCH
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from . import torch_exp
+from .vml_exp import vml_exp
 from .base import TextModel, register
 from .hparams import HFConfig
 
-_F32_IN = np.array(sorted(torch_exp.F32), dtype=np.uint32)
-_F32_OUT = np.array([torch_exp.F32[k] for k in sorted(torch_exp.F32)], dtype=np.uint32)
 _F16_IN = np.array(sorted(torch_exp.F16), dtype=np.uint16)
 _F16_OUT = np.array([torch_exp.F16[k] for k in sorted(torch_exp.F16)], dtype=np.uint16)
 
@@ -43,12 +43,8 @@ def _patch(x_bits: np.ndarray, y_bits: np.ndarray, keys: np.ndarray, vals: np.nd
 
 
 def torch_exp_f32(x: np.ndarray) -> np.ndarray:
-    """torch.exp of a float32 tensor, as the reference venv computes it (see the module docstring)."""
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    with np.errstate(over="ignore", invalid="ignore"):
-        y = np.exp(x.astype(np.float64)).astype(np.float32)
-    _patch(x.view(np.uint32), y.view(np.uint32), _F32_IN, _F32_OUT)
-    return y
+    """torch.exp of a float32 tensor, as the reference venv computes it on AVX-512 (see the module docstring)."""
+    return vml_exp(x)
 
 
 def torch_exp_f16(x: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ MINIMAX_M2_LAYER = {k: v for k, v in LLAMA_LAYER.items() if not k.startswith("ml
 @register("MiniMaxM2ForCausalLM")
 class MiniMaxM2Model(TextModel):
     model_arch = MODEL_ARCH.MINIMAXM2
-    inverse_refused = "not ported yet (no inverse map)"
+    inverse_names = True  # --hf-names: experts unstacked (Experts.source), e_score_correction_bias renamed back
     configs = (MINIMAX_M2_CONFIG,)
     layer = MINIMAX_M2_LAYER
     bias_ok = ("block_sparse_moe.e_score_correction",)

@@ -6,16 +6,25 @@ partial rotary, a SentencePiece vocabulary with pad 0 / unk 1.
 
 Nemotron-H: the GraniteHybridModel pipeline (Mamba-2 layers from conversion/mamba.py Mamba2Model,
 attention layers, relu^2 MLP layers, one kind per layer as `hybrid_override_pattern` says: M, *, -),
-config.json read as it is (transformers 4.57.6 has no Nemotron-H config class). The MoE variant
-(Nemotron 3: latent experts, MTP head) is refused."""
+config.json read as it is (transformers 4.57.6 has no Nemotron-H config class).
+
+Nemotron-H MoE (Nemotron 3 Nano / Super: `num_experts_per_tok` in the config, GGUF architecture
+nemotron_h_moe, chosen as NemotronHModel.__init__ switches model_arch): the MLP layers (E in the pattern)
+are sigmoid-routed experts (up/down only, relu^2, stacked down then up) with the router's
+e_score_correction_bias and a shared expert, optionally in a latent space (`moe_latent_size`:
+fc1/fc2_latent_proj); the MTP head (`mtp.layers.0`: NextN fusion + attention, `mtp.layers.1`: MoE +
+final norm) folded into one extra block, as the converter keeps it without `--no-mtp`."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from gguf import MODEL_ARCH
 
 from ..errors import InputError, UnsupportedError
+from ..ggml.types import QType
 from .. import vocab as V
-from .base import ATTN_BIASES, TextModel, register
+from .base import ATTN_BIASES, Experts, TextModel, register, variant
 from .gemma import need_spm, norm_plus_one
 from .granite import GraniteHybridModel
 from .hparams import HFConfig
@@ -99,13 +108,17 @@ class NemotronModel(TextModel):
 
 
 def _nemotron_h_layers(hp: dict) -> None:
-    # NemotronHModel.__init__: a layers_block_type list sets the layer count
+    # NemotronHModel.__init__: a layers_block_type list sets the layer count (transformers 5 saves no num_hidden_layers)
     if isinstance(hp.get("layers_block_type"), list):
         hp["num_hidden_layers"] = len(hp["layers_block_type"])
+    n = hp.get("num_hidden_layers")
+    if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+        raise UnsupportedError(f"'num_hidden_layers' (or a 'layers_block_type' list) must give a positive layer count, got {n!r}")
 
 
 # no Nemotron-H config class in transformers 4.57.6: AutoConfig fails, the converter reads config.json as it is
-NEMOTRON_H_CONFIG = HFConfig("nemotron_h", {}, raw=True, post_init=_nemotron_h_layers)
+NEMOTRON_H_CONFIG = HFConfig("nemotron_h", {}, raw=True, post_init=_nemotron_h_layers,
+                             required_as={"num_hidden_layers": ()})  # checked in post_init
 _SSM_TYPES, _ATTN_TYPES, _MLP_TYPES = ("mamba", "linear_attention"), ("attention", "full_attention"), ("mlp",)
 NEMOTRON_H_ATTN = {"mixer.q_proj": "attn_q", "mixer.k_proj": "attn_k", "mixer.v_proj": "attn_v", "mixer.o_proj": "attn_output"}
 NEMOTRON_H_MLP = {"mixer.up_proj": "ffn_up", "mixer.down_proj": "ffn_down"}
@@ -138,12 +151,16 @@ class NemotronHModel(GraniteHybridModel):
             return [i for i, c in enumerate(p) if c == "*"]
         return [i for i, c in enumerate(p) if c in _ATTN_TYPES]
 
-    # NemotronHModel.__init__ (the dense model; GraniteHybridModel.__init__ before it)
+    # NemotronHModel.__init__: MoE parameters switch the architecture to NEMOTRON_H_MOE
+    @classmethod
+    def for_config(cls, hp):
+        return NemotronHMoeModel if "num_experts_per_tok" in {**hp, **(hp.get("llm_config") or {})} else cls
+
+    mlp_char, mlp_types = "-", _MLP_TYPES  # the MLP layers in a pattern string / a layers_block_type list
+
+    # NemotronHModel.__init__ (GraniteHybridModel.__init__ before it)
     def prepare(self) -> None:
         hp = self.hp
-        if "num_experts_per_tok" in {**hp, **(hp.get("llm_config") or {})}:
-            raise UnsupportedError(f"{self.config_path}: Nemotron-H MoE (Nemotron 3: latent experts, MTP head, "
-                                   "NEMOTRON_H_MOE) is not ported to kquant; the dense Nemotron-H is")
         p = self._pattern()
         if p is not None and not (isinstance(p, str) or isinstance(p, list) and all(isinstance(c, str) for c in p)):
             raise InputError(f"{self.config_path}: 'hybrid_override_pattern' must be a string (M, *, -), got {p!r}"[:200])
@@ -152,14 +169,14 @@ class NemotronHModel(GraniteHybridModel):
             self._ssm, self._mlp = [], []
         elif isinstance(p, str):
             self._ssm = [i for i, c in enumerate(p) if c == "M"]
-            self._mlp = [i for i, c in enumerate(p) if c == "-"]
+            self._mlp = [i for i, c in enumerate(p) if c == self.mlp_char]
         else:
             self._ssm = [i for i, c in enumerate(p) if c in _SSM_TYPES]
-            self._mlp = [i for i, c in enumerate(p) if c in _MLP_TYPES]
+            self._mlp = [i for i, c in enumerate(p) if c in self.mlp_types]
         other = [i for i in range(self.block_count) if i not in self._attn and i not in self._ssm and i not in self._mlp]
         if not self._ssm or other:
             raise UnsupportedError(f"{self.config_path}: layer pattern {p!r} (needs Mamba layers, and each layer M, * "
-                                   "or -) is not supported")
+                                   f"or {self.mlp_char}) is not supported")
         self.head_dim = hp.get("head_dim", hp.get("attention_head_dim"))
         if self.head_dim is None:
             raise InputError(f"{self.config_path}: missing key 'head_dim' (or 'attention_head_dim')")
@@ -221,3 +238,116 @@ class NemotronHModel(GraniteHybridModel):
         hp = self.hp
         hp["vocab_size"] = -(hp["vocab_size"] // -8) * 8
         V.set_vocab_gpt2(self.kv, self.tok_folder, hp, hp["model_type"], tokenizer_pre)
+
+
+# conversion/nemotron.py NemotronHModel with is_moe (model_arch NEMOTRON_H_MOE)
+NEMOTRON_H_MOE = {"mixer.gate": "ffn_gate_inp", "mixer.gate.e_score_correction": "exp_probs_b",
+                  "mixer.shared_experts.up_proj": "ffn_up_shexp", "mixer.shared_experts.down_proj": "ffn_down_shexp"}
+NEMOTRON_H_LATENT = {"mixer.fc1_latent_proj": "ffn_latent_down", "mixer.fc2_latent_proj": "ffn_latent_up"}
+# NemotronHModel._MTP_SPECIAL_RENAMES (under the MTP block's own prefix here); the rest of mtp.layers.0 / .1
+# goes under the block as it is
+_MTP_RENAMES = {"0.enorm.weight": "enorm.weight", "0.hnorm.weight": "hnorm.weight", "0.eh_proj.weight": "eh_proj.weight",
+                "1.norm.weight": "post_attention_layernorm.weight", "1.final_layernorm.weight": "shared_head.norm.weight"}
+NEMOTRON_H_MTP = {"enorm": "nextn.enorm", "hnorm": "nextn.hnorm", "eh_proj": "nextn.eh_proj",
+                  "post_attention_layernorm": "post_attention_norm", "shared_head.norm": "nextn.shared_head_norm"}
+
+
+@variant
+class NemotronHMoeModel(NemotronHModel):
+    model_arch = MODEL_ARCH.NEMOTRON_H_MOE
+    layer = NemotronHModel.layer | NEMOTRON_H_MOE | NEMOTRON_H_LATENT | NEMOTRON_H_MTP
+    bias_ok = NemotronHModel.bias_ok + ("mixer.gate.e_score_correction",)
+    bias_only = NemotronHModel.bias_only + ("mixer.gate.e_score_correction",)
+    # NemotronHModel.modify_tensors: experts merged per layer, down_proj then up_proj (no gate)
+    experts = Experts(source="backbone.layers.{bid}.mixer.experts.{xid}.{w}.weight",
+                      order=(("down_proj", "ffn_down_exps"), ("up_proj", "ffn_up_exps")), count_keys=("n_routed_experts",))
+    mlp_char, mlp_types = "E", ("moe",)  # NemotronHModel._MLP_LAYER_TYPES
+    norm_of = TextModel.norm_of | {"ffn_gate_inp": "attn_norm", "ffn_up_exps": "attn_norm", "ffn_up_shexp": "attn_norm",
+                                   "ffn_latent_down": "attn_norm"}
+
+    def prepare(self) -> None:
+        super().prepare()
+        hp = self.hp
+        for k in ("moe_intermediate_size", "moe_shared_expert_intermediate_size", "n_shared_experts", "n_group",
+                  "num_experts_per_tok"):
+            v = hp.get(k)
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise InputError(f"{self.config_path}: {k!r} must be a positive integer, got {v!r}")
+        if not isinstance(hp.get("norm_topk_prob"), bool):
+            raise InputError(f"{self.config_path}: 'norm_topk_prob' must be true or false, got {hp.get('norm_topk_prob')!r}")
+        v = hp.get("moe_latent_size")
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            raise InputError(f"{self.config_path}: 'moe_latent_size' must be a positive integer, got {v!r}")
+        # the MTP head: one block past the pattern's layers (attention and MoE sub-layers)
+        self.mtp_bid = None
+        n_nextn = hp.get("num_nextn_predict_layers", 0) or 0
+        if n_nextn:
+            if n_nextn != 1:  # NemotronHModel.__init__ asserts it
+                raise UnsupportedError(f"{self.config_path}: num_nextn_predict_layers {n_nextn!r}: the converter supports 1")
+            self.mtp_bid = self.block_count
+            self.block_count += 1
+            self._attn.add(self.mtp_bid)
+            self._mlp.append(self.mtp_bid)
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        if bid == self.mtp_bid:
+            return {"norm": "attn_norm"} | NEMOTRON_H_ATTN | self._moe_modules() | NEMOTRON_H_MTP
+        if bid in self._mlp:
+            return {"norm": "attn_norm"} | self._moe_modules()
+        return super().layer_modules(bid)
+
+    def _moe_modules(self) -> dict[str, str]:
+        return NEMOTRON_H_MOE | (NEMOTRON_H_LATENT if self.hp.get("moe_latent_size") is not None else {})
+
+    def layer_experts(self, bid: int) -> Experts | None:
+        return self.experts if bid in self._mlp else None
+
+    # NemotronHModel.modify_tensors: mtp.layers.0 / .1 renamed into the MTP block
+    def filter_name(self, name: str) -> str | None:
+        if name.startswith(("mtp.layers.0.", "mtp.layers.1.")) and self.mtp_bid is not None:
+            rest = name[len("mtp.layers."):]
+            name = f"{self.layer_prefix}{self.mtp_bid}." + _MTP_RENAMES.get(rest, rest[2:])
+        elif name.startswith("mtp."):
+            raise InputError(f"{self.folder}: unexpected tensor {name!r} for {self.hf_names[0]} "
+                             "(num_nextn_predict_layers is not 1)")
+        return super().filter_name(name)
+
+    # ModelBase.prepare_tensors forces FFN_GATE_INP to F32 matching the block id of the name as stored: 1 for
+    # mtp.layers.1.mixer.gate, so the MTP block's router (blk.{mtp_bid}) is stored as any matrix (BF16)
+    def modify_tensors(self, t, name, gname, base, bid):
+        out = super().modify_tensors(t, name, gname, base, bid)
+        if bid is not None and bid == self.mtp_bid and base == "ffn_gate_inp" and bid != 1:
+            out = [replace(s, ref_type=QType.BF16) for s in out]
+        return out
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        e, f, f_sh = hp["hidden_size"], hp["moe_intermediate_size"], hp["moe_shared_expert_intermediate_size"]
+        m = hp.get("moe_latent_size") or e  # the experts' width
+        return super().tensor_shapes() | {
+            "ffn_up_exps": (f, m), "ffn_down_exps": (m, f), "ffn_up_shexp": (f_sh, e), "ffn_down_shexp": (e, f_sh),
+            "exp_probs_b": (self._n_expert,), "ffn_latent_down": (m, e), "ffn_latent_up": (e, m),
+            "nextn.enorm": (e,), "nextn.hnorm": (e,), "nextn.eh_proj": (e, 2 * e), "post_attention_norm": (e,),
+            "nextn.shared_head_norm": (e,)}
+
+    # NemotronHModel.set_gguf_parameters (is_moe)
+    def set_gguf_parameters(self) -> None:
+        hp = self.hp
+        GraniteHybridModel.set_gguf_parameters(self)
+        self.u32("attention.key_length", self.head_dim, "head_dim")
+        self.u32("attention.value_length", self.head_dim, "head_dim")
+        f = hp["moe_intermediate_size"]
+        self.kv.add_array(self.key("feed_forward_length"), [f if i in self._mlp else 0 for i in range(self.block_count)])
+        self.u32("expert_used_count", hp["num_experts_per_tok"], "num_experts_per_tok")
+        self.u32("expert_feed_forward_length", f, "moe_intermediate_size")
+        self.u32("expert_shared_feed_forward_length", hp["moe_shared_expert_intermediate_size"],
+                 "moe_shared_expert_intermediate_size")
+        self.u32("expert_count", hp["n_routed_experts"], "n_routed_experts")
+        self.u32("expert_shared_count", hp["n_shared_experts"], "n_shared_experts")
+        self.kv.add_bool(self.key("expert_weights_norm"), hp["norm_topk_prob"])
+        self.f32("expert_weights_scale", hp.get("routed_scaling_factor"), "routed_scaling_factor")
+        self.u32("expert_group_count", hp["n_group"], "n_group")
+        if (v := hp.get("moe_latent_size")) is not None:
+            self.u32("moe_latent_size", v, "moe_latent_size")
+        if self.mtp_bid is not None:
+            self.u32("nextn_predict_layers", hp["num_nextn_predict_layers"], "num_nextn_predict_layers")

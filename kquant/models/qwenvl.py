@@ -21,7 +21,7 @@ from gguf import MODEL_ARCH
 
 from .. import vocab as V
 from ..errors import InputError
-from .base import ATTN_BIASES, MLP_BIASES, QK_NORM_LAYER, Experts, TextModel, register, rows
+from .base import ATTN_BIASES, MLP_BIASES, QK_NORM_LAYER, Experts, HFJoin, TextModel, register, rows
 from .hparams import HFConfig
 from .qwen import MOE_LAYER, QKV_BIASES, Qwen3Model, Qwen3MoeModel
 
@@ -133,12 +133,15 @@ _QWEN3VL_EXPERT = re.compile(r"(model\.layers\.\d+\.mlp\.experts\.)(gate_up_proj
 @register("Qwen3VLMoeForConditionalGeneration")
 class Qwen3VLMoeTextModel(Qwen3MoeModel):
     model_arch = MODEL_ARCH.QWEN3VLMOE
-    inverse_refused = 'not ported yet (its stacked, transposed gate_up/down experts have no inverse map)'
     configs = (QWEN3VL_MOE_CONFIG, QWEN3VL_MOE_TEXT_CONFIG)
     layer = MOE_LAYER | QK_NORM_LAYER | {"mlp.experts.gate_up_proj": "ffn_gate_up_exps", "mlp.experts.down_proj": "ffn_down_exps"}
     experts = Experts(source="", order=(), count_keys=("num_experts",), stacked=True)
     split_modules = {"ffn_gate_up_exps": ("ffn_gate_exps", "ffn_up_exps")}
-    inverse_names = False  # stacked, fused experts
+    # --hf-names: the language model's names; gate and up transposed back side by side into gate_up_proj
+    inverse_names = True
+    hf_joins = {"ffn_gate_exps": HFJoin("mlp.experts.gate_up_proj", 0, 2, transpose=True, axis=1),
+                "ffn_up_exps": HFJoin("mlp.experts.gate_up_proj", 1, 2, transpose=True, axis=1),
+                "ffn_down_exps": HFJoin("mlp.experts.down_proj", transpose=True)}
 
     # the stacked expert tensors come without a .weight suffix
     def filter_name(self, name: str) -> str | None:

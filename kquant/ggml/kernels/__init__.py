@@ -19,9 +19,10 @@ job, in kquant.ggml.quants):
         `qw` is the importance row (length = columns) or empty for ggml's unweighted path.
     dequantize(q: uint8[:, ::1], out: float32[:, ::1]) -> None
 
-rounding="best" (kquant.ggml.quants.BETTER_MODULES): the modules better_*.py export
-`BEST: dict[QType, quantize]` with the same quantize signature; each runs ggml's kernel first and
-replaces a block only where its own search lowers ggml's weighted error.
+rounding="best" / "refine" (kquant.ggml.quants.MODE_MODULES): the modules better_*.py export
+`BEST: dict[QType, quantize]`, refine_*.py `REFINE`, with the same quantize
+signature; each runs ggml's kernel first and replaces a block only where its own search lowers
+ggml's weighted error.
 
 Drivers are serial `nogil` loops over rows; kquant.ggml.quants runs disjoint row ranges on
 threads. (numba's `parallel=True` costs several seconds of compile time per driver, which added

@@ -1,0 +1,380 @@
+"""`rounding="refine"` for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: ggml's super-block improved by
+a bounded least-squares refit, at most about ggml's own cost again.
+
+Not a port: ggml's bytes come first (the exact ports in q2_k.py .. q6_k.py), then each super-block
+is refitted for the weighted squared error E that better_k / better_sym target (ggml's weights for
+the path it takes; see those modules). With D = fp16(d), M = fp16(dmin), sub-block j's values are
+D*sc_j*q (Q3_K, Q6_K) or D*sc_j*q - M*m_j (Q2_K, Q4_K, Q5_K), levels q the nearest. N_PASSES of:
+1. per sub-block, for its current levels, the weighted least-squares step (and offset) in closed
+   form, rounded to the nearest scale (and min) code for the current D (M); the levels are
+   rounded again and the new codes kept if the sub-block's E drops;
+2. for the codes and levels, the least-squares D (Q3_K, Q6_K: D = Sxa/Saa) or (D, M) (the 2x2
+   normal equations), stored as fp16; the levels rounded again; kept if E drops.
+The result is packed with ggml's packers (as better_k / better_sym do), decoded with kquant's
+dequantizer, and replaces ggml's block only if its E is lower by more than ACCEPT_MARGIN.
+Super-blocks are independent: the bytes do not depend on the thread count.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK_K, QType
+from . import q2_k, q3_k, q6_k
+from ._common import fp16_round, get_f16, put_f16
+from ._sweep import werr
+from .better_k import _pack_k45, _sub_err, _sub_levels, k45_weights, q2_k_weights
+from .better_sym import _err as _sym_err
+from .better_sym import _levels as _sym_levels
+from .better_sym import _weights as _sym_weights
+from .q4_k import NSUB, Q4K_BYTES, Q4K_D, Q4K_DMIN, Q4K_SCALES, Q5K_BYTES, SCRATCH, SUB, get_scale_min_k4, q4_k_dequant_block, quantize_q4_k_q5_k
+from .q5_k import q5_k_dequant_block
+
+N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
+ACCEPT_MARGIN = 1e-9
+JIT = dict(cache=True, error_model="numpy")
+
+
+# ---------------------------------------------------------------- affine: y = D*sc*q - M*m
+
+
+@njit(**JIT)
+def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
+    """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M)."""
+    for j in range(nsub):  # the nearest levels for ggml's scales
+        _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
+                    np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
+    for _ in range(N_PASSES):
+        # 1. codes of each sub-block from its least-squares (step, offset) for its levels
+        if D > 0 and M > 0:
+            for j in range(nsub):
+                xo = o + sub * j
+                wj = w[sub * j:sub * (j + 1)]
+                qj = q[sub * j:sub * (j + 1)]
+                s0 = 0.0
+                s1 = 0.0
+                s2 = 0.0
+                sx = 0.0
+                sxq = 0.0
+                for i in range(sub):
+                    fq = np.float64(qj[i])
+                    xi = np.float64(x[xo + i])
+                    s0 += wj[i]
+                    s1 += wj[i] * fq
+                    s2 += wj[i] * fq * fq
+                    sx += wj[i] * xi
+                    sxq += wj[i] * xi * fq
+                det = s0 * s2 - s1 * s1
+                if not det > 1e-12 * s0 * s2:
+                    continue
+                st = (s0 * sxq - sx * s1) / det  # x ~ st*q - mt
+                mt = -(s2 * sx - s1 * sxq) / det
+                if not (np.isfinite(st) and np.isfinite(mt)):
+                    continue
+                c = min(smax, max(0, int(np.rint(min(st / D, 1e6)))))
+                cm = min(smax, max(0, int(np.rint(min(max(mt / M, -1e6), 1e6)))))
+                if c == sc[j] and cm == mn[j]:
+                    continue
+                ds0 = np.float64(np.float32(D * np.float32(sc[j])))
+                dm0 = np.float64(np.float32(M * np.float32(mn[j])))
+                e0 = _sub_err(x, xo, wj, ds0, dm0, qj, sub)
+                ds = np.float64(np.float32(D * np.float32(c)))
+                dm = np.float64(np.float32(M * np.float32(cm)))
+                _sub_levels(x, xo, ds, dm, nmax, ql, sub)
+                if _sub_err(x, xo, wj, ds, dm, ql, sub) < e0:
+                    sc[j] = c
+                    mn[j] = cm
+                    for i in range(sub):
+                        qj[i] = ql[i]
+        # 2. joint (D, M) for the codes and levels: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m
+        saa = 0.0
+        sab = 0.0
+        sbb = 0.0
+        sax = 0.0
+        sbx = 0.0
+        for j in range(nsub):
+            b = np.float64(mn[j])
+            for i in range(sub):
+                k = sub * j + i
+                a = np.float64(sc[j] * q[k])
+                xi = np.float64(x[o + k])
+                wk = w[k]
+                saa += wk * a * a
+                sab += wk * a * b
+                sbb += wk * b * b
+                sax += wk * a * xi
+                sbx += wk * b * xi
+        det = saa * sbb - sab * sab
+        if det > 1e-12 * saa * sbb and saa > 0:
+            nD = (sax * sbb - sab * sbx) / det
+            nM = (sax * sab - saa * sbx) / det
+        elif saa > 0:
+            nD = sax / saa
+            nM = np.float64(M)
+        else:
+            break
+        if not (np.isfinite(nD) and np.isfinite(nM)) or abs(nD) > 6e4 or abs(nM) > 6e4 or nD <= 0:
+            break
+        nD32 = fp16_round(np.float32(nD))
+        nM32 = fp16_round(np.float32(nM))
+        if nD32 == D and nM32 == M:
+            break
+        e_old = 0.0
+        e_new = 0.0
+        for j in range(nsub):
+            xo = o + sub * j
+            wj = w[sub * j:sub * (j + 1)]
+            e_old += _sub_err(x, xo, wj, np.float64(np.float32(D * np.float32(sc[j]))),
+                              np.float64(np.float32(M * np.float32(mn[j]))), q[sub * j:sub * (j + 1)], sub)
+            ds = np.float64(np.float32(nD32 * np.float32(sc[j])))
+            dm = np.float64(np.float32(nM32 * np.float32(mn[j])))
+            _sub_levels(x, xo, ds, dm, nmax, ql, sub)
+            e_new += _sub_err(x, xo, wj, ds, dm, ql, sub)
+        if not e_new < e_old:
+            break
+        D = nD32
+        M = nM32
+        for j in range(nsub):
+            _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
+                        np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
+    return D, M
+
+
+@njit(nogil=True, **JIT)
+def quantize_q4_k_q5_k_refine(x, qw, out):
+    """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E drops."""
+    quantize_q4_k_q5_k(x, qw, out)
+    nb = x.shape[1] // QK_K
+    q5 = nb > 0 and out.shape[1] == nb * Q5K_BYTES
+    bs = Q5K_BYTES if q5 else Q4K_BYTES
+    nmax = 31 if q5 else 15
+    s = np.zeros(SCRATCH, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sc = np.empty(NSUB, dtype=np.int32)
+    mn = np.empty(NSUB, dtype=np.int32)
+    q = np.empty(QK_K, dtype=np.int32)
+    ql = np.empty(SUB, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            k45_weights(xr, o, qw, w)
+            if q5:
+                q5_k_dequant_block(orow, off, y, 0)
+            else:
+                q4_k_dequant_block(orow, off, y, 0, SUB)
+            e_g = werr(xr, o, w, y, QK_K)
+            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+                continue
+            D = get_f16(orow, off + Q4K_D)
+            M = get_f16(orow, off + Q4K_DMIN)
+            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+                continue
+            for j in range(NSUB):
+                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
+            D, M = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
+            _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+            if q5:
+                q5_k_dequant_block(tmp, 0, y, 0)
+            else:
+                q4_k_dequant_block(tmp, 0, y, 0, SUB)
+            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+@njit(nogil=True, **JIT)
+def quantize_q2_k_refine(x, qw, out):
+    """ggml's blocks (q2_k.quantize), then each super-block refitted where E drops."""
+    q2_k.quantize(x, qw, out)
+    nb = x.shape[1] // QK_K
+    bs = q2_k.TS
+    wk = np.zeros(q2_k.WORK, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sc = np.empty(16, dtype=np.int32)
+    mn = np.empty(16, dtype=np.int32)
+    q = np.empty(QK_K, dtype=np.int32)
+    ql = np.empty(16, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            q2_k_weights(xr, o, qw, w)
+            q2_k.dequantize_row_q2_k(orow[off:off + bs], y)
+            e_g = werr(xr, o, w, y, QK_K)
+            if not e_g > 0:
+                continue
+            D = get_f16(orow, off + q2_k.OFF_D)
+            M = get_f16(orow, off + q2_k.OFF_DMIN)
+            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+                continue
+            for j in range(16):
+                v = np.int32(orow[off + q2_k.OFF_SC + j])
+                sc[j] = v & 0xF
+                mn[j] = v >> 4
+            D, M = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
+            put_f16(tmp, q2_k.OFF_D, D)
+            put_f16(tmp, q2_k.OFF_DMIN, M)
+            for j in range(16):
+                tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
+            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+            q2_k.requantize_pack(wk, tmp, 0)  # ggml's tail: nearest levels for the stored values, packed
+            q2_k.dequantize_row_q2_k(tmp, y)
+            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+# ---------------------------------------------------------------- symmetric: y = D*sc*l (Q3_K, Q6_K)
+
+
+@njit(**JIT)
+def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl):
+    """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns D.
+    L (int32[256]) gets the levels."""
+    for j in range(16):
+        _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
+    for _ in range(N_PASSES):
+        # 1. each sub-block's scale code from its least-squares step for its levels
+        for j in range(16):
+            xo = o + 16 * j
+            wj = w[16 * j:16 * (j + 1)]
+            lj = L[16 * j:16 * (j + 1)]
+            sxl = 0.0
+            sll = 0.0
+            for i in range(16):
+                fl = np.float64(lj[i])
+                sxl += wj[i] * np.float64(x[xo + i]) * fl
+                sll += wj[i] * fl * fl
+            if not sll > 0:
+                continue
+            t = sxl / sll / np.float64(D)
+            c = min(schi, max(sclo, int(np.rint(min(max(t, -1e6), 1e6)))))
+            if c == sc[j]:
+                continue
+            s0 = np.float32(D * np.float32(sc[j]))
+            e0 = _sym_err(x, xo, wj, s0, lj)
+            s1 = np.float32(D * np.float32(c))
+            _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
+            if _sym_err(x, xo, wj, s1, bl) < e0:
+                sc[j] = c
+                for i in range(16):
+                    lj[i] = bl[i]
+        # 2. the least-squares D for the codes and levels
+        sax = 0.0
+        saa = 0.0
+        for j in range(16):
+            for i in range(16):
+                k = 16 * j + i
+                a = np.float64(sc[j] * L[k])
+                sax += w[k] * a * np.float64(x[o + k])
+                saa += w[k] * a * a
+        if not saa > 0:
+            break
+        nD = sax / saa
+        if not np.isfinite(nD) or abs(nD) > 6e4:
+            break
+        nD32 = fp16_round(np.float32(nD))
+        if nD32 == D or nD32 == 0:
+            break
+        e_old = 0.0
+        e_new = 0.0
+        for j in range(16):
+            xo = o + 16 * j
+            wj = w[16 * j:16 * (j + 1)]
+            e_old += _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), L[16 * j:16 * (j + 1)])
+            s1 = np.float32(nD32 * np.float32(sc[j]))
+            _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
+            e_new += _sym_err(x, xo, wj, s1, bl)
+        if not e_new < e_old:
+            break
+        D = nD32
+        for j in range(16):
+            _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
+    return D
+
+
+@njit(nogil=True, **JIT)
+def quantize_sym_refine(x, qw, out, q6):
+    """ggml's blocks, then each super-block refitted where E drops."""
+    if q6:
+        q6_k.quantize(x, qw, out)
+        bs, lo, hi, sclo, schi = q6_k.TS, -32, 31, -128, 127
+    else:
+        q3_k.quantize(x, qw, out)
+        bs, lo, hi, sclo, schi = q3_k.TS, -4, 3, -32, 31
+    nb = x.shape[1] // QK_K
+    wk = np.zeros(q6_k.WORK, dtype=np.float32)
+    w = np.empty(QK_K, dtype=np.float64)
+    y = np.empty(QK_K, dtype=np.float32)
+    tmp = np.empty(bs, dtype=np.uint8)
+    sc = np.empty(16, dtype=np.int32)
+    L = np.empty(QK_K, dtype=np.int32)
+    bl = np.empty(16, dtype=np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nb):
+            o = b * QK_K
+            off = b * bs
+            _sym_weights(xr, o, qw, w, q6)
+            blk = orow[off:off + bs]
+            if q6:
+                q6_k.dequantize_row_q6_k(blk, y)
+                D = get_f16(blk, q6_k.OFF_D)
+                for j in range(16):
+                    sc[j] = np.int32(np.int8(blk[q6_k.OFF_SC + j]))
+            else:
+                q3_k.dequantize_row_q3_k(blk, y)
+                D = get_f16(blk, q3_k.OFF_D)
+                for j in range(16):
+                    sc[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
+            e_g = werr(xr, o, w, y, QK_K)
+            if not e_g > 0 or not np.isfinite(D) or D == 0:
+                continue
+            D = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl)
+            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+            if q6:
+                put_f16(tmp, q6_k.OFF_D, D)
+                for j in range(16):
+                    tmp[q6_k.OFF_SC + j] = np.uint8(sc[j] & 0xFF)
+                q6_k.requantize_pack_q6(wk, tmp, 0)
+                q6_k.dequantize_row_q6_k(tmp, y)
+            else:
+                put_f16(tmp, q3_k.OFF_D, D)
+                for k in range(12):
+                    tmp[q3_k.OFF_SC + k] = 0
+                for j in range(16):
+                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(sc[j] + 32))
+                q3_k.requantize_pack(wk, tmp, 0)
+                q3_k.dequantize_row_q3_k(tmp, y)
+            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+                orow[off:off + bs] = tmp
+
+
+@njit(nogil=True, **JIT)
+def quantize_q3_k_refine(x, qw, out):
+    quantize_sym_refine(x, qw, out, False)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q6_k_refine(x, qw, out):
+    quantize_sym_refine(x, qw, out, True)
+
+
+REFINE = {
+    QType.Q2_K: quantize_q2_k_refine,
+    QType.Q3_K: quantize_q3_k_refine,
+    QType.Q4_K: quantize_q4_k_q5_k_refine,
+    QType.Q5_K: quantize_q4_k_q5_k_refine,
+    QType.Q6_K: quantize_q6_k_refine,
+}

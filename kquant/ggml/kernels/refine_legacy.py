@@ -1,0 +1,236 @@
+"""`rounding="refine"` for the legacy 32-wide types Q4_0, Q5_0, Q8_0 (y = d*l) and Q4_1, Q5_1
+(y = d*q + m): ggml's block improved by a bounded, vectorized refit, at most about ggml's own cost.
+
+Not a port: ggml's bytes come first (kquant.ggml.kernels.legacy's exact port), then each block is
+refitted for the weighted squared error E = sum w (y - x)^2 that better_legacy targets (ggml's
+weighted path: w = qw * sqrt(sigma2 + x^2), sigma2 = sum(x^2)/n over the row; without an imatrix
+w = 1; Q8_0 w = qw or 1). From ggml's levels (read back from its decoded values), N_ITER Lloyd
+steps: the weighted least-squares d (and m) for the current levels (closed form: d = Sxl/Sll;
+the 2x2 normal equations for d, m), stored as fp16, then the nearest levels against the stored
+values, E exact (the dequantizer's float32 arithmetic). The best (d, m) of the steps replaces
+ggml's block only if its E is lower by more than ACCEPT_MARGIN (relative): no block gets worse.
+
+Speed: LANES blocks of a row are refitted at once, one block per vector lane, every sum
+accumulated per lane in element order (the result is the same on every machine and thread
+count). Cost: about 100-150 ns per block on top of ggml's, which is within twice ggml's time
+where ggml searches (the imatrix paths of Q4_0 .. Q5_1) but 3-8x where it does not (no imatrix:
+one pass over the block; Q8_0 always).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ..types import QK, QType
+from ._common import fp16_round, get_f16, level, sel
+from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack
+from .legacy import (
+    Q4_0_D,
+    Q4_1_D,
+    Q4_1_M,
+    Q5_0_D,
+    Q5_1_D,
+    Q5_1_M,
+    Q8_0_D,
+    quantize_q4_0,
+    quantize_q4_1,
+    quantize_q5_0,
+    quantize_q5_1,
+    quantize_q8_0,
+)
+
+U = np.uint64
+LANES = 16  # blocks refitted at once
+N_ITER = 1  # least-squares refits (Lloyd steps) per block
+ACCEPT_MARGIN = 1e-9
+JIT = dict(cache=True, error_model="numpy")
+_F0 = np.float32(0.0)
+_F1 = np.float32(1.0)
+
+
+@njit(**JIT)
+def _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok):
+    """Per lane: the weighted least-squares d (and m) for the current levels, as fp16 values ->
+    cd, cm; ci = 1/d; ok = usable."""
+    for j in range(n):
+        if affine:
+            det = sw[j] * sll[j] - sl[j] * sl[j]
+            good = det > 1e-12 * sw[j] * sll[j]
+            d = (sw[j] * sxl[j] - sx[j] * sl[j]) / det
+            m = (sll[j] * sx[j] - sl[j] * sxl[j]) / det
+        else:
+            good = sll[j] > 0
+            d = sxl[j] / sll[j]
+            m = 0.0
+        d16 = fp16_round(np.float32(d)) if good and np.isfinite(d) and abs(d) < 65504.0 else _F0
+        m16 = fp16_round(np.float32(m)) if good and np.isfinite(m) and abs(m) < 65504.0 else _F0
+        ok[j] = d16 != 0 and (d16 > 0 or not affine)
+        cd[j] = d16
+        cm[j] = m16
+        ci[j] = _F1 / d16 if ok[j] else _F0
+
+
+@njit(nogil=True, **JIT)
+def refine_legacy(kind, x, qw, out):
+    """ggml's blocks, then each block replaced where a least-squares refit lowers E."""
+    if kind == K_Q4_0:
+        quantize_q4_0(x, qw, out)
+        lo, hi, bs, doff, moff = -8, 7, 18, Q4_0_D, Q4_0_D
+    elif kind == K_Q4_1:
+        quantize_q4_1(x, qw, out)
+        lo, hi, bs, doff, moff = 0, 15, 20, Q4_1_D, Q4_1_M
+    elif kind == K_Q5_0:
+        quantize_q5_0(x, qw, out)
+        lo, hi, bs, doff, moff = -16, 15, 22, Q5_0_D, Q5_0_D
+    elif kind == K_Q5_1:
+        quantize_q5_1(x, qw, out)
+        lo, hi, bs, doff, moff = 0, 31, 24, Q5_1_D, Q5_1_M
+    else:
+        quantize_q8_0(x, qw, out)
+        lo, hi, bs, doff, moff = -128, 127, 34, Q8_0_D, Q8_0_D
+    affine = kind == K_Q4_1 or kind == K_Q5_1
+    ncols = x.shape[1]
+    nb = ncols // QK
+    weighted = qw.shape[0] > 0
+    P = QK * LANES
+    X = np.empty(P, dtype=np.float32)
+    W = np.ones(P, dtype=np.float64)
+    yrow = np.empty(ncols, dtype=np.float32)
+    f64 = lambda: np.zeros(LANES, dtype=np.float64)  # noqa: E731
+    eg, be, e, sw, sl, sll, sx, sxl = f64(), f64(), f64(), f64(), f64(), f64(), f64(), f64()
+    cd = np.zeros(LANES, dtype=np.float32)
+    cm = np.zeros(LANES, dtype=np.float32)
+    ci = np.zeros(LANES, dtype=np.float32)
+    bd = np.zeros(LANES, dtype=np.float32)
+    bm = np.zeros(LANES, dtype=np.float32)
+    ok = np.zeros(LANES, dtype=np.bool_)
+    codes = np.empty(QK, dtype=np.int32)
+    flo = np.float32(lo)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        _dequant(kind, orow, yrow)
+        sigma2 = 0.0
+        if weighted and kind != K_Q8_0:
+            for i in range(ncols):
+                sigma2 += np.float64(xr[i]) * xr[i]
+            sigma2 /= ncols
+        for c0 in range(0, nb, LANES):
+            n = min(LANES, nb - c0)
+            nu = U(n)
+            # ggml's d, m per lane -> the inverse step to read its levels back
+            for j in range(n):
+                p = (c0 + j) * bs
+                cd[j] = get_f16(orow, p + doff)
+                cm[j] = get_f16(orow, p + moff) if affine else _F0
+                ci[j] = _F1 / cd[j] if cd[j] != 0 else _F0
+                eg[j] = 0.0
+                sw[j] = 0.0
+                sl[j] = 0.0
+                sll[j] = 0.0
+                sx[j] = 0.0
+                sxl[j] = 0.0
+            if weighted:  # ggml's weights (float64, as tests/objective.py)
+                for i in range(QK):
+                    for j in range(nu):
+                        src = U((c0 + np.int64(j)) * QK + i)
+                        q = np.float64(qw[src])
+                        xd = np.float64(xr[src])
+                        W[U(i * LANES) + j] = q if kind == K_Q8_0 else q * np.sqrt(sigma2 + xd * xd)
+            # transpose, E of ggml's block and the sums of its levels
+            for i in range(QK):
+                for j in range(nu):
+                    src = U((c0 + np.int64(j)) * QK + i)
+                    k = U(i * LANES) + j
+                    xv = xr[src]
+                    X[k] = xv
+                    xd = np.float64(xv)
+                    yv = yrow[src]
+                    wk = W[k]
+                    rr = np.float64(yv) - xd
+                    eg[j] += wk * rr * rr
+                    fl = np.float64(level((yv - cm[j]) * ci[j], lo, hi))
+                    sw[j] += wk
+                    sl[j] += wk * fl
+                    sll[j] += wk * fl * fl
+                    sx[j] += wk * xd
+                    sxl[j] += wk * xd * fl
+            for j in range(n):
+                be[j] = eg[j]
+                bd[j] = _F0
+                bm[j] = _F0
+            for _ in range(N_ITER):
+                _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok)
+                for j in range(n):
+                    e[j] = 0.0
+                    sw[j] = 0.0
+                    sl[j] = 0.0
+                    sll[j] = 0.0
+                    sx[j] = 0.0
+                    sxl[j] = 0.0
+                for i in range(QK):
+                    for j in range(nu):
+                        k = U(i * LANES) + j
+                        xv = X[k]
+                        xd = np.float64(xv)
+                        wk = W[k]
+                        f = level((xv - cm[j]) * ci[j], lo, hi)
+                        yv = np.float32(f * cd[j]) + cm[j]  # the dequantizer's float32 (cm = 0 for y = d*l)
+                        rr = np.float64(yv) - xd
+                        e[j] += wk * rr * rr
+                        fl = np.float64(f)
+                        sw[j] += wk
+                        sl[j] += wk * fl
+                        sll[j] += wk * fl * fl
+                        sx[j] += wk * xd
+                        sxl[j] += wk * xd * fl
+                for j in range(n):
+                    take = ok[j] and e[j] < be[j]
+                    be[j] = sel(take, e[j], be[j])
+                    bd[j] = sel(take, cd[j], bd[j])
+                    bm[j] = sel(take, cm[j], bm[j])
+            # write the lanes that beat ggml's block
+            for j in range(n):
+                if not (bd[j] != 0 and be[j] < eg[j] * (1.0 - ACCEPT_MARGIN)):
+                    continue
+                inv = _F1 / bd[j]
+                for i in range(QK):
+                    f = level((X[U(i * LANES + j)] - bm[j]) * inv, lo, hi)
+                    codes[i] = np.int32(f - flo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(f)
+                p = (c0 + j) * bs
+                _pack(kind, orow[p:p + bs], bd[j], bm[j], codes)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q4_0_refine(x, qw, out):
+    refine_legacy(K_Q4_0, x, qw, out)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q4_1_refine(x, qw, out):
+    refine_legacy(K_Q4_1, x, qw, out)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q5_0_refine(x, qw, out):
+    refine_legacy(K_Q5_0, x, qw, out)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q5_1_refine(x, qw, out):
+    refine_legacy(K_Q5_1, x, qw, out)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q8_0_refine(x, qw, out):
+    refine_legacy(K_Q8_0, x, qw, out)
+
+
+REFINE = {
+    QType.Q4_0: quantize_q4_0_refine,
+    QType.Q4_1: quantize_q4_1_refine,
+    QType.Q5_0: quantize_q5_0_refine,
+    QType.Q5_1: quantize_q5_1_refine,
+    QType.Q8_0: quantize_q8_0_refine,
+}
