@@ -630,8 +630,10 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
             assert [t.name for t in p.tensors] == names
         require_kernels(plans)
         # a cold numba cache: compile every kernel needed at once, in parallel processes
-        warm.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32} | source_kernel_types(ckpt),
-                    on_start=opts.on_compile)
+        # (dequantizers: only those reading the sources)
+        warm.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32},
+                  dequant=source_kernel_types(ckpt) | {t.raw_type for t in spec.tensors if t.raw_type is not None},
+                  on_start=opts.on_compile)
         results: list[Result] = []
         with handle_termination(), _ExitStack() as stack:
             writers = []

@@ -100,7 +100,7 @@ def test_grid_matches_gguf(t):
     g = getattr(gguf.quants, t.name)
     g.init_grid()
     want = np.asarray(g.grid, dtype=np.float32).reshape(g.grid_shape)
-    grid, kmap, _, _ = _iqgrid.search_tables(GRIDS[t])
+    grid, kmap, _ = _iqgrid.search_tables(GRIDS[t])
     levels = (grid.astype(np.int64) - 1) // 2
     got = np.asarray(g.grid_map, dtype=np.float32)[levels]
     np.testing.assert_array_equal(got, want)
@@ -118,24 +118,62 @@ def test_ksigns_match_gguf():
     assert [_ksigns(v) for v in range(128)] == want.tolist()
 
 
-@pytest.mark.parametrize("which", sorted(NWANT))
-def test_neighbours_by_definition(which):
-    """For sampled off-grid points u: the neighbour list is every grid point within the nwant
-    smallest squared distances, ordered by (distance, index), as iq2xs_init_impl's qsort gives."""
-    grid, kmap, nb, coords = _iqgrid.search_tables(which)
-    s, rng = fresh_rng()
+def _ggml_iq2_init(grid: np.ndarray, nwant: int) -> tuple[np.ndarray, np.ndarray]:
+    """iq2xs_init_impl's kmap and kneighbors_q2xs, vectorized: for each off-grid u in ascending
+    order, every grid point within the nwant smallest squared distances, ordered by (distance,
+    index) as its qsort of (d2, j) pairs orders them."""
+    n = grid.shape[0]
+    shifts = 2 * np.arange(8)
+    kmap = np.full(_iqgrid.KMAP_SIZE, -1, dtype=np.int64)
+    kmap[(((grid.astype(np.int64) - 1) // 2) << shifts).sum(axis=1)] = np.arange(n)
     off = np.flatnonzero(kmap < 0)
-    assert len(off) == _iqgrid.KMAP_SIZE - grid.shape[0]
-    starts = -kmap[off] - 1
-    assert starts[0] == 0 and np.all(np.diff(starts) == nb[starts[:-1]].astype(np.int64) + 1)
-    assert starts[-1] + nb[starts[-1]] + 1 == len(nb)
-    for u in rng.choice(off, 200, replace=False):
-        pos = 2 * ((u >> (2 * np.arange(8))) & 3) + 1
-        d2 = ((grid.astype(np.int64) - pos) ** 2).sum(axis=1)
-        levels = np.unique(d2)[: NWANT[which]]
-        want = sorted((d, j) for j, d in enumerate(d2) if d in levels)
-        st = -kmap[u] - 1
-        assert nb[st + 1:st + 1 + nb[st]].tolist() == [j for _, j in want], f"u={u} seed={s}"
+    pieces, total = [], 0
+    for c in range(0, off.size, 512):
+        u = off[c:c + 512]
+        pos = 2 * ((u[:, None] >> shifts) & 3) + 1  # (c, 8)
+        d2 = np.zeros((u.size, n), dtype=np.int32)
+        for i in range(8):
+            d2 += (grid[None, :, i].astype(np.int32) - pos[:, i:i + 1].astype(np.int32)) ** 2
+        thr = d2.min(axis=1)  # the nwant-th smallest distance present in each row
+        for _ in range(nwant - 1):
+            thr = np.where(d2 > thr[:, None], d2, np.iinfo(np.int32).max).min(axis=1)
+        near = d2 <= thr[:, None]
+        key = np.where(near, d2 * n + np.arange(n, dtype=np.int32), np.iinfo(np.int32).max)
+        cnt = near.sum(axis=1)
+        m = int(cnt.max())
+        key = np.sort(np.partition(key, m - 1, axis=1)[:, :m], axis=1)
+        rows = np.concatenate([cnt[:, None], key % n], axis=1)  # (c, 1 + m): n, then the list
+        kmap[u] = -(total + np.concatenate(([0], np.cumsum(cnt + 1)[:-1])) + 1)
+        pieces.append(rows[np.arange(m + 1) <= cnt[:, None]])
+        total += int((cnt + 1).sum())
+    return kmap.astype(np.int32), np.concatenate(pieces).astype(np.uint16)
+
+
+@pytest.mark.parametrize("which", sorted(NWANT))
+def test_neighbours_match_ggml(which):
+    """kmap and the neighbour lists (as the kernels get them: from the table cache or built) equal
+    a vectorized port of iq2xs_init_impl, every entry; the lane lists hold each list in ggml's
+    order, padded with copies of its last candidate, and its candidates' coordinates."""
+    grid, kmap, nb = _iqgrid.search_tables(which)
+    want_kmap, want_nb = _ggml_iq2_init(grid, NWANT[which])
+    np.testing.assert_array_equal(kmap, want_kmap)
+    np.testing.assert_array_equal(nb, want_nb)
+    kx, codes, nidx, levels = _iqgrid.search_lists(which)
+    np.testing.assert_array_equal(levels, (grid.astype(np.int64) - 1) // 2)
+    np.testing.assert_array_equal(kx[kmap >= 0], kmap[kmap >= 0])
+    off = np.flatnonzero(kmap < 0)
+    code = -kx[off] - 1
+    start, npad = (code >> 8) * _iqgrid.PAD, (code & 255) * _iqgrid.PAD
+    o = -kmap[off] - 1
+    n = nb[o].astype(np.int64)
+    assert np.all(npad % _iqgrid.PAD == 0) and np.all((npad >= n) & (npad - n < _iqgrid.PAD))
+    assert start[0] == 0 and np.all(start[1:] == start[:-1] + npad[:-1]) and start[-1] + npad[-1] == nidx.size
+    q = np.arange(nidx.size)  # every candidate slot: its list L and place c in it
+    L = np.searchsorted(start, q, side="right") - 1
+    c = q - start[L]
+    np.testing.assert_array_equal(nidx, nb[o[L] + 1 + np.minimum(c, n[L] - 1)])
+    for i in range(8):
+        np.testing.assert_array_equal(codes[8 * start[L] + i * npad[L] + c], grid[nidx, i])
 
 
 @pytest.mark.parametrize("t", TYPES, ids=qtype_id)

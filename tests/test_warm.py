@@ -74,3 +74,25 @@ def test_convert_on_a_cold_cache_says_it_compiles_once(tmp_path):
     second = convert(tmp_path / "b.gguf")
     assert second.returncode == 0 and "compiling" not in second.stderr
     assert (tmp_path / "a.gguf").read_bytes() == (tmp_path / "b.gguf").read_bytes()
+
+
+def test_warm_quantizers_only(tmp_path):
+    """A conversion needs the dequantizers of its sources only: warm(dequant=[]) compiles the
+    quantizers, and the types then count as warm for that use, not for one that dequantizes."""
+    code = r"""
+import json
+from kquant.ggml import quants, warm
+from kquant.types import QType
+t = QType.Q8_0
+out = {"warmed": [x.name for x in warm.warm([t], jobs=1, dequant=[])]}
+k = quants.kernel(t)
+out["q"], out["d"] = warm._is_cached(k.quantize), warm._is_cached(k.dequantize)
+out["cold_q"] = [x.name for x in warm.cold_types([t], dequant=[])]
+out["cold_qd"] = [x.name for x in warm.cold_types([t])]
+print(json.dumps(out))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r == {"warmed": ["Q8_0"], "q": True, "d": False, "cold_q": [], "cold_qd": ["Q8_0"]}

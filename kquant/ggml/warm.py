@@ -8,6 +8,7 @@ the same process), so that this process then loads them from the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -33,51 +34,76 @@ def _is_cached(disp) -> bool:
         return True
 
 
-def cold_types(types) -> list[QType]:
-    """The types among `types` whose kernels would be compiled on their first call."""
+def _needs(types, dequant) -> tuple[list[QType], set[QType], set[QType]]:
+    """(all types, those whose quantizer is needed, those whose dequantizer is needed)."""
+    q = {parse_qtype(t) for t in types}
+    d = q if dequant is None else {parse_qtype(t) for t in dequant}
+    both = [parse_qtype(t) for t in types] + [parse_qtype(t) for t in (dequant or ())]
+    return list(dict.fromkeys(both)), q, d
+
+
+def cold_types(types, dequant=None) -> list[QType]:
+    """The types among `types` (their quantizers) and `dequant` (their dequantizers; default: those
+    of `types` too) whose kernels would be compiled on their first call."""
     out = []
-    for t in dict.fromkeys(parse_qtype(q) for q in types):
+    every, q, d = _needs(types, dequant)
+    for t in every:
         k = registry().get(t)
-        if k is not None and not (_is_cached(k.quantize) and _is_cached(k.dequantize)):
+        if k is not None and ((t in q and not _is_cached(k.quantize)) or (t in d and not _is_cached(k.dequantize))):
             out.append(t)
     return out
 
 
-def first_calls(types) -> None:
-    """Call each type's kernels once on a tiny input, with the argument types real calls use."""
+def first_calls(types, dequant=None) -> None:
+    """Call each type's kernels once on a tiny input, with the argument types real calls use: the
+    quantizer of each type, and its dequantizer when in `dequant` (default: every type)."""
     x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
+    d = None if dequant is None else {parse_qtype(t) for t in dequant}
     for t in types:
         t = parse_qtype(t)
         w = np.ones(x.shape[1], dtype=np.float32) if t.requires_imatrix else None
-        dequantize(quantize(x, t, w), t, x.shape)  # quantize also runs count_nonfinite and the scale check
+        q = quantize(x, t, w)  # also runs count_nonfinite and the scale check
+        if d is None or t in d:
+            dequantize(q, t, x.shape)
     if types:
         round_bf16_inplace(x.copy())  # the pipeline rounds every BF16 slab with it
 
 
-def warm(types, jobs: int | None = None, on_start=None) -> list[QType]:
+def _first_calls_argv(argv: list[str]) -> None:
+    """first_calls of a warm-up process: NAME (quantizer only) or NAME:d (and its dequantizer)."""
+    first_calls([a.split(":")[0] for a in argv], [a.split(":")[0] for a in argv if a.endswith(":d")])
+
+
+def warm(types, jobs: int | None = None, on_start=None, dequant=None) -> list[QType]:
     """Compile the kernels of the cold `types` in up to `jobs` (default: cores) separate processes
     at once, so that this process then loads them from numba's on-disk cache instead of compiling
-    them one after the other. Returns the types that were cold. A warm-up process that fails
-    changes nothing: the first call then compiles in this process, as it would have anyway."""
+    them one after the other: the quantizers of `types`, the dequantizers of `dequant` (default:
+    of `types` too; a conversion needs only its sources'). Returns the types that were cold. A
+    warm-up process that fails changes nothing: the first call then compiles in this process, as
+    it would have anyway."""
     types = list(types)
-    if not cold_types(types):
+    dequant = None if dequant is None else list(dequant)
+    if not cold_types(types, dequant):
         return []
-    # one warm-up at a time on this machine (batch workers start together): the others wait, then
-    # find the kernels cached
+    # one warm-up at a time per numba cache (batch workers start together): the others wait, then
+    # find the kernels cached; processes on other caches (NUMBA_CACHE_DIR) do not wait for it
     with _warm_lock():
-        cold = cold_types(types)
+        cold = cold_types(types, dequant)
         if cold:
             if on_start is not None:
                 on_start(cold)
-            _compile(cold, max(1, int(jobs or MAX_THREADS)))
+            _compile(cold, _needs(types, dequant)[2], max(1, int(jobs or MAX_THREADS)))
     return cold
 
 
 @contextmanager
 def _warm_lock():
     from ..io.fsutil import file_lock
+    from .kernels._tablecache import cache_dir
 
-    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}.lock")
+    d = cache_dir()
+    where = hashlib.sha1(os.path.realpath(d).encode()).hexdigest()[:16] if d else "nocache"
+    path = os.path.join(tempfile.gettempdir(), f"kquant-warm-{os.getuid()}-{where}.lock")
     try:
         lock = file_lock(path)
         lock.__enter__()
@@ -100,14 +126,15 @@ def _family_compile_s(fam: str) -> float:
     return sum(DECLS[t].compile_s for t in registry() if _family(t) == fam)
 
 
-def _compile(cold: list[QType], jobs: int) -> None:
-    """First calls of `cold`, spread over `jobs` processes (in this one when jobs == 1)."""
+def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
+    """First calls of `cold` (and of the dequantizers of those in `dequant`), spread over `jobs`
+    processes (in this one when jobs == 1)."""
     families: dict[str, list[QType]] = {}
     for t in cold:
         families.setdefault(_family(t), []).append(t)
     jobs = min(jobs, len(families))
     if jobs == 1:
-        first_calls(cold)
+        first_calls(cold, [t for t in cold if t in dequant])
         return
     groups: list[list[QType]] = [[] for _ in range(jobs)]
     load = [0.0] * jobs
@@ -117,7 +144,7 @@ def _compile(cold: list[QType], jobs: int) -> None:
         load[i] += _family_compile_s(fam)
     from ..io.fsutil import signals_held
 
-    code = f"import sys; from {__name__} import first_calls; first_calls(sys.argv[1:])"
+    code = f"import sys; from {__name__} import _first_calls_argv; _first_calls_argv(sys.argv[1:])"
     env = dict(os.environ)  # the same numba settings and cache directory; this very kquant first
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
@@ -125,7 +152,8 @@ def _compile(cold: list[QType], jobs: int) -> None:
     try:
         for g in groups:
             with signals_held():  # started and registered for the kill below with no interrupt in between
-                procs.append(subprocess.Popen([sys.executable, "-c", code, *(t.name for t in g)], env=env,
+                names = [t.name + (":d" if t in dequant else "") for t in g]
+                procs.append(subprocess.Popen([sys.executable, "-c", code, *names], env=env,
                                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         for p in procs:
             p.wait()

@@ -19,8 +19,11 @@ and, for the kernels' searches, the neighbour lists laid out as SIMD lanes (`lis
     nidx        uint16 (P,)   each candidate's grid index, in ggml's order
     levels      int64 (n, 8)  l_i of grid point k
 
-The tables are built once per process (lru_cache) by a compiled builder, and handed to the
-compiled kernels through `tables()` / `lists()` (one object-mode call per kernel call).
+kmap and neighbours and the lane lists are built once (numpy, under a second on one core), then
+stored in the table cache beside numba's cache (kquant.ggml.kernels._tablecache, keyed by a hash
+of this module's source and the grid): a later process loads them (milliseconds) instead of
+building them (seconds). They are kept per process (lru_cache) and handed to the compiled
+kernels through `lists()` (one object-mode call per kernel call).
 """
 
 from __future__ import annotations
@@ -32,13 +35,13 @@ import numpy as np
 from numba import njit, objmode
 
 from ._iq_grids import KGRID_1BIT_2048, KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
+from ._tablecache import key_of, load_or_build, module_source
 
 KMAP_SIZE = 43692  # iq2xs_init_impl `kmap_size`
 # iq2_data_index: 0 IQ2_XXS, 1 IQ2_XS, 2 IQ1_S and IQ1_M, 3 IQ2_S; with the grid and `nwant`
 GRID_XXS, GRID_XS, GRID_1S, GRID_S = 0, 1, 2, 3
 _KGRIDS = {GRID_XXS: (KGRID_2BIT_256, 2), GRID_XS: (KGRID_2BIT_512, 2), GRID_1S: (KGRID_1BIT_2048, 3),
            GRID_S: (KGRID_2BIT_1024, 1)}
-_MAX_D2 = 8 * 6 * 6  # largest squared distance between two points of {1, 3, 5, 7}^8
 
 
 def grid_points(kgrid: np.ndarray) -> np.ndarray:
@@ -47,92 +50,55 @@ def grid_points(kgrid: np.ndarray) -> np.ndarray:
     return (2 * ((kgrid[:, None] >> shifts) & 3) + 1).astype(np.int8)
 
 
-@njit(cache=True)
+_CHUNK = 1024  # off-grid points per step of _build ((_CHUNK, n) distance matrices)
+
+
 def _build(grid, nwant):
-    """kmap and neighbours as iq2xs_init_impl builds them. The qsort of (d2, j) pairs with a total
-    order is replaced by a counting pass over the distances (at most _MAX_D2): the same order."""
+    """kmap and neighbours as iq2xs_init_impl builds them, vectorized over chunks of off-grid
+    points u (ascending, as ggml assigns the offsets). ggml qsorts the (d2, j) pairs of all grid
+    points j and keeps those within the nwant smallest distinct distances: here the nwant-th
+    smallest distance of each u is found by repeated minima and the kept pairs are sorted by
+    (u, d2, j), the same lists in the same order. (numpy, not numba: this runs once per machine,
+    and compiling it cost more than running it.)"""
     n = grid.shape[0]
+    g = grid.astype(np.int16)
+    lv = (g - 1) // 2
     kmap = np.full(KMAP_SIZE, -1, dtype=np.int32)
-    for k in range(n):
-        u = 0
-        for i in range(8):
-            u |= ((grid[k, i] - 1) // 2) << (2 * i)
-        kmap[u] = k
-    d2 = np.empty(n, dtype=np.int32)
-    count = np.zeros(_MAX_D2 + 1, dtype=np.int32)
-    pos = np.empty(8, dtype=np.int32)
-    nb = np.empty(1 << 16, dtype=np.uint16)  # grows by doubling
-    total = 0
-    levels = np.empty(nwant, dtype=np.int32)
-    for u in range(KMAP_SIZE):
-        if kmap[u] >= 0:
-            continue
-        for i in range(8):
-            pos[i] = 2 * ((u >> (2 * i)) & 3) + 1
-        count[:] = 0
-        for j in range(n):
-            s = 0
-            for i in range(8):
-                t = grid[j, i] - pos[i]
-                s += t * t
-            d2[j] = s
-            count[s] += 1
-        m = 0  # the nwant smallest distances present
-        for s in range(_MAX_D2 + 1):
-            if count[s] and m < nwant:
-                levels[m] = s
-                m += 1
-        nn = 0
-        for t in range(m):
-            nn += count[levels[t]]
-        while total + nn + 1 > nb.shape[0]:
-            grown = np.empty(2 * nb.shape[0], dtype=np.uint16)
-            grown[:total] = nb[:total]
-            nb = grown
-        kmap[u] = -(total + 1)
-        nb[total] = nn
-        total += 1
-        for t in range(m):
-            for j in range(n):
-                if d2[j] == levels[t]:
-                    nb[total] = j
-                    total += 1
-    nb = nb[:total].copy()
-    return kmap, nb
+    kmap[(lv.astype(np.int32) << 2 * np.arange(8)).sum(axis=1)] = np.arange(n, dtype=np.int32)
+    # d2 of u to every grid point = half[0][u & 255] + half[1][u >> 8]: coordinates 0-3 and 4-7
+    pat = (2 * ((np.arange(256)[:, None] >> 2 * np.arange(4)) & 3) + 1).astype(np.int16)  # (256, 4)
+    half = [((g[None, :, 4 * h:4 * h + 4] - pat[:, None, :]) ** 2).sum(axis=2, dtype=np.int16) for h in (0, 1)]
+    off = np.flatnonzero(kmap < 0)
+    pieces, total = [], 0
+    for c in range(0, off.size, _CHUNK):
+        u = off[c:c + _CHUNK]
+        d2 = half[0][u & 255] + half[1][u >> 8]  # (c, n) int16, at most 8 * 36
+        thr = d2.min(axis=1)  # then the 2nd, ... nwant-th smallest distance of each u
+        for _ in range(nwant - 1):
+            thr = np.where(d2 > thr[:, None], d2, np.int16(0x7FFF)).min(axis=1)
+        r, j = np.nonzero(d2 <= thr[:, None])
+        order = np.lexsort((j, d2[r, j], r))
+        r, j = r[order], j[order]
+        cnt = np.bincount(r, minlength=u.size)
+        start = np.concatenate(([0], np.cumsum(cnt + 1)[:-1]))  # of each list in this piece
+        kmap[u] = -(total + start + 1)
+        piece = np.empty(len(r) + u.size, dtype=np.uint16)
+        piece[start] = cnt
+        first = np.concatenate(([0], np.cumsum(cnt)[:-1]))  # of each u's pairs in r, j
+        piece[start[r] + 1 + np.arange(len(r)) - first[r]] = j
+        pieces.append(piece)
+        total += piece.size
+    return kmap, np.concatenate(pieces)
 
 
 _lock = threading.Lock()
 
 
-@njit(cache=True)
-def _transpose(grid, kmap, nb):
-    coords = np.zeros(8 * nb.shape[0], dtype=np.int8)
-    for u in range(KMAP_SIZE):
-        if kmap[u] >= 0:
-            continue
-        st = -kmap[u] - 1
-        n = np.int64(nb[st])
-        for j in range(n):
-            g = np.int64(nb[st + 1 + j])
-            for i in range(8):
-                coords[8 * (st + 1) + i * n + j] = grid[g, i]
-    return coords
-
-
-@lru_cache(maxsize=None)
-def _tables(which: int):
-    kgrid, nwant = _KGRIDS[which]
-    grid = grid_points(kgrid)
-    kmap, nb = _build(grid, nwant)
-    return grid, kmap, nb, _transpose(grid, kmap, nb)
-
-
 PAD = 8  # candidate lists padded to a multiple of this (whole vectors of search lanes)
 
 
-@lru_cache(maxsize=None)
-def _lists(which: int):
-    grid, kmap, nb, _ = _tables(which)
+def _lane_lists(grid, kmap, nb):
+    """(kx, codes, nidx) of the neighbour lists (layout in the module docstring)."""
     off = np.flatnonzero(kmap < 0)
     o = -kmap[off] - 1  # offsets of the lists in nb
     n = nb[o].astype(np.int64)
@@ -141,38 +107,47 @@ def _lists(which: int):
     assert padded.max() // PAD < 256 and start[-1] // PAD < 1 << 22
     kx = kmap.copy()
     kx[off] = -1 - ((start // PAD) << 8 | padded // PAD)
-    j = np.arange(int(padded.max()))[None, :]
-    nidx = np.ascontiguousarray(nb[o[:, None] + 1 + np.minimum(j, n[:, None] - 1)][j < padded[:, None]])
+    first = np.repeat(start, padded)  # (P,): the start of each candidate's list
+    cand = np.arange(first.size) - first  # position within its list
+    nidx = nb[np.repeat(o + 1, padded) + np.minimum(cand, np.repeat(n - 1, padded))]  # padding: the last
     # codes: list by list, coordinate-major within a list: 8 rows of npad bytes
-    cand = np.arange(nidx.size) - np.repeat(start, padded)  # position within its list
-    base = 8 * np.repeat(start, padded) + cand
+    base = 8 * first + cand
     codes = np.empty(8 * nidx.size, dtype=np.int8)
     pts = grid[nidx]  # (P, 8)
     rowlen = np.repeat(padded, padded)
     for i in range(8):
         codes[base + i * rowlen] = pts[:, i]
-    levels = ((grid.astype(np.int64) - 1) // 2).copy()
-    return kx, codes, nidx, levels
+    return kx, codes, nidx
+
+
+@lru_cache(maxsize=None)
+def _tables(which: int) -> dict:
+    """iq2_data[which]'s grid, kmap and neighbours and their lane lists: loaded from the table
+    cache beside numba's (kquant.ggml.kernels._tablecache), or built and stored there."""
+    kgrid, nwant = _KGRIDS[which]
+    grid = grid_points(kgrid)
+
+    def build():
+        kmap, nb = _build(grid, nwant)
+        kx, codes, nidx = _lane_lists(grid, kmap, nb)
+        return {"kmap": kmap, "neighbours": nb, "kx": kx, "codes": codes, "nidx": nidx}
+
+    t = load_or_build(f"iq2xs_init_impl-{len(grid)}", key_of(module_source(__name__), grid, nwant), build)
+    return dict(t, grid=grid, levels=(grid.astype(np.int64) - 1) // 2)
 
 
 def search_tables(which: int):
-    """(grid, kmap, neighbours, coords) of iq2_data[which], built on first use."""
+    """(grid, kmap, neighbours) of iq2_data[which], loaded or built on first use."""
     with _lock:
-        return _tables(which)
+        t = _tables(which)
+    return t["grid"], t["kmap"], t["neighbours"]
 
 
 def search_lists(which: int):
     """(kx, codes, nidx, levels) of iq2_data[which] for the lane searches."""
     with _lock:
-        return _lists(which)
-
-
-@njit(cache=True)
-def tables(which):
-    """search_tables(which) from compiled code."""
-    with objmode(grid="int8[:, ::1]", kmap="int32[::1]", nb="uint16[::1]", coords="int8[::1]"):
-        grid, kmap, nb, coords = search_tables(which)
-    return grid, kmap, nb, coords
+        t = _tables(which)
+    return t["kx"], t["codes"], t["nidx"], t["levels"]
 
 
 @njit(cache=True)

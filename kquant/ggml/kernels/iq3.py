@@ -59,6 +59,7 @@ from numba.extending import intrinsic
 from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import get_f16, nearest_int, put_f16, sel
+from ._tablecache import stored
 
 JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no reference counting
@@ -138,6 +139,7 @@ NEAREST = 48  # longer than any neighbour list (38 at most), checked
 
 
 @lru_cache(maxsize=None)
+@stored("iq3xs_init_impl")
 def grid_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """iq3xs_init_impl(grid_size), once per size: (levels, kmap, neighbours).
 
@@ -183,6 +185,7 @@ PAD = 8  # candidate lists padded to a multiple of this (one vector of float32 l
 
 
 @lru_cache(maxsize=None)
+@stored("iq3_search")
 def search_tables(grid_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The neighbour lists of grid_tables(grid_size) laid out for the search, once per size:
     (start, npad, nq, nidx).
