@@ -2063,7 +2063,6 @@ SHARDED = {"qwen3", "mixtral", "deepseek3"}  # written as two shards + model.saf
 
 
 _BUILT: dict[tuple[str, bool, str], Path] = {}
-SOURCE_CONFIG = "source-config.json"  # the builder's config (before WRITERS), beside make_model's folder
 
 
 def _shared_root(tmp_path_factory) -> Path:
@@ -2088,7 +2087,7 @@ def _built_once(cache: Path, case: str, tokenizer: bool, writer: str) -> Path:
                 shutil.rmtree(root)  # left half-built by a worker that died
             other = next((cache / f"{case}-{int(tokenizer)}-{w}" for w in WRITERS
                           if (cache / f"{case}-{int(tokenizer)}-{w}.done").exists()), None)
-            make_model(root, case, tokenizer=tokenizer, writer=writer,
+            make_model(root, case, tokenizer=tokenizer, writer=writer, config_file=cache / f"{case}.source-config.json",
                        like=None if other is None else other / f"Tiny-{case}-v0.1")
             done.touch()
     return root / f"Tiny-{case}-v0.1"
@@ -2115,21 +2114,24 @@ def models(tmp_path_factory):
     return get
 
 
-def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4", like: Path | None = None) -> Path:
+def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "t4", like: Path | None = None,
+               config_file: Path | None = None) -> Path:
     """A tiny checkpoint folder for `case` (named Tiny-<case>-v0.1 to exercise the name heuristics),
     its config.json as transformers `writer` ("t4" / "t5") saves it. `like`: a folder make_model built
-    for the same case (another writer): its other files are hard-linked, only config.json is written."""
+    for the same case (another writer): its other files are hard-linked, only config.json is written.
+    config_file: where the builder's config (before WRITERS) is kept for such copies (required with `like`)."""
     d = root / f"Tiny-{case}-v0.1"
     d.mkdir(parents=True)
     if like is not None:
         for p in like.iterdir():
             if p.name != "config.json":
                 os.link(p, d / p.name)
-        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads((like.parent / SOURCE_CONFIG).read_text())), indent=2))
+        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads(config_file.read_text())), indent=2))
         return d
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     cfg, tensors, tok, files = CASES[case](rng)
-    (root / SOURCE_CONFIG).write_text(json.dumps(cfg))  # beside the folder: for later writers' copies
+    if config_file is not None:
+        config_file.write_text(json.dumps(cfg))
     cfg = WRITERS[writer](cfg)
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():
