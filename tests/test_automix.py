@@ -351,7 +351,10 @@ def test_sensitivity_rules():
     assert s("output.weight", 6, weighted=True) == automix.SENSITIVITY_WEIGHTED["output"] > s("output.weight", 6)
     assert s("blk.2.ffn_up.weight", 6, weighted=True) == s("blk.2.ffn_up.weight", 6)  # pooled over both measures
     assert s("blk.2.ffn_down_exps.weight", 6) == automix.SENSITIVITY["ffn_down"]  # by llama.cpp's category
-    assert s("token_embd.weight", 6, tied=True) == max(automix.SENSITIVITY["token_embd"], automix.SENSITIVITY["output"])
+    # a tied token_embd in its output-matrix role (its input role: the untied token_embd's)
+    assert s("token_embd.weight", 12, tied=True) == s("output.weight", 12) == automix.SENSITIVITY["output"]
+    assert s("token_embd.weight", 12, tied=True, weighted=True) == automix.SENSITIVITY_WEIGHTED["output"]
+    assert s("token_embd.weight", 12) == automix.SENSITIVITY["token_embd"] * automix.REF_LAYERS / 12
     assert s("blk.2.some_new_kind.weight", 6) == automix.DEFAULT_SENSITIVITY
 
 
@@ -406,15 +409,16 @@ def test_measured_errors_match_the_written_file(pick, tmp_path, small_model, sma
                                                                                          automix.SEARCH_STRIDE_CHUNKS)])
                 x, d = x[rows], d[rows]
                 searched += 1
-            want = _gain_weighted_rel(x, d, g * g)
+            want = _gain_weighted_rel(x, d, automix.error_weights(g * g).astype(np.float64))
             assert c.rel[k] == pytest.approx(want, rel=1e-9), c.name
             weighted += 1
     assert weighted > 0 and (pick == "mix" or searched > 0)
 
 
-def test_tied_output_matrix_is_measured_as_the_output(tmp_path):
-    """A tied model's token_embd is also its output matrix: its error is weighted by the final
-    norm's gain squared (the output matrix's measure, whose sensitivity it takes)."""
+def test_tied_embedding_is_measured_in_both_roles(tmp_path):
+    """A tied model's token_embd is its input embedding and its output matrix: `rel` weighted by the
+    final norm's gain squared with the output matrix's sensitivity, `input_rel` unweighted with the
+    untied token_embd's; its damage is the sum of the two roles."""
     from kquant.ggml import quants
 
     model = _make(tmp_path / "t", layers=1, hidden=256, heads=2, kv_heads=1, ffn=256, vocab=300, seed=6, tied=True)
@@ -422,13 +426,37 @@ def test_tied_output_matrix_is_measured_as_the_output(tmp_path):
     c = next(c for c in curves if c.name == "token_embd.weight")
     assert not any(c.name == "output.weight" for c in curves)
     assert c.sensitivity == automix.sensitivity_of("output.weight", 1)
+    assert c.input_sensitivity == automix.sensitivity_of("token_embd.weight", 1) > 0
     with cv.open_model(model) as ckpt:
         specs = {t.name: t for t in cv.build_spec(ckpt, model, vocab=False).tensors}
         g2 = _source(ckpt, specs["output_norm.weight"]) ** 2
         x = _source(ckpt, specs[c.name])
     assert g2.std() > 0  # the weighting is not a no-op
+    k = c.index(QType.Q4_K)
     d = quants.dequantize(quants.quantize(x.astype(np.float32), QType.Q4_K, None), QType.Q4_K, x.shape).astype(np.float64)
-    assert c.rel[c.index(QType.Q4_K)] == pytest.approx(_gain_weighted_rel(x, d, g2), rel=1e-9)
+    ew = automix.error_weights(g2).astype(np.float64)
+    assert c.rel[k] == pytest.approx(_gain_weighted_rel(x, d, ew), rel=1e-9)
+    assert c.input_rel[k] == pytest.approx(_gain_weighted_rel(x, d, np.ones_like(g2)), rel=1e-9) != c.rel[k]
+    assert c.damage[k] == pytest.approx(c.sensitivity * c.rel[k] + c.input_sensitivity * c.input_rel[k])
+    # untied: token_embd has only its input role, unweighted
+    untied = automix.measure_model(_make(tmp_path / "u", layers=1, hidden=256, heads=2, kv_heads=1, ffn=256, vocab=300,
+                                         seed=6), "Q4_K_M").curves
+    e = next(c for c in untied if c.name == "token_embd.weight")
+    assert e.input_rel is None and e.sensitivity == automix.sensitivity_of("token_embd.weight", 1)
+
+
+def test_error_weights_cap_a_few_dominant_columns():
+    """The error sums' column weights: kept within ERROR_WEIGHT_CAP x the median, capped beyond; the
+    quantizer's importance rows are not (a column holding 99.9% of the importance would otherwise make
+    every other column's error invisible)."""
+    w = np.ones(1536, dtype=np.float32)
+    w[:4] = 4e5  # 4 columns with 99.9% of the mass, as SmolLM2-135M's ffn_down in some layers
+    ew = automix.error_weights(w)
+    assert ew[:4].tolist() == [automix.ERROR_WEIGHT_CAP] * 4 and (ew[4:] == 1).all()
+    tame = np.linspace(0.5, 8.0, 300).astype(np.float32)  # within the cap of its median: unchanged
+    assert (automix.error_weights(tame) == tame).all()
+    assert automix.error_weights(None) is None
+    assert (automix.error_weights(np.zeros(8, np.float32)) == 0).all()
 
 
 def test_bench_permuted_copy_is_the_same_model(tmp_path):

@@ -23,6 +23,7 @@ from .damage import (
     sensitivity_of,
 )
 from .measure import (
+    ERROR_WEIGHT_CAP,
     FULL_MEASURE_ELEMENTS,
     K_CANDIDATES,
     LEGACY_CANDIDATES,
@@ -35,6 +36,7 @@ from .measure import (
     Measured,
     allowed_without_weights,
     candidates_for,
+    error_weights,
     header_bytes,
     is_search_type,
     measure,
@@ -47,9 +49,9 @@ from .solve import MAX_CELLS, MAX_UNITS, SIZE_UNITS, Mix, choose, mix_for_budget
 __all__ = [
     "DEFAULT_SENSITIVITY", "FIRST_LAYER_FACTOR", "FIRST_LAYER_FACTORS", "LAST_LAYER_FACTOR", "REF_LAYERS",
     "SENSITIVITY", "SENSITIVITY_WEIGHTED", "kind_of", "sensitivity_of",
-    "FULL_MEASURE_ELEMENTS", "K_CANDIDATES", "LEGACY_CANDIDATES", "ODD_CANDIDATES", "SAMPLE_CHUNK_ROWS",
+    "ERROR_WEIGHT_CAP", "FULL_MEASURE_ELEMENTS", "K_CANDIDATES", "LEGACY_CANDIDATES", "ODD_CANDIDATES", "SAMPLE_CHUNK_ROWS",
     "SAMPLE_STRIDE_CHUNKS", "SEARCH_KERNELS", "SEARCH_STRIDE_CHUNKS", "Curve", "Measured", "allowed_without_weights",
-    "candidates_for", "header_bytes", "is_search_type", "measure", "measure_model",
+    "candidates_for", "error_weights", "header_bytes", "is_search_type", "measure", "measure_model",
     "print_measure_progress", "sample_chunks",
     "MAX_CELLS", "MAX_UNITS", "SIZE_UNITS", "Mix", "choose", "mix_for_budget", "parse_size", "solve", "unit_for",
     "choose_mix",

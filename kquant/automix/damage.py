@@ -10,6 +10,9 @@ damage(t, q) = sensitivity(t) * rel(t, q). A second-order expansion of the loss
    LAST_LAYER_FACTOR for the last block) x REF_LAYERS / n_layer (except for the output matrix).
    The constants were measured once on a model that is not the benchmark model (see SENSITIVITY) and are the same
    for every model: no per-model tuning.
+   A tied token_embd is used twice, as llama.cpp uses it: damage = SENSITIVITY["output"] x rel
+   (the output matrix, its error weighted as the output matrix's) + the untied token_embd's
+   sensitivity x its unweighted rel (the input embedding).
 
 """
 
@@ -93,13 +96,16 @@ def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = Non
                    weighted: bool = False) -> float:
     """A tensor's sensitivity: by its kind, else by llama.cpp's category of it (ffn_down_exps -> ffn_down);
     times the first-layer factor of its kind or the last-layer factor; residual-stream tensors times
-    REF_LAYERS / n_layer. `weighted`: its error is imatrix-weighted (SENSITIVITY_WEIGHTED). A tied
-    token_embd is also the output matrix and takes the larger of the two."""
+    REF_LAYERS / n_layer. `weighted`: its error is imatrix-weighted (SENSITIVITY_WEIGHTED). `tied`: a
+    token_embd that is also the output matrix, in that role (the output matrix's sensitivity; its
+    input role, measured separately, has the untied token_embd's: Curve.input_sensitivity)."""
     t = SENSITIVITY if table is None else table
     if weighted and table is None:
         t = {**t, **SENSITIVITY_WEIGHTED}
     kind = kind_of(name)
     cat = category_of(name).value
+    if tied and cat == "token_embd":
+        return float(t.get("output", DEFAULT_SENSITIVITY))
     s = float(t.get(kind, t.get(cat, DEFAULT_SENSITIVITY)))
     m = re.match(r"^blk\.(\d+)\.", name)
     if m:
@@ -110,7 +116,5 @@ def sensitivity_of(name: str, n_layer: int, table: dict[str, float] | None = Non
             s *= LAST_LAYER_FACTOR
     if cat != "output":
         s *= REF_LAYERS / max(n_layer, 1)
-    if tied and cat == "token_embd":
-        s = max(s, float(t.get("output", DEFAULT_SENSITIVITY)))
     return s
 

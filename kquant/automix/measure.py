@@ -9,8 +9,14 @@
 
    with w_j = the importance (mean squared input activation of column j) when an imatrix is
    given; else g_j^2 for a matrix that reads a norm's output (g: that norm's gain, see the model family's norm_of),
-   else 1. Under a diagonal input covariance this is |dy|^2 / |y|^2 for y = W x: the
-   relative error of the tensor's OUTPUT, which is what the rest of the network sees.
+   else 1; either capped at ERROR_WEIGHT_CAP x its median (error_weights). Under a diagonal input
+   covariance this is |dy|^2 / |y|^2 for y = W x: the relative error of the tensor's OUTPUT, which
+   is what the rest of the network sees. The cap only enters these sums; the quantization itself
+   uses the importance rows uncapped, as llama-quantize does.
+   A tied token_embd plays two roles, as llama.cpp uses it: the input embedding (get_rows: each row
+   enters the residual stream as it is, so its error is unweighted, `input_rel`) and the output
+   matrix (a matmul on the final norm's output, weighted as above, `rel`); both are recorded and
+   its damage is the sum over the two roles.
    Candidates: where the row is a multiple of 256, every k-quant and i-quant from 1.125 bits per
    weight up (Q1_0, IQ1_S, TQ1_0, IQ1_M, IQ2_XXS, TQ2_0, Q2_0, IQ2_XS, IQ2_S, Q2_K, IQ3_XXS, Q3_K,
    IQ3_S, IQ4_XS, Q4_K, Q5_K, Q6_K) and Q8_0; where it is only a multiple of 32, Q1_0 and Q2_0
@@ -80,6 +86,32 @@ SAMPLE_STRIDE_CHUNKS = 8  # one chunk measured out of every 8 (a 1/8 sample, det
 # rows the others are measured on (at least the first chunk of each tensor)
 SEARCH_KERNELS = frozenset({"iq1", "iq2", "iq3"})
 SEARCH_STRIDE_CHUNKS = 4
+
+
+# A few columns can hold nearly all of an importance vector's mass: in real models, the massive
+# activations of a handful of tokens (attention sinks) make 4 of ffn_down's 1536 columns carry
+# 96-99.9% of the mean squared input in some layers (SmolLM2-135M), and a few channels of the final
+# norm's output dominate the output matrix's. Weighted by them, the error sums see only those
+# columns, which the importance-weighted quantizer keeps exact even at 2 bits, and a tensor whose
+# other columns are ruined looks nearly lossless. Those mean squares come from a few tokens, whose
+# residual stream is as large (the next norm divides the error by it), while the loss is made on the
+# typical tokens. So the error sums weigh a column at most ERROR_WEIGHT_CAP times the median column:
+# within that range the weights are kept (ordinary variation between channels: the 99th percentile
+# is 5-25x the median in most of SmolLM2's matrices); beyond it the cap holds any few columns to a
+# modest share of the sum.
+ERROR_WEIGHT_CAP = 16.0
+
+
+def error_weights(w) -> np.ndarray | None:
+    """Column weights of the error sums from importance (or gain^2) column weights: capped at
+    ERROR_WEIGHT_CAP x their median over the positive ones; None stays None (unweighted)."""
+    if w is None:
+        return None
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    pos = w[w > 0]
+    if pos.size == 0 or not np.isfinite(w).all():
+        return w.astype(np.float32)
+    return np.minimum(w, ERROR_WEIGHT_CAP * float(np.median(pos))).astype(np.float32)
 
 
 def is_search_type(t: QType) -> bool:
@@ -155,10 +187,16 @@ class Curve:
     weighted: bool = False  # the importance matrix weighted this tensor's error
     sampled_rows: int = 0
     rows: int = 0
+    # a tied token_embd's second role, the input embedding: its unweighted relative error per
+    # option and that role's sensitivity (rel and sensitivity are then its output-matrix role)
+    input_rel: list[float] | None = None
+    input_sensitivity: float = 0.0
 
     @property
     def damage(self) -> list[float]:
-        return [self.sensitivity * r for r in self.rel]
+        if self.input_rel is None:
+            return [self.sensitivity * r for r in self.rel]
+        return [self.sensitivity * r + self.input_sensitivity * ri for r, ri in zip(self.rel, self.input_rel)]
 
     def index(self, t: QType) -> int:
         return self.types.index(t)
@@ -191,7 +229,7 @@ def _norm_gains(ckpt, plan, tied: bool, norm_of: dict[str, str]) -> dict[str, np
     """{matrix name: g^2 of the norm feeding it} for the matrices that read a norm's output."""
     by_name = {t.name: t for t in plan.tensors}
     # the output matrix reads the final norm; a tied model's is token_embd, measured in that role
-    # (its sensitivity is the output matrix's, sensitivity_of)
+    # too (Curve.rel; its input role is Curve.input_rel)
     output = "token_embd.weight" if tied else "output.weight"
     out: dict[str, np.ndarray] = {}
     cache: dict[str, np.ndarray | None] = {}
@@ -211,16 +249,33 @@ def _norm_gains(ckpt, plan, tied: bool, norm_of: dict[str, str]) -> dict[str, np
     return out
 
 
+# a view of _measure_tensor: the error sums' column weights are each expert's importance row
+# through error_weights
+IMPORTANCE = "importance"
+
+
 def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample: bool,
-                    rows_per_expert: int, err_w: np.ndarray | None = None,
-                    rounding: str = "ggml") -> tuple[list[float], int]:
-    """Relative output error of one tensor per type; `w`: its (n_expert, cols) importance rows or
-    None; `err_w`: column weights for the error sums where `w` is None (else unweighted). The
-    search types (is_search_type) on the smaller sample, each ratio over its own rows."""
-    se = {t: 0.0 for t in types}
-    ss = [0.0, 0.0]  # sum w x^2 over the rows of the full sample and over the search types' sample
+                    rows_per_expert: int, views=(IMPORTANCE,),
+                    rounding: str = "ggml") -> tuple[list[list[float]], int]:
+    """Relative output error of one tensor per type, for each of `views` (the error sums' column
+    weights: IMPORTANCE, an array for every row, None for unweighted, or a function of each expert's
+    importance row); `w`: its (n_expert, cols) importance rows (the quantizer's) or None. The search
+    types (is_search_type) on the smaller sample, each ratio over its own rows."""
+    nv = len(views)
+    se = [{t: 0.0 for t in types} for _ in range(nv)]
+    ss = [[0.0, 0.0] for _ in range(nv)]  # sum w x^2 over the rows of the full sample and of the search types' sample
     measured = 0
     probes = [t for t in types if t != spec.ref_type]
+
+    def view_weights(view, wv):
+        if view is IMPORTANCE:
+            ew = error_weights(wv)
+        elif callable(view):
+            ew = view(wv)
+        else:
+            ew = view
+        return _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
+
     for row0, slab in iter_source_slabs(ckpt, spec):
         inter = round_through(slab, spec.ref_type)
         # the rows measured, grouped by expert (each expert's rows use that expert's importance row);
@@ -229,28 +284,29 @@ def _measure_tensor(ckpt, spec, w: np.ndarray | None, types: list[QType], sample
                               or [np.empty(0, np.int64)]) for every in (1, SEARCH_STRIDE_CHUNKS)]
         for e, a, b in expert_runs(row0, slab.shape[0], rows_per_expert):
             wv = None if w is None else w[min(e, w.shape[0] - 1)]
-            ew = wv if wv is not None else err_w
-            wk = _NO_W if ew is None else np.ascontiguousarray(ew, dtype=np.float32)
+            wks = [view_weights(v, wv) for v in views]
             for level, ix in enumerate(idx):
                 rows = ix[(ix >= a) & (ix < b)]
                 if not rows.size:
                     continue
                 x = np.ascontiguousarray(inter[rows])
-                ss[level] += _wsums(x, x, wk)[1]
+                for v, wk in enumerate(wks):
+                    ss[v][level] += _wsums(x, x, wk)[1]
                 for t in probes:
                     if is_search_type(t) == bool(level):
                         deq = quants.dequantize(quants.quantize(x, t, wv, check_finite=False, rounding=rounding), t, x.shape)
-                        se[t] += _wsums(x, deq, wk)[0]
+                        for v, wk in enumerate(wks):
+                            se[v][t] += _wsums(x, deq, wk)[0]
                 if level == 0:
                     measured += x.shape[0]
 
-    def ratio(t):
+    def ratio(v, t):
         if t == spec.ref_type:
             return 0.0
-        d = ss[is_search_type(t)]
-        return se[t] / d if d > 0 else (0.0 if se[t] == 0 else math.inf)
+        d = ss[v][is_search_type(t)]
+        return se[v][t] / d if d > 0 else (0.0 if se[v][t] == 0 else math.inf)
 
-    return [ratio(t) for t in types], measured
+    return [[ratio(v, t) for t in types] for v in range(nv)], measured
 
 
 def _pinned_names(plan, overrides) -> set[str]:
@@ -311,6 +367,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     done = 0
     for pt in plan.tensors:
         kind = kind_of(pt.name)
+        both_roles = tied and category_of(pt.name) is C.TOKEN_EMBD
         if pt.name not in todo_names:
             curves.append(Curve(pt.name, pt.shape, kind, pt.qtype, True, [pt.qtype], [pt.nbytes], [0.0],
                                 sensitivity_of(pt.name, spec.n_layer, sensitivity, tied)))
@@ -318,11 +375,16 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
         ts = time.perf_counter()
         types, w = options[pt.name]
         rows_per_expert = pt.shape[-2] if len(pt.shape) >= 3 else int(np.prod(pt.shape[:-1], dtype=np.int64))
-        rel, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), gains.get(pt.name),
-                                        rounding)
+        # the error sums' weights: the importance rows, else the feeding norm's gain squared, capped
+        # (error_weights); a tied token_embd also unweighted, its input-embedding role
+        views = [IMPORTANCE if w is not None else error_weights(gains.get(pt.name))] + ([None] if both_roles else [])
+        rels, measured = _measure_tensor(ckpt, pt.spec, w, types, sample, max(rows_per_expert, 1), views, rounding)
         rows = int(np.prod(pt.shape[:-1], dtype=np.int64)) if len(pt.shape) > 1 else 1
-        c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rel,
+        c = Curve(pt.name, pt.shape, kind, pt.qtype, False, types, [q.nbytes(pt.shape) for q in types], rels[0],
                   sensitivity_of(pt.name, spec.n_layer, sensitivity, tied, w is not None), w is not None, measured, rows)
+        if both_roles:
+            c.input_rel = rels[1]
+            c.input_sensitivity = sensitivity_of(pt.name, spec.n_layer, sensitivity)
         curves.append(c)
         done += 1
         if progress:

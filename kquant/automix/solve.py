@@ -179,7 +179,9 @@ class Mix:
             return {"name": c.name, "type": c.types[k].ggml_name, "recipe_type": c.recipe.ggml_name,
                     "bytes": c.nbytes[k], "recipe_bytes": c.nbytes[r], "sensitivity": c.sensitivity,
                     "rel_error": c.rel[k], "recipe_rel_error": c.rel[r], "damage": c.damage[k],
-                    "recipe_damage": c.damage[r]}
+                    "recipe_damage": c.damage[r],
+                    **({"input_sensitivity": c.input_sensitivity, "input_rel_error": c.input_rel[k],
+                        "recipe_input_rel_error": c.input_rel[r]} if c.input_rel is not None else {})}
 
         return {
             "budget_kind": self.budget_kind,
@@ -200,7 +202,9 @@ class Mix:
             "fewer_bits": [row(c, k) for c, k in down],
             "tensors": [{"name": c.name, "kind": c.kind, "fixed": c.fixed, "sensitivity": c.sensitivity,
                          "chosen": c.types[k].ggml_name,
-                         "options": {t.ggml_name: {"bytes": b, "rel_error": e} for t, b, e in zip(c.types, c.nbytes, c.rel)}}
+                         "options": {t.ggml_name: {"bytes": b, "rel_error": e,
+                                                   **({"input_rel_error": c.input_rel[i]} if c.input_rel is not None else {})}
+                                     for i, (t, b, e) in enumerate(zip(c.types, c.nbytes, c.rel))}}
                         for c, k in zip(self.curves, self.choice)],
             "notes": self.notes,
         }
@@ -228,8 +232,10 @@ class Mix:
             dd = abs(c.damage[r] - c.damage[k])
             per = (f", {dd / db * 1024:.3g} less damage per KiB spent" if db > 0
                    else f", {dd / -db * 1024:.3g} more damage per KiB saved" if db < 0 else "")
+            also = (f" + input role {c.input_sensitivity:g} x rel.err {c.input_rel[r]:.3g} -> {c.input_rel[k]:.3g}"
+                    if c.input_rel is not None else "")
             return (f"  {c.name} {c.recipe.ggml_name}->{c.types[k].ggml_name}: sensitivity {c.sensitivity:g} x "
-                    f"rel.err {c.rel[r]:.3g} -> {c.rel[k]:.3g} ({db:+d} bytes{per})")
+                    f"rel.err {c.rel[r]:.3g} -> {c.rel[k]:.3g}{also} ({db:+d} bytes{per})")
 
         if up:
             lines.append(f"more bits than the recipe ({len(up)} tensors; their error cost the most damage per byte):")
