@@ -141,6 +141,26 @@ class LlamaEval:
         self.m.close()
 
 
+_MEASURED: dict = {}
+
+
+def _measured(src: Path, recipe: str, im, rounding: str):
+    """automix.measure_model, once per (model, imatrix, rounding): another recipe reuses the
+    measurement, its own types set as each curve's recipe type (measured again when one is not a
+    candidate there)."""
+    import dataclasses
+
+    key = (str(src), im is None, rounding)  # one imatrix per model in this script
+    if key in _MEASURED:
+        m = _MEASURED[key]
+        types = {t.name: t.qtype for t in cv.dry_run(src, recipe, cv.Options(imatrix=im)).tensors}
+        if all(types[c.name] in c.types if not c.fixed else types[c.name] == c.recipe for c in m.curves):
+            curves = [dataclasses.replace(c, recipe=types[c.name]) for c in m.curves]
+            return dataclasses.replace(m, curves=curves, ftype=parse_ftype(recipe))
+    m = _MEASURED[key] = automix.measure_model(src, recipe, cv.Options(imatrix=im, rounding=rounding))
+    return m
+
+
 def kquant_file(src: Path, out: Path, recipe: str, im, ref: Path, a):
     """kquant's file to compare with llama.cpp's `ref` (see --kquant / --rounding) -> (path, the
     automatic mix or None, seconds of its measuring pass)."""
@@ -150,7 +170,7 @@ def kquant_file(src: Path, out: Path, recipe: str, im, ref: Path, a):
         assert tensor_types(out) == tensor_types(ref), f"{out}: tensor types differ from llama.cpp's {recipe}"
         return out, None, 0.0
     t = time.perf_counter()
-    measured = automix.measure_model(src, recipe, cv.Options(imatrix=im, rounding=a.rounding))
+    measured = _measured(src, recipe, im, a.rounding)
     seconds = time.perf_counter() - t
     mix = automix.mix_for_budget(measured, target_size=ref.stat().st_size)
     cv.convert(src, out, recipe, cv.Options(type_map=mix.type_map, **opts))
