@@ -23,6 +23,7 @@ import numpy as np
 from oracle import refpipeline
 import pytest
 
+from kquant import vocab as V
 from kquant.models import load_spec, supported_architectures
 from kquant.models.llama import qk_permutation
 from kquant.errors import InputError, UnsupportedError
@@ -30,6 +31,14 @@ from kquant.types import QType
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"
+# Test vocabularies standing in for real ones that cannot be had here, by get_vocab_base_pre hash: the
+# name is registered with kquant and with the reference converter (refconv_server.py), as
+# convert_hf_to_gguf_update.py would register the real vocabulary's hash. Each side computes the
+# fixture's hash itself (the converter through tiktoken and the fixture's remote code).
+# kimi-k2: fixtures/tokenizers/kimi-k2 (Llama 3's first 3840 tiktoken ranks, Kimi K2's special
+# tokens and TikTokenTokenizer); Kimi K2's own tiktoken.model hashes to 81212dc7...
+EXTRA_PRE_HASHES = {"9b73982de481c38c01361939695a11999da14d069555dff5d0d5cb93fdc449f5": "kimi-k2"}
+V.PRE_TOKENIZER_HASHES.update(EXTRA_PRE_HASHES)
 LLAMA_CPP = refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp"  # scripts/setup_refconv.sh
 REFCONV_PYTHON = refpipeline.refconv_python()
 
@@ -1917,6 +1926,16 @@ def case_deepseek32(rng):
     return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
 
+def case_kimi_k2(rng):
+    # Kimi K2's layout at width 256 (DeepseekV3ForCausalLM: one dense layer, sigmoid router with one group, no MTP) and
+    # its tokenizer: tiktoken.model + Moonshot's TikTokenTokenizer remote code, no tokenizer.json (the converter's
+    # AutoTokenizer(trust_remote_code) branch); fixtures/tokenizers/kimi-k2 (see EXTRA_PRE_HASHES)
+    c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 4096, num_hidden_layers=2,
+                    **{**_DEEPSEEK_V3, "n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0,
+                       "tie_word_embeddings": False}, **{**_DEEPSEEK, "bos_token_id": 3840, "eos_token_id": 3841})
+    return c, mla_tensors(rng, c), "kimi-k2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2032,7 +2051,7 @@ CASES = {
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
-    "deepseek32": case_deepseek32,
+    "deepseek32": case_deepseek32, "kimi-k2": case_kimi_k2,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
@@ -2048,7 +2067,7 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
+               "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
@@ -2599,7 +2618,8 @@ def kv_equal(t, ref_value, ours) -> bool:
 
 def _reference_convert(pairs: list[tuple[Path, Path]]) -> list:
     """convert_hf_to_gguf.py --outtype bf16 of each (folder, out), in two long-lived reference processes."""
-    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs])
+    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs],
+                                    pre_hashes=EXTRA_PRE_HASHES)
 
 
 def compare_with_reference(folder: Path, gguf_path: Path) -> None:

@@ -12,8 +12,9 @@ layers plus the DSA lightning indexer of every layer (wq_b, wk, a LayerNorm k_no
 weights_proj); its NextN/MTP layers are kept as extra blocks (the converter's default, without
 --no-mtp), with their nextn.* tensors. transformers 4.57.6 has no config class for it: the
 converter reads config.json as it is. The other names the converter registers on DeepseekV2Model (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
-registered here, so they are refused as unsupported architectures; Kimi K2's tiktoken vocabulary
-(the converter's AutoTokenizer fallback with remote code) is refused.
+registered here, so they are refused as unsupported architectures. Kimi K2's tiktoken vocabulary
+(tiktoken.model and Moonshot's TikTokenTokenizer, the converter's AutoTokenizer fallback with remote
+code) is read by kquant.vocab.tiktoken.
 """
 
 from __future__ import annotations
@@ -212,11 +213,16 @@ class DeepseekV2Model(TextModel):
             self.spec(f"blk.{bid}.attn_v_b.weight", t, shape=(n, v, kv_lora), transform=_v_b(n, nope, v)),
         ]
 
-    # DeepseekV2Model.set_vocab: the GPT-2 vocabulary; Kimi K2's tiktoken path is not supported
+    # DeepseekV2Model.set_vocab: the GPT-2 vocabulary, else (no tokenizer.json) Kimi K2's tiktoken
+    # vocabulary through its TikTokenTokenizer remote code
     def set_vocab(self, tokenizer_pre: str | None = None) -> None:
-        if not (self.tok_folder / "tokenizer.json").is_file():
-            raise UnsupportedError(f"{self.tok_folder}: no tokenizer.json (tiktoken vocabularies such as Kimi K2's are not supported)")
-        V.set_vocab_gpt2(self.kv, self.tok_folder, self.hp, self.hp["model_type"], tokenizer_pre)
+        folder = self.tok_folder
+        if (folder / "tokenizer.json").is_file():
+            V.set_vocab_gpt2(self.kv, folder, self.hp, self.hp["model_type"], tokenizer_pre)
+        elif V.is_kimi_tokenizer(folder):
+            V.set_vocab_kimi(self.kv, folder, self.hp, tokenizer_pre)
+        else:
+            raise UnsupportedError(f"{folder}: no tokenizer.json, nor a Kimi tiktoken.model with its tokenizer_config.json")
 
     # DeepseekV2Model.set_gguf_parameters (the DeepSeek-OCR branch is not taken: OCR is multimodal)
     def set_gguf_parameters(self) -> None:
