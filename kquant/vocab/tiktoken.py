@@ -152,10 +152,12 @@ class KimiTokenizer:
         n_base = len(self.ranks)
         self.special_tokens: dict[str, int] = {
             names.get(i, f"<|reserved_token_{i}|>"): i for i in range(n_base, n_base + KIMI_NUM_RESERVED_SPECIAL_TOKENS + 2)}
-        for typ in ("bos", "eos", "pad", "unk"):  # __init__ looks each up: a KeyError upstream
-            name = _content(tc.get(f"{typ}_token"))
+        # __init__ looks each up (a KeyError upstream); its defaults: [BOS], [EOS], None, None
+        for typ, default in (("bos", "[BOS]"), ("eos", "[EOS]"), ("pad", None), ("unk", None)):
+            name = _content(tc.get(f"{typ}_token", default))
             if name not in self.special_tokens:
                 raise InputError(f"{tc_path}: {typ}_token {name!r} is not one of the tokenizer's special tokens")
+        self.eos_id = self.special_tokens[_content(tc.get("eos_token", "[EOS]"))]
 
     # tiktoken core.py Encoding.encode(text, allowed_special="all") -> src/lib.rs CoreBPE::_encode_native
     def encode(self, text: str) -> list[int]:
@@ -208,8 +210,10 @@ def kimi_chkhsh(tok: KimiTokenizer) -> str:
 
 
 # conversion/deepseek.py DeepseekV2Model.set_vocab, the AutoTokenizer(trust_remote_code) branch
+# (and conversion/kimi_linear.py KimiLinearModel.set_vocab: `eos_from_tokenizer`, the eos id overridden
+# with the tokenizer's after the special vocabulary)
 def set_vocab_kimi(rec: KVRecorder, folder: Path, hp: dict, tokenizer_pre: str | None,
-                   max_bytes: int = TOKENIZER_MAX_BYTES) -> int:
+                   max_bytes: int = TOKENIZER_MAX_BYTES, eos_from_tokenizer: bool = False) -> int:
     from .bpe import PRE_TOKENIZER_HASHES
 
     tok = KimiTokenizer(folder, max_bytes)
@@ -242,6 +246,8 @@ def set_vocab_kimi(rec: KVRecorder, folder: Path, hp: dict, tokenizer_pre: str |
     rec.add_array(TOK_TYPE, toktypes)
     rec.add_array(TOK_MERGES, _strings(merges, folder))
     SpecialVocab(folder, load_merges=False).add_to_gguf(rec)
+    if eos_from_tokenizer:
+        rec.add_special_token_id("eos", tok.eos_id)
     return len(tokens)
 
 
