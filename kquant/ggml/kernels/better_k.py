@@ -251,6 +251,37 @@ def _pack_k45(out, off, q5, D, M, sc, mn, q, s):
         pack_q4(s, 0, out, off + Q4K_QS)
 
 
+@njit(**JIT)
+def k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn):
+    """ggml's Q4_K / Q5_K super-block at orow[off:]: its weights into w, its weighted error E, its D and M
+    (returned) and 6-bit scales / mins (into sc, mn). E = 0 means keep ggml's block: exact already, NaN
+    input (allow_nonfinite), or a non-finite / non-positive D."""
+    k45_weights(xr, o, qw, w)
+    if q5:
+        q5_k_dequant_block(orow, off, y, 0)
+    else:
+        q4_k_dequant_block(orow, off, y, 0, SUB)
+    e_g = werr(xr, o, w, y, QK_K)
+    D = get_f16(orow, off + Q4K_D)
+    M = get_f16(orow, off + Q4K_DMIN)
+    if not e_g > 0 or not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+        return 0.0, D, M
+    for j in range(NSUB):
+        sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
+    return e_g, D, M
+
+
+@njit(**JIT)
+def k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s):
+    """Packs the Q4_K / Q5_K super-block (D, M, sc, mn, q) into tmp and returns its weighted error."""
+    _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+    if q5:
+        q5_k_dequant_block(tmp, 0, y, 0)
+    else:
+        q4_k_dequant_block(tmp, 0, y, 0, SUB)
+    return werr(xr, o, w, y, QK_K)
+
+
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k_best(x, qw, out):
     """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E drops."""
@@ -276,20 +307,9 @@ def quantize_q4_k_q5_k_best(x, qw, out):
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            k45_weights(xr, o, qw, w)
-            if q5:
-                q5_k_dequant_block(orow, off, y, 0)
-            else:
-                q4_k_dequant_block(orow, off, y, 0, SUB)
-            e_g = werr(xr, o, w, y, QK_K)
-            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
+            if not e_g > 0:
                 continue
-            D = get_f16(orow, off + Q4K_D)
-            M = get_f16(orow, off + Q4K_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(NSUB):
-                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
             best = e_g * (1.0 - ACCEPT_MARGIN)
             for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
                 if start == 1:
@@ -297,12 +317,7 @@ def quantize_q4_k_q5_k_best(x, qw, out):
                     if not D > 0:
                         continue
                 D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
-                _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
-                if q5:
-                    q5_k_dequant_block(tmp, 0, y, 0)
-                else:
-                    q4_k_dequant_block(tmp, 0, y, 0, SUB)
-                e_b = werr(xr, o, w, y, QK_K)
+                e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
                 if e_b < best:
                     best = e_b
                     orow[off:off + bs] = tmp

@@ -24,12 +24,11 @@ from ..types import QK_K, QType
 from . import q2_k, q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from ._sweep import werr
-from .better_k import _pack_k45, _sub_err, _sub_levels, k45_weights, q2_k_weights
+from .better_k import _sub_err, _sub_levels, k45_ggml_block, k45_packed_error, q2_k_weights
 from .better_sym import _err as _sym_err
 from .better_sym import _levels as _sym_levels
 from .better_sym import _weights as _sym_weights
-from .q4_k import NSUB, Q4K_BYTES, Q4K_D, Q4K_DMIN, Q4K_SCALES, Q5K_BYTES, SCRATCH, SUB, get_scale_min_k4, q4_k_dequant_block, quantize_q4_k_q5_k
-from .q5_k import q5_k_dequant_block
+from .q4_k import NSUB, Q4K_BYTES, Q5K_BYTES, SCRATCH, SUB, quantize_q4_k_q5_k
 
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 ACCEPT_MARGIN = 1e-9
@@ -163,27 +162,11 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            k45_weights(xr, o, qw, w)
-            if q5:
-                q5_k_dequant_block(orow, off, y, 0)
-            else:
-                q4_k_dequant_block(orow, off, y, 0, SUB)
-            e_g = werr(xr, o, w, y, QK_K)
-            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
+            if not e_g > 0:
                 continue
-            D = get_f16(orow, off + Q4K_D)
-            M = get_f16(orow, off + Q4K_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(NSUB):
-                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
             D, M = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
-            _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
-            if q5:
-                q5_k_dequant_block(tmp, 0, y, 0)
-            else:
-                q4_k_dequant_block(tmp, 0, y, 0, SUB)
-            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+            if k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s) < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + bs] = tmp
 
 
