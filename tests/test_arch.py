@@ -1929,8 +1929,9 @@ def case_deepseek32(rng):
 def case_kimi_k2(rng):
     # Kimi K2's layout at width 256 (DeepseekV3ForCausalLM: one dense layer, sigmoid router with one group, no MTP) and
     # its tokenizer: tiktoken.model + Moonshot's TikTokenTokenizer remote code, no tokenizer.json (the converter's
-    # AutoTokenizer(trust_remote_code) branch); fixtures/tokenizers/kimi-k2 (see EXTRA_PRE_HASHES)
-    c = base_config("DeepseekV3ForCausalLM", "deepseek_v3", 4096, num_hidden_layers=2,
+    # AutoTokenizer(trust_remote_code) branch); fixtures/tokenizers/kimi-k2 (see EXTRA_PRE_HASHES). model_type kimi_k2 as
+    # released (its DeepseekV3Config is remote code: the converter reads config.json as it is)
+    c = base_config("DeepseekV3ForCausalLM", "kimi_k2", 4096, num_hidden_layers=2,
                     **{**_DEEPSEEK_V3, "n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0,
                        "tie_word_embeddings": False}, **{**_DEEPSEEK, "bos_token_id": 3840, "eos_token_id": 3841})
     return c, mla_tensors(rng, c), "kimi-k2", {}

@@ -68,6 +68,10 @@ DEEPSEEK_V3_CONFIG = HFConfig("deepseek_v3", dict(
     rope_theta=10000.0, rope_scaling=None, rope_interleave=True, attention_bias=False,
 ), rope_type_alias=True, kv_heads_fallback=True, post_init=_v3_init)
 
+# Kimi K2 (DeepseekV3ForCausalLM) ships model_type kimi_k2, a remote-code DeepseekV3Config: AutoConfig fails
+# without trust_remote_code and the converter reads config.json as it is (no derived head_dim, no defaults)
+KIMI_K2_CONFIG = HFConfig("kimi_k2", {}, raw=True)
+
 _ATTN = {
     "input_layernorm": "attn_norm",
     "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
@@ -115,7 +119,7 @@ def _positive_int(hp: dict, key: str, where) -> int:
 class DeepseekV2Model(TextModel):
     model_arch = MODEL_ARCH.DEEPSEEK2
     skip_mtp = True  # DeepseekV2Model.skip_mtp: layers past num_hidden_layers dropped
-    configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG)
+    configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG, KIMI_K2_CONFIG)
     layer = _ATTN | _Q_PLAIN | _Q_LORA | _DENSE | _MOE | _SHARED  # every module any layer may have
     bias_ok = ("mlp.gate.e_score_correction",)
     bias_only = ("mlp.gate.e_score_correction",)
