@@ -1143,15 +1143,20 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
     return 0
 
 
-@njit(**JIT)
-def _quantize_iq1(x, qw, out, is_m):
+# The two drivers are separate functions (not one with an is_m flag): numba does not prune a
+# branch on a literal argument, so a shared driver compiled IQ1_M's block search into IQ1_S's
+# quantizer and back (about 8 s CPU of a cold first IQ1_S conversion), and each call level
+# costs a whole re-optimization of everything below it.
+@njit(nogil=True, **JIT)
+def quantize_iq1_s(x, qw, out):
+    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
+    failed). Returns the number of blocks where ggml aborts."""
     nblk = x.shape[1] // QK_K
-    weighted = qw.shape[0] == x.shape[1]
-    if not is_m and not weighted:
+    if qw.shape[0] != x.shape[1]:
         return x.shape[0] * nblk
     kx, _, nidx, levels = lists(GRID_1S)
     kg = _packed()
-    bs = 16 if is_m else 32
+    bs = 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
     weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
@@ -1160,6 +1165,34 @@ def _quantize_iq1(x, qw, out, is_m):
     flag = np.zeros(QK_K // bs, dtype=np.int64)
     sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
     sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
+    pv = np.zeros(bs, dtype=np.float32)
+    tv = np.zeros(bs, dtype=np.float32)
+    pidx = np.zeros(bs, dtype=np.int64)
+    ti = np.zeros(bs, dtype=np.int64)
+    cb = np.zeros(CB_SIZE, dtype=np.float32)  # a block's split candidates (_store_ir)
+    ch = np.zeros(CH_SIZE, dtype=np.int64)
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
+                                 weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+    return failed
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq1_m(x, qw, out):
+    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    kx, _, nidx, levels = lists(GRID_1S)
+    kg = _packed()
+    bs = 16
+    scales = np.zeros(QK_K // bs, dtype=np.float32)
+    shifts = np.zeros(QK_K // bs, dtype=np.int64)
+    weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
+    L = np.zeros(bs, dtype=np.int8)
+    index = np.zeros(QK_K // 8, dtype=np.int64)  # per block: its groups' kx entries, then grid indices
+    flag = np.zeros(QK_K // bs, dtype=np.int64)
     pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
     pv = np.zeros(bs, dtype=np.float32)
     tv = np.zeros(bs, dtype=np.float32)
@@ -1171,26 +1204,9 @@ def _quantize_iq1(x, qw, out, is_m):
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
-            else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+            failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
+                                 scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
     return failed
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_s(x, qw, out):
-    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
-    failed). Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, False)
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_m(x, qw, out):
-    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, True)
 
 
 @njit(**JIT)
