@@ -49,7 +49,7 @@ from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, 
 from ._iq_grids import KGRID_1BIT_2048
 from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -90,7 +90,7 @@ def packed_lists():
         return _packed_lists()
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _packed():
     with objmode(kg="uint16[::1]"):
         kg = packed_lists()

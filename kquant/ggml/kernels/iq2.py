@@ -53,7 +53,7 @@ from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
 from ._search import qp_final
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 # helpers that allocate nothing: no reference counting of the arrays they are handed (atomic
 # increments and decrements on every call were a sixth of the time)
 KJIT = dict(JIT, _nrt=False)

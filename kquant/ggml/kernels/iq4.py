@@ -30,7 +30,7 @@ from ..types import QK, QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 NLANES = 2 * NTRY + 2  # the first pass and the 2 NTRY + 1 trial scales
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)

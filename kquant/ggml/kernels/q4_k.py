@@ -105,7 +105,7 @@ S_QSL2 = _QV + 5 * LANES  # suml2
 S_QRES = _QV + 6 * LANES  # return value
 SCRATCH = _QV + 7 * LANES
 
-JIT = dict(cache=True, error_model="numpy")  # numpy error model: float x/0 gives inf/nan, never raises
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # numpy error model: float x/0 gives inf/nan, never raises
 U = np.uint64  # scratch indices are cast to unsigned: no wraparound code, affine addresses
 # Integer arguments of the shared routines are passed as np.int64(...) values, not literals:
 # numba compiles a routine once per argument types, and a literal is a type of its own.
