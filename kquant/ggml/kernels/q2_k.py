@@ -372,8 +372,9 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
         wk[W_SW + s] = sum16(wk, W_WT + s)
     qkx_search16(wk, IMPL_RMIN, IMPL_RDELTA, np.int64(IMPL_NSTEP), np.bool_(False), np.bool_(False))
 
-    dm = qp_quants(wk, W_SCALES, NMAX_SC, Ls)
-    mm = qp_quants(wk, W_MINS, NMAX_SC, Lm)
+    # np.int64: plain argument types, one compiled qp_quants for both calls (not one per constant)
+    dm = qp_quants(wk, np.int64(W_SCALES), np.int64(NMAX_SC), Ls)
+    mm = qp_quants(wk, np.int64(W_MINS), np.int64(NMAX_SC), Lm)
     _put_h(y, yo + OFF_D, fp32_to_fp16(dm))
     _put_h(y, yo + OFF_DMIN, fp32_to_fp16(mm))
     for j in range(NSUB):
@@ -381,24 +382,22 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
     requantize_pack(wk, y, yo)
 
 
-@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
-def quantize_row_q2_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*84]."""
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
+def quantize(x, qw, out):
+    """ggml_quantize_chunk(GGML_TYPE_Q2_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
     wk = np.empty(WORK, np.float32)
     Ls = np.empty(NSUB, np.uint8)
     Lm = np.empty(NSUB, np.uint8)
-    for b in range(x.shape[0] // QK_K):
-        if qw.shape[0] == 0:
-            quantize_block_q2_k_ref(x, b * QK_K, y, b * TS, wk)
-        else:
-            quantize_block_q2_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls, Lm)
-
-
-@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
-def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q2_K, x, out, 0, rows, cols, qw or NULL)."""
     for r in range(x.shape[0]):
-        quantize_row_q2_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            if qw.shape[0] == 0:
+                quantize_block_q2_k_ref(xr, b * QK_K, y, b * TS, wk)
+            else:
+                quantize_block_q2_k_impl(xr, b * QK_K, qw, y, b * TS, wk, Ls, Lm)
 
 
 # ggml-quants.c: dequantize_row_q2_K

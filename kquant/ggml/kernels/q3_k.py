@@ -304,23 +304,21 @@ def quantize_block_q3_k_impl(x, base, qw, y, yo, wk, Ls):
     requantize_pack(wk, y, yo)
 
 
-@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
-def quantize_row_q3_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*110]."""
-    wk = np.empty(WORK, np.float32)
-    Ls = np.empty(NSUB, np.int8)
-    for b in range(x.shape[0] // QK_K):
-        if qw.shape[0] == 0:
-            quantize_block_q3_k_ref(x, b * QK_K, y, b * TS, wk)
-        else:
-            quantize_block_q3_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls)
-
-
 @njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q3_K, x, out, 0, rows, cols, qw or NULL)."""
+    """ggml_quantize_chunk(GGML_TYPE_Q3_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
+    wk = np.empty(WORK, np.float32)
+    Ls = np.empty(NSUB, np.int8)
     for r in range(x.shape[0]):
-        quantize_row_q3_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            if qw.shape[0] == 0:
+                quantize_block_q3_k_ref(xr, b * QK_K, y, b * TS, wk)
+            else:
+                quantize_block_q3_k_impl(xr, b * QK_K, qw, y, b * TS, wk, Ls)
 
 
 # ggml-quants.c: dequantize_row_q3_K

@@ -406,19 +406,17 @@ def requantize_pack_q6(wk, y, yo):
             y[qh + l] = np.uint8((l1 >> 4) | ((l2 >> 4) << 2) | ((l3 >> 4) << 4) | ((l4 >> 4) << 6))
 
 
-@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
-def quantize_row_q6_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*210]."""
-    wk = np.empty(WORK, np.float32)
-    for b in range(x.shape[0] // QK_K):
-        quantize_block_q6_k(x, b * QK_K, qw, y, b * TS, wk)
-
-
 @njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q6_K, x, out, 0, rows, cols, qw or NULL)."""
+    """ggml_quantize_chunk(GGML_TYPE_Q6_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
+    wk = np.empty(WORK, np.float32)
     for r in range(x.shape[0]):
-        quantize_row_q6_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            quantize_block_q6_k(xr, b * QK_K, qw, y, b * TS, wk)
 
 
 # ggml-quants.c: dequantize_row_q6_K
