@@ -98,3 +98,20 @@ print(json.dumps(out))
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
     assert r == {"warmed": ["Q8_0"], "q": True, "d": False, "cold_q": [], "cold_qd": ["Q8_0"]}
+
+
+def test_warm_groups_whole_families_balanced():
+    """The warm-up's split (no compiling): whole kernel families per process, every type once,
+    the longest to this process (which also compiles the checks), Q4_K and Q5_K's shared
+    quantizer counted once, one group on one core."""
+    from kquant.ggml import warm
+    from kquant.types import QType as Q
+
+    types = [Q.IQ1_S, Q.Q2_K, Q.IQ2_XXS, Q.Q5_K, Q.Q4_K, Q.Q6_K]
+    g = warm._groups(types, 2)
+    assert len(g) == 2 and sorted(t for grp in g for t in grp) == sorted(types)
+    assert any({Q.Q4_K, Q.Q5_K} <= set(grp) for grp in g)
+    cost = [sum(t.decl.compile_s for t in grp if t != Q.Q5_K) for grp in g]
+    assert max(cost) - min(cost) <= max(t.decl.compile_s for t in (Q.IQ1_S, Q.Q2_K, Q.IQ2_XXS, Q.Q4_K, Q.Q6_K))
+    assert warm._groups([Q.IQ1_S, Q.Q2_K], 1) == [[Q.IQ1_S, Q.Q2_K]]
+    assert warm._groups([Q.Q4_K, Q.Q5_K], 2) == [[Q.Q4_K, Q.Q5_K]]  # one family: one process

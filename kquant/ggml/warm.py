@@ -147,7 +147,10 @@ def _groups(cold: list[QType], jobs: int) -> list[list[QType]]:
     load = [CHECKS_S] + [START_S] * (jobs - 1)
 
     def cost(fam: str) -> float:
-        return sum(DECLS[t].compile_s for t in families[fam])
+        per_driver: dict = {}  # types sharing one compiled quantizer (Q4_K, Q5_K) count it once
+        for t in families[fam]:
+            per_driver.setdefault(registry()[t].quantize, DECLS[t].compile_s)
+        return sum(per_driver.values())
 
     for fam in sorted(families, key=lambda f: (-cost(f), f)):
         i = load.index(min(load))
