@@ -614,7 +614,8 @@ _test4, _cmax4, _maxscan4 = _buf_intrinsics(4)
 
 @njit(**KJIT)
 def _replay(cb, o, nk, e0, best, scale, last):
-    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
+    """(Callers pass o, e0 and last as np.int64: a literal 0 or -1 would compile a specialization
+    of its own.) ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
     best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of the
     chunk at cb[o:] (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
     for e in range(e0, LANES * nk):
@@ -654,8 +655,8 @@ def _resolve(cb, nk, best, scale):
         m = best if best > mb else mb
         if a * a > m * b:
             sc = a / b
-            return _replay(cb, 0, nk, g + 1, sc * a, sc, g)
-    return _replay(cb, 0, nk, 0, best, scale, -1)
+            return _replay(cb, np.int64(0), nk, g + 1, sc * a, sc, g)
+    return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
 @njit(**KJIT)
@@ -695,7 +696,7 @@ def _global(cb, g, nk, nch, scale):
         t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
         if t == 0:
             continue
-        best, scale, ec = _replay(cb, c * cs, nk, 0, best, scale, -1)
+        best, scale, ec = _replay(cb, c * cs, nk, np.int64(0), best, scale, np.int64(-1))
         if ec >= 0:
             lc = c
             e = ec
@@ -823,7 +824,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     swn = sumw[bs]
     q = (p1, p2, m1, m2)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         a = sumx[i1] - sx0
         aw = sumw[i1] - sw0
@@ -848,7 +849,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
     nk = 4
     t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         h = _m_row(pp, i1, t)
         for i0 in range(i1, bs + 1, LANES):
