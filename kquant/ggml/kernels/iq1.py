@@ -49,7 +49,7 @@ from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, 
 from ._iq_grids import KGRID_1BIT_2048
 from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -90,7 +90,7 @@ def packed_lists():
         return _packed_lists()
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _packed():
     with objmode(kg="uint16[::1]"):
         kg = packed_lists()
@@ -614,7 +614,8 @@ _test4, _cmax4, _maxscan4 = _buf_intrinsics(4)
 
 @njit(**KJIT)
 def _replay(cb, o, nk, e0, best, scale, last):
-    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
+    """(Callers pass o, e0 and last as np.int64: a literal 0 or -1 would compile a specialization
+    of its own.) ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
     best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of the
     chunk at cb[o:] (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
     for e in range(e0, LANES * nk):
@@ -654,8 +655,8 @@ def _resolve(cb, nk, best, scale):
         m = best if best > mb else mb
         if a * a > m * b:
             sc = a / b
-            return _replay(cb, 0, nk, g + 1, sc * a, sc, g)
-    return _replay(cb, 0, nk, 0, best, scale, -1)
+            return _replay(cb, np.int64(0), nk, g + 1, sc * a, sc, g)
+    return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
 @njit(**KJIT)
@@ -695,7 +696,7 @@ def _global(cb, g, nk, nch, scale):
         t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
         if t == 0:
             continue
-        best, scale, ec = _replay(cb, c * cs, nk, 0, best, scale, -1)
+        best, scale, ec = _replay(cb, c * cs, nk, np.int64(0), best, scale, np.int64(-1))
         if ec >= 0:
             lc = c
             e = ec
@@ -823,7 +824,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     swn = sumw[bs]
     q = (p1, p2, m1, m2)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         a = sumx[i1] - sx0
         aw = sumw[i1] - sw0
@@ -848,7 +849,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
     nk = 4
     t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         h = _m_row(pp, i1, t)
         for i0 in range(i1, bs + 1, LANES):
@@ -1143,15 +1144,20 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
     return 0
 
 
-@njit(**JIT)
-def _quantize_iq1(x, qw, out, is_m):
+# The two drivers are separate functions (not one with an is_m flag): numba does not prune a
+# branch on a literal argument, so a shared driver compiled IQ1_M's block search into IQ1_S's
+# quantizer and back (about 8 s CPU of a cold first IQ1_S conversion), and each call level
+# costs a whole re-optimization of everything below it.
+@njit(nogil=True, **JIT)
+def quantize_iq1_s(x, qw, out):
+    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
+    failed). Returns the number of blocks where ggml aborts."""
     nblk = x.shape[1] // QK_K
-    weighted = qw.shape[0] == x.shape[1]
-    if not is_m and not weighted:
+    if qw.shape[0] != x.shape[1]:
         return x.shape[0] * nblk
     kx, _, nidx, levels = lists(GRID_1S)
     kg = _packed()
-    bs = 16 if is_m else 32
+    bs = 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
     weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
@@ -1160,6 +1166,34 @@ def _quantize_iq1(x, qw, out, is_m):
     flag = np.zeros(QK_K // bs, dtype=np.int64)
     sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
     sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
+    pv = np.zeros(bs, dtype=np.float32)
+    tv = np.zeros(bs, dtype=np.float32)
+    pidx = np.zeros(bs, dtype=np.int64)
+    ti = np.zeros(bs, dtype=np.int64)
+    cb = np.zeros(CB_SIZE, dtype=np.float32)  # a block's split candidates (_store_ir)
+    ch = np.zeros(CH_SIZE, dtype=np.int64)
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
+                                 weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+    return failed
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq1_m(x, qw, out):
+    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    kx, _, nidx, levels = lists(GRID_1S)
+    kg = _packed()
+    bs = 16
+    scales = np.zeros(QK_K // bs, dtype=np.float32)
+    shifts = np.zeros(QK_K // bs, dtype=np.int64)
+    weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
+    L = np.zeros(bs, dtype=np.int8)
+    index = np.zeros(QK_K // 8, dtype=np.int64)  # per block: its groups' kx entries, then grid indices
+    flag = np.zeros(QK_K // bs, dtype=np.int64)
     pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
     pv = np.zeros(bs, dtype=np.float32)
     tv = np.zeros(bs, dtype=np.float32)
@@ -1171,26 +1205,9 @@ def _quantize_iq1(x, qw, out, is_m):
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
-            else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+            failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
+                                 scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
     return failed
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_s(x, qw, out):
-    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
-    failed). Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, False)
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_m(x, qw, out):
-    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, True)
 
 
 @njit(**JIT)
