@@ -200,6 +200,32 @@ def best_neighbour(desc, kg, nidx, xb, xo, weight, wo, scale, xx):
     return np.int64(nidx[p0 + np.uint64(c)])
 
 
+@intrinsic
+def _count_lt(typingctx, ti, k, n):
+    """The number of ti[0:n] below k (n a literal: one <n x i64> compare, then a popcount; LLVM
+    unrolls the Python loop before its vectorizer sees it, so written as a loop it runs scalar)."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    nv = n.literal_value
+    sig = types.int64(ti, types.int64, n)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        i64 = llvm_ir.IntType(64)
+        vt = llvm_ir.VectorType(i64, nv)
+        data = _data(context, f, signature.args[0], args[0])
+        v = f.load(f.bitcast(data, vt.as_pointer()), align=8)
+        kv = f.insert_element(llvm_ir.Constant(vt, llvm_ir.Undefined), args[1], _I32(0))
+        kv = f.shuffle_vector(kv, llvm_ir.Constant(vt, llvm_ir.Undefined),
+                              llvm_ir.Constant(llvm_ir.VectorType(_I32, nv), [0] * nv))
+        bits = f.bitcast(f.icmp_signed("<", v, kv), llvm_ir.IntType(nv))
+        fnty = llvm_ir.FunctionType(bits.type, [bits.type])
+        fn = cgutils.get_or_insert_function(f.module, fnty, f"llvm.ctpop.i{nv}")
+        return f.zext(f.call(fn, [bits]), i64)
+
+    return sig, codegen
+
+
 @njit(**KJIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     """pv, pidx = the pairs (x[bo + j], j) in glibc qsort's order. Without NaN that order is the
@@ -218,10 +244,7 @@ def _sorted_block(x, bo, n, pv, pidx, tv, ti):
         o = (b ^ 0xFFFFFFFF) if b & 0x80000000 else (b | 0x80000000)  # monotone in v
         ti[j] = ((o - 0x80000000) << 32) | j
     for j in range(n):
-        kj = ti[j]
-        r = 0
-        for i in range(n):
-            r += ti[i] < kj
+        r = _count_lt(ti, ti[j], n)
         pv[r] = x[bo + j]
         pidx[r] = j
 
