@@ -1054,18 +1054,30 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             shifts[ib] = 0
             continue
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
-        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each)
+        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each),
+        # summed in registers: the other half's row adds +0.0, which keeps its value (a sum from +0
+        # is never -0), so each row is one branchless chain
         pp[0] = _F0
         pp[M_ROW] = _F0
         pp[2 * M_ROW] = _F0
         pp[3 * M_ROW] = _F0
+        a0 = _F0
+        a1 = _F0
+        c0 = _F0
+        c1 = _F0
         for j in range(bs):
             i = pidx[j]
-            h = 0 if i < bs // 2 else 1
-            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[wb + i] * x[bo + i]
-            pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
-            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[wb + i]
-            pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
+            lo = i < bs // 2
+            wi = weight[wb + i]
+            t = wi * x[bo + i]
+            a0 = a0 + (t if lo else _F0)
+            a1 = a1 + (_F0 if lo else t)
+            c0 = c0 + (wi if lo else _F0)
+            c1 = c1 + (_F0 if lo else wi)
+            pp[j + 1] = a0
+            pp[M_ROW + j + 1] = a1
+            pp[2 * M_ROW + j + 1] = c0
+            pp[3 * M_ROW + j + 1] = c1
         besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
