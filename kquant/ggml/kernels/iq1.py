@@ -72,6 +72,7 @@ S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
 M_BYTES = QType.IQ1_M.type_size
 M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+KG = KGRID_1BIT_2048.astype(np.int32)  # packed levels of the grid points (8 KB: stays in L1, unlike `levels`)
 
 
 _lock = threading.Lock()
@@ -924,10 +925,15 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
         sumx[0] = _F0
         sumw[0] = _F0
+        sx = _F0  # the running sums in registers (through the arrays they wait on each store)
+        sw = _F0
         for j in range(bs):
             i = pidx[j]
-            sumx[j + 1] = sumx[j] + weight[wb + i] * x[bo + i]
-            sumw[j + 1] = sumw[j] + weight[wb + i]
+            wi = weight[wb + i]
+            sx = sx + wi * x[bo + i]
+            sw = sw + wi
+            sumx[j + 1] = sx
+            sumw[j + 1] = sw
         besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
@@ -976,7 +982,7 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
             for k in range(bs // 8):
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[ix + k], j]]
+                    q = xx[(KG[index[ix + k]] >> (2 * j)) & 3]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
@@ -1127,7 +1133,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[2 * ib + k], j]]
+                    q = xx[(KG[index[2 * ib + k]] >> (2 * j)) & 3]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
@@ -1162,7 +1168,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[bs * ib + 8 * k + j]
-                q = xx[levels[g, j]] * fl
+                q = xx[(KG[g] >> (2 * j)) & 3] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
     if sq2 > _F0:
