@@ -713,7 +713,14 @@ def _global(cb, g, nk, nch, scale):
         if not a * a > m * b:
             return False, -1, -1, scale
     sc = a / b
-    best, scale, e = _replay(cb, o, nk, eg + 1, sc * a, sc, eg)
+    best = sc * a
+    # the rest of g's chunk replayed only if a candidate in g's lane or after passes (rarely)
+    t = _test2(cb, o, best) if nk == 2 else _test4(cb, o, best)
+    if t >> (eg // nk) == 0:
+        scale = sc
+        e = eg
+    else:
+        best, scale, e = _replay(cb, o, nk, eg + 1, best, sc, eg)
     lc = cg
     for c in range(cg + 1, nch):
         t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
