@@ -41,6 +41,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     hunyuan,
     internlm,
     jamba,
+    kimi_linear,
     lfm2,
     llama,
     llama4,
