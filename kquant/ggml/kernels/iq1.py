@@ -72,6 +72,7 @@ S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
 M_BYTES = QType.IQ1_M.type_size
 M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+KG = KGRID_1BIT_2048.astype(np.int32)  # packed levels of the grid points (8 KB: stays in L1, unlike `levels`)
 
 
 _lock = threading.Lock()
@@ -200,6 +201,32 @@ def best_neighbour(desc, kg, nidx, xb, xo, weight, wo, scale, xx):
     return np.int64(nidx[p0 + np.uint64(c)])
 
 
+@intrinsic
+def _count_lt(typingctx, ti, k, n):
+    """The number of ti[0:n] below k (n a literal: one <n x i64> compare, then a popcount; LLVM
+    unrolls the Python loop before its vectorizer sees it, so written as a loop it runs scalar)."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    nv = n.literal_value
+    sig = types.int64(ti, types.int64, n)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        i64 = llvm_ir.IntType(64)
+        vt = llvm_ir.VectorType(i64, nv)
+        data = _data(context, f, signature.args[0], args[0])
+        v = f.load(f.bitcast(data, vt.as_pointer()), align=8)
+        kv = f.insert_element(llvm_ir.Constant(vt, llvm_ir.Undefined), args[1], _I32(0))
+        kv = f.shuffle_vector(kv, llvm_ir.Constant(vt, llvm_ir.Undefined),
+                              llvm_ir.Constant(llvm_ir.VectorType(_I32, nv), [0] * nv))
+        bits = f.bitcast(f.icmp_signed("<", v, kv), llvm_ir.IntType(nv))
+        fnty = llvm_ir.FunctionType(bits.type, [bits.type])
+        fn = cgutils.get_or_insert_function(f.module, fnty, f"llvm.ctpop.i{nv}")
+        return f.zext(f.call(fn, [bits]), i64)
+
+    return sig, codegen
+
+
 @njit(**KJIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     """pv, pidx = the pairs (x[bo + j], j) in glibc qsort's order. Without NaN that order is the
@@ -218,10 +245,7 @@ def _sorted_block(x, bo, n, pv, pidx, tv, ti):
         o = (b ^ 0xFFFFFFFF) if b & 0x80000000 else (b | 0x80000000)  # monotone in v
         ti[j] = ((o - 0x80000000) << 32) | j
     for j in range(n):
-        kj = ti[j]
-        r = 0
-        for i in range(n):
-            r += ti[i] < kj
+        r = _count_lt(ti, ti[j], n)
         pv[r] = x[bo + j]
         pidx[r] = j
 
@@ -690,7 +714,14 @@ def _global(cb, g, nk, nch, scale):
         if not a * a > m * b:
             return False, -1, -1, scale
     sc = a / b
-    best, scale, e = _replay(cb, o, nk, eg + 1, sc * a, sc, eg)
+    best = sc * a
+    # the rest of g's chunk replayed only if a candidate in g's lane or after passes (rarely)
+    t = _test2(cb, o, best) if nk == 2 else _test4(cb, o, best)
+    if t >> (eg // nk) == 0:
+        scale = sc
+        e = eg
+    else:
+        best, scale, e = _replay(cb, o, nk, eg + 1, best, sc, eg)
     lc = cg
     for c in range(cg + 1, nch):
         t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
@@ -902,10 +933,15 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
         sumx[0] = _F0
         sumw[0] = _F0
+        sx = _F0  # the running sums in registers (through the arrays they wait on each store)
+        sw = _F0
         for j in range(bs):
             i = pidx[j]
-            sumx[j + 1] = sumx[j] + weight[wb + i] * x[bo + i]
-            sumw[j + 1] = sumw[j] + weight[wb + i]
+            wi = weight[wb + i]
+            sx = sx + wi * x[bo + i]
+            sw = sw + wi
+            sumx[j + 1] = sx
+            sumw[j + 1] = sw
         besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
@@ -954,7 +990,7 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
             for k in range(bs // 8):
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[ix + k], j]]
+                    q = xx[(KG[index[ix + k]] >> (2 * j)) & 3]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
@@ -1032,18 +1068,30 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             shifts[ib] = 0
             continue
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
-        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each)
+        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each),
+        # summed in registers: the other half's row adds +0.0, which keeps its value (a sum from +0
+        # is never -0), so each row is one branchless chain
         pp[0] = _F0
         pp[M_ROW] = _F0
         pp[2 * M_ROW] = _F0
         pp[3 * M_ROW] = _F0
+        a0 = _F0
+        a1 = _F0
+        c0 = _F0
+        c1 = _F0
         for j in range(bs):
             i = pidx[j]
-            h = 0 if i < bs // 2 else 1
-            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[wb + i] * x[bo + i]
-            pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
-            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[wb + i]
-            pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
+            lo = i < bs // 2
+            wi = weight[wb + i]
+            t = wi * x[bo + i]
+            a0 = a0 + (t if lo else _F0)
+            a1 = a1 + (_F0 if lo else t)
+            c0 = c0 + (wi if lo else _F0)
+            c1 = c1 + (_F0 if lo else wi)
+            pp[j + 1] = a0
+            pp[M_ROW + j + 1] = a1
+            pp[2 * M_ROW + j + 1] = c0
+            pp[3 * M_ROW + j + 1] = c1
         besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
@@ -1093,7 +1141,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[2 * ib + k], j]]
+                    q = xx[(KG[index[2 * ib + k]] >> (2 * j)) & 3]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
@@ -1128,7 +1176,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[bs * ib + 8 * k + j]
-                q = xx[levels[g, j]] * fl
+                q = xx[(KG[g] >> (2 * j)) & 3] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
     if sq2 > _F0:
