@@ -1680,6 +1680,43 @@ def case_mistral3(rng):
     return c, t, "gpt-2", {}
 
 
+def ministral3_text(**kw) -> dict:
+    """A Ministral 3 text config as mistralai/Ministral-3-*-2512 ships it (transformers 5's Ministral3Config:
+    rope_parameters with YaRN, mscale_all_dim and llama_4_scaling_beta), tiny."""
+    c = dict(model_type="ministral3", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257, hidden_act="silu",
+             max_position_embeddings=262144, rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=True,
+             bos_token_id=1, eos_token_id=2, pad_token_id=11,
+             rope_parameters={"type": "yarn", "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0,
+                              "original_max_position_embeddings": 16384, "max_position_embeddings": 262144,
+                              "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                              "llama_4_scaling_beta": 0.1})
+    c.update(kw)
+    return c
+
+
+def case_ministral3(rng):
+    # Ministral3ForCausalLM: no transformers 4.57.6 config class, so the converter reads config.json as it is
+    c = {"architectures": ["Ministral3ForCausalLM"], **ministral3_text(tie_word_embeddings=False), "dtype": "bfloat16"}
+    return c, dense_tensors(rng, c), "gpt-2", {}
+
+
+def case_ministral3_mm(rng):
+    # Mistral3ForConditionalGeneration with a ministral3 text_config (Ministral 3 as released): Mistral3Config
+    # cannot build the text class under transformers 4.57.6, so config.json is read as it is, text_config merged
+    text = ministral3_text()
+    text["rope_parameters"] |= {"mscale_all_dim": 0.75, "llama_4_scaling_beta": 0.25}
+    c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
+         "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "head_dim": 16, "image_size": 32, "patch_size": 8},
+         "image_token_index": 10, "spatial_merge_size": 2, "multimodal_projector_bias": False,
+         "vision_feature_layer": -1, "projector_hidden_act": "gelu", "dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, text, lm_head=False), "model.language_model.")
+    t |= vision_parts(rng, {"model.vision_tower.patch_conv.weight": (32, 3, 8, 8),
+                            "model.multi_modal_projector.linear_1.weight": (256, 32)})
+    return c, t, "gpt-2", {}
+
+
 def case_qwen2vl(rng, flat: bool = False):
     # Qwen2VLForConditionalGeneration as transformers 4.57 saves it (text_config; model.language_model.*, lm_head,
     # model.visual.*), tied output; flat: Qwen2.5-VL as released (every text key at the top level, rope_scaling
@@ -2028,6 +2065,7 @@ CASES = {
     "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
+    "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2053,7 +2091,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
                "nemotron-h-moe", "nemotron-h-moe-mtp")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl")  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
