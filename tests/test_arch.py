@@ -1410,6 +1410,51 @@ def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
     return t
 
 
+def granite_swa_config(arch: str, model_type: str, **kw) -> dict:
+    """A Granite SWA config as transformers 5 writes it (no 4.57.6 class: the converter reads it as it is)."""
+    c = base_config(arch, model_type, 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                    rope_theta=None, rope_parameters={"rope_type": "default", "rope_theta": 10000000.0},
+                    max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True, sliding_window=128,
+                    attention_multiplier=0.015625, embedding_multiplier=12.0, residual_multiplier=0.22,
+                    logits_scaling=8.0, bos_token_id=50256, eos_token_id=50256, pad_token_id=None, torch_dtype=None,
+                    dtype="bfloat16", layer_rope_theta=[10000000.0] * 3)
+    c.update(kw)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def sinks(rng, c: dict, t: dict) -> dict:
+    """Per-head attention sinks (self_attn.sinks, a bare parameter) in every layer."""
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.sinks"] = (heavy(rng, (c["num_attention_heads"],), 1.0), "BF16")
+    return t
+
+
+def case_granite_swa(rng):
+    # GraniteSWAForCausalLM: interleaved sliding-window layers from layer_types, NoPE layers (no_rope_layers), sinks
+    c = granite_swa_config("GraniteSWAForCausalLM", "granite_swa",
+                           layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+                           no_rope_layers=[0, 1, 1])
+    return c, sinks(rng, c, dense_tensors(rng, c, lm_head=False)), "gpt-2", {}
+
+
+def case_granitemoe_swa(rng):
+    # GraniteMoeSWAForCausalLM as transformers 5 saves it: router.weight, stacked experts.gate_up_proj / down_proj
+    # (bare parameters, kept fused), a 320-wide shared MLP; no layer_types (the converter's i % 4 pattern)
+    c = granite_swa_config("GraniteMoeSWAForCausalLM", "granitemoe_swa", intermediate_size=256, num_local_experts=4,
+                           num_experts_per_tok=2, shared_intermediate_size=320, tie_word_embeddings=False,
+                           max_position_embeddings=4096, sliding_window=64)
+    t = sinks(rng, c, dense_tensors(rng, {**c, "moe": True}))
+    e, f, n, sf = 256, 256, 4, 320
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "block_sparse_moe.router.weight"] = (heavy(rng, (n, e)), "BF16")
+        t[p + "block_sparse_moe.experts.gate_up_proj"] = (heavy(rng, (n, 2 * f, e)), "BF16")
+        t[p + "block_sparse_moe.experts.down_proj"] = (heavy(rng, (n, e, f)), "BF16")
+        t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * sf, e)), "BF16")
+        t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, sf)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_olmoe(rng):
     # OLMoE-1B-7B's layout (q/k norms over all heads, 4 experts here); GPT-2's tokenizer stands in
     c = base_config("OlmoeForCausalLM", "olmoe", 50257, hidden_size=256, intermediate_size=256, num_key_value_heads=4,
@@ -2066,6 +2111,7 @@ CASES = {
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
+    "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2090,7 +2136,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
