@@ -1999,6 +1999,51 @@ def case_deepseek32(rng):
     return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
 
+def case_hy_v4(rng):
+    # Tencent Hy4's layout at width 256 (HYV4ForCausalLM, no transformers 4.57.6 config class: config.json read as it
+    # is): V3-style MLA + sigmoid-routed MoE after one dense layer, experts stacked (gate_up_proj fused), a gated
+    # attention output and learnable sinks, hyper-connections (F32, kept F32), the DSA indexer on the "full" layers,
+    # an fp32 lm_head; an MTP layer under model.mtp_layers (dropped)
+    c = base_config("HYV4ForCausalLM", "hy_v4", 50257, num_hidden_layers=3, **{**_DEEPSEEK_V3, "tie_word_embeddings": False},
+                    head_dim=32, index_n_heads=4, index_head_dim=64, index_topk=16, hc_mult=2, hc_eps=1e-6,
+                    hc_magnitude=2.0, swiglu_limit=10.0, enable_lm_head_fp32=True, learnable_sink_init=0.0,
+                    mlp_layer_types=["dense", "sparse", "sparse"], layer_types=["indexed_attention"] * 3,
+                    indexer_types=["full", "shared", "full"], rope_theta=None, rms_norm_eps=1e-5,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, max_position_embeddings=262144,
+                    bos_token_id=50256, eos_token_id=50256, torch_dtype=None, dtype="bfloat16")
+    for k in ("first_k_dense_replace", "topk_method", "scoring_func", "num_nextn_predict_layers"):
+        del c[k]
+    c |= {"n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 1}
+    t = mla_tensors(rng, {**c, "first_k_dense_replace": 1, "topk_method": "noaux_tc"})
+    e, nh, hc, n_x, f = 256, 4, 2, 4, 256
+    for i in range(3):
+        p = f"model.layers.{i}."
+        for x in range(n_x):
+            for w in ("gate_proj", "up_proj", "down_proj"):
+                t.pop(p + f"mlp.experts.{x}.{w}.weight", None)
+        if i >= 1:
+            t[p + "mlp.gate.weight"] = (heavy(rng, (n_x, e)), "F32")
+            t[p + "mlp.experts.gate_up_proj"] = (heavy(rng, (n_x, 2 * f, e)), "BF16")
+            t[p + "mlp.experts.down_proj"] = (heavy(rng, (n_x, e, f)), "BF16")
+        t[p + "self_attn.linear_gate.weight"] = (heavy(rng, (nh * c["v_head_dim"], e)), "BF16")
+        t[p + "self_attn.learnable_sink_param"] = (heavy(rng, (nh,), 1.0), "F32")
+        for hcl in ("hc_attn_layer", "hc_mlp_layer"):
+            t[p + hcl + ".hc_pre.hc_fn"] = (heavy(rng, (2 * hc, hc * e)), "F32")
+            t[p + hcl + ".hc_pre.hc_base"] = (heavy(rng, (2 * hc,), 0.5), "F32")
+            t[p + hcl + ".hc_pre.hc_scale"] = (1 + heavy(rng, (2,), 0.1), "F32")
+        if c["indexer_types"][i] == "full":
+            t[p + "self_attn.indexer.wq_b.weight"] = (heavy(rng, (4 * 64, c["q_lora_rank"])), "BF16")
+            t[p + "self_attn.indexer.wk.weight"] = (heavy(rng, (64, e)), "BF16")
+            t[p + "self_attn.indexer.k_norm.weight"] = (1 + heavy(rng, (64,), 0.1), "F32")
+            t[p + "self_attn.indexer.k_norm.bias"] = (heavy(rng, (64,), 0.1), "F32")
+            t[p + "self_attn.indexer.weights_proj.weight"] = (heavy(rng, (4, e)), "F32")
+    t["model.hc_head.hc_head_fn"] = (heavy(rng, (hc, hc * e)), "F32")
+    t["model.hc_head.hc_head_base"] = (heavy(rng, (hc,), 0.5), "F32")
+    t["model.hc_head.hc_head_scale"] = (1 + heavy(rng, (1,), 0.1), "F32")
+    t["model.mtp_layers.0.enorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")  # dropped, as the converter drops it
+    return c, t, "gpt-2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2111,7 +2156,7 @@ CASES = {
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
-    "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa,
+    "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2136,7 +2181,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types

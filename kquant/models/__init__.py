@@ -39,6 +39,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     gptneox,
     granite,
     hunyuan,
+    hy_v4,
     internlm,
     jamba,
     lfm2,
