@@ -214,6 +214,10 @@ def as_transformers5(cfg: dict) -> dict:
     mt = c["model_type"]
     if "torch_dtype" in c:
         c.setdefault("dtype", c.pop("torch_dtype"))
+    if mt == "step3p5":  # transformers 5's Step3p5Config renames StepFun's keys (num_attention_groups, moe_num_experts,
+        # ...), which the converter cannot read: a release keeps its own; only dtype and the version change
+        c["transformers_version"] = "5.25.0"
+        return c
     for old, new in _T5_RENAMED.get(mt, {}).items():
         if old in c:
             c[new] = c.pop(old)
@@ -2044,6 +2048,92 @@ def case_hy_v4(rng):
     return c, t, "gpt-2", {}
 
 
+def step35_text(**kw) -> dict:
+    """A Step 3.5 Flash text config in StepFun's own keys (the ones the converter reads), tiny: full and sliding
+    layers with their own head counts and rope bases, one dense layer then MoE layers, an MTP layer."""
+    c = dict(model_type="step3p5", hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+             num_attention_groups=2, head_dim=64, vocab_size=50257, rms_norm_eps=1e-5, max_position_embeddings=65536,
+             rope_theta=[5000000.0, 10000.0, 5000000.0, 5000000.0], rope_scaling=None,
+             layer_types=["full_attention", "sliding_attention", "full_attention", "full_attention"],
+             partial_rotary_factors=[0.5, 1.0, 0.5, 0.5],
+             attention_other_setting={"attention_type": "sliding_attention", "num_attention_heads": 8,
+                                      "num_attention_groups": 2, "head_dim": 64},
+             swiglu_limits=[0.0, 0.0, 7.0, 0.0], swiglu_limits_shared=[0.0, 0.0, 16.0, 0.0], moe_layers_enum="1,2",
+             moe_num_experts=4, moe_top_k=2, moe_intermediate_size=256, share_expert_dim=320, share_expert_dims=320,
+             moe_router_scaling_factor=3.0, moe_router_activation="sigmoid", norm_expert_weight=True,
+             use_moe_router_bias=True, use_head_wise_attn_gate=True, sliding_window=64, num_nextn_predict_layers=1,
+             yarn_only_types=["full_attention"], tie_word_embeddings=False, need_fp32_gate=True, use_qk_norm=True,
+             zero_centered=True, bos_token_id=50256, eos_token_id=50256)
+    c.update(kw)
+    return c
+
+
+def step35_tensors(rng, c: dict, prefix: str = "model.") -> dict[str, tuple[np.ndarray, str]]:
+    """Step 3.5's checkpoint layout: zero-centred norms, g_proj gates, stacked moe.* experts with a router bias,
+    share_expert.*; the MTP layer (past num_hidden_layers) a dense block plus eh_proj / enorm / hnorm and
+    transformer.shared_head.{norm,output}."""
+    e, hd, v, n_main = c["hidden_size"], c["head_dim"], c["vocab_size"], c["num_hidden_layers"]
+    n_x, ff_x, ff_sh, ff = c["moe_num_experts"], c["moe_intermediate_size"], c["share_expert_dim"], c["intermediate_size"]
+    moe = {int(i) for i in c["moe_layers_enum"].split(",")}
+    t = {prefix + "embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), prefix + "norm.weight": (heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(n_main + c["num_nextn_predict_layers"]):
+        p = f"{prefix}layers.{i}."
+        swa = c["layer_types"][i] == "sliding_attention"
+        nq = c["attention_other_setting"]["num_attention_heads"] if swa else c["num_attention_heads"]
+        nkv = c["num_attention_groups"]
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (heavy(rng, (e,), 0.1), "BF16")
+        for n in ("self_attn.q_norm", "self_attn.k_norm"):
+            t[p + n + ".weight"] = (heavy(rng, (hd,), 0.1), "BF16")
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nq * hd, e)), "BF16")
+        t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nq * hd)), "BF16")
+        t[p + "self_attn.g_proj.weight"] = (heavy(rng, (nq, e)), "BF16")
+        if i in moe:
+            t[p + "moe.gate.weight"] = (heavy(rng, (n_x, e)), "F32")
+            t[p + "moe.router_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+            t[p + "moe.gate_proj.weight"] = (heavy(rng, (n_x, ff_x, e)), "BF16")
+            t[p + "moe.up_proj.weight"] = (heavy(rng, (n_x, ff_x, e)), "BF16")
+            t[p + "moe.down_proj.weight"] = (heavy(rng, (n_x, e, ff_x)), "BF16")
+            t[p + "share_expert.gate_proj.weight"] = (heavy(rng, (ff_sh, e)), "BF16")
+            t[p + "share_expert.up_proj.weight"] = (heavy(rng, (ff_sh, e)), "BF16")
+            t[p + "share_expert.down_proj.weight"] = (heavy(rng, (e, ff_sh)), "BF16")
+        else:
+            t[p + "mlp.gate_proj.weight"] = (heavy(rng, (ff, e)), "BF16")
+            t[p + "mlp.up_proj.weight"] = (heavy(rng, (ff, e)), "BF16")
+            t[p + "mlp.down_proj.weight"] = (heavy(rng, (e, ff)), "BF16")
+        if i >= n_main:
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+            t[p + "enorm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "hnorm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "transformer.shared_head.norm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "transformer.shared_head.output.weight"] = (heavy(rng, (v, e)), "BF16")
+    return t
+
+
+def case_step35(rng):
+    # Step3p5ForCausalLM (no transformers 4.57.6 config class: config.json read as it is), with a llama3 rope
+    c = {"architectures": ["Step3p5ForCausalLM"],
+         **step35_text(rope_scaling={"rope_type": "llama3", "factor": 2.0, "original_max_position_embeddings": 4096,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 32.0}), "torch_dtype": "bfloat16"}
+    return c, step35_tensors(rng, c), "gpt-2", {}
+
+
+def case_step37_mm(rng):
+    # Step3p7ForConditionalGeneration (Step 3.7 Flash): the Step 3.5 text model under text_config, the vision tower
+    # (vision_model.*) and projector (vit_large_projector) dropped as the converter drops them without --mmproj
+    text = step35_text(moe_layers_enum="2", swiglu_limits=None, moe_router_scaling_factor=2.5)
+    c = {"architectures": ["Step3p7ForConditionalGeneration"], "model_type": "step3p7", "text_config": text,
+         "vision_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32,
+                           "patch_size": 8}, "torch_dtype": "bfloat16"}
+    t = step35_tensors(rng, text)
+    t |= vision_parts(rng, {"vision_model.conv1.weight": (32, 3, 8, 8), "vision_model.ln_pre.weight": (32,),
+                            "vit_large_projector.weight": (256, 32)})
+    return c, t, "gpt-2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2157,6 +2247,7 @@ CASES = {
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
+    "step35": case_step35, "step37-mm": case_step37_mm,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2181,7 +2272,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types

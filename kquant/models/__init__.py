@@ -55,6 +55,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     qwenvl,
     stablelm,
     starcoder,
+    step3,
 )
 from .base import FAMILIES, VARIANTS, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams

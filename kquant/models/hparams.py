@@ -168,7 +168,10 @@ def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool, 
         if k in cfg and cfg[k] is not None and (not _is_int(cfg[k]) or cfg[k] < 0):
             raise InputError(f"{path}: {where + k!r} must be a non-negative integer or null, got {cfg[k]!r}")
     for k in OPTIONAL_NUMBER_KEYS:
-        if k in cfg and cfg[k] is not None and not _is_number(cfg[k]):
+        v = cfg.get(k)
+        if k == "rope_theta" and isinstance(v, list) and v and all(_is_number(x) for x in v):
+            continue  # one per layer (Step 3.5); families that take a single number check it when they read it
+        if k in cfg and v is not None and not _is_number(v):
             raise InputError(f"{path}: {where + k!r} must be a number, got {cfg[k]!r}")
     for k in OPTIONAL_BOOL_KEYS:
         if k in cfg and not isinstance(cfg[k], bool):
