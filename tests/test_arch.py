@@ -2561,6 +2561,7 @@ def _edit_config(d: Path, **kw) -> None:
     (dict(rope_scaling={"rope_type": 3}), InputError, "'rope_scaling.rope_type' must be a string"),
     (dict(vocab_size=31999), InputError, "expected \\[31999, 128\\]"),
     (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
+    (dict(rope_theta=[10000.0, 500.0]), InputError, "rope_theta' must be a (finite )?number"),  # only Step 3.5 takes a list
     (dict(rope_scaling={"rope_type": "dynamic-ntk-foo", "factor": 2.0}), UnsupportedError, "rope_scaling type"),
 ])
 def test_config_errors(models, edit, err, match):
@@ -2969,6 +2970,29 @@ def test_multimodal_parts_not_converted(models, case, parts, capsys):
     assert f"{len(mm)} vision/audio tensors" in err and all(p in err for p in parts) and "--mmproj" in err
     text_only = load_spec(models("gemma3", copy=False), vocab=False)
     assert text_only.not_converted == ()
+
+
+@pytest.mark.parametrize("case,edit,err,match", [
+    ("step35", dict(partial_rotary_factors=[0.5, 0.5, 0.5, 0.5]), UnsupportedError, "'partial_rotary_factors' must be 1.0 on sliding"),
+    ("step35", dict(rope_theta=[1e6]), InputError, "'rope_theta' as a list needs at least two numbers"),
+    ("step35", dict(moe_layers_enum="1,x"), InputError, "'moe_layers_enum' must list layer numbers"),
+    ("hy-v4", dict(indexer_types=["shared", "full", "full"]), InputError, "layer 0 must be indexer_types 'full'"),
+    ("hy-v4", dict(first_k_dense_replace=2), InputError, "first_k_dense_replace \\(2\\) disagrees with mlp_layer_types"),
+    ("hy-v4", dict(mlp_layer_types=["dense", "sparse", "dense"]), UnsupportedError, "dense layers after MoE layers"),
+    ("ministral3-mm", None, UnsupportedError, "ministral3 rope_type 'default' is not supported"),
+])
+def test_new_family_config_errors(models, case, edit, err, match):
+    """Configs the converter asserts on or misreads: one line naming config.json, nothing converted."""
+    d = models(case, tokenizer=False)
+    cfg = json.loads((d / "config.json").read_text())
+    if edit is None:  # a ministral3 text_config without its YaRN rope
+        cfg["text_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6}
+    else:
+        cfg.update(edit)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
 
 
 @pytest.mark.parametrize("case,text_edit,top_edit,err,match", [
