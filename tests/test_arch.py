@@ -1247,6 +1247,22 @@ def case_glm4(rng):
     return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def case_glm(rng):
+    # GlmForCausalLM (glm-4-9b-chat-hf / GLM-Edge: transformers' GlmConfig, defaults for the unset keys): q/k/v biases,
+    # gate_up_proj fused and kept fused (ffn_up), half rotary; no seq_length, so the converter writes hidden_size as
+    # the context length
+    c = base_config("GlmForCausalLM", "glm", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, rope_theta=None, rms_norm_eps=None,
+                    max_position_embeddings=8192, tie_word_embeddings=False, pad_token_id=151643,
+                    eos_token_id=[151643, 151652, 151654])
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "mlp.gate_up_proj.weight"] = (heavy(rng, (1024, 256)), "BF16")
+        t[p + "mlp.down_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
 def case_glm4v(rng, moe: bool = False):
     # GLM-4.1V / GLM-4.5V as transformers 4.57 saves them (Glm4v(Moe)ForConditionalGeneration: text_config with
     # M-RoPE sections summing to rotary dim / 2 = 16, model.language_model.*, lm_head, model.visual.*): the
@@ -2247,7 +2263,7 @@ CASES = {
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
-    "step35": case_step35, "step37-mm": case_step37_mm,
+    "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2273,7 +2289,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
                "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3")  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
