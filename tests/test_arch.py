@@ -2882,6 +2882,21 @@ def test_separate_config_and_tokenizer_folders(models, tmp_path):
     assert kv["tokenizer.ggml.pre"] == "qwen2" and spec.arch == "qwen2" and spec.tied_embeddings
 
 
+@pytest.mark.parametrize("card", [
+    {"base_model": "meta-llama/Llama-3.1-8B"}, {"base_models": None}, {"dataset": "a/b-7B"}, {"dataset_sources": {"a": 1}},
+    {"base_model": ["https://huggingface.co/Qwen/Qwen2.5-7B-v1.5", "ssh://x/y", "http://example.com/a", 5, {"name": "z"}]},
+    {"datasets": ["HuggingFaceFW/fineweb-edu", "https://huggingface.co/datasets/x", "https://huggingface.co/org/ds-v2"]},
+])
+def test_model_card_sources_like_gguf_py(card):
+    """base_model / datasets entries of a model card as gguf-py's own Metadata.apply_metadata_heuristic makes them."""
+    from gguf.metadata import Metadata as Reference
+    from kquant.models.metadata import Metadata
+
+    got = Metadata.apply_metadata_heuristic(Metadata(), dict(card), None, None, 7_000_000_000)
+    want = Reference.apply_metadata_heuristic(Reference(), dict(card), None, None, 7_000_000_000)
+    assert (got.base_models, got.datasets) == (want.base_models, want.datasets)
+
+
 def test_bad_model_card(models):
     d = models("qwen2", tokenizer=False)
     (d / "README.md").write_text("---\nlicense: [unclosed\n---\n")

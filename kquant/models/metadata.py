@@ -494,6 +494,47 @@ class Metadata:
         return model_full_name_component, org_component, basename, finetune, version, size_label
 
     @staticmethod
+    def _card_sources(model_card: dict, keys: tuple[str, str, str], what: str, total_params: int) -> list[dict]:
+        """The base_model / datasets entries of a model card as gguf-py's apply_metadata_heuristic makes them
+        (one loop there for each; the same steps): a URL (its Hugging Face id parsed), a Hugging Face id
+        (name, organization, version, repo_url), or a dict taken as it is."""
+        value = model_card.get(keys[0], model_card.get(keys[1], model_card.get(keys[2], None)))
+        ids = [value] if isinstance(value, str) else list(value) if isinstance(value, list) else []
+        out = []
+        for entry_id in ids:
+            # NOTE: model size of base model is assumed to be similar to the size of the current model
+            entry = {}
+            if isinstance(entry_id, str):
+                hf_id = None
+                if entry_id.startswith(("http://", "https://", "ssh://")):
+                    entry["repo_url"] = entry_id
+                    # Check if Hugging Face ID is present in URL
+                    if "huggingface.co" in entry_id:
+                        match = re.match(r"https?://huggingface.co/([^/]+/[^/]+)$", entry_id)
+                        hf_id = match.group(1) if match else None
+                    if hf_id is None:
+                        out.append(entry)
+                        continue
+                    url = False
+                else:  # likely a Hugging Face ID
+                    hf_id, url = entry_id, True
+                name, org, _, _, version, _ = Metadata.get_model_id_components(hf_id, total_params)
+                if name is not None:
+                    entry["name"] = Metadata.id_to_title(name)
+                if org is not None:
+                    entry["organization"] = Metadata.id_to_title(org)
+                if version is not None:
+                    entry["version"] = version
+                if url and org is not None and name is not None:
+                    entry["repo_url"] = f"https://huggingface.co/{org}/{name}"
+            elif isinstance(entry_id, dict):
+                entry = entry_id
+            else:
+                logger.error(f"{what} entry '{str(entry_id)}' not in a known format")
+            out.append(entry)
+        return out
+
+    @staticmethod
     def apply_metadata_heuristic(metadata: Metadata, model_card: Optional[dict] = None, hf_params: Optional[dict] = None, model_path: Optional[Path] = None, total_params: int = 0) -> Metadata:
         # Reference Model Card Metadata: https://github.com/huggingface/hub-docs/blob/main/modelcard.md?plain=1
 
@@ -563,123 +604,13 @@ class Metadata:
             use_model_card_metadata("author", "model_creator")
             use_model_card_metadata("basename", "model_type")
 
+            # the parent models this is based on (a list for merges), then the datasets it was trained from
             if "base_model" in model_card or "base_models" in model_card or "base_model_sources" in model_card:
-                # This represents the parent models that this is based on
-                # Example: stabilityai/stable-diffusion-xl-base-1.0. Can also be a list (for merges)
-                # Example of merges: https://huggingface.co/EmbeddedLLM/Mistral-7B-Merge-14-v0.1/blob/main/README.md
-                metadata_base_models = []
-                base_model_value = model_card.get("base_model", model_card.get("base_models", model_card.get("base_model_sources", None)))
-
-                if base_model_value is not None:
-                    if isinstance(base_model_value, str):
-                        metadata_base_models.append(base_model_value)
-                    elif isinstance(base_model_value, list):
-                        metadata_base_models.extend(base_model_value)
-
-                if metadata.base_models is None:
-                    metadata.base_models = []
-
-                for model_id in metadata_base_models:
-                    # NOTE: model size of base model is assumed to be similar to the size of the current model
-                    base_model = {}
-                    if isinstance(model_id, str):
-                        if model_id.startswith("http://") or model_id.startswith("https://") or model_id.startswith("ssh://"):
-                            base_model["repo_url"] = model_id
-
-                            # Check if Hugging Face ID is present in URL
-                            if "huggingface.co" in model_id:
-                                match = re.match(r"https?://huggingface.co/([^/]+/[^/]+)$", model_id)
-                                if match:
-                                    model_id_component = match.group(1)
-                                    model_full_name_component, org_component, basename, finetune, version, size_label = Metadata.get_model_id_components(model_id_component, total_params)
-
-                                    # Populate model dictionary with extracted components
-                                    if model_full_name_component is not None:
-                                        base_model["name"] = Metadata.id_to_title(model_full_name_component)
-                                    if org_component is not None:
-                                        base_model["organization"] = Metadata.id_to_title(org_component)
-                                    if version is not None:
-                                        base_model["version"] = version
-
-                        else:
-                            # Likely a Hugging Face ID
-                            model_full_name_component, org_component, basename, finetune, version, size_label = Metadata.get_model_id_components(model_id, total_params)
-
-                            # Populate model dictionary with extracted components
-                            if model_full_name_component is not None:
-                                base_model["name"] = Metadata.id_to_title(model_full_name_component)
-                            if org_component is not None:
-                                base_model["organization"] = Metadata.id_to_title(org_component)
-                            if version is not None:
-                                base_model["version"] = version
-                            if org_component is not None and model_full_name_component is not None:
-                                base_model["repo_url"] = f"https://huggingface.co/{org_component}/{model_full_name_component}"
-
-                    elif isinstance(model_id, dict):
-                        base_model = model_id
-
-                    else:
-                        logger.error(f"base model entry '{str(model_id)}' not in a known format")
-
-                    metadata.base_models.append(base_model)
-
+                metadata.base_models = (metadata.base_models or []) + Metadata._card_sources(
+                    model_card, ("base_model", "base_models", "base_model_sources"), "base model", total_params)
             if "datasets" in model_card or "dataset" in model_card or "dataset_sources" in model_card:
-                # This represents the datasets that this was trained from
-                metadata_datasets = []
-                dataset_value = model_card.get("datasets", model_card.get("dataset", model_card.get("dataset_sources", None)))
-
-                if dataset_value is not None:
-                    if isinstance(dataset_value, str):
-                        metadata_datasets.append(dataset_value)
-                    elif isinstance(dataset_value, list):
-                        metadata_datasets.extend(dataset_value)
-
-                if metadata.datasets is None:
-                    metadata.datasets = []
-
-                for dataset_id in metadata_datasets:
-                    # NOTE: model size of base model is assumed to be similar to the size of the current model
-                    dataset = {}
-                    if isinstance(dataset_id, str):
-                        if dataset_id.startswith(("http://", "https://", "ssh://")):
-                            dataset["repo_url"] = dataset_id
-
-                            # Check if Hugging Face ID is present in URL
-                            if "huggingface.co" in dataset_id:
-                                match = re.match(r"https?://huggingface.co/([^/]+/[^/]+)$", dataset_id)
-                                if match:
-                                    dataset_id_component = match.group(1)
-                                    dataset_name_component, org_component, basename, finetune, version, size_label = Metadata.get_model_id_components(dataset_id_component, total_params)
-
-                                    # Populate dataset dictionary with extracted components
-                                    if dataset_name_component is not None:
-                                        dataset["name"] = Metadata.id_to_title(dataset_name_component)
-                                    if org_component is not None:
-                                        dataset["organization"] = Metadata.id_to_title(org_component)
-                                    if version is not None:
-                                        dataset["version"] = version
-
-                        else:
-                            # Likely a Hugging Face ID
-                            dataset_name_component, org_component, basename, finetune, version, size_label = Metadata.get_model_id_components(dataset_id, total_params)
-
-                            # Populate dataset dictionary with extracted components
-                            if dataset_name_component is not None:
-                                dataset["name"] = Metadata.id_to_title(dataset_name_component)
-                            if org_component is not None:
-                                dataset["organization"] = Metadata.id_to_title(org_component)
-                            if version is not None:
-                                dataset["version"] = version
-                            if org_component is not None and dataset_name_component is not None:
-                                dataset["repo_url"] = f"https://huggingface.co/{org_component}/{dataset_name_component}"
-
-                    elif isinstance(dataset_id, dict):
-                        dataset = dataset_id
-
-                    else:
-                        logger.error(f"dataset entry '{str(dataset_id)}' not in a known format")
-
-                    metadata.datasets.append(dataset)
+                metadata.datasets = (metadata.datasets or []) + Metadata._card_sources(
+                    model_card, ("datasets", "dataset", "dataset_sources"), "dataset", total_params)
 
             use_model_card_metadata("license", "license")
             use_model_card_metadata("license_name", "license_name")

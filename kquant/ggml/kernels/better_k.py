@@ -251,22 +251,54 @@ def _pack_k45(out, off, q5, D, M, sc, mn, q, s):
         pack_q4(s, 0, out, off + Q4K_QS)
 
 
-@njit(nogil=True, **JIT)
-def quantize_q4_k_q5_k_best(x, qw, out):
-    """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E drops."""
+@njit(**JIT)
+def k45_ggml_start(x, qw, out):
+    """ggml's Q4_K / Q5_K blocks of x into out (quantize_q4_k_q5_k), then what a pass over its super-blocks
+    needs: (blocks per row, is Q5_K, block bytes, nmax, pack scratch, w, y, tmp block, sc, mn, q, ql)."""
     quantize_q4_k_q5_k(x, qw, out)
     nb = x.shape[1] // QK_K
     q5 = nb > 0 and out.shape[1] == nb * Q5K_BYTES
     bs = Q5K_BYTES if q5 else Q4K_BYTES
-    nmax = 31 if q5 else 15
-    s = np.zeros(SCRATCH, dtype=np.float32)
-    w = np.empty(QK_K, dtype=np.float64)
-    y = np.empty(QK_K, dtype=np.float32)
-    tmp = np.empty(bs, dtype=np.uint8)
-    sc = np.empty(NSUB, dtype=np.int32)
-    mn = np.empty(NSUB, dtype=np.int32)
-    q = np.empty(QK_K, dtype=np.int32)
-    ql = np.empty(SUB, dtype=np.int32)
+    return (nb, q5, bs, 31 if q5 else 15, np.zeros(SCRATCH, dtype=np.float32), np.empty(QK_K, dtype=np.float64),
+            np.empty(QK_K, dtype=np.float32), np.empty(bs, dtype=np.uint8), np.empty(NSUB, dtype=np.int32),
+            np.empty(NSUB, dtype=np.int32), np.empty(QK_K, dtype=np.int32), np.empty(SUB, dtype=np.int32))
+
+
+@njit(**JIT)
+def k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn):
+    """ggml's Q4_K / Q5_K super-block at orow[off:]: its weights into w, its weighted error E, its D and M
+    (returned) and 6-bit scales / mins (into sc, mn). E = 0 means keep ggml's block: exact already, NaN
+    input (allow_nonfinite), or a non-finite / non-positive D."""
+    k45_weights(xr, o, qw, w)
+    if q5:
+        q5_k_dequant_block(orow, off, y, 0)
+    else:
+        q4_k_dequant_block(orow, off, y, 0, SUB)
+    e_g = werr(xr, o, w, y, QK_K)
+    D = get_f16(orow, off + Q4K_D)
+    M = get_f16(orow, off + Q4K_DMIN)
+    if not e_g > 0 or not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+        return 0.0, D, M
+    for j in range(NSUB):
+        sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
+    return e_g, D, M
+
+
+@njit(**JIT)
+def k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s):
+    """Packs the Q4_K / Q5_K super-block (D, M, sc, mn, q) into tmp and returns its weighted error."""
+    _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+    if q5:
+        q5_k_dequant_block(tmp, 0, y, 0)
+    else:
+        q4_k_dequant_block(tmp, 0, y, 0, SUB)
+    return werr(xr, o, w, y, QK_K)
+
+
+@njit(nogil=True, **JIT)
+def quantize_q4_k_q5_k_best(x, qw, out):
+    """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E drops."""
+    nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
     bq = np.empty(SUB, dtype=np.int32)
     L = np.empty(SUB, dtype=np.int32)
     bL = np.empty(SUB, dtype=np.int32)
@@ -276,20 +308,9 @@ def quantize_q4_k_q5_k_best(x, qw, out):
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            k45_weights(xr, o, qw, w)
-            if q5:
-                q5_k_dequant_block(orow, off, y, 0)
-            else:
-                q4_k_dequant_block(orow, off, y, 0, SUB)
-            e_g = werr(xr, o, w, y, QK_K)
-            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
+            if not e_g > 0:
                 continue
-            D = get_f16(orow, off + Q4K_D)
-            M = get_f16(orow, off + Q4K_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(NSUB):
-                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
             best = e_g * (1.0 - ACCEPT_MARGIN)
             for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
                 if start == 1:
@@ -297,12 +318,7 @@ def quantize_q4_k_q5_k_best(x, qw, out):
                     if not D > 0:
                         continue
                 D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
-                _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
-                if q5:
-                    q5_k_dequant_block(tmp, 0, y, 0)
-                else:
-                    q4_k_dequant_block(tmp, 0, y, 0, SUB)
-                e_b = werr(xr, o, w, y, QK_K)
+                e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
                 if e_b < best:
                     best = e_b
                     orow[off:off + bs] = tmp
@@ -326,20 +342,53 @@ def q2_k_weights(x, o, qw, w):
             w[i] = abs(np.float64(x[o + i]))
 
 
+@njit(**JIT)
+def q2_k_ggml_start(x, qw, out):
+    """ggml's Q2_K blocks of x into out (q2_k.quantize), then what a pass over its super-blocks needs:
+    (blocks per row, block bytes, ggml's work area, w, y, tmp block, sc, mn, q, ql)."""
+    q2_k.quantize(x, qw, out)
+    return (x.shape[1] // QK_K, q2_k.TS, np.zeros(q2_k.WORK, dtype=np.float32), np.empty(QK_K, dtype=np.float64),
+            np.empty(QK_K, dtype=np.float32), np.empty(q2_k.TS, dtype=np.uint8), np.empty(16, dtype=np.int32),
+            np.empty(16, dtype=np.int32), np.empty(QK_K, dtype=np.int32), np.empty(16, dtype=np.int32))
+
+
+@njit(**JIT)
+def q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn):
+    """ggml's Q2_K super-block at orow[off:]: its weights into w, its weighted error E, its D and M (returned)
+    and 4-bit scales / mins (into sc, mn). E = 0 means keep ggml's block (as k45_ggml_block)."""
+    q2_k_weights(xr, o, qw, w)
+    q2_k.dequantize_row_q2_k(orow[off:off + q2_k.TS], y)
+    e_g = werr(xr, o, w, y, QK_K)
+    D = get_f16(orow, off + q2_k.OFF_D)
+    M = get_f16(orow, off + q2_k.OFF_DMIN)
+    if not e_g > 0 or not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
+        return 0.0, D, M
+    for j in range(16):
+        v = np.int32(orow[off + q2_k.OFF_SC + j])
+        sc[j] = v & 0xF
+        mn[j] = v >> 4
+    return e_g, D, M
+
+
+@njit(**JIT)
+def q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn):
+    """Packs a Q2_K super-block with ggml's tail (d, dmin, scales, then the nearest levels for the stored
+    values and the qs packing: q2_k.requantize_pack) into tmp and returns its weighted error."""
+    put_f16(tmp, q2_k.OFF_D, D)
+    put_f16(tmp, q2_k.OFF_DMIN, M)
+    for j in range(16):
+        tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
+    q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+    wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+    q2_k.requantize_pack(wk, tmp, 0)
+    q2_k.dequantize_row_q2_k(tmp, y)
+    return werr(xr, o, w, y, QK_K)
+
+
 @njit(nogil=True, **JIT)
 def quantize_q2_k_best(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block improved where E drops."""
-    q2_k.quantize(x, qw, out)
-    nb = x.shape[1] // QK_K
-    bs = q2_k.TS
-    wk = np.zeros(q2_k.WORK, dtype=np.float32)
-    w = np.empty(QK_K, dtype=np.float64)
-    y = np.empty(QK_K, dtype=np.float32)
-    tmp = np.empty(bs, dtype=np.uint8)
-    sc = np.empty(16, dtype=np.int32)
-    mn = np.empty(16, dtype=np.int32)
-    q = np.empty(QK_K, dtype=np.int32)
-    ql = np.empty(16, dtype=np.int32)
+    nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     bq = np.empty(16, dtype=np.int32)
     for r in range(x.shape[0]):
         xr = x[r]
@@ -347,19 +396,9 @@ def quantize_q2_k_best(x, qw, out):
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            q2_k_weights(xr, o, qw, w)
-            q2_k.dequantize_row_q2_k(orow[off:off + bs], y)
-            e_g = werr(xr, o, w, y, QK_K)
-            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+            e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
+            if not e_g > 0:
                 continue
-            D = get_f16(orow, off + q2_k.OFF_D)
-            M = get_f16(orow, off + q2_k.OFF_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(16):
-                v = np.int32(orow[off + q2_k.OFF_SC + j])
-                sc[j] = v & 0xF
-                mn[j] = v >> 4
             best = e_g * (1.0 - ACCEPT_MARGIN)
             for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
                 if start == 1:
@@ -367,16 +406,7 @@ def quantize_q2_k_best(x, qw, out):
                     if not D > 0:
                         continue
                 D, M = _descent(xr, o, w, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
-                # pack with ggml's tail: d, dmin, scales, then the requantization and qs packing
-                put_f16(tmp, q2_k.OFF_D, D)
-                put_f16(tmp, q2_k.OFF_DMIN, M)
-                for j in range(16):
-                    tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
-                q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-                wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-                q2_k.requantize_pack(wk, tmp, 0)
-                q2_k.dequantize_row_q2_k(tmp, y)
-                e_b = werr(xr, o, w, y, QK_K)
+                e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
                 if e_b < best:
                     best = e_b
                     orow[off:off + bs] = tmp

@@ -21,15 +21,15 @@ import numpy as np
 from numba import njit
 
 from ..types import QK_K, QType
-from . import q2_k, q3_k, q6_k
+from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from ._sweep import werr
-from .better_k import _pack_k45, _sub_err, _sub_levels, k45_weights, q2_k_weights
+from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
+                       q2_k_ggml_start, q2_k_packed_error)
 from .better_sym import _err as _sym_err
 from .better_sym import _levels as _sym_levels
 from .better_sym import _weights as _sym_weights
-from .q4_k import NSUB, Q4K_BYTES, Q4K_D, Q4K_DMIN, Q4K_SCALES, Q5K_BYTES, SCRATCH, SUB, get_scale_min_k4, q4_k_dequant_block, quantize_q4_k_q5_k
-from .q5_k import q5_k_dequant_block
+from .q4_k import NSUB, SUB
 
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 ACCEPT_MARGIN = 1e-9
@@ -144,92 +144,36 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k_refine(x, qw, out):
     """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E drops."""
-    quantize_q4_k_q5_k(x, qw, out)
-    nb = x.shape[1] // QK_K
-    q5 = nb > 0 and out.shape[1] == nb * Q5K_BYTES
-    bs = Q5K_BYTES if q5 else Q4K_BYTES
-    nmax = 31 if q5 else 15
-    s = np.zeros(SCRATCH, dtype=np.float32)
-    w = np.empty(QK_K, dtype=np.float64)
-    y = np.empty(QK_K, dtype=np.float32)
-    tmp = np.empty(bs, dtype=np.uint8)
-    sc = np.empty(NSUB, dtype=np.int32)
-    mn = np.empty(NSUB, dtype=np.int32)
-    q = np.empty(QK_K, dtype=np.int32)
-    ql = np.empty(SUB, dtype=np.int32)
+    nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            k45_weights(xr, o, qw, w)
-            if q5:
-                q5_k_dequant_block(orow, off, y, 0)
-            else:
-                q4_k_dequant_block(orow, off, y, 0, SUB)
-            e_g = werr(xr, o, w, y, QK_K)
-            if not e_g > 0:  # exact already, or NaN input (allow_nonfinite): keep ggml's block
+            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
+            if not e_g > 0:
                 continue
-            D = get_f16(orow, off + Q4K_D)
-            M = get_f16(orow, off + Q4K_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(NSUB):
-                sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
             D, M = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
-            _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
-            if q5:
-                q5_k_dequant_block(tmp, 0, y, 0)
-            else:
-                q4_k_dequant_block(tmp, 0, y, 0, SUB)
-            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+            if k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s) < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + bs] = tmp
 
 
 @njit(nogil=True, **JIT)
 def quantize_q2_k_refine(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block refitted where E drops."""
-    q2_k.quantize(x, qw, out)
-    nb = x.shape[1] // QK_K
-    bs = q2_k.TS
-    wk = np.zeros(q2_k.WORK, dtype=np.float32)
-    w = np.empty(QK_K, dtype=np.float64)
-    y = np.empty(QK_K, dtype=np.float32)
-    tmp = np.empty(bs, dtype=np.uint8)
-    sc = np.empty(16, dtype=np.int32)
-    mn = np.empty(16, dtype=np.int32)
-    q = np.empty(QK_K, dtype=np.int32)
-    ql = np.empty(16, dtype=np.int32)
+    nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            q2_k_weights(xr, o, qw, w)
-            q2_k.dequantize_row_q2_k(orow[off:off + bs], y)
-            e_g = werr(xr, o, w, y, QK_K)
+            e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
             if not e_g > 0:
                 continue
-            D = get_f16(orow, off + q2_k.OFF_D)
-            M = get_f16(orow, off + q2_k.OFF_DMIN)
-            if not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-                continue
-            for j in range(16):
-                v = np.int32(orow[off + q2_k.OFF_SC + j])
-                sc[j] = v & 0xF
-                mn[j] = v >> 4
             D, M = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
-            put_f16(tmp, q2_k.OFF_D, D)
-            put_f16(tmp, q2_k.OFF_DMIN, M)
-            for j in range(16):
-                tmp[q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
-            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-            q2_k.requantize_pack(wk, tmp, 0)  # ggml's tail: nearest levels for the stored values, packed
-            q2_k.dequantize_row_q2_k(tmp, y)
-            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+            if q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn) < e_g * (1.0 - ACCEPT_MARGIN):
                 orow[off:off + bs] = tmp
 
 
