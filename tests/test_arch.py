@@ -1263,6 +1263,27 @@ def case_glm(rng):
     return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def case_jais2(rng):
+    # Jais2ForCausalLM (no transformers 4.57.6 config class: config.json read as it is, as transformers 5 writes it):
+    # LayerNorms with biases, biased q/k/v/o and up/down MLP (no gate)
+    c = base_config("Jais2ForCausalLM", "jais2", 50257, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=4, head_dim=64, rms_norm_eps=None, layer_norm_eps=1e-5, hidden_act="relu2",
+                    attention_bias=True, mlp_bias=True, rope_theta=None, rope_parameters={"rope_type": "default",
+                    "rope_theta": 500000.0}, max_position_embeddings=8192, bos_token_id=0, eos_token_id=50256,
+                    torch_dtype=None, dtype="bfloat16")
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, o_bias=True)
+    t["model.norm.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".bias"] = (heavy(rng, (256,), 0.1), "BF16")
+        t[p + "mlp.up_proj.weight"] = (heavy(rng, (512, 256)), "BF16")
+        t[p + "mlp.up_proj.bias"] = (heavy(rng, (512,)), "BF16")
+        t[p + "mlp.down_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+        t[p + "mlp.down_proj.bias"] = (heavy(rng, (256,)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_glm4v(rng, moe: bool = False):
     # GLM-4.1V / GLM-4.5V as transformers 4.57 saves them (Glm4v(Moe)ForConditionalGeneration: text_config with
     # M-RoPE sections summing to rotary dim / 2 = 16, model.language_model.*, lm_head, model.visual.*): the
@@ -2263,7 +2284,7 @@ CASES = {
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
-    "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm,
+    "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,

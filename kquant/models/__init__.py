@@ -42,6 +42,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     hunyuan,
     hy_v4,
     internlm,
+    jais,
     jamba,
     lfm2,
     llama,
