@@ -515,6 +515,21 @@ def case_stablelm(rng):
     return c, t, "gpt-2", {}
 
 
+def case_stablelm_epoch(rng):
+    # stablelm-3b-4e1t / stablelm-zephyr-3b (StableLMEpochForCausalLM, remote code: config.json read as it is): rope_pct,
+    # norm_eps, LayerNorms with biases, no q/k/v biases; 320 wide (K-quant rows fall back)
+    c = base_config("StableLMEpochForCausalLM", "stablelm_epoch", 50257, hidden_size=320, intermediate_size=512,
+                    num_attention_heads=5, num_key_value_heads=5, rms_norm_eps=None, norm_eps=1e-5, rope_pct=0.25,
+                    use_qkv_bias=False, rope_theta=10000, max_position_embeddings=4096, hidden_act="silu",
+                    tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    t = dense_tensors(rng, c)
+    t["model.norm.bias"] = (heavy(rng, (320,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (320,), 0.1), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_command_r(rng):
     # c4ai-command-r-v01's layout: parallel block (one LayerNorm, weights only), tied embeddings, the trained
     # context in model_max_length; no real Cohere tokenizer among the fixtures: GPT-2's (same BPE code path)
@@ -2285,6 +2300,7 @@ CASES = {
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
+    "stablelm-epoch": case_stablelm_epoch,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
