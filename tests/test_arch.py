@@ -2186,6 +2186,40 @@ def case_step37_mm(rng):
     return c, t, "gpt-2", {}
 
 
+def case_laguna(rng):
+    # Poolside Laguna-XS.2's layout (no transformers 4.57.6 class: config.json read as it is): heads per layer, a
+    # head-wise output gate, full / sliding layers with their own rope, one dense layer then MoE with per-expert
+    # tensors, a router score-correction bias and a shared expert; eos [2, 24]-style list (the second becomes eot),
+    # chat_template.jinja embedded
+    c = base_config("LagunaForCausalLM", "laguna", 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_attention_heads_per_layer=[4, 8, 4],
+                    layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=128,
+                    mlp_layer_types=["dense", "sparse", "sparse"], num_experts=4, num_experts_per_tok=2,
+                    moe_intermediate_size=256, shared_expert_intermediate_size=320, moe_routed_scaling_factor=2.5,
+                    gating=True, rope_theta=None, rms_norm_eps=1e-6, max_position_embeddings=131072,
+                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500000.0,
+                                                        "partial_rotary_factor": 0.5},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                           "partial_rotary_factor": 1.0}},
+                    bos_token_id=50256, eos_token_id=[50256, 198], torch_dtype=None, dtype="bfloat16")
+    t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
+    t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 3))
+    for i, nh in enumerate(c["num_attention_heads_per_layer"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * 64, 256)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (256, nh * 64)), "BF16")
+        t[p + "self_attn.g_proj.weight"] = (heavy(rng, (nh, 256)), "BF16")
+        if i >= 1:
+            p += "mlp."
+            t.update(expert_tensors(rng, p, 4, 256, 256))
+            t[p + "experts.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
+            for w, shp in (("gate_proj", (320, 256)), ("up_proj", (320, 256)), ("down_proj", (256, 320))):
+                t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    files = {"chat_template.jinja": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
+                                    "{% endfor %}"}
+    return c, t, "gpt-2", files
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2300,7 +2334,7 @@ CASES = {
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
-    "stablelm-epoch": case_stablelm_epoch,
+    "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2325,7 +2359,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types

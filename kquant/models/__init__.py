@@ -44,6 +44,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     internlm,
     jais,
     jamba,
+    laguna,
     lfm2,
     llama,
     llama4,
