@@ -2220,6 +2220,21 @@ def case_laguna(rng):
     return c, t, "gpt-2", files
 
 
+def case_maple(rng):
+    # deepgrove maple-preview's layout (config.json read as it is): 3 sliding + 1 NoPE global layers, partial rotary,
+    # q/k norms, a softmax-routed MoE in every layer (per-expert tensors), no shared expert; GPT-2's tokenizer (small)
+    c = base_config("MapleForCausalLM", "maple", 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, moe_intermediate_size=256, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=0, norm_topk_prob=True, nope_on_global_attention=True,
+                    partial_rotary_factor=0.5, sliding_window=512, hidden_act="silu", rms_norm_eps=1e-6,
+                    layer_types=["sliding_attention"] * 3 + ["full_attention"], max_position_embeddings=131072,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(4):
+        t.update(expert_tensors(rng, f"model.layers.{i}.mlp.", 4, 256, 256))
+    return c, t, "gpt-2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2335,6 +2350,7 @@ CASES = {
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
+    "maple": case_maple,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2359,7 +2375,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
 TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types

@@ -49,6 +49,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     llama,
     llama4,
     mamba,
+    maple,
     minimax,
     mistral3,
     nemotron,
