@@ -2235,6 +2235,28 @@ def case_maple(rng):
     return c, t, "gpt-2", {}
 
 
+def case_mpt(rng):
+    # mpt-7b's layout (transformer.blocks.*, fused Wqkv, bias-free LayerNorms, ALiBi, tied output), 320 wide with
+    # clip_qkv and a kv_n_heads key MptAttentionConfig drops
+    e, v = 320, 50257
+    c = {"architectures": ["MPTForCausalLM"], "model_type": "mpt", "d_model": e, "n_heads": 5, "n_layers": 2,
+         "expansion_ratio": 4, "max_seq_len": 2048, "vocab_size": v, "no_bias": True, "learned_pos_emb": True,
+         "attn_config": {"alibi": True, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0,
+                         "attn_type": "multihead_attention", "clip_qkv": 6.0, "kv_n_heads": 5, "prefix_lm": False,
+                         "qk_ln": False, "softmax_scale": None},
+         "norm_type": "low_precision_layernorm", "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 0}
+    t = {"transformer.wte.weight": (heavy(rng, (v, e)), "BF16"), "transformer.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"transformer.blocks.{i}."
+        t[p + "norm_1.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_2.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "attn.Wqkv.weight"] = (heavy(rng, (3 * e, e)), "BF16")
+        t[p + "attn.out_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        t[p + "ffn.up_proj.weight"] = (heavy(rng, (4 * e, e)), "BF16")
+        t[p + "ffn.down_proj.weight"] = (heavy(rng, (e, 4 * e)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2350,7 +2372,7 @@ CASES = {
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
-    "maple": case_maple,
+    "maple": case_maple, "mpt": case_mpt,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2376,7 +2398,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
                "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm")  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm", "mpt")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs

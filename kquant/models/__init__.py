@@ -52,6 +52,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     maple,
     minimax,
     mistral3,
+    mpt,
     nemotron,
     olmo,
     phi,
@@ -269,7 +270,7 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 
