@@ -2257,6 +2257,29 @@ def case_mpt(rng):
     return c, t, "gpt-2", {}
 
 
+def case_bloom(rng):
+    # bloom-560m's layout (BloomForCausalLM saved without the transformer. prefix, n_embed instead of hidden_size, tied
+    # output): per-head fused query_key_value regrouped by the converter, biases everywhere, an embedding LayerNorm
+    e, nh, v = 256, 4, 50257
+    c = {"architectures": ["BloomForCausalLM"], "model_type": "bloom", "n_embed": e, "n_layer": 2, "num_attention_heads": nh,
+         "vocab_size": v, "layer_norm_epsilon": 1e-5, "apply_residual_connection_post_layernorm": False,
+         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "seq_length": 2048, "torch_dtype": "bfloat16"}
+    t = {"word_embeddings.weight": (heavy(rng, (v, e)), "BF16")}
+    for n in ("word_embeddings_layernorm", "ln_f"):
+        t[n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    for i in range(2):
+        p = f"h.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+        for n, shp in (("self_attention.query_key_value", (3 * e, e)), ("self_attention.dense", (e, e)),
+                       ("mlp.dense_h_to_4h", (4 * e, e)), ("mlp.dense_4h_to_h", (e, 4 * e))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "BF16")
+            t[p + n + ".bias"] = (heavy(rng, (shp[0],)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2372,7 +2395,7 @@ CASES = {
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
-    "maple": case_maple, "mpt": case_mpt,
+    "maple": case_maple, "mpt": case_mpt, "bloom": case_bloom,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2398,7 +2421,7 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
                "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm", "mpt")  # also checked with --dry-run, validate and dequantize --hf-names
+TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm", "mpt", "bloom")  # also checked with --dry-run, validate and dequantize --hf-names
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs

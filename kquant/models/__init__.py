@@ -25,6 +25,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     afmoe,
     bailingmoe,
     bitnet,
+    bloom,
     chatglm,
     command_r,
     deepseek,
