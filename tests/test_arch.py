@@ -2280,6 +2280,20 @@ def case_bloom(rng):
     return c, t, "gpt-2", {}
 
 
+def case_orion(rng):
+    # Orion-14B's layout (OrionForCausalLM, remote code: config.json read as it is): Llama's modules with LayerNorms
+    # (weights and biases), max_sequence_length; SentencePiece vocabulary
+    c = base_config("OrionForCausalLM", "orion", 32000, hidden_size=256, intermediate_size=512, num_key_value_heads=4,
+                    max_sequence_length=4096, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    t = dense_tensors(rng, c)
+    t["model.norm.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    return c, t, "llama-spm", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2395,7 +2409,7 @@ CASES = {
     "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
-    "maple": case_maple, "mpt": case_mpt, "bloom": case_bloom,
+    "maple": case_maple, "mpt": case_mpt, "bloom": case_bloom, "orion": case_orion,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,

@@ -56,6 +56,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     mpt,
     nemotron,
     olmo,
+    orion,
     phi,
     qwen,
     qwenvl,
