@@ -14,7 +14,7 @@ import pytest
 from oracle import refpipeline
 from kquant.types import QType
 from test_arch import (  # noqa: F401  (models: the shared checkpoint fixture)
-    CASES, QUANT_CASES, QUANT_EXTRA_FTYPES, QUANT_FTYPES, REFCONV_PYTHON, REQUANTIZED_CASES, WRITERS,
+    CASES, DIVERGES, QUANT_CASES, QUANT_EXTRA_FTYPES, QUANT_FTYPES, REFCONV_PYTHON, REQUANTIZED_CASES, WRITERS,
     _reference_convert, compare_with_reference, models,
 )
 
@@ -57,7 +57,26 @@ def test_matches_convert_hf_to_gguf(reference_outputs, case, writer):
     folders, results = reference_outputs
     proc, out = results[case, writer]
     assert proc.returncode == 0, proc.stderr[-3000:]
-    compare_with_reference(folders[case, writer], out)
+    compare_with_reference(folders[case, writer], out, DIVERGES.get((case, writer)))
+
+
+@pytest.mark.parametrize("key", sorted(DIVERGES))
+def test_diverging_reference_files_do_not_load(reference_outputs, key):
+    """Where kquant differs from the converter (DIVERGES), the converter's file is one llama.cpp refuses
+    (checked in a child process), and kquant's runs (test_arch_runs.test_diverging_cases_run)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    folders, results = reference_outputs
+    if key not in results:
+        pytest.skip(f"{key} not converted in this session")
+    proc, out = results[key]
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    code = "import sys; from oracle import refpipeline; refpipeline.eval_logits(sys.argv[1])"
+    r = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, text=True, timeout=300,
+                       cwd=Path(__file__).parent)
+    assert r.returncode != 0 and "Traceback" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from oracle import refpipeline
-from test_arch import AUTOMIX_CASES, RUN_CASES, models  # noqa: F401  (models: the shared checkpoint fixture)
+from test_arch import AUTOMIX_CASES, DIVERGES, RUN_CASES, models  # noqa: F401  (models: the shared checkpoint fixture)
 
 
 @pytest.mark.parametrize("case", RUN_CASES)
@@ -49,3 +49,15 @@ def test_automix_on_every_architecture(models, case, tmp_path):
         return
     _, logits = refpipeline.eval_logits(out)
     assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("case,writer", sorted(DIVERGES))
+def test_diverging_cases_run(models, case, writer, tmp_path):
+    """Where kquant differs from the converter (test_arch.DIVERGES), llama.cpp runs kquant's file."""
+    pytest.importorskip("llama_cpp")
+    from kquant import cli
+
+    out = tmp_path / "q.gguf"
+    assert cli.main(["convert", str(models(case, copy=False, writer=writer)), "-o", str(out), "--type", "Q8_0", "-q"]) == 0
+    toks, logits = refpipeline.eval_logits(out)
+    assert len(toks) > 5 and np.isfinite(logits).all()
