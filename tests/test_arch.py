@@ -2711,7 +2711,7 @@ def _edit_config(d: Path, **kw) -> None:
 
 
 @pytest.mark.parametrize("edit,err,match", [
-    (dict(architectures=["BloomForCausalLM"]), UnsupportedError, "supported: .*LlamaForCausalLM"),
+    (dict(architectures=["NoSuchModelForCausalLM"]), UnsupportedError, "supported: .*LlamaForCausalLM"),
     (dict(hidden_size=...), InputError, "missing key 'hidden_size'"),
     (dict(hidden_size="128"), InputError, "'hidden_size' must be a positive integer"),
     (dict(num_attention_heads=3, num_key_value_heads=3), InputError, "hidden_size 128 is not divisible"),
@@ -3229,6 +3229,8 @@ def test_llama4_all_full_attention(models):
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
     ("Gemma4ForConditionalGeneration", "gemma4", "Gemma 4 is not ported"),
     ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
+    ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
+    ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""

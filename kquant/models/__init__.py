@@ -80,7 +80,13 @@ _GEMMA3N = ("Gemma 3n's language model is not ported to kquant: the converter wr
             "correctly rounded), besides AltUp, LAuReL and per-layer embeddings")
 _GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llama.cpp's converter is pinned to, "
            "has no Gemma 4 config class)")
+_BAICHUAN = ("llama.cpp's converter (as vendored in llama-cpp-python 0.3.36) cannot convert it: "
+             "BaichuanModel.modify_tensors recurses without end on every tensor but W_pack, so there is no reference to match")
+_CHATGLM = ("ChatGLM's remote-code layout is not ported: its tokenizer loads only through the checkpoint's own code "
+            "(the converter's AutoTokenizer with trust_remote_code); GlmForCausalLM (transformers' layout) is supported")
 NOT_PORTED = {
+    "BaichuanForCausalLM": _BAICHUAN, "BaiChuanForCausalLM": _BAICHUAN,
+    "ChatGLMModel": _CHATGLM, "ChatGLMForConditionalGeneration": _CHATGLM,
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
     "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
     "InternLM2ForCausalLM": internlm.INTERNLM2_REFUSED,
