@@ -2302,6 +2302,15 @@ def case_orion(rng):
     return c, t, "llama-spm", {}
 
 
+def case_xverse(rng):
+    # XVERSE's layout (XverseForCausalLM, remote code: config.json read as it is): Llama's modules, grouped KV heads
+    # (the converter's K permutation groups by n_head // n_head_kv), a tokenizer.json read id by id as a llama vocabulary
+    c = base_config("XverseForCausalLM", "xverse", 32000, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=500000.0,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, dense_tensors(rng, c), "llama-spm", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2418,6 +2427,7 @@ CASES = {
     "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
     "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
     "maple": case_maple, "mpt": case_mpt, "bloom": case_bloom, "orion": case_orion,
+    "xverse": case_xverse,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,

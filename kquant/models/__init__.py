@@ -63,6 +63,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     stablelm,
     starcoder,
     step3,
+    xverse,
 )
 from .base import FAMILIES, VARIANTS, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
