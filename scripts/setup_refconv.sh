@@ -3,7 +3,8 @@
 # and scripts/bench_convert.py compare against. It needs torch and transformers, which kquant
 # never imports, so it lives in its own venv outside the project:
 #   $KQUANT_REFCONV_DIR (default ~/.cache/kquant/refconv)/venv      torch 2.13.0 (the machine's local
-#                                                                    wheel), transformers, sentencepiece, gguf-py
+#                                                                    wheel), transformers, sentencepiece, gguf-py,
+#                                                                    tiktoken (Kimi K2's remote-code tokenizer)
 #   $KQUANT_REFCONV_DIR/llama.cpp                                    the llama.cpp sources vendored in the
 #                                                                    llama-cpp-python 0.3.36 sdist (PyPI),
 #                                                                    with its models/ggml-vocab-* test vocabularies
@@ -48,6 +49,10 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import torch, transfo
     "$VENV/bin/pip" install --quiet torch==2.13.0 "transformers==4.57.6" "sentencepiece>=0.1.98,<0.3.0" numpy \
         safetensors "protobuf>=4.21.0,<5.0.0" >&2
     "$VENV/bin/pip" install --quiet "$SRC/gguf-py" >&2
+fi
+# tiktoken: Kimi K2's tokenizer (its remote code, which the converter loads with trust_remote_code) needs it
+if ! "$VENV/bin/python" -c "import tiktoken" 2>/dev/null; then
+    "$VENV/bin/pip" install --quiet "tiktoken==0.14.0" >&2
 fi
 # llama-gguf-split, the reference of split GGUF output (seconds; cached beside the sources)
 KQUANT_REFCONV_DIR="$DIR" bash "$(dirname "${BASH_SOURCE[0]}")/build_gguf_split.sh" "$SRC" >&2 || echo "setup_refconv: llama-gguf-split not built (its tests skip)" >&2

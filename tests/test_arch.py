@@ -23,6 +23,7 @@ import numpy as np
 from oracle import refpipeline
 import pytest
 
+from kquant import vocab as V
 from kquant.models import load_spec, supported_architectures
 from kquant.models.llama import qk_permutation
 from kquant.errors import InputError, UnsupportedError
@@ -30,6 +31,14 @@ from kquant.types import QType
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "fixtures" / "tokenizers"
+# Test vocabularies standing in for real ones that cannot be had here, by get_vocab_base_pre hash: the
+# name is registered with kquant and with the reference converter (refconv_server.py), as
+# convert_hf_to_gguf_update.py would register the real vocabulary's hash. Each side computes the
+# fixture's hash itself (the converter through tiktoken and the fixture's remote code).
+# kimi-k2: fixtures/tokenizers/kimi-k2 (Llama 3's first 3840 tiktoken ranks, Kimi K2's special
+# tokens and TikTokenTokenizer); Kimi K2's own tiktoken.model hashes to 81212dc7...
+EXTRA_PRE_HASHES = {"9b73982de481c38c01361939695a11999da14d069555dff5d0d5cb93fdc449f5": "kimi-k2"}
+V.PRE_TOKENIZER_HASHES.update(EXTRA_PRE_HASHES)
 LLAMA_CPP = refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp"  # scripts/setup_refconv.sh
 REFCONV_PYTHON = refpipeline.refconv_python()
 
@@ -2311,6 +2320,72 @@ def case_xverse(rng):
     return c, dense_tensors(rng, c), "llama-spm", {}
 
 
+def case_kimi_k2(rng):
+    # Kimi K2's layout at width 256 (DeepseekV3ForCausalLM: one dense layer, sigmoid router with one group, no MTP) and
+    # its tokenizer: tiktoken.model + Moonshot's TikTokenTokenizer remote code, no tokenizer.json (the converter's
+    # AutoTokenizer(trust_remote_code) branch); fixtures/tokenizers/kimi-k2 (see EXTRA_PRE_HASHES). model_type kimi_k2 as
+    # released (its DeepseekV3Config is remote code: the converter reads config.json as it is)
+    c = base_config("DeepseekV3ForCausalLM", "kimi_k2", 4096, num_hidden_layers=2,
+                    **{**_DEEPSEEK_V3, "n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 0,
+                       "tie_word_embeddings": False}, **{**_DEEPSEEK, "bos_token_id": 3840, "eos_token_id": 3841})
+    return c, mla_tensors(rng, c), "kimi-k2", {}
+
+
+def case_kimi_linear(rng):
+    # Kimi-Linear-48B-A3B's layout at width 256 (KimiLinearForCausalLM, no transformers 4.57.6 config class: config.json read
+    # as it is): KDA layers 0 and 2, an MLA layer 1 (full_attn_layers is 1-based) with a plain q_proj, one dense layer then
+    # block_sparse_moe experts (w1/w2/w3) + a shared expert, sigmoid router with e_score_correction_bias; Kimi's tiktoken
+    # vocabulary, whose eos (3841) the converter writes over config.json's (3842)
+    c = base_config("KimiLinearForCausalLM", "kimi_linear", 4096, hidden_size=256, intermediate_size=512,
+                    num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=None, kv_lora_rank=128,
+                    qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=64, mla_use_nope=True, first_k_dense_replace=1,
+                    num_experts=4, num_experts_per_token=2, num_shared_experts=1, moe_intermediate_size=128,
+                    moe_layer_freq=1, moe_renormalize=True, moe_router_activation_func="sigmoid", num_expert_group=1,
+                    topk_group=1, use_grouped_topk=True, routed_scaling_factor=2.446, tie_word_embeddings=False,
+                    linear_attn_config={"full_attn_layers": [2], "kda_layers": [1, 3], "head_dim": 64, "num_heads": 4,
+                                        "short_conv_kernel_size": 4},
+                    bos_token_id=3840, eos_token_id=3842, pad_token_id=3839 + 256)
+    e, v, nh, hd, f, fx = 256, 4096, 4, 64, 512, 128
+    d = nh * hd
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(3):
+        p = f"model.layers.{i}."
+        t[p + "input_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "post_attention_layernorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        a = p + "self_attn."
+        if i == 1:  # MLA
+            t[a + "q_proj.weight"] = (heavy(rng, (nh * (64 + 32), e)), "BF16")
+            t[a + "kv_a_proj_with_mqa.weight"] = (heavy(rng, (128 + 32, e)), "BF16")
+            t[a + "kv_a_layernorm.weight"] = (1 + heavy(rng, (128,), 0.1), "BF16")
+            t[a + "kv_b_proj.weight"] = (heavy(rng, (nh * (64 + 64), 128)), "BF16")
+            t[a + "o_proj.weight"] = (heavy(rng, (e, nh * 64)), "BF16")
+        else:  # KDA
+            for n in ("q_proj", "k_proj", "v_proj"):
+                t[a + n + ".weight"] = (heavy(rng, (d, e)), "BF16")
+            for n in ("q_conv1d", "k_conv1d", "v_conv1d"):
+                t[a + n + ".weight"] = (heavy(rng, (d, 1, 4), 0.3), "BF16")
+            t[a + "A_log"] = (f32_a_log(rng, nh).reshape(1, 1, nh, 1), "F32")
+            t[a + "dt_bias"] = (heavy(rng, (d,), 1.0), "F32")
+            t[a + "f_a_proj.weight"] = (heavy(rng, (hd, e)), "BF16")
+            t[a + "f_b_proj.weight"] = (heavy(rng, (d, hd)), "BF16")
+            t[a + "b_proj.weight"] = (heavy(rng, (nh, e)), "BF16")
+            t[a + "g_a_proj.weight"] = (heavy(rng, (hd, e)), "BF16")
+            t[a + "g_b_proj.weight"] = (heavy(rng, (d, hd)), "BF16")
+            t[a + "o_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), "BF16")
+            t[a + "o_proj.weight"] = (heavy(rng, (e, d)), "BF16")
+        if i == 0:
+            t.update({p + "mlp.gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "mlp.up_proj.weight": (heavy(rng, (f, e)), "BF16"),
+                      p + "mlp.down_proj.weight": (heavy(rng, (e, f)), "BF16")})
+            continue
+        m = p + "block_sparse_moe."
+        t.update(expert_tensors(rng, m, 4, e, fx, names=("w1", "w3", "w2")))
+        t[m + "gate.e_score_correction_bias"] = (heavy(rng, (4,), 1.0), "F32")
+        for n, shp in (("gate_proj", (fx, e)), ("up_proj", (fx, e)), ("down_proj", (e, fx))):
+            t[m + f"shared_experts.{n}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "kimi-k2", {}
+
+
 def case_deepseek(rng):
     # DeepSeek-MoE 16B's layout (DeepseekForCausalLM, no transformers config class: the converter reads
     # config.json as it is): Llama attention, one dense layer, then 4 routed + 2 shared experts
@@ -2432,7 +2507,7 @@ CASES = {
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
     "deepseek": case_deepseek, "deepseek2-lite": case_deepseek2_lite, "deepseek3": case_deepseek3,
-    "deepseek32": case_deepseek32,
+    "deepseek32": case_deepseek32, "kimi-k2": case_kimi_k2, "kimi-linear": case_kimi_linear,
     "qwen3next": case_qwen3next, "lfm2": case_lfm2, "lfm2moe": case_lfm2moe,
     "granitehybrid": case_granitehybrid, "bamba": case_bamba, "falconh1": case_falconh1,
     "qwen35": case_qwen35, "qwen35moe": lambda rng: case_qwen35(rng, moe=True),
@@ -2448,7 +2523,7 @@ CASES = {
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
                "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
-               "deepseek2-lite", "deepseek3", "deepseek32", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
+               "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
@@ -3000,7 +3075,8 @@ def kv_equal(t, ref_value, ours) -> bool:
 
 def _reference_convert(pairs: list[tuple[Path, Path]]) -> list:
     """convert_hf_to_gguf.py --outtype bf16 of each (folder, out), in two long-lived reference processes."""
-    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs])
+    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs],
+                                    pre_hashes=EXTRA_PRE_HASHES)
 
 
 def compare_with_reference(folder: Path, gguf_path: Path, diverges: dict | None = None) -> None:
@@ -3149,6 +3225,33 @@ def test_deepseek32_spec(models):
     (d / "tokenizer_config.json").write_text(json.dumps({**tc, "add_bos_token": False}))
     with pytest.raises(UnsupportedError, match="add_bos_token"):
         load_spec(d)
+def test_kimi_linear_spec(models):
+    """Kimi Linear: KDA and MLA layers told apart by full_attn_layers (1-based), convs 4-D and F32, A = -exp(A_log);
+    a squeezed 2-D conv is read as the converter reads it; malformed configs and layers refused in one line."""
+    d = models("kimi-linear")
+    spec = load_spec(d, vocab=False)
+    by = {t.name: t for t in spec.tensors}
+    assert spec.arch == "kimi-linear" and "blk.1.attn_k_b.weight" in by and "blk.1.ssm_a" not in by
+    assert by["blk.0.ssm_conv1d_q.weight"].shape == (1, 256, 1, 4) and by["blk.0.ssm_conv1d_q.weight"].ref_type == QType.F32
+    assert by["blk.2.ssm_a"].shape == (1, 1, 4, 1) and by["blk.2.ssm_dt.bias"].ref_type == QType.F32
+    src = all_sources(d)
+    assert np.array_equal(build_tensor(by["blk.2.ssm_conv1d_v.weight"], src).reshape(256, 4),
+                          src["model.layers.2.self_attn.v_conv1d.weight"].reshape(256, 4))
+    t = read_safetensors(d / "model.safetensors")
+    t2 = {n: (a.reshape(256, 4) if n.endswith("q_conv1d.weight") else a, "F32") for n, a in t.items()}
+    write_safetensors(d / "model.safetensors", t2)
+    assert {t.name: t.shape for t in load_spec(d, vocab=False).tensors}["blk.0.ssm_conv1d_q.weight"] == (1, 256, 1, 4)
+    cfg = json.loads((d / "config.json").read_text())
+    for edit, err, match in (({"linear_attn_config": None}, InputError, "'linear_attn_config' must be an object"),
+                             ({"moe_layer_freq": 2}, UnsupportedError, "moe_layer_freq"),
+                             ({"linear_attn_config": {**cfg["linear_attn_config"], "full_attn_layers": [1]}}, InputError,
+                              "unexpected tensor 'model.layers.0.self_attn.A_log'")):  # layer 0 made MLA
+        (d / "config.json").write_text(json.dumps({**cfg, **edit}))
+        with pytest.raises(err, match=match) as e:
+            load_spec(d, vocab=False)
+        assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("case,parts", [("gemma3-mm", {"vision_tower.*", "multi_modal_projector.*"}),
                                         ("mistral3", {"model.vision_tower.*", "model.multi_modal_projector.*"})])
 def test_multimodal_parts_not_converted(models, case, parts, capsys):

@@ -82,6 +82,16 @@ def loads(text: str | bytes, where, max_depth: int = MAX_DEPTH) -> Any:
 def read_text(path: Path, max_bytes: int = MAX_BYTES, what: str = "file") -> str:
     """A UTF-8 text file of at most `max_bytes` bytes (checked before reading)."""
     path = Path(path)
+    data = read_bytes(path, max_bytes, what)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(f"{_p(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def read_bytes(path: Path, max_bytes: int = MAX_BYTES, what: str = "file") -> bytes:
+    """A file of at most `max_bytes` bytes (checked before reading)."""
+    path = Path(path)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -96,10 +106,7 @@ def read_text(path: Path, max_bytes: int = MAX_BYTES, what: str = "file") -> str
         raise InputError(f"{_p(path)}: cannot read ({e.strerror})") from None
     if len(data) > max_bytes:
         raise InputError(f"{_p(path)}: more than the {max_bytes} bytes a {what} may have")
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InputError(f"{_p(path)}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return data
 
 
 def read_json(path: Path, max_bytes: int = MAX_BYTES, max_depth: int = MAX_DEPTH) -> Any:

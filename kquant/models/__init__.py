@@ -45,6 +45,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     internlm,
     jais,
     jamba,
+    kimi_linear,
     laguna,
     lfm2,
     llama,

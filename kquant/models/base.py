@@ -43,6 +43,7 @@ from .spec import TensorSpec
 DROPPED_SUFFIXES = (".attention.masked_bias", ".attention.bias", ".rotary_emb.inv_freq")
 # ModelBase.prepare_tensors: tensor types always stored as F32 (the ones our architectures have)
 F32_BASES = ("ffn_gate_inp", "ffn_gate_inp_shexp", "position_embd", "ssm_conv1d", "shortconv.conv",
+             "ssm_conv1d_q", "ssm_conv1d_k", "ssm_conv1d_v",  # "Kimi KDA conv weights should be F32"
              "indexer.proj")  # INDEXER_PROJ: "DSA indexer weights should be F32"
 SOURCE_DTYPES = ("BF16", "F16", "F32")
 F32_MAX = 3.4028234663852886e38

@@ -12,8 +12,9 @@ layers plus the DSA lightning indexer of every layer (wq_b, wk, a LayerNorm k_no
 weights_proj); its NextN/MTP layers are kept as extra blocks (the converter's default, without
 --no-mtp), with their nextn.* tensors. transformers 4.57.6 has no config class for it: the
 converter reads config.json as it is. The other names the converter registers on DeepseekV2Model (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
-registered here, so they are refused as unsupported architectures; Kimi K2's tiktoken vocabulary
-(the converter's AutoTokenizer fallback with remote code) is refused.
+registered here, so they are refused as unsupported architectures. Kimi K2's tiktoken vocabulary
+(tiktoken.model and Moonshot's TikTokenTokenizer, the converter's AutoTokenizer fallback with remote
+code) is read by kquant.vocab.tiktoken.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ DEEPSEEK_V3_CONFIG = HFConfig("deepseek_v3", dict(
     rope_theta=10000.0, rope_scaling=None, rope_interleave=True, attention_bias=False,
 ), rope_type_alias=True, kv_heads_fallback=True, post_init=_v3_init)
 
+# Kimi K2 (DeepseekV3ForCausalLM) ships model_type kimi_k2, a remote-code DeepseekV3Config: AutoConfig fails
+# without trust_remote_code and the converter reads config.json as it is (no derived head_dim, no defaults)
+KIMI_K2_CONFIG = HFConfig("kimi_k2", {}, raw=True)
+
 _ATTN = {
     "input_layernorm": "attn_norm",
     "self_attn.kv_a_proj_with_mqa": "attn_kv_a_mqa",
@@ -114,7 +119,7 @@ def _positive_int(hp: dict, key: str, where) -> int:
 class DeepseekV2Model(TextModel):
     model_arch = MODEL_ARCH.DEEPSEEK2
     skip_mtp = True  # DeepseekV2Model.skip_mtp: layers past num_hidden_layers dropped
-    configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG)
+    configs = (DEEPSEEK_V2_CONFIG, DEEPSEEK_V3_CONFIG, KIMI_K2_CONFIG)
     layer = _ATTN | _Q_PLAIN | _Q_LORA | _DENSE | _MOE | _SHARED  # every module any layer may have
     bias_ok = ("mlp.gate.e_score_correction",)
     bias_only = ("mlp.gate.e_score_correction",)
@@ -212,11 +217,16 @@ class DeepseekV2Model(TextModel):
             self.spec(f"blk.{bid}.attn_v_b.weight", t, shape=(n, v, kv_lora), transform=_v_b(n, nope, v)),
         ]
 
-    # DeepseekV2Model.set_vocab: the GPT-2 vocabulary; Kimi K2's tiktoken path is not supported
+    # DeepseekV2Model.set_vocab: the GPT-2 vocabulary, else (no tokenizer.json) Kimi K2's tiktoken
+    # vocabulary through its TikTokenTokenizer remote code
     def set_vocab(self, tokenizer_pre: str | None = None) -> None:
-        if not (self.tok_folder / "tokenizer.json").is_file():
-            raise UnsupportedError(f"{self.tok_folder}: no tokenizer.json (tiktoken vocabularies such as Kimi K2's are not supported)")
-        V.set_vocab_gpt2(self.kv, self.tok_folder, self.hp, self.hp["model_type"], tokenizer_pre)
+        folder = self.tok_folder
+        if (folder / "tokenizer.json").is_file():
+            V.set_vocab_gpt2(self.kv, folder, self.hp, self.hp["model_type"], tokenizer_pre)
+        elif V.is_kimi_tokenizer(folder):
+            V.set_vocab_kimi(self.kv, folder, self.hp, tokenizer_pre)
+        else:
+            raise UnsupportedError(f"{folder}: no tokenizer.json, nor a Kimi tiktoken.model with its tokenizer_config.json")
 
     # DeepseekV2Model.set_gguf_parameters (the DeepSeek-OCR branch is not taken: OCR is multimodal)
     def set_gguf_parameters(self) -> None:

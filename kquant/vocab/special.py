@@ -411,7 +411,7 @@ def check_tokenizer_files(folder: Path, hp: dict) -> None:
     """Refuse tokenizer files out of proportion to config.json's vocabulary, before parsing them."""
     n_vocab = _n_vocab(hp)
     limit = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * n_vocab
-    for name in ("tokenizer.json", "tokenizer.model", "merges.txt", "vocab.json"):
+    for name in ("tokenizer.json", "tokenizer.model", "merges.txt", "vocab.json", "tiktoken.model"):
         p = folder / name
         try:
             size = p.stat().st_size if p.is_file() else 0

@@ -62,9 +62,11 @@ class RefResult:
     stderr: str
 
 
-def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900) -> list[RefResult]:
+def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
+                 pre_hashes: dict[str, str] | None = None) -> list[RefResult]:
     """Run `convert_hf_to_gguf.py ARGS` for each ARGS in `jobs`, in `workers` long-lived reference
     processes (refconv_server.py: the converter's imports are paid once per worker, not per job).
+    `pre_hashes`: {chkhsh: pre-tokenizer name} the converter recognises besides its own table.
     Results in job order. A job that kills or hangs its process fails alone; the next job gets a
     fresh process."""
     py, src = refconv_python(), llama_cpp_dir()
@@ -91,7 +93,7 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900) 
                 timer = threading.Timer(timeout, proc.kill)
                 timer.start()
                 try:
-                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]]}) + "\n")
+                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]], "pre_hashes": pre_hashes or {}}) + "\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
                 except (BrokenPipeError, OSError):
