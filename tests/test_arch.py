@@ -2528,7 +2528,13 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
                "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl", "ministral3", "glm", "mpt", "bloom")  # also checked with --dry-run, validate and dequantize --hf-names
+# validate and dequantize --hf-names (or its refusal) end to end, on one case of each kind: stacked experts
+# (llama4), MXFP4 experts (gpt-oss-mxfp4), MLA (deepseek2-lite), SSM hybrids (granitehybrid, nemotron-h-moe,
+# mamba), Conv1D (gpt2), fused QKV (falcon, phi2), a multimodal checkpoint's language model (qwen2vl), ternary
+# (bitnet), GLM-4 norms (glm4). Every QUANT_CASE's --dry-run plan is checked in test_quantized_like_llama_cpp,
+# every HF_NAMES_CASE's exact round trip in test_arch_tools.test_hf_names_round_trip_exact.
+TOOLS_CASES = ("llama4", "gpt-oss-mxfp4", "deepseek2-lite", "granitehybrid", "nemotron-h-moe", "mamba", "gpt2",
+               "falcon", "phi2", "qwen2vl", "bitnet", "glm4")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
