@@ -18,7 +18,11 @@ shared machine: wall time grows with the load average, which is printed too).
 --ftypes: the issue's other two figures, per file type: a whole `kquant convert` of
 fixtures/tiny-llama (with a synthetic imatrix, which the i-quant file types need) on a new empty
 numba cache (cold first conversion, target < 20 s on 2 cores), then again on that cache (warm
-start, target < 1 s).
+start, target < 1 s). Python's own bytecode cache is on for these runs (in a temporary
+PYTHONPYCACHEPREFIX, as an installed package has its .pyc files) even where
+PYTHONDONTWRITEBYTECODE is set, so the warm start does not count compiling kquant's sources.
+--repeat N runs each file type N times (each cold run on a new empty cache) and prints each
+figure's median, against the noise of a shared machine.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +86,8 @@ def child(types: list[str], jobs: int) -> dict:
 
 
 def run(types: str, cache: str, opt: int | None, jobs: int) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache)
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPYCACHEPREFIX=os.path.join(cache, "pyc"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # kquant's .pyc files, as installed (the warm run reads them)
     if opt is not None:
         env["NUMBA_OPT"] = str(opt)
     p = subprocess.run([sys.executable, __file__, "--child", "--types", types, "--jobs", str(jobs)],
@@ -96,10 +102,11 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=0, help="warm the cache with kquant.ggml.warm.warm over N processes first")
     ap.add_argument("--ftypes", default=None,
                     help="comma-separated file types (or 'all'): time a whole cold then warm conversion of each")
+    ap.add_argument("--repeat", type=int, default=1, help="--ftypes: runs per file type (medians printed)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.ftypes is not None:
-        return bench_ftypes(a.ftypes, a.opt)
+        return bench_ftypes(a.ftypes, a.opt, max(1, a.repeat))
     if a.types is None:
         sys.path.insert(0, str(ROOT))
         from kquant.ggml.quants import registry
@@ -131,7 +138,9 @@ def main(argv=None) -> int:
 def _convert(ftype: str, cache: str, out: Path, imatrix: Path, opt: int | None) -> tuple[float, float]:
     """One `kquant convert` of fixtures/tiny-llama on numba cache `cache`: (wall s, CPU s of it and
     its warm-up processes)."""
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, NUMBA_CACHE_DIR=cache, PYTHONPATH=str(ROOT),
+               PYTHONPYCACHEPREFIX=str(Path(imatrix).parent / "pycache"))
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     if opt is not None:
         env["NUMBA_OPT"] = str(opt)
     cmd = [sys.executable, "-m", "kquant.cli", "convert", str(ROOT / "fixtures" / "tiny-llama"), "-o", str(out),
@@ -144,7 +153,7 @@ def _convert(ftype: str, cache: str, out: Path, imatrix: Path, opt: int | None) 
     return wall, cpu
 
 
-def bench_ftypes(ftypes: str, opt: int | None) -> int:
+def bench_ftypes(ftypes: str, opt: int | None, repeat: int = 1) -> int:
     sys.path.insert(0, str(ROOT))
     sys.path.insert(0, str(ROOT / "scripts"))
     from bench_convert import make_imatrix
@@ -153,18 +162,23 @@ def bench_ftypes(ftypes: str, opt: int | None) -> int:
 
     names = [ft.short_name for ft in FileType] if ftypes == "all" else [parse_ftype(n).short_name for n in ftypes.split(",")]
     print(f"file type: whole `kquant convert` of fixtures/tiny-llama with an imatrix; cold = empty numba cache "
-          f"(target < {FIRST_CONVERSION_S:.0f} s), warm = again (target < {WARM_START_S:.0f} s); {os.cpu_count()} cores")
+          f"(target < {FIRST_CONVERSION_S:.0f} s), warm = again (target < {WARM_START_S:.0f} s); {os.cpu_count()} cores"
+          + (f"; medians of {repeat} runs" if repeat > 1 else ""))
     print(f"{'file type':10} {'cold wall':>9} {'cold cpu':>9} {'warm wall':>9} {'warm cpu':>9} {'load':>5}")
     worst = (0.0, "")
     with tempfile.TemporaryDirectory(prefix="kquant-bench-compile-") as work:
         w = Path(work)
         im = w / "imatrix.dat"
         make_imatrix(ROOT / "fixtures" / "tiny-llama", im)
+        _convert("F16", tempfile.mkdtemp(dir=work), w / "out.gguf", im, opt)  # kquant's .pyc files (not timed)
         for name in names:
-            with tempfile.TemporaryDirectory(prefix="numba-", dir=work) as cache:
-                load = os.getloadavg()[0]
-                cw, cc = _convert(name, cache, w / "out.gguf", im, opt)
-                ww, wc = _convert(name, cache, w / "out.gguf", im, opt)
+            runs = []
+            for _ in range(repeat):
+                with tempfile.TemporaryDirectory(prefix="numba-", dir=work) as cache:
+                    load = os.getloadavg()[0]
+                    runs.append((*_convert(name, cache, w / "out.gguf", im, opt),
+                                 *_convert(name, cache, w / "out.gguf", im, opt), load))
+            cw, cc, ww, wc, load = (statistics.median(r[i] for r in runs) for i in range(5))
             worst = max(worst, (cw, name))
             print(f"{name:10} {cw:9.2f} {cc:9.2f} {ww:9.2f} {wc:9.2f} {load:5.1f}", flush=True)
     print(f"worst cold first conversion: {worst[1]} {worst[0]:.1f} s wall")

@@ -8,6 +8,10 @@ call (compile or cache load) of each kernel.
 
     .venv/bin/python scripts/bench_kernels.py [--rows 2048] [--cols 4096] [--types Q4_K,Q8_0] [--imatrix]
 
+With --cpu: one thread only, kquant and the reference both run in the calling thread, timed by
+that thread's CPU time (time.thread_time), so other processes on a loaded machine do not skew the
+ratio.
+
 With --rounding best|refine: per type, kquant's time in that mode against its ggml mode instead
 (CPU time of one thread, so a loaded machine does not skew the ratio; no reference run).
 """
@@ -39,6 +43,16 @@ def best_time(fn, repeat: int) -> float:
         t = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t)
+    return best
+
+
+def best_cpu(fn, repeat: int) -> float:
+    """The smallest CPU time of the calling thread over `repeat` calls of fn."""
+    best = float("inf")
+    for _ in range(repeat):
+        c = time.thread_time()
+        fn()
+        best = min(best, time.thread_time() - c)
     return best
 
 
@@ -97,6 +111,8 @@ def main(argv=None) -> int:
     ap.add_argument("--types", default=ALL)
     ap.add_argument("--imatrix", action="store_true", help="use importance weights (ggml's weighted path)")
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--cpu", action="store_true",
+                    help="one thread, both sides timed by the calling thread's CPU time (loaded machines)")
     ap.add_argument("--rounding", default="ggml", help="best or refine: time that mode against ggml mode")
     args = ap.parse_args(argv)
     if quants.parse_rounding(args.rounding) != "ggml":
@@ -111,9 +127,12 @@ def main(argv=None) -> int:
     mb = x.nbytes / 1e6
     n_all = quants.MAX_THREADS
     print(f"input {args.rows}x{args.cols} float32 = {mb:.1f} MB, imatrix={'yes' if args.imatrix else 'no'}, "
-          f"threads: 1 and {n_all}")
-    hdr = f"{'type':6} {'first call s':>12} {'kq 1t MB/s':>11} {'ref 1t':>8} {'ratio':>6} " \
-          f"{'kq {0}t'.format(n_all):>8} {'ref {0}t'.format(n_all):>8} {'ratio':>6}  bytes"
+          + ("one thread, CPU time of the thread" if args.cpu else f"threads: 1 and {n_all}")
+          + f", load average {os.getloadavg()[0]:.1f}")
+    hdr = f"{'type':6} {'first call s':>12} {'kq 1t MB/s':>11} {'ref 1t':>8} {'ratio':>6} "
+    if not args.cpu:
+        hdr += f"{'kq {0}t'.format(n_all):>8} {'ref {0}t'.format(n_all):>8} {'ratio':>6} "
+    hdr += " bytes"
     print(hdr)
     print("-" * len(hdr))
     for name in args.types.split(","):
@@ -126,12 +145,16 @@ def main(argv=None) -> int:
         first = time.perf_counter() - tc
         row = [f"{t.name:6}", f"{first:12.2f}"]
         same = True
-        for n in (1, n_all):
+        for n in (1,) if args.cpu else (1, n_all):
             quants.set_threads(n)
             got = quants.quantize(x, t, w)
-            tk = best_time(lambda: quants.quantize(x, t, w, check_finite=False), args.repeat)
             want = ref_threaded(x, t, w, n)
-            tr = best_time(lambda: ref_threaded(x, t, w, n), args.repeat)
+            if args.cpu:
+                tk = best_cpu(lambda: quants.quantize(x, t, w, check_finite=False), args.repeat)
+                tr = best_cpu(lambda: reference.quantize(x, t, w), args.repeat)
+            else:
+                tk = best_time(lambda: quants.quantize(x, t, w, check_finite=False), args.repeat)
+                tr = best_time(lambda: ref_threaded(x, t, w, n), args.repeat)
             same &= bool(np.array_equal(got, want))
             row += [f"{mb / tk:11.3g}" if n == 1 else f"{mb / tk:8.3g}", f"{mb / tr:8.3g}", f"{tr / tk:6.2f}"]
         quants.set_threads(n_all)

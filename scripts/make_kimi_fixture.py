@@ -36,15 +36,10 @@ CHAT_TEMPLATE = ("{%- for message in messages -%}{%- if message['role'] == 'syst
 
 
 def byte_decoder() -> dict[str, int]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(bs, cs)}
+    """GPT-2's byte-level alphabet, char -> byte (kquant's tiktoken port has the other direction)."""
+    from kquant.vocab.tiktoken import byte_encoder
+
+    return {c: b for b, c in enumerate(byte_encoder())}
 
 
 def main() -> None:

@@ -223,6 +223,10 @@ def as_transformers5(cfg: dict) -> dict:
     mt = c["model_type"]
     if "torch_dtype" in c:
         c.setdefault("dtype", c.pop("torch_dtype"))
+    if mt == "step3p5":  # transformers 5's Step3p5Config renames StepFun's keys (num_attention_groups, moe_num_experts,
+        # ...), which the converter cannot read: a release keeps its own; only dtype and the version change
+        c["transformers_version"] = "5.25.0"
+        return c
     for old, new in _T5_RENAMED.get(mt, {}).items():
         if old in c:
             c[new] = c.pop(old)
@@ -525,6 +529,21 @@ def case_stablelm(rng):
     for i in range(c["num_hidden_layers"]):
         for n in ("input_layernorm", "post_attention_layernorm"):
             t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_stablelm_epoch(rng):
+    # stablelm-3b-4e1t / stablelm-zephyr-3b (StableLMEpochForCausalLM, remote code: config.json read as it is): rope_pct,
+    # norm_eps, LayerNorms with biases, no q/k/v biases; 320 wide (K-quant rows fall back)
+    c = base_config("StableLMEpochForCausalLM", "stablelm_epoch", 50257, hidden_size=320, intermediate_size=512,
+                    num_attention_heads=5, num_key_value_heads=5, rms_norm_eps=None, norm_eps=1e-5, rope_pct=0.25,
+                    use_qkv_bias=False, rope_theta=10000, max_position_embeddings=4096, hidden_act="silu",
+                    tie_word_embeddings=False, bos_token_id=0, eos_token_id=0)
+    t = dense_tensors(rng, c)
+    t["model.norm.bias"] = (heavy(rng, (320,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (320,), 0.1), "BF16")
     return c, t, "gpt-2", {}
 
 
@@ -1260,6 +1279,43 @@ def case_glm4(rng):
     return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def case_glm(rng):
+    # GlmForCausalLM (glm-4-9b-chat-hf / GLM-Edge: transformers' GlmConfig, defaults for the unset keys): q/k/v biases,
+    # gate_up_proj fused and kept fused (ffn_up), half rotary; no seq_length, so the converter writes hidden_size as
+    # the context length
+    c = base_config("GlmForCausalLM", "glm", 151936, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, rope_theta=None, rms_norm_eps=None,
+                    max_position_embeddings=8192, tie_word_embeddings=False, pad_token_id=151643,
+                    eos_token_id=[151643, 151652, 151654])
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True)
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "mlp.gate_up_proj.weight"] = (heavy(rng, (1024, 256)), "BF16")
+        t[p + "mlp.down_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
+def case_jais2(rng):
+    # Jais2ForCausalLM (no transformers 4.57.6 config class: config.json read as it is, as transformers 5 writes it):
+    # LayerNorms with biases, biased q/k/v/o and up/down MLP (no gate)
+    c = base_config("Jais2ForCausalLM", "jais2", 50257, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=4, head_dim=64, rms_norm_eps=None, layer_norm_eps=1e-5, hidden_act="relu2",
+                    attention_bias=True, mlp_bias=True, rope_theta=None, rope_parameters={"rope_type": "default",
+                    "rope_theta": 500000.0}, max_position_embeddings=8192, bos_token_id=0, eos_token_id=50256,
+                    torch_dtype=None, dtype="bfloat16")
+    t = dense_tensors(rng, {**c, "moe": True}, qkv_bias=True, o_bias=True)
+    t["model.norm.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".bias"] = (heavy(rng, (256,), 0.1), "BF16")
+        t[p + "mlp.up_proj.weight"] = (heavy(rng, (512, 256)), "BF16")
+        t[p + "mlp.up_proj.bias"] = (heavy(rng, (512,)), "BF16")
+        t[p + "mlp.down_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+        t[p + "mlp.down_proj.bias"] = (heavy(rng, (256,)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def case_glm4v(rng, moe: bool = False):
     # GLM-4.1V / GLM-4.5V as transformers 4.57 saves them (Glm4v(Moe)ForConditionalGeneration: text_config with
     # M-RoPE sections summing to rotary dim / 2 = 16, model.language_model.*, lm_head, model.visual.*): the
@@ -1425,6 +1481,51 @@ def granite_moe_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
             t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * sf, e)), "BF16")
             t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, sf)), "BF16")
     return t
+
+
+def granite_swa_config(arch: str, model_type: str, **kw) -> dict:
+    """A Granite SWA config as transformers 5 writes it (no 4.57.6 class: the converter reads it as it is)."""
+    c = base_config(arch, model_type, 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                    rope_theta=None, rope_parameters={"rope_type": "default", "rope_theta": 10000000.0},
+                    max_position_embeddings=131072, rms_norm_eps=1e-5, tie_word_embeddings=True, sliding_window=128,
+                    attention_multiplier=0.015625, embedding_multiplier=12.0, residual_multiplier=0.22,
+                    logits_scaling=8.0, bos_token_id=50256, eos_token_id=50256, pad_token_id=None, torch_dtype=None,
+                    dtype="bfloat16", layer_rope_theta=[10000000.0] * 3)
+    c.update(kw)
+    return {k: v for k, v in c.items() if v is not None}
+
+
+def sinks(rng, c: dict, t: dict) -> dict:
+    """Per-head attention sinks (self_attn.sinks, a bare parameter) in every layer."""
+    for i in range(c["num_hidden_layers"]):
+        t[f"model.layers.{i}.self_attn.sinks"] = (heavy(rng, (c["num_attention_heads"],), 1.0), "BF16")
+    return t
+
+
+def case_granite_swa(rng):
+    # GraniteSWAForCausalLM: interleaved sliding-window layers from layer_types, NoPE layers (no_rope_layers), sinks
+    c = granite_swa_config("GraniteSWAForCausalLM", "granite_swa",
+                           layer_types=["full_attention", "sliding_attention", "sliding_attention"],
+                           no_rope_layers=[0, 1, 1])
+    return c, sinks(rng, c, dense_tensors(rng, c, lm_head=False)), "gpt-2", {}
+
+
+def case_granitemoe_swa(rng):
+    # GraniteMoeSWAForCausalLM as transformers 5 saves it: router.weight, stacked experts.gate_up_proj / down_proj
+    # (bare parameters, kept fused), a 320-wide shared MLP; no layer_types (the converter's i % 4 pattern)
+    c = granite_swa_config("GraniteMoeSWAForCausalLM", "granitemoe_swa", intermediate_size=256, num_local_experts=4,
+                           num_experts_per_tok=2, shared_intermediate_size=320, tie_word_embeddings=False,
+                           max_position_embeddings=4096, sliding_window=64)
+    t = sinks(rng, c, dense_tensors(rng, {**c, "moe": True}))
+    e, f, n, sf = 256, 256, 4, 320
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "block_sparse_moe.router.weight"] = (heavy(rng, (n, e)), "BF16")
+        t[p + "block_sparse_moe.experts.gate_up_proj"] = (heavy(rng, (n, 2 * f, e)), "BF16")
+        t[p + "block_sparse_moe.experts.down_proj"] = (heavy(rng, (n, e, f)), "BF16")
+        t[p + "shared_mlp.input_linear.weight"] = (heavy(rng, (2 * sf, e)), "BF16")
+        t[p + "shared_mlp.output_linear.weight"] = (heavy(rng, (e, sf)), "BF16")
+    return c, t, "gpt-2", {}
 
 
 def case_olmoe(rng):
@@ -1697,6 +1798,43 @@ def case_mistral3(rng):
     return c, t, "gpt-2", {}
 
 
+def ministral3_text(**kw) -> dict:
+    """A Ministral 3 text config as mistralai/Ministral-3-*-2512 ships it (transformers 5's Ministral3Config:
+    rope_parameters with YaRN, mscale_all_dim and llama_4_scaling_beta), tiny."""
+    c = dict(model_type="ministral3", hidden_size=256, intermediate_size=512, num_hidden_layers=2,
+             num_attention_heads=4, num_key_value_heads=2, head_dim=64, vocab_size=50257, hidden_act="silu",
+             max_position_embeddings=262144, rms_norm_eps=1e-5, sliding_window=None, tie_word_embeddings=True,
+             bos_token_id=1, eos_token_id=2, pad_token_id=11,
+             rope_parameters={"type": "yarn", "rope_type": "yarn", "rope_theta": 1000000.0, "factor": 16.0,
+                              "original_max_position_embeddings": 16384, "max_position_embeddings": 262144,
+                              "beta_fast": 32.0, "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0,
+                              "llama_4_scaling_beta": 0.1})
+    c.update(kw)
+    return c
+
+
+def case_ministral3(rng):
+    # Ministral3ForCausalLM: no transformers 4.57.6 config class, so the converter reads config.json as it is
+    c = {"architectures": ["Ministral3ForCausalLM"], **ministral3_text(tie_word_embeddings=False), "dtype": "bfloat16"}
+    return c, dense_tensors(rng, c), "gpt-2", {}
+
+
+def case_ministral3_mm(rng):
+    # Mistral3ForConditionalGeneration with a ministral3 text_config (Ministral 3 as released): Mistral3Config
+    # cannot build the text class under transformers 4.57.6, so config.json is read as it is, text_config merged
+    text = ministral3_text()
+    text["rope_parameters"] |= {"mscale_all_dim": 0.75, "llama_4_scaling_beta": 0.25}
+    c = {"architectures": ["Mistral3ForConditionalGeneration"], "model_type": "mistral3", "text_config": text,
+         "vision_config": {"model_type": "pixtral", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                           "num_attention_heads": 2, "head_dim": 16, "image_size": 32, "patch_size": 8},
+         "image_token_index": 10, "spatial_merge_size": 2, "multimodal_projector_bias": False,
+         "vision_feature_layer": -1, "projector_hidden_act": "gelu", "dtype": "bfloat16"}
+    t = language_model(dense_tensors(rng, text, lm_head=False), "model.language_model.")
+    t |= vision_parts(rng, {"model.vision_tower.patch_conv.weight": (32, 3, 8, 8),
+                            "model.multi_modal_projector.linear_1.weight": (256, 32)})
+    return c, t, "gpt-2", {}
+
+
 def case_qwen2vl(rng, flat: bool = False):
     # Qwen2VLForConditionalGeneration as transformers 4.57 saves it (text_config; model.language_model.*, lm_head,
     # model.visual.*), tied output; flat: Qwen2.5-VL as released (every text key at the top level, rope_scaling
@@ -1934,6 +2072,254 @@ def case_deepseek32(rng):
     return c, mla_tensors(rng, c, mtp_layers=1, dsa=True), "deepseek-v3", {}
 
 
+def case_hy_v4(rng):
+    # Tencent Hy4's layout at width 256 (HYV4ForCausalLM, no transformers 4.57.6 config class: config.json read as it
+    # is): V3-style MLA + sigmoid-routed MoE after one dense layer, experts stacked (gate_up_proj fused), a gated
+    # attention output and learnable sinks, hyper-connections (F32, kept F32), the DSA indexer on the "full" layers,
+    # an fp32 lm_head; an MTP layer under model.mtp_layers (dropped)
+    c = base_config("HYV4ForCausalLM", "hy_v4", 50257, num_hidden_layers=3, **{**_DEEPSEEK_V3, "tie_word_embeddings": False},
+                    head_dim=32, index_n_heads=4, index_head_dim=64, index_topk=16, hc_mult=2, hc_eps=1e-6,
+                    hc_magnitude=2.0, swiglu_limit=10.0, enable_lm_head_fp32=True, learnable_sink_init=0.0,
+                    mlp_layer_types=["dense", "sparse", "sparse"], layer_types=["indexed_attention"] * 3,
+                    indexer_types=["full", "shared", "full"], rope_theta=None, rms_norm_eps=1e-5,
+                    rope_parameters={"rope_type": "default", "rope_theta": 10000.0}, max_position_embeddings=262144,
+                    bos_token_id=50256, eos_token_id=50256, torch_dtype=None, dtype="bfloat16")
+    for k in ("first_k_dense_replace", "topk_method", "scoring_func", "num_nextn_predict_layers"):
+        del c[k]
+    c |= {"n_group": 1, "topk_group": 1, "num_nextn_predict_layers": 1}
+    t = mla_tensors(rng, {**c, "first_k_dense_replace": 1, "topk_method": "noaux_tc"})
+    e, nh, hc, n_x, f = 256, 4, 2, 4, 256
+    for i in range(3):
+        p = f"model.layers.{i}."
+        for x in range(n_x):
+            for w in ("gate_proj", "up_proj", "down_proj"):
+                t.pop(p + f"mlp.experts.{x}.{w}.weight", None)
+        if i >= 1:
+            t[p + "mlp.gate.weight"] = (heavy(rng, (n_x, e)), "F32")
+            t[p + "mlp.experts.gate_up_proj"] = (heavy(rng, (n_x, 2 * f, e)), "BF16")
+            t[p + "mlp.experts.down_proj"] = (heavy(rng, (n_x, e, f)), "BF16")
+        t[p + "self_attn.linear_gate.weight"] = (heavy(rng, (nh * c["v_head_dim"], e)), "BF16")
+        t[p + "self_attn.learnable_sink_param"] = (heavy(rng, (nh,), 1.0), "F32")
+        for hcl in ("hc_attn_layer", "hc_mlp_layer"):
+            t[p + hcl + ".hc_pre.hc_fn"] = (heavy(rng, (2 * hc, hc * e)), "F32")
+            t[p + hcl + ".hc_pre.hc_base"] = (heavy(rng, (2 * hc,), 0.5), "F32")
+            t[p + hcl + ".hc_pre.hc_scale"] = (1 + heavy(rng, (2,), 0.1), "F32")
+        if c["indexer_types"][i] == "full":
+            t[p + "self_attn.indexer.wq_b.weight"] = (heavy(rng, (4 * 64, c["q_lora_rank"])), "BF16")
+            t[p + "self_attn.indexer.wk.weight"] = (heavy(rng, (64, e)), "BF16")
+            t[p + "self_attn.indexer.k_norm.weight"] = (1 + heavy(rng, (64,), 0.1), "F32")
+            t[p + "self_attn.indexer.k_norm.bias"] = (heavy(rng, (64,), 0.1), "F32")
+            t[p + "self_attn.indexer.weights_proj.weight"] = (heavy(rng, (4, e)), "F32")
+    t["model.hc_head.hc_head_fn"] = (heavy(rng, (hc, hc * e)), "F32")
+    t["model.hc_head.hc_head_base"] = (heavy(rng, (hc,), 0.5), "F32")
+    t["model.hc_head.hc_head_scale"] = (1 + heavy(rng, (1,), 0.1), "F32")
+    t["model.mtp_layers.0.enorm.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")  # dropped, as the converter drops it
+    return c, t, "gpt-2", {}
+
+
+def step35_text(**kw) -> dict:
+    """A Step 3.5 Flash text config in StepFun's own keys (the ones the converter reads), tiny: full and sliding
+    layers with their own head counts and rope bases, one dense layer then MoE layers, an MTP layer."""
+    c = dict(model_type="step3p5", hidden_size=256, intermediate_size=512, num_hidden_layers=3, num_attention_heads=4,
+             num_attention_groups=2, head_dim=64, vocab_size=50257, rms_norm_eps=1e-5, max_position_embeddings=65536,
+             rope_theta=[5000000.0, 10000.0, 5000000.0, 5000000.0], rope_scaling=None,
+             layer_types=["full_attention", "sliding_attention", "full_attention", "full_attention"],
+             partial_rotary_factors=[0.5, 1.0, 0.5, 0.5],
+             attention_other_setting={"attention_type": "sliding_attention", "num_attention_heads": 8,
+                                      "num_attention_groups": 2, "head_dim": 64},
+             swiglu_limits=[0.0, 0.0, 7.0, 0.0], swiglu_limits_shared=[0.0, 0.0, 16.0, 0.0], moe_layers_enum="1,2",
+             moe_num_experts=4, moe_top_k=2, moe_intermediate_size=256, share_expert_dim=320, share_expert_dims=320,
+             moe_router_scaling_factor=3.0, moe_router_activation="sigmoid", norm_expert_weight=True,
+             use_moe_router_bias=True, use_head_wise_attn_gate=True, sliding_window=64, num_nextn_predict_layers=1,
+             yarn_only_types=["full_attention"], tie_word_embeddings=False, need_fp32_gate=True, use_qk_norm=True,
+             zero_centered=True, bos_token_id=50256, eos_token_id=50256)
+    c.update(kw)
+    return c
+
+
+def step35_tensors(rng, c: dict, prefix: str = "model.") -> dict[str, tuple[np.ndarray, str]]:
+    """Step 3.5's checkpoint layout: zero-centred norms, g_proj gates, stacked moe.* experts with a router bias,
+    share_expert.*; the MTP layer (past num_hidden_layers) a dense block plus eh_proj / enorm / hnorm and
+    transformer.shared_head.{norm,output}."""
+    e, hd, v, n_main = c["hidden_size"], c["head_dim"], c["vocab_size"], c["num_hidden_layers"]
+    n_x, ff_x, ff_sh, ff = c["moe_num_experts"], c["moe_intermediate_size"], c["share_expert_dim"], c["intermediate_size"]
+    moe = {int(i) for i in c["moe_layers_enum"].split(",")}
+    t = {prefix + "embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), prefix + "norm.weight": (heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(n_main + c["num_nextn_predict_layers"]):
+        p = f"{prefix}layers.{i}."
+        swa = c["layer_types"][i] == "sliding_attention"
+        nq = c["attention_other_setting"]["num_attention_heads"] if swa else c["num_attention_heads"]
+        nkv = c["num_attention_groups"]
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (heavy(rng, (e,), 0.1), "BF16")
+        for n in ("self_attn.q_norm", "self_attn.k_norm"):
+            t[p + n + ".weight"] = (heavy(rng, (hd,), 0.1), "BF16")
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nq * hd, e)), "BF16")
+        t[p + "self_attn.k_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.v_proj.weight"] = (heavy(rng, (nkv * hd, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nq * hd)), "BF16")
+        t[p + "self_attn.g_proj.weight"] = (heavy(rng, (nq, e)), "BF16")
+        if i in moe:
+            t[p + "moe.gate.weight"] = (heavy(rng, (n_x, e)), "F32")
+            t[p + "moe.router_bias"] = (heavy(rng, (n_x,), 1.0), "F32")
+            t[p + "moe.gate_proj.weight"] = (heavy(rng, (n_x, ff_x, e)), "BF16")
+            t[p + "moe.up_proj.weight"] = (heavy(rng, (n_x, ff_x, e)), "BF16")
+            t[p + "moe.down_proj.weight"] = (heavy(rng, (n_x, e, ff_x)), "BF16")
+            t[p + "share_expert.gate_proj.weight"] = (heavy(rng, (ff_sh, e)), "BF16")
+            t[p + "share_expert.up_proj.weight"] = (heavy(rng, (ff_sh, e)), "BF16")
+            t[p + "share_expert.down_proj.weight"] = (heavy(rng, (e, ff_sh)), "BF16")
+        else:
+            t[p + "mlp.gate_proj.weight"] = (heavy(rng, (ff, e)), "BF16")
+            t[p + "mlp.up_proj.weight"] = (heavy(rng, (ff, e)), "BF16")
+            t[p + "mlp.down_proj.weight"] = (heavy(rng, (e, ff)), "BF16")
+        if i >= n_main:
+            t[p + "eh_proj.weight"] = (heavy(rng, (e, 2 * e)), "BF16")
+            t[p + "enorm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "hnorm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "transformer.shared_head.norm.weight"] = (heavy(rng, (e,), 0.1), "BF16")
+            t[p + "transformer.shared_head.output.weight"] = (heavy(rng, (v, e)), "BF16")
+    return t
+
+
+def case_step35(rng):
+    # Step3p5ForCausalLM (no transformers 4.57.6 config class: config.json read as it is), with a llama3 rope
+    c = {"architectures": ["Step3p5ForCausalLM"],
+         **step35_text(rope_scaling={"rope_type": "llama3", "factor": 2.0, "original_max_position_embeddings": 4096,
+                                     "low_freq_factor": 1.0, "high_freq_factor": 32.0}), "torch_dtype": "bfloat16"}
+    return c, step35_tensors(rng, c), "gpt-2", {}
+
+
+def case_step37_mm(rng):
+    # Step3p7ForConditionalGeneration (Step 3.7 Flash): the Step 3.5 text model under text_config, the vision tower
+    # (vision_model.*) and projector (vit_large_projector) dropped as the converter drops them without --mmproj
+    text = step35_text(moe_layers_enum="2", swiglu_limits=None, moe_router_scaling_factor=2.5)
+    c = {"architectures": ["Step3p7ForConditionalGeneration"], "model_type": "step3p7", "text_config": text,
+         "vision_config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "image_size": 32,
+                           "patch_size": 8}, "torch_dtype": "bfloat16"}
+    t = step35_tensors(rng, text)
+    t |= vision_parts(rng, {"vision_model.conv1.weight": (32, 3, 8, 8), "vision_model.ln_pre.weight": (32,),
+                            "vit_large_projector.weight": (256, 32)})
+    return c, t, "gpt-2", {}
+
+
+def case_laguna(rng):
+    # Poolside Laguna-XS.2's layout (no transformers 4.57.6 class: config.json read as it is): heads per layer, a
+    # head-wise output gate, full / sliding layers with their own rope, one dense layer then MoE with per-expert
+    # tensors, a router score-correction bias and a shared expert; eos [2, 24]-style list (the second becomes eot),
+    # chat_template.jinja embedded
+    c = base_config("LagunaForCausalLM", "laguna", 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, num_attention_heads_per_layer=[4, 8, 4],
+                    layer_types=["full_attention", "sliding_attention", "full_attention"], sliding_window=128,
+                    mlp_layer_types=["dense", "sparse", "sparse"], num_experts=4, num_experts_per_tok=2,
+                    moe_intermediate_size=256, shared_expert_intermediate_size=320, moe_routed_scaling_factor=2.5,
+                    gating=True, rope_theta=None, rms_norm_eps=1e-6, max_position_embeddings=131072,
+                    rope_parameters={"full_attention": {"rope_type": "default", "rope_theta": 500000.0,
+                                                        "partial_rotary_factor": 0.5},
+                                     "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                           "partial_rotary_factor": 1.0}},
+                    bos_token_id=50256, eos_token_id=[50256, 198], torch_dtype=None, dtype="bfloat16")
+    t = dense_tensors(rng, c, qk_norm=True, layer_range=range(1))
+    t |= dense_tensors(rng, {**c, "moe": True}, qk_norm=True, layer_range=range(1, 3))
+    for i, nh in enumerate(c["num_attention_heads_per_layer"]):
+        p = f"model.layers.{i}."
+        t[p + "self_attn.q_proj.weight"] = (heavy(rng, (nh * 64, 256)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (256, nh * 64)), "BF16")
+        t[p + "self_attn.g_proj.weight"] = (heavy(rng, (nh, 256)), "BF16")
+        if i >= 1:
+            p += "mlp."
+            t.update(expert_tensors(rng, p, 4, 256, 256))
+            t[p + "experts.e_score_correction_bias"] = (heavy(rng, (4,), 0.1), "F32")
+            for w, shp in (("gate_proj", (320, 256)), ("up_proj", (320, 256)), ("down_proj", (256, 320))):
+                t[p + f"shared_expert.{w}.weight"] = (heavy(rng, shp), "BF16")
+    files = {"chat_template.jinja": "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}</{{ m['role'] }}>\n"
+                                    "{% endfor %}"}
+    return c, t, "gpt-2", files
+
+
+def case_maple(rng):
+    # deepgrove maple-preview's layout (config.json read as it is): 3 sliding + 1 NoPE global layers, partial rotary,
+    # q/k norms, a softmax-routed MoE in every layer (per-expert tensors), no shared expert; GPT-2's tokenizer (small)
+    c = base_config("MapleForCausalLM", "maple", 50257, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+                    num_attention_heads=4, num_key_value_heads=2, head_dim=64, moe_intermediate_size=256, num_experts=4,
+                    num_experts_per_tok=2, num_shared_experts=0, norm_topk_prob=True, nope_on_global_attention=True,
+                    partial_rotary_factor=0.5, sliding_window=512, hidden_act="silu", rms_norm_eps=1e-6,
+                    layer_types=["sliding_attention"] * 3 + ["full_attention"], max_position_embeddings=131072,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = dense_tensors(rng, {**c, "moe": True}, qk_norm=True)
+    for i in range(4):
+        t.update(expert_tensors(rng, f"model.layers.{i}.mlp.", 4, 256, 256))
+    return c, t, "gpt-2", {}
+
+
+def case_mpt(rng):
+    # mpt-7b's layout (transformer.blocks.*, fused Wqkv, bias-free LayerNorms, ALiBi, tied output), 320 wide with
+    # clip_qkv and a kv_n_heads key MptAttentionConfig drops
+    e, v = 320, 50257
+    c = {"architectures": ["MPTForCausalLM"], "model_type": "mpt", "d_model": e, "n_heads": 5, "n_layers": 2,
+         "expansion_ratio": 4, "max_seq_len": 2048, "vocab_size": v, "no_bias": True, "learned_pos_emb": True,
+         "attn_config": {"alibi": True, "alibi_bias_max": 8, "attn_impl": "torch", "attn_pdrop": 0,
+                         "attn_type": "multihead_attention", "clip_qkv": 6.0, "kv_n_heads": 5, "prefix_lm": False,
+                         "qk_ln": False, "softmax_scale": None},
+         "norm_type": "low_precision_layernorm", "torch_dtype": "bfloat16", "bos_token_id": 0, "eos_token_id": 0}
+    t = {"transformer.wte.weight": (heavy(rng, (v, e)), "BF16"), "transformer.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"transformer.blocks.{i}."
+        t[p + "norm_1.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_2.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "attn.Wqkv.weight"] = (heavy(rng, (3 * e, e)), "BF16")
+        t[p + "attn.out_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        t[p + "ffn.up_proj.weight"] = (heavy(rng, (4 * e, e)), "BF16")
+        t[p + "ffn.down_proj.weight"] = (heavy(rng, (e, 4 * e)), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_bloom(rng):
+    # bloom-560m's layout (BloomForCausalLM saved without the transformer. prefix, n_embed instead of hidden_size, tied
+    # output): per-head fused query_key_value regrouped by the converter, biases everywhere, an embedding LayerNorm
+    e, nh, v = 256, 4, 50257
+    c = {"architectures": ["BloomForCausalLM"], "model_type": "bloom", "n_embed": e, "n_layer": 2, "num_attention_heads": nh,
+         "vocab_size": v, "layer_norm_epsilon": 1e-5, "apply_residual_connection_post_layernorm": False,
+         "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 3, "seq_length": 2048, "torch_dtype": "bfloat16"}
+    t = {"word_embeddings.weight": (heavy(rng, (v, e)), "BF16")}
+    for n in ("word_embeddings_layernorm", "ln_f"):
+        t[n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+    for i in range(2):
+        p = f"h.{i}."
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+            t[p + n + ".bias"] = (heavy(rng, (e,), 0.1), "BF16")
+        for n, shp in (("self_attention.query_key_value", (3 * e, e)), ("self_attention.dense", (e, e)),
+                       ("mlp.dense_h_to_4h", (4 * e, e)), ("mlp.dense_4h_to_h", (e, 4 * e))):
+            t[p + n + ".weight"] = (heavy(rng, shp), "BF16")
+            t[p + n + ".bias"] = (heavy(rng, (shp[0],)), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_orion(rng):
+    # Orion-14B's layout (OrionForCausalLM, remote code: config.json read as it is): Llama's modules with LayerNorms
+    # (weights and biases), max_sequence_length; SentencePiece vocabulary
+    c = base_config("OrionForCausalLM", "orion", 32000, hidden_size=256, intermediate_size=512, num_key_value_heads=4,
+                    max_sequence_length=4096, max_position_embeddings=4096, rms_norm_eps=1e-5, rope_theta=10000.0,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    t = dense_tensors(rng, c)
+    t["model.norm.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    for i in range(c["num_hidden_layers"]):
+        for n in ("input_layernorm", "post_attention_layernorm"):
+            t[f"model.layers.{i}.{n}.bias"] = (heavy(rng, (256,), 0.1), "BF16")
+    return c, t, "llama-spm", {}
+
+
+def case_xverse(rng):
+    # XVERSE's layout (XverseForCausalLM, remote code: config.json read as it is): Llama's modules, grouped KV heads
+    # (the converter's K permutation groups by n_head // n_head_kv), a tokenizer.json read id by id as a llama vocabulary
+    c = base_config("XverseForCausalLM", "xverse", 32000, hidden_size=256, intermediate_size=512, num_attention_heads=4,
+                    num_key_value_heads=2, max_position_embeddings=8192, rms_norm_eps=1e-6, rope_theta=500000.0,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    return c, dense_tensors(rng, c), "llama-spm", {}
+
+
 def case_kimi_k2(rng):
     # Kimi K2's layout at width 256 (DeepseekV3ForCausalLM: one dense layer, sigmoid router with one group, no MTP) and
     # its tokenizer: tiktoken.model + Moonshot's TikTokenTokenizer remote code, no tokenizer.json (the converter's
@@ -2111,6 +2497,12 @@ CASES = {
     "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
+    "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
+    "granite-swa": case_granite_swa, "granitemoe-swa": case_granitemoe_swa, "hy-v4": case_hy_v4,
+    "step35": case_step35, "step37-mm": case_step37_mm, "glm": case_glm, "jais2": case_jais2,
+    "stablelm-epoch": case_stablelm_epoch, "laguna": case_laguna,
+    "maple": case_maple, "mpt": case_mpt, "bloom": case_bloom, "orion": case_orion,
+    "xverse": case_xverse,
     "glm4": case_glm4, "glm4moe": case_glm4moe, "glm4moe-mtp": case_glm4moe_mtp,
     "glm4v": case_glm4v, "glm4vmoe": lambda rng: case_glm4v(rng, moe=True),
     "ernie4_5": case_ernie4_5, "ernie4_5moe": case_ernie4_5moe,
@@ -2135,8 +2527,14 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp")
-TOOLS_CASES = QUANT_CASES + ("glm4", "arcee", "phi2", "qwen2vl", "qwen3vl")  # also checked with --dry-run, validate and dequantize --hf-names
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
+# validate and dequantize --hf-names (or its refusal) end to end, on one case of each kind: stacked experts
+# (llama4), MXFP4 experts (gpt-oss-mxfp4), MLA (deepseek2-lite), SSM hybrids (granitehybrid, nemotron-h-moe,
+# mamba), Conv1D (gpt2), fused QKV (falcon, phi2), a multimodal checkpoint's language model (qwen2vl), ternary
+# (bitnet), GLM-4 norms (glm4). Every QUANT_CASE's --dry-run plan is checked in test_quantized_like_llama_cpp,
+# every HF_NAMES_CASE's exact round trip in test_arch_tools.test_hf_names_round_trip_exact.
+TOOLS_CASES = ("llama4", "gpt-oss-mxfp4", "deepseek2-lite", "granitehybrid", "nemotron-h-moe", "mamba", "gpt2",
+               "falcon", "phi2", "qwen2vl", "bitnet", "glm4")
 QUANT_FTYPES = ("Q4_K_M", "Q8_0", "Q5_K_S")
 QUANT_EXTRA_FTYPES = {"gpt-oss": ("MXFP4_MOE",), "gpt-oss-mxfp4": ("MXFP4_MOE",), "bitnet": ("TQ1_0", "TQ2_0")}  # a family's own file types
 # cases whose bf16 intermediate holds quantized tensors (MXFP4 experts): llama-quantize needs
@@ -2404,7 +2802,7 @@ def _edit_config(d: Path, **kw) -> None:
 
 
 @pytest.mark.parametrize("edit,err,match", [
-    (dict(architectures=["BloomForCausalLM"]), UnsupportedError, "supported: .*LlamaForCausalLM"),
+    (dict(architectures=["NoSuchModelForCausalLM"]), UnsupportedError, "supported: .*LlamaForCausalLM"),
     (dict(hidden_size=...), InputError, "missing key 'hidden_size'"),
     (dict(hidden_size="128"), InputError, "'hidden_size' must be a positive integer"),
     (dict(num_attention_heads=3, num_key_value_heads=3), InputError, "hidden_size 128 is not divisible"),
@@ -2424,6 +2822,7 @@ def _edit_config(d: Path, **kw) -> None:
     (dict(rope_scaling={"rope_type": 3}), InputError, "'rope_scaling.rope_type' must be a string"),
     (dict(vocab_size=31999), InputError, "expected \\[31999, 128\\]"),
     (dict(rms_norm_eps=True), InputError, "'rms_norm_eps' must be a number"),
+    (dict(rope_theta=[10000.0, 500.0]), InputError, "rope_theta' must be a (finite )?number"),  # only Step 3.5 takes a list
     (dict(rope_scaling={"rope_type": "dynamic-ntk-foo", "factor": 2.0}), UnsupportedError, "rope_scaling type"),
 ])
 def test_config_errors(models, edit, err, match):
@@ -2882,6 +3281,29 @@ def test_multimodal_parts_not_converted(models, case, parts, capsys):
     assert text_only.not_converted == ()
 
 
+@pytest.mark.parametrize("case,edit,err,match", [
+    ("step35", dict(partial_rotary_factors=[0.5, 0.5, 0.5, 0.5]), UnsupportedError, "'partial_rotary_factors' must be 1.0 on sliding"),
+    ("step35", dict(rope_theta=[1e6]), InputError, "'rope_theta' as a list needs at least two numbers"),
+    ("step35", dict(moe_layers_enum="1,x"), InputError, "'moe_layers_enum' must list layer numbers"),
+    ("hy-v4", dict(indexer_types=["shared", "full", "full"]), InputError, "layer 0 must be indexer_types 'full'"),
+    ("hy-v4", dict(first_k_dense_replace=2), InputError, "first_k_dense_replace \\(2\\) disagrees with mlp_layer_types"),
+    ("hy-v4", dict(mlp_layer_types=["dense", "sparse", "dense"]), UnsupportedError, "dense layers after MoE layers"),
+    ("ministral3-mm", None, UnsupportedError, "ministral3 rope_type 'default' is not supported"),
+])
+def test_new_family_config_errors(models, case, edit, err, match):
+    """Configs the converter asserts on or misreads: one line naming config.json, nothing converted."""
+    d = models(case, tokenizer=False)
+    cfg = json.loads((d / "config.json").read_text())
+    if edit is None:  # a ministral3 text_config without its YaRN rope
+        cfg["text_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e6}
+    else:
+        cfg.update(edit)
+    (d / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(err, match=match) as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value) and "config.json" in str(e.value)
+
+
 @pytest.mark.parametrize("case,text_edit,top_edit,err,match", [
     ("llama4", dict(moe_layers=[0, 2]), {}, UnsupportedError, "'moe_layers' \\[0, 2\\] differs from every 2th layer"),
     ("llama4", dict(no_rope_layers=[1, 1, 1, 1]), {}, UnsupportedError, "'no_rope_layers' / 'layer_types' differ"),
@@ -2926,6 +3348,8 @@ def test_llama4_all_full_attention(models):
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
     ("Gemma4ForConditionalGeneration", "gemma4", "Gemma 4 is not ported"),
     ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
+    ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
+    ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""

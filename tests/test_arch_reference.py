@@ -89,11 +89,13 @@ def quant_reference(request, models, tmp_path_factory):
 
 
 @pytest.mark.parametrize("case", QUANT_CASES)
-def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
+def test_quantized_like_llama_cpp(quant_reference, case, tmp_path, capsys):
     """kquant convert == convert_hf_to_gguf.py --outtype bf16 + llama_model_quantize, byte for byte,
-    for Q4_K_M, Q8_0, Q5_K_S and the case's QUANT_EXTRA_FTYPES; llama.cpp loads and runs the Q4_K_M file."""
+    for Q4_K_M, Q8_0, Q5_K_S and the case's QUANT_EXTRA_FTYPES; convert --dry-run --json plans each file
+    as written (from config.json and the headers only); llama.cpp loads and runs the Q4_K_M file."""
     pytest.importorskip("llama_cpp")
-    from kquant import pipeline
+    from kquant import cli, pipeline
+    from kquant.io.gguf import GGUFFile
 
     d, proc, ref_bf16 = quant_reference[case]
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -104,6 +106,11 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path):
         ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft, **params)
         assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
         assert out.read_bytes() == ref.read_bytes(), ft
+        assert cli.main(["convert", str(d), "--type", ft, "--dry-run", "--json"]) == 0
+        plan = json.loads(capsys.readouterr().out)
+        with GGUFFile(out) as g:
+            assert [(t["name"], t["type"]) for t in plan["tensors"]] == [(t.name, t.qtype.ggml_name) for t in g.tensors], ft
+            assert plan["total_bytes"] == sum(t.nbytes for t in g.tensors), ft
     toks, logits = refpipeline.eval_logits(targets[0][0])
     assert len(toks) > 5 and np.isfinite(logits).all()
 

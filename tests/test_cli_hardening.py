@@ -349,7 +349,7 @@ def test_cli_entry_installs_handlers_before_numba():
     code = ("import sys, signal; import kquant.cli; from kquant.io import fsutil; "
             "assert 'numba' not in sys.modules and 'numpy' not in sys.modules, 'heavy import'; "
             "fsutil.install_interrupt_handlers(); assert signal.getsignal(signal.SIGINT) is fsutil.interrupt_once")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=default_sigint)
     assert r.returncode == 0, r.stderr
 
 

@@ -304,23 +304,29 @@ def test_check_not_input(tmp_path):
 
 # --------------------------------------------------------------------- signals_held, file_lock, track_inputs
 def test_signals_held_delivers_at_the_end():
-    got = []
-    with pytest.raises(KeyboardInterrupt):  # delivered on leaving the block
-        with signals_held():
-            os.kill(os.getpid(), signal.SIGINT)
-            for _ in range(1000):  # a handler would run here, at a bytecode boundary
-                pass
-            got.append("inside")
-    assert got == ["inside"]
-    with pytest.raises(KeyboardInterrupt):
-        with signals_held():
-            with signals_held():  # nested: handed to the outer region, delivered at its end
+    # with Python's own SIGINT handler, whatever this process inherited (a suite started in the background by
+    # a non-interactive shell inherits SIGINT ignored, and signals_held rightly leaves an ignored signal alone)
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        got = []
+        with pytest.raises(KeyboardInterrupt):  # delivered on leaving the block
+            with signals_held():
                 os.kill(os.getpid(), signal.SIGINT)
-                for _ in range(1000):
+                for _ in range(1000):  # a handler would run here, at a bytecode boundary
                     pass
-            got.append("outer")
-    assert got == ["inside", "outer"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+                got.append("inside")
+        assert got == ["inside"]
+        with pytest.raises(KeyboardInterrupt):
+            with signals_held():
+                with signals_held():  # nested: handed to the outer region, delivered at its end
+                    os.kill(os.getpid(), signal.SIGINT)
+                    for _ in range(1000):
+                        pass
+                got.append("outer")
+        assert got == ["inside", "outer"]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, inherited)
 
 
 def test_signals_held_keeps_ignored_signals_ignored():

@@ -131,7 +131,7 @@ def better_types() -> list[QType]:
     return mode_types("best")
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def count_nonfinite(x):
     """Number of NaN/Inf values in a 2-D float32 array."""
     c = 0
@@ -154,7 +154,7 @@ def _as_rows(x, name: str = "x") -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def count_fp16_overflow(bits):
     """Number of fp16 codes (1-D uint16, any stride) with an all-ones exponent (inf or NaN)."""
     k = 0

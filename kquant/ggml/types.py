@@ -14,8 +14,10 @@
 - `fallback`: llama-quant.cpp `tensor_type_fallback`'s target when a row is not a multiple of
   the block size (None: a block of <= 32 stays and then becomes F16; a larger block has no
   fallback and llama-quantize aborts);
-- `compile_s`: single-core seconds to compile its kernels from an empty numba cache
-  (scripts/bench_compile.py; spreads the cold-cache warm-up over processes);
+- `compile_s`: CPU seconds to compile its quantizer alone from an empty numba cache in a fresh
+  process, beyond the checks' kernels every process compiles (scripts/bench_compile.py --types
+  NAME, measured on a loaded machine: a guide); kquant.ggml.warm balances the cold-cache
+  warm-up processes by it (types sharing one compiled quantizer, Q4_K and Q5_K, count it once);
 - `automix`: the row classes (256: rows that are a multiple of 256, 32: a multiple of 32 only,
   1: any other length) in which `--target-bpw` may choose it (where the row is also a multiple of
   its block).
@@ -61,42 +63,42 @@ D = TypeDecl
 # fmt: off
 TYPES: tuple[TypeDecl, ...] = (
     # name      id  block  bytes  fields (ggml-common.h block_*)                                          kernels   fallback  compile_s  automix
-    D("F32",     0,     1,    4, (("v", "<f4"),),                                                        "floats",  None, 2.0),
-    D("F16",     1,     1,    2, (("v", HALF),),                                                         "floats",  None, 2.0, (1,)),
-    D("Q4_0",    2,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "legacy",  None, 4.4, (32,)),
-    D("Q4_1",    3,    QK,   20, (("d", HALF), ("m", HALF), ("qs", U8, QK // 2)),                        "legacy",  None, 4.4, (32,)),
-    D("Q5_0",    6,    QK,   22, (("d", HALF), ("qh", U8, 4), ("qs", U8, QK // 2)),                      "legacy",  None, 4.4, (32,)),
-    D("Q5_1",    7,    QK,   24, (("d", HALF), ("m", HALF), ("qh", U8, 4), ("qs", U8, QK // 2)),         "legacy",  None, 4.4, (32,)),
-    D("Q8_0",    8,    QK,   34, (("d", HALF), ("qs", I8, QK)),                                          "legacy",  None, 4.4, (256, 32)),
+    D("F32",     0,     1,    4, (("v", "<f4"),),                                                        "floats",  None, 0.3),
+    D("F16",     1,     1,    2, (("v", HALF),),                                                         "floats",  None, 1.1, (1,)),
+    D("Q4_0",    2,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "legacy",  None, 6.9, (32,)),
+    D("Q4_1",    3,    QK,   20, (("d", HALF), ("m", HALF), ("qs", U8, QK // 2)),                        "legacy",  None, 5.3, (32,)),
+    D("Q5_0",    6,    QK,   22, (("d", HALF), ("qh", U8, 4), ("qs", U8, QK // 2)),                      "legacy",  None, 7.3, (32,)),
+    D("Q5_1",    7,    QK,   24, (("d", HALF), ("m", HALF), ("qh", U8, 4), ("qs", U8, QK // 2)),         "legacy",  None, 6.3, (32,)),
+    D("Q8_0",    8,    QK,   34, (("d", HALF), ("qs", I8, QK)),                                          "legacy",  None, 2.4, (256, 32)),
     D("Q2_K",   10,  QK_K,   84, (("scales", U8, QK_K // 16), ("qs", U8, QK_K // 4), ("d", HALF), ("dmin", HALF)),
                                                                                                            "q2_k",  "Q4_0", 8.5, (256,)),
     D("Q3_K",   11,  QK_K,  110, (("hmask", U8, QK_K // 8), ("qs", U8, QK_K // 4), ("scales", U8, 12), ("d", HALF)),
-                                                                                                           "q3_k",  "Q4_0", 14.0, (256,)),
+                                                                                                           "q3_k",  "Q4_0", 13.5, (256,)),
     D("Q4_K",   12,  QK_K,  144, (("d", HALF), ("dmin", HALF), ("scales", U8, K_SCALE_SIZE), ("qs", U8, QK_K // 2)),
-                                                                                                           "q4_k",  "Q5_0", 8.5, (256,)),
+                                                                                                           "q4_k",  "Q5_0", 9.5, (256,)),
     D("Q5_K",   13,  QK_K,  176, (("d", HALF), ("dmin", HALF), ("scales", U8, K_SCALE_SIZE), ("qh", U8, QK_K // 8),
-                                  ("qs", U8, QK_K // 2)),                                                  "q5_k",  "Q5_1", 2.0, (256,)),
+                                  ("qs", U8, QK_K // 2)),                                                  "q5_k",  "Q5_1", 9.5, (256,)),
     D("Q6_K",   14,  QK_K,  210, (("ql", U8, QK_K // 2), ("qh", U8, QK_K // 4), ("scales", I8, QK_K // 16), ("d", HALF)),
-                                                                                                           "q6_k",  "Q8_0", 3.0, (256,)),
-    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL", 8.5, (256,)),
-    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL", 4.0, (256,)),
-    D("IQ3_XXS", 18, QK_K,   98, (("d", HALF), ("qs", U8, 3 * QK_K // 8)),                               "iq3", "IQ4_NL", 5.5, (256,)),
-    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL", 11.5, (256,)),
-    D("IQ4_NL", 20,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "iq4",    None, 2.5, (32,)),
+                                                                                                           "q6_k",  "Q8_0", 4.5, (256,)),
+    D("IQ2_XXS", 16, QK_K,   66, (("d", HALF), ("qs", U16, QK_K // 8)),                                  "iq2", "IQ4_NL", 7.2, (256,)),
+    D("IQ2_XS", 17,  QK_K,   74, (("d", HALF), ("qs", U16, QK_K // 8), ("scales", U8, QK_K // 32)),      "iq2", "IQ4_NL", 7.1, (256,)),
+    D("IQ3_XXS", 18, QK_K,   98, (("d", HALF), ("qs", U8, 3 * QK_K // 8)),                               "iq3", "IQ4_NL", 6.3, (256,)),
+    D("IQ1_S",  19,  QK_K,   50, (("d", HALF), ("qs", U8, QK_K // 8), ("qh", U16, QK_K // 32)),          "iq1", "IQ4_NL", 9.5, (256,)),
+    D("IQ4_NL", 20,    QK,   18, (("d", HALF), ("qs", U8, QK // 2)),                                     "iq4",    None, 2.9, (32,)),
     D("IQ3_S",  21,  QK_K,  110, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("signs", U8, QK_K // 8),
-                                  ("scales", U8, QK_K // 64)),                                            "iq3", "IQ4_NL", 3.3, (256,)),
+                                  ("scales", U8, QK_K // 64)),                                            "iq3", "IQ4_NL", 6.2, (256,)),
     D("IQ2_S",  22,  QK_K,   82, (("d", HALF), ("qs", U8, QK_K // 4), ("qh", U8, QK_K // 32), ("scales", U8, QK_K // 32)),
-                                                                                                           "iq2", "IQ4_NL", 3.5, (256,)),
+                                                                                                           "iq2", "IQ4_NL", 5.8, (256,)),
     D("IQ4_XS", 23,  QK_K,  136, (("d", HALF), ("scales_h", U16), ("scales_l", U8, QK_K // 64), ("qs", U8, QK_K // 2)),
-                                                                                                           "iq4", "IQ4_NL", 2.5, (256,)),
-    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL", 2.0, (256,)),
-    D("BF16",   30,     1,    2, (("v", U16),),                                                          "floats",  None, 2.0),
+                                                                                                           "iq4", "IQ4_NL", 2.9, (256,)),
+    D("IQ1_M",  29,  QK_K,   56, (("qs", U8, QK_K // 8), ("qh", U8, QK_K // 16), ("scales", U8, QK_K // 32)), "iq1", "IQ4_NL", 9.5, (256,)),
+    D("BF16",   30,     1,    2, (("v", U16),),                                                          "floats",  None, 0.3),
     D("TQ1_0",  34,  QK_K,   54, (("qs", U8, (QK_K - 4 * QK_K // 64) // 5), ("qh", U8, QK_K // 64), ("d", HALF)),
-                                                                                                           "tq",    "Q4_0", automix=(256,)),
-    D("TQ2_0",  35,  QK_K,   66, (("qs", U8, QK_K // 4), ("d", HALF)),                                   "tq",    "Q4_0", automix=(256,)),
-    D("MXFP4",  39,    QK,   17, (("e", U8), ("qs", U8, QK // 2)),                                       "mxfp4",   None, automix=(32,)),
-    D("Q1_0",   41, QK1_0,   18, (("d", HALF), ("qs", U8, QK1_0 // 8)),                                  "q1q2",    None, automix=(256, 32)),
-    D("Q2_0",   42, QK2_0,   18, (("d", HALF), ("qs", U8, QK2_0 // 4)),                                  "q1q2",  "Q4_0", automix=(256, 32)),
+                                                                                                           "tq",    "Q4_0", 1.7, automix=(256,)),
+    D("TQ2_0",  35,  QK_K,   66, (("qs", U8, QK_K // 4), ("d", HALF)),                                   "tq",    "Q4_0", 1.0, automix=(256,)),
+    D("MXFP4",  39,    QK,   17, (("e", U8), ("qs", U8, QK // 2)),                                       "mxfp4",   None, 1.0, automix=(32,)),
+    D("Q1_0",   41, QK1_0,   18, (("d", HALF), ("qs", U8, QK1_0 // 8)),                                  "q1q2",    None, 1.0, automix=(256, 32)),
+    D("Q2_0",   42, QK2_0,   18, (("d", HALF), ("qs", U8, QK2_0 // 4)),                                  "q1q2",  "Q4_0", 1.0, automix=(256, 32)),
 )
 # fmt: on
 del D

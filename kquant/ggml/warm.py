@@ -1,9 +1,12 @@
 """First-run compilation: compile the cold kernels a job needs in parallel processes.
 
 Numba compiles a kernel on its first call and caches it on disk beside the source. On an empty
-cache `warm` compiles the cold types' kernels in up to one process per core at once, grouped by
-the module that defines their quantizer (types sharing a compiled driver, Q4_K and Q5_K, go to
-the same process), so that this process then loads them from the cache.
+cache `warm` splits the cold types' kernels into up to one group per core, grouped by the module
+that defines their quantizer (types sharing a compiled driver, Q4_K and Q5_K, stay together) and
+balanced by their measured compile seconds (kquant.ggml.types `compile_s`): this process compiles
+one group itself while a separate process compiles each other group, so that this process then
+loads those from the cache. The kernels of quantize's input and scale checks and the pipeline's
+BF16 rounding, which every job calls, are compiled once, here.
 """
 
 from __future__ import annotations
@@ -54,33 +57,40 @@ def cold_types(types, dequant=None) -> list[QType]:
     return out
 
 
-def first_calls(types, dequant=None) -> None:
+def first_calls(types, dequant=None, checks: bool = True) -> None:
     """Call each type's kernels once on a tiny input, with the argument types real calls use: the
-    quantizer of each type, and its dequantizer when in `dequant` (default: every type)."""
+    quantizer of each type, and its dequantizer when in `dequant` (default: every type). checks:
+    through kquant.quantize (its input and scale checks) and the pipeline's BF16 rounding too;
+    otherwise the type's kernels only."""
     x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
     d = None if dequant is None else {parse_qtype(t) for t in dequant}
     for t in types:
         t = parse_qtype(t)
         w = np.ones(x.shape[1], dtype=np.float32) if t.requires_imatrix else None
-        q = quantize(x, t, w)  # also runs count_nonfinite and the scale check
+        if checks:
+            q = quantize(x, t, w)  # also runs count_nonfinite and the scale check
+        else:  # the arguments quantize passes (no imatrix: an empty float32 row)
+            q = np.empty((x.shape[0], t.row_size(x.shape[1])), dtype=np.uint8)
+            registry()[t].quantize(x, np.empty(0, dtype=np.float32) if w is None else w, q)
         if d is None or t in d:
             dequantize(q, t, x.shape)
-    if types:
+    if types and checks:
         round_bf16_inplace(x.copy())  # the pipeline rounds every BF16 slab with it
 
 
 def _first_calls_argv(argv: list[str]) -> None:
-    """first_calls of a warm-up process: NAME (quantizer only) or NAME:d (and its dequantizer)."""
-    first_calls([a.split(":")[0] for a in argv], [a.split(":")[0] for a in argv if a.endswith(":d")])
+    """first_calls of a warm-up process: NAME (quantizer only) or NAME:d (and its dequantizer);
+    no checks (the process that starts it compiles those)."""
+    first_calls([a.split(":")[0] for a in argv], [a.split(":")[0] for a in argv if a.endswith(":d")], checks=False)
 
 
 def warm(types, jobs: int | None = None, on_start=None, dequant=None) -> list[QType]:
-    """Compile the kernels of the cold `types` in up to `jobs` (default: cores) separate processes
-    at once, so that this process then loads them from numba's on-disk cache instead of compiling
-    them one after the other: the quantizers of `types`, the dequantizers of `dequant` (default:
+    """Compile the kernels of the cold `types` in up to `jobs` (default: cores) processes at once
+    (this one and jobs - 1 others), so that this process then loads the others' from numba's
+    on-disk cache instead of compiling everything one after the other: the quantizers of `types`, the dequantizers of `dequant` (default:
     of `types` too; a conversion needs only its sources'). Returns the types that were cold. A
-    warm-up process that fails changes nothing: the first call then compiles in this process, as
-    it would have anyway."""
+    warm-up process that fails (or cannot start) changes nothing: the first call then compiles in
+    this process, as it would have anyway."""
     types = list(types)
     dequant = None if dequant is None else list(dequant)
     if not cold_types(types, dequant):
@@ -121,27 +131,38 @@ def _family(t: QType) -> str:
     return registry()[t].quantize.py_func.__module__.rsplit(".", 1)[-1]
 
 
-def _family_compile_s(fam: str) -> float:
-    """Declared single-core compile seconds of every type whose quantizer `fam` defines."""
-    return sum(DECLS[t].compile_s for t in registry() if _family(t) == fam)
+CHECKS_S = 1.0  # CPU seconds to compile the checks' and BF16 rounding's kernels (first_calls checks=True)
+START_S = 1.0  # CPU seconds for a warm-up process to start (python, numpy, numba, kquant.ggml, numba's typing)
 
 
-def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
-    """First calls of `cold` (and of the dequantizers of those in `dequant`), spread over `jobs`
-    processes (in this one when jobs == 1)."""
+def _groups(cold: list[QType], jobs: int) -> list[list[QType]]:
+    """`cold` split into at most `jobs` groups of whole families, longest family first to the
+    least loaded group; group 0 is this process's (it also compiles the checks), the others
+    each pay a process start."""
     families: dict[str, list[QType]] = {}
     for t in cold:
         families.setdefault(_family(t), []).append(t)
-    jobs = min(jobs, len(families))
-    if jobs == 1:
-        first_calls(cold, [t for t in cold if t in dequant])
-        return
+    jobs = max(1, min(jobs, len(families)))
     groups: list[list[QType]] = [[] for _ in range(jobs)]
-    load = [0.0] * jobs
-    for fam in sorted(families, key=lambda f: -_family_compile_s(f)):  # longest first, to the least loaded
+    load = [CHECKS_S] + [START_S] * (jobs - 1)
+
+    def cost(fam: str) -> float:
+        per_driver: dict = {}  # types sharing one compiled quantizer (Q4_K, Q5_K) count it once
+        for t in families[fam]:
+            per_driver.setdefault(registry()[t].quantize, DECLS[t].compile_s)
+        return sum(per_driver.values())
+
+    for fam in sorted(families, key=lambda f: (-cost(f), f)):
         i = load.index(min(load))
         groups[i] += families[fam]
-        load[i] += _family_compile_s(fam)
+        load[i] += cost(fam)
+    return groups  # none empty: an empty group's load is below any filled one's
+
+
+def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
+    """First calls of `cold` (and of the dequantizers of those in `dequant`): one group in this
+    process, each other group in a process of its own, at the same time (see _groups)."""
+    groups = _groups(cold, jobs)
     from ..io.fsutil import signals_held
 
     code = f"import sys; from {__name__} import _first_calls_argv; _first_calls_argv(sys.argv[1:])"
@@ -150,11 +171,15 @@ def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
     procs: list[subprocess.Popen] = []
     try:
-        for g in groups:
+        for g in groups[1:]:
             with signals_held():  # started and registered for the kill below with no interrupt in between
                 names = [t.name + (":d" if t in dequant else "") for t in g]
-                procs.append(subprocess.Popen([sys.executable, "-c", code, *names], env=env,
-                                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                try:
+                    procs.append(subprocess.Popen([sys.executable, "-c", code, *names], env=env,
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+                except OSError:  # no process to be had: its first calls compile here, as they would have
+                    pass
+        first_calls(groups[0], [t for t in groups[0] if t in dequant])
         for p in procs:
             p.wait()
     finally:

@@ -25,6 +25,8 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     afmoe,
     bailingmoe,
     bitnet,
+    bloom,
+    chatglm,
     command_r,
     deepseek,
     dots1,
@@ -39,22 +41,30 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     gptneox,
     granite,
     hunyuan,
+    hy_v4,
     internlm,
+    jais,
     jamba,
     kimi_linear,
+    laguna,
     lfm2,
     llama,
     llama4,
     mamba,
+    maple,
     minimax,
     mistral3,
+    mpt,
     nemotron,
     olmo,
+    orion,
     phi,
     qwen,
     qwenvl,
     stablelm,
     starcoder,
+    step3,
+    xverse,
 )
 from .base import FAMILIES, VARIANTS, HFJoin, HFTensor, NORM_OF, TextModel, safetensors_order
 from .hparams import hf_architecture, read_config, to_hparams
@@ -72,7 +82,13 @@ _GEMMA3N = ("Gemma 3n's language model is not ported to kquant: the converter wr
             "correctly rounded), besides AltUp, LAuReL and per-layer embeddings")
 _GEMMA4 = ("Gemma 4 is not ported to kquant yet (transformers 4.57.6, which llama.cpp's converter is pinned to, "
            "has no Gemma 4 config class)")
+_BAICHUAN = ("llama.cpp's converter (as vendored in llama-cpp-python 0.3.36) cannot convert it: "
+             "BaichuanModel.modify_tensors recurses without end on every tensor but W_pack, so there is no reference to match")
+_CHATGLM = ("ChatGLM's remote-code layout is not ported: its tokenizer loads only through the checkpoint's own code "
+            "(the converter's AutoTokenizer with trust_remote_code); GlmForCausalLM (transformers' layout) is supported")
 NOT_PORTED = {
+    "BaichuanForCausalLM": _BAICHUAN, "BaiChuanForCausalLM": _BAICHUAN,
+    "ChatGLMModel": _CHATGLM, "ChatGLMForConditionalGeneration": _CHATGLM,
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
     "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
     "InternLM2ForCausalLM": internlm.INTERNLM2_REFUSED,
@@ -264,7 +280,7 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h)\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 

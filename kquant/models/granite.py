@@ -3,7 +3,9 @@
 A LlamaModel whose config's *_multiplier / logits_scaling keys become the GGUF scale keys; GraniteMoeModel
 (GraniteMoe, GraniteMoeShared) adds stacked experts whose fused gate/up tensor is split in two; the hybrid
 GraniteHybridModel (Granite 4.0-H, Bamba: Mamba-2 layers from conversion/mamba.py Mamba2Model, attention
-layers as GraniteMoeModel). The SWA, switch and vision variants are not ported."""
+layers as GraniteMoeModel); GraniteSWAModel / GraniteMoeSWAModel (interleaved sliding-window attention with
+per-head sinks; the MoE one keeps its fused gate/up experts and shared MLP fused). The switch and vision
+variants are not ported."""
 
 from __future__ import annotations
 
@@ -289,3 +291,127 @@ class GraniteHybridModel(GraniteModel):
         else:
             raise UnsupportedError(f"{self.tok_folder}: no tokenizer.model or tokenizer.json (the converter's built-in "
                                    "GPT-NeoX vocabulary is not supported)")
+
+
+# conversion/granite.py GraniteSWAModel / GraniteMoeSWAModel. transformers 4.57.6 has neither config class:
+# AutoConfig fails and the converter reads config.json as it is (no defaults, no __init__ rewrites)
+GRANITE_SWA_CONFIG = HFConfig("granite_swa", {}, raw=True)
+GRANITE_MOE_SWA_CONFIG = HFConfig("granitemoe_swa", {}, raw=True)
+_SINKS = {"self_attn.sinks": "attn_sinks"}
+
+
+@register("GraniteSWAForCausalLM")
+class GraniteSWAModel(GraniteModel):
+    configs = (GRANITE_SWA_CONFIG,)
+    layer = LLAMA_LAYER | _SINKS
+    inverse_names = True
+
+    @classmethod
+    def arch_name(cls) -> str:
+        return "granite_swa"  # gguf-py MODEL_ARCH_NAMES[GRANITE_SWA] (newer than the gguf package kquant uses)
+
+    # GraniteSWAModel.filter_tensors: "sinks" -> "sinks.weight"
+    def filter_name(self, name: str) -> str | None:
+        if name.endswith("sinks"):
+            name += ".weight"
+        return super().filter_name(name)
+
+    @classmethod
+    def hf_tensor_name(cls, bid, base, is_bias, kinds=frozenset()):
+        name = super().hf_tensor_name(bid, base, is_bias, kinds)
+        return name[: -len(".weight")] if base in cls.bare_hf and name else name  # filter_name's ".weight", undone
+
+    bare_hf = ("attn_sinks",)  # GGUF kinds whose HF tensor is a bare parameter (no ".weight")
+
+    @classmethod
+    def inverse_for_file(cls, value):
+        """A granite_swa file with experts came from GraniteMoeSWAForCausalLM."""
+        return GraniteMoeSWAModel if value(f"{cls.arch_name()}.expert_count") else cls
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        return super().tensor_shapes() | {"attn_sinks": (self.hp["num_attention_heads"],)}
+
+    # GraniteSWAModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        hp = self.hp
+        self.u32("attention.sliding_window", hp.get("sliding_window", 128), "sliding_window")
+        if layer_types := hp.get("layer_types"):
+            if not isinstance(layer_types, list):
+                raise InputError(f"{self.config_path}: 'layer_types' must be a list, got {layer_types!r}"[:200])
+            is_swa = [t == "sliding_attention" for t in layer_types]
+        else:  # the transformers default pattern
+            is_swa = [i % 4 != 0 for i in range(self.block_count)]
+        self.kv.add_array(self.key("attention.sliding_window_pattern"), is_swa)
+        if no_rope_layers := hp.get("no_rope_layers"):
+            if not isinstance(no_rope_layers, list):
+                raise InputError(f"{self.config_path}: 'no_rope_layers' must be a list, got {no_rope_layers!r}"[:200])
+            self.kv.add_array(self.key("attention.rope_pattern"), [bool(x) for x in no_rope_layers])
+
+
+# GraniteMoeSWAModel: the routed experts stacked in the checkpoint (experts.gate_up_proj / down_proj, or
+# granitemoe's input_linear / output_linear), gate and up kept fused as ffn_gate_up_exps; the shared MLP's
+# input_linear kept fused as ffn_up_shexp (llama.cpp's LLM_FFN_SWIGLU splits it)
+GRANITE_MOE_SWA_LAYER = _ATTN | _SINKS | {
+    "block_sparse_moe.router": "ffn_gate_inp",
+    "block_sparse_moe.router.layer": "ffn_gate_inp",
+    "block_sparse_moe.experts.gate_up_proj": "ffn_gate_up_exps",
+    "block_sparse_moe.experts.down_proj": "ffn_down_exps",
+    "block_sparse_moe.input_linear": "ffn_gate_up_exps",
+    "block_sparse_moe.output_linear": "ffn_down_exps",
+}
+GRANITE_MOE_SWA_SHARED = {"shared_mlp.input_linear": "ffn_up_shexp", "shared_mlp.output_linear": "ffn_down_shexp"}
+_SWASH = ("block_sparse_moe.experts.gate_up_proj", "block_sparse_moe.experts.down_proj")  # stored without ".weight"
+
+
+@register("GraniteMoeSWAForCausalLM")
+class GraniteMoeSWAModel(GraniteSWAModel):
+    configs = (GRANITE_MOE_SWA_CONFIG,)
+    layer = GRANITE_MOE_SWA_LAYER | GRANITE_MOE_SWA_SHARED
+    bias_ok = ATTN_BIASES
+    # checkpoints hold either layout of the router and experts (checked whole in check_complete)
+    optional = ("block_sparse_moe.router", "block_sparse_moe.router.layer", "block_sparse_moe.experts.gate_up_proj",
+                "block_sparse_moe.experts.down_proj", "block_sparse_moe.input_linear", "block_sparse_moe.output_linear")
+    inverse_names = False  # GraniteSWAModel.inverse_for_file picks this class for a file with experts
+    # --hf-names: transformers 5's layout (router.weight, bare experts.gate_up_proj / down_proj)
+    bare_hf = ("attn_sinks", "ffn_gate_up_exps", "ffn_down_exps")
+
+    @classmethod
+    def hf_layer(cls, kinds):
+        return {k: v for k, v in cls.layer.items()
+                if k not in ("block_sparse_moe.router.layer", "block_sparse_moe.input_linear", "block_sparse_moe.output_linear")}
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        return GRANITE_MOE_SWA_LAYER | (GRANITE_MOE_SWA_SHARED if self.hp.get("shared_intermediate_size") else {})
+
+    def filter_name(self, name: str) -> str | None:
+        if name.endswith(_SWASH):
+            name += ".weight"  # kquant: a bare parameter under its module's name (the GGUF name is the same)
+        return super().filter_name(name)
+
+    def tensor_shapes(self) -> dict[str, tuple[int, ...]]:
+        hp = self.hp
+        n = hp.get("num_local_experts")
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise InputError(f"{self.config_path}: 'num_local_experts' must be a positive integer, got {n!r}")
+        e, f = hp["hidden_size"], hp["intermediate_size"]
+        sf = hp.get("shared_intermediate_size") or 0
+        return super().tensor_shapes() | {
+            "ffn_gate_inp": (n, e), "ffn_gate_up_exps": (n, 2 * f, e), "ffn_down_exps": (n, e, f),
+            "ffn_up_shexp": (2 * sf, e), "ffn_down_shexp": (e, sf),
+        }
+
+    def check_complete(self, out) -> None:
+        super().check_complete(out)
+        names = {t.name for t in out}
+        for bid in range(self.block_count):
+            for g in ("ffn_gate_inp", "ffn_gate_up_exps", "ffn_down_exps"):
+                if f"blk.{bid}.{g}.weight" not in names:
+                    raise InputError(f"{self.folder}: missing tensor for blk.{bid}.{g}.weight "
+                                     f"(model.layers.{bid}.block_sparse_moe.*)")
+
+    # GraniteMoeSWAModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        if v := self.hp.get("shared_intermediate_size"):
+            self.u32("expert_shared_feed_forward_length", v, "shared_intermediate_size")

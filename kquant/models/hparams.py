@@ -168,7 +168,10 @@ def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool, 
         if k in cfg and cfg[k] is not None and (not _is_int(cfg[k]) or cfg[k] < 0):
             raise InputError(f"{path}: {where + k!r} must be a non-negative integer or null, got {cfg[k]!r}")
     for k in OPTIONAL_NUMBER_KEYS:
-        if k in cfg and cfg[k] is not None and not _is_number(cfg[k]):
+        v = cfg.get(k)
+        if k == "rope_theta" and isinstance(v, list) and v and all(_is_number(x) for x in v):
+            continue  # one per layer (Step 3.5); families that take a single number check it when they read it
+        if k in cfg and v is not None and not _is_number(v):
             raise InputError(f"{path}: {where + k!r} must be a number, got {cfg[k]!r}")
     for k in OPTIONAL_BOOL_KEYS:
         if k in cfg and not isinstance(cfg[k], bool):
@@ -269,6 +272,16 @@ def to_hparams(cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     tcc = CONFIG_CLASSES.get(tmt)
     if tcc is None or tcc.text_config is not None:
         raise UnsupportedError(f"{path}: 'text_config.model_type' {tmt!r} is not supported for model_type {mt!r}")
+    if tcc.raw and "text_config" in cfg:
+        # the composite class looks the text class up in CONFIG_MAPPING and fails (no such class in
+        # transformers 4.57.6, e.g. Mistral3Config with a `ministral3` text_config): AutoConfig raises and
+        # the converter reads config.json as it is, text_config merged over the top level
+        hp = json.loads(json.dumps(cfg))
+        hp = {**hp, **hp["text_config"]}
+        for k in REQUIRED_INT_KEYS:
+            if not _is_int(hp.get(k)) or hp[k] <= 0:
+                raise InputError(f"{path}: 'text_config.{k}' must be a positive integer, got {hp.get(k)!r}")
+        return hp
     text = _apply(tcc, tc, path)
     text["model_type"] = tcc.model_type  # the text class's own
     text.setdefault("architectures", None)  # PretrainedConfig's default

@@ -1,4 +1,4 @@
-"""StableLM (2): conversion/stablelm.py StableLMModel (llama.cpp as vendored in llama-cpp-python 0.3.36).
+"""StableLM (2, and StableLM 3B 4E1T's StableLMEpochForCausalLM): conversion/stablelm.py StableLMModel (llama.cpp as vendored in llama-cpp-python 0.3.36).
 
 A TextModel with its own short parameter list (partial rotary dimension, parallel residual,
 LayerNorm epsilon; no rope base), LayerNorms with biases and optional q/k/v biases. The per-head
@@ -22,10 +22,16 @@ STABLELM_CONFIG = HFConfig("stablelm", dict(
 ))
 
 
-@register("StableLmForCausalLM")
+# StableLM 3B 4E1T / Zephyr 3B (StableLMEpochForCausalLM, remote code): no transformers 4.57.6 class for
+# model_type stablelm_epoch, so the converter reads config.json as it is (rope_pct, norm_eps; no
+# use_parallel_residual key, so the converter writes true)
+STABLELM_EPOCH_CONFIG = HFConfig("stablelm_epoch", {}, raw=True)
+
+
+@register("StableLmForCausalLM", "StableLMEpochForCausalLM")
 class StableLMModel(TextModel):
     model_arch = MODEL_ARCH.STABLELM
-    configs = (STABLELM_CONFIG,)
+    configs = (STABLELM_CONFIG, STABLELM_EPOCH_CONFIG)
     layer = LLAMA_LAYER
     globals_bias_ok = ("model.norm",)
     bias_ok = ("input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")

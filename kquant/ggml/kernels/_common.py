@@ -17,17 +17,17 @@ from numba.extending import intrinsic
 GROUP_MAX_EPS = np.float32(1e-15)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def f32_bits(f):
     return np.float32(f).view(np.uint32)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def bits_f32(b):
     return np.uint32(b).view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def fp32_to_fp16(f):
     """float32 -> IEEE half bits (uint16), round to nearest even; NaN -> sign|0x7E00 as ggml's scalar path."""
     x = np.uint32(np.float32(f).view(np.uint32))
@@ -58,7 +58,7 @@ def fp32_to_fp16(f):
     return np.uint16(sign | np.uint32(r))
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def fp16_to_fp32(h):
     """IEEE half bits (any integer type) -> float32, exact."""
     h = np.uint32(h) & np.uint32(0xFFFF)
@@ -73,13 +73,13 @@ def fp16_to_fp32(h):
     return np.uint32(sign | ((e + np.uint32(112)) << np.uint32(23)) | (m << np.uint32(13))).view(np.float32)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def fp16_round(f):
     """float32 value after a round trip through fp16 (what a kernel reads back from a stored scale)."""
     return fp16_to_fp32(fp32_to_fp16(f))
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def fp32_to_bf16(f):
     """float32 -> bf16 bits, ggml's `ggml_compute_fp32_to_bf16` (round to nearest even, NaN quieted)."""
     u = np.uint32(np.float32(f).view(np.uint32))
@@ -88,7 +88,7 @@ def fp32_to_bf16(f):
     return np.uint16((u + (np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1)))) >> np.uint32(16))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def bf16_to_fp32(h):
     return np.uint32(np.uint32(h) << np.uint32(16)).view(np.float32)
 
@@ -150,7 +150,7 @@ def level(typingctx, f, lo, hi):
     return types.float32(f, lo, hi), codegen
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def put_f16(out, pos, f):
     """Store float32 `f` as little-endian fp16 at out[pos:pos+2] (out is uint8)."""
     h = fp32_to_fp16(f)
@@ -158,7 +158,7 @@ def put_f16(out, pos, f):
     out[pos + 1] = np.uint8(h >> np.uint16(8))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def get_f16(buf, pos):
     """Read little-endian fp16 at buf[pos:pos+2] as float32."""
     return fp16_to_fp32(np.uint32(buf[pos]) | (np.uint32(buf[pos + 1]) << np.uint32(8)))

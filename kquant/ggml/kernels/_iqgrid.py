@@ -150,7 +150,7 @@ def search_lists(which: int):
     return t["kx"], t["codes"], t["nidx"], t["levels"]
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def lists(which):
     """search_lists(which) from compiled code."""
     with objmode(kx="int32[::1]", codes="int8[::1]", nidx="uint16[::1]", levels="int64[:, ::1]"):

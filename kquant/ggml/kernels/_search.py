@@ -28,7 +28,7 @@ F1 = np.float32(1.0)
 F01 = np.float32(0.1)
 F05 = np.float32(0.5)
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always", error_model="numpy")
 def _qx_weight(x, qw, i, rmse_type):
     # float w = qw ? qw[i] : rmse_type == 1 ? x[i]*x[i] : rmse_type == 2 ? 1 : rmse_type == 3 ? fabsf(x[i]) : sqrtf(fabsf(x[i]));
     if qw.shape[0] > 0:
@@ -43,7 +43,7 @@ def _qx_weight(x, qw, i, rmse_type):
 
 
 # ggml-quants.c: make_qx_quants
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def make_qx_quants(n, nmax, x, L, rmse_type, qw):
     fmax = F0
     amax = F0
@@ -103,7 +103,7 @@ def make_qx_quants(n, nmax, x, L, rmse_type, qw):
 
 
 # ggml-quants.c: make_q3_quants
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def make_q3_quants(n, nmax, x, L, do_rmse):
     fmax = F0
     amax = F0
@@ -159,7 +159,7 @@ def make_q3_quants(n, nmax, x, L, do_rmse):
     return np.float32(F1 / iscale)
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always", error_model="numpy")
 def _qkx_weight(x, weights, i):
     # make_qkx3_quants: float w = weights ? weights[i] : x[i]*x[i];
     if weights.shape[0] > 0:
@@ -167,7 +167,7 @@ def _qkx_weight(x, weights, i):
     return x[i] * x[i]
 
 
-@njit(cache=True, inline="always", error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always", error_model="numpy")
 def _qkx_search(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, strict_max):
     # Body shared by make_qkx2_quants (strict_max=False: `max == min` and weights required)
     # and make_qkx3_quants (strict_max=True: `max <= min`, NULL weights = x*x).
@@ -240,19 +240,19 @@ def _qkx_search(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, stri
 
 
 # ggml-quants.c: make_qkx2_quants -> (scale, the_min)
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def make_qkx2_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     return _qkx_search(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, False)
 
 
 # ggml-quants.c: make_qkx3_quants -> (scale, the_min)
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def make_qkx3_quants(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad):
     return _qkx_search(n, nmax, x, weights, L, Laux, rmin, rdelta, nstep, use_mad, True)
 
 
 # ggml-quants.c: make_qp_quants
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def make_qp_quants(n, nmax, x, L, quant_weights):
     fmax = F0
     for i in range(n):
@@ -289,7 +289,7 @@ def make_qp_quants(n, nmax, x, L, quant_weights):
 
 
 # ggml-quants.c make_qp_quants, after its scale trials (also iq2.qp_quants')
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qp_final(n, nmax, x, L, quant_weights, iscale):
     """The levels at the chosen iscale, then up to 5 passes that move single levels while that
     raises sumlx^2 / suml2; the scale sumlx / suml2."""

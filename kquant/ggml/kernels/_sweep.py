@@ -20,7 +20,7 @@ from numba import njit
 
 from ._common import fp16_to_fp32, fp32_to_fp16
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 @njit(**JIT)

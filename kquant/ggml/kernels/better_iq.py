@@ -37,7 +37,7 @@ from .iq3 import dequantize_iq3_s, dequantize_iq3_xxs, quantize_iq3_s, quantize_
 
 D_RANGE = (0.8, 1.25)  # fp16 d tried: this factor range around max(B/C) / (2 SMAX + 1)
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 # kinds; per kind: block bytes, sub-blocks per 256, largest s, sigma2 factor of the weights
 K_IQ1_S, K_IQ1_M, K_IQ2_XXS, K_IQ2_XS, K_IQ2_S, K_IQ3_XXS, K_IQ3_S = range(7)

@@ -42,7 +42,7 @@ from .iq4 import (
 N_CAND = 12
 D_STEPS = 4
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 @njit(**JIT)

@@ -56,7 +56,7 @@ N_CAND = 12  # inverse scales tried per block (per sign for y = d*l)
 SPAN = 3.0  # y = d*l: the largest |x| is mapped to levels top + 0.5 down to top - min(SPAN, 0.4*top)
 K_EXACT = 4  # steps of the exact sweep tried in fp16 (Q4_0, Q5_0)
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 # kinds: one per type; (lowest level, highest level, affine, 5th bit in qh)
 K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0 = 0, 1, 2, 3, 4

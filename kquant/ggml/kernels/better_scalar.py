@@ -32,7 +32,7 @@ from .tq import quantize_row_tq1_0_ref, quantize_row_tq2_0_ref, quantize_tq1_0, 
 
 E_SPAN = 2  # MXFP4 exponents tried: ggml's +- this
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 K_TQ1_0, K_TQ2_0, K_Q2_0, K_Q1_0, K_MXFP4 = range(5)
 QKS = np.array([QK_K, QK_K, QK2_0, QK1_0, 32], dtype=np.int64)

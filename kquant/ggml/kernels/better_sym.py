@@ -40,7 +40,7 @@ D_STEPS = 4  # super-block scales tried per end of the scale range
 ACCEPT_MARGIN = 1e-9
 NSUB = 16
 SUB = 16
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 @njit(**JIT)

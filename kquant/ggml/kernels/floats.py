@@ -13,21 +13,21 @@ from . import Kernel
 from ._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, sel
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_f32(x, qw, out):
     rows, cols = x.shape
     for r in range(rows):
         out[r, :] = x[r].view(np.uint8)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_f32(q, out):
     rows = q.shape[0]
     for r in range(rows):
         out[r, :] = q[r].view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _row_to_f16(a, o):
     # _common.fp32_to_fp16 (round to nearest even, NaN -> sign|0x7E00) without branches, so that
     # LLVM vectorizes the loop: all three cases are computed and one is selected per value.
@@ -53,14 +53,14 @@ def _row_to_f16(a, o):
         o[i] = np.uint16(sign | v)
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_f16(x, qw, out):
     rows, cols = x.shape
     for r in range(rows):
         _row_to_f16(x[r].view(np.uint32), out[r].view(np.uint16))
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_f16(q, out):
     rows, cols = out.shape
     for r in range(rows):
@@ -69,7 +69,7 @@ def dequantize_f16(q, out):
             out[r, i] = fp16_to_fp32(h[i])
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_bf16(x, qw, out):
     rows, cols = x.shape
     for r in range(rows):
@@ -78,7 +78,7 @@ def quantize_bf16(x, qw, out):
             o[i] = fp32_to_bf16(x[r, i])
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_bf16(q, out):
     rows, cols = out.shape
     for r in range(rows):
@@ -87,7 +87,7 @@ def dequantize_bf16(q, out):
             out[r, i] = bf16_to_fp32(h[i])
 
 
-@njit(nogil=True, cache=True)
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True)
 def round_bf16_inplace(x):
     """x (2-D float32) := its values rounded to BF16 (fp32 -> bf16 -> fp32, ggml's rounding), in place."""
     rows, cols = x.shape

@@ -49,7 +49,7 @@ from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, 
 from ._iq_grids import KGRID_1BIT_2048
 from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -72,6 +72,7 @@ S_D, S_QS, S_QH = field_offsets(QType.IQ1_S, "d", "qs", "qh")
 M_BYTES = QType.IQ1_M.type_size
 M_QS, M_QH, M_SC = field_offsets(QType.IQ1_M, "qs", "qh", "scales")
 DEQ_GRID = KGRID_1BIT_2048.astype(np.int64)  # packed levels; value = level - 1
+KG = KGRID_1BIT_2048.astype(np.int32)  # packed levels of the grid points (8 KB: stays in L1, unlike `levels`)
 
 
 _lock = threading.Lock()
@@ -90,7 +91,7 @@ def packed_lists():
         return _packed_lists()
 
 
-@njit(cache=True)
+@njit(cache=True, no_cfunc_wrapper=True)
 def _packed():
     with objmode(kg="uint16[::1]"):
         kg = packed_lists()
@@ -200,6 +201,32 @@ def best_neighbour(desc, kg, nidx, xb, xo, weight, wo, scale, xx):
     return np.int64(nidx[p0 + np.uint64(c)])
 
 
+@intrinsic
+def _count_lt(typingctx, ti, k, n):
+    """The number of ti[0:n] below k (n a literal: one <n x i64> compare, then a popcount; LLVM
+    unrolls the Python loop before its vectorizer sees it, so written as a loop it runs scalar)."""
+    if not isinstance(n, types.IntegerLiteral):
+        return None
+    nv = n.literal_value
+    sig = types.int64(ti, types.int64, n)
+
+    def codegen(context, builder, signature, args):
+        f = builder
+        i64 = llvm_ir.IntType(64)
+        vt = llvm_ir.VectorType(i64, nv)
+        data = _data(context, f, signature.args[0], args[0])
+        v = f.load(f.bitcast(data, vt.as_pointer()), align=8)
+        kv = f.insert_element(llvm_ir.Constant(vt, llvm_ir.Undefined), args[1], _I32(0))
+        kv = f.shuffle_vector(kv, llvm_ir.Constant(vt, llvm_ir.Undefined),
+                              llvm_ir.Constant(llvm_ir.VectorType(_I32, nv), [0] * nv))
+        bits = f.bitcast(f.icmp_signed("<", v, kv), llvm_ir.IntType(nv))
+        fnty = llvm_ir.FunctionType(bits.type, [bits.type])
+        fn = cgutils.get_or_insert_function(f.module, fnty, f"llvm.ctpop.i{nv}")
+        return f.zext(f.call(fn, [bits]), i64)
+
+    return sig, codegen
+
+
 @njit(**KJIT)
 def _sorted_block(x, bo, n, pv, pidx, tv, ti):
     """pv, pidx = the pairs (x[bo + j], j) in glibc qsort's order. Without NaN that order is the
@@ -218,10 +245,7 @@ def _sorted_block(x, bo, n, pv, pidx, tv, ti):
         o = (b ^ 0xFFFFFFFF) if b & 0x80000000 else (b | 0x80000000)  # monotone in v
         ti[j] = ((o - 0x80000000) << 32) | j
     for j in range(n):
-        kj = ti[j]
-        r = 0
-        for i in range(n):
-            r += ti[i] < kj
+        r = _count_lt(ti, ti[j], n)
         pv[r] = x[bo + j]
         pidx[r] = j
 
@@ -614,7 +638,8 @@ _test4, _cmax4, _maxscan4 = _buf_intrinsics(4)
 
 @njit(**KJIT)
 def _replay(cb, o, nk, e0, best, scale, last):
-    """ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
+    """(Callers pass o, e0 and last as np.int64: a literal 0 or -1 would compile a specialization
+    of its own.) ggml's `if (sumq2 > 0 && sumqx*sumqx > best_score*sumq2) { scale = sumqx/sumq2;
     best_score = scale*sumqx; ... }` over the stored candidates e = nk lane + kind >= e0 of the
     chunk at cb[o:] (_store_ir), in C's order: (best, scale, last update's e or `last`)."""
     for e in range(e0, LANES * nk):
@@ -654,8 +679,8 @@ def _resolve(cb, nk, best, scale):
         m = best if best > mb else mb
         if a * a > m * b:
             sc = a / b
-            return _replay(cb, 0, nk, g + 1, sc * a, sc, g)
-    return _replay(cb, 0, nk, 0, best, scale, -1)
+            return _replay(cb, np.int64(0), nk, g + 1, sc * a, sc, g)
+    return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
 @njit(**KJIT)
@@ -689,13 +714,20 @@ def _global(cb, g, nk, nch, scale):
         if not a * a > m * b:
             return False, -1, -1, scale
     sc = a / b
-    best, scale, e = _replay(cb, o, nk, eg + 1, sc * a, sc, eg)
+    best = sc * a
+    # the rest of g's chunk replayed only if a candidate in g's lane or after passes (rarely)
+    t = _test2(cb, o, best) if nk == 2 else _test4(cb, o, best)
+    if t >> (eg // nk) == 0:
+        scale = sc
+        e = eg
+    else:
+        best, scale, e = _replay(cb, o, nk, eg + 1, best, sc, eg)
     lc = cg
     for c in range(cg + 1, nch):
         t = _test2(cb, c * cs, best) if nk == 2 else _test4(cb, c * cs, best)
         if t == 0:
             continue
-        best, scale, ec = _replay(cb, c * cs, nk, 0, best, scale, -1)
+        best, scale, ec = _replay(cb, c * cs, nk, np.int64(0), best, scale, np.int64(-1))
         if ec >= 0:
             lc = c
             e = ec
@@ -823,7 +855,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     swn = sumw[bs]
     q = (p1, p2, m1, m2)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         a = sumx[i1] - sx0
         aw = sumw[i1] - sw0
@@ -848,7 +880,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
     nk = 4
     t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
-    c = 0
+    c = np.int64(0)  # not a literal 0: one compiled _global, not one per type of c
     for i1 in range(bs + 1):
         h = _m_row(pp, i1, t)
         for i0 in range(i1, bs + 1, LANES):
@@ -901,10 +933,15 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
         sumx[0] = _F0
         sumw[0] = _F0
+        sx = _F0  # the running sums in registers (through the arrays they wait on each store)
+        sw = _F0
         for j in range(bs):
             i = pidx[j]
-            sumx[j + 1] = sumx[j] + weight[wb + i] * x[bo + i]
-            sumw[j + 1] = sumw[j] + weight[wb + i]
+            wi = weight[wb + i]
+            sx = sx + wi * x[bo + i]
+            sw = sw + wi
+            sumx[j + 1] = sx
+            sumw[j + 1] = sw
         besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
@@ -953,7 +990,7 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
             for k in range(bs // 8):
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[ix + k], j]]
+                    q = xx[(KG[index[ix + k]] >> (2 * j)) & 3]
                     sumqx += w * q * x[bo + 8 * k + j]
                     sumq2 += w * q * q
             if sumqx > _F0 and sumq2 > _F0:
@@ -1031,18 +1068,30 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             shifts[ib] = 0
             continue
         _sorted_block(x, bo, bs, pv, pidx, tv, ti)
-        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each)
+        # ggml's px[2][17], pw[2][17] as the rows px0 | px1 | pw0 | pw1 of pp (M_ROW floats each),
+        # summed in registers: the other half's row adds +0.0, which keeps its value (a sum from +0
+        # is never -0), so each row is one branchless chain
         pp[0] = _F0
         pp[M_ROW] = _F0
         pp[2 * M_ROW] = _F0
         pp[3 * M_ROW] = _F0
+        a0 = _F0
+        a1 = _F0
+        c0 = _F0
+        c1 = _F0
         for j in range(bs):
             i = pidx[j]
-            h = 0 if i < bs // 2 else 1
-            pp[h * M_ROW + j + 1] = pp[h * M_ROW + j] + weight[wb + i] * x[bo + i]
-            pp[(1 - h) * M_ROW + j + 1] = pp[(1 - h) * M_ROW + j]
-            pp[(2 + h) * M_ROW + j + 1] = pp[(2 + h) * M_ROW + j] + weight[wb + i]
-            pp[(3 - h) * M_ROW + j + 1] = pp[(3 - h) * M_ROW + j]
+            lo = i < bs // 2
+            wi = weight[wb + i]
+            t = wi * x[bo + i]
+            a0 = a0 + (t if lo else _F0)
+            a1 = a1 + (_F0 if lo else t)
+            c0 = c0 + (wi if lo else _F0)
+            c1 = c1 + (_F0 if lo else wi)
+            pp[j + 1] = a0
+            pp[M_ROW + j + 1] = a1
+            pp[2 * M_ROW + j + 1] = c0
+            pp[3 * M_ROW + j + 1] = c1
         besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
@@ -1092,7 +1141,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
                 xx = XPM_M[_half_shift(best_k, k)]
                 for j in range(8):
                     w = weight[wb + 8 * k + j]
-                    q = xx[levels[index[2 * ib + k], j]]
+                    q = xx[(KG[index[2 * ib + k]] >> (2 * j)) & 3]
                     sqx += w * q * x[bo + 8 * k + j]
                     sq2 += w * q * q
             if sqx > _F0 and sq2 > _F0:
@@ -1127,7 +1176,7 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             g = np.int64(out[off + M_QS + 2 * ib + k]) + ((qh << (8 - 4 * k)) & 0x700)
             for j in range(8):
                 w = weight[bs * ib + 8 * k + j]
-                q = xx[levels[g, j]] * fl
+                q = xx[(KG[g] >> (2 * j)) & 3] * fl
                 sqx += w * q * x[bo + 8 * k + j]
                 sq2 += w * q * q
     if sq2 > _F0:
@@ -1143,15 +1192,20 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
     return 0
 
 
-@njit(**JIT)
-def _quantize_iq1(x, qw, out, is_m):
+# The two drivers are separate functions (not one with an is_m flag): numba does not prune a
+# branch on a literal argument, so a shared driver compiled IQ1_M's block search into IQ1_S's
+# quantizer and back (about 8 s CPU of a cold first IQ1_S conversion), and each call level
+# costs a whole re-optimization of everything below it.
+@njit(nogil=True, **JIT)
+def quantize_iq1_s(x, qw, out):
+    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
+    failed). Returns the number of blocks where ggml aborts."""
     nblk = x.shape[1] // QK_K
-    weighted = qw.shape[0] == x.shape[1]
-    if not is_m and not weighted:
+    if qw.shape[0] != x.shape[1]:
         return x.shape[0] * nblk
     kx, _, nidx, levels = lists(GRID_1S)
     kg = _packed()
-    bs = 16 if is_m else 32
+    bs = 32
     scales = np.zeros(QK_K // bs, dtype=np.float32)
     shifts = np.zeros(QK_K // bs, dtype=np.int64)
     weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
@@ -1160,6 +1214,34 @@ def _quantize_iq1(x, qw, out, is_m):
     flag = np.zeros(QK_K // bs, dtype=np.int64)
     sumx = np.zeros(bs + 1 + LANES, dtype=np.float32)  # prefix sums, read past bs by the padding slots
     sumw = np.zeros(bs + 1 + LANES, dtype=np.float32)
+    pv = np.zeros(bs, dtype=np.float32)
+    tv = np.zeros(bs, dtype=np.float32)
+    pidx = np.zeros(bs, dtype=np.int64)
+    ti = np.zeros(bs, dtype=np.int64)
+    cb = np.zeros(CB_SIZE, dtype=np.float32)  # a block's split candidates (_store_ir)
+    ch = np.zeros(CH_SIZE, dtype=np.int64)
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
+                                 weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+    return failed
+
+
+@njit(nogil=True, **JIT)
+def quantize_iq1_m(x, qw, out):
+    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    kx, _, nidx, levels = lists(GRID_1S)
+    kg = _packed()
+    bs = 16
+    scales = np.zeros(QK_K // bs, dtype=np.float32)
+    shifts = np.zeros(QK_K // bs, dtype=np.int64)
+    weight = np.zeros(QK_K, dtype=np.float32)  # a super-block's weights
+    L = np.zeros(bs, dtype=np.int8)
+    index = np.zeros(QK_K // 8, dtype=np.int64)  # per block: its groups' kx entries, then grid indices
+    flag = np.zeros(QK_K // bs, dtype=np.int64)
     pp = np.zeros(4 * M_ROW, dtype=np.float32)  # IQ1_M's prefix sums, read up to bs + LANES per row
     pv = np.zeros(bs, dtype=np.float32)
     tv = np.zeros(bs, dtype=np.float32)
@@ -1171,26 +1253,9 @@ def _quantize_iq1(x, qw, out, is_m):
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            if is_m:
-                failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
-                                     scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
-            else:
-                failed += iq1s_block(x[r], b * QK_K, qw, out[r], b * S_BYTES, kx, kg, nidx, levels, scales,
-                                     weight, L, index, shifts, sumx, sumw, pv, pidx, tv, ti, cb, ch, flag)
+            failed += iq1m_block(x[r], b * QK_K, qw, weighted, out[r], b * M_BYTES, kx, kg, nidx, levels,
+                                 scales, weight, L, index, shifts, pp, pv, pidx, tv, ti, sc, cb, ch, flag)
     return failed
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_s(x, qw, out):
-    """Rows of x -> IQ1_S. Needs weights (qw empty: nothing written, every block counted as
-    failed). Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, False)
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq1_m(x, qw, out):
-    """Rows of x -> IQ1_M, weighted or not. Returns the number of blocks where ggml aborts."""
-    return _quantize_iq1(x, qw, out, True)
 
 
 @njit(**JIT)

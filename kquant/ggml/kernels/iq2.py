@@ -53,7 +53,7 @@ from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
 from ._search import qp_final
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 # helpers that allocate nothing: no reference counting of the arrays they are handed (atomic
 # increments and decrements on every call were a sixth of the time)
 KJIT = dict(JIT, _nrt=False)
@@ -712,34 +712,42 @@ def quantize_iq2_xxs(x, qw, out):
     return failed
 
 
-@njit(**JIT)
-def _quantize_xs_s(x, qw, out, is_s, which, nbytes):
+# IQ2_XS and IQ2_S drivers: the same loop written out in each (a shared driver is one more
+# compiled call level, which costs a re-optimization of all it calls)
+@njit(nogil=True, **JIT)
+def quantize_iq2_xs(x, qw, out):
+    """Rows of x -> IQ2_XS. Needs weights (as quantize_iq2_xxs). Returns the failed block count."""
+    if qw.shape[0] != x.shape[1]:
+        return x.shape[0] * (x.shape[1] // QK_K)
     nblk = x.shape[1] // QK_K
     weighted = qw.shape[0] == x.shape[1]
-    kx, codes, nidx, lv = lists(which)
+    kx, codes, nidx, lv = lists(GRID_XS)
     sc = _scratch(16)
     scales = np.zeros(QK_K // 16, dtype=np.float32)
     q2 = np.zeros(QK_K // 8, dtype=np.uint16)
     failed = 0
     for r in range(x.shape[0]):
         for b in range(nblk):
-            failed += xs_s_block(x[r], b * QK_K, qw, weighted, is_s, out[r], b * nbytes, kx, codes, nidx, lv, scales,
-                                 q2, sc)
+            failed += xs_s_block(x[r], b * QK_K, qw, weighted, False, out[r], b * XS_BYTES, kx, codes, nidx, lv,
+                                 scales, q2, sc)
     return failed
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq2_xs(x, qw, out):
-    """Rows of x -> IQ2_XS. Needs weights (as quantize_iq2_xxs). Returns the failed block count."""
-    if qw.shape[0] != x.shape[1]:
-        return x.shape[0] * (x.shape[1] // QK_K)
-    return _quantize_xs_s(x, qw, out, False, GRID_XS, XS_BYTES)
 
 
 @njit(nogil=True, **JIT)
 def quantize_iq2_s(x, qw, out):
     """Rows of x -> IQ2_S, weighted or not. Returns the failed block count."""
-    return _quantize_xs_s(x, qw, out, True, GRID_S, S_BYTES)
+    nblk = x.shape[1] // QK_K
+    weighted = qw.shape[0] == x.shape[1]
+    kx, codes, nidx, lv = lists(GRID_S)
+    sc = _scratch(16)
+    scales = np.zeros(QK_K // 16, dtype=np.float32)
+    q2 = np.zeros(QK_K // 8, dtype=np.uint16)
+    failed = 0
+    for r in range(x.shape[0]):
+        for b in range(nblk):
+            failed += xs_s_block(x[r], b * QK_K, qw, weighted, True, out[r], b * S_BYTES, kx, codes, nidx, lv,
+                                 scales, q2, sc)
+    return failed
 
 
 @njit(**JIT)

@@ -61,7 +61,7 @@ from . import Kernel
 from ._common import get_f16, nearest_int, put_f16, sel
 from ._tablecache import stored
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no reference counting
 KMAXQ = 8
 KMAP_SIZE = 4096

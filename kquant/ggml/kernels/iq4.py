@@ -30,7 +30,7 @@ from ..types import QK, QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16, sel
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 NTRY = 7  # quantize_iq4_nl / quantize_iq4_xs pass ntry = 7
 NLANES = 2 * NTRY + 2  # the first pass and the 2 NTRY + 1 trial scales
 KVALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
@@ -164,31 +164,40 @@ def impl_block(x, xo, sbs, qw, weighted, out, off, L, scales, weight, ids, sqx, 
             out[qo + 16 * i + j] = np.uint8(L[32 * i + j] | (L[32 * i + 16 + j] << 4))
 
 
-@njit(**JIT)
-def _quantize_rows(x, qw, out, sbs, nbytes):
+# IQ4_NL and IQ4_XS drivers: the same loop written out in each (a shared driver is one more
+# compiled call level, which costs a re-optimization of all it calls)
+@njit(nogil=True, **JIT)
+def quantize_iq4_nl(x, qw, out):
     weighted = qw.shape[0] == x.shape[1]
-    L = np.zeros(sbs, dtype=np.int64)
-    scales = np.zeros(sbs // 32, dtype=np.float32)
+    L = np.zeros(QK, dtype=np.int64)
+    scales = np.zeros(QK // 32, dtype=np.float32)
     weight = np.zeros(32, dtype=np.float32)
     ids = np.zeros(NLANES, dtype=np.float32)
     sqx = np.zeros(NLANES, dtype=np.float32)
     sq2 = np.zeros(NLANES, dtype=np.float32)
-    nblk = x.shape[1] // sbs
+    nblk = x.shape[1] // QK
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nblk):
-            impl_block(xr, b * sbs, sbs, qw, weighted, orow, b * nbytes, L, scales, weight, ids, sqx, sq2)
-
-
-@njit(nogil=True, **JIT)
-def quantize_iq4_nl(x, qw, out):
-    _quantize_rows(x, qw, out, QK, NL_BYTES)
+            impl_block(xr, b * QK, QK, qw, weighted, orow, b * NL_BYTES, L, scales, weight, ids, sqx, sq2)
 
 
 @njit(nogil=True, **JIT)
 def quantize_iq4_xs(x, qw, out):
-    _quantize_rows(x, qw, out, QK_K, XS_BYTES)
+    weighted = qw.shape[0] == x.shape[1]
+    L = np.zeros(QK_K, dtype=np.int64)
+    scales = np.zeros(QK_K // 32, dtype=np.float32)
+    weight = np.zeros(32, dtype=np.float32)
+    ids = np.zeros(NLANES, dtype=np.float32)
+    sqx = np.zeros(NLANES, dtype=np.float32)
+    sq2 = np.zeros(NLANES, dtype=np.float32)
+    nblk = x.shape[1] // QK_K
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        for b in range(nblk):
+            impl_block(xr, b * QK_K, QK_K, qw, weighted, orow, b * XS_BYTES, L, scales, weight, ids, sqx, sq2)
 
 
 @njit(**JIT)

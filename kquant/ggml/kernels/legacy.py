@@ -69,14 +69,14 @@ _I32_MIN = np.int32(-0x80000000)
 # ---------------------------------------------------------------- scalar helpers
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _trunc_i8(f):
     """C `(int8_t)f` / `(uint8_t)f` as gcc x86-64 emits it: cvttss2si (INT_MIN if NaN/out of range), low byte, sign-extended."""
     t = np.int32(f if np.abs(f) < _TWO31 else _F0)
     return np.int32(np.int8(t))
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _roundf(f):
     """C `roundf`: round half away from zero, in float32."""
     t = np.trunc(f)
@@ -88,13 +88,13 @@ def _roundf(f):
     return t
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _order_key(b):
     """float32 bits (int32) -> int32 key whose integer order is the float order (-0 sorts just below +0); self-inverse."""
     return np.int32(b ^ ((b >> 31) & _ABS))
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _put_h(y, pos, f):
     """Store float32 f as little-endian fp16 at y[pos], pos uint64."""
     h = fp32_to_fp16(f)
@@ -102,13 +102,13 @@ def _put_h(y, pos, f):
     y[pos + _U1] = np.uint8(h >> np.uint16(8))
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _get_h(q, pos):
     """Little-endian fp16 at q[pos] as float32, pos uint64."""
     return fp16_to_fp32(np.uint32(q[pos]) | (np.uint32(q[pos + _U1]) << np.uint32(8)))
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _put_u32(y, pos, v):
     """memcpy of a little-endian uint32 to y[pos:pos+4]."""
     y[pos] = np.uint8(v & np.uint32(0xFF))
@@ -117,7 +117,7 @@ def _put_u32(y, pos, v):
     y[pos + _U3] = np.uint8(v >> np.uint32(24))
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _get_u32(q, pos):
     return (
         np.uint32(q[pos])
@@ -127,7 +127,7 @@ def _get_u32(q, pos):
     )
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _blocks(n, nbytes, ts):
     """(blocks in the row, QK) as uint64, with QK (= 32) taken from the row shapes at run time.
 
@@ -145,7 +145,7 @@ def _blocks(n, nbytes, ts):
 # costs NRT reference-count calls per block.
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _argmax_abs_seq(x, o, qk):
     """ggml: `if (amax < fabsf(v)) { amax = fabsf(v); max = v; }` from amax = max = 0."""
     amax = _F0
@@ -158,7 +158,7 @@ def _argmax_abs_seq(x, o, qk):
     return mx
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _absmax_seq(x, o, qk):
     """ggml: `amax = MAX(amax, fabsf(v))` from 0, with MAX(a, b) = a > b ? a : b."""
     amax = _F0
@@ -168,7 +168,7 @@ def _absmax_seq(x, o, qk):
     return amax
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _minmax_seq(x, o, qk):
     """ggml: `if (v < min) min = v; if (v > max) max = v;` from FLT_MAX / -FLT_MAX."""
     mn = _FLT_MAX
@@ -186,7 +186,7 @@ def _minmax_seq(x, o, qk):
 
 
 # ggml-quants.c quantize_row_q4_0_ref
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q4_0_ref(x, y):
     """One row: x float32[n], y uint8[n/32*18]."""
     xb = x.view(np.int32)
@@ -221,7 +221,7 @@ def quantize_row_q4_0_ref(x, y):
 
 
 # ggml-quants.c quantize_row_q4_1_ref
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q4_1_ref(x, y):
     """One row: x float32[n], y uint8[n/32*20]."""
     xb = x.view(np.int32)
@@ -257,7 +257,7 @@ def quantize_row_q4_1_ref(x, y):
 
 
 # ggml-quants.c quantize_row_q5_0_ref
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q5_0_ref(x, y):
     """One row: x float32[n], y uint8[n/32*22]."""
     xb = x.view(np.int32)
@@ -297,7 +297,7 @@ def quantize_row_q5_0_ref(x, y):
 
 
 # ggml-quants.c quantize_row_q5_1_ref
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q5_1_ref(x, y):
     """One row: x float32[n], y uint8[n/32*24]."""
     xb = x.view(np.int32)
@@ -337,7 +337,7 @@ def quantize_row_q5_1_ref(x, y):
 
 
 # ggml-quants.c quantize_row_q8_0_ref
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q8_0_ref(x, y):
     """One row: x float32[n], y uint8[n/32*34]."""
     xb = x.view(np.int32)
@@ -399,7 +399,7 @@ NCAND = 19  # make_qx_quants: the first pass (is = 0), then is = -9..9 without 0
 _F01 = np.float32(0.1)
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _row_sigma2(x):
     """`sum_x2 += x[j]*x[j]` in order, then `sum_x2/n_per_row` (prologue of the _impl quantizers)."""
     s = _F0
@@ -408,7 +408,7 @@ def _row_sigma2(x):
     return s / np.float32(x.shape[0])
 
 
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _load_weighted(s, sx, sw, x, qw, xo, n, sigma2, wx):
     """Transposes the n blocks at x[xo:] into s[sx], and their weights
     qw[i] * sqrtf(sigma2 + x[i]*x[i]) into s[sw] (and weight*x into s[S_WX] if wx)."""
@@ -427,14 +427,14 @@ def _load_weighted(s, sx, sw, x, qw, xo, n, sigma2, wx):
                 s[U(S_WX) + k] = w * v
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _qx_step(s, k, iv, a, b, lo, hi):
     """One element of make_qx_quants' sums: l = clamp(nearest_int(iscale*x)); sumlx += w*x*l; suml2 += w*l*l."""
     fl = level(iv * s[k + U(S_X)], lo, hi)
     return a + s[k + U(S_WX)] * fl, b + s[k + U(S_W)] * fl * fl
 
 
-@njit(error_model="numpy", cache=True, inline="always")
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _qx_sums(s, j, iv, lo, hi):
     """make_qx_quants' (sumlx, suml2) of lane j for inverse scale iv, i = 0..31 in order."""
     o = U(j)
@@ -478,7 +478,7 @@ def _qx_sums(s, j, iv, lo, hi):
 # ggml-quants.c: make_qx_quants(32, nmax, x, L, rmse_type=1, weight) for the n blocks in
 # s[S_X], s[S_W], s[S_WX] at once. Leaves scale in s[S_SC + j] and the iscale that produced L in
 # s[S_BISC + j]; s[S_AMAX + j] < GROUP_MAX_EPS marks an all-zero block (scale 0, L 0).
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _qx_search_lanes(s, n, nmax):
     lo = np.int32(-nmax)
     hi = np.int32(nmax - 1)
@@ -518,7 +518,7 @@ def _qx_search_lanes(s, n, nmax):
 
 
 # ggml-quants.c quantize_row_q4_0_impl (q5 = False) / quantize_row_q5_0_impl (q5 = True)
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _quantize_row_x0_impl(x, qw, y, s, q5):
     """One row with importance weights qw float32[n]: y uint8[n/32*18] (Q4_0) or [n/32*22] (Q5_0)."""
     ts = TS_Q5_0 if q5 else TS_Q4_0
@@ -549,7 +549,7 @@ def _quantize_row_x0_impl(x, qw, y, s, q5):
 # ggml-quants.c quantize_row_q4_1_impl (q5 = False) / quantize_row_q5_1_impl (q5 = True):
 # make_qkx3_quants(32, nmax, xb, weight, L, &min, Laux, -0.9f, 0.05f, 36, false) per block,
 # as q4_k.search_qkx lanes (its scratch layout: q4_k.S_X, q4_k.S_W, ...).
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def _quantize_row_x1_impl(x, qw, y, s, q5):
     """One row with importance weights qw float32[n]: y uint8[n/32*20] (Q4_1) or [n/32*24] (Q5_1)."""
     ts = TS_Q5_1 if q5 else TS_Q4_1
@@ -590,7 +590,7 @@ def _quantize_row_x1_impl(x, qw, y, s, q5):
 
 
 # ggml-quants.c dequantize_row_q4_0
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def dequantize_row_q4_0(q, y):
     """One row: q uint8[n/32*18] -> y float32[n]."""
     nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q4_0)
@@ -607,7 +607,7 @@ def dequantize_row_q4_0(q, y):
 
 
 # ggml-quants.c dequantize_row_q4_1
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def dequantize_row_q4_1(q, y):
     """One row: q uint8[n/32*20] -> y float32[n]."""
     nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q4_1)
@@ -625,7 +625,7 @@ def dequantize_row_q4_1(q, y):
 
 
 # ggml-quants.c dequantize_row_q5_0
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def dequantize_row_q5_0(q, y):
     """One row: q uint8[n/32*22] -> y float32[n]."""
     nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q5_0)
@@ -645,7 +645,7 @@ def dequantize_row_q5_0(q, y):
 
 
 # ggml-quants.c dequantize_row_q5_1
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def dequantize_row_q5_1(q, y):
     """One row: q uint8[n/32*24] -> y float32[n]."""
     nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q5_1)
@@ -666,7 +666,7 @@ def dequantize_row_q5_1(q, y):
 
 
 # ggml-quants.c dequantize_row_q8_0
-@njit(error_model="numpy", cache=True)
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def dequantize_row_q8_0(q, y):
     """One row: q uint8[n/32*34] -> y float32[n]."""
     nb, qk = _blocks(y.shape[0], q.shape[0], TS_Q8_0)
@@ -683,7 +683,7 @@ def dequantize_row_q8_0(q, y):
 
 
 # ggml-quants.c quantize_q4_0
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_q4_0(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*18]."""
     weighted = qw.shape[0] > 0
@@ -695,7 +695,7 @@ def quantize_q4_0(x, qw, out):
 
 
 # ggml-quants.c quantize_q4_1
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_q4_1(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*20]."""
     weighted = qw.shape[0] > 0
@@ -707,7 +707,7 @@ def quantize_q4_1(x, qw, out):
 
 
 # ggml-quants.c quantize_q5_0
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_q5_0(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*22]."""
     weighted = qw.shape[0] > 0
@@ -719,7 +719,7 @@ def quantize_q5_0(x, qw, out):
 
 
 # ggml-quants.c quantize_q5_1
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_q5_1(x, qw, out):
     """x float32[rows, n], qw float32[n] or empty, out uint8[rows, n/32*24]."""
     weighted = qw.shape[0] > 0
@@ -731,38 +731,38 @@ def quantize_q5_1(x, qw, out):
 
 
 # ggml-quants.c quantize_q8_0 (importance weights are ignored)
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def quantize_q8_0(x, qw, out):
     """x float32[rows, n], qw ignored, out uint8[rows, n/32*34]."""
     for r in range(x.shape[0]):
         quantize_row_q8_0_ref(x[r], out[r])
 
 
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_q4_0(q, out):
     for r in range(q.shape[0]):
         dequantize_row_q4_0(q[r], out[r])
 
 
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_q4_1(q, out):
     for r in range(q.shape[0]):
         dequantize_row_q4_1(q[r], out[r])
 
 
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_q5_0(q, out):
     for r in range(q.shape[0]):
         dequantize_row_q5_0(q[r], out[r])
 
 
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_q5_1(q, out):
     for r in range(q.shape[0]):
         dequantize_row_q5_1(q[r], out[r])
 
 
-@njit(error_model="numpy", nogil=True, cache=True)
+@njit(error_model="numpy", nogil=True, cache=True, no_cfunc_wrapper=True)
 def dequantize_q8_0(q, out):
     for r in range(q.shape[0]):
         dequantize_row_q8_0(q[r], out[r])

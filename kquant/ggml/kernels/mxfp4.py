@@ -24,7 +24,7 @@ from ..types import QType, field_offsets
 from . import Kernel
 from ._common import sel
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 U = np.uint64
 _U0, _U2 = U(0), U(2)
 _F0 = np.float32(0.0)

@@ -25,7 +25,7 @@ from ..types import QK1_0, QType, field_offsets
 from . import Kernel
 from ._common import get_f16, put_f16, sel
 
-JIT = dict(cache=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
 U = np.uint64
 _U0, _U1, _U2, _U4, _U8 = U(0), U(1), U(2), U(4), U(8)
 _F0 = np.float32(0.0)

@@ -84,13 +84,13 @@ W_SW = W_LANES + 176  # sum of weights per sub-block (impl)
 WORK = W_LANES + 192
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _init_step(mn, mx, sw, sx, v, w):
     """if (x < min) min = x; if (x > max) max = x; sum_w += w; sum_x += w*x."""
     return sel(v < mn, v, mn), sel(v > mx, v, mx), sw + w, sx + w * v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _sums_step(sl, sl2, sxl, iv, mn, v, w):
     """l = MAX(0, MIN(nmax, nearest_int(iscale*(x - min)))); sum_l += w*l; sum_l2 += w*l*l; sum_xl += w*l*x."""
     fl = level(iv * (v - mn), 0, NMAX)
@@ -98,7 +98,7 @@ def _sums_step(sl, sl2, sxl, iv, mn, v, w):
     return sl + wl, sl2 + wl * fl, sxl + wl * v
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _err_step(e, iv, mn, scale, vmin, v, w, use_mad):
     """error += w * |scale*l + min - x| (use_mad) or w * (scale*l + min - x)^2, l as in _sums_step."""
     fl = level(iv * (v - mn), 0, NMAX)
@@ -106,7 +106,7 @@ def _err_step(e, iv, mn, scale, vmin, v, w, use_mad):
     return e + w * sel(use_mad, np.float32(abs(diff)), diff * diff)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _candidate16(iv, mn, first, wk, s, use_mad):
     """One candidate of make_qkx{2,3}_quants in lane s -> (error, D, scale, min).
 
@@ -169,7 +169,7 @@ def _candidate16(iv, mn, first, wk, s, use_mad):
 # kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks. Each candidate `is` is tried in order
 # in every lane; ggml's "keep it if the error is smaller" becomes selects. Laux is not stored:
 # the quants of a lane are re-derived at the end from the (iscale, min) that produced them.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qkx_search16(wk, rmin, rdelta, nstep, use_mad, strict_degen):
     """Lanes read wk[W_XT], wk[W_WT]; writes wk[W_SCALES + s], wk[W_MINS + s] (the_min) and
     wk[W_L + 16*s + i] (L, 0..3)."""
@@ -227,7 +227,7 @@ def qkx_search16(wk, rmin, rdelta, nstep, use_mad, strict_degen):
 
 
 # ggml-quants.c: make_qp_quants(16, 15, x, L, quant_weights); x = wk[xo:xo+16], weights wk[W_SW:+16]
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qp_quants(wk, xo, nmax, L):
     """Scalar port (two calls per super-block); uint8 L as in C, including its wrap-around."""
     fmax = _F0
@@ -295,19 +295,19 @@ def qp_quants(wk, xo, nmax, L):
     return np.float32(sumlx / suml2) if suml2 > _F0 else _F0
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _get_h(y, pos):
     return fp16_to_fp32(np.uint32(y[pos]) | (np.uint32(y[pos + 1]) << np.uint32(8)))
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _put_h(y, pos, h):
     y[pos] = np.uint8(h & np.uint16(0xFF))
     y[pos + 1] = np.uint8(h >> np.uint16(8))
 
 
 # ggml-quants.c: the tail shared by quantize_row_q2_K_ref and quantize_row_q2_K_impl
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def requantize_pack(wk, y, yo):
     """Re-round each sub-block with its stored scale and min (l = (x + m)/d), then write qs."""
     dd = _get_h(y, yo + OFF_D)
@@ -320,7 +320,7 @@ def requantize_pack(wk, y, yo):
 
 
 # ggml-quants.c: quantize_row_q2_K_ref, one super-block
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize_block_q2_k_ref(x, base, y, yo, wk):
     load_block(x, base, wk, W_XT, W_X)
     for k in range(QK_K):
@@ -357,7 +357,7 @@ def quantize_block_q2_k_ref(x, base, y, yo, wk):
 
 
 # ggml-quants.c: quantize_row_q2_K_impl, one super-block
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
     sumx2 = _F0
     for j in range(QK_K):
@@ -372,8 +372,9 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
         wk[W_SW + s] = sum16(wk, W_WT + s)
     qkx_search16(wk, IMPL_RMIN, IMPL_RDELTA, np.int64(IMPL_NSTEP), np.bool_(False), np.bool_(False))
 
-    dm = qp_quants(wk, W_SCALES, NMAX_SC, Ls)
-    mm = qp_quants(wk, W_MINS, NMAX_SC, Lm)
+    # np.int64: plain argument types, one compiled qp_quants for both calls (not one per constant)
+    dm = qp_quants(wk, np.int64(W_SCALES), np.int64(NMAX_SC), Ls)
+    mm = qp_quants(wk, np.int64(W_MINS), np.int64(NMAX_SC), Lm)
     _put_h(y, yo + OFF_D, fp32_to_fp16(dm))
     _put_h(y, yo + OFF_DMIN, fp32_to_fp16(mm))
     for j in range(NSUB):
@@ -381,28 +382,26 @@ def quantize_block_q2_k_impl(x, base, qw, y, yo, wk, Ls, Lm):
     requantize_pack(wk, y, yo)
 
 
-@njit(cache=True, error_model="numpy")
-def quantize_row_q2_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*84]."""
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
+def quantize(x, qw, out):
+    """ggml_quantize_chunk(GGML_TYPE_Q2_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
     wk = np.empty(WORK, np.float32)
     Ls = np.empty(NSUB, np.uint8)
     Lm = np.empty(NSUB, np.uint8)
-    for b in range(x.shape[0] // QK_K):
-        if qw.shape[0] == 0:
-            quantize_block_q2_k_ref(x, b * QK_K, y, b * TS, wk)
-        else:
-            quantize_block_q2_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls, Lm)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q2_K, x, out, 0, rows, cols, qw or NULL)."""
     for r in range(x.shape[0]):
-        quantize_row_q2_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            if qw.shape[0] == 0:
+                quantize_block_q2_k_ref(xr, b * QK_K, y, b * TS, wk)
+            else:
+                quantize_block_q2_k_impl(xr, b * QK_K, qw, y, b * TS, wk, Ls, Lm)
 
 
 # ggml-quants.c: dequantize_row_q2_K
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize_row_q2_k(q, y):
     """One row of blocks q uint8[nb*84] -> y float32[nb*256]."""
     for b in range(q.shape[0] // TS):
@@ -420,7 +419,7 @@ def dequantize_row_q2_k(q, y):
                 y[yo + k] = dl * np.float32(l) - ml
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q2_K over every row."""
     for r in range(q.shape[0]):

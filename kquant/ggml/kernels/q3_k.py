@@ -90,7 +90,7 @@ _M32 = np.float32(-32.0)
 _QKF = np.float32(QK_K)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _q3_first(a, b, iv, v, lo, hi):
     """make_q3_quants' first pass, one element: l = clamp(nearest_int(iscale*x)); sums of w*x*l, w*l*l (w = x*x)."""
     w = v * v
@@ -98,7 +98,7 @@ def _q3_first(a, b, iv, v, lo, hi):
     return a + w * v * fl, b + w * fl * fl, fl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _q3_try(sumlx, suml2, ch, v, li, lo, hi):
     """make_q3_quants' refinement, one element, ggml's branches as selects -> (sumlx, suml2, changed, L)."""
     w = v * v
@@ -118,7 +118,7 @@ def _q3_try(sumlx, suml2, ch, v, li, lo, hi):
 # Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n = 16 written out.
 # A pass that changes nothing leaves the state as it was, so running further passes in a lane
 # that ggml would have stopped is a no-op; we stop when no lane changed.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def q3_search16(wk):
     """Lanes read wk[W_XT]; writes wk[W_SCALES + s] and wk[W_L + 16*s + i] (L, 0..7)."""
     lo = np.int32(-NMAX)
@@ -208,7 +208,7 @@ def q3_search16(wk):
             wk[W_L + SUB * s + i] = sel(ok, wk[W_LT + SUB * i + s] + _F4, _F0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def scale6(y, sco, j):
     """The 6-bit scale of sub-block j as ggml reads it back, minus 32."""
     lo4 = np.int32(y[sco + j] & 0xF) if j < 8 else np.int32(y[sco + j - 8] >> 4)
@@ -216,7 +216,7 @@ def scale6(y, sco, j):
     return np.int32(lo4 | (hi2 << 4)) - 32
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def put_scale6(y, sco, j, l):
     """ggml's packing of the 6-bit value l (0..63) of sub-block j into scales[12] (zeroed first)."""
     if j < 8:
@@ -228,7 +228,7 @@ def put_scale6(y, sco, j, l):
 
 
 # ggml-quants.c: the tail shared by quantize_row_q3_K_ref and quantize_row_q3_K_impl
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def requantize_pack(wk, y, yo):
     """Re-round every sub-block with the stored scales, then write hmask and qs."""
     dd = fp16_to_fp32(np.uint32(y[yo + OFF_D]) | (np.uint32(y[yo + OFF_D + 1]) << np.uint32(8)))
@@ -248,7 +248,7 @@ def requantize_pack(wk, y, yo):
 
 
 # ggml-quants.c: quantize_row_q3_K_ref, one super-block
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize_block_q3_k_ref(x, base, y, yo, wk):
     load_block(x, base, wk, W_XT, W_X)
     q3_search16(wk)
@@ -276,7 +276,7 @@ def quantize_block_q3_k_ref(x, base, y, yo, wk):
 
 
 # ggml-quants.c: quantize_row_q3_K_impl, one super-block (quant_weights != NULL)
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize_block_q3_k_impl(x, base, qw, y, yo, wk, Ls):
     sumx2 = _F0
     for j in range(QK_K):
@@ -304,27 +304,25 @@ def quantize_block_q3_k_impl(x, base, qw, y, yo, wk, Ls):
     requantize_pack(wk, y, yo)
 
 
-@njit(cache=True, error_model="numpy")
-def quantize_row_q3_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*110]."""
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
+def quantize(x, qw, out):
+    """ggml_quantize_chunk(GGML_TYPE_Q3_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
     wk = np.empty(WORK, np.float32)
     Ls = np.empty(NSUB, np.int8)
-    for b in range(x.shape[0] // QK_K):
-        if qw.shape[0] == 0:
-            quantize_block_q3_k_ref(x, b * QK_K, y, b * TS, wk)
-        else:
-            quantize_block_q3_k_impl(x, b * QK_K, qw, y, b * TS, wk, Ls)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
-def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q3_K, x, out, 0, rows, cols, qw or NULL)."""
     for r in range(x.shape[0]):
-        quantize_row_q3_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            if qw.shape[0] == 0:
+                quantize_block_q3_k_ref(xr, b * QK_K, y, b * TS, wk)
+            else:
+                quantize_block_q3_k_impl(xr, b * QK_K, qw, y, b * TS, wk, Ls)
 
 
 # ggml-quants.c: dequantize_row_q3_K
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize_row_q3_k(q, y):
     """One row of blocks q uint8[nb*110] -> y float32[nb*256]."""
     for b in range(q.shape[0] // TS):
@@ -340,7 +338,7 @@ def dequantize_row_q3_k(q, y):
                 y[yo + k] = dl * np.float32(q2 - (0 if hb else 4))
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q3_K over every row."""
     for r in range(q.shape[0]):

@@ -105,7 +105,7 @@ S_QSL2 = _QV + 5 * LANES  # suml2
 S_QRES = _QV + 6 * LANES  # return value
 SCRATCH = _QV + 7 * LANES
 
-JIT = dict(cache=True, error_model="numpy")  # numpy error model: float x/0 gives inf/nan, never raises
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # numpy error model: float x/0 gives inf/nan, never raises
 U = np.uint64  # scratch indices are cast to unsigned: no wraparound code, affine addresses
 # Integer arguments of the shared routines are passed as np.int64(...) values, not literals:
 # numba compiles a routine once per argument types, and a literal is a type of its own.
@@ -513,53 +513,51 @@ def pack_q5(s, l0, out, off):
             out[off + Q5K_QS + SUB * g + i] = np.uint8(lo | (hi << 4))
 
 
-# ggml-quants.c: quantize_row_q4_K_ref / _impl (q5 = 0) and quantize_row_q5_K_ref / _impl
-# (q5 = 1) for the nsb super-blocks of row x starting at super-block c0; qw empty = ref.
-@njit(**JIT)
-def k45_chunk(x, qw, out, s, c0, nsb, q5):
-    weighted = qw.shape[0] > 0
-    n = nsb * NSUB
-    xo = c0 * QK_K
-    nmax = np.int64(31 if q5 else 15)
-    load_transposed(s, S_X, x, xo, n)
-    if weighted:  # make_qkx3_quants(32, nmax, x, weights, L, &the_min, Laux, -0.9f, 0.05f, 36, false)
-        impl_weights(s, n, x, xo, qw)
-        search_qkx(s, n, nmax, IMPL_RMIN, IMPL_RDELTA, np.int64(IMPL_NSTEP), weighted)
-        impl_qp_inputs(s, nsb)
-    elif q5:  # make_qkx2_quants(32, 31, x, weights, L, &the_min, Laux, -0.5f, 0.1f, 15, false)
-        ref_weights(s, n)
-        search_qkx(s, n, nmax, Q5K_REF_RMIN, Q5K_REF_RDELTA, np.int64(Q5K_REF_NSTEP), weighted)
-    else:  # make_qkx2_quants(32, 15, x, weights, L, &the_min, Laux, -1.f, 0.1f, 20, false)
-        ref_weights(s, n)
-        search_qkx(s, n, nmax, Q4K_REF_RMIN, Q4K_REF_RDELTA, np.int64(Q4K_REF_NSTEP), weighted)
-    bs = Q5K_BYTES if q5 else Q4K_BYTES
-    for sb in range(nsb):
-        off = (c0 + sb) * bs
-        if weighted:
-            d, dmin = impl_pack_scales(s, sb, out, off + Q4K_SCALES, q5)  # q5_K_impl clamps Ls/Lm to 63
-        else:
-            d, dmin = ref_pack_scales(s, sb * NSUB, out, off + Q4K_SCALES)
-        put_d_dmin(s, sb * NSUB, out, off + Q4K_D, off + Q4K_DMIN, off + Q4K_SCALES, d, dmin)
-    final_quants(s, n, nmax)
-    for sb in range(nsb):
-        if q5:
-            pack_q5(s, sb * NSUB, out, (c0 + sb) * Q5K_BYTES)
-        else:
-            pack_q4(s, sb * NSUB, out, (c0 + sb) * Q4K_BYTES + Q4K_QS)
-
-
 # ggml-quants.c: quantize_q4_K and quantize_q5_K (quantize_row_q*_K_ref over all rows when
-# quant_weights is NULL, else quantize_row_q*_K_impl per row). One driver serves both types
+# quant_weights is NULL, else quantize_row_q*_K_impl per row; q5 = 0: Q4_K, 1: Q5_K), a chunk
+# of nsb super-blocks of a row starting at super-block c0 at a time. One driver serves both types
 # (the type follows from the row size: 144 or 176 bytes per super-block) so numba compiles
-# the parallel driver once (its compile cost is most of the kernels' first-call time).
+# it once; the chunk step is written out in it, not called (every compiled call level costs a
+# re-optimization of all it calls).
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k(x, qw, out):
-    nb = x.shape[1] // QK_K
-    q5 = np.int64(1 if nb > 0 and out.shape[1] == nb * Q5K_BYTES else 0)
+    nbt = x.shape[1] // QK_K
+    q5 = np.int64(1 if nbt > 0 and out.shape[1] == nbt * Q5K_BYTES else 0)
+    weighted = qw.shape[0] > 0
+    nmax = np.int64(31 if q5 else 15)
+    bs = Q5K_BYTES if q5 else Q4K_BYTES
     for r in range(x.shape[0]):
         s = np.empty(SCRATCH, dtype=np.float32)
-        for c0 in range(0, nb, SB_PER_CHUNK):
-            k45_chunk(x[r], qw, out[r], s, c0, min(SB_PER_CHUNK, nb - c0), q5)
+        xr = x[r]
+        orow = out[r]
+        for c0 in range(0, nbt, SB_PER_CHUNK):
+            nsb = min(SB_PER_CHUNK, nbt - c0)
+            n = nsb * NSUB
+            xo = c0 * QK_K
+            load_transposed(s, S_X, xr, xo, n)
+            if weighted:  # make_qkx3_quants(32, nmax, x, weights, L, &the_min, Laux, -0.9f, 0.05f, 36, false)
+                impl_weights(s, n, xr, xo, qw)
+                search_qkx(s, n, nmax, IMPL_RMIN, IMPL_RDELTA, np.int64(IMPL_NSTEP), weighted)
+                impl_qp_inputs(s, nsb)
+            elif q5:  # make_qkx2_quants(32, 31, x, weights, L, &the_min, Laux, -0.5f, 0.1f, 15, false)
+                ref_weights(s, n)
+                search_qkx(s, n, nmax, Q5K_REF_RMIN, Q5K_REF_RDELTA, np.int64(Q5K_REF_NSTEP), weighted)
+            else:  # make_qkx2_quants(32, 15, x, weights, L, &the_min, Laux, -1.f, 0.1f, 20, false)
+                ref_weights(s, n)
+                search_qkx(s, n, nmax, Q4K_REF_RMIN, Q4K_REF_RDELTA, np.int64(Q4K_REF_NSTEP), weighted)
+            for sb in range(nsb):
+                off = (c0 + sb) * bs
+                if weighted:
+                    d, dmin = impl_pack_scales(s, sb, orow, off + Q4K_SCALES, q5)  # q5_K_impl clamps Ls/Lm to 63
+                else:
+                    d, dmin = ref_pack_scales(s, sb * NSUB, orow, off + Q4K_SCALES)
+                put_d_dmin(s, sb * NSUB, orow, off + Q4K_D, off + Q4K_DMIN, off + Q4K_SCALES, d, dmin)
+            final_quants(s, n, nmax)
+            for sb in range(nsb):
+                if q5:
+                    pack_q5(s, sb * NSUB, orow, (c0 + sb) * Q5K_BYTES)
+                else:
+                    pack_q4(s, sb * NSUB, orow, (c0 + sb) * Q4K_BYTES + Q4K_QS)
 
 
 quantize_q4_k = quantize_q4_k_q5_k

@@ -69,7 +69,7 @@ _M128 = np.float32(-128.0)
 #    blocks vectorization.
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def wrap_i8(v):
     """C's conversion of an int to int8_t (keep the low byte)."""
     return np.int32(np.int32(np.int32(v & np.int32(0xFF)) ^ np.int32(0x80)) - np.int32(0x80))
@@ -98,7 +98,7 @@ WORK = W_ACC_L2 + NCAND * NSUB
 W_LANES = W_MX  # first lane array (q2_k lays out its own lane arrays from here)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def load_block(src, base, wk, wo_t, wo_n):
     """wk[wo_t + 16*i + s] = wk[wo_n + 16*s + i] = src[base + 16*s + i] (transposed and natural copies)."""
     for k in range(QK_K):
@@ -108,7 +108,7 @@ def load_block(src, base, wk, wo_t, wo_n):
             wk[wo_t + SUB * i + s] = wk[wo_n + SUB * s + i]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def load_transposed(src, base, wk, wo_t):
     """wk[wo_t + 16*i + s] = src[base + 16*s + i]."""
     for s in range(NSUB):
@@ -116,7 +116,7 @@ def load_transposed(src, base, wk, wo_t):
             wk[wo_t + SUB * i + s] = src[base + SUB * s + i]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _absmax_step(am, mx, v):
     """if (fabsf(x) > amax) { amax = fabsf(x); max = x; }"""
     ax = np.float32(abs(v))
@@ -124,7 +124,7 @@ def _absmax_step(am, mx, v):
     return sel(better, ax, am), sel(better, v, mx)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def absmax16(wk, o):
     """(amax, max) of the 16 values wk[o + 16*i], ggml's loop (first occurrence wins)."""
     am = _F0
@@ -148,7 +148,7 @@ def absmax16(wk, o):
     return am, mx
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def sum16(wk, o):
     """0 + wk[o] + wk[o + 16] + ... + wk[o + 240], in that order."""
     a = _F0
@@ -171,14 +171,14 @@ def sum16(wk, o):
     return a
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def _qx_step(a, b, iv, v, w, lo, hi):
     """One element of make_qx_quants' sums: l = clamp(nearest_int(iscale*x)); sumlx += w*x*l; suml2 += w*l*l."""
     fl = level(iv * v, lo, hi)
     return a + w * v * fl, b + w * fl * fl
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def qx_sums16(iv, wk, xo, wo, stride, lo, hi):
     """make_qx_quants' (sumlx, suml2) over x = wk[xo + stride*i], w = wk[wo + stride*i], i = 0..15."""
     a = _F0
@@ -206,7 +206,7 @@ def qx_sums16(iv, wk, xo, wo, stride, lo, hi):
 # Specialised from kquant/ggml/kernels/_search.py for speed: lanes = sub-blocks, n fixed at 16. The
 # 19 candidate scales (is = -9..9) are summed first, then each lane replays ggml's sequential
 # "is this candidate better" chain over them, so the chosen scale and quants are ggml's.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qx_search16(wk, nmax):
     """Lanes read wk[W_XT], wk[W_WT]; writes wk[W_SCALES + s] and the winning inverse scale
     wk[W_BISC + s]; wk[W_AMAX + s] < GROUP_MAX_EPS marks an all-zero sub-block (scale 0, L 0)."""
@@ -248,7 +248,7 @@ def qx_search16(wk, nmax):
         wk[W_BISC + s] = wk[W_ISC + NSUB * bc + s]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qx_levels16(wk, nmax):
     """wk[W_L + 16*s + i] = nmax + clamp(nearest_int(bisc[s] * x)): make_qx_quants' L (0 for an all-zero sub-block)."""
     lo = np.int32(-nmax)
@@ -264,7 +264,7 @@ def qx_levels16(wk, nmax):
 # ggml-quants.c: make_qx_quants(16, nmax, x, L, rmse_type=1, qw) for one group of 16 values: Q3_K
 # searches its 16 sub-block scales wk[W_SCALES] with weights wk[W_SW]. Specialised from
 # _search.py: lanes = the 19 candidates.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def qx_search1(wk, nmax, L):
     """Writes L[0:16] (int8, nmax + l) and returns the scale."""
     fmax = _F0
@@ -306,7 +306,7 @@ def qx_search1(wk, nmax, L):
     return scale
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def set_requant(wk, j, d, m):
     """Sub-block j will be re-rounded with scale d and offset m (ggml skips it when d == 0)."""
     for i in range(SUB):
@@ -314,7 +314,7 @@ def set_requant(wk, j, d, m):
         wk[W_MK + SUB * j + i] = m
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def requantize(wk, lo, hi, off, affine):
     """L = off + MAX(lo, MIN(hi, nearest_int(x/d))), or nearest_int((x + m)/d) when affine, for
     every value whose sub-block has d != 0; the others keep their L. One flat loop without
@@ -328,7 +328,7 @@ def requantize(wk, lo, hi, off, affine):
         wk[W_L + k] = old + (new - old) * sel(d != _F0, _F1, _F0)
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
 def pack_2bit(wk, y, qo):
     """qs[32*h + l] = L[128h + l] | L[128h + 32 + l] << 2 | L[128h + 64 + l] << 4 | L[128h + 96 + l] << 6 (Q2_K, Q3_K)."""
     for h in range(2):
@@ -346,7 +346,7 @@ def pack_2bit(wk, y, qo):
 
 
 # ggml-quants.c: quantize_row_q6_K_ref / quantize_row_q6_K_impl, one super-block
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize_block_q6_k(x, base, qw, y, yo, wk):
     """x[base:base+256] -> y[yo:yo+210]; qw empty = NULL (weights x*x) else qw[base:base+256]."""
     load_block(x, base, wk, W_XT, W_X)
@@ -384,7 +384,7 @@ def quantize_block_q6_k(x, base, qw, y, yo, wk):
 
 # ggml-quants.c: the tail of quantize_row_q6_K_ref / _impl: re-round every value with the stored
 # d and int8 scales (x in wk[W_X]), then write ql and qh.
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def requantize_pack_q6(wk, y, yo):
     dd = fp16_to_fp32(np.uint32(y[yo + OFF_D]) | (np.uint32(y[yo + OFF_D + 1]) << np.uint32(8)))
     for ib in range(NSUB):
@@ -406,23 +406,21 @@ def requantize_pack_q6(wk, y, yo):
             y[qh + l] = np.uint8((l1 >> 4) | ((l2 >> 4) << 2) | ((l3 >> 4) << 4) | ((l4 >> 4) << 6))
 
 
-@njit(cache=True, error_model="numpy")
-def quantize_row_q6_k(x, qw, y):
-    """One row: x float32[n], qw float32[n] or empty, y uint8[n/256*210]."""
-    wk = np.empty(WORK, np.float32)
-    for b in range(x.shape[0] // QK_K):
-        quantize_block_q6_k(x, b * QK_K, qw, y, b * TS, wk)
-
-
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def quantize(x, qw, out):
-    """ggml_quantize_chunk(GGML_TYPE_Q6_K, x, out, 0, rows, cols, qw or NULL)."""
+    """ggml_quantize_chunk(GGML_TYPE_Q6_K, x, out, 0, rows, cols, qw or NULL). The row loop is
+    here, not in a function of its own: every compiled call level costs a re-optimization of
+    all it calls."""
+    wk = np.empty(WORK, np.float32)
     for r in range(x.shape[0]):
-        quantize_row_q6_k(x[r], qw, out[r])
+        xr = x[r]
+        y = out[r]
+        for b in range(xr.shape[0] // QK_K):
+            quantize_block_q6_k(xr, b * QK_K, qw, y, b * TS, wk)
 
 
 # ggml-quants.c: dequantize_row_q6_K
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize_row_q6_k(q, y):
     """One row of blocks q uint8[nb*210] -> y float32[nb*256]."""
     for b in range(q.shape[0] // TS):
@@ -448,7 +446,7 @@ def dequantize_row_q6_k(q, y):
                 y[yo + 128 * h + l + 96] = d * np.float32(np.int8(q[sc + is_ + 6])) * np.float32(q4)
 
 
-@njit(nogil=True, cache=True, error_model="numpy")
+@njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
 def dequantize(q, out):
     """ggml dequantize_row_q6_K over every row."""
     for r in range(q.shape[0]):

@@ -23,7 +23,7 @@ from .better_iq4 import _err, _index, _pack_qs, _weights
 from .iq4 import KVALUES, NL_BYTES, NL_D, NL_QS, dequantize_iq4_nl, quantize_iq4_nl
 
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 @njit(**JIT)

@@ -33,7 +33,7 @@ from .q4_k import NSUB, SUB
 
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------- affine: y = D*sc*q - M*m

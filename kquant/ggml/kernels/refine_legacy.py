@@ -44,7 +44,7 @@ U = np.uint64
 LANES = 16  # blocks refitted at once
 N_ITER = 1  # least-squares refits (Lloyd steps) per block
 ACCEPT_MARGIN = 1e-9
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
 

@@ -29,7 +29,7 @@ from ..types import QType, field_offsets
 from . import Kernel
 from ._common import get_f16, put_f16, sel
 
-JIT = dict(cache=True, error_model="numpy")
+JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 U = np.uint64
 _U0, _U2, _U4, _U5 = U(0), U(2), U(4), U(5)
 _F0 = np.float32(0.0)
