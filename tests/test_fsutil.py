@@ -390,3 +390,35 @@ def test_input_read_after_creation_is_refused_at_commit(tmp_path):
                 src.read_bytes()  # read while writing (a shard is read after the output exists)
                 f.write(b"x")
     assert src.read_bytes() == b"data" and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("first", ["in_del", "during_hook"])
+def test_unraisable_hook_delivers_after_it_returns(first):
+    """A KeyboardInterrupt of ours that Python could only print ("Exception ignored in" __del__), and a
+    signal arriving while the unraisable hook runs: raised once in the main program after the hook
+    has returned (exit 130 through Python's handling), never printed as an ignored exception."""
+    p = run_script(f"""
+        import os, signal, sys, threading, time
+        from kquant.io import fsutil
+        fsutil.install_interrupt_handlers()
+        slow = lambda u: time.sleep(0.3)  # the hook being wrapped: long enough for a signal to land in it
+        sys.unraisablehook = fsutil.unraisable_hook(slow)
+        class D:
+            def __del__(self):
+                if "{first}" == "in_del":
+                    os.kill(os.getpid(), signal.SIGINT)  # interrupt_once raises inside __del__: unraisable
+                    for _ in range(1000):
+                        pass
+                else:
+                    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGINT)).start()
+                    raise ValueError("an ordinary unraisable")  # the hook then sleeps in `slow`
+        try:
+            D()
+            for _ in range(300):
+                time.sleep(0.01)
+            print("not interrupted")
+        except KeyboardInterrupt:
+            print("interrupted in main", fsutil.interrupt_signal())
+    """)
+    out, err = p.communicate(timeout=60)
+    assert out.split() == ["interrupted", "in", "main", str(int(signal.SIGINT))] and "Exception ignored" not in err, (out, err)

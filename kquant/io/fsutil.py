@@ -287,14 +287,19 @@ class Terminated(KeyboardInterrupt):
 
 _interrupted: list[int] = []  # signals received since `interrupt_once` handlers were installed
 _armed = True  # False from `defer_interrupts` until `arm_interrupts`
+_in_hook = False  # True while `unraisable_hook`'s hook runs
 
 
 def interrupt_once(signum, frame):
     """Signal handler: the first SIGINT/SIGTERM/SIGHUP raises KeyboardInterrupt (`Terminated` for
     the last two); later ones are ignored, so the clean-up the first one started runs to its end
-    and cannot be interrupted into a traceback. Before the handlers are armed it only records."""
+    and cannot be interrupted into a traceback. Before the handlers are armed it only records.
+    Inside the unraisable hook (where a raise is only printed) it is delivered again after it."""
     _interrupted.append(signum)
     if _armed and len(_interrupted) == 1:
+        if _in_hook:
+            _redeliver(_interrupted.pop())
+            return
         _raise_for(signum)
 
 
@@ -348,27 +353,37 @@ def unraisable_hook(previous):
     the next bytecode of the main program, and nothing is printed."""
 
     def hook(u):
+        global _in_hook
+        _in_hook = True
         try:
             if isinstance(u.exc_value, KeyboardInterrupt) and len(_interrupted) == 1:
                 _redeliver(_interrupted.pop())
                 return
             previous(u)
-        except KeyboardInterrupt:  # a redelivered signal handled inside this hook: deliver it again
-            if len(_interrupted) == 1:
-                _redeliver(_interrupted.pop())
+        finally:
+            _in_hook = False  # nothing after this store checks for signals before the hook has returned
 
     return hook
 
 
 def _redeliver(signum: int) -> None:
-    """Deliver `signum` to the main thread again, from another thread: interrupt_once then runs as
-    the first signal at one of the main program's next bytecodes, normally after the hook calling
-    this has returned (signal.raise_signal here could run it inside the hook, where Python would
-    only print it as "Exception ignored in sys.unraisablehook")."""
-    import _thread
+    """Deliver `signum` to the main thread again, once the unraisable hook has returned: from another
+    thread, which waits for that (signal.raise_signal here would run interrupt_once inside the hook,
+    where Python only prints it as "Exception ignored in sys.unraisablehook"). interrupt_once then
+    runs as the first signal at one of the main program's next bytecodes."""
     import threading
 
-    threading.Thread(target=_thread.interrupt_main, args=(signum,), daemon=True).start()
+    threading.Thread(target=_interrupt_main_after_hook, args=(signum,), daemon=True).start()
+
+
+def _interrupt_main_after_hook(signum: int) -> None:
+    import _thread
+
+    # this thread runs only while the main thread has released the GIL, which it does not do between
+    # the hook's last store (_in_hook = False) and its return: seeing False, the hook has returned
+    while _in_hook:
+        time.sleep(0.001)
+    _thread.interrupt_main(signum)
 
 
 def interrupt_signal() -> int | None:
