@@ -3456,6 +3456,39 @@ def test_llama4_all_full_attention(models):
     assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1
 
 
+def test_gemma4_hub_tokenizer_config_refused(models):
+    """The Hub's Gemma 4 tokenizer_config.json has extra_special_tokens as a list (transformers 5): transformers
+    4.57.6's AutoTokenizer, which the converter loads it with (LlamaHfVocab), fails on it (AttributeError), so
+    there is no reference; kquant refuses it in one line. A special token missing from tokenizer.json too."""
+    import subprocess
+
+    d = models("gemma4-moe")
+    tc_file = d / "tokenizer_config.json"
+    tc = json.loads(tc_file.read_text())
+    tc_file.write_text(json.dumps({**tc, "extra_special_tokens": ["<|video|>"]}))
+    with pytest.raises(UnsupportedError, match="'extra_special_tokens' is a list .*transformers 4.57.6") as e:
+        load_spec(d)
+    assert "\n" not in str(e.value)
+    if REFCONV_PYTHON:
+        code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
+        r = subprocess.run([REFCONV_PYTHON, "-c", code, str(d)], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "AttributeError: 'list' object has no attribute 'keys'" in r.stderr, r.stderr[-2000:]
+    tc_file.write_text(json.dumps({**tc, "extra_special_tokens": {"image_token": "<|image|>"}}))  # past the cut vocabulary
+    with pytest.raises(UnsupportedError, match="special token '<\\|image\\|>' is not in tokenizer.json"):
+        load_spec(d)
+
+
+@pytest.mark.parametrize("key", ["num_kv_shared_layers", "layer_types", "sliding_window", "head_dim", "moe_intermediate_size"])
+def test_gemma4_config_keys_required(models, key):
+    """config.json is read as it is (no transformers 4.57.6 class): a key the converter indexes is required."""
+    d = models("gemma4")
+    c = json.loads((d / "config.json").read_text())
+    del c["text_config"][key]
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(InputError, match=f"missing key '{key}'"):
+        load_spec(d, vocab=False)
+
+
 @pytest.mark.parametrize("arch,model_type,why", [
     ("Gemma3nForConditionalGeneration", "gemma3n", "Gemma 3n's language model is not ported.*erfinv.*AltUp"),
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
