@@ -2559,7 +2559,7 @@ def gemma4_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
 def case_gemma4(rng):
     # Gemma4ForConditionalGeneration as google/gemma-4-31B-it lays it out: model.language_model.*, sliding layers
     # (head_dim) and full layers (global_head_dim, keys doubling as values), tied output, a vision tower
-    text = gemma4_text_config()
+    text = gemma4_text_config(use_bidirectional_attention="vision")
     c = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
          "vision_config": {"model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64,
                            "num_hidden_layers": 1, "num_attention_heads": 2, "patch_size": 16},
