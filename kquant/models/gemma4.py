@@ -71,6 +71,9 @@ class Gemma4Model(Gemma3Model):
     layer = GEMMA4_LAYER
     bare_params = ("router.scale", "router.per_expert_scale")
     unknown_rope_types = ("proportional",)  # TextModel.set_gguf_parameters: "Unknown RoPE type" warning only
+    # automix: the experts read pre_feedforward_layernorm_2's output; the router an unscaled norm (none here)
+    norm_of = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "ffn_gate": "ffn_norm",
+               "ffn_up": "ffn_norm", "ffn_gate_up_exps": "pre_ffw_norm_2"}
 
     def __init__(self, hp: dict[str, Any], **kw):
         super().__init__(hp, **kw)
@@ -122,8 +125,9 @@ class Gemma4Model(Gemma3Model):
     # Gemma4Model.set_gguf_parameters
     def set_gguf_parameters(self) -> None:
         hp = self.hp
-        for k in ("sliding_window", "head_dim"):  # read by Gemma3Model / below without a default
-            self.need(k)
+        self.need("head_dim")  # read below without a default
+        if hp.get("sliding_window_pattern") != 1:  # Gemma3Model.set_gguf_parameters reads it then
+            self.need("sliding_window")
         super().set_gguf_parameters()
         n_shared = self.need("num_kv_shared_layers")
         self.u32("attention.shared_kv_layers", n_shared, "num_kv_shared_layers")
