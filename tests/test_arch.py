@@ -3494,6 +3494,7 @@ def test_gemma4_config_keys_required(models, key):
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
     ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
     ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
+    ("HunYuanMoEV1ForCausalLM", "hunyuan_v1_moe", "Hunyuan MoE.s vocabulary is not ported: .*trust_remote_code"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""
