@@ -248,6 +248,7 @@ class TextModel:
     # --hf-names for HF tensors the conversion split, transposed or unstacked: GGUF kind (base, or
     # base + ".bias") -> how it goes back into its HF tensor (HFJoin, rebuilt by inspect.dequantize_file)
     hf_joins: ClassVar[dict[str, "HFJoin"]] = {}
+    inverse_bare: ClassVar[tuple[str, ...]] = ()  # per-layer GGUF kinds without a .weight / .bias suffix --hf-names maps
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
     layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
     # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)

@@ -66,7 +66,9 @@ STACKED = ("ffn_gate_up_exps", "ffn_down_exps")
 @register("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
 class Gemma4Model(Gemma3Model):
     model_arch = MODEL_ARCH.GEMMA4
-    inverse_refused = "not ported for Gemma 4 (per-layer head sizes, fused stacked experts)"
+    inverse_names = True  # no value changes (norms as they are), stacked experts kept as HF stacks them
+    inverse_refused = ""
+    inverse_bare = ("ffn_gate_inp.scale", "ffn_down_exps.scale")
     configs = (GEMMA4_TEXT_CONFIG, GEMMA4_CONFIG)
     layer = GEMMA4_LAYER
     bare_params = ("router.scale", "router.per_expert_scale")
@@ -199,6 +201,25 @@ class Gemma4Model(Gemma3Model):
         V.SpecialVocab(self.tok_folder, load_merges=True).add_to_gguf(self.kv)
         self.kv.add_bool(Keys.Tokenizer.ADD_PREFIX, False)
         self.kv.add_bool(Keys.Tokenizer.ADD_BOS, True)
+
+    # ------------------------------------------------------------------ GGUF -> HF (dequantize --hf-names)
+    @classmethod
+    def hf_layer(cls, kinds: frozenset[str]) -> dict[str, str]:
+        return GEMMA4_LAYER | MOE_LAYER | PLE_LAYER
+
+    @classmethod
+    def hf_tensor_name(cls, bid: int | None, base: str, is_bias: bool, kinds: frozenset[str] = frozenset()) -> str | None:
+        """The text model's names; buffers and stacked parameters without a .weight suffix, as HF has them."""
+        if is_bias:
+            return None
+        if bid is None:
+            hf = {g: h for h, g in (TextModel.globals_ | PLE_GLOBALS).items()}.get(base)
+            return None if hf is None else hf + ".weight"
+        mod = {g: h for h, g in cls.hf_layer(kinds).items()}.get(base)
+        if mod is None:
+            return None
+        bare = mod in ("layer_scalar", "router.scale", "router.per_expert_scale") or mod.startswith("experts.")
+        return f"{cls.layer_prefix}{bid}.{mod}" + ("" if bare else ".weight")
 
     # ------------------------------------------------------------------ tensors
     # Gemma4Model.filter_tensors: the layer scalar buffer (and stacked experts) named .weight
