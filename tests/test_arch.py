@@ -3456,26 +3456,42 @@ def test_llama4_all_full_attention(models):
     assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1
 
 
-def test_gemma4_hub_tokenizer_config_refused(models):
-    """The Hub's Gemma 4 tokenizer_config.json has extra_special_tokens as a list (transformers 5): transformers
-    4.57.6's AutoTokenizer, which the converter loads it with (LlamaHfVocab), fails on it (AttributeError), so
-    there is no reference; kquant refuses it in one line. A special token missing from tokenizer.json too."""
+def test_gemma4_hub_tokenizer_config_list(models):
+    """The Hub's Gemma 4 tokenizer_config.json has extra_special_tokens as a list (transformers 5, whose
+    all_special_tokens holds the list's tokens as 4.57.6 holds a dict's values). transformers 4.57.6's
+    AutoTokenizer, which the pinned converter loads it with (LlamaHfVocab), fails on it (AttributeError);
+    kquant reads it as the dict of the same tokens, whose output the converter does match (the gemma4
+    cases). A token listed there is CONTROL, dict or list; one missing from tokenizer.json is refused."""
     import subprocess
+
+    from kquant.vocab.special import CONTROL, NORMAL
 
     d = models("gemma4-moe")
     tc_file = d / "tokenizer_config.json"
     tc = json.loads(tc_file.read_text())
-    tc_file.write_text(json.dumps({**tc, "extra_special_tokens": ["<|video|>"]}))
-    with pytest.raises(UnsupportedError, match="'extra_special_tokens' is a list .*transformers 4.57.6") as e:
-        load_spec(d)
-    assert "\n" not in str(e.value)
+    named = dict(tc["extra_special_tokens"])
+    plain = "ment"  # an ordinary token of the vocabulary, special only when listed
+
+    def vocab_of(extra):
+        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
+        kv = {k: v for k, _, v in load_spec(d).kv}
+        return kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
+
+    base_tokens, base_types = vocab_of(named)
+    i = list(base_tokens).index(plain)
+    assert base_types[i] == NORMAL
+    as_dict = vocab_of({**named, "plain_token": plain})
+    as_list = vocab_of([*named.values(), plain])
+    assert as_dict[1][i] == CONTROL and list(as_list[0]) == list(as_dict[0]) and list(as_list[1]) == list(as_dict[1])
     if REFCONV_PYTHON:
         code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
         r = subprocess.run([REFCONV_PYTHON, "-c", code, str(d)], capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and "AttributeError: 'list' object has no attribute 'keys'" in r.stderr, r.stderr[-2000:]
-    tc_file.write_text(json.dumps({**tc, "extra_special_tokens": {"image_token": "<|image|>"}}))  # past the cut vocabulary
-    with pytest.raises(UnsupportedError, match="special token '<\\|image\\|>' is not in tokenizer.json"):
-        load_spec(d)
+    for extra in ({"image_token": "<|image|>"}, ["<|image|>"]):  # past the cut vocabulary
+        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
+        with pytest.raises(UnsupportedError, match="special token '<\\|image\\|>' is not in tokenizer.json") as e:
+            load_spec(d)
+        assert "\n" not in str(e.value)
 
 
 @pytest.mark.parametrize("key", ["num_kv_shared_layers", "layer_types", "sliding_window", "head_dim", "moe_intermediate_size"])

@@ -413,7 +413,7 @@ def _token_content(v, where: str) -> str:
 def _all_special_tokens(folder: Path, tc: dict, cls: str) -> list[str]:
     """AutoTokenizer(...).all_special_tokens under transformers 4.57.6: the named special tokens (the
     class defaults unless tokenizer_config.json sets them, null unsetting one), additional_special_tokens,
-    then the values of a dict extra_special_tokens, each once."""
+    then the values of a dict extra_special_tokens (or the tokens of transformers 5's list), each once."""
     tc_file = folder / "tokenizer_config.json"
     if (folder / "special_tokens_map.json").is_file():
         raise UnsupportedError(f"{folder / 'special_tokens_map.json'}: special_tokens_map.json with a SentencePiece-style "
@@ -431,14 +431,15 @@ def _all_special_tokens(folder: Path, tc: dict, cls: str) -> list[str]:
     out += [_token_content(v, f"{tc_file}: 'additional_special_tokens' entry") for v in extra]
     named = tc.get("extra_special_tokens", {})
     if isinstance(named, list):
-        # PreTrainedTokenizerBase._set_model_specific_special_tokens calls .keys() on it: AttributeError
-        raise UnsupportedError(
-            f"{tc_file}: 'extra_special_tokens' is a list (transformers 5's format); llama.cpp's converter, pinned to "
-            "transformers 4.57.6, fails to load such a tokenizer (AttributeError), so there is no reference to match; "
-            "write it as an object of named tokens, or drop it")
+        # transformers 5 writes it as a list, whose tokens its all_special_tokens holds just as 4.57.6 holds
+        # a dict's values; 4.57.6 itself fails on a list (_set_model_specific_special_tokens calls .keys():
+        # AttributeError), so the converter in its pinned environment writes nothing here: kquant reads the
+        # list as that dict's values (README: the one documented step past the pinned converter)
+        named = {f"[{i}]": v for i, v in enumerate(named)}
     if not isinstance(named, dict):
-        raise InputError(f"{tc_file}: 'extra_special_tokens' must be an object, got {named!r}"[:200])
-    out += [_token_content(v, f"{tc_file}: 'extra_special_tokens.{k}'") for k, v in named.items()]
+        raise InputError(f"{tc_file}: 'extra_special_tokens' must be an object or a list, got {named!r}"[:200])
+    out += [_token_content(v, f"{tc_file}: 'extra_special_tokens{k if k.startswith('[') else '.' + k}'")
+            for k, v in named.items()]
     return list(dict.fromkeys(out))
 
 
