@@ -11,7 +11,8 @@ the 256 byte tokens and the most frequent pieces) with the merges among them, an
 tokenizer_config.json as the Hub ships it (transformers 5: named special tokens as plain keys), but
 for one key: the Hub's `extra_special_tokens` is a list, `["<|video|>"]`, on which transformers 4.57.6
 (llama.cpp's converter's pinned version) fails; here it is an object of the named tokens in the cut
-vocabulary, which 4.57.6 reads (tests/test_arch.py writes the list form to check kquant refuses it).
+vocabulary, which 4.57.6 reads (tests/test_arch.py writes the Hub's list form to check kquant reads it as
+transformers 5 does).
 The multimodal markers (ids 255999-258884) fall outside the cut; their names stay, as plain keys.
 Run with the project's Python (tokenizers, gguf): python scripts/make_gemma4_fixture.py
 """

@@ -3457,38 +3457,43 @@ def test_llama4_all_full_attention(models):
 
 
 def test_gemma4_hub_tokenizer_config_list(models):
-    """The Hub's Gemma 4 tokenizer_config.json has extra_special_tokens as a list (transformers 5, whose
-    all_special_tokens holds the list's tokens as 4.57.6 holds a dict's values). transformers 4.57.6's
-    AutoTokenizer, which the pinned converter loads it with (LlamaHfVocab), fails on it (AttributeError);
-    kquant reads it as the dict of the same tokens, whose output the converter does match (the gemma4
-    cases). A token listed there is CONTROL, dict or list; one missing from tokenizer.json is refused."""
+    """The Hub's Gemma 4 tokenizer_config.json is transformers 5's: extra_special_tokens a list, the named
+    special tokens (sot_token, think_token, ...) plain top-level keys. transformers 4.57.6's AutoTokenizer,
+    which the pinned converter loads it with (LlamaHfVocab), fails on the list (AttributeError); kquant
+    reads such a file as transformers 5 does, and its token types then equal those of llama.cpp's own
+    ggml-vocab-gemma-4.gguf (converted from the real tokenizer) on every id of the cut vocabulary. A listed
+    ordinary token is CONTROL; one missing from tokenizer.json is refused."""
     import subprocess
 
-    from kquant.vocab.special import CONTROL, NORMAL
+    from kquant.vocab.special import CONTROL
 
+    vocab_gguf = LLAMA_CPP / "models" / "ggml-vocab-gemma-4.gguf"
     d = models("gemma4-moe")
     tc_file = d / "tokenizer_config.json"
     tc = json.loads(tc_file.read_text())
-    named = dict(tc["extra_special_tokens"])
-    plain = "ment"  # an ordinary token of the vocabulary, special only when listed
+    kv = {k: v for k, _, v in load_spec(d).kv}
+    tokens = list(kv["tokenizer.ggml.tokens"])
+    # the Hub's file, but for the named tokens past the fixture's cut (<|image|>, <|audio>, ...; and the
+    # Hub's list, ["<|video|>"], is past it too)
+    hub = {k: v for k, v in tc.items() if not (k.endswith("_token") and isinstance(v, str) and v not in tokens)}
+    hub["extra_special_tokens"] = []
 
-    def vocab_of(extra):
-        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
-        kv = {k: v for k, _, v in load_spec(d).kv}
-        return kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
+    def types_of(extra):
+        tc_file.write_text(json.dumps({**hub, "extra_special_tokens": extra}))
+        return np.asarray({k: v for k, _, v in load_spec(d).kv}["tokenizer.ggml.token_type"])
 
-    base_tokens, base_types = vocab_of(named)
-    i = list(base_tokens).index(plain)
-    assert base_types[i] == NORMAL
-    as_dict = vocab_of({**named, "plain_token": plain})
-    as_list = vocab_of([*named.values(), plain])
-    assert as_dict[1][i] == CONTROL and list(as_list[0]) == list(as_dict[0]) and list(as_list[1]) == list(as_dict[1])
+    got = types_of([])
+    if vocab_gguf.is_file():
+        ref = np.asarray({k: v for k, _, _, v in read_gguf(vocab_gguf)[0]}["tokenizer.ggml.token_type"])[: len(tokens)]
+        np.testing.assert_array_equal(got, ref)
+    i = tokens.index("ment")  # an ordinary token, special once listed
+    assert got[i] != CONTROL and types_of(["ment"])[i] == CONTROL
     if REFCONV_PYTHON:
         code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
         r = subprocess.run([REFCONV_PYTHON, "-c", code, str(d)], capture_output=True, text=True, timeout=300)
         assert r.returncode != 0 and "AttributeError: 'list' object has no attribute 'keys'" in r.stderr, r.stderr[-2000:]
     for extra in ({"image_token": "<|image|>"}, ["<|image|>"]):  # past the cut vocabulary
-        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
+        tc_file.write_text(json.dumps({**hub, "extra_special_tokens": extra}))
         with pytest.raises(UnsupportedError, match="special token '<\\|image\\|>' is not in tokenizer.json") as e:
             load_spec(d)
         assert "\n" not in str(e.value)

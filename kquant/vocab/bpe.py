@@ -428,18 +428,23 @@ def _all_special_tokens(folder: Path, tc: dict, cls: str) -> list[str]:
     extra = tc.get("additional_special_tokens") or []
     if not isinstance(extra, list):
         raise InputError(f"{tc_file}: 'additional_special_tokens' must be a list, got {extra!r}"[:200])
-    out += [_token_content(v, f"{tc_file}: 'additional_special_tokens' entry") for v in extra]
     named = tc.get("extra_special_tokens", {})
+    if not (isinstance(named, list) and named):  # transformers 5 reads them only in place of an empty list
+        out += [_token_content(v, f"{tc_file}: 'additional_special_tokens' entry") for v in extra]
     if isinstance(named, list):
-        # transformers 5 writes it as a list, whose tokens its all_special_tokens holds just as 4.57.6 holds
-        # a dict's values; 4.57.6 itself fails on a list (_set_model_specific_special_tokens calls .keys():
-        # AttributeError), so the converter in its pinned environment writes nothing here: kquant reads the
-        # list as that dict's values (README: the one documented step past the pinned converter)
-        named = {f"[{i}]": v for i, v in enumerate(named)}
+        # transformers 5 writes it as a list: a transformers 5 file, read as transformers 5 reads it
+        # (PreTrainedTokenizerBase.from_pretrained: every other top-level `*_token` key holding a token
+        # is a model-specific special token, then the list's tokens, additional_special_tokens only standing in
+        # for an empty list). transformers 4.57.6 fails on a list
+        # (_set_model_specific_special_tokens calls .keys(): AttributeError), so the pinned converter
+        # writes nothing to match here (README: the one documented step past it)
+        out += [_token_content(v, f"{tc_file}: {k!r}") for k, v in tc.items()
+                if k.endswith("_token") and k[:-6] not in _SPECIAL_ATTRS and isinstance(v, (str, dict))]
+        out += [_token_content(v, f"{tc_file}: 'extra_special_tokens' entry") for v in named]
+        return list(dict.fromkeys(out))
     if not isinstance(named, dict):
         raise InputError(f"{tc_file}: 'extra_special_tokens' must be an object or a list, got {named!r}"[:200])
-    out += [_token_content(v, f"{tc_file}: 'extra_special_tokens{k if k.startswith('[') else '.' + k}'")
-            for k, v in named.items()]
+    out += [_token_content(v, f"{tc_file}: 'extra_special_tokens.{k}'") for k, v in named.items()]
     return list(dict.fromkeys(out))
 
 
