@@ -3510,6 +3510,21 @@ def test_gemma4_config_keys_required(models, key):
         load_spec(d, vocab=False)
 
 
+@pytest.mark.parametrize("case,key,value", [
+    ("gemma4", "num_kv_shared_layers", "2"), ("gemma4", "global_head_dim", "256"), ("gemma4", "global_head_dim", 256.5),
+    ("gemma4-ple", "hidden_size_per_layer_input", "256"), ("gemma4", "global_head_dim", -1),
+])
+def test_gemma4_config_sizes_checked(models, case, key, value):
+    """A size of the wrong type or sign in Gemma 4's config.json (read as it is): one line naming it."""
+    d = models(case)
+    c = json.loads((d / "config.json").read_text())
+    c.get("text_config", c)[key] = value  # gemma4-ple is a Gemma4ForCausalLM: no text_config
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(InputError, match=f"'{key}' must be a non-negative integer") as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("arch,model_type,why", [
     ("Gemma3nForConditionalGeneration", "gemma3n", "Gemma 3n's language model is not ported.*erfinv.*AltUp"),
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),

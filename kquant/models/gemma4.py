@@ -63,6 +63,12 @@ PLE_GLOBALS = {
 STACKED = ("ffn_gate_up_exps", "ffn_down_exps")
 
 
+def _check_size(cfg, key: str, v) -> None:
+    """A config value used as a size: absent (None) or a non-negative integer, else a one-line InputError."""
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+        raise InputError(f"{cfg}: {key!r} must be a non-negative integer, got {v!r}"[:200])
+
+
 @register("Gemma4ForConditionalGeneration", "Gemma4ForCausalLM")
 class Gemma4Model(Gemma3Model):
     model_arch = MODEL_ARCH.GEMMA4
@@ -80,6 +86,8 @@ class Gemma4Model(Gemma3Model):
     def __init__(self, hp: dict[str, Any], **kw):
         super().__init__(hp, **kw)
         self._required_only = False
+        for key in ("num_kv_shared_layers", "hidden_size_per_layer_input", "global_head_dim"):  # used as sizes early on
+            _check_size(self.config_path, key, hp.get(key))
         if self._ple():
             self.globals_ = {**TextModel.globals_, **PLE_GLOBALS}
 
@@ -122,6 +130,7 @@ class Gemma4Model(Gemma3Model):
         if v is None:
             raise InputError(f"{self.config_path}: no head size for the full-attention layers "
                              "(global_head_dim, or head_dim in per_layer_config)")
+        _check_size(self.config_path, "head_dim of the full-attention layers", v)
         return v
 
     # Gemma4Model.set_gguf_parameters
@@ -183,6 +192,9 @@ class Gemma4Model(Gemma3Model):
         if "partial_rotary_factor" not in full:
             raise InputError(f"{self.config_path}: missing key 'rope_parameters.full_attention.partial_rotary_factor'")
         hd, prf = self.head_dim_full(), full["partial_rotary_factor"]
+        if isinstance(prf, bool) or not isinstance(prf, (int, float)):
+            raise InputError(f"{self.config_path}: rope_parameters.full_attention.partial_rotary_factor must be a number, "
+                             f"got {prf!r}"[:200])
         n_rot = int(hd * prf / 2)
         n_unrot = int(hd / 2) - n_rot
         if n_rot < 0 or n_unrot < 0:
