@@ -229,6 +229,7 @@ def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
             return t
 
     monkeypatch.setattr(bpe, "Tokenizer", Spy)
+    special.clear_vocab_caches()
     rec = KVRecorder("x")
     set_vocab("default", rec, tokdir("gpt-oss", copy=False), hp_for("qwen3_moe", 201088))
     gc.collect()
@@ -238,6 +239,47 @@ def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
     tokens, merges = rec.get("tokenizer.ggml.tokens"), rec.get("tokenizer.ggml.merges")
     assert isinstance(tokens, StringArray) and len(tokens) == 201088
     assert isinstance(merges, StringArray) and len(merges) == 446189
+
+
+def test_vocab_built_once_per_content(tokdir, monkeypatch):
+    """A tokenizer's vocabulary and merges are built once per content of its files in a process: a copy
+    elsewhere builds no `tokenizers` object and gives the same keys; another tokenizer_config.json,
+    vocab_size or pre-tokenizer override gives what building gives."""
+    real, built = bpe.Tokenizer, []
+
+    class Spy:
+        @staticmethod
+        def from_str(text):
+            built.append(1)
+            return real.from_str(text)
+
+    monkeypatch.setattr(bpe, "Tokenizer", Spy)
+    special.clear_vocab_caches()
+    a, b = tokdir("qwen2"), tokdir("qwen2")
+    first = vocab_kv(a, "qwen2", "qwen2", 151936)
+    n = len(built)
+    assert n and vocab_kv(b, "qwen2", "qwen2", 151936) == first and len(built) == n
+    assert vocab_kv(b, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35" and len(built) == n
+    variants = []
+    tc = json.loads((b / "tokenizer_config.json").read_text())
+    (b / "tokenizer_config.json").write_text(json.dumps({**tc, "added_tokens_decoder": {
+        k: {**v, "special": False} for k, v in tc["added_tokens_decoder"].items()}}))
+    variants.append(lambda: vocab_kv(b, "qwen2", "qwen2", 151936))
+    variants.append(lambda: vocab_kv(a, "qwen2", "qwen2", 152064))
+    for make in variants:
+        special.clear_vocab_caches()
+        want = make()
+        m = len(built)
+        special.clear_vocab_caches()
+        vocab_kv(a, "qwen2", "qwen2", 151936)  # the cache holds another entry first
+        got = make()
+        assert got == want and len(built) == m + 4  # a build each, both uncached
+    assert want != first  # 152064: padded
+    # a pre-tokenizer override first, then the hash: computed then
+    special.clear_vocab_caches()
+    assert vocab_kv(a, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35"
+    assert vocab_kv(a, "qwen2", "qwen2", 151936) == first
+    special.clear_vocab_caches()
 
 
 @pytest.mark.parametrize("merges,lazy", [

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from hashlib import sha256
 from itertools import compress, filterfalse
@@ -22,8 +23,8 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE, KVRecorder, StringArray
 from ..io.jsonio import LazyArray
 from .special import (
-    CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, does_token_look_special,
-    read_object,
+    CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, content_key,
+    VOCAB_CACHES, cache_put, does_token_look_special, read_object,
     read_tokenizer_json,
 )
 
@@ -382,20 +383,52 @@ def known_pre_tokenizers() -> list[str]:
     return sorted(set(PRE_TOKENIZER_HASHES.values()))
 
 
+# The vocabularies get_vocab_base built in this process, by the content of the files they come from
+# (a batch converting one model to several types, checkpoints sharing a tokenizer): a few entries,
+# kept encoded (o200k's 200k tokens: ~3 MB). special.clear_vocab_caches forgets them.
+_VOCAB_CACHE: OrderedDict[tuple, tuple[StringArray, bytes, str | None]] = VOCAB_CACHES.setdefault("vocab_base", OrderedDict())
+
+
 # conversion/base.py TextModel.get_vocab_base
 def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[list[str], list[int], str]:
+    tokens, toktypes, tokpre = _vocab_base(folder, hp, model_type, tokenizer_pre)
+    return list(tokens), toktypes, tokpre
+
+
+def _vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[StringArray, list[int], str]:
+    """get_vocab_base, its tokens encoded; built once per content of tokenizer.json and
+    tokenizer_config.json (the only files it reads), vocab_size and model_type."""
+    key = (*content_key(folder / "tokenizer.json", folder / "tokenizer_config.json"), hp.get("vocab_size"), model_type)
+    hit = _VOCAB_CACHE.get(key)
+    if hit is None or (tokenizer_pre is None and hit[2] is None):
+        tokens, toktypes, chkhsh = _build_vocab_base(folder, hp, model_type, tokenizer_pre)
+        hit = (StringArray(tokens), bytes(toktypes), chkhsh)  # tokenizers' strings are always valid UTF-8
+        del tokens
+        cache_put(_VOCAB_CACHE, key, hit)
+    _VOCAB_CACHE.move_to_end(key)
+    tokens, toktypes, chkhsh = hit
+    if tokenizer_pre is not None:
+        tokpre = tokenizer_pre
+    else:
+        tokpre = PRE_TOKENIZER_HASHES.get(chkhsh)
+        if tokpre is None:
+            raise UnsupportedError(
+                f"{folder / 'tokenizer.json'}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
+                f"one of: {', '.join(known_pre_tokenizers())}")
+    return tokens, list(toktypes), tokpre
+
+
+def _build_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[list[str], list[int], str | None]:
+    """(tokens, token types, chkhsh: None when tokenizer_pre is given) as get_vocab_base makes them."""
     tok = HFTokenizer(folder, model_type, only=(CHKTXT,))
     vocab_size = hp.get("vocab_size", len(tok.vocab))
     if tok.vocab and max(tok.vocab.values()) >= vocab_size:
         raise InputError(f"{tok.path}: token id {max(tok.vocab.values())} is outside config.json vocab_size {vocab_size}")
-    if tokenizer_pre is not None:
-        tokpre = tokenizer_pre
-    else:
-        tokpre, chkhsh = vocab_base_pre(tok)
-        if tokpre is None:
-            raise UnsupportedError(
-                f"{tok.path}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
-                f"one of: {', '.join(known_pre_tokenizers())}")
+    chkhsh = None if tokenizer_pre is not None else vocab_base_pre(tok)[1]
+    if chkhsh is not None and chkhsh not in PRE_TOKENIZER_HASHES:
+        raise UnsupportedError(
+            f"{tok.path}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
+            f"one of: {', '.join(known_pre_tokenizers())}")
     reverse_vocab: list[str | None] = [None] * vocab_size
     for t, id_ in tok.vocab.items():
         reverse_vocab[id_] = t
@@ -420,17 +453,16 @@ def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str |
             token = token.replace(SPIECE_UNDERLINE, " ")  # pre-normalize user-defined spaces
             toktypes[i] = USER_DEFINED
         tokens[i] = token
-    return tokens, toktypes, tokpre
+    return tokens, toktypes, chkhsh
 
 
 # conversion/base.py TextModel._set_vocab_gpt2
 def set_vocab_gpt2(rec: KVRecorder, folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> int:
-    tokens, toktypes, tokpre = get_vocab_base(folder, hp, model_type, tokenizer_pre)
+    tokens, toktypes, tokpre = _vocab_base(folder, hp, model_type, tokenizer_pre)
     rec.add_string(TOK_MODEL, "gpt2")
     rec.add_string(TOK_PRE, tokpre)
     n = len(tokens)
-    rec.add_array(TOK_LIST, StringArray(tokens))  # tokenizers' strings are always valid UTF-8
-    del tokens
+    rec.add_array(TOK_LIST, tokens)
     rec.add_array(TOK_TYPE, toktypes)
     SpecialVocab(folder, load_merges=True).add_to_gguf(rec)
     return n

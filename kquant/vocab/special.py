@@ -8,6 +8,8 @@ TextModel.does_token_look_special.
 from __future__ import annotations
 
 import gc
+import hashlib
+from collections import OrderedDict
 from contextlib import contextmanager
 from itertools import chain
 from pathlib import Path
@@ -149,11 +151,15 @@ class SpecialVocab:
                     first = merges[0]
                     if not (isinstance(first, str) or isinstance(first, list) and len(first) == 2 and isinstance(first[0], str)):
                         raise InputError(f"{tokenizer_file}: unknown format of model.merges")
-                    try:
-                        self.merges = StringArray(chain.from_iterable(map(
-                            _merge_strings, merges.chunks() if isinstance(merges, jsonio.LazyArray) else (merges,))))
-                    except ValueError as e:
-                        raise InputError(f"{tokenizer_file}: model.merges: {e}") from None
+                    key = content_key(tokenizer_file)
+                    if key not in _MERGES_CACHE:
+                        try:
+                            cache_put(_MERGES_CACHE, key, StringArray(chain.from_iterable(map(
+                                _merge_strings, merges.chunks() if isinstance(merges, jsonio.LazyArray) else (merges,)))))
+                        except ValueError as e:
+                            raise InputError(f"{tokenizer_file}: model.merges: {e}") from None
+                    _MERGES_CACHE.move_to_end(key)
+                    self.merges = _MERGES_CACHE[key]
             if normalizer := tokenizer.get("normalizer"):
                 self._parse_normalizer(normalizer)
             added_tokens = tokenizer.get("added_tokens", {})
@@ -285,6 +291,32 @@ class SpecialVocab:
                 token_id = config["text_config"].get(f"{typ}_token_id")
             self.set_special_token(typ, token_id, f"{config_file}: '{typ}_token_id'")
         return True
+
+
+# What this process derived from tokenizer files, by their content (sha256), a few entries each:
+# a batch converting one model to several types, checkpoints sharing a tokenizer, build it once.
+VOCAB_CACHE_ENTRIES = 4
+VOCAB_CACHES: dict[str, OrderedDict] = {}
+_MERGES_CACHE: OrderedDict[tuple, StringArray] = VOCAB_CACHES.setdefault("merges", OrderedDict())
+
+
+def content_key(*paths: Path) -> tuple:
+    """The sha256 of each file (None where absent), read with the bound read_tokenizer_json has."""
+    return tuple(hashlib.sha256(jsonio.read_bytes(p, TOKENIZER_MAX_BYTES, "tokenizer file")).digest()
+                 if p.is_file() else None for p in paths)
+
+
+def cache_put(cache: OrderedDict, key, value) -> None:
+    cache[key] = value
+    while len(cache) > VOCAB_CACHE_ENTRIES:
+        cache.popitem(last=False)
+
+
+def clear_vocab_caches() -> None:
+    """Forget what was derived from tokenizer files (VOCAB_CACHES) and the parsed tokenizer.json."""
+    for cache in VOCAB_CACHES.values():
+        cache.clear()
+    _JSON_CACHE.clear()
 
 
 def _merge_strings(merges: list):
