@@ -83,7 +83,11 @@ def loads(text: str | bytes, where, max_depth: int = MAX_DEPTH) -> Any:
 def read_text(path: Path, max_bytes: int = MAX_BYTES, what: str = "file") -> str:
     """A UTF-8 text file of at most `max_bytes` bytes (checked before reading)."""
     path = Path(path)
-    data = read_bytes(path, max_bytes, what)
+    return decode_utf8(read_bytes(path, max_bytes, what), path)
+
+
+def decode_utf8(data: bytes, path) -> str:
+    """The text of a file's bytes, which must be UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -171,7 +175,11 @@ def read_object_lazy(path: Path, max_bytes: int, lazy: tuple[str, str]) -> dict:
     """read_object, with the array at `lazy` (a member of a member of the top-level object) kept as a
     LazyArray when its elements are all strings or all [string, string] pairs. Anything unusual
     (invalid JSON, a duplicate key, other elements) takes read_object's path, with its errors and its tree."""
-    text = read_text(path, max_bytes, "JSON file")
+    return loads_object_lazy(read_text(path, max_bytes, "JSON file"), path, lazy)
+
+
+def loads_object_lazy(text: str, path: Path, lazy: tuple[str, str]) -> dict:
+    """read_object_lazy of the text of `path`."""
     try:
         doc = _lazy_walk(text, lazy)
     except (ValueError, RecursionError, StopIteration, IndexError):
@@ -241,8 +249,11 @@ def _lazy_walk(s: str, lazy: tuple[str, str]) -> dict | None:
             else:
                 raise ValueError("expecting ',' or '}'")
 
-    i = _WS(s, 0).end()
-    if not s.startswith("{", i):
-        return None
-    doc, i = walk_object(i, 0)
-    return doc if _WS(s, i).end() == len(s) else None
+    try:
+        i = _WS(s, 0).end()
+        if not s.startswith("{", i):
+            return None
+        doc, i = walk_object(i, 0)
+        return doc if _WS(s, i).end() == len(s) else None
+    finally:  # the two closures refer to each other: break the cycle, or it keeps the text until a collection
+        member_value = walk_object = None  # noqa: F841

@@ -438,7 +438,7 @@ def _build_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: st
     # upstream visits every id; only the unused ids and the added tokens' are not NORMAL tokens as they are
     tokens: list = reverse_vocab
     toktypes = [NORMAL] * vocab_size
-    for i in sorted(set(range(vocab_size)).difference(tok.vocab.values())):
+    for i in [i for i, t in enumerate(reverse_vocab) if t is None]:
         tokens[i] = f"[PAD{i}]"
         toktypes[i] = UNUSED
     for i in sorted({tok.vocab[c] for c in added_vocab if c in tok.vocab}):

@@ -301,9 +301,14 @@ _MERGES_CACHE: OrderedDict[tuple, StringArray] = VOCAB_CACHES.setdefault("merges
 
 
 def content_key(*paths: Path) -> tuple:
-    """The sha256 of each file (None where absent), read with the bound read_tokenizer_json has."""
-    return tuple(hashlib.sha256(jsonio.read_bytes(p, TOKENIZER_MAX_BYTES, "tokenizer file")).digest()
-                 if p.is_file() else None for p in paths)
+    """The sha256 of each file (None where absent), read with the bound read_tokenizer_json has (the
+    tokenizer.json read_tokenizer_json holds: the digest of the bytes it parsed)."""
+    return tuple(_digest(p) if p.is_file() else None for p in paths)
+
+
+def _digest(path: Path) -> bytes:
+    got = _JSON_CACHE.get(_json_key(path))
+    return got[1] if got is not None else hashlib.sha256(jsonio.read_bytes(path, TOKENIZER_MAX_BYTES, "tokenizer file")).digest()
 
 
 def cache_put(cache: OrderedDict, key, value) -> None:
@@ -330,7 +335,7 @@ def _merge_strings(merges: list):
     return (" ".join([part.replace(" ", "\u0120") for part in pair]) for pair in merges)
 
 
-_JSON_CACHE: dict[tuple[str, int, int], dict] = {}
+_JSON_CACHE: dict[tuple[str, int, int], tuple[dict, bytes]] = {}  # (tree, sha256 of the file)
 
 
 def clear_tokenizer_cache() -> None:
@@ -341,14 +346,22 @@ def clear_tokenizer_cache() -> None:
 def read_tokenizer_json(path: Path, max_bytes: int = TOKENIZER_MAX_BYTES) -> dict:
     """tokenizer.json, parsed and shape-checked once per file version (several readers here; none mutate it).
     model.merges is a jsonio.LazyArray (a sequence parsed again on each pass) unless malformed."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    key = _json_key(path)
     if key not in _JSON_CACHE:
         _JSON_CACHE.clear()
-        tj = jsonio.read_object_lazy(path, max_bytes, ("model", "merges"))
+        data = jsonio.read_bytes(path, max_bytes, "JSON file")
+        digest = hashlib.sha256(data).digest()
+        text = jsonio.decode_utf8(data, path)
+        del data
+        tj = jsonio.loads_object_lazy(text, path, ("model", "merges"))
         _check_tokenizer_shape(tj, path)
-        _JSON_CACHE[key] = tj
-    return _JSON_CACHE[key]
+        _JSON_CACHE[key] = (tj, digest)
+    return _JSON_CACHE[key][0]
+
+
+def _json_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
 def read_object(path: Path, max_bytes: int = jsonio.MAX_BYTES) -> dict:
