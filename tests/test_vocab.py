@@ -229,6 +229,7 @@ def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
             return t
 
     monkeypatch.setattr(bpe, "Tokenizer", Spy)
+    special.clear_vocab_caches()
     rec = KVRecorder("x")
     set_vocab("default", rec, tokdir("gpt-oss", copy=False), hp_for("qwen3_moe", 201088))
     gc.collect()
@@ -238,6 +239,47 @@ def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
     tokens, merges = rec.get("tokenizer.ggml.tokens"), rec.get("tokenizer.ggml.merges")
     assert isinstance(tokens, StringArray) and len(tokens) == 201088
     assert isinstance(merges, StringArray) and len(merges) == 446189
+
+
+def test_vocab_built_once_per_content(tokdir, monkeypatch):
+    """A tokenizer's vocabulary and merges are built once per content of its files in a process: a copy
+    elsewhere builds no `tokenizers` object and gives the same keys; another tokenizer_config.json,
+    vocab_size or pre-tokenizer override gives what building gives."""
+    real, built = bpe.Tokenizer, []
+
+    class Spy:
+        @staticmethod
+        def from_str(text):
+            built.append(1)
+            return real.from_str(text)
+
+    monkeypatch.setattr(bpe, "Tokenizer", Spy)
+    special.clear_vocab_caches()
+    a, b = tokdir("qwen2"), tokdir("qwen2")
+    first = vocab_kv(a, "qwen2", "qwen2", 151936)
+    n = len(built)
+    assert n and vocab_kv(b, "qwen2", "qwen2", 151936) == first and len(built) == n
+    assert vocab_kv(b, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35" and len(built) == n
+    variants = []
+    tc = json.loads((b / "tokenizer_config.json").read_text())
+    (b / "tokenizer_config.json").write_text(json.dumps({**tc, "added_tokens_decoder": {
+        k: {**v, "special": False} for k, v in tc["added_tokens_decoder"].items()}}))
+    variants.append(lambda: vocab_kv(b, "qwen2", "qwen2", 151936))
+    variants.append(lambda: vocab_kv(a, "qwen2", "qwen2", 152064))
+    for make in variants:
+        special.clear_vocab_caches()
+        want = make()
+        m = len(built)
+        special.clear_vocab_caches()
+        vocab_kv(a, "qwen2", "qwen2", 151936)  # the cache holds another entry first
+        got = make()
+        assert got == want and len(built) == m + 4  # a build each, both uncached
+    assert want != first  # 152064: padded
+    # a pre-tokenizer override first, then the hash: computed then
+    special.clear_vocab_caches()
+    assert vocab_kv(a, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35"
+    assert vocab_kv(a, "qwen2", "qwen2", 151936) == first
+    special.clear_vocab_caches()
 
 
 @pytest.mark.parametrize("merges,lazy", [
@@ -262,6 +304,66 @@ def test_merges_read_lazily(tmp_path, merges, lazy):
     assert list(got) == merges and len(got) == len(merges) and {**tj, "model": {**tj["model"], "merges": merges}} == doc
     if merges:
         assert got[0] == merges[0] and got[-1] == merges[-1]
+
+
+@pytest.mark.parametrize("n", [1, 2, jsonio.LazyArray.CHUNK - 1, jsonio.LazyArray.CHUNK, jsonio.LazyArray.CHUNK + 1,
+                               2 * jsonio.LazyArray.CHUNK, 2 * jsonio.LazyArray.CHUNK + 3])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_lazy_merges_at_chunk_edges(tmp_path, n, pairs):
+    """LazyArray's chunks (one regular expression match of CHUNK elements each) around the chunk size,
+    with JSON escapes and whitespace in and between the elements: the same elements as json.loads."""
+    odd = ['a\\"b', "\u0120x", "\\", "\ud800", "/\t", "\u00e9\u4e2d", "\U0001f999".encode().decode("unicode_escape")]
+    parts = [f"t{i}{odd[i % len(odd)]}" for i in range(n + 1)]
+    merges = [[parts[i], parts[i + 1]] for i in range(n)] if pairs else [f"{parts[i]} {parts[i + 1]}" for i in range(n)]
+    seps = [", ", ",\n   ", "\t,\r\n", ","]
+    inner = "".join(json.dumps(m, indent=1 if i % 3 == 0 else None) + (seps[i % len(seps)] if i < n - 1 else "")
+                    for i, m in enumerate(merges))
+    p = tmp_path / "tokenizer.json"
+    doc = '{"model": {"type": "BPE", "merges": [ \n%s \n], "vocab": {}}, "x": 1}'
+    p.write_text(doc % inner)
+    special.clear_tokenizer_cache()
+    got = special.read_tokenizer_json(p)["model"]["merges"]
+    special.clear_tokenizer_cache()
+    assert isinstance(got, jsonio.LazyArray) and len(got) == n
+    assert list(got) == merges and [x for c in got.chunks() for x in c] == merges
+    assert got[0] == merges[0] and got[-1] == merges[-1] and got[n // 2] == merges[n // 2]
+    p.write_text(doc % (inner + ","))  # a trailing comma
+    with pytest.raises(InputError, match="invalid JSON"):
+        special.read_tokenizer_json(p)
+    special.clear_tokenizer_cache()
+
+
+@pytest.mark.parametrize("name", ["qwen2", "deepseek-v3"])  # [a, b] pairs; "a b" strings
+def test_usable_merges_fast_path_equals_one_by_one(tokdir, name):
+    """_usable_merges (a chunk at a time) keeps the same merges as the merge-by-merge reference loop, on
+    the real tokenizers, with words holding NULs and every 500th merge's own text."""
+    d = tokdir(name, copy=False)
+    special.clear_tokenizer_cache()
+    tj = special.read_tokenizer_json(d / "tokenizer.json")
+    merges, vocab = tj["model"]["merges"], tj["model"]["vocab"]
+    words = [CHKTXT, "a\x00b", "\x00"] + ["".join(m if isinstance(m, list) else m.split(" ")) for m in list(merges)[::500]]
+    got = bpe._usable_merges(d, vocab, merges, words)
+    assert got == bpe._usable_merges_checked(d, vocab, merges, "\x00".join(words)) and len(got) > len(merges) // 500
+    special.clear_tokenizer_cache()
+
+
+def test_substring_test_equals_contains():
+    words = ["abc", "", "a\x00b", "x" * 300, "é🦙"]
+    joined = "\x00".join(words)
+    probes = ["", "a", "ab", "abc", "abcd", "b\x00a", "c\x00", "\x00", "x" * 256, "x" * 257, "x" * 300, "x" * 301, "🦙", "é🦙",
+              "q"]
+    for chunk in ([p for p in probes if len(p) <= 256 and "\x00" not in p], probes):
+        test = bpe._substring_test(joined)(chunk)
+        assert [test(p) for p in chunk] == [p in joined for p in chunk]
+    many = "\x00".join("w%dxyzxyzxyzxyz" % i for i in range(100000))  # too many substrings for the set: the search
+    assert [bpe._substring_test(many)(["w99999x"])(p) for p in ("w99999x", "w100000")] == [True, False]
+
+
+def test_string_array_chunks():
+    items = [chr(0x61 + i % 26) * (i % 7) + "\udc80" * (i % 2) for i in range(2 * StringArray.CHUNK + 5)]
+    assert list(StringArray(items)) == items and list(StringArray(iter(items))) == items
+    with pytest.raises(ValueError, match="'\\\\ud800' is not encodable"):
+        StringArray(items + ["\ud800"])
 
 
 def test_string_array_encodes_as_a_list():

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
+from itertools import chain, islice
+from operator import methodcaller
 from string import ascii_letters, digits
 from typing import Any
 
@@ -65,6 +67,17 @@ ADD_SPECIAL_TOKEN_KEYS = {
 }
 
 
+_encode = methodcaller("encode", "utf-8", "surrogateescape")
+
+
+def _encodable(v: str) -> bool:
+    try:
+        _encode(v)
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class StringArray(Sequence):
     """A GGUF array of strings held as its encoded payload (each a u64 length and UTF-8 bytes, as
     GGUFWriter writes it): o200k's 200k tokens and 446k merges in ~12 MB, not ~60 MB of Python
@@ -72,17 +85,19 @@ class StringArray(Sequence):
 
     sub_type = GGUFValueType.STRING
 
+    CHUNK = 65536  # strings encoded at a time (bounds the temporary copies)
+
     def __init__(self, items: Iterable[str]):
-        buf, n, pack = bytearray(), 0, struct.Struct("<Q").pack
-        for v in items:
+        parts, n, pack, it = [], 0, struct.Struct("<Q").pack, iter(items)
+        while chunk := list(islice(it, self.CHUNK)):
             try:
-                b = v.encode("utf-8", "surrogateescape")
+                data = list(map(_encode, chunk))
             except UnicodeEncodeError:
-                raise ValueError(f"string {v!r} is not encodable as UTF-8") from None
-            buf += pack(len(b))
-            buf += b
-            n += 1
-        self.payload, self._n = bytes(buf), n
+                bad = next(v for v in chunk if not _encodable(v))
+                raise ValueError(f"string {bad!r} is not encodable as UTF-8") from None
+            parts.append(b"".join(chain.from_iterable(zip(map(pack, map(len, data)), data))))
+            n += len(chunk)
+        self.payload, self._n = b"".join(parts), n
 
     def __len__(self) -> int:
         return self._n

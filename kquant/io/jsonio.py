@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from array import array
 from itertools import compress
 from pathlib import Path
@@ -82,7 +83,11 @@ def loads(text: str | bytes, where, max_depth: int = MAX_DEPTH) -> Any:
 def read_text(path: Path, max_bytes: int = MAX_BYTES, what: str = "file") -> str:
     """A UTF-8 text file of at most `max_bytes` bytes (checked before reading)."""
     path = Path(path)
-    data = read_bytes(path, max_bytes, what)
+    return decode_utf8(read_bytes(path, max_bytes, what), path)
+
+
+def decode_utf8(data: bytes, path) -> str:
+    """The text of a file's bytes, which must be UTF-8."""
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -123,40 +128,60 @@ def read_object(path: Path, max_bytes: int = MAX_BYTES) -> dict:
 
 
 class LazyArray:
-    """A JSON array member kept as its text and parsed again on each pass (`read_object_lazy`): the
-    446k merges of an o200k tokenizer.json as Python lists take ~90 MB, their text ~20 MB."""
+    """A JSON array member kept as its text and parsed again, a chunk at a time, on each pass
+    (`read_object_lazy`): the 446k merges of an o200k tokenizer.json as Python lists take ~90 MB,
+    their text ~20 MB. Its elements are all strings or all [string, string] pairs."""
 
     CHUNK = 4096  # elements parsed at a time
 
-    def __init__(self, text: str, starts: array, ends: array):
-        self._text, self._starts, self._ends = text, starts, ends
+    def __init__(self, text: str, starts: array, ends: array, n: int):
+        # chunk c is text[starts[c]:ends[c]]: CHUNK elements (the last chunk: the rest), comma-separated
+        self._text, self._starts, self._ends, self._n = text, starts, ends, n
 
     def __len__(self) -> int:
-        return len(self._starts)
+        return self._n
+
+    def chunks(self):
+        """The elements, one parsed list of up to CHUNK of them at a time."""
+        t = self._text
+        for a, b in zip(self._starts, self._ends):
+            yield json.loads("[" + t[a:b] + "]")
 
     def __iter__(self):
-        s, e = self._starts, self._ends
-        for a in range(0, len(s), self.CHUNK):
-            b = min(len(s), a + self.CHUNK)
-            yield from json.loads("[" + self._text[s[a]:e[b - 1]] + "]")
+        for c in self.chunks():
+            yield from c
 
     def __getitem__(self, i: int):
         if not -len(self) <= i < len(self):
             raise IndexError(i)
-        i %= len(self)
-        return json.loads(self._text[self._starts[i]:self._ends[i]])
+        c, k = divmod(i % len(self), self.CHUNK)
+        return json.loads("[" + self._text[self._starts[c]:self._ends[c]] + "]")[k]
 
 
 _WS = json.decoder.WHITESPACE.match
 
+# The array elements read_object_lazy keeps as text, as regular expressions matching exactly the JSON
+# text of one element (RFC 8259 strings: no raw control characters, the escapes json accepts).
+_W = r"[ \t\n\r]*"
+_STR = r'"[^"\\\x00-\x1f]*(?:\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})[^"\\\x00-\x1f]*)*"'
+_LAZY_ELEMENTS = {'"': _STR, "[": rf"\[{_W}{_STR}{_W},{_W}{_STR}{_W}\]"}  # by first character: string, pair
+# one whole chunk (each element followed by a comma), and the last chunk (up to the closing bracket)
+_FULL_CHUNK = {c: re.compile(rf"(?:{_W}{e}{_W},){{{LazyArray.CHUNK}}}") for c, e in _LAZY_ELEMENTS.items()}
+_LAST_CHUNK = {c: re.compile(rf"(?:{_W}{e}{_W},){{0,{LazyArray.CHUNK - 1}}}{_W}{e}{_W}\]")
+               for c, e in _LAZY_ELEMENTS.items()}
 
-def read_object_lazy(path: Path, max_bytes: int, lazy: tuple[str, str], element_ok) -> dict:
+
+def read_object_lazy(path: Path, max_bytes: int, lazy: tuple[str, str]) -> dict:
     """read_object, with the array at `lazy` (a member of a member of the top-level object) kept as a
-    LazyArray when every element satisfies `element_ok`. Anything unusual (invalid JSON, a duplicate
-    key, an element `element_ok` refuses) takes read_object's path, with its errors and its tree."""
-    text = read_text(path, max_bytes, "JSON file")
+    LazyArray when its elements are all strings or all [string, string] pairs. Anything unusual
+    (invalid JSON, a duplicate key, other elements) takes read_object's path, with its errors and its tree."""
+    return loads_object_lazy(read_text(path, max_bytes, "JSON file"), path, lazy)
+
+
+def loads_object_lazy(text: str, path: Path, lazy: tuple[str, str]) -> dict:
+    """read_object_lazy of the text of `path`."""
     try:
-        doc = _lazy_walk(text, lazy, element_ok)
+        doc = _lazy_walk(text, lazy)
     except (ValueError, RecursionError, StopIteration, IndexError):
         doc = None
     if doc is None or depth(doc) > MAX_DEPTH:
@@ -166,14 +191,41 @@ def read_object_lazy(path: Path, max_bytes: int, lazy: tuple[str, str], element_
     return doc
 
 
-def _lazy_walk(s: str, lazy: tuple[str, str], element_ok) -> dict | None:
+def _lazy_array(s: str, i: int):
+    """(LazyArray or [], end) of the array at s[i] == '[': whole chunks of elements matched by one
+    regular expression each (C speed; the elements are parsed only when read)."""
+    j = _WS(s, i + 1).end()
+    if s.startswith("]", j):
+        return [], j + 1
+    kind = s[j:j + 1]
+    if kind not in _LAZY_ELEMENTS:
+        raise ValueError("element refused")
+    full, last = _FULL_CHUNK[kind].match, _LAST_CHUNK[kind].match
+    first = i + 1
+    starts, ends = array("q"), array("q")
+    pos = first
+    while (m := full(s, pos)) is not None:
+        starts.append(pos - first)
+        ends.append(m.end() - 1 - first)  # before the comma
+        pos = m.end()
+    m = last(s, pos)
+    if m is None:
+        raise ValueError("element refused")
+    starts.append(pos - first)
+    ends.append(m.end() - 1 - first)  # before the bracket
+    text = s[first:m.end() - 1]
+    n_last = len(json.loads("[" + text[starts[-1]:ends[-1]] + "]"))
+    return LazyArray(text, starts, ends, LazyArray.CHUNK * (len(starts) - 1) + n_last), m.end()
+
+
+def _lazy_walk(s: str, lazy: tuple[str, str]) -> dict | None:
     dec = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
 
     def member_value(i: int, level: int, key: str):
         if level == 0 and key == lazy[0] and s.startswith("{", i):
             return walk_object(i, 1)
         if level == 1 and key == lazy[1] and s.startswith("[", i):
-            return walk_array(i)
+            return _lazy_array(s, i)
         return dec.raw_decode(s, i)
 
     def walk_object(i: int, level: int):
@@ -197,28 +249,11 @@ def _lazy_walk(s: str, lazy: tuple[str, str], element_ok) -> dict | None:
             else:
                 raise ValueError("expecting ',' or '}'")
 
-    def walk_array(i: int):
-        starts, ends = array("q"), array("q")
-        i = _WS(s, i + 1).end()
-        first = i
-        if s.startswith("]", i):
-            return [], i + 1
-        while True:
-            v, end = dec.raw_decode(s, i)
-            if not element_ok(v):
-                raise ValueError("element refused")
-            starts.append(i - first)
-            ends.append(end - first)
-            i = _WS(s, end).end()
-            if s.startswith(",", i):
-                i = _WS(s, i + 1).end()
-            elif s.startswith("]", i):
-                return LazyArray(s[first:end], starts, ends), i + 1
-            else:
-                raise ValueError("expecting ',' or ']'")
-
-    i = _WS(s, 0).end()
-    if not s.startswith("{", i):
-        return None
-    doc, i = walk_object(i, 0)
-    return doc if _WS(s, i).end() == len(s) else None
+    try:
+        i = _WS(s, 0).end()
+        if not s.startswith("{", i):
+            return None
+        doc, i = walk_object(i, 0)
+        return doc if _WS(s, i).end() == len(s) else None
+    finally:  # the two closures refer to each other: break the cycle, or it keeps the text until a collection
+        member_value = walk_object = None  # noqa: F841

@@ -415,8 +415,9 @@ class TextModel:
     def write_vocab(self, tokenizer_pre: str | None = None) -> None:
         """set_vocab, after refusing tokenizer files out of proportion to the config's vocabulary."""
         try:
-            V.check_tokenizer_files(self.tok_folder, self.hp)
-            self.set_vocab(tokenizer_pre)
+            with V.gc_paused():
+                V.check_tokenizer_files(self.tok_folder, self.hp)
+                self.set_vocab(tokenizer_pre)
         finally:
             V.clear_tokenizer_cache()  # the parsed tokenizer.json is not needed while the tensors stream
 

@@ -17,14 +17,15 @@ from .sentencepiece import (
 )
 from .special import (
     BYTE, CONTROL, NORMAL, SPIECE_UNDERLINE, UNKNOWN, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder,
-    check_token_id, check_tokenizer_files, clear_tokenizer_cache, does_token_look_special, read_object, read_tokenizer_json,
+    check_token_id, check_tokenizer_files, clear_tokenizer_cache, clear_vocab_caches, does_token_look_special, gc_paused,
+    read_object, read_tokenizer_json,
 )
 from .tiktoken import KimiTokenizer, is_kimi_tokenizer, read_tiktoken_bpe, set_vocab_kimi
 
 __all__ = [
     "BYTE", "CHKTXT", "KimiTokenizer", "is_kimi_tokenizer", "read_tiktoken_bpe", "set_vocab_kimi", "CONTROL", "NORMAL", "PRE_TOKENIZER_HASHES", "SPIECE_UNDERLINE", "SPM_ADDED_SCORE",
     "SPM_PAD_SCORE", "UNKNOWN", "UNUSED", "USER_DEFINED", "HFTokenizer", "SpecialVocab", "SpmModel",
-    "added_tokens_decoder", "check_token_id", "check_tokenizer_files", "clear_tokenizer_cache", "create_vocab_sentencepiece", "does_token_look_special",
+    "added_tokens_decoder", "check_token_id", "check_tokenizer_files", "clear_tokenizer_cache", "clear_vocab_caches", "create_vocab_sentencepiece", "does_token_look_special", "gc_paused",
     "get_vocab_base", "known_pre_tokenizers", "llama_hf_kind", "llama_hf_vocab", "read_object", "read_spm_model",
     "read_tokenizer_json", "set_vocab_gpt2", "set_vocab_sentencepiece", "vocab_base_pre", "write_spm_vocab",
 ]

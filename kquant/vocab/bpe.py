@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from hashlib import sha256
+from itertools import compress, filterfalse
+from operator import add, methodcaller
 from pathlib import Path
 
 from tokenizers import Tokenizer
@@ -21,8 +25,8 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE, KVRecorder, StringArray
 from ..io.jsonio import LazyArray
 from .special import (
-    BYTE, CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, does_token_look_special,
-    read_object,
+    BYTE, CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, content_key,
+    VOCAB_CACHES, cache_put, does_token_look_special, read_object,
     read_tokenizer_json,
 )
 
@@ -164,13 +168,14 @@ class HFTokenizer:
         merges = _merge_list(tj)
         self._only = None if only is None or merges is None else set(only)
         if self._only is None:
-            self.tok = self._build(tj, None)
+            self.tok = self._build(None)
         else:
-            bare = self._build(tj, [])
+            with_merges = _with_merges(tj)
+            bare = self._build(with_merges([]))
             self._only.update(t.content for t in bare.get_added_tokens_decoder().values())
             usable = _usable_merges(self.path, tj["model"]["vocab"], merges, _bpe_words(bare, self._only))
             del bare
-            self.tok = self._build(tj, usable)
+            self.tok = self._build(with_merges(usable))
         tc_file = folder / "tokenizer_config.json"
         self.tc = read_object(tc_file) if tc_file.is_file() else {}
         self.cls = self.tc.get("tokenizer_class") or _DEFAULT_TOKENIZER_CLASS.get(model_type, "PreTrainedTokenizerFast")
@@ -197,12 +202,12 @@ class HFTokenizer:
             if content is not None and content not in self.vocab:
                 raise UnsupportedError(f"{tc_file}: {typ}_token {content!r} is not in tokenizer.json")
 
-    def _build(self, tj: dict, merges: list | None) -> Tokenizer:
-        """The `tokenizers` object of tokenizer.json, with model.merges replaced by `merges` unless None."""
+    def _build(self, text: str | None) -> Tokenizer:
+        """The `tokenizers` object of tokenizer.json, or of `text` (tokenizer.json with other merges)."""
         try:
-            if merges is None:
+            if text is None:
                 return Tokenizer.from_file(str(self.path))
-            return Tokenizer.from_str(json.dumps({**tj, "model": {**tj["model"], "merges": merges}}))
+            return Tokenizer.from_str(text)
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # tokenizers raises plain Exceptions, and pyo3 PanicException (a BaseException)
@@ -241,6 +246,17 @@ class HFTokenizer:
             for a, b in _CLEANUP:
                 text = text.replace(a, b)
         return text
+
+
+def _with_merges(tj: dict):
+    """merges -> the JSON text of tokenizer.json with model.merges replaced by them (the rest
+    serialized once: o200k's 200k-token vocabulary takes ~0.2 s)."""
+    mark = f"kquant merges {uuid.uuid4()}"
+    parts = json.dumps({**tj, "model": {**tj["model"], "merges": mark}}).split(json.dumps(mark))
+    if len(parts) != 2:  # a file that holds this random string
+        return lambda merges: json.dumps({**tj, "model": {**tj["model"], "merges": merges}})
+    head, tail = parts
+    return lambda merges: head + json.dumps(merges) + tail
 
 
 def _merge_list(tj: dict) -> list | LazyArray | None:
@@ -284,6 +300,57 @@ def _usable_merges(path: Path, vocab: dict, merges, words: list[str]) -> list:
     (tokenizers serialization.rs / models/bpe/model.rs BpeBuilder::build: a legacy merge not of
     two parts, a part or the merged token not in the vocabulary)."""
     joined = "\x00".join(words)
+    occurs = _substring_test(joined)
+    out: list = []
+    for chunk in merges.chunks() if isinstance(merges, LazyArray) else (merges,):
+        if not chunk:
+            continue
+        if type(chunk[0]) is str:
+            if any(map(_is_version, chunk)):
+                chunk = list(filterfalse(_is_version, chunk))  # skipped by tokenizers, not counted
+                if not chunk:
+                    continue
+            pairs = list(map(_split_space, chunk))
+            if set(map(len, pairs)) != {2}:
+                return _usable_merges_checked(path, vocab, merges, joined)
+        else:
+            pairs = chunk
+        a, b = zip(*pairs)
+        ab = list(map(add, a, b))
+        if not (all(map(vocab.__contains__, ab)) and all(map(vocab.__contains__, a)) and all(map(vocab.__contains__, b))):
+            return _usable_merges_checked(path, vocab, merges, joined)  # raises, naming the first bad merge
+        out.extend(compress(chunk, map(occurs(ab), ab)))
+    return out
+
+
+SUBSTRINGS_MAX_LEN = 256  # _substring_test's set holds the substrings up to this long,
+SUBSTRINGS_MAX_SET = 1 << 20  # if there are at most this many
+
+
+def _substring_test(joined: str):
+    """strings -> a test equal to `joined.__contains__` on each of them: a set lookup (their hashes are
+    already known) where they hold no NUL and none is longer than SUBSTRINGS_MAX_LEN, else the search."""
+    segments = set(joined.split("\x00"))
+    if sum(len(w) * min(len(w), SUBSTRINGS_MAX_LEN) for w in segments) > SUBSTRINGS_MAX_SET:
+        return lambda strings: joined.__contains__
+    # a string without NUL occurs in `joined` exactly when it occurs in one of its NUL-free segments
+    subs = {w[i:j] for w in segments for i in range(len(w)) for j in range(i + 1, min(len(w), i + SUBSTRINGS_MAX_LEN) + 1)}
+    subs.add("")  # in every string
+
+    def test(strings: list[str]):
+        if max(map(len, strings), default=0) > SUBSTRINGS_MAX_LEN or "\x00" in "".join(strings):
+            return joined.__contains__
+        return subs.__contains__
+
+    return test
+
+
+_is_version = methodcaller("startswith", "#version")
+_split_space = methodcaller("split", " ")
+
+
+def _usable_merges_checked(path: Path, vocab: dict, merges, joined: str) -> list:
+    """_usable_merges one merge at a time, raising at the first merge the whole model would refuse."""
     out = []
     rank = 0
     for m in merges:
@@ -318,56 +385,86 @@ def known_pre_tokenizers() -> list[str]:
     return sorted(set(PRE_TOKENIZER_HASHES.values()))
 
 
+# The vocabularies get_vocab_base built in this process, by the content of the files they come from
+# (a batch converting one model to several types, checkpoints sharing a tokenizer): a few entries,
+# kept encoded (o200k's 200k tokens: ~3 MB). special.clear_vocab_caches forgets them.
+_VOCAB_CACHE: OrderedDict[tuple, tuple[StringArray, bytes, str | None]] = VOCAB_CACHES.setdefault("vocab_base", OrderedDict())
+
+
 # conversion/base.py TextModel.get_vocab_base
 def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[list[str], list[int], str]:
+    tokens, toktypes, tokpre = _vocab_base(folder, hp, model_type, tokenizer_pre)
+    return list(tokens), toktypes, tokpre
+
+
+def _vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[StringArray, list[int], str]:
+    """get_vocab_base, its tokens encoded; built once per content of tokenizer.json and
+    tokenizer_config.json (the only files it reads), vocab_size and model_type."""
+    key = (*content_key(folder / "tokenizer.json", folder / "tokenizer_config.json"), hp.get("vocab_size"), model_type)
+    hit = _VOCAB_CACHE.get(key)
+    if hit is None or (tokenizer_pre is None and hit[2] is None):
+        tokens, toktypes, chkhsh = _build_vocab_base(folder, hp, model_type, tokenizer_pre)
+        hit = (StringArray(tokens), bytes(toktypes), chkhsh)  # tokenizers' strings are always valid UTF-8
+        del tokens
+        cache_put(_VOCAB_CACHE, key, hit)
+    _VOCAB_CACHE.move_to_end(key)
+    tokens, toktypes, chkhsh = hit
+    if tokenizer_pre is not None:
+        tokpre = tokenizer_pre
+    else:
+        tokpre = PRE_TOKENIZER_HASHES.get(chkhsh)
+        if tokpre is None:
+            raise UnsupportedError(
+                f"{folder / 'tokenizer.json'}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
+                f"one of: {', '.join(known_pre_tokenizers())}")
+    return tokens, list(toktypes), tokpre
+
+
+def _build_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[list[str], list[int], str | None]:
+    """(tokens, token types, chkhsh: None when tokenizer_pre is given) as get_vocab_base makes them."""
     tok = HFTokenizer(folder, model_type, only=(CHKTXT,))
     vocab_size = hp.get("vocab_size", len(tok.vocab))
     if tok.vocab and max(tok.vocab.values()) >= vocab_size:
         raise InputError(f"{tok.path}: token id {max(tok.vocab.values())} is outside config.json vocab_size {vocab_size}")
-    if tokenizer_pre is not None:
-        tokpre = tokenizer_pre
-    else:
-        tokpre, chkhsh = vocab_base_pre(tok)
-        if tokpre is None:
-            raise UnsupportedError(
-                f"{tok.path}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
-                f"one of: {', '.join(known_pre_tokenizers())}")
+    chkhsh = None if tokenizer_pre is not None else vocab_base_pre(tok)[1]
+    if chkhsh is not None and chkhsh not in PRE_TOKENIZER_HASHES:
+        raise UnsupportedError(
+            f"{tok.path}: BPE pre-tokenizer not recognized (chkhsh {chkhsh}); pass --tokenizer-pre NAME, "
+            f"one of: {', '.join(known_pre_tokenizers())}")
     reverse_vocab: list[str | None] = [None] * vocab_size
     for t, id_ in tok.vocab.items():
         reverse_vocab[id_] = t
     added_vocab = {content: i for i, (content, _, _) in sorted(tok.added.items())}
-    tokens: list[str] = []
-    toktypes: list[int] = []
-    for i in range(vocab_size):
-        if reverse_vocab[i] is None:
-            tokens.append(f"[PAD{i}]")
-            toktypes.append(UNUSED)
-            continue
+    # upstream visits every id; only the unused ids and the added tokens' are not NORMAL tokens as they are
+    tokens: list = reverse_vocab
+    toktypes = [NORMAL] * vocab_size
+    for i in [i for i, t in enumerate(reverse_vocab) if t is None]:
+        tokens[i] = f"[PAD{i}]"
+        toktypes[i] = UNUSED
+    for i in sorted({tok.vocab[c] for c in added_vocab if c in tok.vocab}):
         token = reverse_vocab[i]
-        if token in added_vocab:
-            _, special, normalized = tok.added[i]
-            if not normalized:
-                # llama.cpp assumes CONTROL and USER_DEFINED tokens are pre-normalized
-                token = tok.decode(tok.encode(token, add_special_tokens=False))
-            if special or does_token_look_special(token):
-                toktypes.append(CONTROL)
-            else:
-                token = token.replace(SPIECE_UNDERLINE, " ")  # pre-normalize user-defined spaces
-                toktypes.append(USER_DEFINED)
+        if token not in added_vocab:
+            continue
+        _, special, normalized = tok.added[i]
+        if not normalized:
+            # llama.cpp assumes CONTROL and USER_DEFINED tokens are pre-normalized
+            token = tok.decode(tok.encode(token, add_special_tokens=False))
+        if special or does_token_look_special(token):
+            toktypes[i] = CONTROL
         else:
-            toktypes.append(NORMAL)
-        tokens.append(token)
-    return tokens, toktypes, tokpre
+            token = token.replace(SPIECE_UNDERLINE, " ")  # pre-normalize user-defined spaces
+            toktypes[i] = USER_DEFINED
+        tokens[i] = token
+    return tokens, toktypes, chkhsh
 
 
 # conversion/base.py TextModel._set_vocab_gpt2
 def set_vocab_gpt2(rec: KVRecorder, folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> int:
-    tokens, toktypes, tokpre = get_vocab_base(folder, hp, model_type, tokenizer_pre)
+    tokens, toktypes, tokpre = _vocab_base(folder, hp, model_type, tokenizer_pre)
     rec.add_string(TOK_MODEL, "gpt2")
     rec.add_string(TOK_PRE, tokpre)
     n = len(tokens)
-    rec.add_array(TOK_LIST, StringArray(tokens))  # tokenizers' strings are always valid UTF-8
-    del tokens
+    rec.add_array(TOK_LIST, tokens)
     rec.add_array(TOK_TYPE, toktypes)
     SpecialVocab(folder, load_merges=True).add_to_gguf(rec)
     return n

@@ -7,6 +7,11 @@ TextModel.does_token_look_special.
 
 from __future__ import annotations
 
+import gc
+import hashlib
+from collections import OrderedDict
+from contextlib import contextmanager
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +31,21 @@ TOKENIZER_BASE_BYTES = 16 << 20
 TOKENIZER_BYTES_PER_TOKEN = 256
 MERGES_PER_TOKEN = 8
 TOKENIZER_MAX_BYTES = TOKENIZER_BASE_BYTES + TOKENIZER_BYTES_PER_TOKEN * (1 << 20)  # with no vocab size known
+
+@contextmanager
+def gc_paused():
+    """The cyclic garbage collector off while a vocabulary loads: its hundreds of thousands of small
+    containers (JSON pairs, merge lists) are not garbage, yet each full collection they trigger walks
+    the whole heap again (~25% of loading o200k's vocabulary). Restored on exit."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 
 # ---------------------------------------------------------------------------------------------
 # gguf-py vocab.py SpecialVocab
@@ -129,23 +149,17 @@ class SpecialVocab:
                 if isinstance(merges, (list, jsonio.LazyArray)) and len(merges):
                     # kept encoded (StringArray): o200k's 446k merges as Python strings take ~40 MB
                     first = merges[0]
-                    if isinstance(first, str):
-                        merges_out = merges
-                    elif isinstance(first, list) and len(first) == 2 and isinstance(first[0], str):
-                        # transformers >= 4.45 pairs; spaces inside a part are encoded as U+0120
-                        if not any(" " in a or " " in b for a, b in merges):
-                            merges_out = (a + " " + b for a, b in merges)
-                        else:
-                            merges_out = (
-                                " ".join(["".join(chr(ord(c) + 256) if c == " " else c for c in part) for part in pair])
-                                for pair in merges
-                            )
-                    else:
+                    if not (isinstance(first, str) or isinstance(first, list) and len(first) == 2 and isinstance(first[0], str)):
                         raise InputError(f"{tokenizer_file}: unknown format of model.merges")
-                    try:
-                        self.merges = StringArray(merges_out)
-                    except ValueError as e:
-                        raise InputError(f"{tokenizer_file}: model.merges: {e}") from None
+                    key = content_key(tokenizer_file)
+                    if key not in _MERGES_CACHE:
+                        try:
+                            cache_put(_MERGES_CACHE, key, StringArray(chain.from_iterable(map(
+                                _merge_strings, merges.chunks() if isinstance(merges, jsonio.LazyArray) else (merges,)))))
+                        except ValueError as e:
+                            raise InputError(f"{tokenizer_file}: model.merges: {e}") from None
+                    _MERGES_CACHE.move_to_end(key)
+                    self.merges = _MERGES_CACHE[key]
             if normalizer := tokenizer.get("normalizer"):
                 self._parse_normalizer(normalizer)
             added_tokens = tokenizer.get("added_tokens", {})
@@ -279,7 +293,49 @@ class SpecialVocab:
         return True
 
 
-_JSON_CACHE: dict[tuple[str, int, int], dict] = {}
+# What this process derived from tokenizer files, by their content (sha256), a few entries each:
+# a batch converting one model to several types, checkpoints sharing a tokenizer, build it once.
+VOCAB_CACHE_ENTRIES = 4
+VOCAB_CACHES: dict[str, OrderedDict] = {}
+_MERGES_CACHE: OrderedDict[tuple, StringArray] = VOCAB_CACHES.setdefault("merges", OrderedDict())
+
+
+def content_key(*paths: Path) -> tuple:
+    """The sha256 of each file (None where absent), read with the bound read_tokenizer_json has (the
+    tokenizer.json read_tokenizer_json holds: the digest of the bytes it parsed)."""
+    return tuple(_digest(p) if p.is_file() else None for p in paths)
+
+
+def _digest(path: Path) -> bytes:
+    got = _JSON_CACHE.get(_json_key(path))
+    return got[1] if got is not None else hashlib.sha256(jsonio.read_bytes(path, TOKENIZER_MAX_BYTES, "tokenizer file")).digest()
+
+
+def cache_put(cache: OrderedDict, key, value) -> None:
+    cache[key] = value
+    while len(cache) > VOCAB_CACHE_ENTRIES:
+        cache.popitem(last=False)
+
+
+def clear_vocab_caches() -> None:
+    """Forget what was derived from tokenizer files (VOCAB_CACHES) and the parsed tokenizer.json."""
+    for cache in VOCAB_CACHES.values():
+        cache.clear()
+    _JSON_CACHE.clear()
+
+
+def _merge_strings(merges: list):
+    """gguf-py SpecialVocab._try_load_from_tokenizer_json's merges as strings: "a b" as they are;
+    [a, b] pairs (transformers >= 4.45) as "a b", the spaces inside a part encoded as U+0120
+    (upstream encodes them only when some part has one: the same strings)."""
+    if not merges or isinstance(merges[0], str):
+        return merges
+    if " " not in "".join(chain.from_iterable(merges)):
+        return map(" ".join, merges)
+    return (" ".join([part.replace(" ", "\u0120") for part in pair]) for pair in merges)
+
+
+_JSON_CACHE: dict[tuple[str, int, int], tuple[dict, bytes]] = {}  # (tree, sha256 of the file)
 
 
 def clear_tokenizer_cache() -> None:
@@ -290,30 +346,22 @@ def clear_tokenizer_cache() -> None:
 def read_tokenizer_json(path: Path, max_bytes: int = TOKENIZER_MAX_BYTES) -> dict:
     """tokenizer.json, parsed and shape-checked once per file version (several readers here; none mutate it).
     model.merges is a jsonio.LazyArray (a sequence parsed again on each pass) unless malformed."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_mtime_ns, st.st_size)
+    key = _json_key(path)
     if key not in _JSON_CACHE:
         _JSON_CACHE.clear()
-        tj = jsonio.read_object_lazy(path, max_bytes, ("model", "merges"), _merge_checker())
+        data = jsonio.read_bytes(path, max_bytes, "JSON file")
+        digest = hashlib.sha256(data).digest()
+        text = jsonio.decode_utf8(data, path)
+        del data
+        tj = jsonio.loads_object_lazy(text, path, ("model", "merges"))
         _check_tokenizer_shape(tj, path)
-        _JSON_CACHE[key] = tj
-    return _JSON_CACHE[key]
+        _JSON_CACHE[key] = (tj, digest)
+    return _JSON_CACHE[key][0]
 
 
-def _merge_checker():
-    """model.merges elements read_tokenizer_json may keep as text: all strings, or all [string, string]
-    pairs (the rest takes the whole-tree path, whose _check_tokenizer_shape names the problem)."""
-    kind = None
-
-    def ok(m) -> bool:
-        nonlocal kind
-        k = str if type(m) is str else list if (type(m) is list and len(m) == 2 and type(m[0]) is str
-                                                 and type(m[1]) is str) else None
-        if kind is None:
-            kind = k
-        return k is not None and k is kind
-
-    return ok
+def _json_key(path: Path) -> tuple[str, int, int]:
+    st = path.stat()
+    return str(path.resolve()), st.st_mtime_ns, st.st_size
 
 
 def read_object(path: Path, max_bytes: int = jsonio.MAX_BYTES) -> dict:
@@ -328,6 +376,13 @@ def _is_id(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
+def _all_ids(values) -> bool:
+    """all(map(_is_id, values)), at C speed for what json makes (exact ints)."""
+    if set(map(type, values)) <= {int}:
+        return not values or min(values) >= 0
+    return all(map(_is_id, values))
+
+
 def _check_tokenizer_shape(tj: dict, path: Path) -> None:
     """The parts of tokenizer.json the converter reads have the types it assumes (names the key)."""
     def bad(key: str, want: str):
@@ -340,8 +395,7 @@ def _check_tokenizer_shape(tj: dict, path: Path) -> None:
         if "type" in model and not isinstance(model["type"], str):
             bad("model.type", "a string")
         vocab = model.get("vocab")
-        if vocab is not None and not (isinstance(vocab, dict) and all(_is_id(v) for v in vocab.values())
-                                      or isinstance(vocab, list)):
+        if vocab is not None and not (isinstance(vocab, dict) and _all_ids(vocab.values()) or isinstance(vocab, list)):
             bad("model.vocab", "an object of token -> id (or a Unigram list)")
         merges = model.get("merges")
         if merges is not None and not isinstance(merges, jsonio.LazyArray) and not (isinstance(merges, list) and (
