@@ -567,10 +567,12 @@ def _buf_intrinsics(nk):
 
     @intrinsic
     def maxscan(typingctx, cb, nch):
-        """The order (chunk LANES + lane) nk + kind of the first candidate of largest V over the nch
-        stored chunks, or -1 if every V is -inf: the first maximum of each (kind, lane) kept in
-        registers, then the largest of those, the lowest order among equals."""
-        sig = types.int64(cb, types.int64)
+        """(g, s): the order (chunk LANES + lane) nk + kind g of the first candidate of largest V over
+        the nch stored chunks, or -1 if every V is -inf, and the largest V of the other candidates
+        s: each (kind, lane) keeps its first maximum and the largest of its other values in
+        registers; g is the lowest order among the largest first maxima, s the largest of the
+        other first maxima and of every second value."""
+        sig = types.Tuple((types.int64, types.float32))(cb, types.int64)
 
         def codegen(context, builder, signature, args):
             f = builder
@@ -585,6 +587,7 @@ def _buf_intrinsics(nk):
             f.position_at_end(loop)
             c = f.phi(i64)
             vm = [f.phi(_V8) for _ in range(nk)]
+            vs = [f.phi(_V8) for _ in range(nk)]
             vi = [f.phi(v8i32) for _ in range(nk)]
             base = f.mul(c, i64(3 * nk * LANES))
             vc = _splat(f, f.trunc(c, _I32))
@@ -594,13 +597,16 @@ def _buf_intrinsics(nk):
             for k in range(nk):
                 v = _load8(f, data, f.add(base, i64(LANES * (2 * nk + k))))
                 gt = f.fcmp_ordered(">", v, vm[k])
+                vs2 = f.select(gt, vm[k], f.select(f.fcmp_ordered(">", v, vs[k]), v, vs[k]))
                 vm2 = f.select(gt, v, vm[k])
                 vi2 = f.select(gt, vc, vi[k])
                 vm[k].add_incoming(ninf, entry)
                 vm[k].add_incoming(vm2, loop)
+                vs[k].add_incoming(ninf, entry)
+                vs[k].add_incoming(vs2, loop)
                 vi[k].add_incoming(llvm_ir.Constant(v8i32, [0] * LANES), entry)
                 vi[k].add_incoming(vi2, loop)
-                vm[k], vi[k] = vm2, vi2
+                vm[k], vs[k], vi[k] = vm2, vs2, vi2
             f.cbranch(f.icmp_signed("<", c2, args[1]), loop, done)
             f.position_at_end(done)
             m = vm[0]
@@ -614,18 +620,29 @@ def _buf_intrinsics(nk):
             big = llvm_ir.Constant(v8i32, [0x7FFFFFFF] * LANES)
             lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
             omin = big
+            os = []
             for k in range(nk):
                 eq = f.and_(f.fcmp_ordered("==", vm[k], vmx), f.fcmp_ordered(">", vm[k], ninf))
                 o = f.add(f.mul(f.add(f.mul(vi[k], llvm_ir.Constant(v8i32, [LANES] * LANES)), lanes),
                                 llvm_ir.Constant(v8i32, [nk] * LANES)), llvm_ir.Constant(v8i32, [k] * LANES))
                 o = f.select(eq, o, big)
+                os.append(o)
                 omin = f.select(f.icmp_signed("<", o, omin), o, omin)
             r = f.extract_element(omin, _I32(0))
             for t in range(1, LANES):
                 e = f.extract_element(omin, _I32(t))
                 r = f.select(f.icmp_signed("<", e, r), e, r)
+            vr = _splat(f, r)
+            sm = None
+            for k in range(nk):  # g's own slot gives its second value, every other its first maximum
+                sk = f.select(f.icmp_signed("==", os[k], vr), vs[k], vm[k])
+                sm = sk if sm is None else f.select(f.fcmp_ordered(">", sk, sm), sk, sm)
+            smx = f.extract_element(sm, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(sm, _I32(t))
+                smx = f.select(f.fcmp_ordered(">", e, smx), e, smx)
             r = f.select(f.icmp_signed("==", r, _I32(0x7FFFFFFF)), _I32(-1), r)
-            return f.sext(r, i64)
+            return context.make_tuple(f, signature.return_type, [f.sext(r, i64), smx])
 
         return sig, codegen
 
@@ -683,11 +700,30 @@ def _resolve(cb, nk, best, scale):
     return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
+# _global's shortcut: with `safe` blocks (iq1m_block), a candidate e passing ggml's test against
+# best_score = V(g) has V(e) >= V(g) (1 - 2^-22) - 2^-101 (see there), so none passes when every
+# other V is below V(g) (1 - SEP_REL) - SEP_ABS (rounding included, with margin)
+SEP_REL = np.float32(2.0 ** -20)
+SEP_ABS = np.float32(2.0 ** -90)
+SAFE_LO = np.float32(2.0 ** -40)
+SAFE_HI = np.float32(2.0 ** 40)
+
+
 @njit(**KJIT)
-def _global(cb, g, nk, nch, scale):
+def _global(cb, gs, nk, nch, scale, safe):
     """The whole split loop from its candidates, stored chunk by chunk (chunk c at cb[3 nk LANES c:],
-    _pass_s / _pass_m, no NaN V), g the first of largest V (maxscan): (done, chunk, e, scale) of its
-    last update (chunk -1: none), or done = False where the sequential loop must decide.
+    _pass_s / _pass_m, no NaN V), gs = (g, s) from maxscan: g the first of largest V, s the largest
+    V of the others: (done, chunk, e, scale) of its last update (chunk -1: none), or done = False
+    where the sequential loop must decide.
+
+    Shortcut, in a `safe` block where s < V(g) (1 - SEP_REL) - SEP_ABS: no candidate after g
+    passes against V(g), and g passes if it does against s (or -FLT_MAX), which bounds every V
+    before it; so g is the last update. In a safe block (weights >= 0, their sum W in
+    [2^-40, 2^40], sum |w x| <= 2^40) every sumq2 > 0 of a split is >= W/64 - W 2^-20 >= 2^-47
+    (each half's is a sum of its weights times q^2 >= 1/64, C's expression off by a few
+    roundings of terms <= 1.27 W) and |sumqx| <= 2^43, so fl(sumqx^2) has no overflow and an
+    absolute error <= 2^-150, and ggml's test a^2 > best b passing against V(g) gives a^2/b >
+    V(g) (1 - 2u) - 2^-102, hence V(e) = fl(fl(a/b) a) >= V(g) (1 - 4u) - 2^-101 (u = 2^-24).
 
     As in _resolve, over the whole loop: an update sets best_score = V of its own candidate, so
     with g the first candidate of largest V, passing against the largest V before it (or against
@@ -695,6 +731,7 @@ def _global(cb, g, nk, nch, scale):
     candidates after g are tested LANES at once against best_score and replayed in C's order
     only in a chunk where one passes (rarely: none has a larger V)."""
     cs = 3 * nk * LANES
+    g, smax = gs
     if g < 0:
         return True, -1, -1, scale
     cg = g // (LANES * nk)
@@ -703,6 +740,10 @@ def _global(cb, g, nk, nch, scale):
     a = cb[o + LANES * (eg % nk) + eg // nk]
     b = cb[o + LANES * (nk + eg % nk) + eg // nk]
     vb = cb[o + LANES * (2 * nk + eg % nk) + eg // nk]
+    if safe and smax < vb * (_F1 - SEP_REL) - SEP_ABS:
+        m = smax if smax > -_FLT_MAX else -_FLT_MAX
+        if a * a > m * b:
+            return True, cg, eg, a / b
     if not a * a > vb * b:
         m = -_FLT_MAX
         for c in range(cg):
@@ -866,7 +907,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale, False)
         if done:
             if lc < 0:
                 return -1, -1, 0, scale
@@ -875,8 +916,9 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
 
 
 @njit(**KJIT)
-def _split_m(pp, bs, xp, xm, scale, cb, ch):
-    """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
+def _split_m(pp, bs, xp, xm, scale, cb, ch, safe):
+    """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s (safe:
+    _global's shortcut applies)."""
     nk = 4
     t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
@@ -889,7 +931,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale, safe)
         if done:
             if lc < 0:
                 return -1, -1, -1, scale
@@ -1079,11 +1121,15 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
         a1 = _F0
         c0 = _F0
         c1 = _F0
+        wmin = _F0
+        sa = _F0
         for j in range(bs):
             i = pidx[j]
             lo = i < bs // 2
             wi = weight[wb + i]
             t = wi * x[bo + i]
+            wmin = min(wmin, wi)
+            sa += abs(t)
             a0 = a0 + (t if lo else _F0)
             a1 = a1 + (_F0 if lo else t)
             c0 = c0 + (wi if lo else _F0)
@@ -1092,7 +1138,9 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             pp[M_ROW + j + 1] = a1
             pp[2 * M_ROW + j + 1] = c0
             pp[3 * M_ROW + j + 1] = c1
-        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
+        sw = c0 + c1
+        safe = wmin >= _F0 and sw >= SAFE_LO and sw <= SAFE_HI and sa <= SAFE_HI
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch, safe)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
