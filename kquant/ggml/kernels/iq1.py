@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, objmode, types
+from numba import carray, njit, objmode, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -47,7 +47,7 @@ from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, publish, search_lists, slot_len, slot_ptr
 
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -78,9 +78,14 @@ KG = KGRID_1BIT_2048.astype(np.int32)  # packed levels of the grid points (8 KB:
 _lock = threading.Lock()
 
 
+SLOT_PACKED = 16  # _iqgrid's slot of packed_lists()
+
+
 @lru_cache(maxsize=None)
 def _packed_lists():
-    return np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+    kg = np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+    publish(SLOT_PACKED, kg)
+    return kg
 
 
 def packed_lists():
@@ -91,11 +96,19 @@ def packed_lists():
         return _packed_lists()
 
 
+def prepare():
+    """Load the tables of the IQ1 kernels for compiled code (_iqgrid.publish)."""
+    search_lists(GRID_1S)
+    packed_lists()
+
+
 @njit(cache=True, no_cfunc_wrapper=True)
 def _packed():
-    with objmode(kg="uint16[::1]"):
-        kg = packed_lists()
-    return kg
+    """packed_lists() from compiled code (as _iqgrid.lists)."""
+    if slot_len(SLOT_PACKED) == 0:
+        with objmode():
+            packed_lists()
+    return carray(slot_ptr(SLOT_PACKED), slot_len(SLOT_PACKED), np.uint16)
 
 
 @njit(**KJIT)
@@ -1359,6 +1372,6 @@ def dequantize_iq1_m(q, out):
 
 
 KERNELS = {
-    QType.IQ1_S: Kernel(quantize_iq1_s, dequantize_iq1_s),
-    QType.IQ1_M: Kernel(quantize_iq1_m, dequantize_iq1_m),
+    QType.IQ1_S: Kernel(quantize_iq1_s, dequantize_iq1_s, prepare),
+    QType.IQ1_M: Kernel(quantize_iq1_m, dequantize_iq1_m, prepare),
 }
