@@ -713,7 +713,7 @@ def _resolve(cb, nk, best, scale):
     return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
-# _global's shortcut: with `safe` blocks (iq1m_block), a candidate e passing ggml's test against
+# _global's shortcut: with `safe` blocks (iq1s_block, iq1m_block), a candidate e passing ggml's test against
 # best_score = V(g) has V(e) >= V(g) (1 - 2^-22) - 2^-101 (see there), so none passes when every
 # other V is below V(g) (1 - SEP_REL) - SEP_ABS (rounding included, with margin)
 SEP_REL = np.float32(2.0 ** -20)
@@ -733,8 +733,9 @@ def _global(cb, gs, nk, nch, scale, safe):
     passes against V(g), and g passes if it does against s (or -FLT_MAX), which bounds every V
     before it; so g is the last update. In a safe block (weights >= 0, their sum W in
     [2^-40, 2^40], sum |w x| <= 2^40) every sumq2 > 0 of a split is >= W/64 - W 2^-20 >= 2^-47
-    (each half's is a sum of its weights times q^2 >= 1/64, C's expression off by a few
-    roundings of terms <= 1.27 W) and |sumqx| <= 2^43, so fl(sumqx^2) has no overflow and an
+    (C's expression is prefix sums of the weights, monotone, or their differences, times q^2
+    >= 1/64, off by a few roundings of terms <= 1.27 W) and |sumqx| <= 2^43 (prefix sums of
+    w x, or their differences, times |q| <= 1.125), so fl(sumqx^2) has no overflow and an
     absolute error <= 2^-150, and ggml's test a^2 > best b passing against V(g) gives a^2/b >
     V(g) (1 - 2u) - 2^-102, hence V(e) = fl(fl(a/b) a) >= V(g) (1 - 4u) - 2^-101 (u = 2^-24).
 
@@ -893,7 +894,7 @@ CH_SIZE = 2 * max(NCH_S, NCH_M)  # (i1, i0) of each chunk
 
 
 @njit(**KJIT)
-def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch, safe):
     """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
     to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
 
@@ -901,7 +902,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     the terms of i1 alone hoisted (the same operations), LANES consecutive i2 of a row at once
     (_pass_s). All candidates are computed and stored first, then the loop's outcome is found
     from the first largest V (_global); with a NaN V, or where that cannot decide, the loop runs
-    in order (_seq_s)."""
+    in order (_seq_s). safe: _global's shortcut applies (iq1s_block)."""
     nk = 2
     sx0 = sumx[0]
     sw0 = sumw[0]
@@ -920,7 +921,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale, False)
+        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale, safe)
         if done:
             if lc < 0:
                 return -1, -1, 0, scale
@@ -990,14 +991,20 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         sumw[0] = _F0
         sx = _F0  # the running sums in registers (through the arrays they wait on each store)
         sw = _F0
+        wmin = _F0
+        sa = _F0
         for j in range(bs):
             i = pidx[j]
             wi = weight[wb + i]
-            sx = sx + wi * x[bo + i]
+            t = wi * x[bo + i]
+            sx = sx + t
             sw = sw + wi
+            wmin = min(wmin, wi)
+            sa += abs(t)
             sumx[j + 1] = sx
             sumw[j + 1] = sw
-        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
+        safe = wmin >= _F0 and sw >= SAFE_LO and sw <= SAFE_HI and sa <= SAFE_HI
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch, safe)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
