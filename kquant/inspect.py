@@ -423,7 +423,8 @@ def hf_name_map(gf) -> tuple[dict[str, tuple[str | list[str], np.ndarray | None,
             out[name] = (hf, None, None)  # stacked experts: one HF tensor per expert (Experts.source)
             continue
         else:
-            hf = fam.hf_tensor_name(bid, base, is_bias, kinds) if name.endswith((".weight", ".bias")) else None
+            hf = fam.hf_tensor_name(bid, base, is_bias, kinds) if name.endswith((".weight", ".bias")) \
+                or base in fam.inverse_bare else None
         if hf is None:
             raise UnsupportedError(f"{_p(gf.path)}: --hf-names: tensor {name!r} has no Hugging Face name for {arch}")
         gather = None

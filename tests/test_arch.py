@@ -223,6 +223,15 @@ def as_transformers5(cfg: dict) -> dict:
     mt = c["model_type"]
     if "torch_dtype" in c:
         c.setdefault("dtype", c.pop("torch_dtype"))
+    if mt == "gemma4_text":  # no 4.x class: Google's keys; transformers 5's Gemma4TextConfig moves the full layers'
+        # head size (and their KV heads when keys double as values and the count differs) into per_layer_config
+        g_hd, g_kv = c.pop("global_head_dim", 512), c.pop("num_global_key_value_heads", None)
+        over = {"head_dim": g_hd}
+        if c.get("attention_k_eq_v") and g_kv is not None and g_kv != c.get("num_key_value_heads"):
+            over["num_key_value_heads"] = g_kv
+        c["per_layer_config"] = {str(i): over for i, t in enumerate(c["layer_types"]) if t == "full_attention"}
+        c["transformers_version"] = "5.25.0"
+        return c
     if mt == "step3p5":  # transformers 5's Step3p5Config renames StepFun's keys (num_attention_groups, moe_num_experts,
         # ...), which the converter cannot read: a release keeps its own; only dtype and the version change
         c["transformers_version"] = "5.25.0"
@@ -2483,6 +2492,108 @@ def case_bitnet_b(rng):
     return c, t, "llama-spm", {}
 
 
+def gemma4_text_config(**kw) -> dict:
+    """A Gemma 4 text config with every key Google's release states (no transformers 4.x class: the converter
+    reads config.json as it is, so nothing may be left to defaults); `kw` overrides."""
+    c = dict(model_type="gemma4_text", hidden_size=256, intermediate_size=512, num_hidden_layers=3,
+             num_attention_heads=2, num_key_value_heads=2, head_dim=128, global_head_dim=256,
+             num_global_key_value_heads=1, attention_k_eq_v=True, vocab_size=4096, max_position_embeddings=262144,
+             layer_types=["sliding_attention", "sliding_attention", "full_attention"], sliding_window=512,
+             rope_parameters={"full_attention": {"partial_rotary_factor": 0.25, "rope_theta": 1000000.0,
+                                                 "rope_type": "proportional"},
+                              "sliding_attention": {"rope_theta": 10000.0, "rope_type": "default"}},
+             final_logit_softcapping=30.0, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh",
+             hidden_size_per_layer_input=0, vocab_size_per_layer_input=4096, num_kv_shared_layers=0,
+             use_double_wide_mlp=False, enable_moe_block=False, num_experts=None, top_k_experts=None,
+             moe_intermediate_size=None, attention_bias=False, attention_dropout=0.0, use_bidirectional_attention=None,
+             tie_word_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0, initializer_range=0.02,
+             use_cache=True)
+    c.update(kw)
+    return c
+
+
+def gemma4_tensors(rng, c: dict) -> dict[str, tuple[np.ndarray, str]]:
+    """Gemma 4 text tensors (transformers' Gemma4TextModel: per-layer head sizes, KV-shared layers without
+    their own keys and values, the MoE block beside the dense MLP, per-layer embeddings), as model.*."""
+    e, ff, n_layer = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    nh, nkv, hd = c["num_attention_heads"], c["num_key_value_heads"], c["head_dim"]
+    n_shared, ple = c["num_kv_shared_layers"], c["hidden_size_per_layer_input"] or 0
+    norm = lambda n: (1 + heavy(rng, (n,), 0.1), "BF16")  # noqa: E731
+    t = {"model.embed_tokens.weight": (heavy(rng, (c["vocab_size"], e)), "BF16"), "model.norm.weight": norm(e)}
+    if ple:
+        t["model.embed_tokens_per_layer.weight"] = (heavy(rng, (c["vocab_size_per_layer_input"], n_layer * ple)), "BF16")
+        t["model.per_layer_model_projection.weight"] = (heavy(rng, (n_layer * ple, e)), "BF16")
+        t["model.per_layer_projection_norm.weight"] = norm(ple)
+    for i, kind in enumerate(c["layer_types"]):
+        p, full = f"model.layers.{i}.", kind == "full_attention"
+        d = c["global_head_dim"] if full else hd
+        kv = (c["num_global_key_value_heads"] if full and c["attention_k_eq_v"] else nkv) * d
+        shared = i >= n_layer - n_shared
+        f = ff * 2 if shared and c["use_double_wide_mlp"] else ff
+        t |= {p + "input_layernorm.weight": norm(e), p + "post_attention_layernorm.weight": norm(e),
+              p + "pre_feedforward_layernorm.weight": norm(e), p + "post_feedforward_layernorm.weight": norm(e),
+              p + "self_attn.q_proj.weight": (heavy(rng, (nh * d, e)), "BF16"), p + "self_attn.q_norm.weight": norm(d),
+              p + "self_attn.o_proj.weight": (heavy(rng, (e, nh * d)), "BF16"),
+              p + "mlp.gate_proj.weight": (heavy(rng, (f, e)), "BF16"), p + "mlp.up_proj.weight": (heavy(rng, (f, e)), "BF16"),
+              p + "mlp.down_proj.weight": (heavy(rng, (e, f)), "BF16"),
+              p + "layer_scalar": (np.array([0.5 + 0.25 * i], dtype=np.float32), "BF16")}
+        if not shared:
+            t[p + "self_attn.k_proj.weight"] = (heavy(rng, (kv, e)), "BF16")
+            t[p + "self_attn.k_norm.weight"] = norm(d)
+            if not (full and c["attention_k_eq_v"]):
+                t[p + "self_attn.v_proj.weight"] = (heavy(rng, (kv, e)), "BF16")
+        if c["enable_moe_block"]:
+            n_x, fx = c["num_experts"], c["moe_intermediate_size"]
+            t |= {p + "router.proj.weight": (heavy(rng, (n_x, e)), "BF16"), p + "router.scale": norm(e),
+                  p + "router.per_expert_scale": norm(n_x),
+                  p + "experts.gate_up_proj": (heavy(rng, (n_x, 2 * fx, e)), "BF16"),
+                  p + "experts.down_proj": (heavy(rng, (n_x, e, fx)), "BF16"),
+                  p + "pre_feedforward_layernorm_2.weight": norm(e), p + "post_feedforward_layernorm_1.weight": norm(e),
+                  p + "post_feedforward_layernorm_2.weight": norm(e)}
+        if ple:
+            t |= {p + "per_layer_input_gate.weight": (heavy(rng, (ple, e)), "BF16"),
+                  p + "per_layer_projection.weight": (heavy(rng, (e, ple)), "BF16"), p + "post_per_layer_input_norm.weight": norm(e)}
+    return t
+
+
+def case_gemma4(rng):
+    # Gemma4ForConditionalGeneration as google/gemma-4-31B-it lays it out: model.language_model.*, sliding layers
+    # (head_dim) and full layers (global_head_dim, keys doubling as values), tied output, a vision tower
+    text = gemma4_text_config(use_bidirectional_attention="vision")
+    c = {"architectures": ["Gemma4ForConditionalGeneration"], "model_type": "gemma4", "text_config": text,
+         "vision_config": {"model_type": "gemma4_vision", "hidden_size": 32, "intermediate_size": 64,
+                           "num_hidden_layers": 1, "num_attention_heads": 2, "patch_size": 16},
+         "audio_config": None, "boi_token_id": 255999, "eoi_token_id": 258882, "image_token_id": 258880,
+         "video_token_id": 258884, "boa_token_id": 256000, "eoa_token_index": 258883, "audio_token_id": 258881,
+         "initializer_range": 0.02, "tie_word_embeddings": True, "torch_dtype": "bfloat16"}
+    t = language_model(gemma4_tensors(rng, text), "model.language_model.")
+    t |= vision_parts(rng, {
+        "model.vision_tower.encoder.layers.0.self_attn.q_proj.linear.weight": (32, 32),
+        "model.vision_tower.patch_embedder.input_proj.weight": (32, 768),
+        "model.embed_vision.embedding_projection.weight": (256, 32),
+    })
+    return c, t, "gemma4", {}
+
+
+def case_gemma4_moe(rng):
+    # the 26B-A4B layout as Gemma4ForCausalLM: a dense MLP and stacked experts (gate/up fused) in every layer
+    c = gemma4_text_config(architectures=["Gemma4ForCausalLM"], enable_moe_block=True, num_experts=4, top_k_experts=2,
+                           moe_intermediate_size=256, num_key_value_heads=1, num_global_key_value_heads=None,
+                           attention_k_eq_v=False, torch_dtype="bfloat16")
+    return c, gemma4_tensors(rng, c), "gemma4", {}
+
+
+def case_gemma4_ple(rng):
+    # the E2B / E4B layout: per-layer embeddings, the last two layers reusing earlier layers' keys and values
+    # (no k/v projections of their own) with double-wide MLPs, keys not doubling as values
+    c = gemma4_text_config(architectures=["Gemma4ForCausalLM"], num_hidden_layers=4, hidden_size_per_layer_input=256,
+                           layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+                           num_kv_shared_layers=2, use_double_wide_mlp=True, attention_k_eq_v=False,
+                           num_global_key_value_heads=None, num_key_value_heads=1, final_logit_softcapping=None,
+                           torch_dtype="bfloat16")
+    return c, gemma4_tensors(rng, c), "gemma4", {}
+
+
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
@@ -2519,6 +2630,7 @@ CASES = {
     "phi2": case_phi2, "qwen2vl": case_qwen2vl, "qwen2.5vl": lambda rng: case_qwen2vl(rng, flat=True),
     "qwen3vl": case_qwen3vl, "qwen3vlmoe": lambda rng: case_qwen3vl(rng, moe=True),
     "bitnet": case_bitnet, "bitnet-b": case_bitnet_b,
+    "gemma4": case_gemma4, "gemma4-moe": case_gemma4_moe, "gemma4-ple": case_gemma4_ple,
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
@@ -2527,7 +2639,8 @@ QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "s
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
                "gpt-oss", "gpt-oss-mxfp4", "bitnet", "mamba", "mamba2", "nemotron-h", "jamba", "qwen3vlmoe",
-               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple")
+               "nemotron-h-moe", "nemotron-h-moe-mtp", "granitemoe-swa", "hy-v4", "step35", "laguna", "maple",
+               "gemma4", "gemma4-moe", "gemma4-ple")
 # validate and dequantize --hf-names (or its refusal) end to end, on one case of each kind: stacked experts
 # (llama4), MXFP4 experts (gpt-oss-mxfp4), MLA (deepseek2-lite), SSM hybrids (granitehybrid, nemotron-h-moe,
 # mamba), Conv1D (gpt2), fused QKV (falcon, phi2), a multimodal checkpoint's language model (qwen2vl), ternary
@@ -3343,13 +3456,61 @@ def test_llama4_all_full_attention(models):
     assert spec.n_expert == 4 and [k for k, _, _ in spec.kv].index("llama4.attention.sliding_window") == len(spec.kv) - 1
 
 
+def test_gemma4_hub_tokenizer_config_list(models):
+    """The Hub's Gemma 4 tokenizer_config.json has extra_special_tokens as a list (transformers 5, whose
+    all_special_tokens holds the list's tokens as 4.57.6 holds a dict's values). transformers 4.57.6's
+    AutoTokenizer, which the pinned converter loads it with (LlamaHfVocab), fails on it (AttributeError);
+    kquant reads it as the dict of the same tokens, whose output the converter does match (the gemma4
+    cases). A token listed there is CONTROL, dict or list; one missing from tokenizer.json is refused."""
+    import subprocess
+
+    from kquant.vocab.special import CONTROL, NORMAL
+
+    d = models("gemma4-moe")
+    tc_file = d / "tokenizer_config.json"
+    tc = json.loads(tc_file.read_text())
+    named = dict(tc["extra_special_tokens"])
+    plain = "ment"  # an ordinary token of the vocabulary, special only when listed
+
+    def vocab_of(extra):
+        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
+        kv = {k: v for k, _, v in load_spec(d).kv}
+        return kv["tokenizer.ggml.tokens"], kv["tokenizer.ggml.token_type"]
+
+    base_tokens, base_types = vocab_of(named)
+    i = list(base_tokens).index(plain)
+    assert base_types[i] == NORMAL
+    as_dict = vocab_of({**named, "plain_token": plain})
+    as_list = vocab_of([*named.values(), plain])
+    assert as_dict[1][i] == CONTROL and list(as_list[0]) == list(as_dict[0]) and list(as_list[1]) == list(as_dict[1])
+    if REFCONV_PYTHON:
+        code = "import sys; from transformers import AutoTokenizer; AutoTokenizer.from_pretrained(sys.argv[1])"
+        r = subprocess.run([REFCONV_PYTHON, "-c", code, str(d)], capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and "AttributeError: 'list' object has no attribute 'keys'" in r.stderr, r.stderr[-2000:]
+    for extra in ({"image_token": "<|image|>"}, ["<|image|>"]):  # past the cut vocabulary
+        tc_file.write_text(json.dumps({**tc, "extra_special_tokens": extra}))
+        with pytest.raises(UnsupportedError, match="special token '<\\|image\\|>' is not in tokenizer.json") as e:
+            load_spec(d)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("key", ["num_kv_shared_layers", "layer_types", "sliding_window", "head_dim", "moe_intermediate_size"])
+def test_gemma4_config_keys_required(models, key):
+    """config.json is read as it is (no transformers 4.57.6 class): a key the converter indexes is required."""
+    d = models("gemma4")
+    c = json.loads((d / "config.json").read_text())
+    del c["text_config"][key]
+    (d / "config.json").write_text(json.dumps(c))
+    with pytest.raises(InputError, match=f"missing key '{key}'"):
+        load_spec(d, vocab=False)
+
+
 @pytest.mark.parametrize("arch,model_type,why", [
     ("Gemma3nForConditionalGeneration", "gemma3n", "Gemma 3n's language model is not ported.*erfinv.*AltUp"),
     ("Gemma3nForCausalLM", "gemma3n_text", "Gemma 3n's language model"),
-    ("Gemma4ForConditionalGeneration", "gemma4", "Gemma 4 is not ported"),
-    ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
     ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
     ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
+    ("HunYuanMoEV1ForCausalLM", "hunyuan_v1_moe", "Hunyuan MoE.s vocabulary is not ported: .*trust_remote_code"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""

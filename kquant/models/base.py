@@ -248,10 +248,14 @@ class TextModel:
     # --hf-names for HF tensors the conversion split, transposed or unstacked: GGUF kind (base, or
     # base + ".bias") -> how it goes back into its HF tensor (HFJoin, rebuilt by inspect.dequantize_file)
     hf_joins: ClassVar[dict[str, "HFJoin"]] = {}
+    inverse_bare: ClassVar[tuple[str, ...]] = ()  # per-layer GGUF kinds without a .weight / .bias suffix --hf-names maps
     undo_permute: ClassVar[bool] = False  # LlamaModel.undo_permute: Q/K rows permuted for rotary heads
     layer_prefix: ClassVar[str] = LAYER_PREFIX  # HF name prefix of the per-layer modules ("transformer.h.", ...)
     # canonical dimension -> the config keys that hold it in this family's hparams (GPT-2: n_embd, ...)
     aliases: ClassVar[dict[str, tuple[str, ...]]] = {}
+    # rope types TextModel.set_gguf_parameters only warns about ("Unknown RoPE type"), writing nothing (Gemma 4's
+    # "proportional": the family writes it as rope_freqs); any other unknown type is refused
+    unknown_rope_types: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, hp: dict[str, Any], *, kv: KVRecorder | None = None, config_path: Any = None,
                  folder: Path | None = None, tok_folder: Path | None = None):
@@ -360,7 +364,7 @@ class TextModel:
                 self.kv.add_string(self.key("rope.scaling.type"), "longrope")  # RopeScalingType.LONGROPE
             elif rope_type == "dynamic" or (isinstance(rope_type, str) and rope_type.lower() == "llama3"):
                 pass  # dynamic: model-specific; llama3: handled by generate_extra_tensors
-            elif rope_type not in ("default", "mrope"):  # mrope: "Unknown RoPE type" warning upstream, nothing written
+            elif rope_type not in ("default", "mrope") + self.unknown_rope_types:  # mrope: "Unknown RoPE type" warning upstream, nothing written
                 raise UnsupportedError(f"{self.config_path}: rope_scaling type {rope_type!r} is not supported (linear, yarn, llama3, longrope)")
         if "mrope_section" in rp:
             sections = rp["mrope_section"]

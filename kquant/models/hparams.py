@@ -82,8 +82,10 @@ OPTIONAL_NUMBER_KEYS = (
     "attn_logit_softcapping",
 )
 OPTIONAL_BOOL_KEYS = ("tie_word_embeddings", "attention_bias", "mlp_bias")
-# booleans transformers 5 may write as null (GemmaConfig / Gemma2Config: use_bidirectional_attention=None)
+# booleans transformers 5 may write as null (GemmaConfig / Gemma2Config: use_bidirectional_attention=None),
+# or as a mode (Gemma4TextConfig: "all" / "vision")
 OPTIONAL_BOOL_OR_NULL_KEYS = ("use_bidirectional_attention",)
+BIDIRECTIONAL_MODES = ("all", "vision")
 
 # fields of a rope_scaling / rope_parameters dict (transformers 5 modeling_rope_utils.RopeParameters,
 # plus the keys conversion/base.py reads) and their JSON types
@@ -177,8 +179,8 @@ def _check_keys(path: Path, cfg: dict[str, Any], where: str, *, required: bool, 
         if k in cfg and not isinstance(cfg[k], bool):
             raise InputError(f"{path}: {where + k!r} must be true or false, got {cfg[k]!r}")
     for k in OPTIONAL_BOOL_OR_NULL_KEYS:
-        if k in cfg and cfg[k] is not None and not isinstance(cfg[k], bool):
-            raise InputError(f"{path}: {where + k!r} must be true, false or null, got {cfg[k]!r}")
+        if k in cfg and cfg[k] is not None and not isinstance(cfg[k], bool) and cfg[k] not in BIDIRECTIONAL_MODES:
+            raise InputError(f"{path}: {where + k!r} must be true, false, null, 'all' or 'vision', got {cfg[k]!r}")
     for key in ("rope_scaling", "rope_parameters"):
         rd = cfg.get(key)
         if rd is not None and not isinstance(rd, dict):

@@ -8,7 +8,7 @@ Which of these a model uses is its family's `set_vocab` (kquant.models).
 """
 
 from .bpe import (
-    CHKTXT, PRE_TOKENIZER_HASHES, HFTokenizer, get_vocab_base, known_pre_tokenizers, llama_hf_kind, set_vocab_gpt2,
+    CHKTXT, PRE_TOKENIZER_HASHES, HFTokenizer, get_vocab_base, known_pre_tokenizers, llama_hf_kind, llama_hf_vocab, set_vocab_gpt2,
     vocab_base_pre,
 )
 from .sentencepiece import (
@@ -25,6 +25,6 @@ __all__ = [
     "BYTE", "CHKTXT", "KimiTokenizer", "is_kimi_tokenizer", "read_tiktoken_bpe", "set_vocab_kimi", "CONTROL", "NORMAL", "PRE_TOKENIZER_HASHES", "SPIECE_UNDERLINE", "SPM_ADDED_SCORE",
     "SPM_PAD_SCORE", "UNKNOWN", "UNUSED", "USER_DEFINED", "HFTokenizer", "SpecialVocab", "SpmModel",
     "added_tokens_decoder", "check_token_id", "check_tokenizer_files", "clear_tokenizer_cache", "create_vocab_sentencepiece", "does_token_look_special",
-    "get_vocab_base", "known_pre_tokenizers", "llama_hf_kind", "read_object", "read_spm_model",
+    "get_vocab_base", "known_pre_tokenizers", "llama_hf_kind", "llama_hf_vocab", "read_object", "read_spm_model",
     "read_tokenizer_json", "set_vocab_gpt2", "set_vocab_sentencepiece", "vocab_base_pre", "write_spm_vocab",
 ]

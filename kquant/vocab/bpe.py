@@ -1,7 +1,8 @@
 """BPE vocabularies from tokenizer.json, and the pre-tokenizer identified by its hash.
 
 Ports, from llama.cpp as vendored in llama-cpp-python 0.3.36: conversion/base.py
-TextModel.get_vocab_base, get_vocab_base_pre (hash table copied verbatim), _set_vocab_gpt2.
+TextModel.get_vocab_base, get_vocab_base_pre (hash table copied verbatim), _set_vocab_gpt2;
+gguf-py vocab.py LlamaHfVocab (`llama_hf_vocab`).
 Where upstream uses transformers' AutoTokenizer, we use the `tokenizers` library on
 tokenizer.json (plus the post-processor rewrite transformers' Llama/Gemma fast tokenizers apply).
 """
@@ -9,6 +10,7 @@ tokenizer.json (plus the post-processor rewrite transformers' Llama/Gemma fast t
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from hashlib import sha256
 from pathlib import Path
@@ -19,7 +21,7 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE, KVRecorder, StringArray
 from ..io.jsonio import LazyArray
 from .special import (
-    CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, does_token_look_special,
+    BYTE, CONTROL, NORMAL, SPIECE_UNDERLINE, UNUSED, USER_DEFINED, SpecialVocab, added_tokens_decoder, does_token_look_special,
     read_object,
     read_tokenizer_json,
 )
@@ -387,3 +389,100 @@ def llama_hf_kind(folder: Path) -> str:
     if model["type"] != "BPE" or not model.get("byte_fallback", False) or decoder.get("type") != "Sequence":
         return "other"
     return "spm-bpe"
+
+
+# transformers 4.57.6 (the converter's pinned version): the special-token defaults of the fast tokenizer
+# classes LlamaHfVocab may load (GemmaTokenizerFast.__init__), by tokenizer_config.json tokenizer_class
+_SPECIAL_DEFAULTS = {
+    "GemmaTokenizer": {"unk": "<unk>", "bos": "<bos>", "eos": "<eos>", "pad": "<pad>"},
+    "GemmaTokenizerFast": {"unk": "<unk>", "bos": "<bos>", "eos": "<eos>", "pad": "<pad>"},
+    "PreTrainedTokenizerFast": {},
+}
+_SPECIAL_ATTRS = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")  # SpecialTokensMixin.SPECIAL_TOKENS_ATTRIBUTES
+
+
+def _token_content(v, where: str) -> str:
+    """A special token from tokenizer_config.json: a string or a serialized AddedToken."""
+    if isinstance(v, dict):
+        v = v.get("content")
+    if not isinstance(v, str):
+        raise InputError(f"{where} must be a string or an AddedToken object, got {v!r}"[:200])
+    return v
+
+
+def _all_special_tokens(folder: Path, tc: dict, cls: str) -> list[str]:
+    """AutoTokenizer(...).all_special_tokens under transformers 4.57.6: the named special tokens (the
+    class defaults unless tokenizer_config.json sets them, null unsetting one), additional_special_tokens,
+    then the values of a dict extra_special_tokens (or the tokens of transformers 5's list), each once."""
+    tc_file = folder / "tokenizer_config.json"
+    if (folder / "special_tokens_map.json").is_file():
+        raise UnsupportedError(f"{folder / 'special_tokens_map.json'}: special_tokens_map.json with a SentencePiece-style "
+                               "tokenizer.json is not supported")
+    defaults = _SPECIAL_DEFAULTS[cls]
+    out: list[str] = []
+    for typ in _SPECIAL_ATTRS:
+        key = f"{typ}_token"
+        v = tc[key] if key in tc else defaults.get(typ)
+        if v is not None:
+            out.append(_token_content(v, f"{tc_file}: {key!r}"))
+    extra = tc.get("additional_special_tokens") or []
+    if not isinstance(extra, list):
+        raise InputError(f"{tc_file}: 'additional_special_tokens' must be a list, got {extra!r}"[:200])
+    out += [_token_content(v, f"{tc_file}: 'additional_special_tokens' entry") for v in extra]
+    named = tc.get("extra_special_tokens", {})
+    if isinstance(named, list):
+        # transformers 5 writes it as a list, whose tokens its all_special_tokens holds just as 4.57.6 holds
+        # a dict's values; 4.57.6 itself fails on a list (_set_model_specific_special_tokens calls .keys():
+        # AttributeError), so the converter in its pinned environment writes nothing here: kquant reads the
+        # list as that dict's values (README: the one documented step past the pinned converter)
+        named = {f"[{i}]": v for i, v in enumerate(named)}
+    if not isinstance(named, dict):
+        raise InputError(f"{tc_file}: 'extra_special_tokens' must be an object or a list, got {named!r}"[:200])
+    out += [_token_content(v, f"{tc_file}: 'extra_special_tokens{k if k.startswith('[') else '.' + k}'")
+            for k, v in named.items()]
+    return list(dict.fromkeys(out))
+
+
+# gguf-py vocab.py LlamaHfVocab (hf_tokens + added_tokens), its AutoTokenizer being transformers 4.57.6's
+# fast tokenizer for tokenizer.json: vocab_size, get_added_vocab(), all_special_tokens / all_special_ids
+def llama_hf_vocab(folder: Path) -> tuple[list[str], list[float], list[int]]:
+    """(tokens, scores, token types) of LlamaHfVocab(folder).all_tokens()."""
+    path = folder / "tokenizer.json"
+    kind = llama_hf_kind(folder)
+    if kind == "missing":
+        raise InputError(f"{path}: file not found")
+    if kind == "llama3":
+        raise UnsupportedError(f"{path}: a Llama 3 style BPE tokenizer (ignore_merges, no byte fallback): LlamaHfVocab refuses it")
+    if kind != "spm-bpe":
+        raise UnsupportedError(f"{path}: not a SentencePiece-style BPE tokenizer.json (byte fallback, a Sequence decoder), "
+                               "which LlamaHfVocab needs")
+    tc_file = folder / "tokenizer_config.json"
+    tc = read_object(tc_file) if tc_file.is_file() else {}
+    cls = tc.get("tokenizer_class")
+    if cls not in _SPECIAL_DEFAULTS:
+        # without tokenizer_class AutoTokenizer goes through AutoConfig, which has no class for these models
+        raise UnsupportedError(f"{tc_file}: tokenizer_class {cls!r} is not supported here ({', '.join(_SPECIAL_DEFAULTS)})")
+    tok = HFTokenizer(folder, "", only=())
+    base_size = tok.tok.get_vocab_size(with_added_tokens=False)  # PreTrainedTokenizerFast.vocab_size
+    specials = _all_special_tokens(folder, tc, cls)
+    for t in specials:
+        if t not in tok.vocab:  # transformers would add it as a new token, past the model's vocabulary
+            raise UnsupportedError(f"{tc_file}: special token {t!r} is not in tokenizer.json")
+    special_ids = {tok.vocab[t] for t in specials}
+    added_list = [content for i, (content, _, _) in sorted(tok.added.items()) if i >= base_size]
+    reverse = {i: t for t, i in tok.vocab.items()}
+    tokens: list[str] = []
+    toktypes: list[int] = []
+    for i in range(base_size):
+        if i not in reverse:
+            raise InputError(f"{path}: token id {i} is missing from the vocabulary")
+        t = reverse[i]
+        tokens.append(t)
+        if re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", t):
+            toktypes.append(BYTE)
+        else:
+            toktypes.append(CONTROL if i in special_ids else NORMAL)
+    for t in added_list:
+        tokens.append(t)
+        toktypes.append(CONTROL if t in specials else USER_DEFINED)
+    return tokens, [-1000.0] * len(tokens), toktypes
