@@ -134,3 +134,35 @@ def test_iq_tables_load_without_their_builders(monkeypatch):
         for a, b in zip(arrays[:3], fresh):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
+
+
+_SLOTS_CHILD = """
+import numpy as np
+from kquant.ggml import quants
+from kquant.ggml.kernels import _iqgrid, iq1
+from kquant.types import QType
+x = np.random.default_rng(5).standard_normal((3, 512)).astype(np.float32)
+w = np.random.default_rng(6).uniform(0.1, 2.0, 512).astype(np.float32)
+k = quants.registry()[QType.IQ1_M]
+assert not _iqgrid._SLOTS.any()  # nothing published yet
+direct = np.zeros((3, QType.IQ1_M.row_size(512)), dtype=np.uint8)
+assert k.quantize(x, w, direct) == 0  # no prepare: the kernel loads its tables in object mode
+assert (_iqgrid._SLOTS != 0).sum() > 0
+np.testing.assert_array_equal(direct, quants.quantize(x, QType.IQ1_M, w))
+kx, codes, nidx, levels = _iqgrid.lists(_iqgrid.GRID_1S)
+for got, want in zip((kx, codes, nidx, levels), _iqgrid.search_lists(_iqgrid.GRID_1S)):
+    assert got.dtype == want.dtype and got.shape == want.shape and (got == want).all()
+np.testing.assert_array_equal(iq1._packed(), iq1.packed_lists())
+print("ok")
+"""
+
+
+def test_slots_without_prepare():
+    """Compiled code finds the tables through the published slots; a kernel called before any
+    `prepare` (a fresh process) loads them itself and gives kquant.quantize's bytes."""
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-c", _SLOTS_CHILD], capture_output=True, text=True, timeout=600,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert p.returncode == 0 and p.stdout.strip() == "ok", p.stderr[-2000:]

@@ -220,6 +220,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     elif out.shape != (rows, row_bytes) or out.dtype != np.uint8 or not out.flags.c_contiguous:
         raise ValueError(f"out must be a C-contiguous uint8 array of shape {(rows, row_bytes)}")
     if rows:
+        if k.prepare is not None:
+            k.prepare()
         failed = _run_rows(qfn, rows, cols, x, qw, out)
         if failed:
             raise ValueError(f"{t.name}: ggml's search aborts on {failed} block(s) of this input "

@@ -71,6 +71,8 @@ def first_calls(types, dequant=None, checks: bool = True) -> None:
             q = quantize(x, t, w)  # also runs count_nonfinite and the scale check
         else:  # the arguments quantize passes (no imatrix: an empty float32 row)
             q = np.empty((x.shape[0], t.row_size(x.shape[1])), dtype=np.uint8)
+            if registry()[t].prepare is not None:
+                registry()[t].prepare()
             registry()[t].quantize(x, np.empty(0, dtype=np.float32) if w is None else w, q)
         if d is None or t in d:
             dequantize(q, t, x.shape)

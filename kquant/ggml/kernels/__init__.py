@@ -35,3 +35,4 @@ from typing import Callable, NamedTuple
 class Kernel(NamedTuple):
     quantize: Callable
     dequantize: Callable
+    prepare: Callable | None = None  # loads what the kernels read from Python (their tables), once

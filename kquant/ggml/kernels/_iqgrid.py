@@ -23,7 +23,12 @@ kmap and neighbours and the lane lists are built once (numpy, under a second on 
 stored in the table cache beside numba's cache (kquant.ggml.kernels._tablecache, keyed by a hash
 of this module's source and the grid): a later process loads them (milliseconds) instead of
 building them (seconds). They are kept per process (lru_cache) and handed to the compiled
-kernels through `lists()` (one object-mode call per kernel call).
+kernels through `lists()`, which reads them from slots (address, length) in a process-wide array
+that compiled code finds by a symbol name (`kquant_iqgrid_slots`, llvmlite's add_symbol): the
+cached kernels refer to the name, not to an address, so they load from numba's cache as they
+are. Python fills a grid's slots when it loads its tables (search_lists, or a kernel's `prepare`
+before its first call); a kernel that finds them empty loads them through an object-mode
+block, which numba compiles in each process that runs it (about 0.2 s: the warm start avoids it).
 """
 
 from __future__ import annotations
@@ -32,7 +37,10 @@ import threading
 from functools import lru_cache
 
 import numpy as np
-from numba import njit, objmode
+from llvmlite import binding as llvm_binding
+from llvmlite import ir as llvm_ir
+from numba import carray, njit, objmode, types
+from numba.extending import intrinsic
 
 from ._iq_grids import KGRID_1BIT_2048, KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
 from ._tablecache import key_of, load_or_build, module_source
@@ -93,6 +101,55 @@ def _build(grid, nwant):
 
 _lock = threading.Lock()
 
+# (address, length) of each table handed to compiled code: slot 4 which + j for lists(which)'s
+# j-th array, others claimed by kernel modules (SLOT_*); an address is 0 until published
+NSLOTS = 32
+_SLOTS = np.zeros(2 * NSLOTS, dtype=np.int64)
+_SLOT_SYMBOL = "kquant_iqgrid_slots"
+llvm_binding.add_symbol(_SLOT_SYMBOL, _SLOTS.ctypes.data)
+_published: dict[int, np.ndarray] = {}  # the arrays behind the slots, kept alive
+
+
+def publish(slot: int, a: np.ndarray) -> None:
+    """Hand the C-contiguous array a to compiled code as slot `slot` (its length, then its address)."""
+    a = np.ascontiguousarray(a)
+    _published[slot] = a
+    _SLOTS[2 * slot + 1] = a.size
+    _SLOTS[2 * slot] = a.ctypes.data
+
+
+def _slot_word(f, i):
+    i64 = llvm_ir.IntType(64)
+    mod = f.module
+    gv = mod.globals.get(_SLOT_SYMBOL)
+    if gv is None:
+        gv = llvm_ir.GlobalVariable(mod, llvm_ir.ArrayType(i64, 2 * NSLOTS), _SLOT_SYMBOL)
+        gv.linkage = "external"
+    return f.load_atomic(f.gep(gv, [llvm_ir.Constant(llvm_ir.IntType(32), 0), i]), "acquire", 8)
+
+
+@intrinsic
+def slot_len(typingctx, slot):
+    """The length of the array published in `slot` (0: none yet)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return _slot_word(builder, builder.add(builder.mul(args[0], args[0].type(2)), args[0].type(1)))
+
+    return sig, codegen
+
+
+@intrinsic
+def slot_ptr(typingctx, slot):
+    """The address of the array published in `slot`, as a void pointer (for numba.carray)."""
+    sig = types.voidptr(types.int64)
+
+    def codegen(context, builder, signature, args):
+        w = _slot_word(builder, builder.mul(args[0], args[0].type(2)))
+        return builder.inttoptr(w, llvm_ir.IntType(8).as_pointer())
+
+    return sig, codegen
+
 
 PAD = 8  # candidate lists padded to a multiple of this (whole vectors of search lanes)
 
@@ -133,7 +190,10 @@ def _tables(which: int) -> dict:
         return {"kmap": kmap, "neighbours": nb, "kx": kx, "codes": codes, "nidx": nidx}
 
     t = load_or_build(f"iq2xs_init_impl-{len(grid)}", key_of(module_source(__name__), grid, nwant), build)
-    return dict(t, grid=grid, levels=(grid.astype(np.int64) - 1) // 2)
+    t = dict(t, grid=grid, levels=(grid.astype(np.int64) - 1) // 2)
+    for j, name in enumerate(("kx", "codes", "nidx", "levels")):  # levels' length, the flag, last
+        publish(4 * which + j, t[name])
+    return t
 
 
 def search_tables(which: int):
@@ -150,9 +210,19 @@ def search_lists(which: int):
     return t["kx"], t["codes"], t["nidx"], t["levels"]
 
 
+def prepare(which: int):
+    """A function loading grid `which`'s tables for compiled code (a kernel's `prepare`)."""
+    return lambda: search_lists(which)
+
+
 @njit(cache=True, no_cfunc_wrapper=True)
 def lists(which):
-    """search_lists(which) from compiled code."""
-    with objmode(kx="int32[::1]", codes="int8[::1]", nidx="uint16[::1]", levels="int64[:, ::1]"):
-        kx, codes, nidx, levels = search_lists(which)
-    return kx, codes, nidx, levels
+    """search_lists(which) from compiled code: the published slots (loaded in object mode first
+    where this process has not loaded them yet)."""
+    s = 4 * which
+    if slot_len(s + 3) == 0:
+        with objmode():
+            search_lists(which)
+    n = slot_len(s + 3)
+    return (carray(slot_ptr(s), slot_len(s), np.int32), carray(slot_ptr(s + 1), slot_len(s + 1), np.int8),
+            carray(slot_ptr(s + 2), slot_len(s + 2), np.uint16), carray(slot_ptr(s + 3), (n // 8, 8), np.int64))

@@ -39,7 +39,7 @@ from functools import lru_cache
 
 import numpy as np
 from llvmlite import ir as llvm_ir
-from numba import njit, objmode, types
+from numba import carray, njit, objmode, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
@@ -47,7 +47,7 @@ from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import fp16_to_fp32, fp32_to_fp16, get_f16, nearest_int, put_f16, sel
 from ._iq_grids import KGRID_1BIT_2048
-from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, search_lists
+from ._iqgrid import GRID_1S, KMAP_SIZE, PAD, lists, publish, search_lists, slot_len, slot_ptr
 
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 KJIT = dict(JIT, _nrt=False)  # helpers that allocate nothing: no refcounting of their array arguments
@@ -78,9 +78,14 @@ KG = KGRID_1BIT_2048.astype(np.int32)  # packed levels of the grid points (8 KB:
 _lock = threading.Lock()
 
 
+SLOT_PACKED = 16  # _iqgrid's slot of packed_lists()
+
+
 @lru_cache(maxsize=None)
 def _packed_lists():
-    return np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+    kg = np.ascontiguousarray(KGRID_1BIT_2048[search_lists(GRID_1S)[2]])
+    publish(SLOT_PACKED, kg)
+    return kg
 
 
 def packed_lists():
@@ -91,11 +96,19 @@ def packed_lists():
         return _packed_lists()
 
 
+def prepare():
+    """Load the tables of the IQ1 kernels for compiled code (_iqgrid.publish)."""
+    search_lists(GRID_1S)
+    packed_lists()
+
+
 @njit(cache=True, no_cfunc_wrapper=True)
 def _packed():
-    with objmode(kg="uint16[::1]"):
-        kg = packed_lists()
-    return kg
+    """packed_lists() from compiled code (as _iqgrid.lists)."""
+    if slot_len(SLOT_PACKED) == 0:
+        with objmode():
+            packed_lists()
+    return carray(slot_ptr(SLOT_PACKED), slot_len(SLOT_PACKED), np.uint16)
 
 
 @njit(**KJIT)
@@ -567,10 +580,12 @@ def _buf_intrinsics(nk):
 
     @intrinsic
     def maxscan(typingctx, cb, nch):
-        """The order (chunk LANES + lane) nk + kind of the first candidate of largest V over the nch
-        stored chunks, or -1 if every V is -inf: the first maximum of each (kind, lane) kept in
-        registers, then the largest of those, the lowest order among equals."""
-        sig = types.int64(cb, types.int64)
+        """(g, s): the order (chunk LANES + lane) nk + kind g of the first candidate of largest V over
+        the nch stored chunks, or -1 if every V is -inf, and the largest V of the other candidates
+        s: each (kind, lane) keeps its first maximum and the largest of its other values in
+        registers; g is the lowest order among the largest first maxima, s the largest of the
+        other first maxima and of every second value."""
+        sig = types.Tuple((types.int64, types.float32))(cb, types.int64)
 
         def codegen(context, builder, signature, args):
             f = builder
@@ -585,6 +600,7 @@ def _buf_intrinsics(nk):
             f.position_at_end(loop)
             c = f.phi(i64)
             vm = [f.phi(_V8) for _ in range(nk)]
+            vs = [f.phi(_V8) for _ in range(nk)]
             vi = [f.phi(v8i32) for _ in range(nk)]
             base = f.mul(c, i64(3 * nk * LANES))
             vc = _splat(f, f.trunc(c, _I32))
@@ -594,13 +610,16 @@ def _buf_intrinsics(nk):
             for k in range(nk):
                 v = _load8(f, data, f.add(base, i64(LANES * (2 * nk + k))))
                 gt = f.fcmp_ordered(">", v, vm[k])
+                vs2 = f.select(gt, vm[k], f.select(f.fcmp_ordered(">", v, vs[k]), v, vs[k]))
                 vm2 = f.select(gt, v, vm[k])
                 vi2 = f.select(gt, vc, vi[k])
                 vm[k].add_incoming(ninf, entry)
                 vm[k].add_incoming(vm2, loop)
+                vs[k].add_incoming(ninf, entry)
+                vs[k].add_incoming(vs2, loop)
                 vi[k].add_incoming(llvm_ir.Constant(v8i32, [0] * LANES), entry)
                 vi[k].add_incoming(vi2, loop)
-                vm[k], vi[k] = vm2, vi2
+                vm[k], vs[k], vi[k] = vm2, vs2, vi2
             f.cbranch(f.icmp_signed("<", c2, args[1]), loop, done)
             f.position_at_end(done)
             m = vm[0]
@@ -614,18 +633,29 @@ def _buf_intrinsics(nk):
             big = llvm_ir.Constant(v8i32, [0x7FFFFFFF] * LANES)
             lanes = llvm_ir.Constant(v8i32, list(range(LANES)))
             omin = big
+            os = []
             for k in range(nk):
                 eq = f.and_(f.fcmp_ordered("==", vm[k], vmx), f.fcmp_ordered(">", vm[k], ninf))
                 o = f.add(f.mul(f.add(f.mul(vi[k], llvm_ir.Constant(v8i32, [LANES] * LANES)), lanes),
                                 llvm_ir.Constant(v8i32, [nk] * LANES)), llvm_ir.Constant(v8i32, [k] * LANES))
                 o = f.select(eq, o, big)
+                os.append(o)
                 omin = f.select(f.icmp_signed("<", o, omin), o, omin)
             r = f.extract_element(omin, _I32(0))
             for t in range(1, LANES):
                 e = f.extract_element(omin, _I32(t))
                 r = f.select(f.icmp_signed("<", e, r), e, r)
+            vr = _splat(f, r)
+            sm = None
+            for k in range(nk):  # g's own slot gives its second value, every other its first maximum
+                sk = f.select(f.icmp_signed("==", os[k], vr), vs[k], vm[k])
+                sm = sk if sm is None else f.select(f.fcmp_ordered(">", sk, sm), sk, sm)
+            smx = f.extract_element(sm, _I32(0))
+            for t in range(1, LANES):
+                e = f.extract_element(sm, _I32(t))
+                smx = f.select(f.fcmp_ordered(">", e, smx), e, smx)
             r = f.select(f.icmp_signed("==", r, _I32(0x7FFFFFFF)), _I32(-1), r)
-            return f.sext(r, i64)
+            return context.make_tuple(f, signature.return_type, [f.sext(r, i64), smx])
 
         return sig, codegen
 
@@ -683,11 +713,31 @@ def _resolve(cb, nk, best, scale):
     return _replay(cb, np.int64(0), nk, np.int64(0), best, scale, np.int64(-1))
 
 
+# _global's shortcut: with `safe` blocks (iq1s_block, iq1m_block), a candidate e passing ggml's test against
+# best_score = V(g) has V(e) >= V(g) (1 - 2^-22) - 2^-101 (see there), so none passes when every
+# other V is below V(g) (1 - SEP_REL) - SEP_ABS (rounding included, with margin)
+SEP_REL = np.float32(2.0 ** -20)
+SEP_ABS = np.float32(2.0 ** -90)
+SAFE_LO = np.float32(2.0 ** -40)
+SAFE_HI = np.float32(2.0 ** 40)
+
+
 @njit(**KJIT)
-def _global(cb, g, nk, nch, scale):
+def _global(cb, gs, nk, nch, scale, safe):
     """The whole split loop from its candidates, stored chunk by chunk (chunk c at cb[3 nk LANES c:],
-    _pass_s / _pass_m, no NaN V), g the first of largest V (maxscan): (done, chunk, e, scale) of its
-    last update (chunk -1: none), or done = False where the sequential loop must decide.
+    _pass_s / _pass_m, no NaN V), gs = (g, s) from maxscan: g the first of largest V, s the largest
+    V of the others: (done, chunk, e, scale) of its last update (chunk -1: none), or done = False
+    where the sequential loop must decide.
+
+    Shortcut, in a `safe` block where s < V(g) (1 - SEP_REL) - SEP_ABS: no candidate after g
+    passes against V(g), and g passes if it does against s (or -FLT_MAX), which bounds every V
+    before it; so g is the last update. In a safe block (weights >= 0, their sum W in
+    [2^-40, 2^40], sum |w x| <= 2^40) every sumq2 > 0 of a split is >= W/64 - W 2^-20 >= 2^-47
+    (C's expression is prefix sums of the weights, monotone, or their differences, times q^2
+    >= 1/64, off by a few roundings of terms <= 1.27 W) and |sumqx| <= 2^43 (prefix sums of
+    w x, or their differences, times |q| <= 1.125), so fl(sumqx^2) has no overflow and an
+    absolute error <= 2^-150, and ggml's test a^2 > best b passing against V(g) gives a^2/b >
+    V(g) (1 - 2u) - 2^-102, hence V(e) = fl(fl(a/b) a) >= V(g) (1 - 4u) - 2^-101 (u = 2^-24).
 
     As in _resolve, over the whole loop: an update sets best_score = V of its own candidate, so
     with g the first candidate of largest V, passing against the largest V before it (or against
@@ -695,6 +745,7 @@ def _global(cb, g, nk, nch, scale):
     candidates after g are tested LANES at once against best_score and replayed in C's order
     only in a chunk where one passes (rarely: none has a larger V)."""
     cs = 3 * nk * LANES
+    g, smax = gs
     if g < 0:
         return True, -1, -1, scale
     cg = g // (LANES * nk)
@@ -703,6 +754,10 @@ def _global(cb, g, nk, nch, scale):
     a = cb[o + LANES * (eg % nk) + eg // nk]
     b = cb[o + LANES * (nk + eg % nk) + eg // nk]
     vb = cb[o + LANES * (2 * nk + eg % nk) + eg // nk]
+    if safe and smax < vb * (_F1 - SEP_REL) - SEP_ABS:
+        m = smax if smax > -_FLT_MAX else -_FLT_MAX
+        if a * a > m * b:
+            return True, cg, eg, a / b
     if not a * a > vb * b:
         m = -_FLT_MAX
         for c in range(cg):
@@ -839,7 +894,7 @@ CH_SIZE = 2 * max(NCH_S, NCH_M)  # (i1, i0) of each chunk
 
 
 @njit(**KJIT)
-def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
+def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch, safe):
     """quantize_row_iq1_s_impl's exhaustive split loop over the prefix sums sumx, sumw (read up
     to bs + LANES): (besti1, besti2, best_shift, scale) as ggml leaves them.
 
@@ -847,7 +902,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
     the terms of i1 alone hoisted (the same operations), LANES consecutive i2 of a row at once
     (_pass_s). All candidates are computed and stored first, then the loop's outcome is found
     from the first largest V (_global); with a NaN V, or where that cannot decide, the loop runs
-    in order (_seq_s)."""
+    in order (_seq_s). safe: _global's shortcut applies (iq1s_block)."""
     nk = 2
     sx0 = sumx[0]
     sw0 = sumw[0]
@@ -866,7 +921,7 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan2(cb, c), nk, c, scale, safe)
         if done:
             if lc < 0:
                 return -1, -1, 0, scale
@@ -875,8 +930,9 @@ def _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, scale, cb, ch):
 
 
 @njit(**KJIT)
-def _split_m(pp, bs, xp, xm, scale, cb, ch):
-    """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s."""
+def _split_m(pp, bs, xp, xm, scale, cb, ch, safe):
+    """quantize_row_iq1_m_impl's exhaustive split loop (as _seq_m), decided as in _split_s (safe:
+    _global's shortcut applies)."""
     nk = 4
     t = _m_terms(pp, bs, xp, xm)
     nan = np.uint64(0)
@@ -889,7 +945,7 @@ def _split_m(pp, bs, xp, xm, scale, cb, ch):
             ch[2 * c + 1] = i0
             c += 1
     if nan == 0:
-        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale)
+        done, lc, e, sc = _global(cb, _maxscan4(cb, c), nk, c, scale, safe)
         if done:
             if lc < 0:
                 return -1, -1, -1, scale
@@ -935,14 +991,20 @@ def iq1s_block(x, xo, qw, out, off, kx, kg, nidx, levels, scales, weight, L, ind
         sumw[0] = _F0
         sx = _F0  # the running sums in registers (through the arrays they wait on each store)
         sw = _F0
+        wmin = _F0
+        sa = _F0
         for j in range(bs):
             i = pidx[j]
             wi = weight[wb + i]
-            sx = sx + wi * x[bo + i]
+            t = wi * x[bo + i]
+            sx = sx + t
             sw = sw + wi
+            wmin = min(wmin, wi)
+            sa += abs(t)
             sumx[j + 1] = sx
             sumw[j + 1] = sw
-        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch)
+        safe = wmin >= _F0 and sw >= SAFE_LO and sw <= SAFE_HI and sa <= SAFE_HI
+        besti1, besti2, best_shift, scale = _split_s(sumx, sumw, bs, p0, p1, p2, m0, m1, m2, mx, cb, ch, safe)
         if besti1 < 0 or besti2 < 0 or best_shift == 0:
             scales[ib] = _F0
             shifts[ib] = 1
@@ -1079,11 +1141,15 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
         a1 = _F0
         c0 = _F0
         c1 = _F0
+        wmin = _F0
+        sa = _F0
         for j in range(bs):
             i = pidx[j]
             lo = i < bs // 2
             wi = weight[wb + i]
             t = wi * x[bo + i]
+            wmin = min(wmin, wi)
+            sa += abs(t)
             a0 = a0 + (t if lo else _F0)
             a1 = a1 + (_F0 if lo else t)
             c0 = c0 + (wi if lo else _F0)
@@ -1092,7 +1158,9 @@ def iq1m_block(x, xo, qw, weighted, out, off, kx, kg, nidx, levels, scales, weig
             pp[M_ROW + j + 1] = a1
             pp[2 * M_ROW + j + 1] = c0
             pp[3 * M_ROW + j + 1] = c1
-        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch)
+        sw = c0 + c1
+        safe = wmin >= _F0 and sw >= SAFE_LO and sw <= SAFE_HI and sa <= SAFE_HI
+        besti1, besti2, best_k, scale = _split_m(pp, bs, xp, xm, mx, cb, ch, safe)
         if besti1 < 0 or besti2 < 0 or best_k < 0:
             scales[ib] = _F0
             shifts[ib] = 0
@@ -1311,6 +1379,6 @@ def dequantize_iq1_m(q, out):
 
 
 KERNELS = {
-    QType.IQ1_S: Kernel(quantize_iq1_s, dequantize_iq1_s),
-    QType.IQ1_M: Kernel(quantize_iq1_m, dequantize_iq1_m),
+    QType.IQ1_S: Kernel(quantize_iq1_s, dequantize_iq1_s, prepare),
+    QType.IQ1_M: Kernel(quantize_iq1_m, dequantize_iq1_m, prepare),
 }

@@ -50,7 +50,7 @@ from ..types import QK_K, QType, field_offsets
 from . import Kernel
 from ._common import GROUP_MAX_EPS, get_f16, nearest_int, put_f16
 from ._iq_grids import KGRID_2BIT_256, KGRID_2BIT_512, KGRID_2BIT_1024
-from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists
+from ._iqgrid import GRID_S, GRID_XS, GRID_XXS, KMAP_SIZE, PAD, lists, prepare
 from ._search import qp_final
 
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")  # float x/0 gives inf/nan, as in C
@@ -825,7 +825,7 @@ def dequantize_iq2_s(q, out):
 
 
 KERNELS = {
-    QType.IQ2_XXS: Kernel(quantize_iq2_xxs, dequantize_iq2_xxs),
-    QType.IQ2_XS: Kernel(quantize_iq2_xs, dequantize_iq2_xs),
-    QType.IQ2_S: Kernel(quantize_iq2_s, dequantize_iq2_s),
+    QType.IQ2_XXS: Kernel(quantize_iq2_xxs, dequantize_iq2_xxs, prepare(GRID_XXS)),
+    QType.IQ2_XS: Kernel(quantize_iq2_xs, dequantize_iq2_xs, prepare(GRID_XS)),
+    QType.IQ2_S: Kernel(quantize_iq2_s, dequantize_iq2_s, prepare(GRID_S)),
 }
