@@ -382,6 +382,31 @@ def case_qwen3moe(rng):
     return c, t, "gpt-2", {}
 
 
+def headless(t: dict) -> dict:
+    """A decoder's tensors as its headless base class (LlamaModel, Qwen2Model, ...) saves them: no "model." prefix,
+    no lm_head."""
+    return {n.removeprefix("model."): v for n, v in t.items() if not n.startswith("lm_head.")}
+
+
+def case_llama_headless(rng):
+    # LlamaModel: the base model without lm_head (tie_word_embeddings left false, as LlamaModel configs say)
+    c = base_config("LlamaModel", "llama", 32000, bos_token_id=1, eos_token_id=2, num_key_value_heads=2)
+    return c, headless(dense_tensors(rng, c)), "llama-spm", {}
+
+
+def case_qwen2_headless(rng):
+    c = base_config("Qwen2Model", "qwen2", 50257, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=32768,
+                    use_sliding_window=False, sliding_window=32768, max_window_layers=2, bos_token_id=50256,
+                    eos_token_id=50256)
+    return c, headless(dense_tensors(rng, c, qkv_bias=True)), "gpt-2", {}
+
+
+def case_qwen3_headless(rng):
+    c = base_config("Qwen3Model", "qwen3", 50257, head_dim=64, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=40960, bos_token_id=50256, eos_token_id=50256)
+    return c, headless(dense_tensors(rng, c, qk_norm=True)), "gpt-2", {}
+
+
 def case_gemma(rng):
     c = base_config("GemmaForCausalLM", "gemma", 32000, head_dim=32, num_key_value_heads=1, hidden_act="gelu",
                     bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=8192)
@@ -2486,6 +2511,7 @@ def case_bitnet_b(rng):
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
+    "llama-headless": case_llama_headless, "qwen2-headless": case_qwen2_headless, "qwen3-headless": case_qwen3_headless,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
