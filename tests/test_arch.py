@@ -1755,6 +1755,31 @@ def case_dots1(rng):
     for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
         t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
     return c, t, "gpt-2", {}
+def case_dbrx(rng):
+    # DBRX's layout at width 256: fused Wqkv with 2 KV heads, bias-free LayerNorms, 4 experts fused along the rows
+    # in w1 / v1 / w2 (no .weight suffix), router BF16; GPT-2's tokenizer stands in for DBRX's (cl100k)
+    c = {"architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": 256, "n_heads": 4, "n_layers": 2,
+         "max_seq_len": 32768, "vocab_size": 50257, "resid_pdrop": 0.0, "emb_pdrop": 0.0, "initializer_range": 0.02,
+         "attn_config": {"clip_qkv": 8, "kv_n_heads": 2, "rope_theta": 500000, "model_type": ""},
+         "ffn_config": {"ffn_hidden_size": 256, "moe_num_experts": 4, "moe_top_k": 2, "moe_jitter_eps": 0.0,
+                        "moe_loss_weight": 0.05, "ffn_act_fn": {"name": "silu"}, "model_type": ""},
+         "output_router_logits": False, "tie_word_embeddings": False, "bos_token_id": 50256, "eos_token_id": 50256,
+         "torch_dtype": "bfloat16"}
+    e, v = 256, 50257
+    t = {"transformer.wte.weight": (heavy(rng, (v, e)), "BF16"), "transformer.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(2):
+        p = f"transformer.blocks.{i}."
+        t[p + "norm_attn_norm.norm_1.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_attn_norm.norm_2.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_attn_norm.attn.Wqkv.weight"] = (heavy(rng, (e + 2 * 2 * 64, e)), "BF16")
+        t[p + "norm_attn_norm.attn.out_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        t[p + "ffn.router.layer.weight"] = (heavy(rng, (4, e)), "BF16")
+        for w in ("w1", "v1", "w2"):
+            t[p + f"ffn.experts.mlp.{w}"] = (heavy(rng, (4 * 256, e)), "BF16")
+    return c, t, "gpt-2", {}
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2520,7 +2545,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2548,7 +2573,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
@@ -3315,6 +3340,10 @@ def test_multimodal_parts_not_converted(models, case, parts, capsys):
     ("hy-v4", dict(first_k_dense_replace=2), InputError, "first_k_dense_replace \\(2\\) disagrees with mlp_layer_types"),
     ("hy-v4", dict(mlp_layer_types=["dense", "sparse", "dense"]), UnsupportedError, "dense layers after MoE layers"),
     ("ministral3-mm", None, UnsupportedError, "ministral3 rope_type 'default' is not supported"),
+    ("dbrx", dict(attn_config={"clip_qkv": None, "kv_n_heads": 2}), UnsupportedError, "without 'attn_config.clip_qkv'"),
+    ("dbrx", dict(attn_config={"clip_qkv": 8, "kv_n_heads": 2, "qk_ln": True}), InputError, "'attn_config' has keys DbrxConfig does not know: qk_ln"),
+    ("dbrx", dict(tie_word_embeddings=True), InputError, "tie_word_embeddings is not supported for DBRX"),
+    ("dbrx", dict(ffn_config={"ffn_hidden_size": 256, "moe_num_experts": 8}), InputError, "has shape \\[1024, 256\\], expected \\[2048, 256\\]"),
 ])
 def test_new_family_config_errors(models, case, edit, err, match):
     """Configs the converter asserts on or misreads: one line naming config.json, nothing converted."""
@@ -3491,6 +3520,32 @@ def test_stacked_transposed_experts_stream(models, case, slab_bytes, n_slabs):
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])
+
+
+def test_dbrx_fused_experts_stream(models):
+    """DBRX's experts, fused along the rows of 2-D parameters: w1 / v1 are [n_expert, ffn, d_model] views, w2 is
+    each expert transposed (conversion/dbrx.py); streamed in slabs smaller than an expert, equal to numpy's view."""
+    from kquant import pipeline
+    from kquant.io.safetensors import Checkpoint
+
+    d = models("dbrx", copy=False)
+    spec = load_spec(d, vocab=False)
+    src = all_sources(d)
+    want = {"ffn_gate_exps": lambda x: x.reshape(4, 256, 256), "ffn_up_exps": lambda x: x.reshape(4, 256, 256),
+            "ffn_down_exps": lambda x: x.reshape(4, 256, 256).transpose(0, 2, 1)}
+    n = 0
+    with Checkpoint.open(d) as ck:
+        for t in spec.tensors:
+            kind = t.name.split(".")[-2]
+            if kind not in want:
+                continue
+            expected = want[kind](src[t.sources[0]])
+            assert t.shape == expected.shape and np.array_equal(build_tensor(t, src), expected), t.name
+            slabs = list(pipeline.iter_source_slabs(ck, t, slab_bytes=16 << 10))
+            assert len(slabs) == 64
+            assert np.array_equal(np.concatenate([s for _, s in slabs]), expected.reshape(-1, 256)), t.name
+            n += 1
+    assert n == 6
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,10 +83,10 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # Conv1D transposed (gpt2), regrouped QKV rows and per-variant norm names (falcon), short convolutions
 # reshaped (lfm2), a "llama" file with experts (mixtral), renamed expert biases (afmoe, bailingmoe2, minimax-m2),
 # QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe),
-# Q/K rotary rows to NeoX order for M-RoPE (glm4v: told from the file's rope.dimension_sections)
+# Q/K rotary rows to NeoX order for M-RoPE (glm4v: told from the file's rope.dimension_sections); experts fused along the rows, w2 transposed (dbrx)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
                   "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
-                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v", "granitemoe-swa", "bloom", "xverse")
+                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v", "granitemoe-swa", "bloom", "xverse", "dbrx")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)

@@ -28,6 +28,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     bloom,
     chatglm,
     command_r,
+    dbrx,
     deepseek,
     dots1,
     ernie,
