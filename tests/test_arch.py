@@ -1780,6 +1780,28 @@ def case_dbrx(rng):
     return c, t, "gpt-2", {}
 
 
+def case_arctic(rng):
+    # Snowflake Arctic's layout at width 256 (remote code: config.json read as it is): a dense residual MLP beside
+    # 4 routed experts in every layer; Llama 2's tokenizer.model with Arctic's redefined ids (fixtures/tokenizers/arctic)
+    c = base_config("ArcticForCausalLM", "arctic", 32000, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, moe_layer_frequency=1,
+                    parallel_attn_mlp_res=True, moe_train_capacity_factor=1, moe_eval_capacity_factor=1,
+                    enable_expert_tensor_parallelism=False, moe_min_capacity=0, moe_token_dropping=True,
+                    quantization=None, sliding_window=None, attention_dropout=0.0, hidden_act="silu",
+                    initializer_range=0.02, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=31999, auto_map={
+                        "AutoConfig": "configuration_arctic.ArcticConfig",
+                        "AutoModelForCausalLM": "modeling_arctic.ArcticForCausalLM"})
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "residual_layernorm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        for w, shp in (("w1", (256, 256)), ("w3", (256, 256)), ("w2", (256, 256))):
+            t[p + f"residual_mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, 256, 256, names=("w1", "w3", "w2")))
+    return c, t, "arctic", {}
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2545,7 +2567,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2573,7 +2595,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
@@ -3546,6 +3568,16 @@ def test_dbrx_fused_experts_stream(models):
             assert np.array_equal(np.concatenate([s for _, s in slabs]), expected.reshape(-1, 256)), t.name
             n += 1
     assert n == 6
+
+
+def test_arctic_vocab_errors(models):
+    """Arctic's own SentencePiece reading: where the converter crashes (KeyError: a special added token without
+    tokenizer_config.json's unk_token), one line naming the file."""
+    d = models("arctic")
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in tc.items() if k != "unk_token"}))
+    with pytest.raises(InputError, match="tokenizer_config.json: special added tokens need 'unk_token'"):
+        load_spec(d)
 
 
 # ---------------------------------------------------------------------------------------------

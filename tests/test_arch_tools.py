@@ -86,7 +86,7 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # Q/K rotary rows to NeoX order for M-RoPE (glm4v: told from the file's rope.dimension_sections); experts fused along the rows, w2 transposed (dbrx)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
                   "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
-                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v", "granitemoe-swa", "bloom", "xverse", "dbrx")
+                  "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v", "granitemoe-swa", "bloom", "xverse", "dbrx", "arctic")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)

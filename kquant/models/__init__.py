@@ -23,6 +23,7 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
 from . import (  # noqa: F401  (each registers its families; one per line)
     afmoe,
+    arctic,
     bailingmoe,
     bitnet,
     bloom,
