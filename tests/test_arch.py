@@ -1802,6 +1802,35 @@ def case_arctic(rng):
     return c, t, "arctic", {}
 
 
+def case_openelm(rng):
+    # OpenELM's layer-wise scaling at width 256 (remote code: config.json read as it is): per-layer query / KV head
+    # counts and feed-forward widths (256, 512), fused qkv_proj with Q/K norms, fused gate/up proj_1, tied output;
+    # Llama 2's tokenizer.model (OpenELM's own)
+    e, hd, v, q, kv, ff = 256, 64, 32000, [4, 4], [1, 2], [256, 512]
+    c = {"architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "activation_fn_name": "swish",
+         "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
+                      "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
+         "bos_token_id": 1, "eos_token_id": 2, "ffn_dim_divisor": 256, "ffn_multipliers": [0.5, 2.0], "ffn_with_glu": True,
+         "head_dim": hd, "initializer_range": 0.02, "max_context_length": 2048, "model_dim": e,
+         "normalization_layer_name": "rms_norm", "normalize_qk_projections": True, "num_gqa_groups": 2,
+         "num_kv_heads": kv, "num_query_heads": q, "num_transformer_layers": 2, "qkv_multipliers": [0.5, 1.0],
+         "rope_freq_constant": 10000, "rope_max_length": 4096, "share_input_output_layers": True,
+         "torch_dtype": "float32", "vocab_size": v}
+    t = {"transformer.token_embeddings.weight": (heavy(rng, (v, e)), "F32"),
+         "transformer.norm.weight": (1 + heavy(rng, (e,), 0.1), "F32")}
+    for i in range(2):
+        p = f"transformer.layers.{i}."
+        t[p + "attn_norm.weight"] = (1 + heavy(rng, (e,), 0.1), "F32")
+        t[p + "ffn_norm.weight"] = (1 + heavy(rng, (e,), 0.1), "F32")
+        t[p + "attn.qkv_proj.weight"] = (heavy(rng, ((q[i] + 2 * kv[i]) * hd, e)), "F32")
+        t[p + "attn.out_proj.weight"] = (heavy(rng, (e, q[i] * hd)), "F32")
+        t[p + "attn.q_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), "F32")
+        t[p + "attn.k_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), "F32")
+        t[p + "ffn.proj_1.weight"] = (heavy(rng, (2 * ff[i], e)), "F32")
+        t[p + "ffn.proj_2.weight"] = (heavy(rng, (e, ff[i])), "F32")
+    return c, t, "llama-spm", {}
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2567,7 +2596,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2595,7 +2624,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",

@@ -59,6 +59,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     mpt,
     nemotron,
     olmo,
+    openelm,
     orion,
     phi,
     qwen,
