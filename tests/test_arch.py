@@ -1831,6 +1831,34 @@ def case_openelm(rng):
     return c, t, "llama-spm", {}
 
 
+def case_grok(rng):
+    # Grok-1's layout at width 256 (remote code: config.json read as it is): transformer.decoder_layer.* with four
+    # RMSNorms per layer, a router and 4 experts moe.{x}.linear / linear_1 / linear_v, the output tied to the
+    # embedding; Llama 2's tokenizer.model stands in for Grok-1's (SentencePiece, 131072 pieces)
+    e, v, nh, nkv, hd = 256, 32000, 4, 2, 64
+    c = {"architectures": ["Grok1ForCausalLM"], "model_type": "grok-1", "vocab_size": v, "hidden_size": e,
+         "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": nh, "num_key_value_heads": nkv,
+         "attn_output_multiplier": 0.08838834764831845, "embedding_multiplier_scale": 78.38367176906169,
+         "output_multiplier_scale": 0.5773502691896257, "max_attn_value": 30.0, "max_position_embeddings": 8192,
+         "rms_norm_eps": 1e-5, "use_cache": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+         "tie_word_embeddings": True, "num_experts_per_tok": 2, "num_local_experts": 4, "output_router_logits": False,
+         "router_aux_loss_coef": 0.001, "torch_dtype": "bfloat16"}
+    t = {"transformer.in_out_embed.weight": (heavy(rng, (v, e)), "BF16"),
+         "transformer.rms_norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"transformer.decoder_layer.{i}."
+        for n in ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        for n, rows_ in (("query", nh * hd), ("key", nkv * hd), ("value", nkv * hd)):
+            t[p + f"multi_head_attention.{n}.weight"] = (heavy(rng, (rows_, e)), "BF16")
+        t[p + "multi_head_attention.linear.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        t[p + "router.weight"] = (heavy(rng, (4, e)), "BF16")
+        for x in range(4):
+            for w, shp in (("linear", (256, e)), ("linear_v", (256, e)), ("linear_1", (e, 256))):
+                t[p + f"moe.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-spm", {}
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2596,7 +2624,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2624,7 +2652,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "grok", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",

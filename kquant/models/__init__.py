@@ -42,6 +42,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     gpt_oss,
     gptneox,
     granite,
+    grok,
     hunyuan,
     hy_v4,
     internlm,
@@ -283,7 +284,7 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks|decoder_layer)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 
