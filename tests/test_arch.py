@@ -1859,6 +1859,36 @@ def case_grok(rng):
     return c, t, "llama-spm", {}
 
 
+def case_grok2(rng):
+    # Grok-2's layout (model.layers.*): pre/post attention and MoE norms, a dense MLP beside 4 experts
+    # (moe_intermediate_size), Grok's own YaRN keys (rope_type "original"), attention temperature, final soft-capping;
+    # tokenizer.json with chat_template.jinja (the converter requires both); GPT-2's tokenizer stands in
+    e, v, nh, nkv, hd = 256, 50257, 4, 2, 64
+    c = base_config("GrokForCausalLM", "grok", v, hidden_size=e, intermediate_size=512, moe_intermediate_size=256,
+                    num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, num_local_experts=4,
+                    num_experts_per_tok=2, attn_output_multiplier=0.0625, embedding_multiplier_scale=90.50966799187809,
+                    output_multiplier_scale=0.5, final_logit_softcapping=50.0, attn_logit_softcapping=30.0,
+                    router_logit_softcapping=30.0, attn_temperature_len=1024, rope_theta=208533496.0,
+                    rope_type="original", scaling_factor=16.0, original_max_position_embeddings=8192,
+                    extrapolation_factor=1.0, attn_factor=1.0, beta_fast=8, beta_slow=1, max_position_embeddings=131072,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        for n in ("pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        for n, rows_ in (("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)):
+            t[p + f"self_attn.{n}.weight"] = (heavy(rng, (rows_, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+            t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, e, 256, names=("w1", "w3", "w2")))
+    files = {"chat_template.jinja": "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}<|separator|>\n"
+                                    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"}
+    return c, t, "gpt-2", files
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2624,7 +2654,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2652,7 +2682,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "grok", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "grok2", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
@@ -3635,6 +3665,23 @@ def test_arctic_vocab_errors(models):
     (d / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in tc.items() if k != "unk_token"}))
     with pytest.raises(InputError, match="tokenizer_config.json: special added tokens need 'unk_token'"):
         load_spec(d)
+
+
+def test_grok_experts_last_refused(models):
+    """GrokModel.modify_tensors merges a layer's experts when the next tensor arrives: a checkpoint whose last
+    part ends with experts would lose them in the converter's file, so kquant refuses it in one line."""
+    d = models("grok", tokenizer=False)
+    src = all_sources(d)
+    (d / "model.safetensors").unlink()
+    last = {n for n in src if n.startswith("transformer.decoder_layer.1.moe.")}
+    parts = {"model-00001-of-00002.safetensors": sorted(set(src) - last), "model-00002-of-00002.safetensors": sorted(last)}
+    for fn, names in parts.items():
+        write_safetensors(d / fn, {n: (src[n], "BF16") for n in names})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: fn for fn, names in parts.items() for n in names}}))
+    with pytest.raises(UnsupportedError, match="last tensor .*moe.3.linear_v.weight' is an expert") as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

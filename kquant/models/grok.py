@@ -18,8 +18,8 @@ from .. import vocab as V
 from .base import Experts, TextModel, register
 from .hparams import HFConfig
 
-GROK_CONFIG = HFConfig("grok-1", {}, raw=True)
-GROK_CONFIGS = (GROK_CONFIG, HFConfig("grok", {}, raw=True), HFConfig("grok-2", {}, raw=True))
+# model_type "grok-1" (hpcai-tech's Grok1Config), "grok" (keyfan/grok-1-hf's GrokConfig): both remote code
+GROK_CONFIGS = (HFConfig("grok-1", {}, raw=True), HFConfig("grok", {}, raw=True))
 
 GROK1_LAYER = {
     "rms_norm": "attn_norm",
