@@ -2200,6 +2200,20 @@ _DEEPSEEK_V3 = dict(hidden_size=256, intermediate_size=512, num_attention_heads=
                     norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True)
 
 
+def case_glm4moe_lite(rng):
+    # GLM-4.7-Flash's layout at width 256 (config.json read as it is): DeepSeek-V3's MLA and MoE, then a whole MTP
+    # layer with its NextN tensors, kept as block 2 (its optional embed_tokens / shared_head.head left out); GLM's vocabulary
+    c = base_config("Glm4MoeLiteForCausalLM", "glm4_moe_lite", 151936, **{**_DEEPSEEK_V3, "n_group": 1},
+                    rope_theta=1000000.0, rms_norm_eps=1e-5, max_position_embeddings=202752, attention_bias=False,
+                    partial_rotary_factor=1.0, pad_token_id=151329, eos_token_id=[151329, 151336, 151338])
+    t = mla_tensors(rng, {**c, "num_hidden_layers": 3}, lm_head=False)
+    p = "model.layers.2."
+    for n in ("enorm", "hnorm", "shared_head.norm"):
+        t[p + n + ".weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+    t[p + "eh_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
 def case_deepseek2_lite(rng):
     # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
@@ -2654,7 +2668,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
