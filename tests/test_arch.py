@@ -1418,6 +1418,31 @@ def case_glm4moe(rng):
     return c, glm4moe_tensors(rng, c, nextn_full=False), "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def solar_tokenizer_json() -> str:
+    """GPT-2's tokenizer.json plus the added tokens SolarOpenModel.set_vocab looks up (<unk>, <|startoftext|>; no
+    registry ships Solar Open's), with no special token named in tokenizer_config.json (fixtures/tokenizers/solar-open)
+    or config.json, so the converter's own assignments decide them."""
+    tj = json.loads(gzip.decompress((FIXTURES / "gpt-2" / "tokenizer.json.gz").read_bytes()))
+    for i, content in ((50257, "<unk>"), (50258, "<|startoftext|>")):
+        tj["added_tokens"].append({"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+                                   "normalized": False, "special": True})
+    return json.dumps(tj, ensure_ascii=False)
+
+
+def case_solar_open(rng):
+    # Upstage Solar Open's layout (GLM-4.5's MoE, config.json read as it is) at width 256: every layer MoE (4 routed +
+    # 1 shared experts, sigmoid router with correction bias), no q/k norms, no MTP layer
+    c = base_config("SolarOpenForCausalLM", "solar_open", 50304, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=1.0, attention_bias=False,
+                    moe_intermediate_size=256, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                    first_k_dense_replace=0, n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True,
+                    use_qk_norm=False, num_nextn_predict_layers=0, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    rope_theta=1000000.0, tie_word_embeddings=False)
+    t = glm4moe_tensors(rng, c, nextn_full=False)
+    t = {n: v for n, v in t.items() if not n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+    return c, t, "solar-open", {"tokenizer.json": solar_tokenizer_json()}
+
+
 def case_glm4moe_mtp(rng):
     # narrow (32: four vocabulary-sized tensors): the NextN layer's own embed_tokens and shared_head.head, an
     # untied lm_head, no q/k norms, config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
@@ -2668,7 +2693,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "solar-open": case_solar_open, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,

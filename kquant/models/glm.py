@@ -342,3 +342,21 @@ class Glm4MoeLiteModel(DeepseekV2Model):
         super().set_gguf_parameters()
         if not self.skip_mtp:
             self.u32("nextn_predict_layers", self.n_nextn, "num_nextn_predict_layers")
+
+
+# Solar Open has no config class in transformers 4.57.6: the converter reads config.json as it is
+SOLAR_OPEN_CONFIG = HFConfig("solar_open", {}, raw=True)
+
+
+@register("SolarOpenForCausalLM")
+class SolarOpenModel(Glm4MoeModel):
+    """conversion/glm.py SolarOpenModel (Upstage Solar Open): GLM-4.5's MoE layout (GGUF glm4moe) with its own
+    special tokens."""
+
+    configs = (SOLAR_OPEN_CONFIG,)
+    inverse_names = False  # GGUF glm4moe maps back to Glm4MoeForCausalLM's names (the same layout)
+
+    # SolarOpenModel.set_vocab: eos / eot <|endoftext|>, unk <unk>, bos <|startoftext|> from the added vocabulary
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        ids = {"eos": "<|endoftext|>", "eot": "<|endoftext|>", "unk": "<unk>", "bos": "<|startoftext|>"}
+        set_glm_special(self.kv, self.tok_folder, self.hp["model_type"], ids, self.hp, tokenizer_pre)
