@@ -2529,6 +2529,20 @@ def case_kimi_k2(rng):
     return c, mla_tensors(rng, c), "kimi-k2", {}
 
 
+def case_kimi_k25(rng):
+    # Kimi K2.5's language model (KimiK25ForConditionalGeneration, model_type kimi_k25: remote code, read as it is with
+    # text_config merged): Kimi K2's layout under language_model., a few vision tower / projector tensors left out
+    c, t, tok, files = case_kimi_k2(rng)
+    text = {k: v for k, v in c.items() if k not in ("architectures", "torch_dtype")}
+    top = {"architectures": ["KimiK25ForConditionalGeneration"], "model_type": "kimi_k25", "text_config": text,
+           "vision_config": {"model_type": "moonvit", "hidden_size": 64}, "media_placeholder_token_id": 4000,
+           "bos_token_id": 3840, "eos_token_id": 3841, "torch_dtype": "bfloat16"}
+    t = language_model(t, "language_model.model.") | vision_parts(rng, {
+        "vision_tower.encoder.blocks.0.wqkv.weight": (192, 64), "vision_tower.patch_embed.proj.weight": (64, 3, 14, 14),
+        "mm_projector.proj.0.weight": (256, 256)})
+    return top, t, tok, files
+
+
 def case_kimi_linear(rng):
     # Kimi-Linear-48B-A3B's layout at width 256 (KimiLinearForCausalLM, no transformers 4.57.6 config class: config.json read
     # as it is): KDA layers 0 and 2, an MLA layer 1 (full_attn_layers is 1-based) with a plain q_proj, one dense layer then
@@ -2693,7 +2707,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "solar-open": case_solar_open, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "solar-open": case_solar_open, "kimi-k25": case_kimi_k25, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
