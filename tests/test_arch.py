@@ -3567,6 +3567,7 @@ def test_llama4_all_full_attention(models):
     ("Gemma4ForCausalLM", "gemma4_text", "Gemma 4 is not ported"),
     ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
     ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
+    ("HunYuanMoEV1ForCausalLM", "hunyuan_v1_moe", "Hunyuan MoE.s vocabulary is not ported: .*trust_remote_code"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""

@@ -81,7 +81,11 @@ def test_mxfp4_exponent_at_every_binade():
     t = QType.MXFP4
     k = np.arange(-149, 128, dtype=np.float64)
     p2 = np.ldexp(np.float32(1), k.astype(int)).astype(np.float32)
-    amax = np.concatenate([p2, np.nextafter(p2, np.float32(0)), np.nextafter(p2, np.float32(np.inf)), p2 * np.float32(1.5)])
+    # and every normal binade's mantissas around 2 - 2^-10, where the kernel stops trusting the
+    # exponent field and calls log2f
+    near = (np.arange(1, 255, dtype=np.uint32)[:, None] << 23) | np.uint32([0x7FDFFF, 0x7FE000, 0x7FE001, 0x7FF000])
+    amax = np.concatenate([p2, np.nextafter(p2, np.float32(0)), np.nextafter(p2, np.float32(np.inf)), p2 * np.float32(1.5),
+                           near.ravel().view(np.float32)])
     amax = amax[np.isfinite(amax) & (amax > 0)]
     s, rng = fresh_rng()
     x = rng.uniform(-1, 1, (amax.size, t.block_size)).astype(np.float32) * amax[:, None]

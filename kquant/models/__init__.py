@@ -90,11 +90,15 @@ _BAICHUAN = ("llama.cpp's converter (as vendored in llama-cpp-python 0.3.36) can
              "BaichuanModel.modify_tensors recurses without end on every tensor but W_pack, so there is no reference to match")
 _CHATGLM = ("ChatGLM's remote-code layout is not ported: its tokenizer loads only through the checkpoint's own code "
             "(the converter's AutoTokenizer with trust_remote_code); GlmForCausalLM (transformers' layout) is supported")
+_HUNYUAN_MOE = ("Hunyuan MoE's vocabulary is not ported: llama.cpp's converter reads it only through the checkpoint's "
+                "own tokenizer code (AutoTokenizer with trust_remote_code: tiktoken mergeable_ranks and special tokens "
+                "defined in that code); HunYuanDenseV1ForCausalLM with a tokenizer.json is supported")
 NOT_PORTED = {
     "BaichuanForCausalLM": _BAICHUAN, "BaiChuanForCausalLM": _BAICHUAN,
     "ChatGLMModel": _CHATGLM, "ChatGLMForConditionalGeneration": _CHATGLM,
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
     "Gemma4ForConditionalGeneration": _GEMMA4, "Gemma4ForCausalLM": _GEMMA4,
+    "HunYuanMoEV1ForCausalLM": _HUNYUAN_MOE,
     "InternLM2ForCausalLM": internlm.INTERNLM2_REFUSED,
 }
 

@@ -38,6 +38,9 @@ KVALUES = np.array([0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12], dt
 _ABS = np.int32(0x7FFFFFFF)
 _INF_BITS = np.int32(0x7F800000)
 _TWO31 = np.float32(2147483648.0)
+_MIN_NORMAL = np.int32(0x00800000)
+_MANT = np.int32(0x007FFFFF)
+_NEAR_TWO = np.int32(0x007FE000)  # mantissa of 2 - 2^-10: log2 of a larger one may round up to 1
 
 
 @njit(**JIT, inline="always")
@@ -60,16 +63,21 @@ def e8m0_to_fp32_half(e):
 # ggml-quants.c best_index_mxfp4
 @njit(**JIT, inline="always")
 def best_index(v, d):
-    """The first code i of smallest fabsf(kvalues_mxfp4[i]*d - v) (NaN v: 0)."""
-    kv = KVALUES
-    best = np.abs(kv[0] * d - v)
+    """The first code i of smallest fabsf(kvalues_mxfp4[i]*d - v) (NaN v: 0).
+
+    Over the 8 codes of value >= 0 at |v|, then moved to the negative half for v < 0, which is the
+    same choice bit for bit: negation is exact, so code 8 + i at v has code i's error at -v, and
+    the codes of the other sign never win: their error fl(a*d + |v|) is >= code 0's |v|, and code
+    0 comes first. Straight-line, so the caller's loop over a block's values vectorizes."""
+    t = np.abs(v)
+    best = np.abs(KVALUES[0] * d - t)
     bi = np.int64(0)
-    for i in range(1, 16):
-        err = np.abs(kv[i] * d - v)
+    for i in range(1, 8):
+        err = np.abs(KVALUES[i] * d - t)
         c = err < best
         best = sel(c, err, best)
         bi = sel(c, np.int64(i), bi)
-    return bi
+    return sel((v < _F0) & (bi > np.int64(0)), bi + np.int64(8), bi)
 
 
 # ggml-quants.c quantize_row_mxfp4_ref
@@ -89,7 +97,12 @@ def quantize_row_mxfp4_ref(x, y):
             m = max(m, sel(a > _INF_BITS, np.int32(0), np.int32(a)))
         amax = np.int32(m).view(np.float32)
         e = np.int32(0)
-        if amax > _F0:
+        if m >= _MIN_NORMAL and m < _INF_BITS and (m & _MANT) < _NEAR_TWO:
+            # a finite normal amax not just below a power of two: floor(log2f(amax)) is its exponent k
+            # (log2f is faithfully rounded and exact at powers of two, so its result lies in
+            # [k, k + 1 - 2^-11] for |k| <= 127; glibc's checked on every such float: 0 exceptions)
+            e = ((m >> np.int32(23)) - np.int32(127) - np.int32(2) + np.int32(127)) & np.int32(0xFF)
+        elif amax > _F0:
             f = np.float32(np.floor(np.log2(amax))) - np.float32(2.0) + np.float32(127.0)
             # (uint8_t)f: cvttss2si (INT_MIN if out of int32 range), low byte
             e = np.int32(f) & np.int32(0xFF) if np.abs(f) < _TWO31 else np.int32(0)
