@@ -3568,6 +3568,7 @@ def test_llama4_all_full_attention(models):
     ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
     ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
     ("HunYuanMoEV1ForCausalLM", "hunyuan_v1_moe", "Hunyuan MoE.s vocabulary is not ported: .*trust_remote_code"),
+    ("Gemma3TextModel", "gemma3_text", "EmbeddingGemma \\(Gemma3TextModel\\) is an embedding model"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""

@@ -93,7 +93,10 @@ _CHATGLM = ("ChatGLM's remote-code layout is not ported: its tokenizer loads onl
 _HUNYUAN_MOE = ("Hunyuan MoE's vocabulary is not ported: llama.cpp's converter reads it only through the checkpoint's "
                 "own tokenizer code (AutoTokenizer with trust_remote_code: tiktoken mergeable_ranks and special tokens "
                 "defined in that code); HunYuanDenseV1ForCausalLM with a tokenizer.json is supported")
+_EMBEDDING_GEMMA = ("EmbeddingGemma (Gemma3TextModel) is an embedding model: the converter writes it as GGUF "
+                    "gemma-embedding with its sentence-transformers pooling and dense layers, which kquant does not convert")
 NOT_PORTED = {
+    "Gemma3TextModel": _EMBEDDING_GEMMA,
     "BaichuanForCausalLM": _BAICHUAN, "BaiChuanForCausalLM": _BAICHUAN,
     "ChatGLMModel": _CHATGLM, "ChatGLMForConditionalGeneration": _CHATGLM,
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
