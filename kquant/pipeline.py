@@ -399,7 +399,8 @@ def _transposed_rows(ckpt, spec, idx: np.ndarray, slab_bytes: int) -> np.ndarray
     """Output rows `idx` (flattened [expert, out] rows) of a source stored [n_expert, in, out]: each
     is a column of its expert's matrix, read a quarter of `slab_bytes` of source rows at a time."""
     src = spec.sources[0]
-    n_in, n_out = ckpt.tensors[src].shape[-2:]
+    # [.., in, out]: `in` is the output's columns; a 2-D source [n_expert * in, out] (DBRX) reads the same
+    n_in, n_out = spec.shape[-1], ckpt.tensors[src].shape[-1]
     out = np.empty((len(idx), n_in), dtype=np.float32)
     step = max(1, slab_bytes // 4 // max(n_out * 4, 1))
     experts = idx // n_out
@@ -461,7 +462,8 @@ def iter_source_slabs(ckpt, spec, slab_bytes: int = SLAB_BYTES):
         for a, raw in iter_raw_slabs(ckpt, spec, slab_bytes):
             yield a, quants.dequantize(raw, spec.raw_type, (raw.shape[0], cols))
         return
-    stacked = len(spec.sources) == 1 and len(shape) >= 3 and len(ckpt.tensors[spec.sources[0]].shape) == len(shape)
+    # one source holding whole experts: [n_expert, rows, cols], or 2-D [n_expert * rows, cols] (DBRX's fused experts)
+    stacked = len(spec.sources) == 1 and len(shape) >= 3 and len(ckpt.tensors[spec.sources[0]].shape) in (2, len(shape))
     streamable = (spec.generated is None and spec.transform is None and len(spec.sources) == 1
                   and ((len(shape) == 2 and len(ckpt.tensors[spec.sources[0]].shape) == 2) or stacked))
     if spec.transform is stack and spec.row_perm is None and len(shape) == 3 and len(spec.sources) == shape[0] \

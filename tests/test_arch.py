@@ -403,6 +403,31 @@ def case_qwen3moe(rng):
     return c, t, "gpt-2", {}
 
 
+def headless(t: dict) -> dict:
+    """A decoder's tensors as its headless base class (LlamaModel, Qwen2Model, ...) saves them: no "model." prefix,
+    no lm_head."""
+    return {n.removeprefix("model."): v for n, v in t.items() if not n.startswith("lm_head.")}
+
+
+def case_llama_headless(rng):
+    # LlamaModel: the base model without lm_head (tie_word_embeddings left false, as LlamaModel configs say)
+    c = base_config("LlamaModel", "llama", 32000, bos_token_id=1, eos_token_id=2, num_key_value_heads=2)
+    return c, headless(dense_tensors(rng, c)), "llama-spm", {}
+
+
+def case_qwen2_headless(rng):
+    c = base_config("Qwen2Model", "qwen2", 50257, rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=32768,
+                    use_sliding_window=False, sliding_window=32768, max_window_layers=2, bos_token_id=50256,
+                    eos_token_id=50256)
+    return c, headless(dense_tensors(rng, c, qkv_bias=True)), "gpt-2", {}
+
+
+def case_qwen3_headless(rng):
+    c = base_config("Qwen3Model", "qwen3", 50257, head_dim=64, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                    max_position_embeddings=40960, bos_token_id=50256, eos_token_id=50256)
+    return c, headless(dense_tensors(rng, c, qk_norm=True)), "gpt-2", {}
+
+
 def case_gemma(rng):
     c = base_config("GemmaForCausalLM", "gemma", 32000, head_dim=32, num_key_value_heads=1, hidden_act="gelu",
                     bos_token_id=1, eos_token_id=2, pad_token_id=0, max_position_embeddings=8192)
@@ -1414,6 +1439,31 @@ def case_glm4moe(rng):
     return c, glm4moe_tensors(rng, c, nextn_full=False), "glm4", {"tokenizer.json": glm_tokenizer_json()}
 
 
+def solar_tokenizer_json() -> str:
+    """GPT-2's tokenizer.json plus the added tokens SolarOpenModel.set_vocab looks up (<unk>, <|startoftext|>; no
+    registry ships Solar Open's), with no special token named in tokenizer_config.json (fixtures/tokenizers/solar-open)
+    or config.json, so the converter's own assignments decide them."""
+    tj = json.loads(gzip.decompress((FIXTURES / "gpt-2" / "tokenizer.json.gz").read_bytes()))
+    for i, content in ((50257, "<unk>"), (50258, "<|startoftext|>")):
+        tj["added_tokens"].append({"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+                                   "normalized": False, "special": True})
+    return json.dumps(tj, ensure_ascii=False)
+
+
+def case_solar_open(rng):
+    # Upstage Solar Open's layout (GLM-4.5's MoE, config.json read as it is) at width 256: every layer MoE (4 routed +
+    # 1 shared experts, sigmoid router with correction bias), no q/k norms, no MTP layer
+    c = base_config("SolarOpenForCausalLM", "solar_open", 50304, hidden_size=256, intermediate_size=512, head_dim=64,
+                    num_attention_heads=4, num_key_value_heads=2, partial_rotary_factor=1.0, attention_bias=False,
+                    moe_intermediate_size=256, n_routed_experts=4, num_experts_per_tok=2, n_shared_experts=1,
+                    first_k_dense_replace=0, n_group=1, topk_group=1, routed_scaling_factor=1.0, norm_topk_prob=True,
+                    use_qk_norm=False, num_nextn_predict_layers=0, max_position_embeddings=131072, rms_norm_eps=1e-5,
+                    rope_theta=1000000.0, tie_word_embeddings=False)
+    t = glm4moe_tensors(rng, c, nextn_full=False)
+    t = {n: v for n, v in t.items() if not n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias"))}
+    return c, t, "solar-open", {"tokenizer.json": solar_tokenizer_json()}
+
+
 def case_glm4moe_mtp(rng):
     # narrow (32: four vocabulary-sized tensors): the NextN layer's own embed_tokens and shared_head.head, an
     # untied lm_head, no q/k norms, config defaults for n_group / topk_group / routed_scaling_factor / norm_topk_prob
@@ -1751,6 +1801,140 @@ def case_dots1(rng):
     for w, shp in (("gate_proj", (256, 256)), ("up_proj", (256, 256)), ("down_proj", (256, 256))):
         t[p + f"shared_experts.{w}.weight"] = (heavy(rng, shp), "BF16")
     return c, t, "gpt-2", {}
+def case_dbrx(rng):
+    # DBRX's layout at width 256: fused Wqkv with 2 KV heads, bias-free LayerNorms, 4 experts fused along the rows
+    # in w1 / v1 / w2 (no .weight suffix), router BF16; GPT-2's tokenizer stands in for DBRX's (cl100k)
+    c = {"architectures": ["DbrxForCausalLM"], "model_type": "dbrx", "d_model": 256, "n_heads": 4, "n_layers": 2,
+         "max_seq_len": 32768, "vocab_size": 50257, "resid_pdrop": 0.0, "emb_pdrop": 0.0, "initializer_range": 0.02,
+         "attn_config": {"clip_qkv": 8, "kv_n_heads": 2, "rope_theta": 500000, "model_type": ""},
+         "ffn_config": {"ffn_hidden_size": 256, "moe_num_experts": 4, "moe_top_k": 2, "moe_jitter_eps": 0.0,
+                        "moe_loss_weight": 0.05, "ffn_act_fn": {"name": "silu"}, "model_type": ""},
+         "output_router_logits": False, "tie_word_embeddings": False, "bos_token_id": 50256, "eos_token_id": 50256,
+         "torch_dtype": "bfloat16"}
+    e, v = 256, 50257
+    t = {"transformer.wte.weight": (heavy(rng, (v, e)), "BF16"), "transformer.norm_f.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(2):
+        p = f"transformer.blocks.{i}."
+        t[p + "norm_attn_norm.norm_1.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_attn_norm.norm_2.weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        t[p + "norm_attn_norm.attn.Wqkv.weight"] = (heavy(rng, (e + 2 * 2 * 64, e)), "BF16")
+        t[p + "norm_attn_norm.attn.out_proj.weight"] = (heavy(rng, (e, e)), "BF16")
+        t[p + "ffn.router.layer.weight"] = (heavy(rng, (4, e)), "BF16")
+        for w in ("w1", "v1", "w2"):
+            t[p + f"ffn.experts.mlp.{w}"] = (heavy(rng, (4 * 256, e)), "BF16")
+    return c, t, "gpt-2", {}
+
+
+def case_arctic(rng):
+    # Snowflake Arctic's layout at width 256 (remote code: config.json read as it is): a dense residual MLP beside
+    # 4 routed experts in every layer; Llama 2's tokenizer.model with Arctic's redefined ids (fixtures/tokenizers/arctic)
+    c = base_config("ArcticForCausalLM", "arctic", 32000, hidden_size=256, intermediate_size=256, num_attention_heads=4,
+                    num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, moe_layer_frequency=1,
+                    parallel_attn_mlp_res=True, moe_train_capacity_factor=1, moe_eval_capacity_factor=1,
+                    enable_expert_tensor_parallelism=False, moe_min_capacity=0, moe_token_dropping=True,
+                    quantization=None, sliding_window=None, attention_dropout=0.0, hidden_act="silu",
+                    initializer_range=0.02, rms_norm_eps=1e-5, rope_theta=10000.0, max_position_embeddings=4096,
+                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=31999, auto_map={
+                        "AutoConfig": "configuration_arctic.ArcticConfig",
+                        "AutoModelForCausalLM": "modeling_arctic.ArcticForCausalLM"})
+    t = dense_tensors(rng, {**c, "moe": True})
+    for i in range(c["num_hidden_layers"]):
+        p = f"model.layers.{i}."
+        t[p + "residual_layernorm.weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+        for w, shp in (("w1", (256, 256)), ("w3", (256, 256)), ("w2", (256, 256))):
+            t[p + f"residual_mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, 256, 256, names=("w1", "w3", "w2")))
+    return c, t, "arctic", {}
+
+
+def case_openelm(rng):
+    # OpenELM's layer-wise scaling at width 256 (remote code: config.json read as it is): per-layer query / KV head
+    # counts and feed-forward widths (256, 512), fused qkv_proj with Q/K norms, fused gate/up proj_1, tied output;
+    # Llama 2's tokenizer.model (OpenELM's own)
+    e, hd, v, q, kv, ff = 256, 64, 32000, [4, 4], [1, 2], [256, 512]
+    c = {"architectures": ["OpenELMForCausalLM"], "model_type": "openelm", "activation_fn_name": "swish",
+         "auto_map": {"AutoConfig": "configuration_openelm.OpenELMConfig",
+                      "AutoModelForCausalLM": "modeling_openelm.OpenELMForCausalLM"},
+         "bos_token_id": 1, "eos_token_id": 2, "ffn_dim_divisor": 256, "ffn_multipliers": [0.5, 2.0], "ffn_with_glu": True,
+         "head_dim": hd, "initializer_range": 0.02, "max_context_length": 2048, "model_dim": e,
+         "normalization_layer_name": "rms_norm", "normalize_qk_projections": True, "num_gqa_groups": 2,
+         "num_kv_heads": kv, "num_query_heads": q, "num_transformer_layers": 2, "qkv_multipliers": [0.5, 1.0],
+         "rope_freq_constant": 10000, "rope_max_length": 4096, "share_input_output_layers": True,
+         "torch_dtype": "float32", "vocab_size": v}
+    t = {"transformer.token_embeddings.weight": (heavy(rng, (v, e)), "F32"),
+         "transformer.norm.weight": (1 + heavy(rng, (e,), 0.1), "F32")}
+    for i in range(2):
+        p = f"transformer.layers.{i}."
+        t[p + "attn_norm.weight"] = (1 + heavy(rng, (e,), 0.1), "F32")
+        t[p + "ffn_norm.weight"] = (1 + heavy(rng, (e,), 0.1), "F32")
+        t[p + "attn.qkv_proj.weight"] = (heavy(rng, ((q[i] + 2 * kv[i]) * hd, e)), "F32")
+        t[p + "attn.out_proj.weight"] = (heavy(rng, (e, q[i] * hd)), "F32")
+        t[p + "attn.q_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), "F32")
+        t[p + "attn.k_norm.weight"] = (1 + heavy(rng, (hd,), 0.1), "F32")
+        t[p + "ffn.proj_1.weight"] = (heavy(rng, (2 * ff[i], e)), "F32")
+        t[p + "ffn.proj_2.weight"] = (heavy(rng, (e, ff[i])), "F32")
+    return c, t, "llama-spm", {}
+
+
+def case_grok(rng):
+    # Grok-1's layout at width 256 (remote code: config.json read as it is): transformer.decoder_layer.* with four
+    # RMSNorms per layer, a router and 4 experts moe.{x}.linear / linear_1 / linear_v, the output tied to the
+    # embedding; Llama 2's tokenizer.model stands in for Grok-1's (SentencePiece, 131072 pieces)
+    e, v, nh, nkv, hd = 256, 32000, 4, 2, 64
+    c = {"architectures": ["Grok1ForCausalLM"], "model_type": "grok-1", "vocab_size": v, "hidden_size": e,
+         "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": nh, "num_key_value_heads": nkv,
+         "attn_output_multiplier": 0.08838834764831845, "embedding_multiplier_scale": 78.38367176906169,
+         "output_multiplier_scale": 0.5773502691896257, "max_attn_value": 30.0, "max_position_embeddings": 8192,
+         "rms_norm_eps": 1e-5, "use_cache": True, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2,
+         "tie_word_embeddings": True, "num_experts_per_tok": 2, "num_local_experts": 4, "output_router_logits": False,
+         "router_aux_loss_coef": 0.001, "torch_dtype": "bfloat16"}
+    t = {"transformer.in_out_embed.weight": (heavy(rng, (v, e)), "BF16"),
+         "transformer.rms_norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16")}
+    for i in range(2):
+        p = f"transformer.decoder_layer.{i}."
+        for n in ("rms_norm", "rms_norm_1", "rms_norm_2", "rms_norm_3"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        for n, rows_ in (("query", nh * hd), ("key", nkv * hd), ("value", nkv * hd)):
+            t[p + f"multi_head_attention.{n}.weight"] = (heavy(rng, (rows_, e)), "BF16")
+        t[p + "multi_head_attention.linear.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        t[p + "router.weight"] = (heavy(rng, (4, e)), "BF16")
+        for x in range(4):
+            for w, shp in (("linear", (256, e)), ("linear_v", (256, e)), ("linear_1", (e, 256))):
+                t[p + f"moe.{x}.{w}.weight"] = (heavy(rng, shp), "BF16")
+    return c, t, "llama-spm", {}
+
+
+def case_grok2(rng):
+    # Grok-2's layout (model.layers.*): pre/post attention and MoE norms, a dense MLP beside 4 experts
+    # (moe_intermediate_size), Grok's own YaRN keys (rope_type "original"), attention temperature, final soft-capping;
+    # tokenizer.json with chat_template.jinja (the converter requires both); GPT-2's tokenizer stands in
+    e, v, nh, nkv, hd = 256, 50257, 4, 2, 64
+    c = base_config("GrokForCausalLM", "grok", v, hidden_size=e, intermediate_size=512, moe_intermediate_size=256,
+                    num_attention_heads=nh, num_key_value_heads=nkv, head_dim=hd, num_local_experts=4,
+                    num_experts_per_tok=2, attn_output_multiplier=0.0625, embedding_multiplier_scale=90.50966799187809,
+                    output_multiplier_scale=0.5, final_logit_softcapping=50.0, attn_logit_softcapping=30.0,
+                    router_logit_softcapping=30.0, attn_temperature_len=1024, rope_theta=208533496.0,
+                    rope_type="original", scaling_factor=16.0, original_max_position_embeddings=8192,
+                    extrapolation_factor=1.0, attn_factor=1.0, beta_fast=8, beta_slow=1, max_position_embeddings=131072,
+                    tie_word_embeddings=False, bos_token_id=50256, eos_token_id=50256)
+    t = {"model.embed_tokens.weight": (heavy(rng, (v, e)), "BF16"), "model.norm.weight": (1 + heavy(rng, (e,), 0.1), "BF16"),
+         "lm_head.weight": (heavy(rng, (v, e)), "BF16")}
+    for i in range(2):
+        p = f"model.layers.{i}."
+        for n in ("pre_attn_norm", "post_attn_norm", "pre_moe_norm", "post_moe_norm"):
+            t[p + n + ".weight"] = (1 + heavy(rng, (e,), 0.1), "BF16")
+        for n, rows_ in (("q_proj", nh * hd), ("k_proj", nkv * hd), ("v_proj", nkv * hd)):
+            t[p + f"self_attn.{n}.weight"] = (heavy(rng, (rows_, e)), "BF16")
+        t[p + "self_attn.o_proj.weight"] = (heavy(rng, (e, nh * hd)), "BF16")
+        for w, shp in (("gate_proj", (512, e)), ("up_proj", (512, e)), ("down_proj", (e, 512))):
+            t[p + f"mlp.{w}.weight"] = (heavy(rng, shp), "BF16")
+        t.update(expert_tensors(rng, p + "block_sparse_moe.", 4, e, 256, names=("w1", "w3", "w2")))
+    files = {"chat_template.jinja": "{% for message in messages %}{{ message['role'] }}: {{ message['content'] }}<|separator|>\n"
+                                    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"}
+    return c, t, "gpt-2", files
+
+
 def language_model(t: dict, prefix: str) -> dict:
     """A text model's tensors as a multimodal checkpoint names them: `model.` -> prefix (e.g.
     `language_model.model.`, or `model.language_model.` as transformers >= 4.52 saves some), lm_head under it."""
@@ -2062,6 +2246,20 @@ _DEEPSEEK_V3 = dict(hidden_size=256, intermediate_size=512, num_attention_heads=
                     norm_topk_prob=True, num_nextn_predict_layers=1, tie_word_embeddings=True)
 
 
+def case_glm4moe_lite(rng):
+    # GLM-4.7-Flash's layout at width 256 (config.json read as it is): DeepSeek-V3's MLA and MoE, then a whole MTP
+    # layer with its NextN tensors, kept as block 2 (its optional embed_tokens / shared_head.head left out); GLM's vocabulary
+    c = base_config("Glm4MoeLiteForCausalLM", "glm4_moe_lite", 151936, **{**_DEEPSEEK_V3, "n_group": 1},
+                    rope_theta=1000000.0, rms_norm_eps=1e-5, max_position_embeddings=202752, attention_bias=False,
+                    partial_rotary_factor=1.0, pad_token_id=151329, eos_token_id=[151329, 151336, 151338])
+    t = mla_tensors(rng, {**c, "num_hidden_layers": 3}, lm_head=False)
+    p = "model.layers.2."
+    for n in ("enorm", "hnorm", "shared_head.norm"):
+        t[p + n + ".weight"] = (1 + heavy(rng, (256,), 0.1), "BF16")
+    t[p + "eh_proj.weight"] = (heavy(rng, (256, 512)), "BF16")
+    return c, t, "glm4", {"tokenizer.json": glm_tokenizer_json()}
+
+
 def case_deepseek2_lite(rng):
     # DeepSeek-V2-Lite's layout: no q_lora (plain q_proj), softmax router, 2 shared experts; 26 layers because llama.cpp reads
     # deepseek2 files without q_lora_rank only at the "lite" layer counts (26, 27). Narrow (128): fallback types.
@@ -2352,6 +2550,20 @@ def case_kimi_k2(rng):
     return c, mla_tensors(rng, c), "kimi-k2", {}
 
 
+def case_kimi_k25(rng):
+    # Kimi K2.5's language model (KimiK25ForConditionalGeneration, model_type kimi_k25: remote code, read as it is with
+    # text_config merged): Kimi K2's layout under language_model., a few vision tower / projector tensors left out
+    c, t, tok, files = case_kimi_k2(rng)
+    text = {k: v for k, v in c.items() if k not in ("architectures", "torch_dtype")}
+    top = {"architectures": ["KimiK25ForConditionalGeneration"], "model_type": "kimi_k25", "text_config": text,
+           "vision_config": {"model_type": "moonvit", "hidden_size": 64}, "media_placeholder_token_id": 4000,
+           "bos_token_id": 3840, "eos_token_id": 3841, "torch_dtype": "bfloat16"}
+    t = language_model(t, "language_model.model.") | vision_parts(rng, {
+        "vision_tower.encoder.blocks.0.wqkv.weight": (192, 64), "vision_tower.patch_embed.proj.weight": (64, 3, 14, 14),
+        "mm_projector.proj.0.weight": (256, 256)})
+    return top, t, tok, files
+
+
 def case_kimi_linear(rng):
     # Kimi-Linear-48B-A3B's layout at width 256 (KimiLinearForCausalLM, no transformers 4.57.6 config class: config.json read
     # as it is): KDA layers 0 and 2, an MLA layer 1 (full_attn_layers is 1-based) with a plain q_proj, one dense layer then
@@ -2609,6 +2821,7 @@ def case_gemma4_ple(rng):
 CASES = {
     "llama3": case_llama3, "llama2": case_llama2, "mistral": case_mistral, "mixtral": case_mixtral,
     "qwen2": case_qwen2, "qwen3": case_qwen3, "qwen2moe": case_qwen2moe, "qwen3moe": case_qwen3moe,
+    "llama-headless": case_llama_headless, "qwen2-headless": case_qwen2_headless, "qwen3-headless": case_qwen3_headless,
     "gemma": case_gemma, "gemma2": case_gemma2, "gemma3": case_gemma3, "gemma3-bpe": case_gemma3_bpe,
     "phi3": case_phi3, "smollm3": case_smollm3, "olmo2": case_olmo2, "olmo3": case_olmo3, "seed-oss": case_seed_oss,
     "granite": case_granite, "exaone4": case_exaone4,
@@ -2617,7 +2830,7 @@ CASES = {
     "olmo": case_olmo, "gpt2": case_gpt2, "gpt-bigcode": case_gpt_bigcode, "gptneox": case_gptneox,
     "falcon": case_falcon, "exaone": case_exaone, "internlm3": case_internlm3,
     "granitemoe": case_granitemoe, "granitemoeshared": case_granitemoeshared, "olmoe": case_olmoe,
-    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "minimax-m2": case_minimax_m2,
+    "phimoe": case_phimoe, "hunyuan-dense": case_hunyuan_dense, "dots1": case_dots1, "dbrx": case_dbrx, "arctic": case_arctic, "openelm": case_openelm, "grok": case_grok, "grok2": case_grok2, "glm4moe-lite": case_glm4moe_lite, "solar-open": case_solar_open, "kimi-k25": case_kimi_k25, "minimax-m2": case_minimax_m2,
     "bailingmoe2": case_bailingmoe2, "bailingmoe": case_bailingmoe, "afmoe": case_afmoe, "arcee": case_arcee,
     "gemma3-mm": case_gemma3_mm, "mistral3": case_mistral3, "llama4": case_llama4,
     "ministral3": case_ministral3, "ministral3-mm": case_ministral3_mm,
@@ -2646,7 +2859,7 @@ CASES = {
 }
 # cases also compared after llama_model_quantize (Q4_K_M, Q8_0, Q5_K_S) and run by llama.cpp
 QUANT_CASES = ("smollm3", "olmo2", "olmo3", "seed-oss", "granite", "exaone4", "starcoder2", "stablelm",
-               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "llama4", "glm4moe", "ernie4_5moe",
+               "granitemoe", "granitemoeshared", "olmoe", "phimoe", "dots1", "dbrx", "arctic", "openelm", "grok2", "llama4", "glm4moe", "ernie4_5moe",
                "deepseek2-lite", "deepseek3", "deepseek32", "kimi-k2", "kimi-linear", "minimax-m2", "bailingmoe2", "bailingmoe", "afmoe",
                "qwen3next", "lfm2", "lfm2moe", "granitehybrid", "bamba", "falconh1", "qwen35", "qwen35moe",
                "gpt2", "gptneox", "falcon",
@@ -3436,6 +3649,10 @@ def test_multimodal_parts_not_converted(models, case, parts, capsys):
     ("hy-v4", dict(first_k_dense_replace=2), InputError, "first_k_dense_replace \\(2\\) disagrees with mlp_layer_types"),
     ("hy-v4", dict(mlp_layer_types=["dense", "sparse", "dense"]), UnsupportedError, "dense layers after MoE layers"),
     ("ministral3-mm", None, UnsupportedError, "ministral3 rope_type 'default' is not supported"),
+    ("dbrx", dict(attn_config={"clip_qkv": None, "kv_n_heads": 2}), UnsupportedError, "without 'attn_config.clip_qkv'"),
+    ("dbrx", dict(attn_config={"clip_qkv": 8, "kv_n_heads": 2, "qk_ln": True}), InputError, "'attn_config' has keys DbrxConfig does not know: qk_ln"),
+    ("dbrx", dict(tie_word_embeddings=True), InputError, "tie_word_embeddings is not supported for DBRX"),
+    ("dbrx", dict(ffn_config={"ffn_hidden_size": 256, "moe_num_experts": 8}), InputError, "has shape \\[1024, 256\\], expected \\[2048, 256\\]"),
 ])
 def test_new_family_config_errors(models, case, edit, err, match):
     """Configs the converter asserts on or misreads: one line naming config.json, nothing converted."""
@@ -3565,6 +3782,7 @@ def test_gemma4_config_sizes_checked(models, case, key, value):
     ("BaichuanForCausalLM", "baichuan", "llama.cpp.s converter .*recurses without end"),
     ("ChatGLMModel", "chatglm", "ChatGLM.s remote-code layout is not ported: its tokenizer loads only through"),
     ("HunYuanMoEV1ForCausalLM", "hunyuan_v1_moe", "Hunyuan MoE.s vocabulary is not ported: .*trust_remote_code"),
+    ("Gemma3TextModel", "gemma3_text", "EmbeddingGemma \\(Gemma3TextModel\\) is an embedding model"),
 ])
 def test_refused_families_say_why(models, arch, model_type, why):
     """Families the converter handles and kquant does not: one line naming the family and the reason."""
@@ -3680,6 +3898,59 @@ def test_stacked_transposed_experts_stream(models, case, slab_bytes, n_slabs):
     gate = next(t for t in spec.tensors if t.name == "blk.0.ffn_gate_exps.weight")
     gu = src["model.layers.0.mlp.experts.gate_up_proj"]
     assert np.array_equal(build_tensor(gate, src), np.swapaxes(gu, 1, 2)[:, 0::2])
+
+
+def test_dbrx_fused_experts_stream(models):
+    """DBRX's experts, fused along the rows of 2-D parameters: w1 / v1 are [n_expert, ffn, d_model] views, w2 is
+    each expert transposed (conversion/dbrx.py); streamed in slabs smaller than an expert, equal to numpy's view."""
+    from kquant import pipeline
+    from kquant.io.safetensors import Checkpoint
+
+    d = models("dbrx", copy=False)
+    spec = load_spec(d, vocab=False)
+    src = all_sources(d)
+    want = {"ffn_gate_exps": lambda x: x.reshape(4, 256, 256), "ffn_up_exps": lambda x: x.reshape(4, 256, 256),
+            "ffn_down_exps": lambda x: x.reshape(4, 256, 256).transpose(0, 2, 1)}
+    n = 0
+    with Checkpoint.open(d) as ck:
+        for t in spec.tensors:
+            kind = t.name.split(".")[-2]
+            if kind not in want:
+                continue
+            expected = want[kind](src[t.sources[0]])
+            assert t.shape == expected.shape and np.array_equal(build_tensor(t, src), expected), t.name
+            slabs = list(pipeline.iter_source_slabs(ck, t, slab_bytes=16 << 10))
+            assert len(slabs) == 64
+            assert np.array_equal(np.concatenate([s for _, s in slabs]), expected.reshape(-1, 256)), t.name
+            n += 1
+    assert n == 6
+
+
+def test_arctic_vocab_errors(models):
+    """Arctic's own SentencePiece reading: where the converter crashes (KeyError: a special added token without
+    tokenizer_config.json's unk_token), one line naming the file."""
+    d = models("arctic")
+    tc = json.loads((d / "tokenizer_config.json").read_text())
+    (d / "tokenizer_config.json").write_text(json.dumps({k: v for k, v in tc.items() if k != "unk_token"}))
+    with pytest.raises(InputError, match="tokenizer_config.json: special added tokens need 'unk_token'"):
+        load_spec(d)
+
+
+def test_grok_experts_last_refused(models):
+    """GrokModel.modify_tensors merges a layer's experts when the next tensor arrives: a checkpoint whose last
+    part ends with experts would lose them in the converter's file, so kquant refuses it in one line."""
+    d = models("grok", tokenizer=False)
+    src = all_sources(d)
+    (d / "model.safetensors").unlink()
+    last = {n for n in src if n.startswith("transformer.decoder_layer.1.moe.")}
+    parts = {"model-00001-of-00002.safetensors": sorted(set(src) - last), "model-00002-of-00002.safetensors": sorted(last)}
+    for fn, names in parts.items():
+        write_safetensors(d / fn, {n: (src[n], "BF16") for n in names})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: fn for fn, names in parts.items() for n in names}}))
+    with pytest.raises(UnsupportedError, match="last tensor .*moe.3.linear_v.weight' is an expert") as e:
+        load_spec(d, vocab=False)
+    assert "\n" not in str(e.value)
 
 
 # ---------------------------------------------------------------------------------------------

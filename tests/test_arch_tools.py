@@ -84,11 +84,12 @@ def hf_names_source(case: str, d: Path, got) -> tuple[dict[str, np.ndarray], set
 # reshaped (lfm2), a "llama" file with experts (mixtral), renamed expert biases (afmoe, bailingmoe2, minimax-m2),
 # QKV split then Q/K permuted (bailingmoe), NextN blocks kept (bailingmoe2), fused gate_up transposed (qwen3vlmoe),
 # Q/K rotary rows to NeoX order for M-RoPE (glm4v: told from the file's rope.dimension_sections), stacked experts
-# kept fused with router scales and buffers without a .weight suffix, per-layer embeddings (gemma4*)
+# kept fused with router scales and buffers without a .weight suffix, per-layer embeddings (gemma4*); experts fused
+# along the rows, w2 transposed (dbrx)
 HF_NAMES_CASES = ("llama4", "gpt-oss", "gpt-oss-mxfp4", "granitemoeshared", "dots1", "olmoe", "phimoe", "qwen2moe",
                   "mixtral", "phi3", "deepseek2-lite", "deepseek32", "deepseek", "gpt2", "falcon", "lfm2", "lfm2moe",
                   "afmoe", "bailingmoe", "bailingmoe2", "minimax-m2", "qwen3vlmoe", "glm4v", "granitemoe-swa", "bloom", "xverse",
-                  "gemma4", "gemma4-moe", "gemma4-ple")
+                  "gemma4", "gemma4-moe", "gemma4-ple", "dbrx", "arctic")
 
 
 @pytest.mark.parametrize("case", HF_NAMES_CASES)

@@ -23,11 +23,13 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import KVRecorder
 from . import (  # noqa: F401  (each registers its families; one per line)
     afmoe,
+    arctic,
     bailingmoe,
     bitnet,
     bloom,
     chatglm,
     command_r,
+    dbrx,
     deepseek,
     dots1,
     ernie,
@@ -41,6 +43,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     gpt_oss,
     gptneox,
     granite,
+    grok,
     hunyuan,
     hy_v4,
     internlm,
@@ -58,6 +61,7 @@ from . import (  # noqa: F401  (each registers its families; one per line)
     mpt,
     nemotron,
     olmo,
+    openelm,
     orion,
     phi,
     qwen,
@@ -88,7 +92,10 @@ _CHATGLM = ("ChatGLM's remote-code layout is not ported: its tokenizer loads onl
 _HUNYUAN_MOE = ("Hunyuan MoE's vocabulary is not ported: llama.cpp's converter reads it only through the checkpoint's "
                 "own tokenizer code (AutoTokenizer with trust_remote_code: tiktoken mergeable_ranks and special tokens "
                 "defined in that code); HunYuanDenseV1ForCausalLM with a tokenizer.json is supported")
+_EMBEDDING_GEMMA = ("EmbeddingGemma (Gemma3TextModel) is an embedding model: the converter writes it as GGUF "
+                    "gemma-embedding with its sentence-transformers pooling and dense layers, which kquant does not convert")
 NOT_PORTED = {
+    "Gemma3TextModel": _EMBEDDING_GEMMA,
     "BaichuanForCausalLM": _BAICHUAN, "BaiChuanForCausalLM": _BAICHUAN,
     "ChatGLMModel": _CHATGLM, "ChatGLMForConditionalGeneration": _CHATGLM,
     "Gemma3nForConditionalGeneration": _GEMMA3N, "Gemma3nForCausalLM": _GEMMA3N,
@@ -282,7 +289,7 @@ def _check_rope(rp, path: Path, where: str = "rope_scaling") -> None:
 # the vocabulary): each is bounded by what the checkpoint's headers hold before it is used
 _DIM_KEYS = ("hidden_size", "intermediate_size", "vocab_size", "vocab_size_per_layer_input", "num_attention_heads",
              "num_key_value_heads", "head_dim", "moe_intermediate_size", "shared_expert_intermediate_size")
-_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
+_LAYER_ID = re.compile(r"(?:^|\.)(?:layers|h|blocks|decoder_layer)\.(\d+)\.")
 _EXPERT_ID = re.compile(r"\.experts\.(\d+)\.")
 
 

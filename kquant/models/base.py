@@ -262,7 +262,7 @@ class TextModel:
         self.hp = hp
         self.rp = rope_parameters(hp)
         # conversion/base.py TextModel.__init__
-        self.block_count = find_hparam(hp, ["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
+        self.block_count = self.find_hparam(["n_layers", "num_hidden_layers", "n_layer", "num_layers"])
         self.config_path = config_path
         self.folder = folder
         self.tok_folder = tok_folder if tok_folder is not None else folder

@@ -11,8 +11,11 @@ DeepSeek V3.2 (`DeepseekV32ForCausalLM`, DeepseekV32Model, GGUF architecture dee
 layers plus the DSA lightning indexer of every layer (wq_b, wk, a LayerNorm k_norm with bias,
 weights_proj); its NextN/MTP layers are kept as extra blocks (the converter's default, without
 --no-mtp), with their nextn.* tensors. transformers 4.57.6 has no config class for it: the
-converter reads config.json as it is. The other names the converter registers on DeepseekV2Model (DeepSeek-OCR, Kimi-VL, Kimi K2.5, Youtu, Youtu-VL) are not
-registered here, so they are refused as unsupported architectures. Kimi K2's tiktoken vocabulary
+converter reads config.json as it is. The language model of Kimi-VL and Kimi K2.5
+(`KimiVLForConditionalGeneration`, `KimiK25ForConditionalGeneration`: remote-code composite configs, read as they
+are with text_config merged over them; `language_model.` dropped, the vision tower not converted). The other names
+the converter registers on DeepseekV2Model (DeepSeek-OCR, Youtu, Youtu-VL) are not registered here, so they are
+refused as unsupported architectures. Kimi K2's tiktoken vocabulary
 (tiktoken.model and Moonshot's TikTokenTokenizer, the converter's AutoTokenizer fallback with remote
 code) is read by kquant.vocab.tiktoken.
 """
@@ -260,6 +263,20 @@ class DeepseekV2Model(TextModel):
             if isinstance(m, bool) or not isinstance(m, (int, float)):
                 raise InputError(f"{self.config_path}: rope_scaling.mscale_all_dim must be a number, got {m!r}")
             self.f32("rope.scaling.yarn_log_multiplier", 0.1 * m, "rope_scaling.mscale_all_dim")
+
+
+# Kimi-VL (model_type kimi_vl) and Kimi K2.5 (kimi_k25) are remote-code composite configs: AutoConfig fails and the
+# converter reads config.json as it is, text_config (a DeepSeek-V3 layout) merged over the top level
+KIMI_VL_CONFIG = HFConfig("kimi_vl", {}, raw=True, text_config="deepseek_v3")
+KIMI_K25_CONFIG = HFConfig("kimi_k25", {}, raw=True, text_config="kimi_k2")
+
+
+@register("KimiVLForConditionalGeneration", "KimiK25ForConditionalGeneration")
+class KimiVLModel(DeepseekV2Model):
+    """conversion/deepseek.py DeepseekV2Model, as it serves Kimi-VL and Kimi K2.5: their language model."""
+
+    configs = (KIMI_VL_CONFIG, KIMI_K25_CONFIG)
+    inverse_names = False  # GGUF deepseek2 maps back to DeepseekV2/V3 (text-only) names
 
 
 # DeepSeek V3.2 has no config class in transformers 4.57.6: the converter reads config.json as it is

@@ -30,6 +30,7 @@ from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_PRE, TOK_TYPE
 from .. import vocab as V
 from .base import LLAMA_LAYER, NORM_OF, QK_NORM_LAYER, Experts, TextModel, register
+from .deepseek import _NEXTN as DEEPSEEK_NEXTN, DeepseekV2Model
 from .hparams import HFConfig
 
 # transformers 4.57.6 configuration_glm4.py Glm4Config.__init__ defaults, for the keys llama.cpp reads
@@ -291,3 +292,71 @@ class Glm4MoeModel(TextModel):
             self.kv.add_bool(self.key("expert_weights_norm"), v)
         if (v := hp.get("num_nextn_predict_layers")) is not None:
             self.u32("nextn_predict_layers", v, "num_nextn_predict_layers")
+
+
+# GLM-4.7-Flash has no config class in transformers 4.57.6: the converter reads config.json as it is
+GLM4_MOE_LITE_CONFIG = HFConfig("glm4_moe_lite", {}, raw=True)
+
+
+@register("Glm4MoeLiteForCausalLM")
+class Glm4MoeLiteModel(DeepseekV2Model):
+    """conversion/glm.py Glm4MoeLiteModel (GLM-4.7-Flash): DeepSeek-V2's MLA and MoE (GGUF deepseek2), GLM's
+    vocabulary, and the NextN/MTP layers (past num_hidden_layers) kept as extra blocks with their nextn.* tensors
+    (the converter's default, without --no-mtp)."""
+
+    configs = (GLM4_MOE_LITE_CONFIG,)
+    skip_mtp = False
+    layer = DeepseekV2Model.layer | DEEPSEEK_NEXTN
+    # llama.cpp's deepseek2 loader: the NextN block's own embeddings and head are optional
+    optional = DeepseekV2Model.optional + ("embed_tokens", "shared_head.head", "shared_head.norm")
+    inverse_names = False  # GGUF deepseek2 maps back to DeepseekV2/V3 names (its NextN blocks are not mapped)
+
+    # Glm4MoeLiteModel.__init__: num_nextn_predict_layers extra blocks, none (skip_mtp) when it is 0
+    def __init__(self, hp, **kw):
+        super().__init__(hp, **kw)
+        n = hp.get("num_nextn_predict_layers", 0)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
+            raise InputError(f"{self.config_path}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n!r}")
+        self.n_main = hp["num_hidden_layers"]
+        self.n_nextn = n
+        self.skip_mtp = n == 0
+        self.block_count = self.n_main + n
+
+    def layer_modules(self, bid: int) -> dict[str, str]:
+        mods = super().layer_modules(bid)
+        return mods | DEEPSEEK_NEXTN if bid >= self.n_main else mods
+
+    def tensor_shapes(self):
+        e, v = self.hp["hidden_size"], self.hp["vocab_size"]
+        return super().tensor_shapes() | {
+            "nextn.eh_proj": (e, 2 * e), "nextn.enorm": (e,), "nextn.hnorm": (e,), "nextn.embed_tokens": (v, e),
+            "nextn.shared_head_head": (v, e), "nextn.shared_head_norm": (e,)}
+
+    # TextModel._set_vocab_glm
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        ids = {"bos": "[gMASK]", "eot": "<|user|>", "unk": "<|endoftext|>", "eom": "<|observation|>"}
+        set_glm_special(self.kv, self.tok_folder, self.hp["model_type"], ids, self.hp, tokenizer_pre)
+
+    # Glm4MoeLiteModel.set_gguf_parameters
+    def set_gguf_parameters(self) -> None:
+        super().set_gguf_parameters()
+        if not self.skip_mtp:
+            self.u32("nextn_predict_layers", self.n_nextn, "num_nextn_predict_layers")
+
+
+# Solar Open has no config class in transformers 4.57.6: the converter reads config.json as it is
+SOLAR_OPEN_CONFIG = HFConfig("solar_open", {}, raw=True)
+
+
+@register("SolarOpenForCausalLM")
+class SolarOpenModel(Glm4MoeModel):
+    """conversion/glm.py SolarOpenModel (Upstage Solar Open): GLM-4.5's MoE layout (GGUF glm4moe) with its own
+    special tokens."""
+
+    configs = (SOLAR_OPEN_CONFIG,)
+    inverse_names = False  # GGUF glm4moe maps back to Glm4MoeForCausalLM's names (the same layout)
+
+    # SolarOpenModel.set_vocab: eos / eot <|endoftext|>, unk <unk>, bos <|startoftext|> from the added vocabulary
+    def set_vocab(self, tokenizer_pre: str | None = None) -> None:
+        ids = {"eos": "<|endoftext|>", "eot": "<|endoftext|>", "unk": "<unk>", "bos": "<|startoftext|>"}
+        set_glm_special(self.kv, self.tok_folder, self.hp["model_type"], ids, self.hp, tokenizer_pre)

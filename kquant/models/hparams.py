@@ -242,8 +242,8 @@ def _apply(cc: HFConfig, cfg: dict[str, Any], path: Path) -> dict[str, Any]:
     if cc.post_init is not None:
         try:
             cc.post_init(hp)
-        except UnsupportedError as e:
-            raise UnsupportedError(f"{path}: {e}") from None
+        except (UnsupportedError, InputError) as e:
+            raise type(e)(f"{path}: {e}") from None
     return hp
 
 

@@ -204,6 +204,20 @@ class LlamaModel(TextModel):
         return llama3_rope_freqs(self, default_factor=8.0)
 
 
+# conversion/llama.py LlamaModel.modify_tensors (`if self.hf_arch == "LlamaModel": name = "model." + name`): the
+# headless base model, saved without "model." in its tensor names and without lm_head
+@register("LlamaModel")
+class LlamaHeadlessModel(LlamaModel):
+    inverse_names = False  # GGUF arch "llama" maps back to LlamaForCausalLM names
+
+    def filter_name(self, name: str) -> str | None:
+        name = super().filter_name(name)
+        return None if name is None else "model." + name
+
+    def tied(self) -> bool:
+        return True  # no lm_head: llama.cpp reads token_embd as the output
+
+
 @register("MistralForCausalLM")
 class MistralModel(LlamaModel):
     inverse_names = False  # GGUF arch "llama" maps back to LlamaForCausalLM names

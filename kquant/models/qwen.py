@@ -94,6 +94,31 @@ class Qwen3Model(Qwen2Model):
         super().set_gguf_parameters()
 
 
+class _Headless:
+    """conversion/qwen.py Qwen2Model.modify_tensors (`if self.hf_arch == "Qwen2Model": name = f"model.{name}"`,
+    inherited by Qwen3Model): the headless base model, saved without "model." in its tensor names and without
+    lm_head (embedding checkpoints with a sentence-transformers modules.json are refused by no_pooling)."""
+
+    inverse_names = False  # GGUF arch qwen2 / qwen3 maps back to the *ForCausalLM names
+
+    def filter_name(self, name: str) -> str | None:
+        name = super().filter_name(name)
+        return None if name is None else "model." + name
+
+    def tied(self) -> bool:
+        return True  # no lm_head: llama.cpp reads token_embd as the output
+
+
+@register("Qwen2Model")
+class Qwen2HeadlessModel(_Headless, Qwen2Model):
+    pass
+
+
+@register("Qwen3Model")
+class Qwen3HeadlessModel(_Headless, Qwen3Model):
+    pass
+
+
 @register("Qwen2MoeForCausalLM")
 class Qwen2MoeModel(TextModel):
     model_arch = MODEL_ARCH.QWEN2MOE

@@ -42,6 +42,8 @@ class TensorSpec:
             return self.generated
         if self.row_perm is not None or self.transpose:
             x = read(self.sources[0])
+            if x.ndim == 2 and len(self.shape) == 3:  # experts fused along the rows (DBRX): [n_expert, rows, cols]
+                x = x.reshape(self.shape[0], -1, x.shape[-1])
             if self.transpose:
                 x = np.swapaxes(x, -1, -2)
             if self.row_perm is None:
@@ -50,7 +52,11 @@ class TensorSpec:
                 return x[self.row_perm]
             return x.reshape(-1, x.shape[-1])[self.row_perm].reshape(self.shape)
         arrs = [read(s) for s in self.sources]
-        return self.transform(arrs) if self.transform is not None else arrs[0]
+        if self.transform is not None:
+            return self.transform(arrs)
+        if arrs[0].ndim == 2 and len(self.shape) == 3:  # experts fused along the rows (DBRX)
+            return arrs[0].reshape(self.shape)
+        return arrs[0]
 
 
 @dataclass

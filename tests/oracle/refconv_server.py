@@ -52,9 +52,17 @@ def main() -> None:
     sys.path.insert(0, llama_cpp)
     proto, jobs = sys.stdout, sys.stdin
     import convert_hf_to_gguf as conv  # noqa: E402  (the slow import, done once)
+    import gguf  # noqa: E402
+
+    # gguf-py tensor_mapping.py TensorNameMap.__init__ applies an architecture's arch_block_mappings_cfg with
+    # block_mappings_cfg.update(): it mutates the class's table, so after one ARCTIC (or QWEN4EXP) conversion every
+    # later one in this process would map post_attention_layernorm otherwise. A process per conversion never sees
+    # it; each job here starts from the table as imported.
+    block_mappings = dict(gguf.TensorNameMap.block_mappings_cfg)
 
     for line in jobs:
         job = json.loads(line)
+        gguf.TensorNameMap.block_mappings_cfg = dict(block_mappings)
         buf = io.StringIO()
         logging.root.handlers.clear()  # main() calls basicConfig: its handler must write to this job's buffer
         rc = 0
