@@ -52,6 +52,7 @@ import argparse
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -73,7 +74,9 @@ CACHE = Path(os.environ.get("KQUANT_TINYLM", "/tmp/kquant-tinylm"))
 LLAMA_CPP = Path(os.environ.get("KQUANT_LLAMA_CPP", "/tmp/sdist/llama_cpp_python-0.3.36/vendor/llama.cpp"))
 DEFAULT_REFCONV = "/tmp/refconv/bin/python"  # scripts/setup_refconv.sh's default venv
 N_CTX = 128  # the tiny model's training context
-FIT_TYPES = (QType.Q3_K,)
+# --fit quantizes each tensor to the first of these its rows allow (Q3_K where the row is a multiple
+# of 256; Q4_0 elsewhere, e.g. SmolLM2-135M's 576-wide rows): KL / rel is taken to be independent of the type
+FIT_TYPES = (QType.Q3_K, QType.Q4_0)
 FIT_TOKENS = 4096
 
 
@@ -504,7 +507,7 @@ def fit(a) -> dict:
         base = work / f"q8-{label}.gguf"
         cv.convert(model, base, "Q8_0", cv.Options(imatrix=im, force=True))
         ev = LlamaEval(base)
-        chunks = chunks_of(ev.tokenize(read_text(cache / "calib.txt")), N_CTX, FIT_TOKENS)
+        chunks = chunks_of(ev.tokenize(read_text(cache / "calib.txt")), N_CTX, a.fit_tokens)
         ref_lp = [ev.chunk_logprobs(c) for c in chunks]
         ev.close()
         out["tokens"] = len(chunks) * N_CTX
@@ -513,12 +516,17 @@ def fit(a) -> dict:
             plan = cv.plan_from_spec(spec, parse_ftype("Q8_0"), None, im)
             curves = automix.measure(ckpt, spec, plan, None, im)
         rows = []
+        layers = None if not a.fit_layers else {int(x) for x in a.fit_layers.split(",")}
+        out["n_layer"] = spec.n_layer
         for c in curves:
             if c.fixed:
                 continue
-            for q in FIT_TYPES:
-                if q not in c.types:
-                    continue
+            m = re.match(r"blk\.(\d+)\.", c.name)
+            if m and layers is not None and int(m.group(1)) not in layers:
+                continue
+            if a.fit_kinds and c.kind not in a.fit_kinds.split(","):
+                continue
+            for q in [q for q in FIT_TYPES if q in c.types][:1]:
                 path = work / "one.gguf"
                 cv.convert(model, path, "Q8_0", cv.Options(imatrix=im, type_map={c.name: q}, force=True))
                 ev = LlamaEval(path)
@@ -530,7 +538,9 @@ def fit(a) -> dict:
                     n += lp0.shape[0]
                 ev.close()
                 rel = c.rel[c.index(q)] - c.rel[c.index(QType.Q8_0)]
-                rows.append({"name": c.name, "kind": c.kind, "type": q.ggml_name, "kl": kl / n, "rel": rel,
+                # a tied token_embd's KL is its two roles' damage together: kept out of token_embd's constant
+                kind = c.kind + "_tied" if c.input_rel is not None else c.kind
+                rows.append({"name": c.name, "kind": kind, "type": q.ggml_name, "kl": kl / n, "rel": rel,
                              "sens": (kl / n) / rel if rel > 0 else None, "n": int(np.prod(c.shape))})
                 log(f"[{label}] {c.name:28s} {q.ggml_name}: KL {kl / n:.3e} rel {rel:.3e} KL/rel {rows[-1]['sens']:.3g}")
         kinds = sorted({r["kind"] for r in rows})
@@ -555,8 +565,6 @@ def fit_table(fits: list[dict]) -> dict:
     pooled and per mode (automix.SENSITIVITY_WEIGHTED: the imatrix mode's output matrix).
     The first layer gets a factor per kind: in every model fitted so far its FFN matrices (ffn_down
     most) matter several times more than in the middle layers and its attention matrices less."""
-    import re
-
     nk = len(BLOCK_KINDS)
     X, y, groups_of, extra = [], [], [], []
     groups: list[tuple] = []
@@ -564,8 +572,8 @@ def fit_table(fits: list[dict]) -> dict:
         for mode, v in f["modes"].items():
             g = (fi, mode)
             groups.append(g)
-            rows = v["rows"]
-            n_layer = 1 + max(int(m.group(1)) for r in rows if (m := re.match(r"blk\.(\d+)\.", r["name"])))
+            rows = [r for r in v["rows"] if not r["kind"].endswith("_tied")]
+            n_layer = f.get("n_layer") or 1 + max(int(m.group(1)) for r in rows if (m := re.match(r"blk\.(\d+)\.", r["name"])))
             for r in rows:
                 m = re.match(r"blk\.(\d+)\.", r["name"])
                 if not m:  # sensitivity_of scales all but the output matrix by REF_LAYERS / n_layer
@@ -603,6 +611,9 @@ def main(argv=None) -> int:
     ap.add_argument("--recipes", default="Q4_K_M", help="llama.cpp file types whose sizes are matched (default Q4_K_M)")
     ap.add_argument("--fit", action="store_true", help="measure per-kind sensitivities instead (see docstring)")
     ap.add_argument("--no-imatrix", action="store_true", help="--fit: skip the imatrix mode")
+    ap.add_argument("--fit-layers", metavar="I,J,..", help="--fit: only these blocks' tensors (and those outside blocks)")
+    ap.add_argument("--fit-kinds", metavar="K,..", help="--fit: only tensors of these kinds (attn_v, ffn_down, output, ...)")
+    ap.add_argument("--fit-tokens", type=int, default=FIT_TOKENS, help=f"--fit: calibration tokens (default {FIT_TOKENS})")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--kquant", choices=("auto", "recipe"), default="auto",
                     help="kquant's file: its automatic mix at llama.cpp's file size (default), or the same recipe")

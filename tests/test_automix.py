@@ -499,3 +499,40 @@ def test_bench_permuted_copy_is_the_same_model(tmp_path):
     toks_b, lb = refpipeline.eval_logits(b)
     assert toks_a == toks_b
     assert np.abs(la - lb).max() < 1e-3 * max(1.0, np.abs(la).max())
+
+
+def test_bench_fit_table_recovers_known_sensitivities():
+    """scripts/bench_mix.py --fit-table on rows made from known constants: the kind, first-layer and
+    last-layer factors come back (the layer count from the fit's n_layer when its rows cover only some
+    blocks), and a tied token_embd's row (both roles in one KL) stays out of token_embd's constant."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_mix
+
+    kind = {"attn_q": 0.7, "attn_k": 0.8, "attn_v": 1.3, "attn_output": 1.0, "ffn_gate": 1.2, "ffn_up": 0.9,
+            "ffn_down": 1.6}
+    first = {k: 1.0 + i for i, k in enumerate(kind)}
+    last = 2.5
+
+    def rows(n_layer, layers, scale, tied_ratio):
+        out = [{"name": "output.weight", "kind": "output", "sens": 60.0 * scale},
+               {"name": "token_embd.weight", "kind": "token_embd_tied", "sens": tied_ratio}]
+        for i in layers:
+            for k, s in kind.items():
+                f = first[k] if i == 0 else last if i == n_layer - 1 else 1.0
+                out.append({"name": f"blk.{i}.{k}.weight", "kind": k,
+                            "sens": scale * s * f * automix.REF_LAYERS / n_layer})
+        return out
+
+    fits = [{"n_layer": 6, "modes": {"no_imatrix": {"rows": rows(6, range(6), 1e-3, 5.0)}}},
+            # a deeper model whose fit covers only some blocks (not its last, 29)
+            {"n_layer": 30, "modes": {"no_imatrix": {"rows": rows(30, [0, 1, 2, 9, 20], 3e-2, 900.0)}}}]
+    t = bench_mix.fit_table(fits)
+    for k, s in kind.items():
+        assert t["sensitivity"][k] == pytest.approx(s, rel=1e-6), k
+        assert t["first_layer_factors"][k] == pytest.approx(first[k], rel=1e-6), k
+    assert t["last_layer_factor"] == pytest.approx(last, rel=1e-6)
+    assert t["sensitivity"]["output"] == pytest.approx(60.0, rel=1e-6)
+    assert "token_embd" not in t["sensitivity"] and "token_embd_tied" not in t["sensitivity"]
+    assert t["residual_sd"] < 1e-9
