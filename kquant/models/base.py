@@ -300,6 +300,14 @@ class TextModel:
             raise InputError(f"{self.config_path}: {what} must be a 32-bit unsigned integer, got {v!r}")
         self.kv.add_uint32(self.key(name), v)
 
+    def u32_array(self, name: str, values: list, what: str) -> None:
+        """`{arch}.name` as an array of integers in [0, 2**31) (gguf-py writes them INT32); InputError naming the
+        config key `what` otherwise."""
+        for v in values:
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
+                raise InputError(f"{self.config_path}: {what} entries must be integers, got {v!r}")
+        self.kv.add_array(self.key(name), values)
+
     def f32(self, name: str, v, what: str) -> None:
         """`{arch}.name` as FLOAT32; InputError naming the config key `what` unless a number."""
         if isinstance(v, bool) or not isinstance(v, (int, float)):
@@ -331,10 +339,7 @@ class TextModel:
             self.u32("attention.head_count", n_head, "num_attention_heads")
         if (n_head_kv := self.find_hparam(["num_key_value_heads", "n_kv_heads"], True)) is not None:
             if isinstance(n_head_kv, list):  # per layer (hybrids: 0 for recurrent layers)
-                for v in n_head_kv:
-                    if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
-                        raise InputError(f"{self.config_path}: num_key_value_heads entries must be integers, got {v!r}")
-                self.kv.add_array(self.key("attention.head_count_kv"), n_head_kv)
+                self.u32_array("attention.head_count_kv", n_head_kv, "num_key_value_heads")
             else:
                 self.u32("attention.head_count_kv", n_head_kv, "num_key_value_heads")
         if hp.get("is_causal") is False:

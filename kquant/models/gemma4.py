@@ -23,7 +23,7 @@ from gguf import MODEL_ARCH, Keys
 from ..errors import InputError, UnsupportedError
 from ..io.gguf_kv import TOK_LIST, TOK_MODEL, TOK_SCORES, TOK_TYPE, StringArray
 from .. import vocab as V
-from .base import TextModel, register
+from .base import QK_NORM_LAYER, TextModel, register
 from .gemma import GEMMA2_LAYER, Gemma3Model
 from .hparams import HFConfig
 
@@ -35,9 +35,7 @@ GEMMA4_CONFIG = HFConfig("gemma4", {}, raw=True, text_config="gemma4_text")
 VISIBLE_TOKENS = frozenset({"<|channel>", "<channel|>", "<|tool_call>", "<tool_call|>", "<|tool_response>",
                             "<tool_response|>", "<|\"|>"})
 
-GEMMA4_LAYER = GEMMA2_LAYER | {
-    "self_attn.q_norm": "attn_q_norm",
-    "self_attn.k_norm": "attn_k_norm",
+GEMMA4_LAYER = GEMMA2_LAYER | QK_NORM_LAYER | {  # Gemma 3's layer plus the scalar
     "layer_scalar": "layer_output_scale",  # a buffer; filter_tensors names it .weight
 }
 MOE_LAYER = {
@@ -160,18 +158,12 @@ class Gemma4Model(Gemma3Model):
             n_ff = self.need("intermediate_size")
             first_shared = self.block_count - n_shared
             arr = [n_ff if il < first_shared else n_ff * 2 for il in range(self.block_count)]
-            for v in arr:
-                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
-                    raise InputError(f"{self.config_path}: intermediate_size must be an integer, got {n_ff!r}")
-            self.kv.add_array(self.key("feed_forward_length"), arr)
+            self.u32_array("feed_forward_length", arr, "intermediate_size")
         n_kv_full = self._per_layer("num_key_value_heads", "num_global_key_value_heads")
         n_kv_swa = hp.get("num_key_value_heads")
         if n_kv_full is not None and n_kv_swa is not None:
             arr = [n_kv_swa if s else n_kv_full for s in swa]
-            for v in arr:
-                if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**31:
-                    raise InputError(f"{self.config_path}: key-value head counts must be integers, got {v!r}")
-            self.kv.add_array(self.key("attention.head_count_kv"), arr)
+            self.u32_array("attention.head_count_kv", arr, "num_key_value_heads / num_global_key_value_heads")
         # rope_parameters is one dict per layer type here: its own partial_rotary_factor is absent
         prf_swa = self.rp.get("partial_rotary_factor", 1.0)
         if isinstance(hd_full, bool) or not isinstance(hd_full, (int, float)) or isinstance(prf_swa, bool) \
@@ -230,7 +222,7 @@ class Gemma4Model(Gemma3Model):
         mod = {g: h for h, g in cls.hf_layer(kinds).items()}.get(base)
         if mod is None:
             return None
-        bare = mod in ("layer_scalar", "router.scale", "router.per_expert_scale") or mod.startswith("experts.")
+        bare = mod == "layer_scalar" or mod in cls.bare_params or mod.startswith("experts.")
         return f"{cls.layer_prefix}{bid}.{mod}" + ("" if bare else ".weight")
 
     # ------------------------------------------------------------------ tensors

@@ -139,10 +139,7 @@ class JambaModel(TextModel):
         self.u32("embedding_length", self.d_model, "hidden_size")
         self.u32("feed_forward_length", hp["intermediate_size"], "intermediate_size")
         self.u32("attention.head_count", hp["num_attention_heads"], "num_attention_heads")
-        for v in n_kv_vec:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InputError(f"{self.config_path}: 'num_key_value_heads' must be a positive integer, got {n_kv!r}")
-        self.kv.add_array(self.key("attention.head_count_kv"), n_kv_vec)
+        self.u32_array("attention.head_count_kv", n_kv_vec, "num_key_value_heads")
         self.u32("ssm.conv_kernel", self.d_conv, "mamba_d_conv")
         self.u32("ssm.inner_size", self.d_inner, "mamba_expand")
         self.u32("ssm.state_size", self.d_state, "mamba_d_state")
