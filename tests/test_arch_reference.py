@@ -15,7 +15,7 @@ from oracle import refpipeline
 from kquant.types import QType
 from test_arch import (  # noqa: F401  (models: the shared checkpoint fixture)
     CASES, DIVERGES, QUANT_CASES, QUANT_EXTRA_FTYPES, QUANT_FTYPES, REFCONV_PYTHON, REQUANTIZED_CASES, WRITERS,
-    _reference_convert, compare_with_reference, models,
+    _reference_convert, all_sources, compare_with_reference, models, write_safetensors,
 )
 
 
@@ -147,3 +147,45 @@ def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys)
     deq = tmp_path / "deq.safetensors"
     assert cli.main(["dequantize", str(src), "-o", str(deq), "-q"]) == 0
     assert deq.exists()
+
+
+def test_grok_layers_experts_in_layer_order_untied_by_default(models, tmp_path):
+    """GrokModel.modify_tensors stacks a layer's experts only when the next non-expert tensor arrives, and then
+    every complete layer in layer order: with layer 1's experts in the first shard and layer 0's in the second,
+    the file has layer 0's stacks first. And a Grok config.json (read as it is) without tie_word_embeddings and a
+    checkpoint without lm_head converts, as the converter converts it (no output tensor)."""
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    d = models("grok")
+    cfg = json.loads((d / "config.json").read_text())
+    del cfg["tie_word_embeddings"]
+    (d / "config.json").write_text(json.dumps(cfg))
+    src = all_sources(d)
+    (d / "model.safetensors").unlink()
+    experts = [{n for n in src if n.startswith(f"transformer.decoder_layer.{b}.moe.")} for b in (0, 1)]
+    parts = {"model-00001-of-00003.safetensors": sorted(experts[1]), "model-00002-of-00003.safetensors": sorted(experts[0]),
+             "model-00003-of-00003.safetensors": sorted(set(src) - experts[0] - experts[1])}
+    for fn, names in parts.items():
+        write_safetensors(d / fn, {n: (src[n], "BF16") for n in names})
+    (d / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {n: fn for fn, names in parts.items() for n in names}}))
+    out = tmp_path / "ref.gguf"
+    (proc,) = _reference_convert([(d, out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_with_reference(d, out)
+
+
+def test_qwen3_headless_with_model_prefix(models, tmp_path):
+    """A Qwen3Model checkpoint whose names carry "model." (the converter maps them as they are; only Qwen2Model
+    has its names prefixed) converts as the converter converts it."""
+    if not REFCONV_PYTHON:
+        pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
+    d = models("qwen3-headless")
+    src = all_sources(d)
+    assert not any(n.startswith("model.") for n in src)
+    (d / "model.safetensors").unlink()
+    write_safetensors(d / "model.safetensors", {"model." + n: (v, "BF16") for n, v in src.items()})
+    out = tmp_path / "ref.gguf"
+    (proc,) = _reference_convert([(d, out)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    compare_with_reference(d, out)

@@ -239,9 +239,11 @@ class TextModel:
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
     split_modules: ClassVar[dict[str, tuple[str, ...]]] = {}
-    optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     skip_names: ClassVar[tuple[str, ...]] = ()  # HF tensors the class filters out (filter_tensors)
     experts: ClassVar[Experts | None] = None
+    # a complete layer's experts are written when the next non-expert tensor arrives, every complete layer then in
+    # layer order (GrokModel.modify_tensors), not as soon as the layer's last expert is read
+    experts_wait: ClassVar[bool] = False
     norm_of: ClassVar[dict[str, str]] = NORM_OF  # automix: matrix kind -> the norm feeding it
     inverse_names: ClassVar[bool] = False  # `dequantize --hf-names` maps this family's GGUF names back
     inverse_refused: ClassVar[str] = ""  # why it does not (one line, said when asked), for families without it
@@ -620,6 +622,7 @@ class TextModel:
         self._hf_names = seen
         expert_buf: dict[int, dict[str, tuple[tuple[int, ...], str]]] = {}
         expert_names: dict[str, int] = {}  # HF name of one expert's projection -> layer
+        held: dict[int, list[TensorSpec]] = {}  # experts_wait: complete layers' stacked experts not yet written
         for bid in range(self.block_count):
             if (x := self.layer_experts(bid)) is not None:
                 for xid in range(self._n_expert):
@@ -646,9 +649,13 @@ class TextModel:
                 buf = expert_buf.setdefault(bid, {})
                 buf[name] = (shape, dtype)
                 if len(buf) >= self._n_expert * len(x.order):
-                    out.extend(self.merge_experts(x, bid, buf, where))
+                    held[bid] = self.merge_experts(x, bid, buf, where)
+                    if not self.experts_wait:
+                        out.extend(held.pop(bid))
                     del expert_buf[bid]
                 continue
+            for b in sorted(held):  # experts_wait: the complete layers, in layer order, before this tensor
+                out.extend(held.pop(b))
 
             base, bid, is_bias = self.map_name(name, where)
             suffix = "" if is_bias is None else ".bias" if is_bias else ".weight"
@@ -658,6 +665,9 @@ class TextModel:
                 raise InputError(f"{where}: tensor {orig!r} has shape {list(shape)}, expected {list(exp)} from config.json")
             out.extend(self.modify_tensors((orig, tuple(shape), dtype), name, gname, base, bid))
 
+        if held:
+            raise UnsupportedError(f"{where}: the checkpoint ends with experts (layer {min(held)}): llama.cpp's converter "
+                                   "writes a layer's experts only when a later tensor arrives, so its file would lack them")
         if expert_buf:
             bid = min(expert_buf)
             have = len(expert_buf[bid])
@@ -667,8 +677,10 @@ class TextModel:
         return out
 
     def tied(self) -> bool:
-        """The config says lm_head is the embedding (no output.weight needed)."""
-        return bool(self.hp.get("tie_word_embeddings", False))
+        """The config says lm_head is the embedding (no output.weight needed). A config read as it is (no
+        transformers class) that does not say: PretrainedConfig's default, tied (save_pretrained leaves a
+        class default out, and the converter writes output only from an lm_head it finds)."""
+        return bool(self.hp.get("tie_word_embeddings", True))
 
     def check_complete(self, out: list[TensorSpec]) -> None:
         """Every tensor the runtime needs is present (upstream does not check; a missing one fails at load)."""

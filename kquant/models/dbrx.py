@@ -91,7 +91,11 @@ class DbrxModel(TextModel):
         if ac["clip_qkv"] is None:  # add_clamp_kqv(None): the converter fails in struct.pack
             raise UnsupportedError(f"{self.config_path}: DBRX without 'attn_config.clip_qkv' cannot be converted "
                                    "(llama.cpp's converter writes it unconditionally and fails on null)")
-        if self.hp["ffn_config"]["ffn_act_fn"].get("name", "silu") != "silu":
+        act = self.hp["ffn_config"]["ffn_act_fn"]
+        if not isinstance(act, dict):
+            raise InputError(f"{self.config_path}: 'ffn_config.ffn_act_fn' must be an object like {{\"name\": \"silu\"}}, "
+                             f"got {act!r}"[:200])
+        if act.get("name", "silu") != "silu":
             raise UnsupportedError(f"{self.config_path}: DBRX with ffn_act_fn other than silu is not supported "
                                    "(llama.cpp's dbrx runtime uses SiLU)")
 

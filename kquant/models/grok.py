@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from gguf import MODEL_ARCH
 
-from ..errors import InputError, UnsupportedError
+from ..errors import InputError
 from .. import vocab as V
 from .base import Experts, TextModel, register
 from .hparams import HFConfig
@@ -71,6 +71,7 @@ class GrokModel(TextModel):
     globals_ = GROK1_GLOBALS
     layer_prefix = "transformer.decoder_layer."
     optional = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")  # Grok-2's dense MLP (llama.cpp: not required)
+    experts_wait = True  # GrokModel.modify_tensors: merged when the next non-expert tensor arrives; after the last, never
     norm_of = {"attn_q": "attn_norm", "attn_k": "attn_norm", "attn_v": "attn_norm", "ffn_gate_inp": "ffn_norm",
                "ffn_gate_exps": "ffn_norm", "ffn_up_exps": "ffn_norm", "ffn_gate": "ffn_norm", "ffn_up": "ffn_norm"}
     inverse_refused = "the checkpoint's layout (Grok-1's transformer.decoder_layer or Grok-2's model.layers names) is not in the GGUF file"
@@ -86,12 +87,6 @@ class GrokModel(TextModel):
     def prepare_tensors(self, hf, extra, where):
         if any(n.startswith("model.layers.") for n, _, _ in hf):
             self.layer, self.globals_, self.layer_prefix, self._experts = GROK2_LAYER, GROK2_GLOBALS, "model.layers.", GROK2_EXPERTS
-        expert_names = {n for n, _, _ in hf if ".moe." in n or ".block_sparse_moe.experts." in n}
-        if hf and hf[-1][0] in expert_names:
-            # GrokModel.modify_tensors merges a layer's experts only when a later tensor arrives: after the
-            # last one, they are never written
-            raise UnsupportedError(f"{where}: the checkpoint's last tensor {hf[-1][0]!r} is an expert: llama.cpp's "
-                                   "converter would leave that layer's experts out")
         return super().prepare_tensors(hf, extra, where)
 
     def n_expert(self) -> int:
@@ -128,6 +123,8 @@ class GrokModel(TextModel):
             self.f32("final_logit_softcapping", final, "final_logit_softcapping")
         if (rope_dim := hp.get("head_dim")) is None:
             rope_dim = hp["hidden_size"] // hp["num_attention_heads"]
+        if isinstance(rope_dim, bool) or not isinstance(rope_dim, int) or rope_dim <= 0:
+            raise InputError(f"{self.config_path}: 'head_dim' must be a positive integer, got {rope_dim!r}")
         if (moe_ff := hp.get("moe_intermediate_size")) is not None:
             self.u32("expert_feed_forward_length", moe_ff, "moe_intermediate_size")
         if hp.get("rope_type") in ("yarn", "original"):  # "Treat "original" as "yarn", seems to have been a mistake"

@@ -95,9 +95,10 @@ class Qwen3Model(Qwen2Model):
 
 
 class _Headless:
-    """conversion/qwen.py Qwen2Model.modify_tensors (`if self.hf_arch == "Qwen2Model": name = f"model.{name}"`,
-    inherited by Qwen3Model): the headless base model, saved without "model." in its tensor names and without
-    lm_head (embedding checkpoints with a sentence-transformers modules.json are refused by no_pooling)."""
+    """The headless base model, saved without "model." in its tensor names and without lm_head (embedding
+    checkpoints with a sentence-transformers modules.json are refused by no_pooling). conversion/qwen.py
+    Qwen2Model.modify_tensors prefixes every name (`if self.hf_arch == "Qwen2Model": name = f"model.{name}"`);
+    Qwen3Model's names map as they are, bare through gguf-py's qwen3-embedding entries or with "model."."""
 
     inverse_names = False  # GGUF arch qwen2 / qwen3 maps back to the *ForCausalLM names
 
@@ -116,7 +117,8 @@ class Qwen2HeadlessModel(_Headless, Qwen2Model):
 
 @register("Qwen3Model")
 class Qwen3HeadlessModel(_Headless, Qwen3Model):
-    pass
+    def filter_name(self, name: str) -> str | None:
+        return Qwen3Model.filter_name(self, name) if name.startswith("model.") else super().filter_name(name)
 
 
 @register("Qwen2MoeForCausalLM")

@@ -335,7 +335,7 @@ def _merge_strings(merges: list):
     return (" ".join([part.replace(" ", "\u0120") for part in pair]) for pair in merges)
 
 
-_JSON_CACHE: dict[tuple[str, int, int], tuple[dict, bytes]] = {}  # (tree, sha256 of the file)
+_JSON_CACHE: dict[tuple[str, int, int, int, int], tuple[dict, bytes]] = {}  # (tree, sha256 of the file)
 
 
 def clear_tokenizer_cache() -> None:
@@ -359,9 +359,10 @@ def read_tokenizer_json(path: Path, max_bytes: int = TOKENIZER_MAX_BYTES) -> dic
     return _JSON_CACHE[key][0]
 
 
-def _json_key(path: Path) -> tuple[str, int, int]:
+def _json_key(path: Path) -> tuple[str, int, int, int, int]:
+    """A file version: ctime and inode too, which `cp -p` / `rsync -t` (same size, mtime kept) cannot keep."""
     st = path.stat()
-    return str(path.resolve()), st.st_mtime_ns, st.st_size
+    return str(path.resolve()), st.st_mtime_ns, st.st_size, st.st_ctime_ns, st.st_ino
 
 
 def read_object(path: Path, max_bytes: int = jsonio.MAX_BYTES) -> dict:

@@ -111,11 +111,12 @@ _published: dict[int, np.ndarray] = {}  # the arrays behind the slots, kept aliv
 
 
 def publish(slot: int, a: np.ndarray) -> None:
-    """Hand the C-contiguous array a to compiled code as slot `slot` (its length, then its address)."""
+    """Hand the C-contiguous array a to compiled code as slot `slot`: its address, then its length, which
+    compiled code reads (acquire) as the slot's published flag, so a nonzero length never meets address 0."""
     a = np.ascontiguousarray(a)
     _published[slot] = a
-    _SLOTS[2 * slot + 1] = a.size
     _SLOTS[2 * slot] = a.ctypes.data
+    _SLOTS[2 * slot + 1] = a.size
 
 
 def _slot_word(f, i):
