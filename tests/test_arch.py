@@ -1106,12 +1106,12 @@ def case_nemotron_h(rng):
 
 def f32_a_log(rng, n: int) -> np.ndarray:
     """An F32 A_log (log(1..n) plus noise, not BF16 values) half of whose values are inputs where torch's float32
-    exp is not the correctly rounded one (found with kquant's port of it, models/vml_exp.py): the converter's
-    -torch.exp(A_log) then checks the port end to end."""
-    from kquant.models.vml_exp import vml_exp
+    exp is not the correctly rounded one (found with kquant's port of the kernel this machine runs, models/vml_exp.py):
+    the converter's -torch.exp(A_log) then checks the port end to end."""
+    from kquant.models.vml_exp import torch_exp
 
     x = (np.log(np.arange(1, 2001, dtype=np.float64) % n + 1) + rng.uniform(-0.5, 0.5, 2000)).astype(np.float32)
-    hard = vml_exp(x) != np.exp(x.astype(np.float64)).astype(np.float32)
+    hard = torch_exp(x) != np.exp(x.astype(np.float64)).astype(np.float32)
     out = np.concatenate([x[hard][: n // 2], x[~hard][: n - n // 2]])
     assert len(out) == n
     return out

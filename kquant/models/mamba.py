@@ -9,11 +9,14 @@ embedding's (`torch.equal`, read from the checkpoint). The converter's built-in 
 folder without tokenizer files) is refused.
 
 `-torch.exp(A_log)`: torch's float32 exp on CPU is MKL VML's vsExp in HA mode, not correctly rounded
-(about 1% of inputs 1 ulp off): BF16 and F32 sources (upcast to float32) go through `vml_exp.py`, a
-bit-exact port of MKL's AVX-512 kernel (what the converter runs on AVX-512 machines; MKL's AVX2 kernel
-rounds differently). F16 sources: torch rounds exp to float16; kquant computes exp in float64, rounds it
-and patches the inputs where torch differs (`torch_exp.py`, every F16 input, made by
-scripts/make_torch_exp.py from the reference venv).
+(0.1-0.4% of inputs 1 ulp off), and its bits depend on the kernel MKL picks for the CPU: BF16 and F32
+sources (upcast to float32) go through `vml_exp.torch_exp`, bit-exact ports of MKL's AVX-512 kernel
+(Intel CPUs with AVX-512) and of its generic kernel (AMD and other non-Intel x86 CPUs), picked like MKL
+picks them, once per process; KQUANT_TORCH_EXP=z0|ex reproduces a converter run on the other kind of
+machine (see vml_exp.py; Intel CPUs without AVX-512 run a third kernel, not ported). F16 sources: torch
+rounds exp to float16; kquant computes exp in float64, rounds it and patches the inputs where torch
+differs (`torch_exp.py`, every F16 input, made by scripts/make_torch_exp.py from the reference venv:
+none on an AVX-512 Intel machine, and none on an AMD EPYC either).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from gguf import MODEL_ARCH
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from . import torch_exp
-from .vml_exp import vml_exp
+from .vml_exp import torch_exp as _torch_exp_f32
 from .base import TextModel, register
 from .hparams import HFConfig
 
@@ -43,8 +46,9 @@ def _patch(x_bits: np.ndarray, y_bits: np.ndarray, keys: np.ndarray, vals: np.nd
 
 
 def torch_exp_f32(x: np.ndarray) -> np.ndarray:
-    """torch.exp of a float32 tensor, as the reference venv computes it on AVX-512 (see the module docstring)."""
-    return vml_exp(x)
+    """torch.exp of a float32 tensor, as the reference venv computes it on this machine's kind of CPU, or on
+    KQUANT_TORCH_EXP's (see the module docstring)."""
+    return _torch_exp_f32(x)
 
 
 def torch_exp_f16(x: np.ndarray) -> np.ndarray:
