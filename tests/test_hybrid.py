@@ -12,6 +12,7 @@ import pytest
 
 from oracle import refpipeline
 
+from kquant.errors import InputError
 from kquant.models.mamba import torch_exp_f16, torch_exp_f32
 from kquant.models.qwen import qkvz_rows
 
@@ -73,7 +74,7 @@ def test_torch_exp_f32_follows_the_cpu_and_kquant_torch_exp(monkeypatch):
         assert np.array_equal(torch_exp_f32(x).view(np.uint32), want.view(np.uint32))
     monkeypatch.setenv("KQUANT_TORCH_EXP", "l9")
     monkeypatch.setattr(V, "_KERNEL", None)
-    with pytest.raises(ValueError, match="KQUANT_TORCH_EXP"):
+    with pytest.raises(InputError, match="KQUANT_TORCH_EXP"):
         V.torch_exp_kernel()
     monkeypatch.delenv("KQUANT_TORCH_EXP")
     monkeypatch.setattr(V, "_KERNEL", None)

@@ -55,6 +55,11 @@ import os
 
 import numpy as np
 
+try:
+    from ..errors import InputError
+except ImportError:  # loaded as a file of its own (scripts/check_vml_exp.py, in the reference venv)
+    InputError = ValueError
+
 # vsexp_data_avx512 (libtorch_cpu.so of torch 2.13.0+cpu), float32 bit patterns
 _TA = np.array([  # 2^(j/32) = TB[j] * (1 + TA[j])
     0x0, 0xb34a3a0a, 0x3346cb6a, 0xb36ed17e, 0xb24e0611, 0xb3517dd9, 0x334b2482, 0xb31586de, 0x33092801,
@@ -363,7 +368,7 @@ def torch_exp_kernel() -> str:
         env = os.environ.get("KQUANT_TORCH_EXP", "").strip().lower()
         if env:
             if env not in KERNELS:
-                raise ValueError(f"KQUANT_TORCH_EXP={env!r}: expected one of {', '.join(KERNELS)}")
+                raise InputError(f"KQUANT_TORCH_EXP={env!r}: expected one of {', '.join(KERNELS)}")
             _KERNEL = env
         else:
             vendor, flags = _cpu()
