@@ -761,3 +761,18 @@ class TextModel:
     def hf_row_order(cls, base: str, n_rows: int, n_head: int, n_head_kv: int) -> np.ndarray | None:
         """HF row j = GGUF row gather[j] for tensors whose rows the conversion reordered, else None."""
         return None
+
+
+class Headless:
+    """Mixin for a headless base model (LlamaModel, Qwen2Model, Qwen3Model): saved without "model." in its
+    tensor names (the converter prefixes them: `if self.hf_arch == "LlamaModel": name = "model." + name`) and
+    without lm_head. Its GGUF architecture maps back to the *ForCausalLM names, not these."""
+
+    inverse_names = False
+
+    def filter_name(self, name: str) -> str | None:
+        name = super().filter_name(name)
+        return None if name is None else "model." + name
+
+    def tied(self) -> bool:
+        return True  # no lm_head: llama.cpp reads token_embd as the output

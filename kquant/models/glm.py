@@ -142,6 +142,14 @@ def rope_dimension(model: TextModel, default_factor: float) -> int:
 
 
 # Glm4Model.normal_to_neox, as a row gather: out row (h, i) = source row (h, perm[i])
+def nextn_layers(model: TextModel) -> int:
+    """config.json's num_nextn_predict_layers (0 when absent): the NextN/MTP blocks after the main ones."""
+    n = model.hp.get("num_nextn_predict_layers", 0)
+    if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
+        raise InputError(f"{model.config_path}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n!r}")
+    return n
+
+
 def normal_to_neox(n_rows: int, head_dim: int, rot: int) -> np.ndarray:
     """Row order of normal_to_neox(W): per head of `head_dim` rows, the even rows of the first `rot`
     (int(head_dim * partial_rotary_factor)), the odd ones, then the non-rotary rows."""
@@ -223,11 +231,8 @@ class Glm4MoeModel(TextModel):
     # Glm4MoeModel.__init__: the NextN/MTP layers are extra blocks (the converter's default, no --no-mtp)
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)
-        n_nextn = hp.get("num_nextn_predict_layers", 0)
-        if isinstance(n_nextn, bool) or not isinstance(n_nextn, int) or not 0 <= n_nextn <= 64:
-            raise InputError(f"{self.config_path}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n_nextn!r}")
         self.n_main = hp["num_hidden_layers"]
-        self.block_count = self.n_main + n_nextn
+        self.block_count = self.n_main + nextn_layers(self)
 
     def prepare(self) -> None:
         hp = self.hp
@@ -314,9 +319,7 @@ class Glm4MoeLiteModel(DeepseekV2Model):
     # Glm4MoeLiteModel.__init__: num_nextn_predict_layers extra blocks, none (skip_mtp) when it is 0
     def __init__(self, hp, **kw):
         super().__init__(hp, **kw)
-        n = hp.get("num_nextn_predict_layers", 0)
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 <= n <= 64:
-            raise InputError(f"{self.config_path}: 'num_nextn_predict_layers' must be an integer in [0, 64], got {n!r}")
+        n = nextn_layers(self)
         self.n_main = hp["num_hidden_layers"]
         self.n_nextn = n
         self.skip_mtp = n == 0

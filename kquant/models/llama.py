@@ -10,7 +10,7 @@ from gguf import MODEL_ARCH, Keys
 
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
-from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, Experts, TextModel, register
+from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, Experts, Headless, TextModel, register
 from .hparams import HFConfig
 
 
@@ -204,18 +204,10 @@ class LlamaModel(TextModel):
         return llama3_rope_freqs(self, default_factor=8.0)
 
 
-# conversion/llama.py LlamaModel.modify_tensors (`if self.hf_arch == "LlamaModel": name = "model." + name`): the
-# headless base model, saved without "model." in its tensor names and without lm_head
+# conversion/llama.py LlamaModel.modify_tensors (`if self.hf_arch == "LlamaModel": name = "model." + name`)
 @register("LlamaModel")
-class LlamaHeadlessModel(LlamaModel):
-    inverse_names = False  # GGUF arch "llama" maps back to LlamaForCausalLM names
-
-    def filter_name(self, name: str) -> str | None:
-        name = super().filter_name(name)
-        return None if name is None else "model." + name
-
-    def tied(self) -> bool:
-        return True  # no lm_head: llama.cpp reads token_embd as the output
+class LlamaHeadlessModel(Headless, LlamaModel):
+    pass
 
 
 @register("MistralForCausalLM")

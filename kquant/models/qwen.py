@@ -11,7 +11,7 @@ from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from .gemma import norm_plus_one
 from .mamba import neg_exp, reshaped
-from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, Experts, TextModel, register
+from .base import ATTN_BIASES, LLAMA_LAYER, MLP_BIASES, QK_NORM_LAYER, Experts, Headless, TextModel, register
 from .hparams import HFConfig
 from .spec import TensorSpec
 
@@ -94,29 +94,16 @@ class Qwen3Model(Qwen2Model):
         super().set_gguf_parameters()
 
 
-class _Headless:
-    """The headless base model, saved without "model." in its tensor names and without lm_head (embedding
-    checkpoints with a sentence-transformers modules.json are refused by no_pooling). conversion/qwen.py
-    Qwen2Model.modify_tensors prefixes every name (`if self.hf_arch == "Qwen2Model": name = f"model.{name}"`);
-    Qwen3Model's names map as they are, bare through gguf-py's qwen3-embedding entries or with "model."."""
-
-    inverse_names = False  # GGUF arch qwen2 / qwen3 maps back to the *ForCausalLM names
-
-    def filter_name(self, name: str) -> str | None:
-        name = super().filter_name(name)
-        return None if name is None else "model." + name
-
-    def tied(self) -> bool:
-        return True  # no lm_head: llama.cpp reads token_embd as the output
-
-
+# conversion/qwen.py Qwen2Model.modify_tensors prefixes every name (`if self.hf_arch == "Qwen2Model": name =
+# f"model.{name}"`); Qwen3Model's names map as they are, bare through gguf-py's qwen3-embedding entries or with
+# "model." (embedding checkpoints with a sentence-transformers modules.json are refused by no_pooling)
 @register("Qwen2Model")
-class Qwen2HeadlessModel(_Headless, Qwen2Model):
+class Qwen2HeadlessModel(Headless, Qwen2Model):
     pass
 
 
 @register("Qwen3Model")
-class Qwen3HeadlessModel(_Headless, Qwen3Model):
+class Qwen3HeadlessModel(Headless, Qwen3Model):
     def filter_name(self, name: str) -> str | None:
         return Qwen3Model.filter_name(self, name) if name.startswith("model.") else super().filter_name(name)
 
