@@ -244,6 +244,8 @@ def _check_hparams(cfg: dict, model: TextModel, path: Path) -> None:
         return
     n_head, n_embd = model.dim("num_attention_heads"), model.dim("hidden_size")
     n_kv = model.dim("num_key_value_heads")
+    if n_kv is None and model.kv_heads_default:
+        n_kv = n_head
     if not isinstance(n_kv, int) or isinstance(n_kv, bool) or n_kv <= 0:
         raise InputError(f"{path}: 'num_key_value_heads' must be a positive integer, got {n_kv!r}")
     if n_head % n_kv:

@@ -47,6 +47,8 @@ class ArcticModel(TextModel):
                "ffn_up": "ffn_norm", "ffn_gate_inp": "ffn_norm_exps", "ffn_gate_exps": "ffn_norm_exps",
                "ffn_up_exps": "ffn_norm_exps"}
     inverse_names = True
+    # ArcticModel.modify_tensors permutes k with hparams.get("num_key_value_heads"): None is num_attention_heads
+    kv_heads_default = True
     undo_permute = True  # --hf-names: Q/K rows put back with the file's head counts (hf_row_order)
 
     def __init__(self, hp, **kw):

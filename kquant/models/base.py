@@ -235,6 +235,9 @@ class TextModel:
     bias_required: ClassVar[tuple[str, ...]] = ()
     bias_only: ClassVar[tuple[str, ...]] = ()  # per-layer modules that have a .bias and no .weight (exp_probs_b, Mamba dt_bias)
     attention_free: ClassVar[bool] = False  # no attention heads at all (Mamba): head counts 0, not checked
+    # the converter takes a config without num_key_value_heads (the key is then not written and
+    # llama.cpp uses head_count): set where its config is read as it is and its code falls back
+    kv_heads_default: ClassVar[bool] = False
     bare_params: ClassVar[tuple[str, ...]] = ()  # per-layer parameters without a suffix (A_log, D): GGUF name neither
     optional: ClassVar[tuple[str, ...]] = ()  # per-layer modules a checkpoint may lack (check_complete)
     # GGUF base of a fused HF module (layer map) -> the GGUF bases modify_tensors splits it into
