@@ -559,12 +559,15 @@ BLOCK_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up"
 
 def fit_table(fits: list[dict]) -> dict:
     """automix's constants from --fit runs (one or more models, both modes pooled): least squares
-    log KL/rel = kind + first layer x kind + last layer + one offset per (model, mode) over the
-    per-layer tensors, the layer-count scaling (REF_LAYERS / n_layer) taken out first; the output
+    log KL/rel = kind + first layer x kind + last layer - depth_slope x (layer / (n_layer - 1) - 1/2)
+    + one offset per (model, mode) over the per-layer tensors, the layer-count scaling (REF_LAYERS / n_layer) taken out first; the output
     matrix and token embeddings as their mean log ratio to that model's middle-layer attn_output,
     pooled and per mode (automix.SENSITIVITY_WEIGHTED: the imatrix mode's output matrix).
     The first layer gets a factor per kind: in every model fitted so far its FFN matrices (ffn_down
-    most) matter several times more than in the middle layers and its attention matrices less."""
+    most) matter several times more than in the middle layers and its attention matrices less.
+    depth_slope is reported, not used by automix: on SmolLM2 (30 layers) the sensitivity falls
+    ~2.6x from the first block to the last, but constants refitted with it made the mix worse
+    there (README, automatic mix)."""
     nk = len(BLOCK_KINDS)
     X, y, groups_of, extra = [], [], [], []
     groups: list[tuple] = []
@@ -582,13 +585,13 @@ def fit_table(fits: list[dict]) -> dict:
                     continue
                 layer = int(m.group(1))
                 X.append([float(r["kind"] == k) for k in BLOCK_KINDS] + [float(layer == 0 and r["kind"] == k) for k in BLOCK_KINDS]
-                         + [float(layer == n_layer - 1)])
+                         + [float(layer == n_layer - 1), layer / max(n_layer - 1, 1) - 0.5])
                 y.append(math.log(r["sens"]) - math.log(automix.REF_LAYERS / n_layer))
                 groups_of.append(g)
     A = np.array([row + [float(g == h) for h in groups[1:]] for row, g in zip(X, groups_of)])
     coef, *_ = np.linalg.lstsq(A, np.array(y), rcond=None)
     resid = np.array(y) - A @ coef
-    offset = {groups[0]: 0.0, **{h: coef[2 * nk + 1 + i] for i, h in enumerate(groups[1:])}}
+    offset = {groups[0]: 0.0, **{h: coef[2 * nk + 2 + i] for i, h in enumerate(groups[1:])}}
     ref = coef[BLOCK_KINDS.index("attn_output")]
     table = {k: float(math.exp(coef[i] - ref)) for i, k in enumerate(BLOCK_KINDS)}
     for kind in sorted({k for _, k, _ in extra}):
@@ -599,7 +602,8 @@ def fit_table(fits: list[dict]) -> dict:
                for mode in sorted({g[1] for g in groups})}
     return {"sensitivity": table, "sensitivity_by_mode": by_mode, "first_layer_factors": first,
             "first_layer_factor_default": float(math.exp(np.mean(coef[nk:2 * nk]))),
-            "last_layer_factor": float(math.exp(coef[2 * nk])), "residual_sd": float(resid.std())}
+            "last_layer_factor": float(math.exp(coef[2 * nk])), "depth_slope": float(-coef[2 * nk + 1]),
+            "residual_sd": float(resid.std())}
 
 
 def main(argv=None) -> int:

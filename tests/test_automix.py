@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -503,7 +504,7 @@ def test_bench_permuted_copy_is_the_same_model(tmp_path):
 
 def test_bench_fit_table_recovers_known_sensitivities():
     """scripts/bench_mix.py --fit-table on rows made from known constants: the kind, first-layer and
-    last-layer factors come back (the layer count from the fit's n_layer when its rows cover only some
+    last-layer factors and the depth trend come back (the layer count from the fit's n_layer when its rows cover only some
     blocks), and a tied token_embd's row (both roles in one KL) stays out of token_embd's constant."""
     import sys
 
@@ -514,6 +515,7 @@ def test_bench_fit_table_recovers_known_sensitivities():
             "ffn_down": 1.6}
     first = {k: 1.0 + i for i, k in enumerate(kind)}
     last = 2.5
+    slope = 0.9  # log-sensitivity falls by this much from the first block to the last
 
     def rows(n_layer, layers, scale, tied_ratio):
         out = [{"name": "output.weight", "kind": "output", "sens": 60.0 * scale},
@@ -521,6 +523,7 @@ def test_bench_fit_table_recovers_known_sensitivities():
         for i in layers:
             for k, s in kind.items():
                 f = first[k] if i == 0 else last if i == n_layer - 1 else 1.0
+                f *= math.exp(-slope * (i / (n_layer - 1) - 0.5))
                 out.append({"name": f"blk.{i}.{k}.weight", "kind": k,
                             "sens": scale * s * f * automix.REF_LAYERS / n_layer})
         return out
@@ -533,6 +536,7 @@ def test_bench_fit_table_recovers_known_sensitivities():
         assert t["sensitivity"][k] == pytest.approx(s, rel=1e-6), k
         assert t["first_layer_factors"][k] == pytest.approx(first[k], rel=1e-6), k
     assert t["last_layer_factor"] == pytest.approx(last, rel=1e-6)
+    assert t["depth_slope"] == pytest.approx(slope, rel=1e-6)
     assert t["sensitivity"]["output"] == pytest.approx(60.0, rel=1e-6)
     assert "token_embd" not in t["sensitivity"] and "token_embd_tied" not in t["sensitivity"]
     assert t["residual_sd"] < 1e-9
