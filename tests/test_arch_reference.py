@@ -198,13 +198,11 @@ def test_arctic_without_kv_heads(models, tmp_path):
         pytest.skip("set KQUANT_REFCONV_PYTHON to the reference venv's python (scripts/setup_refconv.sh)")
     d = models("arctic")
     cfg = json.loads((d / "config.json").read_text())
-    n_head, n_kv = cfg.pop("num_attention_heads"), cfg.pop("num_key_value_heads")
-    cfg["num_attention_heads"] = n_head
+    n_head, n_kv = cfg["num_attention_heads"], cfg.pop("num_key_value_heads")
+    assert n_head % n_kv == 0 and n_kv < n_head
     (d / "config.json").write_text(json.dumps(cfg))
     src = all_sources(d)
-    k = next(n for n in src if n.endswith("self_attn.k_proj.weight"))
-    assert n_kv < n_head and src[k].shape[0] * n_head // n_kv == src[next(n for n in src if n.endswith("q_proj.weight"))].shape[0]
-    # every layer's k_proj widened to num_attention_heads heads (MHA), as such a checkpoint has them
+    # every layer's k_proj / v_proj widened to num_attention_heads heads (MHA), as such a checkpoint has them
     (d / "model.safetensors").unlink()
     write_safetensors(d / "model.safetensors", {n: (np.concatenate([v] * (n_head // n_kv)) if n.endswith("k_proj.weight")
                                                     or n.endswith("v_proj.weight") else v, "BF16") for n, v in src.items()})
