@@ -141,7 +141,6 @@ def rope_dimension(model: TextModel, default_factor: float) -> int:
     return int(rope_dim * factor)
 
 
-# Glm4Model.normal_to_neox, as a row gather: out row (h, i) = source row (h, perm[i])
 def nextn_layers(model: TextModel) -> int:
     """config.json's num_nextn_predict_layers (0 when absent): the NextN/MTP blocks after the main ones."""
     n = model.hp.get("num_nextn_predict_layers", 0)
@@ -150,6 +149,7 @@ def nextn_layers(model: TextModel) -> int:
     return n
 
 
+# Glm4Model.normal_to_neox, as a row gather: out row (h, i) = source row (h, perm[i])
 def normal_to_neox(n_rows: int, head_dim: int, rot: int) -> np.ndarray:
     """Row order of normal_to_neox(W): per head of `head_dim` rows, the even rows of the first `rot`
     (int(head_dim * partial_rotary_factor)), the odd ones, then the non-rotary rows."""

@@ -30,7 +30,9 @@ from gguf import MODEL_ARCH
 from ..errors import InputError, UnsupportedError
 from .. import vocab as V
 from . import torch_exp
-from .vml_exp import torch_exp as _torch_exp_f32
+# torch.exp of a float32 tensor, as the reference venv computes it on this machine's kind of CPU, or on
+# KQUANT_TORCH_EXP's (see the module docstring)
+from .vml_exp import torch_exp as torch_exp_f32
 from .base import TextModel, register
 from .hparams import HFConfig
 
@@ -43,12 +45,6 @@ def _patch(x_bits: np.ndarray, y_bits: np.ndarray, keys: np.ndarray, vals: np.nd
         i = np.clip(np.searchsorted(keys, x_bits), 0, len(keys) - 1)
         hit = keys[i] == x_bits
         y_bits[hit] = vals[i[hit]]
-
-
-def torch_exp_f32(x: np.ndarray) -> np.ndarray:
-    """torch.exp of a float32 tensor, as the reference venv computes it on this machine's kind of CPU, or on
-    KQUANT_TORCH_EXP's (see the module docstring)."""
-    return _torch_exp_f32(x)
 
 
 def torch_exp_f16(x: np.ndarray) -> np.ndarray:
