@@ -6,7 +6,7 @@ fuzzed data of many distributions, with and without importance weights:
 - libggml's to_float (tests/oracle/reference.py, ctypes) decodes every block exactly as kquant.dequantize;
 - every block's weighted squared error (tests/objective.py: ggml's objective, written
   independently in numpy) is <= that of the block libggml's own quantizer writes, and on plain
-  data the total is strictly lower;
+  data the total is strictly lower; so is its output error (weights: the imatrix, or 1);
 - the exact scale sweep (kernels/_sweep.py) finds the optimum a dense grid of steps finds;
 - the bytes do not depend on the thread count;
 and llama.cpp loads and evaluates best- and refine-rounded files of fixtures/tiny-llama.
@@ -67,14 +67,18 @@ def test_valid_and_never_worse(mode, t, wkind):
         yb = kquant.dequantize(b, t, x.shape)
         # (1) ggml decodes the best blocks exactly as kquant does
         assert np.array_equal(reference.dequantize(b, t, x.shape).view(np.uint32), yb.view(np.uint32)), what
-        # (2) no block is worse than ggml's under ggml's objective
-        w = weights(t, x, qw)
-        eg = block_errors(t, x, kquant.dequantize(g, t, x.shape), w)
-        eb = block_errors(t, x, yb, w)
-        worse = np.argwhere(eb > eg)
-        assert worse.size == 0, f"{what}: {len(worse)} blocks worse, first {worse[0].tolist()}: {eb[tuple(worse[0])]} > {eg[tuple(worse[0])]}"
+        # (2) no block is worse than ggml's under ggml's objective, (3) nor in the output error
+        # (weights: the imatrix, or 1), which ggml's objective differs from for most types
+        yg = kquant.dequantize(g, t, x.shape)
+        u = np.ones(x.shape) if qw is None else np.broadcast_to(np.asarray(qw, np.float64), x.shape)
+        for name, w in (("output error", u), ("ggml's objective", weights(t, x, qw))):
+            eg = block_errors(t, x, yg, w)
+            eb = block_errors(t, x, yb, w)
+            worse = np.argwhere(eb > eg)
+            assert worse.size == 0, (f"{what}: {len(worse)} blocks worse in {name}, first {worse[0].tolist()}: "
+                                     f"{eb[tuple(worse[0])]} > {eg[tuple(worse[0])]}")
         if kind in ("normal", "laplace", "student_t"):
-            total_g += eg.sum()
+            total_g += eg.sum()  # ggml's objective (the loop's last)
             total_b += eb.sum()
     if wkind is None and t in TIE_UNWEIGHTED:
         assert total_b <= total_g

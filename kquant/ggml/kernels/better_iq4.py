@@ -10,8 +10,9 @@ Per 32 values: N_CAND inverse scales per end of the table (ggml tries 15 near it
 only), each giving nearest table indices, the weighted least-squares d for them, the indices
 again against that d (fp16 for IQ4_NL), E. IQ4_XS then picks the super-block scale among ggml's
 and D_STEPS per end of the 6-bit code range, codes round(s_j/d) +- 1 and ggml's per sub-block,
-and a least-squares refit of d, as better_sym does for Q3_K. A searched block replaces ggml's
-only if its decoded E is lower by more than ACCEPT_MARGIN.
+and a least-squares refit of d, as better_sym does for Q3_K. A searched block replaces ggml's under
+_accept's rule (its decoded E and output error both lower; the search runs once per weight
+vector of _accept.BLENDS).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from numba import njit
 
 from ..types import QK, QK_K, QType
 from ._common import fp16_round, get_f16, put_f16
+from ._accept import better, n_passes, out_weights, pass_weights
 from ._sweep import werr
 from .iq4 import (
     KVALUES,
@@ -41,7 +43,6 @@ from .iq4 import (
 
 N_CAND = 12
 D_STEPS = 4
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
@@ -128,9 +129,11 @@ def _pack_qs(out, qo, L, nb):
 
 @njit(nogil=True, **JIT)
 def quantize_iq4_nl_best(x, qw, out):
-    """ggml's blocks, then each block replaced where the searched one has a lower E."""
+    """ggml's blocks, then each block replaced where a searched one is better (_accept.better)."""
     quantize_iq4_nl(x, qw, out)
     w = np.empty(QK, dtype=np.float64)
+    u = np.empty(QK, dtype=np.float64)
+    v = np.empty(QK, dtype=np.float64)
     y = np.empty((1, QK), dtype=np.float32)
     tmp = np.zeros((1, NL_BYTES), dtype=np.uint8)
     L = np.empty(QK, dtype=np.int64)
@@ -145,14 +148,19 @@ def quantize_iq4_nl_best(x, qw, out):
             e_g = werr(xr, o, w, y[0], QK)
             if not e_g > 0:
                 continue
-            e, d = _fit32(xr, o, w, L, bL, True)
-            if not e < e_g:
-                continue
-            put_f16(tmp[0], NL_D, np.float32(d))
-            _pack_qs(tmp[0], NL_QS, bL, 1)
-            dequantize_iq4_nl(tmp, y)
-            if werr(xr, o, w, y[0], QK) < e_g * (1.0 - ACCEPT_MARGIN):
-                out[r, off:off + NL_BYTES] = tmp[0]
+            out_weights(qw, o, u, QK)
+            best_u = werr(xr, o, u, y[0], QK)
+            for p in range(n_passes(w, u, QK)):
+                e, d = _fit32(xr, o, pass_weights(w, u, p, v, QK), L, bL, True)
+                if p == 0 and not e < e_g:
+                    continue
+                put_f16(tmp[0], NL_D, np.float32(d))
+                _pack_qs(tmp[0], NL_QS, bL, 1)
+                dequantize_iq4_nl(tmp, y)
+                e_u = werr(xr, o, u, y[0], QK)
+                if better(werr(xr, o, w, y[0], QK), e_u, e_g, best_u):
+                    best_u = e_u
+                    out[r, off:off + NL_BYTES] = tmp[0]
 
 
 @njit(**JIT)
@@ -203,11 +211,70 @@ def _refit_xs(x, o, w, D, sc, L):
     return nD, e
 
 
+@njit(**JIT)
+def _search_xs(xr, o, w, D0, sc0, sreal, sc, bsc, L, bL):
+    """Best (d, 6-bit scale codes -> bsc) of one IQ4_XS super-block for the weights w; returns d."""
+    smax = 0.0
+    sbig = 0.0
+    for j in range(8):
+        bsc[j] = sc0[j]
+        e, d = _fit32(xr, o + 32 * j, w[32 * j:32 * (j + 1)], L, bL, False)
+        sreal[j] = d if e < np.inf else 0.0
+        if abs(sreal[j]) > smax:
+            smax = abs(sreal[j])
+            sbig = sreal[j]
+    best = _assign_xs(xr, o, w, D0, sreal, sc0, bsc, L)
+    bD = D0
+    if smax > 0:
+        for k in range(2 * D_STEPS):
+            end = -32.0 if k < D_STEPS else 31.0
+            c = end + (0.5 if end < 0 else -0.5) * (k % D_STEPS)
+            D = fp16_round(np.float32(sbig / c))
+            if D == 0 or not np.isfinite(D):
+                continue
+            e = _assign_xs(xr, o, w, D, sreal, sc0, sc, L)
+            if e < best:
+                best = e
+                bD = D
+                for j in range(8):
+                    bsc[j] = sc[j]
+            nD, e2 = _refit_xs(xr, o, w, D, sc, L)
+            if e2 < best:
+                best = e2
+                bD = nD
+                for j in range(8):
+                    bsc[j] = sc[j]
+    return bD
+
+
+@njit(**JIT)
+def _pack_xs(t, xr, o, bD, bsc, L, LL):
+    """Packs the IQ4_XS super-block (d, scale codes bsc) as quantize_row_iq4_nl_impl (sbs = 256) does."""
+    put_f16(t, XS_D, bD)
+    shn = 0
+    for j in range(8):
+        dl = np.float32(bD * np.float32(bsc[j]))
+        _index(xr, o + 32 * j, dl, L)
+        for i in range(32):
+            LL[32 * j + i] = L[i]
+        l = bsc[j] + 32
+        if j % 2 == 0:
+            t[XS_SCALES_L + j // 2] = np.uint8(l & 0xF)
+        else:
+            t[XS_SCALES_L + j // 2] |= np.uint8((l & 0xF) << 4)
+        shn |= (l >> 4) << (2 * j)
+    t[XS_SCALES_H] = np.uint8(shn & 0xFF)
+    t[XS_SCALES_H + 1] = np.uint8((shn >> 8) & 0xFF)
+    _pack_qs(t, XS_QS, LL, 8)
+
+
 @njit(nogil=True, **JIT)
 def quantize_iq4_xs_best(x, qw, out):
-    """ggml's super-blocks, then each replaced where the searched one has a lower E."""
+    """ggml's super-blocks, then each replaced where a searched one is better (_accept.better)."""
     quantize_iq4_xs(x, qw, out)
     w = np.empty(QK_K, dtype=np.float64)
+    u = np.empty(QK_K, dtype=np.float64)
+    v = np.empty(QK_K, dtype=np.float64)
     y = np.empty((1, QK_K), dtype=np.float32)
     tmp = np.zeros((1, XS_BYTES), dtype=np.uint8)
     L = np.empty(QK, dtype=np.int64)
@@ -230,61 +297,19 @@ def quantize_iq4_xs_best(x, qw, out):
             if not e_g > 0 or D0 == 0 or not np.isfinite(D0):
                 continue
             sh = np.int64(blk[XS_SCALES_H]) | (np.int64(blk[XS_SCALES_H + 1]) << 8)
-            smax = 0.0
-            sbig = 0.0
             for j in range(8):
                 ls = ((np.int64(blk[XS_SCALES_L + j // 2]) >> (4 * (j % 2))) & 0xF) | (((sh >> (2 * j)) & 3) << 4)
                 sc0[j] = np.int32(ls - 32)
-                bsc[j] = sc0[j]
-                e, d = _fit32(xr, o + 32 * j, w[32 * j:32 * (j + 1)], L, bL, False)
-                sreal[j] = d if e < np.inf else 0.0
-                if abs(sreal[j]) > smax:
-                    smax = abs(sreal[j])
-                    sbig = sreal[j]
-            best = _assign_xs(xr, o, w, D0, sreal, sc0, bsc, L)
-            bD = D0
-            if smax > 0:
-                for k in range(2 * D_STEPS):
-                    end = -32.0 if k < D_STEPS else 31.0
-                    c = end + (0.5 if end < 0 else -0.5) * (k % D_STEPS)
-                    D = fp16_round(np.float32(sbig / c))
-                    if D == 0 or not np.isfinite(D):
-                        continue
-                    e = _assign_xs(xr, o, w, D, sreal, sc0, sc, L)
-                    if e < best:
-                        best = e
-                        bD = D
-                        for j in range(8):
-                            bsc[j] = sc[j]
-                    nD, e2 = _refit_xs(xr, o, w, D, sc, L)
-                    if e2 < best:
-                        best = e2
-                        bD = nD
-                        for j in range(8):
-                            bsc[j] = sc[j]
-            if not best < e_g:
-                continue
-            # pack as quantize_row_iq4_nl_impl (sbs = 256) does
-            t = tmp[0]
-            put_f16(t, XS_D, bD)
-            shn = 0
-            for j in range(8):
-                dl = np.float32(bD * np.float32(bsc[j]))
-                _index(xr, o + 32 * j, dl, L)
-                for i in range(32):
-                    LL[32 * j + i] = L[i]
-                l = bsc[j] + 32
-                if j % 2 == 0:
-                    t[XS_SCALES_L + j // 2] = np.uint8(l & 0xF)
-                else:
-                    t[XS_SCALES_L + j // 2] |= np.uint8((l & 0xF) << 4)
-                shn |= (l >> 4) << (2 * j)
-            t[XS_SCALES_H] = np.uint8(shn & 0xFF)
-            t[XS_SCALES_H + 1] = np.uint8((shn >> 8) & 0xFF)
-            _pack_qs(t, XS_QS, LL, 8)
-            dequantize_iq4_xs(tmp, y)
-            if werr(xr, o, w, y[0], QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
-                out[r, off:off + XS_BYTES] = t
+            out_weights(qw, o, u, QK_K)
+            best_u = werr(xr, o, u, y[0], QK_K)
+            for p in range(n_passes(w, u, QK_K)):
+                bD = _search_xs(xr, o, pass_weights(w, u, p, v, QK_K), D0, sc0, sreal, sc, bsc, L, bL)
+                _pack_xs(tmp[0], xr, o, bD, bsc, L, LL)
+                dequantize_iq4_xs(tmp, y)
+                e_u = werr(xr, o, u, y[0], QK_K)
+                if better(werr(xr, o, w, y[0], QK_K), e_u, e_g, best_u):
+                    best_u = e_u
+                    out[r, off:off + XS_BYTES] = tmp[0]
 
 
 BEST = {QType.IQ4_NL: quantize_iq4_nl_best, QType.IQ4_XS: quantize_iq4_xs_best}

@@ -13,7 +13,8 @@ largest |x| mapped to levels near either end of the signed range, see SPAN; for 
 mapped to nmax - 2 .. nmax + 1 levels); for each, the levels by nearest rounding, then the
 weighted least-squares d (and m) for those levels, stored as fp16, the levels rounded again
 against the stored values, E exact. The best candidate is decoded with kquant's dequantizer and
-replaces ggml's block only if its E is lower by more than ACCEPT_MARGIN (relative).
+replaces ggml's block under _accept's rule (lower in E and in the output error; with an imatrix
+the search runs once per weight vector of _accept.BLENDS).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from numba import njit
 
 from ..types import QK, QType
 from ._common import fp16_round, put_f16
-from ._sweep import fp16_near, sym_sweep
+from ._accept import better, n_passes, out_weights, pass_weights
+from ._sweep import fp16_near, sym_sweep, werr
 from .legacy import (
     Q4_0_D,
     Q4_0_QS,
@@ -55,7 +57,6 @@ TS_Q4_0, TS_Q4_1, TS_Q5_0, TS_Q5_1, TS_Q8_0 = (int(t.type_size) for t in (QType.
 N_CAND = 12  # inverse scales tried per block (per sign for y = d*l)
 SPAN = 3.0  # y = d*l: the largest |x| is mapped to levels top + 0.5 down to top - min(SPAN, 0.4*top)
 K_EXACT = 4  # steps of the exact sweep tried in fp16 (Q4_0, Q5_0)
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 # kinds: one per type; (lowest level, highest level, affine, 5th bit in qh)
@@ -307,6 +308,8 @@ def quantize_legacy_best(kind, x, qw, out):
     n = x.shape[1]
     nb = n // QK
     w = np.ones(QK, dtype=np.float64)
+    u = np.empty(QK, dtype=np.float64)
+    v = np.empty(QK, dtype=np.float64)
     y = np.empty(QK, dtype=np.float32)
     tmp = np.zeros(bs, dtype=np.uint8)
     L = np.empty(QK, dtype=np.int32)
@@ -333,38 +336,37 @@ def quantize_legacy_best(kind, x, qw, out):
                     xi = np.float64(xr[o + j])
                     w[j] = qw[o + j] if kind == K_Q8_0 else qw[o + j] * np.sqrt(sigma2 + xi * xi)
             _dequant(kind, orow[b * bs:(b + 1) * bs], y)
-            e_g = 0.0
-            for j in range(QK):
-                dd = np.float64(y[j]) - np.float64(xr[o + j])
-                e_g += w[j] * dd * dd
+            e_g = werr(xr, o, w, y, QK)
             if not e_g > 0:
                 continue
-            if affine:
-                e, d, m = search_aff(xr, o, w, hi, L, bL, QK)
-                codes = bL
-            else:
-                e, d = _search_sym(xr, o, w, lo, hi, L, bL)
-                if kind != K_Q8_0:
-                    e2, d2 = search_exact(xr, o, w, lo, hi, L, bL2, ts, idx, Lf, cs, cv, QK)
-                    if e2 < e:
-                        e = e2
-                        d = d2
-                        for j in range(QK):
-                            bL[j] = bL2[j]
-                m = np.float32(0.0)
-                for j in range(QK):
-                    L[j] = bL[j] - lo if kind != K_Q8_0 else bL[j]
-                codes = L
-            if not e < e_g:
-                continue
-            _pack(kind, tmp, d, m, codes)
-            _dequant(kind, tmp, y)
-            e_b = 0.0
-            for j in range(QK):
-                dd = np.float64(y[j]) - np.float64(xr[o + j])
-                e_b += w[j] * dd * dd
-            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
-                orow[b * bs:(b + 1) * bs] = tmp
+            out_weights(qw, o, u, QK)
+            best_u = werr(xr, o, u, y, QK)
+            for p in range(n_passes(w, u, QK)):
+                ws = pass_weights(w, u, p, v, QK)
+                if affine:
+                    e, d, m = search_aff(xr, o, ws, hi, L, bL, QK)
+                    codes = bL
+                else:
+                    e, d = _search_sym(xr, o, ws, lo, hi, L, bL)
+                    if kind != K_Q8_0:
+                        e2, d2 = search_exact(xr, o, ws, lo, hi, L, bL2, ts, idx, Lf, cs, cv, QK)
+                        if e2 < e:
+                            e = e2
+                            d = d2
+                            for j in range(QK):
+                                bL[j] = bL2[j]
+                    m = np.float32(0.0)
+                    for j in range(QK):
+                        L[j] = bL[j] - lo if kind != K_Q8_0 else bL[j]
+                    codes = L
+                if p == 0 and not e < e_g:
+                    continue
+                _pack(kind, tmp, d, m, codes)
+                _dequant(kind, tmp, y)
+                e_u = werr(xr, o, u, y, QK)
+                if better(werr(xr, o, w, y, QK), e_u, e_g, best_u):
+                    best_u = e_u
+                    orow[b * bs:(b + 1) * bs] = tmp
 
 
 @njit(nogil=True, **JIT)

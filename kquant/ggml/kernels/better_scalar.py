@@ -13,7 +13,8 @@ objective is the plain squared error, or with an imatrix sum qw (y - x)^2 (as fo
 - MXFP4: the E8M0 exponents within E_SPAN of ggml's, each value at ggml's nearest level
   (best_index_mxfp4).
 The best block is decoded with kquant's dequantizer and replaces ggml's only if its E is lower by
-more than ACCEPT_MARGIN (relative).
+more than _accept.MARGIN (relative). E's weights (1, or the imatrix) are the output error's, so
+this is _accept's rule with one search pass.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from numba import njit
 
 from ..types import QK1_0, QK2_0, QK_K, QType
 from ._common import put_f16
+from ._accept import MARGIN
 from ._sweep import fp16_near, werr
 from .better_legacy import K_EXACT, search_exact
 from .mxfp4 import KVALUES, OFF_E, OFF_QS, TS_MXFP4, best_index, dequantize_row_mxfp4, e8m0_to_fp32_half, quantize_mxfp4
@@ -31,7 +33,6 @@ from .tq import TQ1_D, TQ2_D, TS_TQ1_0, TS_TQ2_0, dequantize_row_tq1_0, dequanti
 from .tq import quantize_row_tq1_0_ref, quantize_row_tq2_0_ref, quantize_tq1_0, quantize_tq2_0
 
 E_SPAN = 2  # MXFP4 exponents tried: ggml's +- this
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 K_TQ1_0, K_TQ2_0, K_Q2_0, K_Q1_0, K_MXFP4 = range(5)
@@ -162,7 +163,7 @@ def improve(kind, x, qw, out):
                 _dequant(kind, tmp, y)
                 e_b = werr(xr, o, w, y, n)
                 best[:] = tmp
-            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
+            if e_b < e_g * (1.0 - MARGIN):
                 orow[off:off + nbytes] = best
 
 

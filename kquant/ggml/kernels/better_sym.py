@@ -15,7 +15,8 @@ searched again for the weighted squared error E = sum w (y - x)^2 that ggml's se
    E drops.
 The best (d, scales) are packed by ggml's own tail (q3_k.requantize_pack,
 q6_k.requantize_pack_q6: nearest levels against the stored values, then the bit packing), decoded
-with kquant's dequantizer, and replace ggml's block only if E is lower by more than ACCEPT_MARGIN.
+with kquant's dequantizer, and replace ggml's block under _accept's rule (lower in E and in the
+output error; the search runs once per weight vector of _accept.BLENDS).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
+from ._accept import better, n_passes, out_weights, pass_weights
 from ._sweep import fp16_near, sym_sweep, werr
 
 # scratch of the exact searches (_sweep.sym_sweep): breakpoints, their elements, levels, the
@@ -37,7 +39,6 @@ Scratch = namedtuple("Scratch", "ts idx Lf cs cv hcurv dcs dcv")
 N_CAND = 12  # Q6_K: inverse scales tried per sign, per sub-block
 K_D = 4  # Q3_K: d candidates of the exact sweep over the sub-block steps (each with 2 fp16 neighbours)
 D_STEPS = 4  # super-block scales tried per end of the scale range
-ACCEPT_MARGIN = 1e-9
 NSUB = 16
 SUB = 16
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
@@ -248,6 +249,8 @@ def quantize_sym_best(x, qw, out, q6):
     nb = x.shape[1] // QK_K
     wk = np.zeros(q6_k.WORK, dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
+    u = np.empty(QK_K, dtype=np.float64)
+    v = np.empty(QK_K, dtype=np.float64)
     y = np.empty(QK_K, dtype=np.float32)
     tmp = np.empty(bs, dtype=np.uint8)
     sreal = np.empty(NSUB, dtype=np.float64)
@@ -279,28 +282,33 @@ def quantize_sym_best(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
                 continue
-            for j in range(NSUB):
-                bsc[j] = sc0[j]
-            D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
-            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-            if q6:
-                put_f16(tmp, q6_k.OFF_D, D)
+            out_weights(qw, o, u, QK_K)
+            best_u = werr(xr, o, u, y, QK_K)
+            for p in range(n_passes(w, u, QK_K)):
+                ws = pass_weights(w, u, p, v, QK_K)
                 for j in range(NSUB):
-                    tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
-                q6_k.requantize_pack_q6(wk, tmp, 0)
-                q6_k.dequantize_row_q6_k(tmp, y)
-            else:
-                put_f16(tmp, q3_k.OFF_D, D)
-                for k in range(12):
-                    tmp[q3_k.OFF_SC + k] = 0
-                for j in range(NSUB):
-                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
-                q3_k.requantize_pack(wk, tmp, 0)
-                q3_k.dequantize_row_q3_k(tmp, y)
-            e_b = werr(xr, o, w, y, QK_K)
-            if e_b < e_g * (1.0 - ACCEPT_MARGIN):
-                orow[off:off + bs] = tmp
+                    bsc[j] = sc0[j]
+                D = _search(xr, o, ws, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
+                q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+                wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+                if q6:
+                    put_f16(tmp, q6_k.OFF_D, D)
+                    for j in range(NSUB):
+                        tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
+                    q6_k.requantize_pack_q6(wk, tmp, 0)
+                    q6_k.dequantize_row_q6_k(tmp, y)
+                else:
+                    put_f16(tmp, q3_k.OFF_D, D)
+                    for k in range(12):
+                        tmp[q3_k.OFF_SC + k] = 0
+                    for j in range(NSUB):
+                        q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
+                    q3_k.requantize_pack(wk, tmp, 0)
+                    q3_k.dequantize_row_q3_k(tmp, y)
+                e_u = werr(xr, o, u, y, QK_K)
+                if better(werr(xr, o, w, y, QK_K), e_u, e_g, best_u):
+                    best_u = e_u
+                    orow[off:off + bs] = tmp
 
 
 @njit(nogil=True, **JIT)

@@ -7,8 +7,8 @@ the weighted squared error better_iq4 targets (quantize_row_iq4_nl_impl's weight
 weighted least-squares d among them; one candidate is added here: the largest |x| mapped onto
 the positive end (113), the nearest indices, their weighted least-squares d (fp16), the nearest
 indices again. (A Lloyd step from ggml's own block gains almost nothing: ggml's d is already the
-least-squares one for its indices.) It replaces ggml's block only if its decoded E is lower by
-more than ACCEPT_MARGIN.
+least-squares one for its indices.) It replaces ggml's block only if its decoded E and its output
+error are both lower (_accept.better).
 """
 
 from __future__ import annotations
@@ -18,11 +18,11 @@ from numba import njit
 
 from ..types import QK, QType
 from ._common import fp16_round, get_f16, put_f16
+from ._accept import better, out_weights
 from ._sweep import werr as _werr
 from .better_iq4 import _err, _index, _pack_qs, _weights
 from .iq4 import KVALUES, NL_BYTES, NL_D, NL_QS, dequantize_iq4_nl, quantize_iq4_nl
 
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
@@ -48,6 +48,7 @@ def quantize_iq4_nl_refine(x, qw, out):
     """ggml's blocks, then each block replaced where a refit has a lower E."""
     quantize_iq4_nl(x, qw, out)
     w = np.empty(QK, dtype=np.float64)
+    u = np.empty(QK, dtype=np.float64)
     y = np.empty((1, QK), dtype=np.float32)
     tmp = np.zeros((1, NL_BYTES), dtype=np.uint8)
     L = np.empty(QK, dtype=np.int64)
@@ -63,6 +64,8 @@ def quantize_iq4_nl_refine(x, qw, out):
             d0 = get_f16(out[r], off + NL_D)
             if not e_g > 0 or d0 == 0 or not np.isfinite(d0):
                 continue
+            out_weights(qw, o, u, QK)
+            u_g = _werr(xr, o, u, y[0], QK)
             amax = 0.0
             mx = 0.0
             for j in range(QK):
@@ -80,7 +83,7 @@ def quantize_iq4_nl_refine(x, qw, out):
             put_f16(tmp[0], NL_D, bd)
             _pack_qs(tmp[0], NL_QS, bL, 1)
             dequantize_iq4_nl(tmp, y)
-            if _werr(xr, o, w, y[0], QK) < e_g * (1.0 - ACCEPT_MARGIN):
+            if better(_werr(xr, o, w, y[0], QK), _werr(xr, o, u, y[0], QK), e_g, u_g):
                 out[r, off:off + NL_BYTES] = tmp[0]
 
 

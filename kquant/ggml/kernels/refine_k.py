@@ -11,7 +11,8 @@ D*sc_j*q (Q3_K, Q6_K) or D*sc_j*q - M*m_j (Q2_K, Q4_K, Q5_K), levels q the neare
 2. for the codes and levels, the least-squares D (Q3_K, Q6_K: D = Sxa/Saa) or (D, M) (the 2x2
    normal equations), stored as fp16; the levels rounded again; kept if E drops.
 The result is packed with ggml's packers (as better_k / better_sym do), decoded with kquant's
-dequantizer, and replaces ggml's block only if its E is lower by more than ACCEPT_MARGIN.
+dequantizer, and replaces ggml's block only if its E and its output error are both lower
+(_accept.better).
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
 
@@ -23,6 +24,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
+from ._accept import better, out_weights
 from ._sweep import werr
 from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
                        q2_k_ggml_start, q2_k_packed_error)
@@ -32,7 +34,6 @@ from .better_sym import _weights as _sym_weights
 from .q4_k import NSUB, SUB
 
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
@@ -145,6 +146,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
 def quantize_q4_k_q5_k_refine(x, qw, out):
     """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E drops."""
     nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
+    u = np.empty(QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -154,8 +156,11 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
             e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
             if not e_g > 0:
                 continue
+            out_weights(qw, o, u, QK_K)
+            u_g = werr(xr, o, u, y, QK_K)
             D, M = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
-            if k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s) < e_g * (1.0 - ACCEPT_MARGIN):
+            e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
+            if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
 
 
@@ -163,6 +168,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
 def quantize_q2_k_refine(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block refitted where E drops."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
+    u = np.empty(QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -172,8 +178,11 @@ def quantize_q2_k_refine(x, qw, out):
             e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
             if not e_g > 0:
                 continue
+            out_weights(qw, o, u, QK_K)
+            u_g = werr(xr, o, u, y, QK_K)
             D, M = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
-            if q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn) < e_g * (1.0 - ACCEPT_MARGIN):
+            e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
+            if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
 
 
@@ -258,6 +267,7 @@ def quantize_sym_refine(x, qw, out, q6):
     nb = x.shape[1] // QK_K
     wk = np.zeros(q6_k.WORK, dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
+    u = np.empty(QK_K, dtype=np.float64)
     y = np.empty(QK_K, dtype=np.float32)
     tmp = np.empty(bs, dtype=np.uint8)
     sc = np.empty(16, dtype=np.int32)
@@ -284,6 +294,8 @@ def quantize_sym_refine(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
+            out_weights(qw, o, u, QK_K)
+            u_g = werr(xr, o, u, y, QK_K)
             D = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl)
             q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
             wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
@@ -301,7 +313,7 @@ def quantize_sym_refine(x, qw, out, q6):
                     q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(sc[j] + 32))
                 q3_k.requantize_pack(wk, tmp, 0)
                 q3_k.dequantize_row_q3_k(tmp, y)
-            if werr(xr, o, w, y, QK_K) < e_g * (1.0 - ACCEPT_MARGIN):
+            if better(werr(xr, o, w, y, QK_K), werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
 
 

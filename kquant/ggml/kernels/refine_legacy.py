@@ -7,8 +7,9 @@ weighted path: w = qw * sqrt(sigma2 + x^2), sigma2 = sum(x^2)/n over the row; wi
 w = 1; Q8_0 w = qw or 1). From ggml's levels (read back from its decoded values), N_ITER Lloyd
 steps: the weighted least-squares d (and m) for the current levels (closed form: d = Sxl/Sll;
 the 2x2 normal equations for d, m), stored as fp16, then the nearest levels against the stored
-values, E exact (the dequantizer's float32 arithmetic). The best (d, m) of the steps replaces
-ggml's block only if its E is lower by more than ACCEPT_MARGIN (relative): no block gets worse.
+values, E exact (the dequantizer's float32 arithmetic). A step's (d, m) replaces ggml's block under
+_accept's rule (E and the output error both lower; of those, the lowest output error): no block
+gets worse in either.
 
 Speed: LANES blocks of a row are refitted at once, one block per vector lane, every sum
 accumulated per lane in element order (the result is the same on every machine and thread
@@ -23,6 +24,7 @@ import numpy as np
 from numba import njit
 
 from ..types import QK, QType
+from ._accept import MARGIN
 from ._common import fp16_round, get_f16, level, sel
 from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack
 from .legacy import (
@@ -43,7 +45,6 @@ from .legacy import (
 U = np.uint64
 LANES = 16  # blocks refitted at once
 N_ITER = 1  # least-squares refits (Lloyd steps) per block
-ACCEPT_MARGIN = 1e-9
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -96,9 +97,11 @@ def refine_legacy(kind, x, qw, out):
     P = QK * LANES
     X = np.empty(P, dtype=np.float32)
     W = np.ones(P, dtype=np.float64)
+    Wu = np.ones(P, dtype=np.float64)  # the output error's weights (_accept.out_weights)
     yrow = np.empty(ncols, dtype=np.float32)
     f64 = lambda: np.zeros(LANES, dtype=np.float64)  # noqa: E731
-    eg, be, e, sw, sl, sll, sx, sxl = f64(), f64(), f64(), f64(), f64(), f64(), f64(), f64()
+    eg, e, sw, sl, sll, sx, sxl = f64(), f64(), f64(), f64(), f64(), f64(), f64()
+    ug, bu, eu = f64(), f64(), f64()
     cd = np.zeros(LANES, dtype=np.float32)
     cm = np.zeros(LANES, dtype=np.float32)
     ci = np.zeros(LANES, dtype=np.float32)
@@ -122,6 +125,7 @@ def refine_legacy(kind, x, qw, out):
             # ggml's d, m per lane -> the inverse step to read its levels back
             for j in range(n):
                 p = (c0 + j) * bs
+                ug[j] = 0.0
                 cd[j] = get_f16(orow, p + doff)
                 cm[j] = get_f16(orow, p + moff) if affine else _F0
                 ci[j] = _F1 / cd[j] if cd[j] != 0 else _F0
@@ -138,6 +142,7 @@ def refine_legacy(kind, x, qw, out):
                         q = np.float64(qw[src])
                         xd = np.float64(xr[src])
                         W[U(i * LANES) + j] = q if kind == K_Q8_0 else q * np.sqrt(sigma2 + xd * xd)
+                        Wu[U(i * LANES) + j] = q
             # transpose, E of ggml's block and the sums of its levels
             for i in range(QK):
                 for j in range(nu):
@@ -150,6 +155,7 @@ def refine_legacy(kind, x, qw, out):
                     wk = W[k]
                     rr = np.float64(yv) - xd
                     eg[j] += wk * rr * rr
+                    ug[j] += Wu[k] * rr * rr
                     fl = np.float64(level((yv - cm[j]) * ci[j], lo, hi))
                     sw[j] += wk
                     sl[j] += wk * fl
@@ -157,13 +163,14 @@ def refine_legacy(kind, x, qw, out):
                     sx[j] += wk * xd
                     sxl[j] += wk * xd * fl
             for j in range(n):
-                be[j] = eg[j]
+                bu[j] = ug[j]
                 bd[j] = _F0
                 bm[j] = _F0
             for _ in range(N_ITER):
                 _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok)
                 for j in range(n):
                     e[j] = 0.0
+                    eu[j] = 0.0
                     sw[j] = 0.0
                     sl[j] = 0.0
                     sll[j] = 0.0
@@ -179,6 +186,7 @@ def refine_legacy(kind, x, qw, out):
                         yv = np.float32(f * cd[j]) + cm[j]  # the dequantizer's float32 (cm = 0 for y = d*l)
                         rr = np.float64(yv) - xd
                         e[j] += wk * rr * rr
+                        eu[j] += Wu[k] * rr * rr
                         fl = np.float64(f)
                         sw[j] += wk
                         sl[j] += wk * fl
@@ -186,13 +194,14 @@ def refine_legacy(kind, x, qw, out):
                         sx[j] += wk * xd
                         sxl[j] += wk * xd * fl
                 for j in range(n):
-                    take = ok[j] and e[j] < be[j]
-                    be[j] = sel(take, e[j], be[j])
+                    # _accept.better, per lane: E below ggml's block's, output error below the kept one's
+                    take = ok[j] and e[j] < eg[j] * (1.0 - MARGIN) and eu[j] < bu[j] * (1.0 - MARGIN)
+                    bu[j] = sel(take, eu[j], bu[j])
                     bd[j] = sel(take, cd[j], bd[j])
                     bm[j] = sel(take, cm[j], bm[j])
             # write the lanes that beat ggml's block
             for j in range(n):
-                if not (bd[j] != 0 and be[j] < eg[j] * (1.0 - ACCEPT_MARGIN)):
+                if bd[j] == 0:
                     continue
                 inv = _F1 / bd[j]
                 for i in range(QK):
