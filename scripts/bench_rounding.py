@@ -6,8 +6,10 @@ length fits the type, and every type: the weighted rel-RMSE sqrt(sum w e^2 / sum
 ggml's own objective for that type (tests/objective.py: ggml's default weights, or the imatrix
 path's weights with a synthetic importance row when --imatrix), for both roundings. Prints per
 type the mean and the worst relative change of that figure over the tensors (worst must be <= 0),
-the mean change of the plain rel-RMSE, and the time ratio mode/ggml (one thread, same process,
-CPU time of the thread: wall time on a loaded machine charges long runs for other processes' turns).
+the mean and worst change of the output error's rel-RMSE (weights: the importance row, or 1;
+kernels/_accept.py: no block of a better mode is worse in it either), and the time ratio
+mode/ggml (one thread, same process, CPU time of the thread: wall time on a loaded machine
+charges long runs for other processes' turns).
 
     .venv/bin/python scripts/bench_rounding.py fixtures/tiny-llama /tmp/minilm/model.safetensors [--imatrix] [--rounding refine]
 """
@@ -79,21 +81,22 @@ def main(argv=None) -> int:
             eb = quants.dequantize(b, t, x.shape) - xd
             rg = np.sqrt((w * eg * eg).sum() / sx)
             rb = np.sqrt((w * eb * eb).sum() / sx)
-            pg = np.sqrt((eg * eg).sum() / (xd * xd).sum())
-            pb = np.sqrt((eb * eb).sum() / (xd * xd).sum())
+            u = np.ones(x.shape[1]) if qw is None else qw.astype(np.float64)  # the output error's weights
+            pg = np.sqrt((u * eg * eg).sum() / (u * xd * xd).sum())
+            pb = np.sqrt((u * eb * eb).sum() / (u * xd * xd).sum())
             rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1))
             if args.verbose:
                 print(f"{t.name:6s} {name:60s} {rg:.5f} -> {rb:.5f} ({(rb / rg - 1) * 100:+.2f}%)", file=sys.stderr)
     print(f"weighted rel-RMSE, rounding={mode} vs ggml ({'synthetic imatrix' if args.imatrix else 'no imatrix'}), "
           f"one thread, CPU time; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'plain':>8s} {'time':>6s}")
+    print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'output':>8s} {'worst':>8s} {'time':>6s}")
     for t in types:
         r = rows[t]
         if not r:
             continue
         a = np.array(r)
         print(f"{t.name:6s} {len(r):7d} {a[:, 0].mean() * 100:+7.2f}% {a[:, 0].max() * 100:+7.2f}% "
-              f"{a[:, 1].mean() * 100:+7.2f}% {a[:, 3].sum() / a[:, 2].sum():5.1f}x")
+              f"{a[:, 1].mean() * 100:+7.2f}% {a[:, 1].max() * 100:+7.2f}% {a[:, 3].sum() / a[:, 2].sum():5.1f}x")
     return 0
 
 
