@@ -14,8 +14,7 @@ quantize_row_iq*_impl: qw * sqrt(sigma2 + x^2), sigma2 = sum(x^2)/256, times 2 e
 IQ2_XS; without an imatrix x^2, IQ2_S 0.25 sigma2 + x^2). Every fp16 d within a factor D_RANGE of
 max(B/C) / (2 SMAX + 1) is tried, each sub-block taking the multiplier nearest to (B/C) / d (the
 exact optimum for that d); the best (d, s) is decoded with kquant's dequantizer and replaces
-ggml's block under _accept's rule (its E and its output error both lower; the search runs once
-per weight vector of _accept.BLENDS).
+ggml's block under _accept's rule (its E and its output error both lower).
 """
 
 from __future__ import annotations
@@ -25,7 +24,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from ._common import fp16_to_fp32, fp32_to_fp16, put_f16
-from ._accept import better, n_passes, out_weights, pass_weights
+from ._accept import better, out_weights
 from ._sweep import werr
 from .iq1 import M_BYTES as IQ1M_BYTES, M_SC as IQ1M_SC, S_BYTES as IQ1S_BYTES, S_D as IQ1S_D, S_QH as IQ1S_QH
 from .iq1 import dequantize_iq1_m, dequantize_iq1_s, quantize_iq1_m, quantize_iq1_s
@@ -156,7 +155,6 @@ def improve(kind, x, qw, out):
     u = np.empty((1, QK_K), dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
     uw = np.empty(QK_K, dtype=np.float64)
-    v = np.empty(QK_K, dtype=np.float64)
     B = np.empty(16, dtype=np.float64)
     C = np.empty(16, dtype=np.float64)
     R = np.empty(16, dtype=np.float64)
@@ -185,29 +183,25 @@ def improve(kind, x, qw, out):
             if not e_g > 0:
                 continue  # exact, or ggml's block is not finite (where ggml aborts; refused later)
             out_weights(qw, o, uw, QK_K)
-            best_u = werr(xr, o, uw, y[0], QK_K)
+            u_g = werr(xr, o, uw, y[0], QK_K)
             _put(kind, tmp[0], np.float32(1.0), zeros)
             _dequant(kind, tmp, u)
-            for p in range(n_passes(w, uw, QK_K)):
-                ws = pass_weights(w, uw, p, v, QK_K)
-                for j in range(nsub):
-                    b = 0.0
-                    c = 0.0
-                    for i in range(sl * j, sl * j + sl):
-                        uv = np.float64(u[0, i])
-                        b += ws[i] * np.float64(xr[o + i]) * uv
-                        c += ws[i] * uv * uv
-                    B[j] = b
-                    C[j] = c
-                bD = search_steps(B, C, R, nsub, smax, sc, bsc)
-                if bD == 0:
-                    continue
-                _put(kind, tmp[0], bD, bsc)
-                _dequant(kind, tmp, y)
-                e_u = werr(xr, o, uw, y[0], QK_K)
-                if better(werr(xr, o, w, y[0], QK_K), e_u, e_g, best_u):
-                    best_u = e_u
-                    orow[off:off + nbytes] = tmp[0]
+            for j in range(nsub):
+                b = 0.0
+                c = 0.0
+                for i in range(sl * j, sl * j + sl):
+                    uv = np.float64(u[0, i])
+                    b += w[i] * np.float64(xr[o + i]) * uv
+                    c += w[i] * uv * uv
+                B[j] = b
+                C[j] = c
+            bD = search_steps(B, C, R, nsub, smax, sc, bsc)
+            if bD == 0:
+                continue
+            _put(kind, tmp[0], bD, bsc)
+            _dequant(kind, tmp, y)
+            if better(werr(xr, o, w, y[0], QK_K), werr(xr, o, uw, y[0], QK_K), e_g, u_g):
+                orow[off:off + nbytes] = tmp[0]
 
 
 @njit(nogil=True, **JIT)

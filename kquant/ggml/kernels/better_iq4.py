@@ -11,8 +11,7 @@ only), each giving nearest table indices, the weighted least-squares d for them,
 again against that d (fp16 for IQ4_NL), E. IQ4_XS then picks the super-block scale among ggml's
 and D_STEPS per end of the 6-bit code range, codes round(s_j/d) +- 1 and ggml's per sub-block,
 and a least-squares refit of d, as better_sym does for Q3_K. A searched block replaces ggml's under
-_accept's rule (its decoded E and output error both lower; the search runs once per weight
-vector of _accept.BLENDS).
+_accept's rule (its decoded E and output error both lower).
 """
 
 from __future__ import annotations
@@ -22,7 +21,7 @@ from numba import njit
 
 from ..types import QK, QK_K, QType
 from ._common import fp16_round, get_f16, put_f16
-from ._accept import better, n_passes, out_weights, pass_weights
+from ._accept import better, out_weights
 from ._sweep import werr
 from .iq4 import (
     KVALUES,
@@ -133,7 +132,6 @@ def quantize_iq4_nl_best(x, qw, out):
     quantize_iq4_nl(x, qw, out)
     w = np.empty(QK, dtype=np.float64)
     u = np.empty(QK, dtype=np.float64)
-    v = np.empty(QK, dtype=np.float64)
     y = np.empty((1, QK), dtype=np.float32)
     tmp = np.zeros((1, NL_BYTES), dtype=np.uint8)
     L = np.empty(QK, dtype=np.int64)
@@ -149,18 +147,15 @@ def quantize_iq4_nl_best(x, qw, out):
             if not e_g > 0:
                 continue
             out_weights(qw, o, u, QK)
-            best_u = werr(xr, o, u, y[0], QK)
-            for p in range(n_passes(w, u, QK)):
-                e, d = _fit32(xr, o, pass_weights(w, u, p, v, QK), L, bL, True)
-                if p == 0 and not e < e_g:
-                    continue
-                put_f16(tmp[0], NL_D, np.float32(d))
-                _pack_qs(tmp[0], NL_QS, bL, 1)
-                dequantize_iq4_nl(tmp, y)
-                e_u = werr(xr, o, u, y[0], QK)
-                if better(werr(xr, o, w, y[0], QK), e_u, e_g, best_u):
-                    best_u = e_u
-                    out[r, off:off + NL_BYTES] = tmp[0]
+            u_g = werr(xr, o, u, y[0], QK)
+            e, d = _fit32(xr, o, w, L, bL, True)
+            if not e < e_g:
+                continue
+            put_f16(tmp[0], NL_D, np.float32(d))
+            _pack_qs(tmp[0], NL_QS, bL, 1)
+            dequantize_iq4_nl(tmp, y)
+            if better(werr(xr, o, w, y[0], QK), werr(xr, o, u, y[0], QK), e_g, u_g):
+                out[r, off:off + NL_BYTES] = tmp[0]
 
 
 @njit(**JIT)
@@ -274,7 +269,6 @@ def quantize_iq4_xs_best(x, qw, out):
     quantize_iq4_xs(x, qw, out)
     w = np.empty(QK_K, dtype=np.float64)
     u = np.empty(QK_K, dtype=np.float64)
-    v = np.empty(QK_K, dtype=np.float64)
     y = np.empty((1, QK_K), dtype=np.float32)
     tmp = np.zeros((1, XS_BYTES), dtype=np.uint8)
     L = np.empty(QK, dtype=np.int64)
@@ -301,15 +295,12 @@ def quantize_iq4_xs_best(x, qw, out):
                 ls = ((np.int64(blk[XS_SCALES_L + j // 2]) >> (4 * (j % 2))) & 0xF) | (((sh >> (2 * j)) & 3) << 4)
                 sc0[j] = np.int32(ls - 32)
             out_weights(qw, o, u, QK_K)
-            best_u = werr(xr, o, u, y[0], QK_K)
-            for p in range(n_passes(w, u, QK_K)):
-                bD = _search_xs(xr, o, pass_weights(w, u, p, v, QK_K), D0, sc0, sreal, sc, bsc, L, bL)
-                _pack_xs(tmp[0], xr, o, bD, bsc, L, LL)
-                dequantize_iq4_xs(tmp, y)
-                e_u = werr(xr, o, u, y[0], QK_K)
-                if better(werr(xr, o, w, y[0], QK_K), e_u, e_g, best_u):
-                    best_u = e_u
-                    out[r, off:off + XS_BYTES] = tmp[0]
+            u_g = werr(xr, o, u, y[0], QK_K)
+            bD = _search_xs(xr, o, w, D0, sc0, sreal, sc, bsc, L, bL)
+            _pack_xs(tmp[0], xr, o, bD, bsc, L, LL)
+            dequantize_iq4_xs(tmp, y)
+            if better(werr(xr, o, w, y[0], QK_K), werr(xr, o, u, y[0], QK_K), e_g, u_g):
+                out[r, off:off + XS_BYTES] = tmp[0]
 
 
 BEST = {QType.IQ4_NL: quantize_iq4_nl_best, QType.IQ4_XS: quantize_iq4_xs_best}

@@ -25,9 +25,8 @@ One pass of the descent:
 The candidate is packed with ggml's packers (Q4_K/Q5_K: put_scale_min_k4, pack_q4/pack_q5;
 Q2_K: q2_k.requantize_pack, which also re-rounds the levels), decoded with kquant's
 dequantizer (what llama.cpp decodes, tests/test_rounding.py), and replaces ggml's block under
-_accept's rule: lower in E and in the output error, so no block gets worse; both starts run once
-per weight vector of _accept.BLENDS. Rows are independent,
-so the result does not depend on the thread count.
+_accept's rule: lower in E and in the output error, so no block gets worse in either. Rows are
+independent, so the result does not depend on the thread count.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
-from ._accept import better, n_passes, out_weights, pass_weights
+from ._accept import better, out_weights
 from ._sweep import werr
 from .better_legacy import search_aff
 from .q4_k import (
@@ -303,35 +302,29 @@ def quantize_q4_k_q5_k_best(x, qw, out):
     bq = np.empty(SUB, dtype=np.int32)
     L = np.empty(SUB, dtype=np.int32)
     bL = np.empty(SUB, dtype=np.int32)
-    u, v, sc0, mn0 = np.empty(QK_K), np.empty(QK_K), np.empty(NSUB, dtype=np.int32), np.empty(NSUB, dtype=np.int32)
+    u = np.empty(QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            e_g, D0, M0 = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc0, mn0)
+            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
             if not e_g > 0:
                 continue
             out_weights(qw, o, u, QK_K)
             best_u = werr(xr, o, u, y, QK_K)
-            for p in range(n_passes(w, u, QK_K)):
-                ws = pass_weights(w, u, p, v, QK_K)
-                for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
-                    if start == 0:
-                        D, M = D0, M0
-                        sc[:] = sc0
-                        mn[:] = mn0
-                    else:
-                        D, M = _real_start(xr, o, ws, nmax, sc, mn, L, bL, NSUB, SUB, 63)
-                        if not D > 0:
-                            continue
-                    D, M = _descent(xr, o, ws, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
-                    e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
-                    e_u = werr(xr, o, u, y, QK_K)
-                    if better(e_b, e_u, e_g, best_u):
-                        best_u = e_u
-                        orow[off:off + bs] = tmp
+            for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
+                if start == 1:
+                    D, M = _real_start(xr, o, w, nmax, sc, mn, L, bL, NSUB, SUB, 63)
+                    if not D > 0:
+                        continue
+                D, M = _descent(xr, o, w, nmax, D, M, sc, mn, q, ql, bq, NSUB, SUB, 63)
+                e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
+                e_u = werr(xr, o, u, y, QK_K)
+                if better(e_b, e_u, e_g, best_u):
+                    best_u = e_u
+                    orow[off:off + bs] = tmp
 
 
 # ---------------------------------------------------------------- Q2_K: 16 sub-blocks of 16, 4-bit scales and mins
@@ -400,35 +393,29 @@ def quantize_q2_k_best(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block improved where E drops."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     bq = np.empty(16, dtype=np.int32)
-    u, v, sc0, mn0 = np.empty(QK_K), np.empty(QK_K), np.empty(16, dtype=np.int32), np.empty(16, dtype=np.int32)
+    u = np.empty(QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            e_g, D0, M0 = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc0, mn0)
+            e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
             if not e_g > 0:
                 continue
             out_weights(qw, o, u, QK_K)
             best_u = werr(xr, o, u, y, QK_K)
-            for p in range(n_passes(w, u, QK_K)):
-                ws = pass_weights(w, u, p, v, QK_K)
-                for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
-                    if start == 0:
-                        D, M = D0, M0
-                        sc[:] = sc0
-                        mn[:] = mn0
-                    else:
-                        D, M = _real_start(xr, o, ws, 3, sc, mn, ql, bq, 16, 16, 15)
-                        if not D > 0:
-                            continue
-                    D, M = _descent(xr, o, ws, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
-                    e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
-                    e_u = werr(xr, o, u, y, QK_K)
-                    if better(e_b, e_u, e_g, best_u):
-                        best_u = e_u
-                        orow[off:off + bs] = tmp
+            for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
+                if start == 1:
+                    D, M = _real_start(xr, o, w, 3, sc, mn, ql, bq, 16, 16, 15)
+                    if not D > 0:
+                        continue
+                D, M = _descent(xr, o, w, 3, D, M, sc, mn, q, ql, bq, 16, 16, 15)
+                e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
+                e_u = werr(xr, o, u, y, QK_K)
+                if better(e_b, e_u, e_g, best_u):
+                    best_u = e_u
+                    orow[off:off + bs] = tmp
 
 
 BEST = {QType.Q4_K: quantize_q4_k_q5_k_best, QType.Q5_K: quantize_q4_k_q5_k_best, QType.Q2_K: quantize_q2_k_best}

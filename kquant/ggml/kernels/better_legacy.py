@@ -13,8 +13,7 @@ largest |x| mapped to levels near either end of the signed range, see SPAN; for 
 mapped to nmax - 2 .. nmax + 1 levels); for each, the levels by nearest rounding, then the
 weighted least-squares d (and m) for those levels, stored as fp16, the levels rounded again
 against the stored values, E exact. The best candidate is decoded with kquant's dequantizer and
-replaces ggml's block under _accept's rule (lower in E and in the output error; with an imatrix
-the search runs once per weight vector of _accept.BLENDS).
+replaces ggml's block under _accept's rule (lower in E and in the output error).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from numba import njit
 
 from ..types import QK, QType
 from ._common import fp16_round, put_f16
-from ._accept import better, n_passes, out_weights, pass_weights
+from ._accept import better, out_weights
 from ._sweep import fp16_near, sym_sweep, werr
 from .legacy import (
     Q4_0_D,
@@ -309,7 +308,6 @@ def quantize_legacy_best(kind, x, qw, out):
     nb = n // QK
     w = np.ones(QK, dtype=np.float64)
     u = np.empty(QK, dtype=np.float64)
-    v = np.empty(QK, dtype=np.float64)
     y = np.empty(QK, dtype=np.float32)
     tmp = np.zeros(bs, dtype=np.uint8)
     L = np.empty(QK, dtype=np.int32)
@@ -340,33 +338,29 @@ def quantize_legacy_best(kind, x, qw, out):
             if not e_g > 0:
                 continue
             out_weights(qw, o, u, QK)
-            best_u = werr(xr, o, u, y, QK)
-            for p in range(n_passes(w, u, QK)):
-                ws = pass_weights(w, u, p, v, QK)
-                if affine:
-                    e, d, m = search_aff(xr, o, ws, hi, L, bL, QK)
-                    codes = bL
-                else:
-                    e, d = _search_sym(xr, o, ws, lo, hi, L, bL)
-                    if kind != K_Q8_0:
-                        e2, d2 = search_exact(xr, o, ws, lo, hi, L, bL2, ts, idx, Lf, cs, cv, QK)
-                        if e2 < e:
-                            e = e2
-                            d = d2
-                            for j in range(QK):
-                                bL[j] = bL2[j]
-                    m = np.float32(0.0)
-                    for j in range(QK):
-                        L[j] = bL[j] - lo if kind != K_Q8_0 else bL[j]
-                    codes = L
-                if p == 0 and not e < e_g:
-                    continue
-                _pack(kind, tmp, d, m, codes)
-                _dequant(kind, tmp, y)
-                e_u = werr(xr, o, u, y, QK)
-                if better(werr(xr, o, w, y, QK), e_u, e_g, best_u):
-                    best_u = e_u
-                    orow[b * bs:(b + 1) * bs] = tmp
+            u_g = werr(xr, o, u, y, QK)
+            if affine:
+                e, d, m = search_aff(xr, o, w, hi, L, bL, QK)
+                codes = bL
+            else:
+                e, d = _search_sym(xr, o, w, lo, hi, L, bL)
+                if kind != K_Q8_0:
+                    e2, d2 = search_exact(xr, o, w, lo, hi, L, bL2, ts, idx, Lf, cs, cv, QK)
+                    if e2 < e:
+                        e = e2
+                        d = d2
+                        for j in range(QK):
+                            bL[j] = bL2[j]
+                m = np.float32(0.0)
+                for j in range(QK):
+                    L[j] = bL[j] - lo if kind != K_Q8_0 else bL[j]
+                codes = L
+            if not e < e_g:
+                continue
+            _pack(kind, tmp, d, m, codes)
+            _dequant(kind, tmp, y)
+            if better(werr(xr, o, w, y, QK), werr(xr, o, u, y, QK), e_g, u_g):
+                orow[b * bs:(b + 1) * bs] = tmp
 
 
 @njit(nogil=True, **JIT)

@@ -16,7 +16,7 @@ searched again for the weighted squared error E = sum w (y - x)^2 that ggml's se
 The best (d, scales) are packed by ggml's own tail (q3_k.requantize_pack,
 q6_k.requantize_pack_q6: nearest levels against the stored values, then the bit packing), decoded
 with kquant's dequantizer, and replace ggml's block under _accept's rule (lower in E and in the
-output error; the search runs once per weight vector of _accept.BLENDS).
+output error).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
-from ._accept import better, n_passes, out_weights, pass_weights
+from ._accept import better, out_weights
 from ._sweep import fp16_near, sym_sweep, werr
 
 # scratch of the exact searches (_sweep.sym_sweep): breakpoints, their elements, levels, the
@@ -250,7 +250,6 @@ def quantize_sym_best(x, qw, out, q6):
     wk = np.zeros(q6_k.WORK, dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
     u = np.empty(QK_K, dtype=np.float64)
-    v = np.empty(QK_K, dtype=np.float64)
     y = np.empty(QK_K, dtype=np.float32)
     tmp = np.empty(bs, dtype=np.uint8)
     sreal = np.empty(NSUB, dtype=np.float64)
@@ -283,32 +282,28 @@ def quantize_sym_best(x, qw, out, q6):
             if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
                 continue
             out_weights(qw, o, u, QK_K)
-            best_u = werr(xr, o, u, y, QK_K)
-            for p in range(n_passes(w, u, QK_K)):
-                ws = pass_weights(w, u, p, v, QK_K)
+            u_g = werr(xr, o, u, y, QK_K)
+            for j in range(NSUB):
+                bsc[j] = sc0[j]
+            D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
+            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+            if q6:
+                put_f16(tmp, q6_k.OFF_D, D)
                 for j in range(NSUB):
-                    bsc[j] = sc0[j]
-                D = _search(xr, o, ws, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
-                q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-                wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-                if q6:
-                    put_f16(tmp, q6_k.OFF_D, D)
-                    for j in range(NSUB):
-                        tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
-                    q6_k.requantize_pack_q6(wk, tmp, 0)
-                    q6_k.dequantize_row_q6_k(tmp, y)
-                else:
-                    put_f16(tmp, q3_k.OFF_D, D)
-                    for k in range(12):
-                        tmp[q3_k.OFF_SC + k] = 0
-                    for j in range(NSUB):
-                        q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
-                    q3_k.requantize_pack(wk, tmp, 0)
-                    q3_k.dequantize_row_q3_k(tmp, y)
-                e_u = werr(xr, o, u, y, QK_K)
-                if better(werr(xr, o, w, y, QK_K), e_u, e_g, best_u):
-                    best_u = e_u
-                    orow[off:off + bs] = tmp
+                    tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
+                q6_k.requantize_pack_q6(wk, tmp, 0)
+                q6_k.dequantize_row_q6_k(tmp, y)
+            else:
+                put_f16(tmp, q3_k.OFF_D, D)
+                for k in range(12):
+                    tmp[q3_k.OFF_SC + k] = 0
+                for j in range(NSUB):
+                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
+                q3_k.requantize_pack(wk, tmp, 0)
+                q3_k.dequantize_row_q3_k(tmp, y)
+            if better(werr(xr, o, w, y, QK_K), werr(xr, o, u, y, QK_K), e_g, u_g):
+                orow[off:off + bs] = tmp
 
 
 @njit(nogil=True, **JIT)
