@@ -94,6 +94,7 @@ def refine_legacy(kind, x, qw, out):
     ncols = x.shape[1]
     nb = ncols // QK
     weighted = qw.shape[0] > 0
+    two = weighted and kind != K_Q8_0  # E's weights differ from the output error's (else the same test)
     P = QK * LANES
     X = np.empty(P, dtype=np.float32)
     W = np.ones(P, dtype=np.float64)
@@ -155,7 +156,8 @@ def refine_legacy(kind, x, qw, out):
                     wk = W[k]
                     rr = np.float64(yv) - xd
                     eg[j] += wk * rr * rr
-                    ug[j] += Wu[k] * rr * rr
+                    if two:
+                        ug[j] += Wu[k] * rr * rr
                     fl = np.float64(level((yv - cm[j]) * ci[j], lo, hi))
                     sw[j] += wk
                     sl[j] += wk * fl
@@ -186,7 +188,8 @@ def refine_legacy(kind, x, qw, out):
                         yv = np.float32(f * cd[j]) + cm[j]  # the dequantizer's float32 (cm = 0 for y = d*l)
                         rr = np.float64(yv) - xd
                         e[j] += wk * rr * rr
-                        eu[j] += Wu[k] * rr * rr
+                        if two:
+                            eu[j] += Wu[k] * rr * rr
                         fl = np.float64(f)
                         sw[j] += wk
                         sl[j] += wk * fl
@@ -195,7 +198,7 @@ def refine_legacy(kind, x, qw, out):
                         sxl[j] += wk * xd * fl
                 for j in range(n):
                     # _accept.better, per lane: E below ggml's block's, output error below the kept one's
-                    take = ok[j] and e[j] < eg[j] * (1.0 - MARGIN) and eu[j] < bu[j] * (1.0 - MARGIN)
+                    take = ok[j] and e[j] < eg[j] * (1.0 - MARGIN) and (not two or eu[j] < bu[j] * (1.0 - MARGIN))
                     bu[j] = sel(take, eu[j], bu[j])
                     bd[j] = sel(take, cd[j], bd[j])
                     bm[j] = sel(take, cm[j], bm[j])
