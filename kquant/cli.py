@@ -116,8 +116,8 @@ def _target_size_arg(s: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block for a lower weighted "
-                 "error, same types, loads in any llama.cpp (recorded as quantize.rounding); refine: a cheap "
+ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block, kept where it "
+                 "lowers both ggml's weighted error and the output error, same types, loads in any llama.cpp (recorded as quantize.rounding); refine: a cheap "
                  "least-squares refit of ggml's blocks, same guarantees, smaller gain")
 
 

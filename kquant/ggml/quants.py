@@ -185,7 +185,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     rounding="ggml": identical to ggml_quantize_chunk(type, x, ..., imatrix). `imatrix` is one
     importance weight per column (float32), used by the types whose ggml quantizer takes weights.
     rounding="best": same type and layout, each block searched harder for a lower weighted error
-    than ggml's (and ggml's block kept where it is not beaten); see kernels/better_*.py.
+    than ggml's, and kept only where it also lowers the output error (ggml's block elsewhere);
+    see kernels/better_*.py and kernels/_accept.py.
     rounding="refine": the same guarantees from a bounded refit of ggml's block, at most about
     ggml's own time again; see kernels/refine_*.py.
     """
