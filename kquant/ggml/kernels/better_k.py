@@ -297,7 +297,8 @@ def k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s):
 
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k_best(x, qw, out):
-    """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E drops."""
+    """ggml's blocks (quantize_q4_k_q5_k), then each super-block improved where E and the output error
+    drop (_accept.better)."""
     nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
     bq = np.empty(SUB, dtype=np.int32)
     L = np.empty(SUB, dtype=np.int32)
@@ -390,7 +391,8 @@ def q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn):
 
 @njit(nogil=True, **JIT)
 def quantize_q2_k_best(x, qw, out):
-    """ggml's blocks (q2_k.quantize), then each super-block improved where E drops."""
+    """ggml's blocks (q2_k.quantize), then each super-block improved where E and the output error
+    drop (_accept.better)."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     bq = np.empty(16, dtype=np.int32)
     u = np.empty(QK_K)

@@ -287,7 +287,7 @@ def search_aff(x, o, w, nmax, L, bL, n):
 
 @njit(nogil=True, **JIT)
 def quantize_legacy_best(kind, x, qw, out):
-    """ggml's blocks, then each block replaced where the searched one has a lower E."""
+    """ggml's blocks, then each block replaced where the searched one is better (_accept.better)."""
     if kind == K_Q4_0:
         quantize_q4_0(x, qw, out)
         lo, hi, bs = -8, 7, TS_Q4_0

@@ -239,7 +239,7 @@ def _weights(x, o, qw, w, q6):
 
 @njit(nogil=True, **JIT)
 def quantize_sym_best(x, qw, out, q6):
-    """ggml's blocks, then each super-block replaced where the searched one has a lower E."""
+    """ggml's blocks, then each super-block replaced where the searched one is better (_accept.better)."""
     if q6:
         q6_k.quantize(x, qw, out)
         bs, lo, hi, sclo, schi = q6_k.TS, -32, 31, -128, 127

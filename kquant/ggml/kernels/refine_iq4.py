@@ -45,7 +45,7 @@ def _lsq(x, o, w, L):
 
 @njit(nogil=True, **JIT)
 def quantize_iq4_nl_refine(x, qw, out):
-    """ggml's blocks, then each block replaced where a refit has a lower E."""
+    """ggml's blocks, then each block replaced where a refit is better (_accept.better)."""
     quantize_iq4_nl(x, qw, out)
     w = np.empty(QK, dtype=np.float64)
     u = np.empty(QK, dtype=np.float64)

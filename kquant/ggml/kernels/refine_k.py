@@ -144,7 +144,8 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
 
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k_refine(x, qw, out):
-    """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E drops."""
+    """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E and the output error
+    drop (_accept.better)."""
     nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     for r in range(x.shape[0]):
@@ -166,7 +167,8 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
 
 @njit(nogil=True, **JIT)
 def quantize_q2_k_refine(x, qw, out):
-    """ggml's blocks (q2_k.quantize), then each super-block refitted where E drops."""
+    """ggml's blocks (q2_k.quantize), then each super-block refitted where E and the output error
+    drop (_accept.better)."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     for r in range(x.shape[0]):
@@ -257,7 +259,7 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl):
 
 @njit(nogil=True, **JIT)
 def quantize_sym_refine(x, qw, out, q6):
-    """ggml's blocks, then each super-block refitted where E drops."""
+    """ggml's blocks, then each super-block refitted where E and the output error drop (_accept.better)."""
     if q6:
         q6_k.quantize(x, qw, out)
         bs, lo, hi, sclo, schi = q6_k.TS, -32, 31, -128, 127

@@ -74,7 +74,7 @@ def _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok):
 
 @njit(nogil=True, **JIT)
 def refine_legacy(kind, x, qw, out):
-    """ggml's blocks, then each block replaced where a least-squares refit lowers E."""
+    """ggml's blocks, then each block replaced where a least-squares refit lowers E and the output error."""
     if kind == K_Q4_0:
         quantize_q4_0(x, qw, out)
         lo, hi, bs, doff, moff = -8, 7, 18, Q4_0_D, Q4_0_D
@@ -143,7 +143,8 @@ def refine_legacy(kind, x, qw, out):
                         q = np.float64(qw[src])
                         xd = np.float64(xr[src])
                         W[U(i * LANES) + j] = q if kind == K_Q8_0 else q * np.sqrt(sigma2 + xd * xd)
-                        Wu[U(i * LANES) + j] = q
+                        if two:
+                            Wu[U(i * LANES) + j] = q
             # transpose, E of ggml's block and the sums of its levels
             for i in range(QK):
                 for j in range(nu):
