@@ -21,8 +21,13 @@ converts that instead: the dequantizing source layer, measured the same way.
 log-normal values, legacy .dat format as llama-imatrix writes it), which the i-quant file types
 below IQ3_S need (IQ2_M, IQ2_XS, IQ1_S, ...): both quantize with it.
 
+`--rounding best,refine` also times kquant's other rounding modes on the same checkpoint (same
+command, `--rounding MODE`), each against kquant's ggml mode and llama.cpp's two steps, and checks
+that each file has the same tensors, types and metadata as the ggml-mode file but
+`quantize.rounding` (the bytes differ by design).
+
     .venv/bin/python scripts/bench_convert.py [--work /tmp/kquant-bench] [--layers 28] [--type Q4_K_M] [--source bf16|fp8]
-        [--model llama|deepseek]
+        [--model llama|deepseek] [--imatrix] [--rounding best,refine]
 """
 
 from __future__ import annotations
@@ -226,7 +231,10 @@ def main(argv=None) -> int:
                     help="checkpoint format converted: the BF16 model, or it as FP8 with 128x128 block scales")
     ap.add_argument("--imatrix", action="store_true",
                     help="quantize both sides with the same synthetic importance matrix (IQ2_M, IQ1_S, ... need one)")
+    ap.add_argument("--rounding", default="",
+                    help="comma-separated kquant rounding modes (best, refine) timed too, against ggml mode")
     a = ap.parse_args(argv)
+    modes = [m for m in a.rounding.split(",") if m and m != "ggml"]
 
     from oracle import refpipeline  # light: numpy only until a comparison runs
 
@@ -299,7 +307,45 @@ def main(argv=None) -> int:
     print(f"{'kquant convert ' + a.type:44s} {t3:8.1f} {m3:12.0f}")
     print(f"speed-up vs llama.cpp: {(t1 + t2) / t3:.2f}x   peak RSS: {m3:.0f} MB vs {max(m1, m2):.0f} MB   "
           f"output: {same}")
-    return 0 if not diffs else 2
+    bad = bool(diffs)
+    for mode in modes:
+        # the mode's kernels compiled (or loaded from the cache) beforehand, as the ggml ones above
+        run([sys.executable, "-c", "import numpy as np; from kquant.ggml import quants; "
+             "x = np.linspace(-1, 1, 512, dtype=np.float32).reshape(2, 256); w = np.ones(256, np.float32); "
+             f"[quants.quantize(x, t, w, rounding={mode!r}) for t in quants.mode_registry({mode!r})]"], env)
+        out = a.work / f"kquant-{a.type}-{mode}.gguf"
+        out.unlink(missing_ok=True)
+        warm(model)
+        t, m = run([sys.executable, "-m", "kquant.cli", "convert", str(model), "-o", str(out), "--type", a.type,
+                    "--threads", str(a.threads), "-q", "--rounding", mode, *im_args], env)
+        layout = _layout_diffs(out, kq_q)
+        print(f"{'kquant convert ' + a.type + ' --rounding ' + mode:44s} {t:8.1f} {m:12.0f}   "
+              f"{t / t3:.2f}x the time of kquant's ggml mode; llama.cpp's two steps {(t1 + t2) / t:.2f}x its time, "
+              f"llama-quantize alone {t2 / t:.2f}x; "
+              f"layout: {'same as ggml mode' if not layout else 'DIFFERENT ' + str(layout[:3])}")
+        bad = bad or bool(layout)
+        out.unlink(missing_ok=True)
+    return 0 if not bad else 2
+
+
+def _layout_diffs(a: Path, b: Path) -> list[str]:
+    """What differs between two GGUF files but tensor bytes and quantize.rounding: names, order, shapes,
+    types, offsets, other metadata."""
+    from gguf import GGUFReader
+
+    SKIP = ("quantize.rounding", "GGUF.kv_count")  # the one extra key, and so the count
+    ra, rb = GGUFReader(str(a)), GGUFReader(str(b))
+    out = []
+    fa = {k: (f.types, [bytes(f.parts[i]) for i in f.data]) for k, f in ra.fields.items() if k not in SKIP}
+    fb = {k: (f.types, [bytes(f.parts[i]) for i in f.data]) for k, f in rb.fields.items() if k not in SKIP}
+    out += [f"metadata {k}" for k in sorted(set(fa) ^ set(fb))]
+    out += [f"metadata {k}" for k in sorted(set(fa) & set(fb)) if fa[k] != fb[k]]
+    ta = [(t.name, t.tensor_type, tuple(t.shape), t.data_offset - ra.data_offset) for t in ra.tensors]
+    tb = [(t.name, t.tensor_type, tuple(t.shape), t.data_offset - rb.data_offset) for t in rb.tensors]
+    out += [f"tensor {x[0]}" for x, y in zip(ta, tb) if x != y]
+    if len(ta) != len(tb):
+        out.append(f"{len(ta)} vs {len(tb)} tensors")
+    return out
 
 
 if __name__ == "__main__":

@@ -110,21 +110,9 @@ def _put(kind, b, d, sc):
 
 
 @njit(**JIT)
-def search_steps(B, C, R, nsub, smax, sc, bsc):
-    """The fp16 d and s_j in [0, smax] minimising sum_j C_j t_j^2 - 2 B_j t_j, t_j = d (1 + 2 s_j),
-    over d within D_RANGE of max(B/C) / (2 smax + 1); s -> bsc, returns d (0: no candidate). R: scratch."""
-    tmax = 0.0
-    for j in range(nsub):
-        R[j] = B[j] / C[j] if C[j] > 0 else -1.0  # (-1: s = 0)
-        tmax = max(tmax, R[j])
-    if not tmax > 0 or not np.isfinite(tmax):
-        return np.float32(0.0)
-    top = 2 * smax + 1
-    h0 = np.int64(fp32_to_fp16(np.float32(tmax / top * D_RANGE[0])))
-    h1 = np.int64(fp32_to_fp16(np.float32(tmax / top * D_RANGE[1])))
-    best = np.inf
-    bD = np.float32(0.0)
-    for h in range(max(h0, 1), min(h1, 0x7BFF) + 1):
+def _try_steps(B, C, R, nsub, smax, sc, bsc, h0, h1, stride, best, bh):
+    """search_steps' loop over the fp16 codes h0, h0 + stride, ... <= h1; -> (best E, its code)."""
+    for h in range(h0, h1 + 1, stride):
         D = np.float64(fp16_to_fp32(np.uint16(h)))
         half_inv = 0.5 / D
         e = 0.0
@@ -134,16 +122,39 @@ def search_steps(B, C, R, nsub, smax, sc, bsc):
             e += C[j] * t * t - 2.0 * B[j] * t
         if e < best:
             best = e
-            bD = np.float32(D)
+            bh = h
             for j in range(nsub):
                 bsc[j] = sc[j]
-    return bD
+    return best, bh
+
+
+@njit(**JIT)
+def search_steps(B, C, R, nsub, smax, sc, bsc, stride=1):
+    """The fp16 d and s_j in [0, smax] minimising sum_j C_j t_j^2 - 2 B_j t_j, t_j = d (1 + 2 s_j),
+    over d within D_RANGE of max(B/C) / (2 smax + 1); s -> bsc, returns d (0: no candidate). R: scratch.
+    stride > 1 (refine): every stride-th fp16 code, then every code within stride of the best of those."""
+    tmax = 0.0
+    for j in range(nsub):
+        R[j] = B[j] / C[j] if C[j] > 0 else -1.0  # (-1: s = 0)
+        tmax = max(tmax, R[j])
+    if not tmax > 0 or not np.isfinite(tmax):
+        return np.float32(0.0)
+    top = 2 * smax + 1
+    h0 = np.int64(fp32_to_fp16(np.float32(tmax / top * D_RANGE[0])))
+    h1 = np.int64(fp32_to_fp16(np.float32(tmax / top * D_RANGE[1])))
+    h0 = max(h0, 1)
+    h1 = min(h1, 0x7BFF)
+    best, bh = _try_steps(B, C, R, nsub, smax, sc, bsc, h0, h1, stride, np.inf, -1)
+    if stride > 1 and bh >= 0:
+        best, bh = _try_steps(B, C, R, nsub, smax, sc, bsc, max(h0, bh - stride + 1), min(h1, bh + stride - 1), 1,
+                              best, bh)
+    return np.float32(fp16_to_fp32(np.uint16(bh))) if bh >= 0 else np.float32(0.0)
 
 
 @njit(nogil=True, **JIT)
-def improve(kind, x, qw, out):
+def improve(kind, x, qw, out, stride=1):
     """ggml's blocks in `out`: each super-block's d and sub-block scales replaced where that lowers E and the
-    output error (_accept.better)."""
+    output error (_accept.better). stride: search_steps' (1: every fp16 d in range)."""
     weighted = qw.shape[0] == x.shape[1]
     nbytes = BYTES[kind]
     nsub = NSUB[kind]
@@ -195,7 +206,7 @@ def improve(kind, x, qw, out):
                     c += w[i] * uv * uv
                 B[j] = b
                 C[j] = c
-            bD = search_steps(B, C, R, nsub, smax, sc, bsc)
+            bD = search_steps(B, C, R, nsub, smax, sc, bsc, stride)
             if bD == 0:
                 continue
             _put(kind, tmp[0], bD, bsc)

@@ -10,8 +10,10 @@ D*sc_j*q (Q3_K, Q6_K) or D*sc_j*q - M*m_j (Q2_K, Q4_K, Q5_K), levels q the neare
    rounded again and the new codes kept if the sub-block's E drops;
 2. for the codes and levels, the least-squares D (Q3_K, Q6_K: D = Sxa/Saa) or (D, M) (the 2x2
    normal equations), stored as fp16; the levels rounded again; kept if E drops.
-The result is packed with ggml's packers (as better_k / better_sym do), decoded with kquant's
-dequantizer, and replaces ggml's block only if its E and its output error are both lower
+A super-block whose codes, D and M the refit leaves as ggml wrote them keeps ggml's block without
+more work (ggml's levels are the nearest for its stored scales, so the refit would rebuild it).
+Otherwise the result is packed with ggml's packers (as better_k / better_sym do), decoded with
+kquant's dequantizer, and replaces ggml's block only if its E and its output error are both lower
 (_accept.better).
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
@@ -42,7 +44,10 @@ JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 @njit(**JIT)
 def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
-    """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M)."""
+    """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M, changed):
+    changed False means the codes, D and M are ggml's (its levels are the nearest for them), so its block
+    stands."""
+    changed = False
     for j in range(nsub):  # the nearest levels for ggml's scales
         _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
                     np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
@@ -86,6 +91,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
                 if _sub_err(x, xo, wj, ds, dm, ql, sub) < e0:
                     sc[j] = c
                     mn[j] = cm
+                    changed = True
                     for i in range(sub):
                         qj[i] = ql[i]
         # 2. joint (D, M) for the codes and levels: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m
@@ -136,10 +142,11 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
             break
         D = nD32
         M = nM32
+        changed = True
         for j in range(nsub):
             _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
                         np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
-    return D, M
+    return D, M, changed
 
 
 @njit(nogil=True, **JIT)
@@ -157,9 +164,11 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
             e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
             if not e_g > 0:
                 continue
+            D, M, changed = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
+            if not changed:
+                continue
             out_weights(qw, o, u, QK_K)
             u_g = werr(xr, o, u, y, QK_K)
-            D, M = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
             e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
             if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
@@ -180,9 +189,11 @@ def quantize_q2_k_refine(x, qw, out):
             e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
             if not e_g > 0:
                 continue
+            D, M, changed = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
+            if not changed:
+                continue
             out_weights(qw, o, u, QK_K)
             u_g = werr(xr, o, u, y, QK_K)
-            D, M = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
             e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
             if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
@@ -192,13 +203,17 @@ def quantize_q2_k_refine(x, qw, out):
 
 
 @njit(**JIT)
-def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl):
-    """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns D.
-    L (int32[256]) gets the levels."""
+def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2):
+    """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
+    as _refit_affine. L (int32[256]) gets the levels; bl (16), L2 (256): scratch. Step 2's sums are
+    gathered while step 1 reads each sub-block."""
+    changed = False
     for j in range(16):
         _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
     for _ in range(N_PASSES):
         # 1. each sub-block's scale code from its least-squares step for its levels
+        sax = 0.0  # step 2's sums: a = sc * level
+        saa = 0.0
         for j in range(16):
             xo = o + 16 * j
             wj = w[16 * j:16 * (j + 1)]
@@ -209,29 +224,27 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl):
                 fl = np.float64(lj[i])
                 sxl += wj[i] * np.float64(x[xo + i]) * fl
                 sll += wj[i] * fl * fl
-            if not sll > 0:
-                continue
-            t = sxl / sll / np.float64(D)
-            c = min(schi, max(sclo, int(np.rint(min(max(t, -1e6), 1e6)))))
-            if c == sc[j]:
-                continue
-            s0 = np.float32(D * np.float32(sc[j]))
-            e0 = _sym_err(x, xo, wj, s0, lj)
-            s1 = np.float32(D * np.float32(c))
-            _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
-            if _sym_err(x, xo, wj, s1, bl) < e0:
-                sc[j] = c
-                for i in range(16):
-                    lj[i] = bl[i]
+            if sll > 0:
+                t = sxl / sll / np.float64(D)
+                c = min(schi, max(sclo, int(np.rint(min(max(t, -1e6), 1e6)))))
+                if c != sc[j]:
+                    e0 = _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), lj)
+                    s1 = np.float32(D * np.float32(c))
+                    _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
+                    if _sym_err(x, xo, wj, s1, bl) < e0:
+                        sc[j] = c
+                        changed = True
+                        sxl = 0.0
+                        sll = 0.0
+                        for i in range(16):
+                            lj[i] = bl[i]
+                            fl = np.float64(bl[i])
+                            sxl += wj[i] * np.float64(x[xo + i]) * fl
+                            sll += wj[i] * fl * fl
+            fc = np.float64(sc[j])
+            sax += fc * sxl
+            saa += fc * fc * sll
         # 2. the least-squares D for the codes and levels
-        sax = 0.0
-        saa = 0.0
-        for j in range(16):
-            for i in range(16):
-                k = 16 * j + i
-                a = np.float64(sc[j] * L[k])
-                sax += w[k] * a * np.float64(x[o + k])
-                saa += w[k] * a * a
         if not saa > 0:
             break
         nD = sax / saa
@@ -247,14 +260,15 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl):
             wj = w[16 * j:16 * (j + 1)]
             e_old += _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), L[16 * j:16 * (j + 1)])
             s1 = np.float32(nD32 * np.float32(sc[j]))
-            _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
-            e_new += _sym_err(x, xo, wj, s1, bl)
+            l2 = L2[16 * j:16 * (j + 1)]
+            _sym_levels(x, xo, np.float64(s1), lo, hi, l2)
+            e_new += _sym_err(x, xo, wj, s1, l2)
         if not e_new < e_old:
             break
         D = nD32
-        for j in range(16):
-            _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
-    return D
+        changed = True
+        L[:] = L2
+    return D, changed
 
 
 @njit(nogil=True, **JIT)
@@ -275,6 +289,7 @@ def quantize_sym_refine(x, qw, out, q6):
     sc = np.empty(16, dtype=np.int32)
     L = np.empty(QK_K, dtype=np.int32)
     bl = np.empty(16, dtype=np.int32)
+    L2 = np.empty(QK_K, dtype=np.int32)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -296,9 +311,11 @@ def quantize_sym_refine(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
+            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2)
+            if not changed:
+                continue
             out_weights(qw, o, u, QK_K)
             u_g = werr(xr, o, u, y, QK_K)
-            D = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl)
             q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
             wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
             if q6:
