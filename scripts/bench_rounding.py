@@ -12,6 +12,13 @@ mode/ggml (one thread, same process, CPU time of the thread: wall time on a load
 charges long runs for other processes' turns).
 
     .venv/bin/python scripts/bench_rounding.py fixtures/tiny-llama /tmp/minilm/model.safetensors [--imatrix] [--rounding refine]
+
+With --bound: also how far any rounding of the format could go, per type (Q4_0-Q5_1, Q2_K-Q6_K):
+the same weighted rel-RMSE with every sub-block given its own free real scale (and offset), found
+by a thorough search (many starts, each refined by weighted least squares), on up to BOUND_ROWS
+rows of each tensor, against ggml's error on the same rows. The format stores those scales as
+6-bit codes (4-bit for Q2_K) times an fp16 super-block scale, and Q4_K/Q5_K/Q2_K's offset as a
+non-negative min, so the true limit is at most this far below ggml.
 """
 
 from __future__ import annotations
@@ -49,6 +56,53 @@ def tensors(paths):
                 yield f"{f.parent.name}/{name}", np.ascontiguousarray(x, dtype=np.float32)
 
 
+# per type: sub-block length, affine (y = d*q + m) or not (y = d*l), lowest and highest level
+BOUND_SPECS = {
+    QType.Q4_0: (32, False, -8, 7), QType.Q5_0: (32, False, -16, 15),
+    QType.Q4_1: (32, True, 0, 15), QType.Q5_1: (32, True, 0, 31),
+    QType.Q4_K: (32, True, 0, 15), QType.Q5_K: (32, True, 0, 31), QType.Q2_K: (16, True, 0, 3),
+    QType.Q3_K: (16, False, -4, 3), QType.Q6_K: (16, False, -32, 31),
+}
+BOUND_ROWS = 64
+
+
+def free_scale_error(x: np.ndarray, w: np.ndarray, n: int, affine: bool, lo: int, hi: int) -> float:
+    """sum w (y - x)^2 with each n-value sub-block's real scale (and offset) searched freely: 440 (affine)
+    or 400 starts spread over plausible scales, each followed by 3-4 weighted least-squares steps."""
+    S = x.reshape(-1, n).astype(np.float64)
+    W = w.reshape(-1, n)
+    best = np.full(len(S), np.inf)
+    if affine:
+        mn = S.min(1, keepdims=True)
+        rg = np.maximum(S.max(1, keepdims=True) - mn, 1e-30)
+        sw = W.sum(1, keepdims=True)
+        sx = (W * S).sum(1, keepdims=True)
+        cs = np.linspace(max(hi - 5.0, 1.0), hi + 1.5, 40)
+        starts = [(rg / c, mn + f * rg / c) for c in cs for f in np.linspace(-0.6, 0.6, 11)]
+    else:
+        amax = np.maximum(np.abs(S).max(1, keepdims=True), 1e-30)
+        cs = np.linspace(hi - 2.5, -lo + 0.6, 200)
+        starts = [(sg * amax / c, 0.0) for c in cs for sg in (1.0, -1.0)]
+    for d, m in starts:
+        for _ in range(4 if affine else 3):
+            L = np.clip(np.rint((S - m) / d), lo, hi)
+            best = np.minimum(best, (W * (d * L + m - S) ** 2).sum(1))
+            sl = (W * L).sum(1, keepdims=True)
+            sll = (W * L * L).sum(1, keepdims=True)
+            sxl = (W * S * L).sum(1, keepdims=True)
+            if affine:
+                det = sw * sll - sl * sl
+                ok = det > 1e-300
+                dn = np.where(ok, (sw * sxl - sx * sl) / np.where(ok, det, 1.0), d)
+                mm = np.where(ok, (sll * sx - sl * sxl) / np.where(ok, det, 1.0), m)
+                good = dn > 0
+                d, m = np.where(good, dn, d), np.where(good, mm, m)
+            else:
+                ok = sll > 0
+                d = np.where(ok, sxl / np.where(ok, sll, 1.0), d)
+    return float(best.sum())
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("paths", nargs="+")
@@ -56,6 +110,8 @@ def main(argv=None) -> int:
     ap.add_argument("--imatrix", action="store_true", help="synthetic importance rows (chi-square, fixed seed)")
     ap.add_argument("--rounding", default="best", help="the mode compared with ggml (default best)")
     ap.add_argument("--verbose", action="store_true", help="one line per tensor")
+    ap.add_argument("--bound", action="store_true",
+                    help="also the error with free real sub-block scales: how far any rounding of the format could go")
     args = ap.parse_args(argv)
     types = [QType[t.strip().upper()] for t in args.types.split(",")]
     mode = quants.parse_rounding(args.rounding)
@@ -84,19 +140,26 @@ def main(argv=None) -> int:
             u = np.ones(x.shape[1]) if qw is None else qw.astype(np.float64)  # the output error's weights
             pg = np.sqrt((u * eg * eg).sum() / (u * xd * xd).sum())
             pb = np.sqrt((u * eb * eb).sum() / (u * xd * xd).sum())
-            rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1))
+            bound = np.nan
+            if args.bound and t in BOUND_SPECS:
+                k = np.linspace(0, x.shape[0] - 1, min(BOUND_ROWS, x.shape[0])).astype(int)
+                ek = (w[k] * eg[k] * eg[k]).sum()
+                bound = np.sqrt(free_scale_error(xd[k], w[k], *BOUND_SPECS[t]) / ek) - 1 if ek > 0 else 0.0
+            rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1, bound))
             if args.verbose:
                 print(f"{t.name:6s} {name:60s} {rg:.5f} -> {rb:.5f} ({(rb / rg - 1) * 100:+.2f}%)", file=sys.stderr)
     print(f"weighted rel-RMSE, rounding={mode} vs ggml ({'synthetic imatrix' if args.imatrix else 'no imatrix'}), "
           f"one thread, CPU time; load average {os.getloadavg()[0]:.1f}")
-    print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'output':>8s} {'worst':>8s} {'time':>6s}")
+    print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'output':>8s} {'worst':>8s} {'time':>6s}"
+          + (f" {'free scales':>11s}" if args.bound else ""))
     for t in types:
         r = rows[t]
         if not r:
             continue
         a = np.array(r)
         print(f"{t.name:6s} {len(r):7d} {a[:, 0].mean() * 100:+7.2f}% {a[:, 0].max() * 100:+7.2f}% "
-              f"{a[:, 1].mean() * 100:+7.2f}% {a[:, 1].max() * 100:+7.2f}% {a[:, 3].sum() / a[:, 2].sum():5.1f}x")
+              f"{a[:, 1].mean() * 100:+7.2f}% {a[:, 1].max() * 100:+7.2f}% {a[:, 3].sum() / a[:, 2].sum():5.1f}x"
+              + (f" {a[:, 4].mean() * 100:+10.2f}%" if args.bound and t in BOUND_SPECS else ""))
     return 0
 
 

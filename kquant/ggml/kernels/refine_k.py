@@ -203,10 +203,11 @@ def quantize_q2_k_refine(x, qw, out):
 
 
 @njit(**JIT)
-def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2):
+def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2, e_cur):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
-    as _refit_affine. L (int32[256]) gets the levels; bl (16), L2 (256): scratch. Step 2's sums are
-    gathered while step 1 reads each sub-block."""
+    as _refit_affine. L (int32[256]) gets the levels; bl (16), L2 (256): scratch. e_cur: E of ggml's block,
+    kept up to date as sub-blocks change (step 2's reference: the result is checked exactly after packing).
+    Step 2's sums are gathered while step 1 reads each sub-block."""
     changed = False
     for j in range(16):
         _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
@@ -231,9 +232,11 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2):
                     e0 = _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), lj)
                     s1 = np.float32(D * np.float32(c))
                     _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
-                    if _sym_err(x, xo, wj, s1, bl) < e0:
+                    e1 = _sym_err(x, xo, wj, s1, bl)
+                    if e1 < e0:
                         sc[j] = c
                         changed = True
+                        e_cur += e1 - e0
                         sxl = 0.0
                         sll = 0.0
                         for i in range(16):
@@ -253,20 +256,18 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2):
         nD32 = fp16_round(np.float32(nD))
         if nD32 == D or nD32 == 0:
             break
-        e_old = 0.0
         e_new = 0.0
         for j in range(16):
             xo = o + 16 * j
-            wj = w[16 * j:16 * (j + 1)]
-            e_old += _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), L[16 * j:16 * (j + 1)])
             s1 = np.float32(nD32 * np.float32(sc[j]))
             l2 = L2[16 * j:16 * (j + 1)]
             _sym_levels(x, xo, np.float64(s1), lo, hi, l2)
-            e_new += _sym_err(x, xo, wj, s1, l2)
-        if not e_new < e_old:
+            e_new += _sym_err(x, xo, w[16 * j:16 * (j + 1)], s1, l2)
+        if not e_new < e_cur:
             break
         D = nD32
         changed = True
+        e_cur = e_new
         L[:] = L2
     return D, changed
 
@@ -311,7 +312,7 @@ def quantize_sym_refine(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
-            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2)
+            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2, e_g)
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
