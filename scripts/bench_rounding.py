@@ -14,9 +14,9 @@ charges long runs for other processes' turns).
     .venv/bin/python scripts/bench_rounding.py fixtures/tiny-llama /tmp/minilm/model.safetensors [--imatrix] [--rounding refine]
 
 With --bound: also how far any rounding of the format could go, per type (Q4_0-Q5_1, Q2_K-Q6_K):
-the same weighted rel-RMSE with every sub-block given its own free real scale (and offset), found
-by a thorough search (many starts, each refined by weighted least squares), on up to BOUND_ROWS
-rows of each tensor, against ggml's error on the same rows. The format stores those scales as
+the same weighted rel-RMSE with every sub-block given its own free real scale (and offset): exact
+for y = d*l, a thorough search for y = d*q + m (--bound-density 2 tries 4x the starts: does it
+move?), on up to BOUND_ROWS rows of each tensor, against ggml's error on the same rows. The format stores those scales as
 6-bit codes (4-bit for Q2_K) times an fp16 super-block scale, and Q4_K/Q5_K/Q2_K's offset as a
 non-negative min, so the true limit is at most this far below ggml.
 """
@@ -66,40 +66,58 @@ BOUND_SPECS = {
 BOUND_ROWS = 64
 
 
-def free_scale_error(x: np.ndarray, w: np.ndarray, n: int, affine: bool, lo: int, hi: int) -> float:
-    """sum w (y - x)^2 with each n-value sub-block's real scale (and offset) searched freely: 440 (affine)
-    or 400 starts spread over plausible scales, each followed by 3-4 weighted least-squares steps."""
+def free_scale_error(x: np.ndarray, w: np.ndarray, n: int, affine: bool, lo: int, hi: int, density: int = 1) -> float:
+    """sum w (y - x)^2 with each n-value sub-block's real scale (and offset) free.
+
+    y = d*l (exact): every step at which some level changes (|x_i| / (k + 0.5)) is tried just below and
+    just above, each time with the weighted least-squares step for the levels there (the optimum of that
+    interval when it lies inside it), both signs: the minimum over real d up to the 1e-9 nudges.
+    y = d*q + m (a thorough search, not exact): 440 starts times density^2 spread over plausible
+    scales and offsets, each followed by 4 weighted least-squares steps for (d, m)."""
     S = x.reshape(-1, n).astype(np.float64)
     W = w.reshape(-1, n)
     best = np.full(len(S), np.inf)
-    if affine:
-        mn = S.min(1, keepdims=True)
-        rg = np.maximum(S.max(1, keepdims=True) - mn, 1e-30)
-        sw = W.sum(1, keepdims=True)
-        sx = (W * S).sum(1, keepdims=True)
-        cs = np.linspace(max(hi - 5.0, 1.0), hi + 1.5, 40)
-        starts = [(rg / c, mn + f * rg / c) for c in cs for f in np.linspace(-0.6, 0.6, 11)]
-    else:
-        amax = np.maximum(np.abs(S).max(1, keepdims=True), 1e-30)
-        cs = np.linspace(hi - 2.5, -lo + 0.6, 200)
-        starts = [(sg * amax / c, 0.0) for c in cs for sg in (1.0, -1.0)]
-    for d, m in starts:
-        for _ in range(4 if affine else 3):
-            L = np.clip(np.rint((S - m) / d), lo, hi)
-            best = np.minimum(best, (W * (d * L + m - S) ** 2).sum(1))
-            sl = (W * L).sum(1, keepdims=True)
-            sll = (W * L * L).sum(1, keepdims=True)
-            sxl = (W * S * L).sum(1, keepdims=True)
-            if affine:
+
+    def score(d, m):
+        L = np.clip(np.rint((S - m) / d), lo, hi)
+        return (W * (d * L + m - S) ** 2).sum(1), L
+
+    if not affine:
+        top = max(-lo, hi)
+        for i in range(n):
+            a = np.abs(S[:, i:i + 1])
+            for k in range(top):
+                b = a / (k + 0.5)
+                ok = b > 0
+                for d in (b * (1.0 - 1e-9), b * (1.0 + 1e-9), -b * (1.0 - 1e-9), -b * (1.0 + 1e-9)):
+                    d = np.where(ok, d, 1.0)
+                    e, L = score(d, 0.0)
+                    best = np.where(ok[:, 0], np.minimum(best, e), best)
+                    sll = (W * L * L).sum(1, keepdims=True)
+                    sxl = (W * S * L).sum(1, keepdims=True)
+                    good = ok & (sll > 0) & (sxl != 0)
+                    e2, _ = score(np.where(good, sxl / np.where(sll > 0, sll, 1.0), 1.0), 0.0)
+                    best = np.where(good[:, 0], np.minimum(best, e2), best)
+        return float(best.sum())
+    mn = S.min(1, keepdims=True)
+    rg = np.maximum(S.max(1, keepdims=True) - mn, 1e-30)
+    sw = W.sum(1, keepdims=True)
+    sx = (W * S).sum(1, keepdims=True)
+    for c in np.linspace(max(hi - 5.0, 1.0), hi + 1.5, 40 * density):
+        for f in np.linspace(-0.6, 0.6, 11 * density):
+            d, m = rg / c, mn + f * rg / c
+            for _ in range(4):
+                e, L = score(d, m)
+                best = np.minimum(best, e)
+                sl = (W * L).sum(1, keepdims=True)
+                sll = (W * L * L).sum(1, keepdims=True)
+                sxl = (W * S * L).sum(1, keepdims=True)
                 det = sw * sll - sl * sl
                 ok = det > 1e-300
                 dn = np.where(ok, (sw * sxl - sx * sl) / np.where(ok, det, 1.0), d)
                 mm = np.where(ok, (sll * sx - sl * sxl) / np.where(ok, det, 1.0), m)
                 good = dn > 0
                 d, m = np.where(good, dn, d), np.where(good, mm, m)
-            else:
-                ok = sll > 0
-                d = np.where(ok, sxl / np.where(ok, sll, 1.0), d)
     return float(best.sum())
 
 
@@ -112,6 +130,7 @@ def main(argv=None) -> int:
     ap.add_argument("--verbose", action="store_true", help="one line per tensor")
     ap.add_argument("--bound", action="store_true",
                     help="also the error with free real sub-block scales: how far any rounding of the format could go")
+    ap.add_argument("--bound-density", type=int, default=1, help="--bound's starts times this (does it converge?)")
     args = ap.parse_args(argv)
     types = [QType[t.strip().upper()] for t in args.types.split(",")]
     mode = quants.parse_rounding(args.rounding)
@@ -140,18 +159,20 @@ def main(argv=None) -> int:
             u = np.ones(x.shape[1]) if qw is None else qw.astype(np.float64)  # the output error's weights
             pg = np.sqrt((u * eg * eg).sum() / (u * xd * xd).sum())
             pb = np.sqrt((u * eb * eb).sum() / (u * xd * xd).sum())
-            bound = np.nan
+            bound = here = np.nan
             if args.bound and t in BOUND_SPECS:
                 k = np.linspace(0, x.shape[0] - 1, min(BOUND_ROWS, x.shape[0])).astype(int)
                 ek = (w[k] * eg[k] * eg[k]).sum()
-                bound = np.sqrt(free_scale_error(xd[k], w[k], *BOUND_SPECS[t]) / ek) - 1 if ek > 0 else 0.0
-            rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1, bound))
+                if ek > 0:
+                    bound = np.sqrt(free_scale_error(xd[k], w[k], *BOUND_SPECS[t], args.bound_density) / ek) - 1
+                    here = np.sqrt((w[k] * eb[k] * eb[k]).sum() / ek) - 1  # the mode on the same rows
+            rows[t].append((rb / rg - 1, pb / pg - 1, t1 - t0, t2 - t1, bound, here))
             if args.verbose:
                 print(f"{t.name:6s} {name:60s} {rg:.5f} -> {rb:.5f} ({(rb / rg - 1) * 100:+.2f}%)", file=sys.stderr)
     print(f"weighted rel-RMSE, rounding={mode} vs ggml ({'synthetic imatrix' if args.imatrix else 'no imatrix'}), "
           f"one thread, CPU time; load average {os.getloadavg()[0]:.1f}")
     print(f"{'type':6s} {'tensors':>7s} {'mean':>8s} {'worst':>8s} {'output':>8s} {'worst':>8s} {'time':>6s}"
-          + (f" {'free scales':>11s}" if args.bound else ""))
+          + (f" {'free scales':>11s} {'(' + mode + ' there)':>13s}" if args.bound else ""))
     for t in types:
         r = rows[t]
         if not r:
@@ -159,7 +180,8 @@ def main(argv=None) -> int:
         a = np.array(r)
         print(f"{t.name:6s} {len(r):7d} {a[:, 0].mean() * 100:+7.2f}% {a[:, 0].max() * 100:+7.2f}% "
               f"{a[:, 1].mean() * 100:+7.2f}% {a[:, 1].max() * 100:+7.2f}% {a[:, 3].sum() / a[:, 2].sum():5.1f}x"
-              + (f" {a[:, 4].mean() * 100:+10.2f}%" if args.bound and t in BOUND_SPECS else ""))
+              + (f" {a[:, 4].mean() * 100:+10.2f}% {a[:, 5].mean() * 100:+12.2f}%" if args.bound and t in BOUND_SPECS
+                 else ""))
     return 0
 
 
