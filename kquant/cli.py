@@ -117,8 +117,9 @@ def _target_size_arg(s: str) -> int:
 
 
 ROUNDING_HELP = ("ggml (default): llama-quantize's bytes; best: a harder search per block, kept where it "
-                 "lowers both ggml's weighted error and the output error, same types, loads in any llama.cpp (recorded as quantize.rounding); refine: a cheap "
-                 "least-squares refit of ggml's blocks, same guarantees, smaller gain")
+                 "lowers both ggml's weighted error and the output error, same types, loads in any llama.cpp "
+                 "(recorded as quantize.rounding), 2-30x ggml mode's time; refine: a cheap least-squares refit "
+                 "of ggml's blocks, same guarantees, smaller gain, within 2x ggml mode's time")
 
 
 def _rounding_arg(s: str) -> str:

@@ -187,8 +187,8 @@ def quantize(x: np.ndarray, qtype, imatrix: np.ndarray | None = None, *, out: np
     rounding="best": same type and layout, each block searched harder for a lower weighted error
     than ggml's, and kept only where it also lowers the output error (ggml's block elsewhere);
     see kernels/better_*.py and kernels/_accept.py.
-    rounding="refine": the same guarantees from a bounded refit of ggml's block, at most about
-    ggml's own time again; see kernels/refine_*.py.
+    rounding="refine": the same guarantees from a bounded refit of ggml's block (a file converts
+    within 2x of ggml mode's time; see kernels/refine_*.py and the README's cost tables).
     """
     t = parse_qtype(qtype)
     k = kernel(t)

@@ -1,5 +1,5 @@
 """`rounding="refine"` for the legacy 32-wide types Q4_0, Q5_0, Q8_0 (y = d*l) and Q4_1, Q5_1
-(y = d*q + m): ggml's block improved by a bounded, vectorized refit, at most about ggml's own cost.
+(y = d*q + m): ggml's block improved by a bounded, vectorized refit (cost: below).
 
 Not a port: ggml's bytes come first (kquant.ggml.kernels.legacy's exact port), then each block is
 refitted for the weighted squared error E = sum w (y - x)^2 that better_legacy targets (ggml's
