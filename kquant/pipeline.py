@@ -635,7 +635,7 @@ def _convert_many(model, targets, options: Options | None) -> list[Result]:
         # (dequantizers: only those reading the sources)
         warm.warm({t.qtype for p in plans for t in p.tensors if t.qtype != QType.F32},
                   dequant=source_kernel_types(ckpt) | {t.raw_type for t in spec.tensors if t.raw_type is not None},
-                  on_start=opts.on_compile)
+                  on_start=opts.on_compile, rounding=rounding)
         results: list[Result] = []
         with handle_termination(), _ExitStack() as stack:
             writers = []

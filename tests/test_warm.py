@@ -115,3 +115,36 @@ def test_warm_groups_whole_families_balanced():
     assert max(cost) - min(cost) <= max(t.decl.compile_s for t in (Q.IQ1_S, Q.Q2_K, Q.IQ2_XXS, Q.Q4_K, Q.Q6_K))
     assert warm._groups([Q.IQ1_S, Q.Q2_K], 1) == [[Q.IQ1_S, Q.Q2_K]]
     assert warm._groups([Q.Q4_K, Q.Q5_K], 2) == [[Q.Q4_K, Q.Q5_K]]  # one family: one process
+
+
+def test_warm_compiles_a_rounding_modes_kernels_too(tmp_path):
+    """--rounding best/refine: the mode's quantizers are warmed with the rest (in parallel, under the
+    same lock as batch workers), not compiled on first use by every worker at once."""
+    code = r"""
+import json
+import numpy as np
+from kquant.ggml import quants, warm
+from kquant.types import QType
+ts = [QType.Q8_0, QType.Q2_K]  # two families: one compiled here, one in a second process
+modal = quants.mode_registry("refine")
+out = {"cold_ggml": [t.name for t in warm.cold_types(ts, dequant=[])]}
+warm.warm(ts, jobs=1, dequant=[])  # ggml's kernels only
+out["cold_refine"] = [t.name for t in warm.cold_types(ts, dequant=[], rounding="refine")]
+out["warmed"] = [t.name for t in warm.warm(ts, jobs=2, dequant=[], rounding="refine")]
+out["cold_after"] = [t.name for t in warm.cold_types(ts, dequant=[], rounding="refine")]
+elsewhere = [t for t in ts if not modal[t].overloads]
+x = np.linspace(-3, 3, 4 * 256, dtype=np.float32).reshape(4, 256)
+for t in ts:
+    quants.quantize(x, t, rounding="refine")
+out["elsewhere"] = [t.name for t in elsewhere]
+out["misses"] = sum(sum(modal[t].stats.cache_misses.values()) for t in elsewhere)
+print(json.dumps(out))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    r = json.loads(p.stdout)
+    assert r["cold_ggml"] == ["Q8_0", "Q2_K"]
+    assert r["cold_refine"] == ["Q8_0", "Q2_K"]  # ggml's kernels cached, the mode's not
+    assert r["warmed"] == ["Q8_0", "Q2_K"] and r["cold_after"] == []
+    assert len(r["elsewhere"]) == 1 and r["misses"] == 0  # compiled by the other process, loaded here

@@ -361,7 +361,7 @@ def measure(ckpt, spec, plan, overrides=None, imatrix=None, *, sample: bool | No
     # a cold numba cache: compile every probed type's kernels at once, in parallel processes (the
     # intermediate type itself is never quantized: its error is 0)
     probed = {q for t in todo for q in options[t.name][0] if q != t.spec.ref_type}
-    warm.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile)
+    warm.warm(probed | {t.qtype for t in todo} | source_kernel_types(ckpt), on_start=on_compile, rounding=rounding)
     curves = []
     n_todo = len(todo)
     done = 0

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 
 import numpy as np
 
-from .quants import MAX_THREADS, dequantize, quantize, registry, round_bf16_inplace
+from .quants import MAX_THREADS, dequantize, mode_registry, parse_rounding, quantize, registry, round_bf16_inplace
 from .types import DECLS, QType, parse_qtype
 
 
@@ -45,25 +45,29 @@ def _needs(types, dequant) -> tuple[list[QType], set[QType], set[QType]]:
     return list(dict.fromkeys(both)), q, d
 
 
-def cold_types(types, dequant=None) -> list[QType]:
-    """The types among `types` (their quantizers) and `dequant` (their dequantizers; default: those
-    of `types` too) whose kernels would be compiled on their first call."""
+def cold_types(types, dequant=None, rounding: str = "ggml") -> list[QType]:
+    """The types among `types` (their quantizers, and their `rounding` mode's when not ggml) and
+    `dequant` (their dequantizers; default: those of `types` too) whose kernels would be compiled on
+    their first call."""
     out = []
     every, q, d = _needs(types, dequant)
+    modal = {} if parse_rounding(rounding) == "ggml" else mode_registry(parse_rounding(rounding))
     for t in every:
         k = registry().get(t)
-        if k is not None and ((t in q and not _is_cached(k.quantize)) or (t in d and not _is_cached(k.dequantize))):
+        if k is not None and ((t in q and not _is_cached(k.quantize)) or (t in d and not _is_cached(k.dequantize))
+                              or (t in q and t in modal and not _is_cached(modal[t]))):
             out.append(t)
     return out
 
 
-def first_calls(types, dequant=None, checks: bool = True) -> None:
+def first_calls(types, dequant=None, checks: bool = True, rounding: str = "ggml") -> None:
     """Call each type's kernels once on a tiny input, with the argument types real calls use: the
-    quantizer of each type, and its dequantizer when in `dequant` (default: every type). checks:
-    through kquant.quantize (its input and scale checks) and the pipeline's BF16 rounding too;
-    otherwise the type's kernels only."""
+    quantizer of each type (and its `rounding` mode's, when not ggml), and its dequantizer when in
+    `dequant` (default: every type). checks: through kquant.quantize (its input and scale checks)
+    and the pipeline's BF16 rounding too; otherwise the type's kernels only."""
     x = np.linspace(-1.0, 1.0, 512, dtype=np.float32).reshape(2, 256)
     d = None if dequant is None else {parse_qtype(t) for t in dequant}
+    modal = {} if parse_rounding(rounding) == "ggml" else mode_registry(parse_rounding(rounding))
     for t in types:
         t = parse_qtype(t)
         w = np.ones(x.shape[1], dtype=np.float32) if t.requires_imatrix else None
@@ -74,6 +78,8 @@ def first_calls(types, dequant=None, checks: bool = True) -> None:
             if registry()[t].prepare is not None:
                 registry()[t].prepare()
             registry()[t].quantize(x, np.empty(0, dtype=np.float32) if w is None else w, q)
+        if t in modal:  # the same arguments, the mode's kernel
+            modal[t](x, np.empty(0, dtype=np.float32) if w is None else w, np.empty_like(q))
         if d is None or t in d:
             dequantize(q, t, x.shape)
     if types and checks:
@@ -81,30 +87,33 @@ def first_calls(types, dequant=None, checks: bool = True) -> None:
 
 
 def _first_calls_argv(argv: list[str]) -> None:
-    """first_calls of a warm-up process: NAME (quantizer only) or NAME:d (and its dequantizer);
-    no checks (the process that starts it compiles those)."""
-    first_calls([a.split(":")[0] for a in argv], [a.split(":")[0] for a in argv if a.endswith(":d")], checks=False)
+    """first_calls of a warm-up process: the rounding mode (@ggml, @best, ...), then NAME (quantizer
+    only) or NAME:d (and its dequantizer); no checks (the process that starts it compiles those)."""
+    mode, names = argv[0][1:], argv[1:]
+    first_calls([a.split(":")[0] for a in names], [a.split(":")[0] for a in names if a.endswith(":d")], checks=False,
+                rounding=mode)
 
 
-def warm(types, jobs: int | None = None, on_start=None, dequant=None) -> list[QType]:
+def warm(types, jobs: int | None = None, on_start=None, dequant=None, rounding: str = "ggml") -> list[QType]:
     """Compile the kernels of the cold `types` in up to `jobs` (default: cores) processes at once
     (this one and jobs - 1 others), so that this process then loads the others' from numba's
-    on-disk cache instead of compiling everything one after the other: the quantizers of `types`, the dequantizers of `dequant` (default:
-    of `types` too; a conversion needs only its sources'). Returns the types that were cold. A
+    on-disk cache instead of compiling everything one after the other: the quantizers of `types`
+    (and their `rounding` mode's), the dequantizers of `dequant` (default: of `types` too; a
+    conversion needs only its sources'). Returns the types that were cold. A
     warm-up process that fails (or cannot start) changes nothing: the first call then compiles in
     this process, as it would have anyway."""
     types = list(types)
     dequant = None if dequant is None else list(dequant)
-    if not cold_types(types, dequant):
+    if not cold_types(types, dequant, rounding):
         return []
     # one warm-up at a time per numba cache (batch workers start together): the others wait, then
     # find the kernels cached; processes on other caches (NUMBA_CACHE_DIR) do not wait for it
     with _warm_lock():
-        cold = cold_types(types, dequant)
+        cold = cold_types(types, dequant, rounding)
         if cold:
             if on_start is not None:
                 on_start(cold)
-            _compile(cold, _needs(types, dequant)[2], max(1, int(jobs or MAX_THREADS)))
+            _compile(cold, _needs(types, dequant)[2], max(1, int(jobs or MAX_THREADS)), parse_rounding(rounding))
     return cold
 
 
@@ -161,9 +170,10 @@ def _groups(cold: list[QType], jobs: int) -> list[list[QType]]:
     return groups  # none empty: an empty group's load is below any filled one's
 
 
-def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
-    """First calls of `cold` (and of the dequantizers of those in `dequant`): one group in this
-    process, each other group in a process of its own, at the same time (see _groups)."""
+def _compile(cold: list[QType], dequant: set[QType], jobs: int, rounding: str = "ggml") -> None:
+    """First calls of `cold` (and of the dequantizers of those in `dequant`; the quantizers of the
+    `rounding` mode too): one group in this process, each other group in a process of its own, at
+    the same time (see _groups)."""
     groups = _groups(cold, jobs)
     from ..io.fsutil import signals_held
 
@@ -177,11 +187,11 @@ def _compile(cold: list[QType], dequant: set[QType], jobs: int) -> None:
             with signals_held():  # started and registered for the kill below with no interrupt in between
                 names = [t.name + (":d" if t in dequant else "") for t in g]
                 try:
-                    procs.append(subprocess.Popen([sys.executable, "-c", code, *names], env=env,
+                    procs.append(subprocess.Popen([sys.executable, "-c", code, "@" + rounding, *names], env=env,
                                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 except OSError:  # no process to be had: its first calls compile here, as they would have
                     pass
-        first_calls(groups[0], [t for t in groups[0] if t in dequant])
+        first_calls(groups[0], [t for t in groups[0] if t in dequant], rounding=rounding)
         for p in procs:
             p.wait()
     finally:
