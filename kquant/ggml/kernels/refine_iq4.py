@@ -64,8 +64,6 @@ def quantize_iq4_nl_refine(x, qw, out):
             d0 = get_f16(out[r], off + NL_D)
             if not e_g > 0 or d0 == 0 or not np.isfinite(d0):
                 continue
-            out_weights(qw, o, u, QK)
-            u_g = _werr(xr, o, u, y[0], QK)
             amax = 0.0
             mx = 0.0
             for j in range(QK):
@@ -80,6 +78,8 @@ def quantize_iq4_nl_refine(x, qw, out):
             _index(xr, o, bd, bL)
             if not _err(xr, o, w, bd, bL) < e_g:
                 continue
+            out_weights(qw, o, u, QK)  # ggml's block's output error, needed only now
+            u_g = _werr(xr, o, u, y[0], QK)
             put_f16(tmp[0], NL_D, bd)
             _pack_qs(tmp[0], NL_QS, bL, 1)
             dequantize_iq4_nl(tmp, y)
