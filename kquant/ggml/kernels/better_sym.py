@@ -237,6 +237,43 @@ def _weights(x, o, qw, w, q6):
             w[i] = qw[o + i] * np.sqrt(2.0 * s2 / QK_K + xi * xi)
 
 
+@njit(**JIT)
+def ggml_block(blk, y, sc, q6):
+    """ggml's Q6_K (q6) or Q3_K super-block blk: decoded into y, its 16 scale codes into sc; returns its d."""
+    if q6:
+        q6_k.dequantize_row_q6_k(blk, y)
+        for j in range(NSUB):
+            sc[j] = np.int32(np.int8(blk[q6_k.OFF_SC + j]))
+        return get_f16(blk, q6_k.OFF_D)
+    q3_k.dequantize_row_q3_k(blk, y)
+    for j in range(NSUB):
+        sc[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
+    return get_f16(blk, q3_k.OFF_D)
+
+
+@njit(**JIT)
+def pack_block(tmp, xr, o, wk, D, sc, q6, y):
+    """The super-block of xr[o:o+256] with d = D and scale codes sc, packed into tmp by ggml's own tail
+    (nearest levels against the stored values, then the bit packing; wk: its work area), and decoded
+    into y."""
+    q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
+    wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
+    if q6:
+        put_f16(tmp, q6_k.OFF_D, D)
+        for j in range(NSUB):
+            tmp[q6_k.OFF_SC + j] = np.uint8(sc[j] & 0xFF)
+        q6_k.requantize_pack_q6(wk, tmp, 0)
+        q6_k.dequantize_row_q6_k(tmp, y)
+    else:
+        put_f16(tmp, q3_k.OFF_D, D)
+        for k in range(12):
+            tmp[q3_k.OFF_SC + k] = 0
+        for j in range(NSUB):
+            q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(sc[j] + 32))
+        q3_k.requantize_pack(wk, tmp, 0)
+        q3_k.dequantize_row_q3_k(tmp, y)
+
+
 @njit(nogil=True, **JIT)
 def quantize_sym_best(x, qw, out, q6):
     """ggml's blocks, then each super-block replaced where the searched one is better (_accept.better)."""
@@ -267,17 +304,7 @@ def quantize_sym_best(x, qw, out, q6):
             o = b * QK_K
             off = b * bs
             _weights(xr, o, qw, w, q6)
-            blk = orow[off:off + bs]
-            if q6:
-                q6_k.dequantize_row_q6_k(blk, y)
-                D0 = get_f16(blk, q6_k.OFF_D)
-                for j in range(NSUB):
-                    sc0[j] = np.int32(np.int8(blk[q6_k.OFF_SC + j]))
-            else:
-                q3_k.dequantize_row_q3_k(blk, y)
-                D0 = get_f16(blk, q3_k.OFF_D)
-                for j in range(NSUB):
-                    sc0[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
+            D0 = ggml_block(orow[off:off + bs], y, sc0, q6)
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D0) or D0 == 0:
                 continue
@@ -286,22 +313,7 @@ def quantize_sym_best(x, qw, out, q6):
             for j in range(NSUB):
                 bsc[j] = sc0[j]
             D = _search(xr, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, not q6, sw)
-            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-            if q6:
-                put_f16(tmp, q6_k.OFF_D, D)
-                for j in range(NSUB):
-                    tmp[q6_k.OFF_SC + j] = np.uint8(bsc[j] & 0xFF)
-                q6_k.requantize_pack_q6(wk, tmp, 0)
-                q6_k.dequantize_row_q6_k(tmp, y)
-            else:
-                put_f16(tmp, q3_k.OFF_D, D)
-                for k in range(12):
-                    tmp[q3_k.OFF_SC + k] = 0
-                for j in range(NSUB):
-                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(bsc[j] + 32))
-                q3_k.requantize_pack(wk, tmp, 0)
-                q3_k.dequantize_row_q3_k(tmp, y)
+            pack_block(tmp, xr, o, wk, D, bsc, q6, y)
             if better(werr(xr, o, w, y, QK_K), werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
 

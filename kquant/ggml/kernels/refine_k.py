@@ -26,7 +26,7 @@ from numba import njit
 
 from ..types import QK_K, QType
 from . import q3_k, q6_k
-from ._common import fp16_round, get_f16, put_f16
+from ._common import fp16_round
 from ._accept import better, out_weights
 from ._sweep import werr
 from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
@@ -34,6 +34,7 @@ from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k4
 from .better_sym import _err as _sym_err
 from .better_sym import _levels as _sym_levels
 from .better_sym import _weights as _sym_weights
+from .better_sym import ggml_block, pack_block
 from .q4_k import NSUB, SUB
 
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
@@ -299,17 +300,7 @@ def quantize_sym_refine(x, qw, out, q6):
             o = b * QK_K
             off = b * bs
             _sym_weights(xr, o, qw, w, q6)
-            blk = orow[off:off + bs]
-            if q6:
-                q6_k.dequantize_row_q6_k(blk, y)
-                D = get_f16(blk, q6_k.OFF_D)
-                for j in range(16):
-                    sc[j] = np.int32(np.int8(blk[q6_k.OFF_SC + j]))
-            else:
-                q3_k.dequantize_row_q3_k(blk, y)
-                D = get_f16(blk, q3_k.OFF_D)
-                for j in range(16):
-                    sc[j] = q3_k.scale6(blk, q3_k.OFF_SC, j)
+            D = ggml_block(orow[off:off + bs], y, sc, q6)
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
@@ -318,22 +309,7 @@ def quantize_sym_refine(x, qw, out, q6):
                 continue
             out_weights(qw, o, u, QK_K)
             u_g = werr(xr, o, u, y, QK_K)
-            q6_k.load_block(xr, o, wk, q6_k.W_XT, q6_k.W_X)
-            wk[q6_k.W_L:q6_k.W_L + QK_K] = 0
-            if q6:
-                put_f16(tmp, q6_k.OFF_D, D)
-                for j in range(16):
-                    tmp[q6_k.OFF_SC + j] = np.uint8(sc[j] & 0xFF)
-                q6_k.requantize_pack_q6(wk, tmp, 0)
-                q6_k.dequantize_row_q6_k(tmp, y)
-            else:
-                put_f16(tmp, q3_k.OFF_D, D)
-                for k in range(12):
-                    tmp[q3_k.OFF_SC + k] = 0
-                for j in range(16):
-                    q3_k.put_scale6(tmp, q3_k.OFF_SC, j, np.int32(sc[j] + 32))
-                q3_k.requantize_pack(wk, tmp, 0)
-                q3_k.dequantize_row_q3_k(tmp, y)
+            pack_block(tmp, xr, o, wk, D, sc, q6, y)
             if better(werr(xr, o, w, y, QK_K), werr(xr, o, u, y, QK_K), e_g, u_g):
                 orow[off:off + bs] = tmp
 
