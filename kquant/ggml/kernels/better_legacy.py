@@ -337,8 +337,6 @@ def quantize_legacy_best(kind, x, qw, out):
             e_g = werr(xr, o, w, y, QK)
             if not e_g > 0:
                 continue
-            out_weights(qw, o, u, QK)
-            u_g = werr(xr, o, u, y, QK)
             if affine:
                 e, d, m = search_aff(xr, o, w, hi, L, bL, QK)
                 codes = bL
@@ -357,6 +355,8 @@ def quantize_legacy_best(kind, x, qw, out):
                 codes = L
             if not e < e_g:
                 continue
+            out_weights(qw, o, u, QK)  # ggml's block's output error, needed only now
+            u_g = werr(xr, o, u, y, QK)
             _pack(kind, tmp, d, m, codes)
             _dequant(kind, tmp, y)
             if better(werr(xr, o, w, y, QK), werr(xr, o, u, y, QK), e_g, u_g):
