@@ -146,11 +146,11 @@ def quantize_iq4_nl_best(x, qw, out):
             e_g = werr(xr, o, w, y[0], QK)
             if not e_g > 0:
                 continue
-            out_weights(qw, o, u, QK)
-            u_g = werr(xr, o, u, y[0], QK)
             e, d = _fit32(xr, o, w, L, bL, True)
             if not e < e_g:
                 continue
+            out_weights(qw, o, u, QK)  # ggml's block's output error, needed only now
+            u_g = werr(xr, o, u, y[0], QK)
             put_f16(tmp[0], NL_D, np.float32(d))
             _pack_qs(tmp[0], NL_QS, bL, 1)
             dequantize_iq4_nl(tmp, y)
