@@ -77,39 +77,40 @@ def _dequant(kind, q, y):
 
 
 @njit(**JIT)
-def _pack(kind, y, d, m, L):
-    """One block at y[0:]: fp16 d (and m), levels L (stored codes: l + offset for y = d*l)."""
+def _pack(kind, y, p, d, m, L):
+    """One block at y[p:]: fp16 d (and m), levels L (stored codes: l + offset for y = d*l). (A position, not a
+    slice: a slice passed to a function costs two reference-count updates, as much as ggml's whole block.)"""
     if kind == K_Q8_0:
-        put_f16(y, Q8_0_D, d)
+        put_f16(y, p + Q8_0_D, d)
         for j in range(QK):
-            y[Q8_0_QS + j] = np.uint8(np.int32(L[j]) & 0xFF)
+            y[p + Q8_0_QS + j] = np.uint8(np.int32(L[j]) & 0xFF)
         return
     if kind == K_Q4_0:
-        put_f16(y, Q4_0_D, d)
-        qs = Q4_0_QS
+        put_f16(y, p + Q4_0_D, d)
+        qs = p + Q4_0_QS
     elif kind == K_Q4_1:
-        put_f16(y, Q4_1_D, d)
-        put_f16(y, Q4_1_M, m)
-        qs = Q4_1_QS
+        put_f16(y, p + Q4_1_D, d)
+        put_f16(y, p + Q4_1_M, m)
+        qs = p + Q4_1_QS
     elif kind == K_Q5_0:
-        put_f16(y, Q5_0_D, d)
-        qs = Q5_0_QS
+        put_f16(y, p + Q5_0_D, d)
+        qs = p + Q5_0_QS
     else:
-        put_f16(y, Q5_1_D, d)
-        put_f16(y, Q5_1_M, m)
-        qs = Q5_1_QS
+        put_f16(y, p + Q5_1_D, d)
+        put_f16(y, p + Q5_1_M, m)
+        qs = p + Q5_1_QS
     half = QK // 2
-    qh = np.uint32(0)
     for j in range(half):  # same layout as quantize_row_q*_ref: low nibbles, 5th bits in qh
         a = np.uint32(L[j])
         b = np.uint32(L[half + j])
         y[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
-        qh |= ((a >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
-        qh |= ((b >> np.uint32(4)) & np.uint32(1)) << np.uint32(j + half)
     if kind == K_Q5_0 or kind == K_Q5_1:
-        p = Q5_0_QH if kind == K_Q5_0 else Q5_1_QH
+        qh = np.uint32(0)
+        for j in range(QK):
+            qh |= ((np.uint32(L[j]) >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
+        h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
         for k in range(4):
-            y[p + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+            y[h + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
 
 
 @njit(**JIT)
@@ -357,7 +358,7 @@ def quantize_legacy_best(kind, x, qw, out):
                 continue
             out_weights(qw, o, u, QK)  # ggml's block's output error, needed only now
             u_g = werr(xr, o, u, y, QK)
-            _pack(kind, tmp, d, m, codes)
+            _pack(kind, tmp, 0, d, m, codes)
             _dequant(kind, tmp, y)
             if better(werr(xr, o, w, y, QK), werr(xr, o, u, y, QK), e_g, u_g):
                 orow[b * bs:(b + 1) * bs] = tmp

@@ -11,11 +11,15 @@ values, E exact (the dequantizer's float32 arithmetic). A step's (d, m) replaces
 _accept's rule (E and the output error both lower; of those, the lowest output error): no block
 gets worse in either.
 
-Speed: LANES blocks of a row are refitted at once, one block per vector lane, every sum
-accumulated per lane in element order (the result is the same on every machine and thread
-count). Cost: about 100-150 ns per block on top of ggml's, which is within twice ggml's time
-where ggml searches (the imatrix paths of Q4_0 .. Q5_1) but 3-8x where it does not (no imatrix:
-one pass over the block; Q8_0 always).
+Two paths. Where E is also the output error (no imatrix, w = 1; Q8_0, w = qw), `_refine_one`
+works block by block from ggml's decoded values: the fit x ~ a*y (+ b) is the fit for ggml's
+levels, so nothing is read back, and the sums run in _tree32's fixed pairwise order. With an
+imatrix (Q4_0 .. Q5_1: two errors to lower), LANES blocks of a row are refitted at once, one
+block per vector lane, every sum accumulated per lane in element order. Either way the result is
+the same on every machine and thread count. Cost against ggml's own kernel
+(`bench_kernels.py --rounding refine`, one thread): 1.2-1.9x with an imatrix, where ggml
+searches; 2.7-4.2x without one (ggml's Q4_0 .. Q8_0 are one pass over a block, about 20 ns) and
+for Q8_0 with one (3.7x).
 """
 
 from __future__ import annotations
@@ -91,14 +95,17 @@ def refine_legacy(kind, x, qw, out):
         quantize_q8_0(x, qw, out)
         lo, hi, bs, doff, moff = -128, 127, 34, Q8_0_D, Q8_0_D
     affine = kind == K_Q4_1 or kind == K_Q5_1
+    weighted = qw.shape[0] > 0
+    if not weighted or kind == K_Q8_0:  # one error to lower (w = u)
+        _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine)
+        return
+    # Q4_0 .. Q5_1 with an imatrix: E's weights differ from the output error's, both are tested
     ncols = x.shape[1]
     nb = ncols // QK
-    weighted = qw.shape[0] > 0
-    two = weighted and kind != K_Q8_0  # E's weights differ from the output error's (else the same test)
     P = QK * LANES
     X = np.empty(P, dtype=np.float32)
-    W = np.ones(P, dtype=np.float64)
-    Wu = np.ones(P, dtype=np.float64)  # the output error's weights (_accept.out_weights)
+    W = np.empty(P, dtype=np.float64)
+    Wu = np.empty(P, dtype=np.float64)  # the output error's weights (_accept.out_weights)
     yrow = np.empty(ncols, dtype=np.float32)
     f64 = lambda: np.zeros(LANES, dtype=np.float64)  # noqa: E731
     eg, e, sw, sl, sll, sx, sxl = f64(), f64(), f64(), f64(), f64(), f64(), f64()
@@ -116,10 +123,9 @@ def refine_legacy(kind, x, qw, out):
         orow = out[r]
         _dequant(kind, orow, yrow)
         sigma2 = 0.0
-        if weighted and kind != K_Q8_0:
-            for i in range(ncols):
-                sigma2 += np.float64(xr[i]) * xr[i]
-            sigma2 /= ncols
+        for i in range(ncols):
+            sigma2 += np.float64(xr[i]) * xr[i]
+        sigma2 /= ncols
         for c0 in range(0, nb, LANES):
             n = min(LANES, nb - c0)
             nu = U(n)
@@ -136,15 +142,14 @@ def refine_legacy(kind, x, qw, out):
                 sll[j] = 0.0
                 sx[j] = 0.0
                 sxl[j] = 0.0
-            if weighted:  # ggml's weights (float64, as tests/objective.py)
-                for i in range(QK):
-                    for j in range(nu):
-                        src = U((c0 + np.int64(j)) * QK + i)
-                        q = np.float64(qw[src])
-                        xd = np.float64(xr[src])
-                        W[U(i * LANES) + j] = q if kind == K_Q8_0 else q * np.sqrt(sigma2 + xd * xd)
-                        if two:
-                            Wu[U(i * LANES) + j] = q
+            # ggml's weights (float64, as tests/objective.py)
+            for i in range(QK):
+                for j in range(nu):
+                    src = U((c0 + np.int64(j)) * QK + i)
+                    q = np.float64(qw[src])
+                    xd = np.float64(xr[src])
+                    W[U(i * LANES) + j] = q * np.sqrt(sigma2 + xd * xd)
+                    Wu[U(i * LANES) + j] = q
             # transpose, E of ggml's block and the sums of its levels
             for i in range(QK):
                 for j in range(nu):
@@ -157,8 +162,7 @@ def refine_legacy(kind, x, qw, out):
                     wk = W[k]
                     rr = np.float64(yv) - xd
                     eg[j] += wk * rr * rr
-                    if two:
-                        ug[j] += Wu[k] * rr * rr
+                    ug[j] += Wu[k] * rr * rr
                     fl = np.float64(level((yv - cm[j]) * ci[j], lo, hi))
                     sw[j] += wk
                     sl[j] += wk * fl
@@ -189,8 +193,7 @@ def refine_legacy(kind, x, qw, out):
                         yv = np.float32(f * cd[j]) + cm[j]  # the dequantizer's float32 (cm = 0 for y = d*l)
                         rr = np.float64(yv) - xd
                         e[j] += wk * rr * rr
-                        if two:
-                            eu[j] += Wu[k] * rr * rr
+                        eu[j] += Wu[k] * rr * rr
                         fl = np.float64(f)
                         sw[j] += wk
                         sl[j] += wk * fl
@@ -199,7 +202,7 @@ def refine_legacy(kind, x, qw, out):
                         sxl[j] += wk * xd * fl
                 for j in range(n):
                     # _accept.better, per lane: E below ggml's block's, output error below the kept one's
-                    take = ok[j] and e[j] < eg[j] * (1.0 - MARGIN) and (not two or eu[j] < bu[j] * (1.0 - MARGIN))
+                    take = ok[j] and e[j] < eg[j] * (1.0 - MARGIN) and eu[j] < bu[j] * (1.0 - MARGIN)
                     bu[j] = sel(take, eu[j], bu[j])
                     bd[j] = sel(take, cd[j], bd[j])
                     bm[j] = sel(take, cm[j], bm[j])
@@ -211,8 +214,91 @@ def refine_legacy(kind, x, qw, out):
                 for i in range(QK):
                     f = level((X[U(i * LANES + j)] - bm[j]) * inv, lo, hi)
                     codes[i] = np.int32(f - flo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(f)
-                p = (c0 + j) * bs
-                _pack(kind, orow[p:p + bs], bd[j], bm[j], codes)
+                _pack(kind, orow, (c0 + j) * bs, bd[j], bm[j], codes)
+
+
+@njit(**JIT)
+def _tree32(a, o):
+    """sum(a[o:o+32]) in a fixed pairwise order (halves added elementwise: vectorizes, same on every machine)."""
+    h = 16
+    while h >= 1:
+        for i in range(h):
+            a[o + i] += a[o + h + i]
+        h //= 2
+    return a[o]
+
+
+@njit(**JIT)
+def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
+    """The paths where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw); y = d*q + m only
+    without an imatrix.
+
+    ggml's levels need not be read back: its decoded values are y = d_g*l (+ m_g), so the
+    least-squares fit x ~ a*y (+ b) is the fit for the levels, d = a*d_g (m = a*m_g + b). One pass
+    over ggml's block (its E and the fit's sums), the fit, one pass for the refit's E; every sum
+    over a block in _tree32's fixed order."""
+    ncols = x.shape[1]
+    nb = ncols // QK
+    weighted = qw.shape[0] > 0
+    A = np.empty(QK, dtype=np.float64)  # squared errors (exact: the acceptance test)
+    B = np.empty(QK, dtype=np.float32)  # the fit's sums (float32: they only propose a candidate)
+    C = np.empty(QK, dtype=np.float32)
+    Dx = np.empty(QK, dtype=np.float32)
+    Dy = np.empty(QK, dtype=np.float32)
+    W = np.ones(QK, dtype=np.float32)
+    yrow = np.empty(ncols, dtype=np.float32)
+    codes = np.empty(QK, dtype=np.int32)
+    inv_n = 1.0 / QK
+    off = np.int32(lo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(0)  # stored code = level - off
+    for r in range(x.shape[0]):
+        xr = x[r]
+        orow = out[r]
+        _dequant(kind, orow, yrow)
+        for b in range(nb):
+            o = b * QK
+            p = b * bs
+            dg = get_f16(orow, p + doff)
+            mg = get_f16(orow, p + moff) if affine else _F0
+            if weighted:
+                for i in range(QK):
+                    W[i] = qw[o + i]
+            for i in range(QK):
+                xv = xr[o + i]
+                yv = yrow[o + i]
+                rr = np.float64(yv) - np.float64(xv)
+                A[i] = np.float64(W[i]) * rr * rr
+                B[i] = W[i] * xv * yv
+                C[i] = W[i] * yv * yv
+            if affine:
+                for i in range(QK):
+                    Dx[i] = xr[o + i]
+                    Dy[i] = yrow[o + i]
+            eg = _tree32(A, 0)
+            sxy = _tree32(B, 0)
+            syy = _tree32(C, 0)
+            if affine:
+                sx = _tree32(Dx, 0)
+                sy = _tree32(Dy, 0)
+                vy = syy - sy * sy * inv_n
+                a = (sxy - sx * sy * inv_n) / vy if vy > 0 else 0.0
+                d = a * dg
+                m = a * mg + (sx - a * sy) * inv_n
+            else:
+                d = dg * (sxy / syy) if syy > 0 else 0.0
+                m = 0.0
+            d16 = fp16_round(np.float32(d)) if np.isfinite(d) and abs(d) < 65504.0 else _F0
+            m16 = fp16_round(np.float32(m)) if np.isfinite(m) and abs(m) < 65504.0 else _F0
+            if d16 == 0 or (affine and d16 < 0):
+                continue
+            ci = _F1 / d16
+            for i in range(QK):
+                xv = xr[o + i]
+                f = level((xv - m16) * ci, lo, hi)
+                rr = np.float64(np.float32(f * d16) + m16) - np.float64(xv)
+                A[i] = np.float64(W[i]) * rr * rr
+                codes[i] = np.int32(f) - off
+            if _tree32(A, 0) < eg * (1.0 - MARGIN):
+                _pack(kind, orow, p, d16, m16, codes)
 
 
 @njit(nogil=True, **JIT)
