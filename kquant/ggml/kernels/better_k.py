@@ -87,7 +87,7 @@ def k45_weights(x, o, qw, w):
                 w[SUB * j + i] = av + abs(np.float64(x[o + SUB * j + i]))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)  # called per sub-block with slices: inlined, no call or view costs
 def _sub_levels(x, o, ds, dm, nmax, ql, sub):
     """Nearest levels of one sub-block for step ds, offset dm: ql[i] = clamp(round((x + dm)/ds))."""
     if not ds > 0:
@@ -101,7 +101,7 @@ def _sub_levels(x, o, ds, dm, nmax, ql, sub):
         ql[i] = np.int32(min(hi, max(0.0, v)))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)  # called per sub-block with slices: inlined, no call or view costs
 def _sub_err(x, o, w, ds, dm, ql, sub):
     e = 0.0
     for i in range(sub):

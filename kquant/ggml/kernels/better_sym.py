@@ -44,7 +44,7 @@ SUB = 16
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)  # called per sub-block with slices: inlined, no call or view costs
 def _levels(x, o, s, lo, hi, L):
     """Nearest levels of 16 values for the step s (0 -> all 0)."""
     if s == 0.0 or not np.isfinite(s):
@@ -57,7 +57,7 @@ def _levels(x, o, s, lo, hi, L):
         L[i] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)  # called per sub-block with slices: inlined, no call or view costs
 def _err(x, o, w, s32, L):
     """E of one sub-block for the float32 step s32 (as the dequantizer multiplies it)."""
     e = 0.0

@@ -213,22 +213,25 @@ def dequant32(qr, qo, dl, yr, yo):
 @njit(nogil=True, **JIT)
 def dequantize_iq4_nl(q, out):
     for r in range(out.shape[0]):
+        qr = q[r]
+        orow = out[r]
         for b in range(out.shape[1] // QK):
             off = b * NL_BYTES
-            dequant32(q[r], off + NL_QS, get_f16(q[r], off + NL_D), out[r], b * QK)
+            dequant32(qr, off + NL_QS, get_f16(qr, off + NL_D), orow, b * QK)
 
 
 @njit(nogil=True, **JIT)
 def dequantize_iq4_xs(q, out):
     for r in range(out.shape[0]):
         qr = q[r]
+        orow = out[r]
         for b in range(out.shape[1] // QK_K):
             off = b * XS_BYTES
             d = get_f16(qr, off + XS_D)
             sh = np.int64(qr[off + XS_SCALES_H]) | (np.int64(qr[off + XS_SCALES_H + 1]) << 8)
             for ib in range(QK_K // 32):
                 ls = ((np.int64(qr[off + XS_SCALES_L + ib // 2]) >> (4 * (ib % 2))) & 0xF) | (((sh >> (2 * ib)) & 3) << 4)
-                dequant32(qr, off + XS_QS + 16 * ib, d * np.float32(ls - 32), out[r], b * QK_K + 32 * ib)
+                dequant32(qr, off + XS_QS + 16 * ib, d * np.float32(ls - 32), orow, b * QK_K + 32 * ib)
 
 
 KERNELS = {

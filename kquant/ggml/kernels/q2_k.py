@@ -409,14 +409,19 @@ def dequantize_row_q2_k(q, y):
         yo = b * QK_K
         d = _get_h(q, qo + OFF_D)
         vmin = _get_h(q, qo + OFF_DMIN)
-        for j in range(NSUB):
-            sc = np.int32(q[qo + OFF_SC + j])
-            dl = np.float32(d * np.float32(sc & 0xF))
-            ml = np.float32(vmin * np.float32(sc >> 4))
-            for i in range(SUB):
-                k = SUB * j + i
-                l = np.int32(q[qo + OFF_QS + 32 * (k // 128) + k % 32] >> (2 * ((k % 128) // 32))) & 3
-                y[yo + k] = dl * np.float32(l) - ml
+        for g in range(8):  # values 32g .. 32g+31: qs byte 32*(g//4) + m, bits 2*(g%4)
+            qs = qo + OFF_QS + 32 * (g // 4)
+            sh = 2 * (g % 4)
+            s0 = np.int32(q[qo + OFF_SC + 2 * g])  # sub-blocks 2g, 2g + 1
+            s1 = np.int32(q[qo + OFF_SC + 2 * g + 1])
+            dl0 = np.float32(d * np.float32(s0 & 0xF))
+            ml0 = np.float32(vmin * np.float32(s0 >> 4))
+            dl1 = np.float32(d * np.float32(s1 & 0xF))
+            ml1 = np.float32(vmin * np.float32(s1 >> 4))
+            for m in range(32):
+                l = (np.int32(q[qs + m]) >> sh) & 3
+                first = m < SUB
+                y[yo + 32 * g + m] = sel(first, dl0, dl1) * np.float32(l) - sel(first, ml0, ml1)
 
 
 @njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")

@@ -329,13 +329,15 @@ def dequantize_row_q3_k(q, y):
         qo = b * TS
         yo = b * QK_K
         d_all = fp16_to_fp32(np.uint32(q[qo + OFF_D]) | (np.uint32(q[qo + OFF_D + 1]) << np.uint32(8)))
-        for j in range(NSUB):
-            dl = np.float32(d_all * np.float32(scale6(q, qo + OFF_SC, j)))
-            for i in range(SUB):
-                k = SUB * j + i
-                q2 = np.int32((q[qo + OFF_QS + 32 * (k // 128) + k % 32] >> (2 * ((k % 128) // 32))) & 3)
-                hb = np.int32(q[qo + OFF_HM + k % 32] >> (k // 32)) & 1
-                y[yo + k] = dl * np.float32(q2 - (0 if hb else 4))
+        for g in range(8):  # values 32g .. 32g+31: qs byte 32*(g//4) + m, bits 2*(g%4); hmask bit g
+            qs = qo + OFF_QS + 32 * (g // 4)
+            sh = 2 * (g % 4)
+            dl0 = np.float32(d_all * np.float32(scale6(q, qo + OFF_SC, 2 * g)))  # sub-blocks 2g, 2g + 1
+            dl1 = np.float32(d_all * np.float32(scale6(q, qo + OFF_SC, 2 * g + 1)))
+            for m in range(32):
+                q2 = (np.int32(q[qs + m]) >> sh) & 3
+                hb = (np.int32(q[qo + OFF_HM + m]) >> g) & 1
+                y[yo + 32 * g + m] = sel(m < SUB, dl0, dl1) * np.float32(q2 - 4 + 4 * hb)
 
 
 @njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")

@@ -431,19 +431,24 @@ def dequantize_row_q6_k(q, y):
             ql = qo + OFF_QL + 64 * h
             qh = qo + OFF_QH + 32 * h
             sc = qo + OFF_SC + 8 * h
-            for l in range(32):
-                is_ = l // 16
-                hb = np.int32(q[qh + l])
-                a = np.int32(q[ql + l])
-                c = np.int32(q[ql + l + 32])
-                q1 = np.int32((a & 0xF) | (((hb >> 0) & 3) << 4)) - 32
-                q2 = np.int32((c & 0xF) | (((hb >> 2) & 3) << 4)) - 32
-                q3 = np.int32((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
-                q4 = np.int32((c >> 4) | (((hb >> 6) & 3) << 4)) - 32
-                y[yo + 128 * h + l] = d * np.float32(np.int8(q[sc + is_])) * np.float32(q1)
-                y[yo + 128 * h + l + 32] = d * np.float32(np.int8(q[sc + is_ + 2])) * np.float32(q2)
-                y[yo + 128 * h + l + 64] = d * np.float32(np.int8(q[sc + is_ + 4])) * np.float32(q3)
-                y[yo + 128 * h + l + 96] = d * np.float32(np.int8(q[sc + is_ + 6])) * np.float32(q4)
+            for is_ in range(2):  # l in 16*is_ .. +15: one scale per quarter (ggml's d * sc * q, left to right)
+                s1 = d * np.float32(np.int8(q[sc + is_]))
+                s2 = d * np.float32(np.int8(q[sc + is_ + 2]))
+                s3 = d * np.float32(np.int8(q[sc + is_ + 4]))
+                s4 = d * np.float32(np.int8(q[sc + is_ + 6]))
+                for i in range(16):
+                    l = 16 * is_ + i
+                    hb = np.int32(q[qh + l])
+                    a = np.int32(q[ql + l])
+                    c = np.int32(q[ql + l + 32])
+                    q1 = np.int32((a & 0xF) | (((hb >> 0) & 3) << 4)) - 32
+                    q2 = np.int32((c & 0xF) | (((hb >> 2) & 3) << 4)) - 32
+                    q3 = np.int32((a >> 4) | (((hb >> 4) & 3) << 4)) - 32
+                    q4 = np.int32((c >> 4) | (((hb >> 6) & 3) << 4)) - 32
+                    y[yo + 128 * h + l] = s1 * np.float32(q1)
+                    y[yo + 128 * h + l + 32] = s2 * np.float32(q2)
+                    y[yo + 128 * h + l + 64] = s3 * np.float32(q3)
+                    y[yo + 128 * h + l + 96] = s4 * np.float32(q4)
 
 
 @njit(nogil=True, cache=True, no_cfunc_wrapper=True, error_model="numpy")
