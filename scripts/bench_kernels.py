@@ -90,15 +90,14 @@ def rounding_ratios(args) -> int:
         w = qw
         if w is None and t.requires_imatrix:
             w = rng.random(args.cols).astype(np.float32) + 0.1
-        times = []
+        times = [float("inf"), float("inf")]
         for r in ("ggml", mode):
             quants.quantize(x[:1], t, w, rounding=r)
-            best = float("inf")
-            for _ in range(args.repeat):
+        for _ in range(args.repeat):  # alternated, so a slower spell of the machine hits both modes
+            for i, r in enumerate(("ggml", mode)):
                 c = time.thread_time()
                 quants.quantize(x, t, w, rounding=r)
-                best = min(best, time.thread_time() - c)
-            times.append(best)
+                times[i] = min(times[i], time.thread_time() - c)
         print(f"{t.name:6} {mb / times[0]:10.3g} {mb / times[1]:12.3g} {times[1] / times[0]:6.2f}")
     quants.set_threads(quants.MAX_THREADS)
     return 0

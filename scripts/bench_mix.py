@@ -35,7 +35,7 @@ rounding-draw term several paired standard errors wide, the mean over copies doe
 
 What kquant writes: `--kquant auto` (default) its automatic mix at the llama.cpp file's size;
 `--kquant recipe` the same recipe as llama.cpp (same tensor types, checked), so with
-`--rounding best` the two files differ only in rounding. `--rounding best|ggml` (default ggml)
+`--rounding best` (or refine) the two files differ only in rounding. `--rounding best|refine|ggml` (default ggml)
 is kquant's rounding. `--work DIR` puts every file written elsewhere (the model folder is then
 only read), e.g. the rounding benchmark of the README (tied model T, untied model A):
     scripts/bench_mix.py --cache /tmp/kquant-tinylm-t --work /tmp/bench-t --realizations 2 \
@@ -622,7 +622,7 @@ def main(argv=None) -> int:
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--kquant", choices=("auto", "recipe"), default="auto",
                     help="kquant's file: its automatic mix at llama.cpp's file size (default), or the same recipe")
-    ap.add_argument("--rounding", choices=("ggml", "best"), default="ggml", help="kquant's rounding (default ggml)")
+    ap.add_argument("--rounding", choices=("ggml", "best", "refine"), default="ggml", help="kquant's rounding (default ggml)")
     ap.add_argument("--work", type=Path, help="write every file here (default: beside the model)")
     ap.add_argument("--realizations", type=int, metavar="K",
                     help="also K function-identical permuted copies of the model: mean over K+1 rounding draws")

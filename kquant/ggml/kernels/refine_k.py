@@ -21,6 +21,8 @@ Super-blocks are independent: the bytes do not depend on the thread count.
 
 from __future__ import annotations
 
+from collections import namedtuple
+
 import numpy as np
 from numba import njit
 
@@ -31,12 +33,13 @@ from ._accept import better, out_weights
 from ._sweep import werr
 from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
                        q2_k_ggml_start, q2_k_packed_error)
-from .better_sym import _err as _sym_err
-from .better_sym import _levels as _sym_levels
 from .better_sym import _weights as _sym_weights
 from .better_sym import ggml_block, pack_block
 from .q4_k import NSUB, SUB
 
+# _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels), one sub-block's
+# levels, and per sub-block: inverse steps, float32 steps, the sums of x*l and l*l, errors
+SymScratch = namedtuple("SymScratch", "XT WT LT L2T bl inv st sxl sll el")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
@@ -205,51 +208,94 @@ def quantize_q2_k_refine(x, qw, out):
 
 
 @njit(**JIT)
-def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2, e_cur):
+def _lane_levels(XT, inv, lo, hi, LT):
+    """LT[16 i + s] = the nearest level of XT[16 i + s] for the step 1/inv[s] (inv 0: level 0)."""
+    flo = np.float64(lo)
+    fhi = np.float64(hi)
+    for i in range(16):
+        for s in range(16):
+            v = np.rint(np.float64(XT[16 * i + s]) * inv[s])
+            LT[16 * i + s] = np.int32(min(fhi, max(flo, v)))
+
+
+@njit(**JIT)
+def _inv_step(s64):
+    """1/s64 as _levels uses it; 0 for a zero or non-finite step (its levels are then all 0)."""
+    return 1.0 / s64 if s64 != 0.0 and np.isfinite(s64) else 0.0
+
+
+@njit(**JIT)
+def _lane_err(XT, WT, s, st32, LT):
+    """E of sub-block s (transposed layout) for the float32 step st32."""
+    e = 0.0
+    for i in range(16):
+        k = 16 * i + s
+        r = np.float64(np.float32(st32 * np.float32(LT[k]))) - np.float64(XT[k])
+        e += WT[k] * r * r
+    return e
+
+
+@njit(**JIT)
+def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
-    as _refit_affine. L (int32[256]) gets the levels; bl (16), L2 (256): scratch. e_cur: E of ggml's block,
-    kept up to date as sub-blocks change (step 2's reference: the result is checked exactly after packing).
-    Step 2's sums are gathered while step 1 reads each sub-block."""
+    as _refit_affine. sw: SymScratch. e_cur: E of ggml's block, kept up to date as sub-blocks change (step
+    2's reference: the result is checked exactly after packing).
+    The super-block is copied transposed (XT[16 i + s] = x[o + 16 s + i]) so that the 16 sub-blocks are 16
+    vector lanes; each lane's sums still run over its values in order, as a sub-block at a time would."""
+    XT, WT, LT, L2T, bl, inv, st, sxl, sll, el = sw
     changed = False
-    for j in range(16):
-        _sym_levels(x, o + 16 * j, np.float64(np.float32(D * np.float32(sc[j]))), lo, hi, L[16 * j:16 * (j + 1)])
+    for s in range(16):
+        for i in range(16):
+            XT[16 * i + s] = x[o + 16 * s + i]
+            WT[16 * i + s] = w[16 * s + i]
+    for s in range(16):
+        inv[s] = _inv_step(np.float64(np.float32(D * np.float32(sc[s]))))
+    _lane_levels(XT, inv, lo, hi, LT)
     for _ in range(N_PASSES):
-        # 1. each sub-block's scale code from its least-squares step for its levels
-        sax = 0.0  # step 2's sums: a = sc * level
+        for s in range(16):
+            sxl[s] = 0.0
+            sll[s] = 0.0
+        for i in range(16):
+            for s in range(16):
+                k = 16 * i + s
+                fl = np.float64(LT[k])
+                sxl[s] += WT[k] * np.float64(XT[k]) * fl
+                sll[s] += WT[k] * fl * fl
+        sax = 0.0
         saa = 0.0
         for j in range(16):
-            xo = o + 16 * j
-            wj = w[16 * j:16 * (j + 1)]
-            lj = L[16 * j:16 * (j + 1)]
-            sxl = 0.0
-            sll = 0.0
-            for i in range(16):
-                fl = np.float64(lj[i])
-                sxl += wj[i] * np.float64(x[xo + i]) * fl
-                sll += wj[i] * fl * fl
-            if sll > 0:
-                t = sxl / sll / np.float64(D)
+            if sll[j] > 0:
+                t = sxl[j] / sll[j] / np.float64(D)
                 c = min(schi, max(sclo, int(np.rint(min(max(t, -1e6), 1e6)))))
                 if c != sc[j]:
-                    e0 = _sym_err(x, xo, wj, np.float32(D * np.float32(sc[j])), lj)
+                    e0 = _lane_err(XT, WT, j, np.float32(D * np.float32(sc[j])), LT)
                     s1 = np.float32(D * np.float32(c))
-                    _sym_levels(x, xo, np.float64(s1), lo, hi, bl)
-                    e1 = _sym_err(x, xo, wj, s1, bl)
+                    iv = _inv_step(np.float64(s1))
+                    for i in range(16):
+                        v = np.rint(np.float64(XT[16 * i + j]) * iv)
+                        bl[i] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
+                    e1 = 0.0
+                    for i in range(16):
+                        k = 16 * i + j
+                        r = np.float64(np.float32(s1 * np.float32(bl[i]))) - np.float64(XT[k])
+                        e1 += WT[k] * r * r
                     if e1 < e0:
                         sc[j] = c
                         changed = True
                         e_cur += e1 - e0
-                        sxl = 0.0
-                        sll = 0.0
+                        a = 0.0
+                        b = 0.0
                         for i in range(16):
-                            lj[i] = bl[i]
+                            k = 16 * i + j
+                            LT[k] = bl[i]
                             fl = np.float64(bl[i])
-                            sxl += wj[i] * np.float64(x[xo + i]) * fl
-                            sll += wj[i] * fl * fl
+                            a += WT[k] * np.float64(XT[k]) * fl
+                            b += WT[k] * fl * fl
+                        sxl[j] = a
+                        sll[j] = b
             fc = np.float64(sc[j])
-            sax += fc * sxl
-            saa += fc * fc * sll
-        # 2. the least-squares D for the codes and levels
+            sax += fc * sxl[j]
+            saa += fc * fc * sll[j]
         if not saa > 0:
             break
         nD = sax / saa
@@ -258,19 +304,25 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2, e_cur):
         nD32 = fp16_round(np.float32(nD))
         if nD32 == D or nD32 == 0:
             break
+        for s in range(16):
+            st[s] = np.float32(nD32 * np.float32(sc[s]))
+            inv[s] = _inv_step(np.float64(st[s]))
+            el[s] = 0.0
+        _lane_levels(XT, inv, lo, hi, L2T)
+        for i in range(16):
+            for s in range(16):
+                k = 16 * i + s
+                r = np.float64(np.float32(st[s] * np.float32(L2T[k]))) - np.float64(XT[k])
+                el[s] += WT[k] * r * r
         e_new = 0.0
-        for j in range(16):
-            xo = o + 16 * j
-            s1 = np.float32(nD32 * np.float32(sc[j]))
-            l2 = L2[16 * j:16 * (j + 1)]
-            _sym_levels(x, xo, np.float64(s1), lo, hi, l2)
-            e_new += _sym_err(x, xo, w[16 * j:16 * (j + 1)], s1, l2)
+        for s in range(16):
+            e_new += el[s]
         if not e_new < e_cur:
             break
         D = nD32
         changed = True
         e_cur = e_new
-        L[:] = L2
+        LT[:] = L2T
     return D, changed
 
 
@@ -290,9 +342,9 @@ def quantize_sym_refine(x, qw, out, q6):
     y = np.empty(QK_K, dtype=np.float32)
     tmp = np.empty(bs, dtype=np.uint8)
     sc = np.empty(16, dtype=np.int32)
-    L = np.empty(QK_K, dtype=np.int32)
-    bl = np.empty(16, dtype=np.int32)
-    L2 = np.empty(QK_K, dtype=np.int32)
+    sw = SymScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
+                    np.empty(QK_K, dtype=np.int32), np.empty(16, dtype=np.int32), np.empty(16),
+                    np.empty(16, dtype=np.float32), np.empty(16), np.empty(16), np.empty(16))
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -304,7 +356,7 @@ def quantize_sym_refine(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
-            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, L, bl, L2, e_g)
+            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g)
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
