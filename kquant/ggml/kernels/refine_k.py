@@ -31,7 +31,7 @@ from . import q3_k, q6_k
 from ._common import fp16_round
 from ._accept import better, out_weights
 from ._sweep import werr
-from .better_k import (_sub_err, _sub_levels, k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
+from .better_k import (k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
                        q2_k_ggml_start, q2_k_packed_error)
 from .better_sym import _weights as _sym_weights
 from .better_sym import ggml_block, pack_block
@@ -40,6 +40,9 @@ from .q4_k import NSUB, SUB
 # _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels), one sub-block's
 # levels, and per sub-block: inverse steps, float32 steps, the sums of x*l and l*l, errors
 SymScratch = namedtuple("SymScratch", "XT WT LT L2T bl inv st sxl sll el")
+# _refit_affine's: the super-block transposed (values, weights, levels, new levels), one sub-block's
+# levels, and per sub-block: steps, offsets, inverse steps, two errors, the sums of w, wq, wq^2, wx, wxq
+AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ql ds dm inv e1 e2 m0 m1 m2 mx mxq")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
@@ -48,34 +51,84 @@ JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 @njit(**JIT)
-def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
+def _aff_scratch():
+    return AffScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
+                      np.empty(QK_K, dtype=np.int32), np.empty(32, dtype=np.int32), np.empty(16), np.empty(16),
+                      np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16),
+                      np.empty(16), np.empty(16))
+
+
+@njit(**JIT)
+def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
+    """QT[n i + s] = the nearest level 0..nmax of XT[n i + s] for lane s's step 1/inv[s] and offset dm[s]
+    (_sub_levels per sub-block; inv 0: level 0)."""
+    hi = np.float64(nmax)
+    for i in range(sub):
+        for s in range(n):
+            k = n * i + s
+            v = np.rint((np.float64(XT[k]) + dm[s]) * inv[s])
+            QT[k] = np.int32(min(hi, max(0.0, v)))
+
+
+@njit(**JIT)
+def _lane_aff_err(XT, WT, ds, dm, QT, n, sub, el):
+    """el[s] = _sub_err of lane s (transposed layout) for steps ds[s], offsets dm[s]."""
+    for s in range(n):
+        el[s] = 0.0
+    for i in range(sub):
+        for s in range(n):
+            k = n * i + s
+            d = ds[s] * QT[k] - dm[s] - np.float64(XT[k])
+            el[s] += WT[k] * d * d
+
+
+@njit(**JIT)
+def _steps(D, M, sc, mn, n, ds, dm, inv):
+    """Each sub-block's float32 step D*sc and offset M*m (as float64), and the inverse step (0 if not > 0)."""
+    for s in range(n):
+        ds[s] = np.float64(np.float32(D * np.float32(sc[s])))
+        dm[s] = np.float64(np.float32(M * np.float32(mn[s])))
+        inv[s] = 1.0 / ds[s] if ds[s] > 0 else 0.0
+
+
+@njit(**JIT)
+def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
     """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M, changed):
     changed False means the codes, D and M are ggml's (its levels are the nearest for them), so its block
-    stands."""
+    stands; otherwise q gets the levels. sw: AffScratch. The super-block is copied transposed
+    (XT[nsub i + s] = x[o + sub s + i]) so that its sub-blocks are vector lanes, each lane's sums running
+    over its values in order."""
+    XT, WT, QT, Q2T, ql, ds, dm, inv, e1, e2, m0, m1, m2, mx, mxq = sw
+    n = nsub
+    for s in range(n):
+        for i in range(sub):
+            XT[n * i + s] = x[o + sub * s + i]
+            WT[n * i + s] = w[sub * s + i]
     changed = False
-    for j in range(nsub):  # the nearest levels for ggml's scales
-        _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
-                    np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
+    _steps(D, M, sc, mn, n, ds, dm, inv)
+    _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT)  # the nearest levels for ggml's scales
     for _ in range(N_PASSES):
         # 1. codes of each sub-block from its least-squares (step, offset) for its levels
+        for s in range(n):
+            m0[s] = 0.0
+            m1[s] = 0.0
+            m2[s] = 0.0
+            mx[s] = 0.0
+            mxq[s] = 0.0
+        for i in range(sub):
+            for s in range(n):
+                k = n * i + s
+                fq = np.float64(QT[k])
+                xi = np.float64(XT[k])
+                wk = WT[k]
+                m0[s] += wk
+                m1[s] += wk * fq
+                m2[s] += wk * fq * fq
+                mx[s] += wk * xi
+                mxq[s] += wk * xi * fq
         if D > 0 and M > 0:
-            for j in range(nsub):
-                xo = o + sub * j
-                wj = w[sub * j:sub * (j + 1)]
-                qj = q[sub * j:sub * (j + 1)]
-                s0 = 0.0
-                s1 = 0.0
-                s2 = 0.0
-                sx = 0.0
-                sxq = 0.0
-                for i in range(sub):
-                    fq = np.float64(qj[i])
-                    xi = np.float64(x[xo + i])
-                    s0 += wj[i]
-                    s1 += wj[i] * fq
-                    s2 += wj[i] * fq * fq
-                    sx += wj[i] * xi
-                    sxq += wj[i] * xi * fq
+            for j in range(n):
+                s0, s1, s2, sx, sxq = m0[j], m1[j], m2[j], mx[j], mxq[j]
                 det = s0 * s2 - s1 * s1
                 if not det > 1e-12 * s0 * s2:
                     continue
@@ -87,36 +140,57 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
                 cm = min(smax, max(0, int(np.rint(min(max(mt / M, -1e6), 1e6)))))
                 if c == sc[j] and cm == mn[j]:
                     continue
-                ds0 = np.float64(np.float32(D * np.float32(sc[j])))
-                dm0 = np.float64(np.float32(M * np.float32(mn[j])))
-                e0 = _sub_err(x, xo, wj, ds0, dm0, qj, sub)
-                ds = np.float64(np.float32(D * np.float32(c)))
-                dm = np.float64(np.float32(M * np.float32(cm)))
-                _sub_levels(x, xo, ds, dm, nmax, ql, sub)
-                if _sub_err(x, xo, wj, ds, dm, ql, sub) < e0:
+                e0 = 0.0
+                for i in range(sub):
+                    k = n * i + j
+                    d = ds[j] * QT[k] - dm[j] - np.float64(XT[k])
+                    e0 += WT[k] * d * d
+                dsc = np.float64(np.float32(D * np.float32(c)))
+                dmc = np.float64(np.float32(M * np.float32(cm)))
+                iv = 1.0 / dsc if dsc > 0 else 0.0
+                en = 0.0
+                for i in range(sub):
+                    k = n * i + j
+                    v = np.rint((np.float64(XT[k]) + dmc) * iv)
+                    ql[i] = np.int32(min(np.float64(nmax), max(0.0, v)))
+                    d = dsc * ql[i] - dmc - np.float64(XT[k])
+                    en += WT[k] * d * d
+                if en < e0:
                     sc[j] = c
                     mn[j] = cm
+                    ds[j] = dsc
+                    dm[j] = dmc
+                    inv[j] = iv
                     changed = True
+                    a1 = 0.0
+                    a2 = 0.0
+                    ax = 0.0
                     for i in range(sub):
-                        qj[i] = ql[i]
-        # 2. joint (D, M) for the codes and levels: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m
+                        k = n * i + j
+                        QT[k] = ql[i]
+                        fq = np.float64(ql[i])
+                        xi = np.float64(XT[k])
+                        a1 += WT[k] * fq
+                        a2 += WT[k] * fq * fq
+                        ax += WT[k] * xi * fq
+                    m1[j] = a1
+                    m2[j] = a2
+                    mxq[j] = ax
+        # 2. joint (D, M) for the codes and levels: minimise sum w (D*a - M*b - x)^2, a = sc*q, b = m,
+        # from each sub-block's sums (b is one value per sub-block)
         saa = 0.0
         sab = 0.0
         sbb = 0.0
         sax = 0.0
         sbx = 0.0
-        for j in range(nsub):
+        for j in range(n):
+            fc = np.float64(sc[j])
             b = np.float64(mn[j])
-            for i in range(sub):
-                k = sub * j + i
-                a = np.float64(sc[j] * q[k])
-                xi = np.float64(x[o + k])
-                wk = w[k]
-                saa += wk * a * a
-                sab += wk * a * b
-                sbb += wk * b * b
-                sax += wk * a * xi
-                sbx += wk * b * xi
+            saa += fc * fc * m2[j]
+            sab += fc * b * m1[j]
+            sbb += b * b * m0[j]
+            sax += fc * mxq[j]
+            sbx += b * mx[j]
         det = saa * sbb - sab * sab
         if det > 1e-12 * saa * sbb and saa > 0:
             nD = (sax * sbb - sab * sbx) / det
@@ -132,25 +206,25 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, ql, nsub, sub, smax):
         nM32 = fp16_round(np.float32(nM))
         if nD32 == D and nM32 == M:
             break
+        _lane_aff_err(XT, WT, ds, dm, QT, n, sub, e1)
+        _steps(nD32, nM32, sc, mn, n, ds, dm, inv)
+        _lane_aff_levels(XT, inv, dm, nmax, n, sub, Q2T)
+        _lane_aff_err(XT, WT, ds, dm, Q2T, n, sub, e2)
         e_old = 0.0
         e_new = 0.0
-        for j in range(nsub):
-            xo = o + sub * j
-            wj = w[sub * j:sub * (j + 1)]
-            e_old += _sub_err(x, xo, wj, np.float64(np.float32(D * np.float32(sc[j]))),
-                              np.float64(np.float32(M * np.float32(mn[j]))), q[sub * j:sub * (j + 1)], sub)
-            ds = np.float64(np.float32(nD32 * np.float32(sc[j])))
-            dm = np.float64(np.float32(nM32 * np.float32(mn[j])))
-            _sub_levels(x, xo, ds, dm, nmax, ql, sub)
-            e_new += _sub_err(x, xo, wj, ds, dm, ql, sub)
+        for s in range(n):
+            e_old += e1[s]
+            e_new += e2[s]
         if not e_new < e_old:
             break
         D = nD32
         M = nM32
         changed = True
-        for j in range(nsub):
-            _sub_levels(x, o + sub * j, np.float64(np.float32(D * np.float32(sc[j]))),
-                        np.float64(np.float32(M * np.float32(mn[j]))), nmax, q[sub * j:sub * (j + 1)], sub)
+        QT[:] = Q2T
+    if changed:
+        for s in range(n):
+            for i in range(sub):
+                q[sub * s + i] = QT[n * i + s]
     return D, M, changed
 
 
@@ -160,6 +234,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
     drop (_accept.better)."""
     nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
     u = np.empty(QK_K)
+    sw = _aff_scratch()
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -169,7 +244,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
             e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
             if not e_g > 0:
                 continue
-            D, M, changed = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, ql, NSUB, SUB, 63)
+            D, M, changed = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, NSUB, SUB, 63, sw)
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
@@ -185,6 +260,7 @@ def quantize_q2_k_refine(x, qw, out):
     drop (_accept.better)."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     u = np.empty(QK_K)
+    sw = _aff_scratch()
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -194,7 +270,7 @@ def quantize_q2_k_refine(x, qw, out):
             e_g, D, M = q2_k_ggml_block(xr, o, qw, orow, off, w, y, sc, mn)
             if not e_g > 0:
                 continue
-            D, M, changed = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, ql, 16, 16, 15)
+            D, M, changed = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, 16, 16, 15, sw)
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
