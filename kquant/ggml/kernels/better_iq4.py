@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 from ..types import QK, QK_K, QType
-from ._common import fp16_round, get_f16, put_f16
+from ._common import fp16_round, get_f16, put_f16, sel
 from ._accept import better, out_weights
 from ._sweep import werr
 from .iq4 import (
@@ -33,7 +33,6 @@ from .iq4 import (
     XS_QS,
     XS_SCALES_H,
     XS_SCALES_L,
-    best_index,
     dequantize_iq4_nl,
     dequantize_iq4_xs,
     quantize_iq4_nl,
@@ -45,12 +44,25 @@ D_STEPS = 4
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
+@njit(inline="always", **JIT)
+def _nearest(v):
+    """iq4.best_index(v) without its data-dependent branches: the count of table midpoints v is at or
+    past, each tested with best_index's own float32 expression (v - kv[m-1] >= kv[m] - v). Away from
+    the pair bracketing v the test cannot flip (its two sides have opposite signs), so the count is
+    best_index's answer; NaN gives 15 as there."""
+    kv = KVALUES
+    n = 0
+    for m in range(1, 16):
+        n += 1 if v - kv[m - 1] >= kv[m] - v else 0
+    return sel(v != v, 15, n)
+
+
 @njit(**JIT)
 def _index(x, o, d, L):
     """Nearest table index of 32 values for the step d."""
     inv = np.float32(1.0 / d) if d != 0 else np.float32(0.0)
     for j in range(32):
-        L[j] = best_index(np.float32(inv * x[o + j]))
+        L[j] = _nearest(np.float32(inv * x[o + j]))
 
 
 @njit(**JIT)
