@@ -148,3 +148,37 @@ print(json.dumps(out))
     assert r["cold_refine"] == ["Q8_0", "Q2_K"]  # ggml's kernels cached, the mode's not
     assert r["warmed"] == ["Q8_0", "Q2_K"] and r["cold_after"] == []
     assert len(r["elsewhere"]) == 1 and r["misses"] == 0  # compiled by the other process, loaded here
+
+
+def test_cached_kernel_is_recompiled_when_a_module_it_calls_changes(tmp_path):
+    """numba checks a cached function against its own file only; kquant.ggml.kernels stamps every
+    kernel's cache with all kernel sources too. better_sym.ggml_block (unchanged) calls q6_k's
+    dequantizer: after an edit to q6_k.py only, its cached code must not be loaded."""
+    import shutil
+
+    pkg = tmp_path / "src"
+    shutil.copytree(ROOT / "kquant", pkg / "kquant", ignore=shutil.ignore_patterns("__pycache__"))
+    code = r"""
+import json, sys
+import numpy as np
+from kquant.ggml.kernels import better_sym
+assert better_sym.__file__.startswith(sys.argv[1]), better_sym.__file__
+better_sym.ggml_block(np.zeros(210, np.uint8), np.zeros(256, np.float32), np.zeros(16, np.int32), True)
+s = better_sym.ggml_block.stats
+print(json.dumps([sum(s.cache_hits.values()), sum(s.cache_misses.values())]))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(pkg))
+
+    def hits_misses():
+        p = subprocess.run([sys.executable, "-c", code, str(pkg)], env=env, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        return json.loads(p.stdout)
+
+    assert hits_misses() == [0, 1]  # compiled, then cached
+    assert hits_misses() == [1, 0]
+    (pkg / "kquant" / "cli.py").write_text((pkg / "kquant" / "cli.py").read_text() + "\n# not a kernel\n")
+    assert hits_misses() == [1, 0]  # other modules do not touch the kernels' caches
+    q6 = pkg / "kquant" / "ggml" / "kernels" / "q6_k.py"
+    q6.write_text(q6.read_text() + "\n# edited\n")
+    assert hits_misses() == [0, 1]  # recompiled: its callee's module changed

@@ -29,7 +29,65 @@ threads. (numba's `parallel=True` costs several seconds of compile time per driv
 up to more than a minute of first-run compilation for all types; plain threads scale the same.)
 """
 
+import hashlib
+import os
+from pathlib import Path
 from typing import Callable, NamedTuple
+
+_HERE = Path(__file__).resolve().parent
+# what a compiled kernel can depend on: every kernel module (a kernel calls into other modules' jitted
+# helpers and freezes their module-level constants) and the type declarations (block layouts)
+KERNEL_SOURCES = tuple(sorted(_HERE.glob("*.py"))) + (_HERE.parent / "types.py",)
+
+
+def sources_stamp(files) -> bytes:
+    """sha256 over the names and contents of `files` (in the order given)."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).name.encode() + b"\0" + Path(f).read_bytes() + b"\0")
+    return h.digest()
+
+
+def _stamp_numba_caches() -> None:
+    """Make numba's on-disk cache of every kernel depend on all of KERNEL_SOURCES, not its own file only.
+
+    numba checks a cached function against its own source file (content hash in numba >= 0.68, mtime
+    and size before), but the cached machine code also holds what it inlined or linked from other
+    modules: after an edit or an upgrade that changes only a helper's module (better_iq4's index search,
+    q3_k's dequantizer), every caller in an unchanged file would load its old code. Each locator class
+    numba tries is given a stamp that adds KERNEL_SOURCES' hash for files of this package. Uses
+    numba internals (CacheImpl._locator_classes); if they move, caching stays numba's own."""
+    try:
+        from numba.core import caching
+
+        impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
+        classes = list(impl._locator_classes)
+    except (ImportError, AttributeError):
+        return
+    stamp = sources_stamp(KERNEL_SOURCES)
+    here = str(_HERE)
+
+    def stamped(cls):
+        if getattr(cls, "_kquant_stamp", None) is not None:
+            return cls
+
+        class Stamped(cls):
+            _kquant_stamp = stamp
+
+            def get_source_stamp(self):
+                own = super().get_source_stamp()
+                py = getattr(self, "_py_file", None)
+                if py and os.path.dirname(os.path.abspath(py)) == here:
+                    return (own, self._kquant_stamp)
+                return own
+
+        Stamped.__name__ = Stamped.__qualname__ = cls.__name__
+        return Stamped
+
+    impl._locator_classes = [stamped(c) for c in classes]
+
+
+_stamp_numba_caches()
 
 
 class Kernel(NamedTuple):
