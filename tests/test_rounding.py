@@ -37,6 +37,8 @@ KINDS = ["normal", "student_t", "laplace", "outlier_cols", "zero_rows", "constan
          "single_nonzero", "pm_max", "positive", "negative", "subblock_scales", "mixed_scale"]
 WKINDS = [None, "uniform", "zeros", "heavy"]
 ROWS, COLS = 4, 512
+# modes and types whose blocks also shrink x no more than ggml's (kernels/_accept.refit_better)
+SHRINK_GUARDED = {("refine", QType.Q2_K)}
 # ggml's Q1_0 scale, mean |x|, is already the optimum of the unweighted error (up to fp16 rounding)
 TIE_UNWEIGHTED = {QType.Q1_0}
 
@@ -77,6 +79,11 @@ def test_valid_and_never_worse(mode, t, wkind):
             worse = np.argwhere(eb > eg)
             assert worse.size == 0, (f"{what}: {len(worse)} blocks worse in {name}, first {worse[0].tolist()}: "
                                      f"{eb[tuple(worse[0])]} > {eg[tuple(worse[0])]}")
+        if (mode, t) in SHRINK_GUARDED:  # (4) nor does it shrink x more: |sum u x (y - x)| per block
+            xd = np.asarray(x, np.float64)
+            sg, sb = (np.abs((u * xd * (y - xd)).reshape(x.shape[0], -1, t.block_size).sum(-1)) for y in (yg, yb))
+            # blocks ggml's kernel kept are equal; tolerance for the two summation orders elsewhere
+            assert np.all(sb <= sg + 1e-12 * np.abs(u * xd * xd).reshape(sg.shape + (-1,)).sum(-1)), what
         if kind in ("normal", "laplace", "student_t"):
             total_g += eg.sum()  # ggml's objective (the loop's last)
             total_b += eb.sum()

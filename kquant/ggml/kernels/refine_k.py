@@ -15,7 +15,7 @@ A super-block whose codes, D and M the refit leaves as ggml wrote them keeps ggm
 more work (ggml's levels are the nearest for its stored scales, so the refit would rebuild it).
 Otherwise the result is packed with ggml's packers (as better_k / better_sym do), decoded with
 kquant's dequantizer, and replaces ggml's block only if its E and its output error are both lower
-(_accept.better).
+(_accept.better; Q2_K's also only if it shrinks x no more than ggml's block: _accept.refit_better).
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
 
@@ -29,7 +29,7 @@ from numba import njit
 from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round
-from ._accept import better, out_weights
+from ._accept import better, out_errors, out_weights, refit_better
 from ._sweep import werr
 from .better_k import (k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
                        q2_k_ggml_start, q2_k_packed_error)
@@ -257,7 +257,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
 @njit(nogil=True, **JIT)
 def quantize_q2_k_refine(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block refitted where E and the output error
-    drop (_accept.better)."""
+    drop and x shrinks no more (_accept.refit_better)."""
     nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     sw = _aff_scratch()
@@ -274,9 +274,9 @@ def quantize_q2_k_refine(x, qw, out):
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
-            u_g = werr(xr, o, u, y, QK_K)
+            o_g = out_errors(xr, o, u, y, QK_K)
             e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
-            if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
+            if refit_better(e_b, out_errors(xr, o, u, y, QK_K), e_g, o_g):
                 orow[off:off + bs] = tmp
 
 
