@@ -1,5 +1,5 @@
 """`rounding="refine"` for IQ4_NL (y = d * kvalues_iq4nl[i], 32 values): ggml's block improved by
-a bounded refit (about 2.2x ggml's kernel time: scripts/bench_rounding.py --rounding refine).
+a bounded refit (about 1.4x ggml's kernel time: scripts/bench_rounding.py --rounding refine).
 
 Not a port: ggml's bytes come first (kquant.ggml.kernels.iq4), then each block is refitted for
 the weighted squared error better_iq4 targets (quantize_row_iq4_nl_impl's weights). ggml tries

@@ -18,8 +18,8 @@ imatrix (Q4_0 .. Q5_1: two errors to lower), LANES blocks of a row are refitted 
 block per vector lane, every sum accumulated per lane in element order. Either way the result is
 the same on every machine and thread count. Cost against ggml's own kernel
 (`bench_kernels.py --rounding refine`, one thread): 1.2-1.9x with an imatrix, where ggml
-searches; 2.7-4.2x without one (ggml's Q4_0 .. Q8_0 are one pass over a block, about 20 ns) and
-for Q8_0 with one (3.7x).
+searches; 2.8-4.3x without one (ggml's Q4_0 .. Q8_0 are one pass over a block, about 20 ns) and
+for Q8_0 with one (4.1x).
 """
 
 from __future__ import annotations
