@@ -79,7 +79,7 @@ def _dequant(kind, q, y):
 @njit(**JIT)
 def _pack(kind, y, p, d, m, L):
     """One block at y[p:]: fp16 d (and m), levels L (stored codes: l + offset for y = d*l). (A position, not a
-    slice: a slice passed to a function costs two reference-count updates, as much as ggml's whole block.)"""
+    slice: no array view is built per block.)"""
     if kind == K_Q8_0:
         put_f16(y, p + Q8_0_D, d)
         for j in range(QK):

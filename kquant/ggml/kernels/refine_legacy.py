@@ -48,7 +48,7 @@ from .legacy import (
 
 U = np.uint64
 LANES = 16  # blocks refitted at once
-N_ITER = 1  # least-squares refits (Lloyd steps) per block
+N_ITER = 1  # least-squares refits (Lloyd steps) per block on the imatrix path (_refine_one makes one)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
@@ -219,7 +219,7 @@ def refine_legacy(kind, x, qw, out):
 
 @njit(**JIT)
 def _tree32(a, o):
-    """sum(a[o:o+32]) in a fixed pairwise order (halves added elementwise: vectorizes, same on every machine)."""
+    """sum(a[o:o+32]) in a fixed pairwise order (halves added elementwise; the same on every machine)."""
     h = 16
     while h >= 1:
         for i in range(h):
