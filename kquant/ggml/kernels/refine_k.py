@@ -37,12 +37,12 @@ from .better_sym import _weights as _sym_weights
 from .better_sym import ggml_block, pack_block
 from .q4_k import NSUB, SUB
 
-# _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels), one sub-block's
-# levels, and per sub-block: inverse steps, float32 steps, the sums of x*l and l*l, errors
-SymScratch = namedtuple("SymScratch", "XT WT LT L2T bl inv st sxl sll el")
-# _refit_affine's: the super-block transposed (values, weights, levels, new levels), one sub-block's
-# levels, and per sub-block: steps, offsets, inverse steps, two errors, the sums of w, wq, wq^2, wx, wxq
-AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ql ds dm inv e1 e2 m0 m1 m2 mx mxq")
+# _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels), and per
+# sub-block: inverse steps, float32 steps, the sums of x*l and l*l
+SymScratch = namedtuple("SymScratch", "XT WT LT L2T inv st sxl sll")
+# _refit_affine's: the super-block transposed (values, weights, levels, new levels), and per sub-block:
+# steps, offsets, inverse steps, the sums of w, wq, wq^2, wx, wxq
+AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ds dm inv m0 m1 m2 mx mxq")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
@@ -53,9 +53,8 @@ JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 @njit(**JIT)
 def _aff_scratch():
     return AffScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
-                      np.empty(QK_K, dtype=np.int32), np.empty(32, dtype=np.int32), np.empty(16), np.empty(16),
-                      np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16),
-                      np.empty(16), np.empty(16))
+                      np.empty(QK_K, dtype=np.int32), np.empty(16), np.empty(16), np.empty(16), np.empty(16),
+                      np.empty(16), np.empty(16), np.empty(16), np.empty(16))
 
 
 @njit(**JIT)
@@ -71,15 +70,14 @@ def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
 
 
 @njit(**JIT)
-def _lane_aff_err(XT, WT, ds, dm, QT, n, sub, el):
-    """el[s] = _sub_err of lane s (transposed layout) for steps ds[s], offsets dm[s]."""
-    for s in range(n):
-        el[s] = 0.0
+def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
+    """E of lane j (transposed layout, n lanes of sub values) for step ds, offset dm: _sub_err per sub-block."""
+    e = 0.0
     for i in range(sub):
-        for s in range(n):
-            k = n * i + s
-            d = ds[s] * QT[k] - dm[s] - np.float64(XT[k])
-            el[s] += WT[k] * d * d
+        k = n * i + j
+        d = ds * QT[k] - dm - np.float64(XT[k])
+        e += WT[k] * d * d
+    return e
 
 
 @njit(**JIT)
@@ -98,7 +96,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
     stands; otherwise q gets the levels. sw: AffScratch. The super-block is copied transposed
     (XT[nsub i + s] = x[o + sub s + i]) so that its sub-blocks are vector lanes, each lane's sums running
     over its values in order."""
-    XT, WT, QT, Q2T, ql, ds, dm, inv, e1, e2, m0, m1, m2, mx, mxq = sw
+    XT, WT, QT, Q2T, ds, dm, inv, m0, m1, m2, mx, mxq = sw
     n = nsub
     for s in range(n):
         for i in range(sub):
@@ -140,22 +138,15 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
                 cm = min(smax, max(0, int(np.rint(min(max(mt / M, -1e6), 1e6)))))
                 if c == sc[j] and cm == mn[j]:
                     continue
-                e0 = 0.0
-                for i in range(sub):
-                    k = n * i + j
-                    d = ds[j] * QT[k] - dm[j] - np.float64(XT[k])
-                    e0 += WT[k] * d * d
+                e0 = _aff_lane_err(XT, WT, n, sub, j, ds[j], dm[j], QT)
                 dsc = np.float64(np.float32(D * np.float32(c)))
                 dmc = np.float64(np.float32(M * np.float32(cm)))
                 iv = 1.0 / dsc if dsc > 0 else 0.0
-                en = 0.0
-                for i in range(sub):
+                for i in range(sub):  # lane j's levels for the new codes, into Q2T (scratch until step 2)
                     k = n * i + j
                     v = np.rint((np.float64(XT[k]) + dmc) * iv)
-                    ql[i] = np.int32(min(np.float64(nmax), max(0.0, v)))
-                    d = dsc * ql[i] - dmc - np.float64(XT[k])
-                    en += WT[k] * d * d
-                if en < e0:
+                    Q2T[k] = np.int32(min(np.float64(nmax), max(0.0, v)))
+                if _aff_lane_err(XT, WT, n, sub, j, dsc, dmc, Q2T) < e0:
                     sc[j] = c
                     mn[j] = cm
                     ds[j] = dsc
@@ -167,8 +158,8 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
                     ax = 0.0
                     for i in range(sub):
                         k = n * i + j
-                        QT[k] = ql[i]
-                        fq = np.float64(ql[i])
+                        QT[k] = Q2T[k]
+                        fq = np.float64(QT[k])
                         xi = np.float64(XT[k])
                         a1 += WT[k] * fq
                         a2 += WT[k] * fq * fq
@@ -206,15 +197,14 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
         nM32 = fp16_round(np.float32(nM))
         if nD32 == D and nM32 == M:
             break
-        _lane_aff_err(XT, WT, ds, dm, QT, n, sub, e1)
+        e_old = 0.0
+        for s in range(n):
+            e_old += _aff_lane_err(XT, WT, n, sub, s, ds[s], dm[s], QT)
         _steps(nD32, nM32, sc, mn, n, ds, dm, inv)
         _lane_aff_levels(XT, inv, dm, nmax, n, sub, Q2T)
-        _lane_aff_err(XT, WT, ds, dm, Q2T, n, sub, e2)
-        e_old = 0.0
         e_new = 0.0
         for s in range(n):
-            e_old += e1[s]
-            e_new += e2[s]
+            e_new += _aff_lane_err(XT, WT, n, sub, s, ds[s], dm[s], Q2T)
         if not e_new < e_old:
             break
         D = nD32
@@ -232,7 +222,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
 def quantize_q4_k_q5_k_refine(x, qw, out):
     """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E and the output error
     drop (_accept.better)."""
-    nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, ql = k45_ggml_start(x, qw, out)
+    nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, _ = k45_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     sw = _aff_scratch()
     for r in range(x.shape[0]):
@@ -258,7 +248,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
 def quantize_q2_k_refine(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block refitted where E and the output error
     drop and x shrinks no more (_accept.refit_better)."""
-    nb, bs, wk, w, y, tmp, sc, mn, q, ql = q2_k_ggml_start(x, qw, out)
+    nb, bs, wk, w, y, tmp, sc, mn, q, _ = q2_k_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     sw = _aff_scratch()
     for r in range(x.shape[0]):
@@ -318,7 +308,7 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
     2's reference: the result is checked exactly after packing).
     The super-block is copied transposed (XT[16 i + s] = x[o + 16 s + i]) so that the 16 sub-blocks are 16
     vector lanes; each lane's sums still run over its values in order, as a sub-block at a time would."""
-    XT, WT, LT, L2T, bl, inv, st, sxl, sll, el = sw
+    XT, WT, LT, L2T, inv, st, sxl, sll = sw
     changed = False
     for s in range(16):
         for i in range(16):
@@ -347,14 +337,10 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
                     e0 = _lane_err(XT, WT, j, np.float32(D * np.float32(sc[j])), LT)
                     s1 = np.float32(D * np.float32(c))
                     iv = _inv_step(np.float64(s1))
-                    for i in range(16):
+                    for i in range(16):  # lane j's levels for s1, into L2T (scratch until step 2)
                         v = np.rint(np.float64(XT[16 * i + j]) * iv)
-                        bl[i] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
-                    e1 = 0.0
-                    for i in range(16):
-                        k = 16 * i + j
-                        r = np.float64(np.float32(s1 * np.float32(bl[i]))) - np.float64(XT[k])
-                        e1 += WT[k] * r * r
+                        L2T[16 * i + j] = np.int32(min(np.float64(hi), max(np.float64(lo), v)))
+                    e1 = _lane_err(XT, WT, j, s1, L2T)
                     if e1 < e0:
                         sc[j] = c
                         changed = True
@@ -363,8 +349,8 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
                         b = 0.0
                         for i in range(16):
                             k = 16 * i + j
-                            LT[k] = bl[i]
-                            fl = np.float64(bl[i])
+                            LT[k] = L2T[k]
+                            fl = np.float64(L2T[k])
                             a += WT[k] * np.float64(XT[k]) * fl
                             b += WT[k] * fl * fl
                         sxl[j] = a
@@ -383,16 +369,10 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
         for s in range(16):
             st[s] = np.float32(nD32 * np.float32(sc[s]))
             inv[s] = _inv_step(np.float64(st[s]))
-            el[s] = 0.0
         _lane_levels(XT, inv, lo, hi, L2T)
-        for i in range(16):
-            for s in range(16):
-                k = 16 * i + s
-                r = np.float64(np.float32(st[s] * np.float32(L2T[k]))) - np.float64(XT[k])
-                el[s] += WT[k] * r * r
         e_new = 0.0
         for s in range(16):
-            e_new += el[s]
+            e_new += _lane_err(XT, WT, s, st[s], L2T)
         if not e_new < e_cur:
             break
         D = nD32
@@ -419,8 +399,8 @@ def quantize_sym_refine(x, qw, out, q6):
     tmp = np.empty(bs, dtype=np.uint8)
     sc = np.empty(16, dtype=np.int32)
     sw = SymScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
-                    np.empty(QK_K, dtype=np.int32), np.empty(16, dtype=np.int32), np.empty(16),
-                    np.empty(16, dtype=np.float32), np.empty(16), np.empty(16), np.empty(16))
+                    np.empty(QK_K, dtype=np.int32), np.empty(16), np.empty(16, dtype=np.float32), np.empty(16),
+                    np.empty(16))
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
