@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from kquant.ggml.kernels._common import bf16_to_fp32, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16, nearest_int
+from kquant.ggml.kernels._common import bf16_to_fp32, fp16_round, fp16_to_fp32, fp32_to_bf16, fp32_to_fp16, nearest_int
 
 
 @njit(cache=True)
@@ -20,6 +20,14 @@ def _many_fp32_to_fp16(x):
     out = np.empty(x.shape[0], dtype=np.uint16)
     for i in range(x.shape[0]):
         out[i] = fp32_to_fp16(x[i])
+    return out
+
+
+@njit(cache=True)
+def _many_fp16_round(x):
+    out = np.empty(x.shape[0], dtype=np.float32)
+    for i in range(x.shape[0]):
+        out[i] = fp16_round(x[i])
     return out
 
 
@@ -162,3 +170,24 @@ def test_round_bf16_inplace_equals_numpy_rounding_and_the_bf16_kernel():
     assert np.array_equal(got.view(np.uint32), want)
     with pytest.raises(ValueError, match="writable C-contiguous"):
         quants.round_bf16_inplace(x[:, ::2])
+
+
+def test_fp16_round_is_the_round_trip():
+    """fp16_round's in-place rounding of fp16's normal range (checked on all 2^32 floats once) equals
+    fp16_to_fp32(fp32_to_fp16(f)): random bits, every midpoint and its neighbours, the range's ends."""
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 2**32, size=2_000_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    codes = np.arange(0, 0x7C00, dtype=np.uint32)
+    lo = codes.astype(np.uint16).view(np.float16).astype(np.float64)
+    hi = (codes + 1).astype(np.uint16).view(np.float16).astype(np.float64)
+    bits = ((lo + hi) / 2).astype(np.float32).view(np.uint32)
+    ends = np.uint32([0x38800000, 0x477FF000, 0x7F800000, 0x7FC00000, 0])
+    near = np.concatenate([bits, ends])
+    near = np.concatenate([near - 1, near, near + 1]).view(np.float32)
+    x = np.concatenate([x, near, -near])
+    with np.errstate(over="ignore", invalid="ignore"):
+        want = x.astype(np.float16).astype(np.float32)
+    got = _many_fp16_round(x)
+    nan = np.isnan(want)
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))

@@ -13,13 +13,13 @@ gets worse in either.
 
 Two paths. Where E is also the output error (no imatrix, w = 1; Q8_0, w = qw), `_refine_one`
 works block by block from ggml's decoded values: the fit x ~ a*y (+ b) is the fit for ggml's
-levels, so nothing is read back, and the sums run in _tree32's fixed pairwise order. With an
-imatrix (Q4_0 .. Q5_1: two errors to lower), LANES blocks of a row are refitted at once, one
-block per vector lane, every sum accumulated per lane in element order. Either way the result is
-the same on every machine and thread count. Cost against ggml's own kernel
-(`bench_kernels.py --rounding refine`, one thread): 1.2-1.9x with an imatrix, where ggml
-searches; 2.8-4.3x without one (ggml's Q4_0 .. Q8_0 are one pass over a block, about 20 ns) and
-for Q8_0 with one (4.1x).
+levels, so nothing is read back, and for y = d*l the decision needs no second pass (a closed form
+with its rounding bounded; see there). With an imatrix (Q4_0 .. Q5_1: two errors to lower), LANES
+blocks of a row are refitted at once, one block per vector lane, every sum accumulated per lane in
+element order. Either way the result is the same on every machine and thread count. Cost against
+ggml's own kernel (`bench_rounding.py --rounding refine`, one thread): 1.2-1.8x with an imatrix,
+where ggml searches; 1.7-2.5x for Q4_0, Q5_0 and Q8_0 and 3.1-3.3x for Q4_1 / Q5_1 without one
+(ggml's kernels there are one pass over a block, about 10 ns).
 """
 
 from __future__ import annotations
@@ -29,16 +29,23 @@ from numba import njit
 
 from ..types import QK, QType
 from ._accept import MARGIN
-from ._common import fp16_round, get_f16, level, sel
+from ._common import fp16_round, get_f16, level, put_f16, sel
 from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack
 from .legacy import (
     Q4_0_D,
+    Q4_0_QS,
     Q4_1_D,
     Q4_1_M,
+    Q4_1_QS,
     Q5_0_D,
+    Q5_0_QH,
+    Q5_0_QS,
     Q5_1_D,
     Q5_1_M,
+    Q5_1_QH,
+    Q5_1_QS,
     Q8_0_D,
+    Q8_0_QS,
     quantize_q4_0,
     quantize_q4_1,
     quantize_q5_0,
@@ -217,15 +224,62 @@ def refine_legacy(kind, x, qw, out):
                 _pack(kind, orow, (c0 + j) * bs, bd[j], bm[j], codes)
 
 
-@njit(**JIT)
-def _tree32(a, o):
-    """sum(a[o:o+32]) in a fixed pairwise order (halves added elementwise; the same on every machine)."""
-    h = 16
-    while h >= 1:
-        for i in range(h):
-            a[o + i] += a[o + h + i]
-        h //= 2
-    return a[o]
+# how far from a tie level() can round wrongly: x * fl(1/d) is within 2.01 * 2^-24 * |x/d| of x/d, so a
+# level off the nearest one costs at most 4.02 * 2^-24 * |x/d| * d^2 more squared error (|x/d| <= 1 - lo)
+TIE = 4.1 * 2.0**-24
+
+
+@njit(inline="always", **JIT)
+def _oct(P, z):
+    """sum(P[z:z+8]) in a fixed order (the same on every machine)."""
+    return ((P[z] + P[z + 4]) + (P[z + 2] + P[z + 6])) + ((P[z + 1] + P[z + 5]) + (P[z + 3] + P[z + 7]))
+
+
+@njit(inline="always", **JIT)
+def _write(kind, orow, p, xr, o, d16, m16, lo, hi, n16):
+    """The block at orow[p:] for xr[o:o+32]: d16 (and m16) and the nearest levels, in better_legacy._pack's
+    layout. Inlined, with unsigned indices (no wraparound test) and n16 = 16 unknown to the compiler:
+    the loops are vectorized (a call per block, or a constant 16, cost 2-10x as much)."""
+    ci = _F1 / d16
+    p = U(p)
+    o = U(o)
+    nu = U(n16)
+    if kind == K_Q8_0:
+        put_f16(orow, p + Q8_0_D, d16)
+        for i in range(nu + nu):
+            orow[p + Q8_0_QS + i] = np.uint8(np.int32(level(xr[o + i] * ci, lo, hi)) & 0xFF)
+        return
+    off = np.int32(lo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(0)  # stored code = level - off
+    if kind == K_Q4_0:
+        put_f16(orow, p + Q4_0_D, d16)
+        qs = p + Q4_0_QS
+    elif kind == K_Q5_0:
+        put_f16(orow, p + Q5_0_D, d16)
+        qs = p + Q5_0_QS
+    elif kind == K_Q4_1:
+        put_f16(orow, p + Q4_1_D, d16)
+        put_f16(orow, p + Q4_1_M, m16)
+        qs = p + Q4_1_QS
+    else:
+        put_f16(orow, p + Q5_1_D, d16)
+        put_f16(orow, p + Q5_1_M, m16)
+        qs = p + Q5_1_QS
+    if kind == K_Q4_0 or kind == K_Q4_1:
+        for j in range(nu):
+            a = np.uint32(np.int32(level((xr[o + j] - m16) * ci, lo, hi)) - off)
+            b = np.uint32(np.int32(level((xr[o + j + U(16)] - m16) * ci, lo, hi)) - off)
+            orow[qs + j] = np.uint8(a | (b << np.uint32(4)))
+        return
+    qh = np.uint32(0)  # 5-bit codes: the 5th bits in qh
+    for j in range(nu):
+        a = np.uint32(np.int32(level((xr[o + j] - m16) * ci, lo, hi)) - off)
+        b = np.uint32(np.int32(level((xr[o + j + U(16)] - m16) * ci, lo, hi)) - off)
+        orow[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
+        qh |= ((a >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
+        qh |= ((b >> np.uint32(4)) & np.uint32(1)) << np.uint32(j + U(16))
+    h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
+    for k in range(U(4)):
+        orow[h + k] = np.uint8((qh >> np.uint32(U(8) * k)) & np.uint32(0xFF))
 
 
 @njit(**JIT)
@@ -235,21 +289,27 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
 
     ggml's levels need not be read back: its decoded values are y = d_g*l (+ m_g), so the
     least-squares fit x ~ a*y (+ b) is the fit for the levels, d = a*d_g (m = a*m_g + b). One pass
-    over ggml's block (its E and the fit's sums), the fit, one pass for the refit's E; every sum
-    over a block in _tree32's fixed order."""
+    over ggml's block gives its E and the fit's sums (8 partial sums each, then _oct: a fixed order).
+    y = d*l: ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
+    float32), and the nearest levels at that d are at least as good up to level()'s rounding near
+    ties (tau), so the block is written when eg + delta + tau, with float64's rounding bounded, is
+    below eg: no second pass. y = d*q + m (q*d + m rounds in float32): the refit's E exactly, in a
+    second pass."""
     ncols = x.shape[1]
     nb = ncols // QK
+    if nb == 0:
+        return
     weighted = qw.shape[0] > 0
-    A = np.empty(QK, dtype=np.float64)  # squared errors (exact: the acceptance test)
-    B = np.empty(QK, dtype=np.float32)  # the fit's sums (float32: they only propose a candidate)
-    C = np.empty(QK, dtype=np.float32)
-    Dx = np.empty(QK, dtype=np.float32)
-    Dy = np.empty(QK, dtype=np.float32)
+    if weighted:
+        for i in range(ncols):
+            if not qw[i] >= 0:  # the closed form needs w >= 0 (nearest levels minimise each term)
+                return
+    k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are vectorized, not unrolled
+    P = np.empty(48, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sx, sy, sw
     W = np.ones(QK, dtype=np.float32)
     yrow = np.empty(ncols, dtype=np.float32)
-    codes = np.empty(QK, dtype=np.int32)
     inv_n = 1.0 / QK
-    off = np.int32(lo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(0)  # stored code = level - off
+    tie = TIE * (1.0 - lo)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -260,25 +320,39 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
             dg = get_f16(orow, p + doff)
             mg = get_f16(orow, p + moff) if affine else _F0
             if weighted:
-                for i in range(QK):
+                for i in range(4 * k8):
                     W[i] = qw[o + i]
-            for i in range(QK):
-                xv = xr[o + i]
-                yv = yrow[o + i]
-                rr = np.float64(yv) - np.float64(xv)
-                A[i] = np.float64(W[i]) * rr * rr
-                B[i] = W[i] * xv * yv
-                C[i] = W[i] * yv * yv
+            for k in range(k8):
+                e = 0.0
+                s = 0.0
+                t = 0.0
+                sx = 0.0
+                sy = 0.0
+                sw = 0.0
+                for j in range(4):
+                    i = k + 8 * j
+                    xv = np.float64(xr[o + i])
+                    yv = np.float64(yrow[o + i])
+                    wv = np.float64(W[i])
+                    rr = yv - xv
+                    e += wv * rr * rr
+                    s += wv * xv * yv
+                    t += wv * yv * yv
+                    sx += xv
+                    sy += yv
+                    sw += wv
+                P[k] = e
+                P[8 + k] = s
+                P[16 + k] = t
+                P[24 + k] = sx
+                P[32 + k] = sy
+                P[40 + k] = sw
+            eg = _oct(P, 0)
+            sxy = _oct(P, 8)
+            syy = _oct(P, 16)
             if affine:
-                for i in range(QK):
-                    Dx[i] = xr[o + i]
-                    Dy[i] = yrow[o + i]
-            eg = _tree32(A, 0)
-            sxy = _tree32(B, 0)
-            syy = _tree32(C, 0)
-            if affine:
-                sx = _tree32(Dx, 0)
-                sy = _tree32(Dy, 0)
+                sx = _oct(P, 24)
+                sy = _oct(P, 32)
                 vy = syy - sy * sy * inv_n
                 a = (sxy - sx * sy * inv_n) / vy if vy > 0 else 0.0
                 d = a * dg
@@ -286,19 +360,34 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
             else:
                 d = dg * (sxy / syy) if syy > 0 else 0.0
                 m = 0.0
-            d16 = fp16_round(np.float32(d)) if np.isfinite(d) and abs(d) < 65504.0 else _F0
-            m16 = fp16_round(np.float32(m)) if np.isfinite(m) and abs(m) < 65504.0 else _F0
-            if d16 == 0 or (affine and d16 < 0):
+            d16 = fp16_round(np.float32(d))
+            m16 = fp16_round(np.float32(m)) if affine else _F0
+            # (no np.isfinite here: in this loop it cost as much as the rest of the decision)
+            if not (abs(d16) > 0 and abs(d16) <= 65504.0 and abs(m16) <= 65504.0) or (affine and d16 < 0):
                 continue
-            ci = _F1 / d16
-            for i in range(QK):
-                xv = xr[o + i]
-                f = level((xv - m16) * ci, lo, hi)
-                rr = np.float64(np.float32(f * d16) + m16) - np.float64(xv)
-                A[i] = np.float64(W[i]) * rr * rr
-                codes[i] = np.int32(f) - off
-            if _tree32(A, 0) < eg * (1.0 - MARGIN):
-                _pack(kind, orow, p, d16, m16, codes)
+            if affine:
+                ci = _F1 / d16
+                for k in range(k8):
+                    e = 0.0
+                    for j in range(4):
+                        i = k + 8 * j
+                        xv = xr[o + i]
+                        f = level((xv - m16) * ci, lo, hi)
+                        rr = np.float64(np.float32(f * d16) + m16) - np.float64(xv)
+                        e += rr * rr
+                    P[k] = e
+                if _oct(P, 0) < eg * (1.0 - MARGIN):
+                    _write(kind, orow, p, xr, o, d16, m16, lo, hi, 2 * k8)
+                continue
+            # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
+            D = np.float64(d16)
+            G = np.float64(dg)
+            A = D - G
+            delta = A * ((D + G) * syy - 2.0 * G * sxy)
+            err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
+            tau = tie * D * D * _oct(P, 40)
+            if delta + err + G * G * (tau + eg * (MARGIN + 1e-13)) < 0.0:
+                _write(kind, orow, p, xr, o, d16, m16, lo, hi, 2 * k8)
 
 
 @njit(nogil=True, **JIT)
