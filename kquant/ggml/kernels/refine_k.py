@@ -45,6 +45,8 @@ SymScratch = namedtuple("SymScratch", "XT WT LT L2T inv st sxl sll")
 AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ds dm inv m0 m1 m2 mx mxq")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
+# The per-lane helpers are inlined (inline="always"): a call per super-block that passes arrays costs
+# more than the helper's own work (3-8% of the whole kernel here; 2-10x a small loop's time in refine_legacy).
 
 
 # ---------------------------------------------------------------- affine: y = D*sc*q - M*m
@@ -57,7 +59,7 @@ def _aff_scratch():
                       np.empty(16), np.empty(16), np.empty(16), np.empty(16))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
     """QT[n i + s] = the nearest level 0..nmax of XT[n i + s] for lane s's step 1/inv[s] and offset dm[s]
     (_sub_levels per sub-block; inv 0: level 0)."""
@@ -69,7 +71,7 @@ def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
             QT[k] = np.int32(min(hi, max(0.0, v)))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
     """E of lane j (transposed layout, n lanes of sub values) for step ds, offset dm: _sub_err per sub-block."""
     e = 0.0
@@ -80,7 +82,7 @@ def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
     return e
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _steps(D, M, sc, mn, n, ds, dm, inv):
     """Each sub-block's float32 step D*sc and offset M*m (as float64), and the inverse step (0 if not > 0)."""
     for s in range(n):
@@ -273,24 +275,24 @@ def quantize_q2_k_refine(x, qw, out):
 # ---------------------------------------------------------------- symmetric: y = D*sc*l (Q3_K, Q6_K)
 
 
-@njit(**JIT)
-def _lane_levels(XT, inv, lo, hi, LT):
-    """LT[16 i + s] = the nearest level of XT[16 i + s] for the step 1/inv[s] (inv 0: level 0)."""
+@njit(inline="always", **JIT)
+def _lane_levels(XT, inv, lo, hi, LT, n16):
+    """LT[16 i + s] = the nearest level of XT[16 i + s] for the step 1/inv[s] (inv 0: level 0); n16 = 16."""
     flo = np.float64(lo)
     fhi = np.float64(hi)
     for i in range(16):
-        for s in range(16):
+        for s in range(n16):
             v = np.rint(np.float64(XT[16 * i + s]) * inv[s])
             LT[16 * i + s] = np.int32(min(fhi, max(flo, v)))
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _inv_step(s64):
     """1/s64 as _levels uses it; 0 for a zero or non-finite step (its levels are then all 0)."""
     return 1.0 / s64 if s64 != 0.0 and np.isfinite(s64) else 0.0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _lane_err(XT, WT, s, st32, LT):
     """E of sub-block s (transposed layout) for the float32 step st32."""
     e = 0.0
@@ -302,7 +304,7 @@ def _lane_err(XT, WT, s, st32, LT):
 
 
 @njit(**JIT)
-def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
+def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
     as _refit_affine. sw: SymScratch. e_cur: E of ggml's block, kept up to date as sub-blocks change (step
     2's reference: the result is checked exactly after packing).
@@ -316,13 +318,13 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
             WT[16 * i + s] = w[16 * s + i]
     for s in range(16):
         inv[s] = _inv_step(np.float64(np.float32(D * np.float32(sc[s]))))
-    _lane_levels(XT, inv, lo, hi, LT)
+    _lane_levels(XT, inv, lo, hi, LT, n16)
     for _ in range(N_PASSES):
         for s in range(16):
             sxl[s] = 0.0
             sll[s] = 0.0
         for i in range(16):
-            for s in range(16):
+            for s in range(n16):
                 k = 16 * i + s
                 fl = np.float64(LT[k])
                 sxl[s] += WT[k] * np.float64(XT[k]) * fl
@@ -369,7 +371,7 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur):
         for s in range(16):
             st[s] = np.float32(nD32 * np.float32(sc[s]))
             inv[s] = _inv_step(np.float64(st[s]))
-        _lane_levels(XT, inv, lo, hi, L2T)
+        _lane_levels(XT, inv, lo, hi, L2T, n16)
         e_new = 0.0
         for s in range(16):
             e_new += _lane_err(XT, WT, s, st[s], L2T)
@@ -392,6 +394,9 @@ def quantize_sym_refine(x, qw, out, q6):
         q3_k.quantize(x, qw, out)
         bs, lo, hi, sclo, schi = q3_k.TS, -4, 3, -32, 31
     nb = x.shape[1] // QK_K
+    if nb == 0:
+        return
+    n16 = x.shape[1] // (nb * 16)  # 16, unknown to the compiler: lane loops over it are not unrolled (5% faster)
     wk = np.zeros(q6_k.WORK, dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
     u = np.empty(QK_K, dtype=np.float64)
@@ -412,7 +417,7 @@ def quantize_sym_refine(x, qw, out, q6):
             e_g = werr(xr, o, w, y, QK_K)
             if not e_g > 0 or not np.isfinite(D) or D == 0:
                 continue
-            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g)
+            D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g, n16)
             if not changed:
                 continue
             out_weights(qw, o, u, QK_K)
