@@ -34,7 +34,8 @@ BETTER = quants.better_types()
 MODES = [m for m in quants.ROUNDINGS if m != "ggml"]
 MODE_TYPES = [(m, t) for m in MODES for t in quants.mode_types(m)]
 KINDS = ["normal", "student_t", "laplace", "outlier_cols", "zero_rows", "constant_rows", "tiny", "huge",
-         "single_nonzero", "pm_max", "positive", "negative", "subblock_scales", "mixed_scale"]
+         "single_nonzero", "pm_max", "positive", "negative", "subblock_scales", "mixed_scale",
+         "ties", "few_levels"]  # (the last two: values on a grid, where refine's closed forms meet rounding ties)
 WKINDS = [None, "uniform", "zeros", "heavy"]
 ROWS, COLS = 4, 512
 # modes and types whose blocks also shrink x no more than ggml's (kernels/_accept.refit_better)
