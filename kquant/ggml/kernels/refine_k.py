@@ -45,8 +45,8 @@ SymScratch = namedtuple("SymScratch", "XT WT LT L2T inv st sxl sll")
 AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ds dm inv m0 m1 m2 mx mxq")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
-# The per-lane helpers are inlined (inline="always"): a call per super-block that passes arrays costs
-# more than the helper's own work (3-8% of the whole kernel here; 2-10x a small loop's time in refine_legacy).
+# The per-lane helpers are inlined (inline="always"): a call that passes arrays costs reference-count
+# work per call (with the symmetric refit's runtime lane count, 2-8% of the whole kernel here).
 
 
 # ---------------------------------------------------------------- affine: y = D*sc*q - M*m
