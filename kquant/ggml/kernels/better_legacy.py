@@ -76,29 +76,44 @@ def _dequant(kind, q, y):
         dequantize_row_q8_0(q, y)
 
 
+@njit(inline="always", **JIT)
+def put_header(kind, y, p, d, m):
+    """The block at y[p:]: its fp16 d (and m for Q4_1 / Q5_1); returns the position of its qs."""
+    if kind == K_Q8_0:
+        put_f16(y, p + Q8_0_D, d)
+        return p + Q8_0_QS
+    if kind == K_Q4_0:
+        put_f16(y, p + Q4_0_D, d)
+        return p + Q4_0_QS
+    if kind == K_Q4_1:
+        put_f16(y, p + Q4_1_D, d)
+        put_f16(y, p + Q4_1_M, m)
+        return p + Q4_1_QS
+    if kind == K_Q5_0:
+        put_f16(y, p + Q5_0_D, d)
+        return p + Q5_0_QS
+    put_f16(y, p + Q5_1_D, d)
+    put_f16(y, p + Q5_1_M, m)
+    return p + Q5_1_QS
+
+
+@njit(inline="always", **JIT)
+def put_qh(kind, y, p, qh):
+    """The 5th bits of a Q5_0 / Q5_1 block at y[p:] (bit j: value j's)."""
+    h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
+    for k in range(4):
+        y[h + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+
+
 @njit(**JIT)
 def _pack(kind, y, p, d, m, L):
     """One block at y[p:]: fp16 d (and m), levels L (stored codes: l + offset for y = d*l). (A position, not a
     slice: no array view is built per block.)"""
+    qs = put_header(kind, y, p, d, m)
     if kind == K_Q8_0:
-        put_f16(y, p + Q8_0_D, d)
         for j in range(QK):
-            y[p + Q8_0_QS + j] = np.uint8(np.int32(L[j]) & 0xFF)
+            y[qs + j] = np.uint8(np.int32(L[j]) & 0xFF)
         return
-    if kind == K_Q4_0:
-        put_f16(y, p + Q4_0_D, d)
-        qs = p + Q4_0_QS
-    elif kind == K_Q4_1:
-        put_f16(y, p + Q4_1_D, d)
-        put_f16(y, p + Q4_1_M, m)
-        qs = p + Q4_1_QS
-    elif kind == K_Q5_0:
-        put_f16(y, p + Q5_0_D, d)
-        qs = p + Q5_0_QS
-    else:
-        put_f16(y, p + Q5_1_D, d)
-        put_f16(y, p + Q5_1_M, m)
-        qs = p + Q5_1_QS
     half = QK // 2
     for j in range(half):  # same layout as quantize_row_q*_ref: low nibbles, 5th bits in qh
         a = np.uint32(L[j])
@@ -108,9 +123,7 @@ def _pack(kind, y, p, d, m, L):
         qh = np.uint32(0)
         for j in range(QK):
             qh |= ((np.uint32(L[j]) >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
-        h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
-        for k in range(4):
-            y[h + k] = np.uint8((qh >> np.uint32(8 * k)) & np.uint32(0xFF))
+        put_qh(kind, y, p, qh)
 
 
 @njit(**JIT)

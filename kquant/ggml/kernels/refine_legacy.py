@@ -29,23 +29,16 @@ from numba import njit
 
 from ..types import QK, QType
 from ._accept import MARGIN
-from ._common import fp16_round, get_f16, level, put_f16, sel
-from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack
+from ._common import fp16_round, get_f16, level, sel
+from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack, put_header, put_qh
 from .legacy import (
     Q4_0_D,
-    Q4_0_QS,
     Q4_1_D,
     Q4_1_M,
-    Q4_1_QS,
     Q5_0_D,
-    Q5_0_QH,
-    Q5_0_QS,
     Q5_1_D,
     Q5_1_M,
-    Q5_1_QH,
-    Q5_1_QS,
     Q8_0_D,
-    Q8_0_QS,
     quantize_q4_0,
     quantize_q4_1,
     quantize_q5_0,
@@ -245,26 +238,12 @@ def _write(kind, orow, p, xr, o, d16, m16, lo, hi, n16):
     p = U(p)
     o = U(o)
     nu = U(n16)
+    qs = put_header(kind, orow, p, d16, m16)
     if kind == K_Q8_0:
-        put_f16(orow, p + Q8_0_D, d16)
         for i in range(nu + nu):
-            orow[p + Q8_0_QS + i] = np.uint8(np.int32(level(xr[o + i] * ci, lo, hi)) & 0xFF)
+            orow[qs + i] = np.uint8(np.int32(level(xr[o + i] * ci, lo, hi)) & 0xFF)
         return
     off = np.int32(lo) if (kind == K_Q4_0 or kind == K_Q5_0) else np.int32(0)  # stored code = level - off
-    if kind == K_Q4_0:
-        put_f16(orow, p + Q4_0_D, d16)
-        qs = p + Q4_0_QS
-    elif kind == K_Q5_0:
-        put_f16(orow, p + Q5_0_D, d16)
-        qs = p + Q5_0_QS
-    elif kind == K_Q4_1:
-        put_f16(orow, p + Q4_1_D, d16)
-        put_f16(orow, p + Q4_1_M, m16)
-        qs = p + Q4_1_QS
-    else:
-        put_f16(orow, p + Q5_1_D, d16)
-        put_f16(orow, p + Q5_1_M, m16)
-        qs = p + Q5_1_QS
     if kind == K_Q4_0 or kind == K_Q4_1:
         for j in range(nu):
             a = np.uint32(np.int32(level((xr[o + j] - m16) * ci, lo, hi)) - off)
@@ -278,9 +257,7 @@ def _write(kind, orow, p, xr, o, d16, m16, lo, hi, n16):
         orow[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
         qh |= ((a >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
         qh |= ((b >> np.uint32(4)) & np.uint32(1)) << np.uint32(j + U(16))
-    h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
-    for k in range(U(4)):
-        orow[h + k] = np.uint8((qh >> np.uint32(U(8) * k)) & np.uint32(0xFF))
+    put_qh(kind, orow, p, qh)
 
 
 @njit(**JIT)
