@@ -18,8 +18,8 @@ with its rounding bounded; see there). With an imatrix (Q4_0 .. Q5_1: two errors
 blocks of a row are refitted at once, one block per vector lane, every sum accumulated per lane in
 element order. Either way the result is the same on every machine and thread count. Cost against
 ggml's own kernel (`bench_rounding.py --rounding refine`, one thread): 1.2-1.8x with an imatrix,
-where ggml searches; 1.7-2.5x for Q4_0, Q5_0 and Q8_0 and 3.1-3.3x for Q4_1 / Q5_1 without one
-(ggml's kernels there are one pass over a block, about 10 ns).
+where ggml searches; 1.5-2.7x for Q4_0, Q5_0 and Q8_0 and 3.1-3.7x for Q4_1 / Q5_1 without one
+(ggml's kernels there are one pass over a block, about 10 ns; two runs differ by about 10%).
 """
 
 from __future__ import annotations
