@@ -18,8 +18,8 @@ with its rounding bounded; see there). With an imatrix (Q4_0 .. Q5_1: two errors
 blocks of a row are refitted at once, one block per vector lane, every sum accumulated per lane in
 element order. Either way the result is the same on every machine and thread count. Cost against
 ggml's own kernel (`bench_rounding.py --rounding refine`, one thread): 1.2-1.8x with an imatrix,
-where ggml searches; 1.5-2.7x for Q4_0, Q5_0 and Q8_0 and 3.1-3.7x for Q4_1 / Q5_1 without one
-(ggml's kernels there are one pass over a block, about 10 ns; two runs differ by about 10%).
+where ggml searches; 1.9-2.5x for Q4_0, Q5_0 and Q8_0 and 2.6-2.7x for Q4_1 / Q5_1 without one
+(ggml's kernels there are one pass over a block, about 10 ns; the README's table).
 """
 
 from __future__ import annotations
@@ -354,17 +354,17 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
                         rr = np.float64(np.float32(f * d16) + m16) - np.float64(xv)
                         e += rr * rr
                     P[k] = e
-                if _oct(P, 0) < eg * (1.0 - MARGIN):
-                    _write(kind, orow, p, xr, o, d16, m16, lo, hi, 2 * k8)
-                continue
-            # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
-            D = np.float64(d16)
-            G = np.float64(dg)
-            A = D - G
-            delta = A * ((D + G) * syy - 2.0 * G * sxy)
-            err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
-            tau = tie * D * D * _oct(P, 40)
-            if delta + err + G * G * (tau + eg * (MARGIN + 1e-13)) < 0.0:
+                take = _oct(P, 0) < eg * (1.0 - MARGIN)
+            else:
+                # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
+                D = np.float64(d16)
+                G = np.float64(dg)
+                A = D - G
+                delta = A * ((D + G) * syy - 2.0 * G * sxy)
+                err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
+                tau = tie * D * D * _oct(P, 40)
+                take = delta + err + G * G * (tau + eg * (MARGIN + 1e-13)) < 0.0
+            if take:  # one call site: _write is inlined, and each inlined copy costs seconds of compile time
                 _write(kind, orow, p, xr, o, d16, m16, lo, hi, 2 * k8)
 
 
