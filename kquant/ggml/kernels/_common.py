@@ -27,6 +27,13 @@ def bits_f32(b):
     return np.uint32(b).view(np.float32)
 
 
+@njit(cache=True, no_cfunc_wrapper=True, inline="always")
+def _round13(b):
+    """float32 bits b (uint32) with the 13 low mantissa bits rounded off to nearest even, as a
+    float32 in fp16's normal range rounds to fp16 (a carry into the exponent is correct, up to inf)."""
+    return np.uint32((b + np.uint32(0xFFF) + ((b >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000))
+
+
 @njit(cache=True, no_cfunc_wrapper=True)
 def fp32_to_fp16(f):
     """float32 -> IEEE half bits (uint16), round to nearest even; NaN -> sign|0x7E00 as ggml's scalar path."""
@@ -49,10 +56,8 @@ def fp32_to_fp16(f):
         if rem > half or (rem == half and (r & 1) == 1):
             r += 1
         return np.uint16(sign | np.uint32(r))
-    # normal: drop 13 mantissa bits rounding to nearest even, without a branch (a data-dependent one
-    # mispredicts half the time); a carry into the exponent is correct, up to 0x7C00 = inf
-    r = ((a + np.uint32(0xFFF) + ((a >> np.uint32(13)) & np.uint32(1))) >> np.uint32(13)) - np.uint32(0x1C000)
-    return np.uint16(sign | r)
+    # normal: the exponent rebased, the mantissa's 13 low bits dropped (_round13: no data-dependent branch)
+    return np.uint16(sign | ((_round13(a) >> np.uint32(13)) - np.uint32(0x1C000)))
 
 
 @njit(cache=True, no_cfunc_wrapper=True)
@@ -78,8 +83,7 @@ def fp16_round(f):
     u = np.uint32(np.float32(f).view(np.uint32))
     a = u & np.uint32(0x7FFFFFFF)
     if a >= np.uint32(0x38800000) and a < np.uint32(0x477FF000):  # 2^-14 <= |f| < 65520
-        r = (u + np.uint32(0xFFF) + ((u >> np.uint32(13)) & np.uint32(1))) & np.uint32(0xFFFFE000)
-        return np.uint32(r).view(np.float32)
+        return np.uint32(_round13(u)).view(np.float32)
     return fp16_to_fp32(fp32_to_fp16(f))
 
 
