@@ -125,6 +125,25 @@ def test_exact_sweep_is_the_optimum(n, lo, hi):
 
 
 
+@pytest.mark.parametrize("n", [1, 7, 16, 31, 32, 37, 256])
+def test_block_error_sums(n):
+    """werr and out_errors (running sums in a fixed order) equal the sums taken in order, to float64's
+    rounding, for lengths with and without a remainder past the unrolled sums."""
+    from kquant.ggml.kernels._accept import out_errors
+    from kquant.ggml.kernels._sweep import werr
+
+    seed, rng = fresh_rng()
+    x = rng.standard_t(3, n + 5).astype(np.float32)
+    y = (x[5:] + rng.normal(size=n) * 0.1).astype(np.float32)
+    w = rng.chisquare(2, n)
+    r = y.astype(np.float64) - x[5:].astype(np.float64)
+    e = float(np.sum(w * r * r))
+    g = abs(float(np.sum(w * x[5:].astype(np.float64) * r)))
+    assert abs(werr(x, 5, w, y, n) - e) <= 1e-14 * e, f"seed={seed}"
+    eu, gu = out_errors(x, 5, w, y, n)
+    assert abs(eu - e) <= 1e-14 * e and abs(gu - g) <= 1e-12 * np.sum(np.abs(w * x[5:] * r)), f"seed={seed}"
+
+
 def test_branch_free_iq4_index_is_best_index():
     """better_iq4's branch-free nearest index equals ggml's binary search (iq4.best_index) on every
     float32 within 4096 ulps of each table value and each midpoint between two, on random values over
