@@ -1,5 +1,5 @@
 """`rounding="refine"` for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: ggml's super-block improved by
-a bounded least-squares refit (1.4-2.6x ggml's kernel time, Q3_K without an imatrix the most:
+a bounded least-squares refit (1.4-2.4x ggml's kernel time, Q3_K without an imatrix the most:
 scripts/bench_rounding.py --rounding refine).
 
 Not a port: ggml's bytes come first (the exact ports in q2_k.py .. q6_k.py), then each super-block
