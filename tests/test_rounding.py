@@ -123,8 +123,6 @@ def test_exact_sweep_is_the_optimum(n, lo, hi):
         assert e0 - cv[0] <= err(grid).min() * (1 + 1e-9) + 1e-12, f"seed={seed} trial={trial}"
 
 
-
-
 @pytest.mark.parametrize("n", [1, 7, 16, 31, 32, 37, 256])
 def test_block_error_sums(n):
     """werr and out_errors (running sums in a fixed order) equal the sums taken in order, to float64's

@@ -394,7 +394,7 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
             if jb < LANES - 1 and b < nb - 1:
                 continue
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
-            # (Q8_0 22% faster). One call site per writer: each inlined copy costs seconds of compile time.
+            # (Q8_0 20% faster). One call site per writer: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
                 if not TK[q]:
                     continue
