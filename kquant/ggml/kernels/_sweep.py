@@ -102,37 +102,30 @@ def fp16_near(s, j):
 _U = np.uint64
 
 
+@njit(inline="always", **JIT)
+def _wsq(x, xo, w, y, j):
+    """w[j] (y[j] - x[xo])^2 in float64."""
+    r = np.float64(y[j]) - np.float64(x[xo])
+    return w[j] * r * r
+
+
 @njit(**JIT)
 def werr(x, o, w, y, n):
     """sum_j w[j] (y[j] - x[o + j])^2 over j < n, in float64: a block's weighted squared error.
-    Eight running sums (j mod 8, then the values past the last multiple of 8), added in a fixed
-    order: the same value on every machine, and eight chains of float64 additions instead of one
+    Four running sums (j mod 4, then the values past the last multiple of 4), added in a fixed
+    order: the same value on every machine, and four chains of float64 additions instead of one
     (a single running sum waits on the previous addition at every value). Unsigned indices: signed
     ones keep numba's negative-index test on every load."""
-    e0 = e1 = e2 = e3 = e4 = e5 = e6 = e7 = 0.0
+    e0 = e1 = e2 = e3 = 0.0
     n = _U(n)
     o = _U(o)
-    m = n - n % _U(8)
-    for j in range(_U(0), m, _U(8)):
-        xo = o + j
-        r = np.float64(y[j]) - np.float64(x[xo])
-        e0 += w[j] * r * r
-        r = np.float64(y[j + _U(1)]) - np.float64(x[xo + _U(1)])
-        e1 += w[j + _U(1)] * r * r
-        r = np.float64(y[j + _U(2)]) - np.float64(x[xo + _U(2)])
-        e2 += w[j + _U(2)] * r * r
-        r = np.float64(y[j + _U(3)]) - np.float64(x[xo + _U(3)])
-        e3 += w[j + _U(3)] * r * r
-        r = np.float64(y[j + _U(4)]) - np.float64(x[xo + _U(4)])
-        e4 += w[j + _U(4)] * r * r
-        r = np.float64(y[j + _U(5)]) - np.float64(x[xo + _U(5)])
-        e5 += w[j + _U(5)] * r * r
-        r = np.float64(y[j + _U(6)]) - np.float64(x[xo + _U(6)])
-        e6 += w[j + _U(6)] * r * r
-        r = np.float64(y[j + _U(7)]) - np.float64(x[xo + _U(7)])
-        e7 += w[j + _U(7)] * r * r
-    e = ((e0 + e4) + (e2 + e6)) + ((e1 + e5) + (e3 + e7))
+    m = n - n % _U(4)
+    for j in range(_U(0), m, _U(4)):
+        e0 += _wsq(x, o + j, w, y, j)
+        e1 += _wsq(x, o + j + _U(1), w, y, j + _U(1))
+        e2 += _wsq(x, o + j + _U(2), w, y, j + _U(2))
+        e3 += _wsq(x, o + j + _U(3), w, y, j + _U(3))
+    e = (e0 + e2) + (e1 + e3)
     for j in range(m, n):
-        r = np.float64(y[j]) - np.float64(x[o + j])
-        e += w[j] * r * r
+        e += _wsq(x, o + j, w, y, j)
     return e
