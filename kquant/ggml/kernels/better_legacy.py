@@ -98,6 +98,17 @@ def put_header(kind, y, p, d, m):
 
 
 @njit(inline="always", **JIT)
+def put_nibbles(y, qs, j, a, b, qh, five):
+    """Codes a (value j) and b (value j + 16) of a 4- or 5-bit block whose qs start at y[qs]: their low
+    4 bits into byte j, their 5th bits (five) into qh, returned."""
+    y[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
+    if five:
+        qh |= ((a >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
+        qh |= ((b >> np.uint32(4)) & np.uint32(1)) << (np.uint32(j) + np.uint32(16))
+    return qh
+
+
+@njit(inline="always", **JIT)
 def put_qh(kind, y, p, qh):
     """The 5th bits of a Q5_0 / Q5_1 block at y[p:] (bit j: value j's)."""
     h = p + (Q5_0_QH if kind == K_Q5_0 else Q5_1_QH)
@@ -115,14 +126,11 @@ def _pack(kind, y, p, d, m, L):
             y[qs + j] = np.uint8(np.int32(L[j]) & 0xFF)
         return
     half = QK // 2
+    five = kind == K_Q5_0 or kind == K_Q5_1
+    qh = np.uint32(0)
     for j in range(half):  # same layout as quantize_row_q*_ref: low nibbles, 5th bits in qh
-        a = np.uint32(L[j])
-        b = np.uint32(L[half + j])
-        y[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
-    if kind == K_Q5_0 or kind == K_Q5_1:
-        qh = np.uint32(0)
-        for j in range(QK):
-            qh |= ((np.uint32(L[j]) >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
+        qh = put_nibbles(y, qs, j, np.uint32(L[j]), np.uint32(L[half + j]), qh, five)
+    if five:
         put_qh(kind, y, p, qh)
 
 

@@ -30,7 +30,7 @@ from numba import njit
 from ..types import QK, QType
 from ._accept import MARGIN
 from ._common import fp16_round, get_f16, level, sel
-from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack, put_header, put_qh
+from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack, put_header, put_nibbles, put_qh
 from .legacy import (
     Q4_0_D,
     Q4_1_D,
@@ -229,17 +229,6 @@ def _oct(P, z):
 
 
 @njit(inline="always", **JIT)
-def _nibbles(orow, qs, j, a, b, qh, five):
-    """Codes a (value j) and b (value j + 16) of a 4- or 5-bit block whose qs start at orow[qs]: their low
-    4 bits into byte j, their 5th bits (five) into qh, returned."""
-    orow[qs + j] = np.uint8((a & np.uint32(15)) | ((b & np.uint32(15)) << np.uint32(4)))
-    if five:
-        qh |= ((a >> np.uint32(4)) & np.uint32(1)) << np.uint32(j)
-        qh |= ((b >> np.uint32(4)) & np.uint32(1)) << np.uint32(j + U(16))
-    return qh
-
-
-@njit(inline="always", **JIT)
 def _write(kind, orow, p, xr, o, d16, lo, hi, n16):
     """y = d*l (Q4_0, Q5_0, Q8_0): the block at orow[p:] for xr[o:o+32], d16 and the nearest levels, in
     better_legacy._pack's layout; n16 = 16. Inlined (called per block as a function taking arrays,
@@ -259,7 +248,7 @@ def _write(kind, orow, p, xr, o, d16, lo, hi, n16):
     for j in range(nu):
         a = np.uint32(np.int32(level(xr[o + j] * ci, lo, hi)) - off)
         b = np.uint32(np.int32(level(xr[o + j + U(16)] * ci, lo, hi)) - off)
-        qh = _nibbles(orow, qs, j, a, b, qh, kind == K_Q5_0)
+        qh = put_nibbles(orow, qs, j, a, b, qh, kind == K_Q5_0)
     if kind == K_Q5_0:
         put_qh(kind, orow, p, qh)
 
@@ -281,7 +270,7 @@ def _write_affine(kind, orow, p, F, d16, m16, n16):
     qs = put_header(kind, orow, p, d16, m16)
     qh = np.uint32(0)
     for j in range(nu):
-        qh = _nibbles(orow, qs, j, np.uint32(np.int32(F[j])), np.uint32(np.int32(F[j + nu])), qh, kind == K_Q5_1)
+        qh = put_nibbles(orow, qs, j, np.uint32(np.int32(F[j])), np.uint32(np.int32(F[j + nu])), qh, kind == K_Q5_1)
     if kind == K_Q5_1:
         put_qh(kind, orow, p, qh)
 
