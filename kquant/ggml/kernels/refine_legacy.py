@@ -18,7 +18,7 @@ with its rounding bounded; see there). With an imatrix (Q4_0 .. Q5_1: two errors
 blocks of a row are refitted at once, one block per vector lane, every sum accumulated per lane in
 element order. Either way the result is the same on every machine and thread count. Cost against
 ggml's own kernel (`bench_rounding.py --rounding refine`, one thread): 1.2-1.8x with an imatrix,
-where ggml searches; 1.9x for Q4_0 and Q5_0, 2.2x for Q8_0 and 2.4-2.5x for Q4_1 / Q5_1 without one
+where ggml searches; 1.9x for Q4_0 and Q5_0, 2.0x for Q8_0 and 2.4-2.5x for Q4_1 / Q5_1 without one
 (ggml's kernels there are one pass over a block, about 10 ns; the README's table).
 """
 
