@@ -95,6 +95,20 @@ def _order_key(b):
 
 
 @njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
+def minmax_keys(xb, o, n):
+    """(smallest, largest) _order_key of the float32 bits xb[o:o+n] (int32 view): an order-free
+    integer reduction that vectorizes. A key above _INF_BITS or below _NEG_INF_KEY is a NaN; the
+    keys turn back into values with _order_key(k).view(np.float32)."""
+    kmin = _I32_MAX
+    kmax = _I32_MIN
+    for j in range(n):
+        k = _order_key(xb[o + j])
+        kmin = min(kmin, k)
+        kmax = max(kmax, k)
+    return kmin, kmax
+
+
+@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
 def _put_h(y, pos, f):
     """Store float32 f as little-endian fp16 at y[pos], pos uint64."""
     h = fp32_to_fp16(f)
@@ -232,12 +246,7 @@ def quantize_row_q4_1_ref(x, y):
         p = i * TS_Q4_1
         # min/max search via order keys; sequential on NaN, or when an extreme is a zero
         # (ggml keeps the first zero's sign; keys would prefer -0 for min and +0 for max)
-        kmin = _I32_MAX
-        kmax = _I32_MIN
-        for j in range(qk):
-            k = _order_key(xb[o + j])
-            kmin = min(kmin, k)
-            kmax = max(kmax, k)
+        kmin, kmax = minmax_keys(xb, o, qk)
         if kmax > _INF_BITS or kmin < _NEG_INF_KEY or kmin == 0 or kmin == -1 or kmax == 0 or kmax == -1:
             mn, mx = _minmax_seq(x, o, qk)
         else:
@@ -308,12 +317,7 @@ def quantize_row_q5_1_ref(x, y):
         p = i * TS_Q5_1
         # min/max search via order keys; sequential on NaN, or when an extreme is a zero
         # (ggml keeps the first zero's sign; keys would prefer -0 for min and +0 for max)
-        kmin = _I32_MAX
-        kmax = _I32_MIN
-        for j in range(qk):
-            k = _order_key(xb[o + j])
-            kmin = min(kmin, k)
-            kmax = max(kmax, k)
+        kmin, kmax = minmax_keys(xb, o, qk)
         if kmax > _INF_BITS or kmin < _NEG_INF_KEY or kmin == 0 or kmin == -1 or kmax == 0 or kmax == -1:
             mn, mx = _minmax_seq(x, o, qk)
         else:

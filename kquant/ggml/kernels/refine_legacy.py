@@ -1,8 +1,9 @@
 """`rounding="refine"` for the legacy 32-wide types Q4_0, Q5_0, Q8_0 (y = d*l) and Q4_1, Q5_1
 (y = d*q + m): ggml's block improved by a bounded, vectorized refit (cost: below).
 
-Not a port: ggml's bytes come first (kquant.ggml.kernels.legacy's exact port), then each block is
-refitted for the weighted squared error E = sum w (y - x)^2 that better_legacy targets (ggml's
+Not a port: ggml's block comes first (kquant.ggml.kernels.legacy's exact port; for Q4_1 / Q5_1
+without an imatrix the same operations in place, its bytes written only where it stays), then each
+block is refitted for the weighted squared error E = sum w (y - x)^2 that better_legacy targets (ggml's
 weighted path: w = qw * sqrt(sigma2 + x^2), sigma2 = sum(x^2)/n over the row; without an imatrix
 w = 1; Q8_0 w = qw or 1). From ggml's levels (read back from its decoded values), N_ITER Lloyd
 steps: the weighted least-squares d (and m) for the current levels (closed form: d = Sxl/Sll;
@@ -11,15 +12,15 @@ values, E exact (the dequantizer's float32 arithmetic). A step's (d, m) replaces
 _accept's rule (E and the output error both lower; of those, the lowest output error): no block
 gets worse in either.
 
-Two paths. Where E is also the output error (no imatrix, w = 1; Q8_0, w = qw), `_refine_one`
-works block by block from ggml's decoded values: the fit x ~ a*y (+ b) is the fit for ggml's
-levels, so nothing is read back, and for y = d*l the decision needs no second pass (a closed form
-with its rounding bounded; see there). With an imatrix (Q4_0 .. Q5_1: two errors to lower), LANES
-blocks of a row are refitted at once, one block per vector lane, every sum accumulated per lane in
-element order. Either way the result is the same on every machine and thread count. Cost against
-ggml's own kernel (`bench_rounding.py --rounding refine`, one thread): 1.2-1.8x with an imatrix,
-where ggml searches; 1.9x for Q4_0 and Q5_0, 2.0x for Q8_0 and 2.4-2.5x for Q4_1 / Q5_1 without one
-(ggml's kernels there are one pass over a block, about 10 ns; the README's table).
+Three paths. Where E is also the output error (no imatrix, w = 1; Q8_0, w = qw), `_refine_one`
+(y = d*l) works block by block from ggml's decoded values: the fit x ~ a*y is the fit for ggml's
+levels, so nothing is read back, and the decision needs no second pass (a closed form with its
+rounding bounded; see there); `_refine_affine` (Q4_1, Q5_1) computes ggml's blocks itself, fused
+with the refit's sums, and tests each refit exactly. With an imatrix (Q4_0 .. Q5_1: two errors to
+lower), LANES blocks of a row are refitted at once, one block per vector lane, every sum
+accumulated per lane in element order. Either way the result is the same on every machine and
+thread count. Cost against ggml's own kernel (`bench_rounding.py --rounding refine`, one thread):
+the README's table (ggml's kernels without an imatrix are one pass over a block, about 10 ns).
 """
 
 from __future__ import annotations
@@ -45,7 +46,13 @@ from .legacy import (
     quantize_q5_0,
     quantize_q5_1,
     quantize_q8_0,
+    quantize_row_q4_1_ref,
+    quantize_row_q5_1_ref,
 )
+from .legacy import _INF_BITS as INF_BITS
+from .legacy import _NEG_INF_KEY as NEG_INF_KEY
+from .legacy import _order_key as order_key
+from .legacy import minmax_keys
 
 U = np.uint64
 LANES = 16  # blocks refitted at once
@@ -53,6 +60,8 @@ N_ITER = 1  # least-squares refits (Lloyd steps) per block on the imatrix path (
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 _F0 = np.float32(0.0)
 _F1 = np.float32(1.0)
+BS_Q4_1 = QType.Q4_1.type_size
+BS_Q5_1 = QType.Q5_1.type_size
 
 
 @njit(**JIT)
@@ -80,6 +89,11 @@ def _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok):
 @njit(nogil=True, **JIT)
 def refine_legacy(kind, x, qw, out):
     """ggml's blocks, then each block replaced where a least-squares refit lowers E and the output error."""
+    affine = kind == K_Q4_1 or kind == K_Q5_1
+    weighted = qw.shape[0] > 0
+    if affine and not weighted:  # ggml's blocks are computed there, written only where they stay
+        _refine_affine(kind, x, out)
+        return
     if kind == K_Q4_0:
         quantize_q4_0(x, qw, out)
         lo, hi, bs, doff, moff = -8, 7, 18, Q4_0_D, Q4_0_D
@@ -95,10 +109,8 @@ def refine_legacy(kind, x, qw, out):
     else:
         quantize_q8_0(x, qw, out)
         lo, hi, bs, doff, moff = -128, 127, 34, Q8_0_D, Q8_0_D
-    affine = kind == K_Q4_1 or kind == K_Q5_1
-    weighted = qw.shape[0] > 0
-    if not weighted or kind == K_Q8_0:  # one error to lower (w = u)
-        _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine)
+    if not weighted or kind == K_Q8_0:  # one error to lower (w = u), y = d*l
+        _refine_one(kind, x, qw, out, lo, hi, bs, doff)
         return
     # Q4_0 .. Q5_1 with an imatrix: E's weights differ from the output error's, both are tested
     ncols = x.shape[1]
@@ -277,21 +289,17 @@ def _write_affine(kind, orow, p, F, d16, m16, n16):
 
 
 @njit(**JIT)
-def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
-    """The paths where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw); y = d*q + m only
-    without an imatrix.
+def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
+    """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
 
-    ggml's levels need not be read back: its decoded values are y = d_g*l (+ m_g), so the
-    least-squares fit x ~ a*y (+ b) is the fit for the levels, d = a*d_g (m = a*m_g + b). One pass
-    over ggml's block gives its E and the fit's sums (8 partial sums each, then _oct: a fixed order;
-    Q8_0 multiplies its int8 codes by d in that pass, the others read a row dequantized first:
-    decoding nibbles there made the pass slower).
-    y = d*l: ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
+    ggml's levels need not be read back: its decoded values are y = d_g*l, so the least-squares fit
+    x ~ a*y is the fit for the levels, d = a*d_g. One pass over ggml's block gives its E and the
+    fit's sums (8 partial sums each, then _oct: a fixed order; Q8_0 multiplies its int8 codes by d
+    in that pass, the others read a row dequantized first: decoding nibbles there made the pass
+    slower). ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
     float32), and the nearest levels at that d are at least as good up to level()'s rounding near
     ties (tau), so the block is written when eg + delta + tau, with float64's rounding bounded, is
-    below eg: no second pass. y = d*q + m (q*d + m rounds in float32): the refit's E exactly, in a
-    second pass whose levels are the ones written. Blocks are written after a run of LANES
-    decisions."""
+    below eg: no second pass. Blocks are written after a run of LANES decisions."""
     ncols = x.shape[1]
     nb = ncols // QK
     if nb == 0:
@@ -302,16 +310,12 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
             if not qw[i] >= 0:  # the closed form needs w >= 0 (nearest levels minimise each term)
                 return
     k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are not unrolled (the sums: 2.4x faster)
-    P = np.empty(48, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sx, sy, sw
+    P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sw
     W = np.ones(QK, dtype=np.float32)
     yrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
-    inv_n = 1.0 / QK
     tie = TIE * (1.0 - lo)
-    TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16, m16, ggml's E
+    TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16
     DD = np.zeros(LANES, dtype=np.float32)
-    MM = np.zeros(LANES, dtype=np.float32)
-    EE = np.zeros(LANES, dtype=np.float64)
-    F = np.zeros(QK, dtype=np.float32)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -322,7 +326,6 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
             o = b * QK
             p = b * bs
             dg = get_f16(orow, p + doff)
-            mg = get_f16(orow, p + moff) if affine else _F0
             qs = U(p) + Q8_0_QS
             if weighted:
                 for i in range(4 * k8):
@@ -331,8 +334,6 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
                 e = 0.0
                 s = 0.0
                 t = 0.0
-                sx = 0.0
-                sy = 0.0
                 sw = 0.0
                 for j in range(4):
                     i = k + 8 * j
@@ -344,39 +345,18 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
                     e += wv * rr * rr
                     s += wv * xv * yv
                     t += wv * yv * yv
-                    if kind == K_Q4_1 or kind == K_Q5_1:  # the sums each layout uses
-                        sx += xv
-                        sy += yv
-                    else:
-                        sw += wv
+                    sw += wv
                 P[k] = e
                 P[8 + k] = s
                 P[16 + k] = t
-                if kind == K_Q4_1 or kind == K_Q5_1:
-                    P[24 + k] = sx
-                    P[32 + k] = sy
-                else:
-                    P[40 + k] = sw
+                P[24 + k] = sw
             eg = _oct(P, 0)
             sxy = _oct(P, 8)
             syy = _oct(P, 16)
-            if affine:
-                sx = _oct(P, 24)
-                sy = _oct(P, 32)
-                vy = syy - sy * sy * inv_n
-                a = (sxy - sx * sy * inv_n) / vy if vy > 0 else 0.0
-                d = a * dg
-                m = a * mg + (sx - a * sy) * inv_n
-            else:
-                d = dg * (sxy / syy) if syy > 0 else 0.0
-                m = 0.0
-            d16 = fp16_round(np.float32(d))
-            m16 = fp16_round(np.float32(m)) if affine else _F0
+            d16 = fp16_round(np.float32(dg * (sxy / syy) if syy > 0 else 0.0))
             # (no np.isfinite here: in this loop it cost as much as the rest of the decision)
-            if not (abs(d16) > 0 and abs(d16) <= 65504.0 and abs(m16) <= 65504.0) or (affine and d16 < 0):
+            if not (abs(d16) > 0 and abs(d16) <= 65504.0):
                 take = False
-            elif affine:
-                take = True  # decided below, exactly, with the write
             else:
                 # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
                 D = np.float64(d16)
@@ -384,37 +364,138 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff, moff, affine):
                 A = D - G
                 delta = A * ((D + G) * syy - 2.0 * G * sxy)
                 err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
-                tau = tie * D * D * _oct(P, 40)
+                tau = tie * D * D * _oct(P, 24)
                 take = delta + err + G * G * (tau + eg * (MARGIN + 1e-13)) < 0.0
             TK[jb] = take
             DD[jb] = d16
-            MM[jb] = m16
-            EE[jb] = eg
             if jb < LANES - 1 and b < nb - 1:
                 continue
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
-            # (Q8_0 20% faster). One call site per writer: each inlined copy costs seconds of compile time.
+            # (Q8_0 20% faster). One call site: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
-                if not TK[q]:
-                    continue
+                if TK[q]:
+                    bq = b - jb + q
+                    _write(kind, orow, bq * bs, xr, bq * QK, DD[q], lo, hi, 2 * k8)
+
+
+@njit(**JIT)
+def _refine_affine(kind, x, out):
+    """y = d*q + m (Q4_1, Q5_1) without an imatrix (w = 1: E is the output error), fused with ggml's
+    own quantizer: per block, ggml's scale, min and levels as quantize_row_q4_1_ref computes them
+    (the same float32 operations), the least-squares sums for those levels and ggml's E from its
+    decoded values (the dequantizer's float32), the refit's (d, m) from the 2x2 normal equations in
+    fp16, then after a run of LANES blocks, per block, the refit's nearest levels and E exactly
+    (q*d + m rounds in float32; these levels are the ones written). A block whose refit is not
+    lower gets ggml's own bytes: its row goes through ggml's quantizer into a scratch row, and
+    those blocks are copied (no block here is written twice, and ggml's bytes are the port's).
+    A block with a non-finite value, or whose scale or its inverse is not finite, keeps ggml's
+    block. Against writing ggml's blocks first and refitting from their decoded values (the same
+    bytes): 15% faster."""
+    ncols = x.shape[1]
+    nb = ncols // QK
+    if nb == 0:
+        return
+    hi = 15 if kind == K_Q4_1 else 31
+    bs = BS_Q4_1 if kind == K_Q4_1 else BS_Q5_1
+    fhi = np.float32(hi)
+    k8 = ncols // (nb * 4)  # 8, unknown to the compiler (as in _refine_one)
+    P = np.empty(40, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sx, sy
+    inv_n = 1.0 / QK
+    TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: a refit to test, its d16, m16, ggml's E
+    DD = np.zeros(LANES, dtype=np.float32)
+    MM = np.zeros(LANES, dtype=np.float32)
+    EE = np.zeros(LANES, dtype=np.float64)
+    F = np.zeros(QK, dtype=np.float32)
+    KEEP = np.zeros(nb, dtype=np.bool_)  # blocks of the row that keep ggml's bytes
+    grow = np.empty(out.shape[1], dtype=np.uint8)  # ggml's row, for those
+    xbits = x.view(np.int32)
+    for r in range(x.shape[0]):
+        xr = x[r]
+        xb = xbits[r]
+        orow = out[r]
+        nkeep = 0
+        for b in range(nb):
+            jb = b % LANES
+            o = U(b * QK)
+            # ggml's min, max, d and 1/d (quantize_row_q4_1_ref; the sign of a zero min does not
+            # change the levels or the values)
+            kmin, kmax = minmax_keys(xb, o, U(4 * k8))
+            mn = order_key(kmin).view(np.float32)
+            d = (order_key(kmax).view(np.float32) - mn) / fhi
+            id_ = _F1 / d if d != _F0 else _F0
+            ok = kmax < INF_BITS and kmin > NEG_INF_KEY and abs(d) < np.inf and abs(id_) < np.inf
+            dg = fp16_round(d)
+            mg = fp16_round(mn)
+            for k in range(U(k8)):
+                e = 0.0
+                s = 0.0
+                t = 0.0
+                sx = 0.0
+                sy = 0.0
+                for j in range(4):
+                    i = k + U(8 * j)
+                    xf = xr[o + i]
+                    # ggml's level (int8_t)((x - min)*id + 0.5f), capped at hi: for a block that is ok
+                    # the argument lies in [0.5, hi + 0.5], where the plain conversion is the same
+                    # (ggml's cast emulated here: 10% slower)
+                    c = min(np.int32((xf - mn) * id_ + np.float32(0.5)), np.int32(hi))
+                    xv = np.float64(xf)
+                    yv = np.float64(np.float32(c) * dg + mg)  # the dequantizer's value
+                    rr = yv - xv
+                    e += rr * rr
+                    s += xv * yv
+                    t += yv * yv
+                    sx += xv
+                    sy += yv
+                P[k] = e
+                P[U(8) + k] = s
+                P[U(16) + k] = t
+                P[U(24) + k] = sx
+                P[U(32) + k] = sy
+            # the fit x ~ a*y + b for ggml's values is the fit for its levels: d = a*dg, m = a*mg + b
+            sxy = _oct(P, 8)
+            syy = _oct(P, 16)
+            sx = _oct(P, 24)
+            sy = _oct(P, 32)
+            vy = syy - sy * sy * inv_n
+            a = (sxy - sx * sy * inv_n) / vy if vy > 0 else 0.0
+            d16 = fp16_round(np.float32(a * dg))
+            m16 = fp16_round(np.float32(a * mg + (sx - a * sy) * inv_n))
+            TK[jb] = ok and d16 > 0 and d16 <= 65504.0 and abs(m16) <= 65504.0
+            DD[jb] = d16
+            MM[jb] = m16
+            EE[jb] = _oct(P, 0)
+            if jb < LANES - 1 and b < nb - 1:
+                continue
+            for q in range(jb + 1):
                 bq = b - jb + q
-                o = bq * QK
-                d16 = DD[q]
-                if not affine:
-                    _write(kind, orow, bq * bs, xr, o, d16, lo, hi, 2 * k8)
-                    continue
-                # y = d*q + m: the refit's levels once, for its E (exact) and the write
-                m16 = MM[q]
-                _levels(xr, o, d16, m16, lo, hi, F, 4 * k8)
-                for k in range(k8):
-                    e = 0.0
-                    for j in range(4):
-                        i = k + 8 * j
-                        rr = np.float64(np.float32(F[i] * d16) + m16) - np.float64(xr[o + i])
-                        e += rr * rr
-                    P[k] = e
-                if _oct(P, 0) < EE[q] * (1.0 - MARGIN):
-                    _write_affine(kind, orow, bq * bs, F, d16, m16, 2 * k8)
+                if TK[q]:
+                    # the refit's levels once, for its E (exact) and the write
+                    o = U(bq * QK)
+                    d16 = DD[q]
+                    m16 = MM[q]
+                    _levels(xr, o, d16, m16, 0, hi, F, 4 * k8)
+                    for k in range(k8):
+                        e = 0.0
+                        for j in range(4):
+                            i = k + 8 * j
+                            rr = np.float64(np.float32(F[i] * d16) + m16) - np.float64(xr[o + U(i)])
+                            e += rr * rr
+                        P[k] = e
+                    if _oct(P, 0) < EE[q] * (1.0 - MARGIN):
+                        _write_affine(kind, orow, bq * bs, F, d16, m16, 2 * k8)
+                        continue
+                KEEP[bq] = True
+                nkeep += 1
+        if nkeep > 0:
+            if kind == K_Q4_1:
+                quantize_row_q4_1_ref(xr, grow)
+            else:
+                quantize_row_q5_1_ref(xr, grow)
+            for b in range(nb):
+                if KEEP[b]:
+                    KEEP[b] = False
+                    orow[b * bs:(b + 1) * bs] = grow[b * bs:(b + 1) * bs]
 
 
 @njit(nogil=True, **JIT)
