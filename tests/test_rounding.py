@@ -168,6 +168,8 @@ def test_branch_free_iq4_index_is_best_index():
     special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e30, -1e30], dtype=np.float32)
     for v in (near, rand, special):
         assert mismatches(v) == 0, f"seed={seed}"
+
+
 @pytest.mark.parametrize("mode,t", MODE_TYPES, ids=lambda v: getattr(v, "name", v))
 def test_thread_count_independent(mode, t, monkeypatch):
     if quants.MAX_THREADS < 2:
@@ -186,6 +188,42 @@ def test_thread_count_independent(mode, t, monkeypatch):
         quants.set_threads(quants.MAX_THREADS)
     assert all(np.array_equal(a, b) for a, b in zip(one, many))
 
+
+
+@pytest.mark.parametrize("mode,t", [(m, t) for m, t in MODE_TYPES if not t.requires_imatrix],
+                         ids=lambda v: getattr(v, "name", v))
+def test_nonfinite_block_keeps_ggml_bytes(mode, t):
+    """With non-finite values allowed, a block holding a NaN is ggml's block byte for byte (refine's
+    Q4_1 / Q5_1 compute ggml's blocks themselves and must hand such a block to ggml's own code);
+    where ggml's block is refused, so is the mode's."""
+    _, rng = fresh_rng()
+    x = make_x("normal", 2, 512, rng)
+    x[0, t.block_size + 3] = np.nan
+    try:
+        g = kquant.quantize(x, t, check_finite=False)
+    except ValueError as e:
+        with pytest.raises(ValueError, match=str(e).split(":")[0]):
+            kquant.quantize(x, t, check_finite=False, rounding=mode)
+        return
+    b = kquant.quantize(x, t, check_finite=False, rounding=mode)
+    gb = g.reshape(2, -1, t.type_size)
+    assert np.array_equal(gb[0, 1], b.reshape(2, -1, t.type_size)[0, 1])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("t", [QType.Q4_1, QType.Q5_1], ids=lambda v: v.name)
+def test_exact_block_keeps_ggml_bytes(mode, t):
+    """A block on ggml's own grid (error 0: nothing can beat it) stays ggml's block byte for byte,
+    including the sign of a zero min, which ggml takes from the first zero (+0 here, then -0: an
+    order-free min would take -0)."""
+    nmax = 15 if t == QType.Q4_1 else 31
+    block = np.arange(32, dtype=np.float32) % (nmax + 1) * np.float32(0.125)
+    block[0], block[1] = 0.0, -0.0
+    x = np.stack([np.tile(block, 4), make_x("normal", 1, 128, fresh_rng()[1])[0]]).astype(np.float32)
+    g = kquant.quantize(x, t)
+    assert g[0, 2:4].tobytes() == b"\x00\x00"  # m = +0 (fp16)
+    b = kquant.quantize(x, t, rounding=mode)
+    assert np.array_equal(g[0], b[0])
 
 def test_metadata_only_when_not_ggml():
     from gguf import GGUFValueType
