@@ -57,6 +57,17 @@ def out_weights(qw, o, u, n):
             u[j] = qw[o + j]
 
 
+_U = np.uint64
+
+
+@njit(inline="always", **JIT)
+def _terms(x, xo, u, y, j):
+    """(u[j] r^2, u[j] x r) for r = y[j] - x[xo], in float64: one value's share of out_errors."""
+    xd = np.float64(x[xo])
+    r = np.float64(y[j]) - xd
+    return u[j] * r * r, u[j] * xd * r
+
+
 @njit(**JIT)
 def out_errors(x, o, u, y, n):
     """(E_u, G) of the block y of x[o:o+n]: its output error sum u (y - x)^2 and its coherent shrink
@@ -64,31 +75,28 @@ def out_errors(x, o, u, y, n):
     sums of each (j mod 4, then the values past the last multiple of 4) added in a fixed order, as
     _sweep.werr: the same values on every machine, without one long chain of dependent additions."""
     e0 = e1 = e2 = e3 = g0 = g1 = g2 = g3 = 0.0
-    m = n - n % 4
-    for j in range(0, m, 4):
-        xd = np.float64(x[o + j])
-        r = np.float64(y[j]) - xd
-        e0 += u[j] * r * r
-        g0 += u[j] * xd * r
-        xd = np.float64(x[o + j + 1])
-        r = np.float64(y[j + 1]) - xd
-        e1 += u[j + 1] * r * r
-        g1 += u[j + 1] * xd * r
-        xd = np.float64(x[o + j + 2])
-        r = np.float64(y[j + 2]) - xd
-        e2 += u[j + 2] * r * r
-        g2 += u[j + 2] * xd * r
-        xd = np.float64(x[o + j + 3])
-        r = np.float64(y[j + 3]) - xd
-        e3 += u[j + 3] * r * r
-        g3 += u[j + 3] * xd * r
+    n = _U(n)
+    o = _U(o)
+    m = n - n % _U(4)
+    for j in range(_U(0), m, _U(4)):
+        a, b = _terms(x, o + j, u, y, j)
+        e0 += a
+        g0 += b
+        a, b = _terms(x, o + j + _U(1), u, y, j + _U(1))
+        e1 += a
+        g1 += b
+        a, b = _terms(x, o + j + _U(2), u, y, j + _U(2))
+        e2 += a
+        g2 += b
+        a, b = _terms(x, o + j + _U(3), u, y, j + _U(3))
+        e3 += a
+        g3 += b
     e = (e0 + e2) + (e1 + e3)
     g = (g0 + g2) + (g1 + g3)
     for j in range(m, n):
-        xd = np.float64(x[o + j])
-        r = np.float64(y[j]) - xd
-        e += u[j] * r * r
-        g += u[j] * xd * r
+        a, b = _terms(x, o + j, u, y, j)
+        e += a
+        g += b
     return e, abs(g)
 
 
