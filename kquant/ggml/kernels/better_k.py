@@ -236,7 +236,7 @@ def _real_start(x, o, w, nmax, sc, mn, L, bL, nsub, sub, smax):
 
 
 @njit(**JIT)
-def _pack_k45(out, off, q5, D, M, sc, mn, q, s):
+def pack_k45(out, off, q5, D, M, sc, mn, q, s):
     """Packs a Q4_K / Q5_K super-block with ggml's packers (q in s[S_L] lanes 0..7)."""
     put_f16(out, off + Q4K_D, D)
     put_f16(out, off + Q4K_DMIN, M)
@@ -287,7 +287,7 @@ def k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn):
 @njit(**JIT)
 def k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s):
     """Packs the Q4_K / Q5_K super-block (D, M, sc, mn, q) into tmp and returns its weighted error."""
-    _pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
+    pack_k45(tmp, 0, q5, D, M, sc, mn, q, s)
     if q5:
         q5_k_dequant_block(tmp, 0, y, 0)
     else:

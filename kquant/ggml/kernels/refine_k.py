@@ -1,6 +1,6 @@
 """`rounding="refine"` for the k-quants Q2_K, Q3_K, Q4_K, Q5_K, Q6_K: ggml's super-block improved by
-a bounded least-squares refit (1.4-2.4x ggml's kernel time, Q3_K without an imatrix the most:
-scripts/bench_rounding.py --rounding refine).
+a bounded least-squares refit (1.4-2.0x ggml's kernel time, Q3_K and Q5_K without an imatrix the
+most: scripts/bench_rounding.py --rounding refine).
 
 Not a port: ggml's bytes come first (the exact ports in q2_k.py .. q6_k.py), then each super-block
 is refitted for the weighted squared error E that better_k / better_sym target (ggml's weights for
@@ -13,9 +13,12 @@ D*sc_j*q (Q3_K, Q6_K) or D*sc_j*q - M*m_j (Q2_K, Q4_K, Q5_K), levels q the neare
    normal equations), stored as fp16; the levels rounded again; kept if E drops.
 A super-block whose codes, D and M the refit leaves as ggml wrote them keeps ggml's block without
 more work (ggml's levels are the nearest for its stored scales, so the refit would rebuild it).
-Otherwise the result is packed with ggml's packers (as better_k / better_sym do), decoded with
-kquant's dequantizer, and replaces ggml's block only if its E and its output error are both lower
+Otherwise the refit's E and output error are summed from its own codes and levels, with the
+dequantizer's float32 values exactly (D*sc*l, or D*sc*q - M*m: the value each packed level decodes to),
+and the refit is packed, its levels as they are, only if both are lower than ggml's block's
 (_accept.better; Q2_K's also only if it shrinks x no more than ggml's block: _accept.refit_better).
+Summing in lane order rather than packing and decoding first made Q3_K's refine 15-20% faster and
+Q2_K's 10% (no gain for Q4_K / Q5_K, which packed their own levels already).
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
 
@@ -27,22 +30,21 @@ import numpy as np
 from numba import njit
 
 from ..types import QK_K, QType
-from . import q3_k, q6_k
-from ._common import fp16_round
+from . import q2_k, q3_k, q6_k
+from ._common import fp16_round, put_f16
 from ._accept import better, out_errors, out_weights, refit_better
 from ._sweep import werr
-from .better_k import (k45_ggml_block, k45_ggml_start, k45_packed_error, q2_k_ggml_block,
-                       q2_k_ggml_start, q2_k_packed_error)
+from .better_k import pack_k45, k45_ggml_block, k45_ggml_start, q2_k_ggml_block, q2_k_ggml_start
 from .better_sym import _weights as _sym_weights
-from .better_sym import ggml_block, pack_block
+from .better_sym import ggml_block
 from .q4_k import NSUB, SUB
 
-# _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels), and per
-# sub-block: inverse steps, float32 steps, the sums of x*l and l*l
-SymScratch = namedtuple("SymScratch", "XT WT LT L2T inv st sxl sll")
-# _refit_affine's: the super-block transposed (values, weights, levels, new levels), and per sub-block:
-# steps, offsets, inverse steps, the sums of w, wq, wq^2, wx, wxq
-AffScratch = namedtuple("AffScratch", "XT WT QT Q2T ds dm inv m0 m1 m2 mx mxq")
+# _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels, output error
+# weights), and per sub-block: inverse steps, float32 steps, the sums of x*l and l*l, two error sums
+SymScratch = namedtuple("SymScratch", "XT WT LT L2T UT inv st sxl sll ae au")
+# _refit_affine's: the super-block transposed (values, weights, levels, new levels, output error weights),
+# and per sub-block: steps, offsets, inverse steps, the sums of w, wq, wq^2, wx, wxq, three error sums
+AffScratch = namedtuple("AffScratch", "XT WT QT Q2T UT ds dm inv m0 m1 m2 mx mxq ae au ag")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
 JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 # The per-lane helpers are inlined (inline="always"): a call that passes arrays costs reference-count
@@ -55,8 +57,9 @@ JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 @njit(**JIT)
 def _aff_scratch():
     return AffScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
-                      np.empty(QK_K, dtype=np.int32), np.empty(16), np.empty(16), np.empty(16), np.empty(16),
-                      np.empty(16), np.empty(16), np.empty(16), np.empty(16))
+                      np.empty(QK_K, dtype=np.int32), np.ones(QK_K), np.empty(16), np.empty(16), np.empty(16),
+                      np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16), np.empty(16),
+                      np.empty(16), np.empty(16))
 
 
 @njit(inline="always", **JIT)
@@ -83,6 +86,49 @@ def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
 
 
 @njit(inline="always", **JIT)
+def _aff_lanes_err(XT, WT, UT, n, sub, ds, dm, QT, ae, au, ag):
+    """(E, E_u, G) of the refit (transposed layout, n lanes of sub values) for the float32 steps ds and
+    offsets dm (as float64): its values are the dequantizer's float32 ds*q - dm exactly, G = |sum u x (y - x)|
+    (_accept.out_errors). Each lane's sums run over its values in order, then are added in lane order."""
+    for s in range(n):
+        ae[s] = 0.0
+        au[s] = 0.0
+        ag[s] = 0.0
+    for i in range(sub):
+        for s in range(n):
+            k = n * i + s
+            xd = np.float64(XT[k])
+            r = np.float64(np.float32(np.float32(ds[s]) * np.float32(QT[k])) - np.float32(dm[s])) - xd
+            ae[s] += WT[k] * r * r
+            au[s] += UT[k] * r * r
+            ag[s] += UT[k] * xd * r
+    e = 0.0
+    eu = 0.0
+    g = 0.0
+    for s in range(n):
+        e += ae[s]
+        eu += au[s]
+        g += ag[s]
+    return e, eu, abs(g)
+
+
+@njit(inline="always", **JIT)
+def _aff_total_err(XT, WT, n, sub, ds, dm, QT, ae):
+    """sum over lanes of _aff_lane_err, the lanes at once (each lane's sum over its values in order)."""
+    for s in range(n):
+        ae[s] = 0.0
+    for i in range(sub):
+        for s in range(n):
+            k = n * i + s
+            d = ds[s] * QT[k] - dm[s] - np.float64(XT[k])
+            ae[s] += WT[k] * d * d
+    e = 0.0
+    for s in range(n):
+        e += ae[s]
+    return e
+
+
+@njit(inline="always", **JIT)
 def _steps(D, M, sc, mn, n, ds, dm, inv):
     """Each sub-block's float32 step D*sc and offset M*m (as float64), and the inverse step (0 if not > 0)."""
     for s in range(n):
@@ -98,7 +144,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
     stands; otherwise q gets the levels. sw: AffScratch. The super-block is copied transposed
     (XT[nsub i + s] = x[o + sub s + i]) so that its sub-blocks are vector lanes, each lane's sums running
     over its values in order."""
-    XT, WT, QT, Q2T, ds, dm, inv, m0, m1, m2, mx, mxq = sw
+    XT, WT, QT, Q2T, _, ds, dm, inv, m0, m1, m2, mx, mxq, ae, _, _ = sw
     n = nsub
     for s in range(n):
         for i in range(sub):
@@ -199,34 +245,45 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
         nM32 = fp16_round(np.float32(nM))
         if nD32 == D and nM32 == M:
             break
-        e_old = 0.0
-        for s in range(n):
-            e_old += _aff_lane_err(XT, WT, n, sub, s, ds[s], dm[s], QT)
+        e_old = _aff_total_err(XT, WT, n, sub, ds, dm, QT, ae)
         _steps(nD32, nM32, sc, mn, n, ds, dm, inv)
         _lane_aff_levels(XT, inv, dm, nmax, n, sub, Q2T)
-        e_new = 0.0
-        for s in range(n):
-            e_new += _aff_lane_err(XT, WT, n, sub, s, ds[s], dm[s], Q2T)
+        e_new = _aff_total_err(XT, WT, n, sub, ds, dm, Q2T, ae)
         if not e_new < e_old:
+            _steps(D, M, sc, mn, n, ds, dm, inv)  # ds, dm back to the kept D, M (the caller's errors use them)
             break
         D = nD32
         M = nM32
         changed = True
         QT[:] = Q2T
-    if changed:
+    if changed and q.shape[0] > 0:
         for s in range(n):
             for i in range(sub):
                 q[sub * s + i] = QT[n * i + s]
     return D, M, changed
 
 
+@njit(**JIT)
+def _refit_errors(qw, o, u, nsub, sub, sw):
+    """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), the output error's weights transposed into
+    sw.UT first when there is an imatrix (without one they stay 1)."""
+    UT = sw.UT
+    if qw.shape[0] != 0:
+        out_weights(qw, o, u, QK_K)
+        for s in range(nsub):
+            for i in range(sub):
+                UT[nsub * i + s] = u[sub * s + i]
+    return _aff_lanes_err(sw.XT, sw.WT, UT, nsub, sub, sw.ds, sw.dm, sw.QT, sw.ae, sw.au, sw.ag)
+
+
 @njit(nogil=True, **JIT)
 def quantize_q4_k_q5_k_refine(x, qw, out):
     """ggml's blocks (quantize_q4_k_q5_k), then each super-block refitted where E and the output error
-    drop (_accept.better)."""
-    nb, q5, bs, nmax, s, w, y, tmp, sc, mn, q, _ = k45_ggml_start(x, qw, out)
+    drop (_accept.better); a refit is packed only when it is kept."""
+    nb, q5, bs, nmax, s, w, y, _, sc, mn, q, _ = k45_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     sw = _aff_scratch()
+    out_weights(qw, 0, u, QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -239,20 +296,35 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
             D, M, changed = _refit_affine(xr, o, w, nmax, D, M, sc, mn, q, NSUB, SUB, 63, sw)
             if not changed:
                 continue
-            out_weights(qw, o, u, QK_K)
-            u_g = werr(xr, o, u, y, QK_K)
-            e_b = k45_packed_error(tmp, xr, o, w, y, q5, D, M, sc, mn, q, s)
-            if better(e_b, werr(xr, o, u, y, QK_K), e_g, u_g):
-                orow[off:off + bs] = tmp
+            e_b, u_b, _ = _refit_errors(qw, o, u, NSUB, SUB, sw)
+            if better(e_b, u_b, e_g, werr(xr, o, u, y, QK_K)):
+                pack_k45(orow, off, q5, D, M, sc, mn, q, s)
+
+
+@njit(**JIT)
+def _pack_q2_k(blk, off, D, M, sc, mn, q):
+    """The Q2_K super-block (D, M, 4-bit scales sc and mins mn, levels q 0..3 in natural order) packed into
+    blk[off:] as ggml lays it out: value 128 h + 32 t + m in bits 2t+1..2t of qs[32 h + m]."""
+    for j in range(16):
+        blk[off + q2_k.OFF_SC + j] = np.uint8(sc[j] | (mn[j] << 4))
+    for h in range(2):
+        for m in range(32):
+            v = 0
+            for t in range(4):
+                v |= q[128 * h + 32 * t + m] << (2 * t)
+            blk[off + q2_k.OFF_QS + 32 * h + m] = np.uint8(v)
+    put_f16(blk, off + q2_k.OFF_D, D)
+    put_f16(blk, off + q2_k.OFF_DMIN, M)
 
 
 @njit(nogil=True, **JIT)
 def quantize_q2_k_refine(x, qw, out):
     """ggml's blocks (q2_k.quantize), then each super-block refitted where E and the output error
-    drop and x shrinks no more (_accept.refit_better)."""
-    nb, bs, wk, w, y, tmp, sc, mn, q, _ = q2_k_ggml_start(x, qw, out)
+    drop and x shrinks no more (_accept.refit_better); a refit is packed only when it is kept."""
+    nb, bs, _, w, y, _, sc, mn, q, _ = q2_k_ggml_start(x, qw, out)
     u = np.empty(QK_K)
     sw = _aff_scratch()
+    out_weights(qw, 0, u, QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -265,11 +337,9 @@ def quantize_q2_k_refine(x, qw, out):
             D, M, changed = _refit_affine(xr, o, w, 3, D, M, sc, mn, q, 16, 16, 15, sw)
             if not changed:
                 continue
-            out_weights(qw, o, u, QK_K)
-            o_g = out_errors(xr, o, u, y, QK_K)
-            e_b = q2_k_packed_error(tmp, wk, xr, o, w, y, D, M, sc, mn)
-            if refit_better(e_b, out_errors(xr, o, u, y, QK_K), e_g, o_g):
-                orow[off:off + bs] = tmp
+            e_b, u_b, g_b = _refit_errors(qw, o, u, 16, 16, sw)
+            if refit_better(e_b, (u_b, g_b), e_g, out_errors(xr, o, u, y, QK_K)):
+                _pack_q2_k(orow, off, D, M, sc, mn, q)
 
 
 # ---------------------------------------------------------------- symmetric: y = D*sc*l (Q3_K, Q6_K)
@@ -303,6 +373,29 @@ def _lane_err(XT, WT, s, st32, LT):
     return e
 
 
+@njit(inline="always", **JIT)
+def _lanes_err(XT, WT, UT, st, LT, ae, au, n16, both):
+    """(E, E_u) of the whole super-block (transposed layout) for the float32 steps st and levels LT: each
+    sub-block's sums run over its values in order (as _lane_err), the 16 lanes at once, then added in
+    lane order. E_u (weights UT) only when both, else 0."""
+    for s in range(n16):
+        ae[s] = 0.0
+        au[s] = 0.0
+    for i in range(16):
+        for s in range(n16):
+            k = 16 * i + s
+            r = np.float64(np.float32(st[s] * np.float32(LT[k]))) - np.float64(XT[k])
+            ae[s] += WT[k] * r * r
+            if both:
+                au[s] += UT[k] * r * r
+    e = 0.0
+    u = 0.0
+    for s in range(16):
+        e += ae[s]
+        u += au[s]
+    return e, u
+
+
 @njit(**JIT)
 def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
@@ -310,7 +403,7 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     2's reference: the result is checked exactly after packing).
     The super-block is copied transposed (XT[16 i + s] = x[o + 16 s + i]) so that the 16 sub-blocks are 16
     vector lanes; each lane's sums still run over its values in order, as a sub-block at a time would."""
-    XT, WT, LT, L2T, inv, st, sxl, sll = sw
+    XT, WT, LT, L2T, UT, inv, st, sxl, sll, ae, au = sw
     changed = False
     for s in range(16):
         for i in range(16):
@@ -372,9 +465,7 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
             st[s] = np.float32(nD32 * np.float32(sc[s]))
             inv[s] = _inv_step(np.float64(st[s]))
         _lane_levels(XT, inv, lo, hi, L2T, n16)
-        e_new = 0.0
-        for s in range(16):
-            e_new += _lane_err(XT, WT, s, st[s], L2T)
+        e_new = _lanes_err(XT, WT, UT, st, L2T, ae, au, n16, False)[0]
         if not e_new < e_cur:
             break
         D = nD32
@@ -384,9 +475,49 @@ def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     return D, changed
 
 
+@njit(**JIT)
+def _pack_sym(blk, off, D, sc, LT, LN, q6):
+    """The super-block of fp16 scale D, scale codes sc and levels LT (transposed layout, as _refit_sym's)
+    packed into blk[off:] as ggml lays it out (q3_k.py / q6_k.py docstrings). LN: scratch."""
+    for k in range(QK_K):  # natural order, stored with ggml's offset (4 for Q3_K, 32 for Q6_K)
+        LN[k] = LT[16 * (k & 15) + (k >> 4)] + (32 if q6 else 4)
+    if q6:
+        put_f16(blk, off + q6_k.OFF_D, D)
+        for j in range(16):
+            blk[off + q6_k.OFF_SC + j] = np.uint8(sc[j] & 0xFF)
+        for h in range(2):
+            j = 128 * h
+            ql = off + q6_k.OFF_QL + 64 * h
+            qh = off + q6_k.OFF_QH + 32 * h
+            for m in range(32):
+                l1, l2, l3, l4 = LN[j + m], LN[j + m + 32], LN[j + m + 64], LN[j + m + 96]
+                blk[ql + m] = np.uint8((l1 & 0xF) | ((l3 & 0xF) << 4))
+                blk[ql + m + 32] = np.uint8((l2 & 0xF) | ((l4 & 0xF) << 4))
+                blk[qh + m] = np.uint8((l1 >> 4) | ((l2 >> 4) << 2) | ((l3 >> 4) << 4) | ((l4 >> 4) << 6))
+        return
+    put_f16(blk, off + q3_k.OFF_D, D)
+    for k in range(12):
+        blk[off + q3_k.OFF_SC + k] = 0
+    for j in range(16):
+        q3_k.put_scale6(blk, off + q3_k.OFF_SC, j, np.int32(sc[j] + 32))
+    for m in range(32):  # hmask[m] bit t = the high bit of L[32 t + m]
+        hb = 0
+        for t in range(8):
+            hb |= (LN[32 * t + m] >> 2) << t
+        blk[off + q3_k.OFF_HM + m] = np.uint8(hb)
+    for h in range(2):  # qs[32 h + m] bits 2t+1..2t = the low 2 bits of L[128 h + 32 t + m]
+        for m in range(32):
+            v = 0
+            for t in range(4):
+                v |= (LN[128 * h + 32 * t + m] & 3) << (2 * t)
+            blk[off + q3_k.OFF_QS + 32 * h + m] = np.uint8(v)
+
+
 @njit(nogil=True, **JIT)
 def quantize_sym_refine(x, qw, out, q6):
-    """ggml's blocks, then each super-block refitted where E and the output error drop (_accept.better)."""
+    """ggml's blocks, then each super-block refitted where E and the output error drop (_accept.better).
+    The refit's errors are summed from its levels (the dequantizer's float32 D*sc*l, exactly), so a
+    refit is packed only when it is kept."""
     if q6:
         q6_k.quantize(x, qw, out)
         bs, lo, hi, sclo, schi = q6_k.TS, -32, 31, -128, 127
@@ -397,15 +528,16 @@ def quantize_sym_refine(x, qw, out, q6):
     if nb == 0:
         return
     n16 = x.shape[1] // (nb * 16)  # 16, unknown to the compiler: lane loops over it are not unrolled (5% faster)
-    wk = np.zeros(q6_k.WORK, dtype=np.float32)
     w = np.empty(QK_K, dtype=np.float64)
     u = np.empty(QK_K, dtype=np.float64)
     y = np.empty(QK_K, dtype=np.float32)
-    tmp = np.empty(bs, dtype=np.uint8)
     sc = np.empty(16, dtype=np.int32)
+    LN = np.empty(QK_K, dtype=np.int32)
     sw = SymScratch(np.empty(QK_K, dtype=np.float32), np.empty(QK_K), np.empty(QK_K, dtype=np.int32),
-                    np.empty(QK_K, dtype=np.int32), np.empty(16), np.empty(16, dtype=np.float32), np.empty(16),
-                    np.empty(16))
+                    np.empty(QK_K, dtype=np.int32), np.ones(QK_K), np.empty(16), np.empty(16, dtype=np.float32),
+                    np.empty(16), np.empty(16), np.empty(16), np.empty(16))
+    UT, st = sw.UT, sw.st
+    out_weights(qw, 0, u, QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -420,11 +552,16 @@ def quantize_sym_refine(x, qw, out, q6):
             D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g, n16)
             if not changed:
                 continue
-            out_weights(qw, o, u, QK_K)
-            u_g = werr(xr, o, u, y, QK_K)
-            pack_block(tmp, xr, o, wk, D, sc, q6, y)
-            if better(werr(xr, o, w, y, QK_K), werr(xr, o, u, y, QK_K), e_g, u_g):
-                orow[off:off + bs] = tmp
+            if qw.shape[0] != 0:
+                out_weights(qw, o, u, QK_K)
+                for s in range(16):
+                    for i in range(16):
+                        UT[16 * i + s] = u[16 * s + i]
+            for s in range(16):
+                st[s] = np.float32(D * np.float32(sc[s]))
+            e_b, u_b = _lanes_err(sw.XT, sw.WT, UT, st, sw.LT, sw.ae, sw.au, n16, True)
+            if better(e_b, u_b, e_g, werr(xr, o, u, y, QK_K)):
+                _pack_sym(orow, off, D, sc, sw.LT, LN, q6)
 
 
 @njit(nogil=True, **JIT)
