@@ -38,7 +38,7 @@ from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from ._accept import better, out_weights
-from ._sweep import werr
+from ._sweep import _U, werr
 from .better_legacy import search_aff
 from .q4_k import (
     JIT,
@@ -68,23 +68,27 @@ SC_RADIUS = 2  # 6-bit scales tried around the current one
 
 @njit(**JIT)
 def k45_weights(x, o, qw, w):
-    """ggml's weights of the super-block at x[o:o+256] -> w (float64)."""
+    """ggml's weights of the super-block at x[o:o+256] -> w (float64). Unsigned indices, as better_sym's
+    _weights."""
+    n = _U(QK_K)
+    o = _U(o)
     if qw.shape[0] > 0:  # quantize_row_q4_K_impl / q5_K_impl
         s2 = 0.0
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             s2 += np.float64(x[o + i]) * x[o + i]
         sigma2 = 2.0 * s2 / QK_K
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             xi = np.float64(x[o + i])
             w[i] = qw[o + i] * np.sqrt(sigma2 + xi * xi)
     else:  # quantize_row_q4_K_ref / q5_K_ref
-        for j in range(NSUB):
+        for j in range(_U(0), _U(NSUB)):
+            b = _U(SUB) * j
             s2 = 0.0
-            for i in range(SUB):
-                s2 += np.float64(x[o + SUB * j + i]) ** 2
+            for i in range(_U(0), _U(SUB)):
+                s2 += np.float64(x[o + b + i]) ** 2
             av = np.sqrt(s2 / SUB)
-            for i in range(SUB):
-                w[SUB * j + i] = av + abs(np.float64(x[o + SUB * j + i]))
+            for i in range(_U(0), _U(SUB)):
+                w[b + i] = av + abs(np.float64(x[o + b + i]))
 
 
 @njit(inline="always", **JIT)  # called per sub-block with slices: inlined, no call or view costs
@@ -333,16 +337,19 @@ def quantize_q4_k_q5_k_best(x, qw, out):
 
 @njit(**JIT)
 def q2_k_weights(x, o, qw, w):
-    """ggml's weights of a Q2_K super-block (quantize_row_q2_K_ref: |x|; _impl: qw*sqrt(sum(x^2)/256 + x^2))."""
+    """ggml's weights of a Q2_K super-block (quantize_row_q2_K_ref: |x|; _impl: qw*sqrt(sum(x^2)/256 + x^2)).
+    Unsigned indices, as better_sym's _weights."""
+    n = _U(QK_K)
+    o = _U(o)
     if qw.shape[0] > 0:
         s2 = 0.0
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             s2 += np.float64(x[o + i]) * x[o + i]
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             xi = np.float64(x[o + i])
             w[i] = qw[o + i] * np.sqrt(s2 / QK_K + xi * xi)
     else:
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             w[i] = abs(np.float64(x[o + i]))
 
 

@@ -30,7 +30,7 @@ from ..types import QK_K, QType
 from . import q3_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from ._accept import better, out_weights
-from ._sweep import fp16_near, sym_sweep, werr
+from ._sweep import _U, fp16_near, sym_sweep, werr
 
 # scratch of the exact searches (_sweep.sym_sweep): breakpoints, their elements, levels, the
 # sweep's top steps and scores, the sub-block curvatures, the d candidates and their scores
@@ -222,17 +222,21 @@ def _search(x, o, w, D0, sc0, sclo, schi, lo, hi, sreal, sc, bsc, L, exact, sw):
 
 @njit(**JIT)
 def _weights(x, o, qw, w, q6):
+    """ggml's weights of the super-block x[o:o+256] into w (unsigned indices: signed ones keep numba's
+    negative-index test on every load, and the loops did not vectorize)."""
+    n = _U(QK_K)
+    o = _U(o)
     if qw.shape[0] == 0:
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             w[i] = np.float64(x[o + i]) * x[o + i]
     elif q6:
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             w[i] = qw[o + i]
     else:
         s2 = 0.0
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             s2 += np.float64(x[o + i]) * x[o + i]
-        for i in range(QK_K):
+        for i in range(_U(0), n):
             xi = np.float64(x[o + i])
             w[i] = qw[o + i] * np.sqrt(2.0 * s2 / QK_K + xi * xi)
 

@@ -137,7 +137,7 @@ def _steps(D, M, sc, mn, n, ds, dm, inv):
         inv[s] = 1.0 / ds[s] if ds[s] > 0 else 0.0
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
     """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M, changed):
     changed False means the codes, D and M are ggml's (its levels are the nearest for them), so its block
@@ -263,7 +263,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
     return D, M, changed
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _refit_errors(qw, o, u, nsub, sub, sw):
     """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), the output error's weights transposed into
     sw.UT first when there is an imatrix (without one they stay 1)."""
@@ -396,7 +396,7 @@ def _lanes_err(XT, WT, UT, st, LT, ae, au, n16, both):
     return e, u
 
 
-@njit(**JIT)
+@njit(inline="always", **JIT)
 def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
     as _refit_affine. sw: SymScratch. e_cur: E of ggml's block, kept up to date as sub-blocks change (step
