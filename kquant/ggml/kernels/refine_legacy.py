@@ -316,6 +316,11 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     tie = TIE * (1.0 - lo)
     TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16
     DD = np.zeros(LANES, dtype=np.float32)
+    EG = np.zeros(LANES)  # ggml's E, the fit's sums and ggml's d
+    SXY = np.zeros(LANES)
+    SYY = np.zeros(LANES)
+    SW = np.zeros(LANES)
+    DG = np.zeros(LANES, dtype=np.float32)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
@@ -350,26 +355,33 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                 P[8 + k] = s
                 P[16 + k] = t
                 P[24 + k] = sw
-            eg = _oct(P, 0)
-            sxy = _oct(P, 8)
-            syy = _oct(P, 16)
-            d16 = fp16_round(np.float32(dg * (sxy / syy) if syy > 0 else 0.0))
-            # (no np.isfinite here: in this loop it cost as much as the rest of the decision)
-            if not (abs(d16) > 0 and abs(d16) <= 65504.0):
-                take = False
-            else:
-                # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
-                D = np.float64(d16)
-                G = np.float64(dg)
-                A = D - G
-                delta = A * ((D + G) * syy - 2.0 * G * sxy)
-                err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
-                tau = tie * D * D * _oct(P, 24)
-                take = delta + err + G * G * (tau + eg * (MARGIN + 1e-13)) < 0.0
-            TK[jb] = take
-            DD[jb] = d16
+            EG[jb] = _oct(P, 0)
+            SXY[jb] = _oct(P, 8)
+            SYY[jb] = _oct(P, 16)
+            SW[jb] = _oct(P, 24)
+            DG[jb] = dg
             if jb < LANES - 1 and b < nb - 1:
                 continue
+            # the decisions of the run, independent of each other (no chain through a block's sums)
+            for q in range(jb + 1):
+                dg = DG[q]
+                sxy = SXY[q]
+                syy = SYY[q]
+                d16 = fp16_round(np.float32(dg * (sxy / syy) if syy > 0 else 0.0))
+                # (no np.isfinite here: in this loop it cost as much as the rest of the decision)
+                if not (abs(d16) > 0 and abs(d16) <= 65504.0):
+                    take = False
+                else:
+                    # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
+                    D = np.float64(d16)
+                    G = np.float64(dg)
+                    A = D - G
+                    delta = A * ((D + G) * syy - 2.0 * G * sxy)
+                    err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
+                    tau = tie * D * D * SW[q]
+                    take = delta + err + G * G * (tau + EG[q] * (MARGIN + 1e-13)) < 0.0
+                TK[q] = take
+                DD[q] = d16
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
             # (Q8_0 20% faster). One call site: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
