@@ -259,7 +259,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
         M = nM32
         changed = True
         QT[:] = Q2T
-    if changed and q.shape[0] > 0:
+    if changed:
         for s in range(n):
             for i in range(sub):
                 q[sub * s + i] = QT[n * i + s]
@@ -403,7 +403,7 @@ def _lanes_err(XT, WT, UT, st, LT, ae, au, n16, both):
 def _refit_sym(x, o, w, D, sc, lo, hi, sclo, schi, sw, e_cur, n16):
     """N_PASSES of steps 1-2 (module docstring) on one super-block of 16 x 16, in place; returns (D, changed)
     as _refit_affine. sw: SymScratch. e_cur: E of ggml's block, kept up to date as sub-blocks change (step
-    2's reference: the result is checked exactly after packing).
+    2's reference: the caller checks the result exactly, from its levels).
     The super-block is copied transposed (XT[16 i + s] = x[o + 16 s + i]) so that the 16 sub-blocks are 16
     vector lanes; each lane's sums still run over its values in order, as a sub-block at a time would."""
     XT, WT, LT, L2T, UT, inv, st, sxl, sll, ae, au = sw
