@@ -142,6 +142,40 @@ def test_block_error_sums(n):
     assert abs(eu - e) <= 1e-14 * e and abs(gu - g) <= 1e-12 * np.sum(np.abs(w * x[5:] * r)), f"seed={seed}"
 
 
+@pytest.mark.parametrize("t", ["Q3_K", "Q6_K", "Q2_K"])
+def test_refine_packers_decode_to_their_levels(t):
+    """refine_k packs a kept refit from its own codes and levels, without ggml's tail: the packed
+    super-block decodes (kquant's dequantizer, checked against ggml's elsewhere) to D*sc*l, or
+    D*sc*q - M*m, the float32 values its errors were summed from, for random codes and levels over
+    their whole ranges."""
+    from kquant.ggml.kernels import refine_k
+
+    seed, rng = fresh_rng()
+    qt = QType[t]
+    for _ in range(20):
+        D = np.float32(np.float16(rng.uniform(1e-3, 1.0) * rng.choice([-1.0, 1.0] if t == "Q6_K" else [1.0])))
+        blk = np.zeros((1, qt.type_size), dtype=np.uint8)
+        if t == "Q2_K":
+            M = np.float32(np.float16(rng.uniform(0, 1.0)))
+            sc = rng.integers(0, 16, 16).astype(np.int32)
+            mn = rng.integers(0, 16, 16).astype(np.int32)
+            q = rng.integers(0, 4, 256).astype(np.int32)
+            refine_k._pack_q2_k(blk[0], 0, D, M, sc, mn, q)
+            sub = np.repeat(np.arange(16), 16)
+            want = (np.float32(D) * sc[sub].astype(np.float32)) * q.astype(np.float32) - \
+                np.float32(M) * mn[sub].astype(np.float32)
+        else:
+            lo, hi, slo, shi = (-32, 31, -128, 127) if t == "Q6_K" else (-4, 3, -32, 31)
+            sc = rng.integers(slo, shi + 1, 16).astype(np.int32)
+            lev = rng.integers(lo, hi + 1, 256).astype(np.int32)  # natural order: value 16 s + i
+            LT = lev.reshape(16, 16).T.reshape(-1).copy()  # the refit's layout: LT[16 i + s]
+            refine_k._pack_sym(blk[0], 0, D, sc, LT, np.empty(256, dtype=np.int32), t == "Q6_K")
+            sub = np.repeat(np.arange(16), 16)
+            want = (np.float32(D) * sc[sub].astype(np.float32)) * lev.astype(np.float32)
+        got = quants.dequantize(blk, qt, (1, 256))[0]
+        assert np.array_equal(got, want.astype(np.float32)), f"seed={seed}"
+
+
 def test_branch_free_iq4_index_is_best_index():
     """better_iq4's branch-free nearest index equals ggml's binary search (iq4.best_index) on every
     float32 within 4096 ulps of each table value and each midpoint between two, on random values over
