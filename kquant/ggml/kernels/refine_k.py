@@ -267,16 +267,23 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, q, nsub, sub, smax, sw):
 
 
 @njit(inline="always", **JIT)
-def _refit_errors(qw, o, u, nsub, sub, sw):
-    """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), the output error's weights transposed into
-    sw.UT first when there is an imatrix (without one they stay 1)."""
-    UT = sw.UT
+def _out_weights_t(qw, o, u, UT, nsub, sub):
+    """With an imatrix: u = the output error's weights of the super-block at column o (out_weights) and UT
+    the same transposed (UT[nsub i + s] = u[sub s + i], the refits' lane layout). Without one both are
+    all ones from the start and stay so."""
     if qw.shape[0] != 0:
         out_weights(qw, o, u, QK_K)
         for s in range(nsub):
             for i in range(sub):
                 UT[nsub * i + s] = u[sub * s + i]
-    return _aff_lanes_err(sw.XT, sw.WT, UT, nsub, sub, sw.ds, sw.dm, sw.QT, sw.ae, sw.au, sw.ag)
+
+
+@njit(inline="always", **JIT)
+def _refit_errors(qw, o, u, nsub, sub, sw):
+    """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), u and sw.UT the block's output error
+    weights first (_out_weights_t)."""
+    _out_weights_t(qw, o, u, sw.UT, nsub, sub)
+    return _aff_lanes_err(sw.XT, sw.WT, sw.UT, nsub, sub, sw.ds, sw.dm, sw.QT, sw.ae, sw.au, sw.ag)
 
 
 @njit(nogil=True, **JIT)
@@ -555,11 +562,7 @@ def quantize_sym_refine(x, qw, out, q6):
             D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g, n16)
             if not changed:
                 continue
-            if qw.shape[0] != 0:
-                out_weights(qw, o, u, QK_K)
-                for s in range(16):
-                    for i in range(16):
-                        UT[16 * i + s] = u[16 * s + i]
+            _out_weights_t(qw, o, u, UT, 16, 16)
             for s in range(16):
                 st[s] = np.float32(D * np.float32(sc[s]))
             e_b, u_b = _lanes_err(sw.XT, sw.WT, UT, st, sw.LT, sw.ae, sw.au, n16, True)
