@@ -176,6 +176,60 @@ def test_refine_packers_decode_to_their_levels(t):
         assert np.array_equal(got, want.astype(np.float32)), f"seed={seed}"
 
 
+
+@pytest.mark.parametrize("t", [QType.Q4_1, QType.Q5_1], ids=lambda v: v.name)
+def test_affine_certificate_implies_the_exact_test(t):
+    """refine_legacy._certified lets Q4_1 / Q5_1 refits skip their exact test: whenever it holds for
+    a (d16, m16), the block written with the nearest levels at (d16, m16) has, summed exactly from
+    its float32 values (levels and values computed here in numpy), a lower error than ggml's block
+    with _accept's margin. Candidates: the least-squares refit, fp16 neighbours (near ties), small
+    and large steps, and scales far too small for the block (level()'s rounding range); the
+    certificate must also hold for most candidates that pass (else it saves nothing)."""
+    from kquant.ggml.kernels._accept import MARGIN
+    from kquant.ggml.kernels.refine_legacy import _certified
+
+    seed, rng = fresh_rng()
+    hi = 15 if t == QType.Q4_1 else 31
+    fhi = np.float32(hi)
+    passed = certified = 0
+    for kind in KINDS:
+        x = make_x(kind, 2, 256, rng).reshape(-1, 32)
+        g = kquant.quantize(x, t).reshape(-1, t.type_size)
+        y = quants.dequantize(g, t, x.shape)
+        for xb, gb, yb in zip(x, g, y):
+            xv, yv = xb.astype(np.float64), yb.astype(np.float64)
+            e = float(np.sum((yv - xv) ** 2))
+            dg, mg = gb[0:4].view(np.float16).astype(np.float32)
+            mn = xb.min()
+            d = np.float32((xb.max() - mn) / fhi)
+            if not (dg > 0 and np.all(np.isfinite(xb))):
+                continue
+            qg = np.rint((yb - mg) / dg)
+            A = np.vstack([qg, np.ones(32)]).T
+            ls = np.linalg.lstsq(A, xv, rcond=None)[0]
+            cands = [(ls[0], ls[1])] + [(dg * f, mg + dg * s) for f, s in
+                                        zip(rng.choice([1.0, 1 - 1e-3, 1 + 1e-3, 0.97, 1.03, 0.8, 1.25, 1e-7], 6),
+                                            rng.choice([0.0, 1e-3, -1e-3, 0.05, -0.05, 0.5], 6))]
+            for dc, mc in cands:
+                d16, m16 = np.float32(np.float16(dc)), np.float32(np.float16(mc))
+                for k in range(-1, 2):  # fp16 neighbours of the scale: refits a rounding apart
+                    d16k = np.float32(np.nextafter(np.float16(d16), np.float16(np.inf if k > 0 else 0)) if k else d16)
+                    if not (0 < d16k < 65504 and np.isfinite(m16)):
+                        continue
+                    tq = (xb - m16) * (np.float32(1) / d16k)  # float32, as _levels
+                    lev = np.clip(np.rint(tq), 0, hi).astype(np.float32)
+                    yr = (lev * d16k + m16).astype(np.float64)  # the dequantizer's float32 values
+                    er = float(np.sum((yr - xv) ** 2))
+                    ok = er < e * (1.0 - MARGIN)
+                    c = _certified(e, float(xv @ yv), float(yv @ yv), float(xv.sum()), float(yv.sum()), dg, mg,
+                                   mn, d, d16k, m16, fhi)
+                    assert ok or not c, f"seed={seed} kind={kind} d16={d16k!r} m16={m16!r}: {er} vs {e}"
+                    if np.abs(tq).max() >= 2.0**21:
+                        assert not c, f"seed={seed} kind={kind}: certified outside level()'s range"
+                    passed += ok
+                    certified += c
+    assert certified >= 0.5 * passed > 0, (seed, certified, passed)
+
 def test_branch_free_iq4_index_is_best_index():
     """better_iq4's branch-free nearest index equals ggml's binary search (iq4.best_index) on every
     float32 within 4096 ulps of each table value and each midpoint between two, on random values over
