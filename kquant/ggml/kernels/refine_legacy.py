@@ -19,9 +19,10 @@ rounding bounded; see there); `_refine_affine` (Q4_1, Q5_1) computes ggml's bloc
 with the refit's sums, and tests each refit exactly unless a closed form with its rounding bounded
 certifies that it passes (`_certified`: 99.7% of the refits kept on bench_rounding's tensors).
 With an imatrix (Q4_0 .. Q5_1: two errors to lower), LANES blocks of a row are refitted at once,
-one block per vector lane, every sum accumulated per lane in element order. Either way the result is the same on every machine and
-thread count. Cost against ggml's own kernel (`bench_rounding.py --rounding refine`, one thread):
-the README's table (ggml's kernels without an imatrix are one pass over a block, about 10 ns).
+one block per vector lane, every sum accumulated per lane in element order. Either way the result
+is the same on every machine and thread count. Cost against ggml's own kernel
+(`bench_rounding.py --rounding refine`, one thread): the README's table (ggml's kernels without an
+imatrix are one pass over a block, about 10 ns).
 """
 
 from __future__ import annotations
