@@ -313,6 +313,18 @@ def test_exact_block_keeps_ggml_bytes(mode, t):
     b = kquant.quantize(x, t, rounding=mode)
     assert np.array_equal(g[0], b[0])
 
+def test_refine_q8_0_keeps_ggml_blocks_for_negative_weights():
+    """Q8_0's refine closed form needs weights >= 0: with a negative one in the importance row it
+    leaves ggml's blocks as they are, every byte written (an output filled by ggml's kernel first)."""
+    seed, rng = fresh_rng()
+    x = make_x("normal", 8, 512, rng)
+    qw = rng.random(512).astype(np.float32)
+    qw[rng.integers(0, 512)] = -1.0
+    for _ in range(3):  # fresh (uninitialised) output arrays each time
+        assert np.array_equal(kquant.quantize(x, QType.Q8_0, imatrix=qw, rounding="refine"),
+                              kquant.quantize(x, QType.Q8_0, imatrix=qw)), f"seed={seed}"
+
+
 def test_metadata_only_when_not_ggml():
     from gguf import GGUFValueType
 
