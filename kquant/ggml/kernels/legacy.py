@@ -199,28 +199,6 @@ def _minmax_seq(x, o, qk):
 # ---------------------------------------------------------------- reference (unweighted) quantizers
 
 
-@njit(error_model="numpy", cache=True, no_cfunc_wrapper=True, inline="always")
-def amax_first(x, xb, o, qk):
-    """(max, m) of quantize_row_q4_0_ref / q5_0_ref's search over x[o:o+qk], for refine_legacy: the
-    first v of largest |v| (NaNs skipped, 0 if none; xb = x's bits), and m the largest |v|'s bits
-    (a NaN's when above _INF_BITS). qk unknown to the compiler (a literal 32 unrolls both loops to
-    scalar code). The two row kernels keep the same lines inline: this helper inlined there made
-    them 8-10% slower (in-process A/B, same bytes)."""
-    m = np.int32(0)
-    for j in range(qk):
-        m = max(m, np.int32(xb[o + j] & _ABS))
-    if m > _INF_BITS:  # a NaN: the sequential loop
-        mx = _argmax_abs_seq(x, o, qk)
-    elif m == 0:
-        mx = _F0
-    else:
-        first = np.uint32(qk)
-        for j in range(qk):
-            first = min(first, np.uint32(j) if np.int32(xb[o + j] & _ABS) == m else np.uint32(qk))
-        mx = x[o + U(first)]
-    return mx, m
-
-
 # ggml-quants.c quantize_row_q4_0_ref
 @njit(error_model="numpy", cache=True, no_cfunc_wrapper=True)
 def quantize_row_q4_0_ref(x, y):

@@ -48,10 +48,7 @@ from .legacy import (
     quantize_q5_0,
     quantize_q5_1,
     quantize_q8_0,
-    amax_first,
-    quantize_row_q4_0_ref,
     quantize_row_q4_1_ref,
-    quantize_row_q5_0_ref,
     quantize_row_q5_1_ref,
 )
 from .legacy import _INF_BITS as INF_BITS
@@ -100,25 +97,22 @@ def refine_legacy(kind, x, qw, out):
         _refine_affine(kind, x, out)
         return
     if kind == K_Q4_0:
-        if not weighted:  # ggml's blocks are computed there, written only where they stay
-            _refine_one(kind, x, qw, out, -8, 7, 18, Q4_0_D)
-            return
         quantize_q4_0(x, qw, out)
         lo, hi, bs, doff, moff = -8, 7, 18, Q4_0_D, Q4_0_D
     elif kind == K_Q4_1:
         quantize_q4_1(x, qw, out)
         lo, hi, bs, doff, moff = 0, 15, 20, Q4_1_D, Q4_1_M
     elif kind == K_Q5_0:
-        if not weighted:
-            _refine_one(kind, x, qw, out, -16, 15, 22, Q5_0_D)
-            return
         quantize_q5_0(x, qw, out)
         lo, hi, bs, doff, moff = -16, 15, 22, Q5_0_D, Q5_0_D
     elif kind == K_Q5_1:
         quantize_q5_1(x, qw, out)
         lo, hi, bs, doff, moff = 0, 31, 24, Q5_1_D, Q5_1_M
-    else:  # one error to lower (w = qw or 1), y = d*l
-        _refine_one(kind, x, qw, out, -128, 127, 34, Q8_0_D)
+    else:
+        quantize_q8_0(x, qw, out)
+        lo, hi, bs, doff, moff = -128, 127, 34, Q8_0_D, Q8_0_D
+    if not weighted or kind == K_Q8_0:  # one error to lower (w = u), y = d*l
+        _refine_one(kind, x, qw, out, lo, hi, bs, doff)
         return
     # Q4_0 .. Q5_1 with an imatrix: E's weights differ from the output error's, both are tested
     ncols = x.shape[1]
@@ -296,50 +290,20 @@ def _write_affine(kind, orow, p, F, d16, m16, n16):
         put_qh(kind, orow, p, qh)
 
 
-@njit(inline="always", **JIT)
-def _write_ggml(kind, orow, p, xr, o, d, id_, n16):
-    """Q4_0 / Q5_0: ggml's block (quantize_row_q4_0_ref / q5_0_ref) at orow[p:] for xr[o:o+32], from
-    its d and 1/d, for a block of finite values (the codes' casts need no emulation there); n16 = 16."""
-    p = U(p)
-    o = U(o)
-    nu = U(n16)
-    if kind == K_Q4_0:
-        off, top = np.float32(8.5), np.int32(15)
-    else:
-        off, top = np.float32(16.5), np.int32(31)
-    qs = put_header(kind, orow, p, d, _F0)
-    qh = np.uint32(0)
-    for j in range(nu):
-        a = np.uint32(min(top, np.int32(xr[o + j] * id_ + off)))
-        b = np.uint32(min(top, np.int32(xr[o + j + U(16)] * id_ + off)))
-        qh = put_nibbles(orow, qs, j, a, b, qh, kind == K_Q5_0)
-    if kind == K_Q5_0:
-        put_qh(kind, orow, p, qh)
-
-
 @njit(**JIT)
 def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
 
     ggml's levels need not be read back: its decoded values are y = d_g*l, so the least-squares fit
     x ~ a*y is the fit for the levels, d = a*d_g. One pass over ggml's block gives its E and the
-    fit's sums (8 partial sums each, then _oct: a fixed order). Q8_0 reads its codes from ggml's
-    blocks, written first (times d, in that pass). Q4_0 / Q5_0 (no imatrix) compute ggml's blocks
-    themselves: the row's scales first, in a loop of their own (amax_first, d = max/-8 or /-16, 1/d),
-    then per block ggml's levels and decoded values into a scratch (the same float32 operations as
-    quantize_row_q4_0_ref and the dequantizer), and ggml's block is written only where it stays
-    (rebuilt by _write_ggml; for a block with a non-finite value, all zeros or a scale outside fp16,
-    copied from ggml's own quantizer run once on that row). Against ggml's row written and decoded
-    first: the same bytes, Q4_0 10% and Q5_0 29% faster (in-process A/B; with the max search inside
-    the block loop, or the levels' integer arithmetic in int64, Q4_0 was 13-20% slower). ggml's
-    levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in float32), and
-    the nearest levels at that d are at least as good up to level()'s rounding near ties (tau), so
-    the block is written when eg + delta + tau, with float64's rounding bounded, is below eg: no
-    second pass. The sums of a run of LANES blocks come first, then its decisions in a loop of their
-    own (each no longer waits on its block's sums: Q4_0 9%, Q5_0 10% faster), then its writes."""
-    fused = kind != K_Q8_0  # Q4_0 / Q5_0, which come here without weights only
-    if not fused:
-        quantize_q8_0(x, qw, out)  # its blocks first: the sums read their codes; kept where nothing beats them
+    fit's sums (8 partial sums each, then _oct: a fixed order; Q8_0 multiplies its int8 codes by d
+    in that pass, the others read a row dequantized first: decoding nibbles there made the pass
+    slower). ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
+    float32), and the nearest levels at that d are at least as good up to level()'s rounding near
+    ties (tau), so the block is written when eg + delta + tau, with float64's rounding bounded, is
+    below eg: no second pass. The sums of a run of LANES blocks come first, then its decisions in a
+    loop of their own (each no longer waits on its block's sums: Q4_0 9%, Q5_0 10% faster), then
+    its writes."""
     ncols = x.shape[1]
     nb = ncols // QK
     if nb == 0:
@@ -348,10 +312,11 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     if weighted:
         for i in range(ncols):
             if not qw[i] >= 0:  # the closed form needs w >= 0 (nearest levels minimise each term)
-                return  # ggml's blocks stay
+                return
     k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are not unrolled (the sums: 2.4x faster)
     P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sw
     W = np.ones(QK, dtype=np.float32)
+    yrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
     tie = TIE * (1.0 - lo)
     TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16
     DD = np.zeros(LANES, dtype=np.float32)
@@ -360,43 +325,16 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     SYY = np.zeros(LANES)
     SW = np.zeros(LANES)
     DG = np.zeros(LANES, dtype=np.float32)
-    nf = nb if fused else 0
-    RD = np.empty(nf, dtype=np.float32)  # Q4_0 / Q5_0, per block of the row: ggml's d, 1/d, fp16 d
-    RI = np.empty(nf, dtype=np.float32)
-    RDG = np.empty(nf, dtype=np.float32)
-    RG = np.empty(nf, dtype=np.bool_)  # ggml's block can be rebuilt from them (else copied from its row)
-    grow = np.empty(out.shape[1] if fused else 0, dtype=np.uint8)
-    Y = np.empty(QK, dtype=np.float32)  # ggml's decoded values of the block
-    xbits = x.view(np.int32)
-    goff = np.float32(0.5 - lo)  # ggml's code: (int8_t)(x/d + 8.5f), at most 15 (Q5_0: 16.5f, 31)
-    ftop = np.float32(hi - lo)
-    flo = np.float32(lo)
     for r in range(x.shape[0]):
         xr = x[r]
-        xb = xbits[r]
         orow = out[r]
-        have_g = False
-        if fused:
-            for b in range(nb):  # ggml's scales of the row, in a loop of their own (it vectorizes)
-                mx, m = amax_first(xr, xb, U(b * QK), U(4 * k8))
-                d = mx / flo
-                id_ = _F1 / d if d != _F0 else _F0
-                dg = fp16_round(d)
-                RG[b] = m > 0 and m < INF_BITS and d != _F0 and abs(id_) < np.inf and abs(dg) <= 65504.0
-                RD[b] = d
-                RI[b] = id_
-                RDG[b] = dg
+        if kind != K_Q8_0:
+            _dequant(kind, orow, yrow)
         for b in range(nb):
             jb = b % LANES
             o = b * QK
             p = b * bs
-            if fused:  # ggml's levels (trunc is floor here: the argument is > 0), then (l - 8)*d exactly
-                id_ = RI[b]
-                dg = RDG[b]
-                for i in range(U(4 * k8)):
-                    Y[i] = (min(ftop, np.floor(xr[U(o) + i] * id_ + goff)) + flo) * dg
-            else:
-                dg = get_f16(orow, p + doff)
+            dg = get_f16(orow, p + doff)
             qs = U(p) + Q8_0_QS
             if weighted:
                 for i in range(4 * k8):
@@ -410,7 +348,7 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     i = k + 8 * j
                     xv = np.float64(xr[o + i])
                     # Q8_0: y = l*d from the block (exact in float32), not a decoded row (11% faster)
-                    yv = np.float64(Y[i] if fused else np.float32(np.int8(orow[qs + U(i)])) * dg)
+                    yv = np.float64(np.float32(np.int8(orow[qs + U(i)])) * dg if kind == K_Q8_0 else yrow[o + i])
                     wv = np.float64(W[i])
                     rr = yv - xv
                     e += wv * rr * rr
@@ -446,25 +384,14 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
                     tau = tie * D * D * SW[q]
                     take = delta + err + G * G * (tau + EG[q] * (MARGIN + 1e-13)) < 0.0
-                TK[q] = take and (not fused or RG[b - jb + q])
+                TK[q] = take
                 DD[q] = d16
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
-            # (Q8_0 20% faster). One call site each: each inlined copy costs seconds of compile time.
+            # (Q8_0 20% faster). One call site: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
-                bq = b - jb + q
                 if TK[q]:
+                    bq = b - jb + q
                     _write(kind, orow, bq * bs, xr, bq * QK, DD[q], lo, hi, 2 * k8)
-                elif fused and RG[bq]:
-                    _write_ggml(kind, orow, bq * bs, xr, bq * QK, RD[bq], RI[bq], 2 * k8)
-                elif fused:
-                    if not have_g:
-                        if kind == K_Q4_0:
-                            quantize_row_q4_0_ref(xr, grow)
-                        else:
-                            quantize_row_q5_0_ref(xr, grow)
-                        have_g = True
-                    for i in range(bq * bs, bq * bs + bs):
-                        orow[i] = grow[i]
 
 
 U24 = 2.0**-24  # float32's unit roundoff
