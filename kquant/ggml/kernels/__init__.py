@@ -24,6 +24,16 @@ rounding="best" / "refine" (kquant.ggml.quants.MODE_MODULES): the modules better
 signature; each runs ggml's kernel first and replaces a block only where its own search lowers
 ggml's weighted error.
 
+Kind dispatch: numba types every branch of a function it compiles, including the branches for
+other kinds and the callees they call. A function taking the type as an int (even a literal one)
+therefore compiles every kind's callees; that costs nothing lasting where those are shared
+dispatchers (compiled once, cached), but it is waste where they are themselves specialized per
+kind. refine_legacy is a small `inline="always"` dispatcher called with a module-level constant:
+inlined, its tests of `kind` (written directly in the condition, not through a variable) are
+resolved before typing, and only that type's path is compiled (refine Q4_0 compiled Q4_1's
+`_refine_affine` and more before: 40 s instead of 17 s). Inlining a large driver whole costs more
+than it saves (better_iq.improve, quantize_legacy_best, the Q3_K / Q6_K drivers: measured, not kept).
+
 Drivers are serial `nogil` loops over rows; kquant.ggml.quants runs disjoint row ranges on
 threads. (numba's `parallel=True` costs several seconds of compile time per driver, which added
 up to more than a minute of first-run compilation for all types; plain threads scale the same.)

@@ -88,33 +88,44 @@ def _solve(n, affine, sw, sl, sll, sx, sxl, cd, cm, ci, ok):
         ci[j] = _F1 / d16 if ok[j] else _F0
 
 
-@njit(nogil=True, **JIT)
+@njit(inline="always", **JIT)
 def refine_legacy(kind, x, qw, out):
-    """ggml's blocks, then each block replaced where a least-squares refit lowers E and the output error."""
-    affine = kind == K_Q4_1 or kind == K_Q5_1
+    """ggml's blocks, then each block replaced where a least-squares refit lowers E and the output error.
+    Inlined into each type's kernel with `kind` a constant (kernels/__init__.py: kind dispatch)."""
     weighted = qw.shape[0] > 0
-    if affine and not weighted:  # ggml's blocks are computed there, written only where they stay
-        _refine_affine(kind, x, out)
-        return
     if kind == K_Q4_0:
         quantize_q4_0(x, qw, out)
-        lo, hi, bs, doff, moff = -8, 7, 18, Q4_0_D, Q4_0_D
-    elif kind == K_Q4_1:
-        quantize_q4_1(x, qw, out)
-        lo, hi, bs, doff, moff = 0, 15, 20, Q4_1_D, Q4_1_M
+        if weighted:
+            _refine_weighted(kind, x, qw, out, -8, 7, 18, Q4_0_D, Q4_0_D)
+        else:  # one error to lower (w = u), y = d*l
+            _refine_one(kind, x, qw, out, -8, 7, 18, Q4_0_D)
     elif kind == K_Q5_0:
         quantize_q5_0(x, qw, out)
-        lo, hi, bs, doff, moff = -16, 15, 22, Q5_0_D, Q5_0_D
+        if weighted:
+            _refine_weighted(kind, x, qw, out, -16, 15, 22, Q5_0_D, Q5_0_D)
+        else:
+            _refine_one(kind, x, qw, out, -16, 15, 22, Q5_0_D)
+    elif kind == K_Q4_1:
+        if weighted:
+            quantize_q4_1(x, qw, out)
+            _refine_weighted(kind, x, qw, out, 0, 15, 20, Q4_1_D, Q4_1_M)
+        else:  # ggml's blocks are computed there, written only where they stay
+            _refine_affine(kind, x, out)
     elif kind == K_Q5_1:
-        quantize_q5_1(x, qw, out)
-        lo, hi, bs, doff, moff = 0, 31, 24, Q5_1_D, Q5_1_M
-    else:
+        if weighted:
+            quantize_q5_1(x, qw, out)
+            _refine_weighted(kind, x, qw, out, 0, 31, 24, Q5_1_D, Q5_1_M)
+        else:
+            _refine_affine(kind, x, out)
+    else:  # Q8_0: one error to lower (w = qw or 1), y = d*l
         quantize_q8_0(x, qw, out)
-        lo, hi, bs, doff, moff = -128, 127, 34, Q8_0_D, Q8_0_D
-    if not weighted or kind == K_Q8_0:  # one error to lower (w = u), y = d*l
-        _refine_one(kind, x, qw, out, lo, hi, bs, doff)
-        return
-    # Q4_0 .. Q5_1 with an imatrix: E's weights differ from the output error's, both are tested
+        _refine_one(kind, x, qw, out, -128, 127, 34, Q8_0_D)
+
+
+@njit(**JIT)
+def _refine_weighted(kind, x, qw, out, lo, hi, bs, doff, moff):
+    """Q4_0 .. Q5_1 with an imatrix: E's weights differ from the output error's, both are tested."""
+    affine = kind == K_Q4_1 or kind == K_Q5_1
     ncols = x.shape[1]
     nb = ncols // QK
     P = QK * LANES
