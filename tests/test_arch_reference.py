@@ -104,8 +104,7 @@ def test_quantized_like_llama_cpp(quant_reference, case, tmp_path, capsys):
     params = {"allow_requantize": True} if case in REQUANTIZED_CASES else {}
     for out, ft in targets:
         ref = refpipeline.llama_quantize(ref_bf16, tmp_path / f"ref-{ft}.gguf", ft, **params)
-        assert refpipeline.compare_gguf(out, ref, ignore_keys=()) == [], ft
-        assert out.read_bytes() == ref.read_bytes(), ft
+        refpipeline.assert_identical(out, ref, ft)
         assert cli.main(["convert", str(d), "--type", ft, "--dry-run", "--json"]) == 0
         plan = json.loads(capsys.readouterr().out)
         with GGUFFile(out) as g:
@@ -132,8 +131,7 @@ def test_mxfp4_gguf_input_like_llama_quantize(quant_reference, tmp_path, capsys)
         ours, ref = tmp_path / f"{ft}.gguf", tmp_path / f"ref-{ft}.gguf"
         assert cli.main(["convert", str(src), "-o", str(ours), "--type", ft, "-q"]) == 0
         refpipeline.llama_quantize(src, ref, ft, allow_requantize=True)
-        assert refpipeline.compare_gguf(ours, ref, ignore_keys=()) == [], ft
-        assert ours.read_bytes() == ref.read_bytes(), ft
+        refpipeline.assert_identical(ours, ref, ft)
         if ft == "MXFP4_MOE":
             with GGUFFile(ours) as g:
                 assert all(bytes(g.data(n)) == b for n, b in raw.items())

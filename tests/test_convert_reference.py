@@ -51,8 +51,7 @@ def ours(tmp_path_factory):
 @pytest.mark.parametrize("ftype", FTYPES)
 def test_file_identical_to_llama_cpp(ftype, ref_bf16, ours, tmp_path):
     ref = refpipeline.llama_quantize(ref_bf16, tmp_path / "ref.gguf", ftype)
-    assert refpipeline.compare_gguf(ours[ftype], ref, ignore_keys=()) == []
-    assert ours[ftype].read_bytes() == ref.read_bytes()
+    refpipeline.assert_identical(ours[ftype], ref, ftype)
 
 
 def test_llama_cpp_runs_the_output(ours, ref_bf16):

@@ -180,6 +180,14 @@ def llama_quantize(src: str | Path, out: str | Path, ftype, threads: int = 2, im
     return Path(out)
 
 
+def assert_identical(a: str | Path, b: str | Path, what: str = "") -> None:
+    """Files a and b byte for byte the same; where not, compare_gguf's differences say where (read
+    only then: parsing both files costs more than comparing their bytes)."""
+    if Path(a).read_bytes() != Path(b).read_bytes():
+        diffs = compare_gguf(a, b, ignore_keys=())
+        raise AssertionError(f"{what}: {a} and {b} differ: {diffs[:20] or 'same metadata and tensors, other bytes'}")
+
+
 def compare_gguf(a: str | Path, b: str | Path, ignore_keys=("general.name",)) -> list[str]:
     """Differences between two GGUF files: metadata keys/types/values, tensor order/types/shapes/bytes."""
     from kquant.io.gguf import GGUFFile
