@@ -182,3 +182,29 @@ print(json.dumps([sum(s.cache_hits.values()), sum(s.cache_misses.values())]))
     q6 = pkg / "kquant" / "ggml" / "kernels" / "q6_k.py"
     q6.write_text(q6.read_text() + "\n# edited\n")
     assert hits_misses() == [0, 1]  # recompiled: its callee's module changed
+
+
+def test_a_types_refine_kernel_compiles_only_its_own_path(tmp_path):
+    """refine_legacy's per-type dispatcher is inlined with the kind a constant (kernels/__init__.py: kind
+    dispatch): compiling Q8_0's refine kernel, with and without weights, compiles none of the other
+    legacy types' paths or quantizers (each specialized per kind: numba typing them was most of the
+    compile time). Checked with numba's compile events, in a process on an empty cache."""
+    code = r"""
+import json
+import numpy as np
+from numba.core import event
+from kquant.ggml import quants
+from kquant.types import QType
+x = np.linspace(-3, 3, 2 * 64, dtype=np.float32).reshape(2, 64)
+with event.install_recorder("numba:compile") as rec:
+    for w in (None, np.ones(64, np.float32)):
+        quants.quantize(x, QType.Q8_0, imatrix=w, rounding="refine")
+print(json.dumps(sorted({e.data["dispatcher"].py_func.__name__ for _, e in rec.buffer if e.is_start})))
+"""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"), PYTHONPATH=str(ROOT))
+    p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    compiled = set(json.loads(p.stdout))
+    assert {"quantize_q8_0_refine", "_refine_one", "quantize_q8_0"} <= compiled, compiled
+    others = {"_refine_affine", "_refine_weighted", "quantize_q4_0", "quantize_q4_1", "quantize_q5_0", "quantize_q5_1"}
+    assert not compiled & others, compiled & others
