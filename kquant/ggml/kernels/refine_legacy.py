@@ -1,7 +1,7 @@
 """`rounding="refine"` for the legacy 32-wide types Q4_0, Q5_0, Q8_0 (y = d*l) and Q4_1, Q5_1
 (y = d*q + m): ggml's block improved by a bounded, vectorized refit (cost: below).
 
-Not a port: ggml's block comes first (kquant.ggml.kernels.legacy's exact port; for Q4_1 / Q5_1
+Not a port: ggml's block comes first (kquant.ggml.kernels.legacy's exact port; for Q4_0 .. Q5_1
 without an imatrix the same operations in place, its bytes written only where it stays), then each
 block is refitted for the weighted squared error E = sum w (y - x)^2 that better_legacy targets (ggml's
 weighted path: w = qw * sqrt(sigma2 + x^2), sigma2 = sum(x^2)/n over the row; without an imatrix
@@ -32,13 +32,15 @@ from numba import njit
 
 from ..types import QK, QType
 from ._accept import MARGIN
-from ._common import fp16_round, get_f16, level, sel
+from ._common import fp16_round, get_f16, level, put_f16, sel
 from .better_legacy import K_Q4_0, K_Q4_1, K_Q5_0, K_Q5_1, K_Q8_0, _dequant, _pack, put_header, put_nibbles, put_qh
 from .legacy import (
     Q4_0_D,
+    Q4_0_QS,
     Q4_1_D,
     Q4_1_M,
     Q5_0_D,
+    Q5_0_QS,
     Q5_1_D,
     Q5_1_M,
     Q8_0_D,
@@ -48,9 +50,13 @@ from .legacy import (
     quantize_q5_0,
     quantize_q5_1,
     quantize_q8_0,
+    quantize_row_q4_0_ref,
     quantize_row_q4_1_ref,
+    quantize_row_q5_0_ref,
     quantize_row_q5_1_ref,
 )
+from .legacy import _ABS as ABS
+from .legacy import _argmax_abs_seq as argmax_abs_seq
 from .legacy import _INF_BITS as INF_BITS
 from .legacy import _NEG_INF_KEY as NEG_INF_KEY
 from .legacy import _order_key as order_key
@@ -94,14 +100,14 @@ def refine_legacy(kind, x, qw, out):
     Inlined into each type's kernel with `kind` a constant (kernels/__init__.py: kind dispatch)."""
     weighted = qw.shape[0] > 0
     if kind == K_Q4_0:
-        quantize_q4_0(x, qw, out)
         if weighted:
+            quantize_q4_0(x, qw, out)
             _refine_weighted(kind, x, qw, out, -8, 7, 18, Q4_0_D, Q4_0_D)
-        else:  # one error to lower (w = u), y = d*l
+        else:  # one error to lower (w = 1), y = d*l; ggml's blocks are computed there
             _refine_one(kind, x, qw, out, -8, 7, 18, Q4_0_D)
     elif kind == K_Q5_0:
-        quantize_q5_0(x, qw, out)
         if weighted:
+            quantize_q5_0(x, qw, out)
             _refine_weighted(kind, x, qw, out, -16, 15, 22, Q5_0_D, Q5_0_D)
         else:
             _refine_one(kind, x, qw, out, -16, 15, 22, Q5_0_D)
@@ -301,6 +307,92 @@ def _write_affine(kind, orow, p, F, d16, m16, n16):
         put_qh(kind, orow, p, qh)
 
 
+@njit(inline="always", **JIT)
+def amax_first(x, xb, o, qk):
+    """(max, m) of quantize_row_q4_0_ref / q5_0_ref's search over x[o:o+qk]: the first v of largest
+    |v| (NaNs skipped, 0 if none; xb = x's bits), and m the largest |v|'s bits (a NaN's when above
+    INF_BITS). qk unknown to the compiler (a literal 32 unrolls both loops to scalar code). ggml's
+    row kernels (legacy.py) keep the same lines inline: this helper inlined there made them 8-10%
+    slower (in-process A/B, same bytes)."""
+    m = np.int32(0)
+    for j in range(qk):
+        m = max(m, np.int32(xb[o + j] & ABS))
+    if m > INF_BITS:  # a NaN: the sequential loop
+        mx = argmax_abs_seq(x, o, qk)
+    elif m == 0:
+        mx = _F0
+    else:
+        first = np.uint32(qk)
+        for j in range(qk):
+            first = min(first, np.uint32(j) if np.int32(xb[o + j] & ABS) == m else np.uint32(qk))
+        mx = x[o + U(first)]
+    return mx, m
+
+
+@njit(**JIT)
+def _ggml_row_values(xr, xb, nb, k8, lo, hi, yrow, RD, RI, RDG, RG):
+    """Q4_0 / Q5_0 (quantize_row_q4_0_ref / q5_0_ref), not written: per block of the row xr (bits xb)
+    ggml's d, 1/d and fp16 d (RD, RI, RDG), whether its block can be rebuilt from them (RG: finite,
+    nonzero, in fp16's range; else _ggml_row_write copies ggml's own), and its decoded values into
+    yrow: the same float32 operations as ggml's code (trunc is floor here: the argument is > 0) and
+    the dequantizer ((l - 8)*d, exact). The scales first, in a loop of their own (it vectorizes)."""
+    flo = np.float32(lo)
+    goff = np.float32(0.5 - lo)  # ggml's code: (int8_t)(x/d + 8.5f), at most 15 (Q5_0: 16.5f, 31)
+    ftop = np.float32(hi - lo)
+    n = U(4 * k8)
+    for b in range(nb):
+        mx, m = amax_first(xr, xb, U(b * QK), n)
+        d = mx / flo
+        id_ = _F1 / d if d != _F0 else _F0
+        dg = fp16_round(d)
+        RG[b] = m > 0 and m < INF_BITS and d != _F0 and abs(id_) < np.inf and abs(dg) <= 65504.0
+        RD[b] = d
+        RI[b] = id_
+        RDG[b] = dg
+    for b in range(nb):
+        o = U(b * QK)
+        id_ = RI[b]
+        dg = RDG[b]
+        for i in range(n):
+            yrow[o + i] = (min(ftop, np.floor(xr[o + i] * id_ + goff)) + flo) * dg
+
+
+@njit(**JIT)
+def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TKR, grow):
+    """ggml's Q4_0 / Q5_0 (five) blocks of the row where no refit was written (TKR false): rebuilt from
+    d and 1/d as quantize_row_q4_0_ref / q5_0_ref compute them where RG (finite values: the casts need
+    no emulation), else copied from that function's row (computed once, into grow)."""
+    have_g = False
+    off = np.float32(0.5 - lo)
+    top = np.int32(-2 * lo - 1)
+    n16 = U(2 * k8)
+    for b in range(nb):
+        if TKR[b]:
+            continue
+        p = U(b * bs)
+        if RG[b]:
+            o = U(b * QK)
+            id_ = RI[b]
+            put_f16(orow, p + (Q5_0_D if five else Q4_0_D), RD[b])
+            qs = p + (Q5_0_QS if five else Q4_0_QS)
+            qh = np.uint32(0)
+            for j in range(n16):
+                a = np.uint32(min(top, np.int32(xr[o + j] * id_ + off)))
+                c = np.uint32(min(top, np.int32(xr[o + j + U(16)] * id_ + off)))
+                qh = put_nibbles(orow, qs, j, a, c, qh, five)
+            if five:
+                put_qh(K_Q5_0, orow, p, qh)
+        else:
+            if not have_g:
+                if five:
+                    quantize_row_q5_0_ref(xr, grow)
+                else:
+                    quantize_row_q4_0_ref(xr, grow)
+                have_g = True
+            for i in range(p, p + U(bs)):
+                orow[i] = grow[i]
+
+
 @njit(**JIT)
 def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
@@ -308,8 +400,13 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     ggml's levels need not be read back: its decoded values are y = d_g*l, so the least-squares fit
     x ~ a*y is the fit for the levels, d = a*d_g. One pass over ggml's block gives its E and the
     fit's sums (8 partial sums each, then _oct: a fixed order; Q8_0 multiplies its int8 codes by d
-    in that pass, the others read a row dequantized first: decoding nibbles there made the pass
-    slower). ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
+    in that pass). Q4_0 / Q5_0 come here without ggml's blocks: _ggml_row_values computes ggml's
+    scales and decoded values of the row, and _ggml_row_write writes ggml's blocks after the row's
+    refits, where none was written (against ggml's row quantized, written and decoded first: the
+    same bytes, Q4_0 12% and Q5_0 30% faster, in-process A/B; both helpers are row-level functions
+    of their own, kind-independent, so the per-type specializations of this one only type their
+    calls: written inline here, the same code doubled every legacy refine kernel's first-run
+    compile, Q8_0's too). ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
     float32), and the nearest levels at that d are at least as good up to level()'s rounding near
     ties (tau), so the block is written when eg + delta + tau, with float64's rounding bounded, is
     below eg: no second pass. The sums of a run of LANES blocks come first, then its decisions in a
@@ -324,10 +421,19 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
         for i in range(ncols):
             if not qw[i] >= 0:  # the closed form needs w >= 0 (nearest levels minimise each term)
                 return
+    fused = kind != K_Q8_0  # Q4_0 / Q5_0 (no imatrix): ggml's blocks computed here, not read
     k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are not unrolled (the sums: 2.4x faster)
     P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sw
     W = np.ones(QK, dtype=np.float32)
     yrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
+    nf = nb if fused else 0
+    RD = np.empty(nf, dtype=np.float32)  # Q4_0 / Q5_0, per block of the row: ggml's d, 1/d, fp16 d,
+    RI = np.empty(nf, dtype=np.float32)
+    RDG = np.empty(nf, dtype=np.float32)
+    RG = np.empty(nf, dtype=np.bool_)  # whether its block can be rebuilt from them,
+    TKR = np.zeros(nf, dtype=np.bool_)  # whether a refit was written
+    grow = np.empty(out.shape[1] if fused else 0, dtype=np.uint8)
+    xbits = x.view(np.int32)
     tie = TIE * (1.0 - lo)
     TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16
     DD = np.zeros(LANES, dtype=np.float32)
@@ -339,13 +445,13 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
-        if kind != K_Q8_0:
-            _dequant(kind, orow, yrow)
+        if fused:
+            _ggml_row_values(xr, xbits[r], nb, k8, lo, hi, yrow, RD, RI, RDG, RG)
         for b in range(nb):
             jb = b % LANES
             o = b * QK
             p = b * bs
-            dg = get_f16(orow, p + doff)
+            dg = RDG[b] if fused else get_f16(orow, p + doff)
             qs = U(p) + Q8_0_QS
             if weighted:
                 for i in range(4 * k8):
@@ -395,14 +501,18 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
                     tau = tie * D * D * SW[q]
                     take = delta + err + G * G * (tau + EG[q] * (MARGIN + 1e-13)) < 0.0
-                TK[q] = take
+                TK[q] = take and (not fused or RG[b - jb + q])
                 DD[q] = d16
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
             # (Q8_0 20% faster). One call site: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
+                bq = b - jb + q
                 if TK[q]:
-                    bq = b - jb + q
                     _write(kind, orow, bq * bs, xr, bq * QK, DD[q], lo, hi, 2 * k8)
+                if fused:
+                    TKR[bq] = TK[q]
+        if fused:
+            _ggml_row_write(kind == K_Q5_0, xr, orow, nb, bs, k8, lo, RD, RI, RG, TKR, grow)
 
 
 U24 = 2.0**-24  # float32's unit roundoff
