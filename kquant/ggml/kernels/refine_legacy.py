@@ -335,7 +335,7 @@ def _ggml_row_values(xr, xb, nb, k8, lo, hi, yrow, RD, RI, RDG, RG):
     ggml's d, 1/d and fp16 d (RD, RI, RDG), whether its block can be rebuilt from them (RG: finite,
     nonzero, in fp16's range; else _ggml_row_write copies ggml's own), and its decoded values into
     yrow: the same float32 operations as ggml's code (trunc is floor here: the argument is > 0) and
-    the dequantizer ((l - 8)*d, exact). The scales first, in a loop of their own (it vectorizes)."""
+    the dequantizer ((code + lo)*d, exact). The scales first, in a loop of their own (it vectorizes)."""
     flo = np.float32(lo)
     goff = np.float32(0.5 - lo)  # ggml's code: (int8_t)(x/d + 8.5f), at most 15 (Q5_0: 16.5f, 31)
     ftop = np.float32(hi - lo)
@@ -406,12 +406,12 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     same bytes, Q4_0 12% and Q5_0 30% faster, in-process A/B; both helpers are row-level functions
     of their own, kind-independent, so the per-type specializations of this one only type their
     calls: written inline here, the same code doubled every legacy refine kernel's first-run
-    compile, Q8_0's too). ggml's levels at the refit's fp16 d have E = eg + delta in closed form (l*d is exact in
-    float32), and the nearest levels at that d are at least as good up to level()'s rounding near
-    ties (tau), so the block is written when eg + delta + tau, with float64's rounding bounded, is
-    below eg: no second pass. The sums of a run of LANES blocks come first, then its decisions in a
-    loop of their own (each no longer waits on its block's sums: Q4_0 9%, Q5_0 10% faster), then
-    its writes."""
+    compile, Q8_0's too). ggml's levels at the refit's fp16 d have E = eg + delta in closed form
+    (l*d is exact in float32), and the nearest levels at that d are at least as good up to
+    level()'s rounding near ties (tau), so the block is written when eg + delta + tau, with
+    float64's rounding bounded, is below eg: no second pass. The sums of a run of LANES blocks come
+    first, then its decisions in a loop of their own (each no longer waits on its block's sums:
+    Q4_0 9%, Q5_0 10% faster), then its writes."""
     ncols = x.shape[1]
     nb = ncols // QK
     if nb == 0:
