@@ -313,6 +313,7 @@ def test_exact_block_keeps_ggml_bytes(mode, t):
     b = kquant.quantize(x, t, rounding=mode)
     assert np.array_equal(g[0], b[0])
 
+
 def test_refine_q8_0_keeps_ggml_blocks_for_negative_weights():
     """Q8_0's refine closed form needs weights >= 0: with a negative one in the importance row it
     leaves ggml's blocks as they are, every byte written (an output filled by ggml's kernel first)."""

@@ -358,8 +358,8 @@ def _ggml_row_values(xr, xb, nb, k8, lo, hi, yrow, RD, RI, RDG, RG):
 
 
 @njit(**JIT)
-def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TKR, grow):
-    """ggml's Q4_0 / Q5_0 (five) blocks of the row where no refit was written (TKR false): rebuilt from
+def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TK, grow):
+    """ggml's Q4_0 / Q5_0 (five) blocks of the row where no refit was written (TK false): rebuilt from
     d and 1/d as quantize_row_q4_0_ref / q5_0_ref compute them where RG (finite values: the casts need
     no emulation), else copied from that function's row (computed once, into grow)."""
     have_g = False
@@ -367,7 +367,7 @@ def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TKR, grow):
     top = np.int32(-2 * lo - 1)
     n16 = U(2 * k8)
     for b in range(nb):
-        if TKR[b]:
+        if TK[b]:
             continue
         p = U(b * bs)
         if RG[b]:
@@ -430,13 +430,12 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     RD = np.empty(nf, dtype=np.float32)  # Q4_0 / Q5_0, per block of the row: ggml's d, 1/d, fp16 d,
     RI = np.empty(nf, dtype=np.float32)
     RDG = np.empty(nf, dtype=np.float32)
-    RG = np.empty(nf, dtype=np.bool_)  # whether its block can be rebuilt from them,
-    TKR = np.zeros(nf, dtype=np.bool_)  # whether a refit was written
+    RG = np.empty(nf, dtype=np.bool_)  # whether its block can be rebuilt from them
     grow = np.empty(out.shape[1] if fused else 0, dtype=np.uint8)
     xbits = x.view(np.int32)
     tie = TIE * (1.0 - lo)
-    TK = np.zeros(LANES, dtype=np.bool_)  # per block of a run of LANES: write a refit, its d16
-    DD = np.zeros(LANES, dtype=np.float32)
+    TK = np.zeros(nb, dtype=np.bool_)  # per block of the row: a refit written
+    DD = np.zeros(LANES, dtype=np.float32)  # per block of a run of LANES: the refit's d16,
     EG = np.zeros(LANES)  # ggml's E, the fit's sums and ggml's d
     SXY = np.zeros(LANES)
     SYY = np.zeros(LANES)
@@ -501,18 +500,16 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
                     tau = tie * D * D * SW[q]
                     take = delta + err + G * G * (tau + EG[q] * (MARGIN + 1e-13)) < 0.0
-                TK[q] = take and (not fused or RG[b - jb + q])
+                TK[b - jb + q] = take and (not fused or RG[b - jb + q])
                 DD[q] = d16
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
             # (Q8_0 20% faster). One call site: each inlined copy costs seconds of compile time.
             for q in range(jb + 1):
                 bq = b - jb + q
-                if TK[q]:
+                if TK[bq]:
                     _write(kind, orow, bq * bs, xr, bq * QK, DD[q], lo, hi, 2 * k8)
-                if fused:
-                    TKR[bq] = TK[q]
         if fused:
-            _ggml_row_write(kind == K_Q5_0, xr, orow, nb, bs, k8, lo, RD, RI, RG, TKR, grow)
+            _ggml_row_write(kind == K_Q5_0, xr, orow, nb, bs, k8, lo, RD, RI, RG, TK, grow)
 
 
 U24 = 2.0**-24  # float32's unit roundoff
