@@ -13,9 +13,9 @@ _accept's rule (E and the output error both lower; of those, the lowest output e
 gets worse in either.
 
 Three paths. Where E is also the output error (no imatrix, w = 1; Q8_0, w = qw), `_refine_one`
-(y = d*l) works block by block from ggml's decoded values: the fit x ~ a*y is the fit for ggml's
-levels, so nothing is read back, and the decision needs no second pass (a closed form with its
-rounding bounded; see there); `_refine_affine` (Q4_1, Q5_1) computes ggml's blocks itself, fused
+(y = d*l) works block by block from ggml's levels and d (sums of w*x*l, w*l*l, w*x*x: ggml's E and
+the fit in closed form), and the decision needs no second pass (a closed form with its rounding
+bounded; see there); `_refine_affine` (Q4_1, Q5_1) computes ggml's blocks itself, fused
 with the refit's sums, and tests each refit exactly unless a closed form with its rounding bounded
 certifies that it passes (`_certified`: 99.8% / 99.4% of the refits kept on bench_rounding's tensors).
 With an imatrix (Q4_0 .. Q5_1: two errors to lower), LANES blocks of a row are refitted at once,
@@ -330,12 +330,12 @@ def amax_first(x, xb, o, qk):
 
 
 @njit(**JIT)
-def _ggml_row_values(xr, xb, nb, k8, lo, hi, yrow, RD, RI, RDG, RG):
+def _ggml_row_values(xr, xb, nb, k8, lo, hi, lrow, RD, RI, RDG, RG):
     """Q4_0 / Q5_0 (quantize_row_q4_0_ref / q5_0_ref), not written: per block of the row xr (bits xb)
     ggml's d, 1/d and fp16 d (RD, RI, RDG), whether its block can be rebuilt from them (RG: finite,
-    nonzero, in fp16's range; else _ggml_row_write copies ggml's own), and its decoded values into
-    yrow: the same float32 operations as ggml's code (trunc is floor here: the argument is > 0) and
-    the dequantizer ((code + lo)*d, exact). The scales first, in a loop of their own (it vectorizes)."""
+    nonzero, in fp16's range; else _ggml_row_write copies ggml's own), and its levels code + lo into
+    lrow (as float32): the same float32 operations as ggml's code (trunc is floor here: the argument
+    is > 0). The scales first, in a loop of their own (it vectorizes)."""
     flo = np.float32(lo)
     goff = np.float32(0.5 - lo)  # ggml's code: (int8_t)(x/d + 8.5f), at most 15 (Q5_0: 16.5f, 31)
     ftop = np.float32(hi - lo)
@@ -352,9 +352,8 @@ def _ggml_row_values(xr, xb, nb, k8, lo, hi, yrow, RD, RI, RDG, RG):
     for b in range(nb):
         o = U(b * QK)
         id_ = RI[b]
-        dg = RDG[b]
         for i in range(n):
-            yrow[o + i] = (min(ftop, np.floor(xr[o + i] * id_ + goff)) + flo) * dg
+            lrow[o + i] = min(ftop, np.floor(xr[o + i] * id_ + goff)) + flo
 
 
 @njit(**JIT)
@@ -397,11 +396,14 @@ def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TK, grow):
 def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
 
-    ggml's levels need not be read back: its decoded values are y = d_g*l, so the least-squares fit
-    x ~ a*y is the fit for the levels, d = a*d_g. One pass over ggml's block gives its E and the
-    fit's sums (8 partial sums each, then _oct: a fixed order; Q8_0 multiplies its int8 codes by d
-    in that pass). Q4_0 / Q5_0 come here without ggml's blocks: _ggml_row_values computes ggml's
-    scales and decoded values of the row, and _ggml_row_write writes ggml's blocks after the row's
+    ggml's decoded values are y = d_g*l, exact in float32, so one pass over ggml's levels l gives
+    the sums Sxl = sum w*x*l, Sll = sum w*l*l and Sxx = sum w*x*x (8 partial sums each, then _oct:
+    a fixed order): the least-squares d = Sxl/Sll, and ggml's E = Sxx - 2*d_g*Sxl + d_g^2*Sll,
+    rounded up by its float64 rounding's bound (it only sets the margin, where larger is safe).
+    Against summing E, Sxy and Syy over the decoded values: the same bytes, Q8_0 8% and Q4_0 /
+    Q5_0 3% faster (in-process A/B; a second loop without the weights' products was not faster
+    for Q4_0 / Q5_0). Q8_0 reads its int8 codes; Q4_0 / Q5_0 come here without ggml's blocks:
+    _ggml_row_values computes ggml's scales and levels of the row, and _ggml_row_write writes ggml's blocks after the row's
     refits, where none was written (against ggml's row quantized, written and decoded first: the
     same bytes, Q4_0 12% and Q5_0 30% faster, in-process A/B; both helpers are row-level functions
     of their own, kind-independent, so the per-type specializations of this one only type their
@@ -423,9 +425,9 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                 return
     fused = kind != K_Q8_0  # Q4_0 / Q5_0 (no imatrix): ggml's blocks computed here, not read
     k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are not unrolled (the sums: 2.4x faster)
-    P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of e, sxy, syy, sw
+    P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of sxl, sll, sxx, sw
     W = np.ones(QK, dtype=np.float32)
-    yrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
+    lrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
     nf = nb if fused else 0
     RD = np.empty(nf, dtype=np.float32)  # Q4_0 / Q5_0, per block of the row: ggml's d, 1/d, fp16 d,
     RI = np.empty(nf, dtype=np.float32)
@@ -437,15 +439,15 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     TK = np.zeros(nb, dtype=np.bool_)  # per block of the row: a refit written
     DD = np.zeros(LANES, dtype=np.float32)  # per block of a run of LANES: the refit's d16,
     EG = np.zeros(LANES)  # ggml's E, the fit's sums and ggml's d
-    SXY = np.zeros(LANES)
-    SYY = np.zeros(LANES)
+    SXL = np.zeros(LANES)
+    SLL = np.zeros(LANES)
     SW = np.zeros(LANES)
     DG = np.zeros(LANES, dtype=np.float32)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         if fused:
-            _ggml_row_values(xr, xbits[r], nb, k8, lo, hi, yrow, RD, RI, RDG, RG)
+            _ggml_row_values(xr, xbits[r], nb, k8, lo, hi, lrow, RD, RI, RDG, RG)
         for b in range(nb):
             jb = b % LANES
             o = b * QK
@@ -456,50 +458,58 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                 for i in range(4 * k8):
                     W[i] = qw[o + i]
             for k in range(k8):
-                e = 0.0
                 s = 0.0
                 t = 0.0
+                xx = 0.0
                 sw = 0.0
                 for j in range(4):
                     i = k + 8 * j
                     xv = np.float64(xr[o + i])
-                    # Q8_0: y = l*d from the block (exact in float32), not a decoded row (11% faster)
-                    yv = np.float64(np.float32(np.int8(orow[qs + U(i)])) * dg if kind == K_Q8_0 else yrow[o + i])
+                    # ggml's level: Q8_0 its int8 code in the block, Q4_0 / Q5_0 from _ggml_row_values
+                    lv = np.float64(np.int8(orow[qs + U(i)])) if kind == K_Q8_0 else np.float64(lrow[o + i])
                     wv = np.float64(W[i])
-                    rr = yv - xv
-                    e += wv * rr * rr
-                    s += wv * xv * yv
-                    t += wv * yv * yv
+                    wx = wv * xv
+                    s += wx * lv
+                    t += wv * lv * lv
+                    xx += wx * xv
                     sw += wv
-                P[k] = e
-                P[8 + k] = s
-                P[16 + k] = t
+                P[k] = s
+                P[8 + k] = t
+                P[16 + k] = xx
                 P[24 + k] = sw
-            EG[jb] = _oct(P, 0)
-            SXY[jb] = _oct(P, 8)
-            SYY[jb] = _oct(P, 16)
+            sxl = _oct(P, 0)
+            sll = _oct(P, 8)
+            sxx = _oct(P, 16)
+            G = np.float64(dg)
+            # ggml's E = sum w (G*l - x)^2 from the sums, rounded up by a bound on their float64 rounding
+            # (terms of one sign each); only the margin's test uses it, where rounding up is the safe side
+            gs = 2.0 * abs(G * sxl)
+            gg = G * G * sll
+            EG[jb] = (sxx - gs + gg) + 1e-14 * (sxx + gs + gg)
+            SXL[jb] = sxl
+            SLL[jb] = sll
             SW[jb] = _oct(P, 24)
             DG[jb] = dg
             if jb < LANES - 1 and b < nb - 1:
                 continue
             # the decisions of the run, independent of each other (no chain through a block's sums)
             for q in range(jb + 1):
-                dg = DG[q]
-                sxy = SXY[q]
-                syy = SYY[q]
-                d16 = fp16_round(np.float32(dg * (sxy / syy) if syy > 0 else 0.0))
+                sxl = SXL[q]
+                sll = SLL[q]
+                d16 = fp16_round(np.float32(sxl / sll if sll > 0 else 0.0))
                 # (no np.isfinite here: in this loop it cost as much as the rest of the decision)
                 if not (abs(d16) > 0 and abs(d16) <= 65504.0):
                     take = False
                 else:
-                    # delta * dg^2, without a division; err bounds its float64 rounding (sums of terms >= 0)
+                    # ggml's levels l at d16: E changes by delta (l*d is exact in float32); err bounds its
+                    # float64 rounding (sums of terms of one sign)
                     D = np.float64(d16)
-                    G = np.float64(dg)
+                    G = np.float64(DG[q])
                     A = D - G
-                    delta = A * ((D + G) * syy - 2.0 * G * sxy)
-                    err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * syy + 2.0 * abs(G) * sxy)
+                    delta = A * ((D + G) * sll - 2.0 * sxl)
+                    err = 1e-13 * abs(A) * ((abs(D) + abs(G)) * sll + 2.0 * abs(sxl))
                     tau = tie * D * D * SW[q]
-                    take = delta + err + G * G * (tau + EG[q] * (MARGIN + 1e-13)) < 0.0
+                    take = delta + err + tau + EG[q] * (MARGIN + 1e-13) < 0.0
                 TK[b - jb + q] = take and (not fused or RG[b - jb + q])
                 DD[q] = d16
             # the writes, after LANES decisions: a decision no longer waits on a mispredicted branch
