@@ -38,7 +38,7 @@ from ..types import QK_K, QType
 from . import q2_k, q6_k
 from ._common import fp16_round, get_f16, put_f16
 from ._accept import better, out_weights
-from ._sweep import _U, werr
+from ._sweep import _U, werr, werr2
 from .better_legacy import search_aff
 from .q4_k import (
     JIT,
@@ -269,23 +269,26 @@ def k45_ggml_start(x, qw, out):
 
 
 @njit(**JIT)
-def k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn):
-    """ggml's Q4_K / Q5_K super-block at orow[off:]: its weights into w, its weighted error E, its D and M
-    (returned) and 6-bit scales / mins (into sc, mn). E = 0 means keep ggml's block: exact already, NaN
-    input (allow_nonfinite), or a non-finite / non-positive D."""
+def k45_ggml_block(xr, o, qw, orow, off, q5, w, u, y, sc, mn):
+    """ggml's Q4_K / Q5_K super-block at orow[off:]: its weights into w, the output error's into u (with
+    an imatrix; without one u stays the caller's ones), its weighted error E and output error E_u, its
+    D and M (returned) and 6-bit scales / mins (into sc, mn). E = 0 means keep ggml's block: exact
+    already, NaN input (allow_nonfinite), or a non-finite / non-positive D."""
     k45_weights(xr, o, qw, w)
+    if qw.shape[0] != 0:
+        out_weights(qw, o, u, QK_K)
     if q5:
         q5_k_dequant_block(orow, off, y, 0)
     else:
         q4_k_dequant_block(orow, off, y, 0, SUB)
-    e_g = werr(xr, o, w, y, QK_K)
+    e_g, u_g = werr2(xr, o, w, u, y, QK_K)
     D = get_f16(orow, off + Q4K_D)
     M = get_f16(orow, off + Q4K_DMIN)
     if not e_g > 0 or not (np.isfinite(D) and np.isfinite(M)) or D <= 0:
-        return 0.0, D, M
+        return 0.0, u_g, D, M
     for j in range(NSUB):
         sc[j], mn[j] = get_scale_min_k4(j, orow, off + Q4K_SCALES)
-    return e_g, D, M
+    return e_g, u_g, D, M
 
 
 @njit(**JIT)
@@ -307,18 +310,16 @@ def quantize_q4_k_q5_k_best(x, qw, out):
     bq = np.empty(SUB, dtype=np.int32)
     L = np.empty(SUB, dtype=np.int32)
     bL = np.empty(SUB, dtype=np.int32)
-    u = np.empty(QK_K)
+    u = np.ones(QK_K)
     for r in range(x.shape[0]):
         xr = x[r]
         orow = out[r]
         for b in range(nb):
             o = b * QK_K
             off = b * bs
-            e_g, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, y, sc, mn)
+            e_g, best_u, D, M = k45_ggml_block(xr, o, qw, orow, off, q5, w, u, y, sc, mn)
             if not e_g > 0:
                 continue
-            out_weights(qw, o, u, QK_K)
-            best_u = werr(xr, o, u, y, QK_K)
             for start in range(2):  # 0: from ggml's block; 1: from the real sub-block optima
                 if start == 1:
                     D, M = _real_start(xr, o, w, nmax, sc, mn, L, bL, NSUB, SUB, 63)
