@@ -29,7 +29,8 @@ and stored every sum at every value, scalar code; seen in the machine code under
 sums in the same order, Q4_K / Q5_K refine 4-5% faster. ggml's block's two errors (E, E_u) come
 from one pass (_sweep.werr2) and the refit's Q4_K / Q5_K levels are packed as they lie (transposed)
 rather than copied back first: with the lanes, Q4_K 7-10%, Q5_K 9-15% faster, Q3_K / Q6_K 1-3%
-(in-process A/B, same bytes); the Q2_K refine's time within noise of before (-3% to +4%).
+(in-process A/B, same bytes). Q2_K's refit (16 lanes of 16 values) keeps the loops value by value
+across the lanes: lane by lane it was 3-5% slower.
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
 
@@ -101,26 +102,44 @@ def _aff_lanes_err(XT, WT, UT, n, sub, ds, dm, QT, ae, au, ag):
     """(E, E_u, G) of the refit (transposed layout, n lanes of sub values) for the float32 steps ds and
     offsets dm (as float64): its values are the dequantizer's float32 ds*q - dm exactly, G = |sum u x (y - x)|
     (_accept.out_errors). Each lane's sums run over its values in order, then are added in lane order.
-    Lane by lane (module docstring)."""
+    Lane by lane for Q4_K / Q5_K, value by value across the lanes for Q2_K (module docstring)."""
     e = 0.0
     eu = 0.0
     g = 0.0
+    if sub > 16:
+        for s in range(n):
+            a = 0.0
+            b = 0.0
+            c = 0.0
+            d32 = np.float32(ds[s])
+            m32 = np.float32(dm[s])
+            for i in range(sub):
+                k = n * i + s
+                xd = np.float64(XT[k])
+                r = np.float64(np.float32(d32 * np.float32(QT[k])) - m32) - xd
+                a += WT[k] * r * r
+                b += UT[k] * r * r
+                c += UT[k] * xd * r
+            e += a
+            eu += b
+            g += c
+        return e, eu, abs(g)
     for s in range(n):
-        a = 0.0
-        b = 0.0
-        c = 0.0
-        d32 = np.float32(ds[s])
-        m32 = np.float32(dm[s])
-        for i in range(sub):
+        ae[s] = 0.0
+        au[s] = 0.0
+        ag[s] = 0.0
+    for i in range(sub):
+        for s in range(n):
             k = n * i + s
             xd = np.float64(XT[k])
-            r = np.float64(np.float32(d32 * np.float32(QT[k])) - m32) - xd
-            a += WT[k] * r * r
-            b += UT[k] * r * r
-            c += UT[k] * xd * r
-        e += a
-        eu += b
-        g += c
+            r = np.float64(np.float32(np.float32(ds[s]) * np.float32(QT[k])) - np.float32(dm[s])) - xd
+            ae[s] += WT[k] * r * r
+            au[s] += UT[k] * r * r
+            ag[s] += UT[k] * xd * r
+    for s in range(n):
+        e += ae[s]
+        eu += au[s]
+        g += ag[s]
     return e, eu, abs(g)
 
 
@@ -174,33 +193,55 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
     for _ in range(N_PASSES):
         # 1. codes of each sub-block from its least-squares (step, offset) for its levels; with the sums,
         # each sub-block's E (ae[s]: _aff_lane_err's sum, kept up to date below, so step 2 has E)
-        for s in range(n):  # lane by lane (module docstring)
-            a0 = 0.0
-            a1 = 0.0
-            a2 = 0.0
-            ax = 0.0
-            axq = 0.0
-            ee = 0.0
-            ds_ = ds[s]
-            dm_ = dm[s]
+        if sub > 16:  # Q4_K / Q5_K: lane by lane (module docstring)
+            for s in range(n):
+                a0 = 0.0
+                a1 = 0.0
+                a2 = 0.0
+                ax = 0.0
+                axq = 0.0
+                ee = 0.0
+                ds_ = ds[s]
+                dm_ = dm[s]
+                for i in range(sub):
+                    k = n * i + s
+                    fq = np.float64(QT[k])
+                    xi = np.float64(XT[k])
+                    wk = WT[k]
+                    a0 += wk
+                    a1 += wk * fq
+                    a2 += wk * fq * fq
+                    ax += wk * xi
+                    axq += wk * xi * fq
+                    d = ds_ * fq - dm_ - xi
+                    ee += wk * d * d
+                m0[s] = a0
+                m1[s] = a1
+                m2[s] = a2
+                mx[s] = ax
+                mxq[s] = axq
+                ae[s] = ee
+        else:  # Q2_K (16 lanes of 16): value by value across the lanes
+            for s in range(n):
+                m0[s] = 0.0
+                m1[s] = 0.0
+                m2[s] = 0.0
+                mx[s] = 0.0
+                mxq[s] = 0.0
+                ae[s] = 0.0
             for i in range(sub):
-                k = n * i + s
-                fq = np.float64(QT[k])
-                xi = np.float64(XT[k])
-                wk = WT[k]
-                a0 += wk
-                a1 += wk * fq
-                a2 += wk * fq * fq
-                ax += wk * xi
-                axq += wk * xi * fq
-                d = ds_ * fq - dm_ - xi
-                ee += wk * d * d
-            m0[s] = a0
-            m1[s] = a1
-            m2[s] = a2
-            mx[s] = ax
-            mxq[s] = axq
-            ae[s] = ee
+                for s in range(n):
+                    k = n * i + s
+                    fq = np.float64(QT[k])
+                    xi = np.float64(XT[k])
+                    wk = WT[k]
+                    m0[s] += wk
+                    m1[s] += wk * fq
+                    m2[s] += wk * fq * fq
+                    mx[s] += wk * xi
+                    mxq[s] += wk * xi * fq
+                    d = ds[s] * fq - dm[s] - xi
+                    ae[s] += wk * d * d
         if D > 0 and M > 0:
             for j in range(n):
                 s0, s1, s2, sx, sxq = m0[j], m1[j], m2[j], mx[j], mxq[j]
