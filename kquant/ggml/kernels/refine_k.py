@@ -27,10 +27,12 @@ lane at a time, the lane's sums in local variables. Written value by value acros
 per-lane arrays, the sums stayed in memory (numba's arrays may alias one another, so LLVM loaded
 and stored every sum at every value, scalar code; seen in the machine code under perf): the same
 sums in the same order, Q4_K / Q5_K refine 4-5% faster. ggml's block's two errors (E, E_u) come
-from one pass (_sweep.werr2) and the refit's Q4_K / Q5_K levels are packed as they lie (transposed)
-rather than copied back first: with the lanes, Q4_K 7-10%, Q5_K 9-15% faster, Q3_K / Q6_K 1-3%
-(in-process A/B, same bytes). Q2_K's refit (16 lanes of 16 values) keeps the loops value by value
-across the lanes: lane by lane it was 3-5% slower.
+from one pass (_sweep.werr2) and the refit's Q4_K / Q5_K levels are packed as they lie rather
+than copied back first: with the lanes, Q4_K 7-10%, Q5_K 9-15% faster, Q3_K / Q6_K 1-3%
+(in-process A/B, same bytes). Lane by lane, Q4_K / Q5_K's scratch is in sub-block order rather than
+transposed (_ix: no transposed copy, and each lane's values are contiguous): 5% more (median of 41
+alternated pairs). Q2_K's refit (16 lanes of 16 values) keeps the transposed scratch and the loops
+value by value across the lanes: lane by lane it was 3-5% slower.
 Super-blocks are independent: the bytes do not depend on the thread count.
 """
 
@@ -54,7 +56,7 @@ from .q4_k import NSUB, Q4K_D, Q4K_DMIN, Q4K_QS, Q4K_SCALES, Q5K_QH, Q5K_QS, SUB
 # _refit_sym's scratch: the super-block transposed (values, weights, levels, new levels, output error
 # weights), and per sub-block: inverse steps, float32 steps, the sums of x*l and l*l, two error sums
 SymScratch = namedtuple("SymScratch", "XT WT LT L2T UT inv st sxl sll ae au")
-# _refit_affine's: the super-block transposed (values, weights, levels, new levels, output error weights),
+# _refit_affine's: the super-block in _ix's layout (values, weights, levels, new levels, output error weights),
 # and per sub-block: steps, offsets, inverse steps, the sums of w, wq, wq^2, wx, wxq, three error sums
 AffScratch = namedtuple("AffScratch", "XT WT QT Q2T UT ds dm inv m0 m1 m2 mx mxq ae au ag")
 N_PASSES = 1  # refit passes per super-block (one: a second gains little for its cost)
@@ -64,6 +66,14 @@ JIT = dict(cache=True, no_cfunc_wrapper=True, error_model="numpy")
 
 
 # ---------------------------------------------------------------- affine: y = D*sc*q - M*m
+
+
+@njit(inline="always", **JIT)
+def _ix(n, sub, i, s):
+    """Where value i of lane (sub-block) s lies in the refit's scratch: transposed (n i + s) for Q2_K,
+    whose 16 lanes of 16 values are summed value by value across the lanes; in sub-block order
+    (sub s + i) for Q4_K / Q5_K, summed lane by lane (module docstring)."""
+    return n * i + s if sub <= 16 else sub * s + i
 
 
 @njit(**JIT)
@@ -76,22 +86,22 @@ def _aff_scratch():
 
 @njit(inline="always", **JIT)
 def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
-    """QT[n i + s] = the nearest level 0..nmax of XT[n i + s] for lane s's step 1/inv[s] and offset dm[s]
+    """QT[k] = the nearest level 0..nmax of XT[k] (k = _ix(n, sub, i, s)) for lane s's step 1/inv[s] and offset dm[s]
     (_sub_levels per sub-block; inv 0: level 0)."""
     hi = np.float64(nmax)
     for i in range(sub):
         for s in range(n):
-            k = n * i + s
+            k = _ix(n, sub, i, s)
             v = np.rint((np.float64(XT[k]) + dm[s]) * inv[s])
             QT[k] = np.int32(min(hi, max(0.0, v)))
 
 
 @njit(inline="always", **JIT)
 def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
-    """E of lane j (transposed layout, n lanes of sub values) for step ds, offset dm: _sub_err per sub-block."""
+    """E of lane j (_ix's layout, n lanes of sub values) for step ds, offset dm: _sub_err per sub-block."""
     e = 0.0
     for i in range(sub):
-        k = n * i + j
+        k = _ix(n, sub, i, j)
         d = ds * QT[k] - dm - np.float64(XT[k])
         e += WT[k] * d * d
     return e
@@ -99,7 +109,7 @@ def _aff_lane_err(XT, WT, n, sub, j, ds, dm, QT):
 
 @njit(inline="always", **JIT)
 def _aff_lanes_err(XT, WT, UT, n, sub, ds, dm, QT, ae, au, ag):
-    """(E, E_u, G) of the refit (transposed layout, n lanes of sub values) for the float32 steps ds and
+    """(E, E_u, G) of the refit (_ix's layout, n lanes of sub values) for the float32 steps ds and
     offsets dm (as float64): its values are the dequantizer's float32 ds*q - dm exactly, G = |sum u x (y - x)|
     (_accept.out_errors). Each lane's sums run over its values in order, then are added in lane order.
     Lane by lane for Q4_K / Q5_K, value by value across the lanes for Q2_K (module docstring)."""
@@ -114,7 +124,7 @@ def _aff_lanes_err(XT, WT, UT, n, sub, ds, dm, QT, ae, au, ag):
             d32 = np.float32(ds[s])
             m32 = np.float32(dm[s])
             for i in range(sub):
-                k = n * i + s
+                k = _ix(n, sub, i, s)
                 xd = np.float64(XT[k])
                 r = np.float64(np.float32(d32 * np.float32(QT[k])) - m32) - xd
                 a += WT[k] * r * r
@@ -130,7 +140,7 @@ def _aff_lanes_err(XT, WT, UT, n, sub, ds, dm, QT, ae, au, ag):
         ag[s] = 0.0
     for i in range(sub):
         for s in range(n):
-            k = n * i + s
+            k = _ix(n, sub, i, s)
             xd = np.float64(XT[k])
             r = np.float64(np.float32(np.float32(ds[s]) * np.float32(QT[k])) - np.float32(dm[s])) - xd
             ae[s] += WT[k] * r * r
@@ -155,7 +165,7 @@ def _aff_levels_err(XT, WT, inv, ds, dm, nmax, n, sub, QT):
         dm_ = dm[s]
         iv = inv[s]
         for i in range(sub):
-            k = n * i + s
+            k = _ix(n, sub, i, s)
             xd = np.float64(XT[k])
             qk = np.int32(min(hi, max(0.0, np.rint((xd + dm_) * iv))))
             QT[k] = qk
@@ -178,15 +188,16 @@ def _steps(D, M, sc, mn, n, ds, dm, inv):
 def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
     """N_PASSES of steps 1-2 (module docstring) on one super-block, in place; returns (D, M, changed):
     changed False means the codes, D and M are ggml's (its levels are the nearest for them), so its block
-    stands; otherwise sw.QT holds the levels (transposed, as XT). sw: AffScratch. The super-block is copied transposed
-    (XT[nsub i + s] = x[o + sub s + i]) so that its sub-blocks are vector lanes, each lane's sums running
-    over its values in order."""
+    stands; otherwise sw.QT holds the levels (laid out as XT). sw: AffScratch. The super-block is copied
+    into XT in _ix's layout (transposed for Q2_K: XT[nsub i + s] = x[o + sub s + i]); its sub-blocks are
+    the lanes, each lane's sums running over its values in order."""
     XT, WT, QT, Q2T, _, ds, dm, inv, m0, m1, m2, mx, mxq, ae, _, _ = sw
     n = nsub
     for s in range(n):
         for i in range(sub):
-            XT[n * i + s] = x[o + sub * s + i]
-            WT[n * i + s] = w[sub * s + i]
+            k = _ix(n, sub, i, s)
+            XT[k] = x[o + sub * s + i]
+            WT[k] = w[sub * s + i]
     changed = False
     _steps(D, M, sc, mn, n, ds, dm, inv)
     _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT)  # the nearest levels for ggml's scales
@@ -204,7 +215,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
                 ds_ = ds[s]
                 dm_ = dm[s]
                 for i in range(sub):
-                    k = n * i + s
+                    k = _ix(n, sub, i, s)
                     fq = np.float64(QT[k])
                     xi = np.float64(XT[k])
                     wk = WT[k]
@@ -231,7 +242,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
                 ae[s] = 0.0
             for i in range(sub):
                 for s in range(n):
-                    k = n * i + s
+                    k = _ix(n, sub, i, s)
                     fq = np.float64(QT[k])
                     xi = np.float64(XT[k])
                     wk = WT[k]
@@ -260,7 +271,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
                 dmc = np.float64(np.float32(M * np.float32(cm)))
                 iv = 1.0 / dsc if dsc > 0 else 0.0
                 for i in range(sub):  # lane j's levels for the new codes, into Q2T (scratch until step 2)
-                    k = n * i + j
+                    k = _ix(n, sub, i, j)
                     v = np.rint((np.float64(XT[k]) + dmc) * iv)
                     Q2T[k] = np.int32(min(np.float64(nmax), max(0.0, v)))
                 e1 = _aff_lane_err(XT, WT, n, sub, j, dsc, dmc, Q2T)
@@ -276,7 +287,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
                     a2 = 0.0
                     ax = 0.0
                     for i in range(sub):
-                        k = n * i + j
+                        k = _ix(n, sub, i, j)
                         QT[k] = Q2T[k]
                         fq = np.float64(QT[k])
                         xi = np.float64(XT[k])
@@ -333,8 +344,8 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
 
 @njit(**JIT)
 def _pack_k45_t(out, off, q5, D, M, sc, mn, QT):
-    """better_k.pack_k45 (ggml's packing) from the refit's levels as _refit_affine leaves them, transposed
-    (QT[NSUB i + j]: level i of sub-block j), without copying them back into sub-block order first."""
+    """better_k.pack_k45 (ggml's packing) from the refit's levels as _refit_affine leaves them (QT[SUB j + i]:
+    level i of sub-block j), without copying them into pack_k45's transposed scratch first."""
     put_f16(out, off + Q4K_D, D)
     put_f16(out, off + Q4K_DMIN, M)
     for j in range(NSUB):
@@ -344,42 +355,42 @@ def _pack_k45_t(out, off, q5, D, M, sc, mn, QT):
         for i in range(SUB):
             h = np.int32(0)
             for j in range(NSUB):
-                h |= np.int32(QT[NSUB * i + j] > 15) << j
+                h |= np.int32(QT[SUB * j + i] > 15) << j
             out[off + Q5K_QH + i] = np.uint8(h)
         qo = off + Q5K_QS
     for g in range(NSUB // 2):
         for i in range(SUB):
-            lo = QT[NSUB * i + 2 * g] & 0xF
-            hi = QT[NSUB * i + 2 * g + 1] & 0xF
+            lo = QT[SUB * 2 * g + i] & 0xF
+            hi = QT[SUB * (2 * g + 1) + i] & 0xF
             out[qo + SUB * g + i] = np.uint8(lo | (hi << 4))
 
 
 @njit(inline="always", **JIT)
 def _out_weights_t(qw, o, u, UT, nsub, sub):
     """With an imatrix: u = the output error's weights of the super-block at column o (out_weights) and UT
-    the same transposed (UT[nsub i + s] = u[sub s + i], the refits' lane layout). Without one both are
+    the same in the refits' layout (_ix). Without one both are
     all ones from the start and stay so."""
     if qw.shape[0] != 0:
         out_weights(qw, o, u, QK_K)
         for s in range(nsub):
             for i in range(sub):
-                UT[nsub * i + s] = u[sub * s + i]
+                UT[_ix(nsub, sub, i, s)] = u[sub * s + i]
 
 
 @njit(inline="always", **JIT)
 def _transpose_u(qw, u, UT, nsub, sub):
-    """UT = u transposed (UT[nsub i + s] = u[sub s + i], the refits' lane layout), u the block's output
-    error weights already; without an imatrix both are all ones from the start and stay so."""
+    """UT = u in the refit's layout (_ix), u the block's output error weights already; without an
+    imatrix both are all ones from the start and stay so."""
     if qw.shape[0] != 0:
         for s in range(nsub):
             for i in range(sub):
-                UT[nsub * i + s] = u[sub * s + i]
+                UT[_ix(nsub, sub, i, s)] = u[sub * s + i]
 
 
 @njit(inline="always", **JIT)
 def _refit_errors(qw, o, u, nsub, sub, sw, have_u):
     """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), u and sw.UT the block's output error
-    weights first (_out_weights_t; have_u: u is the block's already, only transposed)."""
+    weights first (_out_weights_t; have_u: u is the block's already, only laid out as UT)."""
     if have_u:
         _transpose_u(qw, u, sw.UT, nsub, sub)
     else:
