@@ -126,9 +126,10 @@ def test_exact_sweep_is_the_optimum(n, lo, hi):
 @pytest.mark.parametrize("n", [1, 7, 16, 31, 32, 37, 256])
 def test_block_error_sums(n):
     """werr and out_errors (running sums in a fixed order) equal the sums taken in order, to float64's
-    rounding, for lengths with and without a remainder past the unrolled sums."""
+    rounding, for lengths with and without a remainder past the unrolled sums; werr2's two sums are
+    werr's, bit for bit (refine's accept tests compare against them)."""
     from kquant.ggml.kernels._accept import out_errors
-    from kquant.ggml.kernels._sweep import werr
+    from kquant.ggml.kernels._sweep import werr, werr2
 
     seed, rng = fresh_rng()
     x = rng.standard_t(3, n + 5).astype(np.float32)
@@ -138,6 +139,8 @@ def test_block_error_sums(n):
     e = float(np.sum(w * r * r))
     g = abs(float(np.sum(w * x[5:].astype(np.float64) * r)))
     assert abs(werr(x, 5, w, y, n) - e) <= 1e-14 * e, f"seed={seed}"
+    u = rng.random(n)
+    assert werr2(x, 5, w, u, y, n) == (werr(x, 5, w, y, n), werr(x, 5, u, y, n)), f"seed={seed}"
     eu, gu = out_errors(x, 5, w, y, n)
     assert abs(eu - e) <= 1e-14 * e and abs(gu - g) <= 1e-12 * np.sum(np.abs(w * x[5:] * r)), f"seed={seed}"
 
