@@ -366,25 +366,22 @@ def _pack_k45_t(out, off, q5, D, M, sc, mn, QT):
 
 
 @njit(inline="always", **JIT)
-def _out_weights_t(qw, o, u, UT, nsub, sub):
-    """With an imatrix: u = the output error's weights of the super-block at column o (out_weights) and UT
-    the same in the refits' layout (_ix). Without one both are
-    all ones from the start and stay so."""
+def _layout_u(qw, u, UT, nsub, sub):
+    """UT = u (the block's output error weights) in the refit's layout (_ix); without an imatrix both
+    are all ones from the start and stay so."""
     if qw.shape[0] != 0:
-        out_weights(qw, o, u, QK_K)
         for s in range(nsub):
             for i in range(sub):
                 UT[_ix(nsub, sub, i, s)] = u[sub * s + i]
 
 
 @njit(inline="always", **JIT)
-def _transpose_u(qw, u, UT, nsub, sub):
-    """UT = u in the refit's layout (_ix), u the block's output error weights already; without an
-    imatrix both are all ones from the start and stay so."""
+def _out_weights_t(qw, o, u, UT, nsub, sub):
+    """With an imatrix: u = the output error's weights of the super-block at column o (out_weights),
+    UT the same in the refits' layout (_layout_u). Without one both are all ones and stay so."""
     if qw.shape[0] != 0:
-        for s in range(nsub):
-            for i in range(sub):
-                UT[_ix(nsub, sub, i, s)] = u[sub * s + i]
+        out_weights(qw, o, u, QK_K)
+    _layout_u(qw, u, UT, nsub, sub)
 
 
 @njit(inline="always", **JIT)
@@ -392,7 +389,7 @@ def _refit_errors(qw, o, u, nsub, sub, sw, have_u):
     """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), u and sw.UT the block's output error
     weights first (_out_weights_t; have_u: u is the block's already, only laid out as UT)."""
     if have_u:
-        _transpose_u(qw, u, sw.UT, nsub, sub)
+        _layout_u(qw, u, sw.UT, nsub, sub)
     else:
         _out_weights_t(qw, o, u, sw.UT, nsub, sub)
     return _aff_lanes_err(sw.XT, sw.WT, sw.UT, nsub, sub, sw.ds, sw.dm, sw.QT, sw.ae, sw.au, sw.ag)
@@ -462,7 +459,7 @@ def quantize_q2_k_refine(x, qw, out):
             if refit_better(e_b, (u_b, g_b), e_g, out_errors(xr, o, u, y, QK_K)):
                 for s in range(16):  # the levels in sub-block order (_refit_affine's are transposed)
                     for i in range(16):
-                        q[16 * s + i] = sw.QT[16 * i + s]
+                        q[16 * s + i] = sw.QT[_ix(16, 16, i, s)]
                 _pack_q2_k(orow, off, D, M, sc, mn, q)
 
 
@@ -678,7 +675,7 @@ def quantize_sym_refine(x, qw, out, q6):
             D, changed = _refit_sym(xr, o, w, D, sc, lo, hi, sclo, schi, sw, e_g, n16)
             if not changed:
                 continue
-            _transpose_u(qw, u, UT, 16, 16)
+            _layout_u(qw, u, UT, 16, 16)
             for s in range(16):
                 st[s] = np.float32(D * np.float32(sc[s]))
             e_b, u_b = _lanes_err(sw.XT, sw.WT, UT, st, sw.LT, sw.ae, sw.au, n16, True)

@@ -402,9 +402,10 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     rounded up by its float64 rounding's bound (it only sets the margin, where larger is safe).
     Against summing E, Sxy and Syy over the decoded values: the same bytes, Q8_0 8% and Q4_0 /
     Q5_0 3% faster (in-process A/B). Q8_0 without an imatrix sums in a loop of its own without the
-    weights' products (3% more; for Q4_0 / Q5_0 such a loop was slower). Q8_0 reads its int8 codes; Q4_0 / Q5_0 come here without ggml's blocks:
-    _ggml_row_values computes ggml's scales and levels of the row, and _ggml_row_write writes ggml's blocks after the row's
-    refits, where none was written (against ggml's row quantized, written and decoded first: the
+    weights' products (3% more; for Q4_0 / Q5_0 such a loop was slower). Q8_0 reads its int8
+    codes; Q4_0 / Q5_0 come here without ggml's blocks: _ggml_row_values computes ggml's scales
+    and levels of the row, and _ggml_row_write writes ggml's blocks after the row's refits, where
+    none was written (against ggml's row quantized, written and decoded first: the
     same bytes, Q4_0 12% and Q5_0 30% faster, in-process A/B; both helpers are row-level functions
     of their own, kind-independent, so the per-type specializations of this one only type their
     calls: written inline here, the same code doubled every legacy refine kernel's first-run
