@@ -85,6 +85,12 @@ def _aff_scratch():
 
 
 @njit(inline="always", **JIT)
+def _aff_level(xd, dm, inv, hi):
+    """The nearest level 0..hi of the value xd (float64) for the step 1/inv and offset dm (inv 0: 0)."""
+    return np.int32(min(hi, max(0.0, np.rint((xd + dm) * inv))))
+
+
+@njit(inline="always", **JIT)
 def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
     """QT[k] = the nearest level 0..nmax of XT[k] (k = _ix(n, sub, i, s)) for lane s's step 1/inv[s] and offset dm[s]
     (_sub_levels per sub-block; inv 0: level 0)."""
@@ -92,8 +98,7 @@ def _lane_aff_levels(XT, inv, dm, nmax, n, sub, QT):
     for i in range(sub):
         for s in range(n):
             k = _ix(n, sub, i, s)
-            v = np.rint((np.float64(XT[k]) + dm[s]) * inv[s])
-            QT[k] = np.int32(min(hi, max(0.0, v)))
+            QT[k] = _aff_level(np.float64(XT[k]), dm[s], inv[s], hi)
 
 
 @njit(inline="always", **JIT)
@@ -167,7 +172,7 @@ def _aff_levels_err(XT, WT, inv, ds, dm, nmax, n, sub, QT):
         for i in range(sub):
             k = _ix(n, sub, i, s)
             xd = np.float64(XT[k])
-            qk = np.int32(min(hi, max(0.0, np.rint((xd + dm_) * iv))))
+            qk = _aff_level(xd, dm_, iv, hi)
             QT[k] = qk
             d = ds_ * qk - dm_ - xd
             a += WT[k] * d * d
@@ -272,8 +277,7 @@ def _refit_affine(x, o, w, nmax, D, M, sc, mn, nsub, sub, smax, sw):
                 iv = 1.0 / dsc if dsc > 0 else 0.0
                 for i in range(sub):  # lane j's levels for the new codes, into Q2T (scratch until step 2)
                     k = _ix(n, sub, i, j)
-                    v = np.rint((np.float64(XT[k]) + dmc) * iv)
-                    Q2T[k] = np.int32(min(np.float64(nmax), max(0.0, v)))
+                    Q2T[k] = _aff_level(np.float64(XT[k]), dmc, iv, np.float64(nmax))
                 e1 = _aff_lane_err(XT, WT, n, sub, j, dsc, dmc, Q2T)
                 if e1 < ae[j]:
                     ae[j] = e1
@@ -376,22 +380,10 @@ def _layout_u(qw, u, UT, nsub, sub):
 
 
 @njit(inline="always", **JIT)
-def _out_weights_t(qw, o, u, UT, nsub, sub):
-    """With an imatrix: u = the output error's weights of the super-block at column o (out_weights),
-    UT the same in the refits' layout (_layout_u). Without one both are all ones and stay so."""
-    if qw.shape[0] != 0:
-        out_weights(qw, o, u, QK_K)
-    _layout_u(qw, u, UT, nsub, sub)
-
-
-@njit(inline="always", **JIT)
-def _refit_errors(qw, o, u, nsub, sub, sw, have_u):
-    """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), u and sw.UT the block's output error
-    weights first (_out_weights_t; have_u: u is the block's already, only laid out as UT)."""
-    if have_u:
-        _layout_u(qw, u, sw.UT, nsub, sub)
-    else:
-        _out_weights_t(qw, o, u, sw.UT, nsub, sub)
+def _refit_errors(qw, u, nsub, sub, sw):
+    """(E, E_u, G) of _refit_affine's result (_aff_lanes_err), u the block's output error weights
+    (the caller's), laid out as sw.UT first."""
+    _layout_u(qw, u, sw.UT, nsub, sub)
     return _aff_lanes_err(sw.XT, sw.WT, sw.UT, nsub, sub, sw.ds, sw.dm, sw.QT, sw.ae, sw.au, sw.ag)
 
 
@@ -414,7 +406,7 @@ def quantize_q4_k_q5_k_refine(x, qw, out):
             D, M, changed = _refit_affine(xr, o, w, nmax, D, M, sc, mn, NSUB, SUB, 63, sw)
             if not changed:
                 continue
-            e_b, u_b, _ = _refit_errors(qw, o, u, NSUB, SUB, sw, True)
+            e_b, u_b, _ = _refit_errors(qw, u, NSUB, SUB, sw)
             if better(e_b, u_b, e_g, u_g):
                 _pack_k45_t(orow, off, q5, D, M, sc, mn, sw.QT)
 
@@ -455,7 +447,9 @@ def quantize_q2_k_refine(x, qw, out):
             D, M, changed = _refit_affine(xr, o, w, 3, D, M, sc, mn, 16, 16, 15, sw)
             if not changed:
                 continue
-            e_b, u_b, g_b = _refit_errors(qw, o, u, 16, 16, sw, False)
+            if qw.shape[0] != 0:
+                out_weights(qw, o, u, QK_K)
+            e_b, u_b, g_b = _refit_errors(qw, u, 16, 16, sw)
             if refit_better(e_b, (u_b, g_b), e_g, out_errors(xr, o, u, y, QK_K)):
                 for s in range(16):  # the levels in sub-block order (_refit_affine's are transposed)
                     for i in range(16):
