@@ -15,7 +15,9 @@ import json
 import os
 import re
 import shutil
+import struct
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numba
@@ -3363,12 +3365,38 @@ def test_llama3_rope_freqs_known_values(head_dim, factor, expected):
 _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 
 
+class RawStrings(Sequence):
+    """A GGUF array of strings as read_gguf found it: its bytes (each a u64 length and UTF-8 bytes),
+    compared with kquant's StringArray payload as they are; decoded on first use otherwise."""
+
+    def __init__(self, payload: bytes, n: int):
+        self.payload, self._n, self._items = payload, n, None
+
+    def _list(self) -> list[str]:
+        if self._items is None:
+            out, p, buf, unpack = [], 0, self.payload, struct.Struct("<Q").unpack_from
+            for _ in range(self._n):
+                (k,) = unpack(buf, p)
+                out.append(buf[p + 8:p + 8 + k].decode("utf-8"))
+                p += 8 + k
+            self._items = out
+        return self._items
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        return self._list()[i]
+
+    def __eq__(self, other) -> bool:
+        return list(self) == list(other) if isinstance(other, Sequence) and not isinstance(other, str) else NotImplemented
+
+
 def read_gguf(path: Path):
     """(kv [(key, type, subtype, value)], tensors [(name, numpy shape, ggml type, raw bytes)]) of a GGUF file.
 
-    A plain struct reader: gguf-py's GGUFReader takes minutes on 100k-token vocabularies."""
-    import struct
-
+    A plain struct reader (gguf-py's GGUFReader takes minutes on 100k-token vocabularies); arrays of
+    strings are RawStrings, their bytes kept as the file has them."""
     buf = Path(path).read_bytes()
     pos = 0
 
@@ -3387,20 +3415,25 @@ def read_gguf(path: Path):
 
     def strings(n):
         nonlocal pos
-        out, p, unpack = [], pos, struct.Struct("<Q").unpack_from
+        p, unpack = pos, struct.Struct("<Q").unpack_from
         for _ in range(n):
-            (k,) = unpack(buf, p)
-            out.append(buf[p + 8:p + 8 + k].decode("utf-8"))
-            p += 8 + k
-        pos = p
+            p += 8 + unpack(buf, p)[0]
+        out, pos = RawStrings(buf[pos:p], n), p
         return out
 
     def value(t):
+        nonlocal pos
         if t == 8:
             return string()
         if t == 9:
             sub, n = take("<I"), take("<Q")
-            return sub, strings(n) if sub == 8 else [value(sub) for _ in range(n)]
+            if sub == 8:
+                return sub, strings(n)
+            if sub == 9:
+                return sub, [value(sub) for _ in range(n)]
+            a = np.frombuffer(buf, np.dtype(_SCALAR[sub]), count=n, offset=pos)
+            pos += a.nbytes
+            return sub, a.tolist()
         return take(_SCALAR[t])
 
     assert buf[:4] == b"GGUF"
@@ -3434,8 +3467,8 @@ def kv_equal(t, ref_value, ours) -> bool:
         return float(np.float32(ours)) == ref_value
     if isinstance(ours, list) and ours and isinstance(ours[0], float):
         return np.array_equal(np.array(ours, dtype=np.float32), np.array(ref_value, dtype=np.float32))
-    if isinstance(ours, StringArray) and isinstance(ref_value, list):  # the encoded forms: one bytes comparison
-        return ours == StringArray(ref_value)
+    if isinstance(ref_value, RawStrings):  # the encoded forms: one bytes comparison
+        return (ours if isinstance(ours, StringArray) else StringArray(ours)).payload == ref_value.payload
     return ours == ref_value
 
 

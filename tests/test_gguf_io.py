@@ -756,6 +756,31 @@ def test_numpy_array_values_are_flattened():
         w.add_kv("g", VT.FLOAT32, np.array([1e300]))
 
 
+@pytest.mark.parametrize("t,items", [
+    (VT.FLOAT32, [0.0, -1.5, 1e-45, 3.4028235e38, 3.4028235677973366e38, float("inf"), float("nan"), 1, 2**60 + 1]),
+    (VT.FLOAT64, [0.1, 2**70, -3]), (VT.INT32, [0, -2**31, 2**31 - 1]), (VT.UINT64, [0, 2**64 - 1, 2**63]),
+    (VT.UINT8, [0, 255]), (VT.INT64, []), (VT.FLOAT32, [1.0, np.float32(2.5), 3]), (VT.INT32, [1, True]),
+    (VT.FLOAT32, [1.0, True]), (VT.FLOAT32, [1.0, 1e300]), (VT.UINT8, [1, 256]), (VT.UINT64, [-1, 2**64 - 1]),
+    (VT.FLOAT32, [1.0, 10**400]), (VT.INT32, [1, 2.0]), (VT.BOOL, [True, 0]), (VT.FLOAT32, [1.0, "x"]),
+])
+def test_list_arrays_encode_as_item_by_item(t, items):
+    """A list array (a vocabulary's scores and token types) is encoded through numpy when its items are
+    plain ints / floats: the same bytes, or the same refusal, as encoding it item by item."""
+    w = GGUFStreamWriter(io.BytesIO())
+
+    def one_by_one():
+        return b"".join(w._encode_scalar("k", t, v) for v in items)
+
+    try:
+        want = one_by_one()
+    except OutputError:
+        with pytest.raises(OutputError, match="'k'"):
+            w.add_kv("k", t, items)
+        return
+    w.add_kv("k", t, items)
+    assert w._kv["k"][2][16:] == want
+
+
 def test_writer_inside_atomic_output(tmp_path):
     from kquant.io.fsutil import atomic_output
 
