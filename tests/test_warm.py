@@ -125,7 +125,7 @@ import json
 import numpy as np
 from kquant.ggml import quants, warm
 from kquant.types import QType
-ts = [QType.Q8_0, QType.Q2_K]  # two families: one compiled here, one in a second process
+ts = [QType.Q8_0, QType.IQ4_NL]  # two families: one compiled here, one in a second process
 modal = quants.mode_registry("refine")
 out = {"cold_ggml": [t.name for t in warm.cold_types(ts, dequant=[])]}
 warm.warm(ts, jobs=1, dequant=[])  # ggml's kernels only
@@ -144,9 +144,9 @@ print(json.dumps(out))
     p = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     r = json.loads(p.stdout)
-    assert r["cold_ggml"] == ["Q8_0", "Q2_K"]
-    assert r["cold_refine"] == ["Q8_0", "Q2_K"]  # ggml's kernels cached, the mode's not
-    assert r["warmed"] == ["Q8_0", "Q2_K"] and r["cold_after"] == []
+    assert r["cold_ggml"] == ["Q8_0", "IQ4_NL"]
+    assert r["cold_refine"] == ["Q8_0", "IQ4_NL"]  # ggml's kernels cached, the mode's not
+    assert r["warmed"] == ["Q8_0", "IQ4_NL"] and r["cold_after"] == []
     assert len(r["elsewhere"]) == 1 and r["misses"] == 0  # compiled by the other process, loaded here
 
 
