@@ -9,6 +9,7 @@ Step 2: `llama_model_quantize` from llama-cpp-python (the whole of llama-quantiz
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
@@ -43,12 +44,8 @@ def available() -> bool:
 
 
 def convert_hf_bf16(model: str | Path, out: str | Path, extra_args=()) -> Path:
-    """Run llama.cpp's convert_hf_to_gguf.py --outtype bf16."""
-    py, src = refconv_python(), llama_cpp_dir()
-    if py is None or src is None:
-        raise RuntimeError("reference converter not set up: bash scripts/setup_refconv.sh")
-    cmd = [py, str(src / "convert_hf_to_gguf.py"), str(model), "--outtype", "bf16", "--outfile", str(out), *extra_args]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    """Run llama.cpp's convert_hf_to_gguf.py --outtype bf16 (in a reference process of convert_many)."""
+    (r,) = convert_many([[model, "--outtype", "bf16", "--outfile", out, *extra_args]])
     if r.returncode != 0:
         raise RuntimeError(f"convert_hf_to_gguf.py failed:\n{r.stderr[-4000:]}")
     return Path(out)
@@ -62,17 +59,46 @@ class RefResult:
     stderr: str
 
 
+_IDLE: list[subprocess.Popen] = []  # reference processes of earlier convert_many calls, kept for the next
+_IDLE_LOCK = threading.Lock()
+
+
+def _close_idle() -> None:
+    with _IDLE_LOCK:
+        procs, _IDLE[:] = list(_IDLE), []
+    for proc in procs:
+        proc.stdin.close()
+        proc.wait()
+
+
+atexit.register(_close_idle)
+
+
+def _server(py: str, src: Path) -> subprocess.Popen:
+    """An idle reference process of an earlier call (its imports paid), or a new one."""
+    with _IDLE_LOCK:
+        while _IDLE:
+            proc = _IDLE.pop()
+            if proc.poll() is None:
+                return proc
+    errf = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen([py, str(Path(__file__).with_name("refconv_server.py")), str(src)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=errf, text=True, bufsize=1)
+    proc.errf = errf
+    return proc
+
+
 def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                  pre_hashes: dict[str, str] | None = None) -> list[RefResult]:
     """Run `convert_hf_to_gguf.py ARGS` for each ARGS in `jobs`, in `workers` long-lived reference
-    processes (refconv_server.py: the converter's imports are paid once per worker, not per job).
-    `pre_hashes`: {chkhsh: pre-tokenizer name} the converter recognises besides its own table.
-    Results in job order. A job that kills or hangs its process fails alone; the next job gets a
-    fresh process."""
+    processes (refconv_server.py: the converter's imports are paid once per process, not per job;
+    the processes stay up for this test process's later calls, each job starting from the state
+    the server resets). `pre_hashes`: {chkhsh: pre-tokenizer name} the converter recognises
+    besides its own table. Results in job order. A job that kills or hangs its process fails
+    alone; the next job gets a fresh process."""
     py, src = refconv_python(), llama_cpp_dir()
     if py is None or src is None:
         raise RuntimeError("reference converter not set up: bash scripts/setup_refconv.sh")
-    server = Path(__file__).with_name("refconv_server.py")
     results: list[RefResult | None] = [None] * len(jobs)
     todo = iter(range(len(jobs)))
     lock = threading.Lock()
@@ -86,10 +112,7 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                 if i is None:
                     return
                 if proc is None or proc.poll() is not None:
-                    errf = tempfile.TemporaryFile(mode="w+")
-                    proc = subprocess.Popen([py, str(server), str(src)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=errf, text=True, bufsize=1)
-                    proc.errf = errf
+                    proc = _server(py, src)
                 timer = threading.Timer(timeout, proc.kill)
                 timer.start()
                 try:
@@ -110,9 +133,9 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                     results[i] = RefResult(proc.returncode or 1, "reference process died:\n" + proc.errf.read()[-4000:])
                     proc = None
         finally:
-            if proc is not None:
-                proc.stdin.close()
-                proc.wait()
+            if proc is not None and proc.poll() is None:
+                with _IDLE_LOCK:
+                    _IDLE.append(proc)
 
     threads = [threading.Thread(target=work) for _ in range(max(1, min(workers, len(jobs))))]
     for t in threads:
