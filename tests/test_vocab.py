@@ -255,30 +255,30 @@ def test_vocab_built_once_per_content(tokdir, monkeypatch):
 
     monkeypatch.setattr(bpe, "Tokenizer", Spy)
     special.clear_vocab_caches()
-    a, b = tokdir("qwen2"), tokdir("qwen2")
-    first = vocab_kv(a, "qwen2", "qwen2", 151936)
+    a, b = tokdir("gpt-2"), tokdir("gpt-2")  # (50k tokens: each build below costs a fraction of a 150k one's)
+    first = vocab_kv(a, "qwen2", "qwen2", 50257)
     n = len(built)
-    assert n and vocab_kv(b, "qwen2", "qwen2", 151936) == first and len(built) == n
-    assert vocab_kv(b, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35" and len(built) == n
+    assert n and vocab_kv(b, "qwen2", "qwen2", 50257) == first and len(built) == n
+    assert vocab_kv(b, "qwen2", "qwen2", 50257, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35" and len(built) == n
     variants = []
     tc = json.loads((b / "tokenizer_config.json").read_text())
     (b / "tokenizer_config.json").write_text(json.dumps({**tc, "added_tokens_decoder": {
-        k: {**v, "special": False} for k, v in tc["added_tokens_decoder"].items()}}))
-    variants.append(lambda: vocab_kv(b, "qwen2", "qwen2", 151936))
-    variants.append(lambda: vocab_kv(a, "qwen2", "qwen2", 152064))
+        "50256": {"content": "<|endoftext|>", "special": False, "normalized": False}}}))
+    variants.append(lambda: vocab_kv(b, "qwen2", "qwen2", 50257))
+    variants.append(lambda: vocab_kv(a, "qwen2", "qwen2", 50304))
     for make in variants:
         special.clear_vocab_caches()
         want = make()
         m = len(built)
         special.clear_vocab_caches()
-        vocab_kv(a, "qwen2", "qwen2", 151936)  # the cache holds another entry first
+        vocab_kv(a, "qwen2", "qwen2", 50257)  # the cache holds another entry first
         got = make()
         assert got == want and len(built) == m + 4  # a build each, both uncached
-    assert want != first  # 152064: padded
+    assert want != first  # 50304: padded
     # a pre-tokenizer override first, then the hash: computed then
     special.clear_vocab_caches()
-    assert vocab_kv(a, "qwen2", "qwen2", 151936, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35"
-    assert vocab_kv(a, "qwen2", "qwen2", 151936) == first
+    assert vocab_kv(a, "qwen2", "qwen2", 50257, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35"
+    assert vocab_kv(a, "qwen2", "qwen2", 50257) == first
     special.clear_vocab_caches()
 
 
