@@ -243,8 +243,9 @@ def test_vocab_loading_leaves_nothing_behind(tokdir, monkeypatch):
 
 def test_vocab_built_once_per_content(tokdir, monkeypatch):
     """A tokenizer's vocabulary and merges are built once per content of its files in a process: a copy
-    elsewhere builds no `tokenizers` object and gives the same keys; another tokenizer_config.json,
-    vocab_size or pre-tokenizer override gives what building gives."""
+    elsewhere, or a model type with the same default tokenizer class, builds no `tokenizers` object and
+    gives the same keys; another tokenizer_config.json, vocab_size or pre-tokenizer override gives what
+    building gives."""
     real, built = bpe.Tokenizer, []
 
     class Spy:
@@ -260,6 +261,11 @@ def test_vocab_built_once_per_content(tokdir, monkeypatch):
     n = len(built)
     assert n and vocab_kv(b, "qwen2", "qwen2", 50257) == first and len(built) == n
     assert vocab_kv(b, "qwen2", "qwen2", 50257, tokenizer_pre="qwen35")["tokenizer.ggml.pre"] == "qwen35" and len(built) == n
+    # model_type changes only the tokenizer class AutoTokenizer defaults to: qwen3's is qwen2's, no build;
+    # gpt2's is another (named by this tokenizer_config.json, so the same vocabulary), built again
+    assert vocab_kv(b, "qwen2", "qwen3", 50257) == first and len(built) == n
+    assert vocab_kv(b, "qwen2", "gpt2", 50257) == first and len(built) == n + 2
+    n = len(built)
     variants = []
     tc = json.loads((b / "tokenizer_config.json").read_text())
     (b / "tokenizer_config.json").write_text(json.dumps({**tc, "added_tokens_decoder": {

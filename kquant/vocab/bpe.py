@@ -148,6 +148,13 @@ _DEFAULT_TOKENIZER_CLASS = {
     "gemma3": "GemmaTokenizerFast", "llama4": "LlamaTokenizerFast", "llama4_text": "LlamaTokenizerFast",
     "mistral3": "LlamaTokenizerFast",  # without mistral_common, which llama.cpp's requirements do not install
 }
+
+
+def default_tokenizer_class(model_type: str) -> str:
+    """AutoTokenizer's class for `model_type` when tokenizer_config.json names none."""
+    return _DEFAULT_TOKENIZER_CLASS.get(model_type, "PreTrainedTokenizerFast")
+
+
 # PreTrainedTokenizerBase.clean_up_tokenization replacements
 _CLEANUP = ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
             (" 's", "'s"), (" 've", "'ve"), (" 're", "'re"))
@@ -178,7 +185,7 @@ class HFTokenizer:
             self.tok = self._build(with_merges(usable))
         tc_file = folder / "tokenizer_config.json"
         self.tc = read_object(tc_file) if tc_file.is_file() else {}
-        self.cls = self.tc.get("tokenizer_class") or _DEFAULT_TOKENIZER_CLASS.get(model_type, "PreTrainedTokenizerFast")
+        self.cls = self.tc.get("tokenizer_class") or default_tokenizer_class(model_type)
         if not isinstance(self.cls, str):
             raise InputError(f"{tc_file}: 'tokenizer_class' must be a string, got {self.cls!r}")
         if self.cls.removesuffix("Fast") in ("LlamaTokenizer", "GemmaTokenizer", "CodeLlamaTokenizer") \
@@ -399,8 +406,10 @@ def get_vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str |
 
 def _vocab_base(folder: Path, hp: dict, model_type: str, tokenizer_pre: str | None) -> tuple[StringArray, list[int], str]:
     """get_vocab_base, its tokens encoded; built once per content of tokenizer.json and
-    tokenizer_config.json (the only files it reads), vocab_size and model_type."""
-    key = (*content_key(folder / "tokenizer.json", folder / "tokenizer_config.json"), hp.get("vocab_size"), model_type)
+    tokenizer_config.json (the only files it reads), vocab_size and the tokenizer class model_type
+    implies when tokenizer_config.json names none (all that model_type changes: HFTokenizer.cls)."""
+    key = (*content_key(folder / "tokenizer.json", folder / "tokenizer_config.json"), hp.get("vocab_size"),
+           default_tokenizer_class(model_type))
     hit = _VOCAB_CACHE.get(key)
     if hit is None or (tokenizer_pre is None and hit[2] is None):
         tokens, toktypes, chkhsh = _build_vocab_base(folder, hp, model_type, tokenizer_pre)
