@@ -250,12 +250,15 @@ class GGUFStreamWriter:
             # int (or float, for a float array), which the checks below treat as the scalar path does;
             # anything else (bool, numpy scalars, ints past int64, non-numbers) item by item
             floats = sub_type in FLOAT_TYPES
-            if sub_type == VT.BOOL or not set(map(type, items)) <= ({int, float} if floats else {int}):
+            a = None
+            if sub_type != VT.BOOL and set(map(type, items)) <= ({int, float} if floats else {int}):
+                try:  # (ints to a float type through float64, as float(v) rounds them)
+                    a = np.array(items, dtype=np.float64 if floats else np.int64)
+                except OverflowError:
+                    pass
+            if a is None:
                 return b"".join(self._encode_scalar(key, sub_type, v) for v in items)
-            try:  # (ints to a float type through float64, as float(v) rounds them)
-                items = np.array(items, dtype=np.float64 if floats else np.int64)
-            except OverflowError:
-                return b"".join(self._encode_scalar(key, sub_type, v) for v in items)
+            items = a
         a = items.reshape(-1)
         if sub_type in FLOAT_TYPES:
             if a.dtype.kind not in "iuf":
