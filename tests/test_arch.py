@@ -41,7 +41,8 @@ FIXTURES = ROOT / "fixtures" / "tokenizers"
 # fixture's hash itself (the converter through tiktoken and the fixture's remote code).
 # kimi-k2: fixtures/tokenizers/kimi-k2 (Llama 3's first 3840 tiktoken ranks, Kimi K2's special
 # tokens and TikTokenTokenizer); Kimi K2's own tiktoken.model hashes to 81212dc7...
-EXTRA_PRE_HASHES = {"9b73982de481c38c01361939695a11999da14d069555dff5d0d5cb93fdc449f5": "kimi-k2"}
+EXTRA_PRE_HASHES = refpipeline.PRE_HASHES  # every reference conversion of this process recognises them
+EXTRA_PRE_HASHES["9b73982de481c38c01361939695a11999da14d069555dff5d0d5cb93fdc449f5"] = "kimi-k2"
 V.PRE_TOKENIZER_HASHES.update(EXTRA_PRE_HASHES)
 LLAMA_CPP = refpipeline.llama_cpp_dir() or refpipeline.REFCONV_DIR / "llama.cpp"  # scripts/setup_refconv.sh
 REFCONV_PYTHON = refpipeline.refconv_python()
@@ -131,6 +132,117 @@ def install_tokenizer(name: str, dst: Path) -> None:
             (dst / p.stem).write_bytes(gzip.decompress(p.read_bytes()))
         else:
             shutil.copy(p, dst / p.name)
+
+
+# Trimmed vocabularies. The cases using the tokenizers in TRIM_PRE carry them cut to their first TRIM_KEEP
+# tokens plus their added tokens (renumbered to follow; `trim_vocabulary`), but for the cases in TRIM_FULL: the
+# same BPE path, pre-tokenizer, added and special tokens at a fraction of the work (a 50k-150k-row embedding
+# was 90-99% of a tiny checkpoint's bytes and most of each reference conversion, compare, llama_quantize and
+# llama.cpp run). A trimmed tokenizer's get_vocab_base_pre hash is registered under its full tokenizer's name
+# on both sides (EXTRA_PRE_HASHES; kquant computes it here, the converter recomputes it through transformers);
+# the TRIM_FULL cases keep the real tokenizers and their real hashes (as test_vocab does).
+TRIM_KEEP = 1024
+TRIM_PRE = {"gpt-2": "gpt-2", "glm4": "qwen2", "llama-bpe": "llama-bpe"}  # tokenizer -> the pre-tokenizer name of its real hash
+TRIM_FULL = {"gpt2", "olmo2", "glm4", "llama3"}
+_TRIMMED: dict[str, tuple[str, str, dict[int, int], int, int]] = {}
+
+
+def trim_vocabulary(tj: dict, tc: dict, keep: int) -> tuple[dict, dict, dict[int, int], int, int]:
+    """tokenizer.json `tj` and tokenizer_config.json `tc` cut to the BPE vocabulary's first `keep` tokens
+    (byte-level: the 256 byte tokens among them) and the merges among those, the added tokens at or past
+    `keep` (and tokenizer_config's added_tokens_decoder ids) renumbered in order from `keep`. Returns
+    (tokenizer.json, tokenizer_config.json, {old id: new id}, old length, new length), the lengths
+    counting the added tokens (ids past the old length map to the same distance past the new one)."""
+    tj, tc = json.loads(json.dumps(tj)), json.loads(json.dumps(tc))
+    vocab = tj["model"]["vocab"]
+    high = sorted({a["id"] for a in tj["added_tokens"] if a["id"] >= keep}
+                  | {int(i) for i in tc.get("added_tokens_decoder", {}) if int(i) >= keep})
+    idmap = {old: keep + k for k, old in enumerate(high)}
+    old_len = max([*vocab.values(), *high]) + 1
+    kept = {t: i for t, i in vocab.items() if i < keep}
+    assert len(kept) == keep
+    pairs = [m.split(" ", 1) if isinstance(m, str) else m for m in tj["model"]["merges"]]
+    tj["model"]["merges"] = [m for m, (a, b) in zip(tj["model"]["merges"], pairs) if a in kept and b in kept and a + b in kept]
+    tj["model"]["vocab"] = kept
+    for a in tj["added_tokens"]:
+        a["id"] = idmap.get(a["id"], a["id"])
+
+    def remap_ids(o):
+        if isinstance(o, dict):
+            return {k: ([idmap.get(i, i) for i in v] if k == "ids" else remap_ids(v)) for k, v in o.items()}
+        return [remap_ids(v) for v in o] if isinstance(o, list) else o
+
+    tj["post_processor"] = remap_ids(tj.get("post_processor"))
+    if "added_tokens_decoder" in tc:
+        tc["added_tokens_decoder"] = {str(idmap.get(int(i), int(i))): d for i, d in tc["added_tokens_decoder"].items()}
+    return tj, tc, idmap, old_len, keep + len(high)
+
+
+def trimmed_tokenizer(tok: str, tokenizer_json: str | None = None) -> tuple[str, str, dict[int, int], int, int]:
+    """The trimmed tokenizer.json and tokenizer_config.json text of fixture `tok` (its tokenizer.json, or
+    `tokenizer_json` where a case writes its own), the id map and the old and new lengths; its hash
+    registered (EXTRA_PRE_HASHES, kquant's table) on first use."""
+    if tok not in _TRIMMED:
+        import tempfile
+
+        src = tokenizer_json or gzip.decompress((FIXTURES / tok / "tokenizer.json.gz").read_bytes()).decode()
+        tj, tc, idmap, old_len, new_len = trim_vocabulary(
+            json.loads(src), json.loads((FIXTURES / tok / "tokenizer_config.json").read_text()), TRIM_KEEP)
+        texts = (json.dumps(tj, ensure_ascii=False), json.dumps(tc, ensure_ascii=False, indent=2))
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "tokenizer.json").write_text(texts[0])
+            (Path(d) / "tokenizer_config.json").write_text(texts[1])
+            name, chkhsh = V.bpe.vocab_base_pre(V.HFTokenizer(Path(d), "gpt2"))
+        assert name is None or name == TRIM_PRE[tok], (tok, name)
+        EXTRA_PRE_HASHES[chkhsh] = TRIM_PRE[tok]
+        V.PRE_TOKENIZER_HASHES[chkhsh] = TRIM_PRE[tok]
+        _TRIMMED[tok] = (*texts, idmap, old_len, new_len)
+    return _TRIMMED[tok]
+
+
+def register_trimmed_tokenizers() -> None:
+    """Every trimmed tokenizer's hash, registered in this process (a worker converting checkpoints another built)."""
+    for tok in TRIM_PRE:
+        trimmed_tokenizer(tok, glm_tokenizer_json() if tok == "glm4" else None)
+
+
+def trim_checkpoint(cfg: dict, tensors: dict, idmap: dict[int, int], old_len: int, new_len: int) -> tuple[dict, dict]:
+    """A case's config (any nesting) and tensors for its trimmed tokenizer: vocabulary-sized rows and
+    `*vocab_size` keys past the old length keep their distance past the new one, token ids (keys ending in
+    token_id(s) / token_index) follow the id map (a regular token cut away: one kept, id mod TRIM_KEEP)."""
+    def rows(n):
+        assert n >= old_len, f"{n} rows: inside the trimmed vocabulary"
+        return new_len + n - old_len
+
+    def tid(i):
+        if isinstance(i, list):
+            return [tid(j) for j in i]
+        if not isinstance(i, int) or isinstance(i, bool) or i < TRIM_KEEP:
+            return i
+        if i in idmap:
+            return idmap[i]
+        return rows(i) if i >= old_len else i % TRIM_KEEP  # a regular token cut away: one kept
+
+    def walk(o):
+        if isinstance(o, list):
+            return [walk(v) for v in o]
+        if not isinstance(o, dict):
+            return o
+        out = {}
+        for k, v in o.items():
+            if k.endswith("vocab_size") and isinstance(v, int) and v >= old_len:
+                out[k] = rows(v)
+            elif k.endswith(("token_id", "token_ids", "token_index")):
+                out[k] = tid(v)
+            else:
+                out[k] = walk(v)
+        return out
+
+    t2 = {}
+    for name, (x, dt) in tensors.items():
+        assert all(n < old_len for n in x.shape[1:]), (name, x.shape)
+        t2[name] = (x[:rows(x.shape[0])], dt) if x.shape and x.shape[0] >= old_len else (x, dt)
+    return walk(cfg), t2
 
 
 _POOL_SIZE = 1 << 20
@@ -2917,6 +3029,7 @@ def _built_once(cache: Path, case: str, tokenizer: bool, writer: str) -> Path:
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
     """models(case, tokenizer=True, writer="t4") -> a fresh copy of the (cached) tiny checkpoint folder."""
+    register_trimmed_tokenizers()
     cache = _shared_root(tmp_path_factory) / "arch-models"
     cache.mkdir(exist_ok=True)
     work = tmp_path_factory.mktemp("work")
@@ -2947,16 +3060,23 @@ def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "
         for p in like.iterdir():
             if p.name != "config.json":
                 os.link(p, d / p.name)
-        (d / "config.json").write_text(json.dumps(WRITERS[writer](json.loads(config_file.read_text())), indent=2))
+        src = json.loads(config_file.read_text())
+        cfg = WRITERS[writer](src["config"])
+        if src["tokenizer"] is not None:
+            cfg, _ = trim_checkpoint(cfg, {}, *_trim_info(case, src["tokenizer"])[2:])
+        (d / "config.json").write_text(json.dumps(cfg, indent=2))
         return d
     rng = np.random.default_rng(abs(hash(case)) % 2**32)
     cfg, tensors, tok, files = CASES[case](rng)
+    trim = _trim_info(case, tok)
     if config_file is not None:
-        config_file.write_text(json.dumps(cfg))
+        config_file.write_text(json.dumps({"config": cfg, "tokenizer": tok if trim else None}))
     cfg = WRITERS[writer](cfg)
+    if trim:
+        cfg, tensors = trim_checkpoint(cfg, tensors, *trim[2:])
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():
-        (d / name).write_text(text)
+        (d / name).write_text(trim[0] if trim and name == "tokenizer.json" else text)
     if case in SHARDED:
         names = list(tensors)
         halves = [names[: len(names) // 2], names[len(names) // 2:]]
@@ -2970,7 +3090,17 @@ def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "
         write_safetensors(d / "model.safetensors", tensors)
     if tokenizer:
         install_tokenizer(tok, d)
+        if trim:
+            (d / "tokenizer.json").write_text(trim[0])
+            (d / "tokenizer_config.json").write_text(trim[1])
     return d
+
+
+def _trim_info(case: str, tok: str):
+    """trimmed_tokenizer's result where `case` gets a trimmed tokenizer, else None."""
+    if tok not in TRIM_PRE or case in TRIM_FULL:
+        return None
+    return trimmed_tokenizer(tok, glm_tokenizer_json() if tok == "glm4" else None)
 
 
 def build_tensor(t, src: dict[str, np.ndarray]) -> np.ndarray:
@@ -3265,9 +3395,11 @@ def test_glm4moe_nextn_blocks(models):
 
 
 def test_glm_vocab_needs_glm_special_tokens(models):
-    d = models("glm4moe")
-    (d / "tokenizer.json").write_bytes(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes()))
-    shutil.copy(FIXTURES / "qwen2" / "tokenizer_config.json", d / "tokenizer_config.json")
+    d = models("glm4moe")  # its trimmed vocabulary: qwen2's, trimmed alike, has none of GLM's added tokens
+    tj, tc, *_ = trim_vocabulary(json.loads(gzip.decompress((FIXTURES / "qwen2" / "tokenizer.json.gz").read_bytes())),
+                                 json.loads((FIXTURES / "qwen2" / "tokenizer_config.json").read_text()), TRIM_KEEP)
+    (d / "tokenizer.json").write_text(json.dumps(tj))
+    (d / "tokenizer_config.json").write_text(json.dumps(tc))
     with pytest.raises(UnsupportedError, match="GLM vocabulary without the added token '\\[gMASK\\]'"):
         load_spec(d)
 
@@ -3474,8 +3606,8 @@ def kv_equal(t, ref_value, ours) -> bool:
 
 def _reference_convert(pairs: list[tuple[Path, Path]]) -> list:
     """convert_hf_to_gguf.py --outtype bf16 of each (folder, out), in two long-lived reference processes."""
-    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs],
-                                    pre_hashes=EXTRA_PRE_HASHES)
+    register_trimmed_tokenizers()
+    return refpipeline.convert_many([[folder, "--outtype", "bf16", "--outfile", out] for folder, out in pairs])
 
 
 def compare_with_reference(folder: Path, gguf_path: Path, diverges: dict | None = None) -> None:

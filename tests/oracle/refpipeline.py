@@ -88,13 +88,18 @@ def _server(py: str, src: Path) -> subprocess.Popen:
     return proc
 
 
+# {chkhsh: pre-tokenizer name} every convert_many job's converter also recognises: the test vocabularies
+# standing in for real ones (tests/test_arch.py EXTRA_PRE_HASHES, its trimmed tokenizers)
+PRE_HASHES: dict[str, str] = {}
+
+
 def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                  pre_hashes: dict[str, str] | None = None) -> list[RefResult]:
     """Run `convert_hf_to_gguf.py ARGS` for each ARGS in `jobs`, in `workers` long-lived reference
     processes (refconv_server.py: the converter's imports are paid once per process, not per job;
     the processes stay up for this test process's later calls, each job starting from the state
     the server resets). `pre_hashes`: {chkhsh: pre-tokenizer name} the converter recognises
-    besides its own table. Results in job order. A job that kills or hangs its process fails
+    besides its own table and PRE_HASHES. Results in job order. A job that kills or hangs its process fails
     alone; the next job gets a fresh process."""
     py, src = refconv_python(), llama_cpp_dir()
     if py is None or src is None:
@@ -116,7 +121,7 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                 timer = threading.Timer(timeout, proc.kill)
                 timer.start()
                 try:
-                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]], "pre_hashes": pre_hashes or {}}) + "\n")
+                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]], "pre_hashes": {**PRE_HASHES, **(pre_hashes or {})}}) + "\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
                 except (BrokenPipeError, OSError):
