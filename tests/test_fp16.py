@@ -191,3 +191,18 @@ def test_fp16_round_is_the_round_trip():
     nan = np.isnan(want)
     assert np.isnan(got[nan]).all()
     np.testing.assert_array_equal(got[~nan].view(np.uint32), want[~nan].view(np.uint32))
+
+
+def test_count_nonfinite_counts_every_nan_and_inf_in_any_layout():
+    """quantize's finiteness check (kquant.ggml.quants.count_nonfinite, a count of all-ones exponents)
+    equals numpy's count of non-finite values: NaNs of any payload and sign, +-inf, and no finite value
+    (the largest, subnormals, -0), in C-contiguous rows and in strided views."""
+    from kquant.ggml.quants import count_nonfinite
+
+    rng = np.random.default_rng(5)
+    bits = rng.integers(0, 2**32, size=(37, 301), dtype=np.uint64).astype(np.uint32)
+    x = bits.view(np.float32)  # every exponent, NaN payloads included
+    x[0, :6] = [np.inf, -np.inf, np.finfo(np.float32).max, -np.finfo(np.float32).max, 1e-45, -0.0]
+    for v in (x, x[:, ::3], x[::2, 1:], x.T, x[:0], x[:, :0]):
+        assert count_nonfinite(v) == int((~np.isfinite(v)).sum())
+    assert 0 < count_nonfinite(x) < x.size
