@@ -5,8 +5,8 @@ cache: test_rounding is mostly kernel compilation); modules not listed keep pyte
 
 from __future__ import annotations
 
-LONGEST_FIRST = ("test_arch_reference", "test_rounding", "test_arch_runs", "test_arch_tools", "test_vocab",
-                 "test_arch", "test_cli_hardening", "test_gguf_split", "test_quantized_sources")
+LONGEST_FIRST = ("test_rounding", "test_arch_reference", "test_vocab", "test_arch_runs", "test_gguf_split",
+                 "test_cli_hardening", "test_warm", "test_arch", "test_arch_tools", "test_quantized_sources")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -3076,7 +3076,11 @@ def make_model(root: Path, case: str, *, tokenizer: bool = True, writer: str = "
         cfg, tensors = trim_checkpoint(cfg, tensors, *trim[2:])
     (d / "config.json").write_text(json.dumps(cfg, indent=2))
     for name, text in files.items():
-        (d / name).write_text(trim[0] if trim and name == "tokenizer.json" else text)
+        if trim and name == "tokenizer.json":
+            text = trim[0]
+        elif trim and name == "generation_config.json":  # its token ids too
+            text = json.dumps(trim_checkpoint(json.loads(text), {}, *trim[2:])[0])
+        (d / name).write_text(text)
     if case in SHARDED:
         names = list(tensors)
         halves = [names[: len(names) // 2], names[len(names) // 2:]]
