@@ -178,14 +178,15 @@ def trim_vocabulary(tj: dict, tc: dict, keep: int) -> tuple[dict, dict, dict[int
     return tj, tc, idmap, old_len, keep + len(high)
 
 
-def trimmed_tokenizer(tok: str, tokenizer_json: str | None = None) -> tuple[str, str, dict[int, int], int, int]:
-    """The trimmed tokenizer.json and tokenizer_config.json text of fixture `tok` (its tokenizer.json, or
-    `tokenizer_json` where a case writes its own), the id map and the old and new lengths; its hash
-    registered (EXTRA_PRE_HASHES, kquant's table) on first use."""
+def trimmed_tokenizer(tok: str) -> tuple[str, str, dict[int, int], int, int]:
+    """The trimmed tokenizer.json and tokenizer_config.json text of fixture `tok` (its tokenizer.json; GLM's
+    cases write theirs, glm_tokenizer_json), the id map and the old and new lengths; its hash registered
+    (EXTRA_PRE_HASHES, kquant's table) on first use."""
     if tok not in _TRIMMED:
         import tempfile
 
-        src = tokenizer_json or gzip.decompress((FIXTURES / tok / "tokenizer.json.gz").read_bytes()).decode()
+        src = (glm_tokenizer_json() if tok == "glm4"
+               else gzip.decompress((FIXTURES / tok / "tokenizer.json.gz").read_bytes()).decode())
         tj, tc, idmap, old_len, new_len = trim_vocabulary(
             json.loads(src), json.loads((FIXTURES / tok / "tokenizer_config.json").read_text()), TRIM_KEEP)
         texts = (json.dumps(tj, ensure_ascii=False), json.dumps(tc, ensure_ascii=False, indent=2))
@@ -203,13 +204,15 @@ def trimmed_tokenizer(tok: str, tokenizer_json: str | None = None) -> tuple[str,
 def register_trimmed_tokenizers() -> None:
     """Every trimmed tokenizer's hash, registered in this process (a worker converting checkpoints another built)."""
     for tok in TRIM_PRE:
-        trimmed_tokenizer(tok, glm_tokenizer_json() if tok == "glm4" else None)
+        trimmed_tokenizer(tok)
 
 
 def trim_checkpoint(cfg: dict, tensors: dict, idmap: dict[int, int], old_len: int, new_len: int) -> tuple[dict, dict]:
     """A case's config (any nesting) and tensors for its trimmed tokenizer: vocabulary-sized rows and
     `*vocab_size` keys past the old length keep their distance past the new one, token ids (keys ending in
-    token_id(s) / token_index) follow the id map (a regular token cut away: one kept, id mod TRIM_KEEP)."""
+    token_id(s) / token_index) follow the id map (a regular token cut away: one kept, id mod the tokens kept)."""
+    keep = new_len - len(idmap)
+
     def rows(n):
         assert n >= old_len, f"{n} rows: inside the trimmed vocabulary"
         return new_len + n - old_len
@@ -217,11 +220,11 @@ def trim_checkpoint(cfg: dict, tensors: dict, idmap: dict[int, int], old_len: in
     def tid(i):
         if isinstance(i, list):
             return [tid(j) for j in i]
-        if not isinstance(i, int) or isinstance(i, bool) or i < TRIM_KEEP:
+        if not isinstance(i, int) or isinstance(i, bool) or i < keep:
             return i
         if i in idmap:
             return idmap[i]
-        return rows(i) if i >= old_len else i % TRIM_KEEP  # a regular token cut away: one kept
+        return rows(i) if i >= old_len else i % keep  # a regular token cut away: one kept
 
     def walk(o):
         if isinstance(o, list):
@@ -3104,7 +3107,7 @@ def _trim_info(case: str, tok: str):
     """trimmed_tokenizer's result where `case` gets a trimmed tokenizer, else None."""
     if tok not in TRIM_PRE or case in TRIM_FULL:
         return None
-    return trimmed_tokenizer(tok, glm_tokenizer_json() if tok == "glm4" else None)
+    return trimmed_tokenizer(tok)
 
 
 def build_tensor(t, src: dict[str, np.ndarray]) -> np.ndarray:

@@ -104,6 +104,7 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
     py, src = refconv_python(), llama_cpp_dir()
     if py is None or src is None:
         raise RuntimeError("reference converter not set up: bash scripts/setup_refconv.sh")
+    hashes = {**PRE_HASHES, **(pre_hashes or {})}
     results: list[RefResult | None] = [None] * len(jobs)
     todo = iter(range(len(jobs)))
     lock = threading.Lock()
@@ -121,7 +122,7 @@ def convert_many(jobs: list[list[str]], workers: int = 2, timeout: float = 900,
                 timer = threading.Timer(timeout, proc.kill)
                 timer.start()
                 try:
-                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]], "pre_hashes": {**PRE_HASHES, **(pre_hashes or {})}}) + "\n")
+                    proc.stdin.write(json.dumps({"args": [str(a) for a in jobs[i]], "pre_hashes": hashes}) + "\n")
                     proc.stdin.flush()
                     line = proc.stdout.readline()
                 except (BrokenPipeError, OSError):
