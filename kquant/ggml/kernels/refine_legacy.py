@@ -410,6 +410,24 @@ def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TK, grow):
                 orow[i] = grow[i]
 
 
+@njit(inline="always", **JIT)
+def _ggml_e_bound(kind, G, d):
+    """An upper bound on ggml's E = sum (G*l - x)^2 of an unweighted Q4_0 / Q5_0 / Q8_0 block: the
+    margin's test is all that uses E there, and larger is its safe side. Per value |G*l - x| <=
+    |G - d|*|l| + |d|*|l - x/d|, d ggml's float32 scale, G its fp16 rounding. Q8_0: l = roundf(x*(1/d)),
+    |l| <= 127, |l - x/d| <= 0.5 + 127 * 2.01 * 2^-24, and d is not kept: |G - d| <= max(2^-11 |G|,
+    2^-25) (fp16's rounding, normal or subnormal), |d| <= |G| + that. Q4_0 / Q5_0: l = min(hi,
+    floor(x*(1/d) + 0.5 - lo)) + lo with x/d in [lo, -lo], at most one step off (at the clamped top),
+    |l| <= -lo. Against summing ggml's E (w*x*x, and w): the same bytes (t(5) data; a different
+    decision needs a gain within 1e-8 of E), Q4_0 / Q5_0 / Q8_0 5-6% faster (in-process A/B)."""
+    if kind == K_Q8_0:
+        gd = max(abs(G) * 2.0**-11, 2.0**-25)
+        b = 127.0 * gd + 0.5001 * (abs(G) + gd)
+    else:
+        b = (16.0 if kind == K_Q5_0 else 8.0) * abs(G - d) + 1.0001 * abs(d)
+    return QK * b * b * (1.0 + 1e-6)
+
+
 @njit(**JIT)
 def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
@@ -417,10 +435,11 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     ggml's decoded values are y = d_g*l, exact in float32, so one pass over ggml's levels l gives
     the sums Sxl = sum w*x*l, Sll = sum w*l*l and Sxx = sum w*x*x (8 partial sums each, then _oct:
     a fixed order): the least-squares d = Sxl/Sll, and ggml's E = Sxx - 2*d_g*Sxl + d_g^2*Sll,
-    rounded up by its float64 rounding's bound (it only sets the margin, where larger is safe).
-    Against summing E, Sxy and Syy over the decoded values: the same bytes, Q8_0 8% and Q4_0 /
-    Q5_0 3% faster (in-process A/B). Q8_0 without an imatrix sums in a loop of its own without the
-    weights' products (3% more; for Q4_0 / Q5_0 such a loop was slower). Q8_0 reads its int8
+    rounded up by its float64 rounding's bound (it only sets the margin, where larger is safe;
+    without an imatrix _ggml_e_bound instead, and Sxx is not used). Against summing E, Sxy and Syy
+    over the decoded values: the same bytes, Q8_0 8% and Q4_0 / Q5_0 3% faster (in-process A/B).
+    Q8_0 without an imatrix sums Sxl and Sll in a loop of its own without the weights' products
+    (for Q4_0 / Q5_0 such a loop was 13-20% slower, measured twice). Q8_0 reads its int8
     codes; Q4_0 / Q5_0 come here without ggml's blocks: _ggml_row_values computes ggml's scales
     and levels of the row, and _ggml_row_write writes ggml's blocks after the row's refits, where
     none was written (against ggml's row quantized, written and decoded first: the
@@ -476,22 +495,18 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
             if weighted:
                 for i in range(4 * k8):
                     W[i] = qw[o + i]
-            if kind == K_Q8_0 and not weighted:  # w = 1: the same sums without the weights' products
+            if kind == K_Q8_0 and not weighted:  # w = 1: Sxl and Sll only (ggml's E from a bound below)
                 for k in range(k8):
                     s = 0.0
                     t = 0.0
-                    xx = 0.0
                     for j in range(4):
                         i = k + 8 * j
                         xv = np.float64(xr[o + i])
                         lv = np.float64(np.int8(orow[qs + U(i)]))
                         s += xv * lv
                         t += lv * lv
-                        xx += xv * xv
                     P[k] = s
                     P[8 + k] = t
-                    P[16 + k] = xx
-                    P[24 + k] = 4.0
             else:
                 for k in range(k8):
                     s = 0.0
@@ -515,16 +530,18 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     P[24 + k] = sw
             sxl = _oct(P, 0)
             sll = _oct(P, 8)
-            sxx = _oct(P, 16)
             G = np.float64(dg)
-            # ggml's E = sum w (G*l - x)^2 from the sums, rounded up by a bound on their float64 rounding
-            # (terms of one sign each); only the margin's test uses it, where rounding up is the safe side
-            gs = 2.0 * abs(G * sxl)
-            gg = G * G * sll
-            EG[jb] = (sxx - gs + gg) + 1e-14 * (sxx + gs + gg)
+            if weighted:
+                sxx = _oct(P, 16)
+                gs = 2.0 * abs(G * sxl)
+                gg = G * G * sll
+                EG[jb] = (sxx - gs + gg) + 1e-14 * (sxx + gs + gg)
+                SW[jb] = _oct(P, 24)
+            else:
+                EG[jb] = _ggml_e_bound(kind, G, np.float64(RD[b]) if fused else 0.0)
+                SW[jb] = 32.0
             SXL[jb] = sxl
             SLL[jb] = sll
-            SW[jb] = _oct(P, 24)
             DG[jb] = dg
             if jb < LANES - 1 and b < nb - 1:
                 continue
@@ -608,7 +625,8 @@ def _refine_affine(kind, x, out):
     """y = d*q + m (Q4_1, Q5_1) without an imatrix (w = 1: E is the output error), fused with ggml's
     own quantizer: per block, ggml's scale, min and levels as quantize_row_q4_1_ref computes them
     (the same float32 operations), the least-squares sums for those levels and ggml's E from its
-    decoded values (the dequantizer's float32), the refit's (d, m) from the 2x2 normal equations in
+    decoded values (the dequantizer's float32, in a loop of their own before the sums: 3-4% faster),
+    the refit's (d, m) from the 2x2 normal equations in
     fp16, then after a run of LANES blocks, per block, the refit's nearest levels (the ones written)
     and, unless `_certified` vouches that the refit passes, its E exactly (q*d + m rounds in
     float32): the same bytes, Q4_1 / Q5_1 11% / 12% faster (A/B). A block whose refit is not
@@ -663,6 +681,8 @@ def _refine_affine(kind, x, out):
             DG[jb] = d
             dg = fp16_round(d)
             mg = fp16_round(mn)
+            for i in range(U(4 * k8)):  # the dequantizer's values (a loop of its own: it vectorizes)
+                F[i] = _ggml_q(xr[o + i], mn, id_, hi) * dg + mg
             for k in range(U(k8)):
                 e = 0.0
                 s = 0.0
@@ -671,9 +691,8 @@ def _refine_affine(kind, x, out):
                 sy = 0.0
                 for j in range(4):
                     i = k + U(8 * j)
-                    xf = xr[o + i]
-                    xv = np.float64(xf)
-                    yv = np.float64(_ggml_q(xf, mn, id_, hi) * dg + mg)  # the dequantizer's value
+                    xv = np.float64(xr[o + i])
+                    yv = np.float64(F[i])
                     rr = yv - xv
                     e += rr * rr
                     s += xv * yv
