@@ -185,11 +185,12 @@ def test_affine_certificate_implies_the_exact_test(t):
     """refine_legacy._certified lets Q4_1 / Q5_1 refits skip their exact test: whenever it holds for
     a (d16, m16), the block written with the nearest levels at (d16, m16) has, summed exactly from
     its float32 values (levels and values computed here in numpy), a lower error than ggml's block
-    with _accept's margin. Candidates: the least-squares refit, fp16 neighbours (near ties), small
+    with _accept's margin; the certificate gets what the kernel gives it, _ggml_e_bound_affine's bound
+    on ggml's error (checked to hold) instead of the error. Candidates: the least-squares refit, fp16 neighbours (near ties), small
     and large steps, and scales far too small for the block (level()'s rounding range); the
     certificate must also hold for most candidates that pass (else it saves nothing)."""
     from kquant.ggml.kernels._accept import MARGIN
-    from kquant.ggml.kernels.refine_legacy import _certified
+    from kquant.ggml.kernels.refine_legacy import _certified, _ggml_e_bound_affine
 
     seed, rng = fresh_rng()
     hi = 15 if t == QType.Q4_1 else 31
@@ -207,6 +208,8 @@ def test_affine_certificate_implies_the_exact_test(t):
             d = np.float32((xb.max() - mn) / fhi)
             if not (dg > 0 and np.all(np.isfinite(xb))):
                 continue
+            eb = _ggml_e_bound_affine(d, dg, mn, mg, fhi)
+            assert e <= eb, f"seed={seed} kind={kind}: ggml's error {e} above its bound {eb}"
             qg = np.rint((yb - mg) / dg)
             A = np.vstack([qg, np.ones(32)]).T
             ls = np.linalg.lstsq(A, xv, rcond=None)[0]
@@ -224,7 +227,7 @@ def test_affine_certificate_implies_the_exact_test(t):
                     yr = (lev * d16k + m16).astype(np.float64)  # the dequantizer's float32 values
                     er = float(np.sum((yr - xv) ** 2))
                     ok = er < e * (1.0 - MARGIN)
-                    c = _certified(e, float(xv @ yv), float(yv @ yv), float(xv.sum()), float(yv.sum()), dg, mg,
+                    c = _certified(eb, float(xv @ yv), float(yv @ yv), float(xv.sum()), float(yv.sum()), dg, mg,
                                    mn, d, d16k, m16, fhi)
                     assert ok or not c, f"seed={seed} kind={kind} d16={d16k!r} m16={m16!r}: {er} vs {e}"
                     if np.abs(tq).max() >= 2.0**21:
@@ -232,6 +235,39 @@ def test_affine_certificate_implies_the_exact_test(t):
                     passed += ok
                     certified += c
     assert certified >= 0.5 * passed > 0, (seed, certified, passed)
+
+@pytest.mark.parametrize("t", [QType.Q4_0, QType.Q5_0, QType.Q8_0], ids=lambda v: v.name)
+def test_ggml_error_bound_holds(t):
+    """refine_legacy._ggml_e_bound, which stands in for ggml's error in refine's margin test (Q4_0 / Q5_0 /
+    Q8_0 without an imatrix), is at least ggml's block's error summed exactly, and not far above it
+    (else the margin would reject real gains), on every fuzzed kind with finite values."""
+    from kquant.ggml.kernels.better_legacy import K_Q4_0, K_Q5_0, K_Q8_0
+    from kquant.ggml.kernels.refine_legacy import _ggml_e_bound
+
+    kind_id = {QType.Q4_0: K_Q4_0, QType.Q5_0: K_Q5_0, QType.Q8_0: K_Q8_0}[t]
+    seed, rng = fresh_rng()
+    ratios = []
+    for kind in KINDS:
+        x = make_x(kind, 2, 256, rng).reshape(-1, 32)
+        g = kquant.quantize(x, t).reshape(-1, t.type_size)
+        y = quants.dequantize(g, t, x.shape)
+        for xb, gb, yb in zip(x, g, y):
+            if not np.all(np.isfinite(xb)):
+                continue
+            G = float(gb[0:2].view(np.float16)[0])
+            if not np.isfinite(G):
+                continue
+            amax_first = xb[np.argmax(np.abs(xb))]
+            d = float(np.float32(amax_first) / np.float32(-8 if t == QType.Q4_0 else -16 if t == QType.Q5_0 else 127))
+            if t == QType.Q8_0:
+                d = abs(d)
+            e = float(np.sum((yb.astype(np.float64) - xb.astype(np.float64)) ** 2))
+            eb = _ggml_e_bound(kind_id, G, d)
+            assert e <= eb, f"seed={seed} kind={kind}: ggml's error {e} above its bound {eb}"
+            if e > 0:
+                ratios.append(eb / e)
+    assert np.median(ratios) < 20, (seed, np.median(ratios))
+
 
 def test_branch_free_iq4_index_is_best_index():
     """better_iq4's branch-free nearest index equals ggml's binary search (iq4.best_index) on every
