@@ -185,10 +185,11 @@ def test_affine_certificate_implies_the_exact_test(t):
     """refine_legacy._certified lets Q4_1 / Q5_1 refits skip their exact test: whenever it holds for
     a (d16, m16), the block written with the nearest levels at (d16, m16) has, summed exactly from
     its float32 values (levels and values computed here in numpy), a lower error than ggml's block
-    with _accept's margin; the certificate gets what the kernel gives it, _ggml_e_bound_affine's bound
-    on ggml's error (checked to hold) instead of the error. Candidates: the least-squares refit, fp16 neighbours (near ties), small
-    and large steps, and scales far too small for the block (level()'s rounding range); the
-    certificate must also hold for most candidates that pass (else it saves nothing)."""
+    with _accept's margin. The certificate gets what the kernel gives it: _ggml_e_bound_affine's
+    bound on ggml's error (checked to hold), not the error. Candidates: the least-squares refit, fp16
+    neighbours (near ties), small and large steps, and scales far too small for the block (level()'s
+    rounding range); the certificate must also hold for most candidates that pass (else it saves
+    nothing)."""
     from kquant.ggml.kernels._accept import MARGIN
     from kquant.ggml.kernels.refine_legacy import _certified, _ggml_e_bound_affine
 
@@ -235,6 +236,7 @@ def test_affine_certificate_implies_the_exact_test(t):
                     passed += ok
                     certified += c
     assert certified >= 0.5 * passed > 0, (seed, certified, passed)
+
 
 @pytest.mark.parametrize("t", [QType.Q4_0, QType.Q5_0, QType.Q8_0], ids=lambda v: v.name)
 def test_ggml_error_bound_holds(t):
