@@ -13,13 +13,19 @@ that thread's CPU time (time.thread_time), so other processes on a loaded machin
 ratio.
 
 With --rounding best|refine: per type, kquant's time in that mode against its ggml mode instead
-(CPU time of one thread, so a loaded machine does not skew the ratio; no reference run).
+(CPU time of one thread, so a loaded machine does not skew the ratio; no reference run). With
+--processes N as well, that measurement runs in N fresh processes one after another and each
+type's median ratio and range are printed: on a shared machine a whole process can run a kernel
+20-50% slower than the next one does (its mode's ratio moving with it), so one process's ratio is
+one draw.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -103,6 +109,37 @@ def rounding_ratios(args) -> int:
     return 0
 
 
+def rounding_ratios_processes(args, argv) -> int:
+    """rounding_ratios in args.processes fresh processes, one after another: per type the median ratio
+    and its range."""
+    child, skip = [], False  # the same arguments without --processes: each child measures once
+    for a in (sys.argv[1:] if argv is None else argv):
+        if skip or a.startswith("--processes="):
+            skip = False
+        elif a == "--processes":
+            skip = True
+        else:
+            child.append(a)
+    ratios: dict[str, list[float]] = {}
+    for k in range(args.processes):
+        run = subprocess.run([sys.executable, os.path.abspath(__file__), *child], capture_output=True, text=True)
+        if run.returncode != 0:
+            print(run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "a child run failed",
+                  file=sys.stderr)
+            return 1
+        lines = run.stdout.splitlines()
+        if k == 0:
+            print(lines[0].replace("one thread", f"one thread, {args.processes} processes"))
+        for line in lines[2:]:
+            f = line.split()
+            ratios.setdefault(f[0], []).append(float(f[-1]))
+    mode = quants.parse_rounding(args.rounding)
+    print(f"{'type':6} {mode + '/ggml median':>18} {'min':>6} {'max':>6}")
+    for name, r in ratios.items():
+        print(f"{name:6} {statistics.median(r):18.2f} {min(r):6.2f} {max(r):6.2f}")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1024)
@@ -113,8 +150,12 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu", action="store_true",
                     help="one thread, both sides timed by the calling thread's CPU time (loaded machines)")
     ap.add_argument("--rounding", default="ggml", help="best or refine: time that mode against ggml mode")
+    ap.add_argument("--processes", type=int, default=1,
+                    help="with --rounding: measure in this many fresh processes, print each type's median ratio")
     args = ap.parse_args(argv)
     if quants.parse_rounding(args.rounding) != "ggml":
+        if args.processes > 1:
+            return rounding_ratios_processes(args, argv)
         return rounding_ratios(args)
 
     if not reference.available():

@@ -418,20 +418,19 @@ def _ggml_row_write(five, xr, orow, nb, bs, k8, lo, RD, RI, RG, TK, grow):
 
 @njit(inline="always", **JIT)
 def _ggml_e_bound(kind, G, d):
-    """An upper bound on ggml's E = sum (G*l - x)^2 of an unweighted Q4_0 / Q5_0 / Q8_0 block: the
-    margin's test is all that uses E there, and larger is its safe side. Per value |G*l - x| <=
-    |G - d|*|l| + |d|*|l - x/d|, d ggml's float32 scale, G its fp16 rounding. Q8_0: l = roundf(x*(1/d)),
-    |l| <= 127, |l - x/d| <= 0.5 + 127 * 2.01 * 2^-24, and d is not kept: |G - d| <= max(2^-11 |G|,
-    2^-25) (fp16's rounding, normal or subnormal), |d| <= |G| + that. Q4_0 / Q5_0: l = min(hi,
-    floor(x*(1/d) + 0.5 - lo)) + lo with x/d in [lo, -lo], at most one step off (at the clamped top),
-    |l| <= -lo. Against summing ggml's E (w*x*x, and w): the same bytes (t(5) data; a different
-    decision needs a gain within 1e-8 of E), Q4_0 / Q5_0 / Q8_0 5-6% faster (in-process A/B)."""
+    """An upper bound on (G*l - x)^2 for every value of a Q4_0 / Q5_0 / Q8_0 block, so ggml's E =
+    sum w (G*l - x)^2 is at most it times sum w (w >= 0): the margin's test is all that uses E in
+    _refine_one, and larger is its safe side. Per value |G*l - x| <= |G - d|*|l| + |d|*|l - x/d|, d
+    ggml's float32 scale, G its fp16 rounding. Q8_0: l = roundf(x*(1/d)), |l| <= 127, |l - x/d| <=
+    0.5 + 127 * 2.01 * 2^-24, and d is not kept: |G - d| <= max(2^-11 |G|, 2^-25) (fp16's rounding,
+    normal or subnormal), |d| <= |G| + that. Q4_0 / Q5_0: l = min(hi, floor(x*(1/d) + 0.5 - lo)) + lo
+    with x/d in [lo, -lo], at most one step off (at the clamped top), |l| <= -lo."""
     if kind == K_Q8_0:
         gd = max(abs(G) * 2.0**-11, 2.0**-25)
         b = 127.0 * gd + 0.5001 * (abs(G) + gd)
     else:
         b = (16.0 if kind == K_Q5_0 else 8.0) * abs(G - d) + 1.0001 * abs(d)
-    return QK * b * b * (1.0 + 1e-6)
+    return b * b * (1.0 + 1e-6)
 
 
 @njit(**JIT)
@@ -439,15 +438,14 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     """y = d*l (Q4_0, Q5_0, Q8_0) where E is the output error: no imatrix (w = 1), or Q8_0 (w = qw).
 
     ggml's decoded values are y = d_g*l, exact in float32, so one pass over ggml's levels l gives
-    the sums Sxl = sum w*x*l, Sll = sum w*l*l and Sxx = sum w*x*x (8 partial sums each, then _oct:
-    a fixed order): the least-squares d = Sxl/Sll, and ggml's E = Sxx - 2*d_g*Sxl + d_g^2*Sll,
-    rounded up by its float64 rounding's bound (it only sets the margin, where larger is safe;
-    without an imatrix _ggml_e_bound instead, and Sxx is not used). Against summing E, Sxy and Syy
-    over the decoded values: the same bytes, Q8_0 8% and Q4_0 / Q5_0 3% faster (in-process A/B).
-    Without an imatrix Sxl and Sll are summed in a loop of their own without the weights' products,
-    4 partial sums of 8 values (one float64 vector, then _quad) and unsigned indices (with signed
-    ones that loop took 3x as long in isolation, and made Q4_0's kernel 20% slower than the
-    weighted loop): Q4_0 7-9%, Q8_0 3-6% faster than that loop (in-process A/B). Q8_0 reads its int8
+    the sums Sxl = sum w*x*l and Sll = sum w*l*l (4 partial sums of 8 values each, one float64
+    vector, then _quad: a fixed order), hence the least-squares d = Sxl/Sll. ggml's E only sets the
+    margin's size, where larger is safe: _ggml_e_bound bounds each value's squared error, times sum w
+    (32, or summed too with an imatrix). Against summing E, Sxy and Syy over the decoded values, then
+    Sxx = sum w*x*x and ggml's E from it: the same bytes, and each step faster (in-process A/B): Q8_0
+    8% and Q4_0 / Q5_0 3%, then without Sxx Q4_0 / Q5_0 / Q8_0 5-6% (Q8_0 with an imatrix 14%, with
+    the partial sums below). Unsigned indices, and 4 partial sums rather than 8 of 4 values: with
+    signed ones the loop took 3x as long in isolation (Q4_0 7-9%, Q8_0 3-6%). Q8_0 reads its int8
     codes; Q4_0 / Q5_0 come here without ggml's blocks: _ggml_row_values computes ggml's scales
     and levels of the row, and _ggml_row_write writes ggml's blocks after the row's refits, where
     none was written (against ggml's row quantized, written and decoded first: the
@@ -473,8 +471,7 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
     fused = kind != K_Q8_0  # Q4_0 / Q5_0 (no imatrix): ggml's blocks computed here, not read
     k8 = ncols // (nb * 4)  # 8, unknown to the compiler: loops over it are not unrolled (the sums: 2.4x faster)
     k4 = ncols // (nb * 8)  # 4, likewise
-    P = np.empty(32, dtype=np.float64)  # 8 partial sums of each of sxl, sll, sxx, sw
-    W = np.ones(QK, dtype=np.float32)
+    P = np.empty(12, dtype=np.float64)  # 4 partial sums of each of sxl, sll and (with an imatrix) the weights
     lrow = np.empty(0 if kind == K_Q8_0 else ncols, dtype=np.float32)  # Q8_0 reads its codes
     nf = nb if fused else 0
     RD = np.empty(nf, dtype=np.float32)  # Q4_0 / Q5_0, per block of the row: ggml's d, 1/d, fp16 d,
@@ -503,9 +500,6 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
             p = b * bs
             dg = RDG[b] if fused else get_f16(orow, p + doff)
             qs = U(p) + Q8_0_QS
-            if weighted:
-                for i in range(4 * k8):
-                    W[i] = qw[o + i]
             if not weighted:  # w = 1: Sxl and Sll only (ggml's E from a bound below), 4 partial sums of 8
                 ou = U(o)
                 for k in range(U(k4)):
@@ -521,39 +515,29 @@ def _refine_one(kind, x, qw, out, lo, hi, bs, doff):
                     P[U(4) + k] = t
                 sxl = _quad(P, 0)
                 sll = _quad(P, 4)
-            else:
-                for k in range(k8):
+            else:  # Q8_0 with an imatrix (w = qw): Sxl, Sll and the weights' sum, from its int8 codes
+                ou = U(o)
+                for k in range(U(k4)):
                     s = 0.0
                     t = 0.0
-                    xx = 0.0
                     sw = 0.0
-                    for j in range(4):
-                        i = k + 8 * j
-                        xv = np.float64(xr[o + i])
-                        # ggml's level: Q8_0 its int8 code in the block, Q4_0 / Q5_0 from _ggml_row_values
-                        lv = np.float64(np.int8(orow[qs + U(i)])) if kind == K_Q8_0 else np.float64(lrow[o + i])
-                        wv = np.float64(W[i])
-                        wx = wv * xv
-                        s += wx * lv
+                    for j in range(8):
+                        i = k + U(4 * j)
+                        xv = np.float64(xr[ou + i])
+                        lv = np.float64(np.int8(orow[qs + i]))
+                        wv = np.float64(qw[ou + i])
+                        s += wv * xv * lv
                         t += wv * lv * lv
-                        xx += wx * xv
                         sw += wv
                     P[k] = s
-                    P[8 + k] = t
-                    P[16 + k] = xx
-                    P[24 + k] = sw
-                sxl = _oct(P, 0)
-                sll = _oct(P, 8)
-            G = np.float64(dg)
-            if weighted:
-                sxx = _oct(P, 16)
-                gs = 2.0 * abs(G * sxl)
-                gg = G * G * sll
-                EG[jb] = (sxx - gs + gg) + 1e-14 * (sxx + gs + gg)
-                SW[jb] = _oct(P, 24)
-            else:
-                EG[jb] = _ggml_e_bound(kind, G, np.float64(RD[b]) if fused else 0.0)
-                SW[jb] = 32.0
+                    P[U(4) + k] = t
+                    P[U(8) + k] = sw
+                sxl = _quad(P, 0)
+                sll = _quad(P, 4)
+            # ggml's E (the margin's test alone uses it, where larger is safe): at most the bound on one
+            # value's squared error times the weights' sum
+            SW[jb] = _quad(P, 8) if weighted else 32.0
+            EG[jb] = _ggml_e_bound(kind, np.float64(dg), np.float64(RD[b]) if fused else 0.0) * SW[jb]
             SXL[jb] = sxl
             SLL[jb] = sll
             DG[jb] = dg
